@@ -1,0 +1,1 @@
+"""Thin click commands over occsynth and bcnet: parse options, call one function, print its report."""

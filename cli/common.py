@@ -1,0 +1,37 @@
+"""What every command shares: turning library errors into one clear message."""
+from __future__ import annotations
+
+import click
+
+from occsynth.errors import OccsynthError
+
+
+class ReportedError(click.ClickException):
+    """Bad input or environment: printed as 'Error: ...' with exit status 2, no traceback."""
+
+    exit_code = 2
+
+
+class Group(click.Group):
+    """A click group whose commands report OccsynthError (and OSError) as one message."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OccsynthError as exc:
+            raise ReportedError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
+
+def parse_shard(value: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if not value:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected i/n such as 0/4, got {value!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}")
+    return i, n

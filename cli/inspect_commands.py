@@ -1,0 +1,4 @@
+"""Click commands (filled in by the module's feature work)."""
+import click  # noqa: F401
+
+COMMANDS: list = []

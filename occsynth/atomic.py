@@ -1,0 +1,70 @@
+"""Atomic file writes: a file is either absent or complete, never half-written.
+
+Data goes to a temporary file in the same directory, is flushed to disk, and is renamed over
+the target. A crash, kill -9 or full disk leaves at most a stray ``*.tmp-*`` file, which the
+next run ignores and overwrites.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from .errors import OccsynthError
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file that replaces ``path`` only when the block exits cleanly."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise _disk_error(path, exc) from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with open_atomic(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    with open_atomic(path, "w") as f:
+        json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> int:
+    """Delete ``.*.tmp-*`` leftovers of killed runs; returns how many were removed."""
+    n = 0
+    for tmp in Path(directory).rglob(".*.tmp-*"):
+        _remove_quietly(tmp)
+        n += 1
+    return n
+
+
+def _disk_error(path: Path, exc: OSError) -> OccsynthError:
+    if exc.errno == errno.ENOSPC:
+        why = "no space left on device; free some space and run the same command again to continue"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "output location is not writable"
+    else:
+        why = exc.strerror or str(exc)
+    return OccsynthError(f"cannot write {path}: {why}")
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

@@ -1,0 +1,167 @@
+"""Reading COCO-format instance-segmentation sets: JSON, image records, and image files.
+
+Plain dicts in COCO layout go in and out. Bad records raise :class:`BadRecord` naming the
+record and the reason; callers decide (through a :class:`SkipLog`) whether to skip or stop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import ijson
+import numpy as np
+
+from . import errors
+from .errors import BadRecord, OccsynthError, SkipLog
+
+
+def read_dataset(path: str | os.PathLike) -> dict:
+    """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise OccsynthError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise OccsynthError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if not isinstance(data, dict):
+        raise OccsynthError(f"{path}: a COCO file is a JSON object, found {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise OccsynthError(f"{path}: missing the '{key}' list of a COCO instances file")
+    return data
+
+
+def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
+    """Stream the items of one top-level array (``images``, ``annotations``, ...) in bounded memory."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            yield from ijson.items(f, f"{key}.item", use_float=True)
+    except FileNotFoundError:
+        raise OccsynthError(f"{path}: file not found") from None
+    except ijson.JSONError as exc:
+        raise OccsynthError(f"{path}: malformed JSON while reading '{key}': {exc}") from None
+
+
+def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes: identifies a source set in caches and manifests."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_image_record(image: Any) -> dict:
+    """Validate an ``images`` entry; returns it or raises BadRecord."""
+    where = f"image record {image.get('id', '?') if isinstance(image, dict) else image!r}"
+    if not isinstance(image, dict):
+        raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
+    for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):
+        if not isinstance(image.get(key), kind) or isinstance(image.get(key), bool):
+            raise BadRecord(errors.MALFORMED_RECORD, where, f"'{key}' missing or not {kind.__name__}")
+    if image["height"] <= 0 or image["width"] <= 0:
+        raise BadRecord(errors.MALFORMED_RECORD, where, "non-positive height/width")
+    return image
+
+
+def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
+    """Validate an ``annotations`` entry against the image and category tables."""
+    where = f"annotation {ann.get('id', '?') if isinstance(ann, dict) else ann!r}"
+    if not isinstance(ann, dict):
+        raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
+    if not isinstance(ann.get("id"), int) or "segmentation" not in ann:
+        raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id' and a 'segmentation'")
+    if ann.get("image_id") not in images:
+        raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {ann.get('image_id')!r}")
+    if ann.get("category_id") not in categories:
+        raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {ann.get('category_id')!r}")
+    return ann
+
+
+def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
+    """Validated tables: ``images`` and ``categories`` by id, annotations grouped by image id.
+
+    Bad records go to ``log`` (skipped, or raised in strict mode). Annotation order within an
+    image is kept, so results do not depend on dict ordering.
+    """
+    categories = {c["id"]: c for c in dataset["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    images: dict[int, dict] = {}
+    for image in dataset["images"]:
+        try:
+            image = check_image_record(image)
+            if image["id"] in images:
+                raise BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}")
+            images[image["id"]] = image
+        except BadRecord as exc:
+            log.skip(exc)
+    by_image: dict[int, list] = {i: [] for i in images}
+    for ann in dataset["annotations"]:
+        try:
+            ann = check_annotation_record(ann, images, categories)
+            by_image[ann["image_id"]].append(ann)
+        except BadRecord as exc:
+            log.skip(exc)
+    return images, categories, by_image
+
+
+def resolve_image_path(image_root: str | os.PathLike, file_name: str) -> Path:
+    """Path of ``file_name`` under ``image_root``; refuses names that escape the root.
+
+    Absolute names, ``..`` components and symlinks pointing outside are all refused, so a
+    crafted annotations file cannot make the tool read arbitrary files.
+    """
+    root = Path(image_root).resolve()
+    candidate = Path(file_name)
+    if candidate.is_absolute() or ".." in candidate.parts or file_name.strip() == "":
+        raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}")
+    resolved = (root / candidate).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}")
+    return resolved
+
+
+def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3).
+
+    Grayscale, palette, CMYK and 16-bit files are converted; EXIF orientation is applied (as
+    COCO annotations assume). ``expected_size`` is (height, width) from the image record.
+    """
+    path = Path(path)
+    where = f"image file {path}"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadRecord(errors.MISSING_FILE, where) from None
+    except OSError as exc:
+        raise BadRecord(errors.CORRUPT_IMAGE, where, exc.strerror or str(exc)) from None
+    return decode_image(data, where, expected_size)
+
+
+def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        raise BadRecord(errors.TRUNCATED_IMAGE, where, "JPEG has no end-of-image marker")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.ndim != 3 or bgr.size == 0:
+        raise BadRecord(errors.CORRUPT_IMAGE, where)
+    if expected_size is not None and tuple(bgr.shape[:2]) != tuple(expected_size):
+        raise BadRecord(errors.SIZE_MISMATCH, where, f"file is {bgr.shape[0]}x{bgr.shape[1]}, record says "
+                        f"{expected_size[0]}x{expected_size[1]} (height x width)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
+    """RGB uint8 -> encoded bytes (JPEG or PNG), deterministic for the same pixels."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise OccsynthError(f"could not encode an image as {ext}")
+    return buf.tobytes()

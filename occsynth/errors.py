@@ -1,0 +1,71 @@
+"""Bad-input handling shared by every occsynth step.
+
+Default mode skips a bad record and counts it by reason; ``strict`` mode stops at the first
+one. Either way the user sees the file/record and the reason, never a traceback: the CLI
+prints :class:`OccsynthError` messages and exits with status 2.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Reasons a record or image is skipped. Stable strings: they appear in reports and manifests.
+MISSING_FILE = "missing image file"
+CORRUPT_IMAGE = "unreadable or corrupt image"
+TRUNCATED_IMAGE = "truncated image"
+SIZE_MISMATCH = "image size differs from its record"
+OUTSIDE_ROOT = "file_name points outside the image root"
+UNKNOWN_IMAGE = "annotation refers to an unknown image id"
+UNKNOWN_CATEGORY = "annotation refers to an unknown category id"
+DEGENERATE_MASK = "degenerate or empty segmentation"
+MALFORMED_RECORD = "malformed record"
+DUPLICATE_ID = "duplicate id"
+
+
+class OccsynthError(Exception):
+    """An error the user can act on; the CLI prints it as one message."""
+
+
+class BadRecord(OccsynthError):
+    """One bad input record (an image or an annotation)."""
+
+    def __init__(self, reason: str, where: str, detail: str = ""):
+        self.reason, self.where, self.detail = reason, where, detail
+        super().__init__(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class SkipLog:
+    """Counts skipped records by reason; in strict mode the first one raises."""
+
+    strict: bool = False
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def skip(self, error: BadRecord) -> None:
+        if self.strict:
+            raise error
+        self.counts[error.reason] += 1
+        self.examples.setdefault(error.reason, str(error))
+
+    def merge(self, other: "SkipLog | dict") -> None:
+        data = other.to_dict() if isinstance(other, SkipLog) else other
+        for reason, n in data.get("counts", {}).items():
+            self.counts[reason] += n
+        for reason, example in data.get("examples", {}).items():
+            self.examples.setdefault(reason, example)
+
+    def to_dict(self) -> dict:
+        return {"counts": dict(sorted(self.counts.items())), "examples": dict(sorted(self.examples.items()))}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no bad input"
+        lines = [f"skipped {self.total} bad record(s):"]
+        for reason, n in sorted(self.counts.items()):
+            lines.append(f"  {n:>7}  {reason}   e.g. {self.examples[reason]}")
+        return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Mask arithmetic: the one place that converts and measures instance masks.
+
+Masks are numpy ``bool`` arrays of shape (H, W). Segmentations in COCO layout are
+polygons (list of flat ``[x0, y0, x1, y1, ...]`` lists), compressed RLE
+(``{"size": [h, w], "counts": str}``) or uncompressed RLE (``counts`` a list of ints).
+Boxes are COCO ``[x, y, w, h]`` floats.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+class DegenerateMask(ValueError):
+    """A segmentation that cannot be turned into a mask (too few points, wrong size, empty)."""
+
+
+def to_rle(segmentation: Any, height: int, width: int) -> dict:
+    """Any COCO segmentation -> one compressed RLE dict (``counts`` as bytes)."""
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if isinstance(p, (list, tuple))]
+        if not polygons or len(polygons) != len(segmentation):
+            raise DegenerateMask("polygon segmentation is empty or not a list of lists")
+        for poly in polygons:
+            if len(poly) < 6 or len(poly) % 2:
+                raise DegenerateMask(f"polygon with {len(poly)} coordinates (need an even number >= 6)")
+            if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in poly):
+                raise DegenerateMask("polygon has non-numeric or non-finite coordinates")
+        rles = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
+        return mask_utils.merge(rles)
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        size = list(segmentation["size"])
+        if size != [height, width]:
+            raise DegenerateMask(f"RLE size {size} differs from image size {[height, width]}")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            if sum(counts) != height * width:
+                raise DegenerateMask("uncompressed RLE counts do not sum to height*width")
+            return mask_utils.frPyObjects(segmentation, height, width)
+        if isinstance(counts, str):
+            counts = counts.encode("ascii")
+        if not isinstance(counts, bytes):
+            raise DegenerateMask("RLE counts must be a string or a list of ints")
+        return {"size": size, "counts": counts}
+    raise DegenerateMask(f"unknown segmentation type {type(segmentation).__name__}")
+
+
+def decode(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """Any COCO segmentation -> bool mask (H, W)."""
+    rle = to_rle(segmentation, height, width)
+    try:
+        return mask_utils.decode(rle).astype(bool)
+    except Exception as exc:  # pycocotools raises bare exceptions on broken counts
+        raise DegenerateMask(f"RLE cannot be decoded: {exc}") from None
+
+
+def encode(mask: np.ndarray) -> dict:
+    """Bool mask -> compressed RLE with ``counts`` as str (JSON-ready, as COCO files store it)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def area(mask: np.ndarray) -> int:
+    return int(np.count_nonzero(mask))
+
+
+def bbox(mask: np.ndarray) -> list[float]:
+    """Tight COCO box [x, y, w, h] of a mask; [0, 0, 0, 0] when empty (as pycocotools' toBbox)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+
+
+def rle_area(rle: dict) -> int:
+    return int(mask_utils.area(_bytes_counts(rle)))
+
+
+def rle_bbox(rle: dict) -> list[float]:
+    return [float(v) for v in mask_utils.toBbox(_bytes_counts(rle))]
+
+
+def rle_intersection_area(a: dict, b: dict) -> int:
+    """Pixels shared by two RLE masks, computed without decoding them."""
+    return int(mask_utils.area(mask_utils.merge([_bytes_counts(a), _bytes_counts(b)], intersect=True)))
+
+
+def rle_union(rles: Sequence[dict]) -> dict:
+    return mask_utils.merge([_bytes_counts(r) for r in rles], intersect=False)
+
+
+def boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Band where the dilated and the eroded mask differ: ``width`` px on each side of the contour.
+
+    The image border does not count as a contour: a mask cut by the border has no boundary
+    there (border pixels are replicated before eroding).
+    """
+    m = mask.astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    dilated = cv2.dilate(m, kernel, iterations=width, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    eroded = cv2.erode(m, kernel, iterations=width, borderType=cv2.BORDER_REPLICATE)
+    return dilated.astype(bool) & ~eroded.astype(bool)
+
+
+def to_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
+    """Outer contours of a mask as COCO polygons (pixel-corner coordinates are not exact)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in contours:
+        if len(contour) >= min_points:
+            polygons.append([float(v) for v in contour.reshape(-1)])
+    return polygons
+
+
+def crop(mask: np.ndarray, box_xyxy: Sequence[int]) -> np.ndarray:
+    """Integer crop [x0, y0, x1, y1) of a mask; parts outside the mask are False."""
+    x0, y0, x1, y1 = (int(v) for v in box_xyxy)
+    out = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), bool)
+    h, w = mask.shape
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = mask[sy0:sy1, sx0:sx1]
+    return out
+
+
+def resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize to (height, width): a resized mask stays exactly binary."""
+    h, w = size
+    return cv2.resize(mask.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _bytes_counts(rle: dict) -> dict:
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        return {"size": rle["size"], "counts": counts.encode("ascii")}
+    return rle
