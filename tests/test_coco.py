@@ -1,0 +1,123 @@
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from occsynth import coco, errors
+from occsynth.atomic import open_atomic, remove_stale_temporaries, write_json
+from occsynth.errors import BadRecord, OccsynthError, SkipLog
+
+
+def test_read_dataset_reports_malformed_json(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{"images": [1, 2,')
+    with pytest.raises(OccsynthError, match="bad.json: malformed JSON at line 1"):
+        coco.read_dataset(p)
+    p.write_text('{"images": []}')
+    with pytest.raises(OccsynthError, match="missing the 'annotations' list"):
+        coco.read_dataset(p)
+    with pytest.raises(OccsynthError, match="file not found"):
+        coco.read_dataset(tmp_path / "nope.json")
+
+
+def test_iter_array_streams_and_reports_malformed(tmp_path):
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps({"images": [{"id": 1}, {"id": 2}], "annotations": [{"id": 5, "bbox": [1.5, 2, 3, 4]}]}))
+    assert [i["id"] for i in coco.iter_array(p, "images")] == [1, 2]
+    assert list(coco.iter_array(p, "annotations"))[0]["bbox"] == [1.5, 2.0, 3.0, 4.0]
+    p.write_text('{"annotations": [{"id": 1}, {"id": ')
+    with pytest.raises(OccsynthError, match="malformed JSON while reading 'annotations'"):
+        list(coco.iter_array(p, "annotations"))
+
+
+def test_index_dataset_skips_bad_records_by_reason():
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}, {"id": 2, "file_name": 3}],
+            "categories": [{"id": 1, "name": "person"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": []},
+                            {"id": 2, "image_id": 9, "category_id": 1, "segmentation": []},
+                            {"id": 3, "image_id": 1, "category_id": 77, "segmentation": []}]}
+    log = SkipLog()
+    images, categories, by_image = coco.index_dataset(data, log)
+    assert list(images) == [1] and [a["id"] for a in by_image[1]] == [1]
+    assert log.counts == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 1, errors.UNKNOWN_CATEGORY: 1}
+    with pytest.raises(BadRecord, match="image record 2: malformed record"):
+        coco.index_dataset(data, SkipLog(strict=True))
+
+
+def test_resolve_image_path_refuses_escapes(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "secret.jpg", root / "link.jpg")
+    assert coco.resolve_image_path(root, "sub/a.jpg") == (root / "sub" / "a.jpg").resolve()
+    for bad in ["../secret.jpg", "/etc/passwd", "sub/../../secret.jpg", "link.jpg", ""]:
+        with pytest.raises(BadRecord) as exc:
+            coco.resolve_image_path(root, bad)
+        assert exc.value.reason == errors.OUTSIDE_ROOT
+
+
+def _write(path, img, ext=".png", params=()):
+    ok, buf = cv2.imencode(ext, img, list(params))
+    path.write_bytes(buf.tobytes())
+
+
+def test_read_image_conversions_and_failures(tmp_path):
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    _write(tmp_path / "c.png", rgb[..., ::-1])
+    assert np.array_equal(coco.read_image(tmp_path / "c.png", (6, 8)), rgb)
+    gray = np.full((6, 8), 77, np.uint8)
+    _write(tmp_path / "g.png", gray)
+    assert coco.read_image(tmp_path / "g.png").shape == (6, 8, 3)
+    sixteen = np.full((6, 8), 65535, np.uint16)
+    _write(tmp_path / "s.png", sixteen)
+    assert coco.read_image(tmp_path / "s.png").max() == 255
+    _write(tmp_path / "j.jpg", rgb[..., ::-1], ".jpg")
+    data = (tmp_path / "j.jpg").read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "x.jpg").write_bytes(b"not an image at all")
+    cases = {"t.jpg": errors.TRUNCATED_IMAGE, "x.jpg": errors.CORRUPT_IMAGE, "missing.jpg": errors.MISSING_FILE}
+    for name, reason in cases.items():
+        with pytest.raises(BadRecord) as exc:
+            coco.read_image(tmp_path / name)
+        assert exc.value.reason == reason and name in str(exc.value)
+    with pytest.raises(BadRecord) as exc:
+        coco.read_image(tmp_path / "c.png", (8, 6))
+    assert exc.value.reason == errors.SIZE_MISMATCH
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with open_atomic(target) as f:
+            f.write('{"a": 2, "trunc')
+            raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert not list(tmp_path.glob(".*tmp*"))
+    (tmp_path / ".x.json.tmp-123").write_text("junk")
+    assert remove_stale_temporaries(tmp_path) == 1
+
+
+def test_unwritable_directory_gives_clear_error(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/occsynth-test/out.json"  # root can write anywhere else; /proc refuses
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "out.json"
+    with pytest.raises(OccsynthError, match="cannot write"):
+        write_json(target, {"a": 1})
+
+
+def test_skiplog_summary_and_merge():
+    log = SkipLog()
+    log.skip(BadRecord(errors.MISSING_FILE, "image file a.jpg"))
+    log.skip(BadRecord(errors.MISSING_FILE, "image file b.jpg"))
+    other = SkipLog()
+    other.skip(BadRecord(errors.CORRUPT_IMAGE, "image file c.jpg"))
+    log.merge(other.to_dict())
+    assert log.total == 3 and "2  missing image file" in log.summary() and "c.jpg" in log.summary()

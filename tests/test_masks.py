@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from occsynth import masks
+
+
+def rect(h, w, x0, y0, x1, y1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_polygon_decodes_to_exact_rectangle():
+    # pycocotools rasterises the polygon x in [2, 8), y in [3, 7) to exactly those pixels
+    m = masks.decode([[2, 3, 8, 3, 8, 7, 2, 7]], 10, 12)
+    assert np.array_equal(m, rect(10, 12, 2, 3, 8, 7))
+    assert masks.bbox(m) == [2.0, 3.0, 6.0, 4.0] and masks.area(m) == 24
+
+
+def test_multipart_polygon_is_union():
+    a = masks.decode([[0, 0, 4, 0, 4, 4, 0, 4]], 20, 20)
+    b = masks.decode([[10, 10, 14, 10, 14, 14, 10, 14]], 20, 20)
+    both = masks.decode([[0, 0, 4, 0, 4, 4, 0, 4], [10, 10, 14, 10, 14, 14, 10, 14]], 20, 20)
+    assert np.array_equal(both, a | b)
+
+
+def test_encode_decode_roundtrip_and_rle_measures():
+    m = rect(30, 40, 5, 6, 25, 20)
+    rle = masks.encode(m)
+    assert isinstance(rle["counts"], str) and rle["size"] == [30, 40]
+    assert np.array_equal(masks.decode(rle, 30, 40), m)
+    assert masks.rle_area(rle) == masks.area(m) == 20 * 14
+    assert masks.rle_bbox(rle) == masks.bbox(m) == [5.0, 6.0, 20.0, 14.0]
+    other = masks.encode(rect(30, 40, 20, 10, 30, 30))
+    assert masks.rle_intersection_area(rle, other) == 5 * 10
+
+
+def test_uncompressed_rle_crowd():
+    m = rect(8, 9, 1, 2, 5, 6)
+    counts = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    # build uncompressed counts by hand from column-major runs
+    flat = m.flatten(order="F")
+    runs, current, n = [], False, 0
+    for v in flat:
+        if v != current:
+            runs.append(n)
+            current, n = v, 0
+        n += 1
+    runs.append(n)
+    decoded = masks.decode({"size": [8, 9], "counts": runs}, 8, 9)
+    assert np.array_equal(decoded, m)
+    assert masks.rle_area(counts) == 16
+
+
+@pytest.mark.parametrize("seg", [[[1, 2, 3, 4]], [], [[1, 2, 3, 4, 5]], [[0, 0, 1, 1, float("nan"), 2]], "x",
+                                 {"size": [5, 5], "counts": "abc"}])
+def test_degenerate_segmentations_raise(seg):
+    with pytest.raises(masks.DegenerateMask):
+        masks.decode(seg, 10, 10)
+
+
+def test_boundary_band_width():
+    m = rect(20, 20, 5, 5, 15, 15)
+    band = masks.boundary(m, 1)
+    # 1 px on each side of the contour: outer ring (dilated - mask) + inner ring (mask - eroded)
+    assert np.array_equal(band, rect(20, 20, 4, 4, 16, 16) & ~rect(20, 20, 6, 6, 14, 14))
+    # a mask cut by the image border has no boundary along the border
+    edge = rect(10, 10, 0, 0, 5, 10)
+    assert not masks.boundary(edge, 1)[:, 0].any()
+
+
+def test_crop_pads_outside_and_resize_stays_binary():
+    m = rect(10, 10, 0, 0, 4, 4)
+    c = masks.crop(m, (-2, -2, 3, 3))
+    assert c.shape == (5, 5) and c[:2].sum() == 0 and c[2:, 2:].all()
+    r = masks.resize(rect(4, 4, 0, 0, 2, 2), (8, 8))
+    assert r.dtype == bool and np.array_equal(r, rect(8, 8, 0, 0, 4, 4))
+
+
+def test_to_polygons_roundtrip_approximately():
+    m = rect(40, 40, 10, 10, 30, 30)
+    polys = masks.to_polygons(m)
+    back = masks.decode(polys, 40, 40)
+    assert abs(masks.area(back) - masks.area(m)) <= 2 * 20 + 1
