@@ -1,7 +1,8 @@
 """`occsynth`: build synthetic occlusion sets, COCO-OCC, and occluder annotations."""
 import click
 
-from cli import cocoocc_commands, generate_commands, inspect_commands
+from cli import (cocoocc_commands, convert_commands, generate_commands, inspect_commands, occsynth_bench_commands,
+                 source_commands)
 from cli.common import Group
 
 
@@ -15,6 +16,7 @@ def main():
     """
 
 
-for _module in (generate_commands, cocoocc_commands, inspect_commands):
+for _module in (generate_commands, source_commands, cocoocc_commands, inspect_commands, convert_commands,
+                occsynth_bench_commands):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -1,0 +1,2 @@
+"""Commands: filled in by the module owner."""
+COMMANDS = []
