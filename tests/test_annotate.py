@@ -1,0 +1,157 @@
+"""annotate-occluders: exact occluder ids and occluder polygons on hand-made overlapping scenes."""
+import copy
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from cli.occsynth_cli import main
+from occsynth.annotate import annotate_occluders, exact_polygons
+
+H, W = 48, 64
+
+
+def rect(x0, y0, x1, y1):
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def disc(cx, cy, r):
+    ys, xs = np.mgrid[0:H, 0:W]
+    return (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+
+
+def rle(m):
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": [H, W], "counts": r["counts"].decode("ascii")}
+
+
+def box(m):
+    ys, xs = np.nonzero(m)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+# Image 10. Box IoUs: A-B 70/475, A-F 36/320 (> 0.05); B-F 0; C-E 1/220 (< 0.05); D is crowd.
+MASKS = {
+    101: rect(4, 4, 20, 20),        # A, polygon
+    205: disc(21, 18, 8),           # B, RLE; box [13, 10, 17, 17]
+    7: rect(40, 36, 50, 46),        # C
+    9: rect(2, 2, 22, 22),          # D crowd
+    33: rect(49, 45, 60, 48),       # E
+    44: rect(0, 14, 10, 24),        # F
+}
+
+
+def polygon(m):
+    x, y, w, h = box(m)
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+def make_dataset():
+    anns = []
+    for ann_id, m in MASKS.items():
+        seg = rle(m) if ann_id in (205, 9) else polygon(m)
+        anns.append({"id": ann_id, "image_id": 10, "category_id": 1, "bbox": box(m), "area": 123.25,
+                     "iscrowd": int(ann_id == 9), "segmentation": seg, "foo": {"bar": [1, 2.5]}})
+    # image 20: two overlapping boxes, one with a broken mask; annotations interleaved with image 10's
+    anns.insert(2, {"id": 501, "image_id": 20, "category_id": 2, "bbox": [0, 0, 10, 10], "area": 1.0,
+                    "iscrowd": 0, "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]})
+    anns.insert(0, {"id": 502, "image_id": 20, "category_id": 2, "bbox": [2, 2, 10, 10], "area": 2.0,
+                    "iscrowd": 0, "segmentation": [[1, 2]]})
+    anns.append({"id": 900, "image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0,
+                 "segmentation": []})
+    return {"info": {"year": 2017}, "type": "instances", "images": [
+        {"id": 20, "file_name": "b.jpg", "height": 16, "width": 16},
+        {"id": 10, "file_name": "a.jpg", "height": H, "width": W}],
+        "licenses": [], "annotations": anns, "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]}
+
+
+EXPECTED = {101: [205, 44], 205: [101], 7: [], 9: [], 33: [], 44: [101], 501: [502], 502: [501], 900: []}
+
+
+@pytest.mark.parametrize("bucket", [1, 1000])
+def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
+    src = tmp_path / "in.json"
+    data = make_dataset()
+    src.write_text(json.dumps(data))
+    report = annotate_occluders(src, tmp_path / "out.json", progress=False, images_per_bucket=bucket)
+    out = json.loads((tmp_path / "out.json").read_text())
+    got = {a["id"]: a["occluder_ids"] for a in out["annotations"]}
+    assert got == EXPECTED
+    # grouped by image in images-table order (20 then 10), input order within an image, unknown last
+    assert [a["id"] for a in out["annotations"]] == [502, 501, 101, 205, 7, 9, 33, 44, 900]
+    originals = {a["id"]: a for a in data["annotations"]}
+    for a in out["annotations"]:
+        assert {k: v for k, v in a.items() if k != "occluder_ids"} == originals[a["id"]]
+    assert list(out) == ["info", "type", "images", "licenses", "categories", "annotations"]
+    assert {k: out[k] for k in out if k != "annotations"} == {k: data[k] for k in data if k != "annotations"}
+    assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 5, "no_box": 0, "bad_masks": 0,
+                                "unknown_image": 1}
+
+
+def test_threshold_option(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    annotate_occluders(src, tmp_path / "out.json", threshold=0.12, progress=False)
+    got = {a["id"]: a["occluder_ids"] for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    assert got[101] == [205] and got[44] == [] and got[501] == [502]  # A-B IoU 70/475 stays above, A-F 36/320 drops below
+
+
+def test_bcnet_compat_polygons_decode_to_union_in_box(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    report = annotate_occluders(src, tmp_path / "out.json", bcnet_compat=True, progress=False)
+    out = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+
+    def decoded(polys, h=H, w=W):
+        if not polys:
+            return np.zeros((h, w), bool)
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
+
+    for ann_id, occ in [(101, [205, 44]), (205, [101]), (44, [101])]:
+        x, y, w, h = out[ann_id]["bbox"]
+        window = rect(int(x), int(y), int(x + w), int(y + h))
+        expected = np.any([MASKS[j] for j in occ], axis=0) & window
+        assert expected.any()
+        assert np.array_equal(decoded(out[ann_id]["bg_object_segmentation"]), expected), ann_id
+    for ann_id in (7, 9, 33, 900):
+        assert out[ann_id]["bg_object_segmentation"] == []
+    # 501's only occluder has a broken polygon: it stays an occluder id, its mask adds nothing
+    assert out[501]["occluder_ids"] == [502] and out[501]["bg_object_segmentation"] == []
+    assert np.array_equal(decoded(out[502]["bg_object_segmentation"], 16, 16),
+                          np.pad(np.ones((8, 8), bool), ((2, 6), (2, 6))))
+    assert report["counts"]["bad_masks"] == 1
+    assert out[101]["area"] == 123.25 and out[101]["foo"] == {"bar": [1, 2.5]}
+
+
+def test_exact_polygons_random_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        m = rng.random((20, 24)) < 0.35
+        m = ndimage.binary_opening(m) | (rng.random((20, 24)) < 0.05)
+        polys = exact_polygons(m, (3, 1))
+        back = (mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, 21, 27))).astype(bool)
+                if polys else np.zeros((21, 27), bool))
+        assert np.array_equal(back[1:, 3:], ndimage.binary_fill_holes(m))  # holes come back filled
+        assert not back[0].any() and not back[:, :3].any()
+
+
+def test_cli_and_errors(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "o.json"),
+                                    "--bcnet-compat", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "9 annotations in 2 images, 5 with occluders" in res.output
+    assert "bg_object_segmentation" in (tmp_path / "o.json").read_text()
+    same = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(src)])
+    assert same.exit_code == 2 and "must differ" in same.output
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [], "annotations": [')
+    res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(broken), "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 2 and "malformed JSON" in res.output and not (tmp_path / "b.json").exists()
+    assert not list(tmp_path.glob(".annotate-*")) and not list(tmp_path.glob(".*.tmp-*"))
