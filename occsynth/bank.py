@@ -362,8 +362,8 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
                 for key in ("image_id", "category_id"):
                     if key in record and not _is_int(record[key]):
                         raise BadRecord(errors.MALFORMED_RECORD, where, f"'{key}' is not an integer")
+                image_index = images.index_of.get(record.get("image_id"))
             check_annotation_record(record, images.index_of, category_ids)
-            image_index = images.index_of[record["image_id"]]
             if record["id"] in seen:
                 raise BadRecord(errors.DUPLICATE_ID, where)
             crowd = record.get("iscrowd", 0)

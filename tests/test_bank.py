@@ -1,0 +1,242 @@
+"""Cutout bank: completeness rule, counts on a hand-made source, bad records, caching, safe loading."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.occsynth_cli import main as occsynth_main
+from occsynth import errors, masks
+from occsynth.bank import REASONS, Bank, BankOptions, bank_key, build_bank, completeness, ensure_bank
+from occsynth.demo import uncompressed_rle
+from occsynth.errors import OccsynthError
+
+H, W = 48, 64
+
+
+def rect(x0, y0, x1, y1, h=H, w=W):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+# ---------------------------------------------------------------- completeness
+
+
+def test_completeness_gives_each_reason():
+    opts = BankOptions(min_area=40, border_margin=2, touch_margin=2)
+    cases = [rect(4, 4, 14, 14),        # complete
+             rect(30, 4, 40, 14),       # crowd
+             rect(0, 20, 10, 30),       # at the border
+             rect(20, 20, 25, 25),      # 25 px < min_area
+             rect(40, 30, 50, 40),      # touched by the next one (1 px gap)
+             rect(51, 30, 60, 40),
+             np.zeros((H, W), bool)]    # empty
+    crowd = [False, True, False, False, False, False, False]
+    assert completeness(cases, crowd, H, W, opts) == [None, "crowd", "truncated", "too_small", "overlapped",
+                                                       "overlapped", "too_small"]
+
+
+def test_completeness_margins_are_exact():
+    opts = BankOptions(min_area=1, border_margin=2, touch_margin=2)
+    # border: a pixel in column 1 is within 2 px of the border, column 2 is not
+    assert completeness([rect(1, 10, 8, 16)], [False], H, W, opts) == ["truncated"]
+    assert completeness([rect(2, 10, 8, 16)], [False], H, W, opts) == [None]
+    assert completeness([rect(50, 10, 62, 16)], [False], H, W, opts) == [None]
+    assert completeness([rect(50, 10, 63, 16)], [False], H, W, opts) == ["truncated"]
+    # touch: a 2 px gap (columns 20, 21) is apart, a 1 px gap touches; diagonal neighbours count too
+    assert completeness([rect(10, 10, 20, 20), rect(22, 10, 30, 20)], [0, 0], H, W, opts) == [None, None]
+    assert completeness([rect(10, 10, 20, 20), rect(21, 10, 30, 20)], [0, 0], H, W, opts) == ["overlapped"] * 2
+    assert completeness([rect(10, 10, 20, 20), rect(21, 21, 30, 30)], [0, 0], H, W, opts) == ["overlapped"] * 2
+    # touching a crowd region rejects; reasons are tested in REASONS order
+    assert completeness([rect(10, 10, 20, 20), rect(20, 10, 30, 20)], [0, 1], H, W, opts) == ["overlapped", "crowd"]
+    small = BankOptions(min_area=1000)
+    assert completeness([rect(0, 0, 5, 5), rect(10, 10, 15, 15), rect(15, 10, 20, 15)], [0, 0, 0], H, W, small) == \
+        ["truncated", "overlapped", "overlapped"]
+    assert REASONS == ("crowd", "truncated", "overlapped", "too_small")
+
+
+# ---------------------------------------------------------------- a hand-made source
+
+CATS = [{"id": 3, "name": "car", "supercategory": "vehicle"}, {"id": 18, "name": "dog", "supercategory": "animal"},
+        {"id": 90, "name": "toothbrush", "supercategory": "indoor", "extra": [1, 2]}]
+
+
+def poly(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def source(extra_annotations=()):
+    """Three images; instances and their expected verdict with min_area=50."""
+    images = [{"id": 7, "file_name": "a/one.jpg", "height": H, "width": W},
+              {"id": 3, "file_name": "two.png", "height": 40, "width": 50},
+              {"id": 11, "file_name": "three.jpg", "height": H, "width": W}]
+    anns = [
+        {"id": 1, "image_id": 7, "category_id": 3, "segmentation": poly(5, 5, 15, 15), "iscrowd": 0},       # complete
+        {"id": 2, "image_id": 7, "category_id": 18, "segmentation": masks.encode(rect(30, 5, 40, 15)),
+         "iscrowd": 0},                                                                                    # complete
+        {"id": 3, "image_id": 7, "category_id": 18, "segmentation": uncompressed_rle(rect(5, 30, 20, 40)),
+         "iscrowd": 1},                                                                                    # crowd
+        {"id": 4, "image_id": 7, "category_id": 3, "segmentation": poly(20, 30, 30, 40), "iscrowd": 0},     # touches crowd
+        {"id": 5, "image_id": 3, "category_id": 3, "segmentation": poly(0, 0, 10, 10), "iscrowd": 0},       # truncated
+        {"id": 6, "image_id": 3, "category_id": 18, "segmentation": poly(20, 20, 24, 24), "iscrowd": 0},    # too small
+        {"id": 7, "image_id": 3, "category_id": 18,                                                        # two parts
+         "segmentation": poly(30, 5, 40, 12) + poly(30, 20, 40, 30), "iscrowd": 0},
+        {"id": 8, "image_id": 11, "category_id": 3, "segmentation": poly(10, 10, 30, 30), "iscrowd": 0},    # complete
+        *extra_annotations,
+    ]
+    return {"images": images, "annotations": anns, "categories": CATS}
+
+
+def write(tmp_path, data, name="src.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+OPTS = BankOptions(min_area=50)
+
+
+def test_bank_counts_tables_and_masks(tmp_path):
+    data = source()
+    path = write(tmp_path, data)
+    meta = build_bank(path, tmp_path / "bank", OPTS, progress=False)
+    assert meta["kept_per_category"] == {"3": 2, "18": 2, "90": 0}
+    assert meta["rejected"] == {"crowd": 1, "truncated": 1, "overlapped": 1, "too_small": 1}
+    assert meta["skipped"]["counts"] == {} and meta["num_images"] == 3
+    bank = Bank.load(tmp_path / "bank")
+    assert bank.categories == CATS and bank.meta == meta
+    assert bank.cutout_categories() == [3, 18]
+    assert [bank.annotation(k)["id"] for k in bank.cutouts(3)] == [1, 8]
+    assert [bank.annotation(k)["id"] for k in bank.cutouts(18)] == [2, 7]
+    assert len(bank.cutouts(90)) == 0 and len(bank.cutouts(12345)) == 0
+    assert [bank.image_record(i) for i in range(3)] == [{k: im[k] for k in ("id", "file_name", "height", "width")}
+                                                        for im in data["images"]]
+    by_id = {a["id"]: a for a in data["annotations"]}
+    for i, image in enumerate(data["images"]):
+        got = bank.image_annotations(i)
+        assert [a["id"] for a in got] == [a["id"] for a in data["annotations"] if a["image_id"] == image["id"]]
+        for a in got:
+            h, w = image["height"], image["width"]
+            expected = masks.decode(by_id[a["id"]]["segmentation"], h, w)
+            assert np.array_equal(masks.decode(a["segmentation"], h, w), expected)
+            assert a["bbox"] == masks.bbox(expected) and a["area"] == masks.area(expected)
+            assert a["iscrowd"] == by_id[a["id"]]["iscrowd"] and a["category_id"] == by_id[a["id"]]["category_id"]
+    k = int(bank.cutouts(18)[1])
+    assert bank.annotation(k)["image_index"] == 1 and bank.rejection(k) is None
+    with pytest.raises(IndexError):
+        bank.image_record(3)
+
+
+BAD = [
+    {"id": 1000000, "image_id": 11, "category_id": 999, "segmentation": poly(1, 1, 5, 5)},        # unknown category
+    {"id": 1000001, "image_id": 424242, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},      # unknown image
+    {"id": 1000002, "image_id": 3, "category_id": 3, "segmentation": [[1, 2, 3]]},                # degenerate polygon
+    {"id": 1000003, "image_id": 3, "category_id": 3, "segmentation": [[1, 1, 1, 1, 1, 1]]},       # empty mask
+    {"id": 1000004, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": "0000"}},  # bad RLE
+    {"id": 1000005, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": [2000, -5, 5]}},
+    {"image_id": 3, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},                            # no id
+    {"id": 1000006, "image_id": [3], "category_id": 3, "segmentation": poly(1, 1, 5, 5)},          # malformed id
+    {"id": 8, "image_id": 3, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},                  # duplicate id
+]
+
+
+def test_bad_records_are_skipped_by_reason(tmp_path):
+    data = source(BAD)
+    data["images"].append({"id": 12, "file_name": "x.jpg", "height": 0, "width": 5})                 # malformed image
+    meta = build_bank(write(tmp_path, data), tmp_path / "bank", OPTS, progress=False)
+    assert meta["skipped"]["counts"] == {errors.DEGENERATE_MASK: 4, errors.DUPLICATE_ID: 1, errors.MALFORMED_RECORD: 3,
+                                         errors.UNKNOWN_CATEGORY: 1, errors.UNKNOWN_IMAGE: 1}
+    assert meta["first_skip"].startswith("image record 12: malformed record")
+    bank = Bank.load(tmp_path / "bank")
+    # images 11 and 3 lost an annotation: not backgrounds, but still a source of cutouts
+    assert bank.num_images == 1 and bank.image_record(0)["id"] == 7
+    assert [bank.image_record(i)["id"] for i in (1, 2)] == [3, 11]
+    assert meta["kept_per_category"] == {"3": 2, "18": 2, "90": 0}
+    assert [bank.annotation(k)["id"] for k in bank.cutouts(3)] == [1, 8]
+
+
+def test_strict_mode_names_the_first_bad_record(tmp_path):
+    path = write(tmp_path, source(BAD))
+    with pytest.raises(OccsynthError, match=r"^annotation 1000000: annotation refers to an unknown category id"):
+        build_bank(path, tmp_path / "b", OPTS, strict=True, progress=False)
+    ensure_bank(path, tmp_path / "cache", OPTS, progress=False)          # lenient build is cached ...
+    with pytest.raises(OccsynthError, match=r"^annotation 1000000: "):     # ... and refused in strict mode
+        ensure_bank(path, tmp_path / "cache", OPTS, strict=True, progress=False)
+    result = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(path), "--cache-dir", str(tmp_path / "c2"),
+                                                "--strict", "--quiet"])
+    assert result.exit_code == 2 and result.output.startswith("Error: annotation 1000000")
+
+
+def test_not_a_coco_file_is_reported(tmp_path):
+    with pytest.raises(OccsynthError, match="no valid category records"):
+        build_bank(write(tmp_path, [1, 2]), tmp_path / "b", progress=False)
+    with pytest.raises(OccsynthError, match="malformed JSON"):
+        (tmp_path / "broken.json").write_text('{"categories": [{"id": 1}], "images": [{"id": ')
+        build_bank(tmp_path / "broken.json", tmp_path / "b", progress=False)
+
+
+# ---------------------------------------------------------------- caching and determinism
+
+
+def test_bank_is_deterministic_cached_and_keyed(tmp_path):
+    path = write(tmp_path, source(BAD))
+    build_bank(path, tmp_path / "one", OPTS, progress=False)
+    build_bank(path, tmp_path / "two", OPTS, progress=False)
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "meta.json" in files and len(files) == 18
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
+
+    bank_dir = ensure_bank(path, tmp_path / "cache", OPTS, progress=False)
+    assert bank_dir.parent == tmp_path / "cache" / "banks" and bank_dir.name == bank_key(
+        Bank.load(bank_dir).meta["source"]["sha256"], OPTS)
+    assert all((bank_dir / f).read_bytes() == (tmp_path / "one" / f).read_bytes() for f in files)
+    stamp = (bank_dir / "meta.json").stat().st_mtime_ns
+    assert ensure_bank(path, tmp_path / "cache", OPTS, progress=False) == bank_dir
+    assert (bank_dir / "meta.json").stat().st_mtime_ns == stamp
+    other = ensure_bank(path, tmp_path / "cache", BankOptions(min_area=10), progress=False)
+    assert other != bank_dir and Bank.load(other).meta["rejected"]["too_small"] == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / "banks").iterdir()) == sorted([bank_dir.name, other.name])
+
+
+def test_loading_refuses_pickles_and_damaged_banks(tmp_path):
+    path = write(tmp_path, source())
+    good = tmp_path / "good"
+    build_bank(path, good, OPTS, progress=False)
+
+    def damaged(name):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        return d
+
+    d = damaged("pickled")
+    np.save(d / "ann_id.npy", np.array([{"__reduce__": "boom"}] * 8, dtype=object), allow_pickle=True)
+    with pytest.raises(OccsynthError, match="ann_id.npy: unreadable bank array"):
+        Bank.load(d)
+    d = damaged("float")
+    np.save(d / "ann_category.npy", np.zeros(8, np.float64))
+    with pytest.raises(OccsynthError, match="expected a 1-d int64 array"):
+        Bank.load(d)
+    d = damaged("short")
+    np.save(d / "ann_area.npy", np.zeros(3, np.int64))
+    with pytest.raises(OccsynthError, match="damaged cutout bank"):
+        Bank.load(d)
+    d = damaged("missing")
+    (d / "rle_blob.npy").unlink()
+    with pytest.raises(OccsynthError, match="rle_blob.npy"):
+        Bank.load(d)
+    with pytest.raises(OccsynthError, match="not a readable cutout bank"):
+        Bank.load(tmp_path / "nowhere")
+
+
+def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
+    path = write(tmp_path, source(BAD))
+    result = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(path), "--cache-dir", str(tmp_path / "c"),
+                                                "--min-area", "50", "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "kept 4 complete instance(s)" in out and "3 car" in out and "18 dog" in out and "toothbrush" not in out
+    assert "1  crowd" in out and "1  overlapped" in out
+    assert "skipped 9 bad record(s)" in out and errors.UNKNOWN_IMAGE in out
+    assert f"bank: {tmp_path / 'c' / 'banks'}" in out
