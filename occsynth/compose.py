@@ -1,0 +1,375 @@
+"""Paste cutouts onto a background so that they occlude each other (pure: arrays in, arrays out).
+
+Depth order is paste order: background instances are layer 0, the k-th paste is layer k + 1.
+The label map ``top`` (H, W, int16) records which pasted object is nearest the camera at each
+pixel (-1: none); everything else works on the pasted object's box, and only the returned
+per-instance masks are full size.
+
+Exactness (what `occsynth validate` checks):
+- visible = amodal minus the union of the amodal masks on higher layers;
+- the output pixels under a pasted object's visible mask are exactly its transformed cutout
+  pixels: blending (feather / gaussian alpha) only touches pixels *outside* the object mask
+  that no earlier pasted object covers, and later pastes only overwrite what they occlude.
+
+Placement: the first paste goes anywhere. Paste k >= 1 is placed over an earlier pasted object
+(paste 1 over paste 0: the schedule's occluder/occludee pair; later ones over a random earlier
+object that can take more occlusion). It aims at an occlusion ratio drawn from
+``options.occlusion`` by bisecting the shift along random directions (``max_tries`` candidate
+positions in all). A candidate is *good* when the target's ratio lands in range and no pasted
+object exceeds ``max_occlusion``. When no candidate is good, every position overlapping the
+target is scored at once (template correlation) and a good one is drawn from those; failing
+that, the best candidate is taken: never above ``max_occlusion``, then keeping some pasted
+object occluded within range, then the target's ratio nearest the range. If no position at
+all keeps every object within ``max_occlusion``, the cutout is shrunk (x0.7, a few times) and,
+as a last resort, left out (its instance is then missing; this needs a nearly full image).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from . import masks
+from .errors import OccsynthError
+from .occluders import layer_occluders
+from .schedule import CompositeOptions
+
+SHRINK_STEP = 0.7
+MAX_SHRINKS = 6
+VERIFY_CANDIDATES = 16  # exhaustive-search positions re-checked exactly
+
+
+def transform_cutout(cutout: dict, image_size: tuple[int, int], options: CompositeOptions,
+                     shrink: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A cutout as compose pastes it: (rgb patch (h, w, 3) uint8, mask patch (h, w) bool).
+
+    The patch is the object's tight box with ``options.margin`` px of context on every side
+    (edge-replicated where the cutout's own context is too short). Resize factor: the cutout's
+    ``scale`` x ``shrink``, reduced so that the object is at most ``max_size`` of the image's
+    height and width; mask by nearest neighbour, rgb bilinear; then a horizontal flip if asked.
+    """
+    rgb, mask = np.asarray(cutout["rgb"]), np.asarray(cutout["mask"]).astype(bool, copy=False)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[:2] != mask.shape:
+        raise OccsynthError(f"cutout rgb {rgb.shape} {rgb.dtype} and mask {mask.shape} do not match")
+    box = _box(mask)
+    if box is None:
+        raise OccsynthError(f"cutout {cutout.get('source')} has an empty mask")
+    height, width = image_size
+    lim_h, lim_w = max(1, int(options.max_size * height)), max(1, int(options.max_size * width))
+    bh, bw = box[2] - box[0], box[3] - box[1]
+    factor = min(float(cutout["scale"]) * shrink, lim_h / bh, lim_w / bw)
+    ch, cw = mask.shape
+    for _ in range(50):
+        size = (max(1, round(ch * factor)), max(1, round(cw * factor)))
+        resized = mask if size == mask.shape else masks.resize(mask, size)
+        if not resized.any():  # nearest neighbour missed a thin object: keep every touched pixel
+            resized = cv2.resize(mask.astype(np.float32), size[::-1], interpolation=cv2.INTER_AREA) > 0
+        box = _box(resized)
+        bh, bw = box[2] - box[0], box[3] - box[1]
+        if bh <= lim_h and bw <= lim_w:
+            break
+        factor *= min(lim_h / bh, lim_w / bw) * 0.99
+    if size != mask.shape:
+        rgb = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_LINEAR)
+    m = options.margin
+    y0, x0, y1, x1 = box[0] - m, box[1] - m, box[2] + m, box[3] + m
+    mask_patch = masks.crop(resized, (x0, y0, x1, y1))
+    rgb_patch = _crop_replicate(rgb, y0, x0, y1, x1)
+    if cutout.get("flip"):
+        mask_patch, rgb_patch = mask_patch[:, ::-1], rgb_patch[:, ::-1]
+    return np.ascontiguousarray(rgb_patch), np.ascontiguousarray(mask_patch)
+
+
+def blend_alpha(mask_patch: np.ndarray, options: CompositeOptions) -> np.ndarray | None:
+    """Alpha (float32) of a patch: 1 on the object, a halo outside it; None without blending."""
+    if options.blend == "none" or options.blend_px <= 0:
+        return None
+    if options.blend == "feather":
+        # distance (px) to the nearest object pixel; linear ramp that reaches 0 at blend_px + 1
+        dist = cv2.distanceTransform((~mask_patch).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+        alpha = np.clip(1.0 - dist / np.float32(options.blend_px + 1.0), 0.0, 1.0).astype(np.float32)
+    else:
+        alpha = cv2.GaussianBlur(mask_patch.astype(np.float32), (0, 0), sigmaX=options.blend_px,
+                                 borderType=cv2.BORDER_CONSTANT)
+    alpha[mask_patch] = 1.0
+    return alpha
+
+
+def compose(background: np.ndarray, background_instances: list[dict], cutouts: list[dict],
+            rng: np.random.Generator, options: CompositeOptions) -> tuple[np.ndarray, list[dict]]:
+    """Paste ``cutouts`` (first = lowest layer) onto ``background``; returns (image, instances).
+
+    Instances: background ones first (layer 0, amodal = their source mask, ``amodal_complete``
+    False; those left with nothing visible are dropped), then the pasted ones (layers 1, 2, ...).
+    Each has 'category_id', 'iscrowd', 'amodal_mask', 'visible_mask' (H, W bool), 'layer',
+    'occluders' (indices into the returned list), 'amodal_complete', 'source'; pasted ones also
+    'paste': {'x', 'y', 'shrink'} (top-left of the object's box in the image, and the shrink
+    given to :func:`transform_cutout`), which reproduces their pixels exactly.
+    """
+    background = np.asarray(background)
+    if background.ndim != 3 or background.shape[2] != 3 or background.dtype != np.uint8:
+        raise OccsynthError(f"background must be an H x W x 3 uint8 image, got {background.shape} {background.dtype}")
+    height, width = background.shape[:2]
+    image = background.copy()
+    canvas = _Canvas(height, width)
+    pasted = []
+    for cutout in cutouts:
+        for attempt in range(MAX_SHRINKS + 1):
+            shrink = SHRINK_STEP ** attempt
+            rgb_patch, mask_patch = transform_cutout(cutout, (height, width), options, shrink)
+            obj = _Object(mask_patch, options.margin)
+            position = canvas.place(obj, rng, options)
+            if position is not None:
+                break
+        else:
+            continue  # nowhere keeps every pasted object within max_occlusion: leave this one out
+        y, x = position
+        _paint(image, canvas.top, rgb_patch, mask_patch, obj, y, x, options)
+        canvas.add(obj, y, x)
+        pasted.append((cutout, obj, y, x, shrink))
+
+    covered = canvas.top >= 0
+    instances = []
+    for inst in background_instances:
+        amodal = np.asarray(inst["mask"]).astype(bool, copy=False)
+        if amodal.shape != (height, width):
+            raise OccsynthError(f"background instance {inst.get('source')} mask {amodal.shape} is not "
+                                f"the image size {(height, width)}")
+        visible = amodal & ~covered
+        if not visible.any():
+            continue
+        instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0),
+                          "amodal_mask": amodal, "visible_mask": visible, "layer": 0,
+                          "amodal_complete": False, "source": inst.get("source")})
+    for k, (cutout, obj, y, x, shrink) in enumerate(pasted):
+        amodal = np.zeros((height, width), bool)
+        visible = np.zeros((height, width), bool)
+        sl = (slice(y, y + obj.h), slice(x, x + obj.w))
+        amodal[sl] = obj.mask
+        visible[sl] = obj.mask & (canvas.top[sl] == k)
+        instances.append({"category_id": cutout["category_id"], "iscrowd": 0, "amodal_mask": amodal,
+                          "visible_mask": visible, "layer": k + 1, "amodal_complete": True,
+                          "source": cutout.get("source"), "paste": {"x": x, "y": y, "shrink": shrink}})
+    occluders = layer_occluders([i["amodal_mask"] for i in instances], [i["layer"] for i in instances])
+    for inst, occ in zip(instances, occluders):
+        inst["occluders"] = occ
+    return image, instances
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight (y0, x0, y1, x1) box, exclusive ends; None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _crop_replicate(image: np.ndarray, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    """image[y0:y1, x0:x1], edge pixels replicated where the box leaves the image."""
+    h, w = image.shape[:2]
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    part = image[sy0:sy1, sx0:sx1]
+    pads = (sy0 - y0, y1 - sy1, sx0 - x0, x1 - sx1)
+    if any(pads):
+        part = cv2.copyMakeBorder(np.ascontiguousarray(part), *pads, borderType=cv2.BORDER_REPLICATE)
+    return part
+
+
+@dataclass
+class _Object:
+    """A transformed cutout's object mask (tight box) inside its patch."""
+
+    patch: np.ndarray
+    margin: int
+
+    def __post_init__(self) -> None:
+        m = self.margin
+        self.mask = self.patch[m:self.patch.shape[0] - m, m:self.patch.shape[1] - m]
+        self.h, self.w = self.mask.shape
+        self.area = int(np.count_nonzero(self.mask))
+        self.mask_f32 = None
+
+    def template(self) -> np.ndarray:
+        if self.mask_f32 is None:
+            self.mask_f32 = self.mask.astype(np.float32)
+        return self.mask_f32
+
+
+def _paint(image: np.ndarray, top: np.ndarray, rgb_patch: np.ndarray, mask_patch: np.ndarray, obj: _Object,
+           y: int, x: int, options: CompositeOptions) -> None:
+    """Object pixels copied exactly; halo blended only where no pasted object lies yet."""
+    m = options.margin
+    np.copyto(image[y:y + obj.h, x:x + obj.w], rgb_patch[m:m + obj.h, m:m + obj.w], where=obj.mask[..., None])
+    alpha = blend_alpha(mask_patch, options)
+    if alpha is None:
+        return
+    height, width = top.shape
+    py0, px0 = y - m, x - m
+    sy0, sx0 = max(py0, 0), max(px0, 0)
+    sy1, sx1 = min(py0 + mask_patch.shape[0], height), min(px0 + mask_patch.shape[1], width)
+    a = alpha[sy0 - py0:sy1 - py0, sx0 - px0:sx1 - px0]
+    halo = (a > 0) & ~mask_patch[sy0 - py0:sy1 - py0, sx0 - px0:sx1 - px0] & (top[sy0:sy1, sx0:sx1] < 0)
+    if not halo.any():
+        return
+    ys, xs = np.nonzero(halo)
+    w = a[ys, xs][:, None]
+    src = rgb_patch[ys + (sy0 - py0), xs + (sx0 - px0)].astype(np.float32)
+    dst = image[ys + sy0, xs + sx0].astype(np.float32)
+    image[ys + sy0, xs + sx0] = np.clip(np.rint(w * src + (1.0 - w) * dst), 0, 255).astype(np.uint8)
+
+
+class _Canvas:
+    """Pasted objects so far: label map of the nearest one, boxes, amodal and visible areas."""
+
+    def __init__(self, height: int, width: int):
+        self.height, self.width = height, width
+        self.top = np.full((height, width), -1, np.int16)
+        self.boxes: list[tuple[int, int, int, int]] = []  # (y, x, h, w) of each object's box
+        self.amodal = np.zeros(0, np.int64)
+        self.visible = np.zeros(0, np.int64)
+
+    def add(self, obj: _Object, y: int, x: int) -> None:
+        k = len(self.boxes)
+        covered = self._covered(obj, y, x)
+        self.visible = np.append(self.visible - covered, obj.area)
+        self.amodal = np.append(self.amodal, obj.area)
+        self.top[y:y + obj.h, x:x + obj.w][obj.mask] = k
+        self.boxes.append((y, x, obj.h, obj.w))
+
+    def _covered(self, obj: _Object, y: int, x: int) -> np.ndarray:
+        """Visible pixels of each earlier object that ``obj`` at (y, x) would hide."""
+        k = len(self.boxes)
+        labels = self.top[y:y + obj.h, x:x + obj.w][obj.mask]
+        return np.bincount(labels.astype(np.intp) + 1, minlength=k + 1)[1:k + 1]
+
+    # ---- placement
+
+    def place(self, obj: _Object, rng: np.random.Generator, options: CompositeOptions) -> tuple[int, int] | None:
+        """Position (y, x) of the object's box, or None if none keeps every object within max_occlusion."""
+        ymax, xmax = self.height - obj.h, self.width - obj.w
+        k = len(self.boxes)
+        if k == 0:
+            return int(rng.integers(ymax + 1)), int(rng.integers(xmax + 1))
+        ratios = 1.0 - self.visible / self.amodal
+        lo, hi = options.occlusion
+        room = np.flatnonzero((ratios < hi) & (self.visible > 0))
+        target = 0 if k == 1 else int(rng.choice(room if room.size else np.arange(k)))
+        ty, tx, th, tw = self.boxes[target]
+        cy, cx = ty + th / 2 - obj.h / 2, tx + tw / 2 - obj.w / 2
+        reach = math.hypot(th + obj.h, tw + obj.w) / 2 + 1
+        best, best_score = None, None
+        tries = 0
+        while tries < options.max_tries:
+            theta = rng.uniform(0.0, 2 * math.pi)
+            aim = rng.uniform(lo, hi)
+            dy, dx = math.sin(theta), math.cos(theta)
+            near, far = 0.0, reach
+            while tries < options.max_tries and far - near > 0.5:
+                d = (near + far) / 2
+                y = min(max(int(round(cy + d * dy)), 0), ymax)
+                x = min(max(int(round(cx + d * dx)), 0), xmax)
+                tries += 1
+                score, target_ratio = self._score(obj, y, x, target, options)
+                if score is None:
+                    return y, x
+                if best_score is None or score < best_score:
+                    best, best_score = (y, x), score
+                if target_ratio > aim:
+                    near = d
+                else:
+                    far = d
+        found, score = self._search(obj, rng, options, target)
+        if found is not None and (score is None or best_score is None or score < best_score):
+            best, best_score = found, score
+        if best is not None and (best_score is None or best_score[0] == 0):
+            return best
+        return self._search(obj, rng, options, None)[0]
+
+    def _score(self, obj: _Object, y: int, x: int, target: int | None, options: CompositeOptions):
+        """(None, ratio) for a good position, else ((over max?, none in range?, distance), target ratio)."""
+        covered = self._covered(obj, y, x)
+        visible = self.visible - covered
+        ratios = 1.0 - visible / self.amodal
+        lo, hi = options.occlusion
+        over = bool(np.any(ratios > options.max_occlusion))
+        in_range = (ratios >= lo) & (ratios <= hi) & (visible < self.amodal)
+        if target is None:
+            return (None if not over and in_range.any() else (int(over), int(not in_range.any()), 0.0)), 0.0
+        r = float(ratios[target])
+        if not over and in_range[target] and covered[target] > 0:
+            return None, r
+        distance = 0.0 if covered[target] > 0 and lo <= r <= hi else max(lo - r, r - hi, 1e-9)
+        return (int(over), int(not in_range.any()), distance), r
+
+    def _search(self, obj: _Object, rng: np.random.Generator, options: CompositeOptions,
+                target: int | None) -> tuple[tuple[int, int] | None, tuple | None]:
+        """Score every position at once (overlapping ``target``'s box, or anywhere when None).
+
+        Returns (position, None) for a good one, else (best position within max_occlusion, its
+        score), or (None, None) when every position tried breaks max_occlusion.
+
+        Correlation counts come from cv2.matchTemplate (float, FFT for big objects): they only
+        propose positions; each is re-scored exactly before it is taken.
+        """
+        ymax, xmax = self.height - obj.h, self.width - obj.w
+        if target is None:
+            y0, x0, y1, x1 = 0, 0, ymax, xmax
+        else:
+            ty, tx, th, tw = self.boxes[target]
+            y0, y1 = max(0, ty - obj.h + 1), min(ymax, ty + th - 1)
+            x0, x1 = max(0, tx - obj.w + 1), min(xmax, tx + tw - 1)
+            if y0 > y1 or x0 > x1:
+                return None, None
+        region = self.top[y0:y1 + obj.h, x0:x1 + obj.w]
+        shape = (y1 - y0 + 1, x1 - x0 + 1)
+        k = len(self.boxes)
+        lo, hi = options.occlusion
+        over = np.zeros(shape, bool)
+        in_range = np.zeros(shape, bool)
+        target_ok = np.zeros(shape, bool)
+        distance = np.ones(shape, np.float32)
+        for j in range(k):
+            if self.visible[j] == 0:
+                continue
+            layer = region == j
+            if not layer.any():
+                cover = None
+            else:
+                cover = np.rint(cv2.matchTemplate(layer.astype(np.float32), obj.template(), cv2.TM_CCORR))
+            ratio = 1.0 - (self.visible[j] - (cover if cover is not None else 0.0)) / self.amodal[j]
+            ratio = np.broadcast_to(np.asarray(ratio, np.float64), shape)
+            over |= ratio > options.max_occlusion
+            in_range |= (ratio >= lo) & (ratio <= hi) & (ratio > 0)
+            if j == target:
+                hit = cover > 0 if cover is not None else np.zeros(shape, bool)
+                target_ok = hit & (ratio >= lo) & (ratio <= hi)
+                distance = np.where(target_ok, 0.0, np.maximum(lo - ratio, ratio - hi)).astype(np.float32)
+        if target is None:
+            good = ~over & in_range
+            fallback = np.where(over, 2.0, 0.0) + np.where(in_range, 0.0, 1.0)
+        else:
+            good = ~over & target_ok
+            fallback = np.where(over, 4.0, 0.0) + np.where(in_range, 0.0, 2.0) + np.minimum(distance, 1.0)
+        flat_good = np.flatnonzero(good.ravel())
+        picks = []
+        if flat_good.size:
+            picks = rng.choice(flat_good, size=min(VERIFY_CANDIDATES, flat_good.size), replace=False).tolist()
+        feasible = np.flatnonzero(~over.ravel())
+        if feasible.size:
+            order = feasible[np.argsort(fallback.ravel()[feasible], kind="stable")[:VERIFY_CANDIDATES]]
+            picks += order.tolist()
+        best, best_score = None, None
+        for p in picks:
+            y, x = y0 + p // shape[1], x0 + p % shape[1]
+            score, _ = self._score(obj, y, x, target, options)
+            if score is None:
+                return (int(y), int(x)), None
+            if score[0] == 0 and (best_score is None or score < best_score):
+                best, best_score = (int(y), int(x)), score
+        return best, best_score

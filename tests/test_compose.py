@@ -1,0 +1,283 @@
+"""compose(): exact visible/amodal masks, exact pasted pixels, occluders, placement targets, blending."""
+import cv2
+import numpy as np
+import pytest
+
+from occsynth.compose import blend_alpha, compose, transform_cutout
+from occsynth.errors import OccsynthError
+from occsynth.schedule import CompositeOptions
+
+VARIANTS = {
+    "feather": CompositeOptions(),
+    "gaussian": CompositeOptions(blend="gaussian", blend_px=1.5),
+    "none": CompositeOptions(blend="none", scale=(0.8, 1.2)),
+    # crowded and few tries: exercises the exhaustive search and the shrink fallback
+    "crowded": CompositeOptions(pastes=(6, 8), max_tries=2, scale=(1.0, 1.6), max_size=0.9, occlusion=(0.2, 0.5),
+                                max_occlusion=0.6),
+}
+
+
+def random_shape(rng, h, w):
+    """A compact random object filling most of its (h, w) box."""
+    m = np.zeros((h, w), np.uint8)
+    kind = rng.integers(3)
+    if kind == 0:
+        cv2.ellipse(m, (w // 2, h // 2), (max(1, w // 2 - 1), max(1, h // 2 - 1)), 0, 0, 360, 1, -1)
+    elif kind == 1:
+        m[:, :] = 1
+        m[rng.integers(h // 2):, : rng.integers(w // 2) + 1] = 0  # an L shape
+    else:
+        pts = np.array([[0, h // 2], [w // 2, 0], [w - 1, int(rng.integers(h))], [w // 3, h - 1]], np.int32)
+        cv2.fillPoly(m, [pts], 1)
+    return m.astype(bool)
+
+
+def make_case(seed, options):
+    """Background with a few rectangle instances, and cutouts (with context margin) of random shapes."""
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(56, 112, size=2))
+    background = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    instances = []
+    for j in range(int(rng.integers(0, 4))):
+        m = np.zeros((h, w), bool)
+        y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        m[y:y + rng.integers(2, 24), x:x + rng.integers(2, 24)] = True
+        instances.append({"mask": m.astype(np.uint8), "category_id": 90 + j, "iscrowd": int(j == 2),
+                          "source": {"image_id": 1, "annotation_id": j}})
+    cutouts = []
+    margin = int(np.ceil(3 * options.blend_px))
+    lo, hi = options.pastes
+    for j in range(int(rng.integers(lo, hi + 1))):
+        ch, cw = (int(v) for v in rng.integers(12, 36, size=2))
+        mask = np.pad(random_shape(rng, ch, cw), margin)
+        rgb = rng.integers(0, 256, size=mask.shape + (3,), dtype=np.uint8)
+        cutouts.append({"rgb": rgb, "mask": mask, "category_id": int(rng.integers(1, 5)),
+                        "scale": float(rng.uniform(*options.scale)), "flip": bool(rng.random() < 0.5),
+                        "source": {"image_id": 2, "annotation_id": 100 + j}})
+    return background, instances, cutouts
+
+
+def placed(cutout, inst, shape, options):
+    """The transformed cutout's (rgb, mask) laid on a full canvas where compose put it."""
+    rgb_patch, mask_patch = transform_cutout(cutout, shape, options, inst["paste"]["shrink"])
+    m = options.margin
+    y, x = inst["paste"]["y"] - m, inst["paste"]["x"] - m
+    H, W = shape
+    rgb = np.zeros((H + 2 * m + rgb_patch.shape[0], W + 2 * m + rgb_patch.shape[1], 3), np.uint8)
+    mask = np.zeros(rgb.shape[:2], bool)
+    rgb[y + m:y + m + rgb_patch.shape[0], x + m:x + m + rgb_patch.shape[1]] = rgb_patch
+    mask[y + m:y + m + mask_patch.shape[0], x + m:x + m + mask_patch.shape[1]] = mask_patch
+    assert mask[m:m + H, m:m + W].sum() == mask.sum(), "pasted object leaves the image"
+    return rgb[m:m + H, m:m + W], mask[m:m + H, m:m + W]
+
+
+def check_invariants(background, bg_instances, cutouts, image, instances, options):
+    H, W = background.shape[:2]
+    assert image.shape == background.shape and image.dtype == np.uint8
+    layers = [i["layer"] for i in instances]
+    n_bg = layers.count(0)
+    assert layers == [0] * n_bg + list(range(1, len(instances) - n_bg + 1))
+    pasted = instances[n_bg:]
+    # every cutout is pasted, in order
+    assert [i["source"] for i in pasted] == [c["source"] for c in cutouts]
+    covered = np.zeros((H, W), bool)
+    for inst in pasted:
+        covered |= inst["amodal_mask"]
+    # background instances: original mask as amodal; dropped exactly when fully hidden
+    kept = [b for b in bg_instances if (b["mask"].astype(bool) & ~covered).any()]
+    assert [i["source"] for i in instances[:n_bg]] == [b["source"] for b in kept]
+    for inst, b in zip(instances[:n_bg], kept):
+        assert np.array_equal(inst["amodal_mask"], b["mask"].astype(bool))
+        assert inst["amodal_complete"] is False and inst["iscrowd"] == b["iscrowd"]
+        assert inst["category_id"] == b["category_id"]
+    for i, inst in enumerate(instances):
+        assert inst["amodal_mask"].shape == inst["visible_mask"].shape == (H, W)
+        assert inst["amodal_mask"].dtype == bool and inst["visible_mask"].dtype == bool
+        higher = np.zeros((H, W), bool)
+        expected_occluders = []
+        for j, other in enumerate(instances):
+            if other["layer"] > inst["layer"]:
+                higher |= other["amodal_mask"]
+                if (other["amodal_mask"] & inst["amodal_mask"]).any():
+                    expected_occluders.append(j)
+        assert np.array_equal(inst["visible_mask"], inst["amodal_mask"] & ~higher)
+        assert inst["visible_mask"].any()
+        assert inst["occluders"] == expected_occluders
+    for inst, cutout in zip(pasted, cutouts):
+        assert inst["amodal_complete"] is True and inst["iscrowd"] == 0
+        assert inst["category_id"] == cutout["category_id"]
+        rgb, mask = placed(cutout, inst, (H, W), options)
+        assert np.array_equal(inst["amodal_mask"], mask)
+        vis = inst["visible_mask"]
+        assert np.array_equal(image[vis], rgb[vis]), "pasted pixels altered"
+        ratio = 1 - vis.sum() / inst["amodal_mask"].sum()
+        assert ratio <= options.max_occlusion
+        # the object fits max_size
+        ys, xs = np.nonzero(inst["amodal_mask"])
+        assert np.ptp(ys) + 1 <= max(1, int(options.max_size * H)) and np.ptp(xs) + 1 <= max(1, int(options.max_size * W))
+    return pasted
+
+
+def in_range_occluded(pasted, options):
+    lo, hi = options.occlusion
+    ratios = [1 - p["visible_mask"].sum() / p["amodal_mask"].sum() for p in pasted]
+    return any(0 < r and lo <= r <= hi for r in ratios)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_invariants_on_random_cases(variant):
+    options = VARIANTS[variant]
+    hits = 0
+    n_cases = 50
+    for seed in range(n_cases):
+        background, bg_instances, cutouts = make_case(seed, options)
+        before = background.copy()
+        image, instances = compose(background, bg_instances, cutouts, np.random.default_rng(seed), options)
+        assert np.array_equal(background, before), "input background modified"
+        pasted = check_invariants(background, bg_instances, cutouts, image, instances, options)
+        hits += in_range_occluded(pasted, options)
+        if options.blend == "none":  # exact paste: painter's algorithm reproduces every pixel
+            expected = background.copy()
+            for inst, cutout in zip(pasted, cutouts):
+                rgb, mask = placed(cutout, inst, background.shape[:2], options)
+                expected[mask] = rgb[mask]
+            assert np.array_equal(image, expected)
+    assert hits >= 0.95 * n_cases, f"{hits}/{n_cases} images with an object occluded within range"
+
+
+@pytest.mark.parametrize("blend", ["feather", "gaussian"])
+def test_blending_acts_only_on_a_halo_outside_pasted_objects(blend):
+    options = CompositeOptions(blend=blend, blend_px=2.0)
+    changed_halo = 0
+    for seed in range(20):
+        background, bg_instances, cutouts = make_case(seed, options)
+        image, instances = compose(background, bg_instances, cutouts, np.random.default_rng(seed), options)
+        union = np.zeros(background.shape[:2], bool)
+        for inst in instances:
+            if inst["layer"] > 0:
+                union |= inst["amodal_mask"]
+        changed = np.any(image != background, axis=2) & ~union
+        # halo pixels lie within reach of a pasted object
+        reach = cv2.dilate(union.astype(np.uint8), np.ones((2 * options.margin + 1,) * 2, np.uint8)).astype(bool)
+        assert not (changed & ~reach).any()
+        changed_halo += int(changed.sum())
+    assert changed_halo > 0
+
+
+def test_blend_alpha():
+    mask = np.zeros((15, 15), bool)
+    mask[5:10, 5:10] = True
+    feather = blend_alpha(mask, CompositeOptions(blend="feather", blend_px=2.0))
+    assert (feather[mask] == 1).all() and feather[0, 0] == 0
+    assert 0 < feather[7, 4] < 1 and feather[7, 4] > feather[7, 3] > feather[7, 2] == 0
+    gauss = blend_alpha(mask, CompositeOptions(blend="gaussian", blend_px=1.0))
+    assert (gauss[mask] == 1).all() and 0 < gauss[7, 4] < 1
+    assert blend_alpha(mask, CompositeOptions(blend="none")) is None
+
+
+def test_compose_is_deterministic():
+    options = CompositeOptions()
+    background, bg_instances, cutouts = make_case(3, options)
+    a_img, a = compose(background, bg_instances, cutouts, np.random.default_rng(42), options)
+    b_img, b = compose(background, bg_instances, cutouts, np.random.default_rng(42), options)
+    assert a_img.tobytes() == b_img.tobytes()
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert np.array_equal(x["visible_mask"], y["visible_mask"]) and x["occluders"] == y["occluders"]
+    c_img, _ = compose(background, bg_instances, cutouts, np.random.default_rng(43), options)
+    assert c_img.tobytes() != a_img.tobytes()
+
+
+def test_hidden_background_instance_is_dropped_and_indices_stay_consistent():
+    h = w = 40
+    background = np.full((h, w, 3), 10, np.uint8)
+    ring = np.ones((h, w), bool)
+    ring[10:30, 10:30] = False  # a hole in the middle; the tight box is the whole image
+    cutout = {"rgb": np.full((h, w, 3), 200, np.uint8), "mask": ring, "category_id": 7, "scale": 1.0,
+              "flip": False, "source": "ring"}
+    hidden = np.zeros((h, w), bool)
+    hidden[2:6, 2:6] = True  # under the ring
+    straddling = np.zeros((h, w), bool)
+    straddling[5:15, 20:25] = True  # partly in the hole
+    inside = np.zeros((h, w), bool)
+    inside[15:20, 15:20] = True  # entirely in the hole
+    bg = [{"mask": m, "category_id": c, "iscrowd": 0, "source": s}
+          for m, c, s in [(hidden, 1, "A"), (straddling, 2, "B"), (inside, 3, "C")]]
+    options = CompositeOptions(max_size=1.0, blend="none")
+    image, instances = compose(background, bg, [cutout], np.random.default_rng(0), options)
+    assert [i["source"] for i in instances] == ["B", "C", "ring"]
+    assert [i["occluders"] for i in instances] == [[2], [], []]
+    assert np.array_equal(instances[0]["visible_mask"], straddling & ~ring)
+    assert np.array_equal(instances[2]["amodal_mask"], ring) and instances[2]["paste"]["shrink"] == 1.0
+    assert (image[ring] == 200).all() and (image[~ring] == 10).all()
+
+
+def test_transform_cutout_scales_flips_and_respects_max_size():
+    mask = np.zeros((14, 24), bool)
+    mask[2:12, 2:22] = True
+    mask[2:5, 2:6] = False  # notch at the top left
+    rgb = np.zeros((14, 24, 3), np.uint8)
+    rgb[..., 0] = np.arange(24, dtype=np.uint8)[None, :] * 10
+    cut = {"rgb": rgb, "mask": mask, "scale": 1.0, "flip": False}
+    options = CompositeOptions(blend="none", max_size=1.0)
+    r, m = transform_cutout(cut, (100, 100), options)
+    assert np.array_equal(m, mask[2:12, 2:22]) and np.array_equal(r, rgb[2:12, 2:22])
+    r, m = transform_cutout({**cut, "flip": True}, (100, 100), options)
+    assert np.array_equal(m, mask[2:12, 2:22][:, ::-1]) and np.array_equal(r, rgb[2:12, 2:22][:, ::-1])
+    r, m = transform_cutout({**cut, "scale": 2.0}, (100, 100), options)
+    assert m.shape == (20, 40) and r.shape == (20, 40, 3) and m.sum() == 4 * mask.sum()
+    r, m = transform_cutout({**cut, "scale": 2.0}, (100, 100), CompositeOptions(blend="none", max_size=0.3))
+    assert m.shape[1] <= 30 and m.shape[0] <= 30
+    # feathering needs context: the patch carries a margin (edge-replicated beyond the cutout's own)
+    options = CompositeOptions(blend_px=2.0)
+    r, m = transform_cutout({**cut, "scale": 0.5}, (100, 100), options)
+    assert m.shape == (5 + 12, 10 + 12) and not m[:6].any() and not m[:, :6].any() and m[6:11, 6:16].any()
+    # a thin object survives shrinking
+    thin = np.zeros((5, 40), bool)
+    thin[2, :] = True
+    r, m = transform_cutout({"rgb": np.zeros((5, 40, 3), np.uint8), "mask": thin, "scale": 0.3, "flip": False},
+                            (100, 100), CompositeOptions(blend="none"))
+    assert m.any()
+    with pytest.raises(OccsynthError, match="empty"):
+        transform_cutout({**cut, "mask": np.zeros_like(mask)}, (100, 100), options)
+
+
+def test_first_pair_is_occluder_and_occludee():
+    """Paste 1 is always placed over paste 0 (the schedule's same-class pair), within range when possible."""
+    options = CompositeOptions(pastes=(2, 2))
+    hits = 0
+    for seed in range(40):
+        background, bg_instances, cutouts = make_case(seed, options)
+        _, instances = compose(background, bg_instances, cutouts, np.random.default_rng(seed), options)
+        first, second = [i for i in instances if i["layer"] > 0]
+        assert (first["amodal_mask"] & second["amodal_mask"]).any()
+        ratio = 1 - first["visible_mask"].sum() / first["amodal_mask"].sum()
+        hits += 0.1 <= ratio <= 0.7
+    assert hits >= 38
+
+
+def test_bad_inputs():
+    options = CompositeOptions()
+    background, bg_instances, cutouts = make_case(0, options)
+    with pytest.raises(OccsynthError, match="uint8"):
+        compose(background.astype(np.float32), bg_instances, cutouts, np.random.default_rng(0), options)
+    with pytest.raises(OccsynthError, match="match"):
+        compose(background, [], [{**cutouts[0], "mask": cutouts[0]["mask"][1:]}], np.random.default_rng(0), options)
+    with pytest.raises(OccsynthError, match="image size"):
+        compose(background, [{**bg_instances[0], "mask": np.ones((3, 3), bool)}] if bg_instances else
+                [{"mask": np.ones((3, 3), bool), "category_id": 1, "iscrowd": 0, "source": None}],
+                cutouts, np.random.default_rng(0), options)
+    image, instances = compose(background, [], [], np.random.default_rng(0), options)
+    assert np.array_equal(image, background) and instances == []
+
+
+def test_a_paste_with_no_room_is_left_out_rather_than_exceeding_max_occlusion():
+    background = np.zeros((4, 4, 3), np.uint8)
+    full = {"rgb": np.full((4, 4, 3), 50, np.uint8), "mask": np.ones((4, 4), bool), "category_id": 1,
+            "scale": 1.0, "flip": False, "source": "full"}
+    # any pixel of a later paste hides >= 1/16 of the first object: more than max_occlusion allows
+    options = CompositeOptions(max_size=1.0, blend="none", occlusion=(0.0, 0.05), max_occlusion=0.05)
+    small = {**full, "source": "small", "rgb": np.full((4, 4, 3), 99, np.uint8)}
+    image, instances = compose(background, [], [full, small], np.random.default_rng(0), options)
+    assert [i["source"] for i in instances] == ["full"] and (image == 50).all()
+    assert instances[0]["layer"] == 1 and instances[0]["occluders"] == []
