@@ -1,0 +1,241 @@
+"""`occsynth preview`: a contact sheet that shows what the annotations say, for a quick look by eye.
+
+Each tile is one image scaled to fit a square tile (aspect kept, centred on a dark background). Per
+instance: the visible mask is tinted; the amodal contour is drawn 1 px wide, solid where the instance
+is visible and dashed where it is hidden; colours tell roles apart (an instance with occluders in the
+occludee colour, one that only occludes others in the occluder colour, the rest neutral). Plain COCO
+files (no amodal masks, e.g. COCO-OCC) get their boxes drawn, and box pairs with IoU >= 0.2 thick.
+
+Only the chosen images' annotations are kept while streaming the JSON, so a preview of a 100k-image
+set reads the file once and decodes 16 images.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from . import masks
+from .atomic import write_bytes
+from .boxes import pairwise_overlap
+from .coco import encode_image, iter_array, read_image, resolve_image_path
+from .errors import BadRecord, OccsynthError
+
+# RGB colours. Distinct hues so roles read at a glance (and so tests can find them exactly).
+OCCLUDEE = (255, 140, 0)      # has occluders
+OCCLUDER = (0, 190, 255)      # occludes others, has no occluder itself
+NEUTRAL = (60, 220, 60)       # neither
+PAIR = (255, 0, 255)          # boxes of an overlapping pair (plain COCO files)
+BACKGROUND = (24, 24, 24)     # letterbox around a tile's image
+TINT_ALPHA = 0.4
+DASH = 3                      # hidden contour: DASH px drawn, DASH px skipped, along the contour
+PAIR_IOU = 0.2
+
+
+def tile_geometry(height: int, width: int, tile: int) -> tuple[float, int, int, int, int]:
+    """(scale, y0, x0, scaled height, scaled width) of an image placed centred in a ``tile`` square."""
+    scale = min(tile / height, tile / width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    return scale, (tile - nh) // 2, (tile - nw) // 2, nh, nw
+
+
+def sheet_shape(count: int, columns: int, tile: int) -> tuple[int, int]:
+    """(height, width) of a sheet of ``count`` tiles: min(columns, count) columns, as many rows as needed."""
+    cols = max(1, min(columns, count))
+    return math.ceil(count / cols) * tile, cols * tile
+
+
+def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16, columns: int = 4,
+            seed: int | None = 0, tile: int = 256, labels: bool = True, boxes: bool | None = None,
+            pair_iou: float = PAIR_IOU) -> np.ndarray:
+    """Contact sheet (RGB uint8) of ``n`` images of a generated set directory or any COCO JSON.
+
+    ``images``: image root for a JSON file (default: ``images/`` beside it if present, else its folder).
+    ``seed``: which images (a seeded sample; ``None`` takes the first ``n``). ``boxes``: draw boxes
+    (default: only for files without amodal masks).
+    """
+    if n < 1 or columns < 1 or tile < 8:
+        raise OccsynthError("preview needs n >= 1, columns >= 1 and tile >= 8")
+    ann_path, image_root = resolve_source(source, images)
+    chosen = select_images(ann_path, n, seed)
+    if not chosen:
+        raise OccsynthError(f"{ann_path}: no image records to preview")
+    anns = annotations_of(ann_path, {image["id"] for image in chosen})
+    height, width = sheet_shape(len(chosen), columns, tile)
+    cols = width // tile
+    sheet = np.empty((height, width, 3), np.uint8)
+    sheet[:] = BACKGROUND
+    for k, image in enumerate(chosen):
+        try:
+            rgb = read_image(resolve_image_path(image_root, image["file_name"]), (image["height"], image["width"]))
+        except BadRecord:
+            rgb = missing_image(image["height"], image["width"])
+        y, x = (k // cols) * tile, (k % cols) * tile
+        sheet[y:y + tile, x:x + tile] = render_tile(rgb, anns.get(image["id"], []), tile, boxes=boxes,
+                                                    pair_iou=pair_iou, label=str(image["id"]) if labels else None)
+    return sheet
+
+
+def save_sheet(sheet: np.ndarray, path: str | os.PathLike, quality: int = 92) -> Path:
+    """Write the sheet atomically as PNG or JPEG (by extension)."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in (".png", ".jpg", ".jpeg"):
+        raise OccsynthError(f"{path}: the sheet is written as .png or .jpg")
+    write_bytes(path, encode_image(sheet, ext, quality))
+    return path
+
+
+def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) -> tuple[Path, Path]:
+    """(annotations JSON, image root) of a generated set directory or a COCO JSON file."""
+    source = Path(source)
+    if source.is_dir():
+        ann_path = source / "annotations.json"
+        root = Path(images) if images else source / "images"
+    elif source.is_file():
+        ann_path = source
+        root = Path(images) if images else (source.parent / "images" if (source.parent / "images").is_dir()
+                                             else source.parent)
+    else:
+        raise OccsynthError(f"{source}: not found")
+    if not ann_path.is_file():
+        raise OccsynthError(f"{ann_path}: not found - give a generated set directory or a COCO JSON file")
+    if not root.is_dir():
+        raise OccsynthError(f"{root}: image directory not found (use --images)")
+    return ann_path, root
+
+
+def select_images(ann_path: Path, n: int, seed: int | None) -> list[dict]:
+    """``n`` valid image records: a seeded sample in file order, or the first ``n`` when ``seed`` is None."""
+    records = [im for im in iter_array(ann_path, "images") if _valid_image(im)]
+    if n >= len(records):
+        return records
+    if seed is None:
+        return records[:n]
+    picked = np.sort(np.random.default_rng(seed).choice(len(records), n, replace=False))
+    return [records[i] for i in picked]
+
+
+def annotations_of(ann_path: Path, image_ids: set) -> dict[int, list[dict]]:
+    """Annotations of the given images, by image id (the rest of the stream is dropped as it is read)."""
+    out: dict[int, list[dict]] = {}
+    for ann in iter_array(ann_path, "annotations"):
+        if isinstance(ann, dict) and ann.get("image_id") in image_ids:
+            out.setdefault(ann["image_id"], []).append(ann)
+    return out
+
+
+def render_tile(rgb: np.ndarray, anns: Sequence[dict], tile: int, boxes: bool | None = None,
+                pair_iou: float = PAIR_IOU, label: str | None = None) -> np.ndarray:
+    """One ``tile`` x ``tile`` RGB tile: the image scaled to fit, with its annotations drawn."""
+    h, w = rgb.shape[:2]
+    scale, y0, x0, nh, nw = tile_geometry(h, w, tile)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    canvas = rgb.copy() if (nh, nw) == (h, w) else cv2.resize(rgb, (nw, nh), interpolation=interp)
+    instances = _decode_instances(anns, h, w, (nh, nw))
+    amodal_mode = any("amodal_segmentation" in a for a in anns)
+    if boxes is None:
+        boxes = not amodal_mode
+    # Tints first, then contours (so no tint covers a contour), lower layers before higher ones.
+    for inst in instances:
+        m = inst["visible"]
+        canvas[m] = (canvas[m] * (1 - TINT_ALPHA) + np.array(inst["colour"]) * TINT_ALPHA).astype(np.uint8)
+    for inst in instances:
+        draw_contour(canvas, inst["amodal"], inst["visible"], inst["colour"])
+    if boxes and instances:
+        draw_boxes(canvas, instances, scale, pair_iou)
+    out = np.empty((tile, tile, 3), np.uint8)
+    out[:] = BACKGROUND
+    out[y0:y0 + nh, x0:x0 + nw] = canvas
+    if label:
+        cv2.putText(out, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(out, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def contour_points(mask: np.ndarray) -> list[np.ndarray]:
+    """Border pixels of a mask as (K, 2) arrays of (y, x), in order along each contour (holes included).
+
+    A border pixel is a mask pixel with a 4-neighbour outside the mask; the image edge does not count
+    (an object cut by the frame has no contour there).
+    """
+    padded = np.pad(mask.astype(np.uint8), 1)
+    contours, _ = cv2.findContours(padded, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    border = mask & ~_erode4(mask)
+    out = []
+    for c in contours:
+        pts = c.reshape(-1, 2)[:, ::-1] - 1  # (x, y) in the padded frame -> (y, x)
+        keep = border[pts[:, 0], pts[:, 1]]
+        out.append(np.where(keep[:, None], pts, -1))
+    return out
+
+
+def draw_contour(canvas: np.ndarray, amodal: np.ndarray, visible: np.ndarray, colour: Sequence[int]) -> None:
+    """Amodal contour: solid where the pixel is visible, dashed (by arc length) where it is hidden."""
+    for pts in contour_points(amodal):
+        index = np.arange(len(pts))
+        on = pts[:, 0] >= 0
+        ys, xs = pts[:, 0].clip(0), pts[:, 1].clip(0)
+        shown = on & (visible[ys, xs] | ((index // DASH) % 2 == 0))
+        canvas[ys[shown], xs[shown]] = colour
+
+
+def draw_boxes(canvas: np.ndarray, instances: list[dict], scale: float, pair_iou: float) -> None:
+    """Boxes of every instance (1 px, role colour); both boxes of a pair with IoU >= pair_iou thick."""
+    xywh = np.array([inst["bbox"] for inst in instances], float).reshape(-1, 4)
+    paired = (pairwise_overlap(xywh, "iou") >= pair_iou).any(axis=1) if len(xywh) > 1 else np.zeros(len(xywh), bool)
+    for inst, box, thick in zip(instances, xywh, paired):
+        x, y, bw, bh = box * scale
+        p0, p1 = (int(round(x)), int(round(y))), (int(round(x + bw)) - 1, int(round(y + bh)) - 1)
+        cv2.rectangle(canvas, p0, p1, PAIR if thick else inst["colour"], 3 if thick else 1)
+
+
+def missing_image(height: int, width: int) -> np.ndarray:
+    """Stand-in for an image file that cannot be read: grey with a red cross."""
+    rgb = np.full((height, width, 3), 70, np.uint8)
+    cv2.line(rgb, (0, 0), (width - 1, height - 1), (200, 0, 0), max(1, min(height, width) // 40))
+    cv2.line(rgb, (width - 1, 0), (0, height - 1), (200, 0, 0), max(1, min(height, width) // 40))
+    return rgb
+
+
+def role_colours(anns: Sequence[dict]) -> list[tuple[int, int, int]]:
+    """Occludee colour if the instance has occluders, else occluder colour if it occludes one, else neutral."""
+    occluding = {j for a in anns for j in (a.get("occluder_ids") or [])}
+    return [OCCLUDEE if a.get("occluder_ids") else OCCLUDER if a.get("id") in occluding else NEUTRAL for a in anns]
+
+
+def _decode_instances(anns: Sequence[dict], h: int, w: int, size: tuple[int, int]) -> list[dict]:
+    order = sorted(range(len(anns)), key=lambda i: _layer(anns[i]))
+    colours = role_colours(anns)
+    out = []
+    for i in order:
+        ann = anns[i]
+        try:
+            visible = masks.decode(ann["segmentation"], h, w)
+            amodal = masks.decode(ann["amodal_segmentation"], h, w) if "amodal_segmentation" in ann else visible
+        except (masks.DegenerateMask, KeyError):
+            continue
+        if (h, w) != size:
+            visible, amodal = masks.resize(visible, size), masks.resize(amodal, size)
+        bbox = ann.get("bbox") if isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4 else masks.bbox(visible)
+        out.append({"visible": visible, "amodal": amodal, "colour": colours[i], "bbox": bbox})
+    return out
+
+
+def _erode4(mask: np.ndarray) -> np.ndarray:
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    return cv2.erode(mask.astype(np.uint8), cross, borderType=cv2.BORDER_REPLICATE).astype(bool)
+
+
+def _layer(ann: dict) -> int:
+    layer = ann.get("layer", 0)
+    return layer if isinstance(layer, int) else 0
+
+
+def _valid_image(image: Any) -> bool:
+    return (isinstance(image, dict) and isinstance(image.get("file_name"), str)
+            and all(isinstance(image.get(k), int) and image[k] > 0 for k in ("height", "width")) and "id" in image)

@@ -1,0 +1,166 @@
+"""occsynth preview: sheet geometry and pixel checks of tints, contours (solid / dashed) and pair boxes."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import inspect_commands
+from cli.common import Group
+from occsynth.preview import (BACKGROUND, DASH, NEUTRAL, OCCLUDEE, OCCLUDER, PAIR, TINT_ALPHA, preview, sheet_shape,
+                              tile_geometry)
+from datasets import SCENES, build, scene_instances, write_dataset
+
+TILE = 64
+
+
+def border4(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask (the image edge does not count), in plain numpy."""
+    p = np.pad(mask, 1, mode="edge")
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~inner
+
+
+def has_colour(image: np.ndarray, colour) -> np.ndarray:
+    return np.all(image == np.array(colour, np.uint8), axis=-1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("preview") / "set")
+
+
+@pytest.fixture(scope="module")
+def sheet(dataset):
+    # Images 1, 2, 3 in file order, one row; images 1 and 3 are 48 x 64, so a 64 px tile shows them at scale 1.
+    return preview(dataset, n=3, columns=3, seed=None, tile=TILE, labels=False)
+
+
+def tile_of_image3(sheet):
+    _, y0, x0, nh, nw = tile_geometry(48, 64, TILE)
+    assert (y0, x0, nh, nw) == (8, 0, 48, 64)
+    tile = sheet[:, 2 * TILE:3 * TILE]
+    return tile, tile[y0:y0 + nh, x0:x0 + nw]
+
+
+def instances(index):
+    return {inst["name"]: inst for inst in scene_instances(SCENES[index])}
+
+
+def test_sheet_size(dataset):
+    assert preview(dataset, n=3, columns=2, tile=TILE).shape == (2 * TILE, 2 * TILE, 3)
+    assert preview(dataset, n=16, columns=4, tile=32).shape == (32, 3 * 32, 3)   # only 3 images exist
+    assert preview(dataset, n=2, columns=1, tile=40).shape == (80, 40, 3)
+    assert sheet_shape(16, 4, 256) == (1024, 1024) and sheet_shape(5, 4, 100) == (200, 400)
+
+
+def test_seeded_selection_is_reproducible(dataset):
+    a = preview(dataset, n=2, columns=2, seed=7, tile=TILE, labels=False)
+    b = preview(dataset, n=2, columns=2, seed=7, tile=TILE, labels=False)
+    assert np.array_equal(a, b)
+
+
+def test_letterbox_and_untouched_pixels(dataset, sheet):
+    tile, image = tile_of_image3(sheet)
+    assert has_colour(tile[:8], BACKGROUND).all() and has_colour(tile[56:], BACKGROUND).all()
+    _, pixels = build()
+    original = pixels["000000000003.png"]
+    insts = instances(2)
+    touched = np.zeros((48, 64), bool)
+    for inst in insts.values():
+        touched |= inst["amodal"]
+    assert np.array_equal(image[~touched], original[~touched])
+
+
+def test_visible_mask_is_tinted(sheet):
+    _, image = tile_of_image3(sheet)
+    _, pixels = build()
+    original = pixels["000000000003.png"].astype(np.float64)
+    k = instances(2)["K"]
+    interior = k["visible"] & ~border4(k["amodal"])
+    expected = (original[interior] * (1 - TINT_ALPHA) + np.array(OCCLUDEE) * TINT_ALPHA).astype(np.uint8)
+    assert interior.sum() > 50
+    assert np.array_equal(image[interior], expected)
+
+
+def test_occluder_contours_exactly_along_the_borders(sheet):
+    # L and M occlude K and have no occluders: their (fully visible) contours are solid in the occluder colour.
+    _, image = tile_of_image3(sheet)
+    insts = instances(2)
+    expected = border4(insts["L"]["amodal"]) | border4(insts["M"]["amodal"])
+    assert np.array_equal(has_colour(image, OCCLUDER), expected)
+
+
+def test_occludee_contour_solid_where_visible_dashed_where_hidden(sheet):
+    _, image = tile_of_image3(sheet)
+    insts = instances(2)
+    k = insts["K"]
+    border = border4(k["amodal"])
+    drawn = has_colour(image, OCCLUDEE)
+    assert not (drawn & ~border).any()                      # nothing off K's border has its colour
+    visible_border = border & k["visible"]
+    assert drawn[visible_border].all()                      # solid where visible
+    on_top = border4(insts["L"]["amodal"]) | border4(insts["M"]["amodal"])  # drawn later, over K's
+    hidden_border = border & ~k["visible"] & ~on_top
+    assert hidden_border.sum() >= 10
+    share = drawn[hidden_border].mean()
+    assert 0.3 <= share <= 0.7                              # dashed: about half drawn
+    # dashes: several short drawn runs along the hidden stretch, none longer than two dash lengths
+    n, labels = cv2.connectedComponents((hidden_border & drawn).astype(np.uint8), connectivity=8)
+    sizes = np.bincount(labels.ravel())[1:]
+    assert n - 1 >= 3 and sizes.max() <= 2 * DASH
+
+
+def test_role_colours_of_the_first_image(sheet):
+    tile = sheet[:, :TILE]
+    _, y0, x0, _, _ = tile_geometry(48, 64, TILE)
+    image = tile[y0:y0 + 48, x0:x0 + 64]
+    insts = instances(0)
+    # D occludes C and has no occluder: occluder colour along its whole border (it is fully visible).
+    assert has_colour(image, OCCLUDER)[border4(insts["D"]["amodal"])].all()
+    # A has an occluder (C): occludee colour on its visible border.
+    a = insts["A"]
+    assert has_colour(image, OCCLUDEE)[border4(a["amodal"]) & a["visible"]].all()
+
+
+def test_plain_coco_file_highlights_overlapping_box_pairs(dataset, tmp_path):
+    data, _ = build()
+    for ann in data["annotations"]:
+        for key in ("amodal_segmentation", "amodal_bbox", "amodal_area", "layer", "occluder_ids", "occlusion_ratio"):
+            ann.pop(key)
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(data))
+    sheet = preview(path, images=dataset / "images", n=1, seed=None, tile=TILE, labels=False)
+    image = sheet[8:56, :64]
+    # A (box 4,6,24,24) and C (box 17,11,19,19) have IoU 0.29: thick pair boxes. D pairs with nobody.
+    assert has_colour(image[5:8, 3:6], PAIR).all()          # 3 px thick around A's top-left corner
+    assert has_colour(image[10:13, 16:19], PAIR).all()      # and C's
+    assert has_colour(image, NEUTRAL)[10, 30]               # D: 1 px box in the neutral colour ...
+    assert has_colour(image, NEUTRAL)[9:27, 45].sum() == 16  # ... its right edge (x 45, rows 10-25)
+    assert not has_colour(image, PAIR)[9:27, 38:47].any()   # C's thick box ends at x 36
+    assert not has_colour(image, OCCLUDEE).any() and not has_colour(image, OCCLUDER).any()
+
+
+def test_missing_image_gives_a_placeholder_tile(dataset, tmp_path):
+    data, _ = build()
+    path = tmp_path / "missing.json"
+    data["images"][0]["file_name"] = "nowhere.png"
+    path.write_text(json.dumps(data))
+    sheet = preview(path, images=dataset / "images", n=3, columns=3, seed=None, tile=TILE, labels=False)
+    assert sheet.shape == (TILE, 3 * TILE, 3)
+
+
+def test_cli_writes_png_and_jpeg(dataset, tmp_path):
+    runner = CliRunner()
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    for name in ("sheet.png", "sheet.jpg"):
+        out = tmp_path / name
+        result = runner.invoke(group, ["preview", str(dataset), "--out", str(out), "-n", "3", "--columns", "2",
+                                       "--tile", "48"])
+        assert result.exit_code == 0, result.output
+        assert cv2.imread(str(out)).shape == (96, 96, 3)
+    bad = runner.invoke(group, ["preview", str(dataset), "--out", str(tmp_path / "sheet.gif")])
+    assert bad.exit_code == 2 and ".png or .jpg" in bad.output

@@ -1,0 +1,278 @@
+"""occsynth validate: passes the hand-made set, and each deliberately broken copy fails exactly its check."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pycocotools import mask as mask_utils
+
+from cli import inspect_commands
+from cli.common import Group
+from occsynth.validate import CHECKS, class_balance, validate
+from datasets import annotation_ids, build, load_annotations, save_annotations, write_dataset
+
+IDS = annotation_ids()
+
+
+def failing(report: dict) -> set[str]:
+    return {name for name, check in report["checks"].items() if check["failures"]}
+
+
+def by_name(data: dict, name: str) -> dict:
+    return next(a for a in data["annotations"] if a["name"] == name)
+
+
+def decode(rle: dict) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+
+
+def encode(mask: np.ndarray) -> dict:
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(r["size"]), "counts": r["counts"].decode()}
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    return write_dataset(tmp_path / "set")
+
+
+def broken(out, edit, refresh_manifest=True):
+    data = load_annotations(out)
+    edit(data)
+    save_annotations(out, data, refresh_manifest=refresh_manifest)
+    return validate(out, progress=False)
+
+
+def test_ground_truth_of_the_hand_made_set():
+    data, pixels = build()
+    occluders = {a["name"]: sorted(a["occluder_ids"]) for a in data["annotations"]}
+    assert occluders["K"] == sorted([IDS["L"], IDS["M"]])       # L meets K at a single pixel
+    assert occluders["H"] == [IDS["I"]]                         # I touches H on one row
+    assert occluders["F"] == [IDS["J"]] and occluders["G"] == []  # same layer is no occluder
+    assert "Z" not in IDS                                       # hidden background instance not written
+    assert len(data["annotations"]) == 13 and len(pixels) == 3
+
+
+def test_valid_set_passes(dataset):
+    report = validate(dataset, progress=False)
+    assert report["ok"], report
+    assert failing(report) == set()
+    assert set(report["checks"]) == set(CHECKS)
+    assert report["counts"] == {"images": 3, "annotations": 13, "pasted": 9,
+                                "pasted_per_category": {"3": 3, "5": 3, "7": 3}}
+
+
+def test_valid_jpeg_set_passes(tmp_path):
+    assert validate(write_dataset(tmp_path / "jpg", image_format="jpg"), progress=False)["ok"]
+
+
+def test_parallel_workers_give_the_same_report(dataset):
+    data = load_annotations(dataset)
+    by_name(data, "C")["area"] += 1
+    save_annotations(dataset, data)
+    serial, parallel = validate(dataset, progress=False), validate(dataset, workers=2, progress=False)
+    assert serial == parallel
+    assert failing(parallel) == {"area"}
+
+
+def test_wrong_visible_mask(dataset):
+    def edit(data):
+        # Swap one visible pixel of A for one of its hidden pixels: same area and box, wrong mask.
+        a = by_name(data, "A")
+        visible, amodal = decode(a["segmentation"]), decode(a["amodal_segmentation"])
+        hidden = np.argwhere(amodal & ~visible)[0]
+        visible[tuple(hidden)] = True
+        visible[15, 10] = False
+        a["segmentation"] = encode(visible)
+    report = broken(dataset, edit)
+    assert failing(report) == {"visible_mask"}
+    assert report["checks"]["visible_mask"]["examples"][0]["annotation_id"] == IDS["A"]
+    assert "2 pixel(s)" in report["checks"]["visible_mask"]["examples"][0]["reason"]
+
+
+def test_wrong_area(dataset):
+    report = broken(dataset, lambda d: by_name(d, "C").update(area=by_name(d, "C")["area"] + 1))
+    assert failing(report) == {"area"}
+    assert report["checks"]["area"]["failures"] == 1
+    assert report["checks"]["area"]["examples"][0]["annotation_id"] == IDS["C"]
+
+
+def test_wrong_bbox(dataset):
+    def edit(data):
+        by_name(data, "D")["bbox"][2] += 1
+        by_name(data, "K")["amodal_bbox"][0] -= 1
+    report = broken(dataset, edit)
+    assert failing(report) == {"bbox", "amodal_bbox"}
+    assert report["checks"]["bbox"]["examples"][0]["annotation_id"] == IDS["D"]
+    assert report["checks"]["amodal_bbox"]["examples"][0]["annotation_id"] == IDS["K"]
+
+
+def test_wrong_occlusion_ratio(dataset):
+    report = broken(dataset, lambda d: by_name(d, "K").update(occlusion_ratio=0.5))
+    assert failing(report) == {"occlusion_ratio"}
+    assert report["checks"]["occlusion_ratio"]["examples"][0]["annotation_id"] == IDS["K"]
+
+
+def test_wrong_occluder_ids(dataset):
+    def edit(data):
+        by_name(data, "K")["occluder_ids"] = [IDS["M"]]            # misses L (one shared pixel)
+        by_name(data, "H")["occluder_ids"] = []                    # misses I
+        by_name(data, "G")["occluder_ids"] = [IDS["J"]]            # J does not meet G
+        by_name(data, "C")["occluder_ids"] = [IDS["D"], IDS["D"]]  # duplicated
+    report = broken(dataset, edit)
+    assert failing(report) == {"occluder_ids"}
+    assert report["checks"]["occluder_ids"]["failures"] == 4
+
+
+def test_missing_image_file(dataset):
+    (dataset / "images" / "000000000002.png").unlink()
+    report = validate(dataset, progress=False)
+    assert failing(report) == {"image_file"}
+    assert report["checks"]["image_file"]["examples"][0]["image_id"] == 2
+
+
+def test_corrupt_image_file(dataset):
+    (dataset / "images" / "000000000001.png").write_bytes(b"not an image")
+    assert failing(validate(dataset, progress=False)) == {"image_file"}
+
+
+def test_wrong_image_size(dataset):
+    path = dataset / "images" / "000000000003.png"
+    cv2.imwrite(str(path), np.zeros((40, 64, 3), np.uint8))  # record says 48 x 64
+    report = validate(dataset, progress=False)
+    assert failing(report) == {"image_size"}
+    assert report["checks"]["image_size"]["examples"][0]["image_id"] == 3
+
+
+def test_duplicate_id(dataset):
+    report = broken(dataset, lambda d: by_name(d, "G").update(id=IDS["F"]))
+    assert failing(report) == {"duplicate_id"}
+    assert report["checks"]["duplicate_id"]["examples"][0]["annotation_id"] == IDS["F"]
+
+
+def test_unknown_category(dataset):
+    report = broken(dataset, lambda d: by_name(d, "B").update(category_id=42))
+    assert failing(report) == {"unknown_category"}
+    assert report["checks"]["unknown_category"]["examples"][0]["annotation_id"] == IDS["B"]
+
+
+def test_class_imbalance(dataset):
+    def edit(data):
+        for name in ("D", "H", "E", "J"):  # box and coin pastes relabelled as ball: 7 / 1 / 1
+            by_name(data, name)["category_id"] = 3
+    report = broken(dataset, edit)  # the manifest is refreshed, so only the balance is wrong
+    assert failing(report) == {"class_balance"}
+    assert report["balance"]["outside"] == [3]
+    assert report["counts"]["pasted_per_category"] == {"3": 7, "5": 1, "7": 1}
+
+
+def test_class_balance_rule():
+    assert class_balance({1: 100, 2: 105, 3: 95})["outside"] == []       # +-5% of 100
+    assert class_balance({1: 100, 2: 106, 3: 94})["outside"] == [2, 3]
+    assert class_balance({1: 3, 2: 5, 3: 1})["outside"] == []             # +-2 on small runs
+    assert class_balance({1: 3, 2: 6, 3: 0})["outside"] == []             # 0 = never pasted: ignored
+    assert class_balance({1: 1, 2: 6})["outside"] == [1, 2]
+
+
+def test_manifest_count_mismatch(dataset):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["counts"]["annotations"] = 12
+    manifest["counts"]["pasted_per_category"]["5"] = 4
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    report = validate(dataset, progress=False)
+    assert failing(report) == {"manifest"}
+    assert report["checks"]["manifest"]["failures"] == 2
+
+
+def test_missing_manifest(dataset):
+    (dataset / "manifest.json").unlink()
+    assert failing(validate(dataset, progress=False)) == {"manifest"}
+
+
+def test_dropped_annotation_is_noticed(dataset):
+    # Removing M (which occludes K) leaves K's stored visible mask and ids wrong and the manifest stale.
+    data = load_annotations(dataset)
+    data["annotations"] = [a for a in data["annotations"] if a["name"] != "M"]
+    save_annotations(dataset, data, refresh_manifest=False)
+    report = validate(dataset, progress=False)
+    assert failing(report) == {"visible_mask", "occluder_ids", "manifest"}
+
+
+def test_empty_background_instance(dataset):
+    def edit(data):
+        a = by_name(data, "B")
+        empty = np.zeros((48, 64), bool)
+        a.update(segmentation=encode(empty), amodal_segmentation=encode(empty), area=0, bbox=[0.0, 0.0, 0.0, 0.0],
+                 amodal_area=0, amodal_bbox=[0.0, 0.0, 0.0, 0.0], occlusion_ratio=0.0, occluder_ids=[])
+    assert failing(broken(dataset, edit)) == {"empty_background"}
+
+
+def test_annotations_out_of_image_order(dataset):
+    data = load_annotations(dataset)
+    data["annotations"].append(data["annotations"].pop(0))
+    save_annotations(dataset, data)
+    assert "grouping" in failing(validate(dataset, progress=False))
+
+
+def test_missing_field_and_bad_rle(dataset):
+    def edit(data):
+        del by_name(data, "D")["occluder_ids"]
+        by_name(data, "L")["amodal_segmentation"] = {"size": [10, 10], "counts": "00"}
+        by_name(data, "A")["bbox"] = ["x", 1, 2, 3]
+    report = broken(dataset, edit)
+    assert {"fields", "mask_decode", "bbox"} <= failing(report)
+    assert report["checks"]["fields"]["examples"][0]["annotation_id"] == IDS["D"]
+
+
+def cli():
+    return Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+
+
+def test_cli_exit_codes(dataset, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(cli(), ["validate", str(dataset), "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert "valid: every check passed" in ok.output
+
+    data = load_annotations(dataset)
+    by_name(data, "C")["area"] += 1
+    save_annotations(dataset, data)
+    bad = runner.invoke(cli(), ["validate", str(dataset), "--quiet"])
+    assert bad.exit_code == 1
+    assert "FAILED (1)" in bad.output and f"annotation_id {IDS['C']}" in bad.output
+
+    as_json = runner.invoke(cli(), ["validate", str(dataset), "--quiet", "--json"])
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.output)["checks"]["area"]["failures"] == 1
+
+    (tmp_path / "empty").mkdir()
+    missing = runner.invoke(cli(), ["validate", str(tmp_path / "empty")])
+    assert missing.exit_code == 2 and "annotations.json" in missing.output and "Traceback" not in missing.output
+
+
+def test_cli_balance_tolerance(dataset):
+    data = load_annotations(dataset)
+    for name in ("D", "H", "E", "J"):
+        by_name(data, name)["category_id"] = 3
+    save_annotations(dataset, data)
+    runner = CliRunner()
+    assert runner.invoke(cli(), ["validate", str(dataset), "--quiet"]).exit_code == 1
+    # 7 / 1 / 1 is within +-200% of the mean 3
+    assert runner.invoke(cli(), ["validate", str(dataset), "--quiet", "--balance-tolerance", "2"]).exit_code == 0
+
+
+def test_a_generated_set_passes_and_a_broken_one_fails(tmp_path):
+    generate_module = pytest.importorskip("occsynth.generate")
+    out = tmp_path / "gen"
+    generate_module.generate(out, generate_module.RunSettings(num_images=6, seed=5, image_format="png"),
+                             cache_dir=tmp_path / "cache", progress=False)
+    report = validate(out, progress=False)
+    assert report["ok"], failing(report)
+    data = load_annotations(out)
+    occluded = next(a for a in data["annotations"] if a["occluder_ids"])
+    occluded["occluder_ids"] = []
+    (out / "annotations.json").write_text(json.dumps(data))
+    assert failing(validate(out, progress=False)) == {"occluder_ids"}
