@@ -185,9 +185,12 @@ def draw_contour(canvas: np.ndarray, amodal: np.ndarray, visible: np.ndarray, co
 
 
 def draw_boxes(canvas: np.ndarray, instances: list[dict], scale: float, pair_iou: float) -> None:
-    """Boxes of every instance (1 px, role colour); both boxes of a pair with IoU >= pair_iou thick."""
+    """Boxes of every instance (1 px, role colour); both boxes of a non-crowd pair with IoU >= pair_iou thick."""
     xywh = np.array([inst["bbox"] for inst in instances], float).reshape(-1, 4)
-    paired = (pairwise_overlap(xywh, "iou") >= pair_iou).any(axis=1) if len(xywh) > 1 else np.zeros(len(xywh), bool)
+    crowd = np.array([inst["iscrowd"] for inst in instances], bool)
+    hits = pairwise_overlap(xywh, "iou") >= pair_iou
+    hits[crowd, :] = hits[:, crowd] = False  # crowd regions are no occluders (as COCO-OCC's default)
+    paired = hits.any(axis=1)
     for inst, box, thick in zip(instances, xywh, paired):
         x, y, bw, bh = box * scale
         p0, p1 = (int(round(x)), int(round(y))), (int(round(x + bw)) - 1, int(round(y + bh)) - 1)
@@ -222,7 +225,8 @@ def _decode_instances(anns: Sequence[dict], h: int, w: int, size: tuple[int, int
         if (h, w) != size:
             visible, amodal = masks.resize(visible, size), masks.resize(amodal, size)
         bbox = ann.get("bbox") if isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4 else masks.bbox(visible)
-        out.append({"visible": visible, "amodal": amodal, "colour": colours[i], "bbox": bbox})
+        out.append({"visible": visible, "amodal": amodal, "colour": colours[i], "bbox": bbox,
+                    "iscrowd": bool(ann.get("iscrowd", 0))})
     return out
 
 

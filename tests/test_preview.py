@@ -142,6 +142,11 @@ def test_plain_coco_file_highlights_overlapping_box_pairs(dataset, tmp_path):
     assert has_colour(image, NEUTRAL)[9:27, 45].sum() == 16  # ... its right edge (x 45, rows 10-25)
     assert not has_colour(image, PAIR)[9:27, 38:47].any()   # C's thick box ends at x 36
     assert not has_colour(image, OCCLUDEE).any() and not has_colour(image, OCCLUDER).any()
+    # a crowd region pairs with nobody
+    next(a for a in data["annotations"] if a["name"] == "C")["iscrowd"] = 1
+    path.write_text(json.dumps(data))
+    sheet = preview(path, images=dataset / "images", n=1, seed=None, tile=TILE, labels=False)
+    assert not has_colour(sheet, PAIR).any()
 
 
 def test_missing_image_gives_a_placeholder_tile(dataset, tmp_path):
