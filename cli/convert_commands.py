@@ -1,2 +1,48 @@
-"""Commands: filled in by the module owner."""
-COMMANDS = []
+"""`occsynth convert-kins` and `occsynth convert-cocoa`: amodal datasets into the COCO layout of docs/FORMAT.md."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from occsynth.convert import convert_cocoa, convert_kins
+
+
+def _print(report: dict) -> None:
+    c = dict(report["counts"])
+    click.echo(f"wrote {report['out']}: {c.pop('annotations')} annotations in {c.pop('images')} images, "
+               f"{c.pop('with_occluders')} with occluders")
+    rest = {k: v for k, v in c.items() if v}
+    if rest:
+        click.echo(json.dumps(rest))
+
+
+@click.command("convert-kins")
+@click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="KINS JSON (update_train_2020.json / update_test_2020.json).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output COCO JSON.")
+@click.option("--min-overlap", type=click.IntRange(min=1), default=1, show_default=True, help="Pixels of an instance's hidden part another's visible mask must cover to count as its occluder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def convert_kins_command(ann, out, min_overlap, quiet):
+    """KINS -> COCO with 'segmentation' (visible), 'amodal_segmentation' and 'occluder_ids'.
+
+    KINS gives no depth order; an occluder is an instance whose visible mask covers this one's
+    hidden part.
+    """
+    _print(convert_kins(ann, out, min_overlap=min_overlap, progress=not quiet))
+
+
+@click.command("convert-cocoa")
+@click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="COCOA JSON (COCO_amodal_train2014.json / _val2014).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output COCO JSON.")
+@click.option("--categories-from", type=click.Path(exists=True, dir_okay=False), help="A COCO instances JSON whose categories COCOA region names are matched to (otherwise: 'thing' / 'stuff').")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def convert_cocoa_command(ann, out, categories_from, quiet):
+    """COCOA -> COCO: one annotation per region, occluders from COCOA's depth order.
+
+    Region names are free text; with --categories-from they map to COCO categories by name, the
+    rest to a 'thing' or 'stuff' category.
+    """
+    _print(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet))
+
+
+COMMANDS = [convert_kins_command, convert_cocoa_command]

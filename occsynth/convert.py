@@ -1,0 +1,234 @@
+"""Amodal datasets (KINS, COCOA) -> COCO layout with the fields of docs/FORMAT.md.
+
+Every converted annotation has ``segmentation`` (the visible mask), ``area``/``bbox`` (of the
+visible mask), ``amodal_segmentation``, ``amodal_area``/``amodal_bbox``, ``occlusion_ratio``
+(``1 - area / amodal_area``) and ``occluder_ids``. Fully hidden instances are kept (area 0: their
+amodal mask is still a label).
+
+KINS (``update_train_2020.json``, Qi et al. 2019) is already COCO-like: per annotation ``a_segm``
+/ ``a_bbox`` (amodal) and ``i_segm`` / ``i_bbox`` (inmodal = visible) polygons. Images,
+categories, ids and other fields (``oco_id``, ``ico_id``, ...) are kept; the four renamed fields
+are not repeated. Its JSON has no explicit depth order, so occluders are read off the masks:
+``j`` occludes ``i`` when ``j``'s visible mask covers at least ``min_overlap`` pixels of ``i``'s
+hidden part (amodal minus visible) - exactly where ``i`` is hidden, something is in front.
+
+COCOA (``COCO_amodal_train2014.json``, Zhu et al. 2017) stores one record per image with a
+``regions`` list: ``segmentation`` (amodal polygon), ``visible_mask`` (RLE, absent when the region
+is not occluded), ``invisible_mask``, ``order`` (depth order, 1 = front), ``name`` (free text),
+``isStuff``, ``occlude_rate``. Each region becomes one annotation (ids from 1). Occluders follow
+the depth order as in occsynth's synthetic sets: regions nearer the camera (smaller ``order``)
+whose amodal mask meets this one's. ``layer`` = (largest order in the image) - ``order``, so
+higher is nearer, as in FORMAT.md. COCOA names are free text: with a COCO category list they map
+by (case-insensitive) name; the rest, or everything without a list, go to a ``thing`` or ``stuff``
+category by ``isStuff``.
+
+Both readers load the whole file (the published files are a few hundred MB at most).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from . import masks as mask_ops
+from .atomic import write_json
+from .coco import read_dataset
+from .errors import OccsynthError
+
+
+def _load_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise OccsynthError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OccsynthError(f"{path}: malformed JSON ({exc})") from None
+
+
+def _mask(segmentation: Any, height: int, width: int) -> np.ndarray | None:
+    if segmentation in (None, [], {}):
+        return None
+    if isinstance(segmentation, list) and segmentation and not isinstance(segmentation[0], (list, tuple)):
+        segmentation = [segmentation]  # COCOA: one flat polygon
+    try:
+        return mask_ops.decode(segmentation, height, width)
+    except (mask_ops.DegenerateMask, TypeError, ValueError):
+        return None
+
+
+def _polygons(segmentation: Any) -> Any:
+    """COCOA writes one flat polygon; COCO wants a list of polygons."""
+    if isinstance(segmentation, list) and segmentation and not isinstance(segmentation[0], (list, tuple)):
+        return [segmentation]
+    return segmentation
+
+
+def _measures(visible: np.ndarray, amodal: np.ndarray) -> dict:
+    area, amodal_area = mask_ops.area(visible), mask_ops.area(amodal)
+    return {"area": area, "bbox": mask_ops.bbox(visible), "amodal_area": amodal_area,
+            "amodal_bbox": mask_ops.bbox(amodal),
+            "occlusion_ratio": (1.0 - area / amodal_area) if amodal_area else 0.0}
+
+
+def hidden_part_occluders(visible: Sequence[np.ndarray], amodal: Sequence[np.ndarray],
+                          min_overlap: int = 1) -> list[list[int]]:
+    """For each instance, indices of the others whose visible mask covers >= min_overlap of its hidden part."""
+    result = []
+    for i in range(len(visible)):
+        hidden = amodal[i] & ~visible[i]
+        if not hidden.any():
+            result.append([])
+            continue
+        result.append([j for j in range(len(visible))
+                       if j != i and np.count_nonzero(hidden & visible[j]) >= min_overlap])
+    return result
+
+
+def depth_order_occluders(amodal: Sequence[np.ndarray], order: Sequence[int]) -> list[list[int]]:
+    """For each instance, indices of instances nearer the camera (smaller order) whose amodal mask meets it."""
+    order = np.asarray(order)
+    return [[j for j in np.flatnonzero(order < order[i]).tolist() if np.any(amodal[i] & amodal[j])]
+            for i in range(len(amodal))]
+
+
+def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_overlap: int = 1,
+                 progress: bool = True) -> dict:
+    """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids."""
+    data = read_dataset(in_path)
+    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
+    by_image: dict = {}
+    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
+              "with_occluders": 0}
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+            counts["unknown_image"] += 1
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    out_annotations = []
+    for image_id in tqdm([i for i in images if i in by_image], desc="kins", unit="img", disable=not progress):
+        image = images[image_id]
+        h, w = image["height"], image["width"]
+        anns, visible, amodal, as_given = [], [], [], []
+        for ann in by_image[image_id]:
+            a = _mask(ann.get("a_segm"), h, w)
+            v = _mask(ann.get("i_segm"), h, w)
+            if a is None and v is None:
+                counts["bad_masks"] += 1
+                continue
+            as_given.append((v is not None, a is not None and not np.any(v & ~a) if v is not None else a is not None))
+            v = np.zeros((h, w), bool) if v is None else v
+            a = v.copy() if a is None else a | v  # the visible part belongs to the amodal mask
+            anns.append(ann)
+            visible.append(v)
+            amodal.append(a)
+        occluders = hidden_part_occluders(visible, amodal, min_overlap)
+        for ann, v, a, occ, (v_given, a_given) in zip(anns, visible, amodal, occluders, as_given):
+            record = {k: val for k, val in ann.items() if k not in ("a_segm", "i_segm", "a_bbox", "i_bbox")}
+            record.update(_measures(v, a))
+            # Polygons are kept as given; a mask that had to be rebuilt is written as RLE.
+            record["segmentation"] = _polygons(ann["i_segm"]) if v_given else mask_ops.encode(v)
+            record["amodal_segmentation"] = _polygons(ann["a_segm"]) if a_given else mask_ops.encode(a)
+            record.setdefault("iscrowd", 0)
+            record["occluder_ids"] = [anns[j]["id"] for j in occ]
+            counts["with_occluders"] += bool(occ)
+            counts["fully_hidden"] += record["area"] == 0
+            out_annotations.append(record)
+    counts["annotations"] = len(out_annotations)
+    output = {k: v for k, v in data.items() if k != "annotations"}
+    output["annotations"] = out_annotations
+    write_json(out_path, output)
+    return {"out": str(out_path), "format": "kins", "counts": counts}
+
+
+def _normalise_name(name: Any) -> str:
+    return " ".join(str(name).lower().replace("_", " ").split())
+
+
+def cocoa_categories(coco_categories: list[dict] | None) -> tuple[list[dict], dict, int, int]:
+    """(categories, name -> id, thing id, stuff id): the given COCO list plus ``thing`` and ``stuff``."""
+    base = [dict(c) for c in (coco_categories or []) if isinstance(c, dict) and isinstance(c.get("id"), int)]
+    top = max([c["id"] for c in base], default=0)
+    thing, stuff = top + 1, top + 2
+    categories = base + [{"id": thing, "name": "thing", "supercategory": "thing"},
+                         {"id": stuff, "name": "stuff", "supercategory": "stuff"}]
+    by_name = {_normalise_name(c.get("name", "")): c["id"] for c in base}
+    return categories, by_name, thing, stuff
+
+
+def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
+                  categories_from: str | os.PathLike | list | None = None, progress: bool = True) -> dict:
+    """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to."""
+    data = _load_json(in_path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise OccsynthError(f"{in_path}: not a COCOA file (needs 'images' and 'annotations' lists)")
+    coco_categories = None
+    if isinstance(categories_from, list):
+        coco_categories = categories_from
+    elif categories_from is not None:
+        loaded = _load_json(categories_from)
+        coco_categories = loaded.get("categories") if isinstance(loaded, dict) else None
+        if not isinstance(coco_categories, list):
+            raise OccsynthError(f"{categories_from}: has no 'categories' list")
+    categories, by_name, thing_id, stuff_id = cocoa_categories(coco_categories)
+    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
+    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
+              "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0}
+    out_annotations = []
+    next_id = 1
+    for record in tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress):
+        if not isinstance(record, dict) or record.get("image_id") not in images:
+            counts["unknown_image"] += 1
+            continue
+        image = images[record["image_id"]]
+        h, w = image["height"], image["width"]
+        regions, visible, amodal = [], [], []
+        for index, region in enumerate(record.get("regions") or []):
+            a = _mask(region.get("segmentation"), h, w) if isinstance(region, dict) else None
+            if a is None:
+                counts["bad_masks"] += 1
+                continue
+            v = _mask(region.get("visible_mask"), h, w) if region.get("visible_mask") else a
+            if v is None:
+                counts["bad_masks"] += 1
+                continue
+            regions.append((index, region))
+            visible.append(v & a)
+            amodal.append(a)
+        if not regions:
+            continue
+        orders = [int(r.get("order", k + 1)) for k, (_, r) in enumerate(regions)]
+        occluders = depth_order_occluders(amodal, orders)
+        ids = list(range(next_id, next_id + len(regions)))
+        next_id += len(regions)
+        for k, ((index, region), v, a, occ) in enumerate(zip(regions, visible, amodal, occluders)):
+            category = by_name.get(_normalise_name(region.get("name", "")))
+            if category is not None:
+                counts["matched_category"] += 1
+            else:
+                category = stuff_id if region.get("isStuff") else thing_id
+                counts["stuff" if category == stuff_id else "thing"] += 1
+            ann = {"id": ids[k], "image_id": record["image_id"], "category_id": category, "iscrowd": 0,
+                   "segmentation": mask_ops.encode(v), "amodal_segmentation": _polygons(region["segmentation"]),
+                   **_measures(v, a), "order": orders[k], "layer": max(orders) - orders[k],
+                   "occluder_ids": [ids[j] for j in occ], "name": region.get("name"),
+                   "is_stuff": bool(region.get("isStuff")),
+                   "source": {"annotation_id": record.get("id"), "region_index": index}}
+            if "occlude_rate" in region:
+                ann["occlude_rate"] = region["occlude_rate"]
+            counts["with_occluders"] += bool(occ)
+            counts["fully_hidden"] += ann["area"] == 0
+            out_annotations.append(ann)
+    counts["annotations"] = len(out_annotations)
+    info = dict(data.get("info") or {})
+    info.setdefault("description", f"COCOA converted from {Path(in_path).name}")
+    output = {"info": info, "licenses": data.get("licenses", []), "images": data["images"],
+              "annotations": out_annotations, "categories": categories}
+    write_json(out_path, output)
+    return {"out": str(out_path), "format": "cocoa", "counts": counts}

@@ -1,0 +1,129 @@
+"""KINS and COCOA conversion on hand-made files in each layout: masks, measures, occluders, categories."""
+import json
+
+import numpy as np
+from click.testing import CliRunner
+from pycocotools import mask as mask_utils
+
+from cli.occsynth_cli import main
+from occsynth.convert import convert_cocoa, convert_kins
+
+H, W = 20, 30
+
+
+def rect(x0, y0, x1, y1):
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def rle(m):
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": [H, W], "counts": r["counts"].decode("ascii")}
+
+
+def decode(seg):
+    if isinstance(seg, list):
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(seg, H, W))).astype(bool)
+    return mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
+
+
+FRONT = rect(2, 2, 12, 10)               # in front
+BACK_AMODAL = rect(8, 4, 20, 12)         # behind FRONT
+BACK_VISIBLE = BACK_AMODAL & ~FRONT      # L shape: 8*8 + 4*2 = 72 px
+FAR = rect(25, 15, 29, 19)
+L_POLY = [8, 10, 12, 10, 12, 4, 20, 4, 20, 12, 8, 12]
+
+
+def kins_file(tmp_path):
+    data = {"images": [{"id": 3, "file_name": "000003.png", "height": H, "width": W}],
+            "categories": [{"id": 4, "name": "car", "supercategory": "vehicle"}],
+            "annotations": [
+                {"id": 11, "image_id": 3, "category_id": 4, "a_segm": [[2, 2, 12, 2, 12, 10, 2, 10]],
+                 "i_segm": [[2, 2, 12, 2, 12, 10, 2, 10]], "a_bbox": [2, 2, 10, 8], "i_bbox": [2, 2, 10, 8],
+                 "area": 80, "oco_id": 5, "ico_id": 6},
+                {"id": 12, "image_id": 3, "category_id": 4, "a_segm": [[8, 4, 20, 4, 20, 12, 8, 12]],
+                 "i_segm": [L_POLY], "a_bbox": [8, 4, 12, 8], "i_bbox": [8, 4, 12, 8], "area": 96,
+                 "oco_id": 7, "ico_id": 8},
+                {"id": 13, "image_id": 3, "category_id": 4, "a_segm": [[25, 15, 29, 15, 29, 19, 25, 19]],
+                 "i_segm": [[25, 15, 29, 15, 29, 19, 25, 19]], "a_bbox": [25, 15, 4, 4], "i_bbox": [25, 15, 4, 4],
+                 "area": 16, "oco_id": 0, "ico_id": 0},
+                {"id": 14, "image_id": 77, "category_id": 4, "a_segm": [], "i_segm": []}]}
+    path = tmp_path / "kins.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_convert_kins(tmp_path):
+    report = convert_kins(kins_file(tmp_path), tmp_path / "out.json", progress=False)
+    out = json.loads((tmp_path / "out.json").read_text())
+    anns = {a["id"]: a for a in out["annotations"]}
+    assert set(anns) == {11, 12, 13}
+    assert anns[12]["occluder_ids"] == [11] and anns[11]["occluder_ids"] == [] and anns[13]["occluder_ids"] == []
+    assert np.array_equal(decode(anns[12]["segmentation"]), BACK_VISIBLE)
+    assert np.array_equal(decode(anns[12]["amodal_segmentation"]), BACK_AMODAL)
+    assert anns[12]["area"] == 72 and anns[12]["amodal_area"] == 96
+    assert anns[12]["bbox"] == [8, 4, 12, 8] and anns[12]["amodal_bbox"] == [8, 4, 12, 8]
+    assert anns[12]["occlusion_ratio"] == 0.25 and anns[11]["occlusion_ratio"] == 0.0
+    assert anns[12]["oco_id"] == 7 and anns[12]["ico_id"] == 8 and anns[12]["iscrowd"] == 0
+    assert not {"a_segm", "i_segm", "a_bbox", "i_bbox"} & set(anns[12])
+    assert out["categories"] == [{"id": 4, "name": "car", "supercategory": "vehicle"}]
+    assert report["counts"]["unknown_image"] == 1 and report["counts"]["with_occluders"] == 1
+    # a hidden part covered by fewer pixels than --min-overlap does not make an occluder
+    for min_overlap, expected in ((24, [11]), (25, [])):  # FRONT covers 4 x 6 = 24 px of BACK's hidden part
+        convert_kins(kins_file(tmp_path), tmp_path / "out2.json", min_overlap=min_overlap, progress=False)
+        anns = {a["id"]: a for a in json.loads((tmp_path / "out2.json").read_text())["annotations"]}
+        assert anns[12]["occluder_ids"] == expected
+
+
+def cocoa_file(tmp_path):
+    invisible = BACK_AMODAL & FRONT
+    data = {"images": [{"id": 5, "file_name": "COCO_train2014_000000000005.jpg", "height": H, "width": W}],
+            "annotations": [{"id": 900, "image_id": 5, "size": 3, "regions": [
+                {"segmentation": [2, 2, 12, 2, 12, 10, 2, 10], "order": 1, "name": "Person", "isStuff": 0,
+                 "occlude_rate": 0.0, "area": 80},
+                {"segmentation": [8, 4, 20, 4, 20, 12, 8, 12], "order": 2, "name": "grass", "isStuff": 1,
+                 "occlude_rate": 0.25, "visible_mask": rle(BACK_VISIBLE), "invisible_mask": rle(invisible)},
+                {"segmentation": [25, 15, 29, 15, 29, 19, 25, 19], "order": 3, "name": "blob", "isStuff": 0,
+                 "occlude_rate": 0.0}]}]}
+    path = tmp_path / "cocoa.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_convert_cocoa_default_categories(tmp_path):
+    report = convert_cocoa(cocoa_file(tmp_path), tmp_path / "out.json", progress=False)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["categories"] == [{"id": 1, "name": "thing", "supercategory": "thing"},
+                                 {"id": 2, "name": "stuff", "supercategory": "stuff"}]
+    anns = out["annotations"]
+    assert [a["id"] for a in anns] == [1, 2, 3] and [a["category_id"] for a in anns] == [1, 2, 1]
+    assert [a["occluder_ids"] for a in anns] == [[], [1], []]
+    assert [a["layer"] for a in anns] == [2, 1, 0] and [a["order"] for a in anns] == [1, 2, 3]
+    assert np.array_equal(decode(anns[1]["segmentation"]), BACK_VISIBLE)
+    assert np.array_equal(decode(anns[1]["amodal_segmentation"]), BACK_AMODAL)
+    assert np.array_equal(decode(anns[0]["segmentation"]), FRONT)  # no visible_mask: not occluded
+    assert anns[1]["area"] == 72 and anns[1]["amodal_area"] == 96 and anns[1]["occlusion_ratio"] == 0.25
+    assert anns[1]["source"] == {"annotation_id": 900, "region_index": 1} and anns[1]["occlude_rate"] == 0.25
+    assert report["counts"]["thing"] == 2 and report["counts"]["stuff"] == 1
+
+
+def test_convert_cocoa_maps_coco_names(tmp_path):
+    coco = tmp_path / "instances.json"
+    coco.write_text(json.dumps({"categories": [{"id": 1, "name": "person"}, {"id": 90, "name": "toothbrush"}]}))
+    res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(cocoa_file(tmp_path)), "--out",
+                                    str(tmp_path / "o.json"), "--categories-from", str(coco), "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert [c["id"] for c in out["categories"]] == [1, 90, 91, 92]
+    assert [a["category_id"] for a in out["annotations"]] == [1, 92, 91]  # person, stuff, thing
+
+
+def test_cli_kins_and_bad_input(tmp_path):
+    res = CliRunner().invoke(main, ["convert-kins", "--ann", str(kins_file(tmp_path)), "--out",
+                                    str(tmp_path / "k.json"), "--quiet"])
+    assert res.exit_code == 0 and "3 annotations in 1 images, 1 with occluders" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(bad), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "not a COCOA file" in res.output
