@@ -1,0 +1,78 @@
+"""BCNet on FCOS (the paper's one-stage setting): FCOS boxes, RoI-aligned on its FPN, feed the mask heads.
+
+FCOS has no proposals matched to ground truth, so in training the mask branch learns on the
+ground-truth boxes themselves (each RoI is its own GT); at inference its top
+``mask_detections_per_img`` (50, as the paper) detections per image get masks and the rest are
+dropped, so every returned detection has a mask. Same input/output contract as
+:class:`bcnet.model.BCNetFasterRCNN`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+from torchvision.models.detection.fcos import FCOS
+
+from .losses import LOSS_PRESETS, weight_losses
+from .roi_heads import MaskBranch
+
+
+class BCNetFCOS(FCOS):
+    """torchvision FCOS + a :class:`bcnet.roi_heads.MaskBranch` (None: FCOS alone, boxes only)."""
+
+    def __init__(self, backbone, num_classes: int, *, mask_branch: MaskBranch | None = None,
+                 loss_weights: Mapping[str, float] | None = None, mask_detections_per_img: int = 50,
+                 **kwargs: Any):
+        super().__init__(backbone, num_classes, **kwargs)
+        from .model import BilayerTransform  # model imports this module lazily; no cycle at import time
+
+        self.transform = BilayerTransform.like(self.transform)
+        self.mask_branch = mask_branch
+        self.loss_weights = dict(loss_weights or LOSS_PRESETS["paper"])
+        self.mask_detections_per_img = mask_detections_per_img
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        from .model import paste_extra_masks
+
+        if self.training and targets is None:
+            raise ValueError("targets are needed in training mode")
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        images, targets = self.transform(images, targets)
+        if targets is not None:
+            for i, target in enumerate(targets):
+                boxes = target["boxes"]
+                if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                    raise ValueError(f"target boxes must be [N, 4], got {tuple(boxes.shape)}")
+                if (boxes[:, 2:] <= boxes[:, :2]).any():
+                    raise ValueError(f"target {i} has a box with no width or height")
+        features = self.backbone(images.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        levels = list(features.values())
+        head_outputs = self.head(levels)
+        anchors = self.anchor_generator(images, levels)
+        num_anchors_per_level = [x.size(2) * x.size(3) for x in levels]
+
+        if self.training:
+            losses = self.compute_loss(targets, head_outputs, anchors, num_anchors_per_level)
+            if self.mask_branch is not None:
+                boxes = [t["boxes"] for t in targets]
+                matched = [torch.arange(len(b), device=b.device) for b in boxes]
+                losses.update(self.mask_branch.losses(features, boxes, images.image_sizes, targets, matched,
+                                                      [t["labels"] for t in targets]))
+            return weight_losses(losses, self.loss_weights)
+
+        split_outputs = {k: list(v.split(num_anchors_per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(num_anchors_per_level)) for a in anchors]
+        detections = self.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
+        if self.mask_branch is not None:
+            n = self.mask_detections_per_img
+            detections = [{k: v[:n] for k, v in det.items()} for det in detections]  # sorted by score
+            predicted = self.mask_branch.predict(features, [d["boxes"] for d in detections],
+                                                 [d["labels"] for d in detections], images.image_sizes)
+            for det, masks in zip(detections, predicted):
+                det.update(masks)
+        detections = self.transform.postprocess(detections, images.image_sizes, original_sizes)
+        return paste_extra_masks(detections, original_sizes)

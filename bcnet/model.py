@@ -1,0 +1,229 @@
+"""BCNet models: torchvision Faster R-CNN (or FCOS) + one of the mask heads of :mod:`bcnet.heads`.
+
+torchvision semantics: ``model(images, targets)`` in train mode returns a dict of losses, already
+multiplied by their weights (:mod:`bcnet.losses`) so the loop sums them; ``model(images)`` in
+eval mode returns per image ``{'boxes', 'labels', 'scores', 'masks'}`` (+ ``'occluder_masks'``
+for bilayer heads), masks ``[N, 1, H, W]`` probabilities pasted into the input image.
+Nothing is ever downloaded: backbone weights come from a local file or not at all.
+"""
+from __future__ import annotations
+
+import os
+from functools import partial
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet18, resnet50
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from .heads import MASK_HEADS, PRESETS
+from .losses import LOSS_PRESETS, loss_weights as make_loss_weights, weight_losses
+from .roi_heads import BilayerRoIHeads, build_mask_branch
+
+DETECTORS = ("faster-rcnn", "fcos")
+BACKBONES = ("resnet50", "resnet18", "tiny")
+EXTRA_MASK_KEYS = ("occluder_masks", "amodal_masks")  # resized with the image, like 'masks'
+TINY_CHANNELS = (16, 32, 64)
+TINY_FPN_CHANNELS = 32
+
+
+class BilayerTransform(GeneralizedRCNNTransform):
+    """torchvision's transform that also resizes the targets' ``occluder_masks`` (it resizes only ``masks``)."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        image, target = super().resize(image, target)
+        if target is not None:
+            for key in EXTRA_MASK_KEYS:
+                if key in target:
+                    mask = target[key]
+                    target[key] = F.interpolate(mask[:, None].float(), size=image.shape[-2:])[:, 0].byte()
+        return image, target
+
+    @classmethod
+    def like(cls, other: GeneralizedRCNNTransform) -> "BilayerTransform":
+        return cls(other.min_size, other.max_size, other.image_mean, other.image_std,
+                   size_divisible=other.size_divisible, fixed_size=other.fixed_size,
+                   _skip_resize=other._skip_resize)
+
+
+def paste_extra_masks(detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]],
+                      keys: tuple[str, ...] = ("occluder_masks",)) -> list[dict[str, Tensor]]:
+    """Paste the M x M probabilities under ``keys`` into the image, as the transform does for ``masks``."""
+    for det, size in zip(detections, image_sizes):
+        for key in keys:
+            if key in det:
+                det[key] = paste_masks_in_image(det[key], det["boxes"], size)
+    return detections
+
+
+class BCNetFasterRCNN(FasterRCNN):
+    """Faster R-CNN whose RoI heads carry a mask branch (:class:`bcnet.roi_heads.BilayerRoIHeads`)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, *, mask_branch=None,
+                 loss_weights: Mapping[str, float] | None = None, **kwargs: Any):
+        # torchvision refuses num_classes beside a custom box_predictor (which fixes it)
+        super().__init__(backbone, None if "box_predictor" in kwargs else num_classes, **kwargs)
+        self.transform = BilayerTransform.like(self.transform)
+        self.roi_heads = BilayerRoIHeads.from_roi_heads(self.roi_heads, mask_branch)
+        self.loss_weights = dict(loss_weights or LOSS_PRESETS["paper"])
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        out = super().forward(images, targets)
+        if self.training:
+            return weight_losses(out, self.loss_weights)
+        return paste_extra_masks(out, sizes)
+
+
+class TinyBody(nn.Sequential):
+    """Three stride-2 stages after a stride-2 stem (outputs at strides 4, 8, 16): a CPU test backbone."""
+
+    def __init__(self, channels: tuple[int, ...] = TINY_CHANNELS):
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["stem"] = nn.Sequential(nn.Conv2d(3, channels[0], 3, 2, 1), nn.ReLU(inplace=True))
+        previous = channels[0]
+        for i, c in enumerate(channels):
+            layers[f"layer{i + 1}"] = nn.Sequential(nn.Conv2d(previous, c, 3, 2, 1), nn.ReLU(inplace=True),
+                                                    nn.Conv2d(c, c, 3, 1, 1), nn.ReLU(inplace=True))
+            previous = c
+        super().__init__(layers)
+
+
+def build_backbone(name: str, detector: str, weights: str | os.PathLike | None = None,
+                   frozen_batchnorm: bool | None = None, trainable_layers: int | None = None) -> BackboneWithFPN:
+    """ResNet-FPN as torchvision builds it for ``detector`` (P2-P6 for Faster R-CNN, P3-P7 for FCOS), or 'tiny'.
+
+    ``weights`` is a local ResNet state dict (ImageNet classification checkpoint); with weights
+    the BatchNorms are frozen and 3 stages train (torchvision's defaults), without them all train.
+    """
+    extra = LastLevelMaxPool() if detector == "faster-rcnn" else None
+    if name == "tiny":
+        if weights is not None:
+            raise ValueError("the 'tiny' backbone has no pretrained weights")
+        out = TINY_FPN_CHANNELS
+        return BackboneWithFPN(TinyBody(), {"layer1": "0", "layer2": "1", "layer3": "2"}, list(TINY_CHANNELS), out,
+                               extra_blocks=extra or LastLevelP6P7(out, out))
+    if name not in ("resnet50", "resnet18"):
+        raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)}")
+    pretrained = weights is not None
+    frozen = pretrained if frozen_batchnorm is None else frozen_batchnorm
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+    body = (resnet50 if name == "resnet50" else resnet18)(weights=None, norm_layer=norm_layer)
+    if pretrained:
+        state = torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        missing, unexpected = body.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or [k for k in unexpected if not k.startswith("fc.")]:
+            raise ValueError(f"{weights}: not a {name} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else 5
+    if detector == "faster-rcnn":
+        return _resnet_fpn_extractor(body, trainable_layers)
+    return _resnet_fpn_extractor(body, trainable_layers, returned_layers=[2, 3, 4],
+                                 extra_blocks=LastLevelP6P7(256, 256))
+
+
+def _tiny_faster_rcnn_kwargs(num_classes: int) -> dict[str, Any]:
+    """Small anchors/heads/sample counts for the 4-level tiny FPN, so CPU tests are quick."""
+    c = TINY_FPN_CHANNELS
+    return dict(
+        rpn_anchor_generator=AnchorGenerator(((16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 4),
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], 7, 2),
+        box_head=TwoMLPHead(c * 7 * 7, 128), box_predictor=FastRCNNPredictor(128, num_classes),
+        rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50, box_batch_size_per_image=64, box_detections_per_img=20)
+
+
+def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: str | None = "bilayer-gcn",
+                backbone: str = "resnet50", backbone_weights: str | os.PathLike | None = None,
+                min_size: int = 600, max_size: int = 900, head_preset: str = "paper",
+                loss_weights: str | Mapping[str, float] | None = None, head_options: Mapping[str, Any] | None = None,
+                occluded_ratio: float | None = 0.5, frozen_batchnorm: bool | None = None,
+                trainable_backbone_layers: int | None = None, **detector_kwargs: Any) -> nn.Module:
+    """Detector + mask head. ``num_classes`` includes background (labels are 1..num_classes-1).
+
+    ``mask_head``: one of :data:`bcnet.heads.MASK_HEADS` or None (detector only).
+    ``head_preset``: 'paper' | 'original' (:data:`bcnet.heads.PRESETS`), also the default loss
+    preset. ``loss_weights``: a preset name or overrides of the head preset's weights
+    (:func:`bcnet.losses.loss_weights`). ``head_options`` override head preset options.
+    ``occluded_ratio``: share of occluded RoIs in the occluder loss (None: all RoIs).
+    ``detector_kwargs`` go to torchvision's FasterRCNN / FCOS (e.g. ``box_detections_per_img``).
+    """
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; choose one of {list(DETECTORS)}")
+    if mask_head is not None and mask_head not in MASK_HEADS:
+        raise ValueError(f"unknown mask head {mask_head!r}; choose one of {list(MASK_HEADS)}")
+    if head_preset not in PRESETS:
+        raise ValueError(f"unknown head preset {head_preset!r}; choose one of {sorted(PRESETS)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
+    if isinstance(loss_weights, str):
+        weights = make_loss_weights(loss_weights)
+    else:
+        weights = make_loss_weights(head_preset if head_preset in LOSS_PRESETS else "paper", loss_weights)
+    body = build_backbone(backbone, detector, backbone_weights, frozen_batchnorm, trainable_backbone_layers)
+    tiny = backbone == "tiny"
+    if detector == "faster-rcnn":
+        featmaps = ["0", "1", "2"] if tiny else ["0", "1", "2", "3"]
+    else:
+        featmaps = ["0", "1", "2"]  # P3-P5, where FCOS' boxes of all sizes map (as Mask R-CNN's P2-P5)
+    branch = None
+    if mask_head is not None:
+        branch = build_mask_branch(mask_head, body.out_channels, num_classes, featmaps, head_preset,
+                                   dict(head_options or {}), occluded_ratio)
+    if detector == "faster-rcnn":
+        kwargs = _tiny_faster_rcnn_kwargs(num_classes) if tiny else {}
+        kwargs.update(detector_kwargs)
+        return BCNetFasterRCNN(body, num_classes, mask_branch=branch, loss_weights=weights,
+                               min_size=min_size, max_size=max_size, **kwargs)
+    from .fcos import BCNetFCOS
+
+    kwargs = {}
+    if tiny:  # GroupNorm(32) of 32 channels breaks on the 1x1 P7 of a 64 px image: 8 groups
+        head = FCOSHead(body.out_channels, 1, num_classes, num_convs=2)
+        norm = partial(nn.GroupNorm, 8)
+        head.classification_head = FCOSClassificationHead(body.out_channels, 1, num_classes, 2, norm_layer=norm)
+        head.regression_head = FCOSRegressionHead(body.out_channels, 1, 2, norm_layer=norm)
+        kwargs = dict(head=head, detections_per_img=20, topk_candidates=200)
+    kwargs.update(detector_kwargs)
+    return BCNetFCOS(body, num_classes, mask_branch=branch, loss_weights=weights,
+                     min_size=min_size, max_size=max_size, **kwargs)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with ``requires_grad``); buffers such as frozen BN stats excluded."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_report(num_classes: int = 91, backbone: str = "resnet50", head_preset: str = "paper") -> list[dict]:
+    """Parameter counts of Faster R-CNN / FCOS with no mask head, Mask R-CNN's and BCNet's (built on 'meta', no weights).
+
+    Backbone BatchNorms are frozen as in a trained model (torchvision's published counts,
+    e.g. 41,755,286 for fasterrcnn_resnet50_fpn, count them that way). ``head_params`` is the
+    model minus the detector alone.
+    """
+    rows = []
+    for detector in DETECTORS:
+        base = None
+        for head in (None, "fcn", "bilayer-gcn"):
+            with torch.device("meta"):
+                model = build_model(num_classes, detector=detector, mask_head=head, backbone=backbone,
+                                    head_preset=head_preset, frozen_batchnorm=True)
+            n = count_parameters(model)
+            base = n if head is None else base
+            rows.append({"detector": detector, "mask_head": head or "none", "backbone": backbone,
+                         "head_preset": head_preset, "params": n, "head_params": n - base,
+                         "params_millions": round(n / 1e6, 2)})
+    return rows

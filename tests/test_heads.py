@@ -1,0 +1,111 @@
+"""Mask heads: the GCN block, the four ablation heads, both presets."""
+import pytest
+import torch
+from torch import nn
+
+from bcnet.heads import BILAYER_HEADS, MASK_HEADS, BilayerMaskHead, GCNBlock, build_mask_head
+
+
+def test_gcn_block_shape_affinity_and_residual():
+    torch.manual_seed(0)
+    block = GCNBlock(8)
+    x = torch.randn(2, 8, 5, 6)
+    assert block(x).shape == x.shape
+    a = block.affinity(x)
+    assert a.shape == (2, 30, 30)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 30))
+    # With W_g = 0 the graph term is sigma(0) = ReLU(LayerNorm(0)) = 0: Z is exactly X (the residual).
+    nn.init.zeros_(block.g.weight)
+    assert torch.equal(block(x), x)
+
+
+def test_gcn_relates_distant_nodes_unlike_a_conv():
+    torch.manual_seed(0)
+    block = GCNBlock(4).eval()
+    x = torch.randn(1, 4, 14, 14)
+    y = x.clone()
+    y[0, :, 0, 0] += 5.0  # change one corner node
+    assert not torch.allclose(block(x)[0, :, 13, 13], block(y)[0, :, 13, 13])  # the far corner sees it
+
+
+def test_gcn_batchnorm_variant_as_released():
+    block = GCNBlock(8, norm="batch", relu=False, scaled=True, output_proj=True)
+    assert isinstance(block.norm, nn.BatchNorm2d) and block.out is not None
+    assert block.scale == pytest.approx(8 ** -0.5)
+    assert block(torch.randn(3, 8, 4, 4)).shape == (3, 8, 4, 4)
+    with pytest.raises(ValueError):
+        GCNBlock(8, norm="group")
+
+
+EXPECTED_KEYS = {
+    "fcn": {"mask"},
+    "gcn": {"mask", "boundary"},
+    "bilayer-fcn": {"mask", "boundary", "occluder_mask", "occluder_boundary"},
+    "bilayer-gcn": {"mask", "boundary", "occluder_mask", "occluder_boundary"},
+}
+
+
+@pytest.mark.parametrize("preset", ["paper", "original"])
+@pytest.mark.parametrize("name", MASK_HEADS)
+def test_head_forward_shapes_and_grads_reach_both_branches(name, preset):
+    torch.manual_seed(0)
+    head = build_mask_head(name, in_channels=16, num_classes=3, preset=preset)
+    x = torch.randn(2, 16, 14, 14)
+    out = head(x)
+    assert set(out) == EXPECTED_KEYS[name]
+    classes = 1 if preset == "original" else 3
+    assert out["mask"].shape == (2, classes, 28, 28)
+    if name in BILAYER_HEADS:
+        assert out["occluder_mask"].shape == (2, 1, 28, 28)
+        assert out["occluder_boundary"].shape == (2, 1, 28, 28)
+        # the occludee mask loss alone trains the occluder branch too (its feature feeds the occludee layer)
+        out["mask"].sum().backward()
+        assert head.occluder[0][0].weight.grad.abs().sum() > 0
+        assert head.occludee[0][0].weight.grad.abs().sum() > 0
+        head.zero_grad()
+        out = head(x)
+        sum(v.sum() for v in out.values()).backward()
+        for branch in (head.occluder, head.occludee):
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.parameters())
+    else:
+        sum(v.sum() for v in out.values()).backward()
+        assert all(p.grad is not None for p in head.parameters())
+
+
+def test_paper_and_original_layouts():
+    paper = build_mask_head("bilayer-gcn", 16, 3, preset="paper")
+    kinds = [type(m).__name__ for m in paper.occluder]
+    assert kinds == ["Sequential", "GCNBlock", "Sequential", "Sequential"]  # 3x3 conv -> GCN -> 2 convs
+    assert isinstance(paper.occluder[1].norm, nn.LayerNorm)
+    assert isinstance(paper.fuse, nn.Conv2d)  # W_f
+    original = build_mask_head("bilayer-gcn", 16, 3, preset="original")
+    kinds = [type(m).__name__ for m in original.occludee]
+    assert kinds == ["Sequential", "Sequential", "GCNBlock", "Sequential", "Sequential"]  # non-local after 2nd conv
+    assert isinstance(original.occludee[2].norm, nn.BatchNorm2d)
+    assert isinstance(original.fuse, nn.Identity)
+    assert set(original.occluder_predictor.deconvs) == {"occluder_boundary", "occluder_mask"}
+    fcn = build_mask_head("bilayer-fcn", 16, 3)
+    assert not any(isinstance(m, GCNBlock) for m in fcn.modules())
+
+
+def test_bilayer_fuses_occluder_feature_into_roi_feature():
+    """With W_f = 0 the occludee layer sees only the RoI feature: its outputs equal a run on x alone."""
+    torch.manual_seed(0)
+    head: BilayerMaskHead = build_mask_head("bilayer-gcn", 8, 2, conv_dim=8).eval()
+    x = torch.randn(1, 8, 14, 14)
+    with torch.no_grad():
+        fused = head(x)["mask"]
+        nn.init.zeros_(head.fuse.weight)
+        plain = head(x)["mask"]
+        alone = head.occludee_predictor(head.occludee(x))["mask"]
+    torch.testing.assert_close(plain, alone)
+    assert not torch.allclose(fused, plain)
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(ValueError):
+        build_mask_head("bilayer", 16, 3)
+    with pytest.raises(ValueError):
+        build_mask_head("gcn", 16, 3, preset="journal")
+    with pytest.raises(ValueError):
+        build_mask_head("gcn", 16, 3, gcn_layers=2)

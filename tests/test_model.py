@@ -1,0 +1,119 @@
+"""build_model on the tiny backbone (train losses, backward, eval outputs) and ResNet-50 parameter counts."""
+import math
+
+import pytest
+import torch
+
+from bcnet.model import BilayerTransform, build_model, count_parameters, parameter_report
+
+MASK_LOSSES = {"loss_mask", "loss_mask_boundary", "loss_occluder_mask", "loss_occluder_boundary"}
+
+
+def scene(height=64, width=80):
+    """Two instances; GT 1 covers part of GT 0."""
+    image = torch.rand(3, height, width)
+    masks = torch.zeros(2, height, width, dtype=torch.uint8)
+    masks[0, 10:40, 10:40] = 1
+    masks[1, 20:50, 30:70] = 1
+    masks[0][masks[1].bool()] = 0
+    occluder_masks = torch.zeros_like(masks)
+    occluder_masks[0] = masks[1]
+    return image, {"boxes": torch.tensor([[10.0, 10, 40, 40], [30, 20, 70, 50]]), "labels": torch.tensor([1, 2]),
+                   "masks": masks, "occluder_masks": occluder_masks}
+
+
+def batch():
+    torch.manual_seed(0)
+    images, targets = zip(scene(), scene(72, 64))
+    return list(images), list(targets)
+
+
+@pytest.mark.parametrize("detector", ["faster-rcnn", "fcos"])
+def test_train_losses_finite_and_backward_reaches_both_layers(detector):
+    torch.manual_seed(0)
+    model = build_model(3, detector=detector, backbone="tiny", min_size=64, max_size=96).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    assert MASK_LOSSES <= set(losses)
+    assert all(math.isfinite(float(v.detach())) for v in losses.values())
+    sum(losses.values()).backward()
+    branch = model.roi_heads.mask_branch if detector == "faster-rcnn" else model.mask_branch
+    for layer in (branch.head.occluder, branch.head.occludee):
+        assert layer[0][0].weight.grad.abs().sum() > 0
+    assert next(model.backbone.parameters()).grad is not None
+
+
+def test_losses_are_weighted_by_the_preset():
+    model = build_model(3, backbone="tiny", min_size=64, max_size=96).train()
+    images, targets = batch()
+    torch.manual_seed(1)
+    paper = model(images, targets)
+    model.loss_weights = {"det": 2.0, "occluder_boundary": 1.0, "occluder_mask": 0.25, "occludee_boundary": 1.0,
+                          "occludee_mask": 1.0}
+    torch.manual_seed(1)
+    other = model(images, targets)
+    for key in ("loss_mask_boundary", "loss_occluder_boundary", "loss_classifier", "loss_objectness"):
+        torch.testing.assert_close(other[key], 2 * paper[key])
+    for key in ("loss_mask", "loss_occluder_mask"):
+        torch.testing.assert_close(other[key], paper[key])
+    assert build_model(3, backbone="tiny", head_preset="original").loss_weights["occludee_boundary"] == 1.0
+    assert build_model(3, backbone="tiny", loss_weights={"det": 3.0}).loss_weights["det"] == 3.0
+
+
+@pytest.mark.parametrize("detector,head", [("faster-rcnn", "bilayer-gcn"), ("faster-rcnn", "fcn"),
+                                           ("fcos", "bilayer-gcn")])
+def test_eval_outputs(detector, head):
+    torch.manual_seed(0)
+    kwargs = {"score_thresh": 0.0, "mask_detections_per_img": 5} if detector == "fcos" else {}
+    model = build_model(3, detector=detector, mask_head=head, backbone="tiny", min_size=64, max_size=96,
+                        **kwargs).eval()
+    images, _ = batch()
+    with torch.no_grad():
+        outputs = model(images)
+    assert len(outputs) == 2
+    for image, out in zip(images, outputs):
+        n = len(out["boxes"])
+        assert n > 0
+        if detector == "fcos":
+            assert n <= 5
+        keys = {"boxes", "labels", "scores", "masks"} | ({"occluder_masks"} if head != "fcn" else set())
+        assert set(out) == keys
+        for key in keys - {"boxes", "labels", "scores"}:
+            assert out[key].shape == (n, 1, *image.shape[-2:])
+            assert 0.0 <= float(out[key].min()) and float(out[key].max()) <= 1.0
+
+
+def test_detector_alone_and_bad_names():
+    model = build_model(3, mask_head=None, backbone="tiny", min_size=64, max_size=96).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])[0]
+    assert "masks" not in out
+    for bad in ({"detector": "yolo"}, {"mask_head": "bilayer"}, {"backbone": "vit"}, {"head_preset": "x"}):
+        with pytest.raises(ValueError):
+            build_model(3, **{"backbone": "tiny", **bad})
+
+
+def test_transform_resizes_occluder_masks_with_the_image():
+    t = BilayerTransform(128, 200, [0.0] * 3, [1.0] * 3).train()
+    _, target = scene()
+    images, (resized,) = t([torch.rand(3, 64, 80)], [target])
+    assert resized["masks"].shape == resized["occluder_masks"].shape == (2, 128, 160)
+    assert torch.equal(resized["occluder_masks"][0], resized["masks"][1])
+
+
+def test_resnet50_parameter_counts():
+    rows = {(r["detector"], r["mask_head"]): r for r in parameter_report(91)}
+    # torchvision's published counts for fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn / fcos_resnet50_fpn
+    assert rows["faster-rcnn", "none"]["params"] == 41_755_286
+    assert rows["faster-rcnn", "fcn"]["params"] == 44_401_393
+    assert rows["fcos", "none"]["params"] == 32_269_600
+    conv3, conv1 = 256 * 256 * 9 + 256, 256 * 256
+    gcn = 3 * conv1 + 2 * 256  # theta, phi, W_g + LayerNorm
+    predictors = 2 * (256 + 1) + 2 * (256 * 91 + 91)  # occluder mask/boundary, occludee mask/boundary (per class)
+    bilayer = 2 * (3 * conv3 + gcn) + conv1 + predictors  # two layers + W_f
+    for detector in ("faster-rcnn", "fcos"):
+        assert rows[detector, "bilayer-gcn"]["head_params"] == bilayer == 4_047_544
+        assert rows[detector, "fcn"]["head_params"] == 2_646_107
+    original = {(r["detector"], r["mask_head"]): r for r in parameter_report(91, head_preset="original")}
+    assert original["faster-rcnn", "bilayer-gcn"]["head_params"] == 6_296_580
+    assert count_parameters(build_model(3, backbone="tiny")) < 1_000_000
