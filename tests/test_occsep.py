@@ -1,0 +1,111 @@
+"""Occluded / Separated COCO recall on hand-made objects with known answers; safe loading of their pickles."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from bcnet.occsep import RefusedPickle, load_objects, occsep_recall, occsep_report, safe_unpickle
+
+H, W = 20, 20
+
+
+def rect(x0, y0, x1, y1):
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def rle(m, as_bytes=False):
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": [H, W], "counts": r["counts"] if as_bytes else r["counts"].decode("ascii")}
+
+
+GT_IMAGES = {"a.jpg": 1, "b.jpg": 2}
+CATEGORIES = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+G1, G2, G3, G4 = rect(0, 0, 4, 4), rect(10, 10, 14, 14), rect(5, 5, 15, 15), rect(0, 10, 10, 20)
+
+
+def objects():
+    # published layout: [file_name, class_name, (unused), bbox, rle with bytes counts]
+    return [
+        ["a.jpg", "person", 0, [0, 0, 4, 4], rle(G1, True)],        # found: exact match, score 0.9
+        ["a.jpg", "dog", 0, [10, 10, 4, 4], rle(G2, True)],          # found: IoU exactly 0.75 (12/16)
+        ["b.jpg", "person", 0, [5, 5, 10, 10], rle(G3, True)],       # missed: IoU 0.8 but score 0.2;
+                                                                     #   wrong class at IoU 1; IoU 0.7
+        ["zzz.jpg", "person", 0, [0, 0, 1, 1], rle(G1, True)],       # missed: image not in the GT file
+        ["b.jpg", "dog", 0, [0, 10, 10, 10], [[0, 10, 10, 10, 10, 20, 0, 20]]],  # found: polygon GT
+    ]
+
+
+def results():
+    return [
+        {"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": rle(G1)},
+        {"image_id": 1, "category_id": 18, "score": 0.3, "segmentation": rle(rect(10, 10, 14, 13))},
+        {"image_id": 2, "category_id": 1, "score": 0.2, "segmentation": rle(rect(5, 5, 15, 13))},  # 80/100
+        {"image_id": 2, "category_id": 18, "score": 0.99, "segmentation": rle(G3)},
+        {"image_id": 2, "category_id": 1, "score": 0.95, "segmentation": rle(rect(5, 5, 15, 12))},  # 70/100
+        {"image_id": 2, "category_id": 18, "score": 0.5, "segmentation": rle(rect(0, 10, 10, 19))},  # 90/100
+    ]
+
+
+def test_recall_known_answer():
+    res = occsep_recall(results(), GT_IMAGES, objects(), categories=CATEGORIES)
+    assert res["hits"] == [True, True, False, False, True]
+    assert res["found"] == 3 and res["total"] == 5 and res["recall"] == pytest.approx(0.6)
+    assert res["unknown_images"] == 1
+    # thresholds are parameters: a lower score threshold lets the 0.2 prediction find object 3
+    low = occsep_recall(results(), GT_IMAGES, objects(), categories=CATEGORIES, score_threshold=0.1)
+    assert low["hits"] == [True, True, True, False, True]
+    strict = occsep_recall(results(), GT_IMAGES, objects(), categories=CATEGORIES, iou_threshold=0.76)
+    assert strict["hits"] == [True, False, False, False, True]
+
+
+def test_category_ids_and_report():
+    by_id = [[e[0], {"person": 1, "dog": 18}[e[1]], e[3], e[4]] for e in objects()]  # 4-item layout, ids
+    assert occsep_recall(results(), GT_IMAGES, by_id)["hits"] == [True, True, False, False, True]
+    report = occsep_report(results(), GT_IMAGES, objects()[:2], objects()[2:], categories=CATEGORIES)
+    assert report["occluded_recall"] == 100.0 and report["separated_recall"] == pytest.approx(100 / 3)
+    with pytest.raises(Exception, match="pass categories"):
+        occsep_recall(results(), GT_IMAGES, objects())
+
+
+def test_load_pickle_and_json_forms(tmp_path):
+    pkl = tmp_path / "occluded_coco.pkl"
+    pkl.write_bytes(pickle.dumps(objects(), protocol=4))
+    assert load_objects(pkl) == objects()
+    as_json = [[e[0], e[1], e[2], e[3], {"size": e[4]["size"], "counts": e[4]["counts"].decode()}
+                if isinstance(e[4], dict) else e[4]] for e in objects()]
+    js = tmp_path / "occluded_coco.json"
+    js.write_text(json.dumps(as_json))
+    loaded = load_objects(js)
+    assert occsep_recall(results(), GT_IMAGES, loaded, categories=CATEGORIES)["found"] == 3
+    value = {"a": (1, 2.5, None, True, b"x", {3}, frozenset([4]), -(2 ** 70))}
+    assert safe_unpickle(pickle.dumps(value, protocol=4)) == value
+    assert safe_unpickle(pickle.dumps(objects(), protocol=3)) == objects()
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {EVIL_MARKER}",))
+
+
+EVIL_MARKER = ""
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    global EVIL_MARKER
+    EVIL_MARKER = str(tmp_path / "pwned")
+    for protocol in (0, 2, 5):
+        path = tmp_path / f"evil{protocol}.pkl"
+        path.write_bytes(pickle.dumps([["a.jpg", "person", Evil()]], protocol=protocol))
+        with pytest.raises(RefusedPickle, match="refusing to load"):
+            load_objects(path)
+    assert not os.path.exists(EVIL_MARKER)
+    with pytest.raises(RefusedPickle, match="numpy"):
+        safe_unpickle(pickle.dumps(np.zeros(3)))
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps(objects())[:50])
+    with pytest.raises(Exception, match="not a readable pickle"):
+        load_objects(tmp_path / "cut.pkl")
