@@ -15,7 +15,8 @@ Placement: the first paste goes anywhere. Paste k >= 1 is placed over an earlier
 (paste 1 over paste 0: the schedule's occluder/occludee pair; later ones over a random earlier
 object that can take more occlusion). It aims at an occlusion ratio drawn from
 ``options.occlusion`` by bisecting the shift along random directions (``max_tries`` candidate
-positions in all). A candidate is *good* when the target's ratio lands in range and no pasted
+positions in all; the good one nearest the aimed ratio along the first direction that gives
+one is taken, so ratios spread over the range). A candidate is *good* when the target's ratio lands in range and no pasted
 object exceeds ``max_occlusion``. When no candidate is good, every position overlapping the
 target is scored at once (template correlation) and a good one is drawn from those; failing
 that, the best candidate is taken: never above ``max_occlusion``, then keeping some pasted
@@ -263,9 +264,11 @@ class _Canvas:
         ty, tx, th, tw = self.boxes[target]
         cy, cx = ty + th / 2 - obj.h / 2, tx + tw / 2 - obj.w / 2
         reach = math.hypot(th + obj.h, tw + obj.w) / 2 + 1
+        tolerance = max((hi - lo) / 20, 0.005)
         best, best_score = None, None
+        good, good_miss = None, None  # good position nearest the aimed ratio
         tries = 0
-        while tries < options.max_tries:
+        while tries < options.max_tries and good is None:
             theta = rng.uniform(0.0, 2 * math.pi)
             aim = rng.uniform(lo, hi)
             dy, dx = math.sin(theta), math.cos(theta)
@@ -277,13 +280,19 @@ class _Canvas:
                 tries += 1
                 score, target_ratio = self._score(obj, y, x, target, options)
                 if score is None:
-                    return y, x
-                if best_score is None or score < best_score:
+                    miss = abs(target_ratio - aim)
+                    if miss <= tolerance:
+                        return y, x
+                    if good is None or miss < good_miss:
+                        good, good_miss = (y, x), miss
+                elif best_score is None or score < best_score:
                     best, best_score = (y, x), score
                 if target_ratio > aim:
                     near = d
                 else:
                     far = d
+        if good is not None:
+            return good
         found, score = self._search(obj, rng, options, target)
         if found is not None and (score is None or best_score is None or score < best_score):
             best, best_score = found, score
