@@ -1,5 +1,4 @@
 """annotate-occluders: exact occluder ids and occluder polygons on hand-made overlapping scenes."""
-import copy
 import json
 
 import numpy as np
