@@ -1,4 +1,110 @@
-"""Click commands (filled in by the module's feature work)."""
-import click  # noqa: F401
+"""`bcnet train` and `bcnet evaluate`: thin wrappers over bcnet.train.train and bcnet.evaluate."""
+from __future__ import annotations
 
-COMMANDS: list = []
+import json
+
+import click
+
+from occsynth.errors import OccsynthError
+
+
+def _jitter(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI such as 640,800, got {value!r}") from None
+    return [lo, hi]
+
+
+def _steps(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated iterations such as 60000,80000, got {value!r}") from None
+
+
+@click.command("train")
+@click.option("--annotations", "ann_file", required=True, type=click.Path(dir_okay=False),
+              help="COCO-format instances JSON (COCO, COCO-OCC, occsynth output).")
+@click.option("--images", "image_root", required=True, type=click.Path(file_okay=False),
+              help="Image root the file names are relative to.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory: checkpoints, last_checkpoint, log.jsonl.")
+@click.option("--schedule", default="schedule-1x", show_default=True,
+              help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file.")
+@click.option("--resume", is_flag=True, help="Continue exactly from the newest checkpoint in --out.")
+@click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False),
+              help="Start from this checkpoint's weights (fine-tuning).")
+@click.option("--iterations", type=int, help="Override: number of iterations.")
+@click.option("--batch-size", type=int, help="Override: global images per iteration (lr scales with it).")
+@click.option("--lr", "base_lr", type=float, help="Override: base lr at the schedule's base batch size.")
+@click.option("--steps", callback=_steps, help="Override: lr decay iterations, e.g. 60000,80000.")
+@click.option("--warmup", "warmup_iterations", type=int, help="Override: warm-up iterations.")
+@click.option("--checkpoint-every", type=int, help="Override: iterations between checkpoints.")
+@click.option("--mode", type=click.Choice(["visible", "amodal"]), help="Override: which masks to learn.")
+@click.option("--short", type=int, help="Override: training short side (px).")
+@click.option("--long-max", type=int, help="Override: training long side limit (px).")
+@click.option("--scale-jitter", callback=_jitter, help="Override: short side drawn from LO,HI per image.")
+@click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), help="Override: detector.")
+@click.option("--mask-head", type=click.Choice(["bilayer-gcn", "bilayer-fcn", "gcn", "fcn"]),
+              help="Override: mask head.")
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet18", "tiny"]), help="Override: backbone.")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False),
+              help="Override: local backbone weights file (default: from scratch).")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), help="Override: mixed precision (CUDA only).")
+@click.option("--accumulate", type=int, help="Override: gradient accumulation steps per iteration.")
+@click.option("--workers", type=int, help="Override: data loader processes.")
+@click.option("--seed", type=int, help="Override: seed.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, no_progress,
+                  **overrides):
+    """Train BCNet; run under `torchrun --nproc_per_node N` for several GPUs."""
+    from bcnet.train import train
+
+    result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
+                   init_checkpoint=init_checkpoint, device=device, progress=not no_progress, strict=strict)
+    if result["checkpoint"] is not None:
+        last = result["history"][-1] if result["history"] else {}
+        click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "
+                   f"checkpoint {result['checkpoint']}")
+
+
+@click.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A bcnet checkpoint.")
+@click.option("--annotations", "ann_files", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Annotations JSON of a set to evaluate (repeat for several sets).")
+@click.option("--images", "image_roots", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Image root of each --annotations, in the same order.")
+@click.option("--name", "names", multiple=True, help="Name of each set (default: set0, set1, ...).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where results.json, results.md and detections_<name>.json go.")
+@click.option("--mask-threshold", default=0.5, show_default=True, type=float)
+@click.option("--device", help="cpu, cuda ... (default: cuda when available).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_threshold, device, strict,
+                     no_progress):
+    """COCO box and mask AP (+ mask AP by occlusion level) of a checkpoint on one or more sets."""
+    from bcnet.evaluate import evaluate_checkpoint, markdown_table
+
+    if len(ann_files) != len(image_roots):
+        raise OccsynthError("give one --images per --annotations")
+    if names and len(names) != len(ann_files):
+        raise OccsynthError("give one --name per --annotations (or none)")
+    names = names or tuple(f"set{i}" for i in range(len(ann_files)))
+    if len(set(names)) != len(names):
+        raise OccsynthError(f"set names must differ: {', '.join(names)}")
+    sets = {n: (a, i) for n, a, i in zip(names, ann_files, image_roots)}
+    report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
+                                 strict=strict, progress=not no_progress)
+    click.echo(markdown_table(report), nl=False)
+    click.echo(f"results: {json.dumps(str(out_dir))[1:-1]}/results.json")
+
+
+COMMANDS: list = [train_command, evaluate_command]

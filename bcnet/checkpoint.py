@@ -1,0 +1,96 @@
+"""Training checkpoints: everything an exact resume needs, in a file that holds no Python objects.
+
+A checkpoint is a dict of tensors and plain containers (str, int, float, bool, None, list,
+tuple, dict) so it loads with ``torch.load(weights_only=True)``: a file someone hands you cannot
+run code. Random generator states (torch, CUDA, numpy, python) are stored as tensors and ints.
+Files are written atomically (temporary file + rename), so a kill during a save leaves the
+previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from occsynth.atomic import open_atomic
+from occsynth.errors import OccsynthError
+
+FORMAT = "bcnet-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, iteration: int,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
+                    schedule: dict | None = None, model_config: dict | None = None,
+                    category_ids: list[int] | None = None, rng: bool = True) -> None:
+    """Write model (+ optimizer, LR scheduler, AMP scaler, RNG states) at ``iteration`` atomically."""
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "iteration": int(iteration),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "schedule": dict(schedule or {}),
+        "model_config": dict(model_config or {}),
+        "category_ids": [int(c) for c in (category_ids or [])],
+        "rng": capture_rng_state() if rng else None,
+    }
+    with open_atomic(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; a file holding pickled objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise OccsynthError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OccsynthError(f"{path}: refused - the file holds Python objects, not only tensors and plain "
+                            f"data, so loading it could run code ({first_line})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise OccsynthError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise OccsynthError(f"{path}: not a bcnet checkpoint (no '{FORMAT}' format tag)")
+    if state.get("version", 0) > VERSION:
+        raise OccsynthError(f"{path}: checkpoint version {state['version']} is newer than this bcnet "
+                            f"understands ({VERSION})")
+    return state
+
+
+def capture_rng_state() -> dict:
+    """Every global random generator training touches, as tensors and ints."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(int(v) for v in py_state["internal"].tolist()),
+                     py_state["gauss_next"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

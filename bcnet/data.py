@@ -1,0 +1,288 @@
+"""COCO-format instance sets as torch datasets, with the occluder masks BCNet's bilayer head learns.
+
+Any COCO instances JSON + image root works: COCO itself, the COCO-OCC subset, occsynth output.
+Each target instance is a non-crowd annotation with a decodable, non-empty visible mask. Its
+occluder mask is the union of the visible masks of the instances that occlude it:
+
+- when every target instance of the image carries ``occluder_ids`` (occsynth sets, the output
+  of ``occsynth annotate-occluders``), those ids say who occludes it (ids that are not target
+  instances of the image - crowd or skipped annotations - are ignored);
+- otherwise BCNet's rule for real COCO decides, ``occsynth.occluders.box_overlap_occluders``.
+
+``mode='visible'`` (default) learns the visible masks (``segmentation``); ``mode='amodal'`` learns
+the complete masks (``amodal_segmentation``, falling back to the visible mask where an annotation
+has none) with their boxes. Occluder masks are always unions of *visible* masks: that is what the
+image shows on top of the instance.
+
+Categories map to contiguous labels 1..K in category-id order (0 is background); the mapping is
+kept on the dataset (``category_ids[label - 1]``) so predictions map back to COCO ids.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from occsynth import coco, errors
+from occsynth import masks as mask_ops
+from occsynth.errors import BadRecord, OccsynthError, SkipLog
+from occsynth.occluders import box_overlap_occluders, occluder_masks
+
+MODES = ("visible", "amodal")
+
+
+class CocoInstances(Dataset):
+    """One sample per image: ``(image FloatTensor[3,H,W] in 0..1, target dict)``.
+
+    Target: ``boxes`` Float[N,4] xyxy, ``labels`` Int64[N] (1..K), ``masks`` UInt8[N,H,W]
+    (visible, or amodal in ``mode='amodal'``), ``occluder_masks`` UInt8[N,H,W],
+    ``annotation_ids`` Int64[N], ``image_id`` int, ``orig_size`` (height, width) of the file.
+
+    Bad image/annotation records are skipped and counted in ``self.skips`` (``strict=True``
+    stops at the first). Image files are checked to exist up front; a file that exists but
+    cannot be decoded raises :class:`BadRecord` when read. ``drop_empty`` leaves out images
+    with no usable instance (training wants them out, evaluation wants every image in).
+    """
+
+    def __init__(self, ann_file: str | os.PathLike, image_root: str | os.PathLike,
+                 transforms: Callable | None = None, *, mode: str = "visible",
+                 drop_empty: bool = False, strict: bool = False, check_files: bool = True,
+                 category_ids: Sequence[int] | None = None):
+        self.ann_file = Path(ann_file)
+        self.image_root = Path(image_root)
+        self.transforms = transforms
+        if mode not in MODES:
+            raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.skips = SkipLog(strict=strict)
+        data = coco.read_dataset(self.ann_file)
+        images, categories, by_image = coco.index_dataset(data, self.skips)
+        self.categories = [categories[c] for c in sorted(categories)]
+        self.category_ids: list[int] = (sorted(categories) if category_ids is None
+                                        else [int(c) for c in category_ids])
+        unknown = sorted(set(self.category_ids) - set(categories))
+        if unknown:
+            raise OccsynthError(f"{self.ann_file}: has no categories with ids {unknown} "
+                                "(the model was trained with them)")
+        self.category_id_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        self.label_to_category_id = {i + 1: c for i, c in enumerate(self.category_ids)}
+        self.images: list[dict] = []
+        self.paths: list[Path] = []
+        self.annotations: list[list[dict]] = []
+        for image_id, image in images.items():
+            try:
+                path = coco.resolve_image_path(self.image_root, image["file_name"])
+                if check_files and not path.is_file():
+                    raise BadRecord(errors.MISSING_FILE, f"image file {path}")
+            except BadRecord as exc:
+                self.skips.skip(exc)
+                continue
+            anns = by_image[image_id]
+            if drop_empty and not any(_is_candidate(a, self.category_id_to_label) for a in anns):
+                continue
+            self.images.append(image)
+            self.paths.append(path)
+            self.annotations.append(anns)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background (what ``build_model`` takes)."""
+        return len(self.category_ids) + 1
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [image["id"] for image in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.get(index)
+
+    def get(self, index: int, rng: np.random.Generator | None = None):
+        """Sample ``index``; random transforms draw from ``rng`` (fresh entropy when None)."""
+        image_np, target = self.load(index)
+        if self.transforms is not None:
+            image_np, target = self.transforms(image_np, target, rng if rng is not None else np.random.default_rng())
+        return to_tensors(image_np, target)
+
+    def load(self, index: int) -> tuple[np.ndarray, dict]:
+        """Untransformed sample as numpy: RGB uint8 image and a target of numpy arrays (bool masks)."""
+        record = self.images[index]
+        height, width = record["height"], record["width"]
+        image = coco.read_image(self.paths[index], expected_size=(height, width))
+        boxes, labels, ids, visible, learned, occluder_lists = [], [], [], [], [], []
+        for ann in self.annotations[index]:
+            if not _is_candidate(ann, self.category_id_to_label):
+                continue
+            try:
+                mask = _decode(ann, "segmentation", height, width)
+                box = [float(v) for v in ann["bbox"]]
+                target_mask = mask
+                if self.mode == "amodal" and ann.get("amodal_segmentation"):
+                    target_mask = _decode(ann, "amodal_segmentation", height, width)
+                    box = mask_ops.bbox(target_mask)
+            except BadRecord as exc:
+                self.skips.skip(exc)
+                continue
+            x, y, w, h = box
+            x0, y0 = max(x, 0.0), max(y, 0.0)
+            x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            boxes.append([x0, y0, x1, y1])
+            labels.append(self.category_id_to_label[ann["category_id"]])
+            ids.append(ann["id"])
+            visible.append(mask)
+            learned.append(target_mask)
+            occluder_lists.append(ann.get("occluder_ids"))
+        n = len(boxes)
+        visible_arr = np.stack(visible) if n else np.zeros((0, height, width), bool)
+        boxes_arr = np.asarray(boxes, np.float32).reshape(n, 4)
+        target = {
+            "boxes": boxes_arr,
+            "labels": np.asarray(labels, np.int64),
+            "masks": np.stack(learned) if n else np.zeros((0, height, width), bool),
+            "occluder_masks": occluder_masks(visible_arr, occluders_of(ids, occluder_lists, boxes_arr)),
+            "annotation_ids": np.asarray(ids, np.int64),
+            "image_id": int(record["id"]),
+            "orig_size": (height, width),
+        }
+        return image, target
+
+    def read(self, index: int) -> tuple[torch.Tensor, dict]:
+        """Image only, for prediction: (FloatTensor[3,H,W], {image_id, orig_size}).
+
+        Applies the dataset's transforms (with no instances) when it has any; evaluation
+        datasets usually have none and let the model resize internally.
+        """
+        record = self.images[index]
+        height, width = record["height"], record["width"]
+        image = coco.read_image(self.paths[index], expected_size=(height, width))
+        if self.transforms is not None:
+            image, _ = self.transforms(image, {"boxes": np.zeros((0, 4), np.float32)}, np.random.default_rng(0))
+        tensor, _ = to_tensors(image, {})
+        return tensor, {"image_id": int(record["id"]), "orig_size": (height, width)}
+
+
+def occluders_of(annotation_ids: Sequence[int], occluder_ids: Sequence[Sequence[int] | None],
+                 boxes_xyxy: np.ndarray) -> list[list[int]]:
+    """For each instance, the indices (into the same lists) of the instances that occlude it.
+
+    Uses the annotations' ``occluder_ids`` when every instance has them; otherwise BCNet's box
+    rule on the instances' boxes (one implementation: ``occsynth.occluders``).
+    """
+    if len(annotation_ids) and all(isinstance(o, list) for o in occluder_ids):
+        position = {a: i for i, a in enumerate(annotation_ids)}
+        return [sorted(position[o] for o in ids if o in position and position[o] != i)
+                for i, ids in enumerate(occluder_ids)]
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    return box_overlap_occluders(xywh)
+
+
+def to_tensors(image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:
+    """numpy sample -> (FloatTensor[3,H,W] in 0..1, target of tensors; masks as uint8)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+    out = {}
+    for key, value in target.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value.astype(np.uint8) if value.dtype == bool else value))
+        out[key] = value
+    return tensor, out
+
+
+def collate(batch: Sequence) -> tuple[list, list]:
+    """List of (image, target) -> (images, targets): detection models take lists, not stacks."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
+
+
+class SampleStream(Dataset):
+    """The k-th sample a training run draws, as a pure function of (seed, k).
+
+    Draw k reads image ``permutation(seed, epoch)[k % n]`` with ``epoch = k // n`` (each epoch
+    visits every image once) and augments it with a generator seeded by (seed, k). A run that
+    resumes at iteration i just starts drawing at ``k = i * batch_size``: same images, same flips,
+    same scales as an uninterrupted run, whatever the number of loader workers.
+    """
+
+    def __init__(self, dataset: CocoInstances, seed: int):
+        if len(dataset) == 0:
+            raise OccsynthError(f"{getattr(dataset, 'ann_file', 'dataset')}: no usable training images")
+        self.dataset, self.seed = dataset, int(seed)
+        self._epoch, self._order = -1, np.arange(0)
+
+    def index(self, k: int) -> int:
+        epoch, position = divmod(int(k), len(self.dataset))
+        if epoch != self._epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            self._epoch = epoch
+        return int(self._order[position])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, k: int):
+        return self.dataset.get(self.index(k), rng=np.random.default_rng([self.seed, 1 << 20, int(k)]))
+
+
+def rank_draws(start_iteration: int, iterations: int, batch_size: int, rank: int = 0, world_size: int = 1,
+               accumulate: int = 1) -> list[int]:
+    """Sample-stream indices one process reads for iterations ``start_iteration + 1 .. iterations``.
+
+    Iteration i consumes draws ``[i * batch_size, (i + 1) * batch_size)`` of the stream whatever
+    the number of processes and accumulation steps: micro-step a of rank r reads the slice
+    ``(a * world_size + r) * micro`` .. ``+ micro`` (``micro = batch_size / (world_size * accumulate)``).
+    So 1 GPU x 16 images, 8 GPUs x 2 images and 2 GPUs x 4 steps x 2 images see the same images.
+    """
+    micro = micro_batch_size(batch_size, world_size, accumulate)
+    draws: list[int] = []
+    for i in range(int(start_iteration), int(iterations)):
+        for a in range(accumulate):
+            base = i * batch_size + (a * world_size + rank) * micro
+            draws.extend(range(base, base + micro))
+    return draws
+
+
+def micro_batch_size(batch_size: int, world_size: int = 1, accumulate: int = 1) -> int:
+    """Images per forward pass; the global batch must split evenly over processes and steps."""
+    parts = int(world_size) * int(accumulate)
+    if batch_size < parts or batch_size % parts:
+        raise OccsynthError(f"batch size {batch_size} does not split evenly over {world_size} process(es) x "
+                            f"{accumulate} accumulation step(s)")
+    return batch_size // parts
+
+
+def train_loader(dataset: CocoInstances, batch_size: int, seed: int, start_iteration: int,
+                 iterations: int, workers: int = 0, rank: int = 0, world_size: int = 1,
+                 accumulate: int = 1) -> DataLoader:
+    """Micro-batches, in order, for iterations ``start_iteration + 1 .. iterations`` (see :func:`rank_draws`)."""
+    draws = rank_draws(start_iteration, iterations, batch_size, rank, world_size, accumulate)
+    return DataLoader(SampleStream(dataset, seed), batch_size=micro_batch_size(batch_size, world_size, accumulate),
+                      sampler=draws, collate_fn=collate, num_workers=workers,
+                      generator=torch.Generator().manual_seed(int(seed)), persistent_workers=False,
+                      pin_memory=False)
+
+
+def _is_candidate(ann: dict, category_id_to_label: dict) -> bool:
+    """Could be a training target: not crowd, a known category, a box with positive size."""
+    if ann.get("iscrowd", 0) or ann.get("category_id") not in category_id_to_label:
+        return False
+    box = ann.get("bbox")
+    return (isinstance(box, (list, tuple)) and len(box) == 4
+            and all(isinstance(v, (int, float)) for v in box) and box[2] > 0 and box[3] > 0)
+
+
+def _decode(ann: dict, key: str, height: int, width: int) -> np.ndarray:
+    try:
+        mask = mask_ops.decode(ann[key], height, width)
+    except mask_ops.DegenerateMask as exc:
+        raise BadRecord(errors.DEGENERATE_MASK, f"annotation {ann.get('id')} '{key}'", str(exc)) from None
+    if not mask.any():
+        raise BadRecord(errors.DEGENERATE_MASK, f"annotation {ann.get('id')} '{key}'", "empty mask")
+    return mask

@@ -1,0 +1,316 @@
+"""COCO evaluation (pycocotools bbox and segm AP) and mask AP split by occlusion level.
+
+Results are COCO result dicts (``image_id``, ``category_id``, ``score``, ``bbox`` [x, y, w, h],
+``segmentation`` compressed RLE). As detectron2 does, box AP is computed from the results with
+their masks removed and mask AP from the results with their boxes removed, so pycocotools
+measures each detection's area from the thing being evaluated.
+
+Occlusion splits (mask AP only). Each non-crowd ground truth gets an occlusion level:
+
+- ``box_overlap``: its largest box IoU (``occsynth.boxes.pairwise_overlap``) with another
+  non-crowd ground truth of the same image (0 when it is alone), binned by ``overlap_edges``;
+- ``occlusion_ratio``: the annotation's ``occlusion_ratio`` field (occsynth sets: 1 - visible /
+  amodal area), binned by ``ratio_edges``; only when some ground truths have the field (those
+  without it belong to no ratio bin).
+
+Bins are ``[0, e0), [e0, e1), ..., [e_last, 1]`` (default edges 0.1, 0.3). The AP of a bin is COCO mask AP where every
+ground truth outside the bin is turned into an ignore region (``iscrowd = 1``: a detection that
+matches it counts neither as a hit nor as a false positive), evaluated on the images holding at
+least one ground truth of the bin. Every other detection on those images is judged as usual, so
+an unmatched detection is a false positive in every bin of its image.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from occsynth import coco as coco_io
+from occsynth import masks as mask_ops
+from occsynth.boxes import pairwise_overlap
+from occsynth.errors import OccsynthError
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+OVERLAP_EDGES = (0.1, 0.3)
+RATIO_EDGES = (0.1, 0.3)
+
+
+@torch.inference_mode()
+def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",
+                    category_ids: Sequence[int] | None = None, mask_threshold: float = 0.5,
+                    batch_size: int = 1, progress: bool = True) -> list[dict]:
+    """Run ``model`` over every image of ``dataset`` (a :class:`bcnet.data.CocoInstances`) -> COCO results.
+
+    ``category_ids[label - 1]`` maps model labels to COCO category ids (default: the dataset's
+    mapping; pass the checkpoint's when evaluating on another file). Boxes and mask
+    probabilities are mapped back to the image record's size when the dataset resized the
+    image; masks are thresholded at ``mask_threshold`` and stored as compressed RLE.
+    """
+    category_ids = list(dataset.category_ids if category_ids is None else category_ids)
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    indices = range(len(dataset))
+    with tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress) as bar:
+        for start in range(0, len(dataset), batch_size):
+            batch = [dataset.read(i) for i in indices[start:start + batch_size]]
+            images = [image.to(device) for image, _ in batch]
+            outputs = model(images)
+            for (image, info), output in zip(batch, outputs):
+                results.extend(_to_coco_results(output, info, image.shape[-2:], category_ids, mask_threshold))
+            bar.update(len(batch))
+    model.train(was_training)
+    return results
+
+
+def _to_coco_results(output: dict, info: dict, input_size, category_ids: list[int],
+                     mask_threshold: float) -> list[dict]:
+    height, width = info["orig_size"]
+    boxes = output["boxes"].detach().float().cpu()
+    scores = output["scores"].detach().float().cpu()
+    labels = output["labels"].detach().cpu()
+    probs = output.get("masks")
+    in_h, in_w = int(input_size[0]), int(input_size[1])
+    if (in_h, in_w) != (height, width):
+        boxes = boxes * torch.tensor([width / in_w, height / in_h, width / in_w, height / in_h])
+        if probs is not None and len(probs):
+            probs = torch.nn.functional.interpolate(probs.float(), size=(height, width), mode="bilinear",
+                                                    align_corners=False)
+    results = []
+    for i in range(len(boxes)):
+        label = int(labels[i])
+        if not 1 <= label <= len(category_ids):
+            continue
+        x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        result = {"image_id": info["image_id"], "category_id": int(category_ids[label - 1]),
+                  "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[i])}
+        if probs is not None:
+            mask = (probs[i, 0] > mask_threshold).cpu().numpy()
+            result["segmentation"] = mask_ops.encode(mask)
+        results.append(result)
+    return results
+
+
+def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Sequence[str] = ("bbox", "segm"),
+             image_ids: Sequence[int] | None = None, occlusion_splits: bool = True,
+             overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES) -> dict:
+    """pycocotools AP of ``results`` against the annotations ``gt`` (path or loaded COCO dict).
+
+    Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}, "segm_by_box_overlap":
+    {bin: {AP, AP50, AP75, instances, images}}, "segm_by_occlusion_ratio": {...} (when present),
+    "images": n, "detections": n}``. Values are pycocotools' (0..1; -1 where a range has no
+    ground truth). ``image_ids`` restricts evaluation to those images (default: all in ``gt``).
+    """
+    data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
+    known = {image["id"] for image in data["images"]}
+    image_ids = sorted(known if image_ids is None else set(image_ids))
+    if set(image_ids) - known:
+        raise OccsynthError(f"evaluation images {sorted(set(image_ids) - known)[:5]} are not in the annotations")
+    unknown = {r.get("image_id") for r in results} - known
+    if unknown:
+        raise OccsynthError(f"results refer to images not in the annotations: {sorted(unknown, key=str)[:5]}")
+    out: dict = {"images": len(image_ids), "detections": len(results)}
+    coco_gt = _coco(data)
+    loaded = {}
+    for iou_type in iou_types:
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"iou type must be 'bbox' or 'segm', got {iou_type!r}")
+        loaded[iou_type] = _load_results(coco_gt, results, iou_type)
+        stats = _run_cocoeval(coco_gt, loaded[iou_type], iou_type, image_ids)
+        out[iou_type] = dict(zip(STAT_NAMES, (float(v) for v in stats[:6])))
+    if occlusion_splits and "segm" in loaded:
+        levels = occlusion_levels(data)
+        out["segm_by_box_overlap"] = _split_eval(data, loaded["segm"], levels["box_overlap"], overlap_edges,
+                                                 image_ids)
+        if levels["occlusion_ratio"]:
+            out["segm_by_occlusion_ratio"] = _split_eval(data, loaded["segm"], levels["occlusion_ratio"],
+                                                         ratio_edges, image_ids)
+    return out
+
+
+def occlusion_levels(data: dict) -> dict:
+    """Per non-crowd ground-truth id: ``box_overlap`` (largest box IoU with another one of its
+    image) and ``occlusion_ratio`` (the annotation field, where present)."""
+    by_image: dict[int, list[dict]] = {}
+    ratio = {}
+    for ann in data["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+        if isinstance(ann.get("occlusion_ratio"), (int, float)):
+            ratio[ann["id"]] = float(ann["occlusion_ratio"])
+    overlap = {}
+    for anns in by_image.values():
+        boxes = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        best = pairwise_overlap(boxes, "iou").max(axis=1) if len(anns) > 1 else np.zeros(len(anns))
+        overlap.update({a["id"]: float(v) for a, v in zip(anns, best)})
+    return {"box_overlap": overlap, "occlusion_ratio": ratio}
+
+
+def bin_names(edges: Sequence[float]) -> list[str]:
+    bounds = [0.0, *edges, 1.0]
+    return [f"[{lo:g},{hi:g}" + ("]" if i == len(edges) else ")")
+            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def bin_of(value: float, edges: Sequence[float]) -> int:
+    """Index of the bin ``[0, e0), [e0, e1), ..., [e_last, 1]`` holding ``value``."""
+    return int(np.searchsorted(np.asarray(edges, np.float64), value, side="right"))
+
+
+def _split_eval(data: dict, coco_dt: COCO, level: dict, edges: Sequence[float], image_ids: Sequence[int]) -> dict:
+    evaluated = set(image_ids)
+    out = {}
+    for b, name in enumerate(bin_names(edges)):
+        member = {ann_id for ann_id, v in level.items() if bin_of(v, edges) == b}
+        anns = []
+        split_images = set()
+        for ann in data["annotations"]:
+            ann = dict(ann)
+            if ann["id"] in member and ann["image_id"] in evaluated:
+                split_images.add(ann["image_id"])
+            elif not ann.get("iscrowd", 0):
+                ann["iscrowd"] = 1
+            anns.append(ann)
+        instances = sum(1 for a in data["annotations"] if a["id"] in member and a["image_id"] in evaluated)
+        entry = {"AP": -1.0, "AP50": -1.0, "AP75": -1.0, "instances": instances, "images": len(split_images)}
+        if split_images:
+            split_gt = _coco({**data, "annotations": anns})
+            stats = _run_cocoeval(split_gt, coco_dt, "segm", sorted(split_images))
+            entry.update(AP=float(stats[0]), AP50=float(stats[1]), AP75=float(stats[2]))
+        out[name] = entry
+    return out
+
+
+def _coco(data: dict) -> COCO:
+    """A pycocotools COCO over shallow copies of the annotations (pycocotools rewrites them)."""
+    coco = COCO()
+    coco.dataset = {**data, "annotations": [dict(a) for a in data["annotations"]]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
+    drop = "segmentation" if iou_type == "bbox" else "bbox"
+    need = "bbox" if iou_type == "bbox" else "segmentation"
+    anns = []
+    for i, r in enumerate(results):
+        if need not in r:
+            raise OccsynthError(f"result {i} has no '{need}', needed for {iou_type} AP")
+        anns.append({k: v for k, v in r.items() if k != drop})
+    if not anns:
+        empty = COCO()
+        empty.dataset = {"images": list(coco_gt.dataset["images"]),
+                         "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+        with contextlib.redirect_stdout(io.StringIO()):
+            empty.createIndex()
+        return empty
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_gt.loadRes(anns)
+
+
+def _run_cocoeval(coco_gt: COCO, coco_dt: COCO, iou_type: str, image_ids: Sequence[int]) -> np.ndarray:
+    evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+    evaluator.params.imgIds = list(image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
+
+
+def markdown_table(results: dict) -> str:
+    """Markdown tables (AP in percent) for ``{set name: evaluate() output}``."""
+    def pct(v) -> str:
+        return "-" if v is None or v < 0 else f"{100 * v:.1f}"
+
+    lines = ["| set | box AP | mask AP | AP50 | AP75 | APs | APm | APl |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        box, segm = r.get("bbox", {}), r.get("segm", {})
+        lines.append(f"| {name} | {pct(box.get('AP'))} | {pct(segm.get('AP'))} | "
+                     + " | ".join(pct(segm.get(k)) for k in STAT_NAMES[1:]) + " |")
+    split_rows = []
+    for name, r in results.items():
+        for key, label in (("segm_by_box_overlap", "max box IoU"), ("segm_by_occlusion_ratio", "occlusion ratio")):
+            for bin_name, entry in r.get(key, {}).items():
+                split_rows.append(f"| {name} | {label} {bin_name} | {entry['instances']} | {pct(entry['AP'])} | "
+                                  f"{pct(entry['AP50'])} | {pct(entry['AP75'])} |")
+    if split_rows:
+        lines += ["", "Mask AP by occlusion level (ground truths outside the level are ignored):", "",
+                  "| set | level | instances | mask AP | AP50 | AP75 |", "|---|---|---|---|---|---|", *split_rows]
+    return "\n".join(lines) + "\n"
+
+
+def load_results(path: str | os.PathLike) -> list[dict]:
+    """A COCO results JSON file (a list of detections)."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OccsynthError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OccsynthError(f"{path}: not a JSON results file ({exc})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise OccsynthError(f"{path}: a COCO results file is a JSON list of detections")
+    return data
+
+
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model a checkpoint was trained as and load its weights (``weights_only``)."""
+    from .checkpoint import load_checkpoint
+    from .train import build
+
+    state = load_checkpoint(checkpoint)
+    if not state.get("category_ids"):
+        raise OccsynthError(f"{checkpoint}: checkpoint has no category mapping")
+    config = dict(state["model_config"])
+    config.pop("backbone_weights", None)  # the trained weights include the backbone
+    model = build(int(config.pop("num_classes", len(state["category_ids"]) + 1)), config)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
+                        out_dir: str | os.PathLike, *, device: str | None = None, mask_threshold: float = 0.5,
+                        overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES,
+                        strict: bool = False, progress: bool = True) -> dict:
+    """Predict and evaluate every set ``{name: (annotations JSON, image root)}`` with one checkpoint.
+
+    Writes ``out_dir/detections_<name>.json`` (COCO results, category ids mapped back to the
+    checkpoint's, masks as compressed RLE), ``out_dir/results.json`` (``{name: evaluate() output}``)
+    and ``out_dir/results.md`` (:func:`markdown_table`); returns the results dict.
+    """
+    from occsynth.atomic import write_bytes, write_json
+
+    from .data import CocoInstances
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, state = load_model(checkpoint, device)
+    out_dir = Path(out_dir)
+    report = {}
+    for name, (ann_file, image_root) in sets.items():
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise OccsynthError(f"set name {name!r} cannot be used in a file name")
+        dataset = CocoInstances(ann_file, image_root, mode="visible", strict=strict,
+                                category_ids=state["category_ids"])
+        results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
+                                  mask_threshold=mask_threshold, progress=progress)
+        write_json(out_dir / f"detections_{name}.json", results)
+        report[name] = evaluate(ann_file, results, image_ids=dataset.image_ids, overlap_edges=overlap_edges,
+                                ratio_edges=ratio_edges)
+        report[name]["skipped"] = dataset.skips.to_dict()
+    write_json(out_dir / "results.json", report, indent=2)
+    write_bytes(out_dir / "results.md", markdown_table(report).encode("utf-8"))
+    return report

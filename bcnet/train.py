@@ -1,0 +1,328 @@
+"""Training loop: SGD with warm-up + step decay, periodic atomic checkpoints, exact resume,
+DistributedDataParallel (torchrun), AMP and gradient accumulation.
+
+Exact resume. Everything random in iteration i is a pure function of (seed, rank, i): the
+images and their augmentation come from :class:`bcnet.data.SampleStream` (draw k of the run),
+and the global torch generator (the RPN / RoI samplers draw from it) is re-seeded from
+(seed, rank, i) before the iteration. A checkpoint holds the model, optimizer (momentum), LR
+scheduler, AMP scaler and iteration; resuming at iteration i therefore replays iterations
+i + 1 .. N exactly as an uninterrupted run would (bit-for-bit on CPU). The RNG states at save
+time are stored too, for tools that want them.
+
+Batches. ``batch_size`` is the global batch (images per optimizer step over all processes and
+accumulation steps); the learning rate scales linearly with it
+(``lr = base_lr * batch_size / base_batch_size``). Each process runs ``accumulate``
+forward/backward passes of ``batch_size / (world_size * accumulate)`` images per step, on the
+slices of the sample stream that :func:`bcnet.data.rank_draws` assigns it.
+
+Warm-up is *constant* (Detectron's Mask R-CNN recipe): ``lr * warmup_factor`` (1/3) for the
+first ``warmup_iterations``, then ``lr``, times ``gamma`` after each of ``steps``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import manifests
+from occsynth.atomic import open_atomic
+from occsynth.errors import OccsynthError
+
+from . import checkpoint as ckpt
+from .data import CocoInstances, micro_batch_size, train_loader
+from .transforms import build_transforms
+
+MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
+AMP_MODES = ("off", "bf16", "fp16")
+LAST = "last_checkpoint"  # text file naming the newest checkpoint in the output directory
+
+
+# --------------------------------------------------------------------------- schedule
+
+def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None) -> dict:
+    """A schedule TOML (bundled name or path) flattened to one dict, with ``overrides`` applied.
+
+    Section names ([solver], [data], [model], [run]) only group the keys; every key is unique.
+    Unknown override keys are refused, so a typo cannot silently train with the default.
+    """
+    if isinstance(schedule, dict):
+        flat = dict(schedule)
+    else:
+        try:
+            raw = manifests.load(str(schedule))
+        except FileNotFoundError:
+            raise OccsynthError(f"schedule {schedule!r}: no such bundled schedule or TOML file") from None
+        flat = {}
+        for section in raw.values():
+            if isinstance(section, dict):
+                flat.update(section)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in flat:
+            raise OccsynthError(f"unknown schedule setting {key!r} (known: {', '.join(sorted(flat))})")
+        flat[key] = value
+    _check_schedule(flat)
+    return flat
+
+
+def _check_schedule(s: dict) -> None:
+    need = ("base_lr", "base_batch_size", "batch_size", "momentum", "weight_decay", "iterations", "steps", "gamma",
+            "warmup_iterations", "warmup_factor", "mode", "short", "long_max", "scale_jitter", "flip", "seed",
+            "checkpoint_every", "amp", "accumulate", *MODEL_KEYS)
+    missing = [k for k in need if k not in s]
+    if missing:
+        raise OccsynthError(f"schedule lacks {', '.join(missing)}")
+    if int(s["iterations"]) < 1 or int(s["batch_size"]) < 1 or int(s["accumulate"]) < 1:
+        raise OccsynthError("iterations, batch_size and accumulate must be >= 1")
+    if s["amp"] not in AMP_MODES:
+        raise OccsynthError(f"amp must be one of {AMP_MODES}, got {s['amp']!r}")
+    if s["scale_jitter"] and len(s["scale_jitter"]) != 2:
+        raise OccsynthError(f"scale_jitter must be [] or [lo, hi], got {s['scale_jitter']!r}")
+
+
+def learning_rate(schedule: dict) -> float:
+    """Base lr scaled linearly with the global batch size."""
+    return float(schedule["base_lr"]) * int(schedule["batch_size"]) / int(schedule["base_batch_size"])
+
+
+def lr_factor(iteration: int, schedule: dict) -> float:
+    """Multiplier of the lr during iteration ``iteration + 1`` (0-based count of finished steps)."""
+    factor = float(schedule["warmup_factor"]) if iteration < int(schedule["warmup_iterations"]) else 1.0
+    return factor * float(schedule["gamma"]) ** sum(iteration >= int(s) for s in schedule["steps"])
+
+
+def model_config(schedule: dict) -> dict:
+    """Keyword arguments of ``bcnet.model.build_model`` (besides ``num_classes``) for this schedule."""
+    config = {k: schedule[k] for k in MODEL_KEYS}
+    config.update(min_size=int(schedule["short"]), max_size=int(schedule["long_max"]))
+    return config
+
+
+def iteration_seed(seed: int, rank: int, iteration: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# --------------------------------------------------------------------------- model
+
+def build(num_classes: int, config: dict, backbone_weights: str | None = None) -> torch.nn.Module:
+    from .model import build_model  # imported late: the model module pulls in torchvision detection
+
+    return build_model(num_classes, backbone_weights=backbone_weights or None, **config)
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
+    """Initialise from a bcnet checkpoint (e.g. pre-training on a synthetic set).
+
+    Tensors whose shape differs (another number of classes) are left as built; returns their names.
+    """
+    state = ckpt.load_checkpoint(path)["model"]
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    return skipped
+
+
+# --------------------------------------------------------------------------- loop
+
+def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
+          schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
+          resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
+          device: str | None = None, progress: bool = True, strict: bool = False) -> dict:
+    """Train a BCNet model on a COCO-format set; checkpoints go to ``out_dir``.
+
+    ``schedule``: bundled name (``schedule-1x``, ``schedule-tiny``), TOML path or flat dict;
+    ``overrides``: schedule keys to replace (``iterations``, ``batch_size``, ``backbone``, ...).
+    ``resume``: True continues from ``out_dir``'s newest checkpoint (a path: that checkpoint);
+    the checkpoint's schedule is used, with ``overrides`` on top (e.g. more ``iterations``).
+    ``init_checkpoint``: start from another run's weights (fine-tuning). Under torchrun
+    (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
+    model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
+
+    Returns ``{"model", "iteration", "checkpoint", "history", "category_ids", "skipped"}``
+    (``model`` unwrapped, in eval mode; ``history``: one dict of losses per iteration run here).
+    """
+    out_dir = Path(out_dir)
+    state = None
+    if resume:
+        path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
+        if path is None:
+            raise OccsynthError(f"{out_dir}: no checkpoint to resume from")
+        state = ckpt.load_checkpoint(path)
+        schedule = load_schedule(state["schedule"], overrides)
+    else:
+        schedule = load_schedule(schedule, overrides)
+
+    device_, rank, world, own_group = _setup_distributed(device)
+    use_amp = schedule["amp"] != "off" and device_.type == "cuda"
+    amp_dtype = torch.bfloat16 if schedule["amp"] == "bf16" else torch.float16
+    accumulate = int(schedule["accumulate"])
+    micro_batch_size(int(schedule["batch_size"]), world, accumulate)  # fail early when it does not split
+
+    jitter = tuple(schedule["scale_jitter"]) if schedule["scale_jitter"] else None
+    dataset = CocoInstances(ann_file, image_root,
+                            build_transforms(True, int(schedule["short"]), int(schedule["long_max"]), jitter,
+                                             float(schedule["flip"])),
+                            mode=schedule["mode"], drop_empty=True, strict=strict,
+                            category_ids=state["category_ids"] if state else None)
+
+    config = model_config(schedule)
+    seed = int(schedule["seed"])
+    torch.manual_seed(seed)
+    model = build(dataset.num_classes, config, None if state else (schedule.get("backbone_weights") or None))
+    if state is not None:
+        model.load_state_dict(state["model"])
+    elif init_checkpoint:
+        load_model_weights(model, init_checkpoint)
+    if hasattr(model, "transform"):
+        # The data pipeline already resized images *and* occluder masks; torchvision's transform
+        # would resize them again (and only 'masks'). It still resizes at inference time.
+        model.transform._skip_resize = True
+    model.to(device_).train()
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device_.index] if device_.type == "cuda" else None, find_unused_parameters=True)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=learning_rate(schedule), momentum=float(schedule["momentum"]),
+                                weight_decay=float(schedule["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, schedule))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+    iterations = int(schedule["iterations"])
+
+    loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
+                          workers=int(schedule.get("workers", 0)), rank=rank, world_size=world,
+                          accumulate=accumulate)
+    save = rank == 0
+    if save:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    every = max(int(schedule["checkpoint_every"]), 1)
+    log_every = max(int(schedule.get("log_every", 20)), 1)
+    history: list[dict] = []
+    saved = None
+
+    def save_at(iteration: int) -> Path:
+        path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else "model_final.pt")
+        ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
+                             scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
+                             model_config={"num_classes": dataset.num_classes, **config},
+                             category_ids=dataset.category_ids)
+        with open_atomic(out_dir / LAST) as f:
+            f.write(path.name + "\n")
+        _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
+        return path
+
+    batches = iter(loader)
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
+               disable=not (progress and save))
+    try:
+        for iteration in bar:
+            torch.manual_seed(iteration_seed(seed, rank, iteration))
+            totals: dict[str, float] = {}
+            for step in range(accumulate):
+                images, targets = next(batches)
+                images = [im.to(device_, non_blocking=True) for im in images]
+                targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
+                            for k, v in t.items()} for t in targets]
+                sync = world == 1 or step == accumulate - 1
+                with (contextlib.nullcontext() if sync else net.no_sync()):
+                    with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
+                        losses = net(images, targets)
+                    loss = sum(losses.values()) / accumulate
+                    if not torch.isfinite(loss):
+                        raise OccsynthError(f"iteration {iteration + 1}: loss is {loss.item()} "
+                                            f"({_fmt(losses)}); lower the learning rate")
+                    scaler.scale(loss).backward()
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / accumulate
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            done = iteration + 1
+            totals = {"loss": sum(totals.values()), **totals}
+            history.append(totals)
+            bar.set_postfix_str(_fmt(totals, short=True), refresh=False)
+            if save and (done % log_every == 0 or done == iterations):
+                _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
+            if save and (done % every == 0 or done == iterations):
+                saved = save_at(done)
+    finally:
+        bar.close()
+        if own_group:
+            dist.barrier()
+            dist.destroy_process_group()
+    model.eval()
+    if hasattr(model, "transform"):
+        model.transform._skip_resize = False
+    return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
+            "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict()}
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint named by ``out_dir/last_checkpoint`` (None when there is none)."""
+    marker = Path(out_dir) / LAST
+    if not marker.is_file():
+        return None
+    name = marker.read_text(encoding="utf-8").strip()
+    path = Path(out_dir) / name
+    if "/" in name or "\\" in name or not path.is_file():
+        raise OccsynthError(f"{marker} names {name!r}, which is not a checkpoint in {out_dir}")
+    return path
+
+
+def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool]:
+    """(device, rank, world size, whether this call created the process group)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    own = False
+    if world > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        dist.init_process_group("nccl" if cuda else "gloo")
+        own = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev, rank, world, own
+
+
+def _prune(out_dir: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    periodic = sorted(out_dir.glob("checkpoint_*.pt"))
+    for old in periodic[:-keep]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def _log(out_dir: Path, record: dict[str, Any]) -> None:
+    with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _fmt(losses: dict, short: bool = False) -> str:
+    def value(v) -> float:
+        return float(v.detach()) if torch.is_tensor(v) else float(v)
+    items = [(k.replace("loss_", "") if short else k, value(v)) for k, v in losses.items()]
+    return " ".join(f"{k}={v:.3f}" if math.isfinite(v) else f"{k}={v}" for k, v in items)

@@ -1,0 +1,180 @@
+"""bcnet.data and bcnet.transforms: targets from COCO-format sets, occluder masks, augmentation, sample order."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bcnet import data as bdata
+from bcnet import transforms as T
+from datasets import CATEGORIES, SCENES, load_annotations, save_annotations, scene_instances, write_dataset
+from occsynth.errors import BadRecord, OccsynthError
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("set") / "set")
+
+
+def _dataset(root, **kw):
+    return bdata.CocoInstances(root / "annotations.json", root / "images", **kw)
+
+
+def _label(category_id):
+    return sorted(c["id"] for c in CATEGORIES).index(category_id) + 1
+
+
+def test_targets_match_hand_made_masks_and_occluder_ids(dataset_dir):
+    ds = _dataset(dataset_dir)
+    assert len(ds) == 3 and ds.num_classes == len(CATEGORIES) + 1
+    assert ds.category_ids == [1, 3, 5, 7, 9] and ds.label_to_category_id[2] == 3
+    for index, scene in enumerate(SCENES):
+        image, target = ds[index]
+        h, w = scene["size"]
+        insts = scene_instances(scene)
+        assert image.shape == (3, h, w) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+        assert target["image_id"] == index + 1
+        assert target["masks"].dtype == torch.uint8 and target["masks"].shape == (len(insts), h, w)
+        assert target["labels"].dtype == torch.int64
+        by_name = {inst["name"]: inst for inst in insts}
+        for k, inst in enumerate(insts):
+            assert np.array_equal(target["masks"][k].numpy().astype(bool), inst["visible"])
+            assert int(target["labels"][k]) == _label(inst["category_id"])
+            ys, xs = np.nonzero(inst["visible"])
+            assert target["boxes"][k].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            expected = np.zeros((h, w), bool)
+            for name in inst["occluders"]:
+                expected |= by_name[name]["visible"]
+            assert np.array_equal(target["occluder_masks"][k].numpy().astype(bool), expected)
+
+
+def test_box_rule_when_the_data_has_no_occluder_ids(tmp_path, dataset_dir):
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    for ann in data["annotations"]:
+        del ann["occluder_ids"]
+    save_annotations(root, data)
+    _, target = _dataset(root)[1]
+    boxes = target["boxes"].numpy().astype(np.float64)
+    masks = target["masks"].numpy().astype(bool)
+    for i in range(len(boxes)):
+        expected = np.zeros_like(masks[0])
+        for j in range(len(boxes)):
+            if i == j:
+                continue
+            lt = np.maximum(boxes[i, :2], boxes[j, :2])
+            rb = np.minimum(boxes[i, 2:], boxes[j, 2:])
+            inter = np.prod(np.clip(rb - lt, 0, None))
+            union = np.prod(boxes[i, 2:] - boxes[i, :2]) + np.prod(boxes[j, 2:] - boxes[j, :2]) - inter
+            if inter / union > 0.05:
+                expected |= masks[j]
+        assert np.array_equal(target["occluder_masks"][i].numpy().astype(bool), expected)
+    # image 2 has overlapping boxes, so the rule produced something to compare
+    assert target["occluder_masks"].any()
+
+
+def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    first = [a for a in data["annotations"] if a["image_id"] == 1]
+    first[0]["iscrowd"] = 1
+    first[1]["bbox"] = [3.0, 3.0, 0.0, 5.0]
+    first[2]["segmentation"] = [[1.0, 2.0]]
+    data["images"][2]["file_name"] = "../outside.png"
+    save_annotations(root, data)
+    ds = _dataset(root)
+    assert ds.image_ids == [1, 2]
+    _, target = ds[0]
+    kept = [a["id"] for a in first[3:]]
+    assert target["annotation_ids"].tolist() == kept
+    assert ds.skips.counts == {"file_name points outside the image root": 1,
+                               "degenerate or empty segmentation": 1}
+    with pytest.raises(BadRecord):
+        _dataset(root, strict=True)
+
+
+def test_amodal_mode_learns_the_complete_masks(dataset_dir):
+    ds = _dataset(dataset_dir, mode="amodal")
+    _, target = ds[0]
+    insts = scene_instances(SCENES[0])
+    for k, inst in enumerate(insts):
+        assert np.array_equal(target["masks"][k].numpy().astype(bool), inst["amodal"])
+        visible_union = np.zeros_like(inst["visible"])
+        for name in inst["occluders"]:
+            visible_union |= next(i for i in insts if i["name"] == name)["visible"]
+        assert np.array_equal(target["occluder_masks"][k].numpy().astype(bool), visible_union)
+    # C is a disc centred at (26, 20) radius 9, partly hidden: its box is the disc's
+    c = [i["name"] for i in insts].index("C")
+    assert target["boxes"][c].tolist() == [17, 11, 36, 30]
+    with pytest.raises(OccsynthError):
+        _dataset(dataset_dir, mode="both")
+
+
+def test_unknown_category_mapping_is_refused(dataset_dir):
+    with pytest.raises(OccsynthError, match="no categories with ids"):
+        _dataset(dataset_dir, category_ids=[1, 2])
+    ds = _dataset(dataset_dir, category_ids=[7, 1])  # e.g. a checkpoint's mapping
+    _, target = ds[0]
+    assert set(target["labels"].tolist()) == {1, 2}  # 7 -> 1, 1 -> 2; others are not targets
+
+
+def test_resize_and_flip_move_boxes_and_masks_together(dataset_dir):
+    image, target = _dataset(dataset_dir).load(0)  # 48 x 64
+    rng = np.random.default_rng(0)
+    img2, t2 = T.ResizeShortSide(96, 200)(image, target, rng)
+    assert img2.shape == (96, 128, 3) and t2["masks"].shape[1:] == (96, 128)
+    assert np.allclose(t2["boxes"], target["boxes"] * 2)
+    assert np.array_equal(t2["masks"][:, ::2, ::2], target["masks"])
+    img3, t3 = T.ResizeShortSide(600, 80)(image, target, rng)  # long side caps at 80
+    assert img3.shape[:2] == (60, 80)
+    flipped_img, f = T.HorizontalFlip(1.0)(image, target, rng)
+    assert np.array_equal(flipped_img, image[:, ::-1])
+    for key in ("masks", "occluder_masks"):
+        assert np.array_equal(f[key], target[key][:, :, ::-1])
+    for box, mask in zip(f["boxes"], f["masks"]):
+        ys, xs = np.nonzero(mask)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    same_img, same = T.HorizontalFlip(0.0)(image, target, rng)
+    assert same_img is image and same is target
+    jitter = T.ResizeShortSide(0, 1000, jitter=(50, 60))
+    shorts = {jitter(image, target, np.random.default_rng(s))[0].shape[0] for s in range(40)}
+    assert shorts <= set(range(50, 61)) and len(shorts) > 3
+
+
+def test_sample_stream_is_a_function_of_seed_and_draw(dataset_dir):
+    ds = _dataset(dataset_dir, transforms=T.build_transforms(True, 40, 80, (30, 50), 0.5))
+    a, b = bdata.SampleStream(ds, 7), bdata.SampleStream(ds, 7)
+    for k in (5, 0, 3, 1):
+        ia, ta = a[k]
+        ib, tb = b[k]
+        assert torch.equal(ia, ib) and torch.equal(ta["masks"], tb["masks"])
+    epoch0 = sorted(a.index(k) for k in range(3))
+    assert epoch0 == [0, 1, 2]  # every image once per epoch
+    assert T.build_transforms(False) is None
+
+
+def test_rank_draws_shard_the_same_stream():
+    single = bdata.rank_draws(2, 5, 8)
+    assert single == list(range(16, 40))
+    shards = [bdata.rank_draws(2, 5, 8, rank=r, world_size=2, accumulate=2) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == single
+    assert shards[0][:2] == [16, 17] and shards[1][:2] == [18, 19] and shards[0][2:4] == [20, 21]
+    with pytest.raises(OccsynthError, match="split evenly"):
+        bdata.micro_batch_size(6, 4, 1)
+
+
+def test_train_loader_batches(dataset_dir):
+    ds = _dataset(dataset_dir, drop_empty=True)
+    batches = list(bdata.train_loader(ds, 2, 0, 1, 3))
+    assert len(batches) == 2
+    images, targets = batches[0]
+    assert len(images) == 2 and {"boxes", "labels", "masks", "occluder_masks"} <= set(targets[0])
+
+
+def test_read_gives_the_image_and_its_record(dataset_dir):
+    ds = _dataset(dataset_dir)
+    image, info = ds.read(2)
+    assert image.shape == (3, 48, 64) and info == {"image_id": 3, "orig_size": (48, 64)}
+    json.dumps(info)

@@ -1,0 +1,159 @@
+"""bcnet.evaluate: agrees with pycocotools run by hand; perfect detections score 1; occlusion splits."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from bcnet import evaluate as E
+from bcnet.data import CocoInstances
+from datasets import write_dataset
+from occsynth import masks as mask_ops
+from occsynth.errors import OccsynthError
+
+H = W = 40
+
+
+def rect(x0, y0, x1, y1):
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def gt_set() -> dict:
+    """Image 1: one isolated object. Image 2: two objects whose boxes overlap (IoU 225/575)."""
+    shapes = [(1, 1, (2, 2, 12, 12)), (2, 1, (5, 5, 25, 25)), (2, 2, (10, 10, 30, 30)), (2, 1, (32, 30, 39, 39))]
+    anns = []
+    for k, (image_id, cat, box) in enumerate(shapes):
+        m = rect(*box)
+        anns.append({"id": k + 1, "image_id": image_id, "category_id": [10, 20][cat - 1],
+                     "segmentation": mask_ops.encode(m), "area": float(m.sum()), "bbox": mask_ops.bbox(m),
+                     "iscrowd": 0})
+    anns[3]["iscrowd"] = 1  # a crowd region: neither a target nor in any split
+    anns[0]["occlusion_ratio"], anns[1]["occlusion_ratio"], anns[2]["occlusion_ratio"] = 0.0, 0.2, 0.5
+    return {"images": [{"id": i, "file_name": f"{i}.png", "height": H, "width": W} for i in (1, 2)],
+            "annotations": anns, "categories": [{"id": 10, "name": "a"}, {"id": 20, "name": "b"}]}
+
+
+def det(image_id, category_id, mask, score, box=None):
+    return {"image_id": image_id, "category_id": category_id, "score": score,
+            "bbox": box if box is not None else mask_ops.bbox(mask), "segmentation": mask_ops.encode(mask)}
+
+
+def by_hand(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        drop = "segmentation" if iou_type == "bbox" else "bbox"
+        coco_dt = coco_gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in copy.deepcopy(results)])
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def test_matches_pycocotools_by_hand():
+    gt = gt_set()
+    results = [det(1, 10, rect(2, 2, 11, 12), 0.9),
+               det(1, 10, rect(20, 20, 30, 30), 0.95),            # false positive, highest score
+               det(2, 10, rect(6, 5, 25, 24), 0.8, box=[5.0, 5.0, 10.0, 10.0]),
+               det(2, 20, rect(10, 12, 30, 30), 0.3),
+               det(2, 20, rect(8, 8, 20, 20), 0.6),               # poor match
+               det(2, 10, rect(33, 31, 38, 38), 0.99)]            # on the crowd region: ignored
+    out = E.evaluate(gt, results)
+    for iou_type in ("bbox", "segm"):
+        expected = by_hand(gt, results, iou_type)
+        assert [out[iou_type][k] for k in E.STAT_NAMES] == [float(v) for v in expected[:6]]
+    assert 0 < out["segm"]["AP"] < 1 and out["segm"]["AP"] != out["bbox"]["AP"]
+    assert out["images"] == 2 and out["detections"] == 6
+
+
+def test_perfect_detections_give_ap_one():
+    gt = gt_set()
+    results = [det(a["image_id"], a["category_id"], mask_ops.decode(a["segmentation"], H, W), 0.9)
+               for a in gt["annotations"] if not a["iscrowd"]]
+    out = E.evaluate(gt, results)
+    assert out["bbox"]["AP"] == 1.0 and out["segm"]["AP"] == 1.0 and out["segm"]["AP50"] == 1.0
+    assert out["segm"]["APs"] == 1.0 and out["segm"]["APm"] == -1.0  # all objects are small
+    for split in ("segm_by_box_overlap", "segm_by_occlusion_ratio"):
+        for entry in out[split].values():
+            # pycocotools divides by tp + fp + eps: one hit scores 1 - 2e-16
+            assert entry["AP"] == -1.0 or entry["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_occlusion_splits():
+    gt = gt_set()
+    levels = E.occlusion_levels(gt)
+    assert levels["box_overlap"] == pytest.approx({1: 0.0, 2: 225 / 575, 3: 225 / 575})
+    assert levels["occlusion_ratio"] == {1: 0.0, 2: 0.2, 3: 0.5}
+    assert E.bin_names((0.1, 0.3)) == ["[0,0.1)", "[0.1,0.3)", "[0.3,1]"]
+    assert [E.bin_of(v, (0.1, 0.3)) for v in (0.0, 0.1, 0.29, 0.3, 1.0)] == [0, 1, 1, 2, 2]
+    # the isolated object and one of the two overlapping ones are found
+    results = [det(1, 10, rect(2, 2, 12, 12), 0.9), det(2, 10, rect(5, 5, 25, 25), 0.8)]
+    out = E.evaluate(gt, results)
+    low, mid, high = (out["segm_by_box_overlap"][n] for n in E.bin_names(E.OVERLAP_EDGES))
+    assert (low["instances"], low["images"]) == (1, 1) and low["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert (mid["AP"], mid["instances"]) == (-1.0, 0)
+    assert high["instances"] == 2 and high["AP"] == pytest.approx(0.5)  # class 10 found (1), class 20 missed (0)
+    ratio = out["segm_by_occlusion_ratio"]
+    assert ratio["[0,0.1)"]["AP"] == pytest.approx(1.0, abs=1e-12) and ratio["[0.3,1]"]["AP"] == 0.0
+    assert ratio["[0.1,0.3)"]["AP"] == pytest.approx(1.0, abs=1e-12)
+    table = E.markdown_table({"val": out})
+    assert "| val | max box IoU [0.3,1] | 2 | 50.0 |" in table and "| set | box AP | mask AP |" in table
+
+
+def test_bad_inputs_are_reported():
+    gt = gt_set()
+    with pytest.raises(OccsynthError, match="not in the annotations"):
+        E.evaluate(gt, [det(9, 10, rect(0, 0, 5, 5), 0.5)])
+    with pytest.raises(OccsynthError, match="no 'segmentation'"):
+        E.evaluate(gt, [{"image_id": 1, "category_id": 10, "bbox": [0, 0, 4, 4], "score": 0.5}])
+    empty = E.evaluate(gt, [])
+    assert empty["segm"]["AP"] == -1.0 or empty["segm"]["AP"] == 0.0
+
+
+class FixedModel(torch.nn.Module):
+    """Predicts, for every image, one box + mask per given (label, xyxy) at score 0.9."""
+
+    def __init__(self, dets):
+        super().__init__()
+        self.dets = dets
+
+    def forward(self, images):
+        outs = []
+        for image in images:
+            h, w = image.shape[-2:]
+            masks = torch.zeros(len(self.dets), 1, h, w)
+            for k, (_, (x0, y0, x1, y1)) in enumerate(self.dets):
+                masks[k, 0, y0:y1, x0:x1] = 0.8
+            outs.append({"boxes": torch.tensor([b for _, b in self.dets], dtype=torch.float32),
+                         "labels": torch.tensor([lab for lab, _ in self.dets]), "scores": torch.full((len(self.dets),), 0.9),
+                         "masks": masks})
+        return outs
+
+
+def test_predict_dataset_maps_labels_back_and_encodes_masks(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    ds = CocoInstances(root / "annotations.json", root / "images")
+    results = E.predict_dataset(FixedModel([(2, (4, 6, 28, 30)), (4, (0, 0, 3, 3))]), ds, progress=False)
+    assert len(results) == 2 * len(ds)
+    first = results[0]
+    assert first["image_id"] == 1 and first["category_id"] == 3 and results[1]["category_id"] == 7
+    assert first["bbox"] == [4.0, 6.0, 24.0, 24.0]
+    assert np.array_equal(mask_ops.decode(first["segmentation"], 48, 64), rect_hw(48, 64, 4, 6, 28, 30))
+    out = E.evaluate(root / "annotations.json", results)
+    assert set(out) >= {"bbox", "segm", "segm_by_box_overlap", "segm_by_occlusion_ratio"}
+
+
+def rect_hw(h, w, x0, y0, x1, y1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
