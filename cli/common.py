@@ -20,6 +20,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except OccsynthError as exc:
             raise ReportedError(str(exc)) from None
+        except OSError as exc:  # disk full, permissions, ... outside the library's own checks
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise ReportedError(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             raise click.Abort() from None
 

@@ -17,7 +17,8 @@ def settings_from(recipe: dict, overrides: dict) -> RunSettings:
     """RunSettings from a recipe's tables, with command-line values (not None) on top."""
     composite = {**recipe.get("composite", {}), **{k: v for k, v in overrides.pop("composite").items() if v is not None}}
     bank = {**recipe.get("bank", {}), **{k: v for k, v in overrides.pop("bank").items() if v is not None}}
-    run = {**recipe.get("run", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    run = {"num_images": 100, "seed": 0, **recipe.get("run", {}),
+           **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("pastes", "occlusion", "scale"):
         if key in composite:
             composite[key] = tuple(composite[key])
@@ -54,11 +55,12 @@ def settings_from(recipe: dict, overrides: dict) -> RunSettings:
 @click.option("--image-format", type=click.Choice(["jpg", "png"]), help="Output image format [default: jpg].")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), help="JPEG quality [default: 95].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cutout banks are cached [default: ~/.cache/occsynth].")
-@click.option("--backend", default="loky", show_default=True, help="joblib backend: loky (processes), or dask / ray with their extras installed.")
+@click.option("--backend", default="loky", show_default=True, type=click.Choice(["loky", "threading", "dask", "ray"]), help="joblib backend: loky (local processes), or dask / ray (extras) to use a cluster.")
+@click.option("--scheduler", help="dask scheduler address (tcp://host:8786) or ray head address for --backend dask/ray; a local cluster when omitted.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_command(ann, images, out, recipe, num_images, seed, workers, shard, strict, pastes, occlusion,
                      max_occlusion, same_class_prob, scale, flip_prob, blend, min_area, border_margin,
-                     touch_margin, image_format, jpeg_quality, cache_dir, backend, quiet):
+                     touch_margin, image_format, jpeg_quality, cache_dir, backend, scheduler, quiet):
     """Generate a synthetic occlusion set: complete instances pasted so that they occlude each other.
 
     Every pasted object gets its complete (amodal) mask, its visible mask, its layer and the ids of
@@ -73,10 +75,9 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
         "composite": {"pastes": pastes, "occlusion": occlusion, "max_occlusion": max_occlusion,
                       "same_class_prob": same_class_prob, "scale": scale, "flip_prob": flip_prob, "blend": blend},
         "bank": {"min_area": min_area, "border_margin": border_margin, "touch_margin": touch_margin}})
-    if not recipe and num_images is None:
-        settings = dataclasses.replace(settings, num_images=100)
     report = generate(out, settings, ann_path=ann, image_root=images, workers=workers, shard=parse_shard(shard),
-                      strict=strict, cache_dir=cache_dir, backend=backend, progress=not quiet)
+                      strict=strict, cache_dir=cache_dir, backend=backend, backend_address=scheduler,
+                      progress=not quiet)
     _print_report(report)
 
 

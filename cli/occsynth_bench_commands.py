@@ -1,2 +1,57 @@
-"""Commands: filled in by the module owner."""
-COMMANDS = []
+"""`occsynth bench`: speed against the I/O floor, worker scaling, and bank memory at COCO scale."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from occsynth.bench import bench_bank, bench_generation
+
+
+@click.command("bench")
+@click.option("--ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO JSON [default: embedded demo, upscaled].")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), help="Image root of --ann.")
+@click.option("--num-images", default=96, show_default=True, type=click.IntRange(min=8), help="Images generated per measurement.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Workers for the parallel measurement.")
+@click.option("--long-side", default=640, show_default=True, type=click.IntRange(min=0), help="Resize the source to this long side first (COCO-like); 0 keeps it.")
+@click.option("--bank", "bank", is_flag=True, help="Instead: build a bank from a synthetic COCO-train-size file and report peak RSS.")
+@click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(min=1))
+@click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
+def bench_command(ann, images, num_images, workers, long_side, bank, bank_images, bank_annotations, as_json):
+    """Measure occsynth against baselines taken in the same run (ratios, not absolute times).
+
+    Generation: images/s of the floor (decode background + encode output JPEG) and of full
+    generation, with one worker and with --workers; prints generation/floor and the worker scaling.
+    With --bank: peak RSS and time of building the cutout bank from a synthetic file of COCO
+    train2017's size, against one streaming pass over the same file.
+    """
+    if bank:
+        report = bench_bank(bank_images, bank_annotations)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        b, p = report["bank"], report["stream_parse"]
+        click.echo(f"synthetic source: {report['images']} images, {report['annotations']} annotations, "
+                   f"{report['json_mib']} MiB JSON")
+        click.echo(f"stream parse : {p['seconds']:.1f} s, peak RSS {p['peak_rss_mib']:.0f} MiB")
+        click.echo(f"bank build   : {b['seconds']:.1f} s, peak RSS {b['peak_rss_mib']:.0f} MiB "
+                   f"(kept {b['kept']}); time ratio to parse {report['time_ratio_to_parse']}")
+        click.echo(f"peak RSS within 4 GiB: {'yes' if report['peak_rss_within_4gib'] else 'NO'}")
+        return
+    if (ann is None) != (images is None):
+        raise click.UsageError("give both --ann and --images, or neither")
+    report = bench_generation(ann, images, num_images=num_images, workers=workers, long_side=long_side or None)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{report['num_images']} images of about {report['image_size'][1]}x{report['image_size'][0]} px, "
+               f"{report['cpu_count']} CPUs")
+    for n in sorted({1, workers}):
+        r = report[f"workers_{n}"]
+        click.echo(f"workers={n}: floor {r['floor_images_per_s']:.1f} img/s, generate {r['generate_images_per_s']:.1f} "
+                   f"img/s, generate/floor {r['ratio_to_floor']:.2f}")
+    click.echo(f"scaling {workers} workers / 1 worker: {report['scaling']:.2f}x")
+
+
+COMMANDS = [bench_command]

@@ -1,0 +1,291 @@
+"""`occsynth generate`: source set -> cutout bank -> class schedule -> parallel chunks -> merged set.
+
+The parent process only plans: every image ``i`` is a pure function of (bank, seed, i, options),
+drawn from its own RNG, so any worker count, any shard split, and any kill + resume give
+byte-identical output. Workers receive a chunk number and small settings, open the bank
+(memory-mapped) and the images they need, and write their images and one part file.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__, masks, writer
+from .atomic import remove_stale_temporaries, write_bytes
+from .bank import Bank, BankOptions, ensure_bank
+from .coco import encode_image, read_image, resolve_image_path
+from .compose import compose
+from .demo import default_cache_dir, demo_source
+from .errors import BadRecord, OccsynthError, SkipLog
+from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
+
+IMAGE_FORMATS = ("jpg", "png")
+DEFAULT_CHUNK_SIZE = 16
+MAX_SOURCE_RETRIES = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything the output depends on. Workers, shards, progress and paths are not in it."""
+
+    num_images: int
+    seed: int
+    composite: CompositeOptions = CompositeOptions()
+    bank: BankOptions = BankOptions()
+    image_format: str = "jpg"
+    jpeg_quality: int = 95
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.num_images / self.chunk_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str | os.PathLike | None = None,
+             image_root: str | os.PathLike | None = None, workers: int = 1, shard: tuple[int, int] = (0, 1),
+             strict: bool = False, cache_dir: str | os.PathLike | None = None, backend: str = "loky",
+             backend_address: str | None = None, progress: bool = True) -> dict:
+    """Generate (or resume) a synthetic occlusion set in ``out_dir``; returns the run report.
+
+    Without ``ann_path``/``image_root`` the embedded demo source is used. With ``shard=(i, n)``
+    only chunks ``c % n == i`` are rendered; join shards with :func:`merge`. ``backend`` is a joblib
+    backend: ``loky`` (local processes), ``threading``, or ``dask``/``ray`` with ``backend_address``
+    the scheduler/head of a running cluster (a local one is started when it is None).
+    """
+    if settings.image_format not in IMAGE_FORMATS:
+        raise OccsynthError(f"--image-format must be one of {IMAGE_FORMATS}")
+    if backend not in BACKENDS:
+        raise OccsynthError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if settings.num_images < 1:
+        raise OccsynthError("--num-images must be at least 1")
+    if (ann_path is None) != (image_root is None):
+        raise OccsynthError("give both --ann and --images, or neither (to use the embedded demo source)")
+    if ann_path is None:
+        ann_path, image_root = demo_source(cache_dir)
+    ann_path, image_root, out_dir = Path(ann_path), Path(image_root), Path(out_dir)
+    if not image_root.is_dir():
+        raise OccsynthError(f"{image_root}: image directory not found")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OccsynthError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
+
+    bank_dir = ensure_bank(ann_path, Path(cache_dir) if cache_dir else default_cache_dir(), settings.bank,
+                           strict=strict, progress=progress)
+    bank = Bank.load(bank_dir)
+    if not bank.cutout_categories():
+        raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
+    if bank.num_images == 0:
+        raise OccsynthError(f"{ann_path}: no usable background image")
+
+    run = {"version": __version__, "settings": settings.to_dict(),
+           "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}
+    writer.check_run_settings(out_dir, run)
+    remove_stale_temporaries(out_dir)
+    writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
+
+    index, count = shard
+    chunks = [c for c in range(settings.num_chunks) if c % count == index and not writer.chunk_done(out_dir, c)]
+    task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict)
+    _run_parallel(task, chunks, settings, workers, backend, backend_address, progress)
+
+    if count > 1:
+        done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
+        return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
+                "chunks_total": settings.num_chunks, "merged": False}
+    return writer.finalize(out_dir, [out_dir], run, settings.num_chunks)
+
+
+def merge(out_dir: str | os.PathLike, shard_dirs: list[str | os.PathLike], *, progress: bool = True) -> dict:
+    """Join shard outputs (same settings) into one set identical to an unsharded run."""
+    return writer.merge_shards(Path(out_dir), [Path(d) for d in shard_dirs], progress=progress)
+
+
+def _bank_summary(meta: dict) -> dict:
+    return {k: meta[k] for k in ("options", "kept_per_category", "rejected", "skipped") if k in meta}
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _run_parallel(task: Callable[[int], int], chunks: list[int], settings: RunSettings, workers: int,
+                  backend: str, backend_address: str | None, progress: bool) -> None:
+    total = sum(min(settings.chunk_size, settings.num_images - c * settings.chunk_size) for c in chunks)
+    bar = tqdm(total=total, desc="generate", unit="img", disable=not progress, smoothing=0.1)
+    try:
+        cluster = backend in ("dask", "ray")
+        if not cluster and (workers <= 1 or len(chunks) <= 1):
+            for c in chunks:
+                bar.update(task(c))
+            return
+        from joblib import Parallel, delayed, parallel_config
+        with _backend_session(backend, backend_address):
+            with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
+                for n in Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
+                        delayed(task)(c) for c in chunks):
+                    bar.update(n)
+    finally:
+        bar.close()
+
+
+BACKENDS = ("loky", "threading", "dask", "ray")
+
+
+@contextlib.contextmanager
+def _backend_session(backend: str, address: str | None):
+    """Connect to the cluster a user already runs (dask.distributed scheduler or ray head)."""
+    if backend == "dask":
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise OccsynthError("--backend dask needs the dask extra: pip install 'occsynth-bcnet[dask]'") from None
+        with Client(address) if address else Client(processes=True, n_workers=1, threads_per_worker=1) as client:
+            yield client
+    elif backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError:
+            raise OccsynthError("--backend ray needs the ray extra: pip install 'occsynth-bcnet[ray]'") from None
+        register_ray()
+        if not ray.is_initialized():
+            ray.init(address=address)
+        yield None
+    else:
+        yield None
+
+
+@functools.lru_cache(maxsize=2)
+def _open_bank(bank_dir: str) -> Bank:
+    return Bank.load(bank_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _schedule(bank_dir: str, settings: RunSettings) -> Schedule:
+    bank = _open_bank(bank_dir)
+    return class_schedule(bank.cutout_categories(), settings.num_images, settings.seed, settings.composite)
+
+
+def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSettings, strict: bool, chunk: int) -> int:
+    """Render images of one chunk, write them and the chunk's part file; returns the number of images."""
+    bank = _open_bank(bank_dir)
+    schedule = _schedule(bank_dir, settings)
+    sources = SourceImages(Path(image_root), bank)
+    log = SkipLog(strict=strict)
+    first = chunk * settings.chunk_size
+    indices = range(first, min(first + settings.chunk_size, settings.num_images))
+    images, annotations = [], []
+    for i in indices:
+        record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
+        write_bytes(Path(out_dir) / writer.IMAGES / record["file_name"], encoded)
+        images.append(record)
+        annotations.append(anns)
+    writer.write_part(Path(out_dir), chunk, images, annotations, log)
+    return len(indices)
+
+
+def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settings: RunSettings, index: int,
+                 log: SkipLog) -> tuple[dict, list[dict], bytes]:
+    """One output image: (image record, annotations with local occluder indices, encoded bytes)."""
+    options = settings.composite
+    counts = {c: len(bank.cutouts(c)) for c in bank.cutout_categories()}
+    plan = plan_image(schedule, index, settings.seed, bank.num_images, counts, options)
+    retry_rng = image_rng(settings.seed, index, "retry")
+
+    background, bg_index = None, plan["background"]
+    for _ in range(MAX_SOURCE_RETRIES):
+        try:
+            background = sources.image(bg_index)
+            break
+        except BadRecord as exc:
+            log.skip(exc)
+            bg_index = int(retry_rng.integers(bank.num_images))
+    if background is None:
+        raise OccsynthError(f"output image {index}: {MAX_SOURCE_RETRIES} background images in a row were unreadable")
+    bg_record = bank.image_record(bg_index)
+    height, width = background.shape[:2]
+    bg_instances = []
+    for ann in bank.image_annotations(bg_index):
+        bg_instances.append({"mask": masks.decode(ann["segmentation"], height, width),
+                             "category_id": ann["category_id"], "iscrowd": ann["iscrowd"],
+                             "source": {"image_id": bg_record["id"], "annotation_id": ann["id"]}})
+
+    margin = options.margin
+    cutouts = []
+    for paste in plan["pastes"]:
+        pool = bank.cutouts(paste["category_id"])
+        k = int(pool[paste["cutout"]])
+        for _ in range(MAX_SOURCE_RETRIES):
+            try:
+                rgb, mask, ann = sources.cutout(k, margin)
+                break
+            except BadRecord as exc:
+                log.skip(exc)
+                k = int(pool[retry_rng.integers(len(pool))])
+        else:
+            raise OccsynthError(f"output image {index}: no readable cutout of category {paste['category_id']}")
+        cutouts.append({"rgb": rgb, "mask": mask, "category_id": paste["category_id"], "scale": paste["scale"],
+                        "flip": paste["flip"], "source": {"image_id": bank.image_record(ann["image_index"])["id"],
+                                                          "annotation_id": ann["id"]}})
+
+    image, instances = compose(background, bg_instances, cutouts, image_rng(settings.seed, index, "compose"), options)
+    ext = settings.image_format
+    record = {"id": index + 1, "file_name": writer.image_file_name(index, ext), "height": height, "width": width,
+              "background": {"image_id": bg_record["id"], "file_name": bg_record["file_name"]}}
+    anns = [instance_annotation(inst, index + 1) for inst in instances]
+    encoded = encode_image(image, "." + ext, settings.jpeg_quality)
+    return record, anns, encoded
+
+
+def instance_annotation(inst: dict, image_id: int) -> dict:
+    """A composed instance as a COCO annotation (``occluders`` still local indices; ids come at merge)."""
+    visible, amodal = inst["visible_mask"], inst["amodal_mask"]
+    area, amodal_area = masks.area(visible), masks.area(amodal)
+    return {"image_id": image_id, "category_id": int(inst["category_id"]), "segmentation": masks.encode(visible),
+            "area": area, "bbox": masks.bbox(visible), "iscrowd": int(inst["iscrowd"]),
+            "amodal_segmentation": masks.encode(amodal), "amodal_bbox": masks.bbox(amodal),
+            "amodal_area": amodal_area, "occlusion_ratio": round(1.0 - area / amodal_area, 6) if amodal_area else 0.0,
+            "layer": int(inst["layer"]), "occluders": [int(j) for j in inst["occluders"]],
+            "amodal_complete": bool(inst["amodal_complete"]), "source": inst["source"]}
+
+
+class SourceImages:
+    """Decoded source images for one worker, with a small cache (a source image often serves twice)."""
+
+    def __init__(self, image_root: Path, bank: Bank, cache_size: int = 32):
+        self.image_root, self.bank = image_root, bank
+        self._cached = functools.lru_cache(maxsize=cache_size)(self._load)
+
+    def _load(self, image_index: int) -> np.ndarray:
+        record = self.bank.image_record(image_index)
+        path = resolve_image_path(self.image_root, record["file_name"])
+        return read_image(path, (record["height"], record["width"]))
+
+    def image(self, image_index: int) -> np.ndarray:
+        return self._cached(image_index)
+
+    def cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(rgb crop, mask crop, annotation) of a complete instance, with ``margin`` px of context."""
+        ann = self.bank.annotation(annotation_index)
+        image = self.image(ann["image_index"])
+        h, w = image.shape[:2]
+        full_mask = masks.decode(ann["segmentation"], h, w)
+        x, y, bw, bh = (int(v) for v in masks.bbox(full_mask))
+        x0, y0, x1, y1 = x - margin, y - margin, x + bw + margin, y + bh + margin
+        mask = masks.crop(full_mask, (x0, y0, x1, y1))
+        pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
+        rgb = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+        if any(pad):
+            rgb = np.pad(rgb, (pad[:2], pad[2:], (0, 0)), mode="edge")
+        return np.ascontiguousarray(rgb), mask, ann

@@ -1,0 +1,210 @@
+"""Where a generated set lands on disk: per-chunk parts, resume state, streaming merge, manifest.
+
+Layout (see docs/FORMAT.md)::
+
+    OUT/images/000000000001.jpg   written atomically by the worker that rendered it
+    OUT/parts/run.json            the run's settings; a rerun with other settings is refused
+    OUT/parts/chunk-000000.json   one chunk's image records + annotations (local indices), atomic
+    OUT/annotations.json          merged from the parts by streaming, atomic
+    OUT/manifest.json             options, seed, source hashes, counts, skips, version
+
+A chunk counts as done exactly when its part file exists, so a killed run resumes by redoing
+the chunks without a part; their images are rewritten with the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+from .atomic import open_atomic, write_json
+from .errors import OccsynthError, SkipLog
+
+PARTS = "parts"
+IMAGES = "images"
+RUN_FILE = "run.json"
+ANNOTATIONS_FILE = "annotations.json"
+MANIFEST_FILE = "manifest.json"
+SOURCE_FILE = "source.json"
+
+
+def image_file_name(index: int, ext: str) -> str:
+    return f"{index + 1:012d}.{ext}"
+
+
+def part_path(out_dir: Path, chunk: int) -> Path:
+    return Path(out_dir) / PARTS / f"chunk-{chunk:06d}.json"
+
+
+def chunk_done(out_dir: Path, chunk: int) -> bool:
+    return part_path(out_dir, chunk).exists()
+
+
+def write_part(out_dir: Path, chunk: int, images: list[dict], annotations: list[list[dict]], skips: SkipLog) -> None:
+    """One chunk's records. ``annotations[j]`` are image j's annotations; occluders are local indices."""
+    write_json(part_path(out_dir, chunk), {"chunk": chunk, "images": images, "annotations": annotations,
+                                           "skips": skips.to_dict()})
+
+
+def read_part(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OccsynthError(f"{path}: unreadable part file ({exc}); delete it and run again to redo that chunk") from None
+
+
+def check_run_settings(out_dir: Path, settings: dict) -> None:
+    """Record the run's settings, or refuse to continue a run made with different ones."""
+    path = Path(out_dir) / PARTS / RUN_FILE
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
+    if path.exists():
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise OccsynthError(f"{out_dir} holds a run made with other settings ({', '.join(changed)} differ); "
+                                "use the same arguments to resume, or another --out")
+    else:
+        write_json(path, settings, indent=2)
+
+
+def part_files(dirs: Iterable[Path], num_chunks: int) -> list[Path]:
+    """The part of every chunk 0..num_chunks-1, looked up across ``dirs``; error naming the missing ones."""
+    found, missing = [], []
+    for chunk in range(num_chunks):
+        for d in dirs:
+            p = part_path(d, chunk)
+            if p.exists():
+                found.append(p)
+                break
+        else:
+            missing.append(chunk)
+    if missing:
+        head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise OccsynthError(f"{len(missing)} chunk(s) not generated yet ({head}); run the missing shards first")
+    return found
+
+
+def merge_parts(parts: list[Path], out_dir: Path, categories: list[dict], info: dict) -> dict:
+    """Stream the parts (in chunk order) into OUT/annotations.json; returns counts and the skip summary.
+
+    Annotation ids run from 1 in image order; each part's local occluder indices become ids. Memory
+    holds one part at a time.
+    """
+    out_dir = Path(out_dir)
+    counts = {"images": 0, "annotations": 0, "pasted": 0}
+    pasted_per_category: Counter = Counter()
+    skips = SkipLog()
+    with open_atomic(out_dir / ANNOTATIONS_FILE, "w") as f:
+        f.write('{"info":' + _dumps(info) + ',"licenses":[],"categories":' + _dumps(categories) + ',"images":[')
+        for path in parts:
+            part = read_part(path)
+            skips.merge(part["skips"])
+            for image in part["images"]:
+                f.write(("," if counts["images"] else "") + _dumps(image))
+                counts["images"] += 1
+        f.write('],"annotations":[')
+        next_id = 1
+        for image_anns in _iter_part_items(parts, "annotations"):
+            ids = range(next_id, next_id + len(image_anns))
+            for local, ann in enumerate(image_anns):
+                record = {"id": ids[local], **{k: v for k, v in ann.items() if k != "occluders"},
+                          "occluder_ids": [ids[j] for j in ann["occluders"]]}
+                f.write(("," if ids[local] > 1 else "") + _dumps(record))
+                if ann["layer"] > 0:
+                    counts["pasted"] += 1
+                    pasted_per_category[ann["category_id"]] += 1
+            next_id += len(image_anns)
+        counts["annotations"] = next_id - 1
+        f.write("]}")
+    counts["pasted_per_category"] = {str(k): v for k, v in sorted(pasted_per_category.items())}
+    return {"counts": counts, "skipped": skips.to_dict()}
+
+
+def write_source_summary(out_dir: Path, categories: list[dict], bank_summary: dict) -> None:
+    """Categories and bank counts of the source, kept beside the parts so merge needs no bank."""
+    path = Path(out_dir) / PARTS / SOURCE_FILE
+    if not path.exists():
+        write_json(path, {"categories": categories, "bank": bank_summary})
+
+
+def finalize(out_dir: Path, dirs: list[Path], run: dict, num_chunks: int) -> dict:
+    """Merge every chunk's part into annotations.json and write manifest.json; returns the manifest."""
+    out_dir = Path(out_dir)
+    source = _read_json(out_dir / PARTS / SOURCE_FILE)
+    settings = run["settings"]
+    info = {"description": "occsynth synthetic occlusion set", "version": run["version"],
+            "seed": settings["seed"], "source": run["source"]}
+    merged = merge_parts(part_files(dirs, num_chunks), out_dir, source["categories"], info)
+    manifest = {**run, "counts": merged["counts"], "skipped": merged["skipped"], "bank": source["bank"]}
+    write_json(out_dir / MANIFEST_FILE, manifest, indent=2)
+    return {"out": str(out_dir), "merged": True, **manifest}
+
+
+def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -> dict:
+    """Move shard outputs (same run settings) into ``out_dir`` and finalize it.
+
+    Shards may have written to ``out_dir`` itself (a shared file system) or to their own
+    directories. Files are moved, so a merge interrupted half-way can simply be run again.
+    """
+    runs = [_read_json(Path(d) / PARTS / RUN_FILE) for d in shard_dirs]
+    if any(r != runs[0] for r in runs):
+        raise OccsynthError("the shard directories were generated with different settings; they cannot be merged")
+    run = runs[0]
+    settings = run["settings"]
+    num_chunks = -(-settings["num_images"] // settings["chunk_size"])
+    dirs = [Path(out_dir)] + [Path(d) for d in shard_dirs]
+    parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
+    check_run_settings(out_dir, run)
+    for name in (SOURCE_FILE,):
+        if not (out_dir / PARTS / name).exists():
+            src = next(Path(d) / PARTS / name for d in shard_dirs if (Path(d) / PARTS / name).exists())
+            write_json(out_dir / PARTS / name, _read_json(src))
+    for part in tqdm(parts, desc="merge", unit="chunk", disable=not progress):
+        src_dir = part.parent.parent
+        if src_dir.resolve() == Path(out_dir).resolve():
+            continue
+        for image in read_part(part)["images"]:
+            dst = out_dir / IMAGES / image["file_name"]
+            if not dst.exists():
+                src = src_dir / IMAGES / image["file_name"]
+                if not src.exists():
+                    raise OccsynthError(f"{src}: image of {part} is missing; run that shard again")
+                move_file(src, dst)
+        move_file(part, out_dir / PARTS / part.name)
+    return finalize(out_dir, [out_dir], run, num_chunks)
+
+
+def _read_json(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise OccsynthError(f"{path}: not found - is this an occsynth generate output directory?") from None
+    except json.JSONDecodeError as exc:
+        raise OccsynthError(f"{path}: malformed JSON ({exc})") from None
+
+
+def _iter_part_items(parts: list[Path], key: str) -> Iterator:
+    for path in parts:
+        yield from read_part(path)[key]
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """Move a finished file into the merged output (atomic copy when crossing file systems)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        with open(src, "rb") as f, open_atomic(dst, "wb") as g:
+            g.write(f.read())
+        os.unlink(src)

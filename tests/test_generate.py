@@ -1,0 +1,206 @@
+"""End-to-end `occsynth generate` on the embedded demo source: invariants, COCO compatibility,
+determinism across workers / shards / resume, and bad-input handling."""
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from cli.occsynth_cli import main as occsynth_main
+from occsynth import errors, masks
+from occsynth.generate import RunSettings, generate
+from occsynth.schedule import CompositeOptions
+
+N_IMAGES = 12
+SETTINGS = RunSettings(num_images=N_IMAGES, seed=3, chunk_size=4)
+
+
+def tree_bytes(out: Path) -> dict:
+    """Every output file's bytes (images, annotations.json, manifest.json, parts)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def generated(demo_source, tmp_path_factory):
+    ann, root = demo_source
+    out = tmp_path_factory.mktemp("gen") / "out"
+    cache = tmp_path_factory.mktemp("cache")
+    report = generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    return out, report, cache
+
+
+def test_output_layout_and_manifest(generated):
+    out, report, _ = generated
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["num_images"] == N_IMAGES and manifest["settings"]["seed"] == 3
+    assert len(manifest["source"]["sha256"]) == 64
+    assert manifest["counts"]["images"] == N_IMAGES == len(list((out / "images").glob("*.jpg")))
+    data = json.loads((out / "annotations.json").read_text())
+    assert [im["id"] for im in data["images"]] == list(range(1, N_IMAGES + 1))
+    assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
+    assert manifest["counts"]["annotations"] == len(data["annotations"])
+    assert len(data["categories"]) == 80 and data["categories"][0]["id"] == 1
+
+
+def test_every_annotation_satisfies_the_invariants(generated):
+    out, _, _ = generated
+    data = json.loads((out / "annotations.json").read_text())
+    by_image = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    for image in data["images"]:
+        anns = by_image[image["id"]]
+        h, w = image["height"], image["width"]
+        amodal = {a["id"]: masks.decode(a["amodal_segmentation"], h, w) for a in anns}
+        pasted = [a for a in anns if a["layer"] > 0]
+        assert 2 <= len(pasted) <= 4
+        assert sorted(a["layer"] for a in pasted) == list(range(1, len(pasted) + 1))
+        occluded_in_range = False
+        for a in anns:
+            visible = masks.decode(a["segmentation"], h, w)
+            higher = [b for b in anns if b["layer"] > a["layer"]]
+            cover = np.zeros((h, w), bool)
+            for b in higher:
+                cover |= amodal[b["id"]]
+            assert np.array_equal(visible, amodal[a["id"]] & ~cover), a["id"]
+            assert a["area"] == masks.area(visible) > 0
+            assert a["bbox"] == masks.bbox(visible)
+            assert a["amodal_area"] == masks.area(amodal[a["id"]])
+            assert a["amodal_bbox"] == masks.bbox(amodal[a["id"]])
+            assert a["occlusion_ratio"] == pytest.approx(1 - a["area"] / a["amodal_area"], abs=1e-6)
+            expected = sorted(b["id"] for b in higher if np.any(amodal[b["id"]] & amodal[a["id"]]))
+            assert sorted(a["occluder_ids"]) == expected
+            assert a["amodal_complete"] == (a["layer"] > 0)
+            assert set(a["source"]) == {"image_id", "annotation_id"}
+            if a["layer"] > 0:
+                assert a["iscrowd"] == 0 and a["occlusion_ratio"] <= 0.8 + 1e-6
+                if any(b["layer"] > 0 for b in higher) and 0.1 <= a["occlusion_ratio"] <= 0.7:
+                    occluded_in_range = True
+        assert occluded_in_range, f"image {image['id']} has no pasted object occluded within the range"
+
+
+def test_pycocotools_scores_ground_truth_against_itself_as_ap_1(generated):
+    out, _, _ = generated
+    gt = COCO(str(out / "annotations.json"))
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
+                "score": 1.0} for a in gt.dataset["annotations"] if not a["iscrowd"]]
+    dt = gt.loadRes(results)
+    ev = COCOeval(gt, dt, "segm")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+
+
+def test_pasted_classes_are_balanced(generated):
+    out, _, _ = generated
+    data = json.loads((out / "annotations.json").read_text())
+    counts = Counter(a["category_id"] for a in data["annotations"] if a["layer"] > 0)
+    mean = sum(counts.values()) / len(counts)
+    assert max(abs(c - mean) for c in counts.values()) <= max(2, 0.05 * mean)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["pasted_per_category"] == {str(k): v for k, v in sorted(counts.items())}
+
+
+def test_same_output_for_two_workers(generated, demo_source, tmp_path):
+    out, _, cache = generated
+    ann, root = demo_source
+    other = tmp_path / "w2"
+    generate(other, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2, progress=False)
+    assert tree_bytes(other) == tree_bytes(out)
+
+
+def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path):
+    out, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(3)]
+    for i, d in enumerate(shard_dirs):
+        report = generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 3), progress=False)
+        assert not report["merged"]
+        assert not (d / "annotations.json").exists()
+    result = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "merged"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert tree_bytes(tmp_path / "merged") == tree_bytes(out)
+
+
+def test_resume_after_interruption_gives_identical_output(generated, demo_source, tmp_path):
+    out, _, cache = generated
+    ann, root = demo_source
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    # what a kill leaves: some chunks without parts, a half-written temporary, no final files
+    (resumed / "annotations.json").unlink()
+    (resumed / "manifest.json").unlink()
+    (resumed / "parts" / "chunk-000001.json").unlink()
+    (resumed / "images" / "000000000006.jpg").unlink()
+    (resumed / "images" / ".000000000007.jpg.tmp-999").write_bytes(b"partial")
+    generate(resumed, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert tree_bytes(resumed) == tree_bytes(out)
+
+
+def test_rerun_with_other_settings_is_refused(generated, demo_source):
+    out, _, cache = generated
+    ann, root = demo_source
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out", str(out),
+                                                "--num-images", "5", "--cache-dir", str(cache), "--quiet"])
+    assert result.exit_code == 2
+    assert "other settings" in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture
+def broken_source(demo_source, tmp_path):
+    """A copy of the demo source with one of each kind of bad input."""
+    ann, root = demo_source
+    src = tmp_path / "src"
+    shutil.copytree(root, src / "images")
+    data = json.loads(Path(ann).read_text())
+    images = data["images"]
+    (src / "images" / images[0]["file_name"]).write_bytes(b"garbage")                    # corrupt
+    (src / "images" / images[1]["file_name"]).unlink()                                   # missing
+    images[2]["file_name"] = "../../outside.jpg"                                         # escapes the root
+    first = data["annotations"][0]
+    data["annotations"].append({**first, "id": 10 ** 6, "category_id": 999})            # unknown category
+    data["annotations"].append({**first, "id": 10 ** 6 + 1, "image_id": 424242})        # unknown image
+    data["annotations"].append({**first, "id": 10 ** 6 + 2, "segmentation": [[1, 2, 3]]})  # degenerate
+    (src / "annotations.json").write_text(json.dumps(data))
+    return src / "annotations.json", src / "images"
+
+
+def test_bad_input_is_skipped_and_summarised(broken_source, tmp_path):
+    ann, root = broken_source
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
+                                                str(tmp_path / "o"), "--num-images", "24", "--cache-dir",
+                                                str(tmp_path / "c"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    bank_skips = manifest["bank"]["skipped"]["counts"]
+    assert bank_skips[errors.UNKNOWN_CATEGORY] == 1 and bank_skips[errors.UNKNOWN_IMAGE] == 1
+    assert bank_skips[errors.DEGENERATE_MASK] == 1
+    skipped = manifest["skipped"]["counts"]
+    assert set(skipped) <= {errors.CORRUPT_IMAGE, errors.MISSING_FILE, errors.OUTSIDE_ROOT}
+    assert "skipped bad input" in result.output
+    data = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    bad_ids = {im["id"] for im in json.loads(Path(ann).read_text())["images"][:3]}
+    assert not {im["background"]["image_id"] for im in data["images"]} & bad_ids
+    assert not {a["source"]["image_id"] for a in data["annotations"]} & bad_ids
+
+
+def test_strict_mode_stops_with_a_message_naming_the_record(broken_source, tmp_path):
+    ann, root = broken_source
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
+                                                str(tmp_path / "o"), "--strict", "--cache-dir", str(tmp_path / "c"),
+                                                "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: ") and "annotation 1000000" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_png_output_and_blend_none(demo_source, tmp_path):
+    ann, root = demo_source
+    settings = RunSettings(num_images=2, seed=1, image_format="png", composite=CompositeOptions(blend="none"))
+    report = generate(tmp_path / "png", settings, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", progress=False)
+    assert report["counts"]["images"] == 2
+    assert len(list((tmp_path / "png" / "images").glob("*.png"))) == 2
