@@ -52,12 +52,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise OccsynthError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise OccsynthError(f"{path}: not a readable checkpoint (not a torch.save zip archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = next((line for line in lines if "global" in line.lower()), lines[0] if lines else type(exc).__name__)
         raise OccsynthError(f"{path}: refused - the file holds Python objects, not only tensors and plain "
-                            f"data, so loading it could run code ({first_line})") from None
+                            f"data, so loading it could run code ({why})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise OccsynthError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:

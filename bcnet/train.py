@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import manifests
-from occsynth.atomic import open_atomic
+from occsynth.atomic import open_atomic, remove_stale_temporaries
 from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
@@ -160,6 +160,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         schedule = load_schedule(state["schedule"], overrides)
     else:
         schedule = load_schedule(schedule, overrides)
+        if latest_checkpoint(out_dir) is not None:
+            raise OccsynthError(f"{out_dir} already holds a training run; pass --resume to continue it, "
+                                "or choose another output directory")
 
     device_, rank, world, own_group = _setup_distributed(device)
     use_amp = schedule["amp"] != "off" and device_.type == "cuda"
@@ -212,6 +215,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     save = rank == 0
     if save:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        _trim_log(out_dir, start)
     every = max(int(schedule["checkpoint_every"]), 1)
     log_every = max(int(schedule.get("log_every", 20)), 1)
     history: list[dict] = []
@@ -231,6 +236,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     batches = iter(loader)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
                disable=not (progress and save))
+    finished = False
     try:
         for iteration in bar:
             torch.manual_seed(iteration_seed(seed, rank, iteration))
@@ -263,10 +269,12 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                 _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
             if save and (done % every == 0 or done == iterations):
                 saved = save_at(done)
+        finished = True
     finally:
         bar.close()
         if own_group:
-            dist.barrier()
+            if finished:  # after an error the other ranks may never arrive
+                dist.barrier()
             dist.destroy_process_group()
     model.eval()
     if hasattr(model, "transform"):
@@ -314,6 +322,20 @@ def _prune(out_dir: Path, keep: int) -> None:
     for old in periodic[:-keep]:
         with contextlib.suppress(OSError):
             old.unlink()
+
+
+def _trim_log(out_dir: Path, iteration: int) -> None:
+    """Drop log lines past ``iteration``: a resumed run rewrites what the killed one logged after its checkpoint."""
+    path = out_dir / "log.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            if int(json.loads(line).get("iteration", 0)) <= iteration:
+                kept.append(line + "\n")
+    with open_atomic(path) as f:
+        f.writelines(kept)
 
 
 def _log(out_dir: Path, record: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """`bcnet train` and `bcnet evaluate`: thin wrappers over bcnet.train.train and bcnet.evaluate."""
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import click
 
@@ -104,7 +104,7 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
     report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
                                  strict=strict, progress=not no_progress)
     click.echo(markdown_table(report), nl=False)
-    click.echo(f"results: {json.dumps(str(out_dir))[1:-1]}/results.json")
+    click.echo(f"results: {Path(out_dir) / 'results.json'}")
 
 
 COMMANDS: list = [train_command, evaluate_command]

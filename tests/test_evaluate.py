@@ -135,7 +135,8 @@ class FixedModel(torch.nn.Module):
             for k, (_, (x0, y0, x1, y1)) in enumerate(self.dets):
                 masks[k, 0, y0:y1, x0:x1] = 0.8
             outs.append({"boxes": torch.tensor([b for _, b in self.dets], dtype=torch.float32),
-                         "labels": torch.tensor([lab for lab, _ in self.dets]), "scores": torch.full((len(self.dets),), 0.9),
+                         "labels": torch.tensor([lab for lab, _ in self.dets]),
+                         "scores": torch.full((len(self.dets),), 0.9),
                          "masks": masks})
         return outs
 

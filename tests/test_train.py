@@ -1,0 +1,246 @@
+"""bcnet.train: schedule, exact resume, safe checkpoints, DDP on CPU (gloo), CLI, and a real learning check."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+
+from bcnet import checkpoint as ckpt
+from bcnet import evaluate as E
+from bcnet import train as T
+from bcnet.data import CocoInstances
+from cli.bcnet_cli import main as bcnet_main
+from datasets import write_dataset
+from occsynth import masks as mask_ops
+from occsynth.errors import OccsynthError
+
+TINY = dict(checkpoint_every=3, short=64, long_max=96, batch_size=2, base_batch_size=2, workers=0)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("set") / "set")
+
+
+def _run(root, out, **overrides):
+    return T.train(root / "annotations.json", root / "images", out, schedule="schedule-tiny",
+                   overrides={**TINY, **overrides}, progress=False)
+
+
+def test_schedule_lr_and_overrides():
+    s = T.load_schedule("schedule-1x")
+    assert (s["iterations"], s["steps"], s["momentum"], s["weight_decay"]) == (90000, [60000, 80000], 0.9, 1e-4)
+    assert T.learning_rate(s) == pytest.approx(0.01)
+    assert T.learning_rate(T.load_schedule("schedule-1x", {"batch_size": 8})) == pytest.approx(0.005)
+    factors = [T.lr_factor(i, s) for i in (0, 999, 1000, 59999, 60000, 80000)]
+    assert factors == pytest.approx([1 / 3, 1 / 3, 1.0, 1.0, 0.1, 0.01])
+    with pytest.raises(OccsynthError, match="unknown schedule setting"):
+        T.load_schedule("schedule-1x", {"iteration": 5})
+    with pytest.raises(OccsynthError, match="no such bundled schedule"):
+        T.load_schedule("schedule-none")
+    assert T.load_schedule("schedule-tiny")["backbone"] == "tiny"
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset_dir):
+    whole = _run(dataset_dir, tmp_path / "whole", iterations=6)
+    assert whole["iteration"] == 6 and len(whole["history"]) == 6
+    assert sorted(p.name for p in (tmp_path / "whole").glob("*.pt")) == ["checkpoint_0000003.pt", "model_final.pt"]
+    first = _run(dataset_dir, tmp_path / "split", iterations=6, checkpoint_every=3, log_every=1)
+    # simulate a run killed after its checkpoint at iteration 3
+    (tmp_path / "split" / "model_final.pt").unlink()
+    (tmp_path / "split" / "last_checkpoint").write_text("checkpoint_0000003.pt\n")
+    resumed = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "split", resume=True,
+                      progress=False)
+    assert len(resumed["history"]) == 3
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"][3:]]
+    a, b = whole["model"].state_dict(), resumed["model"].state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    saved_a = ckpt.load_checkpoint(tmp_path / "whole" / "model_final.pt")
+    saved_b = ckpt.load_checkpoint(tmp_path / "split" / "model_final.pt")
+    assert saved_a["iteration"] == saved_b["iteration"] == 6
+    mom_a = [s["momentum_buffer"] for s in saved_a["optimizer"]["state"].values()]
+    mom_b = [s["momentum_buffer"] for s in saved_b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b))
+    assert saved_a["scheduler"]["last_epoch"] == 6 and saved_a["category_ids"] == [1, 3, 5, 7, 9]
+    assert first["iteration"] == 6
+    log = [json.loads(line)["iteration"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert log == sorted(set(log)) and log[-1] == 6  # the killed run's later lines were replaced
+    with pytest.raises(OccsynthError, match="already holds a training run"):
+        _run(dataset_dir, tmp_path / "whole", iterations=6)
+    with pytest.raises(OccsynthError, match="no checkpoint"):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "empty", resume=True,
+                progress=False)
+
+
+def test_loader_workers_do_not_change_the_run(tmp_path, dataset_dir):
+    alone = _run(dataset_dir, tmp_path / "w0", iterations=3, workers=0)
+    pooled = _run(dataset_dir, tmp_path / "w2", iterations=3, workers=2)
+    assert [h["loss"] for h in alone["history"]] == [h["loss"] for h in pooled["history"]]
+
+
+class Payload:
+    """What a crafted checkpoint would run on load: here it only creates a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_crafted_pickle_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": ckpt.FORMAT, "version": 1, "model": Payload(str(marker))}, evil)
+    with pytest.raises(OccsynthError, match="refused"):
+        ckpt.load_checkpoint(evil)
+    assert not marker.exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(OccsynthError, match="not a readable checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(OccsynthError, match="not a bcnet checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_round_trip_with_rng_states(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=7, category_ids=[4, 2])
+    np.random.seed(5)
+    state = ckpt.load_checkpoint(tmp_path / "c.pt")
+    expected = np.random.rand(3)
+    ckpt.restore_rng_state(state["rng"])  # the state captured before the seed above
+    ckpt.save_checkpoint(tmp_path / "d.pt", model=model, iteration=7)
+    ckpt.restore_rng_state(ckpt.load_checkpoint(tmp_path / "d.pt")["rng"])
+    again = np.random.rand(3)
+    ckpt.restore_rng_state(ckpt.load_checkpoint(tmp_path / "d.pt")["rng"])
+    assert np.array_equal(np.random.rand(3), again)
+    assert state["iteration"] == 7 and state["category_ids"] == [4, 2] and expected.shape == (3,)
+    assert torch.equal(state["model"]["weight"], model.weight.detach())
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = T.train(Path(root) / "annotations.json", Path(root) / "images", out, schedule="schedule-tiny",
+                     overrides={**TINY, "iterations": 2, "checkpoint_every": 2, "batch_size": 4},
+                     device="cpu", progress=False)
+    torch.save(result["model"].state_dict(), Path(out).parent / f"rank{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_ends_with_identical_weights(tmp_path, dataset_dir):
+    out = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(dataset_dir), str(out)), nprocs=2, join=True)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), key
+    saved = ckpt.load_checkpoint(out / "model_final.pt")
+    assert saved["iteration"] == 2
+    assert all(torch.equal(saved["model"][k], w0[k]) for k in w0)
+    fresh = T.build(6, T.model_config(T.load_schedule("schedule-tiny", TINY)))
+    assert any(not torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)  # it did train
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["iteration"] == 2  # rank 0 alone logs
+
+
+def test_cli_train_then_evaluate(tmp_path, dataset_dir):
+    runner = CliRunner()
+    args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
+            "--out", str(tmp_path / "run"), "--schedule", "schedule-tiny", "--iterations", "2", "--batch-size", "1",
+            "--short", "48", "--long-max", "64", "--no-progress"]
+    result = runner.invoke(bcnet_main, args)
+    assert result.exit_code == 0, result.output
+    assert "trained to iteration 2" in result.output
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["iteration"] == 2 and "loss_occluder_mask" in log[-1]
+    result = runner.invoke(bcnet_main, ["evaluate", "--checkpoint", str(tmp_path / "run" / "model_final.pt"),
+                                        "--annotations", str(dataset_dir / "annotations.json"),
+                                        "--images", str(dataset_dir / "images"), "--name", "hand",
+                                        "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(report["hand"]["segm"]) == set(E.STAT_NAMES) and set(report["hand"]["bbox"]) == set(E.STAT_NAMES)
+    assert "segm_by_box_overlap" in report["hand"] and "| hand |" in (tmp_path / "eval" / "results.md").read_text()
+    assert isinstance(json.loads((tmp_path / "eval" / "detections_hand.json").read_text()), list)
+    bad = runner.invoke(bcnet_main, args[:-1] + ["--iterations", "0"])
+    assert bad.exit_code == 2 and "Error:" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(bcnet_main, ["evaluate", "--checkpoint", str(tmp_path / "nothing.pt"), "--annotations",
+                                     "a.json", "--images", ".", "--out", str(tmp_path / "e2")])
+    assert bad.exit_code == 2 and "checkpoint not found" in bad.output
+
+
+def write_shapes(out: Path, n: int = 8, size: int = 96, seed: int = 0) -> Path:
+    """Red rectangles (category 1) and blue discs (category 2) on grey, 2-3 per image, some overlapping."""
+    import cv2
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size]
+    images, anns = [], []
+    for i in range(n):
+        pixels = np.full((size, size, 3), 110, np.uint8)
+        objects = []
+        for _ in range(int(rng.integers(2, 4))):
+            category = int(rng.integers(1, 3))
+            cx, cy = rng.integers(18, size - 18, 2)
+            r = int(rng.integers(10, 18))
+            if category == 1:
+                mask = (abs(xs - cx) <= r) & (abs(ys - cy) <= int(r * 0.7))
+            else:
+                mask = (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+            pixels[mask] = (220, 40, 40) if category == 1 else (40, 60, 220)
+            objects.append((category, mask))
+        cv2.imwrite(str(out / "images" / f"{i}.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": size, "width": size})
+        for j, (category, mask) in enumerate(objects):
+            visible = mask & ~np.any([m for _, m in objects[j + 1:]] or [np.zeros_like(mask)], axis=0)
+            if visible.sum() >= 30:
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": category, "iscrowd": 0,
+                             "segmentation": mask_ops.encode(visible), "area": int(visible.sum()),
+                             "bbox": mask_ops.bbox(visible)})
+    categories = [{"id": 1, "name": "rect"}, {"id": 2, "name": "disc"}]
+    data = {"images": images, "annotations": anns, "categories": categories}
+    (out / "annotations.json").write_text(json.dumps(data))
+    return out
+
+
+def _mask_ap(model, root: Path) -> float:
+    ds = CocoInstances(root / "annotations.json", root / "images")
+    results = E.predict_dataset(model, ds, progress=False)
+    if not results:
+        return 0.0
+    return max(E.evaluate(root / "annotations.json", results, occlusion_splits=False)["segm"]["AP"], 0.0)
+
+
+@pytest.mark.slow
+def test_tiny_bilayer_model_learns_masks(tmp_path):
+    root = write_shapes(tmp_path / "shapes")
+    overrides = dict(iterations=180, steps=[150], warmup_iterations=10, batch_size=4, base_batch_size=4,
+                     base_lr=0.02, short=96, long_max=96, checkpoint_every=1000, seed=0)
+    schedule = T.load_schedule("schedule-tiny", overrides)
+    torch.manual_seed(0)
+    untrained = T.build(3, T.model_config(schedule)).eval()
+    start = _mask_ap(untrained, root)
+    result = T.train(root / "annotations.json", root / "images", tmp_path / "run", schedule=schedule,
+                     progress=False)
+    history = result["history"]
+    assert np.mean([h["loss"] for h in history[-20:]]) < 0.6 * np.mean([h["loss"] for h in history[:10]])
+    end = _mask_ap(result["model"], root)
+    assert start < 0.05 and end >= 0.3, (start, end)
