@@ -1,2 +1,36 @@
-"""Commands: filled in by the module owner."""
-COMMANDS = []
+"""`bcnet bench`: BCNet's train step and inference time over Mask R-CNN's, same run."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("bench")
+@click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), default="faster-rcnn", show_default=True)
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet18", "tiny"]), default="resnet50", show_default=True)
+@click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--size", default=512, show_default=True, type=click.IntRange(min=64), help="Square image side.")
+@click.option("--iters", default=5, show_default=True, type=click.IntRange(min=1), help="Timed iterations per model.")
+@click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
+@click.option("--amp", is_flag=True, help="bf16 autocast (GPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
+def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
+    """Time a train step and an inference batch of Mask R-CNN's head and BCNet's (same detector,
+    batch and images) and print BCNet / Mask R-CNN ratios and parameter counts. Goal: <= 1.10x."""
+    from bcnet.bench import bench_heads
+    report = bench_heads(detector=detector, backbone=backbone, batch=batch, size=size, iters=iters,
+                         device=device, amp=amp)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {iters} iterations")
+    for head, name in (("fcn", "Mask R-CNN head"), ("bilayer-gcn", "BCNet head")):
+        r = report[head]
+        click.echo(f"{name:16s}: {r['parameters'] / 1e6:6.2f}M params, train step {r['train_step_s'] * 1e3:8.1f} ms, "
+                   f"inference {r['inference_s'] * 1e3:8.1f} ms")
+    click.echo(f"BCNet / Mask R-CNN: train step {report['train_step_ratio']:.2f}x, inference "
+               f"{report['inference_ratio']:.2f}x, +{report['extra_parameters_m']:.2f}M parameters")
+
+
+COMMANDS = [bench_command]

@@ -1,7 +1,7 @@
 """`bcnet`: train and evaluate BCNet bilayer mask heads on torchvision detectors."""
 import click
 
-from cli import bcnet_bench_commands, predict_commands, train_commands
+from cli import bcnet_bench_commands, pipeline_commands, predict_commands, train_commands
 from cli.common import Group
 
 
@@ -15,6 +15,6 @@ def main():
     """
 
 
-for _module in (train_commands, predict_commands, bcnet_bench_commands):
+for _module in (train_commands, pipeline_commands, predict_commands, bcnet_bench_commands):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -1,35 +1,13 @@
 """`occsynth generate` and `occsynth merge`."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import click
 
 import manifests
 from cli.common import parse_shard
-from occsynth.bank import BankOptions
-from occsynth.generate import RunSettings, generate, merge
-from occsynth.schedule import CompositeOptions
-
-
-def settings_from(recipe: dict, overrides: dict) -> RunSettings:
-    """RunSettings from a recipe's tables, with command-line values (not None) on top."""
-    composite = {**recipe.get("composite", {}), **{k: v for k, v in overrides.pop("composite").items() if v is not None}}
-    bank = {**recipe.get("bank", {}), **{k: v for k, v in overrides.pop("bank").items() if v is not None}}
-    run = {"num_images": 100, "seed": 0, **recipe.get("run", {}),
-           **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("pastes", "occlusion", "scale"):
-        if key in composite:
-            composite[key] = tuple(composite[key])
-    known = {f.name for f in dataclasses.fields(RunSettings)}
-    unknown = sorted(set(run) - known)
-    if unknown:
-        raise click.BadParameter(f"unknown [run] keys in recipe: {', '.join(unknown)}", param_hint="--recipe")
-    try:
-        return RunSettings(composite=CompositeOptions(**composite), bank=BankOptions(**bank), **run)
-    except TypeError as exc:
-        raise click.BadParameter(f"recipe: {exc}", param_hint="--recipe") from None
+from occsynth.generate import generate, merge, run_settings
 
 
 @click.command("generate")
@@ -69,12 +47,12 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
 
       occsynth generate --recipe synthetic-100k --ann instances_train2017.json --images train2017 --out occ100k --workers 16
     """
-    recipe_data = manifests.load(recipe) if recipe else {}
-    settings = settings_from(recipe_data, {
-        "num_images": num_images, "seed": seed, "image_format": image_format, "jpeg_quality": jpeg_quality,
-        "composite": {"pastes": pastes, "occlusion": occlusion, "max_occlusion": max_occlusion,
-                      "same_class_prob": same_class_prob, "scale": scale, "flip_prob": flip_prob, "blend": blend},
-        "bank": {"min_area": min_area, "border_margin": border_margin, "touch_margin": touch_margin}})
+    settings = run_settings(manifests.load(recipe) if recipe else {}, num_images=num_images, seed=seed,
+                            image_format=image_format, jpeg_quality=jpeg_quality,
+                            composite={"pastes": pastes, "occlusion": occlusion, "max_occlusion": max_occlusion,
+                                       "same_class_prob": same_class_prob, "scale": scale, "flip_prob": flip_prob,
+                                       "blend": blend},
+                            bank={"min_area": min_area, "border_margin": border_margin, "touch_margin": touch_margin})
     report = generate(out, settings, ann_path=ann, image_root=images, workers=workers, shard=parse_shard(shard),
                       strict=strict, cache_dir=cache_dir, backend=backend, backend_address=scheduler,
                       progress=not quiet)

@@ -1,4 +1,29 @@
-"""Click commands (filled in by the module's feature work)."""
-import click  # noqa: F401
+"""`bcnet predict`."""
+from __future__ import annotations
 
-COMMANDS: list = []
+import click
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="A checkpoint written by bcnet train.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: results.json, images.json, pictures/.")
+@click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i].")
+@click.option("--no-pictures", is_flag=True, help="Write results.json only.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_command(inputs, checkpoint, out, score_threshold, device, no_pictures, quiet):
+    """Run a trained model on images or folders of images.
+
+    Writes COCO results JSON and, per image, a picture with three panels: detections (masks,
+    boxes, labels), the occludee mask probabilities, and the occluder branch's heat map.
+    """
+    from bcnet.predict import predict
+    report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,
+                     pictures=not no_pictures, progress=not quiet)
+    click.echo(f"{report['images']} images, {report['detections']} detections -> {report['out']}")
+    for line in report["skipped"]:
+        click.echo(f"skipped: {line}")
+
+
+COMMANDS = [predict_command]

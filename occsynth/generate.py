@@ -22,7 +22,7 @@ from . import __version__, masks, writer
 from .atomic import remove_stale_temporaries, write_bytes
 from .bank import Bank, BankOptions, ensure_bank
 from .coco import encode_image, read_image, resolve_image_path
-from .compose import compose
+from .compose import compose_boxed
 from .demo import default_cache_dir, demo_source
 from .errors import BadRecord, OccsynthError, SkipLog
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
@@ -50,6 +50,29 @@ class RunSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def run_settings(recipe: dict | None = None, *, composite: dict | None = None, bank: dict | None = None,
+                 **run) -> RunSettings:
+    """RunSettings from a recipe's ``[run]``/``[composite]``/``[bank]`` tables, with overrides on top.
+
+    Overrides that are None are ignored, so command-line options left unset keep the recipe's value.
+    Unknown keys are refused with a message naming them.
+    """
+    recipe = recipe or {}
+
+    def merged(table: str, values: dict | None) -> dict:
+        return {**recipe.get(table, {}), **{k: v for k, v in (values or {}).items() if v is not None}}
+
+    fields = merged("run", run)
+    fields = {"num_images": 100, "seed": 0, **fields}
+    for table, known, given in (("run", RunSettings, fields), ("composite", CompositeOptions, merged("composite", composite)),
+                                ("bank", BankOptions, merged("bank", bank))):
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(known)} - {"composite", "bank"})
+        if unknown:
+            raise OccsynthError(f"unknown [{table}] setting(s): {', '.join(unknown)}")
+    return RunSettings(composite=CompositeOptions(**merged("composite", composite)),
+                       bank=BankOptions(**merged("bank", bank)), **fields)
 
 
 def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str | os.PathLike | None = None,
@@ -177,11 +200,17 @@ def _schedule(bank_dir: str, settings: RunSettings) -> Schedule:
     return class_schedule(bank.cutout_categories(), settings.num_images, settings.seed, settings.composite)
 
 
+@functools.lru_cache(maxsize=2)
+def _sources(image_root: str, bank_dir: str) -> "SourceImages":
+    """One SourceImages per worker process, so its caches outlive a chunk."""
+    return SourceImages(Path(image_root), _open_bank(bank_dir))
+
+
 def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSettings, strict: bool, chunk: int) -> int:
     """Render images of one chunk, write them and the chunk's part file; returns the number of images."""
     bank = _open_bank(bank_dir)
     schedule = _schedule(bank_dir, settings)
-    sources = SourceImages(Path(image_root), bank)
+    sources = _sources(image_root, bank_dir)
     log = SkipLog(strict=strict)
     first = chunk * settings.chunk_size
     indices = range(first, min(first + settings.chunk_size, settings.num_images))
@@ -216,8 +245,8 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
     bg_record = bank.image_record(bg_index)
     height, width = background.shape[:2]
     bg_instances = []
-    for ann in bank.image_annotations(bg_index):
-        bg_instances.append({"mask": masks.decode(ann["segmentation"], height, width),
+    for ann, (box, crop) in zip(bank.image_annotations(bg_index), sources.instance_masks(bg_index)):
+        bg_instances.append({"box": box or (0, 0, 0, 0), "crop": crop,
                              "category_id": ann["category_id"], "iscrowd": ann["iscrowd"],
                              "source": {"image_id": bg_record["id"], "annotation_id": ann["id"]}})
 
@@ -239,53 +268,98 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
                         "flip": paste["flip"], "source": {"image_id": bank.image_record(ann["image_index"])["id"],
                                                           "annotation_id": ann["id"]}})
 
-    image, instances = compose(background, bg_instances, cutouts, image_rng(settings.seed, index, "compose"), options)
+    image, instances = compose_boxed(background, bg_instances, cutouts, image_rng(settings.seed, index, "compose"),
+                                     options)
     ext = settings.image_format
     record = {"id": index + 1, "file_name": writer.image_file_name(index, ext), "height": height, "width": width,
               "background": {"image_id": bg_record["id"], "file_name": bg_record["file_name"]}}
-    anns = [instance_annotation(inst, index + 1) for inst in instances]
+    anns = [instance_annotation(inst, index + 1, (height, width)) for inst in instances]
     encoded = encode_image(image, "." + ext, settings.jpeg_quality)
     return record, anns, encoded
 
 
-def instance_annotation(inst: dict, image_id: int) -> dict:
-    """A composed instance as a COCO annotation (``occluders`` still local indices; ids come at merge)."""
-    visible, amodal = inst["visible_mask"], inst["amodal_mask"]
-    area, amodal_area = masks.area(visible), masks.area(amodal)
-    return {"image_id": image_id, "category_id": int(inst["category_id"]), "segmentation": masks.encode(visible),
-            "area": area, "bbox": masks.bbox(visible), "iscrowd": int(inst["iscrowd"]),
-            "amodal_segmentation": masks.encode(amodal), "amodal_bbox": masks.bbox(amodal),
+def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] | None = None) -> dict:
+    """A composed instance as a COCO annotation (``occluders`` still local indices; ids come at merge).
+
+    ``inst`` is a :func:`compose` instance (full masks) or, with ``image_size`` (height, width), a
+    :func:`compose_boxed` one (box + crops; measured and encoded from the crops, same result).
+    """
+    if "box" in inst:
+        height, width = image_size
+        y0, x0 = int(inst["box"][0]), int(inst["box"][1])
+        visible, amodal = inst["visible_crop"], inst["amodal_crop"]
+        area, amodal_area = masks.area(visible), masks.area(amodal)
+        segmentation, amodal_segmentation = (masks.encode_crop(m, y0, x0, height, width) for m in (visible, amodal))
+        box, amodal_box = masks.crop_bbox(visible, y0, x0), masks.crop_bbox(amodal, y0, x0)
+    else:
+        visible, amodal = inst["visible_mask"], inst["amodal_mask"]
+        area, amodal_area = masks.area(visible), masks.area(amodal)
+        segmentation, amodal_segmentation = masks.encode(visible), masks.encode(amodal)
+        box, amodal_box = masks.bbox(visible), masks.bbox(amodal)
+    return {"image_id": image_id, "category_id": int(inst["category_id"]), "segmentation": segmentation,
+            "area": area, "bbox": box, "iscrowd": int(inst["iscrowd"]),
+            "amodal_segmentation": amodal_segmentation, "amodal_bbox": amodal_box,
             "amodal_area": amodal_area, "occlusion_ratio": round(1.0 - area / amodal_area, 6) if amodal_area else 0.0,
             "layer": int(inst["layer"]), "occluders": [int(j) for j in inst["occluders"]],
             "amodal_complete": bool(inst["amodal_complete"]), "source": inst["source"]}
 
 
 class SourceImages:
-    """Decoded source images for one worker, with a small cache (a source image often serves twice)."""
+    """Decoded source images, their instance masks (box + crop) and cutouts for one worker, cached.
 
-    def __init__(self, image_root: Path, bank: Bank, cache_size: int = 32):
+    A source image often serves twice (as background and as a cutout's source), and a cutout is
+    pasted many times, so each is decoded once while it stays in the small LRU caches. Cached
+    arrays are read-only: callers must not change them.
+    """
+
+    def __init__(self, image_root: Path, bank: Bank, cache_size: int = 32, cutout_cache_size: int = 256):
         self.image_root, self.bank = image_root, bank
         self._cached = functools.lru_cache(maxsize=cache_size)(self._load)
+        self._masks = functools.lru_cache(maxsize=cache_size)(self._load_masks)
+        self._cutouts = functools.lru_cache(maxsize=cutout_cache_size)(self._load_cutout)
 
     def _load(self, image_index: int) -> np.ndarray:
         record = self.bank.image_record(image_index)
         path = resolve_image_path(self.image_root, record["file_name"])
-        return read_image(path, (record["height"], record["width"]))
+        return _read_only(read_image(path, (record["height"], record["width"])))
 
     def image(self, image_index: int) -> np.ndarray:
         return self._cached(image_index)
 
-    def cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """(rgb crop, mask crop, annotation) of a complete instance, with ``margin`` px of context."""
+    def _load_masks(self, image_index: int) -> list:
+        height, width = self.bank.image_record(image_index)["height"], self.bank.image_record(image_index)["width"]
+        out = []
+        for ann in self.bank.image_annotations(image_index):
+            box, crop = masks.decode_box(ann["segmentation"], height, width)
+            out.append((box, _read_only(crop)))
+        return out
+
+    def instance_masks(self, image_index: int) -> list[tuple[tuple[int, int, int, int] | None, np.ndarray]]:
+        """(tight box (y0, x0, y1, x1) or None when empty, mask crop) of each annotation of an image."""
+        return self._masks(image_index)
+
+    def _load_cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
         ann = self.bank.annotation(annotation_index)
         image = self.image(ann["image_index"])
         h, w = image.shape[:2]
-        full_mask = masks.decode(ann["segmentation"], h, w)
-        x, y, bw, bh = (int(v) for v in masks.bbox(full_mask))
-        x0, y0, x1, y1 = x - margin, y - margin, x + bw + margin, y + bh + margin
-        mask = masks.crop(full_mask, (x0, y0, x1, y1))
+        box, crop = masks.decode_box(ann["segmentation"], h, w)
+        if box is None:
+            box = (0, 0, 0, 0)
+        y0, x0, y1, x1 = box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin
+        mask = np.zeros((y1 - y0, x1 - x0), bool)
+        mask[margin:margin + crop.shape[0], margin:margin + crop.shape[1]] = crop
         pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
         rgb = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
         if any(pad):
             rgb = np.pad(rgb, (pad[:2], pad[2:], (0, 0)), mode="edge")
-        return np.ascontiguousarray(rgb), mask, ann
+        return _read_only(np.ascontiguousarray(rgb)), _read_only(mask), ann
+
+    def cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(rgb crop, mask crop, annotation) of a complete instance, with ``margin`` px of context."""
+        rgb, mask, ann = self._cutouts(annotation_index, margin)
+        return rgb, mask, dict(ann)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array

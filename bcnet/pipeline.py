@@ -1,0 +1,127 @@
+"""`bcnet train-synthetic`: the paper's recipe in one resumable command.
+
+    synthetic set (occsynth generate)  ->  pretrain  ->  fine-tune on COCO train
+    COCO-OCC (occsynth build-cocoocc)  ->  evaluate on val2017 and COCO-OCC  ->  one results table
+
+Every stage writes into its own folder under ``out_dir`` and counts as done when its final file
+exists (``annotations.json``, ``model_final.pt``, ``results.json``); a rerun skips finished stages
+and resumes an interrupted training from its newest checkpoint. A recipe in ``manifests/``
+(``pipeline-paper``, ``pipeline-tiny``) names the synthetic recipe and the two schedules.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+import manifests
+from occsynth.atomic import write_bytes, write_json
+from occsynth.errors import OccsynthError
+
+FINAL = "model_final.pt"
+
+
+@dataclasses.dataclass
+class PipelineInputs:
+    """Where the data of each stage comes from. ``None`` fields are made by the pipeline."""
+
+    coco_train: tuple[Path, Path] | None = None      # (instances_train2017.json, train2017/)
+    coco_val: tuple[Path, Path] | None = None        # (instances_val2017.json, val2017/)
+    synthetic: tuple[Path, Path] | None = None       # an existing occsynth set (annotations.json, images/)
+    cocoocc: Path | None = None                      # an existing COCO-OCC annotations.json (images: val's)
+
+
+def tiny_inputs(cache_dir: str | os.PathLike | None = None) -> PipelineInputs:
+    """The embedded demo source stands in for COCO train and val (CPU, minutes)."""
+    from occsynth.demo import demo_source
+    ann, root = demo_source(cache_dir)
+    return PipelineInputs(coco_train=(ann, root), coco_val=(ann, root))
+
+
+def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: str = "pipeline-paper",
+                 workers: int = 1, device: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) every stage; returns ``{"results": ..., "table": markdown, "stages": {...}}``."""
+    from occsynth.cocoocc import build_cocoocc
+    from occsynth.generate import generate, run_settings
+
+    from .evaluate import evaluate_checkpoint, markdown_table
+    from .train import train
+
+    out_dir = Path(out_dir)
+    plan = manifests.load(recipe)
+    if inputs.coco_train is None or inputs.coco_val is None:
+        raise OccsynthError("the pipeline needs COCO train and val (--coco-train-ann/--coco-train-images, "
+                            "--coco-val-ann/--coco-val-images), or --tiny for the embedded demo data")
+    stages = {}
+
+    # 1. synthetic set
+    if inputs.synthetic is None:
+        synth_dir = out_dir / "synthetic"
+        if (synth_dir / "annotations.json").exists():
+            log(f"[1/5] synthetic set: done ({synth_dir})")
+        else:
+            log(f"[1/5] synthetic set: generating with recipe {plan['synthetic']['recipe']} into {synth_dir}")
+            section = dict(plan["synthetic"])
+            settings = run_settings(manifests.load(section.pop("recipe")), **section)
+            generate(synth_dir, settings, ann_path=inputs.coco_train[0], image_root=inputs.coco_train[1],
+                     workers=workers, cache_dir=cache_dir, progress=progress)
+        inputs = dataclasses.replace(inputs, synthetic=(synth_dir / "annotations.json", synth_dir / "images"))
+    stages["synthetic"] = str(inputs.synthetic[0])
+
+    # 2. pretrain on the synthetic set
+    pretrained = _train_stage("[2/5] pretrain", out_dir / "pretrain", inputs.synthetic, plan["pretrain"], None,
+                              train, device, progress, log)
+    stages["pretrain"] = str(pretrained)
+
+    # 3. fine-tune on COCO train
+    finetuned = _train_stage("[3/5] fine-tune", out_dir / "finetune", inputs.coco_train, plan["finetune"],
+                             pretrained, train, device, progress, log)
+    stages["finetune"] = str(finetuned)
+
+    # 4. COCO-OCC
+    if inputs.cocoocc is None:
+        occ_dir = out_dir / "cocoocc"
+        if (occ_dir / "annotations.json").exists():
+            log(f"[4/5] COCO-OCC: done ({occ_dir})")
+        else:
+            options = plan.get("cocoocc", {})
+            report = build_cocoocc(inputs.coco_val[0], occ_dir, overlap=options.get("overlap", "iou"),
+                                   threshold=float(options.get("threshold", 0.2)),
+                                   count_crowd=bool(options.get("count_crowd", False)))
+            log(f"[4/5] COCO-OCC: {report['counts']['images']} of {report['counts']['source_images']} images -> {occ_dir}")
+        inputs = dataclasses.replace(inputs, cocoocc=occ_dir / "annotations.json")
+    stages["cocoocc"] = str(inputs.cocoocc)
+
+    # 5. evaluate
+    eval_dir = out_dir / "evaluation"
+    if (eval_dir / "results.json").exists():
+        log(f"[5/5] evaluation: done ({eval_dir})")
+        import json
+        results = json.loads((eval_dir / "results.json").read_text())
+    else:
+        log("[5/5] evaluation on val and COCO-OCC")
+        results = evaluate_checkpoint(finetuned, {"val": inputs.coco_val, "cocoocc": (inputs.cocoocc, inputs.coco_val[1])},
+                                      eval_dir, device=device, progress=progress)
+    table = markdown_table(results)
+    write_bytes(out_dir / "results.md", table.encode("utf-8"))
+    summary = {"recipe": recipe, "stages": stages, "results": results}
+    write_json(out_dir / "pipeline.json", summary, indent=2)
+    return {**summary, "table": table}
+
+
+def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: dict, init: Path | None,
+                 train: Callable, device: str | None, progress: bool, log: Callable[[str], None]) -> Path:
+    final = stage_dir / FINAL
+    if final.exists():
+        log(f"{name}: done ({final})")
+        return final
+    overrides = {k: v for k, v in section.items() if k != "schedule"}
+    resume = (stage_dir / "last_checkpoint").exists()
+    log(f"{name}: schedule {section['schedule']} on {data[0]}" + (" (resuming)" if resume else ""))
+    train(data[0], data[1], stage_dir, schedule=section["schedule"], overrides=overrides or None, resume=resume,
+          init_checkpoint=None if resume else init, device=device, progress=progress)
+    if not final.exists():
+        raise OccsynthError(f"{stage_dir}: training ended without {FINAL}")
+    return final

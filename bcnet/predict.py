@@ -1,0 +1,129 @@
+"""`bcnet predict`: images or a folder -> COCO results JSON and pictures.
+
+Each picture has three panels side by side: the image with masks, boxes and labels; the
+occludee (instance) mask probabilities; and the occluder branch's heat map: where the model
+believes something lies on top of each detected object.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from occsynth import masks as mask_ops
+from occsynth.atomic import write_bytes, write_json
+from occsynth.categories import COCO_CATEGORIES
+from occsynth.coco import encode_image, read_image
+from occsynth.errors import BadRecord, OccsynthError
+
+from .evaluate import load_model
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files given directly, plus the images inside given folders (sorted, recursive)."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise OccsynthError(f"{item}: no such image or folder")
+    if not found:
+        raise OccsynthError("no image found in the given inputs")
+    return found
+
+
+def to_results(output: dict, image_id: int, category_ids: Sequence[int], score_threshold: float = 0.0) -> list[dict]:
+    """One image's model output -> COCO results (masks thresholded at 0.5, compressed RLE)."""
+    results = []
+    scores = output["scores"].detach().cpu().numpy()
+    boxes = output["boxes"].detach().cpu().numpy()
+    labels = output["labels"].detach().cpu().numpy()
+    probs = output["masks"].detach().cpu().numpy()[:, 0] if "masks" in output else None
+    for j in np.flatnonzero(scores >= score_threshold):
+        x0, y0, x1, y1 = (float(v) for v in boxes[j])
+        record = {"image_id": int(image_id), "category_id": int(category_ids[labels[j] - 1]),
+                  "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                  "score": round(float(scores[j]), 5)}
+        if probs is not None:
+            record["segmentation"] = mask_ops.encode(probs[j] >= 0.5)
+        results.append(record)
+    return results
+
+
+def _colour(k: int) -> tuple[int, int, int]:
+    hue = (k * 47) % 180
+    rgb = cv2.cvtColor(np.uint8([[[hue, 200, 255]]]), cv2.COLOR_HSV2RGB)[0, 0]
+    return int(rgb[0]), int(rgb[1]), int(rgb[2])
+
+
+def _heat(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    heat = cv2.applyColorMap((np.clip(probs, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return (0.45 * image + 0.55 * heat).astype(np.uint8)
+
+
+def render_prediction(image: np.ndarray, output: dict, names: dict[int, str], category_ids: Sequence[int],
+                      score_threshold: float = 0.5) -> np.ndarray:
+    """[detections | occludee mask probabilities | occluder heat map] as one RGB picture."""
+    h, w = image.shape[:2]
+    keep = (output["scores"] >= score_threshold).nonzero().flatten().tolist()
+    overlay = image.astype(np.float32).copy()
+    occludee = np.zeros((h, w), np.float32)
+    occluder = np.zeros((h, w), np.float32)
+    for rank, j in enumerate(keep):
+        colour = np.array(_colour(rank), np.float32)
+        if "masks" in output:
+            prob = output["masks"][j, 0].detach().cpu().numpy()
+            occludee = np.maximum(occludee, prob)
+            overlay[prob >= 0.5] = 0.5 * overlay[prob >= 0.5] + 0.5 * colour
+        if "occluder_masks" in output:
+            occluder = np.maximum(occluder, output["occluder_masks"][j, 0].detach().cpu().numpy())
+    overlay = overlay.astype(np.uint8)
+    for rank, j in enumerate(keep):
+        x0, y0, x1, y1 = (int(round(float(v))) for v in output["boxes"][j])
+        colour = _colour(rank)
+        cv2.rectangle(overlay, (x0, y0), (x1, y1), colour, 1)
+        label = int(output["labels"][j])
+        cat = category_ids[label - 1] if 0 < label <= len(category_ids) else label
+        text = f"{names.get(cat, str(cat))} {float(output['scores'][j]):.2f}"
+        cv2.putText(overlay, text, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+    return np.concatenate([overlay, _heat(image, occludee), _heat(image, occluder)], axis=1)
+
+
+def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+            score_threshold: float = 0.5, device: str | torch.device = "cpu", pictures: bool = True,
+            category_names: dict[int, str] | None = None, progress: bool = True) -> dict:
+    """Run a trained model on images; write ``results.json`` (COCO results), ``images.json`` (which
+    file each ``image_id`` is) and, with ``pictures``, one PNG per image under ``out_dir/pictures``."""
+    model, state = load_model(checkpoint, device)
+    category_ids = list(state["category_ids"])
+    names = category_names or {c["id"]: c["name"] for c in COCO_CATEGORIES}
+    paths = list_images(inputs)
+    out_dir = Path(out_dir)
+    results, images, skipped = [], [], []
+    for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img", disable=not progress), start=1):
+        try:
+            rgb = read_image(path)
+        except BadRecord as exc:
+            skipped.append(str(exc))
+            continue
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)
+        with torch.no_grad():
+            output = model([tensor])[0]
+        images.append({"id": image_id, "file_name": str(path), "height": rgb.shape[0], "width": rgb.shape[1]})
+        results += to_results(output, image_id, category_ids, score_threshold=0.0)
+        if pictures:
+            picture = render_prediction(rgb, output, names, category_ids, score_threshold)
+            write_bytes(out_dir / "pictures" / f"{image_id:06d}-{path.stem}.png", encode_image(picture, ".png"))
+    write_json(out_dir / "results.json", results)
+    write_json(out_dir / "images.json", images)
+    return {"images": len(images), "detections": len(results), "skipped": skipped, "out": str(out_dir)}
+

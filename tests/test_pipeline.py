@@ -1,0 +1,136 @@
+"""`bcnet train-synthetic` end to end on the demo data (a tiny recipe), then `bcnet predict` and
+`bcnet bench` on what it trained."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from pycocotools.coco import COCO
+
+from bcnet.bench import bench_heads
+from bcnet.pipeline import PipelineInputs, run_pipeline
+from bcnet.predict import render_prediction
+from cli.bcnet_cli import main as bcnet_main
+from occsynth.coco import read_image
+
+RECIPE = """
+[synthetic]
+recipe = "synthetic-demo"
+num_images = 6
+[pretrain]
+schedule = "schedule-tiny"
+iterations = 3
+steps = [2]
+checkpoint_every = 2
+batch_size = 2
+[finetune]
+schedule = "schedule-tiny"
+iterations = 2
+steps = [1]
+checkpoint_every = 1
+batch_size = 2
+[cocoocc]
+overlap = "iou"
+threshold = 0.2
+"""
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(demo_source, tmp_path_factory):
+    ann, root = demo_source
+    tmp = tmp_path_factory.mktemp("pipeline")
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(RECIPE)
+    out = tmp / "run"
+    logs = []
+    report = run_pipeline(out, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe),
+                          device="cpu", cache_dir=tmp / "cache", progress=False, log=logs.append)
+    return out, report, logs, recipe, (ann, root)
+
+
+def test_every_stage_writes_its_output(pipeline_run):
+    out, report, logs, _, (ann, _) = pipeline_run
+    assert len(json.loads((out / "synthetic" / "annotations.json").read_text())["images"]) == 6
+    assert (out / "pretrain" / "model_final.pt").exists() and (out / "finetune" / "model_final.pt").exists()
+    occ = COCO(str(out / "cocoocc" / "annotations.json"))
+    assert 0 < len(occ.getImgIds()) < len(COCO(str(ann)).getImgIds())
+    results = json.loads((out / "evaluation" / "results.json").read_text())
+    assert set(results) == {"val", "cocoocc"}
+    for name in results:
+        assert set(results[name]["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert "| val |" in (out / "results.md").read_text() and "| cocoocc |" in report["table"]
+    assert sum("done" in line for line in logs) == 0
+
+
+def test_rerun_skips_finished_stages(pipeline_run):
+    out, report, _, recipe, (ann, root) = pipeline_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("model_final.pt")}
+    logs = []
+    again = run_pipeline(out, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe),
+                         device="cpu", progress=False, log=logs.append)
+    assert sum("done" in line for line in logs) == 5
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model_final.pt")} == before
+    assert again["results"] == report["results"]
+
+
+def test_interrupted_finetune_resumes_from_its_checkpoint(pipeline_run, tmp_path):
+    out, report, _, recipe, (ann, root) = pipeline_run
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "finetune" / "model_final.pt").unlink()
+    (copy / "finetune" / "last_checkpoint").write_text("checkpoint_0000001.pt\n")
+    shutil.rmtree(copy / "evaluation")
+    assert (copy / "finetune" / "checkpoint_0000001.pt").exists()
+    logs = []
+    run_pipeline(copy, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe),
+                 device="cpu", progress=False, log=logs.append)
+    assert any("resuming" in line for line in logs)
+    a = torch.load(out / "finetune" / "model_final.pt", weights_only=True)["model"]
+    b = torch.load(copy / "finetune" / "model_final.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_writes_results_and_three_panel_pictures(pipeline_run, tmp_path):
+    out, _, _, _, (ann, root) = pipeline_run
+    images = sorted(p for p in root.rglob("*.jpg"))[:2]
+    result = CliRunner().invoke(bcnet_main, ["predict", *map(str, images), "--checkpoint",
+                                             str(out / "finetune" / "model_final.pt"), "--out", str(tmp_path / "p"),
+                                             "--score-threshold", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads((tmp_path / "p" / "images.json").read_text())
+    assert [im["file_name"] for im in listed] == [str(p) for p in images]
+    results = json.loads((tmp_path / "p" / "results.json").read_text())
+    cats = {c["id"] for c in json.loads(ann.read_text())["categories"]}
+    assert all(r["category_id"] in cats and r["image_id"] in (1, 2) for r in results)
+    pictures = sorted((tmp_path / "p" / "pictures").glob("*.png"))
+    assert len(pictures) == 2
+    first = read_image(images[0])
+    assert read_image(pictures[0]).shape == (first.shape[0], 3 * first.shape[1], 3)
+
+
+def test_render_prediction_puts_the_occluder_heat_map_beside_the_mask():
+    image = np.full((20, 30, 3), 128, np.uint8)
+    masks = torch.zeros(1, 1, 20, 30)
+    masks[0, 0, 5:10, 5:10] = 1.0
+    occluder = torch.zeros(1, 1, 20, 30)
+    occluder[0, 0, 12:18, 20:28] = 1.0
+    output = {"boxes": torch.tensor([[5.0, 5.0, 10.0, 10.0]]), "labels": torch.tensor([1]),
+              "scores": torch.tensor([0.9]), "masks": masks, "occluder_masks": occluder}
+    picture = render_prediction(image, output, {18: "dog"}, [18], score_threshold=0.5)
+    assert picture.shape == (20, 90, 3)
+    mask_panel, heat_panel = picture[:, 30:60].astype(int), picture[:, 60:].astype(int)
+    # hot (red) where the occluder probability is 1, cold (blue) elsewhere; the mask panel likewise
+    assert heat_panel[15, 24, 0] > heat_panel[15, 24, 2] + 50      # JET: 1.0 is red
+    assert heat_panel[2, 2, 2] > heat_panel[2, 2, 0] + 50          # 0.0 is blue
+    assert mask_panel[7, 7, 0] > mask_panel[7, 7, 2] + 50 and mask_panel[15, 24, 2] > mask_panel[15, 24, 0] + 50
+    assert not np.array_equal(picture[:, :30], image)  # the mask tint and box are drawn
+
+
+def test_bench_reports_both_heads_and_ratios():
+    report = bench_heads(backbone="tiny", batch=1, size=64, iters=1, warmup=0, device="cpu")
+    assert report["fcn"]["parameters"] < report["bilayer-gcn"]["parameters"]
+    assert report["train_step_ratio"] > 0 and report["inference_ratio"] > 0
+    assert report["extra_parameters_m"] == pytest.approx(
+        (report["bilayer-gcn"]["parameters"] - report["fcn"]["parameters"]) / 1e6, abs=0.01)
