@@ -82,7 +82,6 @@ def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", ba
         report[head] = {"parameters": count_parameters(model),
                         "train_step_s": round(_time(train_step, iters, warmup, device), 4),
                         "inference_s": round(_time(inference, iters, warmup, device), 4)}
-        del model, optimizer
     base, ours = report["fcn"], report["bilayer-gcn"]
     report["train_step_ratio"] = round(ours["train_step_s"] / base["train_step_s"], 3)
     report["inference_ratio"] = round(ours["inference_s"] / base["inference_s"], 3)

@@ -19,18 +19,26 @@ from . import errors
 from .errors import BadRecord, OccsynthError, SkipLog
 
 
-def read_dataset(path: str | os.PathLike) -> dict:
-    """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train)."""
+def read_json(path: str | os.PathLike) -> Any:
+    """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise OccsynthError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise OccsynthError(f"{path}: is a directory, expected a JSON file") from None
     except json.JSONDecodeError as exc:
         raise OccsynthError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def read_dataset(path: str | os.PathLike) -> dict:
+    """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train)."""
+    path = Path(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise OccsynthError(f"{path}: a COCO file is a JSON object, found {type(data).__name__}")
     for key in ("images", "annotations", "categories"):

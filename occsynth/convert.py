@@ -26,7 +26,6 @@ Both readers load the whole file (the published files are a few hundred MB at mo
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,19 +35,8 @@ from tqdm import tqdm
 
 from . import masks as mask_ops
 from .atomic import write_json
-from .coco import read_dataset
+from .coco import read_dataset, read_json
 from .errors import OccsynthError
-
-
-def _load_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise OccsynthError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OccsynthError(f"{path}: malformed JSON ({exc})") from None
 
 
 def _mask(segmentation: Any, height: int, width: int) -> np.ndarray | None:
@@ -164,7 +152,7 @@ def cocoa_categories(coco_categories: list[dict] | None) -> tuple[list[dict], di
 def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                   categories_from: str | os.PathLike | list | None = None, progress: bool = True) -> dict:
     """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to."""
-    data = _load_json(in_path)
+    data = read_json(in_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise OccsynthError(f"{in_path}: not a COCOA file (needs 'images' and 'annotations' lists)")
@@ -172,7 +160,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if isinstance(categories_from, list):
         coco_categories = categories_from
     elif categories_from is not None:
-        loaded = _load_json(categories_from)
+        loaded = read_json(categories_from)
         coco_categories = loaded.get("categories") if isinstance(loaded, dict) else None
         if not isinstance(coco_categories, list):
             raise OccsynthError(f"{categories_from}: has no 'categories' list")

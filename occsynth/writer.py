@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .atomic import open_atomic, write_json
+from .coco import read_json
 from .errors import OccsynthError, SkipLog
 
 PARTS = "parts"
@@ -181,13 +182,9 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
 
 
 def _read_json(path: Path):
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise OccsynthError(f"{path}: not found - is this an occsynth generate output directory?") from None
-    except json.JSONDecodeError as exc:
-        raise OccsynthError(f"{path}: malformed JSON ({exc})") from None
+    if not Path(path).exists():
+        raise OccsynthError(f"{path}: not found - is this an occsynth generate output directory?")
+    return read_json(path)
 
 
 def _iter_part_items(parts: list[Path], key: str) -> Iterator:
