@@ -2,8 +2,8 @@
 
 Depth order is paste order: background instances are layer 0, the k-th paste is layer k + 1.
 The label map ``top`` (H, W, int16) records which pasted object is nearest the camera at each
-pixel (-1: none); everything else works on the pasted object's box, and only the returned
-per-instance masks are full size.
+pixel (-1: none); everything else works on the objects' boxes: :func:`compose_boxed` returns
+each mask as its box and crop, and only :func:`compose` expands them to full size.
 
 Exactness (what `occsynth validate` checks):
 - visible = amodal minus the union of the amodal masks on higher layers;
@@ -34,7 +34,7 @@ import numpy as np
 
 from . import masks
 from .errors import OccsynthError
-from .occluders import layer_occluders
+from .occluders import layer_occluders_boxed
 from .schedule import CompositeOptions
 
 SHRINK_STEP = 0.7
@@ -109,10 +109,31 @@ def compose(background: np.ndarray, background_instances: list[dict], cutouts: l
     'paste': {'x', 'y', 'shrink'} (top-left of the object's box in the image, and the shrink
     given to :func:`transform_cutout`), which reproduces their pixels exactly.
     """
+    image, instances = compose_boxed(background, background_instances, cutouts, rng, options)
+    height, width = image.shape[:2]
+    for inst in instances:
+        y0, x0, y1, x1 = inst.pop("box")
+        for key in ("amodal", "visible"):
+            full = np.zeros((height, width), bool)
+            full[y0:y1, x0:x1] = inst.pop(key + "_crop")
+            inst[key + "_mask"] = full
+    return image, instances
+
+
+def compose_boxed(background: np.ndarray, background_instances: list[dict], cutouts: list[dict],
+                  rng: np.random.Generator, options: CompositeOptions) -> tuple[np.ndarray, list[dict]]:
+    """:func:`compose` with every mask kept as its box and crop (the same masks, without full-size arrays).
+
+    A background instance gives its mask either as 'mask' (H, W) or as 'box' (y0, x0, y1, x1) and
+    'crop' (the mask inside the box; the mask is empty outside it). Returned instances carry 'box'
+    (y0, x0, y1, x1): the amodal mask's tight box (for a background instance given by box: that
+    box), and 'amodal_crop', 'visible_crop' (bool, the box's shape) instead of the full masks.
+    """
     background = np.asarray(background)
     if background.ndim != 3 or background.shape[2] != 3 or background.dtype != np.uint8:
         raise OccsynthError(f"background must be an H x W x 3 uint8 image, got {background.shape} {background.dtype}")
     height, width = background.shape[:2]
+    boxed_background = [_background_crop(inst, height, width) for inst in background_instances]
     image = background.copy()
     canvas = _Canvas(height, width)
     pasted = []
@@ -131,29 +152,25 @@ def compose(background: np.ndarray, background_instances: list[dict], cutouts: l
         canvas.add(obj, y, x)
         pasted.append((cutout, obj, y, x, shrink))
 
-    covered = canvas.top >= 0
     instances = []
-    for inst in background_instances:
-        amodal = np.asarray(inst["mask"]).astype(bool, copy=False)
-        if amodal.shape != (height, width):
-            raise OccsynthError(f"background instance {inst.get('source')} mask {amodal.shape} is not "
-                                f"the image size {(height, width)}")
-        visible = amodal & ~covered
+    for inst, (box, amodal) in zip(background_instances, boxed_background):
+        if box is None:
+            continue
+        y0, x0, y1, x1 = box
+        visible = amodal & (canvas.top[y0:y1, x0:x1] < 0)
         if not visible.any():
             continue
-        instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0),
-                          "amodal_mask": amodal, "visible_mask": visible, "layer": 0,
+        instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0), "box": box,
+                          "amodal_crop": amodal, "visible_crop": visible, "layer": 0,
                           "amodal_complete": False, "source": inst.get("source")})
     for k, (cutout, obj, y, x, shrink) in enumerate(pasted):
-        amodal = np.zeros((height, width), bool)
-        visible = np.zeros((height, width), bool)
-        sl = (slice(y, y + obj.h), slice(x, x + obj.w))
-        amodal[sl] = obj.mask
-        visible[sl] = obj.mask & (canvas.top[sl] == k)
-        instances.append({"category_id": cutout["category_id"], "iscrowd": 0, "amodal_mask": amodal,
-                          "visible_mask": visible, "layer": k + 1, "amodal_complete": True,
-                          "source": cutout.get("source"), "paste": {"x": x, "y": y, "shrink": shrink}})
-    occluders = layer_occluders([i["amodal_mask"] for i in instances], [i["layer"] for i in instances])
+        visible = obj.mask & (canvas.top[y:y + obj.h, x:x + obj.w] == k)
+        instances.append({"category_id": cutout["category_id"], "iscrowd": 0, "box": (y, x, y + obj.h, x + obj.w),
+                          "amodal_crop": obj.mask, "visible_crop": visible, "layer": k + 1,
+                          "amodal_complete": True, "source": cutout.get("source"),
+                          "paste": {"x": x, "y": y, "shrink": shrink}})
+    occluders = layer_occluders_boxed([i["box"] for i in instances], [i["amodal_crop"] for i in instances],
+                                      [i["layer"] for i in instances])
     for inst, occ in zip(instances, occluders):
         inst["occluders"] = occ
     return image, instances
@@ -169,6 +186,25 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _background_crop(inst: dict, height: int, width: int) -> tuple[tuple[int, int, int, int] | None, np.ndarray]:
+    """(box (y0, x0, y1, x1), mask inside it) of a background instance; box None when its mask is empty."""
+    if "crop" in inst:
+        y0, x0, y1, x1 = (int(v) for v in inst["box"])
+        crop = np.asarray(inst["crop"]).astype(bool, copy=False)
+        if not (0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width) or crop.shape != (y1 - y0, x1 - x0):
+            raise OccsynthError(f"background instance {inst.get('source')} box {inst['box']} and crop "
+                                f"{crop.shape} do not fit the image size {(height, width)}")
+        return ((y0, x0, y1, x1) if crop.any() else None), crop
+    amodal = np.asarray(inst["mask"]).astype(bool, copy=False)
+    if amodal.shape != (height, width):
+        raise OccsynthError(f"background instance {inst.get('source')} mask {amodal.shape} is not "
+                            f"the image size {(height, width)}")
+    box = _box(amodal)
+    if box is None:
+        return None, amodal[:0, :0]
+    return box, amodal[box[0]:box[2], box[1]:box[3]]
 
 
 def _crop_replicate(image: np.ndarray, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
@@ -206,7 +242,10 @@ def _paint(image: np.ndarray, top: np.ndarray, rgb_patch: np.ndarray, mask_patch
            y: int, x: int, options: CompositeOptions) -> None:
     """Object pixels copied exactly; halo blended only where no pasted object lies yet."""
     m = options.margin
-    np.copyto(image[y:y + obj.h, x:x + obj.w], rgb_patch[m:m + obj.h, m:m + obj.w], where=obj.mask[..., None])
+    window, src = image[y:y + obj.h, x:x + obj.w], rgb_patch[m:m + obj.h, m:m + obj.w]
+    written = cv2.copyTo(src, obj.mask.view(np.uint8), window)  # an exact copy, many times faster than np.copyto
+    if not np.shares_memory(written, window):  # cv2 wrote a copy instead of the image: do it in numpy
+        np.copyto(window, src, where=obj.mask[..., None])
     alpha = blend_alpha(mask_patch, options)
     if alpha is None:
         return
@@ -246,7 +285,10 @@ class _Canvas:
     def _covered(self, obj: _Object, y: int, x: int) -> np.ndarray:
         """Visible pixels of each earlier object that ``obj`` at (y, x) would hide."""
         k = len(self.boxes)
-        labels = self.top[y:y + obj.h, x:x + obj.w][obj.mask]
+        window = self.top[y:y + obj.h, x:x + obj.w]
+        if k <= 8:  # a few objects (the usual case): one cheap pass each beats gathering the labels
+            return np.array([np.count_nonzero((window == j) & obj.mask) for j in range(k)], np.int64)
+        labels = window[obj.mask]
         return np.bincount(labels.astype(np.intp) + 1, minlength=k + 1)[1:k + 1]
 
     # ---- placement

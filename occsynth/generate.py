@@ -155,6 +155,8 @@ def _run_parallel(task: Callable[[int], int], chunks: list[int], settings: RunSe
         from joblib import Parallel, delayed, parallel_config
         with _backend_session(backend, backend_address):
             with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
+                if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
+                    task = functools.partial(_one_cv2_thread, task)
                 for n in Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
                         delayed(task)(c) for c in chunks):
                     bar.update(n)
@@ -163,6 +165,14 @@ def _run_parallel(task: Callable[[int], int], chunks: list[int], settings: RunSe
 
 
 BACKENDS = ("loky", "threading", "dask", "ray")
+
+
+def _one_cv2_thread(task: Callable[[int], int], chunk: int) -> int:
+    """Run a chunk with OpenCV single-threaded: the workers already fill the cores (no oversubscription)."""
+    import cv2
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    return task(chunk)
 
 
 @contextlib.contextmanager

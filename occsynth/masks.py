@@ -138,3 +138,69 @@ def _bytes_counts(rle: dict) -> dict:
     if isinstance(counts, str):
         return {"size": rle["size"], "counts": counts.encode("ascii")}
     return rle
+
+
+# ---------------------------------------------------------------- box + crop form
+# The generator's masks are small objects on a large image. Keeping them as (box, crop) pairs and
+# measuring/encoding the crop gives exactly what the full-size functions above give, at the cost
+# of the object's size instead of the image's.
+
+
+def crop_bbox(crop: np.ndarray, y0: int, x0: int) -> list[float]:
+    """``bbox`` of the full mask that is zero except ``crop`` placed at (y0, x0)."""
+    x, y, w, h = bbox(crop)
+    if w == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(x + int(x0)), float(y + int(y0)), w, h]
+
+
+def encode_crop(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> dict:
+    """``encode`` of the (height, width) mask that is zero except ``crop`` placed at (y0, x0).
+
+    Same string as ``encode(full_mask)``: the canonical column-major runs are computed from the
+    crop (runs that continue from one column's bottom into the next column's top are joined) and
+    compressed by pycocotools. The crop must lie inside the image.
+    """
+    crop = np.asarray(crop, bool)
+    h, w = crop.shape
+    if y0 < 0 or x0 < 0 or y0 + h > height or x0 + w > width:
+        raise ValueError(f"crop {crop.shape} at ({y0}, {x0}) leaves the {height}x{width} image")
+    total = height * width
+    padded = np.zeros((w, h + 2), bool)  # one row per image column, zero above and below
+    padded[:, 1:-1] = crop.T
+    flat = padded.ravel()
+    q = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # changes, in the image's column-major order
+    column, y = np.divmod(q, h + 2)
+    edges = (column + x0) * height + (y - 1 + y0)  # alternately run starts and (exclusive) ends
+    starts, ends = edges[0::2], edges[1::2]
+    if starts.size == 0:
+        counts = [total]
+    else:
+        joined = starts[1:] == ends[:-1]
+        if joined.any():
+            starts = np.concatenate([starts[:1], starts[1:][~joined]])
+            ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
+        runs = np.empty(2 * starts.size + 1, np.int64)
+        runs[0] = starts[0]
+        runs[1::2] = ends - starts
+        runs[2:-1:2] = starts[1:] - ends[:-1]
+        runs[-1] = total - ends[-1]
+        counts = runs[:-1].tolist() if runs[-1] == 0 else runs.tolist()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_box(segmentation: Any, height: int, width: int) -> tuple[tuple[int, int, int, int] | None, np.ndarray]:
+    """Any COCO segmentation -> (tight box (y0, x0, y1, x1) or None when empty, bool mask inside the box).
+
+    The box comes from the RLE itself, so nothing full-size outlives the call.
+    """
+    rle = _bytes_counts(to_rle(segmentation, height, width))
+    try:
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+        if w == 0 or h == 0:
+            return None, np.zeros((0, 0), bool)
+        full = mask_utils.decode(rle)
+    except Exception as exc:  # pycocotools raises bare exceptions on broken counts
+        raise DegenerateMask(f"RLE cannot be decoded: {exc}") from None
+    return (y, x, y + h, x + w), np.ascontiguousarray(full[y:y + h, x:x + w]).view(bool)

@@ -41,6 +41,31 @@ def layer_occluders(amodal_masks: Sequence[np.ndarray], layers: Sequence[int]) -
     return result
 
 
+def layer_occluders_boxed(boxes: Sequence[Sequence[int]], crops: Sequence[np.ndarray],
+                          layers: Sequence[int]) -> list[list[int]]:
+    """:func:`layer_occluders` for masks given as box (y0, x0, y1, x1) + crop (the mask inside the box).
+
+    Only pairs whose boxes overlap are compared, and only on the overlap, so the cost follows
+    the objects' sizes rather than the image's.
+    """
+    layers = np.asarray(layers)
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    result = []
+    for i in range(len(b)):
+        y0, x0, y1, x1 = b[i]
+        above = np.flatnonzero((layers > layers[i]) & (b[:, 0] < y1) & (b[:, 2] > y0) & (b[:, 1] < x1) & (b[:, 3] > x0))
+        hits = []
+        for j in above:
+            oy0, ox0 = max(y0, b[j, 0]), max(x0, b[j, 1])
+            oy1, ox1 = min(y1, b[j, 2]), min(x1, b[j, 3])
+            a = crops[i][oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+            c = crops[j][oy0 - b[j, 0]:oy1 - b[j, 0], ox0 - b[j, 1]:ox1 - b[j, 1]]
+            if np.any(a & c):
+                hits.append(int(j))
+        result.append(hits)
+    return result
+
+
 def occluder_masks(masks: np.ndarray, occluders: Sequence[Sequence[int]]) -> np.ndarray:
     """(N, H, W) union of each instance's occluders' masks (all False when it has none)."""
     masks = np.asarray(masks, bool)

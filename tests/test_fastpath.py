@@ -1,0 +1,142 @@
+"""The generator's box + crop fast path gives exactly what the full-size functions give."""
+import json
+
+import numpy as np
+import pytest
+
+from occsynth import masks
+from occsynth.bench import textured_source
+from occsynth.compose import compose, compose_boxed
+from occsynth.generate import instance_annotation
+from occsynth.occluders import layer_occluders, layer_occluders_boxed
+from occsynth.schedule import CompositeOptions
+
+
+def random_cases(seed, n):
+    """(full mask, crop, y0, x0): random boxes anywhere (borders included), random fill, empty and full crops."""
+    rng = np.random.default_rng(seed)
+    for trial in range(n):
+        height, width = (int(v) for v in rng.integers(1, 24, size=2))
+        h, w = int(rng.integers(0, height + 1)), int(rng.integers(0, width + 1))
+        y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        crop = rng.random((h, w)) < [0.0, 0.1, 0.5, 0.9, 1.0][trial % 5]
+        full = np.zeros((height, width), bool)
+        full[y0:y0 + h, x0:x0 + w] = crop
+        yield full, crop, y0, x0
+
+
+def test_encode_crop_equals_encode_of_the_full_mask():
+    for full, crop, y0, x0 in random_cases(0, 2000):
+        assert masks.encode_crop(crop, y0, x0, *full.shape) == masks.encode(full)
+        assert masks.crop_bbox(crop, y0, x0) == masks.bbox(full)
+    # runs that continue from a column's last row into the next column's first row
+    full = np.zeros((5, 4), bool)
+    full[3:, 0] = full[:, 1] = full[:2, 2] = True
+    assert masks.encode_crop(full[:, :3], 0, 0, 5, 4) == masks.encode(full)
+    with pytest.raises(ValueError):
+        masks.encode_crop(np.ones((3, 3), bool), 3, 0, 5, 5)
+
+
+def test_decode_box_gives_the_tight_box_and_the_mask_inside_it():
+    for full, _, _, _ in random_cases(1, 500):
+        box, crop = masks.decode_box(masks.encode(full), *full.shape)
+        if box is None:
+            assert not full.any()
+            continue
+        y0, x0, y1, x1 = box
+        assert masks.bbox(full) == [x0, y0, x1 - x0, y1 - y0] and crop.dtype == bool
+        again = np.zeros_like(full)
+        again[y0:y1, x0:x1] = crop
+        assert np.array_equal(again, full)
+
+
+def test_layer_occluders_boxed_equals_the_full_size_rule():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        n = int(rng.integers(1, 7))
+        full, boxes, crops = [], [], []
+        for _ in range(n):
+            m = np.zeros((20, 24), bool)
+            y0, x0 = int(rng.integers(0, 18)), int(rng.integers(0, 22))
+            m[y0:y0 + int(rng.integers(1, 9)), x0:x0 + int(rng.integers(1, 9))] = rng.random() < 0.9
+            m &= rng.random(m.shape) < 0.8
+            box, crop = masks.decode_box(masks.encode(m), 20, 24)
+            full.append(m)
+            boxes.append(box or (0, 0, 0, 0))
+            crops.append(crop)
+        layers = rng.integers(0, 4, size=n)
+        assert layer_occluders_boxed(boxes, crops, layers) == layer_occluders(full, layers)
+
+
+def case(seed):
+    rng = np.random.default_rng(seed)
+    h, w = 80, 96
+    background = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    bg = []
+    for j in range(3):
+        m = np.zeros((h, w), bool)
+        y, x = int(rng.integers(0, h - 10)), int(rng.integers(0, w - 10))
+        m[y:y + 30, x:x + 25] = True
+        bg.append({"mask": m, "category_id": 1, "iscrowd": 0, "source": {"image_id": 1, "annotation_id": j}})
+    cutouts = []
+    for j in range(3):
+        mask = np.zeros((30, 26), bool)
+        mask[6:24, 6:20] = True
+        mask[6:10, 6:9] = False
+        cutouts.append({"rgb": rng.integers(0, 256, size=(30, 26, 3), dtype=np.uint8), "mask": mask,
+                        "category_id": 2 + j, "scale": 1.0, "flip": j == 1,
+                        "source": {"image_id": 2, "annotation_id": 10 + j}})
+    return background, bg, cutouts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compose_boxed_with_crops_matches_compose_with_full_masks(seed):
+    options = CompositeOptions()
+    background, bg, cutouts = case(seed)
+    image, full = compose(background, bg, cutouts, np.random.default_rng(seed), options)
+    boxed_bg = []
+    for inst in bg:
+        box, crop = masks.decode_box(masks.encode(inst["mask"]), *inst["mask"].shape)
+        boxed_bg.append({**{k: v for k, v in inst.items() if k != "mask"}, "box": box, "crop": crop})
+    image2, boxed = compose_boxed(background, boxed_bg, cutouts, np.random.default_rng(seed), options)
+    assert np.array_equal(image, image2) and len(full) == len(boxed)
+    h, w = background.shape[:2]
+    for a, b in zip(full, boxed):
+        assert a["occluders"] == b["occluders"] and a["layer"] == b["layer"]
+        assert instance_annotation(a, 7) == instance_annotation(b, 7, (h, w))
+        y0, x0, y1, x1 = b["box"]
+        assert masks.bbox(a["amodal_mask"]) == [x0, y0, x1 - x0, y1 - y0]
+
+
+def test_textured_source_keeps_exact_masks_and_makes_distinct_files(demo_source, tmp_path):
+    ann, root = demo_source
+    src = json.loads(open(ann).read())
+    out_ann, out_root = textured_source(ann, root, tmp_path / "tex", long_side=96, copies=2)
+    data = json.loads(out_ann.read_text())
+    assert len(data["images"]) == 2 * len(src["images"]) == len({im["id"] for im in data["images"]})
+    assert len(data["annotations"]) == 2 * len(src["annotations"]) == len({a["id"] for a in data["annotations"]})
+    first = {im["id"]: im for im in src["images"]}
+    originals = {o["id"]: o for o in src["annotations"]}
+    max_ann = max(originals)
+    images = {im["id"]: im for im in data["images"]}
+    for a in data["annotations"][:20] + data["annotations"][-20:]:
+        im = images[a["image_id"]]
+        assert max(im["height"], im["width"]) == 96
+        orig = originals[(a["id"] - 1) % max_ann + 1]
+        o_im = first[orig["image_id"]]
+        expected = masks.resize(masks.decode(orig["segmentation"], o_im["height"], o_im["width"]),
+                                (im["height"], im["width"]))
+        assert np.array_equal(masks.decode(a["segmentation"], im["height"], im["width"]), expected)
+    a, b = data["images"][0], data["images"][len(src["images"])]
+    assert (out_root / a["file_name"]).read_bytes() != (out_root / b["file_name"]).read_bytes()
+
+
+def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
+    from occsynth.bench import bench_generation
+    report = bench_generation(num_images=8, workers=1, long_side=240, work_dir=tmp_path)
+    r = report["workers_1"]
+    assert r["floor_images_per_s"] > 0 and r["generate_images_per_s"] > 0
+    assert r["ratio_to_floor"] == pytest.approx(r["generate_images_per_s"] / r["floor_images_per_s"], rel=0.01)
+    assert report["image_size"] == [180, 240] and report["source_images"] >= 8
+    assert report["mean_background_jpeg_bytes"] > 0 and report["mean_output_jpeg_bytes"] > 0
+    assert report["scaling"] == 1.0
