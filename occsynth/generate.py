@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, masks, writer
-from .atomic import remove_stale_temporaries, write_bytes
+from .atomic import fsync_files, remove_stale_temporaries, write_bytes
 from .bank import Bank, BankOptions, ensure_bank
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
@@ -224,12 +224,14 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
     log = SkipLog(strict=strict)
     first = chunk * settings.chunk_size
     indices = range(first, min(first + settings.chunk_size, settings.num_images))
-    images, annotations = [], []
+    images, annotations, paths = [], [], []
     for i in indices:
         record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
-        write_bytes(Path(out_dir) / writer.IMAGES / record["file_name"], encoded)
+        paths.append(Path(out_dir) / writer.IMAGES / record["file_name"])
+        write_bytes(paths[-1], encoded, sync=False)
         images.append(record)
         annotations.append(anns)
+    fsync_files(paths)  # the chunk's images are on disk before its part file says the chunk is done
     writer.write_part(Path(out_dir), chunk, images, annotations, log)
     return len(indices)
 
