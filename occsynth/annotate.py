@@ -31,7 +31,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import cv2
 import ijson
 import numpy as np
 from ijson.common import ObjectBuilder
@@ -45,27 +44,6 @@ from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
 MAX_BUCKETS = 512
-
-
-def exact_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list[float]]:
-    """Outer outlines of a mask as COCO polygons on pixel corners: they decode back to the mask exactly.
-
-    The mask is upsampled 2x so that the pixel-centre contour of the upsampled mask runs along the
-    original pixel edges; coordinate ``u`` of the upsampled grid is corner ``(u + 1) // 2``. Holes
-    cannot be written as COCO polygons (they are unioned), so they come back filled.
-    """
-    if not mask.any():
-        return []
-    up = np.pad(np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8)), 1)
-    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polygons = []
-    for contour in contours:
-        points = ((contour.reshape(-1, 2) - 1) + 1) // 2
-        points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
-        if len(points) >= 3:
-            points = points + np.asarray(offset)
-            polygons.append([float(v) for v in points.reshape(-1)])
-    return polygons
 
 
 def box_window(box: list, height: int, width: int) -> tuple[int, int, int, int]:
@@ -127,7 +105,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
             m = mask_of(j)
             if m is not None:
                 union |= m[y0:y1, x0:x1]
-        ann["bg_object_segmentation"] = exact_polygons(union, (x0, y0))
+        ann["bg_object_segmentation"] = mask_ops.to_polygons(union, (x0, y0))
     return counts
 
 

@@ -106,13 +106,24 @@ def boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return dilated.astype(bool) & ~eroded.astype(bool)
 
 
-def to_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
-    """Outer contours of a mask as COCO polygons (pixel-corner coordinates are not exact)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+def to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list[float]]:
+    """Outer outlines of a mask as COCO polygons on pixel corners: they decode back to the mask exactly.
+
+    The mask is upsampled 2x so that the pixel-centre contour of the upsampled mask runs along the
+    original pixel edges; coordinate ``u`` of the upsampled grid is corner ``(u + 1) // 2``. Holes
+    cannot be written as COCO polygons (they are unioned), so they come back filled.
+    """
+    if not mask.any():
+        return []
+    up = np.pad(np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8)), 1)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:
-        if len(contour) >= min_points:
-            polygons.append([float(v) for v in contour.reshape(-1)])
+        points = ((contour.reshape(-1, 2) - 1) + 1) // 2
+        points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
+        if len(points) >= 3:
+            points = points + np.asarray(offset)
+            polygons.append([float(v) for v in points.reshape(-1)])
     return polygons
 
 

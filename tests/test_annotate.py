@@ -8,7 +8,8 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from cli.occsynth_cli import main
-from occsynth.annotate import annotate_occluders, exact_polygons
+from occsynth.annotate import annotate_occluders
+from occsynth.masks import to_polygons
 
 H, W = 48, 64
 
@@ -127,12 +128,12 @@ def test_bcnet_compat_polygons_decode_to_union_in_box(tmp_path):
     assert out[101]["area"] == 123.25 and out[101]["foo"] == {"bar": [1, 2.5]}
 
 
-def test_exact_polygons_random_masks():
+def test_to_polygons_is_exact_on_random_masks():
     rng = np.random.default_rng(0)
     for _ in range(60):
         m = rng.random((20, 24)) < 0.35
         m = ndimage.binary_opening(m) | (rng.random((20, 24)) < 0.05)
-        polys = exact_polygons(m, (3, 1))
+        polys = to_polygons(m, (3, 1))
         back = (mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, 21, 27))).astype(bool)
                 if polys else np.zeros((21, 27), bool))
         assert np.array_equal(back[1:, 3:], ndimage.binary_fill_holes(m))  # holes come back filled
