@@ -18,6 +18,18 @@ ground truth outside the bin is turned into an ignore region (``iscrowd = 1``: a
 matches it counts neither as a hit nor as a false positive), evaluated on the images holding at
 least one ground truth of the bin. Every other detection on those images is judged as usual, so
 an unmatched detection is a false positive in every bin of its image.
+
+Mask mode. ``mode='visible'`` scores against ``segmentation`` (COCO's visible masks).
+``mode='amodal'`` scores against the complete masks (occsynth sets, KINS and COCOA converted to
+COCO layout): on a copy of the ground truth, ``segmentation`` := ``amodal_segmentation``,
+``area`` := ``amodal_area`` and ``bbox`` := ``amodal_bbox`` (both computed from the amodal mask
+when absent), so box AP, the area ranges and the box-overlap levels are amodal too. A non-crowd
+annotation without ``amodal_segmentation`` is an error naming it: silently scoring it against its
+visible mask would mix two metrics. Crowd regions without one keep their visible mask (they only
+mark what to ignore).
+
+Occluded and Separated COCO (:mod:`bcnet.occsep`): given their object lists, ``evaluate`` also
+reports ``occluded_recall`` / ``separated_recall`` (0..1) of the same results.
 """
 from __future__ import annotations
 
@@ -38,6 +50,10 @@ from occsynth import masks as mask_ops
 from occsynth.boxes import pairwise_overlap
 from occsynth.errors import OccsynthError
 
+from . import occsep
+
+MODES = ("visible", "amodal")
+OCCSEP_LISTS = ("occluded", "separated")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 OVERLAP_EDGES = (0.1, 0.3)
 RATIO_EDGES = (0.1, 0.3)
@@ -101,15 +117,25 @@ def _to_coco_results(output: dict, info: dict, input_size, category_ids: list[in
 
 def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Sequence[str] = ("bbox", "segm"),
              image_ids: Sequence[int] | None = None, occlusion_splits: bool = True,
-             overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES) -> dict:
+             overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES,
+             mode: str = "visible", occsep_lists: dict | None = None) -> dict:
     """pycocotools AP of ``results`` against the annotations ``gt`` (path or loaded COCO dict).
 
     Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}, "segm_by_box_overlap":
     {bin: {AP, AP50, AP75, instances, images}}, "segm_by_occlusion_ratio": {...} (when present),
-    "images": n, "detections": n}``. Values are pycocotools' (0..1; -1 where a range has no
-    ground truth). ``image_ids`` restricts evaluation to those images (default: all in ``gt``).
+    "images": n, "detections": n, "mode": mode}``. Values are pycocotools' (0..1; -1 where a range
+    has no ground truth). ``image_ids`` restricts evaluation to those images (default: all in ``gt``).
+    ``mode``: ``'visible'`` or ``'amodal'`` ground-truth masks (see the module docstring; ``gt``
+    itself is never changed). ``occsep_lists``: ``{'occluded': ..., 'separated': ...}`` (either
+    key optional; a path or an already loaded list) adds ``<key>_recall`` and ``occsep`` (see
+    :func:`occsep_metrics`).
     """
+    if mode not in MODES:
+        raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    lists = load_occsep_lists(occsep_lists)
     data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
+    if mode == "amodal":
+        data = amodal_ground_truth(data)
     known = {image["id"] for image in data["images"]}
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if set(image_ids) - known:
@@ -117,7 +143,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     unknown = {r.get("image_id") for r in results} - known
     if unknown:
         raise OccsynthError(f"results refer to images not in the annotations: {sorted(unknown, key=str)[:5]}")
-    out: dict = {"images": len(image_ids), "detections": len(results)}
+    out: dict = {"images": len(image_ids), "detections": len(results), "mode": mode}
     coco_gt = _coco(data)
     loaded = {}
     for iou_type in iou_types:
@@ -133,7 +159,84 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         if levels["occlusion_ratio"]:
             out["segm_by_occlusion_ratio"] = _split_eval(data, loaded["segm"], levels["occlusion_ratio"],
                                                          ratio_edges, image_ids)
+    if lists:
+        out.update(occsep_metrics(data, results, lists))
     return out
+
+
+def amodal_ground_truth(data: dict) -> dict:
+    """A copy of ``data`` whose annotations score amodal masks: ``segmentation``, ``area``, ``bbox``
+    replaced by ``amodal_segmentation``, ``amodal_area``, ``amodal_bbox`` (the last two computed
+    from the mask when absent). Raises :class:`OccsynthError` naming the first non-crowd annotation
+    without ``amodal_segmentation``; crowd ones without it keep their visible mask."""
+    sizes = {image.get("id"): (image.get("height"), image.get("width")) for image in data["images"]}
+    annotations = []
+    for ann in data["annotations"]:
+        segmentation = ann.get("amodal_segmentation")
+        if not segmentation:
+            if ann.get("iscrowd", 0):
+                annotations.append(dict(ann))
+                continue
+            raise OccsynthError(f"annotation {ann.get('id')} (image {ann.get('image_id')}) has no "
+                                "amodal_segmentation: amodal evaluation needs one on every non-crowd annotation "
+                                "(evaluate in visible mode, or complete or remove the annotation)")
+        area, box = ann.get("amodal_area"), ann.get("amodal_bbox")
+        if area is None or box is None:
+            height, width = sizes.get(ann.get("image_id"), (None, None))
+            if height is None or width is None:
+                raise OccsynthError(f"annotation {ann.get('id')}: its image {ann.get('image_id')} has no size")
+            try:
+                rle = mask_ops.to_rle(segmentation, int(height), int(width))
+            except (mask_ops.DegenerateMask, TypeError, ValueError) as exc:
+                raise OccsynthError(f"annotation {ann.get('id')}: unreadable amodal_segmentation ({exc})") from None
+            area = mask_ops.rle_area(rle) if area is None else area
+            box = mask_ops.rle_bbox(rle) if box is None else box
+        annotations.append({**ann, "segmentation": segmentation, "area": float(area),
+                            "bbox": [float(v) for v in box]})
+    return {**data, "annotations": annotations}
+
+
+def load_occsep_lists(lists: dict | None) -> dict[str, list]:
+    """``{'occluded'|'separated': path or object list}`` -> loaded lists (paths read with
+    :func:`bcnet.occsep.load_objects`, which refuses pickles that would run code)."""
+    out = {}
+    for key, value in (lists or {}).items():
+        if key not in OCCSEP_LISTS:
+            raise OccsynthError(f"object list name must be one of {OCCSEP_LISTS}, got {key!r}")
+        if value is None:
+            continue
+        out[key] = occsep.load_objects(value) if isinstance(value, (str, os.PathLike)) else list(value)
+    return out
+
+
+def occsep_metrics(data: dict, results: list[dict], lists: dict[str, list]) -> dict:
+    """Occluded / Separated COCO recall of ``results`` for each loaded list (:mod:`bcnet.occsep`).
+
+    Objects are matched to images by file name (also by the file name's last part when that is
+    unambiguous, so lists of bare COCO names work with ``val2017/...`` records). Returns
+    ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, unknown_images,
+    score_threshold, iou_threshold}}}``; listed objects whose image is not in ``data`` count as
+    missed (``unknown_images``).
+    """
+    gt_images = _file_name_index(data["images"])
+    out: dict = {"occsep": {}}
+    for key, objects in lists.items():
+        found = occsep.occsep_recall(results, gt_images, objects, categories=data.get("categories"))
+        found.pop("hits")
+        out[f"{key}_recall"] = float(found["recall"])
+        out["occsep"][key] = found
+    return out
+
+
+def _file_name_index(images: list[dict]) -> dict[str, int]:
+    index = {str(image["file_name"]): image["id"] for image in images if "file_name" in image}
+    by_base: dict[str, list[int]] = {}
+    for name, image_id in index.items():
+        by_base.setdefault(name.replace("\\", "/").rsplit("/", 1)[-1], []).append(image_id)
+    for base, ids in by_base.items():
+        if len(ids) == 1 and base not in index:
+            index[base] = ids[0]
+    return index
 
 
 def occlusion_levels(data: dict) -> dict:
@@ -248,6 +351,23 @@ def markdown_table(results: dict) -> str:
     if split_rows:
         lines += ["", "Mask AP by occlusion level (ground truths outside the level are ignored):", "",
                   "| set | level | instances | mask AP | AP50 | AP75 |", "|---|---|---|---|---|---|", *split_rows]
+    amodal = [name for name, r in results.items() if r.get("mode") == "amodal"]
+    if amodal:
+        lines += ["", f"Amodal masks (amodal_segmentation) scored for: {', '.join(amodal)}."]
+    occsep_rows = []
+    for name, r in results.items():
+        entries = r.get("occsep") or {}
+        if entries:
+            cells = []
+            for key in OCCSEP_LISTS:
+                e = entries.get(key)
+                cells += ([f"{100 * e['recall']:.2f}", f"{e['found']} / {e['total']}"] if e else ["-", "-"])
+            occsep_rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    if occsep_rows:
+        lines += ["", f"Occluded and Separated COCO recall (same-class prediction with score >= "
+                  f"{occsep.SCORE_THRESHOLD:g} and mask IoU >= {occsep.IOU_THRESHOLD:g}):", "",
+                  "| set | occluded recall | found / listed | separated recall | found / listed |",
+                  "|---|---|---|---|---|", *occsep_rows]
     return "\n".join(lines) + "\n"
 
 
@@ -285,8 +405,15 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
 def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
                         out_dir: str | os.PathLike, *, device: str | None = None, mask_threshold: float = 0.5,
                         overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES,
+                        mode: str | None = None, occsep_lists: dict | None = None,
                         strict: bool = False, progress: bool = True) -> dict:
     """Predict and evaluate every set ``{name: (annotations JSON, image root)}`` with one checkpoint.
+
+    ``mode`` (``'visible'``/``'amodal'``): which ground-truth masks to score against; default:
+    the mode the checkpoint was trained with (its schedule's ``mode``; ``'visible'`` when it has
+    none). ``occsep_lists``: ``{'occluded': path, 'separated': path}`` (either optional) adds
+    Occluded / Separated COCO recall to every set (see :func:`evaluate`); the lists are read
+    before any prediction, so a bad file fails fast.
 
     Writes ``out_dir/detections_<name>.json`` (COCO results, category ids mapped back to the
     checkpoint's, masks as compressed RLE), ``out_dir/results.json`` (``{name: evaluate() output}``)
@@ -296,20 +423,30 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
 
     from .data import CocoInstances
 
+    if mode is not None and mode not in MODES:
+        raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    lists = load_occsep_lists(occsep_lists)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, state = load_model(checkpoint, device)
+    if mode is None:
+        mode = str((state.get("schedule") or {}).get("mode") or "visible")
+        if mode not in MODES:
+            raise OccsynthError(f"{checkpoint}: checkpoint schedule has unknown mode {mode!r}; pass a mode")
     out_dir = Path(out_dir)
     report = {}
     for name, (ann_file, image_root) in sets.items():
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
-        dataset = CocoInstances(ann_file, image_root, mode="visible", strict=strict,
+        dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
                                 category_ids=state["category_ids"])
+        gt = coco_io.read_dataset(ann_file)
+        if mode == "amodal":  # fail before predicting, not after
+            amodal_ground_truth(gt)
         results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
                                   mask_threshold=mask_threshold, progress=progress)
         write_json(out_dir / f"detections_{name}.json", results)
-        report[name] = evaluate(ann_file, results, image_ids=dataset.image_ids, overlap_edges=overlap_edges,
-                                ratio_edges=ratio_edges)
+        report[name] = evaluate(gt, results, image_ids=dataset.image_ids, overlap_edges=overlap_edges,
+                                ratio_edges=ratio_edges, mode=mode, occsep_lists=lists)
         report[name]["skipped"] = dataset.skips.to_dict()
     write_json(out_dir / "results.json", report, indent=2)
     write_bytes(out_dir / "results.md", markdown_table(report).encode("utf-8"))

@@ -85,12 +85,19 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Where results.json, results.md and detections_<name>.json go.")
 @click.option("--mask-threshold", default=0.5, show_default=True, type=float)
+@click.option("--mode", type=click.Choice(["visible", "amodal"]),
+              help="Score against visible (segmentation) or amodal (amodal_segmentation) masks "
+                   "(default: the mode the checkpoint was trained with).")
+@click.option("--occluded-list", type=click.Path(dir_okay=False),
+              help="Occluded COCO object list (occluded_coco.pkl or JSON): adds occluded_recall.")
+@click.option("--separated-list", type=click.Path(dir_okay=False),
+              help="Separated COCO object list (separated_coco.pkl or JSON): adds separated_recall.")
 @click.option("--device", help="cpu, cuda ... (default: cuda when available).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_threshold, device, strict,
-                     no_progress):
-    """COCO box and mask AP (+ mask AP by occlusion level) of a checkpoint on one or more sets."""
+def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_threshold, mode, occluded_list,
+                     separated_list, device, strict, no_progress):
+    """COCO box and mask AP (+ mask AP by occlusion level, Occluded/Separated COCO recall) of a checkpoint."""
     from bcnet.evaluate import evaluate_checkpoint, markdown_table
 
     if len(ann_files) != len(image_roots):
@@ -101,8 +108,9 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
     if len(set(names)) != len(names):
         raise OccsynthError(f"set names must differ: {', '.join(names)}")
     sets = {n: (a, i) for n, a, i in zip(names, ann_files, image_roots)}
+    lists = {k: v for k, v in (("occluded", occluded_list), ("separated", separated_list)) if v}
     report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
-                                 strict=strict, progress=not no_progress)
+                                 mode=mode, occsep_lists=lists, strict=strict, progress=not no_progress)
     click.echo(markdown_table(report), nl=False)
     click.echo(f"results: {Path(out_dir) / 'results.json'}")
 

@@ -158,3 +158,139 @@ def rect_hw(h, w, x0, y0, x1, y1):
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
     return m
+
+
+# --------------------------------------------------------------------------- Occluded / Separated COCO recall
+
+def author_entry(ann: dict, image: dict, names: dict, bare: bool = False) -> list:
+    """One object in the authors' pickle layout: [file_name, class_name, _, bbox, RLE with bytes counts]."""
+    rle = mask_ops.to_rle(ann["segmentation"], image["height"], image["width"])  # counts as bytes
+    file_name = image["file_name"].rsplit("/", 1)[-1] if bare else image["file_name"]
+    return [file_name, names[ann["category_id"]], 0, list(ann["bbox"]),
+            {"size": list(rle["size"]), "counts": rle["counts"]}]
+
+
+def test_occsep_recall_on_lists_built_from_the_demo_data(demo_source, tmp_path):
+    import json
+    import pickle
+
+    from pycocotools import mask as mask_utils
+
+    from occsynth.coco import read_dataset
+
+    ann_file, _ = demo_source
+    data = read_dataset(ann_file)
+    images = {im["id"]: im for im in data["images"]}
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    anns = [a for a in data["annotations"] if not a["iscrowd"]]
+    rles = {a["id"]: mask_ops.to_rle(a["segmentation"], images[a["image_id"]]["height"],
+                                     images[a["image_id"]]["width"]) for a in anns}
+    dets = {a["id"]: {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+                      "bbox": list(a["bbox"]), "segmentation": {"size": list(rles[a["id"]]["size"]),
+                                                                "counts": rles[a["id"]]["counts"].decode("ascii")}}
+            for a in anns}
+    occluded, separated = anns[0::2], anns[1::2][:20]
+    dropped, weak, relabelled = occluded[0], occluded[1], separated[0]
+    # the modified objects have no other same-image prediction that could find them instead
+    for victim in (dropped, weak, relabelled):
+        others = [a for a in anns if a["image_id"] == victim["image_id"] and a["id"] != victim["id"]]
+        if others:
+            ious = np.asarray(mask_utils.iou([rles[o["id"]] for o in others], [rles[victim["id"]]], [0])).reshape(-1)
+            assert ious.max() < 0.75
+    del dets[dropped["id"]]
+    dets[weak["id"]]["score"] = 0.29
+    present = {a["category_id"] for a in anns if a["image_id"] == relabelled["image_id"]}
+    dets[relabelled["id"]]["category_id"] = next(c for c in sorted(names) if c not in present)
+    results = list(dets.values())
+
+    occ_path, sep_path = tmp_path / "occluded_coco.pkl", tmp_path / "separated_coco.json"
+    occ_path.write_bytes(pickle.dumps([author_entry(a, images[a["image_id"]], names) for a in occluded], protocol=4))
+    sep_json = []
+    for a in separated:  # JSON copy with bare COCO-style file names (the demo's basenames are unique)
+        e = author_entry(a, images[a["image_id"]], names, bare=True)
+        sep_json.append(e[:4] + [{"size": e[4]["size"], "counts": e[4]["counts"].decode("ascii")}])
+    sep_path.write_text(json.dumps(sep_json))
+
+    out = E.evaluate(ann_file, results, occsep_lists={"occluded": occ_path, "separated": sep_path})
+    occ = out["occsep"]["occluded"]
+    assert occ["found"] == len(occluded) - 2 and occ["total"] == len(occluded)
+    assert out["occluded_recall"] == (len(occluded) - 2) / len(occluded)
+    assert out["separated_recall"] == (len(separated) - 1) / len(separated)
+    assert out["occsep"]["separated"]["unknown_images"] == 0
+    assert out["occsep"]["occluded"]["score_threshold"] == 0.3 and out["occsep"]["occluded"]["iou_threshold"] == 0.75
+    # the weak prediction at exactly 0.3 counts again
+    dets[weak["id"]]["score"] = 0.3
+    again = E.evaluate(ann_file, list(dets.values()), occsep_lists={"occluded": occ_path}, occlusion_splits=False)
+    assert again["occluded_recall"] == (len(occluded) - 1) / len(occluded) and "separated_recall" not in again
+    table = E.markdown_table({"demo": out})
+    n_occ, n_sep = len(occluded), len(separated)
+    assert (f"| demo | {100 * (n_occ - 2) / n_occ:.2f} | {n_occ - 2} / {n_occ} | "
+            f"{100 * (n_sep - 1) / n_sep:.2f} | {n_sep - 1} / {n_sep} |") in table
+    json.dumps(out)  # results.json-ready
+    with pytest.raises(OccsynthError, match="object list name"):
+        E.evaluate(ann_file, results, occsep_lists={"occludded": occ_path})
+    with pytest.raises(OccsynthError, match="file not found"):
+        E.evaluate(ann_file, results, occsep_lists={"occluded": tmp_path / "none.pkl"})
+
+
+def test_cli_occsep_lists_with_a_tiny_checkpoint(tmp_path, monkeypatch):
+    """End to end with a real (untrained) tiny model: the recall in results.json is the one its detections give;
+    then with the ground truth (one object left out) as the predictions: exact recall through the CLI."""
+    import json
+    import pickle
+
+    from click.testing import CliRunner
+
+    from bcnet import checkpoint as ckpt
+    from bcnet import occsep
+    from bcnet import train as T
+    from cli.bcnet_cli import main as bcnet_main
+    from datasets import load_annotations
+
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    images = {im["id"]: im for im in data["images"]}
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    entries = [author_entry(a, images[a["image_id"]], names) for a in data["annotations"]]
+    (tmp_path / "occ.pkl").write_bytes(pickle.dumps(entries[:5], protocol=4))
+    (tmp_path / "sep.pkl").write_bytes(pickle.dumps(entries[5:], protocol=4))
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
+    config = T.model_config(schedule)
+    torch.manual_seed(0)
+    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    base = ["evaluate", "--checkpoint", str(tmp_path / "tiny.pt"), "--annotations", str(root / "annotations.json"),
+            "--images", str(root / "images"), "--name", "hand", "--device", "cpu", "--no-progress"]
+    runner = CliRunner()
+    lists = ["--occluded-list", str(tmp_path / "occ.pkl"), "--separated-list", str(tmp_path / "sep.pkl")]
+    result = runner.invoke(bcnet_main, base + ["--out", str(tmp_path / "eval"), *lists])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())["hand"]
+    detections = json.loads((tmp_path / "eval" / "detections_hand.json").read_text())
+    gt_images = {im["file_name"]: im["id"] for im in data["images"]}
+    for key, objs in (("occluded", entries[:5]), ("separated", entries[5:])):
+        expected = occsep.occsep_recall(detections, gt_images, objs, categories=data["categories"])
+        assert report[f"{key}_recall"] == expected["recall"] and report["occsep"][key]["found"] == expected["found"]
+        assert report["occsep"][key]["total"] == len(objs)
+    assert "| set | occluded recall | found / listed | separated recall | found / listed |" in \
+        (tmp_path / "eval" / "results.md").read_text()
+    assert "occluded recall" in result.output
+    # only one list; a crafted pickle is refused before any prediction
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps([occsep.RefusedPickle("x")], protocol=4))
+    bad = runner.invoke(bcnet_main, base + ["--out", str(tmp_path / "e2"), "--occluded-list",
+                                            str(tmp_path / "evil.pkl")])
+    assert bad.exit_code == 2 and "refusing to load" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "e2" / "detections_hand.json").exists()
+    one = runner.invoke(bcnet_main, base + ["--out", str(tmp_path / "e3"), *lists[2:]])
+    assert one.exit_code == 0, one.output
+    report = json.loads((tmp_path / "e3" / "results.json").read_text())["hand"]
+    assert "separated_recall" in report and "occluded_recall" not in report
+
+    gt_dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9, "bbox": a["bbox"],
+                "segmentation": a["segmentation"]} for a in data["annotations"][1:]]  # the first object is missed
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: gt_dets)
+    result = runner.invoke(bcnet_main, base + ["--out", str(tmp_path / "e4"), *lists])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e4" / "results.json").read_text())["hand"]
+    assert report["occluded_recall"] == 4 / 5 and report["separated_recall"] == 1.0
+    assert f"| hand | 80.00 | 4 / 5 | 100.00 | {len(entries) - 5} / {len(entries) - 5} |" in result.output
