@@ -103,7 +103,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     else:
         log("[5/5] evaluation on val and COCO-OCC")
         results = evaluate_checkpoint(finetuned, {"val": inputs.coco_val, "cocoocc": (inputs.cocoocc, inputs.coco_val[1])},
-                                      eval_dir, device=device, progress=progress)
+                                      eval_dir, device=device, mode="visible", progress=progress)
     table = markdown_table(results)
     write_bytes(out_dir / "results.md", table.encode("utf-8"))
     summary = {"recipe": recipe, "stages": stages, "results": results}

@@ -28,7 +28,7 @@ def _steps(ctx, param, value):
 
 
 @click.command("train")
-@click.option("--annotations", "ann_file", required=True, type=click.Path(dir_okay=False),
+@click.option("--ann", "--annotations", "ann_file", required=True, type=click.Path(dir_okay=False),
               help="COCO-format instances JSON (COCO, COCO-OCC, occsynth output).")
 @click.option("--images", "image_root", required=True, type=click.Path(file_okay=False),
               help="Image root the file names are relative to.")
@@ -52,6 +52,8 @@ def _steps(ctx, param, value):
 @click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), help="Override: detector.")
 @click.option("--mask-head", type=click.Choice(["bilayer-gcn", "bilayer-fcn", "gcn", "fcn"]),
               help="Override: mask head.")
+@click.option("--head-preset", type=click.Choice(["paper", "original"]),
+              help="Override: mask head as in the paper (LayerNorm GCN) or as the released BCNet code.")
 @click.option("--backbone", type=click.Choice(["resnet50", "resnet18", "tiny"]), help="Override: backbone.")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False),
               help="Override: local backbone weights file (default: from scratch).")
@@ -61,7 +63,7 @@ def _steps(ctx, param, value):
 @click.option("--seed", type=int, help="Override: seed.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, no_progress,
                   **overrides):
     """Train BCNet; run under `torchrun --nproc_per_node N` for several GPUs."""
@@ -77,7 +79,7 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 
 @click.command("evaluate")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A bcnet checkpoint.")
-@click.option("--annotations", "ann_files", required=True, multiple=True, type=click.Path(dir_okay=False),
+@click.option("--ann", "--annotations", "ann_files", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Annotations JSON of a set to evaluate (repeat for several sets).")
 @click.option("--images", "image_roots", required=True, multiple=True, type=click.Path(file_okay=False),
               help="Image root of each --annotations, in the same order.")
@@ -94,7 +96,7 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
               help="Separated COCO object list (separated_coco.pkl or JSON): adds separated_recall.")
 @click.option("--device", help="cpu, cuda ... (default: cuda when available).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_threshold, mode, occluded_list,
                      separated_list, device, strict, no_progress):
     """COCO box and mask AP (+ mask AP by occlusion level, Occluded/Separated COCO recall) of a checkpoint."""
