@@ -84,9 +84,13 @@ def _print_report(report: dict) -> None:
     if per_cat:
         values = list(per_cat.values())
         click.echo(f"pasted per category: {len(per_cat)} categories, min {min(values)}, max {max(values)}")
+    bank_skipped = report.get("bank", {}).get("skipped", {}).get("counts")
+    if bank_skipped:
+        click.echo("source records skipped (bad input): " + json.dumps(bank_skipped))
     skipped = report["skipped"]["counts"]
     if skipped:
-        click.echo("skipped bad input: " + json.dumps(skipped))
+        click.echo("source images skipped while rendering (counted per use, another was drawn instead): "
+                   + json.dumps(skipped))
     missing = report.get("bank", {}).get("categories_without_cutouts")
     if missing:
         click.echo(f"categories with no complete cutout (skipped): {len(missing)}")

@@ -56,7 +56,18 @@ def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
     except FileNotFoundError:
         raise OccsynthError(f"{path}: file not found") from None
     except ijson.JSONError as exc:
-        raise OccsynthError(f"{path}: malformed JSON while reading '{key}': {exc}") from None
+        raise OccsynthError(f"{path}: malformed JSON while reading '{key}': {one_line(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """A parser's message as one printable line (yajl's span several lines and may hold raw bytes)."""
+    text = exc.args[0] if exc.args else str(exc)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = str(text).splitlines()[0] if str(text).strip() else type(exc).__name__
+    return "".join(c if c.isprintable() else "?" for c in text).strip()
 
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -41,12 +41,30 @@ def part_path(out_dir: Path, chunk: int) -> Path:
     return Path(out_dir) / PARTS / f"chunk-{chunk:06d}.json"
 
 
+def sizes_path(out_dir: Path, chunk: int) -> Path:
+    return Path(out_dir) / PARTS / f"sizes-{chunk:06d}.json"
+
+
 def chunk_done(out_dir: Path, chunk: int) -> bool:
-    return part_path(out_dir, chunk).exists()
+    """A chunk is done when its part exists and its images are on disk with the sizes written.
+
+    So a resume re-renders a chunk whose image was deleted or truncated after the fact.
+    """
+    if not part_path(out_dir, chunk).exists():
+        return False
+    try:
+        with open(sizes_path(out_dir, chunk), "rb") as f:
+            sizes = json.load(f)
+        return all((Path(out_dir) / IMAGES / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_part(out_dir: Path, chunk: int, images: list[dict], annotations: list[list[dict]], skips: SkipLog) -> None:
-    """One chunk's records. ``annotations[j]`` are image j's annotations; occluders are local indices."""
+    """One chunk's records, after its images. ``annotations[j]`` are image j's; occluders are local indices."""
+    out_dir = Path(out_dir)
+    write_json(sizes_path(out_dir, chunk),
+               {im["file_name"]: (out_dir / IMAGES / im["file_name"]).stat().st_size for im in images})
     write_json(part_path(out_dir, chunk), {"chunk": chunk, "images": images, "annotations": annotations,
                                            "skips": skips.to_dict()})
 
@@ -64,14 +82,30 @@ def check_run_settings(out_dir: Path, settings: dict) -> None:
     path = Path(out_dir) / PARTS / RUN_FILE
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
     if path.exists():
-        with open(path) as f:
-            previous = json.load(f)
+        previous = read_json(path)
         if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise OccsynthError(f"{out_dir} holds a run made with other settings ({', '.join(changed)} differ); "
+            old, new = _flatten(previous), _flatten(settings)
+            changed = [f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in sorted(set(old) | set(new))
+                       if old.get(k) != new.get(k)]
+            raise OccsynthError(f"{out_dir} holds a run made with other settings ({'; '.join(changed[:6])}); "
                                 "use the same arguments to resume, or another --out")
     else:
+        foreign = sorted(p.name for p in Path(out_dir).iterdir()
+                         if p.name not in (PARTS, IMAGES) and not p.name.startswith("."))
+        if foreign:
+            raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:5])}); "
+                                "choose a new or empty --out (nothing was changed)")
         write_json(path, settings, indent=2)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
 
 
 def part_files(dirs: Iterable[Path], num_chunks: int) -> list[Path]:
@@ -161,6 +195,7 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
     num_chunks = -(-settings["num_images"] // settings["chunk_size"])
     dirs = [Path(out_dir)] + [Path(d) for d in shard_dirs]
     parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     check_run_settings(out_dir, run)
     for name in (SOURCE_FILE,):
         if not (out_dir / PARTS / name).exists():
@@ -177,6 +212,10 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
                 if not src.exists():
                     raise OccsynthError(f"{src}: image of {part} is missing; run that shard again")
                 move_file(src, dst)
+        chunk = int(part.stem.split("-")[1])
+        sizes = sizes_path(src_dir, chunk)
+        if sizes.exists():
+            move_file(sizes, sizes_path(out_dir, chunk))
         move_file(part, out_dir / PARTS / part.name)
     return finalize(out_dir, [out_dir], run, num_chunks)
 

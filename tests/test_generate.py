@@ -181,7 +181,7 @@ def test_bad_input_is_skipped_and_summarised(broken_source, tmp_path):
     assert bank_skips[errors.DEGENERATE_MASK] == 1
     skipped = manifest["skipped"]["counts"]
     assert set(skipped) <= {errors.CORRUPT_IMAGE, errors.MISSING_FILE, errors.OUTSIDE_ROOT}
-    assert "skipped bad input" in result.output
+    assert "source records skipped (bad input)" in result.output and "counted per use" in result.output
     data = json.loads((tmp_path / "o" / "annotations.json").read_text())
     bad_ids = {im["id"] for im in json.loads(Path(ann).read_text())["images"][:3]}
     assert not {im["background"]["image_id"] for im in data["images"]} & bad_ids
@@ -204,3 +204,36 @@ def test_png_output_and_blend_none(demo_source, tmp_path):
     report = generate(tmp_path / "png", settings, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", progress=False)
     assert report["counts"]["images"] == 2
     assert len(list((tmp_path / "png" / "images").glob("*.png"))) == 2
+
+
+def test_resume_rerenders_images_deleted_or_truncated_after_their_chunk_finished(generated, demo_source, tmp_path):
+    out, _, cache = generated
+    ann, root = demo_source
+    copy = tmp_path / "damaged"
+    shutil.copytree(out, copy)
+    (copy / "images" / "000000000002.jpg").unlink()
+    tail = copy / "images" / "000000000009.jpg"
+    tail.write_bytes(tail.read_bytes()[:100])
+    generate(copy, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert tree_bytes(copy) == tree_bytes(out)
+
+
+def test_an_output_directory_holding_other_files_is_refused_untouched(demo_source, tmp_path):
+    ann, root = demo_source
+    src = tmp_path / "src"
+    shutil.copytree(Path(ann).parent, src)
+    before = tree_bytes(src)
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(src / "annotations.json"), "--images",
+                                                str(src / "images"), "--out", str(src), "--num-images", "4",
+                                                "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert result.exit_code == 2
+    assert "no occsynth run wrote" in result.output and "annotations.json" in result.output
+    assert tree_bytes(src) == before
+
+
+def test_refusal_names_the_setting_that_changed(generated, demo_source):
+    out, _, cache = generated
+    ann, root = demo_source
+    changed = RunSettings(num_images=N_IMAGES, seed=3, chunk_size=4, composite=CompositeOptions(flip_prob=0.25))
+    with pytest.raises(errors.OccsynthError, match=r"settings\.composite\.flip_prob: 0\.5 -> 0\.25"):
+        generate(out, changed, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
