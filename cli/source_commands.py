@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from occsynth.bank import Bank, BankOptions, ensure_bank, report
+from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, pixels_report, report
 from occsynth.demo import default_cache_dir, make_demo_source
 
 
@@ -35,22 +35,32 @@ def make_demo_source_command(directory, seed):
               help="A mask pixel closer than this (px) to the image border makes the instance truncated.")
 @click.option("--touch-margin", default=BankOptions.touch_margin, show_default=True, type=click.IntRange(min=0),
               help="The mask grown by this many px must not meet another instance or a crowd region.")
-@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Image root of --ann: also store every cutout's pixels (what `occsynth generate` does), "
+                   "so generation decodes only background images.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes decoding source images for the pixel store.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record (or unreadable image) instead of skipping it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, strict, quiet):
+def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, workers, strict, quiet):
     """Build (or reuse) the cutout bank of a source and report what it kept.
 
     Instances become cutouts only when complete: not crowd, not cut by the image border, not
     touching another instance, and at least --min-area px. The bank is cached by the source
     file's sha256 and these options, so `occsynth generate` with the same options reuses it.
     Prints cutouts kept per category, instances rejected per reason, and bad records skipped
-    per reason.
+    per reason. With --images, the cutouts' pixels (box + 16 px context, raw RGB) are stored
+    too, cached by the bank and the image root's path; images that cannot be read are reported.
     """
     options = BankOptions(min_area=min_area, border_margin=border_margin, touch_margin=touch_margin)
-    bank_dir = ensure_bank(ann, Path(cache_dir) if cache_dir else default_cache_dir(), options, strict=strict,
-                           progress=not quiet)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    bank_dir = ensure_bank(ann, cache, options, strict=strict, progress=not quiet)
     click.echo(report(Bank.load(bank_dir).meta))
     click.echo(f"bank: {bank_dir}")
+    if images:
+        pixels_dir = ensure_cutout_pixels(bank_dir, images, cache, strict=strict, progress=not quiet, workers=workers)
+        click.echo(pixels_report(CutoutPixels.load(pixels_dir).meta))
+        click.echo(f"cutout pixels: {pixels_dir}")
 
 
 COMMANDS = [make_demo_source_command, bank_command]

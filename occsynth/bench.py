@@ -6,8 +6,9 @@ run on the same images:
 * floor = read + decode each output image's background JPEG and encode a JPEG of it (same
   quality), nothing else: no generator can beat it. It runs as generation runs (same chunks,
   same worker pool, started before any timing), so ``generation / floor`` says how much of the
-  work is everything else: decoding the cutouts' source images, masks, compositing, annotations,
-  writing files and the final merge;
+  work is everything else: the cutouts' pixels (crops copied from the pixel store, built before any
+  timing as the bank is; or their whole source images with ``cutout_pixels=False``), masks,
+  compositing, annotations, writing files and the final merge;
 * scaling = generation images/s with all workers over images/s with one. "One worker" is one
   core: it runs with OpenCV single-threaded, as every worker of a parallel run does. The same
   ratio for a pure-CPU busy loop (``machine_scaling``) says how many free cores the machine had;
@@ -38,7 +39,7 @@ import numpy as np
 
 from . import masks
 from .atomic import open_atomic, write_json
-from .bank import Bank, ensure_bank
+from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, read_dataset, read_image, resolve_image_path
 from .generate import RunSettings, _run_parallel, generate
 from .schedule import class_schedule, plan_image
@@ -174,8 +175,13 @@ def warm_pool(workers: int, backend: str = "loky") -> None:
 
 def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None, *,
                      num_images: int = 300, workers: int = 2, seed: int = 0, long_side: int | None = 640,
-                     copies: int | None = None, work_dir: str | os.PathLike | None = None) -> dict:
+                     copies: int | None = None, work_dir: str | os.PathLike | None = None,
+                     cutout_pixels: bool = True) -> dict:
     """Floor vs full generation, one worker and ``workers`` workers, on the same images.
+
+    The bank and (with ``cutout_pixels``) the cutout pixel store are built before any timing, as a
+    second run over the same source finds them cached. ``cutout_pixels=False`` measures generation
+    decoding every cutout's source image instead.
 
     Without ``ann_path`` the demo source is used, made COCO-like by :func:`textured_source` with
     ``copies`` copies (default: as many source images as images generated, so that most images
@@ -194,7 +200,14 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
             ann_path, image_root = upscaled_source(ann_path, image_root, tmp / "source", long_side)
         cache = tmp / "cache"
         settings = RunSettings(num_images=num_images, seed=seed)
-        bank = Bank.load(ensure_bank(Path(ann_path), cache, settings.bank, progress=False))
+        bank_dir = ensure_bank(Path(ann_path), cache, settings.bank, progress=False)
+        bank = Bank.load(bank_dir)
+        pixels_meta = None
+        if cutout_pixels:
+            start = time.perf_counter()
+            pixels_meta = CutoutPixels.load(ensure_cutout_pixels(bank_dir, image_root, cache, progress=False,
+                                                                 workers=workers)).meta
+            pixels_seconds = time.perf_counter() - start
         schedule = class_schedule(bank.cutout_categories(), num_images, seed, settings.composite)
         counts = {c: len(bank.cutouts(c)) for c in bank.cutout_categories()}
         paths = []
@@ -206,7 +219,10 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         result = {"num_images": num_images, "workers": workers, "cpu_count": os.cpu_count(),
                   "image_size": _mean_size(bank), "source_images": bank.num_images,
                   "distinct_backgrounds": len(set(paths)),
-                  "mean_background_jpeg_bytes": int(np.mean([os.path.getsize(p) for p in paths]))}
+                  "mean_background_jpeg_bytes": int(np.mean([os.path.getsize(p) for p in paths])),
+                  "cutout_pixels": None if pixels_meta is None else {
+                      "cutouts": pixels_meta["num_stored"], "mib": round(pixels_meta["blob_bytes"] / 2 ** 20, 1),
+                      "build_seconds": round(pixels_seconds, 2)}}
         threads = cv2.getNumThreads()
         try:
             for n in sorted({1, workers}):
@@ -218,7 +234,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
                 out = tmp / f"out-{n}"
                 start = time.perf_counter()
                 generate(out, settings, ann_path=ann_path, image_root=image_root, workers=n,
-                         cache_dir=cache, progress=False)
+                         cache_dir=cache, progress=False, cutout_pixels=cutout_pixels)
                 gen = num_images / (time.perf_counter() - start)
                 result[f"workers_{n}"] = {"floor_images_per_s": round(floor, 2), "generate_images_per_s": round(gen, 2),
                                           "ratio_to_floor": round(gen / floor, 3)}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, masks, writer
 from .atomic import fsync_files, remove_stale_temporaries, write_bytes
-from .bank import Bank, BankOptions, ensure_bank
+from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import default_cache_dir, demo_source
@@ -78,13 +78,15 @@ def run_settings(recipe: dict | None = None, *, composite: dict | None = None, b
 def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str | os.PathLike | None = None,
              image_root: str | os.PathLike | None = None, workers: int = 1, shard: tuple[int, int] = (0, 1),
              strict: bool = False, cache_dir: str | os.PathLike | None = None, backend: str = "loky",
-             backend_address: str | None = None, progress: bool = True) -> dict:
+             backend_address: str | None = None, progress: bool = True, cutout_pixels: bool = True) -> dict:
     """Generate (or resume) a synthetic occlusion set in ``out_dir``; returns the run report.
 
     Without ``ann_path``/``image_root`` the embedded demo source is used. With ``shard=(i, n)``
     only chunks ``c % n == i`` are rendered; join shards with :func:`merge`. ``backend`` is a joblib
     backend: ``loky`` (local processes), ``threading``, or ``dask``/``ray`` with ``backend_address``
     the scheduler/head of a running cluster (a local one is started when it is None).
+    ``cutout_pixels``: build (once, cached) and read the cutouts' pixel store, so that workers
+    decode only the backgrounds; False decodes every cutout's source image. The output is the same.
     """
     if settings.image_format not in IMAGE_FORMATS:
         raise OccsynthError(f"--image-format must be one of {IMAGE_FORMATS}")
@@ -104,8 +106,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     except OSError as exc:
         raise OccsynthError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
 
-    bank_dir = ensure_bank(ann_path, Path(cache_dir) if cache_dir else default_cache_dir(), settings.bank,
-                           strict=strict, progress=progress)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    bank_dir = ensure_bank(ann_path, cache_dir, settings.bank, strict=strict, progress=progress)
     bank = Bank.load(bank_dir)
     if not bank.cutout_categories():
         raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
@@ -120,7 +122,12 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
 
     index, count = shard
     chunks = [c for c in range(settings.num_chunks) if c % count == index and not writer.chunk_done(out_dir, c)]
-    task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict)
+    pixels_dir = None
+    if cutout_pixels and chunks:
+        pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
+                                              workers=workers if backend in ("loky", "threading") else 1))
+    task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
+                             pixels_dir=pixels_dir)
     _run_parallel(task, chunks, settings, workers, backend, backend_address, progress)
 
     if count > 1:
@@ -211,16 +218,19 @@ def _schedule(bank_dir: str, settings: RunSettings) -> Schedule:
 
 
 @functools.lru_cache(maxsize=2)
-def _sources(image_root: str, bank_dir: str) -> "SourceImages":
+def _sources(image_root: str, bank_dir: str, pixels_dir: str | None) -> "SourceImages":
     """One SourceImages per worker process, so its caches outlive a chunk."""
-    return SourceImages(Path(image_root), _open_bank(bank_dir))
+    bank = _open_bank(bank_dir)
+    pixels = CutoutPixels.load(pixels_dir, bank) if pixels_dir else None
+    return SourceImages(Path(image_root), bank, pixels=pixels)
 
 
-def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSettings, strict: bool, chunk: int) -> int:
+def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSettings, strict: bool, chunk: int,
+                 *, pixels_dir: str | None = None) -> int:
     """Render images of one chunk, write them and the chunk's part file; returns the number of images."""
     bank = _open_bank(bank_dir)
     schedule = _schedule(bank_dir, settings)
-    sources = _sources(image_root, bank_dir)
+    sources = _sources(image_root, bank_dir, pixels_dir)
     log = SkipLog(strict=strict)
     first = chunk * settings.chunk_size
     indices = range(first, min(first + settings.chunk_size, settings.num_images))
@@ -320,12 +330,15 @@ class SourceImages:
     """Decoded source images, their instance masks (box + crop) and cutouts for one worker, cached.
 
     A source image often serves twice (as background and as a cutout's source), and a cutout is
-    pasted many times, so each is decoded once while it stays in the small LRU caches. Cached
-    arrays are read-only: callers must not change them.
+    pasted many times, so each is decoded once while it stays in the small LRU caches. With a
+    pixel store (``pixels``) a cutout's crop comes from the store and its source image is not
+    decoded at all (same pixels: the store holds exactly what the crop of the decoded image is).
+    Cached arrays are read-only: callers must not change them.
     """
 
-    def __init__(self, image_root: Path, bank: Bank, cache_size: int = 32, cutout_cache_size: int = 256):
-        self.image_root, self.bank = image_root, bank
+    def __init__(self, image_root: Path, bank: Bank, cache_size: int = 32, cutout_cache_size: int = 256,
+                 pixels: CutoutPixels | None = None):
+        self.image_root, self.bank, self.pixels = image_root, bank, pixels
         self._cached = functools.lru_cache(maxsize=cache_size)(self._load)
         self._masks = functools.lru_cache(maxsize=cache_size)(self._load_masks)
         self._cutouts = functools.lru_cache(maxsize=cutout_cache_size)(self._load_cutout)
@@ -352,19 +365,25 @@ class SourceImages:
 
     def _load_cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
         ann = self.bank.annotation(annotation_index)
-        image = self.image(ann["image_index"])
-        h, w = image.shape[:2]
-        box, crop = masks.decode_box(ann["segmentation"], h, w)
+        record = self.bank.image_record(ann["image_index"])
+        box, crop = masks.decode_box(ann["segmentation"], record["height"], record["width"])
         if box is None:
             box = (0, 0, 0, 0)
-        y0, x0, y1, x1 = box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin
-        mask = np.zeros((y1 - y0, x1 - x0), bool)
+        mask = np.zeros((box[2] - box[0] + 2 * margin, box[3] - box[1] + 2 * margin), bool)
         mask[margin:margin + crop.shape[0], margin:margin + crop.shape[1]] = crop
-        pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
-        rgb = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
-        if any(pad):
-            rgb = np.pad(rgb, (pad[:2], pad[2:], (0, 0)), mode="edge")
-        return _read_only(np.ascontiguousarray(rgb)), _read_only(mask), ann
+        rgb = self._stored_crop(annotation_index, ann["image_index"], record["file_name"], box, margin)
+        if rgb is None:  # not in the store (or no store): decode the source image, as the store's build did
+            rgb = context_crop(self.image(ann["image_index"]), box, margin)
+        return _read_only(rgb), _read_only(mask), ann
+
+    def _stored_crop(self, annotation_index: int, image_index: int, file_name: str, box, margin: int) -> np.ndarray | None:
+        if self.pixels is None or not self.pixels.stored(annotation_index):
+            return None
+        try:
+            path = resolve_image_path(self.image_root, file_name)
+        except BadRecord:
+            return None
+        return self.pixels.crop(annotation_index, image_index, box, margin, path)
 
     def cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """(rgb crop, mask crop, annotation) of a complete instance, with ``margin`` px of context."""

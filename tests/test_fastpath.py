@@ -140,3 +140,4 @@ def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
     assert report["image_size"] == [180, 240] and report["source_images"] >= 8
     assert report["mean_background_jpeg_bytes"] > 0 and report["mean_output_jpeg_bytes"] > 0
     assert report["scaling"] == 1.0
+    assert report["cutout_pixels"]["cutouts"] > 0 and report["cutout_pixels"]["mib"] > 0   # built before timing
