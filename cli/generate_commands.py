@@ -35,10 +35,11 @@ from occsynth.generate import generate, merge, run_settings
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cutout banks are cached [default: ~/.cache/occsynth].")
 @click.option("--backend", default="loky", show_default=True, type=click.Choice(["loky", "threading", "dask", "ray"]), help="joblib backend: loky (local processes), or dask / ray (extras) to use a cluster.")
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) or ray head address for --backend dask/ray; a local cluster when omitted.")
+@click.option("--no-cutout-pixels", is_flag=True, help="Do not cache cutout pixels (saves disk; generation decodes each cutout's source image).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_command(ann, images, out, recipe, num_images, seed, workers, shard, strict, pastes, occlusion,
                      max_occlusion, same_class_prob, scale, flip_prob, blend, min_area, border_margin,
-                     touch_margin, image_format, jpeg_quality, cache_dir, backend, scheduler, quiet):
+                     touch_margin, image_format, jpeg_quality, cache_dir, backend, scheduler, no_cutout_pixels, quiet):
     """Generate a synthetic occlusion set: complete instances pasted so that they occlude each other.
 
     Every pasted object gets its complete (amodal) mask, its visible mask, its layer and the ids of
@@ -55,6 +56,7 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
                             bank={"min_area": min_area, "border_margin": border_margin, "touch_margin": touch_margin})
     report = generate(out, settings, ann_path=ann, image_root=images, workers=workers, shard=parse_shard(shard),
                       strict=strict, cache_dir=cache_dir, backend=backend, backend_address=scheduler,
+                      cutout_pixels=not no_cutout_pixels,
                       progress=not quiet)
     _print_report(report)
 

@@ -16,10 +16,12 @@ from occsynth.bench import bench_bank, bench_generation
 @click.option("--long-side", default=640, show_default=True, type=click.IntRange(min=0), help="Resize the source to this long side first (COCO-like); 0 keeps it.")
 @click.option("--copies", type=click.IntRange(min=1), help="Textured copies of the demo source [default: as many source images as --num-images].")
 @click.option("--bank", "bank", is_flag=True, help="Instead: build a bank from a synthetic COCO-train-size file and report peak RSS.")
-@click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(min=1))
-@click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-cutout-pixels", is_flag=True, help="Measure generation without the cutout pixel store (decode each cutout's source image).")
+@click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(min=1), help="With --bank: images in the synthetic source file.")
+@click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(min=1), help="With --bank: annotations in the synthetic source file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
-def bench_command(ann, images, num_images, workers, long_side, copies, bank, bank_images, bank_annotations, as_json):
+def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_cutout_pixels, bank_images,
+                  bank_annotations, as_json):
     """Measure occsynth against baselines taken in the same run (ratios, not absolute times).
 
     Generation: images/s of the floor (read + decode each background JPEG + encode it as the
@@ -46,7 +48,7 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, ban
     if (ann is None) != (images is None):
         raise click.UsageError("give both --ann and --images, or neither")
     report = bench_generation(ann, images, num_images=num_images, workers=workers, long_side=long_side or None,
-                              copies=copies)
+                              copies=copies, cutout_pixels=not no_cutout_pixels)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -55,6 +57,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, ban
                f"{report['distinct_backgrounds']} distinct backgrounds")
     click.echo(f"mean JPEG bytes: background {report['mean_background_jpeg_bytes'] / 1000:.0f} kB, "
                f"output {report['mean_output_jpeg_bytes'] / 1000:.0f} kB (quality 95)")
+    store = report.get("cutout_pixels")
+    click.echo("cutout pixel store: " + (f"{store}" if store else "off (each cutout's source image is decoded)"))
     for n in sorted({1, workers}):
         r = report[f"workers_{n}"]
         click.echo(f"workers={n}: floor {r['floor_images_per_s']:.1f} img/s, generate {r['generate_images_per_s']:.1f} "

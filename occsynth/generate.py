@@ -113,6 +113,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
     if bank.num_images == 0:
         raise OccsynthError(f"{ann_path}: no usable background image")
+    _check_image_root(bank, image_root)
 
     run = {"version": __version__, "settings": settings.to_dict(),
            "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}
@@ -135,6 +136,19 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
                 "chunks_total": settings.num_chunks, "merged": False}
     return writer.finalize(out_dir, [out_dir], run, settings.num_chunks)
+
+
+def _check_image_root(bank: Bank, image_root: Path, sample: int = 20) -> None:
+    """Fail early, with an example path, when --images is not the folder the file names are relative to."""
+    paths = []
+    for i in np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int):
+        try:
+            paths.append(resolve_image_path(image_root, bank.image_record(int(i))["file_name"]))
+        except BadRecord:
+            continue
+    if paths and not any(p.is_file() for p in paths):
+        raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
+                            "is --images the folder that the file_name entries are relative to?")
 
 
 def merge(out_dir: str | os.PathLike, shard_dirs: list[str | os.PathLike], *, progress: bool = True) -> dict:

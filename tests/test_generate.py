@@ -237,3 +237,13 @@ def test_refusal_names_the_setting_that_changed(generated, demo_source):
     changed = RunSettings(num_images=N_IMAGES, seed=3, chunk_size=4, composite=CompositeOptions(flip_prob=0.25))
     with pytest.raises(errors.OccsynthError, match=r"settings\.composite\.flip_prob: 0\.5 -> 0\.25"):
         generate(out, changed, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+
+
+def test_a_wrong_image_root_fails_early_with_an_example_path(demo_source, tmp_path):
+    ann, root = demo_source
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(Path(root).parent),
+                                                "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
+                                                "--quiet"])
+    assert result.exit_code == 2
+    assert "is --images the folder" in result.output and str(Path(root).parent) in result.output
+    assert not (tmp_path / "o" / "parts").exists()
