@@ -6,7 +6,7 @@ import json
 import click
 
 from occsynth.annotate import annotate_occluders
-from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, build_cocoocc
+from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
 from occsynth.occluders import BCNET_IOU_THRESHOLD
 
 
@@ -14,13 +14,14 @@ from occsynth.occluders import BCNET_IOU_THRESHOLD
 @click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="instances_val2017.json (any COCO instances JSON works).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory: annotations.json, manifest.json, report.json [, images/].")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="Source image directory (needed for --link/--copy).")
-@click.option("--link", "image_mode", flag_value="link", help="Symlink the selected images into OUT/images.")
-@click.option("--copy", "image_mode", flag_value="copy", help="Copy the selected images into OUT/images.")
+@click.option("--link", is_flag=True, help="Symlink the selected images into OUT/images.")
+@click.option("--copy", is_flag=True, help="Copy the selected images into OUT/images.")
 @click.option("--overlap", type=click.Choice(["iou", "min"]), default=DEFAULT_OVERLAP, show_default=True, help="Box overlap measure: intersection over union, or over the smaller box.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_THRESHOLD, show_default=True, help="Keep images whose largest pairwise box overlap is at least this.")
 @click.option("--count-crowd", is_flag=True, help="Let crowd boxes count (default: they do not).")
-@click.option("--strict", is_flag=True, help="Stop at the first missing image file instead of skipping it.")
-def build_cocoocc_command(ann, out, images, image_mode, overlap, threshold, count_crowd, strict):
+@click.option("--strict", is_flag=True, help="Stop at the first bad record (missing image file, duplicate id) instead of skipping it.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out that build-cocoocc did not write (never one holding --ann).")
+def build_cocoocc_command(ann, out, images, link, copy, overlap, threshold, count_crowd, strict, force):
     """Build COCO-OCC: the images whose object boxes overlap (BCNet's occlusion benchmark).
 
     The paper keeps the val2017 images whose boxes overlap by at least 0.2 (1,005 images) without
@@ -30,21 +31,43 @@ def build_cocoocc_command(ann, out, images, image_mode, overlap, threshold, coun
     \b
       occsynth build-cocoocc --ann instances_val2017.json --images val2017 --link --out coco-occ
     """
+    if link and copy:
+        raise click.UsageError("--link and --copy are mutually exclusive: give one of them")
+    image_mode = "link" if link else "copy" if copy else None
     report = build_cocoocc(ann, out, image_root=images, image_mode=image_mode, overlap=overlap,
-                           threshold=threshold, count_crowd=count_crowd, strict=strict)
-    c = report["counts"]
-    click.echo(f"selected {c['images']} of {c['source_images']} images ({c['annotations']} annotations) "
-               f"with {overlap} >= {threshold:g}{', crowd boxes counted' if count_crowd else ''}; "
-               f"the paper reports {PAPER_COUNT}")
+                           threshold=threshold, count_crowd=count_crowd, strict=strict, force=force)
+    for line in format_report(report):
+        click.echo(line)
+
+
+def format_report(report: dict) -> list[str]:
+    """The build-cocoocc summary lines."""
+    c, o = report["counts"], report["options"]
+    if c["source_images"] == VAL2017_IMAGES:
+        paper = f"the paper reports {PAPER_COUNT:,} of val2017's {VAL2017_IMAGES:,}"
+    else:
+        paper = f"for reference, the paper's COCO-OCC of val2017 has {PAPER_COUNT:,} of {VAL2017_IMAGES:,} images"
+    lines = [f"selected {c['images']} of {c['source_images']} images ({c['annotations']} annotations) "
+             f"with {o['overlap']} >= {o['threshold']:g}{', crowd boxes counted' if o['count_crowd'] else ''}; {paper}"]
     hist = report["histogram"]
-    click.echo(f"largest overlap per image: {hist['no_overlap']} images without any overlap; per bin "
-               + ", ".join(f"[{a:g},{b:g}): {n}" for a, b, n in zip(hist["edges"], hist["edges"][1:], hist["counts"])))
-    click.echo("images kept by other choices (threshold: count):")
+    lines.append(f"largest overlap per image: {hist['no_overlap']} images without any overlapping box pair; "
+                 "the others per bin " + ", ".join(
+                     f"[{a:g},{b:g}{']' if k == len(hist['counts']) - 1 else ')'}: {n}"
+                     for k, (a, b, n) in enumerate(zip(hist["edges"], hist["edges"][1:], hist["counts"]))))
+    lines.append("images kept by other choices (threshold: count):")
     for key, row in report["alternatives"].items():
-        click.echo(f"  {key:<13} " + "  ".join(f"{t}: {n}" for t, n in row.items()))
+        lines.append(f"  {key:<13} " + "  ".join(f"{t}: {n}" for t, n in row.items()))
+    if not c.get("source_has_crowd", True):
+        lines.append("  (the input has no crowd boxes: counting them changes nothing)")
+    if report.get("dropped_images"):
+        shown = ", ".join(f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in report["dropped_images"][:10])
+        more = len(report["dropped_images"]) - 10
+        lines.append(f"dropped {len(report['dropped_images'])} selected image(s) whose file could not be placed, "
+                     f"with their annotations: {shown}{f', ... {more} more' if more > 0 else ''}")
     if report["skipped"]["counts"]:
-        click.echo("skipped: " + json.dumps(report["skipped"]["counts"]))
-    click.echo(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
+        lines.append("skipped: " + json.dumps(report["skipped"]["counts"]))
+    lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
+    return lines
 
 
 @click.command("annotate-occluders")

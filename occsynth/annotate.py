@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from . import masks as mask_ops
 from .atomic import open_atomic
-from .coco import iter_array
+from .coco import iter_array, one_line
 from .errors import OccsynthError
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -139,7 +139,9 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
     except FileNotFoundError:
         raise OccsynthError(f"{path}: file not found") from None
     except ijson.JSONError as exc:
-        raise OccsynthError(f"{path}: malformed JSON: {exc}") from None
+        raise OccsynthError(f"{path}: malformed JSON ({one_line(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
     return values, found
 
 
@@ -148,7 +150,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                        images_per_bucket: int = IMAGES_PER_BUCKET) -> dict:
     """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns counts."""
     in_path, out_path = Path(in_path), Path(out_path)
-    if in_path.resolve() == out_path.resolve():
+    if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
         raise OccsynthError("--out must differ from --ann (the input is read twice)")
     top, has_annotations = read_top_level(in_path)
     images = top.get("images")

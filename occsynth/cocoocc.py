@@ -24,6 +24,7 @@ itself needs only boxes, compared per image with :func:`occsynth.boxes.pairwise_
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import defaultdict
@@ -82,11 +83,12 @@ def select_images(data: dict, overlap: str = DEFAULT_OVERLAP, threshold: float =
 
 
 def overlap_histogram(values: Iterable[float], edges: tuple = HISTOGRAM_EDGES) -> dict:
-    """Images per bin of largest overlap; bins [a, b), the last one closed, plus how many have none."""
+    """Images per bin of largest overlap, bins [a, b) with the last one closed, and apart from them
+    ``no_overlap``: the images without any overlapping box pair (in no bin, so bins + no_overlap = all)."""
     values = np.asarray(list(values), np.float64)
-    counts, _ = np.histogram(values, bins=np.asarray(edges))
+    counts, _ = np.histogram(values[values > 0.0], bins=np.asarray(edges))
     return {"edges": list(edges), "counts": [int(c) for c in counts],
-            "no_overlap": int(np.count_nonzero(values == 0.0))}
+            "no_overlap": int(np.count_nonzero(values <= 0.0))}
 
 
 def alternative_counts(data: dict, thresholds: tuple = REPORT_THRESHOLDS) -> dict:
@@ -100,13 +102,67 @@ def alternative_counts(data: dict, thresholds: tuple = REPORT_THRESHOLDS) -> dic
     return table
 
 
+MANIFEST_KIND = "coco-occ"
+VAL2017_IMAGES = 5000
+
+
+def check_out_dir(ann_path: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False) -> None:
+    """Refuse an output directory that holds the input, or files some other tool wrote.
+
+    Writing OUT/annotations.json over the source (``--ann S/annotations.json --out S``) would
+    destroy it; a non-empty directory without a COCO-OCC manifest is someone else's (``force``
+    overrides that, never the first rule).
+    """
+    ann, out = Path(ann_path).resolve(), Path(out_dir).resolve()
+    if out == ann or out in ann.parents:
+        raise OccsynthError(f"--out {out_dir} contains the input {ann_path}: it would be overwritten; "
+                            "choose another output directory")
+    if out.exists() and not out.is_dir():
+        raise OccsynthError(f"--out {out_dir}: exists and is not a directory")
+    if force or not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not (isinstance(manifest, dict) and manifest.get("kind") == MANIFEST_KIND):
+        raise OccsynthError(f"--out {out_dir}: directory is not empty and was not written by build-cocoocc "
+                            "(no manifest.json of kind 'coco-occ'); choose an empty directory or pass --force")
+
+
+def unique_images(images: list, skips: SkipLog) -> list[dict]:
+    """Image records with an integer id, first occurrence of each id; the rest go to ``skips``."""
+    out, seen = [], set()
+    for image in images:
+        image_id = image.get("id") if isinstance(image, dict) else None
+        try:
+            if not isinstance(image_id, int) or isinstance(image_id, bool):
+                raise BadRecord(errors.MALFORMED_RECORD, f"image record {str(image)[:60]}", "no integer 'id'")
+            if image_id in seen:
+                raise BadRecord(errors.DUPLICATE_ID, f"image record {image_id}", "later records with this id skipped")
+        except BadRecord as exc:
+            skips.skip(exc)
+            continue
+        seen.add(image_id)
+        out.append(image)
+    return out
+
+
+def has_crowd(data: dict) -> bool:
+    return any(isinstance(a, dict) and a.get("iscrowd") for a in data["annotations"])
+
+
 def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                   image_mode: str | None = None, overlap: str = DEFAULT_OVERLAP, threshold: float = DEFAULT_THRESHOLD,
-                  count_crowd: bool = False, strict: bool = False) -> dict:
+                  count_crowd: bool = False, strict: bool = False, force: bool = False) -> dict:
     """Write COCO-OCC (annotations, manifest, report, optional images) to ``out_dir``; returns the report.
 
     ``image_mode``: None (annotations only), ``"link"`` (symlinks to the source files) or ``"copy"``;
-    it needs ``image_root``. Missing image files are skipped and counted (``strict`` stops instead).
+    it needs ``image_root``. Images whose file cannot be placed (missing, or ``file_name`` escaping
+    the root) are dropped from the output together with their annotations, and listed in the
+    report's ``dropped_images`` (``strict`` stops instead). Duplicate image ids: the first record
+    is kept, later ones skipped and counted. ``force``: write into a non-empty directory that no
+    earlier build-cocoocc wrote (never into one holding the input).
     """
     if image_mode not in (None, "link", "copy"):
         raise OccsynthError(f"image mode must be 'link' or 'copy', got {image_mode!r}")
@@ -114,17 +170,23 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
         raise OccsynthError("--link/--copy need --images (the source image directory)")
     if not 0.0 <= threshold <= 1.0:
         raise OccsynthError(f"threshold must be in [0, 1], got {threshold}")
+    check_out_dir(ann_path, out_dir, force)
     data = read_dataset(ann_path)
+    skips = SkipLog(strict=strict)
+    data = dict(data, images=unique_images(data["images"], skips))
     best = max_overlap_per_image(data, overlap, count_crowd)
-    selected = [image_id for image_id, value in best.items() if value >= threshold]
-    keep = set(selected)
-    images = [im for im in data["images"] if isinstance(im, dict) and im.get("id") in keep]
-    annotations = [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep]
+    keep = {image_id for image_id, value in best.items() if value >= threshold}
+    images = [im for im in data["images"] if im["id"] in keep]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    skips = SkipLog(strict=strict)
+    dropped: list[dict] = []
     if image_mode:
-        _place_images(images, Path(image_root), out_dir / "images", image_mode, skips)
+        dropped = _place_images(images, Path(image_root), out_dir / "images", image_mode, skips)
+        lost = {d["id"] for d in dropped}
+        images = [im for im in images if im["id"] not in lost]
+        keep -= lost
+    selected = [im["id"] for im in images]
+    annotations = [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep]
     info = dict(data.get("info") or {})
     info["description"] = (f"COCO-OCC: images of {Path(ann_path).name} with box overlap ({overlap}) >= {threshold:g}"
                            + ("" if not info.get("description") else f"; from: {info['description']}"))
@@ -132,21 +194,29 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
               "annotations": annotations, "categories": data["categories"]}
     write_json(out_dir / "annotations.json", output)
     options = {"overlap": overlap, "threshold": threshold, "count_crowd": count_crowd}
+    crowd = has_crowd(data)
     counts = {"source_images": len(data["images"]), "source_annotations": len(data["annotations"]),
-              "images": len(images), "annotations": len(annotations), "paper_images": PAPER_COUNT}
+              "selected_images": len(selected) + len(dropped), "dropped_images": len(dropped),
+              "images": len(images), "annotations": len(annotations), "paper_images": PAPER_COUNT,
+              "source_has_crowd": crowd}
+    alternatives = alternative_counts(data)
+    if not crowd:  # without crowd boxes the crowd rows repeat the others
+        alternatives = {k: v for k, v in alternatives.items() if not k.endswith("/crowd")}
     report = {"out": str(out_dir), "options": options, "counts": counts,
-              "histogram": overlap_histogram(best.values()), "alternatives": alternative_counts(data),
-              "skipped": skips.to_dict()}
-    manifest = {"kind": "coco-occ", "source": {"annotations": str(Path(ann_path).resolve()),
-                                               "sha256": file_hash(ann_path)},
+              "histogram": overlap_histogram(best.values()), "alternatives": alternatives,
+              "dropped_images": dropped, "skipped": skips.to_dict()}
+    manifest = {"kind": MANIFEST_KIND, "source": {"annotations": str(Path(ann_path).resolve()),
+                                                  "sha256": file_hash(ann_path)},
                 "options": options, "counts": counts, "images_placed": image_mode, "skipped": skips.to_dict(),
-                "image_ids": selected}
+                "dropped_images": [d["id"] for d in dropped], "image_ids": selected}
     write_json(out_dir / "manifest.json", manifest, indent=2)
     write_json(out_dir / "report.json", {k: v for k, v in report.items() if k != "out"}, indent=2)
     return report
 
 
-def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: SkipLog) -> None:
+def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: SkipLog) -> list[dict]:
+    """Link or copy each image's file; returns ``{"id", "file_name", "reason"}`` of those not placed."""
+    dropped = []
     for image in images:
         try:
             name = image.get("file_name")
@@ -167,3 +237,5 @@ def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: 
                 os.replace(tmp, target)
         except BadRecord as exc:
             skips.skip(exc)
+            dropped.append({"id": image["id"], "file_name": image.get("file_name"), "reason": exc.reason})
+    return dropped

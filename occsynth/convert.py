@@ -89,6 +89,8 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
                  progress: bool = True) -> dict:
     """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids."""
     data = read_dataset(in_path)
+    if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
+        raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
     by_image: dict = {}
     counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
@@ -156,6 +158,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise OccsynthError(f"{in_path}: not a COCOA file (needs 'images' and 'annotations' lists)")
+    if not any(isinstance(a, dict) and "regions" in a for a in data["annotations"]):
+        raise OccsynthError(f"{in_path}: not a COCOA file (no 'regions')")
     coco_categories = None
     if isinstance(categories_from, list):
         coco_categories = categories_from

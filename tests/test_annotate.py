@@ -155,3 +155,25 @@ def test_cli_and_errors(tmp_path):
     res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(broken), "--out", str(tmp_path / "b.json")])
     assert res.exit_code == 2 and "malformed JSON" in res.output and not (tmp_path / "b.json").exists()
     assert not list(tmp_path.glob(".annotate-*")) and not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_malformed_json_is_one_printable_line(tmp_path):
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b'\xc1\xc6{\xe19\xa3\xcc\xfb\xf0&\xd1\x7f')
+    truncated = tmp_path / "trunc.json"
+    truncated.write_text('{"images": [{"id": 1,')
+    for path in (binary, truncated):
+        res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(path), "--out", str(tmp_path / "o.json")])
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: malformed JSON (") and lines[0].isprintable()
+        assert "b'" not in lines[0] and "\\x" not in lines[0]
+
+
+def test_out_linked_to_the_input_is_refused(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    (tmp_path / "hard.json").hardlink_to(src)
+    res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "hard.json")])
+    assert res.exit_code == 2 and "must differ" in res.output
+    assert json.loads(src.read_text()) == make_dataset()

@@ -10,6 +10,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import manifests
+from cli import cocoocc_commands
 from cli.occsynth_cli import main
 from occsynth import cocoocc
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
@@ -95,7 +96,8 @@ def test_build_writes_loadable_subset(tmp_path):
     assert manifest["options"] == {"overlap": "min", "threshold": 0.2, "count_crowd": False}
     assert len(manifest["source"]["sha256"]) == 64
     saved = json.loads((tmp_path / "occ" / "report.json").read_text())
-    assert saved["histogram"]["no_overlap"] == 3 and sum(saved["histogram"]["counts"]) == 7
+    # Images 4, 5, 6 have no overlapping pair: counted apart, in no bin; min overlaps 0.2, 0.3, 0.5, 1.0.
+    assert saved["histogram"]["no_overlap"] == 3 and saved["histogram"]["counts"] == [0, 0, 1, 1, 0, 1, 0, 0, 0, 1]
     assert report["counts"]["paper_images"] == 1005
     # pycocotools loads it and evaluates as usual: GT boxes as detections give AP 1.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -131,10 +133,103 @@ def test_cli_and_recipe(tmp_path):
     result = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o"),
                                        "--count-crowd"])
     assert result.exit_code == 0, result.output
-    assert "selected 2 of 7 images" in result.output and "1005" in result.output
+    assert "selected 2 of 7 images" in result.output
+    # Not val2017-sized: the paper's count is a reference, not "the paper reports".
+    assert "the paper reports" not in result.output and "for reference" in result.output and "1,005" in result.output
+    assert "iou/crowd" in result.output  # the input has a crowd box
     bad = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "p"), "--link"])
     assert bad.exit_code == 2 and "need --images" in bad.output
     recipe = manifests.load("cocoocc")
     assert recipe["selection"] == {"overlap": cocoocc.DEFAULT_OVERLAP, "threshold": cocoocc.DEFAULT_THRESHOLD,
                                    "count_crowd": False}
     assert recipe["paper"]["paper_images"] == cocoocc.PAPER_COUNT == 1005
+
+
+def write_set(path, data=None):
+    path.write_text(json.dumps(data or make_dataset()))
+    return path
+
+
+def test_out_holding_the_input_is_refused_even_with_force(tmp_path):
+    src = tmp_path / "S"
+    src.mkdir()
+    ann = write_set(src / "annotations.json")
+    before = ann.read_bytes()
+    for args in ([], ["--force"]):
+        r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(src)] + args)
+        assert r.exit_code == 2 and "contains the input" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "contains the input" in r.output  # an ancestor holds it too
+    assert ann.read_bytes() == before
+
+
+def test_foreign_non_empty_out_needs_force_but_a_previous_build_does_not(tmp_path):
+    ann = write_set(tmp_path / "val.json")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output and not (out / "annotations.json").exists()
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--force"])
+    assert r.exit_code == 0 and (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "coco-occ"
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--threshold", "0.1"])
+    assert r.exit_code == 0, r.output  # a COCO-OCC directory may be rebuilt
+    assert [im["id"] for im in json.loads((out / "annotations.json").read_text())["images"]] == [1, 2, 7]
+
+
+def test_link_and_copy_together_are_refused(tmp_path):
+    ann = write_set(tmp_path / "val.json")
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o"),
+                                  "--images", str(tmp_path), "--link", "--copy"])
+    assert r.exit_code == 2 and "mutually exclusive" in r.output and not (tmp_path / "o").exists()
+
+
+def test_images_not_placed_are_dropped_with_their_annotations(tmp_path):
+    data = make_dataset()
+    for image in data["images"]:
+        if image["id"] == 2:
+            image["file_name"] = "../outside.jpg"
+    ann = write_set(tmp_path / "val.json", data)
+    (tmp_path / "outside.jpg").write_bytes(b"x")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for image_id in (1, 3):  # 7 missing, 2 escapes the root
+        (root / f"{image_id:04d}.jpg").write_bytes(b"img")
+    report = build_cocoocc(ann, tmp_path / "o", image_root=root, image_mode="copy", threshold=0.1)
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1]
+    assert {a["image_id"] for a in out["annotations"]} == {1} and len(out["annotations"]) == 2
+    assert sorted(os.listdir(tmp_path / "o" / "images")) == ["0001.jpg"]
+    assert report["dropped_images"] == [
+        {"id": 2, "file_name": "../outside.jpg", "reason": "file_name points outside the image root"},
+        {"id": 7, "file_name": "0007.jpg", "reason": "missing image file"}]
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["image_ids"] == [1] and manifest["dropped_images"] == [2, 7]
+    assert manifest["counts"]["images"] == 1 and manifest["counts"]["selected_images"] == 3
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "c"),
+                                  "--images", str(root), "--link", "--threshold", "0.1"])
+    assert r.exit_code == 0 and "dropped 2 selected image(s)" in r.output and "7 (0007.jpg: missing" in r.output
+
+
+def test_duplicate_image_ids_are_skipped_and_counted(tmp_path):
+    data = make_dataset()
+    data["images"].append({"id": 1, "file_name": "dup.jpg", "height": 40, "width": 40})
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert [(im["id"], im["file_name"]) for im in out["images"]] == [(1, "0001.jpg")]
+    assert report["skipped"]["counts"] == {"duplicate id": 1} and report["counts"]["source_images"] == 7
+    with pytest.raises(Exception, match="duplicate id"):
+        build_cocoocc(ann, tmp_path / "s", strict=True)
+
+
+def test_report_without_crowd_and_val2017_sized_input(tmp_path):
+    data = make_dataset()
+    data["annotations"] = [a for a in data["annotations"] if not a["iscrowd"]]
+    report = build_cocoocc(write_set(tmp_path / "val.json", data), tmp_path / "o")
+    assert set(report["alternatives"]) == {"iou/no-crowd", "min/no-crowd"}
+    text = "\n".join(cocoocc_commands.format_report(report))
+    assert "/crowd" not in text and "no crowd boxes" in text
+    report["counts"]["source_images"] = 5000
+    assert "the paper reports 1,005 of val2017's 5,000" in "\n".join(cocoocc_commands.format_report(report))

@@ -127,3 +127,25 @@ def test_cli_kins_and_bad_input(tmp_path):
     bad.write_text("[1, 2]")
     res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(bad), "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "not a COCOA file" in res.output
+
+
+def test_plain_coco_is_refused_by_both_converters(tmp_path):
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}],
+                                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2],
+                                                 "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]], "iscrowd": 0}],
+                                "categories": [{"id": 1, "name": "a"}]}))
+    for command, message in (("convert-kins", "not a KINS file (no annotation has 'a_segm'/'i_segm')"),
+                             ("convert-cocoa", "not a COCOA file (no 'regions')")):
+        res = CliRunner().invoke(main, [command, "--ann", str(coco), "--out", str(tmp_path / "o.json"), "--quiet"])
+        assert res.exit_code == 2 and f"{coco}: {message}" in res.output, res.output
+        assert not (tmp_path / "o.json").exists()
+    # Each converter also refuses the other's layout.
+    res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(kins_file(tmp_path)), "--out",
+                                    str(tmp_path / "o.json"), "--quiet"])
+    assert res.exit_code == 2 and "no 'regions'" in res.output
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    (tmp_path / "cocoa2.json").write_text(json.dumps(dict(cocoa, categories=[])))
+    res = CliRunner().invoke(main, ["convert-kins", "--ann", str(tmp_path / "cocoa2.json"), "--out",
+                                    str(tmp_path / "o.json"), "--quiet"])
+    assert res.exit_code == 2 and "not a KINS file" in res.output
