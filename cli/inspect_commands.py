@@ -6,8 +6,9 @@ import sys
 
 import click
 
-from occsynth.preview import PAIR_IOU, preview, save_sheet
-from occsynth.stats import format_stats, plot_stats, save_plot, stats_from_path, to_json
+from occsynth.preview import (MAX_IMAGES, PAIR_IOU, TILE_RANGE, check_sheet_path, format_problems, preview_report,
+                              save_sheet)
+from occsynth.stats import check_plot_path, format_stats, plot_stats, save_plot, stats_from_path, to_json
 from occsynth.validate import format_report, validate
 
 
@@ -32,9 +33,9 @@ def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
               help="Image root of a COCO JSON [default: images/ beside it, else its folder].")
 @click.option("--out", default="sheet.png", show_default=True, type=click.Path(dir_okay=False),
               help="Contact sheet file (.png or .jpg).")
-@click.option("-n", "num", default=16, show_default=True, type=click.IntRange(min=1), help="Images on the sheet.")
+@click.option("-n", "num", default=16, show_default=True, type=click.IntRange(1, MAX_IMAGES), help="Images on the sheet.")
 @click.option("--columns", default=4, show_default=True, type=click.IntRange(min=1), help="Tiles per row.")
-@click.option("--tile", default=256, show_default=True, type=click.IntRange(min=8), help="Tile size in pixels.")
+@click.option("--tile", default=256, show_default=True, type=click.IntRange(*TILE_RANGE), help="Tile size in pixels.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which images: a seeded random sample.")
 @click.option("--first", is_flag=True, help="Take the first N images instead of a random sample.")
 @click.option("--pair-iou", default=PAIR_IOU, show_default=True, type=click.FloatRange(0, 1),
@@ -42,9 +43,12 @@ def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
 def preview_command(source, images, out, num, columns, tile, seed, first, pair_iou):
     """Contact sheet of a generated set (DIR) or any COCO JSON: visible masks tinted, amodal contours
     solid where visible and dashed where hidden, occludees orange, occluders blue, others green."""
-    sheet = preview(source, images=images, n=num, columns=columns, seed=None if first else seed, tile=tile,
-                    pair_iou=pair_iou)
+    check_sheet_path(out)
+    sheet, problems = preview_report(source, images=images, n=num, columns=columns, seed=None if first else seed,
+                                     tile=tile, pair_iou=pair_iou)
     path = save_sheet(sheet, out)
+    if problems:
+        click.echo(format_problems(problems), err=True)
     click.echo(f"wrote {path} ({sheet.shape[1]}x{sheet.shape[0]})")
 
 
@@ -55,6 +59,8 @@ def preview_command(source, images, out, num, columns, tile, seed, first, pair_i
 def stats_command(source, plot, as_json):
     """Per-category pasted counts, instances per image, occlusion-ratio histogram and layer depth of a
     generated set (DIR) or any COCO JSON."""
+    if plot:
+        check_plot_path(plot)  # before the (long) pass over the file, not after it
     stats = stats_from_path(source)
     click.echo(to_json(stats) if as_json else format_stats(stats))
     if plot:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from . import masks
+from . import errors, masks
 from .atomic import write_bytes
 from .boxes import pairwise_overlap
 from .coco import encode_image, iter_array, read_image, resolve_image_path
@@ -49,6 +49,22 @@ def sheet_shape(count: int, columns: int, tile: int) -> tuple[int, int]:
     return math.ceil(count / cols) * tile, cols * tile
 
 
+TILE_RANGE = (32, 2048)        # --tile bounds: below 32 px nothing reads, above 2048 one tile is a full image
+MAX_IMAGES = 256               # -n bound
+MAX_SHEET_PIXELS = 64 << 20    # 64 Mpx (192 MiB RGB): larger sheets are refused before allocating
+MAX_IMAGE_PIXELS = 1 << 27     # image records claiming more pixels are not decoded (their masks would be huge)
+
+
+def check_sheet_options(n: int, columns: int, tile: int) -> None:
+    """Refuse sizes that cannot make a useful sheet (or would allocate gigabytes)."""
+    if not 1 <= n <= MAX_IMAGES:
+        raise OccsynthError(f"preview: -n must be in 1..{MAX_IMAGES}, got {n}")
+    if columns < 1:
+        raise OccsynthError(f"preview: --columns must be >= 1, got {columns}")
+    if not TILE_RANGE[0] <= tile <= TILE_RANGE[1]:
+        raise OccsynthError(f"preview: --tile must be in {TILE_RANGE[0]}..{TILE_RANGE[1]} pixels, got {tile}")
+
+
 def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16, columns: int = 4,
             seed: int | None = 0, tile: int = 256, labels: bool = True, boxes: bool | None = None,
             pair_iou: float = PAIR_IOU) -> np.ndarray:
@@ -56,37 +72,75 @@ def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, 
 
     ``images``: image root for a JSON file (default: ``images/`` beside it if present, else its folder).
     ``seed``: which images (a seeded sample; ``None`` takes the first ``n``). ``boxes``: draw boxes
-    (default: only for files without amodal masks).
+    (default: only for files without amodal masks). See :func:`preview_report` for the list of
+    images that could not be read.
     """
-    if n < 1 or columns < 1 or tile < 8:
-        raise OccsynthError("preview needs n >= 1, columns >= 1 and tile >= 8")
+    return preview_report(source, images, n, columns, seed, tile, labels, boxes, pair_iou)[0]
+
+
+def preview_report(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16,
+                   columns: int = 4, seed: int | None = 0, tile: int = 256, labels: bool = True,
+                   boxes: bool | None = None, pair_iou: float = PAIR_IOU) -> tuple[np.ndarray, list[dict]]:
+    """(sheet, problems): as :func:`preview`, plus one ``{"image_id", "file_name", "reason", "detail"}``
+    per image drawn as a red-cross placeholder (missing, unreadable, outside the image root, ...)."""
+    check_sheet_options(n, columns, tile)
     ann_path, image_root = resolve_source(source, images)
     chosen = select_images(ann_path, n, seed)
     if not chosen:
         raise OccsynthError(f"{ann_path}: no image records to preview")
-    anns = annotations_of(ann_path, {image["id"] for image in chosen})
     height, width = sheet_shape(len(chosen), columns, tile)
+    if height * width > MAX_SHEET_PIXELS:
+        raise OccsynthError(f"preview: a {width}x{height} sheet is too large (over {MAX_SHEET_PIXELS >> 20} Mpx); "
+                            "lower -n or --tile")
+    anns = annotations_of(ann_path, {image["id"] for image in chosen})
     cols = width // tile
     sheet = np.empty((height, width, 3), np.uint8)
     sheet[:] = BACKGROUND
+    problems: list[dict] = []
     for k, image in enumerate(chosen):
+        h, w = image["height"], image["width"]
+        image_anns = anns.get(image["id"], [])
         try:
-            rgb = read_image(resolve_image_path(image_root, image["file_name"]), (image["height"], image["width"]))
-        except BadRecord:
-            rgb = missing_image(image["height"], image["width"])
+            if h * w > MAX_IMAGE_PIXELS:
+                raise BadRecord(errors.MALFORMED_RECORD, f"image record {image['id']}",
+                                f"{h}x{w} is too large to preview")
+            rgb = read_image(resolve_image_path(image_root, image["file_name"]), (h, w))
+        except BadRecord as exc:
+            problems.append({"image_id": image["id"], "file_name": image["file_name"], "reason": exc.reason,
+                             "detail": exc.detail})
+            if h * w > MAX_IMAGE_PIXELS:  # a stand-in at tile size, no masks decoded
+                _, _, _, h, w = tile_geometry(h, w, tile)
+                image_anns = []
+            rgb = missing_image(h, w)
         y, x = (k // cols) * tile, (k % cols) * tile
-        sheet[y:y + tile, x:x + tile] = render_tile(rgb, anns.get(image["id"], []), tile, boxes=boxes,
+        sheet[y:y + tile, x:x + tile] = render_tile(rgb, image_anns, tile, boxes=boxes,
                                                     pair_iou=pair_iou, label=str(image["id"]) if labels else None)
-    return sheet
+    return sheet, problems
+
+
+def format_problems(problems: list[dict], limit: int = 10) -> str:
+    """One line per unreadable image (the first ``limit``), for the CLI's stderr."""
+    lines = [f"{len(problems)} image(s) drawn as a red-cross placeholder:"]
+    for p in problems[:limit]:
+        lines.append(f"  image {p['image_id']} ({p['file_name']}): {p['reason']}"
+                     + (f" ({p['detail']})" if p.get("detail") else ""))
+    if len(problems) > limit:
+        lines.append(f"  ... {len(problems) - limit} more")
+    return "\n".join(lines)
+
+
+def check_sheet_path(path: str | os.PathLike) -> Path:
+    """The sheet's path if it can be written there (.png/.jpg): checked before any work."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise OccsynthError(f"{path}: the sheet is written as .png or .jpg")
+    return path
 
 
 def save_sheet(sheet: np.ndarray, path: str | os.PathLike, quality: int = 92) -> Path:
     """Write the sheet atomically as PNG or JPEG (by extension)."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in (".png", ".jpg", ".jpeg"):
-        raise OccsynthError(f"{path}: the sheet is written as .png or .jpg")
-    write_bytes(path, encode_image(sheet, ext, quality))
+    path = check_sheet_path(path)
+    write_bytes(path, encode_image(sheet, path.suffix.lower(), quality))
     return path
 
 

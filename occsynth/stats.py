@@ -11,39 +11,108 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
+import ijson
 import numpy as np
 
 from .atomic import write_bytes
-from .coco import encode_image, iter_array
-from .errors import OccsynthError
+from . import errors
+from .coco import encode_image, iter_array, one_line
+from .errors import BadRecord, OccsynthError, SkipLog
 
 RATIO_BINS = 10
 _LIGHT = ("image_id", "category_id", "layer", "occlusion_ratio")
 
 
+COCO_LISTS = ("images", "annotations", "categories")
+
+
 def dataset_stats(annotations: dict) -> dict:
     """Statistics of a COCO-layout dict (``images``, ``annotations``, ``categories``)."""
-    return accumulate(annotations.get("images", []), annotations.get("annotations", []),
-                      annotations.get("categories", []))
+    if not isinstance(annotations, dict) or not all(isinstance(annotations.get(k), list) for k in COCO_LISTS):
+        raise OccsynthError("not a COCO instances dataset (needs 'images', 'annotations' and 'categories' lists)")
+    return accumulate(annotations["images"], annotations["annotations"], annotations["categories"])
 
 
 def stats_from_path(path: str | os.PathLike) -> dict:
-    """Statistics of a generated set directory (its annotations.json) or a COCO JSON file, streamed."""
+    """Statistics of a generated set directory (its annotations.json) or a COCO JSON file, streamed.
+
+    Refuses a file that is not a COCO instances file (top-level object with the three lists):
+    streaming alone would read such a file as an empty set.
+    """
     path = Path(path)
     ann_path = path / "annotations.json" if path.is_dir() else path
     if not ann_path.is_file():
         raise OccsynthError(f"{ann_path}: not found - give a generated set directory or a COCO JSON file")
-    light = ({k: a.get(k) for k in _LIGHT if k in a} for a in iter_array(ann_path, "annotations") if isinstance(a, dict))
-    images = ({"id": im.get("id")} for im in iter_array(ann_path, "images") if isinstance(im, dict))
-    return accumulate(images, light, list(iter_array(ann_path, "categories")))
+    seen = Counter()
+
+    def counted(key: str, light: tuple | None) -> Iterator:
+        for item in iter_array(ann_path, key):
+            seen[key] += 1
+            yield {k: item.get(k) for k in light if k in item} if light and isinstance(item, dict) else item
+
+    categories = list(counted("categories", None))
+    stats = accumulate(counted("images", ("id",)), counted("annotations", _LIGHT), categories)
+    if not all(seen[k] for k in COCO_LISTS):  # an empty or absent list, or not a list at all?
+        check_coco_layout(ann_path)
+    return stats
+
+
+def check_coco_layout(path: str | os.PathLike) -> None:
+    """Raise unless the file is a JSON object whose images/annotations/categories are lists.
+
+    One streaming pass over the parser events (only needed when a list came out empty: an
+    ``"images.item"`` stream is empty both for ``[]`` and for a missing key or an object).
+    """
+    path = Path(path)
+    kinds: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            events = ijson.parse(f, use_float=True)
+            prefix, event, _ = next(events, ("", None, None))
+            if event != "start_map":
+                found = {"start_array": "an array", None: "nothing"}.get(event, f"a {event}")
+                raise OccsynthError(f"{path}: not a COCO file: the top level is {found}, expected a JSON object")
+            key = None
+            for prefix, event, value in events:
+                if prefix == "" and event == "map_key":
+                    key = value
+                elif key is not None and prefix == key:
+                    kinds.setdefault(key, event)
+                    key = None
+    except ijson.JSONError as exc:
+        raise OccsynthError(f"{path}: malformed JSON ({one_line(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for key in COCO_LISTS:
+        if key not in kinds:
+            raise OccsynthError(f"{path}: not a COCO file: missing the '{key}' list of a COCO instances file")
+        if kinds[key] != "start_array":
+            found = {"start_map": "an object"}.get(kinds[key], f"a {kinds[key]}")
+            raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
 
 
 def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequence[dict]) -> dict:
-    """One pass over the records; see the module docstring for what is counted."""
-    image_ids = [im.get("id") for im in images if isinstance(im, dict)]
+    """One pass over the records; see the module docstring for what is counted.
+
+    Skipped and counted in ``skipped`` (by reason, with an example): image records that are no
+    object or have no id, repeated image ids, annotations that are no object, and (when there is an
+    image table) annotations of unknown images. Unknown categories are counted under ``(unknown)``.
+    """
+    skips = SkipLog()
+    image_ids, listed = [], set()
+    for im in images:
+        image_id = im.get("id") if isinstance(im, dict) else None
+        if image_id is None or isinstance(image_id, (dict, list)):
+            skips.skip(BadRecord(errors.MALFORMED_RECORD, f"image record {str(im)[:60]}", "no 'id'"))
+        elif image_id in listed:
+            skips.skip(BadRecord(errors.DUPLICATE_ID, f"image record {image_id}"))
+        else:
+            listed.add(image_id)
+            image_ids.append(image_id)
+    check_image = bool(listed)
     per_image: Counter = Counter()
     pasted_per_image: Counter = Counter()
     depth: dict = {}
@@ -54,18 +123,27 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
     pasted_ratio_counts = np.zeros(RATIO_BINS, np.int64)
     ratio_sum, ratio_n, total = 0.0, 0, 0
     for ann in anns:
+        if not isinstance(ann, dict):
+            skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann)[:60]}", "not an object"))
+            continue
+        image_id = ann.get("image_id")
+        if check_image and (isinstance(image_id, (dict, list)) or image_id not in listed):
+            skips.skip(BadRecord(errors.UNKNOWN_IMAGE, f"annotation {str(ann.get('id', '?'))[:40]}",
+                                 f"image_id {str(image_id)[:40]}"))
+            continue
         total += 1
         layer = ann.get("layer", 0)
         layer = layer if isinstance(layer, int) and not isinstance(layer, bool) else 0
-        image_id = ann.get("image_id")
         per_image[image_id] += 1
         depth[image_id] = max(depth.get(image_id, 0), layer)
         layers[layer] += 1
+        category = ann.get("category_id")
+        category = category if not isinstance(category, (dict, list)) else str(category)
         if layer > 0:
-            pasted[ann.get("category_id")] += 1
+            pasted[category] += 1
             pasted_per_image[image_id] += 1
         else:
-            background[ann.get("category_id")] += 1
+            background[category] += 1
         ratio = ann.get("occlusion_ratio")
         if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and np.isfinite(ratio):
             b = ratio_bin(float(ratio))
@@ -75,7 +153,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
             ratio_sum += float(ratio)
             ratio_n += 1
 
-    known = [c for c in categories if isinstance(c, dict) and "id" in c]
+    known = [c for c in categories if isinstance(c, dict) and "id" in c and not isinstance(c["id"], (dict, list))]
     known_ids = {c["id"] for c in known}
     rows = [{"id": c["id"], "name": c.get("name", str(c["id"])), "pasted": pasted.get(c["id"], 0),
              "background": background.get(c["id"], 0)} for c in known]
@@ -83,7 +161,6 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
         if cid not in known_ids:
             rows.append({"id": cid, "name": "(unknown)", "pasted": pasted.get(cid, 0),
                          "background": background.get(cid, 0)})
-    listed = set(image_ids)
     all_ids = image_ids + [i for i in per_image if i not in listed]
     return {
         "images": len(image_ids),
@@ -98,6 +175,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
                             "mean": ratio_sum / ratio_n if ratio_n else 0.0},
         "layers": dict(sorted(layers.items())),
         "depth_per_image": dict(sorted(Counter(depth.get(i, 0) for i in all_ids).items())),
+        "skipped": skips.to_dict(),
     }
 
 
@@ -137,6 +215,10 @@ def format_stats(stats: dict) -> str:
                      f"  {n_all:>8} {n_pasted:>8}")
     lines += ["", "instances per layer: " + ", ".join(f"{k}: {v}" for k, v in stats["layers"].items()),
               "images by deepest layer: " + ", ".join(f"{k}: {v}" for k, v in stats["depth_per_image"].items())]
+    skipped = stats.get("skipped", {}).get("counts", {})
+    if skipped:
+        lines += ["", f"skipped {sum(skipped.values())} record(s), not counted above:"]
+        lines += [f"  {n:>7}  {reason}   e.g. {stats['skipped']['examples'][reason]}" for reason, n in skipped.items()]
     return "\n".join(lines)
 
 
@@ -169,9 +251,16 @@ def plot_stats(stats: dict) -> np.ndarray:
     return np.vstack([np.hstack(panels[:2]), np.hstack(panels[2:])])
 
 
+AXIS_FONT = (cv2.FONT_HERSHEY_PLAIN, 0.8)  # crisp at this size (SIMPLEX at 0.35 smears its strokes together)
+
+
 def bar_panel(title: str, labels: Sequence[str], values: Sequence[int], colour: Sequence[int],
               size: tuple[int, int] = PANEL) -> np.ndarray:
-    """One bar chart on white: bar heights proportional to the values, the tallest reaching the top line."""
+    """One bar chart on white: bar heights proportional to the values, the tallest reaching the top line.
+
+    The y axis is labelled once at each end (0 and the maximum), right-aligned in the margin left of
+    the axis, so a long number never runs into the axis or the bars.
+    """
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)
     cv2.putText(img, title, (10, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, INK, 1, cv2.LINE_AA)
@@ -179,7 +268,10 @@ def bar_panel(title: str, labels: Sequence[str], values: Sequence[int], colour: 
     cv2.line(img, (left, bottom), (right, bottom), INK, 1)
     cv2.line(img, (left, top), (left, bottom), INK, 1)
     vmax = max(values) if len(values) and max(values) > 0 else 0
-    cv2.putText(img, str(vmax), (4, top + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, INK, 1, cv2.LINE_AA)
+    if vmax:
+        cv2.line(img, (left - 3, top), (left, top), INK, 1)
+        _axis_label(img, _short_number(vmax), left - 5, top)
+    _axis_label(img, "0", left - 5, bottom)
     if not len(values):
         return img
     slot = (right - left - 1) / len(values)
@@ -191,13 +283,41 @@ def bar_panel(title: str, labels: Sequence[str], values: Sequence[int], colour: 
             y = bottom - 1 - int(round((bottom - 1 - top) * value / vmax))
             cv2.rectangle(img, (x0, y), (max(x0, x1), bottom - 1), colour, -1)
         if k % label_every == 0:
-            cv2.putText(img, label[:6], (x0, bottom + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.33, INK, 1, cv2.LINE_AA)
+            font, scale = AXIS_FONT
+            cv2.putText(img, label[:6], (x0, bottom + 16), font, scale, INK, 1, cv2.LINE_AA)
     return img
 
 
-def save_plot(image: np.ndarray, path: str | os.PathLike) -> Path:
+def _short_number(value: int) -> str:
+    """A count in at most 5 characters: 999, 12345, 1.2M."""
+    if value < 100_000:
+        return str(value)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= div:
+            text = f"{value / div:.1f}".rstrip("0").rstrip(".")
+            return (text if len(text) <= 3 else f"{value / div:.0f}") + suffix
+    return str(value)
+
+
+def _axis_label(img: np.ndarray, text: str, x_right: int, y_centre: int) -> None:
+    """Text right-aligned at ``x_right``, vertically centred on ``y_centre``, shrunk to fit left of it."""
+    font, scale = AXIS_FONT
+    (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
+    if tw > x_right - 2:
+        scale *= (x_right - 2) / tw
+        (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
+    cv2.putText(img, text, (x_right - tw, y_centre + th // 2), font, scale, INK, 1, cv2.LINE_AA)
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """The plot's path if its extension is one the plot can be written as (checked before any work)."""
     path = Path(path)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise OccsynthError(f"{path}: the plot is written as .png or .jpg")
+    return path
+
+
+def save_plot(image: np.ndarray, path: str | os.PathLike) -> Path:
+    path = check_plot_path(path)
     write_bytes(path, encode_image(image, path.suffix.lower()))
     return path

@@ -25,6 +25,7 @@ from .coco import iter_array, read_image, resolve_image_path
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
+from .stats import check_coco_layout
 
 ANNOTATIONS_FILE = "annotations.json"
 MANIFEST_FILE = "manifest.json"
@@ -114,6 +115,8 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
             failures.add("duplicate_id", f"image id {record['id']} appears more than once", image_id=record["id"])
             continue
         images[record["id"]] = record
+    if not categories or not images:  # empty lists, or no COCO layout at all? (streaming cannot tell)
+        check_coco_layout(ann_path)
 
     totals = {"images": len(images), "annotations": 0, "pasted": 0}
     pasted: Counter = Counter()
@@ -134,6 +137,8 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     finally:
         bar.close()
 
+    if not totals["annotations"]:
+        check_coco_layout(ann_path)
     totals["pasted_per_category"] = {str(k): v for k, v in sorted(pasted.items())}
     _check_manifest(out_dir / MANIFEST_FILE, totals, failures)
     balance = class_balance(pasted, balance_tolerance, balance_slack)

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
-from occsynth.preview import (BACKGROUND, DASH, NEUTRAL, OCCLUDEE, OCCLUDER, PAIR, TINT_ALPHA, preview, sheet_shape,
-                              tile_geometry)
+from occsynth.preview import (BACKGROUND, DASH, NEUTRAL, OCCLUDEE, OCCLUDER, PAIR, TINT_ALPHA, missing_image, preview,
+                              preview_report, sheet_shape, tile_geometry)
 from datasets import SCENES, build, scene_instances, write_dataset
 
 TILE = 64
@@ -169,3 +169,59 @@ def test_cli_writes_png_and_jpeg(dataset, tmp_path):
         assert cv2.imread(str(out)).shape == (96, 96, 3)
     bad = runner.invoke(group, ["preview", str(dataset), "--out", str(tmp_path / "sheet.gif")])
     assert bad.exit_code == 2 and ".png or .jpg" in bad.output
+
+
+def test_unreadable_images_are_reported(dataset, tmp_path):
+    data, _ = build()
+    ids = [im["id"] for im in data["images"]]
+    data["images"][0]["file_name"] = "nowhere.png"
+    data["images"][1]["file_name"] = "../escape.png"
+    (dataset / "broken.png").write_bytes(b"not an image")
+    data["images"][2]["file_name"] = "broken.png"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    sheet, problems = preview_report(path, images=dataset, n=3, columns=3, seed=None, tile=TILE, labels=False)
+    assert [(p["image_id"], p["file_name"], p["reason"]) for p in problems] == [
+        (ids[0], "nowhere.png", "missing image file"),
+        (ids[1], "../escape.png", "file_name points outside the image root"),
+        (ids[2], "broken.png", "unreadable or corrupt image")]
+    # The first tile is the red-cross stand-in (no annotations drawn on it at this size: it is the letterboxed cross).
+    assert has_colour(sheet[:, :TILE], (200, 0, 0)).any()
+    runner = CliRunner()
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    result = runner.invoke(group, ["preview", str(path), "--images", str(dataset), "--out", str(tmp_path / "s.png"),
+                                   "-n", "3", "--first", "--tile", "32"])
+    assert result.exit_code == 0, result.output
+    assert "3 image(s) drawn as a red-cross placeholder:" in result.output
+    assert f"image {ids[1]} (../escape.png): file_name points outside the image root" in result.output
+
+
+def test_huge_record_gets_a_tile_sized_stand_in(dataset, tmp_path):
+    data, _ = build()
+    data["images"] = [dict(data["images"][0], height=100000, width=100000)]
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(data))
+    sheet, problems = preview_report(path, images=dataset / "images", n=1, tile=TILE, labels=False)
+    assert sheet.shape == (TILE, TILE, 3) and np.array_equal(sheet, missing_image(TILE, TILE))
+    assert problems[0]["detail"] == "100000x100000 is too large to preview"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tile", "100000"], "not in the range 32<=x<=2048"),
+    (["--tile", "8"], "not in the range 32<=x<=2048"),
+    (["-n", "100000"], "not in the range 1<=x<=256"),
+    (["-n", "256", "--tile", "2048"], "too large"),
+    (["--out", "x.gif"], ".png or .jpg"),
+])
+def test_sheet_size_limits(dataset, tmp_path, args, message):
+    data, _ = build()
+    data["images"] = [dict(data["images"][0], id=i) for i in range(300)]
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(data))
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    result = CliRunner().invoke(group, ["preview", str(path), "--images", str(dataset / "images"),
+                                        "--out", str(tmp_path / "s.png")] + args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s.png").exists()
+    with pytest.raises(Exception, match="--tile must be in 32..2048"):
+        preview(path, tile=100000)

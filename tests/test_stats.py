@@ -5,11 +5,12 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
-from occsynth.stats import BAR_PASTED, PANEL, dataset_stats, plot_stats, ratio_bin, stats_from_path
+from occsynth.stats import BAR_PASTED, PANEL, bar_panel, dataset_stats, plot_stats, ratio_bin, stats_from_path
 from datasets import SCENES, build, scene_instances, write_dataset
 
 
@@ -87,3 +88,76 @@ def test_cli_text_json_and_plot(tmp_path):
     assert json.loads(as_json.output)["layers"] == {"0": 4, "1": 3, "2": 3, "3": 3}
     missing = runner.invoke(group, ["stats", str(tmp_path)])
     assert missing.exit_code == 2 and "annotations.json" in missing.output
+
+
+def group():
+    return Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2, 3]", "the top level is an array, expected a JSON object"),
+    ("{}", "missing the 'images' list"),
+    ('{"images": {"1": {}}, "annotations": [], "categories": []}', "'images' is an object, expected a list"),
+    ('{"images": [], "annotations": 5, "categories": []}', "'annotations' is a number, expected a list"),
+    ('{"images": [], "annotations": []}', "missing the 'categories' list"),
+    ('{"images": [{"id": 1,', "malformed JSON"),
+])
+def test_non_coco_input_is_refused(tmp_path, content, message):
+    path = tmp_path / "x.json"
+    path.write_text(content)
+    res = CliRunner().invoke(group(), ["stats", str(path)])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_empty_but_well_formed_set_is_fine(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"images": [], "annotations": [], "categories": []}')
+    stats = stats_from_path(path)
+    assert stats["images"] == stats["annotations"] == 0 and stats["skipped"]["counts"] == {}
+
+
+def test_skipped_records_are_reported_not_counted(tmp_path):
+    data, _ = build()
+    data["images"].append(dict(data["images"][0]))  # duplicate id
+    data["images"].append("junk")
+    data["annotations"] += [7, dict(data["annotations"][0], id=999, image_id=12345)]
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    clean, _ = build()
+    stats = stats_from_path(path)
+    expected = dataset_stats(clean)
+    assert {k: v for k, v in stats.items() if k != "skipped"} == {k: v for k, v in expected.items() if k != "skipped"}
+    assert stats["skipped"]["counts"] == {"annotation refers to an unknown image id": 1, "duplicate id": 1,
+                                          "malformed record": 2}
+    res = CliRunner().invoke(group(), ["stats", str(path)])
+    assert res.exit_code == 0 and "skipped 4 record(s), not counted above:" in res.output
+    assert "image_id 12345" in res.output
+
+
+def test_bad_plot_extension_is_refused_before_any_output(tmp_path):
+    out = write_dataset(tmp_path / "set")
+    res = CliRunner().invoke(group(), ["stats", str(out), "--plot", str(tmp_path / "x.gif")])
+    assert res.exit_code == 2 and res.output.startswith("Error:") and ".png or .jpg" in res.output
+    assert "annotations" not in res.output and not (tmp_path / "x.gif").exists()
+
+
+def test_y_axis_labels_are_drawn_once_left_of_the_axis():
+    left, top, bottom = 40, 40, PANEL[0] - 40
+    for vmax in (7, 123, 99999, 1234567):
+        panel = bar_panel("t", ["a", "b"], [vmax, vmax // 2], BAR_PASTED)
+        ink = np.any(panel < 200, axis=-1)
+        ink[:, left - 3:left + 1] = False  # the axis and its tick
+        label_rows = ink[top - 12:top + 12]
+        # The max label: right of x=0, ending before the tick, in one place (one connected run of columns).
+        columns = np.flatnonzero(label_rows[:, :left].any(axis=0))
+        assert len(columns) and columns.max() < left - 3 and columns.min() >= 0
+        assert np.all(np.diff(columns) <= 4)  # one label, not two overlapping copies side by side
+        # Nothing but the bar (no text) right of the axis in those rows.
+        right_part = panel[top - 12:top + 12, left + 1:]
+        colours = {tuple(c) for c in right_part.reshape(-1, 3)}
+        assert colours <= {(255, 255, 255), tuple(BAR_PASTED)}
+        zero = np.flatnonzero(ink[bottom - 8:bottom + 8, :left].any(axis=0))
+        assert len(zero) and zero.max() < left - 3
+    empty = bar_panel("t", [], [], BAR_PASTED)
+    assert not np.any(empty[top - 12:top + 8, :left - 3] < 200)  # no max label on an empty panel

@@ -276,3 +276,17 @@ def test_a_generated_set_passes_and_a_broken_one_fails(tmp_path):
     occluded["occluder_ids"] = []
     (out / "annotations.json").write_text(json.dumps(data))
     assert failing(validate(out, progress=False)) == {"occluder_ids"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[]", "the top level is an array"),
+    (b'{"images": {}, "annotations": [], "categories": []}', "'images' is an object, expected a list"),
+    (b'{"images": [], "annotations": [], "categories": []', "malformed JSON"),
+    (b'\xc1\xc6{\xe19\xa3\xcc\xfb\xf0&\xd1\x7f', "malformed JSON"),
+])
+def test_non_coco_or_malformed_annotations_are_one_error(dataset, content, message):
+    (dataset / "annotations.json").write_bytes(content)
+    result = CliRunner().invoke(cli(), ["validate", str(dataset), "--quiet"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].isprintable() and "\\x" not in lines[0]
