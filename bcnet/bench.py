@@ -39,33 +39,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, iters: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
+def _median_time(fn, iters: int, device: torch.device) -> float:
+    times = []
     for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
         fn()
-    _sync(device)
-    return (time.perf_counter() - start) / iters
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", batch: int = 2, size: int = 512,
                 iters: int = 5, warmup: int = 2, device: str | None = None, num_classes: int = 81,
                 amp: bool = False) -> dict:
-    """Seconds per train step and per inference batch for Mask R-CNN's head and BCNet's, and their ratio."""
+    """Seconds per train step and per inference batch for Mask R-CNN's head and BCNet's, and their ratio.
+
+    Both models get the same detector weights (copied), so they see the same proposals and
+    detections; steps alternate between the two models and the median is kept, so drift in the
+    machine's load hits both alike.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(0)
     images, targets = _synthetic_batch(batch, size, num_classes, device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "detector": detector, "backbone": backbone, "batch": batch, "size": size, "iters": iters}
+    models, steps, infers = {}, {}, {}
     for head in HEADS:
-        model = build_model(num_classes, detector=detector, mask_head=head, backbone=backbone,
-                            min_size=size, max_size=size).to(device)
+        torch.manual_seed(0)
+        models[head] = build_model(num_classes, detector=detector, mask_head=head, backbone=backbone,
+                                   min_size=size, max_size=size).to(device)
+        models[head].return_occluder_masks = False  # time the instance masks, as Mask R-CNN returns
+    shared = models[HEADS[0]].state_dict()
+    own = models[HEADS[1]].state_dict()
+    models[HEADS[1]].load_state_dict({k: v for k, v in shared.items()
+                                      if k in own and own[k].shape == v.shape and "mask" not in k}, strict=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    for head, model in models.items():
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
-        def train_step():
+        def train_step(model=model, optimizer=optimizer):
+            torch.manual_seed(1)  # same RPN/RoI sampling for both models
             model.train()
             with autocast:
                 loss = sum(model(images, targets).values())
@@ -74,14 +87,25 @@ def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", ba
             optimizer.step()
 
         @torch.no_grad()
-        def inference():
+        def inference(model=model):
             model.eval()
             with autocast:
                 model(images)
 
-        report[head] = {"parameters": count_parameters(model),
-                        "train_step_s": round(_time(train_step, iters, warmup, device), 4),
-                        "inference_s": round(_time(inference, iters, warmup, device), 4)}
+        steps[head], infers[head] = train_step, inference
+    for _ in range(warmup):
+        for head in HEADS:
+            steps[head]()
+            infers[head]()
+    times = {head: {"train": [], "inference": []} for head in HEADS}
+    for _ in range(iters):
+        for head in HEADS:
+            times[head]["train"].append(_median_time(steps[head], 1, device))
+            times[head]["inference"].append(_median_time(infers[head], 1, device))
+    for head in HEADS:
+        median = {k: sorted(v)[len(v) // 2] for k, v in times[head].items()}
+        report[head] = {"parameters": count_parameters(models[head]), "train_step_s": round(median["train"], 4),
+                        "inference_s": round(median["inference"], 4)}
     base, ours = report["fcn"], report["bilayer-gcn"]
     report["train_step_ratio"] = round(ours["train_step_s"] / base["train_step_s"], 3)
     report["inference_ratio"] = round(ours["inference_s"] / base["inference_s"], 3)

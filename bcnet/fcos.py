@@ -32,6 +32,7 @@ class BCNetFCOS(FCOS):
         self.mask_branch = mask_branch
         self.loss_weights = dict(loss_weights or LOSS_PRESETS["paper"])
         self.mask_detections_per_img = mask_detections_per_img
+        self.return_occluder_masks = True
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         from .model import paste_extra_masks
@@ -75,4 +76,4 @@ class BCNetFCOS(FCOS):
             for det, masks in zip(detections, predicted):
                 det.update(masks)
         detections = self.transform.postprocess(detections, images.image_sizes, original_sizes)
-        return paste_extra_masks(detections, original_sizes)
+        return paste_extra_masks(detections, original_sizes, keep=self.return_occluder_masks)

@@ -57,12 +57,19 @@ class BilayerTransform(GeneralizedRCNNTransform):
 
 
 def paste_extra_masks(detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]],
-                      keys: tuple[str, ...] = ("occluder_masks",)) -> list[dict[str, Tensor]]:
-    """Paste the M x M probabilities under ``keys`` into the image, as the transform does for ``masks``."""
+                      keys: tuple[str, ...] = ("occluder_masks",), keep: bool = True) -> list[dict[str, Tensor]]:
+    """Paste the M x M probabilities under ``keys`` into the image, as the transform does for ``masks``.
+
+    ``keep=False`` drops them instead: pasting is the costly part of inference on CPU, and
+    evaluation needs only the instance masks (set ``model.return_occluder_masks = False``).
+    """
     for det, size in zip(detections, image_sizes):
         for key in keys:
             if key in det:
-                det[key] = paste_masks_in_image(det[key], det["boxes"], size)
+                if keep:
+                    det[key] = paste_masks_in_image(det[key], det["boxes"], size)
+                else:
+                    del det[key]
     return detections
 
 
@@ -76,13 +83,14 @@ class BCNetFasterRCNN(FasterRCNN):
         self.transform = BilayerTransform.like(self.transform)
         self.roi_heads = BilayerRoIHeads.from_roi_heads(self.roi_heads, mask_branch)
         self.loss_weights = dict(loss_weights or LOSS_PRESETS["paper"])
+        self.return_occluder_masks = True
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         out = super().forward(images, targets)
         if self.training:
             return weight_losses(out, self.loss_weights)
-        return paste_extra_masks(out, sizes)
+        return paste_extra_masks(out, sizes, keep=self.return_occluder_masks)
 
 
 class TinyBody(nn.Sequential):
