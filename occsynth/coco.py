@@ -70,6 +70,43 @@ def one_line(exc: BaseException) -> str:
     return "".join(c if c.isprintable() else "?" for c in text).strip()
 
 
+COCO_LISTS = ("images", "annotations", "categories")
+
+
+def check_coco_layout(path: str | os.PathLike) -> None:
+    """Raise unless the file is a JSON object whose images/annotations/categories are lists.
+
+    One streaming pass over the parser events (only needed when a list came out empty: an
+    ``"images.item"`` stream is empty both for ``[]`` and for a missing key or an object).
+    """
+    path = Path(path)
+    kinds: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            events = ijson.parse(f, use_float=True)
+            prefix, event, _ = next(events, ("", None, None))
+            if event != "start_map":
+                found = {"start_array": "an array", None: "nothing"}.get(event, f"a {event}")
+                raise OccsynthError(f"{path}: not a COCO file: the top level is {found}, expected a JSON object")
+            key = None
+            for prefix, event, value in events:
+                if prefix == "" and event == "map_key":
+                    key = value
+                elif key is not None and prefix == key:
+                    kinds.setdefault(key, event)
+                    key = None
+    except ijson.JSONError as exc:
+        raise OccsynthError(f"{path}: malformed JSON ({one_line(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for key in COCO_LISTS:
+        if key not in kinds:
+            raise OccsynthError(f"{path}: not a COCO file: missing the '{key}' list of a COCO instances file")
+        if kinds[key] != "start_array":
+            found = {"start_map": "an object"}.get(kinds[key], f"a {kinds[key]}")
+            raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
+
+
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """sha256 of a file's bytes: identifies a source set in caches and manifests."""
     digest = hashlib.sha256()

@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import cv2
-import ijson
 import numpy as np
 
 from .atomic import write_bytes
 from . import errors
-from .coco import encode_image, iter_array, one_line
+from .coco import COCO_LISTS, check_coco_layout, encode_image, iter_array
 from .errors import BadRecord, OccsynthError, SkipLog
 
 RATIO_BINS = 10
 _LIGHT = ("image_id", "category_id", "layer", "occlusion_ratio")
 
 
-COCO_LISTS = ("images", "annotations", "categories")
 
 
 def dataset_stats(annotations: dict) -> dict:
@@ -58,40 +56,6 @@ def stats_from_path(path: str | os.PathLike) -> dict:
     if not all(seen[k] for k in COCO_LISTS):  # an empty or absent list, or not a list at all?
         check_coco_layout(ann_path)
     return stats
-
-
-def check_coco_layout(path: str | os.PathLike) -> None:
-    """Raise unless the file is a JSON object whose images/annotations/categories are lists.
-
-    One streaming pass over the parser events (only needed when a list came out empty: an
-    ``"images.item"`` stream is empty both for ``[]`` and for a missing key or an object).
-    """
-    path = Path(path)
-    kinds: dict[str, str] = {}
-    try:
-        with open(path, "rb") as f:
-            events = ijson.parse(f, use_float=True)
-            prefix, event, _ = next(events, ("", None, None))
-            if event != "start_map":
-                found = {"start_array": "an array", None: "nothing"}.get(event, f"a {event}")
-                raise OccsynthError(f"{path}: not a COCO file: the top level is {found}, expected a JSON object")
-            key = None
-            for prefix, event, value in events:
-                if prefix == "" and event == "map_key":
-                    key = value
-                elif key is not None and prefix == key:
-                    kinds.setdefault(key, event)
-                    key = None
-    except ijson.JSONError as exc:
-        raise OccsynthError(f"{path}: malformed JSON ({one_line(exc)})") from None
-    except UnicodeDecodeError as exc:
-        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    for key in COCO_LISTS:
-        if key not in kinds:
-            raise OccsynthError(f"{path}: not a COCO file: missing the '{key}' list of a COCO instances file")
-        if kinds[key] != "start_array":
-            found = {"start_map": "an object"}.get(kinds[key], f"a {kinds[key]}")
-            raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
 
 
 def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequence[dict]) -> dict:

@@ -21,11 +21,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import masks
-from .coco import iter_array, read_image, resolve_image_path
+from .coco import check_coco_layout, iter_array, read_image, resolve_image_path
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
-from .stats import check_coco_layout
 
 ANNOTATIONS_FILE = "annotations.json"
 MANIFEST_FILE = "manifest.json"
