@@ -43,8 +43,9 @@ class CocoInstances(Dataset):
     ``annotation_ids`` Int64[N], ``image_id`` int, ``orig_size`` (height, width) of the file.
 
     Bad image/annotation records are skipped and counted in ``self.skips`` (``strict=True``
-    stops at the first). Image files are checked to exist up front; a file that exists but
-    cannot be decoded raises :class:`BadRecord` when read. ``drop_empty`` leaves out images
+    stops at the first); a record met again (next epoch) is not counted again. Image files are
+    checked to exist up front; a file that exists but cannot be decoded raises
+    :class:`BadRecord` when read (:class:`SampleStream` skips it, counting it with :meth:`skip`). ``drop_empty`` leaves out images
     with no usable instance (training wants them out, evaluation wants every image in).
     """
 
@@ -59,6 +60,7 @@ class CocoInstances(Dataset):
             raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.skips = SkipLog(strict=strict)
+        self._counted: set[str] = set()
         data = coco.read_dataset(self.ann_file)
         images, categories, by_image = coco.index_dataset(data, self.skips)
         self.categories = [categories[c] for c in sorted(categories)]
@@ -87,6 +89,15 @@ class CocoInstances(Dataset):
             self.images.append(image)
             self.paths.append(path)
             self.annotations.append(anns)
+
+    def skip(self, error: BadRecord) -> None:
+        """Count ``error`` in ``self.skips`` once per distinct record (strict: raise it). Records met
+        while loading in DataLoader worker processes are counted in those processes only."""
+        key = str(error)
+        if key in self._counted and not self.skips.strict:
+            return
+        self._counted.add(key)
+        self.skips.skip(error)
 
     @property
     def num_classes(self) -> int:
@@ -127,7 +138,7 @@ class CocoInstances(Dataset):
                     target_mask = _decode(ann, "amodal_segmentation", height, width)
                     box = mask_ops.bbox(target_mask)
             except BadRecord as exc:
-                self.skips.skip(exc)
+                self.skip(exc)
                 continue
             x, y, w, h = box
             x0, y0 = max(x, 0.0), max(y, 0.0)
@@ -228,7 +239,28 @@ class SampleStream(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, k: int):
-        return self.dataset.get(self.index(k), rng=np.random.default_rng([self.seed, 1 << 20, int(k)]))
+        """Draw k; an image file that cannot be decoded is skipped (counted by the dataset's
+        :meth:`CocoInstances.skip`; strict datasets raise) and the next image of the epoch's order
+        taken instead, so the stream stays a function of (seed, k) while the file stays bad."""
+        first = self.index(k)
+        epoch, position = divmod(int(k), len(self.dataset))
+        n = len(self.dataset)
+        for step in range(n):
+            index = first if step == 0 else int(self._order_of(epoch)[(position + step) % n])
+            try:
+                return self.dataset.get(index, rng=np.random.default_rng([self.seed, 1 << 20, int(k)]))
+            except BadRecord as exc:
+                if not hasattr(self.dataset, "skip"):
+                    raise
+                self.dataset.skip(exc)
+        raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: none of the {n} training images "
+                            "could be read")
+
+    def _order_of(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            self._epoch = epoch
+        return self._order
 
 
 def rank_draws(start_iteration: int, iterations: int, batch_size: int, rank: int = 0, world_size: int = 1,

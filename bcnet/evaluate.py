@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -48,9 +49,11 @@ from tqdm import tqdm
 from occsynth import coco as coco_io
 from occsynth import masks as mask_ops
 from occsynth.boxes import pairwise_overlap
-from occsynth.errors import OccsynthError
+from occsynth import errors
+from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from . import occsep
+from .device import resolve_device
 
 MODES = ("visible", "amodal")
 OCCSEP_LISTS = ("occluded", "separated")
@@ -62,13 +65,19 @@ RATIO_EDGES = (0.1, 0.3)
 @torch.inference_mode()
 def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",
                     category_ids: Sequence[int] | None = None, mask_threshold: float = 0.5,
-                    batch_size: int = 1, progress: bool = True) -> list[dict]:
+                    batch_size: int = 1, progress: bool = True, skipped_ids: list | None = None) -> list[dict]:
     """Run ``model`` over every image of ``dataset`` (a :class:`bcnet.data.CocoInstances`) -> COCO results.
 
     ``category_ids[label - 1]`` maps model labels to COCO category ids (default: the dataset's
     mapping; pass the checkpoint's when evaluating on another file). Boxes and mask
     probabilities are mapped back to the image record's size when the dataset resized the
     image; masks are thresholded at ``mask_threshold`` and stored as compressed RLE.
+
+    An image that cannot be read (corrupt, truncated, another size than its record) or that the
+    model cannot process (:func:`check_model_input`) is skipped and counted in ``dataset.skips``
+    like the records the dataset skipped when indexed (a ``strict`` dataset raises the
+    :class:`BadRecord` naming the file instead), so one bad file does not stop an evaluation.
+    Their image ids are appended to ``skipped_ids`` when given: score only the other images.
     """
     category_ids = list(dataset.category_ids if category_ids is None else category_ids)
     was_training = model.training
@@ -77,14 +86,45 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.devi
     indices = range(len(dataset))
     with tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress) as bar:
         for start in range(0, len(dataset), batch_size):
-            batch = [dataset.read(i) for i in indices[start:start + batch_size]]
-            images = [image.to(device) for image, _ in batch]
-            outputs = model(images)
-            for (image, info), output in zip(batch, outputs):
-                results.extend(_to_coco_results(output, info, image.shape[-2:], category_ids, mask_threshold))
-            bar.update(len(batch))
+            batch = []
+            for i in indices[start:start + batch_size]:
+                try:
+                    image, info = dataset.read(i)
+                    check_model_input(model, image.shape[-2:], f"image file {dataset.paths[i]}")
+                    batch.append((image, info))
+                except BadRecord as exc:
+                    dataset.skips.skip(exc)
+                    if skipped_ids is not None:
+                        skipped_ids.append(dataset.images[i]["id"])
+            if batch:
+                images = [image.to(device) for image, _ in batch]
+                outputs = model(images)
+                for (image, info), output in zip(batch, outputs):
+                    results.extend(_to_coco_results(output, info, image.shape[-2:], category_ids, mask_threshold))
+            bar.update(len(indices[start:start + batch_size]))
     model.train(was_training)
     return results
+
+
+UNPROCESSABLE_IMAGE = "image the model cannot process"
+
+
+def check_model_input(model: torch.nn.Module, size: Sequence[int], where: str) -> None:
+    """Raise :class:`BadRecord` when the model's own resize would turn an image of ``size``
+    (height, width) into one with a side under one pixel (e.g. a 20000 x 2 strip): torchvision
+    would fail with a RuntimeError deep inside ``interpolate`` instead."""
+    transform = getattr(model, "transform", None)
+    min_sizes, max_size = getattr(transform, "min_size", None), getattr(transform, "max_size", None)
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise BadRecord(UNPROCESSABLE_IMAGE, where, f"{height}x{width} pixels")
+    if not min_sizes or not max_size:
+        return
+    scale = min(float(min_sizes[-1]) / min(height, width), float(max_size) / max(height, width))
+    new_h, new_w = math.floor(height * scale), math.floor(width * scale)
+    if new_h < 1 or new_w < 1:
+        raise BadRecord(UNPROCESSABLE_IMAGE, where, f"{height}x{width} pixels: the model's resize (short side "
+                        f"{min_sizes[-1]}, long side at most {max_size}) leaves {new_h}x{new_w}; aspect ratio too extreme")
 
 
 def _to_coco_results(output: dict, info: dict, input_size, category_ids: list[int],
@@ -118,7 +158,8 @@ def _to_coco_results(output: dict, info: dict, input_size, category_ids: list[in
 def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Sequence[str] = ("bbox", "segm"),
              image_ids: Sequence[int] | None = None, occlusion_splits: bool = True,
              overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES,
-             mode: str = "visible", occsep_lists: dict | None = None) -> dict:
+             mode: str = "visible", occsep_lists: dict | None = None, skips: SkipLog | None = None,
+             record_skips: SkipLog | None = None) -> dict:
     """pycocotools AP of ``results`` against the annotations ``gt`` (path or loaded COCO dict).
 
     Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}, "segm_by_box_overlap":
@@ -129,6 +170,10 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     itself is never changed). ``occsep_lists``: ``{'occluded': ..., 'separated': ...}`` (either
     key optional; a path or an already loaded list) adds ``<key>_recall`` and ``occsep`` (see
     :func:`occsep_metrics`).
+
+    Ground truth pycocotools cannot read is cleaned first (:func:`clean_ground_truth`); what was
+    dropped or turned into an ignore region is counted in ``skips`` (record-level problems in
+    ``record_skips``; both default to one fresh log) and reported as ``out["skipped"]``.
     """
     if mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -136,6 +181,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
     if mode == "amodal":
         data = amodal_ground_truth(data)
+    skips = SkipLog() if skips is None else skips
+    data = clean_ground_truth(data, skips, record_skips=skips if record_skips is None else record_skips)
     known = {image["id"] for image in data["images"]}
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if set(image_ids) - known:
@@ -144,6 +191,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     if unknown:
         raise OccsynthError(f"results refer to images not in the annotations: {sorted(unknown, key=str)[:5]}")
     out: dict = {"images": len(image_ids), "detections": len(results), "mode": mode}
+    if not image_ids:
+        raise OccsynthError("no image to evaluate")
     coco_gt = _coco(data)
     loaded = {}
     for iou_type in iou_types:
@@ -161,6 +210,104 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
                                                          ratio_edges, image_ids)
     if lists:
         out.update(occsep_metrics(data, results, lists))
+    out["skipped"] = skips.to_dict()
+    return out
+
+
+def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | None = None) -> dict:
+    """A copy of ``data`` that pycocotools can evaluate, whatever the annotations file holds.
+
+    pycocotools trusts its input: a 4-number polygon, a broken RLE or a missing ``area`` ends
+    in a TypeError / KeyError deep inside it. Rules (every change counted in a skip log, so
+    ``strict`` logs stop at the first, naming the annotation):
+
+    - image records without an integer ``id`` and positive integer ``height``/``width``, and
+      annotations that are not objects, lack an integer ``id`` or a ``segmentation``, repeat an
+      id, or refer to an unknown image or category, are dropped (into ``record_skips``,
+      default ``skips``; :func:`evaluate_checkpoint` passes a separate log because its dataset
+      already counted these records);
+    - an annotation whose mask cannot be decoded (degenerate polygon with fewer than 3 points,
+      RLE of another size, ...) or is empty becomes an *ignore region*: ``iscrowd = 1`` with its
+      box as the mask, so a detection on it counts neither as a hit nor as a false positive
+      (the object is there; only its outline is unusable). Without a usable box (w, h > 0) it is
+      dropped. Both go to ``skips`` as "degenerate or empty segmentation";
+    - a malformed ``bbox`` next to a good mask is recomputed from the mask (counted as a
+      malformed record); a missing or non-numeric ``area`` is the mask's pixel count and a
+      missing ``iscrowd`` is 0 (not counted: COCO files often omit derived fields).
+    """
+    record_skips = skips if record_skips is None else record_skips
+    categories = {c["id"] for c in data.get("categories", []) if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    images: dict[int, dict] = {}
+    for image in data.get("images", []):
+        try:
+            where = f"image record {image.get('id', '?') if isinstance(image, dict) else image!r}"
+            if not isinstance(image, dict) or not _is_int(image.get("id")):
+                raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
+            if not (_is_int(image.get("height")) and _is_int(image.get("width"))
+                    and image["height"] > 0 and image["width"] > 0):
+                raise BadRecord(errors.MALFORMED_RECORD, where, "needs positive integer 'height' and 'width'")
+            if image["id"] in images:
+                raise BadRecord(errors.DUPLICATE_ID, where)
+            images[image["id"]] = image
+        except BadRecord as exc:
+            record_skips.skip(exc)
+    annotations, seen = [], set()
+    for ann in data.get("annotations", []):
+        try:
+            ann = coco_io.check_annotation_record(ann, images, categories)
+            if ann["id"] in seen:
+                raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}")
+        except BadRecord as exc:
+            record_skips.skip(exc)
+            continue
+        seen.add(ann["id"])
+        cleaned = _clean_annotation(ann, images[ann["image_id"]], skips)
+        if cleaned is not None:
+            annotations.append(cleaned)
+    return {**data, "images": list(images.values()), "annotations": annotations}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_box(box) -> bool:
+    return (isinstance(box, (list, tuple)) and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
+            and box[2] >= 0 and box[3] >= 0)
+
+
+def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
+    where = f"annotation {ann['id']} (image {ann['image_id']})"
+    height, width = image["height"], image["width"]
+    out = dict(ann)
+    out["iscrowd"] = 1 if ann.get("iscrowd") else 0
+    try:
+        rle = mask_ops.to_rle(ann["segmentation"], height, width)
+        if isinstance(ann["segmentation"], dict):  # RLE counts are only checked by decoding them
+            pixels = int(mask_ops.decode(rle, height, width).sum())
+        else:
+            pixels = int(mask_ops.rle_area(rle))
+        problem = "empty mask" if pixels == 0 else ""
+    except Exception as exc:  # DegenerateMask, or pycocotools' bare errors on broken counts
+        rle, pixels, problem = None, 0, str(exc) or type(exc).__name__
+    if problem:
+        box = ann.get("bbox")
+        if not (_is_box(box) and box[2] > 0 and box[3] > 0):
+            skips.skip(BadRecord(errors.DEGENERATE_MASK, where, f"{problem}; no usable bbox either: dropped"))
+            return None
+        skips.skip(BadRecord(errors.DEGENERATE_MASK, where, f"{problem}; kept as an ignore region (iscrowd=1) "
+                                                            "over its bbox"))
+        x, y, w, h = (float(v) for v in box)
+        out.update(iscrowd=1, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], area=w * h,
+                   bbox=[x, y, w, h])
+        return out
+    if not _is_box(ann.get("bbox")):
+        skips.skip(BadRecord(errors.MALFORMED_RECORD, where, f"bbox {ann.get('bbox')!r} recomputed from the mask"))
+        out["bbox"] = [float(v) for v in mask_ops.rle_bbox(rle)]
+    area = ann.get("area")
+    if isinstance(area, bool) or not isinstance(area, (int, float)) or not np.isfinite(area) or area < 0:
+        out["area"] = float(pixels)
     return out
 
 
@@ -425,8 +572,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
 
     if mode is not None and mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    if not 0 < float(mask_threshold) < 1:
+        raise OccsynthError(f"mask threshold must be between 0 and 1 (exclusive), got {mask_threshold}")
     lists = load_occsep_lists(occsep_lists)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model, state = load_model(checkpoint, device)
     if mode is None:
         mode = str((state.get("schedule") or {}).get("mode") or "visible")
@@ -439,15 +588,39 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
                                 category_ids=state["category_ids"])
+        _require_images(name, dataset, image_root)
         gt = coco_io.read_dataset(ann_file)
         if mode == "amodal":  # fail before predicting, not after
             amodal_ground_truth(gt)
+        unreadable: list[int] = []
         results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
-                                  mask_threshold=mask_threshold, progress=progress)
+                                  mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)
+        bad = set(unreadable)
+        done = [i for i in dataset.image_ids if i not in bad]
+        _require_images(name, dataset, image_root, done)
         write_json(out_dir / f"detections_{name}.json", results)
-        report[name] = evaluate(gt, results, image_ids=dataset.image_ids, overlap_edges=overlap_edges,
-                                ratio_edges=ratio_edges, mode=mode, occsep_lists=lists)
+        # the dataset's log already counts bad image/annotation records; GT masks are new to it
+        report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
+                                ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
+                                record_skips=SkipLog(strict=strict))
         report[name]["skipped"] = dataset.skips.to_dict()
     write_json(out_dir / "results.json", report, indent=2)
     write_bytes(out_dir / "results.md", markdown_table(report).encode("utf-8"))
     return report
+
+
+IMAGE_REASONS = (errors.MISSING_FILE, errors.CORRUPT_IMAGE, errors.TRUNCATED_IMAGE, errors.SIZE_MISMATCH,
+                 errors.OUTSIDE_ROOT)
+
+
+def _require_images(name: str, dataset, image_root, done: Sequence[int] | None = None) -> None:
+    """Refuse a set none of whose images could be read: an empty table with exit status 0 would
+    hide a wrong image root. Names the first skipped image file."""
+    if (len(dataset) if done is None else len(done)) > 0:
+        return
+    examples = dataset.skips.examples
+    first = next((examples[r] for r in examples if r in IMAGE_REASONS), next(iter(examples.values()), None))
+    if first is None:
+        raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate")
+    raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
+                        f"check --images (now {image_root}): file names in {dataset.ann_file} are relative to it")

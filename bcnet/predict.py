@@ -19,9 +19,10 @@ from occsynth import masks as mask_ops
 from occsynth.atomic import write_bytes, write_json
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.coco import encode_image, read_image
-from occsynth.errors import BadRecord, OccsynthError
+from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
-from .evaluate import load_model
+from .device import resolve_device
+from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -95,35 +96,66 @@ def render_prediction(image: np.ndarray, output: dict, names: dict[int, str], ca
         cat = category_ids[label - 1] if 0 < label <= len(category_ids) else label
         text = f"{names.get(cat, str(cat))} {float(output['scores'][j]):.2f}"
         cv2.putText(overlay, text, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
-    return np.concatenate([overlay, _heat(image, occludee), _heat(image, occluder)], axis=1)
+    panels = [overlay, _heat(image, occludee), _heat(image, occluder)]
+    for panel, title in zip(panels, PANEL_TITLES):
+        _title(panel, title)
+    return np.concatenate(panels, axis=1)
+
+
+PANEL_TITLES = ("detections", "occludee mask", "occluder heat map")
+TITLE_MIN_SIZE = (48, 96)  # (height, width): smaller panels get no title, it would hide most of them
+
+
+def _title(panel: np.ndarray, text: str) -> None:
+    """Small white-on-black-outline caption in the panel's top-left corner (rows 0..~11), in place."""
+    h, w = panel.shape[:2]
+    if h < TITLE_MIN_SIZE[0] or w < TITLE_MIN_SIZE[1]:
+        return
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(panel, text, (3, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, colour, thickness, cv2.LINE_AA)
 
 
 def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-            score_threshold: float = 0.5, device: str | torch.device = "cpu", pictures: bool = True,
+            score_threshold: float = 0.5, device: str | torch.device | None = "cpu", pictures: bool = True,
             category_names: dict[int, str] | None = None, progress: bool = True) -> dict:
     """Run a trained model on images; write ``results.json`` (COCO results), ``images.json`` (which
-    file each ``image_id`` is) and, with ``pictures``, one PNG per image under ``out_dir/pictures``."""
+    file each ``image_id`` is) and, with ``pictures``, one PNG per image under ``out_dir/pictures``.
+
+    Files that cannot be decoded, and images the model cannot process (an aspect ratio so
+    extreme that its resize leaves a side under one pixel, or a model failure on that image),
+    are skipped with their reason: ``skipped`` lists one line per file, ``skip_counts`` counts
+    them by reason. When no input can be processed at all, :class:`OccsynthError` (nothing written).
+    """
+    device = resolve_device(device)
     model, state = load_model(checkpoint, device)
     category_ids = list(state["category_ids"])
     names = category_names or {c["id"]: c["name"] for c in COCO_CATEGORIES}
     paths = list_images(inputs)
     out_dir = Path(out_dir)
-    results, images, skipped = [], [], []
+    results, images, skips, skipped = [], [], SkipLog(), []
     for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img", disable=not progress), start=1):
         try:
             rgb = read_image(path)
+            check_model_input(model, rgb.shape[:2], f"image file {path}")
+            tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)
+            try:
+                with torch.no_grad():
+                    output = model([tensor])[0]
+            except RuntimeError as exc:  # e.g. out of memory on a huge image: skip it, keep going
+                detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise BadRecord(UNPROCESSABLE_IMAGE, f"image file {path}", detail) from None
         except BadRecord as exc:
+            skips.skip(exc)
             skipped.append(str(exc))
             continue
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)
-        with torch.no_grad():
-            output = model([tensor])[0]
         images.append({"id": image_id, "file_name": str(path), "height": rgb.shape[0], "width": rgb.shape[1]})
         results += to_results(output, image_id, category_ids, score_threshold=0.0)
         if pictures:
             picture = render_prediction(rgb, output, names, category_ids, score_threshold)
             write_bytes(out_dir / "pictures" / f"{image_id:06d}-{path.stem}.png", encode_image(picture, ".png"))
+    if not images:
+        raise OccsynthError(f"none of the {len(paths)} input image(s) could be processed; first: {skipped[0]}")
     write_json(out_dir / "results.json", results)
     write_json(out_dir / "images.json", images)
-    return {"images": len(images), "detections": len(results), "skipped": skipped, "out": str(out_dir)}
-
+    return {"images": len(images), "detections": len(results), "skipped": skipped,
+            "skip_counts": dict(sorted(skips.counts.items())), "out": str(out_dir)}

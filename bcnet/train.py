@@ -25,7 +25,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
 from .data import CocoInstances, micro_batch_size, train_loader
+from .device import resolve_device
 from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
@@ -75,18 +76,59 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
 
 
 def _check_schedule(s: dict) -> None:
+    """Refuse values the optimizer, scheduler or data pipeline would choke on (or silently misuse),
+    naming the setting: a typo on the command line must not cost a traceback or a wasted run."""
     need = ("base_lr", "base_batch_size", "batch_size", "momentum", "weight_decay", "iterations", "steps", "gamma",
             "warmup_iterations", "warmup_factor", "mode", "short", "long_max", "scale_jitter", "flip", "seed",
             "checkpoint_every", "amp", "accumulate", *MODEL_KEYS)
     missing = [k for k in need if k not in s]
     if missing:
         raise OccsynthError(f"schedule lacks {', '.join(missing)}")
-    if int(s["iterations"]) < 1 or int(s["batch_size"]) < 1 or int(s["accumulate"]) < 1:
-        raise OccsynthError("iterations, batch_size and accumulate must be >= 1")
+
+    def number(key: str) -> float:
+        value = s[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise OccsynthError(f"schedule setting {key} must be a finite number, got {value!r}")
+        return float(value)
+
+    def integer(key: str, low: int) -> int:
+        value = s[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise OccsynthError(f"schedule setting {key} must be an integer >= {low}, got {value!r}")
+        return value
+
+    for key in ("iterations", "batch_size", "accumulate", "base_batch_size", "short", "long_max"):
+        integer(key, 1)
+    for key in ("warmup_iterations", "checkpoint_every", "seed"):
+        integer(key, 0)
+    for key in ("workers", "keep_checkpoints", "log_every"):
+        if key in s:
+            integer(key, 0)
+    checks = (("base_lr", lambda v: v > 0, "> 0"), ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+              ("weight_decay", lambda v: v >= 0, ">= 0"), ("gamma", lambda v: v > 0, "> 0"),
+              ("warmup_factor", lambda v: 0 < v <= 1, "in (0, 1]"), ("flip", lambda v: 0 <= v <= 1, "in [0, 1]"))
+    for key, ok, rule in checks:
+        if not ok(number(key)):
+            raise OccsynthError(f"schedule setting {key} must be {rule}, got {s[key]!r}")
+    steps = s["steps"]
+    if (not isinstance(steps, (list, tuple)) or
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in steps)):
+        raise OccsynthError(f"schedule setting steps must be a list of iterations >= 1, got {steps!r}")
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise OccsynthError(f"schedule setting steps must be strictly increasing, got {list(steps)!r}")
+    if s["long_max"] < s["short"]:
+        raise OccsynthError(f"schedule setting long_max ({s['long_max']}) must be >= short ({s['short']})")
     if s["amp"] not in AMP_MODES:
         raise OccsynthError(f"amp must be one of {AMP_MODES}, got {s['amp']!r}")
-    if s["scale_jitter"] and len(s["scale_jitter"]) != 2:
-        raise OccsynthError(f"scale_jitter must be [] or [lo, hi], got {s['scale_jitter']!r}")
+    if s["mode"] not in ("visible", "amodal"):
+        raise OccsynthError(f"schedule setting mode must be 'visible' or 'amodal', got {s['mode']!r}")
+    jitter = s["scale_jitter"]
+    if jitter:
+        if (not isinstance(jitter, (list, tuple)) or len(jitter) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in jitter)):
+            raise OccsynthError(f"scale_jitter must be [] or [lo, hi], got {jitter!r}")
+        if not 1 <= jitter[0] <= jitter[1]:
+            raise OccsynthError(f"scale_jitter [lo, hi] needs 1 <= lo <= hi, got {list(jitter)!r}")
 
 
 def learning_rate(schedule: dict) -> float:
@@ -136,7 +178,8 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> list[
 def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
           schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
-          device: str | None = None, progress: bool = True, strict: bool = False) -> dict:
+          device: str | None = None, progress: bool = True, strict: bool = False,
+          report: Callable[[dict], None] | None = None) -> dict:
     """Train a BCNet model on a COCO-format set; checkpoints go to ``out_dir``.
 
     ``schedule``: bundled name (``schedule-1x``, ``schedule-tiny``), TOML path or flat dict;
@@ -146,6 +189,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``init_checkpoint``: start from another run's weights (fine-tuning). Under torchrun
     (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
     model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
+
+    ``report``: called (rank 0 only) with the skip log (``{"counts", "examples"}``) right after the
+    dataset is indexed, when bad records were skipped there, so the user knows before a long run.
 
     Returns ``{"model", "iteration", "checkpoint", "history", "category_ids", "skipped"}``
     (``model`` unwrapped, in eval mode; ``history``: one dict of losses per iteration run here).
@@ -176,6 +222,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                              float(schedule["flip"])),
                             mode=schedule["mode"], drop_empty=True, strict=strict,
                             category_ids=state["category_ids"] if state else None)
+    if report is not None and rank == 0 and dataset.skips.total:
+        report(dataset.skips.to_dict())
 
     config = model_config(schedule)
     seed = int(schedule["seed"])
@@ -295,19 +343,16 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return path
 
 
-def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool]:
+def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int, bool]:
     """(device, rank, world size, whether this call created the process group)."""
+    dev = resolve_device(device)  # before the process group: a bad --device is one clear error
     world = int(os.environ.get("WORLD_SIZE", "1"))
     own = False
     if world > 1 and not dist.is_initialized():
-        cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         own = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
     if dev.type == "cuda":

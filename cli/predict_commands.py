@@ -1,6 +1,8 @@
 """`bcnet predict`."""
 from __future__ import annotations
 
+import json
+
 import click
 
 
@@ -9,7 +11,7 @@ import click
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="A checkpoint written by bcnet train.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: results.json, images.json, pictures/.")
 @click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i].")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i] (checked: a missing GPU is an error).")
 @click.option("--no-pictures", is_flag=True, help="Write results.json only.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_command(inputs, checkpoint, out, score_threshold, device, no_pictures, quiet):
@@ -24,6 +26,8 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     click.echo(f"{report['images']} images, {report['detections']} detections -> {report['out']}")
     for line in report["skipped"]:
         click.echo(f"skipped: {line}")
+    if report.get("skip_counts"):
+        click.echo("skipped bad input: " + json.dumps(report["skip_counts"]))
 
 
 COMMANDS = [predict_command]

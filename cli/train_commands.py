@@ -1,6 +1,7 @@
 """`bcnet train` and `bcnet evaluate`: thin wrappers over bcnet.train.train and bcnet.evaluate."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -42,6 +43,8 @@ def _steps(ctx, param, value):
 @click.option("--iterations", type=int, help="Override: number of iterations.")
 @click.option("--batch-size", type=int, help="Override: global images per iteration (lr scales with it).")
 @click.option("--lr", "base_lr", type=float, help="Override: base lr at the schedule's base batch size.")
+@click.option("--momentum", type=float, help="Override: SGD momentum, in [0, 1).")
+@click.option("--weight-decay", type=float, help="Override: weight decay, >= 0.")
 @click.option("--steps", callback=_steps, help="Override: lr decay iterations, e.g. 60000,80000.")
 @click.option("--warmup", "warmup_iterations", type=int, help="Override: warm-up iterations.")
 @click.option("--checkpoint-every", type=int, help="Override: iterations between checkpoints.")
@@ -70,11 +73,23 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
     from bcnet.train import train
 
     result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
-                   init_checkpoint=init_checkpoint, device=device, progress=not no_progress, strict=strict)
+                   init_checkpoint=init_checkpoint, device=device, progress=not no_progress, strict=strict,
+                   report=lambda skipped: _echo_skips(skipped, "indexing: "))
     if result["checkpoint"] is not None:
         last = result["history"][-1] if result["history"] else {}
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "
                    f"checkpoint {result['checkpoint']}")
+        _echo_skips(result["skipped"])
+
+
+def _echo_skips(skipped: dict, prefix: str = "") -> None:
+    """One line of counts by reason (as occsynth prints them) and one example per reason."""
+    counts = skipped.get("counts") or {}
+    if not counts:
+        return
+    click.echo(f"{prefix}skipped bad input: {json.dumps(counts)}")
+    for reason, example in (skipped.get("examples") or {}).items():
+        click.echo(f"  e.g. {example}")
 
 
 @click.command("evaluate")
@@ -86,7 +101,9 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 @click.option("--name", "names", multiple=True, help="Name of each set (default: set0, set1, ...).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Where results.json, results.md and detections_<name>.json go.")
-@click.option("--mask-threshold", default=0.5, show_default=True, type=float)
+@click.option("--mask-threshold", default=0.5, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Mask probability above which a pixel is in the predicted mask.")
 @click.option("--mode", type=click.Choice(["visible", "amodal"]),
               help="Score against visible (segmentation) or amodal (amodal_segmentation) masks "
                    "(default: the mode the checkpoint was trained with).")
@@ -114,6 +131,8 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
     report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
                                  mode=mode, occsep_lists=lists, strict=strict, progress=not no_progress)
     click.echo(markdown_table(report), nl=False)
+    for name, entry in report.items():
+        _echo_skips(entry.get("skipped") or {}, f"{name}: ")
     click.echo(f"results: {Path(out_dir) / 'results.json'}")
 
 

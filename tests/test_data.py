@@ -178,3 +178,28 @@ def test_read_gives_the_image_and_its_record(dataset_dir):
     image, info = ds.read(2)
     assert image.shape == (3, 48, 64) and info == {"image_id": 3, "orig_size": (48, 64)}
     json.dumps(info)
+
+
+def test_sample_stream_skips_a_corrupt_image_counting_it_once(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    data["annotations"][0]["segmentation"] = [[1, 1, 5, 5]]  # image 1: degenerate polygon
+    save_annotations(root, data)
+    (root / "images" / "000000000002.png").write_bytes(b"corrupt")
+    ds = _dataset(root)
+    stream = bdata.SampleStream(ds, 3)
+    order = [stream.index(k) for k in range(3)]
+    bad_draw = order.index(1)  # the draw that lands on the corrupt image (dataset index 1 = image 2)
+    image, target = stream[bad_draw]
+    assert target["image_id"] == [1, 2, 3][order[(bad_draw + 1) % 3]]  # the next image of the epoch instead
+    for k in range(9):  # three epochs
+        stream[k]
+    assert ds.skips.counts == {"unreadable or corrupt image": 1, "degenerate or empty segmentation": 1}
+    assert stream[bad_draw][1]["image_id"] == target["image_id"]  # still a function of (seed, k)
+    strict = bdata.SampleStream(_dataset(root, strict=True), 3)
+    with pytest.raises(BadRecord, match="000000000002.png"):
+        strict[bad_draw]
+    for name in ("000000000001.png", "000000000003.png"):
+        (root / "images" / name).write_bytes(b"corrupt")
+    with pytest.raises(OccsynthError, match="none of the 3 training images could be read"):
+        bdata.SampleStream(_dataset(root), 3)[0]

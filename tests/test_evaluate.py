@@ -15,7 +15,7 @@ from bcnet import evaluate as E
 from bcnet.data import CocoInstances
 from datasets import write_dataset
 from occsynth import masks as mask_ops
-from occsynth.errors import OccsynthError
+from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 H = W = 40
 
@@ -118,6 +118,62 @@ def test_bad_inputs_are_reported():
         E.evaluate(gt, [{"image_id": 1, "category_id": 10, "bbox": [0, 0, 4, 4], "score": 0.5}])
     empty = E.evaluate(gt, [])
     assert empty["segm"]["AP"] == -1.0 or empty["segm"]["AP"] == 0.0
+
+
+def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
+    """A 4-number polygon (pycocotools: TypeError) is an ignore region over its box: a detection on it is
+    neither a hit nor a false positive, so perfect detections of the rest still score AP 1. A broken RLE
+    without a usable box is dropped; a bad bbox next to a good mask is recomputed; all counted."""
+    gt = gt_set()
+    gt["annotations"][0]["segmentation"] = [[10, 10, 20, 20]]                       # box (2, 2, 10, 10) stays
+    extra = {"id": 9, "image_id": 2, "category_id": 20, "segmentation": {"size": [5, 5], "counts": "xx"},
+             "bbox": [0, 0, 0, 0], "iscrowd": 0}
+    gt["annotations"].append(extra)
+    gt["annotations"][1]["bbox"] = ["5", 5, 20, 20]
+    del gt["annotations"][2]["area"]
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    by_id = {a["id"]: a for a in cleaned["annotations"]}
+    assert set(by_id) == {1, 2, 3, 4}
+    assert by_id[1]["iscrowd"] == 1 and by_id[1]["segmentation"] == [[2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]]
+    assert by_id[1]["area"] == 100.0 and by_id[2]["bbox"] == [5.0, 5.0, 20.0, 20.0] and by_id[3]["area"] == 400.0
+    assert skips.counts == {"degenerate or empty segmentation": 2, "malformed record": 1}
+    assert gt["annotations"][0]["segmentation"] == [[10, 10, 20, 20]]  # the input is not changed
+
+    results = [det(a["image_id"], a["category_id"], mask_ops.decode(a["segmentation"], H, W), 0.9)
+               for a in gt_set()["annotations"]]  # also one on the degenerate object and one on the crowd
+    out = E.evaluate(gt, results)
+    assert out["segm"]["AP"] == pytest.approx(1.0, abs=1e-12) and out["bbox"]["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert out["skipped"]["counts"] == {"degenerate or empty segmentation": 2, "malformed record": 1}
+    with pytest.raises(OccsynthError, match="annotation 1 .image 1.: degenerate"):
+        E.evaluate(gt, results, skips=SkipLog(strict=True))
+
+
+def test_predict_dataset_skips_unreadable_files(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    (root / "images" / "000000000002.png").write_bytes(b"broken")
+    ds = CocoInstances(root / "annotations.json", root / "images")
+    model = FixedModel([(2, (4, 6, 28, 30))])
+    skipped = []
+    results = E.predict_dataset(model, ds, progress=False, batch_size=2, skipped_ids=skipped)
+    assert skipped == [2] and sorted({r["image_id"] for r in results}) == [1, 3]
+    assert ds.skips.counts == {"unreadable or corrupt image": 1}
+    strict = CocoInstances(root / "annotations.json", root / "images", strict=True)
+    with pytest.raises(OccsynthError, match="000000000002.png: unreadable"):
+        E.predict_dataset(model, strict, progress=False)
+
+
+def test_check_model_input_refuses_sizes_the_resize_would_collapse():
+    class Transform:
+        min_size, max_size = (48,), 64
+
+    model = torch.nn.Module()
+    model.transform = Transform()
+    E.check_model_input(model, (1200, 20), "x")           # scale 64/1200: 64 x 1.07 -> 64 x 1
+    E.check_model_input(model, (3, 3), "x")               # small images are scaled up
+    for size in ((20000, 2), (1920, 20), (2, 20000)):     # 64 x 0.67 -> 64 x 0 ...
+        with pytest.raises(BadRecord, match="cannot process"):
+            E.check_model_input(model, size, "image file a.png")
 
 
 class FixedModel(torch.nn.Module):

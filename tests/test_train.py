@@ -244,3 +244,36 @@ def test_tiny_bilayer_model_learns_masks(tmp_path):
     assert np.mean([h["loss"] for h in history[-20:]]) < 0.6 * np.mean([h["loss"] for h in history[:10]])
     end = _mask_ap(result["model"], root)
     assert start < 0.05 and end >= 0.3, (start, end)
+
+
+def test_resolve_device_checks_names_and_hardware():
+    from bcnet.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(" CPU ") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, words in (("bogus", "--device bogus: not a device"), ("meta", "unsupported device type"),
+                       ("cpu:3", "no index")):
+        with pytest.raises(OccsynthError, match=words):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(OccsynthError, match=f"--device {name}: no CUDA GPU is available on this machine"):
+                resolve_device(name)
+    else:
+        with pytest.raises(OccsynthError, match="CUDA GPU"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"base_lr": 0}, "base_lr must be > 0"), ({"momentum": -0.1}, "momentum must be in"),
+    ({"weight_decay": float("inf")}, "finite number"), ({"gamma": 0}, "gamma must be > 0"),
+    ({"warmup_factor": 1.5}, "warmup_factor must be in"), ({"flip": 2}, "flip must be in"),
+    ({"steps": [3, 3]}, "strictly increasing"), ({"steps": [0]}, "iterations >= 1"),
+    ({"iterations": 2.5}, "iterations must be an integer"), ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"workers": -1}, "workers must be"), ({"accumulate": True}, "accumulate must be an integer"),
+    ({"mode": "full"}, "mode must be"), ({"scale_jitter": [0, 5]}, "scale_jitter"),
+])
+def test_schedule_values_are_checked(override, words):
+    with pytest.raises(OccsynthError, match=words):
+        T.load_schedule("schedule-tiny", override)
+    T.load_schedule("schedule-tiny", {"steps": [], "momentum": 0.0, "weight_decay": 0.0, "warmup_iterations": 0})

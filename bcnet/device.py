@@ -1,0 +1,42 @@
+"""One place that turns a ``--device`` value into a usable :class:`torch.device`.
+
+torch accepts many device strings and fails late (a RuntimeError deep inside ``model.to``) when
+the hardware is missing; train, evaluate and predict all check here first so the user gets one
+clear message instead of a traceback.
+"""
+from __future__ import annotations
+
+import torch
+
+from occsynth.errors import OccsynthError
+
+KNOWN = ("cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device | None, option: str = "--device") -> torch.device:
+    """``None`` -> ``cuda`` when a GPU is available, else ``cpu``; otherwise ``name`` checked.
+
+    Raises :class:`OccsynthError` (message starts with ``option`` and the value) for strings torch
+    does not parse, device types this tool does not run on, and devices this machine lacks.
+    """
+    if name is None or (isinstance(name, str) and not name.strip()):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(name).strip()
+    where = f"{option} {text}"
+    try:
+        device = torch.device(text.lower()) if isinstance(name, str) else name
+    except (RuntimeError, ValueError, TypeError):
+        raise OccsynthError(f"{where}: not a device (use cpu, cuda or cuda:N)") from None
+    if device.type not in KNOWN:
+        raise OccsynthError(f"{where}: unsupported device type {device.type!r} (use cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OccsynthError(f"{where}: no CUDA GPU is available on this machine (use --device cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise OccsynthError(f"{where}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OccsynthError(f"{where}: Apple MPS is not available on this machine (use --device cpu)")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise OccsynthError(f"{where}: the CPU device has no index (use cpu)")
+    return device

@@ -1,0 +1,217 @@
+"""bcnet train / evaluate / predict on bad input: skip and count by reason, clear errors (exit 2), no tracebacks."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bcnet import checkpoint as ckpt
+from bcnet import train as T
+from cli.bcnet_cli import main as bcnet_main
+from datasets import load_annotations, save_annotations, write_dataset
+
+TINY = {"short": 48, "long_max": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(hand-made set root, untrained tiny checkpoint for its categories)."""
+    base = tmp_path_factory.mktemp("cli")
+    root = write_dataset(base / "set")
+    schedule = T.load_schedule("schedule-tiny", TINY)
+    config = T.model_config(schedule)
+    torch.manual_seed(0)
+    ckpt.save_checkpoint(base / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    return root, base / "tiny.pt"
+
+
+def _copy_set(root, dest):
+    copy = write_dataset(dest)
+    assert sorted(p.name for p in (copy / "images").iterdir()) == sorted(p.name for p in (root / "images").iterdir())
+    return copy
+
+
+def _evaluate(checkpoint, ann, images, out, *extra):
+    return CliRunner().invoke(bcnet_main, ["evaluate", "--checkpoint", str(checkpoint), "--annotations", str(ann),
+                                           "--images", str(images), "--name", "hand", "--out", str(out),
+                                           "--device", "cpu", "--no-progress", *extra])
+
+
+def _clean(result, code):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, (TypeError, RuntimeError))
+
+
+def test_evaluate_with_a_wrong_image_root_is_an_error_naming_the_set_and_file(tiny, tmp_path):
+    root, checkpoint = tiny
+    result = _evaluate(checkpoint, root / "annotations.json", tmp_path, tmp_path / "e")
+    _clean(result, 2)
+    assert "set 'hand': none of its images could be read" in result.output
+    assert f"{tmp_path / '000000000001.png'}" in result.output and "check --images" in result.output
+    assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_evaluate_degenerate_gt_polygon_becomes_an_ignore_region(tiny, tmp_path):
+    root, checkpoint = tiny
+    data = load_annotations(root)
+    data["annotations"][0]["segmentation"] = [[10, 10, 20, 20]]
+    (tmp_path / "degen.json").write_text(json.dumps(data))
+    result = _evaluate(checkpoint, tmp_path / "degen.json", root / "images", tmp_path / "e")
+    _clean(result, 0)
+    assert 'hand: skipped bad input: {"degenerate or empty segmentation": 1}' in result.output
+    report = json.loads((tmp_path / "e" / "results.json").read_text())["hand"]
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 1}
+    assert "ignore region" in report["skipped"]["examples"]["degenerate or empty segmentation"]
+    assert report["images"] == 3
+    strict = _evaluate(checkpoint, tmp_path / "degen.json", root / "images", tmp_path / "e2", "--strict")
+    _clean(strict, 2)
+    assert f"annotation {data['annotations'][0]['id']}" in strict.output and "degenerate" in strict.output
+
+
+def test_evaluate_skips_a_corrupt_image_and_strict_names_it(tiny, tmp_path):
+    root, checkpoint = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    bad = copy / "images" / "000000000002.png"
+    bad.write_bytes(b"not a png at all")
+    result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e")
+    _clean(result, 0)
+    assert 'hand: skipped bad input: {"unreadable or corrupt image": 1}' in result.output
+    report = json.loads((tmp_path / "e" / "results.json").read_text())["hand"]
+    assert report["images"] == 2 and report["skipped"]["counts"] == {"unreadable or corrupt image": 1}
+    detections = json.loads((tmp_path / "e" / "detections_hand.json").read_text())
+    assert all(d["image_id"] != 2 for d in detections)
+    strict = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e2", "--strict")
+    _clean(strict, 2)
+    assert str(bad) in strict.output and "unreadable or corrupt image" in strict.output
+    # every image corrupt: the set has nothing to evaluate
+    for path in (copy / "images").iterdir():
+        path.write_bytes(b"junk")
+    none = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e3")
+    _clean(none, 2)
+    assert "none of its images could be read" in none.output and "000000000001.png" in none.output
+
+
+def test_evaluate_mask_threshold_range(tiny, tmp_path):
+    root, checkpoint = tiny
+    for value in ("0", "1", "1.5"):
+        result = _evaluate(checkpoint, root / "annotations.json", root / "images", tmp_path / "e",
+                           "--mask-threshold", value)
+        assert result.exit_code == 2 and "--mask-threshold" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "-1"], "base_lr must be > 0, got -1.0"),
+    (["--lr", "nan"], "base_lr must be a finite number"),
+    (["--momentum", "1"], "momentum must be in [0, 1)"),
+    (["--weight-decay", "-0.1"], "weight_decay must be >= 0"),
+    (["--iterations", "0"], "iterations must be an integer >= 1"),
+    (["--steps", "5,3"], "steps must be strictly increasing"),
+    (["--warmup", "-1"], "warmup_iterations must be an integer >= 0"),
+    (["--short", "80", "--long-max", "64"], "long_max (64) must be >= short (80)"),
+    (["--scale-jitter", "60,40"], "scale_jitter"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+])
+def test_train_refuses_bad_schedule_values(tiny, tmp_path, args, message):
+    root, _ = tiny
+    result = CliRunner().invoke(bcnet_main, ["train", "--annotations", str(root / "annotations.json"), "--images",
+                                             str(root / "images"), "--out", str(tmp_path / "run"), "--schedule",
+                                             "schedule-tiny", "--no-progress", *args])
+    _clean(result, 2)
+    assert message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def _bad_device_args(command, root, checkpoint, tmp_path):
+    if command == "train":
+        return ["train", "--annotations", str(root / "annotations.json"), "--images", str(root / "images"),
+                "--out", str(tmp_path / "run"), "--schedule", "schedule-tiny", "--no-progress"]
+    if command == "evaluate":
+        return ["evaluate", "--checkpoint", str(checkpoint), "--annotations", str(root / "annotations.json"),
+                "--images", str(root / "images"), "--out", str(tmp_path / "e"), "--no-progress"]
+    return ["predict", str(root / "images"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--quiet"]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_bad_device_is_one_clear_error(tiny, tmp_path, command):
+    root, checkpoint = tiny
+    args = _bad_device_args(command, root, checkpoint, tmp_path)
+    result = CliRunner().invoke(bcnet_main, args + ["--device", "bogus"])
+    _clean(result, 2)
+    assert "Error: --device bogus: not a device" in result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(bcnet_main, args + ["--device", "cuda"])
+        _clean(result, 2)
+        assert "Error: --device cuda: no CUDA GPU is available on this machine" in result.output
+
+
+def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
+    root, checkpoint = tiny
+    strip = tmp_path / "strip.png"
+    cv2.imwrite(str(strip), np.full((20000, 2, 3), 128, np.uint8))
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"junk")
+    good = root / "images" / "000000000001.png"
+    result = CliRunner().invoke(bcnet_main, ["predict", str(strip), str(good), str(junk), "--checkpoint",
+                                             str(checkpoint), "--out", str(tmp_path / "p"), "--quiet"])
+    _clean(result, 0)
+    assert result.output.startswith("1 images,")
+    assert f"skipped: image file {strip}: image the model cannot process (20000x2 pixels" in result.output
+    assert 'skipped bad input: {"image the model cannot process": 1, "unreadable or corrupt image": 1}' \
+        in result.output
+    listed = json.loads((tmp_path / "p" / "images.json").read_text())
+    assert [im["file_name"] for im in listed] == [str(good)] and listed[0]["id"] == 2
+    assert len(list((tmp_path / "p" / "pictures").glob("*.png"))) == 1
+    # nothing usable: exit 2, nothing written
+    result = CliRunner().invoke(bcnet_main, ["predict", str(strip), str(junk), "--checkpoint", str(checkpoint),
+                                             "--out", str(tmp_path / "q"), "--quiet"])
+    _clean(result, 2)
+    assert "none of the 2 input image(s) could be processed" in result.output and str(strip) in result.output
+    assert not (tmp_path / "q" / "results.json").exists()
+
+
+def test_train_prints_what_it_skipped(tiny, tmp_path):
+    root, _ = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    data = load_annotations(copy)
+    data["images"].append({"id": 99, "file_name": "missing.png", "height": 48, "width": 64})
+    data["annotations"][0]["segmentation"] = [[10, 10, 20, 20]]
+    save_annotations(copy, data)
+    result = CliRunner().invoke(bcnet_main, ["train", "--annotations", str(copy / "annotations.json"), "--images",
+                                             str(copy / "images"), "--out", str(tmp_path / "run"), "--schedule",
+                                             "schedule-tiny", "--iterations", "3", "--batch-size", "1",
+                                             "--short", "48", "--long-max", "64", "--workers", "0",
+                                             "--no-progress"])
+    _clean(result, 0)
+    lines = result.output.splitlines()
+    assert lines[0] == 'indexing: skipped bad input: {"missing image file": 1}'
+    assert "missing.png" in lines[1]
+    final = [line for line in lines if line.startswith("skipped bad input:")]
+    # the degenerate polygon is met when its image is drawn (3 draws cover all 3 images once)
+    assert final == ['skipped bad input: {"degenerate or empty segmentation": 1, "missing image file": 1}']
+
+
+def test_pictures_have_small_panel_titles_at_the_top(monkeypatch):
+    from bcnet import predict as P
+
+    image = np.full((64, 128, 3), 90, np.uint8)
+    output = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
+              "masks": torch.zeros(0, 1, 64, 128), "occluder_masks": torch.zeros(0, 1, 64, 128)}
+    titled = P.render_prediction(image, output, {}, [1]).astype(int)
+    monkeypatch.setattr(P, "TITLE_MIN_SIZE", (10 ** 6, 10 ** 6))
+    plain = P.render_prediction(image, output, {}, [1]).astype(int)
+    changed = np.argwhere(np.any(titled != plain, axis=2))
+    assert changed[:, 0].max() <= 12  # only the top rows
+    for k, title in enumerate(P.PANEL_TITLES):  # each panel has its caption, white text inside
+        inside = changed[(changed[:, 1] >= 128 * k) & (changed[:, 1] < 128 * (k + 1))]
+        assert len(inside) > 10 * len(title) // 3
+        assert titled[:13, 128 * k:128 * (k + 1)].max() >= 250
+    # a panel smaller than TITLE_MIN_SIZE gets no title
+    small = np.full((20, 30, 3), 90, np.uint8)
+    out_small = {**output, "masks": torch.zeros(0, 1, 20, 30), "occluder_masks": torch.zeros(0, 1, 20, 30)}
+    monkeypatch.setattr(P, "TITLE_MIN_SIZE", (48, 96))
+    assert P.render_prediction(small, out_small, {}, [1])[:, :30].tolist() == small.tolist()
