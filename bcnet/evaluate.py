@@ -82,6 +82,9 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.devi
     category_ids = list(dataset.category_ids if category_ids is None else category_ids)
     was_training = model.training
     model.eval()
+    returned_occluders = getattr(model, "return_occluder_masks", None)
+    if returned_occluders is not None:
+        model.return_occluder_masks = False  # scoring needs the instance masks only; pasting is costly
     results: list[dict] = []
     indices = range(len(dataset))
     with tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress) as bar:
@@ -103,6 +106,8 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.devi
                     results.extend(_to_coco_results(output, info, image.shape[-2:], category_ids, mask_threshold))
             bar.update(len(indices[start:start + batch_size]))
     model.train(was_training)
+    if returned_occluders is not None:
+        model.return_occluder_masks = returned_occluders
     return results
 
 
