@@ -78,9 +78,9 @@ def transform_cutout(cutout: dict, image_size: tuple[int, int], options: Composi
     y0, x0, y1, x1 = box[0] - m, box[1] - m, box[2] + m, box[3] + m
     mask_patch = masks.crop(resized, (x0, y0, x1, y1))
     rgb_patch = _crop_replicate(rgb, y0, x0, y1, x1)
-    if cutout.get("flip"):
-        mask_patch, rgb_patch = mask_patch[:, ::-1], rgb_patch[:, ::-1]
-    return np.ascontiguousarray(rgb_patch), np.ascontiguousarray(mask_patch)
+    if cutout.get("flip"):  # cv2.flip: a numpy copy of a reversed view is ~30x slower for RGB
+        return cv2.flip(rgb_patch, 1), cv2.flip(mask_patch.view(np.uint8), 1).view(bool)
+    return np.ascontiguousarray(rgb_patch), mask_patch
 
 
 def blend_alpha(mask_patch: np.ndarray, options: CompositeOptions) -> np.ndarray | None:
@@ -121,20 +121,30 @@ def compose(background: np.ndarray, background_instances: list[dict], cutouts: l
 
 
 def compose_boxed(background: np.ndarray, background_instances: list[dict], cutouts: list[dict],
-                  rng: np.random.Generator, options: CompositeOptions) -> tuple[np.ndarray, list[dict]]:
+                  rng: np.random.Generator, options: CompositeOptions,
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
     """:func:`compose` with every mask kept as its box and crop (the same masks, without full-size arrays).
 
     A background instance gives its mask either as 'mask' (H, W) or as 'box' (y0, x0, y1, x1) and
     'crop' (the mask inside the box; the mask is empty outside it). Returned instances carry 'box'
     (y0, x0, y1, x1): the amodal mask's tight box (for a background instance given by box: that
     box), and 'amodal_crop', 'visible_crop' (bool, the box's shape) instead of the full masks.
+
+    ``out``: a writable array of the background's shape and dtype to compose into (and return),
+    e.g. one reused per worker: a fresh image-sized copy costs more in page faults than in copying.
     """
     background = np.asarray(background)
     if background.ndim != 3 or background.shape[2] != 3 or background.dtype != np.uint8:
         raise OccsynthError(f"background must be an H x W x 3 uint8 image, got {background.shape} {background.dtype}")
     height, width = background.shape[:2]
     boxed_background = [_background_crop(inst, height, width) for inst in background_instances]
-    image = background.copy()
+    if out is None:
+        image = background.copy()
+    else:
+        if out.shape != background.shape or out.dtype != background.dtype or not out.flags.writeable:
+            raise OccsynthError(f"out {out.shape} {out.dtype} does not fit the background {background.shape}")
+        image = out
+        np.copyto(image, background)
     canvas = _Canvas(height, width)
     pasted = []
     for cutout in cutouts:
@@ -246,19 +256,32 @@ def _paint(image: np.ndarray, top: np.ndarray, rgb_patch: np.ndarray, mask_patch
     written = cv2.copyTo(src, obj.mask.view(np.uint8), window)  # an exact copy, many times faster than np.copyto
     if not np.shares_memory(written, window):  # cv2 wrote a copy instead of the image: do it in numpy
         np.copyto(window, src, where=obj.mask[..., None])
-    alpha = blend_alpha(mask_patch, options)
-    if alpha is None:
+    if options.blend == "none" or options.blend_px <= 0:
         return
     height, width = top.shape
     py0, px0 = y - m, x - m
     sy0, sx0 = max(py0, 0), max(px0, 0)
     sy1, sx1 = min(py0 + mask_patch.shape[0], height), min(px0 + mask_patch.shape[1], width)
-    a = alpha[sy0 - py0:sy1 - py0, sx0 - px0:sx1 - px0]
-    halo = (a > 0) & ~mask_patch[sy0 - py0:sy1 - py0, sx0 - px0:sx1 - px0] & (top[sy0:sy1, sx0:sx1] < 0)
-    if not halo.any():
+    inside = (slice(sy0 - py0, sy1 - py0), slice(sx0 - px0, sx1 - px0))
+    free = top[sy0:sy1, sx0:sx1] < 0
+    free &= ~mask_patch[inside]
+    if options.blend == "feather":
+        # blend_alpha's ramp, evaluated only at the halo's pixels (the same float32 arithmetic):
+        # alpha > 0 needs dist < blend_px + 1, so farther pixels are dropped before any float work
+        dist = cv2.distanceTransform((~mask_patch).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)[inside]
+        free &= dist < options.blend_px + 2.0
+        ys, xs = np.nonzero(free)
+        w = np.clip(1.0 - dist[ys, xs] / np.float32(options.blend_px + 1.0), 0.0, 1.0).astype(np.float32)
+    else:
+        a = blend_alpha(mask_patch, options)[inside]
+        ys, xs = np.nonzero(free)
+        w = a[ys, xs]
+    keep = w > 0
+    if not keep.all():
+        ys, xs, w = ys[keep], xs[keep], w[keep]
+    if ys.size == 0:
         return
-    ys, xs = np.nonzero(halo)
-    w = a[ys, xs][:, None]
+    w = w[:, None]
     src = rgb_patch[ys + (sy0 - py0), xs + (sx0 - px0)].astype(np.float32)
     dst = image[ys + sy0, xs + sx0].astype(np.float32)
     image[ys + sy0, xs + sx0] = np.clip(np.rint(w * src + (1.0 - w) * dst), 0, 255).astype(np.uint8)
@@ -285,9 +308,16 @@ class _Canvas:
     def _covered(self, obj: _Object, y: int, x: int) -> np.ndarray:
         """Visible pixels of each earlier object that ``obj`` at (y, x) would hide."""
         k = len(self.boxes)
+        if k <= 8:  # a few objects (the usual case): count each on the overlap of the two boxes only
+            covered = np.zeros(k, np.int64)
+            for j, (jy, jx, jh, jw) in enumerate(self.boxes):  # label j lies only inside box j
+                y0, x0 = max(y, jy), max(x, jx)
+                y1, x1 = min(y + obj.h, jy + jh), min(x + obj.w, jx + jw)
+                if y0 < y1 and x0 < x1:
+                    covered[j] = np.count_nonzero((self.top[y0:y1, x0:x1] == j)
+                                                  & obj.mask[y0 - y:y1 - y, x0 - x:x1 - x])
+            return covered
         window = self.top[y:y + obj.h, x:x + obj.w]
-        if k <= 8:  # a few objects (the usual case): one cheap pass each beats gathering the labels
-            return np.array([np.count_nonzero((window == j) & obj.mask) for j in range(k)], np.int64)
         labels = window[obj.mask]
         return np.bincount(labels.astype(np.intp) + 1, minlength=k + 1)[1:k + 1]
 
@@ -344,19 +374,22 @@ class _Canvas:
 
     def _score(self, obj: _Object, y: int, x: int, target: int | None, options: CompositeOptions):
         """(None, ratio) for a good position, else ((over max?, none in range?, distance), target ratio)."""
-        covered = self._covered(obj, y, x)
-        visible = self.visible - covered
-        ratios = 1.0 - visible / self.amodal
+        # plain Python floats: a handful of objects, where numpy's per-call cost would dominate
+        # (int / int is the same IEEE division numpy does for these sizes)
+        covered = self._covered(obj, y, x).tolist()
+        visible = [v - c for v, c in zip(self.visible.tolist(), covered)]
+        amodal = self.amodal.tolist()
+        ratios = [1.0 - v / a for v, a in zip(visible, amodal)]
         lo, hi = options.occlusion
-        over = bool(np.any(ratios > options.max_occlusion))
-        in_range = (ratios >= lo) & (ratios <= hi) & (visible < self.amodal)
+        over = any(r > options.max_occlusion for r in ratios)
+        in_range = [lo <= r <= hi and v < a for r, v, a in zip(ratios, visible, amodal)]
         if target is None:
-            return (None if not over and in_range.any() else (int(over), int(not in_range.any()), 0.0)), 0.0
-        r = float(ratios[target])
+            return (None if not over and any(in_range) else (int(over), int(not any(in_range)), 0.0)), 0.0
+        r = ratios[target]
         if not over and in_range[target] and covered[target] > 0:
             return None, r
         distance = 0.0 if covered[target] > 0 and lo <= r <= hi else max(lo - r, r - hi, 1e-9)
-        return (int(over), int(not in_range.any()), distance), r
+        return (int(over), int(not any(in_range)), distance), r
 
     def _search(self, obj: _Object, rng: np.random.Generator, options: CompositeOptions,
                 target: int | None) -> tuple[tuple[int, int] | None, tuple | None]:
@@ -401,20 +434,11 @@ class _Canvas:
                 hit = cover > 0 if cover is not None else np.zeros(shape, bool)
                 target_ok = hit & (ratio >= lo) & (ratio <= hi)
                 distance = np.where(target_ok, 0.0, np.maximum(lo - ratio, ratio - hi)).astype(np.float32)
-        if target is None:
-            good = ~over & in_range
-            fallback = np.where(over, 2.0, 0.0) + np.where(in_range, 0.0, 1.0)
-        else:
-            good = ~over & target_ok
-            fallback = np.where(over, 4.0, 0.0) + np.where(in_range, 0.0, 2.0) + np.minimum(distance, 1.0)
+        good = ~over & (in_range if target is None else target_ok)
         flat_good = np.flatnonzero(good.ravel())
         picks = []
         if flat_good.size:
             picks = rng.choice(flat_good, size=min(VERIFY_CANDIDATES, flat_good.size), replace=False).tolist()
-        feasible = np.flatnonzero(~over.ravel())
-        if feasible.size:
-            order = feasible[np.argsort(fallback.ravel()[feasible], kind="stable")[:VERIFY_CANDIDATES]]
-            picks += order.tolist()
         best, best_score = None, None
         for p in picks:
             y, x = y0 + p // shape[1], x0 + p % shape[1]
@@ -423,4 +447,28 @@ class _Canvas:
                 return (int(y), int(x)), None
             if score[0] == 0 and (best_score is None or score < best_score):
                 best, best_score = (int(y), int(x)), score
+        # no drawn good position held up: the best-scored feasible ones (only computed when needed)
+        feasible = np.flatnonzero(~over.ravel())
+        if feasible.size:
+            if target is None:
+                fallback = np.where(over, 2.0, 0.0) + np.where(in_range, 0.0, 1.0)
+            else:
+                fallback = np.where(over, 4.0, 0.0) + np.where(in_range, 0.0, 2.0) + np.minimum(distance, 1.0)
+            for p in _smallest(fallback.ravel()[feasible], feasible, VERIFY_CANDIDATES):
+                y, x = y0 + p // shape[1], x0 + p % shape[1]
+                score, _ = self._score(obj, y, x, target, options)
+                if score is None:
+                    return (int(y), int(x)), None
+                if score[0] == 0 and (best_score is None or score < best_score):
+                    best, best_score = (int(y), int(x)), score
         return best, best_score
+
+
+def _smallest(values: np.ndarray, items: np.ndarray, n: int) -> list[int]:
+    """``items[np.argsort(values, kind="stable")[:n]]`` without sorting everything: the n smallest values,
+    ties in item order (a partition finds the n-th value; only those up to it are sorted)."""
+    if values.size > 4 * n:
+        cut = np.partition(values, n - 1)[n - 1]
+        keep = np.flatnonzero(values <= cut)
+        values, items = values[keep], items[keep]
+    return items[np.argsort(values, kind="stable")[:n]].tolist()

@@ -12,6 +12,8 @@ import dataclasses
 import functools
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -248,25 +250,37 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
     log = SkipLog(strict=strict)
     first = chunk * settings.chunk_size
     indices = range(first, min(first + settings.chunk_size, settings.num_images))
-    images, annotations, paths = [], [], []
-    for i in indices:
-        record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
-        paths.append(Path(out_dir) / writer.IMAGES / record["file_name"])
-        write_bytes(paths[-1], encoded, sync=False)
-        images.append(record)
-        annotations.append(anns)
-    fsync_files(paths)  # the chunk's images are on disk before its part file says the chunk is done
+    images, annotations, written = [], [], []
+    # Files are written and fsynced by one thread while the next image renders: the wait for the
+    # disk overlaps the rendering instead of adding to it. All of the chunk's images are on disk
+    # (every write has returned) before its part file says the chunk is done; a write error
+    # (e.g. a full disk) is raised here, as it would be inline.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="occsynth-write") as pool:
+        for i in indices:
+            if written and written[-1].done():
+                written[-1].result()  # fail early: stop rendering once a write has failed
+            record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
+            written.append(pool.submit(_write_durably, Path(out_dir) / writer.IMAGES / record["file_name"], encoded))
+            images.append(record)
+            annotations.append(anns)
+        for future in written:
+            future.result()
     writer.write_part(Path(out_dir), chunk, images, annotations, log)
     return len(indices)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    write_bytes(path, data, sync=False)
+    fsync_files([path])
 
 
 def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settings: RunSettings, index: int,
                  log: SkipLog) -> tuple[dict, list[dict], bytes]:
     """One output image: (image record, annotations with local occluder indices, encoded bytes)."""
     options = settings.composite
-    counts = {c: len(bank.cutouts(c)) for c in bank.cutout_categories()}
+    counts = sources.cutout_counts()
     plan = plan_image(schedule, index, settings.seed, bank.num_images, counts, options)
-    retry_rng = image_rng(settings.seed, index, "retry")
+    retry_rng = _LazyRng(settings.seed, index, "retry")  # drawn from only when a source is unreadable
 
     background, bg_index = None, plan["background"]
     for _ in range(MAX_SOURCE_RETRIES):
@@ -278,10 +292,10 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
             bg_index = int(retry_rng.integers(bank.num_images))
     if background is None:
         raise OccsynthError(f"output image {index}: {MAX_SOURCE_RETRIES} background images in a row were unreadable")
-    bg_record = bank.image_record(bg_index)
+    bg_record = sources.record(bg_index)
     height, width = background.shape[:2]
     bg_instances = []
-    for ann, (box, crop) in zip(bank.image_annotations(bg_index), sources.instance_masks(bg_index)):
+    for ann, box, crop in sources.instances(bg_index):
         bg_instances.append({"box": box or (0, 0, 0, 0), "crop": crop,
                              "category_id": ann["category_id"], "iscrowd": ann["iscrowd"],
                              "source": {"image_id": bg_record["id"], "annotation_id": ann["id"]}})
@@ -289,7 +303,7 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
     margin = options.margin
     cutouts = []
     for paste in plan["pastes"]:
-        pool = bank.cutouts(paste["category_id"])
+        pool = sources.cutout_pool(paste["category_id"])
         k = int(pool[paste["cutout"]])
         for _ in range(MAX_SOURCE_RETRIES):
             try:
@@ -301,17 +315,29 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
         else:
             raise OccsynthError(f"output image {index}: no readable cutout of category {paste['category_id']}")
         cutouts.append({"rgb": rgb, "mask": mask, "category_id": paste["category_id"], "scale": paste["scale"],
-                        "flip": paste["flip"], "source": {"image_id": bank.image_record(ann["image_index"])["id"],
+                        "flip": paste["flip"], "source": {"image_id": sources.record(ann["image_index"])["id"],
                                                           "annotation_id": ann["id"]}})
 
     image, instances = compose_boxed(background, bg_instances, cutouts, image_rng(settings.seed, index, "compose"),
-                                     options)
+                                     options, out=sources.scratch(background.shape))
     ext = settings.image_format
     record = {"id": index + 1, "file_name": writer.image_file_name(index, ext), "height": height, "width": width,
               "background": {"image_id": bg_record["id"], "file_name": bg_record["file_name"]}}
     anns = [instance_annotation(inst, index + 1, (height, width)) for inst in instances]
     encoded = encode_image(image, "." + ext, settings.jpeg_quality)
     return record, anns, encoded
+
+
+class _LazyRng:
+    """An :func:`image_rng` made on first use (making one costs more than most images ever draw from it)."""
+
+    def __init__(self, seed: int, index: int, stream: str):
+        self._args, self._rng = (seed, index, stream), None
+
+    def integers(self, *args, **kwargs):
+        if self._rng is None:
+            self._rng = image_rng(*self._args)
+        return self._rng.integers(*args, **kwargs)
 
 
 def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] | None = None) -> dict:
@@ -325,8 +351,12 @@ def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] |
         y0, x0 = int(inst["box"][0]), int(inst["box"][1])
         visible, amodal = inst["visible_crop"], inst["amodal_crop"]
         area, amodal_area = masks.area(visible), masks.area(amodal)
-        segmentation, amodal_segmentation = (masks.encode_crop(m, y0, x0, height, width) for m in (visible, amodal))
-        box, amodal_box = masks.crop_bbox(visible, y0, x0), masks.crop_bbox(amodal, y0, x0)
+        amodal_segmentation = masks.encode_crop(amodal, y0, x0, height, width)
+        amodal_box = masks.crop_bbox(amodal, y0, x0)
+        if area == amodal_area and np.array_equal(visible, amodal):  # not occluded (most background instances)
+            segmentation, box = dict(amodal_segmentation), list(amodal_box)
+        else:
+            segmentation, box = masks.encode_crop(visible, y0, x0, height, width), masks.crop_bbox(visible, y0, x0)
     else:
         visible, amodal = inst["visible_mask"], inst["amodal_mask"]
         area, amodal_area = masks.area(visible), masks.area(amodal)
@@ -356,45 +386,114 @@ class SourceImages:
         self._cached = functools.lru_cache(maxsize=cache_size)(self._load)
         self._masks = functools.lru_cache(maxsize=cache_size)(self._load_masks)
         self._cutouts = functools.lru_cache(maxsize=cutout_cache_size)(self._load_cutout)
+        self._paths: dict[int, Path] = {}
+        self._folders: dict[Path, Path] = {}
+        self._records: dict[int, dict] = {}
+        self._local = threading.local()
+        self._pools: dict[int, np.ndarray] = {}
+        self._counts: dict[int, int] | None = None
+
+    def cutout_counts(self) -> dict[int, int]:
+        """Cutouts per category (the schedule's ``counts``), computed once per worker."""
+        if self._counts is None:
+            self._counts = {c: len(self.cutout_pool(c)) for c in self.bank.cutout_categories()}
+        return self._counts
+
+    def cutout_pool(self, category_id: int) -> np.ndarray:
+        """``bank.cutouts(category_id)`` as a plain array, read from the memory map once per worker."""
+        pool = self._pools.get(category_id)
+        if pool is None:
+            pool = self._pools[category_id] = _read_only(np.array(self.bank.cutouts(category_id)))
+        return pool
+
+    def scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A uint8 array of ``shape`` to compose into, reused by this thread (its pages are already mapped).
+
+        Its contents are overwritten by the next call from the same thread: use them before that.
+        """
+        buffer = getattr(self._local, "scratch", None)
+        if buffer is None or buffer.shape != tuple(shape):
+            buffer = self._local.scratch = np.empty(shape, np.uint8)
+        return buffer
+
+    def record(self, image_index: int) -> dict:
+        """``bank.image_record(image_index)``, read from the memory map once per worker (do not change it)."""
+        record = self._records.get(image_index)
+        if record is None:
+            if len(self._records) >= 65536:
+                self._records.clear()
+            record = self._records[image_index] = self.bank.image_record(image_index)
+        return record
+
+    def path(self, image_index: int) -> Path:
+        """``resolve_image_path`` of a source image, resolved once per worker.
+
+        Resolving walks every component of the path; images share a few folders, so each folder is
+        resolved (and checked to lie inside the root) once, and a file only costs one lstat to see
+        that it is no symlink (a symlink, or any unusual name, takes the full ``resolve_image_path``).
+        """
+        path = self._paths.get(image_index)
+        if path is None:
+            name = self.record(image_index)["file_name"]
+            candidate = Path(name)
+            if candidate.is_absolute() or ".." in candidate.parts or not candidate.parts or not name.strip():
+                path = resolve_image_path(self.image_root, name)  # raises BadRecord, as for any refused name
+            else:
+                folder = self._folders.get(candidate.parent)
+                if folder is None:
+                    folder = self._folders[candidate.parent] = resolve_image_path(self.image_root, str(candidate.parent))
+                path = folder / candidate.name
+                if os.path.islink(path):
+                    path = resolve_image_path(self.image_root, name)
+            if len(self._paths) >= 65536:
+                self._paths.clear()
+            self._paths[image_index] = path
+        return path
 
     def _load(self, image_index: int) -> np.ndarray:
-        record = self.bank.image_record(image_index)
-        path = resolve_image_path(self.image_root, record["file_name"])
-        return _read_only(read_image(path, (record["height"], record["width"])))
+        record = self.record(image_index)
+        return _read_only(read_image(self.path(image_index), (record["height"], record["width"])))
 
     def image(self, image_index: int) -> np.ndarray:
         return self._cached(image_index)
 
     def _load_masks(self, image_index: int) -> list:
-        height, width = self.bank.image_record(image_index)["height"], self.bank.image_record(image_index)["width"]
+        record = self.record(image_index)
+        height, width = record["height"], record["width"]
         out = []
         for ann in self.bank.image_annotations(image_index):
-            box, crop = masks.decode_box(ann["segmentation"], height, width)
-            out.append((box, _read_only(crop)))
+            box, crop = masks.decode_crop(ann["segmentation"], height, width)
+            ann = {"id": ann["id"], "category_id": ann["category_id"], "iscrowd": ann["iscrowd"]}
+            out.append((ann, box, _read_only(crop)))
         return out
+
+    def instances(self, image_index: int) -> list[tuple[dict, tuple[int, int, int, int] | None, np.ndarray]]:
+        """(annotation 'id', 'category_id', 'iscrowd'; tight box (y0, x0, y1, x1) or None when empty; mask crop)
+        of each annotation of an image, in the bank's order. Cached: do not change them."""
+        return self._masks(image_index)
 
     def instance_masks(self, image_index: int) -> list[tuple[tuple[int, int, int, int] | None, np.ndarray]]:
         """(tight box (y0, x0, y1, x1) or None when empty, mask crop) of each annotation of an image."""
-        return self._masks(image_index)
+        return [(box, crop) for _, box, crop in self._masks(image_index)]
 
     def _load_cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
         ann = self.bank.annotation(annotation_index)
-        record = self.bank.image_record(ann["image_index"])
-        box, crop = masks.decode_box(ann["segmentation"], record["height"], record["width"])
+        record = self.record(ann["image_index"])
+        box, crop = masks.decode_crop(ann["segmentation"], record["height"], record["width"])
         if box is None:
             box = (0, 0, 0, 0)
         mask = np.zeros((box[2] - box[0] + 2 * margin, box[3] - box[1] + 2 * margin), bool)
         mask[margin:margin + crop.shape[0], margin:margin + crop.shape[1]] = crop
-        rgb = self._stored_crop(annotation_index, ann["image_index"], record["file_name"], box, margin)
+        rgb = self._stored_crop(annotation_index, ann["image_index"], box, margin)
         if rgb is None:  # not in the store (or no store): decode the source image, as the store's build did
             rgb = context_crop(self.image(ann["image_index"]), box, margin)
         return _read_only(rgb), _read_only(mask), ann
 
-    def _stored_crop(self, annotation_index: int, image_index: int, file_name: str, box, margin: int) -> np.ndarray | None:
+    def _stored_crop(self, annotation_index: int, image_index: int, box, margin: int) -> np.ndarray | None:
         if self.pixels is None or not self.pixels.stored(annotation_index):
             return None
         try:
-            path = resolve_image_path(self.image_root, file_name)
+            path = self.path(image_index)
         except BadRecord:
             return None
         return self.pixels.crop(annotation_index, image_index, box, margin, path)

@@ -215,3 +215,77 @@ def decode_box(segmentation: Any, height: int, width: int) -> tuple[tuple[int, i
     except Exception as exc:  # pycocotools raises bare exceptions on broken counts
         raise DegenerateMask(f"RLE cannot be decoded: {exc}") from None
     return (y, x, y + h, x + w), np.ascontiguousarray(full[y:y + h, x:x + w]).view(bool)
+
+
+def rle_counts(counts: bytes | str) -> np.ndarray:
+    """Run lengths (int64) of a compressed RLE ``counts`` string, as pycocotools' rleFrString reads them.
+
+    Vectorised: each value is 5-bit groups, low first (0x20: more follow; 0x10 in the last: negative),
+    and from the fourth value on each is a difference to the value two places before.
+    """
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    c = np.frombuffer(counts, np.uint8).astype(np.int64)
+    c -= 48
+    n = c.size
+    ends = np.flatnonzero((c & 0x20) == 0)    # each value's last group
+    if ends.size == 0 or ends[-1] != n - 1 or np.any(c < 0) or np.any(c > 0x3F):
+        raise DegenerateMask("RLE counts string is not pycocotools' compressed form")
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    first = np.zeros(n, np.int64)
+    first[starts[1:]] = starts[1:]
+    k = np.arange(n) - np.maximum.accumulate(first)   # position of each group within its value
+    if k[ends].max() > 11:
+        raise DegenerateMask("RLE counts value too long")
+    values = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    negative = np.flatnonzero(c[ends] & 0x10)
+    if negative.size:
+        values[negative] -= np.left_shift(1, 5 * (k[ends[negative]] + 1))
+    if values.size > 3:                       # cnts[m] = x + cnts[m - 2] for m > 2
+        values[3::2] = np.cumsum(values[1::2])[1:]
+        values[4::2] = np.cumsum(values[2::2])[1:]
+    return values
+
+
+def decode_crop(segmentation: Any, height: int, width: int) -> tuple[tuple[int, int, int, int] | None, np.ndarray]:
+    """:func:`decode_box` without the full-size mask: the box and crop are computed from the runs.
+
+    Only the box's pixels are written, so the cost follows the object's size, not the image's. The
+    crop is Fortran-ordered (RLE's column-major order; no transposing copy).
+    RLE whose runs are not in pycocotools' canonical form (a zero-length run after the first, counts
+    that do not add up to height*width) goes through :func:`decode_box`, so the result is always its.
+    """
+    rle = _bytes_counts(to_rle(segmentation, height, width))
+    try:
+        counts = rle_counts(rle["counts"])
+    except DegenerateMask:
+        return decode_box(segmentation, height, width)
+    total = height * width
+    if counts.size == 0 or np.any(counts[1:] <= 0) or counts[0] < 0 or int(counts.sum()) != total:
+        return decode_box(segmentation, height, width)
+    edges = np.cumsum(counts)
+    fg_start, fg_end = edges[0:-1:2], edges[1::2]   # foreground runs [start, end) in column-major order
+    if fg_end.size == 0:
+        return None, np.zeros((0, 0), bool)
+    first_col, last_col = fg_start // height, (fg_end - 1) // height
+    x0, x1 = int(first_col[0]), int(last_col[-1]) + 1
+    if np.any(first_col != last_col):           # a run wraps into the next column: every row is in the box
+        y0, y1 = 0, height
+    else:
+        y0, y1 = int((fg_start % height).min()), int(((fg_end - 1) % height).max()) + 1
+    h, w = y1 - y0, x1 - x0
+    # runs in the box's own column-major order (a run can only wrap when the box spans all rows)
+    start = (first_col - x0) * h + fg_start % height - y0
+    run = fg_end - fg_start
+    lengths = np.empty(2 * start.size + 1, np.int64)
+    lengths[0] = start[0]
+    lengths[1::2] = run
+    lengths[2:-1:2] = start[1:] - (start[:-1] + run[:-1])
+    lengths[-1] = h * w - (start[-1] + run[-1])
+    values = _OFF_ON[:lengths.size] if lengths.size <= _OFF_ON.size else np.arange(lengths.size) % 2 == 1
+    flat = np.repeat(values, lengths)
+    return (y0, x0, y1, x1), flat.reshape(w, h).T  # column-major (Fortran-ordered), as RLE is
+
+
+_OFF_ON = np.arange(1 << 14) % 2 == 1  # False, True, False, ...: the runs' values

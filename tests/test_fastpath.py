@@ -141,3 +141,120 @@ def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
     assert report["mean_background_jpeg_bytes"] > 0 and report["mean_output_jpeg_bytes"] > 0
     assert report["scaling"] == 1.0
     assert report["cutout_pixels"]["cutouts"] > 0 and report["cutout_pixels"]["mib"] > 0   # built before timing
+
+
+def test_decode_crop_equals_decode_box_and_the_full_decode():
+    """Runs -> box + crop without a full-size mask: same box as decode_box, crop == decode(...)[box], borders included."""
+    for full, _, _, _ in random_cases(3, 3000):
+        rle = masks.encode(full)
+        box, crop = masks.decode_crop(rle, *full.shape)
+        want_box, want_crop = masks.decode_box(rle, *full.shape)
+        assert box == want_box and crop.dtype == bool
+        if box is None:
+            assert not full.any() and crop.size == 0
+            continue
+        y0, x0, y1, x1 = box
+        assert np.array_equal(crop, want_crop) and np.array_equal(crop, masks.decode(rle, *full.shape)[y0:y1, x0:x1])
+    # objects in the image's corners, a full image, one pixel, a run wrapping from one column into the next
+    for cells in ([(0, 0)], [(7, 5)], [(0, 5), (7, 0)], [(6, 2), (7, 2), (0, 3), (1, 3)]):
+        full = np.zeros((8, 6), bool)
+        for y, x in cells:
+            full[y, x] = True
+        box, crop = masks.decode_crop(masks.encode(full), 8, 6)
+        assert (box, crop.tolist()) == (lambda b, c: (b, c.tolist()))(*masks.decode_box(masks.encode(full), 8, 6))
+    box, crop = masks.decode_crop(masks.encode(np.ones((5, 4), bool)), 5, 4)
+    assert box == (0, 0, 5, 4) and crop.all()
+
+
+def test_decode_crop_reads_other_segmentation_forms_like_decode_box():
+    """Polygons, uncompressed RLE with zero-length runs (not canonical: decode_box's answer), str/bytes counts."""
+    cases = [([[1, 1, 9, 1, 9, 6, 1, 6]], 10, 12),
+             ({"size": [4, 5], "counts": [0, 3, 0, 2, 5, 0, 10]}, 4, 5),   # zero-length runs mid-way
+             ({"size": [4, 5], "counts": [20]}, 4, 5),                      # empty
+             ({"size": [4, 5], "counts": [0, 20]}, 4, 5),                   # full
+             ({"size": [4, 5], "counts": [3, 4, 13, 0]}, 4, 5)]             # trailing zero-length run
+    full = np.zeros((9, 7), bool)
+    full[2:5, 1:6] = True
+    rle = masks.encode(full)
+    cases += [(rle, 9, 7), ({"size": rle["size"], "counts": rle["counts"].encode()}, 9, 7)]
+    for seg, h, w in cases:
+        box, crop = masks.decode_crop(seg, h, w)
+        want_box, want_crop = masks.decode_box(seg, h, w)
+        assert box == want_box and np.array_equal(crop, want_crop), seg
+    with pytest.raises(masks.DegenerateMask):
+        masks.decode_crop({"size": [4, 5], "counts": [3, 4]}, 4, 5)
+
+
+def test_rle_counts_reads_pycocotools_strings():
+    from pycocotools import mask as mask_utils
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 300, size=2))
+        runs = rng.integers(1, 3000, size=int(rng.integers(1, 40)))
+        runs[0] = int(rng.integers(0, 3))
+        total = int(runs.sum())
+        counts = mask_utils.frPyObjects({"size": [1, total], "counts": runs.tolist()}, 1, total)["counts"]
+        assert masks.rle_counts(counts).tolist() == runs.tolist()
+        assert masks.rle_counts(counts.decode()).tolist() == runs.tolist()
+    with pytest.raises(masks.DegenerateMask):
+        masks.rle_counts(b"1\x7f")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compose_boxed_into_a_reused_buffer_gives_the_same_image(seed):
+    options = CompositeOptions()
+    background, bg, cutouts = case(seed)
+    image, inst = compose_boxed(background, bg, cutouts, np.random.default_rng(seed), options)
+    out = np.full_like(background, 77)
+    image2, inst2 = compose_boxed(background, bg, cutouts, np.random.default_rng(seed), options, out=out)
+    assert image2 is out and np.array_equal(image, image2)
+    assert [i["box"] for i in inst] == [i["box"] for i in inst2]
+    with pytest.raises(Exception):
+        compose_boxed(background, bg, cutouts, np.random.default_rng(seed), options, out=out[:-1])
+
+
+def test_source_image_paths_resolve_as_resolve_image_path(tmp_path):
+    """Per-folder resolution cache: same path or same refusal as coco.resolve_image_path, symlinks included."""
+    import os
+    from occsynth.coco import resolve_image_path
+    from occsynth.errors import BadRecord
+    from occsynth.generate import SourceImages
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    for p in (root / "x.jpg", root / "a" / "b" / "y.jpg", tmp_path / "out" / "z.jpg"):
+        p.write_bytes(b"1")
+    os.symlink(tmp_path / "out" / "z.jpg", root / "a" / "evil.jpg")
+    os.symlink(root / "x.jpg", root / "a" / "good.jpg")
+    os.symlink(tmp_path / "out", root / "linkdir")
+    os.symlink(root / "a" / "b", root / "inner")
+    names = ["x.jpg", "a/b/y.jpg", "a/evil.jpg", "a/good.jpg", "linkdir/z.jpg", "inner/y.jpg", "./x.jpg", "a//b/y.jpg",
+             "/etc/passwd", "../x.jpg", "a/../x.jpg", " ", "", "missing.jpg", "a/missing.jpg", ".", "nodir/q.jpg"]
+
+    class Records:
+        def image_record(self, i):
+            return {"file_name": names[i], "height": 1, "width": 1}
+
+    def outcome(f, *args):
+        try:
+            return f(*args)
+        except BadRecord as exc:
+            return exc.reason
+
+    sources = SourceImages(root, Records())
+    for _ in range(2):  # again from the caches
+        assert [outcome(sources.path, i) for i in range(len(names))] == \
+            [outcome(resolve_image_path, root, n) for n in names]
+
+
+def test_threads_sharing_one_worker_cache_give_the_same_set(demo_source, tmp_path):
+    """The threading backend shares one SourceImages between threads: per-thread scratch images keep the set identical."""
+    from occsynth.generate import RunSettings, generate
+    ann, root = demo_source
+    settings = RunSettings(num_images=12, seed=5, chunk_size=2)
+    files = []
+    for name, kwargs in (("one", {}), ("threads", {"workers": 2, "backend": "threading"})):
+        out = tmp_path / name
+        generate(out, settings, ann_path=ann, image_root=root, cache_dir=tmp_path / "cache", progress=False, **kwargs)
+        files.append({str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert files[0] == files[1]
