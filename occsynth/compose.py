@@ -130,6 +130,9 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
     (y0, x0, y1, x1): the amodal mask's tight box (for a background instance given by box: that
     box), and 'amodal_crop', 'visible_crop' (bool, the box's shape) instead of the full masks.
 
+    A background instance's 'amodal_rle' (``masks.encode`` of its mask, when the caller has it) is
+    passed on to its returned instance, so that :func:`generate.instance_annotation` need not encode it.
+
     ``out``: a writable array of the background's shape and dtype to compose into (and return),
     e.g. one reused per worker: a fresh image-sized copy costs more in page faults than in copying.
     """
@@ -173,6 +176,8 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
         instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0), "box": box,
                           "amodal_crop": amodal, "visible_crop": visible, "layer": 0,
                           "amodal_complete": False, "source": inst.get("source")})
+        if "amodal_rle" in inst:
+            instances[-1]["amodal_rle"] = inst["amodal_rle"]
     for k, (cutout, obj, y, x, shrink) in enumerate(pasted):
         visible = obj.mask & (canvas.top[y:y + obj.h, x:x + obj.w] == k)
         instances.append({"category_id": cutout["category_id"], "iscrowd": 0, "box": (y, x, y + obj.h, x + obj.w),
@@ -270,11 +275,11 @@ def _paint(image: np.ndarray, top: np.ndarray, rgb_patch: np.ndarray, mask_patch
         # alpha > 0 needs dist < blend_px + 1, so farther pixels are dropped before any float work
         dist = cv2.distanceTransform((~mask_patch).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)[inside]
         free &= dist < options.blend_px + 2.0
-        ys, xs = np.nonzero(free)
+        ys, xs = _nonzero(free)
         w = np.clip(1.0 - dist[ys, xs] / np.float32(options.blend_px + 1.0), 0.0, 1.0).astype(np.float32)
     else:
         a = blend_alpha(mask_patch, options)[inside]
-        ys, xs = np.nonzero(free)
+        ys, xs = _nonzero(free)
         w = a[ys, xs]
     keep = w > 0
     if not keep.all():
@@ -285,6 +290,15 @@ def _paint(image: np.ndarray, top: np.ndarray, rgb_patch: np.ndarray, mask_patch
     src = rgb_patch[ys + (sy0 - py0), xs + (sx0 - px0)].astype(np.float32)
     dst = image[ys + sy0, xs + sx0].astype(np.float32)
     image[ys + sy0, xs + sx0] = np.clip(np.rint(w * src + (1.0 - w) * dst), 0, 255).astype(np.uint8)
+
+
+def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-d bool array (same order), by cv2.findNonZero: ~3x faster."""
+    points = cv2.findNonZero(np.ascontiguousarray(mask).view(np.uint8))
+    if points is None:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    points = points.reshape(-1, 2)
+    return points[:, 1], points[:, 0]
 
 
 class _Canvas:

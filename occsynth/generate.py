@@ -296,7 +296,7 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
     height, width = background.shape[:2]
     bg_instances = []
     for ann, box, crop in sources.instances(bg_index):
-        bg_instances.append({"box": box or (0, 0, 0, 0), "crop": crop,
+        bg_instances.append({"box": box or (0, 0, 0, 0), "crop": crop, "amodal_rle": ann["amodal_rle"],
                              "category_id": ann["category_id"], "iscrowd": ann["iscrowd"],
                              "source": {"image_id": bg_record["id"], "annotation_id": ann["id"]}})
 
@@ -344,15 +344,20 @@ def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] |
     """A composed instance as a COCO annotation (``occluders`` still local indices; ids come at merge).
 
     ``inst`` is a :func:`compose` instance (full masks) or, with ``image_size`` (height, width), a
-    :func:`compose_boxed` one (box + crops; measured and encoded from the crops, same result).
+    :func:`compose_boxed` one (box + crops; measured and encoded from the crops, same result; an
+    'amodal_rle' it carries is taken as the amodal mask's encoding).
     """
     if "box" in inst:
         height, width = image_size
         y0, x0 = int(inst["box"][0]), int(inst["box"][1])
         visible, amodal = inst["visible_crop"], inst["amodal_crop"]
         area, amodal_area = masks.area(visible), masks.area(amodal)
-        amodal_segmentation = masks.encode_crop(amodal, y0, x0, height, width)
-        amodal_box = masks.crop_bbox(amodal, y0, x0)
+        if "amodal_rle" in inst:  # already encoded (a background instance's source mask)
+            amodal_segmentation = dict(inst["amodal_rle"])
+            amodal_box = masks.rle_bbox(amodal_segmentation) if amodal_area else [0.0, 0.0, 0.0, 0.0]
+        else:
+            amodal_segmentation = masks.encode_crop(amodal, y0, x0, height, width)
+            amodal_box = masks.crop_bbox(amodal, y0, x0)
         if area == amodal_area and np.array_equal(visible, amodal):  # not occluded (most background instances)
             segmentation, box = dict(amodal_segmentation), list(amodal_box)
         else:
@@ -462,14 +467,15 @@ class SourceImages:
         height, width = record["height"], record["width"]
         out = []
         for ann in self.bank.image_annotations(image_index):
-            box, crop = masks.decode_crop(ann["segmentation"], height, width)
-            ann = {"id": ann["id"], "category_id": ann["category_id"], "iscrowd": ann["iscrowd"]}
+            box, crop, rle = masks.decode_crop_encoded(ann["segmentation"], height, width)
+            ann = {"id": ann["id"], "category_id": ann["category_id"], "iscrowd": ann["iscrowd"], "amodal_rle": rle}
             out.append((ann, box, _read_only(crop)))
         return out
 
     def instances(self, image_index: int) -> list[tuple[dict, tuple[int, int, int, int] | None, np.ndarray]]:
-        """(annotation 'id', 'category_id', 'iscrowd'; tight box (y0, x0, y1, x1) or None when empty; mask crop)
-        of each annotation of an image, in the bank's order. Cached: do not change them."""
+        """(annotation 'id', 'category_id', 'iscrowd', 'amodal_rle' (``masks.encode`` of its mask); tight box
+        (y0, x0, y1, x1) or None when empty; mask crop) of each annotation of an image, in the bank's order.
+        Cached: do not change them."""
         return self._masks(image_index)
 
     def instance_masks(self, image_index: int) -> list[tuple[tuple[int, int, int, int] | None, np.ndarray]]:

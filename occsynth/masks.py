@@ -256,18 +256,40 @@ def decode_crop(segmentation: Any, height: int, width: int) -> tuple[tuple[int, 
     RLE whose runs are not in pycocotools' canonical form (a zero-length run after the first, counts
     that do not add up to height*width) goes through :func:`decode_box`, so the result is always its.
     """
+    box, crop, _ = _decode_runs(segmentation, height, width)
+    return box, crop
+
+
+def decode_crop_encoded(segmentation: Any, height: int, width: int
+                        ) -> tuple[tuple[int, int, int, int] | None, np.ndarray, dict]:
+    """:func:`decode_crop` plus ``encode`` of the decoded mask (what :func:`encode_crop` of the crop gives).
+
+    For canonical RLE the string is re-made from the runs already read (no pass over the pixels);
+    otherwise it is encoded from the crop.
+    """
+    box, crop, counts = _decode_runs(segmentation, height, width)
+    if counts is not None:
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+        return box, crop, {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    y0, x0 = box[:2] if box is not None else (0, 0)
+    return box, crop, encode_crop(crop, y0, x0, height, width)
+
+
+def _decode_runs(segmentation: Any, height: int, width: int
+                 ) -> tuple[tuple[int, int, int, int] | None, np.ndarray, np.ndarray | None]:
+    """(box, crop, canonical runs or None when decode_box had to do it)."""
     rle = _bytes_counts(to_rle(segmentation, height, width))
     try:
         counts = rle_counts(rle["counts"])
     except DegenerateMask:
-        return decode_box(segmentation, height, width)
+        return (*decode_box(segmentation, height, width), None)
     total = height * width
     if counts.size == 0 or np.any(counts[1:] <= 0) or counts[0] < 0 or int(counts.sum()) != total:
-        return decode_box(segmentation, height, width)
+        return (*decode_box(segmentation, height, width), None)
     edges = np.cumsum(counts)
     fg_start, fg_end = edges[0:-1:2], edges[1::2]   # foreground runs [start, end) in column-major order
     if fg_end.size == 0:
-        return None, np.zeros((0, 0), bool)
+        return None, np.zeros((0, 0), bool), counts
     first_col, last_col = fg_start // height, (fg_end - 1) // height
     x0, x1 = int(first_col[0]), int(last_col[-1]) + 1
     if np.any(first_col != last_col):           # a run wraps into the next column: every row is in the box
@@ -285,7 +307,7 @@ def decode_crop(segmentation: Any, height: int, width: int) -> tuple[tuple[int, 
     lengths[-1] = h * w - (start[-1] + run[-1])
     values = _OFF_ON[:lengths.size] if lengths.size <= _OFF_ON.size else np.arange(lengths.size) % 2 == 1
     flat = np.repeat(values, lengths)
-    return (y0, x0, y1, x1), flat.reshape(w, h).T  # column-major (Fortran-ordered), as RLE is
+    return (y0, x0, y1, x1), flat.reshape(w, h).T, counts  # column-major (Fortran-ordered), as RLE is
 
 
 _OFF_ON = np.arange(1 << 14) % 2 == 1  # False, True, False, ...: the runs' values
