@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from . import masks as mask_ops
 from .atomic import open_atomic
-from .coco import iter_array, one_line
+from .coco import iter_array, reading_json
 from .errors import OccsynthError
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -118,30 +118,23 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
     values: dict = {}
     found = False
     key = builder = None
-    try:
-        with open(path, "rb") as f:
-            for prefix, event, value in ijson.parse(f, use_float=True):
-                if prefix == "":
-                    if event == "map_key":
-                        key, builder = value, None
-                        if key == skip:
-                            found = True
-                        else:
-                            builder, values[key] = ObjectBuilder(), None  # keeps the file's key order
-                    elif event not in ("start_map", "end_map"):
-                        raise OccsynthError(f"{path}: a COCO file is a JSON object")
-                    continue
-                if builder is None:  # inside the skipped value
-                    continue
-                builder.event(event, value)
-                if prefix == key and event not in ("start_map", "start_array", "map_key"):
-                    values[key] = builder.value
-    except FileNotFoundError:
-        raise OccsynthError(f"{path}: file not found") from None
-    except ijson.JSONError as exc:
-        raise OccsynthError(f"{path}: malformed JSON ({one_line(exc)})") from None
-    except UnicodeDecodeError as exc:
-        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    with reading_json(path), open(path, "rb") as f:
+        for prefix, event, value in ijson.parse(f, use_float=True):
+            if prefix == "":
+                if event == "map_key":
+                    key, builder = value, None
+                    if key == skip:
+                        found = True
+                    else:
+                        builder, values[key] = ObjectBuilder(), None  # keeps the file's key order
+                elif event not in ("start_map", "end_map"):
+                    raise OccsynthError(f"{path}: a COCO file is a JSON object")
+                continue
+            if builder is None:  # inside the skipped value
+                continue
+            builder.event(event, value)
+            if prefix == key and event not in ("start_map", "start_array", "map_key"):
+                values[key] = builder.value
     return values, found
 
 

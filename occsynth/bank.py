@@ -170,20 +170,31 @@ def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, optio
     sha = file_hash(ann_path)
     banks = Path(cache_dir) / "banks"
     target = banks / bank_key(sha, options)
+    return _build_once(target, _read_meta, strict,
+                       lambda tmp: build_bank(ann_path, tmp, options, strict=strict, progress=progress,
+                                              source_sha256=sha))
+
+
+def _build_once(target: Path, read_meta: Callable[[Path], dict], strict: bool,
+                build: Callable[[Path], Any]) -> Path:
+    """A cache entry built into a temporary folder and renamed into place; reused when present.
+
+    In strict mode a cached entry that skipped bad records is refused with its first skip, as a
+    fresh strict build would be.
+    """
     if (target / "meta.json").is_file():
-        if strict:
-            first = _read_meta(target).get("first_skip")
-            if first:
-                raise OccsynthError(first)
+        first = read_meta(target).get("first_skip")
+        if strict and first:
+            raise OccsynthError(first)
         return target
-    banks.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=banks))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        build_bank(ann_path, tmp, options, strict=strict, progress=progress, source_sha256=sha)
+        build(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "meta.json").is_file():   # else: another process finished first, use its bank
+            if not (target / "meta.json").is_file():   # else: another process finished first, use its entry
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -669,23 +680,9 @@ def ensure_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathL
         raise OccsynthError(f"{image_root}: image directory not found")
     stores = Path(cache_dir) / "cutout-pixels"
     target = stores / pixels_key(_read_meta(bank_dir), image_root)
-    if (target / "meta.json").is_file():
-        first = _read_pixels_meta(target).get("first_skip")
-        if strict and first:
-            raise OccsynthError(first)
-        return target
-    stores.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=stores))
-    try:
-        build_cutout_pixels(bank_dir, image_root, tmp, strict=strict, progress=progress, workers=workers)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "meta.json").is_file():   # else: another process finished first, use its store
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _build_once(target, _read_pixels_meta, strict,
+                       lambda tmp: build_cutout_pixels(bank_dir, image_root, tmp, strict=strict, progress=progress,
+                                                       workers=workers))
 
 
 def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,

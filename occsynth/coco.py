@@ -5,6 +5,7 @@ record and the reason; callers decide (through a :class:`SkipLog`) whether to sk
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,20 +20,27 @@ from . import errors
 from .errors import BadRecord, OccsynthError, SkipLog
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it."""
-    path = Path(path)
+@contextlib.contextmanager
+def reading_json(path: str | os.PathLike, what: str = "") -> Iterator[None]:
+    """Turn the ways reading a JSON file fails (json, ijson, I/O, encoding) into one OccsynthError line."""
     try:
-        with open(path, "rb") as f:
-            return json.load(f)
+        yield
     except FileNotFoundError:
         raise OccsynthError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise OccsynthError(f"{path}: is a directory, expected a JSON file") from None
     except json.JSONDecodeError as exc:
-        raise OccsynthError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise OccsynthError(f"{path}: malformed JSON{what} at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ijson.JSONError as exc:
+        raise OccsynthError(f"{path}: malformed JSON{what} ({one_line(exc)})") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it."""
+    with reading_json(path), open(path, "rb") as f:
+        return json.load(f)
 
 
 def read_dataset(path: str | os.PathLike) -> dict:
@@ -49,16 +57,8 @@ def read_dataset(path: str | os.PathLike) -> dict:
 
 def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
     """Stream the items of one top-level array (``images``, ``annotations``, ...) in bounded memory."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            yield from ijson.items(f, f"{key}.item", use_float=True)
-    except FileNotFoundError:
-        raise OccsynthError(f"{path}: file not found") from None
-    except ijson.JSONError as exc:
-        raise OccsynthError(f"{path}: malformed JSON while reading '{key}': {one_line(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    with reading_json(path, f" while reading '{key}'"), open(path, "rb") as f:
+        yield from ijson.items(f, f"{key}.item", use_float=True)
 
 
 def one_line(exc: BaseException) -> str:
@@ -81,24 +81,19 @@ def check_coco_layout(path: str | os.PathLike) -> None:
     """
     path = Path(path)
     kinds: dict[str, str] = {}
-    try:
-        with open(path, "rb") as f:
-            events = ijson.parse(f, use_float=True)
-            prefix, event, _ = next(events, ("", None, None))
-            if event != "start_map":
-                found = {"start_array": "an array", None: "nothing"}.get(event, f"a {event}")
-                raise OccsynthError(f"{path}: not a COCO file: the top level is {found}, expected a JSON object")
-            key = None
-            for prefix, event, value in events:
-                if prefix == "" and event == "map_key":
-                    key = value
-                elif key is not None and prefix == key:
-                    kinds.setdefault(key, event)
-                    key = None
-    except ijson.JSONError as exc:
-        raise OccsynthError(f"{path}: malformed JSON ({one_line(exc)})") from None
-    except UnicodeDecodeError as exc:
-        raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    with reading_json(path), open(path, "rb") as f:
+        events = ijson.parse(f, use_float=True)
+        prefix, event, _ = next(events, ("", None, None))
+        if event != "start_map":
+            found = {"start_array": "an array", None: "nothing"}.get(event, f"a {event}")
+            raise OccsynthError(f"{path}: not a COCO file: the top level is {found}, expected a JSON object")
+        key = None
+        for prefix, event, value in events:
+            if prefix == "" and event == "map_key":
+                key = value
+            elif key is not None and prefix == key:
+                kinds.setdefault(key, event)
+                key = None
     for key in COCO_LISTS:
         if key not in kinds:
             raise OccsynthError(f"{path}: not a COCO file: missing the '{key}' list of a COCO instances file")
