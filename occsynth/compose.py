@@ -454,13 +454,22 @@ class _Canvas:
         if flat_good.size:
             picks = rng.choice(flat_good, size=min(VERIFY_CANDIDATES, flat_good.size), replace=False).tolist()
         best, best_score = None, None
-        for p in picks:
-            y, x = y0 + p // shape[1], x0 + p % shape[1]
-            score, _ = self._score(obj, y, x, target, options)
-            if score is None:
-                return (int(y), int(x)), None
-            if score[0] == 0 and (best_score is None or score < best_score):
-                best, best_score = (int(y), int(x)), score
+
+        def verify(candidates):
+            """Exact scores of flat candidate positions; a perfect one ends the search (returned)."""
+            nonlocal best, best_score
+            for p in candidates:
+                y, x = y0 + p // shape[1], x0 + p % shape[1]
+                score, _ = self._score(obj, y, x, target, options)
+                if score is None:
+                    return (int(y), int(x))
+                if score[0] == 0 and (best_score is None or score < best_score):
+                    best, best_score = (int(y), int(x)), score
+            return None
+
+        perfect = verify(picks)
+        if perfect is not None:
+            return perfect, None
         # no drawn good position held up: the best-scored feasible ones (only computed when needed)
         feasible = np.flatnonzero(~over.ravel())
         if feasible.size:
@@ -468,13 +477,9 @@ class _Canvas:
                 fallback = np.where(over, 2.0, 0.0) + np.where(in_range, 0.0, 1.0)
             else:
                 fallback = np.where(over, 4.0, 0.0) + np.where(in_range, 0.0, 2.0) + np.minimum(distance, 1.0)
-            for p in _smallest(fallback.ravel()[feasible], feasible, VERIFY_CANDIDATES):
-                y, x = y0 + p // shape[1], x0 + p % shape[1]
-                score, _ = self._score(obj, y, x, target, options)
-                if score is None:
-                    return (int(y), int(x)), None
-                if score[0] == 0 and (best_score is None or score < best_score):
-                    best, best_score = (int(y), int(x)), score
+            perfect = verify(_smallest(fallback.ravel()[feasible], feasible, VERIFY_CANDIDATES))
+            if perfect is not None:
+                return perfect, None
         return best, best_score
 
 
