@@ -277,3 +277,27 @@ def test_schedule_values_are_checked(override, words):
     with pytest.raises(OccsynthError, match=words):
         T.load_schedule("schedule-tiny", override)
     T.load_schedule("schedule-tiny", {"steps": [], "momentum": 0.0, "weight_decay": 0.0, "warmup_iterations": 0})
+
+
+@pytest.mark.slow
+def test_tiny_bilayer_model_overfits_a_handful_of_demo_images(demo_source, tmp_path):
+    """The learning check on the embedded demo photos (9 classes, textured objects, occlusions)."""
+    ann, root = demo_source
+    data = json.loads(Path(ann).read_text())
+    keep = {im["id"] for im in data["images"][:6]}
+    subset = tmp_path / "six.json"
+    subset.write_text(json.dumps({**data, "images": [im for im in data["images"] if im["id"] in keep],
+                                  "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}))
+    overrides = dict(iterations=150, steps=[10 ** 6], warmup_iterations=10, batch_size=4, base_batch_size=4,
+                     base_lr=0.02, short=128, long_max=192, checkpoint_every=10 ** 6, seed=0, flip=0.0)
+    schedule = T.load_schedule("schedule-tiny", overrides)
+
+    def mask_ap(model):
+        results = E.predict_dataset(model, CocoInstances(subset, root), progress=False)
+        return max(E.evaluate(subset, results, occlusion_splits=False)["segm"]["AP"], 0.0) if results else 0.0
+
+    torch.manual_seed(0)
+    start = mask_ap(T.build(len(data["categories"]) + 1, T.model_config(schedule)).eval())
+    result = T.train(subset, root, tmp_path / "run", schedule=schedule, progress=False)
+    end = mask_ap(result["model"])
+    assert start < 0.05 and end >= 0.25, (start, end)
