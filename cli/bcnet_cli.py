@@ -18,3 +18,7 @@ def main():
 for _module in (train_commands, pipeline_commands, predict_commands, bcnet_bench_commands):
     for _command in _module.COMMANDS:
         main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,3 +20,7 @@ for _module in (generate_commands, source_commands, cocoocc_commands, inspect_co
                 occsynth_bench_commands):
     for _command in _module.COMMANDS:
         main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()
