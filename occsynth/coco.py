@@ -165,19 +165,19 @@ def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
 
 
 def resolve_image_path(image_root: str | os.PathLike, file_name: str) -> Path:
-    """Path of ``file_name`` under ``image_root``; refuses names that escape the root.
+    """Path of ``file_name`` under ``image_root``; refuses names that leave the root.
 
-    Absolute names, ``..`` components and symlinks pointing outside are all refused, so a
-    crafted annotations file cannot make the tool read arbitrary files.
+    The check is on the name: absolute names, ``..`` components, NUL bytes and empty names are
+    refused, so a crafted annotations file cannot make the tool read arbitrary files. Symlinks
+    that are inside the image root are followed: they were put there by whoever laid out the
+    images (clusters often link image folders), not by the annotations file.
     """
-    root = Path(image_root).resolve()
+    if not isinstance(file_name, str) or "\x00" in file_name or file_name.strip() == "":
+        raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}", "empty, not text, or holds a NUL byte")
     candidate = Path(file_name)
-    if candidate.is_absolute() or ".." in candidate.parts or file_name.strip() == "":
+    if candidate.is_absolute() or ".." in candidate.parts:
         raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}")
-    resolved = (root / candidate).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}")
-    return resolved
+    return Path(image_root).absolute() / candidate
 
 
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -198,9 +198,14 @@ def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
 
 
 def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    if not data:
+        raise BadRecord(errors.CORRUPT_IMAGE, where, "empty file")
     if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
         raise BadRecord(errors.TRUNCATED_IMAGE, where, "JPEG has no end-of-image marker")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise BadRecord(errors.CORRUPT_IMAGE, where, str(exc).strip().splitlines()[-1][:120]) from None
     if bgr is None or bgr.ndim != 3 or bgr.size == 0:
         raise BadRecord(errors.CORRUPT_IMAGE, where)
     if expected_size is not None and tuple(bgr.shape[:2]) != tuple(expected_size):

@@ -29,6 +29,10 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict:
                 raise DegenerateMask(f"polygon with {len(poly)} coordinates (need an even number >= 6)")
             if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in poly):
                 raise DegenerateMask("polygon has non-numeric or non-finite coordinates")
+            xs, ys = poly[0::2], poly[1::2]
+            # pycocotools rasterises the whole outline: far-away vertices cost memory without bound
+            if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+                raise DegenerateMask(f"polygon vertices far outside the {width}x{height} image")
         rles = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
         return mask_utils.merge(rles)
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:

@@ -51,8 +51,10 @@ def test_resolve_image_path_refuses_escapes(tmp_path):
     (root / "sub").mkdir(parents=True)
     (tmp_path / "secret.jpg").write_bytes(b"x")
     os.symlink(tmp_path / "secret.jpg", root / "link.jpg")
-    assert coco.resolve_image_path(root, "sub/a.jpg") == (root / "sub" / "a.jpg").resolve()
-    for bad in ["../secret.jpg", "/etc/passwd", "sub/../../secret.jpg", "link.jpg", ""]:
+    assert coco.resolve_image_path(root, "sub/a.jpg") == (root / "sub" / "a.jpg").absolute()
+    # links laid out inside the root (clusters link image folders) are followed; the name is what is checked
+    assert coco.resolve_image_path(root, "link.jpg") == (root / "link.jpg").absolute()
+    for bad in ["../secret.jpg", "/etc/passwd", "sub/../../secret.jpg", "", "a\x00.jpg"]:
         with pytest.raises(BadRecord) as exc:
             coco.resolve_image_path(root, bad)
         assert exc.value.reason == errors.OUTSIDE_ROOT
@@ -121,3 +123,10 @@ def test_skiplog_summary_and_merge():
     other.skip(BadRecord(errors.CORRUPT_IMAGE, "image file c.jpg"))
     log.merge(other.to_dict())
     assert log.total == 3 and "2  missing image file" in log.summary() and "c.jpg" in log.summary()
+
+
+def test_an_empty_image_file_is_a_corrupt_record_not_a_crash(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(BadRecord) as exc:
+        coco.read_image(tmp_path / "empty.jpg")
+    assert exc.value.reason == errors.CORRUPT_IMAGE and "empty file" in str(exc.value)

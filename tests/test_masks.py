@@ -83,3 +83,10 @@ def test_to_polygons_roundtrip_exactly():
     polys = masks.to_polygons(m)
     assert len(polys) == 2
     assert np.array_equal(masks.decode(polys, 40, 40), m)
+
+
+def test_polygons_far_outside_the_image_are_degenerate_not_a_crash():
+    with pytest.raises(masks.DegenerateMask, match="far outside"):
+        masks.to_rle([[0, 0, 1e9, 0, 1e9, 1e9]], 40, 60)
+    slightly_out = masks.decode([[-5, -5, 70, -5, 70, 50, -5, 50]], 40, 60)   # clipped, as pycocotools does
+    assert slightly_out.all()
