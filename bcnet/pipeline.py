@@ -49,8 +49,20 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     from .evaluate import evaluate_checkpoint, markdown_table
     from .train import train
 
+    from .device import resolve_device
+
     out_dir = Path(out_dir)
+    device = str(resolve_device(device))  # a bad --device fails now, not after generating a set
     plan = manifests.load(recipe)
+    for table in ("synthetic", "pretrain", "finetune"):
+        if not isinstance(plan.get(table), dict):
+            raise OccsynthError(f"pipeline recipe {recipe!r} lacks the [{table}] table "
+                                "(see manifests/pipeline-tiny.toml)")
+    for table in ("pretrain", "finetune"):
+        if "schedule" not in plan[table]:
+            raise OccsynthError(f"pipeline recipe {recipe!r}: [{table}] needs a 'schedule' (e.g. schedule-1x)")
+    if "recipe" not in plan["synthetic"] and inputs.synthetic is None:
+        raise OccsynthError(f"pipeline recipe {recipe!r}: [synthetic] needs a 'recipe' (e.g. synthetic-100k)")
     if inputs.coco_train is None or inputs.coco_val is None:
         raise OccsynthError("the pipeline needs COCO train and val (--coco-train-ann/--coco-train-images, "
                             "--coco-val-ann/--coco-val-images), or --tiny for the embedded demo data")

@@ -16,10 +16,27 @@ def path(name: str) -> Path:
     return Path(str(resources.files(__name__).joinpath(name if name.endswith(".toml") else f"{name}.toml")))
 
 
+def names() -> list[str]:
+    """The bundled recipes."""
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
+
+
 def load(name_or_path: str) -> dict:
-    """A bundled recipe by name, or any TOML file by path."""
+    """A bundled recipe by name, or any TOML file by path; errors name the file and the reason."""
+    from occsynth.errors import OccsynthError
+
     p = Path(name_or_path)
     if not p.suffix == ".toml" or not p.exists():
         p = path(name_or_path)
-    with open(p, "rb") as f:
-        return tomllib.load(f)
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise OccsynthError(f"recipe {name_or_path!r}: no such TOML file or bundled recipe "
+                            f"(bundled: {', '.join(names())})") from None
+    except IsADirectoryError:
+        raise OccsynthError(f"recipe {name_or_path!r}: is a directory, expected a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OccsynthError(f"{p}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise OccsynthError(f"{p}: not UTF-8 text ({exc.reason})") from None

@@ -46,6 +46,20 @@ class RunSettings:
     jpeg_quality: int = 95
     chunk_size: int = DEFAULT_CHUNK_SIZE
 
+    def __post_init__(self):
+        def whole(name: str, low: int, high: int | None = None) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+                bound = f"between {low} and {high}" if high else f">= {low}"
+                raise OccsynthError(f"{name} must be a whole number {bound}, got {value!r}")
+
+        whole("num_images", 1)
+        whole("seed", 0, 2 ** 63 - 1)
+        whole("jpeg_quality", 1, 100)
+        whole("chunk_size", 1, 100_000)
+        if self.image_format not in IMAGE_FORMATS:
+            raise OccsynthError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
+
     @property
     def num_chunks(self) -> int:
         return math.ceil(self.num_images / self.chunk_size)
@@ -62,6 +76,11 @@ def run_settings(recipe: dict | None = None, *, composite: dict | None = None, b
     Unknown keys are refused with a message naming them.
     """
     recipe = recipe or {}
+    for table, value in recipe.items():
+        if table not in ("run", "composite", "bank"):
+            raise OccsynthError(f"recipe: unknown table [{table}] (a synthetic-set recipe has [run], [composite], [bank])")
+        if not isinstance(value, dict):
+            raise OccsynthError(f"recipe: '{table}' must be a table ([{table}]), got {type(value).__name__}")
 
     def merged(table: str, values: dict | None) -> dict:
         return {**recipe.get(table, {}), **{k: v for k, v in (values or {}).items() if v is not None}}
@@ -90,12 +109,10 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     ``cutout_pixels``: build (once, cached) and read the cutouts' pixel store, so that workers
     decode only the backgrounds; False decodes every cutout's source image. The output is the same.
     """
-    if settings.image_format not in IMAGE_FORMATS:
-        raise OccsynthError(f"--image-format must be one of {IMAGE_FORMATS}")
     if backend not in BACKENDS:
         raise OccsynthError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if settings.num_images < 1:
-        raise OccsynthError("--num-images must be at least 1")
+    if backend_address and backend not in ("dask", "ray"):
+        raise OccsynthError(f"--scheduler is for --backend dask or ray, not {backend}")
     if (ann_path is None) != (image_root is None):
         raise OccsynthError("give both --ann and --images, or neither (to use the embedded demo source)")
     if ann_path is None:
@@ -206,7 +223,12 @@ def _backend_session(backend: str, address: str | None):
             from dask.distributed import Client
         except ImportError:
             raise OccsynthError("--backend dask needs the dask extra: pip install 'occsynth-bcnet[dask]'") from None
-        with Client(address) if address else Client(processes=True, n_workers=1, threads_per_worker=1) as client:
+        try:
+            client = Client(address) if address else Client(processes=True, n_workers=1, threads_per_worker=1)
+        except (ValueError, OSError, TimeoutError) as exc:
+            raise OccsynthError(f"--scheduler {address!r}: cannot connect to a dask scheduler "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        with client:
             yield client
     elif backend == "ray":
         try:

@@ -5,7 +5,6 @@ broken ones (truncated, corrupt, missing, outside the root) and bad records (unk
 degenerate masks) are skipped and counted by reason; `--strict` names the first; malformed JSON is
 one clear error. The output of the default run still satisfies `occsynth validate`.
 """
-import io
 import json
 import shutil
 

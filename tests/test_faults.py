@@ -109,3 +109,12 @@ def test_dask_backend_on_a_local_cluster_gives_identical_set(reference, demo_sou
         generate(tmp_path / "dask", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2,
                  backend="dask", backend_address=cluster.scheduler_address, progress=False)
     assert tree_bytes(tmp_path / "dask") == tree_bytes(ref)
+
+
+def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
+    ann, root = demo_source
+    for extra, words in ((["--scheduler", "tcp://h:1"], "--scheduler is for --backend dask or ray"),
+                         (["--backend", "dask", "--scheduler", "garbage"], "cannot connect to a dask scheduler")):
+        result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c") + extra)
+        assert result.exit_code == 2, result.output
+        assert words in result.output and "Traceback" not in result.output
