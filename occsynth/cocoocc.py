@@ -130,6 +130,20 @@ def check_out_dir(ann_path: str | os.PathLike, out_dir: str | os.PathLike, force
                             "(no manifest.json of kind 'coco-occ'); choose an empty directory or pass --force")
 
 
+def check_image_dirs(image_root: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Refuse placing images where the source images are: OUT/images equal to, inside, or holding ``--images``.
+
+    Placing a file unlinks the target first; when the target is the source file itself (``--out``
+    the folder above ``--images``), linking would leave a symlink to itself and the image would be
+    gone. ``--force`` does not override this.
+    """
+    root, dest = Path(image_root).resolve(), (Path(out_dir) / "images").resolve()
+    if dest == root or root in dest.parents or dest in root.parents:
+        relation = ("is" if dest == root else "lies inside" if root in dest.parents else "contains")
+        raise OccsynthError(f"--out {out_dir}: its images folder {dest} {relation} the source images --images "
+                            f"{image_root}; placing images there would write into or over them - choose another output directory")
+
+
 def unique_images(images: list, skips: SkipLog) -> list[dict]:
     """Image records with an integer id, first occurrence of each id; the rest go to ``skips``."""
     out, seen = [], set()
@@ -157,8 +171,8 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
                   count_crowd: bool = False, strict: bool = False, force: bool = False) -> dict:
     """Write COCO-OCC (annotations, manifest, report, optional images) to ``out_dir``; returns the report.
 
-    ``image_mode``: None (annotations only), ``"link"`` (symlinks to the source files) or ``"copy"``;
-    it needs ``image_root``. Images whose file cannot be placed (missing, or ``file_name`` escaping
+    ``image_mode``: None (annotations only), ``"link"`` (relative symlinks to the source files) or
+    ``"copy"``; it needs ``image_root``, and OUT/images may not be, hold or lie in it (``force`` or not). Images whose file cannot be placed (missing, or ``file_name`` escaping
     the root) are dropped from the output together with their annotations, and listed in the
     report's ``dropped_images`` (``strict`` stops instead). Duplicate image ids: the first record
     is kept, later ones skipped and counted. ``force``: write into a non-empty directory that no
@@ -171,6 +185,8 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     if not 0.0 <= threshold <= 1.0:
         raise OccsynthError(f"threshold must be in [0, 1], got {threshold}")
     check_out_dir(ann_path, out_dir, force)
+    if image_mode:
+        check_image_dirs(image_root, out_dir)
     data = read_dataset(ann_path)
     skips = SkipLog(strict=strict)
     data = dict(data, images=unique_images(data["images"], skips))
@@ -227,10 +243,12 @@ def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: 
                 raise BadRecord(errors.MISSING_FILE, f"image file {src}")
             target = dest / name  # name was checked above: relative, no '..'
             target.parent.mkdir(parents=True, exist_ok=True)
+            if _is_source(target, src):
+                continue  # already the source's own bytes (a hard link, an aliased folder): never unlink it
             if target.is_symlink() or target.exists():
                 target.unlink()
             if mode == "link":
-                os.symlink(src, target)
+                os.symlink(link_text(root.resolve() / name, target), target)
             else:
                 tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
                 shutil.copyfile(src, tmp)
@@ -239,3 +257,23 @@ def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: 
             skips.skip(exc)
             dropped.append({"id": image["id"], "file_name": image.get("file_name"), "reason": exc.reason})
     return dropped
+
+
+def _is_source(target: Path, src: Path) -> bool:
+    """Is ``target`` itself (not what a symlink there points to) the source file? Unlinking it would lose it."""
+    try:
+        return not target.is_symlink() and os.path.samefile(target, src)
+    except OSError:
+        return False
+
+
+def link_text(src: Path, target: Path) -> str:
+    """What the symlink at ``target`` should hold: ``src`` relative to the link's real folder, so the
+    set keeps working when the folder holding both is moved; absolute where no relative path exists
+    (another drive on Windows). ``src`` starts at the resolved image root: the kernel walks the
+    leading '..' from the link's physical folder, so both ends must be free of symlinks up to there;
+    symlinks inside the image root stay in the path and are followed when the link is read."""
+    try:
+        return os.path.relpath(src, target.parent.resolve())
+    except ValueError:
+        return str(src)

@@ -4,6 +4,8 @@ import io
 import json
 import os
 
+import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from pycocotools.coco import COCO
@@ -14,6 +16,7 @@ from cli import cocoocc_commands
 from cli.occsynth_cli import main
 from occsynth import cocoocc
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
+from occsynth.coco import read_image, resolve_image_path
 
 # image id -> boxes (x, y, w, h, iscrowd). Overlaps worked out by hand:
 #   1: inter 50, union 150 -> iou 1/3,   min 0.5
@@ -233,3 +236,66 @@ def test_report_without_crowd_and_val2017_sized_input(tmp_path):
     assert "/crowd" not in text and "no crowd boxes" in text
     report["counts"]["source_images"] = 5000
     assert "the paper reports 1,005 of val2017's 5,000" in "\n".join(cocoocc_commands.format_report(report))
+
+
+def real_images_set(tmp_path, subdir="set-a"):
+    """The hand-made set with real PNG files under tmp_path/src/images/<subdir>/ (file_name with a folder)."""
+    data = make_dataset()
+    root = tmp_path / "src" / "images"
+    (root / subdir).mkdir(parents=True)
+    for image in data["images"]:
+        image["file_name"] = f"{subdir}/{image['id']:06d}.png"
+        pixels = np.full((40, 40, 3), image["id"] * 30, np.uint8)
+        assert cv2.imwrite(str(root / image["file_name"]), pixels)
+    return data, root
+
+
+def snapshot(root):
+    return {p.relative_to(root).as_posix(): (p.is_symlink(), p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+@pytest.mark.parametrize("mode", ["--link", "--copy"])
+def test_out_whose_images_folder_is_the_source_images_is_refused_even_with_force(tmp_path, mode):
+    # The reported data loss: --out the folder above --images, so OUT/images/x *is* the source file x.
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "ann.json", data)
+    before = snapshot(root)
+    for out, images in ((tmp_path / "src", root),                       # OUT/images is --images
+                        (root / "set-a", root),                         # OUT/images inside --images
+                        (tmp_path / "src", root / "set-a")):            # OUT/images holds --images
+        r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--images", str(images), mode,
+                                      "--out", str(out), "--force", "--threshold", "0.1"])
+        assert r.exit_code == 2 and "source images" in r.output and "Traceback" not in r.output, r.output
+        assert snapshot(root) == before  # byte-identical, nothing turned into a link
+    assert not (tmp_path / "src" / "annotations.json").exists()
+
+
+def test_a_target_that_is_the_source_file_is_never_unlinked(tmp_path):
+    # OUT/images/x already the source file under another name (a hard link): left as it is.
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "ann.json", data)
+    (tmp_path / "o" / "images" / "set-a").mkdir(parents=True)
+    os.link(root / "set-a" / "000001.png", tmp_path / "o" / "images" / "set-a" / "000001.png")
+    before = snapshot(root)
+    for mode in ("link", "copy"):
+        build_cocoocc(ann, tmp_path / "o", image_root=root, image_mode=mode, threshold=0.1, force=True)
+        assert snapshot(root) == before
+        placed = tmp_path / "o" / "images" / "set-a" / "000001.png"
+        assert not placed.is_symlink() and os.path.samefile(placed, root / "set-a" / "000001.png")
+
+
+def test_links_are_relative_and_survive_moving_the_folder_holding_both(tmp_path):
+    data, root = real_images_set(tmp_path / "tree")
+    ann = write_set(tmp_path / "tree" / "ann.json", data)
+    build_cocoocc(ann, tmp_path / "tree" / "occ", image_root=root, image_mode="link", threshold=0.1)
+    link = tmp_path / "tree" / "occ" / "images" / "set-a" / "000001.png"
+    assert os.readlink(link) == os.path.join("..", "..", "..", "src", "images", "set-a", "000001.png")
+    (tmp_path / "tree").rename(tmp_path / "moved")
+    out_images = tmp_path / "moved" / "occ" / "images"
+    out = json.loads((tmp_path / "moved" / "occ" / "annotations.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1, 2, 7]
+    for image in out["images"]:
+        path = resolve_image_path(out_images, image["file_name"])  # as `occsynth validate` reads OUT/images
+        pixels = read_image(path, (image["height"], image["width"]))
+        assert pixels.shape == (40, 40, 3) and (pixels == image["id"] * 30).all()
