@@ -69,7 +69,8 @@ def merge_command(shard_dirs, out, quiet):
     """Join the outputs of `occsynth generate --shard i/n` runs into one set.
 
     The result is byte-identical to a single unsharded run with the same options. Shards may
-    write to one shared directory (then: occsynth merge OUT --out OUT) or to their own.
+    write to one shared directory (then: occsynth merge OUT --out OUT) or to their own; their
+    images and parts are moved (not copied) into --out, so an interrupted merge can be rerun.
     """
     _print_report(merge(out, list(shard_dirs), progress=not quiet))
 

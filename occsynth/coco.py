@@ -30,8 +30,12 @@ def reading_json(path: str | os.PathLike, what: str = "") -> Iterator[None]:
     except IsADirectoryError:
         raise OccsynthError(f"{path}: is a directory, expected a JSON file") from None
     except json.JSONDecodeError as exc:
+        if exc.doc == "" or (os.path.isfile(path) and os.path.getsize(path) == 0):
+            raise OccsynthError(f"{path}: empty file, expected JSON") from None
         raise OccsynthError(f"{path}: malformed JSON{what} at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except ijson.JSONError as exc:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise OccsynthError(f"{path}: empty file, expected JSON") from None
         raise OccsynthError(f"{path}: malformed JSON{what} ({one_line(exc)})") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
