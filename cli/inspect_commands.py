@@ -13,7 +13,7 @@ from occsynth.validate import format_report, validate
 
 
 @click.command("validate")
-@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", metavar="DIR|ANNOTATIONS_JSON", type=click.Path(exists=True))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes.")
 @click.option("--balance-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0),
               help="Allowed deviation of a category's pasted count from the mean, as a fraction of the mean "
@@ -21,7 +21,8 @@ from occsynth.validate import format_report, validate
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
-    """Check a generated set against the invariants of docs/FORMAT.md; exit status 1 if any fails."""
+    """Check a generated set (its folder, or its annotations.json) against the invariants of
+    docs/FORMAT.md; exit status 1 if any fails, 2 if the input is not a generated set."""
     report = validate(out_dir, workers=workers, progress=not quiet, balance_tolerance=balance_tolerance)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     sys.exit(0 if report["ok"] else 1)

@@ -93,15 +93,16 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
              balance_tolerance: float = 0.05, balance_slack: int = 2, max_examples: int = 5) -> dict:
     """Check every documented invariant of a generated set; returns the report (``report["ok"]``).
 
+    ``out_dir``: the set's folder, or its annotations JSON (images and manifest.json beside it).
+    A COCO file without occsynth's fields (plain COCO, COCO-OCC) is refused with one
+    OccsynthError rather than reported as failing every check.
+
     ``balance_tolerance``/``balance_slack``: each pasted category's count must lie within
     ``max(balance_tolerance * mean, balance_slack)`` of the mean over the categories that were pasted.
     """
-    out_dir = Path(out_dir)
-    ann_path = out_dir / ANNOTATIONS_FILE
-    if not out_dir.is_dir():
-        raise OccsynthError(f"{out_dir}: directory not found")
-    if not ann_path.is_file():
-        raise OccsynthError(f"{ann_path}: not found - is this an occsynth generate output directory?")
+    where = str(out_dir)
+    ann_path, out_dir = set_paths(out_dir)
+    check_generated_set(ann_path, out_dir / MANIFEST_FILE, where)
     failures = _Failures(max_examples)
 
     categories = {c["id"]: c for c in iter_array(ann_path, "categories") if isinstance(c, dict) and "id" in c}
@@ -151,6 +152,55 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
         report["checks"][check] = {"description": description, "failures": failures.counts.get(check, 0),
                                    "examples": failures.examples.get(check, [])}
     return report
+
+
+def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(annotations JSON, set folder) of a set given as its folder or as its annotations file."""
+    path = Path(path)
+    if path.is_file():
+        return path, path.parent
+    if not path.is_dir():
+        raise OccsynthError(f"{path}: not found")
+    ann_path = path / ANNOTATIONS_FILE
+    if ann_path.is_dir():
+        raise OccsynthError(f"{ann_path}: is a directory, expected the set's annotations JSON file")
+    if not ann_path.is_file():
+        raise OccsynthError(f"{ann_path}: not found - is this an occsynth generate output directory?")
+    return ann_path, path
+
+
+OCCSYNTH_FIELDS = ("amodal_segmentation", "layer")
+PEEK_ANNOTATIONS = 100
+
+
+def check_generated_set(ann_path: Path, manifest_path: Path, where: str | None = None) -> None:
+    """Refuse, in one line, a COCO file that is not an occsynth generated set.
+
+    A plain COCO or COCO-OCC file would otherwise fail 'fields' on every annotation, which reads
+    like a broken set rather than the wrong input. It counts as generated when manifest.json is
+    there and is not another tool's (build-cocoocc writes one with a 'kind'), or when one of its
+    first annotations carries 'amodal_segmentation' or 'layer' (a set whose manifest was lost).
+    """
+    kind = None
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # a damaged manifest of a set: the 'manifest' check reports it
+        kind = manifest.get("kind") if isinstance(manifest, dict) else None
+        if kind is None:
+            return
+    anns = iter_array(ann_path, "annotations")
+    try:
+        for ann in itertools.islice(anns, PEEK_ANNOTATIONS):
+            if isinstance(ann, dict) and any(field in ann for field in OCCSYNTH_FIELDS):
+                return
+    finally:
+        anns.close()
+    check_coco_layout(ann_path)  # not COCO at all: say that instead
+    other = f"; its manifest.json is of kind {kind!r}" if kind is not None else ""
+    raise OccsynthError(f"{where or ann_path} is not an occsynth generated set (no amodal/layer fields{other}); "
+                        "validate checks the invariants of docs/FORMAT.md")
 
 
 def class_balance(pasted: dict, tolerance: float = 0.05, slack: int = 2) -> dict:
@@ -392,4 +442,4 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-__all__ = ["CHECKS", "validate", "class_balance", "check_images", "format_report"]
+__all__ = ["CHECKS", "validate", "set_paths", "check_generated_set", "class_balance", "check_images", "format_report"]

@@ -290,3 +290,44 @@ def test_non_coco_or_malformed_annotations_are_one_error(dataset, content, messa
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].isprintable() and "\\x" not in lines[0]
+
+
+def plain_coco(data: dict) -> dict:
+    """The set's annotations as plain COCO: occsynth's fields dropped."""
+    keep = ("id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd")
+    return dict(data, annotations=[dict({k: a[k] for k in keep if k in a}, iscrowd=0) for a in data["annotations"]])
+
+
+def test_cli_takes_the_annotations_file_of_a_set(dataset):
+    by_file = CliRunner().invoke(cli(), ["validate", str(dataset / "annotations.json"), "--quiet", "--json"])
+    by_dir = CliRunner().invoke(cli(), ["validate", str(dataset), "--quiet", "--json"])
+    assert by_file.exit_code == by_dir.exit_code == 0, by_file.output
+    assert json.loads(by_file.output) == json.loads(by_dir.output)
+    (dataset / "manifest.json").unlink()  # a set that lost its manifest is still a set (its fields say so)
+    lost = CliRunner().invoke(cli(), ["validate", str(dataset), "--quiet"])
+    assert lost.exit_code == 1 and "manifest.json not found" in lost.output
+
+
+def test_plain_coco_and_coco_occ_are_refused_in_one_line(dataset, tmp_path):
+    coco = tmp_path / "coco"
+    (coco / "images").mkdir(parents=True)
+    (coco / "annotations.json").write_text(json.dumps(plain_coco(load_annotations(dataset))))
+    from occsynth.cocoocc import build_cocoocc
+    build_cocoocc(coco / "annotations.json", tmp_path / "occ", image_root=dataset / "images", image_mode="link",
+                  threshold=0.0)
+    for arg, kind in ((coco / "annotations.json", ""), (coco, ""), (tmp_path / "occ", "coco-occ")):
+        r = CliRunner().invoke(cli(), ["validate", str(arg), "--quiet"])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
+        assert lines[0] == (f"Error: {arg} is not an occsynth generated set (no amodal/layer fields"
+                            + (f"; its manifest.json is of kind '{kind}'" if kind else "")
+                            + "); validate checks the invariants of docs/FORMAT.md")
+    (coco / "annotations.json").write_text("[]")  # not COCO at all: that is the message
+    r = CliRunner().invoke(cli(), ["validate", str(coco), "--quiet"])
+    assert r.exit_code == 2 and "the top level is an array" in r.output
+
+
+def test_annotations_json_that_is_a_directory(tmp_path):
+    (tmp_path / "s" / "annotations.json").mkdir(parents=True)
+    r = CliRunner().invoke(cli(), ["validate", str(tmp_path / "s"), "--quiet"])
+    assert r.exit_code == 2 and "annotations.json: is a directory" in r.output and "Traceback" not in r.output
