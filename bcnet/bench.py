@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from .device import resolve_device
 from .model import build_model, count_parameters
 
 HEADS = ("fcn", "bilayer-gcn")
@@ -51,7 +52,7 @@ def _median_time(fn, iters: int, device: torch.device) -> float:
 
 
 def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", batch: int = 2, size: int = 512,
-                iters: int = 5, warmup: int = 2, device: str | None = None, num_classes: int = 81,
+                iters: int = 5, warmup: int = 2, device: str | torch.device | None = None, num_classes: int = 81,
                 amp: bool = False) -> dict:
     """Seconds per train step and per inference batch for Mask R-CNN's head and BCNet's, and their ratio.
 
@@ -59,7 +60,7 @@ def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", ba
     detections; steps alternate between the two models and the median is kept, so drift in the
     machine's load hits both alike.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)  # a bad or absent device is one OccsynthError, before any model is built
     images, targets = _synthetic_batch(batch, size, num_classes, device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "detector": detector, "backbone": backbone, "batch": batch, "size": size, "iters": iters}

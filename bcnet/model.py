@@ -26,6 +26,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from occsynth.errors import OccsynthError
+
 from .heads import MASK_HEADS, PRESETS
 from .losses import LOSS_PRESETS, loss_weights as make_loss_weights, weight_losses
 from .roi_heads import BilayerRoIHeads, build_mask_branch
@@ -35,6 +37,64 @@ BACKBONES = ("resnet50", "resnet18", "tiny")
 EXTRA_MASK_KEYS = ("occluder_masks", "amodal_masks")  # resized with the image, like 'masks'
 TINY_CHANNELS = (16, 32, 64)
 TINY_FPN_CHANNELS = 32
+
+
+class ModelConfigError(OccsynthError, ValueError):
+    """A bad model setting or backbone weights file: an :class:`OccsynthError` (the CLI prints one
+    line, exit 2) that is also a ``ValueError`` for library callers that catch that."""
+
+
+def model_choices() -> dict[str, tuple]:
+    """Allowed values of each named model setting (``mask_head`` may also be None: detector only)."""
+    return {"detector": DETECTORS, "mask_head": (*MASK_HEADS, None), "backbone": BACKBONES,
+            "head_preset": tuple(PRESETS)}
+
+
+def check_model_names(detector: str, mask_head: str | None, backbone: str, head_preset: str) -> None:
+    """Refuse names :func:`build_model` does not know, listing the allowed ones (cheap: builds nothing)."""
+    values = {"detector": detector, "mask_head": mask_head, "backbone": backbone, "head_preset": head_preset}
+    for key, allowed in model_choices().items():
+        if values[key] not in allowed:
+            names = ", ".join(a for a in allowed if a is not None)
+            raise ModelConfigError(f"unknown {key.replace('_', ' ')} {values[key]!r}; choose one of {names}")
+
+
+def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike) -> None:
+    """Load a local torchvision ResNet classification state dict into ``body`` (its ``fc`` may differ).
+
+    Only tensors are read (``weights_only=True``). Every failure is one :class:`ModelConfigError`
+    naming the file and what it should be, never a torch traceback.
+    """
+    expected = (f"a torchvision {name} state dict (e.g. from torchvision.models.{name}(weights=...).state_dict(), "
+                "saved with torch.save)")
+    where = f"backbone weights {os.fspath(weights)}"
+    if not os.path.isfile(weights):
+        raise ModelConfigError(f"{where}: no such file (expected {expected})")
+    try:
+        state = torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
+    except Exception:  # unpickling, zip and I/O errors all mean the same thing to the user
+        raise ModelConfigError(f"{where}: not a file torch.load(weights_only=True) can read; "
+                               f"expected {expected}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "iteration" in state:
+        raise ModelConfigError(f"{where}: this is a bcnet training checkpoint, not backbone weights (use --init to "
+                               f"start from it); expected {expected}")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ModelConfigError(f"{where}: does not hold a state dict (names -> tensors); expected {expected}")
+    own = body.state_dict()
+    wrong = [k for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape != own[k].shape]
+    if wrong:  # e.g. resnet18 weights for a resnet50: the same names, other shapes
+        raise ModelConfigError(f"{where}: {len(wrong)} tensors have shapes that do not fit a {name} (e.g. "
+                               f"{wrong[0]} {list(state[wrong[0]].shape)}, needs {list(own[wrong[0]].shape)}); "
+                               f"expected {expected}")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier may have any size
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    unexpected = [k for k in unexpected if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ModelConfigError(f"{where}: not a {name} state dict ({len(missing)} missing keys e.g. {missing[:3]}, "
+                               f"{len(unexpected)} unexpected e.g. {unexpected[:3]}); expected {expected}")
 
 
 class BilayerTransform(GeneralizedRCNNTransform):
@@ -117,24 +177,20 @@ def build_backbone(name: str, detector: str, weights: str | os.PathLike | None =
     extra = LastLevelMaxPool() if detector == "faster-rcnn" else None
     if name == "tiny":
         if weights is not None:
-            raise ValueError("the 'tiny' backbone has no pretrained weights")
+            raise ModelConfigError(f"backbone weights {os.fspath(weights)}: the 'tiny' backbone has no pretrained "
+                                   "weights; use backbone resnet18 or resnet50 with a torchvision state dict, "
+                                   "or no weights")
         out = TINY_FPN_CHANNELS
         return BackboneWithFPN(TinyBody(), {"layer1": "0", "layer2": "1", "layer3": "2"}, list(TINY_CHANNELS), out,
                                extra_blocks=extra or LastLevelP6P7(out, out))
     if name not in ("resnet50", "resnet18"):
-        raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)}")
+        raise ModelConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     pretrained = weights is not None
     frozen = pretrained if frozen_batchnorm is None else frozen_batchnorm
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
     body = (resnet50 if name == "resnet50" else resnet18)(weights=None, norm_layer=norm_layer)
     if pretrained:
-        state = torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        missing, unexpected = body.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or [k for k in unexpected if not k.startswith("fc.")]:
-            raise ValueError(f"{weights}: not a {name} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        load_backbone_weights(body, name, weights)
     if trainable_layers is None:
         trainable_layers = 3 if pretrained else 5
     if detector == "faster-rcnn":
@@ -169,14 +225,9 @@ def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: s
     ``occluded_ratio``: share of occluded RoIs in the occluder loss (None: all RoIs).
     ``detector_kwargs`` go to torchvision's FasterRCNN / FCOS (e.g. ``box_detections_per_img``).
     """
-    if detector not in DETECTORS:
-        raise ValueError(f"unknown detector {detector!r}; choose one of {list(DETECTORS)}")
-    if mask_head is not None and mask_head not in MASK_HEADS:
-        raise ValueError(f"unknown mask head {mask_head!r}; choose one of {list(MASK_HEADS)}")
-    if head_preset not in PRESETS:
-        raise ValueError(f"unknown head preset {head_preset!r}; choose one of {sorted(PRESETS)}")
+    check_model_names(detector, mask_head, backbone, head_preset)
     if num_classes < 2:
-        raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
+        raise ModelConfigError(f"num_classes counts background and must be >= 2, got {num_classes}")
     if isinstance(loss_weights, str):
         weights = make_loss_weights(loss_weights)
     else:

@@ -122,6 +122,7 @@ def _check_schedule(s: dict) -> None:
         raise OccsynthError(f"amp must be one of {AMP_MODES}, got {s['amp']!r}")
     if s["mode"] not in ("visible", "amodal"):
         raise OccsynthError(f"schedule setting mode must be 'visible' or 'amodal', got {s['mode']!r}")
+    _check_model_settings(s)
     jitter = s["scale_jitter"]
     if jitter:
         if (not isinstance(jitter, (list, tuple)) or len(jitter) != 2
@@ -129,6 +130,23 @@ def _check_schedule(s: dict) -> None:
             raise OccsynthError(f"scale_jitter must be [] or [lo, hi], got {jitter!r}")
         if not 1 <= jitter[0] <= jitter[1]:
             raise OccsynthError(f"scale_jitter [lo, hi] needs 1 <= lo <= hi, got {list(jitter)!r}")
+
+
+def _check_model_settings(s: dict) -> None:
+    """[model] names and backbone weights, checked before any data is indexed (no file is read here:
+    a resumed run never reloads its backbone weights, so a since-moved file must not stop it)."""
+    from .model import model_choices  # late: pulls in torchvision detection
+
+    for key, allowed in model_choices().items():
+        if s[key] not in allowed or s[key] is None:  # TOML has no None; build_model's "no mask head" is API only
+            names = ", ".join(a for a in allowed if a is not None)
+            raise OccsynthError(f"schedule setting {key} must be one of {names}, got {s[key]!r}")
+    weights = s.get("backbone_weights") or ""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise OccsynthError(f"schedule setting backbone_weights must be a file path or \"\", got {weights!r}")
+    if weights and s["backbone"] == "tiny":
+        raise OccsynthError(f"backbone weights {os.fspath(weights)}: the 'tiny' backbone has no pretrained weights; "
+                            "use backbone resnet18 or resnet50 with a torchvision state dict, or no weights")
 
 
 def learning_rate(schedule: dict) -> float:
@@ -193,23 +211,37 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``report``: called (rank 0 only) with the skip log (``{"counts", "examples"}``) right after the
     dataset is indexed, when bad records were skipped there, so the user knows before a long run.
 
-    Returns ``{"model", "iteration", "checkpoint", "history", "category_ids", "skipped"}``
-    (``model`` unwrapped, in eval mode; ``history``: one dict of losses per iteration run here).
+    Resuming a run already at its ``iterations`` trains nothing (``checkpoint`` is None, ``history``
+    empty); asking for fewer iterations than the checkpoint's is refused (:class:`OccsynthError`),
+    since the weights could not be those of a shorter run.
+
+    Returns ``{"model", "iteration", "checkpoint", "history", "category_ids", "skipped", "start",
+    "resumed_from"}`` (``model`` unwrapped, in eval mode; ``history``: one dict of losses per iteration
+    run here; ``start``: the iteration it began at; ``resumed_from``: the checkpoint path or None).
     """
     out_dir = Path(out_dir)
     state = None
+    resume_path: Path | None = None
     if resume:
-        path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
-        if path is None:
+        resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
+        if resume_path is None:
             raise OccsynthError(f"{out_dir}: no checkpoint to resume from")
-        state = ckpt.load_checkpoint(path)
+        state = ckpt.load_checkpoint(resume_path)
         schedule = load_schedule(state["schedule"], overrides)
+        done = int(state["iteration"])
+        if int(schedule["iterations"]) < done:
+            raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > {schedule['iterations']} "
+                                "iterations asked for; nothing was trained (ask for more to continue it)")
     else:
         schedule = load_schedule(schedule, overrides)
         if latest_checkpoint(out_dir) is not None:
             raise OccsynthError(f"{out_dir} already holds a training run; pass --resume to continue it, "
                                 "or choose another output directory")
 
+    weights = None if state else (schedule.get("backbone_weights") or None)
+    if weights is not None and not os.path.isfile(weights):  # before indexing a large set for nothing
+        raise OccsynthError(f"backbone weights {os.fspath(weights)}: no such file (expected a torchvision "
+                            f"{schedule['backbone']} state dict)")
     device_, rank, world, own_group = _setup_distributed(device)
     use_amp = schedule["amp"] != "off" and device_.type == "cuda"
     amp_dtype = torch.bfloat16 if schedule["amp"] == "bf16" else torch.float16
@@ -228,7 +260,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     config = model_config(schedule)
     seed = int(schedule["seed"])
     torch.manual_seed(seed)
-    model = build(dataset.num_classes, config, None if state else (schedule.get("backbone_weights") or None))
+    model = build(dataset.num_classes, config, weights)
     if state is not None:
         model.load_state_dict(state["model"])
     elif init_checkpoint:
@@ -328,7 +360,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if hasattr(model, "transform"):
         model.transform._skip_resize = False
     return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
-            "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict()}
+            "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
+            "resumed_from": resume_path}
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -37,7 +38,9 @@ def _steps(ctx, param, value):
               help="Run directory: checkpoints, last_checkpoint, log.jsonl.")
 @click.option("--schedule", default="schedule-1x", show_default=True,
               help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file.")
-@click.option("--resume", is_flag=True, help="Continue exactly from the newest checkpoint in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue exactly from the newest checkpoint in --out (a run already at --iterations trains "
+                   "nothing; fewer --iterations than the checkpoint's is refused).")
 @click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False),
               help="Start from this checkpoint's weights (fine-tuning).")
 @click.option("--iterations", type=int, help="Override: number of iterations.")
@@ -80,6 +83,9 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "
                    f"checkpoint {result['checkpoint']}")
         _echo_skips(result["skipped"])
+    elif result.get("resumed_from") is not None and not result["history"] and os.environ.get("RANK", "0") == "0":
+        click.echo(f"nothing to train: the run is already at iteration {result['start']} of {result['iteration']} "
+                   f"({result['resumed_from']}); pass --iterations N (N > {result['start']}) to continue it")
 
 
 def _echo_skips(skipped: dict, prefix: str = "") -> None:

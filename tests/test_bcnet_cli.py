@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from bcnet import checkpoint as ckpt
+import manifests
 from bcnet import train as T
 from cli.bcnet_cli import main as bcnet_main
 from datasets import load_annotations, save_annotations, write_dataset
@@ -215,3 +217,57 @@ def test_pictures_have_small_panel_titles_at_the_top(monkeypatch):
     out_small = {**output, "masks": torch.zeros(0, 1, 20, 30), "occluder_masks": torch.zeros(0, 1, 20, 30)}
     monkeypatch.setattr(P, "TITLE_MIN_SIZE", (48, 96))
     assert P.render_prediction(small, out_small, {}, [1])[:, :30].tolist() == small.tolist()
+
+
+def _train_args(root, out, *extra):
+    return ["train", "--annotations", str(root / "annotations.json"), "--images", str(root / "images"), "--out",
+            str(out), "--schedule", "schedule-tiny", "--iterations", "1", "--batch-size", "1", "--short", "48",
+            "--long-max", "64", "--device", "cpu", "--no-progress", *extra]
+
+
+def test_bad_backbone_weights_are_one_clear_error(tiny, tmp_path):
+    root, checkpoint = tiny
+    (tmp_path / "afile").write_text("hello\n")
+    schedule = (tmp_path / "weights.toml")
+    text = (Path(manifests.__file__).parent / "schedule-tiny.toml").read_text()
+    schedule.write_text(text.replace('backbone_weights = ""', f'backbone_weights = "{tmp_path / "afile"}"'))
+    expected = "expected a torchvision resnet18 state dict (e.g. from torchvision.models.resnet18(weights=...)"
+    cases = [(["--backbone-weights", str(tmp_path / "afile")], "the 'tiny' backbone has no pretrained weights"),
+             (["--schedule", str(schedule)], "the 'tiny' backbone has no pretrained weights"),
+             (["--backbone", "resnet18", "--backbone-weights", str(tmp_path / "afile")],
+              f"not a file torch.load(weights_only=True) can read; {expected}"),
+             (["--backbone", "resnet18", "--backbone-weights", str(checkpoint)],
+              f"a bcnet training checkpoint, not backbone weights (use --init to start from it); {expected}"),
+             (["--backbone", "resnet18", "--backbone-weights", str(tmp_path / "none.pt")], "no such file")]
+    for i, (extra, words) in enumerate(cases):
+        result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / f"run{i}", *extra))
+        _clean(result, 2)
+        file = tmp_path / "afile" if "afile" in " ".join(extra) or "--schedule" in extra else extra[-1]
+        assert f"Error: backbone weights {file}: " in result.output and words in result.output, result.output
+        assert not (tmp_path / f"run{i}").exists()
+
+
+@pytest.mark.parametrize("setting, value, allowed, shown", [
+    ("detector", '"yolo"', "faster-rcnn, fcos", "'yolo'"),
+    ("mask_head", '"bilayer"', "fcn, gcn, bilayer-fcn, bilayer-gcn", "'bilayer'"),
+    ("backbone", '"vit"', "resnet50, resnet18, tiny", "'vit'"), ("head_preset", "3", "paper, original", "3")])
+def test_bad_model_names_in_a_schedule_file_are_one_clear_error(tiny, tmp_path, setting, value, allowed, shown):
+    root, _ = tiny
+    text = (Path(manifests.__file__).parent / "schedule-tiny.toml").read_text()
+    lines = [f"{setting} = {value}" if line.startswith(f"{setting} =") else line for line in text.splitlines()]
+    (tmp_path / "s.toml").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / "run", "--schedule", str(tmp_path / "s.toml")))
+    _clean(result, 2)
+    assert f"Error: schedule setting {setting} must be one of {allowed}, got {shown}" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_bench_bad_device_is_one_clear_error():
+    for device, words in (("bogus", "not a device"), ("cuda:abc", "not a device"), ("meta", "unsupported device")):
+        result = CliRunner().invoke(bcnet_main, ["bench", "--backbone", "tiny", "--size", "64", "--device", device])
+        _clean(result, 2)
+        assert f"Error: --device {device}: {words}" in result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(bcnet_main, ["bench", "--backbone", "tiny", "--size", "64", "--device", "cuda"])
+        _clean(result, 2)
+        assert "Error: --device cuda: no CUDA GPU is available on this machine" in result.output

@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from bcnet.model import BilayerTransform, build_model, count_parameters, parameter_report
+from bcnet.model import (BilayerTransform, ModelConfigError, build_backbone, build_model, count_parameters,
+                         parameter_report)
+from occsynth.errors import OccsynthError
 
 MASK_LOSSES = {"loss_mask", "loss_mask_boundary", "loss_occluder_mask", "loss_occluder_boundary"}
 
@@ -88,9 +90,56 @@ def test_detector_alone_and_bad_names():
     with torch.no_grad():
         out = model([torch.rand(3, 64, 64)])[0]
     assert "masks" not in out
-    for bad in ({"detector": "yolo"}, {"mask_head": "bilayer"}, {"backbone": "vit"}, {"head_preset": "x"}):
-        with pytest.raises(ValueError):
+    for bad, words in (({"detector": "yolo"}, "unknown detector 'yolo'; choose one of faster-rcnn, fcos"),
+                       ({"mask_head": "bilayer"}, "unknown mask head 'bilayer'; choose one of fcn, gcn, "),
+                       ({"backbone": "vit"}, "unknown backbone 'vit'; choose one of resnet50, resnet18, tiny"),
+                       ({"head_preset": "x"}, "unknown head preset 'x'; choose one of paper, original")):
+        with pytest.raises(ModelConfigError, match=words) as info:  # the CLI's one-line error, and a ValueError
             build_model(3, **{"backbone": "tiny", **bad})
+        assert isinstance(info.value, OccsynthError) and isinstance(info.value, ValueError)
+
+
+class Boom:
+    """Executing this on load would create a file: weights_only=True must refuse it instead."""
+
+    def __reduce__(self):
+        import pathlib
+        return (pathlib.Path.touch, (pathlib.Path(self.target),))
+
+
+def test_backbone_weights_load_or_fail_with_one_clear_error(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    source = torchvision.models.resnet18()
+    torch.save(source.state_dict(), tmp_path / "r18.pt")
+    body = build_backbone("resnet18", "faster-rcnn", tmp_path / "r18.pt").body
+    assert torch.equal(body.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert torch.equal(body.bn1.running_mean, source.bn1.running_mean)  # loaded, and frozen (FrozenBatchNorm2d)
+
+    (tmp_path / "afile").write_text("not weights\n")
+    torch.save({"model": {"x": torch.zeros(1)}, "iteration": 80}, tmp_path / "model_final.pt")
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    boom = Boom()
+    boom.target = str(tmp_path / "executed")
+    torch.save({"conv1.weight": boom}, tmp_path / "evil.pt")
+    expected = "expected a torchvision resnet18 state dict (e.g. from torchvision.models.resnet18(weights=...)"
+    cases = [("tiny", "r18.pt", "the 'tiny' backbone has no pretrained weights"),
+             ("resnet18", "missing.pt", "no such file"),
+             ("resnet18", "afile", "not a file torch.load(weights_only=True) can read"),
+             ("resnet18", "evil.pt", "not a file torch.load(weights_only=True) can read"),
+             ("resnet18", "model_final.pt", "a bcnet training checkpoint, not backbone weights (use --init"),
+             ("resnet18", "list.pt", "does not hold a state dict"),
+             ("resnet18", "other.pt", "not a resnet18 state dict (100 missing keys e.g. ['conv1.weight'"),
+             ("resnet50", "r18.pt", "tensors have shapes that do not fit a resnet50 (e.g. layer1.0.conv1.weight")]
+    for name, file, words in cases:
+        with pytest.raises(OccsynthError) as info:
+            build_model(3, backbone=name, backbone_weights=tmp_path / file, mask_head=None)
+        message = str(info.value)
+        assert message.startswith(f"backbone weights {tmp_path / file}: ") and words in message, message
+        assert "\n" not in message and (name == "tiny" or expected.replace("resnet18", name) in message), message
+    assert not (tmp_path / "executed").exists()
 
 
 def test_transform_resizes_occluder_masks_with_the_image():

@@ -43,7 +43,7 @@ def test_schedule_lr_and_overrides():
     assert factors == pytest.approx([1 / 3, 1 / 3, 1.0, 1.0, 0.1, 0.01])
     with pytest.raises(OccsynthError, match="unknown schedule setting"):
         T.load_schedule("schedule-1x", {"iteration": 5})
-    with pytest.raises(OccsynthError, match="no such bundled schedule"):
+    with pytest.raises(OccsynthError, match="schedule-none.*no such (bundled schedule|TOML file)"):
         T.load_schedule("schedule-none")
     assert T.load_schedule("schedule-tiny")["backbone"] == "tiny"
 
@@ -301,3 +301,24 @@ def test_tiny_bilayer_model_overfits_a_handful_of_demo_images(demo_source, tmp_p
     result = T.train(subset, root, tmp_path / "run", schedule=schedule, progress=False)
     end = mask_ap(result["model"])
     assert start < 0.05 and end >= 0.25, (start, end)
+
+
+def test_resume_past_or_at_the_end_trains_nothing_and_says_so(tmp_path, dataset_dir):
+    """Fewer iterations than the checkpoint's is refused (exit 2); exactly as many is a no-op, printed (exit 0)."""
+    _run(dataset_dir, tmp_path / "run", iterations=2, batch_size=1, checkpoint_every=2)
+    final = tmp_path / "run" / "model_final.pt"
+    before = final.read_bytes()
+    args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
+            "--out", str(tmp_path / "run"), "--resume", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(bcnet_main, args + ["--iterations", "1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"Error: {final}: the run is already at iteration 2 > 1 iterations asked for; nothing was trained"
+            in result.output)
+    result = CliRunner().invoke(bcnet_main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"nothing to train: the run is already at iteration 2 of 2 ({final}); "
+                             "pass --iterations N (N > 2) to continue it\n")
+    assert final.read_bytes() == before and (tmp_path / "run" / "last_checkpoint").read_text() == "model_final.pt\n"
+    with pytest.raises(OccsynthError, match="already at iteration 2 > 1"):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                overrides={"iterations": 1}, progress=False)
