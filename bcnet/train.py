@@ -57,10 +57,7 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     if isinstance(schedule, dict):
         flat = dict(schedule)
     else:
-        try:
-            raw = manifests.load(str(schedule))
-        except FileNotFoundError:
-            raise OccsynthError(f"schedule {schedule!r}: no such bundled schedule or TOML file") from None
+        raw = manifests.load(str(schedule))  # a missing or malformed file is an OccsynthError naming it
         flat = {}
         for section in raw.values():
             if isinstance(section, dict):
