@@ -174,7 +174,7 @@ def warm_pool(workers: int, backend: str = "loky") -> None:
 
 
 def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None, *,
-                     num_images: int = 300, workers: int = 2, seed: int = 0, long_side: int | None = 640,
+                     num_images: int = 1200, workers: int = 2, seed: int = 0, long_side: int | None = 640,
                      copies: int | None = None, work_dir: str | os.PathLike | None = None,
                      cutout_pixels: bool = True) -> dict:
     """Floor vs full generation, one worker and ``workers`` workers, on the same images.
