@@ -196,11 +196,7 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Tight (y0, x0, y1, x1) box, exclusive ends; None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    return masks.tight_box(mask)
 
 
 def _background_crop(inst: dict, height: int, width: int) -> tuple[tuple[int, int, int, int] | None, np.ndarray]:
@@ -273,20 +269,31 @@ def _paint(image: np.ndarray, top: np.ndarray, rgb_patch: np.ndarray, mask_patch
     if options.blend == "feather":
         # blend_alpha's ramp, evaluated only at the halo's pixels (the same float32 arithmetic):
         # alpha > 0 needs dist < blend_px + 1, so farther pixels are dropped before any float work
+        # (a pixel kept at alpha 0 by rounding is written back unchanged)
+        reach = np.float32(options.blend_px + 1.0)
         dist = cv2.distanceTransform((~mask_patch).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)[inside]
-        free &= dist < options.blend_px + 2.0
+        free &= dist < reach
         ys, xs = _nonzero(free)
-        w = np.clip(1.0 - dist[ys, xs] / np.float32(options.blend_px + 1.0), 0.0, 1.0).astype(np.float32)
+        w = np.clip(1.0 - dist[ys, xs] / reach, 0.0, 1.0).astype(np.float32)
     else:
         a = blend_alpha(mask_patch, options)[inside]
         ys, xs = _nonzero(free)
         w = a[ys, xs]
-    keep = w > 0
-    if not keep.all():
-        ys, xs, w = ys[keep], xs[keep], w[keep]
+        keep = w > 0
+        if not keep.all():
+            ys, xs, w = ys[keep], xs[keep], w[keep]
     if ys.size == 0:
         return
     w = w[:, None]
+    if image.flags.c_contiguous and rgb_patch.flags.c_contiguous:
+        # pixels by flat index (one take / one put on (n, 3) rows): ~2x faster than 2-d fancy indexing
+        at = (ys + sy0) * width + (xs + sx0)
+        pixels = image.reshape(-1, 3)
+        src = rgb_patch.reshape(-1, 3).take((ys + (sy0 - py0)) * rgb_patch.shape[1] + (xs + (sx0 - px0)), axis=0)
+        dst = pixels.take(at, axis=0)
+        pixels[at] = np.clip(np.rint(w * src.astype(np.float32) + (1.0 - w) * dst.astype(np.float32)),
+                             0, 255).astype(np.uint8)
+        return
     src = rgb_patch[ys + (sy0 - py0), xs + (sx0 - px0)].astype(np.float32)
     dst = image[ys + sy0, xs + sx0].astype(np.float32)
     image[ys + sy0, xs + sx0] = np.clip(np.rint(w * src + (1.0 - w) * dst), 0, 255).astype(np.uint8)
@@ -405,6 +412,29 @@ class _Canvas:
         distance = 0.0 if covered[target] > 0 and lo <= r <= hi else max(lo - r, r - hi, 1e-9)
         return (int(over), int(not any(in_range)), distance), r
 
+    def _cover(self, obj: _Object, j: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray | None:
+        """Visible pixels of object j that ``obj`` would hide, at every position (y0..y1, x0..x1) (float32,
+        whole numbers from template correlation), or None when it hides none anywhere.
+
+        Label j lies only inside box j, so only positions whose box overlaps box j are correlated
+        (the rest are 0): far less work than correlating the whole region for each object.
+        """
+        jy, jx, jh, jw = self.boxes[j]
+        py0, py1 = max(y0, jy - obj.h + 1), min(y1, jy + jh - 1)
+        px0, px1 = max(x0, jx - obj.w + 1), min(x1, jx + jw - 1)
+        if py0 > py1 or px0 > px1:
+            return None
+        layer = self.top[py0:py1 + obj.h, px0:px1 + obj.w] == j
+        if not layer.any():
+            return None
+        part = np.rint(cv2.matchTemplate(layer.view(np.uint8).astype(np.float32), obj.template(), cv2.TM_CCORR))
+        shape = (y1 - y0 + 1, x1 - x0 + 1)
+        if part.shape == shape:
+            return part
+        cover = np.zeros(shape, np.float32)
+        cover[py0 - y0:py1 - y0 + 1, px0 - x0:px1 - x0 + 1] = part
+        return cover
+
     def _search(self, obj: _Object, rng: np.random.Generator, options: CompositeOptions,
                 target: int | None) -> tuple[tuple[int, int] | None, tuple | None]:
         """Score every position at once (overlapping ``target``'s box, or anywhere when None).
@@ -424,7 +454,6 @@ class _Canvas:
             x0, x1 = max(0, tx - obj.w + 1), min(xmax, tx + tw - 1)
             if y0 > y1 or x0 > x1:
                 return None, None
-        region = self.top[y0:y1 + obj.h, x0:x1 + obj.w]
         shape = (y1 - y0 + 1, x1 - x0 + 1)
         k = len(self.boxes)
         lo, hi = options.occlusion
@@ -435,11 +464,7 @@ class _Canvas:
         for j in range(k):
             if self.visible[j] == 0:
                 continue
-            layer = region == j
-            if not layer.any():
-                cover = None
-            else:
-                cover = np.rint(cv2.matchTemplate(layer.astype(np.float32), obj.template(), cv2.TM_CCORR))
+            cover = self._cover(obj, j, y0, x0, y1, x1)
             ratio = 1.0 - (self.visible[j] - (cover if cover is not None else 0.0)) / self.amodal[j]
             ratio = np.broadcast_to(np.asarray(ratio, np.float64), shape)
             over |= ratio > options.max_occlusion

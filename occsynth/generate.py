@@ -376,14 +376,14 @@ def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] |
         area, amodal_area = masks.area(visible), masks.area(amodal)
         if "amodal_rle" in inst:  # already encoded (a background instance's source mask)
             amodal_segmentation = dict(inst["amodal_rle"])
-            amodal_box = masks.rle_bbox(amodal_segmentation) if amodal_area else [0.0, 0.0, 0.0, 0.0]
+            amodal_box = masks.crop_bbox_fast(amodal, y0, x0)  # = rle_bbox of it, without reading the string
         else:
             amodal_segmentation = masks.encode_crop(amodal, y0, x0, height, width)
-            amodal_box = masks.crop_bbox(amodal, y0, x0)
+            amodal_box = masks.crop_bbox_fast(amodal, y0, x0)
         if area == amodal_area and np.array_equal(visible, amodal):  # not occluded (most background instances)
             segmentation, box = dict(amodal_segmentation), list(amodal_box)
         else:
-            segmentation, box = masks.encode_crop(visible, y0, x0, height, width), masks.crop_bbox(visible, y0, x0)
+            segmentation, box = masks.encode_crop(visible, y0, x0, height, width), masks.crop_bbox_fast(visible, y0, x0)
     else:
         visible, amodal = inst["visible_mask"], inst["amodal_mask"]
         area, amodal_area = masks.area(visible), masks.area(amodal)

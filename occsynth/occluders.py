@@ -48,20 +48,21 @@ def layer_occluders_boxed(boxes: Sequence[Sequence[int]], crops: Sequence[np.nda
     Only pairs whose boxes overlap are compared, and only on the overlap, so the cost follows
     the objects' sizes rather than the image's.
     """
-    layers = np.asarray(layers)
-    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    # plain Python ints: a handful of instances, where numpy's per-call cost would dominate
+    b = [tuple(int(v) for v in box) for box in boxes]
+    layers = [int(v) for v in layers]
     result = []
-    for i in range(len(b)):
-        y0, x0, y1, x1 = b[i]
-        above = np.flatnonzero((layers > layers[i]) & (b[:, 0] < y1) & (b[:, 2] > y0) & (b[:, 1] < x1) & (b[:, 3] > x0))
+    for i, (y0, x0, y1, x1) in enumerate(b):
         hits = []
-        for j in above:
-            oy0, ox0 = max(y0, b[j, 0]), max(x0, b[j, 1])
-            oy1, ox1 = min(y1, b[j, 2]), min(x1, b[j, 3])
+        for j, (jy0, jx0, jy1, jx1) in enumerate(b):
+            if layers[j] <= layers[i] or jy0 >= y1 or jy1 <= y0 or jx0 >= x1 or jx1 <= x0:
+                continue
+            oy0, ox0 = max(y0, jy0), max(x0, jx0)
+            oy1, ox1 = min(y1, jy1), min(x1, jx1)
             a = crops[i][oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
-            c = crops[j][oy0 - b[j, 0]:oy1 - b[j, 0], ox0 - b[j, 1]:ox1 - b[j, 1]]
+            c = crops[j][oy0 - jy0:oy1 - jy0, ox0 - jx0:ox1 - jx0]
             if np.any(a & c):
-                hits.append(int(j))
+                hits.append(j)
         result.append(hits)
     return result
 

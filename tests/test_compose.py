@@ -284,3 +284,27 @@ def test_a_paste_with_no_room_is_left_out_rather_than_exceeding_max_occlusion():
     image, instances = compose(background, [], [full, small], np.random.default_rng(0), options)
     assert [i["source"] for i in instances] == ["full"] and (image == 50).all()
     assert instances[0]["layer"] == 1 and instances[0]["occluders"] == []
+
+
+def test_search_cover_equals_exact_counts_at_every_position():
+    """_Canvas._cover correlates only near object j's box: it equals the exact hidden-pixel count everywhere."""
+    from occsynth.compose import _Canvas, _Object
+    rng = np.random.default_rng(5)
+    for trial in range(6):
+        canvas = _Canvas(40, 48)
+        for _ in range(3):
+            patch = rng.random((int(rng.integers(4, 16)), int(rng.integers(4, 16)))) < 0.7
+            patch[0, 0] = True
+            obj = _Object(patch, 0)
+            canvas.add(obj, int(rng.integers(0, 40 - obj.h + 1)), int(rng.integers(0, 48 - obj.w + 1)))
+        new = _Object(rng.random((int(rng.integers(3, 14)), int(rng.integers(3, 14)))) < 0.6, 0)
+        y0, x0, y1, x1 = 0, 0, 40 - new.h, 48 - new.w
+        if trial % 2:
+            y0, x0, y1, x1 = 3, 5, min(y1, 20), min(x1, 25)
+        for j in range(3):
+            cover = canvas._cover(new, j, y0, x0, y1, x1)
+            exact = np.array([[canvas._covered(new, y, x)[j] for x in range(x0, x1 + 1)] for y in range(y0, y1 + 1)])
+            if cover is None:
+                assert not exact.any()
+            else:
+                assert cover.shape == exact.shape and np.array_equal(cover, exact)
