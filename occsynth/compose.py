@@ -317,12 +317,15 @@ class _Canvas:
         self.boxes: list[tuple[int, int, int, int]] = []  # (y, x, h, w) of each object's box
         self.amodal = np.zeros(0, np.int64)
         self.visible = np.zeros(0, np.int64)
+        self.visible_list: list[int] = []
+        self.amodal_list: list[int] = []
 
     def add(self, obj: _Object, y: int, x: int) -> None:
         k = len(self.boxes)
         covered = self._covered(obj, y, x)
         self.visible = np.append(self.visible - covered, obj.area)
         self.amodal = np.append(self.amodal, obj.area)
+        self.visible_list, self.amodal_list = self.visible.tolist(), self.amodal.tolist()  # for _score
         self.top[y:y + obj.h, x:x + obj.w][obj.mask] = k
         self.boxes.append((y, x, obj.h, obj.w))
 
@@ -330,17 +333,23 @@ class _Canvas:
         """Visible pixels of each earlier object that ``obj`` at (y, x) would hide."""
         k = len(self.boxes)
         if k <= 8:  # a few objects (the usual case): count each on the overlap of the two boxes only
-            covered = np.zeros(k, np.int64)
-            for j, (jy, jx, jh, jw) in enumerate(self.boxes):  # label j lies only inside box j
-                y0, x0 = max(y, jy), max(x, jx)
-                y1, x1 = min(y + obj.h, jy + jh), min(x + obj.w, jx + jw)
-                if y0 < y1 and x0 < x1:
-                    covered[j] = np.count_nonzero((self.top[y0:y1, x0:x1] == j)
-                                                  & obj.mask[y0 - y:y1 - y, x0 - x:x1 - x])
-            return covered
+            return np.array(self._covered_few(obj, y, x), np.int64)
         window = self.top[y:y + obj.h, x:x + obj.w]
         labels = window[obj.mask]
         return np.bincount(labels.astype(np.intp) + 1, minlength=k + 1)[1:k + 1]
+
+    def _covered_few(self, obj: _Object, y: int, x: int) -> list[int]:
+        """:meth:`_covered` as a list, counted on the overlap of the two boxes only (for a few objects)."""
+        covered = []
+        top, mask = self.top, obj.mask
+        for j, (jy, jx, jh, jw) in enumerate(self.boxes):  # label j lies only inside box j
+            y0, x0 = max(y, jy), max(x, jx)
+            y1, x1 = min(y + obj.h, jy + jh), min(x + obj.w, jx + jw)
+            if y0 < y1 and x0 < x1:
+                covered.append(int(np.count_nonzero((top[y0:y1, x0:x1] == j) & mask[y0 - y:y1 - y, x0 - x:x1 - x])))
+            else:
+                covered.append(0)
+        return covered
 
     # ---- placement
 
@@ -397,9 +406,9 @@ class _Canvas:
         """(None, ratio) for a good position, else ((over max?, none in range?, distance), target ratio)."""
         # plain Python floats: a handful of objects, where numpy's per-call cost would dominate
         # (int / int is the same IEEE division numpy does for these sizes)
-        covered = self._covered(obj, y, x).tolist()
-        visible = [v - c for v, c in zip(self.visible.tolist(), covered)]
-        amodal = self.amodal.tolist()
+        covered = self._covered_few(obj, y, x) if len(self.boxes) <= 8 else self._covered(obj, y, x).tolist()
+        visible = [v - c for v, c in zip(self.visible_list, covered)]
+        amodal = self.amodal_list
         ratios = [1.0 - v / a for v, a in zip(visible, amodal)]
         lo, hi = options.occlusion
         over = any(r > options.max_occlusion for r in ratios)
