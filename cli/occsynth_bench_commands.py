@@ -19,9 +19,10 @@ from occsynth.bench import bench_bank, bench_generation
 @click.option("--no-cutout-pixels", is_flag=True, help="Measure generation without the cutout pixel store (decode each cutout's source image).")
 @click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(min=1), help="With --bank: images in the synthetic source file.")
 @click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(min=1), help="With --bank: annotations in the synthetic source file.")
+@click.option("--work-dir", type=click.Path(exists=True, file_okay=False), help="Where the source copies and outputs are written [default: $TMPDIR]; e.g. /dev/shm to take the disk out of the measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
 def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_cutout_pixels, bank_images,
-                  bank_annotations, as_json):
+                  bank_annotations, work_dir, as_json):
     """Measure occsynth against baselines taken in the same run (ratios, not absolute times).
 
     Generation: images/s of the floor (read + decode each background JPEG + encode it as the
@@ -33,7 +34,7 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     train2017's size, against one streaming pass over the same file.
     """
     if bank:
-        report = bench_bank(bank_images, bank_annotations)
+        report = bench_bank(bank_images, bank_annotations, work_dir=work_dir)
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
@@ -48,10 +49,12 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     if (ann is None) != (images is None):
         raise click.UsageError("give both --ann and --images, or neither")
     report = bench_generation(ann, images, num_images=num_images, workers=workers, long_side=long_side or None,
-                              copies=copies, cutout_pixels=not no_cutout_pixels)
+                              copies=copies, cutout_pixels=not no_cutout_pixels, work_dir=work_dir)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    import tempfile
+    click.echo(f"outputs written under {work_dir or tempfile.gettempdir()}")
     click.echo(f"{report['num_images']} images of about {report['image_size'][1]}x{report['image_size'][0]} px, "
                f"{report['cpu_count']} CPUs; {report['source_images']} source images, "
                f"{report['distinct_backgrounds']} distinct backgrounds")
