@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 
 from . import errors, masks
 from .atomic import open_atomic, write_json
-from .coco import check_annotation_record, check_image_record, file_hash, iter_array, read_image, resolve_image_path
+from .coco import (check_annotation_record, check_image_record, file_hash, iter_array, read_image,
+                   resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 
 BANK_FORMAT = 1
@@ -331,21 +332,7 @@ class _Annotations:
 
 
 def _read_categories(ann_path: Path, log: SkipLog) -> list[dict]:
-    categories, seen = [], set()
-    for record in iter_array(ann_path, "categories"):
-        cid = record.get("id") if isinstance(record, dict) else None
-        where = f"category record {cid if cid is not None else record!r}"
-        try:
-            if not isinstance(cid, int) or isinstance(cid, bool):
-                raise BadRecord(errors.MALFORMED_RECORD, where, "'id' missing or not int")
-            if cid in seen:
-                raise BadRecord(errors.DUPLICATE_ID, where)
-        except BadRecord as exc:
-            log.skip(exc)
-            continue
-        seen.add(cid)
-        categories.append(record)
-    return categories
+    return unique_by_id(iter_array(ann_path, "categories"), "category", log)
 
 
 def _read_images(ann_path: Path, log: SkipLog) -> _Images:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import cv2
 import ijson
@@ -113,6 +113,27 @@ def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
+    """Records (``kind``: "image", "category", ...) with an integer ``id``, the first of each id.
+
+    The others go to ``log`` as malformed or duplicate, so that ids can be used as keys downstream.
+    """
+    out, seen = [], set()
+    for record in records:
+        record_id = record.get("id") if isinstance(record, dict) else None
+        try:
+            if not isinstance(record_id, int) or isinstance(record_id, bool):
+                raise BadRecord(errors.MALFORMED_RECORD, f"{kind} record {str(record)[:60]}", "'id' missing or not int")
+            if record_id in seen:
+                raise BadRecord(errors.DUPLICATE_ID, f"{kind} record {record_id}", "later records with this id skipped")
+        except BadRecord as exc:
+            log.skip(exc)
+            continue
+        seen.add(record_id)
+        out.append(record)
+    return out
 
 
 def check_image_record(image: Any) -> dict:

@@ -36,7 +36,7 @@ import numpy as np
 from . import errors
 from .atomic import write_json
 from .boxes import OVERLAP_MEASURES, pairwise_overlap
-from .coco import file_hash, read_dataset, resolve_image_path
+from .coco import file_hash, read_dataset, resolve_image_path, unique_by_id
 from .errors import BadRecord, OccsynthError, SkipLog
 
 PAPER_COUNT = 1005
@@ -144,24 +144,6 @@ def check_image_dirs(image_root: str | os.PathLike, out_dir: str | os.PathLike) 
                             f"{image_root}; placing images there would write into or over them - choose another output directory")
 
 
-def unique_images(images: list, skips: SkipLog) -> list[dict]:
-    """Image records with an integer id, first occurrence of each id; the rest go to ``skips``."""
-    out, seen = [], set()
-    for image in images:
-        image_id = image.get("id") if isinstance(image, dict) else None
-        try:
-            if not isinstance(image_id, int) or isinstance(image_id, bool):
-                raise BadRecord(errors.MALFORMED_RECORD, f"image record {str(image)[:60]}", "no integer 'id'")
-            if image_id in seen:
-                raise BadRecord(errors.DUPLICATE_ID, f"image record {image_id}", "later records with this id skipped")
-        except BadRecord as exc:
-            skips.skip(exc)
-            continue
-        seen.add(image_id)
-        out.append(image)
-    return out
-
-
 def has_crowd(data: dict) -> bool:
     return any(isinstance(a, dict) and a.get("iscrowd") for a in data["annotations"])
 
@@ -189,7 +171,7 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
         check_image_dirs(image_root, out_dir)
     data = read_dataset(ann_path)
     skips = SkipLog(strict=strict)
-    data = dict(data, images=unique_images(data["images"], skips))
+    data = dict(data, images=unique_by_id(data["images"], "image", skips))
     best = max_overlap_per_image(data, overlap, count_crowd)
     keep = {image_id for image_id, value in best.items() if value >= threshold}
     images = [im for im in data["images"] if im["id"] in keep]
