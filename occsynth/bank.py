@@ -770,7 +770,7 @@ def _pixel_image(bank: "Bank", image_root: Path, i: int) -> tuple:
     for k in range(int(a["image_ann_offsets"][i]), int(a["image_ann_offsets"][i + 1])):
         if a["ann_reason"][k] != 0:
             continue
-        box, _ = masks.decode_box(bank._annotation(k)["segmentation"], height, width)
+        box, _ = masks.decode_crop(bank._annotation(k)["segmentation"], height, width)
         crops.append((k, context_crop(image, box, PIXEL_MARGIN).tobytes()))
     return i, (st.st_size, st.st_mtime_ns), crops, None
 

@@ -36,7 +36,6 @@ MIN_COMPLETE_AREA = 1100               # margin above the bank's default min_are
 SPACING = 5                            # px kept free around objects that must not touch (> touch_margin)
 CROWD_IMAGES = (3, 15)
 DEMO_CATEGORIES = ("person", "cat", "cup", "sports ball", "clock", "donut", "pizza", "stop sign", "frisbee")
-POLYGON_CATEGORIES = ("pizza", "stop sign", "frisbee")
 
 
 # ---------------------------------------------------------------- photos and textures

@@ -376,14 +376,14 @@ def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] |
         area, amodal_area = masks.area(visible), masks.area(amodal)
         if "amodal_rle" in inst:  # already encoded (a background instance's source mask)
             amodal_segmentation = dict(inst["amodal_rle"])
-            amodal_box = masks.crop_bbox_fast(amodal, y0, x0)  # = rle_bbox of it, without reading the string
+            amodal_box = masks.crop_bbox(amodal, y0, x0)  # = rle_bbox of it, without reading the string
         else:
             amodal_segmentation = masks.encode_crop(amodal, y0, x0, height, width)
-            amodal_box = masks.crop_bbox_fast(amodal, y0, x0)
+            amodal_box = masks.crop_bbox(amodal, y0, x0)
         if area == amodal_area and np.array_equal(visible, amodal):  # not occluded (most background instances)
             segmentation, box = dict(amodal_segmentation), list(amodal_box)
         else:
-            segmentation, box = masks.encode_crop(visible, y0, x0, height, width), masks.crop_bbox_fast(visible, y0, x0)
+            segmentation, box = masks.encode_crop(visible, y0, x0, height, width), masks.crop_bbox(visible, y0, x0)
     else:
         visible, amodal = inst["visible_mask"], inst["amodal_mask"]
         area, amodal_area = masks.area(visible), masks.area(amodal)
@@ -499,10 +499,6 @@ class SourceImages:
         (y0, x0, y1, x1) or None when empty; mask crop) of each annotation of an image, in the bank's order.
         Cached: do not change them."""
         return self._masks(image_index)
-
-    def instance_masks(self, image_index: int) -> list[tuple[tuple[int, int, int, int] | None, np.ndarray]]:
-        """(tight box (y0, x0, y1, x1) or None when empty, mask crop) of each annotation of an image."""
-        return [(box, crop) for _, box, crop in self._masks(image_index)]
 
     def _load_cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
         ann = self.bank.annotation(annotation_index)

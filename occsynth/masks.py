@@ -161,14 +161,6 @@ def _bytes_counts(rle: dict) -> dict:
 # of the object's size instead of the image's.
 
 
-def crop_bbox(crop: np.ndarray, y0: int, x0: int) -> list[float]:
-    """``bbox`` of the full mask that is zero except ``crop`` placed at (y0, x0)."""
-    x, y, w, h = bbox(crop)
-    if w == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(x + int(x0)), float(y + int(y0)), w, h]
-
-
 def encode_crop(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> dict:
     """``encode`` of the (height, width) mask that is zero except ``crop`` placed at (y0, x0).
 
@@ -343,8 +335,8 @@ def _bounding_rect(mask: np.ndarray) -> tuple[int, int, int, int]:
     return y, x, y + h, x + w
 
 
-def crop_bbox_fast(crop: np.ndarray, y0: int, x0: int) -> list[float]:
-    """:func:`crop_bbox` (COCO [x, y, w, h] of the crop placed at (y0, x0)) by :func:`tight_box`."""
+def crop_bbox(crop: np.ndarray, y0: int, x0: int) -> list[float]:
+    """``bbox`` of the full mask that is zero except ``crop`` placed at (y0, x0), via :func:`tight_box`."""
     box = tight_box(crop)
     if box is None:
         return [0.0, 0.0, 0.0, 0.0]
