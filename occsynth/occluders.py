@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .boxes import pairwise_overlap
+from .masks import tight_box
 
 BCNET_IOU_THRESHOLD = 0.05
 
@@ -33,12 +34,12 @@ def box_overlap_occluders(boxes_xywh: np.ndarray, iscrowd: Sequence[bool] | None
 
 def layer_occluders(amodal_masks: Sequence[np.ndarray], layers: Sequence[int]) -> list[list[int]]:
     """Synthetic rule: for each instance, indices of instances on higher layers whose amodal mask meets it."""
-    layers = np.asarray(layers)
-    result = []
-    for i, mask in enumerate(amodal_masks):
-        above = [j for j in np.flatnonzero(layers > layers[i]) if np.any(mask & amodal_masks[j])]
-        result.append([int(j) for j in above])
-    return result
+    boxes, crops = [], []
+    for mask in amodal_masks:
+        box = tight_box(np.asarray(mask, bool)) or (0, 0, 0, 0)
+        boxes.append(box)
+        crops.append(np.asarray(mask, bool)[box[0]:box[2], box[1]:box[3]])
+    return layer_occluders_boxed(boxes, crops, layers)
 
 
 def layer_occluders_boxed(boxes: Sequence[Sequence[int]], crops: Sequence[np.ndarray],

@@ -63,7 +63,7 @@ def test_decode_box_gives_the_tight_box_and_the_mask_inside_it():
         assert np.array_equal(again, full)
 
 
-def test_layer_occluders_boxed_equals_the_full_size_rule():
+def test_layer_occluders_full_and_boxed_equal_brute_force():
     rng = np.random.default_rng(2)
     for _ in range(200):
         n = int(rng.integers(1, 7))
@@ -78,7 +78,8 @@ def test_layer_occluders_boxed_equals_the_full_size_rule():
             boxes.append(box or (0, 0, 0, 0))
             crops.append(crop)
         layers = rng.integers(0, 4, size=n)
-        assert layer_occluders_boxed(boxes, crops, layers) == layer_occluders(full, layers)
+        brute = [[j for j in range(n) if layers[j] > layers[i] and np.any(full[i] & full[j])] for i in range(n)]
+        assert layer_occluders_boxed(boxes, crops, layers) == layer_occluders(full, layers) == brute
 
 
 def case(seed):
