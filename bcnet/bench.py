@@ -40,15 +40,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn, iters: int, device: torch.device) -> float:
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def _timed(fn, device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes (the GPU queue drained before and after)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", batch: int = 2, size: int = 512,
@@ -101,8 +99,8 @@ def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", ba
     times = {head: {"train": [], "inference": []} for head in HEADS}
     for _ in range(iters):
         for head in HEADS:
-            times[head]["train"].append(_median_time(steps[head], 1, device))
-            times[head]["inference"].append(_median_time(infers[head], 1, device))
+            times[head]["train"].append(_timed(steps[head], device))
+            times[head]["inference"].append(_timed(infers[head], device))
     for head in HEADS:
         median = {k: sorted(v)[len(v) // 2] for k, v in times[head].items()}
         report[head] = {"parameters": count_parameters(models[head]), "train_step_s": round(median["train"], 4),

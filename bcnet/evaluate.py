@@ -103,7 +103,7 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.devi
                 images = [image.to(device) for image, _ in batch]
                 outputs = model(images)
                 for (image, info), output in zip(batch, outputs):
-                    results.extend(_to_coco_results(output, info, image.shape[-2:], category_ids, mask_threshold))
+                    results.extend(to_coco_results(output, info, image.shape[-2:], category_ids, mask_threshold))
             bar.update(len(indices[start:start + batch_size]))
     model.train(was_training)
     if returned_occluders is not None:
@@ -132,8 +132,10 @@ def check_model_input(model: torch.nn.Module, size: Sequence[int], where: str) -
                         f"{min_sizes[-1]}, long side at most {max_size}) leaves {new_h}x{new_w}; aspect ratio too extreme")
 
 
-def _to_coco_results(output: dict, info: dict, input_size, category_ids: list[int],
-                     mask_threshold: float) -> list[dict]:
+def to_coco_results(output: dict, info: dict, input_size, category_ids: Sequence[int],
+                    mask_threshold: float) -> list[dict]:
+    """One image's model output -> COCO results in the original image's frame (``info``: ``image_id``,
+    ``orig_size``); labels map back to ``category_ids``, masks (> ``mask_threshold``) to compressed RLE."""
     height, width = info["orig_size"]
     boxes = output["boxes"].detach().float().cpu()
     scores = output["scores"].detach().float().cpu()
@@ -343,8 +345,9 @@ def amodal_ground_truth(data: dict) -> dict:
                 raise OccsynthError(f"annotation {ann.get('id')}: unreadable amodal_segmentation ({exc})") from None
             area = mask_ops.rle_area(rle) if area is None else area
             box = mask_ops.rle_bbox(rle) if box is None else box
-        annotations.append({**ann, "segmentation": segmentation, "area": float(area),
-                            "bbox": [float(v) for v in box]})
+        box = [float(v) for v in box]
+        annotations.append({**ann, "segmentation": segmentation, "area": float(area), "bbox": box,
+                            "amodal_area": float(area), "amodal_bbox": box})
     return {**data, "annotations": annotations}
 
 
@@ -523,22 +526,6 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_results(path: str | os.PathLike) -> list[dict]:
-    """A COCO results JSON file (a list of detections)."""
-    import json
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OccsynthError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OccsynthError(f"{path}: not a JSON results file ({exc})") from None
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise OccsynthError(f"{path}: a COCO results file is a JSON list of detections")
-    return data
-
-
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a checkpoint was trained as and load its weights (``weights_only``)."""
     from .checkpoint import load_checkpoint
@@ -595,8 +582,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
                                 category_ids=state["category_ids"])
         _require_images(name, dataset, image_root)
         gt = coco_io.read_dataset(ann_file)
-        if mode == "amodal":  # fail before predicting, not after
-            amodal_ground_truth(gt)
+        if mode == "amodal":  # fail before predicting, not after; evaluate() then finds it converted
+            gt = amodal_ground_truth(gt)
         unreadable: list[int] = []
         results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
                                   mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
+from occsynth.coco import read_json
 from occsynth.errors import OccsynthError
 
 FINAL = "model_final.pt"
@@ -110,8 +111,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     eval_dir = out_dir / "evaluation"
     if (eval_dir / "results.json").exists():
         log(f"[5/5] evaluation: done ({eval_dir})")
-        import json
-        results = json.loads((eval_dir / "results.json").read_text())
+        results = read_json(eval_dir / "results.json")
     else:
         log("[5/5] evaluation on val and COCO-OCC")
         results = evaluate_checkpoint(finetuned, {"val": inputs.coco_val, "cocoocc": (inputs.cocoocc, inputs.coco_val[1])},

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from occsynth import masks as mask_ops
 from occsynth.atomic import write_bytes, write_json
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.coco import encode_image, read_image
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from .device import resolve_device
-from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model
+from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model, to_coco_results
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -40,24 +39,6 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     if not found:
         raise OccsynthError("no image found in the given inputs")
     return found
-
-
-def to_results(output: dict, image_id: int, category_ids: Sequence[int], score_threshold: float = 0.0) -> list[dict]:
-    """One image's model output -> COCO results (masks thresholded at 0.5, compressed RLE)."""
-    results = []
-    scores = output["scores"].detach().cpu().numpy()
-    boxes = output["boxes"].detach().cpu().numpy()
-    labels = output["labels"].detach().cpu().numpy()
-    probs = output["masks"].detach().cpu().numpy()[:, 0] if "masks" in output else None
-    for j in np.flatnonzero(scores >= score_threshold):
-        x0, y0, x1, y1 = (float(v) for v in boxes[j])
-        record = {"image_id": int(image_id), "category_id": int(category_ids[labels[j] - 1]),
-                  "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                  "score": round(float(scores[j]), 5)}
-        if probs is not None:
-            record["segmentation"] = mask_ops.encode(probs[j] >= 0.5)
-        results.append(record)
-    return results
 
 
 def _colour(k: int) -> tuple[int, int, int]:
@@ -149,7 +130,8 @@ def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
             skipped.append(str(exc))
             continue
         images.append({"id": image_id, "file_name": str(path), "height": rgb.shape[0], "width": rgb.shape[1]})
-        results += to_results(output, image_id, category_ids, score_threshold=0.0)
+        results += to_coco_results(output, {"image_id": image_id, "orig_size": rgb.shape[:2]}, rgb.shape[:2],
+                                   category_ids, mask_threshold=0.5)
         if pictures:
             picture = render_prediction(rgb, output, names, category_ids, score_threshold)
             write_bytes(out_dir / "pictures" / f"{image_id:06d}-{path.stem}.png", encode_image(picture, ".png"))

@@ -263,8 +263,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     elif init_checkpoint:
         load_model_weights(model, init_checkpoint)
     if hasattr(model, "transform"):
-        # The data pipeline already resized images *and* occluder masks; torchvision's transform
-        # would resize them again (and only 'masks'). It still resizes at inference time.
+        # The data pipeline already resized images and all masks (with scale jitter); the model's
+        # transform would resize them again to its own size. It still resizes at inference time.
         model.transform._skip_resize = True
     model.to(device_).train()
     net = model
