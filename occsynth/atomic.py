@@ -11,19 +11,14 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterator
 
 from .errors import OccsynthError
 
 
 @contextlib.contextmanager
-def open_atomic(path: str | os.PathLike, mode: str = "w", sync: bool = True) -> Iterator[IO]:
-    """Open a temporary file that replaces ``path`` only when the block exits cleanly.
-
-    ``sync=False`` skips the fsync: the rename is still atomic for readers and for a killed
-    process; a caller that needs durability across power loss calls :func:`fsync_files` later
-    for a whole batch (cheaper than one fsync per file).
-    """
+def open_atomic(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file that replaces ``path`` only when the block exits cleanly."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -31,8 +26,7 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", sync: bool = True) -> 
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
-            if sync:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
@@ -42,8 +36,8 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", sync: bool = True) -> 
         raise
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) -> None:
-    with open_atomic(path, "wb", sync=sync) as f:
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with open_atomic(path, "wb") as f:
         f.write(data)
 
 
@@ -52,19 +46,6 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> 
     text = json.dumps(obj, indent=indent, separators=None if indent else (",", ":"))
     with open_atomic(path, "w") as f:
         f.write(text)
-
-
-def fsync_files(paths: Iterable[str | os.PathLike]) -> None:
-    """Flush finished files to disk (one batch after writes made with ``sync=False``)."""
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _disk_error(Path(path), exc) from None
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:

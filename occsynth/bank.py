@@ -742,12 +742,13 @@ def _pixel_results(bank_dir: Path, image_root: Path, image_indices: np.ndarray, 
 def _pixel_batch(bank_dir: str, image_root: str, indices: list[int]) -> list[tuple]:
     if cv2.getNumThreads() != 1:   # the processes already fill the cores
         cv2.setNumThreads(1)
-    bank = _bank_for_pixels(bank_dir)
+    bank = open_bank(bank_dir)
     return [_pixel_image(bank, Path(image_root), i) for i in indices]
 
 
-@functools.lru_cache(maxsize=1)
-def _bank_for_pixels(bank_dir: str) -> "Bank":
+@functools.lru_cache(maxsize=2)
+def open_bank(bank_dir: str) -> "Bank":
+    """``Bank.load``, once per process: workers reopen the memory maps only when the bank changes."""
     return Bank.load(bank_dir)
 
 

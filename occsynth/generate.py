@@ -21,8 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, masks, writer
-from .atomic import fsync_files, remove_stale_temporaries, write_bytes
-from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, ensure_cutout_pixels
+from .atomic import remove_stale_temporaries, write_bytes
+from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, ensure_cutout_pixels, open_bank
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import default_cache_dir, demo_source
@@ -127,7 +127,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     bank_dir = ensure_bank(ann_path, cache_dir, settings.bank, strict=strict, progress=progress)
-    bank = Bank.load(bank_dir)
+    bank = open_bank(str(bank_dir))
     if not bank.cutout_categories():
         raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
     if bank.num_images == 0:
@@ -245,20 +245,15 @@ def _backend_session(backend: str, address: str | None):
 
 
 @functools.lru_cache(maxsize=2)
-def _open_bank(bank_dir: str) -> Bank:
-    return Bank.load(bank_dir)
-
-
-@functools.lru_cache(maxsize=2)
 def _schedule(bank_dir: str, settings: RunSettings) -> Schedule:
-    bank = _open_bank(bank_dir)
+    bank = open_bank(bank_dir)
     return class_schedule(bank.cutout_categories(), settings.num_images, settings.seed, settings.composite)
 
 
 @functools.lru_cache(maxsize=2)
 def _sources(image_root: str, bank_dir: str, pixels_dir: str | None) -> "SourceImages":
     """One SourceImages per worker process, so its caches outlive a chunk."""
-    bank = _open_bank(bank_dir)
+    bank = open_bank(bank_dir)
     pixels = CutoutPixels.load(pixels_dir, bank) if pixels_dir else None
     return SourceImages(Path(image_root), bank, pixels=pixels)
 
@@ -266,7 +261,7 @@ def _sources(image_root: str, bank_dir: str, pixels_dir: str | None) -> "SourceI
 def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSettings, strict: bool, chunk: int,
                  *, pixels_dir: str | None = None) -> int:
     """Render images of one chunk, write them and the chunk's part file; returns the number of images."""
-    bank = _open_bank(bank_dir)
+    bank = open_bank(bank_dir)
     schedule = _schedule(bank_dir, settings)
     sources = _sources(image_root, bank_dir, pixels_dir)
     log = SkipLog(strict=strict)
@@ -282,18 +277,13 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
             if written and written[-1].done():
                 written[-1].result()  # fail early: stop rendering once a write has failed
             record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
-            written.append(pool.submit(_write_durably, Path(out_dir) / writer.IMAGES / record["file_name"], encoded))
+            written.append(pool.submit(write_bytes, Path(out_dir) / writer.IMAGES / record["file_name"], encoded))
             images.append(record)
             annotations.append(anns)
         for future in written:
             future.result()
     writer.write_part(Path(out_dir), chunk, images, annotations, log)
     return len(indices)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    write_bytes(path, data, sync=False)
-    fsync_files([path])
 
 
 def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settings: RunSettings, index: int,
@@ -414,7 +404,6 @@ class SourceImages:
         self._masks = functools.lru_cache(maxsize=cache_size)(self._load_masks)
         self._cutouts = functools.lru_cache(maxsize=cutout_cache_size)(self._load_cutout)
         self._paths: dict[int, Path] = {}
-        self._folders: dict[Path, Path] = {}
         self._records: dict[int, dict] = {}
         self._local = threading.local()
         self._pools: dict[int, np.ndarray] = {}
@@ -453,25 +442,10 @@ class SourceImages:
         return record
 
     def path(self, image_index: int) -> Path:
-        """``resolve_image_path`` of a source image, resolved once per worker.
-
-        Resolving walks every component of the path; images share a few folders, so each folder is
-        resolved (and checked to lie inside the root) once, and a file only costs one lstat to see
-        that it is no symlink (a symlink, or any unusual name, takes the full ``resolve_image_path``).
-        """
+        """``resolve_image_path`` of a source image, once per worker."""
         path = self._paths.get(image_index)
         if path is None:
-            name = self.record(image_index)["file_name"]
-            candidate = Path(name)
-            if candidate.is_absolute() or ".." in candidate.parts or not candidate.parts or not name.strip():
-                path = resolve_image_path(self.image_root, name)  # raises BadRecord, as for any refused name
-            else:
-                folder = self._folders.get(candidate.parent)
-                if folder is None:
-                    folder = self._folders[candidate.parent] = resolve_image_path(self.image_root, str(candidate.parent))
-                path = folder / candidate.name
-                if os.path.islink(path):
-                    path = resolve_image_path(self.image_root, name)
+            path = resolve_image_path(self.image_root, self.record(image_index)["file_name"])
             if len(self._paths) >= 65536:
                 self._paths.clear()
             self._paths[image_index] = path
