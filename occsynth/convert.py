@@ -37,6 +37,7 @@ from . import masks as mask_ops
 from .atomic import write_json
 from .coco import read_dataset, read_json
 from .errors import OccsynthError
+from .occluders import layer_occluders
 
 
 def _mask(segmentation: Any, height: int, width: int) -> np.ndarray | None:
@@ -76,13 +77,6 @@ def hidden_part_occluders(visible: Sequence[np.ndarray], amodal: Sequence[np.nda
         result.append([j for j in range(len(visible))
                        if j != i and np.count_nonzero(hidden & visible[j]) >= min_overlap])
     return result
-
-
-def depth_order_occluders(amodal: Sequence[np.ndarray], order: Sequence[int]) -> list[list[int]]:
-    """For each instance, indices of instances nearer the camera (smaller order) whose amodal mask meets it."""
-    order = np.asarray(order)
-    return [[j for j in np.flatnonzero(order < order[i]).tolist() if np.any(amodal[i] & amodal[j])]
-            for i in range(len(amodal))]
 
 
 def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_overlap: int = 1,
@@ -196,7 +190,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         if not regions:
             continue
         orders = [int(r.get("order", k + 1)) for k, (_, r) in enumerate(regions)]
-        occluders = depth_order_occluders(amodal, orders)
+        layers = [max(orders) - o for o in orders]  # order 1 = front: nearest the camera, highest layer
+        occluders = layer_occluders(amodal, layers)
         ids = list(range(next_id, next_id + len(regions)))
         next_id += len(regions)
         for k, ((index, region), v, a, occ) in enumerate(zip(regions, visible, amodal, occluders)):
@@ -208,7 +203,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 counts["stuff" if category == stuff_id else "thing"] += 1
             ann = {"id": ids[k], "image_id": record["image_id"], "category_id": category, "iscrowd": 0,
                    "segmentation": mask_ops.encode(v), "amodal_segmentation": _polygons(region["segmentation"]),
-                   **_measures(v, a), "order": orders[k], "layer": max(orders) - orders[k],
+                   **_measures(v, a), "order": orders[k], "layer": layers[k],
                    "occluder_ids": [ids[j] for j in occ], "name": region.get("name"),
                    "is_stuff": bool(region.get("isStuff")),
                    "source": {"annotation_id": record.get("id"), "region_index": index}}
