@@ -10,8 +10,10 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from .errors import OccsynthError
 
@@ -46,6 +48,27 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> 
     text = json.dumps(obj, indent=indent, separators=None if indent else (",", ":"))
     with open_atomic(path, "w") as f:
         f.write(text)
+
+
+def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path], Any]) -> Path:
+    """A folder ``build`` fills, made in a temporary sibling and renamed into place; reused when
+    ``target/marker`` exists. A half-built folder is never used, and concurrent first builds do not
+    collide (the loser uses the winner's folder)."""
+    target = Path(target)
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:

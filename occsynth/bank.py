@@ -29,8 +29,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -42,7 +40,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from . import errors, masks
-from .atomic import open_atomic, write_json
+from .atomic import build_dir_once, open_atomic, write_json
 from .coco import (check_annotation_record, check_image_record, file_hash, iter_array, read_image,
                    resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
@@ -187,19 +185,7 @@ def _build_once(target: Path, read_meta: Callable[[Path], dict], strict: bool,
         first = read_meta(target).get("first_skip")
         if strict and first:
             raise OccsynthError(first)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "meta.json").is_file():   # else: another process finished first, use its entry
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_dir_once(target, "meta.json", build)
 
 
 def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options: BankOptions = BankOptions(),

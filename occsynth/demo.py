@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +23,7 @@ import cv2
 import numpy as np
 
 from . import masks
-from .atomic import write_bytes, write_json
+from .atomic import build_dir_once, write_bytes, write_json
 from .categories import COCO_CATEGORIES, COCO_IDS_BY_NAME
 from .coco import encode_image
 
@@ -355,17 +353,5 @@ def demo_source(cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]
     used and concurrent first runs do not collide.
     """
     parent = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = parent / DEMO_VERSION
-    if not (target / "annotations.json").is_file():
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}.tmp-", dir=parent))
-        try:
-            make_demo_source(tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not (target / "annotations.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    target = build_dir_once(parent / DEMO_VERSION, "annotations.json", make_demo_source)
     return target / "annotations.json", target / "images"
