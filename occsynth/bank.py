@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
+from .compose import crop_replicate
 from .coco import (check_annotation_record, check_image_record, file_hash, iter_array, read_image,
                    resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
@@ -619,13 +620,8 @@ def context_crop(image: np.ndarray, box: Sequence[int], margin: int) -> np.ndarr
     Replication clamps coordinates into the image, so the crop for a margin m is the centre of the
     crop for any larger margin: that is what lets the pixel store keep one crop for every margin.
     """
-    h, w = image.shape[:2]
-    y0, x0, y1, x1 = box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin
-    pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
-    rgb = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
-    if any(pad):
-        rgb = np.pad(rgb, (pad[:2], pad[2:], (0, 0)), mode="edge")
-    return np.ascontiguousarray(rgb)
+    y0, x0, y1, x1 = (int(v) for v in box)
+    return np.ascontiguousarray(crop_replicate(image, y0 - margin, x0 - margin, y1 + margin, x1 + margin))
 
 
 def pixels_key(bank_meta: dict, image_root: str | os.PathLike) -> str:
