@@ -34,7 +34,7 @@ from typing import Iterable
 import numpy as np
 
 from . import errors
-from .atomic import write_json
+from .atomic import open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, pairwise_overlap
 from .coco import file_hash, read_dataset, resolve_image_path, unique_by_id
 from .errors import BadRecord, OccsynthError, SkipLog
@@ -232,9 +232,8 @@ def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: 
             if mode == "link":
                 os.symlink(link_text(root.resolve() / name, target), target)
             else:
-                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, target)
+                with open(src, "rb") as f, open_atomic(target, "wb") as g:
+                    shutil.copyfileobj(f, g)
         except BadRecord as exc:
             skips.skip(exc)
             dropped.append({"id": image["id"], "file_name": image.get("file_name"), "reason": exc.reason})

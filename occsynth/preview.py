@@ -276,9 +276,10 @@ def _decode_instances(anns: Sequence[dict], h: int, w: int, size: tuple[int, int
             amodal = masks.decode(ann["amodal_segmentation"], h, w) if "amodal_segmentation" in ann else visible
         except (masks.DegenerateMask, KeyError):
             continue
+        # in the image's frame: draw_boxes scales boxes to the tile
+        bbox = ann.get("bbox") if isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4 else masks.bbox(visible)
         if (h, w) != size:
             visible, amodal = masks.resize(visible, size), masks.resize(amodal, size)
-        bbox = ann.get("bbox") if isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4 else masks.bbox(visible)
         out.append({"visible": visible, "amodal": amodal, "colour": colours[i], "bbox": bbox,
                     "iscrowd": bool(ann.get("iscrowd", 0))})
     return out

@@ -225,3 +225,16 @@ def test_sheet_size_limits(dataset, tmp_path, args, message):
     assert not (tmp_path / "s.png").exists()
     with pytest.raises(Exception, match="--tile must be in 32..2048"):
         preview(path, tile=100000)
+
+
+def test_a_missing_bbox_is_taken_from_the_mask_in_the_image_frame():
+    """draw_boxes scales boxes to the tile, so the fallback box must not be measured on the resized mask."""
+    from occsynth import masks
+    from occsynth.preview import _decode_instances
+
+    mask = np.zeros((100, 200), bool)
+    mask[20:60, 40:120] = True
+    ann = {"id": 1, "category_id": 1, "segmentation": masks.encode(mask)}
+    (inst,) = _decode_instances([ann], 100, 200, (50, 100))
+    assert inst["bbox"] == [40.0, 20.0, 80.0, 40.0]
+    assert inst["visible"].shape == (50, 100)
