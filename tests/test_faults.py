@@ -64,27 +64,68 @@ def test_kill_9_then_rerun_gives_identical_set(reference, demo_source, tmp_path)
     assert tree_bytes(out) == tree_bytes(ref)
 
 
-def test_full_disk_is_a_clear_error_and_the_rerun_completes(reference, demo_source, tmp_path, monkeypatch):
+class _FillingDisk:
+    """Image writes through ``atomic`` fail with ENOSPC once ``capacity`` bytes were written (write mode), or
+    every fsync after the first ``capacity`` ones fails (fsync mode: the disk fills during write-back)."""
+
+    def __init__(self, monkeypatch, how, capacity):
+        self.left, self.real_open, self.real_fsync = capacity, open, os.fsync
+        if how == "write":
+            monkeypatch.setattr(atomic, "open", self.open, raising=False)
+        else:
+            monkeypatch.setattr(atomic.os, "fsync", self.fsync)
+
+    def open(self, *args, **kwargs):
+        f = self.real_open(*args, **kwargs)
+        if (args[1] if len(args) > 1 else kwargs.get("mode", "r")) != "wb":  # images (parts are text)
+            return f
+        return _FillingFile(f, self)
+
+    def fsync(self, fd):
+        self.left -= 1
+        if self.left < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.real_fsync(fd)
+
+
+class _FillingFile:
+    def __init__(self, f, disk):
+        self.f, self.disk = f, disk
+
+    def write(self, data):
+        self.disk.left -= len(data)
+        if self.disk.left < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+
+@pytest.mark.parametrize("how, capacity", [("write", 300_000), ("fsync", 15)])
+def test_full_disk_is_a_clear_error_and_the_rerun_completes(reference, demo_source, tmp_path, monkeypatch,
+                                                           how, capacity):
+    """The disk fills while an image is written (write) or while files are synced (fsync)."""
     ref, cache = reference
     ann, root = demo_source
     out = tmp_path / "full"
-    real_fsync, calls = os.fsync, {"n": 0}
-
-    def fsync_until_full(fd):
-        calls["n"] += 1
-        if calls["n"] > 15:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(atomic.os, "fsync", fsync_until_full)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text("[run]\nchunk_size = 4\n")
-    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache) + ["--recipe", str(recipe)])
-    assert result.exit_code == 2
-    assert "no space left on device" in result.output and "Traceback" not in result.output
-    assert not list(out.rglob(".*.tmp-*")), "a half-written temporary was left behind"
-    assert not (out / "annotations.json").exists()
-    monkeypatch.setattr(atomic.os, "fsync", real_fsync)            # space freed
+    with monkeypatch.context() as patch:
+        _FillingDisk(patch, how, capacity)
+        recipe = tmp_path / "recipe.toml"
+        recipe.write_text("[run]\nchunk_size = 4\n")
+        result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache) + ["--recipe", str(recipe)])
+        assert result.exit_code == 2
+        assert "no space left on device" in result.output and "Traceback" not in result.output
+        assert f"{out / 'images'}/" in result.output, result.output      # both hit an image
+        assert not list(out.rglob(".*.tmp-*")), "a half-written temporary was left behind"
+        assert not (out / "annotations.json").exists()
+    # space freed
     result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache) + ["--recipe", str(recipe)])
     assert result.exit_code == 0, result.output
     assert tree_bytes(out) == tree_bytes(ref)
