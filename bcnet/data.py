@@ -126,7 +126,7 @@ class CocoInstances(Dataset):
         record = self.images[index]
         height, width = record["height"], record["width"]
         image = coco.read_image(self.paths[index], expected_size=(height, width))
-        boxes, labels, ids, visible, learned, occluder_lists = [], [], [], [], [], []
+        boxes, labels, ids, visible, learned, occluder_lists, annotated_boxes = [], [], [], [], [], [], []
         for ann in self.annotations[index]:
             if not _is_candidate(ann, self.category_id_to_label):
                 continue
@@ -151,6 +151,7 @@ class CocoInstances(Dataset):
             visible.append(mask)
             learned.append(target_mask)
             occluder_lists.append(ann.get("occluder_ids"))
+            annotated_boxes.append(ann["bbox"])
         n = len(boxes)
         visible_arr = np.stack(visible) if n else np.zeros((0, height, width), bool)
         boxes_arr = np.asarray(boxes, np.float32).reshape(n, 4)
@@ -158,7 +159,7 @@ class CocoInstances(Dataset):
             "boxes": boxes_arr,
             "labels": np.asarray(labels, np.int64),
             "masks": np.stack(learned) if n else np.zeros((0, height, width), bool),
-            "occluder_masks": occluder_masks(visible_arr, occluders_of(ids, occluder_lists, boxes_arr)),
+            "occluder_masks": occluder_masks(visible_arr, occluders_of(ids, occluder_lists, annotated_boxes)),
             "annotation_ids": np.asarray(ids, np.int64),
             "image_id": int(record["id"]),
             "orig_size": (height, width),
@@ -181,19 +182,18 @@ class CocoInstances(Dataset):
 
 
 def occluders_of(annotation_ids: Sequence[int], occluder_ids: Sequence[Sequence[int] | None],
-                 boxes_xyxy: np.ndarray) -> list[list[int]]:
+                 boxes_xywh: Sequence[Sequence[float]]) -> list[list[int]]:
     """For each instance, the indices (into the same lists) of the instances that occlude it.
 
     Uses the annotations' ``occluder_ids`` when every instance has them; otherwise BCNet's box
-    rule on the instances' boxes (one implementation: ``occsynth.occluders``).
+    rule (one implementation: ``occsynth.occluders``) on the annotations' own ``bbox``es, as
+    ``occsynth annotate-occluders`` applies it: the same occluders with or without that step.
     """
     if len(annotation_ids) and all(isinstance(o, list) for o in occluder_ids):
         position = {a: i for i, a in enumerate(annotation_ids)}
         return [sorted(position[o] for o in ids if o in position and position[o] != i)
                 for i, ids in enumerate(occluder_ids)]
-    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    return box_overlap_occluders(xywh)
+    return box_overlap_occluders(np.asarray(boxes_xywh, np.float64).reshape(-1, 4))
 
 
 def to_tensors(image: np.ndarray, target: dict) -> tuple[torch.Tensor, dict]:

@@ -57,7 +57,10 @@ def test_box_rule_when_the_data_has_no_occluder_ids(tmp_path, dataset_dir):
         del ann["occluder_ids"]
     save_annotations(root, data)
     _, target = _dataset(root)[1]
-    boxes = target["boxes"].numpy().astype(np.float64)
+    # the rule reads the annotations' own bbox (x, y, w, h), as annotate-occluders does
+    by_id = {a["id"]: a for a in data["annotations"]}
+    boxes = np.array([by_id[int(i)]["bbox"] for i in target["annotation_ids"]], np.float64)
+    boxes[:, 2:] += boxes[:, :2]
     masks = target["masks"].numpy().astype(bool)
     for i in range(len(boxes)):
         expected = np.zeros_like(masks[0])
@@ -73,6 +76,35 @@ def test_box_rule_when_the_data_has_no_occluder_ids(tmp_path, dataset_dir):
         assert np.array_equal(target["occluder_masks"][i].numpy().astype(bool), expected)
     # image 2 has overlapping boxes, so the rule produced something to compare
     assert target["occluder_masks"].any()
+
+
+def test_box_rule_gives_the_occluders_annotate_occluders_writes(tmp_path):
+    """Training on a set without occluder ids = training on its annotate-occluders copy, also for a
+    box that runs past the image border (the rule sees the annotation's box, not the clipped one)."""
+    from occsynth.annotate import annotate_occluders
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    for ann in data["annotations"]:
+        del ann["occluder_ids"]
+    first = data["images"][0]
+    edge = next(a for a in data["annotations"] if a["image_id"] == first["id"] and a["category_id"] == 5)
+    x, y, w, h = edge["bbox"]
+    edge["bbox"] = [x, y, first["width"] - x + 40, h + 20]   # E sticks far out of the image
+    save_annotations(root, data)
+    annotate_occluders(root / "annotations.json", root / "annotated.json", progress=False)
+    plain = _dataset(root)
+    annotated = bdata.CocoInstances(root / "annotated.json", root / "images")
+    bbox_of = {a["id"]: a["bbox"] for a in data["annotations"]}
+    differs_from_clipped = False
+    for index in range(len(plain)):
+        _, a = plain[index]
+        _, b = annotated[index]
+        assert a["annotation_ids"].tolist() == b["annotation_ids"].tolist()
+        assert torch.equal(a["occluder_masks"], b["occluder_masks"])
+        boxes = a["boxes"].numpy().astype(np.float64)
+        clipped = bdata.occluders_of([], [], np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1))
+        differs_from_clipped |= clipped != bdata.occluders_of([], [], [bbox_of[int(i)] for i in a["annotation_ids"]])
+    assert differs_from_clipped, "the out-of-image box should change the rule's answer"
 
 
 def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
