@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from . import masks as mask_ops
 from .atomic import open_atomic
+from .boxes import is_box
 from .coco import iter_array, reading_json
 from .errors import OccsynthError
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
@@ -54,11 +55,6 @@ def box_window(box: list, height: int, width: int) -> tuple[int, int, int, int]:
     return x0, y0, max(x1, x0), max(y1, y0)
 
 
-def _valid_box(box: Any) -> bool:
-    return (isinstance(box, (list, tuple)) and len(box) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box))
-
-
 def annotate_image(annotations: list[dict], height: int | None, width: int | None,
                    threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False) -> dict:
     """Add ``occluder_ids`` (and ``bg_object_segmentation``) to one image's annotations, in place.
@@ -69,7 +65,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     """
     counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0}
     usable = [i for i, a in enumerate(annotations)
-              if _valid_box(a.get("bbox")) and isinstance(a.get("id"), int) and not isinstance(a.get("id"), bool)]
+              if is_box(a.get("bbox")) and isinstance(a.get("id"), int) and not isinstance(a.get("id"), bool)]
     counts["no_box"] = len(annotations) - len(usable)
     occluders: dict[int, list[int]] = {i: [] for i in range(len(annotations))}
     if usable:

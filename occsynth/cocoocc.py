@@ -35,7 +35,7 @@ import numpy as np
 
 from . import errors
 from .atomic import open_atomic, write_json
-from .boxes import OVERLAP_MEASURES, pairwise_overlap
+from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
 from .coco import file_hash, read_dataset, resolve_image_path, unique_by_id
 from .errors import BadRecord, OccsynthError, SkipLog
 
@@ -55,10 +55,8 @@ def _boxes_by_image(data: dict, count_crowd: bool) -> dict[int, np.ndarray]:
         if ann.get("iscrowd") and not count_crowd:
             continue
         box = ann.get("bbox")
-        if (not isinstance(box, (list, tuple)) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-            continue
-        grouped[ann.get("image_id")].append(box)
+        if is_box(box):
+            grouped[ann.get("image_id")].append(box)
     return {image_id: np.asarray(boxes, np.float64) for image_id, boxes in grouped.items()}
 
 

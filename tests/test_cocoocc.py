@@ -78,6 +78,15 @@ def test_max_overlap_values():
         max_overlap_per_image(make_dataset(), "dice")
 
 
+@pytest.mark.parametrize("bad", [[float("nan"), 0, 5, 5], [0, 0, float("inf"), 5], [True, 0, 5, 5], [0, 0, 5], "box"])
+def test_an_unusable_box_is_left_out_and_the_image_keeps_its_overlap(bad):
+    data = make_dataset()
+    data["annotations"].append({"id": 999, "image_id": 1, "category_id": 1, "bbox": bad, "area": 1.0,
+                                "iscrowd": 0, "segmentation": [[0, 0, 1, 0, 1, 1]]})
+    assert max_overlap_per_image(data, "iou")[1] == pytest.approx(1 / 3)
+    assert select_images(data) == [1]
+
+
 def test_alternative_counts_table():
     table = alternative_counts(make_dataset())
     assert set(table) == {"iou/no-crowd", "iou/crowd", "min/no-crowd", "min/crowd"}
