@@ -22,8 +22,9 @@ import numpy as np
 from . import errors, masks
 from .atomic import write_bytes
 from .boxes import pairwise_overlap
-from .coco import encode_image, iter_array, read_image, resolve_image_path
+from .coco import check_image_record, encode_image, iter_array, read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError
+from .writer import IMAGES, set_paths
 
 # RGB colours. Distinct hues so roles read at a glance (and so tests can find them exactly).
 OCCLUDEE = (255, 140, 0)      # has occluders
@@ -146,18 +147,13 @@ def save_sheet(sheet: np.ndarray, path: str | os.PathLike, quality: int = 92) ->
 
 def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) -> tuple[Path, Path]:
     """(annotations JSON, image root) of a generated set directory or a COCO JSON file."""
-    source = Path(source)
-    if source.is_dir():
-        ann_path = source / "annotations.json"
-        root = Path(images) if images else source / "images"
-    elif source.is_file():
-        ann_path = source
-        root = Path(images) if images else (source.parent / "images" if (source.parent / "images").is_dir()
-                                             else source.parent)
+    ann_path, folder = set_paths(source)
+    if images:
+        root = Path(images)
+    elif Path(source).is_dir() or (folder / IMAGES).is_dir():
+        root = folder / IMAGES
     else:
-        raise OccsynthError(f"{source}: not found")
-    if not ann_path.is_file():
-        raise OccsynthError(f"{ann_path}: not found - give a generated set directory or a COCO JSON file")
+        root = folder  # a COCO file beside its images
     if not root.is_dir():
         raise OccsynthError(f"{root}: image directory not found (use --images)")
     return ann_path, root
@@ -165,7 +161,7 @@ def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) 
 
 def select_images(ann_path: Path, n: int, seed: int | None) -> list[dict]:
     """``n`` valid image records: a seeded sample in file order, or the first ``n`` when ``seed`` is None."""
-    records = [im for im in iter_array(ann_path, "images") if _valid_image(im)]
+    records = [im for im in iter_array(ann_path, "images") if _is_image_record(im)]
     if n >= len(records):
         return records
     if seed is None:
@@ -295,6 +291,9 @@ def _layer(ann: dict) -> int:
     return layer if isinstance(layer, int) else 0
 
 
-def _valid_image(image: Any) -> bool:
-    return (isinstance(image, dict) and isinstance(image.get("file_name"), str)
-            and all(isinstance(image.get(k), int) and image[k] > 0 for k in ("height", "width")) and "id" in image)
+def _is_image_record(image: Any) -> bool:
+    try:
+        check_image_record(image)
+    except BadRecord:
+        return False
+    return True

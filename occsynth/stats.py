@@ -20,6 +20,7 @@ from .atomic import write_bytes
 from . import errors
 from .coco import COCO_LISTS, check_coco_layout, encode_image, iter_array
 from .errors import BadRecord, OccsynthError, SkipLog
+from .writer import set_paths
 
 RATIO_BINS = 10
 _LIGHT = ("image_id", "category_id", "layer", "occlusion_ratio")
@@ -40,10 +41,7 @@ def stats_from_path(path: str | os.PathLike) -> dict:
     Refuses a file that is not a COCO instances file (top-level object with the three lists):
     streaming alone would read such a file as an empty set.
     """
-    path = Path(path)
-    ann_path = path / "annotations.json" if path.is_dir() else path
-    if not ann_path.is_file():
-        raise OccsynthError(f"{ann_path}: not found - give a generated set directory or a COCO JSON file")
+    ann_path, _ = set_paths(path)
     seen = Counter()
 
     def counted(key: str, light: tuple | None) -> Iterator:

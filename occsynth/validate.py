@@ -21,12 +21,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import masks
-from .coco import check_coco_layout, iter_array, read_image, resolve_image_path
+from .coco import check_coco_layout, check_image_record, iter_array, read_image, resolve_image_path
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
+from .writer import set_paths
 
-ANNOTATIONS_FILE = "annotations.json"
 MANIFEST_FILE = "manifest.json"
 IMAGES_DIR = "images"
 
@@ -154,21 +154,6 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     return report
 
 
-def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """(annotations JSON, set folder) of a set given as its folder or as its annotations file."""
-    path = Path(path)
-    if path.is_file():
-        return path, path.parent
-    if not path.is_dir():
-        raise OccsynthError(f"{path}: not found")
-    ann_path = path / ANNOTATIONS_FILE
-    if ann_path.is_dir():
-        raise OccsynthError(f"{ann_path}: is a directory, expected the set's annotations JSON file")
-    if not ann_path.is_file():
-        raise OccsynthError(f"{ann_path}: not found - is this an occsynth generate output directory?")
-    return ann_path, path
-
-
 OCCSYNTH_FIELDS = ("amodal_segmentation", "layer")
 PEEK_ANNOTATIONS = 100
 
@@ -250,14 +235,12 @@ def format_report(report: dict) -> str:
 
 
 def _image_record(image: Any, failures: _Failures) -> dict | None:
-    if not isinstance(image, dict) or not _is_int(image.get("id")):
-        failures.add("fields", f"image record without an integer id: {str(image)[:80]}")
+    try:
+        image = check_image_record(image)
+    except BadRecord as exc:
+        image_id = image.get("id") if isinstance(image, dict) and _is_int(image.get("id")) else None
+        failures.add("fields", str(exc), **({} if image_id is None else {"image_id": image_id}))
         return None
-    for key, kind in (("file_name", str), ("height", int), ("width", int)):
-        value = image.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):
-            failures.add("fields", f"image record: '{key}' missing or invalid", image_id=image["id"])
-            return None
     return {k: image[k] for k in ("id", "file_name", "height", "width")}
 
 
@@ -442,4 +425,4 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-__all__ = ["CHECKS", "validate", "set_paths", "check_generated_set", "class_balance", "check_images", "format_report"]
+__all__ = ["CHECKS", "validate", "check_generated_set", "class_balance", "check_images", "format_report"]

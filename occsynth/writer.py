@@ -33,6 +33,21 @@ MANIFEST_FILE = "manifest.json"
 SOURCE_FILE = "source.json"
 
 
+def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(annotations JSON, folder) of a set given as its folder or as its (or any COCO) annotations file."""
+    path = Path(path)
+    if path.is_file():
+        return path, path.parent
+    if not path.is_dir():
+        raise OccsynthError(f"{path}: not found")
+    ann_path = path / ANNOTATIONS_FILE
+    if ann_path.is_dir():
+        raise OccsynthError(f"{ann_path}: is a directory, expected the set's annotations JSON file")
+    if not ann_path.is_file():
+        raise OccsynthError(f"{ann_path}: not found - give a generated set folder or a COCO JSON file")
+    return ann_path, path
+
+
 def image_file_name(index: int, ext: str) -> str:
     return f"{index + 1:012d}.{ext}"
 
