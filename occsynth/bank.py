@@ -495,7 +495,9 @@ class Bank:
             if value.dtype != np.dtype(dtype) or value.ndim != ndim:
                 raise OccsynthError(f"{path}: expected a {ndim}-d {np.dtype(dtype)} array, found {value.ndim}-d "
                                     f"{value.dtype}; delete {bank_dir} to rebuild")
-            arrays[name] = value
+            # a plain ndarray over the same mapping: indexing np.memmap runs Python code on every
+            # access, which the per-annotation lookups of generation pay for thousands of times an image
+            arrays[name] = np.asarray(value)
         _check_layout(bank_dir, meta, arrays)
         return cls(bank_dir, meta, arrays)
 
@@ -794,12 +796,12 @@ class CutoutPixels:
                 raise OccsynthError(f"{store_dir / name}.npy: unreadable ({exc}); delete {store_dir} to rebuild") from None
             if value.dtype != np.dtype("<i8") or value.ndim != ndim:
                 raise OccsynthError(f"{store_dir / name}.npy: not a {ndim}-d int64 array; delete {store_dir} to rebuild")
-            arrays[name] = value
+            arrays[name] = np.asarray(value)  # plain ndarray over the mapping (see Bank.load)
         offsets, stat = arrays["pixel_offsets"], arrays["image_stat"]
         blob_path = store_dir / "pixel_blob.bin"
         try:
             size = blob_path.stat().st_size
-            blob = np.memmap(blob_path, np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+            blob = np.asarray(np.memmap(blob_path, np.uint8, mode="r")) if size else np.zeros(0, np.uint8)
         except (OSError, ValueError) as exc:
             raise OccsynthError(f"{blob_path}: unreadable ({exc}); delete {store_dir} to rebuild") from None
         n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
