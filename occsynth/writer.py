@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from tqdm.auto import tqdm
 
@@ -143,35 +145,41 @@ def part_files(dirs: Iterable[Path], num_chunks: int) -> list[Path]:
 def merge_parts(parts: list[Path], out_dir: Path, categories: list[dict], info: dict) -> dict:
     """Stream the parts (in chunk order) into OUT/annotations.json; returns counts and the skip summary.
 
-    Annotation ids run from 1 in image order; each part's local occluder indices become ids. Memory
-    holds one part at a time.
+    Annotation ids run from 1 in image order; each part's local occluder indices become ids. One
+    pass: each part is parsed once, its images go to the output and its annotations to an
+    unnamed temporary file appended after them. Memory holds one part at a time.
     """
     out_dir = Path(out_dir)
     counts = {"images": 0, "annotations": 0, "pasted": 0}
     pasted_per_category: Counter = Counter()
     skips = SkipLog()
-    with open_atomic(out_dir / ANNOTATIONS_FILE, "w") as f:
+    next_id = 1
+    with open_atomic(out_dir / ANNOTATIONS_FILE, "w") as f, \
+            tempfile.TemporaryFile("w+", encoding="utf-8", dir=out_dir) as annotations:
         f.write('{"info":' + _dumps(info) + ',"licenses":[],"categories":' + _dumps(categories) + ',"images":[')
         for path in parts:
             part = read_part(path)
             skips.merge(part["skips"])
-            for image in part["images"]:
-                f.write(("," if counts["images"] else "") + _dumps(image))
-                counts["images"] += 1
+            if part["images"]:  # one dumps per part: the C encoder, not a Python call per record
+                f.write(("," if counts["images"] else "") + _dumps(part["images"])[1:-1])
+                counts["images"] += len(part["images"])
+            records = []
+            for image_anns in part["annotations"]:
+                ids = range(next_id, next_id + len(image_anns))
+                for local, ann in enumerate(image_anns):
+                    records.append({"id": ids[local], **{k: v for k, v in ann.items() if k != "occluders"},
+                                    "occluder_ids": [ids[j] for j in ann["occluders"]]})
+                    if ann["layer"] > 0:
+                        counts["pasted"] += 1
+                        pasted_per_category[ann["category_id"]] += 1
+                next_id += len(image_anns)
+            if records:
+                annotations.write(("," if records[0]["id"] > 1 else "") + _dumps(records)[1:-1])
         f.write('],"annotations":[')
-        next_id = 1
-        for image_anns in _iter_part_items(parts, "annotations"):
-            ids = range(next_id, next_id + len(image_anns))
-            for local, ann in enumerate(image_anns):
-                record = {"id": ids[local], **{k: v for k, v in ann.items() if k != "occluders"},
-                          "occluder_ids": [ids[j] for j in ann["occluders"]]}
-                f.write(("," if ids[local] > 1 else "") + _dumps(record))
-                if ann["layer"] > 0:
-                    counts["pasted"] += 1
-                    pasted_per_category[ann["category_id"]] += 1
-            next_id += len(image_anns)
-        counts["annotations"] = next_id - 1
+        annotations.seek(0)
+        shutil.copyfileobj(annotations, f, 1 << 20)
         f.write("]}")
+    counts["annotations"] = next_id - 1
     counts["pasted_per_category"] = {str(k): v for k, v in sorted(pasted_per_category.items())}
     return {"counts": counts, "skipped": skips.to_dict()}
 
@@ -239,11 +247,6 @@ def _read_json(path: Path):
     if not Path(path).exists():
         raise OccsynthError(f"{path}: not found - is this an occsynth generate output directory?")
     return read_json(path)
-
-
-def _iter_part_items(parts: list[Path], key: str) -> Iterator:
-    for path in parts:
-        yield from read_part(path)[key]
 
 
 def _dumps(obj) -> str:
