@@ -47,12 +47,14 @@ class CocoInstances(Dataset):
     checked to exist up front; a file that exists but cannot be decoded raises
     :class:`BadRecord` when read (:class:`SampleStream` skips it, counting it with :meth:`skip`). ``drop_empty`` leaves out images
     with no usable instance (training wants them out, evaluation wants every image in).
+    ``data``: ``ann_file`` already parsed (``coco.read_dataset``), for a caller that needs it too;
+    it is read, not changed.
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_root: str | os.PathLike,
                  transforms: Callable | None = None, *, mode: str = "visible",
                  drop_empty: bool = False, strict: bool = False, check_files: bool = True,
-                 category_ids: Sequence[int] | None = None):
+                 category_ids: Sequence[int] | None = None, data: dict | None = None):
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.transforms = transforms
@@ -61,7 +63,8 @@ class CocoInstances(Dataset):
         self.mode = mode
         self.skips = SkipLog(strict=strict)
         self._counted: set[str] = set()
-        data = coco.read_dataset(self.ann_file)
+        if data is None:
+            data = coco.read_dataset(self.ann_file)
         images, categories, by_image = coco.index_dataset(data, self.skips)
         self.categories = [categories[c] for c in sorted(categories)]
         self.category_ids: list[int] = (sorted(categories) if category_ids is None

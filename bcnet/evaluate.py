@@ -578,10 +578,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     for name, (ann_file, image_root) in sets.items():
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
+        gt = coco_io.read_dataset(ann_file)  # parsed once: the dataset and the evaluation share it
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
-                                category_ids=state["category_ids"])
+                                category_ids=state["category_ids"], data=gt)
         _require_images(name, dataset, image_root)
-        gt = coco_io.read_dataset(ann_file)
         if mode == "amodal":  # fail before predicting, not after; evaluate() then finds it converted
             gt = amodal_ground_truth(gt)
         unreadable: list[int] = []

@@ -107,6 +107,21 @@ def test_box_rule_gives_the_occluders_annotate_occluders_writes(tmp_path):
     assert differs_from_clipped, "the out-of-image box should change the rule's answer"
 
 
+def test_a_parsed_file_given_as_data_is_used_as_is_and_left_unchanged(dataset_dir):
+    import copy
+    data = load_annotations(dataset_dir)
+    kept = copy.deepcopy(data)
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]  # differs from the file
+    given = _dataset(dataset_dir, data=data)
+    assert data["annotations"] == [a for a in kept["annotations"] if a["image_id"] != 2]
+    from_file = _dataset(dataset_dir)
+    _, a = given[1]
+    _, b = from_file[1]
+    assert len(a["annotation_ids"]) == 0 < len(b["annotation_ids"])   # image 2 lost its annotations
+    for index in (0, 2):
+        assert torch.equal(given[index][1]["masks"], from_file[index][1]["masks"])
+
+
 def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
     root = write_dataset(tmp_path / "set")
     data = load_annotations(root)
