@@ -20,9 +20,10 @@ from occsynth.bench import bench_bank, bench_generation
 @click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(min=1), help="With --bank: images in the synthetic source file.")
 @click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(min=1), help="With --bank: annotations in the synthetic source file.")
 @click.option("--work-dir", type=click.Path(exists=True, file_okay=False), help="Where the source copies and outputs are written [default: $TMPDIR]; e.g. /dev/shm to take the disk out of the measurement.")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
 def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_cutout_pixels, bank_images,
-                  bank_annotations, work_dir, as_json):
+                  bank_annotations, work_dir, repeat, as_json):
     """Measure occsynth against baselines taken in the same run (ratios, not absolute times).
 
     Generation: images/s of the floor (read + decode each background JPEG + encode it as the
@@ -49,7 +50,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     if (ann is None) != (images is None):
         raise click.UsageError("give both --ann and --images, or neither")
     report = bench_generation(ann, images, num_images=num_images, workers=workers, long_side=long_side or None,
-                              copies=copies, cutout_pixels=not no_cutout_pixels, work_dir=work_dir)
+                              copies=copies, cutout_pixels=not no_cutout_pixels, work_dir=work_dir,
+                              repeat=repeat)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -65,7 +67,9 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     for n in sorted({1, workers}):
         r = report[f"workers_{n}"]
         click.echo(f"workers={n}: floor {r['floor_images_per_s']:.1f} img/s, generate {r['generate_images_per_s']:.1f} "
-                   f"img/s, generate/floor {r['ratio_to_floor']:.2f}")
+                   f"img/s, generate/floor {r['ratio_to_floor']:.2f}"
+                   + (f" (best of {report['repeat']}; generate runs "
+                      f"{', '.join(f'{v:.0f}' for v in r['runs']['generate'])})" if report["repeat"] > 1 else ""))
     click.echo(f"scaling {workers} workers / 1 worker: {report['scaling']:.2f}x"
                + (f" (a pure-CPU busy loop scales {report['machine_scaling']:.2f}x on this machine now)"
                   if "machine_scaling" in report else ""))

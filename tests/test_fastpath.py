@@ -147,9 +147,12 @@ def test_textured_source_keeps_exact_masks_and_makes_distinct_files(demo_source,
 
 def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
     from occsynth.bench import bench_generation
-    report = bench_generation(num_images=8, workers=1, long_side=240, work_dir=tmp_path)
+    report = bench_generation(num_images=8, workers=1, long_side=240, work_dir=tmp_path, repeat=2)
     r = report["workers_1"]
     assert r["floor_images_per_s"] > 0 and r["generate_images_per_s"] > 0
+    assert len(r["runs"]["floor"]) == len(r["runs"]["generate"]) == 2 == report["repeat"]
+    assert r["generate_images_per_s"] == max(r["runs"]["generate"])      # the best run is reported
+    assert r["floor_images_per_s"] == max(r["runs"]["floor"])
     # the report rounds images/s to 2 decimals and the ratio to 3: compare within that rounding
     assert r["ratio_to_floor"] == pytest.approx(r["generate_images_per_s"] / r["floor_images_per_s"], abs=2e-3)
     assert report["image_size"] == [180, 240] and report["source_images"] >= 8
