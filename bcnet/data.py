@@ -233,10 +233,7 @@ class SampleStream(Dataset):
 
     def index(self, k: int) -> int:
         epoch, position = divmod(int(k), len(self.dataset))
-        if epoch != self._epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-            self._epoch = epoch
-        return int(self._order[position])
+        return int(self._order_of(epoch)[position])
 
     def __len__(self) -> int:
         return len(self.dataset)
