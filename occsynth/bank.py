@@ -405,29 +405,14 @@ def _check_rle_string(counts: str, total: int) -> None:
 
     pycocotools does not check this and would write past its buffer when decoding.
     """
-    runs: list[int] = []
-    value = shift = 0
-    more = False
-    for char in counts:
-        c = ord(char) - 48
-        if not 0 <= c < 64:
-            raise masks.DegenerateMask(f"character {char!r} cannot occur in compressed RLE")
-        value |= (c & 0x1F) << (5 * shift)
-        more = bool(c & 0x20)
-        shift += 1
-        if not more:
-            if c & 0x10:
-                value |= -1 << (5 * shift)
-            if len(runs) > 2:
-                value += runs[-2]
-            if value < 0:
-                raise masks.DegenerateMask("compressed RLE has a negative run length")
-            runs.append(value)
-            value = shift = 0
-    if more:
-        raise masks.DegenerateMask("compressed RLE string ends in the middle of a number")
-    if sum(runs) != total:
-        raise masks.DegenerateMask(f"compressed RLE covers {sum(runs)} px, the image has {total}")
+    try:
+        runs = masks.rle_counts(counts)
+    except UnicodeEncodeError:
+        raise masks.DegenerateMask("compressed RLE has characters outside its alphabet") from None
+    if runs.size and runs.min() < 0:
+        raise masks.DegenerateMask("compressed RLE has a negative run length")
+    if int(runs.sum()) != total:
+        raise masks.DegenerateMask(f"compressed RLE covers {int(runs.sum())} px, the image has {total}")
 
 
 def _judge(image_ann_offsets: np.ndarray, hw: np.ndarray, columns: dict, rle_blob: np.ndarray,
