@@ -136,6 +136,8 @@ BAD = [
     {"id": 1000003, "image_id": 3, "category_id": 3, "segmentation": [[1, 1, 1, 1, 1, 1]]},       # empty mask
     {"id": 1000004, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": "0000"}},  # bad RLE
     {"id": 1000005, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": [2000, -5, 5]}},
+    {"id": 1000007, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": "0é"}},  # not ASCII
+    {"id": 1000008, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": "1E1"}},  # a run of -27
     {"image_id": 3, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},                            # no id
     {"id": 1000006, "image_id": [3], "category_id": 3, "segmentation": poly(1, 1, 5, 5)},          # malformed id
     {"id": 8, "image_id": 3, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},                  # duplicate id
@@ -146,7 +148,7 @@ def test_bad_records_are_skipped_by_reason(tmp_path):
     data = source(BAD)
     data["images"].append({"id": 12, "file_name": "x.jpg", "height": 0, "width": 5})                 # malformed image
     meta = build_bank(write(tmp_path, data), tmp_path / "bank", OPTS, progress=False)
-    assert meta["skipped"]["counts"] == {errors.DEGENERATE_MASK: 4, errors.DUPLICATE_ID: 1, errors.MALFORMED_RECORD: 3,
+    assert meta["skipped"]["counts"] == {errors.DEGENERATE_MASK: 6, errors.DUPLICATE_ID: 1, errors.MALFORMED_RECORD: 3,
                                          errors.UNKNOWN_CATEGORY: 1, errors.UNKNOWN_IMAGE: 1}
     assert meta["first_skip"].startswith("image record 12: malformed record")
     bank = Bank.load(tmp_path / "bank")
@@ -238,5 +240,5 @@ def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
     out = result.output
     assert "kept 4 complete instance(s)" in out and "3 car" in out and "18 dog" in out and "toothbrush" not in out
     assert "1  crowd" in out and "1  overlapped" in out
-    assert "skipped 9 bad record(s)" in out and errors.UNKNOWN_IMAGE in out
+    assert "skipped 11 bad record(s)" in out and errors.UNKNOWN_IMAGE in out
     assert f"bank: {tmp_path / 'c' / 'banks'}" in out
