@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from occsynth import coco, errors
 from occsynth import masks as mask_ops
+from occsynth.boxes import is_box
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 from occsynth.occluders import box_overlap_occluders, occluder_masks
 
@@ -306,8 +307,7 @@ def _is_candidate(ann: dict, category_id_to_label: dict) -> bool:
     if ann.get("iscrowd", 0) or ann.get("category_id") not in category_id_to_label:
         return False
     box = ann.get("bbox")
-    return (isinstance(box, (list, tuple)) and len(box) == 4
-            and all(isinstance(v, (int, float)) for v in box) and box[2] > 0 and box[3] > 0)
+    return is_box(box) and box[2] > 0 and box[3] > 0
 
 
 def _decode(ann: dict, key: str, height: int, width: int) -> np.ndarray:

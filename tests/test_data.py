@@ -129,12 +129,13 @@ def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
     first[0]["iscrowd"] = 1
     first[1]["bbox"] = [3.0, 3.0, 0.0, 5.0]
     first[2]["segmentation"] = [[1.0, 2.0]]
+    first[3]["bbox"] = [True, 1.0, 5.0, 5.0]                      # not a box (one rule: boxes.is_box)
     data["images"][2]["file_name"] = "../outside.png"
     save_annotations(root, data)
     ds = _dataset(root)
     assert ds.image_ids == [1, 2]
     _, target = ds[0]
-    kept = [a["id"] for a in first[3:]]
+    kept = [a["id"] for a in first[4:]]
     assert target["annotation_ids"].tolist() == kept
     assert ds.skips.counts == {"file_name points outside the image root": 1,
                                "degenerate or empty segmentation": 1}
