@@ -64,6 +64,7 @@ class CocoInstances(Dataset):
         self.mode = mode
         self.skips = SkipLog(strict=strict)
         self._counted: set[str] = set()
+        self._new_skips: list[BadRecord] = []
         if data is None:
             data = coco.read_dataset(self.ann_file)
         images, categories, by_image = coco.index_dataset(data, self.skips)
@@ -95,13 +96,22 @@ class CocoInstances(Dataset):
             self.annotations.append(anns)
 
     def skip(self, error: BadRecord) -> None:
-        """Count ``error`` in ``self.skips`` once per distinct record (strict: raise it). Records met
-        while loading in DataLoader worker processes are counted in those processes only."""
+        """Count ``error`` in ``self.skips`` once per distinct record (strict: raise it).
+
+        A record met for the first time is also kept for :meth:`take_new_skips`: a DataLoader
+        worker process counts in its own copy of the dataset, and :class:`SampleStream` hands those
+        records to the training process with the sample."""
         key = str(error)
         if key in self._counted and not self.skips.strict:
             return
         self._counted.add(key)
         self.skips.skip(error)
+        self._new_skips.append(error)
+
+    def take_new_skips(self) -> list[BadRecord]:
+        """Records :meth:`skip` met for the first time since the last call."""
+        taken, self._new_skips = self._new_skips, []
+        return taken
 
     @property
     def num_classes(self) -> int:
@@ -242,14 +252,20 @@ class SampleStream(Dataset):
     def __getitem__(self, k: int):
         """Draw k; an image file that cannot be decoded is skipped (counted by the dataset's
         :meth:`CocoInstances.skip`; strict datasets raise) and the next image of the epoch's order
-        taken instead, so the stream stays a function of (seed, k) while the file stays bad."""
+        taken instead, so the stream stays a function of (seed, k) while the file stays bad.
+
+        The target carries ``SKIPPED_KEY``: (reason, where, detail) of the bad records this draw
+        met first, for :func:`count_skipped` in the training process."""
         first = self.index(k)
         epoch, position = divmod(int(k), len(self.dataset))
         n = len(self.dataset)
         for step in range(n):
             index = first if step == 0 else int(self._order_of(epoch)[(position + step) % n])
             try:
-                return self.dataset.get(index, rng=np.random.default_rng([self.seed, 1 << 20, int(k)]))
+                image, target = self.dataset.get(index, rng=np.random.default_rng([self.seed, 1 << 20, int(k)]))
+                if hasattr(self.dataset, "take_new_skips"):
+                    target[SKIPPED_KEY] = [(e.reason, e.where, e.detail) for e in self.dataset.take_new_skips()]
+                return image, target
             except BadRecord as exc:
                 if not hasattr(self.dataset, "skip"):
                     raise
@@ -262,6 +278,19 @@ class SampleStream(Dataset):
             self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
             self._epoch = epoch
         return self._order
+
+
+SKIPPED_KEY = "skipped_records"
+
+
+def count_skipped(dataset: CocoInstances, targets: Sequence[dict]) -> None:
+    """Count in ``dataset`` the bad records that drawing ``targets`` met (taken out of the targets).
+
+    With DataLoader workers those were counted in the workers' copies only; counting them here
+    makes the run's skip summary whole (records already counted here are not counted twice)."""
+    for target in targets:
+        for reason, where, detail in target.pop(SKIPPED_KEY, ()):
+            dataset.skip(BadRecord(reason, where, detail))
 
 
 def rank_draws(start_iteration: int, iterations: int, batch_size: int, rank: int = 0, world_size: int = 1,

@@ -37,7 +37,7 @@ from occsynth.atomic import open_atomic, remove_stale_temporaries
 from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
-from .data import CocoInstances, micro_batch_size, train_loader
+from .data import CocoInstances, count_skipped, micro_batch_size, train_loader
 from .device import resolve_device
 from .transforms import build_transforms
 
@@ -320,6 +320,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             totals: dict[str, float] = {}
             for step in range(accumulate):
                 images, targets = next(batches)
+                count_skipped(dataset, targets)
                 images = [im.to(device_, non_blocking=True) for im in images]
                 targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
                             for k, v in t.items()} for t in targets]

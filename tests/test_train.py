@@ -17,7 +17,7 @@ from bcnet import evaluate as E
 from bcnet import train as T
 from bcnet.data import CocoInstances
 from cli.bcnet_cli import main as bcnet_main
-from datasets import write_dataset
+from datasets import load_annotations, save_annotations, write_dataset
 from occsynth import masks as mask_ops
 from occsynth.errors import OccsynthError
 
@@ -85,6 +85,18 @@ def test_loader_workers_do_not_change_the_run(tmp_path, dataset_dir):
     alone = _run(dataset_dir, tmp_path / "w0", iterations=3, workers=0)
     pooled = _run(dataset_dir, tmp_path / "w2", iterations=3, workers=2)
     assert [h["loss"] for h in alone["history"]] == [h["loss"] for h in pooled["history"]]
+
+
+def test_records_skipped_in_loader_workers_reach_the_run_summary(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    data["annotations"][0]["segmentation"] = [[1, 1, 5, 5]]              # image 1: degenerate polygon
+    save_annotations(root, data)
+    (root / "images" / "000000000002.png").write_bytes(b"corrupt")        # found when drawn, not before
+    expected = {"unreadable or corrupt image": 1, "degenerate or empty segmentation": 1}
+    for workers in (0, 2):
+        result = _run(root, tmp_path / f"w{workers}", iterations=3, workers=workers)
+        assert result["skipped"]["counts"] == expected, workers
 
 
 class Payload:
