@@ -5,6 +5,7 @@ import json
 
 import click
 
+from cli.common import echo_occluder_report
 from occsynth.annotate import annotate_occluders
 from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
 from occsynth.occluders import BCNET_IOU_THRESHOLD
@@ -84,13 +85,8 @@ def annotate_occluders_command(ann, out, threshold, bcnet_compat, quiet):
     in fact be behind. Ids, areas and all other fields are kept. Bounded memory: works on the
     860k-instance train2017 file.
     """
-    report = annotate_occluders(ann, out, threshold=threshold, bcnet_compat=bcnet_compat, progress=not quiet)
-    c = report["counts"]
-    click.echo(f"wrote {report['out']}: {c['annotations']} annotations in {c['images']} images, "
-               f"{c['with_occluders']} with occluders")
-    notes = {k: c[k] for k in ("no_box", "bad_masks", "unknown_image") if c[k]}
-    if notes:
-        click.echo("note: " + json.dumps(notes))
+    echo_occluder_report(annotate_occluders(ann, out, threshold=threshold, bcnet_compat=bcnet_compat,
+                                            progress=not quiet))
 
 
 COMMANDS = [build_cocoocc_command, annotate_occluders_command]

@@ -1,6 +1,8 @@
 """What every command shares: turning library errors into one clear message."""
 from __future__ import annotations
 
+import json
+
 import click
 
 from occsynth.errors import OccsynthError
@@ -38,3 +40,14 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}")
     return i, n
+
+
+def echo_occluder_report(report: dict) -> None:
+    """The summary of a tool that writes occluder annotations (annotate-occluders, convert-*):
+    what was written, then any other non-zero counts."""
+    counts = dict(report["counts"])
+    click.echo(f"wrote {report['out']}: {counts.pop('annotations')} annotations in {counts.pop('images')} images, "
+               f"{counts.pop('with_occluders')} with occluders")
+    notes = {k: v for k, v in counts.items() if v}
+    if notes:
+        click.echo("note: " + json.dumps(notes))

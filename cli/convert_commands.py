@@ -1,20 +1,10 @@
 """`occsynth convert-kins` and `occsynth convert-cocoa`: amodal datasets into the COCO layout of docs/FORMAT.md."""
 from __future__ import annotations
 
-import json
-
 import click
 
+from cli.common import echo_occluder_report
 from occsynth.convert import convert_cocoa, convert_kins
-
-
-def _print(report: dict) -> None:
-    c = dict(report["counts"])
-    click.echo(f"wrote {report['out']}: {c.pop('annotations')} annotations in {c.pop('images')} images, "
-               f"{c.pop('with_occluders')} with occluders")
-    rest = {k: v for k, v in c.items() if v}
-    if rest:
-        click.echo(json.dumps(rest))
 
 
 @click.command("convert-kins")
@@ -28,7 +18,7 @@ def convert_kins_command(ann, out, min_overlap, quiet):
     KINS gives no depth order; an occluder is an instance whose visible mask covers this one's
     hidden part.
     """
-    _print(convert_kins(ann, out, min_overlap=min_overlap, progress=not quiet))
+    echo_occluder_report(convert_kins(ann, out, min_overlap=min_overlap, progress=not quiet))
 
 
 @click.command("convert-cocoa")
@@ -42,7 +32,7 @@ def convert_cocoa_command(ann, out, categories_from, quiet):
     Region names are free text; with --categories-from they map to COCO categories by name, the
     rest to a 'thing' or 'stuff' category.
     """
-    _print(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet))
+    echo_occluder_report(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet))
 
 
 COMMANDS = [convert_kins_command, convert_cocoa_command]
