@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from occsynth.preview import (MAX_IMAGES, PAIR_IOU, TILE_RANGE, check_sheet_path, format_problems, preview_report,
-                              save_sheet)
-from occsynth.stats import check_plot_path, format_stats, plot_stats, save_plot, stats_from_path, to_json
+from occsynth.coco import picture_path, write_picture
+from occsynth.preview import MAX_IMAGES, PAIR_IOU, TILE_RANGE, format_problems, preview_report
+from occsynth.stats import format_stats, plot_stats, stats_from_path, to_json
 from occsynth.validate import format_report, validate
 
 
@@ -44,10 +44,10 @@ def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
 def preview_command(source, images, out, num, columns, tile, seed, first, pair_iou):
     """Contact sheet of a generated set (DIR) or any COCO JSON: visible masks tinted, amodal contours
     solid where visible and dashed where hidden, occludees orange, occluders blue, others green."""
-    check_sheet_path(out)
+    picture_path(out, "sheet")  # before the work, not after it
     sheet, problems = preview_report(source, images=images, n=num, columns=columns, seed=None if first else seed,
                                      tile=tile, pair_iou=pair_iou)
-    path = save_sheet(sheet, out)
+    path = write_picture(sheet, out, "sheet", quality=92)
     if problems:
         click.echo(format_problems(problems), err=True)
     click.echo(f"wrote {path} ({sheet.shape[1]}x{sheet.shape[0]})")
@@ -61,11 +61,11 @@ def stats_command(source, plot, as_json):
     """Per-category pasted counts, instances per image, occlusion-ratio histogram and layer depth of a
     generated set (DIR) or any COCO JSON."""
     if plot:
-        check_plot_path(plot)  # before the (long) pass over the file, not after it
+        picture_path(plot, "plot")  # before the (long) pass over the file, not after it
     stats = stats_from_path(source)
     click.echo(to_json(stats) if as_json else format_stats(stats))
     if plot:
-        path = save_plot(plot_stats(stats), plot)
+        path = write_picture(plot_stats(stats), plot, "plot")
         if not as_json:
             click.echo(f"\nwrote {path}")
 

@@ -17,6 +17,7 @@ import ijson
 import numpy as np
 
 from . import errors
+from .atomic import write_bytes
 from .errors import BadRecord, OccsynthError, SkipLog
 
 
@@ -246,3 +247,21 @@ def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes
     if not ok:
         raise OccsynthError(f"could not encode an image as {ext}")
     return buf.tobytes()
+
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def picture_path(path: str | os.PathLike, what: str = "picture") -> Path:
+    """``path`` if a picture can be written there (.png/.jpg); check it before the work that makes it."""
+    path = Path(path)
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        raise OccsynthError(f"{path}: the {what} is written as .png or .jpg")
+    return path
+
+
+def write_picture(rgb: np.ndarray, path: str | os.PathLike, what: str = "picture", quality: int = 95) -> Path:
+    """Write an RGB picture atomically as PNG or JPEG (by the extension of ``path``)."""
+    path = picture_path(path, what)
+    write_bytes(path, encode_image(rgb, path.suffix.lower(), quality))
+    return path

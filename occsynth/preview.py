@@ -20,9 +20,8 @@ import cv2
 import numpy as np
 
 from . import errors, masks
-from .atomic import write_bytes
 from .boxes import pairwise_overlap
-from .coco import check_image_record, encode_image, iter_array, read_image, resolve_image_path
+from .coco import check_image_record, iter_array, read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError
 from .writer import IMAGES, set_paths
 
@@ -128,21 +127,6 @@ def format_problems(problems: list[dict], limit: int = 10) -> str:
     if len(problems) > limit:
         lines.append(f"  ... {len(problems) - limit} more")
     return "\n".join(lines)
-
-
-def check_sheet_path(path: str | os.PathLike) -> Path:
-    """The sheet's path if it can be written there (.png/.jpg): checked before any work."""
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise OccsynthError(f"{path}: the sheet is written as .png or .jpg")
-    return path
-
-
-def save_sheet(sheet: np.ndarray, path: str | os.PathLike, quality: int = 92) -> Path:
-    """Write the sheet atomically as PNG or JPEG (by extension)."""
-    path = check_sheet_path(path)
-    write_bytes(path, encode_image(sheet, path.suffix.lower(), quality))
-    return path
 
 
 def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) -> tuple[Path, Path]:

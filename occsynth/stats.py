@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-from .atomic import write_bytes
 from . import errors
-from .coco import COCO_LISTS, check_coco_layout, encode_image, iter_array
+from .coco import COCO_LISTS, check_coco_layout, iter_array
 from .errors import BadRecord, OccsynthError, SkipLog
 from .writer import set_paths
 
@@ -269,17 +267,3 @@ def _axis_label(img: np.ndarray, text: str, x_right: int, y_centre: int) -> None
         scale *= (x_right - 2) / tw
         (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
     cv2.putText(img, text, (x_right - tw, y_centre + th // 2), font, scale, INK, 1, cv2.LINE_AA)
-
-
-def check_plot_path(path: str | os.PathLike) -> Path:
-    """The plot's path if its extension is one the plot can be written as (checked before any work)."""
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise OccsynthError(f"{path}: the plot is written as .png or .jpg")
-    return path
-
-
-def save_plot(image: np.ndarray, path: str | os.PathLike) -> Path:
-    path = check_plot_path(path)
-    write_bytes(path, encode_image(image, path.suffix.lower()))
-    return path

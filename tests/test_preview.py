@@ -168,7 +168,7 @@ def test_cli_writes_png_and_jpeg(dataset, tmp_path):
         assert result.exit_code == 0, result.output
         assert cv2.imread(str(out)).shape == (96, 96, 3)
     bad = runner.invoke(group, ["preview", str(dataset), "--out", str(tmp_path / "sheet.gif")])
-    assert bad.exit_code == 2 and ".png or .jpg" in bad.output
+    assert bad.exit_code == 2 and "the sheet is written as .png or .jpg" in bad.output
 
 
 def test_unreadable_images_are_reported(dataset, tmp_path):

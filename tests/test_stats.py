@@ -88,6 +88,9 @@ def test_cli_text_json_and_plot(tmp_path):
     assert json.loads(as_json.output)["layers"] == {"0": 4, "1": 3, "2": 3, "3": 3}
     missing = runner.invoke(group, ["stats", str(tmp_path)])
     assert missing.exit_code == 2 and "annotations.json" in missing.output
+    bmp = runner.invoke(group, ["stats", str(out), "--plot", str(tmp_path / "stats.bmp")])
+    assert bmp.exit_code == 2 and "the plot is written as .png or .jpg" in bmp.output
+    assert not (tmp_path / "stats.bmp").exists()
 
 
 def group():
