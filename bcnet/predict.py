@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from occsynth.atomic import write_bytes, write_json
+from occsynth.atomic import write_json
 from occsynth.categories import COCO_CATEGORIES
-from occsynth.coco import encode_image, read_image
+from occsynth.coco import read_image, write_picture
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from .device import resolve_device
@@ -134,7 +134,7 @@ def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
                                    category_ids, mask_threshold=0.5)
         if pictures:
             picture = render_prediction(rgb, output, names, category_ids, score_threshold)
-            write_bytes(out_dir / "pictures" / f"{image_id:06d}-{path.stem}.png", encode_image(picture, ".png"))
+            write_picture(picture, out_dir / "pictures" / f"{image_id:06d}-{path.stem}.png")
     if not images:
         raise OccsynthError(f"none of the {len(paths)} input image(s) could be processed; first: {skipped[0]}")
     write_json(out_dir / "results.json", results)
