@@ -19,8 +19,12 @@ from .errors import OccsynthError
 
 
 @contextlib.contextmanager
-def open_atomic(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file that replaces ``path`` only when the block exits cleanly."""
+def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = True) -> Iterator[IO]:
+    """Open a temporary file that replaces ``path`` only when the block exits cleanly.
+
+    ``durable=False`` skips the fsync: the file is still never seen half-written, by another process
+    or after a kill, but a power cut may lose it. For records that can be made again.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -28,7 +32,8 @@ def open_atomic(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
@@ -43,10 +48,10 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None, *, durable: bool = True) -> None:
     # json.dumps uses the C encoder; json.dump streams through the slow pure-Python one
     text = json.dumps(obj, indent=indent, separators=None if indent else (",", ":"))
-    with open_atomic(path, "w") as f:
+    with open_atomic(path, "w", durable=durable) as f:
         f.write(text)
 
 

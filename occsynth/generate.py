@@ -267,7 +267,7 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
     log = SkipLog(strict=strict)
     first = chunk * settings.chunk_size
     indices = range(first, min(first + settings.chunk_size, settings.num_images))
-    images, annotations, written = [], [], []
+    images, annotations, written, sizes = [], [], [], {}
     # Files are written and fsynced by one thread while the next image renders: the wait for the
     # disk overlaps the rendering instead of adding to it. All of the chunk's images are on disk
     # (every write has returned) before its part file says the chunk is done; a write error
@@ -278,11 +278,13 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
                 written[-1].result()  # fail early: stop rendering once a write has failed
             record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
             written.append(pool.submit(write_bytes, Path(out_dir) / writer.IMAGES / record["file_name"], encoded))
+            sizes[record["file_name"]] = len(encoded)
             images.append(record)
             annotations.append(anns)
+        part = writer.encode_part(chunk, images, annotations, log)  # while the last images are written
         for future in written:
             future.result()
-    writer.write_part(Path(out_dir), chunk, images, annotations, log)
+    writer.write_part(Path(out_dir), chunk, part, sizes)
     return len(indices)
 
 

@@ -77,13 +77,23 @@ def chunk_done(out_dir: Path, chunk: int) -> bool:
         return False
 
 
-def write_part(out_dir: Path, chunk: int, images: list[dict], annotations: list[list[dict]], skips: SkipLog) -> None:
-    """One chunk's records, after its images. ``annotations[j]`` are image j's; occluders are local indices."""
+def encode_part(chunk: int, images: list[dict], annotations: list[list[dict]], skips: SkipLog) -> str:
+    """One chunk's records as the part file's text. ``annotations[j]`` are image j's; occluders are
+    local indices (ids are given at merge)."""
+    return _dumps({"chunk": chunk, "images": images, "annotations": annotations, "skips": skips.to_dict()})
+
+
+def write_part(out_dir: Path, chunk: int, part: str, sizes: dict[str, int]) -> None:
+    """Record a chunk as done, once its images are on disk: ``sizes`` (file name -> bytes written),
+    then the part (:func:`encode_part`).
+
+    The sizes file is a check (:func:`chunk_done`), not data: it is not fsynced, and if a power cut
+    loses it, its chunk is rendered again. The part is written durably, after it.
+    """
     out_dir = Path(out_dir)
-    write_json(sizes_path(out_dir, chunk),
-               {im["file_name"]: (out_dir / IMAGES / im["file_name"]).stat().st_size for im in images})
-    write_json(part_path(out_dir, chunk), {"chunk": chunk, "images": images, "annotations": annotations,
-                                           "skips": skips.to_dict()})
+    write_json(sizes_path(out_dir, chunk), sizes, durable=False)
+    with open_atomic(part_path(out_dir, chunk), "w") as f:
+        f.write(part)
 
 
 def read_part(path: Path) -> dict:
