@@ -411,6 +411,8 @@ def _check_rle_string(counts: str, total: int) -> None:
         raise masks.DegenerateMask("compressed RLE has characters outside its alphabet") from None
     if runs.size and runs.min() < 0:
         raise masks.DegenerateMask("compressed RLE has a negative run length")
+    if runs.size and runs.max() > total:  # also keeps the int64 sums below from wrapping around
+        raise masks.DegenerateMask(f"compressed RLE has a run of {int(runs.max())} px, the image has {total}")
     if int(runs.sum()) != total:
         raise masks.DegenerateMask(f"compressed RLE covers {int(runs.sum())} px, the image has {total}")
 

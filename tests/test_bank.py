@@ -129,6 +129,20 @@ def test_bank_counts_tables_and_masks(tmp_path):
         bank.image_record(3)
 
 
+def compressed_counts(runs: list[int]) -> str:
+    """pycocotools' compressed RLE string of ``runs``, written here for runs it would never make."""
+    chars = []
+    for i, value in enumerate(runs):
+        x = value - runs[i - 2] if i > 2 else value
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if c & 0x10 else (x != 0)
+            chars.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(chars)
+
+
 BAD = [
     {"id": 1000000, "image_id": 11, "category_id": 999, "segmentation": poly(1, 1, 5, 5)},        # unknown category
     {"id": 1000001, "image_id": 424242, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},      # unknown image
@@ -137,7 +151,11 @@ BAD = [
     {"id": 1000004, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": "0000"}},  # bad RLE
     {"id": 1000005, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": [2000, -5, 5]}},
     {"id": 1000007, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": "0é"}},  # not ASCII
-    {"id": 1000008, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": "1E1"}},  # a run of -27
+    {"id": 1000008, "image_id": 3, "category_id": 3,                          # runs 1000, -10, 1010: sum right, one negative
+     "segmentation": {"size": [40, 50], "counts": compressed_counts([1000, -10, 1010])}},
+    {"id": 1000009, "image_id": 3, "category_id": 3,                          # huge runs whose int64 sum wraps to 2000
+     "segmentation": {"size": [40, 50], "counts": compressed_counts([2000, 2**31 + (2**26 - 1) * 2**32,
+                                                                     2**31 + 2**58] + [2**58] * 62)}},
     {"image_id": 3, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},                            # no id
     {"id": 1000006, "image_id": [3], "category_id": 3, "segmentation": poly(1, 1, 5, 5)},          # malformed id
     {"id": 8, "image_id": 3, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},                  # duplicate id
@@ -148,7 +166,7 @@ def test_bad_records_are_skipped_by_reason(tmp_path):
     data = source(BAD)
     data["images"].append({"id": 12, "file_name": "x.jpg", "height": 0, "width": 5})                 # malformed image
     meta = build_bank(write(tmp_path, data), tmp_path / "bank", OPTS, progress=False)
-    assert meta["skipped"]["counts"] == {errors.DEGENERATE_MASK: 6, errors.DUPLICATE_ID: 1, errors.MALFORMED_RECORD: 3,
+    assert meta["skipped"]["counts"] == {errors.DEGENERATE_MASK: 7, errors.DUPLICATE_ID: 1, errors.MALFORMED_RECORD: 3,
                                          errors.UNKNOWN_CATEGORY: 1, errors.UNKNOWN_IMAGE: 1}
     assert meta["first_skip"].startswith("image record 12: malformed record")
     bank = Bank.load(tmp_path / "bank")
@@ -240,5 +258,5 @@ def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
     out = result.output
     assert "kept 4 complete instance(s)" in out and "3 car" in out and "18 dog" in out and "toothbrush" not in out
     assert "1  crowd" in out and "1  overlapped" in out
-    assert "skipped 11 bad record(s)" in out and errors.UNKNOWN_IMAGE in out
+    assert "skipped 12 bad record(s)" in out and errors.UNKNOWN_IMAGE in out
     assert f"bank: {tmp_path / 'c' / 'banks'}" in out
