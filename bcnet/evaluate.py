@@ -247,7 +247,7 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     images: dict[int, dict] = {}
     for image in data.get("images", []):
         try:
-            where = f"image record {image.get('id', '?') if isinstance(image, dict) else image!r}"
+            where = f"image record {coco_io.brief(image.get('id', '?') if isinstance(image, dict) else image)}"
             if not isinstance(image, dict) or not _is_int(image.get("id")):
                 raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
             if not (_is_int(image.get("height")) and _is_int(image.get("width"))

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
-from .coco import (check_annotation_record, check_image_record, file_hash, iter_array, read_image,
+from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_image,
                    resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 
@@ -350,7 +350,7 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
     for record in tqdm(records, desc="bank: annotations", unit="ann", disable=not progress, smoothing=0.1):
         image_index = None
         try:
-            where = f"annotation {record.get('id', '?') if isinstance(record, dict) else record!r}"
+            where = f"annotation {brief(record.get('id', '?') if isinstance(record, dict) else record)}"
             if isinstance(record, dict):
                 for key in ("image_id", "category_id"):
                     if key in record and not _is_int(record[key]):

@@ -137,9 +137,15 @@ def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
     return out
 
 
+def brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: how messages quote a value from the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_image_record(image: Any) -> dict:
     """Validate an ``images`` entry; returns it or raises BadRecord."""
-    where = f"image record {image.get('id', '?') if isinstance(image, dict) else image!r}"
+    where = f"image record {brief(image.get('id', '?') if isinstance(image, dict) else image)}"
     if not isinstance(image, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
     for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):
@@ -152,15 +158,15 @@ def check_image_record(image: Any) -> dict:
 
 def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
     """Validate an ``annotations`` entry against the image and category tables."""
-    where = f"annotation {ann.get('id', '?') if isinstance(ann, dict) else ann!r}"
+    where = f"annotation {brief(ann.get('id', '?') if isinstance(ann, dict) else ann)}"
     if not isinstance(ann, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
     if not isinstance(ann.get("id"), int) or "segmentation" not in ann:
         raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id' and a 'segmentation'")
     if ann.get("image_id") not in images:
-        raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {ann.get('image_id')!r}")
+        raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(ann.get('image_id'))}")
     if ann.get("category_id") not in categories:
-        raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {ann.get('category_id')!r}")
+        raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {brief(ann.get('category_id'))}")
     return ann
 
 

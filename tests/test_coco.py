@@ -46,6 +46,19 @@ def test_index_dataset_skips_bad_records_by_reason():
         coco.index_dataset(data, SkipLog(strict=True))
 
 
+@pytest.mark.parametrize("check, record", [
+    (lambda r: coco.check_image_record(r), {"id": "x" * 10_000, "file_name": "a.jpg", "height": 1, "width": 1}),
+    (lambda r: coco.check_image_record(r), list(range(5_000))),
+    (lambda r: coco.check_annotation_record(r, {1: {}}, {1: {}}),
+     {"id": 7, "image_id": "y" * 10_000, "category_id": 1, "segmentation": []}),
+])
+def test_messages_quote_a_huge_record_briefly(check, record):
+    """A record's id or content is quoted cut short: a 10 kB id must not become a 10 kB message."""
+    with pytest.raises(BadRecord) as caught:
+        check(record)
+    assert len(str(caught.value)) < 200 and "..." in str(caught.value)
+
+
 def test_resolve_image_path_refuses_escapes(tmp_path):
     root = tmp_path / "imgs"
     (root / "sub").mkdir(parents=True)
