@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -86,8 +86,6 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
     check_sheet_options(n, columns, tile)
     ann_path, image_root = resolve_source(source, images)
     chosen = select_images(ann_path, n, seed)
-    if not chosen:
-        raise OccsynthError(f"{ann_path}: no image records to preview")
     height, width = sheet_shape(len(chosen), columns, tile)
     if height * width > MAX_SHEET_PIXELS:
         raise OccsynthError(f"preview: a {width}x{height} sheet is too large (over {MAX_SHEET_PIXELS >> 20} Mpx); "
@@ -144,8 +142,18 @@ def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) 
 
 
 def select_images(ann_path: Path, n: int, seed: int | None) -> list[dict]:
-    """``n`` valid image records: a seeded sample in file order, or the first ``n`` when ``seed`` is None."""
-    records = [im for im in iter_array(ann_path, "images") if _is_image_record(im)]
+    """``n`` valid image records: a seeded sample in file order, or the first ``n`` when ``seed`` is None.
+
+    Raises, saying why, when the file has none."""
+    records, rejected, first_rejected = [], 0, None
+    for image in iter_array(ann_path, "images"):
+        try:
+            records.append(check_image_record(image))
+        except BadRecord as exc:
+            rejected, first_rejected = rejected + 1, first_rejected or exc
+    if not records:
+        why = f" ({rejected} rejected, the first: {first_rejected})" if rejected else ""
+        raise OccsynthError(f"{ann_path}: no image records to preview{why}")
     if n >= len(records):
         return records
     if seed is None:
@@ -273,11 +281,3 @@ def _erode4(mask: np.ndarray) -> np.ndarray:
 def _layer(ann: dict) -> int:
     layer = ann.get("layer", 0)
     return layer if isinstance(layer, int) else 0
-
-
-def _is_image_record(image: Any) -> bool:
-    try:
-        check_image_record(image)
-    except BadRecord:
-        return False
-    return True

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
+from occsynth.errors import OccsynthError
 from occsynth.preview import (BACKGROUND, DASH, NEUTRAL, OCCLUDEE, OCCLUDER, PAIR, TINT_ALPHA, missing_image, preview,
                               preview_report, sheet_shape, tile_geometry)
 from datasets import SCENES, build, scene_instances, write_dataset
@@ -194,6 +195,17 @@ def test_unreadable_images_are_reported(dataset, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 image(s) drawn as a red-cross placeholder:" in result.output
     assert f"image {ids[1]} (../escape.png): file_name points outside the image root" in result.output
+
+
+def test_a_file_without_usable_image_records_says_why(dataset, tmp_path):
+    data, _ = build()
+    for image in data["images"]:
+        image["id"] = f"img-{image['id']}"                     # string ids: not COCO image records
+    path = tmp_path / "string-ids.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(OccsynthError, match=r"no image records to preview \(3 rejected, the first: image record "
+                                            r"'img-1': malformed record \('id' missing or not int\)\)"):
+        preview_report(path, images=dataset, n=3, columns=3, seed=None, tile=TILE)
 
 
 def test_huge_record_gets_a_tile_sized_stand_in(dataset, tmp_path):
