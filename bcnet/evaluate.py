@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from occsynth import coco as coco_io
 from occsynth import masks as mask_ops
-from occsynth.boxes import pairwise_overlap
+from occsynth.boxes import is_box, pairwise_overlap
 from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
@@ -279,9 +279,7 @@ def _is_int(value) -> bool:
 
 
 def _is_box(box) -> bool:
-    return (isinstance(box, (list, tuple)) and len(box) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
-            and box[2] >= 0 and box[3] >= 0)
+    return is_box(box) and box[2] >= 0 and box[3] >= 0
 
 
 def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:

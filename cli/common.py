@@ -48,6 +48,6 @@ def echo_occluder_report(report: dict) -> None:
     counts = dict(report["counts"])
     click.echo(f"wrote {report['out']}: {counts.pop('annotations')} annotations in {counts.pop('images')} images, "
                f"{counts.pop('with_occluders')} with occluders")
-    notes = {k: v for k, v in counts.items() if v}
-    if notes:
-        click.echo("note: " + json.dumps(notes))
+    others = {k: v for k, v in counts.items() if v}
+    if others:
+        click.echo("other counts: " + json.dumps(others))

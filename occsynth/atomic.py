@@ -1,8 +1,8 @@
 """Atomic file writes: a file is either absent or complete, never half-written.
 
-Data goes to a temporary file in the same directory, is flushed to disk, and is renamed over
-the target. A crash, kill -9 or full disk leaves at most a stray ``*.tmp-*`` file, which the
-next run ignores and overwrites.
+Data goes to a temporary file in the same directory, is flushed to disk (unless the caller
+says ``durable=False``), and is renamed over the target. A crash, kill -9 or full disk leaves at
+most a stray ``*.tmp-*`` file, which the next run ignores and overwrites.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     """Open a temporary file that replaces ``path`` only when the block exits cleanly.
 
     ``durable=False`` skips the fsync: the file is still never seen half-written, by another process
-    or after a kill, but a power cut may lose it. For records that can be made again.
+    or after a kill, but a power cut may lose it or leave it empty. For records that can be made again.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -11,8 +11,11 @@ OVERLAP_MEASURES = ("iou", "min")
 
 def is_box(box: Any) -> bool:
     """A COCO box: 4 finite numbers (not bools); overlap measures and occluder rules skip anything else."""
-    return (isinstance(box, (list, tuple)) and len(box) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box))
+    try:
+        return (isinstance(box, (list, tuple)) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box))
+    except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
+        return False
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:

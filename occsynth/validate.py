@@ -25,10 +25,7 @@ from .coco import check_coco_layout, check_image_record, iter_array, read_image,
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
-from .writer import set_paths
-
-MANIFEST_FILE = "manifest.json"
-IMAGES_DIR = "images"
+from .writer import IMAGES, MANIFEST_FILE, set_paths
 
 # Check name -> what it guarantees. Stable names: they are the keys of the report.
 CHECKS = {
@@ -318,7 +315,7 @@ def _check_image_file(out_dir: Path, image: dict, failures: _Failures) -> None:
         return
     image_id = image["id"]
     try:
-        path = resolve_image_path(out_dir / IMAGES_DIR, image["file_name"])
+        path = resolve_image_path(out_dir / IMAGES, image["file_name"])
         read_image(path, (image["height"], image["width"]))
     except BadRecord as exc:
         check = "image_size" if exc.reason == errors.SIZE_MISMATCH else "image_file"

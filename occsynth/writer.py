@@ -5,11 +5,13 @@ Layout (see docs/FORMAT.md)::
     OUT/images/000000000001.jpg   written atomically by the worker that rendered it
     OUT/parts/run.json            the run's settings; a rerun with other settings is refused
     OUT/parts/chunk-000000.json   one chunk's image records + annotations (local indices), atomic
+    OUT/parts/sizes-000000.json   the byte size of each of its images, a check for resume
     OUT/annotations.json          merged from the parts by streaming, atomic
     OUT/manifest.json             options, seed, source hashes, counts, skips, version
 
-A chunk counts as done exactly when its part file exists, so a killed run resumes by redoing
-the chunks without a part; their images are rewritten with the same bytes.
+A chunk counts as done when its part file exists and its images have the recorded sizes
+(:func:`chunk_done`), so a killed run resumes by redoing the other chunks; their images are
+rewritten with the same bytes.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if ann_path.is_dir():
         raise OccsynthError(f"{ann_path}: is a directory, expected the set's annotations JSON file")
     if not ann_path.is_file():
-        raise OccsynthError(f"{ann_path}: not found - give a generated set folder or a COCO JSON file")
+        raise OccsynthError(f"{ann_path}: not found - give a set folder holding annotations.json, "
+                            "or the annotations JSON file itself")
     return ann_path, path
 
 

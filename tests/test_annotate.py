@@ -148,6 +148,13 @@ def test_cli_and_errors(tmp_path):
     assert res.exit_code == 0, res.output
     assert "9 annotations in 2 images, 5 with occluders" in res.output
     assert "bg_object_segmentation" in (tmp_path / "o.json").read_text()
+    boxless = make_dataset()
+    del boxless["annotations"][0]["bbox"]
+    src2 = tmp_path / "boxless.json"
+    src2.write_text(json.dumps(boxless))
+    res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src2), "--out", str(tmp_path / "o2.json"),
+                                    "--quiet"])
+    assert res.exit_code == 0 and 'other counts: {"no_box": 1, "unknown_image": 1}' in res.output, res.output
     same = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(src)])
     assert same.exit_code == 2 and "must differ" in same.output
     broken = tmp_path / "broken.json"

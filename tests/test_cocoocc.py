@@ -78,7 +78,8 @@ def test_max_overlap_values():
         max_overlap_per_image(make_dataset(), "dice")
 
 
-@pytest.mark.parametrize("bad", [[float("nan"), 0, 5, 5], [0, 0, float("inf"), 5], [True, 0, 5, 5], [0, 0, 5], "box"])
+@pytest.mark.parametrize("bad", [[float("nan"), 0, 5, 5], [0, 0, float("inf"), 5], [True, 0, 5, 5], [0, 0, 5], "box",
+                                 [10 ** 400, 0, 5, 5]])
 def test_an_unusable_box_is_left_out_and_the_image_keeps_its_overlap(bad):
     data = make_dataset()
     data["annotations"].append({"id": 999, "image_id": 1, "category_id": 1, "bbox": bad, "area": 1.0,
