@@ -41,7 +41,7 @@ from . import masks
 from .atomic import open_atomic, write_json
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, read_dataset, read_image, resolve_image_path
-from .generate import RunSettings, _run_parallel, generate
+from .generate import RunSettings, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
 TEXTURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -140,7 +140,7 @@ def floor_images_per_second(paths: list[str], workers: int, quality: int = 95, c
     settings = RunSettings(num_images=len(paths), seed=0, chunk_size=chunk_size)
     task = functools.partial(_floor_chunk, paths, quality, chunk_size)
     start = time.perf_counter()
-    _run_parallel(task, list(range(settings.num_chunks)), settings, workers, backend, None, False)
+    _run_all(task, settings.num_chunks, settings, workers, backend)
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -162,7 +162,7 @@ def machine_scaling(workers: int, chunks: int = 16, iterations: int = 1_500_000,
     times = []
     for n in (1, workers):
         start = time.perf_counter()
-        _run_parallel(task, list(range(chunks)), settings, n, backend, None, False)
+        _run_all(task, chunks, settings, n, backend)
         times.append(time.perf_counter() - start)
     return times[0] / times[1]
 
@@ -170,7 +170,12 @@ def machine_scaling(workers: int, chunks: int = 16, iterations: int = 1_500_000,
 def warm_pool(workers: int, backend: str = "loky") -> None:
     """Start the worker pool that generation reuses (loky keeps it), outside any timing."""
     settings = RunSettings(num_images=workers * 4, seed=0, chunk_size=1)
-    _run_parallel(_noop, list(range(workers * 4)), settings, workers, backend, None, False)
+    _run_all(_noop, workers * 4, settings, workers, backend)
+
+
+def _run_all(task, chunks: int, settings: RunSettings, workers: int, backend: str) -> None:
+    for _ in _finished_chunks(task, list(range(chunks)), settings, workers, backend, None, False):
+        pass
 
 
 def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None, *,

@@ -15,7 +15,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -148,13 +148,17 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
                                               workers=workers if backend in ("loky", "threading") else 1))
     task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
                              pixels_dir=pixels_dir)
-    _run_parallel(task, chunks, settings, workers, backend, backend_address, progress)
-
+    finished = _finished_chunks(task, chunks, settings, workers, backend, backend_address, progress)
     if count > 1:
+        for _ in finished:
+            pass
         done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
         return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
                 "chunks_total": settings.num_chunks, "merged": False}
-    return writer.finalize(out_dir, [out_dir], run, settings.num_chunks)
+    # the merge runs while the workers render: no serial merge after the last chunk
+    done_before = set(range(settings.num_chunks)).difference(chunks)
+    parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
+    return writer.finalize(out_dir, run, parts)
 
 
 def _check_image_root(bank: Bank, image_root: Path, sample: int = 20) -> None:
@@ -182,8 +186,12 @@ def _bank_summary(meta: dict) -> dict:
 # ---------------------------------------------------------------- workers
 
 
-def _run_parallel(task: Callable[[int], int], chunks: list[int], settings: RunSettings, workers: int,
-                  backend: str, backend_address: str | None, progress: bool) -> None:
+def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: RunSettings, workers: int,
+                     backend: str, backend_address: str | None, progress: bool) -> Iterator[int]:
+    """Run ``task`` on every chunk; yields each chunk as it finishes (in about, not exactly, chunk order).
+
+    A generator, so that the caller can merge finished chunks while the workers render later ones.
+    """
     total = sum(min(settings.chunk_size, settings.num_images - c * settings.chunk_size) for c in chunks)
     bar = tqdm(total=total, desc="generate", unit="img", disable=not progress, smoothing=0.1)
     try:
@@ -191,17 +199,23 @@ def _run_parallel(task: Callable[[int], int], chunks: list[int], settings: RunSe
         if not cluster and (workers <= 1 or len(chunks) <= 1):
             for c in chunks:
                 bar.update(task(c))
+                yield c
             return
         from joblib import Parallel, delayed, parallel_config
         with _backend_session(backend, backend_address):
             with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
                 if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
                     task = functools.partial(_one_cv2_thread, task)
-                for n in Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
-                        delayed(task)(c) for c in chunks):
+                for c, n in Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
+                        delayed(_chunk_and_count)(task, c) for c in chunks):
                     bar.update(n)
+                    yield c
     finally:
         bar.close()
+
+
+def _chunk_and_count(task: Callable[[int], int], chunk: int) -> tuple[int, int]:
+    return chunk, task(chunk)
 
 
 BACKENDS = ("loky", "threading", "dask", "ray")

@@ -15,13 +15,14 @@ rewritten with the same bytes.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -150,12 +151,34 @@ def part_files(dirs: Iterable[Path], num_chunks: int) -> list[Path]:
         else:
             missing.append(chunk)
     if missing:
-        head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise OccsynthError(f"{len(missing)} chunk(s) not generated yet ({head}); run the missing shards first")
+        raise _missing_chunks(missing)
     return found
 
 
-def merge_parts(parts: list[Path], out_dir: Path, categories: list[dict], info: dict) -> dict:
+def parts_in_chunk_order(out_dir: Path, num_chunks: int, done: Iterable[int],
+                         finished: Iterable[int]) -> Iterator[Path]:
+    """The parts of chunks 0..num_chunks-1 in order, each as soon as it and every chunk before it is
+    done: ``done`` chunks are done already, ``finished`` yields the others as they finish.
+
+    So :func:`merge_parts` streams a run's parts while its workers are still rendering the later chunks.
+    """
+    ready, next_chunk = set(done), 0
+    for chunk in itertools.chain([None], finished):  # None: first yield the chunks done before
+        if chunk is not None:
+            ready.add(chunk)
+        while next_chunk in ready:
+            yield part_path(out_dir, next_chunk)
+            next_chunk += 1
+    if next_chunk < num_chunks:
+        raise _missing_chunks([c for c in range(next_chunk, num_chunks) if c not in ready])
+
+
+def _missing_chunks(missing: list[int]) -> OccsynthError:
+    head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+    return OccsynthError(f"{len(missing)} chunk(s) not generated yet ({head}); run the missing shards first")
+
+
+def merge_parts(parts: Iterable[Path], out_dir: Path, categories: list[dict], info: dict) -> dict:
     """Stream the parts (in chunk order) into OUT/annotations.json; returns counts and the skip summary.
 
     Annotation ids run from 1 in image order; each part's local occluder indices become ids. One
@@ -204,14 +227,15 @@ def write_source_summary(out_dir: Path, categories: list[dict], bank_summary: di
         write_json(path, {"categories": categories, "bank": bank_summary})
 
 
-def finalize(out_dir: Path, dirs: list[Path], run: dict, num_chunks: int) -> dict:
-    """Merge every chunk's part into annotations.json and write manifest.json; returns the manifest."""
+def finalize(out_dir: Path, run: dict, parts: Iterable[Path]) -> dict:
+    """Merge the parts (every chunk's, in chunk order) into annotations.json and write manifest.json;
+    returns the manifest."""
     out_dir = Path(out_dir)
     source = _read_json(out_dir / PARTS / SOURCE_FILE)
     settings = run["settings"]
     info = {"description": "occsynth synthetic occlusion set", "version": run["version"],
             "seed": settings["seed"], "source": run["source"]}
-    merged = merge_parts(part_files(dirs, num_chunks), out_dir, source["categories"], info)
+    merged = merge_parts(parts, out_dir, source["categories"], info)
     manifest = {**run, "counts": merged["counts"], "skipped": merged["skipped"], "bank": source["bank"]}
     write_json(out_dir / MANIFEST_FILE, manifest, indent=2)
     return {"out": str(out_dir), "merged": True, **manifest}
@@ -253,7 +277,7 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         if sizes.exists():
             move_file(sizes, sizes_path(out_dir, chunk))
         move_file(part, out_dir / PARTS / part.name)
-    return finalize(out_dir, [out_dir], run, num_chunks)
+    return finalize(out_dir, run, part_files([out_dir], num_chunks))
 
 
 def _read_json(path: Path):

@@ -12,7 +12,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cli.occsynth_cli import main as occsynth_main
-from occsynth import errors, masks
+from occsynth import errors, masks, writer
+from occsynth import generate as generate_module
 from occsynth.generate import RunSettings, generate
 from occsynth.schedule import CompositeOptions
 
@@ -139,6 +140,58 @@ def test_resume_after_interruption_gives_identical_output(generated, demo_source
     (resumed / "images" / ".000000000007.jpg.tmp-999").write_bytes(b"partial")
     generate(resumed, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
     assert tree_bytes(resumed) == tree_bytes(out)
+
+
+def test_parts_come_in_chunk_order_as_soon_as_every_earlier_chunk_is_done(tmp_path):
+    finished = iter([3, 1, 0, 5, 2, 4])
+    seen = []
+    for part in writer.parts_in_chunk_order(tmp_path, 6, done=[1], finished=(seen.append(c) or c for c in finished)):
+        seen.append(part.name)
+    assert seen == [3, 1, 0, "chunk-000000.json", "chunk-000001.json", 5, 2, "chunk-000002.json",
+                    "chunk-000003.json", 4, "chunk-000004.json", "chunk-000005.json"]
+    with pytest.raises(errors.OccsynthError, match=r"2 chunk\(s\) not generated yet \(1, 3\)"):
+        list(writer.parts_in_chunk_order(tmp_path, 4, done=[0], finished=iter([2])))
+
+
+def test_merge_runs_while_later_chunks_render(generated, demo_source, tmp_path, monkeypatch):
+    out, _, cache = generated
+    ann, root = demo_source
+    other = tmp_path / "streamed"
+    parts_on_disk = []
+    read_part = writer.read_part
+
+    def counting_read_part(path):
+        parts_on_disk.append(len(list((other / "parts").glob("chunk-*.json"))))
+        return read_part(path)
+
+    monkeypatch.setattr(writer, "read_part", counting_read_part)
+    generate(other, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert parts_on_disk == [1, 2, 3]  # each chunk merged before the next one rendered
+    assert tree_bytes(other) == tree_bytes(out)
+
+
+def test_a_run_failing_mid_way_leaves_no_merged_file_and_the_rerun_completes(generated, demo_source, tmp_path,
+                                                                            monkeypatch):
+    out, _, cache = generated
+    ann, root = demo_source
+    other = tmp_path / "failed"
+    render_image = generate_module.render_image
+
+    def failing_render_image(bank, sources, schedule, settings, index, log):
+        if index == 9:
+            raise errors.OccsynthError("rendering image 9 failed")
+        return render_image(bank, sources, schedule, settings, index, log)
+
+    monkeypatch.setattr(generate_module, "render_image", failing_render_image)
+    with pytest.raises(errors.OccsynthError, match="image 9"):
+        generate(other, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert sorted(p.name for p in (other / "parts").glob("chunk-*.json")) == ["chunk-000000.json",
+                                                                             "chunk-000001.json"]
+    assert not (other / "annotations.json").exists() and not (other / "manifest.json").exists()
+    assert not list(other.rglob(".*.tmp-*")) and not list(other.glob("tmp*")), "merge temporaries left behind"
+    monkeypatch.undo()
+    generate(other, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert tree_bytes(other) == tree_bytes(out)
 
 
 def test_rerun_with_other_settings_is_refused(generated, demo_source):
