@@ -27,8 +27,8 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .atomic import open_atomic, write_json
-from .coco import read_json
-from .errors import OccsynthError, SkipLog
+from .coco import read_json, resolve_image_path
+from .errors import BadRecord, OccsynthError, SkipLog
 
 PARTS = "parts"
 IMAGES = "images"
@@ -73,12 +73,22 @@ def chunk_done(out_dir: Path, chunk: int) -> bool:
     """
     if not part_path(out_dir, chunk).exists():
         return False
+    sizes = _read_sizes(out_dir, chunk)
+    try:
+        return sizes is not None and all((Path(out_dir) / IMAGES / name).stat().st_size == size
+                                         for name, size in sizes.items())
+    except (OSError, TypeError):
+        return False
+
+
+def _read_sizes(out_dir: Path, chunk: int) -> dict | None:
+    """The chunk's sizes file (image file name -> bytes), or None when it is missing or unreadable."""
     try:
         with open(sizes_path(out_dir, chunk), "rb") as f:
             sizes = json.load(f)
-        return all((Path(out_dir) / IMAGES / name).stat().st_size == size for name, size in sizes.items())
-    except (OSError, ValueError, AttributeError):
-        return False
+    except (OSError, ValueError):
+        return None
+    return sizes if isinstance(sizes, dict) else None
 
 
 def encode_part(chunk: int, images: list[dict], annotations: list[list[dict]], skips: SkipLog) -> str:
@@ -265,14 +275,17 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         src_dir = part.parent.parent
         if src_dir.resolve() == Path(out_dir).resolve():
             continue
-        for image in read_part(part)["images"]:
-            dst = out_dir / IMAGES / image["file_name"]
+        chunk = int(part.stem.split("-")[1])
+        names = _read_sizes(src_dir, chunk)  # the part is parsed here only if a power cut lost this file
+        for name in names if names is not None else (image["file_name"] for image in read_part(part)["images"]):
+            try:  # a name that leaves images/ must not move files elsewhere
+                dst, src = resolve_image_path(out_dir / IMAGES, name), resolve_image_path(src_dir / IMAGES, name)
+            except BadRecord as exc:
+                raise OccsynthError(f"{part}: refusing to move image {exc}") from None
             if not dst.exists():
-                src = src_dir / IMAGES / image["file_name"]
                 if not src.exists():
                     raise OccsynthError(f"{src}: image of {part} is missing; run that shard again")
                 move_file(src, dst)
-        chunk = int(part.stem.split("-")[1])
         sizes = sizes_path(src_dir, chunk)
         if sizes.exists():
             move_file(sizes, sizes_path(out_dir, chunk))

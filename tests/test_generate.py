@@ -127,6 +127,36 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
     assert tree_bytes(tmp_path / "merged") == tree_bytes(out)
 
 
+def test_merge_reads_each_part_once_and_copes_with_a_lost_sizes_file(generated, demo_source, tmp_path,
+                                                                     monkeypatch):
+    out, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shard_dirs):
+        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
+    (shard_dirs[1] / "parts" / "sizes-000001.json").unlink()  # what a power cut may do to this unsynced file
+    reads = []
+    read_part = writer.read_part
+    monkeypatch.setattr(writer, "read_part", lambda path: reads.append(path.name) or read_part(path))
+    writer.merge_shards(tmp_path / "merged", shard_dirs, progress=False)
+    # the images to move come from the sizes files; only chunk 1's part is parsed for them
+    assert sorted(reads) == sorted(["chunk-000001.json"] + [f"chunk-00000{c}.json" for c in range(3)])
+    assert tree_bytes(tmp_path / "merged") == {k: v for k, v in tree_bytes(out).items()
+                                               if k != "parts/sizes-000001.json"}
+
+
+def test_merge_refuses_an_image_name_that_leaves_the_images_folder(generated, demo_source, tmp_path):
+    _, _, cache = generated
+    ann, root = demo_source
+    shard = tmp_path / "s0"
+    generate(shard, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 1), progress=False)
+    (tmp_path / "victim.txt").write_text("keep me")
+    (shard / "parts" / "sizes-000000.json").write_text(json.dumps({"../../victim.txt": 7}))
+    with pytest.raises(errors.OccsynthError, match=r"chunk-000000.json: refusing to move image .*victim"):
+        writer.merge_shards(tmp_path / "merged", [shard], progress=False)
+    assert (tmp_path / "victim.txt").read_text() == "keep me"
+
+
 def test_resume_after_interruption_gives_identical_output(generated, demo_source, tmp_path):
     out, _, cache = generated
     ann, root = demo_source
