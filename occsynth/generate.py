@@ -13,6 +13,7 @@ import functools
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -148,17 +149,19 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
                                               workers=workers if backend in ("loky", "threading") else 1))
     task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
                              pixels_dir=pixels_dir)
-    finished = _finished_chunks(task, chunks, settings, workers, backend, backend_address, progress)
-    if count > 1:
-        for _ in finished:
-            pass
-        done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
-        return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
-                "chunks_total": settings.num_chunks, "merged": False}
-    # the merge runs while the workers render: no serial merge after the last chunk
-    done_before = set(range(settings.num_chunks)).difference(chunks)
-    parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
-    return writer.finalize(out_dir, run, parts)
+    # closing: if the merge fails, the workers stop too instead of rendering on unseen
+    with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, backend_address,
+                                             progress)) as finished:
+        if count > 1:
+            for _ in finished:
+                pass
+            done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
+            return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
+                    "chunks_total": settings.num_chunks, "merged": False}
+        # the merge runs while the workers render: no serial merge after the last chunk
+        done_before = set(range(settings.num_chunks)).difference(chunks)
+        parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
+        return writer.finalize(out_dir, run, parts)
 
 
 def _check_image_root(bank: Bank, image_root: Path, sample: int = 20) -> None:
@@ -202,7 +205,9 @@ def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: Ru
                 yield c
             return
         from joblib import Parallel, delayed, parallel_config
-        with _backend_session(backend, backend_address):
+        with _backend_session(backend, backend_address), warnings.catch_warnings():
+            # when a run stops on an error, that error is the message; not joblib's count of dropped tasks
+            warnings.filterwarnings("ignore", message=r".*tasks .*(cancelled|not used)", category=UserWarning)
             with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
                 if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
                     task = functools.partial(_one_cv2_thread, task)

@@ -2,6 +2,8 @@
 determinism across workers / shards / resume, and bad-input handling."""
 import json
 import shutil
+import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -170,6 +172,28 @@ def test_resume_after_interruption_gives_identical_output(generated, demo_source
     (resumed / "images" / ".000000000007.jpg.tmp-999").write_bytes(b"partial")
     generate(resumed, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
     assert tree_bytes(resumed) == tree_bytes(out)
+
+
+def test_a_failing_merge_stops_the_workers(demo_source, tmp_path, monkeypatch):
+    ann, root = demo_source
+    out = tmp_path / "o"
+    settings = RunSettings(num_images=24, seed=3, chunk_size=1)
+
+    def failing_read_part(path):
+        raise errors.OccsynthError(f"{path}: merge failed")
+
+    monkeypatch.setattr(writer, "read_part", failing_read_part)
+    with pytest.raises(errors.OccsynthError, match="merge failed") as failure, \
+            warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        generate(out, settings, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", workers=2,
+                 backend="threading", progress=False)
+    assert not [w for w in warned if "joblib" in w.filename], "the error alone is the message"
+    # the traceback stays alive, as a notebook keeps the last one: it must not keep the workers going
+    time.sleep(1.0)  # time enough for the 24 small chunks, had the workers gone on
+    assert len(list((out / "parts").glob("chunk-*.json"))) < 12
+    assert failure.traceback
+    assert not (out / "annotations.json").exists() and not list(out.rglob(".*.tmp-*"))
 
 
 def test_parts_come_in_chunk_order_as_soon_as_every_earlier_chunk_is_done(tmp_path):
