@@ -205,16 +205,22 @@ def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: Ru
                 yield c
             return
         from joblib import Parallel, delayed, parallel_config
-        with _backend_session(backend, backend_address), warnings.catch_warnings():
-            # when a run stops on an error, that error is the message; not joblib's count of dropped tasks
-            warnings.filterwarnings("ignore", message=r".*tasks .*(cancelled|not used)", category=UserWarning)
+        with _backend_session(backend, backend_address):
             with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
                 if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
                     task = functools.partial(_one_cv2_thread, task)
-                for c, n in Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
-                        delayed(_chunk_and_count)(task, c) for c in chunks):
-                    bar.update(n)
-                    yield c
+                results = Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
+                    delayed(_chunk_and_count)(task, c) for c in chunks)
+                try:
+                    for c, n in results:
+                        bar.update(n)
+                        yield c
+                finally:
+                    with warnings.catch_warnings():
+                        # a run stopped by an error says so in that error, not in joblib's count of dropped tasks
+                        warnings.filterwarnings("ignore", message=r".*tasks .*(cancelled|not used)",
+                                                category=UserWarning)
+                        results.close()
     finally:
         bar.close()
 
