@@ -27,8 +27,8 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .atomic import open_atomic, write_json
-from .coco import read_json, resolve_image_path
-from .errors import BadRecord, OccsynthError, SkipLog
+from .coco import read_json
+from .errors import OccsynthError, SkipLog
 
 PARTS = "parts"
 IMAGES = "images"
@@ -58,6 +58,14 @@ def image_file_name(index: int, ext: str) -> str:
     return f"{index + 1:012d}.{ext}"
 
 
+def chunk_image_names(settings: dict, chunk: int) -> list[str]:
+    """File names of a chunk's images: every image of a finished chunk is written, under a name
+    that its index and the run settings fix."""
+    first = chunk * settings["chunk_size"]
+    last = min(first + settings["chunk_size"], settings["num_images"])
+    return [image_file_name(i, settings["image_format"]) for i in range(first, last)]
+
+
 def part_path(out_dir: Path, chunk: int) -> Path:
     return Path(out_dir) / PARTS / f"chunk-{chunk:06d}.json"
 
@@ -73,22 +81,12 @@ def chunk_done(out_dir: Path, chunk: int) -> bool:
     """
     if not part_path(out_dir, chunk).exists():
         return False
-    sizes = _read_sizes(out_dir, chunk)
-    try:
-        return sizes is not None and all((Path(out_dir) / IMAGES / name).stat().st_size == size
-                                         for name, size in sizes.items())
-    except (OSError, TypeError):
-        return False
-
-
-def _read_sizes(out_dir: Path, chunk: int) -> dict | None:
-    """The chunk's sizes file (image file name -> bytes), or None when it is missing or unreadable."""
     try:
         with open(sizes_path(out_dir, chunk), "rb") as f:
             sizes = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return sizes if isinstance(sizes, dict) else None
+        return all((Path(out_dir) / IMAGES / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def encode_part(chunk: int, images: list[dict], annotations: list[list[dict]], skips: SkipLog) -> str:
@@ -176,7 +174,7 @@ def parts_in_chunk_order(out_dir: Path, num_chunks: int, done: Iterable[int],
     for chunk in itertools.chain([None], finished):  # None: first yield the chunks done before
         if chunk is not None:
             ready.add(chunk)
-        while next_chunk in ready:
+        while next_chunk < num_chunks and next_chunk in ready:
             yield part_path(out_dir, next_chunk)
             next_chunk += 1
     if next_chunk < num_chunks:
@@ -276,12 +274,8 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         if src_dir.resolve() == Path(out_dir).resolve():
             continue
         chunk = int(part.stem.split("-")[1])
-        names = _read_sizes(src_dir, chunk)  # the part is parsed here only if a power cut lost this file
-        for name in names if names is not None else (image["file_name"] for image in read_part(part)["images"]):
-            try:  # a name that leaves images/ must not move files elsewhere
-                dst, src = resolve_image_path(out_dir / IMAGES, name), resolve_image_path(src_dir / IMAGES, name)
-            except BadRecord as exc:
-                raise OccsynthError(f"{part}: refusing to move image {exc}") from None
+        for name in chunk_image_names(settings, chunk):  # fixed by the settings: no file needs parsing
+            dst, src = out_dir / IMAGES / name, src_dir / IMAGES / name
             if not dst.exists():
                 if not src.exists():
                     raise OccsynthError(f"{src}: image of {part} is missing; run that shard again")
