@@ -76,12 +76,17 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
     return target
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete ``.*.tmp-*`` leftovers of killed runs; returns how many were removed."""
+def remove_stale_temporaries(directory: str | os.PathLike, owned: Callable[[str], bool] | None = None) -> int:
+    """Delete ``.*.tmp-*`` leftovers of killed runs; returns how many were removed.
+
+    ``owned(target_name)`` limits it to the temporaries of files the caller alone writes, when other
+    processes may be writing theirs into the same directory now (shards sharing one output).
+    """
     n = 0
     for tmp in Path(directory).rglob(".*.tmp-*"):
-        _remove_quietly(tmp)
-        n += 1
+        if owned is None or owned(tmp.name[1:tmp.name.rindex(".tmp-")]):
+            _remove_quietly(tmp)
+            n += 1
     return n
 
 

@@ -138,10 +138,10 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     run = {"version": __version__, "settings": settings.to_dict(),
            "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}
     writer.check_run_settings(out_dir, run)
-    remove_stale_temporaries(out_dir)
+    index, count = shard
+    remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
     writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
 
-    index, count = shard
     chunks = [c for c in range(settings.num_chunks) if c % count == index and not writer.chunk_done(out_dir, c)]
     pixels_dir = None
     if cutout_pixels and chunks:
@@ -162,6 +162,12 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         done_before = set(range(settings.num_chunks)).difference(chunks)
         parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
         return writer.finalize(out_dir, run, parts)
+
+
+def _of_shard(settings: dict, shard: tuple[int, int], file_name: str) -> bool:
+    """Whether ``file_name`` is written by this shard alone: shards may share OUT, and run at once."""
+    chunk = writer.chunk_of_file(file_name, settings)
+    return chunk is not None and chunk % shard[1] == shard[0]
 
 
 def _check_image_root(bank: Bank, image_root: Path, sample: int = 20) -> None:

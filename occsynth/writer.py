@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from .atomic import open_atomic, write_json
+from .atomic import open_atomic, remove_stale_temporaries, write_json
 from .coco import read_json
 from .errors import OccsynthError, SkipLog
 
@@ -64,6 +64,19 @@ def chunk_image_names(settings: dict, chunk: int) -> list[str]:
     first = chunk * settings["chunk_size"]
     last = min(first + settings["chunk_size"], settings["num_images"])
     return [image_file_name(i, settings["image_format"]) for i in range(first, last)]
+
+
+def chunk_of_file(name: str, settings: dict) -> int | None:
+    """The chunk whose image, part or sizes file ``name`` is; None for the files of the whole run."""
+    stem, _, ext = name.partition(".")
+    kind, _, number = stem.rpartition("-")
+    if not number.isdigit():
+        return None
+    if kind in ("chunk", "sizes") and ext == "json":
+        return int(number)
+    if kind == "" and ext == settings["image_format"] and 0 < int(number) <= settings["num_images"]:
+        return (int(number) - 1) // settings["chunk_size"]
+    return None
 
 
 def part_path(out_dir: Path, chunk: int) -> Path:
@@ -265,6 +278,7 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
     parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     check_run_settings(out_dir, run)
+    remove_stale_temporaries(out_dir)  # every shard has finished: what is left is stale
     for name in (SOURCE_FILE,):
         if not (out_dir / PARTS / name).exists():
             src = next(Path(d) / PARTS / name for d in shard_dirs if (Path(d) / PARTS / name).exists())

@@ -151,6 +151,25 @@ def test_merge_moves_the_images_its_settings_name_and_parses_each_part_once(gene
     assert (tmp_path / "victim.txt").read_text() == "keep me"
 
 
+def test_a_shard_leaves_the_temporaries_of_shards_running_beside_it_in_a_shared_out(generated, demo_source,
+                                                                                    tmp_path):
+    out, _, cache = generated
+    ann, root = demo_source
+    shared = tmp_path / "shared"
+    generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
+    # in flight in shard 1 (chunk 1: images 5-8) and in any shard (run files), or left by a killed shard 0
+    theirs = [shared / "images" / ".000000000006.jpg.tmp-71", shared / "parts" / ".chunk-000001.json.tmp-71",
+              shared / "parts" / ".run.json.tmp-71"]
+    ours = [shared / "images" / ".000000000002.jpg.tmp-72", shared / "parts" / ".sizes-000002.json.tmp-72"]
+    for path in theirs + ours:
+        path.write_bytes(b"partial")
+    generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
+    writer.merge_shards(shared, [shared], progress=False)  # every shard is done: all leftovers go
+    assert not list(shared.rglob(".*.tmp-*"))
+    assert tree_bytes(shared) == tree_bytes(out)
+
+
 def test_resume_after_interruption_gives_identical_output(generated, demo_source, tmp_path):
     out, _, cache = generated
     ann, root = demo_source
