@@ -2,7 +2,7 @@
 
 Data goes to a temporary file in the same directory, is flushed to disk (unless the caller
 says ``durable=False``), and is renamed over the target. A crash, kill -9 or full disk leaves at
-most a stray ``*.tmp-*`` file, which the next run ignores and overwrites.
+most a stray ``.*.tmp-*`` file, which the next run deletes.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,10 +27,12 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     or after a kill, but a power cut may lose it or leave it empty. For records that can be made again.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # unique across machines too: shards on several hosts (containers often share pids) may write
+    # the same run file into one shared OUT at the same moment; "x" refuses to reuse a name
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             if durable:

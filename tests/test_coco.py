@@ -116,6 +116,18 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
     assert remove_stale_temporaries(tmp_path) == 1
 
 
+def test_two_writers_with_one_pid_do_not_share_a_temporary(tmp_path, monkeypatch):
+    """Shards on two hosts (containers often give every task the same pid) writing one run file."""
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    target = tmp_path / "run.json"
+    with open_atomic(target) as first:
+        first.write('{"from": "host a"}')
+        with open_atomic(target) as second:
+            second.write('{"from": "host b"}')
+    assert json.loads(target.read_text()) == {"from": "host a"}  # whole, whichever came last
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
 def test_unwritable_directory_gives_clear_error(tmp_path):
     if os.geteuid() == 0:
         target = "/proc/occsynth-test/out.json"  # root can write anywhere else; /proc refuses

@@ -77,7 +77,7 @@ class _FillingDisk:
 
     def open(self, *args, **kwargs):
         f = self.real_open(*args, **kwargs)
-        if (args[1] if len(args) > 1 else kwargs.get("mode", "r")) != "wb":  # images (parts are text)
+        if (args[1] if len(args) > 1 else kwargs.get("mode", "r")) not in ("wb", "xb"):  # images (parts are text)
             return f
         return _FillingFile(f, self)
 
