@@ -54,7 +54,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
 
     out_dir = Path(out_dir)
     device = str(resolve_device(device))  # a bad --device fails now, not after generating a set
-    plan = manifests.load(recipe)
+    plan = manifests.load(recipe, "pipeline")
     for table in ("synthetic", "pretrain", "finetune"):
         if not isinstance(plan.get(table), dict):
             raise OccsynthError(f"pipeline recipe {recipe!r} lacks the [{table}] table "
@@ -77,7 +77,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         else:
             log(f"[1/5] synthetic set: generating with recipe {plan['synthetic']['recipe']} into {synth_dir}")
             section = dict(plan["synthetic"])
-            settings = run_settings(manifests.load(section.pop("recipe")), **section)
+            settings = run_settings(manifests.load(section.pop("recipe"), "synthetic"), **section)
             generate(synth_dir, settings, ann_path=inputs.coco_train[0], image_root=inputs.coco_train[1],
                      workers=workers, cache_dir=cache_dir, progress=progress)
         inputs = dataclasses.replace(inputs, synthetic=(synth_dir / "annotations.json", synth_dir / "images"))

@@ -57,7 +57,7 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     if isinstance(schedule, dict):
         flat = dict(schedule)
     else:
-        raw = manifests.load(str(schedule))  # a missing or malformed file is an OccsynthError naming it
+        raw = manifests.load(str(schedule), "schedule")  # a missing or malformed file is an OccsynthError naming it
         flat = {}
         for section in raw.values():
             if isinstance(section, dict):

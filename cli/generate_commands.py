@@ -7,7 +7,11 @@ import click
 
 import manifests
 from cli.common import parse_shard
+from occsynth.bank import BankOptions
 from occsynth.generate import generate, merge, run_settings
+from occsynth.schedule import CompositeOptions
+
+_D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 
 
 @click.command("generate")
@@ -20,20 +24,20 @@ from occsynth.generate import generate, merge, run_settings
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes.")
 @click.option("--shard", help="Render only shard i of n (e.g. 0/8); join shards with `occsynth merge`.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
-@click.option("--pastes", nargs=2, type=int, help="Min and max pasted objects per image.")
-@click.option("--occlusion", nargs=2, type=float, help="Occlusion-ratio range of the occluded pasted object.")
-@click.option("--max-occlusion", type=float, help="No pasted object is hidden beyond this ratio.")
-@click.option("--same-class-prob", type=float, help="Probability that occluder and occludee share a class.")
-@click.option("--scale", nargs=2, type=float, help="Scale jitter range of a cutout.")
-@click.option("--flip-prob", type=float, help="Horizontal flip probability of a cutout.")
-@click.option("--blend", type=click.Choice(["feather", "none", "gaussian"]), help="Edge blending of pasted objects [default: feather].")
-@click.option("--min-area", type=int, help="Smallest source instance (px) that may become a cutout [default: 1024].")
-@click.option("--border-margin", type=int, help="Instances closer than this (px) to the image border are not complete.")
-@click.option("--touch-margin", type=int, help="Instances closer than this (px) to another instance are not complete.")
+@click.option("--pastes", nargs=2, type=int, help=f"Min and max pasted objects per image [default: {_D.pastes[0]} {_D.pastes[1]}, or the recipe's].")
+@click.option("--occlusion", nargs=2, type=float, help=f"Occlusion-ratio range of the occluded pasted object [default: {_D.occlusion[0]} {_D.occlusion[1]}, or the recipe's].")
+@click.option("--max-occlusion", type=float, help=f"No pasted object is hidden beyond this ratio [default: {_D.max_occlusion}, or the recipe's].")
+@click.option("--same-class-prob", type=float, help=f"Probability that occluder and occludee share a class [default: {_D.same_class_prob}, or the recipe's].")
+@click.option("--scale", nargs=2, type=float, help=f"Scale jitter range of a cutout [default: {_D.scale[0]} {_D.scale[1]}, or the recipe's].")
+@click.option("--flip-prob", type=float, help=f"Horizontal flip probability of a cutout [default: {_D.flip_prob}, or the recipe's].")
+@click.option("--blend", type=click.Choice(["feather", "none", "gaussian"]), help=f"Edge blending of pasted objects [default: {_D.blend}, or the recipe's].")
+@click.option("--min-area", type=int, help=f"Smallest source instance (px) that may become a cutout [default: {_B.min_area}, or the recipe's].")
+@click.option("--border-margin", type=int, help=f"Instances closer than this (px) to the image border are not complete [default: {_B.border_margin}, or the recipe's].")
+@click.option("--touch-margin", type=int, help=f"Instances closer than this (px) to another instance are not complete [default: {_B.touch_margin}, or the recipe's].")
 @click.option("--image-format", type=click.Choice(["jpg", "png"]), help="Output image format [default: jpg].")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), help="JPEG quality [default: 95].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cutout banks are cached [default: ~/.cache/occsynth].")
-@click.option("--backend", default="loky", show_default=True, type=click.Choice(["loky", "threading", "dask", "ray"]), help="joblib backend: loky (local processes), or dask / ray (extras) to use a cluster.")
+@click.option("--backend", default="loky", show_default=True, type=click.Choice(["loky", "threading", "dask", "ray"]), help="joblib backend: loky (local processes), threading (one process), or dask / ray (extras) to use a cluster.")
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) or ray head address for --backend dask/ray; a local cluster when omitted.")
 @click.option("--no-cutout-pixels", is_flag=True, help="Do not cache cutout pixels (saves disk; generation decodes each cutout's source image).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -48,16 +52,19 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
 
       occsynth generate --recipe synthetic-100k --ann instances_train2017.json --images train2017 --out occ100k --workers 16
     """
-    settings = run_settings(manifests.load(recipe) if recipe else {}, num_images=num_images, seed=seed,
+    settings = run_settings(manifests.load(recipe, "synthetic") if recipe else {}, num_images=num_images, seed=seed,
                             image_format=image_format, jpeg_quality=jpeg_quality,
                             composite={"pastes": pastes, "occlusion": occlusion, "max_occlusion": max_occlusion,
                                        "same_class_prob": same_class_prob, "scale": scale, "flip_prob": flip_prob,
                                        "blend": blend},
                             bank={"min_area": min_area, "border_margin": border_margin, "touch_margin": touch_margin})
-    report = generate(out, settings, ann_path=ann, image_root=images, workers=workers, shard=parse_shard(shard),
-                      strict=strict, cache_dir=cache_dir, backend=backend, backend_address=scheduler,
-                      cutout_pixels=not no_cutout_pixels,
-                      progress=not quiet)
+    try:
+        report = generate(out, settings, ann_path=ann, image_root=images, workers=workers,
+                          shard=parse_shard(shard), strict=strict, cache_dir=cache_dir, backend=backend,
+                          backend_address=scheduler, cutout_pixels=not no_cutout_pixels, progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished chunks are kept; run the same command again to continue", err=True)
+        raise
     _print_report(report)
 
 
@@ -78,7 +85,8 @@ def merge_command(shard_dirs, out, quiet):
 def _print_report(report: dict) -> None:
     if not report.get("merged"):
         click.echo(f"shard {report['shard']}: {report['chunks_done']}/{report['chunks_total']} chunks done in "
-                   f"{report['out']}; when all shards are done run `occsynth merge`")
+                   f"{report['out']}; when all shards are done run `occsynth merge` (all in this folder: "
+                   f"occsynth merge {report['out']} --out {report['out']})")
         return
     counts = report["counts"]
     click.echo(f"wrote {counts['images']} images, {counts['annotations']} annotations "

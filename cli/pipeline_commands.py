@@ -8,7 +8,7 @@ import click
 
 @click.command("train-synthetic")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: one sub-folder per stage, results.md at the end.")
-@click.option("--tiny", is_flag=True, help="Run every stage on the embedded demo data on CPU in a few minutes.")
+@click.option("--tiny", is_flag=True, help="Run every stage on the embedded demo data on CPU in about half a minute.")
 @click.option("--recipe", help="Pipeline recipe in manifests/ or a TOML path [default: pipeline-paper, or pipeline-tiny with --tiny].")
 @click.option("--coco-train-ann", type=click.Path(exists=True, dir_okay=False), help="instances_train2017.json (source of cutouts and the fine-tuning set).")
 @click.option("--coco-train-images", type=click.Path(exists=True, file_okay=False), help="train2017/ image folder.")

@@ -16,13 +16,15 @@ def path(name: str) -> Path:
     return Path(str(resources.files(__name__).joinpath(name if name.endswith(".toml") else f"{name}.toml")))
 
 
-def names() -> list[str]:
-    """The bundled recipes."""
-    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
+def names(kind: str = "") -> list[str]:
+    """The bundled recipes, or those of one kind (``synthetic``, ``cocoocc``, ``pipeline``, ``schedule``)."""
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir()
+                  if p.name.endswith(".toml") and p.name.startswith(kind))
 
 
-def load(name_or_path: str) -> dict:
-    """A bundled recipe by name, or any TOML file by path; errors name the file and the reason."""
+def load(name_or_path: str, kind: str = "") -> dict:
+    """A bundled recipe by name, or any TOML file by path; errors name the file and the reason, and
+    list the bundled recipes of ``kind``."""
     from occsynth.errors import OccsynthError
 
     p = Path(name_or_path)
@@ -33,7 +35,7 @@ def load(name_or_path: str) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise OccsynthError(f"recipe {name_or_path!r}: no such TOML file or bundled recipe "
-                            f"(bundled: {', '.join(names())})") from None
+                            f"(bundled: {', '.join(names(kind))})") from None
     except IsADirectoryError:
         raise OccsynthError(f"recipe {name_or_path!r}: is a directory, expected a TOML file") from None
     except tomllib.TOMLDecodeError as exc:

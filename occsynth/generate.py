@@ -121,19 +121,26 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     ann_path, image_root, out_dir = Path(ann_path), Path(image_root), Path(out_dir)
     if not image_root.is_dir():
         raise OccsynthError(f"{image_root}: image directory not found")
+    created = not out_dir.exists()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)  # early: an unwritable --out fails before the bank is built
     except OSError as exc:
         raise OccsynthError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
 
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    bank_dir = ensure_bank(ann_path, cache_dir, settings.bank, strict=strict, progress=progress)
-    bank = open_bank(str(bank_dir))
-    if not bank.cutout_categories():
-        raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
-    if bank.num_images == 0:
-        raise OccsynthError(f"{ann_path}: no usable background image")
-    _check_image_root(bank, image_root)
+    try:
+        cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        bank_dir = ensure_bank(ann_path, cache_dir, settings.bank, strict=strict, progress=progress)
+        bank = open_bank(str(bank_dir))
+        if not bank.cutout_categories():
+            raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
+        if bank.num_images == 0:
+            raise OccsynthError(f"{ann_path}: no usable background image")
+        _check_image_root(bank, image_root)
+    except BaseException:
+        if created:  # bad input found before anything was written: leave no empty --out behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
     run = {"version": __version__, "settings": settings.to_dict(),
            "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}

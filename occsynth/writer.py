@@ -268,6 +268,10 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
     Shards may have written to ``out_dir`` itself (a shared file system) or to their own
     directories. Files are moved, so a merge interrupted half-way can simply be run again.
     """
+    for d in shard_dirs:
+        if (Path(d) / ANNOTATIONS_FILE).exists() and Path(d).resolve() != Path(out_dir).resolve():
+            raise OccsynthError(f"{d}: a finished set (it has {ANNOTATIONS_FILE}), not a shard output; merge "
+                                "moves a shard's images, which would break it (to copy a set, copy its folder)")
     runs = [_read_json(Path(d) / PARTS / RUN_FILE) for d in shard_dirs]
     if any(r != runs[0] for r in runs):
         raise OccsynthError("the shard directories were generated with different settings; they cannot be merged")

@@ -367,3 +367,39 @@ def test_a_wrong_image_root_fails_early_with_an_example_path(demo_source, tmp_pa
     assert result.exit_code == 2
     assert "is --images the folder" in result.output and str(Path(root).parent) in result.output
     assert not (tmp_path / "o" / "parts").exists()
+
+
+def test_merge_refuses_to_take_images_out_of_a_finished_set(generated, tmp_path):
+    out, _, _ = generated
+    finished = tmp_path / "finished"
+    shutil.copytree(out, finished)
+    before = tree_bytes(finished)
+    result = CliRunner().invoke(occsynth_main, ["merge", str(finished), "--out", str(tmp_path / "m"), "--quiet"])
+    assert result.exit_code == 2 and "a finished set" in result.output and "Traceback" not in result.output
+    assert tree_bytes(finished) == before and not (tmp_path / "m" / "images").exists()
+
+
+def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_source, tmp_path, monkeypatch):
+    ann, root = demo_source
+    base = ["generate", "--ann", str(ann), "--images", str(root), "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    shard = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "s"), "--shard", "0/3",
+                                                      "--num-images", "8"])
+    assert shard.exit_code == 0, shard.output
+    assert f"occsynth merge {tmp_path / 's'} --out {tmp_path / 's'}" in shard.output
+
+    recipe = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "r"), "--recipe", "nosuch"])
+    assert recipe.exit_code == 2 and "synthetic-100k" in recipe.output and "schedule-" not in recipe.output
+
+    not_json = tmp_path / "bad.json"
+    not_json.write_text("this is not JSON")
+    bad = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(not_json), "--images", str(root), "--out",
+                                             str(tmp_path / "never"), "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert bad.exit_code == 2 and "bad.json" in bad.output
+    assert not (tmp_path / "never").exists(), "an empty --out was left behind"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cli.generate_commands.generate", interrupted)
+    stopped = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "i")])
+    assert stopped.exit_code == 1 and "run the same command again to continue" in stopped.output
