@@ -211,6 +211,8 @@ def plot_stats(stats: dict) -> np.ndarray:
     return np.vstack([np.hstack(panels[:2]), np.hstack(panels[2:])])
 
 
+AXIS_LEFT = 46  # x of the y axis: room for a 5-character count left of it
+LABEL_GAP = 6  # px between a y-axis label and its 3 px tick mark, so that they never touch
 AXIS_FONT = (cv2.FONT_HERSHEY_PLAIN, 0.8)  # crisp at this size (SIMPLEX at 0.35 smears its strokes together)
 
 
@@ -224,14 +226,14 @@ def bar_panel(title: str, labels: Sequence[str], values: Sequence[int], colour: 
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)
     cv2.putText(img, title, (10, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, INK, 1, cv2.LINE_AA)
-    left, right, top, bottom = 40, w - 10, 40, h - 40
+    left, right, top, bottom = AXIS_LEFT, w - 10, 40, h - 40
     cv2.line(img, (left, bottom), (right, bottom), INK, 1)
     cv2.line(img, (left, top), (left, bottom), INK, 1)
     vmax = max(values) if len(values) and max(values) > 0 else 0
     if vmax:
         cv2.line(img, (left - 3, top), (left, top), INK, 1)
-        _axis_label(img, _short_number(vmax), left - 5, top)
-    _axis_label(img, "0", left - 5, bottom)
+        _axis_label(img, _short_number(vmax), left - 3 - LABEL_GAP, top)
+    _axis_label(img, "0", left - 3 - LABEL_GAP, bottom)
     if not len(values):
         return img
     slot = (right - left - 1) / len(values)

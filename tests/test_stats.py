@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
-from occsynth.stats import BAR_PASTED, PANEL, bar_panel, dataset_stats, plot_stats, ratio_bin, stats_from_path
+from occsynth.stats import AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, plot_stats, ratio_bin, stats_from_path
 from datasets import SCENES, build, scene_instances, write_dataset
 
 
@@ -146,7 +146,8 @@ def test_bad_plot_extension_is_refused_before_any_output(tmp_path):
 
 
 def test_y_axis_labels_are_drawn_once_left_of_the_axis():
-    left, top, bottom = 40, 40, PANEL[0] - 40
+    left, top, bottom = AXIS_LEFT, 40, PANEL[0] - 40
+    gap = 5  # at least this many blank columns between a label and the tick mark (there were 3: they looked joined)
     for vmax in (7, 123, 99999, 1234567):
         panel = bar_panel("t", ["a", "b"], [vmax, vmax // 2], BAR_PASTED)
         ink = np.any(panel < 200, axis=-1)
@@ -154,13 +155,13 @@ def test_y_axis_labels_are_drawn_once_left_of_the_axis():
         label_rows = ink[top - 12:top + 12]
         # The max label: right of x=0, ending before the tick, in one place (one connected run of columns).
         columns = np.flatnonzero(label_rows[:, :left].any(axis=0))
-        assert len(columns) and columns.max() < left - 3 and columns.min() >= 0
+        assert len(columns) and columns.max() < left - 3 - gap and columns.min() >= 0
         assert np.all(np.diff(columns) <= 4)  # one label, not two overlapping copies side by side
         # Nothing but the bar (no text) right of the axis in those rows.
         right_part = panel[top - 12:top + 12, left + 1:]
         colours = {tuple(c) for c in right_part.reshape(-1, 3)}
         assert colours <= {(255, 255, 255), tuple(BAR_PASTED)}
         zero = np.flatnonzero(ink[bottom - 8:bottom + 8, :left].any(axis=0))
-        assert len(zero) and zero.max() < left - 3
+        assert len(zero) and zero.max() < left - 3 - gap
     empty = bar_panel("t", [], [], BAR_PASTED)
     assert not np.any(empty[top - 12:top + 8, :left - 3] < 200)  # no max label on an empty panel
