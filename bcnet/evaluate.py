@@ -87,7 +87,7 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.devi
         model.return_occluder_masks = False  # scoring needs the instance masks only; pasting is costly
     results: list[dict] = []
     indices = range(len(dataset))
-    with tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(dataset), desc="inference", unit="img", disable=not progress) as bar:
         for start in range(0, len(dataset), batch_size):
             batch = []
             for i in indices[start:start + batch_size]:
@@ -609,8 +609,9 @@ def _require_images(name: str, dataset, image_root, done: Sequence[int] | None =
     if (len(dataset) if done is None else len(done)) > 0:
         return
     examples = dataset.skips.examples
-    first = next((examples[r] for r in examples if r in IMAGE_REASONS), next(iter(examples.values()), None))
-    if first is None:
-        raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate")
+    first = next((examples[r] for r in examples if r in IMAGE_REASONS), None)
+    if first is None:  # no image failed to load: the file itself has none to offer
+        other = f" ({dataset.skips.total} record(s) skipped, e.g. {next(iter(examples.values()))})" if examples else ""
+        raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate{other}")
     raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
                         f"check --images (now {image_root}): file names in {dataset.ann_file} are relative to it")

@@ -34,7 +34,7 @@ class PipelineInputs:
 
 
 def tiny_inputs(cache_dir: str | os.PathLike | None = None) -> PipelineInputs:
-    """The embedded demo source stands in for COCO train and val (CPU, minutes)."""
+    """The embedded demo source stands in for COCO train and val (CPU, about half a minute)."""
     from occsynth.demo import demo_source
     ann, root = demo_source(cache_dir)
     return PipelineInputs(coco_train=(ann, root), coco_val=(ann, root))

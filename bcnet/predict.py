@@ -139,5 +139,6 @@ def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
         raise OccsynthError(f"none of the {len(paths)} input image(s) could be processed; first: {skipped[0]}")
     write_json(out_dir / "results.json", results)
     write_json(out_dir / "images.json", images)
-    return {"images": len(images), "detections": len(results), "skipped": skipped,
+    return {"images": len(images), "detections": len(results),
+            "above_threshold": sum(r["score"] >= score_threshold for r in results), "skipped": skipped,
             "skip_counts": dict(sorted(skips.counts.items())), "out": str(out_dir)}

@@ -48,37 +48,48 @@ LAST = "last_checkpoint"  # text file naming the newest checkpoint in the output
 
 # --------------------------------------------------------------------------- schedule
 
+REQUIRED_SETTINGS = ("base_lr", "base_batch_size", "batch_size", "momentum", "weight_decay", "iterations", "steps",
+                     "gamma", "warmup_iterations", "warmup_factor", "mode", "short", "long_max", "scale_jitter",
+                     "flip", "seed", "checkpoint_every", "amp", "accumulate", *MODEL_KEYS)
+OPTIONAL_SETTINGS = ("backbone_weights", "keep_checkpoints", "log_every", "workers")
+
+
 def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None) -> dict:
     """A schedule TOML (bundled name or path) flattened to one dict, with ``overrides`` applied.
 
     Section names ([solver], [data], [model], [run]) only group the keys; every key is unique.
-    Unknown override keys are refused, so a typo cannot silently train with the default.
+    Unknown keys are refused, in the file as on the command line, so a typo cannot silently train
+    with the default.
     """
     if isinstance(schedule, dict):
-        flat = dict(schedule)
+        flat, where = dict(schedule), "schedule"
     else:
         raw = manifests.load(str(schedule), "schedule")  # a missing or malformed file is an OccsynthError naming it
-        flat = {}
+        flat, where = {}, str(schedule)
         for section in raw.values():
             if isinstance(section, dict):
                 flat.update(section)
+    _refuse_unknown(flat, where)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key not in flat:
-            raise OccsynthError(f"unknown schedule setting {key!r} (known: {', '.join(sorted(flat))})")
+        _refuse_unknown({key: value}, "command line")
         flat[key] = value
     _check_schedule(flat)
     return flat
 
 
+def _refuse_unknown(settings: dict, where: str) -> None:
+    known = REQUIRED_SETTINGS + OPTIONAL_SETTINGS
+    unknown = [k for k in settings if k not in known]
+    if unknown:
+        raise OccsynthError(f"{where}: unknown schedule setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
 def _check_schedule(s: dict) -> None:
     """Refuse values the optimizer, scheduler or data pipeline would choke on (or silently misuse),
     naming the setting: a typo on the command line must not cost a traceback or a wasted run."""
-    need = ("base_lr", "base_batch_size", "batch_size", "momentum", "weight_decay", "iterations", "steps", "gamma",
-            "warmup_iterations", "warmup_factor", "mode", "short", "long_max", "scale_jitter", "flip", "seed",
-            "checkpoint_every", "amp", "accumulate", *MODEL_KEYS)
-    missing = [k for k in need if k not in s]
+    missing = [k for k in REQUIRED_SETTINGS if k not in s]
     if missing:
         raise OccsynthError(f"schedule lacks {', '.join(missing)}")
 
@@ -176,16 +187,21 @@ def build(num_classes: int, config: dict, backbone_weights: str | None = None) -
     return build_model(num_classes, backbone_weights=backbone_weights or None, **config)
 
 
-def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     """Initialise from a bcnet checkpoint (e.g. pre-training on a synthetic set).
 
-    Tensors whose shape differs (another number of classes) are left as built; returns their names.
+    Tensors whose shape differs (another number of classes) are left as built. Returns
+    ``{"loaded": n, "left_as_built": [names of this model's tensors not loaded]}``; a checkpoint of
+    which nothing fits (another detector) is refused rather than silently training from scratch.
     """
     state = ckpt.load_checkpoint(path)["model"]
     own = model.state_dict()
-    skipped = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
-    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
-    return skipped
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise OccsynthError(f"{path}: none of its {len(state)} tensors fits this model (another detector, mask "
+                            "head or backbone?)")
+    model.load_state_dict(fits, strict=False)
+    return {"loaded": len(fits), "left_as_built": [k for k in own if k not in fits]}
 
 
 # --------------------------------------------------------------------------- loop
@@ -224,6 +240,12 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         if resume_path is None:
             raise OccsynthError(f"{out_dir}: no checkpoint to resume from")
         state = ckpt.load_checkpoint(resume_path)
+        for key in MODEL_KEYS:  # the weights are of this model: another one cannot continue them
+            asked, trained = (overrides or {}).get(key), state["schedule"].get(key)
+            if asked is not None and asked != trained:
+                raise OccsynthError(f"{resume_path}: this run was trained with {key} {trained!r}; --resume cannot "
+                                    f"change it to {asked!r} (to start from its weights, train into a new --out "
+                                    "with --init)")
         schedule = load_schedule(state["schedule"], overrides)
         done = int(state["iteration"])
         if int(schedule["iterations"]) < done:
@@ -261,7 +283,12 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if state is not None:
         model.load_state_dict(state["model"])
     elif init_checkpoint:
-        load_model_weights(model, init_checkpoint)
+        init = load_model_weights(model, init_checkpoint)
+        if init["left_as_built"] and progress and rank == 0:
+            names = init["left_as_built"]
+            tqdm.write(f"init: {init['loaded']} tensors loaded from {init_checkpoint}; {len(names)} left as built "
+                       f"(names or shapes differ, e.g. another number of classes): {', '.join(names[:3])}"
+                       + (" ..." if len(names) > 3 else ""))
     if hasattr(model, "transform"):
         # The data pipeline already resized images and all masks (with scale jitter); the model's
         # transform would resize them again to its own size. It still resizes at inference time.

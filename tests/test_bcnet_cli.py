@@ -271,3 +271,28 @@ def test_bench_bad_device_is_one_clear_error():
         result = CliRunner().invoke(bcnet_main, ["bench", "--backbone", "tiny", "--size", "64", "--device", "cuda"])
         _clean(result, 2)
         assert "Error: --device cuda: no CUDA GPU is available on this machine" in result.output
+
+
+def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
+    root, checkpoint = tiny
+    good = root / "images" / "000000000001.png"
+    args = ["predict", str(good), "--checkpoint", str(checkpoint), "--quiet"]
+    everything = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "a"), "--score-threshold", "0"])
+    _clean(everything, 0)
+    n = len(json.loads((tmp_path / "a" / "results.json").read_text()))
+    assert n and f"1 images, {n} detections, {n} at score >= 0.0 (drawn in the pictures)" in everything.output
+    nothing = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "b"), "--score-threshold", "1"])
+    _clean(nothing, 0)
+    assert f"{n} detections, 0 at score >= 1.0" in nothing.output
+    assert "no detection reached --score-threshold: lower it" in nothing.output
+
+
+def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
+    root, checkpoint = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    data = load_annotations(copy)
+    data["images"] = []
+    save_annotations(copy, data)
+    result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e")
+    _clean(result, 2)
+    assert "lists no images to evaluate" in result.output and "check --images" not in result.output

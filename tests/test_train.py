@@ -334,3 +334,35 @@ def test_resume_past_or_at_the_end_trains_nothing_and_says_so(tmp_path, dataset_
     with pytest.raises(OccsynthError, match="already at iteration 2 > 1"):
         T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
                 overrides={"iterations": 1}, progress=False)
+
+
+def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path):
+    text = T.manifests.path("schedule-tiny").read_text()
+    typo = tmp_path / "typo.toml"
+    typo.write_text(text.replace("momentum = 0.9", "momentum = 0.9\nmomentun = 0.8"))
+    with pytest.raises(OccsynthError, match=r"typo.toml: unknown schedule setting 'momentun'"):
+        T.load_schedule(typo)
+    partial = tmp_path / "partial.toml"
+    partial.write_text("[solver]\nbase_lr = 0.01\n")
+    with pytest.raises(OccsynthError, match=r"schedule lacks base_batch_size, batch_size"):
+        T.load_schedule(partial, {"iterations": 3})
+
+
+def test_resume_refuses_another_model_and_init_says_what_it_loaded(tmp_path, dataset_dir, capsys):
+    _run(dataset_dir, tmp_path / "run", iterations=2, batch_size=1, checkpoint_every=2)
+    with pytest.raises(OccsynthError, match=r"trained with detector 'faster-rcnn'; --resume cannot change it to 'fcos'"):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                overrides={"iterations": 4, "detector": "fcos"}, progress=False)
+    final = tmp_path / "run" / "model_final.pt"
+    with pytest.raises(OccsynthError, match=r"none of its \d+ tensors fits this model"):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "fcos",
+                schedule="schedule-tiny", overrides={**TINY, "iterations": 1, "detector": "fcos", "backbone": "resnet18"},
+                init_checkpoint=final, progress=False)
+    # another number of classes: the class-specific tensors are left as built, and the run says so
+    data = load_annotations(dataset_dir)
+    data["categories"].append({"id": 99, "name": "extra", "supercategory": "none"})
+    (tmp_path / "more-classes.json").write_text(json.dumps(data))
+    T.train(tmp_path / "more-classes.json", dataset_dir / "images", tmp_path / "tuned", schedule="schedule-tiny",
+            overrides={**TINY, "iterations": 1}, init_checkpoint=final, progress=True)
+    said = capsys.readouterr()
+    assert "tensors loaded from" in said.out + said.err and "cls_score" in said.out + said.err
