@@ -495,6 +495,8 @@ def markdown_table(results: dict) -> str:
         box, segm = r.get("bbox", {}), r.get("segm", {})
         lines.append(f"| {name} | {pct(box.get('AP'))} | {pct(segm.get('AP'))} | "
                      + " | ".join(pct(segm.get(k)) for k in STAT_NAMES[1:]) + " |")
+    lines += ["", "AP in percent. Box AP and mask AP are COCO AP at IoU .50:.95; AP50, AP75 and APs/APm/APl "
+                  "(small, medium, large objects) are mask AP. `-`: not scored (no ground truth of that kind)."]
     split_rows = []
     for name, r in results.items():
         for key, label in (("segm_by_box_overlap", "max box IoU"), ("segm_by_occlusion_ratio", "occlusion ratio")):

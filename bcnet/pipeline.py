@@ -117,6 +117,9 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         results = evaluate_checkpoint(finetuned, {"val": inputs.coco_val, "cocoocc": (inputs.cocoocc, inputs.coco_val[1])},
                                       eval_dir, device=device, mode="visible", progress=progress)
     table = markdown_table(results)
+    if inputs.coco_train == inputs.coco_val:
+        table = ("Train and val are the same data here (e.g. --tiny on the demo set): these numbers show that every "
+                 "stage runs, not how well the model does.\n\n" + table)
     write_bytes(out_dir / "results.md", table.encode("utf-8"))
     summary = {"recipe": recipe, "stages": stages, "results": results}
     write_json(out_dir / "pipeline.json", summary, indent=2)

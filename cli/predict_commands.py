@@ -11,7 +11,7 @@ import click
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="A checkpoint written by bcnet train.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: results.json, images.json, pictures/.")
 @click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:i] (checked: a missing GPU is an error).")
+@click.option("--device", help="cpu or cuda[:i] [default: cuda when present] (checked: a missing GPU is an error).")
 @click.option("--no-pictures", is_flag=True, help="Write results.json only.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_command(inputs, checkpoint, out, score_threshold, device, no_pictures, quiet):

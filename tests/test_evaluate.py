@@ -108,6 +108,7 @@ def test_occlusion_splits():
     assert ratio["[0.1,0.3)"]["AP"] == pytest.approx(1.0, abs=1e-12)
     table = E.markdown_table({"val": out})
     assert "| val | max box IoU [0.3,1] | 2 | 50.0 |" in table and "| set | box AP | mask AP |" in table
+    assert "AP in percent" in table and "are mask AP" in table
 
 
 def test_bad_inputs_are_reported():

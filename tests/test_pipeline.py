@@ -60,6 +60,7 @@ def test_every_stage_writes_its_output(pipeline_run):
     for name in results:
         assert set(results[name]["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert "| val |" in (out / "results.md").read_text() and "| cocoocc |" in report["table"]
+    assert (out / "results.md").read_text().startswith("Train and val are the same data here")
     assert sum("done" in line for line in logs) == 0
 
 
