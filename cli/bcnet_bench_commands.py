@@ -25,9 +25,9 @@ def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {iters} iterations")
-    for head, name in (("fcn", "Mask R-CNN head"), ("bilayer-gcn", "BCNet head")):
-        r = report[head]
-        click.echo(f"{name:16s}: {r['parameters'] / 1e6:6.2f}M params, train step {r['train_step_s'] * 1e3:8.1f} ms, "
+    for head, name in (("fcn", "with Mask R-CNN head"), ("bilayer-gcn", "with BCNet head")):
+        r = report[head]  # parameters and times are of the whole model
+        click.echo(f"{name:20s}: {r['parameters'] / 1e6:6.2f}M params (whole model), train step {r['train_step_s'] * 1e3:8.1f} ms, "
                    f"inference {r['inference_s'] * 1e3:8.1f} ms")
     click.echo(f"BCNet / Mask R-CNN: train step {report['train_step_ratio']:.2f}x, inference "
                f"{report['inference_ratio']:.2f}x, +{report['extra_parameters_m']:.2f}M parameters")
