@@ -263,6 +263,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                             f"{schedule['backbone']} state dict)")
     device_, rank, world, own_group = _setup_distributed(device)
     use_amp = schedule["amp"] != "off" and device_.type == "cuda"
+    if schedule["amp"] != "off" and not use_amp and progress and rank == 0:
+        tqdm.write(f"amp {schedule['amp']}: CUDA only; training in float32 on {device_}")
     amp_dtype = torch.bfloat16 if schedule["amp"] == "bf16" else torch.float16
     accumulate = int(schedule["accumulate"])
     micro_batch_size(int(schedule["batch_size"]), world, accumulate)  # fail early when it does not split

@@ -366,3 +366,10 @@ def test_resume_refuses_another_model_and_init_says_what_it_loaded(tmp_path, dat
             overrides={**TINY, "iterations": 1}, init_checkpoint=final, progress=True)
     said = capsys.readouterr()
     assert "tensors loaded from" in said.out + said.err and "cls_score" in said.out + said.err
+
+
+def test_amp_on_cpu_says_it_trains_in_float32(tmp_path, dataset_dir, capsys):
+    T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "amp", schedule="schedule-tiny",
+            overrides={**TINY, "iterations": 1, "amp": "bf16"}, device="cpu", progress=True)
+    said = capsys.readouterr()
+    assert "amp bf16: CUDA only; training in float32 on cpu" in said.out + said.err
