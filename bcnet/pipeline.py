@@ -48,7 +48,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     from occsynth.generate import generate, run_settings
 
     from .evaluate import evaluate_checkpoint, markdown_table
-    from .train import train
+    from .train import check_setting_names, train
 
     from .device import resolve_device
 
@@ -62,6 +62,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     for table in ("pretrain", "finetune"):
         if "schedule" not in plan[table]:
             raise OccsynthError(f"pipeline recipe {recipe!r}: [{table}] needs a 'schedule' (e.g. schedule-1x)")
+        # a typo fails now, naming its table, not after the synthetic set was generated
+        check_setting_names([k for k in plan[table] if k != "schedule"], f"pipeline recipe {recipe!r} [{table}]")
     if "recipe" not in plan["synthetic"] and inputs.synthetic is None:
         raise OccsynthError(f"pipeline recipe {recipe!r}: [synthetic] needs a 'recipe' (e.g. synthetic-100k)")
     if inputs.coco_train is None or inputs.coco_val is None:

@@ -25,7 +25,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -66,20 +66,20 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     else:
         raw = manifests.load(str(schedule), "schedule")  # a missing or malformed file is an OccsynthError naming it
         flat, where = {}, str(schedule)
-        for section in raw.values():
-            if isinstance(section, dict):
-                flat.update(section)
-    _refuse_unknown(flat, where)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        _refuse_unknown({key: value}, "command line")
-        flat[key] = value
+        for name, section in raw.items():
+            if not isinstance(section, dict):
+                raise OccsynthError(f"{where}: {name!r} stands outside a table; schedule settings belong in "
+                                    "[solver], [data], [model] or [run]")
+            flat.update(section)
+    check_setting_names(flat, where)
+    check_setting_names([k for k, v in (overrides or {}).items() if v is not None], "command line")
+    flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
     _check_schedule(flat)
     return flat
 
 
-def _refuse_unknown(settings: dict, where: str) -> None:
+def check_setting_names(settings: Iterable[str], where: str) -> None:
+    """Refuse a name that is no schedule setting (a typo), naming ``where`` it was written."""
     known = REQUIRED_SETTINGS + OPTIONAL_SETTINGS
     unknown = [k for k in settings if k not in known]
     if unknown:
@@ -235,11 +235,15 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     out_dir = Path(out_dir)
     state = None
     resume_path: Path | None = None
+    retired: list[str] = []
     if resume:
         resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
         if resume_path is None:
             raise OccsynthError(f"{out_dir}: no checkpoint to resume from")
         state = ckpt.load_checkpoint(resume_path)
+        # keys an older version accepted and saved, but that meant nothing: dropped, not fatal
+        retired = [k for k in state["schedule"] if k not in REQUIRED_SETTINGS + OPTIONAL_SETTINGS]
+        state["schedule"] = {k: v for k, v in state["schedule"].items() if k not in retired}
         for key in MODEL_KEYS:  # the weights are of this model: another one cannot continue them
             asked, trained = (overrides or {}).get(key), state["schedule"].get(key)
             if asked is not None and asked != trained:
@@ -262,6 +266,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         raise OccsynthError(f"backbone weights {os.fspath(weights)}: no such file (expected a torchvision "
                             f"{schedule['backbone']} state dict)")
     device_, rank, world, own_group = _setup_distributed(device)
+    if retired and progress and rank == 0:
+        tqdm.write(f"{resume_path}: ignoring unknown schedule setting(s) {', '.join(map(repr, retired))} "
+                   "saved by an older version")
     use_amp = schedule["amp"] != "off" and device_.type == "cuda"
     if schedule["amp"] != "off" and not use_amp and progress and rank == 0:
         tqdm.write(f"amp {schedule['amp']}: CUDA only; training in float32 on {device_}")

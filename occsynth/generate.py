@@ -137,7 +137,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
             raise OccsynthError(f"{ann_path}: no usable background image")
         _check_image_root(bank, image_root)
     except BaseException:
-        if created:  # bad input found before anything was written: leave no empty --out behind
+        if created and shard[1] == 1:  # bad input found before anything was written: leave no empty --out
+            # behind (not for shards: another one may be about to write into the same --out)
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise

@@ -403,3 +403,14 @@ def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_
     monkeypatch.setattr("cli.generate_commands.generate", interrupted)
     stopped = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "i")])
     assert stopped.exit_code == 1 and "run the same command again to continue" in stopped.output
+
+
+def test_a_shard_failing_early_leaves_the_shared_out_it_created(demo_source, tmp_path):
+    _, root = demo_source
+    not_json = tmp_path / "bad.json"
+    not_json.write_text("this is not JSON")
+    shared = tmp_path / "shared"
+    base = ["generate", "--ann", str(not_json), "--images", str(root), "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    failed = CliRunner().invoke(occsynth_main, base + ["--out", str(shared), "--shard", "0/2"])
+    assert failed.exit_code == 2
+    assert shared.is_dir(), "another shard may be about to write into it"

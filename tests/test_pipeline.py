@@ -13,6 +13,7 @@ from bcnet.pipeline import PipelineInputs, run_pipeline
 from bcnet.predict import render_prediction
 from cli.bcnet_cli import main as bcnet_main
 from occsynth.coco import read_image
+from occsynth.errors import OccsynthError
 
 RECIPE = """
 [synthetic]
@@ -135,3 +136,14 @@ def test_bench_reports_both_heads_and_ratios():
     assert report["train_step_ratio"] > 0 and report["inference_ratio"] > 0
     assert report["extra_parameters_m"] == pytest.approx(
         (report["bilayer-gcn"]["parameters"] - report["fcn"]["parameters"]) / 1e6, abs=0.01)
+
+
+def test_a_typo_in_a_recipe_training_table_fails_before_any_stage_runs(demo_source, tmp_path):
+    ann, root = demo_source
+    recipe = tmp_path / "typo.toml"
+    recipe.write_text(RECIPE.replace("[pretrain]\n", "[pretrain]\niteratons = 5\n", 1))
+    assert "iteratons" in recipe.read_text()
+    with pytest.raises(OccsynthError, match=r"\[pretrain\]: unknown schedule setting 'iteratons'"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False, log=print)
+    assert not (tmp_path / "run" / "synthetic").exists()

@@ -373,3 +373,21 @@ def test_amp_on_cpu_says_it_trains_in_float32(tmp_path, dataset_dir, capsys):
             overrides={**TINY, "iterations": 1, "amp": "bf16"}, device="cpu", progress=True)
     said = capsys.readouterr()
     assert "amp bf16: CUDA only; training in float32 on cpu" in said.out + said.err
+
+
+def test_resume_ignores_a_setting_an_older_version_saved_and_a_stray_top_level_key_is_refused(tmp_path, dataset_dir,
+                                                                                              capsys):
+    _run(dataset_dir, tmp_path / "run", iterations=2, batch_size=1, checkpoint_every=2)
+    final = tmp_path / "run" / "model_final.pt"
+    state = torch.load(final, weights_only=True)
+    state["schedule"]["note"] = "first try"  # accepted and saved before unknown keys were refused
+    torch.save(state, final)
+    result = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                     overrides={"iterations": 3}, progress=True)
+    assert result["iteration"] == 3
+    said = capsys.readouterr()
+    assert "ignoring unknown schedule setting(s) 'note' saved by an older version" in said.out + said.err
+    stray = tmp_path / "stray.toml"
+    stray.write_text("itertions = 7\n" + T.manifests.path("schedule-tiny").read_text())
+    with pytest.raises(OccsynthError, match=r"stray.toml: 'itertions' stands outside a table"):
+        T.load_schedule(stray)
