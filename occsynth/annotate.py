@@ -147,12 +147,12 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         raise OccsynthError(f"{in_path}: missing the 'images' or 'annotations' list of a COCO instances file")
     index_of = {}
     for k, image in enumerate(images):
-        if isinstance(image, dict) and image.get("id") is not None:
+        if isinstance(image, dict) and _is_key(image.get("id")):
             index_of.setdefault(image["id"], k)
     per_bucket = max(int(images_per_bucket), -(-len(images) // MAX_BUCKETS), 1)
     num_buckets = -(-len(images) // per_bucket)
     counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0, "bad_masks": 0,
-              "unknown_image": 0}
+              "unknown_image": 0, "replaced_occluder_ids": 0}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent) as tmp:
         tmp = Path(tmp)
@@ -160,7 +160,10 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         try:
             for seq, ann in enumerate(tqdm(iter_array(in_path, "annotations"), desc="read annotations",
                                            unit="ann", disable=not progress)):
-                k = index_of.get(ann.get("image_id")) if isinstance(ann, dict) else None
+                image_id = ann.get("image_id") if isinstance(ann, dict) else None
+                k = index_of.get(image_id) if _is_key(image_id) else None
+                if isinstance(ann, dict) and ann.get("occluder_ids"):
+                    counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported, not kept
                 bucket = num_buckets if k is None else k // per_bucket
                 files[bucket].write(json.dumps([seq, -1 if k is None else k, ann], separators=(",", ":")) + "\n")
                 counts["annotations"] += 1
@@ -204,6 +207,11 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 (tmp / f"{bucket}.jsonl").unlink()
             out.write("]}")
     return {"out": str(out_path), "threshold": threshold, "bcnet_compat": bcnet_compat, "counts": counts}
+
+
+def _is_key(value: Any) -> bool:
+    """An id usable as a key (a list id would raise TypeError in a dict lookup)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _dumps(obj: Any) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 from . import errors
 from .atomic import open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
-from .coco import file_hash, read_dataset, resolve_image_path, unique_by_id
+from .coco import check_annotation_record, file_hash, read_dataset, resolve_image_path, unique_by_id
 from .errors import BadRecord, OccsynthError, SkipLog
 
 PAPER_COUNT = 1005
@@ -162,18 +162,32 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
         raise OccsynthError(f"image mode must be 'link' or 'copy', got {image_mode!r}")
     if image_mode and image_root is None:
         raise OccsynthError("--link/--copy need --images (the source image directory)")
-    if not 0.0 <= threshold <= 1.0:
-        raise OccsynthError(f"threshold must be in [0, 1], got {threshold}")
+    if not 0.0 < threshold <= 1.0:
+        raise OccsynthError(f"threshold must be in (0, 1], got {threshold} (0 would keep every image)")
     check_out_dir(ann_path, out_dir, force)
     if image_mode:
         check_image_dirs(image_root, out_dir)
+    out_dir = Path(out_dir)
+    fresh = not out_dir.exists() or not any(out_dir.iterdir())
+    try:
+        return _build(ann_path, out_dir, image_root, image_mode, overlap, threshold, count_crowd, strict)
+    except BaseException:
+        if fresh:  # whatever this run placed: a failed run leaves --out as it found it, so a rerun is not refused
+            for child in list(out_dir.iterdir()) if out_dir.is_dir() else []:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        raise
+
+
+def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, threshold: float, count_crowd: bool,
+           strict: bool) -> dict:
     data = read_dataset(ann_path)
+    source_annotations = len(data["annotations"])
     skips = SkipLog(strict=strict)
     data = dict(data, images=unique_by_id(data["images"], "image", skips))
+    data["annotations"] = _usable_annotations(data, skips)
     best = max_overlap_per_image(data, overlap, count_crowd)
     keep = {image_id for image_id, value in best.items() if value >= threshold}
     images = [im for im in data["images"] if im["id"] in keep]
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dropped: list[dict] = []
     if image_mode:
@@ -191,7 +205,7 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     write_json(out_dir / "annotations.json", output)
     options = {"overlap": overlap, "threshold": threshold, "count_crowd": count_crowd}
     crowd = has_crowd(data)
-    counts = {"source_images": len(data["images"]), "source_annotations": len(data["annotations"]),
+    counts = {"source_images": len(data["images"]), "source_annotations": source_annotations,
               "selected_images": len(selected) + len(dropped), "dropped_images": len(dropped),
               "images": len(images), "annotations": len(annotations), "paper_images": PAPER_COUNT,
               "source_has_crowd": crowd}
@@ -208,6 +222,24 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     write_json(out_dir / "manifest.json", manifest, indent=2)
     write_json(out_dir / "report.json", {k: v for k, v in report.items() if k != "out"}, indent=2)
     return report
+
+
+def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:
+    """Annotations of known images and categories with a segmentation to score: evaluation (and
+    pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output."""
+    images = {im["id"] for im in data["images"]}
+    categories = {c["id"] for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    usable = []
+    for ann in data["annotations"]:
+        try:
+            check_annotation_record(ann, images, categories)
+            if not ann["segmentation"] or not isinstance(ann["segmentation"], (list, dict)):
+                raise BadRecord(errors.DEGENERATE_MASK, f"annotation {ann['id']}", "empty segmentation")
+        except BadRecord as exc:
+            skips.skip(exc)
+            continue
+        usable.append(ann)
+    return usable
 
 
 def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: SkipLog) -> list[dict]:

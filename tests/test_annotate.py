@@ -90,7 +90,7 @@ def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
     assert list(out) == ["info", "type", "images", "licenses", "categories", "annotations"]
     assert {k: out[k] for k in out if k != "annotations"} == {k: data[k] for k in data if k != "annotations"}
     assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 5, "no_box": 0, "bad_masks": 0,
-                                "unknown_image": 1}
+                                "unknown_image": 1, "replaced_occluder_ids": 0}
 
 
 def test_threshold_option(tmp_path):
@@ -184,3 +184,14 @@ def test_out_linked_to_the_input_is_refused(tmp_path):
     res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "hard.json")])
     assert res.exit_code == 2 and "must differ" in res.output
     assert json.loads(src.read_text()) == make_dataset()
+
+
+def test_list_ids_do_not_crash_and_replaced_occluder_ids_are_counted(tmp_path):
+    data = make_dataset()
+    data["images"].append({"id": [5], "file_name": "x.jpg", "height": 10, "width": 10})
+    data["annotations"][0]["image_id"] = [1]
+    data["annotations"][1]["occluder_ids"] = [3]  # e.g. an occsynth set's exact occluders
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    report = annotate_occluders(src, tmp_path / "o.json", progress=False)
+    assert report["counts"]["unknown_image"] == 2 and report["counts"]["replaced_occluder_ids"] == 1

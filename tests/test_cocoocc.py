@@ -17,6 +17,7 @@ from cli.occsynth_cli import main
 from occsynth import cocoocc
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
 from occsynth.coco import read_image, resolve_image_path
+from occsynth.errors import OccsynthError
 
 # image id -> boxes (x, y, w, h, iscrowd). Overlaps worked out by hand:
 #   1: inter 50, union 150 -> iou 1/3,   min 0.5
@@ -309,3 +310,39 @@ def test_links_are_relative_and_survive_moving_the_folder_holding_both(tmp_path)
         path = resolve_image_path(out_images, image["file_name"])  # as `occsynth validate` reads OUT/images
         pixels = read_image(path, (image["height"], image["width"]))
         assert pixels.shape == (40, 40, 3) and (pixels == image["id"] * 30).all()
+
+
+def test_a_strict_run_that_stops_leaves_out_as_it_found_it_so_the_rerun_works(tmp_path):
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "val.json", data)
+    seven = next(im for im in data["images"] if im["id"] == 7)
+    (root / seven["file_name"]).unlink()  # selected after images 1 and 2 (threshold 0.1): strict stops there
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--images", str(root),
+                                  "--copy", "--threshold", "0.1", "--strict"])
+    assert r.exit_code == 2 and "missing image file" in r.output
+    assert not out.exists() or not any(out.iterdir()), "images placed before the stop were left behind"
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--images", str(root),
+                                  "--copy", "--threshold", "0.1"])
+    assert r.exit_code == 0, r.output
+
+
+def test_annotations_that_cannot_be_scored_are_skipped_and_counted(tmp_path):
+    data = make_dataset()
+    first = data["annotations"][0]
+    data["annotations"] += [{**first, "id": 901, "segmentation": []},           # empty: COCOeval would crash
+                            {**first, "id": 902, "image_id": [1]},              # not an id (was a TypeError)
+                            {**first, "id": 903, "category_id": 999}]           # unknown category
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o", threshold=0.1)
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 1,
+                                           "annotation refers to an unknown image id": 1,
+                                           "annotation refers to an unknown category id": 1}
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert not {901, 902, 903} & {a["id"] for a in out["annotations"]}
+    assert report["counts"]["source_annotations"] == len(data["annotations"])
+    with pytest.raises(OccsynthError, match="annotation 901"):
+        build_cocoocc(ann, tmp_path / "s", threshold=0.1, strict=True)
+    zero = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "z"),
+                                     "--threshold", "0"])
+    assert zero.exit_code == 2 and "--threshold" in zero.output
