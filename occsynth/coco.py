@@ -163,14 +163,15 @@ def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
     if not isinstance(ann.get("id"), int) or "segmentation" not in ann:
         raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id' and a 'segmentation'")
-    if not _is_id(ann.get("image_id")) or ann["image_id"] not in images:  # a list id is no key: no TypeError
+    if not is_id(ann.get("image_id")) or ann["image_id"] not in images:  # a list id is no key: no TypeError
         raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(ann.get('image_id'))}")
-    if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
+    if not is_id(ann.get("category_id")) or ann["category_id"] not in categories:
         raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {brief(ann.get('category_id'))}")
     return ann
 
 
-def _is_id(value: Any) -> bool:
+def is_id(value: Any) -> bool:
+    """A COCO id: an int (not a bool). Checked before a dict lookup, where a list id would raise TypeError."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

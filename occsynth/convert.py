@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from . import masks as mask_ops
 from .atomic import write_json
-from .coco import read_dataset, read_json
-from .errors import OccsynthError
+from .coco import check_image_record, is_id, read_dataset, read_json
+from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
 
 
@@ -85,12 +85,12 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     data = read_dataset(in_path)
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
-    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
+    images, bad_images = _usable_images(data["images"])
     by_image: dict = {}
     counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
-              "with_occluders": 0}
+              "with_occluders": 0, "bad_images": bad_images}
     for ann in data["annotations"]:
-        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+        if not isinstance(ann, dict) or not is_id(ann.get("image_id")) or ann["image_id"] not in images:
             counts["unknown_image"] += 1
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -130,6 +130,19 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     return {"out": str(out_path), "format": "kins", "counts": counts}
 
 
+def _usable_images(records: list) -> tuple[dict, int]:
+    """Image records by id, and how many were left out: masks are decoded at their height and width."""
+    images, bad = {}, 0
+    for record in records:
+        try:
+            image = check_image_record(record)
+        except BadRecord:
+            bad += 1
+            continue
+        images.setdefault(image["id"], image)
+    return images, bad
+
+
 def _normalise_name(name: Any) -> str:
     return " ".join(str(name).lower().replace("_", " ").split())
 
@@ -163,13 +176,14 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         if not isinstance(coco_categories, list):
             raise OccsynthError(f"{categories_from}: has no 'categories' list")
     categories, by_name, thing_id, stuff_id = cocoa_categories(coco_categories)
-    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
+    images, bad_images = _usable_images(data["images"])
     counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
-              "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0}
+              "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0, "bad_images": bad_images,
+              "bad_order": 0}
     out_annotations = []
     next_id = 1
     for record in tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress):
-        if not isinstance(record, dict) or record.get("image_id") not in images:
+        if not isinstance(record, dict) or not is_id(record.get("image_id")) or record["image_id"] not in images:
             counts["unknown_image"] += 1
             continue
         image = images[record["image_id"]]
@@ -189,7 +203,11 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             amodal.append(a)
         if not regions:
             continue
-        orders = [int(r.get("order", k + 1)) for k, (_, r) in enumerate(regions)]
+        try:
+            orders = [int(r.get("order", k + 1)) for k, (_, r) in enumerate(regions)]
+        except (TypeError, ValueError, OverflowError):  # null, text, NaN: the listing order stands in, counted
+            counts["bad_order"] += 1
+            orders = list(range(1, len(regions) + 1))
         layers = [max(orders) - o for o in orders]  # order 1 = front: nearest the camera, highest layer
         occluders = layer_occluders(amodal, layers)
         ids = list(range(next_id, next_id + len(regions)))

@@ -149,3 +149,21 @@ def test_plain_coco_is_refused_by_both_converters(tmp_path):
     res = CliRunner().invoke(main, ["convert-kins", "--ann", str(tmp_path / "cocoa2.json"), "--out",
                                     str(tmp_path / "o.json"), "--quiet"])
     assert res.exit_code == 2 and "not a KINS file" in res.output
+
+
+def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
+    kins = json.loads(kins_file(tmp_path).read_text())
+    kins["images"].append({"id": 9, "file_name": "000009.png"})  # no height/width: its masks cannot be decoded
+    kins["annotations"].append({**kins["annotations"][0], "id": 15, "image_id": 9})
+    kins["annotations"].append({**kins["annotations"][0], "id": 16, "image_id": [3]})  # a list is no id
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
+    assert report["counts"]["bad_images"] == 1 and report["counts"]["unknown_image"] == 3
+    assert report["counts"]["annotations"] == 3
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["annotations"][0]["regions"][2]["order"] = None
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+    assert report["counts"]["bad_order"] == 1 and report["counts"]["annotations"] == 3
+    out = json.loads((tmp_path / "c-out.json").read_text())["annotations"]
+    assert [a["order"] for a in out] == [1, 2, 3]  # the listing order stands in
