@@ -6,13 +6,16 @@ from pathlib import Path
 import click
 
 from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, pixels_report, report
+from cli.common import ReportedError
 from occsynth.demo import default_cache_dir, make_demo_source
 
 
 @click.command("make-demo-source")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the painted scenes.")
-def make_demo_source_command(directory, seed):
+@click.option("--force", is_flag=True, help="Write into a non-empty DIRECTORY (its annotations.json and same-named "
+                                            "images are replaced).")
+def make_demo_source_command(directory, seed, force):
     """Write the embedded demo source set to DIRECTORY (no download).
 
     DIRECTORY/annotations.json (COCO instances, all 80 COCO categories) and DIRECTORY/images/
@@ -20,7 +23,11 @@ def make_demo_source_command(directory, seed):
     polygons, compressed and uncompressed RLE, a crowd region, objects cut by the border,
     overlapping pairs and complete objects. Use it as --ann/--images of any command.
     """
-    ann, root = make_demo_source(Path(directory), seed=seed)
+    target = Path(directory)
+    if not force and target.is_dir() and any(target.iterdir()):
+        raise ReportedError(f"{directory}: not empty; its annotations.json would be replaced - choose an empty "
+                            "folder or pass --force")
+    ann, root = make_demo_source(target, seed=seed)
     click.echo(f"wrote {ann} and {root}/")
 
 

@@ -188,6 +188,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     best = max_overlap_per_image(data, overlap, count_crowd)
     keep = {image_id for image_id, value in best.items() if value >= threshold}
     images = [im for im in data["images"] if im["id"] in keep]
+    placed_before = _placed_by_last_build(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dropped: list[dict] = []
     if image_mode:
@@ -195,6 +196,10 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         lost = {d["id"] for d in dropped}
         images = [im for im in images if im["id"] not in lost]
         keep -= lost
+    for name in placed_before - ({im["file_name"] for im in images} if image_mode else set()):
+        stale = out_dir / "images" / name  # a link or copy the last build placed: not selected any more
+        if stale.is_symlink() or stale.is_file():
+            stale.unlink()
     selected = [im["id"] for im in images]
     annotations = [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep]
     info = dict(data.get("info") or {})
@@ -222,6 +227,26 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     write_json(out_dir / "manifest.json", manifest, indent=2)
     write_json(out_dir / "report.json", {k: v for k, v in report.items() if k != "out"}, indent=2)
     return report
+
+
+def _placed_by_last_build(out_dir: Path) -> set[str]:
+    """File names of the images an earlier build-cocoocc placed in ``out_dir/images`` (its manifest
+    says it placed them; its annotations.json names them), so that a rebuild removes the ones it drops."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+        if not (isinstance(manifest, dict) and manifest.get("kind") == MANIFEST_KIND and manifest.get("images_placed")):
+            return set()
+        images = read_dataset(out_dir / "annotations.json")["images"]
+    except (OSError, ValueError, OccsynthError):
+        return set()
+    names = set()
+    for image in images:
+        try:
+            resolve_image_path(out_dir / "images", image.get("file_name") if isinstance(image, dict) else None)
+        except BadRecord:  # never a path outside images/
+            continue
+        names.add(image["file_name"])
+    return names
 
 
 def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:

@@ -346,3 +346,20 @@ def test_annotations_that_cannot_be_scored_are_skipped_and_counted(tmp_path):
     zero = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "z"),
                                      "--threshold", "0"])
     assert zero.exit_code == 2 and "--threshold" in zero.output
+
+
+def test_a_rebuild_removes_the_images_the_last_build_placed_and_no_longer_selects(tmp_path):
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "val.json", data)
+    out = tmp_path / "o"
+    before = snapshot(root)
+    build_cocoocc(ann, out, image_root=root, image_mode="copy", threshold=0.1)
+    (out / "images" / "notes.txt").write_text("mine")  # not placed by a build: never touched
+    placed = lambda: sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png"))
+    assert placed() == ["set-a/000001.png", "set-a/000002.png", "set-a/000007.png"]
+    build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.5)
+    kept = [im["file_name"] for im in json.loads((out / "annotations.json").read_text())["images"]]
+    assert placed() == kept and len(kept) < 3
+    build_cocoocc(ann, out, threshold=0.1)  # annotations only: no image of an earlier build stays
+    assert placed() == [] and (out / "images" / "notes.txt").read_text() == "mine"
+    assert snapshot(root) == before

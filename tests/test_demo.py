@@ -96,3 +96,11 @@ def test_make_demo_source_command(tmp_path):
     data = json.loads((tmp_path / "d" / "annotations.json").read_text())
     assert Counter(Path(im["file_name"]).suffix for im in data["images"]) == {".jpg": demo.NUM_IMAGES}
     assert all((tmp_path / "d" / "images" / im["file_name"]).is_file() for im in data["images"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "annotations.json").write_text('{"my": "labels"}')
+    refused = CliRunner().invoke(occsynth_main, ["make-demo-source", str(mine)])
+    assert refused.exit_code == 2 and "not empty" in refused.output
+    assert (mine / "annotations.json").read_text() == '{"my": "labels"}'
+    forced = CliRunner().invoke(occsynth_main, ["make-demo-source", str(mine), "--force"])
+    assert forced.exit_code == 0 and "images" in json.loads((mine / "annotations.json").read_text())
