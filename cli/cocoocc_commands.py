@@ -20,7 +20,7 @@ from occsynth.occluders import BCNET_IOU_THRESHOLD
 @click.option("--overlap", type=click.Choice(["iou", "min"]), default=DEFAULT_OVERLAP, show_default=True, help="Box overlap measure: intersection over union, or over the smaller box.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_THRESHOLD, show_default=True, help="Keep images whose largest pairwise box overlap is at least this.")
 @click.option("--count-crowd", is_flag=True, help="Let crowd boxes count (default: they do not).")
-@click.option("--strict", is_flag=True, help="Stop at the first bad record (missing image file, duplicate id) instead of skipping it.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record (duplicate id, unusable annotation; a missing image file with --link/--copy, which place the files) instead of skipping it.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out that build-cocoocc did not write (never one holding --ann).")
 def build_cocoocc_command(ann, out, images, link, copy, overlap, threshold, count_crowd, strict, force):
     """Build COCO-OCC: the images whose object boxes overlap (BCNet's occlusion benchmark).

@@ -61,9 +61,10 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
 
     Returns counts: ``no_box`` (annotations without a usable box or id: no occluders, occlude
     nobody), ``bad_masks`` (occluders whose segmentation could not be decoded: left out of the
-    union), ``with_occluders``.
+    union), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
+    whose image has no usable height/width, so their ``bg_object_segmentation`` stays empty).
     """
-    counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0}
+    counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0}
     usable = [i for i, a in enumerate(annotations)
               if is_box(a.get("bbox")) and isinstance(a.get("id"), int) and not isinstance(a.get("id"), bool)]
     counts["no_box"] = len(annotations) - len(usable)
@@ -91,7 +92,10 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
         if not bcnet_compat:
             continue
         ann["bg_object_segmentation"] = []
-        if not hits or height is None:
+        if not hits:
+            continue
+        if height is None:  # the image record has no usable height/width: no mask can be drawn, counted
+            counts["no_image_size"] += 1
             continue
         x0, y0, x1, y1 = box_window(ann["bbox"], height, width)
         if x1 <= x0 or y1 <= y0:
@@ -152,7 +156,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     per_bucket = max(int(images_per_bucket), -(-len(images) // MAX_BUCKETS), 1)
     num_buckets = -(-len(images) // per_bucket)
     counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0, "bad_masks": 0,
-              "unknown_image": 0, "replaced_occluder_ids": 0}
+              "unknown_image": 0, "replaced_occluder_ids": 0, "no_image_size": 0}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent) as tmp:
         tmp = Path(tmp)
@@ -198,7 +202,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                         size_ok = isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0
                         c = annotate_image(anns, h if size_ok else None, w if size_ok else None, threshold,
                                            bcnet_compat)
-                        for name in ("no_box", "bad_masks", "with_occluders"):
+                        for name in ("no_box", "bad_masks", "with_occluders", "no_image_size"):
                             counts[name] += c[name]
                     for ann in anns:
                         out.write(("" if first else ",") + _dumps(ann))

@@ -90,7 +90,7 @@ def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
     assert list(out) == ["info", "type", "images", "licenses", "categories", "annotations"]
     assert {k: out[k] for k in out if k != "annotations"} == {k: data[k] for k in data if k != "annotations"}
     assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 5, "no_box": 0, "bad_masks": 0,
-                                "unknown_image": 1, "replaced_occluder_ids": 0}
+                                "unknown_image": 1, "replaced_occluder_ids": 0, "no_image_size": 0}
 
 
 def test_threshold_option(tmp_path):
@@ -195,3 +195,16 @@ def test_list_ids_do_not_crash_and_replaced_occluder_ids_are_counted(tmp_path):
     src.write_text(json.dumps(data))
     report = annotate_occluders(src, tmp_path / "o.json", progress=False)
     assert report["counts"]["unknown_image"] == 2 and report["counts"]["replaced_occluder_ids"] == 1
+
+
+def test_bcnet_compat_counts_occluded_annotations_of_an_image_without_a_size(tmp_path):
+    data = make_dataset()
+    del data["images"][0]["height"]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    report = annotate_occluders(src, tmp_path / "o.json", bcnet_compat=True, progress=False)
+    out = json.loads((tmp_path / "o.json").read_text())
+    first = data["images"][0]["id"]
+    occluded = [a for a in out["annotations"] if a["image_id"] == first and a["occluder_ids"]]
+    assert occluded and all(a["bg_object_segmentation"] == [] for a in occluded)
+    assert report["counts"]["no_image_size"] == len(occluded)
