@@ -101,6 +101,7 @@ def alternative_counts(data: dict, thresholds: tuple = REPORT_THRESHOLDS) -> dic
 
 
 MANIFEST_KIND = "coco-occ"
+OUTPUT_NAMES = ("images", "annotations.json", "manifest.json", "report.json")  # what a build writes in OUT
 VAL2017_IMAGES = 5000
 
 
@@ -172,9 +173,10 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     try:
         return _build(ann_path, out_dir, image_root, image_mode, overlap, threshold, count_crowd, strict)
     except BaseException:
-        if fresh:  # whatever this run placed: a failed run leaves --out as it found it, so a rerun is not refused
+        if fresh:  # what this run wrote: a failed run leaves --out as it found it, so a rerun is not refused
             for child in list(out_dir.iterdir()) if out_dir.is_dir() else []:
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                if child.name in OUTPUT_NAMES or (child.name.startswith(".") and ".tmp-" in child.name):
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         raise
 
 
@@ -197,9 +199,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         images = [im for im in images if im["id"] not in lost]
         keep -= lost
     for name in placed_before - ({im["file_name"] for im in images} if image_mode else set()):
-        stale = out_dir / "images" / name  # a link or copy the last build placed: not selected any more
-        if stale.is_symlink() or stale.is_file():
-            stale.unlink()
+        _remove_stale_link(out_dir / "images", name)
     selected = [im["id"] for im in images]
     annotations = [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep]
     info = dict(data.get("info") or {})
@@ -231,7 +231,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
 
 def _placed_by_last_build(out_dir: Path) -> set[str]:
     """File names of the images an earlier build-cocoocc placed in ``out_dir/images`` (its manifest
-    says it placed them; its annotations.json names them), so that a rebuild removes the ones it drops."""
+    says it placed them; its annotations.json names them), so that a rebuild removes the links it drops."""
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
         if not (isinstance(manifest, dict) and manifest.get("kind") == MANIFEST_KIND and manifest.get("images_placed")):
@@ -247,6 +247,19 @@ def _placed_by_last_build(out_dir: Path) -> set[str]:
             continue
         names.add(image["file_name"])
     return names
+
+
+def _remove_stale_link(images_dir: Path, name: str) -> None:
+    """Remove a link an earlier --link build placed and this one does not select. Only a symlink, and
+    only inside real folders of OUT/images: removing a link never loses data, and a folder that is
+    itself a link may lead into the source images. Copies are left (their bytes may be the user's)."""
+    target, folder = images_dir / name, images_dir
+    for part in Path(name).parts[:-1]:
+        if folder.is_symlink() or not folder.is_dir():
+            return
+        folder = folder / part
+    if not folder.is_symlink() and folder.is_dir() and target.is_symlink():
+        target.unlink()
 
 
 def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -348,18 +349,58 @@ def test_annotations_that_cannot_be_scored_are_skipped_and_counted(tmp_path):
     assert zero.exit_code == 2 and "--threshold" in zero.output
 
 
-def test_a_rebuild_removes_the_images_the_last_build_placed_and_no_longer_selects(tmp_path):
+def test_a_rebuild_removes_the_links_the_last_build_placed_and_no_longer_selects(tmp_path):
     data, root = real_images_set(tmp_path)
     ann = write_set(tmp_path / "val.json", data)
     out = tmp_path / "o"
     before = snapshot(root)
-    build_cocoocc(ann, out, image_root=root, image_mode="copy", threshold=0.1)
+    build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.1)
     (out / "images" / "notes.txt").write_text("mine")  # not placed by a build: never touched
     placed = lambda: sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png"))
     assert placed() == ["set-a/000001.png", "set-a/000002.png", "set-a/000007.png"]
     build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.5)
     kept = [im["file_name"] for im in json.loads((out / "annotations.json").read_text())["images"]]
     assert placed() == kept and len(kept) < 3
-    build_cocoocc(ann, out, threshold=0.1)  # annotations only: no image of an earlier build stays
+    build_cocoocc(ann, out, threshold=0.1)  # annotations only: no link of an earlier build stays
     assert placed() == [] and (out / "images" / "notes.txt").read_text() == "mine"
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("swap", ["images", "images/set-a"])
+def test_a_rebuild_never_deletes_through_a_folder_that_is_a_link(tmp_path, swap):
+    """A user replaced OUT/images (or a folder in it) by a link to the source images: nothing there goes."""
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "val.json", data)
+    out = tmp_path / "o"
+    build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.1)
+    shutil.rmtree(out / swap)
+    os.symlink(root if swap == "images" else root / "set-a", out / swap)
+    before = snapshot(root)
+    build_cocoocc(ann, out, threshold=0.5)
+    assert snapshot(root) == before
+
+
+def test_a_rebuild_leaves_copies_in_place(tmp_path):
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "val.json", data)
+    out = tmp_path / "o"
+    build_cocoocc(ann, out, image_root=root, image_mode="copy", threshold=0.1)
+    build_cocoocc(ann, out, threshold=0.5)
+    assert len(list((out / "images").rglob("*.png"))) == 3  # bytes that may be the user's are never deleted
+
+
+def test_the_cleanup_of_a_failed_build_removes_only_what_a_build_writes(tmp_path, monkeypatch):
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "val.json", data)
+    out = tmp_path / "o"
+    place = cocoocc._place_images
+
+    def place_then_fail(images, image_root, dest, mode, skips):
+        place(images, image_root, dest, mode, skips)
+        (out / "theirs.txt").write_text("written by another process meanwhile")
+        raise OccsynthError("disk full")
+
+    monkeypatch.setattr(cocoocc, "_place_images", place_then_fail)
+    with pytest.raises(OccsynthError, match="disk full"):
+        build_cocoocc(ann, out, image_root=root, image_mode="copy", threshold=0.1)
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
