@@ -39,7 +39,7 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import open_atomic
 from .boxes import is_box
-from .coco import iter_array, reading_json
+from .coco import is_id, iter_array, reading_json
 from .errors import OccsynthError
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -66,7 +66,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     """
     counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0}
     usable = [i for i, a in enumerate(annotations)
-              if is_box(a.get("bbox")) and isinstance(a.get("id"), int) and not isinstance(a.get("id"), bool)]
+              if is_box(a.get("bbox")) and is_id(a.get("id"))]
     counts["no_box"] = len(annotations) - len(usable)
     occluders: dict[int, list[int]] = {i: [] for i in range(len(annotations))}
     if usable:

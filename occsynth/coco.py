@@ -125,7 +125,7 @@ def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
     for record in records:
         record_id = record.get("id") if isinstance(record, dict) else None
         try:
-            if not isinstance(record_id, int) or isinstance(record_id, bool):
+            if not is_id(record_id):
                 raise BadRecord(errors.MALFORMED_RECORD, f"{kind} record {str(record)[:60]}", "'id' missing or not int")
             if record_id in seen:
                 raise BadRecord(errors.DUPLICATE_ID, f"{kind} record {record_id}", "later records with this id skipped")

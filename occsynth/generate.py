@@ -150,7 +150,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
     writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
 
-    chunks = [c for c in range(settings.num_chunks) if c % count == index and not writer.chunk_done(out_dir, c)]
+    chunks = [c for c in range(settings.num_chunks) if _in_shard(c, shard) and not writer.chunk_done(out_dir, c)]
     pixels_dir = None
     if cutout_pixels and chunks:
         pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
@@ -172,10 +172,15 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         return writer.finalize(out_dir, run, parts)
 
 
+def _in_shard(chunk: int, shard: tuple[int, int]) -> bool:
+    """Shard (i, n) renders chunks i, i + n, i + 2n, ..."""
+    return chunk % shard[1] == shard[0]
+
+
 def _of_shard(settings: dict, shard: tuple[int, int], file_name: str) -> bool:
     """Whether ``file_name`` is written by this shard alone: shards may share OUT, and run at once."""
     chunk = writer.chunk_of_file(file_name, settings)
-    return chunk is not None and chunk % shard[1] == shard[0]
+    return chunk is not None and _in_shard(chunk, shard)
 
 
 def _check_image_root(bank: Bank, image_root: Path, sample: int = 20) -> None:

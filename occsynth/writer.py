@@ -287,11 +287,10 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         if not (out_dir / PARTS / name).exists():
             src = next(Path(d) / PARTS / name for d in shard_dirs if (Path(d) / PARTS / name).exists())
             write_json(out_dir / PARTS / name, _read_json(src))
-    for part in tqdm(parts, desc="merge", unit="chunk", disable=not progress):
+    for chunk, part in enumerate(tqdm(parts, desc="merge", unit="chunk", disable=not progress)):  # chunk order
         src_dir = part.parent.parent
         if src_dir.resolve() == Path(out_dir).resolve():
             continue
-        chunk = int(part.stem.split("-")[1])
         for name in chunk_image_names(settings, chunk):  # fixed by the settings: no file needs parsing
             dst, src = out_dir / IMAGES / name, src_dir / IMAGES / name
             if not dst.exists():
