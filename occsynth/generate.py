@@ -145,31 +145,33 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
 
     run = {"version": __version__, "settings": settings.to_dict(),
            "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}
-    writer.check_run_settings(out_dir, run)
-    index, count = shard
-    remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
-    writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
+    writer.refuse_foreign_files(out_dir)  # before the lock puts parts/ there
+    with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
+        writer.check_run_settings(out_dir, run)
+        index, count = shard
+        remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
+        writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
 
-    chunks = [c for c in range(settings.num_chunks) if _in_shard(c, shard) and not writer.chunk_done(out_dir, c)]
-    pixels_dir = None
-    if cutout_pixels and chunks:
-        pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
-                                              workers=workers if backend in ("loky", "threading") else 1))
-    task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
-                             pixels_dir=pixels_dir)
-    # closing: if the merge fails, the workers stop too instead of rendering on unseen
-    with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, backend_address,
-                                             progress)) as finished:
-        if count > 1:
-            for _ in finished:
-                pass
-            done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
-            return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
-                    "chunks_total": settings.num_chunks, "merged": False}
-        # the merge runs while the workers render: no serial merge after the last chunk
-        done_before = set(range(settings.num_chunks)).difference(chunks)
-        parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
-        return writer.finalize(out_dir, run, parts)
+        chunks = [c for c in range(settings.num_chunks) if _in_shard(c, shard) and not writer.chunk_done(out_dir, c)]
+        pixels_dir = None
+        if cutout_pixels and chunks:
+            pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
+                                                  workers=workers if backend in ("loky", "threading") else 1))
+        task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
+                                 pixels_dir=pixels_dir)
+        # closing: if the merge fails, the workers stop too instead of rendering on unseen
+        with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, backend_address,
+                                                 progress)) as finished:
+            if count > 1:
+                for _ in finished:
+                    pass
+                done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
+                return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
+                        "chunks_total": settings.num_chunks, "merged": False}
+            # the merge runs while the workers render: no serial merge after the last chunk
+            done_before = set(range(settings.num_chunks)).difference(chunks)
+            parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
+            return writer.finalize(out_dir, run, parts)
 
 
 def _in_shard(chunk: int, shard: tuple[int, int]) -> bool:

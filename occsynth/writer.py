@@ -8,6 +8,7 @@ Layout (see docs/FORMAT.md)::
     OUT/parts/sizes-000000.json   the byte size of each of its images, a check for resume
     OUT/annotations.json          merged from the parts by streaming, atomic
     OUT/manifest.json             options, seed, source hashes, counts, skips, version
+    OUT/parts/.lock, .lock-shard-I-of-N   held while a run or merge writes OUT (:func:`run_lock`)
 
 A chunk counts as done when its part file exists and its images have the recorded sizes
 (:func:`chunk_done`), so a killed run resumes by redoing the other chunks; their images are
@@ -15,10 +16,12 @@ rewritten with the same bytes.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -77,6 +80,58 @@ def chunk_of_file(name: str, settings: dict) -> int | None:
     if kind == "" and ext == settings["image_format"] and 0 < int(number) <= settings["num_images"]:
         return (int(number) - 1) // settings["chunk_size"]
     return None
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occsynth generate") -> Iterator[None]:
+    """Hold OUT while one run writes it, so that a second run of the same work fails at once.
+
+    A run's start removes the temporaries it finds as stale, and would delete a live run's files
+    (a batch scheduler may start a task again while the first attempt still runs). Shards of one
+    set may write OUT together: each holds ``parts/.lock`` shared and its own
+    ``parts/.lock-shard-I-of-N`` exclusively; an unsharded run or a merge holds ``parts/.lock``
+    exclusively. Advisory ``flock`` locks: the kernel drops them when the process dies (kill -9
+    too), so nothing needs cleaning up. Where ``fcntl`` is missing (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    parts = Path(out_dir) / PARTS
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OccsynthError(f"cannot write to {parts}: {exc.strerror}") from None
+    index, count = shard
+    sharded = count > 1
+    locks = [(parts / LOCK_FILE, fcntl.LOCK_SH if sharded else fcntl.LOCK_EX)]
+    if sharded:
+        locks.append((parts / f"{LOCK_FILE}-shard-{index}-of-{count}", fcntl.LOCK_EX))
+    with contextlib.ExitStack() as held:
+        for path, mode in locks:
+            f = held.enter_context(open(path, "a+"))
+            try:
+                fcntl.flock(f, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if path.name == LOCK_FILE:
+                    what = "an unsharded run or a merge" if sharded else "another run, shard or merge"
+                else:  # only the holder of a shard's lock writes to it: the text is that holder's
+                    f.seek(0)
+                    what = f"shard {index}/{count} ({f.read().strip() or 'unknown process'})"
+                raise OccsynthError(f"{out_dir} is being written by another occsynth process: {what} is running "
+                                    f"there; wait for it to finish or stop it, then run {action} again "
+                                    "(nothing was changed)") from None
+            except OSError as exc:
+                raise OccsynthError(f"cannot lock {path}: {exc.strerror}") from None
+            if path.name != LOCK_FILE:
+                f.truncate(0)
+                f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+                f.flush()
+        yield
 
 
 def part_path(out_dir: Path, chunk: int) -> Path:
@@ -142,12 +197,19 @@ def check_run_settings(out_dir: Path, settings: dict) -> None:
             raise OccsynthError(f"{out_dir} holds a run made with other settings ({'; '.join(changed[:6])}); "
                                 "use the same arguments to resume, or another --out")
     else:
-        foreign = sorted(p.name for p in Path(out_dir).iterdir()
-                         if p.name not in (PARTS, IMAGES) and not p.name.startswith("."))
-        if foreign:
-            raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:5])}); "
-                                "choose a new or empty --out (nothing was changed)")
+        refuse_foreign_files(out_dir)
         write_json(path, settings, indent=2)
+
+
+def refuse_foreign_files(out_dir: Path) -> None:
+    """Refuse an OUT that holds files no occsynth run wrote (a run starting there would mix in with them)."""
+    if (Path(out_dir) / PARTS / RUN_FILE).exists() or not Path(out_dir).is_dir():
+        return
+    foreign = sorted(p.name for p in Path(out_dir).iterdir()
+                     if p.name not in (PARTS, IMAGES) and not p.name.startswith("."))
+    if foreign:
+        raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:5])}); "
+                            "choose a new or empty --out (nothing was changed)")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -279,10 +341,28 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
     settings = run["settings"]
     num_chunks = -(-settings["num_images"] // settings["chunk_size"])
     dirs = [Path(out_dir)] + [Path(d) for d in shard_dirs]
-    parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:  # no shard may still be writing, in OUT or in its own folder
+        locked = set()
+        for d in dirs:
+            if (d / PARTS).is_dir() and d.resolve() not in locked:
+                held.enter_context(run_lock(d, action="occsynth merge"))
+                locked.add(d.resolve())
+        parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if Path(out_dir).resolve() not in locked:  # a new OUT: made only once every chunk is found
+            refuse_foreign_files(out_dir)  # before the lock puts parts/ there
+            held.enter_context(run_lock(out_dir, action="occsynth merge"))
+        return _merge_held(out_dir, shard_dirs, run, parts, progress)
+
+
+def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Path], progress: bool) -> dict:
+    """:func:`merge_shards` once OUT and the shard folders are held: move the shards' files in, then finalize."""
+    settings = run["settings"]
+    num_chunks = len(parts)
     check_run_settings(out_dir, run)
     remove_stale_temporaries(out_dir)  # every shard has finished: what is left is stale
+    for lock in (out_dir / PARTS).glob(f"{LOCK_FILE}-shard-*"):  # they name processes that are gone
+        lock.unlink()
     for name in (SOURCE_FILE,):
         if not (out_dir / PARTS / name).exists():
             src = next(Path(d) / PARTS / name for d in shard_dirs if (Path(d) / PARTS / name).exists())

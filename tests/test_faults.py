@@ -64,6 +64,45 @@ def test_kill_9_then_rerun_gives_identical_set(reference, demo_source, tmp_path)
     assert tree_bytes(out) == tree_bytes(ref)
 
 
+HOLD_LOCK = ("import sys, time; from occsynth import writer; "
+             "held = writer.run_lock(sys.argv[1], (int(sys.argv[2]), int(sys.argv[3]))); held.__enter__(); "
+             "print('held', flush=True); time.sleep(300)")
+
+
+def test_the_same_work_started_twice_is_refused_while_the_first_runs(reference, demo_source, tmp_path):
+    """A batch scheduler may start a shard again while its first attempt still runs: the second stops at once."""
+    ref, cache = reference
+    ann, root = demo_source
+    out = tmp_path / "out"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("[run]\nchunk_size = 4\n")
+    args = cli_args(ann, root, out, cache) + ["--recipe", str(recipe)]
+    merge = ["merge", str(out), "--out", str(out), "--quiet"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), "1", "2"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)  # shard 1/2, running in another process
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = tree_bytes(out)
+        again = CliRunner().invoke(occsynth_main, args + ["--shard", "1/2"])
+        assert again.exit_code == 2 and f"shard 1/2 (pid {holder.pid} on " in again.output
+        assert "nothing was changed" in again.output and "Traceback" not in again.output
+        whole = CliRunner().invoke(occsynth_main, args)
+        assert whole.exit_code == 2 and "another occsynth process" in whole.output
+        assert tree_bytes(out) == before
+        beside = CliRunner().invoke(occsynth_main, args + ["--shard", "0/2"])  # another shard runs beside it
+        assert beside.exit_code == 0, beside.output
+        early = CliRunner().invoke(occsynth_main, merge)
+        assert early.exit_code == 2 and "another occsynth process" in early.output
+        assert not (out / "annotations.json").exists()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # the kernel drops the lock of a killed process: the task started again completes the set
+    assert CliRunner().invoke(occsynth_main, args + ["--shard", "1/2"]).exit_code == 0
+    assert CliRunner().invoke(occsynth_main, merge).exit_code == 0
+    assert tree_bytes(out) == tree_bytes(ref)
+
+
 class _FillingDisk:
     """Image writes through ``atomic`` fail with ENOSPC once ``capacity`` bytes were written (write mode), or
     every fsync after the first ``capacity`` ones fails (fsync mode: the disk fills during write-back)."""
