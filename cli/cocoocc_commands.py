@@ -5,7 +5,7 @@ import json
 
 import click
 
-from cli.common import echo_occluder_report
+from cli.common import echo_occluder_report, quiet_option
 from occsynth.annotate import annotate_occluders
 from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
 from occsynth.occluders import BCNET_IOU_THRESHOLD
@@ -76,7 +76,7 @@ def format_report(report: dict) -> list[str]:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON (written atomically).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=BCNET_IOU_THRESHOLD, show_default=True, help="Box IoU above which another instance counts as an occluder.")
 @click.option("--bcnet-compat", is_flag=True, help="Also write 'bg_object_segmentation' (occluders' masks cut to the box, polygons), as BCNet's loader reads.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def annotate_occluders_command(ann, out, threshold, bcnet_compat, quiet):
     """Add 'occluder_ids' to every annotation of a COCO file (BCNet's box-IoU rule).
 

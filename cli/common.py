@@ -29,6 +29,11 @@ class Group(click.Group):
             raise click.Abort() from None
 
 
+quiet_option = click.option("--quiet", "--no-progress", "quiet", is_flag=True,
+                            help="No progress bars (messages and results are still printed).")
+"""The one switch for progress bars, under both names users try first."""
+
+
 def parse_shard(value: str | None) -> tuple[int, int]:
     """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
     if not value:

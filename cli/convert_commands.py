@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import echo_occluder_report
+from cli.common import echo_occluder_report, quiet_option
 from occsynth.convert import convert_cocoa, convert_kins
 
 
@@ -11,7 +11,7 @@ from occsynth.convert import convert_cocoa, convert_kins
 @click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="KINS JSON (update_train_2020.json / update_test_2020.json).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output COCO JSON.")
 @click.option("--min-overlap", type=click.IntRange(min=1), default=1, show_default=True, help="Pixels of an instance's hidden part another's visible mask must cover to count as its occluder.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def convert_kins_command(ann, out, min_overlap, quiet):
     """KINS -> COCO with 'segmentation' (visible), 'amodal_segmentation' and 'occluder_ids'.
 
@@ -25,7 +25,7 @@ def convert_kins_command(ann, out, min_overlap, quiet):
 @click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="COCOA JSON (COCO_amodal_train2014.json / _val2014).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output COCO JSON.")
 @click.option("--categories-from", type=click.Path(exists=True, dir_okay=False), help="A COCO instances JSON whose categories COCOA region names are matched to (otherwise: 'thing' / 'stuff').")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def convert_cocoa_command(ann, out, categories_from, quiet):
     """COCOA -> COCO: one annotation per region, occluders from COCOA's depth order.
 

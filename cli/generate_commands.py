@@ -6,7 +6,7 @@ import json
 import click
 
 import manifests
-from cli.common import parse_shard
+from cli.common import parse_shard, quiet_option
 from occsynth.bank import BankOptions
 from occsynth.generate import generate, merge, run_settings
 from occsynth.schedule import CompositeOptions
@@ -40,7 +40,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--backend", default="loky", show_default=True, type=click.Choice(["loky", "threading", "dask", "ray"]), help="joblib backend: loky (local processes), threading (one process), or dask / ray (extras) to use a cluster.")
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) or ray head address for --backend dask/ray; a local cluster when omitted.")
 @click.option("--no-cutout-pixels", is_flag=True, help="Do not cache cutout pixels (saves disk; generation decodes each cutout's source image).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def generate_command(ann, images, out, recipe, num_images, seed, workers, shard, strict, pastes, occlusion,
                      max_occlusion, same_class_prob, scale, flip_prob, blend, min_area, border_margin,
                      touch_margin, image_format, jpeg_quality, cache_dir, backend, scheduler, no_cutout_pixels, quiet):
@@ -71,7 +71,7 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
 @click.command("merge")
 @click.argument("shard_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Merged output directory (may be one of the shard directories).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def merge_command(shard_dirs, out, quiet):
     """Join the outputs of `occsynth generate --shard i/n` runs into one set.
 

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from cli.common import quiet_option
 from occsynth.coco import picture_path, write_picture
 from occsynth.preview import MAX_IMAGES, PAIR_IOU, TILE_RANGE, format_problems, preview_report
 from occsynth.stats import format_stats, plot_stats, stats_from_path, to_json
@@ -19,7 +20,7 @@ from occsynth.validate import format_report, validate
               help="Allowed deviation of a category's pasted count from the mean, as a fraction of the mean "
                    "(never tighter than +-2 instances).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
     """Check a generated set (its folder, or its annotations.json) against the invariants of
     docs/FORMAT.md; exit status 1 if any fails, 2 if the input is not a generated set."""

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from cli.common import quiet_option
+
 
 @click.command("train-synthetic")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: one sub-folder per stage, results.md at the end.")
@@ -18,7 +20,7 @@ import click
 @click.option("--cocoocc", type=click.Path(exists=True, dir_okay=False), help="An existing COCO-OCC annotations.json (else it is built).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Workers for generating the synthetic set.")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images, coco_val_ann, coco_val_images,
                             synthetic, cocoocc, workers, device, quiet):
     """Generate a synthetic occlusion set, pretrain BCNet on it, fine-tune on COCO train, and

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from cli.common import quiet_option
+
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
@@ -13,7 +15,7 @@ import click
 @click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present] (checked: a missing GPU is an error).")
 @click.option("--no-pictures", is_flag=True, help="Write results.json only.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def predict_command(inputs, checkpoint, out, score_threshold, device, no_pictures, quiet):
     """Run a trained model on images or folders of images.
 

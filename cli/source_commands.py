@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, pixels_report, report
-from cli.common import ReportedError
+from cli.common import ReportedError, quiet_option
 from occsynth.demo import default_cache_dir, make_demo_source
 
 
@@ -48,7 +48,7 @@ def make_demo_source_command(directory, seed, force):
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Processes decoding source images for the pixel store.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (or unreadable image) instead of skipping it.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, workers, strict, quiet):
     """Build (or reuse) the cutout bank of a source and report what it kept.
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cli.common import quiet_option
 from occsynth.errors import OccsynthError
 
 
@@ -69,14 +70,14 @@ def _steps(ctx, param, value):
 @click.option("--seed", type=int, help="Override: seed.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
-@click.option("--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
-def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, no_progress,
+@quiet_option
+def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, quiet,
                   **overrides):
     """Train BCNet; run under `torchrun --nproc_per_node N` for several GPUs."""
     from bcnet.train import train
 
     result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
-                   init_checkpoint=init_checkpoint, device=device, progress=not no_progress, strict=strict,
+                   init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
                    report=lambda skipped: _echo_skips(skipped, "indexing: "))
     if result["checkpoint"] is not None:
         last = result["history"][-1] if result["history"] else {}
@@ -119,9 +120,9 @@ def _echo_skips(skipped: dict, prefix: str = "") -> None:
               help="Separated COCO object list (separated_coco.pkl or JSON): adds separated_recall.")
 @click.option("--device", help="cpu, cuda ... (default: cuda when available).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
-@click.option("--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@quiet_option
 def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_threshold, mode, occluded_list,
-                     separated_list, device, strict, no_progress):
+                     separated_list, device, strict, quiet):
     """COCO box and mask AP (+ mask AP by occlusion level, Occluded/Separated COCO recall) of a checkpoint."""
     from bcnet.evaluate import evaluate_checkpoint, markdown_table
 
@@ -135,7 +136,7 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
     sets = {n: (a, i) for n, a, i in zip(names, ann_files, image_roots)}
     lists = {k: v for k, v in (("occluded", occluded_list), ("separated", separated_list)) if v}
     report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
-                                 mode=mode, occsep_lists=lists, strict=strict, progress=not no_progress)
+                                 mode=mode, occsep_lists=lists, strict=strict, progress=not quiet)
     click.echo(markdown_table(report), nl=False)
     for name, entry in report.items():
         _echo_skips(entry.get("skipped") or {}, f"{name}: ")

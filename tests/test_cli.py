@@ -1,0 +1,28 @@
+"""The command line as a whole: every command's --help works, and options shared by many commands
+are spelled the same way in each."""
+import click
+import pytest
+from click.testing import CliRunner
+
+from cli.bcnet_cli import main as bcnet_main
+from cli.occsynth_cli import main as occsynth_main
+
+COMMANDS = [(group, name) for group in (occsynth_main, bcnet_main) for name in group.commands]
+
+
+@pytest.mark.parametrize("group, name", COMMANDS, ids=[f"{g.name}-{n}" for g, n in COMMANDS])
+def test_every_command_explains_itself(group, name):
+    result = CliRunner().invoke(group, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(group.commands[name].help or "") > 20
+
+
+def test_progress_bars_are_switched_off_by_the_same_flags_everywhere():
+    with_bars = 0
+    for group, name in COMMANDS:
+        params = {p.name: p for p in group.commands[name].params if isinstance(p, click.Option)}
+        flags = {flag for p in params.values() for flag in p.opts}
+        if "--quiet" in flags or "--no-progress" in flags:
+            with_bars += 1
+            assert params["quiet"].opts == ["--quiet", "--no-progress"], f"{group.name} {name}"
+    assert with_bars >= 11  # generate, merge, bank, build-cocoocc, validate, train, evaluate, ...
