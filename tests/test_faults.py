@@ -30,22 +30,23 @@ def reference(demo_source, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     out = tmp_path_factory.mktemp("ref") / "out"
     generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
-    return out, cache
+    # chunk_size is a run setting; a recipe passes it on, so that CLI runs match SETTINGS
+    recipe = tmp_path_factory.mktemp("recipe") / "chunks.toml"
+    recipe.write_text(f"[run]\nchunk_size = {SETTINGS.chunk_size}\n")
+    return out, cache, recipe
 
 
-def cli_args(ann, root, out, cache, workers=1):
+def cli_args(ann, root, out, cache, workers=1, recipe=None):
     return ["generate", "--ann", str(ann), "--images", str(root), "--out", str(out), "--num-images", str(N_IMAGES),
-            "--seed", "11", "--cache-dir", str(cache), "--workers", str(workers), "--quiet"]
+            "--seed", "11", "--cache-dir", str(cache), "--workers", str(workers), "--quiet",
+            *(["--recipe", str(recipe)] if recipe else [])]
 
 
 def test_kill_9_then_rerun_gives_identical_set(reference, demo_source, tmp_path):
-    ref, cache = reference
+    ref, cache, recipe = reference
     ann, root = demo_source
     out = tmp_path / "killed"
-    # chunk_size is a run setting; pass it through a recipe so the CLI run matches SETTINGS
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text("[run]\nchunk_size = 4\n")
-    args = cli_args(ann, root, out, cache, workers=2) + ["--recipe", str(recipe)]
+    args = cli_args(ann, root, out, cache, workers=2, recipe=recipe)
     code = "import sys; from cli.occsynth_cli import main; sys.exit(main())"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -59,7 +60,7 @@ def test_kill_9_then_rerun_gives_identical_set(reference, demo_source, tmp_path)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "annotations.json").exists()
-    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache) + ["--recipe", str(recipe)])
+    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache, recipe=recipe))
     assert result.exit_code == 0, result.output
     assert tree_bytes(out) == tree_bytes(ref)
 
@@ -71,12 +72,10 @@ HOLD_LOCK = ("import sys, time; from occsynth import writer; "
 
 def test_the_same_work_started_twice_is_refused_while_the_first_runs(reference, demo_source, tmp_path):
     """A batch scheduler may start a shard again while its first attempt still runs: the second stops at once."""
-    ref, cache = reference
+    ref, cache, recipe = reference
     ann, root = demo_source
     out = tmp_path / "out"
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text("[run]\nchunk_size = 4\n")
-    args = cli_args(ann, root, out, cache) + ["--recipe", str(recipe)]
+    args = cli_args(ann, root, out, cache, recipe=recipe)
     merge = ["merge", str(out), "--out", str(out), "--quiet"]
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), "1", "2"], stdout=subprocess.PIPE,
                               text=True, start_new_session=True)  # shard 1/2, running in another process
@@ -151,21 +150,19 @@ class _FillingFile:
 def test_full_disk_is_a_clear_error_and_the_rerun_completes(reference, demo_source, tmp_path, monkeypatch,
                                                            how, capacity):
     """The disk fills while an image is written (write) or while files are synced (fsync)."""
-    ref, cache = reference
+    ref, cache, recipe = reference
     ann, root = demo_source
     out = tmp_path / "full"
     with monkeypatch.context() as patch:
         _FillingDisk(patch, how, capacity)
-        recipe = tmp_path / "recipe.toml"
-        recipe.write_text("[run]\nchunk_size = 4\n")
-        result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache) + ["--recipe", str(recipe)])
+        result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache, recipe=recipe))
         assert result.exit_code == 2
         assert "no space left on device" in result.output and "Traceback" not in result.output
         assert f"{out / 'images'}/" in result.output, result.output      # both hit an image
         assert not list(out.rglob(".*.tmp-*")), "a half-written temporary was left behind"
         assert not (out / "annotations.json").exists()
     # space freed
-    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache) + ["--recipe", str(recipe)])
+    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache, recipe=recipe))
     assert result.exit_code == 0, result.output
     assert tree_bytes(out) == tree_bytes(ref)
 
@@ -182,7 +179,7 @@ def test_unusable_output_location_is_a_clear_error(demo_source, tmp_path):
 
 def test_dask_backend_on_a_local_cluster_gives_identical_set(reference, demo_source, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
-    ref, cache = reference
+    ref, cache, _ = reference
     ann, root = demo_source
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster:
