@@ -243,7 +243,7 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
       missing ``iscrowd`` is 0 (not counted: COCO files often omit derived fields).
     """
     record_skips = skips if record_skips is None else record_skips
-    categories = {c["id"] for c in data.get("categories", []) if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    categories = set(coco_io.categories_by_id(data.get("categories", [])))
     images: dict[int, dict] = {}
     for image in data.get("images", []):
         try:

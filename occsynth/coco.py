@@ -175,13 +175,18 @@ def is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def categories_by_id(categories: Iterable) -> dict[int, dict]:
+    """The category records that can be looked up by id (dicts with an integer id), by id."""
+    return {c["id"]: c for c in categories if isinstance(c, dict) and is_id(c.get("id"))}
+
+
 def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
     """Validated tables: ``images`` and ``categories`` by id, annotations grouped by image id.
 
     Bad records go to ``log`` (skipped, or raised in strict mode). Annotation order within an
     image is kept, so results do not depend on dict ordering.
     """
-    categories = {c["id"]: c for c in dataset["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    categories = categories_by_id(dataset["categories"])
     images: dict[int, dict] = {}
     for image in dataset["images"]:
         try:

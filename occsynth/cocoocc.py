@@ -36,7 +36,7 @@ import numpy as np
 from . import errors
 from .atomic import open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
-from .coco import check_annotation_record, file_hash, read_dataset, resolve_image_path, unique_by_id
+from .coco import categories_by_id, check_annotation_record, file_hash, read_dataset, resolve_image_path, unique_by_id
 from .errors import BadRecord, OccsynthError, SkipLog
 
 PAPER_COUNT = 1005
@@ -266,7 +266,7 @@ def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:
     """Annotations of known images and categories with a segmentation to score: evaluation (and
     pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output."""
     images = {im["id"] for im in data["images"]}
-    categories = {c["id"] for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    categories = categories_by_id(data["categories"])
     usable = []
     for ann in data["annotations"]:
         try:
