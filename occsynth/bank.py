@@ -3,7 +3,8 @@
 A source instance is pasted only when we know its whole shape: it is not a crowd region, not
 tiny, not cut by the image border, and no other instance (or crowd region) touches it, so
 nothing can hide part of it. The bank is built by streaming the COCO JSON (train-size files
-stay within a few GiB), keeps every valid annotation as compressed RLE in one byte blob, and
+stay within a few GiB), keeps every valid annotation as compressed RLE in one byte blob (the
+string ``masks.encode`` gives for its mask, however the source spelled it), and
 is cached under ``cache_dir/banks/<key>``, the key naming the source file's sha256 and the
 options. Workers memory-map it, so opening it is cheap and nothing large is copied per task.
 
@@ -18,8 +19,8 @@ Files (``np.save`` arrays, loaded with ``allow_pickle=False``, plus ``meta.json`
 Cutout pixels (:func:`ensure_cutout_pixels`) live beside the bank, under
 ``cache_dir/cutout-pixels/<bank key>-<hash of the resolved image root>``: every cutout's RGB
 crop (its tight box plus :data:`PIXEL_MARGIN` px of context, edge-replicated outside the image)
-as raw uint8 RGB in one blob, so that generation copies a small crop per paste instead of decoding the
-cutout's whole source JPEG. The annotation-only bank does not change; without a pixel store
+as raw uint8 RGB, then its mask inside the tight box as packed bits, in one blob, so that generation
+copies a small crop per paste instead of decoding the cutout's whole source JPEG and its RLE. The annotation-only bank does not change; without a pixel store
 generation decodes the source images, with the same result.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .coco import (brief, check_annotation_record, check_image_record, file_hash
                    resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 
-BANK_FORMAT = 1
+BANK_FORMAT = 2  # 2: RLE strings stored in canonical form (masks.encode's)
 CROWD, TRUNCATED, OVERLAPPED, TOO_SMALL = "crowd", "truncated", "overlapped", "too_small"
 REASONS = (CROWD, TRUNCATED, OVERLAPPED, TOO_SMALL)
 """Rejection reasons, in the order they are tested: the first that applies is reported."""
@@ -393,7 +394,13 @@ def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> d
         if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
             _check_rle_string(segmentation["counts"], height * width)
         rle = masks.to_rle(segmentation, height, width)
-        return {"size": [height, width], "counts": bytes(rle["counts"])}
+        if isinstance(segmentation, dict):
+            # given as RLE, whose runs may be split (zero-length runs) or spelled unusually: stored as
+            # masks.encode writes its mask, as pycocotools' polygon encoding already is, so that the
+            # string can go to the output as it is (generate does not decode an instance nothing covers)
+            rle = masks.decode_crop_encoded(rle, height, width)[2]
+        counts = rle["counts"]
+        return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else bytes(counts)}
     except masks.DegenerateMask as exc:
         raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
     except (TypeError, ValueError, OverflowError, KeyError) as exc:
@@ -591,7 +598,7 @@ def report(meta: dict) -> str:
 
 # ---------------------------------------------------------------- cutout pixels
 
-PIXELS_FORMAT = 1
+PIXELS_FORMAT = 2  # 2: the mask's packed bits follow each crop
 PIXEL_MARGIN = 16
 """Context px stored around each cutout's box: generation's margin is ceil(3 * blend_px), 6 px by
 default; a larger margin (blend_px > 5) falls back to decoding the source image."""
@@ -742,8 +749,8 @@ def _pixel_image(bank: "Bank", image_root: Path, i: int) -> tuple:
     for k in range(int(a["image_ann_offsets"][i]), int(a["image_ann_offsets"][i + 1])):
         if a["ann_reason"][k] != 0:
             continue
-        box, _ = masks.decode_crop(bank._annotation(k)["segmentation"], height, width)
-        crops.append((k, context_crop(image, box, PIXEL_MARGIN).tobytes()))
+        box, mask = masks.decode_crop(bank._annotation(k)["segmentation"], height, width)
+        crops.append((k, context_crop(image, box, PIXEL_MARGIN).tobytes() + np.packbits(mask, axis=None).tobytes()))
     return i, (st.st_size, st.st_mtime_ns), crops, None
 
 
@@ -758,7 +765,7 @@ def _read_pixels_meta(store_dir: Path) -> dict:
 
 
 class CutoutPixels:
-    """A built pixel store, memory-mapped; :meth:`crop` gives a cutout's context crop or None.
+    """A built pixel store, memory-mapped; :meth:`crop` gives a cutout's context crop and mask, or None.
 
     None means "decode the source image instead": the cutout was not stored (its image was
     unreadable at build time), the margin asked exceeds the stored one, or the source file's size
@@ -806,8 +813,12 @@ class CutoutPixels:
         return bool(self._offsets[k + 1] > self._offsets[k])
 
     def crop(self, annotation_index: int, image_index: int, box: Sequence[int], margin: int,
-             path: Path) -> np.ndarray | None:
-        """:func:`context_crop` of the source image at ``path`` around ``box`` (y0, x0, y1, x1), from the store."""
+             path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """(:func:`context_crop` of the source image at ``path`` around ``box`` (y0, x0, y1, x1), the
+        annotation's mask inside ``box``: what ``masks.decode_crop`` gives), from the store.
+
+        ``box`` is the mask's tight box (the bank's bbox; ``decode_crop`` gives the same box).
+        """
         k = int(annotation_index)
         start, end = int(self._offsets[k]), int(self._offsets[k + 1])
         if end <= start or margin > self.margin or margin < 0:
@@ -820,12 +831,15 @@ class CutoutPixels:
         if (st.st_size, st.st_mtime_ns) != (size, mtime):
             return None
         m = self.margin
-        shape = (box[2] - box[0] + 2 * m, box[3] - box[1] + 2 * m, 3)
-        if end - start != shape[0] * shape[1] * 3:
+        h, w = box[2] - box[0], box[3] - box[1]
+        shape = (h + 2 * m, w + 2 * m, 3)
+        rgb_bytes = shape[0] * shape[1] * 3
+        if end - start != rgb_bytes + (h * w + 7) // 8:
             raise OccsynthError(f"{self.store_dir}: damaged pixels of annotation index {k}; delete it to rebuild")
-        rgb = self._blob[start:end].reshape(shape)
+        rgb = self._blob[start:start + rgb_bytes].reshape(shape)
+        mask = np.unpackbits(self._blob[start + rgb_bytes:end], count=h * w).view(bool).reshape(h, w)
         d = m - margin
-        return np.array(rgb[d:shape[0] - d, d:shape[1] - d], order="C")  # a copy: nothing keeps the mmap
+        return np.array(rgb[d:shape[0] - d, d:shape[1] - d], order="C"), mask  # copies: nothing keeps the mmap
 
 
 def pixels_report(meta: dict) -> str:

@@ -133,6 +133,12 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
     A background instance's 'amodal_rle' (``masks.encode`` of its mask, when the caller has it) is
     passed on to its returned instance, so that :func:`generate.instance_annotation` need not encode it.
 
+    A background instance may also come undecoded: its mask's tight 'box', 'amodal_rle', 'area' and
+    'bbox' (COCO x, y, w, h) and, instead of 'crop', 'decode_crop': a function returning (box, crop)
+    of its mask (any box holding the mask). It is called only when a pasted object's box meets the
+    instance's box; an instance that nothing can cover is returned with 'amodal_crop' and
+    'visible_crop' None and its 'area', 'bbox' and 'amodal_rle' (it is visible as a whole).
+
     ``out``: a writable array of the background's shape and dtype to compose into (and return),
     e.g. one reused per worker: a fresh image-sized copy costs more in page faults than in copying.
     """
@@ -166,9 +172,20 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
         pasted.append((cutout, obj, y, x, shrink))
 
     instances = []
+    pasted_boxes = [(y, x, y + obj.h, x + obj.w) for _, obj, y, x, _ in pasted]
     for inst, (box, amodal) in zip(background_instances, boxed_background):
         if box is None:
             continue
+        if amodal is None:  # not decoded yet: only needed where a pasted object may cover it
+            if not any(_boxes_meet(box, other) for other in pasted_boxes):
+                instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0), "box": box,
+                                  "amodal_crop": None, "visible_crop": None, "layer": 0, "amodal_complete": False,
+                                  "source": inst.get("source"), "amodal_rle": inst["amodal_rle"],
+                                  "area": int(inst["area"]), "bbox": [float(v) for v in inst["bbox"]]})
+                continue
+            box, amodal = inst["decode_crop"]()
+            if box is None:
+                continue
         y0, x0, y1, x1 = box
         visible = amodal & (canvas.top[y0:y1, x0:x1] < 0)
         if not visible.any():
@@ -199,8 +216,20 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return masks.tight_box(mask)
 
 
-def _background_crop(inst: dict, height: int, width: int) -> tuple[tuple[int, int, int, int] | None, np.ndarray]:
-    """(box (y0, x0, y1, x1), mask inside it) of a background instance; box None when its mask is empty."""
+def _boxes_meet(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two (y0, x0, y1, x1) boxes share a pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _background_crop(inst: dict, height: int, width: int) -> tuple[tuple[int, int, int, int] | None, np.ndarray | None]:
+    """(box (y0, x0, y1, x1), mask inside it) of a background instance; box None when its mask is empty,
+    crop None when it is to be decoded only if needed ('decode_crop')."""
+    if "decode_crop" in inst:
+        y0, x0, y1, x1 = (int(v) for v in inst["box"])
+        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+            raise OccsynthError(f"background instance {inst.get('source')} box {inst['box']} does not fit the "
+                                f"image size {(height, width)}")
+        return (y0, x0, y1, x1), None
     if "crop" in inst:
         y0, x0, y1, x1 = (int(v) for v in inst["box"])
         crop = np.asarray(inst["crop"]).astype(bool, copy=False)

@@ -355,10 +355,10 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
     bg_record = sources.record(bg_index)
     height, width = background.shape[:2]
     bg_instances = []
-    for ann, box, crop in sources.instances(bg_index):
-        bg_instances.append({"box": box or (0, 0, 0, 0), "crop": crop, "amodal_rle": ann["amodal_rle"],
-                             "category_id": ann["category_id"], "iscrowd": ann["iscrowd"],
-                             "source": {"image_id": bg_record["id"], "annotation_id": ann["id"]}})
+    for ann, decode_crop in sources.instances(bg_index):
+        bg_instances.append({"box": ann["box"], "decode_crop": decode_crop, "amodal_rle": ann["segmentation"],
+                             "area": ann["area"], "bbox": ann["bbox"], "category_id": ann["category_id"],
+                             "iscrowd": ann["iscrowd"], "source": {"image_id": bg_record["id"], "annotation_id": ann["id"]}})
 
     margin = options.margin
     cutouts = []
@@ -407,7 +407,10 @@ def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] |
     :func:`compose_boxed` one (box + crops; measured and encoded from the crops, same result; an
     'amodal_rle' it carries is taken as the amodal mask's encoding).
     """
-    if "box" in inst:
+    if "box" in inst and inst["amodal_crop"] is None:  # nothing covers it: its source mask, not decoded
+        area, box, segmentation = int(inst["area"]), list(inst["bbox"]), dict(inst["amodal_rle"])
+        amodal_area, amodal_box, amodal_segmentation = area, list(box), dict(segmentation)
+    elif "box" in inst:
         height, width = image_size
         y0, x0 = int(inst["box"][0]), int(inst["box"][1])
         visible, amodal = inst["visible_crop"], inst["amodal_crop"]
@@ -508,34 +511,37 @@ class SourceImages:
 
     def _load_masks(self, image_index: int) -> list:
         record = self.record(image_index)
-        height, width = record["height"], record["width"]
         out = []
         for ann in self.bank.image_annotations(image_index):
-            box, crop, rle = masks.decode_crop_encoded(ann["segmentation"], height, width)
-            ann = {"id": ann["id"], "category_id": ann["category_id"], "iscrowd": ann["iscrowd"], "amodal_rle": rle}
-            out.append((ann, box, _read_only(crop)))
+            x, y, w, h = (int(v) for v in ann["bbox"])  # the bank's bbox is its mask's own
+            ann["box"] = (y, x, y + h, x + w)
+            out.append((ann, _MaskCrop(ann["segmentation"], record["height"], record["width"])))
         return out
 
-    def instances(self, image_index: int) -> list[tuple[dict, tuple[int, int, int, int] | None, np.ndarray]]:
-        """(annotation 'id', 'category_id', 'iscrowd', 'amodal_rle' (``masks.encode`` of its mask); tight box
-        (y0, x0, y1, x1) or None when empty; mask crop) of each annotation of an image, in the bank's order.
-        Cached: do not change them."""
+    def instances(self, image_index: int) -> list[tuple[dict, "_MaskCrop"]]:
+        """Each annotation of an image, in the bank's order: the bank's annotation ('segmentation' is
+        ``masks.encode`` of its mask, 'bbox' its tight box) plus 'box', that box as (y0, x0, y1, x1); and
+        a function that decodes its mask's (box, crop) once, when first called. Cached: do not change them."""
         return self._masks(image_index)
 
     def _load_cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
         ann = self.bank.annotation(annotation_index)
-        record = self.record(ann["image_index"])
-        box, crop = masks.decode_crop(ann["segmentation"], record["height"], record["width"])
-        if box is None:
-            box = (0, 0, 0, 0)
+        x, y, w, h = (int(v) for v in ann["bbox"])
+        stored = self._stored_crop(annotation_index, ann["image_index"], (y, x, y + h, x + w), margin)
+        if stored is not None:
+            (rgb, crop), box = stored, (y, x, y + h, x + w)
+        else:  # not in the store (or no store): decode the mask and the source image, as the store's build did
+            record = self.record(ann["image_index"])
+            box, crop = masks.decode_crop(ann["segmentation"], record["height"], record["width"])
+            if box is None:
+                box = (0, 0, 0, 0)
+            rgb = context_crop(self.image(ann["image_index"]), box, margin)
         mask = np.zeros((box[2] - box[0] + 2 * margin, box[3] - box[1] + 2 * margin), bool)
         mask[margin:margin + crop.shape[0], margin:margin + crop.shape[1]] = crop
-        rgb = self._stored_crop(annotation_index, ann["image_index"], box, margin)
-        if rgb is None:  # not in the store (or no store): decode the source image, as the store's build did
-            rgb = context_crop(self.image(ann["image_index"]), box, margin)
         return _read_only(rgb), _read_only(mask), ann
 
-    def _stored_crop(self, annotation_index: int, image_index: int, box, margin: int) -> np.ndarray | None:
+    def _stored_crop(self, annotation_index: int, image_index: int, box, margin: int
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
         if self.pixels is None or not self.pixels.stored(annotation_index):
             return None
         try:
@@ -548,6 +554,20 @@ class SourceImages:
         """(rgb crop, mask crop, annotation) of a complete instance, with ``margin`` px of context."""
         rgb, mask, ann = self._cutouts(annotation_index, margin)
         return rgb, mask, dict(ann)
+
+
+class _MaskCrop:
+    """A source mask's (box, crop) from :func:`masks.decode_crop`, decoded on the first call only:
+    most background instances are never covered by a paste, and then it is never called."""
+
+    def __init__(self, segmentation: dict, height: int, width: int):
+        self._args, self._value = (segmentation, height, width), None
+
+    def __call__(self) -> tuple[tuple[int, int, int, int] | None, np.ndarray]:
+        if self._value is None:
+            box, crop = masks.decode_crop(*self._args)
+            self._value = box, _read_only(crop)
+        return self._value
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -143,6 +143,25 @@ def compressed_counts(runs: list[int]) -> str:
     return "".join(chars)
 
 
+def test_rle_is_stored_as_encode_writes_it(tmp_path):
+    """Sources may spell an RLE mask with split runs or redundant digits: the bank keeps the string
+    masks.encode writes for it (generation copies it to the output when nothing covers the instance)."""
+    runs = [1000, 5, 0, 5, 990]                        # a zero-length run splits one run of 10
+    padded = compressed_counts([1000, 10, 990])
+    padded = padded[:-1] + chr(((ord(padded[-1]) - 48) | 0x20) + 48) + "0"  # the last value with a redundant digit
+    extra = [{"id": 50, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": runs}},
+             {"id": 51, "image_id": 3, "category_id": 3, "segmentation": {"size": [40, 50], "counts": padded}}]
+    data = source(extra)
+    meta = build_bank(write(tmp_path, data), tmp_path / "bank", OPTS, progress=False)
+    assert meta["skipped"]["counts"] == {}
+    bank = Bank.load(tmp_path / "bank")
+    stored = {a["id"]: a["segmentation"] for i in range(bank.num_images_total) for a in bank.image_annotations(i)}
+    assert masks.encode(masks.decode(extra[1]["segmentation"], 40, 50))["counts"] not in (runs, padded)
+    for a in data["annotations"]:
+        h, w = (40, 50) if a["image_id"] == 3 else (H, W)
+        assert stored[a["id"]] == masks.encode(masks.decode(a["segmentation"], h, w)), a["id"]
+
+
 BAD = [
     {"id": 1000000, "image_id": 11, "category_id": 999, "segmentation": poly(1, 1, 5, 5)},        # unknown category
     {"id": 1000001, "image_id": 424242, "category_id": 3, "segmentation": poly(1, 1, 5, 5)},      # unknown image

@@ -115,6 +115,20 @@ def test_store_gives_exactly_the_crop_of_the_decoded_image_for_every_margin(edge
         assert np.array_equal(rgb, image[np.ix_(ys, xs)])
 
 
+def test_a_stored_cutout_needs_neither_its_image_nor_its_rle(edge_source, tmp_path, monkeypatch):
+    ann, root = edge_source
+    bank, pixels = open_sources(ann, root, tmp_path / "cache")
+    cutouts = [int(k) for c in bank.cutout_categories() for k in bank.cutouts(c)]
+    expected = {k: SourceImages(root, bank).cutout(k, 6) for k in cutouts}
+    decoded = []
+    monkeypatch.setattr(masks, "decode_crop", lambda *args: decoded.append(args))
+    sources = SourceImages(root, bank, pixels=pixels)
+    for k in cutouts:
+        rgb, mask, _ = sources.cutout(k, 6)
+        assert np.array_equal(rgb, expected[k][0]) and np.array_equal(mask, expected[k][1])
+    assert decoded == [] and sources._cached.cache_info().misses == 0
+
+
 def test_a_changed_source_file_is_decoded_again(edge_source, tmp_path):
     ann, root = edge_source
     bank, pixels = open_sources(ann, root, tmp_path / "cache")

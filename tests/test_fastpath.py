@@ -305,3 +305,57 @@ def test_instance_annotation_with_the_source_encoding_is_unchanged(seed):
     _, b = compose_boxed(background, carried, cutouts, np.random.default_rng(seed), options)
     assert sum("amodal_rle" in i for i in b) == sum(i["layer"] == 0 for i in b) > 0
     assert [instance_annotation(i, 3, (h, w)) for i in a] == [instance_annotation(i, 3, (h, w)) for i in b]
+
+
+def test_background_instances_are_decoded_only_where_a_paste_may_cover_them():
+    """Given undecoded ('decode_crop', as generation passes them), a background instance that no pasted
+    object's box meets is never decoded, and every instance annotates exactly as its decoded form does."""
+    options = CompositeOptions()
+    untouched = touched = 0
+    for seed in range(8):
+        background, bg, cutouts = case(seed)
+        h, w = background.shape[:2]
+        for j, (y, x) in enumerate([(0, 0), (h - 3, w - 4)]):  # small ones in the corners: often left alone
+            corner = np.zeros((h, w), bool)
+            corner[y:y + 3, x:x + 4] = True
+            bg.append({"mask": corner, "category_id": 1, "iscrowd": 0, "source": {"image_id": 1, "annotation_id": 9 + j}})
+        decoded, lazy, calls = [], [], []
+        for j, inst in enumerate(bg):
+            rle = masks.encode(inst["mask"])
+            box, crop = masks.decode_crop(rle, h, w)
+            base = {k: v for k, v in inst.items() if k != "mask"}
+            decoded.append({**base, "box": box, "crop": crop, "amodal_rle": rle})
+
+            def decode(j=j, rle=rle):
+                calls.append(j)
+                return masks.decode_crop(rle, h, w)
+
+            lazy.append({**base, "box": box, "decode_crop": decode, "amodal_rle": rle,
+                         "area": masks.area(inst["mask"]), "bbox": masks.bbox(inst["mask"])})
+        image_a, a = compose_boxed(background, decoded, cutouts, np.random.default_rng(seed), options)
+        image_b, b = compose_boxed(background, lazy, cutouts, np.random.default_rng(seed), options)
+        assert np.array_equal(image_a, image_b)
+        assert [instance_annotation(i, 3, (h, w)) for i in a] == [instance_annotation(i, 3, (h, w)) for i in b]
+        pasted = [i["box"] for i in b if i["layer"] > 0]
+        meets = [any(p[0] < l["box"][2] and l["box"][0] < p[2] and p[1] < l["box"][3] and l["box"][1] < p[3]
+                     for p in pasted) for l in lazy]
+        assert sorted(set(calls)) == [j for j, m in enumerate(meets) if m]
+        untouched += meets.count(False)
+        touched += meets.count(True)
+        meets_of = {l["source"]["annotation_id"]: m for l, m in zip(lazy, meets)}
+        assert all((i["amodal_crop"] is None) == (not meets_of[i["source"]["annotation_id"]]) for i in b
+                   if i["layer"] == 0)
+    assert untouched > 0 and touched > 0
+
+
+def test_pycocotools_polygon_encoding_is_already_canonical():
+    """The bank stores polygons' RLE as pycocotools makes it, and generation copies that string to the
+    output: it must be the one masks.encode writes for the decoded mask (random, overlapping, multi-part)."""
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(5, 60, size=2))
+        parts = [rng.uniform(-3, [w + 3, h + 3], size=(int(rng.integers(3, 9)), 2)).ravel().tolist()
+                 for _ in range(int(rng.integers(1, 4)))]
+        rle = masks.to_rle(parts, h, w)
+        counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
+        assert counts == masks.encode(masks.decode(parts, h, w))["counts"]
