@@ -107,9 +107,17 @@ def compose(background: np.ndarray, background_instances: list[dict], cutouts: l
     Each has 'category_id', 'iscrowd', 'amodal_mask', 'visible_mask' (H, W bool), 'layer',
     'occluders' (indices into the returned list), 'amodal_complete', 'source'; pasted ones also
     'paste': {'x', 'y', 'shrink'} (top-left of the object's box in the image, and the shrink
-    given to :func:`transform_cutout`), which reproduces their pixels exactly.
+    given to :func:`transform_cutout`), which reproduces their pixels exactly. Background instances
+    given undecoded ('decode_crop', see :func:`compose_boxed`) are decoded first.
     """
-    image, instances = compose_boxed(background, background_instances, cutouts, rng, options)
+    eager = []
+    for inst in background_instances:  # full masks for all: decode the ones given undecoded
+        if "decode_crop" in inst:
+            box, crop = inst["decode_crop"]()
+            inst = {k: v for k, v in inst.items() if k != "decode_crop"}
+            inst.update(box=box or (0, 0, 0, 0), crop=crop if box else np.zeros((0, 0), bool))
+        eager.append(inst)
+    image, instances = compose_boxed(background, eager, cutouts, rng, options)
     height, width = image.shape[:2]
     for inst in instances:
         y0, x0, y1, x1 = inst.pop("box")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import masks as mask_ops
 from .atomic import write_json
-from .coco import categories_by_id, check_image_record, is_id, read_dataset, read_json
+from .coco import check_image_record, is_id, read_dataset, read_json
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
 
@@ -149,7 +149,7 @@ def _normalise_name(name: Any) -> str:
 
 def cocoa_categories(coco_categories: list[dict] | None) -> tuple[list[dict], dict, int, int]:
     """(categories, name -> id, thing id, stuff id): the given COCO list plus ``thing`` and ``stuff``."""
-    base = [dict(c) for c in categories_by_id(coco_categories or []).values()]
+    base = [dict(c) for c in (coco_categories or []) if isinstance(c, dict) and is_id(c.get("id"))]
     top = max([c["id"] for c in base], default=0)
     thing, stuff = top + 1, top + 2
     categories = base + [{"id": thing, "name": "thing", "supercategory": "thing"},

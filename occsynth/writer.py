@@ -17,12 +17,14 @@ rewritten with the same bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
 import shutil
 import socket
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -91,10 +93,12 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
 
     A run's start removes the temporaries it finds as stale, and would delete a live run's files
     (a batch scheduler may start a task again while the first attempt still runs). Shards of one
-    set may write OUT together: each holds ``parts/.lock`` shared and its own
-    ``parts/.lock-shard-I-of-N`` exclusively; an unsharded run or a merge holds ``parts/.lock``
-    exclusively. Advisory ``flock`` locks: the kernel drops them when the process dies (kill -9
-    too), so nothing needs cleaning up. Where ``fcntl`` is missing (Windows) there is no lock.
+    set may write OUT together: each holds ``parts/.lock`` and ``parts/.lock-of-N`` shared and its
+    own ``parts/.lock-shard-I-of-N`` exclusively (it names the holder); shards of another split
+    (another N) are refused, as their chunks overlap. An unsharded run or a merge holds
+    ``parts/.lock`` exclusively and removes the shard lock files: no shard can be running. Advisory
+    ``flock`` locks: the kernel drops them when the process dies (kill -9 too). Where ``fcntl`` is
+    missing (Windows) or the file system has no locks, a run goes on without them (with a warning).
     """
     try:
         import fcntl
@@ -108,30 +112,62 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
         raise OccsynthError(f"cannot write to {parts}: {exc.strerror}") from None
     index, count = shard
     sharded = count > 1
-    locks = [(parts / LOCK_FILE, fcntl.LOCK_SH if sharded else fcntl.LOCK_EX)]
-    if sharded:
-        locks.append((parts / f"{LOCK_FILE}-shard-{index}-of-{count}", fcntl.LOCK_EX))
+    shard_file = parts / f"{LOCK_FILE}-shard-{index}-of-{count}"
+
+    def refuse(what: str) -> OccsynthError:
+        return OccsynthError(f"{out_dir} is being written by another occsynth process: {what} is running there; "
+                             f"wait for it to finish or stop it, then run {action} again")
+
+    def take(path: Path, mode: int):
+        f = held.enter_context(open(path, "a+"))
+        fcntl.flock(f, mode | fcntl.LOCK_NB)
+        return f
+
     with contextlib.ExitStack() as held:
-        for path, mode in locks:
-            f = held.enter_context(open(path, "a+"))
+        try:
             try:
-                fcntl.flock(f, mode | fcntl.LOCK_NB)
+                take(parts / LOCK_FILE, fcntl.LOCK_SH if sharded else fcntl.LOCK_EX)
             except BlockingIOError:
-                if path.name == LOCK_FILE:
-                    what = "an unsharded run or a merge" if sharded else "another run, shard or merge"
-                else:  # only the holder of a shard's lock writes to it: the text is that holder's
-                    f.seek(0)
-                    what = f"shard {index}/{count} ({f.read().strip() or 'unknown process'})"
-                raise OccsynthError(f"{out_dir} is being written by another occsynth process: {what} is running "
-                                    f"there; wait for it to finish or stop it, then run {action} again "
-                                    "(nothing was changed)") from None
-            except OSError as exc:
-                raise OccsynthError(f"cannot lock {path}: {exc.strerror}") from None
-            if path.name != LOCK_FILE:
+                raise refuse("an unsharded run or a merge" if sharded else "another run, shard or merge") from None
+            if sharded:
+                try:
+                    take(parts / f"{LOCK_FILE}-of-{count}", fcntl.LOCK_SH)
+                except BlockingIOError:  # a shard of another split is looking whether this one runs
+                    raise refuse("a shard of another split (another n)") from None
+                for other in parts.glob(f"{LOCK_FILE}-of-*"):
+                    if other.name != f"{LOCK_FILE}-of-{count}" and not _free(other, fcntl):
+                        raise refuse(f"a shard of another split (n = {other.name.rpartition('-')[2]}, "
+                                     f"whose chunks overlap those of shard {index}/{count})")
+                try:
+                    f = take(shard_file, fcntl.LOCK_EX)
+                except BlockingIOError:
+                    # only the holder of a shard's lock writes to its file: the text names that holder
+                    raise refuse(f"shard {index}/{count} ({shard_file.read_text().strip() or 'unknown process'})") \
+                        from None
                 f.truncate(0)
                 f.write(f"pid {os.getpid()} on {socket.gethostname()}")
                 f.flush()
+                held.callback(f.truncate, 0)  # before the lock is dropped (callbacks run first)
+            else:  # no shard runs now: their lock files name processes that are gone
+                for stale in [*parts.glob(f"{LOCK_FILE}-shard-*"), *parts.glob(f"{LOCK_FILE}-of-*")]:
+                    stale.unlink()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise OccsynthError(f"cannot lock {parts}: {exc.strerror}") from None
+            held.close()
+            warnings.warn(f"{parts}: the file system does not support locks ({exc.strerror}); running without the "
+                          "guard against a second run of the same work", stacklevel=3)
         yield
+
+
+def _free(path: Path, fcntl) -> bool:
+    """Whether nobody holds a lock on ``path`` (tried exclusively and let go at once)."""
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
 
 def part_path(out_dir: Path, chunk: int) -> Path:
@@ -342,17 +378,23 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
     num_chunks = -(-settings["num_images"] // settings["chunk_size"])
     dirs = [Path(out_dir)] + [Path(d) for d in shard_dirs]
     with contextlib.ExitStack() as held:  # no shard may still be writing, in OUT or in its own folder
-        locked = set()
+        locked = set()  # (device, inode) of each parts/ folder: one folder may be named in several ways
         for d in dirs:
-            if (d / PARTS).is_dir() and d.resolve() not in locked:
+            if (d / PARTS).is_dir() and _identity(d / PARTS) not in locked:
                 held.enter_context(run_lock(d, action="occsynth merge"))
-                locked.add(d.resolve())
+                locked.add(_identity(d / PARTS))
         parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        if Path(out_dir).resolve() not in locked:  # a new OUT: made only once every chunk is found
+        out_parts = Path(out_dir) / PARTS
+        Path(out_dir).mkdir(parents=True, exist_ok=True)  # a new OUT is made only once every chunk is found
+        if not out_parts.is_dir() or _identity(out_parts) not in locked:
             refuse_foreign_files(out_dir)  # before the lock puts parts/ there
             held.enter_context(run_lock(out_dir, action="occsynth merge"))
         return _merge_held(out_dir, shard_dirs, run, parts, progress)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Path], progress: bool) -> dict:
@@ -361,8 +403,6 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     num_chunks = len(parts)
     check_run_settings(out_dir, run)
     remove_stale_temporaries(out_dir)  # every shard has finished: what is left is stale
-    for lock in (out_dir / PARTS).glob(f"{LOCK_FILE}-shard-*"):  # they name processes that are gone
-        lock.unlink()
     for name in (SOURCE_FILE,):
         if not (out_dir / PARTS / name).exists():
             src = next(Path(d) / PARTS / name for d in shard_dirs if (Path(d) / PARTS / name).exists())

@@ -340,6 +340,10 @@ def test_background_instances_are_decoded_only_where_a_paste_may_cover_them():
         meets = [any(p[0] < l["box"][2] and l["box"][0] < p[2] and p[1] < l["box"][3] and l["box"][1] < p[3]
                      for p in pasted) for l in lazy]
         assert sorted(set(calls)) == [j for j, m in enumerate(meets) if m]
+        image_c, c = compose(background, lazy, cutouts, np.random.default_rng(seed), options)  # full masks
+        image_d, d = compose(background, bg, cutouts, np.random.default_rng(seed), options)
+        assert np.array_equal(image_c, image_d) and all(
+            np.array_equal(x[key], y[key]) for x, y in zip(c, d) for key in ("amodal_mask", "visible_mask"))
         untouched += meets.count(False)
         touched += meets.count(True)
         meets_of = {l["source"]["annotation_id"]: m for l, m in zip(lazy, meets)}
