@@ -19,9 +19,10 @@ Files (``np.save`` arrays, loaded with ``allow_pickle=False``, plus ``meta.json`
 Cutout pixels (:func:`ensure_cutout_pixels`) live beside the bank, under
 ``cache_dir/cutout-pixels/<bank key>-<hash of the resolved image root>``: every cutout's RGB
 crop (its tight box plus :data:`PIXEL_MARGIN` px of context, edge-replicated outside the image)
-as raw uint8 RGB, then its mask inside the tight box as packed bits, in one blob, so that generation
-copies a small crop per paste instead of decoding the cutout's whole source JPEG and its RLE. The annotation-only bank does not change; without a pixel store
-generation decodes the source images, with the same result.
+as raw uint8 RGB, then its mask inside the tight box as packed bits, in one blob, so that
+generation copies a small crop per paste instead of decoding the cutout's whole source JPEG and
+its RLE. The annotation-only bank does not change; without a pixel store generation decodes the
+source images and masks, with the same result.
 """
 from __future__ import annotations
 

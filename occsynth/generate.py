@@ -405,7 +405,8 @@ def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] |
 
     ``inst`` is a :func:`compose` instance (full masks) or, with ``image_size`` (height, width), a
     :func:`compose_boxed` one (box + crops; measured and encoded from the crops, same result; an
-    'amodal_rle' it carries is taken as the amodal mask's encoding).
+    'amodal_rle' it carries is taken as the amodal mask's encoding; one with crops None, a background
+    instance nothing covered, is its 'amodal_rle', 'area' and 'bbox' as they are).
     """
     if "box" in inst and inst["amodal_crop"] is None:  # nothing covers it: its source mask, not decoded
         area, box, segmentation = int(inst["area"]), list(inst["bbox"]), dict(inst["amodal_rle"])
@@ -557,8 +558,8 @@ class SourceImages:
 
 
 class _MaskCrop:
-    """A source mask's (box, crop) from :func:`masks.decode_crop`, decoded on the first call only:
-    most background instances are never covered by a paste, and then it is never called."""
+    """A source mask's (box, crop) from :func:`masks.decode_crop`, decoded on the first call only: about
+    half of the background instances are never under a pasted object's box, and then it is never called."""
 
     def __init__(self, segmentation: dict, height: int, width: int):
         self._args, self._value = (segmentation, height, width), None

@@ -8,7 +8,7 @@ Layout (see docs/FORMAT.md)::
     OUT/parts/sizes-000000.json   the byte size of each of its images, a check for resume
     OUT/annotations.json          merged from the parts by streaming, atomic
     OUT/manifest.json             options, seed, source hashes, counts, skips, version
-    OUT/parts/.lock, .lock-shard-I-of-N   held while a run or merge writes OUT (:func:`run_lock`)
+    OUT/parts/.lock, .lock-of-N, .lock-shard-I-of-N   flock files: who writes OUT now (:func:`run_lock`)
 
 A chunk counts as done when its part file exists and its images have the recorded sizes
 (:func:`chunk_done`), so a killed run resumes by redoing the other chunks; their images are
