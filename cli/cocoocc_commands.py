@@ -14,13 +14,13 @@ from occsynth.occluders import BCNET_IOU_THRESHOLD
 @click.command("build-cocoocc")
 @click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="instances_val2017.json (any COCO instances JSON works).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory: annotations.json, manifest.json, report.json [, images/].")
-@click.option("--images", type=click.Path(exists=True, file_okay=False), help="Source image directory (needed for --link/--copy; OUT/images may not be, hold or lie in it).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), help="Source image directory: needed for --link/--copy (OUT/images may not be, hold or lie in it); without them, the selected images' files are checked and those missing reported.")
 @click.option("--link", is_flag=True, help="Symlink the selected images into OUT/images (relative links: moving the folder holding both keeps them working).")
 @click.option("--copy", is_flag=True, help="Copy the selected images into OUT/images.")
 @click.option("--overlap", type=click.Choice(["iou", "min"]), default=DEFAULT_OVERLAP, show_default=True, help="Box overlap measure: intersection over union, or over the smaller box.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_THRESHOLD, show_default=True, help="Keep images whose largest pairwise box overlap is at least this.")
 @click.option("--count-crowd", is_flag=True, help="Let crowd boxes count (default: they do not).")
-@click.option("--strict", is_flag=True, help="Stop at the first bad record (duplicate id, unusable annotation; a missing image file with --link/--copy, which place the files) instead of skipping it.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record (duplicate id, unusable annotation; a missing image file when --images is given) instead of skipping it.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out that build-cocoocc did not write (never one holding --ann).")
 def build_cocoocc_command(ann, out, images, link, copy, overlap, threshold, count_crowd, strict, force):
     """Build COCO-OCC: the images whose object boxes overlap (BCNet's occlusion benchmark).
@@ -65,6 +65,12 @@ def format_report(report: dict) -> list[str]:
         more = len(report["dropped_images"]) - 10
         lines.append(f"dropped {len(report['dropped_images'])} selected image(s) whose file could not be placed, "
                      f"with their annotations: {shown}{f', ... {more} more' if more > 0 else ''}")
+    if report.get("images_without_file"):
+        missing = report["images_without_file"]
+        shown = ", ".join(f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in missing[:10])
+        more = len(missing) - 10
+        lines.append(f"warning: {len(missing)} selected image(s) have no usable file under --images (kept in the "
+                     f"output, which names but does not place them): {shown}{f', ... {more} more' if more > 0 else ''}")
     if report["skipped"]["counts"]:
         lines.append("skipped: " + json.dumps(report["skipped"]["counts"]))
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")

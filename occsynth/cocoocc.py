@@ -198,6 +198,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         lost = {d["id"] for d in dropped}
         images = [im for im in images if im["id"] not in lost]
         keep -= lost
+    unfound = _unfound_images(images, Path(image_root), strict) if image_root is not None and not image_mode else []
     for name in placed_before - ({im["file_name"] for im in images} if image_mode else set()):
         _remove_stale_link(out_dir / "images", name)
     selected = [im["id"] for im in images]
@@ -214,12 +215,14 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
               "selected_images": len(selected) + len(dropped), "dropped_images": len(dropped),
               "images": len(images), "annotations": len(annotations), "paper_images": PAPER_COUNT,
               "source_has_crowd": crowd}
+    if image_root is not None and not image_mode:
+        counts["images_without_file"] = len(unfound)
     alternatives = alternative_counts(data)
     if not crowd:  # without crowd boxes the crowd rows repeat the others
         alternatives = {k: v for k, v in alternatives.items() if not k.endswith("/crowd")}
     report = {"out": str(out_dir), "options": options, "counts": counts,
               "histogram": overlap_histogram(best.values()), "alternatives": alternatives,
-              "dropped_images": dropped, "skipped": skips.to_dict()}
+              "dropped_images": dropped, "images_without_file": unfound, "skipped": skips.to_dict()}
     manifest = {"kind": MANIFEST_KIND, "source": {"annotations": str(Path(ann_path).resolve()),
                                                   "sha256": file_hash(ann_path)},
                 "options": options, "counts": counts, "images_placed": image_mode, "skipped": skips.to_dict(),
@@ -285,13 +288,9 @@ def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: 
     dropped = []
     for image in images:
         try:
-            name = image.get("file_name")
-            if not isinstance(name, str):
-                raise BadRecord(errors.MALFORMED_RECORD, f"image record {image.get('id')}", "no file_name")
-            src = resolve_image_path(root, name)
-            if not src.is_file():
-                raise BadRecord(errors.MISSING_FILE, f"image file {src}")
-            target = dest / name  # name was checked above: relative, no '..'
+            src = _source_file(image, root)
+            name = image["file_name"]
+            target = dest / name  # name was checked by _source_file: relative, no '..'
             target.parent.mkdir(parents=True, exist_ok=True)
             if _is_source(target, src):
                 continue  # already the source's own bytes (a hard link, an aliased folder): never unlink it
@@ -306,6 +305,31 @@ def _place_images(images: list[dict], root: Path, dest: Path, mode: str, skips: 
             skips.skip(exc)
             dropped.append({"id": image["id"], "file_name": image.get("file_name"), "reason": exc.reason})
     return dropped
+
+
+def _source_file(image: dict, root: Path) -> Path:
+    """The existing file of an image record under ``root``; BadRecord naming why there is none."""
+    name = image.get("file_name")
+    if not isinstance(name, str):
+        raise BadRecord(errors.MALFORMED_RECORD, f"image record {image.get('id')}", "no file_name")
+    src = resolve_image_path(root, name)
+    if not src.is_file():
+        raise BadRecord(errors.MISSING_FILE, f"image file {src}")
+    return src
+
+
+def _unfound_images(images: list[dict], root: Path, strict: bool) -> list[dict]:
+    """``{"id", "file_name", "reason"}`` of the images without a file under ``root`` (they stay in an
+    annotations-only output, whose users need the files; ``strict`` stops at the first)."""
+    unfound = []
+    for image in images:
+        try:
+            _source_file(image, root)
+        except BadRecord as exc:
+            if strict:
+                raise OccsynthError(f"{exc} (the selected images must exist under --images)") from None
+            unfound.append({"id": image["id"], "file_name": image.get("file_name"), "reason": exc.reason})
+    return unfound
 
 
 def _is_source(target: Path, src: Path) -> bool:

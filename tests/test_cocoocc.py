@@ -227,6 +227,32 @@ def test_images_not_placed_are_dropped_with_their_annotations(tmp_path):
     assert r.exit_code == 0 and "dropped 2 selected image(s)" in r.output and "7 (0007.jpg: missing" in r.output
 
 
+def test_an_annotations_only_build_given_images_reports_selected_images_without_a_file(tmp_path):
+    data = make_dataset()
+    ann = write_set(tmp_path / "val.json", data)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for image_id in (1, 3):  # 1, 2 and 7 are selected: 2 and 7 have no file
+        (root / f"{image_id:04d}.jpg").write_bytes(b"img")
+    report = build_cocoocc(ann, tmp_path / "o", image_root=root, threshold=0.1)
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert sorted(im["id"] for im in out["images"]) == [1, 2, 7]  # kept: nothing is placed
+    assert [d["id"] for d in report["images_without_file"]] == [2, 7]
+    assert report["counts"]["images_without_file"] == 2 and not (tmp_path / "o" / "images").exists()
+    assert "images_without_file" not in build_cocoocc(ann, tmp_path / "n", threshold=0.1)["counts"]  # no --images
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "c"),
+                                  "--images", str(root), "--threshold", "0.1"])
+    assert r.exit_code == 0 and "warning: 2 selected image(s) have no usable file" in r.output
+    assert "7 (0007.jpg: missing image file)" in r.output
+    strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"),
+                                       "--images", str(root), "--threshold", "0.1", "--strict"])
+    assert strict.exit_code == 2 and "0002.jpg" in strict.output and "Traceback" not in strict.output
+    assert not (tmp_path / "s" / "annotations.json").exists()
+    (root / "0002.jpg").write_bytes(b"img")
+    (root / "0007.jpg").write_bytes(b"img")
+    assert build_cocoocc(ann, tmp_path / "o", image_root=root, threshold=0.1)["images_without_file"] == []
+
+
 def test_duplicate_image_ids_are_skipped_and_counted(tmp_path):
     data = make_dataset()
     data["images"].append({"id": 1, "file_name": "dup.jpg", "height": 40, "width": 40})
