@@ -82,8 +82,9 @@ def format_report(report: dict) -> list[str]:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON (written atomically).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=BCNET_IOU_THRESHOLD, show_default=True, help="Box IoU above which another instance counts as an occluder.")
 @click.option("--bcnet-compat", is_flag=True, help="Also write 'bg_object_segmentation' (occluders' masks cut to the box, polygons), as BCNet's loader reads.")
+@click.option("--keep-existing", is_flag=True, help="Keep the occluder_ids an annotation already has (e.g. an occsynth set's exact, depth-ordered ones) instead of replacing them by the box rule; --bcnet-compat then draws from them.")
 @quiet_option
-def annotate_occluders_command(ann, out, threshold, bcnet_compat, quiet):
+def annotate_occluders_command(ann, out, threshold, bcnet_compat, keep_existing, quiet):
     """Add 'occluder_ids' to every annotation of a COCO file (BCNet's box-IoU rule).
 
     COCO has no depth order, so an occluder here is any other non-crowd instance whose box IoU
@@ -92,7 +93,7 @@ def annotate_occluders_command(ann, out, threshold, bcnet_compat, quiet):
     860k-instance train2017 file.
     """
     echo_occluder_report(annotate_occluders(ann, out, threshold=threshold, bcnet_compat=bcnet_compat,
-                                            progress=not quiet))
+                                            keep_existing=keep_existing, progress=not quiet))
 
 
 COMMANDS = [build_cocoocc_command, annotate_occluders_command]

@@ -10,6 +10,9 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
   occluders' masks cut to this instance's box (pixels [floor(x), ceil(x+w)) x [floor(y), ceil(y+h))),
   ``[]`` when it is empty - the field BCNet's COCO loader reads.
 
+Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
+exact (from the depth order) and better than the box rule's guesses.
+
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
 against the untouched file). Output annotations are grouped by image, in images-table order,
@@ -56,15 +59,21 @@ def box_window(box: list, height: int, width: int) -> tuple[int, int, int, int]:
 
 
 def annotate_image(annotations: list[dict], height: int | None, width: int | None,
-                   threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False) -> dict:
+                   threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False,
+                   keep_existing: bool = False) -> dict:
     """Add ``occluder_ids`` (and ``bg_object_segmentation``) to one image's annotations, in place.
+
+    ``keep_existing``: an annotation that has an ``occluder_ids`` list keeps it (e.g. an occsynth set's
+    exact, depth-ordered occluders); its ``bg_object_segmentation`` is drawn from those of its ids
+    that are annotations of the same image.
 
     Returns counts: ``no_box`` (annotations without a usable box or id: no occluders, occlude
     nobody), ``bad_masks`` (occluders whose segmentation could not be decoded: left out of the
     union), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
-    whose image has no usable height/width, so their ``bg_object_segmentation`` stays empty).
+    whose image has no usable height/width, so their ``bg_object_segmentation`` stays empty),
+    ``kept_occluder_ids``.
     """
-    counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0}
+    counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0}
     usable = [i for i, a in enumerate(annotations)
               if is_box(a.get("bbox")) and is_id(a.get("id"))]
     counts["no_box"] = len(annotations) - len(usable)
@@ -85,9 +94,14 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
                 counts["bad_masks"] += 1
         return decoded[j]
 
+    local_of = {a["id"]: i for i, a in enumerate(annotations) if isinstance(a, dict) and is_id(a.get("id"))}
     for i, ann in enumerate(annotations):
-        hits = occluders[i]
-        ann["occluder_ids"] = [annotations[j]["id"] for j in hits]
+        if keep_existing and isinstance(ann.get("occluder_ids"), list):
+            hits = [local_of[j] for j in ann["occluder_ids"] if is_id(j) and j in local_of and local_of[j] != i]
+            counts["kept_occluder_ids"] += 1
+        else:
+            hits = occluders[i]
+            ann["occluder_ids"] = [annotations[j]["id"] for j in hits]
         counts["with_occluders"] += bool(hits)
         if not bcnet_compat:
             continue
@@ -140,8 +154,12 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
 
 def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                        threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False, progress: bool = True,
-                       images_per_bucket: int = IMAGES_PER_BUCKET) -> dict:
-    """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns counts."""
+                       images_per_bucket: int = IMAGES_PER_BUCKET, keep_existing: bool = False) -> dict:
+    """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns counts.
+
+    ``keep_existing``: annotations that already have ``occluder_ids`` keep them (see :func:`annotate_image`);
+    otherwise they are replaced, and counted as ``replaced_occluder_ids``.
+    """
     in_path, out_path = Path(in_path), Path(out_path)
     if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
         raise OccsynthError("--out must differ from --ann (the input is read twice)")
@@ -156,7 +174,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     per_bucket = max(int(images_per_bucket), -(-len(images) // MAX_BUCKETS), 1)
     num_buckets = -(-len(images) // per_bucket)
     counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0, "bad_masks": 0,
-              "unknown_image": 0, "replaced_occluder_ids": 0, "no_image_size": 0}
+              "unknown_image": 0, "replaced_occluder_ids": 0, "kept_occluder_ids": 0, "no_image_size": 0}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent) as tmp:
         tmp = Path(tmp)
@@ -166,8 +184,8 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                                            unit="ann", disable=not progress)):
                 image_id = ann.get("image_id") if isinstance(ann, dict) else None
                 k = index_of.get(image_id) if _is_key(image_id) else None
-                if isinstance(ann, dict) and ann.get("occluder_ids"):
-                    counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported, not kept
+                if isinstance(ann, dict) and ann.get("occluder_ids") and not keep_existing:
+                    counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported
                 bucket = num_buckets if k is None else k // per_bucket
                 files[bucket].write(json.dumps([seq, -1 if k is None else k, ann], separators=(",", ":")) + "\n")
                 counts["annotations"] += 1
@@ -201,8 +219,8 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                         h, w = image.get("height"), image.get("width")
                         size_ok = isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0
                         c = annotate_image(anns, h if size_ok else None, w if size_ok else None, threshold,
-                                           bcnet_compat)
-                        for name in ("no_box", "bad_masks", "with_occluders", "no_image_size"):
+                                           bcnet_compat, keep_existing)
+                        for name in ("no_box", "bad_masks", "with_occluders", "no_image_size", "kept_occluder_ids"):
                             counts[name] += c[name]
                     for ann in anns:
                         out.write(("" if first else ",") + _dumps(ann))

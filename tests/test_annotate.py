@@ -90,7 +90,8 @@ def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
     assert list(out) == ["info", "type", "images", "licenses", "categories", "annotations"]
     assert {k: out[k] for k in out if k != "annotations"} == {k: data[k] for k in data if k != "annotations"}
     assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 5, "no_box": 0, "bad_masks": 0,
-                                "unknown_image": 1, "replaced_occluder_ids": 0, "no_image_size": 0}
+                                "unknown_image": 1, "replaced_occluder_ids": 0, "kept_occluder_ids": 0,
+                                "no_image_size": 0}
 
 
 def test_threshold_option(tmp_path):
@@ -208,3 +209,30 @@ def test_bcnet_compat_counts_occluded_annotations_of_an_image_without_a_size(tmp
     occluded = [a for a in out["annotations"] if a["image_id"] == first and a["occluder_ids"]]
     assert occluded and all(a["bg_object_segmentation"] == [] for a in occluded)
     assert report["counts"]["no_image_size"] == len(occluded)
+
+
+def test_keep_existing_keeps_exact_occluders_and_draws_bcnet_masks_from_them(tmp_path):
+    """An occsynth set's occluder_ids are exact (depth order): --keep-existing keeps them, and the
+    annotations without any get the box rule's."""
+    data = make_dataset()
+    for ann in data["annotations"]:
+        if ann["id"] == 7:
+            ann["occluder_ids"] = [33]   # C-E box IoU is below the threshold, but E is on top of C here
+        if ann["id"] == 101:
+            ann["occluder_ids"] = []     # exact: nothing on top of A, though boxes overlap
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "k.json"),
+                                       "--bcnet-compat", "--keep-existing", "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = {a["id"]: a for a in json.loads((tmp_path / "k.json").read_text())["annotations"]}
+    assert out[7]["occluder_ids"] == [33] and out[101]["occluder_ids"] == []
+    assert out[205]["occluder_ids"] == EXPECTED[205] and out[44]["occluder_ids"] == EXPECTED[44]
+    x, y, w, h = out[7]["bbox"]
+    polys = out[7]["bg_object_segmentation"]
+    drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, H, W))).astype(bool)
+    assert np.array_equal(drawn, MASKS[33] & rect(int(x), int(y), int(x + w), int(y + h))) and drawn.any()
+    assert out[101]["bg_object_segmentation"] == []
+    assert '"kept_occluder_ids": 2' in result.output
+    replaced = annotate_occluders(src, tmp_path / "r.json", progress=False)["counts"]
+    assert replaced["replaced_occluder_ids"] == 1 and replaced["kept_occluder_ids"] == 0  # [] is not counted
