@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 
 import click
 
@@ -15,9 +17,12 @@ class ReportedError(click.ClickException):
 
 
 class Group(click.Group):
-    """A click group whose commands report OccsynthError (and OSError) as one message."""
+    """A click group whose commands report OccsynthError (and OSError) as one message, and stop on
+    SIGTERM (what batch schedulers send on cancel or time limit) as they stop on Ctrl-C."""
 
     def invoke(self, ctx: click.Context):
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
         try:
             return super().invoke(ctx)
         except OccsynthError as exc:
@@ -27,6 +32,14 @@ class Group(click.Group):
             raise ReportedError(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             raise click.Abort() from None
+        finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so that temporaries are removed and workers are shut down."""
+    raise KeyboardInterrupt
 
 
 quiet_option = click.option("--quiet", "--no-progress", "quiet", is_flag=True,

@@ -126,10 +126,18 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
     with contextlib.ExitStack() as held:
         try:
             try:
-                take(parts / LOCK_FILE, fcntl.LOCK_SH if sharded else fcntl.LOCK_EX)
+                main = take(parts / LOCK_FILE, fcntl.LOCK_SH if sharded else fcntl.LOCK_EX)
             except BlockingIOError:
-                raise refuse("an unsharded run or a merge" if sharded else "another run, shard or merge") from None
-            if sharded:
+                # the exclusive holder (an unsharded run or a merge) names itself there; shards leave it empty
+                holder = (parts / LOCK_FILE).read_text().strip()
+                raise refuse(f"an unsharded run or a merge ({holder})" if holder else
+                             "an unsharded run or a merge" if sharded else "a shard of this set") from None
+            if not sharded:
+                _name_holder(main, held)
+                for stale in [*parts.glob(f"{LOCK_FILE}-shard-*"), *parts.glob(f"{LOCK_FILE}-of-*")]:
+                    stale.unlink()  # no shard runs now: their lock files name processes that are gone
+            else:
+                main.truncate(0)  # a killed exclusive holder's name: stale now that shards hold the lock
                 try:
                     take(parts / f"{LOCK_FILE}-of-{count}", fcntl.LOCK_SH)
                 except BlockingIOError:  # a shard of another split is looking whether this one runs
@@ -144,13 +152,7 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
                     # only the holder of a shard's lock writes to its file: the text names that holder
                     raise refuse(f"shard {index}/{count} ({shard_file.read_text().strip() or 'unknown process'})") \
                         from None
-                f.truncate(0)
-                f.write(f"pid {os.getpid()} on {socket.gethostname()}")
-                f.flush()
-                held.callback(f.truncate, 0)  # before the lock is dropped (callbacks run first)
-            else:  # no shard runs now: their lock files name processes that are gone
-                for stale in [*parts.glob(f"{LOCK_FILE}-shard-*"), *parts.glob(f"{LOCK_FILE}-of-*")]:
-                    stale.unlink()
+                _name_holder(f, held)
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
                 raise OccsynthError(f"cannot lock {parts}: {exc.strerror}") from None
@@ -158,6 +160,15 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
             warnings.warn(f"{parts}: the file system does not support locks ({exc.strerror}); running without the "
                           "guard against a second run of the same work", stacklevel=3)
         yield
+
+
+def _name_holder(f, held: contextlib.ExitStack) -> None:
+    """Write this process into a lock file it holds exclusively, for whoever finds the lock taken; emptied
+    again before the lock is let go (the callback runs before the file is closed)."""
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    held.callback(f.truncate, 0)
 
 
 def _free(path: Path, fcntl) -> bool:

@@ -67,6 +67,29 @@ def test_kill_9_then_rerun_gives_identical_set(reference, demo_source, tmp_path)
     assert tree_bytes(out) == tree_bytes(ref)
 
 
+def test_sigterm_stops_a_run_like_ctrl_c_and_the_rerun_completes(reference, demo_source, tmp_path):
+    """Batch schedulers stop a task with SIGTERM: the run unwinds (message, no traceback, no merged file;
+    a worker stopped mid-write may leave a temporary) and the same command then completes the set."""
+    ref, cache, recipe = reference
+    ann, root = demo_source
+    out = tmp_path / "stopped"
+    args = cli_args(ann, root, out, cache, workers=2, recipe=recipe)
+    code = "import sys; from cli.occsynth_cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not list((out / "parts").glob("chunk-*.json")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # the parent alone, as `kill PID` does
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, "the run finished before it could be stopped"
+    assert "run the same command again to continue" in stderr and "Traceback" not in stderr
+    assert not (out / "annotations.json").exists()
+    result = CliRunner().invoke(occsynth_main, args)
+    assert result.exit_code == 0, result.output
+    assert tree_bytes(out) == tree_bytes(ref) and not list(out.rglob(".*.tmp-*"))
+
+
 HOLD_LOCK = ("import sys, time; from occsynth import writer; "
              "held = writer.run_lock(sys.argv[1], (int(sys.argv[2]), int(sys.argv[3]))); held.__enter__(); "
              "print('held', flush=True); time.sleep(300)")
@@ -88,7 +111,7 @@ def test_the_same_work_started_twice_is_refused_while_the_first_runs(reference, 
         assert again.exit_code == 2 and f"shard 1/2 (pid {holder.pid} on " in again.output
         assert "Traceback" not in again.output
         whole = CliRunner().invoke(occsynth_main, args)
-        assert whole.exit_code == 2 and "another occsynth process" in whole.output
+        assert whole.exit_code == 2 and "a shard of this set is running there" in whole.output
         assert tree_bytes(out) == before
         other_split = CliRunner().invoke(occsynth_main, args + ["--shard", "0/3"])  # its chunks overlap shard 1/2's
         assert other_split.exit_code == 2 and "a shard of another split" in other_split.output
@@ -105,6 +128,24 @@ def test_the_same_work_started_twice_is_refused_while_the_first_runs(reference, 
     assert (out / "parts" / ".lock-shard-1-of-2").read_text() == f"pid {holder.pid} on {socket.gethostname()}"
     assert CliRunner().invoke(occsynth_main, args).exit_code == 0
     assert tree_bytes(out) == tree_bytes(ref)
+
+
+def test_a_shard_started_while_an_unsharded_run_holds_out_names_that_run(demo_source, tmp_path):
+    ann, root = demo_source
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), "0", "1"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        shard = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, tmp_path / "c") + ["--shard", "1/2"])
+        assert shard.exit_code == 2
+        assert f"an unsharded run or a merge (pid {holder.pid} on {socket.gethostname()})" in shard.output
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # the killed holder's name is left in the file: the next run replaces it, and empties it when done
+    assert CliRunner().invoke(occsynth_main, cli_args(ann, root, out, tmp_path / "c")).exit_code == 0
+    assert (out / "parts" / ".lock").read_text() == ""
 
 
 def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch):
