@@ -79,7 +79,11 @@ def merge_command(shard_dirs, out, quiet):
     write to one shared directory (then: occsynth merge OUT --out OUT) or to their own; their
     images and parts are moved (not copied) into --out, so an interrupted merge can be rerun.
     """
-    _print_report(merge(out, list(shard_dirs), progress=not quiet))
+    report = merge(out, list(shard_dirs), progress=not quiet)
+    _print_report(report)
+    for folder, n in report.get("left_in_shard_dirs", {}).items():
+        click.echo(f"note: {folder} still holds {n} chunk(s) that {out} already had; they were not moved "
+                   "(delete that folder when you no longer need it)")
 
 
 def _print_report(report: dict) -> None:

@@ -231,18 +231,16 @@ def read_part(path: Path) -> dict:
         raise OccsynthError(f"{path}: unreadable part file ({exc}); delete it and run again to redo that chunk") from None
 
 
-def check_run_settings(out_dir: Path, settings: dict) -> None:
+def check_run_settings(out_dir: Path, settings: dict,
+                       hint: str = "use the same arguments to resume, or another --out") -> None:
     """Record the run's settings, or refuse to continue a run made with different ones."""
     path = Path(out_dir) / PARTS / RUN_FILE
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
     if path.exists():
         previous = read_json(path)
         if previous != settings:
-            old, new = _flatten(previous), _flatten(settings)
-            changed = [f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in sorted(set(old) | set(new))
-                       if old.get(k) != new.get(k)]
-            raise OccsynthError(f"{out_dir} holds a run made with other settings ({'; '.join(changed[:6])}); "
-                                "use the same arguments to resume, or another --out")
+            raise OccsynthError(f"{out_dir} holds a run made with other settings ({changed_settings(previous, settings)}); "
+                                f"{hint}")
     else:
         refuse_foreign_files(out_dir)
         write_json(path, settings, indent=2)
@@ -257,6 +255,14 @@ def refuse_foreign_files(out_dir: Path) -> None:
     if foreign:
         raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:5])}); "
                             "choose a new or empty --out (nothing was changed)")
+
+
+def changed_settings(old: dict, new: dict, most: int = 6) -> str:
+    """'key: old -> new' for each setting that differs (nested keys dotted), the first ``most`` of them."""
+    old, new = _flatten(old), _flatten(new)
+    changed = [f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]
+    return "; ".join(changed[:most])
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -382,8 +388,10 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
             raise OccsynthError(f"{d}: a finished set (it has {ANNOTATIONS_FILE}), not a shard output; merge "
                                 "moves a shard's images, which would break it (to copy a set, copy its folder)")
     runs = [_read_json(Path(d) / PARTS / RUN_FILE) for d in shard_dirs]
-    if any(r != runs[0] for r in runs):
-        raise OccsynthError("the shard directories were generated with different settings; they cannot be merged")
+    for d, other in zip(shard_dirs, runs):
+        if other != runs[0]:
+            raise OccsynthError(f"{d} was generated with other settings than {shard_dirs[0]} "
+                                f"({changed_settings(runs[0], other)}); shards of one set share every setting")
     run = runs[0]
     settings = run["settings"]
     num_chunks = -(-settings["num_images"] // settings["chunk_size"])
@@ -412,7 +420,7 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     """:func:`merge_shards` once OUT and the shard folders are held: move the shards' files in, then finalize."""
     settings = run["settings"]
     num_chunks = len(parts)
-    check_run_settings(out_dir, run)
+    check_run_settings(out_dir, run, hint="merge these shards into another --out")
     remove_stale_temporaries(out_dir)  # every shard has finished: what is left is stale
     for name in (SOURCE_FILE,):
         if not (out_dir / PARTS / name).exists():
@@ -432,7 +440,18 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
         if sizes.exists():
             move_file(sizes, sizes_path(out_dir, chunk))
         move_file(part, out_dir / PARTS / part.name)
-    return finalize(out_dir, run, part_files([out_dir], num_chunks))
+    report = finalize(out_dir, run, part_files([out_dir], num_chunks))
+    # chunks --out already had are not taken from a shard folder: say so, or a user may think it emptied
+    out_parts = _identity(Path(out_dir) / PARTS)
+    left = {str(d): n for d in shard_dirs if _identity_or_none(Path(d) / PARTS) != out_parts
+            and (n := len(list((Path(d) / PARTS).glob("chunk-*.json"))))}
+    if left:
+        report["left_in_shard_dirs"] = left
+    return report
+
+
+def _identity_or_none(path: Path) -> tuple[int, int] | None:
+    return _identity(path) if path.is_dir() else None
 
 
 def _read_json(path: Path):

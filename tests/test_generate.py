@@ -379,6 +379,29 @@ def test_merge_refuses_to_take_images_out_of_a_finished_set(generated, tmp_path)
     assert tree_bytes(finished) == before and not (tmp_path / "m" / "images").exists()
 
 
+def test_merge_names_the_setting_that_differs_and_the_chunks_it_left_in_a_shard_folder(generated, demo_source,
+                                                                                        tmp_path):
+    out, _, cache = generated
+    ann, root = demo_source
+    generate(tmp_path / "a", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    other = RunSettings(num_images=N_IMAGES, seed=4, chunk_size=4)
+    generate(tmp_path / "b", other, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
+    mixed = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "a"), str(tmp_path / "b"),
+                                               "--out", str(tmp_path / "m"), "--quiet"])
+    assert mixed.exit_code == 2 and f"{tmp_path / 'b'} was generated with other settings" in mixed.output
+    assert "seed: 3 -> 4" in mixed.output
+    into_other = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "b"), "--out", str(tmp_path / "a"),
+                                                    "--quiet"])
+    assert into_other.exit_code == 2 and "merge these shards into another --out" in into_other.output
+    # a finished --out already has every chunk: the shard folder's are left where they are, and said so
+    finished = tmp_path / "finished"
+    shutil.copytree(out, finished)
+    left = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "a"), "--out", str(finished), "--quiet"])
+    assert left.exit_code == 0, left.output
+    assert f"note: {tmp_path / 'a'} still holds 2 chunk(s)" in left.output
+    assert len(list((tmp_path / "a" / "images").iterdir())) == 8
+
+
 def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_source, tmp_path, monkeypatch):
     ann, root = demo_source
     base = ["generate", "--ann", str(ann), "--images", str(root), "--cache-dir", str(tmp_path / "c"), "--quiet"]
