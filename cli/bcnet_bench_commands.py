@@ -7,9 +7,11 @@ import click
 
 
 @click.command("bench")
-@click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), default="faster-rcnn", show_default=True)
-@click.option("--backbone", type=click.Choice(["resnet50", "resnet18", "tiny"]), default="resnet50", show_default=True)
-@click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), default="faster-rcnn", show_default=True,
+              help="Detector both heads sit on.")
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet18", "tiny"]), default="resnet50", show_default=True,
+              help="Backbone of the detector (R50-FPN as in the paper; smaller ones for quick checks).")
+@click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1), help="Images per timed batch.")
 @click.option("--size", default=512, show_default=True, type=click.IntRange(min=64), help="Square image side.")
 @click.option("--iters", default=5, show_default=True, type=click.IntRange(min=1), help="Timed iterations per model.")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")

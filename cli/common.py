@@ -47,6 +47,12 @@ quiet_option = click.option("--quiet", "--no-progress", "quiet", is_flag=True,
 """The one switch for progress bars, under both names users try first."""
 
 
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False),
+    help="Cache of cutout banks (CACHE_DIR/banks), cutout pixels and the demo source "
+         "[default: $XDG_CACHE_HOME/occsynth or ~/.cache/occsynth].")
+
+
 def parse_shard(value: str | None) -> tuple[int, int]:
     """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
     if not value:

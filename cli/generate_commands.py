@@ -6,7 +6,7 @@ import json
 import click
 
 import manifests
-from cli.common import parse_shard, quiet_option
+from cli.common import cache_dir_option, parse_shard, quiet_option
 from occsynth.bank import BankOptions
 from occsynth.generate import generate, merge, run_settings
 from occsynth.schedule import CompositeOptions
@@ -36,7 +36,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--touch-margin", type=int, help=f"Instances closer than this (px) to another instance are not complete [default: {_B.touch_margin}, or the recipe's].")
 @click.option("--image-format", type=click.Choice(["jpg", "png"]), help="Output image format [default: jpg].")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), help="JPEG quality [default: 95].")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cutout banks are cached [default: ~/.cache/occsynth].")
+@cache_dir_option
 @click.option("--backend", default="loky", show_default=True, type=click.Choice(["loky", "threading", "dask", "ray"]), help="joblib backend: loky (local processes), threading (one process), or dask / ray (extras) to use a cluster.")
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) or ray head address for --backend dask/ray; a local cluster when omitted.")
 @click.option("--no-cutout-pixels", is_flag=True, help="Do not cache cutout pixels (saves disk; generation decodes each cutout's source image).")
@@ -88,9 +88,15 @@ def merge_command(shard_dirs, out, quiet):
 
 def _print_report(report: dict) -> None:
     if not report.get("merged"):
-        click.echo(f"shard {report['shard']}: {report['chunks_done']}/{report['chunks_total']} chunks done in "
-                   f"{report['out']}; when all shards are done run `occsynth merge` (all in this folder: "
-                   f"occsynth merge {report['out']} --out {report['out']})")
+        out, total = report["out"], report["chunks_total"]
+        if not report.get("shard_chunks", 1):
+            click.echo(f"shard {report['shard']} has nothing to do: the set has only {total} chunk(s), "
+                       "so shards numbered from there on get none")
+            return
+        click.echo(f"shard {report['shard']}: its {report['shard_chunks']} chunk(s) are done; {out} holds "
+                   f"{report['chunks_done']} of the set's {total}. When every shard is done, join them: "
+                   f"`occsynth merge {out} --out {out}` if they all wrote to this folder, else "
+                   f"`occsynth merge SHARD_FOLDER... --out MERGED`")
         return
     counts = report["counts"]
     click.echo(f"wrote {counts['images']} images, {counts['annotations']} annotations "
@@ -99,13 +105,17 @@ def _print_report(report: dict) -> None:
     if per_cat:
         values = list(per_cat.values())
         click.echo(f"pasted per category: {len(per_cat)} categories, min {min(values)}, max {max(values)}")
-    bank_skipped = report.get("bank", {}).get("skipped", {}).get("counts")
-    if bank_skipped:
-        click.echo("source records skipped (bad input): " + json.dumps(bank_skipped))
-    skipped = report["skipped"]["counts"]
-    if skipped:
+    bank_skipped = report.get("bank", {}).get("skipped", {})
+    if bank_skipped.get("counts"):
+        click.echo("source records skipped (bad input): " + json.dumps(bank_skipped["counts"]))
+        for reason, example in bank_skipped.get("examples", {}).items():
+            click.echo(f"  {reason}, e.g. {example}")
+    skipped = report["skipped"]
+    if skipped["counts"]:
         click.echo("source images skipped while rendering (counted per use, another was drawn instead): "
-                   + json.dumps(skipped))
+                   + json.dumps(skipped["counts"]))
+        for reason, example in skipped.get("examples", {}).items():
+            click.echo(f"  {reason}, e.g. {example}")
     missing = report.get("bank", {}).get("categories_without_cutouts")
     if missing:
         click.echo(f"categories with no complete cutout (skipped): {len(missing)}")

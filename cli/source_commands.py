@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, pixels_report, report
-from cli.common import ReportedError, quiet_option
+from cli.common import ReportedError, cache_dir_option, quiet_option
 from occsynth.demo import default_cache_dir, make_demo_source
 
 
@@ -34,8 +34,7 @@ def make_demo_source_command(directory, seed, force):
 @click.command("bank")
 @click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Source COCO instances JSON (streamed: instances_train2017.json is fine).")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Where banks are cached, under CACHE_DIR/banks/ [default: $XDG_CACHE_HOME/occsynth or ~/.cache/occsynth].")
+@cache_dir_option
 @click.option("--min-area", default=BankOptions.min_area, show_default=True, type=click.IntRange(min=0),
               help="Fewest mask pixels of a cutout.")
 @click.option("--border-margin", default=BankOptions.border_margin, show_default=True, type=click.IntRange(min=0),

@@ -175,8 +175,12 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     num_buckets = -(-len(images) // per_bucket)
     counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0, "bad_masks": 0,
               "unknown_image": 0, "replaced_occluder_ids": 0, "kept_occluder_ids": 0, "no_image_size": 0}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent) as tmp:
+    try:  # the spool folder goes beside --out: an unwritable place is reported as --out's
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        spool = tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent)
+    except OSError as exc:
+        raise OccsynthError(f"cannot write {out_path}: {exc.strerror or exc}") from None
+    with spool as tmp:
         tmp = Path(tmp)
         files = [open(tmp / f"{b}.jsonl", "w", encoding="utf-8") for b in range(num_buckets + 1)]
         try:
@@ -184,7 +188,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                                            unit="ann", disable=not progress)):
                 image_id = ann.get("image_id") if isinstance(ann, dict) else None
                 k = index_of.get(image_id) if _is_key(image_id) else None
-                if isinstance(ann, dict) and ann.get("occluder_ids") and not keep_existing:
+                if isinstance(ann, dict) and isinstance(ann.get("occluder_ids"), list) and not keep_existing:
                     counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported
                 bucket = num_buckets if k is None else k // per_bucket
                 files[bucket].write(json.dumps([seq, -1 if k is None else k, ann], separators=(",", ":")) + "\n")

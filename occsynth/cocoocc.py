@@ -24,6 +24,7 @@ itself needs only boxes, compared per image with :func:`occsynth.boxes.pairwise_
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,7 +170,8 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     if image_mode:
         check_image_dirs(image_root, out_dir)
     out_dir = Path(out_dir)
-    fresh = not out_dir.exists() or not any(out_dir.iterdir())
+    existed = out_dir.exists()
+    fresh = not existed or not any(out_dir.iterdir())
     try:
         return _build(ann_path, out_dir, image_root, image_mode, overlap, threshold, count_crowd, strict)
     except BaseException:
@@ -177,6 +179,9 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
             for child in list(out_dir.iterdir()) if out_dir.is_dir() else []:
                 if child.name in OUTPUT_NAMES or (child.name.startswith(".") and ".tmp-" in child.name):
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if not existed:
+                with contextlib.suppress(OSError):  # only if empty: another process may have written there
+                    out_dir.rmdir()
         raise
 
 

@@ -167,7 +167,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
                     pass
                 done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
                 return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
-                        "chunks_total": settings.num_chunks, "merged": False}
+                        "chunks_total": settings.num_chunks, "merged": False,
+                        "shard_chunks": sum(_in_shard(c, shard) for c in range(settings.num_chunks))}
             # the merge runs while the workers render: no serial merge after the last chunk
             done_before = set(range(settings.num_chunks)).difference(chunks)
             parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)

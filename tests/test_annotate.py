@@ -235,4 +235,11 @@ def test_keep_existing_keeps_exact_occluders_and_draws_bcnet_masks_from_them(tmp
     assert out[101]["bg_object_segmentation"] == []
     assert '"kept_occluder_ids": 2' in result.output
     replaced = annotate_occluders(src, tmp_path / "r.json", progress=False)["counts"]
-    assert replaced["replaced_occluder_ids"] == 1 and replaced["kept_occluder_ids"] == 0  # [] is not counted
+    assert replaced["replaced_occluder_ids"] == 2 and replaced["kept_occluder_ids"] == 0
+
+
+def test_an_unwritable_out_is_named_in_the_error(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", "/proc/occ.json", "--quiet"])
+    assert result.exit_code == 2 and "cannot write /proc/occ.json" in result.output and "Traceback" not in result.output

@@ -15,6 +15,9 @@ def test_every_command_explains_itself(group, name):
     result = CliRunner().invoke(group, [name, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output and len(group.commands[name].help or "") > 20
+    for param in group.commands[name].params:  # every option says what it is for
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"{group.name} {name} {param.opts[0]} has no help text"
 
 
 def test_progress_bars_are_switched_off_by_the_same_flags_everywhere():

@@ -409,6 +409,10 @@ def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_
                                                       "--num-images", "8"])
     assert shard.exit_code == 0, shard.output
     assert f"occsynth merge {tmp_path / 's'} --out {tmp_path / 's'}" in shard.output
+    assert "its 1 chunk(s) are done" in shard.output  # 8 images in chunks of 16: one chunk, shard 0's
+    idle = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "s"), "--shard", "2/3",
+                                                     "--num-images", "8"])
+    assert idle.exit_code == 0 and "shard 2/3 has nothing to do: the set has only 1 chunk(s)" in idle.output
 
     recipe = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "r"), "--recipe", "nosuch"])
     assert recipe.exit_code == 2 and "synthetic-100k" in recipe.output and "schedule-" not in recipe.output
