@@ -87,6 +87,10 @@ def merge_command(shard_dirs, out, quiet):
 
 
 def _print_report(report: dict) -> None:
+    if report.get("already_merged"):
+        click.echo(f"{report['out']} is already a merged set of these settings: nothing to do for shard "
+                   f"{report['shard']}")
+        return
     if not report.get("merged"):
         out, total = report["out"], report["chunks_total"]
         if not report.get("shard_chunks", 1):

@@ -231,11 +231,27 @@ def read_part(path: Path) -> dict:
         raise OccsynthError(f"{path}: unreadable part file ({exc}); delete it and run again to redo that chunk") from None
 
 
+def as_stored(run: dict) -> dict:
+    """A run's settings as they come back from run.json (tuples become lists)."""
+    return json.loads(json.dumps(run))
+
+
+def merged_run(out_dir: Path) -> dict | None:
+    """The run settings of a finished (merged) set in ``out_dir``, or None when it is not one."""
+    out_dir = Path(out_dir)
+    if not ((out_dir / ANNOTATIONS_FILE).is_file() and (out_dir / MANIFEST_FILE).is_file()):
+        return None
+    try:
+        return read_json(out_dir / PARTS / RUN_FILE)
+    except (OSError, OccsynthError):
+        return None
+
+
 def check_run_settings(out_dir: Path, settings: dict,
                        hint: str = "use the same arguments to resume, or another --out") -> None:
     """Record the run's settings, or refuse to continue a run made with different ones."""
     path = Path(out_dir) / PARTS / RUN_FILE
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
+    settings = as_stored(settings)
     if path.exists():
         previous = read_json(path)
         if previous != settings:

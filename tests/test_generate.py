@@ -413,6 +413,14 @@ def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_
     idle = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "s"), "--shard", "2/3",
                                                      "--num-images", "8"])
     assert idle.exit_code == 0 and "shard 2/3 has nothing to do: the set has only 1 chunk(s)" in idle.output
+    for i in (1, 2):
+        CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "s"), "--shard", f"{i}/3", "--num-images", "8"])
+    assert CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "s"), "--out", str(tmp_path / "s")]).exit_code == 0
+    merged = sorted(p.name for p in (tmp_path / "s" / "parts").iterdir())
+    retry = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "s"), "--shard", "0/3",
+                                                      "--num-images", "8"])
+    assert retry.exit_code == 0 and "is already a merged set of these settings: nothing to do" in retry.output
+    assert sorted(p.name for p in (tmp_path / "s" / "parts").iterdir()) == merged  # no lock files left
 
     recipe = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "r"), "--recipe", "nosuch"])
     assert recipe.exit_code == 2 and "synthetic-100k" in recipe.output and "schedule-" not in recipe.output
