@@ -149,7 +149,9 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     if shard[1] > 1 and writer.merged_run(out_dir) == writer.as_stored(run) and all(
             writer.chunk_done(out_dir, c) for c in range(settings.num_chunks) if _in_shard(c, shard)):
         # a retry after the merge: nothing to render, and no lock files to leave in the finished set
-        return {"out": str(out_dir), "shard": f"{shard[0]}/{shard[1]}", "merged": False, "already_merged": True}
+        return {"out": str(out_dir), "shard": f"{shard[0]}/{shard[1]}", "chunks_done": settings.num_chunks,
+                "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
+                "shard_chunks": sum(_in_shard(c, shard) for c in range(settings.num_chunks))}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
         writer.check_run_settings(out_dir, run)
         index, count = shard
