@@ -146,19 +146,20 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     run = {"version": __version__, "settings": settings.to_dict(),
            "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}
     writer.refuse_foreign_files(out_dir)  # before the lock puts parts/ there
-    if shard[1] > 1 and writer.merged_run(out_dir) == writer.as_stored(run) and all(
-            writer.chunk_done(out_dir, c) for c in range(settings.num_chunks) if _in_shard(c, shard)):
+    index, count = shard
+    own_chunks = [c for c in range(settings.num_chunks) if _in_shard(c, shard)]
+    if count > 1 and writer.merged_run(out_dir) == writer.as_stored(run) and all(
+            writer.chunk_done(out_dir, c) for c in own_chunks):
         # a retry after the merge: nothing to render, and no lock files to leave in the finished set
-        return {"out": str(out_dir), "shard": f"{shard[0]}/{shard[1]}", "chunks_done": settings.num_chunks,
+        return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": settings.num_chunks,
                 "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
-                "shard_chunks": sum(_in_shard(c, shard) for c in range(settings.num_chunks))}
+                "shard_chunks": len(own_chunks)}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
         writer.check_run_settings(out_dir, run)
-        index, count = shard
         remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
         writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
 
-        chunks = [c for c in range(settings.num_chunks) if _in_shard(c, shard) and not writer.chunk_done(out_dir, c)]
+        chunks = [c for c in own_chunks if not writer.chunk_done(out_dir, c)]
         pixels_dir = None
         if cutout_pixels and chunks:
             pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
@@ -173,8 +174,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
                     pass
                 done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
                 return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
-                        "chunks_total": settings.num_chunks, "merged": False,
-                        "shard_chunks": sum(_in_shard(c, shard) for c in range(settings.num_chunks))}
+                        "chunks_total": settings.num_chunks, "merged": False, "shard_chunks": len(own_chunks)}
             # the merge runs while the workers render: no serial merge after the last chunk
             done_before = set(range(settings.num_chunks)).difference(chunks)
             parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)

@@ -413,22 +413,25 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
     num_chunks = -(-settings["num_images"] // settings["chunk_size"])
     dirs = [Path(out_dir)] + [Path(d) for d in shard_dirs]
     with contextlib.ExitStack() as held:  # no shard may still be writing, in OUT or in its own folder
-        locked = set()  # (device, inode) of each parts/ folder: one folder may be named in several ways
+        locked = set()  # _identity of each parts/ folder held
         for d in dirs:
-            if (d / PARTS).is_dir() and _identity(d / PARTS) not in locked:
+            identity = _identity(d / PARTS)
+            if identity is not None and identity not in locked:
                 held.enter_context(run_lock(d, action="occsynth merge"))
-                locked.add(_identity(d / PARTS))
+                locked.add(identity)
         parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
-        out_parts = Path(out_dir) / PARTS
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # a new OUT is made only once every chunk is found
-        if not out_parts.is_dir() or _identity(out_parts) not in locked:
+        if _identity(Path(out_dir) / PARTS) not in locked:
             refuse_foreign_files(out_dir)  # before the lock puts parts/ there
             held.enter_context(run_lock(out_dir, action="occsynth merge"))
         return _merge_held(out_dir, shard_dirs, run, parts, progress)
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, None when there is none: one folder may be named in several ways."""
+    if not folder.is_dir():
+        return None
+    st = os.stat(folder)
     return st.st_dev, st.st_ino
 
 
@@ -459,15 +462,12 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     report = finalize(out_dir, run, part_files([out_dir], num_chunks))
     # chunks --out already had are not taken from a shard folder: say so, or a user may think it emptied
     out_parts = _identity(Path(out_dir) / PARTS)
-    left = {str(d): n for d in shard_dirs if _identity_or_none(Path(d) / PARTS) != out_parts
+    left = {str(d): n for d in shard_dirs if _identity(Path(d) / PARTS) != out_parts
             and (n := len(list((Path(d) / PARTS).glob("chunk-*.json"))))}
     if left:
         report["left_in_shard_dirs"] = left
     return report
 
-
-def _identity_or_none(path: Path) -> tuple[int, int] | None:
-    return _identity(path) if path.is_dir() else None
 
 
 def _read_json(path: Path):
