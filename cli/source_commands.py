@@ -65,7 +65,8 @@ def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, 
     click.echo(f"bank: {bank_dir}")
     if images:
         pixels_dir = ensure_cutout_pixels(bank_dir, images, cache, strict=strict, progress=not quiet, workers=workers)
-        click.echo(pixels_report(CutoutPixels.load(pixels_dir).meta))
+        with CutoutPixels.load(pixels_dir) as pixels:
+            click.echo(pixels_report(pixels.meta))
         click.echo(f"cutout pixels: {pixels_dir}")
 
 

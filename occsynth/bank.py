@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -766,17 +767,32 @@ def _read_pixels_meta(store_dir: Path) -> dict:
 
 
 class CutoutPixels:
-    """A built pixel store, memory-mapped; :meth:`crop` gives a cutout's context crop and mask, or None.
+    """A built pixel store; :meth:`crop` gives a cutout's context crop and mask, or None.
 
     None means "decode the source image instead": the cutout was not stored (its image was
     unreadable at build time), the margin asked exceeds the stored one, or the source file's size
     or modification time differ from those at build time (the store holds old pixels).
+
+    Cutouts are read from the blob file with ``pread``, not through a memory map: mapped pages a
+    process has touched count in its resident size, which over a long run grows towards the whole
+    store (gigabytes at COCO scale), and joblib's workers restart (losing their caches) each time
+    they pass 300 MB over their size after the first task. Read pages stay in the page cache, shared.
+    Close it (or use it as a context manager) to release the file.
     """
 
-    def __init__(self, store_dir: Path, meta: dict, offsets: np.ndarray, blob: np.ndarray, image_stat: np.ndarray):
+    def __init__(self, store_dir: Path, meta: dict, offsets: np.ndarray, blob_file, image_stat: np.ndarray):
         self.store_dir, self.meta = store_dir, meta
         self.margin: int = int(meta["margin"])
-        self._offsets, self._blob, self._stat = offsets, blob, image_stat
+        self._offsets, self._blob_file, self._stat = offsets, blob_file, image_stat
+
+    def close(self) -> None:
+        self._blob_file.close()
+
+    def __enter__(self) -> "CutoutPixels":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
     def load(cls, store_dir: str | os.PathLike, bank: "Bank | None" = None) -> "CutoutPixels":
@@ -795,19 +811,23 @@ class CutoutPixels:
         offsets, stat = arrays["pixel_offsets"], arrays["image_stat"]
         blob_path = store_dir / "pixel_blob.bin"
         try:
-            size = blob_path.stat().st_size
-            blob = np.asarray(np.memmap(blob_path, np.uint8, mode="r")) if size else np.zeros(0, np.uint8)
-        except (OSError, ValueError) as exc:
-            raise OccsynthError(f"{blob_path}: unreadable ({exc}); delete {store_dir} to rebuild") from None
-        n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
-        if len(offsets) != (n_ann or 0) + 1 or offsets[-1] != size or stat.shape != (n_img, 2) \
-                or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
-            raise OccsynthError(f"{store_dir}: damaged cutout pixel store; delete it to rebuild")
-        if bank is not None and (meta["bank"]["sha256"] != bank.meta["source"]["sha256"]
-                                 or meta["bank"]["options"] != bank.meta["options"]
-                                 or n_ann != bank.num_annotations or n_img != bank.num_images_total):
-            raise OccsynthError(f"{store_dir}: cutout pixel store of another bank than {bank.bank_dir}")
-        return cls(store_dir, meta, offsets, blob, stat)
+            blob_file = open(blob_path, "rb", buffering=0)
+        except OSError as exc:
+            raise OccsynthError(f"{blob_path}: unreadable ({exc.strerror}); delete {store_dir} to rebuild") from None
+        try:
+            size = os.fstat(blob_file.fileno()).st_size
+            n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
+            if len(offsets) != (n_ann or 0) + 1 or offsets[-1] != size or stat.shape != (n_img, 2) \
+                    or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
+                raise OccsynthError(f"{store_dir}: damaged cutout pixel store; delete it to rebuild")
+            if bank is not None and (meta["bank"]["sha256"] != bank.meta["source"]["sha256"]
+                                     or meta["bank"]["options"] != bank.meta["options"]
+                                     or n_ann != bank.num_annotations or n_img != bank.num_images_total):
+                raise OccsynthError(f"{store_dir}: cutout pixel store of another bank than {bank.bank_dir}")
+        except BaseException:
+            blob_file.close()
+            raise
+        return cls(store_dir, meta, offsets, blob_file, stat)
 
     def stored(self, annotation_index: int) -> bool:
         k = int(annotation_index)
@@ -837,10 +857,25 @@ class CutoutPixels:
         rgb_bytes = shape[0] * shape[1] * 3
         if end - start != rgb_bytes + (h * w + 7) // 8:
             raise OccsynthError(f"{self.store_dir}: damaged pixels of annotation index {k}; delete it to rebuild")
-        rgb = self._blob[start:start + rgb_bytes].reshape(shape)
-        mask = np.unpackbits(self._blob[start + rgb_bytes:end], count=h * w).view(bool).reshape(h, w)
+        data = np.frombuffer(_read_at(self._blob_file, start, end - start), np.uint8)
+        if len(data) != end - start:
+            raise OccsynthError(f"{self.store_dir}: pixel_blob.bin is shorter than its index; delete it to rebuild")
+        rgb = data[:rgb_bytes].reshape(shape)
+        mask = np.unpackbits(data[rgb_bytes:], count=h * w).view(bool).reshape(h, w)
         d = m - margin
-        return np.array(rgb[d:shape[0] - d, d:shape[1] - d], order="C"), mask  # copies: nothing keeps the mmap
+        return (rgb if d == 0 else np.ascontiguousarray(rgb[d:shape[0] - d, d:shape[1] - d])), mask
+
+
+def _read_at(f, offset: int, size: int) -> bytes:
+    """``size`` bytes of file ``f`` from ``offset`` (fewer at its end); threads may share ``f``."""
+    if hasattr(os, "pread"):
+        return os.pread(f.fileno(), size, offset)
+    with _SEEK_LOCK:  # no pread (Windows): seek + read must not interleave
+        f.seek(offset)
+        return f.read(size)
+
+
+_SEEK_LOCK = threading.Lock()
 
 
 def pixels_report(meta: dict) -> str:

@@ -213,9 +213,10 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         pixels_meta = None
         if cutout_pixels:
             start = time.perf_counter()
-            pixels_meta = CutoutPixels.load(ensure_cutout_pixels(bank_dir, image_root, cache, progress=False,
-                                                                 workers=workers)).meta
+            pixels_dir = ensure_cutout_pixels(bank_dir, image_root, cache, progress=False, workers=workers)
             pixels_seconds = time.perf_counter() - start
+            with CutoutPixels.load(pixels_dir) as pixels:
+                pixels_meta = pixels.meta
         schedule = class_schedule(bank.cutout_categories(), num_images, seed, settings.composite)
         counts = {c: len(bank.cutouts(c)) for c in bank.cutout_categories()}
         paths = []

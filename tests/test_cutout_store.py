@@ -129,6 +129,33 @@ def test_a_stored_cutout_needs_neither_its_image_nor_its_rle(edge_source, tmp_pa
     assert decoded == [] and sources._cached.cache_info().misses == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
+def test_the_blob_is_read_not_mapped_so_worker_memory_stays_flat(edge_source, tmp_path):
+    # mapped pages count in a process's resident size, and joblib restarts a worker that grows
+    # 300 MB: over a COCO-size store every worker would be restarted again and again
+    ann, root = edge_source
+    bank, pixels = open_sources(ann, root, tmp_path / "cache")
+    sources = SourceImages(root, bank, pixels=pixels)
+    for k in cutouts_of_image(bank, 0) + cutouts_of_image(bank, 1):
+        sources.cutout(k, 6)
+    blob = str(pixels.store_dir / "pixel_blob.bin")
+    assert blob not in Path("/proc/self/maps").read_text()
+    assert os.path.realpath(f"/proc/self/fd/{pixels._blob_file.fileno()}") == os.path.realpath(blob)
+    pixels.close()
+    assert pixels._blob_file.closed
+
+
+def test_a_blob_cut_short_while_open_is_named(edge_source, tmp_path):
+    ann, root = edge_source
+    bank, pixels = open_sources(ann, root, tmp_path / "cache")
+    last = max(cutouts_of_image(bank, 0) + cutouts_of_image(bank, 1), key=lambda k: pixels._offsets[k])
+    with open(pixels.store_dir / "pixel_blob.bin", "r+b") as f:
+        f.truncate(int(pixels._offsets[last]) + 10)
+    with pytest.raises(OccsynthError, match="pixel_blob.bin is shorter than its index"):
+        SourceImages(root, bank, pixels=pixels).cutout(last, 6)
+    pixels.close()
+
+
 def test_a_changed_source_file_is_decoded_again(edge_source, tmp_path):
     ann, root = edge_source
     bank, pixels = open_sources(ann, root, tmp_path / "cache")
@@ -150,7 +177,8 @@ def test_unreadable_images_are_skipped_by_reason_and_strict_names_the_image(edge
         ensure_cutout_pixels(bank_dir, root, tmp_path / "cache", strict=True, progress=False)
     assert not list((tmp_path / "cache" / "cutout-pixels").iterdir()), "a failed build left files behind"
     store = ensure_cutout_pixels(bank_dir, root, tmp_path / "cache", progress=False)
-    meta = CutoutPixels.load(store).meta
+    with CutoutPixels.load(store) as pixels:
+        meta = pixels.meta
     assert meta["num_cutouts"] == 5 and meta["num_stored"] == 2
     assert meta["skipped"]["counts"] == {errors.CORRUPT_IMAGE: 3}
     with pytest.raises(OccsynthError, match=r"^image file .*a\.png: "):     # the cached store is refused in strict mode
@@ -275,7 +303,8 @@ def test_store_with_workers_shards_resume_and_bad_images(demo_source, tmp_path):
     generate(tmp_path / "w2", settings, ann_path=ann2, image_root=root2, cache_dir=tmp_path / "c2", workers=2,
              progress=False)
     assert tree_bytes(tmp_path / "w2") == expected
-    meta = CutoutPixels.load(next((tmp_path / "c2" / "cutout-pixels").iterdir())).meta
+    with CutoutPixels.load(next((tmp_path / "c2" / "cutout-pixels").iterdir())) as pixels:
+        meta = pixels.meta
     assert set(meta["skipped"]["counts"]) <= {errors.CORRUPT_IMAGE, errors.MISSING_FILE} and meta["skipped"]["counts"]
     for i in range(2):
         generate(tmp_path / f"s{i}", settings, ann_path=ann2, image_root=root2, cache_dir=tmp_path / "c2",
