@@ -28,7 +28,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
 
     Generation: images/s of the floor (read + decode each background JPEG + encode it as the
     output JPEG, run in the same chunks and worker pool as generation) and of full generation,
-    with one worker and with --workers; prints generation/floor and the worker scaling. The
+    with one worker (pinned to one CPU where the OS allows: one core) and with --workers; prints
+    generation/floor and the worker scaling. The
     default source is the demo set at 640 px with real photo detail added, in as many distinct
     copies as images generated, so that most images and cutouts are decoded fresh, as on COCO.
     With --bank: peak RSS and time of building the cutout bank from a synthetic file of COCO
@@ -66,7 +67,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     click.echo("cutout pixel store: " + (f"{store}" if store else "off (each cutout's source image is decoded)"))
     for n in sorted({1, workers}):
         r = report[f"workers_{n}"]
-        click.echo(f"workers={n}: floor {r['floor_images_per_s']:.1f} img/s, generate {r['generate_images_per_s']:.1f} "
+        pin = " (pinned to one CPU)" if n == 1 and report.get("one_worker_pinned") else ""
+        click.echo(f"workers={n}{pin}: floor {r['floor_images_per_s']:.1f} img/s, generate {r['generate_images_per_s']:.1f} "
                    f"img/s, generate/floor {r['ratio_to_floor']:.2f}"
                    + (f" (best of {report['repeat']}; generate runs "
                       f"{', '.join(f'{v:.0f}' for v in r['runs']['generate'])})" if report["repeat"] > 1 else ""))

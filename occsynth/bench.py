@@ -10,8 +10,10 @@ run on the same images:
   timing as the bank is; or their whole source images with ``cutout_pixels=False``), masks,
   compositing, annotations, writing files and the final merge;
 * scaling = generation images/s with all workers over images/s with one. "One worker" is one
-  core: it runs with OpenCV single-threaded, as every worker of a parallel run does. The same
-  ratio for a pure-CPU busy loop (``machine_scaling``) says how many free cores the machine had;
+  core: it runs with OpenCV single-threaded, as every worker of a parallel run does, and pinned to
+  one CPU (Linux), so that its image-writing thread and the kernel work of its writes cannot borrow
+  another core, as they cannot when every core runs a worker. The same ratio for a pure-CPU busy
+  loop (``machine_scaling``) says how many free cores the machine had;
 * bank = peak RSS and wall time of building the cutout bank from a synthetic COCO-train-size
   file (118k images, 860k polygon instances), against streaming the same file once.
 
@@ -24,6 +26,7 @@ a reader can judge (COCO train2017 averages about 160 kB per image of about 640 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -144,6 +148,23 @@ def floor_images_per_second(paths: list[str], workers: int, quality: int = 95, c
     return len(paths) / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def one_cpu() -> Iterator[bool]:
+    """Run the block (this thread, and the threads it starts) on one allowed CPU; yields whether it could.
+
+    Processes started inside it inherit the pin: start worker pools outside it.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield False
+        return
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield True
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def _busy_chunk(iterations: int, chunk: int) -> int:
     total = 0
     for i in range(iterations):
@@ -161,9 +182,10 @@ def machine_scaling(workers: int, chunks: int = 16, iterations: int = 1_500_000,
     settings = RunSettings(num_images=chunks, seed=0, chunk_size=1)
     times = []
     for n in (1, workers):
-        start = time.perf_counter()
-        _run_all(task, chunks, settings, n, backend)
-        times.append(time.perf_counter() - start)
+        with one_cpu() if n == 1 else contextlib.nullcontext():
+            start = time.perf_counter()
+            _run_all(task, chunks, settings, n, backend)
+            times.append(time.perf_counter() - start)
     return times[0] / times[1]
 
 
@@ -240,19 +262,23 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
             # the worker counts take turns, so that a busy spell on a shared machine hits each of them
             for rep in range(repeat):
                 for n in counts_of:
-                    # one worker = one core: OpenCV's own threads would borrow the others (workers run it single-threaded)
+                    # one worker = one core: OpenCV's own threads would borrow the others (workers run it
+                    # single-threaded), and so would its writing thread and its writes' kernel work (pinned)
                     cv2.setNumThreads(1 if n == 1 else threads)
                     if n > 1:
-                        warm_pool(n)
+                        warm_pool(n)  # unpinned: the pool's processes inherit the pin of whoever starts them
                     _write_back()
-                    runs[n]["floor"].append(floor_images_per_second(paths, n, settings.jpeg_quality,
-                                                                    settings.chunk_size))
-                    out = tmp / f"out-{n}-{rep}"  # a fresh folder: the same one would resume as finished
-                    _write_back()
-                    start = time.perf_counter()
-                    generate(out, settings, ann_path=ann_path, image_root=image_root, workers=n,
-                             cache_dir=cache, progress=False, cutout_pixels=cutout_pixels)
-                    runs[n]["generate"].append(num_images / (time.perf_counter() - start))
+                    with one_cpu() if n == 1 else contextlib.nullcontext() as pinned:
+                        runs[n]["floor"].append(floor_images_per_second(paths, n, settings.jpeg_quality,
+                                                                        settings.chunk_size))
+                        out = tmp / f"out-{n}-{rep}"  # a fresh folder: the same one would resume as finished
+                        _write_back()
+                        start = time.perf_counter()
+                        generate(out, settings, ann_path=ann_path, image_root=image_root, workers=n,
+                                 cache_dir=cache, progress=False, cutout_pixels=cutout_pixels)
+                        runs[n]["generate"].append(num_images / (time.perf_counter() - start))
+                    if n == 1:
+                        result["one_worker_pinned"] = bool(pinned)
                     result["mean_output_jpeg_bytes"] = int(np.mean([p.stat().st_size
                                                                     for p in (out / "images").iterdir()]))
                 if workers > 1:

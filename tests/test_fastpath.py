@@ -1,5 +1,6 @@
 """The generator's box + crop fast path gives exactly what the full-size functions give."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -159,6 +160,26 @@ def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
     assert report["mean_background_jpeg_bytes"] > 0 and report["mean_output_jpeg_bytes"] > 0
     assert report["scaling"] == 1.0
     assert report["cutout_pixels"]["cutouts"] > 0 and report["cutout_pixels"]["mib"] > 0   # built before timing
+    if hasattr(os, "sched_getaffinity"):
+        assert report["one_worker_pinned"] is True
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_one_worker_runs_on_one_cpu_with_the_threads_it_starts_and_the_pin_is_undone():
+    import threading
+    from occsynth.bench import one_cpu
+    allowed = os.sched_getaffinity(0)
+    seen = []
+    with one_cpu() as pinned:
+        inside = os.sched_getaffinity(0)
+        t = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))  # a writer thread's view
+        t.start()
+        t.join()
+    assert pinned and len(inside) == 1 and inside <= allowed and seen == [inside]
+    assert os.sched_getaffinity(0) == allowed
+    with pytest.raises(RuntimeError), one_cpu():
+        raise RuntimeError("a failed measurement")
+    assert os.sched_getaffinity(0) == allowed
 
 
 def test_decode_crop_equals_decode_box_and_the_full_decode():
