@@ -18,11 +18,16 @@ class ReportedError(click.ClickException):
 
 class Group(click.Group):
     """A click group whose commands report OccsynthError (and OSError) as one message, and stop on
-    SIGTERM (what batch schedulers send on cancel or time limit) as they stop on Ctrl-C."""
+    SIGTERM (what batch schedulers send on cancel or time limit) as they stop on Ctrl-C.
+
+    A stopped command exits with 128 + the signal's number, as a process killed by it would report
+    in a shell: 130 for Ctrl-C, 143 for SIGTERM (scripts can tell "stopped" from "failed", 1 or 2).
+    """
 
     def invoke(self, ctx: click.Context):
         on_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+        _received.clear()
         try:
             return super().invoke(ctx)
         except OccsynthError as exc:
@@ -31,14 +36,21 @@ class Group(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             raise ReportedError(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
-            raise click.Abort() from None
+            signum = _received[-1] if _received else signal.SIGINT
+            click.echo(f"Stopped ({signal.Signals(signum).name}).", err=True)
+            raise click.exceptions.Exit(128 + int(signum)) from None
         finally:
             if on_main_thread:
                 signal.signal(signal.SIGTERM, previous)
 
 
+_received: list[int] = []
+"""The signal that stopped the command (none recorded: Ctrl-C's KeyboardInterrupt)."""
+
+
 def _interrupt(signum, frame) -> None:
     """SIGTERM handler: unwind like Ctrl-C, so that temporaries are removed and workers are shut down."""
+    _received.append(signum)
     raise KeyboardInterrupt
 
 

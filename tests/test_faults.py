@@ -82,8 +82,9 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_the_rerun_completes(reference, demo
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)  # the parent alone, as `kill PID` does
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, "the run finished before it could be stopped"
+    assert proc.returncode == 128 + signal.SIGTERM, "the run finished before it could be stopped"
     assert "run the same command again to continue" in stderr and "Traceback" not in stderr
+    assert stderr.rstrip().endswith("Stopped (SIGTERM).")
     assert not (out / "annotations.json").exists()
     result = CliRunner().invoke(occsynth_main, args)
     assert result.exit_code == 0, result.output

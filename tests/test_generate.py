@@ -437,7 +437,8 @@ def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_
 
     monkeypatch.setattr("cli.generate_commands.generate", interrupted)
     stopped = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "i")])
-    assert stopped.exit_code == 1 and "run the same command again to continue" in stopped.output
+    assert stopped.exit_code == 130 and "run the same command again to continue" in stopped.output  # 128 + SIGINT
+    assert stopped.output.rstrip().endswith("Stopped (SIGINT).")
 
 
 def test_a_shard_failing_early_leaves_the_shared_out_it_created(demo_source, tmp_path):
