@@ -8,6 +8,7 @@ import click
 import manifests
 from cli.common import cache_dir_option, parse_shard, quiet_option
 from occsynth.bank import BankOptions
+from occsynth.errors import OccsynthError
 from occsynth.generate import generate, merge, run_settings
 from occsynth.schedule import CompositeOptions
 
@@ -52,12 +53,15 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
 
       occsynth generate --recipe synthetic-100k --ann instances_train2017.json --images train2017 --out occ100k --workers 16
     """
-    settings = run_settings(manifests.load(recipe, "synthetic") if recipe else {}, num_images=num_images, seed=seed,
-                            image_format=image_format, jpeg_quality=jpeg_quality,
-                            composite={"pastes": pastes, "occlusion": occlusion, "max_occlusion": max_occlusion,
-                                       "same_class_prob": same_class_prob, "scale": scale, "flip_prob": flip_prob,
-                                       "blend": blend},
-                            bank={"min_area": min_area, "border_margin": border_margin, "touch_margin": touch_margin})
+    run = {"num_images": num_images, "seed": seed, "image_format": image_format, "jpeg_quality": jpeg_quality}
+    composite = {"pastes": pastes, "occlusion": occlusion, "max_occlusion": max_occlusion,
+                 "same_class_prob": same_class_prob, "scale": scale, "flip_prob": flip_prob, "blend": blend}
+    bank = {"min_area": min_area, "border_margin": border_margin, "touch_margin": touch_margin}
+    recipe_tables = manifests.load(recipe, "synthetic") if recipe else {}
+    try:
+        settings = run_settings(recipe_tables, composite=composite, bank=bank, **run)
+    except OccsynthError as exc:
+        raise _named_setting_error(exc, {**run, **composite, **bank}, recipe) from None
     try:
         report = generate(out, settings, ann_path=ann, image_root=images, workers=workers,
                           shard=parse_shard(shard), strict=strict, cache_dir=cache_dir, backend=backend,
@@ -66,6 +70,16 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
         click.echo("\ninterrupted: finished chunks are kept; run the same command again to continue", err=True)
         raise
     _print_report(report)
+
+
+def _named_setting_error(exc: OccsynthError, given: dict, recipe: str | None) -> Exception:
+    """The library names the setting ('max_occlusion must be ...'): name the option the user typed,
+    or the recipe the value came from."""
+    message = str(exc)
+    key = message.removeprefix("bank option ").split(" ", 1)[0]
+    if given.get(key) is not None:
+        return click.BadParameter(message, param_hint=f"'--{key.replace('_', '-')}'")
+    return OccsynthError(f"recipe {recipe}: {message}") if recipe else exc
 
 
 @click.command("merge")

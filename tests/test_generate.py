@@ -450,3 +450,17 @@ def test_a_shard_failing_early_leaves_the_shared_out_it_created(demo_source, tmp
     failed = CliRunner().invoke(occsynth_main, base + ["--out", str(shared), "--shard", "0/2"])
     assert failed.exit_code == 2
     assert shared.is_dir(), "another shard may be about to write into it"
+
+
+def test_a_bad_setting_names_the_option_or_the_recipe_it_came_from(tmp_path):
+    out = tmp_path / "never"
+    option = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--max-occlusion", "2"])
+    assert option.exit_code == 2 and "Invalid value for '--max-occlusion': max_occlusion must be in (0, 1)" in option.output
+    bank = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--min-area", "-5"])
+    assert bank.exit_code == 2 and "Invalid value for '--min-area': bank option min_area" in bank.output
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text("[composite]\nmax_occlusion = 3.0\n")
+    from_recipe = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--recipe", str(recipe)])
+    assert from_recipe.exit_code == 2
+    assert f"Error: recipe {recipe}: max_occlusion must be in (0, 1)" in from_recipe.output.replace("\n", " ")
+    assert not out.exists()
