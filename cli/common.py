@@ -26,9 +26,11 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         on_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
         _received.clear()
+        installed, previous = False, None
         try:
+            if on_main_thread:
+                previous, installed = signal.signal(signal.SIGTERM, _interrupt), True
             return super().invoke(ctx)
         except OccsynthError as exc:
             raise ReportedError(str(exc)) from None
@@ -40,8 +42,8 @@ class Group(click.Group):
             click.echo(f"Stopped ({signal.Signals(signum).name}).", err=True)
             raise click.exceptions.Exit(128 + int(signum)) from None
         finally:
-            if on_main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            if installed:  # None: the previous handler was not set from Python (restore the default)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 _received: list[int] = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 
@@ -73,13 +74,13 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
 
 
 def _named_setting_error(exc: OccsynthError, given: dict, recipe: str | None) -> Exception:
-    """The library names the setting ('max_occlusion must be ...'): name the option the user typed,
-    or the recipe the value came from."""
+    """The library names the settings ('occlusion must be ... <= max_occlusion'): name the options
+    among them that the user typed, or else the recipe the values came from."""
     message = str(exc)
-    key = message.removeprefix("bank option ").split(" ", 1)[0]
-    if given.get(key) is not None:
-        return click.BadParameter(message, param_hint=f"'--{key.replace('_', '-')}'")
-    return OccsynthError(f"recipe {recipe}: {message}") if recipe else exc
+    typed = [k for k, v in given.items() if v is not None and re.search(rf"\b{k}\b", message)]
+    if typed:
+        return click.BadParameter(message, param_hint=" / ".join(f"'--{k.replace('_', '-')}'" for k in typed))
+    return OccsynthError(f"recipe {recipe}: {message.removeprefix('recipe: ')}") if recipe else exc
 
 
 @click.command("merge")

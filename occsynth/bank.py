@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import threading
+import weakref
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -784,6 +785,8 @@ class CutoutPixels:
         self.store_dir, self.meta = store_dir, meta
         self.margin: int = int(meta["margin"])
         self._offsets, self._blob_file, self._stat = offsets, blob_file, image_stat
+        # a store dropped unclosed (e.g. by a worker's cache) closes its file when collected, quietly
+        weakref.finalize(self, blob_file.close)
 
     def close(self) -> None:
         self._blob_file.close()
@@ -813,7 +816,7 @@ class CutoutPixels:
         try:
             blob_file = open(blob_path, "rb", buffering=0)
         except OSError as exc:
-            raise OccsynthError(f"{blob_path}: unreadable ({exc.strerror}); delete {store_dir} to rebuild") from None
+            raise OccsynthError(f"{blob_path}: unreadable ({exc.strerror or exc}); delete {store_dir} to rebuild") from None
         try:
             size = os.fstat(blob_file.fileno()).st_size
             n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
@@ -867,12 +870,20 @@ class CutoutPixels:
 
 
 def _read_at(f, offset: int, size: int) -> bytes:
-    """``size`` bytes of file ``f`` from ``offset`` (fewer at its end); threads may share ``f``."""
-    if hasattr(os, "pread"):
-        return os.pread(f.fileno(), size, offset)
-    with _SEEK_LOCK:  # no pread (Windows): seek + read must not interleave
-        f.seek(offset)
-        return f.read(size)
+    """``size`` bytes of file ``f`` from ``offset`` (fewer only at its end); threads may share ``f``."""
+    pieces, done = [], 0
+    while done < size:  # a read may return less than asked (signals, network file systems)
+        if hasattr(os, "pread"):
+            piece = os.pread(f.fileno(), size - done, offset + done)
+        else:
+            with _SEEK_LOCK:  # no pread (Windows): seek + read must not interleave
+                f.seek(offset + done)
+                piece = f.read(size - done)
+        if not piece:
+            break
+        pieces.append(piece)
+        done += len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 _SEEK_LOCK = threading.Lock()

@@ -154,11 +154,12 @@ def one_cpu() -> Iterator[bool]:
 
     Processes started inside it inherit the pin: start worker pools outside it.
     """
-    if not hasattr(os, "sched_setaffinity"):
+    try:
+        allowed = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(allowed)})
+    except (AttributeError, OSError):  # no affinity on this OS, or a cpuset that refuses it
         yield False
         return
-    allowed = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(allowed)})
     try:
         yield True
     finally:

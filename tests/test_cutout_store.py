@@ -145,6 +145,21 @@ def test_the_blob_is_read_not_mapped_so_worker_memory_stays_flat(edge_source, tm
     assert pixels._blob_file.closed
 
 
+def test_short_reads_are_continued(edge_source, tmp_path, monkeypatch):
+    # pread may return less than asked (a signal, a network file system): the rest is read, not refused
+    ann, root = edge_source
+    bank, pixels = open_sources(ann, root, tmp_path / "cache")
+    cutouts = cutouts_of_image(bank, 0) + cutouts_of_image(bank, 1)
+    expected = {k: SourceImages(root, bank, pixels=pixels).cutout(k, 6) for k in cutouts}
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, offset: real_pread(fd, min(n, 7), offset))
+    sources = SourceImages(root, bank, pixels=pixels)
+    for k in cutouts:
+        rgb, mask, _ = sources.cutout(k, 6)
+        assert np.array_equal(rgb, expected[k][0]) and np.array_equal(mask, expected[k][1])
+    pixels.close()
+
+
 def test_a_blob_cut_short_while_open_is_named(edge_source, tmp_path):
     ann, root = edge_source
     bank, pixels = open_sources(ann, root, tmp_path / "cache")

@@ -1,6 +1,7 @@
 """The generator's box + crop fast path gives exactly what the full-size functions give."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def test_compose_boxed_with_crops_matches_compose_with_full_masks(seed):
 
 def test_textured_source_keeps_exact_masks_and_makes_distinct_files(demo_source, tmp_path):
     ann, root = demo_source
-    src = json.loads(open(ann).read())
+    src = json.loads(Path(ann).read_text())
     out_ann, out_root = textured_source(ann, root, tmp_path / "tex", long_side=96, copies=2)
     data = json.loads(out_ann.read_text())
     assert len(data["images"]) == 2 * len(src["images"]) == len({im["id"] for im in data["images"]})

@@ -124,6 +124,7 @@ def test_the_same_work_started_twice_is_refused_while_the_first_runs(reference, 
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
+        holder.stdout.close()
     # the kernel drops the lock of a killed process: an unsharded run now renders what shard 1/2 left
     # and merges; the shard lock files go (no shard can be running), so the set is the reference's
     assert (out / "parts" / ".lock-shard-1-of-2").read_text() == f"pid {holder.pid} on {socket.gethostname()}"
@@ -144,6 +145,7 @@ def test_a_shard_started_while_an_unsharded_run_holds_out_names_that_run(demo_so
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
+        holder.stdout.close()
     # the killed holder's name is left in the file: the next run replaces it, and empties it when done
     assert CliRunner().invoke(occsynth_main, cli_args(ann, root, out, tmp_path / "c")).exit_code == 0
     assert (out / "parts" / ".lock").read_text() == ""

@@ -463,4 +463,8 @@ def test_a_bad_setting_names_the_option_or_the_recipe_it_came_from(tmp_path):
     from_recipe = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--recipe", str(recipe)])
     assert from_recipe.exit_code == 2
     assert f"Error: recipe {recipe}: max_occlusion must be in (0, 1)" in from_recipe.output.replace("\n", " ")
+    recipe.write_text("[composite]\nocclusion = [0.4, 0.6]\n")  # the recipe is fine; the option conflicts with it
+    both = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--recipe", str(recipe),
+                                              "--max-occlusion", "0.3"])
+    assert both.exit_code == 2 and "Invalid value for '--max-occlusion': occlusion must be" in both.output
     assert not out.exists()

@@ -4,10 +4,17 @@ import json
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from occsynth import generate as generate_module, writer
 from occsynth.errors import SkipLog
 from occsynth.generate import RunSettings, generate
+
+
+@pytest.fixture(autouse=True)
+def not_traced_already():
+    if tracemalloc.is_tracing():  # started by the user (-X tracemalloc): its readings would count everything
+        pytest.skip("tracemalloc is already tracing")
 
 
 def traced_peak(run) -> int:
