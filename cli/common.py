@@ -74,9 +74,9 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
-        raise click.BadParameter(f"expected i/n such as 0/4, got {value!r}") from None
+        raise click.BadParameter(f"expected i/n such as 0/4, got {value!r}", param_hint="'--shard'") from None
     if not (n >= 1 and 0 <= i < n):
-        raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}")
+        raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}", param_hint="'--shard'")
     return i, n
 
 

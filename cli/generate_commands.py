@@ -17,7 +17,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 
 
 @click.command("generate")
-@click.option("--ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO instances JSON (e.g. instances_train2017.json). Omit with --images to use the embedded demo source.")
+@click.option("--ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO instances JSON (e.g. instances_train2017.json). Omit both --ann and --images to use the embedded demo source.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="Image root the source's file_name entries are relative to.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (created; rerun to resume).")
 @click.option("--recipe", help="Recipe name in manifests/ (e.g. synthetic-100k) or a TOML path; options below override it.")
@@ -27,7 +27,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--shard", help="Render only shard i of n (e.g. 0/8); join shards with `occsynth merge`.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
 @click.option("--pastes", nargs=2, type=int, help=f"Min and max pasted objects per image [default: {_D.pastes[0]} {_D.pastes[1]}, or the recipe's].")
-@click.option("--occlusion", nargs=2, type=float, help=f"Occlusion-ratio range of the occluded pasted object [default: {_D.occlusion[0]} {_D.occlusion[1]}, or the recipe's].")
+@click.option("--occlusion", nargs=2, type=float, help=f"Occlusion ratio aimed at for the earlier object a paste is placed over, when it is placed (later pastes may hide that object more, up to --max-occlusion) [default: {_D.occlusion[0]} {_D.occlusion[1]}, or the recipe's].")
 @click.option("--max-occlusion", type=float, help=f"No pasted object is hidden beyond this ratio [default: {_D.max_occlusion}, or the recipe's].")
 @click.option("--same-class-prob", type=float, help=f"Probability that occluder and occludee share a class [default: {_D.same_class_prob}, or the recipe's].")
 @click.option("--scale", nargs=2, type=float, help=f"Scale jitter range of a cutout [default: {_D.scale[0]} {_D.scale[1]}, or the recipe's].")
@@ -101,6 +101,16 @@ def merge_command(shard_dirs, out, quiet):
                    "(delete that folder when you no longer need it)")
 
 
+def _print_resumed(report: dict, own_chunks: int) -> None:
+    """Say when a run found chunks done before it (a resumed or finished run), so that a rerun's
+    summary is not read as all the work done again."""
+    rendered = report["chunks_rendered"]
+    if rendered == 0:
+        click.echo(f"nothing left to render: all {own_chunks} chunk(s) were done before this run")
+    elif rendered < own_chunks:
+        click.echo(f"resumed: rendered {rendered} of {own_chunks} chunk(s); the others were done before this run")
+
+
 def _print_report(report: dict) -> None:
     if report.get("already_merged"):
         click.echo(f"{report['out']} is already a merged set of these settings: nothing to do for shard "
@@ -112,11 +122,14 @@ def _print_report(report: dict) -> None:
             click.echo(f"shard {report['shard']} has nothing to do: the set has only {total} chunk(s), "
                        "so shards numbered from there on get none")
             return
+        _print_resumed(report, report["shard_chunks"])
         click.echo(f"shard {report['shard']}: its {report['shard_chunks']} chunk(s) are done; {out} holds "
                    f"{report['chunks_done']} of the set's {total}. When every shard is done, join them: "
                    f"`occsynth merge {out} --out {out}` if they all wrote to this folder, else "
                    f"`occsynth merge SHARD_FOLDER... --out MERGED`")
         return
+    if "chunks_rendered" in report:  # generate, not merge
+        _print_resumed(report, report["chunks_total"])
     counts = report["counts"]
     click.echo(f"wrote {counts['images']} images, {counts['annotations']} annotations "
                f"({counts['pasted']} pasted) to {report['out']}")

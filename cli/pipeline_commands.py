@@ -10,7 +10,7 @@ from cli.common import quiet_option
 
 @click.command("train-synthetic")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: one sub-folder per stage, results.md at the end.")
-@click.option("--tiny", is_flag=True, help="Run every stage on the embedded demo data on CPU in about half a minute.")
+@click.option("--tiny", is_flag=True, help="Run every stage on the embedded demo data on CPU in about a minute (2 cores).")
 @click.option("--recipe", help="Pipeline recipe in manifests/ or a TOML path [default: pipeline-paper, or pipeline-tiny with --tiny].")
 @click.option("--coco-train-ann", type=click.Path(exists=True, dir_okay=False), help="instances_train2017.json (source of cutouts and the fine-tuning set).")
 @click.option("--coco-train-images", type=click.Path(exists=True, file_okay=False), help="train2017/ image folder.")
@@ -32,6 +32,12 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
     from bcnet.pipeline import PipelineInputs, run_pipeline, tiny_inputs
 
     if tiny:
+        given = [name for name, value in (("--coco-train-ann", coco_train_ann), ("--coco-train-images", coco_train_images),
+                                          ("--coco-val-ann", coco_val_ann), ("--coco-val-images", coco_val_images))
+                 if value is not None]
+        if given:
+            raise click.UsageError(f"--tiny runs on the embedded demo data: drop {', '.join(given)}, or drop --tiny "
+                                   "to use them")
         inputs = tiny_inputs()
         device = device or "cpu"
     else:

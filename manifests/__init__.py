@@ -34,7 +34,9 @@ def load(name_or_path: str, kind: str = "") -> dict:
         with open(p, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise OccsynthError(f"recipe {name_or_path!r}: no such TOML file or bundled recipe "
+        what = {"schedule": "schedule", "synthetic": "synthetic-set recipe", "pipeline": "pipeline recipe"}.get(
+            kind, "recipe")
+        raise OccsynthError(f"{what} {name_or_path!r}: no such TOML file or bundled {what} "
                             f"(bundled: {', '.join(names(kind))})") from None
     except IsADirectoryError:
         raise OccsynthError(f"recipe {name_or_path!r}: is a directory, expected a TOML file") from None

@@ -167,18 +167,22 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
                                  pixels_dir=pixels_dir)
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
+        resumed = len(own_chunks) - len(chunks)
+        desc = f"generate (resuming: {resumed} of {len(own_chunks)} chunks done)" if resumed else "generate"
         with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, backend_address,
-                                                 progress)) as finished:
+                                                 progress, desc=desc)) as finished:
             if count > 1:
                 for _ in finished:
                     pass
                 done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
                 return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
-                        "chunks_total": settings.num_chunks, "merged": False, "shard_chunks": len(own_chunks)}
+                        "chunks_total": settings.num_chunks, "merged": False, "shard_chunks": len(own_chunks),
+                        "chunks_rendered": len(chunks)}
             # the merge runs while the workers render: no serial merge after the last chunk
             done_before = set(range(settings.num_chunks)).difference(chunks)
             parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
-            return writer.finalize(out_dir, run, parts)
+            return {**writer.finalize(out_dir, run, parts), "chunks_rendered": len(chunks),
+                    "chunks_total": settings.num_chunks}
 
 
 def _in_shard(chunk: int, shard: tuple[int, int]) -> bool:
@@ -218,13 +222,13 @@ def _bank_summary(meta: dict) -> dict:
 
 
 def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: RunSettings, workers: int,
-                     backend: str, backend_address: str | None, progress: bool) -> Iterator[int]:
+                     backend: str, backend_address: str | None, progress: bool, desc: str = "generate") -> Iterator[int]:
     """Run ``task`` on every chunk; yields each chunk as it finishes (in about, not exactly, chunk order).
 
     A generator, so that the caller can merge finished chunks while the workers render later ones.
     """
     total = sum(min(settings.chunk_size, settings.num_images - c * settings.chunk_size) for c in chunks)
-    bar = tqdm(total=total, desc="generate", unit="img", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1)
     try:
         cluster = backend in ("dask", "ray")
         if not cluster and (workers <= 1 or len(chunks) <= 1):

@@ -419,7 +419,15 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
             if identity is not None and identity not in locked:
                 held.enter_context(run_lock(d, action="occsynth merge"))
                 locked.add(identity)
-        parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
+        try:
+            parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
+        except OccsynthError as exc:
+            emptied = [str(d) for d in shard_dirs if not list((Path(d) / PARTS).glob("chunk-*.json"))]
+            if len(emptied) == len(shard_dirs):  # not one chunk anywhere: these shards have been merged before
+                raise OccsynthError(f"{exc}. No shard folder holds a chunk ({', '.join(emptied)}): an earlier "
+                                    "`occsynth merge` may have moved them into its --out, which is the finished "
+                                    "set") from None
+            raise
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:
             refuse_foreign_files(out_dir)  # before the lock puts parts/ there

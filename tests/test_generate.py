@@ -127,6 +127,10 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
     result = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "merged"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert tree_bytes(tmp_path / "merged") == tree_bytes(out)
+    # the same merge into another --out: the shards were emptied by the first; say so, not "not generated yet"
+    again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
+    assert again.exit_code == 2 and "an earlier `occsynth merge` may have moved them" in again.output
+    assert not (tmp_path / "m2").exists()
 
 
 def test_merge_moves_the_images_its_settings_name_and_parses_each_part_once(generated, demo_source, tmp_path,
@@ -468,3 +472,19 @@ def test_a_bad_setting_names_the_option_or_the_recipe_it_came_from(tmp_path):
                                               "--max-occlusion", "0.3"])
     assert both.exit_code == 2 and "Invalid value for '--max-occlusion': occlusion must be" in both.output
     assert not out.exists()
+
+
+def test_a_rerun_says_what_was_done_before_it(demo_source, tmp_path):
+    ann, root = demo_source
+    args = ["generate", "--ann", str(ann), "--images", str(root), "--out", str(tmp_path / "out"), "--num-images", "40",
+            "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    first = CliRunner().invoke(occsynth_main, args)
+    assert first.exit_code == 0 and "resumed" not in first.output and "nothing left" not in first.output
+    writer.part_path(tmp_path / "out", 0).unlink()  # as if the run had stopped before its first chunk was done
+    resumed = CliRunner().invoke(occsynth_main, args)
+    assert resumed.exit_code == 0 and resumed.output.startswith("resumed: rendered 1 of 3 chunk(s)")
+    finished = CliRunner().invoke(occsynth_main, args)
+    assert finished.exit_code == 0 and finished.output.startswith("nothing left to render: all 3 chunk(s)")
+    shard = CliRunner().invoke(occsynth_main, [str(tmp_path / "shared") if a == str(tmp_path / "out") else a
+                                               for a in args] + ["--shard", "0/2"])
+    assert shard.exit_code == 0 and "resumed" not in shard.output

@@ -147,3 +147,12 @@ def test_a_typo_in_a_recipe_training_table_fails_before_any_stage_runs(demo_sour
         run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
                      recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False, log=print)
     assert not (tmp_path / "run" / "synthetic").exists()
+
+
+def test_tiny_refuses_coco_inputs_it_would_ignore(demo_source, tmp_path):
+    ann, root = demo_source
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--tiny", "--out", str(tmp_path / "run"),
+                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root)])
+    assert result.exit_code == 2
+    assert "--tiny runs on the embedded demo data: drop --coco-train-ann, --coco-train-images" in result.output
+    assert not (tmp_path / "run").exists()
