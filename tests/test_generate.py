@@ -488,3 +488,28 @@ def test_a_rerun_says_what_was_done_before_it(demo_source, tmp_path):
     shard = CliRunner().invoke(occsynth_main, [str(tmp_path / "shared") if a == str(tmp_path / "out") else a
                                                for a in args] + ["--shard", "0/2"])
     assert shard.exit_code == 0 and "resumed" not in shard.output
+
+
+def _report_sigint_ignored(folder: str, chunk: int) -> int:
+    import os
+    status = Path(f"/proc/{os.getpid()}/status").read_text()
+    ignored = int(status.split("SigIgn:")[1].split()[0], 16) & (1 << (2 - 1))  # the bit of SIGINT (2)
+    (Path(folder) / f"{chunk}-{os.getpid()}").write_text("ignored" if ignored else "handled")
+    return 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+def test_pool_workers_leave_ctrl_c_to_the_main_process(tmp_path):
+    # Ctrl-C reaches the whole process group: workers ignore it (a half-started one printed a traceback);
+    # the main process stops the run and shuts the pool down
+    import functools
+    import signal
+    from joblib.externals.loky import get_reusable_executor
+    get_reusable_executor().shutdown(wait=True)  # fresh workers, started by the run below
+    settings = RunSettings(num_images=6, seed=0, chunk_size=1)
+    task = functools.partial(_report_sigint_ignored, str(tmp_path))
+    assert sorted(generate_module._finished_chunks(task, list(range(6)), settings, 2, "loky", None, False)) == \
+        list(range(6))
+    reports = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert len(reports) == 6 and set(reports.values()) == {"ignored"}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main process's Ctrl-C is back
