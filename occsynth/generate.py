@@ -167,9 +167,9 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
                                                   workers=workers if backend in ("loky", "threading") else 1))
         task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
                                  pixels_dir=pixels_dir)
-        # closing: if the merge fails, the workers stop too instead of rendering on unseen
         resumed = len(own_chunks) - len(chunks)
         desc = f"generate (resuming: {resumed} of {len(own_chunks)} chunks done)" if resumed else "generate"
+        # closing: if the merge fails, the workers stop too instead of rendering on unseen
         with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, backend_address,
                                                  progress, desc=desc)) as finished:
             if count > 1:
