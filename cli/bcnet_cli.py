@@ -11,7 +11,7 @@ def main():
     """BCNet (occluder + occludee bilayer mask heads) on torchvision Faster R-CNN / FCOS.
 
     `bcnet train-synthetic --tiny --out runs/tiny` runs the whole paper pipeline on the
-    embedded demo data on CPU in about half a minute.
+    embedded demo data on CPU in about a minute.
     """
 
 

@@ -29,3 +29,21 @@ def test_progress_bars_are_switched_off_by_the_same_flags_everywhere():
             with_bars += 1
             assert params["quiet"].opts == ["--quiet", "--no-progress"], f"{group.name} {name}"
     assert with_bars >= 11  # generate, merge, bank, build-cocoocc, validate, train, evaluate, ...
+
+
+def test_console_scripts_run_the_groups_and_a_ctrl_c_while_importing_stops_quietly(monkeypatch, capsys):
+    import importlib
+
+    from cli import launch
+    monkeypatch.setattr("sys.argv", ["occsynth", "--version"])
+    with pytest.raises(SystemExit) as ran:
+        launch.occsynth()
+    assert ran.value.code == 0 and "version" in capsys.readouterr().out
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        launch.bcnet()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "Stopped (SIGINT).\n"
