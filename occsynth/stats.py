@@ -81,7 +81,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
     layers: Counter = Counter()
     ratio_counts = np.zeros(RATIO_BINS, np.int64)
     pasted_ratio_counts = np.zeros(RATIO_BINS, np.int64)
-    ratio_sum, ratio_n, total = 0.0, 0, 0
+    ratio_sum, ratio_n, total, with_layer = 0.0, 0, 0, 0
     for ann in anns:
         if not isinstance(ann, dict):
             skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann)[:60]}", "not an object"))
@@ -92,6 +92,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
                                  f"image_id {str(image_id)[:40]}"))
             continue
         total += 1
+        with_layer += "layer" in ann
         layer = ann.get("layer", 0)
         layer = layer if isinstance(layer, int) and not isinstance(layer, bool) else 0
         per_image[image_id] += 1
@@ -127,6 +128,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
         "annotations": total,
         "pasted": sum(pasted.values()),
         "background": sum(background.values()),
+        "with_layer": with_layer,
         "categories": rows,
         "instances_per_image": _distribution([per_image.get(i, 0) for i in all_ids]),
         "pasted_per_image": _distribution([pasted_per_image.get(i, 0) for i in all_ids]),
@@ -154,7 +156,10 @@ def _distribution(values: list[int]) -> dict:
 def format_stats(stats: dict) -> str:
     """The statistics as a plain-text report."""
     lines = [f"{stats['images']} images, {stats['annotations']} annotations "
-             f"({stats['pasted']} pasted, {stats['background']} background)", "", "per category:",
+             f"({stats['pasted']} pasted, {stats['background']} background)"]
+    if stats["annotations"] and not stats.get("with_layer", stats["annotations"]):
+        lines.append("(no annotation has a 'layer': not an occsynth set, so every instance counts as background)")
+    lines += ["", "per category:",
              f"  {'id':>5}  {'name':<24} {'pasted':>8} {'background':>10}"]
     empty = 0
     for row in stats["categories"]:

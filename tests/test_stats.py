@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
-from occsynth.stats import AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, plot_stats, ratio_bin, stats_from_path
+from occsynth.stats import AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, format_stats, plot_stats, ratio_bin, stats_from_path
 from datasets import SCENES, build, scene_instances, write_dataset
 
 
@@ -47,9 +47,11 @@ def test_plain_coco_counts_every_instance_as_layer_0():
         del ann["layer"], ann["occlusion_ratio"]
     data["images"].append({"id": 99, "file_name": "x.png", "height": 4, "width": 4})
     stats = dataset_stats(data)
-    assert stats["pasted"] == 0 and stats["background"] == 13
+    assert stats["pasted"] == 0 and stats["background"] == 13 and stats["with_layer"] == 0
     assert stats["instances_per_image"]["histogram"] == {0: 1, 3: 1, 5: 2}
     assert sum(stats["occlusion_ratio"]["counts"]) == 0
+    assert "not an occsynth set" in format_stats(stats)       # the report says why all are "background"
+    assert "not an occsynth set" not in format_stats(dataset_stats(build()[0]))
 
 
 def test_streamed_file_equals_in_memory(tmp_path):
