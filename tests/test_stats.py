@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
-from occsynth.stats import AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, format_stats, plot_stats, ratio_bin, stats_from_path
+from occsynth.stats import (AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, format_stats, plot_stats, ratio_bin,
+                             stats_from_path)
 from datasets import SCENES, build, scene_instances, write_dataset
 
 
