@@ -63,6 +63,8 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
         settings = run_settings(recipe_tables, composite=composite, bank=bank, **run)
     except OccsynthError as exc:
         raise _named_setting_error(exc, {**run, **composite, **bank}, recipe) from None
+    if jpeg_quality is not None and settings.image_format != "jpg":
+        click.echo(f"note: --jpeg-quality is for jpg output; {settings.image_format} output ignores it", err=True)
     try:
         report = generate(out, settings, ann_path=ann, image_root=images, workers=workers,
                           shard=parse_shard(shard), strict=strict, cache_dir=cache_dir, backend=backend,
