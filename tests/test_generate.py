@@ -515,10 +515,14 @@ def test_pool_workers_leave_ctrl_c_to_the_main_process(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main process's Ctrl-C is back
 
 
-def test_jpeg_quality_with_png_output_is_noted(demo_source, tmp_path):
+def test_options_a_run_would_not_use_as_meant_are_noted(demo_source, tmp_path):
     ann, root = demo_source
     result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
                                                 str(tmp_path / "out"), "--num-images", "2", "--image-format", "png",
                                                 "--jpeg-quality", "50", "--cache-dir", str(tmp_path / "c"), "--quiet"])
     assert result.exit_code == 0 and "note: --jpeg-quality is for jpg output; png output ignores it" in result.output
     assert sorted(p.suffix for p in (tmp_path / "out" / "images").iterdir()) == [".png", ".png"]
+    demo = CliRunner().invoke(occsynth_main, ["generate", "--recipe", "synthetic-demo", "--out", str(tmp_path / "d"),
+                                              "--num-images", "2", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert demo.exit_code == 0 and "recipe synthetic-demo runs on the embedded demo source" in demo.output
+    assert "embedded demo source" not in result.output
