@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import quiet_option
+from cli.common import cache_dir_option, quiet_option
 
 
 @click.command("train-synthetic")
@@ -20,9 +20,10 @@ from cli.common import quiet_option
 @click.option("--cocoocc", type=click.Path(exists=True, dir_okay=False), help="An existing COCO-OCC annotations.json (else it is built).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Workers for generating the synthetic set.")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
+@cache_dir_option
 @quiet_option
 def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images, coco_val_ann, coco_val_images,
-                            synthetic, cocoocc, workers, device, quiet):
+                            synthetic, cocoocc, workers, device, cache_dir, quiet):
     """Generate a synthetic occlusion set, pretrain BCNet on it, fine-tune on COCO train, and
     evaluate on val2017 and COCO-OCC, writing one results table (OUT/results.md).
 
@@ -38,7 +39,7 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
         if given:
             raise click.UsageError(f"--tiny runs on the embedded demo data: drop {', '.join(given)}, or drop --tiny "
                                    "to use them")
-        inputs = tiny_inputs()
+        inputs = tiny_inputs(cache_dir)
         device = device or "cpu"
     else:
         pairs = {"--coco-train-ann/--coco-train-images": (coco_train_ann, coco_train_images),
@@ -53,7 +54,7 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
     if cocoocc:
         inputs.cocoocc = Path(cocoocc)
     report = run_pipeline(out, inputs, recipe=recipe or ("pipeline-tiny" if tiny else "pipeline-paper"),
-                          workers=workers, device=device, progress=not quiet, log=click.echo)
+                          workers=workers, device=device, cache_dir=cache_dir, progress=not quiet, log=click.echo)
     click.echo(report["table"])
     click.echo(f"results: {Path(out) / 'results.md'}")
 

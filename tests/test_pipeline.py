@@ -156,3 +156,24 @@ def test_tiny_refuses_coco_inputs_it_would_ignore(demo_source, tmp_path):
     assert result.exit_code == 2
     assert "--tiny runs on the embedded demo data: drop --coco-train-ann, --coco-train-images" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypatch):
+    import bcnet.pipeline as pipeline
+    seen = {}
+
+    def fake_inputs(cache_dir=None):
+        seen["inputs"] = cache_dir
+        return PipelineInputs(coco_train=(tmp_path, tmp_path), coco_val=(tmp_path, tmp_path))
+
+    def fake_run(out, inputs, **kwargs):
+        seen["run"] = kwargs["cache_dir"]
+        return {"table": "| table |"}
+
+    monkeypatch.setattr(pipeline, "tiny_inputs", fake_inputs)
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    cache = str(tmp_path / "cache")
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--tiny", "--out", str(tmp_path / "run"),
+                                             "--cache-dir", cache, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"inputs": cache, "run": cache}
