@@ -67,7 +67,9 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
         click.echo(f"note: no --ann/--images, so recipe {recipe} runs on the embedded demo source (a few photos), "
                    "not on COCO", err=True)
     if jpeg_quality is not None and settings.image_format != "jpg":
+        # left out of the run's settings too, so that a resume with or without it matches
         click.echo(f"note: --jpeg-quality is for jpg output; {settings.image_format} output ignores it", err=True)
+        settings = run_settings(recipe_tables, composite=composite, bank=bank, **{**run, "jpeg_quality": None})
     try:
         report = generate(out, settings, ann_path=ann, image_root=images, workers=workers,
                           shard=parse_shard(shard), strict=strict, cache_dir=cache_dir, backend=backend,

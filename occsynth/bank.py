@@ -49,6 +49,7 @@ from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_image,
                    resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
+from .pool import ctrl_c_for_main_only
 
 BANK_FORMAT = 2  # 2: RLE strings stored in canonical form (masks.encode's)
 CROWD, TRUNCATED, OVERLAPPED, TOO_SMALL = "crowd", "truncated", "overlapped", "too_small"
@@ -715,9 +716,11 @@ def _pixel_results(bank_dir: Path, image_root: Path, image_indices: np.ndarray, 
     from joblib import Parallel, delayed
     size = max(1, min(64, -(-len(indices) // (8 * workers))))
     batches = [indices[s:s + size] for s in range(0, len(indices), size)]
-    for results in Parallel(n_jobs=workers, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)(
-            delayed(_pixel_batch)(str(bank_dir), str(image_root), batch) for batch in batches):
-        yield from results
+    with ctrl_c_for_main_only():  # the pool starts here (and generation reuses it)
+        results = Parallel(n_jobs=workers, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)(
+            delayed(_pixel_batch)(str(bank_dir), str(image_root), batch) for batch in batches)
+    for batch_results in results:
+        yield from batch_results
 
 
 def _pixel_batch(bank_dir: str, image_root: str, indices: list[int]) -> list[tuple]:

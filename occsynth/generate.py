@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import math
 import os
-import signal
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import default_cache_dir, demo_source
 from .errors import BadRecord, OccsynthError, SkipLog
+from .pool import ctrl_c_for_main_only
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
 IMAGE_FORMATS = ("jpg", "png")
@@ -242,7 +242,7 @@ def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: Ru
             with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
                 if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
                     task = functools.partial(_one_cv2_thread, task)
-                with _started_deaf_to_ctrl_c():  # joblib starts the pool's processes and dispatches here
+                with ctrl_c_for_main_only():  # joblib starts the pool's processes and dispatches here
                     results = Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
                         delayed(_chunk_and_count)(task, c) for c in chunks)
                 try:
@@ -257,25 +257,6 @@ def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: Ru
                         results.close()
     finally:
         bar.close()
-
-
-@contextlib.contextmanager
-def _started_deaf_to_ctrl_c() -> Iterator[None]:
-    """Processes started in the block ignore SIGINT for good (an ignored signal stays ignored across
-    exec, and Python keeps it so).
-
-    Ctrl-C reaches every process of the terminal's foreground group, and a pool worker hit while it
-    was still importing printed a traceback. Only the main process needs it: it stops the run and
-    shuts the pool down. The block only starts the processes (tens of ms); a Ctrl-C in it is lost.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:  # None: the previous handler was not set from Python (restore the default)
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 def _chunk_and_count(task: Callable[[int], int], chunk: int) -> tuple[int, int]:

@@ -92,9 +92,10 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
                                  f"image_id {str(image_id)[:40]}"))
             continue
         total += 1
-        with_layer += "layer" in ann
         layer = ann.get("layer", 0)
-        layer = layer if isinstance(layer, int) and not isinstance(layer, bool) else 0
+        valid = isinstance(layer, int) and not isinstance(layer, bool)
+        with_layer += valid and "layer" in ann
+        layer = layer if valid else 0
         per_image[image_id] += 1
         depth[image_id] = max(depth.get(image_id, 0), layer)
         layers[layer] += 1
@@ -158,7 +159,8 @@ def format_stats(stats: dict) -> str:
     lines = [f"{stats['images']} images, {stats['annotations']} annotations "
              f"({stats['pasted']} pasted, {stats['background']} background)"]
     if stats["annotations"] and not stats.get("with_layer", stats["annotations"]):
-        lines.append("(no annotation has a 'layer': not an occsynth set, so every instance counts as background)")
+        lines.append("(no annotation has a 'layer': not a generated synthetic set, so every instance counts as "
+                     "background)")
     lines += ["", "per category:",
              f"  {'id':>5}  {'name':<24} {'pasted':>8} {'background':>10}"]
     empty = 0

@@ -25,6 +25,7 @@ from .coco import check_coco_layout, check_image_record, iter_array, read_image,
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
+from .pool import ctrl_c_for_main_only
 from .writer import IMAGES, MANIFEST_FILE, set_paths
 
 # Check name -> what it guarantees. Stable names: they are the keys of the report.
@@ -126,8 +127,9 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
             results: Iterable = (check_images(*task_args, batch) for batch in batches)
         else:
             from joblib import Parallel, delayed
-            results = Parallel(n_jobs=workers, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")(
-                delayed(check_images)(*task_args, batch) for batch in batches)
+            with ctrl_c_for_main_only():  # the pool starts here
+                results = Parallel(n_jobs=workers, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")(
+                    delayed(check_images)(*task_args, batch) for batch in batches)
         for result in results:
             failures.merge(result["failures"])
             bar.update(result["images"])

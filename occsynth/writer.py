@@ -41,6 +41,7 @@ RUN_FILE = "run.json"
 ANNOTATIONS_FILE = "annotations.json"
 MANIFEST_FILE = "manifest.json"
 SOURCE_FILE = "source.json"
+MERGED_INTO_FILE = "merged-into.json"  # left in a shard folder whose chunks a merge moved out
 
 
 def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -422,11 +423,11 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         try:
             parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
         except OccsynthError as exc:
-            emptied = [str(d) for d in shard_dirs if not list((Path(d) / PARTS).glob("chunk-*.json"))]
-            if len(emptied) == len(shard_dirs):  # not one chunk anywhere: these shards have been merged before
-                raise OccsynthError(f"{exc}. No shard folder holds a chunk ({', '.join(emptied)}): an earlier "
-                                    "`occsynth merge` may have moved them into its --out, which is the finished "
-                                    "set") from None
+            merged_into = {_read_json(Path(d) / PARTS / MERGED_INTO_FILE)["out"] for d in shard_dirs
+                           if (Path(d) / PARTS / MERGED_INTO_FILE).is_file()}
+            if merged_into:  # an earlier merge moved chunks out of these folders: that is where the set is
+                raise OccsynthError(f"{exc}: an earlier `occsynth merge` moved chunks of these shard folders into "
+                                    f"{', '.join(sorted(merged_into))}, the merged set") from None
             raise
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:
@@ -467,6 +468,9 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
         if sizes.exists():
             move_file(sizes, sizes_path(out_dir, chunk))
         move_file(part, out_dir / PARTS / part.name)
+        marker = src_dir / PARTS / MERGED_INTO_FILE
+        if not marker.exists():
+            write_json(marker, {"out": str(Path(out_dir).resolve())}, durable=False)
     report = finalize(out_dir, run, part_files([out_dir], num_chunks))
     # chunks --out already had are not taken from a shard folder: say so, or a user may think it emptied
     out_parts = _identity(Path(out_dir) / PARTS)

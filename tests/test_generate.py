@@ -124,12 +124,15 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
         report = generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 3), progress=False)
         assert not report["merged"]
         assert not (d / "annotations.json").exists()
+    partial = CliRunner().invoke(occsynth_main, ["merge", str(shard_dirs[0]), "--out", str(tmp_path / "p"), "--quiet"])
+    assert partial.exit_code == 2 and "not generated yet" in partial.output and "earlier" not in partial.output
     result = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "merged"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert tree_bytes(tmp_path / "merged") == tree_bytes(out)
     # the same merge into another --out: the shards were emptied by the first; say so, not "not generated yet"
     again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
-    assert again.exit_code == 2 and "an earlier `occsynth merge` may have moved them" in again.output
+    assert again.exit_code == 2 and "an earlier `occsynth merge` moved chunks of these shard folders into " \
+        f"{(tmp_path / 'merged').resolve()}, the merged set" in again.output.replace("\n", " ")
     assert not (tmp_path / "m2").exists()
 
 
@@ -517,11 +520,15 @@ def test_pool_workers_leave_ctrl_c_to_the_main_process(tmp_path):
 
 def test_options_a_run_would_not_use_as_meant_are_noted(demo_source, tmp_path):
     ann, root = demo_source
-    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
-                                                str(tmp_path / "out"), "--num-images", "2", "--image-format", "png",
-                                                "--jpeg-quality", "50", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    result_args = ["generate", "--ann", str(ann), "--images", str(root), "--out", str(tmp_path / "out"),
+                   "--num-images", "2", "--image-format", "png", "--jpeg-quality", "50", "--cache-dir",
+                   str(tmp_path / "c"), "--quiet"]
+    result = CliRunner().invoke(occsynth_main, result_args)
     assert result.exit_code == 0 and "note: --jpeg-quality is for jpg output; png output ignores it" in result.output
     assert sorted(p.suffix for p in (tmp_path / "out" / "images").iterdir()) == [".png", ".png"]
+    without = [a for a in result_args if a not in ("--jpeg-quality", "50")]
+    again = CliRunner().invoke(occsynth_main, without)   # resuming without it is the same run
+    assert again.exit_code == 0 and again.output.startswith("nothing left to render"), again.output
     demo = CliRunner().invoke(occsynth_main, ["generate", "--recipe", "synthetic-demo", "--out", str(tmp_path / "d"),
                                               "--num-images", "2", "--cache-dir", str(tmp_path / "c"), "--quiet"])
     assert demo.exit_code == 0 and "recipe synthetic-demo runs on the embedded demo source" in demo.output

@@ -51,8 +51,10 @@ def test_plain_coco_counts_every_instance_as_layer_0():
     assert stats["pasted"] == 0 and stats["background"] == 13 and stats["with_layer"] == 0
     assert stats["instances_per_image"]["histogram"] == {0: 1, 3: 1, 5: 2}
     assert sum(stats["occlusion_ratio"]["counts"]) == 0
-    assert "not an occsynth set" in format_stats(stats)       # the report says why all are "background"
-    assert "not an occsynth set" not in format_stats(dataset_stats(build()[0]))
+    assert "not a generated synthetic set" in format_stats(stats)   # the report says why all are "background"
+    assert "not a generated synthetic set" not in format_stats(dataset_stats(build()[0]))
+    data["annotations"][0]["layer"] = None                            # not a layer either
+    assert dataset_stats(data)["with_layer"] == 0
 
 
 def test_streamed_file_equals_in_memory(tmp_path):

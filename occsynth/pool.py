@@ -1,0 +1,48 @@
+"""Starting worker processes that leave Ctrl-C to the main process.
+
+Ctrl-C reaches every process of the terminal's foreground group. A pool worker hit while it was
+still importing printed a traceback, and a busy one died mid-task. Only the main process needs
+it: it stops the run and shuts the pool down. Processes started inside :func:`ctrl_c_for_main_only`
+ignore SIGINT for good (an ignored signal stays ignored across exec, and Python keeps it so);
+joblib's loky pool is reused by later calls, so whichever call starts it must use this.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def ctrl_c_for_main_only() -> Iterator[None]:
+    """SIGINT ignored while the block starts processes, then restored (whatever interrupts the block).
+
+    The block should only start processes (joblib's ``Parallel(...)(...)`` with a generator result,
+    ~20 ms): a Ctrl-C that arrives inside it is lost, not deferred.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        yield
+    finally:
+        _restore(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def _restore(signum: int, handler) -> None:
+    """Set ``handler`` even when another signal's handler raises on the way (e.g. SIGTERM -> stop):
+    a main process left ignoring Ctrl-C could not be stopped from the keyboard. The first such
+    exception is raised once the handler is back."""
+    raised = None
+    while True:
+        try:
+            signal.signal(signum, handler)
+            if signal.getsignal(signum) is handler:
+                break
+        except BaseException as exc:  # noqa: B902 - re-raised below, after the restore
+            raised = raised or exc
+    if raised is not None:
+        raise raised
