@@ -42,7 +42,7 @@ def _restore(signum: int, handler) -> None:
             signal.signal(signum, handler)
             if signal.getsignal(signum) is handler:
                 break
-        except BaseException as exc:  # noqa: B902 - re-raised below, after the restore
+        except BaseException as exc:  # re-raised below, once the handler is back
             raised = raised or exc
     if raised is not None:
         raise raised
