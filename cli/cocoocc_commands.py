@@ -61,20 +61,24 @@ def format_report(report: dict) -> list[str]:
     if not c.get("source_has_crowd", True):
         lines.append("  (the input has no crowd boxes: counting them changes nothing)")
     if report.get("dropped_images"):
-        shown = ", ".join(f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in report["dropped_images"][:10])
-        more = len(report["dropped_images"]) - 10
-        lines.append(f"dropped {len(report['dropped_images'])} selected image(s) whose file could not be placed, "
-                     f"with their annotations: {shown}{f', ... {more} more' if more > 0 else ''}")
+        dropped = report["dropped_images"]
+        lines.append(f"dropped {len(dropped)} selected image(s) whose file could not be placed, "
+                     f"with their annotations: {_first_images(dropped)}")
     if report.get("images_without_file"):
         missing = report["images_without_file"]
-        shown = ", ".join(f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in missing[:10])
-        more = len(missing) - 10
         lines.append(f"warning: {len(missing)} selected image(s) have no usable file under --images (kept in the "
-                     f"output, which names but does not place them): {shown}{f', ... {more} more' if more > 0 else ''}")
+                     f"output, which names but does not place them): {_first_images(missing)}")
     if report["skipped"]["counts"]:
         lines.append("skipped: " + json.dumps(report["skipped"]["counts"]))
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
     return lines
+
+
+def _first_images(images: list[dict], most: int = 10) -> str:
+    """'id (file_name: reason), ...' of the first ``most`` images, then how many more."""
+    shown = ", ".join(f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in images[:most])
+    more = len(images) - most
+    return shown + (f", ... {more} more" if more > 0 else "")
 
 
 @click.command("annotate-occluders")

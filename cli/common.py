@@ -8,6 +8,7 @@ import threading
 import click
 
 from occsynth.errors import OccsynthError
+from occsynth.pool import restore_signal_handler
 
 
 class ReportedError(click.ClickException):
@@ -42,8 +43,8 @@ class Group(click.Group):
             click.echo(f"Stopped ({signal.Signals(signum).name}).", err=True)
             raise click.exceptions.Exit(128 + int(signum)) from None
         finally:
-            if installed:  # None: the previous handler was not set from Python (restore the default)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            if installed:
+                restore_signal_handler(signal.SIGTERM, previous)
 
 
 _received: list[int] = []

@@ -5,6 +5,7 @@ still importing printed a traceback, and a busy one died mid-task. Only the main
 it: it stops the run and shuts the pool down. Processes started inside :func:`ctrl_c_for_main_only`
 ignore SIGINT for good (an ignored signal stays ignored across exec, and Python keeps it so);
 joblib's loky pool is reused by later calls, so whichever call starts it must use this.
+:func:`restore_signal_handler` puts a handler back robustly (the CLI's SIGTERM handler uses it too).
 """
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ def ctrl_c_for_main_only() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         yield
     finally:
-        _restore(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        restore_signal_handler(signal.SIGINT, previous)
 
 
-def _restore(signum: int, handler) -> None:
-    """Set ``handler`` even when another signal's handler raises on the way (e.g. SIGTERM -> stop):
-    a main process left ignoring Ctrl-C could not be stopped from the keyboard. The first such
+def restore_signal_handler(signum: int, handler) -> None:
+    """Put ``handler`` (what ``signal.signal``/``getsignal`` returned before; None, a handler not set from
+    Python, means the default) back, even when another signal's handler raises on the way (e.g. SIGTERM
+    -> stop): a main process left ignoring Ctrl-C could not be stopped from the keyboard. The first such
     exception is raised once the handler is back."""
+    handler = signal.SIG_DFL if handler is None else handler
     raised = None
     while True:
         try:

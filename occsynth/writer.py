@@ -481,7 +481,6 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     return report
 
 
-
 def _read_json(path: Path):
     if not Path(path).exists():
         raise OccsynthError(f"{path}: not found - is this an occsynth generate output directory?")
