@@ -29,7 +29,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     Generation: images/s of the floor (read + decode each background JPEG + encode it as the
     output JPEG, run in the same chunks and worker pool as generation) and of full generation,
     with one worker (pinned to one CPU where the OS allows: one core) and with --workers; prints
-    generation/floor and the worker scaling. The
+    generation/floor and the worker scaling. It also times the floor writing its images to
+    --work-dir as generation does, so that the disk's share shows. The
     default source is the demo set at 640 px with real photo detail added, in as many distinct
     copies as images generated, so that most images and cutouts are decoded fresh, as on COCO.
     With --bank: peak RSS and time of building the cutout bank from a synthetic file of COCO
@@ -72,6 +73,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
                    f"img/s, generate/floor {r['ratio_to_floor']:.2f}"
                    + (f" (best of {report['repeat']}; generate runs "
                       f"{', '.join(f'{v:.0f}' for v in r['runs']['generate'])})" if report["repeat"] > 1 else ""))
+        click.echo(f"    floor with the output files written {r['floor_with_writes_images_per_s']:.1f} img/s "
+                   f"(the disk's share), generate/that {r['ratio_to_floor_with_writes']:.2f}")
     click.echo(f"scaling {workers} workers / 1 worker: {report['scaling']:.2f}x"
                + (f" (a pure-CPU busy loop scales {report['machine_scaling']:.2f}x on this machine now)"
                   if "machine_scaling" in report else ""))

@@ -9,6 +9,10 @@ run on the same images:
   work is everything else: the cutouts' pixels (crops copied from the pixel store, built before any
   timing as the bank is; or their whole source images with ``cutout_pixels=False``), masks,
   compositing, annotations, writing files and the final merge;
+* floor with writes = the floor plus writing each encoded image to its own file as generation
+  does (atomic, fsynced). Not a target, a diagnosis: the gap between the two floors is what the
+  output disk costs (creating files is slow on some file systems), which no change to the
+  generator can remove;
 * scaling = generation images/s with all workers over images/s with one. "One worker" is one
   core: it runs with OpenCV single-threaded, as every worker of a parallel run does, and pinned to
   one CPU (Linux), so that its image-writing thread and the kernel work of its writes cannot borrow
@@ -42,7 +46,7 @@ import cv2
 import numpy as np
 
 from . import masks
-from .atomic import open_atomic, write_json
+from .atomic import open_atomic, write_bytes, write_json
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, read_dataset, read_image, resolve_image_path
 from .generate import RunSettings, _finished_chunks, generate
@@ -126,11 +130,15 @@ def _tile(detail: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.nd
     return np.tile(detail, reps)[y0:y0 + h, x0:x0 + w]
 
 
-def _floor_chunk(paths: list[str], quality: int, chunk_size: int, chunk: int) -> int:
-    """The floor's share of one generation chunk: decode each background, encode it as JPEG."""
-    part = paths[chunk * chunk_size:(chunk + 1) * chunk_size]
-    for path in part:
-        encode_image(read_image(path), ".jpg", quality)
+def _floor_chunk(paths: list[str], quality: int, chunk_size: int, write_to: str | None, chunk: int) -> int:
+    """The floor's share of one generation chunk: decode each background, encode it as JPEG (and with
+    ``write_to``, write that JPEG there as generation writes its images: atomically, fsynced)."""
+    first = chunk * chunk_size
+    part = paths[first:first + chunk_size]
+    for i, path in enumerate(part, first):
+        encoded = encode_image(read_image(path), ".jpg", quality)
+        if write_to is not None:
+            write_bytes(Path(write_to) / f"{i:06d}.jpg", encoded)
     return len(part)
 
 
@@ -139,10 +147,14 @@ def _noop(chunk: int) -> int:
 
 
 def floor_images_per_second(paths: list[str], workers: int, quality: int = 95, chunk_size: int = 16,
-                            backend: str = "loky") -> float:
-    """Images/s of read + decode + JPEG encode alone, chunked and run exactly as generation runs them."""
+                            backend: str = "loky", write_to: str | os.PathLike | None = None) -> float:
+    """Images/s of read + decode + JPEG encode alone, chunked and run exactly as generation runs them.
+
+    ``write_to``: a folder to also write each encoded image into (one file per image, as generation
+    does), to show what the output disk adds to the floor.
+    """
     settings = RunSettings(num_images=len(paths), seed=0, chunk_size=chunk_size)
-    task = functools.partial(_floor_chunk, paths, quality, chunk_size)
+    task = functools.partial(_floor_chunk, paths, quality, chunk_size, None if write_to is None else str(write_to))
     start = time.perf_counter()
     _run_all(task, settings.num_chunks, settings, workers, backend)
     return len(paths) / (time.perf_counter() - start)
@@ -256,7 +268,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
                       "cutouts": pixels_meta["num_stored"], "mib": round(pixels_meta["blob_bytes"] / 2 ** 20, 1),
                       "build_seconds": round(pixels_seconds, 2)}}
         counts_of = sorted({1, workers})
-        runs = {n: {"floor": [], "generate": []} for n in counts_of}
+        runs = {n: {"floor": [], "floor_with_writes": [], "generate": []} for n in counts_of}
         machine = []
         threads = cv2.getNumThreads()
         try:
@@ -272,6 +284,11 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
                     with one_cpu() if n == 1 else contextlib.nullcontext() as pinned:
                         runs[n]["floor"].append(floor_images_per_second(paths, n, settings.jpeg_quality,
                                                                         settings.chunk_size))
+                        written = tmp / f"floor-{n}-{rep}"
+                        written.mkdir()
+                        _write_back()
+                        runs[n]["floor_with_writes"].append(floor_images_per_second(
+                            paths, n, settings.jpeg_quality, settings.chunk_size, write_to=written))
                         out = tmp / f"out-{n}-{rep}"  # a fresh folder: the same one would resume as finished
                         _write_back()
                         start = time.perf_counter()
@@ -289,8 +306,11 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         # the best of the repeats: other work on the machine only ever slows a run down
         for n in counts_of:
             floor, gen = max(runs[n]["floor"]), max(runs[n]["generate"])
+            floor_writes = max(runs[n]["floor_with_writes"])
             result[f"workers_{n}"] = {"floor_images_per_s": round(floor, 2), "generate_images_per_s": round(gen, 2),
                                       "ratio_to_floor": round(gen / floor, 3),
+                                      "floor_with_writes_images_per_s": round(floor_writes, 2),
+                                      "ratio_to_floor_with_writes": round(gen / floor_writes, 3),
                                       "runs": {k: [round(v, 2) for v in vs] for k, vs in runs[n].items()}}
         if machine:
             result["machine_scaling"] = round(max(machine), 3)

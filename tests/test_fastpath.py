@@ -152,7 +152,11 @@ def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
     report = bench_generation(num_images=8, workers=1, long_side=240, work_dir=tmp_path, repeat=2)
     r = report["workers_1"]
     assert r["floor_images_per_s"] > 0 and r["generate_images_per_s"] > 0
-    assert len(r["runs"]["floor"]) == len(r["runs"]["generate"]) == 2 == report["repeat"]
+    assert len(r["runs"]["floor"]) == len(r["runs"]["generate"]) == len(r["runs"]["floor_with_writes"]) == 2
+    assert report["repeat"] == 2
+    assert r["floor_with_writes_images_per_s"] == max(r["runs"]["floor_with_writes"]) > 0
+    assert r["ratio_to_floor_with_writes"] == pytest.approx(
+        r["generate_images_per_s"] / r["floor_with_writes_images_per_s"], abs=2e-3)
     assert r["generate_images_per_s"] == max(r["runs"]["generate"])      # the best run is reported
     assert r["floor_images_per_s"] == max(r["runs"]["floor"])
     # the report rounds images/s to 2 decimals and the ratio to 3: compare within that rounding
@@ -385,3 +389,18 @@ def test_pycocotools_polygon_encoding_is_already_canonical():
         rle = masks.to_rle(parts, h, w)
         counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
         assert counts == masks.encode(masks.decode(parts, h, w))["counts"]
+
+
+def test_floor_with_writes_writes_each_encoded_background_once(tmp_path):
+    """The disk's share of the floor: every image decoded, encoded and written to its own file, in order."""
+    from occsynth.bench import floor_images_per_second
+    from occsynth.coco import encode_image, read_image
+    from occsynth.demo import demo_source
+    ann, root = demo_source(tmp_path / "demo")
+    paths = sorted(str(p) for p in Path(root).rglob("*.jpg"))[:3] * 2   # 6 images, 3 chunks of 2
+    out = tmp_path / "written"
+    out.mkdir()
+    assert floor_images_per_second(paths, 1, quality=80, chunk_size=2, write_to=out) > 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.jpg" for i in range(6)]
+    for i, path in enumerate(paths):
+        assert (out / f"{i:06d}.jpg").read_bytes() == encode_image(read_image(path), ".jpg", 80)
