@@ -11,7 +11,7 @@ from cli.common import cache_dir_option, parse_shard, quiet_option
 from occsynth.bank import BankOptions
 from occsynth.errors import OccsynthError
 from occsynth.generate import generate, merge, run_settings
-from occsynth.schedule import CompositeOptions
+from occsynth.schedule import MAX_PASTES, CompositeOptions
 
 _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 
@@ -26,16 +26,16 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes.")
 @click.option("--shard", help="Render only shard i of n (e.g. 0/8); join shards with `occsynth merge`.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
-@click.option("--pastes", nargs=2, type=int, help=f"Min and max pasted objects per image [default: {_D.pastes[0]} {_D.pastes[1]}, or the recipe's].")
-@click.option("--occlusion", nargs=2, type=float, help=f"Occlusion ratio aimed at for the earlier object a paste is placed over, when it is placed (later pastes may hide that object more, up to --max-occlusion) [default: {_D.occlusion[0]} {_D.occlusion[1]}, or the recipe's].")
-@click.option("--max-occlusion", type=float, help=f"No pasted object is hidden beyond this ratio [default: {_D.max_occlusion}, or the recipe's].")
-@click.option("--same-class-prob", type=float, help=f"Probability that occluder and occludee share a class [default: {_D.same_class_prob}, or the recipe's].")
-@click.option("--scale", nargs=2, type=float, help=f"Scale jitter range of a cutout [default: {_D.scale[0]} {_D.scale[1]}, or the recipe's].")
-@click.option("--flip-prob", type=float, help=f"Horizontal flip probability of a cutout [default: {_D.flip_prob}, or the recipe's].")
+@click.option("--pastes", nargs=2, type=click.IntRange(1, MAX_PASTES), help=f"Min and max pasted objects per image [default: {_D.pastes[0]} {_D.pastes[1]}, or the recipe's].")
+@click.option("--occlusion", nargs=2, type=click.FloatRange(0, 1), help=f"Occlusion ratio aimed at for the earlier object a paste is placed over, when it is placed (later pastes may hide that object more, up to --max-occlusion) [default: {_D.occlusion[0]} {_D.occlusion[1]}, or the recipe's].")
+@click.option("--max-occlusion", type=click.FloatRange(0, 1, min_open=True, max_open=True), help=f"No pasted object is hidden beyond this ratio [default: {_D.max_occlusion}, or the recipe's].")
+@click.option("--same-class-prob", type=click.FloatRange(0, 1), help=f"Probability that occluder and occludee share a class [default: {_D.same_class_prob}, or the recipe's].")
+@click.option("--scale", nargs=2, type=click.FloatRange(0, 100, min_open=True), help=f"Scale jitter range of a cutout [default: {_D.scale[0]} {_D.scale[1]}, or the recipe's].")
+@click.option("--flip-prob", type=click.FloatRange(0, 1), help=f"Horizontal flip probability of a cutout [default: {_D.flip_prob}, or the recipe's].")
 @click.option("--blend", type=click.Choice(["feather", "none", "gaussian"]), help=f"Edge blending of pasted objects [default: {_D.blend}, or the recipe's].")
-@click.option("--min-area", type=int, help=f"Smallest source instance (px) that may become a cutout [default: {_B.min_area}, or the recipe's].")
-@click.option("--border-margin", type=int, help=f"Instances closer than this (px) to the image border are not complete [default: {_B.border_margin}, or the recipe's].")
-@click.option("--touch-margin", type=int, help=f"Instances closer than this (px) to another instance are not complete [default: {_B.touch_margin}, or the recipe's].")
+@click.option("--min-area", type=click.IntRange(min=0), help=f"Smallest source instance (px) that may become a cutout [default: {_B.min_area}, or the recipe's].")
+@click.option("--border-margin", type=click.IntRange(min=0), help=f"Instances closer than this (px) to the image border are not complete [default: {_B.border_margin}, or the recipe's].")
+@click.option("--touch-margin", type=click.IntRange(min=0), help=f"Instances closer than this (px) to another instance are not complete [default: {_B.touch_margin}, or the recipe's].")
 @click.option("--image-format", type=click.Choice(["jpg", "png"]), help="Output image format [default: jpg].")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), help="JPEG quality [default: 95].")
 @cache_dir_option

@@ -461,10 +461,14 @@ def test_a_shard_failing_early_leaves_the_shared_out_it_created(demo_source, tmp
 
 def test_a_bad_setting_names_the_option_or_the_recipe_it_came_from(tmp_path):
     out = tmp_path / "never"
+    # a value out of an option's own range (shown in --help) is refused by the option
     option = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--max-occlusion", "2"])
-    assert option.exit_code == 2 and "Invalid value for '--max-occlusion': max_occlusion must be in (0, 1)" in option.output
+    assert option.exit_code == 2 and "Invalid value for '--max-occlusion': 2.0 is not in the range 0<x<1" in option.output
     bank = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--min-area", "-5"])
-    assert bank.exit_code == 2 and "Invalid value for '--min-area': bank option min_area" in bank.output
+    assert bank.exit_code == 2 and "Invalid value for '--min-area': -5 is not in the range x>=0" in bank.output
+    # values each in range that do not fit together: the library's check, named after the option
+    pair = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--pastes", "3", "1"])
+    assert pair.exit_code == 2 and "Invalid value for '--pastes': pastes must be 1 <= min <= max" in pair.output
     recipe = tmp_path / "bad.toml"
     recipe.write_text("[composite]\nmax_occlusion = 3.0\n")
     from_recipe = CliRunner().invoke(occsynth_main, ["generate", "--out", str(out), "--recipe", str(recipe)])
