@@ -6,6 +6,7 @@ most a stray ``.*.tmp-*`` file, which the next run deletes.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -13,6 +14,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -49,6 +51,35 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with open_atomic(path, "wb") as f:
         f.write(data)
+
+
+class BackgroundWriter:
+    """:func:`write_bytes` from one background thread, in order, so that the wait for the disk overlaps
+    the caller's next piece of work instead of adding to it.
+
+    A failed write (e.g. a full disk) is raised by a later :meth:`submit` once noticed, or by
+    :meth:`wait`. Leaving the ``with`` block waits for every write already submitted, also on error.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="occsynth-write")
+        self._pending: collections.deque[Future] = collections.deque()
+
+    def submit(self, path: str | os.PathLike, data: bytes) -> None:
+        while self._pending and self._pending[0].done():  # one thread: writes finish in order
+            self._pending.popleft().result()  # fail early: stop making files once a write has failed
+        self._pending.append(self._pool.submit(write_bytes, path, data))
+
+    def wait(self) -> None:
+        """Return once every submitted file is written; raise the first failed write's error."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None, *, durable: bool = True) -> None:

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from . import masks
-from .atomic import open_atomic, write_bytes, write_json
+from .atomic import BackgroundWriter, open_atomic, write_json
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, read_dataset, read_image, resolve_image_path
 from .generate import RunSettings, _finished_chunks, generate
@@ -132,13 +132,16 @@ def _tile(detail: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.nd
 
 def _floor_chunk(paths: list[str], quality: int, chunk_size: int, write_to: str | None, chunk: int) -> int:
     """The floor's share of one generation chunk: decode each background, encode it as JPEG (and with
-    ``write_to``, write that JPEG there as generation writes its images: atomically, fsynced)."""
+    ``write_to``, write that JPEG there as generation writes its images: atomically, fsynced, from a
+    background thread while the next image is made)."""
     first = chunk * chunk_size
     part = paths[first:first + chunk_size]
-    for i, path in enumerate(part, first):
-        encoded = encode_image(read_image(path), ".jpg", quality)
-        if write_to is not None:
-            write_bytes(Path(write_to) / f"{i:06d}.jpg", encoded)
+    with BackgroundWriter() as writes:
+        for i, path in enumerate(part, first):
+            encoded = encode_image(read_image(path), ".jpg", quality)
+            if write_to is not None:
+                writes.submit(Path(write_to) / f"{i:06d}.jpg", encoded)
+        writes.wait()
     return len(part)
 
 

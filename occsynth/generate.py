@@ -14,7 +14,6 @@ import math
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, masks, writer
-from .atomic import remove_stale_temporaries, write_bytes
+from .atomic import BackgroundWriter, remove_stale_temporaries
 from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, ensure_cutout_pixels, open_bank
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
@@ -326,23 +325,19 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
     log = SkipLog(strict=strict)
     first = chunk * settings.chunk_size
     indices = range(first, min(first + settings.chunk_size, settings.num_images))
-    images, annotations, written, sizes = [], [], [], {}
-    # Files are written and fsynced by one thread while the next image renders: the wait for the
-    # disk overlaps the rendering instead of adding to it. All of the chunk's images are on disk
-    # (every write has returned) before its part file says the chunk is done; a write error
-    # (e.g. a full disk) is raised here, as it would be inline.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="occsynth-write") as pool:
+    images, annotations, sizes = [], [], {}
+    # Files are written and fsynced by one thread while the next image renders. All of the chunk's
+    # images are on disk (every write has returned) before its part file says the chunk is done; a
+    # write error (e.g. a full disk) is raised here, as it would be inline.
+    with BackgroundWriter() as writes:
         for i in indices:
-            if written and written[-1].done():
-                written[-1].result()  # fail early: stop rendering once a write has failed
             record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
-            written.append(pool.submit(write_bytes, Path(out_dir) / writer.IMAGES / record["file_name"], encoded))
+            writes.submit(Path(out_dir) / writer.IMAGES / record["file_name"], encoded)
             sizes[record["file_name"]] = len(encoded)
             images.append(record)
             annotations.append(anns)
         part = writer.encode_part(chunk, images, annotations, log)  # while the last images are written
-        for future in written:
-            future.result()
+        writes.wait()
     writer.write_part(Path(out_dir), chunk, part, sizes)
     return len(indices)
 

@@ -234,6 +234,25 @@ def test_full_disk_is_a_clear_error_and_the_rerun_completes(reference, demo_sour
     assert tree_bytes(out) == tree_bytes(ref)
 
 
+def test_a_failed_background_write_is_raised_by_the_next_submit_or_wait(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with atomic.BackgroundWriter() as writes:
+        writes.submit(tmp_path / "first.bin", b"1" * 1000)
+        writes.submit(blocker / "second.bin", b"2")
+        with pytest.raises(OccsynthError, match="a-file/second.bin"):
+            writes.wait()
+        writes.wait()  # raised once
+        writes.submit(blocker / "third.bin", b"3")
+        with pytest.raises(OccsynthError, match="a-file/third.bin"):
+            for i in range(10_000):  # each submit first collects the writes already done
+                writes.submit(tmp_path / f"later-{i}.bin", b"4")
+    assert (tmp_path / "first.bin").read_bytes() == b"1" * 1000
+    later = sorted(tmp_path.glob("later-*.bin"))
+    assert len(later) < 10_000 and all(p.read_bytes() == b"4" for p in later)   # all submitted were finished
+    assert not list(tmp_path.rglob(".*.tmp-*"))
+
+
 def test_unusable_output_location_is_a_clear_error(demo_source, tmp_path):
     ann, root = demo_source
     blocker = tmp_path / "a-file"
