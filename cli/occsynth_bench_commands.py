@@ -73,8 +73,11 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
                    f"img/s, generate/floor {r['ratio_to_floor']:.2f}"
                    + (f" (best of {report['repeat']}; generate runs "
                       f"{', '.join(f'{v:.0f}' for v in r['runs']['generate'])})" if report["repeat"] > 1 else ""))
-        click.echo(f"    floor with the output files written {r['floor_with_writes_images_per_s']:.1f} img/s "
-                   f"(the disk's share), generate/that {r['ratio_to_floor_with_writes']:.2f}")
+        click.echo(f"    floor that also writes its images {r['floor_with_writes_images_per_s']:.1f} img/s, "
+                   f"generate/that {r['ratio_to_floor_with_writes']:.2f} (the gap between the floors is the "
+                   f"output disk's cost)")
+    if workers == 1:
+        return
     click.echo(f"scaling {workers} workers / 1 worker: {report['scaling']:.2f}x"
                + (f" (a pure-CPU busy loop scales {report['machine_scaling']:.2f}x on this machine now)"
                   if "machine_scaling" in report else ""))

@@ -404,3 +404,16 @@ def test_floor_with_writes_writes_each_encoded_background_once(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.jpg" for i in range(6)]
     for i, path in enumerate(paths):
         assert (out / f"{i:06d}.jpg").read_bytes() == encode_image(read_image(path), ".jpg", 80)
+
+
+def test_bench_command_prints_both_floors_and_no_scaling_for_one_worker(tmp_path):
+    from click.testing import CliRunner
+    from cli.occsynth_cli import main as occsynth_main
+    result = CliRunner().invoke(occsynth_main, ["bench", "--num-images", "8", "--workers", "1", "--long-side", "240",
+                                                "--repeat", "1", "--work-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("workers=1") and "generate/floor" in line for line in lines)
+    assert any("floor that also writes its images" in line and "generate/that" in line for line in lines)
+    assert not any(line.startswith("scaling") for line in lines)
+    assert list(tmp_path.iterdir()) == []   # the bench's sources and outputs are removed when it ends
