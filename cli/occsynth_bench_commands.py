@@ -20,7 +20,7 @@ from occsynth.bench import bench_bank, bench_generation
 @click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(min=1), help="With --bank: images in the synthetic source file.")
 @click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(min=1), help="With --bank: annotations in the synthetic source file.")
 @click.option("--work-dir", type=click.Path(exists=True, file_okay=False), help="Where the source copies and outputs are written [default: $TMPDIR]; e.g. /dev/shm to take the disk out of the measurement.")
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down. Every run's output stays in --work-dir until the end (2 x repeat sets).")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down. Every run's images stay in --work-dir until the end (4 x repeat sets of --num-images; 2 x repeat with --workers 1), so that no deletion slows the next measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
 def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_cutout_pixels, bank_images,
                   bank_annotations, work_dir, repeat, as_json):
@@ -74,8 +74,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
                    + (f" (best of {report['repeat']}; generate runs "
                       f"{', '.join(f'{v:.0f}' for v in r['runs']['generate'])})" if report["repeat"] > 1 else ""))
         click.echo(f"    floor that also writes its images {r['floor_with_writes_images_per_s']:.1f} img/s, "
-                   f"generate/that {r['ratio_to_floor_with_writes']:.2f} (the gap between the floors is the "
-                   f"output disk's cost)")
+                   f"generate/that {r['ratio_to_floor_with_writes']:.2f} (the gap between the floors: writing "
+                   f"the images on this disk)")
     if workers == 1:
         return
     click.echo(f"scaling {workers} workers / 1 worker: {report['scaling']:.2f}x"

@@ -57,17 +57,22 @@ class BackgroundWriter:
     """:func:`write_bytes` from one background thread, in order, so that the wait for the disk overlaps
     the caller's next piece of work instead of adding to it.
 
-    A failed write (e.g. a full disk) is raised by a later :meth:`submit` once noticed, or by
-    :meth:`wait`. Leaving the ``with`` block waits for every write already submitted, also on error.
+    A failed write (e.g. a full disk) is raised by :meth:`raise_failed` or a later :meth:`submit` once
+    it has happened, or by :meth:`wait`. Leaving the ``with`` block waits for every write submitted;
+    a clean exit also raises a failed one (as :meth:`wait`), an exit on an error leaves that error be.
     """
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="occsynth-write")
         self._pending: collections.deque[Future] = collections.deque()
 
-    def submit(self, path: str | os.PathLike, data: bytes) -> None:
+    def raise_failed(self) -> None:
+        """Raise the error of a write that has already failed (without waiting for the others)."""
         while self._pending and self._pending[0].done():  # one thread: writes finish in order
-            self._pending.popleft().result()  # fail early: stop making files once a write has failed
+            self._pending.popleft().result()
+
+    def submit(self, path: str | os.PathLike, data: bytes) -> None:
+        self.raise_failed()  # fail early: stop making files once a write has failed
         self._pending.append(self._pool.submit(write_bytes, path, data))
 
     def wait(self) -> None:
@@ -75,11 +80,15 @@ class BackgroundWriter:
         while self._pending:
             self._pending.popleft().result()
 
-    def __enter__(self) -> "BackgroundWriter":
+    def __enter__(self) -> BackgroundWriter:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self._pool.shutdown(wait=True)
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None, *, durable: bool = True) -> None:

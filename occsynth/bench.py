@@ -10,9 +10,9 @@ run on the same images:
   timing as the bank is; or their whole source images with ``cutout_pixels=False``), masks,
   compositing, annotations, writing files and the final merge;
 * floor with writes = the floor plus writing each encoded image to its own file as generation
-  does (atomic, fsynced). Not a target, a diagnosis: the gap between the two floors is what the
-  output disk costs (creating files is slow on some file systems), which no change to the
-  generator can remove;
+  does (atomic, fsynced, from a background thread). Not a target, a diagnosis: the gap between the
+  two floors is what generation's write path (one fsynced file per image) costs on that disk
+  (creating files is slow on some file systems);
 * scaling = generation images/s with all workers over images/s with one. "One worker" is one
   core: it runs with OpenCV single-threaded, as every worker of a parallel run does, and pinned to
   one CPU (Linux), so that its image-writing thread and the kernel work of its writes cannot borrow
@@ -136,12 +136,11 @@ def _floor_chunk(paths: list[str], quality: int, chunk_size: int, write_to: str 
     background thread while the next image is made)."""
     first = chunk * chunk_size
     part = paths[first:first + chunk_size]
-    with BackgroundWriter() as writes:
+    with BackgroundWriter() as writes:  # starts no thread unless something is written
         for i, path in enumerate(part, first):
             encoded = encode_image(read_image(path), ".jpg", quality)
             if write_to is not None:
                 writes.submit(Path(write_to) / f"{i:06d}.jpg", encoded)
-        writes.wait()
     return len(part)
 
 
@@ -222,7 +221,8 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
                      cutout_pixels: bool = True, repeat: int = 3) -> dict:
     """Floor vs full generation, one worker and ``workers`` workers, on the same images.
 
-    Each of the four is measured ``repeat`` times, the worker counts taking turns, and the best
+    Each of the six (floor, floor with writes and generation, with one worker and with ``workers``) is
+    measured ``repeat`` times, the worker counts taking turns, and the best
     run of each is reported (all runs are under ``runs``).
 
     The bank and (with ``cutout_pixels``) the cutout pixel store are built before any timing, as a

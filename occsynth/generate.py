@@ -331,6 +331,7 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
     # write error (e.g. a full disk) is raised here, as it would be inline.
     with BackgroundWriter() as writes:
         for i in indices:
+            writes.raise_failed()  # stop rendering once a write has failed
             record, anns, encoded = render_image(bank, sources, schedule, settings, i, log)
             writes.submit(Path(out_dir) / writer.IMAGES / record["file_name"], encoded)
             sizes[record["file_name"]] = len(encoded)

@@ -244,13 +244,22 @@ def test_a_failed_background_write_is_raised_by_the_next_submit_or_wait(tmp_path
             writes.wait()
         writes.wait()  # raised once
         writes.submit(blocker / "third.bin", b"3")
+        writes.submit(tmp_path / "marker.bin", b"m")
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "marker.bin").exists() and time.monotonic() < deadline:
+            time.sleep(0.001)  # writes run in order: once the marker is written, third.bin has failed
         with pytest.raises(OccsynthError, match="a-file/third.bin"):
-            for i in range(10_000):  # each submit first collects the writes already done
-                writes.submit(tmp_path / f"later-{i}.bin", b"4")
-    assert (tmp_path / "first.bin").read_bytes() == b"1" * 1000
-    later = sorted(tmp_path.glob("later-*.bin"))
-    assert len(later) < 10_000 and all(p.read_bytes() == b"4" for p in later)   # all submitted were finished
-    assert not list(tmp_path.rglob(".*.tmp-*"))
+            writes.submit(tmp_path / "never.bin", b"n")  # noticed before anything more is written
+    assert (tmp_path / "first.bin").read_bytes() == b"1" * 1000 and (tmp_path / "marker.bin").read_bytes() == b"m"
+    assert not (tmp_path / "never.bin").exists() and not list(tmp_path.rglob(".*.tmp-*"))
+    # a clean exit raises what failed since the last check; an exit on an error leaves that error be
+    with pytest.raises(OccsynthError, match="a-file/fourth.bin"):
+        with atomic.BackgroundWriter() as writes:
+            writes.submit(blocker / "fourth.bin", b"4")
+    with pytest.raises(KeyError):
+        with atomic.BackgroundWriter() as writes:
+            writes.submit(blocker / "fifth.bin", b"5")
+            raise KeyError("the caller's own error")
 
 
 def test_unusable_output_location_is_a_clear_error(demo_source, tmp_path):
