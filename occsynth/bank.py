@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import threading
 import weakref
 from array import array
@@ -654,6 +655,26 @@ def ensure_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathL
                                                        workers=workers))
 
 
+def pixel_store_bytes(bank: Bank) -> int:
+    """Size of the pixel store's blob for ``bank`` when every cutout's image is readable (the index
+    files are small): each cutout's crop with ``PIXEL_MARGIN`` px of context as raw RGB, plus its mask's
+    bits. Known from the bank alone, so a build can say its size, and refuse a disk too small, first."""
+    a = bank._a
+    boxes = np.asarray(a["ann_bbox"])[np.asarray(a["ann_reason"]) == 0]
+    w, h = boxes[:, 2].astype(np.int64), boxes[:, 3].astype(np.int64)  # the masks' own boxes: whole pixels
+    side = 2 * PIXEL_MARGIN
+    return int(((h + side) * (w + side) * 3 + (h * w + 7) // 8).sum())
+
+
+def _check_free_space(out_dir: Path, needed: int) -> None:
+    free = shutil.disk_usage(out_dir).free
+    if needed > free:
+        raise OccsynthError(
+            f"the cutout pixel store needs {needed / 2 ** 30:.2f} GiB in {out_dir.parent}, which has "
+            f"{free / 2 ** 30:.2f} GiB free: free some space, give a cache folder on a larger disk (--cache-dir), "
+            f"or go without the store (--no-cutout-pixels; slower: each cutout's source image is decoded)")
+
+
 def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
                         strict: bool = False, progress: bool = True, workers: int = 1) -> dict:
     """Write every cutout's context crop (raw RGB) into ``out_dir``; returns the store's meta.
@@ -674,7 +695,10 @@ def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLi
     image_stat = np.full((n_img, 2), -1, np.int64)
     log = _FirstSkipLog(strict=strict)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(cutout_images), desc="bank: cutout pixels", unit="img", disable=not progress, smoothing=0.1)
+    needed = pixel_store_bytes(bank)
+    _check_free_space(out_dir, needed)  # at COCO scale: gigabytes, better refused now than when the disk is full
+    bar = tqdm(total=len(cutout_images), desc=f"bank: cutout pixels ({needed / 2 ** 20:,.0f} MiB)", unit="img",
+               disable=not progress, smoothing=0.1)
     try:
         with open_atomic(out_dir / "pixel_blob.bin", "wb") as blob:
             for image_index, stat, crops, error in _pixel_results(bank_dir, image_root, cutout_images, workers):

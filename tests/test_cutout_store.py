@@ -115,6 +115,35 @@ def test_store_gives_exactly_the_crop_of_the_decoded_image_for_every_margin(edge
         assert np.array_equal(rgb, image[np.ix_(ys, xs)])
 
 
+def test_the_store_size_is_known_before_the_build_and_a_disk_too_small_is_refused_first(
+        edge_source, demo_source, tmp_path, monkeypatch):
+    from occsynth import bank as bank_module
+    from occsynth.bank import pixel_store_bytes
+    for ann, root in (edge_source, demo_source):
+        bank_dir = ensure_bank(ann, tmp_path / "sized", BankOptions(min_area=20), progress=False)
+        store = ensure_cutout_pixels(bank_dir, root, tmp_path / "sized", progress=False)
+        with CutoutPixels.load(store) as pixels:
+            assert pixel_store_bytes(Bank.load(bank_dir)) == pixels.meta["blob_bytes"] == (store / "pixel_blob.bin").stat().st_size
+    ann, root = edge_source
+    cache = tmp_path / "small-disk"
+    bank_dir = ensure_bank(ann, cache, BankOptions(min_area=20), progress=False)
+    needed = pixel_store_bytes(Bank.load(bank_dir))
+    real = shutil.disk_usage
+    monkeypatch.setattr(bank_module.shutil, "disk_usage", lambda path: real(path)._replace(free=needed - 1))
+    with pytest.raises(OccsynthError, match=r"needs 0\.00 GiB in .*cutout-pixels, which has 0\.00 GiB free.*--no-cutout-pixels"):
+        ensure_cutout_pixels(bank_dir, root, cache, progress=False)
+    assert [p.name for p in (cache / "cutout-pixels").iterdir()] == []   # nothing half-built left
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
+                                                str(tmp_path / "out"), "--cache-dir", str(cache), "--min-area", "20",
+                                                "--num-images", "2", "--quiet"])
+    assert result.exit_code == 2 and "the cutout pixel store needs" in result.output
+    assert "Traceback" not in result.output
+    ok = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
+                                            str(tmp_path / "out"), "--cache-dir", str(cache), "--min-area", "20",
+                                            "--num-images", "2", "--quiet", "--no-cutout-pixels"])
+    assert ok.exit_code == 0, ok.output
+
+
 def test_a_stored_cutout_needs_neither_its_image_nor_its_rle(edge_source, tmp_path, monkeypatch):
     ann, root = edge_source
     bank, pixels = open_sources(ann, root, tmp_path / "cache")
