@@ -57,8 +57,8 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    import tempfile
-    click.echo(f"outputs written under {work_dir or tempfile.gettempdir()}")
+    fs = report["work_dir_filesystem"]
+    click.echo(f"outputs written under {report['work_dir']}" + (f" ({fs})" if fs else ""))
     click.echo(f"{report['num_images']} images of about {report['image_size'][1]}x{report['image_size'][0]} px, "
                f"{report['cpu_count']} CPUs; {report['source_images']} source images, "
                f"{report['distinct_backgrounds']} distinct backgrounds")

@@ -264,6 +264,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         for p in set(paths):  # page cache: both measurements read warm files
             Path(p).read_bytes()
         result = {"num_images": num_images, "workers": workers, "cpu_count": os.cpu_count(),
+                  "work_dir": str(tmp.parent), "work_dir_filesystem": filesystem_type(tmp),
                   "image_size": _mean_size(bank), "source_images": bank.num_images,
                   "distinct_backgrounds": len(set(paths)),
                   "mean_background_jpeg_bytes": int(np.mean([os.path.getsize(p) for p in paths])),
@@ -321,6 +322,26 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         result["scaling"] = round(result[f"workers_{workers}"]["generate_images_per_s"]
                                   / result["workers_1"]["generate_images_per_s"], 3)
         return result
+
+
+def filesystem_type(path: str | os.PathLike, mounts: str | os.PathLike = "/proc/mounts") -> str | None:
+    """The type of the file system holding ``path`` (e.g. 'ext4', 'tmpfs'), from the Linux mount table;
+    None where there is none. The bench's writes cost what that file system makes them cost."""
+    try:
+        table = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, kind = -1, None
+    for line in table:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")  # the table escapes spaces
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:  # the deepest mount point holding the path
+            best, kind = len(point), fields[2]
+    return kind
 
 
 def _write_back() -> None:

@@ -155,6 +155,8 @@ def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
     assert len(r["runs"]["floor"]) == len(r["runs"]["generate"]) == len(r["runs"]["floor_with_writes"]) == 2
     assert report["repeat"] == 2
     assert r["floor_with_writes_images_per_s"] == max(r["runs"]["floor_with_writes"]) > 0
+    from occsynth.bench import filesystem_type
+    assert report["work_dir"] == str(tmp_path) and report["work_dir_filesystem"] == filesystem_type(tmp_path)
     assert r["ratio_to_floor_with_writes"] == pytest.approx(
         r["generate_images_per_s"] / r["floor_with_writes_images_per_s"], abs=2e-3)
     assert r["generate_images_per_s"] == max(r["runs"]["generate"])      # the best run is reported
@@ -417,3 +419,17 @@ def test_bench_command_prints_both_floors_and_no_scaling_for_one_worker(tmp_path
     assert any("floor that also writes its images" in line and "generate/that" in line for line in lines)
     assert not any(line.startswith("scaling") for line in lines)
     assert list(tmp_path.iterdir()) == []   # the bench's sources and outputs are removed when it ends
+
+
+def test_filesystem_type_is_the_deepest_mount_holding_the_path(tmp_path):
+    from occsynth.bench import filesystem_type
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\n"
+                      "tmpfs /dev/shm tmpfs rw 0 0\n"
+                      "server:/x /mnt/my\\040data nfs4 rw 0 0\n"
+                      "broken line\n")
+    assert filesystem_type("/home/someone", mounts) == "ext4"
+    assert filesystem_type("/dev/shm", mounts) == "tmpfs" and filesystem_type("/dev/shm/a/b", mounts) == "tmpfs"
+    assert filesystem_type("/dev/shmother", mounts) == "ext4"          # a prefix of the name is not a mount
+    assert filesystem_type("/mnt/my data/run", mounts) == "nfs4"       # spaces come escaped in the table
+    assert filesystem_type("/", tmp_path / "no-such-table") is None
