@@ -9,7 +9,7 @@ import click
 import manifests
 from cli.common import cache_dir_option, parse_shard, quiet_option
 from occsynth.bank import BankOptions
-from occsynth.errors import OccsynthError
+from occsynth.errors import NoRoom, OccsynthError
 from occsynth.generate import generate, merge, run_settings
 from occsynth.schedule import MAX_PASTES, CompositeOptions
 
@@ -74,6 +74,8 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
         report = generate(out, settings, ann_path=ann, image_root=images, workers=workers,
                           shard=parse_shard(shard), strict=strict, cache_dir=cache_dir, backend=backend,
                           backend_address=scheduler, cutout_pixels=not no_cutout_pixels, progress=not quiet)
+    except NoRoom as exc:
+        raise OccsynthError(f"{exc} (--cache-dir DIR, or --no-cutout-pixels)") from None
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished chunks are kept; run the same command again to continue", err=True)
         raise

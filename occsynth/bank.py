@@ -49,7 +49,7 @@ from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_image,
                    resolve_image_path, unique_by_id)
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, NoRoom, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
 
 BANK_FORMAT = 2  # 2: RLE strings stored in canonical form (masks.encode's)
@@ -667,12 +667,19 @@ def pixel_store_bytes(bank: Bank) -> int:
 
 
 def _check_free_space(out_dir: Path, needed: int) -> None:
+    """Refuse (NoRoom) a store that cannot fit. Per build: builds running at once each count the same space."""
     free = shutil.disk_usage(out_dir).free
     if needed > free:
-        raise OccsynthError(
-            f"the cutout pixel store needs {needed / 2 ** 30:.2f} GiB in {out_dir.parent}, which has "
-            f"{free / 2 ** 30:.2f} GiB free: free some space, give a cache folder on a larger disk (--cache-dir), "
-            f"or go without the store (--no-cutout-pixels; slower: each cutout's source image is decoded)")
+        raise NoRoom(f"the cutout pixel store needs {_size_text(needed)} in {out_dir.parent}, which has "
+                     f"{_size_text(free)} free: free some space, use a cache folder on a larger disk, or go without "
+                     f"the store (slower: each cutout's source image is then decoded)")
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:,} bytes"
 
 
 def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
@@ -696,7 +703,9 @@ def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLi
     log = _FirstSkipLog(strict=strict)
     out_dir.mkdir(parents=True, exist_ok=True)
     needed = pixel_store_bytes(bank)
-    _check_free_space(out_dir, needed)  # at COCO scale: gigabytes, better refused now than when the disk is full
+    # at COCO scale gigabytes: better refused now than when the disk fills; the index files hold 8 bytes
+    # per annotation and 16 per image
+    _check_free_space(out_dir, needed + 8 * (n_ann + 1) + 16 * n_img)
     bar = tqdm(total=len(cutout_images), desc=f"bank: cutout pixels ({needed / 2 ** 20:,.0f} MiB)", unit="img",
                disable=not progress, smoothing=0.1)
     try:

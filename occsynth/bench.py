@@ -35,6 +35,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -264,7 +265,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         for p in set(paths):  # page cache: both measurements read warm files
             Path(p).read_bytes()
         result = {"num_images": num_images, "workers": workers, "cpu_count": os.cpu_count(),
-                  "work_dir": str(tmp.parent), "work_dir_filesystem": filesystem_type(tmp),
+                  "work_dir": str(tmp.resolve().parent), "work_dir_filesystem": filesystem_type(tmp),
                   "image_size": _mean_size(bank), "source_images": bank.num_images,
                   "distinct_backgrounds": len(set(paths)),
                   "mean_background_jpeg_bytes": int(np.mean([os.path.getsize(p) for p in paths])),
@@ -328,19 +329,20 @@ def filesystem_type(path: str | os.PathLike, mounts: str | os.PathLike = "/proc/
     """The type of the file system holding ``path`` (e.g. 'ext4', 'tmpfs'), from the Linux mount table;
     None where there is none. The bench's writes cost what that file system makes them cost."""
     try:
-        table = Path(mounts).read_text().splitlines()
+        table = Path(mounts).read_bytes()
     except OSError:
         return None
     target = os.path.realpath(path)
     best, kind = -1, None
-    for line in table:
+    for line in table.split(b"\n"):
         fields = line.split()
         if len(fields) < 3:
             continue
-        point = fields[1].replace("\\040", " ")  # the table escapes spaces
+        # the table writes space, tab, newline and backslash in a mount point as octal escapes (\040, ...)
+        point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[1]))
         inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:  # the deepest mount point holding the path
-            best, kind = len(point), fields[2]
+        if inside and len(point) >= best:  # the deepest mount point; of two on one point, the later one
+            best, kind = len(point), os.fsdecode(fields[2])
     return kind
 
 

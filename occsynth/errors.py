@@ -26,6 +26,10 @@ class OccsynthError(Exception):
     """An error the user can act on; the CLI prints it as one message."""
 
 
+class NoRoom(OccsynthError):
+    """A file system without room for what is about to be written there, found before writing it."""
+
+
 class BadRecord(OccsynthError):
     """One bad input record (an image or an annotation)."""
 

@@ -127,21 +127,29 @@ def test_the_store_size_is_known_before_the_build_and_a_disk_too_small_is_refuse
     ann, root = edge_source
     cache = tmp_path / "small-disk"
     bank_dir = ensure_bank(ann, cache, BankOptions(min_area=20), progress=False)
-    needed = pixel_store_bytes(Bank.load(bank_dir))
+    bank = Bank.load(bank_dir)
+    needed = pixel_store_bytes(bank) + 8 * (bank.num_annotations + 1) + 16 * bank.num_images_total  # with its index
     real = shutil.disk_usage
-    monkeypatch.setattr(bank_module.shutil, "disk_usage", lambda path: real(path)._replace(free=needed - 1))
-    with pytest.raises(OccsynthError, match=r"needs 0\.00 GiB in .*cutout-pixels, which has 0\.00 GiB free.*--no-cutout-pixels"):
+    free = {"bytes": needed - 1}
+    monkeypatch.setattr(bank_module.shutil, "disk_usage", lambda path: real(path)._replace(free=free["bytes"]))
+    with pytest.raises(errors.NoRoom, match=rf"needs {needed:,} bytes in .*cutout-pixels, which has {needed - 1:,} "
+                                            r"bytes free: .* go without the store"):
         ensure_cutout_pixels(bank_dir, root, cache, progress=False)
     assert [p.name for p in (cache / "cutout-pixels").iterdir()] == []   # nothing half-built left
     result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
                                                 str(tmp_path / "out"), "--cache-dir", str(cache), "--min-area", "20",
                                                 "--num-images", "2", "--quiet"])
-    assert result.exit_code == 2 and "the cutout pixel store needs" in result.output
-    assert "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "the cutout pixel store needs" in result.output and "(--cache-dir DIR, or --no-cutout-pixels)" in result.output
     ok = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
                                             str(tmp_path / "out"), "--cache-dir", str(cache), "--min-area", "20",
                                             "--num-images", "2", "--quiet", "--no-cutout-pixels"])
     assert ok.exit_code == 0, ok.output
+    free["bytes"] = needed  # just enough
+    with CutoutPixels.load(ensure_cutout_pixels(bank_dir, root, cache, progress=False)) as pixels:
+        assert pixels.meta["blob_bytes"] == pixel_store_bytes(bank)
+    # sizes from a MiB up are given in MiB and GiB
+    assert bank_module._size_text(5 * 2 ** 20 + 2 ** 19) == "5.50 MiB" and bank_module._size_text(3 * 2 ** 30) == "3.00 GiB"
 
 
 def test_a_stored_cutout_needs_neither_its_image_nor_its_rle(edge_source, tmp_path, monkeypatch):

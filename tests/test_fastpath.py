@@ -424,12 +424,18 @@ def test_bench_command_prints_both_floors_and_no_scaling_for_one_worker(tmp_path
 def test_filesystem_type_is_the_deepest_mount_holding_the_path(tmp_path):
     from occsynth.bench import filesystem_type
     mounts = tmp_path / "mounts"
-    mounts.write_text("/dev/vda / ext4 rw 0 0\n"
-                      "tmpfs /dev/shm tmpfs rw 0 0\n"
-                      "server:/x /mnt/my\\040data nfs4 rw 0 0\n"
-                      "broken line\n")
-    assert filesystem_type("/home/someone", mounts) == "ext4"
-    assert filesystem_type("/dev/shm", mounts) == "tmpfs" and filesystem_type("/dev/shm/a/b", mounts) == "tmpfs"
-    assert filesystem_type("/dev/shmother", mounts) == "ext4"          # a prefix of the name is not a mount
-    assert filesystem_type("/mnt/my data/run", mounts) == "nfs4"       # spaces come escaped in the table
+    root = "/zz-occsynth-no-such-folder"  # paths that realpath leaves as they are
+    mounts.write_bytes(b"rootfs / rootfs rw 0 0\n"
+                       b"/dev/vda / ext4 rw 0 0\n"                      # the later of two on one point is visible
+                       + f"tmpfs {root}/shm tmpfs rw 0 0\n".encode()
+                       + f"server:/x {root}/my\\040data nfs4 rw 0 0\n".encode()
+                       + f"server:/y {root}/back\\134slash\\011tab nfs rw 0 0\n".encode()
+                       + f"fuse {root}/".encode() + b"caf\xe9 fuse rw 0 0\n"   # not UTF-8
+                       b"broken line\n")
+    assert filesystem_type(f"{root}/home", mounts) == "ext4"
+    assert filesystem_type(f"{root}/shm", mounts) == "tmpfs" and filesystem_type(f"{root}/shm/a/b", mounts) == "tmpfs"
+    assert filesystem_type(f"{root}/shmother", mounts) == "ext4"        # a prefix of the name is not a mount
+    assert filesystem_type(f"{root}/my data/run", mounts) == "nfs4"     # escaped space
+    assert filesystem_type(f"{root}/back\\slash\ttab/x", mounts) == "nfs"
+    assert filesystem_type(os.fsdecode(root.encode() + b"/caf\xe9/x"), mounts) == "fuse"
     assert filesystem_type("/", tmp_path / "no-such-table") is None
