@@ -706,7 +706,7 @@ def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLi
     # at COCO scale gigabytes: better refused now than when the disk fills; the index files hold 8 bytes
     # per annotation and 16 per image
     _check_free_space(out_dir, needed + 8 * (n_ann + 1) + 16 * n_img)
-    bar = tqdm(total=len(cutout_images), desc=f"bank: cutout pixels ({needed / 2 ** 20:,.0f} MiB)", unit="img",
+    bar = tqdm(total=len(cutout_images), desc=f"bank: cutout pixels ({_size_text(needed)})", unit="img",
                disable=not progress, smoothing=0.1)
     try:
         with open_atomic(out_dir / "pixel_blob.bin", "wb") as blob:
