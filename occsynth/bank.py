@@ -41,7 +41,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from . import errors, masks
@@ -111,9 +110,11 @@ def _meets(box: Sequence[int], window: Sequence[int]) -> bool:
     return box[2] > box[0] and box[0] < window[2] and box[2] > window[0] and box[1] < window[3] and box[3] > window[1]
 
 
-def _reasons(get_mask: Callable[[int], np.ndarray], boxes: Sequence[tuple[int, int, int, int]], areas: Sequence[int],
+def _reasons(get_window: Callable[[int, tuple[int, int, int, int]], np.ndarray],
+             boxes: Sequence[tuple[int, int, int, int]], areas: Sequence[int],
              iscrowd: Sequence[bool], height: int, width: int, options: BankOptions) -> list[str | None]:
-    """Shared by :func:`completeness` and the bank build; ``get_mask`` is only called for masks it needs."""
+    """Shared by :func:`completeness` and the bank build. ``get_window(j, (x0, y0, x1, y1))`` is mask j
+    inside that window (bool); it is only called for masks and windows the touching test needs."""
     result: list[str | None] = []
     margin = options.touch_margin
     kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
@@ -128,11 +129,11 @@ def _reasons(get_mask: Callable[[int], np.ndarray], boxes: Sequence[tuple[int, i
         neighbours = [j for j, other in enumerate(boxes) if j != i and _meets(other, window)]
         touching = False
         if neighbours:
-            grown = np.ascontiguousarray(get_mask(i)[wy0:wy1, wx0:wx1], np.uint8)
+            grown = np.ascontiguousarray(get_window(i, window), np.uint8)
             if margin > 0:
                 grown = cv2.dilate(grown, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
             grown = grown.astype(bool)
-            touching = any(np.any(grown & get_mask(j)[wy0:wy1, wx0:wx1]) for j in neighbours)
+            touching = any(np.any(grown & get_window(j, window)) for j in neighbours)
         result.append(OVERLAPPED if touching else TOO_SMALL if areas[i] < options.min_area else None)
     return result
 
@@ -150,7 +151,8 @@ def completeness(masks_of_one_image: Sequence[np.ndarray], iscrowd: Sequence[boo
     all_masks = [np.asarray(m, bool) for m in masks_of_one_image]
     boxes = [_box_xyxy(m) for m in all_masks]
     areas = [masks.area(m) for m in all_masks]
-    return _reasons(all_masks.__getitem__, boxes, areas, [bool(c) for c in iscrowd], height, width, options)
+    return _reasons(lambda j, w: all_masks[j][w[1]:w[3], w[0]:w[2]], boxes, areas, [bool(c) for c in iscrowd],
+                    height, width, options)
 
 
 # ---------------------------------------------------------------- building
@@ -442,18 +444,31 @@ def _judge(image_ann_offsets: np.ndarray, hw: np.ndarray, columns: dict, rle_blo
         height, width = int(hw[i, 0]), int(hw[i, 1])
         crowd = columns["ann_iscrowd"][start:end].astype(bool).tolist()
         boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in columns["ann_bbox"][start:end]]
-        decoded: dict[int, np.ndarray] = {}
+        decoded: dict[int, tuple] = {}
 
-        def get_mask(j: int) -> np.ndarray:
+        def get_window(j: int, window: tuple[int, int, int, int]) -> np.ndarray:
+            # each mask decoded once as its box and crop: the cost follows the object, not the image
             if j not in decoded:
                 k = start + j
                 rle = {"size": [height, width], "counts": rle_blob[rle_offsets[k]:rle_offsets[k + 1]].tobytes()}
-                decoded[j] = mask_utils.decode(rle).astype(bool)
-            return decoded[j]
+                decoded[j] = masks.decode_crop(rle, height, width)
+            return _in_window(*decoded[j], window)
 
-        reasons = _reasons(get_mask, boxes, columns["ann_area"][start:end].tolist(), crowd, height, width, options)
+        reasons = _reasons(get_window, boxes, columns["ann_area"][start:end].tolist(), crowd, height, width, options)
         codes[start:end] = [code_of[r] for r in reasons]
     return codes
+
+
+def _in_window(box: tuple[int, int, int, int] | None, crop: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The mask given as box (y0, x0, y1, x1) and crop, inside ``window`` (x0, y0, x1, y1): bool, the window's shape."""
+    wx0, wy0, wx1, wy1 = window
+    out = np.zeros((wy1 - wy0, wx1 - wx0), bool)
+    if box is not None:
+        y0, x0, y1, x1 = box
+        iy0, ix0, iy1, ix1 = max(y0, wy0), max(x0, wx0), min(y1, wy1), min(x1, wx1)
+        if iy0 < iy1 and ix0 < ix1:
+            out[iy0 - wy0:iy1 - wy0, ix0 - wx0:ix1 - wx0] = crop[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+    return out
 
 
 # ---------------------------------------------------------------- reading
