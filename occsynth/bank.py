@@ -452,23 +452,14 @@ def _judge(image_ann_offsets: np.ndarray, hw: np.ndarray, columns: dict, rle_blo
                 k = start + j
                 rle = {"size": [height, width], "counts": rle_blob[rle_offsets[k]:rle_offsets[k + 1]].tobytes()}
                 decoded[j] = masks.decode_crop(rle, height, width)
-            return _in_window(*decoded[j], window)
+            box, crop = decoded[j]
+            y0, x0 = box[:2] if box is not None else (0, 0)
+            wx0, wy0, wx1, wy1 = window
+            return masks.crop(crop, (wx0 - x0, wy0 - y0, wx1 - x0, wy1 - y0))  # the window, in the crop's frame
 
         reasons = _reasons(get_window, boxes, columns["ann_area"][start:end].tolist(), crowd, height, width, options)
         codes[start:end] = [code_of[r] for r in reasons]
     return codes
-
-
-def _in_window(box: tuple[int, int, int, int] | None, crop: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
-    """The mask given as box (y0, x0, y1, x1) and crop, inside ``window`` (x0, y0, x1, y1): bool, the window's shape."""
-    wx0, wy0, wx1, wy1 = window
-    out = np.zeros((wy1 - wy0, wx1 - wx0), bool)
-    if box is not None:
-        y0, x0, y1, x1 = box
-        iy0, ix0, iy1, ix1 = max(y0, wy0), max(x0, wx0), min(y1, wy1), min(x1, wx1)
-        if iy0 < iy1 and ix0 < ix1:
-            out[iy0 - wy0:iy1 - wy0, ix0 - wx0:ix1 - wx0] = crop[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
-    return out
 
 
 # ---------------------------------------------------------------- reading
