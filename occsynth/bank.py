@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_image,
+from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_array, read_image,
                    resolve_image_path, unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
@@ -327,12 +327,12 @@ class _Annotations:
 
 
 def _read_categories(ann_path: Path, log: SkipLog) -> list[dict]:
-    return unique_by_id(iter_array(ann_path, "categories"), "category", log)
+    return unique_by_id(read_array(ann_path, "categories"), "category", log)
 
 
 def _read_images(ann_path: Path, log: SkipLog) -> _Images:
     images = _Images()
-    for record in iter_array(ann_path, "images"):
+    for record in read_array(ann_path, "images"):
         try:
             check_image_record(record)
             if record["id"] in images.index_of:

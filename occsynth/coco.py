@@ -66,6 +66,16 @@ def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
         yield from ijson.items(f, f"{key}.item", use_float=True)
 
 
+def read_array(path: str | os.PathLike, key: str) -> list:
+    """One top-level array (``images``, ``categories``) as a list, parsing the file only up to that array's
+    end: in COCO files the images come before the annotations, which this does not read. For arrays that
+    fit in memory; ``[]`` when the key is missing or not an array (as :func:`iter_array` yields nothing)."""
+    with reading_json(path, f" while reading '{key}'"), open(path, "rb") as f:
+        for value in ijson.items(f, key, use_float=True):
+            return value if isinstance(value, list) else []
+    return []
+
+
 def one_line(exc: BaseException) -> str:
     """A parser's message as one printable line (yajl's span several lines and may hold raw bytes)."""
     text = exc.args[0] if exc.args else str(exc)

@@ -32,6 +32,19 @@ def test_iter_array_streams_and_reports_malformed(tmp_path):
         list(coco.iter_array(p, "annotations"))
 
 
+def test_read_array_parses_only_up_to_the_end_of_its_array(tmp_path):
+    p = tmp_path / "a.json"
+    # everything after the images array is broken: reading the images never gets there
+    p.write_text('{"info": {}, "images": [{"id": 1, "h": 2.5}, {"id": 2}], "categories": {"id": 3}, '
+                 '"annotations": [{"id": 1}, {"id": ')
+    assert coco.read_array(p, "images") == [{"id": 1, "h": 2.5}, {"id": 2}]
+    assert coco.read_array(p, "categories") == []            # not an array: nothing, as iter_array gives
+    with pytest.raises(OccsynthError, match="malformed JSON while reading 'licenses'"):
+        coco.read_array(p, "licenses")                        # absent: the whole file is read, and it is broken
+    p.write_text('{"images": []}')
+    assert coco.read_array(p, "images") == [] and coco.read_array(p, "annotations") == []
+
+
 def test_index_dataset_skips_bad_records_by_reason():
     data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}, {"id": 2, "file_name": 3}],
             "categories": [{"id": 1, "name": "person"}],
