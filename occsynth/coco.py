@@ -69,7 +69,8 @@ def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
 def read_array(path: str | os.PathLike, key: str) -> list:
     """One top-level array (``images``, ``categories``) as a list, parsing the file only up to that array's
     end: in COCO files the images come before the annotations, which this does not read. For arrays that
-    fit in memory; ``[]`` when the key is missing or not an array (as :func:`iter_array` yields nothing)."""
+    fit in memory; ``[]`` when the key is missing or not an array. A key that appears twice at the top
+    level (which JSON allows) gives its first value here; ``json.load`` would give the last."""
     with reading_json(path, f" while reading '{key}'"), open(path, "rb") as f:
         for value in ijson.items(f, key, use_float=True):
             return value if isinstance(value, list) else []

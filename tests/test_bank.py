@@ -57,6 +57,12 @@ def test_the_bank_judges_each_instance_as_completeness_does_on_full_masks(tmp_pa
             m[y, x] = True
             full.append(m)
             crowd.append(bool(rng.random() < 0.1))
+        if i % 4 == 0:  # one whose runs wrap from a column's bottom into the next column's top (a full-height box)
+            m = np.zeros((h, w), bool)
+            c = int(rng.integers(0, w - 1))
+            m[h - 3:, c] = m[:2, c + 1] = True
+            full.append(m)
+            crowd.append(False)
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": h, "width": w})
         for m, c in zip(full, crowd):
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "segmentation": masks.encode(m),

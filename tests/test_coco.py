@@ -43,6 +43,8 @@ def test_read_array_parses_only_up_to_the_end_of_its_array(tmp_path):
         coco.read_array(p, "licenses")                        # absent: the whole file is read, and it is broken
     p.write_text('{"images": []}')
     assert coco.read_array(p, "images") == [] and coco.read_array(p, "annotations") == []
+    p.write_text('{"images": [{"id": 1}], "annotations": [], "images": [{"id": 2}]}')  # a key twice: the first
+    assert coco.read_array(p, "images") == [{"id": 1}]
 
 
 def test_index_dataset_skips_bad_records_by_reason():
