@@ -193,16 +193,23 @@ def sizes_path(out_dir: Path, chunk: int) -> Path:
 def chunk_done(out_dir: Path, chunk: int) -> bool:
     """A chunk is done when its part exists and its images are on disk with the sizes written.
 
-    So a resume re-renders a chunk whose image was deleted or truncated after the fact.
+    So a resume re-renders a chunk whose image was deleted or truncated after the fact. A sizes file
+    naming anything but plain file names (e.g. ``../x``) proves nothing: its chunk is rendered again.
     """
     if not part_path(out_dir, chunk).exists():
         return False
     try:
         with open(sizes_path(out_dir, chunk), "rb") as f:
             sizes = json.load(f)
-        return all((Path(out_dir) / IMAGES / name).stat().st_size == size for name, size in sizes.items())
+        images = Path(out_dir) / IMAGES
+        return all(_plain_file_name(name) and (images / name).stat().st_size == size for name, size in sizes.items())
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _plain_file_name(name: str) -> bool:
+    """A name of a file inside one folder: no folder part, not '.' or '..'."""
+    return name not in ("", ".", "..") and Path(name).name == name
 
 
 def encode_part(chunk: int, images: list[dict], annotations: list[list[dict]], skips: SkipLog) -> str:

@@ -537,3 +537,18 @@ def test_options_a_run_would_not_use_as_meant_are_noted(demo_source, tmp_path):
                                               "--num-images", "2", "--cache-dir", str(tmp_path / "c"), "--quiet"])
     assert demo.exit_code == 0 and "recipe synthetic-demo runs on the embedded demo source" in demo.output
     assert "embedded demo source" not in result.output
+
+
+def test_a_chunk_is_done_only_when_its_sizes_file_names_its_own_images_with_their_sizes(tmp_path):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    writer.write_part(out, 0, "{}", {"a.jpg": 3})
+    assert not writer.chunk_done(out, 0)                  # the image is missing
+    (out / "images" / "a.jpg").write_bytes(b"abc")
+    assert writer.chunk_done(out, 0)
+    (out / "images" / "a.jpg").write_bytes(b"ab")
+    assert not writer.chunk_done(out, 0)                  # truncated after the fact
+    (tmp_path / "victim.txt").write_text("1234567")
+    for name in ("../../victim.txt", str(tmp_path / "victim.txt"), ".", ""):
+        writer.write_part(out, 0, "{}", {name: 7 if "victim" in name else 0})
+        assert not writer.chunk_done(out, 0), name     # a name outside the images folder proves nothing
