@@ -1,12 +1,14 @@
-"""`occsynth make-demo-source` and `occsynth bank`: the source side of the pipeline."""
+"""`occsynth make-demo-source`, `occsynth bank` and `occsynth cache`: the source side of the pipeline."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, pixels_report, report
 from cli.common import ReportedError, cache_dir_option, quiet_option
+from occsynth.cache import cache_entries, format_size, remove_cache_entries
 from occsynth.demo import default_cache_dir, make_demo_source
 
 
@@ -70,4 +72,35 @@ def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, 
         click.echo(f"cutout pixels: {pixels_dir}")
 
 
-COMMANDS = [make_demo_source_command, bank_command]
+@click.command("cache")
+@cache_dir_option
+@click.option("--remove", "names", multiple=True, metavar="NAME", help="Remove this entry (a name from the list); repeatable.")
+@click.option("--remove-stale", is_flag=True, help="Remove the entries marked stale (a pixel store whose image root or bank is gone, an unreadable entry) and unfinished ones left by stopped runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+def cache_command(cache_dir, names, remove_stale, as_json):
+    """List what the cache holds (cutout banks, cutout pixel stores, the demo source) with sizes, or remove entries.
+
+    A changed source file, bank option or image root builds a new bank or store beside the old one, and
+    at COCO scale a pixel store takes gigabytes: old entries stay until removed here. Remove entries
+    between runs: a running generation whose bank or store goes may fail (a rerun builds it again).
+    """
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    entries = cache_entries(cache) if cache.is_dir() else []
+    doomed = list(names) + [e["name"] for e in entries if remove_stale and e["notes"] and e["name"] not in names]
+    if doomed:
+        for path in remove_cache_entries(cache, doomed):
+            click.echo(f"removed {path}")
+        entries = cache_entries(cache)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    total = sum(e["bytes"] for e in entries)
+    click.echo(f"cache {cache}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {format_size(total)}")
+    for e in entries:
+        line = f"  {e['kind']:<12} {e['name']}  {format_size(e['bytes'])}, built {e['built'].replace('T', ' ')}"
+        if e["source"]:
+            line += f", from {e['source']}"
+        click.echo(line + "".join(f"  [stale: {n}]" for n in e["notes"]))
+
+
+COMMANDS = [make_demo_source_command, bank_command, cache_command]

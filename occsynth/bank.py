@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
+from .cache import format_size
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_array, read_image,
                    resolve_image_path, unique_by_id)
@@ -676,16 +677,9 @@ def _check_free_space(out_dir: Path, needed: int) -> None:
     """Refuse (NoRoom) a store that cannot fit. Per build: builds running at once each count the same space."""
     free = shutil.disk_usage(out_dir).free
     if needed > free:
-        raise NoRoom(f"the cutout pixel store needs {_size_text(needed)} in {out_dir.parent}, which has "
-                     f"{_size_text(free)} free: free some space, use a cache folder on a larger disk, or go without "
+        raise NoRoom(f"the cutout pixel store needs {format_size(needed)} in {out_dir.parent}, which has "
+                     f"{format_size(free)} free: free some space, use a cache folder on a larger disk, or go without "
                      f"the store (slower: each cutout's source image is then decoded)")
-
-
-def _size_text(n: int) -> str:
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:,} bytes"
 
 
 def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
@@ -712,7 +706,7 @@ def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLi
     # at COCO scale gigabytes: better refused now than when the disk fills; the index files hold 8 bytes
     # per annotation and 16 per image
     _check_free_space(out_dir, needed + 8 * (n_ann + 1) + 16 * n_img)
-    bar = tqdm(total=len(cutout_images), desc=f"bank: cutout pixels ({_size_text(needed)})", unit="img",
+    bar = tqdm(total=len(cutout_images), desc=f"bank: cutout pixels ({format_size(needed)})", unit="img",
                disable=not progress, smoothing=0.1)
     try:
         with open_atomic(out_dir / "pixel_blob.bin", "wb") as blob:

@@ -149,7 +149,8 @@ def test_the_store_size_is_known_before_the_build_and_a_disk_too_small_is_refuse
     with CutoutPixels.load(ensure_cutout_pixels(bank_dir, root, cache, progress=False)) as pixels:
         assert pixels.meta["blob_bytes"] == pixel_store_bytes(bank)
     # sizes from a MiB up are given in MiB and GiB
-    assert bank_module._size_text(5 * 2 ** 20 + 2 ** 19) == "5.50 MiB" and bank_module._size_text(3 * 2 ** 30) == "3.00 GiB"
+    from occsynth.cache import format_size
+    assert format_size(5 * 2 ** 20 + 2 ** 19) == "5.50 MiB" and format_size(3 * 2 ** 30) == "3.00 GiB"
 
 
 def test_a_stored_cutout_needs_neither_its_image_nor_its_rle(edge_source, tmp_path, monkeypatch):

@@ -1,0 +1,92 @@
+"""`occsynth cache`: what a cache folder holds, what is stale, and removing entries without half-deleted leftovers."""
+import json
+import os
+import shutil
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from cli.occsynth_cli import main as occsynth_main
+from occsynth.bank import BankOptions, ensure_bank, ensure_cutout_pixels
+from occsynth.cache import cache_entries, remove_cache_entries
+from occsynth.errors import OccsynthError
+
+
+def tree_bytes(path):
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.fixture
+def cache(demo_source, tmp_path):
+    """A cache with two banks of the demo source, a pixel store over its images and one over a copy since deleted."""
+    ann, root = demo_source
+    cache = tmp_path / "cache"
+    bank = ensure_bank(ann, cache, BankOptions(), progress=False)
+    other = ensure_bank(ann, cache, BankOptions(min_area=20), progress=False)
+    store = ensure_cutout_pixels(bank, root, cache, progress=False)
+    copy = tmp_path / "copy-of-images"
+    shutil.copytree(root, copy)
+    gone = ensure_cutout_pixels(bank, copy, cache, progress=False)
+    shutil.rmtree(copy)
+    return cache, {"bank": bank, "other": other, "store": store, "gone": gone}
+
+
+def test_entries_name_kind_size_source_and_what_is_stale(cache):
+    cache_dir, made = cache
+    entries = {e["name"]: e for e in cache_entries(cache_dir)}
+    assert set(entries) == {p.name for p in made.values()}   # no demo-v1 here: the demo source lives elsewhere
+    for key, path in made.items():
+        e = entries[path.name]
+        assert e["kind"] == ("bank" if key in ("bank", "other") else "pixel store")
+        assert e["path"] == str(path) and e["bytes"] == tree_bytes(path) > 0
+    assert entries[made["bank"].name]["source"] == "annotations.json"
+    assert entries[made["store"].name]["notes"] == [] and entries[made["bank"].name]["notes"] == []
+    assert entries[made["gone"].name]["notes"] == ["its image root is gone"]
+    (cache_dir / "demo-v1" / "images").mkdir(parents=True)
+    (cache_dir / "demo-v1" / "annotations.json").write_text("{}")
+    demo = cache_entries(cache_dir)[-1]
+    assert (demo["kind"], demo["name"], demo["bytes"], demo["notes"]) == ("demo source", "demo-v1", 2, [])
+
+
+def test_removing_checks_every_name_first_and_leaves_nothing_half_deleted(cache):
+    cache_dir, made = cache
+    with pytest.raises(OccsynthError, match="no cache entry named nope"):
+        remove_cache_entries(cache_dir, [made["other"].name, "nope"])
+    assert made["other"].is_dir()                              # nothing removed when one name is unknown
+    assert remove_cache_entries(cache_dir, [made["other"].name]) == [made["other"]]
+    assert not made["other"].exists() and made["bank"].is_dir()
+    assert not [p for p in cache_dir.rglob("*") if ".removing-" in p.name]
+    # a store whose bank was removed is stale
+    remove_cache_entries(cache_dir, [made["bank"].name])
+    notes = {e["name"]: e["notes"] for e in cache_entries(cache_dir)}
+    assert "its bank is gone" in notes[made["store"].name]
+
+
+def test_an_unfinished_build_is_stale_only_once_it_has_not_changed_for_an_hour(cache):
+    cache_dir, _ = cache
+    leftover = cache_dir / "banks" / ".abc.tmp-123"
+    leftover.mkdir()
+    (leftover / "ann_id.npy").write_bytes(b"x" * 10)
+    entry = next(e for e in cache_entries(cache_dir) if e["name"] == leftover.name)
+    assert entry["kind"] == "unfinished" and entry["notes"] == []   # a build may be writing it now
+    old = time.time() - 2 * 3600
+    for p in (leftover / "ann_id.npy", leftover):
+        os.utime(p, (old, old))
+    entry = next(e for e in cache_entries(cache_dir) if e["name"] == leftover.name)
+    assert entry["notes"] == ["left by a stopped run"]
+
+
+def test_cache_command_lists_and_removes_the_stale_entries(cache):
+    cache_dir, made = cache
+    listed = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.startswith(f"cache {cache_dir}: 4 entries, ")
+    assert "[stale: its image root is gone]" in listed.output and made["store"].name in listed.output
+    removed = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove-stale", "--json"])
+    assert removed.exit_code == 0, removed.output
+    assert removed.output.splitlines()[0] == f"removed {made['gone']}"
+    left = json.loads(removed.output.split("\n", 1)[1])
+    assert sorted(e["name"] for e in left) == sorted(p.name for k, p in made.items() if k != "gone")
+    bad = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove", "nope"])
+    assert bad.exit_code == 2 and "no cache entry named nope" in bad.output and "Traceback" not in bad.output
