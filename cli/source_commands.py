@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, pixels_report, report
+from occsynth.bank import (Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, format_size,
+                           pixels_report, report)
 from cli.common import ReportedError, cache_dir_option, quiet_option
-from occsynth.cache import cache_entries, format_size, remove_cache_entries
+from occsynth.cache import cache_entries, remove_cache_entries
 from occsynth.demo import default_cache_dir, make_demo_source
 
 
@@ -75,8 +76,8 @@ def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, 
 @click.command("cache")
 @cache_dir_option
 @click.option("--remove", "names", multiple=True, metavar="NAME", help="Remove this entry (a name from the list); repeatable.")
-@click.option("--remove-stale", is_flag=True, help="Remove the entries marked stale (a pixel store whose image root or bank is gone, an unreadable entry) and unfinished ones left by stopped runs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@click.option("--remove-stale", is_flag=True, help="Remove the entries marked stale: a pixel store whose image root is gone, an entry no run can use (unreadable, or of another occsynth version), an unfinished build or removal untouched for an hour.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the paths removed and the entries left.")
 def cache_command(cache_dir, names, remove_stale, as_json):
     """List what the cache holds (cutout banks, cutout pixel stores, the demo source) with sizes, or remove entries.
 
@@ -85,15 +86,15 @@ def cache_command(cache_dir, names, remove_stale, as_json):
     between runs: a running generation whose bank or store goes may fail (a rerun builds it again).
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    entries = cache_entries(cache) if cache.is_dir() else []
-    doomed = list(names) + [e["name"] for e in entries if remove_stale and e["notes"] and e["name"] not in names]
-    if doomed:
-        for path in remove_cache_entries(cache, doomed):
-            click.echo(f"removed {path}")
-        entries = cache_entries(cache)
+    removed = remove_cache_entries(cache, list(names)) if names else []
+    if remove_stale:
+        removed += remove_cache_entries(cache, [e["name"] for e in cache_entries(cache) if e["notes"]])
+    entries = cache_entries(cache)
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        click.echo(json.dumps({"removed": [str(p) for p in removed], "entries": entries}, indent=2))
         return
+    for path in removed:
+        click.echo(f"removed {path}")
     total = sum(e["bytes"] for e in entries)
     click.echo(f"cache {cache}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {format_size(total)}")
     for e in entries:

@@ -45,7 +45,6 @@ from tqdm.auto import tqdm
 
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
-from .cache import format_size
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_array, read_image,
                    resolve_image_path, unique_by_id)
@@ -682,6 +681,14 @@ def _check_free_space(out_dir: Path, needed: int) -> None:
                      f"the store (slower: each cutout's source image is then decoded)")
 
 
+def format_size(n: int) -> str:
+    """Bytes as people read them: GiB or MiB with two decimals, else the byte count."""
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:,} bytes"
+
+
 def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
                         strict: bool = False, progress: bool = True, workers: int = 1) -> dict:
     """Write every cutout's context crop (raw RGB) into ``out_dir``; returns the store's meta.
@@ -928,6 +935,6 @@ _SEEK_LOCK = threading.Lock()
 def pixels_report(meta: dict) -> str:
     """One-paragraph summary of a pixel store: stored, skipped per reason, size."""
     lines = [f"cutout pixels: {meta['num_stored']} of {meta['num_cutouts']} cutouts stored "
-             f"({meta['blob_bytes'] / 2 ** 20:.1f} MiB, {meta['margin']} px context) from {meta['image_root']}"]
+             f"({format_size(meta['blob_bytes'])}, {meta['margin']} px context) from {meta['image_root']}"]
     lines.append(SkipLog(counts=Counter(meta["skipped"]["counts"]), examples=dict(meta["skipped"]["examples"])).summary())
     return "\n".join(lines)

@@ -57,10 +57,35 @@ def test_removing_checks_every_name_first_and_leaves_nothing_half_deleted(cache)
     assert remove_cache_entries(cache_dir, [made["other"].name]) == [made["other"]]
     assert not made["other"].exists() and made["bank"].is_dir()
     assert not [p for p in cache_dir.rglob("*") if ".removing-" in p.name]
-    # a store whose bank was removed is stale
-    remove_cache_entries(cache_dir, [made["bank"].name])
+    # an interrupted removal's leftover under this process's id does not block the next removal
+    (cache_dir / "banks" / f".{made['bank'].name}.removing-{os.getpid()}" / "x").mkdir(parents=True)
+    assert remove_cache_entries(cache_dir, [made["bank"].name]) == [made["bank"]]
+    # a store whose bank was removed is still good: the same bank, rebuilt, has the same name and uses it
+    assert {e["name"]: e["notes"] for e in cache_entries(cache_dir)}[made["store"].name] == []
+
+
+def test_a_symlinked_entry_loses_its_link_only(cache, tmp_path):
+    cache_dir, made = cache
+    elsewhere = tmp_path / "big-disk" / made["store"].name
+    elsewhere.parent.mkdir()
+    shutil.move(made["store"], elsewhere)
+    made["store"].symlink_to(elsewhere)
+    entry = next(e for e in cache_entries(cache_dir) if e["name"] == made["store"].name)
+    assert entry["kind"] == "pixel store" and entry["bytes"] == tree_bytes(elsewhere) > 0
+    assert remove_cache_entries(cache_dir, [made["store"].name]) == [made["store"]]
+    assert not made["store"].is_symlink() and (elsewhere / "meta.json").is_file()
+    assert made["store"].name not in {e["name"] for e in cache_entries(cache_dir)}
+
+
+def test_entries_no_run_can_use_are_stale(cache):
+    cache_dir, made = cache
+    meta = json.loads((made["other"] / "meta.json").read_text())
+    (made["other"] / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    (made["store"] / "meta.json").write_text("{broken")
     notes = {e["name"]: e["notes"] for e in cache_entries(cache_dir)}
-    assert "its bank is gone" in notes[made["store"].name]
+    assert notes[made["other"].name] == ["made by another version of occsynth: not used"]
+    assert notes[made["store"].name] == ["no readable meta.json: runs using it fail until it is removed"]
+    assert notes[made["bank"].name] == []
 
 
 def test_an_unfinished_build_is_stale_only_once_it_has_not_changed_for_an_hour(cache):
@@ -75,6 +100,8 @@ def test_an_unfinished_build_is_stale_only_once_it_has_not_changed_for_an_hour(c
         os.utime(p, (old, old))
     entry = next(e for e in cache_entries(cache_dir) if e["name"] == leftover.name)
     assert entry["notes"] == ["left by a stopped run"]
+    (cache_dir / ".demo-v1.tmp-xyz").mkdir()           # the demo source's build, at the top of the cache
+    assert cache_entries(cache_dir)[-1]["name"] == ".demo-v1.tmp-xyz"
 
 
 def test_cache_command_lists_and_removes_the_stale_entries(cache):
@@ -85,8 +112,10 @@ def test_cache_command_lists_and_removes_the_stale_entries(cache):
     assert "[stale: its image root is gone]" in listed.output and made["store"].name in listed.output
     removed = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove-stale", "--json"])
     assert removed.exit_code == 0, removed.output
-    assert removed.output.splitlines()[0] == f"removed {made['gone']}"
-    left = json.loads(removed.output.split("\n", 1)[1])
-    assert sorted(e["name"] for e in left) == sorted(p.name for k, p in made.items() if k != "gone")
+    report = json.loads(removed.output)
+    assert report["removed"] == [str(made["gone"])]
+    assert sorted(e["name"] for e in report["entries"]) == sorted(p.name for k, p in made.items() if k != "gone")
+    plain = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove", made["other"].name])
+    assert plain.output.splitlines()[0] == f"removed {made['other']}" and "3 entries" not in plain.output
     bad = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove", "nope"])
     assert bad.exit_code == 2 and "no cache entry named nope" in bad.output and "Traceback" not in bad.output

@@ -149,7 +149,7 @@ def test_the_store_size_is_known_before_the_build_and_a_disk_too_small_is_refuse
     with CutoutPixels.load(ensure_cutout_pixels(bank_dir, root, cache, progress=False)) as pixels:
         assert pixels.meta["blob_bytes"] == pixel_store_bytes(bank)
     # sizes from a MiB up are given in MiB and GiB
-    from occsynth.cache import format_size
+    from occsynth.bank import format_size
     assert format_size(5 * 2 ** 20 + 2 ** 19) == "5.50 MiB" and format_size(3 * 2 ** 30) == "3.00 GiB"
 
 
