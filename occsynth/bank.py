@@ -465,12 +465,20 @@ def _judge(image_ann_offsets: np.ndarray, hw: np.ndarray, columns: dict, rle_blo
 # ---------------------------------------------------------------- reading
 
 
+def current_format(meta: dict, kind: str) -> bool:
+    """Whether a bank's (``kind`` 'bank') or a pixel store's ('pixel store') meta.json is of the format
+    this version reads; others are never used (their cache keys differ)."""
+    if kind == "bank":
+        return meta.get("format") == BANK_FORMAT
+    return meta.get("format") == PIXELS_FORMAT and meta.get("encoding") == PIXELS_ENCODING
+
+
 def _read_meta(bank_dir: Path) -> dict:
     try:
         meta = json.loads((bank_dir / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise OccsynthError(f"{bank_dir}: not a readable cutout bank ({exc}); delete it to rebuild") from None
-    if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT:
+    if not isinstance(meta, dict) or not current_format(meta, "bank"):
         raise OccsynthError(f"{bank_dir}: cutout bank of another format; delete it to rebuild")
     return meta
 
@@ -805,7 +813,7 @@ def _read_pixels_meta(store_dir: Path) -> dict:
         meta = json.loads((store_dir / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise OccsynthError(f"{store_dir}: not a readable cutout pixel store ({exc}); delete it to rebuild") from None
-    if not isinstance(meta, dict) or meta.get("format") != PIXELS_FORMAT or meta.get("encoding") != PIXELS_ENCODING:
+    if not isinstance(meta, dict) or not current_format(meta, "pixel store"):
         raise OccsynthError(f"{store_dir}: cutout pixel store of another format; delete it to rebuild")
     return meta
 

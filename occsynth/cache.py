@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .bank import BANK_FORMAT, PIXELS_ENCODING, PIXELS_FORMAT
+from .bank import current_format
 from .demo import DEMO_VERSION
 from .errors import OccsynthError
 
@@ -89,15 +89,11 @@ def _finished(kind: str, path: Path) -> dict | None:
     notes, source = [], None
     if meta is None:
         notes.append("no readable meta.json: runs using it fail until it is removed")
-    elif kind == "bank":
-        source = (meta.get("source") or {}).get("annotations")
-        if meta.get("format") != BANK_FORMAT:
-            notes.append("made by another version of occsynth: not used")
     else:
-        source = meta.get("image_root")
-        if meta.get("format") != PIXELS_FORMAT or meta.get("encoding") != PIXELS_ENCODING:
+        source = (meta.get("source") or {}).get("annotations") if kind == "bank" else meta.get("image_root")
+        if not current_format(meta, kind):
             notes.append("made by another version of occsynth: not used")
-        elif source and not Path(source).is_dir():
+        elif kind == "pixel store" and source and not Path(source).is_dir():
             notes.append("its image root is gone")
     return _entry(kind, path, source, notes)
 
@@ -105,20 +101,21 @@ def _finished(kind: str, path: Path) -> dict | None:
 def _unfinished(path: Path) -> dict | None:
     """A ".<name>.tmp-*" folder of a build or ".<name>.removing-*" of a removal; a running build keeps
     writing into it, so only one untouched for an hour is called stale."""
-    newest = _newest_mtime(path)
-    if newest is None:
-        return None
-    idle = time.time() - newest > STOPPED_AFTER_S
-    return _entry("unfinished", path, None, ["left by a stopped run"] if idle else [])
+    return _entry("unfinished", path, None, [], stale_if_idle="left by a stopped run")
 
 
-def _entry(kind: str, path: Path, source: str | None, notes: list[str]) -> dict | None:
+def _entry(kind: str, path: Path, source: str | None, notes: list[str], stale_if_idle: str | None = None) -> dict | None:
+    """The entry's dict; None when it went away while listed (renamed into place, removed)."""
     try:
-        built = datetime.datetime.fromtimestamp(path.stat().st_mtime).isoformat(timespec="seconds")
-    except FileNotFoundError:  # renamed into place or removed while listing
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
         return None
-    return {"kind": kind, "name": path.name, "path": str(path), "bytes": _tree_bytes(path), "built": built,
-            "source": source, "notes": notes}
+    files = _file_stats(path)  # one walk gives the size and, for an unfinished one, its last change
+    if stale_if_idle and time.time() - max([mtime, *(st.st_mtime for st in files)]) > STOPPED_AFTER_S:
+        notes = [*notes, stale_if_idle]
+    return {"kind": kind, "name": path.name, "path": str(path), "bytes": sum(st.st_size for st in files),
+            "built": datetime.datetime.fromtimestamp(mtime).isoformat(timespec="seconds"), "source": source,
+            "notes": notes}
 
 
 def _meta(path: Path) -> dict | None:
@@ -129,23 +126,13 @@ def _meta(path: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _files(path: Path):
-    """os.lstat of every file under ``path``, skipping those removed meanwhile."""
+def _file_stats(path: Path) -> list[os.stat_result]:
+    """os.lstat of every file under ``path``, skipping those removed while walking."""
+    stats = []
     for root, _, files in os.walk(path):
         for name in files:
             try:
-                yield os.lstat(os.path.join(root, name))
+                stats.append(os.lstat(os.path.join(root, name)))
             except OSError:
                 pass
-
-
-def _newest_mtime(path: Path) -> float | None:
-    try:
-        newest = path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    return max([newest, *(st.st_mtime for st in _files(path))])
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(st.st_size for st in _files(path))
+    return stats

@@ -326,9 +326,9 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
     first = chunk * settings.chunk_size
     indices = range(first, min(first + settings.chunk_size, settings.num_images))
     images, annotations, sizes = [], [], {}
-    # Files are written and fsynced by one thread while the next image renders. All of the chunk's
-    # images are on disk (every write has returned) before its part file says the chunk is done; a
-    # write error (e.g. a full disk) is raised here, as it would be inline.
+    # Files are written and fsynced by one thread while the next image renders. Leaving the block waits
+    # for every write, so all of the chunk's images are on disk before its part file says the chunk is
+    # done; a write error (e.g. a full disk) is raised here, as it would be inline.
     with BackgroundWriter() as writes:
         for i in indices:
             writes.raise_failed()  # stop rendering once a write has failed
@@ -338,7 +338,6 @@ def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSett
             images.append(record)
             annotations.append(anns)
         part = writer.encode_part(chunk, images, annotations, log)  # while the last images are written
-        writes.wait()
     writer.write_part(Path(out_dir), chunk, part, sizes)
     return len(indices)
 
