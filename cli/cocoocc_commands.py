@@ -22,7 +22,8 @@ from occsynth.occluders import BCNET_IOU_THRESHOLD
 @click.option("--count-crowd", is_flag=True, help="Let crowd boxes count (default: they do not).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (duplicate id, unusable annotation; a missing image file when --images is given) instead of skipping it.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out that build-cocoocc did not write (never one holding --ann).")
-def build_cocoocc_command(ann, out, images, link, copy, overlap, threshold, count_crowd, strict, force):
+@quiet_option
+def build_cocoocc_command(ann, out, images, link, copy, overlap, threshold, count_crowd, strict, force, quiet):
     """Build COCO-OCC: the images whose object boxes overlap (BCNet's occlusion benchmark).
 
     The paper keeps the val2017 images whose boxes overlap by at least 0.2 (1,005 images) without
@@ -36,7 +37,8 @@ def build_cocoocc_command(ann, out, images, link, copy, overlap, threshold, coun
         raise click.UsageError("--link and --copy are mutually exclusive: give one of them")
     image_mode = "link" if link else "copy" if copy else None
     report = build_cocoocc(ann, out, image_root=images, image_mode=image_mode, overlap=overlap,
-                           threshold=threshold, count_crowd=count_crowd, strict=strict, force=force)
+                           threshold=threshold, count_crowd=count_crowd, strict=strict, force=force,
+                           progress=not quiet)
     for line in format_report(report):
         click.echo(line)
 

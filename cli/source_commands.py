@@ -10,7 +10,7 @@ from occsynth.bank import (Bank, BankOptions, CutoutPixels, ensure_bank, ensure_
                            pixels_report, report)
 from cli.common import ReportedError, cache_dir_option, quiet_option
 from occsynth.cache import cache_entries, remove_cache_entries
-from occsynth.demo import default_cache_dir, make_demo_source
+from occsynth.demo import cache_dir_or_default, make_demo_source
 
 
 @click.command("make-demo-source")
@@ -62,7 +62,7 @@ def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, 
     too, cached by the bank and the image root's path; images that cannot be read are reported.
     """
     options = BankOptions(min_area=min_area, border_margin=border_margin, touch_margin=touch_margin)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = cache_dir_or_default(cache_dir)
     bank_dir = ensure_bank(ann, cache, options, strict=strict, progress=not quiet)
     click.echo(report(Bank.load(bank_dir).meta))
     click.echo(f"bank: {bank_dir}")
@@ -85,7 +85,7 @@ def cache_command(cache_dir, names, remove_stale, as_json):
     at COCO scale a pixel store takes gigabytes: old entries stay until removed here. Remove entries
     between runs: a running generation whose bank or store goes may fail (a rerun builds it again).
     """
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = cache_dir_or_default(cache_dir)
     removed = remove_cache_entries(cache, list(names)) if names else []
     if remove_stale:
         removed += remove_cache_entries(cache, [e["name"] for e in cache_entries(cache) if e["notes"]])

@@ -346,12 +346,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "occsynth"
 
 
+def cache_dir_or_default(cache_dir: str | os.PathLike | None) -> Path:
+    """``cache_dir`` as a Path; :func:`default_cache_dir` when it is None or empty (an unset option)."""
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
 def demo_source(cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """The demo set, built once into ``cache_dir/demo-v1`` (default ``~/.cache/occsynth``) and reused.
 
     It is built in a temporary folder and renamed into place, so a half-built set is never
     used and concurrent first runs do not collide.
     """
-    parent = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    parent = cache_dir_or_default(cache_dir)
     target = build_dir_once(parent / DEMO_VERSION, "annotations.json", make_demo_source)
     return target / "annotations.json", target / "images"

@@ -25,7 +25,7 @@ from .atomic import BackgroundWriter, remove_stale_temporaries
 from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, ensure_cutout_pixels, open_bank
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
-from .demo import default_cache_dir, demo_source
+from .demo import cache_dir_or_default, demo_source
 from .errors import BadRecord, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
@@ -128,7 +128,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         raise OccsynthError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
 
     try:
-        cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        cache_dir = cache_dir_or_default(cache_dir)
         bank_dir = ensure_bank(ann_path, cache_dir, settings.bank, strict=strict, progress=progress)
         bank = open_bank(str(bank_dir))
         if not bank.cutout_categories():

@@ -28,7 +28,7 @@ def test_progress_bars_are_switched_off_by_the_same_flags_everywhere():
         if "--quiet" in flags or "--no-progress" in flags:
             with_bars += 1
             assert params["quiet"].opts == ["--quiet", "--no-progress"], f"{group.name} {name}"
-    assert with_bars >= 11  # generate, merge, bank, build-cocoocc, validate, train, evaluate, ...
+    assert with_bars >= 12  # generate, merge, bank, build-cocoocc, validate, train, evaluate, ...
 
 
 def test_console_scripts_run_the_groups_and_a_ctrl_c_while_importing_stops_quietly(monkeypatch, capsys):

@@ -142,6 +142,24 @@ def test_build_links_and_copies_images(tmp_path):
         build_cocoocc(ann, tmp_path / "s", image_root=root, image_mode="copy", threshold=0.1, strict=True)
 
 
+
+def test_placing_images_shows_a_progress_bar_that_quiet_turns_off(tmp_path):
+    ann = tmp_path / "val.json"
+    ann.write_text(json.dumps(make_dataset()))
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for image_id in range(1, 8):
+        (root / f"{image_id:04d}.jpg").write_bytes(b"img%d" % image_id)
+    args = ["build-cocoocc", "--ann", str(ann), "--images", str(root), "--threshold", "0.1"]
+    shown = CliRunner().invoke(main, args + ["--out", str(tmp_path / "a"), "--copy"])
+    assert shown.exit_code == 0, shown.output
+    selected = len(json.loads((tmp_path / "a" / "annotations.json").read_text())["images"])
+    assert "copy images: 100%" in shown.stderr and f"{selected}/{selected}" in shown.stderr
+    checked = CliRunner().invoke(main, args + ["--out", str(tmp_path / "b")])  # no --link/--copy: files checked
+    assert checked.exit_code == 0 and "check image files: 100%" in checked.stderr
+    quiet = CliRunner().invoke(main, args + ["--out", str(tmp_path / "c"), "--link", "--quiet"])
+    assert quiet.exit_code == 0 and "link images" not in quiet.stderr and "100%" not in quiet.stderr
+
 def test_cli_and_recipe(tmp_path):
     ann = tmp_path / "val.json"
     ann.write_text(json.dumps(make_dataset()))
@@ -421,8 +439,8 @@ def test_the_cleanup_of_a_failed_build_removes_only_what_a_build_writes(tmp_path
     out = tmp_path / "o"
     place = cocoocc._place_images
 
-    def place_then_fail(images, image_root, dest, mode, skips):
-        place(images, image_root, dest, mode, skips)
+    def place_then_fail(images, image_root, dest, mode, skips, progress):
+        place(images, image_root, dest, mode, skips, progress)
         (out / "theirs.txt").write_text("written by another process meanwhile")
         raise OccsynthError("disk full")
 
