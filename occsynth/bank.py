@@ -473,14 +473,20 @@ def current_format(meta: dict, kind: str) -> bool:
     return meta.get("format") == PIXELS_FORMAT and meta.get("encoding") == PIXELS_ENCODING
 
 
-def _read_meta(bank_dir: Path) -> dict:
+def _read_meta(folder: Path, kind: str = "bank") -> dict:
+    """The meta.json of a built bank or pixel store (``kind``: "bank", "pixel store"); an error saying
+    to delete the folder when it is unreadable or of another format."""
     try:
-        meta = json.loads((bank_dir / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise OccsynthError(f"{bank_dir}: not a readable cutout bank ({exc}); delete it to rebuild") from None
-    if not isinstance(meta, dict) or not current_format(meta, "bank"):
-        raise OccsynthError(f"{bank_dir}: cutout bank of another format; delete it to rebuild")
+        raise OccsynthError(f"{folder}: not a readable cutout {kind} ({exc}); delete it to rebuild") from None
+    if not isinstance(meta, dict) or not current_format(meta, kind):
+        raise OccsynthError(f"{folder}: cutout {kind} of another format; delete it to rebuild")
     return meta
+
+
+def _read_pixels_meta(store_dir: Path) -> dict:
+    return _read_meta(store_dir, "pixel store")
 
 
 class Bank:
@@ -806,16 +812,6 @@ def _pixel_image(bank: "Bank", image_root: Path, i: int) -> tuple:
         box, mask = masks.decode_crop(bank._annotation(k)["segmentation"], height, width)
         crops.append((k, context_crop(image, box, PIXEL_MARGIN).tobytes() + np.packbits(mask, axis=None).tobytes()))
     return i, (st.st_size, st.st_mtime_ns), crops, None
-
-
-def _read_pixels_meta(store_dir: Path) -> dict:
-    try:
-        meta = json.loads((store_dir / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OccsynthError(f"{store_dir}: not a readable cutout pixel store ({exc}); delete it to rebuild") from None
-    if not isinstance(meta, dict) or not current_format(meta, "pixel store"):
-        raise OccsynthError(f"{store_dir}: cutout pixel store of another format; delete it to rebuild")
-    return meta
 
 
 class CutoutPixels:
