@@ -367,9 +367,9 @@ def occsep_metrics(data: dict, results: list[dict], lists: dict[str, list]) -> d
 
     Objects are matched to images by file name (also by the file name's last part when that is
     unambiguous, so lists of bare COCO names work with ``val2017/...`` records). Returns
-    ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, unknown_images,
-    score_threshold, iou_threshold}}}``; listed objects whose image is not in ``data`` count as
-    missed (``unknown_images``).
+    ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set,
+    score_threshold, iou_threshold}}}``: recall over the listed objects on ``data``'s images;
+    ``outside_set`` counts the others (most of the lists, for a subset such as COCO-OCC).
     """
     gt_images = _file_name_index(data["images"])
     out: dict = {"occsep": {}}
@@ -516,12 +516,18 @@ def markdown_table(results: dict) -> str:
             cells = []
             for key in OCCSEP_LISTS:
                 e = entries.get(key)
-                cells += ([f"{100 * e['recall']:.2f}", f"{e['found']} / {e['total']}"] if e else ["-", "-"])
+                if not e:
+                    cells += ["-", "-"]
+                    continue
+                outside = e.get("outside_set", 0)
+                cells += [f"{100 * e['recall']:.2f}" if e["total"] else "-",
+                          f"{e['found']} / {e['total']}" + (f" ({outside} outside the set)" if outside else "")]
             occsep_rows.append(f"| {name} | " + " | ".join(cells) + " |")
     if occsep_rows:
         lines += ["", f"Occluded and Separated COCO recall (same-class prediction with score >= "
-                  f"{occsep.SCORE_THRESHOLD:g} and mask IoU >= {occsep.IOU_THRESHOLD:g}):", "",
-                  "| set | occluded recall | found / listed | separated recall | found / listed |",
+                  f"{occsep.SCORE_THRESHOLD:g} and mask IoU >= {occsep.IOU_THRESHOLD:g}), over the listed "
+                  "objects on the set's images; objects on other images are counted apart (\"outside the set\"):",
+                  "", "| set | occluded recall | found / listed | separated recall | found / listed |",
                   "|---|---|---|---|---|", *occsep_rows]
     return "\n".join(lines) + "\n"
 

@@ -3,7 +3,9 @@
 Two lists of COCO val2017 objects: *occluded* (partly hidden, mask still connected) and
 *separated* (split into disjoint parts by an occluder). An object counts as found when some
 prediction on its image with score >= 0.3 and the same class has mask IoU >= 0.75 with it;
-recall = found / listed, for each list. Works on plain COCO results (``image_id``,
+recall = found / listed, for each list, over the listed objects whose image is in the set evaluated
+(so on a subset of val2017 such as COCO-OCC it is the recall of the objects that subset holds; the
+others are counted apart, as ``outside_set``). Works on plain COCO results (``image_id``,
 ``category_id``, ``score``, ``segmentation`` RLE) - no torch needed.
 
 The published lists are pickles (``occluded_coco.pkl``, ``separated_coco.pkl``). Unpickling runs
@@ -105,8 +107,10 @@ def occsep_recall(results: list[dict], gt_images: dict[str, int], objects: list,
 
     ``gt_images`` maps file names to image ids (the GT file's images table). Classes given by
     name are matched through ``categories`` (COCO category list or ``{id: name}``). Returns
-    ``found``, ``total``, ``recall`` (0..1), ``unknown_images`` (listed objects whose image is not
-    in ``gt_images``: counted as missed) and per-entry ``hits``.
+    ``found``, ``total`` (listed objects whose image is in ``gt_images``), ``recall`` (found / total,
+    0..1), ``outside_set`` (listed objects whose image is not: not scored, as they cannot be found in
+    these results; all of val2017's are in val2017, about 4 in 5 are outside COCO-OCC) and per-entry
+    ``hits`` (None for an object outside the set).
     """
     names: dict[int, str] = {}
     if isinstance(categories, dict):
@@ -121,13 +125,12 @@ def occsep_recall(results: list[dict], gt_images: dict[str, int], objects: list,
             by_image.setdefault(r["image_id"], []).append(r)
     for dets in by_image.values():
         dets.sort(key=lambda r: -r["score"])
-    hits, unknown = [], 0
+    hits: list[bool | None] = []
     for entry in objects:
         file_name, cls, segmentation = parse_entry(entry)
         image_id = gt_images.get(file_name)
         if image_id is None:
-            unknown += 1
-            hits.append(False)
+            hits.append(None)
             continue
         gt = _rle(segmentation, None, None) if isinstance(segmentation, dict) else None
         dets = []
@@ -142,9 +145,9 @@ def occsep_recall(results: list[dict], gt_images: dict[str, int], objects: list,
             ious = np.asarray(mask_utils.iou(det_rles, [gt], [0])).reshape(-1)
             found = bool(np.any(ious >= iou_threshold))
         hits.append(found)
-    total = len(objects)
-    n = int(sum(hits))
-    return {"found": n, "total": total, "recall": n / total if total else 0.0, "unknown_images": unknown,
+    total = sum(hit is not None for hit in hits)
+    n = sum(hit is True for hit in hits)
+    return {"found": n, "total": total, "recall": n / total if total else 0.0, "outside_set": len(hits) - total,
             "score_threshold": score_threshold, "iou_threshold": iou_threshold, "hits": hits}
 
 

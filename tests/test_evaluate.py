@@ -273,7 +273,7 @@ def test_occsep_recall_on_lists_built_from_the_demo_data(demo_source, tmp_path):
     assert occ["found"] == len(occluded) - 2 and occ["total"] == len(occluded)
     assert out["occluded_recall"] == (len(occluded) - 2) / len(occluded)
     assert out["separated_recall"] == (len(separated) - 1) / len(separated)
-    assert out["occsep"]["separated"]["unknown_images"] == 0
+    assert out["occsep"]["separated"]["outside_set"] == 0
     assert out["occsep"]["occluded"]["score_threshold"] == 0.3 and out["occsep"]["occluded"]["iou_threshold"] == 0.75
     # the weak prediction at exactly 0.3 counts again
     dets[weak["id"]]["score"] = 0.3
@@ -284,6 +284,20 @@ def test_occsep_recall_on_lists_built_from_the_demo_data(demo_source, tmp_path):
     assert (f"| demo | {100 * (n_occ - 2) / n_occ:.2f} | {n_occ - 2} / {n_occ} | "
             f"{100 * (n_sep - 1) / n_sep:.2f} | {n_sep - 1} / {n_sep} |") in table
     json.dumps(out)  # results.json-ready
+    # a subset of the images (as COCO-OCC is of val2017): recall over the listed objects it holds, the
+    # others counted apart, not as misses
+    subset_ids = {dropped["image_id"]} | {im["id"] for im in data["images"][::3]}
+    subset = dict(data, images=[im for im in data["images"] if im["id"] in subset_ids],
+                  annotations=[a for a in data["annotations"] if a["image_id"] in subset_ids])
+    (tmp_path / "subset.json").write_text(json.dumps(subset))
+    part = E.evaluate(tmp_path / "subset.json", [d for d in results if d["image_id"] in subset_ids],
+                      occsep_lists={"occluded": occ_path}, occlusion_splits=False)["occsep"]["occluded"]
+    inside = [a for a in occluded if a["image_id"] in subset_ids]
+    assert 0 < len(inside) < len(occluded)
+    assert part["total"] == len(inside) and part["outside_set"] == len(occluded) - len(inside)
+    assert part["found"] == len(inside) - 1  # the dropped one (the weak one is at 0.3 again by now)
+    assert f"{part['found']} / {len(inside)} ({len(occluded) - len(inside)} outside the set)" in \
+        E.markdown_table({"subset": {"occsep": {"occluded": part}}})
     with pytest.raises(OccsynthError, match="object list name"):
         E.evaluate(ann_file, results, occsep_lists={"occludded": occ_path})
     with pytest.raises(OccsynthError, match="file not found"):

@@ -35,7 +35,7 @@ def objects():
         ["a.jpg", "dog", 0, [10, 10, 4, 4], rle(G2, True)],          # found: IoU exactly 0.75 (12/16)
         ["b.jpg", "person", 0, [5, 5, 10, 10], rle(G3, True)],       # missed: IoU 0.8 but score 0.2;
                                                                      #   wrong class at IoU 1; IoU 0.7
-        ["zzz.jpg", "person", 0, [0, 0, 1, 1], rle(G1, True)],       # missed: image not in the GT file
+        ["zzz.jpg", "person", 0, [0, 0, 1, 1], rle(G1, True)],       # not scored: image not in the set
         ["b.jpg", "dog", 0, [0, 10, 10, 10], [[0, 10, 10, 10, 10, 20, 0, 20]]],  # found: polygon GT
     ]
 
@@ -53,21 +53,22 @@ def results():
 
 def test_recall_known_answer():
     res = occsep_recall(results(), GT_IMAGES, objects(), categories=CATEGORIES)
-    assert res["hits"] == [True, True, False, False, True]
-    assert res["found"] == 3 and res["total"] == 5 and res["recall"] == pytest.approx(0.6)
-    assert res["unknown_images"] == 1
+    assert res["hits"] == [True, True, False, None, True]
+    assert res["found"] == 3 and res["total"] == 4 and res["recall"] == pytest.approx(0.75)
+    assert res["outside_set"] == 1
     # thresholds are parameters: a lower score threshold lets the 0.2 prediction find object 3
     low = occsep_recall(results(), GT_IMAGES, objects(), categories=CATEGORIES, score_threshold=0.1)
-    assert low["hits"] == [True, True, True, False, True]
+    assert low["hits"] == [True, True, True, None, True]
     strict = occsep_recall(results(), GT_IMAGES, objects(), categories=CATEGORIES, iou_threshold=0.76)
-    assert strict["hits"] == [True, False, False, False, True]
+    assert strict["hits"] == [True, False, False, None, True]
 
 
 def test_category_ids_and_report():
     by_id = [[e[0], {"person": 1, "dog": 18}[e[1]], e[3], e[4]] for e in objects()]  # 4-item layout, ids
-    assert occsep_recall(results(), GT_IMAGES, by_id)["hits"] == [True, True, False, False, True]
+    assert occsep_recall(results(), GT_IMAGES, by_id)["hits"] == [True, True, False, None, True]
     report = occsep_report(results(), GT_IMAGES, objects()[:2], objects()[2:], categories=CATEGORIES)
-    assert report["occluded_recall"] == 100.0 and report["separated_recall"] == pytest.approx(100 / 3)
+    assert report["occluded_recall"] == 100.0 and report["separated_recall"] == pytest.approx(50)
+    assert report["separated"]["total"] == 2 and report["separated"]["outside_set"] == 1
     with pytest.raises(Exception, match="pass categories"):
         occsep_recall(results(), GT_IMAGES, objects())
 
