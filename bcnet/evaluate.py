@@ -369,7 +369,7 @@ def occsep_metrics(data: dict, results: list[dict], lists: dict[str, list]) -> d
     unambiguous, so lists of bare COCO names work with ``val2017/...`` records). Returns
     ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set,
     score_threshold, iou_threshold}}}``: recall over the listed objects on ``data``'s images;
-    ``outside_set`` counts the others (most of the lists, for a subset such as COCO-OCC).
+    ``outside_set`` counts the others (a subset such as COCO-OCC leaves many out).
     """
     gt_images = _file_name_index(data["images"])
     out: dict = {"occsep": {}}

@@ -109,7 +109,7 @@ def occsep_recall(results: list[dict], gt_images: dict[str, int], objects: list,
     name are matched through ``categories`` (COCO category list or ``{id: name}``). Returns
     ``found``, ``total`` (listed objects whose image is in ``gt_images``), ``recall`` (found / total,
     0..1), ``outside_set`` (listed objects whose image is not: not scored, as they cannot be found in
-    these results; all of val2017's are in val2017, about 4 in 5 are outside COCO-OCC) and per-entry
+    these results: none for val2017 itself, many for COCO-OCC) and per-entry
     ``hits`` (None for an object outside the set).
     """
     names: dict[int, str] = {}
