@@ -305,8 +305,13 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     model.to(device_).train()
     net = model
     if world > 1:
+        # Every trainable parameter gets a gradient in every step, for every detector and mask head, batches
+        # without objects too (tests/test_model.py checks it), so DDP need not search for unused ones. Gradients
+        # as views of DDP's buckets: no second copy of them, and no stride mismatch on 1x1 convolutions'
+        # gradients (torch warned of it at every run).
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device_.index] if device_.type == "cuda" else None, find_unused_parameters=True)
+            model, device_ids=[device_.index] if device_.type == "cuda" else None, find_unused_parameters=False,
+            gradient_as_bucket_view=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=learning_rate(schedule), momentum=float(schedule["momentum"]),

@@ -45,6 +45,26 @@ def test_train_losses_finite_and_backward_reaches_both_layers(detector):
     assert next(model.backbone.parameters()).grad is not None
 
 
+
+def no_objects(height=64, width=80):
+    empty = torch.zeros(0, height, width, dtype=torch.uint8)
+    return torch.rand(3, height, width), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                                          "masks": empty, "occluder_masks": empty}
+
+
+@pytest.mark.parametrize("head", ["bilayer-gcn", "bilayer-fcn", "gcn", "fcn"])
+@pytest.mark.parametrize("detector", ["faster-rcnn", "fcos"])
+def test_every_trainable_parameter_gets_a_gradient_with_and_without_objects(detector, head):
+    """DDP runs without searching for unused parameters (bcnet.train): a parameter left out of a step's
+    graph would stop a multi-process run, so every one must take part, even on a batch with no objects."""
+    torch.manual_seed(0)
+    model = build_model(3, detector=detector, mask_head=head, backbone="tiny", min_size=64, max_size=96).train()
+    for images, targets in (batch(), tuple(map(list, zip(no_objects(), no_objects(72, 64))))):
+        model.zero_grad(set_to_none=True)
+        sum(model(images, targets).values()).backward()
+        unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert unused == [], f"{len(targets[0]['boxes'])} objects: {unused[:5]}"
+
 def test_losses_are_weighted_by_the_preset():
     model = build_model(3, backbone="tiny", min_size=64, max_size=96).train()
     images, targets = batch()
