@@ -617,7 +617,7 @@ def report(meta: dict) -> str:
     lines += [f"  {n:>7}  {cid:>4} {names.get(cid, '?')}" for cid, n in kept.items() if n]
     lines.append("rejected (not complete):")
     lines += [f"  {n:>7}  {reason}" for reason, n in meta["rejected"].items()]
-    lines.append(SkipLog(counts=Counter(meta["skipped"]["counts"]), examples=dict(meta["skipped"]["examples"])).summary())
+    lines.append(_skip_log(meta).summary("annotations file"))
     return "\n".join(lines)
 
 
@@ -940,5 +940,10 @@ def pixels_report(meta: dict) -> str:
     """One-paragraph summary of a pixel store: stored, skipped per reason, size."""
     lines = [f"cutout pixels: {meta['num_stored']} of {meta['num_cutouts']} cutouts stored "
              f"({format_size(meta['blob_bytes'])}, {meta['margin']} px context) from {meta['image_root']}"]
-    lines.append(SkipLog(counts=Counter(meta["skipped"]["counts"]), examples=dict(meta["skipped"]["examples"])).summary())
+    lines.append(_skip_log(meta).summary("cutout source images"))
     return "\n".join(lines)
+
+
+def _skip_log(meta: dict) -> SkipLog:
+    """The bad records a build skipped, as recorded in its meta.json."""
+    return SkipLog(counts=Counter(meta["skipped"]["counts"]), examples=dict(meta["skipped"]["examples"]))

@@ -66,10 +66,12 @@ class SkipLog:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def summary(self) -> str:
+    def summary(self, of: str = "") -> str:
+        """Counts and an example per reason; ``of`` names what was read (two logs may be printed together)."""
+        head = f"{of}: " if of else ""
         if not self.counts:
-            return "no bad input"
-        lines = [f"skipped {self.total} bad record(s):"]
+            return f"{head}no bad input"
+        lines = [f"{head}skipped {self.total} bad record(s):"]
         for reason, n in sorted(self.counts.items()):
             lines.append(f"  {n:>7}  {reason}   e.g. {self.examples[reason]}")
         return "\n".join(lines)

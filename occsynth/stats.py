@@ -176,7 +176,7 @@ def format_stats(stats: dict) -> str:
         hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items())
         lines += ["", f"{title}: min {d['min']}, mean {d['mean']:.2f}, max {d['max']}", f"  {{{hist}}}"]
     r = stats["occlusion_ratio"]
-    lines += ["", f"occlusion ratio (mean {r['mean']:.3f}):  bin        all   pasted"]
+    lines += ["", f"occlusion ratio: mean {r['mean']:.3f}", f"  {'bin':<10}  {'all':>8} {'pasted':>8}"]
     for k, (n_all, n_pasted) in enumerate(zip(r["counts"], r["pasted_counts"])):
         lines.append(f"  [{r['bins'][k]:.1f}, {r['bins'][k + 1]:.1f}{']' if k == RATIO_BINS - 1 else ')'}"
                      f"  {n_all:>8} {n_pasted:>8}")

@@ -87,6 +87,10 @@ def test_cli_text_json_and_plot(tmp_path):
     assert text.exit_code == 0, text.output
     assert "3 images, 13 annotations (9 pasted, 4 background)" in text.output
     assert "(1 category without instances not shown)" in text.output
+    lines = text.output.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("occlusion ratio: mean"))) + 1
+    assert lines[header].split() == ["bin", "all", "pasted"]  # a header line of its own, its columns over the counts
+    assert len(lines[header]) == len(lines[header + 1]) and lines[header + 1].startswith("  [0.0, 0.1)")
     assert cv2.imread(str(tmp_path / "stats.png")).shape == (2 * PANEL[0], 2 * PANEL[1], 3)
     as_json = runner.invoke(group, ["stats", str(out), "--json"])
     assert as_json.exit_code == 0
