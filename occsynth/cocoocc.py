@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from . import errors
 from .atomic import open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
-from .coco import categories_by_id, check_annotation_record, file_hash, read_dataset, resolve_image_path, unique_by_id
+from .coco import (brief, categories_by_id, check_annotation_record, file_hash, read_dataset, resolve_image_path,
+                   unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 
 PAPER_COUNT = 1005
@@ -284,6 +285,9 @@ def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:
             check_annotation_record(ann, images, categories)
             if not ann["segmentation"] or not isinstance(ann["segmentation"], (list, dict)):
                 raise BadRecord(errors.DEGENERATE_MASK, f"annotation {ann['id']}", "empty segmentation")
+            if not is_box(ann.get("bbox")):  # NaN or Infinity would also make the output invalid JSON
+                raise BadRecord(errors.MALFORMED_RECORD, f"annotation {ann['id']}",
+                                f"bbox {brief(ann.get('bbox'))} is not 4 finite numbers")
         except BadRecord as exc:
             skips.skip(exc)
             continue

@@ -231,12 +231,24 @@ def write_part(out_dir: Path, chunk: int, part: str, sizes: dict[str, int]) -> N
         f.write(part)
 
 
+class DamagedPart(OccsynthError):
+    """A part file that cannot be read or is not what occsynth writes (a disk fault, an edit)."""
+
+    def __init__(self, path: Path, why: str, redo: str = "run the same command again to redo that chunk"):
+        super().__init__(f"{path}: damaged part file ({why}); delete it and {redo}")
+        self.path, self.why = Path(path), why
+
+
 def read_part(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return json.load(f)
+            part = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise OccsynthError(f"{path}: unreadable part file ({exc}); delete it and run again to redo that chunk") from None
+        raise DamagedPart(path, str(exc)) from None
+    if not (isinstance(part, dict) and isinstance(part.get("images"), list)
+            and isinstance(part.get("annotations"), list) and isinstance(part.get("skips"), dict)):
+        raise DamagedPart(path, "not an object with images, annotations and skips")
+    return part
 
 
 def as_stored(run: dict) -> dict:
@@ -335,7 +347,8 @@ def parts_in_chunk_order(out_dir: Path, num_chunks: int, done: Iterable[int],
 
 def _missing_chunks(missing: list[int]) -> OccsynthError:
     head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-    return OccsynthError(f"{len(missing)} chunk(s) not generated yet ({head}); run the missing shards first")
+    return OccsynthError(f"{len(missing)} chunk(s) not generated yet ({head}); run the missing shards first "
+                         "(shard i/n renders chunks i, i + n, i + 2n, ...)")
 
 
 def merge_parts(parts: Iterable[Path], out_dir: Path, categories: list[dict], info: dict) -> dict:
@@ -355,20 +368,23 @@ def merge_parts(parts: Iterable[Path], out_dir: Path, categories: list[dict], in
         f.write('{"info":' + _dumps(info) + ',"licenses":[],"categories":' + _dumps(categories) + ',"images":[')
         for path in parts:
             part = read_part(path)
-            skips.merge(part["skips"])
+            try:  # a part occsynth wrote never fails here; an edited or damaged one is named, not a traceback
+                skips.merge(part["skips"])
+                records = []
+                for image_anns in part["annotations"]:
+                    ids = range(next_id, next_id + len(image_anns))
+                    for local, ann in enumerate(image_anns):
+                        records.append({"id": ids[local], **{k: v for k, v in ann.items() if k != "occluders"},
+                                        "occluder_ids": [ids[j] for j in ann["occluders"]]})
+                        if ann["layer"] > 0:
+                            counts["pasted"] += 1
+                            pasted_per_category[ann["category_id"]] += 1
+                    next_id += len(image_anns)
+            except (KeyError, TypeError, AttributeError, IndexError) as exc:
+                raise DamagedPart(path, f"a record is not what occsynth writes: {type(exc).__name__} {exc}") from None
             if part["images"]:  # one dumps per part: the C encoder, not a Python call per record
                 f.write(("," if counts["images"] else "") + _dumps(part["images"])[1:-1])
                 counts["images"] += len(part["images"])
-            records = []
-            for image_anns in part["annotations"]:
-                ids = range(next_id, next_id + len(image_anns))
-                for local, ann in enumerate(image_anns):
-                    records.append({"id": ids[local], **{k: v for k, v in ann.items() if k != "occluders"},
-                                    "occluder_ids": [ids[j] for j in ann["occluders"]]})
-                    if ann["layer"] > 0:
-                        counts["pasted"] += 1
-                        pasted_per_category[ann["category_id"]] += 1
-                next_id += len(image_anns)
             if records:
                 annotations.write(("," if records[0]["id"] > 1 else "") + _dumps(records)[1:-1])
         f.write('],"annotations":[')
@@ -392,6 +408,9 @@ def finalize(out_dir: Path, run: dict, parts: Iterable[Path]) -> dict:
     returns the manifest."""
     out_dir = Path(out_dir)
     source = _read_json(out_dir / PARTS / SOURCE_FILE)
+    if not (isinstance(source, dict) and isinstance(source.get("categories"), list) and "bank" in source):
+        raise OccsynthError(f"{out_dir / PARTS / SOURCE_FILE}: damaged (not an object with categories and bank); "
+                            "run the generate command of this set again to rewrite it")
     settings = run["settings"]
     info = {"description": "occsynth synthetic occlusion set", "version": run["version"],
             "seed": settings["seed"], "source": run["source"]}
@@ -478,7 +497,12 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
         marker = src_dir / PARTS / MERGED_INTO_FILE
         if not marker.exists():
             write_json(marker, {"out": str(Path(out_dir).resolve())}, durable=False)
-    report = finalize(out_dir, run, part_files([out_dir], num_chunks))
+    try:
+        report = finalize(out_dir, run, part_files([out_dir], num_chunks))
+    except DamagedPart as exc:  # its chunk is in OUT now: a generate there (any shard of it) renders it again
+        raise DamagedPart(exc.path, exc.why, f"render its chunk again in {out_dir}: run `occsynth generate` with "
+                          f"this set's arguments and --out {out_dir} (or that chunk's shard), then merge again") \
+            from None
     # chunks --out already had are not taken from a shard folder: say so, or a user may think it emptied
     out_parts = _identity(Path(out_dir) / PARTS)
     left = {str(d): n for d in shard_dirs if _identity(Path(d) / PARTS) != out_parts

@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 import manifests
 from cli import cocoocc_commands
 from cli.occsynth_cli import main
-from occsynth import cocoocc
+from occsynth import cocoocc, errors
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
 from occsynth.coco import read_image, resolve_image_path
 from occsynth.errors import OccsynthError
@@ -159,6 +159,20 @@ def test_placing_images_shows_a_progress_bar_that_quiet_turns_off(tmp_path):
     assert checked.exit_code == 0 and "check image files: 100%" in checked.stderr
     quiet = CliRunner().invoke(main, args + ["--out", str(tmp_path / "c"), "--link", "--quiet"])
     assert quiet.exit_code == 0 and "link images" not in quiet.stderr and "100%" not in quiet.stderr
+
+
+def test_an_annotation_whose_bbox_is_not_finite_is_skipped_and_the_output_stays_json(tmp_path):
+    data = make_dataset()
+    bad = next(a for a in data["annotations"] if a["image_id"] == 1)
+    bad["bbox"] = [float("nan")] * 4
+    ann = tmp_path / "val.json"
+    ann.write_text(json.dumps(data))  # NaN: Python's json writes it, strict JSON readers refuse it
+    report = build_cocoocc(ann, tmp_path / "o", threshold=0.1)
+    assert report["skipped"]["counts"] == {errors.MALFORMED_RECORD: 1}
+    assert f"annotation {bad['id']}" in report["skipped"]["examples"][errors.MALFORMED_RECORD]
+    text = (tmp_path / "o" / "annotations.json").read_text()
+    out = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    assert bad["id"] not in {a["id"] for a in out["annotations"]}
 
 def test_cli_and_recipe(tmp_path):
     ann = tmp_path / "val.json"

@@ -136,6 +136,27 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
     assert not (tmp_path / "m2").exists()
 
 
+@pytest.mark.parametrize("damage", ["[1, 2]", "{}", '{"images": [], "annotations": [["x"]], "skips": {}}',
+                                    '{"images": [], "annotations": [[{"occluders": [7]}]], "skips": {}}'])
+def test_a_damaged_part_stops_the_merge_with_its_name_and_a_generate_in_out_mends_it(generated, demo_source,
+                                                                                    tmp_path, damage):
+    out, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shard_dirs):
+        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
+    damaged = writer.part_path(shard_dirs[1], 1)
+    damaged.write_text(damage)
+    merged = tmp_path / "merged"
+    result = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(merged), "--quiet"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"{writer.part_path(merged, 1)}: damaged part file" in text and f"--out {merged}" in text
+    assert not (merged / "annotations.json").exists()
+    writer.part_path(merged, 1).unlink()  # as the message says: delete it, generate in OUT, merge again
+    generate(merged, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert tree_bytes(merged) == tree_bytes(out)
+
 def test_merge_moves_the_images_its_settings_name_and_parses_each_part_once(generated, demo_source, tmp_path,
                                                                            monkeypatch):
     out, _, cache = generated
