@@ -42,7 +42,7 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import open_atomic
 from .boxes import is_box
-from .coco import is_id, iter_array, reading_json
+from .coco import check_coco_layout, is_id, iter_array, reading_json
 from .errors import OccsynthError
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -196,6 +196,8 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         finally:
             for f in files:
                 f.close()
+        if not counts["annotations"]:
+            check_coco_layout(in_path)  # none read: an empty list, or no list at all ({}, null)?
         with open_atomic(out_path, "w") as out, \
                 tqdm(total=counts["annotations"], desc="occluders", unit="ann", disable=not progress) as bar:
             out.write("{")

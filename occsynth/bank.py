@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_image_record, file_hash, iter_array, read_array, read_image,
-                   resolve_image_path, unique_by_id)
+from .coco import (brief, check_annotation_record, check_coco_layout, check_image_record, file_hash, iter_array,
+                   read_array, read_image, resolve_image_path, unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
 
@@ -216,6 +216,8 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     if not images.ids:
         raise OccsynthError(f"{ann_path}: no valid image records (is this a COCO instances file?)")
     anns = _read_annotations(ann_path, images, {c["id"] for c in categories}, log, progress)
+    if not anns.rles and not log.total:
+        check_coco_layout(ann_path)  # none read: an empty list, or no list at all (missing, {}, null)?
 
     # Image order: usable backgrounds first (source order), then cutout-only images.
     n_images = len(images.ids)

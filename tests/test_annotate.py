@@ -165,6 +165,20 @@ def test_cli_and_errors(tmp_path):
     assert not list(tmp_path.glob(".annotate-*")) and not list(tmp_path.glob(".*.tmp-*"))
 
 
+
+@pytest.mark.parametrize("annotations, found", [({}, "an object"), (None, "a null")])
+def test_annotations_that_are_not_a_list_are_refused_and_an_empty_list_is_fine(tmp_path, annotations, found):
+    for value, ok in ((annotations, False), ([], True)):
+        src = tmp_path / "in.json"
+        src.write_text(json.dumps(dict(make_dataset(), annotations=value)))
+        res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "o.json"),
+                                        "--quiet"])
+        if ok:
+            assert res.exit_code == 0 and "0 annotations in 2 images" in res.output, res.output
+        else:
+            assert res.exit_code == 2 and f"'annotations' is {found}, expected a list" in res.output, res.output
+            assert not (tmp_path / "o.json").exists() and not list(tmp_path.glob(".annotate-*"))
+
 def test_malformed_json_is_one_printable_line(tmp_path):
     binary = tmp_path / "binary.json"
     binary.write_bytes(b'\xc1\xc6{\xe19\xa3\xcc\xfb\xf0&\xd1\x7f')

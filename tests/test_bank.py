@@ -318,3 +318,14 @@ def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
     assert "1  crowd" in out and "1  overlapped" in out
     assert "annotations file: skipped 12 bad record(s)" in out and errors.UNKNOWN_IMAGE in out
     assert f"bank: {tmp_path / 'c' / 'banks'}" in out
+
+
+@pytest.mark.parametrize("annotations, found", [({}, "an object"), (None, "a null")])
+def test_a_bank_of_annotations_that_are_not_a_list_is_refused(tmp_path, demo_source, annotations, found):
+    data = json.loads(demo_source[0].read_text())
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(dict(data, annotations=annotations)))
+    with pytest.raises(OccsynthError, match=f"'annotations' is {found}, expected a list"):
+        build_bank(path, tmp_path / "bank", progress=False)
+    path.write_text(json.dumps(dict(data, annotations=[])))  # an empty list is a bank of no cutouts
+    assert build_bank(path, tmp_path / "bank2", progress=False)["num_annotations"] == 0
