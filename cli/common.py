@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from occsynth.errors import OccsynthError
+from occsynth.errors import OccsynthError, os_error_reason
 from occsynth.pool import restore_signal_handler
 
 
@@ -36,8 +36,9 @@ class Group(click.Group):
         except OccsynthError as exc:
             raise ReportedError(str(exc)) from None
         except OSError as exc:  # disk full, permissions, ... outside the library's own checks
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise ReportedError(f"{where}{exc.strerror or exc}") from None
+            reason = os_error_reason(exc)
+            where = f"{exc.filename}: " if exc.filename and not reason.startswith(f"{exc.filename} ") else ""
+            raise ReportedError(f"{where}{reason}") from None
         except KeyboardInterrupt:
             signum = _received[-1] if _received else signal.SIGINT
             click.echo(f"Stopped ({signal.Signals(signum).name}).", err=True)

@@ -43,7 +43,7 @@ from . import masks as mask_ops
 from .atomic import open_atomic
 from .boxes import is_box
 from .coco import check_coco_layout, is_id, iter_array, reading_json
-from .errors import OccsynthError
+from .errors import OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
@@ -179,7 +179,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         out_path.parent.mkdir(parents=True, exist_ok=True)
         spool = tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent)
     except OSError as exc:
-        raise OccsynthError(f"cannot write {out_path}: {exc.strerror or exc}") from None
+        raise OccsynthError(f"cannot write {out_path}: {os_error_reason(exc)}") from None
     with spool as tmp:
         tmp = Path(tmp)
         files = [open(tmp / f"{b}.jsonl", "w", encoding="utf-8") for b in range(num_buckets + 1)]

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .errors import OccsynthError
+from .errors import OccsynthError, os_error_reason
 
 
 @contextlib.contextmanager
@@ -139,7 +139,7 @@ def _disk_error(path: Path, exc: OSError) -> OccsynthError:
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "output location is not writable"
     else:
-        why = exc.strerror or str(exc)
+        why = os_error_reason(exc)
     return OccsynthError(f"cannot write {path}: {why}")
 
 

@@ -6,8 +6,10 @@ prints :class:`OccsynthError` messages and exits with status 2.
 """
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Reasons a record or image is skipped. Stable strings: they appear in reports and manifests.
 MISSING_FILE = "missing image file"
@@ -24,6 +26,17 @@ DUPLICATE_ID = "duplicate id"
 
 class OccsynthError(Exception):
     """An error the user can act on; the CLI prints it as one message."""
+
+
+def os_error_reason(exc: OSError) -> str:
+    """Why an OS call failed, in words; where a file stands where a folder is needed (``mkdir -p`` through
+    it says only "File exists" or "Not a directory"), that file is named."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename is not None:
+        path = Path(exc.filename)
+        for folder in (*reversed(path.parents), path):
+            if folder.exists() and not folder.is_dir():
+                return f"{folder} is a file, not a folder"
+    return exc.strerror or str(exc)
 
 
 class NoRoom(OccsynthError):

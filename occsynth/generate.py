@@ -26,7 +26,7 @@ from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, en
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
 from .pool import ctrl_c_for_main_only
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
@@ -125,7 +125,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     try:
         out_dir.mkdir(parents=True, exist_ok=True)  # early: an unwritable --out fails before the bank is built
     except OSError as exc:
-        raise OccsynthError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
+        raise OccsynthError(f"cannot create output directory {out_dir}: {os_error_reason(exc)}") from None
 
     try:
         cache_dir = cache_dir_or_default(cache_dir)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .atomic import open_atomic, remove_stale_temporaries, write_json
 from .coco import read_json
-from .errors import OccsynthError, SkipLog
+from .errors import OccsynthError, SkipLog, os_error_reason
 
 PARTS = "parts"
 IMAGES = "images"
@@ -110,7 +110,7 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
     try:
         parts.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OccsynthError(f"cannot write to {parts}: {exc.strerror}") from None
+        raise OccsynthError(f"cannot write to {parts}: {os_error_reason(exc)}") from None
     index, count = shard
     sharded = count > 1
     shard_file = parts / f"{LOCK_FILE}-shard-{index}-of-{count}"

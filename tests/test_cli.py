@@ -47,3 +47,23 @@ def test_console_scripts_run_the_groups_and_a_ctrl_c_while_importing_stops_quiet
     with pytest.raises(SystemExit) as stopped:
         launch.bcnet()
     assert stopped.value.code == 130 and capsys.readouterr().err == "Stopped (SIGINT).\n"
+
+
+def test_a_file_where_a_folder_is_needed_is_named(tmp_path, demo_source):
+    from occsynth.errors import os_error_reason
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OSError) as raised:
+        (tmp_path / "afile" / "sub").mkdir(parents=True)
+    assert os_error_reason(raised.value) == f"{tmp_path / 'afile'} is a file, not a folder"
+    ann, _ = demo_source
+    runner = CliRunner()
+    plot = runner.invoke(occsynth_main, ["stats", str(ann), "--plot", str(tmp_path / "afile" / "x.png")])
+    assert plot.exit_code == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in plot.output
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "banks").write_text("x")
+    cache = runner.invoke(occsynth_main, ["generate", "--out", str(tmp_path / "o"), "--num-images", "2",
+                                          "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert cache.exit_code == 2 and cache.output.strip() == f"Error: {tmp_path / 'cache' / 'banks'} is a file, not a folder"
+    out = runner.invoke(occsynth_main, ["generate", "--out", str(tmp_path / "afile" / "o"), "--num-images", "2", "--quiet"])
+    assert out.exit_code == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in out.output
