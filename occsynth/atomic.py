@@ -112,8 +112,16 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / marker).is_file():
+            if (target / marker).is_file():
+                return target  # a concurrent build finished first: use it
+            if not target.is_dir() or target.is_symlink():
                 raise
+            # a folder only ever appears here whole: one without its marker was damaged since (e.g. a file
+            # deleted by hand); it is moved aside, not used, and the new build takes its place
+            damaged = target.with_name(f".{target.name}.damaged-{os.getpid()}-{secrets.token_hex(4)}")
+            os.rename(target, damaged)
+            shutil.rmtree(damaged, ignore_errors=True)
+            os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .bank import current_format
+from .bank import Bank, CutoutPixels, current_format
 from .demo import DEMO_VERSION
 from .errors import OccsynthError
 
@@ -26,8 +26,8 @@ def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     """One dict per entry of ``cache_dir`` (banks, then pixel stores, by name; then the demo source and
     unfinished builds or removals): 'kind', 'name' (what :func:`remove_cache_entries` takes), 'path',
     'bytes', 'built' (the folder's modification time, ISO), 'source' (a bank's annotations file name, a
-    store's image root) and 'notes': why it is stale (its image root is gone, it is unreadable or of
-    another format, so no run uses it; an unfinished build or removal untouched for an hour). An entry
+    store's image root) and 'notes': why it is stale (its image root is gone, it is unreadable, damaged or
+    of another format, so no run uses it; an unfinished build or removal untouched for an hour). An entry
     without notes may still be used."""
     cache_dir = Path(cache_dir)
     entries = []
@@ -40,7 +40,9 @@ def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     top = sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []
     for path in top:
         if path.name == DEMO_VERSION:
-            entry = _entry("demo source", path, None, [])
+            whole = (path / "annotations.json").is_file()
+            entry = _entry("demo source", path, None, [] if whole else ["damaged (no annotations.json): the next "
+                                                                        "run that needs it builds it again"])
         elif path.name.startswith(f".{DEMO_VERSION}."):
             entry = _unfinished(path)
         else:
@@ -95,7 +97,22 @@ def _finished(kind: str, path: Path) -> dict | None:
             notes.append("made by another version of occsynth: not used")
         elif kind == "pixel store" and source and not Path(source).is_dir():
             notes.append("its image root is gone")
+        elif (damage := _damage(kind, path)) is not None:
+            notes.append(f"damaged ({damage}): runs using it fail until it is removed")
     return _entry(kind, path, source, notes)
+
+
+def _damage(kind: str, path: Path) -> str | None:
+    """What opening a bank or pixel store as a run does finds wrong with it (its tables' types and sizes,
+    the store's blob size), or None. It reads no pixels, so it is cheap."""
+    try:
+        if kind == "bank":
+            Bank.load(path)
+        else:
+            CutoutPixels.load(path).close()
+    except OccsynthError as exc:
+        return str(exc).split("; delete")[0]
+    return None
 
 
 def _unfinished(path: Path) -> dict | None:

@@ -212,7 +212,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         _remove_stale_link(out_dir / "images", name)
     selected = [im["id"] for im in images]
     annotations = [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep]
-    info = dict(data.get("info") or {})
+    info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO info is an object
     info["description"] = (f"COCO-OCC: images of {Path(ann_path).name} with box overlap ({overlap}) >= {threshold:g}"
                            + ("" if not info.get("description") else f"; from: {info['description']}"))
     output = {"info": info, "licenses": data.get("licenses", []), "images": images,

@@ -119,3 +119,23 @@ def test_cache_command_lists_and_removes_the_stale_entries(cache):
     assert plain.output.splitlines()[0] == f"removed {made['other']}" and "3 entries" not in plain.output
     bad = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove", "nope"])
     assert bad.exit_code == 2 and "no cache entry named nope" in bad.output and "Traceback" not in bad.output
+
+
+def test_damaged_banks_stores_and_demo_sources_are_stale_and_a_run_rebuilds_the_demo(cache, tmp_path, monkeypatch):
+    cache_dir, made = cache
+    import pickle
+
+    from occsynth import demo
+    (made["bank"] / "ann_id.npy").write_bytes(pickle.dumps([1, 2, 3]))      # a table that is not an array
+    blob = made["store"] / "pixel_blob.bin"
+    blob.write_bytes(blob.read_bytes()[:-10])                                # a truncated store
+    ann, _ = demo.demo_source(cache_dir)
+    ann.unlink()                                                             # the demo's marker deleted by hand
+    notes = {e["name"]: e["notes"] for e in cache_entries(cache_dir)}
+    assert notes[made["bank"].name][0].startswith("damaged (") and "ann_id.npy" in notes[made["bank"].name][0]
+    assert notes[made["store"].name][0].startswith("damaged (") and "damaged cutout pixel store" in notes[made["store"].name][0]
+    assert notes[demo.DEMO_VERSION] == ["damaged (no annotations.json): the next run that needs it builds it again"]
+    assert notes[made["other"].name] == []
+    again, root = demo.demo_source(cache_dir)                                # rebuilt in place, not "Directory not empty"
+    assert again == ann and ann.is_file() and len(list(root.rglob("*.jpg"))) == demo.NUM_IMAGES
+    assert [p.name for p in cache_dir.iterdir() if p.name.startswith(".")] == []

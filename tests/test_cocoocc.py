@@ -173,6 +173,11 @@ def test_an_annotation_whose_bbox_is_not_finite_is_skipped_and_the_output_stays_
     text = (tmp_path / "o" / "annotations.json").read_text()
     out = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
     assert bad["id"] not in {a["id"] for a in out["annotations"]}
+    for info in ([1, 2], "hello"):  # an info that is not an object is not copied (it was a TypeError)
+        ann.write_text(json.dumps(dict(make_dataset(), info=info)))
+        build_cocoocc(ann, tmp_path / f"i{len(info)}", threshold=0.1)
+        assert json.loads((tmp_path / f"i{len(info)}" / "annotations.json").read_text())["info"]["description"] \
+            .startswith("COCO-OCC: images of val.json")
 
 def test_cli_and_recipe(tmp_path):
     ann = tmp_path / "val.json"
