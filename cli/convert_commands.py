@@ -1,6 +1,8 @@
 """`occsynth convert-kins` and `occsynth convert-cocoa`: amodal datasets into the COCO layout of docs/FORMAT.md."""
 from __future__ import annotations
 
+import json
+
 import click
 
 from cli.common import echo_occluder_report, quiet_option
@@ -18,7 +20,7 @@ def convert_kins_command(ann, out, min_overlap, quiet):
     KINS gives no depth order; an occluder is an instance whose visible mask covers this one's
     hidden part.
     """
-    echo_occluder_report(convert_kins(ann, out, min_overlap=min_overlap, progress=not quiet))
+    _echo_report(convert_kins(ann, out, min_overlap=min_overlap, progress=not quiet))
 
 
 @click.command("convert-cocoa")
@@ -32,7 +34,17 @@ def convert_cocoa_command(ann, out, categories_from, quiet):
     Region names are free text; with --categories-from they map to COCO categories by name, the
     rest to a 'thing' or 'stuff' category.
     """
-    echo_occluder_report(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet))
+    _echo_report(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet))
+
+
+def _echo_report(report: dict) -> None:
+    """The occluder summary, then the bad records skipped: counts by reason, an example of each."""
+    echo_occluder_report(report)
+    skipped = report["skipped"]
+    if skipped["counts"]:
+        click.echo("bad records skipped: " + json.dumps(skipped["counts"]))
+        for reason, example in skipped["examples"].items():
+            click.echo(f"  {reason}, e.g. {example}")
 
 
 COMMANDS = [convert_kins_command, convert_cocoa_command]

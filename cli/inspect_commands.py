@@ -8,6 +8,7 @@ import click
 
 from cli.common import quiet_option
 from occsynth.coco import picture_path, write_picture
+from occsynth.errors import SkipLog
 from occsynth.preview import MAX_IMAGES, PAIR_IOU, TILE_RANGE, format_problems, preview_report
 from occsynth.stats import format_stats, plot_stats, stats_from_path, to_json
 from occsynth.validate import format_report, validate
@@ -46,11 +47,14 @@ def preview_command(source, images, out, num, columns, tile, seed, first, pair_i
     """Contact sheet of a generated set (DIR) or any COCO JSON: visible masks tinted, amodal contours
     solid where visible and dashed where hidden, occludees orange, occluders blue, others green."""
     picture_path(out, "sheet")  # before the work, not after it
+    log = SkipLog()
     sheet, problems = preview_report(source, images=images, n=num, columns=columns, seed=None if first else seed,
-                                     tile=tile, pair_iou=pair_iou)
+                                     tile=tile, pair_iou=pair_iou, log=log)
     path = write_picture(sheet, out, "sheet", quality=92)
     if problems:
         click.echo(format_problems(problems), err=True)
+    if log.total:
+        click.echo(log.summary(str(source)), err=True)
     click.echo(f"wrote {path} ({sheet.shape[1]}x{sheet.shape[0]})")
 
 

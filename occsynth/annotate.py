@@ -42,7 +42,7 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import open_atomic
 from .boxes import is_box
-from .coco import check_coco_layout, is_id, iter_array, reading_json
+from .coco import check_coco_layout, check_out_is_not_input, is_id, iter_array, reading_json
 from .errors import OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -161,8 +161,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
-        raise OccsynthError("--out must differ from --ann (the input is read twice)")
+    check_out_is_not_input(in_path, out_path, "the input is read twice")
     top, has_annotations = read_top_level(in_path)
     images = top.get("images")
     if not isinstance(images, list) or not has_annotations:

@@ -118,6 +118,11 @@ def check_coco_layout(path: str | os.PathLike) -> None:
             raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
 
 
+def check_out_is_not_input(in_path: Path, out_path: Path, why: str) -> None:
+    """Refuse an --out that is --ann under any spelling or link (``why``: what writing it would do)."""
+    if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
+        raise OccsynthError(f"--out must differ from --ann ({why})")
+
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """sha256 of a file's bytes: identifies a source set in caches and manifests."""
     digest = hashlib.sha256()

@@ -33,22 +33,25 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from . import errors
 from . import masks as mask_ops
 from .atomic import write_json
-from .coco import check_image_record, is_id, read_dataset, read_json
-from .errors import BadRecord, OccsynthError
+from .coco import brief, check_image_record, check_out_is_not_input, is_id, read_dataset, read_json, unique_by_id
+from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
 
-def _mask(segmentation: Any, height: int, width: int) -> np.ndarray | None:
+def _mask(segmentation: Any, height: int, width: int, where: str) -> np.ndarray | None:
+    """The decoded mask, None when absent; one that is given but cannot be decoded is a BadRecord
+    (never replaced by another mask or an empty one)."""
     if segmentation in (None, [], {}):
         return None
     if isinstance(segmentation, list) and segmentation and not isinstance(segmentation[0], (list, tuple)):
         segmentation = [segmentation]  # COCOA: one flat polygon
     try:
         return mask_ops.decode(segmentation, height, width)
-    except (mask_ops.DegenerateMask, TypeError, ValueError):
-        return None
+    except (mask_ops.DegenerateMask, TypeError, ValueError, OverflowError) as exc:
+        raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
 
 
 def _polygons(segmentation: Any) -> Any:
@@ -81,16 +84,23 @@ def hidden_part_occluders(visible: Sequence[np.ndarray], amodal: Sequence[np.nda
 
 def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_overlap: int = 1,
                  progress: bool = True) -> dict:
-    """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids."""
+    """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids.
+
+    Bad records (images, annotations without a unique integer id or with a mask that cannot be
+    decoded) are skipped and listed in the report's ``skipped`` by reason.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    check_out_is_not_input(in_path, out_path, "the input would be overwritten")
     data = read_dataset(in_path)
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
-    images, bad_images = _usable_images(data["images"])
+    log = SkipLog()
+    images, bad_images = _usable_images(data["images"], log)
     by_image: dict = {}
     counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
               "with_occluders": 0, "bad_images": bad_images}
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict) or not is_id(ann.get("image_id")) or ann["image_id"] not in images:
+    for ann in unique_by_id(data["annotations"], "annotation", log):  # occluder_ids name annotations by id
+        if not is_id(ann.get("image_id")) or ann["image_id"] not in images:
             counts["unknown_image"] += 1
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -100,10 +110,15 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
         h, w = image["height"], image["width"]
         anns, visible, amodal, as_given = [], [], [], []
         for ann in by_image[image_id]:
-            a = _mask(ann.get("a_segm"), h, w)
-            v = _mask(ann.get("i_segm"), h, w)
-            if a is None and v is None:
+            where = f"annotation {brief(ann['id'])}"
+            try:
+                a = _mask(ann.get("a_segm"), h, w, f"{where} a_segm")
+                v = _mask(ann.get("i_segm"), h, w, f"{where} i_segm")
+                if a is None and v is None:
+                    raise BadRecord(errors.DEGENERATE_MASK, where, "neither 'a_segm' nor 'i_segm' is given")
+            except BadRecord as exc:
                 counts["bad_masks"] += 1
+                log.skip(exc)
                 continue
             as_given.append((v is not None, a is not None and not np.any(v & ~a) if v is not None else a is not None))
             v = np.zeros((h, w), bool) if v is None else v
@@ -127,17 +142,22 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     output = {k: v for k, v in data.items() if k != "annotations"}
     output["annotations"] = out_annotations
     write_json(out_path, output)
-    return {"out": str(out_path), "format": "kins", "counts": counts}
+    return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
 
 
-def _usable_images(records: list) -> tuple[dict, int]:
-    """Image records by id, and how many were left out: masks are decoded at their height and width."""
+def _usable_images(records: list, log: SkipLog) -> tuple[dict, int]:
+    """Image records by id, and how many were left out (also in ``log``): masks are decoded at their
+    height and width, so a size too large to decode is a bad record (as in preview)."""
     images, bad = {}, 0
     for record in records:
         try:
             image = check_image_record(record)
-        except BadRecord:
+            if image["height"] * image["width"] > mask_ops.MAX_IMAGE_PIXELS:
+                raise BadRecord(errors.MALFORMED_RECORD, f"image record {brief(image['id'])}",
+                                f"{image['height']}x{image['width']} is too large to decode its masks")
+        except BadRecord as exc:
             bad += 1
+            log.skip(exc)
             continue
         images.setdefault(image["id"], image)
     return images, bad
@@ -160,7 +180,13 @@ def cocoa_categories(coco_categories: list[dict] | None) -> tuple[list[dict], di
 
 def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                   categories_from: str | os.PathLike | list | None = None, progress: bool = True) -> dict:
-    """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to."""
+    """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to.
+
+    Bad records (images, a ``regions`` that is not a list, regions whose masks cannot be decoded)
+    are skipped and listed in the report's ``skipped`` by reason.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    check_out_is_not_input(in_path, out_path, "the input would be overwritten")
     data = read_json(in_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
@@ -176,7 +202,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         if not isinstance(coco_categories, list):
             raise OccsynthError(f"{categories_from}: has no 'categories' list")
     categories, by_name, thing_id, stuff_id = cocoa_categories(coco_categories)
-    images, bad_images = _usable_images(data["images"])
+    log = SkipLog()
+    images, bad_images = _usable_images(data["images"], log)
     counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
               "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0, "bad_images": bad_images,
               "bad_order": 0}
@@ -188,15 +215,17 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             continue
         image = images[record["image_id"]]
         h, w = image["height"], image["width"]
+        where = f"COCOA annotation {brief(record.get('id', '?'))}"
+        if not isinstance(record.get("regions") or [], list):
+            log.skip(BadRecord(errors.MALFORMED_RECORD, where, f"'regions' is not a list: {brief(record['regions'])}"))
+            continue
         regions, visible, amodal = [], [], []
         for index, region in enumerate(record.get("regions") or []):
-            a = _mask(region.get("segmentation"), h, w) if isinstance(region, dict) else None
-            if a is None:
+            try:
+                a, v = _region_masks(region, h, w, f"{where} region {index}")
+            except BadRecord as exc:
                 counts["bad_masks"] += 1
-                continue
-            v = _mask(region.get("visible_mask"), h, w) if region.get("visible_mask") else a
-            if v is None:
-                counts["bad_masks"] += 1
+                log.skip(exc)
                 continue
             regions.append((index, region))
             visible.append(v & a)
@@ -231,9 +260,21 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             counts["fully_hidden"] += ann["area"] == 0
             out_annotations.append(ann)
     counts["annotations"] = len(out_annotations)
-    info = dict(data.get("info") or {})
-    info.setdefault("description", f"COCOA converted from {Path(in_path).name}")
+    info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO's info is an object
+    info.setdefault("description", f"COCOA converted from {in_path.name}")
     output = {"info": info, "licenses": data.get("licenses", []), "images": data["images"],
               "annotations": out_annotations, "categories": categories}
     write_json(out_path, output)
-    return {"out": str(out_path), "format": "cocoa", "counts": counts}
+    return {"out": str(out_path), "format": "cocoa", "counts": counts, "skipped": log.to_dict()}
+
+
+def _region_masks(region: Any, height: int, width: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(amodal, visible) masks of a COCOA region; no ``visible_mask`` means not occluded."""
+    if not isinstance(region, dict):
+        raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
+    amodal = _mask(region.get("segmentation"), height, width, f"{where} segmentation")
+    if amodal is None:
+        raise BadRecord(errors.DEGENERATE_MASK, where, "no 'segmentation'")
+    if not region.get("visible_mask"):
+        return amodal, amodal
+    return amodal, _mask(region["visible_mask"], height, width, f"{where} visible_mask")

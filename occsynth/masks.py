@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+MAX_IMAGE_PIXELS = 1 << 27  # an image record claiming more pixels gets no full-size mask decoded (128 MiB each)
+
 
 class DegenerateMask(ValueError):
     """A segmentation that cannot be turned into a mask (too few points, wrong size, empty)."""

@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 
 from . import errors, masks
-from .boxes import pairwise_overlap
-from .coco import check_image_record, iter_array, read_image, resolve_image_path
-from .errors import BadRecord, OccsynthError
+from .boxes import is_box, pairwise_overlap
+from .coco import brief, check_coco_layout, check_image_record, is_id, iter_array, one_line, read_image, \
+    resolve_image_path
+from .errors import BadRecord, OccsynthError, SkipLog
 from .writer import IMAGES, set_paths
 
 # RGB colours. Distinct hues so roles read at a glance (and so tests can find them exactly).
@@ -52,7 +53,6 @@ def sheet_shape(count: int, columns: int, tile: int) -> tuple[int, int]:
 TILE_RANGE = (32, 2048)        # --tile bounds: below 32 px nothing reads, above 2048 one tile is a full image
 MAX_IMAGES = 256               # -n bound
 MAX_SHEET_PIXELS = 64 << 20    # 64 Mpx (192 MiB RGB): larger sheets are refused before allocating
-MAX_IMAGE_PIXELS = 1 << 27     # image records claiming more pixels are not decoded (their masks would be huge)
 
 
 def check_sheet_options(n: int, columns: int, tile: int) -> None:
@@ -80,17 +80,24 @@ def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, 
 
 def preview_report(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16,
                    columns: int = 4, seed: int | None = 0, tile: int = 256, labels: bool = True,
-                   boxes: bool | None = None, pair_iou: float = PAIR_IOU) -> tuple[np.ndarray, list[dict]]:
+                   boxes: bool | None = None, pair_iou: float = PAIR_IOU,
+                   log: SkipLog | None = None) -> tuple[np.ndarray, list[dict]]:
     """(sheet, problems): as :func:`preview`, plus one ``{"image_id", "file_name", "reason", "detail"}``
-    per image drawn as a red-cross placeholder (missing, unreadable, outside the image root, ...)."""
+    per image drawn as a red-cross placeholder (missing, unreadable, outside the image root, ...).
+
+    Bad image records and annotations are left off the sheet and counted in ``log`` by reason. When
+    not one image file is found under the image root, the root is wrong: that raises instead of
+    drawing a sheet of placeholders.
+    """
+    log = log if log is not None else SkipLog()
     check_sheet_options(n, columns, tile)
     ann_path, image_root = resolve_source(source, images)
-    chosen = select_images(ann_path, n, seed)
+    chosen = select_images(ann_path, n, seed, log)
     height, width = sheet_shape(len(chosen), columns, tile)
     if height * width > MAX_SHEET_PIXELS:
         raise OccsynthError(f"preview: a {width}x{height} sheet is too large (over {MAX_SHEET_PIXELS >> 20} Mpx); "
                             "lower -n or --tile")
-    anns = annotations_of(ann_path, {image["id"] for image in chosen})
+    anns = annotations_of(ann_path, {image["id"] for image in chosen}, log)
     cols = width // tile
     sheet = np.empty((height, width, 3), np.uint8)
     sheet[:] = BACKGROUND
@@ -99,20 +106,24 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
         h, w = image["height"], image["width"]
         image_anns = anns.get(image["id"], [])
         try:
-            if h * w > MAX_IMAGE_PIXELS:
+            if h * w > masks.MAX_IMAGE_PIXELS:
                 raise BadRecord(errors.MALFORMED_RECORD, f"image record {image['id']}",
                                 f"{h}x{w} is too large to preview")
             rgb = read_image(resolve_image_path(image_root, image["file_name"]), (h, w))
         except BadRecord as exc:
+            detail = f"not under {image_root}" if exc.reason == errors.MISSING_FILE else exc.detail
             problems.append({"image_id": image["id"], "file_name": image["file_name"], "reason": exc.reason,
-                             "detail": exc.detail})
-            if h * w > MAX_IMAGE_PIXELS:  # a stand-in at tile size, no masks decoded
+                             "detail": detail})
+            if h * w > masks.MAX_IMAGE_PIXELS:  # a stand-in at tile size, no masks decoded
                 _, _, _, h, w = tile_geometry(h, w, tile)
                 image_anns = []
             rgb = missing_image(h, w)
         y, x = (k // cols) * tile, (k % cols) * tile
-        sheet[y:y + tile, x:x + tile] = render_tile(rgb, image_anns, tile, boxes=boxes,
-                                                    pair_iou=pair_iou, label=str(image["id"]) if labels else None)
+        sheet[y:y + tile, x:x + tile] = render_tile(rgb, image_anns, tile, boxes=boxes, pair_iou=pair_iou,
+                                                    label=str(image["id"]) if labels else None, log=log)
+    if len(problems) == len(chosen) and all(p["reason"] == errors.MISSING_FILE for p in problems):
+        raise OccsynthError(f"image folder {image_root}: none of the {len(chosen)} image files to preview is there "
+                            f"(e.g. {chosen[0]['file_name']}); give the right folder with --images")
     return sheet, problems
 
 
@@ -124,6 +135,9 @@ def format_problems(problems: list[dict], limit: int = 10) -> str:
                      + (f" ({p['detail']})" if p.get("detail") else ""))
     if len(problems) > limit:
         lines.append(f"  ... {len(problems) - limit} more")
+    missing = sum(p["reason"] == errors.MISSING_FILE for p in problems)
+    if missing:
+        lines.append(f"{missing} image file(s) not found: if the images are elsewhere, give their folder with --images")
     return "\n".join(lines)
 
 
@@ -141,17 +155,21 @@ def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) 
     return ann_path, root
 
 
-def select_images(ann_path: Path, n: int, seed: int | None) -> list[dict]:
+def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None = None) -> list[dict]:
     """``n`` valid image records: a seeded sample in file order, or the first ``n`` when ``seed`` is None.
 
-    Raises, saying why, when the file has none."""
+    Rejected records go to ``log``. Raises, saying why, when the file has none (or is no COCO file)."""
     records, rejected, first_rejected = [], 0, None
     for image in iter_array(ann_path, "images"):
         try:
             records.append(check_image_record(image))
         except BadRecord as exc:
             rejected, first_rejected = rejected + 1, first_rejected or exc
+            if log is not None:
+                log.skip(exc)
     if not records:
+        if not rejected:  # an empty list, or no 'images' list at all? (streaming cannot tell)
+            check_coco_layout(ann_path)
         why = f" ({rejected} rejected, the first: {first_rejected})" if rejected else ""
         raise OccsynthError(f"{ann_path}: no image records to preview{why}")
     if n >= len(records):
@@ -162,23 +180,40 @@ def select_images(ann_path: Path, n: int, seed: int | None) -> list[dict]:
     return [records[i] for i in picked]
 
 
-def annotations_of(ann_path: Path, image_ids: set) -> dict[int, list[dict]]:
-    """Annotations of the given images, by image id (the rest of the stream is dropped as it is read)."""
+def annotations_of(ann_path: Path, image_ids: set, log: SkipLog | None = None) -> dict[int, list[dict]]:
+    """Annotations of the given images, by image id (the rest of the stream is dropped as it is read).
+
+    Annotations that belong to no image (no object, image_id no integer) go to ``log``. A file whose
+    stream is empty is checked for the COCO layout: a missing or non-list 'annotations' would
+    otherwise give a sheet without masks and no word why.
+    """
+    log = log if log is not None else SkipLog()
     out: dict[int, list[dict]] = {}
+    seen = False
     for ann in iter_array(ann_path, "annotations"):
-        if isinstance(ann, dict) and ann.get("image_id") in image_ids:
+        seen = True
+        if not isinstance(ann, dict):
+            log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann)}", "not an object"))
+        elif not is_id(ann.get("image_id")):  # a list id is no key: checked before the lookup
+            log.skip(BadRecord(errors.UNKNOWN_IMAGE, f"annotation {brief(ann.get('id', '?'))}",
+                               f"image_id {brief(ann.get('image_id'))}"))
+        elif ann["image_id"] in image_ids:
             out.setdefault(ann["image_id"], []).append(ann)
+    if not seen:
+        check_coco_layout(ann_path)
     return out
 
 
 def render_tile(rgb: np.ndarray, anns: Sequence[dict], tile: int, boxes: bool | None = None,
-                pair_iou: float = PAIR_IOU, label: str | None = None) -> np.ndarray:
-    """One ``tile`` x ``tile`` RGB tile: the image scaled to fit, with its annotations drawn."""
+                pair_iou: float = PAIR_IOU, label: str | None = None, log: SkipLog | None = None) -> np.ndarray:
+    """One ``tile`` x ``tile`` RGB tile: the image scaled to fit, with its annotations drawn.
+
+    Annotations that cannot be drawn are left out and counted in ``log``."""
     h, w = rgb.shape[:2]
     scale, y0, x0, nh, nw = tile_geometry(h, w, tile)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     canvas = rgb.copy() if (nh, nw) == (h, w) else cv2.resize(rgb, (nw, nh), interpolation=interp)
-    instances = _decode_instances(anns, h, w, (nh, nw))
+    instances = _decode_instances(anns, h, w, (nh, nw), log)
     amodal_mode = any("amodal_segmentation" in a for a in anns)
     if boxes is None:
         boxes = not amodal_mode
@@ -253,24 +288,76 @@ def role_colours(anns: Sequence[dict]) -> list[tuple[int, int, int]]:
     return [OCCLUDEE if a.get("occluder_ids") else OCCLUDER if a.get("id") in occluding else NEUTRAL for a in anns]
 
 
-def _decode_instances(anns: Sequence[dict], h: int, w: int, size: tuple[int, int]) -> list[dict]:
+def check_annotation(ann: dict, height: int, width: int) -> dict:
+    """Raise BadRecord unless the fields the sheet draws from can be drawn (the others are not looked at)."""
+    where = f"annotation {brief(ann.get('id', '?'))}"
+    if not is_id(ann.get("id")) or "segmentation" not in ann:
+        raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id' and a 'segmentation'")
+    if "bbox" in ann and drawable_box(ann["bbox"], height, width) is None:
+        raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(ann['bbox'])} is not 4 finite numbers "
+                                                        f"(width, height >= 0) near the {width}x{height} image")
+    occluders = ann.get("occluder_ids", [])
+    if not isinstance(occluders, list) or not all(map(is_id, occluders)):
+        raise BadRecord(errors.MALFORMED_RECORD, where, f"occluder_ids {brief(occluders)} is not a list of ids")
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1) or not isinstance(crowd, int):
+        raise BadRecord(errors.MALFORMED_RECORD, where, f"iscrowd must be 0 or 1, got {brief(crowd)}")
+    return ann
+
+
+def drawable_box(box: Any, height: int, width: int) -> list[float] | None:
+    """A COCO box as 4 floats, or None when it is no box or lies far outside the image (cv2 cannot draw it)."""
+    if not is_box(box):
+        return None
+    x, y, bw, bh = map(float, box)
+    if bw < 0 or bh < 0 or x < -width or y < -height or x + bw > 2 * width or y + bh > 2 * height:
+        return None
+    return [x, y, bw, bh]
+
+
+def decode_masks(ann: dict, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(visible, amodal) masks of an annotation; BadRecord when one cannot be decoded.
+
+    masks.decode raises DegenerateMask for the cases it checks; a malformed RLE it does not check
+    (e.g. a string among uncompressed counts) surfaces as TypeError/ValueError: just as bad a record.
+    """
+    try:
+        visible = masks.decode(ann["segmentation"], height, width)
+        amodal = masks.decode(ann["amodal_segmentation"], height, width) if "amodal_segmentation" in ann else visible
+    except (TypeError, ValueError, OverflowError) as exc:  # DegenerateMask is a ValueError
+        raise BadRecord(errors.DEGENERATE_MASK, f"annotation {brief(ann.get('id', '?'))}", one_line(exc)) from None
+    return visible, amodal
+
+
+def _decode_instances(anns: Sequence[dict], h: int, w: int, size: tuple[int, int],
+                      log: SkipLog | None = None) -> list[dict]:
+    log = log if log is not None else SkipLog()
+    anns = [ann for ann in anns if _skip_bad(log, check_annotation, ann, h, w)]
     order = sorted(range(len(anns)), key=lambda i: _layer(anns[i]))
     colours = role_colours(anns)
     out = []
     for i in order:
         ann = anns[i]
-        try:
-            visible = masks.decode(ann["segmentation"], h, w)
-            amodal = masks.decode(ann["amodal_segmentation"], h, w) if "amodal_segmentation" in ann else visible
-        except (masks.DegenerateMask, KeyError):
+        decoded = _skip_bad(log, decode_masks, ann, h, w)
+        if decoded is None:
             continue
+        visible, amodal = decoded
         # in the image's frame: draw_boxes scales boxes to the tile
-        bbox = ann.get("bbox") if isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4 else masks.bbox(visible)
+        bbox = drawable_box(ann["bbox"], h, w) if "bbox" in ann else masks.bbox(visible)
         if (h, w) != size:
             visible, amodal = masks.resize(visible, size), masks.resize(amodal, size)
         out.append({"visible": visible, "amodal": amodal, "colour": colours[i], "bbox": bbox,
                     "iscrowd": bool(ann.get("iscrowd", 0))})
     return out
+
+
+def _skip_bad(log: SkipLog, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)``, or None when it raises BadRecord (which goes to ``log``)."""
+    try:
+        return check(*args)
+    except BadRecord as exc:
+        log.skip(exc)
+        return None
 
 
 def _erode4(mask: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ light fields are kept, so the counts of a 100k-image set fit in a few MB.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from typing import Iterable, Iterator, Sequence
@@ -16,12 +17,12 @@ import cv2
 import numpy as np
 
 from . import errors
-from .coco import COCO_LISTS, check_coco_layout, iter_array
+from .coco import COCO_LISTS, brief, check_coco_layout, iter_array
 from .errors import BadRecord, OccsynthError, SkipLog
 from .writer import set_paths
 
 RATIO_BINS = 10
-_LIGHT = ("image_id", "category_id", "layer", "occlusion_ratio")
+_LIGHT = ("id", "image_id", "category_id", "layer", "occlusion_ratio")  # id: to name a skipped one
 
 
 
@@ -58,8 +59,9 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
     """One pass over the records; see the module docstring for what is counted.
 
     Skipped and counted in ``skipped`` (by reason, with an example): image records that are no
-    object or have no id, repeated image ids, annotations that are no object, and (when there is an
-    image table) annotations of unknown images. Unknown categories are counted under ``(unknown)``.
+    object or have no id, repeated image ids, annotations that are no object, annotations whose
+    occlusion_ratio is there but no number, and (when there is an image table) annotations of unknown
+    images. Unknown categories are counted under ``(unknown)``.
     """
     skips = SkipLog()
     image_ids, listed = [], set()
@@ -91,6 +93,11 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
             skips.skip(BadRecord(errors.UNKNOWN_IMAGE, f"annotation {str(ann.get('id', '?'))[:40]}",
                                  f"image_id {str(image_id)[:40]}"))
             continue
+        ratio = ann.get("occlusion_ratio")
+        if "occlusion_ratio" in ann and not _finite(ratio):  # else the histogram would leave it out unseen
+            skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann.get('id', '?'))[:40]}",
+                                 f"occlusion_ratio {brief(ratio, 40)} is not a number"))
+            continue
         total += 1
         layer = ann.get("layer", 0)
         valid = isinstance(layer, int) and not isinstance(layer, bool)
@@ -106,8 +113,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
             pasted_per_image[image_id] += 1
         else:
             background[category] += 1
-        ratio = ann.get("occlusion_ratio")
-        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and np.isfinite(ratio):
+        if "occlusion_ratio" in ann:
             b = ratio_bin(float(ratio))
             ratio_counts[b] += 1
             if layer > 0:
@@ -140,6 +146,16 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
         "depth_per_image": dict(sorted(Counter(depth.get(i, 0) for i in all_ids).items())),
         "skipped": skips.to_dict(),
     }
+
+
+def _finite(value: object) -> bool:
+    """A JSON number that is finite as a float (not a bool, string or null; not an int too large for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def ratio_bin(ratio: float) -> int:

@@ -54,7 +54,7 @@ RATIO_TOLERANCE = 1e-6  # the writer rounds occlusion_ratio to 6 decimals
 BOX_TOLERANCE = 1e-6
 BATCH_IMAGES = 32
 _REQUIRED = {"id": int, "image_id": int, "category_id": int, "segmentation": dict, "amodal_segmentation": dict,
-             "area": (int, float), "bbox": list, "amodal_area": (int, float), "amodal_bbox": list,
+             "area": (int, float), "bbox": list, "iscrowd": int, "amodal_area": (int, float), "amodal_bbox": list,
              "occlusion_ratio": (int, float), "layer": int, "occluder_ids": list}
 
 
@@ -339,6 +339,9 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> None:
                 or len(ann["bbox"]) != 4 or len(ann["amodal_bbox"]) != 4:
             failures.add("fields", "negative layer, non-integer occluder id, or a box without 4 numbers",
                          ann_id, image["id"])
+            continue
+        if ann["iscrowd"] not in (0, 1):  # COCO tools read any other value as a crowd region, or crash
+            failures.add("fields", f"iscrowd is {_short(ann['iscrowd'])}, not 0 or 1", ann_id, image["id"])
             continue
         try:
             a = masks.decode(ann["amodal_segmentation"], h, w)

@@ -167,3 +167,78 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     assert report["counts"]["bad_order"] == 1 and report["counts"]["annotations"] == 3
     out = json.loads((tmp_path / "c-out.json").read_text())["annotations"]
     assert [a["order"] for a in out] == [1, 2, 3]  # the listing order stands in
+
+
+def test_cocoa_info_that_is_not_an_object_is_dropped_and_non_list_regions_skipped(tmp_path):
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["annotations"].append({"id": 901, "image_id": 5, "regions": 5})
+    for info in ([1, 2], "hello"):
+        (tmp_path / "c.json").write_text(json.dumps(dict(cocoa, info=info)))
+        report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+        out = json.loads((tmp_path / "c-out.json").read_text())
+        assert out["info"] == {"description": "COCOA converted from c.json"}
+        assert report["counts"]["annotations"] == 3
+        assert report["skipped"]["counts"] == {"malformed record": 1}
+        assert "COCOA annotation 901" in report["skipped"]["examples"]["malformed record"]
+
+
+def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
+    kins = json.loads(kins_file(tmp_path).read_text())
+    del kins["annotations"][0]["id"]
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    res = CliRunner().invoke(main, ["convert-kins", "--ann", str(tmp_path / "k.json"), "--out",
+                                    str(tmp_path / "k-out.json"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "malformed record, e.g. annotation record" in res.output and "'id' missing" in res.output
+    anns = json.loads((tmp_path / "k-out.json").read_text())["annotations"]
+    assert [a["id"] for a in anns] == [12, 13]
+
+
+def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch):
+    from occsynth import masks
+
+    decode = masks.decode
+
+    def guarded(segmentation, height, width):
+        assert height * width <= 1 << 27, "a huge image was decoded"
+        return decode(segmentation, height, width)
+
+    monkeypatch.setattr(masks, "decode", guarded)
+    kins = json.loads(kins_file(tmp_path).read_text())
+    kins["images"][0].update(height=10 ** 6, width=10 ** 6)
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
+    assert report["counts"]["annotations"] == 0 and report["counts"]["bad_images"] == 1
+    assert "image record 3" in report["skipped"]["examples"]["malformed record"]
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["images"][0].update(height=10 ** 9, width=10 ** 9)
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+    assert report["counts"]["annotations"] == 0 and report["counts"]["bad_images"] == 1
+    assert "too large" in report["skipped"]["examples"]["malformed record"]
+
+
+def test_kins_masks_that_cannot_be_decoded_are_skipped_not_replaced(tmp_path):
+    kins = json.loads(kins_file(tmp_path).read_text())
+    kins["annotations"][0]["a_segm"] = {"size": [H, W], "counts": [1, "x"]}  # undecodable amodal mask
+    kins["annotations"][2]["i_segm"] = {"size": [10, 10], "counts": "a"}     # visible mask of the wrong size
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
+    anns = json.loads((tmp_path / "k-out.json").read_text())["annotations"]
+    assert [a["id"] for a in anns] == [12]
+    assert report["counts"]["bad_masks"] == 2 and report["counts"]["fully_hidden"] == 0
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 2}
+    assert "annotation 11" in report["skipped"]["examples"]["degenerate or empty segmentation"]
+
+
+def test_out_equal_to_ann_is_refused_before_writing(tmp_path):
+    ann = kins_file(tmp_path)
+    before = ann.read_text()
+    (tmp_path / "link.json").symlink_to(ann)
+    for out in (ann, tmp_path / "." / "kins.json", tmp_path / "link.json"):
+        res = CliRunner().invoke(main, ["convert-kins", "--ann", str(ann), "--out", str(out), "--quiet"])
+        assert res.exit_code == 2 and "--out must differ from --ann" in res.output, res.output
+        assert ann.read_text() == before
+    cocoa = cocoa_file(tmp_path)
+    res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(cocoa), "--out", str(cocoa), "--quiet"])
+    assert res.exit_code == 2 and "--out must differ from --ann" in res.output

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
-from occsynth.errors import OccsynthError
+from occsynth.errors import OccsynthError, SkipLog
 from occsynth.preview import (BACKGROUND, DASH, NEUTRAL, OCCLUDEE, OCCLUDER, PAIR, TINT_ALPHA, missing_image, preview,
                               preview_report, sheet_shape, tile_geometry)
 from datasets import SCENES, build, scene_instances, write_dataset
@@ -250,3 +250,77 @@ def test_a_missing_bbox_is_taken_from_the_mask_in_the_image_frame():
     (inst,) = _decode_instances([ann], 100, 200, (50, 100))
     assert inst["bbox"] == [40.0, 20.0, 80.0, 40.0]
     assert inst["visible"].shape == (50, 100)
+
+
+def plain_coco(data: dict) -> dict:
+    """The hand-made set as a plain COCO file: no amodal masks or other occsynth fields."""
+    for ann in data["annotations"]:
+        for key in ("amodal_segmentation", "amodal_bbox", "amodal_area", "layer", "occluder_ids", "occlusion_ratio"):
+            ann.pop(key)
+    return data
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("bbox", ["a", "b", "c", "d"], "malformed record"),
+    ("bbox", [None, None, None, None], "malformed record"),
+    ("bbox", [0, 0, 1e308, 1e308], "malformed record"),
+    ("occluder_ids", [[1]], "malformed record"),
+    ("iscrowd", "yes", "malformed record"),
+    ("image_id", [1], "annotation refers to an unknown image id"),
+    ("segmentation", {"size": [48, 64], "counts": [1, 2, "x"]}, "degenerate or empty segmentation"),
+    ("segmentation", 5, "degenerate or empty segmentation"),
+    ("segmentation", [[1, 2, 3]], "degenerate or empty segmentation"),
+    ("segmentation", {"size": [10 ** 12, 64], "counts": "a"}, "degenerate or empty segmentation"),
+])
+def test_a_bad_annotation_is_skipped_and_reported(dataset, tmp_path, key, value, reason):
+    data = plain_coco(build()[0])
+    data["annotations"][0][key] = value  # of image 1 (48 x 64)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    log = SkipLog()
+    sheet, problems = preview_report(path, images=dataset / "images", n=3, seed=None, tile=TILE, log=log)
+    assert dict(log.counts) == {reason: 1} and problems == [] and sheet.shape == (TILE, 3 * TILE, 3)
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    result = CliRunner().invoke(group, ["preview", str(path), "--images", str(dataset / "images"),
+                                        "--out", str(tmp_path / "s.png"), "-n", "3", "--first", "--tile", "32"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "skipped 1 bad record(s):" in result.output and reason in result.output
+    assert f"annotation {data['annotations'][0]['id']}" in result.output
+
+
+@pytest.mark.parametrize("annotations, message", [
+    (None, "missing the 'annotations' list"),
+    ({}, "'annotations' is an object, expected a list"),
+    ("null", "'annotations' is a null, expected a list"),
+])
+def test_a_file_that_is_not_coco_instances_is_refused(dataset, tmp_path, annotations, message):
+    data = build()[0]
+    del data["annotations"]
+    if annotations is not None:
+        data["annotations"] = None if annotations == "null" else annotations
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    result = CliRunner().invoke(group, ["preview", str(path), "--images", str(dataset / "images"),
+                                        "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_no_image_found_is_an_error_naming_the_folder(dataset, tmp_path):
+    data = build()[0]
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    (tmp_path / "s.png").write_bytes(b"an earlier sheet")
+    result = CliRunner().invoke(group, ["preview", str(path), "--out", str(tmp_path / "s.png"), "--tile", "32"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"image folder {tmp_path}: none of the 3 image files" in result.output and "--images" in result.output
+    assert (tmp_path / "s.png").read_bytes() == b"an earlier sheet"
+    # some found: a sheet, and a warning that says how many are missing and where it looked
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "000000000001.png").write_bytes((dataset / "images" / "000000000001.png").read_bytes())
+    result = CliRunner().invoke(group, ["preview", str(path), "--out", str(tmp_path / "s.png"), "--tile", "32"])
+    assert result.exit_code == 0, result.output
+    assert f"missing image file (not under {tmp_path / 'images'})" in result.output
+    assert "2 image file(s) not found" in result.output

@@ -174,3 +174,17 @@ def test_y_axis_labels_are_drawn_once_left_of_the_axis():
         assert len(zero) and zero.max() < left - 3 - gap
     empty = bar_panel("t", [], [], BAR_PASTED)
     assert not np.any(empty[top - 12:top + 8, :left - 3] < 200)  # no max label on an empty panel
+
+
+def test_a_ratio_that_is_no_number_is_skipped_and_reported(tmp_path):
+    data, _ = build()
+    data["annotations"][0]["occlusion_ratio"] = "half"
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    stats = stats_from_path(path)
+    assert stats["skipped"]["counts"] == {"malformed record": 1}
+    assert stats["annotations"] == len(data["annotations"]) - 1 == sum(stats["occlusion_ratio"]["counts"])
+    res = CliRunner().invoke(group(), ["stats", str(path)])
+    assert res.exit_code == 0 and "skipped 1 record(s), not counted above:" in res.output
+    assert f"annotation {data['annotations'][0]['id']}: malformed record (occlusion_ratio 'half' is not a number)" \
+        in res.output

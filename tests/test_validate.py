@@ -227,6 +227,27 @@ def test_missing_field_and_bad_rle(dataset):
     assert report["checks"]["fields"]["examples"][0]["annotation_id"] == IDS["D"]
 
 
+@pytest.mark.parametrize("key, value", [
+    ("iscrowd", "yes"), ("iscrowd", 2), ("iscrowd", None), ("area", "big"), ("bbox", [None, None, None, None]),
+    ("bbox", [1, 2, 3]),
+])
+def test_wrong_typed_standard_field(dataset, key, value):
+    def edit(data):
+        by_name(data, "D")[key] = value
+    report = broken(dataset, edit)
+    assert not report["ok"] and failing(report) & {"fields", key}
+    assert report["checks"]["fields" if "fields" in failing(report) else key]["examples"][0]["annotation_id"] == IDS["D"]
+
+
+def test_cli_says_invalid_for_a_string_iscrowd(dataset):
+    data = load_annotations(dataset)
+    by_name(data, "D")["iscrowd"] = "yes"
+    save_annotations(dataset, data)
+    res = CliRunner().invoke(cli(), ["validate", str(dataset), "--quiet"])
+    assert res.exit_code == 1 and "valid: every check passed" not in res.output
+    assert f"annotation_id {IDS['D']}" in res.output and "iscrowd" in res.output
+
+
 def cli():
     return Group(commands={c.name: c for c in inspect_commands.COMMANDS})
 
