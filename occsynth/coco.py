@@ -37,7 +37,12 @@ def reading_json(path: str | os.PathLike, what: str = "") -> Iterator[None]:
     except ijson.JSONError as exc:
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise OccsynthError(f"{path}: empty file, expected JSON") from None
-        raise OccsynthError(f"{path}: malformed JSON{what} ({one_line(exc)})") from None
+        why = one_line(exc)
+        if "premature EOF" in why:
+            why += ": the file ends inside its JSON (cut off?)"
+        elif "integer overflow" in why:
+            why += ": a whole number beyond the 64-bit range, which no COCO field holds"
+        raise OccsynthError(f"{path}: malformed JSON{what} ({why})") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
@@ -62,7 +67,7 @@ def read_dataset(path: str | os.PathLike) -> dict:
 
 def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
     """Stream the items of one top-level array (``images``, ``annotations``, ...) in bounded memory."""
-    with reading_json(path, f" while reading '{key}'"), open(path, "rb") as f:
+    with reading_json(path, f" (found while reading the file for its '{key}')"), open(path, "rb") as f:
         yield from ijson.items(f, f"{key}.item", use_float=True)
 
 
@@ -71,7 +76,7 @@ def read_array(path: str | os.PathLike, key: str) -> list:
     end: in COCO files the images come before the annotations, which this does not read. For arrays that
     fit in memory; ``[]`` when the key is missing or not an array. A key that appears twice at the top
     level (which JSON allows) gives its first value here; ``json.load`` would give the last."""
-    with reading_json(path, f" while reading '{key}'"), open(path, "rb") as f:
+    with reading_json(path, f" (found while reading the file for its '{key}')"), open(path, "rb") as f:
         for value in ijson.items(f, key, use_float=True):
             return value if isinstance(value, list) else []
     return []

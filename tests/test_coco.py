@@ -28,8 +28,12 @@ def test_iter_array_streams_and_reports_malformed(tmp_path):
     assert [i["id"] for i in coco.iter_array(p, "images")] == [1, 2]
     assert list(coco.iter_array(p, "annotations"))[0]["bbox"] == [1.5, 2.0, 3.0, 4.0]
     p.write_text('{"annotations": [{"id": 1}, {"id": ')
-    with pytest.raises(OccsynthError, match="malformed JSON while reading 'annotations'"):
+    with pytest.raises(OccsynthError, match=r"malformed JSON \(found while reading the file for its 'annotations'\) "
+                                            r"\(parse error: premature EOF: the file ends inside its JSON \(cut off\?\)\)"):
         list(coco.iter_array(p, "annotations"))
+    p.write_text('{"images": [{"id": 1' + "0" * 30 + '}]}')
+    with pytest.raises(OccsynthError, match="integer overflow: a whole number beyond the 64-bit range"):
+        list(coco.iter_array(p, "images"))
 
 
 def test_read_array_parses_only_up_to_the_end_of_its_array(tmp_path):
@@ -39,7 +43,7 @@ def test_read_array_parses_only_up_to_the_end_of_its_array(tmp_path):
                  '"annotations": [{"id": 1}, {"id": ')
     assert coco.read_array(p, "images") == [{"id": 1, "h": 2.5}, {"id": 2}]
     assert coco.read_array(p, "categories") == []            # not an array: nothing, as iter_array gives
-    with pytest.raises(OccsynthError, match="malformed JSON while reading 'licenses'"):
+    with pytest.raises(OccsynthError, match="malformed JSON \\(found while reading the file for its 'licenses'\\)"):
         coco.read_array(p, "licenses")                        # absent: the whole file is read, and it is broken
     p.write_text('{"images": []}')
     assert coco.read_array(p, "images") == [] and coco.read_array(p, "annotations") == []
