@@ -1,8 +1,11 @@
 """What every command shares: turning library errors into one clear message."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import sys
 import threading
 
 import click
@@ -35,6 +38,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except OccsynthError as exc:
             raise ReportedError(str(exc)) from None
+        except BrokenPipeError:  # the reader has gone (`occsynth stats ... | head`): stop quietly, as Unix tools do
+            with contextlib.suppress(OSError):  # and keep Python from failing again on flushing stdout at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(141) from None  # 128 + SIGPIPE: what a shell reports for it
         except OSError as exc:  # disk full, permissions, ... outside the library's own checks
             reason = os_error_reason(exc)
             where = f"{exc.filename}: " if exc.filename and not reason.startswith(f"{exc.filename} ") else ""

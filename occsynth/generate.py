@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import math
 import os
 import threading
@@ -114,6 +115,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         raise OccsynthError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend_address and backend not in ("dask", "ray"):
         raise OccsynthError(f"--scheduler is for --backend dask or ray, not {backend}")
+    if backend in EXTRA_MODULES and importlib.util.find_spec(EXTRA_MODULES[backend]) is None:
+        raise _missing_extra(backend)  # before OUT is made: a run that cannot start leaves nothing behind
     if (ann_path is None) != (image_root is None):
         raise OccsynthError("give both --ann and --images, or neither (to use the embedded demo source)")
     if ann_path is None:
@@ -273,6 +276,13 @@ def _one_cv2_thread(task: Callable[[int], int], chunk: int) -> int:
     return task(chunk)
 
 
+EXTRA_MODULES = {"dask": "distributed", "ray": "ray"}  # what each optional backend imports
+
+
+def _missing_extra(backend: str) -> OccsynthError:
+    return OccsynthError(f"--backend {backend} needs the {backend} extra: pip install 'occsynth-bcnet[{backend}]'")
+
+
 @contextlib.contextmanager
 def _backend_session(backend: str, address: str | None):
     """Connect to the cluster a user already runs (dask.distributed scheduler or ray head)."""
@@ -280,7 +290,7 @@ def _backend_session(backend: str, address: str | None):
         try:
             from dask.distributed import Client
         except ImportError:
-            raise OccsynthError("--backend dask needs the dask extra: pip install 'occsynth-bcnet[dask]'") from None
+            raise _missing_extra(backend) from None
         try:
             client = Client(address) if address else Client(processes=True, n_workers=1, threads_per_worker=1)
         except (ValueError, OSError, TimeoutError) as exc:
@@ -293,7 +303,7 @@ def _backend_session(backend: str, address: str | None):
             import ray
             from ray.util.joblib import register_ray
         except ImportError:
-            raise OccsynthError("--backend ray needs the ray extra: pip install 'occsynth-bcnet[ray]'") from None
+            raise _missing_extra(backend) from None
         register_ray()
         if not ray.is_initialized():
             ray.init(address=address)

@@ -67,3 +67,16 @@ def test_a_file_where_a_folder_is_needed_is_named(tmp_path, demo_source):
     assert cache.exit_code == 2 and cache.output.strip() == f"Error: {tmp_path / 'cache' / 'banks'} is a file, not a folder"
     out = runner.invoke(occsynth_main, ["generate", "--out", str(tmp_path / "afile" / "o"), "--num-images", "2", "--quiet"])
     assert out.exit_code == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in out.output
+
+
+def test_a_reader_that_goes_away_stops_a_command_quietly(demo_source):
+    import subprocess
+    import sys
+
+    ann, _ = demo_source
+    # the pipe's reading end is closed before the command writes: as `occsynth stats ... | head -1` once head exits
+    proc = subprocess.Popen([sys.executable, "-m", "cli.occsynth_cli", "stats", str(ann)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -290,3 +290,9 @@ def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c") + extra)
         assert result.exit_code == 2, result.output
         assert words in result.output and "Traceback" not in result.output
+    # a backend whose extra is not installed leaves no --out behind
+    from occsynth import generate as generate_module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(generate_module.EXTRA_MODULES, "ray", "occsynth_no_such_module")
+        result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "r", tmp_path / "c") + ["--backend", "ray"])
+    assert result.exit_code == 2 and "needs the ray extra" in result.output and not (tmp_path / "r").exists()
