@@ -71,6 +71,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def load_weights(model: torch.nn.Module, weights: Any, path: str | os.PathLike) -> None:
+    """Load a checkpoint's ``model`` tensors into ``model``, all of them, shape for shape.
+
+    A mismatch is an :class:`OccsynthError` naming the file and the first tensor at fault:
+    torch's own error is a traceback listing every tensor.
+    """
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise OccsynthError(f"{path}: not a bcnet checkpoint (its 'model' entry is not a dict of named tensors)")
+    own = model.state_dict()
+    for name, tensor in weights.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise OccsynthError(f"{path}: tensor {name} has shape {list(tensor.shape)}, the model built from its "
+                                f"model_config expects {list(own[name].shape)}")
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        parts = [f"{len(names)} {what} (e.g. {names[0]})" for what, names in
+                 (("missing", missing), ("unexpected", unexpected)) if names]
+        raise OccsynthError(f"{path}: its tensors do not match the model built from its model_config: "
+                            f"{', '.join(parts)}")
+    model.load_state_dict(weights)
+
+
 def capture_rng_state() -> dict:
     """Every global random generator training touches, as tensors and ints."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -187,7 +187,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     lists = load_occsep_lists(occsep_lists)
     data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
     if mode == "amodal":
-        data = amodal_ground_truth(data)
+        data = amodal_ground_truth(data, "" if isinstance(gt, dict) else gt)
     skips = SkipLog() if skips is None else skips
     data = clean_ground_truth(data, skips, record_skips=skips if record_skips is None else record_skips)
     known = {image["id"] for image in data["images"]}
@@ -316,31 +316,47 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
     return out
 
 
-def amodal_ground_truth(data: dict) -> dict:
+def require_amodal_masks(data: dict, where: str | os.PathLike = "", task: str = "evaluation") -> None:
+    """Refuse, naming ``where`` (the file) and the first culprit, a set with a non-crowd annotation
+    without ``amodal_segmentation``: scoring or training it on its visible mask instead would
+    silently mix two kinds of mask. Records that are not objects are left to the record checks."""
+    verb = {"evaluation": "evaluate", "training": "train"}.get(task, task)
+    for ann in data["annotations"]:
+        if isinstance(ann, dict) and not ann.get("amodal_segmentation") and not ann.get("iscrowd", 0):
+            raise OccsynthError((f"{where}: " if where else "") + f"annotation {ann.get('id')} (image "
+                                f"{ann.get('image_id')}) has no amodal_segmentation: amodal {task} needs one on "
+                                f"every non-crowd annotation ({verb} in visible mode, or complete or remove the "
+                                "annotation)")
+
+
+def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
     """A copy of ``data`` whose annotations score amodal masks: ``segmentation``, ``area``, ``bbox``
     replaced by ``amodal_segmentation``, ``amodal_area``, ``amodal_bbox`` (the last two computed
-    from the mask when absent). Raises :class:`OccsynthError` naming the first non-crowd annotation
-    without ``amodal_segmentation``; crowd ones without it keep their visible mask."""
-    sizes = {image.get("id"): (image.get("height"), image.get("width")) for image in data["images"]}
+    from the mask when absent). Raises :class:`OccsynthError` naming ``where`` (the file) and the first
+    non-crowd annotation without ``amodal_segmentation`` (:func:`require_amodal_masks`); crowd ones
+    without it keep their visible mask."""
+    require_amodal_masks(data, where)
+    sizes = {image.get("id"): (image.get("height"), image.get("width"))
+             for image in data["images"] if isinstance(image, dict)}
     annotations = []
     for ann in data["annotations"]:
+        if not isinstance(ann, dict):  # a malformed record: clean_ground_truth counts it
+            annotations.append(ann)
+            continue
         segmentation = ann.get("amodal_segmentation")
         if not segmentation:
-            if ann.get("iscrowd", 0):
-                annotations.append(dict(ann))
-                continue
-            raise OccsynthError(f"annotation {ann.get('id')} (image {ann.get('image_id')}) has no "
-                                "amodal_segmentation: amodal evaluation needs one on every non-crowd annotation "
-                                "(evaluate in visible mode, or complete or remove the annotation)")
+            annotations.append(dict(ann))  # a crowd region (require_amodal_masks passed)
+            continue
         area, box = ann.get("amodal_area"), ann.get("amodal_bbox")
         if area is None or box is None:
             height, width = sizes.get(ann.get("image_id"), (None, None))
+            at = f"{where}: " if where else ""
             if height is None or width is None:
-                raise OccsynthError(f"annotation {ann.get('id')}: its image {ann.get('image_id')} has no size")
+                raise OccsynthError(f"{at}annotation {ann.get('id')}: its image {ann.get('image_id')} has no size")
             try:
                 rle = mask_ops.to_rle(segmentation, int(height), int(width))
             except (mask_ops.DegenerateMask, TypeError, ValueError) as exc:
-                raise OccsynthError(f"annotation {ann.get('id')}: unreadable amodal_segmentation ({exc})") from None
+                raise OccsynthError(f"{at}annotation {ann.get('id')}: unreadable amodal_segmentation ({exc})") from None
             area = mask_ops.rle_area(rle) if area is None else area
             box = mask_ops.rle_bbox(rle) if box is None else box
         box = [float(v) for v in box]
@@ -351,15 +367,35 @@ def amodal_ground_truth(data: dict) -> dict:
 
 def load_occsep_lists(lists: dict | None) -> dict[str, list]:
     """``{'occluded'|'separated': path or object list}`` -> loaded lists (paths read with
-    :func:`bcnet.occsep.load_objects`, which refuses pickles that would run code)."""
+    :func:`bcnet.occsep.load_objects`, which refuses pickles that would run code); every entry is
+    checked here, so a bad one fails before any prediction."""
     out = {}
     for key, value in (lists or {}).items():
         if key not in OCCSEP_LISTS:
             raise OccsynthError(f"object list name must be one of {OCCSEP_LISTS}, got {key!r}")
         if value is None:
             continue
-        out[key] = occsep.load_objects(value) if isinstance(value, (str, os.PathLike)) else list(value)
+        if isinstance(value, (str, os.PathLike)):
+            out[key] = occsep.load_objects(value)  # checks every entry, naming the file
+        else:
+            occsep.check_objects(value, f"{key} object list")
+            out[key] = list(value)
     return out
+
+
+def check_occsep_sizes(data: dict, lists: dict[str, list], where: str | os.PathLike) -> None:
+    """Refuse a listed RLE mask on one of ``data``'s images whose size is not that image's: the
+    recall compares it pixel by pixel with the predictions. Made before predicting, not after."""
+    images = [image for image in data["images"] if isinstance(image, dict) and _is_int(image.get("id"))]
+    index = _file_name_index(images)
+    sizes = {image["id"]: [image.get("height"), image.get("width")] for image in images}
+    for key, objects in lists.items():
+        for i, entry in enumerate(objects):
+            file_name, _, segmentation = occsep.parse_entry(entry)
+            size = sizes.get(index.get(file_name))
+            if size and isinstance(segmentation, dict) and list(segmentation["size"]) != size:
+                raise OccsynthError(f"{key} object list, entry {i}: its RLE size {list(segmentation['size'])} "
+                                    f"differs from the size {size} of image {file_name!r} in {where}")
 
 
 def occsep_metrics(data: dict, results: list[dict], lists: dict[str, list]) -> dict:
@@ -534,16 +570,26 @@ def markdown_table(results: dict) -> str:
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a checkpoint was trained as and load its weights (``weights_only``)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_weights
     from .train import build
 
     state = load_checkpoint(checkpoint)
-    if not state.get("category_ids"):
+    category_ids = state.get("category_ids")
+    if not category_ids:
         raise OccsynthError(f"{checkpoint}: checkpoint has no category mapping")
+    if not isinstance(category_ids, (list, tuple)) or not all(_is_int(c) for c in category_ids):
+        raise OccsynthError(f"{checkpoint}: category_ids must be a list of category ids, got "
+                            f"{coco_io.brief(category_ids)}")
+    if not isinstance(state.get("model_config"), dict):
+        raise OccsynthError(f"{checkpoint}: not a bcnet checkpoint: no model_config (the settings its model was "
+                            "built with)")
     config = dict(state["model_config"])
     config.pop("backbone_weights", None)  # the trained weights include the backbone
-    model = build(int(config.pop("num_classes", len(state["category_ids"]) + 1)), config)
-    model.load_state_dict(state["model"])
+    try:
+        model = build(int(config.pop("num_classes", len(category_ids) + 1)), config)
+    except (OccsynthError, TypeError, ValueError) as exc:  # an unknown backbone name, setting or value
+        raise OccsynthError(f"{checkpoint}: its model_config builds no model: {exc}") from None
+    load_weights(model, state["model"], checkpoint)
     return model.to(device).eval(), state
 
 
@@ -580,7 +626,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         if mode not in MODES:
             raise OccsynthError(f"{checkpoint}: checkpoint schedule has unknown mode {mode!r}; pass a mode")
     out_dir = Path(out_dir)
-    report = {}
+    # every set is read and checked before any prediction: a bad second set must not cost the
+    # first one's work, nor leave its detections rewritten
+    prepared = []
     for name, (ann_file, image_root) in sets.items():
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
@@ -588,8 +636,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
                                 category_ids=state["category_ids"], data=gt)
         _require_images(name, dataset, image_root)
-        if mode == "amodal":  # fail before predicting, not after; evaluate() then finds it converted
-            gt = amodal_ground_truth(gt)
+        if mode == "amodal":  # evaluate() then finds it converted
+            gt = amodal_ground_truth(gt, ann_file)
+        check_occsep_sizes(gt, lists, ann_file)
+        prepared.append((name, image_root, gt, dataset))
+    report = {}
+    for name, image_root, gt, dataset in prepared:
         unreadable: list[int] = []
         results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
                                   mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)

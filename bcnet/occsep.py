@@ -30,6 +30,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from occsynth import masks as mask_ops
+from occsynth.coco import brief
 from occsynth.errors import OccsynthError
 
 SCORE_THRESHOLD = 0.3
@@ -81,7 +82,51 @@ def load_objects(path: str | os.PathLike) -> list:
             raise OccsynthError(f"{path}: {exc}") from None
     if not isinstance(objects, (list, tuple)):
         raise OccsynthError(f"{path}: expected a list of objects, found {type(objects).__name__}")
+    check_objects(objects, path)
     return list(objects)
+
+
+MAX_REPORTED = 5  # bad entries named in one error
+
+
+def check_objects(objects: Sequence, where: str | os.PathLike) -> None:
+    """Refuse a list with a bad entry, naming ``where`` (the list file) and each bad entry's index (the
+    first few): found when the list is read, not after a whole evaluation has run."""
+    problems = []
+    for i, entry in enumerate(objects):
+        try:
+            _, cls, segmentation = parse_entry(entry)
+            problem = entry_problem(cls, segmentation)
+        except OccsynthError as exc:
+            problem = str(exc)
+        if problem:
+            problems.append(f"entry {i}: {problem}")
+    if problems:
+        more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
+        raise OccsynthError(f"{where}: {len(problems)} bad object entr{'y' if len(problems) == 1 else 'ies'}: "
+                            + "; ".join(problems[:MAX_REPORTED]) + more)
+
+
+def entry_problem(cls: Any, segmentation: Any) -> str:
+    """What is wrong with an entry's class and mask ('' when nothing): an RLE must decode at its own
+    size; polygons are checked for shape only (their image's size is known at scoring time)."""
+    if isinstance(cls, bool) or not isinstance(cls, (str, int)):
+        return f"class must be a class name or a category id, got {brief(cls)}"
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            return f"RLE size must be [height, width] (positive integers), got {brief(size)}"
+        try:
+            mask_ops.decode_crop(segmentation, size[0], size[1])
+        except (mask_ops.DegenerateMask, TypeError, ValueError) as exc:
+            return f"unreadable RLE ({exc})"
+        return ""
+    polygons = segmentation if isinstance(segmentation, list) else []
+    if not polygons or not all(isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0
+                               and all(mask_ops.finite_number(v) and not isinstance(v, bool) for v in p) for p in polygons):
+        return f"mask must be an RLE dict or polygons (lists of >= 3 x, y points), got {brief(segmentation)}"
+    return ""
 
 
 def parse_entry(entry: Sequence) -> tuple[str, Any, Any]:

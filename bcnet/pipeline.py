@@ -17,7 +17,7 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import read_json
+from occsynth.coco import check_coco_layout, read_json
 from occsynth.errors import OccsynthError
 
 FINAL = "model_final.pt"
@@ -45,10 +45,10 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
                  progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every stage; returns ``{"results": ..., "table": markdown, "stages": {...}}``."""
     from occsynth.cocoocc import build_cocoocc
-    from occsynth.generate import generate, run_settings
+    from occsynth.generate import generate
 
     from .evaluate import evaluate_checkpoint, markdown_table
-    from .train import check_setting_names, train
+    from .train import train
 
     from .device import resolve_device
 
@@ -62,13 +62,19 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     for table in ("pretrain", "finetune"):
         if "schedule" not in plan[table]:
             raise OccsynthError(f"pipeline recipe {recipe!r}: [{table}] needs a 'schedule' (e.g. schedule-1x)")
-        # a typo fails now, naming its table, not after the synthetic set was generated
-        check_setting_names([k for k in plan[table] if k != "schedule"], f"pipeline recipe {recipe!r} [{table}]")
     if "recipe" not in plan["synthetic"] and inputs.synthetic is None:
         raise OccsynthError(f"pipeline recipe {recipe!r}: [synthetic] needs a 'recipe' (e.g. synthetic-100k)")
     if inputs.coco_train is None or inputs.coco_val is None:
         raise OccsynthError("the pipeline needs COCO train and val (--coco-train-ann/--coco-train-images, "
                             "--coco-val-ann/--coco-val-images), or --tiny for the embedded demo data")
+    # every later stage's settings fail now, naming the recipe and table, not after hours of training
+    settings = synthetic_settings(plan, recipe) if inputs.synthetic is None else None
+    for table in ("pretrain", "finetune"):
+        check_training_table(plan, recipe, table)
+    if inputs.cocoocc is None:
+        check_cocoocc_table(plan, recipe)
+    else:
+        check_coco_layout(inputs.cocoocc)
     stages = {}
 
     # 1. synthetic set
@@ -78,8 +84,6 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
             log(f"[1/5] synthetic set: done ({synth_dir})")
         else:
             log(f"[1/5] synthetic set: generating with recipe {plan['synthetic']['recipe']} into {synth_dir}")
-            section = dict(plan["synthetic"])
-            settings = run_settings(manifests.load(section.pop("recipe"), "synthetic"), **section)
             generate(synth_dir, settings, ann_path=inputs.coco_train[0], image_root=inputs.coco_train[1],
                      workers=workers, cache_dir=cache_dir, progress=progress)
         inputs = dataclasses.replace(inputs, synthetic=(synth_dir / "annotations.json", synth_dir / "images"))
@@ -126,6 +130,53 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     summary = {"recipe": recipe, "stages": stages, "results": results}
     write_json(out_dir / "pipeline.json", summary, indent=2)
     return {**summary, "table": table}
+
+
+def synthetic_settings(plan: dict, recipe: str):
+    """The [synthetic] table as ``occsynth.generate.RunSettings``; a bad value names the recipe and table."""
+    from occsynth.generate import run_settings
+
+    section = dict(plan["synthetic"])
+    try:
+        return run_settings(manifests.load(section.pop("recipe"), "synthetic"), **section)
+    except OccsynthError as exc:
+        raise OccsynthError(f"pipeline recipe {recipe!r} [synthetic]: {exc}") from None
+
+
+def check_training_table(plan: dict, recipe: str, table: str) -> None:
+    """[pretrain] / [finetune]: its schedule exists and, with the table's settings on top, is valid."""
+    from .train import load_schedule
+
+    where = f"pipeline recipe {recipe!r} [{table}]"
+    try:
+        manifests.load(str(plan[table]["schedule"]), "schedule")
+    except OccsynthError as exc:
+        raise OccsynthError(f"{where} schedule: {exc}") from None
+    load_schedule(str(plan[table]["schedule"]), {k: v for k, v in plan[table].items() if k != "schedule"},
+                  overrides_from=where)
+
+
+COCOOCC_SETTINGS = ("overlap", "threshold", "count_crowd")
+
+
+def check_cocoocc_table(plan: dict, recipe: str) -> None:
+    """[cocoocc] (optional): the options ``build_cocoocc`` takes, checked before any stage runs."""
+    from occsynth.boxes import OVERLAP_MEASURES
+
+    where = f"pipeline recipe {recipe!r} [cocoocc]"
+    options = plan.get("cocoocc", {})
+    if not isinstance(options, dict):
+        raise OccsynthError(f"pipeline recipe {recipe!r}: 'cocoocc' must be a table ([cocoocc])")
+    unknown = sorted(set(options) - set(COCOOCC_SETTINGS))
+    if unknown:
+        raise OccsynthError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(COCOOCC_SETTINGS)})")
+    overlap, threshold = options.get("overlap", "iou"), options.get("threshold", 0.2)
+    if overlap not in OVERLAP_MEASURES:
+        raise OccsynthError(f"{where}: overlap must be one of {', '.join(OVERLAP_MEASURES)}, got {overlap!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise OccsynthError(f"{where}: threshold must be a number in (0, 1], got {threshold!r}")
+    if not isinstance(options.get("count_crowd", False), bool):
+        raise OccsynthError(f"{where}: count_crowd must be true or false, got {options['count_crowd']!r}")
 
 
 def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: dict, init: Path | None,

@@ -33,12 +33,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import manifests
+from occsynth import coco as coco_io
 from occsynth.atomic import open_atomic, remove_stale_temporaries
 from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
 from .data import CocoInstances, count_skipped, micro_batch_size, train_loader
 from .device import resolve_device
+from .evaluate import require_amodal_masks
 from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
@@ -54,15 +56,17 @@ REQUIRED_SETTINGS = ("base_lr", "base_batch_size", "batch_size", "momentum", "we
 OPTIONAL_SETTINGS = ("backbone_weights", "keep_checkpoints", "log_every", "workers")
 
 
-def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None) -> dict:
+def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None, *,
+                  where: str = "schedule", overrides_from: str = "command line") -> dict:
     """A schedule TOML (bundled name or path) flattened to one dict, with ``overrides`` applied.
 
     Section names ([solver], [data], [model], [run]) only group the keys; every key is unique.
     Unknown keys are refused, in the file as on the command line, so a typo cannot silently train
-    with the default.
+    with the default. Errors name where the bad setting was written: the schedule file (``where``
+    for a dict) or ``overrides_from``.
     """
     if isinstance(schedule, dict):
-        flat, where = dict(schedule), "schedule"
+        flat = dict(schedule)
     else:
         raw = manifests.load(str(schedule), "schedule")  # a missing or malformed file is an OccsynthError naming it
         flat, where = {}, str(schedule)
@@ -72,9 +76,10 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
                                     "[solver], [data], [model] or [run]")
             flat.update(section)
     check_setting_names(flat, where)
-    check_setting_names([k for k, v in (overrides or {}).items() if v is not None], "command line")
+    given = [k for k, v in (overrides or {}).items() if v is not None]
+    check_setting_names(given, overrides_from)
     flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    _check_schedule(flat)
+    _check_schedule(flat, lambda *keys: overrides_from if set(keys) & set(given) else where)
     return flat
 
 
@@ -86,23 +91,27 @@ def check_setting_names(settings: Iterable[str], where: str) -> None:
         raise OccsynthError(f"{where}: unknown schedule setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
 
 
-def _check_schedule(s: dict) -> None:
+def _check_schedule(s: dict, source: Callable[..., str]) -> None:
     """Refuse values the optimizer, scheduler or data pipeline would choke on (or silently misuse),
-    naming the setting: a typo on the command line must not cost a traceback or a wasted run."""
+    naming the setting and ``source(key, ...)``, where it was written: a typo must not cost a
+    traceback or a wasted run."""
     missing = [k for k in REQUIRED_SETTINGS if k not in s]
     if missing:
-        raise OccsynthError(f"schedule lacks {', '.join(missing)}")
+        raise OccsynthError(f"{source()}: schedule lacks {', '.join(missing)}")
+
+    def fail(keys: str | tuple, text: str) -> OccsynthError:
+        return OccsynthError(f"{source(*(keys if isinstance(keys, tuple) else (keys,)))}: {text}")
 
     def number(key: str) -> float:
         value = s[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise OccsynthError(f"schedule setting {key} must be a finite number, got {value!r}")
+            raise fail(key, f"schedule setting {key} must be a finite number, got {value!r}")
         return float(value)
 
     def integer(key: str, low: int) -> int:
         value = s[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise OccsynthError(f"schedule setting {key} must be an integer >= {low}, got {value!r}")
+            raise fail(key, f"schedule setting {key} must be an integer >= {low}, got {value!r}")
         return value
 
     for key in ("iterations", "batch_size", "accumulate", "base_batch_size", "short", "long_max"):
@@ -117,30 +126,31 @@ def _check_schedule(s: dict) -> None:
               ("warmup_factor", lambda v: 0 < v <= 1, "in (0, 1]"), ("flip", lambda v: 0 <= v <= 1, "in [0, 1]"))
     for key, ok, rule in checks:
         if not ok(number(key)):
-            raise OccsynthError(f"schedule setting {key} must be {rule}, got {s[key]!r}")
+            raise fail(key, f"schedule setting {key} must be {rule}, got {s[key]!r}")
     steps = s["steps"]
     if (not isinstance(steps, (list, tuple)) or
             not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in steps)):
-        raise OccsynthError(f"schedule setting steps must be a list of iterations >= 1, got {steps!r}")
+        raise fail("steps", f"schedule setting steps must be a list of iterations >= 1, got {steps!r}")
     if any(b <= a for a, b in zip(steps, steps[1:])):
-        raise OccsynthError(f"schedule setting steps must be strictly increasing, got {list(steps)!r}")
+        raise fail("steps", f"schedule setting steps must be strictly increasing, got {list(steps)!r}")
     if s["long_max"] < s["short"]:
-        raise OccsynthError(f"schedule setting long_max ({s['long_max']}) must be >= short ({s['short']})")
+        raise fail(("long_max", "short"),
+                   f"schedule setting long_max ({s['long_max']}) must be >= short ({s['short']})")
     if s["amp"] not in AMP_MODES:
-        raise OccsynthError(f"amp must be one of {AMP_MODES}, got {s['amp']!r}")
+        raise fail("amp", f"amp must be one of {AMP_MODES}, got {s['amp']!r}")
     if s["mode"] not in ("visible", "amodal"):
-        raise OccsynthError(f"schedule setting mode must be 'visible' or 'amodal', got {s['mode']!r}")
-    _check_model_settings(s)
+        raise fail("mode", f"schedule setting mode must be 'visible' or 'amodal', got {s['mode']!r}")
+    _check_model_settings(s, source)
     jitter = s["scale_jitter"]
     if jitter:
         if (not isinstance(jitter, (list, tuple)) or len(jitter) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in jitter)):
-            raise OccsynthError(f"scale_jitter must be [] or [lo, hi], got {jitter!r}")
+            raise fail("scale_jitter", f"scale_jitter must be [] or [lo, hi], got {jitter!r}")
         if not 1 <= jitter[0] <= jitter[1]:
-            raise OccsynthError(f"scale_jitter [lo, hi] needs 1 <= lo <= hi, got {list(jitter)!r}")
+            raise fail("scale_jitter", f"scale_jitter [lo, hi] needs 1 <= lo <= hi, got {list(jitter)!r}")
 
 
-def _check_model_settings(s: dict) -> None:
+def _check_model_settings(s: dict, source: Callable[..., str]) -> None:
     """[model] names and backbone weights, checked before any data is indexed (no file is read here:
     a resumed run never reloads its backbone weights, so a since-moved file must not stop it)."""
     from .model import model_choices  # late: pulls in torchvision detection
@@ -148,10 +158,11 @@ def _check_model_settings(s: dict) -> None:
     for key, allowed in model_choices().items():
         if s[key] not in allowed or s[key] is None:  # TOML has no None; build_model's "no mask head" is API only
             names = ", ".join(a for a in allowed if a is not None)
-            raise OccsynthError(f"schedule setting {key} must be one of {names}, got {s[key]!r}")
+            raise OccsynthError(f"{source(key)}: schedule setting {key} must be one of {names}, got {s[key]!r}")
     weights = s.get("backbone_weights") or ""
     if not isinstance(weights, (str, os.PathLike)):
-        raise OccsynthError(f"schedule setting backbone_weights must be a file path or \"\", got {weights!r}")
+        raise OccsynthError(f"{source('backbone_weights')}: schedule setting backbone_weights must be a file path "
+                            f"or \"\", got {weights!r}")
     if weights and s["backbone"] == "tiny":
         raise OccsynthError(f"backbone weights {os.fspath(weights)}: the 'tiny' backbone has no pretrained weights; "
                             "use backbone resnet18 or resnet50 with a torchvision state dict, or no weights")
@@ -250,7 +261,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                 raise OccsynthError(f"{resume_path}: this run was trained with {key} {trained!r}; --resume cannot "
                                     f"change it to {asked!r} (to start from its weights, train into a new --out "
                                     "with --init)")
-        schedule = load_schedule(state["schedule"], overrides)
+        schedule = load_schedule(state["schedule"], overrides, where=f"{resume_path} (its saved schedule)")
         done = int(state["iteration"])
         if int(schedule["iterations"]) < done:
             raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > {schedule['iterations']} "
@@ -266,22 +277,26 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         raise OccsynthError(f"backbone weights {os.fspath(weights)}: no such file (expected a torchvision "
                             f"{schedule['backbone']} state dict)")
     device_, rank, world, own_group = _setup_distributed(device)
-    if retired and progress and rank == 0:
+    if retired and rank == 0:  # messages, not progress: printed under --quiet too
         tqdm.write(f"{resume_path}: ignoring unknown schedule setting(s) {', '.join(map(repr, retired))} "
                    "saved by an older version")
     use_amp = schedule["amp"] != "off" and device_.type == "cuda"
-    if schedule["amp"] != "off" and not use_amp and progress and rank == 0:
+    if schedule["amp"] != "off" and not use_amp and rank == 0:
         tqdm.write(f"amp {schedule['amp']}: CUDA only; training in float32 on {device_}")
     amp_dtype = torch.bfloat16 if schedule["amp"] == "bf16" else torch.float16
     accumulate = int(schedule["accumulate"])
     micro_batch_size(int(schedule["batch_size"]), world, accumulate)  # fail early when it does not split
 
+    data = coco_io.read_dataset(ann_file)
+    if schedule["mode"] == "amodal":  # the dataset would fall back to visible masks, silently
+        require_amodal_masks(data, ann_file, "training")
     jitter = tuple(schedule["scale_jitter"]) if schedule["scale_jitter"] else None
     dataset = CocoInstances(ann_file, image_root,
                             build_transforms(True, int(schedule["short"]), int(schedule["long_max"]), jitter,
                                              float(schedule["flip"])),
                             mode=schedule["mode"], drop_empty=True, strict=strict,
-                            category_ids=state["category_ids"] if state else None)
+                            category_ids=state["category_ids"] if state else None, data=data)
+    del data  # the dataset keeps what it needs
     if report is not None and rank == 0 and dataset.skips.total:
         report(dataset.skips.to_dict())
 
@@ -290,10 +305,10 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     torch.manual_seed(seed)
     model = build(dataset.num_classes, config, weights)
     if state is not None:
-        model.load_state_dict(state["model"])
+        ckpt.load_weights(model, state["model"], resume_path)
     elif init_checkpoint:
         init = load_model_weights(model, init_checkpoint)
-        if init["left_as_built"] and progress and rank == 0:
+        if init["left_as_built"] and rank == 0:
             names = init["left_as_built"]
             tqdm.write(f"init: {init['loaded']} tensors loaded from {init_checkpoint}; {len(names)} left as built "
                        f"(names or shapes differ, e.g. another number of classes): {', '.join(names[:3])}"

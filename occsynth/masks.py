@@ -21,7 +21,7 @@ class DegenerateMask(ValueError):
     """A segmentation that cannot be turned into a mask (too few points, wrong size, empty)."""
 
 
-def _finite_number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
     """A JSON number that is finite as a float (an integer too large for a float is not)."""
     if not isinstance(value, (int, float)):
         return False
@@ -40,7 +40,7 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict:
         for poly in polygons:
             if len(poly) < 6 or len(poly) % 2:
                 raise DegenerateMask(f"polygon with {len(poly)} coordinates (need an even number >= 6)")
-            if not all(map(_finite_number, poly)):
+            if not all(map(finite_number, poly)):
                 raise DegenerateMask("polygon has non-numeric or non-finite coordinates")
             xs, ys = poly[0::2], poly[1::2]
             # pycocotools rasterises the whole outline: far-away vertices cost memory without bound

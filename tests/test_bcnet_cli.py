@@ -258,7 +258,8 @@ def test_bad_model_names_in_a_schedule_file_are_one_clear_error(tiny, tmp_path, 
     (tmp_path / "s.toml").write_text("\n".join(lines) + "\n")
     result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / "run", "--schedule", str(tmp_path / "s.toml")))
     _clean(result, 2)
-    assert f"Error: schedule setting {setting} must be one of {allowed}, got {shown}" in result.output, result.output
+    assert (f"Error: {tmp_path / 's.toml'}: schedule setting {setting} must be one of {allowed}, got {shown}"
+            in result.output), result.output
     assert not (tmp_path / "run").exists()
 
 
@@ -296,3 +297,135 @@ def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
     result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e")
     _clean(result, 2)
     assert "lists no images to evaluate" in result.output and "check --images" not in result.output
+
+
+def _tampered(checkpoint, dest, change):
+    state = torch.load(checkpoint, weights_only=True)
+    change(state)
+    torch.save(state, dest)
+    return dest
+
+
+def test_a_checkpoint_that_does_not_fit_its_own_model_config_is_one_clear_error_naming_it(tiny, tmp_path):
+    root, checkpoint = tiny
+    first = next(iter(torch.load(checkpoint, weights_only=True)["model"]))
+    cases = [
+        (lambda s: s["model"].__setitem__(first, torch.zeros(1)),
+         f"tensor {first} has shape [1], the model built from its model_config expects ["),
+        (lambda s: s.pop("model_config"), "not a bcnet checkpoint: no model_config"),
+        (lambda s: s["model_config"].__setitem__("backbone", "resnet9000"),
+         "its model_config builds no model: unknown backbone 'resnet9000'"),
+        (lambda s: s["model"].pop(first), f"its tensors do not match the model built from its model_config: "
+                                          f"1 missing (e.g. {first})"),
+        (lambda s: s.__setitem__("category_ids", "abc"), "category_ids must be a list of category ids, got 'abc'"),
+    ]
+    image = root / "images" / "000000000001.png"
+    for i, (change, words) in enumerate(cases):
+        bad = _tampered(checkpoint, tmp_path / f"bad{i}.pt", change)
+        for args in (["predict", str(image), "--checkpoint", str(bad), "--out", str(tmp_path / f"p{i}"), "--quiet"],
+                     ["evaluate", "--checkpoint", str(bad), "--annotations", str(root / "annotations.json"),
+                      "--images", str(root / "images"), "--out", str(tmp_path / f"e{i}"), "--quiet"]):
+            result = CliRunner().invoke(bcnet_main, args + ["--device", "cpu"])
+            _clean(result, 2)
+            assert f"Error: {bad}: {words}" in result.output, result.output
+            assert not (tmp_path / f"p{i}").exists() and not (tmp_path / f"e{i}").exists()
+
+
+def test_bad_occluded_list_entries_fail_before_any_prediction_naming_the_file_and_entry(tiny, tmp_path):
+    root, checkpoint = tiny
+    data = load_annotations(root)
+    image = data["images"][0]
+    good = [image["file_name"], data["categories"][0]["name"], [0, 0, 4, 4],
+            next(a for a in data["annotations"] if a["image_id"] == image["id"])["segmentation"]]
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "detections_hand.json").write_text("[]")  # an earlier run's: must survive a failed one
+    for i, (mask, words) in enumerate([({"size": "ab", "counts": "x"}, "RLE size must be [height, width]"),
+                                       ({"size": [1, 2, 3], "counts": "x"}, "RLE size must be [height, width]"),
+                                       ({"size": [4, 4], "counts": 5}, "unreadable RLE"),
+                                       ("square", "mask must be an RLE dict or polygons")]):
+        path = tmp_path / f"occ{i}.json"
+        path.write_text(json.dumps([good, good[:3] + [mask]]))
+        result = _evaluate(checkpoint, root / "annotations.json", root / "images", out, "--occluded-list", str(path))
+        _clean(result, 2)
+        assert f"Error: {path}: 1 bad object entry: entry 1: {words}" in result.output, result.output
+        assert (out / "detections_hand.json").read_text() == "[]" and not (out / "results.json").exists()
+    (tmp_path / "short.json").write_text(json.dumps([good, good[:2]]))
+    result = _evaluate(checkpoint, root / "annotations.json", root / "images", out, "--separated-list",
+                       str(tmp_path / "short.json"))
+    _clean(result, 2)
+    assert f"Error: {tmp_path / 'short.json'}: 1 bad object entry: entry 1: object entry must be" in result.output
+    # an RLE of another size than its image's in the set evaluated: found before predicting too
+    other = dict(good[3], size=[image["height"] + 1, image["width"]])
+    (tmp_path / "size.json").write_text(json.dumps([good, good[:3] + [other]]))
+    result = _evaluate(checkpoint, root / "annotations.json", root / "images", out, "--occluded-list",
+                       str(tmp_path / "size.json"))
+    _clean(result, 2)
+    assert (f"Error: occluded object list, entry 1: its RLE size [{image['height'] + 1}, {image['width']}] differs "
+            f"from the size [{image['height']}, {image['width']}] of image {image['file_name']!r} in "
+            f"{root / 'annotations.json'}") in result.output, result.output
+    assert (out / "detections_hand.json").read_text() == "[]"
+
+
+def test_amodal_evaluation_of_a_set_without_amodal_masks_names_the_file_before_predicting_any_set(tiny, tmp_path):
+    root, checkpoint = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    data = load_annotations(copy)
+    victim = data["annotations"][0]
+    del victim["amodal_segmentation"]
+    save_annotations(copy, data)
+    out = tmp_path / "e"
+    result = CliRunner().invoke(bcnet_main, [
+        "evaluate", "--checkpoint", str(checkpoint), "--annotations", str(root / "annotations.json"), "--images",
+        str(root / "images"), "--annotations", str(copy / "annotations.json"), "--images", str(copy / "images"),
+        "--out", str(out), "--mode", "amodal", "--device", "cpu", "--quiet"])
+    _clean(result, 2)
+    assert (f"Error: {copy / 'annotations.json'}: annotation {victim['id']} (image {victim['image_id']}) has no "
+            "amodal_segmentation: amodal evaluation needs one") in result.output, result.output
+    assert not (out / "detections_set0.json").exists()  # the good first set was not predicted either
+
+
+def test_train_in_amodal_mode_refuses_a_set_without_amodal_masks(tiny, tmp_path):
+    root, _ = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    data = load_annotations(copy)
+    victim = data["annotations"][1]
+    del victim["amodal_segmentation"]
+    save_annotations(copy, data)
+    result = CliRunner().invoke(bcnet_main, _train_args(copy, tmp_path / "run", "--mode", "amodal"))
+    _clean(result, 2)
+    assert (f"Error: {copy / 'annotations.json'}: annotation {victim['id']} (image {victim['image_id']}) has no "
+            "amodal_segmentation: amodal training needs one on every non-crowd annotation (train in visible mode"
+            in result.output), result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(bcnet_main, _train_args(copy, tmp_path / "visible", "--mode", "visible"))
+    _clean(result, 0)
+
+
+def test_train_init_message_is_printed_under_quiet(tiny, tmp_path):
+    root, checkpoint = tiny
+    first = next(iter(torch.load(checkpoint, weights_only=True)["model"]))
+    bad = _tampered(checkpoint, tmp_path / "init.pt", lambda s: s["model"].__setitem__(first, torch.zeros(1)))
+    result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / "run", "--init", str(bad)))
+    _clean(result, 0)
+    assert f"tensors loaded from {bad}; 1 left as built" in result.output and first in result.output
+
+
+def test_schedule_errors_name_the_schedule_file_or_the_command_line(tiny, tmp_path):
+    root, _ = tiny
+    text = (Path(manifests.__file__).parent / "schedule-tiny.toml").read_text()
+    (tmp_path / "fast.toml").write_text(text.replace("base_lr = 0.02", "base_lr = 'fast'"))
+    (tmp_path / "empty.toml").write_text("")
+    lines = [line for line in text.splitlines() if not line.startswith("momentum =")]
+    (tmp_path / "partial.toml").write_text("\n".join(lines) + "\n")
+    cases = [(["--schedule", str(tmp_path / "fast.toml")],
+              f"{tmp_path / 'fast.toml'}: schedule setting base_lr must be a finite number, got 'fast'"),
+             (["--schedule", str(tmp_path / "empty.toml")], f"{tmp_path / 'empty.toml'}: schedule lacks base_lr"),
+             (["--schedule", str(tmp_path / "partial.toml")], f"{tmp_path / 'partial.toml'}: schedule lacks momentum"),
+             (["--momentum", "2"], "command line: schedule setting momentum must be in [0, 1), got 2.0"),
+             (["--short", "80"], "command line: schedule setting long_max (64) must be >= short")]
+    for i, (extra, words) in enumerate(cases):
+        result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / f"run{i}", *extra))
+        _clean(result, 2)
+        assert f"Error: {words}" in result.output, result.output
+        assert not (tmp_path / f"run{i}").exists()

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from bcnet.occsep import RefusedPickle, load_objects, occsep_recall, occsep_report, safe_unpickle
+from bcnet.occsep import RefusedPickle, check_objects, load_objects, occsep_recall, occsep_report, safe_unpickle
+from occsynth.errors import OccsynthError
 
 H, W = 20, 20
 
@@ -110,3 +111,33 @@ def test_malicious_pickle_is_refused(tmp_path):
     (tmp_path / "cut.pkl").write_bytes(pickle.dumps(objects())[:50])
     with pytest.raises(Exception, match="not a readable pickle"):
         load_objects(tmp_path / "cut.pkl")
+
+
+def test_bad_entries_are_refused_when_the_list_is_read_naming_the_file_and_each_entry(tmp_path):
+    good = ["a.jpg", "person", 0, [0, 0, 4, 4], rle(G1)]
+    bad = [good[:4] + [{"size": "ab", "counts": "x"}],            # entry 1
+           good[:4] + [{"size": [1, 2, 3], "counts": "x"}],       # entry 2
+           good[:4] + [{"size": [H, W], "counts": 5}],            # entry 3
+           ["a.jpg", "person"],                                   # entry 4
+           ["a.jpg", [1], 0, [0, 0, 4, 4], rle(G1)],              # entry 5
+           good[:4] + [[[0, 0, 1]]],                              # entry 6
+           good[:4] + [{"size": [H, W], "counts": "not rle!"}]]   # entry 7
+    path = tmp_path / "occluded.json"
+    path.write_text(json.dumps([good, *bad]))
+    with pytest.raises(OccsynthError) as caught:
+        load_objects(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 7 bad object entries: entry 1: RLE size must be [height, width]")
+    for words in ("entry 2: RLE size must be [height, width] (positive integers), got [1, 2, 3]",
+                  "entry 3: unreadable RLE (RLE counts must be a string or a list of ints)",
+                  "entry 4: object entry must be [file_name, class, (_,) bbox, mask], got ['a.jpg', 'person']",
+                  "entry 5: class must be a class name or a category id, got [1]"):
+        assert words in message
+    assert "(and 2 more)" in message and "entry 6" not in message
+    (tmp_path / "two.json").write_text(json.dumps([good, bad[5], bad[6]]))
+    with pytest.raises(OccsynthError, match=r"two.json: 2 bad object entries: entry 1: mask must be an RLE dict or "
+                                            r"polygons .*; entry 2: unreadable RLE"):
+        load_objects(tmp_path / "two.json")
+    with pytest.raises(OccsynthError, match=r"^occluded object list: 1 bad object entry: entry 0: class"):
+        check_objects([bad[4]], "occluded object list")
+    check_objects(objects(), "fine")  # the published layouts, RLE with bytes counts and polygons, pass

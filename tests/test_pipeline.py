@@ -177,3 +177,36 @@ def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypat
                                              "--cache-dir", cache, "--quiet"])
     assert result.exit_code == 0, result.output
     assert seen == {"inputs": cache, "run": cache}
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("threshold = 0.2", "threshold = 5", "[cocoocc]: threshold must be a number in (0, 1], got 5"),
+    ('overlap = "iou"', 'overlap = "area"', "[cocoocc]: overlap must be one of iou, min, got 'area'"),
+    ("threshold = 0.2", "threshold = 0.2\ntreshold = 0.3", "[cocoocc]: unknown setting 'treshold'"),
+    ("iterations = 2", "iterations = -2", "[finetune]: schedule setting iterations must be an integer >= 1, got -2"),
+    ("num_images = 6", "num_images = 'many'", "[synthetic]: num_images must be a whole number >= 1, got 'many'"),
+    ('schedule = "schedule-tiny"\niterations = 3', 'schedule = "nosuch"\niterations = 3',
+     "[pretrain] schedule: schedule 'nosuch': no such TOML file or bundled schedule"),
+])
+def test_every_recipe_setting_is_checked_before_the_first_stage(demo_source, tmp_path, old, new, words):
+    ann, root = demo_source
+    recipe = tmp_path / "bad.toml"
+    assert old in RECIPE
+    recipe.write_text(RECIPE.replace(old, new, 1))
+    with pytest.raises(OccsynthError) as caught:
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False, log=print)
+    assert str(caught.value).startswith(f"pipeline recipe {str(recipe)!r} {words}"), str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_cocoocc_file_is_refused_before_the_first_stage(demo_source, tmp_path):
+    ann, root = demo_source
+    (tmp_path / "cocoocc.json").write_text('{"images": [')
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--tiny", "--recipe", str(tmp_path / "recipe.toml"),
+                                             "--cocoocc", str(tmp_path / "cocoocc.json"), "--out", str(tmp_path / "run"),
+                                             "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"Error: {tmp_path / 'cocoocc.json'}: malformed JSON" in result.output, result.output
+    assert "[1/5]" not in result.output and not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -344,8 +345,19 @@ def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path)
         T.load_schedule(typo)
     partial = tmp_path / "partial.toml"
     partial.write_text("[solver]\nbase_lr = 0.01\n")
-    with pytest.raises(OccsynthError, match=r"schedule lacks base_batch_size, batch_size"):
+    with pytest.raises(OccsynthError, match=r"partial.toml: schedule lacks base_batch_size, batch_size"):
         T.load_schedule(partial, {"iterations": 3})
+    # a bad value names where it was written: the file, the command line, or the caller's label
+    fast = tmp_path / "fast.toml"
+    fast.write_text(text.replace("base_lr = 0.02", "base_lr = 'fast'"))
+    with pytest.raises(OccsynthError, match=r"fast.toml: schedule setting base_lr must be a finite number, got 'fast'"):
+        T.load_schedule(fast)
+    with pytest.raises(OccsynthError, match=r"^command line: schedule setting base_lr must be > 0"):
+        T.load_schedule(fast, {"base_lr": -1.0})
+    with pytest.raises(OccsynthError, match=r"^schedule-tiny: schedule setting short must be an integer >= 1, got 0"):
+        T.load_schedule(T.load_schedule("schedule-tiny") | {"short": 0}, where="schedule-tiny")
+    with pytest.raises(OccsynthError, match=r"^recipe \[pretrain\]: schedule setting iterations must be"):
+        T.load_schedule("schedule-tiny", {"iterations": -3}, overrides_from="recipe [pretrain]")
 
 
 def test_resume_refuses_another_model_and_init_says_what_it_loaded(tmp_path, dataset_dir, capsys):
@@ -363,14 +375,23 @@ def test_resume_refuses_another_model_and_init_says_what_it_loaded(tmp_path, dat
     data["categories"].append({"id": 99, "name": "extra", "supercategory": "none"})
     (tmp_path / "more-classes.json").write_text(json.dumps(data))
     T.train(tmp_path / "more-classes.json", dataset_dir / "images", tmp_path / "tuned", schedule="schedule-tiny",
-            overrides={**TINY, "iterations": 1}, init_checkpoint=final, progress=True)
+            overrides={**TINY, "iterations": 1}, init_checkpoint=final, progress=False)  # a message: said when quiet
     said = capsys.readouterr()
     assert "tensors loaded from" in said.out + said.err and "cls_score" in said.out + said.err
+    # a checkpoint whose tensors are not its model's cannot be resumed: one error naming it and the tensor
+    state = torch.load(final, weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(1)
+    torch.save(state, final)
+    with pytest.raises(OccsynthError, match=rf"model_final.pt: tensor {name} has shape \[1\], the model built from "
+                                            "its model_config expects"):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                overrides={"iterations": 4}, progress=False)
 
 
 def test_amp_on_cpu_says_it_trains_in_float32(tmp_path, dataset_dir, capsys):
     T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "amp", schedule="schedule-tiny",
-            overrides={**TINY, "iterations": 1, "amp": "bf16"}, device="cpu", progress=True)
+            overrides={**TINY, "iterations": 1, "amp": "bf16"}, device="cpu", progress=False)
     said = capsys.readouterr()
     assert "amp bf16: CUDA only; training in float32 on cpu" in said.out + said.err
 
@@ -383,7 +404,7 @@ def test_resume_ignores_a_setting_an_older_version_saved_and_a_stray_top_level_k
     state["schedule"]["note"] = "first try"  # accepted and saved before unknown keys were refused
     torch.save(state, final)
     result = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
-                     overrides={"iterations": 3}, progress=True)
+                     overrides={"iterations": 3}, progress=False)
     assert result["iteration"] == 3
     said = capsys.readouterr()
     assert "ignoring unknown schedule setting(s) 'note' saved by an older version" in said.out + said.err
@@ -391,3 +412,21 @@ def test_resume_ignores_a_setting_an_older_version_saved_and_a_stray_top_level_k
     stray.write_text("itertions = 7\n" + T.manifests.path("schedule-tiny").read_text())
     with pytest.raises(OccsynthError, match=r"stray.toml: 'itertions' stands outside a table"):
         T.load_schedule(stray)
+
+
+def test_amodal_training_refuses_an_annotation_without_an_amodal_mask(tmp_path, dataset_dir):
+    data = load_annotations(dataset_dir)
+    victim = data["annotations"][2]
+    del victim["amodal_segmentation"]
+    ann = tmp_path / "partial.json"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(OccsynthError, match=rf"^{re.escape(str(ann))}: annotation {victim['id']} \(image {victim['image_id']}\) has "
+                                            "no amodal_segmentation: amodal training needs one"):
+        T.train(ann, dataset_dir / "images", tmp_path / "run", schedule="schedule-tiny",
+                overrides={**TINY, "iterations": 1, "mode": "amodal"}, progress=False)
+    assert not (tmp_path / "run").exists()
+    victim["iscrowd"] = 1  # a crowd region needs none (as in evaluation)
+    ann.write_text(json.dumps(data))
+    result = T.train(ann, dataset_dir / "images", tmp_path / "crowd", schedule="schedule-tiny",
+                     overrides={**TINY, "iterations": 1, "mode": "amodal"}, progress=False)
+    assert result["iteration"] == 1
