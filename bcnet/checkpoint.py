@@ -63,12 +63,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                             f"data, so loading it could run code ({why})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise OccsynthError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise OccsynthError(f"{path}: not a bcnet checkpoint (no '{FORMAT}' format tag)")
+    if "model" not in state:
+        raise OccsynthError(f"{path}: not a bcnet checkpoint (no 'model' entry)")
     if state.get("version", 0) > VERSION:
         raise OccsynthError(f"{path}: checkpoint version {state['version']} is newer than this bcnet "
                             f"understands ({VERSION})")
     return state
+
+
+def check_weights(weights: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``weights`` (a checkpoint's ``model`` entry) if it is a dict of named tensors, else an
+    :class:`OccsynthError` naming the file: a hand-made or foreign file would fail later with a traceback."""
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise OccsynthError(f"{path}: not a bcnet checkpoint (its 'model' entry is not a dict of named tensors)")
+    return weights
 
 
 def load_weights(model: torch.nn.Module, weights: Any, path: str | os.PathLike) -> None:
@@ -77,8 +87,7 @@ def load_weights(model: torch.nn.Module, weights: Any, path: str | os.PathLike) 
     A mismatch is an :class:`OccsynthError` naming the file and the first tensor at fault:
     torch's own error is a traceback listing every tensor.
     """
-    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
-        raise OccsynthError(f"{path}: not a bcnet checkpoint (its 'model' entry is not a dict of named tensors)")
+    check_weights(weights, path)
     own = model.state_dict()
     for name, tensor in weights.items():
         if name in own and own[name].shape != tensor.shape:

@@ -69,6 +69,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
                             "--coco-val-ann/--coco-val-images), or --tiny for the embedded demo data")
     # every later stage's settings fail now, naming the recipe and table, not after hours of training
     settings = synthetic_settings(plan, recipe) if inputs.synthetic is None else None
+    if inputs.synthetic is not None:
+        check_synthetic_set(*inputs.synthetic)
     for table in ("pretrain", "finetune"):
         check_training_table(plan, recipe, table)
     if inputs.cocoocc is None:
@@ -141,6 +143,20 @@ def synthetic_settings(plan: dict, recipe: str):
         return run_settings(manifests.load(section.pop("recipe"), "synthetic"), **section)
     except OccsynthError as exc:
         raise OccsynthError(f"pipeline recipe {recipe!r} [synthetic]: {exc}") from None
+
+
+def check_synthetic_set(ann: Path, images: Path) -> None:
+    """A given synthetic set must be an ``occsynth generate`` output (annotations.json, images/): checked
+    before any stage runs, not when pretraining starts after the other checks passed."""
+    ann, images = Path(ann), Path(images)
+    folder = ann.parent
+    missing = [] if ann.is_file() else [f"no {ann.name}"]
+    if not images.is_dir():
+        missing.append(f"no {images.name}/ folder" if images.parent == folder else f"no image folder {images}")
+    if missing:
+        raise OccsynthError(f"synthetic set {folder}: not an `occsynth generate` output ({' and '.join(missing)}); "
+                            "give the folder that occsynth generate wrote")
+    check_coco_layout(ann)
 
 
 def check_training_table(plan: dict, recipe: str, table: str) -> None:

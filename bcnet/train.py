@@ -205,7 +205,7 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict:
     ``{"loaded": n, "left_as_built": [names of this model's tensors not loaded]}``; a checkpoint of
     which nothing fits (another detector) is refused rather than silently training from scratch.
     """
-    state = ckpt.load_checkpoint(path)["model"]
+    state = ckpt.check_weights(ckpt.load_checkpoint(path)["model"], path)
     own = model.state_dict()
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fits:

@@ -87,7 +87,8 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
 
     Bad image records and annotations are left off the sheet and counted in ``log`` by reason. When
     not one image file is found under the image root, the root is wrong: that raises instead of
-    drawing a sheet of placeholders.
+    drawing a sheet of placeholders. When no image at all could be drawn (all missing, corrupt, too large,
+    ...), that raises too, saying why for each reason: a sheet of placeholders only is no preview.
     """
     log = log if log is not None else SkipLog()
     check_sheet_options(n, columns, tile)
@@ -124,7 +125,21 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
     if len(problems) == len(chosen) and all(p["reason"] == errors.MISSING_FILE for p in problems):
         raise OccsynthError(f"image folder {image_root}: none of the {len(chosen)} image files to preview is there "
                             f"(e.g. {chosen[0]['file_name']}); give the right folder with --images")
+    if len(problems) == len(chosen):  # a sheet of red crosses only: a failure, not a preview
+        raise OccsynthError(f"{ann_path}: no picture could be drawn: none of the {len(chosen)} image(s) chosen "
+                            f"could be read ({unreadable_reasons(problems)})")
     return sheet, problems
+
+
+def unreadable_reasons(problems: list[dict]) -> str:
+    """Why the images could not be drawn: each reason with its count and a first example."""
+    first: dict[str, dict] = {}
+    counts: dict[str, int] = {}
+    for p in problems:
+        first.setdefault(p["reason"], p)
+        counts[p["reason"]] = counts.get(p["reason"], 0) + 1
+    return "; ".join(f"{counts[reason]} {reason}, e.g. image {p['image_id']} ({p['file_name']})"
+                     + (f": {p['detail']}" if p.get("detail") else "") for reason, p in first.items())
 
 
 def format_problems(problems: list[dict], limit: int = 10) -> str:

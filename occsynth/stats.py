@@ -60,8 +60,9 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
 
     Skipped and counted in ``skipped`` (by reason, with an example): image records that are no
     object or have no id, repeated image ids, annotations that are no object, annotations whose
-    occlusion_ratio is there but no number, and (when there is an image table) annotations of unknown
-    images. Unknown categories are counted under ``(unknown)``.
+    occlusion_ratio is there but no number, annotations whose layer is there but no integer (every
+    layer statistic, pasted or background included, depends on it), and (when there is an image table)
+    annotations of unknown images. Unknown categories are counted under ``(unknown)``.
     """
     skips = SkipLog()
     image_ids, listed = [], set()
@@ -98,11 +99,13 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
             skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann.get('id', '?'))[:40]}",
                                  f"occlusion_ratio {brief(ratio, 40)} is not a number"))
             continue
-        total += 1
         layer = ann.get("layer", 0)
-        valid = isinstance(layer, int) and not isinstance(layer, bool)
-        with_layer += valid and "layer" in ann
-        layer = layer if valid else 0
+        if not isinstance(layer, int) or isinstance(layer, bool):  # counted as layer 0 it would read as background
+            skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann.get('id', '?'))[:40]}",
+                                 f"layer {brief(layer, 40)} is not an integer"))
+            continue
+        total += 1
+        with_layer += "layer" in ann
         per_image[image_id] += 1
         depth[image_id] = max(depth.get(image_id, 0), layer)
         layers[layer] += 1

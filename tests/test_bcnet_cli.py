@@ -411,6 +411,22 @@ def test_train_init_message_is_printed_under_quiet(tiny, tmp_path):
     assert f"tensors loaded from {bad}; 1 left as built" in result.output and first in result.output
 
 
+@pytest.mark.parametrize("change, words", [
+    (lambda s: s.pop("model"), "not a bcnet checkpoint (no 'model' entry)"),
+    (lambda s: s.__setitem__("model", [torch.zeros(1)]), "not a bcnet checkpoint (its 'model' entry is not a dict"),
+    (lambda s: s["model"].__setitem__(next(iter(s["model"])), 3.0),
+     "not a bcnet checkpoint (its 'model' entry is not a dict"),
+    (lambda s: s["model"].__setitem__(7, torch.zeros(1)), "not a bcnet checkpoint (its 'model' entry is not a dict"),
+])
+def test_train_init_from_a_checkpoint_without_named_tensors_is_refused_naming_it(tiny, tmp_path, change, words):
+    root, checkpoint = tiny
+    bad = _tampered(checkpoint, tmp_path / "bad.pt", change)
+    result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / "run", "--init", str(bad)))
+    _clean(result, 2)
+    assert f"Error: {bad}: {words}" in result.output, result.output
+    assert not (tmp_path / "run" / "model_final.pt").exists()
+
+
 def test_schedule_errors_name_the_schedule_file_or_the_command_line(tiny, tmp_path):
     root, _ = tiny
     text = (Path(manifests.__file__).parent / "schedule-tiny.toml").read_text()

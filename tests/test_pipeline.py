@@ -210,3 +210,27 @@ def test_a_malformed_cocoocc_file_is_refused_before_the_first_stage(demo_source,
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"Error: {tmp_path / 'cocoocc.json'}: malformed JSON" in result.output, result.output
     assert "[1/5]" not in result.output and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("present, missing", [("images", "no annotations.json"),
+                                              ("annotations.json", "no images/ folder"),
+                                              (None, "no annotations.json and no images/ folder")])
+def test_a_synthetic_folder_that_is_no_generate_output_is_refused_before_the_first_stage(demo_source, tmp_path,
+                                                                                          present, missing):
+    ann, root = demo_source
+    synthetic = tmp_path / "synthetic"
+    synthetic.mkdir()
+    if present == "images":
+        (synthetic / "images").mkdir()
+    elif present:
+        (synthetic / present).write_text('{"images": [], "annotations": [], "categories": []}')
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
+                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+                                             "--coco-val-ann", str(ann), "--coco-val-images", str(root),
+                                             "--synthetic", str(synthetic), "--out", str(tmp_path / "run"),
+                                             "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"Error: synthetic set {synthetic}: not an `occsynth generate` output ({missing})"
+            in result.output), result.output
+    assert "[2/5]" not in result.output and not (tmp_path / "run").exists()

@@ -175,13 +175,15 @@ def test_cli_writes_png_and_jpeg(dataset, tmp_path):
 def test_unreadable_images_are_reported(dataset, tmp_path):
     data, _ = build()
     ids = [im["id"] for im in data["images"]]
+    good = dict(data["images"][0], id=99, file_name="images/" + data["images"][0]["file_name"])  # one drawn
+    data["images"].append(good)
     data["images"][0]["file_name"] = "nowhere.png"
     data["images"][1]["file_name"] = "../escape.png"
     (dataset / "broken.png").write_bytes(b"not an image")
     data["images"][2]["file_name"] = "broken.png"
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
-    sheet, problems = preview_report(path, images=dataset, n=3, columns=3, seed=None, tile=TILE, labels=False)
+    sheet, problems = preview_report(path, images=dataset, n=4, columns=4, seed=None, tile=TILE, labels=False)
     assert [(p["image_id"], p["file_name"], p["reason"]) for p in problems] == [
         (ids[0], "nowhere.png", "missing image file"),
         (ids[1], "../escape.png", "file_name points outside the image root"),
@@ -191,10 +193,30 @@ def test_unreadable_images_are_reported(dataset, tmp_path):
     runner = CliRunner()
     group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
     result = runner.invoke(group, ["preview", str(path), "--images", str(dataset), "--out", str(tmp_path / "s.png"),
-                                   "-n", "3", "--first", "--tile", "32"])
+                                   "-n", "4", "--first", "--tile", "32"])
     assert result.exit_code == 0, result.output
     assert "3 image(s) drawn as a red-cross placeholder:" in result.output
     assert f"image {ids[1]} (../escape.png): file_name points outside the image root" in result.output
+    assert cv2.imread(str(tmp_path / "s.png")).shape == (32, 4 * 32, 3)
+
+
+def test_no_drawable_image_at_all_is_an_error_saying_why(dataset, tmp_path):
+    data, _ = build()
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    data["images"][0]["file_name"] = "nowhere.png"
+    for image in data["images"][1:]:
+        image["file_name"] = "broken.png"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    (tmp_path / "s.png").write_bytes(b"an earlier sheet")
+    result = CliRunner().invoke(group, ["preview", str(path), "--images", str(tmp_path), "--out",
+                                        str(tmp_path / "s.png"), "--tile", "32"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"Error: {path}: no picture could be drawn: none of the 3 image(s) chosen could be read "
+            f"(1 missing image file, e.g. image 1 (nowhere.png): not under {tmp_path}; "
+            "2 unreadable or corrupt image, e.g. image 2 (broken.png)") in result.output, result.output
+    assert (tmp_path / "s.png").read_bytes() == b"an earlier sheet"
 
 
 def test_a_file_without_usable_image_records_says_why(dataset, tmp_path):
@@ -210,12 +232,15 @@ def test_a_file_without_usable_image_records_says_why(dataset, tmp_path):
 
 def test_huge_record_gets_a_tile_sized_stand_in(dataset, tmp_path):
     data, _ = build()
-    data["images"] = [dict(data["images"][0], height=100000, width=100000)]
+    data["images"] = [dict(data["images"][0], height=100000, width=100000), data["images"][1]]
     path = tmp_path / "huge.json"
     path.write_text(json.dumps(data))
-    sheet, problems = preview_report(path, images=dataset / "images", n=1, tile=TILE, labels=False)
-    assert sheet.shape == (TILE, TILE, 3) and np.array_equal(sheet, missing_image(TILE, TILE))
-    assert problems[0]["detail"] == "100000x100000 is too large to preview"
+    sheet, problems = preview_report(path, images=dataset / "images", n=2, columns=2, seed=None, tile=TILE,
+                                     labels=False)
+    assert sheet.shape == (TILE, 2 * TILE, 3) and np.array_equal(sheet[:, :TILE], missing_image(TILE, TILE))
+    assert [p["detail"] for p in problems] == ["100000x100000 is too large to preview"]
+    with pytest.raises(OccsynthError, match="no picture could be drawn: none of the 1 image.*too large to preview"):
+        preview_report(path, images=dataset / "images", n=1, seed=None, tile=TILE)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -188,3 +188,19 @@ def test_a_ratio_that_is_no_number_is_skipped_and_reported(tmp_path):
     assert res.exit_code == 0 and "skipped 1 record(s), not counted above:" in res.output
     assert f"annotation {data['annotations'][0]['id']}: malformed record (occlusion_ratio 'half' is not a number)" \
         in res.output
+
+
+@pytest.mark.parametrize("layer, shown", [("2", "'2'"), (1.5, "1.5"), (True, "True"), (None, "None")])
+def test_a_layer_that_is_no_integer_is_skipped_and_reported(tmp_path, layer, shown):
+    data, _ = build()
+    victim = next(a for a in data["annotations"] if a["layer"] == 2)  # pasted: as layer 0 it became background
+    victim["layer"] = layer
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    stats = stats_from_path(path)
+    assert stats["skipped"]["counts"] == {"malformed record": 1}
+    assert stats["layers"] == {0: 4, 1: 3, 2: 2, 3: 3}
+    assert (stats["annotations"], stats["pasted"], stats["background"]) == (12, 8, 4)
+    res = CliRunner().invoke(group(), ["stats", str(path)])
+    assert res.exit_code == 0 and "skipped 1 record(s), not counted above:" in res.output
+    assert f"annotation {victim['id']}: malformed record (layer {shown} is not an integer)" in res.output
