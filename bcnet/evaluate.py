@@ -585,8 +585,12 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
                             "built with)")
     config = dict(state["model_config"])
     config.pop("backbone_weights", None)  # the trained weights include the backbone
+    num_classes = config.pop("num_classes", len(category_ids) + 1)
+    if num_classes != len(category_ids) + 1:  # a label would map to the wrong category, or to none
+        raise OccsynthError(f"{checkpoint}: its model_config has num_classes {coco_io.brief(num_classes)}, but its "
+                            f"{len(category_ids)} category_ids need {len(category_ids) + 1} (background + one each)")
     try:
-        model = build(int(config.pop("num_classes", len(category_ids) + 1)), config)
+        model = build(num_classes, config)
     except (OccsynthError, TypeError, ValueError) as exc:  # an unknown backbone name, setting or value
         raise OccsynthError(f"{checkpoint}: its model_config builds no model: {exc}") from None
     load_weights(model, state["model"], checkpoint)
