@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
+import stat
 import sys
 import threading
 
@@ -38,14 +40,16 @@ class Group(click.Group):
             return super().invoke(ctx)
         except OccsynthError as exc:
             raise ReportedError(str(exc)) from None
-        except BrokenPipeError:  # the reader has gone (`occsynth stats ... | head`): stop quietly, as Unix tools do
-            with contextlib.suppress(OSError):  # and keep Python from failing again on flushing stdout at exit
+        except BrokenPipeError as exc:
+            if not _stdout_reader_gone():  # another pipe (a worker's, a FIFO given as a path): a real failure
+                raise ReportedError(_os_error_message(exc)) from None
+            # the reader has gone (`occsynth stats ... | head`): stop quietly, as Unix tools do, and keep
+            # Python from failing again on flushing stdout at exit
+            with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise click.exceptions.Exit(141) from None  # 128 + SIGPIPE: what a shell reports for it
         except OSError as exc:  # disk full, permissions, ... outside the library's own checks
-            reason = os_error_reason(exc)
-            where = f"{exc.filename}: " if exc.filename and not reason.startswith(f"{exc.filename} ") else ""
-            raise ReportedError(f"{where}{reason}") from None
+            raise ReportedError(_os_error_message(exc)) from None
         except KeyboardInterrupt:
             signum = _received[-1] if _received else signal.SIGINT
             click.echo(f"Stopped ({signal.Signals(signum).name}).", err=True)
@@ -53,6 +57,28 @@ class Group(click.Group):
         finally:
             if installed:
                 restore_signal_handler(signal.SIGTERM, previous)
+
+
+def _os_error_message(exc: OSError) -> str:
+    """'FILE: reason' (the file once, where the reason already starts with it)."""
+    reason = os_error_reason(exc)
+    where = f"{exc.filename}: " if exc.filename and not reason.startswith(f"{exc.filename} ") else ""
+    return f"{where}{reason}"
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reading end is closed (poll reports an error on it):
+    the one broken pipe that means "the reader has had enough", not a failure."""
+    try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no real stdout (a notebook, a test runner), no poll
+        return False
 
 
 _received: list[int] = []
@@ -87,6 +113,17 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}", param_hint="'--shard'")
     return i, n
+
+
+def echo_skips(skipped: dict, heading: str) -> None:
+    """Bad records a command skipped (a ``SkipLog.to_dict()``): ``heading: {counts by reason}``, then
+    one example per reason. Prints nothing when nothing was skipped."""
+    counts = (skipped or {}).get("counts") or {}
+    if not counts:
+        return
+    click.echo(f"{heading}: {json.dumps(counts)}")
+    for reason, example in (skipped.get("examples") or {}).items():
+        click.echo(f"  {reason}, e.g. {example}")
 
 
 def echo_occluder_report(report: dict) -> None:

@@ -1,11 +1,10 @@
 """`occsynth convert-kins` and `occsynth convert-cocoa`: amodal datasets into the COCO layout of docs/FORMAT.md."""
 from __future__ import annotations
 
-import json
 
 import click
 
-from cli.common import echo_occluder_report, quiet_option
+from cli.common import echo_occluder_report, echo_skips, quiet_option
 from occsynth.convert import convert_cocoa, convert_kins
 
 
@@ -40,11 +39,7 @@ def convert_cocoa_command(ann, out, categories_from, quiet):
 def _echo_report(report: dict) -> None:
     """The occluder summary, then the bad records skipped: counts by reason, an example of each."""
     echo_occluder_report(report)
-    skipped = report["skipped"]
-    if skipped["counts"]:
-        click.echo("bad records skipped: " + json.dumps(skipped["counts"]))
-        for reason, example in skipped["examples"].items():
-            click.echo(f"  {reason}, e.g. {example}")
+    echo_skips(report["skipped"], "bad records skipped")
 
 
 COMMANDS = [convert_kins_command, convert_cocoa_command]

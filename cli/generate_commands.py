@@ -1,13 +1,12 @@
 """`occsynth generate` and `occsynth merge`."""
 from __future__ import annotations
 
-import json
 import re
 
 import click
 
 import manifests
-from cli.common import cache_dir_option, parse_shard, quiet_option
+from cli.common import cache_dir_option, echo_skips, parse_shard, quiet_option
 from occsynth.bank import BankOptions
 from occsynth.errors import NoRoom, OccsynthError
 from occsynth.generate import generate, merge, run_settings
@@ -146,17 +145,9 @@ def _print_report(report: dict) -> None:
     if per_cat:
         values = list(per_cat.values())
         click.echo(f"pasted per category: {len(per_cat)} categories, min {min(values)}, max {max(values)}")
-    bank_skipped = report.get("bank", {}).get("skipped", {})
-    if bank_skipped.get("counts"):
-        click.echo("source records skipped (bad input): " + json.dumps(bank_skipped["counts"]))
-        for reason, example in bank_skipped.get("examples", {}).items():
-            click.echo(f"  {reason}, e.g. {example}")
-    skipped = report["skipped"]
-    if skipped["counts"]:
-        click.echo("source images skipped while rendering (counted per use, another was drawn instead): "
-                   + json.dumps(skipped["counts"]))
-        for reason, example in skipped.get("examples", {}).items():
-            click.echo(f"  {reason}, e.g. {example}")
+    echo_skips(report.get("bank", {}).get("skipped", {}), "source records skipped (bad input)")
+    echo_skips(report["skipped"],
+               "source images skipped while rendering (counted per use, another was drawn instead)")
     missing = report.get("bank", {}).get("categories_without_cutouts")
     if missing:
         click.echo(f"categories with no complete cutout (skipped): {len(missing)}")

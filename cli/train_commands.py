@@ -1,13 +1,12 @@
 """`bcnet train` and `bcnet evaluate`: thin wrappers over bcnet.train.train and bcnet.evaluate."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
-from cli.common import quiet_option
+from cli.common import echo_skips, quiet_option
 from occsynth.errors import OccsynthError
 
 
@@ -78,25 +77,15 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 
     result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
                    init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
-                   report=lambda skipped: _echo_skips(skipped, "indexing: "))
+                   report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"))
     if result["checkpoint"] is not None:
         last = result["history"][-1] if result["history"] else {}
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "
                    f"checkpoint {result['checkpoint']}")
-        _echo_skips(result["skipped"])
+        echo_skips(result["skipped"], "skipped bad input")
     elif result.get("resumed_from") is not None and not result["history"] and os.environ.get("RANK", "0") == "0":
         click.echo(f"nothing to train: the run is already at iteration {result['start']} of {result['iteration']} "
                    f"({result['resumed_from']}); pass --iterations N (N > {result['start']}) to continue it")
-
-
-def _echo_skips(skipped: dict, prefix: str = "") -> None:
-    """One line of counts by reason (as occsynth prints them) and one example per reason."""
-    counts = skipped.get("counts") or {}
-    if not counts:
-        return
-    click.echo(f"{prefix}skipped bad input: {json.dumps(counts)}")
-    for reason, example in (skipped.get("examples") or {}).items():
-        click.echo(f"  e.g. {example}")
 
 
 @click.command("evaluate")
@@ -139,7 +128,7 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
                                  mode=mode, occsep_lists=lists, strict=strict, progress=not quiet)
     click.echo(markdown_table(report), nl=False)
     for name, entry in report.items():
-        _echo_skips(entry.get("skipped") or {}, f"{name}: ")
+        echo_skips(entry.get("skipped") or {}, f"{name}: skipped bad input")
     click.echo(f"results: {Path(out_dir) / 'results.json'}")
 
 

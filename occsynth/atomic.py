@@ -105,7 +105,10 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
     target = Path(target)
     if (target / marker).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OccsynthError(os_error_reason(exc, making_folder=True)) from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         build(tmp)
@@ -146,8 +149,8 @@ def _disk_error(path: Path, exc: OSError) -> OccsynthError:
         why = "no space left on device; free some space and run the same command again to continue"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "output location is not writable"
-    else:
-        why = os_error_reason(exc)
+    else:  # an EEXIST here is the folder's: the temporary file's name is unique
+        why = os_error_reason(exc, making_folder=True)
     return OccsynthError(f"cannot write {path}: {why}")
 
 

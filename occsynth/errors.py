@@ -28,10 +28,14 @@ class OccsynthError(Exception):
     """An error the user can act on; the CLI prints it as one message."""
 
 
-def os_error_reason(exc: OSError) -> str:
+def os_error_reason(exc: OSError, making_folder: bool = False) -> str:
     """Why an OS call failed, in words; where a file stands where a folder is needed (``mkdir -p`` through
-    it says only "File exists" or "Not a directory"), that file is named."""
-    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename is not None:
+    it says only "File exists" or "Not a directory"), that file is named.
+
+    "File exists" means that only when the call was making a folder (``making_folder``): from an
+    exclusive create or a link it means what it says."""
+    wanted = (errno.EEXIST, errno.ENOTDIR) if making_folder else (errno.ENOTDIR,)
+    if exc.errno in wanted and exc.filename is not None:
         path = Path(exc.filename)
         for folder in (*reversed(path.parents), path):
             if folder.exists() and not folder.is_dir():

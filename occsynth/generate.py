@@ -128,7 +128,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     try:
         out_dir.mkdir(parents=True, exist_ok=True)  # early: an unwritable --out fails before the bank is built
     except OSError as exc:
-        raise OccsynthError(f"cannot create output directory {out_dir}: {os_error_reason(exc)}") from None
+        raise OccsynthError(f"cannot create output directory {out_dir}: {os_error_reason(exc, making_folder=True)}") from None
 
     try:
         cache_dir = cache_dir_or_default(cache_dir)

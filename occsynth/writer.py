@@ -110,7 +110,7 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
     try:
         parts.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OccsynthError(f"cannot write to {parts}: {os_error_reason(exc)}") from None
+        raise OccsynthError(f"cannot write to {parts}: {os_error_reason(exc, making_folder=True)}") from None
     index, count = shard
     sharded = count > 1
     shard_file = parts / f"{LOCK_FILE}-shard-{index}-of-{count}"
@@ -374,6 +374,9 @@ def merge_parts(parts: Iterable[Path], out_dir: Path, categories: list[dict], in
                 for image_anns in part["annotations"]:
                     ids = range(next_id, next_id + len(image_anns))
                     for local, ann in enumerate(image_anns):
+                        if not all(type(j) is int and 0 <= j < len(ids) for j in ann["occluders"]):
+                            raise IndexError(f"occluders {ann['occluders']} are not indices of the image's "
+                                             f"{len(ids)} annotations")  # ids[-1] would name a wrong one
                         records.append({"id": ids[local], **{k: v for k, v in ann.items() if k != "occluders"},
                                         "occluder_ids": [ids[j] for j in ann["occluders"]]})
                         if ann["layer"] > 0:

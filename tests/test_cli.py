@@ -56,6 +56,10 @@ def test_a_file_where_a_folder_is_needed_is_named(tmp_path, demo_source):
     with pytest.raises(OSError) as raised:
         (tmp_path / "afile" / "sub").mkdir(parents=True)
     assert os_error_reason(raised.value) == f"{tmp_path / 'afile'} is a file, not a folder"
+    with pytest.raises(FileExistsError) as raised:  # an exclusive create: the file is where a file belongs
+        open(tmp_path / "afile", "x")
+    assert os_error_reason(raised.value) == "File exists"
+    assert os_error_reason(raised.value, making_folder=True) == f"{tmp_path / 'afile'} is a file, not a folder"
     ann, _ = demo_source
     runner = CliRunner()
     plot = runner.invoke(occsynth_main, ["stats", str(ann), "--plot", str(tmp_path / "afile" / "x.png")])
@@ -80,3 +84,14 @@ def test_a_reader_that_goes_away_stops_a_command_quietly(demo_source):
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error_not_a_quiet_stop(demo_source, monkeypatch):
+    import cli.inspect_commands as inspect_commands
+
+    def broken(_):  # as a worker's or a FIFO's pipe breaks while stdout is fine
+        raise BrokenPipeError(32, "Broken pipe", "/tmp/a-fifo")
+
+    monkeypatch.setattr(inspect_commands, "stats_from_path", broken)
+    result = CliRunner().invoke(occsynth_main, ["stats", str(demo_source[0])])
+    assert result.exit_code == 2 and "Error: /tmp/a-fifo: Broken pipe" in result.output, result.output

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from pycocotools import mask as mask_utils
 
@@ -194,7 +195,9 @@ def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
     assert [a["id"] for a in anns] == [12, 13]
 
 
-def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("make, convert, side, example", [(kins_file, convert_kins, 10 ** 6, "image record 3"),
+                                                     (cocoa_file, convert_cocoa, 10 ** 9, "too large")])
+def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, convert, side, example):
     from occsynth import masks
 
     decode = masks.decode
@@ -204,18 +207,12 @@ def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch):
         return decode(segmentation, height, width)
 
     monkeypatch.setattr(masks, "decode", guarded)
-    kins = json.loads(kins_file(tmp_path).read_text())
-    kins["images"][0].update(height=10 ** 6, width=10 ** 6)
-    (tmp_path / "k.json").write_text(json.dumps(kins))
-    report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
+    data = json.loads(make(tmp_path).read_text())
+    data["images"][0].update(height=side, width=side)
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    report = convert(tmp_path / "in.json", tmp_path / "out.json", progress=False)
     assert report["counts"]["annotations"] == 0 and report["counts"]["bad_images"] == 1
-    assert "image record 3" in report["skipped"]["examples"]["malformed record"]
-    cocoa = json.loads(cocoa_file(tmp_path).read_text())
-    cocoa["images"][0].update(height=10 ** 9, width=10 ** 9)
-    (tmp_path / "c.json").write_text(json.dumps(cocoa))
-    report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
-    assert report["counts"]["annotations"] == 0 and report["counts"]["bad_images"] == 1
-    assert "too large" in report["skipped"]["examples"]["malformed record"]
+    assert example in report["skipped"]["examples"]["malformed record"]
 
 
 def test_kins_masks_that_cannot_be_decoded_are_skipped_not_replaced(tmp_path):

@@ -137,7 +137,9 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["[1, 2]", "{}", '{"images": [], "annotations": [["x"]], "skips": {}}',
-                                    '{"images": [], "annotations": [[{"occluders": [7]}]], "skips": {}}'])
+                                    '{"images": [], "annotations": [[{"occluders": [7]}]], "skips": {}}',
+                                    '{"images": [], "annotations": [[{"occluders": [-1], "layer": 0, "category_id": 1}]],'
+                                    ' "skips": {}}'])
 def test_a_damaged_part_stops_the_merge_with_its_name_and_a_generate_in_out_mends_it(generated, demo_source,
                                                                                     tmp_path, damage):
     out, _, cache = generated
