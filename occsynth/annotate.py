@@ -42,7 +42,7 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import open_atomic
 from .boxes import is_box
-from .coco import check_coco_layout, check_out_is_not_input, is_id, iter_array, reading_json
+from .coco import check_array_start, check_out_is_not_input, is_id, iter_array, reading_json
 from .errors import OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -123,33 +123,33 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     return counts
 
 
-def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[dict, bool]:
+def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[dict, str | None]:
     """Every top-level value of a JSON object except ``skip`` (streamed past), in file order.
 
-    Returns (values, whether ``skip`` was present).
+    Returns (values, the parser event that opens ``skip``'s value: "start_array" for a list, None when
+    there is no ``skip``), so that a ``skip`` that is no list is refused without reading the file again.
     """
     path = Path(path)
     values: dict = {}
-    found = False
+    skipped = None
     key = builder = None
     with reading_json(path), open(path, "rb") as f:
         for prefix, event, value in ijson.parse(f, use_float=True):
             if prefix == "":
                 if event == "map_key":
                     key, builder = value, None
-                    if key == skip:
-                        found = True
-                    else:
+                    if key != skip:
                         builder, values[key] = ObjectBuilder(), None  # keeps the file's key order
                 elif event not in ("start_map", "end_map"):
                     raise OccsynthError(f"{path}: a COCO file is a JSON object")
                 continue
-            if builder is None:  # inside the skipped value
+            if builder is None:  # inside the skipped value: only its first event is kept
+                skipped = skipped or event
                 continue
             builder.event(event, value)
             if prefix == key and event not in ("start_map", "start_array", "map_key"):
                 values[key] = builder.value
-    return values, found
+    return values, skipped
 
 
 def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -162,10 +162,11 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_is_not_input(in_path, out_path, "the input is read twice")
-    top, has_annotations = read_top_level(in_path)
+    top, annotations_start = read_top_level(in_path)
     images = top.get("images")
-    if not isinstance(images, list) or not has_annotations:
+    if not isinstance(images, list) or annotations_start is None:
         raise OccsynthError(f"{in_path}: missing the 'images' or 'annotations' list of a COCO instances file")
+    check_array_start(in_path, "annotations", annotations_start)  # {} or null: refused before --out's folder
     index_of = {}
     for k, image in enumerate(images):
         if isinstance(image, dict) and _is_key(image.get("id")):
@@ -178,7 +179,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         out_path.parent.mkdir(parents=True, exist_ok=True)
         spool = tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent)
     except OSError as exc:
-        raise OccsynthError(f"cannot write {out_path}: {os_error_reason(exc)}") from None
+        raise OccsynthError(f"cannot write {out_path}: {os_error_reason(exc, making_folder=True)}") from None
     with spool as tmp:
         tmp = Path(tmp)
         files = [open(tmp / f"{b}.jsonl", "w", encoding="utf-8") for b in range(num_buckets + 1)]
@@ -195,8 +196,6 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         finally:
             for f in files:
                 f.close()
-        if not counts["annotations"]:
-            check_coco_layout(in_path)  # none read: an empty list, or no list at all ({}, null)?
         with open_atomic(out_path, "w") as out, \
                 tqdm(total=counts["annotations"], desc="occluders", unit="ann", disable=not progress) as bar:
             out.write("{")

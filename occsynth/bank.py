@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_coco_layout, check_image_record, file_hash, iter_array,
+from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, file_hash, iter_array,
                    read_array, read_image, resolve_image_path, unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
@@ -216,8 +216,6 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     if not images.ids:
         raise OccsynthError(f"{ann_path}: no valid image records (is this a COCO instances file?)")
     anns = _read_annotations(ann_path, images, {c["id"] for c in categories}, log, progress)
-    if not anns.rles and not log.total:
-        check_coco_layout(ann_path)  # none read: an empty list, or no list at all (missing, {}, null)?
 
     # Image order: usable backgrounds first (source order), then cutout-only images.
     n_images = len(images.ids)
@@ -369,9 +367,7 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
             check_annotation_record(record, images.index_of, category_ids)
             if record["id"] in seen:
                 raise BadRecord(errors.DUPLICATE_ID, where)
-            crowd = record.get("iscrowd", 0)
-            if crowd not in (0, 1) or not isinstance(crowd, int):
-                raise BadRecord(errors.MALFORMED_RECORD, where, f"iscrowd must be 0 or 1, got {crowd!r}")
+            crowd = check_iscrowd(record, where)
             height, width = images.hw[2 * image_index], images.hw[2 * image_index + 1]
             rle = _compressed_rle(record["segmentation"], height, width, where)
             area = masks.rle_area(rle)
@@ -386,7 +382,7 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
         anns.ids.append(record["id"])
         anns.category.append(record["category_id"])
         anns.image.append(image_index)
-        anns.iscrowd.append(int(crowd))
+        anns.iscrowd.append(crowd)
         anns.area.append(area)
         anns.bbox.extend(masks.rle_bbox(rle))
         anns.rles.append(rle["counts"])
@@ -475,15 +471,24 @@ def current_format(meta: dict, kind: str) -> bool:
     return meta.get("format") == PIXELS_FORMAT and meta.get("encoding") == PIXELS_ENCODING
 
 
+class DamagedEntry(OccsynthError):
+    """A built bank or pixel store that cannot be used as it is. ``reason`` says what is wrong (``occsynth
+    cache`` lists it); the message adds what to do."""
+
+    def __init__(self, reason: str, folder: str | os.PathLike = "it"):
+        self.reason = reason
+        super().__init__(f"{reason}; delete {folder} to rebuild")
+
+
 def _read_meta(folder: Path, kind: str = "bank") -> dict:
     """The meta.json of a built bank or pixel store (``kind``: "bank", "pixel store"); an error saying
     to delete the folder when it is unreadable or of another format."""
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise OccsynthError(f"{folder}: not a readable cutout {kind} ({exc}); delete it to rebuild") from None
+        raise DamagedEntry(f"{folder}: not a readable cutout {kind} ({exc})") from None
     if not isinstance(meta, dict) or not current_format(meta, kind):
-        raise OccsynthError(f"{folder}: cutout {kind} of another format; delete it to rebuild")
+        raise DamagedEntry(f"{folder}: cutout {kind} of another format")
     return meta
 
 
@@ -512,10 +517,10 @@ class Bank:
             try:
                 value = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
-                raise OccsynthError(f"{path}: unreadable bank array ({exc}); delete {bank_dir} to rebuild") from None
+                raise DamagedEntry(f"{path}: unreadable bank array ({exc})", bank_dir) from None
             if value.dtype != np.dtype(dtype) or value.ndim != ndim:
-                raise OccsynthError(f"{path}: expected a {ndim}-d {np.dtype(dtype)} array, found {value.ndim}-d "
-                                    f"{value.dtype}; delete {bank_dir} to rebuild")
+                raise DamagedEntry(f"{path}: expected a {ndim}-d {np.dtype(dtype)} array, found {value.ndim}-d "
+                                   f"{value.dtype}", bank_dir)
             # a plain ndarray over the same mapping: indexing np.memmap runs Python code on every
             # access, which the per-annotation lookups of generation pay for thousands of times an image
             arrays[name] = np.asarray(value)
@@ -604,7 +609,7 @@ def _check_layout(bank_dir: Path, meta: dict, a: dict[str, np.ndarray]) -> None:
     if not 0 <= int(meta.get("num_images", -1)) <= n_img or not isinstance(meta.get("categories"), list):
         problems.append("meta.json")
     if problems:
-        raise OccsynthError(f"{bank_dir}: damaged cutout bank ({', '.join(problems)}); delete it to rebuild")
+        raise DamagedEntry(f"{bank_dir}: damaged cutout bank ({', '.join(problems)})")
 
 
 def report(meta: dict) -> str:
@@ -856,22 +861,22 @@ class CutoutPixels:
             try:
                 value = np.load(store_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
-                raise OccsynthError(f"{store_dir / name}.npy: unreadable ({exc}); delete {store_dir} to rebuild") from None
+                raise DamagedEntry(f"{store_dir / name}.npy: unreadable ({exc})", store_dir) from None
             if value.dtype != np.dtype("<i8") or value.ndim != ndim:
-                raise OccsynthError(f"{store_dir / name}.npy: not a {ndim}-d int64 array; delete {store_dir} to rebuild")
+                raise DamagedEntry(f"{store_dir / name}.npy: not a {ndim}-d int64 array", store_dir)
             arrays[name] = np.asarray(value)  # plain ndarray over the mapping (see Bank.load)
         offsets, stat = arrays["pixel_offsets"], arrays["image_stat"]
         blob_path = store_dir / "pixel_blob.bin"
         try:
             blob_file = open(blob_path, "rb", buffering=0)
         except OSError as exc:
-            raise OccsynthError(f"{blob_path}: unreadable ({exc.strerror or exc}); delete {store_dir} to rebuild") from None
+            raise DamagedEntry(f"{blob_path}: unreadable ({exc.strerror or exc})", store_dir) from None
         try:
             size = os.fstat(blob_file.fileno()).st_size
             n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
             if len(offsets) != (n_ann or 0) + 1 or offsets[-1] != size or stat.shape != (n_img, 2) \
                     or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
-                raise OccsynthError(f"{store_dir}: damaged cutout pixel store; delete it to rebuild")
+                raise DamagedEntry(f"{store_dir}: damaged cutout pixel store")
             if bank is not None and (meta["bank"]["sha256"] != bank.meta["source"]["sha256"]
                                      or meta["bank"]["options"] != bank.meta["options"]
                                      or n_ann != bank.num_annotations or n_img != bank.num_images_total):
@@ -908,10 +913,10 @@ class CutoutPixels:
         shape = (h + 2 * m, w + 2 * m, 3)
         rgb_bytes = shape[0] * shape[1] * 3
         if end - start != rgb_bytes + (h * w + 7) // 8:
-            raise OccsynthError(f"{self.store_dir}: damaged pixels of annotation index {k}; delete it to rebuild")
+            raise DamagedEntry(f"{self.store_dir}: damaged pixels of annotation index {k}")
         data = np.frombuffer(_read_at(self._blob_file, start, end - start), np.uint8)
         if len(data) != end - start:
-            raise OccsynthError(f"{self.store_dir}: pixel_blob.bin is shorter than its index; delete it to rebuild")
+            raise DamagedEntry(f"{self.store_dir}: pixel_blob.bin is shorter than its index")
         rgb = data[:rgb_bytes].reshape(shape)
         mask = np.unpackbits(data[rgb_bytes:], count=h * w).view(bool).reshape(h, w)
         d = m - margin

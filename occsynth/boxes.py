@@ -1,21 +1,18 @@
 """Box arithmetic on COCO [x, y, w, h] boxes, vectorised over all pairs of one image."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
+
+from .masks import finite_number
 
 OVERLAP_MEASURES = ("iou", "min")
 
 
 def is_box(box: Any) -> bool:
     """A COCO box: 4 finite numbers (not bools); overlap measures and occluder rules skip anything else."""
-    try:
-        return (isinstance(box, (list, tuple)) and len(box) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box))
-    except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
-        return False
+    return isinstance(box, (list, tuple)) and len(box) == 4 and all(map(finite_number, box))
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .bank import Bank, CutoutPixels, current_format
+from .bank import Bank, CutoutPixels, DamagedEntry, current_format
 from .demo import DEMO_VERSION
 from .errors import OccsynthError
 
@@ -110,8 +110,8 @@ def _damage(kind: str, path: Path) -> str | None:
             Bank.load(path)
         else:
             CutoutPixels.load(path).close()
-    except OccsynthError as exc:
-        return str(exc).split("; delete")[0]
+    except DamagedEntry as exc:
+        return exc.reason
     return None
 
 

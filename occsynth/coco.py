@@ -66,20 +66,33 @@ def read_dataset(path: str | os.PathLike) -> dict:
 
 
 def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
-    """Stream the items of one top-level array (``images``, ``annotations``, ...) in bounded memory."""
+    """Stream the items of one top-level array (``images``, ``annotations``, ...) in bounded memory.
+
+    A missing key, or a value that is no array (``{}``, ``null``), raises as :func:`check_coco_layout`
+    does: the item stream alone would read it as an empty list.
+    """
+    empty = True
     with reading_json(path, f" (found while reading the file for its '{key}')"), open(path, "rb") as f:
-        yield from ijson.items(f, f"{key}.item", use_float=True)
+        for item in ijson.items(f, f"{key}.item", use_float=True):
+            empty = False
+            yield item
+    if empty:  # [], or no array at all? only the value's first parser event tells
+        check_coco_layout(path, (key,))
 
 
 def read_array(path: str | os.PathLike, key: str) -> list:
     """One top-level array (``images``, ``categories``) as a list, parsing the file only up to that array's
     end: in COCO files the images come before the annotations, which this does not read. For arrays that
-    fit in memory; ``[]`` when the key is missing or not an array. A key that appears twice at the top
-    level (which JSON allows) gives its first value here; ``json.load`` would give the last."""
+    fit in memory; a missing key or a value that is no array raises as in :func:`iter_array`. A key that
+    appears twice at the top level (which JSON allows) gives its first value here; ``json.load`` would
+    give the last."""
     with reading_json(path, f" (found while reading the file for its '{key}')"), open(path, "rb") as f:
         for value in ijson.items(f, key, use_float=True):
-            return value if isinstance(value, list) else []
-    return []
+            if isinstance(value, list):
+                return value
+            break
+    check_coco_layout(path, (key,))  # raises: the key is missing or holds no array (or no object holds it)
+    return []  # reached only if the file changed between the two reads
 
 
 def one_line(exc: BaseException) -> str:
@@ -94,14 +107,14 @@ def one_line(exc: BaseException) -> str:
 COCO_LISTS = ("images", "annotations", "categories")
 
 
-def check_coco_layout(path: str | os.PathLike) -> None:
-    """Raise unless the file is a JSON object whose images/annotations/categories are lists.
+def check_coco_layout(path: str | os.PathLike, keys: Iterable[str] = COCO_LISTS) -> None:
+    """Raise unless the file is a JSON object whose ``keys`` (default: images/annotations/categories) are lists.
 
     One streaming pass over the parser events (only needed when a list came out empty: an
     ``"images.item"`` stream is empty both for ``[]`` and for a missing key or an object).
     """
     path = Path(path)
-    kinds: dict[str, str] = {}
+    starts: dict[str, str] = {}
     with reading_json(path), open(path, "rb") as f:
         events = ijson.parse(f, use_float=True)
         prefix, event, _ = next(events, ("", None, None))
@@ -113,14 +126,20 @@ def check_coco_layout(path: str | os.PathLike) -> None:
             if prefix == "" and event == "map_key":
                 key = value
             elif key is not None and prefix == key:
-                kinds.setdefault(key, event)
+                starts.setdefault(key, event)
                 key = None
-    for key in COCO_LISTS:
-        if key not in kinds:
-            raise OccsynthError(f"{path}: not a COCO file: missing the '{key}' list of a COCO instances file")
-        if kinds[key] != "start_array":
-            found = {"start_map": "an object"}.get(kinds[key], f"a {kinds[key]}")
-            raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
+    for key in keys:
+        check_array_start(path, key, starts.get(key))
+
+
+def check_array_start(path: str | os.PathLike, key: str, event: str | None) -> None:
+    """Raise unless ``event``, the parser event that opens top-level ``key``'s value (None: no such key),
+    opens an array; the error names the file and the key."""
+    if event is None:
+        raise OccsynthError(f"{path}: not a COCO file: missing the '{key}' list of a COCO instances file")
+    if event != "start_array":
+        found = {"start_map": "an object"}.get(event, f"a {event}")
+        raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
 
 
 def check_out_is_not_input(in_path: Path, out_path: Path, why: str) -> None:
@@ -177,18 +196,34 @@ def check_image_record(image: Any) -> dict:
     return image
 
 
-def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
-    """Validate an ``annotations`` entry against the image and category tables."""
+def check_annotation_fields(ann: Any) -> str:
+    """Raise BadRecord unless ``ann`` is an object with an integer ``id`` and a ``segmentation`` (what every
+    reader of annotations needs); returns how messages name it."""
     where = f"annotation {brief(ann.get('id', '?') if isinstance(ann, dict) else ann)}"
     if not isinstance(ann, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
-    if not isinstance(ann.get("id"), int) or "segmentation" not in ann:
+    if not is_id(ann.get("id")) or "segmentation" not in ann:
         raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id' and a 'segmentation'")
+    return where
+
+
+def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
+    """Validate an ``annotations`` entry against the image and category tables."""
+    where = check_annotation_fields(ann)
     if not is_id(ann.get("image_id")) or ann["image_id"] not in images:  # a list id is no key: no TypeError
         raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(ann.get('image_id'))}")
     if not is_id(ann.get("category_id")) or ann["category_id"] not in categories:
         raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {brief(ann.get('category_id'))}")
     return ann
+
+
+def check_iscrowd(ann: dict, where: str) -> int:
+    """An annotation's ``iscrowd`` (0 when absent); BadRecord unless it is 0 or 1, since COCO tools read
+    any other value as a crowd region, or crash."""
+    crowd = ann.get("iscrowd", 0)
+    if not isinstance(crowd, int) or crowd not in (0, 1):
+        raise BadRecord(errors.MALFORMED_RECORD, where, f"iscrowd must be 0 or 1, got {brief(crowd)}")
+    return int(crowd)
 
 
 def is_id(value: Any) -> bool:

@@ -22,8 +22,9 @@ class DegenerateMask(ValueError):
 
 
 def finite_number(value: Any) -> bool:
-    """A JSON number that is finite as a float (an integer too large for a float is not)."""
-    if not isinstance(value, (int, float)):
+    """A JSON number that is finite as a float: not a bool (JSON's true/false are no numbers), string or
+    null, nor an integer too large for a float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
     try:
         return math.isfinite(value)

@@ -21,8 +21,8 @@ import numpy as np
 
 from . import errors, masks
 from .boxes import is_box, pairwise_overlap
-from .coco import brief, check_coco_layout, check_image_record, is_id, iter_array, one_line, read_image, \
-    resolve_image_path
+from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, is_id, iter_array, one_line, \
+    read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog
 from .writer import IMAGES, set_paths
 
@@ -183,8 +183,6 @@ def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None 
             if log is not None:
                 log.skip(exc)
     if not records:
-        if not rejected:  # an empty list, or no 'images' list at all? (streaming cannot tell)
-            check_coco_layout(ann_path)
         why = f" ({rejected} rejected, the first: {first_rejected})" if rejected else ""
         raise OccsynthError(f"{ann_path}: no image records to preview{why}")
     if n >= len(records):
@@ -198,15 +196,13 @@ def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None 
 def annotations_of(ann_path: Path, image_ids: set, log: SkipLog | None = None) -> dict[int, list[dict]]:
     """Annotations of the given images, by image id (the rest of the stream is dropped as it is read).
 
-    Annotations that belong to no image (no object, image_id no integer) go to ``log``. A file whose
-    stream is empty is checked for the COCO layout: a missing or non-list 'annotations' would
-    otherwise give a sheet without masks and no word why.
+    Annotations that belong to no image (no object, image_id no integer) go to ``log``. A missing or
+    non-list 'annotations' raises (:func:`iter_array`): it would otherwise give a sheet without masks
+    and no word why.
     """
     log = log if log is not None else SkipLog()
     out: dict[int, list[dict]] = {}
-    seen = False
     for ann in iter_array(ann_path, "annotations"):
-        seen = True
         if not isinstance(ann, dict):
             log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann)}", "not an object"))
         elif not is_id(ann.get("image_id")):  # a list id is no key: checked before the lookup
@@ -214,8 +210,6 @@ def annotations_of(ann_path: Path, image_ids: set, log: SkipLog | None = None) -
                                f"image_id {brief(ann.get('image_id'))}"))
         elif ann["image_id"] in image_ids:
             out.setdefault(ann["image_id"], []).append(ann)
-    if not seen:
-        check_coco_layout(ann_path)
     return out
 
 
@@ -303,21 +297,20 @@ def role_colours(anns: Sequence[dict]) -> list[tuple[int, int, int]]:
     return [OCCLUDEE if a.get("occluder_ids") else OCCLUDER if a.get("id") in occluding else NEUTRAL for a in anns]
 
 
-def check_annotation(ann: dict, height: int, width: int) -> dict:
-    """Raise BadRecord unless the fields the sheet draws from can be drawn (the others are not looked at)."""
-    where = f"annotation {brief(ann.get('id', '?'))}"
-    if not is_id(ann.get("id")) or "segmentation" not in ann:
-        raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id' and a 'segmentation'")
-    if "bbox" in ann and drawable_box(ann["bbox"], height, width) is None:
+def check_annotation(ann: dict, height: int, width: int) -> tuple[list[float] | None, bool]:
+    """Raise BadRecord unless the fields the sheet draws from can be drawn (the others are not looked at).
+
+    Returns what is drawn from them: the box (None when the annotation has none: its mask's is drawn)
+    and whether it is a crowd region."""
+    where = check_annotation_fields(ann)
+    box = drawable_box(ann["bbox"], height, width) if "bbox" in ann else None
+    if "bbox" in ann and box is None:
         raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(ann['bbox'])} is not 4 finite numbers "
                                                         f"(width, height >= 0) near the {width}x{height} image")
     occluders = ann.get("occluder_ids", [])
     if not isinstance(occluders, list) or not all(map(is_id, occluders)):
         raise BadRecord(errors.MALFORMED_RECORD, where, f"occluder_ids {brief(occluders)} is not a list of ids")
-    crowd = ann.get("iscrowd", 0)
-    if crowd not in (0, 1) or not isinstance(crowd, int):
-        raise BadRecord(errors.MALFORMED_RECORD, where, f"iscrowd must be 0 or 1, got {brief(crowd)}")
-    return ann
+    return box, bool(check_iscrowd(ann, where))
 
 
 def drawable_box(box: Any, height: int, width: int) -> list[float] | None:
@@ -347,22 +340,23 @@ def decode_masks(ann: dict, height: int, width: int) -> tuple[np.ndarray, np.nda
 def _decode_instances(anns: Sequence[dict], h: int, w: int, size: tuple[int, int],
                       log: SkipLog | None = None) -> list[dict]:
     log = log if log is not None else SkipLog()
-    anns = [ann for ann in anns if _skip_bad(log, check_annotation, ann, h, w)]
+    checked = [(ann, drawn) for ann in anns if (drawn := _skip_bad(log, check_annotation, ann, h, w))]
+    anns = [ann for ann, _ in checked]
     order = sorted(range(len(anns)), key=lambda i: _layer(anns[i]))
     colours = role_colours(anns)
     out = []
     for i in order:
-        ann = anns[i]
+        ann, (box, crowd) = checked[i]
         decoded = _skip_bad(log, decode_masks, ann, h, w)
         if decoded is None:
             continue
         visible, amodal = decoded
         # in the image's frame: draw_boxes scales boxes to the tile
-        bbox = drawable_box(ann["bbox"], h, w) if "bbox" in ann else masks.bbox(visible)
+        bbox = box if box is not None else masks.bbox(visible)
         if (h, w) != size:
             visible, amodal = masks.resize(visible, size), masks.resize(amodal, size)
         out.append({"visible": visible, "amodal": amodal, "colour": colours[i], "bbox": bbox,
-                    "iscrowd": bool(ann.get("iscrowd", 0))})
+                    "iscrowd": crowd})
     return out
 
 

@@ -8,7 +8,6 @@ light fields are kept, so the counts of a 100k-image set fit in a few MB.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import Counter
 from typing import Iterable, Iterator, Sequence
@@ -17,8 +16,9 @@ import cv2
 import numpy as np
 
 from . import errors
-from .coco import COCO_LISTS, brief, check_coco_layout, iter_array
+from .coco import COCO_LISTS, brief, iter_array
 from .errors import BadRecord, OccsynthError, SkipLog
+from .masks import finite_number
 from .writer import set_paths
 
 RATIO_BINS = 10
@@ -37,26 +37,22 @@ def dataset_stats(annotations: dict) -> dict:
 def stats_from_path(path: str | os.PathLike) -> dict:
     """Statistics of a generated set directory (its annotations.json) or a COCO JSON file, streamed.
 
-    Refuses a file that is not a COCO instances file (top-level object with the three lists):
-    streaming alone would read such a file as an empty set.
+    Refuses a file that is not a COCO instances file (top-level object with the three lists, see
+    :func:`iter_array`): streaming alone would read such a file as an empty set. The lists are read in
+    COCO order, so the first one that is missing or no list is the one named.
     """
     ann_path, _ = set_paths(path)
-    seen = Counter()
 
-    def counted(key: str, light: tuple | None) -> Iterator:
+    def light(key: str, fields: tuple) -> Iterator:
         for item in iter_array(ann_path, key):
-            seen[key] += 1
-            yield {k: item.get(k) for k in light if k in item} if light and isinstance(item, dict) else item
+            yield {k: item.get(k) for k in fields if k in item} if isinstance(item, dict) else item
 
-    categories = list(counted("categories", None))
-    stats = accumulate(counted("images", ("id",)), counted("annotations", _LIGHT), categories)
-    if not all(seen[k] for k in COCO_LISTS):  # an empty or absent list, or not a list at all?
-        check_coco_layout(ann_path)
-    return stats
+    return accumulate(light("images", ("id",)), light("annotations", _LIGHT), iter_array(ann_path, "categories"))
 
 
-def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequence[dict]) -> dict:
-    """One pass over the records; see the module docstring for what is counted.
+def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterable[dict]) -> dict:
+    """One pass over the records (images, annotations, then categories); see the module docstring for what
+    is counted.
 
     Skipped and counted in ``skipped`` (by reason, with an example): image records that are no
     object or have no id, repeated image ids, annotations that are no object, annotations whose
@@ -95,7 +91,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
                                  f"image_id {str(image_id)[:40]}"))
             continue
         ratio = ann.get("occlusion_ratio")
-        if "occlusion_ratio" in ann and not _finite(ratio):  # else the histogram would leave it out unseen
+        if "occlusion_ratio" in ann and not finite_number(ratio):  # else the histogram would leave it out unseen
             skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann.get('id', '?'))[:40]}",
                                  f"occlusion_ratio {brief(ratio, 40)} is not a number"))
             continue
@@ -149,16 +145,6 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Sequenc
         "depth_per_image": dict(sorted(Counter(depth.get(i, 0) for i in all_ids).items())),
         "skipped": skips.to_dict(),
     }
-
-
-def _finite(value: object) -> bool:
-    """A JSON number that is finite as a float (not a bool, string or null; not an int too large for a float)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def ratio_bin(ratio: float) -> int:

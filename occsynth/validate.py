@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import masks
-from .coco import check_coco_layout, check_image_record, iter_array, read_image, resolve_image_path
+from .coco import check_coco_layout, check_image_record, check_iscrowd, iter_array, read_image, resolve_image_path
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
@@ -113,8 +113,6 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
             failures.add("duplicate_id", f"image id {record['id']} appears more than once", image_id=record["id"])
             continue
         images[record["id"]] = record
-    if not categories or not images:  # empty lists, or no COCO layout at all? (streaming cannot tell)
-        check_coco_layout(ann_path)
 
     totals = {"images": len(images), "annotations": 0, "pasted": 0}
     pasted: Counter = Counter()
@@ -136,8 +134,6 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     finally:
         bar.close()
 
-    if not totals["annotations"]:
-        check_coco_layout(ann_path)
     totals["pasted_per_category"] = {str(k): v for k, v in sorted(pasted.items())}
     _check_manifest(out_dir / MANIFEST_FILE, totals, failures)
     balance = class_balance(pasted, balance_tolerance, balance_slack)
@@ -340,8 +336,10 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> None:
             failures.add("fields", "negative layer, non-integer occluder id, or a box without 4 numbers",
                          ann_id, image["id"])
             continue
-        if ann["iscrowd"] not in (0, 1):  # COCO tools read any other value as a crowd region, or crash
-            failures.add("fields", f"iscrowd is {_short(ann['iscrowd'])}, not 0 or 1", ann_id, image["id"])
+        try:
+            check_iscrowd(ann, f"annotation {ann_id}")
+        except BadRecord as exc:
+            failures.add("fields", exc.detail, ann_id, image["id"])
             continue
         try:
             a = masks.decode(ann["amodal_segmentation"], h, w)

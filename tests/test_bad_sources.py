@@ -115,7 +115,7 @@ def test_strict_run_stops_naming_the_record(awkward_source, tmp_path):
     assert result.output.startswith("Error: annotation 900001") and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("content, why", [(b'{"images": [', "malformed JSON"), (b"[1, 2]", "COCO instances file"),
+@pytest.mark.parametrize("content, why", [(b'{"images": [', "malformed JSON"), (b"[1, 2]", "not a COCO file: the top level is an array"),
                                           (b'{"images": []}', "COCO instances file")])
 def test_malformed_source_json_is_one_clear_error(tmp_path, content, why):
     (tmp_path / "bad.json").write_bytes(content)

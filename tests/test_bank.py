@@ -248,8 +248,12 @@ def test_strict_mode_names_the_first_bad_record(tmp_path):
 
 
 def test_not_a_coco_file_is_reported(tmp_path):
-    with pytest.raises(OccsynthError, match="no valid category records"):
+    with pytest.raises(OccsynthError, match="not a COCO file: the top level is an array"):
         build_bank(write(tmp_path, [1, 2]), tmp_path / "b", progress=False)
+    with pytest.raises(OccsynthError, match="no valid category records"):
+        build_bank(write(tmp_path, dict(source(), categories=[1, 2])), tmp_path / "b", progress=False)
+    with pytest.raises(OccsynthError, match="not a COCO file: 'categories' is an object, expected a list"):
+        build_bank(write(tmp_path, dict(source(), categories={})), tmp_path / "b", progress=False)
     with pytest.raises(OccsynthError, match="malformed JSON"):
         (tmp_path / "broken.json").write_text('{"categories": [{"id": 1}], "images": [{"id": ')
         build_bank(tmp_path / "broken.json", tmp_path / "b", progress=False)
@@ -329,3 +333,16 @@ def test_a_bank_of_annotations_that_are_not_a_list_is_refused(tmp_path, demo_sou
         build_bank(path, tmp_path / "bank", progress=False)
     path.write_text(json.dumps(dict(data, annotations=[])))  # an empty list is a bank of no cutouts
     assert build_bank(path, tmp_path / "bank2", progress=False)["num_annotations"] == 0
+
+
+def test_annotations_that_are_not_a_list_are_refused_beside_a_skipped_image_record(tmp_path, demo_source):
+    """A skipped bad record must not hide that the annotations are no list: an empty bank would be built."""
+    data = json.loads(demo_source[0].read_text())
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(dict(data, images=[*data["images"], {"id": "bad"}], annotations={})))
+    with pytest.raises(OccsynthError, match=r"in\.json: not a COCO file: 'annotations' is an object, expected a list"):
+        build_bank(path, tmp_path / "bank", progress=False)
+    assert not (tmp_path / "bank").exists()
+    result = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(path), "--cache-dir", str(tmp_path / "c"),
+                                                "--quiet"])
+    assert result.exit_code == 2 and "'annotations' is an object, expected a list" in result.output, result.output

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.occsynth_cli import main as occsynth_main
-from occsynth.bank import BankOptions, ensure_bank, ensure_cutout_pixels
+from occsynth.bank import BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from occsynth.cache import cache_entries, remove_cache_entries
 from occsynth.errors import OccsynthError
 
@@ -133,7 +133,10 @@ def test_damaged_banks_stores_and_demo_sources_are_stale_and_a_run_rebuilds_the_
     ann.unlink()                                                             # the demo's marker deleted by hand
     notes = {e["name"]: e["notes"] for e in cache_entries(cache_dir)}
     assert notes[made["bank"].name][0].startswith("damaged (") and "ann_id.npy" in notes[made["bank"].name][0]
-    assert notes[made["store"].name][0].startswith("damaged (") and "damaged cutout pixel store" in notes[made["store"].name][0]
+    assert notes[made["store"].name] == [f"damaged ({made['store']}: damaged cutout pixel store): "
+                                         "runs using it fail until it is removed"]
+    with pytest.raises(OccsynthError, match=r"pixel store; delete it to rebuild$"):  # what a run says: unchanged
+        CutoutPixels.load(made["store"])
     assert notes[demo.DEMO_VERSION] == ["damaged (no annotations.json): the next run that needs it builds it again"]
     assert notes[made["other"].name] == []
     again, root = demo.demo_source(cache_dir)                                # rebuilt in place, not "Directory not empty"

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -36,17 +37,35 @@ def test_iter_array_streams_and_reports_malformed(tmp_path):
         list(coco.iter_array(p, "images"))
 
 
+@pytest.mark.parametrize("content, message", [
+    ('{"images": [{"id": 1}], "annotations": {}}', "'annotations' is an object, expected a list"),
+    ('{"images": [{"id": 1}], "annotations": null}', "'annotations' is a null, expected a list"),
+    ('{"images": [{"id": 1}]}', "missing the 'annotations' list"),
+    ('[{"annotations": []}]', "the top level is an array, expected a JSON object"),
+])
+def test_iter_array_refuses_a_key_that_holds_no_array(tmp_path, content, message):
+    """An item stream is empty for [] and for a missing key or an object alike: the latter two raise."""
+    p = tmp_path / "a.json"
+    p.write_text(content)
+    with pytest.raises(OccsynthError, match=f"a.json: not a COCO file: {re.escape(message)}"):
+        list(coco.iter_array(p, "annotations"))
+    p.write_text('{"annotations": []}')
+    assert list(coco.iter_array(p, "annotations")) == []
+
+
 def test_read_array_parses_only_up_to_the_end_of_its_array(tmp_path):
     p = tmp_path / "a.json"
     # everything after the images array is broken: reading the images never gets there
-    p.write_text('{"info": {}, "images": [{"id": 1, "h": 2.5}, {"id": 2}], "categories": {"id": 3}, '
-                 '"annotations": [{"id": 1}, {"id": ')
+    p.write_text('{"info": {}, "images": [{"id": 1, "h": 2.5}, {"id": 2}], "annotations": [{"id": 1}, {"id": ')
     assert coco.read_array(p, "images") == [{"id": 1, "h": 2.5}, {"id": 2}]
-    assert coco.read_array(p, "categories") == []            # not an array: nothing, as iter_array gives
     with pytest.raises(OccsynthError, match="malformed JSON \\(found while reading the file for its 'licenses'\\)"):
         coco.read_array(p, "licenses")                        # absent: the whole file is read, and it is broken
-    p.write_text('{"images": []}')
-    assert coco.read_array(p, "images") == [] and coco.read_array(p, "annotations") == []
+    p.write_text('{"images": [], "categories": {"id": 3}}')
+    assert coco.read_array(p, "images") == []
+    with pytest.raises(OccsynthError, match="a.json: not a COCO file: 'categories' is an object, expected a list"):
+        coco.read_array(p, "categories")
+    with pytest.raises(OccsynthError, match="a.json: not a COCO file: missing the 'annotations' list"):
+        coco.read_array(p, "annotations")
     p.write_text('{"images": [{"id": 1}], "annotations": [], "images": [{"id": 2}]}')  # a key twice: the first
     assert coco.read_array(p, "images") == [{"id": 1}]
 

@@ -54,7 +54,7 @@ def test_uncompressed_rle_crowd():
 
 
 @pytest.mark.parametrize("seg", [[[1, 2, 3, 4]], [], [[1, 2, 3, 4, 5]], [[0, 0, 1, 1, float("nan"), 2]], "x",
-                                 [[0, 0, 10, 0, 10 ** 400, 10]],
+                                 [[0, 0, 10, 0, 10 ** 400, 10]], [[0, 0, 10, 0, True, 10]],
                                  {"size": [5, 5], "counts": "abc"}])
 def test_degenerate_segmentations_raise(seg):
     with pytest.raises(masks.DegenerateMask):
