@@ -10,9 +10,9 @@ occluder mask is the union of the visible masks of the instances that occlude it
 - otherwise BCNet's rule for real COCO decides, ``occsynth.occluders.box_overlap_occluders``.
 
 ``mode='visible'`` (default) learns the visible masks (``segmentation``); ``mode='amodal'`` learns
-the complete masks (``amodal_segmentation``, falling back to the visible mask where an annotation
-has none) with their boxes. Occluder masks are always unions of *visible* masks: that is what the
-image shows on top of the instance.
+the complete masks (``amodal_segmentation``) with their boxes, and refuses a set with a non-crowd
+annotation that has none (:func:`require_amodal_masks`). Occluder masks are always unions of
+*visible* masks: that is what the image shows on top of the instance.
 
 Categories map to contiguous labels 1..K in category-id order (0 is background); the mapping is
 kept on the dataset (``category_ids[label - 1]``) so predictions map back to COCO ids.
@@ -67,6 +67,8 @@ class CocoInstances(Dataset):
         self._new_skips: list[BadRecord] = []
         if data is None:
             data = coco.read_dataset(self.ann_file)
+        if mode == "amodal":
+            require_amodal_masks(data, self.ann_file, "training")
         images, categories, by_image = coco.index_dataset(data, self.skips)
         self.categories = [categories[c] for c in sorted(categories)]
         self.category_ids: list[int] = (sorted(categories) if category_ids is None
@@ -148,7 +150,7 @@ class CocoInstances(Dataset):
                 mask = _decode(ann, "segmentation", height, width)
                 box = [float(v) for v in ann["bbox"]]
                 target_mask = mask
-                if self.mode == "amodal" and ann.get("amodal_segmentation"):
+                if self.mode == "amodal":
                     target_mask = _decode(ann, "amodal_segmentation", height, width)
                     box = mask_ops.bbox(target_mask)
             except BadRecord as exc:
@@ -193,6 +195,19 @@ class CocoInstances(Dataset):
             image, _ = self.transforms(image, {"boxes": np.zeros((0, 4), np.float32)}, np.random.default_rng(0))
         tensor, _ = to_tensors(image, {})
         return tensor, {"image_id": int(record["id"]), "orig_size": (height, width)}
+
+
+def require_amodal_masks(data: dict, where: str | os.PathLike = "", task: str = "evaluation") -> None:
+    """Refuse, naming ``where`` (the file) and the first culprit, a set with a non-crowd annotation
+    without ``amodal_segmentation``: scoring or training it on its visible mask instead would
+    silently mix two kinds of mask. Records that are not objects are left to the record checks."""
+    verb = {"evaluation": "evaluate", "training": "train"}.get(task, task)
+    for ann in data["annotations"]:
+        if isinstance(ann, dict) and not ann.get("amodal_segmentation") and not ann.get("iscrowd", 0):
+            raise OccsynthError((f"{where}: " if where else "") + f"annotation {ann.get('id')} (image "
+                                f"{ann.get('image_id')}) has no amodal_segmentation: amodal {task} needs one on "
+                                f"every non-crowd annotation ({verb} in visible mode, or complete or remove the "
+                                "annotation)")
 
 
 def occluders_of(annotation_ids: Sequence[int], occluder_ids: Sequence[Sequence[int] | None],

@@ -34,6 +34,7 @@ reports ``occluded_recall`` / ``separated_recall`` (0..1) of the same results.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -53,6 +54,7 @@ from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from . import occsep
+from .data import require_amodal_masks
 from .device import resolve_device
 
 MODES = ("visible", "amodal")
@@ -175,8 +177,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     has no ground truth). ``image_ids`` restricts evaluation to those images (default: all in ``gt``).
     ``mode``: ``'visible'`` or ``'amodal'`` ground-truth masks (see the module docstring; ``gt``
     itself is never changed). ``occsep_lists``: ``{'occluded': ..., 'separated': ...}`` (either
-    key optional; a path or an already loaded list) adds ``<key>_recall`` and ``occsep`` (see
-    :func:`occsep_metrics`).
+    key optional; a path, an object list, checked here, or an :class:`ObjectList`, checked already)
+    adds ``<key>_recall`` and ``occsep`` (see :func:`occsep_metrics`).
 
     Ground truth pycocotools cannot read is cleaned first (:func:`clean_ground_truth`); what was
     dropped or turned into an ignore region is counted in ``skips`` (record-level problems in
@@ -316,19 +318,6 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
     return out
 
 
-def require_amodal_masks(data: dict, where: str | os.PathLike = "", task: str = "evaluation") -> None:
-    """Refuse, naming ``where`` (the file) and the first culprit, a set with a non-crowd annotation
-    without ``amodal_segmentation``: scoring or training it on its visible mask instead would
-    silently mix two kinds of mask. Records that are not objects are left to the record checks."""
-    verb = {"evaluation": "evaluate", "training": "train"}.get(task, task)
-    for ann in data["annotations"]:
-        if isinstance(ann, dict) and not ann.get("amodal_segmentation") and not ann.get("iscrowd", 0):
-            raise OccsynthError((f"{where}: " if where else "") + f"annotation {ann.get('id')} (image "
-                                f"{ann.get('image_id')}) has no amodal_segmentation: amodal {task} needs one on "
-                                f"every non-crowd annotation ({verb} in visible mode, or complete or remove the "
-                                "annotation)")
-
-
 def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
     """A copy of ``data`` whose annotations score amodal masks: ``segmentation``, ``area``, ``bbox``
     replaced by ``amodal_segmentation``, ``amodal_area``, ``amodal_bbox`` (the last two computed
@@ -365,54 +354,67 @@ def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
     return {**data, "annotations": annotations}
 
 
-def load_occsep_lists(lists: dict | None) -> dict[str, list]:
-    """``{'occluded'|'separated': path or object list}`` -> loaded lists (paths read with
-    :func:`bcnet.occsep.load_objects`, which refuses pickles that would run code); every entry is
-    checked here, so a bad one fails before any prediction."""
+@dataclasses.dataclass(frozen=True)
+class ObjectList:
+    """An Occluded / Separated COCO object list already checked entry by entry, with ``where`` it
+    came from (its file, or ``'<key> object list'`` for one given in memory): errors about it name
+    that, and :func:`load_occsep_lists` takes it as it is instead of decoding every mask again."""
+
+    objects: list
+    where: str
+
+
+def load_occsep_lists(lists: dict | None) -> dict[str, ObjectList]:
+    """``{'occluded'|'separated': path, object list or ObjectList}`` -> checked :class:`ObjectList` values
+    (paths read with :func:`bcnet.occsep.load_objects`, which refuses pickles that would run code);
+    every entry not checked yet is checked here, so a bad one fails before any prediction."""
     out = {}
     for key, value in (lists or {}).items():
         if key not in OCCSEP_LISTS:
             raise OccsynthError(f"object list name must be one of {OCCSEP_LISTS}, got {key!r}")
         if value is None:
             continue
-        if isinstance(value, (str, os.PathLike)):
-            out[key] = occsep.load_objects(value)  # checks every entry, naming the file
+        if isinstance(value, ObjectList):
+            out[key] = value
+        elif isinstance(value, (str, os.PathLike)):
+            out[key] = ObjectList(occsep.load_objects(value), str(value))  # checks every entry, naming the file
         else:
-            occsep.check_objects(value, f"{key} object list")
-            out[key] = list(value)
+            where = f"{key} object list"
+            occsep.check_objects(value, where)
+            out[key] = ObjectList(list(value), where)
     return out
 
 
-def check_occsep_sizes(data: dict, lists: dict[str, list], where: str | os.PathLike) -> None:
+def check_occsep_sizes(data: dict, lists: dict[str, ObjectList], where: str | os.PathLike) -> None:
     """Refuse a listed RLE mask on one of ``data``'s images whose size is not that image's: the
     recall compares it pixel by pixel with the predictions. Made before predicting, not after."""
     images = [image for image in data["images"] if isinstance(image, dict) and _is_int(image.get("id"))]
     index = _file_name_index(images)
     sizes = {image["id"]: [image.get("height"), image.get("width")] for image in images}
-    for key, objects in lists.items():
-        for i, entry in enumerate(objects):
+    for listed in lists.values():
+        for i, entry in enumerate(listed.objects):
             file_name, _, segmentation = occsep.parse_entry(entry)
             size = sizes.get(index.get(file_name))
             if size and isinstance(segmentation, dict) and list(segmentation["size"]) != size:
-                raise OccsynthError(f"{key} object list, entry {i}: its RLE size {list(segmentation['size'])} "
+                raise OccsynthError(f"{listed.where}: entry {i}: its RLE size {list(segmentation['size'])} "
                                     f"differs from the size {size} of image {file_name!r} in {where}")
 
 
-def occsep_metrics(data: dict, results: list[dict], lists: dict[str, list]) -> dict:
+def occsep_metrics(data: dict, results: list[dict], lists: dict[str, ObjectList]) -> dict:
     """Occluded / Separated COCO recall of ``results`` for each loaded list (:mod:`bcnet.occsep`).
 
     Objects are matched to images by file name (also by the file name's last part when that is
     unambiguous, so lists of bare COCO names work with ``val2017/...`` records). Returns
-    ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set,
-    score_threshold, iou_threshold}}}``: recall over the listed objects on ``data``'s images;
-    ``outside_set`` counts the others (a subset such as COCO-OCC leaves many out).
+    ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set, score_threshold,
+    iou_threshold}}}``: recall over the listed objects on ``data``'s images (None when none of them
+    is on these images); ``outside_set`` counts the others (a subset such as COCO-OCC leaves many out).
     """
     gt_images = _file_name_index(data["images"])
     out: dict = {"occsep": {}}
-    for key, objects in lists.items():
-        found = occsep.occsep_recall(results, gt_images, objects, categories=data.get("categories"))
+    for key, listed in lists.items():
+        found = occsep.occsep_recall(results, gt_images, listed.objects, categories=data.get("categories"))
         found.pop("hits")
-        out[f"{key}_recall"] = float(found["recall"])
+        out[f"{key}_recall"] = found["recall"]
         out["occsep"][key] = found
     return out
 
@@ -636,12 +638,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     for name, (ann_file, image_root) in sets.items():
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
-        gt = coco_io.read_dataset(ann_file)  # parsed once: the dataset and the evaluation share it
+        data = coco_io.read_dataset(ann_file)  # parsed once: the dataset and the evaluation share it
+        # converted before the dataset is made, so a missing amodal mask is refused as an evaluation's
+        # (the dataset refuses it too, as training data); evaluate() then finds it converted
+        gt = amodal_ground_truth(data, ann_file) if mode == "amodal" else data
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
-                                category_ids=state["category_ids"], data=gt)
+                                category_ids=state["category_ids"], data=data)
         _require_images(name, dataset, image_root)
-        if mode == "amodal":  # evaluate() then finds it converted
-            gt = amodal_ground_truth(gt, ann_file)
         check_occsep_sizes(gt, lists, ann_file)
         prepared.append((name, image_root, gt, dataset))
     report = {}

@@ -124,7 +124,7 @@ def entry_problem(cls: Any, segmentation: Any) -> str:
         return ""
     polygons = segmentation if isinstance(segmentation, list) else []
     if not polygons or not all(isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0
-                               and all(mask_ops.finite_number(v) and not isinstance(v, bool) for v in p) for p in polygons):
+                               and all(mask_ops.finite_number(v) for v in p) for p in polygons):
         return f"mask must be an RLE dict or polygons (lists of >= 3 x, y points), got {brief(segmentation)}"
     return ""
 
@@ -153,9 +153,9 @@ def occsep_recall(results: list[dict], gt_images: dict[str, int], objects: list,
     ``gt_images`` maps file names to image ids (the GT file's images table). Classes given by
     name are matched through ``categories`` (COCO category list or ``{id: name}``). Returns
     ``found``, ``total`` (listed objects whose image is in ``gt_images``), ``recall`` (found / total,
-    0..1), ``outside_set`` (listed objects whose image is not: not scored, as they cannot be found in
-    these results: none for val2017 itself, many for COCO-OCC) and per-entry
-    ``hits`` (None for an object outside the set).
+    0..1; None when total is 0: nothing to recall is not 0% recalled), ``outside_set`` (listed objects
+    whose image is not: not scored, as they cannot be found in these results: none for val2017
+    itself, many for COCO-OCC) and per-entry ``hits`` (None for an object outside the set).
     """
     names: dict[int, str] = {}
     if isinstance(categories, dict):
@@ -192,15 +192,20 @@ def occsep_recall(results: list[dict], gt_images: dict[str, int], objects: list,
         hits.append(found)
     total = sum(hit is not None for hit in hits)
     n = sum(hit is True for hit in hits)
-    return {"found": n, "total": total, "recall": n / total if total else 0.0, "outside_set": len(hits) - total,
+    return {"found": n, "total": total, "recall": n / total if total else None, "outside_set": len(hits) - total,
             "score_threshold": score_threshold, "iou_threshold": iou_threshold, "hits": hits}
 
 
 def occsep_report(results: list[dict], gt_images: dict[str, int], occluded: list, separated: list,
                   **kwargs) -> dict:
-    """Both recalls, as the paper reports them (percent), plus the found/total counts."""
+    """Both recalls, as the paper reports them (percent; None with no listed object in the set),
+    plus the found/total counts."""
     occ = occsep_recall(results, gt_images, occluded, **kwargs)
     sep = occsep_recall(results, gt_images, separated, **kwargs)
-    return {"occluded_recall": 100.0 * occ["recall"], "separated_recall": 100.0 * sep["recall"],
+    return {"occluded_recall": _percent(occ["recall"]), "separated_recall": _percent(sep["recall"]),
             "occluded": {k: v for k, v in occ.items() if k != "hits"},
             "separated": {k: v for k, v in sep.items() if k != "hits"}}
+
+
+def _percent(recall: float | None) -> float | None:
+    return None if recall is None else 100.0 * recall

@@ -107,10 +107,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         if (occ_dir / "annotations.json").exists():
             log(f"[4/5] COCO-OCC: done ({occ_dir})")
         else:
-            options = plan.get("cocoocc", {})
-            report = build_cocoocc(inputs.coco_val[0], occ_dir, overlap=options.get("overlap", "iou"),
-                                   threshold=float(options.get("threshold", 0.2)),
-                                   count_crowd=bool(options.get("count_crowd", False)))
+            report = build_cocoocc(inputs.coco_val[0], occ_dir, progress=progress, **plan.get("cocoocc", {}))
             log(f"[4/5] COCO-OCC: {report['counts']['images']} of {report['counts']['source_images']} images -> {occ_dir}")
         inputs = dataclasses.replace(inputs, cocoocc=occ_dir / "annotations.json")
     stages["cocoocc"] = str(inputs.cocoocc)
@@ -165,11 +162,13 @@ def check_training_table(plan: dict, recipe: str, table: str) -> None:
 
     where = f"pipeline recipe {recipe!r} [{table}]"
     try:
-        manifests.load(str(plan[table]["schedule"]), "schedule")
+        load_schedule(str(plan[table]["schedule"]), {k: v for k, v in plan[table].items() if k != "schedule"},
+                      overrides_from=where)
     except OccsynthError as exc:
+        if str(exc).startswith(where):  # a setting of the table itself: the error names it already
+            raise
+        # the schedule file: missing, malformed, or a bad value in it
         raise OccsynthError(f"{where} schedule: {exc}") from None
-    load_schedule(str(plan[table]["schedule"]), {k: v for k, v in plan[table].items() if k != "schedule"},
-                  overrides_from=where)
 
 
 COCOOCC_SETTINGS = ("overlap", "threshold", "count_crowd")
@@ -177,7 +176,7 @@ COCOOCC_SETTINGS = ("overlap", "threshold", "count_crowd")
 
 def check_cocoocc_table(plan: dict, recipe: str) -> None:
     """[cocoocc] (optional): the options ``build_cocoocc`` takes, checked before any stage runs."""
-    from occsynth.boxes import OVERLAP_MEASURES
+    from occsynth.cocoocc import check_options
 
     where = f"pipeline recipe {recipe!r} [cocoocc]"
     options = plan.get("cocoocc", {})
@@ -186,13 +185,10 @@ def check_cocoocc_table(plan: dict, recipe: str) -> None:
     unknown = sorted(set(options) - set(COCOOCC_SETTINGS))
     if unknown:
         raise OccsynthError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(COCOOCC_SETTINGS)})")
-    overlap, threshold = options.get("overlap", "iou"), options.get("threshold", 0.2)
-    if overlap not in OVERLAP_MEASURES:
-        raise OccsynthError(f"{where}: overlap must be one of {', '.join(OVERLAP_MEASURES)}, got {overlap!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise OccsynthError(f"{where}: threshold must be a number in (0, 1], got {threshold!r}")
-    if not isinstance(options.get("count_crowd", False), bool):
-        raise OccsynthError(f"{where}: count_crowd must be true or false, got {options['count_crowd']!r}")
+    try:
+        check_options(**options)
+    except OccsynthError as exc:
+        raise OccsynthError(f"{where}: {exc}") from None
 
 
 def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: dict, init: Path | None,

@@ -33,14 +33,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import manifests
-from occsynth import coco as coco_io
 from occsynth.atomic import open_atomic, remove_stale_temporaries
 from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
 from .data import CocoInstances, count_skipped, micro_batch_size, train_loader
 from .device import resolve_device
-from .evaluate import require_amodal_masks
 from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
@@ -287,16 +285,12 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     accumulate = int(schedule["accumulate"])
     micro_batch_size(int(schedule["batch_size"]), world, accumulate)  # fail early when it does not split
 
-    data = coco_io.read_dataset(ann_file)
-    if schedule["mode"] == "amodal":  # the dataset would fall back to visible masks, silently
-        require_amodal_masks(data, ann_file, "training")
     jitter = tuple(schedule["scale_jitter"]) if schedule["scale_jitter"] else None
     dataset = CocoInstances(ann_file, image_root,
                             build_transforms(True, int(schedule["short"]), int(schedule["long_max"]), jitter,
                                              float(schedule["flip"])),
                             mode=schedule["mode"], drop_empty=True, strict=strict,
-                            category_ids=state["category_ids"] if state else None, data=data)
-    del data  # the dataset keeps what it needs
+                            category_ids=state["category_ids"] if state else None)
     if report is not None and rank == 0 and dataset.skips.total:
         report(dataset.skips.to_dict())
 

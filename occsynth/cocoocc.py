@@ -63,10 +63,24 @@ def _boxes_by_image(data: dict, count_crowd: bool) -> dict[int, np.ndarray]:
     return {image_id: np.asarray(boxes, np.float64) for image_id, boxes in grouped.items()}
 
 
-def max_overlap_per_image(data: dict, overlap: str = DEFAULT_OVERLAP, count_crowd: bool = False) -> dict[int, float]:
-    """Largest pairwise box overlap of each image in ``data['images']`` (0.0 with fewer than two boxes)."""
+def check_options(overlap: str = DEFAULT_OVERLAP, threshold: float = DEFAULT_THRESHOLD,
+                  count_crowd: bool = False) -> None:
+    """Refuse a selection option :func:`build_cocoocc` cannot use, before anything is read: the one
+    check for the command line, the API and ``bcnet train-synthetic``'s recipe (which checks it
+    before its first stage, hours before COCO-OCC is built)."""
     if overlap not in OVERLAP_MEASURES:
         raise OccsynthError(f"overlap measure must be one of {', '.join(OVERLAP_MEASURES)}, got {overlap!r}")
+    number = not isinstance(threshold, bool) and isinstance(threshold, (int, float))
+    if not number or not 0 < threshold <= 1:
+        raise OccsynthError(f"threshold must be a number in (0, 1], got {threshold!r}"
+                            + (" (0 would keep every image)" if number and threshold <= 0 else ""))
+    if not isinstance(count_crowd, bool):
+        raise OccsynthError(f"count_crowd must be true or false, got {count_crowd!r}")
+
+
+def max_overlap_per_image(data: dict, overlap: str = DEFAULT_OVERLAP, count_crowd: bool = False) -> dict[int, float]:
+    """Largest pairwise box overlap of each image in ``data['images']`` (0.0 with fewer than two boxes)."""
+    check_options(overlap, count_crowd=count_crowd)
     boxes = _boxes_by_image(data, count_crowd)
     result = {}
     for image in data["images"]:
@@ -167,8 +181,7 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
         raise OccsynthError(f"image mode must be 'link' or 'copy', got {image_mode!r}")
     if image_mode and image_root is None:
         raise OccsynthError("--link/--copy need --images (the source image directory)")
-    if not 0.0 < threshold <= 1.0:
-        raise OccsynthError(f"threshold must be in (0, 1], got {threshold} (0 would keep every image)")
+    check_options(overlap, threshold, count_crowd)
     check_out_dir(ann_path, out_dir, force)
     if image_mode:
         check_image_dirs(image_root, out_dir)

@@ -90,6 +90,22 @@ def test_an_unusable_box_is_left_out_and_the_image_keeps_its_overlap(bad):
     assert select_images(data) == [1]
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"threshold": 0}, "threshold must be a number in (0, 1], got 0 (0 would keep every image)"),
+    ({"threshold": 1.5}, "threshold must be a number in (0, 1], got 1.5"),
+    ({"threshold": "0.2"}, "threshold must be a number in (0, 1], got '0.2'"),
+    ({"threshold": True}, "threshold must be a number in (0, 1], got True"),
+    ({"overlap": "dice"}, "overlap measure must be one of iou, min, got 'dice'"),
+    ({"count_crowd": "yes"}, "count_crowd must be true or false, got 'yes'"),
+])
+def test_build_refuses_a_bad_option_before_reading_anything(tmp_path, options, words):
+    with pytest.raises(OccsynthError) as caught:
+        build_cocoocc(tmp_path / "none.json", tmp_path / "occ", **options)  # the file is not even looked for
+    assert str(caught.value) == words
+    cocoocc.check_options(overlap="min", threshold=1, count_crowd=True)  # 1 is in (0, 1]
+    assert not (tmp_path / "occ").exists()
+
+
 def test_alternative_counts_table():
     table = alternative_counts(make_dataset())
     assert set(table) == {"iou/no-crowd", "iou/crowd", "min/no-crowd", "min/crowd"}

@@ -160,6 +160,29 @@ def test_amodal_mode_learns_the_complete_masks(dataset_dir):
         _dataset(dataset_dir, mode="both")
 
 
+def test_amodal_mode_refuses_an_annotation_without_an_amodal_mask(tmp_path, dataset_dir):
+    data = load_annotations(dataset_dir)
+    victim = next(a for a in data["annotations"] if a["image_id"] == 1)
+    del victim["amodal_segmentation"]  # learning its visible mask instead would mix two kinds of mask
+    ann = tmp_path / "partial.json"
+    ann.write_text(json.dumps(data))
+    words = (f"{ann}: annotation {victim['id']} (image 1) has no amodal_segmentation: amodal training needs one "
+             "on every non-crowd annotation (train in visible mode")
+    for given in (None, data):  # read from the file, or parsed already
+        with pytest.raises(OccsynthError) as caught:
+            bdata.CocoInstances(ann, dataset_dir / "images", mode="amodal", data=given)
+        assert str(caught.value).startswith(words), str(caught.value)
+    visible = bdata.CocoInstances(ann, dataset_dir / "images")  # visible mode does not need one
+    assert victim["id"] in visible[0][1]["annotation_ids"].tolist()
+    victim["iscrowd"] = 1  # a crowd region is no target: it needs none
+    ann.write_text(json.dumps(data))
+    _, target = bdata.CocoInstances(ann, dataset_dir / "images", mode="amodal")[0]
+    _, full = _dataset(dataset_dir, mode="amodal")[0]
+    kept = full["annotation_ids"] != victim["id"]
+    assert target["annotation_ids"].tolist() == full["annotation_ids"][kept].tolist()
+    assert torch.equal(target["masks"], full["masks"][kept])  # the others' amodal masks
+
+
 def test_unknown_category_mapping_is_refused(dataset_dir):
     with pytest.raises(OccsynthError, match="no categories with ids"):
         _dataset(dataset_dir, category_ids=[1, 2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import re
 
 import numpy as np
 import pytest
@@ -365,3 +366,59 @@ def test_cli_occsep_lists_with_a_tiny_checkpoint(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "e4" / "results.json").read_text())["hand"]
     assert report["occluded_recall"] == 4 / 5 and report["separated_recall"] == 1.0
     assert f"| hand | 80.00 | 4 / 5 | 100.00 | {len(entries) - 5} / {len(entries) - 5} |" in result.output
+
+
+def test_occsep_lists_are_checked_once_and_their_errors_name_where_they_came_from(tmp_path, monkeypatch):
+    import json
+    import pickle
+
+    from bcnet import checkpoint as ckpt
+    from bcnet import occsep
+    from bcnet import train as T
+    from datasets import load_annotations
+
+    root = write_dataset(tmp_path / "set")
+    ann_file = root / "annotations.json"
+    data = load_annotations(root)
+    images = {im["id"]: im for im in data["images"]}
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    entries = [author_entry(a, images[a["image_id"]], names) for a in data["annotations"]]
+    path = tmp_path / "occ.pkl"
+    path.write_bytes(pickle.dumps(entries, protocol=4))
+    checked = []
+    check = occsep.check_objects
+    monkeypatch.setattr(occsep, "check_objects", lambda objects, where: (checked.append(str(where)),
+                                                                          check(objects, where)))
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
+    config = T.model_config(schedule)
+    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: [])
+    sets = {"a": (ann_file, root / "images"), "b": (ann_file, root / "images")}
+    report = E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e", device="cpu", progress=False,
+                                   occsep_lists={"occluded": path, "separated": entries})
+    assert checked == [str(path), "separated object list"]  # once each, not once per set
+    assert report["b"]["occluded_recall"] == 0.0 and report["b"]["occsep"]["separated"]["total"] == len(entries)
+    # evaluate() on its own (a notebook): a list given as such is checked; one loaded already is not again
+    checked.clear()
+    E.evaluate(ann_file, [], occsep_lists={"occluded": entries}, occlusion_splits=False)
+    loaded = E.load_occsep_lists({"occluded": path})
+    E.evaluate(ann_file, [], occsep_lists=loaded, occlusion_splits=False)
+    assert checked == ["occluded object list", str(path)]
+    with pytest.raises(OccsynthError, match=r"^occluded object list: 1 bad object entry: entry 0: object entry"):
+        E.evaluate(ann_file, [], occsep_lists={"occluded": [entries[0][:2]]})
+    # an RLE of another size than its image's: the error names the list's file, or the list given in memory
+    image = images[data["annotations"][1]["image_id"]]
+    wrong = entries[:1] + [entries[1][:4] + [dict(entries[1][4], size=[image["height"] + 1, image["width"]])]]
+    (tmp_path / "wrong.pkl").write_bytes(pickle.dumps(wrong, protocol=4))
+    size = rf"entry 1: its RLE size \[{image['height'] + 1}, {image['width']}\] differs from the size"
+    for given, where in ((tmp_path / "wrong.pkl", str(tmp_path / "wrong.pkl")), (wrong, "separated object list")):
+        with pytest.raises(OccsynthError, match=rf"^{re.escape(where)}: {size}"):
+            E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "w", device="cpu", progress=False,
+                                  occsep_lists={"separated": given})
+    # no listed object on the set's images: recall None ("-" in the table), not 0%
+    elsewhere = [["elsewhere.png", *entry[1:]] for entry in entries[:2]]
+    out = E.evaluate(ann_file, [], occsep_lists={"occluded": elsewhere}, occlusion_splits=False)
+    assert out["occluded_recall"] is None and out["occsep"]["occluded"]["outside_set"] == 2
+    assert json.loads(json.dumps(out))["occsep"]["occluded"]["recall"] is None
+    assert "| demo | - | 0 / 0 (2 outside the set) | - | - |" in E.markdown_table({"demo": out})

@@ -74,6 +74,14 @@ def test_category_ids_and_report():
         occsep_recall(results(), GT_IMAGES, objects())
 
 
+def test_recall_is_none_when_no_listed_object_is_in_the_set():
+    outside = [e for e in objects() if e[0] not in GT_IMAGES]
+    res = occsep_recall(results(), GT_IMAGES, outside, categories=CATEGORIES)
+    assert res["total"] == 0 and res["outside_set"] == 1 and res["recall"] is None  # not 0%: nothing to recall
+    report = occsep_report(results(), GT_IMAGES, objects(), outside, categories=CATEGORIES)
+    assert report["occluded_recall"] == pytest.approx(75) and report["separated_recall"] is None
+
+
 def test_load_pickle_and_json_forms(tmp_path):
     pkl = tmp_path / "occluded_coco.pkl"
     pkl.write_bytes(pickle.dumps(objects(), protocol=4))

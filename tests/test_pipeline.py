@@ -181,7 +181,8 @@ def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypat
 
 @pytest.mark.parametrize("old, new, words", [
     ("threshold = 0.2", "threshold = 5", "[cocoocc]: threshold must be a number in (0, 1], got 5"),
-    ('overlap = "iou"', 'overlap = "area"', "[cocoocc]: overlap must be one of iou, min, got 'area'"),
+    ('overlap = "iou"', 'overlap = "area"', "[cocoocc]: overlap measure must be one of iou, min, got 'area'"),
+    ("threshold = 0.2", "threshold = 0.2\ncount_crowd = 1", "[cocoocc]: count_crowd must be true or false, got 1"),
     ("threshold = 0.2", "threshold = 0.2\ntreshold = 0.3", "[cocoocc]: unknown setting 'treshold'"),
     ("iterations = 2", "iterations = -2", "[finetune]: schedule setting iterations must be an integer >= 1, got -2"),
     ("num_images = 6", "num_images = 'many'", "[synthetic]: num_images must be a whole number >= 1, got 'many'"),
@@ -198,6 +199,52 @@ def test_every_recipe_setting_is_checked_before_the_first_stage(demo_source, tmp
                      recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False, log=print)
     assert str(caught.value).startswith(f"pipeline recipe {str(recipe)!r} {words}"), str(caught.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_value_in_a_recipe_schedule_file_names_the_recipe_table_and_the_file(demo_source, tmp_path):
+    import manifests
+
+    ann, root = demo_source
+    schedule = tmp_path / "s.toml"
+    schedule.write_text(manifests.path("schedule-tiny").read_text().replace("momentum = 0.9", "momentum = 1.5"))
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(RECIPE.replace('schedule = "schedule-tiny"', f"schedule = {str(schedule)!r}", 1))
+    with pytest.raises(OccsynthError) as caught:
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False, log=print)
+    assert str(caught.value) == (f"pipeline recipe {str(recipe)!r} [pretrain] schedule: {schedule}: schedule setting "
+                                 "momentum must be in [0, 1), got 1.5")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("table, expected", [
+    ("[cocoocc]\noverlap = \"min\"\nthreshold = 0.3\ncount_crowd = true\n",
+     {"overlap": "min", "threshold": 0.3, "count_crowd": True, "progress": True}),
+    ("", {"progress": True}),  # no [cocoocc]: build_cocoocc's own defaults
+])
+def test_the_cocoocc_stage_passes_the_recipe_options_and_progress(demo_source, tmp_path, monkeypatch, table,
+                                                                  expected):
+    import occsynth.cocoocc
+
+    ann, root = demo_source
+    out = tmp_path / "run"
+    for done in ("synthetic/annotations.json", "pretrain/model_final.pt", "finetune/model_final.pt",
+                 "evaluation/results.json"):  # every other stage counts as done
+        (out / done).parent.mkdir(parents=True)
+        (out / done).write_text("{}")
+    seen = {}
+
+    def build(ann_path, out_dir, **kwargs):
+        seen.update(kwargs)
+        return {"counts": {"images": 1, "source_images": 2}}
+
+    monkeypatch.setattr(occsynth.cocoocc, "build_cocoocc", build)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE[:RECIPE.index("[cocoocc]")] + table)
+    logs = []
+    run_pipeline(out, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe), device="cpu",
+                 cache_dir=tmp_path / "cache", progress=True, log=logs.append)
+    assert seen == expected and "[4/5] COCO-OCC: 1 of 2 images" in logs[3]
 
 
 def test_a_malformed_cocoocc_file_is_refused_before_the_first_stage(demo_source, tmp_path):
