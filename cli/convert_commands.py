@@ -1,7 +1,6 @@
 """`occsynth convert-kins` and `occsynth convert-cocoa`: amodal datasets into the COCO layout of docs/FORMAT.md."""
 from __future__ import annotations
 
-
 import click
 
 from cli.common import echo_occluder_report, echo_skips, quiet_option
