@@ -95,13 +95,12 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     log = SkipLog()
-    images, bad_images = _usable_images(data["images"], log)
+    images, bad_images, bad_ids = _usable_images(data["images"], log)
     by_image: dict = {}
-    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
-              "with_occluders": 0, "bad_images": bad_images}
+    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "of_bad_image": 0, "bad_masks": 0,
+              "fully_hidden": 0, "with_occluders": 0, "bad_images": bad_images}
     for ann in unique_by_id(data["annotations"], "annotation", log):  # occluder_ids name annotations by id
-        if not is_id(ann.get("image_id")) or ann["image_id"] not in images:
-            counts["unknown_image"] += 1
+        if _image_of(ann, images, bad_ids, counts) is None:
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
     out_annotations = []
@@ -145,10 +144,11 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
 
 
-def _usable_images(records: list, log: SkipLog) -> tuple[dict, int]:
-    """Image records by id, and how many were left out (also in ``log``): masks are decoded at their
-    height and width, so a size too large to decode is a bad record (as in preview)."""
-    images, bad = {}, 0
+def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
+    """Image records by id, how many were left out (also in ``log``), and the ids those had: masks are
+    decoded at their height and width, so a size too large to decode is a bad record (as in preview).
+    Their annotations are then counted as of a bad image, not as of an unknown one."""
+    images, bad, bad_ids = {}, 0, set()
     for record in records:
         try:
             image = check_image_record(record)
@@ -158,9 +158,21 @@ def _usable_images(records: list, log: SkipLog) -> tuple[dict, int]:
         except BadRecord as exc:
             bad += 1
             log.skip(exc)
+            if isinstance(record, dict) and is_id(record.get("id")):
+                bad_ids.add(record["id"])
             continue
         images.setdefault(image["id"], image)
-    return images, bad
+    return images, bad, bad_ids - images.keys()
+
+
+def _image_of(ann: Any, images: dict, bad_ids: set, counts: dict) -> dict | None:
+    """The usable image record of an annotation, or None, counted as ``of_bad_image`` (its image record
+    was skipped) or ``unknown_image`` (no image record has its image_id)."""
+    image_id = ann.get("image_id") if isinstance(ann, dict) else None
+    if is_id(image_id) and image_id in images:
+        return images[image_id]
+    counts["of_bad_image" if is_id(image_id) and image_id in bad_ids else "unknown_image"] += 1
+    return None
 
 
 def _normalise_name(name: Any) -> str:
@@ -203,17 +215,16 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             raise OccsynthError(f"{categories_from}: has no 'categories' list")
     categories, by_name, thing_id, stuff_id = cocoa_categories(coco_categories)
     log = SkipLog()
-    images, bad_images = _usable_images(data["images"], log)
-    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "bad_masks": 0, "fully_hidden": 0,
-              "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0, "bad_images": bad_images,
-              "bad_order": 0}
+    images, bad_images, bad_ids = _usable_images(data["images"], log)
+    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "of_bad_image": 0, "bad_masks": 0,
+              "fully_hidden": 0, "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0,
+              "bad_images": bad_images, "bad_order": 0}
     out_annotations = []
     next_id = 1
     for record in tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress):
-        if not isinstance(record, dict) or not is_id(record.get("image_id")) or record["image_id"] not in images:
-            counts["unknown_image"] += 1
+        image = _image_of(record, images, bad_ids, counts)
+        if image is None:
             continue
-        image = images[record["image_id"]]
         h, w = image["height"], image["width"]
         where = f"COCOA annotation {brief(record.get('id', '?'))}"
         if not isinstance(record.get("regions") or [], list):

@@ -159,7 +159,9 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     kins["annotations"].append({**kins["annotations"][0], "id": 16, "image_id": [3]})  # a list is no id
     (tmp_path / "k.json").write_text(json.dumps(kins))
     report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
-    assert report["counts"]["bad_images"] == 1 and report["counts"]["unknown_image"] == 3
+    # annotation 15's image record was skipped: counted apart from the two whose image_id names no record
+    assert report["counts"]["bad_images"] == 1 and report["counts"]["of_bad_image"] == 1
+    assert report["counts"]["unknown_image"] == 2
     assert report["counts"]["annotations"] == 3
     cocoa = json.loads(cocoa_file(tmp_path).read_text())
     cocoa["annotations"][0]["regions"][2]["order"] = None
@@ -195,9 +197,9 @@ def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
     assert [a["id"] for a in anns] == [12, 13]
 
 
-@pytest.mark.parametrize("make, convert, side, example", [(kins_file, convert_kins, 10 ** 6, "image record 3"),
-                                                     (cocoa_file, convert_cocoa, 10 ** 9, "too large")])
-def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, convert, side, example):
+@pytest.mark.parametrize("make, convert, side, example, of_bad_image", [
+    (kins_file, convert_kins, 10 ** 6, "image record 3", 3), (cocoa_file, convert_cocoa, 10 ** 9, "too large", 1)])
+def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, convert, side, example, of_bad_image):
     from occsynth import masks
 
     decode = masks.decode
@@ -212,6 +214,7 @@ def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, 
     (tmp_path / "in.json").write_text(json.dumps(data))
     report = convert(tmp_path / "in.json", tmp_path / "out.json", progress=False)
     assert report["counts"]["annotations"] == 0 and report["counts"]["bad_images"] == 1
+    assert report["counts"]["of_bad_image"] == of_bad_image  # the huge image's annotations, not 'unknown'
     assert example in report["skipped"]["examples"]["malformed record"]
 
 
