@@ -250,9 +250,9 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     for image in data.get("images", []):
         try:
             where = f"image record {coco_io.brief(image.get('id', '?') if isinstance(image, dict) else image)}"
-            if not isinstance(image, dict) or not _is_int(image.get("id")):
+            if not isinstance(image, dict) or not coco_io.is_id(image.get("id")):
                 raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
-            if not (_is_int(image.get("height")) and _is_int(image.get("width"))
+            if not (coco_io.is_id(image.get("height")) and coco_io.is_id(image.get("width"))
                     and image["height"] > 0 and image["width"] > 0):
                 raise BadRecord(errors.MALFORMED_RECORD, where, "needs positive integer 'height' and 'width'")
             if image["id"] in images:
@@ -274,10 +274,6 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
         if cleaned is not None:
             annotations.append(cleaned)
     return {**data, "images": list(images.values()), "annotations": annotations}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_box(box) -> bool:
@@ -387,10 +383,12 @@ def load_occsep_lists(lists: dict | None) -> dict[str, ObjectList]:
 
 def check_occsep_sizes(data: dict, lists: dict[str, ObjectList], where: str | os.PathLike) -> None:
     """Refuse a listed RLE mask on one of ``data``'s images whose size is not that image's: the
-    recall compares it pixel by pixel with the predictions. Made before predicting, not after."""
-    images = [image for image in data["images"] if isinstance(image, dict) and _is_int(image.get("id"))]
+    recall compares it pixel by pixel with the predictions. Made before predicting, not after. An image
+    record without a usable size is left to the record checks (it is skipped and counted there)."""
+    images = [image for image in data["images"] if isinstance(image, dict) and coco_io.is_id(image.get("id"))
+              and all(coco_io.is_id(image.get(k)) and image[k] > 0 for k in ("height", "width"))]
     index = _file_name_index(images)
-    sizes = {image["id"]: [image.get("height"), image.get("width")] for image in images}
+    sizes = {image["id"]: [image["height"], image["width"]] for image in images}
     for listed in lists.values():
         for i, entry in enumerate(listed.objects):
             file_name, _, segmentation = occsep.parse_entry(entry)
@@ -579,7 +577,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     category_ids = state.get("category_ids")
     if not category_ids:
         raise OccsynthError(f"{checkpoint}: checkpoint has no category mapping")
-    if not isinstance(category_ids, (list, tuple)) or not all(_is_int(c) for c in category_ids):
+    if not isinstance(category_ids, (list, tuple)) or not all(coco_io.is_id(c) for c in category_ids):
         raise OccsynthError(f"{checkpoint}: category_ids must be a list of category ids, got "
                             f"{coco_io.brief(category_ids)}")
     if not isinstance(state.get("model_config"), dict):
@@ -639,16 +637,15 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
         data = coco_io.read_dataset(ann_file)  # parsed once: the dataset and the evaluation share it
-        # converted before the dataset is made, so a missing amodal mask is refused as an evaluation's
-        # (the dataset refuses it too, as training data); evaluate() then finds it converted
-        gt = amodal_ground_truth(data, ann_file) if mode == "amodal" else data
+        if mode == "amodal":  # checked before the dataset, which would refuse it in training's words
+            require_amodal_masks(data, ann_file)
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
                                 category_ids=state["category_ids"], data=data)
         _require_images(name, dataset, image_root)
-        check_occsep_sizes(gt, lists, ann_file)
-        prepared.append((name, image_root, gt, dataset))
+        check_occsep_sizes(data, lists, ann_file)
+        prepared.append((name, image_root, data, dataset))
     report = {}
-    for name, image_root, gt, dataset in prepared:
+    for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once
         unreadable: list[int] = []
         results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
                                   mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)

@@ -11,6 +11,7 @@ and resumes an interrupted training from its newest checkpoint. A recipe in ``ma
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from typing import Callable
 import manifests
 from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import check_coco_layout, read_json
+from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError
 
 FINAL = "model_final.pt"
@@ -69,7 +71,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
                             "--coco-val-ann/--coco-val-images), or --tiny for the embedded demo data")
     # every later stage's settings fail now, naming the recipe and table, not after hours of training
     settings = synthetic_settings(plan, recipe) if inputs.synthetic is None else None
-    if inputs.synthetic is not None:
+    if inputs.synthetic is not None and not (out_dir / "pretrain" / FINAL).exists():  # else it is never read again
         check_synthetic_set(*inputs.synthetic)
     for table in ("pretrain", "finetune"):
         check_training_table(plan, recipe, table)
@@ -150,10 +152,9 @@ def check_synthetic_set(ann: Path, images: Path) -> None:
     missing = [] if ann.is_file() else [f"no {ann.name}"]
     if not images.is_dir():
         missing.append(f"no {images.name}/ folder" if images.parent == folder else f"no image folder {images}")
-    if missing:
+    if missing:  # its content is read by the next stage, pretraining, which names what is wrong in it
         raise OccsynthError(f"synthetic set {folder}: not an `occsynth generate` output ({' and '.join(missing)}); "
                             "give the folder that occsynth generate wrote")
-    check_coco_layout(ann)
 
 
 def check_training_table(plan: dict, recipe: str, table: str) -> None:
@@ -171,13 +172,11 @@ def check_training_table(plan: dict, recipe: str, table: str) -> None:
         raise OccsynthError(f"{where} schedule: {exc}") from None
 
 
-COCOOCC_SETTINGS = ("overlap", "threshold", "count_crowd")
+COCOOCC_SETTINGS = tuple(inspect.signature(check_options).parameters)  # what [cocoocc] may set
 
 
 def check_cocoocc_table(plan: dict, recipe: str) -> None:
     """[cocoocc] (optional): the options ``build_cocoocc`` takes, checked before any stage runs."""
-    from occsynth.cocoocc import check_options
-
     where = f"pipeline recipe {recipe!r} [cocoocc]"
     options = plan.get("cocoocc", {})
     if not isinstance(options, dict):

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import manifests
-from occsynth.atomic import open_atomic, remove_stale_temporaries
+from occsynth.atomic import make_folder, open_atomic, remove_stale_temporaries
 from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
@@ -60,8 +60,8 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
 
     Section names ([solver], [data], [model], [run]) only group the keys; every key is unique.
     Unknown keys are refused, in the file as on the command line, so a typo cannot silently train
-    with the default. Errors name where the bad setting was written: the schedule file (``where``
-    for a dict) or ``overrides_from``.
+    with the default. Errors name where the bad setting was written: the schedule file (its path), the
+    dict schedule (``where``, used for dicts only) or ``overrides_from``.
     """
     if isinstance(schedule, dict):
         flat = dict(schedule)
@@ -341,7 +341,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                           accumulate=accumulate)
     save = rank == 0
     if save:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
         remove_stale_temporaries(out_dir)
         _trim_log(out_dir, start)
     every = max(int(schedule["checkpoint_every"]), 1)

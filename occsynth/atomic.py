@@ -98,6 +98,17 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None, *, 
         f.write(text)
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` whose failure is an :class:`OccsynthError` naming the folder and why (a file standing in
+    its way is named): the bare OSError says only "File exists", without the path where it came from."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OccsynthError(f"cannot make folder {path}: {os_error_reason(exc, making_folder=True)}") from None
+    return path
+
+
 def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path], Any]) -> Path:
     """A folder ``build`` fills, made in a temporary sibling and renamed into place; reused when
     ``target/marker`` exists. A half-built folder is never used, and concurrent first builds do not
@@ -105,10 +116,7 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
     target = Path(target)
     if (target / marker).is_file():
         return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise OccsynthError(os_error_reason(exc, making_folder=True)) from None
+    make_folder(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         build(tmp)

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, file_hash, iter_array,
+from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, file_hash, is_id, iter_array,
                    read_array, read_image, resolve_image_path, unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
@@ -348,10 +348,6 @@ def _read_images(ann_path: Path, log: SkipLog) -> _Images:
     return images
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: SkipLog, progress: bool) -> _Annotations:
     anns, seen = _Annotations(), set()
     records = iter_array(ann_path, "annotations")
@@ -361,7 +357,7 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
             where = f"annotation {brief(record.get('id', '?') if isinstance(record, dict) else record)}"
             if isinstance(record, dict):
                 for key in ("image_id", "category_id"):
-                    if key in record and not _is_int(record[key]):
+                    if key in record and not is_id(record[key]):
                         raise BadRecord(errors.MALFORMED_RECORD, where, f"'{key}' is not an integer")
                 image_index = images.index_of.get(record.get("image_id"))
             check_annotation_record(record, images.index_of, category_ids)
@@ -391,11 +387,7 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
 
 def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> dict:
     """Any segmentation -> compressed RLE with bytes counts, checked so that decoding it is safe."""
-    try:
-        if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            counts = segmentation["counts"]
-            if not all(_is_int(c) and c >= 0 for c in counts):
-                raise masks.DegenerateMask("uncompressed RLE counts must be non-negative integers")
+    try:  # masks.to_rle checks uncompressed counts; a compressed string is checked here
         if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
             _check_rle_string(segmentation["counts"], height * width)
         rle = masks.to_rle(segmentation, height, width)

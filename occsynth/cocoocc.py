@@ -36,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import errors
-from .atomic import open_atomic, write_json
+from .atomic import make_folder, open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
 from .coco import (brief, categories_by_id, check_annotation_record, file_hash, read_dataset, resolve_image_path,
                    unique_by_id)
@@ -212,7 +212,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     keep = {image_id for image_id, value in best.items() if value >= threshold}
     images = [im for im in data["images"] if im["id"] in keep]
     placed_before = _placed_by_last_build(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     dropped: list[dict] = []
     if image_mode:
         dropped = _place_images(images, Path(image_root), out_dir / "images", image_mode, skips, progress)

@@ -22,12 +22,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, masks, writer
-from .atomic import BackgroundWriter, remove_stale_temporaries
+from .atomic import BackgroundWriter, make_folder, remove_stale_temporaries
 from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, ensure_cutout_pixels, open_bank
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
-from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
+from .errors import BadRecord, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
@@ -125,10 +125,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     if not image_root.is_dir():
         raise OccsynthError(f"{image_root}: image directory not found")
     created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)  # early: an unwritable --out fails before the bank is built
-    except OSError as exc:
-        raise OccsynthError(f"cannot create output directory {out_dir}: {os_error_reason(exc, making_folder=True)}") from None
+    make_folder(out_dir)  # early: an unwritable --out fails before the bank is built
 
     try:
         cache_dir = cache_dir_or_default(cache_dir)

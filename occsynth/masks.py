@@ -55,6 +55,9 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict:
             raise DegenerateMask(f"RLE size {size} differs from image size {[height, width]}")
         counts = segmentation["counts"]
         if isinstance(counts, list):
+            # pycocotools overflows (a traceback) on a negative count and truncates a fractional one
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                raise DegenerateMask("uncompressed RLE counts must be non-negative integers")
             if sum(counts) != height * width:
                 raise DegenerateMask("uncompressed RLE counts do not sum to height*width")
             return mask_utils.frPyObjects(segmentation, height, width)

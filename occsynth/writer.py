@@ -31,9 +31,9 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from .atomic import open_atomic, remove_stale_temporaries, write_json
+from .atomic import make_folder, open_atomic, remove_stale_temporaries, write_json
 from .coco import read_json
-from .errors import OccsynthError, SkipLog, os_error_reason
+from .errors import OccsynthError, SkipLog
 
 PARTS = "parts"
 IMAGES = "images"
@@ -107,10 +107,7 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
         yield
         return
     parts = Path(out_dir) / PARTS
-    try:
-        parts.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OccsynthError(f"cannot write to {parts}: {os_error_reason(exc, making_folder=True)}") from None
+    make_folder(parts)
     index, count = shard
     sharded = count > 1
     shard_file = parts / f"{LOCK_FILE}-shard-{index}-of-{count}"
@@ -458,7 +455,7 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
                 raise OccsynthError(f"{exc}: an earlier `occsynth merge` moved chunks of these shard folders into "
                                     f"{', '.join(sorted(merged_into))}, the merged set") from None
             raise
-        Path(out_dir).mkdir(parents=True, exist_ok=True)  # a new OUT is made only once every chunk is found
+        make_folder(out_dir)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:
             refuse_foreign_files(out_dir)  # before the lock puts parts/ there
             held.enter_context(run_lock(out_dir, action="occsynth merge"))

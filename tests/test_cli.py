@@ -68,7 +68,8 @@ def test_a_file_where_a_folder_is_needed_is_named(tmp_path, demo_source):
     (tmp_path / "cache" / "banks").write_text("x")
     cache = runner.invoke(occsynth_main, ["generate", "--out", str(tmp_path / "o"), "--num-images", "2",
                                           "--cache-dir", str(tmp_path / "cache"), "--quiet"])
-    assert cache.exit_code == 2 and cache.output.strip() == f"Error: {tmp_path / 'cache' / 'banks'} is a file, not a folder"
+    banks = tmp_path / "cache" / "banks"
+    assert cache.exit_code == 2 and cache.output.strip() == f"Error: cannot make folder {banks}: {banks} is a file, not a folder"
     out = runner.invoke(occsynth_main, ["generate", "--out", str(tmp_path / "afile" / "o"), "--num-images", "2", "--quiet"])
     assert out.exit_code == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in out.output
 
@@ -86,12 +87,30 @@ def test_a_reader_that_goes_away_stops_a_command_quietly(demo_source):
     assert proc.wait(timeout=120) == 141 and err == "", err
 
 
-def test_a_broken_pipe_that_is_not_stdout_is_an_error_not_a_quiet_stop(demo_source, monkeypatch):
-    import cli.inspect_commands as inspect_commands
+def test_a_broken_pipe_that_is_not_stdout_is_an_error_not_a_quiet_stop(demo_source, tmp_path):
+    import subprocess
+    import sys
 
-    def broken(_):  # as a worker's or a FIFO's pipe breaks while stdout is fine
-        raise BrokenPipeError(32, "Broken pipe", "/tmp/a-fifo")
+    # stdout is a pipe whose reader is still there; another pipe breaks (a worker's, a FIFO given as a path)
+    script = ("import cli.inspect_commands as m\n"
+              "def broken(_): raise BrokenPipeError(32, 'Broken pipe', '/tmp/a-fifo')\n"
+              "m.stats_from_path = broken\n"
+              "from cli.occsynth_cli import main\n"
+              f"main(['stats', {str(demo_source[0])!r}])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Error: /tmp/a-fifo: Broken pipe" in proc.stderr, proc.stderr
 
-    monkeypatch.setattr(inspect_commands, "stats_from_path", broken)
-    result = CliRunner().invoke(occsynth_main, ["stats", str(demo_source[0])])
-    assert result.exit_code == 2 and "Error: /tmp/a-fifo: Broken pipe" in result.output, result.output
+
+def test_a_folder_that_cannot_be_made_is_named(tmp_path):
+    from occsynth.atomic import make_folder
+    from occsynth.errors import OccsynthError
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")  # mkdir says only "File exists", naming nothing
+    for folder, why in [(tmp_path / "afile", f"{tmp_path / 'afile'} is a file, not a folder"),
+                        (tmp_path / "afile" / "sub", f"{tmp_path / 'afile'} is a file, not a folder"),
+                        (tmp_path / "dangling" / "sub", "")]:
+        with pytest.raises(OccsynthError) as raised:
+            make_folder(folder)
+        assert str(raised.value).startswith(f"cannot make folder {folder}: {why}"), raised.value
+    assert make_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()

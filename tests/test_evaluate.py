@@ -422,3 +422,14 @@ def test_occsep_lists_are_checked_once_and_their_errors_name_where_they_came_fro
     assert out["occluded_recall"] is None and out["occsep"]["occluded"]["outside_set"] == 2
     assert json.loads(json.dumps(out))["occsep"]["occluded"]["recall"] is None
     assert "| demo | - | 0 / 0 (2 outside the set) | - | - |" in E.markdown_table({"demo": out})
+
+
+def test_occsep_sizes_leave_an_image_record_without_a_size_to_the_record_checks():
+    one = {"size": [4, 4], "counts": [0, 16]}
+    data = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png", "height": 4, "width": 5}]}
+    lists = E.load_occsep_lists({"occluded": [["a.png", 1, [0, 0, 4, 4], one]]})
+    E.check_occsep_sizes(data, lists, "gt.json")  # a.png has no size: skipped and counted when evaluated
+    lists = E.load_occsep_lists({"occluded": [["a.png", 1, [0, 0, 4, 4], one], ["b.png", 1, [0, 0, 4, 4], one]]})
+    with pytest.raises(OccsynthError, match=r"^occluded object list: entry 1: its RLE size \[4, 4\] differs from the "
+                                            r"size \[4, 5\] of image 'b.png' in gt.json"):
+        E.check_occsep_sizes(data, lists, "gt.json")

@@ -148,4 +148,7 @@ def test_bad_entries_are_refused_when_the_list_is_read_naming_the_file_and_each_
         load_objects(tmp_path / "two.json")
     with pytest.raises(OccsynthError, match=r"^occluded object list: 1 bad object entry: entry 0: class"):
         check_objects([bad[4]], "occluded object list")
+    # a negative uncompressed count: pycocotools overflows (a traceback) where masks.to_rle refuses it
+    with pytest.raises(OccsynthError, match=r"entry 0: unreadable RLE \(uncompressed RLE counts must be non-negative"):
+        check_objects([good[:4] + [{"size": [H, W], "counts": [-1, H * W + 1]}]], "occluded object list")
     check_objects(objects(), "fine")  # the published layouts, RLE with bytes counts and polygons, pass

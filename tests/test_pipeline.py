@@ -281,3 +281,21 @@ def test_a_synthetic_folder_that_is_no_generate_output_is_refused_before_the_fir
     assert (f"Error: synthetic set {synthetic}: not an `occsynth generate` output ({missing})"
             in result.output), result.output
     assert "[2/5]" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_synthetic_folder_is_not_asked_for_once_pretraining_is_done(demo_source, tmp_path):
+    """A resumed run whose pretraining finished never reads the synthetic set again: its files may be gone."""
+    ann, root = demo_source
+    (tmp_path / "emptied").mkdir()  # the set's images and annotations deleted to free the space
+    (tmp_path / "run" / "pretrain").mkdir(parents=True)
+    (tmp_path / "run" / "pretrain" / "model_final.pt").write_bytes(b"not a checkpoint")  # stands in for one
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
+                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+                                             "--coco-val-ann", str(ann), "--coco-val-images", str(root),
+                                             "--synthetic", str(tmp_path / "emptied"), "--out", str(tmp_path / "run"),
+                                             "--device", "cpu", "--quiet"])
+    assert "[2/5] pretrain: done" in result.output, result.output
+    assert "not an `occsynth generate` output" not in result.output
+    # the fine-tune stage starts from that (fake) checkpoint and names it
+    assert result.exit_code == 2 and f"{tmp_path / 'run' / 'pretrain' / 'model_final.pt'}:" in result.output
