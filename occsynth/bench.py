@@ -132,14 +132,15 @@ def _tile(detail: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.nd
 
 
 def _floor_chunk(paths: list[str], quality: int, chunk_size: int, write_to: str | None, chunk: int) -> int:
-    """The floor's share of one generation chunk: decode each background, encode it as JPEG (and with
+    """The floor's share of one generation chunk: decode each background, encode it as JPEG, both in
+    OpenCV's BGR order as generation does, so nothing but the codec is timed (and with
     ``write_to``, write that JPEG there as generation writes its images: atomically, fsynced, from a
     background thread while the next image is made)."""
     first = chunk * chunk_size
     part = paths[first:first + chunk_size]
     with BackgroundWriter() as writes:  # starts no thread unless something is written
         for i, path in enumerate(part, first):
-            encoded = encode_image(read_image(path), ".jpg", quality)
+            encoded = encode_image(read_image(path, bgr=True), ".jpg", quality, bgr=True)  # no conversions
             if write_to is not None:
                 writes.submit(Path(write_to) / f"{i:06d}.jpg", encoded)
     return len(part)

@@ -23,6 +23,9 @@ that, the best candidate is taken: never above ``max_occlusion``, then keeping s
 object occluded within range, then the target's ratio nearest the range. If no position at
 all keeps every object within ``max_occlusion``, the cutout is shrunk (x0.7, a few times) and,
 as a last resort, left out (its instance is then missing; this needs a nearly full image).
+
+Pixels may be in any channel order, as long as the cutouts' ('rgb') is the background's: nothing
+here mixes channels. Generation composes in OpenCV's BGR order, as it decodes and encodes.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -267,7 +268,6 @@ BACKENDS = ("loky", "threading", "dask", "ray")
 
 def _one_cv2_thread(task: Callable[[int], int], chunk: int) -> int:
     """Run a chunk with OpenCV single-threaded: the workers already fill the cores (no oversubscription)."""
-    import cv2
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
     return task(chunk)
@@ -399,7 +399,7 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
     record = {"id": index + 1, "file_name": writer.image_file_name(index, ext), "height": height, "width": width,
               "background": {"image_id": bg_record["id"], "file_name": bg_record["file_name"]}}
     anns = [instance_annotation(inst, index + 1, (height, width)) for inst in instances]
-    encoded = encode_image(image, "." + ext, settings.jpeg_quality)
+    encoded = encode_image(image, "." + ext, settings.jpeg_quality, bgr=True)
     return record, anns, encoded
 
 
@@ -462,6 +462,9 @@ class SourceImages:
     pixel store (``pixels``) a cutout's crop comes from the store and its source image is not
     decoded at all (same pixels: the store holds exactly what the crop of the decoded image is).
     Cached arrays are read-only: callers must not change them.
+
+    Pixels (backgrounds and cutouts) are in OpenCV's BGR order, as decoded: compositing is the same
+    in any channel order, and the output is encoded from BGR, so generation converts no full image.
     """
 
     def __init__(self, image_root: Path, bank: Bank, cache_size: int = 32, cutout_cache_size: int = 256,
@@ -520,7 +523,7 @@ class SourceImages:
 
     def _load(self, image_index: int) -> np.ndarray:
         record = self.record(image_index)
-        return _read_only(read_image(self.path(image_index), (record["height"], record["width"])))
+        return _read_only(read_image(self.path(image_index), (record["height"], record["width"]), bgr=True))
 
     def image(self, image_index: int) -> np.ndarray:
         return self._cached(image_index)
@@ -544,8 +547,9 @@ class SourceImages:
         ann = self.bank.annotation(annotation_index)
         x, y, w, h = (int(v) for v in ann["bbox"])
         stored = self._stored_crop(annotation_index, ann["image_index"], (y, x, y + h, x + w), margin)
-        if stored is not None:
+        if stored is not None:  # the store holds RGB
             (rgb, crop), box = stored, (y, x, y + h, x + w)
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         else:  # not in the store (or no store): decode the mask and the source image, as the store's build did
             record = self.record(ann["image_index"])
             box, crop = masks.decode_crop(ann["segmentation"], record["height"], record["width"])
@@ -567,7 +571,7 @@ class SourceImages:
         return self.pixels.crop(annotation_index, image_index, box, margin, path)
 
     def cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """(rgb crop, mask crop, annotation) of a complete instance, with ``margin`` px of context."""
+        """(pixel crop (BGR), mask crop, annotation) of a complete instance, with ``margin`` px of context."""
         rgb, mask, ann = self._cutouts(annotation_index, margin)
         return rgb, mask, dict(ann)
 

@@ -121,6 +121,12 @@ def test_read_image_conversions_and_failures(tmp_path):
     rgb[..., 0] = 200  # red
     _write(tmp_path / "c.png", rgb[..., ::-1])
     assert np.array_equal(coco.read_image(tmp_path / "c.png", (6, 8)), rgb)
+    bgr = coco.read_image(tmp_path / "c.png", (6, 8), bgr=True)  # generation's order: unconverted
+    assert np.array_equal(bgr, rgb[..., ::-1])
+    # encoding BGR with bgr=True writes the same file as encoding its RGB (PNG: exact; JPEG: same bytes)
+    for ext in (".png", ".jpg"):
+        assert coco.encode_image(bgr, ext, bgr=True) == coco.encode_image(rgb, ext)
+    assert np.array_equal(coco.decode_image(coco.encode_image(bgr, ".png", bgr=True), "x"), rgb)
     gray = np.full((6, 8), 77, np.uint8)
     _write(tmp_path / "g.png", gray)
     assert coco.read_image(tmp_path / "g.png").shape == (6, 8, 3)
