@@ -665,13 +665,29 @@ def ensure_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathL
     skipped an unreadable image is refused with that image's message, as a fresh strict build would.
     """
     bank_dir, image_root = Path(bank_dir), Path(image_root)
-    if not image_root.is_dir():
-        raise OccsynthError(f"{image_root}: image directory not found")
+    check_image_root(Bank.load(bank_dir), image_root)  # before the cache is touched: no useless store is kept
     stores = Path(cache_dir) / "cutout-pixels"
     target = stores / pixels_key(_read_meta(bank_dir), image_root)
     return _build_once(target, _read_pixels_meta, strict,
                        lambda tmp: build_cutout_pixels(bank_dir, image_root, tmp, strict=strict, progress=progress,
                                                        workers=workers))
+
+
+def check_image_root(bank: Bank, image_root: str | os.PathLike, sample: int = 20) -> None:
+    """Fail early, with an example path, when ``image_root`` is not the folder the bank's file names are relative
+    to: none of up to ``sample`` images spread over the source exists there."""
+    image_root = Path(image_root)
+    if not image_root.is_dir():
+        raise OccsynthError(f"{image_root}: image directory not found")
+    paths = []
+    for i in np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int):
+        try:
+            paths.append(resolve_image_path(image_root, bank.image_record(int(i))["file_name"]))
+        except BadRecord:
+            continue
+    if paths and not any(p.is_file() for p in paths):
+        raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
+                            "is --images the folder that the file_name entries are relative to?")
 
 
 def pixel_store_bytes(bank: Bank) -> int:

@@ -324,6 +324,22 @@ def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
     assert f"bank: {tmp_path / 'c' / 'banks'}" in out
 
 
+def test_bank_command_refuses_an_image_root_without_the_source_images_and_caches_no_store(tmp_path, demo_source):
+    """As generate does: a wrong --images would otherwise be cached as a store of no pixels (exit 0)."""
+    ann, root = demo_source
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    cache = tmp_path / "c"
+    result = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(ann), "--images", str(wrong),
+                                                "--cache-dir", str(cache), "--quiet"])
+    assert result.exit_code == 2, result.output
+    first = Bank.load(next((cache / "banks").iterdir())).image_record(0)["file_name"]
+    assert result.output.splitlines()[-1] == (
+        f"Error: none of 20 sampled source images exists under {wrong} (e.g. {wrong / first}); "
+        "is --images the folder that the file_name entries are relative to?")
+    assert not (cache / "cutout-pixels").exists()
+
+
 @pytest.mark.parametrize("annotations, found", [({}, "an object"), (None, "a null")])
 def test_a_bank_of_annotations_that_are_not_a_list_is_refused(tmp_path, demo_source, annotations, found):
     data = json.loads(demo_source[0].read_text())
