@@ -57,12 +57,23 @@ def read_dataset(path: str | os.PathLike) -> dict:
     """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train)."""
     path = Path(path)
     data = read_json(path)
-    if not isinstance(data, dict):
-        raise OccsynthError(f"{path}: a COCO file is a JSON object, found {type(data).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise OccsynthError(f"{path}: missing the '{key}' list of a COCO instances file")
+    check_top_level(path, _event_of(data))  # the messages of the streaming readers' check_coco_layout
+    for key in COCO_LISTS:
+        check_array_start(path, key, _event_of(data[key]) if key in data else None)
     return data
+
+
+def _event_of(value: Any) -> str:
+    """The JSON parser event (as ijson names it) that opens ``value``, for the checks that take one."""
+    if isinstance(value, dict):
+        return "start_map"
+    if isinstance(value, list):
+        return "start_array"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, (int, float)) else "string"
 
 
 def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
@@ -118,9 +129,7 @@ def check_coco_layout(path: str | os.PathLike, keys: Iterable[str] = COCO_LISTS)
     with reading_json(path), open(path, "rb") as f:
         events = ijson.parse(f, use_float=True)
         prefix, event, _ = next(events, ("", None, None))
-        if event != "start_map":
-            found = {"start_array": "an array", None: "nothing"}.get(event, f"a {event}")
-            raise OccsynthError(f"{path}: not a COCO file: the top level is {found}, expected a JSON object")
+        check_top_level(path, event)
         key = None
         for prefix, event, value in events:
             if prefix == "" and event == "map_key":
@@ -130,6 +139,13 @@ def check_coco_layout(path: str | os.PathLike, keys: Iterable[str] = COCO_LISTS)
                 key = None
     for key in keys:
         check_array_start(path, key, starts.get(key))
+
+
+def check_top_level(path: str | os.PathLike, event: str | None) -> None:
+    """Raise unless ``event``, the file's first parser event (None: an empty document), opens a JSON object."""
+    if event != "start_map":
+        found = {"start_array": "an array", None: "nothing"}.get(event, f"a {event}")
+        raise OccsynthError(f"{path}: not a COCO file: the top level is {found}, expected a JSON object")
 
 
 def check_array_start(path: str | os.PathLike, key: str, event: str | None) -> None:

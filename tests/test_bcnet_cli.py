@@ -299,6 +299,24 @@ def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
     assert "lists no images to evaluate" in result.output and "check --images" not in result.output
 
 
+@pytest.mark.parametrize("text, message", [
+    ("{}", "not a COCO file: missing the 'images' list of a COCO instances file"),
+    ("null", "not a COCO file: the top level is a null, expected a JSON object"),
+    ('{"images": [], "annotations": {}, "categories": []}', "not a COCO file: 'annotations' is an object, expected a list"),
+    ('{"images": [], "annotations": null, "categories": []}', "not a COCO file: 'annotations' is a null, expected a list"),
+])
+def test_train_and_evaluate_refuse_a_file_that_is_no_coco_set_in_the_readers_words(tiny, tmp_path, text, message):
+    """The words of occsynth's streaming readers (coco.check_coco_layout), not a reader's own."""
+    root, checkpoint = tiny
+    ann = tmp_path / "bad.json"
+    ann.write_text(text)
+    train = CliRunner().invoke(bcnet_main, ["train", "--annotations", str(ann), *_train_args(root, tmp_path / "r")[3:]])
+    evaluate = _evaluate(checkpoint, ann, root / "images", tmp_path / "e")
+    for result in (train, evaluate):
+        _clean(result, 2)
+        assert result.output.splitlines()[-1] == f"Error: {ann}: {message}"
+
+
 def _tampered(checkpoint, dest, change):
     state = torch.load(checkpoint, weights_only=True)
     change(state)
