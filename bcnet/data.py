@@ -242,6 +242,18 @@ def collate(batch: Sequence) -> tuple[list, list]:
     return list(images), list(targets)
 
 
+def require_training_images(dataset: CocoInstances) -> None:
+    """Refuse a dataset with no image to train on, naming its file and why (the records skipped, by reason,
+    with an example): a wrong image root reads as ``missing image file``."""
+    if len(dataset) == 0:
+        raise OccsynthError(f"{getattr(dataset, 'ann_file', 'dataset')}: no usable training images{_why(dataset)}")
+
+
+def _why(dataset) -> str:
+    skips = getattr(dataset, "skips", None)
+    return f" ({skips.in_one_line()})" if skips is not None and skips.total else ""
+
+
 class SampleStream(Dataset):
     """The k-th sample a training run draws, as a pure function of (seed, k).
 
@@ -252,8 +264,7 @@ class SampleStream(Dataset):
     """
 
     def __init__(self, dataset: CocoInstances, seed: int):
-        if len(dataset) == 0:
-            raise OccsynthError(f"{getattr(dataset, 'ann_file', 'dataset')}: no usable training images")
+        require_training_images(dataset)
         self.dataset, self.seed = dataset, int(seed)
         self._epoch, self._order = -1, np.arange(0)
 
@@ -286,7 +297,7 @@ class SampleStream(Dataset):
                     raise
                 self.dataset.skip(exc)
         raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: none of the {n} training images "
-                            "could be read")
+                            f"could be read{_why(self.dataset)}")
 
     def _order_of(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:

@@ -37,7 +37,7 @@ from occsynth.atomic import make_folder, open_atomic, remove_stale_temporaries
 from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
-from .data import CocoInstances, count_skipped, micro_batch_size, train_loader
+from .data import CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
 from .device import resolve_device
 from .transforms import build_transforms
 
@@ -291,6 +291,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                              float(schedule["flip"])),
                             mode=schedule["mode"], drop_empty=True, strict=strict,
                             category_ids=state["category_ids"] if state else None)
+    require_training_images(dataset)  # before the report: the error says what was skipped
     if report is not None and rank == 0 and dataset.skips.total:
         report(dataset.skips.to_dict())
 

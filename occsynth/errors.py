@@ -7,6 +7,7 @@ prints :class:`OccsynthError` messages and exits with status 2.
 from __future__ import annotations
 
 import errno
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,16 @@ class SkipLog:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def in_one_line(self) -> str:
+        """What was skipped, for an error the skips explain: the counts by reason (as ``echo_skips`` prints them)
+        and the example of the most frequent reason, e.g. ``skipped {"missing image file": 3}, e.g. image file
+        a.png: missing image file``."""
+        if not self.counts:
+            return "nothing skipped"
+        counts = dict(sorted(self.counts.items()))
+        top = max(counts, key=lambda reason: counts[reason])  # the first of the most frequent, in sorted order
+        return f"skipped {json.dumps(counts)}, e.g. {self.examples[top]}"
 
     def summary(self, of: str = "") -> str:
         """Counts and an example per reason; ``of`` names what was read (two logs may be printed together)."""

@@ -12,6 +12,7 @@ from bcnet.bench import bench_heads
 from bcnet.pipeline import PipelineInputs, run_pipeline
 from bcnet.predict import render_prediction
 from cli.bcnet_cli import main as bcnet_main
+from datasets import write_dataset
 from occsynth.coco import read_image
 from occsynth.errors import OccsynthError
 
@@ -281,6 +282,29 @@ def test_a_synthetic_folder_that_is_no_generate_output_is_refused_before_the_fir
     assert (f"Error: synthetic set {synthetic}: not an `occsynth generate` output ({missing})"
             in result.output), result.output
     assert "[2/5]" not in result.output and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fault, reason, example, words", [
+    ("missing", "missing image file", "000000000001.png", "no usable training images"),
+    ("corrupt", "unreadable or corrupt image", "000000000003.png", "none of the 3 training images could be read"),
+])
+def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path, fault, reason, example, words):
+    """Not just "no usable training images": the skips by reason, with an example file."""
+    ann, root = demo_source
+    synthetic = write_dataset(tmp_path / "synthetic")
+    for image in sorted((synthetic / "images").iterdir()):
+        image.unlink() if fault == "missing" else image.write_bytes(b"not an image")
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
+                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+                                             "--coco-val-ann", str(ann), "--coco-val-images", str(root),
+                                             "--synthetic", str(synthetic), "--out", str(tmp_path / "run"),
+                                             "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    path = synthetic / "images" / example
+    assert result.output.splitlines()[-1] == (
+        f'Error: {synthetic / "annotations.json"}: {words} (skipped {{"{reason}": 3}}, e.g. image file {path}: '
+        f"{reason})")
 
 
 def test_a_synthetic_folder_is_not_asked_for_once_pretraining_is_done(demo_source, tmp_path):
