@@ -42,7 +42,7 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import open_atomic
 from .boxes import is_box
-from .coco import check_array_start, check_out_is_not_input, is_id, iter_array, reading_json
+from .coco import check_array_start, check_out_file, is_id, iter_array, reading_json
 from .errors import OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -161,7 +161,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    check_out_is_not_input(in_path, out_path, "the input is read twice")
+    check_out_file(in_path, out_path, "the input is read twice")
     top, annotations_start = read_top_level(in_path)
     images = top.get("images")
     if not isinstance(images, list) or annotations_start is None:

@@ -158,10 +158,13 @@ def check_array_start(path: str | os.PathLike, key: str, event: str | None) -> N
         raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
 
 
-def check_out_is_not_input(in_path: Path, out_path: Path, why: str) -> None:
-    """Refuse an --out that is --ann under any spelling or link (``why``: what writing it would do)."""
+def check_out_file(in_path: Path, out_path: Path, why: str) -> None:
+    """Refuse an --out file of a tool that rewrites --ann: --ann under any spelling or link (``why``: what writing
+    it would do), or a link to a missing path (the file, renamed into place, would replace the link)."""
     if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
         raise OccsynthError(f"--out must differ from --ann ({why})")
+    if dangling := errors.dangling_link(out_path):
+        raise OccsynthError(f"cannot write {out_path}: {dangling}")
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """sha256 of a file's bytes: identifies a source set in caches and manifests."""

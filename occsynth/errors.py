@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,26 @@ def os_error_reason(exc: OSError, making_folder: bool = False) -> str:
     if exc.errno in wanted and exc.filename is not None:
         path = Path(exc.filename)
         for folder in (*reversed(path.parents), path):
+            if dangling := dangling_link(folder):
+                return dangling
             if folder.exists() and not folder.is_dir():
                 return f"{folder} is a file, not a folder"
     return exc.strerror or str(exc)
+
+
+def dangling_link(path: str | os.PathLike) -> str | None:
+    """'X is a link to a missing path (TARGET)' when ``path`` is a symbolic link to nothing, else None.
+
+    Making a folder there fails with a bare "File exists"; a file written there atomically (renamed into
+    place) would replace the link rather than land where it points."""
+    path = Path(path)
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return f"{path} is a link to a missing path"
+    return f"{path} is a link to a missing path ({target})"
 
 
 class NoRoom(OccsynthError):

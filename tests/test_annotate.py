@@ -201,6 +201,18 @@ def test_out_linked_to_the_input_is_refused(tmp_path):
     assert json.loads(src.read_text()) == make_dataset()
 
 
+def test_an_out_that_is_a_link_to_a_missing_path_is_refused_naming_the_link(tmp_path):
+    """Written atomically (renamed into place), the file would replace the link, not land where it points."""
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    link = tmp_path / "out.json"
+    link.symlink_to(tmp_path / "gone" / "occ.json")
+    result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(link), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"Error: cannot write {link}: {link} is a link to a missing path ({tmp_path / 'gone' / 'occ.json'})\n"
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
 def test_list_ids_do_not_crash_and_replaced_occluder_ids_are_counted(tmp_path):
     data = make_dataset()
     data["images"].append({"id": [5], "file_name": "x.jpg", "height": 10, "width": 10})
