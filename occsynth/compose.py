@@ -13,7 +13,8 @@ Exactness (what `occsynth validate` checks):
 
 Placement: the first paste goes anywhere. Paste k >= 1 is placed over an earlier pasted object
 (paste 1 over paste 0: the schedule's occluder/occludee pair; later ones over a random earlier
-object that can take more occlusion). It aims at an occlusion ratio drawn from
+object that can take more occlusion and that this one is large enough to bring into the range,
+preferring one not yet occluded into it). It aims at an occlusion ratio drawn from
 ``options.occlusion`` by bisecting the shift along random directions (``max_tries`` candidate
 positions in all; the good one nearest the aimed ratio along the first direction that gives
 one is taken, so ratios spread over the range). A candidate is *good* when the target's ratio lands in range and no pasted
@@ -399,10 +400,8 @@ class _Canvas:
         k = len(self.boxes)
         if k == 0:
             return int(rng.integers(ymax + 1)), int(rng.integers(xmax + 1))
-        ratios = 1.0 - self.visible / self.amodal
         lo, hi = options.occlusion
-        room = np.flatnonzero((ratios < hi) & (self.visible > 0))
-        target = 0 if k == 1 else int(rng.choice(room if room.size else np.arange(k)))
+        target = 0 if k == 1 else int(rng.choice(self._targets(obj, options)))
         ty, tx, th, tw = self.boxes[target]
         cy, cx = ty + th / 2 - obj.h / 2, tx + tw / 2 - obj.w / 2
         reach = math.hypot(th + obj.h, tw + obj.w) / 2 + 1
@@ -441,6 +440,24 @@ class _Canvas:
         if best is not None and (best_score is None or best_score[0] == 0):
             return best
         return self._search(obj, rng, options, None)[0]
+
+    def _targets(self, obj: _Object, options: CompositeOptions) -> np.ndarray:
+        """Earlier objects a paste may be aimed at: those that can take more occlusion and that ``obj`` can
+        bring into the range (hiding all it can, its area or all that is visible of them), preferring
+        those not yet occluded into the range, so that occlusion spreads over the objects.
+
+        Aiming at an object this one cannot bring into the range (a small paste on a large object) only
+        ends in the exhaustive search, and at one already in the range often too: little is left
+        between its ratio and the range's top.
+        """
+        ratios = 1.0 - self.visible / self.amodal
+        lo, hi = options.occlusion
+        room = (ratios < hi) & (self.visible > 0)
+        able = room & (1.0 - (self.visible - np.minimum(self.visible, obj.area)) / self.amodal >= lo)
+        for pool in (able & (ratios < lo), able, room):
+            if pool.any():
+                return np.flatnonzero(pool)
+        return np.arange(len(self.boxes))
 
     def _score(self, obj: _Object, y: int, x: int, target: int | None, options: CompositeOptions):
         """(None, ratio) for a good position, else ((over max?, none in range?, distance), target ratio)."""

@@ -308,3 +308,32 @@ def test_search_cover_equals_exact_counts_at_every_position():
                 assert not exact.any()
             else:
                 assert cover.shape == exact.shape and np.array_equal(cover, exact)
+
+
+def test_a_paste_is_aimed_at_an_object_it_can_bring_into_the_range_preferring_one_not_yet_occluded():
+    from occsynth.compose import _Canvas, _Object
+    options = CompositeOptions(occlusion=(0.1, 0.7), max_occlusion=0.8)
+
+    def canvas_of(visible):
+        canvas = _Canvas(120, 200)
+        for (y, x), side in zip([(0, 0), (0, 100), (80, 150)], (60, 12, 12)):  # apart: none hides another
+            canvas.add(_Object(np.ones((side, side), bool), 0), y, x)
+        canvas.visible = np.array(visible, np.int64)  # as if later pastes had hidden some of them
+        canvas.visible_list = canvas.visible.tolist()
+        return canvas
+
+    paste = _Object(np.ones((10, 10), bool), 0)  # 100 px: at most 100/3600 < 0.1 of the big one
+    # the big one cannot be brought into the range; object 1 is in it already: object 2 it is
+    assert canvas_of([3600, 94, 144])._targets(paste, options).tolist() == [2]
+    assert canvas_of([3600, 144, 144])._targets(paste, options).tolist() == [1, 2]
+    assert canvas_of([3600, 94, 94])._targets(paste, options).tolist() == [1, 2]  # both in range already
+    assert canvas_of([3600, 30, 144])._targets(paste, options).tolist() == [2]  # 1 is past the range's top
+    # nothing it can bring into the range (a 1-px paste): any that can take more occlusion
+    dot = _Object(np.ones((1, 1), bool), 0)
+    assert canvas_of([3600, 144, 144])._targets(dot, options).tolist() == [0, 1, 2]
+    # and the paste is placed over object 2, hiding it within the range, whatever the draws
+    for seed in range(8):
+        canvas = canvas_of([3600, 94, 144])
+        y, x = canvas.place(paste, np.random.default_rng(seed), options)
+        hidden = canvas._covered(paste, y, x)
+        assert hidden[2] > 0 and 0.1 <= hidden[2] / 144 <= 0.7 and hidden[0] == hidden[1] == 0
