@@ -249,7 +249,7 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     images: dict[int, dict] = {}
     for image in data.get("images", []):
         try:
-            where = f"image record {coco_io.brief(image.get('id', '?') if isinstance(image, dict) else image)}"
+            where = coco_io.record_name("image", image)
             if not isinstance(image, dict) or not coco_io.is_id(image.get("id")):
                 raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
             if not (coco_io.is_id(image.get("height")) and coco_io.is_id(image.get("width"))

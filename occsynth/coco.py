@@ -166,6 +166,7 @@ def check_out_file(in_path: Path, out_path: Path, why: str) -> None:
     if dangling := errors.dangling_link(out_path):
         raise OccsynthError(f"cannot write {out_path}: {dangling}")
 
+
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """sha256 of a file's bytes: identifies a source set in caches and manifests."""
     digest = hashlib.sha256()
@@ -185,9 +186,9 @@ def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
         record_id = record.get("id") if isinstance(record, dict) else None
         try:
             if not is_id(record_id):
-                raise BadRecord(errors.MALFORMED_RECORD, f"{kind} record {str(record)[:60]}", "'id' missing or not int")
+                raise BadRecord(errors.MALFORMED_RECORD, record_name(kind, record), "'id' missing or not int")
             if record_id in seen:
-                raise BadRecord(errors.DUPLICATE_ID, f"{kind} record {record_id}", "later records with this id skipped")
+                raise BadRecord(errors.DUPLICATE_ID, record_name(kind, record), "later records with this id skipped")
         except BadRecord as exc:
             log.skip(exc)
             continue
@@ -202,9 +203,15 @@ def brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def record_name(kind: str, record: Any) -> str:
+    """How messages name an input record (``kind``: "image", "category"): by its id, ``image record 12`` or
+    ``image record 'abc'`` (``'?'`` without one), or a record that is no object by its value, cut short."""
+    return f"{kind} record {brief(record.get('id', '?') if isinstance(record, dict) else record)}"
+
+
 def check_image_record(image: Any) -> dict:
     """Validate an ``images`` entry; returns it or raises BadRecord."""
-    where = f"image record {brief(image.get('id', '?') if isinstance(image, dict) else image)}"
+    where = record_name("image", image)
     if not isinstance(image, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
     for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):

@@ -206,8 +206,11 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     data = read_dataset(ann_path)
     source_annotations = len(data["annotations"])
     skips = SkipLog(strict=strict)
-    data = dict(data, images=unique_by_id(data["images"], "image", skips))
-    data["annotations"] = _usable_annotations(data, skips)
+    try:
+        data = dict(data, images=unique_by_id(data["images"], "image", skips))
+        data["annotations"] = _usable_annotations(data, skips)
+    except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
+        raise exc.in_file(ann_path) from None
     best = max_overlap_per_image(data, overlap, count_crowd)
     keep = {image_id for image_id, value in best.items() if value >= threshold}
     images = [im for im in data["images"] if im["id"] in keep]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from . import errors
-from .coco import COCO_LISTS, brief, iter_array
+from .coco import COCO_LISTS, brief, iter_array, record_name
 from .errors import BadRecord, OccsynthError, SkipLog
 from .masks import finite_number
 from .writer import set_paths
@@ -65,7 +65,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
     for im in images:
         image_id = im.get("id") if isinstance(im, dict) else None
         if image_id is None or isinstance(image_id, (dict, list)):
-            skips.skip(BadRecord(errors.MALFORMED_RECORD, f"image record {str(im)[:60]}", "no 'id'"))
+            skips.skip(BadRecord(errors.MALFORMED_RECORD, record_name("image", im), "no 'id'"))
         elif image_id in listed:
             skips.skip(BadRecord(errors.DUPLICATE_ID, f"image record {image_id}"))
         else:

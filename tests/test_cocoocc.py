@@ -318,6 +318,28 @@ def test_duplicate_image_ids_are_skipped_and_counted(tmp_path):
         build_cocoocc(ann, tmp_path / "s", strict=True)
 
 
+def test_strict_names_the_annotations_file_and_the_record_by_its_id(tmp_path):
+    """Not the record's dict cut at 60 characters; --strict says which file holds it."""
+    data = make_dataset()
+    data["images"].insert(2, {"id": "abc", "file_name": "abc.jpg", "height": 40, "width": 40})
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o", threshold=0.1)
+    assert report["skipped"]["examples"] == {
+        errors.MALFORMED_RECORD: "image record 'abc': malformed record ('id' missing or not int)"}
+    strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"),
+                                       "--threshold", "0.1", "--strict", "--quiet"])
+    assert strict.exit_code == 2
+    assert strict.output == f"Error: {ann}: image record 'abc': malformed record ('id' missing or not int)\n"
+    data = make_dataset()
+    data["annotations"][0]["segmentation"] = []
+    write_set(ann, data)
+    strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"),
+                                       "--threshold", "0.1", "--strict", "--quiet"])
+    assert strict.exit_code == 2
+    assert strict.output == f"Error: {ann}: annotation 101: degenerate or empty segmentation (empty segmentation)\n"
+    assert not (tmp_path / "s").exists()
+
+
 def test_report_without_crowd_and_val2017_sized_input(tmp_path):
     data = make_dataset()
     data["annotations"] = [a for a in data["annotations"] if not a["iscrowd"]]
