@@ -15,8 +15,9 @@ from occsynth.convert import convert_cocoa, convert_kins
 def convert_kins_command(ann, out, min_overlap, quiet):
     """KINS -> COCO with 'segmentation' (visible), 'amodal_segmentation' and 'occluder_ids'.
 
-    KINS gives no depth order; an occluder is an instance whose visible mask covers this one's
-    hidden part.
+    Input: KINS's COCO-like JSON ('images', 'categories', 'annotations'), each annotation with
+    'a_segm'/'a_bbox' (amodal) and 'i_segm'/'i_bbox' (visible) polygons. KINS gives no depth
+    order; an occluder is an instance whose visible mask covers this one's hidden part.
     """
     _echo_report(convert_kins(ann, out, min_overlap=min_overlap, progress=not quiet))
 
@@ -29,8 +30,10 @@ def convert_kins_command(ann, out, min_overlap, quiet):
 def convert_cocoa_command(ann, out, categories_from, quiet):
     """COCOA -> COCO: one annotation per region, occluders from COCOA's depth order.
 
-    Region names are free text; with --categories-from they map to COCO categories by name, the
-    rest to a 'thing' or 'stuff' category.
+    Input: COCOA's JSON ('images', 'annotations'), one annotation per image holding a 'regions'
+    list; each region has 'segmentation' (amodal polygon), 'visible_mask' (RLE, absent when not
+    occluded), 'order' (depth, 1 = front), 'name' and 'isStuff'. Region names are free text; with
+    --categories-from they map to COCO categories by name, the rest to a 'thing' or 'stuff' category.
     """
     _echo_report(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet))
 

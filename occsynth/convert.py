@@ -227,11 +227,12 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             continue
         h, w = image["height"], image["width"]
         where = f"COCOA annotation {brief(record.get('id', '?'))}"
-        if not isinstance(record.get("regions") or [], list):
-            log.skip(BadRecord(errors.MALFORMED_RECORD, where, f"'regions' is not a list: {brief(record['regions'])}"))
+        if not isinstance(record.get("regions"), list):  # {} or null too: skipped, not dropped uncounted
+            log.skip(BadRecord(errors.MALFORMED_RECORD, where, f"'regions' is not a list: {brief(record['regions'])}"
+                               if "regions" in record else "no 'regions' list"))
             continue
         regions, visible, amodal = [], [], []
-        for index, region in enumerate(record.get("regions") or []):
+        for index, region in enumerate(record["regions"]):
             try:
                 a, v = _region_masks(region, h, w, f"{where} region {index}")
             except BadRecord as exc:

@@ -185,6 +185,24 @@ def test_cocoa_info_that_is_not_an_object_is_dropped_and_non_list_regions_skippe
         assert "COCOA annotation 901" in report["skipped"]["examples"]["malformed record"]
 
 
+@pytest.mark.parametrize("regions, detail", [({}, "'regions' is not a list: {}"),
+                                             (None, "'regions' is not a list: None"),
+                                             ("", "'regions' is not a list: ''"),
+                                             ("absent", "no 'regions' list")])
+def test_cocoa_regions_that_are_no_list_are_counted_even_when_empty_or_absent(tmp_path, regions, detail):
+    """A falsy {} / null / "" was read as no regions and dropped uncounted."""
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["annotations"].append({"id": 901, "image_id": 5} if regions == "absent" else
+                                {"id": 901, "image_id": 5, "regions": regions})
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    result = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(tmp_path / "c.json"), "--out",
+                                       str(tmp_path / "c-out.json"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == [
+        'bad records skipped: {"malformed record": 1}',
+        f"  malformed record, e.g. COCOA annotation 901: malformed record ({detail})"]
+
+
 def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
     kins = json.loads(kins_file(tmp_path).read_text())
     del kins["annotations"][0]["id"]
@@ -242,3 +260,15 @@ def test_out_equal_to_ann_is_refused_before_writing(tmp_path):
     cocoa = cocoa_file(tmp_path)
     res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(cocoa), "--out", str(cocoa), "--quiet"])
     assert res.exit_code == 2 and "--out must differ from --ann" in res.output
+
+
+@pytest.mark.parametrize("command, layout", [
+    ("convert-kins", "Input: KINS's COCO-like JSON ('images', 'categories', 'annotations'), each annotation with "
+                     "'a_segm'/'a_bbox' (amodal) and 'i_segm'/'i_bbox' (visible) polygons."),
+    ("convert-cocoa", "Input: COCOA's JSON ('images', 'annotations'), one annotation per image holding a 'regions' "
+                      "list; each region has 'segmentation' (amodal polygon), 'visible_mask' (RLE, absent when not "
+                      "occluded), 'order' (depth, 1 = front), 'name' and 'isStuff'."),
+])
+def test_converter_help_says_which_input_layout_it_expects(command, layout):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and layout in " ".join(result.output.split())
