@@ -381,18 +381,29 @@ def load_occsep_lists(lists: dict | None) -> dict[str, ObjectList]:
     return out
 
 
-def check_occsep_sizes(data: dict, lists: dict[str, ObjectList], where: str | os.PathLike) -> None:
-    """Refuse a listed RLE mask on one of ``data``'s images whose size is not that image's: the
-    recall compares it pixel by pixel with the predictions. Made before predicting, not after. An image
-    record without a usable size is left to the record checks (it is skipped and counted there)."""
-    images = [image for image in data["images"] if isinstance(image, dict) and coco_io.is_id(image.get("id"))
-              and all(coco_io.is_id(image.get(k)) and image[k] > 0 for k in ("height", "width"))]
+def check_occsep_entries(data: dict, lists: dict[str, ObjectList], where: str | os.PathLike) -> None:
+    """Refuse, before predicting, a listed object on one of ``data``'s images that the recall would score
+    wrongly: its class is no category of ``where`` (by name, or by id), so no prediction could match it and it
+    would count as a miss; or its RLE mask's size is not its image's (the recall compares them pixel by pixel).
+    Objects on other images are not scored, so not checked. An image record without a usable size is left to
+    the record checks (it is skipped and counted there)."""
+    images = [image for image in data["images"] if isinstance(image, dict) and coco_io.is_id(image.get("id"))]
     index = _file_name_index(images)
-    sizes = {image["id"]: [image["height"], image["width"]] for image in images}
+    sizes = {image["id"]: [image["height"], image["width"]] for image in images
+             if all(coco_io.is_id(image.get(k)) and image[k] > 0 for k in ("height", "width"))}
+    categories = coco_io.categories_by_id(data["categories"])
+    names = {c.get("name") for c in categories.values()}
     for listed in lists.values():
         for i, entry in enumerate(listed.objects):
-            file_name, _, segmentation = occsep.parse_entry(entry)
-            size = sizes.get(index.get(file_name))
+            file_name, cls, segmentation = occsep.parse_entry(entry)
+            image_id = index.get(file_name)
+            if image_id is None:
+                continue
+            if cls not in (names if isinstance(cls, str) else categories):
+                raise OccsynthError(f"{listed.where}: entry {i}: its class {coco_io.brief(cls)} is no category "
+                                    f"{'name' if isinstance(cls, str) else 'id'} of {where}, so no prediction "
+                                    "could match it")
+            size = sizes.get(image_id)
             if size and isinstance(segmentation, dict) and list(segmentation["size"]) != size:
                 raise OccsynthError(f"{listed.where}: entry {i}: its RLE size {list(segmentation['size'])} "
                                     f"differs from the size {size} of image {file_name!r} in {where}")
@@ -642,7 +653,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
                                 category_ids=state["category_ids"], data=data)
         _require_images(name, dataset, image_root)
-        check_occsep_sizes(data, lists, ann_file)
+        check_occsep_entries(data, lists, ann_file)
         prepared.append((name, image_root, data, dataset))
     report = {}
     for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once

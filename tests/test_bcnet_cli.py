@@ -385,6 +385,15 @@ def test_bad_occluded_list_entries_fail_before_any_prediction_naming_the_file_an
             f"from the size [{image['height']}, {image['width']}] of image {image['file_name']!r} in "
             f"{root / 'annotations.json'}") in result.output, result.output
     assert (out / "detections_hand.json").read_text() == "[]"
+    # a class that names no category of the set: it could only be a miss, so it is refused before predicting
+    (tmp_path / "class.json").write_text(json.dumps([good, [good[0], "unicorn", *good[2:]]]))
+    result = _evaluate(checkpoint, root / "annotations.json", root / "images", out, "--occluded-list",
+                       str(tmp_path / "class.json"))
+    _clean(result, 2)
+    assert result.output.splitlines()[-1] == (f"Error: {tmp_path / 'class.json'}: entry 1: its class 'unicorn' is no "
+                                              f"category name of {root / 'annotations.json'}, so no prediction could "
+                                              "match it")
+    assert (out / "detections_hand.json").read_text() == "[]"
 
 
 def test_amodal_evaluation_of_a_set_without_amodal_masks_names_the_file_before_predicting_any_set(tiny, tmp_path):

@@ -426,10 +426,27 @@ def test_occsep_lists_are_checked_once_and_their_errors_name_where_they_came_fro
 
 def test_occsep_sizes_leave_an_image_record_without_a_size_to_the_record_checks():
     one = {"size": [4, 4], "counts": [0, 16]}
-    data = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png", "height": 4, "width": 5}]}
+    data = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png", "height": 4, "width": 5}],
+            "categories": [{"id": 1, "name": "one"}]}
     lists = E.load_occsep_lists({"occluded": [["a.png", 1, [0, 0, 4, 4], one]]})
-    E.check_occsep_sizes(data, lists, "gt.json")  # a.png has no size: skipped and counted when evaluated
+    E.check_occsep_entries(data, lists, "gt.json")  # a.png has no size: skipped and counted when evaluated
     lists = E.load_occsep_lists({"occluded": [["a.png", 1, [0, 0, 4, 4], one], ["b.png", 1, [0, 0, 4, 4], one]]})
     with pytest.raises(OccsynthError, match=r"^occluded object list: entry 1: its RLE size \[4, 4\] differs from the "
                                             r"size \[4, 5\] of image 'b.png' in gt.json"):
-        E.check_occsep_sizes(data, lists, "gt.json")
+        E.check_occsep_entries(data, lists, "gt.json")
+
+
+def test_a_listed_object_of_no_category_of_the_set_is_refused_naming_the_list_and_entry():
+    """Scored, it could only ever be a miss: the recall would be wrong without a word."""
+    one = {"size": [4, 4], "counts": [0, 16]}
+    data = {"images": [{"id": 1, "file_name": "a.png", "height": 4, "width": 4}],
+            "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]}
+    fine = [["a.png", "car", 0, [0, 0, 4, 4], one], ["a.png", 1, [0, 0, 4, 4], one],
+            ["elsewhere.png", "unicorn", [0, 0, 4, 4], one]]  # not on the set's images: not scored, not checked
+    E.check_occsep_entries(data, E.load_occsep_lists({"occluded": fine}), "gt.json")
+    for cls, kind in (("Car", "name"), (2, "id")):
+        lists = E.load_occsep_lists({"separated": [*fine, ["a.png", cls, [0, 0, 4, 4], one]]})
+        with pytest.raises(OccsynthError) as raised:
+            E.check_occsep_entries(data, lists, "gt.json")
+        assert str(raised.value) == (f"separated object list: entry 3: its class {cls!r} is no category {kind} of "
+                                     "gt.json, so no prediction could match it")
