@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from occsynth.atomic import open_atomic
+from occsynth.coco import brief
 from occsynth.errors import OccsynthError
 
 FORMAT = "bcnet-checkpoint"
@@ -63,8 +64,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                             f"data, so loading it could run code ({why})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise OccsynthError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or "format" not in state:
         raise OccsynthError(f"{path}: not a bcnet checkpoint (no '{FORMAT}' format tag)")
+    if state["format"] != FORMAT:
+        raise OccsynthError(f"{path}: not a bcnet checkpoint (format tag {brief(state['format'])}, expected "
+                            f"{FORMAT!r})")
     if "model" not in state:
         raise OccsynthError(f"{path}: not a bcnet checkpoint (no 'model' entry)")
     if state.get("version", 0) > VERSION:

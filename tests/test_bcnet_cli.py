@@ -425,6 +425,9 @@ def test_train_init_message_is_printed_under_quiet(tiny, tmp_path):
 
 @pytest.mark.parametrize("change, words", [
     (lambda s: s.pop("model"), "not a bcnet checkpoint (no 'model' entry)"),
+    (lambda s: s.pop("format"), "not a bcnet checkpoint (no 'bcnet-checkpoint' format tag)"),
+    (lambda s: s.__setitem__("format", "detectron2"),
+     "not a bcnet checkpoint (format tag 'detectron2', expected 'bcnet-checkpoint')"),
     (lambda s: s.__setitem__("model", [torch.zeros(1)]), "not a bcnet checkpoint (its 'model' entry is not a dict"),
     (lambda s: s["model"].__setitem__(next(iter(s["model"])), 3.0),
      "not a bcnet checkpoint (its 'model' entry is not a dict"),
