@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from . import __version__, masks, writer
 from .atomic import BackgroundWriter, make_folder, remove_stale_temporaries
-from .bank import Bank, BankOptions, CutoutPixels, context_crop, ensure_bank, ensure_cutout_pixels, open_bank
+from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_crop, ensure_bank, ensure_cutout_pixels,
+                   open_bank)
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
@@ -136,7 +137,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
             raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
         if bank.num_images == 0:
             raise OccsynthError(f"{ann_path}: no usable background image")
-        _check_image_root(bank, image_root)
+        check_image_root(bank, image_root)
     except BaseException:
         if created and shard[1] == 1:  # bad input found before anything was written: leave no empty --out
             # behind (not for shards: another one may be about to write into the same --out)
@@ -195,19 +196,6 @@ def _of_shard(settings: dict, shard: tuple[int, int], file_name: str) -> bool:
     """Whether ``file_name`` is written by this shard alone: shards may share OUT, and run at once."""
     chunk = writer.chunk_of_file(file_name, settings)
     return chunk is not None and _in_shard(chunk, shard)
-
-
-def _check_image_root(bank: Bank, image_root: Path, sample: int = 20) -> None:
-    """Fail early, with an example path, when --images is not the folder the file names are relative to."""
-    paths = []
-    for i in np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int):
-        try:
-            paths.append(resolve_image_path(image_root, bank.image_record(int(i))["file_name"]))
-        except BadRecord:
-            continue
-    if paths and not any(p.is_file() for p in paths):
-        raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
-                            "is --images the folder that the file_name entries are relative to?")
 
 
 def merge(out_dir: str | os.PathLike, shard_dirs: list[str | os.PathLike], *, progress: bool = True) -> dict:
