@@ -28,16 +28,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files given directly, plus the images inside given folders (sorted, recursive)."""
-    found = []
+    found, folders = [], []
     for item in map(Path, inputs):
         if item.is_dir():
             found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            folders.append(str(item))
         elif item.is_file():
             found.append(item)
         else:
             raise OccsynthError(f"{item}: no such image or folder")
-    if not found:
-        raise OccsynthError("no image found in the given inputs")
+    if not found:  # only folders were given, and none holds an image
+        raise OccsynthError(f"no image found in {', '.join(folders) or 'the given inputs'}: no file there (sub-folders "
+                            f"included) ends in {', '.join(IMAGE_SUFFIXES[:-1])} or {IMAGE_SUFFIXES[-1]}")
     return found
 
 

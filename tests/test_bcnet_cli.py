@@ -176,6 +176,22 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     assert not (tmp_path / "q" / "results.json").exists()
 
 
+def test_predict_names_a_folder_without_images_or_that_does_not_exist(tiny, tmp_path):
+    _, checkpoint = tiny
+    empty = tmp_path / "wrong"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no image")
+    args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(bcnet_main, ["predict", str(empty), *args])
+    _clean(result, 2)
+    assert result.output == (f"Error: no image found in {empty}: no file there (sub-folders included) ends in .jpg, "
+                             ".jpeg, .png, .bmp, .tif, .tiff or .webp\n")
+    result = CliRunner().invoke(bcnet_main, ["predict", str(tmp_path / "gone"), *args])
+    _clean(result, 2)
+    assert f"Path '{tmp_path / 'gone'}' does not exist." in result.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_train_prints_what_it_skipped(tiny, tmp_path):
     root, _ = tiny
     copy = _copy_set(root, tmp_path / "set")
