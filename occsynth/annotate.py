@@ -42,7 +42,7 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import open_atomic
 from .boxes import is_box
-from .coco import check_array_start, check_out_file, is_id, iter_array, reading_json
+from .coco import check_array_start, check_out_file, check_top_level, is_id, iter_array, reading_json
 from .errors import OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -123,33 +123,35 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     return counts
 
 
-def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[dict, str | None]:
+def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[dict, dict[str, str]]:
     """Every top-level value of a JSON object except ``skip`` (streamed past), in file order.
 
-    Returns (values, the parser event that opens ``skip``'s value: "start_array" for a list, None when
-    there is no ``skip``), so that a ``skip`` that is no list is refused without reading the file again.
+    Returns (values, the parser event that opens each top-level value: "start_array" for a list), so that
+    a list that is none (``skip``'s included) is refused with :func:`coco.check_array_start`'s words without
+    reading the file again.
     """
     path = Path(path)
     values: dict = {}
-    skipped = None
+    starts: dict[str, str] = {}
     key = builder = None
     with reading_json(path), open(path, "rb") as f:
-        for prefix, event, value in ijson.parse(f, use_float=True):
+        events = ijson.parse(f, use_float=True)
+        _, event, _ = next(events, ("", None, None))
+        check_top_level(path, event)
+        for prefix, event, value in events:
             if prefix == "":
                 if event == "map_key":
                     key, builder = value, None
                     if key != skip:
                         builder, values[key] = ObjectBuilder(), None  # keeps the file's key order
-                elif event not in ("start_map", "end_map"):
-                    raise OccsynthError(f"{path}: a COCO file is a JSON object")
                 continue
-            if builder is None:  # inside the skipped value: only its first event is kept
-                skipped = skipped or event
+            starts.setdefault(key, event)
+            if builder is None:  # inside the skipped value
                 continue
             builder.event(event, value)
             if prefix == key and event not in ("start_map", "start_array", "map_key"):
                 values[key] = builder.value
-    return values, skipped
+    return values, starts
 
 
 def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -162,11 +164,10 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input is read twice")
-    top, annotations_start = read_top_level(in_path)
-    images = top.get("images")
-    if not isinstance(images, list) or annotations_start is None:
-        raise OccsynthError(f"{in_path}: missing the 'images' or 'annotations' list of a COCO instances file")
-    check_array_start(in_path, "annotations", annotations_start)  # {} or null: refused before --out's folder
+    top, starts = read_top_level(in_path)
+    for key in ("images", "annotations"):  # {} or null: refused before --out's folder is made
+        check_array_start(in_path, key, starts.get(key))
+    images = top["images"]
     index_of = {}
     for k, image in enumerate(images):
         if isinstance(image, dict) and _is_key(image.get("id")):

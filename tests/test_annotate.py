@@ -179,6 +179,22 @@ def test_annotations_that_are_not_a_list_are_refused_and_an_empty_list_is_fine(t
             assert res.exit_code == 2 and f"'annotations' is {found}, expected a list" in res.output, res.output
             assert not (tmp_path / "o.json").exists() and not list(tmp_path.glob(".annotate-*"))
 
+
+def test_a_file_that_is_no_coco_set_is_refused_in_the_readers_words(tmp_path):
+    """The same messages as every other reader (coco.check_top_level / check_array_start)."""
+    cases = [([], "the top level is an array, expected a JSON object"),
+             ({"annotations": []}, "missing the 'images' list of a COCO instances file"),
+             ({"images": {}, "annotations": []}, "'images' is an object, expected a list"),
+             ({"images": [], "annotations": "x"}, "'annotations' is a string, expected a list"),
+             ({"images": []}, "missing the 'annotations' list of a COCO instances file")]
+    for content, message in cases:
+        src = tmp_path / "in.json"
+        src.write_text(json.dumps(content))
+        res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "o.json")])
+        assert res.exit_code == 2 and f"{src}: not a COCO file: {message}" in res.output, (content, res.output)
+        assert not (tmp_path / "o.json").exists()
+
+
 def test_malformed_json_is_one_printable_line(tmp_path):
     binary = tmp_path / "binary.json"
     binary.write_bytes(b'\xc1\xc6{\xe19\xa3\xcc\xfb\xf0&\xd1\x7f')
