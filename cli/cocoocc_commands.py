@@ -1,11 +1,9 @@
 """`occsynth build-cocoocc` and `occsynth annotate-occluders`: evaluation subset and occluder labels for real COCO."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from cli.common import echo_occluder_report, quiet_option
+from cli.common import echo_occluder_report, quiet_option, skip_lines
 from occsynth.annotate import annotate_occluders
 from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
 from occsynth.occluders import BCNET_IOU_THRESHOLD
@@ -70,8 +68,7 @@ def format_report(report: dict) -> list[str]:
         missing = report["images_without_file"]
         lines.append(f"warning: {len(missing)} selected image(s) have no usable file under --images (kept in the "
                      f"output, which names but does not place them): {_first_images(missing)}")
-    if report["skipped"]["counts"]:
-        lines.append("skipped: " + json.dumps(report["skipped"]["counts"]))
+    lines += skip_lines(report["skipped"], "skipped bad input")
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
     return lines
 

@@ -115,15 +115,20 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     return i, n
 
 
-def echo_skips(skipped: dict, heading: str) -> None:
+def skip_lines(skipped: dict, heading: str) -> list[str]:
     """Bad records a command skipped (a ``SkipLog.to_dict()``): ``heading: {counts by reason}``, then
-    one example per reason. Prints nothing when nothing was skipped."""
+    one example per reason; no line when nothing was skipped."""
     counts = (skipped or {}).get("counts") or {}
     if not counts:
-        return
-    click.echo(f"{heading}: {json.dumps(counts)}")
-    for reason, example in (skipped.get("examples") or {}).items():
-        click.echo(f"  {reason}, e.g. {example}")
+        return []
+    return [f"{heading}: {json.dumps(counts)}"] + [f"  {reason}, e.g. {example}"
+                                                   for reason, example in (skipped.get("examples") or {}).items()]
+
+
+def echo_skips(skipped: dict, heading: str) -> None:
+    """Print :func:`skip_lines`."""
+    for line in skip_lines(skipped, heading):
+        click.echo(line)
 
 
 def echo_occluder_report(report: dict) -> None:

@@ -186,6 +186,9 @@ def test_an_annotation_whose_bbox_is_not_finite_is_skipped_and_the_output_stays_
     report = build_cocoocc(ann, tmp_path / "o", threshold=0.1)
     assert report["skipped"]["counts"] == {errors.MALFORMED_RECORD: 1}
     assert f"annotation {bad['id']}" in report["skipped"]["examples"][errors.MALFORMED_RECORD]
+    lines = cocoocc_commands.format_report(report)  # counts and an example, as every command prints them
+    at = lines.index('skipped bad input: {"malformed record": 1}')
+    assert lines[at + 1] == f"  malformed record, e.g. {report['skipped']['examples'][errors.MALFORMED_RECORD]}"
     text = (tmp_path / "o" / "annotations.json").read_text()
     out = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
     assert bad["id"] not in {a["id"] for a in out["annotations"]}
