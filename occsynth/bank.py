@@ -180,20 +180,20 @@ def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, optio
     target = banks / bank_key(sha, options)
     return _build_once(target, _read_meta, strict,
                        lambda tmp: build_bank(ann_path, tmp, options, strict=strict, progress=progress,
-                                              source_sha256=sha))
+                                              source_sha256=sha), source=ann_path)
 
 
 def _build_once(target: Path, read_meta: Callable[[Path], dict], strict: bool,
-                build: Callable[[Path], Any]) -> Path:
+                build: Callable[[Path], Any], source: Path | None = None) -> Path:
     """A cache entry built into a temporary folder and renamed into place; reused when present.
 
     In strict mode a cached entry that skipped bad records is refused with its first skip, as a
-    fresh strict build would be.
+    fresh strict build would be (placed in ``source``, the file its records come from, when given).
     """
     if (target / "meta.json").is_file():
         first = read_meta(target).get("first_skip")
         if strict and first:
-            raise OccsynthError(first)
+            raise OccsynthError(f"{source}: {first}" if source else first)
     return build_dir_once(target, "meta.json", build)
 
 
@@ -209,13 +209,16 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     log = _FirstSkipLog(strict=strict)
     sha = source_sha256 or file_hash(ann_path)
 
-    categories = _read_categories(ann_path, log)
-    if not categories:
-        raise OccsynthError(f"{ann_path}: no valid category records (is this a COCO instances file?)")
-    images = _read_images(ann_path, log)
-    if not images.ids:
-        raise OccsynthError(f"{ann_path}: no valid image records (is this a COCO instances file?)")
-    anns = _read_annotations(ann_path, images, {c["id"] for c in categories}, log, progress)
+    try:
+        categories = _read_categories(ann_path, log)
+        if not categories:
+            raise OccsynthError(f"{ann_path}: no valid category records (is this a COCO instances file?)")
+        images = _read_images(ann_path, log)
+        if not images.ids:
+            raise OccsynthError(f"{ann_path}: no valid image records (is this a COCO instances file?)")
+        anns = _read_annotations(ann_path, images, {c["id"] for c in categories}, log, progress)
+    except BadRecord as exc:  # strict: the first bad record stops the build, named with its file
+        raise exc.in_file(ann_path) from None
 
     # Image order: usable backgrounds first (source order), then cutout-only images.
     n_images = len(images.ids)

@@ -112,7 +112,7 @@ def test_strict_run_stops_naming_the_record(awkward_source, tmp_path):
                                                 str(tmp_path / "o"), "--num-images", "8", "--strict",
                                                 "--cache-dir", str(tmp_path / "c"), "--quiet"])
     assert result.exit_code == 2
-    assert result.output.startswith("Error: annotation 900001") and "Traceback" not in result.output
+    assert result.output.startswith(f"Error: {ann}: annotation 900001") and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("content, why", [(b'{"images": [', "malformed JSON"), (b"[1, 2]", "not a COCO file: the top level is an array"),
