@@ -36,6 +36,11 @@ from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, pla
 IMAGE_FORMATS = ("jpg", "png")
 DEFAULT_CHUNK_SIZE = 16
 MAX_SOURCE_RETRIES = 20
+# The renderer's revision, recorded in every run: raised whenever the same settings and source give other
+# bytes (placement, blending, encoding), so that a run resumed, or a shard made, by another revision is
+# refused instead of mixed into a set that neither revision would make.
+#   2: a paste is aimed at an earlier object it can bring into the occlusion range (compose._Canvas._targets)
+RENDERER = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +150,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
                 out_dir.rmdir()
         raise
 
-    run = {"version": __version__, "settings": settings.to_dict(),
+    run = {"version": __version__, "renderer": RENDERER, "settings": settings.to_dict(),
            "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}
     writer.refuse_foreign_files(out_dir)  # before the lock puts parts/ there
     index, count = shard
@@ -370,14 +375,14 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
         k = int(pool[paste["cutout"]])
         for _ in range(MAX_SOURCE_RETRIES):
             try:
-                rgb, mask, ann = sources.cutout(k, margin)
+                pixels, mask, ann = sources.cutout(k, margin)
                 break
             except BadRecord as exc:
                 log.skip(exc)
                 k = int(pool[retry_rng.integers(len(pool))])
         else:
             raise OccsynthError(f"output image {index}: no readable cutout of category {paste['category_id']}")
-        cutouts.append({"rgb": rgb, "mask": mask, "category_id": paste["category_id"], "scale": paste["scale"],
+        cutouts.append({"rgb": pixels, "mask": mask, "category_id": paste["category_id"], "scale": paste["scale"],
                         "flip": paste["flip"], "source": {"image_id": sources.record(ann["image_index"])["id"],
                                                           "annotation_id": ann["id"]}})
 
@@ -448,7 +453,7 @@ class SourceImages:
     A source image often serves twice (as background and as a cutout's source), and a cutout is
     pasted many times, so each is decoded once while it stays in the small LRU caches. With a
     pixel store (``pixels``) a cutout's crop comes from the store and its source image is not
-    decoded at all (same pixels: the store holds exactly what the crop of the decoded image is).
+    decoded at all (same pixels: the store holds exactly the crop of the decoded image, in RGB order).
     Cached arrays are read-only: callers must not change them.
 
     Pixels (backgrounds and cutouts) are in OpenCV's BGR order, as decoded: compositing is the same
@@ -537,16 +542,17 @@ class SourceImages:
         stored = self._stored_crop(annotation_index, ann["image_index"], (y, x, y + h, x + w), margin)
         if stored is not None:  # the store holds RGB
             (rgb, crop), box = stored, (y, x, y + h, x + w)
-            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        else:  # not in the store (or no store): decode the mask and the source image, as the store's build did
+            pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        else:  # not in the store (or no store): decode the mask and the source image (BGR here; the store's
+            # build decoded it as RGB)
             record = self.record(ann["image_index"])
             box, crop = masks.decode_crop(ann["segmentation"], record["height"], record["width"])
             if box is None:
                 box = (0, 0, 0, 0)
-            rgb = context_crop(self.image(ann["image_index"]), box, margin)
+            pixels = context_crop(self.image(ann["image_index"]), box, margin)
         mask = np.zeros((box[2] - box[0] + 2 * margin, box[3] - box[1] + 2 * margin), bool)
         mask[margin:margin + crop.shape[0], margin:margin + crop.shape[1]] = crop
-        return _read_only(rgb), _read_only(mask), ann
+        return _read_only(pixels), _read_only(mask), ann
 
     def _stored_crop(self, annotation_index: int, image_index: int, box, margin: int
                      ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -560,8 +566,8 @@ class SourceImages:
 
     def cutout(self, annotation_index: int, margin: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """(pixel crop (BGR), mask crop, annotation) of a complete instance, with ``margin`` px of context."""
-        rgb, mask, ann = self._cutouts(annotation_index, margin)
-        return rgb, mask, dict(ann)
+        pixels, mask, ann = self._cutouts(annotation_index, margin)
+        return pixels, mask, dict(ann)
 
 
 class _MaskCrop:

@@ -291,10 +291,13 @@ def refuse_foreign_files(out_dir: Path) -> None:
 
 
 def changed_settings(old: dict, new: dict, most: int = 6) -> str:
-    """'key: old -> new' for each setting that differs (nested keys dotted), the first ``most`` of them."""
+    """'key: old -> new' for each setting that differs (nested keys dotted), the first ``most`` of them;
+    a different renderer (generate.RENDERER, '-' before it was recorded) is said in words first."""
     old, new = _flatten(old), _flatten(new)
     changed = [f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k)]
+    if old.get("renderer") != new.get("renderer"):
+        changed.insert(0, "made by another occsynth renderer, whose images differ for the same arguments")
     return "; ".join(changed[:most])
 
 

@@ -300,6 +300,25 @@ def test_rerun_with_other_settings_is_refused(generated, demo_source):
     assert "other settings" in result.output and "Traceback" not in result.output
 
 
+def test_a_run_or_shard_of_another_renderer_is_refused_not_mixed(demo_source, tmp_path, monkeypatch):
+    """Same arguments, other bytes: a resume or a merge across renderer revisions would make a set that
+    neither revision makes."""
+    ann, root = demo_source
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(generate_module, "RENDERER", 1)
+    generate(tmp_path / "old", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    monkeypatch.undo()
+    with pytest.raises(errors.OccsynthError) as resumed:
+        generate(tmp_path / "old", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2),
+                 progress=False)
+    assert "made by another occsynth renderer" in str(resumed.value) and "renderer: 1 -> 2" in str(resumed.value)
+    generate(tmp_path / "new", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
+    mixed = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "old"), str(tmp_path / "new"),
+                                               "--out", str(tmp_path / "m"), "--quiet"])
+    assert mixed.exit_code == 2 and "made by another occsynth renderer" in mixed.output
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.fixture
 def broken_source(demo_source, tmp_path):
     """A copy of the demo source with one of each kind of bad input."""
