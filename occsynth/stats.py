@@ -67,7 +67,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
         if image_id is None or isinstance(image_id, (dict, list)):
             skips.skip(BadRecord(errors.MALFORMED_RECORD, record_name("image", im), "no 'id'"))
         elif image_id in listed:
-            skips.skip(BadRecord(errors.DUPLICATE_ID, f"image record {image_id}"))
+            skips.skip(BadRecord(errors.DUPLICATE_ID, record_name("image", im)))
         else:
             listed.add(image_id)
             image_ids.append(image_id)

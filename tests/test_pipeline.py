@@ -265,23 +265,28 @@ def test_a_malformed_cocoocc_file_is_refused_before_the_first_stage(demo_source,
                                               (None, "no annotations.json and no images/ folder")])
 def test_a_synthetic_folder_that_is_no_generate_output_is_refused_before_the_first_stage(demo_source, tmp_path,
                                                                                           present, missing):
-    ann, root = demo_source
     synthetic = tmp_path / "synthetic"
     synthetic.mkdir()
     if present == "images":
         (synthetic / "images").mkdir()
     elif present:
         (synthetic / present).write_text('{"images": [], "annotations": [], "categories": []}')
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
-                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root),
-                                             "--coco-val-ann", str(ann), "--coco-val-images", str(root),
-                                             "--synthetic", str(synthetic), "--out", str(tmp_path / "run"),
-                                             "--device", "cpu", "--quiet"])
+    result = _train_synthetic_on(synthetic, demo_source, tmp_path)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert (f"Error: synthetic set {synthetic}: not an `occsynth generate` output ({missing})"
             in result.output), result.output
     assert "[2/5]" not in result.output and not (tmp_path / "run").exists()
+
+
+def _train_synthetic_on(synthetic, demo_source, tmp_path):
+    """`bcnet train-synthetic` of the tiny recipe with ``synthetic`` as its set, the demo as COCO."""
+    ann, root = demo_source
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    return CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
+                                           "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+                                           "--coco-val-ann", str(ann), "--coco-val-images", str(root),
+                                           "--synthetic", str(synthetic), "--out", str(tmp_path / "run"),
+                                           "--device", "cpu", "--quiet"])
 
 
 @pytest.mark.parametrize("fault, reason, example, words", [
@@ -290,16 +295,10 @@ def test_a_synthetic_folder_that_is_no_generate_output_is_refused_before_the_fir
 ])
 def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path, fault, reason, example, words):
     """Not just "no usable training images": the skips by reason, with an example file."""
-    ann, root = demo_source
     synthetic = write_dataset(tmp_path / "synthetic")
     for image in sorted((synthetic / "images").iterdir()):
         image.unlink() if fault == "missing" else image.write_bytes(b"not an image")
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
-                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root),
-                                             "--coco-val-ann", str(ann), "--coco-val-images", str(root),
-                                             "--synthetic", str(synthetic), "--out", str(tmp_path / "run"),
-                                             "--device", "cpu", "--quiet"])
+    result = _train_synthetic_on(synthetic, demo_source, tmp_path)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     path = synthetic / "images" / example
     assert result.output.splitlines()[-1] == (

@@ -145,6 +145,12 @@ def test_skipped_records_are_reported_not_counted(tmp_path):
     res = CliRunner().invoke(group(), ["stats", str(path)])
     assert res.exit_code == 0 and "skipped 4 record(s), not counted above:" in res.output
     assert "image_id 12345" in res.output
+    dup_id = data["images"][0]["id"]
+    assert stats["skipped"]["examples"]["duplicate id"].startswith(f"image record {dup_id}")
+    data, _ = build()
+    data["images"] += [{"id": "abc"}, {"id": "abc"}]  # a string id is named as record_name names it: quoted
+    path.write_text(json.dumps(data))
+    assert "image record 'abc'" in stats_from_path(path)["skipped"]["examples"]["duplicate id"]
 
 
 def test_bad_plot_extension_is_refused_before_any_output(tmp_path):
