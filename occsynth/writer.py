@@ -272,6 +272,8 @@ def check_run_settings(out_dir: Path, settings: dict,
     if path.exists():
         previous = read_json(path)
         if previous != settings:
+            if previous.get("renderer") != settings.get("renderer"):  # no argument can make the same images
+                hint = "finish it with the occsynth version that began it, or use another --out"
             raise OccsynthError(f"{out_dir} holds a run made with other settings ({changed_settings(previous, settings)}); "
                                 f"{hint}")
     else:

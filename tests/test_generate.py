@@ -312,6 +312,7 @@ def test_a_run_or_shard_of_another_renderer_is_refused_not_mixed(demo_source, tm
         generate(tmp_path / "old", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2),
                  progress=False)
     assert "made by another occsynth renderer" in str(resumed.value) and "renderer: 1 -> 2" in str(resumed.value)
+    assert str(resumed.value).endswith("finish it with the occsynth version that began it, or use another --out")
     generate(tmp_path / "new", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
     mixed = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "old"), str(tmp_path / "new"),
                                                "--out", str(tmp_path / "m"), "--quiet"])
