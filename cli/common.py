@@ -8,12 +8,11 @@ import select
 import signal
 import stat
 import sys
-import threading
 
 import click
 
+from occsynth import stopping
 from occsynth.errors import OccsynthError, os_error_reason
-from occsynth.pool import restore_signal_handler
 
 
 class ReportedError(click.ClickException):
@@ -31,13 +30,11 @@ class Group(click.Group):
     """
 
     def invoke(self, ctx: click.Context):
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        _received.clear()
-        installed, previous = False, None
         try:
-            if on_main_thread:
-                previous, installed = signal.signal(signal.SIGTERM, _interrupt), True
-            return super().invoke(ctx)
+            with stopping.stop_on_signals():
+                result = super().invoke(ctx)
+                stopping.raise_if_stopping()  # a stop some library swallowed: not a finished command
+                return result
         except OccsynthError as exc:
             raise ReportedError(str(exc)) from None
         except BrokenPipeError as exc:
@@ -51,12 +48,9 @@ class Group(click.Group):
         except OSError as exc:  # disk full, permissions, ... outside the library's own checks
             raise ReportedError(_os_error_message(exc)) from None
         except KeyboardInterrupt:
-            signum = _received[-1] if _received else signal.SIGINT
+            signum = stopping.stop_requested() or signal.SIGINT
             click.echo(f"Stopped ({signal.Signals(signum).name}).", err=True)
             raise click.exceptions.Exit(128 + int(signum)) from None
-        finally:
-            if installed:
-                restore_signal_handler(signal.SIGTERM, previous)
 
 
 def _os_error_message(exc: OSError) -> str:
@@ -79,16 +73,6 @@ def _stdout_reader_gone() -> bool:
         return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
     except (AttributeError, ValueError, OSError):  # no real stdout (a notebook, a test runner), no poll
         return False
-
-
-_received: list[int] = []
-"""The signal that stopped the command (none recorded: Ctrl-C's KeyboardInterrupt)."""
-
-
-def _interrupt(signum, frame) -> None:
-    """SIGTERM handler: unwind like Ctrl-C, so that temporaries are removed and workers are shut down."""
-    _received.append(signum)
-    raise KeyboardInterrupt
 
 
 quiet_option = click.option("--quiet", "--no-progress", "quiet", is_flag=True,

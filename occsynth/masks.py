@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .stopping import raise_if_stopping
+
 MAX_IMAGE_PIXELS = 1 << 27  # an image record claiming more pixels gets no full-size mask decoded (128 MiB each)
 
 
@@ -75,6 +77,7 @@ def decode(segmentation: Any, height: int, width: int) -> np.ndarray:
     try:
         return mask_utils.decode(rle).astype(bool)
     except Exception as exc:  # pycocotools raises bare exceptions on broken counts
+        raise_if_stopping()  # or numpy lost a Ctrl-C / SIGTERM inside it (see stopping.py)
         raise DegenerateMask(f"RLE cannot be decoded: {exc}") from None
 
 
@@ -226,6 +229,7 @@ def decode_box(segmentation: Any, height: int, width: int) -> tuple[tuple[int, i
             return None, np.zeros((0, 0), bool)
         full = mask_utils.decode(rle)
     except Exception as exc:  # pycocotools raises bare exceptions on broken counts
+        raise_if_stopping()
         raise DegenerateMask(f"RLE cannot be decoded: {exc}") from None
     return (y, x, y + h, x + w), np.ascontiguousarray(full[y:y + h, x:x + w]).view(bool)
 

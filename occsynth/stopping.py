@@ -1,0 +1,64 @@
+"""Stop requests (Ctrl-C, SIGTERM) that no library can swallow.
+
+Python raises KeyboardInterrupt from a signal handler at the next bytecode it runs, and that can be
+inside a C library's own error handling. numpy does so when it falls back from pycocotools'
+``__array__`` (which takes no ``copy`` argument): the interrupt was seen to vanish there and the
+pending TypeError to come out instead, which a mask decoder's ``except`` then counted as a corrupt
+mask; the run went on and exited 0 with a wrong output. Handlers installed by :func:`stop_on_signals`
+note the signal before raising, and code that turns broad errors from such libraries into "bad data"
+calls :func:`raise_if_stopping` first.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+from .pool import restore_signal_handler
+
+_requested: list[int] = []
+
+
+def request_stop(signum: int, frame) -> None:
+    """Signal handler: note the stop, then unwind as Ctrl-C does (temporaries removed, workers shut down)."""
+    _requested.append(signum)
+    raise KeyboardInterrupt
+
+
+def stop_requested() -> int | None:
+    """The signal of the last stop asked for in this :func:`stop_on_signals` block, or None."""
+    return _requested[-1] if _requested else None
+
+
+def raise_if_stopping() -> None:
+    """Raise KeyboardInterrupt if a stop was asked for: call it where a broad ``except`` would take
+    whatever a C library raised for bad input."""
+    if _requested:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Inside the block, these signals raise KeyboardInterrupt and are noted (:func:`stop_requested`).
+
+    Only the main thread can set handlers; elsewhere the block runs with the handlers it has.
+    """
+    _requested.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    try:
+        for signum in signums:
+            previous[signum] = signal.signal(signum, request_stop)
+        yield
+    finally:
+        raised = None
+        for signum, handler in previous.items():  # every handler back, even if a signal arrives meanwhile
+            try:
+                restore_signal_handler(signum, handler)
+            except BaseException as exc:
+                raised = raised or exc
+        if raised is not None:
+            raise raised

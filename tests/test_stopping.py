@@ -1,0 +1,73 @@
+"""A Ctrl-C or SIGTERM that a C library swallows still stops the command: it is never taken for a corrupt
+mask, and the command exits as stopped, with no output written."""
+import json
+import os
+import signal
+
+import pytest
+from click.testing import CliRunner
+
+from cli.occsynth_cli import main as occsynth_main
+from occsynth import masks, stopping
+
+SQUARE = [[2.0, 2.0, 8.0, 2.0, 8.0, 8.0, 2.0, 8.0]]
+
+
+def swallowing_decode(signum):
+    """pycocotools' decode as numpy was seen to run it when a signal came: the handler runs, the
+    KeyboardInterrupt vanishes, and the TypeError numpy was handling comes out instead."""
+    def decode(rle):
+        try:
+            os.kill(os.getpid(), signum)
+            for _ in range(1000):  # the handler runs at the next bytecode, inside this block
+                pass
+        except KeyboardInterrupt:
+            pass
+        raise TypeError("__array__() got an unexpected keyword argument 'copy'")
+    return decode
+
+
+def test_signals_in_the_block_raise_keyboard_interrupt_are_noted_and_the_handlers_come_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), stopping.stop_on_signals():
+        assert stopping.stop_requested() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+    assert stopping.stop_requested() == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with stopping.stop_on_signals():  # a new block forgets the last one's stop
+        assert stopping.stop_requested() is None
+        stopping.raise_if_stopping()
+
+
+def test_a_swallowed_stop_is_not_taken_for_a_corrupt_mask(monkeypatch):
+    monkeypatch.setattr(masks.mask_utils, "decode", swallowing_decode(signal.SIGTERM))
+    with stopping.stop_on_signals():
+        with pytest.raises(KeyboardInterrupt):
+            masks.decode(SQUARE, 10, 10)
+        with pytest.raises(KeyboardInterrupt):
+            masks.decode_box(SQUARE, 10, 10)
+    monkeypatch.setattr(masks.mask_utils, "decode", lambda rle: (_ for _ in ()).throw(TypeError("broken counts")))
+    with stopping.stop_on_signals():  # the same error with no stop asked for: a bad mask, as before
+        with pytest.raises(masks.DegenerateMask, match="broken counts"):
+            masks.decode(SQUARE, 10, 10)
+
+
+@pytest.mark.parametrize("signum, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
+def test_a_command_whose_stop_was_swallowed_exits_as_stopped_and_writes_nothing(tmp_path, monkeypatch,
+                                                                               signum, code, name):
+    ann = tmp_path / "in.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": [2, 2, 6, 6], "area": 36, "iscrowd": 0,
+                         "segmentation": SQUARE} for i in (1, 2)]}))
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(masks.mask_utils, "decode", swallowing_decode(signum))
+    result = CliRunner().invoke(occsynth_main, ["annotate-occluders", "--ann", str(ann), "--out", str(out),
+                                                "--bcnet-compat", "--quiet"])
+    assert result.exit_code == code, result.output
+    assert f"Stopped ({name})" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]  # no output, no temporary left
