@@ -281,15 +281,31 @@ def check_run_settings(out_dir: Path, settings: dict,
         write_json(path, settings, indent=2)
 
 
-def refuse_foreign_files(out_dir: Path) -> None:
-    """Refuse an OUT that holds files no occsynth run wrote (a run starting there would mix in with them)."""
-    if (Path(out_dir) / PARTS / RUN_FILE).exists() or not Path(out_dir).is_dir():
+def refuse_foreign_files(out_dir: Path, most: int = 5) -> None:
+    """Refuse an OUT that holds files no occsynth run wrote: a run starting there would overwrite them (its
+    image names are 12-digit, as COCO's own are) or mix them into the set. Before a run records its
+    settings, ``images/`` and ``parts/`` hold nothing but hidden lock files."""
+    out_dir = Path(out_dir)
+    if (out_dir / PARTS / RUN_FILE).exists() or not out_dir.is_dir():
         return
-    foreign = sorted(p.name for p in Path(out_dir).iterdir()
-                     if p.name not in (PARTS, IMAGES) and not p.name.startswith("."))
+    foreign = sorted(itertools.islice(_visible(out_dir, exclude=(PARTS, IMAGES)), most))
+    for sub in (PARTS, IMAGES):
+        folder = out_dir / sub
+        if folder.is_dir():
+            foreign += sorted(f"{sub}/{name}" for name in itertools.islice(_visible(folder), most))
+        elif folder.exists() or folder.is_symlink():
+            foreign.append(sub)
     if foreign:
-        raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:5])}); "
+        raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:most])}); "
                             "choose a new or empty --out (nothing was changed)")
+
+
+def _visible(folder: Path, exclude: tuple[str, ...] = ()) -> Iterator[str]:
+    """Names in ``folder`` that are not hidden (dot files: locks, temporaries) nor in ``exclude``."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.name not in exclude:
+                yield entry.name
 
 
 def changed_settings(old: dict, new: dict, most: int = 6) -> str:

@@ -401,6 +401,23 @@ def test_an_output_directory_holding_other_files_is_refused_untouched(demo_sourc
     assert tree_bytes(src) == before
 
 
+@pytest.mark.parametrize("planted", ["images/000000000003.jpg", "images/foo.jpg", "parts/mine.txt", "images"])
+def test_files_of_the_users_inside_images_or_parts_are_refused_untouched(demo_source, tmp_path, planted):
+    """A fresh run's image names are COCO-like (12 digits): a user's image folder must not be written over."""
+    ann, root = demo_source
+    out = tmp_path / "out"
+    (out / planted).parent.mkdir(parents=True, exist_ok=True)
+    (out / planted).write_bytes(b"the user's own file")
+    (out / "parts").mkdir(exist_ok=True)
+    (out / "parts" / ".lock").write_bytes(b"")  # a lock left by a run killed before it began: not foreign
+    before = tree_bytes(out)
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out", str(out),
+                                                "--num-images", "4", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "no occsynth run wrote" in result.output and f"({planted})" in result.output
+    assert tree_bytes(out) == before
+
+
 def test_refusal_names_the_setting_that_changed(generated, demo_source):
     out, _, cache = generated
     ann, root = demo_source
