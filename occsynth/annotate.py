@@ -11,7 +11,8 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
   ``[]`` when it is empty - the field BCNet's COCO loader reads.
 
 Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
-exact (from the depth order) and better than the box rule's guesses.
+exact (from the depth order) and better than the box rule's guesses. An annotation whose id an earlier
+one has (ids must name one annotation) gets no occluders and occludes nobody; it is counted.
 
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
@@ -32,7 +33,7 @@ import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import ijson
 import numpy as np
@@ -60,23 +61,28 @@ def box_window(box: list, height: int, width: int) -> tuple[int, int, int, int]:
 
 def annotate_image(annotations: list[dict], height: int | None, width: int | None,
                    threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False,
-                   keep_existing: bool = False) -> dict:
+                   keep_existing: bool = False, duplicates: Collection[int] = ()) -> dict:
     """Add ``occluder_ids`` (and ``bg_object_segmentation``) to one image's annotations, in place.
 
-    ``keep_existing``: an annotation that has an ``occluder_ids`` list keeps it (e.g. an occsynth set's
-    exact, depth-ordered occluders); its ``bg_object_segmentation`` is drawn from those of its ids
-    that are annotations of the same image.
+    ``keep_existing``: an annotation that has an ``occluder_ids`` list keeps those of its ids that are
+    other annotations of the same image (e.g. an occsynth set's exact, depth-ordered occluders: all of
+    them), in their order; the others (ids of other images, unknown ids, its own) are dropped and
+    counted. Its ``bg_object_segmentation`` is drawn from the ids kept.
+
+    ``duplicates``: indices of annotations whose id an earlier annotation of the file has. An id must
+    name one annotation, so these get no occluders and occlude nobody.
 
     Returns counts: ``no_box`` (annotations without a usable box or id: no occluders, occlude
     nobody), ``bad_masks`` (occluders whose segmentation could not be decoded: left out of the
     union), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
     whose image has no usable height/width, so their ``bg_object_segmentation`` stays empty),
-    ``kept_occluder_ids``.
+    ``kept_occluder_ids``, ``dropped_occluder_ids`` (ids dropped from kept lists).
     """
-    counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0}
-    usable = [i for i, a in enumerate(annotations)
-              if is_box(a.get("bbox")) and is_id(a.get("id"))]
-    counts["no_box"] = len(annotations) - len(usable)
+    counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0,
+              "dropped_occluder_ids": 0}
+    named = [i for i, a in enumerate(annotations) if i not in duplicates]
+    usable = [i for i in named if is_box(annotations[i].get("bbox")) and is_id(annotations[i].get("id"))]
+    counts["no_box"] = len(named) - len(usable)
     occluders: dict[int, list[int]] = {i: [] for i in range(len(annotations))}
     if usable:
         boxes = np.asarray([annotations[i]["bbox"] for i in usable], np.float64)
@@ -94,11 +100,17 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
                 counts["bad_masks"] += 1
         return decoded[j]
 
-    local_of = {a["id"]: i for i, a in enumerate(annotations) if isinstance(a, dict) and is_id(a.get("id"))}
+    local_of = {annotations[i]["id"]: i for i in named if is_id(annotations[i].get("id"))}
     for i, ann in enumerate(annotations):
-        if keep_existing and isinstance(ann.get("occluder_ids"), list):
-            hits = [local_of[j] for j in ann["occluder_ids"] if is_id(j) and j in local_of and local_of[j] != i]
+        if i in duplicates:
+            hits = []
+            ann["occluder_ids"] = []
+        elif keep_existing and isinstance(ann.get("occluder_ids"), list):
+            given = ann["occluder_ids"]
+            hits = list(dict.fromkeys(local_of[j] for j in given if is_id(j) and j in local_of and local_of[j] != i))
+            ann["occluder_ids"] = [annotations[j]["id"] for j in hits]
             counts["kept_occluder_ids"] += 1
+            counts["dropped_occluder_ids"] += len(given) - len(hits)
         else:
             hits = occluders[i]
             ann["occluder_ids"] = [annotations[j]["id"] for j in hits]
@@ -175,7 +187,9 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     per_bucket = max(int(images_per_bucket), -(-len(images) // MAX_BUCKETS), 1)
     num_buckets = -(-len(images) // per_bucket)
     counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0, "bad_masks": 0,
-              "unknown_image": 0, "replaced_occluder_ids": 0, "kept_occluder_ids": 0, "no_image_size": 0}
+              "unknown_image": 0, "duplicate_ids": 0, "replaced_occluder_ids": 0, "kept_occluder_ids": 0,
+              "dropped_occluder_ids": 0, "no_image_size": 0}
+    seen_ids: set[int] = set()
     try:  # the spool folder goes beside --out: an unwritable place is reported as --out's
         out_path.parent.mkdir(parents=True, exist_ok=True)
         spool = tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent)
@@ -191,8 +205,14 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 k = index_of.get(image_id) if _is_key(image_id) else None
                 if isinstance(ann, dict) and isinstance(ann.get("occluder_ids"), list) and not keep_existing:
                     counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported
+                ann_id = ann.get("id") if isinstance(ann, dict) else None
+                duplicate = is_id(ann_id) and ann_id in seen_ids
+                if is_id(ann_id):
+                    seen_ids.add(ann_id)
+                counts["duplicate_ids"] += duplicate
                 bucket = num_buckets if k is None else k // per_bucket
-                files[bucket].write(json.dumps([seq, -1 if k is None else k, ann], separators=(",", ":")) + "\n")
+                files[bucket].write(json.dumps([seq, -1 if k is None else k, ann, duplicate], separators=(",", ":"))
+                                    + "\n")
                 counts["annotations"] += 1
         finally:
             for f in files:
@@ -208,10 +228,10 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 grouped: dict[int, list] = defaultdict(list)
                 with open(tmp / f"{bucket}.jsonl", encoding="utf-8") as f:
                     for line in f:
-                        seq, k, ann = json.loads(line)
-                        grouped[k].append(ann)
+                        seq, k, ann, duplicate = json.loads(line)
+                        grouped[k].append((ann, duplicate))
                 for k in sorted(grouped):
-                    anns = grouped[k]
+                    anns = [ann for ann, _ in grouped[k]]
                     if k < 0:
                         counts["unknown_image"] += len(anns)
                         for ann in anns:
@@ -223,9 +243,11 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                         image = images[k]
                         h, w = image.get("height"), image.get("width")
                         size_ok = isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0
+                        duplicates = {i for i, (_, duplicate) in enumerate(grouped[k]) if duplicate}
                         c = annotate_image(anns, h if size_ok else None, w if size_ok else None, threshold,
-                                           bcnet_compat, keep_existing)
-                        for name in ("no_box", "bad_masks", "with_occluders", "no_image_size", "kept_occluder_ids"):
+                                           bcnet_compat, keep_existing, duplicates)
+                        for name in ("no_box", "bad_masks", "with_occluders", "no_image_size", "kept_occluder_ids",
+                                     "dropped_occluder_ids"):
                             counts[name] += c[name]
                     for ann in anns:
                         out.write(("" if first else ",") + _dumps(ann))

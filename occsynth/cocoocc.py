@@ -208,7 +208,8 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     skips = SkipLog(strict=strict)
     try:
         data = dict(data, images=unique_by_id(data["images"], "image", skips))
-        data["annotations"] = _usable_annotations(data, skips)
+        data["annotations"] = _usable_annotations(
+            dict(data, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips)
     except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
         raise exc.in_file(ann_path) from None
     best = max_overlap_per_image(data, overlap, count_crowd)

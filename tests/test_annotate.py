@@ -90,8 +90,8 @@ def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
     assert list(out) == ["info", "type", "images", "licenses", "categories", "annotations"]
     assert {k: out[k] for k in out if k != "annotations"} == {k: data[k] for k in data if k != "annotations"}
     assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 5, "no_box": 0, "bad_masks": 0,
-                                "unknown_image": 1, "replaced_occluder_ids": 0, "kept_occluder_ids": 0,
-                                "no_image_size": 0}
+                                "unknown_image": 1, "duplicate_ids": 0, "replaced_occluder_ids": 0,
+                                "kept_occluder_ids": 0, "dropped_occluder_ids": 0, "no_image_size": 0}
 
 
 def test_threshold_option(tmp_path):
@@ -278,6 +278,41 @@ def test_keep_existing_keeps_exact_occluders_and_draws_bcnet_masks_from_them(tmp
     assert '"kept_occluder_ids": 2' in result.output
     replaced = annotate_occluders(src, tmp_path / "r.json", progress=False)["counts"]
     assert replaced["replaced_occluder_ids"] == 2 and replaced["kept_occluder_ids"] == 0
+
+
+def test_keep_existing_drops_ids_of_other_images_unknown_ids_and_its_own(tmp_path):
+    data = make_dataset()
+    for ann in data["annotations"]:
+        if ann["id"] == 7:
+            ann["occluder_ids"] = [501, 33, 12345, 7, 33]  # image 20's, E, unknown, itself, E again
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    counts = annotate_occluders(src, tmp_path / "k.json", keep_existing=True, bcnet_compat=True,
+                                progress=False)["counts"]
+    out = {a["id"]: a for a in json.loads((tmp_path / "k.json").read_text())["annotations"]}
+    assert out[7]["occluder_ids"] == [33] and out[7]["bg_object_segmentation"] != []
+    assert counts["kept_occluder_ids"] == 1 and counts["dropped_occluder_ids"] == 4
+
+
+def test_an_annotation_repeating_an_id_gets_no_occluders_and_occludes_nobody(tmp_path):
+    """Two annotations with id 5 on overlapping boxes: the second one is counted, and no list names itself."""
+    data = make_dataset()
+    data["annotations"] += [
+        {"id": 5, "image_id": 20, "category_id": 2, "bbox": [0, 0, 10, 10], "area": 1.0, "iscrowd": 0,
+         "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+        {"id": 5, "image_id": 20, "category_id": 2, "bbox": [1, 0, 10, 10], "area": 1.0, "iscrowd": 0,
+         "segmentation": [[1, 0, 11, 0, 11, 10, 1, 10]]}]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "o.json"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert '"duplicate_ids": 1' in result.output
+    anns = [a for a in json.loads((tmp_path / "o.json").read_text())["annotations"] if a["image_id"] == 20]
+    first, second = [a for a in anns if a["id"] == 5]
+    assert first["occluder_ids"] == [502, 501] and second["occluder_ids"] == []
+    assert all(a["id"] not in a["occluder_ids"] for a in anns)
+    assert {a["id"]: a["occluder_ids"].count(5) for a in anns} == {502: 1, 501: 1, 5: 0}
 
 
 def test_an_unwritable_out_is_named_in_the_error(tmp_path):

@@ -321,6 +321,21 @@ def test_duplicate_image_ids_are_skipped_and_counted(tmp_path):
         build_cocoocc(ann, tmp_path / "s", strict=True)
 
 
+def test_an_annotation_repeating_an_id_is_skipped_and_counted_and_selects_nothing(tmp_path):
+    """Image 5's one box, repeated under the same id, would overlap itself (IoU 1) and select the image."""
+    data = make_dataset()
+    lone = next(a for a in data["annotations"] if a["image_id"] == 5)
+    data["annotations"].append(dict(lone))
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1]
+    assert report["skipped"]["counts"] == {"duplicate id": 1}
+    assert report["skipped"]["examples"]["duplicate id"].startswith(f"annotation record {lone['id']}:")
+    with pytest.raises(OccsynthError, match=f"annotation record {lone['id']}: duplicate id"):
+        build_cocoocc(ann, tmp_path / "s", strict=True)
+
+
 def test_strict_names_the_annotations_file_and_the_record_by_its_id(tmp_path):
     """Not the record's dict cut at 60 characters; --strict says which file holds it."""
     data = make_dataset()
