@@ -212,10 +212,10 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     try:
         categories = _read_categories(ann_path, log)
         if not categories:
-            raise OccsynthError(f"{ann_path}: no valid category records (is this a COCO instances file?)")
+            raise OccsynthError(f"{ann_path}: no valid category records ({_why_none(log)})")
         images = _read_images(ann_path, log)
         if not images.ids:
-            raise OccsynthError(f"{ann_path}: no valid image records (is this a COCO instances file?)")
+            raise OccsynthError(f"{ann_path}: no valid image records ({_why_none(log)})")
         anns = _read_annotations(ann_path, images, {c["id"] for c in categories}, log, progress)
     except BadRecord as exc:  # strict: the first bad record stops the build, named with its file
         raise exc.in_file(ann_path) from None
@@ -605,6 +605,23 @@ def _check_layout(bank_dir: Path, meta: dict, a: dict[str, np.ndarray]) -> None:
         problems.append("meta.json")
     if problems:
         raise DamagedEntry(f"{bank_dir}: damaged cutout bank ({', '.join(problems)})")
+
+
+def _why_none(log: SkipLog) -> str:
+    """Why no record of a kind was usable: the skipped ones by reason with an example, or a hint."""
+    return log.in_one_line() if log.total else "is this a COCO instances file?"
+
+
+def no_cutouts_reason(meta: dict) -> str:
+    """Why a bank holds no cutout, in one line: its instances rejected per reason, its records skipped."""
+    rejected = {reason: n for reason, n in meta["rejected"].items() if n}
+    parts = [f"{meta['num_annotations']} annotation(s) read"]
+    if rejected:
+        parts.append(f"not complete: {json.dumps(rejected)}")
+    skips = _skip_log(meta)
+    if skips.total:
+        parts.append(skips.in_one_line())
+    return "; ".join(parts)
 
 
 def report(meta: dict) -> str:

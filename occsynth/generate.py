@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import __version__, masks, writer
 from .atomic import BackgroundWriter, make_folder, remove_stale_temporaries
 from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_crop, ensure_bank, ensure_cutout_pixels,
-                   open_bank)
+                   no_cutouts_reason, open_bank)
 from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
@@ -139,7 +139,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         bank_dir = ensure_bank(ann_path, cache_dir, settings.bank, strict=strict, progress=progress)
         bank = open_bank(str(bank_dir))
         if not bank.cutout_categories():
-            raise OccsynthError(f"{ann_path}: no complete instance to paste (see `occsynth bank` for the reasons)")
+            raise OccsynthError(f"{ann_path}: no complete instance to paste ({no_cutouts_reason(bank.meta)}; "
+                                "`occsynth bank` shows more)")
         if bank.num_images == 0:
             raise OccsynthError(f"{ann_path}: no usable background image")
         check_image_root(bank, image_root)

@@ -126,3 +126,23 @@ def test_malformed_source_json_is_one_clear_error(tmp_path, content, why):
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and "bad.json" in result.output and why in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda d: [im.pop("height") for im in d["images"]],
+     ["no valid image records", "malformed record", "'height' missing or not int"]),
+    (lambda d: [a.update(category_id=float(a["category_id"])) for a in d["annotations"]],
+     ["no complete instance to paste", "annotation(s) read", "'category_id'"]),
+])
+def test_a_source_with_nothing_usable_says_why_without_strict(demo_source, tmp_path, spoil, words):
+    """When every record of a kind is bad, the error itself gives the reasons and an example."""
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    spoil(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(bad), "--images", str(root), "--out",
+                                                str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith(f"Error: {bad}: ") and all(w in result.output for w in words), result.output
+    assert not (tmp_path / "o").exists()
