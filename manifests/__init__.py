@@ -27,9 +27,11 @@ def load(name_or_path: str, kind: str = "") -> dict:
     list the bundled recipes of ``kind``."""
     from occsynth.errors import OccsynthError
 
-    p = Path(name_or_path)
-    if not p.suffix == ".toml" or not p.exists():
-        p = path(name_or_path)
+    p, bundled = Path(name_or_path), path(name_or_path)
+    # a file the user names is read whatever its extension; a bundled name wins over a file without
+    # one (e.g. an output folder or file named after the recipe it was made with)
+    if not (p.is_file() and (p.suffix.lower() == ".toml" or not bundled.is_file())):
+        p = bundled if bundled.is_file() or not Path(name_or_path).is_dir() else Path(name_or_path)
     try:
         with open(p, "rb") as f:
             return tomllib.load(f)

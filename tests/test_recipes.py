@@ -16,6 +16,21 @@ def test_bundled_recipes_load_and_unknown_names_list_them():
         manifests.load("no-such-recipe")
 
 
+def test_a_recipe_file_is_read_whatever_its_extension_and_a_bundled_name_wins_over_a_folder(tmp_path,
+                                                                                            monkeypatch):
+    for name in ("myrecipe", "my.TOML", "r.toml"):
+        (tmp_path / name).write_text("[run]\nnum_images = 8\n")
+        assert manifests.load(str(tmp_path / name)) == {"run": {"num_images": 8}}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic-100k").mkdir()         # e.g. the set made with that recipe
+    (tmp_path / "synthetic-demo").write_text("")  # a file without extension does not hide a bundled recipe
+    assert manifests.load("synthetic-100k")["run"]["num_images"] == 100_000
+    assert manifests.load("synthetic-demo") == manifests.load(str(manifests.path("synthetic-demo")))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OccsynthError, match="'folder': is a directory, expected a TOML file"):
+        manifests.load("folder")
+
+
 @pytest.mark.parametrize("content, words", [(b"[run\nnum_images = 3", "not valid TOML"),
                                             (b"\xff\xfe[run]", "not UTF-8"),
                                             (b"[run]\nnum_images = 'x'", "num_images must be a whole number"),
