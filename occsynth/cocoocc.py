@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from . import errors
 from .atomic import make_folder, open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
-from .coco import (brief, categories_by_id, check_annotation_record, file_hash, read_dataset, resolve_image_path,
-                   unique_by_id)
+from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, file_hash, read_dataset,
+                   resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 
 PAPER_COUNT = 1005
@@ -207,7 +207,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     source_annotations = len(data["annotations"])
     skips = SkipLog(strict=strict)
     try:
-        data = dict(data, images=unique_by_id(data["images"], "image", skips))
+        data = dict(data, images=_usable_images(data["images"], skips))
         data["annotations"] = _usable_annotations(
             dict(data, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips)
     except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
@@ -289,6 +289,17 @@ def _remove_stale_link(images_dir: Path, name: str) -> None:
         folder = folder / part
     if not folder.is_symlink() and folder.is_dir() and target.is_symlink():
         target.unlink()
+
+
+def _usable_images(images: list, skips: SkipLog) -> list[dict]:
+    """Image records evaluation can use (an integer id, file_name, height and width), the first of each id."""
+    usable = []
+    for image in unique_by_id(images, "image", skips):
+        try:
+            usable.append(check_image_record(image))
+        except BadRecord as exc:
+            skips.skip(exc)
+    return usable
 
 
 def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:

@@ -336,6 +336,19 @@ def test_an_annotation_repeating_an_id_is_skipped_and_counted_and_selects_nothin
         build_cocoocc(ann, tmp_path / "s", strict=True)
 
 
+def test_an_image_record_evaluation_cannot_use_is_skipped_with_its_annotations(tmp_path):
+    data = make_dataset()
+    image_1 = next(im for im in data["images"] if im["id"] == 1)
+    del image_1["height"]  # image 1 is the only one selected at IoU 0.2
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert out["images"] == [] and out["annotations"] == []
+    assert report["skipped"]["examples"][errors.MALFORMED_RECORD] == (
+        "image record 1: malformed record ('height' missing or not int)")
+    assert report["skipped"]["counts"] == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 2}
+
+
 def test_strict_names_the_annotations_file_and_the_record_by_its_id(tmp_path):
     """Not the record's dict cut at 60 characters; --strict says which file holds it."""
     data = make_dataset()
