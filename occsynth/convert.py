@@ -6,9 +6,9 @@ visible mask), ``amodal_segmentation``, ``amodal_area``/``amodal_bbox``, ``occlu
 amodal mask is still a label).
 
 KINS (``update_train_2020.json``, Qi et al. 2019) is already COCO-like: per annotation ``a_segm``
-/ ``a_bbox`` (amodal) and ``i_segm`` / ``i_bbox`` (inmodal = visible) polygons. Images,
-categories, ids and other fields (``oco_id``, ``ico_id``, ...) are kept; the four renamed fields
-are not repeated. Its JSON has no explicit depth order, so occluders are read off the masks:
+/ ``a_bbox`` (amodal) and ``i_segm`` / ``i_bbox`` (inmodal = visible) polygons. Images (the usable
+records), categories, ids and other fields (``oco_id``, ``ico_id``, ...) are kept; the four renamed
+fields are not repeated. Its JSON has no explicit depth order, so occluders are read off the masks:
 ``j`` occludes ``i`` when ``j``'s visible mask covers at least ``min_overlap`` pixels of ``i``'s
 hidden part (amodal minus visible) - exactly where ``i`` is hidden, something is in front.
 
@@ -36,7 +36,8 @@ from tqdm import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import write_json
-from .coco import brief, check_image_record, check_out_file, is_id, read_dataset, read_json, unique_by_id
+from .coco import (brief, categories_by_id, check_image_record, check_out_file, is_id, read_dataset, read_json,
+                   unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
@@ -86,8 +87,9 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
                  progress: bool = True) -> dict:
     """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids.
 
-    Bad records (images, annotations without a unique integer id or with a mask that cannot be
-    decoded) are skipped and listed in the report's ``skipped`` by reason.
+    Bad records (images, annotations without a unique integer id, of an unknown category or with a
+    mask that cannot be decoded) are skipped and listed in the report's ``skipped`` by reason; the
+    output's ``images`` are the usable image records.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
@@ -96,11 +98,16 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     log = SkipLog()
     images, bad_images, bad_ids = _usable_images(data["images"], log)
+    categories = categories_by_id(data["categories"])
     by_image: dict = {}
     counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "of_bad_image": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "bad_images": bad_images}
     for ann in unique_by_id(data["annotations"], "annotation", log):  # occluder_ids name annotations by id
         if _image_of(ann, images, bad_ids, counts) is None:
+            continue
+        if not is_id(ann.get("category_id")) or ann["category_id"] not in categories:
+            log.skip(BadRecord(errors.UNKNOWN_CATEGORY, f"annotation {brief(ann['id'])}",
+                               f"category_id {brief(ann.get('category_id'))}"))
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
     out_annotations = []
@@ -139,9 +146,19 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
             out_annotations.append(record)
     counts["annotations"] = len(out_annotations)
     output = {k: v for k, v in data.items() if k != "annotations"}
+    output["images"] = list(images.values())  # the records skipped as bad would break a COCO reader
     output["annotations"] = out_annotations
     write_json(out_path, output)
     return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
+
+
+def _whole_number(value: Any) -> int:
+    """An int, or a float with no fraction, as int; TypeError/ValueError/OverflowError for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    if int(value) != value:
+        raise ValueError(f"not a whole number: {value!r}")
+    return int(value)
 
 
 def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
@@ -245,8 +262,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         if not regions:
             continue
         try:
-            orders = [int(r.get("order", k + 1)) for k, (_, r) in enumerate(regions)]
-        except (TypeError, ValueError, OverflowError):  # null, text, NaN: the listing order stands in, counted
+            orders = [_whole_number(r.get("order", k + 1)) for k, (_, r) in enumerate(regions)]
+        except (TypeError, ValueError, OverflowError):  # null, text, 2.5, NaN: the listing order stands in, counted
             counts["bad_order"] += 1
             orders = list(range(1, len(regions) + 1))
         layers = [max(orders) - o for o in orders]  # order 1 = front: nearest the camera, highest layer
@@ -274,7 +291,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     counts["annotations"] = len(out_annotations)
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO's info is an object
     info.setdefault("description", f"COCOA converted from {in_path.name}")
-    output = {"info": info, "licenses": data.get("licenses", []), "images": data["images"],
+    output = {"info": info, "licenses": data.get("licenses", []), "images": list(images.values()),
               "annotations": out_annotations, "categories": categories}
     write_json(out_path, output)
     return {"out": str(out_path), "format": "cocoa", "counts": counts, "skipped": log.to_dict()}

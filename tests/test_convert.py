@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from pycocotools import mask as mask_utils
 
 from cli.occsynth_cli import main
+from occsynth import errors
 from occsynth.convert import convert_cocoa, convert_kins
 
 H, W = 20, 30
@@ -163,13 +164,24 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     assert report["counts"]["bad_images"] == 1 and report["counts"]["of_bad_image"] == 1
     assert report["counts"]["unknown_image"] == 2
     assert report["counts"]["annotations"] == 3
-    cocoa = json.loads(cocoa_file(tmp_path).read_text())
-    cocoa["annotations"][0]["regions"][2]["order"] = None
-    (tmp_path / "c.json").write_text(json.dumps(cocoa))
-    report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
-    assert report["counts"]["bad_order"] == 1 and report["counts"]["annotations"] == 3
-    out = json.loads((tmp_path / "c-out.json").read_text())["annotations"]
-    assert [a["order"] for a in out] == [1, 2, 3]  # the listing order stands in
+    # the output names only usable records: a COCO reader would fail on image 9 (no size)
+    assert [im["id"] for im in json.loads((tmp_path / "k-out.json").read_text())["images"]] == [3]
+    kins["annotations"][1]["category_id"] = 77  # no such category: skipped, not written
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
+    assert report["skipped"]["examples"][errors.UNKNOWN_CATEGORY] == (
+        f"annotation 12: {errors.UNKNOWN_CATEGORY} (category_id 77)")
+    assert [a["id"] for a in json.loads((tmp_path / "k-out.json").read_text())["annotations"]] == [11, 13]
+    for order in (None, 2.5, "3"):  # not a whole number: the listing order stands in, counted
+        cocoa = json.loads(cocoa_file(tmp_path).read_text())
+        cocoa["annotations"][0]["regions"][2]["order"] = order
+        cocoa["images"].append({"id": 8, "file_name": "x.jpg"})  # no size
+        (tmp_path / "c.json").write_text(json.dumps(cocoa))
+        report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+        assert report["counts"]["bad_order"] == 1 and report["counts"]["annotations"] == 3
+        out = json.loads((tmp_path / "c-out.json").read_text())
+        assert [a["order"] for a in out["annotations"]] == [1, 2, 3]
+        assert [im["id"] for im in out["images"]] == [im["id"] for im in cocoa["images"][:-1]]
 
 
 def test_cocoa_info_that_is_not_an_object_is_dropped_and_non_list_regions_skipped(tmp_path):
