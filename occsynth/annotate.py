@@ -41,13 +41,14 @@ from ijson.common import ObjectBuilder
 from tqdm import tqdm
 
 from . import masks as mask_ops
-from .atomic import open_atomic
+from .atomic import open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
 from .coco import check_array_start, check_out_file, check_top_level, is_id, iter_array, reading_json
 from .errors import OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
+SPOOL_PREFIX = ".annotate-"  # + pid: the spool folder beside --out
 MAX_BUCKETS = 512
 
 
@@ -192,7 +193,8 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     seen_ids: set[int] = set()
     try:  # the spool folder goes beside --out: an unwritable place is reported as --out's
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        spool = tempfile.TemporaryDirectory(prefix=".annotate-", dir=out_path.parent)
+        remove_orphaned_temporaries(out_path, SPOOL_PREFIX)  # a killed run's leftovers (hundreds of MB on train)
+        spool = tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=out_path.parent)
     except OSError as exc:
         raise OccsynthError(f"cannot write {out_path}: {os_error_reason(exc, making_folder=True)}") from None
     with spool as tmp:

@@ -152,6 +152,42 @@ def remove_stale_temporaries(directory: str | os.PathLike, owned: Callable[[str]
     return n
 
 
+def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | None = None) -> int:
+    """Delete what killed processes of this machine left beside ``path``: its temporaries
+    (``.NAME.tmp-PID-*``) and, with ``spool_prefix``, folders named ``spool_prefix + PID-*``, whose PID
+    no longer runs; returns how many were removed. For commands that write one file (no run folder
+    to sweep); a process that still runs keeps its files."""
+    path = Path(path)
+    patterns = [(f".{path.name}.tmp-", _remove_quietly)]
+    if spool_prefix is not None:
+        patterns.append((spool_prefix, lambda p: shutil.rmtree(p, ignore_errors=True)))
+    n = 0
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        for prefix, remove in patterns:
+            if not entry.name.startswith(prefix):
+                continue
+            pid = entry.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _runs(int(pid)):
+                remove(Path(entry.path))
+                n += 1
+    return n
+
+
+def _runs(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
+
+
 def _disk_error(path: Path, exc: OSError) -> OccsynthError:
     if exc.errno == errno.ENOSPC:
         why = "no space left on device; free some space and run the same command again to continue"

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import errors
 from . import masks as mask_ops
-from .atomic import write_json
+from .atomic import remove_orphaned_temporaries, write_json
 from .coco import (brief, categories_by_id, check_image_record, check_out_file, is_id, read_dataset, read_json,
                    unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
@@ -93,6 +93,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
+    remove_orphaned_temporaries(out_path)  # a killed run's half-written output
     data = read_dataset(in_path)
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
@@ -216,6 +217,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
+    remove_orphaned_temporaries(out_path)  # a killed run's half-written output
     data = read_json(in_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):

@@ -1,5 +1,8 @@
 """annotate-occluders: exact occluder ids and occluder polygons on hand-made overlapping scenes."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -320,3 +323,21 @@ def test_an_unwritable_out_is_named_in_the_error(tmp_path):
     src.write_text(json.dumps(make_dataset()))
     result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", "/proc/occ.json", "--quiet"])
     assert result.exit_code == 2 and "cannot write /proc/occ.json" in result.output and "Traceback" not in result.output
+
+
+def test_a_rerun_removes_what_a_killed_run_left_but_not_what_a_running_one_writes(tmp_path):
+    """kill -9 leaves the spool folder and the half-written output beside --out (hundreds of MB on train2017)."""
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    left = [tmp_path / f".annotate-{dead}-abc123", tmp_path / f".o.json.tmp-{dead}-0a1b2c3d"]
+    running = [tmp_path / f".annotate-{os.getpid()}-def456", tmp_path / f".o.json.tmp-{os.getpid()}-0a1b2c3e"]
+    left[0].mkdir()
+    (left[0] / "0.jsonl").write_text("[]\n")
+    running[0].mkdir()
+    for path in (left[1], running[1]):
+        path.write_text('{"half": ')
+    annotate_occluders(src, tmp_path / "o.json", progress=False)
+    assert json.loads((tmp_path / "o.json").read_text())["annotations"]
+    assert not any(p.exists() for p in left) and all(p.exists() for p in running)
