@@ -216,6 +216,8 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     keep = {image_id for image_id, value in best.items() if value >= threshold}
     images = [im for im in data["images"] if im["id"] in keep]
     placed_before = _placed_by_last_build(out_dir)
+    if image_root is not None:  # also links a build that stopped half-way placed (its files never named them)
+        placed_before |= _links_to_sources(out_dir / "images", Path(image_root))
     make_folder(out_dir)
     dropped: list[dict] = []
     if image_mode:
@@ -275,6 +277,25 @@ def _placed_by_last_build(out_dir: Path) -> set[str]:
         except BadRecord:  # never a path outside images/
             continue
         names.add(image["file_name"])
+    return names
+
+
+def _links_to_sources(images_dir: Path, root: Path) -> set[str]:
+    """File names (relative to ``images_dir``) of the symlinks in it that hold exactly what a --link build
+    of ``root`` writes there (:func:`link_text`): links a build placed, whether or not it finished."""
+    names: set[str] = set()
+    if images_dir.is_symlink() or not images_dir.is_dir():
+        return names
+    resolved = root.resolve()
+    for folder, _, files in os.walk(images_dir):  # symlinked folders are not entered
+        for file in files:
+            path = Path(folder) / file
+            name = path.relative_to(images_dir).as_posix()
+            try:
+                if path.is_symlink() and os.readlink(path) == link_text(resolved / name, path):
+                    names.add(name)
+            except OSError:
+                continue
     return names
 
 

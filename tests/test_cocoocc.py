@@ -498,6 +498,28 @@ def test_a_rebuild_removes_the_links_the_last_build_placed_and_no_longer_selects
     assert snapshot(root) == before
 
 
+def test_links_a_stopped_rebuild_placed_are_removed_by_the_next_one(tmp_path):
+    """A --strict rebuild stops at a missing image after linking others; its files never name those
+    links, so the next rebuild finds them by what they hold."""
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "val.json", data)
+    out = tmp_path / "o"
+    build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.5)
+    placed = lambda: sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png"))
+    first = placed()
+    seven = next(im for im in data["images"] if im["id"] == 7)
+    (root / seven["file_name"]).rename(tmp_path / "away.png")  # selected last at 0.1: strict stops there
+    with pytest.raises(OccsynthError, match="missing image file"):
+        build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.1, strict=True)
+    assert len(placed()) > len(first)  # it linked images 1 and 2 before stopping
+    (tmp_path / "away.png").rename(root / seven["file_name"])
+    build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.5)
+    assert placed() == first
+    (out / "images" / "set-a" / "mine.png").symlink_to(root / seven["file_name"])  # the user's own: not ours
+    build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.5)
+    assert "set-a/mine.png" in placed()
+
+
 @pytest.mark.parametrize("swap", ["images", "images/set-a"])
 def test_a_rebuild_never_deletes_through_a_folder_that_is_a_link(tmp_path, swap):
     """A user replaced OUT/images (or a folder in it) by a link to the source images: nothing there goes."""
