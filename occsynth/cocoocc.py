@@ -126,13 +126,14 @@ def check_out_dir(ann_path: str | os.PathLike, out_dir: str | os.PathLike, force
     """Refuse an output directory that holds the input, or files some other tool wrote.
 
     Writing OUT/annotations.json over the source (``--ann S/annotations.json --out S``) would
-    destroy it; a non-empty directory without a COCO-OCC manifest is someone else's (``force``
+    destroy it, and a build removes what it placed before inside OUT: so OUT may not hold the input
+    at any depth. A non-empty directory without a COCO-OCC manifest is someone else's (``force``
     overrides that, never the first rule).
     """
     ann, out = Path(ann_path).resolve(), Path(out_dir).resolve()
     if out == ann or out in ann.parents:
-        raise OccsynthError(f"--out {out_dir} contains the input {ann_path}: it would be overwritten; "
-                            "choose another output directory")
+        raise OccsynthError(f"--out {out_dir} contains the input {ann_path}; choose an output directory "
+                            "outside the input's folder (a build writes and cleans up inside --out)")
     if out.exists() and not out.is_dir():
         raise OccsynthError(f"--out {out_dir}: exists and is not a directory")
     if force or not out.is_dir() or not any(out.iterdir()):
