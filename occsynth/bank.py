@@ -282,7 +282,8 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     rejected = Counter(REASONS[r - 1] for r in reasons.tolist() if r)
     meta = {
         "format": BANK_FORMAT,
-        "source": {"annotations": ann_path.name, "sha256": sha},
+        # the bank is keyed by the file's content; the path says where that content was first found
+        "source": {"annotations": ann_path.name, "path": str(ann_path.resolve()), "sha256": sha},
         "options": dataclasses.asdict(options),
         "num_images": num_backgrounds,
         "num_images_total": n_images,

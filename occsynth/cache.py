@@ -25,8 +25,8 @@ STOPPED_AFTER_S = 3600  # an unfinished build or removal unchanged this long was
 def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     """One dict per entry of ``cache_dir`` (banks, then pixel stores, by name; then the demo source and
     unfinished builds or removals): 'kind', 'name' (what :func:`remove_cache_entries` takes), 'path',
-    'bytes', 'built' (the folder's modification time, ISO), 'source' (a bank's annotations file name, a
-    store's image root) and 'notes': why it is stale (its image root is gone, it is unreadable, damaged or
+    'bytes', 'built' (the folder's modification time, ISO), 'source' (the annotations file a bank was built
+    from, a store's image root) and 'notes': why it is stale (its image root is gone, it is unreadable, damaged or
     of another format, so no run uses it; an unfinished build or removal untouched for an hour). An entry
     without notes may still be used."""
     cache_dir = Path(cache_dir)
@@ -92,7 +92,10 @@ def _finished(kind: str, path: Path) -> dict | None:
     if meta is None:
         notes.append("no readable meta.json: runs using it fail until it is removed")
     else:
-        source = (meta.get("source") or {}).get("annotations") if kind == "bank" else meta.get("image_root")
+        if kind == "bank":  # the file it was built from (older banks recorded its name only)
+            source = (meta.get("source") or {}).get("path") or (meta.get("source") or {}).get("annotations")
+        else:
+            source = meta.get("image_root")
         if not current_format(meta, kind):
             notes.append("made by another version of occsynth: not used")
         elif kind == "pixel store" and source and not Path(source).is_dir():

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -40,7 +41,8 @@ def test_entries_name_kind_size_source_and_what_is_stale(cache):
         e = entries[path.name]
         assert e["kind"] == ("bank" if key in ("bank", "other") else "pixel store")
         assert e["path"] == str(path) and e["bytes"] == tree_bytes(path) > 0
-    assert entries[made["bank"].name]["source"] == "annotations.json"
+    source = Path(entries[made["bank"].name]["source"])  # the file it was built from, in full
+    assert source.is_absolute() and source.name == "annotations.json" and source.is_file()
     assert entries[made["store"].name]["notes"] == [] and entries[made["bank"].name]["notes"] == []
     assert entries[made["gone"].name]["notes"] == ["its image root is gone"]
     (cache_dir / "demo-v1" / "images").mkdir(parents=True)
