@@ -55,9 +55,22 @@ def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if ann_path.is_dir():
         raise OccsynthError(f"{ann_path}: is a directory, expected the set's annotations JSON file")
     if not ann_path.is_file():
-        raise OccsynthError(f"{ann_path}: not found - give a set folder holding annotations.json, "
-                            "or the annotations JSON file itself")
+        raise OccsynthError(f"{ann_path}: not found - {_what_folder_holds(path)}")
     return ann_path, path
+
+
+def _what_folder_holds(path: Path) -> str:
+    """For a folder without annotations.json: what it is, if occsynth wrote it, and where its set is."""
+    merged_into = path / PARTS / MERGED_INTO_FILE
+    if merged_into.is_file():
+        try:
+            return f"its chunks were merged into {read_json(merged_into)['out']}, the set to use"
+        except (OccsynthError, TypeError, KeyError):
+            pass
+    if (path / PARTS / RUN_FILE).is_file():
+        return ("it holds an unfinished `occsynth generate` run or one --shard of a set: finish it with the same "
+                "command, or join the shards with `occsynth merge`")
+    return "give a set folder holding annotations.json, or the annotations JSON file itself"
 
 
 def image_file_name(index: int, ext: str) -> str:

@@ -126,6 +126,8 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
         assert not (d / "annotations.json").exists()
     partial = CliRunner().invoke(occsynth_main, ["merge", str(shard_dirs[0]), "--out", str(tmp_path / "p"), "--quiet"])
     assert partial.exit_code == 2 and "not generated yet" in partial.output and "earlier" not in partial.output
+    shard = CliRunner().invoke(occsynth_main, ["validate", str(shard_dirs[0])])  # a shard is no set: say what it is
+    assert shard.exit_code == 2 and "one --shard of a set" in shard.output and "occsynth merge" in shard.output
     result = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "merged"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert tree_bytes(tmp_path / "merged") == tree_bytes(out)
@@ -134,6 +136,8 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
     assert again.exit_code == 2 and "an earlier `occsynth merge` moved chunks of these shard folders into " \
         f"{(tmp_path / 'merged').resolve()}, the merged set" in again.output.replace("\n", " ")
     assert not (tmp_path / "m2").exists()
+    merged = CliRunner().invoke(occsynth_main, ["stats", str(shard_dirs[1])])
+    assert merged.exit_code == 2 and f"merged into {(tmp_path / 'merged').resolve()}" in merged.output.replace("\n", " ")
 
 
 @pytest.mark.parametrize("damage", ["[1, 2]", "{}", '{"images": [], "annotations": [["x"]], "skips": {}}',
