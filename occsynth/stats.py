@@ -140,7 +140,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
         "pasted_per_image": _distribution([pasted_per_image.get(i, 0) for i in all_ids]),
         "occlusion_ratio": {"bins": [round(k / RATIO_BINS, 6) for k in range(RATIO_BINS + 1)],
                             "counts": ratio_counts.tolist(), "pasted_counts": pasted_ratio_counts.tolist(),
-                            "mean": ratio_sum / ratio_n if ratio_n else 0.0},
+                            "mean": ratio_sum / ratio_n if ratio_n else None, "annotations": ratio_n},
         "layers": dict(sorted(layers.items())),
         "depth_per_image": dict(sorted(Counter(depth.get(i, 0) for i in all_ids).items())),
         "skipped": skips.to_dict(),
@@ -181,10 +181,14 @@ def format_stats(stats: dict) -> str:
         hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items())
         lines += ["", f"{title}: min {d['min']}, mean {d['mean']:.2f}, max {d['max']}", f"  {{{hist}}}"]
     r = stats["occlusion_ratio"]
-    lines += ["", f"occlusion ratio: mean {r['mean']:.3f}", f"  {'bin':<10}  {'all':>8} {'pasted':>8}"]
-    for k, (n_all, n_pasted) in enumerate(zip(r["counts"], r["pasted_counts"])):
-        lines.append(f"  [{r['bins'][k]:.1f}, {r['bins'][k + 1]:.1f}{']' if k == RATIO_BINS - 1 else ')'}"
-                     f"  {n_all:>8} {n_pasted:>8}")
+    if r["mean"] is None:  # a plain COCO file: no ratio to show, and no made-up mean of 0
+        lines += ["", "occlusion ratio: no annotation has one (not an occsynth or converted amodal set)"]
+    else:
+        lines += ["", f"occlusion ratio: mean {r['mean']:.3f} over {r['annotations']} annotations",
+                  f"  {'bin':<10}  {'all':>8} {'pasted':>8}"]
+        for k, (n_all, n_pasted) in enumerate(zip(r["counts"], r["pasted_counts"])):
+            lines.append(f"  [{r['bins'][k]:.1f}, {r['bins'][k + 1]:.1f}{']' if k == RATIO_BINS - 1 else ')'}"
+                         f"  {n_all:>8} {n_pasted:>8}")
     lines += ["", "instances per layer: " + ", ".join(f"{k}: {v}" for k, v in stats["layers"].items()),
               "images by deepest layer: " + ", ".join(f"{k}: {v}" for k, v in stats["depth_per_image"].items())]
     skipped = stats.get("skipped", {}).get("counts", {})

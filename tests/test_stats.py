@@ -51,6 +51,8 @@ def test_plain_coco_counts_every_instance_as_layer_0():
     assert stats["pasted"] == 0 and stats["background"] == 13 and stats["with_layer"] == 0
     assert stats["instances_per_image"]["histogram"] == {0: 1, 3: 1, 5: 2}
     assert sum(stats["occlusion_ratio"]["counts"]) == 0
+    assert stats["occlusion_ratio"]["mean"] is None and stats["occlusion_ratio"]["annotations"] == 0
+    assert "occlusion ratio: no annotation has one" in format_stats(stats) and "mean 0.000" not in format_stats(stats)
     assert "not a generated synthetic set" in format_stats(stats)   # the report says why all are "background"
     assert "not a generated synthetic set" not in format_stats(dataset_stats(build()[0]))
     data["annotations"][0]["layer"] = None                            # not a layer either
