@@ -177,6 +177,31 @@ def lr_factor(iteration: int, schedule: dict) -> float:
     return factor * float(schedule["gamma"]) ** sum(iteration >= int(s) for s in schedule["steps"])
 
 
+def _use_schedule_settings(optimizer: torch.optim.Optimizer, scheduler, schedule: dict) -> list[str]:
+    """After a resume loaded the optimizer and scheduler state, which hold the saved run's lr, momentum and
+    weight decay: use the schedule's (with the overrides asked for, e.g. a lower --lr), from the current
+    iteration on. Returns 'setting old -> new' for each that changed; with none changed nothing is touched,
+    so an exact resume stays exact."""
+    changed = []
+    lr = learning_rate(schedule)
+    if any(base != lr for base in scheduler.base_lrs):
+        changed.append(f"lr {scheduler.base_lrs[0]:g} -> {lr:g}")
+        scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group in optimizer.param_groups:  # the lr of the next step, by the schedule's steps and warm-up too
+        group["initial_lr"] = scheduler.base_lrs[0]
+        now = scheduler.base_lrs[0] * lr_factor(scheduler.last_epoch, schedule)
+        if group["lr"] != now:
+            group["lr"] = now
+    for key in ("momentum", "weight_decay"):
+        value = float(schedule[key])
+        old = optimizer.param_groups[0][key]
+        if any(group[key] != value for group in optimizer.param_groups):
+            changed.append(f"{key.replace('_', ' ')} {old:g} -> {value:g}")
+            for group in optimizer.param_groups:
+                group[key] = value
+    return changed
+
+
 def model_config(schedule: dict) -> dict:
     """Keyword arguments of ``bcnet.model.build_model`` (besides ``num_classes``) for this schedule."""
     config = {k: schedule[k] for k in MODEL_KEYS}
@@ -225,7 +250,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``schedule``: bundled name (``schedule-1x``, ``schedule-tiny``), TOML path or flat dict;
     ``overrides``: schedule keys to replace (``iterations``, ``batch_size``, ``backbone``, ...).
     ``resume``: True continues from ``out_dir``'s newest checkpoint (a path: that checkpoint);
-    the checkpoint's schedule is used, with ``overrides`` on top (e.g. more ``iterations``).
+    the checkpoint's schedule is used, with ``overrides`` on top (e.g. more ``iterations``, a lower
+    ``base_lr``: lr, momentum and weight decay asked for replace those the optimizer state holds).
     ``init_checkpoint``: start from another run's weights (fine-tuning). Under torchrun
     (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
     model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
@@ -248,7 +274,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if resume:
         resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
         if resume_path is None:
-            raise OccsynthError(f"{out_dir}: no checkpoint to resume from")
+            raise OccsynthError(f"{out_dir}: no checkpoint to resume from (a run stopped before its first "
+                                "checkpoint starts again without --resume)")
         state = ckpt.load_checkpoint(resume_path)
         # keys an older version accepted and saved, but that meant nothing: dropped, not fatal
         retired = [k for k in state["schedule"] if k not in REQUIRED_SETTINGS + OPTIONAL_SETTINGS]
@@ -335,7 +362,10 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start = int(state["iteration"])
+        changed = _use_schedule_settings(optimizer, scheduler, schedule)
     iterations = int(schedule["iterations"])
+    if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
+        tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
 
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
                           workers=int(schedule.get("workers", 0)), rank=rank, world_size=world,

@@ -39,7 +39,8 @@ def _steps(ctx, param, value):
 @click.option("--schedule", default="schedule-1x", show_default=True,
               help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file.")
 @click.option("--resume", is_flag=True,
-              help="Continue exactly from the newest checkpoint in --out (a run already at --iterations trains "
+              help="Continue exactly from the newest checkpoint in --out; overrides given with it (e.g. more "
+                   "--iterations, a lower --lr) apply from there on (a run already at --iterations trains "
                    "nothing; fewer --iterations than the checkpoint's is refused).")
 @click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False),
               help="Start from this checkpoint's weights (fine-tuning).")

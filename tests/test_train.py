@@ -82,6 +82,28 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset
                 progress=False)
 
 
+def test_resume_uses_the_lr_momentum_and_weight_decay_asked_for_and_says_so(tmp_path, dataset_dir, capsys):
+    """The optimizer state a resume loads holds the saved run's lr, momentum and weight decay; the overrides
+    asked for must win, and the checkpoint must record what was used."""
+    _run(dataset_dir, tmp_path / "run", iterations=3, checkpoint_every=3)
+    capsys.readouterr()
+    resumed = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                      overrides={"iterations": 5, "base_lr": 0.2, "momentum": 0.0, "weight_decay": 0.0},
+                      progress=False)
+    assert resumed["start"] == 3 and len(resumed["history"]) == 2
+    printed = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'run' / 'model_final.pt'} at iteration 3; now lr " in printed
+    assert "momentum 0.9 -> 0" in printed and "weight decay 0.0001 -> 0" in printed
+    saved = ckpt.load_checkpoint(tmp_path / "run" / "model_final.pt")
+    group = saved["optimizer"]["param_groups"][0]
+    schedule = T.load_schedule(saved["schedule"])
+    assert schedule["base_lr"] == 0.2 and group["momentum"] == 0.0 and group["weight_decay"] == 0.0
+    assert saved["scheduler"]["base_lrs"][0] == pytest.approx(T.learning_rate(schedule))
+    assert group["lr"] == pytest.approx(T.learning_rate(schedule) * T.lr_factor(5, schedule))
+    with_sgd = [s for s in saved["optimizer"]["state"].values() if s.get("momentum_buffer") is not None]
+    assert with_sgd  # the momentum buffers are still carried over
+
+
 def test_loader_workers_do_not_change_the_run(tmp_path, dataset_dir):
     alone = _run(dataset_dir, tmp_path / "w0", iterations=3, workers=0)
     pooled = _run(dataset_dir, tmp_path / "w2", iterations=3, workers=2)
