@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError
 
 FINAL = "model_final.pt"
+RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
 
 
 @dataclasses.dataclass
@@ -79,6 +81,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         check_cocoocc_table(plan, recipe)
     else:
         check_coco_layout(inputs.cocoocc)
+    check_run_recipe(out_dir, recipe, plan)
     stages = {}
 
     # 1. synthetic set
@@ -131,6 +134,28 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     summary = {"recipe": recipe, "stages": stages, "results": results}
     write_json(out_dir / "pipeline.json", summary, indent=2)
     return {**summary, "table": table}
+
+
+def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:
+    """Record the recipe a run folder is made with, or refuse one made with another: its finished stages
+    would count as this recipe's, and their results be reported under its name."""
+    path = out_dir / RUN_FILE
+    plan = json.loads(json.dumps(plan))  # as it comes back from the file
+    if path.is_file():
+        previous = read_json(path)
+    elif (out_dir / "pipeline.json").is_file():  # a finished run of a version that kept no record
+        previous = {"recipe": read_json(out_dir / "pipeline.json").get("recipe")}
+    else:
+        previous = None
+    if previous is not None:
+        same = previous.get("plan") == plan if "plan" in previous else previous.get("recipe") == recipe
+        if not same:
+            raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}"
+                                + (" (other settings)" if previous.get("recipe") == recipe else "")
+                                + f", not {recipe!r}; rerun it with that recipe to resume it, or choose another --out")
+        if path.is_file():
+            return
+    write_json(path, {"recipe": recipe, "plan": plan}, indent=2)
 
 
 def synthetic_settings(plan: dict, recipe: str):

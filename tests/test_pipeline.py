@@ -1,6 +1,7 @@
 """`bcnet train-synthetic` end to end on the demo data (a tiny recipe), then `bcnet predict` and
 `bcnet bench` on what it trained."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -75,6 +76,28 @@ def test_rerun_skips_finished_stages(pipeline_run):
     assert sum("done" in line for line in logs) == 5
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model_final.pt")} == before
     assert again["results"] == report["results"]
+
+
+def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipeline_run, tmp_path):
+    """Its finished stages would count as done, and their results be filed under the other recipe's name."""
+    out, _, _, recipe, (ann, root) = pipeline_run
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    other = tmp_path / "other.toml"
+    other.write_text(recipe.read_text().replace("iterations = 3", "iterations = 4"))
+    with pytest.raises(OccsynthError, match=f"made with recipe '{recipe}', not '{other}'"):
+        run_pipeline(out, inputs, recipe=str(other), device="cpu", progress=False, log=lambda line: None)
+    with pytest.raises(OccsynthError, match=r"made with recipe 'pipeline-tiny' \(other settings\)"):
+        shutil.copytree(out, tmp_path / "copy")
+        record = json.loads((tmp_path / "copy" / "pipeline-run.json").read_text())
+        (tmp_path / "copy" / "pipeline-run.json").write_text(json.dumps({**record, "recipe": "pipeline-tiny"}))
+        run_pipeline(tmp_path / "copy", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    (tmp_path / "copy" / "pipeline-run.json").unlink()  # a finished run of a version that kept no record
+    with pytest.raises(OccsynthError, match="rerun it with that recipe to resume it, or choose another --out"):
+        run_pipeline(tmp_path / "copy", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_interrupted_finetune_resumes_from_its_checkpoint(pipeline_run, tmp_path):
