@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from occsynth import coco as coco_io
 from occsynth import masks as mask_ops
+from occsynth.atomic import output_folder, write_bytes, write_json
 from occsynth.boxes import is_box, pairwise_overlap
 from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
@@ -625,8 +626,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     checkpoint's, masks as compressed RLE), ``out_dir/results.json`` (``{name: evaluate() output}``)
     and ``out_dir/results.md`` (:func:`markdown_table`); returns the results dict.
     """
-    from occsynth.atomic import write_bytes, write_json
-
     from .data import CocoInstances
 
     if mode is not None and mode not in MODES:
@@ -655,6 +654,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         _require_images(name, dataset, image_root)
         check_occsep_entries(data, lists, ann_file)
         prepared.append((name, image_root, data, dataset))
+    with output_folder(out_dir):  # an unwritable --out fails now, not after the whole inference
+        return _evaluate_prepared(model, state, prepared, out_dir, device, mask_threshold, progress,
+                                  overlap_edges, ratio_edges, mode, lists, strict)
+
+
+def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device, mask_threshold: float,
+                       progress: bool, overlap_edges, ratio_edges, mode: str, lists, strict: bool) -> dict:
+    """:func:`evaluate_checkpoint` once every set is read and checked: predict, evaluate and write each."""
     report = {}
     for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once
         unreadable: list[int] = []

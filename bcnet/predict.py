@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from occsynth.atomic import write_json
+from occsynth.atomic import output_folder, write_json
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.coco import read_image, write_picture
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
@@ -114,7 +114,12 @@ def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
     category_ids = list(state["category_ids"])
     names = category_names or {c["id"]: c["name"] for c in COCO_CATEGORIES}
     paths = list_images(inputs)
-    out_dir = Path(out_dir)
+    with output_folder(out_dir) as out_dir:  # an unwritable --out fails now, not after every image ran
+        return _predict_into(model, category_ids, names, paths, out_dir, score_threshold, device, pictures, progress)
+
+
+def _predict_into(model, category_ids: list[int], names: dict[int, str], paths: list[Path], out_dir: Path,
+                  score_threshold: float, device: torch.device, pictures: bool, progress: bool) -> dict:
     results, images, skips, skipped = [], [], SkipLog(), []
     for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img", disable=not progress), start=1):
         try:

@@ -109,6 +109,22 @@ def make_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """:func:`make_folder` before the work, so that an unwritable --out fails before a long computation
+    rather than after it; a folder made here is removed again if the block fails while it is still empty."""
+    path = Path(path)
+    made = not path.exists()
+    make_folder(path)
+    try:
+        yield path
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # only if empty
+                path.rmdir()
+        raise
+
+
 def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path], Any]) -> Path:
     """A folder ``build`` fills, made in a temporary sibling and renamed into place; reused when
     ``target/marker`` exists. A half-built folder is never used, and concurrent first builds do not

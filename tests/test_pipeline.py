@@ -102,7 +102,6 @@ def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipel
 
 def test_interrupted_finetune_resumes_from_its_checkpoint(pipeline_run, tmp_path):
     out, report, _, recipe, (ann, root) = pipeline_run
-    import shutil
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     (copy / "finetune" / "model_final.pt").unlink()
@@ -134,6 +133,28 @@ def test_predict_writes_results_and_three_panel_pictures(pipeline_run, tmp_path)
     assert len(pictures) == 2
     first = read_image(images[0])
     assert read_image(pictures[0]).shape == (first.shape[0], 3 * first.shape[1], 3)
+
+
+def test_evaluate_and_predict_refuse_an_unwritable_out_before_running_the_model(pipeline_run, tmp_path, monkeypatch):
+    out, _, _, _, (ann, root) = pipeline_run
+    from bcnet import evaluate, predict
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model ran before --out was found unwritable")
+    monkeypatch.setattr(evaluate, "predict_dataset", never)
+    monkeypatch.setattr(predict, "_predict_into", never)
+    (tmp_path / "afile").write_text("x")
+    checkpoint = str(out / "finetune" / "model_final.pt")
+    for args in (["evaluate", "--checkpoint", checkpoint, "--ann", str(ann), "--images", str(root)],
+                 ["predict", str(root), "--checkpoint", checkpoint, "--device", "cpu"]):
+        result = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "afile" / "sub"), "--quiet"])
+        assert result.exit_code == 2, result.output
+        assert f"cannot make folder {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file" in result.output
+    monkeypatch.setattr(predict, "_predict_into", lambda *a, **k: (_ for _ in ()).throw(
+        OccsynthError("none of the 1 input image(s) could be processed")))
+    with pytest.raises(OccsynthError):  # a failed run leaves no empty --out behind
+        predict.predict(checkpoint, [root], tmp_path / "new", device="cpu", progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_render_prediction_puts_the_occluder_heat_map_beside_the_mask():
