@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -676,9 +677,21 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
                                 ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
                                 record_skips=SkipLog(strict=strict))
         report[name]["skipped"] = dataset.skips.to_dict()
+    for stale in _previous_set_names(out_dir) - set(report):  # a rerun into this --out with other sets
+        (out_dir / f"detections_{stale}.json").unlink(missing_ok=True)
     write_json(out_dir / "results.json", report, indent=2)
     write_bytes(out_dir / "results.md", markdown_table(report).encode("utf-8"))
     return report
+
+
+def _previous_set_names(out_dir: Path) -> set[str]:
+    """The sets an earlier evaluation into ``out_dir`` wrote detections of (from its results.json)."""
+    try:
+        previous = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {name for name in previous if isinstance(name, str) and name and "/" not in name and "\\" not in name
+            and not name.startswith(".")} if isinstance(previous, dict) else set()
 
 
 IMAGE_REASONS = (errors.MISSING_FILE, errors.CORRUPT_IMAGE, errors.TRUNCATED_IMAGE, errors.SIZE_MISMATCH,

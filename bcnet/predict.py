@@ -6,6 +6,7 @@ believes something lies on top of each detected object.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +28,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files given directly, plus the images inside given folders (sorted, recursive)."""
+    """Files given directly, plus the images inside given folders (sorted, recursive); each file once."""
     found, folders = [], []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -40,7 +41,26 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     if not found:  # only folders were given, and none holds an image
         raise OccsynthError(f"no image found in {', '.join(folders) or 'the given inputs'}: no file there (sub-folders "
                             f"included) ends in {', '.join(IMAGE_SUFFIXES[:-1])} or {IMAGE_SUFFIXES[-1]}")
-    return found
+    unique: dict[Path, Path] = {}  # a file named twice (itself and its folder) is predicted once
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def picture_name(image: dict) -> str:
+    """The picture file of an ``images.json`` record: ``<id, 6 digits>-<file stem>.png``."""
+    return f"{image['id']:06d}-{Path(image['file_name']).stem}.png"
+
+
+def _previous_images(out_dir: Path) -> list[dict]:
+    """The ``images.json`` records an earlier predict left in ``out_dir`` (none when there is no readable one):
+    their pictures are its, and a rerun removes those it does not write again."""
+    try:
+        images = json.loads((out_dir / "images.json").read_text(encoding="utf-8"))
+        return [im for im in images if isinstance(im, dict) and isinstance(im.get("id"), int)
+                and isinstance(im.get("file_name"), str)]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def _colour(k: int) -> tuple[int, int, int]:
@@ -141,9 +161,12 @@ def _predict_into(model, category_ids: list[int], names: dict[int, str], paths: 
                                    category_ids, mask_threshold=0.5)
         if pictures:
             picture = render_prediction(rgb, output, names, category_ids, score_threshold)
-            write_picture(picture, out_dir / "pictures" / f"{image_id:06d}-{path.stem}.png")
+            write_picture(picture, out_dir / "pictures" / picture_name(images[-1]))
     if not images:
         raise OccsynthError(f"none of the {len(paths)} input image(s) could be processed; first: {skipped[0]}")
+    written = {picture_name(im) for im in images} if pictures else set()
+    for stale in {picture_name(im) for im in _previous_images(out_dir)} - written:  # a rerun into this --out
+        (out_dir / "pictures" / stale).unlink(missing_ok=True)
     write_json(out_dir / "results.json", results)
     write_json(out_dir / "images.json", images)
     return {"images": len(images), "detections": len(results),

@@ -1,6 +1,7 @@
 """`bcnet train-synthetic` end to end on the demo data (a tiny recipe), then `bcnet predict` and
 `bcnet bench` on what it trained."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -133,6 +134,25 @@ def test_predict_writes_results_and_three_panel_pictures(pipeline_run, tmp_path)
     assert len(pictures) == 2
     first = read_image(images[0])
     assert read_image(pictures[0]).shape == (first.shape[0], 3 * first.shape[1], 3)
+    # a rerun into the same --out: a file named twice is predicted once, and the last run's pictures go
+    again = CliRunner().invoke(bcnet_main, ["predict", str(images[1]), str(images[1].parent), "--checkpoint",
+                                            str(out / "finetune" / "model_final.pt"), "--out", str(tmp_path / "p"),
+                                            "--quiet", "--no-pictures"])
+    assert again.exit_code == 0, again.output
+    listed = [im["file_name"] for im in json.loads((tmp_path / "p" / "images.json").read_text())]
+    assert listed[0] == str(images[1]) and len(listed) == len(set(map(os.path.realpath, listed)))
+    assert not list((tmp_path / "p" / "pictures").glob("*.png"))
+
+
+def test_an_evaluation_into_the_same_out_leaves_no_detections_of_sets_it_no_longer_has(pipeline_run, tmp_path):
+    out, _, _, _, (ann, root) = pipeline_run
+    checkpoint = str(out / "finetune" / "model_final.pt")
+    for name in ("first", "second"):
+        result = CliRunner().invoke(bcnet_main, ["evaluate", "--checkpoint", checkpoint, "--ann", str(ann),
+                                                 "--images", str(root), "--name", name, "--out",
+                                                 str(tmp_path / "e"), "--device", "cpu", "--quiet"])
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "e").glob("detections_*.json")) == ["detections_second.json"]
 
 
 def test_evaluate_and_predict_refuse_an_unwritable_out_before_running_the_model(pipeline_run, tmp_path, monkeypatch):
