@@ -653,6 +653,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
                                 category_ids=state["category_ids"], data=data)
         _require_images(name, dataset, image_root)
+        if data["annotations"] and not any(dataset.annotations):  # a table of '-' with exit 0 would hide it
+            raise OccsynthError(f"set {name!r}: none of the {len(data['annotations'])} annotations of {ann_file} "
+                                f"can be evaluated ({dataset.skips.in_one_line()})")
         check_occsep_entries(data, lists, ann_file)
         prepared.append((name, image_root, data, dataset))
     with output_folder(out_dir):  # an unwritable --out fails now, not after the whole inference

@@ -112,9 +112,9 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
             raise fail(key, f"schedule setting {key} must be an integer >= {low}, got {value!r}")
         return value
 
-    for key in ("iterations", "batch_size", "accumulate", "base_batch_size", "short", "long_max"):
+    for key in ("iterations", "batch_size", "accumulate", "base_batch_size", "short", "long_max", "checkpoint_every"):
         integer(key, 1)
-    for key in ("warmup_iterations", "checkpoint_every", "seed"):
+    for key in ("warmup_iterations", "seed"):
         integer(key, 0)
     for key in ("workers", "keep_checkpoints", "log_every"):
         if key in s:
@@ -375,7 +375,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         make_folder(out_dir)
         remove_stale_temporaries(out_dir)
         _trim_log(out_dir, start)
-    every = max(int(schedule["checkpoint_every"]), 1)
+    every = int(schedule["checkpoint_every"])
     log_every = max(int(schedule.get("log_every", 20)), 1)
     history: list[dict] = []
     saved = None

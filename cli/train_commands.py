@@ -51,7 +51,8 @@ def _steps(ctx, param, value):
 @click.option("--weight-decay", type=float, help="Override: weight decay, >= 0.")
 @click.option("--steps", callback=_steps, help="Override: lr decay iterations, e.g. 60000,80000.")
 @click.option("--warmup", "warmup_iterations", type=int, help="Override: warm-up iterations.")
-@click.option("--checkpoint-every", type=int, help="Override: iterations between checkpoints.")
+@click.option("--checkpoint-every", type=int,
+              help="Override: iterations between checkpoints (>= 1; a stopped run resumes from the last one).")
 @click.option("--mode", type=click.Choice(["visible", "amodal"]), help="Override: which masks to learn.")
 @click.option("--short", type=int, help="Override: training short side (px).")
 @click.option("--long-max", type=int, help="Override: training long side limit (px).")

@@ -36,13 +36,16 @@ def load(name_or_path: str, kind: str = "") -> dict:
         with open(p, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        what = {"schedule": "schedule", "synthetic": "synthetic-set recipe", "pipeline": "pipeline recipe"}.get(
-            kind, "recipe")
-        raise OccsynthError(f"{what} {name_or_path!r}: no such TOML file or bundled {what} "
+        raise OccsynthError(f"{_what(kind)} {name_or_path!r}: no such TOML file or bundled {_what(kind)} "
                             f"(bundled: {', '.join(names(kind))})") from None
     except IsADirectoryError:
-        raise OccsynthError(f"recipe {name_or_path!r}: is a directory, expected a TOML file") from None
+        raise OccsynthError(f"{_what(kind)} {name_or_path!r}: is a directory, expected a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise OccsynthError(f"{p}: not valid TOML ({exc})") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{p}: not UTF-8 text ({exc.reason})") from None
+
+
+def _what(kind: str) -> str:
+    """How messages name a recipe of ``kind``."""
+    return {"schedule": "schedule", "synthetic": "synthetic-set recipe", "pipeline": "pipeline recipe"}.get(kind, "recipe")

@@ -153,6 +153,16 @@ def test_an_evaluation_into_the_same_out_leaves_no_detections_of_sets_it_no_long
                                                  str(tmp_path / "e"), "--device", "cpu", "--quiet"])
         assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "e").glob("detections_*.json")) == ["detections_second.json"]
+    data = json.loads(ann.read_text())
+    for a in data["annotations"]:
+        a["category_id"] = 5000
+    bad = tmp_path / "badcat.json"
+    bad.write_text(json.dumps(data))
+    result = CliRunner().invoke(bcnet_main, ["evaluate", "--checkpoint", checkpoint, "--ann", str(bad), "--images",
+                                             str(root), "--out", str(tmp_path / "b"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"none of the {len(data['annotations'])} annotations of {bad} can be evaluated" in result.output
+    assert "unknown category" in result.output and not (tmp_path / "b").exists()
 
 
 def test_evaluate_and_predict_refuse_an_unwritable_out_before_running_the_model(pipeline_run, tmp_path, monkeypatch):

@@ -307,6 +307,7 @@ def test_resolve_device_checks_names_and_hardware():
     ({"iterations": 2.5}, "iterations must be an integer"), ({"seed": -1}, "seed must be an integer >= 0"),
     ({"workers": -1}, "workers must be"), ({"accumulate": True}, "accumulate must be an integer"),
     ({"mode": "full"}, "mode must be"), ({"scale_jitter": [0, 5]}, "scale_jitter"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),  # 0 meant every iteration, silently
 ])
 def test_schedule_values_are_checked(override, words):
     with pytest.raises(OccsynthError, match=words):
