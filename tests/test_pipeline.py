@@ -211,6 +211,11 @@ def test_bench_reports_both_heads_and_ratios():
     assert report["train_step_ratio"] > 0 and report["inference_ratio"] > 0
     assert report["extra_parameters_m"] == pytest.approx(
         (report["bilayer-gcn"]["parameters"] - report["fcn"]["parameters"]) / 1e6, abs=0.01)
+    assert report["detections_per_image"] == [0]  # an untrained tiny detector finds nothing: the CLI says so
+    result = CliRunner().invoke(bcnet_main, ["bench", "--backbone", "tiny", "--batch", "1", "--size", "64",
+                                             "--iters", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "no mask head ran there and the inference ratio compares the detector alone" in result.output
 
 
 def test_a_typo_in_a_recipe_training_table_fails_before_any_stage_runs(demo_source, tmp_path):
