@@ -141,6 +141,12 @@ def _print_report(report: dict) -> None:
     counts = report["counts"]
     click.echo(f"wrote {counts['images']} images, {counts['annotations']} annotations "
                f"({counts['pasted']} pasted) to {report['out']}")
+    if counts.get("pasted"):  # merges of sets from before these were counted have none
+        click.echo(f"occluded: {counts['pasted_occluded']} of {counts['pasted']} pasted objects and "
+                   f"{counts['occluded']} of {counts['annotations']} instances in all have an object on top")
+        if counts["occluded"] == 0:
+            click.echo("note: nothing is occluded: the options keep the objects apart (e.g. a --scale far "
+                       "below 1 makes the pasted objects tiny)")
     per_cat = counts["pasted_per_category"]
     if per_cat:
         values = list(per_cat.values())

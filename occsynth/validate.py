@@ -114,7 +114,7 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
             continue
         images[record["id"]] = record
 
-    totals = {"images": len(images), "annotations": 0, "pasted": 0}
+    totals = {"images": len(images), "annotations": 0, "pasted": 0, "occluded": 0, "pasted_occluded": 0}
     pasted: Counter = Counter()
     groups = _image_groups(iter_array(ann_path, "annotations"), images, categories, failures, totals, pasted)
     batches = _batches(groups, BATCH_IMAGES)
@@ -265,7 +265,9 @@ def _image_groups(anns: Iterator[dict], images: dict, categories: dict, failures
             failures.add("unknown_category", f"category_id {ann.get('category_id')!r} is not in 'categories'", ann_id)
         elif _is_int(ann.get("layer")) and ann["layer"] > 0:
             totals["pasted"] += 1
+            totals["pasted_occluded"] += bool(ann.get("occluder_ids"))
             pasted[ann["category_id"]] += 1
+        totals["occluded"] += bool(ann.get("occluder_ids"))
         image_id = ann.get("image_id")
         if image_id not in images:
             failures.add("unknown_image", f"image_id {image_id!r} has no image record", ann_id)
@@ -414,7 +416,9 @@ def _check_manifest(path: Path, totals: dict, failures: _Failures) -> None:
     if not isinstance(counts, dict):
         failures.add("manifest", f"{path.name} has no 'counts' object")
         return
-    for key in ("images", "annotations", "pasted", "pasted_per_category"):
+    # occluded, pasted_occluded: not in the manifests of sets from before they were counted
+    for key in ("images", "annotations", "pasted", "pasted_per_category", *(k for k in ("occluded", "pasted_occluded")
+                                                                            if k in counts)):
         if counts.get(key) != totals[key]:
             failures.add("manifest", f"counts.{key} is {_short(counts.get(key))}, annotations.json has "
                                      f"{_short(totals[key])}")

@@ -385,12 +385,14 @@ def _missing_chunks(missing: list[int]) -> OccsynthError:
 def merge_parts(parts: Iterable[Path], out_dir: Path, categories: list[dict], info: dict) -> dict:
     """Stream the parts (in chunk order) into OUT/annotations.json; returns counts and the skip summary.
 
-    Annotation ids run from 1 in image order; each part's local occluder indices become ids. One
+    Counts: images, annotations, pasted (layer > 0), occluded (annotations with an occluder) and
+    pasted_occluded, pasted_per_category. Annotation ids run from 1 in image order; each part's local
+    occluder indices become ids. One
     pass: each part is parsed once, its images go to the output and its annotations to an
     unnamed temporary file appended after them. Memory holds one part at a time.
     """
     out_dir = Path(out_dir)
-    counts = {"images": 0, "annotations": 0, "pasted": 0}
+    counts = {"images": 0, "annotations": 0, "pasted": 0, "occluded": 0, "pasted_occluded": 0}
     pasted_per_category: Counter = Counter()
     skips = SkipLog()
     next_id = 1
@@ -410,8 +412,11 @@ def merge_parts(parts: Iterable[Path], out_dir: Path, categories: list[dict], in
                                              f"{len(ids)} annotations")  # ids[-1] would name a wrong one
                         records.append({"id": ids[local], **{k: v for k, v in ann.items() if k != "occluders"},
                                         "occluder_ids": [ids[j] for j in ann["occluders"]]})
+                        occluded = bool(ann["occluders"])
+                        counts["occluded"] += occluded
                         if ann["layer"] > 0:
                             counts["pasted"] += 1
+                            counts["pasted_occluded"] += occluded
                             pasted_per_category[ann["category_id"]] += 1
                     next_id += len(image_anns)
             except (KeyError, TypeError, AttributeError, IndexError) as exc:

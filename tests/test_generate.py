@@ -18,6 +18,7 @@ from occsynth import errors, masks, writer
 from occsynth import generate as generate_module
 from occsynth.generate import RunSettings, generate
 from occsynth.schedule import CompositeOptions
+from occsynth.validate import validate
 
 N_IMAGES = 12
 SETTINGS = RunSettings(num_images=N_IMAGES, seed=3, chunk_size=4)
@@ -616,3 +617,23 @@ def test_a_chunk_is_done_only_when_its_sizes_file_names_its_own_images_with_thei
     for name in ("../../victim.txt", str(tmp_path / "victim.txt"), ".", ""):
         writer.write_part(out, 0, "{}", {name: 7 if "victim" in name else 0})
         assert not writer.chunk_done(out, 0), name     # a name outside the images folder proves nothing
+
+
+def test_the_run_counts_what_is_occluded_and_says_when_nothing_is(demo_source, tmp_path):
+    """A user sees at once whether the set does what it is for; validate recomputes the counts."""
+    ann, root = demo_source
+    for scale, note in (("1", False), ("0.01", True)):
+        out = tmp_path / f"s{scale}"
+        result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
+                                                    str(out), "--num-images", "8", "--scale", scale, scale,
+                                                    "--cache-dir", str(tmp_path / "c"), "--quiet"])
+        assert result.exit_code == 0, result.output
+        data = json.loads((out / "annotations.json").read_text())
+        counts = json.loads((out / "manifest.json").read_text())["counts"]
+        pasted = [a for a in data["annotations"] if a["layer"] > 0]
+        assert counts["occluded"] == sum(bool(a["occluder_ids"]) for a in data["annotations"])
+        assert counts["pasted_occluded"] == sum(bool(a["occluder_ids"]) for a in pasted)
+        assert (f"occluded: {counts['pasted_occluded']} of {len(pasted)} pasted objects and {counts['occluded']} "
+                f"of {len(data['annotations'])} instances") in result.output
+        assert (counts["occluded"] == 0) == note and ("note: nothing is occluded" in result.output) == note
+        assert validate(out)["ok"]

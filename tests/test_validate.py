@@ -61,8 +61,12 @@ def test_valid_set_passes(dataset):
     assert report["ok"], report
     assert failing(report) == set()
     assert set(report["checks"]) == set(CHECKS)
+    anns = load_annotations(dataset)["annotations"]
     assert report["counts"] == {"images": 3, "annotations": 13, "pasted": 9,
+                                "occluded": sum(bool(a["occluder_ids"]) for a in anns),
+                                "pasted_occluded": sum(bool(a["occluder_ids"]) for a in anns if a["layer"] > 0),
                                 "pasted_per_category": {"3": 3, "5": 3, "7": 3}}
+    assert 0 < report["counts"]["pasted_occluded"] < report["counts"]["occluded"]
 
 
 def test_valid_jpeg_set_passes(tmp_path):
@@ -296,7 +300,7 @@ def test_a_generated_set_passes_and_a_broken_one_fails(tmp_path):
     occluded = next(a for a in data["annotations"] if a["occluder_ids"])
     occluded["occluder_ids"] = []
     (out / "annotations.json").write_text(json.dumps(data))
-    assert failing(validate(out, progress=False)) == {"occluder_ids"}
+    assert failing(validate(out, progress=False)) == {"occluder_ids", "manifest"}  # its occluded count too
 
 
 @pytest.mark.parametrize("content, message", [
