@@ -13,6 +13,7 @@ import click
 
 from occsynth import stopping
 from occsynth.errors import OccsynthError, os_error_reason
+from occsynth.writer import check_shard
 
 
 class ReportedError(click.ClickException):
@@ -94,9 +95,10 @@ def parse_shard(value: str | None) -> tuple[int, int]:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
         raise click.BadParameter(f"expected i/n such as 0/4, got {value!r}", param_hint="'--shard'") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}", param_hint="'--shard'")
-    return i, n
+    try:
+        return check_shard((i, n))
+    except OccsynthError:
+        raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}", param_hint="'--shard'") from None
 
 
 def skip_lines(skipped: dict, heading: str) -> list[str]:

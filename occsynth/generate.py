@@ -66,6 +66,16 @@ class RunSettings:
         whole("seed", 0, 2 ** 63 - 1)
         whole("jpeg_quality", 1, 100)
         whole("chunk_size", 1, 100_000)
+        for name, kind in (("composite", CompositeOptions), ("bank", BankOptions)):
+            value = getattr(self, name)
+            if isinstance(value, dict):  # a notebook's {"pastes": [1, 2]}: as run_settings() takes a table
+                try:
+                    value = kind(**value)
+                except TypeError as exc:
+                    raise OccsynthError(f"{name}: {exc}") from None
+                object.__setattr__(self, name, value)  # frozen: set once, here
+            elif not isinstance(value, kind):
+                raise OccsynthError(f"{name} must be a {kind.__name__} or a dict of its fields, got {value!r}")
         if self.image_format not in IMAGE_FORMATS:
             raise OccsynthError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
 
@@ -118,6 +128,9 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     ``cutout_pixels``: build (once, cached) and read the cutouts' pixel store, so that workers
     decode only the backgrounds; False decodes every cutout's source image. The output is the same.
     """
+    if not isinstance(settings, RunSettings):
+        raise OccsynthError(f"settings must be a RunSettings (e.g. run_settings(num_images=...)), got {settings!r}")
+    writer.check_shard(shard)
     if backend not in BACKENDS:
         raise OccsynthError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend_address and backend not in ("dask", "ray"):

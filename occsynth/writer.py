@@ -44,6 +44,17 @@ SOURCE_FILE = "source.json"
 MERGED_INTO_FILE = "merged-into.json"  # left in a shard folder whose chunks a merge moved out
 
 
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """A shard ``(i, n)``: whole numbers with 0 <= i < n (shard i renders chunks i, i + n, ...)."""
+    try:
+        i, n = shard
+    except (TypeError, ValueError):
+        raise OccsynthError(f"shard must be a pair (i, n), got {shard!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (i, n)) or not 0 <= i < n:
+        raise OccsynthError(f"shard index must satisfy 0 <= i < n, got {shard!r}")
+    return i, n
+
+
 def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(annotations JSON, folder) of a set given as its folder or as its (or any COCO) annotations file."""
     path = Path(path)

@@ -637,3 +637,24 @@ def test_the_run_counts_what_is_occluded_and_says_when_nothing_is(demo_source, t
                 f"of {len(data['annotations'])} instances") in result.output
         assert (counts["occluded"] == 0) == note and ("note: nothing is occluded" in result.output) == note
         assert validate(out)["ok"]
+
+
+@pytest.mark.parametrize("shard", [(0, 0), (2, 2), (-1, 2), (0.5, 2), "0/2", (True, 2)])
+def test_generate_refuses_a_shard_that_is_no_part_of_a_split_before_writing(tmp_path, shard):
+    with pytest.raises(errors.OccsynthError, match="shard"):
+        generate(tmp_path / "o", SETTINGS, shard=shard, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_settings_take_their_option_tables_as_dicts_too(tmp_path):
+    """From a notebook: RunSettings(composite={...}) is the same as with the options object."""
+    as_dict = RunSettings(num_images=4, seed=0, composite={"pastes": [1, 2]}, bank={"min_area": 10})
+    assert as_dict == RunSettings(num_images=4, seed=0, composite=CompositeOptions(pastes=(1, 2)),
+                                  bank=generate_module.BankOptions(min_area=10))
+    hash(as_dict)  # the workers' caches key on it
+    with pytest.raises(errors.OccsynthError, match="composite: .*unexpected keyword argument 'paste'"):
+        RunSettings(num_images=4, seed=0, composite={"paste": [1, 2]})
+    with pytest.raises(errors.OccsynthError, match="bank must be a BankOptions or a dict"):
+        RunSettings(num_images=4, seed=0, bank=3)
+    with pytest.raises(errors.OccsynthError, match="settings must be a RunSettings"):
+        generate(tmp_path / "o", {"num_images": 4, "seed": 0}, progress=False)
