@@ -461,6 +461,7 @@ def occlusion_levels(data: dict) -> dict:
 
 
 def bin_names(edges: Sequence[float]) -> list[str]:
+    """Names of the bins that ``edges`` cut [0, 1] into: ``[0,0.1)``, ..., ``[0.5,1]`` (the last one closed)."""
     bounds = [0.0, *edges, 1.0]
     return [f"[{lo:g},{hi:g}" + ("]" if i == len(edges) else ")")
             for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]

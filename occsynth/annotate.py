@@ -170,12 +170,16 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
 def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                        threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False, progress: bool = True,
                        images_per_bucket: int = IMAGES_PER_BUCKET, keep_existing: bool = False) -> dict:
-    """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns counts.
+    """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns
+    ``{"out", "threshold", "bcnet_compat", "counts"}`` (``counts``: annotations, images, with_occluders and
+    what was skipped or kept, by reason). ``threshold``: box IoU above which an instance may occlude, in [0, 1].
 
     ``keep_existing``: annotations that already have ``occluder_ids`` keep them (see :func:`annotate_image`);
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
     """
     in_path, out_path = Path(in_path), Path(out_path)
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
+        raise OccsynthError(f"threshold must be a box IoU in [0, 1], got {threshold!r}")  # NaN fails here too
     check_out_file(in_path, out_path, "the input is read twice")
     top, starts = read_top_level(in_path)
     for key in ("images", "annotations"):  # {} or null: refused before --out's folder is made

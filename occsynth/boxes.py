@@ -16,6 +16,7 @@ def is_box(box: Any) -> bool:
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """COCO [x, y, w, h] boxes (any shape with 4 numbers per box) -> (N, 4) float64 [x0, y0, x1, y1]."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 

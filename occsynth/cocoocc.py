@@ -162,6 +162,7 @@ def check_image_dirs(image_root: str | os.PathLike, out_dir: str | os.PathLike) 
 
 
 def has_crowd(data: dict) -> bool:
+    """Whether any annotation is a crowd region (else the report leaves out the rows that count them)."""
     return any(isinstance(a, dict) and a.get("iscrowd") for a in data["annotations"])
 
 

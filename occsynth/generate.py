@@ -127,6 +127,11 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     the scheduler/head of a running cluster (a local one is started when it is None).
     ``cutout_pixels``: build (once, cached) and read the cutouts' pixel store, so that workers
     decode only the backgrounds; False decodes every cutout's source image. The output is the same.
+
+    The report of a finished set is its manifest (docs/FORMAT.md) plus ``out``, ``merged`` (True),
+    ``chunks_rendered`` (by this call; 0 when it found the set finished) and ``chunks_total``. A
+    shard's: ``out``, ``shard`` ("i/n"), ``merged`` (False), ``shard_chunks`` (its own),
+    ``chunks_rendered``, ``chunks_done`` and ``chunks_total`` (of the whole set in ``out_dir``).
     """
     if not isinstance(settings, RunSettings):
         raise OccsynthError(f"settings must be a RunSettings (e.g. run_settings(num_images=...)), got {settings!r}")

@@ -82,17 +82,21 @@ def decode(segmentation: Any, height: int, width: int) -> np.ndarray:
 
 
 def encode(mask: np.ndarray) -> dict:
-    """Bool mask -> compressed RLE with ``counts`` as str (JSON-ready, as COCO files store it)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    """2-d mask -> compressed RLE with ``counts`` as str (JSON-ready, as COCO files store it). Any nonzero
+    value is foreground, as for :func:`area` and :func:`bbox` (a uint8 cast would drop 0.5 and wrap 256)."""
+    mask = _two_d(mask)
+    rle = mask_utils.encode(np.asfortranarray(mask.view(np.uint8)))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
 def area(mask: np.ndarray) -> int:
-    return int(np.count_nonzero(mask))
+    """Foreground pixels of a 2-d mask (nonzero values)."""
+    return int(np.count_nonzero(_two_d(mask)))
 
 
 def bbox(mask: np.ndarray) -> list[float]:
-    """Tight COCO box [x, y, w, h] of a mask; [0, 0, 0, 0] when empty (as pycocotools' toBbox)."""
+    """Tight COCO box [x, y, w, h] of a 2-d mask; [0, 0, 0, 0] when empty (as pycocotools' toBbox)."""
+    mask = _two_d(mask)
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return [0.0, 0.0, 0.0, 0.0]
@@ -100,11 +104,21 @@ def bbox(mask: np.ndarray) -> list[float]:
     return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
 
 
+def _two_d(mask: Any) -> np.ndarray:
+    """A 2-d bool array of ``mask`` (nonzero = foreground); ValueError for any other number of axes."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be 2-d (height, width), got shape {mask.shape}")
+    return mask if mask.dtype == bool else mask != 0
+
+
 def rle_area(rle: dict) -> int:
+    """Foreground pixels of a compressed RLE, without decoding it."""
     return int(mask_utils.area(_bytes_counts(rle)))
 
 
 def rle_bbox(rle: dict) -> list[float]:
+    """Tight COCO box [x, y, w, h] of a compressed RLE, without decoding it."""
     return [float(v) for v in mask_utils.toBbox(_bytes_counts(rle))]
 
 
@@ -114,6 +128,7 @@ def rle_intersection_area(a: dict, b: dict) -> int:
 
 
 def rle_union(rles: Sequence[dict]) -> dict:
+    """The union of compressed RLE masks of one size, as pycocotools' RLE (counts as bytes)."""
     return mask_utils.merge([_bytes_counts(r) for r in rles], intersect=False)
 
 

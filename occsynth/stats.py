@@ -199,6 +199,7 @@ def format_stats(stats: dict) -> str:
 
 
 def to_json(stats: dict) -> str:
+    """:func:`dataset_stats` output as indented JSON (category ids that are no JSON keys become strings)."""
     return json.dumps(stats, indent=2, default=str)
 
 

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from cli.occsynth_cli import main
 from occsynth.annotate import annotate_occluders
+from occsynth.errors import OccsynthError
 from occsynth.masks import to_polygons
 
 H, W = 48, 64
@@ -341,3 +342,12 @@ def test_a_rerun_removes_what_a_killed_run_left_but_not_what_a_running_one_write
     annotate_occluders(src, tmp_path / "o.json", progress=False)
     assert json.loads((tmp_path / "o.json").read_text())["annotations"]
     assert not any(p.exists() for p in left) and all(p.exists() for p in running)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -1, 2, "0.1", True])
+def test_a_threshold_that_is_no_iou_is_refused(tmp_path, threshold):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    with pytest.raises(OccsynthError, match="threshold must be a box IoU in"):
+        annotate_occluders(src, tmp_path / "o.json", threshold=threshold, progress=False)
+    assert not (tmp_path / "o.json").exists()

@@ -91,3 +91,16 @@ def test_polygons_far_outside_the_image_are_degenerate_not_a_crash():
         masks.to_rle([[0, 0, 1e9, 0, 1e9, 1e9]], 40, 60)
     slightly_out = masks.decode([[-5, -5, 70, -5, 70, 50, -5, 50]], 40, 60)   # clipped, as pycocotools does
     assert slightly_out.all()
+
+
+def test_encode_area_and_bbox_agree_on_any_nonzero_mask_and_refuse_other_shapes():
+    """A float or wide-integer mask: nonzero is foreground for all three (a uint8 cast dropped 0.5, wrapped 256)."""
+    for value in (0.5, 256, -1, True):
+        mask = np.zeros((5, 7), type(value) if not isinstance(value, bool) else bool)
+        mask[1:4, 2:6] = value
+        rle = masks.encode(mask)
+        assert masks.rle_area(rle) == masks.area(mask) == 12
+        assert masks.rle_bbox(rle) == masks.bbox(mask) == [2.0, 1.0, 4.0, 3.0]
+    for fn in (masks.encode, masks.area, masks.bbox):
+        with pytest.raises(ValueError, match=r"must be 2-d \(height, width\), got shape \(2, 3, 4\)"):
+            fn(np.ones((2, 3, 4), bool))
