@@ -40,7 +40,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -188,6 +188,10 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     """
     if mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    if isinstance(iou_types, str):  # "bbox": one type, not the letters b, b, o, x
+        iou_types = (iou_types,)
+    if not isinstance(results, (list, tuple)):
+        raise OccsynthError(f"results must be a list of detections (COCO results), got {type(results).__name__}")
     lists = load_occsep_lists(occsep_lists)
     data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
     if mode == "amodal":
@@ -198,6 +202,9 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if set(image_ids) - known:
         raise OccsynthError(f"evaluation images {sorted(set(image_ids) - known)[:5]} are not in the annotations")
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise OccsynthError(f"result {i} is not an object: {str(r)[:80]}")
     unknown = {r.get("image_id") for r in results} - known
     if unknown:
         raise OccsynthError(f"results refer to images not in the annotations: {sorted(unknown, key=str)[:5]}")
@@ -507,12 +514,7 @@ def _coco(data: dict) -> COCO:
 
 def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
     drop = "segmentation" if iou_type == "bbox" else "bbox"
-    need = "bbox" if iou_type == "bbox" else "segmentation"
-    anns = []
-    for i, r in enumerate(results):
-        if need not in r:
-            raise OccsynthError(f"result {i} has no '{need}', needed for {iou_type} AP")
-        anns.append({k: v for k, v in r.items() if k != drop})
+    anns = [{k: v for k, v in _checked_result(i, r, iou_type).items() if k != drop} for i, r in enumerate(results)]
     if not anns:
         empty = COCO()
         empty.dataset = {"images": list(coco_gt.dataset["images"]),
@@ -522,6 +524,33 @@ def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
         return empty
     with contextlib.redirect_stdout(io.StringIO()):
         return coco_gt.loadRes(anns)
+
+
+def _checked_result(i: int, result: Any, iou_type: str) -> dict:
+    """One detection as pycocotools reads it, or an OccsynthError naming it and what is wrong (pycocotools
+    fails deep inside on most of these). A bbox given as a tuple or numpy array becomes a list of floats."""
+    if not isinstance(result, dict):
+        raise OccsynthError(f"result {i} is not an object: {str(result)[:80]}")
+    score = result.get("score")
+    if isinstance(score, bool) or not isinstance(score, (int, float, np.number)) or not math.isfinite(score):
+        raise OccsynthError(f"result {i} needs a finite number 'score', got {score!r}")
+    if iou_type == "bbox":
+        box = result.get("bbox")
+        if box is None:
+            raise OccsynthError(f"result {i} has no 'bbox', needed for bbox AP")
+        if isinstance(box, (tuple, np.ndarray)):
+            box = [float(v) for v in np.asarray(box, np.float64).reshape(-1)]
+        if not (is_box(box) and box[2] >= 0 and box[3] >= 0):
+            raise OccsynthError(f"result {i}: bbox must be [x, y, w, h], 4 finite numbers with w, h >= 0, got {box!r}")
+        return {**result, "bbox": box}
+    segmentation = result.get("segmentation")
+    if segmentation is None:
+        raise OccsynthError(f"result {i} has no 'segmentation', needed for segm AP")
+    if not (isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes))
+            and isinstance(segmentation.get("size"), (list, tuple)) and len(segmentation["size"]) == 2):
+        raise OccsynthError(f"result {i}: segmentation must be compressed RLE ({{'size': [h, w], 'counts': str}}, "
+                            f"e.g. occsynth.masks.encode(mask)), got {str(segmentation)[:60]}")
+    return result
 
 
 def _run_cocoeval(coco_gt: COCO, coco_dt: COCO, iou_type: str, image_ids: Sequence[int]) -> np.ndarray:

@@ -120,6 +120,22 @@ def test_bad_inputs_are_reported():
         E.evaluate(gt, [{"image_id": 1, "category_id": 10, "bbox": [0, 0, 4, 4], "score": 0.5}])
     empty = E.evaluate(gt, [])
     assert empty["segm"]["AP"] == -1.0 or empty["segm"]["AP"] == 0.0
+    good = det(1, 10, rect(0, 0, 5, 5), 0.5)
+    for change, words in (({"score": None}, "result 0 needs a finite number 'score'"),
+                          ({"score": float("nan")}, "finite number 'score'"),
+                          ({"bbox": [1, 2]}, "result 0: bbox must be [x, y, w, h]"),
+                          ({"segmentation": [[0, 0, 4, 0, 4, 4]]}, "result 0: segmentation must be compressed RLE")):
+        with pytest.raises(OccsynthError, match=re.escape(words)):
+            E.evaluate(gt, [{**good, **change}])
+    with pytest.raises(OccsynthError, match="result 1 is not an object"):
+        E.evaluate(gt, [good, 3])
+    with pytest.raises(OccsynthError, match="results must be a list"):
+        E.evaluate(gt, {"image_id": 1})
+    # a numpy or tuple bbox is read as the list it stands for; one iou type may be a plain string
+    as_list = E.evaluate(gt, [good], iou_types="bbox")
+    for box in (np.asarray(good["bbox"]), tuple(good["bbox"])):
+        assert E.evaluate(gt, [{**good, "bbox": box}], iou_types="bbox")["bbox"] == as_list["bbox"]
+    assert set(as_list) >= {"bbox"} and "segm" not in as_list
 
 
 def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
