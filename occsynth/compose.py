@@ -55,6 +55,12 @@ def transform_cutout(cutout: dict, image_size: tuple[int, int], options: Composi
     ``scale`` x ``shrink``, reduced so that the object is at most ``max_size`` of the image's
     height and width; mask by nearest neighbour, rgb bilinear; then a horizontal flip if asked.
     """
+    missing = [key for key in ("rgb", "mask", "scale") if key not in cutout]
+    if missing:
+        raise OccsynthError(f"cutout {cutout.get('source')} lacks {', '.join(map(repr, missing))} (see compose())")
+    scale = cutout["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not 0 < scale < math.inf:
+        raise OccsynthError(f"cutout {cutout.get('source')} scale must be a finite number > 0, got {scale!r}")
     rgb, mask = np.asarray(cutout["rgb"]), np.asarray(cutout["mask"]).astype(bool, copy=False)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[:2] != mask.shape:
         raise OccsynthError(f"cutout rgb {rgb.shape} {rgb.dtype} and mask {mask.shape} do not match")
@@ -108,7 +114,11 @@ def compose(background: np.ndarray, background_instances: list[dict], cutouts: l
 
     Instances: background ones first (layer 0, amodal = their source mask, ``amodal_complete``
     False; those left with nothing visible are dropped), then the pasted ones (layers 1, 2, ...).
-    Each has 'category_id', 'iscrowd', 'amodal_mask', 'visible_mask' (H, W bool), 'layer',
+    A cutout is a dict: 'rgb' ((h, w, 3) uint8, the object with context around it), 'mask' ((h, w)
+    bool, the object), 'scale' (> 0, its resize factor before the size limit), 'category_id', and
+    optionally 'flip' (mirror it) and 'source' (passed on to its instance). ``rng``: a
+    ``np.random.Generator`` (placement draws from it; the same one gives the same image).
+    Each instance has 'category_id', 'iscrowd', 'amodal_mask', 'visible_mask' (H, W bool), 'layer',
     'occluders' (indices into the returned list), 'amodal_complete', 'source'; pasted ones also
     'paste': {'x', 'y', 'shrink'} (top-left of the object's box in the image, and the shrink
     given to :func:`transform_cutout`), which reproduces their pixels exactly. Background instances
@@ -155,8 +165,14 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
     e.g. one reused per worker: a fresh image-sized copy costs more in page faults than in copying.
     """
     background = np.asarray(background)
-    if background.ndim != 3 or background.shape[2] != 3 or background.dtype != np.uint8:
+    if background.ndim != 3 or background.shape[2] != 3 or background.dtype != np.uint8 or 0 in background.shape:
         raise OccsynthError(f"background must be an H x W x 3 uint8 image, got {background.shape} {background.dtype}")
+    if not isinstance(rng, np.random.Generator):
+        raise OccsynthError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
+    for k, cutout in enumerate(cutouts):
+        if not isinstance(cutout, dict) or "category_id" not in cutout:
+            raise OccsynthError(f"cutout {k} must be a dict with 'rgb', 'mask', 'scale' and 'category_id' "
+                                "(see compose())")
     height, width = background.shape[:2]
     boxed_background = [_background_crop(inst, height, width) for inst in background_instances]
     if out is None:

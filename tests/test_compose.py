@@ -272,6 +272,21 @@ def test_bad_inputs():
                 cutouts, np.random.default_rng(0), options)
     image, instances = compose(background, [], [], np.random.default_rng(0), options)
     assert np.array_equal(image, background) and instances == []
+    rng = np.random.default_rng(0)
+    for bad, words in (({"scale": float("nan")}, "scale must be a finite number > 0"),
+                       ({"scale": 0}, "scale must be a finite number > 0"),
+                       ({"scale": "2"}, "scale must be a finite number > 0")):
+        with pytest.raises(OccsynthError, match=words):
+            compose(background, [], [{**cutouts[0], **bad}], rng, options)
+    for key in ("scale", "rgb"):
+        with pytest.raises(OccsynthError, match=f"lacks '{key}'"):
+            compose(background, [], [{k: v for k, v in cutouts[0].items() if k != key}], rng, options)
+    with pytest.raises(OccsynthError, match="cutout 0 must be a dict with"):
+        compose(background, [], [{k: v for k, v in cutouts[0].items() if k != "category_id"}], rng, options)
+    with pytest.raises(OccsynthError, match="rng must be a numpy Generator"):
+        compose(background, [], cutouts, 0, options)
+    with pytest.raises(OccsynthError, match="H x W x 3 uint8 image"):
+        compose(np.zeros((0, 0, 3), np.uint8), [], cutouts, rng, options)
 
 
 def test_a_paste_with_no_room_is_left_out_rather_than_exceeding_max_occlusion():
