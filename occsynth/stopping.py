@@ -18,6 +18,7 @@ from typing import Iterator
 from .pool import restore_signal_handler
 
 _requested: list[int] = []
+_active = [0]  # stop_on_signals blocks open now: outside them a noted stop is history, not a request
 
 
 def request_stop(signum: int, frame) -> None:
@@ -27,14 +28,16 @@ def request_stop(signum: int, frame) -> None:
 
 
 def stop_requested() -> int | None:
-    """The signal of the last stop asked for in this :func:`stop_on_signals` block, or None."""
+    """The signal of the last stop asked for in the current (or, once it is left, the last)
+    :func:`stop_on_signals` block, or None."""
     return _requested[-1] if _requested else None
 
 
 def raise_if_stopping() -> None:
     """Raise KeyboardInterrupt if a stop was asked for: call it where a broad ``except`` would take
-    whatever a C library raised for bad input."""
-    if _requested:
+    whatever a C library raised for bad input. Outside a :func:`stop_on_signals` block it does nothing: a
+    command stopped earlier in the same process (a notebook) must not turn later bad masks into stops."""
+    if _active[0] and _requested:
         raise KeyboardInterrupt
 
 
@@ -42,18 +45,23 @@ def raise_if_stopping() -> None:
 def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
     """Inside the block, these signals raise KeyboardInterrupt and are noted (:func:`stop_requested`).
 
-    Only the main thread can set handlers; elsewhere the block runs with the handlers it has.
+    Only the main thread can set handlers; elsewhere the block runs with the handlers it has. A signal
+    the process was started ignoring stays ignored (a job started with ``cmd &`` from a script ignores
+    Ctrl-C, so that Ctrl-C at the terminal leaves it running).
     """
     _requested.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
+    _active[0] += 1
     try:
         for signum in signums:
-            previous[signum] = signal.signal(signum, request_stop)
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, request_stop)
         yield
     finally:
+        _active[0] -= 1
         raised = None
         for signum, handler in previous.items():  # every handler back, even if a signal arrives meanwhile
             try:

@@ -71,3 +71,28 @@ def test_a_command_whose_stop_was_swallowed_exits_as_stopped_and_writes_nothing(
     assert result.exit_code == code, result.output
     assert f"Stopped ({name})" in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]  # no output, no temporary left
+
+
+def test_a_stop_noted_by_an_earlier_command_does_not_outlive_it(monkeypatch):
+    """In a notebook, a command stopped once must not turn a later corrupt mask into a stop."""
+    with pytest.raises(KeyboardInterrupt), stopping.stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+    assert stopping.stop_requested() == signal.SIGTERM  # still readable, for the command's exit status
+    stopping.raise_if_stopping()  # outside any block: nothing to stop
+    monkeypatch.setattr(masks.mask_utils, "decode", lambda rle: (_ for _ in ()).throw(TypeError("broken counts")))
+    with pytest.raises(masks.DegenerateMask):
+        masks.decode(SQUARE, 10, 10)
+
+
+def test_a_signal_the_process_ignores_stays_ignored_in_the_block():
+    """A job started with `cmd &` from a script ignores Ctrl-C; a command must not take that back."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stopping.stop_on_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is stopping.request_stop
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
