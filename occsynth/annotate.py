@@ -41,14 +41,14 @@ from ijson.common import ObjectBuilder
 from tqdm import tqdm
 
 from . import masks as mask_ops
-from .atomic import open_atomic, remove_orphaned_temporaries
+from .atomic import LOCK_FILE, hold_lock, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
 from .coco import check_array_start, check_out_file, check_top_level, is_id, iter_array, reading_json
 from .errors import OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
-SPOOL_PREFIX = ".annotate-"  # + pid: the spool folder beside --out
+SPOOL_PREFIX = ".annotate-"  # + the --out file's name: its spool folder beside it
 MAX_BUCKETS = 512
 
 
@@ -197,11 +197,13 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     seen_ids: set[int] = set()
     try:  # the spool folder goes beside --out: an unwritable place is reported as --out's
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphaned_temporaries(out_path, SPOOL_PREFIX)  # a killed run's leftovers (hundreds of MB on train)
-        spool = tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=out_path.parent)
+        spool_prefix = f"{SPOOL_PREFIX}{out_path.name}-"  # this --out's only: others beside it are left be
+        remove_orphaned_temporaries(out_path, spool_prefix)  # a killed run's leftovers (hundreds of MB on train)
+        spool = tempfile.TemporaryDirectory(prefix=spool_prefix, dir=out_path.parent)
     except OSError as exc:
         raise OccsynthError(f"cannot write {out_path}: {os_error_reason(exc, making_folder=True)}") from None
-    with spool as tmp:
+    with spool as tmp, open(Path(tmp) / LOCK_FILE, "w") as lock:
+        hold_lock(lock)  # while this run uses the spool, no other run's clean-up removes it
         tmp = Path(tmp)
         files = [open(tmp / f"{b}.jsonl", "w", encoding="utf-8") for b in range(num_buckets + 1)]
         try:
@@ -223,7 +225,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         finally:
             for f in files:
                 f.close()
-        with open_atomic(out_path, "w") as out, \
+        with open_atomic(out_path, "w", locked=True) as out, \
                 tqdm(total=counts["annotations"], desc="occluders", unit="ann", disable=not progress) as bar:
             out.write("{")
             for key, value in top.items():

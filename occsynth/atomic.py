@@ -22,11 +22,14 @@ from .errors import OccsynthError, os_error_reason
 
 
 @contextlib.contextmanager
-def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = True) -> Iterator[IO]:
+def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = True,
+                locked: bool = False) -> Iterator[IO]:
     """Open a temporary file that replaces ``path`` only when the block exits cleanly.
 
     ``durable=False`` skips the fsync: the file is still never seen half-written, by another process
     or after a kill, but a power cut may lose it or leave it empty. For records that can be made again.
+    ``locked``: hold a lock on the temporary while writing (:func:`hold_lock`), so that a later
+    :func:`remove_orphaned_temporaries` of a command writing the same file leaves it alone.
     """
     path = Path(path)
     # unique across machines too: shards on several hosts (containers often share pids) may write
@@ -35,6 +38,8 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            if locked:
+                hold_lock(f)
             yield f
             f.flush()
             if durable:
@@ -91,10 +96,11 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None, *, durable: bool = True) -> None:
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None, *, durable: bool = True,
+               locked: bool = False) -> None:
     # json.dumps uses the C encoder; json.dump streams through the slow pure-Python one
     text = json.dumps(obj, indent=indent, separators=None if indent else (",", ":"))
-    with open_atomic(path, "w", durable=durable) as f:
+    with open_atomic(path, "w", durable=durable, locked=locked) as f:
         f.write(text)
 
 
@@ -168,40 +174,54 @@ def remove_stale_temporaries(directory: str | os.PathLike, owned: Callable[[str]
     return n
 
 
+LOCK_FILE = ".lock"  # in a spool folder: held (flock) by the process writing there
+
+
+def hold_lock(f: IO | int) -> bool:
+    """Take an exclusive ``flock`` on an open file (or fd) for as long as it stays open; the kernel drops
+    it when the process ends, kill -9 too. :func:`remove_orphaned_temporaries` leaves a locked file or
+    spool alone, whichever host holds it (on file systems whose locks reach every host). Returns False
+    where there are no locks (Windows, some network file systems)."""
+    try:
+        import fcntl
+        fcntl.flock(f if isinstance(f, int) else f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (ImportError, OSError):
+        return False
+
+
 def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | None = None) -> int:
-    """Delete what killed processes of this machine left beside ``path``: its temporaries
-    (``.NAME.tmp-PID-*``) and, with ``spool_prefix``, folders named ``spool_prefix + PID-*``, whose PID
-    no longer runs; returns how many were removed. For commands that write one file (no run folder
-    to sweep); a process that still runs keeps its files."""
+    """Delete what killed runs left beside ``path``: its temporaries (``.NAME.tmp-*``) and, with
+    ``spool_prefix``, folders whose name starts with it, each only when no process holds its lock (the
+    writer's :func:`hold_lock` on the temporary, or on the folder's ``LOCK_FILE``); returns how many were
+    removed. For commands that write one file (no run folder to sweep). Where locks cannot be taken
+    nothing is removed: whether its writer still runs cannot be known."""
     path = Path(path)
-    patterns = [(f".{path.name}.tmp-", _remove_quietly)]
-    if spool_prefix is not None:
-        patterns.append((spool_prefix, lambda p: shutil.rmtree(p, ignore_errors=True)))
     n = 0
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
         return 0
     for entry in entries:
-        for prefix, remove in patterns:
-            if not entry.name.startswith(prefix):
-                continue
-            pid = entry.name[len(prefix):].split("-", 1)[0]
-            if pid.isdigit() and not _runs(int(pid)):
-                remove(Path(entry.path))
-                n += 1
+        if entry.name.startswith(f".{path.name}.tmp-") and _unlocked(entry.path):
+            _remove_quietly(Path(entry.path))
+            n += 1
+        elif spool_prefix and entry.name.startswith(spool_prefix) and _unlocked(os.path.join(entry.path, LOCK_FILE)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            n += 1
     return n
 
 
-def _runs(pid: int) -> bool:
-    """Whether a process with this id runs on this machine."""
+def _unlocked(path: str) -> bool:
+    """Whether the file at ``path`` exists and no process holds a lock on it (False where none can be taken)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return False
-    except OSError:  # PermissionError: it runs, as another user
-        return True
-    return True
+    try:
+        return hold_lock(fd)
+    finally:
+        os.close(fd)  # and with it the lock just taken
 
 
 def _disk_error(path: Path, exc: OSError) -> OccsynthError:

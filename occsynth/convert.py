@@ -149,7 +149,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     output = {k: v for k, v in data.items() if k != "annotations"}
     output["images"] = list(images.values())  # the records skipped as bad would break a COCO reader
     output["annotations"] = out_annotations
-    write_json(out_path, output)
+    write_json(out_path, output, locked=True)
     return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
 
 
@@ -295,7 +295,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     info.setdefault("description", f"COCOA converted from {in_path.name}")
     output = {"info": info, "licenses": data.get("licenses", []), "images": list(images.values()),
               "annotations": out_annotations, "categories": categories}
-    write_json(out_path, output)
+    write_json(out_path, output, locked=True)
     return {"out": str(out_path), "format": "cocoa", "counts": counts, "skipped": log.to_dict()}
 
 

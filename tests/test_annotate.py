@@ -1,8 +1,5 @@
 """annotate-occluders: exact occluder ids and occluder polygons on hand-made overlapping scenes."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from cli.occsynth_cli import main
+from occsynth import atomic
 from occsynth.annotate import annotate_occluders
 from occsynth.errors import OccsynthError
 from occsynth.masks import to_polygons
@@ -327,21 +325,28 @@ def test_an_unwritable_out_is_named_in_the_error(tmp_path):
 
 
 def test_a_rerun_removes_what_a_killed_run_left_but_not_what_a_running_one_writes(tmp_path):
-    """kill -9 leaves the spool folder and the half-written output beside --out (hundreds of MB on train2017)."""
+    """kill -9 leaves the spool folder and the half-written output beside --out (hundreds of MB on train2017).
+    A run still writing (on any host: it holds a lock) keeps its files, and so does another --out's run."""
     src = tmp_path / "in.json"
     src.write_text(json.dumps(make_dataset()))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
-    left = [tmp_path / f".annotate-{dead}-abc123", tmp_path / f".o.json.tmp-{dead}-0a1b2c3d"]
-    running = [tmp_path / f".annotate-{os.getpid()}-def456", tmp_path / f".o.json.tmp-{os.getpid()}-0a1b2c3e"]
-    left[0].mkdir()
-    (left[0] / "0.jsonl").write_text("[]\n")
-    running[0].mkdir()
+    left = [tmp_path / ".annotate-o.json-abc123", tmp_path / ".o.json.tmp-123-0a1b2c3d"]
+    running = [tmp_path / ".annotate-o.json-def456", tmp_path / ".o.json.tmp-456-0a1b2c3e"]
+    other = tmp_path / ".annotate-p.json-ghi789"
+    for spool in (left[0], running[0], other):
+        spool.mkdir()
+        (spool / "0.jsonl").write_text("[]\n")
+        (spool / atomic.LOCK_FILE).write_text("")
     for path in (left[1], running[1]):
         path.write_text('{"half": ')
-    annotate_occluders(src, tmp_path / "o.json", progress=False)
+    held = [open(running[0] / atomic.LOCK_FILE), open(running[1])]  # as the running process holds them
+    try:
+        assert all(atomic.hold_lock(f) for f in held)
+        annotate_occluders(src, tmp_path / "o.json", progress=False)
+    finally:
+        for f in held:
+            f.close()
     assert json.loads((tmp_path / "o.json").read_text())["annotations"]
-    assert not any(p.exists() for p in left) and all(p.exists() for p in running)
+    assert not any(p.exists() for p in left) and all(p.exists() for p in running) and other.exists()
 
 
 @pytest.mark.parametrize("threshold", [float("nan"), -1, 2, "0.1", True])
