@@ -25,6 +25,7 @@ from occsynth.errors import OccsynthError
 
 FINAL = "model_final.pt"
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
+STAGE_FOLDERS = ("synthetic", "pretrain", "finetune", "cocoocc", "evaluation")
 
 
 @dataclasses.dataclass
@@ -137,17 +138,18 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
 
 
 def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:
-    """Record the recipe a run folder is made with, or refuse one made with another: its finished stages
-    would count as this recipe's, and their results be reported under its name."""
+    """Record the recipe a run folder is made with, or refuse one whose stages another recipe made: they
+    would count as this recipe's, and their results be reported under its name. A folder where no stage
+    has written anything yet (the first stage failed at once) takes the new recipe."""
     path = out_dir / RUN_FILE
-    plan = json.loads(json.dumps(plan))  # as it comes back from the file
+    plan = json.loads(json.dumps(plan, default=str))  # as it comes back from the file (a TOML date as text)
     if path.is_file():
         previous = read_json(path)
     elif (out_dir / "pipeline.json").is_file():  # a finished run of a version that kept no record
         previous = {"recipe": read_json(out_dir / "pipeline.json").get("recipe")}
     else:
         previous = None
-    if previous is not None:
+    if previous is not None and any((out_dir / stage).exists() for stage in STAGE_FOLDERS):
         same = previous.get("plan") == plan if "plan" in previous else previous.get("recipe") == recipe
         if not same:
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}"

@@ -1,5 +1,6 @@
 """`bcnet train-synthetic` end to end on the demo data (a tiny recipe), then `bcnet predict` and
 `bcnet bench` on what it trained."""
+import datetime
 import json
 import os
 import shutil
@@ -99,6 +100,18 @@ def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipel
         run_pipeline(tmp_path / "copy", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
                      log=lambda line: None)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
+    from bcnet.pipeline import check_run_recipe
+    plan = {"made": datetime.date(2026, 12, 1), "pretrain": {"schedule": "schedule-tiny"}}
+    check_run_recipe(tmp_path / "run", "mine", plan)
+    check_run_recipe(tmp_path / "run", "mine", plan)  # the same again: fine
+    check_run_recipe(tmp_path / "run", "other", {"pretrain": {}})  # no stage ran (the first failed at once)
+    assert json.loads((tmp_path / "run" / "pipeline-run.json").read_text())["recipe"] == "other"
+    (tmp_path / "run" / "synthetic").mkdir()
+    with pytest.raises(OccsynthError, match="made with recipe 'other', not 'mine'"):
+        check_run_recipe(tmp_path / "run", "mine", plan)
 
 
 def test_interrupted_finetune_resumes_from_its_checkpoint(pipeline_run, tmp_path):
