@@ -117,11 +117,20 @@ def make_folder(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def output_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """:func:`make_folder` before the work, so that an unwritable --out fails before a long computation
-    rather than after it; a folder made here is removed again if the block fails while it is still empty."""
+    """:func:`make_folder`, and a file made and dropped there, before the work: an --out that cannot be made
+    or written (a read-only folder or mount) fails before a long computation, not after it. A folder made
+    here is removed again if the block fails while it is still empty."""
     path = Path(path)
     made = not path.exists()
     make_folder(path)
+    try:
+        with tempfile.TemporaryFile(dir=path):  # an existing folder may still be read-only
+            pass
+    except OSError as exc:
+        if made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise OccsynthError(f"cannot write into {path}: {os_error_reason(exc)}") from None
     try:
         yield path
     except BaseException:

@@ -1,6 +1,7 @@
 """`bcnet train-synthetic` end to end on the demo data (a tiny recipe), then `bcnet predict` and
 `bcnet bench` on what it trained."""
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from bcnet.pipeline import PipelineInputs, run_pipeline
 from bcnet.predict import render_prediction
 from cli.bcnet_cli import main as bcnet_main
 from datasets import write_dataset
+from occsynth import atomic
 from occsynth.coco import read_image
 from occsynth.errors import OccsynthError
 
@@ -414,3 +416,16 @@ def test_a_synthetic_folder_is_not_asked_for_once_pretraining_is_done(demo_sourc
     assert "not an `occsynth generate` output" not in result.output
     # the fine-tune stage starts from that (fake) checkpoint and names it
     assert result.exit_code == 2 and f"{tmp_path / 'run' / 'pretrain' / 'model_final.pt'}:" in result.output
+
+
+def test_an_out_folder_that_exists_but_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    """A read-only folder or mount passes mkdir -p; the probe file finds it (root ignores modes: simulated)."""
+    def read_only(dir):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(dir))
+    monkeypatch.setattr(atomic.tempfile, "TemporaryFile", read_only)
+    (tmp_path / "exists").mkdir()
+    for out, kept in ((tmp_path / "exists", True), (tmp_path / "new", False)):
+        with pytest.raises(OccsynthError, match=f"cannot write into {out}: Read-only file system"):
+            with atomic.output_folder(out):
+                raise AssertionError("the work ran")
+        assert out.exists() == kept  # a folder made for nothing is removed again
