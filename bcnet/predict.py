@@ -41,9 +41,9 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     if not found:  # only folders were given, and none holds an image
         raise OccsynthError(f"no image found in {', '.join(folders) or 'the given inputs'}: no file there (sub-folders "
                             f"included) ends in {', '.join(IMAGE_SUFFIXES[:-1])} or {IMAGE_SUFFIXES[-1]}")
-    unique: dict[Path, Path] = {}  # a file named twice (itself and its folder) is predicted once
-    for path in found:
-        unique.setdefault(path.resolve(), path)
+    unique: dict[str, Path] = {}  # a file named twice (itself and its folder) is predicted once; a link to
+    for path in found:            # it is another name the user chose: kept (symlinks are not followed here)
+        unique.setdefault(os.path.normpath(os.path.abspath(path)), path)
     return list(unique.values())
 
 

@@ -280,6 +280,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         # keys an older version accepted and saved, but that meant nothing: dropped, not fatal
         retired = [k for k in state["schedule"] if k not in REQUIRED_SETTINGS + OPTIONAL_SETTINGS]
         state["schedule"] = {k: v for k, v in state["schedule"].items() if k not in retired}
+        if state["schedule"].get("checkpoint_every") == 0:  # saved before 0 was refused: it meant every iteration
+            state["schedule"]["checkpoint_every"] = 1
         for key in MODEL_KEYS:  # the weights are of this model: another one cannot continue them
             asked, trained = (overrides or {}).get(key), state["schedule"].get(key)
             if asked is not None and asked != trained:

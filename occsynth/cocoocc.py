@@ -132,8 +132,8 @@ def check_out_dir(ann_path: str | os.PathLike, out_dir: str | os.PathLike, force
     """
     ann, out = Path(ann_path).resolve(), Path(out_dir).resolve()
     if out == ann or out in ann.parents:
-        raise OccsynthError(f"--out {out_dir} contains the input {ann_path}; choose an output directory "
-                            "outside the input's folder (a build writes and cleans up inside --out)")
+        raise OccsynthError(f"--out {out_dir} contains the input {ann_path}; choose an --out that does not "
+                            "contain it (a build writes and cleans up inside --out)")
     if out.exists() and not out.is_dir():
         raise OccsynthError(f"--out {out_dir}: exists and is not a directory")
     if force or not out.is_dir() or not any(out.iterdir()):

@@ -179,7 +179,11 @@ def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
             if isinstance(record, dict) and is_id(record.get("id")):
                 bad_ids.add(record["id"])
             continue
-        images.setdefault(image["id"], image)
+        if image["id"] in images:  # the first record of an id is used; the output names each id once
+            bad += 1
+            log.skip(BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}", "later records with this id skipped"))
+            continue
+        images[image["id"]] = image
     return images, bad, bad_ids - images.keys()
 
 

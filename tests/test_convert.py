@@ -166,6 +166,11 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     assert report["counts"]["annotations"] == 3
     # the output names only usable records: a COCO reader would fail on image 9 (no size)
     assert [im["id"] for im in json.loads((tmp_path / "k-out.json").read_text())["images"]] == [3]
+    twice = {**kins, "images": kins["images"] + [dict(kins["images"][0], file_name="again.png")]}
+    (tmp_path / "k2.json").write_text(json.dumps(twice))
+    report = convert_kins(tmp_path / "k2.json", tmp_path / "k2-out.json", progress=False)
+    assert report["counts"]["bad_images"] == 2 and report["skipped"]["counts"][errors.DUPLICATE_ID] == 1
+    assert [im["file_name"] for im in json.loads((tmp_path / "k2-out.json").read_text())["images"]] == ["000003.png"]
     kins["annotations"][1]["category_id"] = 77  # no such category: skipped, not written
     (tmp_path / "k.json").write_text(json.dumps(kins))
     report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)

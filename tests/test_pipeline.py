@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 
 from bcnet.bench import bench_heads
 from bcnet.pipeline import PipelineInputs, run_pipeline
-from bcnet.predict import render_prediction
+from bcnet.predict import list_images, render_prediction
 from cli.bcnet_cli import main as bcnet_main
 from datasets import write_dataset
 from occsynth import atomic
@@ -156,6 +156,8 @@ def test_predict_writes_results_and_three_panel_pictures(pipeline_run, tmp_path)
     assert again.exit_code == 0, again.output
     listed = [im["file_name"] for im in json.loads((tmp_path / "p" / "images.json").read_text())]
     assert listed[0] == str(images[1]) and len(listed) == len(set(map(os.path.realpath, listed)))
+    (tmp_path / "latest.jpg").symlink_to(images[0])  # another name the user chose for a file: kept
+    assert list_images([images[0], tmp_path / "latest.jpg", images[0]]) == [images[0], tmp_path / "latest.jpg"]
     assert not list((tmp_path / "p" / "pictures").glob("*.png"))
 
 

@@ -104,6 +104,17 @@ def test_resume_uses_the_lr_momentum_and_weight_decay_asked_for_and_says_so(tmp_
     assert with_sgd  # the momentum buffers are still carried over
 
 
+def test_a_run_saved_with_checkpoint_every_0_resumes_as_it_meant_every_iteration(tmp_path, dataset_dir):
+    _run(dataset_dir, tmp_path / "run", iterations=2, checkpoint_every=2)
+    final = tmp_path / "run" / "model_final.pt"
+    saved = torch.load(final, weights_only=True)
+    saved["schedule"]["checkpoint_every"] = 0  # an older version accepted it
+    torch.save(saved, final)
+    resumed = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                      overrides={"iterations": 3}, progress=False)
+    assert resumed["iteration"] == 3 and ckpt.load_checkpoint(final)["schedule"]["checkpoint_every"] == 1
+
+
 def test_loader_workers_do_not_change_the_run(tmp_path, dataset_dir):
     alone = _run(dataset_dir, tmp_path / "w0", iterations=3, workers=0)
     pooled = _run(dataset_dir, tmp_path / "w2", iterations=3, workers=2)
