@@ -213,9 +213,12 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
         categories = _read_categories(ann_path, log)
         if not categories:
             raise OccsynthError(f"{ann_path}: no valid category records ({_why_none(log)})")
-        images = _read_images(ann_path, log)
+        image_log = _FirstSkipLog(strict=strict)  # the image error quotes image records only
+        images = _read_images(ann_path, image_log)
+        log.merge(image_log)
+        log.first = log.first or image_log.first
         if not images.ids:
-            raise OccsynthError(f"{ann_path}: no valid image records ({_why_none(log)})")
+            raise OccsynthError(f"{ann_path}: no valid image records ({_why_none(image_log)})")
         anns = _read_annotations(ann_path, images, {c["id"] for c in categories}, log, progress)
     except BadRecord as exc:  # strict: the first bad record stops the build, named with its file
         raise exc.in_file(ann_path) from None

@@ -129,8 +129,8 @@ def test_malformed_source_json_is_one_clear_error(tmp_path, content, why):
 
 
 @pytest.mark.parametrize("spoil, words", [
-    (lambda d: [im.pop("height") for im in d["images"]],
-     ["no valid image records", "malformed record", "'height' missing or not int"]),
+    (lambda d: [im.pop("height") for im in d["images"]] + [d["categories"].append({"name": "no id"})],
+     ["no valid image records", "malformed record", "e.g. image record", "'height' missing or not int"]),
     (lambda d: [a.update(category_id=float(a["category_id"])) for a in d["annotations"]],
      ["no complete instance to paste", "annotation(s) read", "'category_id'"]),
 ])
