@@ -119,6 +119,9 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
         for ann in by_image[image_id]:
             where = f"annotation {brief(ann['id'])}"
             try:
+                if "i_segm" not in ann or "a_segm" not in ann:  # [] is a hidden or absent mask; no key is no record
+                    raise BadRecord(errors.MALFORMED_RECORD, where, f"no '{'i_segm' if 'i_segm' not in ann else 'a_segm'}' "
+                                    "field (KINS gives both; [] for an empty mask)")
                 a = _mask(ann.get("a_segm"), h, w, f"{where} a_segm")
                 v = _mask(ann.get("i_segm"), h, w, f"{where} i_segm")
                 if a is None and v is None:

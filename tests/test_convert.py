@@ -166,6 +166,12 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     assert report["counts"]["annotations"] == 3
     # the output names only usable records: a COCO reader would fail on image 9 (no size)
     assert [im["id"] for im in json.loads((tmp_path / "k-out.json").read_text())["images"]] == [3]
+    no_visible = {**kins, "annotations": kins["annotations"] + [
+        {k: v for k, v in kins["annotations"][0].items() if k != "i_segm"} | {"id": 17}]}
+    (tmp_path / "k3.json").write_text(json.dumps(no_visible))
+    report = convert_kins(tmp_path / "k3.json", tmp_path / "k3-out.json", progress=False)
+    assert report["skipped"]["counts"][errors.MALFORMED_RECORD] == 2  # image 9 (no size) and annotation 17
+    assert 17 not in [a["id"] for a in json.loads((tmp_path / "k3-out.json").read_text())["annotations"]]
     twice = {**kins, "images": kins["images"] + [dict(kins["images"][0], file_name="again.png")]}
     (tmp_path / "k2.json").write_text(json.dumps(twice))
     report = convert_kins(tmp_path / "k2.json", tmp_path / "k2-out.json", progress=False)
