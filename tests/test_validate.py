@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import cv2
 import numpy as np
@@ -11,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from cli import inspect_commands
 from cli.common import Group
-from occsynth.validate import CHECKS, class_balance, validate
+from occsynth.validate import CHECKS, class_balance, format_report, validate
 from datasets import annotation_ids, build, load_annotations, save_annotations, write_dataset
 
 IDS = annotation_ids()
@@ -136,6 +138,11 @@ def test_missing_image_file(dataset):
     report = validate(dataset, progress=False)
     assert failing(report) == {"image_file"}
     assert report["checks"]["image_file"]["examples"][0]["image_id"] == 2
+    assert report["checks"]["image_size"].get("checked", True)  # the other files were read and measured
+    shutil.rmtree(dataset / "images")  # annotations only: no size is checked, and the report says so
+    report = validate(dataset, progress=False)
+    assert report["checks"]["image_size"]["checked"] is False
+    assert re.search(r"image_size\s+not checked", format_report(report))
 
 
 def test_corrupt_image_file(dataset):
