@@ -394,6 +394,10 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
 
 def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> dict:
     """Any segmentation -> compressed RLE with bytes counts, checked so that decoding it is safe."""
+    size = segmentation.get("size") if isinstance(segmentation, dict) else None
+    if isinstance(size, list) and len(size) == 2 and size != [height, width]:  # a wrong record, or a wrong mask
+        raise BadRecord(errors.MASK_SIZE_MISMATCH, where, f"RLE size {brief(size)}, the image record says "
+                        f"{height}x{width} (height x width)")
     try:  # masks.to_rle checks uncompressed counts; a compressed string is checked here
         if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
             _check_rle_string(segmentation["counts"], height * width)

@@ -22,6 +22,7 @@ OUTSIDE_ROOT = "file_name points outside the image root"
 UNKNOWN_IMAGE = "annotation refers to an unknown image id"
 UNKNOWN_CATEGORY = "annotation refers to an unknown category id"
 DEGENERATE_MASK = "degenerate or empty segmentation"
+MASK_SIZE_MISMATCH = "mask size differs from its image record"
 MALFORMED_RECORD = "malformed record"
 DUPLICATE_ID = "duplicate id"
 

@@ -235,6 +235,16 @@ def test_bad_records_are_skipped_by_reason(tmp_path):
     assert [bank.annotation(k)["id"] for k in bank.cutouts(3)] == [1, 8]
 
 
+def test_an_rle_of_another_size_than_its_image_record_says_so(tmp_path):
+    """The record's height or the mask is wrong: either way not a 'degenerate segmentation'."""
+    wrong = {"id": 20, "image_id": 3, "category_id": 3, "iscrowd": 0,
+             "segmentation": masks.encode(rect(5, 5, 15, 15))}  # an H x W mask on the 40 x 50 image 3
+    meta = build_bank(write(tmp_path, source([wrong])), tmp_path / "bank", OPTS, progress=False)
+    assert meta["skipped"]["counts"] == {errors.MASK_SIZE_MISMATCH: 1}
+    assert meta["skipped"]["examples"][errors.MASK_SIZE_MISMATCH] == (
+        f"annotation 20: {errors.MASK_SIZE_MISMATCH} (RLE size [{H}, {W}], the image record says 40x50 (height x width))")
+
+
 def test_strict_mode_names_the_first_bad_record_and_its_file(tmp_path):
     path = write(tmp_path, source(BAD))
     first = f"{path}: annotation 1000000: annotation refers to an unknown category id"
