@@ -93,6 +93,7 @@ def max_overlap_per_image(data: dict, overlap: str = DEFAULT_OVERLAP, count_crow
 def select_images(data: dict, overlap: str = DEFAULT_OVERLAP, threshold: float = DEFAULT_THRESHOLD,
                   count_crowd: bool = False) -> list[int]:
     """Ids (in file order) of the images with two boxes overlapping by at least ``threshold``."""
+    check_options(overlap, threshold, count_crowd)  # -1 would select every image
     best = max_overlap_per_image(data, overlap, count_crowd)
     return [image_id for image_id, value in best.items() if value >= threshold]
 

@@ -138,6 +138,8 @@ def boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
     The image border does not count as a contour: a mask cut by the border has no boundary
     there (border pixels are replicated before eroding).
     """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"boundary width must be a whole number of pixels >= 1, got {width!r}")
     m = mask.astype(np.uint8)
     kernel = np.ones((3, 3), np.uint8)
     dilated = cv2.dilate(m, kernel, iterations=width, borderType=cv2.BORDER_CONSTANT, borderValue=0)

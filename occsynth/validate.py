@@ -99,6 +99,9 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     ``max(balance_tolerance * mean, balance_slack)`` of the mean over the categories that were pasted.
     """
     where = str(out_dir)
+    for name, value in (("balance_tolerance", balance_tolerance), ("balance_slack", balance_slack)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise OccsynthError(f"{name} must be a number >= 0, got {value!r}")
     ann_path, out_dir = set_paths(out_dir)
     check_generated_set(ann_path, out_dir / MANIFEST_FILE, where)
     failures = _Failures(max_examples)

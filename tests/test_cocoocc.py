@@ -71,6 +71,12 @@ def test_select_images_exact(overlap, threshold, crowd, expected):
     assert select_images(make_dataset(), overlap=overlap, threshold=threshold, count_crowd=crowd) == expected
 
 
+@pytest.mark.parametrize("threshold", [-1, 0, 1.5, float("nan")])
+def test_select_images_refuses_a_threshold_build_cocoocc_refuses(threshold):
+    with pytest.raises(OccsynthError, match="threshold must be a number in"):
+        select_images(make_dataset(), threshold=threshold)
+
+
 def test_max_overlap_values():
     best = max_overlap_per_image(make_dataset(), "iou")
     assert best[1] == pytest.approx(1 / 3) and best[2] == pytest.approx(20 / 180)

@@ -104,3 +104,9 @@ def test_encode_area_and_bbox_agree_on_any_nonzero_mask_and_refuse_other_shapes(
     for fn in (masks.encode, masks.area, masks.bbox):
         with pytest.raises(ValueError, match=r"must be 2-d \(height, width\), got shape \(2, 3, 4\)"):
             fn(np.ones((2, 3, 4), bool))
+
+
+@pytest.mark.parametrize("width", [0, -1, 1.5, True])
+def test_a_boundary_width_that_is_no_pixel_count_is_refused(width):
+    with pytest.raises(ValueError, match="boundary width must be a whole number of pixels >= 1"):
+        masks.boundary(np.ones((4, 4), bool), width)

@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from cli import inspect_commands
 from cli.common import Group
+from occsynth.errors import OccsynthError
 from occsynth.validate import CHECKS, class_balance, format_report, validate
 from datasets import annotation_ids, build, load_annotations, save_annotations, write_dataset
 
@@ -363,3 +364,9 @@ def test_annotations_json_that_is_a_directory(tmp_path):
     (tmp_path / "s" / "annotations.json").mkdir(parents=True)
     r = CliRunner().invoke(cli(), ["validate", str(tmp_path / "s"), "--quiet"])
     assert r.exit_code == 2 and "annotations.json: is a directory" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("option", [{"balance_tolerance": -1}, {"balance_slack": -5}, {"balance_tolerance": float("nan")}])
+def test_balance_options_that_allow_nothing_are_refused(dataset, option):
+    with pytest.raises(OccsynthError, match=f"{next(iter(option))} must be a number >= 0"):
+        validate(dataset, progress=False, **option)
