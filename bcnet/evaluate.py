@@ -40,7 +40,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -205,7 +205,9 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     for i, r in enumerate(results):
         if not isinstance(r, dict):
             raise OccsynthError(f"result {i} is not an object: {str(r)[:80]}")
-    unknown = {r.get("image_id") for r in results} - known
+        if not _integer(r.get("image_id")):
+            raise OccsynthError(f"result {i} needs an integer 'image_id', got {r.get('image_id')!r}")
+    unknown = {r["image_id"] for r in results} - known
     if unknown:
         raise OccsynthError(f"results refer to images not in the annotations: {sorted(unknown, key=str)[:5]}")
     out: dict = {"images": len(image_ids), "detections": len(results), "mode": mode}
@@ -514,7 +516,9 @@ def _coco(data: dict) -> COCO:
 
 def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
     drop = "segmentation" if iou_type == "bbox" else "bbox"
-    anns = [{k: v for k, v in _checked_result(i, r, iou_type).items() if k != drop} for i, r in enumerate(results)]
+    sizes = {image_id: (image["height"], image["width"]) for image_id, image in coco_gt.imgs.items()}
+    anns = [{k: v for k, v in _checked_result(i, r, iou_type, sizes).items() if k != drop}
+            for i, r in enumerate(results)]
     if not anns:
         empty = COCO()
         empty.dataset = {"images": list(coco_gt.dataset["images"]),
@@ -526,11 +530,17 @@ def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
         return coco_gt.loadRes(anns)
 
 
-def _checked_result(i: int, result: Any, iou_type: str) -> dict:
-    """One detection as pycocotools reads it, or an OccsynthError naming it and what is wrong (pycocotools
-    fails deep inside on most of these). A bbox given as a tuple or numpy array becomes a list of floats."""
-    if not isinstance(result, dict):
-        raise OccsynthError(f"result {i} is not an object: {str(result)[:80]}")
+def _integer(value) -> bool:
+    """An id a detection may carry: any integer, numpy's too (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _checked_result(i: int, result: dict, iou_type: str, sizes: dict[int, tuple[int, int]]) -> dict:
+    """One detection as pycocotools reads it, or an OccsynthError naming it and what is wrong: pycocotools
+    fails deep inside on most of these, and loops for ever on some broken RLE. A bbox given as a tuple or
+    numpy array of 4 numbers becomes a list of floats. ``sizes``: (height, width) by image id."""
+    if not _integer(result.get("category_id")):
+        raise OccsynthError(f"result {i} needs an integer 'category_id', got {result.get('category_id')!r}")
     score = result.get("score")
     if isinstance(score, bool) or not isinstance(score, (int, float, np.number)) or not math.isfinite(score):
         raise OccsynthError(f"result {i} needs a finite number 'score', got {score!r}")
@@ -538,18 +548,28 @@ def _checked_result(i: int, result: Any, iou_type: str) -> dict:
         box = result.get("bbox")
         if box is None:
             raise OccsynthError(f"result {i} has no 'bbox', needed for bbox AP")
-        if isinstance(box, (tuple, np.ndarray)):
-            box = [float(v) for v in np.asarray(box, np.float64).reshape(-1)]
+        if isinstance(box, (tuple, np.ndarray)) and np.shape(box) == (4,):
+            try:
+                box = [float(v) for v in box]
+            except (TypeError, ValueError):
+                pass  # refused below, in words
         if not (is_box(box) and box[2] >= 0 and box[3] >= 0):
             raise OccsynthError(f"result {i}: bbox must be [x, y, w, h], 4 finite numbers with w, h >= 0, got {box!r}")
         return {**result, "bbox": box}
     segmentation = result.get("segmentation")
     if segmentation is None:
         raise OccsynthError(f"result {i} has no 'segmentation', needed for segm AP")
-    if not (isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes))
-            and isinstance(segmentation.get("size"), (list, tuple)) and len(segmentation["size"]) == 2):
+    height, width = sizes[result["image_id"]]
+    if not (isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes))):
         raise OccsynthError(f"result {i}: segmentation must be compressed RLE ({{'size': [h, w], 'counts': str}}, "
                             f"e.g. occsynth.masks.encode(mask)), got {str(segmentation)[:60]}")
+    if list(segmentation.get("size") or ()) != [height, width]:
+        raise OccsynthError(f"result {i}: segmentation size {segmentation.get('size')!r} is not its image's "
+                            f"[{height}, {width}]")
+    try:
+        mask_ops.check_rle_counts(segmentation["counts"], height * width)
+    except (mask_ops.DegenerateMask, ValueError) as exc:
+        raise OccsynthError(f"result {i}: segmentation cannot be read: {exc}") from None
     return result
 
 

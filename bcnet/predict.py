@@ -41,9 +41,12 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     if not found:  # only folders were given, and none holds an image
         raise OccsynthError(f"no image found in {', '.join(folders) or 'the given inputs'}: no file there (sub-folders "
                             f"included) ends in {', '.join(IMAGE_SUFFIXES[:-1])} or {IMAGE_SUFFIXES[-1]}")
-    unique: dict[str, Path] = {}  # a file named twice (itself and its folder) is predicted once; a link to
-    for path in found:            # it is another name the user chose: kept (symlinks are not followed here)
-        unique.setdefault(os.path.normpath(os.path.abspath(path)), path)
+    # a file named twice (itself and its folder, a relative and an absolute path) is predicted once; a
+    # symbolic link to it is another name the user chose, kept: the key is the inode of the name itself
+    unique: dict[tuple[int, int], Path] = {}
+    for path in found:
+        st = os.lstat(path)
+        unique.setdefault((st.st_dev, st.st_ino), path)
     return list(unique.values())
 
 

@@ -38,13 +38,15 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            if locked:
-                hold_lock(f)
+            held = locked and hold_lock(f)
             yield f
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if held:  # renamed while still locked: closing first would let a clean-up take it in between
+                os.replace(tmp, path)
+        if not held:
+            os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
         raise _disk_error(path, exc) from None
@@ -189,11 +191,12 @@ LOCK_FILE = ".lock"  # in a spool folder: held (flock) by the process writing th
 def hold_lock(f: IO | int) -> bool:
     """Take an exclusive ``flock`` on an open file (or fd) for as long as it stays open; the kernel drops
     it when the process ends, kill -9 too. :func:`remove_orphaned_temporaries` leaves a locked file or
-    spool alone, whichever host holds it (on file systems whose locks reach every host). Returns False
-    where there are no locks (Windows, some network file systems)."""
+    spool alone, whichever host holds it (on file systems whose locks reach every host). It waits for a
+    clean-up's probe, which holds the file for microseconds. Returns False where there are no locks
+    (Windows, a file system without them)."""
     try:
         import fcntl
-        fcntl.flock(f if isinstance(f, int) else f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f if isinstance(f, int) else f.fileno(), fcntl.LOCK_EX)
         return True
     except (ImportError, OSError):
         return False
@@ -222,13 +225,20 @@ def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | Non
 
 
 def _unlocked(path: str) -> bool:
-    """Whether the file at ``path`` exists and no process holds a lock on it (False where none can be taken)."""
+    """Whether the file at ``path`` exists and no process holds a lock on it (False where none can be taken).
+
+    A shared lock, not blocking: it conflicts with a writer's exclusive one, and unlike an exclusive one it
+    can be taken on a file opened read-only over NFS (which emulates flock with whole-file POSIX locks)."""
     try:
+        import fcntl
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except (ImportError, OSError):
         return False
     try:
-        return hold_lock(fd)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)  # and with it the lock just taken
 

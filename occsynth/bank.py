@@ -400,7 +400,7 @@ def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> d
                         f"{height}x{width} (height x width)")
     try:  # masks.to_rle checks uncompressed counts; a compressed string is checked here
         if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
-            _check_rle_string(segmentation["counts"], height * width)
+            masks.check_rle_counts(segmentation["counts"], height * width)
         rle = masks.to_rle(segmentation, height, width)
         if isinstance(segmentation, dict):
             # given as RLE, whose runs may be split (zero-length runs) or spelled unusually: stored as
@@ -413,23 +413,6 @@ def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> d
         raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
     except (TypeError, ValueError, OverflowError, KeyError) as exc:
         raise BadRecord(errors.MALFORMED_RECORD, where, f"unreadable segmentation: {exc}") from None
-
-
-def _check_rle_string(counts: str, total: int) -> None:
-    """Parse a compressed RLE string as pycocotools does; refuse it unless its runs cover exactly ``total`` px.
-
-    pycocotools does not check this and would write past its buffer when decoding.
-    """
-    try:
-        runs = masks.rle_counts(counts)
-    except UnicodeEncodeError:
-        raise masks.DegenerateMask("compressed RLE has characters outside its alphabet") from None
-    if runs.size and runs.min() < 0:
-        raise masks.DegenerateMask("compressed RLE has a negative run length")
-    if runs.size and runs.max() > total:  # also keeps the int64 sums below from wrapping around
-        raise masks.DegenerateMask(f"compressed RLE has a run of {int(runs.max())} px, the image has {total}")
-    if int(runs.sum()) != total:
-        raise masks.DegenerateMask(f"compressed RLE covers {int(runs.sum())} px, the image has {total}")
 
 
 def _judge(image_ann_offsets: np.ndarray, hw: np.ndarray, columns: dict, rle_blob: np.ndarray,

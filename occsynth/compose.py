@@ -55,12 +55,7 @@ def transform_cutout(cutout: dict, image_size: tuple[int, int], options: Composi
     ``scale`` x ``shrink``, reduced so that the object is at most ``max_size`` of the image's
     height and width; mask by nearest neighbour, rgb bilinear; then a horizontal flip if asked.
     """
-    missing = [key for key in ("rgb", "mask", "scale") if key not in cutout]
-    if missing:
-        raise OccsynthError(f"cutout {cutout.get('source')} lacks {', '.join(map(repr, missing))} (see compose())")
-    scale = cutout["scale"]
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not 0 < scale < math.inf:
-        raise OccsynthError(f"cutout {cutout.get('source')} scale must be a finite number > 0, got {scale!r}")
+    _check_cutout(cutout, "cutout" + (f" {cutout['source']}" if cutout.get("source") else ""))
     rgb, mask = np.asarray(cutout["rgb"]), np.asarray(cutout["mask"]).astype(bool, copy=False)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[:2] != mask.shape:
         raise OccsynthError(f"cutout rgb {rgb.shape} {rgb.dtype} and mask {mask.shape} do not match")
@@ -91,6 +86,16 @@ def transform_cutout(cutout: dict, image_size: tuple[int, int], options: Composi
     if cutout.get("flip"):  # cv2.flip: a numpy copy of a reversed view is ~30x slower for RGB
         return cv2.flip(rgb_patch, 1), cv2.flip(mask_patch.view(np.uint8), 1).view(bool)
     return np.ascontiguousarray(rgb_patch), mask_patch
+
+
+def _check_cutout(cutout: dict, name: str) -> None:
+    """The keys and scale :func:`transform_cutout` needs; ``name``: how messages call the cutout."""
+    missing = [key for key in ("rgb", "mask", "scale") if key not in cutout]
+    if missing:
+        raise OccsynthError(f"{name} lacks {', '.join(map(repr, missing))} (see compose())")
+    scale = cutout["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not 0 < scale < math.inf:
+        raise OccsynthError(f"{name}: scale must be a finite number > 0, got {scale!r}")
 
 
 def blend_alpha(mask_patch: np.ndarray, options: CompositeOptions) -> np.ndarray | None:
@@ -173,6 +178,7 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
         if not isinstance(cutout, dict) or "category_id" not in cutout:
             raise OccsynthError(f"cutout {k} must be a dict with 'rgb', 'mask', 'scale' and 'category_id' "
                                 "(see compose())")
+        _check_cutout(cutout, f"cutout {k}" + (f" ({cutout['source']})" if cutout.get("source") else ""))
     height, width = background.shape[:2]
     boxed_background = [_background_crop(inst, height, width) for inst in background_instances]
     if out is None:

@@ -282,6 +282,24 @@ def rle_counts(counts: bytes | str) -> np.ndarray:
     return values
 
 
+def check_rle_counts(counts: str | bytes, total: int) -> None:
+    """Parse a compressed RLE string as pycocotools does; refuse it unless its runs cover exactly ``total`` px.
+
+    pycocotools does not check this: it reads and writes past its buffers when decoding such a string, and
+    its IoU of one can loop for ever.
+    """
+    try:
+        runs = rle_counts(counts)
+    except UnicodeEncodeError:
+        raise DegenerateMask("compressed RLE has characters outside its alphabet") from None
+    if runs.size and runs.min() < 0:
+        raise DegenerateMask("compressed RLE has a negative run length")
+    if runs.size and runs.max() > total:  # also keeps the int64 sums below from wrapping around
+        raise DegenerateMask(f"compressed RLE has a run of {int(runs.max())} px, the image has {total}")
+    if int(runs.sum()) != total:
+        raise DegenerateMask(f"compressed RLE covers {int(runs.sum())} px, the image has {total}")
+
+
 def decode_crop(segmentation: Any, height: int, width: int) -> tuple[tuple[int, int, int, int] | None, np.ndarray]:
     """:func:`decode_box` without the full-size mask: the box and crop are computed from the runs.
 

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import itertools
 import json
+import operator
 import os
 import shutil
 import socket
@@ -50,7 +51,13 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
         i, n = shard
     except (TypeError, ValueError):
         raise OccsynthError(f"shard must be a pair (i, n), got {shard!r}") from None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (i, n)) or not 0 <= i < n:
+    try:  # any integer type (numpy's too), not bool or float
+        if isinstance(i, bool) or isinstance(n, bool):
+            raise TypeError
+        i, n = operator.index(i), operator.index(n)
+    except TypeError:
+        raise OccsynthError(f"shard must be two whole numbers (i, n), got {shard!r}") from None
+    if not 0 <= i < n:
         raise OccsynthError(f"shard index must satisfy 0 <= i < n, got {shard!r}")
     return i, n
 

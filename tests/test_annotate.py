@@ -356,3 +356,15 @@ def test_a_threshold_that_is_no_iou_is_refused(tmp_path, threshold):
     with pytest.raises(OccsynthError, match="threshold must be a box IoU in"):
         annotate_occluders(src, tmp_path / "o.json", threshold=threshold, progress=False)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_locked_atomic_write_keeps_its_lock_until_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """A clean-up that runs just before the rename must find the finished temporary still held."""
+    real_replace, cleaned = atomic.os.replace, []
+
+    def replace_after_a_clean_up(src, dst):
+        cleaned.append(atomic.remove_orphaned_temporaries(dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(atomic.os, "replace", replace_after_a_clean_up)
+    atomic.write_json(tmp_path / "o.json", {"a": 1}, locked=True)
+    assert cleaned == [0] and json.loads((tmp_path / "o.json").read_text()) == {"a": 1}

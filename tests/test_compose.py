@@ -273,14 +273,15 @@ def test_bad_inputs():
     image, instances = compose(background, [], [], np.random.default_rng(0), options)
     assert np.array_equal(image, background) and instances == []
     rng = np.random.default_rng(0)
-    for bad, words in (({"scale": float("nan")}, "scale must be a finite number > 0"),
+    for bad, words in (({"scale": float("nan")}, "cutout 0.*: scale must be a finite number > 0"),
                        ({"scale": 0}, "scale must be a finite number > 0"),
                        ({"scale": "2"}, "scale must be a finite number > 0")):
         with pytest.raises(OccsynthError, match=words):
             compose(background, [], [{**cutouts[0], **bad}], rng, options)
-    for key in ("scale", "rgb"):
-        with pytest.raises(OccsynthError, match=f"lacks '{key}'"):
-            compose(background, [], [{k: v for k, v in cutouts[0].items() if k != key}], rng, options)
+    for key in ("scale", "rgb"):  # named by its place in the list (a user's cutouts have no 'source')
+        with pytest.raises(OccsynthError, match=f"^cutout 1 lacks '{key}'"):
+            cutout = {k: v for k, v in cutouts[0].items() if k not in (key, "source")}
+            compose(background, [], [cutouts[0], cutout], rng, options)
     with pytest.raises(OccsynthError, match="cutout 0 must be a dict with"):
         compose(background, [], [{k: v for k, v in cutouts[0].items() if k != "category_id"}], rng, options)
     with pytest.raises(OccsynthError, match="rng must be a numpy Generator"):

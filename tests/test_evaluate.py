@@ -129,6 +129,17 @@ def test_bad_inputs_are_reported():
             E.evaluate(gt, [{**good, **change}])
     with pytest.raises(OccsynthError, match="result 1 is not an object"):
         E.evaluate(gt, [good, 3])
+    wrong_size = mask_ops.encode(np.zeros((5, 5), bool))
+    for change, words in (({"segmentation": {"size": wrong_size["size"], "counts": "zz"}}, "segmentation size"),
+                          ({"segmentation": {**good["segmentation"], "counts": "zz"}}, "segmentation cannot be read"),
+                          ({"category_id": None}, "needs an integer 'category_id'"),
+                          ({"image_id": [1]}, "needs an integer 'image_id'"),
+                          ({"bbox": ("a", 1, 2, 3)}, "bbox must be [x, y, w, h]"),
+                          ({"bbox": np.zeros((2, 2))}, "bbox must be [x, y, w, h]")):
+        with pytest.raises(OccsynthError, match=re.escape(words)):  # "zz" made pycocotools loop for ever
+            E.evaluate(gt, [{**good, **change}])
+    numpy_ids = {**good, "image_id": np.int64(1), "category_id": np.int64(10)}
+    assert E.evaluate(gt, [numpy_ids])["segm"] == E.evaluate(gt, [good])["segm"]
     with pytest.raises(OccsynthError, match="results must be a list"):
         E.evaluate(gt, {"image_id": 1})
     # a numpy or tuple bbox is read as the list it stands for; one iou type may be a plain string

@@ -644,6 +644,7 @@ def test_generate_refuses_a_shard_that_is_no_part_of_a_split_before_writing(tmp_
     with pytest.raises(errors.OccsynthError, match="shard"):
         generate(tmp_path / "o", SETTINGS, shard=shard, progress=False)
     assert not (tmp_path / "o").exists()
+    assert writer.check_shard((np.int64(1), np.int64(2))) == (1, 2)  # numpy's integers are whole numbers too
 
 
 def test_run_settings_take_their_option_tables_as_dicts_too(tmp_path):

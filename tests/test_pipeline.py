@@ -157,7 +157,8 @@ def test_predict_writes_results_and_three_panel_pictures(pipeline_run, tmp_path)
     listed = [im["file_name"] for im in json.loads((tmp_path / "p" / "images.json").read_text())]
     assert listed[0] == str(images[1]) and len(listed) == len(set(map(os.path.realpath, listed)))
     (tmp_path / "latest.jpg").symlink_to(images[0])  # another name the user chose for a file: kept
-    assert list_images([images[0], tmp_path / "latest.jpg", images[0]]) == [images[0], tmp_path / "latest.jpg"]
+    assert list_images([images[0], tmp_path / "latest.jpg", images[0].absolute()]) == [images[0],
+                                                                                      tmp_path / "latest.jpg"]
     assert not list((tmp_path / "p" / "pictures").glob("*.png"))
 
 
