@@ -563,7 +563,9 @@ def _checked_result(i: int, result: dict, iou_type: str, sizes: dict[int, tuple[
     if not (isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes))):
         raise OccsynthError(f"result {i}: segmentation must be compressed RLE ({{'size': [h, w], 'counts': str}}, "
                             f"e.g. occsynth.masks.encode(mask)), got {str(segmentation)[:60]}")
-    if list(segmentation.get("size") or ()) != [height, width]:
+    size = segmentation.get("size")
+    if not (isinstance(size, (list, tuple, np.ndarray)) and np.shape(size) == (2,) and all(map(_integer, size))
+            and [int(v) for v in size] == [height, width]):
         raise OccsynthError(f"result {i}: segmentation size {segmentation.get('size')!r} is not its image's "
                             f"[{height}, {width}]")
     try:

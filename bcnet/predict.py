@@ -42,11 +42,13 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         raise OccsynthError(f"no image found in {', '.join(folders) or 'the given inputs'}: no file there (sub-folders "
                             f"included) ends in {', '.join(IMAGE_SUFFIXES[:-1])} or {IMAGE_SUFFIXES[-1]}")
     # a file named twice (itself and its folder, a relative and an absolute path) is predicted once; a
-    # symbolic link to it is another name the user chose, kept: the key is the inode of the name itself
-    unique: dict[tuple[int, int], Path] = {}
+    # link to it is another name the user chose, kept. The key is the name in its real folder: folders'
+    # links are followed (as the kernel does, so 'link/..' is where the link leads), the file's name is not
+    unique: dict[str, Path] = {}
     for path in found:
-        st = os.lstat(path)
-        unique.setdefault((st.st_dev, st.st_ino), path)
+        absolute = os.path.join(os.getcwd(), path)  # not abspath: it would collapse 'link/..' as text
+        unique.setdefault(os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute)),
+                          path)
     return list(unique.values())
 
 

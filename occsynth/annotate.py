@@ -27,10 +27,10 @@ temporary file renamed into place at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Collection
@@ -41,7 +41,7 @@ from ijson.common import ObjectBuilder
 from tqdm import tqdm
 
 from . import masks as mask_ops
-from .atomic import LOCK_FILE, hold_lock, open_atomic, remove_orphaned_temporaries
+from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
 from .coco import check_array_start, check_out_file, check_top_level, is_id, iter_array, reading_json
 from .errors import OccsynthError, os_error_reason
@@ -195,16 +195,14 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
               "unknown_image": 0, "duplicate_ids": 0, "replaced_occluder_ids": 0, "kept_occluder_ids": 0,
               "dropped_occluder_ids": 0, "no_image_size": 0}
     seen_ids: set[int] = set()
-    try:  # the spool folder goes beside --out: an unwritable place is reported as --out's
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        spool_prefix = f"{SPOOL_PREFIX}{out_path.name}-"  # this --out's only: others beside it are left be
-        remove_orphaned_temporaries(out_path, spool_prefix)  # a killed run's leftovers (hundreds of MB on train)
-        spool = tempfile.TemporaryDirectory(prefix=spool_prefix, dir=out_path.parent)
-    except OSError as exc:
-        raise OccsynthError(f"cannot write {out_path}: {os_error_reason(exc, making_folder=True)}") from None
-    with spool as tmp, open(Path(tmp) / LOCK_FILE, "w") as lock:
-        hold_lock(lock)  # while this run uses the spool, no other run's clean-up removes it
-        tmp = Path(tmp)
+    spool_prefix = f"{SPOOL_PREFIX}{out_path.name}-"  # this --out's only: others beside it are left be
+    with contextlib.ExitStack() as held:
+        try:  # the spool folder goes beside --out: an unwritable place is reported as --out's
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            remove_orphaned_temporaries(out_path, spool_prefix)  # a killed run's leftovers (hundreds of MB on train)
+            tmp = held.enter_context(locked_spool(out_path.parent, spool_prefix))
+        except OSError as exc:
+            raise OccsynthError(f"cannot write {out_path}: {os_error_reason(exc, making_folder=True)}") from None
         files = [open(tmp / f"{b}.jsonl", "w", encoding="utf-8") for b in range(num_buckets + 1)]
         try:
             for seq, ann in enumerate(tqdm(iter_array(in_path, "annotations"), desc="read annotations",

@@ -32,13 +32,12 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     :func:`remove_orphaned_temporaries` of a command writing the same file leaves it alone.
     """
     path = Path(path)
-    # unique across machines too: shards on several hosts (containers often share pids) may write
-    # the same run file into one shared OUT at the same moment; "x" refuses to reuse a name
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = _temporary_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            held = locked and hold_lock(f)
+        f, held = _open_temporary(tmp, mode, locked)
+        tmp = Path(f.name)
+        with f:
             yield f
             f.flush()
             if durable:
@@ -53,6 +52,27 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _temporary_name(path: Path) -> Path:
+    # unique across machines too: shards on several hosts (containers often share pids) may write
+    # the same run file into one shared OUT at the same moment; "x" refuses to reuse a name
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _open_temporary(tmp: Path, mode: str, locked: bool) -> tuple[IO, bool]:
+    """(the new temporary opened for writing, whether it is locked). With ``locked``, a clean-up that
+    probed it before the lock was taken may have removed it meanwhile (it removes while it holds the
+    probe's lock): then another temporary is made."""
+    for _ in range(8):
+        f = open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"}))
+        if not (locked and hold_lock(f)):
+            return f, False
+        if os.fstat(f.fileno()).st_nlink > 0:
+            return f, True
+        f.close()  # removed by a clean-up between its creation and the lock
+        tmp = _temporary_name(tmp.parent / tmp.name[1:tmp.name.rindex(".tmp-")])
+    raise OSError(errno.EAGAIN, "its temporary file was removed each time by another run's clean-up", str(tmp))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -202,6 +222,27 @@ def hold_lock(f: IO | int) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def locked_spool(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A new temporary folder in ``parent`` named ``prefix`` + random, whose ``LOCK_FILE`` this process holds
+    (:func:`hold_lock`) until the block ends, so that :func:`remove_orphaned_temporaries` of another run
+    leaves it alone; it is removed at the end. A folder a clean-up removed before the lock was taken is made
+    again. OSError where it cannot be made."""
+    for _ in range(8):
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        lock = open(folder / LOCK_FILE, "w")
+        if not hold_lock(lock) or os.fstat(lock.fileno()).st_nlink > 0:
+            break
+        lock.close()  # removed by a clean-up between its creation and the lock
+    else:
+        raise OSError(errno.EAGAIN, "its spool folder was removed each time by another run's clean-up", str(parent))
+    try:
+        with lock:
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | None = None) -> int:
     """Delete what killed runs left beside ``path``: its temporaries (``.NAME.tmp-*``) and, with
     ``spool_prefix``, folders whose name starts with it, each only when no process holds its lock (the
@@ -215,30 +256,32 @@ def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | Non
     except OSError:
         return 0
     for entry in entries:
-        if entry.name.startswith(f".{path.name}.tmp-") and _unlocked(entry.path):
-            _remove_quietly(Path(entry.path))
-            n += 1
-        elif spool_prefix and entry.name.startswith(spool_prefix) and _unlocked(os.path.join(entry.path, LOCK_FILE)):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            n += 1
+        if entry.name.startswith(f".{path.name}.tmp-"):
+            n += _remove_if_unlocked(entry.path, lambda: _remove_quietly(Path(entry.path)))
+        elif spool_prefix and entry.name.startswith(spool_prefix):
+            n += _remove_if_unlocked(os.path.join(entry.path, LOCK_FILE),
+                                     lambda: shutil.rmtree(entry.path, ignore_errors=True))
     return n
 
 
-def _unlocked(path: str) -> bool:
-    """Whether the file at ``path`` exists and no process holds a lock on it (False where none can be taken).
+def _remove_if_unlocked(lock_path: str, remove: Callable[[], None]) -> bool:
+    """Run ``remove`` if no process holds a lock on the file at ``lock_path``, while this probe holds one,
+    so that a writer taking its lock meanwhile waits, then finds its file gone (see :func:`_open_temporary`).
 
     A shared lock, not blocking: it conflicts with a writer's exclusive one, and unlike an exclusive one it
     can be taken on a file opened read-only over NFS (which emulates flock with whole-file POSIX locks)."""
     try:
         import fcntl
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(lock_path, os.O_RDONLY)
     except (ImportError, OSError):
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        remove()
         return True
-    except OSError:
-        return False
     finally:
         os.close(fd)  # and with it the lock just taken
 

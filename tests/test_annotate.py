@@ -368,3 +368,23 @@ def test_a_locked_atomic_write_keeps_its_lock_until_it_is_renamed_into_place(tmp
     monkeypatch.setattr(atomic.os, "replace", replace_after_a_clean_up)
     atomic.write_json(tmp_path / "o.json", {"a": 1}, locked=True)
     assert cleaned == [0] and json.loads((tmp_path / "o.json").read_text()) == {"a": 1}
+
+
+def test_a_writer_whose_new_file_a_clean_up_removed_before_its_lock_starts_again(tmp_path, monkeypatch):
+    """The clean-up probes and removes between the writer's create and its lock: the writer must not go on
+    writing into a removed temporary or spool (it finds it unlinked, and makes another)."""
+    real_hold, raced, races = atomic.hold_lock, [], [1]
+
+    def hold_after_a_clean_up(f):
+        if races[0]:  # a clean-up gets in once, before the first lock of each kind below
+            races[0] -= 1
+            raced.append(atomic.remove_orphaned_temporaries(tmp_path / "o.json", ".annotate-o.json-"))
+        return real_hold(f)
+    monkeypatch.setattr(atomic, "hold_lock", hold_after_a_clean_up)
+    atomic.write_json(tmp_path / "o.json", {"a": 1}, locked=True)
+    assert raced == [1] and json.loads((tmp_path / "o.json").read_text()) == {"a": 1}
+    races[0] = 1
+    with atomic.locked_spool(tmp_path, ".annotate-o.json-") as spool:
+        assert raced == [1, 1] and spool.is_dir() and (spool / atomic.LOCK_FILE).exists()
+        assert atomic.remove_orphaned_temporaries(tmp_path / "o.json", ".annotate-o.json-") == 0  # held now
+    assert not spool.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]

@@ -131,6 +131,8 @@ def test_bad_inputs_are_reported():
         E.evaluate(gt, [good, 3])
     wrong_size = mask_ops.encode(np.zeros((5, 5), bool))
     for change, words in (({"segmentation": {"size": wrong_size["size"], "counts": "zz"}}, "segmentation size"),
+                          ({"segmentation": {"size": 20, "counts": "zz"}}, "segmentation size"),
+                          ({"segmentation": {"size": np.array([5, 5]), "counts": "zz"}}, "segmentation size"),
                           ({"segmentation": {**good["segmentation"], "counts": "zz"}}, "segmentation cannot be read"),
                           ({"category_id": None}, "needs an integer 'category_id'"),
                           ({"image_id": [1]}, "needs an integer 'image_id'"),
@@ -138,7 +140,8 @@ def test_bad_inputs_are_reported():
                           ({"bbox": np.zeros((2, 2))}, "bbox must be [x, y, w, h]")):
         with pytest.raises(OccsynthError, match=re.escape(words)):  # "zz" made pycocotools loop for ever
             E.evaluate(gt, [{**good, **change}])
-    numpy_ids = {**good, "image_id": np.int64(1), "category_id": np.int64(10)}
+    numpy_ids = {**good, "image_id": np.int64(1), "category_id": np.int64(10),
+                 "segmentation": {**good["segmentation"], "size": np.array(good["segmentation"]["size"])}}
     assert E.evaluate(gt, [numpy_ids])["segm"] == E.evaluate(gt, [good])["segm"]
     with pytest.raises(OccsynthError, match="results must be a list"):
         E.evaluate(gt, {"image_id": 1})

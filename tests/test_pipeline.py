@@ -157,8 +157,15 @@ def test_predict_writes_results_and_three_panel_pictures(pipeline_run, tmp_path)
     listed = [im["file_name"] for im in json.loads((tmp_path / "p" / "images.json").read_text())]
     assert listed[0] == str(images[1]) and len(listed) == len(set(map(os.path.realpath, listed)))
     (tmp_path / "latest.jpg").symlink_to(images[0])  # another name the user chose for a file: kept
-    assert list_images([images[0], tmp_path / "latest.jpg", images[0].absolute()]) == [images[0],
-                                                                                      tmp_path / "latest.jpg"]
+    os.link(images[0], tmp_path / "copy.jpg")  # a hard link too
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "up").symlink_to(tmp_path / "deep")  # up/.. is tmp_path/, where the link leads, not its folder
+    (tmp_path / "x.jpg").write_bytes(images[0].read_bytes())
+    (tmp_path / "deep" / "x.jpg").write_bytes(images[1].read_bytes())
+    named = [images[0], tmp_path / "latest.jpg", images[0].absolute(), tmp_path / "copy.jpg",
+             tmp_path / "deep" / "x.jpg", tmp_path / "up" / ".." / "x.jpg", tmp_path / "up" / "x.jpg"]
+    assert list_images(named) == [images[0], tmp_path / "latest.jpg", tmp_path / "copy.jpg",
+                                  tmp_path / "deep" / "x.jpg", tmp_path / "up" / ".." / "x.jpg"]
     assert not list((tmp_path / "p" / "pictures").glob("*.png"))
 
 
