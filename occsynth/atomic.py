@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import json
 import os
 import secrets
@@ -32,10 +33,11 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     :func:`remove_orphaned_temporaries` of a command writing the same file leaves it alone.
     """
     path = Path(path)
-    tmp = _temporary_name(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        f, held = _open_temporary(tmp, mode, locked)
+        create = functools.partial(_new_temporary, path, mode)
+        f, held = _new_locked_file(create) if locked else (create(), False)
         tmp = Path(f.name)
         with f:
             yield f
@@ -47,32 +49,21 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
         if not held:
             os.replace(tmp, path)
     except OSError as exc:
-        _remove_quietly(tmp)
+        if tmp is not None:
+            _remove_quietly(tmp)
         raise _disk_error(path, exc) from None
     except BaseException:
-        _remove_quietly(tmp)
+        if tmp is not None:
+            _remove_quietly(tmp)
         raise
 
 
-def _temporary_name(path: Path) -> Path:
-    # unique across machines too: shards on several hosts (containers often share pids) may write
-    # the same run file into one shared OUT at the same moment; "x" refuses to reuse a name
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _open_temporary(tmp: Path, mode: str, locked: bool) -> tuple[IO, bool]:
-    """(the new temporary opened for writing, whether it is locked). With ``locked``, a clean-up that
-    probed it before the lock was taken may have removed it meanwhile (it removes while it holds the
-    probe's lock): then another temporary is made."""
-    for _ in range(8):
-        f = open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"}))
-        if not (locked and hold_lock(f)):
-            return f, False
-        if os.fstat(f.fileno()).st_nlink > 0:
-            return f, True
-        f.close()  # removed by a clean-up between its creation and the lock
-        tmp = _temporary_name(tmp.parent / tmp.name[1:tmp.name.rindex(".tmp-")])
-    raise OSError(errno.EAGAIN, "its temporary file was removed each time by another run's clean-up", str(tmp))
+def _new_temporary(path: Path, mode: str) -> IO:
+    """A new temporary file beside ``path``, opened for writing. Its name is unique across machines too:
+    shards on several hosts (containers often share pids) may write the same run file into one shared
+    OUT at the same moment; "x" refuses to reuse a name."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    return open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -146,14 +137,11 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
     made = not path.exists()
     make_folder(path)
     try:
-        with tempfile.TemporaryFile(dir=path):  # an existing folder may still be read-only
-            pass
-    except OSError as exc:
-        if made:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise OccsynthError(f"cannot write into {path}: {os_error_reason(exc)}") from None
-    try:
+        try:
+            with tempfile.TemporaryFile(dir=path):  # an existing folder may still be read-only
+                pass
+        except OSError as exc:
+            raise OccsynthError(f"cannot write into {path}: {os_error_reason(exc)}") from None
         yield path
     except BaseException:
         if made:
@@ -208,7 +196,7 @@ def remove_stale_temporaries(directory: str | os.PathLike, owned: Callable[[str]
 LOCK_FILE = ".lock"  # in a spool folder: held (flock) by the process writing there
 
 
-def hold_lock(f: IO | int) -> bool:
+def hold_lock(f: IO) -> bool:
     """Take an exclusive ``flock`` on an open file (or fd) for as long as it stays open; the kernel drops
     it when the process ends, kill -9 too. :func:`remove_orphaned_temporaries` leaves a locked file or
     spool alone, whichever host holds it (on file systems whose locks reach every host). It waits for a
@@ -216,7 +204,7 @@ def hold_lock(f: IO | int) -> bool:
     (Windows, a file system without them)."""
     try:
         import fcntl
-        fcntl.flock(f if isinstance(f, int) else f.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         return True
     except (ImportError, OSError):
         return False
@@ -228,19 +216,27 @@ def locked_spool(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
     (:func:`hold_lock`) until the block ends, so that :func:`remove_orphaned_temporaries` of another run
     leaves it alone; it is removed at the end. A folder a clean-up removed before the lock was taken is made
     again. OSError where it cannot be made."""
-    for _ in range(8):
-        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-        lock = open(folder / LOCK_FILE, "w")
-        if not hold_lock(lock) or os.fstat(lock.fileno()).st_nlink > 0:
-            break
-        lock.close()  # removed by a clean-up between its creation and the lock
-    else:
-        raise OSError(errno.EAGAIN, "its spool folder was removed each time by another run's clean-up", str(parent))
+    lock, _ = _new_locked_file(lambda: open(Path(tempfile.mkdtemp(prefix=prefix, dir=parent)) / LOCK_FILE, "w"))
+    folder = Path(lock.name).parent
     try:
         with lock:
             yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _new_locked_file(create: Callable[[], IO]) -> tuple[IO, bool]:
+    """(a file ``create`` makes and opens, whether it is locked: :func:`hold_lock`). A clean-up that probed it
+    before the lock was taken removes it while it holds its probe's lock, and the lock then waits for that:
+    a file found unlinked once locked is made again."""
+    for _ in range(8):
+        f = create()
+        if not hold_lock(f):
+            return f, False
+        if os.fstat(f.fileno()).st_nlink > 0:
+            return f, True
+        f.close()  # removed by a clean-up between its creation and the lock
+    raise OSError(errno.EAGAIN, "each file made was removed by another run's clean-up before it could be locked")
 
 
 def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | None = None) -> int:
@@ -266,7 +262,7 @@ def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | Non
 
 def _remove_if_unlocked(lock_path: str, remove: Callable[[], None]) -> bool:
     """Run ``remove`` if no process holds a lock on the file at ``lock_path``, while this probe holds one,
-    so that a writer taking its lock meanwhile waits, then finds its file gone (see :func:`_open_temporary`).
+    so that a writer taking its lock meanwhile waits, then finds its file gone (see :func:`_new_locked_file`).
 
     A shared lock, not blocking: it conflicts with a writer's exclusive one, and unlike an exclusive one it
     can be taken on a file opened read-only over NFS (which emulates flock with whole-file POSIX locks)."""
