@@ -180,8 +180,8 @@ def lr_factor(iteration: int, schedule: dict) -> float:
 def _use_schedule_settings(optimizer: torch.optim.Optimizer, scheduler, schedule: dict) -> list[str]:
     """After a resume loaded the optimizer and scheduler state, which hold the saved run's lr, momentum and
     weight decay: use the schedule's (with the overrides asked for, e.g. a lower --lr), from the current
-    iteration on. Returns 'setting old -> new' for each that changed; with none changed nothing is touched,
-    so an exact resume stays exact."""
+    iteration on. Returns 'setting old -> new' for each that changed; with none changed the lr set is the
+    one LambdaLR computed (the same product), so an exact resume stays exact."""
     changed = []
     lr = learning_rate(schedule)
     if any(base != lr for base in scheduler.base_lrs):
@@ -189,9 +189,7 @@ def _use_schedule_settings(optimizer: torch.optim.Optimizer, scheduler, schedule
         scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
     for group in optimizer.param_groups:  # the lr of the next step, by the schedule's steps and warm-up too
         group["initial_lr"] = scheduler.base_lrs[0]
-        now = scheduler.base_lrs[0] * lr_factor(scheduler.last_epoch, schedule)
-        if group["lr"] != now:
-            group["lr"] = now
+        group["lr"] = scheduler.base_lrs[0] * lr_factor(scheduler.last_epoch, schedule)
     for key in ("momentum", "weight_decay"):
         value = float(schedule[key])
         old = optimizer.param_groups[0][key]

@@ -31,7 +31,7 @@ def load(name_or_path: str, kind: str = "") -> dict:
     # a file the user names is read whatever its extension; a bundled name wins over a file without
     # one (e.g. an output folder or file named after the recipe it was made with)
     if not (p.is_file() and (p.suffix.lower() == ".toml" or not bundled.is_file())):
-        p = bundled if bundled.is_file() or not Path(name_or_path).is_dir() else Path(name_or_path)
+        p = bundled if bundled.is_file() or not p.is_dir() else p
     try:
         with open(p, "rb") as f:
             return tomllib.load(f)

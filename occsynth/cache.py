@@ -93,7 +93,8 @@ def _finished(kind: str, path: Path) -> dict | None:
         notes.append("no readable meta.json: runs using it fail until it is removed")
     else:
         if kind == "bank":  # the file it was built from (older banks recorded its name only)
-            source = (meta.get("source") or {}).get("path") or (meta.get("source") or {}).get("annotations")
+            built_from = meta.get("source") or {}
+            source = built_from.get("path") or built_from.get("annotations")
         else:
             source = meta.get("image_root")
         if not current_format(meta, kind):
