@@ -431,6 +431,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         finished = True
     finally:
         bar.close()
+        _shut_down_loader(batches)
         if own_group:
             if finished:  # after an error the other ranks may never arrive
                 dist.barrier()
@@ -470,6 +471,16 @@ def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device,
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev, rank, world, own
+
+
+def _shut_down_loader(batches) -> None:
+    """End the loader's worker processes now. After a stop whose signal reached them too (a batch scheduler
+    signals every process of a job), torch's shut-down reports their death; left to garbage collection it
+    prints that as 'Exception ignored in ... __del__' with a traceback, after the command has said it stopped."""
+    shut_down = getattr(batches, "_shutdown_workers", None)  # only the multi-process iterator has workers
+    if shut_down is not None:
+        with contextlib.suppress(RuntimeError):  # "DataLoader worker ... is killed by signal"
+            shut_down()
 
 
 def _prune(out_dir: Path, keep: int) -> None:

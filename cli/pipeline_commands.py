@@ -53,8 +53,13 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
         inputs.synthetic = (Path(synthetic) / "annotations.json", Path(synthetic) / "images")
     if cocoocc:
         inputs.cocoocc = Path(cocoocc)
-    report = run_pipeline(out, inputs, recipe=recipe or ("pipeline-tiny" if tiny else "pipeline-paper"),
-                          workers=workers, device=device, cache_dir=cache_dir, progress=not quiet, log=click.echo)
+    try:
+        report = run_pipeline(out, inputs, recipe=recipe or ("pipeline-tiny" if tiny else "pipeline-paper"),
+                              workers=workers, device=device, cache_dir=cache_dir, progress=not quiet, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished stages and checkpoints are kept; run the same command again to continue",
+                   err=True)
+        raise
     click.echo(report["table"])
     click.echo(f"results: {Path(out) / 'results.md'}")
 

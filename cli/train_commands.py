@@ -75,11 +75,17 @@ def _steps(ctx, param, value):
 def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, quiet,
                   **overrides):
     """Train BCNet; run under `torchrun --nproc_per_node N` for several GPUs."""
-    from bcnet.train import train
+    from bcnet.train import LAST, train
 
-    result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
-                   init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
-                   report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"))
+    try:
+        result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
+                       init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
+                       report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"))
+    except KeyboardInterrupt:
+        if (Path(out_dir) / LAST).is_file() and os.environ.get("RANK", "0") == "0":
+            click.echo(f"\ninterrupted: {out_dir} keeps its checkpoints; run the same command with --resume to "
+                       "continue from the last one", err=True)
+        raise
     if result["checkpoint"] is not None:
         last = result["history"][-1] if result["history"] else {}
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "

@@ -45,6 +45,10 @@ def raise_if_stopping() -> None:
 def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
     """Inside the block, these signals raise KeyboardInterrupt and are noted (:func:`stop_requested`).
 
+    An error raised out of the block after a stop was asked for is taken as that stop: a batch scheduler
+    signals every process of a job, and a library that reports its helper processes' death (torch's
+    DataLoader: "worker killed by signal") can replace the KeyboardInterrupt while it unwinds.
+
     Only the main thread can set handlers; elsewhere the block runs with the handlers it has. A signal
     the process was started ignoring stays ignored (a job started with ``cmd &`` from a script ignores
     Ctrl-C, so that Ctrl-C at the terminal leaves it running).
@@ -59,7 +63,11 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
         for signum in signums:
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, request_stop)
-        yield
+        try:
+            yield
+        except Exception:
+            raise_if_stopping()
+            raise
     finally:
         _active[0] -= 1
         raised = None

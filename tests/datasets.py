@@ -177,3 +177,48 @@ def save_annotations(out_dir: str | Path, data: dict, refresh_manifest: bool = T
                                                     "image_format": image_format},
                     "counts": manifest_counts(data), "skipped": {"counts": {}, "examples": {}}}
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def write_shapes(out: Path, n: int = 8, size: int = 96, seed: int = 0) -> Path:
+    """A learnable set for training checks: red rectangles (category 1) and blue discs (category 2) on grey,
+    2-3 per image, some overlapping; each annotation is the object's visible part."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size]
+    images, anns = [], []
+    for i in range(n):
+        pixels = np.full((size, size, 3), 110, np.uint8)
+        objects = []
+        for _ in range(int(rng.integers(2, 4))):
+            category = int(rng.integers(1, 3))
+            cx, cy = rng.integers(18, size - 18, 2)
+            r = int(rng.integers(10, 18))
+            if category == 1:
+                mask = (abs(xs - cx) <= r) & (abs(ys - cy) <= int(r * 0.7))
+            else:
+                mask = (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+            pixels[mask] = (220, 40, 40) if category == 1 else (40, 60, 220)
+            objects.append((category, mask))
+        cv2.imwrite(str(out / "images" / f"{i}.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": size, "width": size})
+        for j, (category, mask) in enumerate(objects):
+            visible = mask & ~np.any([m for _, m in objects[j + 1:]] or [np.zeros_like(mask)], axis=0)
+            if visible.sum() >= 30:
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": category, "iscrowd": 0,
+                             "segmentation": rle(visible), "area": int(visible.sum()), "bbox": tight_box(visible)})
+    categories = [{"id": 1, "name": "rect"}, {"id": 2, "name": "disc"}]
+    data = {"images": images, "annotations": anns, "categories": categories}
+    (out / "annotations.json").write_text(json.dumps(data))
+    return out
+
+
+def mask_ap(model, root: Path, device: str = "cpu") -> float:
+    """Mask AP of ``model`` on the set at ``root`` (0 when it detects nothing)."""
+    from bcnet import evaluate
+    from bcnet.data import CocoInstances
+
+    dataset = CocoInstances(root / "annotations.json", root / "images")
+    results = evaluate.predict_dataset(model, dataset, device=device, progress=False)
+    if not results:
+        return 0.0
+    return max(evaluate.evaluate(root / "annotations.json", results, occlusion_splits=False)["segm"]["AP"], 0.0)

@@ -109,3 +109,47 @@ def test_unknown_names_are_errors():
         build_mask_head("gcn", 16, 3, preset="journal")
     with pytest.raises(ValueError):
         build_mask_head("gcn", 16, 3, gcn_layers=2)
+
+
+@pytest.mark.parametrize("name", MASK_HEADS)
+def test_padding_the_roi_count_changes_no_output_and_no_gradient(name):
+    """run_in_buckets pads RoIs with zeros for cuDNN's sake: the real RoIs' outputs and the weights'
+    gradients must come out as without it (the paper preset has no batch-coupled layer)."""
+    from bcnet.roi_heads import run_in_buckets
+
+    torch.manual_seed(0)
+    head = build_mask_head(name, 8, 3, conv_dim=8)
+    x = torch.randn(5, 8, 14, 14)
+    grads = []
+    for multiple in (1, 4):
+        head.zero_grad()
+        out = run_in_buckets(head, x, multiple)
+        assert {k: v.shape[0] for k, v in out.items()} == {k: 5 for k in out}
+        sum((v * torch.rand(v.shape, generator=torch.Generator().manual_seed(1))).sum()
+            for v in out.values()).backward()
+        grads.append(({k: v.detach() for k, v in out.items()}, [p.grad.clone() for p in head.parameters()]))
+    (plain, plain_grads), (padded, padded_grads) = grads
+    for key in plain:
+        torch.testing.assert_close(padded[key], plain[key], rtol=1e-4, atol=1e-5)  # float sums in another order
+    for a, b in zip(plain_grads, padded_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert run_in_buckets(head, x[:0], 4)["mask"].shape[0] == 0
+
+
+def test_the_mask_branch_pads_only_on_a_gpu_and_never_a_batch_normalised_head_in_training(monkeypatch):
+    from bcnet import roi_heads
+
+    multiples = []
+    real = roi_heads.run_in_buckets
+    monkeypatch.setattr(roi_heads, "run_in_buckets", lambda head, rois, multiple: (multiples.append(multiple),
+                                                                                   real(head, rois, multiple))[1])
+    x = torch.randn(3, 8, 14, 14)
+    for preset in ("paper", "original"):
+        branch = roi_heads.build_mask_branch("bilayer-gcn", 8, 3, ["0"], preset, {"conv_dim": 8})
+        branch.run_head(x)  # CPU: padding would only cost time
+        assert multiples.pop() == 1
+        assert branch._batch_norm == (preset == "original")
+    # on a GPU (tests/test_gpu.py runs it there): the rule the branch applies, device aside
+    paper = roi_heads.build_mask_branch("bilayer-gcn", 8, 3, ["0"], "paper", {"conv_dim": 8})
+    original = roi_heads.build_mask_branch("bilayer-gcn", 8, 3, ["0"], "original", {"conv_dim": 8})
+    assert paper.roi_bucket == roi_heads.ROI_BUCKET and not paper._batch_norm and original._batch_norm

@@ -4,7 +4,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +22,7 @@ from bcnet import evaluate as E
 from bcnet import train as T
 from bcnet.data import CocoInstances
 from cli.bcnet_cli import main as bcnet_main
-from datasets import load_annotations, save_annotations, write_dataset
-from occsynth import masks as mask_ops
+from datasets import load_annotations, mask_ap, save_annotations, write_dataset, write_shapes
 from occsynth.errors import OccsynthError
 
 TINY = dict(checkpoint_every=3, short=64, long_max=96, batch_size=2, base_batch_size=2, workers=0)
@@ -119,6 +122,33 @@ def test_loader_workers_do_not_change_the_run(tmp_path, dataset_dir):
     alone = _run(dataset_dir, tmp_path / "w0", iterations=3, workers=0)
     pooled = _run(dataset_dir, tmp_path / "w2", iterations=3, workers=2)
     assert [h["loss"] for h in alone["history"]] == [h["loss"] for h in pooled["history"]]
+
+
+def test_sigterm_to_every_process_of_a_run_with_loader_workers_stops_it_and_resume_continues(tmp_path, dataset_dir):
+    """A batch scheduler's cancel signals the whole job, the data loader's workers too. torch reports their death
+    from its SIGCHLD handler, which replaced the stop while it unwound: a traceback and exit 1, not 'Stopped'."""
+    out = tmp_path / "run"
+    args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
+            "--out", str(out), "--schedule", "schedule-tiny", "--iterations", "100000", "--checkpoint-every", "1",
+            "--batch-size", "2", "--short", "48", "--long-max", "64", "--workers", "2", "--no-progress"]
+    code = "import sys; from cli.bcnet_cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("checkpoint_*.pt"))) < 3:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, as `scancel` signals every process of a step
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and stderr.rstrip().endswith("Stopped (SIGTERM).")
+    assert "run the same command with --resume" in stderr
+    done = ckpt.load_checkpoint(T.latest_checkpoint(out))["iteration"]
+    assert done >= 3 and not list(out.glob("*.tmp*"))
+    result = CliRunner().invoke(bcnet_main, args[:args.index("--iterations")] + ["--iterations", str(done + 1)]
+                                + args[args.index("--iterations") + 2:] + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"resuming from {out / f'checkpoint_{done:07d}.pt'} at iteration {done}" in result.output
+    assert ckpt.load_checkpoint(out / "model_final.pt")["iteration"] == done + 1
 
 
 def test_records_skipped_in_loader_workers_reach_the_run_summary(tmp_path):
@@ -232,49 +262,6 @@ def test_cli_train_then_evaluate(tmp_path, dataset_dir):
     assert bad.exit_code == 2 and "checkpoint not found" in bad.output
 
 
-def write_shapes(out: Path, n: int = 8, size: int = 96, seed: int = 0) -> Path:
-    """Red rectangles (category 1) and blue discs (category 2) on grey, 2-3 per image, some overlapping."""
-    import cv2
-
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size]
-    images, anns = [], []
-    for i in range(n):
-        pixels = np.full((size, size, 3), 110, np.uint8)
-        objects = []
-        for _ in range(int(rng.integers(2, 4))):
-            category = int(rng.integers(1, 3))
-            cx, cy = rng.integers(18, size - 18, 2)
-            r = int(rng.integers(10, 18))
-            if category == 1:
-                mask = (abs(xs - cx) <= r) & (abs(ys - cy) <= int(r * 0.7))
-            else:
-                mask = (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
-            pixels[mask] = (220, 40, 40) if category == 1 else (40, 60, 220)
-            objects.append((category, mask))
-        cv2.imwrite(str(out / "images" / f"{i}.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
-        images.append({"id": i + 1, "file_name": f"{i}.png", "height": size, "width": size})
-        for j, (category, mask) in enumerate(objects):
-            visible = mask & ~np.any([m for _, m in objects[j + 1:]] or [np.zeros_like(mask)], axis=0)
-            if visible.sum() >= 30:
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": category, "iscrowd": 0,
-                             "segmentation": mask_ops.encode(visible), "area": int(visible.sum()),
-                             "bbox": mask_ops.bbox(visible)})
-    categories = [{"id": 1, "name": "rect"}, {"id": 2, "name": "disc"}]
-    data = {"images": images, "annotations": anns, "categories": categories}
-    (out / "annotations.json").write_text(json.dumps(data))
-    return out
-
-
-def _mask_ap(model, root: Path) -> float:
-    ds = CocoInstances(root / "annotations.json", root / "images")
-    results = E.predict_dataset(model, ds, progress=False)
-    if not results:
-        return 0.0
-    return max(E.evaluate(root / "annotations.json", results, occlusion_splits=False)["segm"]["AP"], 0.0)
-
-
 @pytest.mark.slow
 def test_tiny_bilayer_model_learns_masks(tmp_path):
     root = write_shapes(tmp_path / "shapes")
@@ -283,12 +270,12 @@ def test_tiny_bilayer_model_learns_masks(tmp_path):
     schedule = T.load_schedule("schedule-tiny", overrides)
     torch.manual_seed(0)
     untrained = T.build(3, T.model_config(schedule)).eval()
-    start = _mask_ap(untrained, root)
+    start = mask_ap(untrained, root)
     result = T.train(root / "annotations.json", root / "images", tmp_path / "run", schedule=schedule,
                      progress=False)
     history = result["history"]
     assert np.mean([h["loss"] for h in history[-20:]]) < 0.6 * np.mean([h["loss"] for h in history[:10]])
-    end = _mask_ap(result["model"], root)
+    end = mask_ap(result["model"], root)
     assert start < 0.05 and end >= 0.3, (start, end)
 
 
