@@ -410,12 +410,14 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                     with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
                         losses = net(images, targets)
                     loss = sum(losses.values()) / accumulate
-                    if not torch.isfinite(loss):
-                        raise OccsynthError(f"iteration {iteration + 1}: loss is {loss.item()} "
-                                            f"({_fmt(losses)}); lower the learning rate")
+                    # every term read back at once: one wait for the GPU per micro-batch, not one per term
+                    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+                    if not math.isfinite(sum(values.values())):
+                        raise OccsynthError(f"iteration {iteration + 1}: loss is {sum(values.values()) / accumulate} "
+                                            f"({_fmt(values)}); lower the learning rate")
                     scaler.scale(loss).backward()
-                for k, v in losses.items():
-                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / accumulate
+                for k, v in values.items():
+                    totals[k] = totals.get(k, 0.0) + v / accumulate
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -431,11 +433,13 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         finished = True
     finally:
         bar.close()
-        _shut_down_loader(batches)
-        if own_group:
-            if finished:  # after an error the other ranks may never arrive
-                dist.barrier()
-            dist.destroy_process_group()
+        try:
+            _shut_down_loader(batches)
+        finally:  # a second stop while the workers shut down still leaves the process group
+            if own_group:
+                if finished:  # after an error the other ranks may never arrive
+                    dist.barrier()
+                dist.destroy_process_group()
     model.eval()
     if hasattr(model, "transform"):
         model.transform._skip_resize = False

@@ -48,9 +48,10 @@ class Group(click.Group):
             raise click.exceptions.Exit(141) from None  # 128 + SIGPIPE: what a shell reports for it
         except OSError as exc:  # disk full, permissions, ... outside the library's own checks
             raise ReportedError(_os_error_message(exc)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             signum = stopping.stop_requested() or signal.SIGINT
-            click.echo(f"Stopped ({signal.Signals(signum).name}).", err=True)
+            replaced = f"; {str(exc).rstrip('.')}" if str(exc) else ""  # an error raised while it unwound
+            click.echo(f"Stopped ({signal.Signals(signum).name}){replaced}.", err=True)
             raise click.exceptions.Exit(128 + int(signum)) from None
 
 

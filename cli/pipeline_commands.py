@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from cli.common import cache_dir_option, quiet_option
+from occsynth import stopping
 
 
 @click.command("train-synthetic")
@@ -56,7 +57,9 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
     try:
         report = run_pipeline(out, inputs, recipe=recipe or ("pipeline-tiny" if tiny else "pipeline-paper"),
                               workers=workers, device=device, cache_dir=cache_dir, progress=not quiet, log=click.echo)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not stopping.is_stop(exc):
+            raise
         click.echo("\ninterrupted: finished stages and checkpoints are kept; run the same command again to continue",
                    err=True)
         raise

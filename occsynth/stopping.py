@@ -33,6 +33,11 @@ def stop_requested() -> int | None:
     return _requested[-1] if _requested else None
 
 
+def is_stop(exc: BaseException) -> bool:
+    """Whether ``exc`` is a stop, or an error raised after a stop was asked for in the current block."""
+    return isinstance(exc, KeyboardInterrupt) or bool(_active[0] and _requested)
+
+
 def raise_if_stopping() -> None:
     """Raise KeyboardInterrupt if a stop was asked for: call it where a broad ``except`` would take
     whatever a C library raised for bad input. Outside a :func:`stop_on_signals` block it does nothing: a
@@ -45,9 +50,10 @@ def raise_if_stopping() -> None:
 def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
     """Inside the block, these signals raise KeyboardInterrupt and are noted (:func:`stop_requested`).
 
-    An error raised out of the block after a stop was asked for is taken as that stop: a batch scheduler
-    signals every process of a job, and a library that reports its helper processes' death (torch's
-    DataLoader: "worker killed by signal") can replace the KeyboardInterrupt while it unwinds.
+    An error raised out of the block after a stop was asked for is taken as that stop, a KeyboardInterrupt
+    whose message names the error (:func:`is_stop` tells such errors apart inside the block): a batch
+    scheduler signals every process of a job, and a library that reports its helper processes' death
+    (torch's DataLoader: "worker killed by signal") can replace the KeyboardInterrupt while it unwinds.
 
     Only the main thread can set handlers; elsewhere the block runs with the handlers it has. A signal
     the process was started ignoring stays ignored (a job started with ``cmd &`` from a script ignores
@@ -65,8 +71,9 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
                 previous[signum] = signal.signal(signum, request_stop)
         try:
             yield
-        except Exception:
-            raise_if_stopping()
+        except Exception as exc:
+            if _requested:  # the stop wins, and says what it replaced
+                raise KeyboardInterrupt(f"while stopping: {type(exc).__name__}: {exc}") from exc
             raise
     finally:
         _active[0] -= 1

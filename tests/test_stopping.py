@@ -89,16 +89,19 @@ def test_a_stop_noted_by_an_earlier_command_does_not_outlive_it(monkeypatch):
 def test_an_error_raised_while_a_stop_unwinds_is_the_stop():
     """torch's DataLoader raises 'worker killed by signal' from its SIGCHLD handler when the scheduler's SIGTERM
     reached its workers too; that error must not turn a stop into a failure."""
-    with pytest.raises(KeyboardInterrupt), stopping.stop_on_signals():
+    with pytest.raises(KeyboardInterrupt, match="^while stopping: RuntimeError: DataLoader worker \\(pid 1\\) is "
+                                                "killed by signal: Terminated.$"), stopping.stop_on_signals():
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(1000):
                 pass
         finally:
+            assert stopping.is_stop(RuntimeError("inside the block, after the stop"))
             raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
     assert stopping.stop_requested() == signal.SIGTERM
     with pytest.raises(RuntimeError, match="no stop"), stopping.stop_on_signals():  # without a stop: itself
         raise RuntimeError("no stop")
+    assert stopping.is_stop(KeyboardInterrupt()) and not stopping.is_stop(RuntimeError("outside a block"))
 
 
 def test_a_signal_the_process_ignores_stays_ignored_in_the_block():
