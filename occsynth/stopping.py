@@ -72,7 +72,7 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
         try:
             yield
         except Exception as exc:
-            if _requested:  # the stop wins, and says what it replaced
+            if is_stop(exc):  # the stop wins, and says what it replaced
                 raise KeyboardInterrupt(f"while stopping: {type(exc).__name__}: {exc}") from exc
             raise
     finally:
