@@ -18,3 +18,19 @@ def private_cache_home(tmp_path_factory):
 def demo_source(tmp_path_factory):
     """(annotations.json path, image root) of the demo set, built once per test session."""
     return make_demo_source(tmp_path_factory.mktemp("demo-source"))
+
+
+@pytest.fixture
+def bucket_multiples(monkeypatch):
+    """The ``multiple`` of every bcnet.roi_heads.run_in_buckets call, in order (the call itself still runs)."""
+    from bcnet import roi_heads
+
+    multiples = []
+    real = roi_heads.run_in_buckets
+
+    def recorded(head, rois, multiple):
+        multiples.append(multiple)
+        return real(head, rois, multiple)
+
+    monkeypatch.setattr(roi_heads, "run_in_buckets", recorded)
+    return multiples

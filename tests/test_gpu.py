@@ -135,11 +135,8 @@ def test_bench_times_both_heads_on_the_gpu(amp):
     assert report["extra_parameters_m"] > 0
 
 
-def test_the_mask_branch_pads_roi_counts_on_the_gpu_and_the_losses_stay_the_same(monkeypatch):
-    multiples = []
-    real = roi_heads.run_in_buckets
-    monkeypatch.setattr(roi_heads, "run_in_buckets", lambda head, rois, multiple: (multiples.append(multiple),
-                                                                                   real(head, rois, multiple))[1])
+def test_the_mask_branch_pads_roi_counts_on_the_gpu_and_the_losses_stay_the_same(bucket_multiples):
+    multiples = bucket_multiples
     images, targets = _synthetic_batch(2, 128, 5, torch.device(DEVICE))
     for preset, padded in (("paper", roi_heads.ROI_BUCKET), ("original", 1)):  # BatchNorm in training: never
         torch.manual_seed(0)

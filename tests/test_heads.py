@@ -136,20 +136,13 @@ def test_padding_the_roi_count_changes_no_output_and_no_gradient(name):
     assert run_in_buckets(head, x[:0], 4)["mask"].shape[0] == 0
 
 
-def test_the_mask_branch_pads_only_on_a_gpu_and_never_a_batch_normalised_head_in_training(monkeypatch):
+def test_the_mask_branch_pads_only_on_a_gpu_and_never_a_batch_normalised_head_in_training(bucket_multiples):
     from bcnet import roi_heads
 
-    multiples = []
-    real = roi_heads.run_in_buckets
-    monkeypatch.setattr(roi_heads, "run_in_buckets", lambda head, rois, multiple: (multiples.append(multiple),
-                                                                                   real(head, rois, multiple))[1])
     x = torch.randn(3, 8, 14, 14)
     for preset in ("paper", "original"):
         branch = roi_heads.build_mask_branch("bilayer-gcn", 8, 3, ["0"], preset, {"conv_dim": 8})
         branch.run_head(x)  # CPU: padding would only cost time
-        assert multiples.pop() == 1
-        assert branch._batch_norm == (preset == "original")
-    # on a GPU (tests/test_gpu.py runs it there): the rule the branch applies, device aside
-    paper = roi_heads.build_mask_branch("bilayer-gcn", 8, 3, ["0"], "paper", {"conv_dim": 8})
-    original = roi_heads.build_mask_branch("bilayer-gcn", 8, 3, ["0"], "original", {"conv_dim": 8})
-    assert paper.roi_bucket == roi_heads.ROI_BUCKET and not paper._batch_norm and original._batch_norm
+        assert bucket_multiples.pop() == 1
+        # on a GPU (tests/test_gpu.py runs it there) these decide: the bucket, and no padding of a BatchNorm head
+        assert branch.roi_bucket == roi_heads.ROI_BUCKET and branch._batch_norm == (preset == "original")
