@@ -348,13 +348,16 @@ def micro_batch_size(batch_size: int, world_size: int = 1, accumulate: int = 1) 
 
 def train_loader(dataset: CocoInstances, batch_size: int, seed: int, start_iteration: int,
                  iterations: int, workers: int = 0, rank: int = 0, world_size: int = 1,
-                 accumulate: int = 1) -> DataLoader:
-    """Micro-batches, in order, for iterations ``start_iteration + 1 .. iterations`` (see :func:`rank_draws`)."""
+                 accumulate: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Micro-batches, in order, for iterations ``start_iteration + 1 .. iterations`` (see :func:`rank_draws`).
+
+    ``pin_memory``: copy each batch into page-locked memory (on a thread of this process), so that moving it
+    to a CUDA device with ``non_blocking=True`` overlaps the GPU's work instead of waiting for it."""
     draws = rank_draws(start_iteration, iterations, batch_size, rank, world_size, accumulate)
     return DataLoader(SampleStream(dataset, seed), batch_size=micro_batch_size(batch_size, world_size, accumulate),
                       sampler=draws, collate_fn=collate, num_workers=workers,
                       generator=torch.Generator().manual_seed(int(seed)), persistent_workers=False,
-                      pin_memory=False)
+                      pin_memory=bool(pin_memory))
 
 
 def _is_candidate(ann: dict, category_id_to_label: dict) -> bool:

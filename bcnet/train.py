@@ -369,7 +369,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
 
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
                           workers=int(schedule.get("workers", 0)), rank=rank, world_size=world,
-                          accumulate=accumulate)
+                          accumulate=accumulate, pin_memory=device_.type == "cuda")
     save = rank == 0
     if save:
         make_folder(out_dir)

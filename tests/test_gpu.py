@@ -152,3 +152,22 @@ def test_the_mask_branch_pads_roi_counts_on_the_gpu_and_the_losses_stay_the_same
             torch.testing.assert_close(losses[roi_heads.ROI_BUCKET][key], value, rtol=1e-4, atol=1e-6)
         model.eval()(images)
         assert not multiples or multiples.pop() == roi_heads.ROI_BUCKET  # inference: every head (none if nothing found)
+
+
+def test_training_on_the_gpu_moves_batches_from_pinned_memory(shapes, tmp_path, monkeypatch):
+    # from pageable memory a non_blocking copy waits for the GPU: at 800 px an iteration took 0.24 s, pinned 0.18 s
+    pinned = []
+    real_loader = T.train_loader
+
+    def spy(*args, **kwargs):
+        def batches():
+            for images, targets in real_loader(*args, **kwargs):
+                pinned.append([t.is_pinned() for t in images] + [t["masks"].is_pinned() for t in targets])
+                yield images, targets
+        return batches()
+
+    monkeypatch.setattr(T, "train_loader", spy)
+    result = T.train(shapes / "annotations.json", shapes / "images", tmp_path / "run", schedule="schedule-tiny",
+                     overrides={**LEARN, "iterations": 3, "workers": 2}, device=DEVICE, progress=False)
+    assert result["iteration"] == 3 and len(pinned) == 3
+    assert all(all(batch) and len(batch) == 2 * LEARN["batch_size"] for batch in pinned), pinned
