@@ -242,6 +242,33 @@ def test_predict_dataset_maps_labels_back_and_encodes_masks(tmp_path):
     assert set(out) >= {"bbox", "segm", "segm_by_box_overlap", "segm_by_occlusion_ratio"}
 
 
+def test_result_masks_are_encoded_exactly_from_their_pixels():
+    # each mask is encoded from the box of its pixels: the strings must be those of the whole thresholded mask
+    h, w = 37, 53
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(9, 1, h, w, generator=g) * 0.5  # all below the threshold: empty, unless set below
+    probs[0, 0] = 0.9                                  # the whole image
+    probs[1, 0, 0, 0] = probs[2, 0, h - 1, w - 1] = 0.8  # one pixel in a corner
+    probs[3, 0, :, w - 1] = 0.8                         # the last column: a run that ends the image
+    probs[4, 0, 5:9, 3:7] = probs[4, 0, 20:30, 40:50] = 0.7  # two blobs far apart
+    probs[5, 0] = torch.rand(h, w, generator=g)          # noise: many runs
+    probs[6, 0, 10:20, 10] = 0.6                         # one column, then the next one's top
+    probs[6, 0, 0:3, 11] = 0.6
+    probs[7, 0, 3:h, 2] = probs[7, 0, 0:h, 3] = 0.9      # a run joined across a column boundary
+    n = len(probs)
+    output = {"boxes": torch.tensor([[0.0, 0.0, 5.0, 5.0]] * n), "scores": torch.linspace(0.9, 0.1, n),
+              "labels": torch.ones(n, dtype=torch.int64), "masks": probs}
+    results = E.to_coco_results(output, {"image_id": 4, "orig_size": (h, w)}, (h, w), [7], 0.5)
+    assert [r["segmentation"] for r in results] == [mask_ops.encode((p[0] > 0.5).numpy()) for p in probs]
+    # resized back to the record's size first (bilinear), then the same
+    small = torch.nn.functional.interpolate(probs, size=(20, 30), mode="bilinear", align_corners=False)
+    output["masks"] = small
+    results = E.to_coco_results(output, {"image_id": 4, "orig_size": (h, w)}, (20, 30), [7], 0.5)
+    back = torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    assert [r["segmentation"] for r in results] == [mask_ops.encode((p[0] > 0.5).numpy()) for p in back]
+    assert results[0]["bbox"] == pytest.approx([0.0, 0.0, 5.0 * w / 30, 5.0 * h / 20])
+
+
 def rect_hw(h, w, x0, y0, x1, y1):
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
