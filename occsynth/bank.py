@@ -398,9 +398,7 @@ def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> d
     if isinstance(size, list) and len(size) == 2 and size != [height, width]:  # a wrong record, or a wrong mask
         raise BadRecord(errors.MASK_SIZE_MISMATCH, where, f"RLE size {brief(size)}, the image record says "
                         f"{height}x{width} (height x width)")
-    try:  # masks.to_rle checks uncompressed counts; a compressed string is checked here
-        if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
-            masks.check_rle_counts(segmentation["counts"], height * width)
+    try:  # masks.to_rle checks the counts
         rle = masks.to_rle(segmentation, height, width)
         if isinstance(segmentation, dict):
             # given as RLE, whose runs may be split (zero-length runs) or spelled unusually: stored as

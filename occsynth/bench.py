@@ -49,7 +49,8 @@ import numpy as np
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, write_json
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
-from .coco import encode_image, read_dataset, read_image, resolve_image_path
+from .errors import SkipLog
+from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
 from .generate import RunSettings, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
@@ -83,20 +84,24 @@ def textured_source(ann_path: str | os.PathLike, image_root: str | os.PathLike, 
     data = read_dataset(ann_path)
     rng = np.random.default_rng(seed)
     details = [_detail(name) for name in TEXTURE_PHOTOS] if texture else []
-    max_id = max(im["id"] for im in data["images"])
-    max_ann = max((a["id"] for a in data["annotations"]), default=0)
-    by_image: dict[int, list[dict]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
+    # records generation would skip are left out here (bad records, masks that do not decode), so that a
+    # real source with a few of them (COCO has some) can be measured; the images themselves must be readable
+    by_id, _, by_image = index_dataset(data, SkipLog())
+    max_id = max(by_id, default=0)
+    max_ann = max((a["id"] for anns in by_image.values() for a in anns), default=0)
     images, annotations = [], []
-    for image in data["images"]:
+    for image in by_id.values():
         scale = long_side / max(image["height"], image["width"]) if long_side else 1.0
         h, w = round(image["height"] * scale), round(image["width"] * scale)
         base = cv2.resize(read_image(resolve_image_path(image_root, image["file_name"])), (w, h),
                           interpolation=cv2.INTER_LINEAR)
         resized = []
-        for ann in by_image.get(image["id"], []):
-            mask = masks.resize(masks.decode(ann["segmentation"], image["height"], image["width"]), (h, w))
+        for ann in by_image[image["id"]]:
+            try:
+                mask = masks.decode(ann["segmentation"], image["height"], image["width"])
+            except (ValueError, TypeError, KeyError):  # masks.DegenerateMask is a ValueError
+                continue
+            mask = masks.resize(mask, (h, w))
             resized.append({**ann, "segmentation": masks.encode(mask), "area": masks.area(mask),
                             "bbox": masks.bbox(mask)})
         for c in range(copies):

@@ -34,8 +34,12 @@ def finite_number(value: Any) -> bool:
         return False
 
 
-def to_rle(segmentation: Any, height: int, width: int) -> dict:
-    """Any COCO segmentation -> one compressed RLE dict (``counts`` as bytes)."""
+def to_rle(segmentation: Any, height: int, width: int, *, check: bool = True) -> dict:
+    """Any COCO segmentation -> one compressed RLE dict (``counts`` as bytes).
+
+    A compressed string is parsed and refused unless its runs cover the image exactly
+    (:func:`check_rle_counts`): pycocotools would read and write past its buffers decoding it.
+    ``check=False`` is for a caller that checks the runs itself."""
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if isinstance(p, (list, tuple))]
         if not polygons or len(polygons) != len(segmentation):
@@ -64,9 +68,14 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict:
                 raise DegenerateMask("uncompressed RLE counts do not sum to height*width")
             return mask_utils.frPyObjects(segmentation, height, width)
         if isinstance(counts, str):
-            counts = counts.encode("ascii")
+            try:
+                counts = counts.encode("ascii")
+            except UnicodeEncodeError:
+                raise DegenerateMask("compressed RLE has characters outside its alphabet") from None
         if not isinstance(counts, bytes):
             raise DegenerateMask("RLE counts must be a string or a list of ints")
+        if check:
+            check_rle_counts(counts, height * width)
         return {"size": size, "counts": counts}
     raise DegenerateMask(f"unknown segmentation type {type(segmentation).__name__}")
 
@@ -330,7 +339,7 @@ def decode_crop_encoded(segmentation: Any, height: int, width: int
 def _decode_runs(segmentation: Any, height: int, width: int
                  ) -> tuple[tuple[int, int, int, int] | None, np.ndarray, np.ndarray | None]:
     """(box, crop, canonical runs or None when decode_box had to do it)."""
-    rle = _bytes_counts(to_rle(segmentation, height, width))
+    rle = _bytes_counts(to_rle(segmentation, height, width, check=False))  # the runs are checked below
     try:
         counts = rle_counts(rle["counts"])
     except DegenerateMask:

@@ -147,6 +147,26 @@ def test_textured_source_keeps_exact_masks_and_makes_distinct_files(demo_source,
     assert (out_root / a["file_name"]).read_bytes() != (out_root / b["file_name"]).read_bytes()
 
 
+def test_textured_source_leaves_out_records_generation_would_skip(demo_source, tmp_path):
+    # occsynth bench on a real source: a few bad records (COCO has degenerate polygons) must not stop it
+    ann, root = demo_source
+    src = json.loads(Path(ann).read_text())
+    image = src["images"][0]
+    first = next(a for a in src["annotations"] if a["image_id"] == image["id"])
+    bad = [{**first, "id": 900001, "segmentation": [[10, 10, 20, 20]]},             # 4 coordinates
+           {**first, "id": 900002, "segmentation": None},
+           {**first, "id": 900003, "segmentation": {"size": [image["height"], image["width"]], "counts": "0"}},
+           {**first, "id": 900004, "image_id": 987654}]                            # unknown image
+    src["annotations"] += bad
+    src["images"].append({"id": 555, "file_name": "nowhere.jpg"})                 # no size: not an image record
+    (tmp_path / "src.json").write_text(json.dumps(src))
+    out_ann, _ = textured_source(tmp_path / "src.json", root, tmp_path / "tex", long_side=64)
+    data = json.loads(out_ann.read_text())
+    kept = {a["id"] for a in data["annotations"]}
+    assert kept == {a["id"] for a in src["annotations"]} - {b["id"] for b in bad}
+    assert {im["id"] for im in data["images"]} == {im["id"] for im in src["images"]} - {555}
+
+
 def test_bench_generation_reports_floor_generation_and_sizes(tmp_path):
     from occsynth.bench import bench_generation
     report = bench_generation(num_images=8, workers=1, long_side=240, work_dir=tmp_path, repeat=2)

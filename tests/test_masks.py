@@ -61,6 +61,20 @@ def test_degenerate_segmentations_raise(seg):
         masks.decode(seg, 10, 10)
 
 
+def test_compressed_rle_whose_runs_do_not_cover_the_image_is_refused_before_pycocotools_reads_it():
+    # pycocotools decodes such a string past its buffers; every entry point that decodes refuses it instead
+    too_long = masks.encode(np.ones((12, 12), bool))["counts"]   # 144 px for a 10 x 12 image
+    too_short = masks.encode(np.ones((8, 12), bool))["counts"]   # 96 px
+    good = masks.encode(rect(10, 12, 2, 3, 8, 7))
+    for counts in (too_long, too_long.encode(), too_short, "é", "0x"):
+        seg = {"size": [10, 12], "counts": counts}
+        for decode in (masks.decode, masks.decode_box, masks.decode_crop, masks.to_rle):
+            with pytest.raises(masks.DegenerateMask):
+                decode(seg, 10, 12)
+    assert np.array_equal(masks.decode(good, 10, 12), rect(10, 12, 2, 3, 8, 7))
+    assert masks.to_rle(good, 10, 12)["counts"] == good["counts"].encode()
+
+
 def test_boundary_band_width():
     m = rect(20, 20, 5, 5, 15, 15)
     band = masks.boundary(m, 1)
