@@ -325,12 +325,88 @@ def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
     return decode_image(data, where, expected_size, bgr=bgr)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def truncation(data: bytes) -> str | None:
+    """Why a JPEG or PNG file ends before its image does, or None (also for other formats).
+
+    Checked before decoding: OpenCV decodes a truncated JPEG into an image with a grey bottom, and a
+    truncated PNG prints libpng's errors on stderr. Bytes after the end of the image (a phone's trailer,
+    a motion photo's video) are allowed, as decoders ignore them. The usual file ends with its end marker
+    and costs one comparison; any other is walked marker by marker (JPEG) or chunk by chunk (PNG).
+    """
+    if data[:2] == b"\xff\xd8":
+        if data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9") or _jpeg_end(data):
+            return None
+        return "JPEG has no end-of-image marker"
+    if data[:8] == PNG_SIGNATURE:
+        if data.endswith(b"IEND\xaeB`\x82") or _png_end(data):
+            return None
+        return "PNG has no IEND chunk"
+    return None
+
+
+def _jpeg_end(data: bytes) -> bool:
+    """Whether a JPEG's markers lead to its end-of-image marker: segments are skipped by their length (an EXIF
+    thumbnail's own end marker is inside one), entropy-coded data up to the next marker that is not a
+    stuffed 0xFF00 or a restart. False when the data ends first; True when the walk meets something that is
+    not a marker (a damaged file: the decoder decides)."""
+    pos, n = 2, len(data)
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return True
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next real marker
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= n:
+                    return False
+                following = data[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    pos += 2
+                elif following == 0xFF:
+                    pos += 1
+                else:
+                    break
+    return False
+
+
+def _png_end(data: bytes) -> bool:
+    """Whether a PNG's chunks (length, type, data, CRC) lead to a whole IEND chunk before the data ends; True
+    when the walk meets something that is not a chunk (a damaged file: the decoder decides)."""
+    if data[8:16] != b"\x00\x00\x00\x0dIHDR":  # every PNG starts with it
+        return True
+    pos, n = 8, len(data)
+    while pos + 8 <= n:
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if not kind.isalpha():
+            return True
+        end = pos + 12 + length
+        if kind == b"IEND":
+            return end <= n
+        pos = end
+    return False
+
+
 def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None = None, *,
                  bgr: bool = False) -> np.ndarray:
     if not data:
         raise BadRecord(errors.CORRUPT_IMAGE, where, "empty file")
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        raise BadRecord(errors.TRUNCATED_IMAGE, where, "JPEG has no end-of-image marker")
+    cut_short = truncation(data)
+    if cut_short:
+        raise BadRecord(errors.TRUNCATED_IMAGE, where, cut_short)
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:

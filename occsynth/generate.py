@@ -487,6 +487,7 @@ class SourceImages:
         self._cutouts = functools.lru_cache(maxsize=cutout_cache_size)(self._load_cutout)
         self._paths: dict[int, Path] = {}
         self._records: dict[int, dict] = {}
+        self._unreadable: dict[int, BadRecord] = {}
         self._local = threading.local()
         self._pools: dict[int, np.ndarray] = {}
         self._counts: dict[int, int] | None = None
@@ -538,7 +539,16 @@ class SourceImages:
         return _read_only(read_image(self.path(image_index), (record["height"], record["width"]), bgr=True))
 
     def image(self, image_index: int) -> np.ndarray:
-        return self._cached(image_index)
+        """The decoded image (BGR, read-only); an unreadable one raises its :class:`BadRecord` again without
+        being read again (a bad file drawn as background many times is decoded, and reported, once)."""
+        failed = self._unreadable.get(image_index)
+        if failed is not None:
+            raise failed.with_traceback(None)  # not the tracebacks of every earlier raise
+        try:
+            return self._cached(image_index)
+        except BadRecord as exc:
+            self._unreadable[image_index] = exc
+            raise
 
     def _load_masks(self, image_index: int) -> list:
         record = self.record(image_index)

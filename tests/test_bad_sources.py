@@ -5,6 +5,7 @@ broken ones (truncated, corrupt, missing, outside the root) and bad records (unk
 degenerate masks) are skipped and counted by reason; `--strict` names the first; malformed JSON is
 one clear error. The output of the default run still satisfies `occsynth validate`.
 """
+import collections
 import json
 import shutil
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from cli.occsynth_cli import main as occsynth_main
 from occsynth import coco, errors
+from occsynth import generate as generate_module
 from occsynth.validate import validate
 
 
@@ -104,6 +106,26 @@ def test_default_run_skips_and_reports_by_reason_and_stays_valid(awkward_source,
     assert reasons <= {errors.TRUNCATED_IMAGE, errors.CORRUPT_IMAGE, errors.MISSING_FILE}
     report = validate(out, progress=False)
     assert report["ok"], {k: v for k, v in report["checks"].items() if v["failures"]}
+
+
+def test_an_unreadable_background_is_read_once_however_often_it_is_drawn(awkward_source, tmp_path, monkeypatch):
+    ann, root, originals = awkward_source
+    names = {im["id"]: im["file_name"] for im in json.loads(ann.read_text())["images"]}
+    broken = {names[originals[k][0]] for k in ("truncated", "corrupt")}
+    reads = collections.Counter()
+    real_read = generate_module.read_image
+
+    def counting_read(path, *args, **kwargs):
+        reads[str(path.relative_to(root))] += 1
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "read_image", counting_read)
+    result = generate_module.generate(tmp_path / "out", generate_module.RunSettings(num_images=64, seed=0),
+                                      ann_path=ann, image_root=root, workers=1, cache_dir=tmp_path / "c",
+                                      progress=False)
+    skipped = result["skipped"]["counts"]
+    assert skipped.get(errors.TRUNCATED_IMAGE, 0) + skipped.get(errors.CORRUPT_IMAGE, 0) > len(broken), skipped
+    assert all(reads[name] == 1 for name in broken), {name: reads[name] for name in broken}
 
 
 def test_strict_run_stops_naming_the_record(awkward_source, tmp_path):

@@ -147,6 +147,41 @@ def test_read_image_conversions_and_failures(tmp_path):
     assert exc.value.reason == errors.SIZE_MISMATCH
 
 
+def _exif_thumbnail_jpeg(main: bytes, thumbnail: bytes) -> bytes:
+    """``main`` with an APP1 segment right after its start marker that holds ``thumbnail`` (a whole JPEG,
+    end marker included), as cameras write an EXIF thumbnail."""
+    payload = b"Exif\x00\x00" + thumbnail
+    return main[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + main[2:]
+
+
+def test_a_file_cut_short_is_truncated_and_one_with_a_trailer_is_not(tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    bgr = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    thumbnail = cv2.imencode(".jpg", bgr[::4, ::4].copy())[1].tobytes()
+    files = {
+        "plain.jpg": cv2.imencode(".jpg", bgr)[1].tobytes(),
+        "progressive.jpg": cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1,
+                                                      cv2.IMWRITE_JPEG_RST_INTERVAL, 1])[1].tobytes(),
+        "plain.png": cv2.imencode(".png", bgr)[1].tobytes(),
+    }
+    files["exif.jpg"] = _exif_thumbnail_jpeg(files["plain.jpg"], thumbnail)
+    # a phone's trailer after the image: arbitrary bytes, markers among them
+    trailer = b"SEFH" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)) + b"\xff\xda\x00\x08\xff\xd9IEND" + b"\x01"
+    for name, data in files.items():
+        expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        (tmp_path / name).write_bytes(data + trailer)
+        assert np.array_equal(coco.read_image(tmp_path / name, bgr=True), expected), name
+        cuts = [len(data) // 3, len(data) // 2, len(data) - 1]
+        if name == "exif.jpg":
+            cuts.append(len(data) - len(files["plain.jpg"]) + 100)  # past the thumbnail's own end marker
+        for cut in cuts:
+            (tmp_path / name).write_bytes(data[:cut])
+            with pytest.raises(BadRecord) as exc:
+                coco.read_image(tmp_path / name)
+            assert exc.value.reason == errors.TRUNCATED_IMAGE, (name, cut)
+    assert "libpng" not in capfd.readouterr().err  # a truncated PNG is refused before libpng prints its errors
+
+
 def test_atomic_write_leaves_nothing_half_written(tmp_path):
     target = tmp_path / "out.json"
     write_json(target, {"a": 1})
