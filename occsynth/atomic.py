@@ -150,13 +150,17 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path], Any]) -> Path:
+def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path], Any],
+                   damage: Callable[[Path], str | None] | None = None) -> Path:
     """A folder ``build`` fills, made in a temporary sibling and renamed into place; reused when
-    ``target/marker`` exists. A half-built folder is never used, and concurrent first builds do not
-    collide (the loser uses the winner's folder)."""
+    ``target/marker`` exists and ``damage(target)`` (if given) finds nothing wrong. A half-built folder
+    is never used, and concurrent first builds do not collide (the loser uses the winner's folder).
+    One damaged since it was built (a file deleted by hand) is moved aside and built again."""
     target = Path(target)
     if (target / marker).is_file():
-        return target
+        if damage is None or damage(target) is None:
+            return target
+        _discard(target)
     make_folder(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -170,13 +174,21 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
                 raise
             # a folder only ever appears here whole: one without its marker was damaged since (e.g. a file
             # deleted by hand); it is moved aside, not used, and the new build takes its place
-            damaged = target.with_name(f".{target.name}.damaged-{os.getpid()}-{secrets.token_hex(4)}")
-            os.rename(target, damaged)
-            shutil.rmtree(damaged, ignore_errors=True)
+            _discard(target)
             os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged built folder aside (so no run uses it from now on), then remove it."""
+    damaged = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.rename(folder, damaged)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    shutil.rmtree(damaged, ignore_errors=True)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike, owned: Callable[[str], bool] | None = None) -> int:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .bank import Bank, CutoutPixels, DamagedEntry, current_format
-from .demo import DEMO_VERSION
+from .demo import DEMO_VERSION, demo_damage
 from .errors import OccsynthError
 
 KINDS = {"banks": "bank", "cutout-pixels": "pixel store"}
@@ -40,9 +40,9 @@ def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     top = sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []
     for path in top:
         if path.name == DEMO_VERSION:
-            whole = (path / "annotations.json").is_file()
-            entry = _entry("demo source", path, None, [] if whole else ["damaged (no annotations.json): the next "
-                                                                        "run that needs it builds it again"])
+            damage = demo_damage(path)
+            entry = _entry("demo source", path, None, [] if damage is None else [
+                f"damaged ({damage}): the next run that needs it builds it again"])
         elif path.name.startswith(f".{DEMO_VERSION}."):
             entry = _unfinished(path)
         else:

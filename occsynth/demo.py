@@ -15,6 +15,7 @@ least three complete (isolated, uncut, >= 1024 px) objects of every demo categor
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -358,5 +359,25 @@ def demo_source(cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]
     used and concurrent first runs do not collide.
     """
     parent = cache_dir_or_default(cache_dir)
-    target = build_dir_once(parent / DEMO_VERSION, "annotations.json", make_demo_source)
+    target = build_dir_once(parent / DEMO_VERSION, "annotations.json", make_demo_source, damage=demo_damage)
     return target / "annotations.json", target / "images"
+
+
+def demo_damage(folder: str | os.PathLike) -> str | None:
+    """What is wrong with a built demo source folder (no readable annotations.json, an image file it lists
+    gone or empty), or None. A few stat calls: checked each time the cached demo is used."""
+    folder = Path(folder)
+    try:
+        names = [image["file_name"] for image in json.loads((folder / "annotations.json").read_bytes())["images"]]
+    except FileNotFoundError:
+        return "no annotations.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "annotations.json unreadable"
+    missing = []
+    for name in names:
+        try:
+            if (folder / "images" / name).stat().st_size == 0:
+                missing.append(name)
+        except OSError:
+            missing.append(name)
+    return f"{len(missing)} image file(s) missing or empty, e.g. {missing[0]}" if missing else None

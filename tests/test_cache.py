@@ -46,9 +46,9 @@ def test_entries_name_kind_size_source_and_what_is_stale(cache):
     assert entries[made["store"].name]["notes"] == [] and entries[made["bank"].name]["notes"] == []
     assert entries[made["gone"].name]["notes"] == ["its image root is gone"]
     (cache_dir / "demo-v1" / "images").mkdir(parents=True)
-    (cache_dir / "demo-v1" / "annotations.json").write_text("{}")
+    (cache_dir / "demo-v1" / "annotations.json").write_text('{"images":[]}')  # no images: nothing missing
     demo = cache_entries(cache_dir)[-1]
-    assert (demo["kind"], demo["name"], demo["bytes"], demo["notes"]) == ("demo source", "demo-v1", 2, [])
+    assert (demo["kind"], demo["name"], demo["bytes"], demo["notes"]) == ("demo source", "demo-v1", 13, [])
 
 
 def test_removing_checks_every_name_first_and_leaves_nothing_half_deleted(cache):
@@ -144,3 +144,22 @@ def test_damaged_banks_stores_and_demo_sources_are_stale_and_a_run_rebuilds_the_
     again, root = demo.demo_source(cache_dir)                                # rebuilt in place, not "Directory not empty"
     assert again == ann and ann.is_file() and len(list(root.rglob("*.jpg"))) == demo.NUM_IMAGES
     assert [p.name for p in cache_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_demo_source_missing_an_image_is_stale_and_the_next_run_rebuilds_it(tmp_path):
+    from occsynth import demo
+    ann, root = demo.demo_source(tmp_path / "c")
+    files = sorted(root.rglob("*.jpg"))
+    before = {p: p.read_bytes() for p in files}
+    files[3].unlink()                                                        # deleted by hand
+    files[5].write_bytes(b"")
+    notes = {e["name"]: e["notes"] for e in cache_entries(tmp_path / "c")}
+    assert notes[demo.DEMO_VERSION] == [f"damaged (2 image file(s) missing or empty, e.g. "
+                                        f"{files[3].relative_to(root).as_posix()}): the next run that needs it "
+                                        "builds it again"]
+    again, again_root = demo.demo_source(tmp_path / "c")
+    assert (again, again_root) == (ann, root)
+    assert {p: p.read_bytes() for p in sorted(root.rglob("*.jpg"))} == before  # the same set, whole again
+    assert {e["name"]: e["notes"] for e in cache_entries(tmp_path / "c")}[demo.DEMO_VERSION] == []
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".")] == []
+
