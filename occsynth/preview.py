@@ -150,9 +150,6 @@ def format_problems(problems: list[dict], limit: int = 10) -> str:
                      + (f" ({p['detail']})" if p.get("detail") else ""))
     if len(problems) > limit:
         lines.append(f"  ... {len(problems) - limit} more")
-    missing = sum(p["reason"] == errors.MISSING_FILE for p in problems)
-    if missing:
-        lines.append(f"{missing} image file(s) not found: if the images are elsewhere, give their folder with --images")
     return "\n".join(lines)
 
 

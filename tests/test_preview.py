@@ -197,6 +197,8 @@ def test_unreadable_images_are_reported(dataset, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 image(s) drawn as a red-cross placeholder:" in result.output
     assert f"image {ids[1]} (../escape.png): file_name points outside the image root" in result.output
+    assert f"image {ids[0]} (nowhere.png): missing image file (not under {dataset})" in result.output
+    assert "give their folder with --images" not in result.output  # it was given, and the others are there
     assert cv2.imread(str(tmp_path / "s.png")).shape == (32, 4 * 32, 3)
 
 
