@@ -52,7 +52,7 @@ def preview_command(source, images, out, num, columns, tile, seed, first, pair_i
                                      tile=tile, pair_iou=pair_iou, log=log)
     path = write_picture(sheet, out, "sheet", quality=92)
     if problems:
-        click.echo(format_problems(problems), err=True)
+        click.echo(format_problems(problems, images_given=images is not None), err=True)
     if log.total:
         click.echo(log.summary(str(source)), err=True)
     click.echo(f"wrote {path} ({sheet.shape[1]}x{sheet.shape[0]})")

@@ -142,14 +142,19 @@ def unreadable_reasons(problems: list[dict]) -> str:
                      + (f": {p['detail']}" if p.get("detail") else "") for reason, p in first.items())
 
 
-def format_problems(problems: list[dict], limit: int = 10) -> str:
-    """One line per unreadable image (the first ``limit``), for the CLI's stderr."""
+def format_problems(problems: list[dict], limit: int = 10, images_given: bool = False) -> str:
+    """One line per unreadable image (the first ``limit``), for the CLI's stderr; a count of the missing files,
+    with a hint to give their folder when the image root was guessed (not ``images_given``)."""
     lines = [f"{len(problems)} image(s) drawn as a red-cross placeholder:"]
     for p in problems[:limit]:
         lines.append(f"  image {p['image_id']} ({p['file_name']}): {p['reason']}"
                      + (f" ({p['detail']})" if p.get("detail") else ""))
     if len(problems) > limit:
         lines.append(f"  ... {len(problems) - limit} more")
+    missing = sum(p["reason"] == errors.MISSING_FILE for p in problems)
+    if missing:
+        lines.append(f"{missing} image file(s) not found"
+                     + ("" if images_given else ": if the images are elsewhere, give their folder with --images"))
     return "\n".join(lines)
 
 
