@@ -1,9 +1,11 @@
-"""Amodal datasets (KINS, COCOA) -> COCO layout with the fields of docs/FORMAT.md.
+"""Amodal datasets (KINS, COCOA) -> COCO layout with the amodal fields of docs/FORMAT.md.
 
-Every converted annotation has ``segmentation`` (the visible mask), ``area``/``bbox`` (of the
-visible mask), ``amodal_segmentation``, ``amodal_area``/``amodal_bbox``, ``occlusion_ratio``
+Every converted annotation has ``segmentation`` (the visible mask), ``area``/``bbox`` (of the visible
+mask), ``amodal_segmentation``, ``amodal_area``/``amodal_bbox``, ``occlusion_ratio``
 (``1 - area / amodal_area``) and ``occluder_ids``. Fully hidden instances are kept (area 0: their
-amodal mask is still a label).
+amodal mask is still a label). It is not a generated set: masks stay as the source gives them (KINS
+polygons stay polygons; a mask that had to be rebuilt is RLE), and there is no ``amodal_complete`` or
+``source`` (nor ``layer`` for KINS), so ``occsynth validate`` refuses these files.
 
 KINS (``update_train_2020.json``, Qi et al. 2019) is already COCO-like: per annotation ``a_segm``
 / ``a_bbox`` (amodal) and ``i_segm`` / ``i_bbox`` (inmodal = visible) polygons. Images (the usable

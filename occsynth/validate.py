@@ -50,6 +50,8 @@ CHECKS = {
     "class_balance": "pasted instances per category within the tolerance of the mean",
 }
 
+MASK_CHECKS = ("visible_mask", "area", "bbox", "amodal_area", "amodal_bbox", "occlusion_ratio", "occluder_ids",
+               "empty_background")  # compare decoded masks: they prove nothing when no mask could be checked
 RATIO_TOLERANCE = 1e-6  # the writer rounds occlusion_ratio to 6 decimals
 BOX_TOLERANCE = 1e-6
 BATCH_IMAGES = 32
@@ -123,6 +125,7 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     batches = _batches(groups, BATCH_IMAGES)
     task_args = (str(out_dir), max_examples)
     bar = tqdm(total=len(images), desc="validate", unit="img", disable=not progress)
+    masks_checked = 0
     try:
         if workers <= 1:
             results: Iterable = (check_images(*task_args, batch) for batch in batches)
@@ -134,6 +137,7 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
         for result in results:
             failures.merge(result["failures"])
             bar.update(result["images"])
+            masks_checked += result["masks_checked"]
     finally:
         bar.close()
 
@@ -145,16 +149,20 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
         failures.add("class_balance", f"category {category_id} ({name}): {pasted[category_id]} pasted, "
                                       f"allowed {balance['low']:.1f}..{balance['high']:.1f}")
 
-    report = {"out": str(out_dir), "ok": not failures.counts, "counts": totals, "balance": balance, "checks": {}}
+    report = {"out": str(out_dir.resolve()), "ok": not failures.counts, "counts": totals, "balance": balance, "checks": {}}
     for check, description in CHECKS.items():
         report["checks"][check] = {"description": description, "failures": failures.counts.get(check, 0),
                                    "examples": failures.examples.get(check, [])}
     if totals["images"] and failures.counts.get("image_file", 0) >= totals["images"]:
         report["checks"]["image_size"]["checked"] = False  # no file was read: its 0 failures prove nothing
+    if totals["annotations"] and not masks_checked:  # no annotation had usable fields and masks: the same
+        for check in MASK_CHECKS:
+            report["checks"][check]["checked"] = False
     return report
 
 
 OCCSYNTH_FIELDS = ("amodal_segmentation", "layer")
+GENERATED_FIELD = "amodal_complete"  # every generated annotation has it; a KINS or COCOA conversion does not
 PEEK_ANNOTATIONS = 100
 
 
@@ -164,7 +172,8 @@ def check_generated_set(ann_path: Path, manifest_path: Path, where: str | None =
     A plain COCO or COCO-OCC file would otherwise fail 'fields' on every annotation, which reads
     like a broken set rather than the wrong input. It counts as generated when manifest.json is
     there and is not another tool's (build-cocoocc writes one with a 'kind'), or when one of its
-    first annotations carries 'amodal_segmentation' or 'layer' (a set whose manifest was lost).
+    first annotations carries 'amodal_complete' (a set whose manifest was lost). A file with amodal
+    fields but without that one (``convert-kins`` / ``convert-cocoa`` output) is refused saying so.
     """
     kind = None
     if manifest_path.exists():
@@ -176,14 +185,21 @@ def check_generated_set(ann_path: Path, manifest_path: Path, where: str | None =
         if kind is None:
             return
     anns = iter_array(ann_path, "annotations")
+    amodal = False
     try:
         for ann in itertools.islice(anns, PEEK_ANNOTATIONS):
-            if isinstance(ann, dict) and any(field in ann for field in OCCSYNTH_FIELDS):
-                return
+            if isinstance(ann, dict):
+                if GENERATED_FIELD in ann:
+                    return
+                amodal = amodal or any(field in ann for field in OCCSYNTH_FIELDS)
     finally:
         anns.close()
     check_coco_layout(ann_path)  # not COCO at all: say that instead
     other = f"; its manifest.json is of kind {kind!r}" if kind is not None else ""
+    if amodal:
+        raise OccsynthError(f"{where or ann_path} has amodal annotations but is not an occsynth generated set (no "
+                            f"'{GENERATED_FIELD}' field, as in sets from convert-kins or convert-cocoa{other}); "
+                            "validate checks the invariants of docs/FORMAT.md, which only generated sets keep")
     raise OccsynthError(f"{where or ann_path} is not an occsynth generated set (no amodal/layer fields{other}); "
                         "validate checks the invariants of docs/FORMAT.md")
 
@@ -204,10 +220,12 @@ def class_balance(pasted: dict, tolerance: float = 0.05, slack: int = 2) -> dict
 def check_images(out_dir: str, max_examples: int, batch: list[tuple[dict, list[dict]]]) -> dict:
     """Per-image checks of a batch of (image record, its annotations); runs in a worker."""
     failures = _Failures(max_examples)
+    checked = 0
     for image, anns in batch:
         _check_image_file(Path(out_dir), image, failures)
-        _check_masks(image, anns, failures)
-    return {"failures": failures.to_dict(), "images": sum(1 for image, _ in batch if not image.get("fragment"))}
+        checked += _check_masks(image, anns, failures)
+    return {"failures": failures.to_dict(), "images": sum(1 for image, _ in batch if not image.get("fragment")),
+            "masks_checked": checked}
 
 
 def format_report(report: dict) -> str:
@@ -329,8 +347,9 @@ def _check_image_file(out_dir: Path, image: dict, failures: _Failures) -> None:
                      image_id=image_id)
 
 
-def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> None:
-    """Mask invariants of one image's annotations (amodal masks decoded one image at a time)."""
+def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> int:
+    """Mask invariants of one image's annotations (amodal masks decoded one image at a time); returns how
+    many annotations had their masks checked (those with bad fields or masks that do not decode are not)."""
     h, w = image["height"], image["width"]
     usable, amodal, visible = [], [], []
     for ann in anns:
@@ -359,7 +378,7 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> None:
         amodal.append(a)
         visible.append(v)
     if not usable:
-        return
+        return 0
     layers = np.array([ann["layer"] for ann in usable])
     above = _union_above(amodal, layers)
     occluders = layer_occluders(amodal, layers)
@@ -381,6 +400,7 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> None:
             failures.add("occluder_ids", f"has {ann['occluder_ids']}, the layers give {expected_ids}", ann_id, image["id"])
         if ann["layer"] == 0 and area == 0:
             failures.add("empty_background", "background instance with nothing visible", ann_id, image["id"])
+    return len(usable)
 
 
 def _union_above(amodal: list[np.ndarray], layers: np.ndarray) -> list[np.ndarray]:

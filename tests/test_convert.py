@@ -131,6 +131,18 @@ def test_cli_kins_and_bad_input(tmp_path):
     assert res.exit_code == 2 and "not a COCOA file" in res.output
 
 
+@pytest.mark.parametrize("convert, source", [("convert-kins", kins_file), ("convert-cocoa", cocoa_file)])
+def test_validate_says_a_converted_set_is_not_a_generated_one(tmp_path, convert, source):
+    res = CliRunner().invoke(main, [convert, "--ann", str(source(tmp_path)), "--out", str(tmp_path / "c.json"),
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["validate", str(tmp_path / "c.json"), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output == (f"Error: {tmp_path / 'c.json'} has amodal annotations but is not an occsynth generated set "
+                          "(no 'amodal_complete' field, as in sets from convert-kins or convert-cocoa); validate "
+                          "checks the invariants of docs/FORMAT.md, which only generated sets keep\n")
+
+
 def test_plain_coco_is_refused_by_both_converters(tmp_path):
     coco = tmp_path / "coco.json"
     coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}],

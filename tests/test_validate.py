@@ -146,6 +146,24 @@ def test_missing_image_file(dataset):
     assert re.search(r"image_size\s+not checked", format_report(report))
 
 
+def test_mask_checks_that_checked_no_mask_say_so(dataset):
+    def polygons(data):  # every visible mask as a polygon: a field of the wrong type, so no mask is compared
+        for a in data["annotations"]:
+            a["segmentation"] = [[0, 0, 4, 0, 4, 4]]
+            a["area"] = 1
+    report = broken(dataset, polygons)
+    assert failing(report) == {"fields"} and report["checks"]["fields"]["failures"] == 13
+    for check in ("visible_mask", "area", "bbox", "amodal_area", "amodal_bbox", "occlusion_ratio", "occluder_ids",
+                  "empty_background"):
+        assert report["checks"][check]["checked"] is False, check
+        assert re.search(rf"{check}\s+not checked", format_report(report)), check
+    data = load_annotations(dataset)  # one annotation whose masks can be compared: they are checked again
+    data["annotations"][0]["segmentation"] = load_annotations(dataset)["annotations"][0]["amodal_segmentation"]
+    save_annotations(dataset, data)
+    report = validate(dataset, progress=False)
+    assert report["checks"]["area"].get("checked", True) and report["checks"]["fields"]["failures"] == 12
+
+
 def test_corrupt_image_file(dataset):
     (dataset / "images" / "000000000001.png").write_bytes(b"not an image")
     assert failing(validate(dataset, progress=False)) == {"image_file"}
