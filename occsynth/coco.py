@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -42,9 +43,29 @@ def reading_json(path: str | os.PathLike, what: str = "") -> Iterator[None]:
             why += ": the file ends inside its JSON (cut off?)"
         elif "integer overflow" in why:
             why += ": a whole number beyond the 64-bit range, which no COCO field holds"
+        else:
+            why = why.rstrip(".") + _json_excerpt(exc)
         raise OccsynthError(f"{path}: malformed JSON{what} ({why})") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _json_excerpt(exc: BaseException) -> str:
+    """The text around a streaming parser's error, from yajl's message (its second line is the text, its third
+    a caret just past the offending character), as '; here: ...>>>...' - in a one-line file of hundreds of
+    MB, what to search for - after what a NaN or Infinity there is. '' when the message has no excerpt."""
+    text = exc.args[0] if exc.args else ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = str(text).splitlines()
+    if len(lines) < 3 or "^" not in lines[2]:
+        return ""
+    at = max(lines[2].index("^") - 1, 0)
+    before, after = lines[1][:at].lstrip(), lines[1][at:].rstrip()
+    note = (": NaN and Infinity are not JSON (Python's json.dump writes them unless allow_nan=False)"
+            if re.match(r"-?(NaN|Infinity)", after) else "")
+    printable = "".join(c if c.isprintable() else "?" for c in f"{before}>>>{after}")
+    return f"{note}; here: {printable}"
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -35,6 +35,16 @@ def test_iter_array_streams_and_reports_malformed(tmp_path):
     p.write_text('{"images": [{"id": 1' + "0" * 30 + '}]}')
     with pytest.raises(OccsynthError, match="integer overflow: a whole number beyond the 64-bit range"):
         list(coco.iter_array(p, "images"))
+    # elsewhere the message quotes the text at the error (a COCO file is one line of hundreds of MB)
+    p.write_text('{"images": [{"id": 1}' + ', {"id": 2}' * 3000 + ', {"id" 3}]}')
+    with pytest.raises(OccsynthError) as exc:
+        list(coco.iter_array(p, "images"))
+    assert str(exc.value).endswith("(parse error: object key and value must be separated by a colon (':'); "
+                                   'here: {"id": 2}, {"id": 2}, {"id" >>>3}]})')
+    p.write_text(json.dumps({"images": [{"id": 1, "area": float("nan")}]}))  # what Python's json.dump writes
+    with pytest.raises(OccsynthError, match=r"invalid char in json text: NaN and Infinity are not JSON \(Python's "
+                                            r'json.dump writes them unless allow_nan=False\); here: .*"area": >>>NaN}'):
+        list(coco.iter_array(p, "images"))
 
 
 @pytest.mark.parametrize("content, message", [
