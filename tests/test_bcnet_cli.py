@@ -15,6 +15,7 @@ import manifests
 from bcnet import train as T
 from cli.bcnet_cli import main as bcnet_main
 from datasets import load_annotations, save_annotations, write_dataset
+from occsynth import masks as mask_ops
 
 TINY = {"short": 48, "long_max": 64}
 
@@ -392,7 +393,8 @@ def test_bad_occluded_list_entries_fail_before_any_prediction_naming_the_file_an
     _clean(result, 2)
     assert f"Error: {tmp_path / 'short.json'}: 1 bad object entry: entry 1: object entry must be" in result.output
     # an RLE of another size than its image's in the set evaluated: found before predicting too
-    other = dict(good[3], size=[image["height"] + 1, image["width"]])
+    visible = mask_ops.decode(good[3], image["height"], image["width"])  # the same mask with one more row
+    other = mask_ops.encode(np.vstack([visible, np.zeros((1, image["width"]), bool)]))
     (tmp_path / "size.json").write_text(json.dumps([good, good[:3] + [other]]))
     result = _evaluate(checkpoint, root / "annotations.json", root / "images", out, "--occluded-list",
                        str(tmp_path / "size.json"))

@@ -466,7 +466,10 @@ def test_occsep_lists_are_checked_once_and_their_errors_name_where_they_came_fro
         E.evaluate(ann_file, [], occsep_lists={"occluded": [entries[0][:2]]})
     # an RLE of another size than its image's: the error names the list's file, or the list given in memory
     image = images[data["annotations"][1]["image_id"]]
-    wrong = entries[:1] + [entries[1][:4] + [dict(entries[1][4], size=[image["height"] + 1, image["width"]])]]
+    taller = np.vstack([mask_ops.decode(entries[1][4], image["height"], image["width"]),
+                        np.zeros((1, image["width"]), bool)])  # the same mask with one more row
+    rle = mask_ops.encode(taller)
+    wrong = entries[:1] + [entries[1][:4] + [dict(rle, counts=rle["counts"].encode())]]
     (tmp_path / "wrong.pkl").write_bytes(pickle.dumps(wrong, protocol=4))
     size = rf"entry 1: its RLE size \[{image['height'] + 1}, {image['width']}\] differs from the size"
     for given, where in ((tmp_path / "wrong.pkl", str(tmp_path / "wrong.pkl")), (wrong, "separated object list")):
