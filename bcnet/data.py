@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from occsynth import coco, errors
+from occsynth.coco import brief
 from occsynth import masks as mask_ops
 from occsynth.boxes import is_box
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
@@ -69,7 +70,10 @@ class CocoInstances(Dataset):
             data = coco.read_dataset(self.ann_file)
         if mode == "amodal":
             require_amodal_masks(data, self.ann_file, "training")
-        images, categories, by_image = coco.index_dataset(data, self.skips)
+        try:
+            images, categories, by_image = coco.index_dataset(data, self.skips)
+        except BadRecord as exc:  # strict: say which file the record is in (evaluation reads several)
+            raise self._in_file(exc) from None
         self.categories = [categories[c] for c in sorted(categories)]
         self.category_ids: list[int] = (sorted(categories) if category_ids is None
                                         else [int(c) for c in category_ids])
@@ -88,7 +92,7 @@ class CocoInstances(Dataset):
                 if check_files and not path.is_file():
                     raise BadRecord(errors.MISSING_FILE, f"image file {path}")
             except BadRecord as exc:
-                self.skips.skip(exc)
+                self.skip(exc)
                 continue
             anns = by_image[image_id]
             if drop_empty and not any(_is_candidate(a, self.category_id_to_label) for a in anns):
@@ -103,12 +107,19 @@ class CocoInstances(Dataset):
         A record met for the first time is also kept for :meth:`take_new_skips`: a DataLoader
         worker process counts in its own copy of the dataset, and :class:`SampleStream` hands those
         records to the training process with the sample."""
+        if self.skips.strict:
+            raise self._in_file(error)
         key = str(error)
-        if key in self._counted and not self.skips.strict:
+        if key in self._counted:
             return
         self._counted.add(key)
         self.skips.skip(error)
         self._new_skips.append(error)
+
+    def _in_file(self, error: BadRecord) -> BadRecord:
+        """``error`` naming the annotation file its record is in (an image file's path is name enough)."""
+        named = error.where.startswith("image file ") or error.where.startswith(f"{self.ann_file}: ")
+        return error if named else error.in_file(self.ann_file)
 
     def take_new_skips(self) -> list[BadRecord]:
         """Records :meth:`skip` met for the first time since the last call."""
@@ -148,14 +159,18 @@ class CocoInstances(Dataset):
                 continue
             try:
                 mask = _decode(ann, "segmentation", height, width)
-                box = [float(v) for v in ann["bbox"]]
                 target_mask = mask
                 if self.mode == "amodal":
                     target_mask = _decode(ann, "amodal_segmentation", height, width)
-                    box = mask_ops.bbox(target_mask)
             except BadRecord as exc:
                 self.skip(exc)
                 continue
+            annotated = ann.get("bbox")
+            if not _positive_box(annotated):  # as evaluation does: the mask is good, its box is made from it
+                self.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann.get('id'))}",
+                                    f"bbox {brief(annotated)} recomputed from the mask"))
+                annotated = mask_ops.bbox(mask)
+            box = mask_ops.bbox(target_mask) if self.mode == "amodal" else [float(v) for v in annotated]
             x, y, w, h = box
             x0, y0 = max(x, 0.0), max(y, 0.0)
             x1, y1 = min(x + w, float(width)), min(y + h, float(height))
@@ -167,7 +182,7 @@ class CocoInstances(Dataset):
             visible.append(mask)
             learned.append(target_mask)
             occluder_lists.append(ann.get("occluder_ids"))
-            annotated_boxes.append(ann["bbox"])
+            annotated_boxes.append(annotated)
         n = len(boxes)
         visible_arr = np.stack(visible) if n else np.zeros((0, height, width), bool)
         boxes_arr = np.asarray(boxes, np.float32).reshape(n, 4)
@@ -285,16 +300,25 @@ class SampleStream(Dataset):
         first = self.index(k)
         epoch, position = divmod(int(k), len(self.dataset))
         n = len(self.dataset)
+        # In a loader worker a strict dataset's error is handed over with the next good sample and raised by
+        # count_skipped in the training process: raised here, torch would turn it into a RuntimeError
+        # with the worker's traceback as its message.
+        in_worker = torch.utils.data.get_worker_info() is not None
+        strict_errors: list[BadRecord] = []
         for step in range(n):
             index = first if step == 0 else int(self._order_of(epoch)[(position + step) % n])
             try:
                 image, target = self.dataset.get(index, rng=np.random.default_rng([self.seed, 1 << 20, int(k)]))
                 if hasattr(self.dataset, "take_new_skips"):
-                    target[SKIPPED_KEY] = [(e.reason, e.where, e.detail) for e in self.dataset.take_new_skips()]
+                    met = strict_errors + self.dataset.take_new_skips()
+                    target[SKIPPED_KEY] = [(e.reason, e.where, e.detail) for e in met]
                 return image, target
             except BadRecord as exc:
                 if not hasattr(self.dataset, "skip"):
                     raise
+                if in_worker and self.dataset.skips.strict:
+                    strict_errors.append(exc)
+                    continue
                 self.dataset.skip(exc)
         raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: none of the {n} training images "
                             f"could be read{_why(self.dataset)}")
@@ -361,10 +385,13 @@ def train_loader(dataset: CocoInstances, batch_size: int, seed: int, start_itera
 
 
 def _is_candidate(ann: dict, category_id_to_label: dict) -> bool:
-    """Could be a training target: not crowd, a known category, a box with positive size."""
-    if ann.get("iscrowd", 0) or ann.get("category_id") not in category_id_to_label:
-        return False
-    box = ann.get("bbox")
+    """Could be a training target: not crowd, a known category (a missing or broken box is made from the
+    mask when the sample is loaded, and counted)."""
+    return not ann.get("iscrowd", 0) and ann.get("category_id") in category_id_to_label
+
+
+def _positive_box(box) -> bool:
+    """A COCO [x, y, w, h] of finite numbers with a positive width and height."""
     return is_box(box) and box[2] > 0 and box[3] > 0
 
 

@@ -371,6 +371,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                           workers=int(schedule.get("workers", 0)), rank=rank, world_size=world,
                           accumulate=accumulate, pin_memory=device_.type == "cuda")
     save = rank == 0
+    made = save and not out_dir.exists()  # removed again if the run fails before writing anything there
     if save:
         make_folder(out_dir)
         remove_stale_temporaries(out_dir)
@@ -431,6 +432,11 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             if save and (done % every == 0 or done == iterations):
                 saved = save_at(done)
         finished = True
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # only if still empty
+                out_dir.rmdir()
+        raise
     finally:
         bar.close()
         try:

@@ -286,8 +286,9 @@ def categories_by_id(categories: Iterable) -> dict[int, dict]:
 def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
     """Validated tables: ``images`` and ``categories`` by id, annotations grouped by image id.
 
-    Bad records go to ``log`` (skipped, or raised in strict mode). Annotation order within an
-    image is kept, so results do not depend on dict ordering.
+    Bad records go to ``log`` (skipped, or raised in strict mode); of records sharing an id only the
+    first is kept (annotation ids name occluders). Annotation order within an image is kept, so results
+    do not depend on dict ordering.
     """
     categories = categories_by_id(dataset["categories"])
     images: dict[int, dict] = {}
@@ -300,9 +301,13 @@ def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
         except BadRecord as exc:
             log.skip(exc)
     by_image: dict[int, list] = {i: [] for i in images}
+    annotation_ids: set[int] = set()
     for ann in dataset["annotations"]:
         try:
             ann = check_annotation_record(ann, images, categories)
+            if ann["id"] in annotation_ids:
+                raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}", "later records with this id skipped")
+            annotation_ids.add(ann["id"])
             by_image[ann["image_id"]].append(ann)
         except BadRecord as exc:
             log.skip(exc)

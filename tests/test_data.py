@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from bcnet import data as bdata
 from bcnet import transforms as T
 from datasets import CATEGORIES, SCENES, load_annotations, save_annotations, scene_instances, write_dataset
+from occsynth import masks as mask_ops
 from occsynth.errors import BadRecord, OccsynthError
 
 
@@ -135,11 +137,28 @@ def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
     ds = _dataset(root)
     assert ds.image_ids == [1, 2]
     _, target = ds[0]
-    kept = [a["id"] for a in first[4:]]
+    # a good mask with a broken box is learned, its box made from the mask (and counted), as evaluation does
+    kept = [first[1]["id"], first[3]["id"]] + [a["id"] for a in first[4:]]
     assert target["annotation_ids"].tolist() == kept
+    for k, ann in ((0, first[1]), (1, first[3])):
+        x, y, w, h = mask_ops.bbox(mask_ops.decode(ann["segmentation"], 48, 64))
+        assert target["boxes"][k].tolist() == [x, y, x + w, y + h]
     assert ds.skips.counts == {"file_name points outside the image root": 1,
-                               "degenerate or empty segmentation": 1}
-    with pytest.raises(BadRecord):
+                               "degenerate or empty segmentation": 1, "malformed record": 2}
+    with pytest.raises(BadRecord, match=rf"^{re.escape(str(root / 'annotations.json'))}: "):
+        _dataset(root, strict=True)  # the error names the file the record is in
+
+
+def test_a_repeated_annotation_id_keeps_the_first_record_and_is_counted(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    first, second = [a for a in data["annotations"] if a["image_id"] == 1][:2]
+    second["id"] = first["id"]  # occluder ids could not tell the two apart
+    save_annotations(root, data)
+    ds = _dataset(root)
+    assert [a["id"] for a in ds.annotations[0]].count(first["id"]) == 1 and second not in ds.annotations[0]
+    assert ds.skips.counts == {"duplicate id": 1}
+    with pytest.raises(BadRecord, match=rf"annotations.json: annotation {first['id']}: duplicate id"):
         _dataset(root, strict=True)
 
 

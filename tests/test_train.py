@@ -479,3 +479,20 @@ def test_amodal_training_refuses_an_annotation_without_an_amodal_mask(tmp_path, 
         T.train(ann, dataset_dir / "images", tmp_path / "run", schedule="schedule-tiny",
                 overrides={**TINY, "iterations": 1, "mode": "amodal"}, progress=False)
     assert not (tmp_path / "run").exists()  # crowd regions and visible mode: tests/test_data.py
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_strict_training_stops_at_a_bad_file_naming_it_with_or_without_loader_workers(tmp_path, workers):
+    # in a loader worker the error used to reach the command as a RuntimeError holding the worker's traceback
+    root = write_dataset(tmp_path / "set")
+    bad = root / "images" / "000000000002.png"
+    bad.write_bytes(b"corrupt")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(bcnet_main, ["train", "--ann", str(root / "annotations.json"), "--images",
+                                             str(root / "images"), "--out", str(out), "--schedule", "schedule-tiny",
+                                             "--iterations", "3", "--batch-size", "2", "--workers", str(workers),
+                                             "--device", "cpu", "--quiet", "--strict"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[0] == f"Error: image file {bad}: unreadable or corrupt image"
+    assert "Traceback" not in result.output
+    assert not out.exists()  # made for the run, removed again: nothing was written there
