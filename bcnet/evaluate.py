@@ -196,6 +196,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         iou_types = (iou_types,)
     if not isinstance(results, (list, tuple)):
         raise OccsynthError(f"results must be a list of detections (COCO results), got {type(results).__name__}")
+    check_edges(overlap_edges, "overlap_edges")
+    check_edges(ratio_edges, "ratio_edges")
     lists = load_occsep_lists(occsep_lists)
     data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
     if mode == "amodal":
@@ -473,6 +475,17 @@ def occlusion_levels(data: dict) -> dict:
     return {"box_overlap": overlap, "occlusion_ratio": ratio}
 
 
+def check_edges(edges: Sequence[float], name: str) -> None:
+    """Refuse bin edges that are not numbers rising strictly inside (0, 1): others make bins that overlap
+    or are empty, and their AP means nothing."""
+    try:
+        values = [float(e) for e in edges]
+    except (TypeError, ValueError):
+        raise OccsynthError(f"{name} must be a list of numbers between 0 and 1, got {edges!r}") from None
+    if not all(0 < v < 1 for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise OccsynthError(f"{name} must rise strictly between 0 and 1 (exclusive), got {list(edges)!r}")
+
+
 def bin_names(edges: Sequence[float]) -> list[str]:
     """Names of the bins that ``edges`` cut [0, 1] into: ``[0,0.1)``, ..., ``[0.5,1]`` (the last one closed)."""
     bounds = [0.0, *edges, 1.0]
@@ -685,6 +698,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     """
     from .data import CocoInstances
 
+    if not isinstance(sets, dict) or not sets:
+        raise OccsynthError(f"sets must be a non-empty dict {{name: (annotations JSON, image root)}}, got {sets!r:.80}")
+    for name, paths in sets.items():
+        if not isinstance(paths, (tuple, list)) or len(paths) != 2:
+            raise OccsynthError(f"set {name!r}: expected (annotations JSON, image root), got {paths!r:.80}")
+    check_edges(overlap_edges, "overlap_edges")
+    check_edges(ratio_edges, "ratio_edges")
     if mode is not None and mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
     if not 0 < float(mask_threshold) < 1:

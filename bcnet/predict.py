@@ -123,7 +123,7 @@ def _title(panel: np.ndarray, text: str) -> None:
         cv2.putText(panel, text, (3, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, colour, thickness, cv2.LINE_AA)
 
 
-def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
             score_threshold: float = 0.5, device: str | torch.device | None = "cpu", pictures: bool = True,
             category_names: dict[int, str] | None = None, progress: bool = True) -> dict:
     """Run a trained model on images; write ``results.json`` (COCO results), ``images.json`` (which
@@ -134,6 +134,8 @@ def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
     are skipped with their reason: ``skipped`` lists one line per file, ``skip_counts`` counts
     them by reason. When no input can be processed at all, :class:`OccsynthError` (nothing written).
     """
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of one-letter paths
+        inputs = [inputs]
     device = resolve_device(device)
     model, state = load_model(checkpoint, device)
     category_ids = list(state["category_ids"])

@@ -34,9 +34,8 @@ def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
     click.echo(f"BCNet / Mask R-CNN: train step {report['train_step_ratio']:.2f}x, inference "
                f"{report['inference_ratio']:.2f}x, +{report['extra_parameters_m']:.2f}M parameters")
     if not any(report["detections_per_image"]):
-        click.echo("note: the detector found nothing in the inference batch, so no mask head ran there and the "
-                   "inference ratio compares the detector alone (an untrained model; --backbone resnet50 "
-                   "detects on these images)")
+        click.echo("note: the detector found nothing in the inference batch (its weights are random), so no mask "
+                   "head ran there and the inference ratio compares the detector alone")
 
 
 COMMANDS = [bench_command]

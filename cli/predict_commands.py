@@ -25,9 +25,10 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     from bcnet.predict import predict
     report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,
                      pictures=not no_pictures, progress=not quiet)
+    drawn = "" if no_pictures else " (drawn in the pictures)"
     click.echo(f"{report['images']} images, {report['detections']} detections, {report['above_threshold']} at score "
-               f">= {score_threshold} (drawn in the pictures) -> {report['out']}")
-    if report["detections"] and not report["above_threshold"]:
+               f">= {score_threshold}{drawn} -> {report['out']}")
+    if report["detections"] and not report["above_threshold"] and not no_pictures:
         click.echo("no detection reached --score-threshold: lower it to see what the model found "
                    "(a briefly trained model scores low)")
     for line in report["skipped"]:

@@ -303,6 +303,16 @@ def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     _clean(nothing, 0)
     assert f"{n} detections, 0 at score >= 1.0" in nothing.output
     assert "no detection reached --score-threshold: lower it" in nothing.output
+    # without pictures the threshold draws nothing: no word of pictures, no advice to lower it
+    bare = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "c"), "--score-threshold", "1",
+                                                  "--no-pictures"])
+    _clean(bare, 0)
+    assert bare.output.startswith(f"1 images, {n} detections, 0 at score >= 1.0 -> ")
+    assert "pictures" not in bare.output and "--score-threshold" not in bare.output
+    # from Python, one folder may be given as it is (not taken for a sequence of one-letter paths)
+    from bcnet.predict import predict
+    report = predict(checkpoint, str(root / "images"), tmp_path / "d", pictures=False, progress=False)
+    assert report["images"] == len(list((root / "images").iterdir()))
 
 
 def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):

@@ -269,6 +269,24 @@ def test_result_masks_are_encoded_exactly_from_their_pixels():
     assert results[0]["bbox"] == pytest.approx([0.0, 0.0, 5.0 * w / 30, 5.0 * h / 20])
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sets": {}}, "sets must be a non-empty dict"),
+    ({"sets": [("a.json", "images")]}, "sets must be a non-empty dict"),
+    ({"sets": {"a": "a.json"}}, "set 'a': expected (annotations JSON, image root)"),
+    ({"overlap_edges": (0.5, 0.1)}, "overlap_edges must rise strictly between 0 and 1"),
+    ({"ratio_edges": (0.1, 1.0)}, "ratio_edges must rise strictly between 0 and 1"),
+    ({"overlap_edges": ("a",)}, "overlap_edges must be a list of numbers"),
+])
+def test_evaluate_checkpoint_refuses_arguments_that_mean_nothing_before_any_work(tmp_path, kwargs, message):
+    args = {"sets": {"a": (tmp_path / "a.json", tmp_path)}, **kwargs}
+    with pytest.raises(OccsynthError, match=re.escape(message)):
+        E.evaluate_checkpoint(tmp_path / "missing.pt", args.pop("sets"), tmp_path / "out", progress=False, **args)
+    assert not (tmp_path / "out").exists()
+    if "sets" not in kwargs:  # evaluate() itself refuses such edges too
+        with pytest.raises(OccsynthError, match=re.escape(message)):
+            E.evaluate({"images": [], "annotations": [], "categories": []}, [], **kwargs)
+
+
 def rect_hw(h, w, x0, y0, x1, y1):
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
