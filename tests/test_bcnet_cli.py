@@ -488,3 +488,15 @@ def test_schedule_errors_name_the_schedule_file_or_the_command_line(tiny, tmp_pa
         _clean(result, 2)
         assert f"Error: {words}" in result.output, result.output
         assert not (tmp_path / f"run{i}").exists()
+
+
+def test_evaluate_counts_a_repeated_annotation_id_once(tiny, tmp_path):
+    root, checkpoint = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    data = load_annotations(copy)
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+    save_annotations(copy, data)
+    result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e", "--quiet")
+    _clean(result, 0)
+    report = json.loads((tmp_path / "e" / "results.json").read_text())["hand"]
+    assert report["skipped"]["counts"] == {"duplicate id": 1}, report["skipped"]
