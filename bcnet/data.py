@@ -166,17 +166,14 @@ class CocoInstances(Dataset):
                 self.skip(exc)
                 continue
             annotated = ann.get("bbox")
-            if not _positive_box(annotated):  # as evaluation does: the mask is good, its box is made from it
+            if not _usable_box(annotated, height, width):
+                # missing, malformed, empty or off the image, next to a good mask: made from the mask and counted
+                # (evaluation does the same with a malformed one)
                 self.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann.get('id'))}",
                                     f"bbox {brief(annotated)} recomputed from the mask"))
                 annotated = mask_ops.bbox(mask)
-            box = mask_ops.bbox(target_mask) if self.mode == "amodal" else [float(v) for v in annotated]
-            x, y, w, h = box
-            x0, y0 = max(x, 0.0), max(y, 0.0)
-            x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-            if x1 <= x0 or y1 <= y0:
-                continue
-            boxes.append([x0, y0, x1, y1])
+            x, y, w, h = mask_ops.bbox(target_mask) if self.mode == "amodal" else [float(v) for v in annotated]
+            boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))])
             labels.append(self.category_id_to_label[ann["category_id"]])
             ids.append(ann["id"])
             visible.append(mask)
@@ -296,29 +293,33 @@ class SampleStream(Dataset):
         taken instead, so the stream stays a function of (seed, k) while the file stays bad.
 
         The target carries ``SKIPPED_KEY``: (reason, where, detail) of the bad records this draw
-        met first, for :func:`count_skipped` in the training process."""
+        met first, for :func:`count_skipped` in the training process. In a loader worker an
+        :class:`OccsynthError` is not raised: torch would raise another exception in the training
+        process, with the worker's traceback for its message. It comes as the target's ``RAISED_KEY``
+        instead (and no image), and :func:`count_skipped` raises it there, as without workers."""
+        try:
+            return self._draw(k)
+        except OccsynthError as exc:  # BadRecord too
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            if isinstance(exc, BadRecord):
+                return None, {RAISED_KEY: ("bad record", exc.reason, exc.where, exc.detail)}
+            return None, {RAISED_KEY: ("error", str(exc))}
+
+    def _draw(self, k: int):
         first = self.index(k)
         epoch, position = divmod(int(k), len(self.dataset))
         n = len(self.dataset)
-        # In a loader worker a strict dataset's error is handed over with the next good sample and raised by
-        # count_skipped in the training process: raised here, torch would turn it into a RuntimeError
-        # with the worker's traceback as its message.
-        in_worker = torch.utils.data.get_worker_info() is not None
-        strict_errors: list[BadRecord] = []
         for step in range(n):
             index = first if step == 0 else int(self._order_of(epoch)[(position + step) % n])
             try:
                 image, target = self.dataset.get(index, rng=np.random.default_rng([self.seed, 1 << 20, int(k)]))
                 if hasattr(self.dataset, "take_new_skips"):
-                    met = strict_errors + self.dataset.take_new_skips()
-                    target[SKIPPED_KEY] = [(e.reason, e.where, e.detail) for e in met]
+                    target[SKIPPED_KEY] = [(e.reason, e.where, e.detail) for e in self.dataset.take_new_skips()]
                 return image, target
             except BadRecord as exc:
                 if not hasattr(self.dataset, "skip"):
                     raise
-                if in_worker and self.dataset.skips.strict:
-                    strict_errors.append(exc)
-                    continue
                 self.dataset.skip(exc)
         raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: none of the {n} training images "
                             f"could be read{_why(self.dataset)}")
@@ -331,14 +332,19 @@ class SampleStream(Dataset):
 
 
 SKIPPED_KEY = "skipped_records"
+RAISED_KEY = "raised_in_worker"
 
 
 def count_skipped(dataset: CocoInstances, targets: Sequence[dict]) -> None:
-    """Count in ``dataset`` the bad records that drawing ``targets`` met (taken out of the targets).
+    """Count in ``dataset`` the bad records that drawing ``targets`` met (taken out of the targets), and raise
+    the error a loader worker met instead of a sample (see :meth:`SampleStream.__getitem__`).
 
     With DataLoader workers those were counted in the workers' copies only; counting them here
     makes the run's skip summary whole (records already counted here are not counted twice)."""
     for target in targets:
+        raised = target.pop(RAISED_KEY, None)
+        if raised is not None:
+            raise BadRecord(*raised[1:]) if raised[0] == "bad record" else OccsynthError(raised[1])
         for reason, where, detail in target.pop(SKIPPED_KEY, ()):
             dataset.skip(BadRecord(reason, where, detail))
 
@@ -390,9 +396,12 @@ def _is_candidate(ann: dict, category_id_to_label: dict) -> bool:
     return not ann.get("iscrowd", 0) and ann.get("category_id") in category_id_to_label
 
 
-def _positive_box(box) -> bool:
-    """A COCO [x, y, w, h] of finite numbers with a positive width and height."""
-    return is_box(box) and box[2] > 0 and box[3] > 0
+def _usable_box(box, height: int, width: int) -> bool:
+    """A COCO [x, y, w, h] of finite numbers with a positive width and height that overlaps the image."""
+    if not (is_box(box) and box[2] > 0 and box[3] > 0):
+        return False
+    x, y, w, h = box
+    return min(x + w, width) > max(x, 0) and min(y + h, height) > max(y, 0)
 
 
 def _decode(ann: dict, key: str, height: int, width: int) -> np.ndarray:

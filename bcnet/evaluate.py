@@ -303,11 +303,8 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
     out = dict(ann)
     out["iscrowd"] = 1 if ann.get("iscrowd") else 0
     try:
-        rle = mask_ops.to_rle(ann["segmentation"], height, width)
-        if isinstance(ann["segmentation"], dict):  # RLE counts are only checked by decoding them
-            pixels = int(mask_ops.decode(rle, height, width).sum())
-        else:
-            pixels = int(mask_ops.rle_area(rle))
+        rle = mask_ops.to_rle(ann["segmentation"], height, width)  # checks an RLE string's runs
+        pixels = int(mask_ops.rle_area(rle))
         problem = "empty mask" if pixels == 0 else ""
     except Exception as exc:  # DegenerateMask, or pycocotools' bare errors on broken counts
         rle, pixels, problem = None, 0, str(exc) or type(exc).__name__

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import manifests
-from occsynth.atomic import make_folder, open_atomic, remove_stale_temporaries
+from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
 from occsynth.errors import OccsynthError
 
 from . import checkpoint as ckpt
@@ -370,82 +370,78 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
                           workers=int(schedule.get("workers", 0)), rank=rank, world_size=world,
                           accumulate=accumulate, pin_memory=device_.type == "cuda")
-    save = rank == 0
-    made = save and not out_dir.exists()  # removed again if the run fails before writing anything there
-    if save:
-        make_folder(out_dir)
-        remove_stale_temporaries(out_dir)
-        _trim_log(out_dir, start)
-    every = int(schedule["checkpoint_every"])
-    log_every = max(int(schedule.get("log_every", 20)), 1)
-    history: list[dict] = []
-    saved = None
+    with contextlib.ExitStack() as folder:
+        save = rank == 0
+        if save:
+            # made (and checked writable) now; removed again if the run fails before writing anything there
+            folder.enter_context(output_folder(out_dir))
+            remove_stale_temporaries(out_dir)
+            _trim_log(out_dir, start)
+        every = int(schedule["checkpoint_every"])
+        log_every = max(int(schedule.get("log_every", 20)), 1)
+        history: list[dict] = []
+        saved = None
 
-    def save_at(iteration: int) -> Path:
-        path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else "model_final.pt")
-        ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
-                             scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
-                             model_config={"num_classes": dataset.num_classes, **config},
-                             category_ids=dataset.category_ids)
-        with open_atomic(out_dir / LAST) as f:
-            f.write(path.name + "\n")
-        _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
-        return path
+        def save_at(iteration: int) -> Path:
+            path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else "model_final.pt")
+            ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
+                                 scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
+                                 model_config={"num_classes": dataset.num_classes, **config},
+                                 category_ids=dataset.category_ids)
+            with open_atomic(out_dir / LAST) as f:
+                f.write(path.name + "\n")
+            _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
+            return path
 
-    batches = iter(loader)
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
-               disable=not (progress and save))
-    finished = False
-    try:
-        for iteration in bar:
-            torch.manual_seed(iteration_seed(seed, rank, iteration))
-            totals: dict[str, float] = {}
-            for step in range(accumulate):
-                images, targets = next(batches)
-                count_skipped(dataset, targets)
-                images = [im.to(device_, non_blocking=True) for im in images]
-                targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
-                            for k, v in t.items()} for t in targets]
-                sync = world == 1 or step == accumulate - 1
-                with (contextlib.nullcontext() if sync else net.no_sync()):
-                    with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
-                        losses = net(images, targets)
-                    loss = sum(losses.values()) / accumulate
-                    # every term read back at once: one wait for the GPU per micro-batch, not one per term
-                    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-                    if not math.isfinite(sum(values.values())):
-                        raise OccsynthError(f"iteration {iteration + 1}: loss is {sum(values.values()) / accumulate} "
-                                            f"({_fmt(values)}); lower the learning rate")
-                    scaler.scale(loss).backward()
-                for k, v in values.items():
-                    totals[k] = totals.get(k, 0.0) + v / accumulate
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            done = iteration + 1
-            totals = {"loss": sum(totals.values()), **totals}
-            history.append(totals)
-            bar.set_postfix_str(_fmt(totals, short=True), refresh=False)
-            if save and (done % log_every == 0 or done == iterations):
-                _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
-            if save and (done % every == 0 or done == iterations):
-                saved = save_at(done)
-        finished = True
-    except BaseException:
-        if made:
-            with contextlib.suppress(OSError):  # only if still empty
-                out_dir.rmdir()
-        raise
-    finally:
-        bar.close()
+        batches = iter(loader)
+        bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
+                   disable=not (progress and save))
+        finished = False
         try:
-            _shut_down_loader(batches)
-        finally:  # a second stop while the workers shut down still leaves the process group
-            if own_group:
-                if finished:  # after an error the other ranks may never arrive
-                    dist.barrier()
-                dist.destroy_process_group()
+            for iteration in bar:
+                torch.manual_seed(iteration_seed(seed, rank, iteration))
+                totals: dict[str, float] = {}
+                for step in range(accumulate):
+                    images, targets = next(batches)
+                    count_skipped(dataset, targets)
+                    images = [im.to(device_, non_blocking=True) for im in images]
+                    targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
+                                for k, v in t.items()} for t in targets]
+                    sync = world == 1 or step == accumulate - 1
+                    with (contextlib.nullcontext() if sync else net.no_sync()):
+                        with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
+                            losses = net(images, targets)
+                        loss = sum(losses.values()) / accumulate
+                        # every term read back at once: one wait for the GPU per micro-batch, not one per term
+                        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+                        if not math.isfinite(sum(values.values())):
+                            raise OccsynthError(f"iteration {iteration + 1}: loss is {sum(values.values()) / accumulate} "
+                                                f"({_fmt(values)}); lower the learning rate")
+                        scaler.scale(loss).backward()
+                    for k, v in values.items():
+                        totals[k] = totals.get(k, 0.0) + v / accumulate
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                done = iteration + 1
+                totals = {"loss": sum(totals.values()), **totals}
+                history.append(totals)
+                bar.set_postfix_str(_fmt(totals, short=True), refresh=False)
+                if save and (done % log_every == 0 or done == iterations):
+                    _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
+                if save and (done % every == 0 or done == iterations):
+                    saved = save_at(done)
+            finished = True
+        finally:
+            bar.close()
+            try:
+                _shut_down_loader(batches)
+            finally:  # a second stop while the workers shut down still leaves the process group
+                if own_group:
+                    if finished:  # after an error the other ranks may never arrive
+                        dist.barrier()
+                    dist.destroy_process_group()
     model.eval()
     if hasattr(model, "transform"):
         model.transform._skip_resize = False

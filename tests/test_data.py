@@ -132,6 +132,7 @@ def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
     first[1]["bbox"] = [3.0, 3.0, 0.0, 5.0]
     first[2]["segmentation"] = [[1.0, 2.0]]
     first[3]["bbox"] = [True, 1.0, 5.0, 5.0]                      # not a box (one rule: boxes.is_box)
+    first[4]["bbox"] = [1000.0, 1000.0, 5.0, 5.0]                 # off the image
     data["images"][2]["file_name"] = "../outside.png"
     save_annotations(root, data)
     ds = _dataset(root)
@@ -140,11 +141,11 @@ def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
     # a good mask with a broken box is learned, its box made from the mask (and counted), as evaluation does
     kept = [first[1]["id"], first[3]["id"]] + [a["id"] for a in first[4:]]
     assert target["annotation_ids"].tolist() == kept
-    for k, ann in ((0, first[1]), (1, first[3])):
+    for k, ann in ((0, first[1]), (1, first[3]), (2, first[4])):
         x, y, w, h = mask_ops.bbox(mask_ops.decode(ann["segmentation"], 48, 64))
         assert target["boxes"][k].tolist() == [x, y, x + w, y + h]
     assert ds.skips.counts == {"file_name points outside the image root": 1,
-                               "degenerate or empty segmentation": 1, "malformed record": 2}
+                               "degenerate or empty segmentation": 1, "malformed record": 3}
     with pytest.raises(BadRecord, match=rf"^{re.escape(str(root / 'annotations.json'))}: "):
         _dataset(root, strict=True)  # the error names the file the record is in
 

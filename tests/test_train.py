@@ -496,3 +496,27 @@ def test_strict_training_stops_at_a_bad_file_naming_it_with_or_without_loader_wo
     assert result.output.splitlines()[0] == f"Error: image file {bad}: unreadable or corrupt image"
     assert "Traceback" not in result.output
     assert not out.exists()  # made for the run, removed again: nothing was written there
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("strict", [False, True])
+def test_training_on_unreadable_images_only_stops_with_a_message_with_or_without_workers(tmp_path, workers, strict):
+    root = write_dataset(tmp_path / "set")
+    for image in sorted((root / "images").iterdir()):
+        image.write_bytes(b"corrupt")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(bcnet_main, ["train", "--ann", str(root / "annotations.json"), "--images",
+                                             str(root / "images"), "--out", str(out), "--schedule", "schedule-tiny",
+                                             "--iterations", "2", "--batch-size", "2", "--workers", str(workers),
+                                             "--device", "cpu", "--quiet"] + (["--strict"] if strict else []))
+    assert result.exit_code == 2, result.output
+    first = result.output.splitlines()[0]
+    assert "Traceback" not in result.output and "DataLoader worker" not in result.output, result.output
+    if strict:  # the first bad file, as without workers
+        assert re.fullmatch(rf"Error: image file {re.escape(str(root / 'images'))}/\d+\.png: unreadable or corrupt "
+                            "image", first), first
+    else:
+        assert first.startswith(f"Error: {root / 'annotations.json'}: none of the 3 training images could be read "
+                                '(skipped {"unreadable or corrupt image": 3}, e.g. image file '), first[:200]
+    assert not out.exists()
+
