@@ -26,6 +26,7 @@ from occsynth.errors import OccsynthError
 FINAL = "model_final.pt"
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
 STAGE_FOLDERS = ("synthetic", "pretrain", "finetune", "cocoocc", "evaluation")
+PIPELINE_TABLES = ("synthetic", "pretrain", "finetune", "cocoocc")  # what a pipeline recipe may hold
 
 
 @dataclasses.dataclass
@@ -60,10 +61,16 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     out_dir = Path(out_dir)
     device = str(resolve_device(device))  # a bad --device fails now, not after generating a set
     plan = manifests.load(recipe, "pipeline")
+    for name in sorted(set(plan) - set(PIPELINE_TABLES)):  # a misspelt [coco-occ] would run its stage with defaults
+        what = f"[{name}]: unknown table" if isinstance(plan[name], dict) else f"{name!r}: a setting outside any table"
+        raise OccsynthError(f"pipeline recipe {recipe!r} {what} (a pipeline recipe has the tables "
+                            f"{', '.join(f'[{t}]' for t in PIPELINE_TABLES)})")
     for table in ("synthetic", "pretrain", "finetune"):
         if not isinstance(plan.get(table), dict):
             raise OccsynthError(f"pipeline recipe {recipe!r} lacks the [{table}] table "
                                 "(see manifests/pipeline-tiny.toml)")
+    if not isinstance(plan.get("cocoocc", {}), dict):
+        raise OccsynthError(f"pipeline recipe {recipe!r}: 'cocoocc' must be a table ([cocoocc])")
     for table in ("pretrain", "finetune"):
         if "schedule" not in plan[table]:
             raise OccsynthError(f"pipeline recipe {recipe!r}: [{table}] needs a 'schedule' (e.g. schedule-1x)")

@@ -174,6 +174,10 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
         raise OccsynthError(f"background must be an H x W x 3 uint8 image, got {background.shape} {background.dtype}")
     if not isinstance(rng, np.random.Generator):
         raise OccsynthError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
+    if not isinstance(options, CompositeOptions):
+        raise OccsynthError(f"options must be an occsynth.schedule.CompositeOptions, got {options!r:.80}")
+    if not isinstance(cutouts, (list, tuple)):
+        raise OccsynthError(f"cutouts must be a list of cutout dicts (see compose()), got {type(cutouts).__name__}")
     for k, cutout in enumerate(cutouts):
         if not isinstance(cutout, dict) or "category_id" not in cutout:
             raise OccsynthError(f"cutout {k} must be a dict with 'rgb', 'mask', 'scale' and 'category_id' "

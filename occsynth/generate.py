@@ -136,6 +136,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     if not isinstance(settings, RunSettings):
         raise OccsynthError(f"settings must be a RunSettings (e.g. run_settings(num_images=...)), got {settings!r}")
     shard = writer.check_shard(shard)  # plain ints from here on (a numpy uint8 would overflow in chunk % n)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise OccsynthError(f"workers must be a whole number >= 1, got {workers!r}")
     if backend not in BACKENDS:
         raise OccsynthError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend_address and backend not in ("dask", "ray"):

@@ -1,4 +1,6 @@
 """compose(): exact visible/amodal masks, exact pasted pixels, occluders, placement targets, blending."""
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -286,6 +288,10 @@ def test_bad_inputs():
         compose(background, [], [{k: v for k, v in cutouts[0].items() if k != "category_id"}], rng, options)
     with pytest.raises(OccsynthError, match="rng must be a numpy Generator"):
         compose(background, [], cutouts, 0, options)
+    with pytest.raises(OccsynthError, match="options must be an occsynth.schedule.CompositeOptions, got {}"):
+        compose(background, [], cutouts, rng, {})
+    with pytest.raises(OccsynthError, match=re.escape("cutouts must be a list of cutout dicts (see compose()), got dict")):
+        compose(background, [], cutouts[0], rng, options)
     with pytest.raises(OccsynthError, match="H x W x 3 uint8 image"):
         compose(np.zeros((0, 0, 3), np.uint8), [], cutouts, rng, options)
 

@@ -289,6 +289,9 @@ def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypat
     ('overlap = "iou"', 'overlap = "area"', "[cocoocc]: overlap measure must be one of iou, min, got 'area'"),
     ("threshold = 0.2", "threshold = 0.2\ncount_crowd = 1", "[cocoocc]: count_crowd must be true or false, got 1"),
     ("threshold = 0.2", "threshold = 0.2\ntreshold = 0.3", "[cocoocc]: unknown setting 'treshold'"),
+    ("[cocoocc]", "[coco-occ]", "[coco-occ]: unknown table (a pipeline recipe has the tables [synthetic], "
+                                "[pretrain], [finetune], [cocoocc])"),
+    ("[synthetic]", "num_images = 3\n[synthetic]", "'num_images': a setting outside any table"),
     ("iterations = 2", "iterations = -2", "[finetune]: schedule setting iterations must be an integer >= 1, got -2"),
     ("num_images = 6", "num_images = 'many'", "[synthetic]: num_images must be a whole number >= 1, got 'many'"),
     ('schedule = "schedule-tiny"\niterations = 3', 'schedule = "nosuch"\niterations = 3',
