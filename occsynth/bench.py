@@ -49,8 +49,8 @@ import numpy as np
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, write_json
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
-from .errors import SkipLog
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
+from .errors import SkipLog
 from .generate import RunSettings, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
