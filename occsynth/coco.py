@@ -209,7 +209,7 @@ def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
             if not is_id(record_id):
                 raise BadRecord(errors.MALFORMED_RECORD, record_name(kind, record), "'id' missing or not int")
             if record_id in seen:
-                raise BadRecord(errors.DUPLICATE_ID, record_name(kind, record), "later records with this id skipped")
+                raise BadRecord(errors.DUPLICATE_ID, record_name(kind, record), duplicate_detail(log))
         except BadRecord as exc:
             log.skip(exc)
             continue
@@ -264,6 +264,11 @@ def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
     return ann
 
 
+def duplicate_detail(log: SkipLog) -> str:
+    """The detail of a duplicate-id BadRecord: in strict mode the run stops at it, so nothing is skipped."""
+    return "an earlier record has the same id" if log.strict else "later records with this id skipped"
+
+
 def check_iscrowd(ann: dict, where: str) -> int:
     """An annotation's ``iscrowd`` (0 when absent); BadRecord unless it is 0 or 1, since COCO tools read
     any other value as a crowd region, or crash."""
@@ -306,7 +311,7 @@ def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
         try:
             ann = check_annotation_record(ann, images, categories)
             if ann["id"] in annotation_ids:
-                raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}", "later records with this id skipped")
+                raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}", duplicate_detail(log))
             annotation_ids.add(ann["id"])
             by_image[ann["image_id"]].append(ann)
         except BadRecord as exc:

@@ -38,8 +38,8 @@ from tqdm import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
-from .coco import (brief, categories_by_id, check_image_record, check_out_file, is_id, read_dataset, read_json,
-                   unique_by_id)
+from .coco import (brief, categories_by_id, check_image_record, check_out_file, duplicate_detail, is_id, read_dataset,
+                   read_json, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
@@ -186,7 +186,7 @@ def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
             continue
         if image["id"] in images:  # the first record of an id is used; the output names each id once
             bad += 1
-            log.skip(BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}", "later records with this id skipped"))
+            log.skip(BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}", duplicate_detail(log)))
             continue
         images[image["id"]] = image
     return images, bad, bad_ids - images.keys()

@@ -94,6 +94,24 @@ def test_index_dataset_skips_bad_records_by_reason():
         coco.index_dataset(data, SkipLog(strict=True))
 
 
+def test_a_duplicate_id_says_later_records_are_skipped_only_when_they_are():
+    """Strict mode stops at the repeated id: its message may not claim that later records were skipped."""
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
+            "categories": [{"id": 1, "name": "person"}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "segmentation": []},
+                            {"id": 5, "image_id": 1, "category_id": 1, "segmentation": []}]}
+    log = SkipLog()
+    coco.index_dataset(data, log)
+    assert log.examples == {errors.DUPLICATE_ID: "annotation 5: duplicate id (later records with this id skipped)"}
+    with pytest.raises(BadRecord) as caught:
+        coco.index_dataset(data, SkipLog(strict=True))
+    assert str(caught.value) == "annotation 5: duplicate id (an earlier record has the same id)"
+    assert coco.unique_by_id(data["annotations"], "annotation", log) == data["annotations"][:1]
+    with pytest.raises(BadRecord) as caught:
+        coco.unique_by_id(data["annotations"], "annotation", SkipLog(strict=True))
+    assert str(caught.value) == "annotation record 5: duplicate id (an earlier record has the same id)"
+
+
 @pytest.mark.parametrize("check, record", [
     (lambda r: coco.check_image_record(r), {"id": "x" * 10_000, "file_name": "a.jpg", "height": 1, "width": 1}),
     (lambda r: coco.check_image_record(r), list(range(5_000))),
