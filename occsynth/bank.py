@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, file_hash, is_id, iter_array,
-                   read_array, read_image, resolve_image_path, unique_by_id)
+from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
+                   is_id, iter_array, read_array, read_image, resolve_image_path, unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog
 from .pool import ctrl_c_for_main_only
 
@@ -394,12 +394,8 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
 
 def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> dict:
     """Any segmentation -> compressed RLE with bytes counts, checked so that decoding it is safe."""
-    size = segmentation.get("size") if isinstance(segmentation, dict) else None
-    if isinstance(size, list) and len(size) == 2 and size != [height, width]:  # a wrong record, or a wrong mask
-        raise BadRecord(errors.MASK_SIZE_MISMATCH, where, f"RLE size {brief(size)}, the image record says "
-                        f"{height}x{width} (height x width)")
-    try:  # masks.to_rle checks the counts
-        rle = masks.to_rle(segmentation, height, width)
+    rle = check_segmentation(segmentation, height, width, where)
+    try:
         if isinstance(segmentation, dict):
             # given as RLE, whose runs may be split (zero-length runs) or spelled unusually: stored as
             # masks.encode writes its mask, as pycocotools' polygon encoding already is, so that the

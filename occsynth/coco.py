@@ -17,7 +17,7 @@ import cv2
 import ijson
 import numpy as np
 
-from . import errors
+from . import errors, masks
 from .atomic import write_bytes
 from .errors import BadRecord, OccsynthError, SkipLog
 
@@ -262,6 +262,22 @@ def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
     if not is_id(ann.get("category_id")) or ann["category_id"] not in categories:
         raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {brief(ann.get('category_id'))}")
     return ann
+
+
+def check_segmentation(segmentation: Any, height: int, width: int, where: str) -> dict:
+    """A segmentation as compressed RLE (:func:`occsynth.masks.to_rle`, which checks an RLE string's runs), or
+    BadRecord naming ``where``: the one check of whether a mask can be decoded, for every reader that skips
+    (or, strict, stops at) an annotation whose mask cannot be."""
+    size = segmentation.get("size") if isinstance(segmentation, dict) else None
+    if isinstance(size, list) and len(size) == 2 and size != [height, width]:  # a wrong record, or a wrong mask
+        raise BadRecord(errors.MASK_SIZE_MISMATCH, where, f"RLE size {brief(size)}, the image record says "
+                        f"{height}x{width} (height x width)")
+    try:
+        return masks.to_rle(segmentation, height, width)
+    except masks.DegenerateMask as exc:
+        raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
+    except (TypeError, ValueError, OverflowError, KeyError) as exc:
+        raise BadRecord(errors.MALFORMED_RECORD, where, f"unreadable segmentation: {exc}") from None
 
 
 def duplicate_detail(log: SkipLog) -> str:

@@ -19,8 +19,10 @@ annotations and the categories unchanged (pycocotools evaluates on it as on val2
 ``OUT/manifest.json`` (options, input sha256, counts, image ids), ``OUT/report.json`` (overlap
 histogram, alternative counts) and optionally ``OUT/images/`` (links or copies of the files).
 
-The whole file is read at once: val2017 (25 MB) loads in well under a second, and the selection
-itself needs only boxes, compared per image with :func:`occsynth.boxes.pairwise_overlap`.
+The whole file is read at once: val2017 (25 MB) loads in well under a second. Each annotation's mask is
+checked once, as every reader of a source set checks it (a few seconds for val2017's 36k): one that
+cannot be decoded is skipped. The selection itself needs only boxes, compared per image with
+:func:`occsynth.boxes.pairwise_overlap`.
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ from tqdm.auto import tqdm
 from . import errors
 from .atomic import make_folder, open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
-from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, file_hash, read_dataset,
-                   resolve_image_path, unique_by_id)
+from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, check_segmentation, file_hash,
+                   read_dataset, resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 
 PAPER_COUNT = 1005
@@ -328,18 +330,27 @@ def _usable_images(images: list, skips: SkipLog) -> list[dict]:
 
 def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:
     """Annotations of known images and categories with a segmentation to score: evaluation (and
-    pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output."""
-    images = {im["id"] for im in data["images"]}
+    pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output.
+
+    The mask is checked as every reader of a source set checks it (:func:`occsynth.coco.check_segmentation`).
+    A broken ``bbox`` is skipped, not made from the mask: the output keeps its records unchanged (only
+    ``bcnet train`` and ``evaluate`` recompute a box, and say so)."""
+    images = {im["id"]: im for im in data["images"]}
     categories = categories_by_id(data["categories"])
     usable = []
     for ann in data["annotations"]:
         try:
             check_annotation_record(ann, images, categories)
+            where = f"annotation {ann['id']}"
             if not ann["segmentation"] or not isinstance(ann["segmentation"], (list, dict)):
-                raise BadRecord(errors.DEGENERATE_MASK, f"annotation {ann['id']}", "empty segmentation")
-            if not is_box(ann.get("bbox")):  # NaN or Infinity would also make the output invalid JSON
-                raise BadRecord(errors.MALFORMED_RECORD, f"annotation {ann['id']}",
-                                f"bbox {brief(ann.get('bbox'))} is not 4 finite numbers")
+                raise BadRecord(errors.DEGENERATE_MASK, where, "empty segmentation")
+            image = images[ann["image_id"]]
+            check_segmentation(ann["segmentation"], image["height"], image["width"], where)
+            box = ann.get("bbox")
+            if not is_box(box):  # NaN or Infinity would also make the output invalid JSON
+                raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(box)} is not 4 finite numbers")
+            if box[2] < 0 or box[3] < 0:  # no box: it would overlap nothing, and stay in the output without a word
+                raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(box)} has a negative width or height")
         except BadRecord as exc:
             skips.skip(exc)
             continue

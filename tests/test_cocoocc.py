@@ -487,6 +487,44 @@ def test_annotations_that_cannot_be_scored_are_skipped_and_counted(tmp_path):
     assert zero.exit_code == 2 and "--threshold" in zero.output
 
 
+@pytest.mark.parametrize("segmentation, reason, detail", [
+    ({"size": [40, 40], "counts": "0P1"}, errors.DEGENERATE_MASK, "compressed RLE covers"),  # runs short of the image
+    ([[5, 3, 9, 3, 9, 7, 9]], errors.DEGENERATE_MASK, "polygon with 7 coordinates"),        # odd coordinate count
+    ({"size": [20, 20], "counts": [0, 400]}, errors.MASK_SIZE_MISMATCH, "RLE size [20, 20]"),  # another image's mask
+])
+def test_an_annotation_whose_mask_cannot_be_decoded_is_skipped_and_selects_nothing(tmp_path, segmentation, reason,
+                                                                                   detail):
+    """Image 5's lone box, overlapped by a box whose mask cannot be decoded, must not select image 5."""
+    data = make_dataset()
+    data["annotations"].append({"id": 950, "image_id": 5, "category_id": 1, "bbox": [3, 3, 4, 4], "area": 16.0,
+                                "iscrowd": 0, "segmentation": segmentation})
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1] and 950 not in {a["id"] for a in out["annotations"]}
+    assert report["skipped"]["counts"] == {reason: 1}
+    assert report["skipped"]["examples"][reason].startswith(f"annotation 950: {reason} (")
+    assert detail in report["skipped"]["examples"][reason]
+    strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"),
+                                       "--strict", "--quiet"])
+    assert strict.exit_code == 2 and strict.output.startswith(f"Error: {ann}: annotation 950: {reason} (")
+    assert detail in strict.output and not (tmp_path / "s").exists()
+
+
+def test_an_annotation_whose_bbox_has_a_negative_size_is_skipped_and_counted(tmp_path):
+    data = make_dataset()
+    data["annotations"].append({"id": 960, "image_id": 1, "category_id": 1, "bbox": [10, 0, -5, 10], "area": 50.0,
+                                "iscrowd": 0, "segmentation": [[5, 0, 10, 0, 10, 10, 5, 10]]})
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1] and 960 not in {a["id"] for a in out["annotations"]}
+    assert report["skipped"] == {"counts": {errors.MALFORMED_RECORD: 1}, "examples": {
+        errors.MALFORMED_RECORD: "annotation 960: malformed record (bbox [10, 0, -5, 10] has a negative width or height)"}}
+    with pytest.raises(OccsynthError, match=r"annotation 960: malformed record \(bbox \[10, 0, -5, 10\] has a negative"):
+        build_cocoocc(ann, tmp_path / "s", strict=True)
+
+
 def test_a_rebuild_removes_the_links_the_last_build_placed_and_no_longer_selects(tmp_path):
     data, root = real_images_set(tmp_path)
     ann = write_set(tmp_path / "val.json", data)
