@@ -12,7 +12,9 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
 
 Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
 exact (from the depth order) and better than the box rule's guesses. An annotation whose id an earlier
-one has (ids must name one annotation) gets no occluders and occludes nobody; it is counted.
+one has (ids must name one annotation), or whose mask cannot be decoded (bcnet training skips it, so it
+occludes nothing there), gets no occluders and occludes nobody; it is counted (``strict``: a mask that
+cannot be decoded stops the run, naming the annotation and the file).
 
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
@@ -43,8 +45,9 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
-from .coco import check_array_start, check_out_file, check_top_level, is_id, iter_array, reading_json
-from .errors import OccsynthError, os_error_reason
+from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, is_id, iter_array,
+                   reading_json)
+from .errors import BadRecord, OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
@@ -62,7 +65,7 @@ def box_window(box: list, height: int, width: int) -> tuple[int, int, int, int]:
 
 def annotate_image(annotations: list[dict], height: int | None, width: int | None,
                    threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False,
-                   keep_existing: bool = False, duplicates: Collection[int] = ()) -> dict:
+                   keep_existing: bool = False, duplicates: Collection[int] = (), strict: bool = False) -> dict:
     """Add ``occluder_ids`` (and ``bg_object_segmentation``) to one image's annotations, in place.
 
     ``keep_existing``: an annotation that has an ``occluder_ids`` list keeps those of its ids that are
@@ -73,37 +76,39 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     ``duplicates``: indices of annotations whose id an earlier annotation of the file has. An id must
     name one annotation, so these get no occluders and occlude nobody.
 
+    An annotation whose mask cannot be decoded (:func:`occsynth.coco.check_segmentation`; checked only when
+    the image has a usable size, which the check needs) gets no occluders and occludes nobody, as bcnet
+    training, which skips it, sees it; ``strict`` raises BadRecord for it instead.
+
     Returns counts: ``no_box`` (annotations without a usable box or id: no occluders, occlude
-    nobody), ``bad_masks`` (occluders whose segmentation could not be decoded: left out of the
-    union), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
+    nobody), ``bad_masks`` (annotations whose mask cannot be decoded: no occluders, occlude nobody),
+    ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
     whose image has no usable height/width, so their ``bg_object_segmentation`` stays empty),
     ``kept_occluder_ids``, ``dropped_occluder_ids`` (ids dropped from kept lists).
     """
     counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0,
               "dropped_occluder_ids": 0}
-    named = [i for i, a in enumerate(annotations) if i not in duplicates]
+    kept = [i for i in range(len(annotations)) if i not in duplicates]
+    bad = {i for i in kept if not _mask_ok(annotations[i], height, width, strict)}
+    named = [i for i in kept if i not in bad]
     usable = [i for i in named if is_box(annotations[i].get("bbox")) and is_id(annotations[i].get("id"))]
-    counts["no_box"] = len(named) - len(usable)
+    counts["no_box"], counts["bad_masks"] = len(named) - len(usable), len(bad)
     occluders: dict[int, list[int]] = {i: [] for i in range(len(annotations))}
     if usable:
         boxes = np.asarray([annotations[i]["bbox"] for i in usable], np.float64)
         crowd = [bool(annotations[i].get("iscrowd")) for i in usable]
         for local, hits in enumerate(box_overlap_occluders(boxes, crowd, threshold)):
             occluders[usable[local]] = [usable[j] for j in hits]
-    decoded: dict[int, np.ndarray | None] = {}
+    decoded: dict[int, np.ndarray] = {}
 
-    def mask_of(j: int) -> np.ndarray | None:
+    def mask_of(j: int) -> np.ndarray:  # j's mask was checked (_mask_ok): it decodes
         if j not in decoded:
-            try:
-                decoded[j] = mask_ops.decode(annotations[j].get("segmentation"), height, width)
-            except (mask_ops.DegenerateMask, TypeError, ValueError):
-                decoded[j] = None
-                counts["bad_masks"] += 1
+            decoded[j] = mask_ops.decode(annotations[j].get("segmentation"), height, width)
         return decoded[j]
 
     local_of = {annotations[i]["id"]: i for i in named if is_id(annotations[i].get("id"))}
     for i, ann in enumerate(annotations):
-        if i in duplicates:
+        if i in duplicates or i in bad:
             hits = []
             ann["occluder_ids"] = []
         elif keep_existing and isinstance(ann.get("occluder_ids"), list):
@@ -129,11 +134,23 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
             continue
         union = np.zeros((y1 - y0, x1 - x0), bool)
         for j in hits:
-            m = mask_of(j)
-            if m is not None:
-                union |= m[y0:y1, x0:x1]
+            union |= mask_of(j)[y0:y1, x0:x1]
         ann["bg_object_segmentation"] = mask_ops.to_polygons(union, (x0, y0))
     return counts
+
+
+def _mask_ok(ann: Any, height: int | None, width: int | None, strict: bool) -> bool:
+    """Whether an annotation's mask can be decoded (True without an image size to check it against, or for
+    a record that is no object: those are counted as no_box); ``strict`` raises BadRecord instead of False."""
+    if height is None or not isinstance(ann, dict):
+        return True
+    try:
+        check_segmentation(ann.get("segmentation"), height, width, f"annotation {brief(ann.get('id'))}")
+    except BadRecord:
+        if strict:
+            raise
+        return False
+    return True
 
 
 def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[dict, dict[str, str]]:
@@ -169,13 +186,17 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
 
 def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                        threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False, progress: bool = True,
-                       images_per_bucket: int = IMAGES_PER_BUCKET, keep_existing: bool = False) -> dict:
+                       images_per_bucket: int = IMAGES_PER_BUCKET, keep_existing: bool = False,
+                       strict: bool = False) -> dict:
     """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns
     ``{"out", "threshold", "bcnet_compat", "counts"}`` (``counts``: annotations, images, with_occluders and
     what was skipped or kept, by reason). ``threshold``: box IoU above which an instance may occlude, in [0, 1].
 
     ``keep_existing``: annotations that already have ``occluder_ids`` keep them (see :func:`annotate_image`);
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
+
+    ``strict``: stop at the first annotation whose mask cannot be decoded (images-table order), naming it and
+    the file, and write nothing; the other counts (no_box, duplicate_ids, ...) do not stop it.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
@@ -250,8 +271,11 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                         h, w = image.get("height"), image.get("width")
                         size_ok = isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0
                         duplicates = {i for i, (_, duplicate) in enumerate(grouped[k]) if duplicate}
-                        c = annotate_image(anns, h if size_ok else None, w if size_ok else None, threshold,
-                                           bcnet_compat, keep_existing, duplicates)
+                        try:
+                            c = annotate_image(anns, h if size_ok else None, w if size_ok else None, threshold,
+                                               bcnet_compat, keep_existing, duplicates, strict)
+                        except BadRecord as exc:  # strict: a mask that cannot be decoded
+                            raise exc.in_file(in_path) from None
                         for name in ("no_box", "bad_masks", "with_occluders", "no_image_size", "kept_occluder_ids",
                                      "dropped_occluder_ids"):
                             counts[name] += c[name]

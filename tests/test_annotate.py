@@ -59,7 +59,7 @@ def make_dataset():
         seg = rle(m) if ann_id in (205, 9) else polygon(m)
         anns.append({"id": ann_id, "image_id": 10, "category_id": 1, "bbox": box(m), "area": 123.25,
                      "iscrowd": int(ann_id == 9), "segmentation": seg, "foo": {"bar": [1, 2.5]}})
-    # image 20: two overlapping boxes, one with a broken mask; annotations interleaved with image 10's
+    # image 20: two overlapping boxes, one with a broken mask (so no occluder); annotations interleaved with image 10's
     anns.insert(2, {"id": 501, "image_id": 20, "category_id": 2, "bbox": [0, 0, 10, 10], "area": 1.0,
                     "iscrowd": 0, "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]})
     anns.insert(0, {"id": 502, "image_id": 20, "category_id": 2, "bbox": [2, 2, 10, 10], "area": 2.0,
@@ -72,7 +72,7 @@ def make_dataset():
         "licenses": [], "annotations": anns, "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]}
 
 
-EXPECTED = {101: [205, 44], 205: [101], 7: [], 9: [], 33: [], 44: [101], 501: [502], 502: [501], 900: []}
+EXPECTED = {101: [205, 44], 205: [101], 7: [], 9: [], 33: [], 44: [101], 501: [], 502: [], 900: []}
 
 
 @pytest.mark.parametrize("bucket", [1, 1000])
@@ -91,7 +91,7 @@ def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
         assert {k: v for k, v in a.items() if k != "occluder_ids"} == originals[a["id"]]
     assert list(out) == ["info", "type", "images", "licenses", "categories", "annotations"]
     assert {k: out[k] for k in out if k != "annotations"} == {k: data[k] for k in data if k != "annotations"}
-    assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 5, "no_box": 0, "bad_masks": 0,
+    assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 3, "no_box": 0, "bad_masks": 1,
                                 "unknown_image": 1, "duplicate_ids": 0, "replaced_occluder_ids": 0,
                                 "kept_occluder_ids": 0, "dropped_occluder_ids": 0, "no_image_size": 0}
 
@@ -101,7 +101,7 @@ def test_threshold_option(tmp_path):
     src.write_text(json.dumps(make_dataset()))
     annotate_occluders(src, tmp_path / "out.json", threshold=0.12, progress=False)
     got = {a["id"]: a["occluder_ids"] for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
-    assert got[101] == [205] and got[44] == [] and got[501] == [502]  # A-B IoU 70/475 stays above, A-F 36/320 drops below
+    assert got[101] == [205] and got[44] == []  # A-B IoU 70/475 stays above, A-F 36/320 drops below
 
 
 def test_bcnet_compat_polygons_decode_to_union_in_box(tmp_path):
@@ -123,10 +123,9 @@ def test_bcnet_compat_polygons_decode_to_union_in_box(tmp_path):
         assert np.array_equal(decoded(out[ann_id]["bg_object_segmentation"]), expected), ann_id
     for ann_id in (7, 9, 33, 900):
         assert out[ann_id]["bg_object_segmentation"] == []
-    # 501's only occluder has a broken polygon: it stays an occluder id, its mask adds nothing
-    assert out[501]["occluder_ids"] == [502] and out[501]["bg_object_segmentation"] == []
-    assert np.array_equal(decoded(out[502]["bg_object_segmentation"], 16, 16),
-                          np.pad(np.ones((8, 8), bool), ((2, 6), (2, 6))))
+    # 502's polygon is broken: it occludes nobody (501 has no occluder left) and gets no occluders
+    assert out[501]["occluder_ids"] == [] and out[501]["bg_object_segmentation"] == []
+    assert out[502]["occluder_ids"] == [] and out[502]["bg_object_segmentation"] == []
     assert report["counts"]["bad_masks"] == 1
     assert out[101]["area"] == 123.25 and out[101]["foo"] == {"bar": [1, 2.5]}
 
@@ -149,15 +148,16 @@ def test_cli_and_errors(tmp_path):
     res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "o.json"),
                                     "--bcnet-compat", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "9 annotations in 2 images, 5 with occluders" in res.output
+    assert "9 annotations in 2 images, 3 with occluders" in res.output
     assert "bg_object_segmentation" in (tmp_path / "o.json").read_text()
     boxless = make_dataset()
-    del boxless["annotations"][0]["bbox"]
+    del boxless["annotations"][1]["bbox"]  # 101 (the first, 502, has a broken mask)
     src2 = tmp_path / "boxless.json"
     src2.write_text(json.dumps(boxless))
     res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src2), "--out", str(tmp_path / "o2.json"),
                                     "--quiet"])
-    assert res.exit_code == 0 and 'other counts: {"no_box": 1, "unknown_image": 1}' in res.output, res.output
+    assert res.exit_code == 0 and 'other counts: {"no_box": 1, "bad_masks": 1, "unknown_image": 1}' in res.output, \
+        res.output
     same = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(src)])
     assert same.exit_code == 2 and "must differ" in same.output
     broken = tmp_path / "broken.json"
@@ -312,9 +312,41 @@ def test_an_annotation_repeating_an_id_gets_no_occluders_and_occludes_nobody(tmp
     assert '"duplicate_ids": 1' in result.output
     anns = [a for a in json.loads((tmp_path / "o.json").read_text())["annotations"] if a["image_id"] == 20]
     first, second = [a for a in anns if a["id"] == 5]
-    assert first["occluder_ids"] == [502, 501] and second["occluder_ids"] == []
+    assert first["occluder_ids"] == [501] and second["occluder_ids"] == []  # 502's mask is broken: no occluder
     assert all(a["id"] not in a["occluder_ids"] for a in anns)
-    assert {a["id"]: a["occluder_ids"].count(5) for a in anns} == {502: 1, 501: 1, 5: 0}
+    assert {a["id"]: a["occluder_ids"].count(5) for a in anns} == {502: 0, 501: 1, 5: 0}
+
+
+@pytest.mark.parametrize("segmentation, detail", [
+    ({"size": [16, 16], "counts": "0P1"}, "compressed RLE covers"),   # runs that do not cover the image
+    ([[1, 1, 9, 1, 9, 9, 1]], "polygon with 7 coordinates"),           # odd number of coordinates
+])
+def test_an_annotation_whose_mask_cannot_be_decoded_is_no_occluder_and_strict_stops(tmp_path, segmentation, detail):
+    """Image 20 gets a third box over 501's, whose mask bcnet training could not decode: it may not occlude 501."""
+    data = make_dataset()
+    data["annotations"].append({"id": 503, "image_id": 20, "category_id": 2, "bbox": [1, 1, 8, 8], "area": 1.0,
+                                "iscrowd": 0, "segmentation": segmentation, "occluder_ids": [501]})
+    next(a for a in data["annotations"] if a["id"] == 501)["occluder_ids"] = [503]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    report = annotate_occluders(src, tmp_path / "o.json", bcnet_compat=True, progress=False)
+    out = {a["id"]: a for a in json.loads((tmp_path / "o.json").read_text())["annotations"]}
+    assert out[501]["occluder_ids"] == [] and out[503]["occluder_ids"] == []
+    assert out[501]["bg_object_segmentation"] == [] and out[503]["segmentation"] == segmentation
+    assert report["counts"]["bad_masks"] == 2 and report["counts"]["with_occluders"] == 3  # 502 and 503
+    kept = annotate_occluders(src, tmp_path / "k.json", keep_existing=True, progress=False)["counts"]
+    out = {a["id"]: a for a in json.loads((tmp_path / "k.json").read_text())["annotations"]}
+    assert out[501]["occluder_ids"] == [] and out[503]["occluder_ids"] == []  # an exact list may not name it either
+    assert kept["kept_occluder_ids"] == 1 and kept["dropped_occluder_ids"] == 1 and kept["bad_masks"] == 2
+    data["annotations"] = [a for a in data["annotations"] if a["id"] != 502]  # 503 is now the first bad one
+    src.write_text(json.dumps(data))
+    strict = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "s.json"),
+                                       "--strict", "--quiet"])
+    assert strict.exit_code == 2 and strict.output.startswith(
+        f"Error: {src}: annotation 503: degenerate or empty segmentation (") and detail in strict.output
+    assert not (tmp_path / "s.json").exists() and not list(tmp_path.glob(".annotate-*"))
+    with pytest.raises(OccsynthError, match="annotation 503: degenerate"):
+        annotate_occluders(src, tmp_path / "s.json", progress=False, strict=True)
 
 
 def test_an_unwritable_out_is_named_in_the_error(tmp_path):
