@@ -7,7 +7,8 @@ count, so all three are options:
 - ``overlap="iou"`` (default): intersection over union of two boxes - the usual meaning of an
   "overlapping ratio" of two boxes, and the measure BCNet's own annotation tool uses for occluders.
   ``"min"``: intersection over the smaller box (1.0 when one box contains the other).
-- ``threshold=0.2`` (default): an image is kept when its largest pairwise overlap is >= threshold.
+- ``threshold=0.2`` (default): an image is kept when its largest pairwise overlap is >= threshold (up to
+  float rounding: :data:`OVERLAP_TOLERANCE`).
 - ``count_crowd=False`` (default): crowd boxes are regions of many objects, not one occluder, so
   they take no part. ``True`` lets them count.
 
@@ -49,6 +50,11 @@ DEFAULT_OVERLAP = "iou"
 DEFAULT_THRESHOLD = 0.2
 REPORT_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 HISTOGRAM_EDGES = tuple(round(0.1 * i, 1) for i in range(11))
+# An overlap that is exactly the threshold on the boxes as written can come out a few units in the last place
+# below it in float: IoU([100.7, 50, 30.3, 40], [120.9, 50, 30.3, 40]) is 1/5 but computes as 0.19999999999999982.
+# 1e-9 is far above that rounding (about 1e-13 at image coordinates) and far below any overlap difference the
+# selection is about (the report's thresholds are 0.05 apart).
+OVERLAP_TOLERANCE = 1e-9
 
 
 def _boxes_by_image(data: dict, count_crowd: bool) -> dict[int, np.ndarray]:
@@ -80,6 +86,12 @@ def check_options(overlap: str = DEFAULT_OVERLAP, threshold: float = DEFAULT_THR
         raise OccsynthError(f"count_crowd must be true or false, got {count_crowd!r}")
 
 
+def reaches(overlap: float | np.ndarray, threshold: float) -> bool | np.ndarray:
+    """``overlap >= threshold`` up to :data:`OVERLAP_TOLERANCE` (a float, or a numpy array elementwise), so
+    that boxes overlapping by exactly the threshold select their image however the float arithmetic rounds."""
+    return overlap >= threshold - OVERLAP_TOLERANCE
+
+
 def max_overlap_per_image(data: dict, overlap: str = DEFAULT_OVERLAP, count_crowd: bool = False) -> dict[int, float]:
     """Largest pairwise box overlap of each image in ``data['images']`` (0.0 with fewer than two boxes)."""
     check_options(overlap, count_crowd=count_crowd)
@@ -97,7 +109,7 @@ def select_images(data: dict, overlap: str = DEFAULT_OVERLAP, threshold: float =
     """Ids (in file order) of the images with two boxes overlapping by at least ``threshold``."""
     check_options(overlap, threshold, count_crowd)  # -1 would select every image
     best = max_overlap_per_image(data, overlap, count_crowd)
-    return [image_id for image_id, value in best.items() if value >= threshold]
+    return [image_id for image_id, value in best.items() if reaches(value, threshold)]
 
 
 def overlap_histogram(values: Iterable[float], edges: tuple = HISTOGRAM_EDGES) -> dict:
@@ -116,7 +128,7 @@ def alternative_counts(data: dict, thresholds: tuple = REPORT_THRESHOLDS) -> dic
         for count_crowd in (False, True):
             values = np.asarray(list(max_overlap_per_image(data, overlap, count_crowd).values()), np.float64)
             key = f"{overlap}/{'crowd' if count_crowd else 'no-crowd'}"
-            table[key] = {f"{t:g}": int(np.count_nonzero(values >= t)) for t in thresholds}
+            table[key] = {f"{t:g}": int(np.count_nonzero(reaches(values, t))) for t in thresholds}
     return table
 
 
@@ -218,7 +230,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
         raise exc.in_file(ann_path) from None
     best = max_overlap_per_image(data, overlap, count_crowd)
-    keep = {image_id for image_id, value in best.items() if value >= threshold}
+    keep = {image_id for image_id, value in best.items() if reaches(value, threshold)}
     images = [im for im in data["images"] if im["id"] in keep]
     placed_before = _placed_by_last_build(out_dir)
     if image_root is not None:  # also links a build that stopped half-way placed (its files never named them)

@@ -71,6 +71,23 @@ def test_select_images_exact(overlap, threshold, crowd, expected):
     assert select_images(make_dataset(), overlap=overlap, threshold=threshold, count_crowd=crowd) == expected
 
 
+@pytest.mark.parametrize("boxes", [
+    [[0, 0, 0.3, 1], [0.2, 0, 0.3, 1]],                       # IoU 1/5, computed as 0.19999999999999996
+    [[100.7, 50, 30.3, 40], [120.9, 50, 30.3, 40]],           # IoU 1/5, computed as 0.19999999999999982
+])
+def test_boxes_overlapping_by_exactly_the_threshold_select_their_image(tmp_path, boxes):
+    """Inter 0.1 x 1 over union 0.5 x 1 (10.1 x 40 over 50.5 x 40): 1/5 in decimals, a hair below it in float."""
+    data = make_dataset()
+    data["annotations"] = [{"id": 800 + k, "image_id": 5, "category_id": 1, "bbox": box, "area": 1.0, "iscrowd": 0,
+                            "segmentation": [[1, 1, 3, 1, 3, 3, 1, 3]]} for k, box in enumerate(boxes)]
+    assert max_overlap_per_image(data)[5] < 0.2  # the float arithmetic the tolerance is for
+    assert select_images(data, threshold=0.2) == [5]
+    assert alternative_counts(data)["iou/no-crowd"]["0.2"] == 1 and alternative_counts(data)["iou/no-crowd"]["0.25"] == 0
+    report = build_cocoocc(write_set(tmp_path / "val.json", data), tmp_path / "o", threshold=0.2)
+    assert report["counts"]["images"] == 1 and report["counts"]["annotations"] == 2
+    assert select_images(data, threshold=0.2000001) == []  # a real shortfall still leaves it out
+
+
 @pytest.mark.parametrize("threshold", [-1, 0, 1.5, float("nan")])
 def test_select_images_refuses_a_threshold_build_cocoocc_refuses(threshold):
     with pytest.raises(OccsynthError, match="threshold must be a number in"):
