@@ -57,6 +57,20 @@ HISTOGRAM_EDGES = tuple(round(0.1 * i, 1) for i in range(11))
 OVERLAP_TOLERANCE = 1e-9
 
 
+def check_dataset(data: dict) -> None:
+    """Refuse what is no COCO dataset dict with 'images' and 'annotations' lists, naming the key: the functions
+    below are called from Python too, where a missing key would be a bare KeyError. (A file is checked when it
+    is read, by :func:`occsynth.coco.read_dataset`.)"""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a COCO dataset (a dict with 'images' and 'annotations' lists), "
+                         f"got {type(data).__name__}")
+    for key in ("images", "annotations"):
+        if key not in data:
+            raise ValueError(f"COCO dataset has no {key!r} key (a list of {key[:-1]} records)")
+        if not isinstance(data[key], list):
+            raise ValueError(f"COCO dataset: {key!r} must be a list, got {type(data[key]).__name__}")
+
+
 def _boxes_by_image(data: dict, count_crowd: bool) -> dict[int, np.ndarray]:
     """(N, 4) xywh boxes per image id; annotations without a usable box are left out."""
     grouped: dict[int, list] = defaultdict(list)
@@ -95,6 +109,7 @@ def reaches(overlap: float | np.ndarray, threshold: float) -> bool | np.ndarray:
 def max_overlap_per_image(data: dict, overlap: str = DEFAULT_OVERLAP, count_crowd: bool = False) -> dict[int, float]:
     """Largest pairwise box overlap of each image in ``data['images']`` (0.0 with fewer than two boxes)."""
     check_options(overlap, count_crowd=count_crowd)
+    check_dataset(data)
     boxes = _boxes_by_image(data, count_crowd)
     result = {}
     for image in data["images"]:
@@ -178,6 +193,7 @@ def check_image_dirs(image_root: str | os.PathLike, out_dir: str | os.PathLike) 
 
 def has_crowd(data: dict) -> bool:
     """Whether any annotation is a crowd region (else the report leaves out the rows that count them)."""
+    check_dataset(data)
     return any(isinstance(a, dict) and a.get("iscrowd") for a in data["annotations"])
 
 

@@ -94,6 +94,19 @@ def test_select_images_refuses_a_threshold_build_cocoocc_refuses(threshold):
         select_images(make_dataset(), threshold=threshold)
 
 
+@pytest.mark.parametrize("function", [select_images, max_overlap_per_image, alternative_counts, cocoocc.has_crowd])
+@pytest.mark.parametrize("data, words", [
+    ({"annotations": []}, "COCO dataset has no 'images' key"),
+    ({"images": []}, "COCO dataset has no 'annotations' key"),
+    ({"images": [], "annotations": {}}, "COCO dataset: 'annotations' must be a list, got dict"),
+    ([], "expected a COCO dataset (a dict with 'images' and 'annotations' lists), got list"),
+])
+def test_the_public_functions_name_a_missing_key_instead_of_a_bare_key_error(function, data, words):
+    with pytest.raises(ValueError) as caught:
+        function(data)
+    assert str(caught.value).startswith(words)
+
+
 def test_max_overlap_values():
     best = max_overlap_per_image(make_dataset(), "iou")
     assert best[1] == pytest.approx(1 / 3) and best[2] == pytest.approx(20 / 180)
