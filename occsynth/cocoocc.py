@@ -129,8 +129,19 @@ def select_images(data: dict, overlap: str = DEFAULT_OVERLAP, threshold: float =
 
 def overlap_histogram(values: Iterable[float], edges: tuple = HISTOGRAM_EDGES) -> dict:
     """Images per bin of largest overlap, bins [a, b) with the last one closed, and apart from them
-    ``no_overlap``: the images without any overlapping box pair (in no bin, so bins + no_overlap = all)."""
+    ``no_overlap``: the images without any overlapping box pair (in no bin, so bins + no_overlap = all).
+
+    An overlap ratio lies in [0, 1]: a value outside it (or NaN) is a bug upstream, and np.histogram would
+    drop it without a word, so it is refused (ValueError), as are ``edges`` that do not span [0, 1]. Values
+    within :data:`OVERLAP_TOLERANCE` of either end (float rounding) count as that end."""
     values = np.asarray(list(values), np.float64)
+    if edges[0] > 0 or edges[-1] < 1:
+        raise ValueError(f"histogram edges must span [0, 1], got {edges[0]}..{edges[-1]}")
+    outside = ~((values >= -OVERLAP_TOLERANCE) & (values <= 1 + OVERLAP_TOLERANCE))  # NaN is outside too
+    if outside.any():
+        raise ValueError(f"overlap ratios must lie in [0, 1]; got {int(outside.sum())} outside it, e.g. "
+                         f"{float(values[outside][0])!r}")
+    values = np.clip(values, 0.0, 1.0)
     counts, _ = np.histogram(values[values > 0.0], bins=np.asarray(edges))
     return {"edges": list(edges), "counts": [int(c) for c in counts],
             "no_overlap": int(np.count_nonzero(values <= 0.0))}

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 
 import cv2
@@ -140,6 +141,18 @@ def test_build_refuses_a_bad_option_before_reading_anything(tmp_path, options, w
     assert str(caught.value) == words
     cocoocc.check_options(overlap="min", threshold=1, count_crowd=True)  # 1 is in (0, 1]
     assert not (tmp_path / "occ").exists()
+
+
+def test_overlap_histogram_counts_every_value_and_refuses_one_that_is_no_overlap_ratio():
+    histogram = cocoocc.overlap_histogram([0.0, 0.05, 0.2, 0.99, 1.0, 1.0 + 1e-15])  # the last: float rounding of 1
+    assert histogram["counts"] == [1, 0, 1, 0, 0, 0, 0, 0, 0, 3] and histogram["no_overlap"] == 1
+    assert sum(histogram["counts"]) + histogram["no_overlap"] == 6
+    for bad in (1.5, -0.25, float("nan")):  # np.histogram dropped 1.5 without a word; -0.25 counted as no overlap
+        with pytest.raises(ValueError, match=r"overlap ratios must lie in \[0, 1\]; got 1 outside it, e.g. "
+                                             + re.escape(repr(bad))):
+            cocoocc.overlap_histogram([0.3, bad])
+    with pytest.raises(ValueError, match=r"histogram edges must span \[0, 1\], got 0..0.5"):
+        cocoocc.overlap_histogram([0.3, 0.7], edges=(0, 0.25, 0.5))
 
 
 def test_alternative_counts_table():
