@@ -168,10 +168,24 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:
 
 
 def synthetic_settings(plan: dict, recipe: str):
-    """The [synthetic] table as ``occsynth.generate.RunSettings``; a bad value names the recipe and table."""
-    from occsynth.generate import run_settings
+    """The [synthetic] table as ``occsynth.generate.RunSettings``; a bad value names the recipe and table.
+
+    The table's settings go on top of its synthetic recipe's [run] (and [synthetic.composite], [synthetic.bank]
+    on its [composite], [bank]), so an unknown one is named here, in the table it is in: run_settings, which
+    merges them, would call it a [run] setting, and a pipeline recipe has no [run]."""
+    from occsynth.bank import BankOptions
+    from occsynth.compose import CompositeOptions
+    from occsynth.generate import RunSettings, run_settings
 
     section = dict(plan["synthetic"])
+    names = {kind: [f.name for f in dataclasses.fields(kind)] for kind in (RunSettings, CompositeOptions, BankOptions)}
+    for table, given, known in (("synthetic", section, ["recipe", *names[RunSettings]]),
+                                ("synthetic.composite", section.get("composite"), names[CompositeOptions]),
+                                ("synthetic.bank", section.get("bank"), names[BankOptions])):
+        unknown = sorted(set(given) - set(known)) if isinstance(given, dict) else []
+        if unknown:
+            raise OccsynthError(f"pipeline recipe {recipe!r} [{table}]: unknown setting {unknown[0]!r} "
+                                f"(known: {', '.join(known)})")
     try:
         return run_settings(manifests.load(section.pop("recipe"), "synthetic"), **section)
     except OccsynthError as exc:
