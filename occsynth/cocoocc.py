@@ -59,16 +59,16 @@ OVERLAP_TOLERANCE = 1e-9
 
 def check_dataset(data: dict) -> None:
     """Refuse what is no COCO dataset dict with 'images' and 'annotations' lists, naming the key: the functions
-    below are called from Python too, where a missing key would be a bare KeyError. (A file is checked when it
-    is read, by :func:`occsynth.coco.read_dataset`.)"""
+    below are called from Python too, where a missing key would be a bare KeyError; OccsynthError, as for any
+    input the API refuses. (A file is checked when it is read, by :func:`occsynth.coco.read_dataset`.)"""
     if not isinstance(data, dict):
-        raise ValueError(f"expected a COCO dataset (a dict with 'images' and 'annotations' lists), "
-                         f"got {type(data).__name__}")
+        raise OccsynthError(f"expected a COCO dataset (a dict with 'images' and 'annotations' lists), "
+                            f"got {type(data).__name__}")
     for key in ("images", "annotations"):
         if key not in data:
-            raise ValueError(f"COCO dataset has no {key!r} key (a list of {key[:-1]} records)")
+            raise OccsynthError(f"COCO dataset has no {key!r} key (a list of {key[:-1]} records)")
         if not isinstance(data[key], list):
-            raise ValueError(f"COCO dataset: {key!r} must be a list, got {type(data[key]).__name__}")
+            raise OccsynthError(f"COCO dataset: {key!r} must be a list, got {type(data[key]).__name__}")
 
 
 def _boxes_by_image(data: dict, count_crowd: bool) -> dict[int, np.ndarray]:

@@ -103,7 +103,7 @@ def test_select_images_refuses_a_threshold_build_cocoocc_refuses(threshold):
     ([], "expected a COCO dataset (a dict with 'images' and 'annotations' lists), got list"),
 ])
 def test_the_public_functions_name_a_missing_key_instead_of_a_bare_key_error(function, data, words):
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(OccsynthError) as caught:
         function(data)
     assert str(caught.value).startswith(words)
 
