@@ -59,6 +59,9 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
         return
     fs = report["work_dir_filesystem"]
     click.echo(f"outputs written under {report['work_dir']}" + (f" ({fs})" if fs else ""))
+    if report.get("work_dir_ext4_without_journal"):
+        click.echo("    ext4 without a journal: for minutes after many files are deleted there, creating a file costs "
+                   "several times more (README, Benchmarks); measure in a new top-level folder or minutes later")
     click.echo(f"{report['num_images']} images of about {report['image_size'][1]}x{report['image_size'][0]} px, "
                f"{report['cpu_count']} CPUs; {report['source_images']} source images, "
                f"{report['distinct_backgrounds']} distinct backgrounds")

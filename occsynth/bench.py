@@ -272,6 +272,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
             Path(p).read_bytes()
         result = {"num_images": num_images, "workers": workers, "cpu_count": os.cpu_count(),
                   "work_dir": str(tmp.resolve().parent), "work_dir_filesystem": filesystem_type(tmp),
+                  "work_dir_ext4_without_journal": ext4_without_journal(tmp),
                   "image_size": _mean_size(bank), "source_images": bank.num_images,
                   "distinct_backgrounds": len(set(paths)),
                   "mean_background_jpeg_bytes": int(np.mean([os.path.getsize(p) for p in paths])),
@@ -334,22 +335,48 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
 def filesystem_type(path: str | os.PathLike, mounts: str | os.PathLike = "/proc/mounts") -> str | None:
     """The type of the file system holding ``path`` (e.g. 'ext4', 'tmpfs'), from the Linux mount table;
     None where there is none. The bench's writes cost what that file system makes them cost."""
+    mount = _mount_of(path, mounts)
+    return None if mount is None else mount[1]
+
+
+def _mount_of(path: str | os.PathLike, mounts: str | os.PathLike) -> tuple[str, str] | None:
+    """(device, type) of the deepest mount holding ``path`` in the mount table ``mounts``; None without one."""
     try:
         table = Path(mounts).read_bytes()
     except OSError:
         return None
     target = os.path.realpath(path)
-    best, kind = -1, None
+    best, found = -1, None
+    unescape = functools.partial(re.sub, rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]))
     for line in table.split(b"\n"):
         fields = line.split()
         if len(fields) < 3:
             continue
         # the table writes space, tab, newline and backslash in a mount point as octal escapes (\040, ...)
-        point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[1]))
+        point = os.fsdecode(unescape(fields[1]))
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= best:  # the deepest mount point; of two on one point, the later one
-            best, kind = len(point), os.fsdecode(fields[2])
-    return kind
+            best, found = len(point), (os.fsdecode(unescape(fields[0])), os.fsdecode(fields[2]))
+    return found
+
+
+def ext4_without_journal(path: str | os.PathLike, mounts: str | os.PathLike = "/proc/mounts",
+                         journals: str | os.PathLike = "/proc/fs/jbd2") -> bool:
+    """Whether ``path`` is on an ext4 file system mounted without a journal (Linux; False when unsure).
+
+    There, ext4 does not reuse an inode deleted less than a minute ago (six while its inode-table block is
+    unwritten) and walks past each one to find a free inode: for minutes after many files are deleted,
+    creating a file costs several times more, and so does writing a generated set. A journaled ext4 mount
+    has a folder ``<device>-8`` in ``journals``; the device is the mount's, with its links resolved
+    (/dev/mapper/x is dm-N there).
+    """
+    mount = _mount_of(path, mounts)
+    if mount is None or mount[1] != "ext4" or not Path(journals).is_dir():
+        return False
+    device = Path(mount[0])
+    if not device.exists():  # /dev/root and the like: the journal's name cannot be told
+        return False
+    return not (Path(journals) / f"{device.resolve().name}-8").exists()
 
 
 def _write_back() -> None:

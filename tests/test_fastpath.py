@@ -1,4 +1,5 @@
 """The generator's box + crop fast path gives exactly what the full-size functions give."""
+import functools
 import json
 import os
 from pathlib import Path
@@ -438,7 +439,36 @@ def test_bench_command_prints_both_floors_and_no_scaling_for_one_worker(tmp_path
     assert any(line.startswith("workers=1") and "generate/floor" in line for line in lines)
     assert any("floor that also writes its images" in line and "generate/that" in line for line in lines)
     assert not any(line.startswith("scaling") for line in lines)
+    from occsynth.bench import ext4_without_journal
+    warned = any("ext4 without a journal" in line for line in lines)
+    assert warned == ext4_without_journal(tmp_path)      # said exactly where it holds
     assert list(tmp_path.iterdir()) == []   # the bench's sources and outputs are removed when it ends
+
+
+def test_ext4_without_a_journal_is_told_from_the_journal_folders(tmp_path):
+    from occsynth.bench import ext4_without_journal
+    devices = tmp_path / "dev"
+    devices.mkdir()
+    (devices / "vdz").write_bytes(b"")                      # stands in for the block device
+    (devices / "mapper").mkdir()
+    (devices / "dm-3").write_bytes(b"")
+    (devices / "mapper" / "data").symlink_to(devices / "dm-3")
+    journals = tmp_path / "jbd2"
+    journals.mkdir()
+    root = "/zz-occsynth-no-such-folder"
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"{devices}/vdz {root}/plain ext4 rw 0 0\n"
+                      f"{devices}/mapper/data {root}/lvm ext4 rw 0 0\n"
+                      f"tmpfs {root}/shm tmpfs rw 0 0\n"
+                      f"/dev/zz-occsynth-gone {root}/root ext4 rw 0 0\n")
+    check = functools.partial(ext4_without_journal, mounts=mounts, journals=journals)
+    assert check(f"{root}/plain/out") and check(f"{root}/lvm/out")           # no journal folder for either
+    assert not check(f"{root}/shm/out") and not check(f"{root}/root/out")    # not ext4; a device not there
+    assert not check("/zz-not-mounted-anywhere")
+    (journals / "vdz-8").mkdir()
+    (journals / "dm-3-8").mkdir()
+    assert not check(f"{root}/plain/out") and not check(f"{root}/lvm/out")   # journaled
+    assert not ext4_without_journal(f"{root}/plain/out", mounts, tmp_path / "no-jbd2")  # no way to tell
 
 
 def test_filesystem_type_is_the_deepest_mount_holding_the_path(tmp_path):
