@@ -83,9 +83,11 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
 
 def _named_setting_error(exc: OccsynthError, given: dict, recipe: str | None) -> Exception:
     """The library names the settings ('occlusion must be ... <= max_occlusion'): name the options
-    among them that the user typed, or else the recipe the values came from."""
+    among them that the user typed, or else the recipe the values came from. A recipe's layout (an unknown
+    table or setting, which may bear an option's name) is the recipe's fault whatever was typed."""
     message = str(exc)
-    typed = [k for k, v in given.items() if v is not None and re.search(rf"\b{k}\b", message)]
+    layout = message.startswith(("recipe: ", "unknown ["))
+    typed = [k for k, v in given.items() if v is not None and not layout and re.search(rf"\b{k}\b", message)]
     if typed:
         return click.BadParameter(message, param_hint=" / ".join(f"'--{k.replace('_', '-')}'" for k in typed))
     return OccsynthError(f"recipe {recipe}: {message.removeprefix('recipe: ')}") if recipe else exc

@@ -46,7 +46,7 @@ from . import masks as mask_ops
 from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
 from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, is_id, iter_array,
-                   reading_json)
+                   open_json, reading_json)
 from .errors import BadRecord, OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -164,7 +164,7 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
     values: dict = {}
     starts: dict[str, str] = {}
     key = builder = None
-    with reading_json(path), open(path, "rb") as f:
+    with reading_json(path), open_json(path) as f:
         events = ijson.parse(f, use_float=True)
         _, event, _ = next(events, ("", None, None))
         check_top_level(path, event)

@@ -48,9 +48,9 @@ import numpy as np
 
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, write_json
-from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
+from .bank import Bank, CutoutPixels, _why_none, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
-from .errors import SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog
 from .generate import RunSettings, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
@@ -86,6 +86,10 @@ def textured_source(ann_path: str | os.PathLike, image_root: str | os.PathLike, 
     details = [_detail(name) for name in TEXTURE_PHOTOS] if texture else []
     # records generation would skip are left out here (bad records, masks that do not decode), so that a
     # real source with a few of them (COCO has some) can be measured; the images themselves must be readable
+    image_log = SkipLog()  # the image records alone: their faults, not the annotations of images left out
+    if not index_dataset({**data, "annotations": []}, image_log)[0]:
+        # said of the user's file: the bank would name the copy written below, in a temporary folder
+        raise OccsynthError(f"{ann_path}: no valid image records ({_why_none(image_log)})")
     by_id, _, by_image = index_dataset(data, SkipLog())
     max_id = max(by_id, default=0)
     max_ann = max((a["id"] for anns in by_image.values() for a in anns), default=0)
@@ -93,8 +97,11 @@ def textured_source(ann_path: str | os.PathLike, image_root: str | os.PathLike, 
     for image in by_id.values():
         scale = long_side / max(image["height"], image["width"]) if long_side else 1.0
         h, w = round(image["height"] * scale), round(image["width"] * scale)
-        base = cv2.resize(read_image(resolve_image_path(image_root, image["file_name"])), (w, h),
-                          interpolation=cv2.INTER_LINEAR)
+        try:
+            base = cv2.resize(read_image(resolve_image_path(image_root, image["file_name"])), (w, h),
+                              interpolation=cv2.INTER_LINEAR)
+        except BadRecord as exc:
+            raise exc.in_file(ann_path) from None
         resized = []
         for ann in by_image[image["id"]]:
             try:

@@ -5,13 +5,14 @@ record and the reason; callers decide (through a :class:`SkipLog`) whether to sk
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import cv2
 import ijson
@@ -68,6 +69,15 @@ def _json_excerpt(exc: BaseException) -> str:
     return f"{note}; here: {printable}"
 
 
+def open_json(path: str | os.PathLike) -> BinaryIO:
+    """Open a JSON file for the streaming parser, past a UTF-8 byte-order mark (Windows tools write one):
+    yajl refuses it as an 'invalid char', while json.load (:func:`read_json`) reads such a file."""
+    f = open(path, "rb")
+    if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        f.seek(0)
+    return f
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it."""
     with reading_json(path), open(path, "rb") as f:
@@ -104,7 +114,7 @@ def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
     does: the item stream alone would read it as an empty list.
     """
     empty = True
-    with reading_json(path, f" (found while reading the file for its '{key}')"), open(path, "rb") as f:
+    with reading_json(path, f" (found while reading the file for its '{key}')"), open_json(path) as f:
         for item in ijson.items(f, f"{key}.item", use_float=True):
             empty = False
             yield item
@@ -118,7 +128,7 @@ def read_array(path: str | os.PathLike, key: str) -> list:
     fit in memory; a missing key or a value that is no array raises as in :func:`iter_array`. A key that
     appears twice at the top level (which JSON allows) gives its first value here; ``json.load`` would
     give the last."""
-    with reading_json(path, f" (found while reading the file for its '{key}')"), open(path, "rb") as f:
+    with reading_json(path, f" (found while reading the file for its '{key}')"), open_json(path) as f:
         for value in ijson.items(f, key, use_float=True):
             if isinstance(value, list):
                 return value
@@ -147,7 +157,7 @@ def check_coco_layout(path: str | os.PathLike, keys: Iterable[str] = COCO_LISTS)
     """
     path = Path(path)
     starts: dict[str, str] = {}
-    with reading_json(path), open(path, "rb") as f:
+    with reading_json(path), open_json(path) as f:
         events = ijson.parse(f, use_float=True)
         prefix, event, _ = next(events, ("", None, None))
         check_top_level(path, event)

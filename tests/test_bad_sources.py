@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from pycocotools.coco import COCO
 
 from cli.occsynth_cli import main as occsynth_main
 from occsynth import coco, errors
@@ -168,3 +169,21 @@ def test_a_source_with_nothing_usable_says_why_without_strict(demo_source, tmp_p
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.startswith(f"Error: {bad}: ") and all(w in result.output for w in words), result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_source_saved_with_a_byte_order_mark_is_read_by_every_command(demo_source, tmp_path):
+    """Windows tools save JSON with a UTF-8 BOM; json.load reads it (build-cocoocc did), the streaming
+    readers of generate, annotate-occluders and stats refused it as 'invalid char'."""
+    ann, root = demo_source
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + ann.read_bytes())
+    runs = {"generate": ["generate", "--ann", str(bom), "--images", str(root), "--out", str(tmp_path / "o"),
+                         "--num-images", "8", "--cache-dir", str(tmp_path / "c"), "--quiet"],
+            "annotate": ["annotate-occluders", "--ann", str(bom), "--out", str(tmp_path / "a.json"), "--quiet"],
+            "stats": ["stats", str(bom)]}
+    for name, args in runs.items():
+        result = CliRunner().invoke(occsynth_main, args)
+        assert result.exit_code == 0, (name, result.output)
+    generated = COCO(str(tmp_path / "o" / "annotations.json"))
+    assert len(generated.imgs) == 8 and generated.anns
+    assert len(COCO(str(tmp_path / "a.json")).anns) == len(json.loads(ann.read_text())["annotations"])

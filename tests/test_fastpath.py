@@ -489,3 +489,25 @@ def test_filesystem_type_is_the_deepest_mount_holding_the_path(tmp_path):
     assert filesystem_type(f"{root}/back\\slash\ttab/x", mounts) == "nfs"
     assert filesystem_type(os.fsdecode(root.encode() + b"/caf\xe9/x"), mounts) == "fuse"
     assert filesystem_type("/", tmp_path / "no-such-table") is None
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda d: [im.pop("height") for im in d["images"]],
+     ["no valid image records", "e.g. image record", "'height' missing or not int"]),
+    (lambda d: d["images"][0].update(file_name="../outside.jpg"), ["file_name points outside the image root"]),
+])
+def test_bench_on_a_bad_source_names_the_users_file_not_its_temporary_copy(demo_source, tmp_path, spoil, words):
+    from click.testing import CliRunner
+    from cli.occsynth_cli import main as occsynth_main
+    ann, root = demo_source
+    data = json.loads(Path(ann).read_text())
+    spoil(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    work = tmp_path / "work"
+    work.mkdir()
+    result = CliRunner().invoke(occsynth_main, ["bench", "--ann", str(bad), "--images", str(root), "--num-images",
+                                                "8", "--workers", "1", "--repeat", "1", "--work-dir", str(work)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {bad}: ") and all(w in result.output for w in words), result.output
+    assert str(work) not in result.output and list(work.iterdir()) == []

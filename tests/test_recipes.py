@@ -66,3 +66,18 @@ def test_pipeline_recipe_without_its_tables_is_refused_before_any_work(tmp_path)
     with pytest.raises(OccsynthError, match="--device bogus"):
         run_pipeline(tmp_path / "run", PipelineInputs(), recipe="pipeline-tiny", device="bogus", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, args, words", [
+    (b"num_images = 8", ["--num-images", "8"], "unknown table [num_images]"),
+    (b"[run]\npastes = [2, 3]", ["--pastes", "2", "4"], "unknown [run] setting(s): pastes")])
+def test_a_recipe_layout_error_names_the_recipe_even_when_an_option_of_that_name_is_typed(tmp_path, content, args,
+                                                                                          words):
+    """The key misplaced in the recipe bears an option's name; the option typed is not what is wrong."""
+    recipe = tmp_path / "bad.toml"
+    recipe.write_bytes(content)
+    result = CliRunner().invoke(occsynth_main, ["generate", "--recipe", str(recipe), "--out", str(tmp_path / "o"),
+                                                "--quiet", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: recipe {recipe}: ") and words in result.output, result.output
+    assert "Invalid value" not in result.output and not (tmp_path / "o").exists()
