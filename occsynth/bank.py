@@ -212,13 +212,13 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     try:
         categories = _read_categories(ann_path, log)
         if not categories:
-            raise OccsynthError(f"{ann_path}: no valid category records ({_why_none(log)})")
+            raise OccsynthError(f"{ann_path}: no valid category records ({why_none_usable(log)})")
         image_log = _FirstSkipLog(strict=strict)  # the image error quotes image records only
         images = _read_images(ann_path, image_log)
         log.merge(image_log)
         log.first = log.first or image_log.first
         if not images.ids:
-            raise OccsynthError(f"{ann_path}: no valid image records ({_why_none(image_log)})")
+            raise OccsynthError(f"{ann_path}: no valid image records ({why_none_usable(image_log)})")
         anns = _read_annotations(ann_path, images, {c["id"] for c in categories}, log, progress)
     except BadRecord as exc:  # strict: the first bad record stops the build, named with its file
         raise exc.in_file(ann_path) from None
@@ -592,7 +592,7 @@ def _check_layout(bank_dir: Path, meta: dict, a: dict[str, np.ndarray]) -> None:
         raise DamagedEntry(f"{bank_dir}: damaged cutout bank ({', '.join(problems)})")
 
 
-def _why_none(log: SkipLog) -> str:
+def why_none_usable(log: SkipLog) -> str:
     """Why no record of a kind was usable: the skipped ones by reason with an example, or a hint."""
     return log.in_one_line() if log.total else "is this a COCO instances file?"
 

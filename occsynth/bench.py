@@ -48,7 +48,7 @@ import numpy as np
 
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, write_json
-from .bank import Bank, CutoutPixels, _why_none, ensure_bank, ensure_cutout_pixels
+from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels, why_none_usable
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog
 from .generate import RunSettings, _finished_chunks, generate
@@ -89,7 +89,7 @@ def textured_source(ann_path: str | os.PathLike, image_root: str | os.PathLike, 
     image_log = SkipLog()  # the image records alone: their faults, not the annotations of images left out
     if not index_dataset({**data, "annotations": []}, image_log)[0]:
         # said of the user's file: the bank would name the copy written below, in a temporary folder
-        raise OccsynthError(f"{ann_path}: no valid image records ({_why_none(image_log)})")
+        raise OccsynthError(f"{ann_path}: no valid image records ({why_none_usable(image_log)})")
     by_id, _, by_image = index_dataset(data, SkipLog())
     max_id = max(by_id, default=0)
     max_ann = max((a["id"] for anns in by_image.values() for a in anns), default=0)
