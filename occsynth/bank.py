@@ -48,7 +48,7 @@ from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
                    is_id, iter_array, read_array, read_image, resolve_image_path, unique_by_id)
-from .errors import BadRecord, NoRoom, OccsynthError, SkipLog
+from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, why_none_usable
 from .pool import ctrl_c_for_main_only
 
 BANK_FORMAT = 2  # 2: RLE strings stored in canonical form (masks.encode's)
@@ -590,11 +590,6 @@ def _check_layout(bank_dir: Path, meta: dict, a: dict[str, np.ndarray]) -> None:
         problems.append("meta.json")
     if problems:
         raise DamagedEntry(f"{bank_dir}: damaged cutout bank ({', '.join(problems)})")
-
-
-def why_none_usable(log: SkipLog) -> str:
-    """Why no record of a kind was usable: the skipped ones by reason with an example, or a hint."""
-    return log.in_one_line() if log.total else "is this a COCO instances file?"
 
 
 def no_cutouts_reason(meta: dict) -> str:

@@ -48,9 +48,9 @@ import numpy as np
 
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, write_json
-from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels, why_none_usable
+from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
 from .generate import RunSettings, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 

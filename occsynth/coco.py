@@ -33,11 +33,11 @@ def reading_json(path: str | os.PathLike, what: str = "") -> Iterator[None]:
     except IsADirectoryError:
         raise OccsynthError(f"{path}: is a directory, expected a JSON file") from None
     except json.JSONDecodeError as exc:
-        if exc.doc == "" or (os.path.isfile(path) and os.path.getsize(path) == 0):
+        if not exc.doc.strip() or _blank(path):
             raise OccsynthError(f"{path}: empty file, expected JSON") from None
         raise OccsynthError(f"{path}: malformed JSON{what} at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except ijson.JSONError as exc:
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
+        if _blank(path):
             raise OccsynthError(f"{path}: empty file, expected JSON") from None
         why = one_line(exc)
         if "premature EOF" in why:
@@ -49,6 +49,17 @@ def reading_json(path: str | os.PathLike, what: str = "") -> Iterator[None]:
         raise OccsynthError(f"{path}: malformed JSON{what} ({why})") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _blank(path: str | os.PathLike, most: int = 1 << 16) -> bool:
+    """Whether a file holds nothing but white space (or a byte-order mark): 'empty', not 'cut off'."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > most:
+            return False
+        with open(path, "rb") as f:
+            return not f.read().removeprefix(codecs.BOM_UTF8).strip()
+    except OSError:
+        return False
 
 
 def _json_excerpt(exc: BaseException) -> str:

@@ -43,7 +43,7 @@ from .atomic import make_folder, open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
 from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, check_segmentation, file_hash,
                    read_dataset, resolve_image_path, unique_by_id)
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
 
 PAPER_COUNT = 1005
 DEFAULT_OVERLAP = "iou"
@@ -248,10 +248,12 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
 def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, threshold: float, count_crowd: bool,
            strict: bool, progress: bool) -> dict:
     data = read_dataset(ann_path)
-    source_annotations = len(data["annotations"])
+    source_images, source_annotations = len(data["images"]), len(data["annotations"])
     skips = SkipLog(strict=strict)
     try:
         data = dict(data, images=_usable_images(data["images"], skips))
+        if source_images and not data["images"]:  # an empty COCO-OCC would look like a selection of none
+            raise OccsynthError(f"{ann_path}: no usable image records ({why_none_usable(skips)})")
         data["annotations"] = _usable_annotations(
             dict(data, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips)
     except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
@@ -283,7 +285,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     write_json(out_dir / "annotations.json", output)
     options = {"overlap": overlap, "threshold": threshold, "count_crowd": count_crowd}
     crowd = has_crowd(data)
-    counts = {"source_images": len(data["images"]), "source_annotations": source_annotations,
+    counts = {"source_images": source_images, "source_annotations": source_annotations,
               "selected_images": len(selected) + len(dropped), "dropped_images": len(dropped),
               "images": len(images), "annotations": len(annotations), "paper_images": PAPER_COUNT,
               "source_has_crowd": crowd}

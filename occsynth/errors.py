@@ -126,3 +126,8 @@ class SkipLog:
         for reason, n in sorted(self.counts.items()):
             lines.append(f"  {n:>7}  {reason}   e.g. {self.examples[reason]}")
         return "\n".join(lines)
+
+
+def why_none_usable(log: SkipLog) -> str:
+    """Why no record of a kind was usable: the skipped ones by reason with an example, or a hint."""
+    return log.in_one_line() if log.total else "is this a COCO instances file?"

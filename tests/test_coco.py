@@ -23,6 +23,17 @@ def test_read_dataset_reports_malformed_json(tmp_path):
         coco.read_dataset(tmp_path / "nope.json")
 
 
+@pytest.mark.parametrize("content", [b"", b"  \n\t\n", b"\xef\xbb\xbf\n"])
+def test_a_file_of_nothing_but_white_space_is_called_empty_by_every_reader(tmp_path, content):
+    p = tmp_path / "blank.json"
+    p.write_bytes(content)
+    for read in (coco.read_json, lambda path: list(coco.iter_array(path, "images")),
+                 lambda path: coco.read_array(path, "images")):
+        with pytest.raises(OccsynthError) as exc:
+            read(p)
+        assert str(exc.value) == f"{p}: empty file, expected JSON"
+
+
 def test_iter_array_streams_and_reports_malformed(tmp_path):
     p = tmp_path / "a.json"
     p.write_text(json.dumps({"images": [{"id": 1}, {"id": 2}], "annotations": [{"id": 5, "bbox": [1.5, 2, 3, 4]}]}))

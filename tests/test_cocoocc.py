@@ -358,6 +358,18 @@ def test_an_annotations_only_build_given_images_reports_selected_images_without_
     assert build_cocoocc(ann, tmp_path / "o", image_root=root, threshold=0.1)["images_without_file"] == []
 
 
+def test_a_file_without_one_usable_image_record_is_an_error_not_an_empty_selection(tmp_path):
+    data = make_dataset()
+    for image in data["images"]:
+        del image["height"], image["width"]
+    ann = write_set(tmp_path / "val.json", data)
+    result = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (f"{ann}: no usable image records (skipped {{\"malformed record\": 7}}, e.g. image record 3: "
+            "malformed record ('height' missing or not int))") in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_duplicate_image_ids_are_skipped_and_counted(tmp_path):
     data = make_dataset()
     data["images"].append({"id": 1, "file_name": "dup.jpg", "height": 40, "width": 40})
@@ -365,7 +377,8 @@ def test_duplicate_image_ids_are_skipped_and_counted(tmp_path):
     report = build_cocoocc(ann, tmp_path / "o")
     out = json.loads((tmp_path / "o" / "annotations.json").read_text())
     assert [(im["id"], im["file_name"]) for im in out["images"]] == [(1, "0001.jpg")]
-    assert report["skipped"]["counts"] == {"duplicate id": 1} and report["counts"]["source_images"] == 7
+    assert report["skipped"]["counts"] == {"duplicate id": 1}
+    assert report["counts"]["source_images"] == 8      # the file's records, as source_annotations counts them
     with pytest.raises(Exception, match="duplicate id"):
         build_cocoocc(ann, tmp_path / "s", strict=True)
 
