@@ -19,7 +19,12 @@ kept on the dataset (``category_ids[label - 1]``) so predictions map back to COC
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -387,7 +392,43 @@ def train_loader(dataset: CocoInstances, batch_size: int, seed: int, start_itera
     return DataLoader(SampleStream(dataset, seed), batch_size=micro_batch_size(batch_size, world_size, accumulate),
                       sampler=draws, collate_fn=collate, num_workers=workers,
                       generator=torch.Generator().manual_seed(int(seed)), persistent_workers=False,
-                      pin_memory=bool(pin_memory))
+                      pin_memory=bool(pin_memory),
+                      worker_init_fn=functools.partial(end_with_parent, os.getpid()) if workers else None)
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def end_with_parent(parent_pid: int, worker_id: int) -> None:
+    """A loader worker's start (``worker_init_fn``): make it end when the training process ends, however that ends.
+
+    torch's workers notice a dead parent only if it was alive when they began watching it, after this
+    function: a training process killed while its workers start (Ctrl-C twice, kill -9, the OOM killer)
+    left them waiting for work for good, each holding its copy of the dataset. A worker the training
+    process started itself (fork, spawn) asks the kernel to kill it when that process dies (Linux); one
+    whose training process is already gone ends here. (A fork server's workers are its children, not the
+    training process's: only the second check applies to them.)
+    """
+    if os.getppid() == parent_pid and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no libc to ask: torch's own watch remains
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if not process_running(parent_pid):
+        os._exit(0)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie, dead but not yet reaped, has exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: it exists
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc (not Linux): existing is all that can be told
+        return True
 
 
 def _is_candidate(ann: dict, category_id_to_label: dict) -> bool:

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -262,6 +268,64 @@ def test_train_loader_batches(dataset_dir):
     assert len(batches) == 2
     images, targets = batches[0]
     assert len(images) == 2 and {"boxes", "labels", "masks", "occluder_masks"} <= set(targets[0])
+
+
+def test_train_loader_workers_start_watching_the_training_process(dataset_dir):
+    ds = _dataset(dataset_dir, drop_empty=True)
+    loader = bdata.train_loader(ds, 2, 0, 1, 3, workers=2)
+    assert loader.worker_init_fn.func is bdata.end_with_parent and loader.worker_init_fn.args == (os.getpid(),)
+    assert [len(images) for images, _ in loader] == [2, 2]      # the watch does not end a worker of a live run
+    assert bdata.train_loader(ds, 2, 0, 1, 3).worker_init_fn is None
+
+
+def _starts_then_writes(parent_pid, marker):
+    bdata.end_with_parent(parent_pid, 0)
+    marker.write_text("went on")
+
+
+def test_a_loader_worker_whose_training_process_is_gone_ends_before_waiting_for_work(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    fork = multiprocessing.get_context("fork")
+    for parent, marker in ((gone.pid, tmp_path / "orphan"), (os.getpid(), tmp_path / "child")):
+        worker = fork.Process(target=_starts_then_writes, args=(parent, marker))
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert not (tmp_path / "orphan").exists() and (tmp_path / "child").read_text() == "went on"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_loader_worker_dies_with_a_training_process_killed_outright(tmp_path):
+    """kill -9 of the training process leaves no worker behind waiting for work (torch's own watch misses
+    a parent killed while its workers start)."""
+    script = tmp_path / "train.py"
+    script.write_text("import multiprocessing, os, sys, time\n"
+                      "from bcnet.data import end_with_parent\n"
+                      "def work(parent):\n"
+                      "    end_with_parent(parent, 0)\n"
+                      "    open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+                      "    time.sleep(600)\n"
+                      "if __name__ == '__main__':\n"
+                      "    multiprocessing.get_context('fork').Process(target=work, args=(os.getpid(),)).start()\n"
+                      "    time.sleep(600)\n")
+    pid_file = tmp_path / "worker.pid"
+    training = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        assert bdata.process_running(worker)
+    finally:
+        training.kill()
+        training.wait()
+    deadline = time.monotonic() + 30
+    while bdata.process_running(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if bdata.process_running(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its training process")
 
 
 def test_read_gives_the_image_and_its_record(dataset_dir):
