@@ -367,8 +367,13 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
         tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
 
+    asked_workers = int(schedule.get("workers", 0))
+    workers = loader_workers(asked_workers)
+    if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too
+        tqdm.write(f"workers {asked_workers}: this process may use {workers} CPU core(s); loading with {workers} "
+                   "loader process(es)")
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
-                          workers=int(schedule.get("workers", 0)), rank=rank, world_size=world,
+                          workers=workers, rank=rank, world_size=world,
                           accumulate=accumulate, pin_memory=device_.type == "cuda")
     with contextlib.ExitStack() as folder:
         save = rank == 0
@@ -448,6 +453,17 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
             "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
             "resumed_from": resume_path}
+
+
+def loader_workers(asked: int) -> int:
+    """Data loader processes for ``asked``: at most one per CPU core this process may use. More only compete
+    for the cores (torch warned of it without naming the setting), and an absurd count started processes
+    until memory ran out. The samples do not depend on the count (:class:`bcnet.data.SampleStream`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    return min(int(asked), max(cores, 1))
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
