@@ -44,6 +44,11 @@ from .transforms import build_transforms
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
 AMP_MODES = ("off", "bf16", "fp16")
 LAST = "last_checkpoint"  # text file naming the newest checkpoint in the output directory
+# Bounds of the schedule's numbers: beyond them torch, numpy or OpenCV fail with a traceback (a seed over 64 bits,
+# an image side or count over a C int, an lr torch cannot convert to float32)
+INT32_MAX = 2 ** 31 - 1
+SEED_MAX = 2 ** 64 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -104,18 +109,23 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
         value = s[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise fail(key, f"schedule setting {key} must be a finite number, got {value!r}")
+        if abs(value) > FLOAT32_MAX:
+            raise fail(key, f"schedule setting {key} must be at most {FLOAT32_MAX:.3g} in size (the optimizer "
+                            f"computes in float32), got {value!r}")
         return float(value)
 
-    def integer(key: str, low: int) -> int:
+    def integer(key: str, low: int, high: int = INT32_MAX) -> int:
         value = s[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise fail(key, f"schedule setting {key} must be an integer >= {low}, got {value!r}")
+        if value > high:
+            raise fail(key, f"schedule setting {key} must be an integer <= {high}, got {value!r}")
         return value
 
     for key in ("iterations", "batch_size", "accumulate", "base_batch_size", "short", "long_max", "checkpoint_every"):
         integer(key, 1)
-    for key in ("warmup_iterations", "seed"):
-        integer(key, 0)
+    integer("warmup_iterations", 0)
+    integer("seed", 0, SEED_MAX)
     for key in ("workers", "keep_checkpoints", "log_every"):
         if key in s:
             integer(key, 0)
@@ -144,8 +154,8 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
         if (not isinstance(jitter, (list, tuple)) or len(jitter) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in jitter)):
             raise fail("scale_jitter", f"scale_jitter must be [] or [lo, hi], got {jitter!r}")
-        if not 1 <= jitter[0] <= jitter[1]:
-            raise fail("scale_jitter", f"scale_jitter [lo, hi] needs 1 <= lo <= hi, got {list(jitter)!r}")
+        if not 1 <= jitter[0] <= jitter[1] <= INT32_MAX:
+            raise fail("scale_jitter", f"scale_jitter [lo, hi] needs 1 <= lo <= hi <= {INT32_MAX}, got {list(jitter)!r}")
 
 
 def _check_model_settings(s: dict, source: Callable[..., str]) -> None:

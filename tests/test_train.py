@@ -353,11 +353,19 @@ def test_resolve_device_checks_names_and_hardware():
     ({"workers": -1}, "workers must be"), ({"accumulate": True}, "accumulate must be an integer"),
     ({"mode": "full"}, "mode must be"), ({"scale_jitter": [0, 5]}, "scale_jitter"),
     ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),  # 0 meant every iteration, silently
+    # beyond these torch, numpy or OpenCV failed with a traceback, at the start or at the first step
+    ({"seed": 2 ** 64}, "seed must be an integer <= 18446744073709551615"),
+    ({"batch_size": 2 ** 31}, "batch_size must be an integer <= 2147483647"),
+    ({"short": 10 ** 20, "long_max": 10 ** 20}, "short must be an integer <= 2147483647"),
+    ({"scale_jitter": [10 ** 20, 10 ** 20]}, r"scale_jitter \[lo, hi\] needs 1 <= lo <= hi <= 2147483647"),
+    ({"base_lr": 1e300}, "base_lr must be at most 3.4e\\+38 in size"),
+    ({"weight_decay": 1e39}, "weight_decay must be at most"),
 ])
 def test_schedule_values_are_checked(override, words):
     with pytest.raises(OccsynthError, match=words):
         T.load_schedule("schedule-tiny", override)
-    T.load_schedule("schedule-tiny", {"steps": [], "momentum": 0.0, "weight_decay": 0.0, "warmup_iterations": 0})
+    T.load_schedule("schedule-tiny", {"steps": [], "momentum": 0.0, "weight_decay": 0.0, "warmup_iterations": 0,
+                                      "seed": 2 ** 64 - 1})  # torch's largest seed
 
 
 @pytest.mark.slow
