@@ -62,7 +62,8 @@ def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", ba
     device = resolve_device(device)  # a bad or absent device is one OccsynthError, before any model is built
     images, targets = _synthetic_batch(batch, size, num_classes, device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "detector": detector, "backbone": backbone, "batch": batch, "size": size, "iters": iters}
+              "detector": detector, "backbone": backbone, "batch": batch, "size": size, "iters": iters,
+              "amp": "bf16" if amp else "off"}
     models, steps, infers, detections = {}, {}, {}, {}
     for head in HEADS:
         torch.manual_seed(0)

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -363,13 +363,28 @@ def rank_draws(start_iteration: int, iterations: int, batch_size: int, rank: int
     ``(a * world_size + r) * micro`` .. ``+ micro`` (``micro = batch_size / (world_size * accumulate)``).
     So 1 GPU x 16 images, 8 GPUs x 2 images and 2 GPUs x 4 steps x 2 images see the same images.
     """
-    micro = micro_batch_size(batch_size, world_size, accumulate)
-    draws: list[int] = []
-    for i in range(int(start_iteration), int(iterations)):
-        for a in range(accumulate):
-            base = i * batch_size + (a * world_size + rank) * micro
-            draws.extend(range(base, base + micro))
-    return draws
+    return list(RankDraws(start_iteration, iterations, batch_size, rank, world_size, accumulate))
+
+
+class RankDraws:
+    """:func:`rank_draws` as a sampler that computes the indices as the loader reads them. A list of every
+    draw of the run cost memory and time before the first step: an extra zero in --iterations (10^9 draws)
+    kept the run silent for minutes until memory ran out."""
+
+    def __init__(self, start_iteration: int, iterations: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 accumulate: int = 1):
+        self.micro = micro_batch_size(batch_size, world_size, accumulate)
+        self.start, self.stop = int(start_iteration), int(iterations)
+        self.batch_size, self.rank, self.world_size, self.accumulate = batch_size, rank, world_size, accumulate
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.accumulate * self.micro
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.start, self.stop):
+            for a in range(self.accumulate):
+                base = i * self.batch_size + (a * self.world_size + self.rank) * self.micro
+                yield from range(base, base + self.micro)
 
 
 def micro_batch_size(batch_size: int, world_size: int = 1, accumulate: int = 1) -> int:
@@ -388,8 +403,8 @@ def train_loader(dataset: CocoInstances, batch_size: int, seed: int, start_itera
 
     ``pin_memory``: copy each batch into page-locked memory (on a thread of this process), so that moving it
     to a CUDA device with ``non_blocking=True`` overlaps the GPU's work instead of waiting for it."""
-    draws = rank_draws(start_iteration, iterations, batch_size, rank, world_size, accumulate)
-    return DataLoader(SampleStream(dataset, seed), batch_size=micro_batch_size(batch_size, world_size, accumulate),
+    draws = RankDraws(start_iteration, iterations, batch_size, rank, world_size, accumulate)
+    return DataLoader(SampleStream(dataset, seed), batch_size=draws.micro,
                       sampler=draws, collate_fn=collate, num_workers=workers,
                       generator=torch.Generator().manual_seed(int(seed)), persistent_workers=False,
                       pin_memory=bool(pin_memory),

@@ -44,6 +44,11 @@ from .transforms import build_transforms
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
 AMP_MODES = ("off", "bf16", "fp16")
 LAST = "last_checkpoint"  # text file naming the newest checkpoint in the output directory
+# Bounds of the schedule's numbers: beyond them torch, numpy or OpenCV fail with a traceback (a seed over 64 bits,
+# an image side or count over a C int, an lr torch cannot convert to float32)
+INT32_MAX = 2 ** 31 - 1
+SEED_MAX = 2 ** 64 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -104,18 +109,23 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
         value = s[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise fail(key, f"schedule setting {key} must be a finite number, got {value!r}")
+        if abs(value) > FLOAT32_MAX:
+            raise fail(key, f"schedule setting {key} must be at most {FLOAT32_MAX:.3g} in size (the optimizer "
+                            f"computes in float32), got {value!r}")
         return float(value)
 
-    def integer(key: str, low: int) -> int:
+    def integer(key: str, low: int, high: int = INT32_MAX) -> int:
         value = s[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise fail(key, f"schedule setting {key} must be an integer >= {low}, got {value!r}")
+        if value > high:
+            raise fail(key, f"schedule setting {key} must be an integer <= {high}, got {value!r}")
         return value
 
     for key in ("iterations", "batch_size", "accumulate", "base_batch_size", "short", "long_max", "checkpoint_every"):
         integer(key, 1)
-    for key in ("warmup_iterations", "seed"):
-        integer(key, 0)
+    integer("warmup_iterations", 0)
+    integer("seed", 0, SEED_MAX)
     for key in ("workers", "keep_checkpoints", "log_every"):
         if key in s:
             integer(key, 0)
@@ -144,8 +154,8 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
         if (not isinstance(jitter, (list, tuple)) or len(jitter) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in jitter)):
             raise fail("scale_jitter", f"scale_jitter must be [] or [lo, hi], got {jitter!r}")
-        if not 1 <= jitter[0] <= jitter[1]:
-            raise fail("scale_jitter", f"scale_jitter [lo, hi] needs 1 <= lo <= hi, got {list(jitter)!r}")
+        if not 1 <= jitter[0] <= jitter[1] <= INT32_MAX:
+            raise fail("scale_jitter", f"scale_jitter [lo, hi] needs 1 <= lo <= hi <= {INT32_MAX}, got {list(jitter)!r}")
 
 
 def _check_model_settings(s: dict, source: Callable[..., str]) -> None:
@@ -367,8 +377,13 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
         tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
 
+    asked_workers = int(schedule.get("workers", 0))
+    workers = loader_workers(asked_workers)
+    if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too
+        tqdm.write(f"workers {asked_workers}: this process may use {workers} CPU core(s); loading with {workers} "
+                   "loader process(es)")
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
-                          workers=int(schedule.get("workers", 0)), rank=rank, world_size=world,
+                          workers=workers, rank=rank, world_size=world,
                           accumulate=accumulate, pin_memory=device_.type == "cuda")
     with contextlib.ExitStack() as folder:
         save = rank == 0
@@ -448,6 +463,17 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
             "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
             "resumed_from": resume_path}
+
+
+def loader_workers(asked: int) -> int:
+    """Data loader processes for ``asked``: at most one per CPU core this process may use. More only compete
+    for the cores (torch warned of it without naming the setting), and an absurd count started processes
+    until memory ran out. The samples do not depend on the count (:class:`bcnet.data.SampleStream`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    return min(int(asked), max(cores, 1))
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:

@@ -15,7 +15,7 @@ import click
 @click.option("--size", default=512, show_default=True, type=click.IntRange(min=64), help="Square image side.")
 @click.option("--iters", default=5, show_default=True, type=click.IntRange(min=1), help="Timed iterations per model.")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
-@click.option("--amp", is_flag=True, help="bf16 autocast (GPU).")
+@click.option("--amp", is_flag=True, help="bf16 autocast (meant for a GPU; on a CPU it runs CPU autocast, slower).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
 def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
     """Time a train step and an inference batch of Mask R-CNN's head and BCNet's (same detector,
@@ -26,7 +26,9 @@ def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {iters} iterations")
+    precision = "bf16 autocast" if report["amp"] == "bf16" else "float32"  # the timings differ by far: say which
+    click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {precision}, {iters} "
+               "iterations")
     for head, name in (("fcn", "with Mask R-CNN head"), ("bilayer-gcn", "with BCNet head")):
         r = report[head]  # parameters and times are of the whole model
         click.echo(f"{name:20s}: {r['parameters'] / 1e6:6.2f}M params (whole model), train step {r['train_step_s'] * 1e3:8.1f} ms, "

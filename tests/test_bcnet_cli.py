@@ -118,6 +118,8 @@ def test_evaluate_mask_threshold_range(tiny, tmp_path):
     (["--short", "80", "--long-max", "64"], "long_max (64) must be >= short (80)"),
     (["--scale-jitter", "60,40"], "scale_jitter"),
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["--seed", str(2 ** 64)], "seed must be an integer <= 18446744073709551615"),  # was torch's traceback
+    (["--lr", "1e300"], "base_lr must be at most 3.4e+38 in size"),  # was torch's traceback at the first step
 ])
 def test_train_refuses_bad_schedule_values(tiny, tmp_path, args, message):
     root, _ = tiny

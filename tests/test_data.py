@@ -1,6 +1,7 @@
 """bcnet.data and bcnet.transforms: targets from COCO-format sets, occluder masks, augmentation, sample order."""
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -260,6 +262,22 @@ def test_rank_draws_shard_the_same_stream():
     assert shards[0][:2] == [16, 17] and shards[1][:2] == [18, 19] and shards[0][2:4] == [20, 21]
     with pytest.raises(OccsynthError, match="split evenly"):
         bdata.micro_batch_size(6, 4, 1)
+
+
+def test_train_loader_draws_lazily_so_a_long_run_starts_at_once(dataset_dir):
+    """An extra zero in --iterations: the loader listed every draw of the run before the first step (10^9 of them
+    kept the run silent for minutes until memory ran out). The draws are computed as they are read."""
+    ds = _dataset(dataset_dir, drop_empty=True)
+    tracemalloc.start()
+    try:
+        loader = bdata.train_loader(ds, 2, 0, 10, 10 ** 6)
+        first = list(itertools.islice(iter(loader.sampler), 4))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert first == [20, 21, 22, 23] and len(loader.sampler) == 2 * (10 ** 6 - 10)
+    assert peak < 1_000_000, peak  # the list took 80 MB here
+    assert list(bdata.RankDraws(2, 5, 8, rank=1, world_size=2, accumulate=2)) == bdata.rank_draws(2, 5, 8, 1, 2, 2)
 
 
 def test_train_loader_batches(dataset_dir):

@@ -241,6 +241,20 @@ def test_bench_reports_both_heads_and_ratios():
                                              "--iters", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "no mask head ran there and the inference ratio compares the detector alone" in result.output
+    assert report["amp"] == "off" and "cpu, faster-rcnn tiny, batch 1 of 64x64, float32, 1 iterations" in result.output
+
+
+def test_bench_says_when_it_timed_bf16_autocast(monkeypatch):
+    """--amp timed bf16 autocast (on a CPU too) under the same header as float32: two benches could not be told
+    apart, in the text or in --json."""
+    real = bench_heads
+    monkeypatch.setattr("bcnet.bench.bench_heads", lambda **kwargs: real(**kwargs, warmup=0))
+    args = ["bench", "--backbone", "tiny", "--batch", "1", "--size", "64", "--iters", "1", "--device", "cpu", "--amp"]
+    result = CliRunner().invoke(bcnet_main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("cpu, faster-rcnn tiny, batch 1 of 64x64, bf16 autocast, 1 iterations\n")
+    result = CliRunner().invoke(bcnet_main, [*args, "--json"])
+    assert json.loads(result.output)["amp"] == "bf16"
 
 
 def test_a_typo_in_a_recipe_training_table_fails_before_any_stage_runs(demo_source, tmp_path):

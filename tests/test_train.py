@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,20 @@ def test_loader_workers_do_not_change_the_run(tmp_path, dataset_dir):
     alone = _run(dataset_dir, tmp_path / "w0", iterations=3, workers=0)
     pooled = _run(dataset_dir, tmp_path / "w2", iterations=3, workers=2)
     assert [h["loss"] for h in alone["history"]] == [h["loss"] for h in pooled["history"]]
+
+
+def test_more_loader_workers_than_cores_are_capped_and_the_run_says_so(tmp_path, dataset_dir, monkeypatch, capsys):
+    """--workers 64 on a 2-core machine: torch warned without naming the setting, and a huge count started
+    processes until memory ran out. The run now loads with one process per core and says so."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*worker processes in total")
+        capped = _run(dataset_dir, tmp_path / "capped", iterations=2, workers=2)
+    said = capsys.readouterr()
+    assert "workers 2: this process may use 1 CPU core(s); loading with 1 loader process(es)" in said.out + said.err
+    assert T.loader_workers(10 ** 20) == 1 and T.loader_workers(0) == 0
+    alone = _run(dataset_dir, tmp_path / "alone", iterations=2, workers=0)
+    assert all(torch.equal(v, alone["model"].state_dict()[k]) for k, v in capped["model"].state_dict().items())
 
 
 def test_sigterm_to_every_process_of_a_run_with_loader_workers_stops_it_and_resume_continues(tmp_path, dataset_dir):
@@ -338,11 +353,19 @@ def test_resolve_device_checks_names_and_hardware():
     ({"workers": -1}, "workers must be"), ({"accumulate": True}, "accumulate must be an integer"),
     ({"mode": "full"}, "mode must be"), ({"scale_jitter": [0, 5]}, "scale_jitter"),
     ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),  # 0 meant every iteration, silently
+    # beyond these torch, numpy or OpenCV failed with a traceback, at the start or at the first step
+    ({"seed": 2 ** 64}, "seed must be an integer <= 18446744073709551615"),
+    ({"batch_size": 2 ** 31}, "batch_size must be an integer <= 2147483647"),
+    ({"short": 10 ** 20, "long_max": 10 ** 20}, "short must be an integer <= 2147483647"),
+    ({"scale_jitter": [10 ** 20, 10 ** 20]}, r"scale_jitter \[lo, hi\] needs 1 <= lo <= hi <= 2147483647"),
+    ({"base_lr": 1e300}, "base_lr must be at most 3.4e\\+38 in size"),
+    ({"weight_decay": 1e39}, "weight_decay must be at most"),
 ])
 def test_schedule_values_are_checked(override, words):
     with pytest.raises(OccsynthError, match=words):
         T.load_schedule("schedule-tiny", override)
-    T.load_schedule("schedule-tiny", {"steps": [], "momentum": 0.0, "weight_decay": 0.0, "warmup_iterations": 0})
+    T.load_schedule("schedule-tiny", {"steps": [], "momentum": 0.0, "weight_decay": 0.0, "warmup_iterations": 0,
+                                      "seed": 2 ** 64 - 1})  # torch's largest seed
 
 
 @pytest.mark.slow
