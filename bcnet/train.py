@@ -25,7 +25,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -60,13 +60,14 @@ OPTIONAL_SETTINGS = ("backbone_weights", "keep_checkpoints", "log_every", "worke
 
 
 def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None, *,
-                  where: str = "schedule", overrides_from: str = "command line") -> dict:
+                  where: str = "schedule", overrides_from: str | Mapping[str, str] = "overrides") -> dict:
     """A schedule TOML (bundled name or path) flattened to one dict, with ``overrides`` applied.
 
     Section names ([solver], [data], [model], [run]) only group the keys; every key is unique.
-    Unknown keys are refused, in the file as on the command line, so a typo cannot silently train
+    Unknown keys are refused, in the file as in the overrides, so a typo cannot silently train
     with the default. Errors name where the bad setting was written: the schedule file (its path), the
-    dict schedule (``where``, used for dicts only) or ``overrides_from``.
+    dict schedule (``where``, used for dicts only) or ``overrides_from``: one name for all overrides, or
+    each key's own (a command line's option: ``{"base_lr": "--lr"}``, so that the user reads what they typed).
     """
     if isinstance(schedule, dict):
         flat = dict(schedule)
@@ -80,9 +81,11 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
             flat.update(section)
     check_setting_names(flat, where)
     given = [k for k, v in (overrides or {}).items() if v is not None]
-    check_setting_names(given, overrides_from)
+    named = (lambda keys: overrides_from) if isinstance(overrides_from, str) else (
+        lambda keys: " / ".join(dict.fromkeys(overrides_from.get(k, "overrides") for k in keys)))
+    check_setting_names(given, named(given))
     flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    _check_schedule(flat, lambda *keys: overrides_from if set(keys) & set(given) else where)
+    _check_schedule(flat, lambda *keys: named([k for k in keys if k in given]) if set(keys) & set(given) else where)
     return flat
 
 
@@ -252,7 +255,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
           schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
           device: str | None = None, progress: bool = True, strict: bool = False,
-          report: Callable[[dict], None] | None = None) -> dict:
+          report: Callable[[dict], None] | None = None, overrides_from: str | Mapping[str, str] = "overrides") -> dict:
     """Train a BCNet model on a COCO-format set; checkpoints go to ``out_dir``.
 
     ``schedule``: bundled name (``schedule-1x``, ``schedule-tiny``), TOML path or flat dict;
@@ -266,6 +269,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
 
     ``report``: called (rank 0 only) with the skip log (``{"counts", "examples"}``) right after the
     dataset is indexed, when bad records were skipped there, so the user knows before a long run.
+    ``overrides_from``: how errors name a bad override (see :func:`load_schedule`; the CLI gives its options).
 
     Resuming a run already at its ``iterations`` trains nothing (``checkpoint`` is None, ``history``
     empty); asking for fewer iterations than the checkpoint's is refused (:class:`OccsynthError`),
@@ -296,13 +300,14 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                 raise OccsynthError(f"{resume_path}: this run was trained with {key} {trained!r}; --resume cannot "
                                     f"change it to {asked!r} (to start from its weights, train into a new --out "
                                     "with --init)")
-        schedule = load_schedule(state["schedule"], overrides, where=f"{resume_path} (its saved schedule)")
+        schedule = load_schedule(state["schedule"], overrides, where=f"{resume_path} (its saved schedule)",
+                                 overrides_from=overrides_from)
         done = int(state["iteration"])
         if int(schedule["iterations"]) < done:
             raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > {schedule['iterations']} "
                                 "iterations asked for; nothing was trained (ask for more to continue it)")
     else:
-        schedule = load_schedule(schedule, overrides)
+        schedule = load_schedule(schedule, overrides, overrides_from=overrides_from)
         if latest_checkpoint(out_dir) is not None:
             raise OccsynthError(f"{out_dir} already holds a training run; pass --resume to continue it, "
                                 "or choose another output directory")

@@ -88,6 +88,12 @@ cache_dir_option = click.option(
          "[default: $XDG_CACHE_HOME/occsynth or ~/.cache/occsynth].")
 
 
+def option_names(ctx: click.Context) -> dict[str, str]:
+    """Each option's parameter name -> the option as typed (``{"base_lr": "--lr"}``): library errors about a
+    setting then name what the user wrote, not the library's name for it."""
+    return {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option) and p.name}
+
+
 def parse_shard(value: str | None) -> tuple[int, int]:
     """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
     if not value:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import echo_skips, quiet_option
+from cli.common import echo_skips, option_names, quiet_option
 from occsynth import stopping
 from occsynth.errors import OccsynthError
 
@@ -81,7 +81,8 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
     try:
         result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
                        init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
-                       report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"))
+                       report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"),
+                       overrides_from=option_names(click.get_current_context()))
     except BaseException as exc:
         if stopping.is_stop(exc) and (Path(out_dir) / LAST).is_file() and os.environ.get("RANK", "0") == "0":
             click.echo(f"\ninterrupted: {out_dir} keeps its checkpoints; run the same command with --resume to "

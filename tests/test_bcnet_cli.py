@@ -472,7 +472,7 @@ def test_train_init_from_a_checkpoint_without_named_tensors_is_refused_naming_it
     assert not (tmp_path / "run" / "model_final.pt").exists()
 
 
-def test_schedule_errors_name_the_schedule_file_or_the_command_line(tiny, tmp_path):
+def test_schedule_errors_name_the_schedule_file_or_the_option_typed(tiny, tmp_path):
     root, _ = tiny
     text = (Path(manifests.__file__).parent / "schedule-tiny.toml").read_text()
     (tmp_path / "fast.toml").write_text(text.replace("base_lr = 0.02", "base_lr = 'fast'"))
@@ -483,8 +483,10 @@ def test_schedule_errors_name_the_schedule_file_or_the_command_line(tiny, tmp_pa
               f"{tmp_path / 'fast.toml'}: schedule setting base_lr must be a finite number, got 'fast'"),
              (["--schedule", str(tmp_path / "empty.toml")], f"{tmp_path / 'empty.toml'}: schedule lacks base_lr"),
              (["--schedule", str(tmp_path / "partial.toml")], f"{tmp_path / 'partial.toml'}: schedule lacks momentum"),
-             (["--momentum", "2"], "command line: schedule setting momentum must be in [0, 1), got 2.0"),
-             (["--short", "80"], "command line: schedule setting long_max (64) must be >= short")]
+             (["--momentum", "2"], "--momentum: schedule setting momentum must be in [0, 1), got 2.0"),
+             (["--lr", "-1"], "--lr: schedule setting base_lr must be > 0, got -1.0"),
+             (["--warmup", "-2"], "--warmup: schedule setting warmup_iterations must be an integer >= 0, got -2"),
+             (["--short", "80"], "--long-max / --short: schedule setting long_max (64) must be >= short (80)")]
     for i, (extra, words) in enumerate(cases):
         result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / f"run{i}", *extra))
         _clean(result, 2)

@@ -423,13 +423,17 @@ def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path)
     partial.write_text("[solver]\nbase_lr = 0.01\n")
     with pytest.raises(OccsynthError, match=r"partial.toml: schedule lacks base_batch_size, batch_size"):
         T.load_schedule(partial, {"iterations": 3})
-    # a bad value names where it was written: the file, the command line, or the caller's label
+    # a bad value names where it was written: the file, the overrides (each key's own name, if given), or a label
     fast = tmp_path / "fast.toml"
     fast.write_text(text.replace("base_lr = 0.02", "base_lr = 'fast'"))
     with pytest.raises(OccsynthError, match=r"fast.toml: schedule setting base_lr must be a finite number, got 'fast'"):
         T.load_schedule(fast)
-    with pytest.raises(OccsynthError, match=r"^command line: schedule setting base_lr must be > 0"):
+    with pytest.raises(OccsynthError, match=r"^overrides: schedule setting base_lr must be > 0"):
         T.load_schedule(fast, {"base_lr": -1.0})
+    with pytest.raises(OccsynthError, match=r"^--lr: schedule setting base_lr must be > 0"):
+        T.load_schedule("schedule-tiny", {"base_lr": -1.0, "iterations": 3}, overrides_from={"base_lr": "--lr"})
+    with pytest.raises(OccsynthError, match=r"^overrides: unknown schedule setting 'iteration'"):
+        T.load_schedule("schedule-tiny", {"iteration": 3}, overrides_from={"base_lr": "--lr"})
     with pytest.raises(OccsynthError, match=r"^schedule-tiny: schedule setting short must be an integer >= 1, got 0"):
         T.load_schedule(T.load_schedule("schedule-tiny") | {"short": 0}, where="schedule-tiny")
     with pytest.raises(OccsynthError, match=r"^recipe \[pretrain\]: schedule setting iterations must be"):
