@@ -144,6 +144,13 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
         raise fail("steps", f"schedule setting steps must be a list of iterations >= 1, got {steps!r}")
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise fail("steps", f"schedule setting steps must be strictly increasing, got {list(steps)!r}")
+    try:  # the lr after the last step must be a number the optimizer can hold (gamma > 1 grows it)
+        last_lr = float(s["base_lr"]) * float(s["gamma"]) ** len(steps)
+    except OverflowError:
+        last_lr = math.inf
+    if last_lr > FLOAT32_MAX:
+        raise fail(("gamma", "steps", "base_lr"), f"schedule setting gamma {s['gamma']!r} over {len(steps)} step(s) "
+                   f"takes the lr from {s['base_lr']!r} to {last_lr:.3g}, which the optimizer cannot use")
     if s["long_max"] < s["short"]:
         raise fail(("long_max", "short"),
                    f"schedule setting long_max ({s['long_max']}) must be >= short ({s['short']})")
