@@ -91,6 +91,7 @@ class CocoInstances(Dataset):
         self.images: list[dict] = []
         self.paths: list[Path] = []
         self.annotations: list[list[dict]] = []
+        self.without_instances = 0  # images left out by drop_empty: no annotation to learn (none, or crowd only)
         for image_id, image in images.items():
             try:
                 path = coco.resolve_image_path(self.image_root, image["file_name"])
@@ -101,6 +102,7 @@ class CocoInstances(Dataset):
                 continue
             anns = by_image[image_id]
             if drop_empty and not any(_is_candidate(a, self.category_id_to_label) for a in anns):
+                self.without_instances += 1
                 continue
             self.images.append(image)
             self.paths.append(path)
@@ -267,8 +269,12 @@ def require_training_images(dataset: CocoInstances) -> None:
 
 
 def _why(dataset) -> str:
-    skips = getattr(dataset, "skips", None)
-    return f" ({skips.in_one_line()})" if skips is not None and skips.total else ""
+    skips, empty = getattr(dataset, "skips", None), getattr(dataset, "without_instances", 0)
+    parts = [skips.in_one_line()] if skips is not None and skips.total else []
+    if empty:
+        parts.append(f"{empty} image(s) with no instance to learn: no annotation, or only crowd ones or ones of "
+                     "unknown categories")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 class SampleStream(Dataset):

@@ -288,6 +288,18 @@ def test_train_loader_batches(dataset_dir):
     assert len(images) == 2 and {"boxes", "labels", "masks", "occluder_masks"} <= set(targets[0])
 
 
+def test_a_set_with_nothing_to_learn_says_why(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    for ann in data["annotations"]:
+        ann["iscrowd"] = 1
+    save_annotations(root, data)
+    with pytest.raises(OccsynthError) as exc:
+        bdata.require_training_images(_dataset(root, drop_empty=True))
+    assert str(exc.value) == (f"{root / 'annotations.json'}: no usable training images (3 image(s) with no instance "
+                              "to learn: no annotation, or only crowd ones or ones of unknown categories)")
+
+
 def test_train_loader_workers_start_watching_the_training_process(dataset_dir):
     ds = _dataset(dataset_dir, drop_empty=True)
     loader = bdata.train_loader(ds, 2, 0, 1, 3, workers=2)
