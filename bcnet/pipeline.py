@@ -174,7 +174,7 @@ def synthetic_settings(plan: dict, recipe: str):
     on its [composite], [bank]), so an unknown one is named here, in the table it is in: run_settings, which
     merges them, would call it a [run] setting, and a pipeline recipe has no [run]."""
     from occsynth.bank import BankOptions
-    from occsynth.compose import CompositeOptions
+    from occsynth.schedule import CompositeOptions
     from occsynth.generate import RunSettings, run_settings
 
     section = dict(plan["synthetic"])
