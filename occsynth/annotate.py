@@ -145,7 +145,7 @@ def _mask_ok(ann: Any, height: int | None, width: int | None, strict: bool) -> b
     if height is None or not isinstance(ann, dict):
         return True
     try:
-        check_segmentation(ann.get("segmentation"), height, width, f"annotation {brief(ann.get('id'))}")
+        check_segmentation(ann.get("segmentation"), height, width, f"annotation {brief(ann.get('id'))}", rle=False)
     except BadRecord:
         if strict:
             raise

@@ -285,15 +285,19 @@ def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
     return ann
 
 
-def check_segmentation(segmentation: Any, height: int, width: int, where: str) -> dict:
+def check_segmentation(segmentation: Any, height: int, width: int, where: str, *, rle: bool = True) -> dict | None:
     """A segmentation as compressed RLE (:func:`occsynth.masks.to_rle`, which checks an RLE string's runs), or
     BadRecord naming ``where``: the one check of whether a mask can be decoded, for every reader that skips
-    (or, strict, stops at) an annotation whose mask cannot be."""
+    (or, strict, stops at) an annotation whose mask cannot be. ``rle=False``: the check alone (None), without
+    rasterising polygons (tens of microseconds each: a minute over COCO train's 860k)."""
     size = segmentation.get("size") if isinstance(segmentation, dict) else None
     if isinstance(size, list) and len(size) == 2 and size != [height, width]:  # a wrong record, or a wrong mask
         raise BadRecord(errors.MASK_SIZE_MISMATCH, where, f"RLE size {brief(size)}, the image record says "
                         f"{height}x{width} (height x width)")
     try:
+        if not rle and isinstance(segmentation, list):
+            masks.check_polygons(segmentation, height, width)
+            return None
         return masks.to_rle(segmentation, height, width)
     except masks.DegenerateMask as exc:
         raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None

@@ -41,18 +41,7 @@ def to_rle(segmentation: Any, height: int, width: int, *, check: bool = True) ->
     (:func:`check_rle_counts`): pycocotools would read and write past its buffers decoding it.
     ``check=False`` is for a caller that checks the runs itself."""
     if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if isinstance(p, (list, tuple))]
-        if not polygons or len(polygons) != len(segmentation):
-            raise DegenerateMask("polygon segmentation is empty or not a list of lists")
-        for poly in polygons:
-            if len(poly) < 6 or len(poly) % 2:
-                raise DegenerateMask(f"polygon with {len(poly)} coordinates (need an even number >= 6)")
-            if not all(map(finite_number, poly)):
-                raise DegenerateMask("polygon has non-numeric or non-finite coordinates")
-            xs, ys = poly[0::2], poly[1::2]
-            # pycocotools rasterises the whole outline: far-away vertices cost memory without bound
-            if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
-                raise DegenerateMask(f"polygon vertices far outside the {width}x{height} image")
+        polygons = check_polygons(segmentation, height, width)
         rles = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
         return mask_utils.merge(rles)
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
@@ -78,6 +67,25 @@ def to_rle(segmentation: Any, height: int, width: int, *, check: bool = True) ->
             check_rle_counts(counts, height * width)
         return {"size": size, "counts": counts}
     raise DegenerateMask(f"unknown segmentation type {type(segmentation).__name__}")
+
+
+def check_polygons(segmentation: list, height: int, width: int) -> list:
+    """A polygon segmentation's polygons, or DegenerateMask: what :func:`to_rle` checks before pycocotools
+    rasterises them (it then always succeeds), so that a reader that only asks whether the mask can be
+    decoded need not rasterise it."""
+    polygons = [p for p in segmentation if isinstance(p, (list, tuple))]
+    if not polygons or len(polygons) != len(segmentation):
+        raise DegenerateMask("polygon segmentation is empty or not a list of lists")
+    for poly in polygons:
+        if len(poly) < 6 or len(poly) % 2:
+            raise DegenerateMask(f"polygon with {len(poly)} coordinates (need an even number >= 6)")
+        if not all(map(finite_number, poly)):
+            raise DegenerateMask("polygon has non-numeric or non-finite coordinates")
+        xs, ys = poly[0::2], poly[1::2]
+        # pycocotools rasterises the whole outline: far-away vertices cost memory without bound
+        if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+            raise DegenerateMask(f"polygon vertices far outside the {width}x{height} image")
+    return polygons
 
 
 def decode(segmentation: Any, height: int, width: int) -> np.ndarray:

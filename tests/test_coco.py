@@ -23,6 +23,24 @@ def test_read_dataset_reports_malformed_json(tmp_path):
         coco.read_dataset(tmp_path / "nope.json")
 
 
+@pytest.mark.parametrize("segmentation", [
+    [[1, 1, 9, 1, 9, 9]], [[1, 1, 9, 1, 9, 9], [0, 0, 3, 0, 0, 3]], [[-5, -5, 15, 0, 0, 12]],   # decodable
+    [], [[1, 1, 9, 1]], [[1, 1, 9, 1, 9]], [[1, 1, 9, "x", 9, 9]], [[1, 1, 9, float("nan"), 9, 9]],
+    [[1, 1, 9, 1, 900, 9]], [[1, 1, 9, 1, 9, 9], 7], [7],
+    {"size": [10, 12], "counts": [120]}, {"size": [10, 12], "counts": "0"}, {"size": [10, 13], "counts": [130]}])
+def test_checking_a_mask_without_its_rle_refuses_exactly_what_checking_with_it_does(segmentation):
+    """rle=False skips rasterising polygons; what it accepts and refuses, and why, must not change."""
+    def outcome(rle):
+        try:
+            return "ok", coco.check_segmentation(segmentation, 10, 12, "annotation 5", rle=rle)
+        except BadRecord as exc:
+            return "refused", str(exc)
+    with_rle, without = outcome(True), outcome(False)
+    assert with_rle[0] == without[0] and (with_rle[0] == "ok" or with_rle[1] == without[1])
+    if without[0] == "ok":
+        assert without[1] is None if isinstance(segmentation, list) else without[1] == with_rle[1]
+
+
 @pytest.mark.parametrize("content", [b"", b"  \n\t\n", b"\xef\xbb\xbf\n"])
 def test_a_file_of_nothing_but_white_space_is_called_empty_by_every_reader(tmp_path, content):
     p = tmp_path / "blank.json"
