@@ -438,7 +438,10 @@ def end_with_parent(parent_pid: int, worker_id: int) -> None:
 
 
 def process_running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie, dead but not yet reaped, has exited)."""
+    """Whether process ``pid`` exists and has not exited (a zombie, dead but not yet reaped, has exited).
+    True where that cannot be asked safely: on Windows, os.kill(pid, 0) would terminate the process."""
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
