@@ -14,7 +14,7 @@ from cli.common import quiet_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: results.json, images.json, pictures/.")
 @click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present] (checked: a missing GPU is an error).")
-@click.option("--no-pictures", is_flag=True, help="Write results.json only.")
+@click.option("--no-pictures", is_flag=True, help="No pictures: write results.json and images.json only.")
 @quiet_option
 def predict_command(inputs, checkpoint, out, score_threshold, device, no_pictures, quiet):
     """Run a trained model on images or folders of images.
