@@ -6,6 +6,7 @@ believes something lies on top of each detected object.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -174,6 +175,9 @@ def _predict_into(model, category_ids: list[int], names: dict[int, str], paths: 
     written = {picture_name(im) for im in images} if pictures else set()
     for stale in {picture_name(im) for im in _previous_images(out_dir)} - written:  # a rerun into this --out
         (out_dir / "pictures" / stale).unlink(missing_ok=True)
+    if not pictures:  # a rerun without pictures leaves no empty pictures/ behind (one with others' files stays)
+        with contextlib.suppress(OSError):
+            (out_dir / "pictures").rmdir()
     write_json(out_dir / "results.json", results)
     write_json(out_dir / "images.json", images)
     return {"images": len(images), "detections": len(results),

@@ -311,6 +311,10 @@ def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     _clean(bare, 0)
     assert bare.output.startswith(f"1 images, {n} detections, 0 at score >= 1.0 -> ")
     assert "pictures" not in bare.output and "--score-threshold" not in bare.output
+    # a rerun into a folder with pictures, without them, removes them and their empty folder
+    assert list((tmp_path / "a" / "pictures").iterdir())
+    _clean(CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "a"), "--no-pictures"]), 0)
+    assert not (tmp_path / "a" / "pictures").exists() and (tmp_path / "a" / "results.json").is_file()
     # from Python, one folder may be given as it is (not taken for a sequence of one-letter paths)
     from bcnet.predict import predict
     report = predict(checkpoint, str(root / "images"), tmp_path / "d", pictures=False, progress=False)
