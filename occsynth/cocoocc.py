@@ -22,8 +22,8 @@ histogram, alternative counts) and optionally ``OUT/images/`` (links or copies o
 
 The whole file is read at once: val2017 (25 MB) loads in well under a second. Each annotation's mask is
 checked once, as every reader of a source set checks it, without rasterising polygons (well under a second
-for val2017's 36k): one that cannot be decoded is skipped. The selection itself needs only boxes, compared per image with
-:func:`occsynth.boxes.pairwise_overlap`.
+for val2017's 36k): one that cannot be decoded is skipped. The selection itself needs only boxes, compared
+per image with :func:`occsynth.boxes.pairwise_overlap`.
 """
 from __future__ import annotations
 
