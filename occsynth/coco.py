@@ -84,8 +84,12 @@ def open_json(path: str | os.PathLike) -> BinaryIO:
     """Open a JSON file for the streaming parser, past a UTF-8 byte-order mark (Windows tools write one):
     yajl refuses it as an 'invalid char', while json.load (:func:`read_json`) reads such a file."""
     f = open(path, "rb")
-    if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
-        f.seek(0)
+    try:
+        if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            f.seek(0)
+    except BaseException:  # e.g. EISDIR on read: the caller never gets the file to close
+        f.close()
+        raise
     return f
 
 
