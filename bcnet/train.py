@@ -35,6 +35,7 @@ from tqdm import tqdm
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
 from occsynth.errors import OccsynthError
+from occsynth.pool import local_workers
 
 from . import checkpoint as ckpt
 from .data import CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
@@ -390,7 +391,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
 
     asked_workers = int(schedule.get("workers", 0))
-    workers = loader_workers(asked_workers)
+    workers = local_workers(asked_workers)  # torch warned without naming the setting
     if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too
         tqdm.write(f"workers {asked_workers}: this process may use {workers} CPU core(s); loading with {workers} "
                    "loader process(es)")
@@ -475,17 +476,6 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
             "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
             "resumed_from": resume_path}
-
-
-def loader_workers(asked: int) -> int:
-    """Data loader processes for ``asked``: at most one per CPU core this process may use. More only compete
-    for the cores (torch warned of it without naming the setting), and an absurd count started processes
-    until memory ran out. The samples do not depend on the count (:class:`bcnet.data.SampleStream`)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this platform
-        cores = os.cpu_count() or 1
-    return min(int(asked), max(cores, 1))
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:

@@ -13,6 +13,7 @@ import click
 
 from occsynth import stopping
 from occsynth.errors import OccsynthError, os_error_reason
+from occsynth.pool import local_workers
 from occsynth.writer import check_shard
 
 
@@ -92,6 +93,15 @@ def option_names(ctx: click.Context) -> dict[str, str]:
     """Each option's parameter name -> the option as typed (``{"base_lr": "--lr"}``): library errors about a
     setting then name what the user wrote, not the library's name for it."""
     return {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option) and p.name}
+
+
+def note_capped_workers(workers: int) -> None:
+    """Say so when ``--workers`` asks for more processes than this machine's cores (the library runs
+    :func:`occsynth.pool.local_workers` of them), instead of capping it unseen."""
+    capped = local_workers(workers)
+    if capped < workers:
+        click.echo(f"note: --workers {workers}: this process may use {capped} CPU core(s); running {capped} "
+                   "worker(s)", err=True)
 
 
 def parse_shard(value: str | None) -> tuple[int, int]:

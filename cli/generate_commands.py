@@ -6,7 +6,7 @@ import re
 import click
 
 import manifests
-from cli.common import cache_dir_option, echo_skips, parse_shard, quiet_option
+from cli.common import cache_dir_option, echo_skips, note_capped_workers, parse_shard, quiet_option
 from occsynth.bank import BankOptions
 from occsynth.errors import NoRoom, OccsynthError
 from occsynth.generate import generate, merge, run_settings
@@ -22,7 +22,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--recipe", help="Recipe name in manifests/ (e.g. synthetic-100k) or a TOML path; options below override it.")
 @click.option("--num-images", type=click.IntRange(min=1), help="Images to generate [default: 100, or the recipe's].")
 @click.option("--seed", type=int, help="Seed; the same seed gives byte-identical output [default: 0].")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes (at most one per CPU core is started; with --backend dask/ray: tasks in flight).")
 @click.option("--shard", help="Render only shard i of n (e.g. 0/8); join shards with `occsynth merge`.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
 @click.option("--pastes", nargs=2, type=click.IntRange(1, MAX_PASTES), help=f"Min and max pasted objects per image [default: {_D.pastes[0]} {_D.pastes[1]}, or the recipe's].")
@@ -69,6 +69,8 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
         # left out of the run's settings too, so that a resume with or without it matches
         click.echo(f"note: --jpeg-quality is for jpg output; {settings.image_format} output ignores it", err=True)
         settings = run_settings(recipe_tables, composite=composite, bank=bank, **{**run, "jpeg_quality": None})
+    if backend in ("loky", "threading"):  # a cluster's workers are not this machine's cores
+        note_capped_workers(workers)
     try:
         report = generate(out, settings, ann_path=ann, image_root=images, workers=workers,
                           shard=parse_shard(shard), strict=strict, cache_dir=cache_dir, backend=backend,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.common import quiet_option
+from cli.common import note_capped_workers, quiet_option
 from occsynth.coco import picture_path, write_picture
 from occsynth.errors import SkipLog
 from occsynth.preview import MAX_IMAGES, PAIR_IOU, TILE_RANGE, format_problems, preview_report
@@ -16,7 +16,7 @@ from occsynth.validate import format_report, validate
 
 @click.command("validate")
 @click.argument("out_dir", metavar="DIR|ANNOTATIONS_JSON", type=click.Path(exists=True))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes (at most one per CPU core is started).")
 @click.option("--balance-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0),
               help="Allowed deviation of a category's pasted count from the mean, as a fraction of the mean "
                    "(never tighter than +-2 instances).")
@@ -25,6 +25,7 @@ from occsynth.validate import format_report, validate
 def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
     """Check a generated set (its folder, or its annotations.json) against the invariants of
     docs/FORMAT.md; exit status 1 if any fails, 2 if the input is not a generated set."""
+    note_capped_workers(workers)
     report = validate(out_dir, workers=workers, progress=not quiet, balance_tolerance=balance_tolerance)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     sys.exit(0 if report["ok"] else 1)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import cache_dir_option, quiet_option
+from cli.common import cache_dir_option, note_capped_workers, quiet_option
 from occsynth import stopping
 
 
@@ -19,7 +19,7 @@ from occsynth import stopping
 @click.option("--coco-val-images", type=click.Path(exists=True, file_okay=False), help="val2017/ image folder.")
 @click.option("--synthetic", type=click.Path(exists=True, file_okay=False), help="An existing `occsynth generate` output to pretrain on (else it is generated).")
 @click.option("--cocoocc", type=click.Path(exists=True, dir_okay=False), help="An existing COCO-OCC annotations.json (else it is built).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Workers for generating the synthetic set.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Workers for generating the synthetic set (at most one per CPU core is started).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
 @cache_dir_option
 @quiet_option
@@ -54,6 +54,7 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
         inputs.synthetic = (Path(synthetic) / "annotations.json", Path(synthetic) / "images")
     if cocoocc:
         inputs.cocoocc = Path(cocoocc)
+    note_capped_workers(workers)
     try:
         report = run_pipeline(out, inputs, recipe=recipe or ("pipeline-tiny" if tiny else "pipeline-paper"),
                               workers=workers, device=device, cache_dir=cache_dir, progress=not quiet, log=click.echo)

@@ -8,7 +8,7 @@ import click
 
 from occsynth.bank import (Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, format_size,
                            pixels_report, report)
-from cli.common import ReportedError, cache_dir_option, quiet_option
+from cli.common import ReportedError, cache_dir_option, note_capped_workers, quiet_option
 from occsynth.cache import cache_entries, remove_cache_entries
 from occsynth.demo import cache_dir_or_default, make_demo_source
 
@@ -48,7 +48,7 @@ def make_demo_source_command(directory, seed, force):
               help="Image root of --ann: also store every cutout's pixels (what `occsynth generate` does), "
                    "so generation decodes only background images.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Processes decoding source images for the pixel store.")
+              help="Processes decoding source images for the pixel store (at most one per CPU core is started).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (or unreadable image) instead of skipping it.")
 @quiet_option
 def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, workers, strict, quiet):
@@ -67,6 +67,7 @@ def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, 
     click.echo(report(Bank.load(bank_dir).meta))
     click.echo(f"bank: {bank_dir}")
     if images:
+        note_capped_workers(workers)
         pixels_dir = ensure_cutout_pixels(bank_dir, images, cache, strict=strict, progress=not quiet, workers=workers)
         with CutoutPixels.load(pixels_dir) as pixels:
             click.echo(pixels_report(pixels.meta))

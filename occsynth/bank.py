@@ -49,7 +49,7 @@ from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
                    is_id, iter_array, read_array, read_image, resolve_image_path, unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, why_none_usable
-from .pool import ctrl_c_for_main_only
+from .pool import ctrl_c_for_main_only, local_workers
 
 BANK_FORMAT = 2  # 2: RLE strings stored in canonical form (masks.encode's)
 CROWD, TRUNCATED, OVERLAPPED, TOO_SMALL = "crowd", "truncated", "overlapped", "too_small"
@@ -777,6 +777,7 @@ def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLi
 def _pixel_results(bank_dir: Path, image_root: Path, image_indices: np.ndarray, workers: int) -> Iterator[tuple]:
     """(image index, (size, mtime_ns), [(annotation index, crop bytes)], error) per image, in order."""
     indices = [int(i) for i in image_indices]
+    workers = local_workers(workers)
     if workers <= 1 or len(indices) < 2:
         bank = Bank.load(bank_dir)
         for i in indices:

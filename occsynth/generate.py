@@ -30,7 +30,7 @@ from .coco import encode_image, read_image, resolve_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
 from .errors import BadRecord, OccsynthError, SkipLog
-from .pool import ctrl_c_for_main_only
+from .pool import ctrl_c_for_main_only, local_workers
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
 IMAGE_FORMATS = ("jpg", "png")
@@ -142,6 +142,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         raise OccsynthError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend_address and backend not in ("dask", "ray"):
         raise OccsynthError(f"--scheduler is for --backend dask or ray, not {backend}")
+    if backend in ("loky", "threading"):
+        workers = local_workers(workers)
     if backend in EXTRA_MODULES and importlib.util.find_spec(EXTRA_MODULES[backend]) is None:
         raise _missing_extra(backend)  # before OUT is made: a run that cannot start leaves nothing behind
     if (ann_path is None) != (image_root is None):

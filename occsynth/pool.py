@@ -1,4 +1,4 @@
-"""Starting worker processes that leave Ctrl-C to the main process.
+"""Starting worker processes: how many the machine can use, and leaving Ctrl-C to the main process.
 
 Ctrl-C reaches every process of the terminal's foreground group. A pool worker hit while it was
 still importing printed a traceback, and a busy one died mid-task. Only the main process needs
@@ -10,9 +10,26 @@ joblib's loky pool is reused by later calls, so whichever call starts it must us
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (a batch scheduler's or taskset's share), else
+    the machine's count."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(os.cpu_count() or 1, 1)
+
+
+def local_workers(asked: int) -> int:
+    """Worker processes to start on this machine for ``asked``: at most one per usable core. The work is
+    CPU-bound, so more only compete for the cores, and an absurd count (a typo) started processes until
+    memory ran out. Results never depend on the count."""
+    return min(int(asked), usable_cores())
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from .coco import check_coco_layout, check_image_record, check_iscrowd, iter_arr
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
-from .pool import ctrl_c_for_main_only
+from .pool import ctrl_c_for_main_only, local_workers
 from .writer import IMAGES, MANIFEST_FILE, set_paths
 
 # Check name -> what it guarantees. Stable names: they are the keys of the report.
@@ -127,6 +127,7 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     bar = tqdm(total=len(images), desc="validate", unit="img", disable=not progress)
     masks_checked = 0
     try:
+        workers = local_workers(workers)
         if workers <= 1:
             results: Iterable = (check_images(*task_args, batch) for batch in batches)
         else:

@@ -63,3 +63,34 @@ def test_the_pool_a_pixel_store_build_starts_ignores_ctrl_c(demo_source, tmp_pat
     workers = children_ignoring_sigint()
     assert len(workers) >= 2 and all(workers.values()), workers
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_more_workers_than_cores_start_one_per_core_and_the_commands_say_so(demo_source, tmp_path, monkeypatch):
+    """--workers 1000 (a typo) started 1000 processes until memory ran out. generate, validate and the
+    pixel store now start at most one per usable core, print a note saying so, and write the same set."""
+    import joblib
+    from click.testing import CliRunner
+
+    from cli.occsynth_cli import main
+
+    ann, root = demo_source
+    common = ["--ann", str(ann), "--images", str(root), "--num-images", "20", "--cache-dir", str(tmp_path / "cache")]
+    alone = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "alone"), "--workers", "1", *common])
+    assert alone.exit_code == 0, alone.output
+    monkeypatch.setattr(pool, "usable_cores", lambda: 1)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started on a machine of one core")
+    monkeypatch.setattr(joblib, "Parallel", no_pool)
+    note = "note: --workers 1000: this process may use 1 CPU core(s); running 1 worker(s)"
+    capped = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "capped"), "--workers", "1000", *common])
+    assert capped.exit_code == 0, capped.output
+    assert note in capped.output
+    assert (tmp_path / "capped" / "annotations.json").read_bytes() == (tmp_path / "alone" / "annotations.json").read_bytes()
+    checked = CliRunner().invoke(main, ["validate", str(tmp_path / "capped"), "--workers", "1000"])
+    assert checked.exit_code == 0 and note in checked.output, checked.output
+    banked = CliRunner().invoke(main, ["bank", "--ann", str(ann), "--images", str(root), "--workers", "1000",
+                                       "--cache-dir", str(tmp_path / "other-cache")])
+    assert banked.exit_code == 0 and note in banked.output, banked.output
+    assert "cutout pixels: 48 of 48 cutouts stored" in banked.output
+    assert pool.local_workers(3) == 1 and pool.local_workers(0) == 0

@@ -22,6 +22,7 @@ from bcnet import checkpoint as ckpt
 from bcnet import evaluate as E
 from bcnet import train as T
 from bcnet.data import CocoInstances
+from occsynth.pool import local_workers
 from cli.bcnet_cli import main as bcnet_main
 from datasets import load_annotations, mask_ap, save_annotations, write_dataset, write_shapes
 from occsynth.errors import OccsynthError
@@ -141,7 +142,7 @@ def test_more_loader_workers_than_cores_are_capped_and_the_run_says_so(tmp_path,
         capped = _run(dataset_dir, tmp_path / "capped", iterations=2, workers=2)
     said = capsys.readouterr()
     assert "workers 2: this process may use 1 CPU core(s); loading with 1 loader process(es)" in said.out + said.err
-    assert T.loader_workers(10 ** 20) == 1 and T.loader_workers(0) == 0
+    assert local_workers(10 ** 20) == 1 and local_workers(0) == 0
     alone = _run(dataset_dir, tmp_path / "alone", iterations=2, workers=0)
     assert all(torch.equal(v, alone["model"].state_dict()[k]) for k, v in capped["model"].state_dict().items())
 
