@@ -551,3 +551,17 @@ def test_training_on_unreadable_images_only_stops_with_a_message_with_or_without
                                 '(skipped {"unreadable or corrupt image": 3}, e.g. image file '), first[:200]
     assert not out.exists()
 
+
+
+def test_a_checkpoint_damaged_after_it_was_written_is_refused_not_loaded_with_wrong_weights(tmp_path):
+    model = torch.nn.Linear(64, 64)
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=3, category_ids=[1], rng=False)
+    data = bytearray((tmp_path / "c.pt").read_bytes())
+    weight = bytes(model.weight.detach().numpy().tobytes())
+    at = data.find(weight[:64])  # the weight tensor's bytes (stored uncompressed)
+    assert at > 0
+    data[at:at + 32] = bytes(32)  # zeroed in place: the zip's directory still reads, torch loads it silently
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
+    with pytest.raises(OccsynthError, match=r"damaged\.pt: damaged checkpoint \(.*data/\S+ fails its CRC-32 check"):
+        ckpt.load_checkpoint(tmp_path / "damaged.pt")
+    assert ckpt.load_checkpoint(tmp_path / "c.pt")["iteration"] == 3  # the intact file still loads
