@@ -530,3 +530,21 @@ def test_evaluate_on_a_set_listing_fewer_categories_than_the_model_scores_those_
     none = _evaluate(checkpoint, tmp_path / "none.json", root / "images", tmp_path / "none")
     _clean(none, 2)
     assert "none.json: shares no category with the model (it lists category ids [101, 103, 105, 107]" in none.output
+
+
+def test_predict_rerun_into_an_out_inside_the_input_folder_does_not_predict_its_own_pictures(tiny, tmp_path):
+    root, checkpoint = tiny
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("000000000001.png", "000000000002.png"):
+        (photos / name).write_bytes((root / "images" / name).read_bytes())
+    args = ["predict", str(photos), "--checkpoint", str(checkpoint), "--out", str(photos / "pred"), "--quiet"]
+    first = CliRunner().invoke(bcnet_main, args)
+    _clean(first, 0)
+    before = (photos / "pred" / "images.json").read_text()
+    again = CliRunner().invoke(bcnet_main, args)  # the first run's pictures now lie inside the input folder
+    _clean(again, 0)
+    assert again.output.startswith("2 images, ")
+    assert (photos / "pred" / "images.json").read_text() == before  # same files, same ids
+    assert sorted(p.name for p in (photos / "pred" / "pictures").iterdir()) == [
+        "000001-000000000001.png", "000002-000000000002.png"]
