@@ -548,3 +548,12 @@ def test_predict_rerun_into_an_out_inside_the_input_folder_does_not_predict_its_
     assert (photos / "pred" / "images.json").read_text() == before  # same files, same ids
     assert sorted(p.name for p in (photos / "pred" / "pictures").iterdir()) == [
         "000001-000000000001.png", "000002-000000000002.png"]
+
+
+def test_predict_help_names_the_files_it_takes_from_folders():
+    from bcnet.predict import IMAGE_SUFFIXES
+
+    result = CliRunner().invoke(bcnet_main, ["predict", "--help"])
+    _clean(result, 0)
+    text = " ".join(result.output.split())
+    assert "searched recursively" in text and all(suffix in text for suffix in IMAGE_SUFFIXES)
