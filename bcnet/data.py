@@ -55,13 +55,16 @@ class CocoInstances(Dataset):
     :class:`BadRecord` when read (:class:`SampleStream` skips it, counting it with :meth:`skip`). ``drop_empty`` leaves out images
     with no usable instance (training wants them out, evaluation wants every image in).
     ``data``: ``ann_file`` already parsed (``coco.read_dataset``), for a caller that needs it too;
-    it is read, not changed.
+    it is read, not changed. ``category_ids`` (a checkpoint's) must all be listed in the file, unless
+    ``all_categories=False`` (evaluation: a set listing fewer, such as a person-only one, is scored over
+    the categories it lists, as pycocotools does; it must share at least one with the model).
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_root: str | os.PathLike,
                  transforms: Callable | None = None, *, mode: str = "visible",
                  drop_empty: bool = False, strict: bool = False, check_files: bool = True,
-                 category_ids: Sequence[int] | None = None, data: dict | None = None):
+                 category_ids: Sequence[int] | None = None, data: dict | None = None,
+                 all_categories: bool = True):
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.transforms = transforms
@@ -83,7 +86,11 @@ class CocoInstances(Dataset):
         self.category_ids: list[int] = (sorted(categories) if category_ids is None
                                         else [int(c) for c in category_ids])
         unknown = sorted(set(self.category_ids) - set(categories))
-        if unknown:
+        if unknown and not all_categories and len(unknown) == len(set(self.category_ids)):
+            raise OccsynthError(f"{self.ann_file}: shares no category with the model (it lists category ids "
+                                f"{brief(sorted(categories))}; the model was trained with "
+                                f"{brief(sorted(self.category_ids))})")
+        if unknown and all_categories:
             raise OccsynthError(f"{self.ann_file}: has no categories with ids {unknown} "
                                 "(the model was trained with them)")
         self.category_id_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}

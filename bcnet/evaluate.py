@@ -724,7 +724,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         if mode == "amodal":  # checked before the dataset, which would refuse it in training's words
             require_amodal_masks(data, ann_file)
         dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
-                                category_ids=state["category_ids"], data=data)
+                                category_ids=state["category_ids"], data=data, all_categories=False)
         _require_images(name, dataset, image_root)
         if data["annotations"] and not any(dataset.annotations):  # a table of '-' with exit 0 would hide it
             raise OccsynthError(f"set {name!r}: none of the {len(data['annotations'])} annotations of {ann_file} "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -28,12 +29,17 @@ from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model, to_coc
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files given directly, plus the images inside given folders (sorted, recursive); each file once."""
+def list_images(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Files given directly, plus the images inside given folders (sorted, recursive); each file once.
+
+    ``out_dir``: the prediction's output folder. When it lies inside a given folder, the pictures an
+    earlier run wrote to its ``pictures/`` are not inputs (a rerun would predict its own pictures, and
+    every image id after them would shift); a picture named directly still is."""
     found, folders = [], []
+    own = _own_pictures(out_dir)
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not own(p))
             folders.append(str(item))
         elif item.is_file():
             found.append(item)
@@ -51,6 +57,18 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         unique.setdefault(os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute)),
                           path)
     return list(unique.values())
+
+
+PICTURE_PATTERN = re.compile(r"\d{6,}-.*\.png")  # picture_name's
+
+
+def _own_pictures(out_dir: str | os.PathLike | None) -> Callable[[Path], bool]:
+    """Whether a file is a picture predict writes into ``out_dir`` (its folder resolved, as links lead)."""
+    if out_dir is None:
+        return lambda path: False
+    pictures = os.path.realpath(os.path.join(out_dir, "pictures"))
+    return lambda path: (PICTURE_PATTERN.fullmatch(path.name) is not None
+                         and os.path.realpath(path.parent) == pictures)
 
 
 def picture_name(image: dict) -> str:
@@ -141,7 +159,7 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
     model, state = load_model(checkpoint, device)
     category_ids = list(state["category_ids"])
     names = category_names or {c["id"]: c["name"] for c in COCO_CATEGORIES}
-    paths = list_images(inputs)
+    paths = list_images(inputs, out_dir)
     with output_folder(out_dir) as out_dir:  # an unwritable --out fails now, not after every image ran
         return _predict_into(model, category_ids, names, paths, out_dir, score_threshold, device, pictures, progress)
 

@@ -296,7 +296,14 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         if resume_path is None:
             raise OccsynthError(f"{out_dir}: no checkpoint to resume from (a run stopped before its first "
                                 "checkpoint starts again without --resume)")
-        state = ckpt.load_checkpoint(resume_path)
+        try:
+            state = ckpt.load_checkpoint(resume_path)
+        except OccsynthError as exc:
+            others = sorted(p.name for p in out_dir.glob("*.pt") if p.name != resume_path.name)
+            if not isinstance(resume, bool) or not others:
+                raise
+            raise OccsynthError(f"{exc}; to resume from an earlier checkpoint in {out_dir} ({', '.join(others)}), "
+                                f"write its name into {out_dir / LAST}") from None
         # keys an older version accepted and saved, but that meant nothing: dropped, not fatal
         retired = [k for k in state["schedule"] if k not in REQUIRED_SETTINGS + OPTIONAL_SETTINGS]
         state["schedule"] = {k: v for k, v in state["schedule"].items() if k not in retired}

@@ -19,8 +19,10 @@ from cli.common import quiet_option
 def predict_command(inputs, checkpoint, out, score_threshold, device, no_pictures, quiet):
     """Run a trained model on images or folders of images.
 
-    Writes COCO results JSON and, per image, a picture with three panels: detections (masks,
-    boxes, labels), the occludee mask probabilities, and the occluder branch's heat map.
+    Folders are searched recursively for .jpg, .jpeg, .png, .bmp, .tif, .tiff and .webp files;
+    files that cannot be read are skipped and listed. Writes COCO results JSON and, per image, a
+    picture with three panels: detections (masks, boxes, labels), the occludee mask probabilities,
+    and the occluder branch's heat map.
     """
     from bcnet.predict import predict
     report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,

@@ -508,3 +508,52 @@ def test_evaluate_counts_a_repeated_annotation_id_once(tiny, tmp_path):
     _clean(result, 0)
     report = json.loads((tmp_path / "e" / "results.json").read_text())["hand"]
     assert report["skipped"]["counts"] == {"duplicate id": 1}, report["skipped"]
+
+
+def test_evaluate_on_a_set_listing_fewer_categories_than_the_model_scores_those_it_lists(tiny, tmp_path):
+    """A person-only val set for a COCO model: scored over the categories the set lists (pycocotools' mean over
+    categories with ground truth), the same AP as with the model's whole list; a set sharing none is refused."""
+    root, checkpoint = tiny  # the model knows categories 1, 3, 5, 7, 9; the set has annotations of 1, 3, 5, 7
+    full = _evaluate(checkpoint, root / "annotations.json", root / "images", tmp_path / "full")
+    _clean(full, 0)
+    data = load_annotations(root)
+    data["categories"] = [c for c in data["categories"] if c["id"] != 9]
+    (tmp_path / "fewer.json").write_text(json.dumps(data))
+    fewer = _evaluate(checkpoint, tmp_path / "fewer.json", root / "images", tmp_path / "fewer")
+    _clean(fewer, 0)
+    scored = [json.loads((tmp_path / out / "results.json").read_text())["hand"] for out in ("full", "fewer")]
+    assert scored[0]["detections"] > 0 and scored[1]["bbox"] == scored[0]["bbox"]
+    assert scored[1]["segm"] == scored[0]["segm"]
+    data["categories"] = [dict(c, id=c["id"] + 100) for c in data["categories"]]
+    data["annotations"] = [dict(a, category_id=a["category_id"] + 100) for a in data["annotations"]]
+    (tmp_path / "none.json").write_text(json.dumps(data))
+    none = _evaluate(checkpoint, tmp_path / "none.json", root / "images", tmp_path / "none")
+    _clean(none, 2)
+    assert "none.json: shares no category with the model (it lists category ids [101, 103, 105, 107]" in none.output
+
+
+def test_predict_rerun_into_an_out_inside_the_input_folder_does_not_predict_its_own_pictures(tiny, tmp_path):
+    root, checkpoint = tiny
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("000000000001.png", "000000000002.png"):
+        (photos / name).write_bytes((root / "images" / name).read_bytes())
+    args = ["predict", str(photos), "--checkpoint", str(checkpoint), "--out", str(photos / "pred"), "--quiet"]
+    first = CliRunner().invoke(bcnet_main, args)
+    _clean(first, 0)
+    before = (photos / "pred" / "images.json").read_text()
+    again = CliRunner().invoke(bcnet_main, args)  # the first run's pictures now lie inside the input folder
+    _clean(again, 0)
+    assert again.output.startswith("2 images, ")
+    assert (photos / "pred" / "images.json").read_text() == before  # same files, same ids
+    assert sorted(p.name for p in (photos / "pred" / "pictures").iterdir()) == [
+        "000001-000000000001.png", "000002-000000000002.png"]
+
+
+def test_predict_help_names_the_files_it_takes_from_folders():
+    from bcnet.predict import IMAGE_SUFFIXES
+
+    result = CliRunner().invoke(bcnet_main, ["predict", "--help"])
+    _clean(result, 0)
+    text = " ".join(result.output.split())
+    assert "searched recursively" in text and all(suffix in text for suffix in IMAGE_SUFFIXES)

@@ -552,3 +552,29 @@ def test_training_on_unreadable_images_only_stops_with_a_message_with_or_without
                                 '(skipped {"unreadable or corrupt image": 3}, e.g. image file '), first[:200]
     assert not out.exists()
 
+
+
+def test_a_checkpoint_damaged_after_it_was_written_is_refused_not_loaded_with_wrong_weights(tmp_path):
+    model = torch.nn.Linear(64, 64)
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=3, category_ids=[1], rng=False)
+    data = bytearray((tmp_path / "c.pt").read_bytes())
+    weight = bytes(model.weight.detach().numpy().tobytes())
+    at = data.find(weight[:64])  # the weight tensor's bytes (stored uncompressed)
+    assert at > 0
+    data[at:at + 32] = bytes(32)  # zeroed in place: the zip's directory still reads, torch loads it silently
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
+    with pytest.raises(OccsynthError, match=r"damaged\.pt: damaged checkpoint \(.*data/\S+ fails its CRC-32 check"):
+        ckpt.load_checkpoint(tmp_path / "damaged.pt")
+    assert ckpt.load_checkpoint(tmp_path / "c.pt")["iteration"] == 3  # the intact file still loads
+
+
+def test_resume_from_a_damaged_newest_checkpoint_says_how_to_resume_from_an_earlier_one(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt.save_checkpoint(out / "checkpoint_0000001.pt", model=torch.nn.Linear(2, 2), iteration=1, rng=False)
+    (out / "checkpoint_0000002.pt").write_bytes((out / "checkpoint_0000001.pt").read_bytes()[:300])  # cut short
+    (out / T.LAST).write_text("checkpoint_0000002.pt\n")
+    with pytest.raises(OccsynthError) as caught:
+        T.train(tmp_path / "unused.json", tmp_path, out, schedule="schedule-tiny", resume=True, progress=False)
+    assert "checkpoint_0000002.pt: not a readable checkpoint" in str(caught.value)
+    assert f"earlier checkpoint in {out} (checkpoint_0000001.pt), write its name into {out / T.LAST}" in str(caught.value)
