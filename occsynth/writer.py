@@ -563,6 +563,13 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     for chunk, part in enumerate(tqdm(parts, desc="merge", unit="chunk", disable=not progress)):  # chunk order
         src_dir = part.parent.parent
         if src_dir.resolve() == Path(out_dir).resolve():
+            # a chunk a shard wrote into --out itself: nothing to move, but its images must be there too (as a
+            # shard folder's are checked below), or the merged set would lack them
+            for name in chunk_image_names(settings, chunk):
+                if not (out_dir / IMAGES / name).exists():
+                    raise OccsynthError(f"{out_dir / IMAGES / name}: image of {part} is missing; run the shard that "
+                                        f"renders chunk {chunk} again with --out {out_dir} (shard i/n renders chunks "
+                                        "i, i + n, i + 2n, ...), then merge again")
             continue
         for name in chunk_image_names(settings, chunk):  # fixed by the settings: no file needs parsing
             dst, src = out_dir / IMAGES / name, src_dir / IMAGES / name

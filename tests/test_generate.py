@@ -352,6 +352,28 @@ def test_a_damaged_run_settings_file_is_named_by_merge_and_generate_not_a_traceb
     assert tree_bytes(shard_dirs[1]) == before
 
 
+def test_merge_in_a_shared_out_refuses_a_chunk_whose_image_is_gone_and_a_shard_rerun_mends_it(generated,
+                                                                                              demo_source, tmp_path):
+    """A merge of shard folders names a shard's missing image; one of a chunk already in --out (a shared folder)
+    wrote a set without it, and said nothing."""
+    out, _, cache = generated
+    ann, root = demo_source
+    shared = tmp_path / "shared"
+    for i in range(3):
+        generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 3), progress=False)
+    lost = shared / "images" / "000000000006.jpg"  # image index 5: chunk 1 (chunks of 4)
+    lost.unlink()
+    result = CliRunner().invoke(occsynth_main, ["merge", str(shared), "--out", str(shared), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert " ".join(result.output.split()) == (
+        f"Error: {lost}: image of {writer.part_path(shared, 1)} is missing; run the shard that renders chunk 1 again "
+        f"with --out {shared} (shard i/n renders chunks i, i + n, i + 2n, ...), then merge again")
+    assert not (shared / "annotations.json").exists() and not (shared / "manifest.json").exists()
+    generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 3), progress=False)
+    writer.merge_shards(shared, [shared], progress=False)
+    assert tree_bytes(shared) == tree_bytes(out)
+
+
 @pytest.mark.parametrize("damage", ["", "[]", '{"out": 5}'])
 def test_an_unreadable_merged_into_note_leaves_the_missing_chunks_message(generated, demo_source, tmp_path, damage):
     """merged-into.json is written without fsync (a power cut may empty it) and only informs a message: read
