@@ -178,10 +178,15 @@ def format_stats(stats: dict) -> str:
         lines.append(f"  ({empty} categor{'y' if empty == 1 else 'ies'} without instances not shown)")
     for key, title in (("instances_per_image", "instances per image"), ("pasted_per_image", "pasted per image")):
         d = stats[key]
+        if not stats["images"]:  # no made-up min, mean and max of 0 over no images
+            lines += ["", f"{title}: no images"]
+            continue
         hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items())
         lines += ["", f"{title}: min {d['min']}, mean {d['mean']:.2f}, max {d['max']}", f"  {{{hist}}}"]
     r = stats["occlusion_ratio"]
-    if r["mean"] is None:  # a plain COCO file: no ratio to show, and no made-up mean of 0
+    if not stats["annotations"]:  # an empty set may well be a generated one: say only what is known
+        lines += ["", "occlusion ratio: no annotations"]
+    elif r["mean"] is None:  # a plain COCO file: no ratio to show, and no made-up mean of 0
         lines += ["", "occlusion ratio: no annotation has one (not an occsynth or converted amodal set)"]
     else:
         lines += ["", f"occlusion ratio: mean {r['mean']:.3f} over {r['annotations']} annotations",
@@ -189,8 +194,9 @@ def format_stats(stats: dict) -> str:
         for k, (n_all, n_pasted) in enumerate(zip(r["counts"], r["pasted_counts"])):
             lines.append(f"  [{r['bins'][k]:.1f}, {r['bins'][k + 1]:.1f}{']' if k == RATIO_BINS - 1 else ')'}"
                          f"  {n_all:>8} {n_pasted:>8}")
-    lines += ["", "instances per layer: " + ", ".join(f"{k}: {v}" for k, v in stats["layers"].items()),
-              "images by deepest layer: " + ", ".join(f"{k}: {v}" for k, v in stats["depth_per_image"].items())]
+    lines += ["", "instances per layer: " + (", ".join(f"{k}: {v}" for k, v in stats["layers"].items()) or "none"),
+              "images by deepest layer: " + (", ".join(f"{k}: {v}" for k, v in stats["depth_per_image"].items())
+                                             or "none")]
     skipped = stats.get("skipped", {}).get("counts", {})
     if skipped:
         lines += ["", f"skipped {sum(skipped.values())} record(s), not counted above:"]

@@ -79,16 +79,23 @@ def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def _what_folder_holds(path: Path) -> str:
     """For a folder without annotations.json: what it is, if occsynth wrote it, and where its set is."""
-    merged_into = path / PARTS / MERGED_INTO_FILE
-    if merged_into.is_file():
-        try:
-            return f"its chunks were merged into {read_json(merged_into)['out']}, the set to use"
-        except (OccsynthError, TypeError, KeyError):
-            pass
+    merged_into = merged_into_of(path)
+    if merged_into is not None:
+        return f"its chunks were merged into {merged_into}, the set to use"
     if (path / PARTS / RUN_FILE).is_file():
         return ("it holds an unfinished `occsynth generate` run or one --shard of a set: finish it with the same "
                 "command, or join the shards with `occsynth merge`")
     return "give a set folder holding annotations.json, or the annotations JSON file itself"
+
+
+def merged_into_of(folder: Path) -> str | None:
+    """The merged set that a merge moved ``folder``'s chunks into (its ``parts/merged-into.json``), or None: none
+    is named there, or the file is unreadable (it is written without fsync, and only ever informs a message)."""
+    try:
+        out = read_json(Path(folder) / PARTS / MERGED_INTO_FILE)["out"]
+    except (OSError, OccsynthError, TypeError, KeyError, IndexError):
+        return None
+    return out if isinstance(out, str) else None
 
 
 def image_file_name(index: int, ext: str) -> str:
@@ -301,7 +308,7 @@ def check_run_settings(out_dir: Path, settings: dict,
     path = Path(out_dir) / PARTS / RUN_FILE
     settings = as_stored(settings)
     if path.exists():
-        previous = read_json(path)
+        previous = read_run(path)
         if previous != settings:
             if previous.get("renderer") != settings.get("renderer"):  # no argument can make the same images
                 hint = "finish it with the occsynth version that began it, or use another --out"
@@ -310,6 +317,23 @@ def check_run_settings(out_dir: Path, settings: dict,
     else:
         refuse_foreign_files(out_dir)
         write_json(path, settings, indent=2)
+
+
+def read_run(path: Path) -> dict:
+    """A run's settings file (``parts/run.json``), checked for what resume and merge take from it: an edited or
+    damaged one is an OccsynthError naming it (it was a traceback, or a comparison with an empty run)."""
+    run = _read_json(path)
+    settings = run.get("settings") if isinstance(run, dict) else None
+    if not (isinstance(settings, dict) and all(_is_count(settings.get(k)) for k in ("num_images", "chunk_size"))
+            and isinstance(settings.get("image_format"), str)):
+        raise OccsynthError(f"{path}: damaged run settings file (not an object whose 'settings' hold num_images, "
+                            "chunk_size and image_format): the chunks beside it cannot be matched to their settings; "
+                            "render them again with the same command and another --out")
+    return run
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def refuse_foreign_files(out_dir: Path, most: int = 5) -> None:
@@ -487,7 +511,7 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         if (Path(d) / ANNOTATIONS_FILE).exists() and Path(d).resolve() != Path(out_dir).resolve():
             raise OccsynthError(f"{d}: a finished set (it has {ANNOTATIONS_FILE}), not a shard output; merge "
                                 "moves a shard's images, which would break it (to copy a set, copy its folder)")
-    runs = [_read_json(Path(d) / PARTS / RUN_FILE) for d in shard_dirs]
+    runs = [read_run(Path(d) / PARTS / RUN_FILE) for d in shard_dirs]
     for d, other in zip(shard_dirs, runs):
         if other != runs[0]:
             raise OccsynthError(f"{d} was generated with other settings than {shard_dirs[0]} "
@@ -506,8 +530,7 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         try:
             parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
         except OccsynthError as exc:
-            merged_into = {_read_json(Path(d) / PARTS / MERGED_INTO_FILE)["out"] for d in shard_dirs
-                           if (Path(d) / PARTS / MERGED_INTO_FILE).is_file()}
+            merged_into = {m for d in shard_dirs if (m := merged_into_of(d)) is not None}
             if merged_into:  # an earlier merge moved chunks out of these folders: that is where the set is
                 raise OccsynthError(f"{exc}: an earlier `occsynth merge` moved chunks of these shard folders into "
                                     f"{', '.join(sorted(merged_into))}, the merged set") from None
@@ -540,6 +563,13 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     for chunk, part in enumerate(tqdm(parts, desc="merge", unit="chunk", disable=not progress)):  # chunk order
         src_dir = part.parent.parent
         if src_dir.resolve() == Path(out_dir).resolve():
+            # a chunk a shard wrote into --out itself: nothing to move, but its images must be there too (as a
+            # shard folder's are checked below), or the merged set would lack them
+            for name in chunk_image_names(settings, chunk):
+                if not (out_dir / IMAGES / name).exists():
+                    raise OccsynthError(f"{out_dir / IMAGES / name}: image of {part} is missing; run the shard that "
+                                        f"renders chunk {chunk} again with --out {out_dir} (shard i/n renders chunks "
+                                        "i, i + n, i + 2n, ...), then merge again")
             continue
         for name in chunk_image_names(settings, chunk):  # fixed by the settings: no file needs parsing
             dst, src = out_dir / IMAGES / name, src_dir / IMAGES / name

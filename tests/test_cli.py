@@ -116,3 +116,19 @@ def test_a_folder_that_cannot_be_made_is_named(tmp_path):
             make_folder(folder)
         assert str(raised.value) == f"cannot make folder {folder}: {why}"
     assert make_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+
+
+def test_generate_help_says_which_defaults_a_recipe_replaces():
+    """A recipe's [run], [composite] and [bank] tables set these options' values; --seed, --image-format and
+    --jpeg-quality showed a bare default (0, jpg, 95) although a recipe's seed or format is what a run takes."""
+    import dataclasses
+
+    from occsynth.bank import BankOptions
+    from occsynth.generate import RunSettings
+    from occsynth.schedule import CompositeOptions
+
+    params = {p.name: p for p in occsynth_main.commands["generate"].params if isinstance(p, click.Option)}
+    fields = {f.name for cls in (RunSettings, CompositeOptions, BankOptions) for f in dataclasses.fields(cls)}
+    shown = sorted(fields & set(params))
+    assert {"seed", "image_format", "jpeg_quality", "num_images", "pastes", "min_area"} <= set(shown)
+    assert [name for name in shown if "or the recipe's" not in params[name].help] == []

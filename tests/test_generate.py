@@ -325,6 +325,75 @@ def test_a_run_or_shard_of_another_renderer_is_refused_not_mixed(demo_source, tm
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("damage", ["[]", "{}", '"text"', '{"settings": 5}', '{"settings": {"num_images": "12"}}'])
+def test_a_damaged_run_settings_file_is_named_by_merge_and_generate_not_a_traceback(generated, demo_source,
+                                                                                     tmp_path, damage):
+    """parts/run.json edited or damaged into valid JSON that is no run: merge raised AttributeError or KeyError,
+    and a rerun compared the settings with an empty run ('made by another occsynth renderer')."""
+    _, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shard_dirs):
+        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
+    run_file = shard_dirs[1] / "parts" / "run.json"
+    run_file.write_text(damage)
+    before = tree_bytes(shard_dirs[1])
+    expected = f"Error: {run_file}: damaged run settings file"
+    for order in (shard_dirs, shard_dirs[::-1], shard_dirs[1:]):  # first, last or alone
+        merged = CliRunner().invoke(occsynth_main, ["merge", *map(str, order), "--out", str(tmp_path / "m"), "--quiet"])
+        assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
+        assert " ".join(merged.output.split()).startswith(expected) and "another --out" in merged.output
+        assert not (tmp_path / "m").exists()
+    rerun = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
+                                               str(shard_dirs[1]), "--num-images", str(N_IMAGES), "--seed", "3",
+                                               "--cache-dir", str(cache), "--shard", "1/2", "--quiet"])
+    assert rerun.exit_code == 2 and "Traceback" not in rerun.output, rerun.output
+    assert " ".join(rerun.output.split()).startswith(expected) and "renderer" not in rerun.output
+    assert tree_bytes(shard_dirs[1]) == before
+
+
+def test_merge_in_a_shared_out_refuses_a_chunk_whose_image_is_gone_and_a_shard_rerun_mends_it(generated,
+                                                                                              demo_source, tmp_path):
+    """A merge of shard folders names a shard's missing image; one of a chunk already in --out (a shared folder)
+    wrote a set without it, and said nothing."""
+    out, _, cache = generated
+    ann, root = demo_source
+    shared = tmp_path / "shared"
+    for i in range(3):
+        generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 3), progress=False)
+    lost = shared / "images" / "000000000006.jpg"  # image index 5: chunk 1 (chunks of 4)
+    lost.unlink()
+    result = CliRunner().invoke(occsynth_main, ["merge", str(shared), "--out", str(shared), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert " ".join(result.output.split()) == (
+        f"Error: {lost}: image of {writer.part_path(shared, 1)} is missing; run the shard that renders chunk 1 again "
+        f"with --out {shared} (shard i/n renders chunks i, i + n, i + 2n, ...), then merge again")
+    assert not (shared / "annotations.json").exists() and not (shared / "manifest.json").exists()
+    generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 3), progress=False)
+    writer.merge_shards(shared, [shared], progress=False)
+    assert tree_bytes(shared) == tree_bytes(out)
+
+
+@pytest.mark.parametrize("damage", ["", "[]", '{"out": 5}'])
+def test_an_unreadable_merged_into_note_leaves_the_missing_chunks_message(generated, demo_source, tmp_path, damage):
+    """merged-into.json is written without fsync (a power cut may empty it) and only informs a message: read
+    damaged, it raised TypeError or replaced the merge's message with its own JSON error."""
+    _, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shard_dirs):
+        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
+    writer.merge_shards(tmp_path / "merged", shard_dirs, progress=False)
+    (shard_dirs[0] / "parts" / "merged-into.json").write_text(damage)
+    again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "Traceback" not in again.output, again.output
+    assert "3 chunk(s) not generated yet (0, 1, 2)" in text  # shard 1's note still says where the set went
+    assert f"moved chunks of these shard folders into {(tmp_path / 'merged').resolve()}, the merged set" in text
+    stats = CliRunner().invoke(occsynth_main, ["stats", str(shard_dirs[0])])
+    assert stats.exit_code == 2 and "one --shard of a set" in stats.output
+
+
 @pytest.fixture
 def broken_source(demo_source, tmp_path):
     """A copy of the demo source with one of each kind of bad input."""

@@ -129,6 +129,16 @@ def test_empty_but_well_formed_set_is_fine(tmp_path):
     path.write_text('{"images": [], "annotations": [], "categories": []}')
     stats = stats_from_path(path)
     assert stats["images"] == stats["annotations"] == 0 and stats["skipped"]["counts"] == {}
+    # the report says the set is empty; it printed "min 0, mean 0.00, max 0", bare "instances per layer: " and
+    # called the set "not an occsynth or converted amodal set", which an empty generated set may well be
+    assert format_stats(stats).splitlines()[-8:] == [
+        "instances per image: no images", "", "pasted per image: no images", "",
+        "occlusion ratio: no annotations", "", "instances per layer: none", "images by deepest layer: none"]
+    data, _ = build()
+    data["annotations"] = []  # images without annotations: their counts are real zeros
+    text = format_stats(dataset_stats(data))
+    assert "instances per image: min 0, mean 0.00, max 0" in text and "occlusion ratio: no annotations" in text
+    assert "not an occsynth" not in text and "instances per layer: none" in text
 
 
 def test_skipped_records_are_reported_not_counted(tmp_path):
