@@ -51,7 +51,7 @@ from .atomic import BackgroundWriter, open_atomic, write_json
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
-from .generate import RunSettings, _finished_chunks, generate
+from .generate import RunSettings, _backend_session, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
 TEXTURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -225,8 +225,9 @@ def warm_pool(workers: int, backend: str = "loky") -> None:
 
 
 def _run_all(task, chunks: int, settings: RunSettings, workers: int, backend: str) -> None:
-    for _ in _finished_chunks(task, list(range(chunks)), settings, workers, backend, None, False):
-        pass
+    with _backend_session(backend, None):
+        for _ in _finished_chunks(task, list(range(chunks)), settings, workers, backend, False):
+            pass
 
 
 def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None, *,

@@ -148,6 +148,15 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         raise _missing_extra(backend)  # before OUT is made: a run that cannot start leaves nothing behind
     if (ann_path is None) != (image_root is None):
         raise OccsynthError("give both --ann and --images, or neither (to use the embedded demo source)")
+    # the cluster is reached before OUT is made too: a scheduler that cannot be reached leaves no run behind
+    with _backend_session(backend, backend_address):
+        return _generate(out_dir, settings, ann_path, image_root, workers, shard, strict, cache_dir, backend,
+                         progress, cutout_pixels)
+
+
+def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int, shard: tuple[int, int],
+              strict: bool, cache_dir, backend: str, progress: bool, cutout_pixels: bool) -> dict:
+    """:func:`generate` once its arguments are checked and its cluster (if any) is connected."""
     if ann_path is None:
         ann_path, image_root = demo_source(cache_dir)
     ann_path, image_root, out_dir = Path(ann_path), Path(image_root), Path(out_dir)
@@ -199,8 +208,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
         resumed = len(own_chunks) - len(chunks)
         desc = f"generate (resuming: {resumed} of {len(own_chunks)} chunks done)" if resumed else "generate"
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
-        with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, backend_address,
-                                                 progress, desc=desc)) as finished:
+        with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, progress,
+                                                 desc=desc)) as finished:
             if count > 1:
                 for _ in finished:
                     pass
@@ -239,10 +248,11 @@ def _bank_summary(meta: dict) -> dict:
 
 
 def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: RunSettings, workers: int,
-                     backend: str, backend_address: str | None, progress: bool, desc: str = "generate") -> Iterator[int]:
+                     backend: str, progress: bool, desc: str = "generate") -> Iterator[int]:
     """Run ``task`` on every chunk; yields each chunk as it finishes (in about, not exactly, chunk order).
 
-    A generator, so that the caller can merge finished chunks while the workers render later ones.
+    A generator, so that the caller can merge finished chunks while the workers render later ones. For
+    ``dask``/``ray`` the caller holds the cluster's :func:`_backend_session` open around it.
     """
     total = sum(min(settings.chunk_size, settings.num_images - c * settings.chunk_size) for c in chunks)
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1)
@@ -254,23 +264,22 @@ def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: Ru
                 yield c
             return
         from joblib import Parallel, delayed, parallel_config
-        with _backend_session(backend, backend_address):
-            with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
-                if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
-                    task = functools.partial(_one_cv2_thread, task)
-                with ctrl_c_for_main_only():  # joblib starts the pool's processes and dispatches here
-                    results = Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
-                        delayed(_chunk_and_count)(task, c) for c in chunks)
-                try:
-                    for c, n in results:
-                        bar.update(n)
-                        yield c
-                finally:
-                    with warnings.catch_warnings():
-                        # a run stopped by an error says so in that error, not in joblib's count of dropped tasks
-                        warnings.filterwarnings("ignore", message=r".*tasks .*(cancelled|not used)",
-                                                category=UserWarning)
-                        results.close()
+        with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
+            if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
+                task = functools.partial(_one_cv2_thread, task)
+            with ctrl_c_for_main_only():  # joblib starts the pool's processes and dispatches here
+                results = Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
+                    delayed(_chunk_and_count)(task, c) for c in chunks)
+            try:
+                for c, n in results:
+                    bar.update(n)
+                    yield c
+            finally:
+                with warnings.catch_warnings():
+                    # a run stopped by an error says so in that error, not in joblib's count of dropped tasks
+                    warnings.filterwarnings("ignore", message=r".*tasks .*(cancelled|not used)",
+                                            category=UserWarning)
+                    results.close()
     finally:
         bar.close()
 

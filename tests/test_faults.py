@@ -290,6 +290,16 @@ def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c") + extra)
         assert result.exit_code == 2, result.output
         assert words in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "o").exists()  # a run that cannot start leaves no --out behind
+    # nor does a scheduler that does not answer: it is reached before --out is made (it left a run there, whose
+    # settings refused a rerun with other options into the same folder)
+    import dask
+    pytest.importorskip("dask.distributed")
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c")
+                                    + ["--backend", "dask", "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2 and "cannot connect to a dask scheduler" in result.output, result.output
+    assert not (tmp_path / "o").exists()
     # a backend whose extra is not installed leaves no --out behind
     from occsynth import generate as generate_module
     with pytest.MonkeyPatch.context() as patch:

@@ -649,7 +649,7 @@ def test_pool_workers_leave_ctrl_c_to_the_main_process(tmp_path):
     get_reusable_executor().shutdown(wait=True)  # fresh workers, started by the run below
     settings = RunSettings(num_images=6, seed=0, chunk_size=1)
     task = functools.partial(_report_sigint_ignored, str(tmp_path))
-    assert sorted(generate_module._finished_chunks(task, list(range(6)), settings, 2, "loky", None, False)) == \
+    assert sorted(generate_module._finished_chunks(task, list(range(6)), settings, 2, "loky", False)) == \
         list(range(6))
     reports = {p.name: p.read_text() for p in tmp_path.iterdir()}
     assert len(reports) == 6 and set(reports.values()) == {"ignored"}
