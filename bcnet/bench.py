@@ -5,6 +5,7 @@ the ratio (BCNet / Mask R-CNN) isolates the head. The goal is a train step <= 1.
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -105,7 +106,7 @@ def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", ba
             times[head]["train"].append(_timed(steps[head], device))
             times[head]["inference"].append(_timed(infers[head], device))
     for head in HEADS:
-        median = {k: sorted(v)[len(v) // 2] for k, v in times[head].items()}
+        median = {k: statistics.median(v) for k, v in times[head].items()}
         report[head] = {"parameters": count_parameters(models[head]), "train_step_s": round(median["train"], 4),
                         "inference_s": round(median["inference"], 4)}
     base, ours = report["fcn"], report["bilayer-gcn"]

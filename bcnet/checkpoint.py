@@ -55,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise OccsynthError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):
         raise OccsynthError(f"{path}: not a readable checkpoint (not a torch.save zip archive)")
-    damaged = _damaged_member(path)
+    damaged = damaged_member(path)
     if damaged:
         raise OccsynthError(f"{path}: damaged checkpoint ({damaged}); it changed after it was written "
                             "(a bad copy or disk): use another checkpoint")
@@ -81,7 +81,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def _damaged_member(path: Path) -> str | None:
+def damaged_member(path: str | os.PathLike) -> str | None:
     """Why the zip archive at ``path`` does not hold what was written (None when every member's CRC-32
     matches). torch's reader checks no CRC: a checkpoint with damaged tensor bytes loads without a word and
     predicts with wrong weights. Reading it once more costs about 0.06 s per 180 MB."""

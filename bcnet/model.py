@@ -9,6 +9,7 @@ Nothing is ever downloaded: backbone weights come from a local file or not at al
 from __future__ import annotations
 
 import os
+import zipfile
 from functools import partial
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -28,6 +29,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from occsynth.errors import OccsynthError
 
+from .checkpoint import damaged_member
 from .heads import MASK_HEADS, PRESETS
 from .losses import LOSS_PRESETS, loss_weights as make_loss_weights, weight_losses
 from .roi_heads import BilayerRoIHeads, build_mask_branch
@@ -70,6 +72,10 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
     where = f"backbone weights {os.fspath(weights)}"
     if not os.path.isfile(weights):
         raise ModelConfigError(f"{where}: no such file (expected {expected})")
+    damaged = damaged_member(weights) if zipfile.is_zipfile(weights) else None
+    if damaged:  # torch would load it without a word, and training would start from wrong weights
+        raise ModelConfigError(f"{where}: damaged file ({damaged}); it changed after it was written (a bad download "
+                               f"or copy): fetch it again; expected {expected}")
     try:
         state = torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
     except Exception:  # unpickling, zip and I/O errors all mean the same thing to the user

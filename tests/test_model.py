@@ -141,6 +141,11 @@ def test_backbone_weights_load_or_fail_with_one_clear_error(tmp_path):
     torch.save({"model": {"x": torch.zeros(1)}, "iteration": 80}, tmp_path / "model_final.pt")
     torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    data = bytearray((tmp_path / "r18.pt").read_bytes())  # tensors are stored uncompressed: zero some in place
+    at = data.find(source.layer4[1].conv2.weight.detach().numpy().tobytes()[:64])
+    assert at > 0
+    data[at:at + 32] = bytes(32)  # the zip still reads, and torch loads it without a word
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
     boom = Boom()
     boom.target = str(tmp_path / "executed")
     torch.save({"conv1.weight": boom}, tmp_path / "evil.pt")
@@ -151,6 +156,7 @@ def test_backbone_weights_load_or_fail_with_one_clear_error(tmp_path):
              ("resnet18", "evil.pt", "not a file torch.load(weights_only=True) can read"),
              ("resnet18", "model_final.pt", "a bcnet training checkpoint, not backbone weights (use --init"),
              ("resnet18", "list.pt", "does not hold a state dict"),
+             ("resnet18", "damaged.pt", "damaged file (r18/data/"),
              ("resnet18", "other.pt", "not a resnet18 state dict (100 missing keys e.g. ['conv1.weight'"),
              ("resnet50", "r18.pt", "tensors have shapes that do not fit a resnet50 (e.g. layer1.0.conv1.weight")]
     for name, file, words in cases:
