@@ -245,7 +245,8 @@ def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: d
         log(f"{name}: done ({final})")
         return final
     overrides = {k: v for k, v in section.items() if k != "schedule"}
-    resume = (stage_dir / "last_checkpoint").exists()
+    from .train import latest_checkpoint
+    resume = latest_checkpoint(stage_dir) is not None
     log(f"{name}: schedule {section['schedule']} on {data[0]}" + (" (resuming)" if resume else ""))
     train(data[0], data[1], stage_dir, schedule=section["schedule"], overrides=overrides or None, resume=resume,
           init_checkpoint=None if resume else init, device=device, progress=progress)

@@ -486,10 +486,17 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``out_dir/last_checkpoint`` (None when there is none)."""
+    """The checkpoint named by ``out_dir/last_checkpoint`` (None when there is none).
+
+    Without the marker, the newest checkpoint there (``model_final.pt``, else the highest iteration): a run
+    killed between writing its first checkpoint and its marker resumes from that checkpoint, not from scratch.
+    """
     marker = Path(out_dir) / LAST
     if not marker.is_file():
-        return None
+        final = Path(out_dir) / "model_final.pt"
+        periodic = [p for p in Path(out_dir).glob("checkpoint_*.pt") if p.stem[len("checkpoint_"):].isdigit()]
+        newest = max(periodic, key=lambda p: int(p.stem[len("checkpoint_"):]), default=None)
+        return final if final.is_file() else newest
     name = marker.read_text(encoding="utf-8").strip()
     path = Path(out_dir) / name
     if "/" in name or "\\" in name or not path.is_file():

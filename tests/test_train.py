@@ -568,6 +568,24 @@ def test_a_checkpoint_damaged_after_it_was_written_is_refused_not_loaded_with_wr
     assert ckpt.load_checkpoint(tmp_path / "c.pt")["iteration"] == 3  # the intact file still loads
 
 
+def test_resume_without_the_marker_takes_the_newest_checkpoint(tmp_path):
+    """A kill between a run's first checkpoint and its last_checkpoint marker: --resume said 'no checkpoint'
+    and the run started over. It now takes the newest checkpoint in the folder."""
+    out = tmp_path / "run"
+    out.mkdir()
+    assert T.latest_checkpoint(out) is None
+    for iteration in (9, 10, 100):
+        ckpt.save_checkpoint(out / f"checkpoint_{iteration:07d}.pt", model=torch.nn.Linear(2, 2), iteration=iteration,
+                             rng=False)
+    (out / "checkpoint_notes.pt").write_text("not a checkpoint of this run\n")
+    assert T.latest_checkpoint(out) == out / "checkpoint_0000100.pt"
+    (out / T.LAST).write_text("checkpoint_0000010.pt\n")  # the marker, when there, decides
+    assert T.latest_checkpoint(out) == out / "checkpoint_0000010.pt"
+    (out / T.LAST).unlink()
+    ckpt.save_checkpoint(out / "model_final.pt", model=torch.nn.Linear(2, 2), iteration=120, rng=False)
+    assert T.latest_checkpoint(out) == out / "model_final.pt"
+
+
 def test_resume_from_a_damaged_newest_checkpoint_says_how_to_resume_from_an_earlier_one(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
