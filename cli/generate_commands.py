@@ -125,8 +125,12 @@ def _print_resumed(report: dict, own_chunks: int) -> None:
 
 def _print_report(report: dict) -> None:
     if report.get("already_merged"):
-        click.echo(f"{report['out']} is already a merged set of these settings: nothing to do for shard "
-                   f"{report['shard']}")
+        if report["merged_set"] == report["out"]:
+            click.echo(f"{report['out']} is already a merged set of these settings: nothing to do for shard "
+                       f"{report['shard']}")
+        else:
+            click.echo(f"the chunks of {report['out']} were merged into {report['merged_set']}, a finished set of "
+                       f"these settings: nothing to do for shard {report['shard']}")
         return
     if not report.get("merged"):
         out, total = report["out"], report["chunks_total"]

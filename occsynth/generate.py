@@ -187,12 +187,12 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
     writer.refuse_foreign_files(out_dir)  # before the lock puts parts/ there
     index, count = shard
     own_chunks = [c for c in range(settings.num_chunks) if _in_shard(c, shard)]
-    if count > 1 and writer.merged_run(out_dir) == writer.as_stored(run) and all(
-            writer.chunk_done(out_dir, c) for c in own_chunks):
+    merged = _merged_set_holding(out_dir, run, own_chunks) if count > 1 else None
+    if merged is not None:
         # a retry after the merge: nothing to render, and no lock files to leave in the finished set
         return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": settings.num_chunks,
                 "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
-                "shard_chunks": len(own_chunks)}
+                "merged_set": str(merged), "shard_chunks": len(own_chunks)}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
         writer.check_run_settings(out_dir, run)
         remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
@@ -222,6 +222,16 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
             parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
             return {**writer.finalize(out_dir, run, parts), "chunks_rendered": len(chunks),
                     "chunks_total": settings.num_chunks}
+
+
+def _merged_set_holding(out_dir: Path, run: dict, chunks: list[int]) -> Path | None:
+    """The finished set of ``run`` that holds all of ``chunks``: ``out_dir`` itself (shards that wrote there were
+    merged in place), or the set a merge moved this shard folder's chunks into; None when there is none."""
+    moved_to = writer.merged_into_of(out_dir)
+    for folder in [out_dir] + ([Path(moved_to)] if moved_to else []):
+        if writer.merged_run(folder) == writer.as_stored(run) and all(writer.chunk_done(folder, c) for c in chunks):
+            return folder
+    return None
 
 
 def _in_shard(chunk: int, shard: tuple[int, int]) -> bool:

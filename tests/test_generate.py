@@ -562,6 +562,22 @@ def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_
                                                       "--num-images", "8"])
     assert retry.exit_code == 0 and "is already a merged set of these settings: nothing to do" in retry.output
     assert sorted(p.name for p in (tmp_path / "s" / "parts").iterdir()) == merged  # no lock files left
+    # a shard retried after a merge moved its folder's chunks into another set: nothing is rendered again
+    for i in range(3):
+        CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / f"own{i}"), "--shard", f"{i}/3",
+                                                  "--num-images", "40"])
+    joined = CliRunner().invoke(occsynth_main, ["merge", *(str(tmp_path / f"own{i}") for i in range(3)),
+                                                "--out", str(tmp_path / "joined"), "--quiet"])
+    assert joined.exit_code == 0, joined.output
+    own_files = lambda: sorted(p.relative_to(tmp_path) for p in tmp_path.glob("own*/**/*"))  # noqa: E731
+    before = own_files()
+    again = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "own1"), "--shard", "1/3",
+                                                      "--num-images", "40"])
+    assert again.exit_code == 0, again.output
+    assert (f"the chunks of {tmp_path / 'own1'} were merged into {(tmp_path / 'joined').resolve()}, a finished set "
+            "of these settings: nothing to do for shard 1/3") in again.output
+    assert not list((tmp_path / "own1" / "images").iterdir())  # nothing rendered again
+    assert own_files() == before  # no lock, run or chunk files either
 
     recipe = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "r"), "--recipe", "nosuch"])
     assert recipe.exit_code == 2 and "synthetic-100k" in recipe.output and "schedule-" not in recipe.output
