@@ -94,10 +94,15 @@ def damaged_member(path: str | os.PathLike) -> str | None:
 
 
 def check_weights(weights: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """``weights`` (a checkpoint's ``model`` entry) if it is a dict of named tensors, else an
-    :class:`OccsynthError` naming the file: a hand-made or foreign file would fail later with a traceback."""
+    """``weights`` (a checkpoint's ``model`` entry) if it is a dict of named tensors, all finite, else an
+    :class:`OccsynthError` naming the file: a hand-made or foreign file would fail later with a traceback, and
+    NaN weights (training refuses a non-finite loss, so not from it) predict nothing without a word."""
     if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
         raise OccsynthError(f"{path}: not a bcnet checkpoint (its 'model' entry is not a dict of named tensors)")
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise OccsynthError(f"{path}: holds NaN or infinite values (tensor {name}): damaged or diverged weights, "
+                                "which predict nothing; use another checkpoint")
     return weights
 
 

@@ -466,6 +466,8 @@ def test_train_init_message_is_printed_under_quiet(tiny, tmp_path):
     (lambda s: s["model"].__setitem__(next(iter(s["model"])), 3.0),
      "not a bcnet checkpoint (its 'model' entry is not a dict"),
     (lambda s: s["model"].__setitem__(7, torch.zeros(1)), "not a bcnet checkpoint (its 'model' entry is not a dict"),
+    (lambda s: next(v for v in s["model"].values() if v.is_floating_point()).view(-1)[0].fill_(float("nan")),
+     "holds NaN or infinite values (tensor "),  # predicted nothing, without a word
 ])
 def test_train_init_from_a_checkpoint_without_named_tensors_is_refused_naming_it(tiny, tmp_path, change, words):
     root, checkpoint = tiny
