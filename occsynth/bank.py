@@ -685,9 +685,18 @@ def check_image_root(bank: Bank, image_root: str | os.PathLike, sample: int = 20
             paths.append(resolve_image_path(image_root, bank.image_record(int(i))["file_name"]))
         except BadRecord:
             continue
-    if paths and not any(p.is_file() for p in paths):
+    if paths and not any(_is_file(p) for p in paths):
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
                             "is --images the folder that the file_name entries are relative to?")
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the name cannot even be looked up (too long for the file system): one
+    such record is skipped when its image is read, it does not stop the run."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def pixel_store_bytes(bank: Bank) -> int:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
@@ -49,6 +51,9 @@ def reading_json(path: str | os.PathLike, what: str = "") -> Iterator[None]:
         raise OccsynthError(f"{path}: malformed JSON{what} ({why})") from None
     except UnicodeDecodeError as exc:
         raise OccsynthError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except RecursionError:  # json.load recurses per level of [ and {: a crafted file nests thousands deep
+        raise OccsynthError(f"{path}: JSON{what} nested too deeply to read (a COCO file nests a few levels: "
+                            "objects in lists in an object)") from None
 
 
 def _blank(path: str | os.PathLike, most: int = 1 << 16) -> bool:
@@ -393,12 +398,35 @@ def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
     path = Path(path)
     where = f"image file {path}"
     try:
-        data = path.read_bytes()
+        data = _read_regular_file(path)
     except FileNotFoundError:
         raise BadRecord(errors.MISSING_FILE, where) from None
     except OSError as exc:
         raise BadRecord(errors.CORRUPT_IMAGE, where, exc.strerror or str(exc)) from None
     return decode_image(data, where, expected_size, bgr=bgr)
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (or a link to one); OSError naming what it is otherwise.
+
+    A source set may hold a named pipe, or a link to a device (``/dev/zero``), under an image's name: reading
+    one would wait for a writer for ever, or fill the memory. The file is opened without blocking (a pipe's
+    open waits for a writer too) and checked on its descriptor, so nothing can be swapped in between."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+            raise OSError(errno.EINVAL, f"{kind}, not an image file", str(path))
+        f = open(fd, "rb", closefd=False)
+        with f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -476,6 +504,40 @@ def _png_end(data: bytes) -> bool:
     return False
 
 
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) that a PNG's IHDR or a JPEG's start-of-frame header declares, read without decoding;
+    None for other formats, or when the header cannot be found (the decoder then decides)."""
+    if data[:8] == PNG_SIGNATURE:
+        if data[12:16] != b"IHDR" or len(data) < 24:
+            return None
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, n = 2, len(data)
+    while pos + 3 < n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker in _JPEG_FRAMES:
+            if pos + 9 > n:
+                return None
+            height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
+            return (height, width) if height else None  # 0: the height comes later (a DNL marker)
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
 def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None = None, *,
                  bgr: bool = False) -> np.ndarray:
     if not data:
@@ -483,6 +545,14 @@ def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None 
     cut_short = truncation(data)
     if cut_short:
         raise BadRecord(errors.TRUNCATED_IMAGE, where, cut_short)
+    if expected_size is not None:
+        # a file whose header disagrees with its record is refused before decoding: a decompression bomb (a
+        # kilobyte PNG of 30000x30000 px) would otherwise cost gigabytes and seconds in every worker that draws it.
+        # Either order of the sides passes here: an EXIF rotation is applied, and checked, by the decoder.
+        claimed = header_size(data)
+        if claimed is not None and sorted(claimed) != sorted(int(v) for v in expected_size):
+            raise BadRecord(errors.SIZE_MISMATCH, where, f"file header says {claimed[0]}x{claimed[1]}, record says "
+                            f"{expected_size[0]}x{expected_size[1]} (height x width)")
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:

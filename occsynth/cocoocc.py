@@ -430,7 +430,11 @@ def _source_file(image: dict, root: Path) -> Path:
     if not isinstance(name, str):
         raise BadRecord(errors.MALFORMED_RECORD, f"image record {image.get('id')}", "no file_name")
     src = resolve_image_path(root, name)
-    if not src.is_file():
+    try:
+        found = src.is_file()
+    except OSError as exc:  # a name the file system cannot even look up (too long): no file, as for any other
+        raise BadRecord(errors.MISSING_FILE, f"image file {src}", exc.strerror or str(exc)) from None
+    if not found:
         raise BadRecord(errors.MISSING_FILE, f"image file {src}")
     return src
 

@@ -6,7 +6,9 @@ degenerate masks) are skipped and counted by reason; `--strict` names the first;
 one clear error. The output of the default run still satisfies `occsynth validate`.
 """
 import collections
+import io
 import json
+import os
 import shutil
 
 import cv2
@@ -187,3 +189,155 @@ def test_a_source_saved_with_a_byte_order_mark_is_read_by_every_command(demo_sou
     generated = COCO(str(tmp_path / "o" / "annotations.json"))
     assert len(generated.imgs) == 8 and generated.anns
     assert len(COCO(str(tmp_path / "a.json")).anns) == len(json.loads(ann.read_text())["annotations"])
+
+
+def _squares_source(folder, n=4, size=(48, 64)):
+    """A tiny source: ``n`` noise images, each with an isolated square (category 1) and rectangle (category 2),
+    as polygons; (annotations path, image root, data) - pass --min-area 16 to generate."""
+    (folder / "img").mkdir(parents=True)
+    h, w = size
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(n):
+        cv2.imwrite(str(folder / "img" / f"{i}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
+        anns += [{"id": 10 * i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "area": 256,
+                  "segmentation": [[8, 8, 24, 8, 24, 24, 8, 24]], "bbox": [8, 8, 16, 16]},
+                 {"id": 10 * i + 2, "image_id": i + 1, "category_id": 2, "iscrowd": 0, "area": 320,
+                  "segmentation": [[36, 10, 52, 10, 52, 30, 36, 30]], "bbox": [36, 10, 16, 20]}]
+    data = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    (folder / "ann.json").write_text(json.dumps(data))
+    return folder / "ann.json", folder / "img", data
+
+
+def _generate(ann, root, out, cache, *extra):
+    return CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out", str(out),
+                                              "--num-images", "8", "--min-area", "16", "--pastes", "1", "2",
+                                              "--cache-dir", str(cache), "--quiet", *extra])
+
+
+@pytest.fixture
+def no_hang():
+    """Turns a read that would block for ever (a named pipe) into a test failure after 20 s."""
+    import signal
+
+    def fail(*_):
+        raise TimeoutError("blocked reading a source image")
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_or_a_device_under_an_image_name_is_skipped_not_read(tmp_path, no_hang):
+    """A named pipe in the image root blocked generate for ever; a link to a device (a symlink inside the root
+    is followed, by design) was read to its end: /dev/zero has none and filled the memory."""
+    ann, root, _ = _squares_source(tmp_path / "src")
+    (root / "0.png").unlink()
+    os.mkfifo(root / "0.png")
+    (root / "1.png").unlink()
+    os.symlink(os.devnull, root / "1.png")
+    with pytest.raises(errors.BadRecord) as caught:
+        coco.read_image(root / "0.png", (48, 64))
+    assert caught.value.reason == errors.CORRUPT_IMAGE
+    assert caught.value.detail == "a named pipe (FIFO), not an image file"
+    with pytest.raises(errors.BadRecord) as caught:
+        coco.read_image(root / "1.png", (48, 64))
+    assert caught.value.detail == "a character device, not an image file"
+    with pytest.raises(errors.BadRecord) as caught:
+        coco.read_image(root, (48, 64))
+    assert caught.value.detail == "a folder, not an image file"
+
+    result = _generate(ann, root, tmp_path / "o", tmp_path / "c")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert set(manifest["skipped"]["counts"]) == {errors.CORRUPT_IMAGE}
+    assert "not an image file" in manifest["skipped"]["examples"][errors.CORRUPT_IMAGE]
+    assert len(json.loads((tmp_path / "o" / "annotations.json").read_text())["images"]) == 8
+    strict = _generate(ann, root, tmp_path / "s", tmp_path / "c2", "--strict")
+    assert strict.exit_code == 2 and "Traceback" not in strict.output
+    assert "not an image file" in strict.output and f"image file {root}" in strict.output, strict.output
+
+
+def test_a_decompression_bomb_is_refused_by_its_header_before_decoding(tmp_path, monkeypatch):
+    """A PNG or JPEG whose header claims another size than its record was decoded first and compared after: a
+    1 MB PNG of 20000x20000 px took 2.4 GB and 7 s in every worker that drew it. The header is read first."""
+    import struct
+    import zlib
+
+    def png_claiming(height, width):
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (coco.PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    decoded = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(coco.cv2, "imdecode", lambda *a: decoded.append(1) or real_imdecode(*a))
+    ann, root, data = _squares_source(tmp_path / "src")
+    (root / "0.png").write_bytes(png_claiming(20000, 30000))
+    with pytest.raises(errors.BadRecord) as caught:
+        coco.read_image(root / "0.png", (48, 64))
+    assert caught.value.reason == errors.SIZE_MISMATCH and not decoded
+    assert caught.value.detail == "file header says 20000x30000, record says 48x64 (height x width)"
+
+    jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = io.BytesIO()
+    Image.fromarray(np.zeros((64, 48, 3), np.uint8)).save(rotated, "JPEG", exif=exif.tobytes())
+    assert coco.header_size(jpeg) == (48, 64) and coco.header_size(rotated.getvalue()) == (64, 48)
+    assert coco.header_size(png_claiming(7, 9)) == (7, 9) and coco.header_size(b"GIF89a") is None
+    assert coco.decode_image(rotated.getvalue(), "x", (48, 64)).shape == (48, 64, 3)  # EXIF turns it upright
+    with pytest.raises(errors.BadRecord, match="file header says 48x64, record says 48x65"):
+        coco.decode_image(jpeg, "x", (48, 65))
+
+    result = _generate(ann, root, tmp_path / "o", tmp_path / "c")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert set(manifest["skipped"]["counts"]) == {errors.SIZE_MISMATCH}
+    assert "file header says 20000x30000" in manifest["skipped"]["examples"][errors.SIZE_MISMATCH]
+
+
+def test_json_nested_too_deeply_is_one_error(tmp_path):
+    """json.load recurses per level: build-cocoocc (which loads its file whole) printed a RecursionError traceback."""
+    ann, root, data = _squares_source(tmp_path / "src")
+    text = json.dumps(data).replace('"segmentation": [[8, 8, 24, 8, 24, 24, 8, 24]]',
+                                    '"segmentation": ' + "[" * 5000 + "]" * 5000, 1)
+    ann.write_text(text)
+    result = CliRunner().invoke(occsynth_main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and not isinstance(result.exception, RecursionError), result.exception
+    assert result.output == (f"Error: {ann}: JSON nested too deeply to read (a COCO file nests a few levels: "
+                             "objects in lists in an object)\n")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_file_name_too_long_to_look_up_is_skipped_not_fatal(tmp_path):
+    """One record whose file_name the file system cannot look up (ENAMETOOLONG) stopped generate, bank --images
+    and build-cocoocc as a whole ('File name too long') instead of being skipped like any missing image."""
+    ann, root, data = _squares_source(tmp_path / "src")
+    data["images"][0]["file_name"] = "x" * 300 + ".png"
+    data["annotations"][0]["bbox"] = [8, 8, 40, 20]  # image 1's two boxes overlap: COCO-OCC selects it
+    data["annotations"][2]["bbox"] = [36, 10, 16, 20]  # and image 2's, which stays
+    ann.write_text(json.dumps(data))
+    result = _generate(ann, root, tmp_path / "o", tmp_path / "c")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    skipped = json.loads((tmp_path / "o" / "manifest.json").read_text())["skipped"]
+    assert set(skipped["counts"]) == {errors.CORRUPT_IMAGE}
+    assert skipped["examples"][errors.CORRUPT_IMAGE].endswith("(File name too long)")
+
+    bank = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(ann), "--images", str(root), "--min-area", "16",
+                                              "--cache-dir", str(tmp_path / "c2"), "--quiet"])
+    assert bank.exit_code == 0 and "cutout pixels: 6 of 8 cutouts stored" in bank.output, bank.output
+
+    for mode in ([], ["--link"]):
+        out = tmp_path / f"occ{len(mode)}"
+        result = CliRunner().invoke(occsynth_main, ["build-cocoocc", "--ann", str(ann), "--images", str(root),
+                                                    "--out", str(out), *mode])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        report = json.loads((out / "report.json").read_text())
+        left_out = report["dropped_images"] if mode else report["images_without_file"]
+        assert [(d["id"], d["reason"]) for d in left_out] == [(1, errors.MISSING_FILE)]
+        assert report["counts"]["selected_images"] == 2
