@@ -101,7 +101,7 @@ class CocoInstances(Dataset):
         self.without_instances = 0  # images left out by drop_empty: no annotation to learn (none, or crowd only)
         for image_id, image in images.items():
             try:
-                path = coco.resolve_image_path(self.image_root, image["file_name"])
+                path = coco.record_image_path(self.image_root, image)
                 if check_files and not path.is_file():
                     raise BadRecord(errors.MISSING_FILE, f"image file {path}")
             except BadRecord as exc:

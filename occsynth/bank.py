@@ -47,7 +47,7 @@ from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
-                   is_id, iter_array, read_array, read_image, resolve_image_path, unique_by_id)
+                   is_id, iter_array, read_array, read_image, record_image_path, resolve_image_path, unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -819,7 +819,7 @@ def _pixel_image(bank: "Bank", image_root: Path, i: int) -> tuple:
     record = bank.image_record(i)
     height, width = record["height"], record["width"]
     try:
-        path = resolve_image_path(image_root, record["file_name"])
+        path = record_image_path(image_root, record)
         try:
             st = os.stat(path)   # before reading: a file changed afterwards never passes as the stored one
         except OSError:

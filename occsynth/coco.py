@@ -385,6 +385,15 @@ def resolve_image_path(image_root: str | os.PathLike, file_name: str) -> Path:
     return Path(image_root).absolute() / candidate
 
 
+def record_image_path(image_root: str | os.PathLike, image: dict) -> Path:
+    """:func:`resolve_image_path` of an image record's ``file_name``; a refused name names the record too
+    (``image record 12 (file_name '/etc/passwd')``), so that ``--strict`` says which record to fix."""
+    try:
+        return resolve_image_path(image_root, image.get("file_name"))
+    except BadRecord as exc:
+        raise BadRecord(exc.reason, f"{record_name('image', image)} ({exc.where})", exc.detail) from None
+
+
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None, *,
                bgr: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3); with ``bgr``, to OpenCV's BGR order, unconverted.

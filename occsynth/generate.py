@@ -26,7 +26,7 @@ from . import __version__, masks, writer
 from .atomic import BackgroundWriter, make_folder, remove_stale_temporaries
 from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_crop, ensure_bank, ensure_cutout_pixels,
                    no_cutouts_reason, open_bank)
-from .coco import encode_image, read_image, resolve_image_path
+from .coco import encode_image, read_image, record_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
 from .errors import BadRecord, OccsynthError, SkipLog
@@ -548,10 +548,10 @@ class SourceImages:
         return record
 
     def path(self, image_index: int) -> Path:
-        """``resolve_image_path`` of a source image, once per worker."""
+        """``record_image_path`` of a source image, once per worker."""
         path = self._paths.get(image_index)
         if path is None:
-            path = resolve_image_path(self.image_root, self.record(image_index)["file_name"])
+            path = record_image_path(self.image_root, self.record(image_index))
             if len(self._paths) >= 65536:
                 self._paths.clear()
             self._paths[image_index] = path

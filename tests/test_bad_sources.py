@@ -341,3 +341,24 @@ def test_a_file_name_too_long_to_look_up_is_skipped_not_fatal(tmp_path):
         left_out = report["dropped_images"] if mode else report["images_without_file"]
         assert [(d["id"], d["reason"]) for d in left_out] == [(1, errors.MISSING_FILE)]
         assert report["counts"]["selected_images"] == 2
+
+
+def test_a_file_name_leaving_the_image_root_is_named_by_its_record(tmp_path):
+    """--strict stopped with "file_name '/etc/passwd': ..." alone: which of 118k records to fix was left to a
+    search. generate (and the pixel store), build-cocoocc and bcnet's dataset now name the image record."""
+    ann, root, data = _squares_source(tmp_path / "src")
+    data["images"][2]["file_name"] = "/etc/passwd"
+    data["annotations"][5].update(segmentation=[[12, 12, 28, 12, 28, 28, 12, 28]], bbox=[12, 12, 16, 16])  # box IoU 0.39
+    ann.write_text(json.dumps(data))
+    words = "image record 3 (file_name '/etc/passwd'): file_name points outside the image root"
+    strict = _generate(ann, root, tmp_path / "strict", tmp_path / "c", "--strict")
+    assert strict.exit_code == 2 and f"Error: {words}" in strict.output, strict.output
+    for extra in ([], ["--no-cutout-pixels"]):  # the pixel store's skip, and generation's own
+        lenient = _generate(ann, root, tmp_path / f"lenient{len(extra)}", tmp_path / f"c{len(extra)}", *extra)
+        assert lenient.exit_code == 0 and f"e.g. {words}" in lenient.output, lenient.output
+    cocoocc = CliRunner().invoke(occsynth_main, ["build-cocoocc", "--ann", str(ann), "--images", str(root), "--out",
+                                                 str(tmp_path / "occ"), "--strict"])
+    assert cocoocc.exit_code == 2 and words in cocoocc.output, cocoocc.output
+    from bcnet.data import CocoInstances
+    dataset = CocoInstances(ann, root)
+    assert len(dataset) == 3 and words in dataset.skips.examples[errors.OUTSIDE_ROOT]
