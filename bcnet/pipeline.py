@@ -3,8 +3,8 @@
     synthetic set (occsynth generate)  ->  pretrain  ->  fine-tune on COCO train
     COCO-OCC (occsynth build-cocoocc)  ->  evaluate on val2017 and COCO-OCC  ->  one results table
 
-Every stage writes into its own folder under ``out_dir`` and counts as done when its final file
-exists (``annotations.json``, ``model_final.pt``, ``results.json``); a rerun skips finished stages
+Every stage writes into its own folder under ``out_dir`` and counts as done when every file it writes
+at its end exists (``STAGE_FILES``: a kill between two of them runs the stage again); a rerun skips finished stages
 and resumes an interrupted training from its newest checkpoint. A recipe in ``manifests/``
 (``pipeline-paper``, ``pipeline-tiny``) names the synthetic recipe and the two schedules.
 """
@@ -27,6 +27,10 @@ FINAL = "model_final.pt"
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
 STAGE_FOLDERS = ("synthetic", "pretrain", "finetune", "cocoocc", "evaluation")
 PIPELINE_TABLES = ("synthetic", "pretrain", "finetune", "cocoocc")  # what a pipeline recipe may hold
+# the files each stage writes at its end, one after the other; the stage is done once all of them exist
+STAGE_FILES = {"synthetic": ("annotations.json", "manifest.json"),
+               "cocoocc": ("annotations.json", "manifest.json", "report.json"),
+               "evaluation": ("results.json", "results.md")}
 
 
 @dataclasses.dataclass
@@ -95,7 +99,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     # 1. synthetic set
     if inputs.synthetic is None:
         synth_dir = out_dir / "synthetic"
-        if (synth_dir / "annotations.json").exists():
+        if stage_done(synth_dir, "synthetic"):
             log(f"[1/5] synthetic set: done ({synth_dir})")
         else:
             log(f"[1/5] synthetic set: generating with recipe {plan['synthetic']['recipe']} into {synth_dir}")
@@ -117,7 +121,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     # 4. COCO-OCC
     if inputs.cocoocc is None:
         occ_dir = out_dir / "cocoocc"
-        if (occ_dir / "annotations.json").exists():
+        if stage_done(occ_dir, "cocoocc"):
             log(f"[4/5] COCO-OCC: done ({occ_dir})")
         else:
             report = build_cocoocc(inputs.coco_val[0], occ_dir, progress=progress, **plan.get("cocoocc", {}))
@@ -127,7 +131,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
 
     # 5. evaluate
     eval_dir = out_dir / "evaluation"
-    if (eval_dir / "results.json").exists():
+    if stage_done(eval_dir, "evaluation"):
         log(f"[5/5] evaluation: done ({eval_dir})")
         results = read_json(eval_dir / "results.json")
     else:
@@ -142,6 +146,12 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     summary = {"recipe": recipe, "stages": stages, "results": results}
     write_json(out_dir / "pipeline.json", summary, indent=2)
     return {**summary, "table": table}
+
+
+def stage_done(folder: Path, stage: str) -> bool:
+    """Whether ``stage`` finished in ``folder``: its first file alone may be from a run killed before the others
+    were written (a set without manifest.json, an evaluation without results.md), which the stage then writes."""
+    return all((folder / name).is_file() for name in STAGE_FILES[stage])
 
 
 def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:

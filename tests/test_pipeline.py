@@ -116,6 +116,25 @@ def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stag
         check_run_recipe(tmp_path / "run", "mine", plan)
 
 
+def test_a_stage_killed_between_its_last_files_is_finished_by_the_rerun(pipeline_run, tmp_path):
+    """Each stage writes several files at its end (annotations.json before manifest.json, results.json before
+    results.md): a kill between them left a stage counted as done whose manifest or table was never written."""
+    out, report, _, recipe, (ann, root) = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for name in ("synthetic/manifest.json", "cocoocc/report.json", "evaluation/results.md"):
+        (copy / name).unlink()
+    logs = []
+    again = run_pipeline(copy, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe),
+                         device="cpu", cache_dir=out.parent / "cache", progress=False, log=logs.append)
+    assert [line.split(":")[0] for line in logs if "done" in line] == ["[2/5] pretrain", "[3/5] fine-tune"]
+    for name in ("synthetic/manifest.json", "cocoocc/report.json", "evaluation/results.md"):
+        assert (copy / name).read_text() == (out / name).read_text().replace(str(out), str(copy)), name
+    for name in ("synthetic/annotations.json", "cocoocc/annotations.json", "results.md"):
+        assert (copy / name).read_bytes() == (out / name).read_bytes(), name
+    assert again["results"] == report["results"]
+
+
 def test_interrupted_finetune_resumes_from_its_checkpoint(pipeline_run, tmp_path):
     out, report, _, recipe, (ann, root) = pipeline_run
     copy = tmp_path / "run"
