@@ -19,7 +19,7 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, read_json
+from occsynth.coco import check_coco_layout, file_hash, read_json
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError
 
@@ -93,7 +93,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         check_cocoocc_table(plan, recipe)
     else:
         check_coco_layout(inputs.cocoocc)
-    check_run_recipe(out_dir, recipe, plan)
+    check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
     # 1. synthetic set
@@ -154,10 +154,36 @@ def stage_done(folder: Path, stage: str) -> bool:
     return all((folder / name).is_file() for name in STAGE_FILES[stage])
 
 
-def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:
-    """Record the recipe a run folder is made with, or refuse one whose stages another recipe made: they
-    would count as this recipe's, and their results be reported under its name. A folder where no stage
-    has written anything yet (the first stage failed at once) takes the new recipe."""
+INPUTS = {"coco_train": "--coco-train-ann", "coco_val": "--coco-val-ann", "synthetic": "--synthetic",
+          "cocoocc": "--cocoocc"}  # the inputs a run folder records, and the options that give them
+
+
+def input_identities(out_dir: Path, inputs: PipelineInputs) -> dict:
+    """Each input's annotations file and its sha256 (``INPUTS``; None for a set the pipeline makes itself). The
+    content, not the path, names an input: a moved COCO folder or another --cache-dir's demo set is the same data.
+    A file that cannot be read has the sha256 None (a synthetic set deleted once pretraining finished)."""
+    def identity(path: Path | None) -> dict | None:
+        if path is None:
+            return None
+        try:
+            sha = file_hash(path)
+        except OSError:
+            sha = None
+        return {"annotations": str(path), "sha256": sha}
+
+    synthetic = inputs.synthetic[0] if inputs.synthetic else None
+    if synthetic is not None and Path(synthetic).resolve() == (Path(out_dir) / "synthetic" / "annotations.json").resolve():
+        synthetic = None  # the set this run folder generated, named by its path
+    return {"coco_train": identity(inputs.coco_train and inputs.coco_train[0]),
+            "coco_val": identity(inputs.coco_val and inputs.coco_val[0]), "synthetic": identity(synthetic),
+            "cocoocc": identity(inputs.cocoocc)}
+
+
+def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None = None) -> None:
+    """Record the recipe (and ``inputs``, :func:`input_identities`) a run folder is made with, or refuse one whose
+    stages another recipe or other input data made: they would count as done for this one, and their results be
+    reported under its name. A folder where no stage has written anything yet (the first stage failed at once)
+    takes the new recipe and inputs."""
     path = out_dir / RUN_FILE
     plan = json.loads(json.dumps(plan, default=str))  # as it comes back from the file (a TOML date as text)
     if path.is_file():
@@ -172,9 +198,31 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}"
                                 + (" (other settings)" if previous.get("recipe") == recipe else "")
                                 + f", not {recipe!r}; rerun it with that recipe to resume it, or choose another --out")
+        if inputs is not None and isinstance(previous.get("inputs"), dict):
+            _check_same_inputs(out_dir, previous["inputs"], inputs)
         if path.is_file():
             return
-    write_json(path, {"recipe": recipe, "plan": plan}, indent=2)
+    record = {"recipe": recipe, "plan": plan}
+    if inputs is not None:
+        record["inputs"] = inputs
+    write_json(path, record, indent=2)
+
+
+def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
+    """Refuse inputs other than those the run folder's stages were made from (``INPUTS``: an input the pipeline made,
+    None, against a given one, or two files of other content); an input that cannot be read now is not compared."""
+    def said(entry) -> str:
+        return "none given (the pipeline made it)" if not isinstance(entry, dict) else (
+            f"{entry.get('annotations')} (sha256 {str(entry.get('sha256'))[:12]})")
+
+    for key, option in INPUTS.items():
+        old, new = before.get(key), now.get(key)
+        if isinstance(new, dict) and (new["sha256"] is None or isinstance(old, dict) and old.get("sha256") is None):
+            continue
+        if (old is None) != (new is None) or (old is not None and old.get("sha256") != new["sha256"]):
+            raise OccsynthError(f"{out_dir} holds a pipeline run made from other input data: {option} was "
+                                f"{said(old)}, now {said(new)}; rerun it with the same inputs to resume it, or "
+                                "choose another --out")
 
 
 def synthetic_settings(plan: dict, recipe: str):

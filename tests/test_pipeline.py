@@ -104,6 +104,32 @@ def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipel
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_folder_made_from_other_input_data_is_refused_before_any_stage(pipeline_run, tmp_path):
+    """Same recipe, other COCO val (or train, --synthetic, --cocoocc): the finished stages (COCO-OCC built from the
+    old val, its evaluation) counted as done and their results were reported for the new data, without a word."""
+    out, report, _, recipe, (ann, root) = pipeline_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    other = tmp_path / "other.json"
+    data = json.loads(ann.read_text())
+    other.write_text(json.dumps({**data, "images": data["images"][:-1]}))
+    for changed, option in ((dict(coco_val=(other, root)), "--coco-val-ann"),
+                            (dict(coco_train=(other, root)), "--coco-train-ann"),
+                            (dict(cocoocc=other), "--cocoocc"),
+                            (dict(synthetic=(other, root)), "--synthetic")):
+        inputs = PipelineInputs(**{"coco_train": (ann, root), "coco_val": (ann, root), **changed})
+        with pytest.raises(OccsynthError, match=f"made from other input data: {option} was .*, now {other}"):
+            run_pipeline(out, inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # the same data elsewhere (a moved COCO folder), and the set the run generated named by its path, are the run's
+    moved = tmp_path / "moved.json"
+    shutil.copyfile(ann, moved)
+    logs = []
+    again = run_pipeline(out, PipelineInputs(coco_train=(moved, root), coco_val=(moved, root),
+                                             synthetic=(out / "synthetic" / "annotations.json", out / "synthetic" / "images")),
+                         recipe=str(recipe), device="cpu", progress=False, log=logs.append)
+    assert sum("done" in line for line in logs) == 4 and again["results"] == report["results"]
+
+
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
     from bcnet.pipeline import check_run_recipe
     plan = {"made": datetime.date(2026, 12, 1), "pretrain": {"schedule": "schedule-tiny"}}
