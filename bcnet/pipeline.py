@@ -236,6 +236,10 @@ def synthetic_settings(plan: dict, recipe: str):
     from occsynth.generate import RunSettings, run_settings
 
     section = dict(plan["synthetic"])
+    for table in ("composite", "bank"):
+        if table in section and not isinstance(section[table], dict):
+            raise OccsynthError(f"pipeline recipe {recipe!r} [synthetic]: {table!r} must be a table "
+                                f"([synthetic.{table}]), got {type(section[table]).__name__}")
     names = {kind: [f.name for f in dataclasses.fields(kind)] for kind in (RunSettings, CompositeOptions, BankOptions)}
     for table, given, known in (("synthetic", section, ["recipe", *names[RunSettings]]),
                                 ("synthetic.composite", section.get("composite"), names[CompositeOptions]),

@@ -358,6 +358,9 @@ def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypat
      "[synthetic.composite]: unknown setting 'pastez' (known: pastes, occlusion,"),
     ('schedule = "schedule-tiny"\niterations = 3', 'schedule = "nosuch"\niterations = 3',
      "[pretrain] schedule: schedule 'nosuch': no such TOML file or bundled schedule"),
+    ("num_images = 6", "num_images = 6\ncomposite = 3",
+     "[synthetic]: 'composite' must be a table ([synthetic.composite]), got int"),
+    ("num_images = 6", "num_images = 6\nbank = [1]", "[synthetic]: 'bank' must be a table ([synthetic.bank]), got list"),
 ])
 def test_every_recipe_setting_is_checked_before_the_first_stage(demo_source, tmp_path, old, new, words):
     ann, root = demo_source
