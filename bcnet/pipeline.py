@@ -22,6 +22,7 @@ from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import check_coco_layout, file_hash, read_json
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError
+from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 FINAL = "model_final.pt"
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
@@ -262,6 +263,10 @@ def check_synthetic_set(ann: Path, images: Path) -> None:
     missing = [] if ann.is_file() else [f"no {ann.name}"]
     if not images.is_dir():
         missing.append(f"no {images.name}/ folder" if images.parent == folder else f"no image folder {images}")
+    if not ann.is_file() and ann.name == ANNOTATIONS_FILE:
+        held = what_folder_holds(folder)
+        if held:  # an unfinished run, a shard, or shards merged elsewhere: say which
+            raise OccsynthError(f"synthetic set {folder}: no {ann.name} - {held}")
     if missing:  # its content is read by the next stage, pretraining, which names what is wrong in it
         raise OccsynthError(f"synthetic set {folder}: not an `occsynth generate` output ({' and '.join(missing)}); "
                             "give the folder that occsynth generate wrote")

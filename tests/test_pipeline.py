@@ -450,6 +450,21 @@ def test_a_synthetic_folder_that_is_no_generate_output_is_refused_before_the_fir
     assert "[2/5]" not in result.output and not (tmp_path / "run").exists()
 
 
+def test_a_half_finished_synthetic_set_is_named_as_one(pipeline_run, demo_source, tmp_path):
+    """A generate run killed before its merge (images/ and parts/, no annotations.json): the message said the folder
+    was no `occsynth generate` output at all, which it is; now it says how to finish it."""
+    out = pipeline_run[0]
+    synthetic = tmp_path / "synthetic"
+    shutil.copytree(out / "synthetic", synthetic)
+    (synthetic / "annotations.json").unlink()
+    (synthetic / "manifest.json").unlink()
+    result = _train_synthetic_on(synthetic, demo_source, tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"Error: synthetic set {synthetic}: no annotations.json - it holds an unfinished `occsynth generate` run "
+            "or one --shard of a set: finish it with the same command") in result.output, result.output
+    assert "[2/5]" not in result.output and not (tmp_path / "run").exists()
+
+
 def _train_synthetic_on(synthetic, demo_source, tmp_path):
     """`bcnet train-synthetic` of the tiny recipe with ``synthetic`` as its set, the demo as COCO."""
     ann, root = demo_source
