@@ -401,9 +401,9 @@ def test_the_cocoocc_stage_passes_the_recipe_options_and_progress(demo_source, t
 
     ann, root = demo_source
     out = tmp_path / "run"
-    for done in ("synthetic/annotations.json", "pretrain/model_final.pt", "finetune/model_final.pt",
-                 "evaluation/results.json"):  # every other stage counts as done
-        (out / done).parent.mkdir(parents=True)
+    for done in ("synthetic/annotations.json", "synthetic/manifest.json", "pretrain/model_final.pt",
+                 "finetune/model_final.pt", "evaluation/results.json", "evaluation/results.md"):  # the others are done
+        (out / done).parent.mkdir(parents=True, exist_ok=True)
         (out / done).write_text("{}")
     seen = {}
 
