@@ -3,8 +3,8 @@
     synthetic set (occsynth generate)  ->  pretrain  ->  fine-tune on COCO train
     COCO-OCC (occsynth build-cocoocc)  ->  evaluate on val2017 and COCO-OCC  ->  one results table
 
-Every stage writes into its own folder under ``out_dir`` and counts as done when its final file
-exists (``annotations.json``, ``model_final.pt``, ``results.json``); a rerun skips finished stages
+Every stage writes into its own folder under ``out_dir`` and counts as done when every file it writes
+at its end exists (``STAGE_FILES``: a kill between two of them runs the stage again); a rerun skips finished stages
 and resumes an interrupted training from its newest checkpoint. A recipe in ``manifests/``
 (``pipeline-paper``, ``pipeline-tiny``) names the synthetic recipe and the two schedules.
 """
@@ -19,14 +19,19 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, read_json
+from occsynth.coco import check_coco_layout, file_hash, read_json
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError
+from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 FINAL = "model_final.pt"
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
 STAGE_FOLDERS = ("synthetic", "pretrain", "finetune", "cocoocc", "evaluation")
 PIPELINE_TABLES = ("synthetic", "pretrain", "finetune", "cocoocc")  # what a pipeline recipe may hold
+# the files each stage writes at its end, one after the other; the stage is done once all of them exist
+STAGE_FILES = {"synthetic": ("annotations.json", "manifest.json"),
+               "cocoocc": ("annotations.json", "manifest.json", "report.json"),
+               "evaluation": ("results.json", "results.md")}
 
 
 @dataclasses.dataclass
@@ -89,13 +94,13 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         check_cocoocc_table(plan, recipe)
     else:
         check_coco_layout(inputs.cocoocc)
-    check_run_recipe(out_dir, recipe, plan)
+    check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
     # 1. synthetic set
     if inputs.synthetic is None:
         synth_dir = out_dir / "synthetic"
-        if (synth_dir / "annotations.json").exists():
+        if stage_done(synth_dir, "synthetic"):
             log(f"[1/5] synthetic set: done ({synth_dir})")
         else:
             log(f"[1/5] synthetic set: generating with recipe {plan['synthetic']['recipe']} into {synth_dir}")
@@ -117,7 +122,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     # 4. COCO-OCC
     if inputs.cocoocc is None:
         occ_dir = out_dir / "cocoocc"
-        if (occ_dir / "annotations.json").exists():
+        if stage_done(occ_dir, "cocoocc"):
             log(f"[4/5] COCO-OCC: done ({occ_dir})")
         else:
             report = build_cocoocc(inputs.coco_val[0], occ_dir, progress=progress, **plan.get("cocoocc", {}))
@@ -127,7 +132,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
 
     # 5. evaluate
     eval_dir = out_dir / "evaluation"
-    if (eval_dir / "results.json").exists():
+    if stage_done(eval_dir, "evaluation"):
         log(f"[5/5] evaluation: done ({eval_dir})")
         results = read_json(eval_dir / "results.json")
     else:
@@ -144,10 +149,42 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     return {**summary, "table": table}
 
 
-def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:
-    """Record the recipe a run folder is made with, or refuse one whose stages another recipe made: they
-    would count as this recipe's, and their results be reported under its name. A folder where no stage
-    has written anything yet (the first stage failed at once) takes the new recipe."""
+def stage_done(folder: Path, stage: str) -> bool:
+    """Whether ``stage`` finished in ``folder``: its first file alone may be from a run killed before the others
+    were written (a set without manifest.json, an evaluation without results.md), which the stage then writes."""
+    return all((folder / name).is_file() for name in STAGE_FILES[stage])
+
+
+INPUTS = {"coco_train": "--coco-train-ann", "coco_val": "--coco-val-ann", "synthetic": "--synthetic",
+          "cocoocc": "--cocoocc"}  # the inputs a run folder records, and the options that give them
+
+
+def input_identities(out_dir: Path, inputs: PipelineInputs) -> dict:
+    """Each input's annotations file and its sha256 (``INPUTS``; None for a set the pipeline makes itself). The
+    content, not the path, names an input: a moved COCO folder or another --cache-dir's demo set is the same data.
+    A file that cannot be read has the sha256 None (a synthetic set deleted once pretraining finished)."""
+    def identity(path: Path | None) -> dict | None:
+        if path is None:
+            return None
+        try:
+            sha = file_hash(path)
+        except OSError:
+            sha = None
+        return {"annotations": str(path), "sha256": sha}
+
+    synthetic = inputs.synthetic[0] if inputs.synthetic else None
+    if synthetic is not None and Path(synthetic).resolve() == (Path(out_dir) / "synthetic" / "annotations.json").resolve():
+        synthetic = None  # the set this run folder generated, named by its path
+    return {"coco_train": identity(inputs.coco_train and inputs.coco_train[0]),
+            "coco_val": identity(inputs.coco_val and inputs.coco_val[0]), "synthetic": identity(synthetic),
+            "cocoocc": identity(inputs.cocoocc)}
+
+
+def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None = None) -> None:
+    """Record the recipe (and ``inputs``, :func:`input_identities`) a run folder is made with, or refuse one whose
+    stages another recipe or other input data made: they would count as done for this one, and their results be
+    reported under its name. A folder where no stage has written anything yet (the first stage failed at once)
+    takes the new recipe and inputs."""
     path = out_dir / RUN_FILE
     plan = json.loads(json.dumps(plan, default=str))  # as it comes back from the file (a TOML date as text)
     if path.is_file():
@@ -162,9 +199,31 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict) -> None:
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}"
                                 + (" (other settings)" if previous.get("recipe") == recipe else "")
                                 + f", not {recipe!r}; rerun it with that recipe to resume it, or choose another --out")
+        if inputs is not None and isinstance(previous.get("inputs"), dict):
+            _check_same_inputs(out_dir, previous["inputs"], inputs)
         if path.is_file():
             return
-    write_json(path, {"recipe": recipe, "plan": plan}, indent=2)
+    record = {"recipe": recipe, "plan": plan}
+    if inputs is not None:
+        record["inputs"] = inputs
+    write_json(path, record, indent=2)
+
+
+def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
+    """Refuse inputs other than those the run folder's stages were made from (``INPUTS``: an input the pipeline made,
+    None, against a given one, or two files of other content); an input that cannot be read now is not compared."""
+    def said(entry) -> str:
+        return "none given (the pipeline made it)" if not isinstance(entry, dict) else (
+            f"{entry.get('annotations')} (sha256 {str(entry.get('sha256'))[:12]})")
+
+    for key, option in INPUTS.items():
+        old, new = before.get(key), now.get(key)
+        if isinstance(new, dict) and (new["sha256"] is None or isinstance(old, dict) and old.get("sha256") is None):
+            continue
+        if (old is None) != (new is None) or (old is not None and old.get("sha256") != new["sha256"]):
+            raise OccsynthError(f"{out_dir} holds a pipeline run made from other input data: {option} was "
+                                f"{said(old)}, now {said(new)}; rerun it with the same inputs to resume it, or "
+                                "choose another --out")
 
 
 def synthetic_settings(plan: dict, recipe: str):
@@ -178,6 +237,10 @@ def synthetic_settings(plan: dict, recipe: str):
     from occsynth.generate import RunSettings, run_settings
 
     section = dict(plan["synthetic"])
+    for table in ("composite", "bank"):
+        if table in section and not isinstance(section[table], dict):
+            raise OccsynthError(f"pipeline recipe {recipe!r} [synthetic]: {table!r} must be a table "
+                                f"([synthetic.{table}]), got {type(section[table]).__name__}")
     names = {kind: [f.name for f in dataclasses.fields(kind)] for kind in (RunSettings, CompositeOptions, BankOptions)}
     for table, given, known in (("synthetic", section, ["recipe", *names[RunSettings]]),
                                 ("synthetic.composite", section.get("composite"), names[CompositeOptions]),
@@ -200,6 +263,10 @@ def check_synthetic_set(ann: Path, images: Path) -> None:
     missing = [] if ann.is_file() else [f"no {ann.name}"]
     if not images.is_dir():
         missing.append(f"no {images.name}/ folder" if images.parent == folder else f"no image folder {images}")
+    if not ann.is_file() and ann.name == ANNOTATIONS_FILE:
+        held = what_folder_holds(folder)
+        if held:  # an unfinished run, a shard, or shards merged elsewhere: say which
+            raise OccsynthError(f"synthetic set {folder}: no {ann.name} - {held}")
     if missing:  # its content is read by the next stage, pretraining, which names what is wrong in it
         raise OccsynthError(f"synthetic set {folder}: not an `occsynth generate` output ({' and '.join(missing)}); "
                             "give the folder that occsynth generate wrote")

@@ -38,7 +38,8 @@ def _steps(ctx, param, value):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run directory: checkpoints, last_checkpoint, log.jsonl.")
 @click.option("--schedule", default="schedule-1x", show_default=True,
-              help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file.")
+              help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file. Not read with --resume: the run "
+                   "continues with the schedule saved in its checkpoint, the overrides given on top.")
 @click.option("--resume", is_flag=True,
               help="Continue exactly from the newest checkpoint in --out; overrides given with it (e.g. more "
                    "--iterations, a lower --lr) apply from there on (a run already at --iterations trains "

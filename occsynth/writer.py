@@ -73,19 +73,20 @@ def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if ann_path.is_dir():
         raise OccsynthError(f"{ann_path}: is a directory, expected the set's annotations JSON file")
     if not ann_path.is_file():
-        raise OccsynthError(f"{ann_path}: not found - {_what_folder_holds(path)}")
+        held = what_folder_holds(path) or "give a set folder holding annotations.json, or the annotations JSON file itself"
+        raise OccsynthError(f"{ann_path}: not found - {held}")
     return ann_path, path
 
 
-def _what_folder_holds(path: Path) -> str:
-    """For a folder without annotations.json: what it is, if occsynth wrote it, and where its set is."""
+def what_folder_holds(path: Path) -> str | None:
+    """For a folder without annotations.json: what it is, if occsynth wrote it, and where its set is (else None)."""
     merged_into = merged_into_of(path)
     if merged_into is not None:
         return f"its chunks were merged into {merged_into}, the set to use"
     if (path / PARTS / RUN_FILE).is_file():
         return ("it holds an unfinished `occsynth generate` run or one --shard of a set: finish it with the same "
                 "command, or join the shards with `occsynth merge`")
-    return "give a set folder holding annotations.json, or the annotations JSON file itself"
+    return None
 
 
 def merged_into_of(folder: Path) -> str | None:

@@ -104,6 +104,32 @@ def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipel
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_folder_made_from_other_input_data_is_refused_before_any_stage(pipeline_run, tmp_path):
+    """Same recipe, other COCO val (or train, --synthetic, --cocoocc): the finished stages (COCO-OCC built from the
+    old val, its evaluation) counted as done and their results were reported for the new data, without a word."""
+    out, report, _, recipe, (ann, root) = pipeline_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    other = tmp_path / "other.json"
+    data = json.loads(ann.read_text())
+    other.write_text(json.dumps({**data, "images": data["images"][:-1]}))
+    for changed, option in ((dict(coco_val=(other, root)), "--coco-val-ann"),
+                            (dict(coco_train=(other, root)), "--coco-train-ann"),
+                            (dict(cocoocc=other), "--cocoocc"),
+                            (dict(synthetic=(other, root)), "--synthetic")):
+        inputs = PipelineInputs(**{"coco_train": (ann, root), "coco_val": (ann, root), **changed})
+        with pytest.raises(OccsynthError, match=f"made from other input data: {option} was .*, now {other}"):
+            run_pipeline(out, inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # the same data elsewhere (a moved COCO folder), and the set the run generated named by its path, are the run's
+    moved = tmp_path / "moved.json"
+    shutil.copyfile(ann, moved)
+    logs = []
+    again = run_pipeline(out, PipelineInputs(coco_train=(moved, root), coco_val=(moved, root),
+                                             synthetic=(out / "synthetic" / "annotations.json", out / "synthetic" / "images")),
+                         recipe=str(recipe), device="cpu", progress=False, log=logs.append)
+    assert sum("done" in line for line in logs) == 4 and again["results"] == report["results"]
+
+
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
     from bcnet.pipeline import check_run_recipe
     plan = {"made": datetime.date(2026, 12, 1), "pretrain": {"schedule": "schedule-tiny"}}
@@ -114,6 +140,25 @@ def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stag
     (tmp_path / "run" / "synthetic").mkdir()
     with pytest.raises(OccsynthError, match="made with recipe 'other', not 'mine'"):
         check_run_recipe(tmp_path / "run", "mine", plan)
+
+
+def test_a_stage_killed_between_its_last_files_is_finished_by_the_rerun(pipeline_run, tmp_path):
+    """Each stage writes several files at its end (annotations.json before manifest.json, results.json before
+    results.md): a kill between them left a stage counted as done whose manifest or table was never written."""
+    out, report, _, recipe, (ann, root) = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for name in ("synthetic/manifest.json", "cocoocc/report.json", "evaluation/results.md"):
+        (copy / name).unlink()
+    logs = []
+    again = run_pipeline(copy, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe),
+                         device="cpu", cache_dir=out.parent / "cache", progress=False, log=logs.append)
+    assert [line.split(":")[0] for line in logs if "done" in line] == ["[2/5] pretrain", "[3/5] fine-tune"]
+    for name in ("synthetic/manifest.json", "cocoocc/report.json", "evaluation/results.md"):
+        assert (copy / name).read_text() == (out / name).read_text().replace(str(out), str(copy)), name
+    for name in ("synthetic/annotations.json", "cocoocc/annotations.json", "results.md"):
+        assert (copy / name).read_bytes() == (out / name).read_bytes(), name
+    assert again["results"] == report["results"]
 
 
 def test_interrupted_finetune_resumes_from_its_checkpoint(pipeline_run, tmp_path):
@@ -313,6 +358,9 @@ def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypat
      "[synthetic.composite]: unknown setting 'pastez' (known: pastes, occlusion,"),
     ('schedule = "schedule-tiny"\niterations = 3', 'schedule = "nosuch"\niterations = 3',
      "[pretrain] schedule: schedule 'nosuch': no such TOML file or bundled schedule"),
+    ("num_images = 6", "num_images = 6\ncomposite = 3",
+     "[synthetic]: 'composite' must be a table ([synthetic.composite]), got int"),
+    ("num_images = 6", "num_images = 6\nbank = [1]", "[synthetic]: 'bank' must be a table ([synthetic.bank]), got list"),
 ])
 def test_every_recipe_setting_is_checked_before_the_first_stage(demo_source, tmp_path, old, new, words):
     ann, root = demo_source
@@ -353,9 +401,9 @@ def test_the_cocoocc_stage_passes_the_recipe_options_and_progress(demo_source, t
 
     ann, root = demo_source
     out = tmp_path / "run"
-    for done in ("synthetic/annotations.json", "pretrain/model_final.pt", "finetune/model_final.pt",
-                 "evaluation/results.json"):  # every other stage counts as done
-        (out / done).parent.mkdir(parents=True)
+    for done in ("synthetic/annotations.json", "synthetic/manifest.json", "pretrain/model_final.pt",
+                 "finetune/model_final.pt", "evaluation/results.json", "evaluation/results.md"):  # the others are done
+        (out / done).parent.mkdir(parents=True, exist_ok=True)
         (out / done).write_text("{}")
     seen = {}
 
@@ -399,6 +447,21 @@ def test_a_synthetic_folder_that_is_no_generate_output_is_refused_before_the_fir
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert (f"Error: synthetic set {synthetic}: not an `occsynth generate` output ({missing})"
             in result.output), result.output
+    assert "[2/5]" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_half_finished_synthetic_set_is_named_as_one(pipeline_run, demo_source, tmp_path):
+    """A generate run killed before its merge (images/ and parts/, no annotations.json): the message said the folder
+    was no `occsynth generate` output at all, which it is; now it says how to finish it."""
+    out = pipeline_run[0]
+    synthetic = tmp_path / "synthetic"
+    shutil.copytree(out / "synthetic", synthetic)
+    (synthetic / "annotations.json").unlink()
+    (synthetic / "manifest.json").unlink()
+    result = _train_synthetic_on(synthetic, demo_source, tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"Error: synthetic set {synthetic}: no annotations.json - it holds an unfinished `occsynth generate` run "
+            "or one --shard of a set: finish it with the same command") in result.output, result.output
     assert "[2/5]" not in result.output and not (tmp_path / "run").exists()
 
 
