@@ -25,7 +25,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -240,21 +240,69 @@ def build(num_classes: int, config: dict, backbone_weights: str | None = None) -
     return build_model(num_classes, backbone_weights=backbone_weights or None, **config)
 
 
-def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+# modules whose output rows are per class, and how many rows a class has: row block r is label r, the category
+# at position r - 1 of the run's category ids (block 0: background, or unused in FCOS)
+CLASS_ROWS = {"box_predictor.cls_score": 1, "box_predictor.bbox_pred": 4, "classification_head.cls_logits": 1,
+              "predictor.mask_fcn_logits": 1, "occludee_predictor.predictors.mask": 1,
+              "predictor.predictors.mask": 1, "occludee_predictor.predictors.boundary": 1,
+              "predictor.predictors.boundary": 1}
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike,
+                       category_ids: Sequence[int] | None = None) -> dict:
     """Initialise from a bcnet checkpoint (e.g. pre-training on a synthetic set).
 
-    Tensors whose shape differs (another number of classes) are left as built. Returns
-    ``{"loaded": n, "left_as_built": [names of this model's tensors not loaded]}``; a checkpoint of
-    which nothing fits (another detector) is refused rather than silently training from scratch.
+    With ``category_ids`` (this run's) and a checkpoint of other categories, the per-class rows (``CLASS_ROWS``)
+    are taken by category id: each category both know starts from its own rows, the others as built (by shape
+    alone, another category's rows would be loaded for it whenever the counts agree). Other tensors whose shape
+    differs are left as built. Returns ``{"loaded": n, "left_as_built": [names of this model's tensors not loaded],
+    "by_category": number of categories whose rows were taken by id, or None}``; a checkpoint of which nothing
+    fits (another detector) is refused rather than silently training from scratch.
     """
-    state = ckpt.check_weights(ckpt.load_checkpoint(path)["model"], path)
+    saved = ckpt.load_checkpoint(path)
+    state = ckpt.check_weights(saved["model"], path)
     own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    source_ids = [int(c) for c in saved.get("category_ids") or []]
+    remap = category_ids is not None and bool(source_ids) and source_ids != [int(c) for c in category_ids]
+    fits, shared = {}, None
+    for name, tensor in state.items():
+        if name not in own:
+            continue
+        rows = _class_rows(name)
+        if remap and rows:
+            mapped = _rows_by_category(tensor, own[name], rows, source_ids, [int(c) for c in category_ids])
+            if mapped is not None:
+                fits[name], shared = mapped
+                continue
+        if own[name].shape == tensor.shape:
+            fits[name] = tensor
     if not fits:
         raise OccsynthError(f"{path}: none of its {len(state)} tensors fits this model (another detector, mask "
                             "head or backbone?)")
     model.load_state_dict(fits, strict=False)
-    return {"loaded": len(fits), "left_as_built": [k for k in own if k not in fits]}
+    return {"loaded": len(fits), "left_as_built": [k for k in own if k not in fits],
+            "by_category": None if shared is None else len(shared)}
+
+
+def _class_rows(name: str) -> int | None:
+    module = "." + name.rsplit(".", 1)[0]
+    return next((rows for suffix, rows in CLASS_ROWS.items() if module.endswith("." + suffix)), None)
+
+
+def _rows_by_category(saved: torch.Tensor, built: torch.Tensor, rows: int, saved_ids: list[int],
+                      ids: list[int]) -> tuple[torch.Tensor, list[int]] | None:
+    """``built`` with the row blocks of the categories ``saved`` also has (and block 0) copied from it, and those
+    categories; None when the tensors are not laid out as (categories + 1) blocks of ``rows``."""
+    if (saved.shape[0] != rows * (len(saved_ids) + 1) or built.shape[0] != rows * (len(ids) + 1)
+            or saved.shape[1:] != built.shape[1:]):
+        return None
+    out = built.clone()
+    out[:rows] = saved[:rows]
+    shared = [c for c in ids if c in saved_ids]
+    for c in shared:
+        to, source = (ids.index(c) + 1) * rows, (saved_ids.index(c) + 1) * rows
+        out[to:to + rows] = saved[source:source + rows]
+    return out, shared
 
 
 # --------------------------------------------------------------------------- loop
@@ -359,7 +407,10 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if state is not None:
         ckpt.load_weights(model, state["model"], resume_path)
     elif init_checkpoint:
-        init = load_model_weights(model, init_checkpoint)
+        init = load_model_weights(model, init_checkpoint, dataset.category_ids)
+        if init["by_category"] is not None and rank == 0:
+            tqdm.write(f"init: {init_checkpoint} was trained on other categories; per-class weights taken by "
+                       f"category id for the {init['by_category']} of {len(dataset.category_ids)} it shares")
         if init["left_as_built"] and rank == 0:
             names = init["left_as_built"]
             tqdm.write(f"init: {init['loaded']} tensors loaded from {init_checkpoint}; {len(names)} left as built "

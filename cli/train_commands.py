@@ -45,7 +45,8 @@ def _steps(ctx, param, value):
                    "--iterations, a lower --lr) apply from there on (a run already at --iterations trains "
                    "nothing; fewer --iterations than the checkpoint's is refused).")
 @click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False),
-              help="Start from this checkpoint's weights (fine-tuning).")
+              help="Start from this checkpoint's weights (fine-tuning). Per-class weights are taken by category "
+                   "id: categories it was not trained on start as built; other tensors whose shape differs too.")
 @click.option("--iterations", type=int, help="Override: number of iterations.")
 @click.option("--batch-size", type=int, help="Override: global images per iteration (lr scales with it).")
 @click.option("--lr", "base_lr", type=float, help="Override: base lr at the schedule's base batch size.")

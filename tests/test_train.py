@@ -596,3 +596,39 @@ def test_resume_from_a_damaged_newest_checkpoint_says_how_to_resume_from_an_earl
         T.train(tmp_path / "unused.json", tmp_path, out, schedule="schedule-tiny", resume=True, progress=False)
     assert "checkpoint_0000002.pt: not a readable checkpoint" in str(caught.value)
     assert f"earlier checkpoint in {out} (checkpoint_0000001.pt), write its name into {out / T.LAST}" in str(caught.value)
+
+
+@pytest.mark.parametrize("detector", ["faster-rcnn", "fcos"])
+def test_init_from_other_categories_takes_the_per_class_weights_by_category_id(tmp_path, detector):
+    """Weights were matched by shape alone: from a checkpoint of categories [1, 2, 3] into a run of [3, 1, 5], the
+    rows of category 1 initialised category 3's and so on, without a word. They are now taken by category id."""
+    from bcnet.model import build_model
+
+    torch.manual_seed(0)
+    source = build_model(4, backbone="tiny", detector=detector)  # categories 1, 2, 3 and the background
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=source, iteration=1, category_ids=[1, 2, 3], rng=False)
+    saved = source.state_dict()
+    torch.manual_seed(1)
+    target = build_model(4, backbone="tiny", detector=detector)
+    built = {k: v.clone() for k, v in target.state_dict().items()}
+    report = T.load_model_weights(target, tmp_path / "c.pt", [3, 1, 5])
+    now = target.state_dict()
+    assert report["by_category"] == 2 and not report["left_as_built"]
+    per_class = [k for k in now if T._class_rows(k)]
+    assert len(per_class) == (8 if detector == "faster-rcnn" else 6)  # class scores (+ boxes), mask, boundary
+    for name in per_class:
+        rows = T._class_rows(name)
+
+        def block(t, label):
+            return t[label * rows:(label + 1) * rows]
+        assert torch.equal(block(now[name], 0), block(saved[name], 0))  # the background (FCOS: unused) block
+        assert torch.equal(block(now[name], 1), block(saved[name], 3))  # category 3 from category 3
+        assert torch.equal(block(now[name], 2), block(saved[name], 1))  # category 1 from category 1
+        assert torch.equal(block(now[name], 3), block(built[name], 3))  # category 5, unknown to it: as built
+    assert all(torch.equal(now[k], saved[k]) for k in now if k not in per_class)
+    person_only = build_model(2, backbone="tiny", detector=detector)  # another count: a subset of its categories
+    assert T.load_model_weights(person_only, tmp_path / "c.pt", [2])["by_category"] == 1
+    assert all(torch.equal(person_only.state_dict()[k][T._class_rows(k):2 * T._class_rows(k)],
+                           saved[k][2 * T._class_rows(k):3 * T._class_rows(k)]) for k in per_class)
+    same = T.load_model_weights(build_model(4, backbone="tiny", detector=detector), tmp_path / "c.pt", [1, 2, 3])
+    assert same["by_category"] is None and not same["left_as_built"]
