@@ -460,24 +460,35 @@ def truncation(data: bytes) -> str | None:
     return None
 
 
+def _jpeg_marker(data: bytes, pos: int) -> tuple[int, int | None]:
+    """From ``pos``, past fill bytes and the markers without a segment (TEM, restarts): (position, marker byte) of
+    the next marker; marker -1 when a byte there is not a marker (a damaged file), None when the data ends first."""
+    n = len(data)
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return pos, -1
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+        else:
+            return pos, marker
+    return pos, None
+
+
 def _jpeg_end(data: bytes) -> bool:
     """Whether a JPEG's markers lead to its end-of-image marker: segments are skipped by their length (an EXIF
     thumbnail's own end marker is inside one), entropy-coded data up to the next marker that is not a
     stuffed 0xFF00 or a restart. False when the data ends first; True when the walk meets something that is
     not a marker (a damaged file: the decoder decides)."""
     pos, n = 2, len(data)
-    while pos + 1 < n:
-        if data[pos] != 0xFF:
+    while True:
+        pos, marker = _jpeg_marker(data, pos)
+        if marker is None:
+            return False
+        if marker in (-1, 0xD9):
             return True
-        marker = data[pos + 1]
-        if marker == 0xD9:
-            return True
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
         if pos + 4 > n:
             return False
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
@@ -493,7 +504,6 @@ def _jpeg_end(data: bytes) -> bool:
                     pos += 1
                 else:
                     break
-    return False
 
 
 def _png_end(data: bytes) -> bool:
@@ -526,25 +536,16 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     if data[:2] != b"\xff\xd8":
         return None
     pos, n = 2, len(data)
-    while pos + 3 < n:
-        if data[pos] != 0xFF:
+    while True:
+        pos, marker = _jpeg_marker(data, pos)
+        if marker is None or marker in (-1, 0xD9, 0xDA):  # the end, damage, or scan data before any frame header
             return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
         if marker in _JPEG_FRAMES:
             if pos + 9 > n:
                 return None
             height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
             return (height, width) if height else None  # 0: the height comes later (a DNL marker)
-        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
-            return None
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return None
 
 
 def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None = None, *,
