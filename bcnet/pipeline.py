@@ -10,6 +10,7 @@ and resumes an interrupted training from its newest checkpoint. A recipe in ``ma
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -19,9 +20,9 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, file_hash, read_json
+from occsynth.coco import check_coco_layout, file_hash, read_array, read_json, record_image_path
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError
+from occsynth.errors import BadRecord, OccsynthError
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 FINAL = "model_final.pt"
@@ -94,6 +95,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         check_cocoocc_table(plan, recipe)
     else:
         check_coco_layout(inputs.cocoocc)
+        if not stage_done(out_dir / "evaluation", "evaluation"):
+            check_cocoocc_images(inputs.cocoocc, inputs.coco_val[1])
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
@@ -224,6 +227,20 @@ def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
             raise OccsynthError(f"{out_dir} holds a pipeline run made from other input data: {option} was "
                                 f"{said(old)}, now {said(new)}; rerun it with the same inputs to resume it, or "
                                 "choose another --out")
+
+
+def check_cocoocc_images(ann: Path, val_images: Path, sample: int = 50) -> None:
+    """Refuse a --cocoocc file none of whose images (up to ``sample``, spread over it) is under the val image
+    folder, where its evaluation reads them: found only then, it stopped the run after all the training."""
+    images = [im for im in read_array(ann, "images") if isinstance(im, dict)]
+    chosen = images[::max(1, len(images) // sample)][:sample]
+    paths = []
+    for image in chosen:
+        with contextlib.suppress(BadRecord):  # a bad record is skipped, and counted, by the evaluation
+            paths.append(record_image_path(val_images, image))
+    if paths and not any(p.is_file() for p in paths):
+        raise OccsynthError(f"--cocoocc {ann}: none of {len(paths)} sampled images is under --coco-val-images "
+                            f"{val_images} (e.g. {paths[0]}); COCO-OCC is a subset of val2017, evaluated on its images")
 
 
 def synthetic_settings(plan: dict, recipe: str):

@@ -130,6 +130,21 @@ def test_a_run_folder_made_from_other_input_data_is_refused_before_any_stage(pip
     assert sum("done" in line for line in logs) == 4 and again["results"] == report["results"]
 
 
+def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_stage(demo_source, tmp_path):
+    """--cocoocc made for another image folder: its evaluation found no image, after all the training."""
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    elsewhere = tmp_path / "occ.json"
+    elsewhere.write_text(json.dumps({**data, "images": [{**im, "file_name": "val2017/" + im["file_name"]}
+                                                        for im in data["images"]]}))
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), cocoocc=elsewhere)
+    with pytest.raises(OccsynthError, match=rf"--cocoocc {elsewhere}: none of \d+ sampled images is under "
+                                            rf"--coco-val-images {root} \(e\.g\. {root}/val2017/"):
+        run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run" / "synthetic").exists()
+
+
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
     from bcnet.pipeline import check_run_recipe
     plan = {"made": datetime.date(2026, 12, 1), "pretrain": {"schedule": "schedule-tiny"}}
