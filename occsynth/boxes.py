@@ -29,17 +29,20 @@ def pairwise_overlap(boxes_xywh: np.ndarray, measure: str = "iou") -> np.ndarray
     """
     if measure not in OVERLAP_MEASURES:
         raise ValueError(f"overlap measure must be one of {OVERLAP_MEASURES}, got {measure!r}")
-    xyxy = xywh_to_xyxy(boxes_xywh)
-    areas = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
-    lt = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2])
-    rb = np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    if measure == "iou":
-        denom = areas[:, None] + areas[None, :] - inter
-    else:
-        denom = np.minimum(areas[:, None], areas[None, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # finite boxes too large for float64 areas (sides of 1e200: garbage, not objects) overflow to inf and NaN:
+    # their overlap is 0 (a NaN, inf / inf under "min", would reach the report as invalid JSON), without warnings
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        xyxy = xywh_to_xyxy(boxes_xywh)
+        areas = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+        lt = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2])
+        rb = np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
+        wh = np.clip(rb - lt, 0, None)
+        inter = wh[..., 0] * wh[..., 1]
+        if measure == "iou":
+            denom = areas[:, None] + areas[None, :] - inter
+        else:
+            denom = np.minimum(areas[:, None], areas[None, :])
         overlap = np.where(denom > 0, inter / np.where(denom > 0, denom, 1), 0.0)
+    overlap[~np.isfinite(overlap)] = 0.0
     np.fill_diagonal(overlap, 0.0)
     return overlap

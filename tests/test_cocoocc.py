@@ -658,3 +658,20 @@ def test_the_cleanup_of_a_failed_build_removes_only_what_a_build_writes(tmp_path
     with pytest.raises(OccsynthError, match="disk full"):
         build_cocoocc(ann, out, image_root=root, image_mode="copy", threshold=0.1)
     assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+
+
+def test_boxes_too_large_for_float64_areas_overlap_by_zero_without_numpy_warnings():
+    """Sides of 1e200 (finite, so is_box keeps them) overflowed to inf and NaN: build-cocoocc printed numpy's
+    RuntimeWarnings, and the "min" overlap of two such boxes was NaN (inf / inf). It is 0; a sane pair beside them is
+    measured as ever."""
+    import warnings
+
+    from occsynth.boxes import pairwise_overlap
+    boxes = [[0, 0, 1e200, 1e200], [0, 0, 1e200, 1e200], [0, 0, 10, 10], [5, 0, 10, 10]]
+    for measure in ("iou", "min"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            overlap = pairwise_overlap(np.array(boxes), measure)
+        assert overlap[0, 1] == 0.0  # two of them: inf / inf under "min", NaN before
+        assert overlap[0, 2] == (0.0 if measure == "iou" else 1.0)  # a sane box inside a huge one: finite, as ever
+        assert overlap[2, 3] == pytest.approx(50 / 150 if measure == "iou" else 0.5)
