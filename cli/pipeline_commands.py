@@ -18,7 +18,7 @@ from occsynth import stopping
 @click.option("--coco-val-ann", type=click.Path(exists=True, dir_okay=False), help="instances_val2017.json (evaluation; COCO-OCC is built from it).")
 @click.option("--coco-val-images", type=click.Path(exists=True, file_okay=False), help="val2017/ image folder.")
 @click.option("--synthetic", type=click.Path(exists=True, file_okay=False), help="An existing `occsynth generate` output to pretrain on (else it is generated).")
-@click.option("--cocoocc", type=click.Path(exists=True, dir_okay=False), help="An existing COCO-OCC annotations.json (else it is built).")
+@click.option("--cocoocc", type=click.Path(exists=True, dir_okay=False), help="An existing COCO-OCC annotations.json (else it is built); its images are read from --coco-val-images, checked before any stage.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Workers for generating the synthetic set (at most one per CPU core is started).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
 @cache_dir_option
@@ -28,8 +28,10 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
     """Generate a synthetic occlusion set, pretrain BCNet on it, fine-tune on COCO train, and
     evaluate on val2017 and COCO-OCC, writing one results table (OUT/results.md).
 
-    Each stage is skipped when its output exists and resumes from its newest checkpoint when it
-    was interrupted: rerun the same command after a crash.
+    Each stage is skipped once every file it writes at its end exists, and a training resumes from
+    its newest checkpoint when it was interrupted: rerun the same command after a crash. The run
+    folder records its recipe and the sha256 of its input annotation files; another recipe, or other
+    data, is refused there.
     """
     from bcnet.pipeline import PipelineInputs, run_pipeline, tiny_inputs
 

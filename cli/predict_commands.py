@@ -19,8 +19,8 @@ from cli.common import quiet_option
 def predict_command(inputs, checkpoint, out, score_threshold, device, no_pictures, quiet):
     """Run a trained model on images or folders of images.
 
-    Folders are searched recursively for .jpg, .jpeg, .png, .bmp, .tif, .tiff and .webp files;
-    files that cannot be read are skipped and listed. Writes COCO results JSON and, per image, a
+    Folders are searched recursively for .jpg, .jpeg, .png, .bmp, .tif, .tiff and .webp files
+    (not the pictures an earlier run wrote into --out); files that cannot be read are skipped and listed. Writes COCO results JSON and, per image, a
     picture with three panels: detections (masks, boxes, labels), the occludee mask probabilities,
     and the occluder branch's heat map.
     """

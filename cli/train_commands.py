@@ -70,7 +70,7 @@ def _steps(ctx, param, value):
               help="Override: local backbone weights file (default: from scratch).")
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), help="Override: mixed precision (CUDA only).")
 @click.option("--accumulate", type=int, help="Override: gradient accumulation steps per iteration.")
-@click.option("--workers", type=int, help="Override: data loader processes.")
+@click.option("--workers", type=int, help="Override: data loader processes (at most one per CPU core is started).")
 @click.option("--seed", type=int, help="Override: seed.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")

@@ -158,6 +158,19 @@ def test_crowd_degenerate_and_unsafe_records_are_left_out(tmp_path):
         _dataset(root, strict=True)  # the error names the file the record is in
 
 
+def test_a_file_name_too_long_to_look_up_is_a_missing_image_not_a_crash(tmp_path):
+    """A file_name the file system cannot even look up (ENAMETOOLONG): bcnet train and evaluate stopped with
+    'File name too long' instead of skipping the record as a missing image, as generate and build-cocoocc do."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    data["images"][2]["file_name"] = "x" * 300 + ".png"
+    save_annotations(root, data)
+    ds = _dataset(root)
+    assert ds.image_ids == [1, 2] and ds.skips.counts == {"missing image file": 1}
+    with pytest.raises(BadRecord, match="missing image file"):
+        _dataset(root, strict=True)
+
+
 def test_a_repeated_annotation_id_keeps_the_first_record_and_is_counted(tmp_path):
     root = write_dataset(tmp_path / "set")
     data = load_annotations(root)

@@ -145,6 +145,22 @@ def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_sta
     assert not (tmp_path / "run" / "synthetic").exists()
 
 
+def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
+    """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
+    skips it: the sampled check raised the OSError and stopped the whole run."""
+    from bcnet.pipeline import check_cocoocc_images
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    long_first = tmp_path / "occ.json"
+    long_first.write_text(json.dumps({**data, "images": [{**data["images"][0], "file_name": "x" * 300 + ".jpg"},
+                                                         *data["images"][1:]]}))
+    check_cocoocc_images(long_first, root)  # the other sampled images are there
+    only_long = tmp_path / "long.json"
+    only_long.write_text(json.dumps({**data, "images": [{**data["images"][0], "file_name": "x" * 300 + ".jpg"}]}))
+    with pytest.raises(OccsynthError, match="none of 1 sampled images is under --coco-val-images"):
+        check_cocoocc_images(only_long, root)
+
+
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
     from bcnet.pipeline import check_run_recipe
     plan = {"made": datetime.date(2026, 12, 1), "pretrain": {"schedule": "schedule-tiny"}}
