@@ -102,12 +102,8 @@ class CocoInstances(Dataset):
         for image_id, image in images.items():
             try:
                 path = coco.record_image_path(self.image_root, image)
-                try:
-                    found = not check_files or path.is_file()
-                except OSError as exc:  # a name the file system cannot even look up (too long): no file either
-                    raise BadRecord(errors.MISSING_FILE, f"image file {path}", exc.strerror or str(exc)) from None
-                if not found:
-                    raise BadRecord(errors.MISSING_FILE, f"image file {path}")
+                if check_files:
+                    coco.require_image_file(path)
             except BadRecord as exc:
                 self.skip(exc)
                 continue

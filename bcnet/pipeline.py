@@ -20,7 +20,7 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, file_hash, read_array, read_json, record_image_path
+from occsynth.coco import check_coco_layout, file_hash, image_file_exists, read_array, read_json, record_image_path
 from occsynth.cocoocc import check_options
 from occsynth.errors import BadRecord, OccsynthError
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
@@ -238,18 +238,9 @@ def check_cocoocc_images(ann: Path, val_images: Path, sample: int = 50) -> None:
     for image in chosen:
         with contextlib.suppress(BadRecord):  # a bad record is skipped, and counted, by the evaluation
             paths.append(record_image_path(val_images, image))
-    if paths and not any(_is_file(p) for p in paths):
+    if paths and not any(image_file_exists(p) for p in paths):
         raise OccsynthError(f"--cocoocc {ann}: none of {len(paths)} sampled images is under --coco-val-images "
                             f"{val_images} (e.g. {paths[0]}); COCO-OCC is a subset of val2017, evaluated on its images")
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False for a name the file system cannot even look up (too long): the evaluation skips
-    that record as a missing image, so it must not stop the run here."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def synthetic_settings(plan: dict, recipe: str):

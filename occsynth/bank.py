@@ -47,7 +47,8 @@ from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
-                   is_id, iter_array, read_array, read_image, record_image_path, resolve_image_path, unique_by_id)
+                   image_file_exists, is_id, iter_array, read_array, read_image, record_image_path, resolve_image_path,
+                   unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -685,18 +686,9 @@ def check_image_root(bank: Bank, image_root: str | os.PathLike, sample: int = 20
             paths.append(resolve_image_path(image_root, bank.image_record(int(i))["file_name"]))
         except BadRecord:
             continue
-    if paths and not any(_is_file(p) for p in paths):
+    if paths and not any(image_file_exists(p) for p in paths):
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
                             "is --images the folder that the file_name entries are relative to?")
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False where the name cannot even be looked up (too long for the file system): one
-    such record is skipped when its image is read, it does not stop the run."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def pixel_store_bytes(bank: Bank) -> int:

@@ -394,6 +394,27 @@ def record_image_path(image_root: str | os.PathLike, image: dict) -> Path:
         raise BadRecord(exc.reason, f"{record_name('image', image)} ({exc.where})", exc.detail) from None
 
 
+def require_image_file(path: Path) -> Path:
+    """``path`` if a file is there, else a BadRecord "missing image file" (also for a name the file system cannot
+    even look up, such as one too long: that record is skipped like any missing image, it does not stop a run)."""
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise BadRecord(errors.MISSING_FILE, f"image file {path}", exc.strerror or str(exc)) from None
+    if not found:
+        raise BadRecord(errors.MISSING_FILE, f"image file {path}")
+    return path
+
+
+def image_file_exists(path: Path) -> bool:
+    """Whether :func:`require_image_file` finds a file at ``path`` (for sampling whether an image root is right)."""
+    try:
+        require_image_file(path)
+    except BadRecord:
+        return False
+    return True
+
+
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None, *,
                bgr: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3); with ``bgr``, to OpenCV's BGR order, unconverted.

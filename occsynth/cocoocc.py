@@ -42,7 +42,7 @@ from . import errors
 from .atomic import make_folder, open_atomic, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
 from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, check_segmentation, file_hash,
-                   read_dataset, record_image_path, resolve_image_path, unique_by_id)
+                   read_dataset, record_image_path, require_image_file, resolve_image_path, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
 
 PAPER_COUNT = 1005
@@ -429,14 +429,7 @@ def _source_file(image: dict, root: Path) -> Path:
     name = image.get("file_name")
     if not isinstance(name, str):
         raise BadRecord(errors.MALFORMED_RECORD, f"image record {image.get('id')}", "no file_name")
-    src = record_image_path(root, image)
-    try:
-        found = src.is_file()
-    except OSError as exc:  # a name the file system cannot even look up (too long): no file, as for any other
-        raise BadRecord(errors.MISSING_FILE, f"image file {src}", exc.strerror or str(exc)) from None
-    if not found:
-        raise BadRecord(errors.MISSING_FILE, f"image file {src}")
-    return src
+    return require_image_file(record_image_path(root, image))
 
 
 def _unfound_images(images: list[dict], root: Path, strict: bool, progress: bool = False) -> list[dict]:
