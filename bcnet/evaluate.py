@@ -234,8 +234,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         if levels["occlusion_ratio"]:
             out["segm_by_occlusion_ratio"] = _split_eval(data, loaded["segm"], levels["occlusion_ratio"],
                                                          ratio_edges, image_ids)
-    if lists:
-        out.update(occsep_metrics(data, results, lists))
+    if lists:  # over the evaluated images only: an object on another one (not scored) is outside the set
+        out.update(occsep_metrics(data, results, lists, image_ids=image_ids))
     out["skipped"] = skips.to_dict()
     return out
 
@@ -423,16 +423,22 @@ def check_occsep_entries(data: dict, lists: dict[str, ObjectList], where: str | 
                                     f"differs from the size {size} of image {file_name!r} in {where}")
 
 
-def occsep_metrics(data: dict, results: list[dict], lists: dict[str, ObjectList]) -> dict:
+def occsep_metrics(data: dict, results: list[dict], lists: dict[str, ObjectList],
+                   image_ids: Sequence[int] | None = None) -> dict:
     """Occluded / Separated COCO recall of ``results`` for each loaded list (:mod:`bcnet.occsep`).
 
     Objects are matched to images by file name (also by the file name's last part when that is
-    unambiguous, so lists of bare COCO names work with ``val2017/...`` records). Returns
-    ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set, score_threshold,
-    iou_threshold}}}``: recall over the listed objects on ``data``'s images (None when none of them
-    is on these images); ``outside_set`` counts the others (a subset such as COCO-OCC leaves many out).
+    unambiguous among all of ``data``'s images, so lists of bare COCO names work with ``val2017/...``
+    records). Returns ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set,
+    score_threshold, iou_threshold}}}``: recall over the listed objects on ``data``'s images, or on
+    those of ``image_ids`` when given (the images evaluated; None when none of them is on these
+    images); ``outside_set`` counts the others (a subset such as COCO-OCC leaves many out; so does
+    an evaluation that skipped unreadable images: their objects are not scored, not missed).
     """
     gt_images = _file_name_index(data["images"])
+    if image_ids is not None:
+        evaluated = set(image_ids)
+        gt_images = {name: image_id for name, image_id in gt_images.items() if image_id in evaluated}
     out: dict = {"occsep": {}}
     for key, listed in lists.items():
         found = occsep.occsep_recall(results, gt_images, listed.objects, categories=data.get("categories"))
