@@ -11,7 +11,7 @@ Occlusion splits (mask AP only). Each non-crowd ground truth gets an occlusion l
   non-crowd ground truth of the same image (0 when it is alone), binned by ``overlap_edges``;
 - ``occlusion_ratio``: the annotation's ``occlusion_ratio`` field (occsynth sets: 1 - visible /
   amodal area), binned by ``ratio_edges``; only when some ground truths have the field (those
-  without it belong to no ratio bin).
+  without it, or whose value is no finite number, belong to no ratio bin).
 
 Bins are ``[0, e0), [e0, e1), ..., [e_last, 1]`` (default edges 0.1, 0.3). The AP of a bin is COCO mask AP where every
 ground truth outside the bin is turned into an ignore region (``iscrowd = 1``: a detection that
@@ -461,14 +461,15 @@ def _file_name_index(images: list[dict]) -> dict[str, int]:
 
 def occlusion_levels(data: dict) -> dict:
     """Per non-crowd ground-truth id: ``box_overlap`` (largest box IoU with another one of its
-    image) and ``occlusion_ratio`` (the annotation field, where present)."""
+    image) and ``occlusion_ratio`` (the annotation field, where it is a finite number: a bool, NaN or
+    infinity would otherwise land in the last, most occluded bin)."""
     by_image: dict[int, list[dict]] = {}
     ratio = {}
     for ann in data["annotations"]:
         if ann.get("iscrowd", 0):
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
-        if isinstance(ann.get("occlusion_ratio"), (int, float)):
+        if mask_ops.finite_number(ann.get("occlusion_ratio")):  # not true/false, NaN or inf: no ratio, no bin
             ratio[ann["id"]] = float(ann["occlusion_ratio"])
     overlap = {}
     for anns in by_image.values():
