@@ -11,7 +11,7 @@ Occlusion splits (mask AP only). Each non-crowd ground truth gets an occlusion l
   non-crowd ground truth of the same image (0 when it is alone), binned by ``overlap_edges``;
 - ``occlusion_ratio``: the annotation's ``occlusion_ratio`` field (occsynth sets: 1 - visible /
   amodal area), binned by ``ratio_edges``; only when some ground truths have the field (those
-  without it belong to no ratio bin).
+  without it, or whose value is no finite number, belong to no ratio bin).
 
 Bins are ``[0, e0), [e0, e1), ..., [e_last, 1]`` (default edges 0.1, 0.3). The AP of a bin is COCO mask AP where every
 ground truth outside the bin is turned into an ignore region (``iscrowd = 1``: a detection that
@@ -234,8 +234,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         if levels["occlusion_ratio"]:
             out["segm_by_occlusion_ratio"] = _split_eval(data, loaded["segm"], levels["occlusion_ratio"],
                                                          ratio_edges, image_ids)
-    if lists:
-        out.update(occsep_metrics(data, results, lists))
+    if lists:  # over the evaluated images only: an object on another one (not scored) is outside the set
+        out.update(occsep_metrics(data, results, lists, image_ids=image_ids))
     out["skipped"] = skips.to_dict()
     return out
 
@@ -423,16 +423,22 @@ def check_occsep_entries(data: dict, lists: dict[str, ObjectList], where: str | 
                                     f"differs from the size {size} of image {file_name!r} in {where}")
 
 
-def occsep_metrics(data: dict, results: list[dict], lists: dict[str, ObjectList]) -> dict:
+def occsep_metrics(data: dict, results: list[dict], lists: dict[str, ObjectList],
+                   image_ids: Sequence[int] | None = None) -> dict:
     """Occluded / Separated COCO recall of ``results`` for each loaded list (:mod:`bcnet.occsep`).
 
     Objects are matched to images by file name (also by the file name's last part when that is
-    unambiguous, so lists of bare COCO names work with ``val2017/...`` records). Returns
-    ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set, score_threshold,
-    iou_threshold}}}``: recall over the listed objects on ``data``'s images (None when none of them
-    is on these images); ``outside_set`` counts the others (a subset such as COCO-OCC leaves many out).
+    unambiguous among all of ``data``'s images, so lists of bare COCO names work with ``val2017/...``
+    records). Returns ``{"<key>_recall": 0..1, "occsep": {key: {found, total, recall, outside_set,
+    score_threshold, iou_threshold}}}``: recall over the listed objects on ``data``'s images, or on
+    those of ``image_ids`` when given (the images evaluated; None when none of them is on these
+    images); ``outside_set`` counts the others (a subset such as COCO-OCC leaves many out; so does
+    an evaluation that skipped unreadable images: their objects are not scored, not missed).
     """
     gt_images = _file_name_index(data["images"])
+    if image_ids is not None:
+        evaluated = set(image_ids)
+        gt_images = {name: image_id for name, image_id in gt_images.items() if image_id in evaluated}
     out: dict = {"occsep": {}}
     for key, listed in lists.items():
         found = occsep.occsep_recall(results, gt_images, listed.objects, categories=data.get("categories"))
@@ -455,14 +461,15 @@ def _file_name_index(images: list[dict]) -> dict[str, int]:
 
 def occlusion_levels(data: dict) -> dict:
     """Per non-crowd ground-truth id: ``box_overlap`` (largest box IoU with another one of its
-    image) and ``occlusion_ratio`` (the annotation field, where present)."""
+    image) and ``occlusion_ratio`` (the annotation field, where it is a finite number: a bool, NaN or
+    infinity would otherwise land in the last, most occluded bin)."""
     by_image: dict[int, list[dict]] = {}
     ratio = {}
     for ann in data["annotations"]:
         if ann.get("iscrowd", 0):
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
-        if isinstance(ann.get("occlusion_ratio"), (int, float)):
+        if mask_ops.finite_number(ann.get("occlusion_ratio")):  # not true/false, NaN or inf: no ratio, no bin
             ratio[ann["id"]] = float(ann["occlusion_ratio"])
     overlap = {}
     for anns in by_image.values():

@@ -528,3 +528,37 @@ def test_a_listed_object_of_no_category_of_the_set_is_refused_naming_the_list_an
             E.check_occsep_entries(data, lists, "gt.json")
         assert str(raised.value) == (f"separated object list: entry 3: its class {cls!r} is no category {kind} of "
                                      "gt.json, so no prediction could match it")
+
+
+def test_occsep_recall_counts_objects_on_images_not_evaluated_outside_the_set():
+    """``image_ids`` (evaluate_checkpoint passes the images it could read) limits the recall as it limits AP:
+    an object on an image that was not evaluated has no prediction to be found by, so it is not a miss."""
+    gt = gt_set()
+    whole = mask_ops.encode(rect(2, 2, 12, 12))
+    entry = lambda name: [name, "a", 0, [2, 2, 10, 10], whole]  # noqa: E731
+    lists = {"occluded": [entry("1.png"), entry("2.png"), entry("2.png"), entry("9.png")]}
+    results = [det(1, 10, rect(2, 2, 12, 12), 0.9)]  # finds the object on image 1
+    every = E.evaluate(gt, results, occsep_lists=lists, occlusion_splits=False)["occsep"]["occluded"]
+    assert (every["found"], every["total"], every["outside_set"], every["recall"]) == (1, 3, 1, 1 / 3)
+    part = E.evaluate(gt, results, image_ids=[1], occsep_lists=lists, occlusion_splits=False)
+    occ = part["occsep"]["occluded"]
+    assert (occ["found"], occ["total"], occ["outside_set"], occ["recall"]) == (1, 1, 3, 1.0)
+    assert part["occluded_recall"] == 1.0 and part["images"] == 1
+    none = E.evaluate(gt, [], image_ids=[2], occsep_lists={"occluded": [entry("1.png")]}, occlusion_splits=False)
+    assert none["occluded_recall"] is None and none["occsep"]["occluded"]["outside_set"] == 1
+
+
+def test_an_occlusion_ratio_that_is_no_finite_number_puts_its_ground_truth_in_no_ratio_bin():
+    """true, NaN and inf were read as ratios 1.0, nan, inf: all three landed in the last bin, [0.3,1]."""
+    gt = gt_set()
+    anns = gt["annotations"]
+    anns[1]["occlusion_ratio"], anns[2]["occlusion_ratio"] = True, float("nan")
+    assert E.occlusion_levels(gt)["occlusion_ratio"] == {1: 0.0}
+    anns[2]["occlusion_ratio"] = float("inf")
+    assert E.occlusion_levels(gt)["occlusion_ratio"] == {1: 0.0}
+    anns[2]["occlusion_ratio"] = 0.5
+    results = [det(1, 10, rect(2, 2, 12, 12), 0.9), det(2, 10, rect(5, 5, 25, 25), 0.8)]
+    ratio = E.evaluate(gt, results)["segm_by_occlusion_ratio"]
+    assert [ratio[n]["instances"] for n in E.bin_names(E.RATIO_EDGES)] == [1, 0, 1]
+    assert ratio["[0.3,1]"]["AP"] == 0.0  # only object 3 (class 20, missed); object 2 is in no bin
+    assert ratio["[0.1,0.3)"]["AP"] == -1.0
