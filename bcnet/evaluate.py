@@ -174,7 +174,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
              image_ids: Sequence[int] | None = None, occlusion_splits: bool = True,
              overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES,
              mode: str = "visible", occsep_lists: dict | None = None, skips: SkipLog | None = None,
-             record_skips: SkipLog | None = None) -> dict:
+             record_skips: SkipLog | None = None, category_ids: Sequence[int] | None = None) -> dict:
     """pycocotools AP of ``results`` against the annotations ``gt`` (path or loaded COCO dict).
 
     Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}, "segm_by_box_overlap":
@@ -189,6 +189,10 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     Ground truth pycocotools cannot read is cleaned first (:func:`clean_ground_truth`); what was
     dropped or turned into an ignore region is counted in ``skips`` (record-level problems in
     ``record_skips``; both default to one fresh log) and reported as ``out["skipped"]``.
+
+    ``category_ids``: the categories the model knows (a checkpoint's). AP is averaged over those of ``gt``'s
+    categories only, as pycocotools does over a subset: a person-only model on COCO val is scored on persons, not
+    given AP 0 for 79 classes it never learnt. ``out["categories"]`` then says how many of ``gt``'s were scored.
     """
     if mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -219,6 +223,13 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     out: dict = {"images": len(image_ids), "detections": len(results), "mode": mode}
     if not image_ids:
         raise OccsynthError("no image to evaluate")
+    if category_ids is not None:  # the other categories' objects stay: they still occlude (box-overlap levels)
+        known_ids = {int(c) for c in category_ids}
+        scored = [c for c in data.get("categories", []) if c.get("id") in known_ids]
+        if not scored:
+            raise OccsynthError(f"the annotations share no category with the model (it knows {coco_io.brief(sorted(known_ids))})")
+        out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", []))}
+        data = {**data, "categories": scored}
     coco_gt = _coco(data)
     loaded = {}
     for iou_type in iou_types:
@@ -758,7 +769,7 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
         # the dataset's log already counts bad image/annotation records; GT masks are new to it
         report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
                                 ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
-                                record_skips=SkipLog(strict=strict))
+                                record_skips=SkipLog(strict=strict), category_ids=state["category_ids"])
         report[name]["skipped"] = dataset.skips.to_dict()
     for stale in _previous_set_names(out_dir) - set(report):  # a rerun into this --out with other sets
         (out_dir / f"detections_{stale}.json").unlink(missing_ok=True)

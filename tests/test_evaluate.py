@@ -90,6 +90,25 @@ def test_perfect_detections_give_ap_one():
             assert entry["AP"] == -1.0 or entry["AP"] == pytest.approx(1.0, abs=1e-12)
 
 
+def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
+    """A checkpoint trained on category 10 alone, evaluated on a set of 10 and 20: pycocotools averaged AP over
+    both, so a perfect model scored 0.5 (AP 0 for the class it never learnt). With the model's category_ids it is
+    scored on category 10, as pycocotools does over that subset; the other objects still count as occluders."""
+    gt = gt_set()
+    results = [det(a["image_id"], a["category_id"], mask_ops.decode(a["segmentation"], H, W), 0.9)
+               for a in gt["annotations"] if not a["iscrowd"] and a["category_id"] == 10]
+    everything = E.evaluate(gt, results)
+    known = E.evaluate(gt, results, category_ids=[10])
+    assert everything["segm"]["AP"] == pytest.approx(0.5) and "categories" not in everything
+    assert known["segm"]["AP"] == 1.0 and known["bbox"]["AP"] == 1.0
+    assert known["categories"] == {"scored": 1, "in_annotations": 2}
+    assert known["segm_by_box_overlap"]["[0.1,0.3)"]["instances"] == everything["segm_by_box_overlap"]["[0.1,0.3)"][
+        "instances"]  # the levels still come from every object
+    assert E.evaluate(gt, results, category_ids=[10, 20, 30])["segm"]["AP"] == pytest.approx(0.5)
+    with pytest.raises(OccsynthError, match=r"share no category with the model \(it knows \[30, 40\]\)"):
+        E.evaluate(gt, results, category_ids=[30, 40])
+
+
 def test_occlusion_splits():
     gt = gt_set()
     levels = E.occlusion_levels(gt)
