@@ -29,8 +29,10 @@ VERSION = 1
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, iteration: int,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
                     schedule: dict | None = None, model_config: dict | None = None,
-                    category_ids: list[int] | None = None, rng: bool = True) -> None:
-    """Write model (+ optimizer, LR scheduler, AMP scaler, RNG states) at ``iteration`` atomically."""
+                    category_ids: list[int] | None = None, rng: bool = True, data: dict | None = None) -> None:
+    """Write model (+ optimizer, LR scheduler, AMP scaler, RNG states) at ``iteration`` atomically.
+
+    ``data``: what the run trains on (``{"annotations": name, "sha256": ...}``), so that a resume can tell."""
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -43,6 +45,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, iteratio
         "model_config": dict(model_config or {}),
         "category_ids": [int(c) for c in (category_ids or [])],
         "rng": capture_rng_state() if rng else None,
+        "data": dict(data or {}),
     }
     with open_atomic(path, "wb") as f:
         torch.save(state, f)

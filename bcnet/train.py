@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
+from occsynth.coco import file_hash
 from occsynth.errors import OccsynthError
 from occsynth.pool import local_workers
 
@@ -445,8 +446,14 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         start = int(state["iteration"])
         changed = _use_schedule_settings(optimizer, scheduler, schedule)
     iterations = int(schedule["iterations"])
+    data = {"annotations": Path(ann_file).name, "sha256": file_hash(ann_file)}
     if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
         tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
+        before = state.get("data") or {}
+        if before.get("sha256") and before["sha256"] != data["sha256"]:  # may be meant (more data): said, not refused
+            tqdm.write(f"note: {ann_file} is not the annotations file this run trained on so far "
+                       f"({before.get('annotations')}, other content): it continues on the new data, so it is no "
+                       "longer an exact resume")
 
     asked_workers = int(schedule.get("workers", 0))
     workers = local_workers(asked_workers)  # torch warned without naming the setting
@@ -473,7 +480,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
                                  scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
                                  model_config={"num_classes": dataset.num_classes, **config},
-                                 category_ids=dataset.category_ids)
+                                 category_ids=dataset.category_ids, data=data)
             with open_atomic(out_dir / LAST) as f:
                 f.write(path.name + "\n")
             _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from bcnet import checkpoint as ckpt
 from bcnet import evaluate as E
 from bcnet import train as T
 from bcnet.data import CocoInstances
+from occsynth.coco import file_hash
 from occsynth.pool import local_workers
 from cli.bcnet_cli import main as bcnet_main
 from datasets import load_annotations, mask_ap, save_annotations, write_dataset, write_shapes
@@ -634,3 +636,24 @@ def test_init_from_other_categories_takes_the_per_class_weights_by_category_id(t
                            saved[k][2 * T._class_rows(k):3 * T._class_rows(k)]) for k in per_class)
     same = T.load_model_weights(build_model(4, backbone="tiny", detector=detector), tmp_path / "c.pt", [1, 2, 3])
     assert same["by_category"] is None and not same["left_as_built"]
+
+
+def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume(tmp_path, dataset_dir, capsys):
+    """--resume with another --ann trained on the new data without a word; the checkpoint now records the file's
+    sha256, and a resume on other content says so (continuing on more data may be meant: it is not refused)."""
+    _run(dataset_dir, tmp_path / "run", iterations=2, checkpoint_every=1)
+    state = ckpt.load_checkpoint(tmp_path / "run" / "model_final.pt")
+    assert state["data"] == {"annotations": "annotations.json", "sha256": file_hash(dataset_dir / "annotations.json")}
+    same = tmp_path / "same.json"
+    shutil.copyfile(dataset_dir / "annotations.json", same)  # the same content elsewhere: an exact resume
+    T.train(same, dataset_dir / "images", tmp_path / "run", resume=True, overrides={"iterations": 3}, progress=False)
+    said = capsys.readouterr()
+    assert "resuming from" in said.out and "no longer an exact resume" not in said.out + said.err
+    data = load_annotations(dataset_dir)
+    data["annotations"] = data["annotations"][:-1]
+    (tmp_path / "fewer.json").write_text(json.dumps(data))
+    T.train(tmp_path / "fewer.json", dataset_dir / "images", tmp_path / "run", resume=True, overrides={"iterations": 4},
+            progress=False)
+    said = capsys.readouterr()
+    assert (f"note: {tmp_path / 'fewer.json'} is not the annotations file this run trained on so far "
+            "(same.json, other content): it continues on the new data, so it is no longer an exact resume") in said.out
