@@ -227,7 +227,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         known_ids = {int(c) for c in category_ids}
         scored = [c for c in data.get("categories", []) if c.get("id") in known_ids]
         if not scored:
-            raise OccsynthError(f"the annotations share no category with the model (it knows {coco_io.brief(sorted(known_ids))})")
+            raise OccsynthError("the annotations share no category with the model (it knows "
+                                f"{coco_io.brief(sorted(known_ids))})")
         out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", []))}
         data = {**data, "categories": scored}
     coco_gt = _coco(data)

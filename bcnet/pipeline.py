@@ -10,7 +10,6 @@ and resumes an interrupted training from its newest checkpoint. A recipe in ``ma
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -20,9 +19,9 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, file_hash, image_file_exists, read_array, read_json, record_image_path
+from occsynth.coco import check_coco_layout, file_hash, none_found_under, read_array, read_json
 from occsynth.cocoocc import check_options
-from occsynth.errors import BadRecord, OccsynthError
+from occsynth.errors import OccsynthError
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 FINAL = "model_final.pt"
@@ -233,12 +232,8 @@ def check_cocoocc_images(ann: Path, val_images: Path, sample: int = 50) -> None:
     """Refuse a --cocoocc file none of whose images (up to ``sample``, spread over it) is under the val image
     folder, where its evaluation reads them: found only then, it stopped the run after all the training."""
     images = [im for im in read_array(ann, "images") if isinstance(im, dict)]
-    chosen = images[::max(1, len(images) // sample)][:sample]
-    paths = []
-    for image in chosen:
-        with contextlib.suppress(BadRecord):  # a bad record is skipped, and counted, by the evaluation
-            paths.append(record_image_path(val_images, image))
-    if paths and not any(image_file_exists(p) for p in paths):
+    paths = none_found_under(val_images, images[::max(1, len(images) // sample)][:sample])
+    if paths:
         raise OccsynthError(f"--cocoocc {ann}: none of {len(paths)} sampled images is under --coco-val-images "
                             f"{val_images} (e.g. {paths[0]}); COCO-OCC is a subset of val2017, evaluated on its images")
 

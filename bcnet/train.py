@@ -264,14 +264,15 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike,
     state = ckpt.check_weights(saved["model"], path)
     own = model.state_dict()
     source_ids = [int(c) for c in saved.get("category_ids") or []]
-    remap = category_ids is not None and bool(source_ids) and source_ids != [int(c) for c in category_ids]
+    ids = None if category_ids is None else [int(c) for c in category_ids]
+    remap = ids is not None and bool(source_ids) and source_ids != ids
     fits, shared = {}, None
     for name, tensor in state.items():
         if name not in own:
             continue
         rows = _class_rows(name)
         if remap and rows:
-            mapped = _rows_by_category(tensor, own[name], rows, source_ids, [int(c) for c in category_ids])
+            mapped = _rows_by_category(tensor, own[name], rows, source_ids, ids)
             if mapped is not None:
                 fits[name], shared = mapped
                 continue

@@ -47,7 +47,7 @@ from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
-                   image_file_exists, is_id, iter_array, read_array, read_image, record_image_path, resolve_image_path,
+                   is_id, iter_array, none_found_under, read_array, read_image, record_image_path,
                    unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
@@ -680,13 +680,9 @@ def check_image_root(bank: Bank, image_root: str | os.PathLike, sample: int = 20
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise OccsynthError(f"{image_root}: image directory not found")
-    paths = []
-    for i in np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int):
-        try:
-            paths.append(resolve_image_path(image_root, bank.image_record(int(i))["file_name"]))
-        except BadRecord:
-            continue
-    if paths and not any(image_file_exists(p) for p in paths):
+    chosen = np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int)
+    paths = none_found_under(image_root, (bank.image_record(int(i)) for i in chosen))
+    if paths:
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
                             "is --images the folder that the file_name entries are relative to?")
 

@@ -415,6 +415,17 @@ def image_file_exists(path: Path) -> bool:
     return True
 
 
+def none_found_under(image_root: str | os.PathLike, images: Iterable[dict]) -> list[Path] | None:
+    """For image records sampled from a set: their paths under ``image_root`` when not one of those files is there
+    (the root is then not the folder their file names are relative to), else None. Records whose name is refused
+    are left out: each is skipped, and counted, where it is read."""
+    paths = []
+    for image in images:
+        with contextlib.suppress(BadRecord):
+            paths.append(record_image_path(image_root, image))
+    return paths if paths and not any(image_file_exists(p) for p in paths) else None
+
+
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None, *,
                bgr: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3); with ``bgr``, to OpenCV's BGR order, unconverted.
