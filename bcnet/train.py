@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -471,6 +472,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             folder.enter_context(output_folder(out_dir))
             remove_stale_temporaries(out_dir)
             _trim_log(out_dir, start)
+            if state is not None and start < iterations:
+                _retire_final(out_dir, resume_path, start)
         every = int(schedule["checkpoint_every"])
         log_every = max(int(schedule.get("log_every", 20)), 1)
         history: list[dict] = []
@@ -588,6 +591,29 @@ def _shut_down_loader(batches) -> None:
     if shut_down is not None:
         with contextlib.suppress(RuntimeError):  # "DataLoader worker ... is killed by signal"
             shut_down()
+
+
+def _retire_final(out_dir: Path, resumed_from: Path, iteration: int) -> None:
+    """A run resumed from its own ``model_final.pt`` to train further: that file becomes
+    ``checkpoint_<iteration>.pt`` (the same bytes), so that while the run goes on no file calls itself the
+    final model of it (the pipeline, and users, take ``model_final.pt`` as the finished run's weights).
+
+    Linked, marked, then unlinked: a kill at any point leaves the marker naming a checkpoint that exists."""
+    final = out_dir / "model_final.pt"
+    if not (final.is_file() and resumed_from.is_file() and os.path.samefile(final, resumed_from)):
+        return
+    kept = out_dir / f"checkpoint_{iteration:07d}.pt"
+    with contextlib.suppress(FileNotFoundError):
+        kept.unlink()  # a link left by a kill right after it was made
+    try:
+        os.link(final, kept)
+    except OSError:  # a file system without hard links
+        with open(final, "rb") as src, open_atomic(kept, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    with open_atomic(out_dir / LAST) as f:
+        f.write(kept.name + "\n")
+    final.unlink()
+    tqdm.write(f"{final.name} renamed {kept.name}: the run goes on past it")
 
 
 def _prune(out_dir: Path, keep: int) -> None:

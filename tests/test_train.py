@@ -416,6 +416,40 @@ def test_resume_past_or_at_the_end_trains_nothing_and_says_so(tmp_path, dataset_
                 overrides={"iterations": 1}, progress=False)
 
 
+def test_a_finished_run_extended_has_no_model_final_until_it_ends_again(tmp_path, dataset_dir, monkeypatch):
+    """The old model_final.pt used to stay while the run went on: the pipeline (and a user) took it for the
+    extended run's final weights. It becomes the checkpoint of its iteration, marker and all."""
+    run = tmp_path / "run"
+    _run(dataset_dir, run, iterations=2, batch_size=1, checkpoint_every=5)
+    old_final = (run / "model_final.pt").read_bytes()
+    real_save = ckpt.save_checkpoint
+
+    def stop_at_3(path, **kwargs):
+        if kwargs["iteration"] == 3:
+            raise RuntimeError("killed")
+        return real_save(path, **kwargs)
+
+    monkeypatch.setattr(T.ckpt, "save_checkpoint", stop_at_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", run, resume=True,
+                overrides={"iterations": 4, "checkpoint_every": 1}, progress=False)
+    assert not (run / "model_final.pt").exists()
+    assert (run / "checkpoint_0000002.pt").read_bytes() == old_final
+    assert (run / "last_checkpoint").read_text() == "checkpoint_0000002.pt\n"
+    assert T.latest_checkpoint(run) == run / "checkpoint_0000002.pt"
+    monkeypatch.setattr(T.ckpt, "save_checkpoint", real_save)
+    out = T.train(dataset_dir / "annotations.json", dataset_dir / "images", run, resume=True,
+                  overrides={"iterations": 4}, progress=False)
+    assert (out["start"], out["checkpoint"]) == (2, run / "model_final.pt")
+    assert ckpt.load_checkpoint(run / "model_final.pt")["iteration"] == 4
+    # a resume from another run's final leaves that file alone
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "third",
+            resume=other / "model_final.pt", overrides={"iterations": 5}, progress=False)
+    assert (other / "model_final.pt").is_file() and (tmp_path / "third" / "model_final.pt").is_file()
+
+
 def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path):
     text = T.manifests.path("schedule-tiny").read_text()
     typo = tmp_path / "typo.toml"
