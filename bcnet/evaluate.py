@@ -757,21 +757,31 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
 
 def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device, mask_threshold: float,
                        progress: bool, overlap_edges, ratio_edges, mode: str, lists, strict: bool) -> dict:
-    """:func:`evaluate_checkpoint` once every set is read and checked: predict, evaluate and write each."""
+    """:func:`evaluate_checkpoint` once every set is read and checked: predict, evaluate and write each.
+
+    Each set's detections wait under a staged name until every set is done; then all are put in place, and
+    results.json written last: a failure in a later set leaves an earlier run's files as they were."""
     report = {}
-    for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once
-        unreadable: list[int] = []
-        results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
-                                  mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)
-        bad = set(unreadable)
-        done = [i for i in dataset.image_ids if i not in bad]
-        _require_images(name, dataset, image_root, done)
-        write_json(out_dir / f"detections_{name}.json", results)
-        # the dataset's log already counts bad image/annotation records; GT masks are new to it
-        report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
-                                ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
-                                record_skips=SkipLog(strict=strict), category_ids=state["category_ids"])
-        report[name]["skipped"] = dataset.skips.to_dict()
+    staged = {name: out_dir / f".detections_{name}.json.staged" for name, *_ in prepared}
+    try:
+        for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once
+            unreadable: list[int] = []
+            results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
+                                      mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)
+            bad = set(unreadable)
+            done = [i for i in dataset.image_ids if i not in bad]
+            _require_images(name, dataset, image_root, done)
+            write_json(staged[name], results)
+            # the dataset's log already counts bad image/annotation records; GT masks are new to it
+            report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
+                                    ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
+                                    record_skips=SkipLog(strict=strict), category_ids=state["category_ids"])
+            report[name]["skipped"] = dataset.skips.to_dict()
+        for name, path in staged.items():
+            os.replace(path, out_dir / f"detections_{name}.json")
+    finally:
+        for path in staged.values():  # left only by a failure
+            path.unlink(missing_ok=True)
     for stale in _previous_set_names(out_dir) - set(report):  # a rerun into this --out with other sets
         (out_dir / f"detections_{stale}.json").unlink(missing_ok=True)
     write_json(out_dir / "results.json", report, indent=2)

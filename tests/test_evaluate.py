@@ -581,3 +581,47 @@ def test_an_occlusion_ratio_that_is_no_finite_number_puts_its_ground_truth_in_no
     assert [ratio[n]["instances"] for n in E.bin_names(E.RATIO_EDGES)] == [1, 0, 1]
     assert ratio["[0.3,1]"]["AP"] == 0.0  # only object 3 (class 20, missed); object 2 is in no bin
     assert ratio["[0.1,0.3)"]["AP"] == -1.0
+
+
+def test_a_failure_in_a_later_set_leaves_the_earlier_run_files_as_they_were(tmp_path, monkeypatch):
+    """Set a's detections used to be rewritten before set b failed, while results.json stayed the earlier
+    run's: the folder then held one run's detections beside another run's scores."""
+    import json
+
+    from bcnet import checkpoint as ckpt
+    from bcnet import train as T
+    from datasets import load_annotations
+
+    root = write_dataset(tmp_path / "set")
+    ann_file = root / "annotations.json"
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
+    config = T.model_config(schedule)
+    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    sets = {"a": (ann_file, root / "images"), "b": (ann_file, root / "images")}
+    out = tmp_path / "e"
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: [])
+    E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, out, device="cpu", progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["detections_a.json", "detections_b.json", "results.json", "results.md"]
+    ann = load_annotations(root)["annotations"][0]
+    found = [{"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 0.9, "bbox": ann["bbox"],
+              "segmentation": ann["segmentation"]}]
+    calls = []
+
+    def predict_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return found
+
+    monkeypatch.setattr(E, "predict_dataset", predict_then_fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, out, device="cpu", progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing staged is left either
+    calls.clear()
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: found)
+    report = E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, out, device="cpu", progress=False)
+    assert json.loads((out / "detections_a.json").read_text()) == json.loads((out / "detections_b.json").read_text())
+    assert len(json.loads((out / "detections_b.json").read_text())) == 1 and report["b"]["detections"] == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
