@@ -47,6 +47,7 @@ from .transforms import build_transforms
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
 AMP_MODES = ("off", "bf16", "fp16")
 LAST = "last_checkpoint"  # text file naming the newest checkpoint in the output directory
+FINAL = "model_final.pt"  # the finished run's checkpoint
 # Bounds of the schedule's numbers: beyond them torch, numpy or OpenCV fail with a traceback (a seed over 64 bits,
 # an image side or count over a C int, an lr torch cannot convert to float32)
 INT32_MAX = 2 ** 31 - 1
@@ -480,7 +481,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         saved = None
 
         def save_at(iteration: int) -> Path:
-            path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else "model_final.pt")
+            path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else FINAL)
             ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
                                  scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
                                  model_config={"num_classes": dataset.num_classes, **config},
@@ -555,7 +556,7 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """
     marker = Path(out_dir) / LAST
     if not marker.is_file():
-        final = Path(out_dir) / "model_final.pt"
+        final = Path(out_dir) / FINAL
         periodic = [p for p in Path(out_dir).glob("checkpoint_*.pt") if p.stem[len("checkpoint_"):].isdigit()]
         newest = max(periodic, key=lambda p: int(p.stem[len("checkpoint_"):]), default=None)
         return final if final.is_file() else newest
@@ -599,7 +600,7 @@ def _retire_final(out_dir: Path, resumed_from: Path, iteration: int) -> None:
     final model of it (the pipeline, and users, take ``model_final.pt`` as the finished run's weights).
 
     Linked, marked, then unlinked: a kill at any point leaves the marker naming a checkpoint that exists."""
-    final = out_dir / "model_final.pt"
+    final = out_dir / FINAL
     if not (final.is_file() and resumed_from.is_file() and os.path.samefile(final, resumed_from)):
         return
     kept = out_dir / f"checkpoint_{iteration:07d}.pt"
