@@ -40,7 +40,8 @@ def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
 @click.option("-n", "num", default=16, show_default=True, type=click.IntRange(1, MAX_IMAGES), help="Images on the sheet.")
 @click.option("--columns", default=4, show_default=True, type=click.IntRange(min=1), help="Tiles per row.")
 @click.option("--tile", default=256, show_default=True, type=click.IntRange(*TILE_RANGE), help="Tile size in pixels.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Which images: a seeded random sample.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Which images: a seeded random sample.")
 @click.option("--first", is_flag=True, help="Take the first N images instead of a random sample.")
 @click.option("--pair-iou", default=PAIR_IOU, show_default=True, type=click.FloatRange(0, 1),
               help="Box pairs with at least this IoU are drawn thick (files without amodal masks).")

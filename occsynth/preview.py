@@ -12,6 +12,7 @@ set reads the file once and decodes 16 images.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -65,6 +66,12 @@ def check_sheet_options(n: int, columns: int, tile: int) -> None:
         raise OccsynthError(f"preview: --tile must be in {TILE_RANGE[0]}..{TILE_RANGE[1]} pixels, got {tile}")
 
 
+def check_seed(seed: int | None) -> None:
+    """Refuse a seed numpy cannot take (it raises a bare ValueError on a negative one)."""
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
+        raise OccsynthError(f"preview: --seed must be a whole number >= 0, got {seed!r}")
+
+
 def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16, columns: int = 4,
             seed: int | None = 0, tile: int = 256, labels: bool = True, boxes: bool | None = None,
             pair_iou: float = PAIR_IOU) -> np.ndarray:
@@ -92,6 +99,7 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
     """
     log = log if log is not None else SkipLog()
     check_sheet_options(n, columns, tile)
+    check_seed(seed)
     ann_path, image_root = resolve_source(source, images)
     chosen = select_images(ann_path, n, seed, log)
     height, width = sheet_shape(len(chosen), columns, tile)
