@@ -93,10 +93,11 @@ def _finished(kind: str, path: Path) -> dict | None:
         notes.append("no readable meta.json: runs using it fail until it is removed")
     else:
         if kind == "bank":  # the file it was built from (older banks recorded its name only)
-            built_from = meta.get("source") or {}
+            built_from = meta.get("source") if isinstance(meta.get("source"), dict) else {}
             source = built_from.get("path") or built_from.get("annotations")
         else:
             source = meta.get("image_root")
+        source = source if isinstance(source, str) else None  # a meta.json edited by hand: no path to show
         if not current_format(meta, kind):
             notes.append("made by another version of occsynth: not used")
         elif kind == "pixel store" and source and not Path(source).is_dir():

@@ -377,6 +377,8 @@ def demo_damage(folder: str | os.PathLike) -> str | None:
         return "no annotations.json"
     except (OSError, ValueError, KeyError, TypeError):
         return "annotations.json unreadable"
+    if not all(isinstance(name, str) for name in names):
+        return "annotations.json unreadable"
     missing = []
     for name in names:
         try:
