@@ -79,7 +79,10 @@ def remove_cache_entries(cache_dir: str | os.PathLike, names: list[str]) -> list
         except FileNotFoundError:  # removed by someone else meanwhile
             continue
         try:
-            shutil.rmtree(doomed)
+            if doomed.is_dir():
+                shutil.rmtree(doomed)
+            else:  # a stray file among the entries (a file manager's .DS_Store, a copy made by hand)
+                doomed.unlink()
         except OSError as exc:
             raise OccsynthError(f"cannot remove all of {path} (now {doomed.name}): {exc.strerror or exc}") from None
         removed.append(path)
@@ -90,7 +93,9 @@ def _finished(kind: str, path: Path) -> dict | None:
     meta = _meta(path)
     notes, source = [], None
     if meta is None:
-        notes.append("no readable meta.json: runs using it fail until it is removed")
+        gone = path.is_symlink() and not path.exists()
+        notes.append(f"{'a link to a missing path' if gone else 'no readable meta.json'}: runs using it fail until "
+                     "it is removed")
     else:
         if kind == "bank":  # the file it was built from (older banks recorded its name only)
             built_from = meta.get("source") if isinstance(meta.get("source"), dict) else {}
@@ -131,7 +136,10 @@ def _entry(kind: str, path: Path, source: str | None, notes: list[str], stale_if
     try:
         mtime = path.stat().st_mtime
     except FileNotFoundError:
-        return None
+        try:
+            mtime = path.lstat().st_mtime  # a link to a missing path: listed, so that it can be removed
+        except FileNotFoundError:
+            return None
     files = _file_stats(path)  # one walk gives the size and, for an unfinished one, its last change
     if stale_if_idle and time.time() - max([mtime, *(st.st_mtime for st in files)]) > STOPPED_AFTER_S:
         notes = [*notes, stale_if_idle]

@@ -191,3 +191,26 @@ def test_a_demo_source_listing_a_file_name_that_is_no_string_is_stale(tmp_path):
     notes = {e["name"]: e["notes"] for e in cache_entries(tmp_path / "c")}
     assert notes[demo.DEMO_VERSION] == ["damaged (annotations.json unreadable): the next run that needs it "
                                         "builds it again"]
+
+
+def test_a_stray_file_among_the_entries_is_removed_whole(cache):
+    cache_dir, _ = cache
+    stray = cache_dir / "banks" / ".DS_Store"   # a file manager's, or anything copied there by hand
+    stray.write_bytes(b"x")
+    old = time.time() - 2 * 3600
+    os.utime(stray, (old, old))
+    res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove-stale"])
+    assert res.exit_code == 0, res.output
+    assert f"removed {stray}" in res.output
+    assert sorted(p.name for p in (cache_dir / "banks").iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_link_to_a_missing_bank_is_listed_stale_and_can_be_removed(cache, tmp_path):
+    cache_dir, made = cache
+    link = cache_dir / "banks" / made["other"].name
+    shutil.rmtree(link)
+    link.symlink_to(tmp_path / "unmounted-disk" / "bank")   # moved or its disk gone: runs fail on it
+    entry = {e["name"]: e for e in cache_entries(cache_dir)}[link.name]
+    assert entry["notes"] and "missing" in entry["notes"][0]
+    assert remove_cache_entries(cache_dir, [link.name]) == [link]
+    assert not os.path.lexists(link)
