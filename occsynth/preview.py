@@ -180,6 +180,24 @@ def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) 
     return ann_path, root
 
 
+def image_folder(source: str | os.PathLike, images: str | os.PathLike | None = None) -> Path | None:
+    """The set's own image folder (``images/`` of a set or beside a COCO file, or ``images``), or None when the
+    image root is the annotations file's folder (which holds other files too)."""
+    ann_path, folder = set_paths(source)
+    root = Path(images) if images else folder / IMAGES
+    return root if root.is_dir() and root.resolve() != ann_path.parent.resolve() else None
+
+
+def check_outside_images(path: str | os.PathLike, source: str | os.PathLike, what: str,
+                         images: str | os.PathLike | None = None) -> None:
+    """Refuse a picture written into the set's image folder: it would replace one of the set's images, or add
+    a file among them."""
+    root = image_folder(source, images)
+    if root is not None and Path(path).resolve().is_relative_to(root.resolve()):
+        raise OccsynthError(f"{path}: inside the image folder {root} of the set: the {what} would replace or join "
+                            "its images - write it elsewhere")
+
+
 def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None = None) -> list[dict]:
     """``n`` valid image records: a seeded sample in file order, or the first ``n`` when ``seed`` is None.
 
