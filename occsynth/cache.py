@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -19,12 +20,17 @@ from .demo import DEMO_VERSION, demo_damage
 from .errors import OccsynthError
 
 KINDS = {"banks": "bank", "cutout-pixels": "pixel store"}
+# what occsynth names them (bank.bank_key, bank.pixels_key; atomic.build_dir_once's temporaries, removals here):
+# anything else under banks/ or cutout-pixels/ is not listed, so a --cache-dir given by mistake loses nothing
+NAMES = {"bank": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}"),
+         "pixel store": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}-px[0-9a-f]{12}")}
+UNFINISHED = re.compile(r"\.[^.]+\.(tmp|removing|damaged)-.*")
 STOPPED_AFTER_S = 3600  # an unfinished build or removal unchanged this long was stopped
 
 
 def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     """One dict per entry of ``cache_dir`` (banks, then pixel stores, by name; then the demo source and
-    unfinished builds or removals): 'kind', 'name' (what :func:`remove_cache_entries` takes), 'path',
+    unfinished builds or removals; only names occsynth gives, see ``NAMES``): 'kind', 'name' (what :func:`remove_cache_entries` takes), 'path',
     'bytes', 'built' (the folder's modification time, ISO), 'source' (the annotations file a bank was built
     from, a store's image root) and 'notes': why it is stale (its image root is gone, it is unreadable, damaged or
     of another format, so no run uses it; an unfinished build or removal untouched for an hour). An entry
@@ -34,7 +40,12 @@ def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     for folder, kind in KINDS.items():
         parent = cache_dir / folder
         for path in sorted(parent.iterdir()) if parent.is_dir() else []:
-            entry = _unfinished(path) if path.name.startswith(".") else _finished(kind, path)
+            if UNFINISHED.fullmatch(path.name):
+                entry = _unfinished(path)
+            elif NAMES[kind].fullmatch(path.name):
+                entry = _finished(kind, path)
+            else:
+                continue
             if entry is not None:
                 entries.append(entry)
     top = sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []

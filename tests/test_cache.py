@@ -193,16 +193,19 @@ def test_a_demo_source_listing_a_file_name_that_is_no_string_is_stale(tmp_path):
                                         "builds it again"]
 
 
-def test_a_stray_file_among_the_entries_is_removed_whole(cache):
-    cache_dir, _ = cache
-    stray = cache_dir / "banks" / ".DS_Store"   # a file manager's, or anything copied there by hand
+def test_a_file_in_place_of_an_entry_is_removed_whole(cache):
+    cache_dir, made = cache
+    shutil.rmtree(made["other"])
+    made["other"].write_bytes(b"x")                     # a bank's name, but a file (copied there by hand)
+    stray = cache_dir / "banks" / f".{made['bank'].name}.tmp-abc"
     stray.write_bytes(b"x")
     old = time.time() - 2 * 3600
     os.utime(stray, (old, old))
+    (cache_dir / "banks" / ".DS_Store").write_bytes(b"x")   # a file manager's: not occsynth's, not listed
     res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove-stale"])
     assert res.exit_code == 0, res.output
-    assert f"removed {stray}" in res.output
-    assert sorted(p.name for p in (cache_dir / "banks").iterdir() if p.name.startswith(".")) == []
+    assert f"removed {made['other']}" in res.output and f"removed {stray}" in res.output
+    assert sorted(p.name for p in (cache_dir / "banks").iterdir()) == [".DS_Store", made["bank"].name]
 
 
 def test_a_link_to_a_missing_bank_is_listed_stale_and_can_be_removed(cache, tmp_path):
@@ -214,3 +217,16 @@ def test_a_link_to_a_missing_bank_is_listed_stale_and_can_be_removed(cache, tmp_
     assert entry["notes"] and "missing" in entry["notes"][0]
     assert remove_cache_entries(cache_dir, [link.name]) == [link]
     assert not os.path.lexists(link)
+
+
+def test_a_folder_that_is_no_cache_loses_nothing_to_remove_stale(tmp_path):
+    folder = tmp_path / "work"                           # --cache-dir given a folder of the user's by mistake
+    for sub in ("banks/2023-statements", "cutout-pixels/holiday", "banks/.git"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "keep.txt").write_text("mine")
+    old = time.time() - 2 * 3600
+    os.utime(folder / "banks" / ".git", (old, old))
+    res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(folder), "--remove-stale"])
+    assert res.exit_code == 0 and "0 entries" in res.output, res.output
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("keep.txt")) == [
+        "banks/.git/keep.txt", "banks/2023-statements/keep.txt", "cutout-pixels/holiday/keep.txt"]
