@@ -9,7 +9,8 @@ import click
 from cli.common import note_capped_workers, quiet_option
 from occsynth.coco import picture_path, write_picture
 from occsynth.errors import SkipLog
-from occsynth.preview import MAX_IMAGES, PAIR_IOU, TILE_RANGE, format_problems, preview_report
+from occsynth.preview import (MAX_IMAGES, PAIR_IOU, TILE_RANGE, check_outside_images, format_problems,
+                              preview_report)
 from occsynth.stats import format_stats, plot_stats, stats_from_path, to_json
 from occsynth.validate import format_report, validate
 
@@ -40,7 +41,8 @@ def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
 @click.option("-n", "num", default=16, show_default=True, type=click.IntRange(1, MAX_IMAGES), help="Images on the sheet.")
 @click.option("--columns", default=4, show_default=True, type=click.IntRange(min=1), help="Tiles per row.")
 @click.option("--tile", default=256, show_default=True, type=click.IntRange(*TILE_RANGE), help="Tile size in pixels.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Which images: a seeded random sample.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Which images: a seeded random sample.")
 @click.option("--first", is_flag=True, help="Take the first N images instead of a random sample.")
 @click.option("--pair-iou", default=PAIR_IOU, show_default=True, type=click.FloatRange(0, 1),
               help="Box pairs with at least this IoU are drawn thick (files without amodal masks).")
@@ -48,6 +50,7 @@ def preview_command(source, images, out, num, columns, tile, seed, first, pair_i
     """Contact sheet of a generated set (DIR) or any COCO JSON: visible masks tinted, amodal contours
     solid where visible and dashed where hidden, occludees orange, occluders blue, others green."""
     picture_path(out, "sheet")  # before the work, not after it
+    check_outside_images(out, source, "sheet", images)
     log = SkipLog()
     sheet, problems = preview_report(source, images=images, n=num, columns=columns, seed=None if first else seed,
                                      tile=tile, pair_iou=pair_iou, log=log)
@@ -68,6 +71,7 @@ def stats_command(source, plot, as_json):
     generated set (DIR) or any COCO JSON."""
     if plot:
         picture_path(plot, "plot")  # before the (long) pass over the file, not after it
+        check_outside_images(plot, source, "plot")
     stats = stats_from_path(source)
     click.echo(to_json(stats) if as_json else format_stats(stats))
     if plot:

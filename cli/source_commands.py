@@ -15,7 +15,7 @@ from occsynth.demo import cache_dir_or_default, make_demo_source
 
 @click.command("make-demo-source")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the painted scenes.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the painted scenes.")
 @click.option("--force", is_flag=True, help="Write into a non-empty DIRECTORY (its annotations.json and same-named "
                                             "images are replaced).")
 def make_demo_source_command(directory, seed, force):

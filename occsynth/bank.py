@@ -587,10 +587,16 @@ def _check_layout(bank_dir: Path, meta: dict, a: dict[str, np.ndarray]) -> None:
         problems.append("cutout index")
     if n_ann and (a["ann_image"].min() < 0 or a["ann_image"].max() >= n_img):
         problems.append("annotation image indices")
-    if not 0 <= int(meta.get("num_images", -1)) <= n_img or not isinstance(meta.get("categories"), list):
+    num_images = meta.get("num_images")
+    if not _whole(num_images) or not 0 <= num_images <= n_img or not isinstance(meta.get("categories"), list):
         problems.append("meta.json")
     if problems:
         raise DamagedEntry(f"{bank_dir}: damaged cutout bank ({', '.join(problems)})")
+
+
+def _whole(value) -> bool:
+    """Whether a meta.json value is a whole number (not a string, float or bool: a file edited by hand)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def no_cutouts_reason(meta: dict) -> str:
@@ -880,8 +886,8 @@ class CutoutPixels:
         try:
             size = os.fstat(blob_file.fileno()).st_size
             n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
-            if len(offsets) != (n_ann or 0) + 1 or offsets[-1] != size or stat.shape != (n_img, 2) \
-                    or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
+            if not (_whole(n_ann) and _whole(n_img)) or len(offsets) != n_ann + 1 or offsets[-1] != size \
+                    or stat.shape != (n_img, 2) or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
                 raise DamagedEntry(f"{store_dir}: damaged cutout pixel store")
             if bank is not None and (meta["bank"]["sha256"] != bank.meta["source"]["sha256"]
                                      or meta["bank"]["options"] != bank.meta["options"]

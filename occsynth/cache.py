@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -19,12 +20,17 @@ from .demo import DEMO_VERSION, demo_damage
 from .errors import OccsynthError
 
 KINDS = {"banks": "bank", "cutout-pixels": "pixel store"}
+# what occsynth names them (bank.bank_key, bank.pixels_key; atomic.build_dir_once's temporaries, removals here):
+# anything else under banks/ or cutout-pixels/ is not listed, so a --cache-dir given by mistake loses nothing
+NAMES = {"bank": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}"),
+         "pixel store": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}-px[0-9a-f]{12}")}
+UNFINISHED = re.compile(r"\.[^.]+\.(tmp|removing|damaged)-.*")
 STOPPED_AFTER_S = 3600  # an unfinished build or removal unchanged this long was stopped
 
 
 def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     """One dict per entry of ``cache_dir`` (banks, then pixel stores, by name; then the demo source and
-    unfinished builds or removals): 'kind', 'name' (what :func:`remove_cache_entries` takes), 'path',
+    unfinished builds or removals; only names occsynth gives, see ``NAMES``): 'kind', 'name' (what :func:`remove_cache_entries` takes), 'path',
     'bytes', 'built' (the folder's modification time, ISO), 'source' (the annotations file a bank was built
     from, a store's image root) and 'notes': why it is stale (its image root is gone, it is unreadable, damaged or
     of another format, so no run uses it; an unfinished build or removal untouched for an hour). An entry
@@ -34,7 +40,12 @@ def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     for folder, kind in KINDS.items():
         parent = cache_dir / folder
         for path in sorted(parent.iterdir()) if parent.is_dir() else []:
-            entry = _unfinished(path) if path.name.startswith(".") else _finished(kind, path)
+            if UNFINISHED.fullmatch(path.name):
+                entry = _unfinished(path)
+            elif NAMES[kind].fullmatch(path.name):
+                entry = _finished(kind, path)
+            else:
+                continue
             if entry is not None:
                 entries.append(entry)
     top = sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []
@@ -79,7 +90,10 @@ def remove_cache_entries(cache_dir: str | os.PathLike, names: list[str]) -> list
         except FileNotFoundError:  # removed by someone else meanwhile
             continue
         try:
-            shutil.rmtree(doomed)
+            if doomed.is_dir():
+                shutil.rmtree(doomed)
+            else:  # a stray file among the entries (a file manager's .DS_Store, a copy made by hand)
+                doomed.unlink()
         except OSError as exc:
             raise OccsynthError(f"cannot remove all of {path} (now {doomed.name}): {exc.strerror or exc}") from None
         removed.append(path)
@@ -90,13 +104,16 @@ def _finished(kind: str, path: Path) -> dict | None:
     meta = _meta(path)
     notes, source = [], None
     if meta is None:
-        notes.append("no readable meta.json: runs using it fail until it is removed")
+        gone = path.is_symlink() and not path.exists()
+        notes.append(f"{'a link to a missing path' if gone else 'no readable meta.json'}: runs using it fail until "
+                     "it is removed")
     else:
         if kind == "bank":  # the file it was built from (older banks recorded its name only)
-            built_from = meta.get("source") or {}
+            built_from = meta.get("source") if isinstance(meta.get("source"), dict) else {}
             source = built_from.get("path") or built_from.get("annotations")
         else:
             source = meta.get("image_root")
+        source = source if isinstance(source, str) else None  # a meta.json edited by hand: no path to show
         if not current_format(meta, kind):
             notes.append("made by another version of occsynth: not used")
         elif kind == "pixel store" and source and not Path(source).is_dir():
@@ -130,7 +147,10 @@ def _entry(kind: str, path: Path, source: str | None, notes: list[str], stale_if
     try:
         mtime = path.stat().st_mtime
     except FileNotFoundError:
-        return None
+        try:
+            mtime = path.lstat().st_mtime  # a link to a missing path: listed, so that it can be removed
+        except FileNotFoundError:
+            return None
     files = _file_stats(path)  # one walk gives the size and, for an unfinished one, its last change
     if stale_if_idle and time.time() - max([mtime, *(st.st_mtime for st in files)]) > STOPPED_AFTER_S:
         notes = [*notes, stale_if_idle]

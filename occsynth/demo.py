@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ from . import masks
 from .atomic import build_dir_once, write_bytes, write_json
 from .categories import COCO_CATEGORIES, COCO_IDS_BY_NAME
 from .coco import encode_image
+from .errors import OccsynthError
 
 DEMO_VERSION = "demo-v1"
 NUM_IMAGES = 24
@@ -292,6 +294,8 @@ def build_demo(seed: int = 0) -> tuple[dict, dict[str, np.ndarray], dict[str, np
     The label map holds, per pixel, the id of the annotation painted last there (0 = none):
     the ground truth the annotations are checked against.
     """
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:  # numpy: a bare ValueError
+        raise OccsynthError(f"demo source: seed must be a whole number >= 0, got {seed!r}")
     images, annotations, pixels, labels = [], [], {}, {}
     next_id = 1
     for index in range(NUM_IMAGES):
@@ -372,6 +376,8 @@ def demo_damage(folder: str | os.PathLike) -> str | None:
     except FileNotFoundError:
         return "no annotations.json"
     except (OSError, ValueError, KeyError, TypeError):
+        return "annotations.json unreadable"
+    if not all(isinstance(name, str) for name in names):
         return "annotations.json unreadable"
     missing = []
     for name in names:

@@ -12,6 +12,7 @@ set reads the file once and decodes 16 images.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -65,6 +66,12 @@ def check_sheet_options(n: int, columns: int, tile: int) -> None:
         raise OccsynthError(f"preview: --tile must be in {TILE_RANGE[0]}..{TILE_RANGE[1]} pixels, got {tile}")
 
 
+def check_seed(seed: int | None) -> None:
+    """Refuse a seed numpy cannot take (it raises a bare ValueError on a negative one)."""
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
+        raise OccsynthError(f"preview: --seed must be a whole number >= 0, got {seed!r}")
+
+
 def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16, columns: int = 4,
             seed: int | None = 0, tile: int = 256, labels: bool = True, boxes: bool | None = None,
             pair_iou: float = PAIR_IOU) -> np.ndarray:
@@ -92,6 +99,7 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
     """
     log = log if log is not None else SkipLog()
     check_sheet_options(n, columns, tile)
+    check_seed(seed)
     ann_path, image_root = resolve_source(source, images)
     chosen = select_images(ann_path, n, seed, log)
     height, width = sheet_shape(len(chosen), columns, tile)
@@ -170,6 +178,24 @@ def resolve_source(source: str | os.PathLike, images: str | os.PathLike | None) 
     if not root.is_dir():
         raise OccsynthError(f"{root}: image directory not found (use --images)")
     return ann_path, root
+
+
+def image_folder(source: str | os.PathLike, images: str | os.PathLike | None = None) -> Path | None:
+    """The set's own image folder (``images/`` of a set or beside a COCO file, or ``images``), or None when the
+    image root is the annotations file's folder (which holds other files too)."""
+    ann_path, folder = set_paths(source)
+    root = Path(images) if images else folder / IMAGES
+    return root if root.is_dir() and root.resolve() != ann_path.parent.resolve() else None
+
+
+def check_outside_images(path: str | os.PathLike, source: str | os.PathLike, what: str,
+                         images: str | os.PathLike | None = None) -> None:
+    """Refuse a picture written into the set's image folder: it would replace one of the set's images, or add
+    a file among them."""
+    root = image_folder(source, images)
+    if root is not None and Path(path).resolve().is_relative_to(root.resolve()):
+        raise OccsynthError(f"{path}: inside the image folder {root} of the set: the {what} would replace or join "
+                            "its images - write it elsewhere")
 
 
 def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None = None) -> list[dict]:

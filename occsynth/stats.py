@@ -56,7 +56,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
 
     Skipped and counted in ``skipped`` (by reason, with an example): image records that are no
     object or have no id, repeated image ids, annotations that are no object, annotations whose
-    occlusion_ratio is there but no number, annotations whose layer is there but no integer (every
+    occlusion_ratio is there but no number in [0, 1], annotations whose layer is there but no integer (every
     layer statistic, pasted or background included, depends on it), and (when there is an image table)
     annotations of unknown images. Unknown categories are counted under ``(unknown)``.
     """
@@ -94,6 +94,10 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
         if "occlusion_ratio" in ann and not finite_number(ratio):  # else the histogram would leave it out unseen
             skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann.get('id', '?'))[:40]}",
                                  f"occlusion_ratio {brief(ratio, 40)} is not a number"))
+            continue
+        if "occlusion_ratio" in ann and not 0 <= ratio <= 1:  # else binned at an end, and the mean off
+            skips.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {str(ann.get('id', '?'))[:40]}",
+                                 f"occlusion_ratio {brief(ratio, 40)} is outside [0, 1]"))
             continue
         layer = ann.get("layer", 0)
         if not isinstance(layer, int) or isinstance(layer, bool):  # counted as layer 0 it would read as background

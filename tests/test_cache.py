@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.occsynth_cli import main as occsynth_main
-from occsynth.bank import BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels
+from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from occsynth.cache import cache_entries, remove_cache_entries
 from occsynth.errors import OccsynthError
 
@@ -163,3 +163,70 @@ def test_a_demo_source_missing_an_image_is_stale_and_the_next_run_rebuilds_it(tm
     assert {e["name"]: e["notes"] for e in cache_entries(tmp_path / "c")}[demo.DEMO_VERSION] == []
     assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".")] == []
 
+
+
+@pytest.mark.parametrize("entry, key, value", [
+    ("bank", "source", "instances.json"), ("bank", "num_images", "abc"), ("bank", "num_images", None),
+    ("store", "image_root", 5), ("store", "num_annotations", "100"), ("store", "num_images_total", [24]),
+])
+def test_a_meta_json_edited_by_hand_is_listed_as_stale_not_a_traceback(cache, entry, key, value):
+    cache_dir, made = cache
+    path = made[entry] / "meta.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir)])
+    assert res.exit_code == 0 and res.exception is None, res.output
+    listed = {e["name"]: e for e in cache_entries(cache_dir)}[made[entry].name]
+    if key not in ("source", "image_root"):  # a run cannot open it: stale, as a damaged entry
+        assert listed["notes"] and listed["notes"][0].startswith("damaged ("), listed
+        with pytest.raises(OccsynthError, match="delete it to rebuild"):
+            (Bank.load if entry == "bank" else CutoutPixels.load)(made[entry])
+
+
+def test_a_demo_source_listing_a_file_name_that_is_no_string_is_stale(tmp_path):
+    from occsynth import demo
+    ann, _ = demo.demo_source(tmp_path / "c")
+    data = json.loads(ann.read_text())
+    data["images"][0]["file_name"] = 5
+    ann.write_text(json.dumps(data))
+    notes = {e["name"]: e["notes"] for e in cache_entries(tmp_path / "c")}
+    assert notes[demo.DEMO_VERSION] == ["damaged (annotations.json unreadable): the next run that needs it "
+                                        "builds it again"]
+
+
+def test_a_file_in_place_of_an_entry_is_removed_whole(cache):
+    cache_dir, made = cache
+    shutil.rmtree(made["other"])
+    made["other"].write_bytes(b"x")                     # a bank's name, but a file (copied there by hand)
+    stray = cache_dir / "banks" / f".{made['bank'].name}.tmp-abc"
+    stray.write_bytes(b"x")
+    old = time.time() - 2 * 3600
+    os.utime(stray, (old, old))
+    (cache_dir / "banks" / ".DS_Store").write_bytes(b"x")   # a file manager's: not occsynth's, not listed
+    res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove-stale"])
+    assert res.exit_code == 0, res.output
+    assert f"removed {made['other']}" in res.output and f"removed {stray}" in res.output
+    assert sorted(p.name for p in (cache_dir / "banks").iterdir()) == [".DS_Store", made["bank"].name]
+
+
+def test_a_link_to_a_missing_bank_is_listed_stale_and_can_be_removed(cache, tmp_path):
+    cache_dir, made = cache
+    link = cache_dir / "banks" / made["other"].name
+    shutil.rmtree(link)
+    link.symlink_to(tmp_path / "unmounted-disk" / "bank")   # moved or its disk gone: runs fail on it
+    entry = {e["name"]: e for e in cache_entries(cache_dir)}[link.name]
+    assert entry["notes"] and "missing" in entry["notes"][0]
+    assert remove_cache_entries(cache_dir, [link.name]) == [link]
+    assert not os.path.lexists(link)
+
+
+def test_a_folder_that_is_no_cache_loses_nothing_to_remove_stale(tmp_path):
+    folder = tmp_path / "work"                           # --cache-dir given a folder of the user's by mistake
+    for sub in ("banks/2023-statements", "cutout-pixels/holiday", "banks/.git"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "keep.txt").write_text("mine")
+    old = time.time() - 2 * 3600
+    os.utime(folder / "banks" / ".git", (old, old))
+    res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(folder), "--remove-stale"])
+    assert res.exit_code == 0 and "0 entries" in res.output, res.output
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("keep.txt")) == [
+        "banks/.git/keep.txt", "banks/2023-statements/keep.txt", "cutout-pixels/holiday/keep.txt"]

@@ -4,6 +4,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from pycocotools.coco import COCO
 
@@ -11,6 +12,7 @@ from cli.occsynth_cli import main as occsynth_main
 from occsynth import coco, demo
 from occsynth.bank import Bank, ensure_bank
 from occsynth.categories import COCO_CATEGORIES
+from occsynth.errors import OccsynthError
 
 
 def test_coco_categories_have_the_real_gapped_ids():
@@ -104,3 +106,11 @@ def test_make_demo_source_command(tmp_path):
     assert (mine / "annotations.json").read_text() == '{"my": "labels"}'
     forced = CliRunner().invoke(occsynth_main, ["make-demo-source", str(mine), "--force"])
     assert forced.exit_code == 0 and "images" in json.loads((mine / "annotations.json").read_text())
+
+
+def test_make_demo_source_refuses_a_negative_seed(tmp_path):
+    res = CliRunner().invoke(occsynth_main, ["make-demo-source", str(tmp_path / "d"), "--seed", "-1"])
+    assert res.exit_code == 2 and "--seed" in res.output
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(OccsynthError, match="seed"):
+        demo.build_demo(seed=-1)

@@ -351,3 +351,28 @@ def test_no_image_found_is_an_error_naming_the_folder(dataset, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"missing image file (not under {tmp_path / 'images'})" in result.output
     assert "2 image file(s) not found: if the images are elsewhere, give their folder with --images" in result.output
+
+
+def test_a_negative_seed_is_refused_with_a_message(dataset, tmp_path):
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    res = CliRunner().invoke(group, ["preview", str(dataset), "--out", str(tmp_path / "s.png"), "--seed", "-1"])
+    assert res.exit_code == 2 and "--seed" in res.output and not (tmp_path / "s.png").exists()
+    with pytest.raises(OccsynthError, match="seed"):
+        preview(dataset, n=1, seed=-1, tile=TILE)
+
+
+def test_a_sheet_into_the_sets_image_folder_is_refused(tmp_path):
+    dataset = write_dataset(tmp_path / "set")
+    victim = sorted((dataset / "images").iterdir())[0]
+    before = victim.read_bytes()
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    for source in (dataset, dataset / "annotations.json"):
+        res = CliRunner().invoke(group, ["preview", str(source), "--out", str(victim)])
+        assert res.exit_code == 2 and "image folder" in res.output and "Traceback" not in res.output, res.output
+        assert victim.read_bytes() == before
+        res = CliRunner().invoke(group, ["stats", str(source), "--plot", str(dataset / "images" / "plot.png")])
+        assert res.exit_code == 2 and "image folder" in res.output, res.output
+    assert sorted(p.name for p in (dataset / "images").iterdir())[0] == victim.name
+    assert not (dataset / "images" / "plot.png").exists()
+    ok = CliRunner().invoke(group, ["preview", str(dataset), "--out", str(dataset / "sheet.png")])
+    assert ok.exit_code == 0, ok.output  # beside the set is fine

@@ -222,3 +222,16 @@ def test_a_layer_that_is_no_integer_is_skipped_and_reported(tmp_path, layer, sho
     res = CliRunner().invoke(group(), ["stats", str(path)])
     assert res.exit_code == 0 and "skipped 1 record(s), not counted above:" in res.output
     assert f"annotation {victim['id']}: malformed record (layer {shown} is not an integer)" in res.output
+
+
+@pytest.mark.parametrize("ratio", [1.5, -0.2])
+def test_a_ratio_outside_0_1_is_skipped_not_binned_at_an_end(tmp_path, ratio):
+    data, _ = build()
+    data["annotations"][0]["occlusion_ratio"] = ratio
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    stats = stats_from_path(path)
+    assert stats["skipped"]["counts"] == {"malformed record": 1}
+    assert stats["annotations"] == len(data["annotations"]) - 1 == sum(stats["occlusion_ratio"]["counts"])
+    res = CliRunner().invoke(group(), ["stats", str(path)])
+    assert res.exit_code == 0 and f"(occlusion_ratio {ratio} is outside [0, 1])" in res.output
