@@ -279,9 +279,9 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     for image in data.get("images", []):
         try:
             where = coco_io.record_name("image", image)
-            if not isinstance(image, dict) or not coco_io.is_id(image.get("id")):
+            if not isinstance(image, dict) or not coco_io.is_int(image.get("id")):
                 raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
-            if not (coco_io.is_id(image.get("height")) and coco_io.is_id(image.get("width"))
+            if not (coco_io.is_int(image.get("height")) and coco_io.is_int(image.get("width"))
                     and image["height"] > 0 and image["width"] > 0):
                 raise BadRecord(errors.MALFORMED_RECORD, where, "needs positive integer 'height' and 'width'")
             if image["id"] in images:
@@ -413,10 +413,10 @@ def check_occsep_entries(data: dict, lists: dict[str, ObjectList], where: str | 
     would count as a miss; or its RLE mask's size is not its image's (the recall compares them pixel by pixel).
     Objects on other images are not scored, so not checked. An image record without a usable size is left to
     the record checks (it is skipped and counted there)."""
-    images = [image for image in data["images"] if isinstance(image, dict) and coco_io.is_id(image.get("id"))]
+    images = [image for image in data["images"] if isinstance(image, dict) and coco_io.is_int(image.get("id"))]
     index = _file_name_index(images)
     sizes = {image["id"]: [image["height"], image["width"]] for image in images
-             if all(coco_io.is_id(image.get(k)) and image[k] > 0 for k in ("height", "width"))}
+             if all(coco_io.is_int(image.get(k)) and image[k] > 0 for k in ("height", "width"))}
     categories = coco_io.categories_by_id(data["categories"])
     names = {c.get("name") for c in categories.values()}
     for listed in lists.values():
@@ -675,7 +675,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     category_ids = state.get("category_ids")
     if not category_ids:
         raise OccsynthError(f"{checkpoint}: checkpoint has no category mapping")
-    if not isinstance(category_ids, (list, tuple)) or not all(coco_io.is_id(c) for c in category_ids):
+    if not isinstance(category_ids, (list, tuple)) or not all(coco_io.is_int(c) for c in category_ids):
         raise OccsynthError(f"{checkpoint}: category_ids must be a list of category ids, got "
                             f"{coco_io.brief(category_ids)}")
     if not isinstance(state.get("model_config"), dict):

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from . import masks as mask_ops
 from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
-from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, is_id, iter_array,
+from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, is_int, iter_array,
                    open_json, reading_json)
 from .errors import BadRecord, OccsynthError, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
@@ -91,7 +91,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     kept = [i for i in range(len(annotations)) if i not in duplicates]
     bad = {i for i in kept if not _mask_ok(annotations[i], height, width, strict)}
     named = [i for i in kept if i not in bad]
-    usable = [i for i in named if is_box(annotations[i].get("bbox")) and is_id(annotations[i].get("id"))]
+    usable = [i for i in named if is_box(annotations[i].get("bbox")) and is_int(annotations[i].get("id"))]
     counts["no_box"], counts["bad_masks"] = len(named) - len(usable), len(bad)
     occluders: dict[int, list[int]] = {i: [] for i in range(len(annotations))}
     if usable:
@@ -106,14 +106,14 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
             decoded[j] = mask_ops.decode(annotations[j].get("segmentation"), height, width)
         return decoded[j]
 
-    local_of = {annotations[i]["id"]: i for i in named if is_id(annotations[i].get("id"))}
+    local_of = {annotations[i]["id"]: i for i in named if is_int(annotations[i].get("id"))}
     for i, ann in enumerate(annotations):
         if i in duplicates or i in bad:
             hits = []
             ann["occluder_ids"] = []
         elif keep_existing and isinstance(ann.get("occluder_ids"), list):
             given = ann["occluder_ids"]
-            hits = list(dict.fromkeys(local_of[j] for j in given if is_id(j) and j in local_of and local_of[j] != i))
+            hits = list(dict.fromkeys(local_of[j] for j in given if is_int(j) and j in local_of and local_of[j] != i))
             ann["occluder_ids"] = [annotations[j]["id"] for j in hits]
             counts["kept_occluder_ids"] += 1
             counts["dropped_occluder_ids"] += len(given) - len(hits)
@@ -233,8 +233,8 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 if isinstance(ann, dict) and isinstance(ann.get("occluder_ids"), list) and not keep_existing:
                     counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported
                 ann_id = ann.get("id") if isinstance(ann, dict) else None
-                duplicate = is_id(ann_id) and ann_id in seen_ids
-                if is_id(ann_id):
+                duplicate = is_int(ann_id) and ann_id in seen_ids
+                if is_int(ann_id):
                     seen_ids.add(ann_id)
                 counts["duplicate_ids"] += duplicate
                 bucket = num_buckets if k is None else k // per_bucket

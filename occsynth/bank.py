@@ -47,7 +47,7 @@ from . import errors, masks
 from .atomic import build_dir_once, open_atomic, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
-                   is_id, iter_array, none_found_under, read_array, read_image, record_image_path,
+                   is_int, iter_array, none_found_under, read_array, read_image, record_image_path,
                    unique_by_id)
 from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
@@ -365,7 +365,7 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
             where = f"annotation {brief(record.get('id', '?') if isinstance(record, dict) else record)}"
             if isinstance(record, dict):
                 for key in ("image_id", "category_id"):
-                    if key in record and not is_id(record[key]):
+                    if key in record and not is_int(record[key]):
                         raise BadRecord(errors.MALFORMED_RECORD, where, f"'{key}' is not an integer")
                 image_index = images.index_of.get(record.get("image_id"))
             check_annotation_record(record, images.index_of, category_ids)
@@ -588,15 +588,10 @@ def _check_layout(bank_dir: Path, meta: dict, a: dict[str, np.ndarray]) -> None:
     if n_ann and (a["ann_image"].min() < 0 or a["ann_image"].max() >= n_img):
         problems.append("annotation image indices")
     num_images = meta.get("num_images")
-    if not _whole(num_images) or not 0 <= num_images <= n_img or not isinstance(meta.get("categories"), list):
+    if not is_int(num_images) or not 0 <= num_images <= n_img or not isinstance(meta.get("categories"), list):
         problems.append("meta.json")
     if problems:
         raise DamagedEntry(f"{bank_dir}: damaged cutout bank ({', '.join(problems)})")
-
-
-def _whole(value) -> bool:
-    """Whether a meta.json value is a whole number (not a string, float or bool: a file edited by hand)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def no_cutouts_reason(meta: dict) -> str:
@@ -886,7 +881,7 @@ class CutoutPixels:
         try:
             size = os.fstat(blob_file.fileno()).st_size
             n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
-            if not (_whole(n_ann) and _whole(n_img)) or len(offsets) != n_ann + 1 or offsets[-1] != size \
+            if not (is_int(n_ann) and is_int(n_img)) or len(offsets) != n_ann + 1 or offsets[-1] != size \
                     or stat.shape != (n_img, 2) or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
                 raise DamagedEntry(f"{store_dir}: damaged cutout pixel store")
             if bank is not None and (meta["bank"]["sha256"] != bank.meta["source"]["sha256"]

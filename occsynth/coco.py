@@ -236,7 +236,7 @@ def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
     for record in records:
         record_id = record.get("id") if isinstance(record, dict) else None
         try:
-            if not is_id(record_id):
+            if not is_int(record_id):
                 raise BadRecord(errors.MALFORMED_RECORD, record_name(kind, record), "'id' missing or not int")
             if record_id in seen:
                 raise BadRecord(errors.DUPLICATE_ID, record_name(kind, record), duplicate_detail(log))
@@ -279,7 +279,7 @@ def check_annotation_fields(ann: Any) -> str:
     where = f"annotation {brief(ann.get('id', '?') if isinstance(ann, dict) else ann)}"
     if not isinstance(ann, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
-    if not is_id(ann.get("id")) or "segmentation" not in ann:
+    if not is_int(ann.get("id")) or "segmentation" not in ann:
         raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id' and a 'segmentation'")
     return where
 
@@ -287,9 +287,9 @@ def check_annotation_fields(ann: Any) -> str:
 def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
     """Validate an ``annotations`` entry against the image and category tables."""
     where = check_annotation_fields(ann)
-    if not is_id(ann.get("image_id")) or ann["image_id"] not in images:  # a list id is no key: no TypeError
+    if not is_int(ann.get("image_id")) or ann["image_id"] not in images:  # a list id is no key: no TypeError
         raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(ann.get('image_id'))}")
-    if not is_id(ann.get("category_id")) or ann["category_id"] not in categories:
+    if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
         raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {brief(ann.get('category_id'))}")
     return ann
 
@@ -328,14 +328,15 @@ def check_iscrowd(ann: dict, where: str) -> int:
     return int(crowd)
 
 
-def is_id(value: Any) -> bool:
-    """A COCO id: an int (not a bool). Checked before a dict lookup, where a list id would raise TypeError."""
+def is_int(value: Any) -> bool:
+    """An int that is no bool (JSON's true/false): a COCO id or a count. Checked before a dict lookup, where a
+    list id would raise TypeError, and on numbers read from files a user may have edited."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def categories_by_id(categories: Iterable) -> dict[int, dict]:
     """The category records that can be looked up by id (dicts with an integer id), by id."""
-    return {c["id"]: c for c in categories if isinstance(c, dict) and is_id(c.get("id"))}
+    return {c["id"]: c for c in categories if isinstance(c, dict) and is_int(c.get("id"))}
 
 
 def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
-from .coco import (brief, categories_by_id, check_image_record, check_out_file, duplicate_detail, is_id, read_dataset,
+from .coco import (brief, categories_by_id, check_image_record, check_out_file, duplicate_detail, is_int, read_dataset,
                    read_json, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
@@ -108,7 +108,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     for ann in unique_by_id(data["annotations"], "annotation", log):  # occluder_ids name annotations by id
         if _image_of(ann, images, bad_ids, counts) is None:
             continue
-        if not is_id(ann.get("category_id")) or ann["category_id"] not in categories:
+        if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
             log.skip(BadRecord(errors.UNKNOWN_CATEGORY, f"annotation {brief(ann['id'])}",
                                f"category_id {brief(ann.get('category_id'))}"))
             continue
@@ -181,7 +181,7 @@ def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
         except BadRecord as exc:
             bad += 1
             log.skip(exc)
-            if isinstance(record, dict) and is_id(record.get("id")):
+            if isinstance(record, dict) and is_int(record.get("id")):
                 bad_ids.add(record["id"])
             continue
         if image["id"] in images:  # the first record of an id is used; the output names each id once
@@ -196,9 +196,9 @@ def _image_of(ann: Any, images: dict, bad_ids: set, counts: dict) -> dict | None
     """The usable image record of an annotation, or None, counted as ``of_bad_image`` (its image record
     was skipped) or ``unknown_image`` (no image record has its image_id)."""
     image_id = ann.get("image_id") if isinstance(ann, dict) else None
-    if is_id(image_id) and image_id in images:
+    if is_int(image_id) and image_id in images:
         return images[image_id]
-    counts["of_bad_image" if is_id(image_id) and image_id in bad_ids else "unknown_image"] += 1
+    counts["of_bad_image" if is_int(image_id) and image_id in bad_ids else "unknown_image"] += 1
     return None
 
 
@@ -208,7 +208,7 @@ def _normalise_name(name: Any) -> str:
 
 def cocoa_categories(coco_categories: list[dict] | None) -> tuple[list[dict], dict, int, int]:
     """(categories, name -> id, thing id, stuff id): the given COCO list plus ``thing`` and ``stuff``."""
-    base = [dict(c) for c in (coco_categories or []) if isinstance(c, dict) and is_id(c.get("id"))]
+    base = [dict(c) for c in (coco_categories or []) if isinstance(c, dict) and is_int(c.get("id"))]
     top = max([c["id"] for c in base], default=0)
     thing, stuff = top + 1, top + 2
     categories = base + [{"id": thing, "name": "thing", "supercategory": "thing"},

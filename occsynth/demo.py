@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import numbers
 import os
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ from . import masks
 from .atomic import build_dir_once, write_bytes, write_json
 from .categories import COCO_CATEGORIES, COCO_IDS_BY_NAME
 from .coco import encode_image
-from .errors import OccsynthError
+from .schedule import check_seed
 
 DEMO_VERSION = "demo-v1"
 NUM_IMAGES = 24
@@ -294,8 +293,7 @@ def build_demo(seed: int = 0) -> tuple[dict, dict[str, np.ndarray], dict[str, np
     The label map holds, per pixel, the id of the annotation painted last there (0 = none):
     the ground truth the annotations are checked against.
     """
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:  # numpy: a bare ValueError
-        raise OccsynthError(f"demo source: seed must be a whole number >= 0, got {seed!r}")
+    check_seed(seed, "demo source")
     images, annotations, pixels, labels = [], [], {}, {}
     next_id = 1
     for index in range(NUM_IMAGES):

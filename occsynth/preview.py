@@ -12,7 +12,6 @@ set reads the file once and decodes 16 images.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,9 +21,10 @@ import numpy as np
 
 from . import errors, masks
 from .boxes import is_box, pairwise_overlap
-from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, is_id, iter_array, one_line, \
+from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, is_int, iter_array, one_line, \
     read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog
+from .schedule import check_seed
 from .writer import IMAGES, set_paths
 
 # RGB colours. Distinct hues so roles read at a glance (and so tests can find them exactly).
@@ -66,12 +66,6 @@ def check_sheet_options(n: int, columns: int, tile: int) -> None:
         raise OccsynthError(f"preview: --tile must be in {TILE_RANGE[0]}..{TILE_RANGE[1]} pixels, got {tile}")
 
 
-def check_seed(seed: int | None) -> None:
-    """Refuse a seed numpy cannot take (it raises a bare ValueError on a negative one)."""
-    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
-        raise OccsynthError(f"preview: --seed must be a whole number >= 0, got {seed!r}")
-
-
 def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16, columns: int = 4,
             seed: int | None = 0, tile: int = 256, labels: bool = True, boxes: bool | None = None,
             pair_iou: float = PAIR_IOU) -> np.ndarray:
@@ -99,7 +93,8 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
     """
     log = log if log is not None else SkipLog()
     check_sheet_options(n, columns, tile)
-    check_seed(seed)
+    if seed is not None:
+        check_seed(seed, "preview")
     ann_path, image_root = resolve_source(source, images)
     chosen = select_images(ann_path, n, seed, log)
     height, width = sheet_shape(len(chosen), columns, tile)
@@ -233,7 +228,7 @@ def annotations_of(ann_path: Path, image_ids: set, log: SkipLog | None = None) -
     for ann in iter_array(ann_path, "annotations"):
         if not isinstance(ann, dict):
             log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann)}", "not an object"))
-        elif not is_id(ann.get("image_id")):  # a list id is no key: checked before the lookup
+        elif not is_int(ann.get("image_id")):  # a list id is no key: checked before the lookup
             log.skip(BadRecord(errors.UNKNOWN_IMAGE, f"annotation {brief(ann.get('id', '?'))}",
                                f"image_id {brief(ann.get('image_id'))}"))
         elif ann["image_id"] in image_ids:
@@ -336,7 +331,7 @@ def check_annotation(ann: dict, height: int, width: int) -> tuple[list[float] | 
         raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(ann['bbox'])} is not 4 finite numbers "
                                                         f"(width, height >= 0) near the {width}x{height} image")
     occluders = ann.get("occluder_ids", [])
-    if not isinstance(occluders, list) or not all(map(is_id, occluders)):
+    if not isinstance(occluders, list) or not all(map(is_int, occluders)):
         raise BadRecord(errors.MALFORMED_RECORD, where, f"occluder_ids {brief(occluders)} is not a list of ids")
     return box, bool(check_iscrowd(ann, where))
 

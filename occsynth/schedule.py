@@ -122,6 +122,12 @@ def _words(value: int, name: str) -> list[int]:
     return [value & 0xFFFFFFFF, value >> 32]
 
 
+def check_seed(seed: int, where: str) -> None:
+    """Refuse a seed numpy cannot take (a negative one, a float, a bool): numpy says only ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OccsynthError(f"{where}: seed must be a whole number >= 0, got {seed!r}")
+
+
 def image_rng(seed: int, index: int, stream: str) -> np.random.Generator:
     """Independent RNG for one purpose (``stream``) of one output image.
 

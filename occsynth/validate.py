@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import masks
-from .coco import check_coco_layout, check_image_record, check_iscrowd, iter_array, read_image, resolve_image_path
+from .coco import (check_coco_layout, check_image_record, check_iscrowd, is_int, iter_array, read_image,
+                   resolve_image_path)
 from . import errors
 from .errors import BadRecord, OccsynthError
 from .occluders import layer_occluders
@@ -258,7 +259,7 @@ def _image_record(image: Any, failures: _Failures) -> dict | None:
     try:
         image = check_image_record(image)
     except BadRecord as exc:
-        image_id = image.get("id") if isinstance(image, dict) and _is_int(image.get("id")) else None
+        image_id = image.get("id") if isinstance(image, dict) and is_int(image.get("id")) else None
         failures.add("fields", str(exc), **({} if image_id is None else {"image_id": image_id}))
         return None
     return {k: image[k] for k in ("id", "file_name", "height", "width")}
@@ -282,13 +283,13 @@ def _image_groups(anns: Iterator[dict], images: dict, categories: dict, failures
             failures.add("fields", f"annotation is not an object: {str(ann)[:80]}")
             continue
         ann_id = ann.get("id")
-        if _is_int(ann_id):
+        if is_int(ann_id):
             if ann_id in seen_ids:
                 failures.add("duplicate_id", f"annotation id {ann_id} appears more than once", ann_id)
             seen_ids.add(ann_id)
         if ann.get("category_id") not in categories:
             failures.add("unknown_category", f"category_id {ann.get('category_id')!r} is not in 'categories'", ann_id)
-        elif _is_int(ann.get("layer")) and ann["layer"] > 0:
+        elif is_int(ann.get("layer")) and ann["layer"] > 0:
             totals["pasted"] += 1
             totals["pasted_occluded"] += bool(ann.get("occluder_ids"))
             pasted[ann["category_id"]] += 1
@@ -328,10 +329,6 @@ def _batches(groups: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 # ---------------------------------------------------------------- per-image checks
 
 
@@ -359,7 +356,7 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> int:
         if bad:
             failures.add("fields", f"missing or mistyped: {', '.join(bad)}", ann_id, image["id"])
             continue
-        if ann["layer"] < 0 or not all(_is_int(j) for j in ann["occluder_ids"]) \
+        if ann["layer"] < 0 or not all(is_int(j) for j in ann["occluder_ids"]) \
                 or len(ann["bbox"]) != 4 or len(ann["amodal_bbox"]) != 4:
             failures.add("fields", "negative layer, non-integer occluder id, or a box without 4 numbers",
                          ann_id, image["id"])

@@ -33,7 +33,7 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .atomic import make_folder, open_atomic, remove_stale_temporaries, write_json
-from .coco import read_json
+from .coco import is_int, read_json
 from .errors import OccsynthError, SkipLog
 
 PARTS = "parts"
@@ -334,7 +334,7 @@ def read_run(path: Path) -> dict:
 
 
 def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 def refuse_foreign_files(out_dir: Path, most: int = 5) -> None:

@@ -112,5 +112,5 @@ def test_make_demo_source_refuses_a_negative_seed(tmp_path):
     res = CliRunner().invoke(occsynth_main, ["make-demo-source", str(tmp_path / "d"), "--seed", "-1"])
     assert res.exit_code == 2 and "--seed" in res.output
     assert not (tmp_path / "d").exists()
-    with pytest.raises(OccsynthError, match="seed"):
+    with pytest.raises(OccsynthError, match=r"^demo source: seed must be a whole number >= 0, got -1$"):
         demo.build_demo(seed=-1)

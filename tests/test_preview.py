@@ -357,8 +357,10 @@ def test_a_negative_seed_is_refused_with_a_message(dataset, tmp_path):
     group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
     res = CliRunner().invoke(group, ["preview", str(dataset), "--out", str(tmp_path / "s.png"), "--seed", "-1"])
     assert res.exit_code == 2 and "--seed" in res.output and not (tmp_path / "s.png").exists()
-    with pytest.raises(OccsynthError, match="seed"):
+    with pytest.raises(OccsynthError, match=r"^preview: seed must be a whole number >= 0, got -1$"):
         preview(dataset, n=1, seed=-1, tile=TILE)
+    with pytest.raises(OccsynthError, match=r"^preview: seed must be a whole number >= 0, got 1.5$"):
+        preview(dataset, n=1, seed=1.5, tile=TILE)
 
 
 def test_a_sheet_into_the_sets_image_folder_is_refused(tmp_path):
