@@ -473,16 +473,17 @@ def _file_name_index(images: list[dict]) -> dict[str, int]:
 
 def occlusion_levels(data: dict) -> dict:
     """Per non-crowd ground-truth id: ``box_overlap`` (largest box IoU with another one of its
-    image) and ``occlusion_ratio`` (the annotation field, where it is a finite number: a bool, NaN or
-    infinity would otherwise land in the last, most occluded bin)."""
+    image) and ``occlusion_ratio`` (the annotation field, where it is a number in [0, 1]: a bool, NaN,
+    infinity or a ratio out of range, from a damaged or hand-made file, would otherwise land in an end bin)."""
     by_image: dict[int, list[dict]] = {}
     ratio = {}
     for ann in data["annotations"]:
         if ann.get("iscrowd", 0):
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
-        if mask_ops.finite_number(ann.get("occlusion_ratio")):  # not true/false, NaN or inf: no ratio, no bin
-            ratio[ann["id"]] = float(ann["occlusion_ratio"])
+        value = ann.get("occlusion_ratio")
+        if mask_ops.finite_number(value) and 0 <= value <= 1:  # not true/false, NaN, inf or 1.5: no ratio, no bin
+            ratio[ann["id"]] = float(value)
     overlap = {}
     for anns in by_image.values():
         boxes = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)

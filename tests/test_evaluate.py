@@ -567,14 +567,17 @@ def test_occsep_recall_counts_objects_on_images_not_evaluated_outside_the_set():
     assert none["occluded_recall"] is None and none["occsep"]["occluded"]["outside_set"] == 1
 
 
-def test_an_occlusion_ratio_that_is_no_finite_number_puts_its_ground_truth_in_no_ratio_bin():
+def test_an_occlusion_ratio_that_is_no_number_in_0_1_puts_its_ground_truth_in_no_ratio_bin():
     """true, NaN and inf were read as ratios 1.0, nan, inf: all three landed in the last bin, [0.3,1]."""
     gt = gt_set()
     anns = gt["annotations"]
     anns[1]["occlusion_ratio"], anns[2]["occlusion_ratio"] = True, float("nan")
     assert E.occlusion_levels(gt)["occlusion_ratio"] == {1: 0.0}
-    anns[2]["occlusion_ratio"] = float("inf")
-    assert E.occlusion_levels(gt)["occlusion_ratio"] == {1: 0.0}
+    for outside in (float("inf"), 1.5, -0.2):  # -0.2 was binned with the unoccluded, 1.5 with the most occluded
+        anns[2]["occlusion_ratio"] = outside
+        assert E.occlusion_levels(gt)["occlusion_ratio"] == {1: 0.0}
+    anns[2]["occlusion_ratio"] = 1
+    assert E.occlusion_levels(gt)["occlusion_ratio"] == {1: 0.0, 3: 1.0}
     anns[2]["occlusion_ratio"] = 0.5
     results = [det(1, 10, rect(2, 2, 12, 12), 0.9), det(2, 10, rect(5, 5, 25, 25), 0.8)]
     ratio = E.evaluate(gt, results)["segm_by_occlusion_ratio"]
