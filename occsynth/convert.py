@@ -2,8 +2,14 @@
 
 Every converted annotation has ``segmentation`` (the visible mask), ``area``/``bbox`` (of the visible
 mask), ``amodal_segmentation``, ``amodal_area``/``amodal_bbox``, ``occlusion_ratio``
-(``1 - area / amodal_area``) and ``occluder_ids``. Fully hidden instances are kept (area 0: their
-amodal mask is still a label). It is not a generated set: masks stay as the source gives them (KINS
+(``1 - area / amodal_area``) and ``occluder_ids``. A fully hidden instance (nothing visible: ``area`` 0,
+``bbox`` [0, 0, 0, 0], ``occlusion_ratio`` 1) is kept for its amodal mask, which is still a label, but as an
+ignore region, ``iscrowd`` 1 (counted as ``fully_hidden``): with ``iscrowd`` 0, pycocotools scores it as an
+object no detection can match (a perfect detector's visible AP falls below 1), and mmdetection and detectron2
+drop it from training anyway (zero-area box). So pycocotools, detectron2 and mmdetection ignore it; amodal
+users find it by ``iscrowd`` 1 with ``area`` 0. bcnet trains on neither (it trains on non-crowd instances; it
+skipped the empty visible mask before), and ``bcnet evaluate --mode amodal`` ignores a detection over its
+amodal mask. It is not a generated set: masks stay as the source gives them (KINS
 polygons stay polygons; a mask that had to be rebuilt is RLE), and there is no ``amodal_complete`` or
 ``source`` (nor ``layer`` for KINS), so ``occsynth validate`` refuses these files.
 
@@ -69,6 +75,14 @@ def _measures(visible: np.ndarray, amodal: np.ndarray) -> dict:
     return {"area": area, "bbox": mask_ops.bbox(visible), "amodal_area": amodal_area,
             "amodal_bbox": mask_ops.bbox(amodal),
             "occlusion_ratio": (1.0 - area / amodal_area) if amodal_area else 0.0}
+
+
+def _mark_fully_hidden(record: dict, counts: dict) -> None:
+    """A record with nothing visible becomes an ignore region (``iscrowd`` 1), counted as ``fully_hidden``
+    (see the module docstring)."""
+    if record["area"] == 0:
+        record["iscrowd"] = 1
+        counts["fully_hidden"] += 1
 
 
 def hidden_part_occluders(visible: Sequence[np.ndarray], amodal: Sequence[np.ndarray],
@@ -148,7 +162,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
             record.setdefault("iscrowd", 0)
             record["occluder_ids"] = [anns[j]["id"] for j in occ]
             counts["with_occluders"] += bool(occ)
-            counts["fully_hidden"] += record["area"] == 0
+            _mark_fully_hidden(record, counts)
             out_annotations.append(record)
     counts["annotations"] = len(out_annotations)
     output = {k: v for k, v in data.items() if k != "annotations"}
@@ -297,7 +311,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             if "occlude_rate" in region:
                 ann["occlude_rate"] = region["occlude_rate"]
             counts["with_occluders"] += bool(occ)
-            counts["fully_hidden"] += ann["area"] == 0
+            _mark_fully_hidden(ann, counts)
             out_annotations.append(ann)
     counts["annotations"] = len(out_annotations)
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO's info is an object

@@ -307,3 +307,48 @@ def test_out_equal_to_ann_is_refused_before_writing(tmp_path):
 def test_converter_help_says_which_input_layout_it_expects(command, layout):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0 and layout in " ".join(result.output.split())
+
+
+def _perfect_visible_ap(path):
+    """pycocotools segm AP of detections equal to every non-crowd ground truth's visible mask."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(path))
+        dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": gt.annToRLE(a),
+                 "score": 1.0} for a in gt.dataset["annotations"] if not a["iscrowd"]]
+        ev = COCOeval(gt, gt.loadRes(dets), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats[0]
+
+
+@pytest.mark.parametrize("make", ["cocoa", "kins"])
+def test_a_fully_hidden_instance_keeps_its_amodal_mask_as_an_ignore_region(tmp_path, make):
+    """Nothing visible: with iscrowd 0 pycocotools counted it as an object no detection can match (a perfect
+    detector's AP was 0.78 / 0.63 here) and mmdetection/detectron2 drop its zero-area box; it is an ignore region."""
+    hidden = [8, 4, 11, 4, 11, 8, 8, 8]  # inside FRONT
+    if make == "cocoa":
+        data = json.loads(cocoa_file(tmp_path).read_text())
+        data["annotations"][0]["regions"].insert(1, {"segmentation": hidden, "order": 2, "name": "cup", "isStuff": 0,
+                                                     "visible_mask": rle(np.zeros((H, W), bool))})
+        convert, hidden_id = convert_cocoa, 2
+    else:
+        data = json.loads(kins_file(tmp_path).read_text())
+        data["annotations"].insert(1, {**data["annotations"][0], "id": 15, "a_segm": [hidden], "i_segm": []})
+        convert, hidden_id = convert_kins, 15
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    report = convert(tmp_path / "in.json", tmp_path / "out.json", progress=False)
+    anns = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    a = anns[hidden_id]
+    assert a["iscrowd"] == 1 and a["area"] == 0 and a["bbox"] == [0.0, 0.0, 0.0, 0.0] and a["occlusion_ratio"] == 1
+    assert np.array_equal(decode(a["amodal_segmentation"]), rect(8, 4, 11, 8)) and a["amodal_area"] == 12
+    assert not decode(a["segmentation"]).any()
+    assert [b["iscrowd"] for b in anns.values() if b["id"] != hidden_id] == [0] * (len(anns) - 1)
+    assert report["counts"]["fully_hidden"] == 1 and report["skipped"]["counts"] == {}
+    assert _perfect_visible_ap(tmp_path / "out.json") == 1.0
