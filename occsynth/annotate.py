@@ -13,9 +13,9 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
 Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
 exact (from the depth order) and better than the box rule's guesses. An annotation whose id an earlier
 one has (ids must name one annotation) gets no occluders and occludes nobody; it is counted. An annotation
-whose mask cannot be decoded (bcnet training skips it too) is a bad record: it is left out of the output
-and reported by reason, as every reader of this project skips one (``strict``: it stops the run, naming
-the annotation and the file, and nothing is written).
+that is no JSON object, or whose mask cannot be decoded (bcnet training skips it too), is a bad record: it
+is left out of the output and reported by reason, as every reader of this project skips one (``strict``:
+it stops the run, naming the annotation and the file, and nothing is written).
 
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
@@ -48,6 +48,7 @@ from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
 from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, is_id, iter_array,
                    open_json, reading_json)
+from . import errors
 from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
@@ -136,11 +137,11 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     return counts
 
 
-def mask_decodes(ann: Any, height: int | None, width: int | None, log: SkipLog) -> bool:
+def mask_decodes(ann: dict, height: int | None, width: int | None, log: SkipLog) -> bool:
     """Whether an annotation's mask can be decoded (:func:`occsynth.coco.check_segmentation`, the check every
     reader uses); one that cannot goes to ``log`` (strict: raises BadRecord). True without an image size, which
-    the check needs, and for a record that is no object (counted as no_box)."""
-    if height is None or not isinstance(ann, dict):
+    the check needs."""
+    if height is None:
         return True
     try:
         check_segmentation(ann.get("segmentation"), height, width, f"annotation {brief(ann.get('id'))}", rle=False)
@@ -186,16 +187,18 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                        images_per_bucket: int = IMAGES_PER_BUCKET, keep_existing: bool = False,
                        strict: bool = False) -> dict:
     """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns
-    ``{"out", "threshold", "bcnet_compat", "counts"}`` (``counts``: annotations, images, with_occluders and
-    what was replaced or kept, by reason), ``skipped``. ``threshold``: box IoU above which an instance may occlude, in [0, 1].
+    ``{"out", "threshold", "bcnet_compat", "counts", "skipped"}`` (``counts``: annotations, images,
+    with_occluders and what was replaced or kept, by reason). ``threshold``: box IoU above which an instance
+    may occlude, in [0, 1].
 
     ``keep_existing``: annotations that already have ``occluder_ids`` keep them (see :func:`annotate_image`);
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
 
-    An annotation whose mask cannot be decoded is left out of the output and reported in ``skipped`` (a
-    :meth:`SkipLog.to_dict`) by reason; ``counts["annotations"]`` are those written. ``strict``: stop at the
-    first such annotation (images-table order), naming it and the file, and write nothing; the other counts
-    (no_box, duplicate_ids, ...) do not stop it.
+    Bad records, an annotation that is no JSON object or whose mask cannot be decoded, are left out of the
+    output and reported in ``skipped`` (a :meth:`SkipLog.to_dict`) by reason; ``counts["annotations"]`` are
+    those written. A left-out annotation's id is not taken: a later one with that id is no duplicate.
+    ``strict``: stop at the first bad record (file order), naming it and the file, and write nothing; the
+    other counts (no_box, duplicate_ids, ...) do not stop it.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
@@ -228,11 +231,16 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         try:
             for seq, ann in enumerate(tqdm(iter_array(in_path, "annotations"), desc="read annotations",
                                            unit="ann", disable=not progress)):
-                image_id = ann.get("image_id") if isinstance(ann, dict) else None
+                if not isinstance(ann, dict):  # a COCO reader fails on it: not copied
+                    log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotations[{seq}]", f"not an object: {brief(ann)}"))
+                    continue
+                image_id = ann.get("image_id")
                 k = index_of.get(image_id) if _is_key(image_id) else None
-                if isinstance(ann, dict) and isinstance(ann.get("occluder_ids"), list) and not keep_existing:
+                if k is not None and not mask_decodes(ann, *_image_size(images[k]), log):
+                    continue
+                if isinstance(ann.get("occluder_ids"), list) and not keep_existing:
                     counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported
-                ann_id = ann.get("id") if isinstance(ann, dict) else None
+                ann_id = ann.get("id")
                 duplicate = is_id(ann_id) and ann_id in seen_ids
                 if is_id(ann_id):
                     seen_ids.add(ann_id)
@@ -241,6 +249,8 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 files[bucket].write(json.dumps([seq, -1 if k is None else k, ann, duplicate], separators=(",", ":"))
                                     + "\n")
                 counts["annotations"] += 1
+        except BadRecord as exc:  # strict: the first bad record
+            raise exc.in_file(in_path) from None
         finally:
             for f in files:
                 f.close()
@@ -262,34 +272,32 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                     if k < 0:
                         counts["unknown_image"] += len(anns)
                         for ann in anns:
-                            if isinstance(ann, dict):
-                                ann["occluder_ids"] = []
-                                if bcnet_compat:
-                                    ann["bg_object_segmentation"] = []
+                            ann["occluder_ids"] = []
+                            if bcnet_compat:
+                                ann["bg_object_segmentation"] = []
                     else:
-                        image = images[k]
-                        h, w = image.get("height"), image.get("width")
-                        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-                            h = w = None
-                        try:
-                            usable = [(ann, dup) for ann, dup in grouped[k] if mask_decodes(ann, h, w, log)]
-                        except BadRecord as exc:  # strict: a mask that cannot be decoded
-                            raise exc.in_file(in_path) from None
-                        counts["annotations"] -= len(anns) - len(usable)
-                        anns = [ann for ann, _ in usable]
-                        duplicates = {i for i, (_, duplicate) in enumerate(usable) if duplicate}
-                        c = annotate_image(anns, h, w, threshold, bcnet_compat, keep_existing, duplicates)
+                        duplicates = {i for i, (_, duplicate) in enumerate(grouped[k]) if duplicate}
+                        c = annotate_image(anns, *_image_size(images[k]), threshold, bcnet_compat, keep_existing,
+                                           duplicates)
                         for name in ("no_box", "with_occluders", "no_image_size", "kept_occluder_ids",
                                      "dropped_occluder_ids"):
                             counts[name] += c[name]
                     for ann in anns:
                         out.write(("" if first else ",") + _dumps(ann))
                         first = False
-                    bar.update(len(grouped[k]))
+                    bar.update(len(anns))
                 (tmp / f"{bucket}.jsonl").unlink()
             out.write("]}")
     return {"out": str(out_path), "threshold": threshold, "bcnet_compat": bcnet_compat, "counts": counts,
             "skipped": log.to_dict()}
+
+
+def _image_size(image: Any) -> tuple[int | None, int | None]:
+    """(height, width) of an image record, or (None, None) where it has no usable (positive int) size."""
+    h, w = (image.get("height"), image.get("width")) if isinstance(image, dict) else (None, None)
+    if is_id(h) and is_id(w) and h > 0 and w > 0:
+        return h, w
+    return None, None
 
 
 def _is_key(value: Any) -> bool:

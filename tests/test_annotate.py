@@ -429,3 +429,27 @@ def test_a_writer_whose_new_file_a_clean_up_removed_before_its_lock_starts_again
         assert raced == [1, 1] and spool.is_dir() and (spool / atomic.LOCK_FILE).exists()
         assert atomic.remove_orphaned_temporaries(tmp_path / "o.json", ".annotate-o.json-") == 0  # held now
     assert not spool.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]
+
+
+def test_records_that_are_no_object_are_skipped_and_a_dropped_record_leaves_its_id_free(tmp_path):
+    """A number or null in 'annotations' was copied into the output (a COCO reader fails on it), counted as
+    of an unknown image; an annotation with a broken mask left out made the next one with its id a duplicate."""
+    data = make_dataset()
+    data["annotations"][1:1] = [5, None]
+    data["annotations"].append({"id": 502, "image_id": 20, "category_id": 2, "bbox": [2, 2, 10, 10], "area": 2.0,
+                                "iscrowd": 0, "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]})  # 502 again, good
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    report = annotate_occluders(src, tmp_path / "o.json", progress=False)
+    out = json.loads((tmp_path / "o.json").read_text())["annotations"]
+    assert all(isinstance(a, dict) for a in out) and len(out) == report["counts"]["annotations"] == 9
+    assert report["counts"]["unknown_image"] == 1 and report["counts"]["duplicate_ids"] == 0
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 1, "malformed record": 2}
+    assert report["skipped"]["examples"]["malformed record"] == "annotations[1]: malformed record (not an object: 5)"
+    by_id = {a["id"]: a for a in out}
+    assert by_id[502]["occluder_ids"] == [501] and by_id[501]["occluder_ids"] == [502]
+    strict = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "s.json"),
+                                       "--strict", "--quiet"])
+    assert strict.exit_code == 2 and strict.output.startswith(f"Error: {src}: annotation 502: degenerate"), \
+        strict.output  # the first bad record in file order
+    assert not (tmp_path / "s.json").exists()
