@@ -83,7 +83,8 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
 
     Returns counts: ``no_box`` (annotations without a usable box or id: no occluders, occlude
     nobody), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
-    whose image has no usable height/width, so their ``bg_object_segmentation`` stays empty),
+    whose image has no usable height/width, or one too large to draw masks at (more pixels than
+    :data:`occsynth.masks.MAX_IMAGE_PIXELS`), so their ``bg_object_segmentation`` stays empty),
     ``kept_occluder_ids``, ``dropped_occluder_ids`` (ids dropped from kept lists).
     """
     counts = {"no_box": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0,
@@ -124,7 +125,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
         ann["bg_object_segmentation"] = []
         if not hits:
             continue
-        if height is None:  # the image record has no usable height/width: no mask can be drawn, counted
+        if height is None:  # no usable (or drawable) height/width: no mask can be drawn, counted
             counts["no_image_size"] += 1
             continue
         x0, y0, x1, y1 = box_window(ann["bbox"], height, width)
@@ -277,8 +278,10 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                                 ann["bg_object_segmentation"] = []
                     else:
                         duplicates = {i for i, (_, duplicate) in enumerate(grouped[k]) if duplicate}
-                        c = annotate_image(anns, *_image_size(images[k]), threshold, bcnet_compat, keep_existing,
-                                           duplicates)
+                        h, w = _image_size(images[k])
+                        if h is not None and h * w > mask_ops.MAX_IMAGE_PIXELS:  # pycocotools crashed the process
+                            h = w = None  # no mask is drawn at that size (counted as no_image_size)
+                        c = annotate_image(anns, h, w, threshold, bcnet_compat, keep_existing, duplicates)
                         for name in ("no_box", "with_occluders", "no_image_size", "kept_occluder_ids",
                                      "dropped_occluder_ids"):
                             counts[name] += c[name]

@@ -453,3 +453,27 @@ def test_records_that_are_no_object_are_skipped_and_a_dropped_record_leaves_its_
     assert strict.exit_code == 2 and strict.output.startswith(f"Error: {src}: annotation 502: degenerate"), \
         strict.output  # the first bad record in file order
     assert not (tmp_path / "s.json").exists()
+
+
+def test_bcnet_compat_draws_no_mask_at_an_image_size_too_large_to_decode(tmp_path, monkeypatch):
+    """An image record claiming 10^6 x 10^6 pixels: pycocotools crashed the process (segmentation fault)
+    rasterising the occluder's polygon at that size. Its occluders are found by box; no mask is drawn (counted)."""
+    from occsynth import masks
+
+    decode = masks.decode
+
+    def guarded(segmentation, height, width):
+        assert height * width <= masks.MAX_IMAGE_PIXELS, "a mask was decoded at a size too large to decode"
+        return decode(segmentation, height, width)
+
+    monkeypatch.setattr(masks, "decode", guarded)
+    square = [[2, 2, 12, 2, 12, 10, 2, 10]]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10 ** 6, "width": 10 ** 6}],
+            "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 8], "area": 80,
+                             "iscrowd": 0, "segmentation": square} for i in (1, 2)],
+            "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    report = annotate_occluders(tmp_path / "in.json", tmp_path / "o.json", bcnet_compat=True, progress=False)
+    out = json.loads((tmp_path / "o.json").read_text())["annotations"]
+    assert [a["occluder_ids"] for a in out] == [[2], [1]] and [a["bg_object_segmentation"] for a in out] == [[], []]
+    assert report["counts"]["no_image_size"] == 2 and report["counts"]["with_occluders"] == 2
