@@ -142,6 +142,9 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
                 v = _mask(ann.get("i_segm"), h, w, f"{where} i_segm")
                 if a is None and v is None:
                     raise BadRecord(errors.DEGENERATE_MASK, where, "neither 'a_segm' nor 'i_segm' is given")
+                if not ((a is not None and a.any()) or (v is not None and v.any())):
+                    raise BadRecord(errors.DEGENERATE_MASK, where, "empty mask: 'a_segm' and 'i_segm' cover no pixel "
+                                    "of the image")
             except BadRecord as exc:
                 counts["bad_masks"] += 1
                 log.skip(exc)
@@ -329,6 +332,8 @@ def _region_masks(region: Any, height: int, width: int, where: str) -> tuple[np.
     amodal = _mask(region.get("segmentation"), height, width, f"{where} segmentation")
     if amodal is None:
         raise BadRecord(errors.DEGENERATE_MASK, where, "no 'segmentation'")
+    if not amodal.any():  # outside the image, or no area: nothing to label
+        raise BadRecord(errors.DEGENERATE_MASK, f"{where} segmentation", "empty mask: it covers no pixel of the image")
     if not region.get("visible_mask"):
         return amodal, amodal
     return amodal, _mask(region["visible_mask"], height, width, f"{where} visible_mask")

@@ -352,3 +352,23 @@ def test_a_fully_hidden_instance_keeps_its_amodal_mask_as_an_ignore_region(tmp_p
     assert [b["iscrowd"] for b in anns.values() if b["id"] != hidden_id] == [0] * (len(anns) - 1)
     assert report["counts"]["fully_hidden"] == 1 and report["skipped"]["counts"] == {}
     assert _perfect_visible_ap(tmp_path / "out.json") == 1.0
+
+
+def test_a_mask_that_covers_no_pixel_of_the_image_is_a_bad_record_not_a_fully_hidden_instance(tmp_path):
+    """A polygon beside the image or without area decoded to an empty mask: the instance was written with
+    amodal_area 0 and counted as fully hidden, a record with nothing to label."""
+    beside, flat = [31, 1, 40, 1, 40, 10, 31, 10], [1, 1, 5, 1, 9, 1]  # x >= 30 = W; three collinear points
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["annotations"][0]["regions"] += [{"segmentation": beside, "order": 4}, {"segmentation": flat, "order": 5}]
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    kins = json.loads(kins_file(tmp_path).read_text())
+    kins["annotations"] += [{**kins["annotations"][0], "id": 15, "a_segm": [beside], "i_segm": [beside]},
+                            {**kins["annotations"][0], "id": 16, "a_segm": [flat], "i_segm": []}]
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    for convert, src, good in ((convert_cocoa, "c.json", 3), (convert_kins, "k.json", 3)):
+        report = convert(tmp_path / src, tmp_path / "out.json", progress=False)
+        anns = json.loads((tmp_path / "out.json").read_text())["annotations"]
+        assert len(anns) == good and all(a["amodal_area"] > 0 for a in anns)
+        assert report["counts"]["fully_hidden"] == 0 and report["counts"]["bad_masks"] == 2
+        assert report["skipped"]["counts"] == {errors.DEGENERATE_MASK: 2}
+        assert "empty mask" in report["skipped"]["examples"][errors.DEGENERATE_MASK]
