@@ -243,6 +243,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
+    if categories_from is not None and not isinstance(categories_from, list):
+        check_out_file(Path(categories_from), out_path, "that file would be overwritten", "--categories-from")
     remove_orphaned_temporaries(out_path)  # a killed run's half-written output
     data = read_json(in_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
