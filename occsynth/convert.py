@@ -44,8 +44,8 @@ from tqdm import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
-from .coco import (brief, categories_by_id, check_image_record, check_out_file, duplicate_detail, is_id, read_dataset,
-                   read_json, unique_by_id)
+from .coco import (brief, categories_by_id, check_image_record, check_iscrowd, check_out_file, duplicate_detail, is_id,
+                   read_dataset, read_json, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
@@ -125,6 +125,11 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
         if not is_id(ann.get("category_id")) or ann["category_id"] not in categories:
             log.skip(BadRecord(errors.UNKNOWN_CATEGORY, f"annotation {brief(ann['id'])}",
                                f"category_id {brief(ann.get('category_id'))}"))
+            continue
+        try:
+            check_iscrowd(ann, f"annotation {brief(ann['id'])}")  # pycocotools' COCOeval fails on 'yes'
+        except BadRecord as exc:
+            log.skip(exc)
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
     out_annotations = []

@@ -189,6 +189,12 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     report = convert_kins(tmp_path / "k2.json", tmp_path / "k2-out.json", progress=False)
     assert report["counts"]["bad_images"] == 2 and report["skipped"]["counts"][errors.DUPLICATE_ID] == 1
     assert [im["file_name"] for im in json.loads((tmp_path / "k2-out.json").read_text())["images"]] == ["000003.png"]
+    kins["annotations"].append({**kins["annotations"][0], "id": 18, "iscrowd": "yes"})  # pycocotools' COCOeval fails
+    (tmp_path / "k4.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k4.json", tmp_path / "k4-out.json", progress=False)
+    assert report["skipped"]["counts"][errors.MALFORMED_RECORD] == 2  # image 9 (no size) and annotation 18
+    assert 18 not in [a["id"] for a in json.loads((tmp_path / "k4-out.json").read_text())["annotations"]]
+    kins["annotations"].pop()
     kins["annotations"][1]["category_id"] = 77  # no such category: skipped, not written
     (tmp_path / "k.json").write_text(json.dumps(kins))
     report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
