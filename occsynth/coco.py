@@ -98,16 +98,23 @@ def open_json(path: str | os.PathLike) -> BinaryIO:
     return f
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it."""
+def read_json(path: str | os.PathLike, *, finite: bool = False) -> Any:
+    """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it. ``finite``:
+    NaN and Infinity are refused too, as the streaming readers refuse them (json.load reads them): for a
+    tool that copies values into a file those readers then read."""
+    def refuse(name: str):
+        raise OccsynthError(f"{path}: malformed JSON ({name}: NaN and Infinity are not JSON (Python's json.dump "
+                            "writes them unless allow_nan=False))")
+
     with reading_json(path), open(path, "rb") as f:
-        return json.load(f)
+        return json.load(f, parse_constant=refuse if finite else None)
 
 
-def read_dataset(path: str | os.PathLike) -> dict:
-    """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train)."""
+def read_dataset(path: str | os.PathLike, *, finite: bool = False) -> dict:
+    """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train); ``finite``: as for
+    :func:`read_json`."""
     path = Path(path)
-    data = read_json(path)
+    data = read_json(path, finite=finite)
     check_top_level(path, _event_of(data))  # the messages of the streaming readers' check_coco_layout
     for key in COCO_LISTS:
         check_array_start(path, key, _event_of(data[key]) if key in data else None)

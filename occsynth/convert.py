@@ -110,7 +110,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
     remove_orphaned_temporaries(out_path)  # a killed run's half-written output
-    data = read_dataset(in_path)
+    data = read_dataset(in_path, finite=True)  # copied fields: the output must stay JSON
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     log = SkipLog()
@@ -251,7 +251,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if categories_from is not None and not isinstance(categories_from, list):
         check_out_file(Path(categories_from), out_path, "that file would be overwritten", "--categories-from")
     remove_orphaned_temporaries(out_path)  # a killed run's half-written output
-    data = read_json(in_path)
+    data = read_json(in_path, finite=True)  # copied fields: the output must stay JSON
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise OccsynthError(f"{in_path}: not a COCOA file (needs 'images' and 'annotations' lists)")
@@ -261,7 +261,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if isinstance(categories_from, list):
         coco_categories = categories_from
     elif categories_from is not None:
-        loaded = read_json(categories_from)
+        loaded = read_json(categories_from, finite=True)
         coco_categories = loaded.get("categories") if isinstance(loaded, dict) else None
         if not isinstance(coco_categories, list):
             raise OccsynthError(f"{categories_from}: has no 'categories' list")

@@ -386,3 +386,22 @@ def test_a_mask_that_covers_no_pixel_of_the_image_is_a_bad_record_not_a_fully_hi
         assert report["counts"]["fully_hidden"] == 0 and report["counts"]["bad_masks"] == 2
         assert report["skipped"]["counts"] == {errors.DEGENERATE_MASK: 2}
         assert "empty mask" in report["skipped"]["examples"][errors.DEGENERATE_MASK]
+
+
+@pytest.mark.parametrize("make, convert, constant", [(cocoa_file, "convert-cocoa", "NaN"),
+                                                     (kins_file, "convert-kins", "Infinity")])
+def test_nan_or_infinity_in_the_input_is_refused_not_copied_into_the_output(tmp_path, make, convert, constant):
+    """json.load reads NaN; the converters copied it into their output (an occlude_rate, KINS's oco_id), which
+    annotate-occluders, generate and every other streaming reader of this project then refused as not JSON."""
+    src = make(tmp_path)
+    data = json.loads(src.read_text())
+    if convert == "convert-cocoa":
+        data["annotations"][0]["regions"][0]["occlude_rate"] = float(constant.lower())
+    else:
+        data["annotations"][0]["oco_id"] = float(constant.lower())
+    src.write_text(json.dumps(data))  # Python writes NaN / Infinity
+    res = CliRunner().invoke(main, [convert, "--ann", str(src), "--out", str(tmp_path / "o.json"), "--quiet"])
+    assert res.exit_code == 2 and res.output == (
+        f"Error: {src}: malformed JSON ({constant}: NaN and Infinity are not JSON (Python's json.dump writes them "
+        "unless allow_nan=False))\n"), res.output
+    assert not (tmp_path / "o.json").exists()
