@@ -273,7 +273,10 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
               "bad_images": bad_images, "bad_order": 0}
     out_annotations = []
     next_id = 1
-    for record in tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress):
+    for seq, record in enumerate(tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress)):
+        if not isinstance(record, dict):  # not an annotation of an unknown image: a malformed one
+            log.skip(BadRecord(errors.MALFORMED_RECORD, f"COCOA annotations[{seq}]", f"not an object: {brief(record)}"))
+            continue
         image = _image_of(record, images, bad_ids, counts)
         if image is None:
             continue

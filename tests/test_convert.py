@@ -216,6 +216,11 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
 def test_cocoa_info_that_is_not_an_object_is_dropped_and_non_list_regions_skipped(tmp_path):
     cocoa = json.loads(cocoa_file(tmp_path).read_text())
     cocoa["annotations"].append({"id": 901, "image_id": 5, "regions": 5})
+    cocoa["annotations"].append(7)  # was counted as an annotation of an unknown image
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+    assert report["skipped"]["counts"] == {"malformed record": 2} and report["counts"]["unknown_image"] == 0
+    cocoa["annotations"].pop()
     for info in ([1, 2], "hello"):
         (tmp_path / "c.json").write_text(json.dumps(dict(cocoa, info=info)))
         report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
