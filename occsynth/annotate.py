@@ -13,9 +13,10 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
 Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
 exact (from the depth order) and better than the box rule's guesses. An annotation whose id an earlier
 one has (ids must name one annotation) gets no occluders and occludes nobody; it is counted. An annotation
-that is no JSON object, or whose mask cannot be decoded (bcnet training skips it too), is a bad record: it
-is left out of the output and reported by reason, as every reader of this project skips one (``strict``:
-it stops the run, naming the annotation and the file, and nothing is written).
+that is no JSON object, has no integer id (pycocotools fails on either) or a mask that cannot be decoded
+(bcnet training skips it) is a bad record: it is left out of the output and reported by reason, as every
+reader of this project skips one (``strict``: it stops the run, naming the record and the file, and nothing
+is written).
 
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
@@ -81,7 +82,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     The annotations' masks must decode (:func:`mask_decodes` tells which do not) when the
     image has a size: ``bcnet_compat`` draws them.
 
-    Returns counts: ``no_box`` (annotations without a usable box or id: no occluders, occlude
+    Returns counts: ``no_box`` (annotations without a usable box or integer id: no occluders, occlude
     nobody), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
     whose image has no usable height/width, or one too large to draw masks at (more pixels than
     :data:`occsynth.masks.MAX_IMAGE_PIXELS`), so their ``bg_object_segmentation`` stays empty),
@@ -195,9 +196,10 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     ``keep_existing``: annotations that already have ``occluder_ids`` keep them (see :func:`annotate_image`);
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
 
-    Bad records, an annotation that is no JSON object or whose mask cannot be decoded, are left out of the
-    output and reported in ``skipped`` (a :meth:`SkipLog.to_dict`) by reason; ``counts["annotations"]`` are
-    those written. A left-out annotation's id is not taken: a later one with that id is no duplicate.
+    Bad records, an annotation that is no JSON object, has no integer ``id`` or a mask that cannot be
+    decoded, are left out of the output and reported in ``skipped`` (a :meth:`SkipLog.to_dict`) by reason;
+    ``counts["annotations"]`` are those written. A left-out annotation's id is not taken: a later one with
+    that id is no duplicate.
     ``strict``: stop at the first bad record (file order), naming it and the file, and write nothing; the
     other counts (no_box, duplicate_ids, ...) do not stop it.
     """
@@ -232,8 +234,10 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         try:
             for seq, ann in enumerate(tqdm(iter_array(in_path, "annotations"), desc="read annotations",
                                            unit="ann", disable=not progress)):
-                if not isinstance(ann, dict):  # a COCO reader fails on it: not copied
-                    log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotations[{seq}]", f"not an object: {brief(ann)}"))
+                if not isinstance(ann, dict) or not is_id(ann.get("id")):  # pycocotools fails on it: not copied
+                    why = (f"'id' missing or not int: {brief(ann.get('id'))}" if isinstance(ann, dict)
+                           else f"not an object: {brief(ann)}")
+                    log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotations[{seq}]", why))
                     continue
                 image_id = ann.get("image_id")
                 k = index_of.get(image_id) if _is_key(image_id) else None
@@ -241,10 +245,9 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                     continue
                 if isinstance(ann.get("occluder_ids"), list) and not keep_existing:
                     counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported
-                ann_id = ann.get("id")
-                duplicate = is_id(ann_id) and ann_id in seen_ids
-                if is_id(ann_id):
-                    seen_ids.add(ann_id)
+                ann_id = ann["id"]
+                duplicate = ann_id in seen_ids
+                seen_ids.add(ann_id)
                 counts["duplicate_ids"] += duplicate
                 bucket = num_buckets if k is None else k // per_bucket
                 files[bucket].write(json.dumps([seq, -1 if k is None else k, ann, duplicate], separators=(",", ":"))
