@@ -218,12 +218,16 @@ def check_array_start(path: str | os.PathLike, key: str, event: str | None) -> N
 
 def check_out_file(in_path: Path, out_path: Path, why: str, option: str = "--ann") -> None:
     """Refuse an --out file of a tool that rewrites --ann: --ann under any spelling or link (``why``: what writing
-    it would do), or a link to a missing path (the file, renamed into place, would replace the link). ``option``
-    names the input ``in_path`` was given as (another input file of the tool: --categories-from)."""
+    it would do), a link to a missing path or a device, pipe or socket (the file, renamed into place, would
+    replace it: ``--out /dev/null`` run as root replaced the device). ``option`` names the input ``in_path``
+    was given as (another input file of the tool: --categories-from)."""
     if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
         raise OccsynthError(f"--out must differ from {option} ({why})")
     if dangling := errors.dangling_link(out_path):
         raise OccsynthError(f"cannot write {out_path}: {dangling}")
+    if out_path.exists() and not out_path.is_file() and not out_path.is_dir():  # a folder: click refuses it
+        raise OccsynthError(f"cannot write {out_path}: not a regular file (a device, pipe or socket), which the "
+                            "output, renamed into place, would replace")
 
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -410,3 +410,20 @@ def test_nan_or_infinity_in_the_input_is_refused_not_copied_into_the_output(tmp_
         f"Error: {src}: malformed JSON ({constant}: NaN and Infinity are not JSON (Python's json.dump writes them "
         "unless allow_nan=False))\n"), res.output
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("command, make", [("convert-kins", kins_file), ("convert-cocoa", cocoa_file),
+                                           ("annotate-occluders", kins_file)])
+def test_an_out_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path, command, make):
+    """The output is renamed into place: a named pipe at --out was replaced by a regular file (and /dev/null,
+    as root, by the output)."""
+    import os
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    res = CliRunner().invoke(main, [command, "--ann", str(make(tmp_path)), "--out", str(fifo), "--quiet"])
+    assert res.exit_code == 2 and res.output == (
+        f"Error: cannot write {fifo}: not a regular file (a device, pipe or socket), which the output, renamed into "
+        "place, would replace\n"), res.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
