@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import echo_occluder_report, quiet_option, skip_lines
+from cli.common import echo_occluder_report, echo_skips, quiet_option, skip_lines
 from occsynth.annotate import annotate_occluders
 from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
 from occsynth.occluders import BCNET_IOU_THRESHOLD
@@ -86,7 +86,7 @@ def _first_images(images: list[dict], most: int = 10) -> str:
 @click.option("--threshold", type=click.FloatRange(0, 1), default=BCNET_IOU_THRESHOLD, show_default=True, help="Box IoU above which another instance counts as an occluder.")
 @click.option("--bcnet-compat", is_flag=True, help="Also write 'bg_object_segmentation' (occluders' masks cut to the box, polygons), as BCNet's loader reads.")
 @click.option("--keep-existing", is_flag=True, help="Keep the occluder_ids an annotation already has (e.g. an occsynth set's exact, depth-ordered ones) instead of replacing them by the box rule; ids that are not other annotations of its image are dropped and counted. --bcnet-compat then draws from them.")
-@click.option("--strict", is_flag=True, help="Stop at the first annotation whose mask cannot be decoded instead of leaving it out of the rule (counted as bad_masks); nothing is written.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record (an annotation that is no object, has no integer id, or whose mask cannot be decoded) instead of leaving it out (skipped and reported by reason); nothing is written.")
 @quiet_option
 def annotate_occluders_command(ann, out, threshold, bcnet_compat, keep_existing, strict, quiet):
     """Add 'occluder_ids' to every annotation of a COCO file (BCNet's box-IoU rule).
@@ -94,11 +94,14 @@ def annotate_occluders_command(ann, out, threshold, bcnet_compat, keep_existing,
     COCO has no depth order, so an occluder here is any other non-crowd instance whose box IoU
     with this one's exceeds the threshold (0.05, as BCNet's tool): a possible occluder, which may
     in fact be behind. Ids, areas and all other fields are kept. An annotation whose id an earlier
-    one already has, or whose mask cannot be decoded, gets no occluders and occludes nobody (counted
-    as duplicate_ids, bad_masks). Bounded memory: works on the 860k-instance train2017 file.
+    one already has gets no occluders and occludes nobody (counted as duplicate_ids); one that is no
+    object, has no integer id or a mask that cannot be decoded is left out and reported by reason
+    (--strict: stops there). Bounded memory: works on the 860k-instance train2017 file.
     """
-    echo_occluder_report(annotate_occluders(ann, out, threshold=threshold, bcnet_compat=bcnet_compat,
-                                            keep_existing=keep_existing, progress=not quiet, strict=strict))
+    report = annotate_occluders(ann, out, threshold=threshold, bcnet_compat=bcnet_compat,
+                                keep_existing=keep_existing, progress=not quiet, strict=strict)
+    echo_occluder_report(report)
+    echo_skips(report["skipped"], "bad records skipped")
 
 
 COMMANDS = [build_cocoocc_command, annotate_occluders_command]

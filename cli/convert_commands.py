@@ -17,7 +17,8 @@ def convert_kins_command(ann, out, min_overlap, quiet):
 
     Input: KINS's COCO-like JSON ('images', 'categories', 'annotations'), each annotation with
     'a_segm'/'a_bbox' (amodal) and 'i_segm'/'i_bbox' (visible) polygons. KINS gives no depth
-    order; an occluder is an instance whose visible mask covers this one's hidden part.
+    order; an occluder is an instance whose visible mask covers this one's hidden part. A fully
+    hidden instance (nothing visible) keeps its amodal mask as an ignore region (iscrowd 1).
     """
     _echo_report(convert_kins(ann, out, min_overlap=min_overlap, progress=not quiet))
 
@@ -34,6 +35,7 @@ def convert_cocoa_command(ann, out, categories_from, quiet):
     list; each region has 'segmentation' (amodal polygon), 'visible_mask' (RLE, absent when not
     occluded), 'order' (depth, 1 = front), 'name' and 'isStuff'. Region names are free text; with
     --categories-from they map to COCO categories by name, the rest to a 'thing' or 'stuff' category.
+    A fully hidden region (nothing visible) keeps its amodal mask as an ignore region (iscrowd 1).
     """
     _echo_report(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet))
 

@@ -12,9 +12,11 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
 
 Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
 exact (from the depth order) and better than the box rule's guesses. An annotation whose id an earlier
-one has (ids must name one annotation), or whose mask cannot be decoded (bcnet training skips it, so it
-occludes nothing there), gets no occluders and occludes nobody; it is counted (``strict``: a mask that
-cannot be decoded stops the run, naming the annotation and the file).
+one has (ids must name one annotation) gets no occluders and occludes nobody; it is counted. An annotation
+that is no JSON object, has no integer id (pycocotools fails on either) or a mask that cannot be decoded
+(bcnet training skips it) is a bad record: it is left out of the output and reported by reason, as every
+reader of this project skips one (``strict``: it stops the run, naming the record and the file, and nothing
+is written).
 
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
@@ -47,7 +49,8 @@ from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
 from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, is_int, iter_array,
                    open_json, reading_json)
-from .errors import BadRecord, OccsynthError, os_error_reason
+from . import errors
+from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
@@ -65,7 +68,7 @@ def box_window(box: list, height: int, width: int) -> tuple[int, int, int, int]:
 
 def annotate_image(annotations: list[dict], height: int | None, width: int | None,
                    threshold: float = BCNET_IOU_THRESHOLD, bcnet_compat: bool = False,
-                   keep_existing: bool = False, duplicates: Collection[int] = (), strict: bool = False) -> dict:
+                   keep_existing: bool = False, duplicates: Collection[int] = ()) -> dict:
     """Add ``occluder_ids`` (and ``bg_object_segmentation``) to one image's annotations, in place.
 
     ``keep_existing``: an annotation that has an ``occluder_ids`` list keeps those of its ids that are
@@ -76,23 +79,20 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     ``duplicates``: indices of annotations whose id an earlier annotation of the file has. An id must
     name one annotation, so these get no occluders and occlude nobody.
 
-    An annotation whose mask cannot be decoded (:func:`occsynth.coco.check_segmentation`; checked only when
-    the image has a usable size, which the check needs) gets no occluders and occludes nobody, as bcnet
-    training, which skips it, sees it; ``strict`` raises BadRecord for it instead.
+    The annotations' masks must decode (:func:`mask_decodes` tells which do not) when the
+    image has a size: ``bcnet_compat`` draws them.
 
-    Returns counts: ``no_box`` (annotations without a usable box or id: no occluders, occlude
-    nobody), ``bad_masks`` (annotations whose mask cannot be decoded: no occluders, occlude nobody),
-    ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
-    whose image has no usable height/width, so their ``bg_object_segmentation`` stays empty),
+    Returns counts: ``no_box`` (annotations without a usable box or integer id: no occluders, occlude
+    nobody), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
+    whose image has no usable height/width, or one too large to draw masks at (more pixels than
+    :data:`occsynth.masks.MAX_IMAGE_PIXELS`), so their ``bg_object_segmentation`` stays empty),
     ``kept_occluder_ids``, ``dropped_occluder_ids`` (ids dropped from kept lists).
     """
-    counts = {"no_box": 0, "bad_masks": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0,
+    counts = {"no_box": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0,
               "dropped_occluder_ids": 0}
-    kept = [i for i in range(len(annotations)) if i not in duplicates]
-    bad = {i for i in kept if not _mask_ok(annotations[i], height, width, strict)}
-    named = [i for i in kept if i not in bad]
+    named = [i for i in range(len(annotations)) if i not in duplicates]
     usable = [i for i in named if is_box(annotations[i].get("bbox")) and is_int(annotations[i].get("id"))]
-    counts["no_box"], counts["bad_masks"] = len(named) - len(usable), len(bad)
+    counts["no_box"] = len(named) - len(usable)
     occluders: dict[int, list[int]] = {i: [] for i in range(len(annotations))}
     if usable:
         boxes = np.asarray([annotations[i]["bbox"] for i in usable], np.float64)
@@ -101,14 +101,14 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
             occluders[usable[local]] = [usable[j] for j in hits]
     decoded: dict[int, np.ndarray] = {}
 
-    def mask_of(j: int) -> np.ndarray:  # j's mask was checked (_mask_ok): it decodes
+    def mask_of(j: int) -> np.ndarray:  # j's mask was checked (mask_decodes): it decodes
         if j not in decoded:
             decoded[j] = mask_ops.decode(annotations[j].get("segmentation"), height, width)
         return decoded[j]
 
     local_of = {annotations[i]["id"]: i for i in named if is_int(annotations[i].get("id"))}
     for i, ann in enumerate(annotations):
-        if i in duplicates or i in bad:
+        if i in duplicates:
             hits = []
             ann["occluder_ids"] = []
         elif keep_existing and isinstance(ann.get("occluder_ids"), list):
@@ -126,7 +126,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
         ann["bg_object_segmentation"] = []
         if not hits:
             continue
-        if height is None:  # the image record has no usable height/width: no mask can be drawn, counted
+        if height is None:  # no usable (or drawable) height/width: no mask can be drawn, counted
             counts["no_image_size"] += 1
             continue
         x0, y0, x1, y1 = box_window(ann["bbox"], height, width)
@@ -139,16 +139,16 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
     return counts
 
 
-def _mask_ok(ann: Any, height: int | None, width: int | None, strict: bool) -> bool:
-    """Whether an annotation's mask can be decoded (True without an image size to check it against, or for
-    a record that is no object: those are counted as no_box); ``strict`` raises BadRecord instead of False."""
-    if height is None or not isinstance(ann, dict):
+def mask_decodes(ann: dict, height: int | None, width: int | None, log: SkipLog) -> bool:
+    """Whether an annotation's mask can be decoded (:func:`occsynth.coco.check_segmentation`, the check every
+    reader uses); one that cannot goes to ``log`` (strict: raises BadRecord). True without an image size, which
+    the check needs."""
+    if height is None:
         return True
     try:
         check_segmentation(ann.get("segmentation"), height, width, f"annotation {brief(ann.get('id'))}", rle=False)
-    except BadRecord:
-        if strict:
-            raise
+    except BadRecord as exc:
+        log.skip(exc)
         return False
     return True
 
@@ -189,14 +189,19 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                        images_per_bucket: int = IMAGES_PER_BUCKET, keep_existing: bool = False,
                        strict: bool = False) -> dict:
     """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns
-    ``{"out", "threshold", "bcnet_compat", "counts"}`` (``counts``: annotations, images, with_occluders and
-    what was skipped or kept, by reason). ``threshold``: box IoU above which an instance may occlude, in [0, 1].
+    ``{"out", "threshold", "bcnet_compat", "counts", "skipped"}`` (``counts``: annotations, images,
+    with_occluders and what was replaced or kept, by reason). ``threshold``: box IoU above which an instance
+    may occlude, in [0, 1].
 
     ``keep_existing``: annotations that already have ``occluder_ids`` keep them (see :func:`annotate_image`);
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
 
-    ``strict``: stop at the first annotation whose mask cannot be decoded (images-table order), naming it and
-    the file, and write nothing; the other counts (no_box, duplicate_ids, ...) do not stop it.
+    Bad records, an annotation that is no JSON object, has no integer ``id`` or a mask that cannot be
+    decoded, are left out of the output and reported in ``skipped`` (a :meth:`SkipLog.to_dict`) by reason;
+    ``counts["annotations"]`` are those written. A left-out annotation's id is not taken: a later one with
+    that id is no duplicate.
+    ``strict``: stop at the first bad record (file order), naming it and the file, and write nothing; the
+    other counts (no_box, duplicate_ids, ...) do not stop it.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
@@ -212,10 +217,11 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
             index_of.setdefault(image["id"], k)
     per_bucket = max(int(images_per_bucket), -(-len(images) // MAX_BUCKETS), 1)
     num_buckets = -(-len(images) // per_bucket)
-    counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0, "bad_masks": 0,
+    counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0,
               "unknown_image": 0, "duplicate_ids": 0, "replaced_occluder_ids": 0, "kept_occluder_ids": 0,
               "dropped_occluder_ids": 0, "no_image_size": 0}
     seen_ids: set[int] = set()
+    log = SkipLog(strict=strict)
     spool_prefix = f"{SPOOL_PREFIX}{out_path.name}-"  # this --out's only: others beside it are left be
     with contextlib.ExitStack() as held:
         try:  # the spool folder goes beside --out: an unwritable place is reported as --out's
@@ -228,19 +234,27 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         try:
             for seq, ann in enumerate(tqdm(iter_array(in_path, "annotations"), desc="read annotations",
                                            unit="ann", disable=not progress)):
-                image_id = ann.get("image_id") if isinstance(ann, dict) else None
+                if not isinstance(ann, dict) or not is_int(ann.get("id")):  # pycocotools fails on it: not copied
+                    why = (f"'id' missing or not int: {brief(ann.get('id'))}" if isinstance(ann, dict)
+                           else f"not an object: {brief(ann)}")
+                    log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotations[{seq}]", why))
+                    continue
+                image_id = ann.get("image_id")
                 k = index_of.get(image_id) if _is_key(image_id) else None
-                if isinstance(ann, dict) and isinstance(ann.get("occluder_ids"), list) and not keep_existing:
+                if k is not None and not mask_decodes(ann, *_image_size(images[k]), log):
+                    continue
+                if isinstance(ann.get("occluder_ids"), list) and not keep_existing:
                     counts["replaced_occluder_ids"] += 1  # e.g. an occsynth set's exact ones: reported
-                ann_id = ann.get("id") if isinstance(ann, dict) else None
-                duplicate = is_int(ann_id) and ann_id in seen_ids
-                if is_int(ann_id):
-                    seen_ids.add(ann_id)
+                ann_id = ann["id"]
+                duplicate = ann_id in seen_ids
+                seen_ids.add(ann_id)
                 counts["duplicate_ids"] += duplicate
                 bucket = num_buckets if k is None else k // per_bucket
                 files[bucket].write(json.dumps([seq, -1 if k is None else k, ann, duplicate], separators=(",", ":"))
                                     + "\n")
                 counts["annotations"] += 1
+        except BadRecord as exc:  # strict: the first bad record
+            raise exc.in_file(in_path) from None
         finally:
             for f in files:
                 f.close()
@@ -262,21 +276,16 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                     if k < 0:
                         counts["unknown_image"] += len(anns)
                         for ann in anns:
-                            if isinstance(ann, dict):
-                                ann["occluder_ids"] = []
-                                if bcnet_compat:
-                                    ann["bg_object_segmentation"] = []
+                            ann["occluder_ids"] = []
+                            if bcnet_compat:
+                                ann["bg_object_segmentation"] = []
                     else:
-                        image = images[k]
-                        h, w = image.get("height"), image.get("width")
-                        size_ok = isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0
                         duplicates = {i for i, (_, duplicate) in enumerate(grouped[k]) if duplicate}
-                        try:
-                            c = annotate_image(anns, h if size_ok else None, w if size_ok else None, threshold,
-                                               bcnet_compat, keep_existing, duplicates, strict)
-                        except BadRecord as exc:  # strict: a mask that cannot be decoded
-                            raise exc.in_file(in_path) from None
-                        for name in ("no_box", "bad_masks", "with_occluders", "no_image_size", "kept_occluder_ids",
+                        h, w = _image_size(images[k])
+                        if h is not None and h * w > mask_ops.MAX_IMAGE_PIXELS:  # pycocotools crashed the process
+                            h = w = None  # no mask is drawn at that size (counted as no_image_size)
+                        c = annotate_image(anns, h, w, threshold, bcnet_compat, keep_existing, duplicates)
+                        for name in ("no_box", "with_occluders", "no_image_size", "kept_occluder_ids",
                                      "dropped_occluder_ids"):
                             counts[name] += c[name]
                     for ann in anns:
@@ -285,7 +294,16 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                     bar.update(len(anns))
                 (tmp / f"{bucket}.jsonl").unlink()
             out.write("]}")
-    return {"out": str(out_path), "threshold": threshold, "bcnet_compat": bcnet_compat, "counts": counts}
+    return {"out": str(out_path), "threshold": threshold, "bcnet_compat": bcnet_compat, "counts": counts,
+            "skipped": log.to_dict()}
+
+
+def _image_size(image: Any) -> tuple[int | None, int | None]:
+    """(height, width) of an image record, or (None, None) where it has no usable (positive int) size."""
+    h, w = (image.get("height"), image.get("width")) if isinstance(image, dict) else (None, None)
+    if is_int(h) and is_int(w) and h > 0 and w > 0:
+        return h, w
+    return None, None
 
 
 def _is_key(value: Any) -> bool:

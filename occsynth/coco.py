@@ -98,16 +98,23 @@ def open_json(path: str | os.PathLike) -> BinaryIO:
     return f
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it."""
+def read_json(path: str | os.PathLike, *, finite: bool = False) -> Any:
+    """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it. ``finite``:
+    NaN and Infinity are refused too, as the streaming readers refuse them (json.load reads them): for a
+    tool that copies values into a file those readers then read."""
+    def refuse(name: str):
+        raise OccsynthError(f"{path}: malformed JSON ({name}: NaN and Infinity are not JSON (Python's json.dump "
+                            "writes them unless allow_nan=False))")
+
     with reading_json(path), open(path, "rb") as f:
-        return json.load(f)
+        return json.load(f, parse_constant=refuse if finite else None)
 
 
-def read_dataset(path: str | os.PathLike) -> dict:
-    """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train)."""
+def read_dataset(path: str | os.PathLike, *, finite: bool = False) -> dict:
+    """Load a whole COCO JSON (fine up to val/test size; use :func:`iter_array` for train); ``finite``: as for
+    :func:`read_json`."""
     path = Path(path)
-    data = read_json(path)
+    data = read_json(path, finite=finite)
     check_top_level(path, _event_of(data))  # the messages of the streaming readers' check_coco_layout
     for key in COCO_LISTS:
         check_array_start(path, key, _event_of(data[key]) if key in data else None)
@@ -209,13 +216,18 @@ def check_array_start(path: str | os.PathLike, key: str, event: str | None) -> N
         raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
 
 
-def check_out_file(in_path: Path, out_path: Path, why: str) -> None:
+def check_out_file(in_path: Path, out_path: Path, why: str, option: str = "--ann") -> None:
     """Refuse an --out file of a tool that rewrites --ann: --ann under any spelling or link (``why``: what writing
-    it would do), or a link to a missing path (the file, renamed into place, would replace the link)."""
+    it would do), a link to a missing path or a device, pipe or socket (the file, renamed into place, would
+    replace it: ``--out /dev/null`` run as root replaced the device). ``option`` names the input ``in_path``
+    was given as (another input file of the tool: --categories-from)."""
     if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
-        raise OccsynthError(f"--out must differ from --ann ({why})")
+        raise OccsynthError(f"--out must differ from {option} ({why})")
     if dangling := errors.dangling_link(out_path):
         raise OccsynthError(f"cannot write {out_path}: {dangling}")
+    if out_path.exists() and not out_path.is_file() and not out_path.is_dir():  # a folder: click refuses it
+        raise OccsynthError(f"cannot write {out_path}: not a regular file (a device, pipe or socket), which the "
+                            "output, renamed into place, would replace")
 
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

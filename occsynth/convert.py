@@ -2,8 +2,14 @@
 
 Every converted annotation has ``segmentation`` (the visible mask), ``area``/``bbox`` (of the visible
 mask), ``amodal_segmentation``, ``amodal_area``/``amodal_bbox``, ``occlusion_ratio``
-(``1 - area / amodal_area``) and ``occluder_ids``. Fully hidden instances are kept (area 0: their
-amodal mask is still a label). It is not a generated set: masks stay as the source gives them (KINS
+(``1 - area / amodal_area``) and ``occluder_ids``. A fully hidden instance (nothing visible: ``area`` 0,
+``bbox`` [0, 0, 0, 0], ``occlusion_ratio`` 1) is kept for its amodal mask, which is still a label, but as an
+ignore region, ``iscrowd`` 1 (counted as ``fully_hidden``): with ``iscrowd`` 0, pycocotools scores it as an
+object no detection can match (a perfect detector's visible AP falls below 1), and mmdetection and detectron2
+drop it from training anyway (zero-area box). So pycocotools, detectron2 and mmdetection ignore it; amodal
+users find it by ``iscrowd`` 1 with ``area`` 0. bcnet trains on neither (it trains on non-crowd instances; it
+skipped the empty visible mask before), and ``bcnet evaluate --mode amodal`` ignores a detection over its
+amodal mask. It is not a generated set: masks stay as the source gives them (KINS
 polygons stay polygons; a mask that had to be rebuilt is RLE), and there is no ``amodal_complete`` or
 ``source`` (nor ``layer`` for KINS), so ``occsynth validate`` refuses these files.
 
@@ -38,8 +44,8 @@ from tqdm import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
-from .coco import (brief, categories_by_id, check_image_record, check_out_file, duplicate_detail, is_int, read_dataset,
-                   read_json, unique_by_id)
+from .coco import (brief, categories_by_id, check_image_record, check_iscrowd, check_out_file, duplicate_detail, is_int,
+                   read_dataset, read_json, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
@@ -71,6 +77,14 @@ def _measures(visible: np.ndarray, amodal: np.ndarray) -> dict:
             "occlusion_ratio": (1.0 - area / amodal_area) if amodal_area else 0.0}
 
 
+def _mark_fully_hidden(record: dict, counts: dict) -> None:
+    """A record with nothing visible becomes an ignore region (``iscrowd`` 1), counted as ``fully_hidden``
+    (see the module docstring)."""
+    if record["area"] == 0:
+        record["iscrowd"] = 1
+        counts["fully_hidden"] += 1
+
+
 def hidden_part_occluders(visible: Sequence[np.ndarray], amodal: Sequence[np.ndarray],
                           min_overlap: int = 1) -> list[list[int]]:
     """For each instance, indices of the others whose visible mask covers >= min_overlap of its hidden part."""
@@ -96,7 +110,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
     remove_orphaned_temporaries(out_path)  # a killed run's half-written output
-    data = read_dataset(in_path)
+    data = read_dataset(in_path, finite=True)  # copied fields: the output must stay JSON
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     log = SkipLog()
@@ -111,6 +125,11 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
         if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
             log.skip(BadRecord(errors.UNKNOWN_CATEGORY, f"annotation {brief(ann['id'])}",
                                f"category_id {brief(ann.get('category_id'))}"))
+            continue
+        try:
+            check_iscrowd(ann, f"annotation {brief(ann['id'])}")  # pycocotools' COCOeval fails on 'yes'
+        except BadRecord as exc:
+            log.skip(exc)
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
     out_annotations = []
@@ -128,6 +147,9 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
                 v = _mask(ann.get("i_segm"), h, w, f"{where} i_segm")
                 if a is None and v is None:
                     raise BadRecord(errors.DEGENERATE_MASK, where, "neither 'a_segm' nor 'i_segm' is given")
+                if not ((a is not None and a.any()) or (v is not None and v.any())):
+                    raise BadRecord(errors.DEGENERATE_MASK, where, "empty mask: 'a_segm' and 'i_segm' cover no pixel "
+                                    "of the image")
             except BadRecord as exc:
                 counts["bad_masks"] += 1
                 log.skip(exc)
@@ -148,7 +170,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
             record.setdefault("iscrowd", 0)
             record["occluder_ids"] = [anns[j]["id"] for j in occ]
             counts["with_occluders"] += bool(occ)
-            counts["fully_hidden"] += record["area"] == 0
+            _mark_fully_hidden(record, counts)
             out_annotations.append(record)
     counts["annotations"] = len(out_annotations)
     output = {k: v for k, v in data.items() if k != "annotations"}
@@ -226,8 +248,10 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
+    if categories_from is not None and not isinstance(categories_from, list):
+        check_out_file(Path(categories_from), out_path, "that file would be overwritten", "--categories-from")
     remove_orphaned_temporaries(out_path)  # a killed run's half-written output
-    data = read_json(in_path)
+    data = read_json(in_path, finite=True)  # copied fields: the output must stay JSON
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise OccsynthError(f"{in_path}: not a COCOA file (needs 'images' and 'annotations' lists)")
@@ -237,7 +261,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if isinstance(categories_from, list):
         coco_categories = categories_from
     elif categories_from is not None:
-        loaded = read_json(categories_from)
+        loaded = read_json(categories_from, finite=True)
         coco_categories = loaded.get("categories") if isinstance(loaded, dict) else None
         if not isinstance(coco_categories, list):
             raise OccsynthError(f"{categories_from}: has no 'categories' list")
@@ -249,7 +273,10 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
               "bad_images": bad_images, "bad_order": 0}
     out_annotations = []
     next_id = 1
-    for record in tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress):
+    for seq, record in enumerate(tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress)):
+        if not isinstance(record, dict):  # not an annotation of an unknown image: a malformed one
+            log.skip(BadRecord(errors.MALFORMED_RECORD, f"COCOA annotations[{seq}]", f"not an object: {brief(record)}"))
+            continue
         image = _image_of(record, images, bad_ids, counts)
         if image is None:
             continue
@@ -297,7 +324,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             if "occlude_rate" in region:
                 ann["occlude_rate"] = region["occlude_rate"]
             counts["with_occluders"] += bool(occ)
-            counts["fully_hidden"] += ann["area"] == 0
+            _mark_fully_hidden(ann, counts)
             out_annotations.append(ann)
     counts["annotations"] = len(out_annotations)
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO's info is an object
@@ -315,6 +342,8 @@ def _region_masks(region: Any, height: int, width: int, where: str) -> tuple[np.
     amodal = _mask(region.get("segmentation"), height, width, f"{where} segmentation")
     if amodal is None:
         raise BadRecord(errors.DEGENERATE_MASK, where, "no 'segmentation'")
+    if not amodal.any():  # outside the image, or no area: nothing to label
+        raise BadRecord(errors.DEGENERATE_MASK, f"{where} segmentation", "empty mask: it covers no pixel of the image")
     if not region.get("visible_mask"):
         return amodal, amodal
     return amodal, _mask(region["visible_mask"], height, width, f"{where} visible_mask")

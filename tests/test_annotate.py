@@ -72,7 +72,7 @@ def make_dataset():
         "licenses": [], "annotations": anns, "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]}
 
 
-EXPECTED = {101: [205, 44], 205: [101], 7: [], 9: [], 33: [], 44: [101], 501: [], 502: [], 900: []}
+EXPECTED = {101: [205, 44], 205: [101], 7: [], 9: [], 33: [], 44: [101], 501: [], 900: []}  # 502: bad mask
 
 
 @pytest.mark.parametrize("bucket", [1, 1000])
@@ -85,15 +85,17 @@ def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
     got = {a["id"]: a["occluder_ids"] for a in out["annotations"]}
     assert got == EXPECTED
     # grouped by image in images-table order (20 then 10), input order within an image, unknown last
-    assert [a["id"] for a in out["annotations"]] == [502, 501, 101, 205, 7, 9, 33, 44, 900]
+    assert [a["id"] for a in out["annotations"]] == [501, 101, 205, 7, 9, 33, 44, 900]
     originals = {a["id"]: a for a in data["annotations"]}
     for a in out["annotations"]:
         assert {k: v for k, v in a.items() if k != "occluder_ids"} == originals[a["id"]]
     assert list(out) == ["info", "type", "images", "licenses", "categories", "annotations"]
     assert {k: out[k] for k in out if k != "annotations"} == {k: data[k] for k in data if k != "annotations"}
-    assert report["counts"] == {"images": 2, "annotations": 9, "with_occluders": 3, "no_box": 0, "bad_masks": 1,
+    assert report["counts"] == {"images": 2, "annotations": 8, "with_occluders": 3, "no_box": 0,
                                 "unknown_image": 1, "duplicate_ids": 0, "replaced_occluder_ids": 0,
                                 "kept_occluder_ids": 0, "dropped_occluder_ids": 0, "no_image_size": 0}
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 1}
+    assert report["skipped"]["examples"]["degenerate or empty segmentation"].startswith("annotation 502: ")
 
 
 def test_threshold_option(tmp_path):
@@ -123,10 +125,9 @@ def test_bcnet_compat_polygons_decode_to_union_in_box(tmp_path):
         assert np.array_equal(decoded(out[ann_id]["bg_object_segmentation"]), expected), ann_id
     for ann_id in (7, 9, 33, 900):
         assert out[ann_id]["bg_object_segmentation"] == []
-    # 502's polygon is broken: it occludes nobody (501 has no occluder left) and gets no occluders
-    assert out[501]["occluder_ids"] == [] and out[501]["bg_object_segmentation"] == []
-    assert out[502]["occluder_ids"] == [] and out[502]["bg_object_segmentation"] == []
-    assert report["counts"]["bad_masks"] == 1
+    # 502's polygon is broken: it is left out (skipped, counted) and occludes nobody (501 has no occluder left)
+    assert out[501]["occluder_ids"] == [] and out[501]["bg_object_segmentation"] == [] and 502 not in out
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 1}
     assert out[101]["area"] == 123.25 and out[101]["foo"] == {"bar": [1, 2.5]}
 
 
@@ -148,7 +149,8 @@ def test_cli_and_errors(tmp_path):
     res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "o.json"),
                                     "--bcnet-compat", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "9 annotations in 2 images, 3 with occluders" in res.output
+    assert "8 annotations in 2 images, 3 with occluders" in res.output
+    assert 'bad records skipped: {"degenerate or empty segmentation": 1}' in res.output
     assert "bg_object_segmentation" in (tmp_path / "o.json").read_text()
     boxless = make_dataset()
     del boxless["annotations"][1]["bbox"]  # 101 (the first, 502, has a broken mask)
@@ -156,8 +158,7 @@ def test_cli_and_errors(tmp_path):
     src2.write_text(json.dumps(boxless))
     res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src2), "--out", str(tmp_path / "o2.json"),
                                     "--quiet"])
-    assert res.exit_code == 0 and 'other counts: {"no_box": 1, "bad_masks": 1, "unknown_image": 1}' in res.output, \
-        res.output
+    assert res.exit_code == 0 and 'other counts: {"no_box": 1, "unknown_image": 1}' in res.output, res.output
     same = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(src)])
     assert same.exit_code == 2 and "must differ" in same.output
     broken = tmp_path / "broken.json"
@@ -312,40 +313,48 @@ def test_an_annotation_repeating_an_id_gets_no_occluders_and_occludes_nobody(tmp
     assert '"duplicate_ids": 1' in result.output
     anns = [a for a in json.loads((tmp_path / "o.json").read_text())["annotations"] if a["image_id"] == 20]
     first, second = [a for a in anns if a["id"] == 5]
-    assert first["occluder_ids"] == [501] and second["occluder_ids"] == []  # 502's mask is broken: no occluder
+    assert first["occluder_ids"] == [501] and second["occluder_ids"] == []  # 502's mask is broken: left out
     assert all(a["id"] not in a["occluder_ids"] for a in anns)
-    assert {a["id"]: a["occluder_ids"].count(5) for a in anns} == {502: 0, 501: 1, 5: 0}
+    assert {a["id"]: a["occluder_ids"].count(5) for a in anns} == {501: 1, 5: 0}
 
 
-@pytest.mark.parametrize("segmentation, detail", [
-    ({"size": [16, 16], "counts": "0P1"}, "compressed RLE covers"),   # runs that do not cover the image
-    ([[1, 1, 9, 1, 9, 9, 1]], "polygon with 7 coordinates"),           # odd number of coordinates
+@pytest.mark.parametrize("segmentation, reason, detail", [
+    ({"size": [16, 16], "counts": "0P1"}, "degenerate or empty segmentation", "compressed RLE covers"),  # short runs
+    ([[1, 1, 9, 1, 9, 9, 1]], "degenerate or empty segmentation", "polygon with 7 coordinates"),  # odd coordinates
+    ({"size": [8, 8], "counts": "08"}, "mask size differs from its image record", "RLE size [8, 8]"),  # image is 16x16
 ])
-def test_an_annotation_whose_mask_cannot_be_decoded_is_no_occluder_and_strict_stops(tmp_path, segmentation, detail):
-    """Image 20 gets a third box over 501's, whose mask bcnet training could not decode: it may not occlude 501."""
+def test_an_annotation_whose_mask_cannot_be_decoded_is_skipped_by_reason_and_strict_stops(tmp_path, segmentation,
+                                                                                          reason, detail):
+    """Image 20 gets a third box over 501's, whose mask bcnet training could not decode: it is a bad record, left
+    out of the output (it was copied through unchanged) and reported by reason, as the other readers skip one."""
     data = make_dataset()
     data["annotations"].append({"id": 503, "image_id": 20, "category_id": 2, "bbox": [1, 1, 8, 8], "area": 1.0,
                                 "iscrowd": 0, "segmentation": segmentation, "occluder_ids": [501]})
     next(a for a in data["annotations"] if a["id"] == 501)["occluder_ids"] = [503]
     src = tmp_path / "in.json"
     src.write_text(json.dumps(data))
-    report = annotate_occluders(src, tmp_path / "o.json", bcnet_compat=True, progress=False)
+    result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "o.json"),
+                                       "--bcnet-compat", "--quiet"])
+    assert result.exit_code == 0, result.output
     out = {a["id"]: a for a in json.loads((tmp_path / "o.json").read_text())["annotations"]}
-    assert out[501]["occluder_ids"] == [] and out[503]["occluder_ids"] == []
-    assert out[501]["bg_object_segmentation"] == [] and out[503]["segmentation"] == segmentation
-    assert report["counts"]["bad_masks"] == 2 and report["counts"]["with_occluders"] == 3  # 502 and 503
-    kept = annotate_occluders(src, tmp_path / "k.json", keep_existing=True, progress=False)["counts"]
+    assert 502 not in out and 503 not in out
+    assert out[501]["occluder_ids"] == [] and out[501]["bg_object_segmentation"] == []
+    assert "bad records skipped: {" in result.output and f"  {reason}, e.g. annotation 50" in result.output
+    report = annotate_occluders(src, tmp_path / "o.json", progress=False)
+    assert report["counts"]["annotations"] == 8 and report["counts"]["with_occluders"] == 3  # 101, 205, 44
+    assert sum(report["skipped"]["counts"].values()) == 2 and reason in report["skipped"]["counts"]
+    kept = annotate_occluders(src, tmp_path / "k.json", keep_existing=True, progress=False)
     out = {a["id"]: a for a in json.loads((tmp_path / "k.json").read_text())["annotations"]}
-    assert out[501]["occluder_ids"] == [] and out[503]["occluder_ids"] == []  # an exact list may not name it either
-    assert kept["kept_occluder_ids"] == 1 and kept["dropped_occluder_ids"] == 1 and kept["bad_masks"] == 2
+    assert out[501]["occluder_ids"] == [] and 503 not in out  # an exact list may not name it either
+    assert kept["counts"]["kept_occluder_ids"] == 1 and kept["counts"]["dropped_occluder_ids"] == 1
     data["annotations"] = [a for a in data["annotations"] if a["id"] != 502]  # 503 is now the first bad one
     src.write_text(json.dumps(data))
     strict = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "s.json"),
                                        "--strict", "--quiet"])
     assert strict.exit_code == 2 and strict.output.startswith(
-        f"Error: {src}: annotation 503: degenerate or empty segmentation (") and detail in strict.output
+        f"Error: {src}: annotation 503: {reason} (") and detail in strict.output
     assert not (tmp_path / "s.json").exists() and not list(tmp_path.glob(".annotate-*"))
-    with pytest.raises(OccsynthError, match="annotation 503: degenerate"):
+    with pytest.raises(OccsynthError, match=f"annotation 503: {reason}"):
         annotate_occluders(src, tmp_path / "s.json", progress=False, strict=True)
 
 
@@ -420,3 +429,56 @@ def test_a_writer_whose_new_file_a_clean_up_removed_before_its_lock_starts_again
         assert raced == [1, 1] and spool.is_dir() and (spool / atomic.LOCK_FILE).exists()
         assert atomic.remove_orphaned_temporaries(tmp_path / "o.json", ".annotate-o.json-") == 0  # held now
     assert not spool.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]
+
+
+def test_records_that_are_no_object_are_skipped_and_a_dropped_record_leaves_its_id_free(tmp_path):
+    """A number or null in 'annotations' was copied into the output (a COCO reader fails on it), counted as
+    of an unknown image; an annotation with a broken mask left out made the next one with its id a duplicate."""
+    data = make_dataset()
+    data["annotations"][1:1] = [5, None]
+    square = [[0, 0, 4, 0, 4, 4]]
+    data["annotations"] += [{"image_id": 20, "category_id": 2, "bbox": [0, 0, 4, 4], "segmentation": square},
+                            {"id": "7", "image_id": 20, "category_id": 2, "bbox": [0, 0, 4, 4], "segmentation": []}]
+    data["annotations"].append({"id": 502, "image_id": 20, "category_id": 2, "bbox": [2, 2, 10, 10], "area": 2.0,
+                                "iscrowd": 0, "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]})  # 502 again, good
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    report = annotate_occluders(src, tmp_path / "o.json", progress=False)
+    out = json.loads((tmp_path / "o.json").read_text())["annotations"]
+    assert all(isinstance(a, dict) for a in out) and len(out) == report["counts"]["annotations"] == 9
+    assert report["counts"]["unknown_image"] == 1 and report["counts"]["duplicate_ids"] == 0
+    # without an integer id pycocotools' COCO() fails on the output (KeyError 'id'): counted as no_box before
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 1, "malformed record": 4}
+    assert report["skipped"]["examples"]["malformed record"] == "annotations[1]: malformed record (not an object: 5)"
+    assert report["counts"]["no_box"] == 0
+    by_id = {a["id"]: a for a in out}
+    assert by_id[502]["occluder_ids"] == [501] and by_id[501]["occluder_ids"] == [502]
+    strict = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "s.json"),
+                                       "--strict", "--quiet"])
+    assert strict.exit_code == 2 and strict.output.startswith(f"Error: {src}: annotation 502: degenerate"), \
+        strict.output  # the first bad record in file order
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_bcnet_compat_draws_no_mask_at_an_image_size_too_large_to_decode(tmp_path, monkeypatch):
+    """An image record claiming 10^6 x 10^6 pixels: pycocotools crashed the process (segmentation fault)
+    rasterising the occluder's polygon at that size. Its occluders are found by box; no mask is drawn (counted)."""
+    from occsynth import masks
+
+    decode = masks.decode
+
+    def guarded(segmentation, height, width):
+        assert height * width <= masks.MAX_IMAGE_PIXELS, "a mask was decoded at a size too large to decode"
+        return decode(segmentation, height, width)
+
+    monkeypatch.setattr(masks, "decode", guarded)
+    square = [[2, 2, 12, 2, 12, 10, 2, 10]]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10 ** 6, "width": 10 ** 6}],
+            "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 8], "area": 80,
+                             "iscrowd": 0, "segmentation": square} for i in (1, 2)],
+            "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    report = annotate_occluders(tmp_path / "in.json", tmp_path / "o.json", bcnet_compat=True, progress=False)
+    out = json.loads((tmp_path / "o.json").read_text())["annotations"]
+    assert [a["occluder_ids"] for a in out] == [[2], [1]] and [a["bg_object_segmentation"] for a in out] == [[], []]
+    assert report["counts"]["no_image_size"] == 2 and report["counts"]["with_occluders"] == 2

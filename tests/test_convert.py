@@ -189,6 +189,12 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     report = convert_kins(tmp_path / "k2.json", tmp_path / "k2-out.json", progress=False)
     assert report["counts"]["bad_images"] == 2 and report["skipped"]["counts"][errors.DUPLICATE_ID] == 1
     assert [im["file_name"] for im in json.loads((tmp_path / "k2-out.json").read_text())["images"]] == ["000003.png"]
+    kins["annotations"].append({**kins["annotations"][0], "id": 18, "iscrowd": "yes"})  # pycocotools' COCOeval fails
+    (tmp_path / "k4.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k4.json", tmp_path / "k4-out.json", progress=False)
+    assert report["skipped"]["counts"][errors.MALFORMED_RECORD] == 2  # image 9 (no size) and annotation 18
+    assert 18 not in [a["id"] for a in json.loads((tmp_path / "k4-out.json").read_text())["annotations"]]
+    kins["annotations"].pop()
     kins["annotations"][1]["category_id"] = 77  # no such category: skipped, not written
     (tmp_path / "k.json").write_text(json.dumps(kins))
     report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
@@ -210,6 +216,11 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
 def test_cocoa_info_that_is_not_an_object_is_dropped_and_non_list_regions_skipped(tmp_path):
     cocoa = json.loads(cocoa_file(tmp_path).read_text())
     cocoa["annotations"].append({"id": 901, "image_id": 5, "regions": 5})
+    cocoa["annotations"].append(7)  # was counted as an annotation of an unknown image
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+    assert report["skipped"]["counts"] == {"malformed record": 2} and report["counts"]["unknown_image"] == 0
+    cocoa["annotations"].pop()
     for info in ([1, 2], "hello"):
         (tmp_path / "c.json").write_text(json.dumps(dict(cocoa, info=info)))
         report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
@@ -295,6 +306,14 @@ def test_out_equal_to_ann_is_refused_before_writing(tmp_path):
     cocoa = cocoa_file(tmp_path)
     res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(cocoa), "--out", str(cocoa), "--quiet"])
     assert res.exit_code == 2 and "--out must differ from --ann" in res.output
+    # --categories-from is an input too: often instances_train2017.json itself, which was overwritten
+    coco = tmp_path / "instances.json"
+    coco.write_text(json.dumps({"categories": [{"id": 1, "name": "person"}]}))
+    before = coco.read_text()
+    res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(cocoa), "--out", str(tmp_path / "." / coco.name),
+                                    "--categories-from", str(coco), "--quiet"])
+    assert res.exit_code == 2 and "--out must differ from --categories-from" in res.output, res.output
+    assert coco.read_text() == before
 
 
 @pytest.mark.parametrize("command, layout", [
@@ -307,3 +326,104 @@ def test_out_equal_to_ann_is_refused_before_writing(tmp_path):
 def test_converter_help_says_which_input_layout_it_expects(command, layout):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0 and layout in " ".join(result.output.split())
+
+
+def _perfect_visible_ap(path):
+    """pycocotools segm AP of detections equal to every non-crowd ground truth's visible mask."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(path))
+        dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": gt.annToRLE(a),
+                 "score": 1.0} for a in gt.dataset["annotations"] if not a["iscrowd"]]
+        ev = COCOeval(gt, gt.loadRes(dets), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats[0]
+
+
+@pytest.mark.parametrize("make", ["cocoa", "kins"])
+def test_a_fully_hidden_instance_keeps_its_amodal_mask_as_an_ignore_region(tmp_path, make):
+    """Nothing visible: with iscrowd 0 pycocotools counted it as an object no detection can match (a perfect
+    detector's AP was 0.78 / 0.63 here) and mmdetection/detectron2 drop its zero-area box; it is an ignore region."""
+    hidden = [8, 4, 11, 4, 11, 8, 8, 8]  # inside FRONT
+    if make == "cocoa":
+        data = json.loads(cocoa_file(tmp_path).read_text())
+        data["annotations"][0]["regions"].insert(1, {"segmentation": hidden, "order": 2, "name": "cup", "isStuff": 0,
+                                                     "visible_mask": rle(np.zeros((H, W), bool))})
+        convert, hidden_id = convert_cocoa, 2
+    else:
+        data = json.loads(kins_file(tmp_path).read_text())
+        data["annotations"].insert(1, {**data["annotations"][0], "id": 15, "a_segm": [hidden], "i_segm": []})
+        convert, hidden_id = convert_kins, 15
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    report = convert(tmp_path / "in.json", tmp_path / "out.json", progress=False)
+    anns = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    a = anns[hidden_id]
+    assert a["iscrowd"] == 1 and a["area"] == 0 and a["bbox"] == [0.0, 0.0, 0.0, 0.0] and a["occlusion_ratio"] == 1
+    assert np.array_equal(decode(a["amodal_segmentation"]), rect(8, 4, 11, 8)) and a["amodal_area"] == 12
+    assert not decode(a["segmentation"]).any()
+    assert [b["iscrowd"] for b in anns.values() if b["id"] != hidden_id] == [0] * (len(anns) - 1)
+    assert report["counts"]["fully_hidden"] == 1 and report["skipped"]["counts"] == {}
+    assert _perfect_visible_ap(tmp_path / "out.json") == 1.0
+
+
+def test_a_mask_that_covers_no_pixel_of_the_image_is_a_bad_record_not_a_fully_hidden_instance(tmp_path):
+    """A polygon beside the image or without area decoded to an empty mask: the instance was written with
+    amodal_area 0 and counted as fully hidden, a record with nothing to label."""
+    beside, flat = [31, 1, 40, 1, 40, 10, 31, 10], [1, 1, 5, 1, 9, 1]  # x >= 30 = W; three collinear points
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["annotations"][0]["regions"] += [{"segmentation": beside, "order": 4}, {"segmentation": flat, "order": 5}]
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    kins = json.loads(kins_file(tmp_path).read_text())
+    kins["annotations"] += [{**kins["annotations"][0], "id": 15, "a_segm": [beside], "i_segm": [beside]},
+                            {**kins["annotations"][0], "id": 16, "a_segm": [flat], "i_segm": []}]
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    for convert, src, good in ((convert_cocoa, "c.json", 3), (convert_kins, "k.json", 3)):
+        report = convert(tmp_path / src, tmp_path / "out.json", progress=False)
+        anns = json.loads((tmp_path / "out.json").read_text())["annotations"]
+        assert len(anns) == good and all(a["amodal_area"] > 0 for a in anns)
+        assert report["counts"]["fully_hidden"] == 0 and report["counts"]["bad_masks"] == 2
+        assert report["skipped"]["counts"] == {errors.DEGENERATE_MASK: 2}
+        assert "empty mask" in report["skipped"]["examples"][errors.DEGENERATE_MASK]
+
+
+@pytest.mark.parametrize("make, convert, constant", [(cocoa_file, "convert-cocoa", "NaN"),
+                                                     (kins_file, "convert-kins", "Infinity")])
+def test_nan_or_infinity_in_the_input_is_refused_not_copied_into_the_output(tmp_path, make, convert, constant):
+    """json.load reads NaN; the converters copied it into their output (an occlude_rate, KINS's oco_id), which
+    annotate-occluders, generate and every other streaming reader of this project then refused as not JSON."""
+    src = make(tmp_path)
+    data = json.loads(src.read_text())
+    if convert == "convert-cocoa":
+        data["annotations"][0]["regions"][0]["occlude_rate"] = float(constant.lower())
+    else:
+        data["annotations"][0]["oco_id"] = float(constant.lower())
+    src.write_text(json.dumps(data))  # Python writes NaN / Infinity
+    res = CliRunner().invoke(main, [convert, "--ann", str(src), "--out", str(tmp_path / "o.json"), "--quiet"])
+    assert res.exit_code == 2 and res.output == (
+        f"Error: {src}: malformed JSON ({constant}: NaN and Infinity are not JSON (Python's json.dump writes them "
+        "unless allow_nan=False))\n"), res.output
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("command, make", [("convert-kins", kins_file), ("convert-cocoa", cocoa_file),
+                                           ("annotate-occluders", kins_file)])
+def test_an_out_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path, command, make):
+    """The output is renamed into place: a named pipe at --out was replaced by a regular file (and /dev/null,
+    as root, by the output)."""
+    import os
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    res = CliRunner().invoke(main, [command, "--ann", str(make(tmp_path)), "--out", str(fifo), "--quiet"])
+    assert res.exit_code == 2 and res.output == (
+        f"Error: cannot write {fifo}: not a regular file (a device, pipe or socket), which the output, renamed into "
+        "place, would replace\n"), res.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
