@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -100,14 +101,22 @@ def open_json(path: str | os.PathLike) -> BinaryIO:
 
 def read_json(path: str | os.PathLike, *, finite: bool = False) -> Any:
     """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it. ``finite``:
-    NaN and Infinity are refused too, as the streaming readers refuse them (json.load reads them): for a
-    tool that copies values into a file those readers then read."""
+    NaN and Infinity are refused too, as the streaming readers refuse them (json.load reads them), and so is a
+    number too large for a float (1e999: json.load reads it as infinity, which json.dump writes as Infinity):
+    for a tool that copies values into a file those readers then read."""
     def refuse(name: str):
         raise OccsynthError(f"{path}: malformed JSON ({name}: NaN and Infinity are not JSON (Python's json.dump "
                             "writes them unless allow_nan=False))")
 
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise OccsynthError(f"{path}: malformed JSON ({text}: too large for a float; written back, it would be "
+                                "Infinity, which is not JSON)")
+        return value
+
     with reading_json(path), open(path, "rb") as f:
-        return json.load(f, parse_constant=refuse if finite else None)
+        return json.load(f, parse_constant=refuse if finite else None, parse_float=finite_float if finite else None)
 
 
 def read_dataset(path: str | os.PathLike, *, finite: bool = False) -> dict:

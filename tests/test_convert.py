@@ -427,3 +427,19 @@ def test_an_out_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path, comma
         f"Error: cannot write {fifo}: not a regular file (a device, pipe or socket), which the output, renamed into "
         "place, would replace\n"), res.output
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("make, convert", [(cocoa_file, "convert-cocoa"), (kins_file, "convert-kins")])
+def test_a_number_too_large_for_a_float_is_refused_not_written_as_infinity(tmp_path, make, convert):
+    """json.load reads 1e999 as inf (no NaN/Infinity constant in the file): the converters wrote Infinity into
+    their output, which every streaming reader of this project then refused as not JSON."""
+    src = make(tmp_path)
+    data = json.loads(src.read_text())
+    if convert == "convert-cocoa":
+        data["annotations"][0]["regions"][0]["occlude_rate"] = 12345
+    else:
+        data["annotations"][0]["oco_id"] = 12345
+    src.write_text(json.dumps(data).replace("12345", "-1e999", 1))
+    res = CliRunner().invoke(main, [convert, "--ann", str(src), "--out", str(tmp_path / "o.json"), "--quiet"])
+    assert res.exit_code == 2 and res.output.startswith(f"Error: {src}: malformed JSON (-1e999: "), res.output
+    assert not (tmp_path / "o.json").exists()
