@@ -588,10 +588,24 @@ def _check_layout(bank_dir: Path, meta: dict, a: dict[str, np.ndarray]) -> None:
     if n_ann and (a["ann_image"].min() < 0 or a["ann_image"].max() >= n_img):
         problems.append("annotation image indices")
     num_images = meta.get("num_images")
-    if not is_int(num_images) or not 0 <= num_images <= n_img or not isinstance(meta.get("categories"), list):
+    if not is_int(num_images) or not 0 <= num_images <= n_img or not isinstance(meta.get("categories"), list) \
+            or not _source_and_options(meta):
         problems.append("meta.json")
     if problems:
         raise DamagedEntry(f"{bank_dir}: damaged cutout bank ({', '.join(problems)})")
+
+
+def _source_and_options(meta: dict) -> bool:
+    """Whether a bank's meta.json has the source hash and options its pixel stores are keyed by
+    (:func:`pixels_key`): edited by hand, a run failed on them with a TypeError."""
+    source, options = meta.get("source"), meta.get("options")
+    if not (isinstance(source, dict) and isinstance(source.get("sha256"), str) and isinstance(options, dict)):
+        return False
+    try:
+        BankOptions(**options)
+    except (TypeError, OccsynthError):
+        return False
+    return True
 
 
 def no_cutouts_reason(meta: dict) -> str:

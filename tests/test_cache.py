@@ -167,19 +167,24 @@ def test_a_demo_source_missing_an_image_is_stale_and_the_next_run_rebuilds_it(tm
 
 @pytest.mark.parametrize("entry, key, value", [
     ("bank", "source", "instances.json"), ("bank", "num_images", "abc"), ("bank", "num_images", None),
+    ("bank", "options", {"min_area": "big"}), ("bank", "source", {"path": "instances.json"}),
     ("store", "image_root", 5), ("store", "num_annotations", "100"), ("store", "num_images_total", [24]),
 ])
-def test_a_meta_json_edited_by_hand_is_listed_as_stale_not_a_traceback(cache, entry, key, value):
+def test_a_meta_json_edited_by_hand_is_listed_as_stale_not_a_traceback(cache, demo_source, entry, key, value):
     cache_dir, made = cache
+    demo_root = demo_source[1]
     path = made[entry] / "meta.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
     res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir)])
     assert res.exit_code == 0 and res.exception is None, res.output
     listed = {e["name"]: e for e in cache_entries(cache_dir)}[made[entry].name]
-    if key not in ("source", "image_root"):  # a run cannot open it: stale, as a damaged entry
+    if key != "image_root":  # a run cannot open it: stale, as a damaged entry
         assert listed["notes"] and listed["notes"][0].startswith("damaged ("), listed
         with pytest.raises(OccsynthError, match="delete it to rebuild"):
             (Bank.load if entry == "bank" else CutoutPixels.load)(made[entry])
+    if entry == "bank":  # a bank's source hash and options key its pixel stores: a run failed with a TypeError
+        with pytest.raises(OccsynthError, match="delete it to rebuild"):
+            ensure_cutout_pixels(made["bank"], demo_root, cache_dir, progress=False)
 
 
 def test_a_demo_source_listing_a_file_name_that_is_no_string_is_stale(tmp_path):
