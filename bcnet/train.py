@@ -475,6 +475,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             _trim_log(out_dir, start)
             if state is not None and start < iterations:
                 _retire_final(out_dir, resume_path, start)
+            elif state is not None and start == int(state["schedule"]["iterations"]):
+                _restore_final(out_dir, resume_path)  # an extension stopped before it saved: finished again
         every = int(schedule["checkpoint_every"])
         log_every = max(int(schedule.get("log_every", 20)), 1)
         history: list[dict] = []
@@ -615,6 +617,24 @@ def _retire_final(out_dir: Path, resumed_from: Path, iteration: int) -> None:
         f.write(kept.name + "\n")
     final.unlink()
     tqdm.write(f"{final.name} renamed {kept.name}: the run goes on past it")
+
+
+def _restore_final(out_dir: Path, resumed_from: Path) -> None:
+    """A finished run's weights resumed at their own ``iterations`` (a checkpoint that :func:`_retire_final` made
+    of ``model_final.pt``, the extension stopped before its first checkpoint) become ``model_final.pt`` again:
+    else the run, though finished, had none (the pipeline failed on it: 'training ended without model_final.pt').
+    Linked (or copied) into place, then marked."""
+    final = out_dir / FINAL
+    if final.exists() or not resumed_from.is_file() or resumed_from.resolve().parent != out_dir.resolve():
+        return
+    try:
+        os.link(resumed_from, final)
+    except OSError:  # a file system without hard links
+        with open(resumed_from, "rb") as src, open_atomic(final, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    with open_atomic(out_dir / LAST) as f:
+        f.write(final.name + "\n")
+    tqdm.write(f"{resumed_from.name} is the finished run's {final.name} again")
 
 
 def _prune(out_dir: Path, keep: int) -> None:

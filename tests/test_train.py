@@ -450,6 +450,44 @@ def test_a_finished_run_extended_has_no_model_final_until_it_ends_again(tmp_path
     assert (other / "model_final.pt").is_file() and (tmp_path / "third" / "model_final.pt").is_file()
 
 
+def test_an_extension_stopped_before_its_first_checkpoint_leaves_a_run_that_can_finish_again(tmp_path, dataset_dir,
+                                                                                             monkeypatch):
+    """model_final.pt, renamed checkpoint_<iteration>.pt for the extension, never came back: resumed at its own
+    iterations the run trained nothing and wrote no model_final.pt, and the pipeline's stage failed on it
+    ('training ended without model_final.pt') on every rerun."""
+    from bcnet.pipeline import _train_stage
+
+    run = tmp_path / "run"
+    _run(dataset_dir, run, iterations=2, batch_size=1, checkpoint_every=5)
+    old_final = (run / "model_final.pt").read_bytes()
+    real_save = ckpt.save_checkpoint
+
+    def stopped(path, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.ckpt, "save_checkpoint", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", run, resume=True,
+                overrides={"iterations": 4, "checkpoint_every": 1}, progress=False)
+    monkeypatch.setattr(T.ckpt, "save_checkpoint", real_save)
+    assert not (run / "model_final.pt").exists()
+    out = T.train(dataset_dir / "annotations.json", dataset_dir / "images", run, resume=True,
+                  overrides={"iterations": 2}, progress=False)
+    assert out["checkpoint"] is None and out["history"] == []
+    assert (run / "model_final.pt").read_bytes() == old_final and T.latest_checkpoint(run) == run / "model_final.pt"
+    section = {"schedule": "schedule-tiny", **TINY, "iterations": 2, "batch_size": 1, "checkpoint_every": 5}
+    assert _train_stage("stage", run, (dataset_dir / "annotations.json", dataset_dir / "images"), section, None,
+                        T.train, "cpu", False, lambda line: None) == run / "model_final.pt"
+    # a periodic checkpoint of a longer run is no finished run's final: resumed at its iteration, nothing is named so
+    longer = tmp_path / "longer"
+    _run(dataset_dir, longer, iterations=4, batch_size=1, checkpoint_every=2)
+    (longer / "model_final.pt").unlink()
+    (longer / "last_checkpoint").write_text("checkpoint_0000002.pt\n")  # as a run stopped at iteration 3
+    T.train(dataset_dir / "annotations.json", dataset_dir / "images", longer, resume=True,
+            overrides={"iterations": 2}, progress=False)
+    assert not (longer / "model_final.pt").exists()
+
+
 def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path):
     text = T.manifests.path("schedule-tiny").read_text()
     typo = tmp_path / "typo.toml"
