@@ -606,13 +606,17 @@ def _retire_final(out_dir: Path, resumed_from: Path, iteration: int) -> None:
     if not (final.is_file() and resumed_from.is_file() and os.path.samefile(final, resumed_from)):
         return
     kept = out_dir / f"checkpoint_{iteration:07d}.pt"
-    with contextlib.suppress(FileNotFoundError):
-        kept.unlink()  # a link left by a kill right after it was made
-    try:
-        os.link(final, kept)
-    except OSError:  # a file system without hard links
-        with open(final, "rb") as src, open_atomic(kept, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+    if not (kept.is_file() and os.path.samefile(final, kept)):  # else a kill left the link (and maybe the marker)
+        tmp = kept.with_name(f".{kept.name}.tmp-{os.getpid()}")  # replaced in one step: the marker may name kept
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(final, tmp)
+        except OSError:  # a file system without hard links
+            with open(final, "rb") as src, open_atomic(kept, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        else:
+            os.replace(tmp, kept)
     with open_atomic(out_dir / LAST) as f:
         f.write(kept.name + "\n")
     final.unlink()

@@ -450,6 +450,27 @@ def test_a_finished_run_extended_has_no_model_final_until_it_ends_again(tmp_path
     assert (other / "model_final.pt").is_file() and (tmp_path / "third" / "model_final.pt").is_file()
 
 
+def test_a_retirement_killed_after_its_marker_is_finished_without_unlinking_the_marked_checkpoint(
+        tmp_path, dataset_dir, monkeypatch):
+    """Killed after the marker named checkpoint_<iteration>.pt (a link to model_final.pt), the next try unlinked
+    that checkpoint before linking it again: a second kill there left the marker naming a missing file."""
+    run = tmp_path / "run"
+    _run(dataset_dir, run, iterations=2, batch_size=1, checkpoint_every=5)
+    os.link(run / "model_final.pt", run / "checkpoint_0000002.pt")   # the first try's link and marker
+    (run / "last_checkpoint").write_text("checkpoint_0000002.pt\n")
+    real_link = os.link
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed between the unlink and the link")
+
+    monkeypatch.setattr(os, "link", killed)
+    out = T.train(dataset_dir / "annotations.json", dataset_dir / "images", run, resume=True,
+                  overrides={"iterations": 3}, progress=False)  # nothing to link again: it goes on
+    monkeypatch.setattr(os, "link", real_link)
+    assert out["start"] == 2 and ckpt.load_checkpoint(run / "model_final.pt")["iteration"] == 3
+    assert ckpt.load_checkpoint(run / "checkpoint_0000002.pt")["iteration"] == 2
+
+
 def test_an_extension_stopped_before_its_first_checkpoint_leaves_a_run_that_can_finish_again(tmp_path, dataset_dir,
                                                                                              monkeypatch):
     """model_final.pt, renamed checkpoint_<iteration>.pt for the extension, never came back: resumed at its own
