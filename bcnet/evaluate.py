@@ -763,6 +763,8 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
     Each set's detections wait under a staged name until every set is done; then all are put in place, and
     results.json written last: a failure in a later set leaves an earlier run's files as they were."""
     report = {}
+    for left in out_dir.glob(".detections_*.json.staged"):  # by a run killed outright (kill -9, a power cut)
+        left.unlink(missing_ok=True)
     staged = {name: out_dir / f".detections_{name}.json.staged" for name, *_ in prepared}
     try:
         for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once
