@@ -896,7 +896,8 @@ class CutoutPixels:
             size = os.fstat(blob_file.fileno()).st_size
             n_ann, n_img = meta.get("num_annotations"), meta.get("num_images_total")
             if not (is_int(n_ann) and is_int(n_img)) or len(offsets) != n_ann + 1 or offsets[-1] != size \
-                    or stat.shape != (n_img, 2) or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
+                    or stat.shape != (n_img, 2) or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)) \
+                    or not isinstance(meta.get("bank"), dict):  # edited by hand: a TypeError below
                 raise DamagedEntry(f"{store_dir}: damaged cutout pixel store")
             if bank is not None and (meta["bank"]["sha256"] != bank.meta["source"]["sha256"]
                                      or meta["bank"]["options"] != bank.meta["options"]

@@ -169,6 +169,7 @@ def test_a_demo_source_missing_an_image_is_stale_and_the_next_run_rebuilds_it(tm
     ("bank", "source", "instances.json"), ("bank", "num_images", "abc"), ("bank", "num_images", None),
     ("bank", "options", {"min_area": "big"}), ("bank", "source", {"path": "instances.json"}),
     ("store", "image_root", 5), ("store", "num_annotations", "100"), ("store", "num_images_total", [24]),
+    ("store", "bank", "abc"),
 ])
 def test_a_meta_json_edited_by_hand_is_listed_as_stale_not_a_traceback(cache, demo_source, entry, key, value):
     cache_dir, made = cache
@@ -185,6 +186,9 @@ def test_a_meta_json_edited_by_hand_is_listed_as_stale_not_a_traceback(cache, de
     if entry == "bank":  # a bank's source hash and options key its pixel stores: a run failed with a TypeError
         with pytest.raises(OccsynthError, match="delete it to rebuild"):
             ensure_cutout_pixels(made["bank"], demo_root, cache_dir, progress=False)
+    if key == "bank":  # checked against the bank it is opened for: a TypeError there
+        with pytest.raises(OccsynthError, match="delete it to rebuild"):
+            CutoutPixels.load(made[entry], Bank.load(made["bank"]))
 
 
 def test_a_demo_source_listing_a_file_name_that_is_no_string_is_stale(tmp_path):
