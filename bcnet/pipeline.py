@@ -42,6 +42,7 @@ class PipelineInputs:
     coco_val: tuple[Path, Path] | None = None        # (instances_val2017.json, val2017/)
     synthetic: tuple[Path, Path] | None = None       # an existing occsynth set (annotations.json, images/)
     cocoocc: Path | None = None                      # an existing COCO-OCC annotations.json (images: val's)
+    backbone_weights: Path | None = None             # ImageNet weights for the pretraining's backbone (else the recipe's)
 
 
 def tiny_inputs(cache_dir: str | os.PathLike | None = None) -> PipelineInputs:
@@ -111,8 +112,11 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         inputs = dataclasses.replace(inputs, synthetic=(synth_dir / "annotations.json", synth_dir / "images"))
     stages["synthetic"] = str(inputs.synthetic[0])
 
-    # 2. pretrain on the synthetic set
-    pretrained = _train_stage("[2/5] pretrain", out_dir / "pretrain", inputs.synthetic, plan["pretrain"], None,
+    # 2. pretrain on the synthetic set (from ImageNet weights when given: the paper's backbone was pretrained)
+    pretrain = plan["pretrain"]
+    if inputs.backbone_weights is not None:
+        pretrain = {**pretrain, "backbone_weights": str(inputs.backbone_weights)}
+    pretrained = _train_stage("[2/5] pretrain", out_dir / "pretrain", inputs.synthetic, pretrain, None,
                               train, device, progress, log)
     stages["pretrain"] = str(pretrained)
 
@@ -158,7 +162,7 @@ def stage_done(folder: Path, stage: str) -> bool:
 
 
 INPUTS = {"coco_train": "--coco-train-ann", "coco_val": "--coco-val-ann", "synthetic": "--synthetic",
-          "cocoocc": "--cocoocc"}  # the inputs a run folder records, and the options that give them
+          "cocoocc": "--cocoocc", "backbone_weights": "--backbone-weights"}  # what a run folder records, given by
 
 
 def input_identities(out_dir: Path, inputs: PipelineInputs) -> dict:
@@ -179,7 +183,7 @@ def input_identities(out_dir: Path, inputs: PipelineInputs) -> dict:
         synthetic = None  # the set this run folder generated, named by its path
     return {"coco_train": identity(inputs.coco_train and inputs.coco_train[0]),
             "coco_val": identity(inputs.coco_val and inputs.coco_val[0]), "synthetic": identity(synthetic),
-            "cocoocc": identity(inputs.cocoocc)}
+            "cocoocc": identity(inputs.cocoocc), "backbone_weights": identity(inputs.backbone_weights)}
 
 
 def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None = None) -> None:
@@ -214,9 +218,10 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
 def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
     """Refuse inputs other than those the run folder's stages were made from (``INPUTS``: an input the pipeline made,
     None, against a given one, or two files of other content); an input that cannot be read now is not compared."""
-    def said(entry) -> str:
-        return "none given (the pipeline made it)" if not isinstance(entry, dict) else (
-            f"{entry.get('annotations')} (sha256 {str(entry.get('sha256'))[:12]})")
+    def said(entry, key: str) -> str:
+        if not isinstance(entry, dict):
+            return "none given" + ("" if key == "backbone_weights" else " (the pipeline made it)")
+        return f"{entry.get('annotations')} (sha256 {str(entry.get('sha256'))[:12]})"
 
     for key, option in INPUTS.items():
         old, new = before.get(key), now.get(key)
@@ -224,7 +229,7 @@ def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
             continue
         if (old is None) != (new is None) or (old is not None and old.get("sha256") != new["sha256"]):
             raise OccsynthError(f"{out_dir} holds a pipeline run made from other input data: {option} was "
-                                f"{said(old)}, now {said(new)}; rerun it with the same inputs to resume it, or "
+                                f"{said(old, key)}, now {said(new, key)}; rerun it with the same inputs to resume it, or "
                                 "choose another --out")
 
 

@@ -19,12 +19,15 @@ from occsynth import stopping
 @click.option("--coco-val-images", type=click.Path(exists=True, file_okay=False), help="val2017/ image folder.")
 @click.option("--synthetic", type=click.Path(exists=True, file_okay=False), help="An existing `occsynth generate` output to pretrain on (else it is generated).")
 @click.option("--cocoocc", type=click.Path(exists=True, dir_okay=False), help="An existing COCO-OCC annotations.json (else it is built); its images are read from --coco-val-images, checked before any stage.")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
+              help="ImageNet weights for the pretraining's backbone: a torchvision state dict (resnet50.pth, see the "
+                   "README). Without it, the recipe's: pipeline-paper has none, so the backbone is trained from scratch.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Workers for generating the synthetic set (at most one per CPU core is started).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
 @cache_dir_option
 @quiet_option
 def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images, coco_val_ann, coco_val_images,
-                            synthetic, cocoocc, workers, device, cache_dir, quiet):
+                            synthetic, cocoocc, backbone_weights, workers, device, cache_dir, quiet):
     """Generate a synthetic occlusion set, pretrain BCNet on it, fine-tune on COCO train, and
     evaluate on val2017 and COCO-OCC, writing one results table (OUT/results.md).
 
@@ -56,6 +59,8 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
         inputs.synthetic = (Path(synthetic) / "annotations.json", Path(synthetic) / "images")
     if cocoocc:
         inputs.cocoocc = Path(cocoocc)
+    if backbone_weights:
+        inputs.backbone_weights = Path(backbone_weights)
     note_capped_workers(workers)
     try:
         report = run_pipeline(out, inputs, recipe=recipe or ("pipeline-tiny" if tiny else "pipeline-paper"),

@@ -1,10 +1,12 @@
 """`bcnet train-synthetic` end to end on the demo data (a tiny recipe), then `bcnet predict` and
 `bcnet bench` on what it trained."""
+import dataclasses
 import datetime
 import errno
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -553,3 +555,37 @@ def test_an_out_folder_that_exists_but_cannot_be_written_is_refused_before_the_w
             with atomic.output_folder(out):
                 raise AssertionError("the work ran")
         assert out.exists() == kept  # a folder made for nothing is removed again
+
+
+def test_backbone_weights_go_to_the_pretraining_only_and_bind_the_run_folder(demo_source, tmp_path, monkeypatch):
+    """The paper's pipeline trained its ResNet-50 from scratch: train-synthetic had no way to give ImageNet weights."""
+    from bcnet import train as T
+
+    ann, root = demo_source
+    weights = tmp_path / "resnet50.pth"
+    weights.write_bytes(b"weights")
+    calls = []
+
+    def fake_train(ann_file, image_root, out_dir, schedule, overrides, resume, init_checkpoint, device, progress):
+        calls.append((Path(out_dir).name, dict(overrides or {}), init_checkpoint))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "model_final.pt").write_bytes(b"final")
+
+    monkeypatch.setattr(T, "train", fake_train)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    cocoocc = tmp_path / "occ.json"
+    cocoocc.write_text(ann.read_text())
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=cocoocc,
+                            backbone_weights=weights)
+    monkeypatch.setattr("bcnet.evaluate.evaluate_checkpoint", lambda *a, **k: {})
+    run_pipeline(tmp_path / "run", inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    assert [(name, o.get("backbone_weights")) for name, o, _ in calls] == [("pretrain", str(weights)),
+                                                                          ("finetune", None)]
+    assert calls[1][2] == tmp_path / "run" / "pretrain" / "model_final.pt"  # fine-tuning starts from the pretraining
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"other weights")
+    for given, said in ((other, f"now {other}"), (None, "now none given; rerun")):
+        with pytest.raises(OccsynthError, match=f"other input data: --backbone-weights was {weights} .*, {said}"):
+            run_pipeline(tmp_path / "run", dataclasses.replace(inputs, backbone_weights=given), recipe=str(recipe),
+                         device="cpu", progress=False, log=lambda line: None)
