@@ -321,6 +321,8 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
     except Exception as exc:  # DegenerateMask, or pycocotools' bare errors on broken counts
         rle, pixels, problem = None, 0, str(exc) or type(exc).__name__
     if problem:
+        if skips.strict:  # stops here: nothing is kept or dropped
+            skips.skip(BadRecord(errors.DEGENERATE_MASK, where, problem))
         box = ann.get("bbox")
         if not (_is_box(box) and box[2] > 0 and box[3] > 0):
             skips.skip(BadRecord(errors.DEGENERATE_MASK, where, f"{problem}; no usable bbox either: dropped"))
@@ -750,6 +752,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
             raise OccsynthError(f"set {name!r}: none of the {len(data['annotations'])} annotations of {ann_file} "
                                 f"can be evaluated ({dataset.skips.in_one_line()})")
         check_occsep_entries(data, lists, ann_file)
+        if strict:  # every ground-truth mask decoded now: a bad one stops the run before any prediction
+            try:
+                clean_ground_truth(data, SkipLog(strict=True))
+            except BadRecord as exc:
+                raise exc.in_file(ann_file) from None
         prepared.append((name, image_root, data, dataset))
     with output_folder(out_dir):  # an unwritable --out fails now, not after the whole inference
         return _evaluate_prepared(model, state, prepared, out_dir, device, mask_threshold, progress,

@@ -196,8 +196,8 @@ def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     out = E.evaluate(gt, results)
     assert out["segm"]["AP"] == pytest.approx(1.0, abs=1e-12) and out["bbox"]["AP"] == pytest.approx(1.0, abs=1e-12)
     assert out["skipped"]["counts"] == {"degenerate or empty segmentation": 2, "malformed record": 1}
-    with pytest.raises(OccsynthError, match="annotation 1 .image 1.: degenerate"):
-        E.evaluate(gt, results, skips=SkipLog(strict=True))
+    with pytest.raises(OccsynthError, match=r"annotation 1 \(image 1\): degenerate or empty segmentation \([^;]*\)$"):
+        E.evaluate(gt, results, skips=SkipLog(strict=True))  # it stops: no "kept as an ignore region"
 
 
 def test_predict_dataset_skips_unreadable_files(tmp_path):
@@ -629,3 +629,34 @@ def test_a_failure_in_a_later_set_leaves_the_earlier_run_files_as_they_were(tmp_
     assert json.loads((out / "detections_a.json").read_text()) == json.loads((out / "detections_b.json").read_text())
     assert len(json.loads((out / "detections_b.json").read_text())) == 1 and report["b"]["detections"] == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_strict_evaluation_stops_at_a_bad_ground_truth_mask_before_predicting_naming_the_file(tmp_path, monkeypatch):
+    """It stopped only after predicting the whole set, said the mask was 'kept as an ignore region', and did not
+    name the file."""
+    import json
+
+    from bcnet import checkpoint as ckpt
+    from bcnet import train as T
+
+    root = write_dataset(tmp_path / "set")
+    ann_file = root / "annotations.json"
+    data = json.loads(ann_file.read_text())
+    bad = data["annotations"][2]
+    bad["segmentation"] = [[1, 1, 5, 5]]  # 4 coordinates: no polygon
+    ann_file.write_text(json.dumps(data))
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
+    config = T.model_config(schedule)
+    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    predicted = []
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: predicted.append(1) or [])
+    with pytest.raises(OccsynthError) as raised:
+        E.evaluate_checkpoint(tmp_path / "tiny.pt", {"a": (ann_file, root / "images")}, tmp_path / "e", device="cpu",
+                              progress=False, strict=True)
+    assert str(raised.value).startswith(f"{ann_file}: annotation {bad['id']} (image {bad['image_id']}): degenerate")
+    assert "kept" not in str(raised.value) and predicted == [] and not (tmp_path / "e").exists()
+    E.evaluate_checkpoint(tmp_path / "tiny.pt", {"a": (ann_file, root / "images")}, tmp_path / "e", device="cpu",
+                          progress=False)  # without --strict: kept as an ignore region, and counted
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["a"]["skipped"]["counts"] == {
+        "degenerate or empty segmentation": 1}
