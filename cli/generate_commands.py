@@ -62,7 +62,7 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
         settings = run_settings(recipe_tables, composite=composite, bank=bank, **run)
     except OccsynthError as exc:
         raise _named_setting_error(exc, {**run, **composite, **bank}, recipe) from None
-    if recipe and ann is None and images is None:
+    if recipe and recipe != "synthetic-demo" and ann is None and images is None:  # that one is meant for it
         click.echo(f"note: no --ann/--images, so recipe {recipe} runs on the embedded demo source (a few photos), "
                    "not on COCO", err=True)
     if jpeg_quality is not None and settings.image_format != "jpg":

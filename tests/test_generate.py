@@ -683,9 +683,12 @@ def test_options_a_run_would_not_use_as_meant_are_noted(demo_source, tmp_path):
     without = [a for a in result_args if a not in ("--jpeg-quality", "50")]
     again = CliRunner().invoke(occsynth_main, without)   # resuming without it is the same run
     assert again.exit_code == 0 and again.output.startswith("nothing left to render"), again.output
-    demo = CliRunner().invoke(occsynth_main, ["generate", "--recipe", "synthetic-demo", "--out", str(tmp_path / "d"),
+    demo = CliRunner().invoke(occsynth_main, ["generate", "--recipe", "synthetic-100k", "--out", str(tmp_path / "d"),
                                               "--num-images", "2", "--cache-dir", str(tmp_path / "c"), "--quiet"])
-    assert demo.exit_code == 0 and "recipe synthetic-demo runs on the embedded demo source" in demo.output
+    assert demo.exit_code == 0 and "recipe synthetic-100k runs on the embedded demo source" in demo.output
+    meant = CliRunner().invoke(occsynth_main, ["generate", "--recipe", "synthetic-demo", "--out", str(tmp_path / "m"),
+                                               "--num-images", "2", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert meant.exit_code == 0 and "embedded demo source" not in meant.output  # the recipe made for it
     assert "embedded demo source" not in result.output
 
 
