@@ -449,7 +449,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         start = int(state["iteration"])
         changed = _use_schedule_settings(optimizer, scheduler, schedule)
     iterations = int(schedule["iterations"])
-    data = {"annotations": Path(ann_file).name, "sha256": file_hash(ann_file)}
+    data = {"annotations": str(Path(ann_file).resolve()), "sha256": file_hash(ann_file)}  # said in a resume's note
     if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
         tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
         before = state.get("data") or {}

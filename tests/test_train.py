@@ -736,7 +736,8 @@ def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume
     sha256, and a resume on other content says so (continuing on more data may be meant: it is not refused)."""
     _run(dataset_dir, tmp_path / "run", iterations=2, checkpoint_every=1)
     state = ckpt.load_checkpoint(tmp_path / "run" / "model_final.pt")
-    assert state["data"] == {"annotations": "annotations.json", "sha256": file_hash(dataset_dir / "annotations.json")}
+    assert state["data"] == {"annotations": str((dataset_dir / "annotations.json").resolve()),
+                             "sha256": file_hash(dataset_dir / "annotations.json")}
     same = tmp_path / "same.json"
     shutil.copyfile(dataset_dir / "annotations.json", same)  # the same content elsewhere: an exact resume
     T.train(same, dataset_dir / "images", tmp_path / "run", resume=True, overrides={"iterations": 3}, progress=False)
@@ -749,4 +750,5 @@ def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume
             progress=False)
     said = capsys.readouterr()
     assert (f"note: {tmp_path / 'fewer.json'} is not the annotations file this run trained on so far "
-            "(same.json, other content): it continues on the new data, so it is no longer an exact resume") in said.out
+            f"({same.resolve()}, other content): it continues on the new data, so it is no longer an exact resume") \
+        in said.out  # the full path: a file of the same name in another folder is told apart
