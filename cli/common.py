@@ -51,7 +51,7 @@ class Group(click.Group):
             raise ReportedError(_os_error_message(exc)) from None
         except KeyboardInterrupt as exc:
             signum = stopping.stop_requested() or signal.SIGINT
-            replaced = f"; {str(exc).rstrip('.')}" if str(exc) else ""  # an error raised while it unwound
+            replaced = f"; {str(exc).rstrip('. ')}" if str(exc).strip() else ""  # an error raised while it unwound
             click.echo(f"Stopped ({signal.Signals(signum).name}){replaced}.", err=True)
             raise click.exceptions.Exit(128 + int(signum)) from None
 
