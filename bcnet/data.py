@@ -272,7 +272,11 @@ def require_training_images(dataset: CocoInstances) -> None:
     """Refuse a dataset with no image to train on, naming its file and why (the records skipped, by reason,
     with an example): a wrong image root reads as ``missing image file``."""
     if len(dataset) == 0:
-        raise OccsynthError(f"{getattr(dataset, 'ann_file', 'dataset')}: no usable training images{_why(dataset)}")
+        skips = getattr(dataset, "skips", None)
+        hint = ("; is --images the folder that the file_name entries are relative to?"
+                if skips is not None and skips.counts.get(errors.MISSING_FILE) else "")  # as generate asks
+        raise OccsynthError(f"{getattr(dataset, 'ann_file', 'dataset')}: no usable training images{_why(dataset)}"
+                            + hint)
 
 
 def _why(dataset) -> str:
