@@ -509,11 +509,12 @@ def _train_synthetic_on(synthetic, demo_source, tmp_path):
                                            "--device", "cpu", "--quiet"])
 
 
-@pytest.mark.parametrize("fault, reason, example, words", [
-    ("missing", "missing image file", "000000000001.png", "no usable training images"),
-    ("corrupt", "unreadable or corrupt image", "000000000003.png", "none of the 3 training images could be read"),
+@pytest.mark.parametrize("fault, reason, example, words, hint", [
+    ("missing", "missing image file", "000000000001.png", "no usable training images",
+     "; is --images the folder that the file_name entries are relative to?"),
+    ("corrupt", "unreadable or corrupt image", "000000000003.png", "none of the 3 training images could be read", ""),
 ])
-def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path, fault, reason, example, words):
+def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path, fault, reason, example, words, hint):
     """Not just "no usable training images": the skips by reason, with an example file."""
     synthetic = write_dataset(tmp_path / "synthetic")
     for image in sorted((synthetic / "images").iterdir()):
@@ -523,7 +524,7 @@ def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path,
     path = synthetic / "images" / example
     assert result.output.splitlines()[-1] == (
         f'Error: {synthetic / "annotations.json"}: {words} (skipped {{"{reason}": 3}}, e.g. image file {path}: '
-        f"{reason})")
+        f"{reason}){hint}")
 
 
 def test_a_synthetic_folder_is_not_asked_for_once_pretraining_is_done(demo_source, tmp_path):
