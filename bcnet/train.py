@@ -488,8 +488,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                  scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
                                  model_config={"num_classes": dataset.num_classes, **config},
                                  category_ids=dataset.category_ids, data=data)
-            with open_atomic(out_dir / LAST) as f:
-                f.write(path.name + "\n")
+            _mark(out_dir, path)
             _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
             return path
 
@@ -596,29 +595,40 @@ def _shut_down_loader(batches) -> None:
             shut_down()
 
 
+def _mark(out_dir: Path, checkpoint: Path) -> None:
+    """Name ``checkpoint`` in ``out_dir``'s marker (:data:`LAST`): the one a resume takes."""
+    with open_atomic(out_dir / LAST) as f:
+        f.write(checkpoint.name + "\n")
+
+
+def _place_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes the same bytes as ``src`` in one step: a hard link renamed into place (or, on a file system
+    without hard links, an atomic copy); a marker naming ``dst`` never names a missing or half-written file."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        with open(src, "rb") as source, open_atomic(dst, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+    else:
+        os.replace(tmp, dst)
+
+
 def _retire_final(out_dir: Path, resumed_from: Path, iteration: int) -> None:
     """A run resumed from its own ``model_final.pt`` to train further: that file becomes
     ``checkpoint_<iteration>.pt`` (the same bytes), so that while the run goes on no file calls itself the
     final model of it (the pipeline, and users, take ``model_final.pt`` as the finished run's weights).
 
-    Linked, marked, then unlinked: a kill at any point leaves the marker naming a checkpoint that exists."""
+    Placed, marked, then unlinked: a kill at any point leaves the marker naming a checkpoint that exists."""
     final = out_dir / FINAL
     if not (final.is_file() and resumed_from.is_file() and os.path.samefile(final, resumed_from)):
         return
     kept = out_dir / f"checkpoint_{iteration:07d}.pt"
     if not (kept.is_file() and os.path.samefile(final, kept)):  # else a kill left the link (and maybe the marker)
-        tmp = kept.with_name(f".{kept.name}.tmp-{os.getpid()}")  # replaced in one step: the marker may name kept
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        try:
-            os.link(final, tmp)
-        except OSError:  # a file system without hard links
-            with open(final, "rb") as src, open_atomic(kept, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        else:
-            os.replace(tmp, kept)
-    with open_atomic(out_dir / LAST) as f:
-        f.write(kept.name + "\n")
+        _place_copy(final, kept)
+    _mark(out_dir, kept)
     final.unlink()
     tqdm.write(f"{final.name} renamed {kept.name}: the run goes on past it")
 
@@ -627,17 +637,12 @@ def _restore_final(out_dir: Path, resumed_from: Path) -> None:
     """A finished run's weights resumed at their own ``iterations`` (a checkpoint that :func:`_retire_final` made
     of ``model_final.pt``, the extension stopped before its first checkpoint) become ``model_final.pt`` again:
     else the run, though finished, had none (the pipeline failed on it: 'training ended without model_final.pt').
-    Linked (or copied) into place, then marked."""
+    Placed, then marked."""
     final = out_dir / FINAL
     if final.exists() or not resumed_from.is_file() or resumed_from.resolve().parent != out_dir.resolve():
         return
-    try:
-        os.link(resumed_from, final)
-    except OSError:  # a file system without hard links
-        with open(resumed_from, "rb") as src, open_atomic(final, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    with open_atomic(out_dir / LAST) as f:
-        f.write(final.name + "\n")
+    _place_copy(resumed_from, final)
+    _mark(out_dir, final)
     tqdm.write(f"{resumed_from.name} is the finished run's {final.name} again")
 
 
