@@ -5,6 +5,7 @@ import click
 
 from cli.common import echo_occluder_report, echo_skips, quiet_option, skip_lines
 from occsynth.annotate import annotate_occluders
+from occsynth.errors import plural
 from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
 from occsynth.occluders import BCNET_IOU_THRESHOLD
 
@@ -48,10 +49,10 @@ def format_report(report: dict) -> list[str]:
         paper = f"the paper reports {PAPER_COUNT:,} of val2017's {VAL2017_IMAGES:,}"
     else:
         paper = f"for reference, the paper's COCO-OCC of val2017 has {PAPER_COUNT:,} of {VAL2017_IMAGES:,} images"
-    lines = [f"selected {c['images']} of {c['source_images']} images ({c['annotations']} annotations) "
+    lines = [f"selected {c['images']} of {plural(c['source_images'], 'image')} ({plural(c['annotations'], 'annotation')}) "
              f"with {o['overlap']} >= {o['threshold']:g}{', crowd boxes counted' if o['count_crowd'] else ''}; {paper}"]
     hist = report["histogram"]
-    lines.append(f"largest overlap per image: {hist['no_overlap']} images without any overlapping box pair; "
+    lines.append(f"largest overlap per image: {plural(hist['no_overlap'], 'image')} without any overlapping box pair; "
                  "the others per bin " + ", ".join(
                      f"[{a:g},{b:g}{']' if k == len(hist['counts']) - 1 else ')'}: {n}"
                      for k, (a, b, n) in enumerate(zip(hist["edges"], hist["edges"][1:], hist["counts"]))))
@@ -62,11 +63,11 @@ def format_report(report: dict) -> list[str]:
         lines.append("  (the input has no crowd boxes: counting them changes nothing)")
     if report.get("dropped_images"):
         dropped = report["dropped_images"]
-        lines.append(f"dropped {len(dropped)} selected image(s) whose file could not be placed, "
+        lines.append(f"dropped {plural(len(dropped), 'selected image')} whose file could not be placed, "
                      f"with their annotations: {_first_images(dropped)}")
     if report.get("images_without_file"):
         missing = report["images_without_file"]
-        lines.append(f"warning: {len(missing)} selected image(s) have no usable file under --images (kept in the "
+        lines.append(f"warning: {plural(len(missing), 'selected image')} {'has' if len(missing) == 1 else 'have'} no usable file under --images (kept in the "
                      f"output, which names but does not place them): {_first_images(missing)}")
     lines += skip_lines(report["skipped"], "skipped bad input")
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")

@@ -12,7 +12,7 @@ import sys
 import click
 
 from occsynth import stopping
-from occsynth.errors import OccsynthError, os_error_reason
+from occsynth.errors import OccsynthError, os_error_reason, plural
 from occsynth.pool import local_workers
 from occsynth.writer import check_shard
 
@@ -100,8 +100,8 @@ def note_capped_workers(workers: int) -> None:
     :func:`occsynth.pool.local_workers` of them), instead of capping it unseen."""
     capped = local_workers(workers)
     if capped < workers:
-        click.echo(f"note: --workers {workers}: this process may use {capped} CPU core(s); running {capped} "
-                   "worker(s)", err=True)
+        click.echo(f"note: --workers {workers}: this process may use {plural(capped, 'CPU core')}; running "
+                   f"{plural(capped, 'worker')}", err=True)
 
 
 def parse_shard(value: str | None) -> tuple[int, int]:
@@ -138,8 +138,8 @@ def echo_occluder_report(report: dict) -> None:
     """The summary of a tool that writes occluder annotations (annotate-occluders, convert-*):
     what was written, then any other non-zero counts."""
     counts = dict(report["counts"])
-    click.echo(f"wrote {report['out']}: {counts.pop('annotations')} annotations in {counts.pop('images')} images, "
-               f"{counts.pop('with_occluders')} with occluders")
+    click.echo(f"wrote {report['out']}: {plural(counts.pop('annotations'), 'annotation')} in "
+               f"{plural(counts.pop('images'), 'image')}, {counts.pop('with_occluders')} with occluders")
     others = {k: v for k, v in counts.items() if v}
     if others:
         click.echo("other counts: " + json.dumps(others))

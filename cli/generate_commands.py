@@ -8,7 +8,7 @@ import click
 import manifests
 from cli.common import cache_dir_option, echo_skips, note_capped_workers, parse_shard, quiet_option
 from occsynth.bank import BankOptions
-from occsynth.errors import NoRoom, OccsynthError
+from occsynth.errors import NoRoom, OccsynthError, plural
 from occsynth.generate import generate, merge, run_settings
 from occsynth.schedule import MAX_PASTES, CompositeOptions
 
@@ -109,7 +109,7 @@ def merge_command(shard_dirs, out, quiet):
     report = merge(out, list(shard_dirs), progress=not quiet)
     _print_report(report)
     for folder, n in report.get("left_in_shard_dirs", {}).items():
-        click.echo(f"note: {folder} still holds {n} chunk(s) that {out} already had; they were not moved "
+        click.echo(f"note: {folder} still holds {plural(n, 'chunk')} that {out} already had; they were not moved "
                    "(delete that folder when you no longer need it)")
 
 
@@ -118,9 +118,10 @@ def _print_resumed(report: dict, own_chunks: int) -> None:
     summary is not read as all the work done again."""
     rendered = report["chunks_rendered"]
     if rendered == 0:
-        click.echo(f"nothing left to render: all {own_chunks} chunk(s) were done before this run")
+        click.echo(f"nothing left to render: {'the' if own_chunks == 1 else 'all'} {plural(own_chunks, 'chunk')} "
+                   f"{'was' if own_chunks == 1 else 'were'} done before this run")
     elif rendered < own_chunks:
-        click.echo(f"resumed: rendered {rendered} of {own_chunks} chunk(s); the others were done before this run")
+        click.echo(f"resumed: rendered {rendered} of {plural(own_chunks, 'chunk')}; the others were done before this run")
 
 
 def _print_report(report: dict) -> None:
@@ -135,11 +136,11 @@ def _print_report(report: dict) -> None:
     if not report.get("merged"):
         out, total = report["out"], report["chunks_total"]
         if not report.get("shard_chunks", 1):
-            click.echo(f"shard {report['shard']} has nothing to do: the set has only {total} chunk(s), "
+            click.echo(f"shard {report['shard']} has nothing to do: the set has only {plural(total, 'chunk')}, "
                        "so shards numbered from there on get none")
             return
         _print_resumed(report, report["shard_chunks"])
-        click.echo(f"shard {report['shard']}: its {report['shard_chunks']} chunk(s) are done; {out} holds "
+        click.echo(f"shard {report['shard']}: its {plural(report['shard_chunks'], 'chunk')} {'is' if report['shard_chunks'] == 1 else 'are'} done; {out} holds "
                    f"{report['chunks_done']} of the set's {total}. When every shard is done, join them: "
                    f"`occsynth merge {out} --out {out}` if they all wrote to this folder, else "
                    f"`occsynth merge SHARD_FOLDER... --out MERGED`")
@@ -147,7 +148,7 @@ def _print_report(report: dict) -> None:
     if "chunks_rendered" in report:  # generate, not merge
         _print_resumed(report, report["chunks_total"])
     counts = report["counts"]
-    click.echo(f"wrote {counts['images']} images, {counts['annotations']} annotations "
+    click.echo(f"wrote {plural(counts['images'], 'image')}, {plural(counts['annotations'], 'annotation')} "
                f"({counts['pasted']} pasted) to {report['out']}")
     if counts.get("pasted"):  # merges of sets from before these were counted have none
         click.echo(f"occluded: {counts['pasted_occluded']} of {counts['pasted']} pasted objects and "
@@ -158,7 +159,7 @@ def _print_report(report: dict) -> None:
     per_cat = counts["pasted_per_category"]
     if per_cat:
         values = list(per_cat.values())
-        click.echo(f"pasted per category: {len(per_cat)} categories, min {min(values)}, max {max(values)}")
+        click.echo(f"pasted per category: {plural(len(per_cat), 'category', 'categories')}, min {min(values)}, max {max(values)}")
     echo_skips(report.get("bank", {}).get("skipped", {}), "source records skipped (bad input)")
     echo_skips(report["skipped"],
                "source images skipped while rendering (counted per use, another was drawn instead)")

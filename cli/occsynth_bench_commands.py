@@ -6,6 +6,7 @@ import json
 import click
 
 from occsynth.bench import bench_bank, bench_generation
+from occsynth.errors import plural
 
 
 @click.command("bench")
@@ -42,7 +43,7 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
             click.echo(json.dumps(report, indent=2))
             return
         b, p = report["bank"], report["stream_parse"]
-        click.echo(f"synthetic source: {report['images']} images, {report['annotations']} annotations, "
+        click.echo(f"synthetic source: {plural(report['images'], 'image')}, {plural(report['annotations'], 'annotation')}, "
                    f"{report['json_mib']} MiB JSON")
         click.echo(f"stream parse : {p['seconds']:.1f} s, peak RSS {p['peak_rss_mib']:.0f} MiB")
         click.echo(f"bank build   : {b['seconds']:.1f} s, peak RSS {b['peak_rss_mib']:.0f} MiB "
@@ -62,9 +63,9 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     if report.get("work_dir_ext4_without_journal"):
         click.echo("    ext4 without a journal: for minutes after many files are deleted there, creating a file costs "
                    "several times more (README, Benchmarks); measure in a new top-level folder or minutes later")
-    click.echo(f"{report['num_images']} images of about {report['image_size'][1]}x{report['image_size'][0]} px, "
-               f"{report['cpu_count']} CPUs; {report['source_images']} source images, "
-               f"{report['distinct_backgrounds']} distinct backgrounds")
+    click.echo(f"{plural(report['num_images'], 'image')} of about {report['image_size'][1]}x{report['image_size'][0]} px, "
+               f"{plural(report['cpu_count'], 'CPU')}; {plural(report['source_images'], 'source image')}, "
+               f"{plural(report['distinct_backgrounds'], 'distinct background')}")
     click.echo(f"mean JPEG bytes: background {report['mean_background_jpeg_bytes'] / 1000:.0f} kB, "
                f"output {report['mean_output_jpeg_bytes'] / 1000:.0f} kB (quality 95)")
     store = report.get("cutout_pixels")

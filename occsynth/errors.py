@@ -122,10 +122,16 @@ class SkipLog:
         head = f"{of}: " if of else ""
         if not self.counts:
             return f"{head}no bad input"
-        lines = [f"{head}skipped {self.total} bad record(s):"]
+        lines = [f"{head}skipped {plural(self.total, 'bad record')}:"]
         for reason, n in sorted(self.counts.items()):
             lines.append(f"  {n:>7}  {reason}   e.g. {self.examples[reason]}")
         return "\n".join(lines)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and the word in the number it takes ("1 image", "3 images"; ``words``: the plural where an added
+    "s" is wrong, "categories"), so that no message says "1 images" or hides the number in "image(s)"."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
 
 
 def why_none_usable(log: SkipLog) -> str:

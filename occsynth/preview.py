@@ -23,7 +23,7 @@ from . import errors, masks
 from .boxes import is_box, pairwise_overlap
 from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, is_int, iter_array, one_line, \
     read_image, resolve_image_path
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, plural
 from .schedule import check_seed
 from .writer import IMAGES, set_paths
 
@@ -126,10 +126,10 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
         sheet[y:y + tile, x:x + tile] = render_tile(rgb, image_anns, tile, boxes=boxes, pair_iou=pair_iou,
                                                     label=str(image["id"]) if labels else None, log=log)
     if len(problems) == len(chosen) and all(p["reason"] == errors.MISSING_FILE for p in problems):
-        raise OccsynthError(f"image folder {image_root}: none of the {len(chosen)} image files to preview is there "
+        raise OccsynthError(f"image folder {image_root}: none of the {plural(len(chosen), 'image file')} to preview is there "
                             f"(e.g. {chosen[0]['file_name']}); give the right folder with --images")
     if len(problems) == len(chosen):  # a sheet of red crosses only: a failure, not a preview
-        raise OccsynthError(f"{ann_path}: no picture could be drawn: none of the {len(chosen)} image(s) chosen "
+        raise OccsynthError(f"{ann_path}: no picture could be drawn: none of the {plural(len(chosen), 'image')} chosen "
                             f"could be read ({unreadable_reasons(problems)})")
     return sheet, problems
 
@@ -148,7 +148,7 @@ def unreadable_reasons(problems: list[dict]) -> str:
 def format_problems(problems: list[dict], limit: int = 10, images_given: bool = False) -> str:
     """One line per unreadable image (the first ``limit``), for the CLI's stderr; a count of the missing files,
     with a hint to give their folder when the image root was guessed (not ``images_given``)."""
-    lines = [f"{len(problems)} image(s) drawn as a red-cross placeholder:"]
+    lines = [f"{plural(len(problems), 'image')} drawn as a red-cross placeholder:"]
     for p in problems[:limit]:
         lines.append(f"  image {p['image_id']} ({p['file_name']}): {p['reason']}"
                      + (f" ({p['detail']})" if p.get("detail") else ""))
@@ -156,7 +156,7 @@ def format_problems(problems: list[dict], limit: int = 10, images_given: bool = 
         lines.append(f"  ... {len(problems) - limit} more")
     missing = sum(p["reason"] == errors.MISSING_FILE for p in problems)
     if missing:
-        lines.append(f"{missing} image file(s) not found"
+        lines.append(f"{plural(missing, 'image file')} not found"
                      + ("" if images_given else ": if the images are elsewhere, give their folder with --images"))
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import errors
 from .coco import COCO_LISTS, brief, iter_array, record_name
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, plural
 from .masks import finite_number
 from .writer import set_paths
 
@@ -165,7 +165,7 @@ def _distribution(values: list[int]) -> dict:
 
 def format_stats(stats: dict) -> str:
     """The statistics as a plain-text report."""
-    lines = [f"{stats['images']} images, {stats['annotations']} annotations "
+    lines = [f"{plural(stats['images'], 'image')}, {plural(stats['annotations'], 'annotation')} "
              f"({stats['pasted']} pasted, {stats['background']} background)"]
     if stats["annotations"] and not stats.get("with_layer", stats["annotations"]):
         lines.append("(no annotation has a 'layer': not a generated synthetic set, so every instance counts as "
@@ -179,7 +179,7 @@ def format_stats(stats: dict) -> str:
             continue
         lines.append(f"  {row['id']!s:>5}  {str(row['name'])[:24]:<24} {row['pasted']:>8} {row['background']:>10}")
     if empty:
-        lines.append(f"  ({empty} categor{'y' if empty == 1 else 'ies'} without instances not shown)")
+        lines.append(f"  ({plural(empty, 'category', 'categories')} without instances not shown)")
     for key, title in (("instances_per_image", "instances per image"), ("pasted_per_image", "pasted per image")):
         d = stats[key]
         if not stats["images"]:  # no made-up min, mean and max of 0 over no images
@@ -193,7 +193,7 @@ def format_stats(stats: dict) -> str:
     elif r["mean"] is None:  # a plain COCO file: no ratio to show, and no made-up mean of 0
         lines += ["", "occlusion ratio: no annotation has one (not an occsynth or converted amodal set)"]
     else:
-        lines += ["", f"occlusion ratio: mean {r['mean']:.3f} over {r['annotations']} annotations",
+        lines += ["", f"occlusion ratio: mean {r['mean']:.3f} over {plural(r['annotations'], 'annotation')}",
                   f"  {'bin':<10}  {'all':>8} {'pasted':>8}"]
         for k, (n_all, n_pasted) in enumerate(zip(r["counts"], r["pasted_counts"])):
             lines.append(f"  [{r['bins'][k]:.1f}, {r['bins'][k + 1]:.1f}{']' if k == RATIO_BINS - 1 else ')'}"
@@ -203,7 +203,7 @@ def format_stats(stats: dict) -> str:
                                              or "none")]
     skipped = stats.get("skipped", {}).get("counts", {})
     if skipped:
-        lines += ["", f"skipped {sum(skipped.values())} record(s), not counted above:"]
+        lines += ["", f"skipped {plural(sum(skipped.values()), 'record')}, not counted above:"]
         lines += [f"  {n:>7}  {reason}   e.g. {stats['skipped']['examples'][reason]}" for reason, n in skipped.items()]
     return "\n".join(lines)
 

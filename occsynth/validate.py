@@ -24,7 +24,7 @@ from . import masks
 from .coco import (check_coco_layout, check_image_record, check_iscrowd, is_int, iter_array, read_image,
                    resolve_image_path)
 from . import errors
-from .errors import BadRecord, OccsynthError
+from .errors import BadRecord, OccsynthError, plural
 from .occluders import layer_occluders
 from .pool import ctrl_c_for_main_only, local_workers
 from .writer import IMAGES, MANIFEST_FILE, set_paths
@@ -233,7 +233,7 @@ def check_images(out_dir: str, max_examples: int, batch: list[tuple[dict, list[d
 def format_report(report: dict) -> str:
     """Human-readable report: one line per check, then examples of the failing ones."""
     counts = report["counts"]
-    lines = [f"{report['out']}: {counts['images']} images, {counts['annotations']} annotations, "
+    lines = [f"{report['out']}: {plural(counts['images'], 'image')}, {plural(counts['annotations'], 'annotation')}, "
              f"{counts['pasted']} pasted"]
     width = max(map(len, report["checks"]))
     for check, result in report["checks"].items():
@@ -248,7 +248,7 @@ def format_report(report: dict) -> str:
         lines.append(f"class balance: pasted per category {b['min']}..{b['max']}, mean {b['mean']:.1f}, "
                      f"allowed {b['low']:.1f}..{b['high']:.1f}")
     failed = sum(r["failures"] for r in report["checks"].values())
-    lines.append("valid: every check passed" if report["ok"] else f"INVALID: {failed} failure(s)")
+    lines.append("valid: every check passed" if report["ok"] else f"INVALID: {plural(failed, 'failure')}")
     return "\n".join(lines)
 
 
@@ -385,7 +385,7 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> int:
         expected_visible = amodal[k] & ~above[k]
         if not np.array_equal(visible[k], expected_visible):
             diff = int(np.count_nonzero(visible[k] != expected_visible))
-            failures.add("visible_mask", f"{diff} pixel(s) differ from amodal minus higher layers", ann_id, image["id"])
+            failures.add("visible_mask", f"{plural(diff, 'pixel')} differ{'s' if diff == 1 else ''} from amodal minus higher layers", ann_id, image["id"])
         area, amodal_area = masks.area(visible[k]), masks.area(amodal[k])
         _compare(failures, "area", ann, ann["area"], area, 0.0, image["id"])
         _compare(failures, "amodal_area", ann, ann["amodal_area"], amodal_area, 0.0, image["id"])

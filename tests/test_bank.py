@@ -333,7 +333,7 @@ def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
     out = result.output
     assert "kept 4 complete instance(s)" in out and "3 car" in out and "18 dog" in out and "toothbrush" not in out
     assert "1  crowd" in out and "1  overlapped" in out
-    assert "annotations file: skipped 12 bad record(s)" in out and errors.UNKNOWN_IMAGE in out
+    assert "annotations file: skipped 12 bad records" in out and errors.UNKNOWN_IMAGE in out
     assert f"bank: {tmp_path / 'c' / 'banks'}" in out
 
 

@@ -124,7 +124,7 @@ def test_convert_cocoa_maps_coco_names(tmp_path):
 def test_cli_kins_and_bad_input(tmp_path):
     res = CliRunner().invoke(main, ["convert-kins", "--ann", str(kins_file(tmp_path)), "--out",
                                     str(tmp_path / "k.json"), "--quiet"])
-    assert res.exit_code == 0 and "3 annotations in 1 images, 1 with occluders" in res.output
+    assert res.exit_code == 0 and "3 annotations in 1 image, 1 with occluders" in res.output
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(bad), "--out", str(tmp_path / "x.json")])

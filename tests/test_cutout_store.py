@@ -384,7 +384,7 @@ def test_bank_command_with_images_stores_and_reports_pixels(edge_source, tmp_pat
     result = CliRunner().invoke(occsynth_main, args + ["--images", str(root), "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "cutout pixels: 2 of 5 cutouts stored" in result.output
-    assert "cutout source images: skipped 3 bad record(s)" in result.output and errors.CORRUPT_IMAGE in result.output
+    assert "cutout source images: skipped 3 bad records" in result.output and errors.CORRUPT_IMAGE in result.output
     assert f"cutout pixels: {tmp_path / 'c' / 'cutout-pixels'}" in result.output
     result = CliRunner().invoke(occsynth_main, args + ["--images", str(root), "--strict"])
     assert result.exit_code == 2 and "\nError: image file " in result.output and "a.png: " in result.output

@@ -539,7 +539,7 @@ def test_merge_names_the_setting_that_differs_and_the_chunks_it_left_in_a_shard_
     shutil.copytree(out, finished)
     left = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "a"), "--out", str(finished), "--quiet"])
     assert left.exit_code == 0, left.output
-    assert f"note: {tmp_path / 'a'} still holds 2 chunk(s)" in left.output
+    assert f"note: {tmp_path / 'a'} still holds 2 chunks" in left.output
     assert len(list((tmp_path / "a" / "images").iterdir())) == 8
 
 
@@ -550,10 +550,10 @@ def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_
                                                       "--num-images", "8"])
     assert shard.exit_code == 0, shard.output
     assert f"occsynth merge {tmp_path / 's'} --out {tmp_path / 's'}" in shard.output
-    assert "its 1 chunk(s) are done" in shard.output  # 8 images in chunks of 16: one chunk, shard 0's
+    assert "its 1 chunk is done" in shard.output  # 8 images in chunks of 16: one chunk, shard 0's
     idle = CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "s"), "--shard", "2/3",
                                                      "--num-images", "8"])
-    assert idle.exit_code == 0 and "shard 2/3 has nothing to do: the set has only 1 chunk(s)" in idle.output
+    assert idle.exit_code == 0 and "shard 2/3 has nothing to do: the set has only 1 chunk," in idle.output
     for i in (1, 2):
         CliRunner().invoke(occsynth_main, base + ["--out", str(tmp_path / "s"), "--shard", f"{i}/3", "--num-images", "8"])
     assert CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "s"), "--out", str(tmp_path / "s")]).exit_code == 0
@@ -639,9 +639,9 @@ def test_a_rerun_says_what_was_done_before_it(demo_source, tmp_path):
     assert first.exit_code == 0 and "resumed" not in first.output and "nothing left" not in first.output
     writer.part_path(tmp_path / "out", 0).unlink()  # as if the run had stopped before its first chunk was done
     resumed = CliRunner().invoke(occsynth_main, args)
-    assert resumed.exit_code == 0 and resumed.output.startswith("resumed: rendered 1 of 3 chunk(s)")
+    assert resumed.exit_code == 0 and resumed.output.startswith("resumed: rendered 1 of 3 chunks")
     finished = CliRunner().invoke(occsynth_main, args)
-    assert finished.exit_code == 0 and finished.output.startswith("nothing left to render: all 3 chunk(s)")
+    assert finished.exit_code == 0 and finished.output.startswith("nothing left to render: all 3 chunks were done")
     shard = CliRunner().invoke(occsynth_main, [str(tmp_path / "shared") if a == str(tmp_path / "out") else a
                                                for a in args] + ["--shard", "0/2"])
     assert shard.exit_code == 0 and "resumed" not in shard.output

@@ -82,7 +82,7 @@ def test_more_workers_than_cores_start_one_per_core_and_the_commands_say_so(demo
     def no_pool(*args, **kwargs):
         raise AssertionError("a worker pool was started on a machine of one core")
     monkeypatch.setattr(joblib, "Parallel", no_pool)
-    note = "note: --workers 1000: this process may use 1 CPU core(s); running 1 worker(s)"
+    note = "note: --workers 1000: this process may use 1 CPU core; running 1 worker"
     capped = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "capped"), "--workers", "1000", *common])
     assert capped.exit_code == 0, capped.output
     assert note in capped.output

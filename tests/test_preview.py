@@ -195,10 +195,10 @@ def test_unreadable_images_are_reported(dataset, tmp_path):
     result = runner.invoke(group, ["preview", str(path), "--images", str(dataset), "--out", str(tmp_path / "s.png"),
                                    "-n", "4", "--first", "--tile", "32"])
     assert result.exit_code == 0, result.output
-    assert "3 image(s) drawn as a red-cross placeholder:" in result.output
+    assert "3 images drawn as a red-cross placeholder:" in result.output
     assert f"image {ids[1]} (../escape.png): file_name points outside the image root" in result.output
     assert f"image {ids[0]} (nowhere.png): missing image file (not under {dataset})" in result.output
-    assert "1 image file(s) not found\n" in result.output  # no hint to give --images: it was given
+    assert "1 image file not found\n" in result.output  # no hint to give --images: it was given
     assert cv2.imread(str(tmp_path / "s.png")).shape == (32, 4 * 32, 3)
 
 
@@ -215,7 +215,7 @@ def test_no_drawable_image_at_all_is_an_error_saying_why(dataset, tmp_path):
     result = CliRunner().invoke(group, ["preview", str(path), "--images", str(tmp_path), "--out",
                                         str(tmp_path / "s.png"), "--tile", "32"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert (f"Error: {path}: no picture could be drawn: none of the 3 image(s) chosen could be read "
+    assert (f"Error: {path}: no picture could be drawn: none of the 3 images chosen could be read "
             f"(1 missing image file, e.g. image 1 (nowhere.png): not under {tmp_path}; "
             "2 unreadable or corrupt image, e.g. image 2 (broken.png)") in result.output, result.output
     assert (tmp_path / "s.png").read_bytes() == b"an earlier sheet"
@@ -311,7 +311,7 @@ def test_a_bad_annotation_is_skipped_and_reported(dataset, tmp_path, key, value,
     result = CliRunner().invoke(group, ["preview", str(path), "--images", str(dataset / "images"),
                                         "--out", str(tmp_path / "s.png"), "-n", "3", "--first", "--tile", "32"])
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
-    assert "skipped 1 bad record(s):" in result.output and reason in result.output
+    assert "skipped 1 bad record:" in result.output and reason in result.output
     assert f"annotation {data['annotations'][0]['id']}" in result.output
 
 
@@ -350,7 +350,7 @@ def test_no_image_found_is_an_error_naming_the_folder(dataset, tmp_path):
     result = CliRunner().invoke(group, ["preview", str(path), "--out", str(tmp_path / "s.png"), "--tile", "32"])
     assert result.exit_code == 0, result.output
     assert f"missing image file (not under {tmp_path / 'images'})" in result.output
-    assert "2 image file(s) not found: if the images are elsewhere, give their folder with --images" in result.output
+    assert "2 image files not found: if the images are elsewhere, give their folder with --images" in result.output
 
 
 def test_a_negative_seed_is_refused_with_a_message(dataset, tmp_path):

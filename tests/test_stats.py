@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
+from occsynth.errors import plural
 from occsynth.stats import (AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, format_stats, plot_stats, ratio_bin,
                              stats_from_path)
 from datasets import SCENES, build, scene_instances, write_dataset
@@ -155,7 +156,7 @@ def test_skipped_records_are_reported_not_counted(tmp_path):
     assert stats["skipped"]["counts"] == {"annotation refers to an unknown image id": 1, "duplicate id": 1,
                                           "malformed record": 2}
     res = CliRunner().invoke(group(), ["stats", str(path)])
-    assert res.exit_code == 0 and "skipped 4 record(s), not counted above:" in res.output
+    assert res.exit_code == 0 and "skipped 4 records, not counted above:" in res.output
     assert "image_id 12345" in res.output
     dup_id = data["images"][0]["id"]
     assert stats["skipped"]["examples"]["duplicate id"].startswith(f"image record {dup_id}")
@@ -206,7 +207,7 @@ def test_a_ratio_that_is_no_number_in_0_1_is_skipped_and_reported(tmp_path, rati
     assert stats["skipped"]["counts"] == {"malformed record": 1}
     assert stats["annotations"] == len(data["annotations"]) - 1 == sum(stats["occlusion_ratio"]["counts"])
     res = CliRunner().invoke(group(), ["stats", str(path)])
-    assert res.exit_code == 0 and "skipped 1 record(s), not counted above:" in res.output
+    assert res.exit_code == 0 and "skipped 1 record, not counted above:" in res.output
     assert f"annotation {data['annotations'][0]['id']}: malformed record (occlusion_ratio {why})" in res.output
 
 
@@ -222,5 +223,15 @@ def test_a_layer_that_is_no_integer_is_skipped_and_reported(tmp_path, layer, sho
     assert stats["layers"] == {0: 4, 1: 3, 2: 2, 3: 3}
     assert (stats["annotations"], stats["pasted"], stats["background"]) == (12, 8, 4)
     res = CliRunner().invoke(group(), ["stats", str(path)])
-    assert res.exit_code == 0 and "skipped 1 record(s), not counted above:" in res.output
+    assert res.exit_code == 0 and "skipped 1 record, not counted above:" in res.output
     assert f"annotation {victim['id']}: malformed record (layer {shown} is not an integer)" in res.output
+
+
+def test_counts_of_one_are_singular(tmp_path):
+    data, _ = build()
+    data["images"] = data["images"][:1]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] == data["images"][0]["id"]][:1]
+    text = format_stats(dataset_stats(data))
+    assert text.splitlines()[0].startswith("1 image, 1 annotation (")
+    assert plural(1, "image") == "1 image" and plural(0, "image") == "0 images"
+    assert plural(3, "category", "categories") == "3 categories" and plural(1, "category", "categories") == "1 category"

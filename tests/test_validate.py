@@ -97,7 +97,7 @@ def test_wrong_visible_mask(dataset):
     report = broken(dataset, edit)
     assert failing(report) == {"visible_mask"}
     assert report["checks"]["visible_mask"]["examples"][0]["annotation_id"] == IDS["A"]
-    assert "2 pixel(s)" in report["checks"]["visible_mask"]["examples"][0]["reason"]
+    assert "2 pixels differ" in report["checks"]["visible_mask"]["examples"][0]["reason"]
 
 
 def test_wrong_area(dataset):
