@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -12,7 +11,7 @@ import sys
 import click
 
 from occsynth import stopping
-from occsynth.errors import OccsynthError, os_error_reason, plural
+from occsynth.errors import OccsynthError, key_values, os_error_reason, plural, reason_lines
 from occsynth.pool import local_workers
 from occsynth.writer import check_shard
 
@@ -119,13 +118,12 @@ def parse_shard(value: str | None) -> tuple[int, int]:
 
 
 def skip_lines(skipped: dict, heading: str) -> list[str]:
-    """Bad records a command skipped (a ``SkipLog.to_dict()``): ``heading: {counts by reason}``, then
-    one example per reason; no line when nothing was skipped."""
+    """Bad records a command skipped (a ``SkipLog.to_dict()``): ``heading: TOTAL``, then a line per reason
+    with its count and an example (:func:`occsynth.errors.reason_lines`); no line when nothing was skipped."""
     counts = (skipped or {}).get("counts") or {}
     if not counts:
         return []
-    return [f"{heading}: {json.dumps(counts)}"] + [f"  {reason}, e.g. {example}"
-                                                   for reason, example in (skipped.get("examples") or {}).items()]
+    return [f"{heading}: {sum(counts.values())}"] + reason_lines(skipped)
 
 
 def echo_skips(skipped: dict, heading: str) -> None:
@@ -142,4 +140,4 @@ def echo_occluder_report(report: dict) -> None:
                f"{plural(counts.pop('images'), 'image')}, {counts.pop('with_occluders')} with occluders")
     others = {k: v for k, v in counts.items() if v}
     if others:
-        click.echo("other counts: " + json.dumps(others))
+        click.echo("other counts: " + key_values(others))

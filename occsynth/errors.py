@@ -7,7 +7,6 @@ prints :class:`OccsynthError` messages and exits with status 2.
 from __future__ import annotations
 
 import errno
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -108,24 +107,41 @@ class SkipLog:
         return sum(self.counts.values())
 
     def in_one_line(self) -> str:
-        """What was skipped, for an error the skips explain: the counts by reason (as ``echo_skips`` prints them)
-        and the example of the most frequent reason, e.g. ``skipped {"missing image file": 3}, e.g. image file
-        a.png: missing image file``."""
+        """What was skipped, for an error the skips explain: the counts by reason and the example of the most
+        frequent reason, e.g. ``skipped 3 bad records: missing image file=3; e.g. image file a.png`` (the example
+        keeps its reason where there are several)."""
         if not self.counts:
             return "nothing skipped"
         counts = dict(sorted(self.counts.items()))
         top = max(counts, key=lambda reason: counts[reason])  # the first of the most frequent, in sorted order
-        return f"skipped {json.dumps(counts)}, e.g. {self.examples[top]}"
+        example = self.examples[top] if len(counts) > 1 else without_reason(self.examples[top], top)
+        return f"skipped {plural(self.total, 'bad record')}: {key_values(counts)}; e.g. {example}"
 
     def summary(self, of: str = "") -> str:
         """Counts and an example per reason; ``of`` names what was read (two logs may be printed together)."""
         head = f"{of}: " if of else ""
         if not self.counts:
             return f"{head}no bad input"
-        lines = [f"{head}skipped {plural(self.total, 'bad record')}:"]
-        for reason, n in sorted(self.counts.items()):
-            lines.append(f"  {n:>7}  {reason}   e.g. {self.examples[reason]}")
-        return "\n".join(lines)
+        return "\n".join([f"{head}skipped {plural(self.total, 'bad record')}:"] + reason_lines(self.to_dict()))
+
+
+def reason_lines(skipped: dict) -> list[str]:
+    """One line per reason of a :meth:`SkipLog.to_dict`: the count, the reason and an example that does not
+    say the reason again (``      3  missing image file, e.g. image file a.png``): how every report lists skips."""
+    examples = skipped.get("examples") or {}
+    return [f"  {n:>7}  {reason}" + (f", e.g. {without_reason(examples[reason], reason)}" if reason in examples else "")
+            for reason, n in sorted((skipped.get("counts") or {}).items())]
+
+
+def without_reason(example: str, reason: str) -> str:
+    """A skip example (a :class:`BadRecord`'s text, ``WHERE: REASON (DETAIL)``) as ``WHERE (DETAIL)``, for a line
+    that names the reason already."""
+    return example.replace(f": {reason}", "", 1)
+
+
+def key_values(counts: dict) -> str:
+    """``a=1, b=2``: a dict of counts as a report prints it (not as JSON)."""
+    return ", ".join(f"{k}={v}" for k, v in counts.items())
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import errors
 from .coco import COCO_LISTS, brief, iter_array, record_name
-from .errors import BadRecord, OccsynthError, SkipLog, plural
+from .errors import BadRecord, OccsynthError, SkipLog, plural, reason_lines
 from .masks import finite_number
 from .writer import set_paths
 
@@ -204,7 +204,7 @@ def format_stats(stats: dict) -> str:
     skipped = stats.get("skipped", {}).get("counts", {})
     if skipped:
         lines += ["", f"skipped {plural(sum(skipped.values()), 'record')}, not counted above:"]
-        lines += [f"  {n:>7}  {reason}   e.g. {stats['skipped']['examples'][reason]}" for reason, n in skipped.items()]
+        lines += reason_lines(stats["skipped"])
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def test_evaluate_degenerate_gt_polygon_becomes_an_ignore_region(tiny, tmp_path)
     (tmp_path / "degen.json").write_text(json.dumps(data))
     result = _evaluate(checkpoint, tmp_path / "degen.json", root / "images", tmp_path / "e")
     _clean(result, 0)
-    assert 'hand: skipped bad input: {"degenerate or empty segmentation": 1}' in result.output
+    assert "hand: skipped bad input: 1\n        1  degenerate or empty segmentation, e.g. annotation " in result.output
     report = json.loads((tmp_path / "e" / "results.json").read_text())["hand"]
     assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 1}
     assert "ignore region" in report["skipped"]["examples"]["degenerate or empty segmentation"]
@@ -83,7 +83,7 @@ def test_evaluate_skips_a_corrupt_image_and_strict_names_it(tiny, tmp_path):
     bad.write_bytes(b"not a png at all")
     result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e")
     _clean(result, 0)
-    assert 'hand: skipped bad input: {"unreadable or corrupt image": 1}' in result.output
+    assert "hand: skipped bad input: 1\n        1  unreadable or corrupt image, e.g. image file " in result.output
     report = json.loads((tmp_path / "e" / "results.json").read_text())["hand"]
     assert report["images"] == 2 and report["skipped"]["counts"] == {"unreadable or corrupt image": 1}
     detections = json.loads((tmp_path / "e" / "detections_hand.json").read_text())
@@ -209,11 +209,12 @@ def test_train_prints_what_it_skipped(tiny, tmp_path):
                                              "--no-progress"])
     _clean(result, 0)
     lines = result.output.splitlines()
-    assert lines[0] == 'indexing: skipped bad input: {"missing image file": 1}'
-    assert "missing.png" in lines[1]
-    final = [line for line in lines if line.startswith("skipped bad input:")]
+    assert lines[0] == "indexing: skipped bad input: 1"
+    assert lines[1] == f"        1  missing image file, e.g. image file {copy / 'images' / 'missing.png'}"
+    at = lines.index("skipped bad input: 2")
     # the degenerate polygon is met when its image is drawn (3 draws cover all 3 images once)
-    assert final == ['skipped bad input: {"degenerate or empty segmentation": 1, "missing image file": 1}']
+    assert lines[at + 1].startswith("        1  degenerate or empty segmentation, e.g. annotation ")
+    assert lines[at + 2].startswith("        1  missing image file, e.g. image file ")
 
 
 def test_pictures_have_small_panel_titles_at_the_top(monkeypatch):

@@ -284,6 +284,14 @@ def test_skiplog_summary_and_merge():
     other.skip(BadRecord(errors.CORRUPT_IMAGE, "image file c.jpg"))
     log.merge(other.to_dict())
     assert log.total == 3 and "2  missing image file" in log.summary() and "c.jpg" in log.summary()
+    # each reason heads its line once: the example does not say it again, and no counts print as a JSON dict
+    assert log.summary("x.json").splitlines() == [
+        "x.json: skipped 3 bad records:",
+        "        2  missing image file, e.g. image file a.jpg",
+        "        1  unreadable or corrupt image, e.g. image file c.jpg"]
+    assert log.in_one_line() == ("skipped 3 bad records: missing image file=2, unreadable or corrupt image=1; "
+                                 "e.g. image file a.jpg: missing image file")  # which reason: there are two
+    assert other.in_one_line() == "skipped 1 bad record: unreadable or corrupt image=1; e.g. image file c.jpg"
 
 
 def test_an_empty_image_file_is_a_corrupt_record_not_a_crash(tmp_path):

@@ -245,8 +245,8 @@ def test_cocoa_regions_that_are_no_list_are_counted_even_when_empty_or_absent(tm
                                        str(tmp_path / "c-out.json"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-2:] == [
-        'bad records skipped: {"malformed record": 1}',
-        f"  malformed record, e.g. COCOA annotation 901: malformed record ({detail})"]
+        "bad records skipped: 1",
+        f"        1  malformed record, e.g. COCOA annotation 901 ({detail})"]
 
 
 def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
@@ -256,7 +256,7 @@ def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
     res = CliRunner().invoke(main, ["convert-kins", "--ann", str(tmp_path / "k.json"), "--out",
                                     str(tmp_path / "k-out.json"), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "malformed record, e.g. annotation record" in res.output and "'id' missing" in res.output
+    assert "1  malformed record, e.g. annotation record" in res.output and "'id' missing" in res.output
     anns = json.loads((tmp_path / "k-out.json").read_text())["annotations"]
     assert [a["id"] for a in anns] == [12, 13]
 

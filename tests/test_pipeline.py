@@ -523,8 +523,8 @@ def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path,
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     path = synthetic / "images" / example
     assert result.output.splitlines()[-1] == (
-        f'Error: {synthetic / "annotations.json"}: {words} (skipped {{"{reason}": 3}}, e.g. image file {path}: '
-        f"{reason}){hint}")
+        f'Error: {synthetic / "annotations.json"}: {words} (skipped 3 bad records: {reason}=3; e.g. image file '
+        f"{path}){hint}")
 
 
 def test_a_synthetic_folder_is_not_asked_for_once_pretraining_is_done(demo_source, tmp_path):

@@ -208,7 +208,7 @@ def test_a_ratio_that_is_no_number_in_0_1_is_skipped_and_reported(tmp_path, rati
     assert stats["annotations"] == len(data["annotations"]) - 1 == sum(stats["occlusion_ratio"]["counts"])
     res = CliRunner().invoke(group(), ["stats", str(path)])
     assert res.exit_code == 0 and "skipped 1 record, not counted above:" in res.output
-    assert f"annotation {data['annotations'][0]['id']}: malformed record (occlusion_ratio {why})" in res.output
+    assert f"1  malformed record, e.g. annotation {data['annotations'][0]['id']} (occlusion_ratio {why})\n" in res.output
 
 
 @pytest.mark.parametrize("layer, shown", [("2", "'2'"), (1.5, "1.5"), (True, "True"), (None, "None")])
@@ -224,7 +224,7 @@ def test_a_layer_that_is_no_integer_is_skipped_and_reported(tmp_path, layer, sho
     assert (stats["annotations"], stats["pasted"], stats["background"]) == (12, 8, 4)
     res = CliRunner().invoke(group(), ["stats", str(path)])
     assert res.exit_code == 0 and "skipped 1 record, not counted above:" in res.output
-    assert f"annotation {victim['id']}: malformed record (layer {shown} is not an integer)" in res.output
+    assert f"1  malformed record, e.g. annotation {victim['id']} (layer {shown} is not an integer)\n" in res.output
 
 
 def test_counts_of_one_are_singular(tmp_path):

@@ -646,7 +646,7 @@ def test_training_on_unreadable_images_only_stops_with_a_message_with_or_without
                             "image", first), first
     else:
         assert first.startswith(f"Error: {root / 'annotations.json'}: none of the 3 training images could be read "
-                                '(skipped {"unreadable or corrupt image": 3}, e.g. image file '), first[:200]
+                                '(skipped 3 bad records: unreadable or corrupt image=3; e.g. image file '), first[:200]
     assert not out.exists()
 
 
