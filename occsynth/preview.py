@@ -185,12 +185,28 @@ def image_folder(source: str | os.PathLike, images: str | os.PathLike | None = N
 
 def check_outside_images(path: str | os.PathLike, source: str | os.PathLike, what: str,
                          images: str | os.PathLike | None = None) -> None:
-    """Refuse a picture written into the set's image folder: it would replace one of the set's images, or add
-    a file among them."""
+    """Refuse a picture written into the set's image folder (it would replace one of the set's images, or add
+    a file among them) or, where the images lie beside the annotations file among other files, over any image
+    the set names (compared as files, so no other spelling or link gets past)."""
     root = image_folder(source, images)
-    if root is not None and Path(path).resolve().is_relative_to(root.resolve()):
+    out = Path(path).resolve()
+    if root is not None and out.is_relative_to(root.resolve()):
         raise OccsynthError(f"{path}: inside the image folder {root} of the set: the {what} would replace or join "
                             "its images - write it elsewhere")
+    try:
+        ann_path, root = resolve_source(source, images)
+        written = os.stat(out)  # the file the picture would replace, whatever the path that leads to it
+    except (OccsynthError, OSError):  # no image folder, or nothing at --out yet: no image to replace
+        return
+    for image in iter_array(ann_path, "images"):
+        name = image.get("file_name") if isinstance(image, dict) else None
+        try:
+            found = os.stat(os.path.join(root, name)) if isinstance(name, str) else None
+        except (OSError, ValueError):  # a missing image, or a name no path can hold
+            continue
+        if found is not None and (found.st_dev, found.st_ino) == (written.st_dev, written.st_ino):
+            raise OccsynthError(f"{path}: is the image {name} of {ann_path}: the {what} would replace it - write it "
+                                "elsewhere")
 
 
 def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None = None) -> list[dict]:

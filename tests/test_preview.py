@@ -378,3 +378,24 @@ def test_a_sheet_into_the_sets_image_folder_is_refused(tmp_path):
     assert not (dataset / "images" / "plot.png").exists()
     ok = CliRunner().invoke(group, ["preview", str(dataset), "--out", str(dataset / "sheet.png")])
     assert ok.exit_code == 0, ok.output  # beside the set is fine
+
+
+def test_a_sheet_over_an_image_of_a_flat_coco_folder_is_refused(tmp_path):
+    """A COCO file beside its images: the image root is the file's folder, which holds other files too, so an
+    --out there is fine unless it is one of the set's images (under any spelling)."""
+    dataset = write_dataset(tmp_path / "set")
+    flat = dataset / "images"
+    (flat / "coco.json").write_text((dataset / "annotations.json").read_text())
+    victim = sorted(flat.glob("*.png"))[0]
+    before = victim.read_bytes()
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    for out in (victim, flat / ".." / "images" / victim.name):
+        res = CliRunner().invoke(group, ["preview", str(flat / "coco.json"), "--out", str(out)])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert res.output == (f"Error: {out}: is the image {victim.name} of {flat / 'coco.json'}: the sheet would "
+                              "replace it - write it elsewhere\n")
+        res = CliRunner().invoke(group, ["stats", str(flat / "coco.json"), "--plot", str(out)])
+        assert res.exit_code == 2 and f"is the image {victim.name} of" in res.output, res.output
+    assert victim.read_bytes() == before
+    ok = CliRunner().invoke(group, ["preview", str(flat / "coco.json"), "--out", str(flat / "sheet.png")])
+    assert ok.exit_code == 0, ok.output  # beside the images, as no image: fine
