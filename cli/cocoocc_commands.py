@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import echo_occluder_report, echo_skips, quiet_option, skip_lines
+from cli.common import FiniteFloatRange, echo_occluder_report, echo_skips, quiet_option, skip_lines
 from occsynth.annotate import annotate_occluders
 from occsynth.errors import plural
 from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
@@ -17,7 +17,7 @@ from occsynth.occluders import BCNET_IOU_THRESHOLD
 @click.option("--link", is_flag=True, help="Symlink the selected images into OUT/images (relative links: moving the folder holding both keeps them working).")
 @click.option("--copy", is_flag=True, help="Copy the selected images into OUT/images.")
 @click.option("--overlap", type=click.Choice(["iou", "min"]), default=DEFAULT_OVERLAP, show_default=True, help="Box overlap measure: intersection over union, or over the smaller box.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_THRESHOLD, show_default=True, help="Keep images whose largest pairwise box overlap is at least this.")
+@click.option("--threshold", type=FiniteFloatRange(0, 1, min_open=True), default=DEFAULT_THRESHOLD, show_default=True, help="Keep images whose largest pairwise box overlap is at least this.")
 @click.option("--count-crowd", is_flag=True, help="Let crowd boxes count (default: they do not).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (duplicate id, unusable annotation; a missing image file when --images is given) instead of skipping it.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out that build-cocoocc did not write (never one holding --ann).")
@@ -84,7 +84,7 @@ def _first_images(images: list[dict], most: int = 10) -> str:
 @click.command("annotate-occluders")
 @click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="Input COCO instances JSON.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON (written atomically).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=BCNET_IOU_THRESHOLD, show_default=True, help="Box IoU above which another instance counts as an occluder.")
+@click.option("--threshold", type=FiniteFloatRange(0, 1), default=BCNET_IOU_THRESHOLD, show_default=True, help="Box IoU above which another instance counts as an occluder.")
 @click.option("--bcnet-compat", is_flag=True, help="Also write 'bg_object_segmentation' (occluders' masks cut to the box, polygons), as BCNet's loader reads.")
 @click.option("--keep-existing", is_flag=True, help="Keep the occluder_ids an annotation already has (e.g. an occsynth set's exact, depth-ordered ones) instead of replacing them by the box rule; ids that are not other annotations of its image are dropped and counted. --bcnet-compat then draws from them.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (an annotation that is no object, has no integer id, or whose mask cannot be decoded) instead of leaving it out (skipped and reported by reason); nothing is written.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -75,6 +76,16 @@ def _stdout_reader_gone() -> bool:
         return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
     except (AttributeError, ValueError, OSError):  # no real stdout (a notebook, a test runner), no poll
         return False
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, which lets NaN through (it compares false with both bounds): refused here too."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
+        return number
 
 
 quiet_option = click.option("--quiet", "--no-progress", "quiet", is_flag=True,

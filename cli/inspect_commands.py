@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.common import note_capped_workers, quiet_option
+from cli.common import FiniteFloatRange, note_capped_workers, quiet_option
 from occsynth.coco import picture_path, write_picture
 from occsynth.errors import SkipLog
 from occsynth.preview import (MAX_IMAGES, PAIR_IOU, TILE_RANGE, check_outside_images, format_problems,
@@ -18,7 +18,7 @@ from occsynth.validate import format_report, validate
 @click.command("validate")
 @click.argument("out_dir", metavar="DIR|ANNOTATIONS_JSON", type=click.Path(exists=True))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes (at most one per CPU core is started).")
-@click.option("--balance-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0),
+@click.option("--balance-tolerance", default=0.05, show_default=True, type=FiniteFloatRange(min=0),
               help="Allowed deviation of a category's pasted count from the mean, as a fraction of the mean "
                    "(never tighter than +-2 instances).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -44,7 +44,7 @@ def validate_command(out_dir, workers, balance_tolerance, as_json, quiet):
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Which images: a seeded random sample.")
 @click.option("--first", is_flag=True, help="Take the first N images instead of a random sample.")
-@click.option("--pair-iou", default=PAIR_IOU, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--pair-iou", default=PAIR_IOU, show_default=True, type=FiniteFloatRange(0, 1),
               help="Box pairs with at least this IoU are drawn thick (files without amodal masks).")
 def preview_command(source, images, out, num, columns, tile, seed, first, pair_iou):
     """Contact sheet of a generated set (DIR) or any COCO JSON: visible masks tinted, amodal contours

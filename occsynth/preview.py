@@ -24,6 +24,7 @@ from .boxes import is_box, pairwise_overlap
 from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, is_int, iter_array, one_line, \
     read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, plural
+from .masks import finite_number
 from .schedule import check_seed
 from .writer import IMAGES, set_paths
 
@@ -93,6 +94,8 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
     """
     log = log if log is not None else SkipLog()
     check_sheet_options(n, columns, tile)
+    if not (finite_number(pair_iou) and 0 <= pair_iou <= 1):  # NaN would draw no pair thick, without a word
+        raise OccsynthError(f"preview: pair_iou must be a box IoU in [0, 1], got {pair_iou!r}")
     if seed is not None:
         check_seed(seed, "preview")
     ann_path, image_root = resolve_source(source, images)

@@ -399,3 +399,13 @@ def test_a_sheet_over_an_image_of_a_flat_coco_folder_is_refused(tmp_path):
     assert victim.read_bytes() == before
     ok = CliRunner().invoke(group, ["preview", str(flat / "coco.json"), "--out", str(flat / "sheet.png")])
     assert ok.exit_code == 0, ok.output  # beside the images, as no image: fine
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-0.5", "1.5"])
+def test_a_pair_iou_that_is_no_number_in_0_1_is_refused(dataset, tmp_path, value):
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    res = CliRunner().invoke(group, ["preview", str(dataset), "--out", str(tmp_path / "s.png"), "--pair-iou", value])
+    assert res.exit_code == 2 and "Invalid value for '--pair-iou'" in res.output, res.output
+    assert not (tmp_path / "s.png").exists()
+    with pytest.raises(OccsynthError, match=rf"^preview: pair_iou must be a box IoU in \[0, 1\], got {float(value)}$"):
+        preview(dataset, n=1, tile=TILE, pair_iou=float(value))
