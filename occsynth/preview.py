@@ -21,8 +21,8 @@ import numpy as np
 
 from . import errors, masks
 from .boxes import is_box, pairwise_overlap
-from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, is_int, iter_array, one_line, \
-    read_image, resolve_image_path
+from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, duplicate_detail, is_int, \
+    iter_array, one_line, read_image, record_name, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, plural
 from .masks import finite_number
 from .schedule import check_seed
@@ -215,11 +215,17 @@ def check_outside_images(path: str | os.PathLike, source: str | os.PathLike, wha
 def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None = None) -> list[dict]:
     """``n`` valid image records: a seeded sample in file order, or the first ``n`` when ``seed`` is None.
 
-    Rejected records go to ``log``. Raises, saying why, when the file has none (or is no COCO file)."""
+    Rejected records go to ``log``, as do later records of an id (the first is used, as every loader does: an
+    image is shown once). Raises, saying why, when the file has none (or is no COCO file)."""
     records, rejected, first_rejected = [], 0, None
+    seen: set[int] = set()
     for image in iter_array(ann_path, "images"):
         try:
-            records.append(check_image_record(image))
+            image = check_image_record(image)
+            if image["id"] in seen:
+                raise BadRecord(errors.DUPLICATE_ID, record_name("image", image), duplicate_detail(log or SkipLog()))
+            seen.add(image["id"])
+            records.append(image)
         except BadRecord as exc:
             rejected, first_rejected = rejected + 1, first_rejected or exc
             if log is not None:

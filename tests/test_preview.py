@@ -409,3 +409,24 @@ def test_a_pair_iou_that_is_no_number_in_0_1_is_refused(dataset, tmp_path, value
     assert not (tmp_path / "s.png").exists()
     with pytest.raises(OccsynthError, match=rf"^preview: pair_iou must be a box IoU in \[0, 1\], got {float(value)}$"):
         preview(dataset, n=1, tile=TILE, pair_iou=float(value))
+
+
+def test_an_image_id_listed_twice_is_shown_once_and_reported(dataset, tmp_path):
+    """As every loader of the project does: the first record of an id is used, later ones are skipped and counted."""
+    data, _ = build()
+    data["images"].append(dict(data["images"][0], file_name="elsewhere.png"))
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps(data))
+    log = SkipLog()
+    sheet, problems = preview_report(path, images=dataset / "images", n=16, columns=8, seed=None, tile=TILE,
+                                     labels=False, log=log)
+    assert sheet.shape == (TILE, 3 * TILE, 3) and problems == []
+    assert log.to_dict()["counts"] == {"duplicate id": 1}
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    res = CliRunner().invoke(group, ["preview", str(path), "--images", str(dataset / "images"), "--out",
+                                     str(tmp_path / "s.png"), "--tile", "32"])
+    assert res.exit_code == 0, res.output
+    first = data["images"][0]["id"]
+    assert (f"{path}: skipped 1 bad record:\n        1  duplicate id, e.g. image record {first} (later records with "
+            "this id skipped)\n") in res.output
+    assert cv2.imread(str(tmp_path / "s.png")).shape == (32, 3 * 32, 3)
