@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from . import errors
-from .coco import COCO_LISTS, brief, iter_array, record_name
+from .coco import COCO_LISTS, brief, duplicate_detail, iter_array, record_name
 from .errors import BadRecord, OccsynthError, SkipLog, plural, reason_lines
 from .masks import finite_number
 from .writer import set_paths
@@ -58,7 +58,8 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
     object or have no id, repeated image ids, annotations that are no object, annotations whose
     occlusion_ratio is there but no number in [0, 1], annotations whose layer is there but no integer (every
     layer statistic, pasted or background included, depends on it), and (when there is an image table)
-    annotations of unknown images. Unknown categories are counted under ``(unknown)``.
+    annotations of unknown images, and later records of a category id (the first names the row). Unknown
+    categories are counted under ``(unknown)``.
     """
     skips = SkipLog()
     image_ids, listed = [], set()
@@ -124,8 +125,15 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
             ratio_sum += float(ratio)
             ratio_n += 1
 
-    known = [c for c in categories if isinstance(c, dict) and "id" in c and not isinstance(c["id"], (dict, list))]
-    known_ids = {c["id"] for c in known}
+    known, known_ids = [], set()
+    for c in categories:
+        if not (isinstance(c, dict) and "id" in c and not isinstance(c["id"], (dict, list))):
+            continue
+        if c["id"] in known_ids:  # one row per id: the first record's, as every loader takes it
+            skips.skip(BadRecord(errors.DUPLICATE_ID, record_name("category", c), duplicate_detail(skips)))
+            continue
+        known.append(c)
+        known_ids.add(c["id"])
     rows = [{"id": c["id"], "name": c.get("name", str(c["id"])), "pasted": pasted.get(c["id"], 0),
              "background": background.get(c["id"], 0)} for c in known]
     for cid in sorted(set(pasted) | set(background), key=str):

@@ -235,3 +235,19 @@ def test_counts_of_one_are_singular(tmp_path):
     assert text.splitlines()[0].startswith("1 image, 1 annotation (")
     assert plural(1, "image") == "1 image" and plural(0, "image") == "0 images"
     assert plural(3, "category", "categories") == "3 categories" and plural(1, "category", "categories") == "1 category"
+
+
+def test_a_category_listed_twice_is_one_row_and_reported(tmp_path):
+    data, _ = build()
+    first = data["categories"][0]
+    data["categories"].append(dict(first, name="again"))
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    stats = stats_from_path(path)
+    rows = [row for row in stats["categories"] if row["id"] == first["id"]]
+    assert len(rows) == 1 and rows[0]["name"] == first["name"]
+    assert stats["skipped"]["counts"] == {"duplicate id": 1}
+    res = CliRunner().invoke(group(), ["stats", str(path)])
+    assert res.exit_code == 0 and "again" not in res.output, res.output
+    assert (f"        1  duplicate id, e.g. category record {first['id']} (later records with this id skipped)\n"
+            in res.output)
