@@ -227,13 +227,23 @@ def check_array_start(path: str | os.PathLike, key: str, event: str | None) -> N
 
 def check_out_file(in_path: Path, out_path: Path, why: str, option: str = "--ann") -> None:
     """Refuse an --out file of a tool that rewrites --ann: --ann under any spelling or link (``why``: what writing
-    it would do), a link to a missing path or a device, pipe or socket (the file, renamed into place, would
-    replace it: ``--out /dev/null`` run as root replaced the device). ``option`` names the input ``in_path``
-    was given as (another input file of the tool: --categories-from)."""
+    it would do), and what :func:`check_out_path` refuses. ``option`` names the input ``in_path`` was given as
+    (another input file of the tool: --categories-from)."""
     if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
         raise OccsynthError(f"--out must differ from {option} ({why})")
+    check_out_path(out_path)
+
+
+def check_out_path(out_path: str | os.PathLike) -> None:
+    """Refuse an output file path where the file, written to a temporary and renamed into place, would replace
+    something else than an earlier output: a link (to a missing path, or to a file: the link would be replaced,
+    not the file it leads to) or a device, pipe or socket (``--out /dev/null`` run as root replaced the device)."""
+    out_path = Path(out_path)
     if dangling := errors.dangling_link(out_path):
         raise OccsynthError(f"cannot write {out_path}: {dangling}")
+    if out_path.is_symlink() and out_path.is_file():
+        raise OccsynthError(f"cannot write {out_path}: it is a link to {os.readlink(out_path)}; the output, renamed "
+                            "into place, would replace the link, not that file - give the file's own path")
     if out_path.exists() and not out_path.is_file() and not out_path.is_dir():  # a folder: click refuses it
         raise OccsynthError(f"cannot write {out_path}: not a regular file (a device, pipe or socket), which the "
                             "output, renamed into place, would replace")
@@ -643,10 +653,12 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def picture_path(path: str | os.PathLike, what: str = "picture") -> Path:
-    """``path`` if a picture can be written there (.png/.jpg); check it before the work that makes it."""
+    """``path`` if a picture can be written there (.png/.jpg, and :func:`check_out_path`); check it before the
+    work that makes it."""
     path = Path(path)
     if path.suffix.lower() not in PICTURE_SUFFIXES:
         raise OccsynthError(f"{path}: the {what} is written as .png or .jpg")
+    check_out_path(path)
     return path
 
 

@@ -443,3 +443,17 @@ def test_a_number_too_large_for_a_float_is_refused_not_written_as_infinity(tmp_p
     res = CliRunner().invoke(main, [convert, "--ann", str(src), "--out", str(tmp_path / "o.json"), "--quiet"])
     assert res.exit_code == 2 and res.output.startswith(f"Error: {src}: malformed JSON (-1e999: "), res.output
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("command, make", [("convert-kins", kins_file), ("convert-cocoa", cocoa_file),
+                                           ("annotate-occluders", kins_file)])
+def test_an_out_that_is_a_link_to_a_file_is_refused_not_replaced(tmp_path, command, make):
+    kept = tmp_path / "kept.json"
+    kept.write_text("the user's file")
+    link = tmp_path / "out.json"
+    link.symlink_to(kept)
+    res = CliRunner().invoke(main, [command, "--ann", str(make(tmp_path)), "--out", str(link), "--quiet"])
+    assert res.exit_code == 2 and res.output == (
+        f"Error: cannot write {link}: it is a link to {kept}; the output, renamed into place, would replace the "
+        "link, not that file - give the file's own path\n"), res.output
+    assert link.is_symlink() and kept.read_text() == "the user's file"

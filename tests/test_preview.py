@@ -430,3 +430,28 @@ def test_an_image_id_listed_twice_is_shown_once_and_reported(dataset, tmp_path):
     assert (f"{path}: skipped 1 bad record:\n        1  duplicate id, e.g. image record {first} (later records with "
             "this id skipped)\n") in res.output
     assert cv2.imread(str(tmp_path / "s.png")).shape == (32, 3 * 32, 3)
+
+
+def test_a_sheet_or_plot_over_a_pipe_or_a_link_is_refused_not_replaced(dataset, tmp_path):
+    """Written by renaming a temporary into place, the picture replaced a named pipe (or, as root, /dev/null)
+    and a link to a file (the link, not the file it leads to), as the converters refuse to."""
+    import os
+    import stat
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"the user's file")
+    link = tmp_path / "link.png"
+    link.symlink_to(kept)
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    for args in (["preview", str(dataset), "--out"], ["stats", str(dataset), "--plot"]):
+        res = CliRunner().invoke(group, args + [str(fifo)])
+        assert res.exit_code == 2 and res.output == (
+            f"Error: cannot write {fifo}: not a regular file (a device, pipe or socket), which the output, renamed "
+            "into place, would replace\n"), res.output
+        res = CliRunner().invoke(group, args + [str(link)])
+        assert res.exit_code == 2 and res.output == (
+            f"Error: cannot write {link}: it is a link to {kept}; the output, renamed into place, would replace the "
+            "link, not that file - give the file's own path\n"), res.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert link.is_symlink() and kept.read_bytes() == b"the user's file"
