@@ -69,9 +69,20 @@ def format_report(report: dict) -> list[str]:
         missing = report["images_without_file"]
         lines.append(f"warning: {plural(len(missing), 'selected image')} {'has' if len(missing) == 1 else 'have'} no usable file under --images (kept in the "
                      f"output, which names but does not place them): {_first_images(missing)}")
+    if report.get("stale_images"):
+        stale = report["stale_images"]
+        lines.append(f"note: left in {report['out']}/images: {plural(len(stale), 'image file')} an earlier build placed "
+                     f"there and this one does not select (copies are never deleted): {_first_names(stale)}; delete "
+                     "them by hand if unwanted")
     lines += skip_lines(report["skipped"], "skipped bad input")
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
     return lines
+
+
+def _first_names(names: list[str], most: int = 10) -> str:
+    """'a, b, ...' of the first ``most`` names, then how many more."""
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f", ... {more} more" if more > 0 else "")
 
 
 def _first_images(images: list[dict], most: int = 10) -> str:

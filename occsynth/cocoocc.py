@@ -220,6 +220,9 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     is kept, later ones skipped and counted. ``force``: write into a non-empty directory that no
     earlier build-cocoocc wrote (never into one holding the input). ``progress``: a bar over the
     selected images while they are placed or checked (a copy of COCO's 1,005 takes a while on a slow disk).
+
+    A rebuild into the same ``out_dir`` removes the links the last build placed and this one does not select;
+    copies stay (their bytes may be the user's), listed in the report's ``stale_images``.
     """
     if image_mode not in (None, "link", "copy"):
         raise OccsynthError(f"image mode must be 'link' or 'copy', got {image_mode!r}")
@@ -273,8 +276,11 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         keep -= lost
     unfound = (_unfound_images(images, Path(image_root), strict, progress)
                if image_root is not None and not image_mode else [])
-    for name in placed_before - ({im["file_name"] for im in images} if image_mode else set()):
+    stale = placed_before - ({im["file_name"] for im in images} if image_mode else set())
+    for name in stale:
         _remove_stale_link(out_dir / "images", name)
+    # what stays of them (copies: their bytes may be the user's), named so that a rerun does not leave them unseen
+    stale = sorted(name for name in stale if os.path.lexists(out_dir / "images" / name))
     selected = [im["id"] for im in images]
     annotations = [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep]
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO info is an object
@@ -296,7 +302,8 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         alternatives = {k: v for k, v in alternatives.items() if not k.endswith("/crowd")}
     report = {"out": str(out_dir), "options": options, "counts": counts,
               "histogram": overlap_histogram(best.values()), "alternatives": alternatives,
-              "dropped_images": dropped, "images_without_file": unfound, "skipped": skips.to_dict()}
+              "dropped_images": dropped, "images_without_file": unfound, "stale_images": stale,
+              "skipped": skips.to_dict()}
     manifest = {"kind": MANIFEST_KIND, "source": {"annotations": str(Path(ann_path).resolve()),
                                                   "sha256": file_hash(ann_path)},
                 "options": options, "counts": counts, "images_placed": image_mode, "skipped": skips.to_dict(),

@@ -19,7 +19,7 @@ from cli.occsynth_cli import main
 from occsynth import cocoocc, errors
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
 from occsynth.coco import read_image, resolve_image_path
-from occsynth.errors import OccsynthError
+from occsynth.errors import OccsynthError, plural
 
 # image id -> boxes (x, y, w, h, iscrowd). Overlaps worked out by hand:
 #   1: inter 50, union 150 -> iou 1/3,   min 0.5
@@ -640,8 +640,20 @@ def test_a_rebuild_leaves_copies_in_place(tmp_path):
     ann = write_set(tmp_path / "val.json", data)
     out = tmp_path / "o"
     build_cocoocc(ann, out, image_root=root, image_mode="copy", threshold=0.1)
-    build_cocoocc(ann, out, threshold=0.5)
+    report = build_cocoocc(ann, out, threshold=0.5)
     assert len(list((out / "images").rglob("*.png"))) == 3  # bytes that may be the user's are never deleted
+    # and said so: a rerun into the same --out does not leave an earlier run's copies behind unseen
+    assert report["stale_images"] == ["set-a/000001.png", "set-a/000002.png", "set-a/000007.png"]
+    CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--images", str(root), "--copy",
+                              "--threshold", "0.1", "--quiet"])
+    rerun = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--images", str(root),
+                                      "--copy", "--threshold", "0.5", "--quiet"])
+    assert rerun.exit_code == 0, rerun.output
+    kept = {im["file_name"] for im in json.loads((out / "annotations.json").read_text())["images"]}
+    stale = sorted({"set-a/000001.png", "set-a/000002.png", "set-a/000007.png"} - kept)
+    assert stale and (f"note: left in {out / 'images'}: {plural(len(stale), 'image file')} an earlier build placed "
+                      f"there and this one does not select (copies are never deleted): {', '.join(stale)}; delete "
+                      "them by hand if unwanted\n") in rerun.output, rerun.output
 
 
 def test_the_cleanup_of_a_failed_build_removes_only_what_a_build_writes(tmp_path, monkeypatch):
