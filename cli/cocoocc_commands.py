@@ -113,6 +113,11 @@ def annotate_occluders_command(ann, out, threshold, bcnet_compat, keep_existing,
     report = annotate_occluders(ann, out, threshold=threshold, bcnet_compat=bcnet_compat,
                                 keep_existing=keep_existing, progress=not quiet, strict=strict)
     echo_occluder_report(report)
+    replaced = report["counts"]["replaced_occluder_ids"]
+    if replaced:  # e.g. an occsynth set given where its exact occluders were meant to stay
+        click.echo(f"note: {plural(replaced, 'annotation')} already had occluder_ids (an occsynth set's are exact, "
+                   "from the depth order); they were replaced by the box rule's guesses in the output (the input "
+                   "keeps them) - --keep-existing keeps them")
     echo_skips(report["skipped"], "bad records skipped")
 
 

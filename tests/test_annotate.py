@@ -279,9 +279,16 @@ def test_keep_existing_keeps_exact_occluders_and_draws_bcnet_masks_from_them(tmp
     drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, H, W))).astype(bool)
     assert np.array_equal(drawn, MASKS[33] & rect(int(x), int(y), int(x + w), int(y + h))) and drawn.any()
     assert out[101]["bg_object_segmentation"] == []
-    assert "kept_occluder_ids=2" in result.output
+    assert "kept_occluder_ids=2" in result.output and "--keep-existing" not in result.output
     replaced = annotate_occluders(src, tmp_path / "r.json", progress=False)["counts"]
     assert replaced["replaced_occluder_ids"] == 2 and replaced["kept_occluder_ids"] == 0
+    # without --keep-existing the ones given are replaced: said, with the option that keeps them
+    result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "r.json"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert ("note: 2 annotations already had occluder_ids (an occsynth set's are exact, from the depth order); "
+            "they were replaced by the box rule's guesses in the output (the input keeps them) - "
+            "--keep-existing keeps them\n") in result.output, result.output
 
 
 def test_keep_existing_drops_ids_of_other_images_unknown_ids_and_its_own(tmp_path):
