@@ -103,7 +103,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
                  progress: bool = True) -> dict:
     """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids.
 
-    Bad records (images, annotations without a unique integer id, of an unknown category or with a
+    Bad records (images, annotations without a unique integer id, of an unknown image or category or with a
     mask that cannot be decoded) are skipped and listed in the report's ``skipped`` by reason; the
     output's ``images`` are the usable image records.
     """
@@ -117,10 +117,10 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     images, bad_images, bad_ids = _usable_images(data["images"], log)
     categories = categories_by_id(data["categories"])
     by_image: dict = {}
-    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "of_bad_image": 0, "bad_masks": 0,
+    counts = {"images": len(images), "annotations": 0, "of_bad_image": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "bad_images": bad_images}
     for ann in unique_by_id(data["annotations"], "annotation", log):  # occluder_ids name annotations by id
-        if _image_of(ann, images, bad_ids, counts) is None:
+        if _image_of(ann, f"annotation {brief(ann['id'])}", images, bad_ids, counts, log) is None:
             continue
         if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
             log.skip(BadRecord(errors.UNKNOWN_CATEGORY, f"annotation {brief(ann['id'])}",
@@ -214,13 +214,17 @@ def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
     return images, bad, bad_ids - images.keys()
 
 
-def _image_of(ann: Any, images: dict, bad_ids: set, counts: dict) -> dict | None:
-    """The usable image record of an annotation, or None, counted as ``of_bad_image`` (its image record
-    was skipped) or ``unknown_image`` (no image record has its image_id)."""
-    image_id = ann.get("image_id") if isinstance(ann, dict) else None
+def _image_of(ann: dict, where: str, images: dict, bad_ids: set, counts: dict, log: SkipLog) -> dict | None:
+    """The usable image record of an annotation (named ``where`` in messages), or None: counted as
+    ``of_bad_image`` when its image record was skipped (reported as that record), else skipped in ``log`` as of
+    an unknown image, as every reader of the project skips one."""
+    image_id = ann.get("image_id")
     if is_int(image_id) and image_id in images:
         return images[image_id]
-    counts["of_bad_image" if is_int(image_id) and image_id in bad_ids else "unknown_image"] += 1
+    if is_int(image_id) and image_id in bad_ids:
+        counts["of_bad_image"] += 1
+    else:
+        log.skip(BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(image_id)}"))
     return None
 
 
@@ -243,8 +247,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                   categories_from: str | os.PathLike | list | None = None, progress: bool = True) -> dict:
     """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to.
 
-    Bad records (images, a ``regions`` that is not a list, regions whose masks cannot be decoded)
-    are skipped and listed in the report's ``skipped`` by reason.
+    Bad records (images, annotations of an unknown image, a ``regions`` that is not a list, regions whose masks
+    cannot be decoded) are skipped and listed in the report's ``skipped`` by reason.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
@@ -268,7 +272,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     categories, by_name, thing_id, stuff_id = cocoa_categories(coco_categories)
     log = SkipLog()
     images, bad_images, bad_ids = _usable_images(data["images"], log)
-    counts = {"images": len(images), "annotations": 0, "unknown_image": 0, "of_bad_image": 0, "bad_masks": 0,
+    counts = {"images": len(images), "annotations": 0, "of_bad_image": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0,
               "bad_images": bad_images, "bad_order": 0}
     out_annotations = []
@@ -277,11 +281,11 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         if not isinstance(record, dict):  # not an annotation of an unknown image: a malformed one
             log.skip(BadRecord(errors.MALFORMED_RECORD, f"COCOA annotations[{seq}]", f"not an object: {brief(record)}"))
             continue
-        image = _image_of(record, images, bad_ids, counts)
+        where = f"COCOA annotation {brief(record.get('id', '?'))}"
+        image = _image_of(record, where, images, bad_ids, counts, log)
         if image is None:
             continue
         h, w = image["height"], image["width"]
-        where = f"COCOA annotation {brief(record.get('id', '?'))}"
         if not isinstance(record.get("regions"), list):  # {} or null too: skipped, not dropped uncounted
             log.skip(BadRecord(errors.MALFORMED_RECORD, where, f"'regions' is not a list: {brief(record['regions'])}"
                                if "regions" in record else "no 'regions' list"))

@@ -70,7 +70,10 @@ def test_convert_kins(tmp_path):
     assert anns[12]["oco_id"] == 7 and anns[12]["ico_id"] == 8 and anns[12]["iscrowd"] == 0
     assert not {"a_segm", "i_segm", "a_bbox", "i_bbox"} & set(anns[12])
     assert out["categories"] == [{"id": 4, "name": "car", "supercategory": "vehicle"}]
-    assert report["counts"]["unknown_image"] == 1 and report["counts"]["with_occluders"] == 1
+    assert report["counts"]["with_occluders"] == 1 and "unknown_image" not in report["counts"]
+    # a skipped record like any other: counted by reason, with an example naming it
+    assert report["skipped"] == {"counts": {"annotation refers to an unknown image id": 1}, "examples": {
+        "annotation refers to an unknown image id": "annotation 14: annotation refers to an unknown image id (image_id 77)"}}
     # a hidden part covered by fewer pixels than --min-overlap does not make an occluder
     for min_overlap, expected in ((24, [11]), (25, [])):  # FRONT covers 4 x 6 = 24 px of BACK's hidden part
         convert_kins(kins_file(tmp_path), tmp_path / "out2.json", min_overlap=min_overlap, progress=False)
@@ -174,7 +177,7 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
     # annotation 15's image record was skipped: counted apart from the two whose image_id names no record
     assert report["counts"]["bad_images"] == 1 and report["counts"]["of_bad_image"] == 1
-    assert report["counts"]["unknown_image"] == 2
+    assert report["skipped"]["counts"]["annotation refers to an unknown image id"] == 2
     assert report["counts"]["annotations"] == 3
     # the output names only usable records: a COCO reader would fail on image 9 (no size)
     assert [im["id"] for im in json.loads((tmp_path / "k-out.json").read_text())["images"]] == [3]
@@ -219,7 +222,7 @@ def test_cocoa_info_that_is_not_an_object_is_dropped_and_non_list_regions_skippe
     cocoa["annotations"].append(7)  # was counted as an annotation of an unknown image
     (tmp_path / "c.json").write_text(json.dumps(cocoa))
     report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
-    assert report["skipped"]["counts"] == {"malformed record": 2} and report["counts"]["unknown_image"] == 0
+    assert report["skipped"]["counts"] == {"malformed record": 2}  # no unknown image among them
     cocoa["annotations"].pop()
     for info in ([1, 2], "hello"):
         (tmp_path / "c.json").write_text(json.dumps(dict(cocoa, info=info)))
@@ -291,7 +294,7 @@ def test_kins_masks_that_cannot_be_decoded_are_skipped_not_replaced(tmp_path):
     anns = json.loads((tmp_path / "k-out.json").read_text())["annotations"]
     assert [a["id"] for a in anns] == [12]
     assert report["counts"]["bad_masks"] == 2 and report["counts"]["fully_hidden"] == 0
-    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 2}
+    assert report["skipped"]["counts"] == {"degenerate or empty segmentation": 2, errors.UNKNOWN_IMAGE: 1}
     assert "annotation 11" in report["skipped"]["examples"]["degenerate or empty segmentation"]
 
 
@@ -369,7 +372,8 @@ def test_a_fully_hidden_instance_keeps_its_amodal_mask_as_an_ignore_region(tmp_p
     assert np.array_equal(decode(a["amodal_segmentation"]), rect(8, 4, 11, 8)) and a["amodal_area"] == 12
     assert not decode(a["segmentation"]).any()
     assert [b["iscrowd"] for b in anns.values() if b["id"] != hidden_id] == [0] * (len(anns) - 1)
-    assert report["counts"]["fully_hidden"] == 1 and report["skipped"]["counts"] == {}
+    unknown = {errors.UNKNOWN_IMAGE: 1} if make == "kins" else {}  # the KINS file's annotation 14
+    assert report["counts"]["fully_hidden"] == 1 and report["skipped"]["counts"] == unknown
     assert _perfect_visible_ap(tmp_path / "out.json") == 1.0
 
 
@@ -389,7 +393,7 @@ def test_a_mask_that_covers_no_pixel_of_the_image_is_a_bad_record_not_a_fully_hi
         anns = json.loads((tmp_path / "out.json").read_text())["annotations"]
         assert len(anns) == good and all(a["amodal_area"] > 0 for a in anns)
         assert report["counts"]["fully_hidden"] == 0 and report["counts"]["bad_masks"] == 2
-        assert report["skipped"]["counts"] == {errors.DEGENERATE_MASK: 2}
+        assert report["skipped"]["counts"] == {errors.DEGENERATE_MASK: 2, **({errors.UNKNOWN_IMAGE: 1} if convert is convert_kins else {})}
         assert "empty mask" in report["skipped"]["examples"][errors.DEGENERATE_MASK]
 
 
