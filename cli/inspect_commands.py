@@ -66,13 +66,14 @@ def preview_command(source, images, out, num, columns, tile, seed, first, pair_i
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the statistics into this image (.png/.jpg).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
-def stats_command(source, plot, as_json):
+@quiet_option
+def stats_command(source, plot, as_json, quiet):
     """Per-category pasted counts, instances per image, occlusion-ratio histogram and layer depth of a
     generated set (DIR) or any COCO JSON."""
     if plot:
         picture_path(plot, "plot")  # before the (long) pass over the file, not after it
         check_outside_images(plot, source, "plot")
-    stats = stats_from_path(source)
+    stats = stats_from_path(source, progress=not quiet)
     click.echo(to_json(stats) if as_json else format_stats(stats))
     if plot:
         path = write_picture(plot_stats(stats), plot, "plot")

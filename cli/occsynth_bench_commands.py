@@ -5,6 +5,7 @@ import json
 
 import click
 
+from cli.common import quiet_option
 from occsynth.bench import bench_bank, bench_generation
 from occsynth.errors import plural
 
@@ -23,8 +24,9 @@ from occsynth.errors import plural
 @click.option("--work-dir", type=click.Path(exists=True, file_okay=False), help="Where the source copies and outputs are written [default: $TMPDIR]; e.g. /dev/shm to take the disk out of the measurement.")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down. Every run's images stay in --work-dir until the end (4 x repeat sets of --num-images; 2 x repeat with --workers 1), so that no deletion slows the next measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
+@quiet_option
 def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_cutout_pixels, bank_images,
-                  bank_annotations, work_dir, repeat, as_json):
+                  bank_annotations, work_dir, repeat, as_json, quiet):
     """Measure occsynth against baselines taken in the same run (ratios, not absolute times).
 
     Generation: images/s of the floor (read + decode each background JPEG + encode it as the
@@ -38,7 +40,7 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     train2017's size, against one streaming pass over the same file.
     """
     if bank:
-        report = bench_bank(bank_images, bank_annotations, work_dir=work_dir)
+        report = bench_bank(bank_images, bank_annotations, work_dir=work_dir, progress=not quiet)
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
@@ -54,7 +56,7 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
         raise click.UsageError("give both --ann and --images, or neither")
     report = bench_generation(ann, images, num_images=num_images, workers=workers, long_side=long_side or None,
                               copies=copies, cutout_pixels=not no_cutout_pixels, work_dir=work_dir,
-                              repeat=repeat)
+                              repeat=repeat, progress=not quiet)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -41,16 +41,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, write_json
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
-from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
+from .errors import BadRecord, OccsynthError, SkipLog, plural, why_none_usable
 from .generate import RunSettings, _backend_session, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
@@ -233,7 +234,7 @@ def _run_all(task, chunks: int, settings: RunSettings, workers: int, backend: st
 def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None, *,
                      num_images: int = 1200, workers: int = 2, seed: int = 0, long_side: int | None = 640,
                      copies: int | None = None, work_dir: str | os.PathLike | None = None,
-                     cutout_pixels: bool = True, repeat: int = 3) -> dict:
+                     cutout_pixels: bool = True, repeat: int = 3, progress: bool = True) -> dict:
     """Floor vs full generation, one worker and ``workers`` workers, on the same images.
 
     Each of the six (floor, floor with writes and generation, with one worker and with ``workers``) is
@@ -247,10 +248,14 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
     Without ``ann_path`` the demo source is used, made COCO-like by :func:`textured_source` with
     ``copies`` copies (default: as many source images as images generated, so that most images
     and cutouts are decoded fresh, as on COCO). With ``ann_path`` and ``long_side``, that source is
-    only resized (:func:`upscaled_source`); its own pixels are used.
+    only resized (:func:`upscaled_source`); its own pixels are used. ``progress``: which step runs, on stderr
+    when it is a terminal (:func:`steps`); a bar moves only between measurements, never during one.
     """
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    counts_of = sorted({1, workers})
+    total = 2 + cutout_pixels + repeat * (3 * len(counts_of) + (workers > 1))
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, steps(total, progress) as step:
         tmp = Path(tmp)
+        step("source")
         if ann_path is None:
             from .demo import demo_source
             ann_path, image_root = demo_source()
@@ -261,10 +266,12 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
             ann_path, image_root = upscaled_source(ann_path, image_root, tmp / "source", long_side)
         cache = tmp / "cache"
         settings = RunSettings(num_images=num_images, seed=seed)
+        step("bank")
         bank_dir = ensure_bank(Path(ann_path), cache, settings.bank, progress=False)
         bank = Bank.load(bank_dir)
         pixels_meta = None
         if cutout_pixels:
+            step("cutout pixels")
             start = time.perf_counter()
             pixels_dir = ensure_cutout_pixels(bank_dir, image_root, cache, progress=False, workers=workers)
             pixels_seconds = time.perf_counter() - start
@@ -287,7 +294,6 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
                   "cutout_pixels": None if pixels_meta is None else {
                       "cutouts": pixels_meta["num_stored"], "mib": round(pixels_meta["blob_bytes"] / 2 ** 20, 1),
                       "build_seconds": round(pixels_seconds, 2)}}
-        counts_of = sorted({1, workers})
         runs = {n: {"floor": [], "floor_with_writes": [], "generate": []} for n in counts_of}
         machine = []
         threads = cv2.getNumThreads()
@@ -301,16 +307,19 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
                     if n > 1:
                         warm_pool(n)  # unpinned: the pool's processes inherit the pin of whoever starts them
                     _write_back()
+                    step(f"floor, {plural(n, 'worker')} (run {rep + 1} of {repeat})")
                     with one_cpu() if n == 1 else contextlib.nullcontext() as pinned:
                         runs[n]["floor"].append(floor_images_per_second(paths, n, settings.jpeg_quality,
                                                                         settings.chunk_size))
                         written = tmp / f"floor-{n}-{rep}"
                         written.mkdir()
                         _write_back()
+                        step(f"floor with writes, {plural(n, 'worker')} (run {rep + 1} of {repeat})")
                         runs[n]["floor_with_writes"].append(floor_images_per_second(
                             paths, n, settings.jpeg_quality, settings.chunk_size, write_to=written))
                         out = tmp / f"out-{n}-{rep}"  # a fresh folder: the same one would resume as finished
                         _write_back()
+                        step(f"generate, {plural(n, 'worker')} (run {rep + 1} of {repeat})")
                         start = time.perf_counter()
                         generate(out, settings, ann_path=ann_path, image_root=image_root, workers=n,
                                  cache_dir=cache, progress=False, cutout_pixels=cutout_pixels)
@@ -320,6 +329,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
                     result["mean_output_jpeg_bytes"] = int(np.mean([p.stat().st_size
                                                                     for p in (out / "images").iterdir()]))
                 if workers > 1:
+                    step(f"machine scaling (run {rep + 1} of {repeat})")
                     machine.append(machine_scaling(workers))
         finally:
             cv2.setNumThreads(threads)
@@ -338,6 +348,26 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         result["scaling"] = round(result[f"workers_{workers}"]["generate_images_per_s"]
                                   / result["workers_1"]["generate_images_per_s"], 3)
         return result
+
+
+@contextlib.contextmanager
+def steps(total: int, progress: bool = True) -> Iterator[Callable[[str], None]]:
+    """A bar over ``total`` steps on stderr, shown only where stderr is a terminal (and ``progress``):
+    ``step(name)`` counts the step before as done and names the one that starts. The bar is drawn only then,
+    between the measurements, so it takes no time from them."""
+    with tqdm(total=total, desc="bench", unit="step", disable=None if progress else True, mininterval=0) as bar:
+        started = False
+
+        def step(name: str) -> None:
+            nonlocal started
+            bar.set_description_str(f"bench: {name}", refresh=not started)
+            if started:
+                bar.update()
+            started = True
+
+        yield step
+        if started:
+            bar.update()
 
 
 def filesystem_type(path: str | os.PathLike, mounts: str | os.PathLike = "/proc/mounts") -> str | None:
@@ -471,11 +501,14 @@ def _run_child(mode: str, ann: Path, out: Path) -> dict:
 def bench_bank(num_images: int = 118_287, num_annotations: int = 860_001, work_dir: str | os.PathLike | None = None,
                progress: bool = True) -> dict:
     """Peak RSS and time of building a bank from a synthetic COCO-train-size file, vs one streaming pass."""
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, steps(3, progress) as step:
         tmp = Path(tmp)
+        step("write the synthetic file")
         ann = synthetic_coco_file(tmp / "instances.json", num_images, num_annotations)
         size_mib = ann.stat().st_size / 2 ** 20
+        step("stream parse")
         parse = _run_child("parse", ann, tmp / "unused")
+        step("bank build")
         bank = _run_child("bank", ann, tmp / "bank")
         return {"images": num_images, "annotations": num_annotations, "json_mib": round(size_mib, 1),
                 "stream_parse": parse, "bank": bank,

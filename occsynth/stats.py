@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import errors
 from .coco import COCO_LISTS, brief, duplicate_detail, iter_array, record_name
@@ -34,20 +35,27 @@ def dataset_stats(annotations: dict) -> dict:
     return accumulate(annotations["images"], annotations["annotations"], annotations["categories"])
 
 
-def stats_from_path(path: str | os.PathLike) -> dict:
+PROGRESS_DELAY = 1.0  # seconds of reading before a progress bar shows: none flashes up for a small file
+
+
+def stats_from_path(path: str | os.PathLike, progress: bool = True) -> dict:
     """Statistics of a generated set directory (its annotations.json) or a COCO JSON file, streamed.
 
     Refuses a file that is not a COCO instances file (top-level object with the three lists, see
     :func:`iter_array`): streaming alone would read such a file as an empty set. The lists are read in
-    COCO order, so the first one that is missing or no list is the one named.
+    COCO order, so the first one that is missing or no list is the one named. ``progress``: records read, on
+    stderr when it is a terminal, once reading has taken :data:`PROGRESS_DELAY` (a large file).
     """
     ann_path, _ = set_paths(path)
+    with tqdm(desc=f"stats {ann_path.name}", unit=" records", disable=None if progress else True,
+              delay=PROGRESS_DELAY) as bar:
 
-    def light(key: str, fields: tuple) -> Iterator:
-        for item in iter_array(ann_path, key):
-            yield {k: item.get(k) for k in fields if k in item} if isinstance(item, dict) else item
+        def light(key: str, fields: tuple) -> Iterator:
+            for item in iter_array(ann_path, key):
+                bar.update()
+                yield {k: item.get(k) for k in fields if k in item} if isinstance(item, dict) else item
 
-    return accumulate(light("images", ("id",)), light("annotations", _LIGHT), iter_array(ann_path, "categories"))
+        return accumulate(light("images", ("id",)), light("annotations", _LIGHT), iter_array(ann_path, "categories"))
 
 
 def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterable[dict]) -> dict:

@@ -1,7 +1,9 @@
 """The generator's box + crop fast path gives exactly what the full-size functions give."""
 import functools
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -511,3 +513,24 @@ def test_bench_on_a_bad_source_names_the_users_file_not_its_temporary_copy(demo_
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"Error: {bad}: ") and all(w in result.output for w in words), result.output
     assert str(work) not in result.output and list(work.iterdir()) == []
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_bench_names_its_steps_on_a_terminal_and_not_in_a_log(tmp_path, monkeypatch):
+    from occsynth.bench import bench_generation
+    for terminal in (True, False):
+        err = _Terminal() if terminal else io.StringIO()
+        monkeypatch.setattr("sys.stderr", err)
+        bench_generation(num_images=8, workers=1, long_side=240, work_dir=tmp_path, repeat=1)
+        steps = re.findall(r"bench: ([^:]+?): +\d+%\|[^|]*\| (\d+)/(\d+)", err.getvalue())
+        if not terminal:
+            assert err.getvalue() == ""
+            continue
+        named = list(dict.fromkeys(name for name, _, _ in steps))
+        assert named == ["source", "bank", "cutout pixels", "floor, 1 worker (run 1 of 1)",
+                         "floor with writes, 1 worker (run 1 of 1)", "generate, 1 worker (run 1 of 1)"], err.getvalue()
+        assert (steps[-1][1], steps[-1][2]) == ("6", "6")  # every step counted as done at the end
