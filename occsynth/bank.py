@@ -49,7 +49,7 @@ from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
                    is_int, iter_array, none_found_under, read_array, read_image, record_image_path,
                    unique_by_id)
-from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, why_none_usable
+from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, key_values, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
 BANK_FORMAT = 2  # 2: RLE strings stored in canonical form (masks.encode's)
@@ -611,9 +611,9 @@ def _source_and_options(meta: dict) -> bool:
 def no_cutouts_reason(meta: dict) -> str:
     """Why a bank holds no cutout, in one line: its instances rejected per reason, its records skipped."""
     rejected = {reason: n for reason, n in meta["rejected"].items() if n}
-    parts = [f"{meta['num_annotations']} annotation(s) read"]
+    parts = [f"{plural(meta['num_annotations'], 'annotation')} read"]
     if rejected:
-        parts.append(f"not complete: {json.dumps(rejected)}")
+        parts.append(f"not complete: {key_values(rejected)}")
     skips = _skip_log(meta)
     if skips.total:
         parts.append(skips.in_one_line())
@@ -625,10 +625,10 @@ def report(meta: dict) -> str:
     names = {str(c.get("id")): c.get("name", "?") for c in meta.get("categories", [])}
     kept = meta["kept_per_category"]
     lines = [f"source {meta['source']['annotations']} (sha256 {meta['source']['sha256'][:12]}...): "
-             f"{meta['num_images_total']} images, {meta['num_annotations']} annotations, "
+             f"{plural(meta['num_images_total'], 'image')}, {plural(meta['num_annotations'], 'annotation')}, "
              f"{meta['num_images']} usable as backgrounds",
-             f"kept {meta['num_cutouts']} complete instance(s) as cutouts in "
-             f"{sum(1 for n in kept.values() if n)} categories:"]
+             f"kept {plural(meta['num_cutouts'], 'complete instance')} as cutouts in "
+             f"{plural(sum(1 for n in kept.values() if n), 'category', 'categories')}:"]
     lines += [f"  {n:>7}  {cid:>4} {names.get(cid, '?')}" for cid, n in kept.items() if n]
     lines.append("rejected (not complete):")
     lines += [f"  {n:>7}  {reason}" for reason, n in meta["rejected"].items()]

@@ -157,7 +157,7 @@ def test_malformed_source_json_is_one_clear_error(tmp_path, content, why):
     (lambda d: [im.pop("height") for im in d["images"]] + [d["categories"].append({"name": "no id"})],
      ["no valid image records", "malformed record", "e.g. image record", "'height' missing or not int"]),
     (lambda d: [a.update(category_id=float(a["category_id"])) for a in d["annotations"]],
-     ["no complete instance to paste", "annotation(s) read", "'category_id'"]),
+     ["no complete instance to paste", "annotations read", "'category_id'"]),
 ])
 def test_a_source_with_nothing_usable_says_why_without_strict(demo_source, tmp_path, spoil, words):
     """When every record of a kind is bad, the error itself gives the reasons and an example."""

@@ -331,7 +331,7 @@ def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
                                                 "--min-area", "50", "--quiet"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "kept 4 complete instance(s)" in out and "3 car" in out and "18 dog" in out and "toothbrush" not in out
+    assert "kept 4 complete instances" in out and "3 car" in out and "18 dog" in out and "toothbrush" not in out
     assert "1  crowd" in out and "1  overlapped" in out
     assert "annotations file: skipped 12 bad records" in out and errors.UNKNOWN_IMAGE in out
     assert f"bank: {tmp_path / 'c' / 'banks'}" in out
@@ -375,3 +375,10 @@ def test_annotations_that_are_not_a_list_are_refused_beside_a_skipped_image_reco
     result = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(path), "--cache-dir", str(tmp_path / "c"),
                                                 "--quiet"])
     assert result.exit_code == 2 and "'annotations' is an object, expected a list" in result.output, result.output
+
+
+def test_why_a_bank_has_no_cutout_reads_as_words_not_json():
+    from occsynth.bank import no_cutouts_reason
+    meta = {"num_annotations": 1, "rejected": {"touches the border": 1, "occluded": 0},
+            "skipped": {"counts": {}, "examples": {}}}
+    assert no_cutouts_reason(meta) == "1 annotation read; not complete: touches the border=1"
