@@ -93,7 +93,7 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error_not_a_quiet_stop(demo_sour
 
     # stdout is a pipe whose reader is still there; another pipe breaks (a worker's, a FIFO given as a path)
     script = ("import cli.inspect_commands as m\n"
-              "def broken(_): raise BrokenPipeError(32, 'Broken pipe', '/tmp/a-fifo')\n"
+              "def broken(*_, **__): raise BrokenPipeError(32, 'Broken pipe', '/tmp/a-fifo')\n"
               "m.stats_from_path = broken\n"
               "from cli.occsynth_cli import main\n"
               f"main(['stats', {str(demo_source[0])!r}])\n")
