@@ -327,6 +327,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
     model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
 
+    ``strict``: stop at the first bad record instead of skipping it; every training instance's masks and box are
+    checked before the first iteration (:meth:`CocoInstances.check_annotations`), so a bad one stops the run then.
     ``report``: called (rank 0 only) with the skip log (``{"counts", "examples"}``) right after the
     dataset is indexed, when bad records were skipped there, so the user knows before a long run.
     ``overrides_from``: how errors name a bad override (see :func:`load_schedule`; the CLI gives its options).
@@ -401,6 +403,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                             mode=schedule["mode"], drop_empty=True, strict=strict,
                             category_ids=state["category_ids"] if state else None)
     require_training_images(dataset)  # before the report: the error says what was skipped
+    if strict:  # every instance's masks and box now: a bad one must not stop the run when drawn, hours in
+        dataset.check_annotations()
     if report is not None and rank == 0 and dataset.skips.total:
         report(dataset.skips.to_dict())
 

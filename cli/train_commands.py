@@ -73,7 +73,9 @@ def _steps(ctx, param, value):
 @click.option("--workers", type=int, help="Override: data loader processes (at most one per CPU core is started).")
 @click.option("--seed", type=int, help="Override: seed.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first bad record instead of skipping it. Every training annotation's masks (their "
+                   "encoding, not their pixels) and box are checked before training starts.")
 @quiet_option
 def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, quiet,
                   **overrides):

@@ -752,3 +752,34 @@ def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume
     assert (f"note: {tmp_path / 'fewer.json'} is not the annotations file this run trained on so far "
             f"({same.resolve()}, other content): it continues on the new data, so it is no longer an exact resume") \
         in said.out  # the full path: a file of the same name in another folder is told apart
+
+
+@pytest.mark.parametrize("segmentation, reason", [
+    ({"size": [48, 64], "counts": "0:"}, "compressed RLE covers"),      # runs that do not add up to 48*64
+    ([[1.0, 1.0, 5.0, 5.0]], "polygon with 4 coordinates"),
+    ({"size": [48, 64], "counts": [48 * 64]}, "empty mask"),             # uncompressed, all background
+])
+def test_strict_training_checks_every_annotation_mask_before_the_first_iteration(tmp_path, monkeypatch,
+                                                                                 segmentation, reason):
+    """A bad mask stopped a strict run only when its image was drawn (hours in on COCO), or never in a short run."""
+    from bcnet import data as bdata
+
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    bad = data["annotations"][-1]
+    bad["segmentation"] = segmentation
+    save_annotations(root, data)
+    loaded = []
+    real_load = bdata.CocoInstances.load
+    monkeypatch.setattr(bdata.CocoInstances, "load", lambda self, i: loaded.append(i) or real_load(self, i))
+    out = tmp_path / "run"
+    args = ["train", "--ann", str(root / "annotations.json"), "--images", str(root / "images"), "--out", str(out),
+            "--schedule", "schedule-tiny", "--iterations", "1", "--batch-size", "1", "--short", "48",
+            "--long-max", "64", "--workers", "0", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(bcnet_main, args + ["--strict"])
+    assert result.exit_code == 2, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"Error: {root / 'annotations.json'}: annotation {bad['id']} 'segmentation': "), first
+    assert reason in first and loaded == [] and not out.exists()
+    result = CliRunner().invoke(bcnet_main, args)  # without --strict: trains, the record skipped when drawn
+    assert result.exit_code == 0, result.output
