@@ -188,7 +188,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
 
     Ground truth pycocotools cannot read is cleaned first (:func:`clean_ground_truth`); what was
     dropped or turned into an ignore region is counted in ``skips`` (record-level problems in
-    ``record_skips``; both default to one fresh log) and reported as ``out["skipped"]``.
+    ``record_skips``; both default to one fresh log) and reported as ``out["skipped"]``. A
+    :class:`ScoredGroundTruth` (``gt`` prepared already, its counts in the caller's logs) is scored as it is.
 
     ``category_ids``: the categories the model knows (a checkpoint's). AP is averaged over those of ``gt``'s
     categories only, as pycocotools does over a subset: a person-only model on COCO val is scored on persons, not
@@ -203,11 +204,15 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     check_edges(overlap_edges, "overlap_edges")
     check_edges(ratio_edges, "ratio_edges")
     lists = load_occsep_lists(occsep_lists)
-    data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
-    if mode == "amodal":
-        data = amodal_ground_truth(data, "" if isinstance(gt, dict) else gt)
     skips = SkipLog() if skips is None else skips
-    data = clean_ground_truth(data, skips, record_skips=skips if record_skips is None else record_skips)
+    if isinstance(gt, ScoredGroundTruth):
+        if gt.mode != mode:
+            raise OccsynthError(f"the ground truth was prepared for {gt.mode} masks, not {mode} ones")
+        data = gt.data
+    else:
+        data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
+        data = scored_ground_truth(data, mode, skips, record_skips=record_skips,
+                                   where="" if isinstance(gt, dict) else gt).data
     known = {image["id"] for image in data["images"]}
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if set(image_ids) - known:
@@ -340,6 +345,26 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
     if isinstance(area, bool) or not isinstance(area, (int, float)) or not np.isfinite(area) or area < 0:
         out["area"] = float(pixels)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredGroundTruth:
+    """Ground truth as :func:`evaluate` scores it (:func:`scored_ground_truth`): the masks of ``mode`` in place and
+    cleaned. :func:`evaluate` takes it as it is, instead of checking every annotation again."""
+
+    data: dict
+    mode: str
+
+
+def scored_ground_truth(data: dict, mode: str, skips: SkipLog, *, record_skips: SkipLog | None = None,
+                        where: str | os.PathLike = "") -> ScoredGroundTruth:
+    """``data`` with the masks of ``mode`` in place (:func:`amodal_ground_truth`, naming ``where``), cleaned
+    (:func:`clean_ground_truth`, counting in ``skips`` and ``record_skips``: a strict log raises at the first
+    problem). :func:`evaluate_checkpoint` makes it before predicting, so that a strict run stops before any
+    prediction, and the masks are checked once."""
+    if mode == "amodal":
+        data = amodal_ground_truth(data, where)
+    return ScoredGroundTruth(clean_ground_truth(data, skips, record_skips=record_skips), mode)
 
 
 def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
@@ -752,19 +777,19 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
             raise OccsynthError(f"set {name!r}: none of the {len(data['annotations'])} annotations of {ann_file} "
                                 f"can be evaluated ({dataset.skips.in_one_line()})")
         check_occsep_entries(data, lists, ann_file)
-        if strict:  # every ground-truth mask decoded now: a bad one stops the run before any prediction
-            try:
-                clean_ground_truth(data, SkipLog(strict=True))
-            except BadRecord as exc:
-                raise exc.in_file(ann_file) from None
-        prepared.append((name, image_root, data, dataset))
+        try:  # the masks scored, checked once, now: strict, a bad one stops the run before any prediction
+            # (the dataset's log already counts bad image/annotation records; GT masks are new to it)
+            gt = scored_ground_truth(data, mode, dataset.skips, record_skips=SkipLog(strict=strict), where=ann_file)
+        except BadRecord as exc:
+            raise exc.in_file(ann_file) from None
+        prepared.append((name, image_root, gt, dataset))
     with output_folder(out_dir):  # an unwritable --out fails now, not after the whole inference
         return _evaluate_prepared(model, state, prepared, out_dir, device, mask_threshold, progress,
-                                  overlap_edges, ratio_edges, mode, lists, strict)
+                                  overlap_edges, ratio_edges, mode, lists)
 
 
 def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device, mask_threshold: float,
-                       progress: bool, overlap_edges, ratio_edges, mode: str, lists, strict: bool) -> dict:
+                       progress: bool, overlap_edges, ratio_edges, mode: str, lists) -> dict:
     """:func:`evaluate_checkpoint` once every set is read and checked: predict, evaluate and write each.
 
     Each set's detections wait under a staged name until every set is done; then all are put in place, and
@@ -774,7 +799,7 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
         left.unlink(missing_ok=True)
     staged = {name: out_dir / f".detections_{name}.json.staged" for name, *_ in prepared}
     try:
-        for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once
+        for name, image_root, gt, dataset in prepared:
             unreadable: list[int] = []
             results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
                                       mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)
@@ -782,10 +807,9 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
             done = [i for i in dataset.image_ids if i not in bad]
             _require_images(name, dataset, image_root, done)
             write_json(staged[name], results)
-            # the dataset's log already counts bad image/annotation records; GT masks are new to it
             report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
                                     ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
-                                    record_skips=SkipLog(strict=strict), category_ids=state["category_ids"])
+                                    category_ids=state["category_ids"])
             report[name]["skipped"] = dataset.skips.to_dict()
         for name, path in staged.items():
             os.replace(path, out_dir / f"detections_{name}.json")

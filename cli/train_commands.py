@@ -122,7 +122,9 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 @click.option("--separated-list", type=click.Path(dir_okay=False),
               help="Separated COCO object list (separated_coco.pkl or JSON): adds separated_recall.")
 @click.option("--device", help="cpu, cuda ... (default: cuda when available).")
-@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first bad record instead of skipping it. Every set's ground-truth masks are checked "
+                   "before the first prediction.")
 @quiet_option
 def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_threshold, mode, occluded_list,
                      separated_list, device, strict, quiet):

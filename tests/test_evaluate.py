@@ -660,3 +660,37 @@ def test_strict_evaluation_stops_at_a_bad_ground_truth_mask_before_predicting_na
                           progress=False)  # without --strict: kept as an ignore region, and counted
     assert json.loads((tmp_path / "e" / "results.json").read_text())["a"]["skipped"]["counts"] == {
         "degenerate or empty segmentation": 1}
+
+
+@pytest.mark.parametrize("mode", ["visible", "amodal"])
+def test_evaluation_checks_the_scored_ground_truth_once_before_predicting(tmp_path, monkeypatch, mode):
+    """Strict evaluation cleaned every ground-truth mask twice (before predicting, then to score), and in amodal
+    mode checked the visible masks up front: a bad amodal mask stopped the run only after predicting."""
+    import json
+
+    from bcnet import checkpoint as ckpt
+    from bcnet import train as T
+
+    root = write_dataset(tmp_path / "set")
+    ann_file = root / "annotations.json"
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64, "mode": mode})
+    config = T.model_config(schedule)
+    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    cleaned, predicted = [], []
+    real_clean = E.clean_ground_truth
+    monkeypatch.setattr(E, "clean_ground_truth", lambda *a, **k: cleaned.append(1) or real_clean(*a, **k))
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: predicted.append(1) or [])
+    sets = {"a": (ann_file, root / "images")}
+    E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e", device="cpu", progress=False, strict=True)
+    assert cleaned == [1] and predicted == [1]
+    data = json.loads(ann_file.read_text())
+    bad = data["annotations"][2]
+    bad["amodal_segmentation" if mode == "amodal" else "segmentation"] = {"size": [48, 64], "counts": "0:"}
+    ann_file.write_text(json.dumps(data))
+    cleaned.clear(), predicted.clear()
+    with pytest.raises(OccsynthError) as raised:
+        E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e2", device="cpu", progress=False, strict=True)
+    assert str(raised.value).startswith(f"{ann_file}: annotation {bad['id']} (image {bad['image_id']}): "
+                                        "degenerate or empty segmentation (compressed RLE covers"), str(raised.value)
+    assert predicted == [] and not (tmp_path / "e2").exists()
