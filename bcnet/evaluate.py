@@ -193,7 +193,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
 
     ``category_ids``: the categories the model knows (a checkpoint's). AP is averaged over those of ``gt``'s
     categories only, as pycocotools does over a subset: a person-only model on COCO val is scored on persons, not
-    given AP 0 for 79 classes it never learnt. ``out["categories"]`` then says how many of ``gt``'s were scored.
+    given AP 0 for 79 classes it never learnt. ``out["categories"]`` then says how many of ``gt``'s were scored, and
+    names the others (``not_scored``). The occlusion levels hold the ground truths of the scored categories only.
     """
     if mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -234,7 +235,9 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         if not scored:
             raise OccsynthError("the annotations share no category with the model (it knows "
                                 f"{coco_io.brief(sorted(known_ids))})")
-        out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", []))}
+        out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", [])),
+                             "not_scored": [c.get("name", c.get("id")) for c in data.get("categories", [])
+                                            if c.get("id") not in known_ids]}
         data = {**data, "categories": scored}
     coco_gt = _coco(data)
     loaded = {}
@@ -245,7 +248,10 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         stats = _run_cocoeval(coco_gt, loaded[iou_type], iou_type, image_ids)
         out[iou_type] = dict(zip(STAT_NAMES, (float(v) for v in stats[:6])))
     if occlusion_splits and "segm" in loaded:
-        levels = occlusion_levels(data)
+        levels = occlusion_levels(data)  # from every object: one of a category not scored still occludes
+        counted = set(coco_io.categories_by_id(data["categories"]))  # but only the scored ones are in a level
+        members = {a["id"] for a in data["annotations"] if a["category_id"] in counted}
+        levels = {key: {i: v for i, v in level.items() if i in members} for key, level in levels.items()}
         out["segm_by_box_overlap"] = _split_eval(data, loaded["segm"], levels["box_overlap"], overlap_edges,
                                                  image_ids)
         if levels["occlusion_ratio"]:
@@ -659,6 +665,11 @@ def markdown_table(results: dict) -> str:
                      + " | ".join(pct(segm.get(k)) for k in STAT_NAMES[1:]) + " |")
     lines += ["", "AP in percent. Box AP and mask AP are COCO AP at IoU .50:.95; AP50, AP75 and APs/APm/APl "
                   "(small, medium, large objects) are mask AP. `-`: not scored (no ground truth of that kind)."]
+    for name, r in results.items():
+        categories = r.get("categories") or {}
+        if categories.get("scored", 0) < categories.get("in_annotations", 0):
+            lines += ["", f"{name}: the model scores {categories['scored']} of the set's {categories['in_annotations']} "
+                          f"categories; not scored: {_few(categories.get('not_scored') or [])}."]
     split_rows = []
     for name, r in results.items():
         for key, label in (("segm_by_box_overlap", "max box IoU"), ("segm_by_occlusion_ratio", "occlusion ratio")):
@@ -666,7 +677,8 @@ def markdown_table(results: dict) -> str:
                 split_rows.append(f"| {name} | {label} {bin_name} | {entry['instances']} | {pct(entry['AP'])} | "
                                   f"{pct(entry['AP50'])} | {pct(entry['AP75'])} |")
     if split_rows:
-        lines += ["", "Mask AP by occlusion level (ground truths outside the level are ignored):", "",
+        lines += ["", "Mask AP by occlusion level (ground truths outside the level are ignored; instances: the "
+                      "level's ground truths of the scored categories):", "",
                   "| set | level | instances | mask AP | AP50 | AP75 |", "|---|---|---|---|---|---|", *split_rows]
     amodal = [name for name, r in results.items() if r.get("mode") == "amodal"]
     if amodal:
@@ -692,6 +704,12 @@ def markdown_table(results: dict) -> str:
                   "", "| set | occluded recall | found / listed | separated recall | found / listed |",
                   "|---|---|---|---|---|", *occsep_rows]
     return "\n".join(lines) + "\n"
+
+
+def _few(names: Sequence, most: int = 8) -> str:
+    """``a, b, c`` (the first ``most``, then how many more): a list in a sentence, short even for COCO's 80."""
+    shown = ", ".join(str(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -101,9 +101,16 @@ def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
     known = E.evaluate(gt, results, category_ids=[10])
     assert everything["segm"]["AP"] == pytest.approx(0.5) and "categories" not in everything
     assert known["segm"]["AP"] == 1.0 and known["bbox"]["AP"] == 1.0
-    assert known["categories"] == {"scored": 1, "in_annotations": 2}
-    assert known["segm_by_box_overlap"]["[0.1,0.3)"]["instances"] == everything["segm_by_box_overlap"]["[0.1,0.3)"][
-        "instances"]  # the levels still come from every object
+    assert known["categories"] == {"scored": 1, "in_annotations": 2, "not_scored": ["b"]}
+    # the levels still come from every object (2 overlaps 3, of category 20), but count the scored ones only
+    assert everything["segm_by_box_overlap"]["[0.3,1]"]["instances"] == 2
+    assert known["segm_by_box_overlap"]["[0.3,1]"]["instances"] == 1
+    assert [e["instances"] for e in known["segm_by_occlusion_ratio"].values()] == [1, 1, 0]
+    table = E.markdown_table({"val": known, "all": everything})
+    assert "\nval: the model scores 1 of the set's 2 categories; not scored: b.\n" in table
+    assert "all: the model scores" not in table and "| val | max box IoU [0.3,1] | 1 | 100.0 |" in table
+    coco = {"scored": 1, "in_annotations": 80, "not_scored": [f"c{i}" for i in range(2, 81)]}
+    assert "not scored: c2, c3, c4, c5, c6, c7, c8, c9 and 71 more." in E.markdown_table({"val": {"categories": coco}})
     assert E.evaluate(gt, results, category_ids=[10, 20, 30])["segm"]["AP"] == pytest.approx(0.5)
     with pytest.raises(OccsynthError, match=r"share no category with the model \(it knows \[30, 40\]\)"):
         E.evaluate(gt, results, category_ids=[30, 40])
