@@ -713,10 +713,12 @@ def _few(names: Sequence, most: int = 8) -> str:
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model a checkpoint was trained as and load its weights (``weights_only``)."""
-    from .checkpoint import load_checkpoint, load_weights
+    """Rebuild the model a checkpoint (or a run folder, or its last_checkpoint marker) was trained as and load its
+    weights (``weights_only``)."""
+    from .checkpoint import load_checkpoint, load_weights, resolve_checkpoint
     from .train import build
 
+    checkpoint = resolve_checkpoint(checkpoint)  # a run folder or its marker: messages name the file it stands for
     state = load_checkpoint(checkpoint)
     category_ids = state.get("category_ids")
     if not category_ids:

@@ -24,7 +24,7 @@ from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
-FINAL = "model_final.pt"  # bcnet.train.FINAL, named here so that this module imports no torch
+FINAL = "model_final.pt"  # bcnet.checkpoint.FINAL, named here so that this module imports no torch
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
 STAGE_FOLDERS = ("synthetic", "pretrain", "finetune", "cocoocc", "evaluation")
 PIPELINE_TABLES = ("synthetic", "pretrain", "finetune", "cocoocc")  # what a pipeline recipe may hold

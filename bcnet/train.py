@@ -46,8 +46,7 @@ from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
 AMP_MODES = ("off", "bf16", "fp16")
-LAST = "last_checkpoint"  # text file naming the newest checkpoint in the output directory
-FINAL = "model_final.pt"  # the finished run's checkpoint
+LAST, FINAL, latest_checkpoint = ckpt.LAST, ckpt.FINAL, ckpt.latest_checkpoint  # where callers have found them
 # Bounds of the schedule's numbers: beyond them torch, numpy or OpenCV fail with a traceback (a seed over 64 bits,
 # an image side or count over a C int, an lr torch cannot convert to float32)
 INT32_MAX = 2 ** 31 - 1
@@ -346,7 +345,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     resume_path: Path | None = None
     retired: list[str] = []
     if resume:
-        resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
+        resume_path = ckpt.resolve_checkpoint(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
         if resume_path is None:
             raise OccsynthError(f"{out_dir}: no checkpoint to resume from (a run stopped before its first "
                                 "checkpoint starts again without --resume)")
@@ -551,25 +550,6 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
             "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
             "resumed_from": resume_path}
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``out_dir/last_checkpoint`` (None when there is none).
-
-    Without the marker, the newest checkpoint there (``model_final.pt``, else the highest iteration): a run
-    killed between writing its first checkpoint and its marker resumes from that checkpoint, not from scratch.
-    """
-    marker = Path(out_dir) / LAST
-    if not marker.is_file():
-        final = Path(out_dir) / FINAL
-        periodic = [p for p in Path(out_dir).glob("checkpoint_*.pt") if p.stem[len("checkpoint_"):].isdigit()]
-        newest = max(periodic, key=lambda p: int(p.stem[len("checkpoint_"):]), default=None)
-        return final if final.is_file() else newest
-    name = marker.read_text(encoding="utf-8").strip()
-    path = Path(out_dir) / name
-    if "/" in name or "\\" in name or not path.is_file():
-        raise OccsynthError(f"{marker} names {name!r}, which is not a checkpoint in {out_dir}")
-    return path
 
 
 def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int, bool]:

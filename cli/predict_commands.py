@@ -10,7 +10,9 @@ from cli.common import quiet_option
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="A checkpoint written by bcnet train.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="A checkpoint written by bcnet train, or its run folder or the folder's last_checkpoint "
+                   "(the checkpoint that names).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: results.json, images.json, pictures/.")
 @click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present] (checked: a missing GPU is an error).")

@@ -44,8 +44,9 @@ def _steps(ctx, param, value):
               help="Continue exactly from the newest checkpoint in --out; overrides given with it (e.g. more "
                    "--iterations, a lower --lr) apply from there on (a run already at --iterations trains "
                    "nothing; fewer --iterations than the checkpoint's is refused).")
-@click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False),
-              help="Start from this checkpoint's weights (fine-tuning). Per-class weights are taken by category "
+@click.option("--init", "init_checkpoint", type=click.Path(),
+              help="Start from this checkpoint's weights (fine-tuning; a run folder or its last_checkpoint stands "
+                   "for the checkpoint it names). Per-class weights are taken by category "
                    "id: categories it was not trained on start as built; other tensors whose shape differs too.")
 @click.option("--iterations", type=int, help="Override: number of iterations.")
 @click.option("--batch-size", type=int, help="Override: global images per iteration (lr scales with it).")
@@ -103,7 +104,9 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 
 
 @click.command("evaluate")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A bcnet checkpoint.")
+@click.option("--checkpoint", required=True, type=click.Path(),
+              help="A checkpoint written by bcnet train, or its run folder or the folder's last_checkpoint "
+                   "(the checkpoint that names).")
 @click.option("--ann", "--annotations", "ann_files", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Annotations JSON of a set to evaluate (repeat for several sets).")
 @click.option("--images", "image_roots", required=True, multiple=True, type=click.Path(file_okay=False),
