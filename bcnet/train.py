@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -49,6 +50,7 @@ AMP_MODES = ("off", "bf16", "fp16")
 LAST, FINAL, latest_checkpoint = ckpt.LAST, ckpt.FINAL, ckpt.latest_checkpoint  # where callers have found them
 # Bounds of the schedule's numbers: beyond them torch, numpy or OpenCV fail with a traceback (a seed over 64 bits,
 # an image side or count over a C int, an lr torch cannot convert to float32)
+CPU_WARN_IMAGES = 50_000  # training images (iterations x batch size) past which a CPU run is warned of: hours at best
 INT32_MAX = 2 ** 31 - 1
 SEED_MAX = 2 ** 64 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -232,6 +234,18 @@ def model_config(schedule: dict) -> dict:
 
 def iteration_seed(seed: int, rank: int, iteration: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def cpu_warning(device: torch.device, iterations: int, batch_size: int) -> str | None:
+    """One warning line when ``iterations`` of ``batch_size`` images on ``device`` is a CPU run of more than
+    :data:`CPU_WARN_IMAGES` images (schedule-1x is 1.44 million: days or more on a CPU; schedule-tiny's 1,200 take
+    minutes), so that a run started without a GPU by mistake is noticed at once, not days later; None otherwise."""
+    images = int(iterations) * int(batch_size)
+    if torch.device(device).type != "cpu" or images <= CPU_WARN_IMAGES:
+        return None
+    return (f"warning: training {iterations:,} iterations of {batch_size} images ({images:,} images) on the CPU will "
+            "take very long; run it on a GPU (--device cuda), or try things out with --schedule schedule-tiny or "
+            "fewer --iterations")
 
 
 # --------------------------------------------------------------------------- model
@@ -461,6 +475,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                        f"({before.get('annotations')}, other content): it continues on the new data, so it is no "
                        "longer an exact resume")
 
+    slow = cpu_warning(device_, iterations - start, int(schedule["batch_size"]))
+    if slow and rank == 0:  # a message, not progress: printed under --quiet too
+        tqdm.write(slow, file=sys.stderr)
     asked_workers = int(schedule.get("workers", 0))
     workers = local_workers(asked_workers)  # torch warned without naming the setting
     if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too

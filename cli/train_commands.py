@@ -73,7 +73,9 @@ def _steps(ctx, param, value):
 @click.option("--accumulate", type=int, help="Override: gradient accumulation steps per iteration.")
 @click.option("--workers", type=int, help="Override: data loader processes (at most one per CPU core is started).")
 @click.option("--seed", type=int, help="Override: seed.")
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available). A CPU run of more than "
+                                "50,000 training images (iterations x batch size, e.g. schedule-1x's 90k x 16) is "
+                                "warned of: it takes very long there.")
 @click.option("--strict", is_flag=True,
               help="Stop at the first bad record instead of skipping it. Every training annotation's masks (their "
                    "encoding, not their pixels) and box are checked before training starts.")

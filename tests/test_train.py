@@ -783,3 +783,26 @@ def test_strict_training_checks_every_annotation_mask_before_the_first_iteration
     assert reason in first and loaded == [] and not out.exists()
     result = CliRunner().invoke(bcnet_main, args)  # without --strict: trains, the record skipped when drawn
     assert result.exit_code == 0, result.output
+
+
+def test_a_long_cpu_run_is_warned_of_once_a_tiny_one_is_not(tmp_path, dataset_dir, monkeypatch):
+    """bcnet train with schedule-1x on a machine without a GPU started a run of weeks without a word."""
+    cpu = torch.device("cpu")
+    assert T.cpu_warning(cpu, 90000, 16) == (
+        "warning: training 90,000 iterations of 16 images (1,440,000 images) on the CPU will take very long; run it "
+        "on a GPU (--device cuda), or try things out with --schedule schedule-tiny or fewer --iterations")
+    schedule = T.load_schedule("schedule-tiny")
+    assert T.cpu_warning(cpu, schedule["iterations"], schedule["batch_size"]) is None
+    assert T.cpu_warning(torch.device("cuda", 0), 90000, 16) is None  # no GPU needed to ask
+    assert T.cpu_warning(cpu, T.CPU_WARN_IMAGES // 2, 2) is None and T.cpu_warning(cpu, T.CPU_WARN_IMAGES // 2 + 1, 2)
+    help_text = CliRunner().invoke(bcnet_main, ["train", "--help"]).output
+    assert f"{T.CPU_WARN_IMAGES:,} training images" in " ".join(help_text.split())
+    monkeypatch.setattr(T, "CPU_WARN_IMAGES", 3)  # so that a 2-iteration run of 2 images is a long one
+    result = CliRunner().invoke(bcnet_main, ["train", "--ann", str(dataset_dir / "annotations.json"), "--images",
+                                             str(dataset_dir / "images"), "--out", str(tmp_path / "run"), "--schedule",
+                                             "schedule-tiny", "--iterations", "2", "--batch-size", "2", "--short",
+                                             "48", "--long-max", "64", "--workers", "0", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "on the CPU" in line] == [
+        "warning: training 2 iterations of 2 images (4 images) on the CPU will take very long; run it on a GPU "
+        "(--device cuda), or try things out with --schedule schedule-tiny or fewer --iterations"]
