@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from occsynth import coco, errors
-from occsynth.coco import brief
+from occsynth.coco import brief, plural
 from occsynth import masks as mask_ops
 from occsynth.boxes import is_box
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
@@ -304,7 +304,7 @@ def _why(dataset) -> str:
     skips, empty = getattr(dataset, "skips", None), getattr(dataset, "without_instances", 0)
     parts = [skips.in_one_line()] if skips is not None and skips.total else []
     if empty:
-        parts.append(f"{empty} image(s) with no instance to learn: no annotation, or only crowd ones or ones of "
+        parts.append(f"{plural(empty, 'image')} with no instance to learn: no annotation, or only crowd ones or ones of "
                      "unknown categories")
     return f" ({'; '.join(parts)})" if parts else ""
 
@@ -364,8 +364,8 @@ class SampleStream(Dataset):
                 if not hasattr(self.dataset, "skip"):
                     raise
                 self.dataset.skip(exc)
-        raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: none of the {n} training images "
-                            f"could be read{_why(self.dataset)}")
+        what = "its only training image could not" if n == 1 else f"none of the {n} training images could"
+        raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: {what} be read{_why(self.dataset)}")
 
     def _order_of(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
@@ -429,8 +429,8 @@ def micro_batch_size(batch_size: int, world_size: int = 1, accumulate: int = 1) 
     """Images per forward pass; the global batch must split evenly over processes and steps."""
     parts = int(world_size) * int(accumulate)
     if batch_size < parts or batch_size % parts:
-        raise OccsynthError(f"batch size {batch_size} does not split evenly over {world_size} process(es) x "
-                            f"{accumulate} accumulation step(s)")
+        raise OccsynthError(f"batch size {batch_size} does not split evenly over "
+                            f"{plural(world_size, 'process', 'processes')} x {plural(accumulate, 'accumulation step')}")
     return batch_size // parts
 
 

@@ -794,8 +794,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
                                 category_ids=state["category_ids"], data=data, all_categories=False)
         _require_images(name, dataset, image_root)
         if data["annotations"] and not any(dataset.annotations):  # a table of '-' with exit 0 would hide it
-            raise OccsynthError(f"set {name!r}: none of the {len(data['annotations'])} annotations of {ann_file} "
-                                f"can be evaluated ({dataset.skips.in_one_line()})")
+            n = len(data["annotations"])
+            what = f"the only annotation of {ann_file} cannot" if n == 1 else f"none of the {n} annotations of {ann_file} can"
+            raise OccsynthError(f"set {name!r}: {what} be evaluated ({dataset.skips.in_one_line()})")
         check_occsep_entries(data, lists, ann_file)
         try:  # the masks scored, checked once, now: strict, a bad one stops the run before any prediction
             # (the dataset's log already counts bad image/annotation records; GT masks are new to it)
@@ -865,7 +866,7 @@ def _require_images(name: str, dataset, image_root, done: Sequence[int] | None =
     examples = dataset.skips.examples
     first = next((examples[r] for r in examples if r in IMAGE_REASONS), None)
     if first is None:  # no image failed to load: the file itself has none to offer
-        other = f" ({dataset.skips.total} record(s) skipped, e.g. {next(iter(examples.values()))})" if examples else ""
+        other = f" ({coco_io.plural(dataset.skips.total, 'record')} skipped, e.g. {next(iter(examples.values()))})" if examples else ""
         raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate{other}")
     raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
                         f"check --images (now {image_root}): file names in {dataset.ann_file} are relative to it")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
-from occsynth.coco import file_hash
+from occsynth.coco import file_hash, plural
 from occsynth.errors import OccsynthError
 from occsynth.pool import local_workers
 
@@ -154,7 +154,7 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
     except OverflowError:
         last_lr = math.inf
     if last_lr > FLOAT32_MAX:
-        raise fail(("gamma", "steps", "base_lr"), f"schedule setting gamma {s['gamma']!r} over {len(steps)} step(s) "
+        raise fail(("gamma", "steps", "base_lr"), f"schedule setting gamma {s['gamma']!r} over {plural(len(steps), 'step')} "
                    f"takes the lr from {s['base_lr']!r} to {last_lr:.3g}, which the optimizer cannot use")
     if s["long_max"] < s["short"]:
         raise fail(("long_max", "short"),
@@ -243,7 +243,8 @@ def cpu_warning(device: torch.device, iterations: int, batch_size: int) -> str |
     images = int(iterations) * int(batch_size)
     if torch.device(device).type != "cpu" or images <= CPU_WARN_IMAGES:
         return None
-    return (f"warning: training {iterations:,} iterations of {batch_size} images ({images:,} images) on the CPU will "
+    return (f"warning: training {plural(iterations, 'iteration')} of {plural(batch_size, 'image')} ({images:,} images) "
+            "on the CPU will "
             "take very long; run it on a GPU (--device cuda), or try things out with --schedule schedule-tiny or "
             "fewer --iterations")
 
@@ -386,8 +387,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                  overrides_from=overrides_from)
         done = int(state["iteration"])
         if int(schedule["iterations"]) < done:
-            raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > {schedule['iterations']} "
-                                "iterations asked for; nothing was trained (ask for more to continue it)")
+            raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > "
+                                f"{plural(int(schedule['iterations']), 'iteration')} asked for; nothing was trained "
+                                "(ask for more to continue it)")
     else:
         schedule = load_schedule(schedule, overrides, overrides_from=overrides_from)
         if latest_checkpoint(out_dir) is not None:
@@ -434,7 +436,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                        f"category id for the {init['by_category']} of {len(dataset.category_ids)} it shares")
         if init["left_as_built"] and rank == 0:
             names = init["left_as_built"]
-            tqdm.write(f"init: {init['loaded']} tensors loaded from {init_checkpoint}; {len(names)} left as built "
+            tqdm.write(f"init: {plural(init['loaded'], 'tensor')} loaded from {init_checkpoint}; {len(names)} left as built "
                        f"(names or shapes differ, e.g. another number of classes): {', '.join(names[:3])}"
                        + (" ..." if len(names) > 3 else ""))
     if hasattr(model, "transform"):
@@ -481,8 +483,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     asked_workers = int(schedule.get("workers", 0))
     workers = local_workers(asked_workers)  # torch warned without naming the setting
     if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too
-        tqdm.write(f"workers {asked_workers}: this process may use {workers} CPU core(s); loading with {workers} "
-                   "loader process(es)")
+        tqdm.write(f"workers {asked_workers}: this process may use {plural(workers, 'CPU core')}; loading with "
+                   f"{plural(workers, 'loader process', 'loader processes')}")
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
                           workers=workers, rank=rank, world_size=world,
                           accumulate=accumulate, pin_memory=device_.type == "cuda")

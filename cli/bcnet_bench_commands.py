@@ -5,6 +5,8 @@ import json
 
 import click
 
+from occsynth.coco import plural
+
 
 @click.command("bench")
 @click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), default="faster-rcnn", show_default=True,
@@ -27,8 +29,8 @@ def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
         click.echo(json.dumps(report, indent=2))
         return
     precision = "bf16 autocast" if report["amp"] == "bf16" else "float32"  # the timings differ by far: say which
-    click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {precision}, {iters} "
-               "iterations")
+    click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {precision}, "
+               f"{plural(iters, 'iteration')}")
     for head, name in (("fcn", "with Mask R-CNN head"), ("bilayer-gcn", "with BCNet head")):
         r = report[head]  # parameters and times are of the whole model
         click.echo(f"{name:20s}: {r['parameters'] / 1e6:6.2f}M params (whole model), train step {r['train_step_s'] * 1e3:8.1f} ms, "

@@ -6,6 +6,7 @@ import json
 import click
 
 from cli.common import quiet_option
+from occsynth.coco import plural
 
 
 @click.command("predict")
@@ -30,7 +31,8 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,
                      pictures=not no_pictures, progress=not quiet)
     drawn = "" if no_pictures else " (drawn in the pictures)"
-    click.echo(f"{report['images']} images, {report['detections']} detections, {report['above_threshold']} at score "
+    click.echo(f"{plural(report['images'], 'image')}, {plural(report['detections'], 'detection')}, "
+               f"{report['above_threshold']} at score "
                f">= {score_threshold}{drawn} -> {report['out']}")
     if report["detections"] and not report["above_threshold"] and not no_pictures:
         click.echo("no detection reached --score-threshold: lower it to see what the model found "

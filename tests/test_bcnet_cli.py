@@ -164,7 +164,7 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     result = CliRunner().invoke(bcnet_main, ["predict", str(strip), str(good), str(junk), "--checkpoint",
                                              str(checkpoint), "--out", str(tmp_path / "p"), "--quiet"])
     _clean(result, 0)
-    assert result.output.startswith("1 images,")
+    assert result.output.startswith("1 image,")
     assert f"skipped: image file {strip}: image the model cannot process (20000x2 pixels" in result.output
     assert 'skipped bad input: {"image the model cannot process": 1, "unreadable or corrupt image": 1}' \
         in result.output
@@ -175,7 +175,7 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     result = CliRunner().invoke(bcnet_main, ["predict", str(strip), str(junk), "--checkpoint", str(checkpoint),
                                              "--out", str(tmp_path / "q"), "--quiet"])
     _clean(result, 2)
-    assert "none of the 2 input image(s) could be processed" in result.output and str(strip) in result.output
+    assert "none of the 2 input images could be processed" in result.output and str(strip) in result.output
     assert not (tmp_path / "q" / "results.json").exists()
 
 
@@ -300,7 +300,7 @@ def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     everything = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "a"), "--score-threshold", "0"])
     _clean(everything, 0)
     n = len(json.loads((tmp_path / "a" / "results.json").read_text()))
-    assert n and f"1 images, {n} detections, {n} at score >= 0.0 (drawn in the pictures)" in everything.output
+    assert n and f"1 image, {n} detections, {n} at score >= 0.0 (drawn in the pictures)" in everything.output
     nothing = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "b"), "--score-threshold", "1"])
     _clean(nothing, 0)
     assert f"{n} detections, 0 at score >= 1.0" in nothing.output
@@ -309,7 +309,7 @@ def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     bare = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "c"), "--score-threshold", "1",
                                                   "--no-pictures"])
     _clean(bare, 0)
-    assert bare.output.startswith(f"1 images, {n} detections, 0 at score >= 1.0 -> ")
+    assert bare.output.startswith(f"1 image, {n} detections, 0 at score >= 1.0 -> ")
     assert "pictures" not in bare.output and "--score-threshold" not in bare.output
     # a rerun into a folder with pictures, without them, removes them and their empty folder
     assert list((tmp_path / "a" / "pictures").iterdir())

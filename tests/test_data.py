@@ -309,7 +309,7 @@ def test_a_set_with_nothing_to_learn_says_why(tmp_path):
     save_annotations(root, data)
     with pytest.raises(OccsynthError) as exc:
         bdata.require_training_images(_dataset(root, drop_empty=True))
-    assert str(exc.value) == (f"{root / 'annotations.json'}: no usable training images (3 image(s) with no instance "
+    assert str(exc.value) == (f"{root / 'annotations.json'}: no usable training images (3 images with no instance "
                               "to learn: no annotation, or only crowd ones or ones of unknown categories)")
     wrong_root = bdata.CocoInstances(root / "annotations.json", tmp_path, drop_empty=True)  # the set's folder
     with pytest.raises(OccsynthError, match=r"no usable training images \(skipped \{\"missing image file\": 3\}.*\); "

@@ -143,7 +143,7 @@ def test_more_loader_workers_than_cores_are_capped_and_the_run_says_so(tmp_path,
         warnings.filterwarnings("error", message=".*worker processes in total")
         capped = _run(dataset_dir, tmp_path / "capped", iterations=2, workers=2)
     said = capsys.readouterr()
-    assert "workers 2: this process may use 1 CPU core(s); loading with 1 loader process(es)" in said.out + said.err
+    assert "workers 2: this process may use 1 CPU core; loading with 1 loader process" in said.out + said.err
     assert local_workers(10 ** 20) == 1 and local_workers(0) == 0
     alone = _run(dataset_dir, tmp_path / "alone", iterations=2, workers=0)
     assert all(torch.equal(v, alone["model"].state_dict()[k]) for k, v in capped["model"].state_dict().items())
@@ -404,7 +404,7 @@ def test_resume_past_or_at_the_end_trains_nothing_and_says_so(tmp_path, dataset_
             "--out", str(tmp_path / "run"), "--resume", "--device", "cpu", "--no-progress"]
     result = CliRunner().invoke(bcnet_main, args + ["--iterations", "1"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert (f"Error: {final}: the run is already at iteration 2 > 1 iterations asked for; nothing was trained"
+    assert (f"Error: {final}: the run is already at iteration 2 > 1 iteration asked for; nothing was trained"
             in result.output)
     result = CliRunner().invoke(bcnet_main, args)
     assert result.exit_code == 0, result.output
@@ -789,7 +789,7 @@ def test_a_long_cpu_run_is_warned_of_once_a_tiny_one_is_not(tmp_path, dataset_di
     """bcnet train with schedule-1x on a machine without a GPU started a run of weeks without a word."""
     cpu = torch.device("cpu")
     assert T.cpu_warning(cpu, 90000, 16) == (
-        "warning: training 90,000 iterations of 16 images (1,440,000 images) on the CPU will take very long; run it "
+        "warning: training 90000 iterations of 16 images (1,440,000 images) on the CPU will take very long; run it "
         "on a GPU (--device cuda), or try things out with --schedule schedule-tiny or fewer --iterations")
     schedule = T.load_schedule("schedule-tiny")
     assert T.cpu_warning(cpu, schedule["iterations"], schedule["batch_size"]) is None
