@@ -5,6 +5,7 @@ import json
 
 import click
 
+from cli.common import quiet_option
 from occsynth.coco import plural
 
 
@@ -19,12 +20,13 @@ from occsynth.coco import plural
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
 @click.option("--amp", is_flag=True, help="bf16 autocast (meant for a GPU; on a CPU it runs CPU autocast, slower).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
-def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
+@quiet_option
+def bench_command(detector, backbone, batch, size, iters, device, amp, as_json, quiet):
     """Time a train step and an inference batch of Mask R-CNN's head and BCNet's (same detector,
     batch and images) and print BCNet / Mask R-CNN ratios and parameter counts. Goal: <= 1.10x."""
     from bcnet.bench import bench_heads
     report = bench_heads(detector=detector, backbone=backbone, batch=batch, size=size, iters=iters,
-                         device=device, amp=amp)
+                         device=device, amp=amp, progress=not quiet)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

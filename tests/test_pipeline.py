@@ -5,6 +5,7 @@ import datetime
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -309,7 +310,7 @@ def test_render_prediction_puts_the_occluder_heat_map_beside_the_mask():
 
 
 def test_bench_reports_both_heads_and_ratios():
-    report = bench_heads(backbone="tiny", batch=1, size=64, iters=1, warmup=0, device="cpu")
+    report = bench_heads(backbone="tiny", batch=1, size=64, iters=1, warmup=0, device="cpu", progress=False)
     assert report["fcn"]["parameters"] < report["bilayer-gcn"]["parameters"]
     assert report["train_step_ratio"] > 0 and report["inference_ratio"] > 0
     assert report["extra_parameters_m"] == pytest.approx(
@@ -320,6 +321,11 @@ def test_bench_reports_both_heads_and_ratios():
     assert result.exit_code == 0, result.output
     assert "no mask head ran there and the inference ratio compares the detector alone" in result.output
     assert report["amp"] == "off" and "cpu, faster-rcnn tiny, batch 1 of 64x64, float32, 1 iteration" in result.output
+    # a progress bar on stderr over the rounds (2 warm-up and 1 timed, for each of the 2 heads), none with --quiet
+    assert re.search(r"^bench: 100%.* 6/6 ", result.stderr.replace("\r", "\n"), re.M), result.stderr
+    quiet = CliRunner().invoke(bcnet_main, ["bench", "--backbone", "tiny", "--batch", "1", "--size", "64",
+                                            "--iters", "1", "--device", "cpu", "--quiet", "--json"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.output)["iters"] == 1
 
 
 def test_bench_says_when_it_timed_bf16_autocast(monkeypatch):
@@ -330,9 +336,9 @@ def test_bench_says_when_it_timed_bf16_autocast(monkeypatch):
     args = ["bench", "--backbone", "tiny", "--batch", "1", "--size", "64", "--iters", "1", "--device", "cpu", "--amp"]
     result = CliRunner().invoke(bcnet_main, args)
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("cpu, faster-rcnn tiny, batch 1 of 64x64, bf16 autocast, 1 iteration\n")
+    assert result.stdout.startswith("cpu, faster-rcnn tiny, batch 1 of 64x64, bf16 autocast, 1 iteration\n")
     result = CliRunner().invoke(bcnet_main, [*args, "--json"])
-    assert json.loads(result.output)["amp"] == "bf16"
+    assert json.loads(result.stdout)["amp"] == "bf16"
 
 
 def test_a_typo_in_a_recipe_training_table_fails_before_any_stage_runs(demo_source, tmp_path):
