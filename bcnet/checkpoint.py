@@ -24,6 +24,8 @@ from occsynth.errors import OccsynthError
 
 FORMAT = "bcnet-checkpoint"
 VERSION = 1
+LAST = "last_checkpoint"  # text file naming the newest checkpoint in a run's output directory
+FINAL = "model_final.pt"  # the finished run's checkpoint
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, iteration: int,
@@ -51,9 +53,44 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, iteratio
         torch.save(state, f)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True``; a file holding pickled objects is refused."""
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint named by ``out_dir/last_checkpoint`` (None when there is none).
+
+    Without the marker, the newest checkpoint there (``model_final.pt``, else the highest iteration): a run
+    killed between writing its first checkpoint and its marker resumes from that checkpoint, not from scratch.
+    """
+    marker = Path(out_dir) / LAST
+    if not marker.is_file():
+        final = Path(out_dir) / FINAL
+        periodic = [p for p in Path(out_dir).glob("checkpoint_*.pt") if p.stem[len("checkpoint_"):].isdigit()]
+        newest = max(periodic, key=lambda p: int(p.stem[len("checkpoint_"):]), default=None)
+        return final if final.is_file() else newest
+    name = marker.read_text(encoding="utf-8").strip()
+    path = Path(out_dir) / name
+    if "/" in name or "\\" in name or not path.is_file():
+        raise OccsynthError(f"{marker} names {name!r}, which is not a checkpoint in {out_dir}")
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` stands for: a run folder, or its :data:`LAST` marker, stands for the checkpoint
+    the marker names (:func:`latest_checkpoint`), so that what ``bcnet train`` leaves can be passed where a
+    checkpoint is asked for; any other path for itself."""
     path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise OccsynthError(f"{path}: no checkpoint in this folder (no {LAST}, {FINAL} or checkpoint_*.pt)")
+        return found
+    if path.name == LAST and path.is_file():
+        return latest_checkpoint(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; a file holding pickled objects is refused. ``path`` may be a run
+    folder or its marker (:func:`resolve_checkpoint`)."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise OccsynthError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from occsynth import coco, errors
-from occsynth.coco import brief
+from occsynth.coco import brief, plural
 from occsynth import masks as mask_ops
 from occsynth.boxes import is_box
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
@@ -129,6 +129,27 @@ class CocoInstances(Dataset):
         self._counted.add(key)
         self.skips.skip(error)
         self._new_skips.append(error)
+
+    def check_annotations(self) -> None:
+        """Check up front, without decoding a pixel, what :meth:`load` would refuse in every training instance:
+        each mask's encoding (:func:`occsynth.coco.check_segmentation`: polygon coordinates, RLE runs adding up to
+        the image), an RLE that is empty, and the box. A strict run calls it so that a bad record stops the run
+        now, not when the image is drawn hours in; a polygon that encloses no pixel is still found then only
+        (that takes rasterising). Each bad record goes to :meth:`skip` (strict: raises, naming the file)."""
+        keys = ("segmentation", "amodal_segmentation") if self.mode == "amodal" else ("segmentation",)
+        for image, anns in zip(self.images, self.annotations):
+            height, width = image["height"], image["width"]
+            for ann in anns:
+                if not _is_candidate(ann, self.category_id_to_label):
+                    continue
+                try:
+                    for key in keys:
+                        _check_encoding(ann, key, height, width)
+                    if not _usable_box(ann.get("bbox"), height, width):  # load() makes it from the mask, and counts it
+                        raise BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann.get('id'))}",
+                                        f"bbox {brief(ann.get('bbox'))} recomputed from the mask")
+                except BadRecord as exc:
+                    self.skip(exc)
 
     def _in_file(self, error: BadRecord) -> BadRecord:
         """``error`` naming the annotation file its record is in (an image file's path is name enough)."""
@@ -283,7 +304,7 @@ def _why(dataset) -> str:
     skips, empty = getattr(dataset, "skips", None), getattr(dataset, "without_instances", 0)
     parts = [skips.in_one_line()] if skips is not None and skips.total else []
     if empty:
-        parts.append(f"{empty} image(s) with no instance to learn: no annotation, or only crowd ones or ones of "
+        parts.append(f"{plural(empty, 'image')} with no instance to learn: no annotation, or only crowd ones or ones of "
                      "unknown categories")
     return f" ({'; '.join(parts)})" if parts else ""
 
@@ -343,8 +364,8 @@ class SampleStream(Dataset):
                 if not hasattr(self.dataset, "skip"):
                     raise
                 self.dataset.skip(exc)
-        raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: none of the {n} training images "
-                            f"could be read{_why(self.dataset)}")
+        what = "its only training image could not" if n == 1 else f"none of the {n} training images could"
+        raise OccsynthError(f"{getattr(self.dataset, 'ann_file', 'dataset')}: {what} be read{_why(self.dataset)}")
 
     def _order_of(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
@@ -408,8 +429,8 @@ def micro_batch_size(batch_size: int, world_size: int = 1, accumulate: int = 1) 
     """Images per forward pass; the global batch must split evenly over processes and steps."""
     parts = int(world_size) * int(accumulate)
     if batch_size < parts or batch_size % parts:
-        raise OccsynthError(f"batch size {batch_size} does not split evenly over {world_size} process(es) x "
-                            f"{accumulate} accumulation step(s)")
+        raise OccsynthError(f"batch size {batch_size} does not split evenly over "
+                            f"{plural(world_size, 'process', 'processes')} x {plural(accumulate, 'accumulation step')}")
     return batch_size // parts
 
 
@@ -478,6 +499,16 @@ def _usable_box(box, height: int, width: int) -> bool:
         return False
     x, y, w, h = box
     return min(x + w, width) > max(x, 0) and min(y + h, height) > max(y, 0)
+
+
+def _check_encoding(ann: dict, key: str, height: int, width: int) -> None:
+    """BadRecord, in :func:`_decode`'s words, for a mask it would refuse, found without rasterising: polygons
+    are checked as lists of coordinates, RLE by its runs (empty when no run is foreground)."""
+    where = f"annotation {ann.get('id')} '{key}'"
+    segmentation = ann.get(key)
+    rle = coco.check_segmentation(segmentation, height, width, where, rle=not isinstance(segmentation, list))
+    if rle is not None and mask_ops.rle_area(rle) == 0:
+        raise BadRecord(errors.DEGENERATE_MASK, where, "empty mask")
 
 
 def _decode(ann: dict, key: str, height: int, width: int) -> np.ndarray:

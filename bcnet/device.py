@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from occsynth.coco import plural
 from occsynth.errors import OccsynthError
 
 KNOWN = ("cpu", "cuda", "mps")
@@ -34,7 +35,7 @@ def resolve_device(name: str | torch.device | None, option: str = "--device") ->
             raise OccsynthError(f"{where}: no CUDA GPU is available on this machine (use --device cpu)")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise OccsynthError(f"{where}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})")
+            raise OccsynthError(f"{where}: this machine has {plural(count, 'CUDA GPU')} (cuda:0 .. cuda:{count - 1})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise OccsynthError(f"{where}: Apple MPS is not available on this machine (use --device cpu)")
     if device.type == "cpu" and device.index not in (None, 0):

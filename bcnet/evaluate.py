@@ -188,11 +188,13 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
 
     Ground truth pycocotools cannot read is cleaned first (:func:`clean_ground_truth`); what was
     dropped or turned into an ignore region is counted in ``skips`` (record-level problems in
-    ``record_skips``; both default to one fresh log) and reported as ``out["skipped"]``.
+    ``record_skips``; both default to one fresh log) and reported as ``out["skipped"]``. A
+    :class:`ScoredGroundTruth` (``gt`` prepared already, its counts in the caller's logs) is scored as it is.
 
     ``category_ids``: the categories the model knows (a checkpoint's). AP is averaged over those of ``gt``'s
     categories only, as pycocotools does over a subset: a person-only model on COCO val is scored on persons, not
-    given AP 0 for 79 classes it never learnt. ``out["categories"]`` then says how many of ``gt``'s were scored.
+    given AP 0 for 79 classes it never learnt. ``out["categories"]`` then says how many of ``gt``'s were scored, and
+    names the others (``not_scored``). The occlusion levels hold the ground truths of the scored categories only.
     """
     if mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -203,11 +205,15 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     check_edges(overlap_edges, "overlap_edges")
     check_edges(ratio_edges, "ratio_edges")
     lists = load_occsep_lists(occsep_lists)
-    data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
-    if mode == "amodal":
-        data = amodal_ground_truth(data, "" if isinstance(gt, dict) else gt)
     skips = SkipLog() if skips is None else skips
-    data = clean_ground_truth(data, skips, record_skips=skips if record_skips is None else record_skips)
+    if isinstance(gt, ScoredGroundTruth):
+        if gt.mode != mode:
+            raise OccsynthError(f"the ground truth was prepared for {gt.mode} masks, not {mode} ones")
+        data = gt.data
+    else:
+        data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
+        data = scored_ground_truth(data, mode, skips, record_skips=record_skips,
+                                   where="" if isinstance(gt, dict) else gt).data
     known = {image["id"] for image in data["images"]}
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if set(image_ids) - known:
@@ -229,7 +235,9 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         if not scored:
             raise OccsynthError("the annotations share no category with the model (it knows "
                                 f"{coco_io.brief(sorted(known_ids))})")
-        out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", []))}
+        out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", [])),
+                             "not_scored": [c.get("name", c.get("id")) for c in data.get("categories", [])
+                                            if c.get("id") not in known_ids]}
         data = {**data, "categories": scored}
     coco_gt = _coco(data)
     loaded = {}
@@ -240,7 +248,10 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         stats = _run_cocoeval(coco_gt, loaded[iou_type], iou_type, image_ids)
         out[iou_type] = dict(zip(STAT_NAMES, (float(v) for v in stats[:6])))
     if occlusion_splits and "segm" in loaded:
-        levels = occlusion_levels(data)
+        levels = occlusion_levels(data)  # from every object: one of a category not scored still occludes
+        counted = set(coco_io.categories_by_id(data["categories"]))  # but only the scored ones are in a level
+        members = {a["id"] for a in data["annotations"] if a["category_id"] in counted}
+        levels = {key: {i: v for i, v in level.items() if i in members} for key, level in levels.items()}
         out["segm_by_box_overlap"] = _split_eval(data, loaded["segm"], levels["box_overlap"], overlap_edges,
                                                  image_ids)
         if levels["occlusion_ratio"]:
@@ -340,6 +351,26 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
     if isinstance(area, bool) or not isinstance(area, (int, float)) or not np.isfinite(area) or area < 0:
         out["area"] = float(pixels)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredGroundTruth:
+    """Ground truth as :func:`evaluate` scores it (:func:`scored_ground_truth`): the masks of ``mode`` in place and
+    cleaned. :func:`evaluate` takes it as it is, instead of checking every annotation again."""
+
+    data: dict
+    mode: str
+
+
+def scored_ground_truth(data: dict, mode: str, skips: SkipLog, *, record_skips: SkipLog | None = None,
+                        where: str | os.PathLike = "") -> ScoredGroundTruth:
+    """``data`` with the masks of ``mode`` in place (:func:`amodal_ground_truth`, naming ``where``), cleaned
+    (:func:`clean_ground_truth`, counting in ``skips`` and ``record_skips``: a strict log raises at the first
+    problem). :func:`evaluate_checkpoint` makes it before predicting, so that a strict run stops before any
+    prediction, and the masks are checked once."""
+    if mode == "amodal":
+        data = amodal_ground_truth(data, where)
+    return ScoredGroundTruth(clean_ground_truth(data, skips, record_skips=record_skips), mode)
 
 
 def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
@@ -634,6 +665,11 @@ def markdown_table(results: dict) -> str:
                      + " | ".join(pct(segm.get(k)) for k in STAT_NAMES[1:]) + " |")
     lines += ["", "AP in percent. Box AP and mask AP are COCO AP at IoU .50:.95; AP50, AP75 and APs/APm/APl "
                   "(small, medium, large objects) are mask AP. `-`: not scored (no ground truth of that kind)."]
+    for name, r in results.items():
+        categories = r.get("categories") or {}
+        if categories.get("scored", 0) < categories.get("in_annotations", 0):
+            lines += ["", f"{name}: the model scores {categories['scored']} of the set's {categories['in_annotations']} "
+                          f"categories; not scored: {_few(categories.get('not_scored') or [])}."]
     split_rows = []
     for name, r in results.items():
         for key, label in (("segm_by_box_overlap", "max box IoU"), ("segm_by_occlusion_ratio", "occlusion ratio")):
@@ -641,7 +677,8 @@ def markdown_table(results: dict) -> str:
                 split_rows.append(f"| {name} | {label} {bin_name} | {entry['instances']} | {pct(entry['AP'])} | "
                                   f"{pct(entry['AP50'])} | {pct(entry['AP75'])} |")
     if split_rows:
-        lines += ["", "Mask AP by occlusion level (ground truths outside the level are ignored):", "",
+        lines += ["", "Mask AP by occlusion level (ground truths outside the level are ignored; instances: the "
+                      "level's ground truths of the scored categories):", "",
                   "| set | level | instances | mask AP | AP50 | AP75 |", "|---|---|---|---|---|---|", *split_rows]
     amodal = [name for name, r in results.items() if r.get("mode") == "amodal"]
     if amodal:
@@ -669,11 +706,19 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _few(names: Sequence, most: int = 8) -> str:
+    """``a, b, c`` (the first ``most``, then how many more): a list in a sentence, short even for COCO's 80."""
+    shown = ", ".join(str(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model a checkpoint was trained as and load its weights (``weights_only``)."""
-    from .checkpoint import load_checkpoint, load_weights
+    """Rebuild the model a checkpoint (or a run folder, or its last_checkpoint marker) was trained as and load its
+    weights (``weights_only``)."""
+    from .checkpoint import load_checkpoint, load_weights, resolve_checkpoint
     from .train import build
 
+    checkpoint = resolve_checkpoint(checkpoint)  # a run folder or its marker: messages name the file it stands for
     state = load_checkpoint(checkpoint)
     category_ids = state.get("category_ids")
     if not category_ids:
@@ -749,22 +794,23 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
                                 category_ids=state["category_ids"], data=data, all_categories=False)
         _require_images(name, dataset, image_root)
         if data["annotations"] and not any(dataset.annotations):  # a table of '-' with exit 0 would hide it
-            raise OccsynthError(f"set {name!r}: none of the {len(data['annotations'])} annotations of {ann_file} "
-                                f"can be evaluated ({dataset.skips.in_one_line()})")
+            n = len(data["annotations"])
+            what = f"the only annotation of {ann_file} cannot" if n == 1 else f"none of the {n} annotations of {ann_file} can"
+            raise OccsynthError(f"set {name!r}: {what} be evaluated ({dataset.skips.in_one_line()})")
         check_occsep_entries(data, lists, ann_file)
-        if strict:  # every ground-truth mask decoded now: a bad one stops the run before any prediction
-            try:
-                clean_ground_truth(data, SkipLog(strict=True))
-            except BadRecord as exc:
-                raise exc.in_file(ann_file) from None
-        prepared.append((name, image_root, data, dataset))
+        try:  # the masks scored, checked once, now: strict, a bad one stops the run before any prediction
+            # (the dataset's log already counts bad image/annotation records; GT masks are new to it)
+            gt = scored_ground_truth(data, mode, dataset.skips, record_skips=SkipLog(strict=strict), where=ann_file)
+        except BadRecord as exc:
+            raise exc.in_file(ann_file) from None
+        prepared.append((name, image_root, gt, dataset))
     with output_folder(out_dir):  # an unwritable --out fails now, not after the whole inference
         return _evaluate_prepared(model, state, prepared, out_dir, device, mask_threshold, progress,
-                                  overlap_edges, ratio_edges, mode, lists, strict)
+                                  overlap_edges, ratio_edges, mode, lists)
 
 
 def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device, mask_threshold: float,
-                       progress: bool, overlap_edges, ratio_edges, mode: str, lists, strict: bool) -> dict:
+                       progress: bool, overlap_edges, ratio_edges, mode: str, lists) -> dict:
     """:func:`evaluate_checkpoint` once every set is read and checked: predict, evaluate and write each.
 
     Each set's detections wait under a staged name until every set is done; then all are put in place, and
@@ -774,7 +820,7 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
         left.unlink(missing_ok=True)
     staged = {name: out_dir / f".detections_{name}.json.staged" for name, *_ in prepared}
     try:
-        for name, image_root, gt, dataset in prepared:  # evaluate() converts gt to amodal masks (mode), once
+        for name, image_root, gt, dataset in prepared:
             unreadable: list[int] = []
             results = predict_dataset(model, dataset, device=device, category_ids=state["category_ids"],
                                       mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)
@@ -782,10 +828,9 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
             done = [i for i in dataset.image_ids if i not in bad]
             _require_images(name, dataset, image_root, done)
             write_json(staged[name], results)
-            # the dataset's log already counts bad image/annotation records; GT masks are new to it
             report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
                                     ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
-                                    record_skips=SkipLog(strict=strict), category_ids=state["category_ids"])
+                                    category_ids=state["category_ids"])
             report[name]["skipped"] = dataset.skips.to_dict()
         for name, path in staged.items():
             os.replace(path, out_dir / f"detections_{name}.json")
@@ -821,7 +866,7 @@ def _require_images(name: str, dataset, image_root, done: Sequence[int] | None =
     examples = dataset.skips.examples
     first = next((examples[r] for r in examples if r in IMAGE_REASONS), None)
     if first is None:  # no image failed to load: the file itself has none to offer
-        other = f" ({dataset.skips.total} record(s) skipped, e.g. {next(iter(examples.values()))})" if examples else ""
+        other = f" ({coco_io.plural(dataset.skips.total, 'record')} skipped, e.g. {next(iter(examples.values()))})" if examples else ""
         raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate{other}")
     raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
                         f"check --images (now {image_root}): file names in {dataset.ann_file} are relative to it")

@@ -27,6 +27,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from occsynth.coco import plural
 from occsynth.errors import OccsynthError
 
 from .checkpoint import damaged_member
@@ -91,7 +92,8 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
     own = body.state_dict()
     wrong = [k for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape != own[k].shape]
     if wrong:  # e.g. resnet18 weights for a resnet50: the same names, other shapes
-        raise ModelConfigError(f"{where}: {len(wrong)} tensors have shapes that do not fit a {name} (e.g. "
+        shapes = "tensor has a shape" if len(wrong) == 1 else "tensors have shapes"
+        raise ModelConfigError(f"{where}: {len(wrong)} {shapes} that do not fit a {name} (e.g. "
                                f"{wrong[0]} {list(state[wrong[0]].shape)}, needs {list(own[wrong[0]].shape)}); "
                                f"expected {expected}")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier may have any size
@@ -99,7 +101,7 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
     missing = [k for k in missing if not k.startswith("fc.")]
     unexpected = [k for k in unexpected if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ModelConfigError(f"{where}: not a {name} state dict ({len(missing)} missing keys e.g. {missing[:3]}, "
+        raise ModelConfigError(f"{where}: not a {name} state dict ({plural(len(missing), 'missing key')} e.g. {missing[:3]}, "
                                f"{len(unexpected)} unexpected e.g. {unexpected[:3]}); expected {expected}")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from occsynth import masks as mask_ops
-from occsynth.coco import brief
+from occsynth.coco import brief, plural
 from occsynth.errors import OccsynthError
 
 SCORE_THRESHOLD = 0.3
@@ -103,7 +103,7 @@ def check_objects(objects: Sequence, where: str | os.PathLike) -> None:
             problems.append(f"entry {i}: {problem}")
     if problems:
         more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
-        raise OccsynthError(f"{where}: {len(problems)} bad object entr{'y' if len(problems) == 1 else 'ies'}: "
+        raise OccsynthError(f"{where}: {plural(len(problems), 'bad object entry', 'bad object entries')}: "
                             + "; ".join(problems[:MAX_REPORTED]) + more)
 
 

@@ -19,12 +19,12 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, file_hash, none_found_under, read_array, read_json
+from occsynth.coco import check_coco_layout, file_hash, none_found_under, plural, read_array, read_json
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
-FINAL = "model_final.pt"  # bcnet.train.FINAL, named here so that this module imports no torch
+FINAL = "model_final.pt"  # bcnet.checkpoint.FINAL, named here so that this module imports no torch
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
 STAGE_FOLDERS = ("synthetic", "pretrain", "finetune", "cocoocc", "evaluation")
 PIPELINE_TABLES = ("synthetic", "pretrain", "finetune", "cocoocc")  # what a pipeline recipe may hold
@@ -132,7 +132,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
             log(f"[4/5] COCO-OCC: done ({occ_dir})")
         else:
             report = build_cocoocc(inputs.coco_val[0], occ_dir, progress=progress, **plan.get("cocoocc", {}))
-            log(f"[4/5] COCO-OCC: {report['counts']['images']} of {report['counts']['source_images']} images -> {occ_dir}")
+            log(f"[4/5] COCO-OCC: {report['counts']['images']} of {plural(report['counts']['source_images'], 'image')} "
+                f"-> {occ_dir}")
         inputs = dataclasses.replace(inputs, cocoocc=occ_dir / "annotations.json")
     stages["cocoocc"] = str(inputs.cocoocc)
 

@@ -189,7 +189,8 @@ def _predict_into(model, category_ids: list[int], names: dict[int, str], paths: 
             picture = render_prediction(rgb, output, names, category_ids, score_threshold)
             write_picture(picture, out_dir / "pictures" / picture_name(images[-1]))
     if not images:
-        raise OccsynthError(f"none of the {len(paths)} input image(s) could be processed; first: {skipped[0]}")
+        what = "the input image could not" if len(paths) == 1 else f"none of the {len(paths)} input images could"
+        raise OccsynthError(f"{what} be processed; first: {skipped[0]}")
     written = {picture_name(im) for im in images} if pictures else set()
     for stale in {picture_name(im) for im in _previous_images(out_dir)} - written:  # a rerun into this --out
         (out_dir / "pictures" / stale).unlink(missing_ok=True)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
-from occsynth.coco import file_hash
+from occsynth.coco import file_hash, plural
 from occsynth.errors import OccsynthError
 from occsynth.pool import local_workers
 
@@ -46,10 +47,10 @@ from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
 AMP_MODES = ("off", "bf16", "fp16")
-LAST = "last_checkpoint"  # text file naming the newest checkpoint in the output directory
-FINAL = "model_final.pt"  # the finished run's checkpoint
+LAST, FINAL, latest_checkpoint = ckpt.LAST, ckpt.FINAL, ckpt.latest_checkpoint  # where callers have found them
 # Bounds of the schedule's numbers: beyond them torch, numpy or OpenCV fail with a traceback (a seed over 64 bits,
 # an image side or count over a C int, an lr torch cannot convert to float32)
+CPU_WARN_IMAGES = 50_000  # training images (iterations x batch size) past which a CPU run is warned of: hours at best
 INT32_MAX = 2 ** 31 - 1
 SEED_MAX = 2 ** 64 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -153,7 +154,7 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
     except OverflowError:
         last_lr = math.inf
     if last_lr > FLOAT32_MAX:
-        raise fail(("gamma", "steps", "base_lr"), f"schedule setting gamma {s['gamma']!r} over {len(steps)} step(s) "
+        raise fail(("gamma", "steps", "base_lr"), f"schedule setting gamma {s['gamma']!r} over {plural(len(steps), 'step')} "
                    f"takes the lr from {s['base_lr']!r} to {last_lr:.3g}, which the optimizer cannot use")
     if s["long_max"] < s["short"]:
         raise fail(("long_max", "short"),
@@ -233,6 +234,19 @@ def model_config(schedule: dict) -> dict:
 
 def iteration_seed(seed: int, rank: int, iteration: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def cpu_warning(device: torch.device, iterations: int, batch_size: int) -> str | None:
+    """One warning line when ``iterations`` of ``batch_size`` images on ``device`` is a CPU run of more than
+    :data:`CPU_WARN_IMAGES` images (schedule-1x is 1.44 million: days or more on a CPU; schedule-tiny's 1,200 take
+    minutes), so that a run started without a GPU by mistake is noticed at once, not days later; None otherwise."""
+    images = int(iterations) * int(batch_size)
+    if torch.device(device).type != "cpu" or images <= CPU_WARN_IMAGES:
+        return None
+    return (f"warning: training {plural(iterations, 'iteration')} of {plural(batch_size, 'image')} ({images:,} images) "
+            "on the CPU will "
+            "take very long; run it on a GPU (--device cuda), or try things out with --schedule schedule-tiny or "
+            "fewer --iterations")
 
 
 # --------------------------------------------------------------------------- model
@@ -327,6 +341,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
     model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
 
+    ``strict``: stop at the first bad record instead of skipping it; every training instance's masks and box are
+    checked before the first iteration (:meth:`CocoInstances.check_annotations`), so a bad one stops the run then.
     ``report``: called (rank 0 only) with the skip log (``{"counts", "examples"}``) right after the
     dataset is indexed, when bad records were skipped there, so the user knows before a long run.
     ``overrides_from``: how errors name a bad override (see :func:`load_schedule`; the CLI gives its options).
@@ -344,7 +360,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     resume_path: Path | None = None
     retired: list[str] = []
     if resume:
-        resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
+        resume_path = ckpt.resolve_checkpoint(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
         if resume_path is None:
             raise OccsynthError(f"{out_dir}: no checkpoint to resume from (a run stopped before its first "
                                 "checkpoint starts again without --resume)")
@@ -371,8 +387,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                  overrides_from=overrides_from)
         done = int(state["iteration"])
         if int(schedule["iterations"]) < done:
-            raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > {schedule['iterations']} "
-                                "iterations asked for; nothing was trained (ask for more to continue it)")
+            raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > "
+                                f"{plural(int(schedule['iterations']), 'iteration')} asked for; nothing was trained "
+                                "(ask for more to continue it)")
     else:
         schedule = load_schedule(schedule, overrides, overrides_from=overrides_from)
         if latest_checkpoint(out_dir) is not None:
@@ -401,6 +418,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                             mode=schedule["mode"], drop_empty=True, strict=strict,
                             category_ids=state["category_ids"] if state else None)
     require_training_images(dataset)  # before the report: the error says what was skipped
+    if strict:  # every instance's masks and box now: a bad one must not stop the run when drawn, hours in
+        dataset.check_annotations()
     if report is not None and rank == 0 and dataset.skips.total:
         report(dataset.skips.to_dict())
 
@@ -417,7 +436,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                        f"category id for the {init['by_category']} of {len(dataset.category_ids)} it shares")
         if init["left_as_built"] and rank == 0:
             names = init["left_as_built"]
-            tqdm.write(f"init: {init['loaded']} tensors loaded from {init_checkpoint}; {len(names)} left as built "
+            tqdm.write(f"init: {plural(init['loaded'], 'tensor')} loaded from {init_checkpoint}; {len(names)} left as built "
                        f"(names or shapes differ, e.g. another number of classes): {', '.join(names[:3])}"
                        + (" ..." if len(names) > 3 else ""))
     if hasattr(model, "transform"):
@@ -458,11 +477,14 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                        f"({before.get('annotations')}, other content): it continues on the new data, so it is no "
                        "longer an exact resume")
 
+    slow = cpu_warning(device_, iterations - start, int(schedule["batch_size"]))
+    if slow and rank == 0:  # a message, not progress: printed under --quiet too
+        tqdm.write(slow, file=sys.stderr)
     asked_workers = int(schedule.get("workers", 0))
     workers = local_workers(asked_workers)  # torch warned without naming the setting
     if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too
-        tqdm.write(f"workers {asked_workers}: this process may use {workers} CPU core(s); loading with {workers} "
-                   "loader process(es)")
+        tqdm.write(f"workers {asked_workers}: this process may use {plural(workers, 'CPU core')}; loading with "
+                   f"{plural(workers, 'loader process', 'loader processes')}")
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
                           workers=workers, rank=rank, world_size=world,
                           accumulate=accumulate, pin_memory=device_.type == "cuda")
@@ -547,25 +569,6 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
             "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
             "resumed_from": resume_path}
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``out_dir/last_checkpoint`` (None when there is none).
-
-    Without the marker, the newest checkpoint there (``model_final.pt``, else the highest iteration): a run
-    killed between writing its first checkpoint and its marker resumes from that checkpoint, not from scratch.
-    """
-    marker = Path(out_dir) / LAST
-    if not marker.is_file():
-        final = Path(out_dir) / FINAL
-        periodic = [p for p in Path(out_dir).glob("checkpoint_*.pt") if p.stem[len("checkpoint_"):].isdigit()]
-        newest = max(periodic, key=lambda p: int(p.stem[len("checkpoint_"):]), default=None)
-        return final if final.is_file() else newest
-    name = marker.read_text(encoding="utf-8").strip()
-    path = Path(out_dir) / name
-    if "/" in name or "\\" in name or not path.is_file():
-        raise OccsynthError(f"{marker} names {name!r}, which is not a checkpoint in {out_dir}")
-    return path
 
 
 def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int, bool]:

@@ -5,6 +5,9 @@ import json
 
 import click
 
+from cli.common import quiet_option
+from occsynth.coco import plural
+
 
 @click.command("bench")
 @click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), default="faster-rcnn", show_default=True,
@@ -17,18 +20,19 @@ import click
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present].")
 @click.option("--amp", is_flag=True, help="bf16 autocast (meant for a GPU; on a CPU it runs CPU autocast, slower).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
-def bench_command(detector, backbone, batch, size, iters, device, amp, as_json):
+@quiet_option
+def bench_command(detector, backbone, batch, size, iters, device, amp, as_json, quiet):
     """Time a train step and an inference batch of Mask R-CNN's head and BCNet's (same detector,
     batch and images) and print BCNet / Mask R-CNN ratios and parameter counts. Goal: <= 1.10x."""
     from bcnet.bench import bench_heads
     report = bench_heads(detector=detector, backbone=backbone, batch=batch, size=size, iters=iters,
-                         device=device, amp=amp)
+                         device=device, amp=amp, progress=not quiet)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     precision = "bf16 autocast" if report["amp"] == "bf16" else "float32"  # the timings differ by far: say which
-    click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {precision}, {iters} "
-               "iterations")
+    click.echo(f"{report['device']}, {detector} {backbone}, batch {batch} of {size}x{size}, {precision}, "
+               f"{plural(iters, 'iteration')}")
     for head, name in (("fcn", "with Mask R-CNN head"), ("bilayer-gcn", "with BCNet head")):
         r = report[head]  # parameters and times are of the whole model
         click.echo(f"{name:20s}: {r['parameters'] / 1e6:6.2f}M params (whole model), train step {r['train_step_s'] * 1e3:8.1f} ms, "

@@ -6,11 +6,14 @@ import json
 import click
 
 from cli.common import quiet_option
+from occsynth.coco import plural
 
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="A checkpoint written by bcnet train.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="A checkpoint written by bcnet train, or its run folder or the folder's last_checkpoint "
+                   "(the checkpoint that names).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: results.json, images.json, pictures/.")
 @click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present] (checked: a missing GPU is an error).")
@@ -28,7 +31,8 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,
                      pictures=not no_pictures, progress=not quiet)
     drawn = "" if no_pictures else " (drawn in the pictures)"
-    click.echo(f"{report['images']} images, {report['detections']} detections, {report['above_threshold']} at score "
+    click.echo(f"{plural(report['images'], 'image')}, {plural(report['detections'], 'detection')}, "
+               f"{report['above_threshold']} at score "
                f">= {score_threshold}{drawn} -> {report['out']}")
     if report["detections"] and not report["above_threshold"] and not no_pictures:
         click.echo("no detection reached --score-threshold: lower it to see what the model found "

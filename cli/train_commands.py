@@ -44,8 +44,9 @@ def _steps(ctx, param, value):
               help="Continue exactly from the newest checkpoint in --out; overrides given with it (e.g. more "
                    "--iterations, a lower --lr) apply from there on (a run already at --iterations trains "
                    "nothing; fewer --iterations than the checkpoint's is refused).")
-@click.option("--init", "init_checkpoint", type=click.Path(dir_okay=False),
-              help="Start from this checkpoint's weights (fine-tuning). Per-class weights are taken by category "
+@click.option("--init", "init_checkpoint", type=click.Path(),
+              help="Start from this checkpoint's weights (fine-tuning; a run folder or its last_checkpoint stands "
+                   "for the checkpoint it names). Per-class weights are taken by category "
                    "id: categories it was not trained on start as built; other tensors whose shape differs too.")
 @click.option("--iterations", type=int, help="Override: number of iterations.")
 @click.option("--batch-size", type=int, help="Override: global images per iteration (lr scales with it).")
@@ -72,8 +73,12 @@ def _steps(ctx, param, value):
 @click.option("--accumulate", type=int, help="Override: gradient accumulation steps per iteration.")
 @click.option("--workers", type=int, help="Override: data loader processes (at most one per CPU core is started).")
 @click.option("--seed", type=int, help="Override: seed.")
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available). A CPU run of more than "
+                                "50,000 training images (iterations x batch size, e.g. schedule-1x's 90k x 16) is "
+                                "warned of: it takes very long there.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first bad record instead of skipping it. Every training annotation's masks (their "
+                   "encoding, not their pixels) and box are checked before training starts.")
 @quiet_option
 def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, quiet,
                   **overrides):
@@ -101,7 +106,9 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 
 
 @click.command("evaluate")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A bcnet checkpoint.")
+@click.option("--checkpoint", required=True, type=click.Path(),
+              help="A checkpoint written by bcnet train, or its run folder or the folder's last_checkpoint "
+                   "(the checkpoint that names).")
 @click.option("--ann", "--annotations", "ann_files", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Annotations JSON of a set to evaluate (repeat for several sets).")
 @click.option("--images", "image_roots", required=True, multiple=True, type=click.Path(file_okay=False),
@@ -120,7 +127,9 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 @click.option("--separated-list", type=click.Path(dir_okay=False),
               help="Separated COCO object list (separated_coco.pkl or JSON): adds separated_recall.")
 @click.option("--device", help="cpu, cuda ... (default: cuda when available).")
-@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first bad record instead of skipping it. Every set's ground-truth masks are checked "
+                   "before the first prediction.")
 @quiet_option
 def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_threshold, mode, occluded_list,
                      separated_list, device, strict, quiet):

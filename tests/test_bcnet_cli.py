@@ -164,7 +164,7 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     result = CliRunner().invoke(bcnet_main, ["predict", str(strip), str(good), str(junk), "--checkpoint",
                                              str(checkpoint), "--out", str(tmp_path / "p"), "--quiet"])
     _clean(result, 0)
-    assert result.output.startswith("1 images,")
+    assert result.output.startswith("1 image,")
     assert f"skipped: image file {strip}: image the model cannot process (20000x2 pixels" in result.output
     assert 'skipped bad input: {"image the model cannot process": 1, "unreadable or corrupt image": 1}' \
         in result.output
@@ -175,7 +175,7 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     result = CliRunner().invoke(bcnet_main, ["predict", str(strip), str(junk), "--checkpoint", str(checkpoint),
                                              "--out", str(tmp_path / "q"), "--quiet"])
     _clean(result, 2)
-    assert "none of the 2 input image(s) could be processed" in result.output and str(strip) in result.output
+    assert "none of the 2 input images could be processed" in result.output and str(strip) in result.output
     assert not (tmp_path / "q" / "results.json").exists()
 
 
@@ -301,7 +301,7 @@ def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     everything = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "a"), "--score-threshold", "0"])
     _clean(everything, 0)
     n = len(json.loads((tmp_path / "a" / "results.json").read_text()))
-    assert n and f"1 images, {n} detections, {n} at score >= 0.0 (drawn in the pictures)" in everything.output
+    assert n and f"1 image, {n} detections, {n} at score >= 0.0 (drawn in the pictures)" in everything.output
     nothing = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "b"), "--score-threshold", "1"])
     _clean(nothing, 0)
     assert f"{n} detections, 0 at score >= 1.0" in nothing.output
@@ -310,7 +310,7 @@ def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     bare = CliRunner().invoke(bcnet_main, args + ["--out", str(tmp_path / "c"), "--score-threshold", "1",
                                                   "--no-pictures"])
     _clean(bare, 0)
-    assert bare.output.startswith(f"1 images, {n} detections, 0 at score >= 1.0 -> ")
+    assert bare.output.startswith(f"1 image, {n} detections, 0 at score >= 1.0 -> ")
     assert "pictures" not in bare.output and "--score-threshold" not in bare.output
     # a rerun into a folder with pictures, without them, removes them and their empty folder
     assert list((tmp_path / "a" / "pictures").iterdir())
@@ -566,3 +566,34 @@ def test_train_help_says_resume_does_not_read_schedule():
     """`--resume --schedule other` continues with the checkpoint's saved schedule; the help said nothing of it."""
     text = " ".join(CliRunner().invoke(bcnet_main, ["train", "--help"], terminal_width=200).output.split())
     assert "Not read with --resume: the run continues with the schedule saved in its checkpoint" in text
+
+
+def test_a_run_folder_or_its_last_checkpoint_marker_stands_for_the_checkpoint_it_names(tiny, tmp_path):
+    """--checkpoint runs/x/last_checkpoint (or runs/x) was refused or read as a torch file: 'not a readable
+    checkpoint'. It now means the checkpoint the marker names, for predict, evaluate and train --init."""
+    root, checkpoint = tiny
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_0000007.pt").write_bytes(checkpoint.read_bytes())
+    (run / "model_final.pt").write_bytes(b"not the one the marker names")
+    (run / T.LAST).write_text("checkpoint_0000007.pt\n")
+    for given in (run / T.LAST, run):
+        result = CliRunner().invoke(bcnet_main, ["predict", str(root / "images" / "000000000001.png"), "--checkpoint",
+                                                 str(given), "--out", str(tmp_path / "p"), "--no-pictures", "--quiet"])
+        _clean(result, 0)
+        assert len(json.loads((tmp_path / "p" / "images.json").read_text())) == 1
+    result = _evaluate(run / T.LAST, root / "annotations.json", root / "images", tmp_path / "e")
+    _clean(result, 0)
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["hand"]["images"] == 3
+    assert T.load_model_weights(T.build(6, T.model_config(T.load_schedule("schedule-tiny", TINY))), run,
+                                [1, 3, 5, 7, 9])["left_as_built"] == []  # train --init
+    (run / T.LAST).write_text("checkpoint_0000009.pt\n")  # removed since, say by hand
+    result = _evaluate(run / T.LAST, root / "annotations.json", root / "images", tmp_path / "e2")
+    _clean(result, 2)
+    assert f"Error: {run / T.LAST} names 'checkpoint_0000009.pt', which is not a checkpoint in {run}" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _evaluate(empty, root / "annotations.json", root / "images", tmp_path / "e3")
+    _clean(result, 2)
+    assert f"Error: {empty}: no checkpoint in this folder (no last_checkpoint, model_final.pt or checkpoint_*.pt)" \
+        in result.output

@@ -309,7 +309,7 @@ def test_a_set_with_nothing_to_learn_says_why(tmp_path):
     save_annotations(root, data)
     with pytest.raises(OccsynthError) as exc:
         bdata.require_training_images(_dataset(root, drop_empty=True))
-    assert str(exc.value) == (f"{root / 'annotations.json'}: no usable training images (3 image(s) with no instance "
+    assert str(exc.value) == (f"{root / 'annotations.json'}: no usable training images (3 images with no instance "
                               "to learn: no annotation, or only crowd ones or ones of unknown categories)")
     wrong_root = bdata.CocoInstances(root / "annotations.json", tmp_path, drop_empty=True)  # the set's folder
     with pytest.raises(OccsynthError, match=r"no usable training images \(skipped 3 bad records: missing image file=3; e\.g\. .*\); "
@@ -405,3 +405,29 @@ def test_sample_stream_skips_a_corrupt_image_counting_it_once(tmp_path):
         (root / "images" / name).write_bytes(b"corrupt")
     with pytest.raises(OccsynthError, match="none of the 3 training images could be read"):
         bdata.SampleStream(_dataset(root), 3)[0]
+
+
+def test_check_annotations_finds_what_loading_would_refuse_without_loading(tmp_path):
+    """A strict training run checks every instance up front (bcnet train --strict): the amodal mask in amodal mode,
+    and a box that loading would remake from the mask; crowd annotations are no instances, so not checked."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    anns = data["annotations"]
+    anns[0].update(iscrowd=1, segmentation=[[1.0, 2.0]])                   # a crowd region: not learnt
+    anns[1]["amodal_segmentation"] = {"size": [48, 64], "counts": "xyz"}   # not pycocotools' compressed form
+    save_annotations(root, data)
+    _dataset(root, strict=True).check_annotations()  # visible mode: the amodal masks are not read
+    with pytest.raises(BadRecord) as raised:
+        _dataset(root, strict=True, mode="amodal").check_annotations()
+    assert str(raised.value) == (f"{root / 'annotations.json'}: annotation {anns[1]['id']} 'amodal_segmentation': "
+                                 "degenerate or empty segmentation (RLE counts string is not pycocotools' "
+                                 "compressed form)")
+    anns[1]["amodal_segmentation"] = anns[1]["segmentation"]
+    anns[2]["bbox"] = [1000.0, 1000.0, 5.0, 5.0]                          # off the image
+    save_annotations(root, data)
+    with pytest.raises(BadRecord, match=rf"annotation {anns[2]['id']}: malformed record \(bbox \[1000.0, 1000.0, "
+                                        r"5.0, 5.0\] recomputed from the mask\)$"):
+        _dataset(root, strict=True, mode="amodal").check_annotations()
+    lenient = _dataset(root)
+    lenient.check_annotations()
+    assert lenient.skips.counts == {"malformed record": 1}

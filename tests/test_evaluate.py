@@ -101,9 +101,16 @@ def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
     known = E.evaluate(gt, results, category_ids=[10])
     assert everything["segm"]["AP"] == pytest.approx(0.5) and "categories" not in everything
     assert known["segm"]["AP"] == 1.0 and known["bbox"]["AP"] == 1.0
-    assert known["categories"] == {"scored": 1, "in_annotations": 2}
-    assert known["segm_by_box_overlap"]["[0.1,0.3)"]["instances"] == everything["segm_by_box_overlap"]["[0.1,0.3)"][
-        "instances"]  # the levels still come from every object
+    assert known["categories"] == {"scored": 1, "in_annotations": 2, "not_scored": ["b"]}
+    # the levels still come from every object (2 overlaps 3, of category 20), but count the scored ones only
+    assert everything["segm_by_box_overlap"]["[0.3,1]"]["instances"] == 2
+    assert known["segm_by_box_overlap"]["[0.3,1]"]["instances"] == 1
+    assert [e["instances"] for e in known["segm_by_occlusion_ratio"].values()] == [1, 1, 0]
+    table = E.markdown_table({"val": known, "all": everything})
+    assert "\nval: the model scores 1 of the set's 2 categories; not scored: b.\n" in table
+    assert "all: the model scores" not in table and "| val | max box IoU [0.3,1] | 1 | 100.0 |" in table
+    coco = {"scored": 1, "in_annotations": 80, "not_scored": [f"c{i}" for i in range(2, 81)]}
+    assert "not scored: c2, c3, c4, c5, c6, c7, c8, c9 and 71 more." in E.markdown_table({"val": {"categories": coco}})
     assert E.evaluate(gt, results, category_ids=[10, 20, 30])["segm"]["AP"] == pytest.approx(0.5)
     with pytest.raises(OccsynthError, match=r"share no category with the model \(it knows \[30, 40\]\)"):
         E.evaluate(gt, results, category_ids=[30, 40])
@@ -660,3 +667,37 @@ def test_strict_evaluation_stops_at_a_bad_ground_truth_mask_before_predicting_na
                           progress=False)  # without --strict: kept as an ignore region, and counted
     assert json.loads((tmp_path / "e" / "results.json").read_text())["a"]["skipped"]["counts"] == {
         "degenerate or empty segmentation": 1}
+
+
+@pytest.mark.parametrize("mode", ["visible", "amodal"])
+def test_evaluation_checks_the_scored_ground_truth_once_before_predicting(tmp_path, monkeypatch, mode):
+    """Strict evaluation cleaned every ground-truth mask twice (before predicting, then to score), and in amodal
+    mode checked the visible masks up front: a bad amodal mask stopped the run only after predicting."""
+    import json
+
+    from bcnet import checkpoint as ckpt
+    from bcnet import train as T
+
+    root = write_dataset(tmp_path / "set")
+    ann_file = root / "annotations.json"
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64, "mode": mode})
+    config = T.model_config(schedule)
+    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    cleaned, predicted = [], []
+    real_clean = E.clean_ground_truth
+    monkeypatch.setattr(E, "clean_ground_truth", lambda *a, **k: cleaned.append(1) or real_clean(*a, **k))
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: predicted.append(1) or [])
+    sets = {"a": (ann_file, root / "images")}
+    E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e", device="cpu", progress=False, strict=True)
+    assert cleaned == [1] and predicted == [1]
+    data = json.loads(ann_file.read_text())
+    bad = data["annotations"][2]
+    bad["amodal_segmentation" if mode == "amodal" else "segmentation"] = {"size": [48, 64], "counts": "0:"}
+    ann_file.write_text(json.dumps(data))
+    cleaned.clear(), predicted.clear()
+    with pytest.raises(OccsynthError) as raised:
+        E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e2", device="cpu", progress=False, strict=True)
+    assert str(raised.value).startswith(f"{ann_file}: annotation {bad['id']} (image {bad['image_id']}): "
+                                        "degenerate or empty segmentation (compressed RLE covers"), str(raised.value)
+    assert predicted == [] and not (tmp_path / "e2").exists()

@@ -5,6 +5,7 @@ import datetime
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -284,7 +285,7 @@ def test_evaluate_and_predict_refuse_an_unwritable_out_before_running_the_model(
         assert result.exit_code == 2, result.output
         assert f"cannot make folder {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file" in result.output
     monkeypatch.setattr(predict, "_predict_into", lambda *a, **k: (_ for _ in ()).throw(
-        OccsynthError("none of the 1 input image(s) could be processed")))
+        OccsynthError("the input image could not be processed")))
     with pytest.raises(OccsynthError):  # a failed run leaves no empty --out behind
         predict.predict(checkpoint, [root], tmp_path / "new", device="cpu", progress=False)
     assert not (tmp_path / "new").exists()
@@ -309,7 +310,7 @@ def test_render_prediction_puts_the_occluder_heat_map_beside_the_mask():
 
 
 def test_bench_reports_both_heads_and_ratios():
-    report = bench_heads(backbone="tiny", batch=1, size=64, iters=1, warmup=0, device="cpu")
+    report = bench_heads(backbone="tiny", batch=1, size=64, iters=1, warmup=0, device="cpu", progress=False)
     assert report["fcn"]["parameters"] < report["bilayer-gcn"]["parameters"]
     assert report["train_step_ratio"] > 0 and report["inference_ratio"] > 0
     assert report["extra_parameters_m"] == pytest.approx(
@@ -319,7 +320,12 @@ def test_bench_reports_both_heads_and_ratios():
                                              "--iters", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "no mask head ran there and the inference ratio compares the detector alone" in result.output
-    assert report["amp"] == "off" and "cpu, faster-rcnn tiny, batch 1 of 64x64, float32, 1 iterations" in result.output
+    assert report["amp"] == "off" and "cpu, faster-rcnn tiny, batch 1 of 64x64, float32, 1 iteration" in result.output
+    # a progress bar on stderr over the rounds (2 warm-up and 1 timed, for each of the 2 heads), none with --quiet
+    assert re.search(r"^bench: 100%.* 6/6 ", result.stderr.replace("\r", "\n"), re.M), result.stderr
+    quiet = CliRunner().invoke(bcnet_main, ["bench", "--backbone", "tiny", "--batch", "1", "--size", "64",
+                                            "--iters", "1", "--device", "cpu", "--quiet", "--json"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.output)["iters"] == 1
 
 
 def test_bench_says_when_it_timed_bf16_autocast(monkeypatch):
@@ -330,9 +336,9 @@ def test_bench_says_when_it_timed_bf16_autocast(monkeypatch):
     args = ["bench", "--backbone", "tiny", "--batch", "1", "--size", "64", "--iters", "1", "--device", "cpu", "--amp"]
     result = CliRunner().invoke(bcnet_main, args)
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("cpu, faster-rcnn tiny, batch 1 of 64x64, bf16 autocast, 1 iterations\n")
+    assert result.stdout.startswith("cpu, faster-rcnn tiny, batch 1 of 64x64, bf16 autocast, 1 iteration\n")
     result = CliRunner().invoke(bcnet_main, [*args, "--json"])
-    assert json.loads(result.output)["amp"] == "bf16"
+    assert json.loads(result.stdout)["amp"] == "bf16"
 
 
 def test_a_typo_in_a_recipe_training_table_fails_before_any_stage_runs(demo_source, tmp_path):

@@ -143,7 +143,7 @@ def test_more_loader_workers_than_cores_are_capped_and_the_run_says_so(tmp_path,
         warnings.filterwarnings("error", message=".*worker processes in total")
         capped = _run(dataset_dir, tmp_path / "capped", iterations=2, workers=2)
     said = capsys.readouterr()
-    assert "workers 2: this process may use 1 CPU core(s); loading with 1 loader process(es)" in said.out + said.err
+    assert "workers 2: this process may use 1 CPU core; loading with 1 loader process" in said.out + said.err
     assert local_workers(10 ** 20) == 1 and local_workers(0) == 0
     alone = _run(dataset_dir, tmp_path / "alone", iterations=2, workers=0)
     assert all(torch.equal(v, alone["model"].state_dict()[k]) for k, v in capped["model"].state_dict().items())
@@ -404,7 +404,7 @@ def test_resume_past_or_at_the_end_trains_nothing_and_says_so(tmp_path, dataset_
             "--out", str(tmp_path / "run"), "--resume", "--device", "cpu", "--no-progress"]
     result = CliRunner().invoke(bcnet_main, args + ["--iterations", "1"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert (f"Error: {final}: the run is already at iteration 2 > 1 iterations asked for; nothing was trained"
+    assert (f"Error: {final}: the run is already at iteration 2 > 1 iteration asked for; nothing was trained"
             in result.output)
     result = CliRunner().invoke(bcnet_main, args)
     assert result.exit_code == 0, result.output
@@ -528,7 +528,7 @@ def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path)
         T.load_schedule(fast, {"base_lr": -1.0})
     with pytest.raises(OccsynthError, match=r"^--lr: schedule setting base_lr must be > 0"):
         T.load_schedule("schedule-tiny", {"base_lr": -1.0, "iterations": 3}, overrides_from={"base_lr": "--lr"})
-    with pytest.raises(OccsynthError, match=r"^overrides: schedule setting gamma 10000000000.0 over 49 step\(s\) "
+    with pytest.raises(OccsynthError, match=r"^overrides: schedule setting gamma 10000000000.0 over 49 steps "
                                             r"takes the lr from 0.02 to inf, which the optimizer cannot use"):
         T.load_schedule("schedule-tiny", {"gamma": 1e10, "steps": list(range(1, 50))})
     assert T.load_schedule("schedule-tiny", {"gamma": 1e-300, "steps": [1, 2]})["gamma"] == 1e-300  # lr 0 at the end
@@ -752,3 +752,57 @@ def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume
     assert (f"note: {tmp_path / 'fewer.json'} is not the annotations file this run trained on so far "
             f"({same.resolve()}, other content): it continues on the new data, so it is no longer an exact resume") \
         in said.out  # the full path: a file of the same name in another folder is told apart
+
+
+@pytest.mark.parametrize("segmentation, reason", [
+    ({"size": [48, 64], "counts": "0:"}, "compressed RLE covers"),      # runs that do not add up to 48*64
+    ([[1.0, 1.0, 5.0, 5.0]], "polygon with 4 coordinates"),
+    ({"size": [48, 64], "counts": [48 * 64]}, "empty mask"),             # uncompressed, all background
+])
+def test_strict_training_checks_every_annotation_mask_before_the_first_iteration(tmp_path, monkeypatch,
+                                                                                 segmentation, reason):
+    """A bad mask stopped a strict run only when its image was drawn (hours in on COCO), or never in a short run."""
+    from bcnet import data as bdata
+
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    bad = data["annotations"][-1]
+    bad["segmentation"] = segmentation
+    save_annotations(root, data)
+    loaded = []
+    real_load = bdata.CocoInstances.load
+    monkeypatch.setattr(bdata.CocoInstances, "load", lambda self, i: loaded.append(i) or real_load(self, i))
+    out = tmp_path / "run"
+    args = ["train", "--ann", str(root / "annotations.json"), "--images", str(root / "images"), "--out", str(out),
+            "--schedule", "schedule-tiny", "--iterations", "1", "--batch-size", "1", "--short", "48",
+            "--long-max", "64", "--workers", "0", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(bcnet_main, args + ["--strict"])
+    assert result.exit_code == 2, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"Error: {root / 'annotations.json'}: annotation {bad['id']} 'segmentation': "), first
+    assert reason in first and loaded == [] and not out.exists()
+    result = CliRunner().invoke(bcnet_main, args)  # without --strict: trains, the record skipped when drawn
+    assert result.exit_code == 0, result.output
+
+
+def test_a_long_cpu_run_is_warned_of_once_a_tiny_one_is_not(tmp_path, dataset_dir, monkeypatch):
+    """bcnet train with schedule-1x on a machine without a GPU started a run of weeks without a word."""
+    cpu = torch.device("cpu")
+    assert T.cpu_warning(cpu, 90000, 16) == (
+        "warning: training 90000 iterations of 16 images (1,440,000 images) on the CPU will take very long; run it "
+        "on a GPU (--device cuda), or try things out with --schedule schedule-tiny or fewer --iterations")
+    schedule = T.load_schedule("schedule-tiny")
+    assert T.cpu_warning(cpu, schedule["iterations"], schedule["batch_size"]) is None
+    assert T.cpu_warning(torch.device("cuda", 0), 90000, 16) is None  # no GPU needed to ask
+    assert T.cpu_warning(cpu, T.CPU_WARN_IMAGES // 2, 2) is None and T.cpu_warning(cpu, T.CPU_WARN_IMAGES // 2 + 1, 2)
+    help_text = CliRunner().invoke(bcnet_main, ["train", "--help"]).output
+    assert f"{T.CPU_WARN_IMAGES:,} training images" in " ".join(help_text.split())
+    monkeypatch.setattr(T, "CPU_WARN_IMAGES", 3)  # so that a 2-iteration run of 2 images is a long one
+    result = CliRunner().invoke(bcnet_main, ["train", "--ann", str(dataset_dir / "annotations.json"), "--images",
+                                             str(dataset_dir / "images"), "--out", str(tmp_path / "run"), "--schedule",
+                                             "schedule-tiny", "--iterations", "2", "--batch-size", "2", "--short",
+                                             "48", "--long-max", "64", "--workers", "0", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "on the CPU" in line] == [
+        "warning: training 2 iterations of 2 images (4 images) on the CPU will take very long; run it on a GPU "
+        "(--device cuda), or try things out with --schedule schedule-tiny or fewer --iterations"]
