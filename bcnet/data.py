@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from occsynth import coco, errors
-from occsynth.coco import brief, plural
+from occsynth.coco import brief
 from occsynth import masks as mask_ops
 from occsynth.boxes import is_box
-from occsynth.errors import BadRecord, OccsynthError, SkipLog
+from occsynth.errors import BadRecord, OccsynthError, SkipLog, plural
 from occsynth.occluders import box_overlap_occluders, occluder_masks
 
 MODES = ("visible", "amodal")
@@ -512,10 +512,10 @@ def _check_encoding(ann: dict, key: str, height: int, width: int) -> None:
 
 
 def _decode(ann: dict, key: str, height: int, width: int) -> np.ndarray:
-    try:
-        mask = mask_ops.decode(ann[key], height, width)
-    except mask_ops.DegenerateMask as exc:
-        raise BadRecord(errors.DEGENERATE_MASK, f"annotation {ann.get('id')} '{key}'", str(exc)) from None
+    """The mask, or BadRecord for one that cannot be decoded (by the same check as :func:`_check_encoding`,
+    so that --strict refuses up front exactly what loading would skip) or is empty."""
+    where = f"annotation {ann.get('id')} '{key}'"
+    mask = mask_ops.decode(coco.check_segmentation(ann.get(key), height, width, where), height, width)
     if not mask.any():
-        raise BadRecord(errors.DEGENERATE_MASK, f"annotation {ann.get('id')} '{key}'", "empty mask")
+        raise BadRecord(errors.DEGENERATE_MASK, where, "empty mask")
     return mask

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from occsynth.coco import plural
+from occsynth.errors import plural
 from occsynth.errors import OccsynthError
 
 KNOWN = ("cpu", "cuda", "mps")

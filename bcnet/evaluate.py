@@ -866,7 +866,7 @@ def _require_images(name: str, dataset, image_root, done: Sequence[int] | None =
     examples = dataset.skips.examples
     first = next((examples[r] for r in examples if r in IMAGE_REASONS), None)
     if first is None:  # no image failed to load: the file itself has none to offer
-        other = f" ({coco_io.plural(dataset.skips.total, 'record')} skipped, e.g. {next(iter(examples.values()))})" if examples else ""
+        other = f" ({errors.plural(dataset.skips.total, 'record')} skipped, e.g. {next(iter(examples.values()))})" if examples else ""
         raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate{other}")
     raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
                         f"check --images (now {image_root}): file names in {dataset.ann_file} are relative to it")

@@ -27,7 +27,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from occsynth.coco import plural
+from occsynth.errors import plural
 from occsynth.errors import OccsynthError
 
 from .checkpoint import damaged_member

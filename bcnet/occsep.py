@@ -30,8 +30,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from occsynth import masks as mask_ops
-from occsynth.coco import brief, plural
-from occsynth.errors import OccsynthError
+from occsynth.coco import brief
+from occsynth.errors import OccsynthError, plural
 
 SCORE_THRESHOLD = 0.3
 IOU_THRESHOLD = 0.75

@@ -19,9 +19,9 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, file_hash, none_found_under, plural, read_array, read_json
+from occsynth.coco import check_coco_layout, file_hash, none_found_under, read_array, read_json
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError
+from occsynth.errors import OccsynthError, plural
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 FINAL = "model_final.pt"  # bcnet.checkpoint.FINAL, named here so that this module imports no torch

@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
-from occsynth.coco import file_hash, plural
-from occsynth.errors import OccsynthError
+from occsynth.coco import file_hash
+from occsynth.errors import OccsynthError, plural
 from occsynth.pool import local_workers
 
 from . import checkpoint as ckpt

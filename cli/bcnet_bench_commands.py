@@ -6,7 +6,7 @@ import json
 import click
 
 from cli.common import quiet_option
-from occsynth.coco import plural
+from occsynth.errors import plural
 
 
 @click.command("bench")

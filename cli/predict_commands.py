@@ -1,12 +1,11 @@
 """`bcnet predict`."""
 from __future__ import annotations
 
-import json
 
 import click
 
 from cli.common import quiet_option
-from occsynth.coco import plural
+from occsynth.errors import key_values, plural
 
 
 @click.command("predict")
@@ -40,7 +39,7 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     for line in report["skipped"]:
         click.echo(f"skipped: {line}")
     if report.get("skip_counts"):
-        click.echo("skipped bad input: " + json.dumps(report["skip_counts"]))
+        click.echo("skipped bad input: " + key_values(report["skip_counts"]))
 
 
 COMMANDS = [predict_command]

@@ -352,10 +352,10 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
 
 @contextlib.contextmanager
 def steps(total: int, progress: bool = True) -> Iterator[Callable[[str], None]]:
-    """A bar over ``total`` steps on stderr, shown only where stderr is a terminal (and ``progress``):
+    """A bar over ``total`` steps on stderr (unless not ``progress``, as every command's bars):
     ``step(name)`` counts the step before as done and names the one that starts. The bar is drawn only then,
     between the measurements, so it takes no time from them."""
-    with tqdm(total=total, desc="bench", unit="step", disable=None if progress else True, mininterval=0) as bar:
+    with tqdm(total=total, desc="bench", unit="step", disable=not progress, mininterval=0) as bar:
         started = False
 
         def step(name: str) -> None:

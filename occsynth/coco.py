@@ -285,12 +285,6 @@ def brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """A count with its noun as a message should read it: ``1 image``, ``2 images`` (``plural_form`` for a noun whose
-    plural is not noun + s: ``plural(n, "entry", "entries")``). The one helper for it, for occsynth and bcnet."""
-    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
-
-
 def record_name(kind: str, record: Any) -> str:
     """How messages name an input record (``kind``: "image", "category"): by its id, ``image record 12`` or
     ``image record 'abc'`` (``'?'`` without one), or a record that is no object by its value, cut short."""

@@ -27,6 +27,7 @@ from . import masks
 from .atomic import build_dir_once, write_bytes, write_json
 from .categories import COCO_CATEGORIES, COCO_IDS_BY_NAME
 from .coco import encode_image
+from .errors import plural
 from .schedule import check_seed
 
 DEMO_VERSION = "demo-v1"
@@ -384,4 +385,4 @@ def demo_damage(folder: str | os.PathLike) -> str | None:
                 missing.append(name)
         except OSError:
             missing.append(name)
-    return f"{len(missing)} image file(s) missing or empty, e.g. {missing[0]}" if missing else None
+    return f"{plural(len(missing), 'image file')} missing or empty, e.g. {missing[0]}" if missing else None

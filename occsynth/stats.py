@@ -44,10 +44,10 @@ def stats_from_path(path: str | os.PathLike, progress: bool = True) -> dict:
     Refuses a file that is not a COCO instances file (top-level object with the three lists, see
     :func:`iter_array`): streaming alone would read such a file as an empty set. The lists are read in
     COCO order, so the first one that is missing or no list is the one named. ``progress``: records read, on
-    stderr when it is a terminal, once reading has taken :data:`PROGRESS_DELAY` (a large file).
+    stderr, once reading has taken :data:`PROGRESS_DELAY` (a large file).
     """
     ann_path, _ = set_paths(path)
-    with tqdm(desc=f"stats {ann_path.name}", unit=" records", disable=None if progress else True,
+    with tqdm(desc=f"stats {ann_path.name}", unit=" records", disable=not progress,
               delay=PROGRESS_DELAY) as bar:
 
         def light(key: str, fields: tuple) -> Iterator:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .atomic import make_folder, open_atomic, remove_stale_temporaries, write_json
 from .coco import is_int, read_json
-from .errors import OccsynthError, SkipLog
+from .errors import OccsynthError, SkipLog, plural
 
 PARTS = "parts"
 IMAGES = "images"
@@ -421,7 +421,7 @@ def parts_in_chunk_order(out_dir: Path, num_chunks: int, done: Iterable[int],
 
 def _missing_chunks(missing: list[int]) -> OccsynthError:
     head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-    return OccsynthError(f"{len(missing)} chunk(s) not generated yet ({head}); run the missing shards first "
+    return OccsynthError(f"{plural(len(missing), 'chunk')} not generated yet ({head}); run the missing shards first "
                          "(shard i/n renders chunks i, i + n, i + 2n, ...)")
 
 

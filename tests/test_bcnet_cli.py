@@ -166,7 +166,7 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     _clean(result, 0)
     assert result.output.startswith("1 image,")
     assert f"skipped: image file {strip}: image the model cannot process (20000x2 pixels" in result.output
-    assert 'skipped bad input: {"image the model cannot process": 1, "unreadable or corrupt image": 1}' \
+    assert 'skipped bad input: image the model cannot process=1, unreadable or corrupt image=1' \
         in result.output
     listed = json.loads((tmp_path / "p" / "images.json").read_text())
     assert [im["file_name"] for im in listed] == [str(good)] and listed[0]["id"] == 2

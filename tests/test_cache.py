@@ -154,7 +154,7 @@ def test_a_demo_source_missing_an_image_is_stale_and_the_next_run_rebuilds_it(tm
     files[3].unlink()                                                        # deleted by hand
     files[5].write_bytes(b"")
     notes = {e["name"]: e["notes"] for e in cache_entries(tmp_path / "c")}
-    assert notes[demo.DEMO_VERSION] == [f"damaged (2 image file(s) missing or empty, e.g. "
+    assert notes[demo.DEMO_VERSION] == [f"damaged (2 image files missing or empty, e.g. "
                                         f"{files[3].relative_to(root).as_posix()}): the next run that needs it "
                                         "builds it again"]
     again, again_root = demo.demo_source(tmp_path / "c")

@@ -302,7 +302,7 @@ def test_an_empty_image_file_is_a_corrupt_record_not_a_crash(tmp_path):
 
 
 def test_plural_reads_as_a_message_should():
-    from occsynth.coco import plural
+    from occsynth.errors import plural
 
     assert [plural(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
     assert plural(1, "entry", "entries") == "1 entry" and plural(3, "entry", "entries") == "3 entries"

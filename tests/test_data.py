@@ -20,6 +20,7 @@ from bcnet import data as bdata
 from bcnet import transforms as T
 from datasets import CATEGORIES, SCENES, load_annotations, save_annotations, scene_instances, write_dataset
 from occsynth import masks as mask_ops
+from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError
 
 
@@ -431,3 +432,27 @@ def test_check_annotations_finds_what_loading_would_refuse_without_loading(tmp_p
     lenient = _dataset(root)
     lenient.check_annotations()
     assert lenient.skips.counts == {"malformed record": 1}
+
+
+@pytest.mark.parametrize("segmentation, reason", [
+    ({"size": 5, "counts": "xyz"}, errors.MALFORMED_RECORD),            # a size that is no [h, w]: a TypeError
+    ({"size": [48, 64]}, errors.DEGENERATE_MASK),                       # no counts
+    ({"size": [24, 64], "counts": "xyz"}, errors.MASK_SIZE_MISMATCH),
+    ("not a mask", errors.DEGENERATE_MASK),
+])
+def test_a_malformed_segmentation_is_skipped_when_loaded_as_the_strict_check_refuses_it(tmp_path, segmentation,
+                                                                                      reason):
+    """Loading a sample decodes its masks through the same check as --strict's up-front one: a segmentation
+    that is no mask is a skipped record with its reason, not a TypeError from inside pycocotools."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    first = [a for a in data["annotations"] if a["image_id"] == 1]
+    first[0]["segmentation"] = segmentation
+    save_annotations(root, data)
+    ds = _dataset(root)
+    _, target = ds[0]
+    assert first[0]["id"] not in target["annotation_ids"].tolist()
+    assert target["annotation_ids"].tolist() == [a["id"] for a in first[1:] if not a.get("iscrowd")]
+    assert ds.skips.counts == {reason: 1}
+    with pytest.raises(BadRecord, match=re.escape(f"annotation {first[0]['id']} 'segmentation': {reason}")):
+        _dataset(root, strict=True).check_annotations()

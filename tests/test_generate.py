@@ -251,7 +251,7 @@ def test_parts_come_in_chunk_order_as_soon_as_every_earlier_chunk_is_done(tmp_pa
                     "chunk-000003.json", 4, "chunk-000004.json", "chunk-000005.json"]
     assert [p.name for p in writer.parts_in_chunk_order(tmp_path, 2, done=[0, 1, 2], finished=iter([]))] == [
         "chunk-000000.json", "chunk-000001.json"]
-    with pytest.raises(errors.OccsynthError, match=r"2 chunk\(s\) not generated yet \(1, 3\)"):
+    with pytest.raises(errors.OccsynthError, match=r"2 chunks not generated yet \(1, 3\)"):
         list(writer.parts_in_chunk_order(tmp_path, 4, done=[0], finished=iter([2])))
 
 
@@ -388,7 +388,7 @@ def test_an_unreadable_merged_into_note_leaves_the_missing_chunks_message(genera
     again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
     text = " ".join(again.output.split())
     assert again.exit_code == 2 and "Traceback" not in again.output, again.output
-    assert "3 chunk(s) not generated yet (0, 1, 2)" in text  # shard 1's note still says where the set went
+    assert "3 chunks not generated yet (0, 1, 2)" in text  # shard 1's note still says where the set went
     assert f"moved chunks of these shard folders into {(tmp_path / 'merged').resolve()}, the merged set" in text
     stats = CliRunner().invoke(occsynth_main, ["stats", str(shard_dirs[0])])
     assert stats.exit_code == 2 and "one --shard of a set" in stats.output
