@@ -418,19 +418,28 @@ def test_nan_or_infinity_in_the_input_is_refused_not_copied_into_the_output(tmp_
 
 @pytest.mark.parametrize("command, make", [("convert-kins", kins_file), ("convert-cocoa", cocoa_file),
                                            ("annotate-occluders", kins_file)])
-def test_an_out_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path, command, make):
+@pytest.mark.parametrize("special", ["pipe", "link"])
+def test_an_out_that_is_a_pipe_or_a_link_is_refused_not_replaced(tmp_path, command, make, special):
     """The output is renamed into place: a named pipe at --out was replaced by a regular file (and /dev/null,
-    as root, by the output)."""
+    as root, by the output), and a link to a file by the output instead of that file."""
     import os
     import stat
 
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    res = CliRunner().invoke(main, [command, "--ann", str(make(tmp_path)), "--out", str(fifo), "--quiet"])
-    assert res.exit_code == 2 and res.output == (
-        f"Error: cannot write {fifo}: not a regular file (a device, pipe or socket), which the output, renamed into "
-        "place, would replace\n"), res.output
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    out, kept = tmp_path / "out.json", tmp_path / "kept.json"
+    if special == "pipe":
+        os.mkfifo(out)
+        why = "not a regular file (a device, pipe or socket), which the output, renamed into place, would replace"
+    else:
+        kept.write_text("the user's file")
+        out.symlink_to(kept)
+        why = (f"it is a link to {kept}; the output, renamed into place, would replace the link, not that file - "
+               "give the file's own path")
+    res = CliRunner().invoke(main, [command, "--ann", str(make(tmp_path)), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2 and res.output == f"Error: cannot write {out}: {why}\n", res.output
+    if special == "pipe":
+        assert stat.S_ISFIFO(os.lstat(out).st_mode)
+    else:
+        assert out.is_symlink() and kept.read_text() == "the user's file"
 
 
 @pytest.mark.parametrize("make, convert", [(cocoa_file, "convert-cocoa"), (kins_file, "convert-kins")])
@@ -447,17 +456,3 @@ def test_a_number_too_large_for_a_float_is_refused_not_written_as_infinity(tmp_p
     res = CliRunner().invoke(main, [convert, "--ann", str(src), "--out", str(tmp_path / "o.json"), "--quiet"])
     assert res.exit_code == 2 and res.output.startswith(f"Error: {src}: malformed JSON (-1e999: "), res.output
     assert not (tmp_path / "o.json").exists()
-
-
-@pytest.mark.parametrize("command, make", [("convert-kins", kins_file), ("convert-cocoa", cocoa_file),
-                                           ("annotate-occluders", kins_file)])
-def test_an_out_that_is_a_link_to_a_file_is_refused_not_replaced(tmp_path, command, make):
-    kept = tmp_path / "kept.json"
-    kept.write_text("the user's file")
-    link = tmp_path / "out.json"
-    link.symlink_to(kept)
-    res = CliRunner().invoke(main, [command, "--ann", str(make(tmp_path)), "--out", str(link), "--quiet"])
-    assert res.exit_code == 2 and res.output == (
-        f"Error: cannot write {link}: it is a link to {kept}; the output, renamed into place, would replace the "
-        "link, not that file - give the file's own path\n"), res.output
-    assert link.is_symlink() and kept.read_text() == "the user's file"
