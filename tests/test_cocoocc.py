@@ -656,6 +656,20 @@ def test_a_rebuild_leaves_copies_in_place(tmp_path):
                       "them by hand if unwanted\n") in rerun.output, rerun.output
 
 
+def test_a_rebuild_that_places_no_images_names_as_stale_only_the_copies_it_no_longer_selects(tmp_path):
+    """A rebuild without --link/--copy listed every earlier copy as one 'this one does not select', also the copies
+    of images it still selects (and its annotations.json names)."""
+    data, root = real_images_set(tmp_path)
+    ann = write_set(tmp_path / "val.json", data)
+    out = tmp_path / "o"
+    build_cocoocc(ann, out, image_root=root, image_mode="copy", threshold=0.1)  # images 1, 2 and 7
+    report = build_cocoocc(ann, out, threshold=0.3)                              # image 1 only (IoU 1/3)
+    assert [im["file_name"] for im in json.loads((out / "annotations.json").read_text())["images"]] == [
+        "set-a/000001.png"]
+    assert report["stale_images"] == ["set-a/000002.png", "set-a/000007.png"]
+    assert len(list((out / "images").rglob("*.png"))) == 3  # copies are still never deleted
+
+
 def test_the_cleanup_of_a_failed_build_removes_only_what_a_build_writes(tmp_path, monkeypatch):
     data, root = real_images_set(tmp_path)
     ann = write_set(tmp_path / "val.json", data)
