@@ -22,6 +22,7 @@ from occsynth.atomic import output_folder, write_json
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.coco import read_image, write_picture
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
+from occsynth.masks import finite_number
 
 from .device import resolve_device
 from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model, to_coco_results
@@ -153,6 +154,8 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
     are skipped with their reason: ``skipped`` lists one line per file, ``skip_counts`` counts
     them by reason. When no input can be processed at all, :class:`OccsynthError` (nothing written).
     """
+    if not (finite_number(score_threshold) and 0 <= score_threshold <= 1):  # NaN: no score reaches it, unsaid
+        raise OccsynthError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
     if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of one-letter paths
         inputs = [inputs]
     device = resolve_device(device)

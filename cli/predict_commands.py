@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import quiet_option
+from cli.common import FiniteFloatRange, quiet_option
 from occsynth.errors import key_values, plural
 
 
@@ -14,7 +14,7 @@ from occsynth.errors import key_values, plural
               help="A checkpoint written by bcnet train, or its run folder or the folder's last_checkpoint "
                    "(the checkpoint that names).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: results.json, images.json, pictures/.")
-@click.option("--score-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
+@click.option("--score-threshold", default=0.5, show_default=True, type=FiniteFloatRange(0, 1), help="Detections drawn in pictures (results.json keeps all).")
 @click.option("--device", help="cpu or cuda[:i] [default: cuda when present] (checked: a missing GPU is an error).")
 @click.option("--no-pictures", is_flag=True, help="No pictures: write results.json and images.json only.")
 @quiet_option

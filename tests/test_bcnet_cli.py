@@ -294,6 +294,24 @@ def test_bench_bad_device_is_one_clear_error():
         assert "Error: --device cuda: no CUDA GPU is available on this machine" in result.output
 
 
+def test_predict_refuses_a_score_threshold_that_is_not_a_number(tiny, tmp_path):
+    """--score-threshold nan ran, reported '0 at score >= nan' and advised lowering it: no score compares with NaN."""
+    from bcnet.predict import predict
+    from occsynth.errors import OccsynthError
+
+    root, checkpoint = tiny
+    good = root / "images" / "000000000001.png"
+    result = CliRunner().invoke(bcnet_main, ["predict", str(good), "--checkpoint", str(checkpoint), "--quiet",
+                                             "--out", str(tmp_path / "p"), "--score-threshold", "nan"])
+    _clean(result, 2)
+    assert "Invalid value for '--score-threshold': 'nan' is not a number in the range 0<=x<=1" in result.output
+    assert not (tmp_path / "p").exists()
+    for bad in (float("nan"), -0.5, 2.0):
+        with pytest.raises(OccsynthError, match=r"score_threshold must be a number in \[0, 1\]"):
+            predict(checkpoint, good, tmp_path / "q", score_threshold=bad, progress=False)
+    assert not (tmp_path / "q").exists()
+
+
 def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     root, checkpoint = tiny
     good = root / "images" / "000000000001.png"
