@@ -92,8 +92,8 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
     own = body.state_dict()
     wrong = [k for k, v in state.items() if k in own and not k.startswith("fc.") and v.shape != own[k].shape]
     if wrong:  # e.g. resnet18 weights for a resnet50: the same names, other shapes
-        shapes = "tensor has a shape" if len(wrong) == 1 else "tensors have shapes"
-        raise ModelConfigError(f"{where}: {len(wrong)} {shapes} that do not fit a {name} (e.g. "
+        shapes = "tensor has a shape that does" if len(wrong) == 1 else "tensors have shapes that do"
+        raise ModelConfigError(f"{where}: {len(wrong)} {shapes} not fit a {name} (e.g. "
                                f"{wrong[0]} {list(state[wrong[0]].shape)}, needs {list(own[wrong[0]].shape)}); "
                                f"expected {expected}")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier may have any size

@@ -168,6 +168,18 @@ def test_backbone_weights_load_or_fail_with_one_clear_error(tmp_path):
     assert not (tmp_path / "executed").exists()
 
 
+def test_backbone_weights_with_one_tensor_of_another_shape_say_so_in_the_singular(tmp_path):
+    import torchvision
+
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # one tensor edited by hand
+    torch.save(state, tmp_path / "one.pt")
+    with pytest.raises(OccsynthError) as info:
+        build_model(3, backbone="resnet18", backbone_weights=tmp_path / "one.pt", mask_head=None)
+    assert "1 tensor has a shape that does not fit a resnet18 (e.g. conv1.weight [64, 3, 3, 3], needs " \
+        "[64, 3, 7, 7])" in str(info.value), str(info.value)
+
+
 def test_transform_resizes_occluder_masks_with_the_image():
     t = BilayerTransform(128, 200, [0.0] * 3, [1.0] * 3).train()
     _, target = scene()
