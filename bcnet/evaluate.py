@@ -668,8 +668,9 @@ def markdown_table(results: dict) -> str:
     for name, r in results.items():
         categories = r.get("categories") or {}
         if categories.get("scored", 0) < categories.get("in_annotations", 0):
+            names = categories.get("not_scored")  # none in a results.json of an earlier version (read again)
             lines += ["", f"{name}: the model scores {categories['scored']} of the set's {categories['in_annotations']} "
-                          f"categories; not scored: {_few(categories.get('not_scored') or [])}."]
+                          "categories" + (f"; not scored: {_few(names)}." if names else ".")]
     split_rows = []
     for name, r in results.items():
         for key, label in (("segm_by_box_overlap", "max box IoU"), ("segm_by_occlusion_ratio", "occlusion ratio")):

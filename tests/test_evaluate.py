@@ -111,6 +111,9 @@ def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
     assert "all: the model scores" not in table and "| val | max box IoU [0.3,1] | 1 | 100.0 |" in table
     coco = {"scored": 1, "in_annotations": 80, "not_scored": [f"c{i}" for i in range(2, 81)]}
     assert "not scored: c2, c3, c4, c5, c6, c7, c8, c9 and 71 more." in E.markdown_table({"val": {"categories": coco}})
+    # a results.json written before the names were kept (a finished train-synthetic stage is read again)
+    older = E.markdown_table({"val": {"categories": {"scored": 1, "in_annotations": 2}}})
+    assert "\nval: the model scores 1 of the set's 2 categories.\n" in older and "not scored: " not in older
     assert E.evaluate(gt, results, category_ids=[10, 20, 30])["segm"]["AP"] == pytest.approx(0.5)
     with pytest.raises(OccsynthError, match=r"share no category with the model \(it knows \[30, 40\]\)"):
         E.evaluate(gt, results, category_ids=[30, 40])
