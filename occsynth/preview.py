@@ -128,12 +128,14 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
         y, x = (k // cols) * tile, (k % cols) * tile
         sheet[y:y + tile, x:x + tile] = render_tile(rgb, image_anns, tile, boxes=boxes, pair_iou=pair_iou,
                                                     label=str(image["id"]) if labels else None, log=log)
+    one = len(chosen) == 1
     if len(problems) == len(chosen) and all(p["reason"] == errors.MISSING_FILE for p in problems):
-        raise OccsynthError(f"image folder {image_root}: none of the {plural(len(chosen), 'image file')} to preview is there "
-                            f"(e.g. {chosen[0]['file_name']}); give the right folder with --images")
+        what = (f"the image file to preview is not there ({chosen[0]['file_name']})" if one else
+                f"none of the {len(chosen)} image files to preview is there (e.g. {chosen[0]['file_name']})")
+        raise OccsynthError(f"image folder {image_root}: {what}; give the right folder with --images")
     if len(problems) == len(chosen):  # a sheet of red crosses only: a failure, not a preview
-        raise OccsynthError(f"{ann_path}: no picture could be drawn: none of the {plural(len(chosen), 'image')} chosen "
-                            f"could be read ({unreadable_reasons(problems)})")
+        what = "the image chosen could not" if one else f"none of the {len(chosen)} images chosen could"
+        raise OccsynthError(f"{ann_path}: no picture could be drawn: {what} be read ({unreadable_reasons(problems)})")
     return sheet, problems
 
 

@@ -221,6 +221,26 @@ def test_no_drawable_image_at_all_is_an_error_saying_why(dataset, tmp_path):
     assert (tmp_path / "s.png").read_bytes() == b"an earlier sheet"
 
 
+def test_a_sheet_of_one_image_that_cannot_be_drawn_says_so_in_the_singular(dataset, tmp_path):
+    """-n 1 said 'none of the 1 image file to preview is there' and 'none of the 1 image chosen could be read'."""
+    data, _ = build()
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(data))
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    args = ["preview", str(path), "--out", str(tmp_path / "s.png"), "--tile", "32", "-n", "1", "--first"]
+    result = CliRunner().invoke(group, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    name = data["images"][0]["file_name"]
+    assert result.output == (f"Error: image folder {tmp_path}: the image file to preview is not there ({name}); "
+                             "give the right folder with --images\n"), result.output
+    (tmp_path / name).write_bytes(b"not an image")
+    result = CliRunner().invoke(group, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"Error: {path}: no picture could be drawn: the image chosen could not be read "
+                                    f"(1 unreadable or corrupt image, e.g. image {data['images'][0]['id']} ({name})"), \
+        result.output
+
+
 def test_a_file_without_usable_image_records_says_why(dataset, tmp_path):
     data, _ = build()
     for image in data["images"]:
@@ -241,7 +261,7 @@ def test_huge_record_gets_a_tile_sized_stand_in(dataset, tmp_path):
                                      labels=False)
     assert sheet.shape == (TILE, 2 * TILE, 3) and np.array_equal(sheet[:, :TILE], missing_image(TILE, TILE))
     assert [p["detail"] for p in problems] == ["100000x100000 is too large to preview"]
-    with pytest.raises(OccsynthError, match="no picture could be drawn: none of the 1 image.*too large to preview"):
+    with pytest.raises(OccsynthError, match="no picture could be drawn: the image chosen could not be read.*too large to preview"):
         preview_report(path, images=dataset / "images", n=1, seed=None, tile=TILE)
 
 
