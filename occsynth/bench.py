@@ -249,7 +249,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
     ``copies`` copies (default: as many source images as images generated, so that most images
     and cutouts are decoded fresh, as on COCO). With ``ann_path`` and ``long_side``, that source is
     only resized (:func:`upscaled_source`); its own pixels are used. ``progress``: which step runs, on stderr
-    when it is a terminal (:func:`steps`); a bar moves only between measurements, never during one.
+    (:func:`steps`; the CLI's --quiet turns it off); a bar moves only between measurements, never during one.
     """
     counts_of = sorted({1, workers})
     total = 2 + cutout_pixels + repeat * (3 * len(counts_of) + (workers > 1))
