@@ -65,9 +65,9 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
         periodic = [p for p in Path(out_dir).glob("checkpoint_*.pt") if p.stem[len("checkpoint_"):].isdigit()]
         newest = max(periodic, key=lambda p: int(p.stem[len("checkpoint_"):]), default=None)
         return final if final.is_file() else newest
-    name = marker.read_text(encoding="utf-8").strip()
+    name = marker.read_bytes().decode("utf-8", errors="replace").strip()  # a damaged marker is named, not a traceback
     path = Path(out_dir) / name
-    if "/" in name or "\\" in name or not path.is_file():
+    if "/" in name or "\\" in name or "\ufffd" in name or "\0" in name or not path.is_file():
         raise OccsynthError(f"{marker} names {name!r}, which is not a checkpoint in {out_dir}")
     return path
 

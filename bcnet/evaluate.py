@@ -670,7 +670,7 @@ def markdown_table(results: dict) -> str:
         if categories.get("scored", 0) < categories.get("in_annotations", 0):
             names = categories.get("not_scored")  # none in a results.json of an earlier version (read again)
             lines += ["", f"{name}: the model scores {categories['scored']} of the set's {categories['in_annotations']} "
-                          "categories" + (f"; not scored: {_few(names)}." if names else ".")]
+                          "categories" + (f"; not scored: {errors.first_few(names)}." if names else ".")]
     split_rows = []
     for name, r in results.items():
         for key, label in (("segm_by_box_overlap", "max box IoU"), ("segm_by_occlusion_ratio", "occlusion ratio")):
@@ -705,12 +705,6 @@ def markdown_table(results: dict) -> str:
                   "", "| set | occluded recall | found / listed | separated recall | found / listed |",
                   "|---|---|---|---|---|", *occsep_rows]
     return "\n".join(lines) + "\n"
-
-
-def _few(names: Sequence, most: int = 8) -> str:
-    """``a, b, c`` (the first ``most``, then how many more): a list in a sentence, short even for COCO's 80."""
-    shown = ", ".join(str(n) for n in names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -5,7 +5,7 @@ import click
 
 from cli.common import FiniteFloatRange, echo_occluder_report, echo_skips, quiet_option, skip_lines
 from occsynth.annotate import annotate_occluders
-from occsynth.errors import plural
+from occsynth.errors import first_few, plural
 from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, PAPER_COUNT, VAL2017_IMAGES, build_cocoocc
 from occsynth.occluders import BCNET_IOU_THRESHOLD
 
@@ -64,32 +64,24 @@ def format_report(report: dict) -> list[str]:
     if report.get("dropped_images"):
         dropped = report["dropped_images"]
         lines.append(f"dropped {plural(len(dropped), 'selected image')} whose file could not be placed, "
-                     f"with their annotations: {_first_images(dropped)}")
+                     f"with their annotations: {_images_why(dropped)}")
     if report.get("images_without_file"):
         missing = report["images_without_file"]
         lines.append(f"warning: {plural(len(missing), 'selected image')} {'has' if len(missing) == 1 else 'have'} no usable file under --images (kept in the "
-                     f"output, which names but does not place them): {_first_images(missing)}")
+                     f"output, which names but does not place them): {_images_why(missing)}")
     if report.get("stale_images"):
         stale = report["stale_images"]
         lines.append(f"note: left in {report['out']}/images: {plural(len(stale), 'image file')} an earlier build placed "
-                     f"there and this one does not select (copies are never deleted): {_first_names(stale)}; delete "
+                     f"there and this one does not select (copies are never deleted): {first_few(stale, 10)}; delete "
                      "them by hand if unwanted")
     lines += skip_lines(report["skipped"], "skipped bad input")
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
     return lines
 
 
-def _first_names(names: list[str], most: int = 10) -> str:
-    """'a, b, ...' of the first ``most`` names, then how many more."""
-    more = len(names) - most
-    return ", ".join(names[:most]) + (f", ... {more} more" if more > 0 else "")
-
-
-def _first_images(images: list[dict], most: int = 10) -> str:
-    """'id (file_name: reason), ...' of the first ``most`` images, then how many more."""
-    shown = ", ".join(f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in images[:most])
-    more = len(images) - most
-    return shown + (f", ... {more} more" if more > 0 else "")
+def _images_why(images: list[dict]) -> str:
+    """``id (file_name: reason), ...`` of the first images, then how many more."""
+    return first_few([f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in images], 10)
 
 
 @click.command("annotate-occluders")

@@ -11,6 +11,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 # Reasons a record or image is skipped. Stable strings: they appear in reports and manifests.
 MISSING_FILE = "missing image file"
@@ -148,6 +149,13 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     """``n`` and the word in the number it takes ("1 image", "3 images"; ``words``: the plural where an added
     "s" is wrong, "categories"), so that no message says "1 images" or hides the number in "image(s)"."""
     return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def first_few(items: Sequence, most: int = 8) -> str:
+    """``a, b, c and 5 more``: the first ``most`` of a list in a sentence, short even for COCO's 80 categories
+    or a thousand images."""
+    shown = ", ".join(str(item) for item in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def why_none_usable(log: SkipLog) -> str:

@@ -615,3 +615,7 @@ def test_a_run_folder_or_its_last_checkpoint_marker_stands_for_the_checkpoint_it
     _clean(result, 2)
     assert f"Error: {empty}: no checkpoint in this folder (no last_checkpoint, model_final.pt or checkpoint_*.pt)" \
         in result.output
+    (run / T.LAST).write_bytes(b"checkpoint_\xff.pt\n")  # damaged: not UTF-8
+    result = _evaluate(run / T.LAST, root / "annotations.json", root / "images", tmp_path / "e4")
+    _clean(result, 2)
+    assert f"Error: {run / T.LAST} names 'checkpoint_\ufffd.pt', which is not a checkpoint in {run}" in result.output

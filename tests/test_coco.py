@@ -306,3 +306,10 @@ def test_plural_reads_as_a_message_should():
 
     assert [plural(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
     assert plural(1, "entry", "entries") == "1 entry" and plural(3, "entry", "entries") == "3 entries"
+
+
+def test_first_few_lists_a_long_list_shortly():
+    from occsynth.errors import first_few
+
+    assert first_few([]) == "" and first_few(["a"]) == "a" and first_few(list("abc"), 3) == "a, b, c"
+    assert first_few(list("abcde"), 3) == "a, b, c and 2 more" and first_few(range(20), 2) == "0, 1 and 18 more"
