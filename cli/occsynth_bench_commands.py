@@ -71,7 +71,9 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
     click.echo(f"mean JPEG bytes: background {report['mean_background_jpeg_bytes'] / 1000:.0f} kB, "
                f"output {report['mean_output_jpeg_bytes'] / 1000:.0f} kB (quality 95)")
     store = report.get("cutout_pixels")
-    click.echo("cutout pixel store: " + (f"{store}" if store else "off (each cutout's source image is decoded)"))
+    click.echo("cutout pixel store: " + (f"{plural(store['cutouts'], 'cutout')}, {store['mib']} MiB, built in "
+                                         f"{store['build_seconds']} s" if store
+                                         else "off (each cutout's source image is decoded)"))
     for n in sorted({1, workers}):
         r = report[f"workers_{n}"]
         pin = " (pinned to one CPU)" if n == 1 and report.get("one_worker_pinned") else ""

@@ -441,6 +441,8 @@ def test_bench_command_prints_both_floors_and_no_scaling_for_one_worker(tmp_path
     assert any(line.startswith("workers=1") and "generate/floor" in line for line in lines)
     assert any("floor that also writes its images" in line and "generate/that" in line for line in lines)
     assert not any(line.startswith("scaling") for line in lines)
+    assert re.fullmatch(r"cutout pixel store: \d+ cutouts, [\d.]+ MiB, built in [\d.]+ s",
+                        next(line for line in lines if line.startswith("cutout pixel store"))), result.output
     from occsynth.bench import ext4_without_journal
     warned = any("ext4 without a journal" in line for line in lines)
     assert warned == ext4_without_journal(tmp_path)      # said exactly where it holds
