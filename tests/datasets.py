@@ -134,7 +134,8 @@ def build(image_format: str = "png") -> tuple[dict, dict[str, np.ndarray]]:
                 "source": {"image_id": 200 + index, "annotation_id": 1000 + ids[inst["name"]]},
                 "name": inst["name"]})
         next_id += len(insts)
-    data = {"info": {"description": "hand-made test set"}, "licenses": [], "categories": CATEGORIES,
+    data = {"info": {"description": "hand-made test set"}, "licenses": [],
+            "categories": [dict(c) for c in CATEGORIES],  # a test may edit its set: never the module's list
             "images": images, "annotations": annotations}
     return data, pixels
 
