@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -146,8 +146,7 @@ class CocoInstances(Dataset):
                     for key in keys:
                         _check_encoding(ann, key, height, width)
                     if not _usable_box(ann.get("bbox"), height, width):  # load() makes it from the mask, and counts it
-                        raise BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann.get('id'))}",
-                                        f"bbox {brief(ann.get('bbox'))} recomputed from the mask")
+                        raise unusable_box(f"annotation {brief(ann.get('id'))}", ann.get("bbox"), self.skips.strict)
                 except BadRecord as exc:
                     self.skip(exc)
 
@@ -204,8 +203,7 @@ class CocoInstances(Dataset):
             if not _usable_box(annotated, height, width):
                 # missing, malformed, empty or off the image, next to a good mask: made from the mask and counted
                 # (evaluation does the same with a malformed one)
-                self.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann.get('id'))}",
-                                    f"bbox {brief(annotated)} recomputed from the mask"))
+                self.skip(unusable_box(f"annotation {brief(ann.get('id'))}", annotated, self.skips.strict))
                 annotated = mask_ops.bbox(mask)
             x, y, w, h = mask_ops.bbox(target_mask) if self.mode == "amodal" else [float(v) for v in annotated]
             boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))])
@@ -499,6 +497,13 @@ def _usable_box(box, height: int, width: int) -> bool:
         return False
     x, y, w, h = box
     return min(x + w, width) > max(x, 0) and min(y + h, height) > max(y, 0)
+
+
+def unusable_box(where: str, bbox: Any, strict: bool) -> BadRecord:
+    """The record of a ``bbox`` that is no usable box beside a good mask: skipped, the box is made from the mask;
+    strict, the run stops at it (and says nothing was recomputed)."""
+    return BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(bbox)} is not a usable box"
+                     + ("" if strict else "; recomputed from the mask"))
 
 
 def _check_encoding(ann: dict, key: str, height: int, width: int) -> None:

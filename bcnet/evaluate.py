@@ -56,7 +56,7 @@ from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from . import occsep
-from .data import require_amodal_masks
+from .data import require_amodal_masks, unusable_box
 from .device import resolve_device
 
 MODES = ("visible", "amodal")
@@ -345,7 +345,7 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
                    bbox=[x, y, w, h])
         return out
     if not _is_box(ann.get("bbox")):
-        skips.skip(BadRecord(errors.MALFORMED_RECORD, where, f"bbox {ann.get('bbox')!r} recomputed from the mask"))
+        skips.skip(unusable_box(where, ann.get("bbox"), skips.strict))
         out["bbox"] = [float(v) for v in mask_ops.rle_bbox(rle)]
     area = ann.get("area")
     if isinstance(area, bool) or not isinstance(area, (int, float)) or not np.isfinite(area) or area < 0:

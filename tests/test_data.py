@@ -427,11 +427,12 @@ def test_check_annotations_finds_what_loading_would_refuse_without_loading(tmp_p
     anns[2]["bbox"] = [1000.0, 1000.0, 5.0, 5.0]                          # off the image
     save_annotations(root, data)
     with pytest.raises(BadRecord, match=rf"annotation {anns[2]['id']}: malformed record \(bbox \[1000.0, 1000.0, "
-                                        r"5.0, 5.0\] recomputed from the mask\)$"):
+                                        r"5.0, 5.0\] is not a usable box\)$"):
         _dataset(root, strict=True, mode="amodal").check_annotations()
     lenient = _dataset(root)
     lenient.check_annotations()
     assert lenient.skips.counts == {"malformed record": 1}
+    assert "(bbox [1000.0, 1000.0, 5.0, 5.0] is not a usable box; recomputed from the mask)" in lenient.skips.summary()
 
 
 @pytest.mark.parametrize("segmentation, reason", [
