@@ -430,6 +430,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if state is not None:
         ckpt.load_weights(model, state["model"], resume_path)
     elif init_checkpoint:
+        init_checkpoint = ckpt.resolve_checkpoint(init_checkpoint)  # a run folder: the messages name its checkpoint
         init = load_model_weights(model, init_checkpoint, dataset.category_ids)
         if init["by_category"] is not None and rank == 0:
             tqdm.write(f"init: {init_checkpoint} was trained on other categories; per-class weights taken by "

@@ -474,6 +474,13 @@ def test_train_init_message_is_printed_under_quiet(tiny, tmp_path):
     result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / "run", "--init", str(bad)))
     _clean(result, 0)
     assert f"tensors loaded from {bad}; 1 left as built" in result.output and first in result.output
+    earlier = tmp_path / "earlier"  # --init given as a run folder: the message names the checkpoint it took
+    earlier.mkdir()
+    (earlier / "checkpoint_0000005.pt").write_bytes(bad.read_bytes())
+    (earlier / T.LAST).write_text("checkpoint_0000005.pt\n")
+    result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / "run2", "--init", str(earlier)))
+    _clean(result, 0)
+    assert f"tensors loaded from {earlier / 'checkpoint_0000005.pt'}; 1 left as built" in result.output, result.output
 
 
 @pytest.mark.parametrize("change, words", [
