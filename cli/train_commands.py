@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import echo_skips, option_names, quiet_option
+from cli.common import FiniteFloatRange, echo_skips, option_names, quiet_option
 from occsynth import stopping
 from occsynth.errors import OccsynthError
 
@@ -117,7 +117,7 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Where results.json, results.md and detections_<name>.json go.")
 @click.option("--mask-threshold", default=0.5, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
               help="Mask probability above which a pixel is in the predicted mask.")
 @click.option("--mode", type=click.Choice(["visible", "amodal"]),
               help="Score against visible (segmentation) or amodal (amodal_segmentation) masks "

@@ -31,6 +31,19 @@ def test_progress_bars_are_switched_off_by_the_same_flags_everywhere():
     assert with_bars >= 12  # generate, merge, bank, build-cocoocc, validate, train, evaluate, ...
 
 
+def test_every_ranged_number_option_refuses_nan():
+    """click's FloatRange lets 'nan' through (it compares false with both bounds): every ranged float option of
+    both tools uses FiniteFloatRange, which refuses it as click refuses any other value out of range."""
+    ranged = 0
+    for group, name in COMMANDS:
+        for param in group.commands[name].params:
+            if isinstance(param.type, click.FloatRange):
+                ranged += 1
+                with pytest.raises(click.BadParameter, match="is not a number in the range"):
+                    param.type.convert("nan", param, None)
+    assert ranged >= 11  # generate (5), build-cocoocc, annotate-occluders, validate, preview, evaluate, predict
+
+
 def test_console_scripts_run_the_groups_and_a_ctrl_c_while_importing_stops_quietly(monkeypatch, capsys):
     import importlib
 
