@@ -34,9 +34,10 @@ Both readers load the whole file (the published files are a few hundred MB at mo
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -99,13 +100,27 @@ def hidden_part_occluders(visible: Sequence[np.ndarray], amodal: Sequence[np.nda
     return result
 
 
+def _strict_in_file(convert: Callable[..., dict]) -> Callable[..., dict]:
+    """A converter whose ``strict`` stop names the input file with the record (``FILE: annotation 12: ...``): in
+    strict mode the first bad record raises from wherever it is met, before anything is written."""
+    @functools.wraps(convert)
+    def named(in_path: str | os.PathLike, *args, **kwargs) -> dict:
+        try:
+            return convert(in_path, *args, **kwargs)
+        except BadRecord as exc:  # only a strict SkipLog lets one out
+            raise exc.in_file(in_path) from None
+    return named
+
+
+@_strict_in_file
 def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_overlap: int = 1,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, strict: bool = False) -> dict:
     """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids.
 
     Bad records (images, annotations without a unique integer id, of an unknown image or category or with a
     mask that cannot be decoded) are skipped and listed in the report's ``skipped`` by reason; the
-    output's ``images`` are the usable image records.
+    output's ``images`` are the usable image records. ``strict``: stop at the first, naming it and the file;
+    nothing is written.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
@@ -113,7 +128,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     data = read_dataset(in_path, finite=True)  # copied fields: the output must stay JSON
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
-    log = SkipLog()
+    log = SkipLog(strict=strict)
     images, bad_images, bad_ids = _usable_images(data["images"], log)
     categories = categories_by_id(data["categories"])
     by_image: dict = {}
@@ -243,12 +258,15 @@ def cocoa_categories(coco_categories: list[dict] | None) -> tuple[list[dict], di
     return categories, by_name, thing, stuff
 
 
+@_strict_in_file
 def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
-                  categories_from: str | os.PathLike | list | None = None, progress: bool = True) -> dict:
+                  categories_from: str | os.PathLike | list | None = None, progress: bool = True,
+                  strict: bool = False) -> dict:
     """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to.
 
     Bad records (images, annotations of an unknown image, a ``regions`` that is not a list, regions whose masks
-    cannot be decoded) are skipped and listed in the report's ``skipped`` by reason.
+    cannot be decoded) are skipped and listed in the report's ``skipped`` by reason. ``strict``: stop at the
+    first, naming it and the file; nothing is written.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
@@ -270,7 +288,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         if not isinstance(coco_categories, list):
             raise OccsynthError(f"{categories_from}: has no 'categories' list")
     categories, by_name, thing_id, stuff_id = cocoa_categories(coco_categories)
-    log = SkipLog()
+    log = SkipLog(strict=strict)
     images, bad_images, bad_ids = _usable_images(data["images"], log)
     counts = {"images": len(images), "annotations": 0, "of_bad_image": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0,

@@ -456,3 +456,23 @@ def test_a_number_too_large_for_a_float_is_refused_not_written_as_infinity(tmp_p
     res = CliRunner().invoke(main, [convert, "--ann", str(src), "--out", str(tmp_path / "o.json"), "--quiet"])
     assert res.exit_code == 2 and res.output.startswith(f"Error: {src}: malformed JSON (-1e999: "), res.output
     assert not (tmp_path / "o.json").exists()
+
+
+def test_strict_stops_at_the_first_bad_record_naming_it_and_the_file_and_writes_nothing(tmp_path):
+    """As generate, build-cocoocc and annotate-occluders do: without --strict the record is skipped and the rest
+    converted; with it, the run stops at that record."""
+    kins = kins_file(tmp_path)  # annotation 14 names image 77, which the file does not have
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["annotations"][0]["regions"][2]["segmentation"] = [25, 15]  # a polygon of one point
+    (tmp_path / "cocoa.json").write_text(json.dumps(cocoa))
+    for command, src, record, why in (
+            ("convert-kins", kins, "annotation 14", f"{errors.UNKNOWN_IMAGE} (image_id 77)"),
+            ("convert-cocoa", tmp_path / "cocoa.json", "COCOA annotation 900 region 2 segmentation",
+             f"{errors.DEGENERATE_MASK} (polygon with 2 coordinates")):
+        out = tmp_path / f"{command}.json"
+        lenient = CliRunner().invoke(main, [command, "--ann", str(src), "--out", str(out), "--quiet"])
+        assert lenient.exit_code == 0 and "bad records skipped: 1" in lenient.output, lenient.output
+        out.unlink()
+        strict = CliRunner().invoke(main, [command, "--ann", str(src), "--out", str(out), "--quiet", "--strict"])
+        assert strict.exit_code == 2 and strict.output.startswith(f"Error: {src}: {record}: {why}"), strict.output
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cocoa.json", "kins.json"]
