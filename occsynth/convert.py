@@ -126,6 +126,8 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     check_out_file(in_path, out_path, "the input would be overwritten")
     remove_orphaned_temporaries(out_path)  # a killed run's half-written output
     data = read_dataset(in_path, finite=True)  # copied fields: the output must stay JSON
+    if not data["annotations"]:
+        raise OccsynthError(f"{in_path}: no annotations to convert (its 'annotations' list is empty)")
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     log = SkipLog(strict=strict)
@@ -277,6 +279,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise OccsynthError(f"{in_path}: not a COCOA file (needs 'images' and 'annotations' lists)")
+    if not data["annotations"]:
+        raise OccsynthError(f"{in_path}: no annotations to convert (its 'annotations' list is empty)")
     if not any(isinstance(a, dict) and "regions" in a for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a COCOA file (no 'regions')")
     coco_categories = None

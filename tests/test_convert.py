@@ -166,6 +166,14 @@ def test_plain_coco_is_refused_by_both_converters(tmp_path):
     res = CliRunner().invoke(main, ["convert-kins", "--ann", str(tmp_path / "cocoa2.json"), "--out",
                                     str(tmp_path / "o.json"), "--quiet"])
     assert res.exit_code == 2 and "not a KINS file" in res.output
+    # a file of either layout with nothing to convert says so, not that it is of another layout
+    for command, make in (("convert-kins", kins_file), ("convert-cocoa", cocoa_file)):
+        empty = tmp_path / "empty.json"
+        empty.write_text(json.dumps(dict(json.loads(make(tmp_path).read_text()), annotations=[])))
+        res = CliRunner().invoke(main, [command, "--ann", str(empty), "--out", str(tmp_path / "o.json"), "--quiet"])
+        assert res.exit_code == 2 and res.output == (f"Error: {empty}: no annotations to convert (its 'annotations' "
+                                                     "list is empty)\n"), res.output
+        assert not (tmp_path / "o.json").exists()
 
 
 def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
