@@ -276,13 +276,12 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         keep -= lost
     unfound = (_unfound_images(images, Path(image_root), strict, progress)
                if image_root is not None and not image_mode else [])
-    stale = placed_before - ({im["file_name"] for im in images} if image_mode else set())
-    for name in stale:
+    selected_names = {im["file_name"] for im in images}
+    for name in placed_before - (selected_names if image_mode else set()):
         _remove_stale_link(out_dir / "images", name)
     # what stays of them and this build does not select (copies: their bytes may be the user's), named so that a
     # rerun does not leave them unseen; a copy of an image still selected is one the annotations name, not stale
-    selected_names = {im["file_name"] for im in images}
-    stale = sorted(name for name in stale if name not in selected_names and os.path.lexists(out_dir / "images" / name))
+    stale = sorted(name for name in placed_before - selected_names if os.path.lexists(out_dir / "images" / name))
     selected = [im["id"] for im in images]
     annotations = [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep]
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO info is an object
