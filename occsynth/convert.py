@@ -28,7 +28,8 @@ the depth order as in occsynth's synthetic sets: regions nearer the camera (smal
 whose amodal mask meets this one's. ``layer`` = (largest order in the image) - ``order``, so
 higher is nearer, as in FORMAT.md. COCOA names are free text: with a COCO category list they map
 by (case-insensitive) name; the rest, or everything without a list, go to a ``thing`` or ``stuff``
-category by ``isStuff``.
+category by ``isStuff`` (0/1, true/false, or those as text; anything else counts as a thing and is
+counted as ``bad_is_stuff``).
 
 Both readers load the whole file (the published files are a few hundred MB at most).
 """
@@ -206,6 +207,18 @@ def _whole_number(value: Any) -> int:
     return int(value)
 
 
+def _flag(value: Any) -> bool | None:
+    """COCOA's 0/1 flags (``isStuff``) as bool: 0, 1, true, false, null, and the texts "0", "1", "true",
+    "false" (any case); None for anything else. The text "0" is not true, as Python's truth would have it."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
+        return value.strip().lower() in ("1", "true")
+    return None
+
+
 def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
     """Image records by id, how many were left out (also in ``log``), and the ids those had: masks are
     decoded at their height and width, so a size too large to decode is a bad record (as in preview).
@@ -296,7 +309,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     images, bad_images, bad_ids = _usable_images(data["images"], log)
     counts = {"images": len(images), "annotations": 0, "of_bad_image": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0,
-              "bad_images": bad_images, "bad_order": 0}
+              "bad_images": bad_images, "bad_order": 0, "bad_is_stuff": 0}
     out_annotations = []
     next_id = 1
     for seq, record in enumerate(tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress)):
@@ -335,17 +348,21 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         ids = list(range(next_id, next_id + len(regions)))
         next_id += len(regions)
         for k, ((index, region), v, a, occ) in enumerate(zip(regions, visible, amodal, occluders)):
+            is_stuff = _flag(region.get("isStuff", 0))
+            if is_stuff is None:  # "yes", 2, a list: a thing, counted (as a bad order is)
+                counts["bad_is_stuff"] += 1
+                is_stuff = False
             category = by_name.get(_normalise_name(region.get("name", "")))
             if category is not None:
                 counts["matched_category"] += 1
             else:
-                category = stuff_id if region.get("isStuff") else thing_id
+                category = stuff_id if is_stuff else thing_id
                 counts["stuff" if category == stuff_id else "thing"] += 1
             ann = {"id": ids[k], "image_id": record["image_id"], "category_id": category, "iscrowd": 0,
                    "segmentation": mask_ops.encode(v), "amodal_segmentation": _polygons(region["segmentation"]),
                    **_measures(v, a), "order": orders[k], "layer": layers[k],
                    "occluder_ids": [ids[j] for j in occ], "name": region.get("name"),
-                   "is_stuff": bool(region.get("isStuff")),
+                   "is_stuff": is_stuff,
                    "source": {"annotation_id": record.get("id"), "region_index": index}}
             if "occlude_rate" in region:
                 ann["occlude_rate"] = region["occlude_rate"]

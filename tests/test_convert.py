@@ -224,6 +224,21 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
         assert [im["id"] for im in out["images"]] == [im["id"] for im in cocoa["images"][:-1]]
 
 
+def test_cocoa_is_stuff_flag_texts_are_read_as_cocoa_means_them(tmp_path):
+    # region 1 ('grass', no COCO category of that name) is the one whose flag decides thing or stuff
+    for flag, stuff, bad in ((1, True, 0), ("1", True, 0), ("TRUE", True, 0), (True, True, 0), ("0", False, 0),
+                             ("false", False, 0), (None, False, 0), ("yes", False, 1), (2, False, 1), ([1], False, 1)):
+        cocoa = json.loads(cocoa_file(tmp_path).read_text())
+        cocoa["annotations"][0]["regions"][1]["isStuff"] = flag
+        (tmp_path / "c.json").write_text(json.dumps(cocoa))
+        report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+        out = json.loads((tmp_path / "c-out.json").read_text())
+        grass = next(a for a in out["annotations"] if a["name"] == "grass")
+        names = {c["id"]: c["name"] for c in out["categories"]}
+        assert (grass["is_stuff"], names[grass["category_id"]], report["counts"]["bad_is_stuff"]) == (
+            stuff, "stuff" if stuff else "thing", bad), flag
+
+
 def test_cocoa_info_that_is_not_an_object_is_dropped_and_non_list_regions_skipped(tmp_path):
     cocoa = json.loads(cocoa_file(tmp_path).read_text())
     cocoa["annotations"].append({"id": 901, "image_id": 5, "regions": 5})
