@@ -9,7 +9,7 @@ import statistics
 import time
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from .device import resolve_device
 from .model import build_model, count_parameters

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from occsynth import coco as coco_io
 from occsynth import masks as mask_ops

@@ -330,7 +330,7 @@ def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: d
         log(f"{name}: done ({final})")
         return final
     overrides = {k: v for k, v in section.items() if k != "schedule"}
-    from .train import latest_checkpoint
+    from .checkpoint import latest_checkpoint
     resume = latest_checkpoint(stage_dir) is not None
     log(f"{name}: schedule {section['schedule']} on {data[0]}" + (" (resuming)" if resume else ""))
     train(data[0], data[1], stage_dir, schedule=section["schedule"], overrides=overrides or None, resume=resume,

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
@@ -47,7 +47,6 @@ from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
 AMP_MODES = ("off", "bf16", "fp16")
-LAST, FINAL, latest_checkpoint = ckpt.LAST, ckpt.FINAL, ckpt.latest_checkpoint  # where callers have found them
 # Bounds of the schedule's numbers: beyond them torch, numpy or OpenCV fail with a traceback (a seed over 64 bits,
 # an image side or count over a C int, an lr torch cannot convert to float32)
 CPU_WARN_IMAGES = 50_000  # training images (iterations x batch size) past which a CPU run is warned of: hours at best
@@ -360,7 +359,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     resume_path: Path | None = None
     retired: list[str] = []
     if resume:
-        resume_path = ckpt.resolve_checkpoint(resume) if not isinstance(resume, bool) else latest_checkpoint(out_dir)
+        resume_path = ckpt.resolve_checkpoint(resume) if not isinstance(resume, bool) else ckpt.latest_checkpoint(out_dir)
         if resume_path is None:
             raise OccsynthError(f"{out_dir}: no checkpoint to resume from (a run stopped before its first "
                                 "checkpoint starts again without --resume)")
@@ -371,7 +370,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             if not isinstance(resume, bool) or not others:
                 raise
             raise OccsynthError(f"{exc}; to resume from an earlier checkpoint in {out_dir} ({', '.join(others)}), "
-                                f"write its name into {out_dir / LAST}") from None
+                                f"write its name into {out_dir / ckpt.LAST}") from None
         # keys an older version accepted and saved, but that meant nothing: dropped, not fatal
         retired = [k for k in state["schedule"] if k not in REQUIRED_SETTINGS + OPTIONAL_SETTINGS]
         state["schedule"] = {k: v for k, v in state["schedule"].items() if k not in retired}
@@ -392,7 +391,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                 "(ask for more to continue it)")
     else:
         schedule = load_schedule(schedule, overrides, overrides_from=overrides_from)
-        if latest_checkpoint(out_dir) is not None:
+        if ckpt.latest_checkpoint(out_dir) is not None:
             raise OccsynthError(f"{out_dir} already holds a training run; pass --resume to continue it, "
                                 "or choose another output directory")
 
@@ -506,7 +505,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         saved = None
 
         def save_at(iteration: int) -> Path:
-            path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else FINAL)
+            path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else ckpt.FINAL)
             ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
                                  scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
                                  model_config={"num_classes": dataset.num_classes, **config},
@@ -600,8 +599,8 @@ def _shut_down_loader(batches) -> None:
 
 
 def _mark(out_dir: Path, checkpoint: Path) -> None:
-    """Name ``checkpoint`` in ``out_dir``'s marker (:data:`LAST`): the one a resume takes."""
-    with open_atomic(out_dir / LAST) as f:
+    """Name ``checkpoint`` in ``out_dir``'s marker (:data:`bcnet.checkpoint.LAST`): the one a resume takes."""
+    with open_atomic(out_dir / ckpt.LAST) as f:
         f.write(checkpoint.name + "\n")
 
 
@@ -626,7 +625,7 @@ def _retire_final(out_dir: Path, resumed_from: Path, iteration: int) -> None:
     final model of it (the pipeline, and users, take ``model_final.pt`` as the finished run's weights).
 
     Placed, marked, then unlinked: a kill at any point leaves the marker naming a checkpoint that exists."""
-    final = out_dir / FINAL
+    final = out_dir / ckpt.FINAL
     if not (final.is_file() and resumed_from.is_file() and os.path.samefile(final, resumed_from)):
         return
     kept = out_dir / f"checkpoint_{iteration:07d}.pt"
@@ -642,7 +641,7 @@ def _restore_final(out_dir: Path, resumed_from: Path) -> None:
     of ``model_final.pt``, the extension stopped before its first checkpoint) become ``model_final.pt`` again:
     else the run, though finished, had none (the pipeline failed on it: 'training ended without model_final.pt').
     Placed, then marked."""
-    final = out_dir / FINAL
+    final = out_dir / ckpt.FINAL
     if final.exists() or not resumed_from.is_file() or resumed_from.resolve().parent != out_dir.resolve():
         return
     _place_copy(resumed_from, final)

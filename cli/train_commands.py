@@ -83,7 +83,8 @@ def _steps(ctx, param, value):
 def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, quiet,
                   **overrides):
     """Train BCNet; run under `torchrun --nproc_per_node N` for several GPUs."""
-    from bcnet.train import LAST, train
+    from bcnet.checkpoint import LAST
+    from bcnet.train import train
 
     try:
         result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,

@@ -42,7 +42,7 @@ from typing import Any, Collection
 import ijson
 import numpy as np
 from ijson.common import ObjectBuilder
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import masks as mask_ops
 from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries

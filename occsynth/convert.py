@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import errors
 from . import masks as mask_ops

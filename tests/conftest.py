@@ -1,4 +1,7 @@
 """Shared fixtures: the demo source set, and a private cache home so no test writes to ~/.cache."""
+import os
+from pathlib import Path
+
 import pytest
 
 from occsynth.demo import make_demo_source
@@ -34,3 +37,21 @@ def bucket_multiples(monkeypatch):
 
     monkeypatch.setattr(roi_heads, "run_in_buckets", recorded)
     return multiples
+
+
+def remove_loky_leftovers(pid: int, shm: Path = Path("/dev/shm")) -> list[str]:
+    """Remove what joblib's process pool of a process group killed with -9 (``pid``: its parent) left in
+    shared memory: its named semaphores and its (empty) memmapping folders. Its resource tracker, which
+    would remove them, died with the group; without this each such test leaves them on the machine."""
+    removed = []
+    if not shm.is_dir():
+        return removed
+    for entry in shm.iterdir():
+        if entry.name.startswith(f"sem.loky-{pid}-"):
+            entry.unlink(missing_ok=True)
+        elif entry.name.startswith(f"joblib_memmapping_folder_{pid}_") and entry.is_dir():
+            os.rmdir(entry)  # empty: the pool had nothing to share through it; if not, the test says so
+        else:
+            continue
+        removed.append(entry.name)
+    return removed

@@ -477,7 +477,7 @@ def test_train_init_message_is_printed_under_quiet(tiny, tmp_path):
     earlier = tmp_path / "earlier"  # --init given as a run folder: the message names the checkpoint it took
     earlier.mkdir()
     (earlier / "checkpoint_0000005.pt").write_bytes(bad.read_bytes())
-    (earlier / T.LAST).write_text("checkpoint_0000005.pt\n")
+    (earlier / ckpt.LAST).write_text("checkpoint_0000005.pt\n")
     result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / "run2", "--init", str(earlier)))
     _clean(result, 0)
     assert f"tensors loaded from {earlier / 'checkpoint_0000005.pt'}; 1 left as built" in result.output, result.output
@@ -601,28 +601,28 @@ def test_a_run_folder_or_its_last_checkpoint_marker_stands_for_the_checkpoint_it
     run.mkdir()
     (run / "checkpoint_0000007.pt").write_bytes(checkpoint.read_bytes())
     (run / "model_final.pt").write_bytes(b"not the one the marker names")
-    (run / T.LAST).write_text("checkpoint_0000007.pt\n")
-    for given in (run / T.LAST, run):
+    (run / ckpt.LAST).write_text("checkpoint_0000007.pt\n")
+    for given in (run / ckpt.LAST, run):
         result = CliRunner().invoke(bcnet_main, ["predict", str(root / "images" / "000000000001.png"), "--checkpoint",
                                                  str(given), "--out", str(tmp_path / "p"), "--no-pictures", "--quiet"])
         _clean(result, 0)
         assert len(json.loads((tmp_path / "p" / "images.json").read_text())) == 1
-    result = _evaluate(run / T.LAST, root / "annotations.json", root / "images", tmp_path / "e")
+    result = _evaluate(run / ckpt.LAST, root / "annotations.json", root / "images", tmp_path / "e")
     _clean(result, 0)
     assert json.loads((tmp_path / "e" / "results.json").read_text())["hand"]["images"] == 3
     assert T.load_model_weights(T.build(6, T.model_config(T.load_schedule("schedule-tiny", TINY))), run,
                                 [1, 3, 5, 7, 9])["left_as_built"] == []  # train --init
-    (run / T.LAST).write_text("checkpoint_0000009.pt\n")  # removed since, say by hand
-    result = _evaluate(run / T.LAST, root / "annotations.json", root / "images", tmp_path / "e2")
+    (run / ckpt.LAST).write_text("checkpoint_0000009.pt\n")  # removed since, say by hand
+    result = _evaluate(run / ckpt.LAST, root / "annotations.json", root / "images", tmp_path / "e2")
     _clean(result, 2)
-    assert f"Error: {run / T.LAST} names 'checkpoint_0000009.pt', which is not a checkpoint in {run}" in result.output
+    assert f"Error: {run / ckpt.LAST} names 'checkpoint_0000009.pt', which is not a checkpoint in {run}" in result.output
     empty = tmp_path / "empty"
     empty.mkdir()
     result = _evaluate(empty, root / "annotations.json", root / "images", tmp_path / "e3")
     _clean(result, 2)
     assert f"Error: {empty}: no checkpoint in this folder (no last_checkpoint, model_final.pt or checkpoint_*.pt)" \
         in result.output
-    (run / T.LAST).write_bytes(b"checkpoint_\xff.pt\n")  # damaged: not UTF-8
-    result = _evaluate(run / T.LAST, root / "annotations.json", root / "images", tmp_path / "e4")
+    (run / ckpt.LAST).write_bytes(b"checkpoint_\xff.pt\n")  # damaged: not UTF-8
+    result = _evaluate(run / ckpt.LAST, root / "annotations.json", root / "images", tmp_path / "e4")
     _clean(result, 2)
-    assert f"Error: {run / T.LAST} names 'checkpoint_\ufffd.pt', which is not a checkpoint in {run}" in result.output
+    assert f"Error: {run / ckpt.LAST} names 'checkpoint_\ufffd.pt', which is not a checkpoint in {run}" in result.output

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.occsynth_cli import main as occsynth_main
+from conftest import remove_loky_leftovers
 from occsynth import atomic, writer
 from occsynth.errors import OccsynthError
 from occsynth.generate import RunSettings, generate
@@ -60,6 +61,7 @@ def test_kill_9_then_rerun_gives_identical_set(reference, demo_source, tmp_path)
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    remove_loky_leftovers(proc.pid)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "annotations.json").exists()
     result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, cache, recipe=recipe))

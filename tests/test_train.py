@@ -172,7 +172,7 @@ def test_sigterm_to_every_process_of_a_run_with_loader_workers_stops_it_and_resu
     assert "Traceback" not in stderr and (last == "Stopped (SIGTERM)." or last.startswith(
         "Stopped (SIGTERM); while stopping: RuntimeError: DataLoader worker")), stderr
     assert "run the same command with --resume" in stderr
-    done = ckpt.load_checkpoint(T.latest_checkpoint(out))["iteration"]
+    done = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))["iteration"]
     assert done >= 3 and not list(out.glob("*.tmp*"))
     result = CliRunner().invoke(bcnet_main, args[:args.index("--iterations")] + ["--iterations", str(done + 1)]
                                 + args[args.index("--iterations") + 2:] + ["--resume"])
@@ -436,7 +436,7 @@ def test_a_finished_run_extended_has_no_model_final_until_it_ends_again(tmp_path
     assert not (run / "model_final.pt").exists()
     assert (run / "checkpoint_0000002.pt").read_bytes() == old_final
     assert (run / "last_checkpoint").read_text() == "checkpoint_0000002.pt\n"
-    assert T.latest_checkpoint(run) == run / "checkpoint_0000002.pt"
+    assert ckpt.latest_checkpoint(run) == run / "checkpoint_0000002.pt"
     monkeypatch.setattr(T.ckpt, "save_checkpoint", real_save)
     out = T.train(dataset_dir / "annotations.json", dataset_dir / "images", run, resume=True,
                   overrides={"iterations": 4}, progress=False)
@@ -495,7 +495,7 @@ def test_an_extension_stopped_before_its_first_checkpoint_leaves_a_run_that_can_
     out = T.train(dataset_dir / "annotations.json", dataset_dir / "images", run, resume=True,
                   overrides={"iterations": 2}, progress=False)
     assert out["checkpoint"] is None and out["history"] == []
-    assert (run / "model_final.pt").read_bytes() == old_final and T.latest_checkpoint(run) == run / "model_final.pt"
+    assert (run / "model_final.pt").read_bytes() == old_final and ckpt.latest_checkpoint(run) == run / "model_final.pt"
     section = {"schedule": "schedule-tiny", **TINY, "iterations": 2, "batch_size": 1, "checkpoint_every": 5}
     assert _train_stage("stage", run, (dataset_dir / "annotations.json", dataset_dir / "images"), section, None,
                         T.train, "cpu", False, lambda line: None) == run / "model_final.pt"
@@ -670,17 +670,17 @@ def test_resume_without_the_marker_takes_the_newest_checkpoint(tmp_path):
     and the run started over. It now takes the newest checkpoint in the folder."""
     out = tmp_path / "run"
     out.mkdir()
-    assert T.latest_checkpoint(out) is None
+    assert ckpt.latest_checkpoint(out) is None
     for iteration in (9, 10, 100):
         ckpt.save_checkpoint(out / f"checkpoint_{iteration:07d}.pt", model=torch.nn.Linear(2, 2), iteration=iteration,
                              rng=False)
     (out / "checkpoint_notes.pt").write_text("not a checkpoint of this run\n")
-    assert T.latest_checkpoint(out) == out / "checkpoint_0000100.pt"
-    (out / T.LAST).write_text("checkpoint_0000010.pt\n")  # the marker, when there, decides
-    assert T.latest_checkpoint(out) == out / "checkpoint_0000010.pt"
-    (out / T.LAST).unlink()
+    assert ckpt.latest_checkpoint(out) == out / "checkpoint_0000100.pt"
+    (out / ckpt.LAST).write_text("checkpoint_0000010.pt\n")  # the marker, when there, decides
+    assert ckpt.latest_checkpoint(out) == out / "checkpoint_0000010.pt"
+    (out / ckpt.LAST).unlink()
     ckpt.save_checkpoint(out / "model_final.pt", model=torch.nn.Linear(2, 2), iteration=120, rng=False)
-    assert T.latest_checkpoint(out) == out / "model_final.pt"
+    assert ckpt.latest_checkpoint(out) == out / "model_final.pt"
 
 
 def test_resume_from_a_damaged_newest_checkpoint_says_how_to_resume_from_an_earlier_one(tmp_path):
@@ -688,11 +688,11 @@ def test_resume_from_a_damaged_newest_checkpoint_says_how_to_resume_from_an_earl
     out.mkdir()
     ckpt.save_checkpoint(out / "checkpoint_0000001.pt", model=torch.nn.Linear(2, 2), iteration=1, rng=False)
     (out / "checkpoint_0000002.pt").write_bytes((out / "checkpoint_0000001.pt").read_bytes()[:300])  # cut short
-    (out / T.LAST).write_text("checkpoint_0000002.pt\n")
+    (out / ckpt.LAST).write_text("checkpoint_0000002.pt\n")
     with pytest.raises(OccsynthError) as caught:
         T.train(tmp_path / "unused.json", tmp_path, out, schedule="schedule-tiny", resume=True, progress=False)
     assert "checkpoint_0000002.pt: not a readable checkpoint" in str(caught.value)
-    assert f"earlier checkpoint in {out} (checkpoint_0000001.pt), write its name into {out / T.LAST}" in str(caught.value)
+    assert f"earlier checkpoint in {out} (checkpoint_0000001.pt), write its name into {out / ckpt.LAST}" in str(caught.value)
 
 
 @pytest.mark.parametrize("detector", ["faster-rcnn", "fcos"])
