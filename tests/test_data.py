@@ -433,6 +433,18 @@ def test_check_annotations_finds_what_loading_would_refuse_without_loading(tmp_p
     lenient.check_annotations()
     assert lenient.skips.counts == {"malformed record": 1}
     assert "(bbox [1000.0, 1000.0, 5.0, 5.0] is not a usable box; recomputed from the mask)" in lenient.skips.summary()
+    # a polygon of valid coordinates that encloses no pixel: found up front too, not when its image is drawn
+    anns[2]["bbox"] = anns[1]["bbox"]
+    anns[3]["segmentation"] = [[10.0, 10.0, 10.2, 10.0, 10.2, 10.2, 10.0, 10.2]]
+    save_annotations(root, data)
+    with pytest.raises(BadRecord, match=rf"annotation {anns[3]['id']} 'segmentation': degenerate or empty "
+                                        r"segmentation \(empty mask\)$"):
+        _dataset(root, strict=True).check_annotations()
+    lenient = _dataset(root)
+    lenient.check_annotations()
+    assert lenient.skips.counts == {errors.DEGENERATE_MASK: 1}
+    index = next(i for i, image in enumerate(lenient.images) if image["id"] == anns[3]["image_id"])
+    assert anns[3]["id"] not in lenient.load(index)[1]["annotation_ids"].tolist()  # loading refuses the same one
 
 
 @pytest.mark.parametrize("segmentation, reason", [
