@@ -225,10 +225,28 @@ def _use_schedule_settings(optimizer: torch.optim.Optimizer, scheduler, schedule
 
 
 def model_config(schedule: dict) -> dict:
-    """Keyword arguments of ``bcnet.model.build_model`` (besides ``num_classes``) for this schedule."""
+    """Keyword arguments of ``bcnet.model.build_model`` (besides ``num_classes``) for this schedule; they are saved
+    in every checkpoint, with how the backbone is built (frozen BatchNorms when it starts from ImageNet weights)."""
+    from .model import backbone_build
+
     config = {k: schedule[k] for k in MODEL_KEYS}
     config.update(min_size=int(schedule["short"]), max_size=int(schedule["long_max"]))
+    config.update(backbone_build(bool(schedule.get("backbone_weights"))))
     return config
+
+
+def saved_backbone_build(saved: Mapping) -> dict:
+    """How a checkpoint's backbone was built (``bcnet.model.backbone_build``'s keys), so that a resume or an
+    evaluation rebuilds the same layers: from its model_config or, in a checkpoint saved before that held them,
+    from whether its schedule started from backbone weights."""
+    from .model import backbone_build
+
+    config = saved.get("model_config") if isinstance(saved.get("model_config"), dict) else {}
+    keys = backbone_build(False).keys()
+    if all(k in config for k in keys):
+        return {k: config[k] for k in keys}
+    schedule = saved.get("schedule") if isinstance(saved.get("schedule"), dict) else {}
+    return backbone_build(bool(schedule.get("backbone_weights")))
 
 
 def iteration_seed(seed: int, rank: int, iteration: int) -> int:
@@ -423,6 +441,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         report(dataset.skips.to_dict())
 
     config = model_config(schedule)
+    if state is not None:  # built as the checkpoint was, whatever --backbone-weights says now
+        config.update(saved_backbone_build(state))
     seed = int(schedule["seed"])
     torch.manual_seed(seed)
     model = build(dataset.num_classes, config, weights)
