@@ -711,7 +711,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     """Rebuild the model a checkpoint (or a run folder, or its last_checkpoint marker) was trained as and load its
     weights (``weights_only``)."""
     from .checkpoint import load_checkpoint, load_weights, resolve_checkpoint
-    from .train import build
+    from .train import build, saved_backbone_build
 
     checkpoint = resolve_checkpoint(checkpoint)  # a run folder or its marker: messages name the file it stands for
     state = load_checkpoint(checkpoint)
@@ -726,6 +726,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
                             "built with)")
     config = dict(state["model_config"])
     config.pop("backbone_weights", None)  # the trained weights include the backbone
+    config.update(saved_backbone_build(state))  # frozen BatchNorms when it started from backbone weights
     num_classes = config.pop("num_classes", len(category_ids) + 1)
     if num_classes != len(category_ids) + 1:  # a label would map to the wrong category, or to none
         raise OccsynthError(f"{checkpoint}: its model_config has num_classes {coco_io.brief(num_classes)}, but its "

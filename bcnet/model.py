@@ -175,6 +175,15 @@ class TinyBody(nn.Sequential):
         super().__init__(layers)
 
 
+def backbone_build(pretrained: bool) -> dict[str, Any]:
+    """``build_model``'s backbone keywords for a backbone started from ImageNet weights or from scratch.
+
+    torchvision's defaults: pretrained, the BatchNorms are frozen and 3 stages train; from scratch, all train.
+    A checkpoint must be rebuilt the same way (its frozen BatchNorms have no ``num_batches_tracked``), so
+    training records them in its ``model_config``."""
+    return {"frozen_batchnorm": pretrained, "trainable_backbone_layers": 3 if pretrained else 5}
+
+
 def build_backbone(name: str, detector: str, weights: str | os.PathLike | None = None,
                    frozen_batchnorm: bool | None = None, trainable_layers: int | None = None) -> BackboneWithFPN:
     """ResNet-FPN as torchvision builds it for ``detector`` (P2-P6 for Faster R-CNN, P3-P7 for FCOS), or 'tiny'.
@@ -194,13 +203,14 @@ def build_backbone(name: str, detector: str, weights: str | os.PathLike | None =
     if name not in ("resnet50", "resnet18"):
         raise ModelConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     pretrained = weights is not None
-    frozen = pretrained if frozen_batchnorm is None else frozen_batchnorm
+    default = backbone_build(pretrained)
+    frozen = default["frozen_batchnorm"] if frozen_batchnorm is None else frozen_batchnorm
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
     body = (resnet50 if name == "resnet50" else resnet18)(weights=None, norm_layer=norm_layer)
     if pretrained:
         load_backbone_weights(body, name, weights)
     if trainable_layers is None:
-        trainable_layers = 3 if pretrained else 5
+        trainable_layers = default["trainable_backbone_layers"]
     if detector == "faster-rcnn":
         return _resnet_fpn_extractor(body, trainable_layers)
     return _resnet_fpn_extractor(body, trainable_layers, returned_layers=[2, 3, 4],

@@ -225,10 +225,28 @@ def _use_schedule_settings(optimizer: torch.optim.Optimizer, scheduler, schedule
 
 
 def model_config(schedule: dict) -> dict:
-    """Keyword arguments of ``bcnet.model.build_model`` (besides ``num_classes``) for this schedule."""
+    """Keyword arguments of ``bcnet.model.build_model`` (besides ``num_classes``) for this schedule; they are saved
+    in every checkpoint, with how the backbone is built (frozen BatchNorms when it starts from ImageNet weights)."""
+    from .model import backbone_build
+
     config = {k: schedule[k] for k in MODEL_KEYS}
     config.update(min_size=int(schedule["short"]), max_size=int(schedule["long_max"]))
+    config.update(backbone_build(bool(schedule.get("backbone_weights"))))
     return config
+
+
+def saved_backbone_build(saved: Mapping) -> dict:
+    """How a checkpoint's backbone was built (``bcnet.model.backbone_build``'s keys), so that a resume or an
+    evaluation rebuilds the same layers: from its model_config or, in a checkpoint saved before that held them,
+    from whether its schedule started from backbone weights."""
+    from .model import backbone_build
+
+    config = saved.get("model_config") if isinstance(saved.get("model_config"), dict) else {}
+    keys = backbone_build(False).keys()
+    if all(k in config for k in keys):
+        return {k: config[k] for k in keys}
+    schedule = saved.get("schedule") if isinstance(saved.get("schedule"), dict) else {}
+    return backbone_build(bool(schedule.get("backbone_weights")))
 
 
 def iteration_seed(seed: int, rank: int, iteration: int) -> int:
@@ -265,7 +283,7 @@ CLASS_ROWS = {"box_predictor.cls_score": 1, "box_predictor.bbox_pred": 4, "class
 
 
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike,
-                       category_ids: Sequence[int] | None = None) -> dict:
+                       category_ids: Sequence[int] | None = None, saved: Mapping | None = None) -> dict:
     """Initialise from a bcnet checkpoint (e.g. pre-training on a synthetic set).
 
     With ``category_ids`` (this run's) and a checkpoint of other categories, the per-class rows (``CLASS_ROWS``)
@@ -273,9 +291,10 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike,
     alone, another category's rows would be loaded for it whenever the counts agree). Other tensors whose shape
     differs are left as built. Returns ``{"loaded": n, "left_as_built": [names of this model's tensors not loaded],
     "by_category": number of categories whose rows were taken by id, or None}``; a checkpoint of which nothing
-    fits (another detector) is refused rather than silently training from scratch.
+    fits (another detector) is refused rather than silently training from scratch. ``saved``: the checkpoint at
+    ``path``, when the caller has loaded it already.
     """
-    saved = ckpt.load_checkpoint(path)
+    saved = ckpt.load_checkpoint(path) if saved is None else saved
     state = ckpt.check_weights(saved["model"], path)
     own = model.state_dict()
     source_ids = [int(c) for c in saved.get("category_ids") or []]
@@ -336,7 +355,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``resume``: True continues from ``out_dir``'s newest checkpoint (a path: that checkpoint);
     the checkpoint's schedule is used, with ``overrides`` on top (e.g. more ``iterations``, a lower
     ``base_lr``: lr, momentum and weight decay asked for replace those the optimizer state holds).
-    ``init_checkpoint``: start from another run's weights (fine-tuning). Under torchrun
+    ``init_checkpoint``: start from another run's weights (fine-tuning); unless ``backbone_weights`` are given, the
+    backbone is built as the checkpoint's was (frozen BatchNorms if it started from ImageNet weights). Under torchrun
     (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
     model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
 
@@ -423,14 +443,24 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         report(dataset.skips.to_dict())
 
     config = model_config(schedule)
+    init_state = None
+    if state is not None:  # built as the checkpoint was, whatever --backbone-weights says now
+        config.update(saved_backbone_build(state))
+    elif init_checkpoint:
+        init_checkpoint = ckpt.resolve_checkpoint(init_checkpoint)  # a run folder: the messages name its checkpoint
+        init_state = ckpt.load_checkpoint(init_checkpoint)
+        init_config = init_state.get("model_config")
+        if weights is None and isinstance(init_config, dict) and init_config.get("backbone") == config["backbone"]:
+            # fine-tuning a model pretrained from ImageNet weights keeps its frozen BatchNorms and stages
+            config.update(saved_backbone_build(init_state))
     seed = int(schedule["seed"])
     torch.manual_seed(seed)
     model = build(dataset.num_classes, config, weights)
     if state is not None:
         ckpt.load_weights(model, state["model"], resume_path)
     elif init_checkpoint:
-        init_checkpoint = ckpt.resolve_checkpoint(init_checkpoint)  # a run folder: the messages name its checkpoint
-        init = load_model_weights(model, init_checkpoint, dataset.category_ids)
+        init = load_model_weights(model, init_checkpoint, dataset.category_ids, saved=init_state)
+        init_state = None  # its optimizer state is not needed: not held through the run
         if init["by_category"] is not None and rank == 0:
             tqdm.write(f"init: {init_checkpoint} was trained on other categories; per-class weights taken by "
                        f"category id for the {init['by_category']} of {len(dataset.category_ids)} it shares")

@@ -806,3 +806,40 @@ def test_a_long_cpu_run_is_warned_of_once_a_tiny_one_is_not(tmp_path, dataset_di
     assert [line for line in result.stderr.splitlines() if "on the CPU" in line] == [
         "warning: training 2 iterations of 2 images (4 images) on the CPU will take very long; run it on a GPU "
         "(--device cuda), or try things out with --schedule schedule-tiny or fewer --iterations"]
+
+
+def test_a_run_from_backbone_weights_resumes_and_evaluates_with_its_frozen_batchnorms(tmp_path, dataset_dir):
+    import torchvision
+
+    source = torchvision.models.resnet18().state_dict()
+    torch.save(source, tmp_path / "r18.pt")
+    pretrained = {"iterations": 1, "backbone": "resnet18", "backbone_weights": str(tmp_path / "r18.pt")}
+    _run(dataset_dir, tmp_path / "run", **pretrained)
+    final = tmp_path / "run" / "model_final.pt"
+    model, _ = E.load_model(final)  # rebuilt as trained: FrozenBatchNorm2d, no num_batches_tracked
+    assert not any(name.endswith("num_batches_tracked") for name in model.state_dict())
+    state = torch.load(final, weights_only=True)  # a checkpoint saved before model_config recorded the backbone build
+    for key in ("frozen_batchnorm", "trainable_backbone_layers"):
+        state["model_config"].pop(key)
+    torch.save(state, tmp_path / "older.pt")
+    E.load_model(tmp_path / "older.pt")
+    resumed = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                      overrides={"iterations": 2}, progress=False)
+    assert resumed["iteration"] == 2  # and the stem still frozen, as torchvision builds a pretrained backbone
+    assert torch.equal(resumed["model"].backbone.body.conv1.weight, source["conv1.weight"])
+
+
+def test_init_from_a_run_pretrained_from_backbone_weights_keeps_its_frozen_batchnorms(tmp_path, dataset_dir, capsys):
+    import torchvision
+
+    source = torchvision.models.resnet18().state_dict()
+    torch.save(source, tmp_path / "r18.pt")
+    _run(dataset_dir, tmp_path / "pretrain", iterations=1, backbone="resnet18", backbone_weights=str(tmp_path / "r18.pt"))
+    capsys.readouterr()
+    tuned = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "tune", schedule="schedule-tiny",
+                    overrides={**TINY, "iterations": 1, "backbone": "resnet18"}, init_checkpoint=tmp_path / "pretrain",
+                    progress=False)
+    assert "left as built" not in "".join(capsys.readouterr())  # every tensor loaded: no num_batches_tracked to fill
+    assert not any(name.endswith("num_batches_tracked") for name in tuned["model"].state_dict())
+    assert torch.equal(tuned["model"].backbone.body.conv1.weight, source["conv1.weight"])  # the stem stays frozen
+    assert torch.load(tuned["checkpoint"], weights_only=True)["model_config"]["frozen_batchnorm"] is True
