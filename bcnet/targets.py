@@ -20,7 +20,7 @@ boundary there), as in :func:`occsynth.masks.boundary`.
 Against the released code (``mask_head.py``, ``layers/boundary.py``, ``process_dataset.py``): its
 occluder target is the union already cut to the occludee's annotated box by the annotation tool,
 so a RoI wider than that box has no occluder outside it; here the union is not cut, the RoI sees
-every occluder pixel inside it (the paper's "occluders in the RoI"). Its COCO polygons are
+every occluder pixel inside it, which is what the RoI shows. Its COCO polygons are
 rasterised in the RoI (``PolygonMasks.crop_and_resize``), not RoI-aligned as bitmaps (its
 ``BitMasks`` path, used here): they differ by edge pixels. Its boundary uses skimage's default
 4-connected cross for the dilation and erosion, where this uses the 3x3 square: the bands differ
