@@ -1,7 +1,10 @@
 """BCNet on FCOS (the paper's one-stage setting): FCOS boxes, RoI-aligned on its FPN, feed the mask heads.
 
-FCOS has no proposals matched to ground truth, so in training the mask branch learns on the
-ground-truth boxes themselves (each RoI is its own GT); at inference its top
+In training the mask branch learns, as in the released FCOS BCNet (``meta_arch/fcos.py``), on FCOS's
+own detections of the batch (its inference post-processing with the model's ``score_thresh``,
+torchvision's 0.2 unless set - the released config keeps scores from 0.03 -, no gradient) with
+box IoU >= 0.5 to a ground truth, followed by the ground-truth boxes themselves (:func:`training_rois`): the head sees
+the shifted boxes it will get at inference, and every instance at least once. At inference its top
 ``mask_detections_per_img`` (50, as the paper) detections per image get masks and the rest are
 dropped, so every returned detection has a mask. Same input/output contract as
 :class:`bcnet.model.BCNetFasterRCNN`.
@@ -14,9 +17,34 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 from torchvision.models.detection.fcos import FCOS
+from torchvision.ops import box_iou
 
 from .losses import LOSS_PRESETS, weight_losses
 from .roi_heads import MaskBranch
+
+
+MASK_IOU_THRESHOLD = 0.5  # a detection trains the mask branch from this box IoU with a ground truth
+
+
+def training_rois(detected: list[Tensor], gt_boxes: list[Tensor],
+                  iou_threshold: float = MASK_IOU_THRESHOLD) -> tuple[list[Tensor], list[Tensor]]:
+    """Per image, the mask branch's training RoIs and the ground truth each one learns.
+
+    RoIs are the ``detected`` boxes with IoU >= ``iou_threshold`` to a ground truth, then the
+    ground-truth boxes; each is matched to the ground truth it overlaps most. No ground truth, no RoI.
+    """
+    boxes, matched = [], []
+    for found, gt in zip(detected, gt_boxes):
+        candidates = torch.cat([found.to(gt), gt])
+        if len(gt) == 0 or len(candidates) == 0:
+            boxes.append(gt.new_zeros((0, 4)))
+            matched.append(torch.zeros(0, dtype=torch.int64, device=gt.device))
+            continue
+        best, index = box_iou(gt, candidates).max(dim=0)
+        keep = best >= iou_threshold
+        boxes.append(candidates[keep])
+        matched.append(index[keep])
+    return boxes, matched
 
 
 class BCNetFCOS(FCOS):
@@ -56,17 +84,18 @@ class BCNetFCOS(FCOS):
         anchors = self.anchor_generator(images, levels)
         num_anchors_per_level = [x.size(2) * x.size(3) for x in levels]
 
+        split_outputs = {k: list(v.detach().split(num_anchors_per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(num_anchors_per_level)) for a in anchors]
         if self.training:
             losses = self.compute_loss(targets, head_outputs, anchors, num_anchors_per_level)
             if self.mask_branch is not None:
-                boxes = [t["boxes"] for t in targets]
-                matched = [torch.arange(len(b), device=b.device) for b in boxes]
-                losses.update(self.mask_branch.losses(features, boxes, images.image_sizes, targets, matched,
-                                                      [t["labels"] for t in targets]))
+                with torch.no_grad():
+                    detected = self.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
+                boxes, matched = training_rois([d["boxes"] for d in detected], [t["boxes"] for t in targets])
+                labels = [t["labels"][m] for t, m in zip(targets, matched)]
+                losses.update(self.mask_branch.losses(features, boxes, images.image_sizes, targets, matched, labels))
             return weight_losses(losses, self.loss_weights)
 
-        split_outputs = {k: list(v.split(num_anchors_per_level, dim=1)) for k, v in head_outputs.items()}
-        split_anchors = [list(a.split(num_anchors_per_level)) for a in anchors]
         detections = self.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
         if self.mask_branch is not None:
             n = self.mask_detections_per_img

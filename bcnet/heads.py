@@ -62,10 +62,10 @@ class GCNBlock(nn.Module):
         super().__init__()
         if norm not in ("layer", "batch"):
             raise ValueError(f"GCNBlock norm must be 'layer' or 'batch', got {norm!r}")
-        self.theta = nn.Conv2d(channels, channels, 1, bias=False)
-        self.phi = nn.Conv2d(channels, channels, 1, bias=False)
-        self.g = nn.Conv2d(channels, channels, 1, bias=False)
-        self.out = nn.Conv2d(channels, channels, 1, bias=False) if output_proj else None
+        self.theta = _conv1x1(channels)
+        self.phi = _conv1x1(channels)
+        self.g = _conv1x1(channels)
+        self.out = _conv1x1(channels) if output_proj else None
         self.norm_kind = norm
         self.norm = nn.LayerNorm(channels) if norm == "layer" else nn.BatchNorm2d(channels, eps=1e-4)
         self.relu = relu
@@ -90,6 +90,13 @@ class GCNBlock(nn.Module):
         if self.relu:
             y = F.relu(y)
         return y + x
+
+
+def _conv1x1(channels: int) -> nn.Conv2d:
+    """A bias-free 1x1 projection of the GCN, MSRA-initialised as the head's other convs (and the released code)."""
+    conv = nn.Conv2d(channels, channels, 1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
 
 
 def _conv3x3_relu(in_channels: int, out_channels: int) -> nn.Sequential:

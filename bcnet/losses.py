@@ -26,7 +26,8 @@ LOSS_PRESETS: dict[str, dict[str, float]] = {
     "paper": {"det": 1.0, "occluder_boundary": 0.5, "occluder_mask": 0.25, "occludee_boundary": 0.5,
               "occludee_mask": 1.0},
     # The released code sums two identical BCE terms for each boundary (pytorch_toolbelt's
-    # JointLoss(BceLoss(), BceLoss())), doubling the boundary weights.
+    # JointLoss(BceLoss(), BceLoss())), doubling the boundary weights. (Its FCOS model also weighs
+    # the box regression 1.25; every detector loss here weighs "det".)
     "original": {"det": 1.0, "occluder_boundary": 1.0, "occluder_mask": 0.25, "occludee_boundary": 1.0,
                  "occludee_mask": 1.0},
 }

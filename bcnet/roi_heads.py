@@ -101,7 +101,11 @@ class MaskBranch(nn.Module):
 def build_mask_branch(head_name: str, in_channels: int, num_classes: int, featmap_names: list[str],
                       preset: str = "paper", head_options: dict | None = None,
                       occluded_ratio: float | None = 0.5) -> MaskBranch:
-    """A :class:`MaskBranch` with a 14x14 MultiScaleRoIAlign over ``featmap_names`` (as Mask R-CNN)."""
+    """A :class:`MaskBranch` with a 14x14 MultiScaleRoIAlign over ``featmap_names`` (as Mask R-CNN).
+
+    torchvision's pooler, as for the boxes: ``aligned=False`` (fixed inside it), 2 samples per bin;
+    the released code pools with detectron2's ROIAlignV2 (``aligned=True``, adaptive sampling).
+    """
     roi_pool = MultiScaleRoIAlign(featmap_names=featmap_names, output_size=14, sampling_ratio=2)
     head = build_mask_head(head_name, in_channels, num_classes, preset, **(head_options or {}))
     return MaskBranch(head_name, roi_pool, head, occluded_ratio)

@@ -16,6 +16,15 @@ GT box RoI reproduces the mask exactly. The boundary is the band where the 3x3-d
 3x3-eroded target differ (2 px at 28x28, one on each side of the contour), computed with max
 pooling on the M x M target; the RoI edge is not a contour (a mask cut by the box has no
 boundary there), as in :func:`occsynth.masks.boundary`.
+
+Against the released code (``mask_head.py``, ``layers/boundary.py``, ``process_dataset.py``): its
+occluder target is the union already cut to the occludee's annotated box by the annotation tool,
+so a RoI wider than that box has no occluder outside it; here the union is not cut, the RoI sees
+every occluder pixel inside it, which is what the RoI shows. Its COCO polygons are
+rasterised in the RoI (``PolygonMasks.crop_and_resize``), not RoI-aligned as bitmaps (its
+``BitMasks`` path, used here): they differ by edge pixels. Its boundary uses skimage's default
+4-connected cross for the dilation and erosion, where this uses the 3x3 square: the bands differ
+only at diagonal corners, which the square marks too.
 """
 from __future__ import annotations
 
@@ -85,7 +94,9 @@ def balance_occluded(occluded: Tensor, ratio: float = 0.5, generator: torch.Gene
     nothing. Keeping all occluded RoIs and a random subset of the others makes occluded ones
     ``ratio`` of the kept RoIs (all RoIs are kept when there are too few non-occluded ones; none
     when no RoI is occluded, as the released code). The subset is drawn with ``generator``
-    (global RNG when None), so it is reproducible.
+    (global RNG when None), so it is reproducible. The released code (``mask_rcnn_loss``) adds the
+    batch's *first* RoIs instead, as many as are occluded, occluded or not (a RoI may count twice); a
+    random draw of non-occluded ones keeps the ratio and does not favour the first image's RoIs.
     """
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")

@@ -88,7 +88,7 @@ def _images_why(images: list[dict]) -> str:
 @click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="Input COCO instances JSON.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON (written atomically).")
 @click.option("--threshold", type=FiniteFloatRange(0, 1), default=BCNET_IOU_THRESHOLD, show_default=True, help="Box IoU above which another instance counts as an occluder.")
-@click.option("--bcnet-compat", is_flag=True, help="Also write 'bg_object_segmentation' (occluders' masks cut to the box, polygons), as BCNet's loader reads.")
+@click.option("--bcnet-compat", is_flag=True, help="Also write 'bg_object_segmentation' (occluders' masks cut to the box, polygons; empty where they cover 20 pixels or fewer of it, as BCNet's tool), as BCNet's loader reads.")
 @click.option("--keep-existing", is_flag=True, help="Keep the occluder_ids an annotation already has (e.g. an occsynth set's exact, depth-ordered ones) instead of replacing them by the box rule; ids that are not other annotations of its image are dropped and counted. --bcnet-compat then draws from them.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (an annotation that is no object, has no integer id, or whose mask cannot be decoded) instead of leaving it out (skipped and reported by reason); nothing is written.")
 @quiet_option

@@ -8,7 +8,10 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
 - ``occluder_ids`` on every annotation (ids of those instances; ``[]`` for crowd regions);
 - with ``bcnet_compat``, ``bg_object_segmentation`` as well: polygons of the union of the
   occluders' masks cut to this instance's box (pixels [floor(x), ceil(x+w)) x [floor(y), ceil(y+h))),
-  ``[]`` when it is empty - the field BCNet's COCO loader reads.
+  ``[]`` when it has no more than :data:`BCNET_MIN_OCCLUDER_PIXELS` pixels, as the released tool
+  (``process_dataset.py``) writes it - the field BCNet's COCO loader reads. That tool cuts to
+  [int(x), int(x+w)) (a pixel less on a fractional edge) and stores subsampled contours; these
+  polygons decode to the union exactly.
 
 Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
 exact (from the depth order) and better than the box rule's guesses. An annotation whose id an earlier
@@ -54,6 +57,8 @@ from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
+# The released tool leaves bg_object_segmentation empty unless the occluders cover more pixels of the box
+BCNET_MIN_OCCLUDER_PIXELS = 20
 SPOOL_PREFIX = ".annotate-"  # + the --out file's name: its spool folder beside it
 MAX_BUCKETS = 512
 
@@ -135,7 +140,8 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
         union = np.zeros((y1 - y0, x1 - x0), bool)
         for j in hits:
             union |= mask_of(j)[y0:y1, x0:x1]
-        ann["bg_object_segmentation"] = mask_ops.to_polygons(union, (x0, y0))
+        if np.count_nonzero(union) > BCNET_MIN_OCCLUDER_PIXELS:
+            ann["bg_object_segmentation"] = mask_ops.to_polygons(union, (x0, y0))
     return counts
 
 

@@ -1,7 +1,9 @@
 """Who occludes whom: the two rules the project uses, one implementation each.
 
 - Real COCO has no depth order. BCNet's rule (as in its released annotation tool): every other
-  non-crowd instance whose box has IoU > 0.05 with this one's counts as a possible occluder.
+  non-crowd instance whose box has IoU > 0.05 with this one's counts as a possible occluder. (That
+  tool measures boxes with the +1 pixel convention, [x, x + w] inclusive; here boxes are continuous.
+  Its crowd instances count, but their RLE masks draw as empty there, so they add no occluder pixel.)
 - Synthetic sets know the depth order: an instance on a higher layer whose amodal mask meets
   (shares at least one pixel with) this one's amodal mask occludes it.
 """

@@ -131,6 +131,24 @@ def test_bcnet_compat_polygons_decode_to_union_in_box(tmp_path):
     assert out[101]["area"] == 123.25 and out[101]["foo"] == {"bar": [1, 2.5]}
 
 
+def test_bcnet_compat_leaves_an_occluded_region_of_20_pixels_or_fewer_empty(tmp_path):
+    """The released tool writes bg_object_segmentation only where the occluders cover > 20 pixels of
+    the box; the occluder ids stay as the box rule gives them."""
+    a = rect(0, 0, 20, 20)
+    d = rect(12, 12, 30, 30) & ~rect(12, 12, 20, 20) | rect(17, 17, 20, 20)  # 9 pixels inside A's box
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": box(m), "area": float(m.sum()), "iscrowd": 0,
+             "segmentation": rle(m)} for i, m in ((1, a), (2, d))]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
+                               "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    annotate_occluders(src, tmp_path / "out.json", bcnet_compat=True, progress=False)
+    out = {x["id"]: x for x in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    assert out[1]["occluder_ids"] == [2] and out[2]["occluder_ids"] == [1]
+    assert out[1]["bg_object_segmentation"] == []
+    drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(out[2]["bg_object_segmentation"], H, W)))
+    assert np.array_equal(drawn.astype(bool), a & rect(12, 12, 30, 30))  # 64 pixels
+
+
 def test_to_polygons_is_exact_on_random_masks():
     rng = np.random.default_rng(0)
     for _ in range(60):
@@ -265,20 +283,20 @@ def test_keep_existing_keeps_exact_occluders_and_draws_bcnet_masks_from_them(tmp
         if ann["id"] == 7:
             ann["occluder_ids"] = [33]   # C-E box IoU is below the threshold, but E is on top of C here
         if ann["id"] == 101:
-            ann["occluder_ids"] = []     # exact: nothing on top of A, though boxes overlap
+            ann["occluder_ids"] = [44]   # exact: only F on top of A; B is behind it, though their boxes overlap
     src = tmp_path / "in.json"
     src.write_text(json.dumps(data))
     result = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(tmp_path / "k.json"),
                                        "--bcnet-compat", "--keep-existing", "--quiet"])
     assert result.exit_code == 0, result.output
     out = {a["id"]: a for a in json.loads((tmp_path / "k.json").read_text())["annotations"]}
-    assert out[7]["occluder_ids"] == [33] and out[101]["occluder_ids"] == []
+    assert out[7]["occluder_ids"] == [33] and out[101]["occluder_ids"] == [44]
     assert out[205]["occluder_ids"] == EXPECTED[205] and out[44]["occluder_ids"] == EXPECTED[44]
-    x, y, w, h = out[7]["bbox"]
-    polys = out[7]["bg_object_segmentation"]
+    x, y, w, h = out[101]["bbox"]
+    polys = out[101]["bg_object_segmentation"]
     drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, H, W))).astype(bool)
-    assert np.array_equal(drawn, MASKS[33] & rect(int(x), int(y), int(x + w), int(y + h))) and drawn.any()
-    assert out[101]["bg_object_segmentation"] == []
+    assert np.array_equal(drawn, MASKS[44] & rect(int(x), int(y), int(x + w), int(y + h))) and drawn.any()
+    assert out[7]["bg_object_segmentation"] == []  # E covers 1 pixel of C's box: <= 20, empty as BCNet's tool
     assert "kept_occluder_ids=2" in result.output and "--keep-existing" not in result.output
     replaced = annotate_occluders(src, tmp_path / "r.json", progress=False)["counts"]
     assert replaced["replaced_occluder_ids"] == 2 and replaced["kept_occluder_ids"] == 0
@@ -301,7 +319,8 @@ def test_keep_existing_drops_ids_of_other_images_unknown_ids_and_its_own(tmp_pat
     counts = annotate_occluders(src, tmp_path / "k.json", keep_existing=True, bcnet_compat=True,
                                 progress=False)["counts"]
     out = {a["id"]: a for a in json.loads((tmp_path / "k.json").read_text())["annotations"]}
-    assert out[7]["occluder_ids"] == [33] and out[7]["bg_object_segmentation"] != []
+    assert out[7]["occluder_ids"] == [33]
+    assert out[7]["bg_object_segmentation"] == []  # E covers 1 pixel of C's box (<= 20): empty, as BCNet's tool
     assert counts["kept_occluder_ids"] == 1 and counts["dropped_occluder_ids"] == 4
 
 

@@ -37,6 +37,15 @@ def test_gcn_batchnorm_variant_as_released():
         GCNBlock(8, norm="group")
 
 
+def test_gcn_projections_start_as_the_heads_other_convs():
+    """The released code MSRA-fills its non-local 1x1s like every conv of the head (mask_head.py):
+    N(0, 2 / fan_out), not torch's default uniform, which is ~2.4x narrower and flattens the affinity."""
+    torch.manual_seed(0)
+    block = GCNBlock(256, norm="batch", relu=False, scaled=True, output_proj=True)
+    for conv in (block.theta, block.phi, block.g, block.out):
+        assert conv.weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+
+
 EXPECTED_KEYS = {
     "fcn": {"mask"},
     "gcn": {"mask", "boundary"},

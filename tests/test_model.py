@@ -204,3 +204,33 @@ def test_resnet50_parameter_counts():
     original = {(r["detector"], r["mask_head"]): r for r in parameter_report(91, head_preset="original")}
     assert original["faster-rcnn", "bilayer-gcn"]["head_params"] == 6_296_580
     assert count_parameters(build_model(3, backbone="tiny")) < 1_000_000
+
+
+def test_fcos_mask_branch_trains_on_its_detections_matched_to_gt_and_on_the_gt_boxes(monkeypatch):
+    """As the released FCOS BCNet: the training RoIs are FCOS's own detections with box IoU >= 0.5 to a ground
+    truth (that one's targets), followed by the ground-truth boxes; detections matching none are dropped."""
+    torch.manual_seed(0)
+    model = build_model(3, detector="fcos", backbone="tiny", min_size=64, max_size=96).train()
+    images, targets = batch()  # sizes the transform keeps (64x80, 72x64)
+    detected = [torch.tensor([[12.0, 10, 40, 40], [0, 0, 5, 5]]), torch.zeros(0, 4)]
+    monkeypatch.setattr(model, "postprocess_detections", lambda outputs, anchors, sizes: [
+        {"boxes": b, "scores": torch.ones(len(b)), "labels": torch.ones(len(b), dtype=torch.int64)} for b in detected])
+    seen = {}
+
+    def losses(features, boxes, image_shapes, targets, matched_idxs, labels):
+        seen.update(boxes=boxes, matched=matched_idxs, labels=labels)
+        return {}
+    monkeypatch.setattr(model.mask_branch, "losses", losses)
+    model(images, targets)
+    gt = [t["boxes"] for t in targets]
+    assert torch.equal(seen["boxes"][0], torch.cat([detected[0][:1], gt[0]]))
+    assert torch.equal(seen["boxes"][1], gt[1])
+    assert [m.tolist() for m in seen["matched"]] == [[0, 0, 1], [0, 1]]
+    assert [x.tolist() for x in seen["labels"]] == [[1, 1, 2], [1, 2]]
+
+
+def test_fcos_training_rois_without_ground_truth_are_none():
+    from bcnet.fcos import training_rois
+
+    boxes, matched = training_rois([torch.tensor([[0.0, 0, 9, 9]])], [torch.zeros(0, 4)])
+    assert boxes[0].shape == (0, 4) and matched[0].shape == (0,) and matched[0].dtype == torch.int64
