@@ -67,8 +67,10 @@ def format_report(report: dict) -> list[str]:
                      f"with their annotations: {_images_why(dropped)}")
     if report.get("images_without_file"):
         missing = report["images_without_file"]
-        lines.append(f"warning: {plural(len(missing), 'selected image')} {'has' if len(missing) == 1 else 'have'} no usable file under --images (kept in the "
-                     f"output, which names but does not place them): {_images_why(missing)}")
+        one = len(missing) == 1
+        lines.append(f"warning: {plural(len(missing), 'selected image')} {'has' if one else 'have'} no usable file "
+                     f"under --images (kept in the output, which names but does not place "
+                     f"{'it' if one else 'them'}): {_images_why(missing)}")
     if report.get("stale_images"):
         stale = report["stale_images"]
         lines.append(f"note: left in {report['out']}/images: {plural(len(stale), 'image file')} an earlier build placed "

@@ -349,7 +349,13 @@ def test_an_annotations_only_build_given_images_reports_selected_images_without_
     r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "c"),
                                   "--images", str(root), "--threshold", "0.1"])
     assert r.exit_code == 0 and "warning: 2 selected images have no usable file" in r.output
-    assert "7 (0007.jpg: missing image file)" in r.output
+    assert "7 (0007.jpg: missing image file)" in r.output and "does not place them)" in r.output
+    (root / "0002.jpg").write_bytes(b"img")  # one left without a file: said of one
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "c1"),
+                                  "--images", str(root), "--threshold", "0.1"])
+    assert "warning: 1 selected image has no usable file under --images (kept in the output, which names but " \
+           "does not place it): 7 (0007.jpg: missing image file)" in r.output
+    (root / "0002.jpg").unlink()
     strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"),
                                        "--images", str(root), "--threshold", "0.1", "--strict"])
     assert strict.exit_code == 2 and "0002.jpg" in strict.output and "Traceback" not in strict.output
