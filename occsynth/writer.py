@@ -533,8 +533,8 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         except OccsynthError as exc:
             merged_into = {m for d in shard_dirs if (m := merged_into_of(d)) is not None}
             if merged_into:  # an earlier merge moved chunks out of these folders: that is where the set is
-                raise OccsynthError(f"{exc}: an earlier `occsynth merge` moved chunks of these shard folders into "
-                                    f"{', '.join(sorted(merged_into))}, the merged set") from None
+                raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
+                                    f"{', '.join(sorted(merged_into))}, the merged set: the set is there ({exc})") from None
             raise
         make_folder(out_dir)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:
