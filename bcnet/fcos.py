@@ -30,20 +30,22 @@ def training_rois(detected: list[Tensor], gt_boxes: list[Tensor],
                   iou_threshold: float = MASK_IOU_THRESHOLD) -> tuple[list[Tensor], list[Tensor]]:
     """Per image, the mask branch's training RoIs and the ground truth each one learns.
 
-    RoIs are the ``detected`` boxes with IoU >= ``iou_threshold`` to a ground truth, then the
-    ground-truth boxes; each is matched to the ground truth it overlaps most. No ground truth, no RoI.
+    RoIs are the ``detected`` boxes with IoU >= ``iou_threshold`` to a ground truth (matched to the one
+    they overlap most), then the ground-truth boxes, each matched to itself: matched by IoU, a duplicate
+    box would learn the first one's mask and its own instance would never train. No ground truth, no RoI.
     """
     boxes, matched = [], []
     for found, gt in zip(detected, gt_boxes):
-        candidates = torch.cat([found.to(gt), gt])
-        if len(gt) == 0 or len(candidates) == 0:
-            boxes.append(gt.new_zeros((0, 4)))
-            matched.append(torch.zeros(0, dtype=torch.int64, device=gt.device))
-            continue
-        best, index = box_iou(gt, candidates).max(dim=0)
-        keep = best >= iou_threshold
-        boxes.append(candidates[keep])
-        matched.append(index[keep])
+        own = torch.arange(len(gt), device=gt.device)
+        found, index = found.to(gt), own[:0]
+        if len(gt) and len(found):
+            best, index = box_iou(gt, found).max(dim=0)
+            keep = best >= iou_threshold
+            found, index = found[keep], index[keep]
+        else:
+            found = gt.new_zeros((0, 4))
+        boxes.append(torch.cat([found, gt]))
+        matched.append(torch.cat([index, own]))
     return boxes, matched
 
 

@@ -234,3 +234,14 @@ def test_fcos_training_rois_without_ground_truth_are_none():
 
     boxes, matched = training_rois([torch.tensor([[0.0, 0, 9, 9]])], [torch.zeros(0, 4)])
     assert boxes[0].shape == (0, 4) and matched[0].shape == (0,) and matched[0].dtype == torch.int64
+
+
+def test_fcos_training_rois_give_every_ground_truth_its_own_box_even_a_duplicate():
+    """Two instances with the same box (a duplicate annotation, or an object and its occluder cut alike): each
+    ground-truth RoI learns its own instance, so every instance trains at least once."""
+    from bcnet.fcos import training_rois
+
+    gt = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 10], [20.0, 20, 30, 30]])
+    boxes, matched = training_rois([torch.tensor([[0.0, 0, 10, 11], [20.0, 20, 30, 31]])], [gt])
+    assert torch.equal(boxes[0][2:], gt)
+    assert matched[0][2:].tolist() == [0, 1, 2] and matched[0][1].item() == 2
