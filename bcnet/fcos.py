@@ -86,7 +86,7 @@ class BCNetFCOS(FCOS):
         anchors = self.anchor_generator(images, levels)
         num_anchors_per_level = [x.size(2) * x.size(3) for x in levels]
 
-        split_outputs = {k: list(v.detach().split(num_anchors_per_level, dim=1)) for k, v in head_outputs.items()}
+        split_outputs = {k: list(v.split(num_anchors_per_level, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(num_anchors_per_level)) for a in anchors]
         if self.training:
             losses = self.compute_loss(targets, head_outputs, anchors, num_anchors_per_level)
