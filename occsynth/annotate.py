@@ -140,7 +140,7 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
         union = np.zeros((y1 - y0, x1 - x0), bool)
         for j in hits:
             union |= mask_of(j)[y0:y1, x0:x1]
-        if np.count_nonzero(union) > BCNET_MIN_OCCLUDER_PIXELS:
+        if mask_ops.area(union) > BCNET_MIN_OCCLUDER_PIXELS:
             ann["bg_object_segmentation"] = mask_ops.to_polygons(union, (x0, y0))
     return counts
 
