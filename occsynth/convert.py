@@ -214,8 +214,9 @@ def _flag(value: Any) -> bool | None:
         return bool(value)
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
-        return value.strip().lower() in ("1", "true")
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("0", "1", "true", "false"):
+        return text in ("1", "true")
     return None
 
 
