@@ -40,7 +40,15 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
         f, held = _new_locked_file(create) if locked else (create(), False)
         tmp = Path(f.name)
         with f:
-            yield f
+            try:
+                yield f
+            except BaseException:
+                # the block's own error is the one to report: closing may fail too (what the block wrote
+                # does not fit on a full disk) and would replace it, e.g. an image's write failing while a
+                # merge holds this file open would be said of this file
+                with contextlib.suppress(OSError):
+                    f.close()
+                raise
             f.flush()
             if durable:
                 os.fsync(f.fileno())

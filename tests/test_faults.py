@@ -264,6 +264,43 @@ def test_a_failed_background_write_is_raised_by_the_next_submit_or_wait(tmp_path
             raise KeyError("the caller's own error")
 
 
+class _UnflushableFile:
+    """A temporary whose buffered bytes never reach the disk: closing it fails (a full disk)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def close(self):
+        if not self.f.closed:  # as a real file's: the first close fails, the file is closed all the same
+            self.f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_an_error_inside_open_atomic_is_not_replaced_by_a_failing_close(tmp_path, monkeypatch):
+    """A merge holds annotations.json open while chunks render: an image's failed write is the error reported,
+    not the merge file's close that fails on the same full disk."""
+    real = atomic._new_temporary
+    monkeypatch.setattr(atomic, "_new_temporary", lambda path, mode: _UnflushableFile(real(path, mode)))
+    target = tmp_path / "annotations.json"
+    with pytest.raises(OccsynthError, match="images/9.png"):
+        with atomic.open_atomic(target) as f:
+            f.write('{"images":[')
+            raise OccsynthError(f"cannot write {tmp_path}/images/9.png: no space left on device")
+    with pytest.raises(OccsynthError, match="annotations.json: no space left"):  # a close failing alone: its file
+        with atomic.open_atomic(target) as f:
+            f.write("{}")
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
 def test_unusable_output_location_is_a_clear_error(demo_source, tmp_path):
     ann, root = demo_source
     blocker = tmp_path / "a-file"
