@@ -82,7 +82,7 @@ def textured_source(ann_path: str | os.PathLike, image_root: str | os.PathLike, 
     ann_out, root_out = out_dir / "annotations.json", out_dir / "images"
     if ann_out.exists():
         return ann_out, root_out
-    data = read_dataset(ann_path)
+    data = read_dataset(ann_path, finite=True)  # copied fields: the output must stay JSON
     rng = np.random.default_rng(seed)
     details = [_detail(name) for name in TEXTURE_PHOTOS] if texture else []
     # records generation would skip are left out here (bad records, masks that do not decode), so that a

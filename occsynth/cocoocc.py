@@ -250,7 +250,7 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
 
 def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, threshold: float, count_crowd: bool,
            strict: bool, progress: bool) -> dict:
-    data = read_dataset(ann_path)
+    data = read_dataset(ann_path, finite=True)  # copied fields: the output must stay JSON
     source_images, source_annotations = len(data["images"]), len(data["annotations"])
     skips = SkipLog(strict=strict)
     try:
@@ -396,7 +396,7 @@ def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:
             image = images[ann["image_id"]]
             check_segmentation(ann["segmentation"], image["height"], image["width"], where, rle=False)
             box = ann.get("bbox")
-            if not is_box(box):  # NaN or Infinity would also make the output invalid JSON
+            if not is_box(box):  # e.g. a number no float holds (NaN was refused with the file)
                 raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(box)} is not 4 finite numbers")
             if box[2] < 0 or box[3] < 0:  # no box: it would overlap nothing, and stay in the output without a word
                 raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(box)} has a negative width or height")
