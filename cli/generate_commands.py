@@ -9,7 +9,7 @@ import manifests
 from cli.common import FiniteFloatRange, cache_dir_option, echo_skips, note_capped_workers, parse_shard, quiet_option
 from occsynth.bank import BankOptions
 from occsynth.errors import NoRoom, OccsynthError, plural
-from occsynth.generate import generate, merge, run_settings
+from occsynth.generate import MAX_IMAGES, generate, merge, run_settings
 from occsynth.schedule import MAX_PASTES, CompositeOptions
 
 _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
@@ -20,7 +20,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="Image root the source's file_name entries are relative to.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (created; rerun to resume).")
 @click.option("--recipe", help="Recipe name in manifests/ (e.g. synthetic-100k) or a TOML path; options below override it.")
-@click.option("--num-images", type=click.IntRange(min=1), help="Images to generate [default: 100, or the recipe's].")
+@click.option("--num-images", type=click.IntRange(1, MAX_IMAGES), help=f"Images to generate, at most {MAX_IMAGES:,} [default: 100, or the recipe's].")
 @click.option("--seed", type=int, help="Seed; the same seed gives byte-identical output [default: 0, or the recipe's].")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes; at most one per CPU core is started. With --backend dask/ray: chunks rendered at once on the cluster (1: as many as it has workers).")
 @click.option("--shard", help="Render only shard i of n (e.g. 0/8); join shards with `occsynth merge`.")

@@ -36,6 +36,9 @@ from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, pla
 IMAGE_FORMATS = ("jpg", "png")
 DEFAULT_CHUNK_SIZE = 16
 MAX_SOURCE_RETRIES = 20
+# 100 times the paper's set. Every worker holds the class schedule of the whole set (about 300 bytes an image,
+# some 16 s to draw per million images on one core), so a mistyped count is refused instead of filling memory
+MAX_IMAGES = 10_000_000
 # The renderer's revision, recorded in every run: raised whenever the same settings and source give other
 # bytes (placement, blending, encoding), so that a run resumed, or a shard made, by another revision is
 # refused instead of mixed into a set that neither revision would make.
@@ -62,7 +65,7 @@ class RunSettings:
                 bound = f"between {low} and {high}" if high else f">= {low}"
                 raise OccsynthError(f"{name} must be a whole number {bound}, got {value!r}")
 
-        whole("num_images", 1)
+        whole("num_images", 1, MAX_IMAGES)
         whole("seed", 0, 2 ** 63 - 1)
         whole("jpeg_quality", 1, 100)
         whole("chunk_size", 1, 100_000)

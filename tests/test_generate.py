@@ -752,3 +752,16 @@ def test_run_settings_take_their_option_tables_as_dicts_too(tmp_path):
         with pytest.raises(errors.OccsynthError, match=f"workers must be a whole number >= 1, got {workers!r}"):
             generate(tmp_path / "o", as_dict, workers=workers, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("count", [generate_module.MAX_IMAGES + 1, 10 ** 20])
+def test_an_image_count_past_the_maximum_is_refused_before_out_is_made(tmp_path, count):
+    """A mistyped count filled memory (every worker draws the whole set's class schedule) and left a run.json
+    that refused the corrected command in the same --out."""
+    with pytest.raises(errors.OccsynthError, match=f"num_images must be a whole number between 1 and "
+                                                   f"{generate_module.MAX_IMAGES}, got {count}"):
+        RunSettings(num_images=count, seed=0)
+    result = CliRunner().invoke(occsynth_main, ["generate", "--out", str(tmp_path / "o"), "--num-images", str(count)])
+    assert result.exit_code == 2 and f"{count} is not in the range 1<=x<={generate_module.MAX_IMAGES}" in result.output
+    assert not (tmp_path / "o").exists()
+    assert RunSettings(num_images=generate_module.MAX_IMAGES, seed=0).num_images == generate_module.MAX_IMAGES

@@ -391,7 +391,7 @@ def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypat
                                 "[pretrain], [finetune], [cocoocc])"),
     ("[synthetic]", "num_images = 3\n[synthetic]", "'num_images': a setting outside any table"),
     ("iterations = 2", "iterations = -2", "[finetune]: schedule setting iterations must be an integer >= 1, got -2"),
-    ("num_images = 6", "num_images = 'many'", "[synthetic]: num_images must be a whole number >= 1, got 'many'"),
+    ("num_images = 6", "num_images = 'many'", "[synthetic]: num_images must be a whole number between 1 and 10000000, got 'many'"),
     ("num_images = 6", "num_imagse = 6", "[synthetic]: unknown setting 'num_imagse' (known: recipe, num_images, seed,"),
     ("[pretrain]", "[synthetic.composite]\npastez = 3\n[pretrain]",
      "[synthetic.composite]: unknown setting 'pastez' (known: pastes, occlusion,"),
