@@ -573,9 +573,14 @@ def _split_eval(data: dict, coco_dt: COCO, level: dict, edges: Sequence[float], 
 
 
 def _coco(data: dict) -> COCO:
-    """A pycocotools COCO over shallow copies of the annotations (pycocotools rewrites them)."""
+    """A pycocotools COCO over shallow copies of the annotations (pycocotools rewrites them), numbered 1, 2, ...
+
+    COCOeval marks a detection's match by the ground truth's id, 0 meaning none: a file numbering its annotations
+    from 0 (valid COCO) had the detection matched to annotation 0 counted as a false positive. Nothing maps the
+    ids back: the occlusion splits mark their members before this, Occluded/Separated reads ``data``.
+    """
     coco = COCO()
-    coco.dataset = {**data, "annotations": [dict(a) for a in data["annotations"]]}
+    coco.dataset = {**data, "annotations": [{**a, "id": k} for k, a in enumerate(data["annotations"], start=1)]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco

@@ -90,6 +90,25 @@ def test_perfect_detections_give_ap_one():
             assert entry["AP"] == -1.0 or entry["AP"] == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("first_id", [0, 1, 1000])
+def test_the_scores_do_not_depend_on_the_annotation_ids(first_id):
+    """COCOeval marks a detection matched to ground-truth id 0 as unmatched: a file numbering its annotations from
+    0 (valid COCO) scored a perfect model 0.875 instead of 1 (its match with annotation 0 a false positive)."""
+    gt = gt_set()
+    for k, a in enumerate(gt["annotations"]):
+        a["id"] = first_id + k
+    results = [det(a["image_id"], a["category_id"], mask_ops.decode(a["segmentation"], H, W), 0.9)
+               for a in gt["annotations"] if not a["iscrowd"]]
+    out = E.evaluate(gt, results)
+    assert out["bbox"]["AP"] == 1.0 and out["segm"]["AP"] == 1.0
+    assert out["segm_by_occlusion_ratio"]["[0,0.1)"]["AP"] == pytest.approx(1.0, abs=1e-12)
+    imperfect = [det(1, 10, rect(2, 2, 11, 12), 0.9), det(2, 10, rect(6, 5, 25, 24), 0.8),
+                 det(2, 20, rect(8, 8, 20, 20), 0.6)]
+    numbered_from_one = gt_set()
+    assert E.evaluate(gt, imperfect)["segm"] == E.evaluate(numbered_from_one, imperfect)["segm"]
+    assert [a["id"] for a in gt["annotations"]] == list(range(first_id, first_id + 4))  # the caller's data as it was
+
+
 def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
     """A checkpoint trained on category 10 alone, evaluated on a set of 10 and 20: pycocotools averaged AP over
     both, so a perfect model scored 0.5 (AP 0 for the class it never learnt). With the model's category_ids it is
