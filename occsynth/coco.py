@@ -428,13 +428,17 @@ def record_image_path(image_root: str | os.PathLike, image: dict) -> Path:
 
 def require_image_file(path: Path) -> Path:
     """``path`` if a file is there, else a BadRecord "missing image file" (also for a name the file system cannot
-    even look up, such as one too long: that record is skipped like any missing image, it does not stop a run)."""
+    even look up, such as one too long: that record is skipped like any missing image, it does not stop a run).
+    Something else under the name (a folder, a named pipe, a device) is what :func:`read_image` says of it."""
+    where = f"image file {path}"
     try:
-        found = path.is_file()
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadRecord(errors.MISSING_FILE, where) from None
     except OSError as exc:
-        raise BadRecord(errors.MISSING_FILE, f"image file {path}", exc.strerror or str(exc)) from None
-    if not found:
-        raise BadRecord(errors.MISSING_FILE, f"image file {path}")
+        raise BadRecord(errors.MISSING_FILE, where, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(mode):
+        raise BadRecord(errors.CORRUPT_IMAGE, where, f"{_not_regular(mode)}, not an image file")
     return path
 
 
@@ -483,6 +487,11 @@ _NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)
                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def _not_regular(mode: int) -> str:
+    """What a file that is not a regular one is, by its ``st_mode``: "a folder", "a named pipe (FIFO)", ..."""
+    return next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
 def _read_regular_file(path: Path) -> bytes:
     """The bytes of ``path`` if it is a regular file (or a link to one); OSError naming what it is otherwise.
 
@@ -493,8 +502,7 @@ def _read_regular_file(path: Path) -> bytes:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
-            raise OSError(errno.EINVAL, f"{kind}, not an image file", str(path))
+            raise OSError(errno.EINVAL, f"{_not_regular(mode)}, not an image file", str(path))
         f = open(fd, "rb", closefd=False)
         with f:
             return f.read()

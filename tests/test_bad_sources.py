@@ -249,6 +249,17 @@ def test_a_pipe_or_a_device_under_an_image_name_is_skipped_not_read(tmp_path, no
     with pytest.raises(errors.BadRecord) as caught:
         coco.read_image(root, (48, 64))
     assert caught.value.detail == "a folder, not an image file"
+    # the readers that only check that the file is there (training's dataset, build-cocoocc) say the same
+    for path, kind in ((root / "0.png", "a named pipe (FIFO)"), (root / "1.png", "a character device"),
+                       (root, "a folder")):
+        with pytest.raises(errors.BadRecord) as caught:
+            coco.require_image_file(path)
+        assert (caught.value.reason, caught.value.detail) == (errors.CORRUPT_IMAGE, f"{kind}, not an image file")
+    for missing in (root / "nothing.png", root / "2.png" / "under-a-file.png"):
+        with pytest.raises(errors.BadRecord) as caught:
+            coco.require_image_file(missing)
+        assert caught.value.reason == errors.MISSING_FILE and not caught.value.detail
+    assert coco.require_image_file(root / "2.png") == root / "2.png"
 
     result = _generate(ann, root, tmp_path / "o", tmp_path / "c")
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
