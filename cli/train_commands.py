@@ -79,7 +79,7 @@ def _steps(ctx, param, value):
                                 "warned of: it takes very long there.")
 @click.option("--strict", is_flag=True,
               help="Stop at the first bad record instead of skipping it. Every training annotation's masks (their "
-                   "encoding, not their pixels) and box are checked before training starts.")
+                   "encoding, and that they cover a pixel) and box are checked before training starts.")
 @quiet_option
 def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoint, device, strict, quiet,
                   **overrides):
