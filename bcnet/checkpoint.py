@@ -115,10 +115,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                             f"{FORMAT!r})")
     if "model" not in state:
         raise OccsynthError(f"{path}: not a bcnet checkpoint (no 'model' entry)")
-    if state.get("version", 0) > VERSION:
+    version = state.get("version", 0)
+    if not _whole(version):
+        raise OccsynthError(f"{path}: not a bcnet checkpoint (version {brief(version)} is not a whole number)")
+    if version > VERSION:
         raise OccsynthError(f"{path}: checkpoint version {state['version']} is newer than this bcnet "
                             f"understands ({VERSION})")
+    why = _bad_field(state)
+    if why:
+        raise OccsynthError(f"{path}: not a bcnet checkpoint ({why})")
     return state
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_field(state: dict) -> str | None:
+    """Why a checkpoint's plain-data entries are not what :func:`save_checkpoint` writes (None when they are):
+    a hand-edited or foreign file would fail later, deep in training or evaluation, with a traceback."""
+    iteration = state.get("iteration", 0)
+    if not (_whole(iteration) and iteration >= 0):
+        return f"'iteration' {brief(iteration)} is not a whole number >= 0"
+    for key in ("schedule", "model_config", "data"):
+        if not isinstance(state.get(key, {}), dict):
+            return f"'{key}' is not a table: {brief(state[key])}"
+    for key in ("optimizer", "scheduler", "scaler", "rng"):
+        if not isinstance(state.get(key), (dict, type(None))):
+            return f"'{key}' is not a state dict: {brief(state[key])}"
+    ids = state.get("category_ids", [])
+    if not (isinstance(ids, list) and all(_whole(c) for c in ids)):
+        return f"'category_ids' is not a list of whole numbers: {brief(ids)}"
+    if len(set(ids)) != len(ids):
+        return f"'category_ids' names a category twice: {brief(ids)}"
+    return None
 
 
 def damaged_member(path: str | os.PathLike) -> str | None:

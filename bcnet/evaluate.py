@@ -723,9 +723,6 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     category_ids = state.get("category_ids")
     if not category_ids:
         raise OccsynthError(f"{checkpoint}: checkpoint has no category mapping")
-    if not isinstance(category_ids, (list, tuple)) or not all(coco_io.is_int(c) for c in category_ids):
-        raise OccsynthError(f"{checkpoint}: category_ids must be a list of category ids, got "
-                            f"{coco_io.brief(category_ids)}")
     if not isinstance(state.get("model_config"), dict):
         raise OccsynthError(f"{checkpoint}: not a bcnet checkpoint: no model_config (the settings its model was "
                             "built with)")

@@ -491,10 +491,14 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     start = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # torch's words for a state of another model
+            raise OccsynthError(f"{resume_path}: its optimizer state does not fit the model it saved "
+                                f"({type(exc).__name__}: {str(exc)[:200]}); resume from another checkpoint") from None
         start = int(state["iteration"])
         changed = _use_schedule_settings(optimizer, scheduler, schedule)
     iterations = int(schedule["iterations"])

@@ -387,7 +387,7 @@ def test_a_checkpoint_that_does_not_fit_its_own_model_config_is_one_clear_error_
          "its model_config builds no model: unknown backbone 'resnet9000'"),
         (lambda s: s["model"].pop(first), f"its tensors do not match the model built from its model_config: "
                                           f"1 missing (e.g. {first})"),
-        (lambda s: s.__setitem__("category_ids", "abc"), "category_ids must be a list of category ids, got 'abc'"),
+        (lambda s: s.__setitem__("category_ids", "abc"), "not a bcnet checkpoint ('category_ids' is not a list of whole numbers: 'abc')"),
         (lambda s: s["category_ids"].pop(), "its model_config has num_classes 6, but its 4 category_ids need 5"),
         (lambda s: s["model_config"].__setitem__("num_classes", "6"), "its model_config has num_classes '6', but its 5 category_ids need 6"),
     ]

@@ -238,6 +238,32 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path):
         ckpt.load_checkpoint(tmp_path / "other.pt")
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("version", "2", "version '2' is not a whole number"),
+    ("iteration", "x", "'iteration' 'x' is not a whole number >= 0"),
+    ("iteration", -1, "'iteration' -1 is not a whole number >= 0"),
+    ("schedule", "abc", "'schedule' is not a table: 'abc'"),
+    ("model_config", [1], "'model_config' is not a table: [1]"),
+    ("data", "x", "'data' is not a table: 'x'"),
+    ("optimizer", "x", "'optimizer' is not a state dict: 'x'"),
+    ("category_ids", "abc", "'category_ids' is not a list of whole numbers: 'abc'"),
+    ("category_ids", [1, True], "'category_ids' is not a list of whole numbers: [1, True]"),
+    ("category_ids", [1, 1], "'category_ids' names a category twice: [1, 1]"),
+])
+def test_a_checkpoint_whose_plain_entries_are_not_what_bcnet_writes_is_refused_naming_the_entry(tmp_path, key, value,
+                                                                                                 words):
+    """A hand-edited or foreign checkpoint failed later with a traceback (a str version compared with an int, a
+    schedule without .items()) or, with a category twice, mapped two labels to one category."""
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=torch.nn.Linear(3, 2), iteration=7, category_ids=[4, 2], rng=False)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    state[key] = value
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(OccsynthError) as caught:
+        ckpt.load_checkpoint(tmp_path / "edited.pt")
+    assert str(caught.value) == f"{tmp_path / 'edited.pt'}: not a bcnet checkpoint ({words})"
+    assert ckpt.load_checkpoint(tmp_path / "c.pt")["category_ids"] == [4, 2]
+
+
 def test_checkpoint_round_trip_with_rng_states(tmp_path):
     model = torch.nn.Linear(3, 2)
     ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=7, category_ids=[4, 2])
@@ -594,6 +620,20 @@ def test_resume_ignores_a_setting_an_older_version_saved_and_a_stray_top_level_k
     stray.write_text("itertions = 7\n" + T.manifests.path("schedule-tiny").read_text())
     with pytest.raises(OccsynthError, match=r"stray.toml: 'itertions' stands outside a table"):
         T.load_schedule(stray)
+
+
+def test_resume_from_a_checkpoint_whose_optimizer_state_fits_another_model_is_one_clear_error(tmp_path, dataset_dir):
+    """torch's ValueError (another number of parameter groups) was a traceback."""
+    _run(dataset_dir, tmp_path / "run", iterations=2, batch_size=1, checkpoint_every=2)
+    final = tmp_path / "run" / "model_final.pt"
+    state = torch.load(final, weights_only=True)
+    state["optimizer"]["param_groups"].append(dict(state["optimizer"]["param_groups"][0]))
+    torch.save(state, final)
+    with pytest.raises(OccsynthError) as caught:
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                overrides={"iterations": 3}, progress=False)
+    assert str(caught.value).startswith(f"{final}: its optimizer state does not fit the model it saved (ValueError: ")
+    assert str(caught.value).endswith("; resume from another checkpoint")
 
 
 def test_amodal_training_refuses_an_annotation_without_an_amodal_mask(tmp_path, dataset_dir):
