@@ -31,10 +31,13 @@ FINAL = "model_final.pt"  # the finished run's checkpoint
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, iteration: int,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
                     schedule: dict | None = None, model_config: dict | None = None,
-                    category_ids: list[int] | None = None, rng: bool = True, data: dict | None = None) -> None:
+                    category_ids: list[int] | None = None, category_names: list[str] | None = None,
+                    rng: bool = True, data: dict | None = None) -> None:
     """Write model (+ optimizer, LR scheduler, AMP scaler, RNG states) at ``iteration`` atomically.
 
-    ``data``: what the run trains on (``{"annotations": name, "sha256": ...}``), so that a resume can tell."""
+    ``category_names``: the names of ``category_ids`` (same order), so that predictions are labelled with the
+    training set's names, not COCO's. ``data``: what the run trains on (``{"annotations": name, "sha256": ...}``),
+    so that a resume can tell."""
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -46,6 +49,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, iteratio
         "schedule": dict(schedule or {}),
         "model_config": dict(model_config or {}),
         "category_ids": [int(c) for c in (category_ids or [])],
+        "category_names": [str(n) for n in (category_names or [])],
         "rng": capture_rng_state() if rng else None,
         "data": dict(data or {}),
     }
@@ -148,7 +152,15 @@ def _bad_field(state: dict) -> str | None:
         return f"'category_ids' is not a list of whole numbers: {brief(ids)}"
     if len(set(ids)) != len(ids):
         return f"'category_ids' names a category twice: {brief(ids)}"
+    names = state.get("category_names", [])
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) in (0, len(ids))):
+        return f"'category_names' is not a list of {len(ids)} names: {brief(names)}"
     return None
+
+
+def category_names(state: dict) -> dict[int, str]:
+    """``{category id: name}`` of a checkpoint's categories; empty for one saved before the names were kept."""
+    return dict(zip(state.get("category_ids", []), state.get("category_names") or []))
 
 
 def damaged_member(path: str | os.PathLike) -> str | None:

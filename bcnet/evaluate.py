@@ -40,7 +40,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from . import occsep
+from .checkpoint import category_names as checkpoint_category_names
 from .data import require_amodal_masks, unusable_box
 from .device import resolve_device
 
@@ -174,7 +175,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
              image_ids: Sequence[int] | None = None, occlusion_splits: bool = True,
              overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES,
              mode: str = "visible", occsep_lists: dict | None = None, skips: SkipLog | None = None,
-             record_skips: SkipLog | None = None, category_ids: Sequence[int] | None = None) -> dict:
+             record_skips: SkipLog | None = None, category_ids: Sequence[int] | None = None,
+             category_names: Mapping[int, str] | None = None) -> dict:
     """pycocotools AP of ``results`` against the annotations ``gt`` (path or loaded COCO dict).
 
     Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}, "segm_by_box_overlap":
@@ -195,6 +197,9 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     categories only, as pycocotools does over a subset: a person-only model on COCO val is scored on persons, not
     given AP 0 for 79 classes it never learnt. ``out["categories"]`` then says how many of ``gt``'s were scored, and
     names the others (``not_scored``). The occlusion levels hold the ground truths of the scored categories only.
+    ``category_names``: the model's names of its ``category_ids`` (a checkpoint's); a scored category that ``gt``
+    names otherwise is listed in ``out["categories"]["named_otherwise"]`` (``"id (model: a, set: b)"``): the same id
+    may stand for another class in another set, and it is scored as the same one.
     """
     if mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -238,6 +243,12 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", [])),
                              "not_scored": [c.get("name", c.get("id")) for c in data.get("categories", [])
                                             if c.get("id") not in known_ids]}
+        model_names = dict(category_names or {})
+        otherwise = [f"{c['id']} (model: {model_names[c['id']]}, set: {c['name']})" for c in scored
+                     if isinstance(c.get("name"), str) and c["id"] in model_names
+                     and _same_name(model_names[c["id"]]) != _same_name(c["name"])]
+        if otherwise:
+            out["categories"]["named_otherwise"] = otherwise
         data = {**data, "categories": scored}
     coco_gt = _coco(data)
     loaded = {}
@@ -261,6 +272,11 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         out.update(occsep_metrics(data, results, lists, image_ids=image_ids))
     out["skipped"] = skips.to_dict()
     return out
+
+
+def _same_name(name: str) -> str:
+    """A category name as compared across sets: 'Traffic_Light' and 'traffic light' are one class."""
+    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
 
 
 def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | None = None) -> dict:
@@ -676,6 +692,9 @@ def markdown_table(results: dict) -> str:
             names = categories.get("not_scored")  # none in a results.json of an earlier version (read again)
             lines += ["", f"{name}: the model scores {categories['scored']} of the set's {categories['in_annotations']} "
                           "categories" + (f"; not scored: {errors.first_few(names)}." if names else ".")]
+        if categories.get("named_otherwise"):
+            lines += ["", f"{name}: categories the model knows by other names (scored as the same class, by id): "
+                          f"{errors.first_few(categories['named_otherwise'])}."]
     split_rows = []
     for name, r in results.items():
         for key, label in (("segm_by_box_overlap", "max box IoU"), ("segm_by_occlusion_ratio", "occlusion ratio")):
@@ -828,7 +847,7 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
             write_json(staged[name], results)
             report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
                                     ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,
-                                    category_ids=state["category_ids"])
+                                    category_ids=state["category_ids"], category_names=checkpoint_category_names(state))
             report[name]["skipped"] = dataset.skips.to_dict()
         for name, path in staged.items():
             os.replace(path, out_dir / f"detections_{name}.json")

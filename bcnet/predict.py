@@ -24,6 +24,7 @@ from occsynth.coco import read_image, write_picture
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 from occsynth.masks import finite_number
 
+from .checkpoint import category_names as saved_category_names
 from .device import resolve_device
 from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model, to_coco_results
 
@@ -149,6 +150,9 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
     """Run a trained model on images; write ``results.json`` (COCO results), ``images.json`` (which
     file each ``image_id`` is) and, with ``pictures``, one PNG per image under ``out_dir/pictures``.
 
+    ``category_names`` (``{id: name}``) labels the pictures; by default the names the checkpoint was trained
+    with (COCO's for a checkpoint saved before they were kept).
+
     Files that cannot be decoded, and images the model cannot process (an aspect ratio so
     extreme that its resize leaves a side under one pixel, or a model failure on that image),
     are skipped with their reason: ``skipped`` lists one line per file, ``skip_counts`` counts
@@ -161,7 +165,8 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
     device = resolve_device(device)
     model, state = load_model(checkpoint, device)
     category_ids = list(state["category_ids"])
-    names = category_names or {c["id"]: c["name"] for c in COCO_CATEGORIES}
+    # the training set's names; COCO's for a checkpoint saved before they were kept (its ids were COCO's then)
+    names = category_names or saved_category_names(state) or {c["id"]: c["name"] for c in COCO_CATEGORIES}
     paths = list_images(inputs, out_dir)
     with output_folder(out_dir) as out_dir:  # an unwritable --out fails now, not after every image ran
         return _predict_into(model, category_ids, names, paths, out_dir, score_threshold, device, pictures, progress)

@@ -538,12 +538,15 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         history: list[dict] = []
         saved = None
 
+        known = {c["id"]: c.get("name") for c in dataset.categories}
+        names = [str(known.get(c) or c) for c in dataset.category_ids]  # a category without a name: its id
+
         def save_at(iteration: int) -> Path:
             path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else ckpt.FINAL)
             ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
                                  scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
                                  model_config={"num_classes": dataset.num_classes, **config},
-                                 category_ids=dataset.category_ids, data=data)
+                                 category_ids=dataset.category_ids, category_names=names, data=data)
             _mark(out_dir, path)
             _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
             return path

@@ -312,6 +312,28 @@ def test_predict_refuses_a_score_threshold_that_is_not_a_number(tiny, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_predict_labels_detections_with_the_names_the_checkpoint_was_trained_with(tiny, tmp_path, monkeypatch):
+    """Predictions were labelled with COCO's names whatever the set: a model of 'thing'/'stuff' drew 'person'."""
+    import bcnet.predict as P
+
+    root, checkpoint = tiny
+    state = torch.load(checkpoint, weights_only=True)
+    named = tmp_path / "named.pt"
+    ckpt.save_checkpoint(named, model=T.build(6, T.model_config(state["schedule"])), iteration=0,
+                         schedule=state["schedule"], model_config=state["model_config"], category_ids=[1, 3, 5, 7, 9],
+                         category_names=["wall", "ball", "coin", "box", "never-pasted"], rng=False)
+    seen = []
+    real = P.render_prediction
+    monkeypatch.setattr(P, "render_prediction", lambda image, output, names, *a, **k: seen.append(names)
+                        or real(image, output, names, *a, **k))
+    image = root / "images" / "000000000001.png"
+    for path, expected in ((named, {1: "wall", 3: "ball", 5: "coin", 7: "box", 9: "never-pasted"}),
+                           (checkpoint, {1: "person", 3: "car"})):  # saved before names were kept: COCO's, as then
+        _clean(CliRunner().invoke(bcnet_main, ["predict", str(image), "--checkpoint", str(path), "--quiet",
+                                               "--out", str(tmp_path / path.stem), "--device", "cpu"]), 0)
+        assert expected.items() <= seen[-1].items()
+
+
 def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     root, checkpoint = tiny
     good = root / "images" / "000000000001.png"

@@ -109,6 +109,23 @@ def test_the_scores_do_not_depend_on_the_annotation_ids(first_id):
     assert [a["id"] for a in gt["annotations"]] == list(range(first_id, first_id + 4))  # the caller's data as it was
 
 
+def test_a_category_the_model_knows_by_another_name_is_said_not_refused():
+    """Models and sets are matched by category id: a thing/stuff model scored on a set whose ids 10 and 20 are
+    other classes is scored as if they were its own, so the report names them."""
+    gt = gt_set()
+    results = [det(a["image_id"], a["category_id"], mask_ops.decode(a["segmentation"], H, W), 0.9)
+               for a in gt["annotations"] if not a["iscrowd"]]
+    same = E.evaluate(gt, results, category_ids=[10, 20], category_names={10: "A", 20: "b"})  # case aside
+    assert "named_otherwise" not in same["categories"] and same["segm"]["AP"] == 1.0
+    other = E.evaluate(gt, results, category_ids=[10, 20], category_names={10: "thing", 20: "b"})
+    assert other["categories"]["named_otherwise"] == ["10 (model: thing, set: a)"] and other["segm"]["AP"] == 1.0
+    table = E.markdown_table({"val": other})
+    assert "\nval: categories the model knows by other names (scored as the same class, by id): " \
+           "10 (model: thing, set: a).\n" in table
+    unnamed = E.evaluate(gt, results, category_ids=[10, 20], category_names={})  # an older checkpoint: no names
+    assert "named_otherwise" not in unnamed["categories"]
+
+
 def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
     """A checkpoint trained on category 10 alone, evaluated on a set of 10 and 20: pycocotools averaged AP over
     both, so a perfect model scored 0.5 (AP 0 for the class it never learnt). With the model's category_ids it is

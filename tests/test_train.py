@@ -264,6 +264,17 @@ def test_a_checkpoint_whose_plain_entries_are_not_what_bcnet_writes_is_refused_n
     assert ckpt.load_checkpoint(tmp_path / "c.pt")["category_ids"] == [4, 2]
 
 
+def test_a_run_saves_the_names_of_its_categories(tmp_path, dataset_dir):
+    _run(dataset_dir, tmp_path / "run", iterations=1, batch_size=1, checkpoint_every=1)
+    state = ckpt.load_checkpoint(tmp_path / "run" / "model_final.pt")
+    names = {c["id"]: c["name"] for c in json.loads((dataset_dir / "annotations.json").read_text())["categories"]}
+    assert ckpt.category_names(state) == {c: names[c] for c in state["category_ids"]} and len(names) >= 2
+    state["category_names"] = state["category_names"][:-1]
+    torch.save(state, tmp_path / "short.pt")
+    with pytest.raises(OccsynthError, match=r"'category_names' is not a list of \d+ names"):
+        ckpt.load_checkpoint(tmp_path / "short.pt")
+
+
 def test_checkpoint_round_trip_with_rng_states(tmp_path):
     model = torch.nn.Linear(3, 2)
     ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=7, category_ids=[4, 2])
