@@ -11,7 +11,9 @@ this one passes the rule too. ``annotate_occluders`` writes a copy of the file w
   ``[]`` when it has no more than :data:`BCNET_MIN_OCCLUDER_PIXELS` pixels, as the released tool
   (``process_dataset.py``) writes it - the field BCNet's COCO loader reads. That tool cuts to
   [int(x), int(x+w)) (a pixel less on a fractional edge) and stores subsampled contours; these
-  polygons decode to the union exactly.
+  polygons decode to the union exactly, but for its holes: COCO polygons are filled, so a hole in the union
+  (an occluder ring around a gap) comes back filled, as it does from that tool's contours (a hole's
+  outline is one more filled polygon there).
 
 Existing ``occluder_ids`` are replaced (and counted), unless ``keep_existing``: an occsynth set's are
 exact (from the depth order) and better than the box rule's guesses. An annotation whose id an earlier

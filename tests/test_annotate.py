@@ -149,6 +149,23 @@ def test_bcnet_compat_leaves_an_occluded_region_of_20_pixels_or_fewer_empty(tmp_
     assert np.array_equal(drawn.astype(bool), a & rect(12, 12, 30, 30))  # 64 pixels
 
 
+def test_bcnet_compat_fills_a_hole_in_the_occluders_union_as_coco_polygons_must(tmp_path):
+    """A ring occluder around a gap: COCO polygons are filled, so the gap comes back covered (the released tool's
+    contours fill it as well); the occluder ids stay exact."""
+    a = rect(0, 0, 20, 20)
+    ring = rect(4, 4, 16, 16) & ~rect(8, 8, 12, 12)
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": box(m), "area": float(m.sum()), "iscrowd": 0,
+             "segmentation": rle(m)} for i, m in ((1, a), (2, ring))]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
+                               "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    annotate_occluders(src, tmp_path / "out.json", bcnet_compat=True, progress=False)
+    out = {x["id"]: x for x in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    assert out[1]["occluder_ids"] == [2]
+    drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(out[1]["bg_object_segmentation"], H, W)))
+    assert np.array_equal(drawn.astype(bool), ndimage.binary_fill_holes(ring)) and drawn.sum() == ring.sum() + 16
+
+
 def test_to_polygons_is_exact_on_random_masks():
     rng = np.random.default_rng(0)
     for _ in range(60):
