@@ -56,7 +56,7 @@ from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from . import occsep
-from .checkpoint import category_names as checkpoint_category_names
+from .checkpoint import category_names as checkpoint_category_names, named_otherwise
 from .data import require_amodal_masks, unusable_box
 from .device import resolve_device
 
@@ -236,17 +236,13 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         raise OccsynthError("no image to evaluate")
     if category_ids is not None:  # the other categories' objects stay: they still occlude (box-overlap levels)
         known_ids = {int(c) for c in category_ids}
-        scored = [c for c in data.get("categories", []) if c.get("id") in known_ids]
+        scored = [c for c in data["categories"] if c["id"] in known_ids]  # clean: dicts with integer ids
         if not scored:
             raise OccsynthError("the annotations share no category with the model (it knows "
                                 f"{coco_io.brief(sorted(known_ids))})")
         out["categories"] = {"scored": len(scored), "in_annotations": len(data.get("categories", [])),
-                             "not_scored": [c.get("name", c.get("id")) for c in data.get("categories", [])
-                                            if c.get("id") not in known_ids]}
-        model_names = dict(category_names or {})
-        otherwise = [f"{c['id']} (model: {model_names[c['id']]}, set: {c['name']})" for c in scored
-                     if isinstance(c.get("name"), str) and c["id"] in model_names
-                     and _same_name(model_names[c["id"]]) != _same_name(c["name"])]
+                             "not_scored": [_category_name(c) for c in data["categories"] if c["id"] not in known_ids]}
+        otherwise = named_otherwise(category_names or {}, {c["id"]: c.get("name") for c in scored})
         if otherwise:
             out["categories"]["named_otherwise"] = otherwise
         data = {**data, "categories": scored}
@@ -274,9 +270,11 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     return out
 
 
-def _same_name(name: str) -> str:
-    """A category name as compared across sets: 'Traffic_Light' and 'traffic light' are one class."""
-    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
+def _category_name(category: dict) -> str | int:
+    """A category as the report names it: its name when it is a string, else its id (a NaN name copied into
+    results.json would make it invalid JSON)."""
+    name = category.get("name")
+    return name if isinstance(name, str) else category["id"]
 
 
 def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | None = None) -> dict:
@@ -329,7 +327,9 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
         cleaned = _clean_annotation(ann, images[ann["image_id"]], skips)
         if cleaned is not None:
             annotations.append(cleaned)
-    return {**data, "images": list(images.values()), "annotations": annotations}
+    # categories as pycocotools and the scoring read them: records with an integer id, the first of a repeated id
+    return {**data, "images": list(images.values()), "annotations": annotations,
+            "categories": list(coco_io.categories_by_id(data.get("categories", [])).values())}
 
 
 def _is_box(box) -> bool:

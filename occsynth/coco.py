@@ -366,8 +366,13 @@ def is_int(value: Any) -> bool:
 
 
 def categories_by_id(categories: Iterable) -> dict[int, dict]:
-    """The category records that can be looked up by id (dicts with an integer id), by id."""
-    return {c["id"]: c for c in categories if isinstance(c, dict) and is_int(c.get("id"))}
+    """The category records that can be looked up by id (dicts with an integer id), by id; of records repeating an
+    id the first, as every reader of this project keeps the first record of an id."""
+    out: dict[int, dict] = {}
+    for c in categories:
+        if isinstance(c, dict) and is_int(c.get("id")):
+            out.setdefault(c["id"], c)
+    return out
 
 
 def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
@@ -476,7 +481,7 @@ def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
     where = f"image file {path}"
     try:
         data = _read_regular_file(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # as require_image_file says of them
         raise BadRecord(errors.MISSING_FILE, where) from None
     except OSError as exc:
         raise BadRecord(errors.CORRUPT_IMAGE, where, exc.strerror or str(exc)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import re
 
 import numpy as np
@@ -124,6 +125,19 @@ def test_a_category_the_model_knows_by_another_name_is_said_not_refused():
            "10 (model: thing, set: a).\n" in table
     unnamed = E.evaluate(gt, results, category_ids=[10, 20], category_names={})  # an older checkpoint: no names
     assert "named_otherwise" not in unnamed["categories"]
+
+
+def test_category_records_pycocotools_cannot_use_are_neither_scored_nor_copied_into_the_report():
+    """A category that is no object or has no integer id crashed the scoring after every prediction had run; a NaN
+    name was copied into results.json (then no JSON); a repeated id was scored twice and named as the last record."""
+    gt = gt_set()
+    gt["categories"] += ["junk", {"id": [11], "name": "x"}, {"id": 30, "name": float("nan")}, {"id": 10, "name": "zzz"}]
+    results = [det(a["image_id"], a["category_id"], mask_ops.decode(a["segmentation"], H, W), 0.9)
+               for a in gt["annotations"] if not a["iscrowd"]]
+    out = E.evaluate(gt, results, category_ids=[10, 20], category_names={10: "a", 20: "b"})
+    assert out["categories"] == {"scored": 2, "in_annotations": 3, "not_scored": [30]}
+    assert out["segm"]["AP"] == 1.0
+    json.dumps(out, allow_nan=False)
 
 
 def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
