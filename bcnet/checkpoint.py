@@ -13,7 +13,7 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -138,7 +138,10 @@ def _whole(value: Any) -> bool:
 def _bad_field(state: dict) -> str | None:
     """Why a checkpoint's plain-data entries are not what :func:`save_checkpoint` writes (None when they are):
     a hand-edited or foreign file would fail later, deep in training or evaluation, with a traceback."""
-    iteration = state.get("iteration", 0)
+    missing = [key for key in ("iteration", "schedule", "category_ids") if key not in state]  # saved by every version
+    if missing:
+        return f"no {', '.join(repr(k) for k in missing)} entr{'y' if len(missing) == 1 else 'ies'}"
+    iteration = state["iteration"]
     if not (_whole(iteration) and iteration >= 0):
         return f"'iteration' {brief(iteration)} is not a whole number >= 0"
     for key in ("schedule", "model_config", "data"):
@@ -161,6 +164,17 @@ def _bad_field(state: dict) -> str | None:
 def category_names(state: dict) -> dict[int, str]:
     """``{category id: name}`` of a checkpoint's categories; empty for one saved before the names were kept."""
     return dict(zip(state.get("category_ids", []), state.get("category_names") or []))
+
+
+def named_otherwise(model_names: Mapping[int, str], set_names: Mapping[int, Any]) -> list[str]:
+    """``"id (model: a, set: b)"`` for each category id both name, differently: models and sets are matched by id,
+    and the same id may stand for another class in another set. Case, '_' and '-' aside ('Traffic_Light' is
+    'traffic light'); a name that is no string is not compared."""
+    def same(name: str) -> str:
+        return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
+
+    return [f"{c} (model: {model_names[c]}, set: {name})" for c, name in set_names.items()
+            if c in model_names and isinstance(name, str) and same(model_names[c]) != same(name)]
 
 
 def damaged_member(path: str | os.PathLike) -> str | None:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
 from occsynth.coco import file_hash
+from occsynth import errors
 from occsynth.errors import OccsynthError, plural
 from occsynth.pool import local_workers
 
@@ -283,7 +284,8 @@ CLASS_ROWS = {"box_predictor.cls_score": 1, "box_predictor.bbox_pred": 4, "class
 
 
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike,
-                       category_ids: Sequence[int] | None = None, saved: Mapping | None = None) -> dict:
+                       category_ids: Sequence[int] | None = None, saved: Mapping | None = None,
+                       category_names: Mapping[int, str] | None = None) -> dict:
     """Initialise from a bcnet checkpoint (e.g. pre-training on a synthetic set).
 
     With ``category_ids`` (this run's) and a checkpoint of other categories, the per-class rows (``CLASS_ROWS``)
@@ -293,6 +295,8 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike,
     "by_category": number of categories whose rows were taken by id, or None}``; a checkpoint of which nothing
     fits (another detector) is refused rather than silently training from scratch. ``saved``: the checkpoint at
     ``path``, when the caller has loaded it already.
+    ``category_names``: this run's (``{id: name}``); ``"named_otherwise"`` in the result lists the ids the checkpoint
+    names otherwise (:func:`checkpoint.named_otherwise`), whose rows were taken by id all the same.
     """
     saved = ckpt.load_checkpoint(path) if saved is None else saved
     state = ckpt.check_weights(saved["model"], path)
@@ -317,7 +321,8 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike,
                             "head or backbone?)")
     model.load_state_dict(fits, strict=False)
     return {"loaded": len(fits), "left_as_built": [k for k in own if k not in fits],
-            "by_category": None if shared is None else len(shared)}
+            "by_category": None if shared is None else len(shared),
+            "named_otherwise": ckpt.named_otherwise(ckpt.category_names(saved), category_names or {})}
 
 
 def _class_rows(name: str) -> int | None:
@@ -459,11 +464,15 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if state is not None:
         ckpt.load_weights(model, state["model"], resume_path)
     elif init_checkpoint:
-        init = load_model_weights(model, init_checkpoint, dataset.category_ids, saved=init_state)
+        init = load_model_weights(model, init_checkpoint, dataset.category_ids, saved=init_state,
+                                  category_names={c["id"]: c.get("name") for c in dataset.categories})
         init_state = None  # its optimizer state is not needed: not held through the run
         if init["by_category"] is not None and rank == 0:
             tqdm.write(f"init: {init_checkpoint} was trained on other categories; per-class weights taken by "
                        f"category id for the {init['by_category']} of {len(dataset.category_ids)} it shares")
+        if init["named_otherwise"] and rank == 0:
+            tqdm.write(f"init: {init_checkpoint} names categories otherwise (their weights are taken by id all the "
+                       f"same): {errors.first_few(init['named_otherwise'])}")
         if init["left_as_built"] and rank == 0:
             names = init["left_as_built"]
             tqdm.write(f"init: {plural(init['loaded'], 'tensor')} loaded from {init_checkpoint}; {len(names)} left as built "
@@ -491,6 +500,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     start = 0
     if state is not None:
+        if state.get("optimizer") is None or state.get("scheduler") is None:
+            raise OccsynthError(f"{resume_path}: holds no optimizer state to resume from (saved without it); start "
+                                "a new run from its weights with --init")
         try:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])

@@ -249,6 +249,8 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path):
     ("category_ids", "abc", "'category_ids' is not a list of whole numbers: 'abc'"),
     ("category_ids", [1, True], "'category_ids' is not a list of whole numbers: [1, True]"),
     ("category_ids", [1, 1], "'category_ids' names a category twice: [1, 1]"),
+    ("schedule", None, "no 'schedule' entry"),
+    ("iteration", None, "no 'iteration' entry"),
 ])
 def test_a_checkpoint_whose_plain_entries_are_not_what_bcnet_writes_is_refused_naming_the_entry(tmp_path, key, value,
                                                                                                  words):
@@ -257,6 +259,8 @@ def test_a_checkpoint_whose_plain_entries_are_not_what_bcnet_writes_is_refused_n
     ckpt.save_checkpoint(tmp_path / "c.pt", model=torch.nn.Linear(3, 2), iteration=7, category_ids=[4, 2], rng=False)
     state = torch.load(tmp_path / "c.pt", weights_only=True)
     state[key] = value
+    if value is None:  # left out
+        del state[key]
     torch.save(state, tmp_path / "edited.pt")
     with pytest.raises(OccsynthError) as caught:
         ckpt.load_checkpoint(tmp_path / "edited.pt")
@@ -264,7 +268,7 @@ def test_a_checkpoint_whose_plain_entries_are_not_what_bcnet_writes_is_refused_n
     assert ckpt.load_checkpoint(tmp_path / "c.pt")["category_ids"] == [4, 2]
 
 
-def test_a_run_saves_the_names_of_its_categories(tmp_path, dataset_dir):
+def test_a_run_saves_the_names_of_its_categories(tmp_path, dataset_dir, capsys):
     _run(dataset_dir, tmp_path / "run", iterations=1, batch_size=1, checkpoint_every=1)
     state = ckpt.load_checkpoint(tmp_path / "run" / "model_final.pt")
     names = {c["id"]: c["name"] for c in json.loads((dataset_dir / "annotations.json").read_text())["categories"]}
@@ -273,6 +277,22 @@ def test_a_run_saves_the_names_of_its_categories(tmp_path, dataset_dir):
     torch.save(state, tmp_path / "short.pt")
     with pytest.raises(OccsynthError, match=r"'category_names' is not a list of \d+ names"):
         ckpt.load_checkpoint(tmp_path / "short.pt")
+
+    # --init from it onto a set whose ids name other classes: the weights are taken by id, and that is said
+    model = T.build(len(state["category_ids"]) + 1, T.model_config(state["schedule"]))
+    renamed = {**names, state["category_ids"][0]: "car"}
+    init = T.load_model_weights(model, tmp_path / "run", state["category_ids"], category_names=renamed)
+    assert init["named_otherwise"] == [f"{state['category_ids'][0]} (model: {names[state['category_ids'][0]]}, set: car)"]
+    same = {c: n.upper().replace(" ", "_") for c, n in names.items()}  # case and '_' aside, one class
+    assert T.load_model_weights(model, tmp_path / "run", state["category_ids"], category_names=same)["named_otherwise"] == []
+    data = json.loads((dataset_dir / "annotations.json").read_text())
+    data["categories"] = [{**c, "name": renamed[c["id"]]} for c in data["categories"]]
+    (tmp_path / "renamed.json").write_text(json.dumps(data))
+    T.train(tmp_path / "renamed.json", dataset_dir / "images", tmp_path / "init", schedule="schedule-tiny",
+            overrides={**TINY, "iterations": 1}, init_checkpoint=tmp_path / "run", progress=False)
+    said = capsys.readouterr()
+    assert (f"init: {tmp_path / 'run' / 'model_final.pt'} names categories otherwise (their weights are taken by id all the same): "
+            f"{init['named_otherwise'][0]}") in said.out + said.err
 
 
 def test_checkpoint_round_trip_with_rng_states(tmp_path):
@@ -645,6 +665,11 @@ def test_resume_from_a_checkpoint_whose_optimizer_state_fits_another_model_is_on
                 overrides={"iterations": 3}, progress=False)
     assert str(caught.value).startswith(f"{final}: its optimizer state does not fit the model it saved (ValueError: ")
     assert str(caught.value).endswith("; resume from another checkpoint")
+    state["optimizer"] = None
+    torch.save(state, final)
+    with pytest.raises(OccsynthError, match=r"model_final.pt: holds no optimizer state to resume from .* with --init$"):
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                overrides={"iterations": 3}, progress=False)
 
 
 def test_amodal_training_refuses_an_annotation_without_an_amodal_mask(tmp_path, dataset_dir):
