@@ -8,12 +8,13 @@ import click
 from cli.common import quiet_option
 from occsynth.bench import bench_bank, bench_generation
 from occsynth.errors import plural
+from occsynth.generate import MAX_IMAGES
 
 
 @click.command("bench")
 @click.option("--ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO JSON [default: embedded demo, made COCO-like].")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="Image root of --ann.")
-@click.option("--num-images", default=1200, show_default=True, type=click.IntRange(min=8), help="Images generated per measurement (enough that per-worker start-up and the last chunk do not dominate).")
+@click.option("--num-images", default=1200, show_default=True, type=click.IntRange(8, MAX_IMAGES), help="Images generated per measurement (enough that per-worker start-up and the last chunk do not dominate).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Workers for the parallel measurement.")
 @click.option("--long-side", default=640, show_default=True, type=click.IntRange(min=0), help="Resize the source to this long side first (COCO-like); 0 keeps it.")
 @click.option("--copies", type=click.IntRange(min=1), help="Textured copies of the demo source [default: as many source images as --num-images].")

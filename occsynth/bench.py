@@ -251,6 +251,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
     only resized (:func:`upscaled_source`); its own pixels are used. ``progress``: which step runs, on stderr
     (:func:`steps`; the CLI's --quiet turns it off); a bar moves only between measurements, never during one.
     """
+    settings = RunSettings(num_images=num_images, seed=seed)  # checked before the source copies are written
     counts_of = sorted({1, workers})
     total = 2 + cutout_pixels + repeat * (3 * len(counts_of) + (workers > 1))
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, steps(total, progress) as step:
@@ -265,7 +266,6 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         elif long_side:
             ann_path, image_root = upscaled_source(ann_path, image_root, tmp / "source", long_side)
         cache = tmp / "cache"
-        settings = RunSettings(num_images=num_images, seed=seed)
         step("bank")
         bank_dir = ensure_bank(Path(ann_path), cache, settings.bank, progress=False)
         bank = Bank.load(bank_dir)

@@ -531,3 +531,19 @@ def test_bench_names_its_steps_unless_quiet(tmp_path, monkeypatch):
         assert named == ["source", "bank", "cutout pixels", "floor, 1 worker (run 1 of 1)",
                          "floor with writes, 1 worker (run 1 of 1)", "generate, 1 worker (run 1 of 1)"], err.getvalue()
         assert (steps[-1][1], steps[-1][2]) == ("6", "6")  # every step counted as done at the end
+
+
+def test_bench_refuses_an_image_count_past_the_maximum_before_writing_any_source_copy(tmp_path, monkeypatch):
+    """The count was checked only after ceil(count / 24) textured copies of the demo source had been asked for."""
+    from click.testing import CliRunner
+    from cli.occsynth_cli import main as occsynth_main
+    from occsynth import bench
+    from occsynth.errors import OccsynthError
+    from occsynth.generate import MAX_IMAGES
+
+    monkeypatch.setattr(bench, "textured_source", lambda *a, **k: pytest.fail("source copies were written"))
+    with pytest.raises(OccsynthError, match=f"num_images must be a whole number between 1 and {MAX_IMAGES}"):
+        bench.bench_generation(num_images=MAX_IMAGES + 1, work_dir=tmp_path, progress=False)
+    result = CliRunner().invoke(occsynth_main, ["bench", "--num-images", str(MAX_IMAGES + 1), "--work-dir", str(tmp_path)])
+    assert result.exit_code == 2 and f"is not in the range 8<=x<={MAX_IMAGES}" in result.output
+    assert not list(tmp_path.iterdir())
