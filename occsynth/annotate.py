@@ -262,10 +262,13 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                                     + "\n")
                 counts["annotations"] += 1
         except BadRecord as exc:  # strict: the first bad record
+            _close_quietly(files)
             raise exc.in_file(in_path) from None
-        finally:
-            for f in files:
-                f.close()
+        except BaseException:
+            _close_quietly(files)
+            raise
+        for f in files:
+            f.close()
         with open_atomic(out_path, "w", locked=True) as out, \
                 tqdm(total=counts["annotations"], desc="occluders", unit="ann", disable=not progress) as bar:
             out.write("{")
@@ -304,6 +307,14 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
             out.write("]}")
     return {"out": str(out_path), "threshold": threshold, "bcnet_compat": bcnet_compat, "counts": counts,
             "skipped": log.to_dict()}
+
+
+def _close_quietly(files: list) -> None:
+    """Close every spool file after a failure: a close that fails too (a full disk) must neither replace the
+    failure's own error nor leave the other files open (the spool folder is removed anyway)."""
+    for f in files:
+        with contextlib.suppress(OSError):
+            f.close()
 
 
 def _image_size(image: Any) -> tuple[int | None, int | None]:

@@ -526,3 +526,39 @@ def test_bcnet_compat_draws_no_mask_at_an_image_size_too_large_to_decode(tmp_pat
     out = json.loads((tmp_path / "o.json").read_text())["annotations"]
     assert [a["occluder_ids"] for a in out] == [[2], [1]] and [a["bg_object_segmentation"] for a in out] == [[], []]
     assert report["counts"]["no_image_size"] == 2 and report["counts"]["with_occluders"] == 2
+
+
+def test_a_stop_is_reported_as_itself_when_closing_the_spool_files_fails_too(tmp_path, monkeypatch):
+    """The spool files' close ran in a finally: on a full disk its error replaced the strict stop naming the record,
+    and the first failing close left the other spool files open."""
+    import builtins
+    import errno
+
+    from occsynth import annotate
+
+    opened = []
+
+    class Unflushable:
+        def __init__(self, f):
+            self.f = f
+            opened.append(self)
+
+        def close(self):
+            if not self.f.closed:
+                self.f.close()
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(annotate, "open", lambda path, mode="r", **kw: Unflushable(builtins.open(path, mode, **kw))
+                        if str(path).endswith(".jsonl") and "w" in mode else builtins.open(path, mode, **kw),
+                        raising=False)
+    data = make_dataset()
+    data["annotations"][0]["id"] = "bad"
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(data))
+    with pytest.raises(OccsynthError, match=r"in\.json: annotations\[0\]: .*'id' missing or not int"):
+        annotate_occluders(src, tmp_path / "out.json", strict=True, progress=False)
+    assert opened and all(f.f.closed for f in opened)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]  # no output, no spool folder left
