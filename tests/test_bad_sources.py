@@ -256,9 +256,10 @@ def test_a_pipe_or_a_device_under_an_image_name_is_skipped_not_read(tmp_path, no
             coco.require_image_file(path)
         assert (caught.value.reason, caught.value.detail) == (errors.CORRUPT_IMAGE, f"{kind}, not an image file")
     for missing in (root / "nothing.png", root / "2.png" / "under-a-file.png"):
-        with pytest.raises(errors.BadRecord) as caught:
-            coco.require_image_file(missing)
-        assert caught.value.reason == errors.MISSING_FILE and not caught.value.detail
+        for read in (coco.require_image_file, coco.read_image):
+            with pytest.raises(errors.BadRecord) as caught:
+                read(missing)
+            assert caught.value.reason == errors.MISSING_FILE and not caught.value.detail
     assert coco.require_image_file(root / "2.png") == root / "2.png"
 
     result = _generate(ann, root, tmp_path / "o", tmp_path / "c")
