@@ -1,7 +1,8 @@
 """`occsynth stats`: what a generated (or any COCO) set contains, as numbers, text and a plot image.
 
-Per-category pasted counts (pasted = layer >= 1), instances and pastes per image, the occlusion-ratio
-histogram and the layer depth. Sets without the synthetic fields count every instance as layer 0.
+Per-category pasted counts (pasted = layer >= 1 and amodal_complete, as generate writes a paste), instances and
+pastes per image, the occlusion-ratio histogram and the layer depth. Sets without the synthetic fields count every
+instance as layer 0; a converted amodal set's layers are its depth order, and nothing in it is pasted.
 The plot is drawn with OpenCV (no matplotlib dependency). Large files are streamed and only the few
 light fields are kept, so the counts of a 100k-image set fit in a few MB.
 """
@@ -23,7 +24,7 @@ from .masks import finite_number
 from .writer import set_paths
 
 RATIO_BINS = 10
-_LIGHT = ("id", "image_id", "category_id", "layer", "occlusion_ratio")  # id: to name a skipped one
+_LIGHT = ("id", "image_id", "category_id", "layer", "occlusion_ratio", "amodal_complete")  # id: to name a skipped one
 
 
 
@@ -120,7 +121,8 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
         layers[layer] += 1
         category = ann.get("category_id")
         category = category if not isinstance(category, (dict, list)) else str(category)
-        if layer > 0:
+        is_pasted = layer > 0 and ann.get("amodal_complete") is True  # a COCOA region's layer is its depth order
+        if is_pasted:
             pasted[category] += 1
             pasted_per_image[image_id] += 1
         else:
@@ -128,7 +130,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
         if "occlusion_ratio" in ann:
             b = ratio_bin(float(ratio))
             ratio_counts[b] += 1
-            if layer > 0:
+            if is_pasted:
                 pasted_ratio_counts[b] += 1
             ratio_sum += float(ratio)
             ratio_n += 1
@@ -186,6 +188,9 @@ def format_stats(stats: dict) -> str:
     if stats["annotations"] and not stats.get("with_layer", stats["annotations"]):
         lines.append("(no annotation has a 'layer': not a generated synthetic set, so every instance counts as "
                      "background)")
+    elif stats["pasted"] == 0 and any(int(k) > 0 for k in stats["layers"]):
+        lines.append("(layers without pastes: a converted amodal set, whose layer is its depth order; every instance "
+                     "counts as background)")
     lines += ["", "per category:",
              f"  {'id':>5}  {'name':<24} {'pasted':>8} {'background':>10}"]
     empty = 0

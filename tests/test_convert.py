@@ -113,6 +113,19 @@ def test_convert_cocoa_default_categories(tmp_path):
     assert report["counts"]["thing"] == 2 and report["counts"]["stuff"] == 1
 
 
+def test_stats_of_a_cocoa_conversion_count_its_depth_layers_as_no_pastes(tmp_path):
+    """A converted set's layer is its depth order: stats called 2 of these 3 real regions 'pasted'."""
+    from occsynth.stats import dataset_stats, format_stats
+
+    convert_cocoa(cocoa_file(tmp_path), tmp_path / "out.json", progress=False)
+    stats = dataset_stats(json.loads((tmp_path / "out.json").read_text()))
+    assert (stats["annotations"], stats["pasted"], stats["background"]) == (3, 0, 3)
+    assert stats["layers"] == {0: 1, 1: 1, 2: 1} and stats["occlusion_ratio"]["pasted_counts"] == [0] * 10
+    text = format_stats(stats)
+    assert text.startswith("1 image, 3 annotations (0 pasted, 3 background)\n(layers without pastes: a converted "
+                           "amodal set, whose layer is its depth order; every instance counts as background)")
+
+
 def test_convert_cocoa_maps_coco_names(tmp_path):
     coco = tmp_path / "instances.json"
     coco.write_text(json.dumps({"categories": [{"id": 1, "name": "person"}, {"id": 90, "name": "toothbrush"}]}))
