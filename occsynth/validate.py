@@ -31,7 +31,7 @@ from .writer import IMAGES, MANIFEST_FILE, set_paths
 
 # Check name -> what it guarantees. Stable names: they are the keys of the report.
 CHECKS = {
-    "fields": "records carry the documented fields with the documented types",
+    "fields": "records carry the documented fields with the documented types (a paste, layer > 0: iscrowd 0 and amodal_complete true; layer 0: amodal_complete false)",
     "duplicate_id": "image ids and annotation ids are unique",
     "unknown_image": "every annotation refers to an image record",
     "unknown_category": "every annotation's category is in 'categories'",
@@ -321,7 +321,7 @@ def _group(image: dict, anns: list[dict], fragment: bool) -> tuple[dict, list[di
 
 def _light(ann: dict) -> dict:
     """The fields the per-image checks need (drops 'source' and other extras before pickling)."""
-    return {k: ann[k] for k in _REQUIRED if k in ann}
+    return {k: ann[k] for k in (*_REQUIRED, GENERATED_FIELD) if k in ann}
 
 
 def _batches(groups: Iterator, size: int) -> Iterator[list]:
@@ -366,6 +366,11 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> int:
         except BadRecord as exc:
             failures.add("fields", exc.detail, ann_id, image["id"])
             continue
+        pasted = ann["layer"] > 0
+        if ann.get("amodal_complete") is not pasted or (pasted and ann["iscrowd"] != 0):
+            failures.add("fields", f"layer {ann['layer']} with amodal_complete {_short(ann.get('amodal_complete'))} and "
+                         f"iscrowd {ann['iscrowd']} (a paste, layer > 0, has true and 0; a background instance, "
+                         "layer 0, false)", ann_id, image["id"])  # its masks still count for the others
         try:
             a = masks.decode(ann["amodal_segmentation"], h, w)
             v = masks.decode(ann["segmentation"], h, w)

@@ -123,6 +123,18 @@ def test_wrong_occlusion_ratio(dataset):
     assert report["checks"]["occlusion_ratio"]["examples"][0]["annotation_id"] == IDS["K"]
 
 
+@pytest.mark.parametrize("change, layer_of", [({"iscrowd": 1}, "pasted"), ({"amodal_complete": False}, "pasted"),
+                                               ({"amodal_complete": True}, "background")])
+def test_a_paste_or_background_instance_whose_kind_fields_disagree_with_its_layer_fails(dataset, change, layer_of):
+    """FORMAT.md: a paste (layer > 0) has iscrowd 0 and amodal_complete true, a background instance false."""
+    data = load_annotations(dataset)
+    target = next(a for a in data["annotations"] if (a["layer"] > 0) == (layer_of == "pasted"))
+    report = broken(dataset, lambda d: next(a for a in d["annotations"] if a["id"] == target["id"]).update(change))
+    assert failing(report) == {"fields"}
+    example = report["checks"]["fields"]["examples"][0]
+    assert example["annotation_id"] == target["id"] and "(a paste, layer > 0, has true and 0" in example["reason"]
+
+
 def test_wrong_occluder_ids(dataset):
     def edit(data):
         by_name(data, "K")["occluder_ids"] = [IDS["M"]]            # misses L (one shared pixel)
