@@ -131,18 +131,23 @@ def test_bcnet_compat_polygons_decode_to_union_in_box(tmp_path):
     assert out[101]["area"] == 123.25 and out[101]["foo"] == {"bar": [1, 2.5]}
 
 
+def _bcnet_compat_of_two(tmp_path, first, second) -> dict:
+    """annotate_occluders --bcnet-compat on one image holding two masks (ids 1 and 2); its annotations by id."""
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": box(m), "area": float(m.sum()), "iscrowd": 0,
+             "segmentation": rle(m)} for i, m in ((1, first), (2, second))]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
+                               "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    annotate_occluders(src, tmp_path / "out.json", bcnet_compat=True, progress=False)
+    return {x["id"]: x for x in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+
+
 def test_bcnet_compat_leaves_an_occluded_region_of_20_pixels_or_fewer_empty(tmp_path):
     """The released tool writes bg_object_segmentation only where the occluders cover > 20 pixels of
     the box; the occluder ids stay as the box rule gives them."""
     a = rect(0, 0, 20, 20)
     d = rect(12, 12, 30, 30) & ~rect(12, 12, 20, 20) | rect(17, 17, 20, 20)  # 9 pixels inside A's box
-    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": box(m), "area": float(m.sum()), "iscrowd": 0,
-             "segmentation": rle(m)} for i, m in ((1, a), (2, d))]
-    src = tmp_path / "in.json"
-    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
-                               "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
-    annotate_occluders(src, tmp_path / "out.json", bcnet_compat=True, progress=False)
-    out = {x["id"]: x for x in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    out = _bcnet_compat_of_two(tmp_path, a, d)
     assert out[1]["occluder_ids"] == [2] and out[2]["occluder_ids"] == [1]
     assert out[1]["bg_object_segmentation"] == []
     drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(out[2]["bg_object_segmentation"], H, W)))
@@ -154,13 +159,7 @@ def test_bcnet_compat_fills_a_hole_in_the_occluders_union_as_coco_polygons_must(
     contours fill it as well); the occluder ids stay exact."""
     a = rect(0, 0, 20, 20)
     ring = rect(4, 4, 16, 16) & ~rect(8, 8, 12, 12)
-    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": box(m), "area": float(m.sum()), "iscrowd": 0,
-             "segmentation": rle(m)} for i, m in ((1, a), (2, ring))]
-    src = tmp_path / "in.json"
-    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
-                               "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
-    annotate_occluders(src, tmp_path / "out.json", bcnet_compat=True, progress=False)
-    out = {x["id"]: x for x in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    out = _bcnet_compat_of_two(tmp_path, a, ring)
     assert out[1]["occluder_ids"] == [2]
     drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(out[1]["bg_object_segmentation"], H, W)))
     assert np.array_equal(drawn.astype(bool), ndimage.binary_fill_holes(ring)) and drawn.sum() == ring.sum() + 16
