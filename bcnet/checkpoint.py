@@ -150,7 +150,7 @@ def _bad_field(state: dict) -> str | None:
     for key in ("optimizer", "scheduler", "scaler", "rng"):
         if not isinstance(state.get(key), (dict, type(None))):
             return f"'{key}' is not a state dict: {brief(state[key])}"
-    ids = state.get("category_ids", [])
+    ids = state["category_ids"]
     if not (isinstance(ids, list) and all(_whole(c) for c in ids)):
         return f"'category_ids' is not a list of whole numbers: {brief(ids)}"
     if len(set(ids)) != len(ids):

@@ -442,6 +442,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                             mode=schedule["mode"], drop_empty=True, strict=strict,
                             category_ids=state["category_ids"] if state else None)
     require_training_images(dataset)  # before the report: the error says what was skipped
+    set_names = {c["id"]: c.get("name") for c in dataset.categories}  # saved with the ids; --init compares them
     if strict:  # every instance's masks and box now: a bad one must not stop the run when drawn, hours in
         dataset.check_annotations()
     if report is not None and rank == 0 and dataset.skips.total:
@@ -465,7 +466,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         ckpt.load_weights(model, state["model"], resume_path)
     elif init_checkpoint:
         init = load_model_weights(model, init_checkpoint, dataset.category_ids, saved=init_state,
-                                  category_names={c["id"]: c.get("name") for c in dataset.categories})
+                                  category_names=set_names)
         init_state = None  # its optimizer state is not needed: not held through the run
         if init["by_category"] is not None and rank == 0:
             tqdm.write(f"init: {init_checkpoint} was trained on other categories; per-class weights taken by "
@@ -550,8 +551,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         history: list[dict] = []
         saved = None
 
-        known = {c["id"]: c.get("name") for c in dataset.categories}
-        names = [str(known.get(c) or c) for c in dataset.category_ids]  # a category without a name: its id
+        names = [str(set_names.get(c) or c) for c in dataset.category_ids]  # a category without a name: its id
 
         def save_at(iteration: int) -> Path:
             path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else ckpt.FINAL)
