@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bcnet.model import (BilayerTransform, ModelConfigError, build_backbone, build_model, count_parameters,
-                         parameter_report)
+                         parameter_report, paste_extra_masks, paste_masks)
 from occsynth.errors import OccsynthError
 
 MASK_LOSSES = {"loss_mask", "loss_mask_boundary", "loss_occluder_mask", "loss_occluder_boundary"}
@@ -245,3 +245,51 @@ def test_fcos_training_rois_give_every_ground_truth_its_own_box_even_a_duplicate
     boxes, matched = training_rois([torch.tensor([[0.0, 0, 10, 11], [20.0, 20, 30, 31]])], [gt])
     assert torch.equal(boxes[0][2:], gt)
     assert matched[0][2:].tolist() == [0, 1, 2] and matched[0][1].item() == 2
+
+
+def _target_and_truth(shape: str, size: int, canvas: int = 96, at: tuple[int, int] = (20, 30)):
+    """An object of ``size`` px at ``at`` (y, x) on a canvas, its tight box and the project's 28x28 target of it."""
+    from bcnet.targets import project_masks_on_boxes
+
+    y, x = at
+    truth = torch.zeros(1, canvas, canvas)
+    if shape == "square":
+        truth[0, y:y + size, x:x + size] = 1
+    else:
+        yy, xx = torch.meshgrid(torch.arange(canvas) + 0.5, torch.arange(canvas) + 0.5, indexing="ij")
+        truth[0] = (((yy - y - size / 2) ** 2 + (xx - x - size / 2) ** 2) <= (size / 2) ** 2).float()
+    rows, cols = truth[0].nonzero(as_tuple=True)
+    box = torch.tensor([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], dtype=torch.float32)
+    return truth[0].bool(), box, project_masks_on_boxes(truth, box, torch.tensor([0]))[:, None]
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum()) / float((a | b).sum())
+
+
+@pytest.mark.parametrize("shape, size", [("square", 8), ("square", 32), ("square", 64), ("disc", 8), ("disc", 32)])
+def test_a_predicted_mask_equal_to_its_training_target_is_pasted_back_onto_the_object(shape, size):
+    """torchvision's paste counts a box one pixel wider: the target of an 8 px square came back as a 10 px square
+    (IoU 0.67 with the object it was cut from). Sampled at pixel centres, it lands where it was cut."""
+    truth, box, target = _target_and_truth(shape, size)
+    pasted = paste_masks(target, box, (96, 96))[0, 0] > 0.5
+    assert _iou(pasted, truth) >= (1.0 if shape == "square" else 0.97), _iou(pasted, truth)
+    # the same through the model's transform, from an input resized 2x: boxes scaled back, then pasted
+    transform = build_model(3, backbone="tiny", min_size=192, max_size=192).eval().transform
+    out = transform.postprocess([{"boxes": box * 2, "labels": torch.tensor([1]), "scores": torch.tensor([1.0]),
+                                  "masks": target}], [(192, 192)], [(96, 96)])[0]
+    assert torch.equal(out["boxes"], box) and torch.equal(out["masks"][0, 0] > 0.5, pasted)
+    extra = paste_extra_masks([{"boxes": box, "occluder_masks": target}], [(96, 96)])[0]["occluder_masks"]
+    assert torch.equal(extra[0, 0] > 0.5, pasted)
+
+
+def test_paste_masks_of_empty_and_off_image_boxes():
+    ones = torch.ones(3, 1, 28, 28)
+    boxes = torch.tensor([[5.0, 5.0, 5.0, 9.0], [-20.0, -20.0, -10.0, -10.0], [90.0, 2.0, 120.0, 10.75]])
+    pasted = paste_masks(ones, boxes, (16, 96))
+    assert pasted.shape == (3, 1, 16, 96)
+    assert not pasted[0].any() and not pasted[1].any()  # no width; wholly outside the image
+    # the third is cut at the image edge; its last row is the one whose centre (10.5) lies inside the box
+    rows, cols = (pasted[2, 0] > 0.5).nonzero(as_tuple=True)
+    assert (int(cols.min()), int(cols.max()), int(rows.min()), int(rows.max())) == (90, 95, 2, 10)
+    assert paste_masks(ones[:0], boxes[:0], (16, 96)).shape == (0, 1, 16, 96)
