@@ -43,7 +43,8 @@ MAX_IMAGES = 10_000_000
 # bytes (placement, blending, encoding), so that a run resumed, or a shard made, by another revision is
 # refused instead of mixed into a set that neither revision would make.
 #   2: a paste is aimed at an earlier object it can bring into the occlusion range (compose._Canvas._targets)
-RENDERER = 2
+#   3: a cutout's mask is resized on its pixels' grid (masks.resize samples pixel centres, as the RGB resize does)
+RENDERER = 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,9 +197,14 @@ def crop(mask: np.ndarray, box_xyxy: Sequence[int]) -> np.ndarray:
 
 
 def resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize to (height, width): a resized mask stays exactly binary."""
+    """Nearest-neighbour resize to (height, width): a resized mask stays exactly binary.
+
+    Each new pixel takes the source pixel under its centre (``INTER_NEAREST_EXACT``), the grid the image's own
+    bilinear resize uses: OpenCV's ``INTER_NEAREST`` samples at pixel corners, which put a mask resized beside its
+    image about half a pixel down and right of the object (and of its scaled box).
+    """
     h, w = size
-    return cv2.resize(mask.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return cv2.resize(mask.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
 
 
 def _bytes_counts(rle: dict) -> dict:

@@ -124,3 +124,30 @@ def test_encode_area_and_bbox_agree_on_any_nonzero_mask_and_refuse_other_shapes(
 def test_a_boundary_width_that_is_no_pixel_count_is_refused(width):
     with pytest.raises(ValueError, match="boundary width must be a whole number of pixels >= 1"):
         masks.boundary(np.ones((4, 4), bool), width)
+
+
+@pytest.mark.parametrize("short", [13, 26, 33, 42])
+def test_a_resized_mask_stays_on_its_resized_image_and_scaled_box(short):
+    """OpenCV's INTER_NEAREST samples pixel corners: masks resized for training (and cutouts for pasting) sat about
+    half a pixel down and right of their bilinearly resized image and of the exactly scaled box."""
+    from bcnet.transforms import ResizeShortSide
+
+    image = np.zeros((20, 20, 3), np.uint8)
+    image[5:12, 5:12] = 255
+    mask = np.zeros((1, 20, 20), bool)
+    mask[0, 5:12, 5:12] = True
+    target = {"boxes": np.array([[5, 5, 12, 12]], np.float32), "masks": mask, "occluder_masks": mask.copy()}
+    resized, out = ResizeShortSide(short, 1000)(image, target, np.random.default_rng(0))
+    box_centre = (out["boxes"][0, 0] + out["boxes"][0, 2]) / 2
+    weight = resized[..., 0].astype(float).sum(0)
+    image_centre = (weight * (np.arange(weight.size) + 0.5)).sum() / weight.sum()
+    for key in ("masks", "occluder_masks"):
+        cols = np.flatnonzero(out[key][0].any(0))
+        mask_centre = (cols.min() + cols.max() + 1) / 2
+        # whole pixels: within 0.4 px of the centre (it was 0.45-0.65 px off, always down and right)
+        assert abs(mask_centre - box_centre) <= 0.4 and abs(mask_centre - image_centre) <= 0.4, (key, mask_centre)
+        # each new pixel is the source pixel under its centre
+        n = out[key].shape[-1]
+        source = np.floor((np.arange(n) + 0.5) * 20 / n).astype(int)
+        assert np.array_equal(out[key][0], mask[0][np.ix_(source, source)])
+    assert np.array_equal(masks.resize(mask[0], resized.shape[:2]), out["masks"][0])
