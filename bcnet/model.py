@@ -154,10 +154,11 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
         c1, r1 = min(math.ceil(x1), width), min(math.ceil(y1), height)
         if c1 <= c0 or r1 <= r0:
             continue
-        xs = (torch.arange(c0, c1, device=masks.device, dtype=masks.dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
-        ys = (torch.arange(r0, r1, device=masks.device, dtype=masks.dtype) + 0.5 - y0) / (y1 - y0) * 2 - 1
+        # float32 whatever the masks are: bfloat16 (autocast) holds whole numbers exactly only up to 256
+        xs = (torch.arange(c0, c1, device=masks.device, dtype=torch.float32) + 0.5 - x0) / (x1 - x0) * 2 - 1
+        ys = (torch.arange(r0, r1, device=masks.device, dtype=torch.float32) + 0.5 - y0) / (y1 - y0) * 2 - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # [1, rows, cols, (x, y)]
-        out[i, :, r0:r1, c0:c1] = F.grid_sample(masks[i:i + 1], grid, align_corners=False)[0]
+        out[i, :, r0:r1, c0:c1] = F.grid_sample(masks[i:i + 1].float(), grid, align_corners=False)[0]
     return out
 
 

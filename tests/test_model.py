@@ -293,3 +293,13 @@ def test_paste_masks_of_empty_and_off_image_boxes():
     rows, cols = (pasted[2, 0] > 0.5).nonzero(as_tuple=True)
     assert (int(cols.min()), int(cols.max()), int(rows.min()), int(rows.max())) == (90, 95, 2, 10)
     assert paste_masks(ones[:0], boxes[:0], (16, 96)).shape == (0, 1, 16, 96)
+
+
+def test_paste_masks_of_bfloat16_probabilities_far_into_a_large_image_lands_as_float32_does():
+    """Under autocast the head's probabilities are bfloat16, which holds whole numbers exactly only up to 256: pixel
+    coordinates computed in it put a mask at x = 600 a few pixels off."""
+    truth, box, target = _target_and_truth("square", 40, canvas=800, at=(700, 600))
+    as_float = paste_masks(target, box, (800, 800))[0, 0] > 0.5
+    as_bf16 = paste_masks(target.to(torch.bfloat16), box, (800, 800))
+    assert as_bf16.dtype == torch.bfloat16 and torch.equal(as_bf16[0, 0] > 0.5, as_float)
+    assert torch.equal(as_float, truth)
