@@ -139,8 +139,10 @@ class BilayerTransform(GeneralizedRCNNTransform):
 def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """``[N, 1, M, M]`` RoI probabilities pasted into an image of ``size`` (H, W): ``[N, 1, H, W]``.
 
-    Each image pixel samples its mask at its centre, at the same place in the box that the training target
-    took it from (``roi_align(aligned=True)``, :mod:`bcnet.targets`), as detectron2 pastes. torchvision's
+    Each image pixel whose centre lies in the box samples the mask at that centre, on the grid the training target
+    was cut on (``roi_align(aligned=True)``, :mod:`bcnet.targets`), as detectron2 pastes; past the outermost bins'
+    centres it takes their value, where detectron2 blends them with zeros (the edge of a large box then fell under
+    0.5 even at probability 1). torchvision's
     ``paste_masks_in_image`` pads the mask and counts a box one pixel wider: a head that predicted its
     target exactly came back a pixel larger on every side (an 8 px square at IoU 0.67 with itself).
     Only each box's pixels are sampled, so the cost follows the objects, not N x H x W.
@@ -150,15 +152,19 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         if not (x1 > x0 and y1 > y0):
             continue
-        c0, r0 = max(math.floor(x0), 0), max(math.floor(y0), 0)
-        c1, r1 = min(math.ceil(x1), width), min(math.ceil(y1), height)
+        # the pixels whose centres lie in the box (c + 0.5 in [x0, x1)); the others are outside the object
+        c0, r0 = max(math.ceil(x0 - 0.5), 0), max(math.ceil(y0 - 0.5), 0)
+        c1, r1 = min(math.ceil(x1 - 0.5), width), min(math.ceil(y1 - 0.5), height)
         if c1 <= c0 or r1 <= r0:
             continue
         # float32 whatever the masks are: bfloat16 (autocast) holds whole numbers exactly only up to 256
         xs = (torch.arange(c0, c1, device=masks.device, dtype=torch.float32) + 0.5 - x0) / (x1 - x0) * 2 - 1
         ys = (torch.arange(r0, r1, device=masks.device, dtype=torch.float32) + 0.5 - y0) / (y1 - y0) * 2 - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # [1, rows, cols, (x, y)]
-        out[i, :, r0:r1, c0:c1] = F.grid_sample(masks[i:i + 1].float(), grid, align_corners=False)[0]
+        # past the outermost bins' centres a pixel takes their value ("border"): blended with zeros beyond the box,
+        # the edge of a large box fell under 0.5 even where the target was 1 (the corners from about 68 px)
+        out[i, :, r0:r1, c0:c1] = F.grid_sample(masks[i:i + 1].float(), grid, padding_mode="border",
+                                                align_corners=False)[0]
     return out
 
 

@@ -267,7 +267,8 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum()) / float((a | b).sum())
 
 
-@pytest.mark.parametrize("shape, size", [("square", 8), ("square", 32), ("square", 64), ("disc", 8), ("disc", 32)])
+@pytest.mark.parametrize("shape, size", [("square", 8), ("square", 32), ("square", 64), ("square", 72), ("disc", 8),
+                                         ("disc", 32)])
 def test_a_predicted_mask_equal_to_its_training_target_is_pasted_back_onto_the_object(shape, size):
     """torchvision's paste counts a box one pixel wider: the target of an 8 px square came back as a 10 px square
     (IoU 0.67 with the object it was cut from). Sampled at pixel centres, it lands where it was cut."""
@@ -303,3 +304,11 @@ def test_paste_masks_of_bfloat16_probabilities_far_into_a_large_image_lands_as_f
     as_bf16 = paste_masks(target.to(torch.bfloat16), box, (800, 800))
     assert as_bf16.dtype == torch.bfloat16 and torch.equal(as_bf16[0, 0] > 0.5, as_float)
     assert torch.equal(as_float, truth)
+
+
+def test_the_edge_of_a_large_box_keeps_the_probability_of_its_outermost_bins():
+    """Blended with zeros past the box, a 400 px box's outermost pixels came to about p / 2: at p = 0.9 whole edge
+    rows and columns fell under 0.5, and even at p = 1 the corners of a box of 68 px or more."""
+    truth, box, target = _target_and_truth("square", 400, canvas=420, at=(10, 10))
+    pasted = paste_masks(target * 0.9, box, (420, 420))[0, 0]
+    assert torch.equal(pasted > 0.5, truth) and float(pasted[10, 10]) == pytest.approx(0.9)
