@@ -106,15 +106,16 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
 
 
 class BilayerTransform(GeneralizedRCNNTransform):
-    """torchvision's transform that also resizes the targets' ``occluder_masks`` (it resizes only ``masks``)."""
+    """torchvision's transform that also resizes the targets' ``occluder_masks`` (it resizes only ``masks``), and
+    pastes masks into the image on the grid they were cut on (:func:`paste_masks`)."""
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        # every mask is resized here, on pixel centres ("nearest-exact") as the image is: torchvision's "nearest"
+        # samples corners, half a pixel off the image and the boxes (bcnet's own pipeline resizes before, alike)
+        masks = {k: target.pop(k) for k in ("masks", *EXTRA_MASK_KEYS) if k in target} if target is not None else {}
         image, target = super().resize(image, target)
-        if target is not None:
-            for key in EXTRA_MASK_KEYS:
-                if key in target:
-                    mask = target[key]
-                    target[key] = F.interpolate(mask[:, None].float(), size=image.shape[-2:])[:, 0].byte()
+        for key, mask in masks.items():
+            target[key] = F.interpolate(mask[:, None].float(), size=image.shape[-2:], mode="nearest-exact")[:, 0].byte()
         return image, target
 
     def postprocess(self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],

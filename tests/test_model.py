@@ -188,6 +188,28 @@ def test_transform_resizes_occluder_masks_with_the_image():
     assert torch.equal(resized["occluder_masks"][0], resized["masks"][1])
 
 
+
+@pytest.mark.parametrize("min_size", [13, 26, 33, 42])
+def test_the_transform_resizes_every_mask_on_the_pixel_grid_of_its_image_and_boxes(min_size):
+    """torchvision's nearest resize samples pixel corners: masks and occluder masks sat half a pixel down and right of
+    the bilinearly resized image and the scaled boxes (bench's train step and tests resize there)."""
+    t = BilayerTransform(min_size, 1000, [0.0] * 3, [1.0] * 3).train()
+    image = torch.zeros(3, 20, 20)
+    image[:, 5:12, 5:12] = 1
+    mask = torch.zeros(1, 20, 20, dtype=torch.uint8)
+    mask[0, 5:12, 5:12] = 1
+    target = {"boxes": torch.tensor([[5.0, 5.0, 12.0, 12.0]]), "labels": torch.tensor([1]), "masks": mask.clone(),
+              "occluder_masks": mask.clone()}
+    resized, out = t.resize(image, target)
+    box_centre = float(out["boxes"][0, 0] + out["boxes"][0, 2]) / 2
+    weight = resized[0].sum(0)
+    image_centre = float((weight * (torch.arange(weight.numel()) + 0.5)).sum() / weight.sum())
+    for key in ("masks", "occluder_masks"):
+        cols = out[key][0].any(0).nonzero()[:, 0]
+        centre = (int(cols.min()) + int(cols.max()) + 1) / 2
+        assert abs(centre - box_centre) <= 0.4 and abs(centre - image_centre) <= 0.4, (key, centre, box_centre)
+
+
 def test_resnet50_parameter_counts():
     rows = {(r["detector"], r["mask_head"]): r for r in parameter_report(91)}
     # torchvision's published counts for fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn / fcos_resnet50_fpn
