@@ -143,10 +143,9 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
     Each image pixel whose centre lies in the box samples the mask at that centre, on the grid the training target
     was cut on (``roi_align(aligned=True)``, :mod:`bcnet.targets`), as detectron2 pastes; past the outermost bins'
     centres it takes their value, where detectron2 blends them with zeros (the edge of a large box then fell under
-    0.5 even at probability 1). torchvision's
-    ``paste_masks_in_image`` pads the mask and counts a box one pixel wider: a head that predicted its
-    target exactly came back a pixel larger on every side (an 8 px square at IoU 0.67 with itself).
-    Only each box's pixels are sampled, so the cost follows the objects, not N x H x W.
+    0.5 even at probability 1). torchvision's ``paste_masks_in_image`` pads the mask and counts a box one pixel
+    wider: a head that predicted its target exactly came back a pixel larger on every side (an 8 px square at IoU
+    0.67 with itself). Only each box's pixels are sampled, so the cost follows the objects, not N x H x W.
     """
     height, width = size
     out = masks.new_zeros((masks.shape[0], 1, height, width))
