@@ -99,11 +99,16 @@ def open_json(path: str | os.PathLike) -> BinaryIO:
     return f
 
 
+# the whole numbers the streaming parser reads (yajl refuses the others as an "integer overflow"; -2**63 too)
+LARGEST_WHOLE_NUMBER = 2 ** 63 - 1
+
+
 def read_json(path: str | os.PathLike, *, finite: bool = False) -> Any:
     """Load any JSON file; a missing, malformed or non-UTF-8 file is an OccsynthError naming it. ``finite``:
     NaN and Infinity are refused too, as the streaming readers refuse them (json.load reads them), and so is a
-    number too large for a float (1e999: json.load reads it as infinity, which json.dump writes as Infinity):
-    for a tool that copies values into a file those readers then read."""
+    number too large for a float (1e999: json.load reads it as infinity, which json.dump writes as Infinity)
+    or a whole number beyond the 64-bit range (json.load reads any): for a tool that copies values into a file
+    those readers then read."""
     def refuse(name: str):
         raise OccsynthError(f"{path}: malformed JSON ({name}: NaN and Infinity are not JSON (Python's json.dump "
                             "writes them unless allow_nan=False))")
@@ -115,8 +120,17 @@ def read_json(path: str | os.PathLike, *, finite: bool = False) -> Any:
                                 "Infinity, which is not JSON)")
         return value
 
+    def whole_number(text: str) -> int:
+        value = int(text)
+        if abs(value) > LARGEST_WHOLE_NUMBER:
+            shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+            raise OccsynthError(f"{path}: malformed JSON ({shown}: a whole number beyond the 64-bit range, "
+                                "which no COCO field holds; the streaming readers refuse it)")
+        return value
+
     with reading_json(path), open(path, "rb") as f:
-        return json.load(f, parse_constant=refuse if finite else None, parse_float=finite_float if finite else None)
+        return json.load(f, parse_constant=refuse if finite else None, parse_float=finite_float if finite else None,
+                         parse_int=whole_number if finite else None)
 
 
 def read_dataset(path: str | os.PathLike, *, finite: bool = False) -> dict:

@@ -229,7 +229,7 @@ def test_placing_images_shows_a_progress_bar_that_quiet_turns_off(tmp_path):
 def test_an_annotation_whose_bbox_is_not_four_numbers_is_skipped_and_the_output_stays_json(tmp_path):
     data = make_dataset()
     bad = next(a for a in data["annotations"] if a["image_id"] == 1)
-    bad["bbox"] = [10 ** 400, 0, 1, 1]  # a JSON number no float holds
+    bad["bbox"] = [0, 0, "1", 1]  # (a whole number no float holds, 10 ** 400, makes the file malformed JSON: below)
     ann = tmp_path / "val.json"
     ann.write_text(json.dumps(data))
     report = build_cocoocc(ann, tmp_path / "o", threshold=0.1)
@@ -266,6 +266,24 @@ def test_nan_or_infinity_anywhere_in_the_input_is_malformed_json_and_nothing_is_
     assert result.exit_code == 2, result.output
     assert f"{ann}: malformed JSON" in result.output and "are not JSON" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("number", [2 ** 63, -2 ** 63, 10 ** 30])
+def test_a_whole_number_beyond_64_bits_is_malformed_json_and_nothing_is_written(tmp_path, number):
+    """json.load reads any whole number: build-cocoocc copied an annotation id of 2**70 into its output, which
+    every streaming reader of the project (stats, annotate-occluders, generate) then refused as malformed JSON."""
+    data = make_dataset()
+    data["annotations"][0]["id"] = number
+    ann = tmp_path / "val.json"
+    ann.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o"),
+                                       "--threshold", "0.1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {ann}: malformed JSON ({number}: ") and "64-bit" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+    data["annotations"][0]["id"] = 2 ** 63 - 1  # the largest the streaming readers read: still read here
+    ann.write_text(json.dumps(data))
+    assert build_cocoocc(ann, tmp_path / "p", threshold=0.1)["counts"]["images"] == 3
 
 
 def test_cli_and_recipe(tmp_path):
