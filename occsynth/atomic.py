@@ -136,6 +136,16 @@ def make_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """An :class:`OccsynthError` naming ``folder`` unless a file can be made and dropped there: a folder that exists
+    (or that :func:`make_folder` just passed) may still be read-only, as a folder or as a mount."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OccsynthError(f"cannot write into {folder}: {os_error_reason(exc)}") from None
+
+
 @contextlib.contextmanager
 def output_folder(path: str | os.PathLike) -> Iterator[Path]:
     """:func:`make_folder`, and a file made and dropped there, before the work: an --out that cannot be made
@@ -145,11 +155,7 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
     made = not path.exists()
     make_folder(path)
     try:
-        try:
-            with tempfile.TemporaryFile(dir=path):  # an existing folder may still be read-only
-                pass
-        except OSError as exc:
-            raise OccsynthError(f"cannot write into {path}: {os_error_reason(exc)}") from None
+        check_writable(path)
         yield path
     except BaseException:
         if made:

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, masks, writer
-from .atomic import BackgroundWriter, make_folder, remove_stale_temporaries
+from .atomic import BackgroundWriter, check_writable, make_folder, remove_stale_temporaries
 from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_crop, ensure_bank, ensure_cutout_pixels,
                    no_cutouts_reason, open_bank)
 from .coco import encode_image, read_image, record_image_path
@@ -170,6 +170,7 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
     make_folder(out_dir)  # early: an unwritable --out fails before the bank is built
 
     try:
+        check_writable(out_dir)  # and so does one that exists (or was made) but is read-only
         cache_dir = cache_dir_or_default(cache_dir)
         bank_dir = ensure_bank(ann_path, cache_dir, settings.bank, strict=strict, progress=progress)
         bank = open_bank(str(bank_dir))

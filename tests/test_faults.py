@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -309,6 +310,29 @@ def test_unusable_output_location_is_a_clear_error(demo_source, tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "a-file" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_an_out_that_cannot_be_written_is_refused_before_the_bank_is_built(demo_source, tmp_path, monkeypatch, exists):
+    """A read-only folder or mount passes mkdir -p: generate built the bank (minutes at COCO scale) before it found
+    out that it could not write there (root ignores modes: simulated, as the probe file sees it)."""
+    ann, root = demo_source
+    out = tmp_path / "out"
+    if exists:
+        out.mkdir()
+
+    real = atomic.tempfile.TemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(atomic.tempfile, "TemporaryFile", read_only)
+    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, out, tmp_path / "c"))
+    assert result.exit_code == 2, result.output
+    assert result.output == f"Error: cannot write into {out}: Read-only file system\n"
+    assert not (tmp_path / "c").exists()  # no bank was built
+    assert out.exists() == exists  # a folder made for nothing is removed again
 
 
 def test_dask_backend_on_a_local_cluster_gives_identical_set(reference, demo_source, tmp_path):
