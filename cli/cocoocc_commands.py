@@ -82,8 +82,10 @@ def format_report(report: dict) -> list[str]:
 
 
 def _images_why(images: list[dict]) -> str:
-    """``id (file_name: reason), ...`` of the first images, then how many more."""
-    return first_few([f"{d['id']} ({d['file_name']!s}: {d['reason']})" for d in images], 10)
+    """``id (file_name: reason), ...`` of the first images, then how many more; a name that is no Unicode text (an
+    unpaired surrogate JSON spelt) is shown with its escapes, as a terminal cannot print it."""
+    return first_few([f"{d['id']} ({str(d['file_name']).encode('utf-8', 'backslashreplace').decode()}: {d['reason']})"
+                      for d in images], 10)
 
 
 @click.command("annotate-occluders")

@@ -424,16 +424,28 @@ def resolve_image_path(image_root: str | os.PathLike, file_name: str) -> Path:
     """Path of ``file_name`` under ``image_root``; refuses names that leave the root.
 
     The check is on the name: absolute names, ``..`` components, NUL bytes and empty names are
-    refused, so a crafted annotations file cannot make the tool read arbitrary files. Symlinks
+    refused, so a crafted annotations file cannot make the tool read arbitrary files; so is a name that is
+    no Unicode text (JSON can spell an unpaired surrogate, "\\ud800", which json.load keeps and no file
+    name can be encoded from: os.stat raised UnicodeEncodeError). Symlinks
     that are inside the image root are followed: they were put there by whoever laid out the
     images (clusters often link image folders), not by the annotations file.
     """
-    if not isinstance(file_name, str) or "\x00" in file_name or file_name.strip() == "":
-        raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}", "empty, not text, or holds a NUL byte")
+    if not isinstance(file_name, str) or "\x00" in file_name or file_name.strip() == "" or not _is_text(file_name):
+        raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}",
+                        "empty, not text, or holds a NUL byte or an unpaired surrogate")
     candidate = Path(file_name)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise BadRecord(errors.OUTSIDE_ROOT, f"file_name {file_name!r}")
     return Path(image_root).absolute() / candidate
+
+
+def _is_text(name: str) -> bool:
+    """Whether ``name`` is Unicode text (no unpaired surrogate): what a file name, or a message, can be made of."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def record_image_path(image_root: str | os.PathLike, image: dict) -> Path:

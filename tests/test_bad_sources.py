@@ -375,3 +375,25 @@ def test_a_file_name_leaving_the_image_root_is_named_by_its_record(tmp_path):
     from bcnet.data import CocoInstances
     dataset = CocoInstances(ann, root)
     assert len(dataset) == 3 and words in dataset.skips.examples[errors.OUTSIDE_ROOT]
+
+
+def test_a_file_name_that_is_no_unicode_text_is_skipped_by_its_record_not_a_traceback(tmp_path):
+    """JSON may spell an unpaired surrogate ("\\ud800"), which json.load keeps and no file name can be encoded
+    from: build-cocoocc stopped with a UnicodeEncodeError traceback from os.stat."""
+    ann, root, data = _squares_source(tmp_path / "src")
+    data["images"][0]["file_name"] = "\ud800.png"
+    data["annotations"][0]["bbox"] = [8, 8, 40, 20]  # image 1's two boxes overlap: COCO-OCC selects it
+    data["annotations"][2]["bbox"] = [36, 10, 16, 20]  # and image 2's, which stays
+    ann.write_text(json.dumps(data))  # written as the escape \ud800
+    words = r"image record 1 (file_name '\ud800.png'): file_name points outside the image root"
+    for mode in ([], ["--link"]):
+        out = tmp_path / f"occ{len(mode)}"
+        result = CliRunner().invoke(occsynth_main, ["build-cocoocc", "--ann", str(ann), "--images", str(root),
+                                                    "--out", str(out), *mode])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        assert r"1 (\ud800.png: file_name points outside the image root)" in result.output, result.output
+        report = json.loads((out / "report.json").read_text())
+        assert report["counts"]["selected_images"] == 2
+        strict = CliRunner().invoke(occsynth_main, ["build-cocoocc", "--ann", str(ann), "--images", str(root),
+                                                    "--out", str(tmp_path / f"strict{len(mode)}"), "--strict", *mode])
+        assert strict.exit_code == 2 and f"Error: {words}" in strict.output, strict.output
