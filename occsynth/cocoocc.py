@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import errors
-from .atomic import make_folder, open_atomic, write_json
+from .atomic import make_folder, open_atomic, remove_orphaned_temporaries, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
 from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, check_segmentation, file_hash,
                    read_dataset, record_image_path, require_image_file, resolve_image_path, unique_by_id)
@@ -159,7 +159,9 @@ def alternative_counts(data: dict, thresholds: tuple = REPORT_THRESHOLDS) -> dic
 
 
 MANIFEST_KIND = "coco-occ"
-OUTPUT_NAMES = ("images", "annotations.json", "manifest.json", "report.json")  # what a build writes in OUT
+JSON_OUTPUTS = ("annotations.json", "manifest.json", "report.json")  # written locked (a rerun removes the
+# temporaries of a killed build, and leaves those of a running one)
+OUTPUT_NAMES = ("images", *JSON_OUTPUTS)  # what a build writes in OUT
 VAL2017_IMAGES = 5000
 
 
@@ -268,6 +270,8 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     if image_root is not None:  # also links a build that stopped half-way placed (its files never named them)
         placed_before |= _links_to_sources(out_dir / "images", Path(image_root))
     make_folder(out_dir)
+    for name in JSON_OUTPUTS:  # what a killed build left (the temporaries no running build holds)
+        remove_orphaned_temporaries(out_dir / name)
     dropped: list[dict] = []
     if image_mode:
         dropped = _place_images(images, Path(image_root), out_dir / "images", image_mode, skips, progress)
@@ -289,7 +293,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
                            + ("" if not info.get("description") else f"; from: {info['description']}"))
     output = {"info": info, "licenses": data.get("licenses", []), "images": images,
               "annotations": annotations, "categories": data["categories"]}
-    write_json(out_dir / "annotations.json", output)
+    write_json(out_dir / "annotations.json", output, locked=True)
     options = {"overlap": overlap, "threshold": threshold, "count_crowd": count_crowd}
     crowd = has_crowd(data)
     counts = {"source_images": source_images, "source_annotations": source_annotations,
@@ -309,8 +313,8 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
                                                   "sha256": file_hash(ann_path)},
                 "options": options, "counts": counts, "images_placed": image_mode, "skipped": skips.to_dict(),
                 "dropped_images": [d["id"] for d in dropped], "image_ids": selected}
-    write_json(out_dir / "manifest.json", manifest, indent=2)
-    write_json(out_dir / "report.json", {k: v for k, v in report.items() if k != "out"}, indent=2)
+    write_json(out_dir / "manifest.json", manifest, indent=2, locked=True)
+    write_json(out_dir / "report.json", {k: v for k, v in report.items() if k != "out"}, indent=2, locked=True)
     return report
 
 

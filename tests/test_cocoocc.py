@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from pycocotools.cocoeval import COCOeval
 import manifests
 from cli import cocoocc_commands
 from cli.occsynth_cli import main
-from occsynth import cocoocc, errors
+from occsynth import atomic, cocoocc, errors
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
 from occsynth.coco import read_image, resolve_image_path
 from occsynth.errors import OccsynthError, plural
@@ -284,6 +285,23 @@ def test_a_whole_number_beyond_64_bits_is_malformed_json_and_nothing_is_written(
     data["annotations"][0]["id"] = 2 ** 63 - 1  # the largest the streaming readers read: still read here
     ann.write_text(json.dumps(data))
     assert build_cocoocc(ann, tmp_path / "p", threshold=0.1)["counts"]["images"] == 3
+
+
+def test_a_rerun_removes_what_a_killed_build_left_but_not_a_running_builds_temporary(tmp_path):
+    """A build killed while it wrote report.json left OUT/.report.json.tmp-PID-XXXX; the same command run again
+    completed the set and left the stray file there for good (atomic's promise: the next run deletes it)."""
+    ann = tmp_path / "val.json"
+    ann.write_text(json.dumps(make_dataset()))
+    out = tmp_path / "o"
+    build_cocoocc(ann, out, threshold=0.1)
+    killed = out / ".report.json.tmp-4242-0badf00d"
+    killed.write_text('{"counts": ')
+    with open(out / ".annotations.json.tmp-4343-c0ffee00", "w") as running:  # another build writing it now
+        assert atomic.hold_lock(running)
+        build_cocoocc(ann, out, threshold=0.1)
+        assert not killed.exists() and Path(running.name).exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([".annotations.json.tmp-4343-c0ffee00",
+                                                            "annotations.json", "manifest.json", "report.json"])
 
 
 def test_cli_and_recipe(tmp_path):
