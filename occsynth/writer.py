@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .atomic import make_folder, open_atomic, remove_stale_temporaries, write_json
 from .coco import is_int, read_json
-from .errors import OccsynthError, SkipLog, plural
+from .errors import OccsynthError, SkipLog, dangling_link, os_error_reason, plural
 
 PARTS = "parts"
 IMAGES = "images"
@@ -192,7 +192,10 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
                 _name_holder(f, held)
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise OccsynthError(f"cannot lock {parts}: {exc.strerror}") from None
+                # a lock file that cannot be opened (a folder or a dangling link in its place) is named
+                where = exc.filename or parts
+                why = (exc.filename and dangling_link(exc.filename)) or os_error_reason(exc)
+                raise OccsynthError(f"cannot lock {where}: {why}") from None
             held.close()
             warnings.warn(f"{parts}: the file system does not support locks ({exc.strerror}); running without the "
                           "guard against a second run of the same work", stacklevel=3)

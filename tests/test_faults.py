@@ -172,6 +172,21 @@ def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, mon
             pass
 
 
+@pytest.mark.parametrize("blocker", ["folder", "dangling link"])
+def test_a_lock_file_that_cannot_be_opened_is_named(demo_source, tmp_path, blocker):
+    """OUT/parts/.lock as a folder (or a link to nothing) said "cannot lock OUT/parts: Is a directory" ("No such
+    file or directory"): the folder, not the file in the way."""
+    pytest.importorskip("fcntl")
+    lock = tmp_path / "out" / writer.PARTS / writer.LOCK_FILE
+    lock.parent.mkdir(parents=True)
+    lock.mkdir() if blocker == "folder" else lock.symlink_to(tmp_path / "gone" / "lock")
+    why = "Is a directory" if blocker == "folder" else f"{lock} is a link to a missing path ({tmp_path / 'gone' / 'lock'})"
+    with pytest.raises(OccsynthError) as exc:
+        with writer.run_lock(tmp_path / "out"):
+            pass
+    assert str(exc.value) == f"cannot lock {lock}: {why}"
+
+
 class _FillingDisk:
     """Image writes through ``atomic`` fail with ENOSPC once ``capacity`` bytes were written (write mode), or
     every fsync after the first ``capacity`` ones fails (fsync mode: the disk fills during write-back)."""
