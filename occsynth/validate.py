@@ -418,11 +418,11 @@ def _union_above(amodal: list[np.ndarray], layers: np.ndarray) -> list[np.ndarra
 
 
 def _compare(failures: _Failures, check: str, ann: dict, stored: Any, expected: Any, tol: float, image_id: int) -> None:
-    try:
-        a = np.atleast_1d(np.asarray(stored, float))
-    except (TypeError, ValueError):
+    # JSON numbers only: numpy would read "12.0" and true as numbers, which readers of the set do not
+    if not all(map(masks.finite_number, stored if isinstance(stored, list) else [stored])):
         failures.add(check, f"stored {_short(stored)} is not numeric", ann["id"], image_id)
         return
+    a = np.atleast_1d(np.asarray(stored, float))
     b = np.atleast_1d(np.asarray(expected, float))
     if a.shape != b.shape or not np.all(np.abs(a - b) <= tol + 1e-12) or not np.all(np.isfinite(a)):
         fmt = (lambda x: [round(float(v), 6) for v in x]) if a.size > 1 else (lambda x: round(float(x[0]), 6))

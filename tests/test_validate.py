@@ -281,6 +281,19 @@ def test_wrong_typed_standard_field(dataset, key, value):
     assert report["checks"]["fields" if "fields" in failing(report) else key]["examples"][0]["annotation_id"] == IDS["D"]
 
 
+@pytest.mark.parametrize("key", ["bbox", "amodal_bbox"])
+@pytest.mark.parametrize("cast", [str, bool])
+def test_a_box_of_strings_or_bools_fails_even_when_their_values_are_right(dataset, key, cast):
+    # detectron2 and mmdetection do arithmetic on the box's entries: "12.0" or true are no coordinates
+    def edit(data):
+        box = by_name(data, "D")[key]
+        box[:] = [cast(v) for v in box] if cast is str else [True, True, *box[2:]]
+    report = broken(dataset, edit)
+    assert failing(report) == {key}
+    example = report["checks"][key]["examples"][0]
+    assert example["annotation_id"] == IDS["D"] and "not numeric" in example["reason"]
+
+
 def test_cli_says_invalid_for_a_string_iscrowd(dataset):
     data = load_annotations(dataset)
     by_name(data, "D")["iscrowd"] = "yes"
