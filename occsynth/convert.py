@@ -133,7 +133,9 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     log = SkipLog(strict=strict)
     images, bad_images, bad_ids = _usable_images(data["images"], log)
-    categories = categories_by_id(data["categories"])
+    # the usable records only, as for images: pycocotools fails on one that is no object, and keeps the last
+    # record of a repeated id where the converter (every reader here) keeps the first
+    categories = {c["id"]: c for c in unique_by_id(data["categories"], "category", log)}
     by_image: dict = {}
     counts = {"images": len(images), "annotations": 0, "of_bad_image": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "bad_images": bad_images}
@@ -193,6 +195,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     counts["annotations"] = len(out_annotations)
     output = {k: v for k, v in data.items() if k != "annotations"}
     output["images"] = list(images.values())  # the records skipped as bad would break a COCO reader
+    output["categories"] = list(categories.values())
     output["annotations"] = out_annotations
     write_json(out_path, output, locked=True)
     return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
@@ -265,7 +268,7 @@ def _normalise_name(name: Any) -> str:
 
 def cocoa_categories(coco_categories: list[dict] | None) -> tuple[list[dict], dict, int, int]:
     """(categories, name -> id, thing id, stuff id): the given COCO list plus ``thing`` and ``stuff``."""
-    base = [dict(c) for c in (coco_categories or []) if isinstance(c, dict) and is_int(c.get("id"))]
+    base = [dict(c) for c in categories_by_id(coco_categories or []).values()]  # an id once: a COCO reader keeps one
     top = max([c["id"] for c in base], default=0)
     thing, stuff = top + 1, top + 2
     categories = base + [{"id": thing, "name": "thing", "supercategory": "thing"},

@@ -512,3 +512,31 @@ def test_strict_stops_at_the_first_bad_record_naming_it_and_the_file_and_writes_
         strict = CliRunner().invoke(main, [command, "--ann", str(src), "--out", str(out), "--quiet", "--strict"])
         assert strict.exit_code == 2 and strict.output.startswith(f"Error: {src}: {record}: {why}"), strict.output
         assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cocoa.json", "kins.json"]
+
+
+def test_kins_categories_that_no_coco_reader_can_use_are_skipped_not_copied(tmp_path):
+    """The output's images are the usable records; so must its categories be: pycocotools' COCO() fails on a
+    category that is no object, and keeps the last record of a repeated id where every reader here keeps the
+    first (the converter's)."""
+    from pycocotools.coco import COCO
+
+    kins = json.loads(kins_file(tmp_path).read_text())
+    kins["categories"] += ["car", {"id": 4, "name": "truck"}, {"name": "no id"}]
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
+    assert json.loads((tmp_path / "k-out.json").read_text())["categories"] == [
+        {"id": 4, "name": "car", "supercategory": "vehicle"}]
+    assert COCO(str(tmp_path / "k-out.json")).loadCats(4)[0]["name"] == "car"
+    assert report["skipped"]["counts"][errors.MALFORMED_RECORD] == 2
+    assert report["skipped"]["counts"][errors.DUPLICATE_ID] == 1
+    assert "category record 4" in report["skipped"]["examples"][errors.DUPLICATE_ID]
+
+
+def test_cocoa_categories_from_a_file_that_repeats_an_id_name_it_once(tmp_path):
+    coco = tmp_path / "instances.json"
+    coco.write_text(json.dumps({"categories": [{"id": 1, "name": "person"}, {"id": 1, "name": "grass"}]}))
+    convert_cocoa(cocoa_file(tmp_path), tmp_path / "o.json", categories_from=coco, progress=False)
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["categories"] == [{"id": 1, "name": "person"}, {"id": 2, "name": "thing", "supercategory": "thing"},
+                                 {"id": 3, "name": "stuff", "supercategory": "stuff"}]
+    assert [a["category_id"] for a in out["annotations"]] == [1, 3, 2]  # person, stuff (grass: not id 1), thing
