@@ -48,7 +48,7 @@ from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
 from .coco import (brief, categories_by_id, check_image_record, check_iscrowd, check_out_file, duplicate_detail, is_int,
                    read_dataset, read_json, unique_by_id)
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, plural, why_none_usable
 from .occluders import layer_occluders
 
 
@@ -193,12 +193,25 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
             _mark_fully_hidden(record, counts)
             out_annotations.append(record)
     counts["annotations"] = len(out_annotations)
+    _check_converted(in_path, out_annotations, counts, log)
     output = {k: v for k, v in data.items() if k != "annotations"}
     output["images"] = list(images.values())  # the records skipped as bad would break a COCO reader
     output["categories"] = list(categories.values())
     output["annotations"] = out_annotations
     write_json(out_path, output, locked=True)
     return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
+
+
+def _check_converted(in_path: Path, converted: list, counts: dict, log: SkipLog) -> None:
+    """Refuse, before anything is written, a file of which not one annotation could be converted (every image
+    record bad, or every annotation): an empty output would read as a converted set (as build-cocoocc refuses a
+    file without usable image records), and would replace the output of an earlier run."""
+    if converted:
+        return
+    of_bad = counts["of_bad_image"]
+    bad_images = f"{plural(of_bad, 'annotation')} of image records skipped as bad; " if of_bad else ""
+    raise OccsynthError(f"{in_path}: no annotation could be converted, nothing written "
+                        f"({bad_images}{why_none_usable(log)})")
 
 
 def _whole_number(value: Any) -> int:
@@ -374,6 +387,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             _mark_fully_hidden(ann, counts)
             out_annotations.append(ann)
     counts["annotations"] = len(out_annotations)
+    _check_converted(in_path, out_annotations, counts, log)
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO's info is an object
     info.setdefault("description", f"COCOA converted from {in_path.name}")
     output = {"info": info, "licenses": data.get("licenses", []), "images": list(images.values()),

@@ -313,10 +313,13 @@ def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, 
 
     monkeypatch.setattr(masks, "decode", guarded)
     data = json.loads(make(tmp_path).read_text())
+    data["images"].append(dict(data["images"][0], id=100))  # a usable image: a file of nothing usable is refused
+    data["annotations"].append(dict(data["annotations"][0], id=100, image_id=100))
     data["images"][0].update(height=side, width=side)
     (tmp_path / "in.json").write_text(json.dumps(data))
     report = convert(tmp_path / "in.json", tmp_path / "out.json", progress=False)
-    assert report["counts"]["annotations"] == 0 and report["counts"]["bad_images"] == 1
+    assert [a["image_id"] for a in json.loads((tmp_path / "out.json").read_text())["annotations"]] == \
+        [100] * report["counts"]["annotations"] and report["counts"]["bad_images"] == 1
     assert report["counts"]["of_bad_image"] == of_bad_image  # the huge image's annotations, not 'unknown'
     assert example in report["skipped"]["examples"]["malformed record"]
 
@@ -540,3 +543,27 @@ def test_cocoa_categories_from_a_file_that_repeats_an_id_name_it_once(tmp_path):
     assert out["categories"] == [{"id": 1, "name": "person"}, {"id": 2, "name": "thing", "supercategory": "thing"},
                                  {"id": 3, "name": "stuff", "supercategory": "stuff"}]
     assert [a["category_id"] for a in out["annotations"]] == [1, 3, 2]  # person, stuff (grass: not id 1), thing
+
+
+@pytest.mark.parametrize("make, convert", [(kins_file, convert_kins), (cocoa_file, convert_cocoa)])
+@pytest.mark.parametrize("break_it, why", [
+    (lambda data: data["images"][0].pop("height"), "image record"),          # every image record is bad
+    (lambda data: data.update(images=[]), "unknown image id"),               # no image record at all
+])
+def test_a_file_of_which_nothing_can_be_converted_is_refused_and_an_earlier_output_kept(tmp_path, make, convert,
+                                                                                       break_it, why):
+    """As build-cocoocc refuses a file without usable image records: an empty output would read as a converted
+    set, and replaced the output of an earlier run."""
+    out = tmp_path / "out.json"
+    convert(make(tmp_path), out, progress=False)
+    before = out.read_bytes()
+    data = json.loads(make(tmp_path).read_text())
+    break_it(data)
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(errors.OccsynthError, match=f"bad.json: no annotation could be converted.*{why}"):
+        convert(tmp_path / "bad.json", out, progress=False)
+    assert out.read_bytes() == before
+    res = CliRunner().invoke(main, ["convert-kins" if convert is convert_kins else "convert-cocoa", "--ann",
+                                    str(tmp_path / "bad.json"), "--out", str(tmp_path / "new.json"), "--quiet"])
+    assert res.exit_code == 2 and res.output.startswith("Error: ") and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "new.json").exists()
