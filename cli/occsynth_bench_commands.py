@@ -6,7 +6,7 @@ import json
 import click
 
 from cli.common import quiet_option
-from occsynth.bench import bench_bank, bench_generation
+from occsynth.bench import MAX_BANK_ANNOTATIONS, MAX_BANK_IMAGES, bench_bank, bench_generation
 from occsynth.errors import plural
 from occsynth.generate import MAX_IMAGES
 
@@ -20,8 +20,8 @@ from occsynth.generate import MAX_IMAGES
 @click.option("--copies", type=click.IntRange(min=1), help="Textured copies of the demo source [default: as many source images as --num-images].")
 @click.option("--bank", "bank", is_flag=True, help="Instead: build a bank from a synthetic COCO-train-size file and report peak RSS.")
 @click.option("--no-cutout-pixels", is_flag=True, help="Measure generation without the cutout pixel store (decode each cutout's source image).")
-@click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(min=1), help="With --bank: images in the synthetic source file.")
-@click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(min=1), help="With --bank: annotations in the synthetic source file.")
+@click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(1, MAX_BANK_IMAGES), help="With --bank: images in the synthetic source file.")
+@click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(1, MAX_BANK_ANNOTATIONS), help="With --bank: annotations in the synthetic source file (it takes about 1 KB of --work-dir per annotation, bank included).")
 @click.option("--work-dir", type=click.Path(exists=True, file_okay=False), help="Where the source copies and outputs are written [default: $TMPDIR]; e.g. /dev/shm to take the disk out of the measurement.")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down. Every run's images stay in --work-dir until the end (4 x repeat sets of --num-images; 2 x repeat with --workers 1), so that no deletion slows the next measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")

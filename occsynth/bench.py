@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,10 +50,10 @@ from tqdm.auto import tqdm
 
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, write_json
-from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
+from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels, format_size
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
-from .errors import BadRecord, OccsynthError, SkipLog, plural, why_none_usable
-from .generate import RunSettings, _backend_session, _finished_chunks, generate
+from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, plural, why_none_usable
+from .generate import MAX_IMAGES, RunSettings, _backend_session, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
 TEXTURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -498,9 +499,34 @@ def _run_child(mode: str, ann: Path, out: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+MAX_BANK_IMAGES = MAX_IMAGES  # what generate takes
+MAX_BANK_ANNOTATIONS = 100_000_000  # over 100 times COCO train's 860k
+# the synthetic file takes about 560 bytes per annotation (a polygon of 12-40 vertices) and 76 per image record, the
+# bank built from it beside it about 330 per annotation
+BANK_BENCH_BYTES = {"annotation": 1000, "image": 128}
+
+
+def check_bank_bench(num_images: int, num_annotations: int, work_dir: str | os.PathLike | None) -> None:
+    """Refuse sizes out of range, and a work folder without room for the synthetic file and its bank, before
+    anything is written: such a file filled the disk record by record (or the annotations' draw ran out of memory
+    after the images were written)."""
+    for name, value, most in (("num_images", num_images, MAX_BANK_IMAGES),
+                              ("num_annotations", num_annotations, MAX_BANK_ANNOTATIONS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise OccsynthError(f"bench --bank: {name} must be a whole number in 1..{most:,}, got {value!r}")
+    where = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    needed = num_annotations * BANK_BENCH_BYTES["annotation"] + num_images * BANK_BENCH_BYTES["image"]
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise NoRoom(f"bench --bank: the synthetic file of {plural(num_images, 'image')} and "
+                     f"{plural(num_annotations, 'annotation')} and its bank need about {format_size(needed)} in "
+                     f"{where}, which has {format_size(free)} free: give fewer, or a --work-dir on a larger disk")
+
+
 def bench_bank(num_images: int = 118_287, num_annotations: int = 860_001, work_dir: str | os.PathLike | None = None,
                progress: bool = True) -> dict:
     """Peak RSS and time of building a bank from a synthetic COCO-train-size file, vs one streaming pass."""
+    check_bank_bench(num_images, num_annotations, work_dir)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, steps(3, progress) as step:
         tmp = Path(tmp)
         step("write the synthetic file")

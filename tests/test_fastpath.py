@@ -547,3 +547,26 @@ def test_bench_refuses_an_image_count_past_the_maximum_before_writing_any_source
     result = CliRunner().invoke(occsynth_main, ["bench", "--num-images", str(MAX_IMAGES + 1), "--work-dir", str(tmp_path)])
     assert result.exit_code == 2 and f"is not in the range 8<=x<={MAX_IMAGES}" in result.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option, value", [("--bank-images", "10000000000000"),
+                                           ("--bank-annotations", "100000000000")])
+def test_bench_bank_sizes_beyond_its_bounds_are_refused_before_anything_is_written(tmp_path, option, value):
+    """A synthetic file of 10^13 images filled the disk record by record; 10^11 annotations stopped with a
+    MemoryError traceback after the images were written."""
+    from click.testing import CliRunner
+    from cli.occsynth_cli import main as occsynth_main
+    result = CliRunner().invoke(occsynth_main, ["bench", "--bank", option, value, "--work-dir", str(tmp_path),
+                                                "--quiet"])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_bank_refuses_a_work_dir_without_room_for_its_synthetic_file(tmp_path, monkeypatch):
+    import shutil
+    from occsynth.bench import bench_bank
+    from occsynth.errors import NoRoom
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2 ** 30, 2 ** 30 - 2 ** 20, 2 ** 20))
+    with pytest.raises(NoRoom, match=rf"{re.escape(str(tmp_path))}.*1\.00 MiB free"):
+        bench_bank(1000, 100_000, work_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
