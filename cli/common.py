@@ -79,11 +79,12 @@ def _stdout_reader_gone() -> bool:
 
 
 class FiniteFloatRange(click.FloatRange):
-    """click's FloatRange, which lets NaN through (it compares false with both bounds): refused here too."""
+    """click's FloatRange, which lets NaN through (it compares false with both bounds) and, without an upper
+    bound, infinity ("inf", "1e400"): both refused here too."""
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
-        if math.isnan(number):
+        if not math.isfinite(number):
             self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
         return number
 

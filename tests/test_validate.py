@@ -413,3 +413,10 @@ def test_annotations_json_that_is_a_directory(tmp_path):
 def test_balance_options_that_allow_nothing_are_refused(dataset, option):
     with pytest.raises(OccsynthError, match=f"{next(iter(option))} must be a number >= 0"):
         validate(dataset, progress=False, **option)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan"])
+def test_cli_names_the_option_of_a_balance_tolerance_that_is_no_finite_number(dataset, value):
+    # the library refused inf naming its parameter ('balance_tolerance must be ...'), not the option typed
+    r = CliRunner().invoke(cli(), ["validate", str(dataset), "--quiet", "--balance-tolerance", value])
+    assert r.exit_code == 2 and "Invalid value for '--balance-tolerance'" in r.output, r.output
