@@ -48,7 +48,7 @@ from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
 from .coco import (brief, categories_by_id, check_image_record, check_iscrowd, check_out_file, duplicate_detail, is_int,
                    read_dataset, read_json, unique_by_id)
-from .errors import BadRecord, OccsynthError, SkipLog, plural, why_none_usable
+from .errors import BadRecord, OccsynthError, SkipLog, plural
 from .occluders import layer_occluders
 
 
@@ -193,7 +193,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
             _mark_fully_hidden(record, counts)
             out_annotations.append(record)
     counts["annotations"] = len(out_annotations)
-    _check_converted(in_path, out_annotations, counts, log)
+    _check_converted(in_path, out_annotations, counts, log, "is this a KINS file?")
     output = {k: v for k, v in data.items() if k != "annotations"}
     output["images"] = list(images.values())  # the records skipped as bad would break a COCO reader
     output["categories"] = list(categories.values())
@@ -202,16 +202,18 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
 
 
-def _check_converted(in_path: Path, converted: list, counts: dict, log: SkipLog) -> None:
+def _check_converted(in_path: Path, converted: list, counts: dict, log: SkipLog, nothing_skipped: str) -> None:
     """Refuse, before anything is written, a file of which not one annotation could be converted (every image
     record bad, or every annotation): an empty output would read as a converted set (as build-cocoocc refuses a
-    file without usable image records), and would replace the output of an earlier run."""
+    file without usable image records), and would replace the output of an earlier run. ``nothing_skipped``: why,
+    when no record was skipped."""
     if converted:
         return
     of_bad = counts["of_bad_image"]
-    bad_images = f"{plural(of_bad, 'annotation')} of image records skipped as bad; " if of_bad else ""
+    bad_images = f"{plural(of_bad, 'annotation')} of image records skipped as bad" if of_bad else ""
+    skipped = log.in_one_line() if log.total else "" if of_bad else nothing_skipped
     raise OccsynthError(f"{in_path}: no annotation could be converted, nothing written "
-                        f"({bad_images}{why_none_usable(log)})")
+                        f"({'; '.join(filter(None, (bad_images, skipped)))})")
 
 
 def _whole_number(value: Any) -> int:
@@ -387,7 +389,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             _mark_fully_hidden(ann, counts)
             out_annotations.append(ann)
     counts["annotations"] = len(out_annotations)
-    _check_converted(in_path, out_annotations, counts, log)
+    _check_converted(in_path, out_annotations, counts, log, "every record's 'regions' list is empty")
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO's info is an object
     info.setdefault("description", f"COCOA converted from {in_path.name}")
     output = {"info": info, "licenses": data.get("licenses", []), "images": list(images.values()),

@@ -549,11 +549,14 @@ def test_cocoa_categories_from_a_file_that_repeats_an_id_name_it_once(tmp_path):
 @pytest.mark.parametrize("break_it, why", [
     (lambda data: data["images"][0].pop("height"), "image record"),          # every image record is bad
     (lambda data: data.update(images=[]), "unknown image id"),               # no image record at all
+    (lambda data: [a.update(regions=[]) for a in data["annotations"]], "'regions' list is empty"),  # COCOA only
 ])
 def test_a_file_of_which_nothing_can_be_converted_is_refused_and_an_earlier_output_kept(tmp_path, make, convert,
                                                                                        break_it, why):
     """As build-cocoocc refuses a file without usable image records: an empty output would read as a converted
     set, and replaced the output of an earlier run."""
+    if "regions" in why and make is kins_file:
+        pytest.skip("COCOA's regions: KINS has none")
     out = tmp_path / "out.json"
     convert(make(tmp_path), out, progress=False)
     before = out.read_bytes()
