@@ -273,7 +273,8 @@ def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
-    """Records (``kind``: "image", "category", ...) with an integer ``id``, the first of each id.
+    """Records (``kind``: "image", "category", ...) with an integer ``id``, the first of each id; a category
+    also needs its ``name`` (a string): COCO readers (detectron2, mmdetection) list the classes by name.
 
     The others go to ``log`` as malformed or duplicate, so that ids can be used as keys downstream.
     """
@@ -283,6 +284,8 @@ def unique_by_id(records: Iterable[Any], kind: str, log: SkipLog) -> list[dict]:
         try:
             if not is_int(record_id):
                 raise BadRecord(errors.MALFORMED_RECORD, record_name(kind, record), "'id' missing or not int")
+            if kind == "category" and not isinstance(record.get("name"), str):
+                raise BadRecord(errors.MALFORMED_RECORD, record_name(kind, record), "'name' missing or not a string")
             if record_id in seen:
                 raise BadRecord(errors.DUPLICATE_ID, record_name(kind, record), duplicate_detail(log))
         except BadRecord as exc:

@@ -31,8 +31,8 @@ from .writer import IMAGES, MANIFEST_FILE, set_paths
 
 # Check name -> what it guarantees. Stable names: they are the keys of the report.
 CHECKS = {
-    "fields": "records carry the documented fields with the documented types (a paste, layer > 0: iscrowd 0 and amodal_complete true; layer 0: amodal_complete false)",
-    "duplicate_id": "image ids and annotation ids are unique",
+    "fields": "records carry the documented fields with the documented types (masks as compressed RLE; a category: an integer id and a name; a paste, layer > 0: iscrowd 0 and amodal_complete true; layer 0: amodal_complete false)",
+    "duplicate_id": "image ids, image file names, annotation ids and category ids are unique",
     "unknown_image": "every annotation refers to an image record",
     "unknown_category": "every annotation's category is in 'categories'",
     "grouping": "the annotations of one image are contiguous (as the writer emits them)",
@@ -109,8 +109,9 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     check_generated_set(ann_path, out_dir / MANIFEST_FILE, where)
     failures = _Failures(max_examples)
 
-    categories = {c["id"]: c for c in iter_array(ann_path, "categories") if isinstance(c, dict) and "id" in c}
+    categories = _categories(iter_array(ann_path, "categories"), failures)
     images: dict[int, dict] = {}
+    file_names: set[str] = set()
     for image in iter_array(ann_path, "images"):
         record = _image_record(image, failures)
         if record is None:
@@ -118,6 +119,10 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
         if record["id"] in images:
             failures.add("duplicate_id", f"image id {record['id']} appears more than once", image_id=record["id"])
             continue
+        if record["file_name"] in file_names:  # two records of one file: one of them describes other pixels
+            failures.add("duplicate_id", f"file_name {record['file_name']!r} is named by more than one image record",
+                         image_id=record["id"])
+        file_names.add(record["file_name"])
         images[record["id"]] = record
 
     totals = {"images": len(images), "annotations": 0, "pasted": 0, "occluded": 0, "pasted_occluded": 0}
@@ -265,6 +270,23 @@ def _image_record(image: Any, failures: _Failures) -> dict | None:
     return {k: image[k] for k in ("id", "file_name", "height", "width")}
 
 
+def _categories(records: Iterable[Any], failures: _Failures) -> dict[int, dict]:
+    """The category records by id; one without an integer id and a name (detectron2 and mmdetection read both), or
+    with an id given before, fails (the first record of an id is kept, as every reader here keeps it)."""
+    categories: dict[int, dict] = {}
+    for record in records:
+        if not isinstance(record, dict) or not is_int(record.get("id")) or not isinstance(record.get("name"), str):
+            failures.add("fields", f"category record {_short(record)} lacks an integer id or a name")
+            if isinstance(record, dict) and is_int(record.get("id")):
+                categories.setdefault(record["id"], record)  # its annotations are known: the record is what fails
+            continue
+        if record["id"] in categories:
+            failures.add("duplicate_id", f"category id {record['id']} appears more than once")
+            continue
+        categories[record["id"]] = record
+    return categories
+
+
 def _image_groups(anns: Iterator[dict], images: dict, categories: dict, failures: _Failures, totals: dict,
                   pasted: Counter) -> Iterator[tuple[dict, list[dict]]]:
     """(image record, annotations) per image, from the annotation stream; whole-set checks on the way.
@@ -366,6 +388,10 @@ def _check_masks(image: dict, anns: list[dict], failures: _Failures) -> int:
         except BadRecord as exc:
             failures.add("fields", exc.detail, ann_id, image["id"])
             continue
+        uncompressed = [k for k in ("segmentation", "amodal_segmentation") if not isinstance(ann[k].get("counts"), str)]
+        if uncompressed:  # still decodable, so the mask checks go on
+            failures.add("fields", f"{' and '.join(uncompressed)} not compressed RLE (counts must be a string, as "
+                         "docs/FORMAT.md says)", ann_id, image["id"])
         pasted = ann["layer"] > 0
         if ann.get("amodal_complete") is not pasted or (pasted and ann["iscrowd"] != 0):
             failures.add("fields", f"layer {ann['layer']} with amodal_complete {_short(ann.get('amodal_complete'))} and "

@@ -265,10 +265,13 @@ def test_not_a_coco_file_is_reported(tmp_path):
         build_bank(write(tmp_path, [1, 2]), tmp_path / "b", progress=False)
     with pytest.raises(OccsynthError, match="no valid category records"):
         build_bank(write(tmp_path, dict(source(), categories=[1, 2])), tmp_path / "b", progress=False)
+    with pytest.raises(OccsynthError, match=r"no valid category records .*'name' missing or not a string"):
+        build_bank(write(tmp_path, dict(source(), categories=[{"id": 1}, {"id": 2, "name": None}])), tmp_path / "b",
+                   progress=False)  # detectron2 and mmdetection list a set's classes by name
     with pytest.raises(OccsynthError, match="not a COCO file: 'categories' is an object, expected a list"):
         build_bank(write(tmp_path, dict(source(), categories={})), tmp_path / "b", progress=False)
     with pytest.raises(OccsynthError, match="malformed JSON"):
-        (tmp_path / "broken.json").write_text('{"categories": [{"id": 1}], "images": [{"id": ')
+        (tmp_path / "broken.json").write_text('{"categories": [{"id": 1, "name": "a"}], "images": [{"id": ')
         build_bank(tmp_path / "broken.json", tmp_path / "b", progress=False)
 
 

@@ -195,6 +195,52 @@ def test_duplicate_id(dataset):
     assert report["checks"]["duplicate_id"]["examples"][0]["annotation_id"] == IDS["F"]
 
 
+def test_uncompressed_rle_fails_fields_but_its_masks_are_still_checked(dataset):
+    def edit(data):
+        ann = by_name(data, "D")
+        full = decode(ann["segmentation"])
+        ann["segmentation"] = {"size": list(full.shape), "counts": _uncompressed(full)}  # the same mask, list counts
+        runs = mask_utils.frPyObjects(ann["segmentation"], *full.shape)
+        assert np.array_equal(mask_utils.decode(runs).astype(bool), full)
+    report = broken(dataset, edit)
+    assert failing(report) == {"fields"}  # the mask itself is right: nothing else fails
+    example = report["checks"]["fields"]["examples"][0]
+    assert example["annotation_id"] == IDS["D"] and "segmentation not compressed RLE" in example["reason"]
+
+
+def _uncompressed(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE counts of a mask (column-major runs, starting with zeros)."""
+    flat = mask.T.ravel().astype(np.int8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    edges = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(edges).tolist()
+    return runs if flat[0] == 0 else [0] + runs
+
+
+@pytest.mark.parametrize("change", ["no name", "repeated id"])
+def test_category_records_need_an_integer_id_and_a_name_once(dataset, change):
+    def edit(data):
+        if change == "no name":
+            del data["categories"][0]["name"]
+        else:
+            data["categories"].append(dict(data["categories"][0], name="again"))
+    report = broken(dataset, edit)
+    check = "fields" if change == "no name" else "duplicate_id"
+    assert failing(report) == {check}  # the annotations of that category stay known
+    reason = report["checks"][check]["examples"][0]["reason"]
+    assert ("lacks an integer id or a name" in reason) if change == "no name" else "category id" in reason
+
+
+def test_two_image_records_of_one_file_fail(dataset):
+    def edit(data):
+        data["images"][1]["file_name"] = data["images"][0]["file_name"]
+        data["images"][1]["height"], data["images"][1]["width"] = data["images"][0]["height"], data["images"][0]["width"]
+    report = broken(dataset, edit)
+    assert "duplicate_id" in failing(report)
+    example = report["checks"]["duplicate_id"]["examples"][0]
+    assert example["image_id"] == 2 and "named by more than one image record" in example["reason"]
+
+
 def test_unknown_category(dataset):
     report = broken(dataset, lambda d: by_name(d, "B").update(category_id=42))
     assert failing(report) == {"unknown_category"}
