@@ -628,7 +628,8 @@ def report(meta: dict) -> str:
              f"{plural(meta['num_images_total'], 'image')}, {plural(meta['num_annotations'], 'annotation')}, "
              f"{meta['num_images']} usable as backgrounds",
              f"kept {plural(meta['num_cutouts'], 'complete instance')} as cutouts in "
-             f"{plural(sum(1 for n in kept.values() if n), 'category', 'categories')}:"]
+             f"{plural(sum(1 for n in kept.values() if n), 'category', 'categories')}"
+             + (":" if meta["num_cutouts"] else " (nothing to paste: generate refuses this source)")]
     lines += [f"  {n:>7}  {cid:>4} {names.get(cid, '?')}" for cid, n in kept.items() if n]
     lines.append("rejected (not complete):")
     lines += [f"  {n:>7}  {reason}" for reason, n in meta["rejected"].items()]

@@ -260,6 +260,20 @@ def test_strict_mode_names_the_first_bad_record_and_its_file(tmp_path):
     assert result.exit_code == 2 and result.output.startswith(f"Error: {first}")
 
 
+def test_report_of_a_bank_without_cutouts_says_so(tmp_path):
+    border = rect(0, 0, 10, 10)  # every instance touches the border: none is complete
+    src = tmp_path / "src.json"
+    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
+                               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                                                "segmentation": masks.encode(border), "area": 100, "bbox": [0, 0, 10, 10]}],
+                               "categories": [{"id": 1, "name": "thing"}]}))
+    result = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(src), "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "kept 0 complete instances as cutouts in 0 categories (nothing to paste: generate refuses this source)" \
+        in result.output
+    assert "\n        1  truncated" in result.output  # why: the rejected block follows
+
+
 def test_not_a_coco_file_is_reported(tmp_path):
     with pytest.raises(OccsynthError, match="not a COCO file: the top level is an array"):
         build_bank(write(tmp_path, [1, 2]), tmp_path / "b", progress=False)
