@@ -249,12 +249,17 @@ def plot_stats(stats: dict) -> np.ndarray:
     if per_image and max(per_image) - min(per_image) <= 60:  # a continuous axis, empty counts shown as gaps
         per_image = {k: per_image.get(k, 0) for k in range(min(per_image), max(per_image) + 1)}
     rows = [r for r in stats["categories"] if r["pasted"] or r["background"]]
+    # what an empty panel says (the text report says the same): plain COCO has no pastes, ratios or layers
+    not_generated = " (not a generated set)" if stats["annotations"] and not stats["pasted"] else ""
     panels = [
-        bar_panel("pasted per category", [str(r["name"]) for r in rows], [r["pasted"] for r in rows], BAR_PASTED),
-        bar_panel("instances per image", [str(k) for k in per_image], list(per_image.values()), BAR),
-        bar_panel("occlusion ratio (all)", [f"{b:.1f}" for b in ratio["bins"][:-1]], ratio["counts"], BAR),
+        bar_panel("pasted per category", [str(r["name"]) for r in rows], [r["pasted"] for r in rows], BAR_PASTED,
+                  empty="no pasted instances" + not_generated),
+        bar_panel("instances per image", [str(k) for k in per_image], list(per_image.values()), BAR,
+                  empty="no images" if not stats["images"] else "no annotations"),
+        bar_panel("occlusion ratio (all)", [f"{b:.1f}" for b in ratio["bins"][:-1]], ratio["counts"], BAR,
+                  empty="no annotation has an occlusion ratio"),
         bar_panel("instances per layer", [str(k) for k in stats["layers"]], list(stats["layers"].values()),
-                  BAR_PASTED),
+                  BAR_PASTED, empty="no annotation has a layer"),
     ]
     return np.vstack([np.hstack(panels[:2]), np.hstack(panels[2:])])
 
@@ -265,11 +270,12 @@ AXIS_FONT = (cv2.FONT_HERSHEY_PLAIN, 0.8)  # crisp at this size (SIMPLEX at 0.35
 
 
 def bar_panel(title: str, labels: Sequence[str], values: Sequence[int], colour: Sequence[int],
-              size: tuple[int, int] = PANEL) -> np.ndarray:
+              size: tuple[int, int] = PANEL, empty: str = "nothing to show") -> np.ndarray:
     """One bar chart on white: bar heights proportional to the values, the tallest reaching the top line.
 
     The y axis is labelled once at each end (0 and the maximum), right-aligned in the margin left of
-    the axis, so a long number never runs into the axis or the bars.
+    the axis, so a long number never runs into the axis or the bars. ``empty``: written across the plot
+    when no value is above 0, so that a blank panel says why.
     """
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)
@@ -282,6 +288,11 @@ def bar_panel(title: str, labels: Sequence[str], values: Sequence[int], colour: 
         cv2.line(img, (left - 3, top), (left, top), INK, 1)
         _axis_label(img, _short_number(vmax), left - 3 - LABEL_GAP, top)
     _axis_label(img, "0", left - 3 - LABEL_GAP, bottom)
+    if not vmax:
+        font, scale = AXIS_FONT
+        (tw, _), _ = cv2.getTextSize(empty, font, scale, 1)
+        cv2.putText(img, empty, (max(left + 4, (left + right - tw) // 2), (top + bottom) // 2), font, scale, INK, 1,
+                    cv2.LINE_AA)
     if not len(values):
         return img
     slot = (right - left - 1) / len(values)

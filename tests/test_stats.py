@@ -83,6 +83,23 @@ def test_plot_bars_are_proportional():
     assert tops[1] == tops[2] == tops[3] and abs(tops[1] / tops[0] - 0.75) < 0.02
 
 
+def test_an_empty_panel_says_why_and_a_full_one_holds_only_its_bars():
+    def text_in_plot_area(panel):  # ink between the axes that is not a bar
+        area = panel[41:PANEL[0] - 41, AXIS_LEFT + 1:PANEL[1] - 10]
+        return bool(np.any(np.all(area < 150, axis=-1)))
+
+    data, _ = build()
+    generated = plot_stats(dataset_stats(data))
+    for ann in data["annotations"]:
+        del ann["layer"], ann["occlusion_ratio"]
+    plain = plot_stats(dataset_stats(data))  # plain COCO: nothing pasted, no ratios
+    top_left, bottom_left = (slice(0, PANEL[0]), slice(0, PANEL[1])), (slice(PANEL[0], None), slice(0, PANEL[1]))
+    assert text_in_plot_area(plain[top_left]) and text_in_plot_area(plain[bottom_left])
+    assert not text_in_plot_area(generated[top_left]) and not text_in_plot_area(generated[bottom_left])
+    assert text_in_plot_area(bar_panel("t", ["a"], [0], BAR_PASTED)) and not text_in_plot_area(
+        bar_panel("t", ["a"], [3], BAR_PASTED))
+
+
 def test_cli_text_json_and_plot(tmp_path):
     out = write_dataset(tmp_path / "set")
     runner = CliRunner()
