@@ -23,7 +23,7 @@ from occsynth.generate import MAX_IMAGES
 @click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(1, MAX_BANK_IMAGES), help="With --bank: images in the synthetic source file.")
 @click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(1, MAX_BANK_ANNOTATIONS), help="With --bank: annotations in the synthetic source file (it takes about 1 KB of --work-dir per annotation, bank included).")
 @click.option("--work-dir", type=click.Path(exists=True, file_okay=False), help="Where the source copies and outputs are written [default: $TMPDIR]; e.g. /dev/shm to take the disk out of the measurement.")
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down. Every run's images stay in --work-dir until the end (4 x repeat sets of --num-images; 2 x repeat with --workers 1), so that no deletion slows the next measurement.")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down. Every run's images stay in --work-dir until the end (4 x repeat sets of --num-images; 2 x repeat with --workers 1), so that no deletion slows the next measurement: about 200 kB of --work-dir per image and set, checked before the start.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
 @quiet_option
 def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_cutout_pixels, bank_images,

@@ -254,6 +254,7 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
     """
     settings = RunSettings(num_images=num_images, seed=seed)  # checked before the source copies are written
     counts_of = sorted({1, workers})
+    check_generation_bench_room(num_images, 2 * len(counts_of) * repeat, work_dir)
     total = 2 + cutout_pixels + repeat * (3 * len(counts_of) + (workers > 1))
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, steps(total, progress) as step:
         tmp = Path(tmp)
@@ -349,6 +350,21 @@ def bench_generation(ann_path: str | os.PathLike | None = None, image_root: str 
         result["scaling"] = round(result[f"workers_{workers}"]["generate_images_per_s"]
                                   / result["workers_1"]["generate_images_per_s"], 3)
         return result
+
+
+GENERATION_BENCH_BYTES_PER_IMAGE = 200_000  # a 640 px JPEG at quality 95 of photo-like detail: 110-170 kB
+
+
+def check_generation_bench_room(num_images: int, kept_sets: int, work_dir: str | os.PathLike | None) -> None:
+    """Refuse a work folder without room for the source copies and the ``kept_sets`` sets of ``num_images`` images a
+    bench keeps until its end, before anything is written (a large --num-images filled the disk mid-run)."""
+    where = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    needed = (1 + kept_sets) * num_images * GENERATION_BENCH_BYTES_PER_IMAGE
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise NoRoom(f"bench: the source copies and {kept_sets} sets of {plural(num_images, 'image')} kept until the "
+                     f"end need about {format_size(needed)} in {where}, which has {format_size(free)} free: give a "
+                     "smaller --num-images or --repeat, or a --work-dir on a larger disk")
 
 
 @contextlib.contextmanager
