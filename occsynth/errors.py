@@ -147,8 +147,10 @@ def key_values(counts: dict) -> str:
 
 def plural(n: int, word: str, words: str | None = None) -> str:
     """``n`` and the word in the number it takes ("1 image", "3 images"; ``words``: the plural where an added
-    "s" is wrong, "categories"), so that no message says "1 images" or hides the number in "image(s)"."""
-    return f"{n} {word if n == 1 else words or word + 's'}"
+    "s" is wrong, "categories"), so that no message says "1 images" or hides the number in "image(s)". A whole
+    number has thousands separators: "118,287 images"."""
+    count = f"{n:,}" if isinstance(n, int) and not isinstance(n, bool) else str(n)
+    return f"{count} {word if n == 1 else words or word + 's'}"
 
 
 def first_few(items: Sequence, most: int = 8) -> str:

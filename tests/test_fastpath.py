@@ -580,7 +580,7 @@ def test_bench_refuses_a_work_dir_without_room_for_the_sets_it_keeps(tmp_path, m
     free = 500 * 2 ** 20  # 500 MiB: 1,200 images x (1 + 12 sets) x 200 kB = 3.1 GB do not fit, 100 images do
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2 ** 40, 2 ** 40 - free, free))
     result = CliRunner().invoke(occsynth_main, ["bench", "--num-images", "1200", "--work-dir", str(tmp_path), "--quiet"])
-    assert result.exit_code == 2 and "12 sets of 1200 images" in result.output and "500.00 MiB free" in result.output, \
+    assert result.exit_code == 2 and "12 sets of 1,200 images" in result.output and "500.00 MiB free" in result.output, \
         result.output
     assert list(tmp_path.iterdir()) == []
     from occsynth.bench import check_generation_bench_room
