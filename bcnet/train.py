@@ -727,7 +727,7 @@ def _restore_final(out_dir: Path, resumed_from: Path) -> None:
 def _prune(out_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
-    periodic = sorted(out_dir.glob("checkpoint_*.pt"))
+    periodic = ckpt.periodic_checkpoints(out_dir)
     for old in periodic[:-keep]:
         with contextlib.suppress(OSError):
             old.unlink()

@@ -780,6 +780,23 @@ def test_resume_without_the_marker_takes_the_newest_checkpoint(tmp_path):
     assert ckpt.latest_checkpoint(out) == out / "model_final.pt"
 
 
+def test_keep_checkpoints_prunes_only_the_runs_own_periodic_checkpoints_oldest_first(tmp_path):
+    """Pruning took every checkpoint_*.pt in name order: a user's copy in the run folder (checkpoint_0000004-good.pt,
+    checkpoint_0000002.pt.pt) was deleted as an old checkpoint, and a name such as checkpoint_².pt (a digit to
+    str.isdigit, not to int) stopped a resume with a ValueError traceback."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for iteration in (2, 4, 6):
+        (out / f"checkpoint_{iteration:07d}.pt").write_bytes(b"x")
+    mine = [out / name for name in ("checkpoint_0000004-good.pt", "checkpoint_0000002.pt.pt", "checkpoint_\u00b2.pt")]
+    for path in mine:
+        path.write_bytes(b"mine")
+    assert ckpt.latest_checkpoint(out) == out / "checkpoint_0000006.pt"
+    T._prune(out, 2)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint_0000004.pt", "checkpoint_0000006.pt",
+                                                            *(p.name for p in mine)])
+
+
 def test_resume_from_a_damaged_newest_checkpoint_says_how_to_resume_from_an_earlier_one(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
