@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -66,14 +67,23 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     marker = Path(out_dir) / LAST
     if not marker.is_file():
         final = Path(out_dir) / FINAL
-        periodic = [p for p in Path(out_dir).glob("checkpoint_*.pt") if p.stem[len("checkpoint_"):].isdigit()]
-        newest = max(periodic, key=lambda p: int(p.stem[len("checkpoint_"):]), default=None)
-        return final if final.is_file() else newest
+        periodic = periodic_checkpoints(out_dir)
+        return final if final.is_file() else (periodic[-1] if periodic else None)
     name = marker.read_bytes().decode("utf-8", errors="replace").strip()  # a damaged marker is named, not a traceback
     path = Path(out_dir) / name
     if "/" in name or "\\" in name or "\ufffd" in name or "\0" in name or not path.is_file():
         raise OccsynthError(f"{marker} names {name!r}, which is not a checkpoint in {out_dir}")
     return path
+
+
+PERIODIC = re.compile(r"checkpoint_([0-9]+)\.pt")  # the name of the checkpoint bcnet train saves at an iteration
+
+
+def periodic_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints ``bcnet train`` saved in ``out_dir`` at an iteration (``checkpoint_<iteration>.pt``), oldest
+    first: not other files named alike (a user's ``checkpoint_0000400-good.pt``), which pruning must not remove."""
+    found = [p for p in Path(out_dir).glob("checkpoint_*.pt") if PERIODIC.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(PERIODIC.fullmatch(p.name).group(1)))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -735,7 +735,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     """Rebuild the model a checkpoint (or a run folder, or its last_checkpoint marker) was trained as and load its
     weights (``weights_only``)."""
     from .checkpoint import load_checkpoint, load_weights, resolve_checkpoint
-    from .train import build, saved_backbone_build
+    from .train import INT32_MAX, build, saved_backbone_build
 
     checkpoint = resolve_checkpoint(checkpoint)  # a run folder or its marker: messages name the file it stands for
     state = load_checkpoint(checkpoint)
@@ -752,6 +752,11 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     if num_classes != len(category_ids) + 1:  # a label would map to the wrong category, or to none
         raise OccsynthError(f"{checkpoint}: its model_config has num_classes {coco_io.brief(num_classes)}, but its "
                             f"{len(category_ids)} category_ids need {len(category_ids) + 1} (background + one each)")
+    for key in ("min_size", "max_size"):  # the model's resize of every image (training saves its short and long_max):
+        # another value failed in it with a traceback, or collapsed every image, which was then blamed on the images
+        if key in config and not (coco_io.is_int(config[key]) and 1 <= config[key] <= INT32_MAX):
+            raise OccsynthError(f"{checkpoint}: its model_config has {key} {coco_io.brief(config[key])}, not a whole "
+                                f"number of pixels from 1 to {INT32_MAX}")
     try:
         model = build(num_classes, config)
     except (OccsynthError, TypeError, ValueError) as exc:  # an unknown backbone name, setting or value

@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
-from occsynth.coco import file_hash
+from occsynth.coco import brief, file_hash
 from occsynth import errors
 from occsynth.errors import OccsynthError, plural
+from occsynth.masks import finite_number
 from occsynth.pool import local_workers
 
 from . import checkpoint as ckpt
@@ -223,6 +224,28 @@ def _use_schedule_settings(optimizer: torch.optim.Optimizer, scheduler, schedule
             for group in optimizer.param_groups:
                 group[key] = value
     return changed
+
+
+def _unfit_state(optimizer: torch.optim.Optimizer, scheduler) -> str | None:
+    """Why an optimizer and LR scheduler state just loaded cannot continue this model (None when it can). torch
+    checks the number of parameters only: a momentum buffer of another shape failed in the first step, and a
+    scheduler or group setting that is no number in the lr set-up, each with a traceback."""
+    for group in optimizer.param_groups:
+        for key in ("momentum", "weight_decay"):
+            if not finite_number(group.get(key)):
+                return f"param group {key!r} {brief(group.get(key))} is not a number"
+        for param in group["params"]:
+            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None and (not torch.is_tensor(buffer) or buffer.shape != param.shape):
+                shape = list(buffer.shape) if torch.is_tensor(buffer) else brief(buffer)
+                return f"a momentum buffer of shape {shape} for a parameter of shape {list(param.shape)}"
+    last = scheduler.last_epoch
+    if isinstance(last, bool) or not (isinstance(last, int) and last >= 0):
+        return f"scheduler 'last_epoch' {brief(last)} is not a whole number >= 0"
+    lrs = scheduler.base_lrs
+    if not (isinstance(lrs, list) and len(lrs) == len(optimizer.param_groups) and all(map(finite_number, lrs))):
+        return f"scheduler 'base_lrs' {brief(lrs)} is not {plural(len(optimizer.param_groups), 'number')}"
+    return None
 
 
 def model_config(schedule: dict) -> dict:
@@ -509,9 +532,12 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
+            unfit = _unfit_state(optimizer, scheduler)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # torch's words for a state of another model
-            raise OccsynthError(f"{resume_path}: its optimizer state does not fit the model it saved "
-                                f"({type(exc).__name__}: {str(exc)[:200]}); resume from another checkpoint") from None
+            unfit = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if unfit:
+            raise OccsynthError(f"{resume_path}: its optimizer state does not fit the model it saved ({unfit}); resume "
+                                "from another checkpoint")
         start = int(state["iteration"])
         changed = _use_schedule_settings(optimizer, scheduler, schedule)
     iterations = int(schedule["iterations"])
@@ -701,7 +727,7 @@ def _restore_final(out_dir: Path, resumed_from: Path) -> None:
 def _prune(out_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
-    periodic = sorted(out_dir.glob("checkpoint_*.pt"))
+    periodic = ckpt.periodic_checkpoints(out_dir)
     for old in periodic[:-keep]:
         with contextlib.suppress(OSError):
             old.unlink()

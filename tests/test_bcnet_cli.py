@@ -412,6 +412,10 @@ def test_a_checkpoint_that_does_not_fit_its_own_model_config_is_one_clear_error_
         (lambda s: s.__setitem__("category_ids", "abc"), "not a bcnet checkpoint ('category_ids' is not a list of whole numbers: 'abc')"),
         (lambda s: s["category_ids"].pop(), "its model_config has num_classes 6, but its 4 category_ids need 5"),
         (lambda s: s["model_config"].__setitem__("num_classes", "6"), "its model_config has num_classes '6', but its 5 category_ids need 6"),
+        (lambda s: s["model_config"].__setitem__("min_size", "abc"),  # failed in check_model_input: a traceback
+         "its model_config has min_size 'abc', not a whole number of pixels from 1 to"),
+        (lambda s: s["model_config"].__setitem__("max_size", 0),  # every image 'could not be processed'
+         "its model_config has max_size 0, not a whole number of pixels from 1 to"),
     ]
     image = root / "images" / "000000000001.png"
     for i, (change, words) in enumerate(cases):

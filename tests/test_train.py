@@ -1,6 +1,7 @@
 """bcnet.train: schedule, exact resume, safe checkpoints, DDP on CPU (gloo), CLI, and a real learning check."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import os
@@ -654,7 +655,8 @@ def test_resume_ignores_a_setting_an_older_version_saved_and_a_stray_top_level_k
 
 
 def test_resume_from_a_checkpoint_whose_optimizer_state_fits_another_model_is_one_clear_error(tmp_path, dataset_dir):
-    """torch's ValueError (another number of parameter groups) was a traceback."""
+    """torch's ValueError (another number of parameter groups) was a traceback; so were the states torch loads
+    without a word (a momentum buffer of another shape, a scheduler or group setting that is no number)."""
     _run(dataset_dir, tmp_path / "run", iterations=2, batch_size=1, checkpoint_every=2)
     final = tmp_path / "run" / "model_final.pt"
     state = torch.load(final, weights_only=True)
@@ -665,6 +667,25 @@ def test_resume_from_a_checkpoint_whose_optimizer_state_fits_another_model_is_on
                 overrides={"iterations": 3}, progress=False)
     assert str(caught.value).startswith(f"{final}: its optimizer state does not fit the model it saved (ValueError: ")
     assert str(caught.value).endswith("; resume from another checkpoint")
+    state["optimizer"]["param_groups"].pop()
+    saved = copy.deepcopy(state)
+    # torch checks the number of parameters only: these failed later, in the first step or the lr set-up, with a
+    # RuntimeError, TypeError, IndexError or ValueError traceback
+    cases = [(lambda s: s["optimizer"]["state"][0].__setitem__("momentum_buffer", torch.zeros(1)),
+              "a momentum buffer of shape [1] for a parameter of shape ["),
+             (lambda s: s["scheduler"].__setitem__("last_epoch", "x"), "scheduler 'last_epoch' 'x' is not"),
+             (lambda s: s["scheduler"].__setitem__("base_lrs", []), "scheduler 'base_lrs' [] is not"),
+             (lambda s: s["optimizer"]["param_groups"][0].__setitem__("momentum", "x"),
+              "param group 'momentum' 'x' is not a number")]
+    for change, words in cases:
+        state = copy.deepcopy(saved)
+        change(state)
+        torch.save(state, final)
+        with pytest.raises(OccsynthError) as caught:
+            T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                    overrides={"iterations": 3}, progress=False)
+        assert str(caught.value).startswith(f"{final}: its optimizer state does not fit the model it saved ({words}")
+        assert str(caught.value).endswith("; resume from another checkpoint")
     state["optimizer"] = None
     torch.save(state, final)
     with pytest.raises(OccsynthError, match=r"model_final.pt: holds no optimizer state to resume from .* with --init$"):
@@ -757,6 +778,23 @@ def test_resume_without_the_marker_takes_the_newest_checkpoint(tmp_path):
     (out / ckpt.LAST).unlink()
     ckpt.save_checkpoint(out / "model_final.pt", model=torch.nn.Linear(2, 2), iteration=120, rng=False)
     assert ckpt.latest_checkpoint(out) == out / "model_final.pt"
+
+
+def test_keep_checkpoints_prunes_only_the_runs_own_periodic_checkpoints_oldest_first(tmp_path):
+    """Pruning took every checkpoint_*.pt in name order: a user's copy in the run folder (checkpoint_0000004-good.pt,
+    checkpoint_0000002.pt.pt) was deleted as an old checkpoint, and a name such as checkpoint_².pt (a digit to
+    str.isdigit, not to int) stopped a resume with a ValueError traceback."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for iteration in (2, 4, 6):
+        (out / f"checkpoint_{iteration:07d}.pt").write_bytes(b"x")
+    mine = [out / name for name in ("checkpoint_0000004-good.pt", "checkpoint_0000002.pt.pt", "checkpoint_\u00b2.pt")]
+    for path in mine:
+        path.write_bytes(b"mine")
+    assert ckpt.latest_checkpoint(out) == out / "checkpoint_0000006.pt"
+    T._prune(out, 2)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint_0000004.pt", "checkpoint_0000006.pt",
+                                                            *(p.name for p in mine)])
 
 
 def test_resume_from_a_damaged_newest_checkpoint_says_how_to_resume_from_an_earlier_one(tmp_path):
