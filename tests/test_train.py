@@ -903,7 +903,7 @@ def test_a_long_cpu_run_is_warned_of_once_a_tiny_one_is_not(tmp_path, dataset_di
     """bcnet train with schedule-1x on a machine without a GPU started a run of weeks without a word."""
     cpu = torch.device("cpu")
     assert T.cpu_warning(cpu, 90000, 16) == (
-        "warning: training 90000 iterations of 16 images (1,440,000 images) on the CPU will take very long; run it "
+        "warning: training 90,000 iterations of 16 images (1,440,000 images) on the CPU will take very long; run it "
         "on a GPU (--device cuda), or try things out with --schedule schedule-tiny or fewer --iterations")
     schedule = T.load_schedule("schedule-tiny")
     assert T.cpu_warning(cpu, schedule["iterations"], schedule["batch_size"]) is None
