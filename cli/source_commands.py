@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from occsynth.bank import (Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, format_size,
+from occsynth.atomic import format_size
+from occsynth.bank import (Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels,
                            pixels_report, report)
 from cli.common import ReportedError, cache_dir_option, note_capped_workers, quiet_option
 from occsynth.cache import cache_entries, remove_cache_entries

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .errors import OccsynthError, os_error_reason
+from .errors import NoRoom, OccsynthError, os_error_reason
 
 
 @contextlib.contextmanager
@@ -144,6 +144,25 @@ def check_writable(folder: str | os.PathLike) -> None:
             pass
     except OSError as exc:
         raise OccsynthError(f"cannot write into {folder}: {os_error_reason(exc)}") from None
+
+
+def format_size(n: int) -> str:
+    """Bytes as people read them: GiB or MiB with two decimals, else the byte count."""
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:,} bytes"
+
+
+def require_room(folder: str | os.PathLike, needed: int, what: str, advice: str, shown: str | os.PathLike | None = None
+                 ) -> None:
+    """Refuse (:class:`NoRoom`), before anything is written, work that needs more than ``folder``'s file system has
+    free: "``what`` SIZE in ``shown`` (default ``folder``), which has SIZE free: ``advice``" (``what`` ends in its
+    verb: "the store needs", "the copies need about")."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise NoRoom(f"{what} {format_size(needed)} in {shown if shown is not None else folder}, which has "
+                     f"{format_size(free)} free: {advice}")
 
 
 @contextlib.contextmanager

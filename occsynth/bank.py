@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import threading
 import weakref
 from array import array
@@ -44,12 +43,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import errors, masks
-from .atomic import build_dir_once, open_atomic, write_json
+from .atomic import build_dir_once, format_size, open_atomic, require_room, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
                    is_int, iter_array, none_found_under, read_array, read_image, record_image_path,
                    unique_by_id)
-from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, key_values, plural, why_none_usable
+from .errors import BadRecord, OccsynthError, SkipLog, key_values, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
 BANK_FORMAT = 2  # 2: RLE strings stored in canonical form (masks.encode's)
@@ -714,23 +713,6 @@ def pixel_store_bytes(bank: Bank) -> int:
     return int(((h + side) * (w + side) * 3 + (h * w + 7) // 8).sum())
 
 
-def _check_free_space(out_dir: Path, needed: int) -> None:
-    """Refuse (NoRoom) a store that cannot fit. Per build: builds running at once each count the same space."""
-    free = shutil.disk_usage(out_dir).free
-    if needed > free:
-        raise NoRoom(f"the cutout pixel store needs {format_size(needed)} in {out_dir.parent}, which has "
-                     f"{format_size(free)} free: free some space, use a cache folder on a larger disk, or go without "
-                     f"the store (slower: each cutout's source image is then decoded)")
-
-
-def format_size(n: int) -> str:
-    """Bytes as people read them: GiB or MiB with two decimals, else the byte count."""
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:,} bytes"
-
-
 def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
                         strict: bool = False, progress: bool = True, workers: int = 1) -> dict:
     """Write every cutout's context crop (raw RGB) into ``out_dir``; returns the store's meta.
@@ -754,7 +736,10 @@ def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLi
     needed = pixel_store_bytes(bank)
     # at COCO scale gigabytes: better refused now than when the disk fills; the index files hold 8 bytes
     # per annotation and 16 per image
-    _check_free_space(out_dir, needed + 8 * (n_ann + 1) + 16 * n_img)
+    # per build: builds running at once each count the same space
+    require_room(out_dir, needed + 8 * (n_ann + 1) + 16 * n_img, "the cutout pixel store needs",
+                 "free some space, use a cache folder on a larger disk, or go without the store (slower: each "
+                 "cutout's source image is then decoded)", shown=out_dir.parent)
     bar = tqdm(total=len(cutout_images), desc=f"bank: cutout pixels ({format_size(needed)})", unit="img",
                disable=not progress, smoothing=0.1)
     try:

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,10 +48,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import masks
-from .atomic import BackgroundWriter, open_atomic, write_json
-from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels, format_size
+from .atomic import BackgroundWriter, open_atomic, require_room, write_json
+from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
-from .errors import BadRecord, NoRoom, OccsynthError, SkipLog, plural, why_none_usable
+from .errors import BadRecord, OccsynthError, SkipLog, plural, why_none_usable
 from .generate import MAX_IMAGES, RunSettings, _backend_session, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
@@ -358,13 +357,10 @@ GENERATION_BENCH_BYTES_PER_IMAGE = 200_000  # a 640 px JPEG at quality 95 of pho
 def check_generation_bench_room(num_images: int, kept_sets: int, work_dir: str | os.PathLike | None) -> None:
     """Refuse a work folder without room for the source copies and the ``kept_sets`` sets of ``num_images`` images a
     bench keeps until its end, before anything is written (a large --num-images filled the disk mid-run)."""
-    where = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
-    needed = (1 + kept_sets) * num_images * GENERATION_BENCH_BYTES_PER_IMAGE
-    free = shutil.disk_usage(where).free
-    if needed > free:
-        raise NoRoom(f"bench: the source copies and {kept_sets} sets of {plural(num_images, 'image')} kept until the "
-                     f"end need about {format_size(needed)} in {where}, which has {format_size(free)} free: give a "
-                     "smaller --num-images or --repeat, or a --work-dir on a larger disk")
+    require_room(work_dir if work_dir is not None else tempfile.gettempdir(),
+                 (1 + kept_sets) * num_images * GENERATION_BENCH_BYTES_PER_IMAGE,
+                 f"bench: the source copies and {kept_sets} sets of {plural(num_images, 'image')} kept until the end "
+                 "need about", "give a smaller --num-images or --repeat, or a --work-dir on a larger disk")
 
 
 @contextlib.contextmanager
@@ -530,13 +526,11 @@ def check_bank_bench(num_images: int, num_annotations: int, work_dir: str | os.P
                               ("num_annotations", num_annotations, MAX_BANK_ANNOTATIONS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
             raise OccsynthError(f"bench --bank: {name} must be a whole number in 1..{most:,}, got {value!r}")
-    where = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
-    needed = num_annotations * BANK_BENCH_BYTES["annotation"] + num_images * BANK_BENCH_BYTES["image"]
-    free = shutil.disk_usage(where).free
-    if needed > free:
-        raise NoRoom(f"bench --bank: the synthetic file of {plural(num_images, 'image')} and "
-                     f"{plural(num_annotations, 'annotation')} and its bank need about {format_size(needed)} in "
-                     f"{where}, which has {format_size(free)} free: give fewer, or a --work-dir on a larger disk")
+    require_room(work_dir if work_dir is not None else tempfile.gettempdir(),
+                 num_annotations * BANK_BENCH_BYTES["annotation"] + num_images * BANK_BENCH_BYTES["image"],
+                 f"bench --bank: the synthetic file of {plural(num_images, 'image')} and "
+                 f"{plural(num_annotations, 'annotation')} and its bank need about",
+                 "give fewer, or a --work-dir on a larger disk")
 
 
 def bench_bank(num_images: int = 118_287, num_annotations: int = 860_001, work_dir: str | os.PathLike | None = None,

@@ -119,7 +119,6 @@ def test_store_gives_exactly_the_crop_of_the_decoded_image_for_every_margin(edge
 
 def test_the_store_size_is_known_before_the_build_and_a_disk_too_small_is_refused_first(
         edge_source, demo_source, tmp_path, monkeypatch):
-    from occsynth import bank as bank_module
     from occsynth.bank import pixel_store_bytes
     for ann, root in (edge_source, demo_source):
         bank_dir = ensure_bank(ann, tmp_path / "sized", BankOptions(min_area=20), progress=False)
@@ -133,7 +132,7 @@ def test_the_store_size_is_known_before_the_build_and_a_disk_too_small_is_refuse
     needed = pixel_store_bytes(bank) + 8 * (bank.num_annotations + 1) + 16 * bank.num_images_total  # with its index
     real = shutil.disk_usage
     free = {"bytes": needed - 1}
-    monkeypatch.setattr(bank_module.shutil, "disk_usage", lambda path: real(path)._replace(free=free["bytes"]))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=free["bytes"]))
     with pytest.raises(errors.NoRoom, match=rf"needs {needed:,} bytes in .*cutout-pixels, which has {needed - 1:,} "
                                             r"bytes free: .* go without the store"):
         ensure_cutout_pixels(bank_dir, root, cache, progress=False)
@@ -151,7 +150,7 @@ def test_the_store_size_is_known_before_the_build_and_a_disk_too_small_is_refuse
     with CutoutPixels.load(ensure_cutout_pixels(bank_dir, root, cache, progress=False)) as pixels:
         assert pixels.meta["blob_bytes"] == pixel_store_bytes(bank)
     # sizes from a MiB up are given in MiB and GiB
-    from occsynth.bank import format_size
+    from occsynth.atomic import format_size
     assert format_size(5 * 2 ** 20 + 2 ** 19) == "5.50 MiB" and format_size(3 * 2 ** 30) == "3.00 GiB"
 
 
