@@ -7,6 +7,7 @@ prints :class:`OccsynthError` messages and exits with status 2.
 from __future__ import annotations
 
 import errno
+import numbers
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     """``n`` and the word in the number it takes ("1 image", "3 images"; ``words``: the plural where an added
     "s" is wrong, "categories"), so that no message says "1 images" or hides the number in "image(s)". A whole
     number has thousands separators: "118,287 images"."""
-    count = f"{n:,}" if isinstance(n, int) and not isinstance(n, bool) else str(n)
+    count = f"{n:,}" if isinstance(n, numbers.Integral) and not isinstance(n, bool) else str(n)
     return f"{count} {word if n == 1 else words or word + 's'}"
 
 

@@ -307,6 +307,7 @@ def test_plural_reads_as_a_message_should():
     assert [plural(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
     assert plural(1, "entry", "entries") == "1 entry" and plural(3, "entry", "entries") == "3 entries"
     assert plural(118_287, "image") == "118,287 images" and plural(1000, "entry", "entries") == "1,000 entries"
+    assert plural(np.int64(2500), "image") == "2,500 images"  # counts often come from numpy
 
 
 def test_first_few_lists_a_long_list_shortly():
