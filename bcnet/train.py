@@ -544,6 +544,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     data = {"annotations": str(Path(ann_file).resolve()), "sha256": file_hash(ann_file)}  # said in a resume's note
     if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
         tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
+        if init_checkpoint:  # the same command again with --resume: its weights come from the run's own checkpoint
+            tqdm.write(f"note: --init {init_checkpoint} is not read when resuming: the run continues from its checkpoint")
         before = state.get("data") or {}
         if before.get("sha256") and before["sha256"] != data["sha256"]:  # may be meant (more data): said, not refused
             tqdm.write(f"note: {ann_file} is not the annotations file this run trained on so far "

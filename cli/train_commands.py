@@ -48,7 +48,8 @@ def _steps(ctx, param, value):
               help="Start from this checkpoint's weights (fine-tuning; a run folder or its last_checkpoint stands "
                    "for the checkpoint it names). Per-class weights are taken by category "
                    "id: categories it was not trained on start as built; other tensors whose shape differs too. "
-                   "Its backbone keeps the frozen BatchNorms it had when pretrained from --backbone-weights.")
+                   "Its backbone keeps the frozen BatchNorms it had when pretrained from --backbone-weights. Not read "
+                   "with --resume (said): the run continues from its own checkpoint.")
 @click.option("--iterations", type=int, help="Override: number of iterations.")
 @click.option("--batch-size", type=int, help="Override: global images per iteration (lr scales with it).")
 @click.option("--lr", "base_lr", type=float, help="Override: base lr at the schedule's base batch size.")

@@ -110,6 +110,10 @@ def test_resume_uses_the_lr_momentum_and_weight_decay_asked_for_and_says_so(tmp_
     assert group["lr"] == pytest.approx(T.learning_rate(schedule) * T.lr_factor(5, schedule))
     with_sgd = [s for s in saved["optimizer"]["state"].values() if s.get("momentum_buffer") is not None]
     assert with_sgd  # the momentum buffers are still carried over
+    again = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                    init_checkpoint=tmp_path / "elsewhere.pt", overrides={"iterations": 6}, progress=False)
+    assert again["start"] == 5  # the same command with --resume added: --init is said to be left unread
+    assert f"note: --init {tmp_path / 'elsewhere.pt'} is not read when resuming" in capsys.readouterr().out
 
 
 def test_a_run_saved_with_checkpoint_every_0_resumes_as_it_meant_every_iteration(tmp_path, dataset_dir):
