@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from cli import inspect_commands
 from cli.common import Group
+from occsynth.demo import uncompressed_rle
 from occsynth.errors import OccsynthError
 from occsynth.validate import CHECKS, class_balance, format_report, validate
 from datasets import annotation_ids, build, load_annotations, save_annotations, write_dataset
@@ -199,22 +200,13 @@ def test_uncompressed_rle_fails_fields_but_its_masks_are_still_checked(dataset):
     def edit(data):
         ann = by_name(data, "D")
         full = decode(ann["segmentation"])
-        ann["segmentation"] = {"size": list(full.shape), "counts": _uncompressed(full)}  # the same mask, list counts
+        ann["segmentation"] = uncompressed_rle(full)  # the same mask, list counts
         runs = mask_utils.frPyObjects(ann["segmentation"], *full.shape)
         assert np.array_equal(mask_utils.decode(runs).astype(bool), full)
     report = broken(dataset, edit)
     assert failing(report) == {"fields"}  # the mask itself is right: nothing else fails
     example = report["checks"]["fields"]["examples"][0]
     assert example["annotation_id"] == IDS["D"] and "segmentation not compressed RLE" in example["reason"]
-
-
-def _uncompressed(mask: np.ndarray) -> list[int]:
-    """COCO's uncompressed RLE counts of a mask (column-major runs, starting with zeros)."""
-    flat = mask.T.ravel().astype(np.int8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    edges = np.concatenate([[0], changes, [flat.size]])
-    runs = np.diff(edges).tolist()
-    return runs if flat[0] == 0 else [0] + runs
 
 
 @pytest.mark.parametrize("change", ["no name", "repeated id"])
