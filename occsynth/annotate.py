@@ -52,8 +52,8 @@ from tqdm.auto import tqdm
 from . import masks as mask_ops
 from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
-from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, is_int, iter_array,
-                   open_json, reading_json)
+from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, check_unique_keys,
+                   is_int, iter_array, open_json, reading_json)
 from . import errors
 from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
@@ -166,11 +166,12 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
 
     Returns (values, the parser event that opens each top-level value: "start_array" for a list), so that
     a list that is none (``skip``'s included) is refused with :func:`coco.check_array_start`'s words without
-    reading the file again.
+    reading the file again. A key given twice is refused (:func:`coco.check_unique_keys`): every value is copied.
     """
     path = Path(path)
     values: dict = {}
     starts: dict[str, str] = {}
+    keys: list[str] = []
     key = builder = None
     with reading_json(path), open_json(path) as f:
         events = ijson.parse(f, use_float=True)
@@ -180,6 +181,7 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
             if prefix == "":
                 if event == "map_key":
                     key, builder = value, None
+                    keys.append(key)
                     if key != skip:
                         builder, values[key] = ObjectBuilder(), None  # keeps the file's key order
                 continue
@@ -189,6 +191,7 @@ def read_top_level(path: str | os.PathLike, skip: str = "annotations") -> tuple[
             builder.event(event, value)
             if prefix == key and event not in ("start_map", "start_array", "map_key"):
                 values[key] = builder.value
+    check_unique_keys(path, keys)
     return values, starts
 
 

@@ -14,6 +14,9 @@ import math
 import os
 import re
 import stat
+from collections import Counter
+from itertools import filterfalse
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
@@ -23,7 +26,7 @@ import numpy as np
 
 from . import errors, masks
 from .atomic import write_bytes
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, first_few, plural
 
 
 @contextlib.contextmanager
@@ -108,7 +111,7 @@ def read_json(path: str | os.PathLike, *, finite: bool = False) -> Any:
     NaN and Infinity are refused too, as the streaming readers refuse them (json.load reads them), and so is a
     number too large for a float (1e999: json.load reads it as infinity, which json.dump writes as Infinity)
     or a whole number beyond the 64-bit range (json.load reads any): for a tool that copies values into a file
-    those readers then read."""
+    those readers then read. A top-level key given twice is refused (:func:`check_unique_keys`)."""
     def refuse(name: str):
         raise OccsynthError(f"{path}: malformed JSON ({name}: NaN and Infinity are not JSON (Python's json.dump "
                             "writes them unless allow_nan=False))")
@@ -128,9 +131,19 @@ def read_json(path: str | os.PathLike, *, finite: bool = False) -> Any:
                                 "which no COCO field holds; the streaming readers refuse it)")
         return value
 
+    last_object: list = []
+
+    def pairs_of_last_object(pairs: list) -> dict:  # the top-level object is the last one json.load completes
+        nonlocal last_object
+        last_object = pairs
+        return dict(pairs)
+
     with reading_json(path), open(path, "rb") as f:
-        return json.load(f, parse_constant=refuse if finite else None, parse_float=finite_float if finite else None,
-                         parse_int=whole_number if finite else None)
+        data = json.load(f, parse_constant=refuse if finite else None, parse_float=finite_float if finite else None,
+                         parse_int=whole_number if finite else None, object_pairs_hook=pairs_of_last_object)
+    if isinstance(data, dict) and len(data) < len(last_object):
+        check_unique_keys(path, (key for key, _ in last_object))
+    return data
 
 
 def read_dataset(path: str | os.PathLike, *, finite: bool = False) -> dict:
@@ -161,11 +174,12 @@ def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
     """Stream the items of one top-level array (``images``, ``annotations``, ...) in bounded memory.
 
     A missing key, or a value that is no array (``{}``, ``null``), raises as :func:`check_coco_layout`
-    does: the item stream alone would read it as an empty list.
+    does: the item stream alone would read it as an empty list. So does ``key`` given twice at the top level
+    (the stream would give the items of both arrays): see :class:`KeyScreen`.
     """
     empty = True
     with reading_json(path, f" (found while reading the file for its '{key}')"), open_json(path) as f:
-        for item in ijson.items(f, f"{key}.item", use_float=True):
+        for item in ijson.items(KeyScreen(f, path, key), f"{key}.item", use_float=True):
             empty = False
             yield item
     if empty:  # [], or no array at all? only the value's first parser event tells
@@ -174,17 +188,75 @@ def iter_array(path: str | os.PathLike, key: str) -> Iterator[dict]:
 
 def read_array(path: str | os.PathLike, key: str) -> list:
     """One top-level array (``images``, ``categories``) as a list, parsing the file only up to that array's
-    end: in COCO files the images come before the annotations, which this does not read. For arrays that
-    fit in memory; a missing key or a value that is no array raises as in :func:`iter_array`. A key that
-    appears twice at the top level (which JSON allows) gives its first value here; ``json.load`` would
-    give the last."""
+    end: in COCO files the images come before the annotations, which this does not parse (their bytes are read,
+    for a second ``key``: see :class:`KeyScreen`). For arrays that fit in memory; a missing key, a value that is
+    no array or ``key`` given twice raises as in :func:`iter_array`."""
     with reading_json(path, f" (found while reading the file for its '{key}')"), open_json(path) as f:
-        for value in ijson.items(f, key, use_float=True):
+        screen = KeyScreen(f, path, key)
+        for value in ijson.items(screen, key, use_float=True):
             if isinstance(value, list):
+                screen.read_to_end()
                 return value
             break
     check_coco_layout(path, (key,))  # raises: the key is missing or holds no array (or no object holds it)
     return []  # reached only if the file changed between the two reads
+
+
+class KeyScreen:
+    """A JSON file as the streaming parser reads it, its bytes searched on the way for a second ``"key"``.
+
+    Telling a top-level key from the same text inside a record takes a parse, and the parser that streams
+    the items of one key (in C) tells nothing of the others. So the bytes are searched (a memory search, about
+    1 ns a byte against the parse's 20): a key whose text appears once, with none of its characters written as
+    an escape anywhere (``\\u0069`` is "i": "\\u0069mages" is the key "images"; JSON writers escape quotes,
+    backslashes, control and non-ASCII characters, not letters), appears once. Only otherwise is the file parsed
+    again, for its top-level keys alone (:func:`top_level_keys`), and refused if ``key`` is one of them twice: a
+    reader that took either array, or both, would read another data set than the next reader. Other keys
+    repeated are no concern of a reader of ``key``; the readers of the whole file (:func:`read_json`) refuse any.
+    """
+
+    def __init__(self, file: BinaryIO, path: str | os.PathLike, key: str):
+        self.file, self.path, self.key = file, path, key
+        self.token = json.dumps(key).encode()
+        self.escape = re.compile(rb"\\u00(?:" + "|".join(f"{ord(c):02x}" for c in set(key)).encode() + rb")",
+                                 re.IGNORECASE)  # one of the key's characters, escaped
+        self.tail = b""  # the end of the bytes searched so far, for a token that two reads split
+        self.seen = 0 if key.isascii() else 2  # a non-ASCII key has too many spellings to search for: parse
+        self.settled = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.file.read(size)
+        if not self.settled and data:
+            window = self.tail + data
+            self.seen += window.count(self.token) - self.tail.count(self.token)
+            self.tail = window[-max(len(self.token) - 1, 5):]
+            if self.seen > 1 or (b"\\" in window and self.escape.search(window)):
+                self.settled = True
+                check_unique_keys(self.path, (k for k in top_level_keys(self.path) if k == self.key))
+        return data
+
+    def read_to_end(self, chunk: int = 1 << 20) -> None:
+        """Search the bytes the parser did not need (after the array that :func:`read_array` reads)."""
+        while not self.settled and self.read(chunk):
+            pass
+
+
+def top_level_keys(path: str | os.PathLike) -> list[str]:
+    """The keys of a JSON file's top-level object in file order, repeats included (none for another top level):
+    a whole parse, but only the top level's parser events reach Python (the filter is in C)."""
+    with open_json(path) as f:
+        return [value for _, event, value in filterfalse(itemgetter(0), ijson.parse(f, use_float=True))
+                if event == "map_key"]
+
+
+def check_unique_keys(path: str | os.PathLike, keys: Iterable[str]) -> None:
+    """Raise unless each of ``keys`` (top-level keys of a JSON file) comes once. JSON allows a key twice, and
+    readers differ on which value counts (json.load keeps the last, a streaming parser the first, or both
+    arrays' items), so every reader refuses the file rather than read another data set than the next one."""
+    repeated = [f"{brief(key)} given {plural(n, 'time')}" for key, n in Counter(keys).items() if n > 1]
+    if repeated:
+        raise OccsynthError(f"{path}: top-level key {first_few(repeated)}: JSON readers differ on which value counts "
+                            "(Python's json keeps the last, a streaming parser the first or both); keep one")
 
 
 def one_line(exc: BaseException) -> str:
@@ -200,13 +272,15 @@ COCO_LISTS = ("images", "annotations", "categories")
 
 
 def check_coco_layout(path: str | os.PathLike, keys: Iterable[str] = COCO_LISTS) -> None:
-    """Raise unless the file is a JSON object whose ``keys`` (default: images/annotations/categories) are lists.
+    """Raise unless the file is a JSON object whose ``keys`` (default: images/annotations/categories) are lists,
+    each given once.
 
     One streaming pass over the parser events (only needed when a list came out empty: an
     ``"images.item"`` stream is empty both for ``[]`` and for a missing key or an object).
     """
-    path = Path(path)
+    path, keys = Path(path), tuple(keys)
     starts: dict[str, str] = {}
+    named: list[str] = []
     with reading_json(path), open_json(path) as f:
         events = ijson.parse(f, use_float=True)
         prefix, event, _ = next(events, ("", None, None))
@@ -215,9 +289,11 @@ def check_coco_layout(path: str | os.PathLike, keys: Iterable[str] = COCO_LISTS)
         for prefix, event, value in events:
             if prefix == "" and event == "map_key":
                 key = value
+                named.append(key)
             elif key is not None and prefix == key:
                 starts.setdefault(key, event)
                 key = None
+    check_unique_keys(path, (key for key in named if key in keys))
     for key in keys:
         check_array_start(path, key, starts.get(key))
 

@@ -21,8 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import masks
-from .coco import (check_coco_layout, check_image_record, check_iscrowd, is_int, iter_array, read_image,
-                   resolve_image_path)
+from .coco import (check_coco_layout, check_image_record, check_iscrowd, check_unique_keys, is_int, iter_array,
+                   read_image, reading_json, resolve_image_path, top_level_keys)
 from . import errors
 from .errors import BadRecord, OccsynthError, plural
 from .occluders import layer_occluders
@@ -107,6 +107,8 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
             raise OccsynthError(f"{name} must be a number >= 0, got {value!r}")
     ann_path, out_dir = set_paths(out_dir)
     check_generated_set(ann_path, out_dir / MANIFEST_FILE, where)
+    with reading_json(ann_path):  # any key twice (the streams below refuse their own): read_dataset refuses the set
+        check_unique_keys(ann_path, top_level_keys(ann_path))
     failures = _Failures(max_examples)
 
     categories = _categories(iter_array(ann_path, "categories"), failures)

@@ -233,6 +233,17 @@ def test_a_file_that_is_no_coco_set_is_refused_in_the_readers_words(tmp_path):
         assert not (tmp_path / "o.json").exists()
 
 
+@pytest.mark.parametrize("key", ["info", "images", "annotations"])
+def test_a_top_level_key_given_twice_is_refused_writing_nothing(tmp_path, key):
+    """Every top-level value is copied: of a key given twice, which? (json.load: the last; the copy: the first)"""
+    src, out = tmp_path / "in.json", tmp_path / "o.json"
+    data = make_dataset()
+    src.write_text(json.dumps(data)[:-1] + f', "{key}": {json.dumps(data[key])}}}')
+    res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip().startswith(f"Error: {src}: top-level key '{key}' given 2 times") and not out.exists()
+
+
 def test_malformed_json_is_one_printable_line(tmp_path):
     binary = tmp_path / "binary.json"
     binary.write_bytes(b'\xc1\xc6{\xe19\xa3\xcc\xfb\xf0&\xd1\x7f')

@@ -105,8 +105,65 @@ def test_read_array_parses_only_up_to_the_end_of_its_array(tmp_path):
         coco.read_array(p, "categories")
     with pytest.raises(OccsynthError, match="a.json: not a COCO file: missing the 'annotations' list"):
         coco.read_array(p, "annotations")
-    p.write_text('{"images": [{"id": 1}], "annotations": [], "images": [{"id": 2}]}')  # a key twice: the first
-    assert coco.read_array(p, "images") == [{"id": 1}]
+
+
+TWICE = '{"images": [{"id": 1}], "annotations": [], "categories": [], "images": [{"id": 2}]}'
+EVERY_READER = {"read_json": coco.read_json, "read_dataset": coco.read_dataset,
+                "iter_array": lambda path: list(coco.iter_array(path, "images")),
+                "read_array": lambda path: coco.read_array(path, "images"),
+                "check_coco_layout": coco.check_coco_layout}
+
+
+@pytest.mark.parametrize("reader", EVERY_READER)
+@pytest.mark.parametrize("content", [
+    TWICE,
+    TWICE.replace('"images": [{"id": 2}]', '"\\u0069mages": [{"id": 2}]'),   # the same key, spelled with an escape
+    '{"images": [{"id": 1}], "annotations": [], "categories": [], "images": [{"id": 2}], "images": []}',
+], ids=["twice", "escaped", "three-times"])
+def test_a_top_level_key_given_twice_is_refused_by_every_reader(tmp_path, reader, content):
+    """JSON allows a key twice; json.load kept the last value, read_array the first, iter_array both."""
+    p = tmp_path / "twice.json"
+    p.write_text(content)
+    with pytest.raises(OccsynthError) as exc:
+        EVERY_READER[reader](p)
+    assert str(exc.value).startswith(f"{p}: top-level key 'images' given {content.count('mages')} times")
+
+
+def test_a_long_file_repeating_its_key_past_the_first_read_is_refused(tmp_path):
+    """The streaming readers find the second key in the bytes they read, wherever a read ends (also inside it)."""
+    p = tmp_path / "long.json"
+    for cut in (0, 3, 8):  # the second '"images"' starts the second 64 KiB read, spans the two, ends the first
+        head = '{"images": [{"id": 1, "pad": "'
+        tail_start = 64 * 1024 - cut - len('"}], "annotations": [], ')
+        p.write_text(head + "x" * (tail_start - len(head)) + '"}], "annotations": [], "images": [], "categories": []}')
+        assert p.read_bytes().index(b'"images": []') == 64 * 1024 - cut
+        with pytest.raises(OccsynthError, match="top-level key 'images' given 2 times"):
+            list(coco.iter_array(p, "images"))
+        with pytest.raises(OccsynthError, match="top-level key 'images' given 2 times"):
+            coco.read_array(p, "images")
+
+
+def test_the_streaming_readers_parse_again_only_a_file_that_spells_their_key_twice(tmp_path, monkeypatch):
+    """Telling a top-level key from the same text inside a record takes a second parse; a file with the key's
+    text once does not pay it, and one with it inside a record is read as it is."""
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps({"info": {"description": "images"}, "images": [{"id": 1}], "annotations": [],
+                             "categories": [{"id": 1, "name": "images"}]}))
+    calls = []
+    real = coco.top_level_keys
+    monkeypatch.setattr(coco, "top_level_keys", lambda path: calls.append(path) or real(path))
+    assert [i["id"] for i in coco.iter_array(p, "images")] == [1] and len(calls) == 1
+    assert coco.read_array(p, "images") == [{"id": 1}] and len(calls) == 2
+    assert list(coco.iter_array(p, "annotations")) == [] and coco.read_array(p, "categories")[0]["id"] == 1
+    assert len(calls) == 2
+    # another key twice is no concern of a reader of 'images'; the readers of the whole file refuse it
+    p.write_text('{"info": {}, "images": [{"id": 1}], "annotations": [], "categories": [], "info": {"a": 1}}')
+    assert list(coco.iter_array(p, "images")) == [{"id": 1}] and coco.read_array(p, "images") == [{"id": 1}]
+    with pytest.raises(OccsynthError, match=f"{re.escape(str(p))}: top-level key 'info' given 2 times"):
+        coco.read_dataset(p)
+    # a key repeated inside a record is left as json reads it (the last value)
+    p.write_text('{"images": [{"id": 1, "id": 2}], "annotations": [], "categories": []}')
+    assert coco.read_dataset(p)["images"] == [{"id": 2}] == coco.read_array(p, "images")
 
 
 def test_index_dataset_skips_bad_records_by_reason():
