@@ -47,7 +47,7 @@ from .atomic import build_dir_once, format_size, open_atomic, require_room, writ
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
                    is_int, iter_array, none_found_under, read_array, read_image, record_image_path,
-                   unique_by_id)
+                   require_image_file, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -695,11 +695,38 @@ def check_image_root(bank: Bank, image_root: str | os.PathLike, sample: int = 20
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise OccsynthError(f"{image_root}: image directory not found")
-    chosen = np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int)
-    paths = none_found_under(image_root, (bank.image_record(int(i)) for i in chosen))
+    paths = none_found_under(image_root, (bank.image_record(i) for i in _spread(bank, sample)))
     if paths:
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
                             "is --images the folder that the file_name entries are relative to?")
+
+
+def _spread(bank: Bank, sample: int) -> list[int]:
+    """Up to ``sample`` background image indices spread evenly over the bank, the first and the last included."""
+    return [int(i) for i in np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int)]
+
+
+IMAGES_FINGERPRINT_SAMPLE = 8
+
+
+def images_fingerprint(bank: Bank, image_root: str | os.PathLike, sample: int = IMAGES_FINGERPRINT_SAMPLE) -> str:
+    """What tells the images under ``image_root`` from other ones, cheaply: the sha256 of the file names, sizes and
+    bytes (or absence) of up to ``sample`` source images spread over the bank.
+
+    The same files under another folder (moved, or copied to another machine) give the same fingerprint, so a
+    generate run may resume, or its shards be merged, from there; another root's files (other pixels under the
+    same names: a re-encoded or resized copy, another split) give another. Files outside the sample are not
+    read: a root that differs from the first only there is not told apart."""
+    digest = hashlib.sha256()
+    for i in _spread(bank, sample):
+        record = bank.image_record(i)
+        try:
+            path = require_image_file(record_image_path(image_root, record))
+            seen = [os.path.getsize(path), file_hash(path)]
+        except (BadRecord, OSError):
+            seen = None  # missing, no regular file, or unreadable: skipped when rendering, from this root
+        digest.update(json.dumps([record["file_name"], seen]).encode())
+    return digest.hexdigest()
 
 
 def pixel_store_bytes(bank: Bank) -> int:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import __version__, masks, writer
 from .atomic import BackgroundWriter, check_writable, make_folder, remove_stale_temporaries
 from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_crop, ensure_bank, ensure_cutout_pixels,
-                   no_cutouts_reason, open_bank)
+                   images_fingerprint, no_cutouts_reason, open_bank)
 from .coco import encode_image, read_image, record_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
@@ -188,7 +188,8 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         raise
 
     run = {"version": __version__, "renderer": RENDERER, "settings": settings.to_dict(),
-           "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"]}}
+           "source": {"annotations": ann_path.name, "sha256": bank.meta["source"]["sha256"],
+                      "images": images_fingerprint(bank, image_root)}}  # a resume must read the same pixels
     writer.refuse_foreign_files(out_dir)  # before the lock puts parts/ there
     index, count = shard
     own_chunks = [c for c in range(settings.num_chunks) if _in_shard(c, shard)]
@@ -199,7 +200,7 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
                 "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
                 "merged_set": str(merged), "shard_chunks": len(own_chunks)}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
-        writer.check_run_settings(out_dir, run)
+        writer.check_run_settings(out_dir, run, image_root=image_root)
         remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
         writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
 

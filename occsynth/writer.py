@@ -3,7 +3,8 @@
 Layout (see docs/FORMAT.md)::
 
     OUT/images/000000000001.jpg   written atomically by the worker that rendered it
-    OUT/parts/run.json            the run's settings; a rerun with other settings is refused
+    OUT/parts/run.json            the run's settings; a rerun with other settings (or source images) is refused
+    OUT/parts/image-root.json     the folder the run's source images were read from, for that refusal's message
     OUT/parts/chunk-000000.json   one chunk's image records + annotations (local indices), atomic
     OUT/parts/sizes-000000.json   the byte size of each of its images, a check for resume
     OUT/annotations.json          merged from the parts by streaming, atomic
@@ -42,6 +43,7 @@ RUN_FILE = "run.json"
 ANNOTATIONS_FILE = "annotations.json"
 MANIFEST_FILE = "manifest.json"
 SOURCE_FILE = "source.json"
+IMAGE_ROOT_FILE = "image-root.json"  # where a run's source images were read, for the message that refuses others
 MERGED_INTO_FILE = "merged-into.json"  # left in a shard folder whose chunks a merge moved out
 
 
@@ -307,13 +309,18 @@ def merged_run(out_dir: Path) -> dict | None:
 
 
 def check_run_settings(out_dir: Path, settings: dict,
-                       hint: str = "use the same arguments to resume, or another --out") -> None:
-    """Record the run's settings, or refuse to continue a run made with different ones."""
+                       hint: str = "use the same arguments to resume, or another --out",
+                       image_root: str | os.PathLike | None = None) -> None:
+    """Record the run's settings (and ``image_root``, the folder its source images are read from: only for
+    messages), or refuse to continue a run made with different ones; with ``image_root``, other source images
+    (``source.images``, :func:`occsynth.bank.images_fingerprint`) are refused in their own words."""
     path = Path(out_dir) / PARTS / RUN_FILE
     settings = as_stored(settings)
     if path.exists():
         previous = read_run(path)
         if previous != settings:
+            if image_root is not None and _other_images(previous, settings):
+                raise _other_images_refused(Path(out_dir), previous, settings, image_root)
             if previous.get("renderer") != settings.get("renderer"):  # no argument can make the same images
                 hint = "finish it with the occsynth version that began it, or use another --out"
             raise OccsynthError(f"{out_dir} holds a run made with other settings ({changed_settings(previous, settings)}); "
@@ -321,6 +328,54 @@ def check_run_settings(out_dir: Path, settings: dict,
     else:
         refuse_foreign_files(out_dir)
         write_json(path, settings, indent=2)
+        if image_root is not None:  # after run.json: before it, parts/ holds nothing a rerun would call foreign
+            write_json(Path(out_dir) / PARTS / IMAGE_ROOT_FILE, {"image_root": str(Path(image_root).resolve())},
+                       durable=False)
+
+
+def _images_of(run: dict):
+    """A run's fingerprint of its source images (``source.images``), None in a run.json written without one."""
+    source = run.get("source")
+    return source.get("images") if isinstance(source, dict) else None
+
+
+def _other_images(run: dict, other: dict) -> bool:
+    """Whether two runs read other source images (both recorded theirs, and they differ)."""
+    mine, theirs = _images_of(run), _images_of(other)
+    return mine is not None and theirs is not None and mine != theirs
+
+
+def image_root_of(folder: Path) -> str | None:
+    """The folder a run in ``folder`` read its source images from (its ``parts/image-root.json``), or None: none
+    is recorded there, or the file is unreadable (it only ever informs a message)."""
+    try:
+        root = read_json(Path(folder) / PARTS / IMAGE_ROOT_FILE)["image_root"]
+    except (OSError, OccsynthError, TypeError, KeyError, IndexError):
+        return None
+    return root if isinstance(root, str) else None
+
+
+def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_root) -> OccsynthError:
+    """The refusal of a rerun whose --images holds other files than the run began with (see check_run_settings)."""
+    old_root, new_root = image_root_of(out_dir), str(Path(image_root).resolve())
+    also = changed_settings(_images_left_out(previous), _images_left_out(settings))
+    also = f" (other settings differ too: {also})" if also else ""
+    if old_root == new_root:
+        return OccsynthError(f"the source images under {new_root} changed since {out_dir} was begun ({SAMPLED}): the "
+                             f"chunks rendered now would mix other pixels into the set{also}; put the files back as "
+                             "they were, or use another --out")
+    begun = f"the source images under {old_root}" if old_root else "other source images"
+    resume = f"--images {old_root}" if old_root else "the --images it was begun with"
+    return OccsynthError(f"{out_dir} was begun with {begun}, and --images {new_root} holds other files ({SAMPLED}): "
+                         f"the chunks rendered now would mix other pixels into the set{also}; resume with {resume} "
+                         "(or the same files moved or copied), or use another --out")
+
+
+SAMPLED = "source images sampled there differ in size or bytes, or are missing"
+
+
+def _images_left_out(run: dict) -> dict:
+    return {**run, "source": {k: v for k, v in run["source"].items() if k != "images"}}
 
 
 def read_run(path: Path) -> dict:
@@ -517,6 +572,12 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
                                 "moves a shard's images, which would break it (to copy a set, copy its folder)")
     runs = [read_run(Path(d) / PARTS / RUN_FILE) for d in shard_dirs]
     for d, other in zip(shard_dirs, runs):
+        if _other_images(other, runs[0]):
+            raise OccsynthError(f"{d} was generated from other source images than {shard_dirs[0]} (its images were "
+                                f"read under {image_root_of(d) or 'a folder not recorded'}, those of {shard_dirs[0]} "
+                                f"under {image_root_of(shard_dirs[0]) or 'a folder not recorded'}: {SAMPLED}); "
+                                "shards of one set read the same images (the same files may lie in other folders): "
+                                "render this shard again from those")
         if other != runs[0]:
             raise OccsynthError(f"{d} was generated with other settings than {shard_dirs[0]} "
                                 f"({changed_settings(runs[0], other)}); shards of one set share every setting")
@@ -560,10 +621,11 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     num_chunks = len(parts)
     check_run_settings(out_dir, run, hint="merge these shards into another --out")
     remove_stale_temporaries(out_dir)  # every shard has finished: what is left is stale
-    for name in (SOURCE_FILE,):
+    for name in (SOURCE_FILE, IMAGE_ROOT_FILE):
         if not (out_dir / PARTS / name).exists():
-            src = next(Path(d) / PARTS / name for d in shard_dirs if (Path(d) / PARTS / name).exists())
-            write_json(out_dir / PARTS / name, _read_json(src))
+            src = next((Path(d) / PARTS / name for d in shard_dirs if (Path(d) / PARTS / name).exists()), None)
+            if src is not None:  # no source.json: finalize names it missing
+                write_json(out_dir / PARTS / name, _read_json(src), durable=name == SOURCE_FILE)
     for chunk, part in enumerate(tqdm(parts, desc="merge", unit="chunk", disable=not progress)):  # chunk order
         src_dir = part.parent.parent
         if src_dir.resolve() == Path(out_dir).resolve():

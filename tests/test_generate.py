@@ -1,12 +1,14 @@
 """End-to-end `occsynth generate` on the embedded demo source: invariants, COCO compatibility,
 determinism across workers / shards / resume, and bad-input handling."""
 import json
+import re
 import shutil
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -219,6 +221,57 @@ def test_resume_after_interruption_gives_identical_output(generated, demo_source
     (resumed / "images" / ".000000000007.jpg.tmp-999").write_bytes(b"partial")
     generate(resumed, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
     assert tree_bytes(resumed) == tree_bytes(out)
+
+
+def reencoded_copy(root: Path, to: Path) -> Path:
+    """The source images under another folder, each with other bytes (what another copy or a resized set has)."""
+    for path in sorted(Path(root).rglob("*.jpg")):
+        copy = to / path.relative_to(root)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 60])[1].tobytes())
+    return to
+
+
+def test_a_resume_with_other_images_is_refused_and_one_from_the_same_images_moved_goes_on(generated, demo_source,
+                                                                                          tmp_path):
+    """The finished chunks and the resumed ones would come from different pixels: a mixed set, said nowhere."""
+    out, _, cache = generated
+    ann, root = demo_source
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    for name in ("annotations.json", "manifest.json", "parts/chunk-000001.json"):  # what a kill leaves
+        (resumed / name).unlink()
+    other = reencoded_copy(root, tmp_path / "other")
+    before = tree_bytes(resumed)
+    with pytest.raises(errors.OccsynthError) as refused:
+        generate(resumed, SETTINGS, ann_path=ann, image_root=other, cache_dir=cache, progress=False)
+    message = str(refused.value)
+    assert f"{resumed} was begun with the source images under {Path(root).resolve()}" in message
+    assert f"--images {other.resolve()} holds other files" in message
+    assert f"resume with --images {Path(root).resolve()} (or the same files moved or copied)" in message
+    assert tree_bytes(resumed) == before
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)  # the same files elsewhere: the run goes on, and ends as an uninterrupted one
+    generate(resumed, SETTINGS, ann_path=ann, image_root=moved, cache_dir=cache, progress=False)
+    assert tree_bytes(resumed) == tree_bytes(out)
+    (resumed / "manifest.json").unlink()  # a file of the root changed in place: said in those words
+    (resumed / "parts" / "chunk-000001.json").unlink()
+    (resumed / "parts" / "image-root.json").write_text(json.dumps({"image_root": str(moved.resolve())}))
+    for image in moved.rglob("*.jpg"):  # the same pixels, other bytes: bytes are compared
+        image.write_bytes(image.read_bytes() + b"\0")
+    with pytest.raises(errors.OccsynthError, match=f"^the source images under {re.escape(str(moved.resolve()))} "
+                                                   f"changed since {re.escape(str(resumed))} was begun"):
+        generate(resumed, SETTINGS, ann_path=ann, image_root=moved, cache_dir=cache, progress=False)
+    # shards of one set read the same images too
+    generate(tmp_path / "a", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    generate(tmp_path / "b", SETTINGS, ann_path=ann, image_root=other, cache_dir=cache, shard=(1, 2), progress=False)
+    mixed = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "a"), str(tmp_path / "b"),
+                                               "--out", str(tmp_path / "m"), "--quiet"])
+    assert mixed.exit_code == 2 and "Traceback" not in mixed.output, mixed.output
+    assert (f"{tmp_path / 'b'} was generated from other source images than {tmp_path / 'a'} (its images were read "
+            f"under {other.resolve()}, those of {tmp_path / 'a'} under {Path(root).resolve()}:") \
+        in " ".join(mixed.output.split())
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_failing_merge_stops_the_workers(demo_source, tmp_path, monkeypatch):
