@@ -38,6 +38,8 @@ def convert_cocoa_command(ann, out, categories_from, strict, quiet):
     occluded), 'order' (depth, 1 = front), 'name' and 'isStuff'. Region names are free text; with
     --categories-from they map to COCO categories by name, the rest to a 'thing' or 'stuff' category.
     A fully hidden region (nothing visible) keeps its amodal mask as an ignore region (iscrowd 1).
+    Of two records of one image (or with one id), or two regions of a record with the same
+    'segmentation', the later is skipped as a duplicate (--strict: stops there).
     """
     _echo_report(convert_cocoa(ann, out, categories_from=categories_from, progress=not quiet, strict=strict))
 

@@ -29,13 +29,15 @@ whose amodal mask meets this one's. ``layer`` = (largest order in the image) - `
 higher is nearer, as in FORMAT.md. COCOA names are free text: with a COCO category list they map
 by (case-insensitive) name; the rest, or everything without a list, go to a ``thing`` or ``stuff``
 category by ``isStuff`` (0/1, true/false, or those as text; anything else counts as a thing and is
-counted as ``bad_is_stuff``).
+counted as ``bad_is_stuff``). Of records of one image, or regions of one record with the same amodal
+``segmentation``, the first is converted and the others are skipped as duplicates.
 
 Both readers load the whole file (the published files are a few hundred MB at most).
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -299,8 +301,11 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to.
 
     Bad records (images, annotations of an unknown image, a ``regions`` that is not a list, regions whose masks
-    cannot be decoded) are skipped and listed in the report's ``skipped`` by reason. ``strict``: stop at the
-    first, naming it and the file; nothing is written.
+    cannot be decoded) are skipped and listed in the report's ``skipped`` by reason. So are duplicates, which
+    would put an object into the output twice: a record repeating an earlier one's id, a later record of an
+    image (COCOA has one per image; another annotator's would be a second copy of each object), and a region
+    whose amodal ``segmentation`` an earlier region of its record has. ``strict``: stop at the first, naming it
+    and the file; nothing is written.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_out_file(in_path, out_path, "the input would be overwritten")
@@ -331,11 +336,18 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
               "bad_images": bad_images, "bad_order": 0, "bad_is_stuff": 0}
     out_annotations = []
     next_id = 1
+    record_ids: set[int] = set()
+    converted_for: dict[int, str] = {}  # image id -> the record converted for it, as messages name it
     for seq, record in enumerate(tqdm(data["annotations"], desc="cocoa", unit="img", disable=not progress)):
         if not isinstance(record, dict):  # not an annotation of an unknown image: a malformed one
             log.skip(BadRecord(errors.MALFORMED_RECORD, f"COCOA annotations[{seq}]", f"not an object: {brief(record)}"))
             continue
         where = f"COCOA annotation {brief(record.get('id', '?'))}"
+        if is_int(record.get("id")):  # source.annotation_id names the record: one id, one record
+            if record["id"] in record_ids:
+                log.skip(BadRecord(errors.DUPLICATE_ID, where, duplicate_detail(log)))
+                continue
+            record_ids.add(record["id"])
         image = _image_of(record, where, images, bad_ids, counts, log)
         if image is None:
             continue
@@ -344,13 +356,25 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             log.skip(BadRecord(errors.MALFORMED_RECORD, where, f"'regions' is not a list: {brief(record['regions'])}"
                                if "regions" in record else "no 'regions' list"))
             continue
+        if image["id"] in converted_for:  # its instances again (another annotator's): each object twice
+            log.skip(BadRecord(errors.DUPLICATE_RECORD, where, f"image_id {image['id']} is annotated by an earlier "
+                               f"record, {converted_for[image['id']]}"
+                               + ("" if log.strict else "; only the first record of an image is converted")))
+            continue
+        converted_for[image["id"]] = where
         regions, visible, amodal = [], [], []
+        region_of: dict[str, int] = {}  # an amodal segmentation -> the region that gave it
         for index, region in enumerate(record["regions"]):
             try:
                 a, v = _region_masks(region, h, w, f"{where} region {index}")
             except BadRecord as exc:
                 counts["bad_masks"] += 1
                 log.skip(exc)
+                continue
+            seen = region_of.setdefault(json.dumps(region["segmentation"], sort_keys=True), index)
+            if seen != index:
+                log.skip(BadRecord(errors.DUPLICATE_RECORD, f"{where} region {index}",
+                                   f"the same segmentation as region {seen}: one instance, listed again"))
                 continue
             regions.append((index, region))
             visible.append(v & a)

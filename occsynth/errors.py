@@ -26,6 +26,7 @@ DEGENERATE_MASK = "degenerate or empty segmentation"
 MASK_SIZE_MISMATCH = "mask size differs from its image record"
 MALFORMED_RECORD = "malformed record"
 DUPLICATE_ID = "duplicate id"
+DUPLICATE_RECORD = "duplicate record"  # the same thing annotated twice under other ids (a COCOA image or region)
 
 
 class OccsynthError(Exception):

@@ -288,6 +288,45 @@ def test_cocoa_regions_that_are_no_list_are_counted_even_when_empty_or_absent(tm
         f"        1  malformed record, e.g. COCOA annotation 901 ({detail})"]
 
 
+def test_cocoa_records_repeating_an_id_an_image_or_a_region_are_skipped_by_reason_and_strict_stops(tmp_path):
+    """They were converted without a word: the image's instances came out twice, each copy occluding nobody of
+    the other's."""
+    clean = convert_cocoa(cocoa_file(tmp_path), tmp_path / "clean.json", progress=False)
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    first = cocoa["annotations"][0]
+    cocoa["annotations"] += [json.loads(json.dumps(first)),                 # the record again: its id again
+                             json.loads(json.dumps(dict(first, id=901)))]   # image 5 again (another annotator)
+    first["regions"].append(dict(first["regions"][2], order=4))             # an instance twice in one record
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cocoa))
+    result = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(path), "--out", str(tmp_path / "c-out.json"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-3:] == [
+        "bad records skipped: 3",
+        "        1  duplicate id, e.g. COCOA annotation 900 (later records with this id skipped)",
+        "        2  duplicate record, e.g. COCOA annotation 900 region 3 (the same segmentation as region 2: one "
+        "instance, listed again)"]
+    out, expected = (json.loads((tmp_path / name).read_text()) for name in ("c-out.json", "clean.json"))
+    assert out["annotations"] == expected["annotations"] and out["images"] == expected["images"]
+    report = convert_cocoa(path, tmp_path / "c-out.json", progress=False)
+    assert report["counts"] == clean["counts"]
+    del first["regions"][3]
+    cocoa["annotations"].pop(1)  # the other record of image 5 alone: named with the record it repeats
+    path.write_text(json.dumps(cocoa))
+    report = convert_cocoa(path, tmp_path / "c-out.json", progress=False)
+    assert report["skipped"]["examples"] == {"duplicate record": "COCOA annotation 901: duplicate record (image_id 5 "
+                                             "is annotated by an earlier record, COCOA annotation 900; only the first "
+                                             "record of an image is converted)"}
+    for name in ("c-out.json", "strict.json"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with pytest.raises(errors.OccsynthError) as stop:
+        convert_cocoa(path, tmp_path / "strict.json", progress=False, strict=True)
+    assert str(stop.value) == (f"{path}: COCOA annotation 901: duplicate record (image_id 5 is annotated by an earlier "
+                               "record, COCOA annotation 900)")
+    assert not (tmp_path / "strict.json").exists()
+
+
 def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
     kins = json.loads(kins_file(tmp_path).read_text())
     del kins["annotations"][0]["id"]
