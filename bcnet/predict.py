@@ -3,11 +3,14 @@
 Each picture has three panels side by side: the image with masks, boxes and labels; the
 occludee (instance) mask probabilities; and the occluder branch's heat map: where the model
 believes something lies on top of each detected object.
+
+Outputs replace an earlier run's in one short step at the end (:func:`_publish`): until every image is predicted
+the pictures wait in a staging folder in ``--out`` and the earlier run's files stay as they were, so a run
+stopped midway (Ctrl-C, kill) leaves them untouched, and the next run removes its staged pictures.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from pathlib import Path
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from occsynth.atomic import output_folder, write_json
+from occsynth.atomic import locked_spool, make_folder, remove_orphaned_temporaries, write_json
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.coco import read_image, write_picture
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
@@ -27,6 +30,7 @@ from occsynth.masks import finite_number
 from .checkpoint import category_names as saved_category_names
 from .device import resolve_device
 from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model, to_coco_results
+from .runlock import hold_out_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -62,31 +66,31 @@ def list_images(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
 
 
 PICTURE_PATTERN = re.compile(r"\d{6,}-.*\.png")  # picture_name's
+PICTURES = "pictures"
+RESULTS_FILE = "results.json"
+IMAGES_FILE = "images.json"  # written last: a folder with it holds one whole run's outputs
+STAGING_PREFIX = ".predict-"  # + random: a staging folder in --out, for a run's pictures until it is done
 
 
 def _own_pictures(out_dir: str | os.PathLike | None) -> Callable[[Path], bool]:
-    """Whether a file is a picture predict writes into ``out_dir`` (its folder resolved, as links lead)."""
+    """Whether a file is a picture predict writes into ``out_dir``: in its ``pictures/`` or in the staging folder a
+    killed run left there (folders resolved, as links lead)."""
     if out_dir is None:
         return lambda path: False
-    pictures = os.path.realpath(os.path.join(out_dir, "pictures"))
-    return lambda path: (PICTURE_PATTERN.fullmatch(path.name) is not None
-                         and os.path.realpath(path.parent) == pictures)
+    out = os.path.realpath(out_dir)
+    pictures = os.path.join(out, PICTURES)
+
+    def own(path: Path) -> bool:
+        folder = os.path.realpath(path.parent)
+        return PICTURE_PATTERN.fullmatch(path.name) is not None and (
+            folder == pictures or (os.path.dirname(folder) == out
+                                   and os.path.basename(folder).startswith(STAGING_PREFIX)))
+    return own
 
 
 def picture_name(image: dict) -> str:
     """The picture file of an ``images.json`` record: ``<id, 6 digits>-<file stem>.png``."""
     return f"{image['id']:06d}-{Path(image['file_name']).stem}.png"
-
-
-def _previous_images(out_dir: Path) -> list[dict]:
-    """The ``images.json`` records an earlier predict left in ``out_dir`` (none when there is no readable one):
-    their pictures are its, and a rerun removes those it does not write again."""
-    try:
-        images = json.loads((out_dir / "images.json").read_text(encoding="utf-8"))
-        return [im for im in images if isinstance(im, dict) and isinstance(im.get("id"), int)
-                and isinstance(im.get("file_name"), str)]
-    except (OSError, ValueError, TypeError):
-        return []
 
 
 def _colour(k: int) -> tuple[int, int, int]:
@@ -168,12 +172,31 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
     # the training set's names; COCO's for a checkpoint saved before they were kept (its ids were COCO's then)
     names = category_names or saved_category_names(state) or {c["id"]: c["name"] for c in COCO_CATEGORIES}
     paths = list_images(inputs, out_dir)
-    with output_folder(out_dir) as out_dir:  # an unwritable --out fails now, not after every image ran
+    # an unwritable --out fails now, not after every image ran; so does one another predict writes
+    with hold_out_dir(out_dir) as out_dir:
         return _predict_into(model, category_ids, names, paths, out_dir, score_threshold, device, pictures, progress)
 
 
 def _predict_into(model, category_ids: list[int], names: dict[int, str], paths: list[Path], out_dir: Path,
                   score_threshold: float, device: torch.device, pictures: bool, progress: bool) -> dict:
+    """Predict every image, its picture into a staging folder, then put the outputs in place (:func:`_publish`)."""
+    remove_orphaned_temporaries(out_dir / RESULTS_FILE, STAGING_PREFIX)  # what a killed run left: its staged pictures
+    remove_orphaned_temporaries(out_dir / IMAGES_FILE)
+    with locked_spool(out_dir, STAGING_PREFIX) as staging:  # removed at the end, on a failure or Ctrl-C too
+        results, images, skips, skipped = _predict_images(model, category_ids, names, paths,
+                                                          staging if pictures else None, score_threshold, device,
+                                                          progress)
+        _publish(out_dir, staging, results, images, pictures)
+    return {"images": len(images), "detections": len(results),
+            "above_threshold": sum(r["score"] >= score_threshold for r in results), "skipped": skipped,
+            "skip_counts": dict(sorted(skips.counts.items())), "out": str(out_dir)}
+
+
+def _predict_images(model, category_ids: list[int], names: dict[int, str], paths: list[Path], picture_dir: Path | None,
+                    score_threshold: float, device: torch.device, progress: bool
+                    ) -> tuple[list[dict], list[dict], SkipLog, list[str]]:
+    """(COCO results, image records, skip log, skip lines) of ``paths``; with ``picture_dir``, each image's picture
+    is written there. An :class:`OccsynthError` when no image can be processed."""
     results, images, skips, skipped = [], [], SkipLog(), []
     for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img", disable=not progress), start=1):
         try:
@@ -193,20 +216,34 @@ def _predict_into(model, category_ids: list[int], names: dict[int, str], paths: 
         images.append({"id": image_id, "file_name": str(path), "height": rgb.shape[0], "width": rgb.shape[1]})
         results += to_coco_results(output, {"image_id": image_id, "orig_size": rgb.shape[:2]}, rgb.shape[:2],
                                    category_ids, mask_threshold=0.5)
-        if pictures:
+        if picture_dir is not None:
             picture = render_prediction(rgb, output, names, category_ids, score_threshold)
-            write_picture(picture, out_dir / "pictures" / picture_name(images[-1]))
+            write_picture(picture, picture_dir / picture_name(images[-1]))
     if not images:
         what = "the input image could not" if len(paths) == 1 else f"none of the {len(paths)} input images could"
         raise OccsynthError(f"{what} be processed; first: {skipped[0]}")
+    return results, images, skips, skipped
+
+
+def _publish(out_dir: Path, staging: Path, results: list, images: list[dict], pictures: bool) -> None:
+    """Put a finished run's outputs in place of an earlier run's: its results.json and images.json are removed
+    first, the staged pictures moved into ``pictures/`` (any other picture predict wrote there removed: those of an
+    earlier run, or of one killed here), then results.json and, last, images.json written. Renames and removals
+    only, no model work: a kill in between leaves a folder without images.json, which the next run replaces whole."""
+    for name in (IMAGES_FILE, RESULTS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    folder = out_dir / PICTURES
     written = {picture_name(im) for im in images} if pictures else set()
-    for stale in {picture_name(im) for im in _previous_images(out_dir)} - written:  # a rerun into this --out
-        (out_dir / "pictures" / stale).unlink(missing_ok=True)
-    if not pictures:  # a rerun without pictures leaves no empty pictures/ behind (one with others' files stays)
+    if written:
+        make_folder(folder)
+    for name in sorted(written):
+        os.replace(staging / name, folder / name)
+    if folder.is_dir():
+        for old in folder.iterdir():
+            if PICTURE_PATTERN.fullmatch(old.name) and old.name not in written:
+                old.unlink(missing_ok=True)
+    if not pictures:  # a run without pictures leaves no empty pictures/ behind (one with others' files stays)
         with contextlib.suppress(OSError):
-            (out_dir / "pictures").rmdir()
-    write_json(out_dir / "results.json", results)
-    write_json(out_dir / "images.json", images)
-    return {"images": len(images), "detections": len(results),
-            "above_threshold": sum(r["score"] >= score_threshold for r in results), "skipped": skipped,
-            "skip_counts": dict(sorted(skips.counts.items())), "out": str(out_dir)}
+            folder.rmdir()
+    write_json(out_dir / RESULTS_FILE, results)
+    write_json(out_dir / IMAGES_FILE, images)

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 import manifests
-from occsynth.atomic import open_atomic, output_folder, remove_stale_temporaries
+from occsynth.atomic import open_atomic, remove_stale_temporaries
 from occsynth.coco import brief, file_hash
 from occsynth import errors
 from occsynth.errors import OccsynthError, plural
@@ -45,6 +45,7 @@ from occsynth.pool import local_workers
 from . import checkpoint as ckpt
 from .data import CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
 from .device import resolve_device
+from .runlock import hold_out_dir
 from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
@@ -401,7 +402,28 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     Returns ``{"model", "iteration", "checkpoint", "history", "category_ids", "skipped", "start",
     "resumed_from"}`` (``model`` unwrapped, in eval mode; ``history``: one dict of losses per iteration
     run here; ``start``: the iteration it began at; ``resumed_from``: the checkpoint path or None).
+
+    ``out_dir`` is held for the whole run (:func:`bcnet.runlock.hold_out_dir`, by rank 0): a second training
+    started on it meanwhile stops at once, before it reads or writes anything there, naming this one.
     """
+    held = hold_out_dir(out_dir) if _writes_files() else contextlib.nullcontext()
+    with held:
+        return _train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
+                      init_checkpoint=init_checkpoint, device=device, progress=progress, strict=strict, report=report,
+                      overrides_from=overrides_from)
+
+
+def _writes_files() -> bool:
+    """Whether this process is the one that writes the run's files: rank 0, or the only process."""
+    return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
+
+
+def _train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
+           schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
+           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
+           device: str | None = None, progress: bool = True, strict: bool = False,
+           report: Callable[[dict], None] | None = None, overrides_from: str | Mapping[str, str] = "overrides") -> dict:
+    """:func:`train`, its output folder held."""
     out_dir = Path(out_dir)
     state = None
     resume_path: Path | None = None
@@ -563,83 +585,80 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
                           workers=workers, rank=rank, world_size=world,
                           accumulate=accumulate, pin_memory=device_.type == "cuda")
-    with contextlib.ExitStack() as folder:
-        save = rank == 0
-        if save:
-            # made (and checked writable) now; removed again if the run fails before writing anything there
-            folder.enter_context(output_folder(out_dir))
-            remove_stale_temporaries(out_dir)
-            _trim_log(out_dir, start)
-            if state is not None and start < iterations:
-                _retire_final(out_dir, resume_path, start)
-            elif state is not None and start == int(state["schedule"]["iterations"]):
-                _restore_final(out_dir, resume_path)  # an extension stopped before it saved: finished again
-        every = int(schedule["checkpoint_every"])
-        log_every = max(int(schedule.get("log_every", 20)), 1)
-        history: list[dict] = []
-        saved = None
+    save = rank == 0
+    if save:  # out_dir was made (and checked writable) when train() took its lock
+        remove_stale_temporaries(out_dir)
+        _trim_log(out_dir, start)
+        if state is not None and start < iterations:
+            _retire_final(out_dir, resume_path, start)
+        elif state is not None and start == int(state["schedule"]["iterations"]):
+            _restore_final(out_dir, resume_path)  # an extension stopped before it saved: finished again
+    every = int(schedule["checkpoint_every"])
+    log_every = max(int(schedule.get("log_every", 20)), 1)
+    history: list[dict] = []
+    saved = None
 
-        names = [str(set_names.get(c) or c) for c in dataset.category_ids]  # a category without a name: its id
+    names = [str(set_names.get(c) or c) for c in dataset.category_ids]  # a category without a name: its id
 
-        def save_at(iteration: int) -> Path:
-            path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else ckpt.FINAL)
-            ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
-                                 scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
-                                 model_config={"num_classes": dataset.num_classes, **config},
-                                 category_ids=dataset.category_ids, category_names=names, data=data)
-            _mark(out_dir, path)
-            _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
-            return path
+    def save_at(iteration: int) -> Path:
+        path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else ckpt.FINAL)
+        ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
+                             scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
+                             model_config={"num_classes": dataset.num_classes, **config},
+                             category_ids=dataset.category_ids, category_names=names, data=data)
+        _mark(out_dir, path)
+        _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
+        return path
 
-        batches = iter(loader)
-        bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
-                   disable=not (progress and save))
-        finished = False
+    batches = iter(loader)
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
+               disable=not (progress and save))
+    finished = False
+    try:
+        for iteration in bar:
+            torch.manual_seed(iteration_seed(seed, rank, iteration))
+            totals: dict[str, float] = {}
+            for step in range(accumulate):
+                images, targets = next(batches)
+                count_skipped(dataset, targets)
+                images = [im.to(device_, non_blocking=True) for im in images]
+                targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
+                            for k, v in t.items()} for t in targets]
+                sync = world == 1 or step == accumulate - 1
+                with (contextlib.nullcontext() if sync else net.no_sync()):
+                    with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
+                        losses = net(images, targets)
+                    loss = sum(losses.values()) / accumulate
+                    # every term read back at once: one wait for the GPU per micro-batch, not one per term
+                    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+                    if not math.isfinite(sum(values.values())):
+                        raise OccsynthError(f"iteration {iteration + 1}: loss is {sum(values.values()) / accumulate} "
+                                            f"({_fmt(values)}); lower the learning rate")
+                    scaler.scale(loss).backward()
+                for k, v in values.items():
+                    totals[k] = totals.get(k, 0.0) + v / accumulate
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            done = iteration + 1
+            totals = {"loss": sum(totals.values()), **totals}
+            history.append(totals)
+            bar.set_postfix_str(_fmt(totals, short=True), refresh=False)
+            if save and (done % log_every == 0 or done == iterations):
+                _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
+            if save and (done % every == 0 or done == iterations):
+                saved = save_at(done)
+        finished = True
+    finally:
+        bar.close()
         try:
-            for iteration in bar:
-                torch.manual_seed(iteration_seed(seed, rank, iteration))
-                totals: dict[str, float] = {}
-                for step in range(accumulate):
-                    images, targets = next(batches)
-                    count_skipped(dataset, targets)
-                    images = [im.to(device_, non_blocking=True) for im in images]
-                    targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
-                                for k, v in t.items()} for t in targets]
-                    sync = world == 1 or step == accumulate - 1
-                    with (contextlib.nullcontext() if sync else net.no_sync()):
-                        with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
-                            losses = net(images, targets)
-                        loss = sum(losses.values()) / accumulate
-                        # every term read back at once: one wait for the GPU per micro-batch, not one per term
-                        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-                        if not math.isfinite(sum(values.values())):
-                            raise OccsynthError(f"iteration {iteration + 1}: loss is {sum(values.values()) / accumulate} "
-                                                f"({_fmt(values)}); lower the learning rate")
-                        scaler.scale(loss).backward()
-                    for k, v in values.items():
-                        totals[k] = totals.get(k, 0.0) + v / accumulate
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                done = iteration + 1
-                totals = {"loss": sum(totals.values()), **totals}
-                history.append(totals)
-                bar.set_postfix_str(_fmt(totals, short=True), refresh=False)
-                if save and (done % log_every == 0 or done == iterations):
-                    _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
-                if save and (done % every == 0 or done == iterations):
-                    saved = save_at(done)
-            finished = True
-        finally:
-            bar.close()
-            try:
-                _shut_down_loader(batches)
-            finally:  # a second stop while the workers shut down still leaves the process group
-                if own_group:
-                    if finished:  # after an error the other ranks may never arrive
-                        dist.barrier()
-                    dist.destroy_process_group()
+            _shut_down_loader(batches)
+        finally:  # a second stop while the workers shut down still leaves the process group
+            if own_group:
+                if finished:  # after an error the other ranks may never arrive
+                    dist.barrier()
+                dist.destroy_process_group()
     model.eval()
     if hasattr(model, "transform"):
         model.transform._skip_resize = False

@@ -34,7 +34,8 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
     Each stage is skipped once every file it writes at its end exists, and a training resumes from
     its newest checkpoint when it was interrupted: rerun the same command after a crash. The run
     folder records its recipe and the sha256 of its input annotation files; another recipe, or other
-    data, is refused there.
+    data, is refused there. A second run started on the same --out while one runs there stops at
+    once, naming the running one (pid and host).
     """
     from bcnet.pipeline import PipelineInputs, run_pipeline, tiny_inputs
 

@@ -25,6 +25,11 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     (not the pictures an earlier run wrote into --out); files that cannot be read are skipped and listed. Writes COCO results JSON and, per image, a
     picture with three panels: detections (masks, boxes, labels), the occludee mask probabilities,
     and the occluder branch's heat map.
+
+    A rerun into the same --out replaces the earlier run's results.json, images.json and pictures. They
+    stay as they were until every image is predicted: a run stopped midway (Ctrl-C, kill) leaves them
+    untouched; run it again to redo it. images.json is written last: an --out with it holds one whole run.
+    One run at a time writes an --out: a second one started on it stops at once, naming the first.
     """
     from bcnet.predict import predict
     report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,

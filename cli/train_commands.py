@@ -36,7 +36,8 @@ def _steps(ctx, param, value):
 @click.option("--images", "image_root", required=True, type=click.Path(file_okay=False),
               help="Image root the file names are relative to.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Run directory: checkpoints, last_checkpoint, log.jsonl.")
+              help="Run directory: checkpoints, last_checkpoint, log.jsonl. One training at a time: a second one "
+                   "started on the same --out stops at once, naming the running one (pid and host).")
 @click.option("--schedule", default="schedule-1x", show_default=True,
               help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file. Not read with --resume: the run "
                    "continues with the schedule saved in its checkpoint, the overrides given on top.")

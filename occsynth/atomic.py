@@ -14,12 +14,14 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .errors import NoRoom, OccsynthError, os_error_reason
+from .errors import NoRoom, OccsynthError, dangling_link, os_error_reason
 
 
 @contextlib.contextmanager
@@ -268,6 +270,97 @@ def locked_spool(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
             yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)  # a file system without flock
+
+
+@contextlib.contextmanager
+def run_lock_file(path: str | os.PathLike, refuse: Callable[[str], Exception]) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the file ``path`` (made if missing) while the block runs, so that a second
+    run of the same work fails at once instead of writing beside the first: ``refuse(holder)`` is raised when
+    another process holds it, ``holder`` being what that process wrote there ("pid 12 on host"; "" if nothing).
+
+    This process writes itself into the file and empties it before letting go; the kernel drops the lock
+    when the process ends (kill -9 too), so a killed holder's name is stale text the next run replaces.
+    Yields whether the lock is held: not where ``fcntl`` is missing (Windows), nor (with a warning) on a file
+    system without locks. A file that cannot be opened (a folder or a dangling link in its place) is an
+    :class:`OccsynthError` naming it. A lock file unlinked by its holder before letting go is made again."""
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:
+        yield False
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            f = _lock_now(path, fcntl, held)
+        except BlockingIOError:
+            raise refuse(lock_holder(path)) from None
+        except OSError as exc:
+            lock_failed(exc, path.parent)
+            held.close()
+            f = None
+        if f is not None:
+            name_lock_holder(f, held)
+        yield f is not None
+
+
+def _lock_now(path: Path, fcntl, held: contextlib.ExitStack) -> IO:
+    """``path`` opened (made if missing) and locked exclusively without waiting, kept open by ``held``;
+    BlockingIOError where another process holds it."""
+    for _ in range(8):
+        f = held.enter_context(open(path, "a+"))
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(f.fileno()).st_nlink > 0:
+            return f
+        held.close()  # its holder removed it (a folder it made, left empty) before letting go: open the new one
+    raise OSError(errno.EBUSY, "each lock file opened was removed by its holder", str(path))
+
+
+def lock_holder(path: str | os.PathLike) -> str:
+    """What the process holding the lock file ``path`` wrote there (:func:`name_lock_holder`); "" if nothing."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def name_lock_holder(f: IO, held: contextlib.ExitStack) -> None:
+    """Write this process into a lock file it holds exclusively, for whoever finds the lock taken; emptied
+    again before the lock is let go (``held`` closes the file after the callback runs)."""
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    held.callback(f.truncate, 0)
+
+
+def lock_failed(exc: OSError, folder: str | os.PathLike) -> None:
+    """After a lock in ``folder`` failed with ``exc``: warn and return where its file system has no locks (the
+    run goes on unguarded); else an :class:`OccsynthError` naming the lock file (or the folder) and why."""
+    if exc.errno not in _NO_LOCKS:
+        where = exc.filename or folder
+        why = (exc.filename and dangling_link(exc.filename)) or os_error_reason(exc)
+        raise OccsynthError(f"cannot lock {where}: {why}") from None
+    warnings.warn(f"{folder}: the file system does not support locks ({exc.strerror}); running without the "
+                  "guard against a second run of the same work", stacklevel=4)
+
+
+@contextlib.contextmanager
+def locked_output_folder(path: str | os.PathLike, refuse: Callable[[str], Exception]) -> Iterator[Path]:
+    """:func:`output_folder`, held by this process (:func:`run_lock_file` on its ``LOCK_FILE``) for the block:
+    a second command writing the same folder meanwhile gets ``refuse(holder)`` before it touches anything. A
+    folder made here that holds nothing but the lock file at the end is removed again."""
+    path = Path(path)
+    made = not os.path.lexists(path)
+    with output_folder(path), run_lock_file(path / LOCK_FILE, refuse):
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                if made and os.listdir(path) == [LOCK_FILE]:
+                    (path / LOCK_FILE).unlink()  # while held: a run that opened it before makes it again
+                    path.rmdir()
 
 
 def _new_locked_file(create: Callable[[], IO]) -> tuple[IO, bool]:

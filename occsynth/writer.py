@@ -18,24 +18,22 @@ rewritten with the same bytes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import json
 import operator
 import os
 import shutil
-import socket
 import tempfile
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from .atomic import make_folder, open_atomic, remove_stale_temporaries, write_json
+from .atomic import (LOCK_FILE, lock_failed, lock_holder, make_folder, name_lock_holder, open_atomic,
+                     remove_stale_temporaries, run_lock_file, write_json)
 from .coco import is_int, read_json
-from .errors import OccsynthError, SkipLog, dangling_link, os_error_reason, plural
+from .errors import OccsynthError, SkipLog, plural
 
 PARTS = "parts"
 IMAGES = "images"
@@ -126,9 +124,6 @@ def chunk_of_file(name: str, settings: dict) -> int | None:
     return None
 
 
-LOCK_FILE = ".lock"
-
-
 @contextlib.contextmanager
 def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occsynth generate") -> Iterator[None]:
     """Hold OUT while one run writes it, so that a second run of the same work fails at once.
@@ -138,24 +133,34 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
     set may write OUT together: each holds ``parts/.lock`` and ``parts/.lock-of-N`` shared and its
     own ``parts/.lock-shard-I-of-N`` exclusively (it names the holder); shards of another split
     (another N) are refused, as their chunks overlap. An unsharded run or a merge holds
-    ``parts/.lock`` exclusively and removes the shard lock files: no shard can be running. Advisory
-    ``flock`` locks: the kernel drops them when the process dies (kill -9 too). Where ``fcntl`` is
-    missing (Windows) or the file system has no locks, a run goes on without them (with a warning).
+    ``parts/.lock`` exclusively (:func:`occsynth.atomic.run_lock_file`) and removes the shard lock files: no
+    shard can be running. Advisory ``flock`` locks: the kernel drops them when the process dies (kill -9
+    too). Where ``fcntl`` is missing (Windows) or the file system has no locks, a run goes on without them
+    (with a warning).
     """
+    parts = Path(out_dir) / PARTS
+    make_folder(parts)
+    index, count = shard
+
+    def refuse(what: str) -> OccsynthError:
+        return OccsynthError(f"{out_dir} is being written by another occsynth process: {what} is running there; "
+                             f"wait for it to finish or stop it, then run {action} again")
+
+    if count == 1:
+        # the exclusive holder (an unsharded run or a merge) names itself there; shards leave it empty
+        with run_lock_file(parts / LOCK_FILE, lambda holder: refuse(f"an unsharded run or a merge ({holder})"
+                                                                    if holder else "a shard of this set")) as held:
+            if held:
+                for stale in [*parts.glob(f"{LOCK_FILE}-shard-*"), *parts.glob(f"{LOCK_FILE}-of-*")]:
+                    stale.unlink()  # no shard runs now: their lock files name processes that are gone
+            yield
+        return
     try:
         import fcntl
     except ImportError:
         yield
         return
-    parts = Path(out_dir) / PARTS
-    make_folder(parts)
-    index, count = shard
-    sharded = count > 1
     shard_file = parts / f"{LOCK_FILE}-shard-{index}-of-{count}"
-
-    def refuse(what: str) -> OccsynthError:
-        return OccsynthError(f"{out_dir} is being written by another occsynth process: {what} is running there; "
-                             f"wait for it to finish or stop it, then run {action} again")
 
     def take(path: Path, mode: int):
         f = held.enter_context(open(path, "a+"))
@@ -165,52 +170,30 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
     with contextlib.ExitStack() as held:
         try:
             try:
-                main = take(parts / LOCK_FILE, fcntl.LOCK_SH if sharded else fcntl.LOCK_EX)
+                main = take(parts / LOCK_FILE, fcntl.LOCK_SH)
             except BlockingIOError:
-                # the exclusive holder (an unsharded run or a merge) names itself there; shards leave it empty
-                holder = (parts / LOCK_FILE).read_text().strip()
+                holder = lock_holder(parts / LOCK_FILE)
                 raise refuse(f"an unsharded run or a merge ({holder})" if holder else
-                             "an unsharded run or a merge" if sharded else "a shard of this set") from None
-            if not sharded:
-                _name_holder(main, held)
-                for stale in [*parts.glob(f"{LOCK_FILE}-shard-*"), *parts.glob(f"{LOCK_FILE}-of-*")]:
-                    stale.unlink()  # no shard runs now: their lock files name processes that are gone
-            else:
-                main.truncate(0)  # a killed exclusive holder's name: stale now that shards hold the lock
-                try:
-                    take(parts / f"{LOCK_FILE}-of-{count}", fcntl.LOCK_SH)
-                except BlockingIOError:  # a shard of another split is looking whether this one runs
-                    raise refuse("a shard of another split (another n)") from None
-                for other in parts.glob(f"{LOCK_FILE}-of-*"):
-                    if other.name != f"{LOCK_FILE}-of-{count}" and not _free(other, fcntl):
-                        raise refuse(f"a shard of another split (n = {other.name.rpartition('-')[2]}, "
-                                     f"whose chunks overlap those of shard {index}/{count})")
-                try:
-                    f = take(shard_file, fcntl.LOCK_EX)
-                except BlockingIOError:
-                    # only the holder of a shard's lock writes to its file: the text names that holder
-                    raise refuse(f"shard {index}/{count} ({shard_file.read_text().strip() or 'unknown process'})") \
-                        from None
-                _name_holder(f, held)
+                             "an unsharded run or a merge") from None
+            main.truncate(0)  # a killed exclusive holder's name: stale now that shards hold the lock
+            try:
+                take(parts / f"{LOCK_FILE}-of-{count}", fcntl.LOCK_SH)
+            except BlockingIOError:  # a shard of another split is looking whether this one runs
+                raise refuse("a shard of another split (another n)") from None
+            for other in parts.glob(f"{LOCK_FILE}-of-*"):
+                if other.name != f"{LOCK_FILE}-of-{count}" and not _free(other, fcntl):
+                    raise refuse(f"a shard of another split (n = {other.name.rpartition('-')[2]}, "
+                                 f"whose chunks overlap those of shard {index}/{count})")
+            try:
+                f = take(shard_file, fcntl.LOCK_EX)
+            except BlockingIOError:
+                # only the holder of a shard's lock writes to its file: the text names that holder
+                raise refuse(f"shard {index}/{count} ({lock_holder(shard_file) or 'unknown process'})") from None
+            name_lock_holder(f, held)
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-                # a lock file that cannot be opened (a folder or a dangling link in its place) is named
-                where = exc.filename or parts
-                why = (exc.filename and dangling_link(exc.filename)) or os_error_reason(exc)
-                raise OccsynthError(f"cannot lock {where}: {why}") from None
+            lock_failed(exc, parts)  # a lock file that cannot be opened is named; no locks here: a warning
             held.close()
-            warnings.warn(f"{parts}: the file system does not support locks ({exc.strerror}); running without the "
-                          "guard against a second run of the same work", stacklevel=3)
         yield
-
-
-def _name_holder(f, held: contextlib.ExitStack) -> None:
-    """Write this process into a lock file it holds exclusively, for whoever finds the lock taken; emptied
-    again before the lock is let go (the callback runs before the file is closed)."""
-    f.truncate(0)
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
-    f.flush()
-    held.callback(f.truncate, 0)
 
 
 def _free(path: Path, fcntl) -> bool:

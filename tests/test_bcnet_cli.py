@@ -16,6 +16,7 @@ from bcnet import train as T
 from cli.bcnet_cli import main as bcnet_main
 from datasets import load_annotations, save_annotations, write_dataset
 from occsynth import masks as mask_ops
+from occsynth.errors import OccsynthError
 
 TINY = {"short": 48, "long_max": 64}
 
@@ -602,6 +603,96 @@ def test_predict_rerun_into_an_out_inside_the_input_folder_does_not_predict_its_
     assert (photos / "pred" / "images.json").read_text() == before  # same files, same ids
     assert sorted(p.name for p in (photos / "pred" / "pictures").iterdir()) == [
         "000001-000000000001.png", "000002-000000000002.png"]
+
+
+def _tree(out: Path) -> dict:
+    """Every file under ``out`` (hidden ones too: staging folders, temporaries) and its bytes."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_predict_leaves_the_earlier_outputs_and_a_rerun_replaces_them(tiny, tmp_path, monkeypatch):
+    """A stopped predict left its new pictures beside the results.json and images.json of an older run (and pictures
+    no later run removed); the outputs now change only once every image is predicted."""
+    from bcnet import predict as P
+
+    root, checkpoint = tiny
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("000000000001.png", "000000000002.png"):
+        (photos / name).write_bytes((root / "images" / name).read_bytes())
+    out = photos / "pred"  # inside the input folder: neither its pictures nor staged ones are inputs
+
+    def run(*inputs):
+        return P.predict(checkpoint, list(inputs), out, device="cpu", progress=False)
+
+    def listed():
+        return [im["file_name"] for im in json.loads((out / "images.json").read_text())]
+
+    run(photos)
+    first = _tree(out)
+    assert sorted(first) == [".lock", "images.json", "pictures/000001-000000000001.png",
+                             "pictures/000002-000000000002.png", "results.json"]
+    # stopped (Ctrl-C) after its first picture: the earlier run's files are as they were, nothing staged is left
+    real_render, calls = P.render_prediction, []
+
+    def render_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(P, "render_prediction", render_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(photos / "000000000002.png", photos / "000000000001.png")
+    assert _tree(out) == first
+    monkeypatch.setattr(P, "render_prediction", real_render)
+    # killed outright: its staging folder and a half-written results.json are left; the next run removes them and
+    # does not take the staged picture for an input
+    (out / ".predict-killed").mkdir()
+    (out / ".predict-killed" / ".lock").write_text("")  # the lock its run held (atomic.locked_spool), let go
+    (out / ".predict-killed" / "000001-000000000002.png").write_bytes(first["pictures/000002-000000000002.png"])
+    (out / ".results.json.tmp-1-0").write_text("[{")
+    assert run(photos)["images"] == 2 and _tree(out) == first
+    # a run stopped while it puts its outputs in place leaves no images.json: no folder says it holds a whole run
+    real_write = P.write_json
+
+    def fail_on_images(path, *args, **kwargs):
+        if Path(path).name == "images.json":
+            raise OccsynthError(f"cannot write {path}: no space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(P, "write_json", fail_on_images)
+    with pytest.raises(OccsynthError, match="no space left"):
+        run(photos / "000000000002.png")
+    assert not (out / "images.json").exists()
+    monkeypatch.setattr(P, "write_json", real_write)
+    # a finished rerun replaces the earlier run's outputs: its pictures that it does not write again go
+    report = run(photos / "000000000002.png")
+    assert report["images"] == 1 and listed() == [str(photos / "000000000002.png")]
+    assert sorted(_tree(out)) == [".lock", "images.json", "pictures/000001-000000000002.png", "results.json"]
+    assert {r["image_id"] for r in json.loads((out / "results.json").read_text())} <= {1}
+    said = " ".join(CliRunner().invoke(bcnet_main, ["predict", "--help"]).output.split())
+    assert "a run stopped midway (Ctrl-C, kill) leaves them untouched; run it again to redo it" in said
+
+
+def test_predict_into_an_out_another_predict_writes_is_refused_at_once(tiny, tmp_path):
+    import os
+    import socket
+
+    from bcnet.runlock import hold_out_dir
+
+    root, checkpoint = tiny
+    out = tmp_path / "p"
+    args = ["predict", str(root / "images" / "000000000001.png"), "--checkpoint", str(checkpoint), "--out", str(out),
+            "--device", "cpu", "--quiet"]
+    with hold_out_dir(out):  # as another predict running there holds it
+        result = CliRunner().invoke(bcnet_main, args)
+        _clean(result, 2)
+        assert (f"Error: {out} is being written by another process (pid {os.getpid()} on {socket.gethostname()}): "
+                "wait for it to finish or stop it") in result.output
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    _clean(CliRunner().invoke(bcnet_main, args), 0)
+    assert (out / "results.json").is_file() and (out / ".lock").read_text() == ""
 
 
 def test_predict_help_names_the_files_it_takes_from_folders():

@@ -187,6 +187,25 @@ def test_a_lock_file_that_cannot_be_opened_is_named(demo_source, tmp_path, block
     assert str(exc.value) == f"cannot lock {lock}: {why}"
 
 
+def test_a_locked_output_folder_refuses_a_second_holder_and_removes_a_folder_it_made_for_nothing(tmp_path):
+    """The generic part of run locks (writer.run_lock's unsharded path, bcnet's --out): held, named, let go."""
+    pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+
+    def refuse(holder):
+        return OccsynthError(f"{out} is held by {holder}")
+
+    with atomic.locked_output_folder(out, refuse):
+        assert (out / atomic.LOCK_FILE).read_text() == f"pid {os.getpid()} on {socket.gethostname()}"
+        with pytest.raises(OccsynthError, match=f"is held by pid {os.getpid()} on {socket.gethostname()}$"):
+            with atomic.locked_output_folder(out, refuse):  # another open of the file: refused as another process
+                raise AssertionError("ran beside the holder")
+    assert not out.exists()  # made for a block that wrote nothing there
+    with atomic.locked_output_folder(out, refuse):
+        (out / "result.txt").write_text("done")
+    assert (out / atomic.LOCK_FILE).read_text() == "" and (out / "result.txt").read_text() == "done"
+
+
 class _FillingDisk:
     """Image writes through ``atomic`` fail with ENOSPC once ``capacity`` bytes were written (write mode), or
     every fsync after the first ``capacity`` ones fails (fsync mode: the disk fills during write-back)."""

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pycocotools.coco import COCO
 from bcnet.bench import bench_heads
 from bcnet.pipeline import PipelineInputs, run_pipeline
 from bcnet.predict import list_images, render_prediction
+from bcnet.runlock import hold_out_dir
 from cli.bcnet_cli import main as bcnet_main
 from datasets import write_dataset
 from occsynth import atomic
@@ -85,11 +87,32 @@ def test_rerun_skips_finished_stages(pipeline_run):
     assert again["results"] == report["results"]
 
 
+def _mtimes(out):
+    """When each file of a run folder last changed; not the lock files, which each run holds (and names itself in)."""
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != atomic.LOCK_FILE}
+
+
+def test_a_second_pipeline_on_the_same_run_folder_is_refused_at_once(pipeline_run):
+    out, _, _, recipe, (ann, root) = pipeline_run
+    # the run held its folder and each training stage held its own: no stage was refused by the run's hold
+    assert [(out / name / atomic.LOCK_FILE).read_text() for name in ("", "pretrain", "finetune")] == ["", "", ""]
+    before = _mtimes(out)
+    args = ["train-synthetic", "--recipe", str(recipe), "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+            "--coco-val-ann", str(ann), "--coco-val-images", str(root), "--out", str(out), "--device", "cpu", "--quiet"]
+    with hold_out_dir(out):  # as a pipeline running there holds it
+        result = CliRunner().invoke(bcnet_main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output == (f"Error: {out} is being written by another process (pid {os.getpid()} on "
+                             f"{socket.gethostname()}): wait for it to finish or stop it, then run the command again, "
+                             "or choose another --out\n")
+    assert _mtimes(out) == before
+
+
 def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipeline_run, tmp_path):
     """Its finished stages would count as done, and their results be filed under the other recipe's name."""
     out, _, _, recipe, (ann, root) = pipeline_run
     inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root))
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    before = _mtimes(out)
     other = tmp_path / "other.toml"
     other.write_text(recipe.read_text().replace("iterations = 3", "iterations = 4"))
     with pytest.raises(OccsynthError, match=f"made with recipe '{recipe}', not '{other}'"):
@@ -104,14 +127,14 @@ def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipel
     with pytest.raises(OccsynthError, match="rerun it with that recipe to resume it, or choose another --out"):
         run_pipeline(tmp_path / "copy", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
                      log=lambda line: None)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    assert _mtimes(out) == before
 
 
 def test_a_run_folder_made_from_other_input_data_is_refused_before_any_stage(pipeline_run, tmp_path):
     """Same recipe, other COCO val (or train, --synthetic, --cocoocc): the finished stages (COCO-OCC built from the
     old val, its evaluation) counted as done and their results were reported for the new data, without a word."""
     out, report, _, recipe, (ann, root) = pipeline_run
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    before = _mtimes(out)
     other = tmp_path / "other.json"
     data = json.loads(ann.read_text())
     other.write_text(json.dumps({**data, "images": data["images"][:-1]}))
@@ -122,7 +145,7 @@ def test_a_run_folder_made_from_other_input_data_is_refused_before_any_stage(pip
         inputs = PipelineInputs(**{"coco_train": (ann, root), "coco_val": (ann, root), **changed})
         with pytest.raises(OccsynthError, match=f"made from other input data: {option} was .*, now {other}"):
             run_pipeline(out, inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    assert _mtimes(out) == before
     # the same data elsewhere (a moved COCO folder), and the set the run generated named by its path, are the run's
     moved = tmp_path / "moved.json"
     shutil.copyfile(ann, moved)

@@ -348,6 +348,43 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path, dataset_dir):
     assert len(log) == 1 and json.loads(log[0])["iteration"] == 2  # rank 0 alone logs
 
 
+HOLD_OUT = ("import sys, time; from bcnet.runlock import hold_out_dir; held = hold_out_dir(sys.argv[1]); "
+            "held.__enter__(); print('held', flush=True); time.sleep(300)")
+
+
+def test_a_second_training_on_the_same_out_is_refused_at_once_naming_the_running_one(tmp_path, dataset_dir):
+    """Two `bcnet train` on one --out both ran, interleaving their checkpoints, markers and log lines."""
+    out = tmp_path / "run"
+    args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
+            "--out", str(out), "--schedule", "schedule-tiny", "--iterations", "2", "--checkpoint-every", "1",
+            "--batch-size", "1", "--short", "48", "--long-max", "64", "--no-progress"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OUT, str(out)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)  # a training running in another process
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        for extra in ([], ["--resume"]):
+            again = CliRunner().invoke(bcnet_main, args + extra)
+            assert again.exit_code == 2 and "Traceback" not in again.output, again.output
+            assert (f"Error: {out} is being written by another process (pid {holder.pid} on {socket.gethostname()}): "
+                    "wait for it to finish or stop it, then run the command again, or choose another --out") \
+                in again.output
+            assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing read or written there
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    # the kernel drops a killed holder's lock: a run now goes through, and empties the lock file when done
+    assert CliRunner().invoke(bcnet_main, args).exit_code == 0
+    assert (out / ".lock").read_text() == "" and ckpt.latest_checkpoint(out) == out / "model_final.pt"
+    # the lock file is no checkpoint: a resume and pruning (keep_checkpoints 1) go on beside it
+    result = T.train(dataset_dir / "annotations.json", dataset_dir / "images", out, overrides={
+        "iterations": 4, "keep_checkpoints": 1}, resume=True, progress=False)
+    assert result["start"] == 2 and result["iteration"] == 4
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint_0000003.pt", "last_checkpoint", "log.jsonl",
+                                                     "model_final.pt"]
+
+
 def test_cli_train_then_evaluate(tmp_path, dataset_dir):
     runner = CliRunner()
     args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),

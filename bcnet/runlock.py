@@ -1,0 +1,23 @@
+"""One bcnet command at a time per --out: a second `bcnet train` (or train-synthetic, predict) started on the
+folder another one writes stops at once, naming it, instead of interleaving its checkpoints, logs or results
+with the first one's. The lock is ``OUT/.lock`` (:func:`occsynth.atomic.locked_output_folder`); no torch here,
+so that the pipeline can take it before importing the trainer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ContextManager
+
+from occsynth.atomic import locked_output_folder
+from occsynth.errors import OccsynthError
+
+
+def hold_out_dir(out_dir: str | os.PathLike) -> ContextManager[Path]:
+    """``out_dir`` made (and checked writable) and held by this process for the block; another process holding
+    it is an :class:`OccsynthError` naming the folder, that process (pid and host) and what to do."""
+    def refuse(holder: str) -> OccsynthError:
+        return OccsynthError(f"{out_dir} is being written by another process "
+                             f"({holder or 'which has not written its pid yet'}): wait for it to finish or stop it, "
+                             "then run the command again, or choose another --out")
+
+    return locked_output_folder(out_dir, refuse)
