@@ -24,7 +24,7 @@ from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError, plural
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
-from .runlock import hold_out_dir
+from .runlock import holds_out_dir
 
 FINAL = "model_final.pt"  # bcnet.checkpoint.FINAL, named here so that this module imports no torch
 RUN_FILE = "pipeline-run.json"  # the recipe the run folder is made with
@@ -54,6 +54,7 @@ def tiny_inputs(cache_dir: str | os.PathLike | None = None) -> PipelineInputs:
     return PipelineInputs(coco_train=(ann, root), coco_val=(ann, root))
 
 
+@holds_out_dir()
 def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: str = "pipeline-paper",
                  workers: int = 1, device: str | None = None, cache_dir: str | os.PathLike | None = None,
                  progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -62,14 +63,6 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     ``out_dir`` is held for the whole run (:func:`bcnet.runlock.hold_out_dir`): a second pipeline started on it
     stops at once. Each stage holds its own folder too, so a `bcnet train` or `occsynth generate` into one of
     them is refused while the stage runs, and the stage is not refused by this run's hold of ``out_dir``."""
-    with hold_out_dir(out_dir):
-        return _run_pipeline(Path(out_dir), inputs, recipe=recipe, workers=workers, device=device,
-                             cache_dir=cache_dir, progress=progress, log=log)
-
-
-def _run_pipeline(out_dir: Path, inputs: PipelineInputs, *, recipe: str, workers: int, device: str | None,
-                  cache_dir: str | os.PathLike | None, progress: bool, log: Callable[[str], None]) -> dict:
-    """:func:`run_pipeline`, its run folder held."""
     from occsynth.cocoocc import build_cocoocc
     from occsynth.generate import generate
 
@@ -78,6 +71,7 @@ def _run_pipeline(out_dir: Path, inputs: PipelineInputs, *, recipe: str, workers
 
     from .device import resolve_device
 
+    out_dir = Path(out_dir)
     device = str(resolve_device(device))  # a bad --device fails now, not after generating a set
     plan = manifests.load(recipe, "pipeline")
     for name in sorted(set(plan) - set(PIPELINE_TABLES)):  # a misspelt [coco-occ] would run its stage with defaults

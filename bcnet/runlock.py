@@ -4,9 +4,12 @@ with the first one's. The lock is ``OUT/.lock`` (:func:`occsynth.atomic.locked_o
 so that the pipeline can take it before importing the trainer."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
 from pathlib import Path
-from typing import ContextManager
+from typing import Callable, ContextManager
 
 from occsynth.atomic import locked_output_folder
 from occsynth.errors import OccsynthError
@@ -21,3 +24,18 @@ def hold_out_dir(out_dir: str | os.PathLike) -> ContextManager[Path]:
                              "then run the command again, or choose another --out")
 
     return locked_output_folder(out_dir, refuse)
+
+
+def holds_out_dir(only_if: Callable[[], bool] = lambda: True) -> Callable[[Callable], Callable]:
+    """Decorator: the function runs with its ``out_dir`` argument held (:func:`hold_out_dir`), where ``only_if()``
+    says so (e.g. only the rank that writes the files), from before its first line to its return."""
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def held(*args, **kwargs):
+            out_dir = signature.bind(*args, **kwargs).arguments["out_dir"]
+            with hold_out_dir(out_dir) if only_if() else contextlib.nullcontext():
+                return fn(*args, **kwargs)
+        return held
+    return decorate

@@ -45,7 +45,7 @@ from occsynth.pool import local_workers
 from . import checkpoint as ckpt
 from .data import CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
 from .device import resolve_device
-from .runlock import hold_out_dir
+from .runlock import holds_out_dir
 from .transforms import build_transforms
 
 MODEL_KEYS = ("detector", "mask_head", "backbone", "head_preset")
@@ -372,6 +372,12 @@ def _rows_by_category(saved: torch.Tensor, built: torch.Tensor, rows: int, saved
 
 # --------------------------------------------------------------------------- loop
 
+def _writes_files() -> bool:
+    """Whether this process is the one that writes the run's files: rank 0, or the only process."""
+    return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
+
+
+@holds_out_dir(only_if=_writes_files)
 def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
           schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
@@ -406,24 +412,6 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``out_dir`` is held for the whole run (:func:`bcnet.runlock.hold_out_dir`, by rank 0): a second training
     started on it meanwhile stops at once, before it reads or writes anything there, naming this one.
     """
-    held = hold_out_dir(out_dir) if _writes_files() else contextlib.nullcontext()
-    with held:
-        return _train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
-                      init_checkpoint=init_checkpoint, device=device, progress=progress, strict=strict, report=report,
-                      overrides_from=overrides_from)
-
-
-def _writes_files() -> bool:
-    """Whether this process is the one that writes the run's files: rank 0, or the only process."""
-    return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
-
-
-def _train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
-           schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
-           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
-           device: str | None = None, progress: bool = True, strict: bool = False,
-           report: Callable[[dict], None] | None = None, overrides_from: str | Mapping[str, str] = "overrides") -> dict:
-    """:func:`train`, its output folder held."""
     out_dir = Path(out_dir)
     state = None
     resume_path: Path | None = None
