@@ -9,22 +9,20 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import secrets
 import shutil
 import time
 from pathlib import Path
 
-from .bank import Bank, CutoutPixels, DamagedEntry, current_format
+from .atomic import UNFINISHED
+from .bank import BANK_NAME, STORE_NAME, Bank, CutoutPixels, DamagedEntry, current_format
 from .demo import DEMO_VERSION, demo_damage
 from .errors import OccsynthError
 
 KINDS = {"banks": "bank", "cutout-pixels": "pixel store"}
 # what occsynth names them (bank.bank_key, bank.pixels_key; atomic.build_dir_once's temporaries, removals here):
 # anything else under banks/ or cutout-pixels/ is not listed, so a --cache-dir given by mistake loses nothing
-NAMES = {"bank": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}"),
-         "pixel store": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}-px[0-9a-f]{12}")}
-UNFINISHED = re.compile(r"\.[^.]+\.(tmp|removing|damaged)-.*")
+NAMES = {"bank": BANK_NAME, "pixel store": STORE_NAME}
 STOPPED_AFTER_S = 3600  # an unfinished build or removal unchanged this long was stopped
 
 
