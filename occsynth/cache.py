@@ -89,9 +89,13 @@ def remove_cache_entries(cache_dir: str | os.PathLike, names: list[str]) -> list
             continue
         try:
             if doomed.is_dir():
-                shutil.rmtree(doomed)
+                # what goes meanwhile is no error: a build's clean-up may remove this folder too
+                # (atomic.remove_orphaned_builds); whatever is left after that could not be removed, and says why
+                shutil.rmtree(doomed, ignore_errors=True)
+                if os.path.lexists(doomed):
+                    shutil.rmtree(doomed)
             else:  # a stray file among the entries (a file manager's .DS_Store, a copy made by hand)
-                doomed.unlink()
+                doomed.unlink(missing_ok=True)
         except OSError as exc:
             raise OccsynthError(f"cannot remove all of {path} (now {doomed.name}): {exc.strerror or exc}") from None
         removed.append(path)

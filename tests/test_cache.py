@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.occsynth_cli import main as occsynth_main
+from occsynth import atomic
 from occsynth.atomic import LOCK_FILE, hold_lock
-from occsynth.bank import (Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels, pixel_store_bytes,
-                           pixels_key)
+from occsynth.bank import (STORE_NAME, Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels,
+                           pixel_store_bytes, pixels_key)
 from occsynth.cache import cache_entries, remove_cache_entries
 from occsynth.errors import OccsynthError
 
@@ -358,3 +359,18 @@ def test_bank_and_demo_builds_remove_what_killed_ones_left(demo_source, tmp_path
     demo.demo_source(cache_dir)
     assert sorted(p.name for p in cache_dir.iterdir()) == ["banks", demo.DEMO_VERSION] and not killed[2].exists()
 
+
+def test_a_removal_whose_folder_a_build_cleans_up_meanwhile_succeeds(cache, monkeypatch):
+    """A build's clean-up removes an entry that `occsynth cache --remove` has just moved aside: not an error."""
+    cache_dir, made = cache
+    real, swept = shutil.rmtree, []
+
+    def rmtree_after_a_clean_up(path, *args, **kwargs):
+        if not swept:
+            swept.append(path)
+            assert atomic.remove_orphaned_builds(Path(path).parent, STORE_NAME) == 1
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(shutil, "rmtree", rmtree_after_a_clean_up)
+    assert remove_cache_entries(cache_dir, [made["gone"].name]) == [made["gone"]]
+    assert ".removing-" in Path(swept[0]).name and not os.path.lexists(swept[0])
+    assert sorted(p.name for p in (cache_dir / "cutout-pixels").iterdir()) == [made["store"].name]
