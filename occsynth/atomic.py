@@ -12,6 +12,7 @@ import errno
 import functools
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -186,20 +187,28 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path], Any],
-                   damage: Callable[[Path], str | None] | None = None) -> Path:
+                   damage: Callable[[Path], str | None] | None = None, entries: re.Pattern | None = None) -> Path:
     """A folder ``build`` fills, made in a temporary sibling and renamed into place; reused when
     ``target/marker`` exists and ``damage(target)`` (if given) finds nothing wrong. A half-built folder
     is never used, and concurrent first builds do not collide (the loser uses the winner's folder).
-    One damaged since it was built (a file deleted by hand) is moved aside and built again."""
+    One damaged since it was built (a file deleted by hand) is moved aside and built again.
+
+    It first removes what killed builds and removals left beside the entries whose names ``entries`` matches
+    (default: ``target``'s alone; :func:`remove_orphaned_builds`): a killed build may have left gigabytes, which
+    ``build``'s check of the disk's room then counts as free. The temporary sibling's ``LOCK_FILE`` is held while
+    ``build`` runs, so that the clean-up of a build starting meanwhile (another shard's) leaves it alone."""
     target = Path(target)
+    remove_orphaned_builds(target.parent, entries or re.compile(re.escape(target.name)))
     if (target / marker).is_file():
         if damage is None or damage(target) is None:
             return target
         _discard(target)
     make_folder(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with locked_spool(target.parent, f".{target.name}.tmp-") as tmp:
         build(tmp)
+        # no part of the entry; its lock stays held until the rename, and a clean-up finding no lock file leaves
+        # the folder alone
+        (tmp / LOCK_FILE).unlink()
         try:
             os.rename(tmp, target)
         except OSError:
@@ -211,8 +220,6 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
             # deleted by hand); it is moved aside, not used, and the new build takes its place
             _discard(target)
             os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -393,9 +400,45 @@ def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | Non
         if entry.name.startswith(f".{path.name}.tmp-"):
             n += _remove_if_unlocked(entry.path, lambda: _remove_quietly(Path(entry.path)))
         elif spool_prefix and entry.name.startswith(spool_prefix):
-            n += _remove_if_unlocked(os.path.join(entry.path, LOCK_FILE),
-                                     lambda: shutil.rmtree(entry.path, ignore_errors=True))
+            n += _remove_spool_if_unlocked(entry.path)
     return n
+
+
+# what is left beside an entry NAME (build_dir_once's) while it is built (tmp: a locked spool), discarded when
+# damaged (damaged) or removed by `occsynth cache` (removing); a killed run leaves it for good
+UNFINISHED = re.compile(r"\.(?P<entry>[^.]+)\.(?P<state>tmp|removing|damaged)-.*")
+
+
+def remove_orphaned_builds(folder: str | os.PathLike, entries: re.Pattern) -> int:
+    """Delete what killed runs left in ``folder`` beside the entries whose names ``entries`` matches in full
+    (see ``UNFINISHED``): a build's temporary folder when no process holds its ``LOCK_FILE`` (a build running
+    now, e.g. another shard's, keeps its own; one without a lock file is left be: whether its build still runs
+    cannot be known), and a folder moved aside to be removed, always: nothing reads one, and its remover
+    tolerates the race. Returns how many were removed. Other names are left be: ``folder`` may be the user's
+    own (a --cache-dir given by mistake)."""
+    try:
+        found = list(os.scandir(folder))
+    except OSError:
+        return 0
+    n = 0
+    for entry in found:
+        match = UNFINISHED.fullmatch(entry.name)
+        if match is None or not entries.fullmatch(match["entry"]):
+            continue
+        if match["state"] == "tmp":
+            n += entry.is_dir(follow_symlinks=False) and _remove_spool_if_unlocked(entry.path)
+        else:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                _remove_quietly(Path(entry.path))
+            n += 1
+    return n
+
+
+def _remove_spool_if_unlocked(folder: str) -> bool:
+    """Remove a spool folder (:func:`locked_spool`) whose ``LOCK_FILE`` no process holds."""
+    return _remove_if_unlocked(os.path.join(folder, LOCK_FILE), lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 def _remove_if_unlocked(lock_path: str, remove: Callable[[], None]) -> bool:

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import threading
 import weakref
 from array import array
@@ -164,6 +165,12 @@ def bank_key(source_sha256: str, options: BankOptions) -> str:
     return f"{source_sha256[:16]}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 
+# the names bank_key and pixels_key give: only their leftovers are removed from a cache folder (which may be one
+# of the user's, given by mistake)
+BANK_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}")
+STORE_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}-px[0-9a-f]{12}")
+
+
 def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, options: BankOptions = BankOptions(),
                 strict: bool = False, progress: bool = True) -> Path:
     """The bank directory of this source and options, built on first use and reused afterwards.
@@ -178,23 +185,25 @@ def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, optio
     sha = file_hash(ann_path)
     banks = Path(cache_dir) / "banks"
     target = banks / bank_key(sha, options)
-    return _build_once(target, _read_meta, strict,
+    return _build_once(target, BANK_NAME, _read_meta, strict,
                        lambda tmp: build_bank(ann_path, tmp, options, strict=strict, progress=progress,
                                               source_sha256=sha), source=ann_path)
 
 
-def _build_once(target: Path, read_meta: Callable[[Path], dict], strict: bool,
+def _build_once(target: Path, entries: re.Pattern, read_meta: Callable[[Path], dict], strict: bool,
                 build: Callable[[Path], Any], source: Path | None = None) -> Path:
     """A cache entry built into a temporary folder and renamed into place; reused when present.
 
-    In strict mode a cached entry that skipped bad records is refused with its first skip, as a
-    fresh strict build would be (placed in ``source``, the file its records come from, when given).
+    What killed builds left beside the entries named like ``entries`` is removed first (gigabytes for a
+    pixel store: :func:`occsynth.atomic.build_dir_once`). In strict mode a cached entry that skipped bad
+    records is refused with its first skip, as a fresh strict build would be (placed in ``source``, the
+    file its records come from, when given).
     """
     if (target / "meta.json").is_file():
         first = read_meta(target).get("first_skip")
         if strict and first:
             raise OccsynthError(f"{source}: {first}" if source else first)
-    return build_dir_once(target, "meta.json", build)
+    return build_dir_once(target, "meta.json", build, entries=entries)
 
 
 def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options: BankOptions = BankOptions(),
@@ -684,7 +693,7 @@ def ensure_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathL
     check_image_root(Bank.load(bank_dir), image_root)  # before the cache is touched: no useless store is kept
     stores = Path(cache_dir) / "cutout-pixels"
     target = stores / pixels_key(_read_meta(bank_dir), image_root)
-    return _build_once(target, _read_pixels_meta, strict,
+    return _build_once(target, STORE_NAME, _read_pixels_meta, strict,
                        lambda tmp: build_cutout_pixels(bank_dir, image_root, tmp, strict=strict, progress=progress,
                                                        workers=workers))
 

@@ -9,22 +9,20 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import secrets
 import shutil
 import time
 from pathlib import Path
 
-from .bank import Bank, CutoutPixels, DamagedEntry, current_format
+from .atomic import UNFINISHED
+from .bank import BANK_NAME, STORE_NAME, Bank, CutoutPixels, DamagedEntry, current_format
 from .demo import DEMO_VERSION, demo_damage
 from .errors import OccsynthError
 
 KINDS = {"banks": "bank", "cutout-pixels": "pixel store"}
 # what occsynth names them (bank.bank_key, bank.pixels_key; atomic.build_dir_once's temporaries, removals here):
 # anything else under banks/ or cutout-pixels/ is not listed, so a --cache-dir given by mistake loses nothing
-NAMES = {"bank": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}"),
-         "pixel store": re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}-px[0-9a-f]{12}")}
-UNFINISHED = re.compile(r"\.[^.]+\.(tmp|removing|damaged)-.*")
+NAMES = {"bank": BANK_NAME, "pixel store": STORE_NAME}
 STOPPED_AFTER_S = 3600  # an unfinished build or removal unchanged this long was stopped
 
 
@@ -91,9 +89,13 @@ def remove_cache_entries(cache_dir: str | os.PathLike, names: list[str]) -> list
             continue
         try:
             if doomed.is_dir():
-                shutil.rmtree(doomed)
+                # what goes meanwhile is no error: a build's clean-up may remove this folder too
+                # (atomic.remove_orphaned_builds); whatever is left after that could not be removed, and says why
+                shutil.rmtree(doomed, ignore_errors=True)
+                if os.path.lexists(doomed):
+                    shutil.rmtree(doomed)
             else:  # a stray file among the entries (a file manager's .DS_Store, a copy made by hand)
-                doomed.unlink()
+                doomed.unlink(missing_ok=True)
         except OSError as exc:
             raise OccsynthError(f"cannot remove all of {path} (now {doomed.name}): {exc.strerror or exc}") from None
         removed.append(path)

@@ -2,6 +2,9 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.occsynth_cli import main as occsynth_main
-from occsynth.bank import Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels
+from occsynth import atomic
+from occsynth.atomic import LOCK_FILE, hold_lock
+from occsynth.bank import (STORE_NAME, Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels,
+                           pixel_store_bytes, pixels_key)
 from occsynth.cache import cache_entries, remove_cache_entries
 from occsynth.errors import OccsynthError
 
@@ -239,3 +245,132 @@ def test_a_folder_that_is_no_cache_loses_nothing_to_remove_stale(tmp_path):
     assert res.exit_code == 0 and "0 entries" in res.output, res.output
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("keep.txt")) == [
         "banks/.git/keep.txt", "banks/2023-statements/keep.txt", "cutout-pixels/holiday/keep.txt"]
+
+
+# ---------------------------------------------------------------- what killed builds leave, and the next build
+
+KILLED_STORE_BUILD = """
+import sys, time
+from occsynth import bank
+real = bank._pixel_results
+def paused(*args):
+    for n, result in enumerate(real(*args)):
+        yield result
+        if n == 1:  # two images' crops are in the blob's temporary: wait there for kill -9
+            print("building", flush=True)
+            time.sleep(300)
+bank._pixel_results = paused
+bank.ensure_cutout_pixels(*sys.argv[1:4], progress=False)
+"""
+
+
+def kill_9_mid_store_build(bank_dir, root, cache_dir):
+    """Start a pixel store's build in another process and kill -9 it once it is writing the store."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_STORE_BUILD, str(bank_dir), str(root), str(cache_dir)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "building"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_the_next_build_removes_what_a_killed_pixel_store_build_left(demo_source, tmp_path):
+    ann, root = demo_source
+    cache_dir = tmp_path / "cache"
+    bank_dir = ensure_bank(ann, cache_dir, BankOptions(), progress=False)
+    kill_9_mid_store_build(bank_dir, root, cache_dir)
+    stores = cache_dir / "cutout-pixels"
+    [left] = list(stores.iterdir())                  # the killed build's folder, with its blob's temporary in it
+    assert left.name.startswith(".") and ".tmp-" in left.name and (left / LOCK_FILE).is_file()
+    assert [p.name for p in left.iterdir() if p.name.startswith(".pixel_blob.bin.tmp-")]
+    [entry] = [e for e in cache_entries(cache_dir) if e["kind"] == "unfinished"]
+    assert entry["name"] == left.name and entry["notes"] == []   # listed; stale only after an hour
+    store = ensure_cutout_pixels(bank_dir, root, cache_dir, progress=False)
+    assert [p.name for p in stores.iterdir()] == [store.name]
+
+
+def left_by_a_killed_build(folder, name, size=100):
+    """What a build of entry ``name`` killed -9 leaves in ``folder``, as in the test above: its temporary folder,
+    with the lock file that the kernel let go of, and what it had written."""
+    tmp = folder / f".{name}.tmp-k1ll3d{size}"
+    tmp.mkdir(parents=True)
+    (tmp / LOCK_FILE).touch()
+    (tmp / ".pixel_blob.bin.tmp-4242-0badf00d").write_bytes(b"x" * size)
+    return tmp
+
+
+def test_a_build_leaves_alone_what_builds_still_running_write(demo_source, tmp_path):
+    ann, root = demo_source
+    cache_dir = tmp_path / "cache"
+    bank_dir = ensure_bank(ann, cache_dir, BankOptions(), progress=False)
+    stores = cache_dir / "cutout-pixels"
+    ours, other = pixels_key(Bank.load(bank_dir).meta, root), f"{bank_dir.name}-px{'0' * 12}"  # other: another root
+    killed = [left_by_a_killed_build(stores, ours), left_by_a_killed_build(stores, other)]
+    for state in ("damaged", "removing"):        # a discard of a damaged store, an `occsynth cache --remove`: killed
+        (stores / f".{other}.{state}-4242-0badf00d" / "sub").mkdir(parents=True)
+        (stores / f".{other}.{state}-4242-0badf00d" / "sub" / "pixel_blob.bin").write_bytes(b"x")
+    running = stores / f".{ours}.tmp-running"     # another shard's build of the same store, started at once
+    running.mkdir()
+    (running / "pixel_blob.bin").write_bytes(b"y")
+    unknown = stores / f".{other}.tmp-nolock"     # no lock file (an older occsynth's): whether it runs is unknown
+    unknown.mkdir()
+    foreign = stores / ".notes.tmp-1"             # no name occsynth gives: the user's, if --cache-dir is theirs
+    foreign.mkdir()
+    (foreign / LOCK_FILE).touch()
+    kept = [running.name, unknown.name, foreign.name]
+    with open(running / LOCK_FILE, "w") as lock:
+        assert hold_lock(lock)
+        store = ensure_cutout_pixels(bank_dir, root, cache_dir, progress=False)
+        assert sorted(p.name for p in stores.iterdir()) == sorted([store.name, *kept])
+        assert (running / "pixel_blob.bin").read_bytes() == b"y" and (running / LOCK_FILE).is_file()
+        assert not any(p.exists() for p in killed)
+    # its process gone (the kernel lets go of the lock, kill -9 too), the next run over the cache removes it,
+    # the store being built already
+    assert ensure_cutout_pixels(bank_dir, root, cache_dir, progress=False) == store
+    assert sorted(p.name for p in stores.iterdir()) == sorted([store.name, unknown.name, foreign.name])
+
+
+def test_the_room_check_counts_what_removing_a_killed_build_frees(demo_source, tmp_path, monkeypatch):
+    ann, root = demo_source
+    cache_dir = tmp_path / "cache"
+    bank_dir = ensure_bank(ann, cache_dir, BankOptions(), progress=False)
+    bank = Bank.load(bank_dir)
+    needed = pixel_store_bytes(bank) + 8 * (bank.num_annotations + 1) + 16 * bank.num_images_total
+    killed = left_by_a_killed_build(cache_dir / "cutout-pixels", pixels_key(bank.meta, root), size=needed)
+    real = shutil.disk_usage                     # a disk the killed build filled: the store fits without its leftover
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=needed - killed.exists()))
+    store = ensure_cutout_pixels(bank_dir, root, cache_dir, progress=False)
+    assert not killed.exists() and (store / "meta.json").is_file()
+
+
+def test_bank_and_demo_builds_remove_what_killed_ones_left(demo_source, tmp_path):
+    from occsynth import demo
+    ann, _ = demo_source
+    cache_dir = tmp_path / "cache"
+    bank_dir = ensure_bank(ann, cache_dir, BankOptions(), progress=False)
+    killed = [left_by_a_killed_build(cache_dir / "banks", bank_dir.name),
+              left_by_a_killed_build(cache_dir / "banks", f"{'0' * 16}-{'0' * 10}"),   # of another source
+              left_by_a_killed_build(cache_dir, demo.DEMO_VERSION)]
+    assert ensure_bank(ann, cache_dir, BankOptions(), progress=False) == bank_dir     # reused: swept all the same
+    assert [p.name for p in (cache_dir / "banks").iterdir()] == [bank_dir.name]
+    demo.demo_source(cache_dir)
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["banks", demo.DEMO_VERSION] and not killed[2].exists()
+
+
+def test_a_removal_whose_folder_a_build_cleans_up_meanwhile_succeeds(cache, monkeypatch):
+    """A build's clean-up removes an entry that `occsynth cache --remove` has just moved aside: not an error."""
+    cache_dir, made = cache
+    real, swept = shutil.rmtree, []
+
+    def rmtree_after_a_clean_up(path, *args, **kwargs):
+        if not swept:
+            swept.append(path)
+            assert atomic.remove_orphaned_builds(Path(path).parent, STORE_NAME) == 1
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(shutil, "rmtree", rmtree_after_a_clean_up)
+    assert remove_cache_entries(cache_dir, [made["gone"].name]) == [made["gone"]]
+    assert ".removing-" in Path(swept[0]).name and not os.path.lexists(swept[0])
+    assert sorted(p.name for p in (cache_dir / "cutout-pixels").iterdir()) == [made["store"].name]
