@@ -59,7 +59,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     from occsynth.cocoocc import build_cocoocc
     from occsynth.generate import generate
 
-    from .evaluate import evaluate_checkpoint, markdown_table
+    from .evaluate import evaluate_checkpoint, markdown_table, require_scorable_file
     from .train import train
 
     from .device import resolve_device
@@ -97,6 +97,10 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         check_coco_layout(inputs.cocoocc)
         if not stage_done(out_dir / "evaluation", "evaluation"):
             check_cocoocc_images(inputs.cocoocc, inputs.coco_val[1])
+    if not stage_done(out_dir / "evaluation", "evaluation"):  # else found only after all the training
+        for option, ann in (("--coco-val-ann", inputs.coco_val[0]), ("--cocoocc", inputs.cocoocc)):
+            if ann is not None:
+                require_scorable_file(ann, f"{option} {ann}")
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 

@@ -373,6 +373,51 @@ def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
     assert "lists no images to evaluate" in result.output and "check --images" not in result.output
 
 
+
+@pytest.mark.parametrize("change, why", [
+    (lambda d: d.update(annotations=[]), "it has no annotations"),
+    (lambda d: d.update(annotations=[dict(a, iscrowd=1) for a in d["annotations"]]), "are all crowd regions"),
+    (lambda d: d.update(categories=d["categories"] + [{"id": 11, "name": "kite"}],
+                        annotations=[dict(a, category_id=11) for a in d["annotations"]]),
+     "annotations is of a category the model predicts (they are of kite; the model predicts wall, ball, coin, box, "
+     "never-pasted)"),
+])
+def test_evaluate_of_a_file_with_nothing_to_score_names_it_before_predicting(tiny, tmp_path, monkeypatch, change, why):
+    """It exited 0 with a table of '-' (pycocotools' -1, "no data")."""
+    from bcnet import evaluate as E
+
+    root, checkpoint = tiny
+    data = load_annotations(root)
+    change(data)
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(data))
+    predicted = []
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: predicted.append(1) or [])
+    result = _evaluate(checkpoint, ann, root / "images", tmp_path / "e")
+    _clean(result, 2)
+    assert f"Error: set 'hand': {ann}: nothing to score: " in result.output and why in result.output, result.output
+    assert predicted == [] and not (tmp_path / "e").exists()
+
+
+def test_evaluate_whose_readable_images_hold_no_ground_truth_says_so_after_predicting(tiny, tmp_path):
+    """Every annotated image unreadable, an image without objects read: pycocotools' -1 for every metric again."""
+    import shutil
+
+    root, checkpoint = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    data = load_annotations(copy)
+    shutil.copy(copy / "images" / data["images"][0]["file_name"], copy / "images" / "empty.png")
+    data["images"].append(dict(data["images"][0], id=99, file_name="empty.png"))
+    save_annotations(copy, data)
+    for image in data["images"][:-1]:
+        (copy / "images" / image["file_name"]).write_bytes(b"junk")
+    result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e")
+    _clean(result, 2)
+    n = len(data["annotations"])
+    assert (f"Error: set 'hand': {copy / 'annotations.json'}: nothing to score: none of its {n} annotations is on the "
+            "1 image evaluated (skipped 3 bad records: unreadable or corrupt image=3; e.g. image file ") in result.output
+    assert not (tmp_path / "e" / "results.json").exists()
+
 @pytest.mark.parametrize("text, message", [
     ("{}", "not a COCO file: missing the 'images' list of a COCO instances file"),
     ("null", "not a COCO file: the top level is a null, expected a JSON object"),

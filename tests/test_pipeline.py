@@ -148,6 +148,21 @@ def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_sta
     assert not (tmp_path / "run" / "synthetic").exists()
 
 
+
+@pytest.mark.parametrize("option", ["--coco-val-ann", "--cocoocc"])
+def test_an_evaluation_file_with_nothing_to_score_is_refused_before_any_stage(demo_source, tmp_path, option):
+    """Its evaluation ended, after all the training, in pycocotools' -1 for every metric."""
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    crowd = tmp_path / "crowd.json"
+    crowd.write_text(json.dumps({**data, "annotations": [{**a, "iscrowd": 1} for a in data["annotations"]]}))
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(crowd if option == "--coco-val-ann" else ann, root),
+                            cocoocc=crowd if option == "--cocoocc" else None)
+    with pytest.raises(OccsynthError, match=rf"^{option} {crowd}: nothing to score: its \d+ annotations are all crowd"):
+        run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run" / "synthetic").exists()
+
 def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
     """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
     skips it: the sampled check raised the OSError and stopped the whole run."""
