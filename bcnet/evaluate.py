@@ -302,7 +302,8 @@ def require_scorable(data: dict, where: str, image_ids: Sequence[int], category_
                + f" ({'it is' if len(on_images) == 1 else 'they are'} of {theirs}; the model predicts {model})")
     elif all(a.get("iscrowd") for a in of_scored):
         why = ("its only annotation is a crowd region" if len(of_scored) == 1 else
-               f"its {errors.plural(len(of_scored), 'annotation')} are all crowd regions") + " (iscrowd=1), which COCO AP ignores"
+               f"its {errors.plural(len(of_scored), 'annotation')} are all crowd regions")
+        why += " (iscrowd=1), which COCO AP ignores"
     else:
         return
     skipped = f" ({skips.in_one_line()})" if skips is not None and skips.total else ""
