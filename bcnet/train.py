@@ -100,7 +100,8 @@ def check_setting_names(settings: Iterable[str], where: str) -> None:
     known = REQUIRED_SETTINGS + OPTIONAL_SETTINGS
     unknown = [k for k in settings if k not in known]
     if unknown:
-        raise OccsynthError(f"{where}: unknown schedule setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise OccsynthError(f"{where}: unknown schedule setting {unknown[0]!r}{errors.did_you_mean(unknown[0], known)} "
+                            f"(known: {', '.join(sorted(known))})")
 
 
 def _check_schedule(s: dict, source: Callable[..., str]) -> None:

@@ -461,6 +461,13 @@ def test_a_checkpoint_that_does_not_fit_its_own_model_config_is_one_clear_error_
          "its model_config has min_size 'abc', not a whole number of pixels from 1 to"),
         (lambda s: s["model_config"].__setitem__("max_size", 0),  # every image 'could not be processed'
          "its model_config has max_size 0, not a whole number of pixels from 1 to"),
+        # a misspelt key was ignored: the model was built with the default in its place
+        (lambda s: s["model_config"].__setitem__("mask_haed", s["model_config"].pop("mask_head")),
+         "its model_config builds no model: unknown model setting 'mask_haed' (did you mean 'mask_head'?); "
+         "bcnet's settings: num_classes, detector, mask_head, backbone,"),
+        (lambda s: s["model_config"].__setitem__("detections_per_image", 5),
+         "its model_config builds no model: unknown model setting 'detections_per_image' (did you mean "
+         "'box_detections_per_img'?)"),
     ]
     image = root / "images" / "000000000001.png"
     for i, (change, words) in enumerate(cases):

@@ -575,7 +575,8 @@ def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path)
     text = T.manifests.path("schedule-tiny").read_text()
     typo = tmp_path / "typo.toml"
     typo.write_text(text.replace("momentum = 0.9", "momentum = 0.9\nmomentun = 0.8"))
-    with pytest.raises(OccsynthError, match=r"typo.toml: unknown schedule setting 'momentun'"):
+    with pytest.raises(OccsynthError, match=r"typo.toml: unknown schedule setting 'momentun' \(did you mean "
+                                            r"'momentum'\?\) \(known: accumulate, amp, backbone, "):
         T.load_schedule(typo)
     partial = tmp_path / "partial.toml"
     partial.write_text("[solver]\nbase_lr = 0.01\n")
