@@ -27,6 +27,7 @@ DEGENERATE_MASK = "degenerate or empty segmentation"
 MASK_SIZE_MISMATCH = "mask size differs from its image record"
 MALFORMED_RECORD = "malformed record"
 DUPLICATE_ID = "duplicate id"
+IMAGE_TOO_LARGE = "image too large"
 
 
 class OccsynthError(Exception):

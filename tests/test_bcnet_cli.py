@@ -179,6 +179,32 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     assert not (tmp_path / "q" / "results.json").exists()
 
 
+
+def test_predict_skips_an_image_of_more_pixels_than_the_limit_without_decoding_it(tiny, tmp_path, monkeypatch):
+    """A 20000x20000 PNG (a few kilobytes) was decoded to 1.2 GB and run. Here the limit is lowered instead: a PNG
+    over it is refused from its header, a BMP (no header read) once decoded, before the model sees either."""
+    from occsynth import coco, masks
+
+    root, checkpoint = tiny
+    good = root / "images" / "000000000001.png"  # 48x64 = 3,072 pixels
+    big = {suffix: tmp_path / f"big{suffix}" for suffix in (".png", ".bmp")}
+    for path in big.values():
+        cv2.imwrite(str(path), np.full((60, 80, 3), 128, np.uint8))  # 4,800 pixels
+    monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 4000)
+    decoded = []
+    real = coco.cv2.imdecode
+    monkeypatch.setattr(coco.cv2, "imdecode", lambda *args: decoded.append(1) or real(*args))
+    result = CliRunner().invoke(bcnet_main, ["predict", str(big[".png"]), str(good), str(big[".bmp"]),
+                                             "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--quiet"])
+    _clean(result, 0)
+    assert result.output.startswith("1 image,") and len(decoded) == 2  # the good one and the BMP
+    for path in big.values():
+        assert (f"skipped: image file {path}: image too large (60x80 pixels (height x width), over the limit of "
+                "4,000)\n") in result.output
+    assert "skipped bad input: image too large=2\n" in result.output
+    listed = json.loads((tmp_path / "p" / "images.json").read_text())
+    assert [im["file_name"] for im in listed] == [str(good)]
+
 def test_predict_names_a_folder_without_images_or_that_does_not_exist(tiny, tmp_path):
     _, checkpoint = tiny
     empty = tmp_path / "wrong"
