@@ -182,7 +182,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}, "segm_by_box_overlap":
     {bin: {AP, AP50, AP75, instances, images}}, "segm_by_occlusion_ratio": {...} (when present),
     "images": n, "detections": n, "mode": mode}``. Values are pycocotools' (0..1; -1 where a range
-    has no ground truth). ``image_ids`` restricts evaluation to those images (default: all in ``gt``).
+    has no ground truth). Ground truth with no object to score at all is refused (:func:`require_scorable`), as
+    every value would be -1. ``image_ids`` restricts evaluation to those images (default: all in ``gt``).
     ``mode``: ``'visible'`` or ``'amodal'`` ground-truth masks (see the module docstring; ``gt``
     itself is never changed). ``occsep_lists``: ``{'occluded': ..., 'separated': ...}`` (either
     key optional; a path, an object list, checked here, or an :class:`ObjectList`, checked already)
@@ -214,11 +215,11 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     if isinstance(gt, ScoredGroundTruth):
         if gt.mode != mode:
             raise OccsynthError(f"the ground truth was prepared for {gt.mode} masks, not {mode} ones")
-        data = gt.data
+        data, where = gt.data, gt.where
     else:
         data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
-        data = scored_ground_truth(data, mode, skips, record_skips=record_skips,
-                                   where="" if isinstance(gt, dict) else gt).data
+        where = "" if isinstance(gt, dict) else str(gt)
+        data = scored_ground_truth(data, mode, skips, record_skips=record_skips, where=where).data
     known = {image["id"] for image in data["images"]}
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if set(image_ids) - known:
@@ -234,6 +235,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     out: dict = {"images": len(image_ids), "detections": len(results), "mode": mode}
     if not image_ids:
         raise OccsynthError("no image to evaluate")
+    listed = data
     if category_ids is not None:  # the other categories' objects stay: they still occlude (box-overlap levels)
         known_ids = {int(c) for c in category_ids}
         scored = [c for c in data["categories"] if c["id"] in known_ids]  # clean: dicts with integer ids
@@ -246,6 +248,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         if otherwise:
             out["categories"]["named_otherwise"] = otherwise
         data = {**data, "categories": scored}
+    require_scorable(listed, where or "the ground truth", image_ids, [c["id"] for c in data["categories"]], skips)
     coco_gt = _coco(data)
     loaded = {}
     for iou_type in iou_types:
@@ -268,6 +271,53 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         out.update(occsep_metrics(data, results, lists, image_ids=image_ids))
     out["skipped"] = skips.to_dict()
     return out
+
+
+def require_scorable(data: dict, where: str, image_ids: Sequence[int], category_ids: Sequence[int],
+                     skips: SkipLog | None = None) -> None:
+    """Refuse ground truth (``data``, cleaned: :func:`clean_ground_truth`) holding no object COCO AP can score on
+    ``image_ids`` among ``category_ids`` (the model's): no annotation, none on those images or of those categories,
+    or crowd regions only. pycocotools then reports -1 ("no data") for every metric, which a table of '-' and exit
+    status 0 passed off as an evaluation. ``where`` names the file; ``skips`` (what cleaning or reading left out) is
+    said when it explains the rest."""
+    anns = data["annotations"]
+    evaluated, scored = set(image_ids), set(category_ids)
+    on_images = [a for a in anns if a["image_id"] in evaluated]
+    of_scored = [a for a in on_images if a["category_id"] in scored]
+    names = {c["id"]: _category_name(c) for c in data["categories"]}
+
+    def none_of(found: list, is_not: str, none_is: str) -> str:
+        there = "" if len(found) == len(anns) else " on the images evaluated"
+        return (f"its only annotation{there} {is_not}" if len(found) == 1
+                else f"none of its {errors.plural(len(found), 'annotation')}{there} {none_is}")
+
+    if not anns:
+        why = "it has no annotations"
+    elif not on_images:
+        why = none_of(anns, "is not on", "is on") + f" the {errors.plural(len(evaluated), 'image')} evaluated"
+    elif not of_scored:
+        theirs = errors.first_few(sorted({names.get(a["category_id"], a["category_id"]) for a in on_images}, key=str))
+        model = errors.first_few([names.get(c, c) for c in category_ids])
+        why = (none_of(on_images, "is of no category the model predicts", "is of a category the model predicts")
+               + f" ({'it is' if len(on_images) == 1 else 'they are'} of {theirs}; the model predicts {model})")
+    elif all(a.get("iscrowd") for a in of_scored):
+        why = ("its only annotation is a crowd region" if len(of_scored) == 1 else
+               f"its {errors.plural(len(of_scored), 'annotation')} are all crowd regions")
+        why += " (iscrowd=1), which COCO AP ignores"
+    else:
+        return
+    skipped = f" ({skips.in_one_line()})" if skips is not None and skips.total else ""
+    raise OccsynthError(f"{where}: nothing to score: {why}{skipped}; COCO AP needs a ground-truth object to score "
+                        "(pycocotools reports -1, no data, for every metric)")
+
+
+def require_scorable_file(path: str | os.PathLike, where: str) -> None:
+    """:func:`require_scorable` of an annotations file on all its images and categories, for a caller that evaluates
+    it only much later (the pipeline, after training); ``where`` names it (e.g. the option that gave it)."""
+    skips = SkipLog()
+    data = clean_ground_truth(coco_io.read_dataset(path), skips)
+    require_scorable(data, where, [image["id"] for image in data["images"]],
+                     [category["id"] for category in data["categories"]], skips)
 
 
 def _category_name(category: dict) -> str | int:
@@ -372,10 +422,12 @@ def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
 @dataclasses.dataclass(frozen=True)
 class ScoredGroundTruth:
     """Ground truth as :func:`evaluate` scores it (:func:`scored_ground_truth`): the masks of ``mode`` in place and
-    cleaned. :func:`evaluate` takes it as it is, instead of checking every annotation again."""
+    cleaned. :func:`evaluate` takes it as it is, instead of checking every annotation again. ``where``: the file it
+    was read from, which errors about it name ("" for ground truth given in memory)."""
 
     data: dict
     mode: str
+    where: str = ""
 
 
 def scored_ground_truth(data: dict, mode: str, skips: SkipLog, *, record_skips: SkipLog | None = None,
@@ -386,7 +438,7 @@ def scored_ground_truth(data: dict, mode: str, skips: SkipLog, *, record_skips: 
     prediction, and the masks are checked once."""
     if mode == "amodal":
         data = amodal_ground_truth(data, where)
-    return ScoredGroundTruth(clean_ground_truth(data, skips, record_skips=record_skips), mode)
+    return ScoredGroundTruth(clean_ground_truth(data, skips, record_skips=record_skips), mode, str(where))
 
 
 def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
@@ -825,6 +877,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
             gt = scored_ground_truth(data, mode, dataset.skips, record_skips=SkipLog(strict=strict), where=ann_file)
         except BadRecord as exc:
             raise exc.in_file(ann_file) from None
+        require_scorable(gt.data, f"set {name!r}: {ann_file}", dataset.image_ids, state["category_ids"],
+                         dataset.skips)  # before predicting, as after (evaluate): the images read may have none
         prepared.append((name, image_root, gt, dataset))
     with output_folder(out_dir):  # an unwritable --out fails now, not after the whole inference
         return _evaluate_prepared(model, state, prepared, out_dir, device, mask_threshold, progress,
@@ -849,6 +903,7 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
             bad = set(unreadable)
             done = [i for i in dataset.image_ids if i not in bad]
             _require_images(name, dataset, image_root, done)
+            require_scorable(gt.data, f"set {name!r}: {gt.where}", done, state["category_ids"], dataset.skips)
             write_json(staged[name], results)
             report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
                                     ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,

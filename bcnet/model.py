@@ -8,12 +8,13 @@ Nothing is ever downloaded: backbone weights come from a local file or not at al
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import zipfile
 from functools import partial
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,13 @@ from torch import Tensor, nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
-from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from occsynth.errors import plural
-from occsynth.errors import OccsynthError
+from occsynth.errors import OccsynthError, did_you_mean, plural
 
 from .checkpoint import damaged_member
 from .heads import MASK_HEADS, PRESETS
@@ -60,6 +60,29 @@ def check_model_names(detector: str, mask_head: str | None, backbone: str, head_
         if values[key] not in allowed:
             names = ", ".join(a for a in allowed if a is not None)
             raise ModelConfigError(f"unknown {key.replace('_', ' ')} {values[key]!r}; choose one of {names}")
+
+
+def check_model_settings(detector: str, names: Iterable[str]) -> None:
+    """Refuse a name among ``names`` (settings beyond :func:`build_model`'s own) that torchvision's detector class
+    and its transform do not take either: they accept any keyword and drop those they do not know, so a misspelt
+    setting (a checkpoint's model_config, a caller's) built another model than the one asked for, without a word."""
+    from .fcos import BCNetFCOS
+
+    ours, theirs = (BCNetFasterRCNN, FasterRCNN) if detector == "faster-rcnn" else (BCNetFCOS, FCOS)
+
+    def keywords(function, leave_out=()) -> list[str]:
+        return [name for name, p in inspect.signature(function).parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in ("self", *leave_out)]
+
+    own = keywords(build_model)
+    set_here = ("backbone", "mask_branch", "loss_weights", *own)  # build_model passes these itself
+    own += keywords(ours.__init__, set_here)  # FCOS' mask_detections_per_img
+    passed_on = keywords(theirs.__init__, set_here) + keywords(GeneralizedRCNNTransform.__init__, set_here)
+    for name in names:
+        if name not in own + passed_on:
+            raise ModelConfigError(f"unknown model setting {name!r}{did_you_mean(name, own + passed_on)}; bcnet's "
+                                   f"settings: {', '.join(own)}, and torchvision's {theirs.__name__} keyword "
+                                   "arguments, passed on to it")
 
 
 def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike) -> None:
@@ -285,9 +308,11 @@ def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: s
     preset. ``loss_weights``: a preset name or overrides of the head preset's weights
     (:func:`bcnet.losses.loss_weights`). ``head_options`` override head preset options.
     ``occluded_ratio``: share of occluded RoIs in the occluder loss (None: all RoIs).
-    ``detector_kwargs`` go to torchvision's FasterRCNN / FCOS (e.g. ``box_detections_per_img``).
+    ``detector_kwargs`` go to torchvision's FasterRCNN / FCOS (e.g. ``box_detections_per_img``) and its transform
+    (``size_divisible``); any other name is refused (:func:`check_model_settings`).
     """
     check_model_names(detector, mask_head, backbone, head_preset)
+    check_model_settings(detector, detector_kwargs)
     if num_classes < 2:
         raise ModelConfigError(f"num_classes counts background and must be >= 2, got {num_classes}")
     if isinstance(loss_weights, str):

@@ -21,7 +21,7 @@ import manifests
 from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import check_coco_layout, file_hash, none_found_under, read_array, read_json
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError, plural
+from occsynth.errors import OccsynthError, did_you_mean, plural
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 from .runlock import holds_out_dir
@@ -66,7 +66,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     from occsynth.cocoocc import build_cocoocc
     from occsynth.generate import generate
 
-    from .evaluate import evaluate_checkpoint, markdown_table
+    from .evaluate import evaluate_checkpoint, markdown_table, require_scorable_file
     from .train import train
 
     from .device import resolve_device
@@ -75,7 +75,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     device = str(resolve_device(device))  # a bad --device fails now, not after generating a set
     plan = manifests.load(recipe, "pipeline")
     for name in sorted(set(plan) - set(PIPELINE_TABLES)):  # a misspelt [coco-occ] would run its stage with defaults
-        what = f"[{name}]: unknown table" if isinstance(plan[name], dict) else f"{name!r}: a setting outside any table"
+        what = (f"[{name}]: unknown table{did_you_mean(name, PIPELINE_TABLES)}" if isinstance(plan[name], dict)
+                else f"{name!r}: a setting outside any table")
         raise OccsynthError(f"pipeline recipe {recipe!r} {what} (a pipeline recipe has the tables "
                             f"{', '.join(f'[{t}]' for t in PIPELINE_TABLES)})")
     for table in ("synthetic", "pretrain", "finetune"):
@@ -104,6 +105,10 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         check_coco_layout(inputs.cocoocc)
         if not stage_done(out_dir / "evaluation", "evaluation"):
             check_cocoocc_images(inputs.cocoocc, inputs.coco_val[1])
+    if not stage_done(out_dir / "evaluation", "evaluation"):  # else found only after all the training
+        for option, ann in (("--coco-val-ann", inputs.coco_val[0]), ("--cocoocc", inputs.cocoocc)):
+            if ann is not None:
+                require_scorable_file(ann, f"{option} {ann}")
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
@@ -272,8 +277,8 @@ def synthetic_settings(plan: dict, recipe: str):
                                 ("synthetic.bank", section.get("bank"), names[BankOptions])):
         unknown = sorted(set(given) - set(known)) if isinstance(given, dict) else []
         if unknown:
-            raise OccsynthError(f"pipeline recipe {recipe!r} [{table}]: unknown setting {unknown[0]!r} "
-                                f"(known: {', '.join(known)})")
+            raise OccsynthError(f"pipeline recipe {recipe!r} [{table}]: unknown setting {unknown[0]!r}"
+                                f"{did_you_mean(unknown[0], known)} (known: {', '.join(known)})")
     try:
         return run_settings(manifests.load(section.pop("recipe"), "synthetic"), **section)
     except OccsynthError as exc:
@@ -323,7 +328,8 @@ def check_cocoocc_table(plan: dict, recipe: str) -> None:
         raise OccsynthError(f"pipeline recipe {recipe!r}: 'cocoocc' must be a table ([cocoocc])")
     unknown = sorted(set(options) - set(COCOOCC_SETTINGS))
     if unknown:
-        raise OccsynthError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(COCOOCC_SETTINGS)})")
+        raise OccsynthError(f"{where}: unknown setting {unknown[0]!r}{did_you_mean(unknown[0], COCOOCC_SETTINGS)} "
+                            f"(known: {', '.join(COCOOCC_SETTINGS)})")
     try:
         check_options(**options)
     except OccsynthError as exc:

@@ -101,7 +101,8 @@ def check_setting_names(settings: Iterable[str], where: str) -> None:
     known = REQUIRED_SETTINGS + OPTIONAL_SETTINGS
     unknown = [k for k in settings if k not in known]
     if unknown:
-        raise OccsynthError(f"{where}: unknown schedule setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise OccsynthError(f"{where}: unknown schedule setting {unknown[0]!r}{errors.did_you_mean(unknown[0], known)} "
+                            f"(known: {', '.join(sorted(known))})")
 
 
 def _check_schedule(s: dict, source: Callable[..., str]) -> None:
@@ -389,7 +390,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``overrides``: schedule keys to replace (``iterations``, ``batch_size``, ``backbone``, ...).
     ``resume``: True continues from ``out_dir``'s newest checkpoint (a path: that checkpoint);
     the checkpoint's schedule is used, with ``overrides`` on top (e.g. more ``iterations``, a lower
-    ``base_lr``: lr, momentum and weight decay asked for replace those the optimizer state holds).
+    ``base_lr``: lr, momentum and weight decay asked for replace those the optimizer state holds). A set listing
+    categories the checkpoint's model lacks is refused (:func:`check_resume_categories`): start another run with
+    ``init_checkpoint`` to learn them.
     ``init_checkpoint``: start from another run's weights (fine-tuning); unless ``backbone_weights`` are given, the
     backbone is built as the checkpoint's was (frozen BatchNorms if it started from ImageNet weights). Under torchrun
     (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
@@ -474,6 +477,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                              float(schedule["flip"])),
                             mode=schedule["mode"], drop_empty=True, strict=strict,
                             category_ids=state["category_ids"] if state else None)
+    if state is not None:
+        check_resume_categories(dataset, resume_path)
     require_training_images(dataset)  # before the report: the error says what was skipped
     set_names = {c["id"]: c.get("name") for c in dataset.categories}  # saved with the ids; --init compares them
     if strict:  # every instance's masks and box now: a bad one must not stop the run when drawn, hours in
@@ -653,6 +658,20 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
             "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
             "resumed_from": resume_path}
+
+
+def check_resume_categories(dataset: CocoInstances, resume_path: Path) -> None:
+    """Refuse to resume on a set listing categories the run's model was not built for (``dataset.category_ids``, the
+    checkpoint's): it has no output for them, so their annotations would be left out of training without a word."""
+    known = set(dataset.category_ids)
+    extra = [c for c in dataset.categories if c["id"] not in known]
+    if not extra:
+        return
+    names = [c["name"] if isinstance(c.get("name"), str) else str(c["id"]) for c in extra]
+    raise OccsynthError(f"{dataset.ann_file}: lists {plural(len(extra), 'category', 'categories')} the run's model "
+                        f"does not know: {errors.first_few(names)} (ids {errors.first_few([c['id'] for c in extra])}); "
+                        "resumed, it would train without them (their annotations left out). To learn them, train "
+                        f"into a new --out, from this run's weights with --init {resume_path}")
 
 
 def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int, bool]:

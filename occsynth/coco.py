@@ -18,7 +18,7 @@ from collections import Counter
 from itertools import filterfalse
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 
 import cv2
 import ijson
@@ -573,14 +573,15 @@ def none_found_under(image_root: str | os.PathLike, images: Iterable[dict]) -> l
 
 
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None, *,
-               bgr: bool = False) -> np.ndarray:
+               bgr: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3); with ``bgr``, to OpenCV's BGR order, unconverted.
 
     Grayscale, palette, CMYK and 16-bit files are converted; EXIF orientation is applied (as
     COCO annotations assume). ``expected_size`` is (height, width) from the image record.
     ``bgr`` is for code that only decodes, composes and re-encodes with :func:`encode_image`
     (generation): compositing is the same in any channel order, and the two conversions it saves
-    (about 25 us each at 640x480) are time the bench's floor does not spend either.
+    (about 25 us each at 640x480) are time the bench's floor does not spend either. ``max_pixels``: refuse an image
+    of more pixels (:func:`check_pixels`), for a reader with no record to check the size against (bcnet predict).
     """
     path = Path(path)
     where = f"image file {path}"
@@ -590,7 +591,7 @@ def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
         raise BadRecord(errors.MISSING_FILE, where) from None
     except OSError as exc:
         raise BadRecord(errors.CORRUPT_IMAGE, where, exc.strerror or str(exc)) from None
-    return decode_image(data, where, expected_size, bgr=bgr)
+    return decode_image(data, where, expected_size, bgr=bgr, max_pixels=max_pixels)
 
 
 _NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -730,8 +731,17 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
 
 
+def check_pixels(size: Sequence[int], max_pixels: int, where: str) -> None:
+    """Refuse an image of ``size`` (height, width) with more than ``max_pixels`` pixels: a 20000x20000 PNG, a few
+    kilobytes on disk, decodes to 1.2 GB, and every full-size mask of it costs as much again."""
+    height, width = int(size[0]), int(size[1])
+    if height * width > max_pixels:
+        raise BadRecord(errors.IMAGE_TOO_LARGE, where, f"{height}x{width} pixels (height x width), over the limit "
+                        f"of {max_pixels:,}")
+
+
 def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None = None, *,
-                 bgr: bool = False) -> np.ndarray:
+                 bgr: bool = False, max_pixels: int | None = None) -> np.ndarray:
     if not data:
         raise BadRecord(errors.CORRUPT_IMAGE, where, "empty file")
     cut_short = truncation(data)
@@ -745,12 +755,17 @@ def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None 
         if claimed is not None and sorted(claimed) != sorted(int(v) for v in expected_size):
             raise BadRecord(errors.SIZE_MISMATCH, where, f"file header says {claimed[0]}x{claimed[1]}, record says "
                             f"{expected_size[0]}x{expected_size[1]} (height x width)")
+    declared = header_size(data) if max_pixels is not None else None
+    if declared is not None:  # JPEG, PNG: refused from the header, before decoding
+        check_pixels(declared, max_pixels, where)
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
         raise BadRecord(errors.CORRUPT_IMAGE, where, str(exc).strip().splitlines()[-1][:120]) from None
     if pixels is None or pixels.ndim != 3 or pixels.size == 0:
         raise BadRecord(errors.CORRUPT_IMAGE, where)
+    if max_pixels is not None:  # other formats: decoded, but no further (a model, masks of its size)
+        check_pixels(pixels.shape[:2], max_pixels, where)
     if expected_size is not None and tuple(pixels.shape[:2]) != tuple(expected_size):
         raise BadRecord(errors.SIZE_MISMATCH, where, f"file is {pixels.shape[0]}x{pixels.shape[1]}, record says "
                         f"{expected_size[0]}x{expected_size[1]} (height x width)")

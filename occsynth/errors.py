@@ -6,6 +6,7 @@ prints :class:`OccsynthError` messages and exits with status 2.
 """
 from __future__ import annotations
 
+import difflib
 import errno
 import numbers
 import os
@@ -27,6 +28,7 @@ MASK_SIZE_MISMATCH = "mask size differs from its image record"
 MALFORMED_RECORD = "malformed record"
 DUPLICATE_ID = "duplicate id"
 DUPLICATE_RECORD = "duplicate record"  # the same thing annotated twice under other ids (a COCOA image or region)
+IMAGE_TOO_LARGE = "image too large"
 
 
 class OccsynthError(Exception):
@@ -160,6 +162,13 @@ def first_few(items: Sequence, most: int = 8) -> str:
     or a thousand images."""
     shown = ", ".join(str(item) for item in items[:most])
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def did_you_mean(name: object, known: Sequence[str]) -> str:
+    """`` (did you mean 'mask_head'?)`` when one of ``known`` is close to ``name`` (difflib), else "": the
+    hint a message about an unknown setting gives, so that a typo is seen at once."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def why_none_usable(log: SkipLog) -> str:

@@ -180,6 +180,32 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     assert not (tmp_path / "q" / "results.json").exists()
 
 
+
+def test_predict_skips_an_image_of_more_pixels_than_the_limit_without_decoding_it(tiny, tmp_path, monkeypatch):
+    """A 20000x20000 PNG (a few kilobytes) was decoded to 1.2 GB and run. Here the limit is lowered instead: a PNG
+    over it is refused from its header, a BMP (no header read) once decoded, before the model sees either."""
+    from occsynth import coco, masks
+
+    root, checkpoint = tiny
+    good = root / "images" / "000000000001.png"  # 48x64 = 3,072 pixels
+    big = {suffix: tmp_path / f"big{suffix}" for suffix in (".png", ".bmp")}
+    for path in big.values():
+        cv2.imwrite(str(path), np.full((60, 80, 3), 128, np.uint8))  # 4,800 pixels
+    monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 4000)
+    decoded = []
+    real = coco.cv2.imdecode
+    monkeypatch.setattr(coco.cv2, "imdecode", lambda *args: decoded.append(1) or real(*args))
+    result = CliRunner().invoke(bcnet_main, ["predict", str(big[".png"]), str(good), str(big[".bmp"]),
+                                             "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--quiet"])
+    _clean(result, 0)
+    assert result.output.startswith("1 image,") and len(decoded) == 2  # the good one and the BMP
+    for path in big.values():
+        assert (f"skipped: image file {path}: image too large (60x80 pixels (height x width), over the limit of "
+                "4,000)\n") in result.output
+    assert "skipped bad input: image too large=2\n" in result.output
+    listed = json.loads((tmp_path / "p" / "images.json").read_text())
+    assert [im["file_name"] for im in listed] == [str(good)]
+
 def test_predict_names_a_folder_without_images_or_that_does_not_exist(tiny, tmp_path):
     _, checkpoint = tiny
     empty = tmp_path / "wrong"
@@ -374,6 +400,51 @@ def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
     assert "lists no images to evaluate" in result.output and "check --images" not in result.output
 
 
+
+@pytest.mark.parametrize("change, why", [
+    (lambda d: d.update(annotations=[]), "it has no annotations"),
+    (lambda d: d.update(annotations=[dict(a, iscrowd=1) for a in d["annotations"]]), "are all crowd regions"),
+    (lambda d: d.update(categories=d["categories"] + [{"id": 11, "name": "kite"}],
+                        annotations=[dict(a, category_id=11) for a in d["annotations"]]),
+     "annotations is of a category the model predicts (they are of kite; the model predicts wall, ball, coin, box, "
+     "never-pasted)"),
+])
+def test_evaluate_of_a_file_with_nothing_to_score_names_it_before_predicting(tiny, tmp_path, monkeypatch, change, why):
+    """It exited 0 with a table of '-' (pycocotools' -1, "no data")."""
+    from bcnet import evaluate as E
+
+    root, checkpoint = tiny
+    data = load_annotations(root)
+    change(data)
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(data))
+    predicted = []
+    monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: predicted.append(1) or [])
+    result = _evaluate(checkpoint, ann, root / "images", tmp_path / "e")
+    _clean(result, 2)
+    assert f"Error: set 'hand': {ann}: nothing to score: " in result.output and why in result.output, result.output
+    assert predicted == [] and not (tmp_path / "e").exists()
+
+
+def test_evaluate_whose_readable_images_hold_no_ground_truth_says_so_after_predicting(tiny, tmp_path):
+    """Every annotated image unreadable, an image without objects read: pycocotools' -1 for every metric again."""
+    import shutil
+
+    root, checkpoint = tiny
+    copy = _copy_set(root, tmp_path / "set")
+    data = load_annotations(copy)
+    shutil.copy(copy / "images" / data["images"][0]["file_name"], copy / "images" / "empty.png")
+    data["images"].append(dict(data["images"][0], id=99, file_name="empty.png"))
+    save_annotations(copy, data)
+    for image in data["images"][:-1]:
+        (copy / "images" / image["file_name"]).write_bytes(b"junk")
+    result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e")
+    _clean(result, 2)
+    n = len(data["annotations"])
+    assert (f"Error: set 'hand': {copy / 'annotations.json'}: nothing to score: none of its {n} annotations is on the "
+            "1 image evaluated (skipped 3 bad records: unreadable or corrupt image=3; e.g. image file ") in result.output
+    assert not (tmp_path / "e" / "results.json").exists()
+
 @pytest.mark.parametrize("text, message", [
     ("{}", "not a COCO file: missing the 'images' list of a COCO instances file"),
     ("null", "not a COCO file: the top level is a null, expected a JSON object"),
@@ -417,6 +488,13 @@ def test_a_checkpoint_that_does_not_fit_its_own_model_config_is_one_clear_error_
          "its model_config has min_size 'abc', not a whole number of pixels from 1 to"),
         (lambda s: s["model_config"].__setitem__("max_size", 0),  # every image 'could not be processed'
          "its model_config has max_size 0, not a whole number of pixels from 1 to"),
+        # a misspelt key was ignored: the model was built with the default in its place
+        (lambda s: s["model_config"].__setitem__("mask_haed", s["model_config"].pop("mask_head")),
+         "its model_config builds no model: unknown model setting 'mask_haed' (did you mean 'mask_head'?); "
+         "bcnet's settings: num_classes, detector, mask_head, backbone,"),
+        (lambda s: s["model_config"].__setitem__("detections_per_image", 5),
+         "its model_config builds no model: unknown model setting 'detections_per_image' (did you mean "
+         "'box_detections_per_img'?)"),
     ]
     image = root / "images" / "000000000001.png"
     for i, (change, words) in enumerate(cases):

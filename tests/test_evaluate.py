@@ -169,6 +169,33 @@ def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
         E.evaluate(gt, results, category_ids=[30, 40])
 
 
+
+def test_ground_truth_with_nothing_to_score_is_refused_naming_the_file_and_why(tmp_path):
+    """pycocotools reports -1 ("no data") for every metric when no ground-truth object can be scored: the table was
+    all '-' and the command exited 0, as if the model had been evaluated."""
+    results = [det(1, 10, rect(2, 2, 12, 12), 0.9)]
+
+    def refused(gt: dict, **kwargs) -> str:
+        path = tmp_path / "gt.json"
+        path.write_text(json.dumps(gt))
+        with pytest.raises(OccsynthError) as raised:
+            E.evaluate(path, results, **kwargs)
+        assert str(raised.value).startswith(f"{path}: nothing to score: "), str(raised.value)
+        return str(raised.value)
+
+    gt = gt_set()
+    assert "it has no annotations" in refused(dict(gt, annotations=[]))
+    crowd = [dict(a, iscrowd=1) for a in gt["annotations"]]
+    assert "its 4 annotations are all crowd regions (iscrowd=1)" in refused(dict(gt, annotations=crowd))
+    only_b = [a for a in gt["annotations"] if a["category_id"] == 20]
+    message = refused(dict(gt, annotations=only_b), category_ids=[10])
+    assert "its only annotation is of no category the model predicts (it is of b; the model predicts a)" in message
+    lone = dict(gt, images=gt["images"] + [{"id": 3, "file_name": "3.png", "height": H, "width": W}])
+    assert "none of its 4 annotations is on the 1 image evaluated" in refused(lone, image_ids=[3])
+    # one scorable object is enough: the other images and categories are scored as before
+    assert E.evaluate(gt, results, category_ids=[10])["segm"]["AP"] > 0.5  # finds 1 of its 2 objects of a
+    assert E.evaluate(lone, results, image_ids=[1, 3])["segm"]["AP"] == pytest.approx(1.0)
+
 def test_occlusion_splits():
     gt = gt_set()
     levels = E.occlusion_levels(gt)

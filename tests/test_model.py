@@ -119,6 +119,25 @@ def test_detector_alone_and_bad_names():
         assert isinstance(info.value, OccsynthError) and isinstance(info.value, ValueError)
 
 
+
+@pytest.mark.parametrize("detector, passed_on", [("faster-rcnn", "box_detections_per_img"),
+                                                 ("fcos", "detections_per_img")])
+def test_a_model_setting_nothing_reads_is_refused_and_torchvisions_own_are_passed_on(detector, passed_on):
+    """torchvision's detectors and transform take **kwargs and drop what they do not know: a misspelt setting
+    built another model than the one asked for, without a word."""
+    with pytest.raises(ModelConfigError) as info:
+        build_model(3, detector=detector, backbone="tiny", mask_haed="fcn")
+    assert str(info.value).startswith("unknown model setting 'mask_haed' (did you mean 'mask_head'?); bcnet's "
+                                      "settings: num_classes, detector, mask_head, backbone, backbone_weights, ")
+    cls = "FasterRCNN" if detector == "faster-rcnn" else "FCOS"
+    assert str(info.value).endswith(f"and torchvision's {cls} keyword arguments, passed on to it")
+    with pytest.raises(ModelConfigError, match=r"unknown model setting 'size_divisable' \(did you mean "
+                                               r"'size_divisible'\?\)"):
+        build_model(3, detector=detector, backbone="tiny", size_divisable=16)
+    model = build_model(3, detector=detector, mask_head=None, backbone="tiny", size_divisible=16, **{passed_on: 1})
+    assert model.transform.size_divisible == 16
+    assert (model.roi_heads.detections_per_img if detector == "faster-rcnn" else model.detections_per_img) == 1
+
 class Boom:
     """Executing this on load would create a file: weights_only=True must refuse it instead."""
 

@@ -171,6 +171,21 @@ def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_sta
     assert not (tmp_path / "run" / "synthetic").exists()
 
 
+
+@pytest.mark.parametrize("option", ["--coco-val-ann", "--cocoocc"])
+def test_an_evaluation_file_with_nothing_to_score_is_refused_before_any_stage(demo_source, tmp_path, option):
+    """Its evaluation ended, after all the training, in pycocotools' -1 for every metric."""
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    crowd = tmp_path / "crowd.json"
+    crowd.write_text(json.dumps({**data, "annotations": [{**a, "iscrowd": 1} for a in data["annotations"]]}))
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(crowd if option == "--coco-val-ann" else ann, root),
+                            cocoocc=crowd if option == "--cocoocc" else None)
+    with pytest.raises(OccsynthError, match=rf"^{option} {crowd}: nothing to score: its \d+ annotations are all crowd"):
+        run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run" / "synthetic").exists()
+
 def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
     """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
     skips it: the sampled check raised the OSError and stopped the whole run."""
@@ -409,15 +424,15 @@ def test_train_synthetic_passes_its_cache_dir_to_every_stage(tmp_path, monkeypat
     ("threshold = 0.2", "threshold = 5", "[cocoocc]: threshold must be a number in (0, 1], got 5"),
     ('overlap = "iou"', 'overlap = "area"', "[cocoocc]: overlap measure must be one of iou, min, got 'area'"),
     ("threshold = 0.2", "threshold = 0.2\ncount_crowd = 1", "[cocoocc]: count_crowd must be true or false, got 1"),
-    ("threshold = 0.2", "threshold = 0.2\ntreshold = 0.3", "[cocoocc]: unknown setting 'treshold'"),
-    ("[cocoocc]", "[coco-occ]", "[coco-occ]: unknown table (a pipeline recipe has the tables [synthetic], "
+    ("threshold = 0.2", "threshold = 0.2\ntreshold = 0.3", "[cocoocc]: unknown setting 'treshold' (did you mean 'threshold'?) (known: "),
+    ("[cocoocc]", "[coco-occ]", "[coco-occ]: unknown table (did you mean 'cocoocc'?) (a pipeline recipe has the tables [synthetic], "
                                 "[pretrain], [finetune], [cocoocc])"),
     ("[synthetic]", "num_images = 3\n[synthetic]", "'num_images': a setting outside any table"),
     ("iterations = 2", "iterations = -2", "[finetune]: schedule setting iterations must be an integer >= 1, got -2"),
     ("num_images = 6", "num_images = 'many'", "[synthetic]: num_images must be a whole number between 1 and 10000000, got 'many'"),
-    ("num_images = 6", "num_imagse = 6", "[synthetic]: unknown setting 'num_imagse' (known: recipe, num_images, seed,"),
+    ("num_images = 6", "num_imagse = 6", "[synthetic]: unknown setting 'num_imagse' (did you mean 'num_images'?) (known: recipe, num_images,"),
     ("[pretrain]", "[synthetic.composite]\npastez = 3\n[pretrain]",
-     "[synthetic.composite]: unknown setting 'pastez' (known: pastes, occlusion,"),
+     "[synthetic.composite]: unknown setting 'pastez' (did you mean 'pastes'?) (known: pastes, occlusion,"),
     ('schedule = "schedule-tiny"\niterations = 3', 'schedule = "nosuch"\niterations = 3',
      "[pretrain] schedule: schedule 'nosuch': no such TOML file or bundled schedule"),
     ("num_images = 6", "num_images = 6\ncomposite = 3",

@@ -612,7 +612,8 @@ def test_a_schedule_file_with_an_unknown_or_missing_setting_is_refused(tmp_path)
     text = T.manifests.path("schedule-tiny").read_text()
     typo = tmp_path / "typo.toml"
     typo.write_text(text.replace("momentum = 0.9", "momentum = 0.9\nmomentun = 0.8"))
-    with pytest.raises(OccsynthError, match=r"typo.toml: unknown schedule setting 'momentun'"):
+    with pytest.raises(OccsynthError, match=r"typo.toml: unknown schedule setting 'momentun' \(did you mean "
+                                            r"'momentum'\?\) \(known: accumulate, amp, backbone, "):
         T.load_schedule(typo)
     partial = tmp_path / "partial.toml"
     partial.write_text("[solver]\nbase_lr = 0.01\n")
@@ -907,6 +908,27 @@ def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume
             f"({same.resolve()}, other content): it continues on the new data, so it is no longer an exact resume") \
         in said.out  # the full path: a file of the same name in another folder is told apart
 
+
+
+def test_resume_on_a_set_with_categories_the_model_does_not_know_is_refused_naming_them(tmp_path, dataset_dir):
+    """The resumed model has one output per category it was built with: the set's other categories were left out
+    of training without a word (their annotations dropped as of no class the model has)."""
+    data = load_annotations(dataset_dir)
+    fewer = dict(data, categories=[c for c in data["categories"] if c["id"] in (1, 3, 5)],
+                 annotations=[a for a in data["annotations"] if a["category_id"] in (1, 3, 5)])
+    (tmp_path / "fewer.json").write_text(json.dumps(fewer))
+    T.train(tmp_path / "fewer.json", dataset_dir / "images", tmp_path / "run", schedule="schedule-tiny",
+            overrides={**TINY, "iterations": 1}, progress=False)
+    final = tmp_path / "run" / "model_final.pt"
+    before = final.read_bytes()
+    with pytest.raises(OccsynthError) as raised:
+        T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
+                overrides={"iterations": 2}, progress=False)
+    assert str(raised.value) == (
+        f"{dataset_dir / 'annotations.json'}: lists 2 categories the run's model does not know: box, never-pasted "
+        f"(ids 7, 9); resumed, it would train without them (their annotations left out). To learn them, train into a "
+        f"new --out, from this run's weights with --init {final}")
+    assert final.read_bytes() == before and sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == [final.name]
 
 @pytest.mark.parametrize("segmentation, reason", [
     ({"size": [48, 64], "counts": "0:"}, "compressed RLE covers"),      # runs that do not add up to 48*64
