@@ -29,10 +29,11 @@ from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_cr
 from .coco import encode_image, read_image, record_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
-from .errors import BadRecord, OccsynthError, SkipLog
+from .errors import BadRecord, OccsynthError, SkipLog, did_you_mean
 from .pool import ctrl_c_for_main_only, local_workers
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
+RECIPE_TABLES = ("run", "composite", "bank")  # a synthetic-set recipe's
 IMAGE_FORMATS = ("jpg", "png")
 DEFAULT_CHUNK_SIZE = 16
 MAX_SOURCE_RETRIES = 20
@@ -100,8 +101,9 @@ def run_settings(recipe: dict | None = None, *, composite: dict | None = None, b
     """
     recipe = recipe or {}
     for table, value in recipe.items():
-        if table not in ("run", "composite", "bank"):
-            raise OccsynthError(f"recipe: unknown table [{table}] (a synthetic-set recipe has [run], [composite], [bank])")
+        if table not in RECIPE_TABLES:
+            raise OccsynthError(f"recipe: unknown table [{table}]{did_you_mean(table, RECIPE_TABLES)} (a synthetic-set "
+                                "recipe has [run], [composite], [bank])")
         if not isinstance(value, dict):
             raise OccsynthError(f"recipe: '{table}' must be a table ([{table}]), got {type(value).__name__}")
 
@@ -112,9 +114,11 @@ def run_settings(recipe: dict | None = None, *, composite: dict | None = None, b
     fields = {"num_images": 100, "seed": 0, **fields}
     for table, known, given in (("run", RunSettings, fields), ("composite", CompositeOptions, merged("composite", composite)),
                                 ("bank", BankOptions, merged("bank", bank))):
-        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(known)} - {"composite", "bank"})
+        names = sorted({f.name for f in dataclasses.fields(known)} - {"composite", "bank"})
+        unknown = sorted(set(given) - set(names))
         if unknown:
-            raise OccsynthError(f"unknown [{table}] setting(s): {', '.join(unknown)}")
+            raise OccsynthError(f"unknown [{table}] setting(s): {', '.join(unknown)}{did_you_mean(unknown[0], names)} "
+                                f"(known: {', '.join(names)})")
     return RunSettings(composite=CompositeOptions(**merged("composite", composite)),
                        bank=BankOptions(**merged("bank", bank)), **fields)
 

@@ -39,7 +39,10 @@ def test_a_recipe_file_is_read_whatever_its_extension_and_a_bundled_name_wins_ov
                                             (b"[run]\njpeg_quality = 500", "jpeg_quality must be a whole number between 1 and 100"),
                                             (b"run = 3", "'run' must be a table"),
                                             (b"[zzz]\na = 1", "unknown table [zzz]"),
-                                            (b"[run]\nnum_imgs = 3", "unknown [run] setting(s): num_imgs")])
+                                            (b"[run]\nnum_imgs = 3", "unknown [run] setting(s): num_imgs (did you mean "
+                                                                      "'num_images'?) (known: chunk_size, "),
+                                            (b"[compsite]\nblend = 'none'", "unknown table [compsite] (did you mean "
+                                                                            "'composite'?)")])
 def test_bad_synthetic_recipes_are_one_clear_error(tmp_path, content, words):
     recipe = tmp_path / "bad.toml"
     recipe.write_bytes(content)
