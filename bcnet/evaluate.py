@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from occsynth import coco as coco_io
 from occsynth import masks as mask_ops
-from occsynth.atomic import output_folder, write_bytes, write_json
+from occsynth.atomic import write_bytes, write_json
 from occsynth.boxes import is_box, pairwise_overlap
 from occsynth import errors
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
@@ -59,6 +59,7 @@ from . import occsep
 from .checkpoint import category_names as checkpoint_category_names, named_otherwise
 from .data import require_amodal_masks, unusable_box
 from .device import resolve_device
+from .runlock import hold_out_dir
 
 MODES = ("visible", "amodal")
 OCCSEP_LISTS = ("occluded", "separated")
@@ -880,7 +881,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         require_scorable(gt.data, f"set {name!r}: {ann_file}", dataset.image_ids, state["category_ids"],
                          dataset.skips)  # before predicting, as after (evaluate): the images read may have none
         prepared.append((name, image_root, gt, dataset))
-    with output_folder(out_dir):  # an unwritable --out fails now, not after the whole inference
+    # an unwritable --out fails now, not after the whole inference; so does one another bcnet command writes
+    with hold_out_dir(out_dir):
         return _evaluate_prepared(model, state, prepared, out_dir, device, mask_threshold, progress,
                                   overlap_edges, ratio_edges, mode, lists)
 

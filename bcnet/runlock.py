@@ -1,5 +1,5 @@
-"""One bcnet command at a time per --out: a second `bcnet train` (or train-synthetic, predict) started on the
-folder another one writes stops at once, naming it, instead of interleaving its checkpoints, logs or results
+"""One bcnet command at a time per --out: a second `bcnet train` (or train-synthetic, evaluate, predict) started
+on the folder another one writes stops at once, naming it, instead of interleaving its checkpoints, logs or results
 with the first one's. The lock is ``OUT/.lock`` (:func:`occsynth.atomic.locked_output_folder`); no torch here,
 so that the pipeline can take it before importing the trainer."""
 from __future__ import annotations

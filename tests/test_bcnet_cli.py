@@ -753,7 +753,8 @@ def test_an_interrupted_predict_leaves_the_earlier_outputs_and_a_rerun_replaces_
     assert "a run stopped midway (Ctrl-C, kill) leaves them untouched; run it again to redo it" in said
 
 
-def test_predict_into_an_out_another_predict_writes_is_refused_at_once(tiny, tmp_path):
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_an_out_another_bcnet_command_writes_is_refused_at_once(tiny, tmp_path, command):
     import os
     import socket
 
@@ -761,9 +762,10 @@ def test_predict_into_an_out_another_predict_writes_is_refused_at_once(tiny, tmp
 
     root, checkpoint = tiny
     out = tmp_path / "p"
-    args = ["predict", str(root / "images" / "000000000001.png"), "--checkpoint", str(checkpoint), "--out", str(out),
-            "--device", "cpu", "--quiet"]
-    with hold_out_dir(out):  # as another predict running there holds it
+    inputs = ([str(root / "images" / "000000000001.png")] if command == "predict" else
+              ["--annotations", str(root / "annotations.json"), "--images", str(root / "images")])
+    args = [command, *inputs, "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]
+    with hold_out_dir(out):  # as another command running there holds it
         result = CliRunner().invoke(bcnet_main, args)
         _clean(result, 2)
         assert (f"Error: {out} is being written by another process (pid {os.getpid()} on {socket.gethostname()}): "

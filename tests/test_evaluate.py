@@ -693,7 +693,7 @@ def test_a_failure_in_a_later_set_leaves_the_earlier_run_files_as_they_were(tmp_
     monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: [])
     E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, out, device="cpu", progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(before) == ["detections_a.json", "detections_b.json", "results.json", "results.md"]
+    assert sorted(before) == [".lock", "detections_a.json", "detections_b.json", "results.json", "results.md"]
     ann = load_annotations(root)["annotations"][0]
     found = [{"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 0.9, "bbox": ann["bbox"],
               "segmentation": ann["segmentation"]}]
