@@ -131,6 +131,38 @@ def test_an_unreadable_background_is_read_once_however_often_it_is_drawn(awkward
     assert all(reads[name] == 1 for name in broken), {name: reads[name] for name in broken}
 
 
+def test_a_source_image_over_the_pixel_limit_is_skipped_never_decoded(demo_source, tmp_path, monkeypatch):
+    """A record claiming 20000x20000 with a matching file would be decoded in full as a background, and its masks
+    drawn at that size. Its height and width tell: the bank skips it by reason (--strict stops at it, naming it and
+    the file). The limit is lowered here instead: the demo's 150x200 images are over it, the others not."""
+    from occsynth import masks
+
+    ann, root = demo_source
+    monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 150 * 200 - 1)
+    images = json.loads(ann.read_text())["images"]
+    big = {im["id"] for im in images if im["height"] * im["width"] >= 150 * 200}
+    first = next(im for im in images if im["id"] in big)
+    decoded = []
+    real = coco.cv2.imdecode
+    monkeypatch.setattr(coco.cv2, "imdecode", lambda *args: decoded.append(real(*args).shape[:2]) or real(*args))
+    result = generate_module.generate(tmp_path / "out", generate_module.RunSettings(num_images=16, seed=0),
+                                      ann_path=ann, image_root=root, workers=1, cache_dir=tmp_path / "c",
+                                      progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["bank"]["skipped"]["counts"][errors.IMAGE_TOO_LARGE] == len(big) == 7
+    assert manifest["bank"]["skipped"]["examples"][errors.IMAGE_TOO_LARGE] == (
+        f"image record {first['id']}: image too large (150x200 pixels (height x width), over the limit of 29,999)")
+    assert errors.IMAGE_TOO_LARGE not in result["skipped"]["counts"] and (150, 200) not in decoded
+    data = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    used = {im["background"]["image_id"] for im in data["images"]} | {a["source"]["image_id"] for a in data["annotations"]}
+    assert used and not used & big
+    strict = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
+                                                str(tmp_path / "s"), "--num-images", "8", "--strict",
+                                                "--cache-dir", str(tmp_path / "c2"), "--quiet"])
+    assert strict.exit_code == 2, strict.output
+    assert strict.output.startswith(f"Error: {ann}: image record {first['id']}: image too large (150x200 pixels")
+
+
 def test_strict_run_stops_naming_the_record(awkward_source, tmp_path):
     ann, root, _ = awkward_source
     result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",

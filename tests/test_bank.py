@@ -235,6 +235,22 @@ def test_bad_records_are_skipped_by_reason(tmp_path):
     assert [bank.annotation(k)["id"] for k in bank.cutouts(3)] == [1, 8]
 
 
+def test_an_image_record_over_the_pixel_limit_is_skipped_by_reason(tmp_path, monkeypatch):
+    """A record claiming 20000x20000 got its masks drawn at that size, its file decoded in full for the pixel store
+    and as a background. Its height and width tell: skipped (--strict: stops, naming it and the file). The limit is
+    lowered here instead: images 7 and 11 are 48x64, image 3 40x50."""
+    monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 40 * 50)
+    path = write(tmp_path, source())
+    meta = build_bank(path, tmp_path / "bank", OPTS, progress=False)
+    assert meta["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 2, errors.UNKNOWN_IMAGE: 5}
+    assert meta["first_skip"] == "image record 7: image too large (48x64 pixels (height x width), over the limit of 2,000)"
+    bank = Bank.load(tmp_path / "bank")
+    assert [bank.image_record(i)["id"] for i in range(bank.num_images_total)] == [3]
+    with pytest.raises(OccsynthError) as exc:
+        build_bank(path, tmp_path / "b", OPTS, strict=True, progress=False)
+    assert str(exc.value) == f"{path}: {meta['first_skip']}"
+
+
 def test_an_rle_of_another_size_than_its_image_record_says_so(tmp_path):
     """The record's height or the mask is wrong: either way not a 'degenerate segmentation'."""
     wrong = {"id": 20, "image_id": 3, "category_id": 3, "iscrowd": 0,

@@ -261,6 +261,37 @@ def test_read_image_conversions_and_failures(tmp_path):
     assert exc.value.reason == errors.SIZE_MISMATCH
 
 
+def test_one_pixel_limit_for_image_records_and_image_files(tmp_path, monkeypatch):
+    """A 20000x20000 image (a PNG of a few kilobytes) decodes to 1.2 GB, and every mask at its size costs as much
+    again: a record claiming more pixels than masks.MAX_IMAGE_PIXELS is refused, and so is a file over it, whoever
+    reads it, in one wording. Here the limit is lowered instead of making a huge file."""
+    from occsynth import masks
+
+    monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 4000)
+    record = {"id": 7, "file_name": "big.png", "height": 60, "width": 80}  # 4,800 pixels
+    with pytest.raises(BadRecord) as exc:
+        coco.check_image_record(record)
+    assert exc.value.reason == errors.IMAGE_TOO_LARGE
+    assert str(exc.value) == "image record 7: image too large (60x80 pixels (height x width), over the limit of 4,000)"
+    assert coco.check_image_record(dict(record, height=50)) == dict(record, height=50)  # 4,000: at the limit
+    log = SkipLog()
+    data = {"images": [record, {"id": 8, "file_name": "ok.png", "height": 50, "width": 80}],
+            "annotations": [], "categories": []}
+    assert list(coco.index_dataset(data, log)[0]) == [8] and log.counts == {errors.IMAGE_TOO_LARGE: 1}
+    with pytest.raises(BadRecord, match="image record 7: image too large"):
+        coco.index_dataset(data, SkipLog(strict=True))
+    decoded = []
+    real = coco.cv2.imdecode
+    monkeypatch.setattr(coco.cv2, "imdecode", lambda *args: decoded.append(1) or real(*args))
+    for suffix in (".png", ".jpg", ".bmp"):
+        _write(tmp_path / f"big{suffix}", np.full((60, 80, 3), 128, np.uint8), suffix)
+        with pytest.raises(BadRecord) as exc:
+            coco.read_image(tmp_path / f"big{suffix}")  # no record to check it against: the file tells
+        assert str(exc.value) == (f"image file {tmp_path / f'big{suffix}'}: image too large (60x80 pixels "
+                                  "(height x width), over the limit of 4,000)")
+    assert len(decoded) == 1  # the BMP: PNG and JPEG are refused from their headers, before decoding
+
+
 def _exif_thumbnail_jpeg(main: bytes, thumbnail: bytes) -> bytes:
     """``main`` with an APP1 segment right after its start marker that holds ``thumbnail`` (a whole JPEG,
     end marker included), as cameras write an EXIF thumbnail."""

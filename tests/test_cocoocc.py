@@ -474,6 +474,28 @@ def test_an_image_record_evaluation_cannot_use_is_skipped_with_its_annotations(t
     assert report["skipped"]["counts"] == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 2}
 
 
+def test_an_image_record_over_the_pixel_limit_is_skipped_with_its_annotations(tmp_path, monkeypatch):
+    """Its height and width tell, as every reader of a source set checks them: the subset is for evaluation, which
+    would decode the file and paste masks at that size. The limit is lowered here; image 1 made 40x41."""
+    from occsynth import masks
+
+    monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 40 * 40)
+    data = make_dataset()
+    next(im for im in data["images"] if im["id"] == 1)["width"] = 41  # image 1 is the only one selected at IoU 0.2
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert out["images"] == [] and out["annotations"] == []
+    assert report["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 1, errors.UNKNOWN_IMAGE: 2}
+    assert report["skipped"]["examples"][errors.IMAGE_TOO_LARGE] == (
+        "image record 1: image too large (40x41 pixels (height x width), over the limit of 1,600)")
+    strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"), "--strict",
+                                       "--quiet"])
+    assert strict.exit_code == 2 and not (tmp_path / "s").exists()
+    assert strict.output == (f"Error: {ann}: image record 1: image too large (40x41 pixels (height x width), over "
+                             "the limit of 1,600)\n")
+
+
 def test_strict_names_the_annotations_file_and_the_record_by_its_id(tmp_path):
     """Not the record's dict cut at 60 characters; --strict says which file holds it."""
     data = make_dataset()

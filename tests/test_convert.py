@@ -340,7 +340,7 @@ def test_kins_annotation_without_id_is_skipped_and_named(tmp_path):
 
 
 @pytest.mark.parametrize("make, convert, side, example, of_bad_image", [
-    (kins_file, convert_kins, 10 ** 6, "image record 3", 3), (cocoa_file, convert_cocoa, 10 ** 9, "too large", 1)])
+    (kins_file, convert_kins, 10 ** 6, "image record 3", 3), (cocoa_file, convert_cocoa, 10 ** 9, "over the limit", 1)])
 def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, convert, side, example, of_bad_image):
     from occsynth import masks
 
@@ -360,7 +360,7 @@ def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, 
     assert [a["image_id"] for a in json.loads((tmp_path / "out.json").read_text())["annotations"]] == \
         [100] * report["counts"]["annotations"] and report["counts"]["bad_images"] == 1
     assert report["counts"]["of_bad_image"] == of_bad_image  # the huge image's annotations, not 'unknown'
-    assert example in report["skipped"]["examples"]["malformed record"]
+    assert example in report["skipped"]["examples"]["image too large"]  # the reason every reader gives
 
 
 def test_kins_masks_that_cannot_be_decoded_are_skipped_not_replaced(tmp_path):

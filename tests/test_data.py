@@ -172,6 +172,31 @@ def test_a_file_name_too_long_to_look_up_is_a_missing_image_not_a_crash(tmp_path
         _dataset(root, strict=True)
 
 
+def test_an_image_record_over_the_pixel_limit_is_skipped_before_anything_is_decoded(tmp_path, monkeypatch):
+    """A record claiming 20000x20000 with a matching file was decoded in full, and each of its targets' masks cost
+    as much again. Its height and width tell: it is skipped by reason when the set is read (--strict stops at it,
+    naming the file and the record). The limit is lowered here instead: images 1 and 3 are 48x64, image 2 40x56."""
+    from occsynth import coco
+
+    root = write_dataset(tmp_path / "set")
+    monkeypatch.setattr(mask_ops, "MAX_IMAGE_PIXELS", 40 * 56)
+    decoded = []
+    real = coco.cv2.imdecode
+    monkeypatch.setattr(coco.cv2, "imdecode", lambda *args: decoded.append(1) or real(*args))
+    ds = _dataset(root)
+    assert ds.image_ids == [2]
+    on_skipped = sum(a["image_id"] != 2 for a in load_annotations(root)["annotations"])
+    assert ds.skips.counts == {"image too large": 2, "annotation refers to an unknown image id": on_skipped}
+    assert ds.skips.examples["image too large"] == ("image record 1: image too large (48x64 pixels (height x width), "
+                                                    "over the limit of 2,240)")
+    image, target = ds[0]
+    assert tuple(image.shape[1:]) == (40, 56) == tuple(target["masks"].shape[1:]) and len(decoded) == 1
+    with pytest.raises(BadRecord) as raised:
+        _dataset(root, strict=True)
+    assert str(raised.value) == (f"{root / 'annotations.json'}: image record 1: image too large (48x64 pixels "
+                                 "(height x width), over the limit of 2,240)")
+
+
 def test_a_repeated_annotation_id_keeps_the_first_record_and_is_counted(tmp_path):
     root = write_dataset(tmp_path / "set")
     data = load_annotations(root)

@@ -781,3 +781,32 @@ def test_evaluation_checks_the_scored_ground_truth_once_before_predicting(tmp_pa
     assert str(raised.value).startswith(f"{ann_file}: annotation {bad['id']} (image {bad['image_id']}): "
                                         "degenerate or empty segmentation (compressed RLE covers"), str(raised.value)
     assert predicted == [] and not (tmp_path / "e2").exists()
+
+
+def test_evaluation_skips_an_image_record_over_the_pixel_limit_without_reading_it(tmp_path, monkeypatch):
+    """A record claiming 20000x20000 with a matching file was decoded in full, run through the model, and its
+    predicted masks pasted at that size. It is skipped by reason (--strict: the run stops at it before predicting,
+    naming the file and the record). The limit is lowered here: images 1 and 3 are 48x64, image 2 40x56."""
+    from bcnet import checkpoint as ckpt
+    from bcnet import train as T
+    from occsynth import coco
+
+    root = write_dataset(tmp_path / "set")
+    ann_file = root / "annotations.json"
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
+    config = T.model_config(schedule)
+    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    monkeypatch.setattr(mask_ops, "MAX_IMAGE_PIXELS", 40 * 56)
+    decoded = []
+    real = coco.cv2.imdecode
+    monkeypatch.setattr(coco.cv2, "imdecode", lambda *args: decoded.append(real(*args).shape[:2]) or real(*args))
+    sets = {"a": (ann_file, root / "images")}
+    with pytest.raises(OccsynthError) as raised:
+        E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "s", device="cpu", progress=False, strict=True)
+    assert str(raised.value) == (f"{ann_file}: image record 1: image too large (48x64 pixels (height x width), over "
+                                 "the limit of 2,240)")
+    assert decoded == [] and not (tmp_path / "s").exists()
+    report = E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e", device="cpu", progress=False)
+    assert report["a"]["images"] == 1 and report["a"]["skipped"]["counts"]["image too large"] == 2
+    assert decoded == [(40, 56)]

@@ -260,8 +260,10 @@ def test_huge_record_gets_a_tile_sized_stand_in(dataset, tmp_path):
     sheet, problems = preview_report(path, images=dataset / "images", n=2, columns=2, seed=None, tile=TILE,
                                      labels=False)
     assert sheet.shape == (TILE, 2 * TILE, 3) and np.array_equal(sheet[:, :TILE], missing_image(TILE, TILE))
-    assert [p["detail"] for p in problems] == ["100000x100000 is too large to preview"]
-    with pytest.raises(OccsynthError, match="no picture could be drawn: the image chosen could not be read.*too large to preview"):
+    assert [(p["reason"], p["detail"]) for p in problems] == [
+        ("image too large", "100000x100000 pixels (height x width), over the limit of 134,217,728")]  # as every reader
+    with pytest.raises(OccsynthError, match=r"no picture could be drawn: the image chosen could not be read \(1 image "
+                                            r"too large, e\.g\. image 1 .*: 100000x100000 pixels"):
         preview_report(path, images=dataset / "images", n=1, seed=None, tile=TILE)
 
 
