@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from occsynth import masks as mask_ops
 from occsynth.atomic import locked_spool, make_folder, remove_orphaned_temporaries, write_json
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.coco import read_image, write_picture
@@ -158,11 +157,11 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
     ``category_names`` (``{id: name}``) labels the pictures; by default the names the checkpoint was trained
     with (COCO's for a checkpoint saved before they were kept).
 
-    Files that cannot be decoded or hold more than :data:`occsynth.masks.MAX_IMAGE_PIXELS` pixels (too large to
-    decode masks of, as occsynth's readers of image records say), and images the model cannot process (an aspect
-    ratio so extreme that its resize leaves a side under one pixel, or a model failure on that image),
-    are skipped with their reason: ``skipped`` lists one line per file, ``skip_counts`` counts
-    them by reason. When no input can be processed at all, :class:`OccsynthError` (nothing written).
+    Files that cannot be decoded or hold more than :data:`occsynth.masks.MAX_IMAGE_PIXELS` pixels ("image too
+    large", as every reader of images and image records says: :func:`occsynth.coco.check_pixels`), and images the
+    model cannot process (an aspect ratio so extreme that its resize leaves a side under one pixel, or a model
+    failure on that image), are skipped with their reason: ``skipped`` lists one line per file, ``skip_counts``
+    counts them by reason. When no input can be processed at all, :class:`OccsynthError` (nothing written).
     """
     if not (finite_number(score_threshold) and 0 <= score_threshold <= 1):  # NaN: no score reaches it, unsaid
         raise OccsynthError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
@@ -202,7 +201,7 @@ def _predict_images(model, category_ids: list[int], names: dict[int, str], paths
     results, images, skips, skipped = [], [], SkipLog(), []
     for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img", disable=not progress), start=1):
         try:
-            rgb = read_image(path, max_pixels=mask_ops.MAX_IMAGE_PIXELS)  # as the readers of image records
+            rgb = read_image(path)  # over the pixel limit: refused, as every reader of images refuses it
             check_model_input(model, rgb.shape[:2], f"image file {path}")
             tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)
             try:

@@ -384,8 +384,12 @@ def record_name(kind: str, record: Any) -> str:
     return f"{kind} record {brief(record.get('id', '?') if isinstance(record, dict) else record)}"
 
 
-def check_image_record(image: Any) -> dict:
-    """Validate an ``images`` entry; returns it or raises BadRecord."""
+def check_image_record(image: Any, *, pixel_limit: bool = True) -> dict:
+    """Validate an ``images`` entry; returns it or raises BadRecord.
+
+    A record claiming more pixels than the limit (:func:`check_pixels`) is refused too: every reader decodes its
+    file, or its masks, at that size. ``pixel_limit=False`` is for preview alone, which draws a stand-in tile in its
+    place (and checks the size itself when drawing)."""
     where = record_name("image", image)
     if not isinstance(image, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
@@ -394,7 +398,20 @@ def check_image_record(image: Any) -> dict:
             raise BadRecord(errors.MALFORMED_RECORD, where, f"'{key}' missing or not {kind.__name__}")
     if image["height"] <= 0 or image["width"] <= 0:
         raise BadRecord(errors.MALFORMED_RECORD, where, "non-positive height/width")
+    if pixel_limit:
+        check_pixels((image["height"], image["width"]), where)
     return image
+
+
+def check_pixels(size: Sequence[int], where: str) -> None:
+    """Refuse an image of ``size`` (height, width) with more pixels than :data:`occsynth.masks.MAX_IMAGE_PIXELS`, as
+    BadRecord "image too large" naming ``where``: a 20000x20000 PNG, a few kilobytes on disk, decodes to 1.2 GB, and
+    every full-size mask of it costs as much again. The one test of that limit, for image records
+    (:func:`check_image_record`) and image files (:func:`decode_image`) alike; the limit is read at each call."""
+    height, width = int(size[0]), int(size[1])
+    if height * width > masks.MAX_IMAGE_PIXELS:
+        raise BadRecord(errors.IMAGE_TOO_LARGE, where, f"{height}x{width} pixels (height x width), over the limit "
+                        f"of {masks.MAX_IMAGE_PIXELS:,}")
 
 
 def check_annotation_fields(ann: Any) -> str:
@@ -573,15 +590,16 @@ def none_found_under(image_root: str | os.PathLike, images: Iterable[dict]) -> l
 
 
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None, *,
-               bgr: bool = False, max_pixels: int | None = None) -> np.ndarray:
+               bgr: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3); with ``bgr``, to OpenCV's BGR order, unconverted.
 
     Grayscale, palette, CMYK and 16-bit files are converted; EXIF orientation is applied (as
     COCO annotations assume). ``expected_size`` is (height, width) from the image record.
     ``bgr`` is for code that only decodes, composes and re-encodes with :func:`encode_image`
     (generation): compositing is the same in any channel order, and the two conversions it saves
-    (about 25 us each at 640x480) are time the bench's floor does not spend either. ``max_pixels``: refuse an image
-    of more pixels (:func:`check_pixels`), for a reader with no record to check the size against (bcnet predict).
+    (about 25 us each at 640x480) are time the bench's floor does not spend either. An image of more pixels than
+    the limit is refused (:func:`check_pixels`; a JPEG or PNG from its header, before decoding), also for a reader
+    with no record whose size was checked (bcnet predict).
     """
     path = Path(path)
     where = f"image file {path}"
@@ -591,7 +609,7 @@ def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
         raise BadRecord(errors.MISSING_FILE, where) from None
     except OSError as exc:
         raise BadRecord(errors.CORRUPT_IMAGE, where, exc.strerror or str(exc)) from None
-    return decode_image(data, where, expected_size, bgr=bgr, max_pixels=max_pixels)
+    return decode_image(data, where, expected_size, bgr=bgr)
 
 
 _NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -731,41 +749,31 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
 
 
-def check_pixels(size: Sequence[int], max_pixels: int, where: str) -> None:
-    """Refuse an image of ``size`` (height, width) with more than ``max_pixels`` pixels: a 20000x20000 PNG, a few
-    kilobytes on disk, decodes to 1.2 GB, and every full-size mask of it costs as much again."""
-    height, width = int(size[0]), int(size[1])
-    if height * width > max_pixels:
-        raise BadRecord(errors.IMAGE_TOO_LARGE, where, f"{height}x{width} pixels (height x width), over the limit "
-                        f"of {max_pixels:,}")
-
-
 def decode_image(data: bytes, where: str, expected_size: tuple[int, int] | None = None, *,
-                 bgr: bool = False, max_pixels: int | None = None) -> np.ndarray:
+                 bgr: bool = False) -> np.ndarray:
+    """:func:`read_image` of bytes already read; ``where`` names them in a BadRecord."""
     if not data:
         raise BadRecord(errors.CORRUPT_IMAGE, where, "empty file")
     cut_short = truncation(data)
     if cut_short:
         raise BadRecord(errors.TRUNCATED_IMAGE, where, cut_short)
-    if expected_size is not None:
+    claimed = header_size(data)
+    if claimed is not None and expected_size is not None:
         # a file whose header disagrees with its record is refused before decoding: a decompression bomb (a
         # kilobyte PNG of 30000x30000 px) would otherwise cost gigabytes and seconds in every worker that draws it.
         # Either order of the sides passes here: an EXIF rotation is applied, and checked, by the decoder.
-        claimed = header_size(data)
-        if claimed is not None and sorted(claimed) != sorted(int(v) for v in expected_size):
+        if sorted(claimed) != sorted(int(v) for v in expected_size):
             raise BadRecord(errors.SIZE_MISMATCH, where, f"file header says {claimed[0]}x{claimed[1]}, record says "
                             f"{expected_size[0]}x{expected_size[1]} (height x width)")
-    declared = header_size(data) if max_pixels is not None else None
-    if declared is not None:  # JPEG, PNG: refused from the header, before decoding
-        check_pixels(declared, max_pixels, where)
+    if claimed is not None:  # JPEG, PNG: over the limit, refused from the header (a file without a record: predict)
+        check_pixels(claimed, where)
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
         raise BadRecord(errors.CORRUPT_IMAGE, where, str(exc).strip().splitlines()[-1][:120]) from None
     if pixels is None or pixels.ndim != 3 or pixels.size == 0:
         raise BadRecord(errors.CORRUPT_IMAGE, where)
-    if max_pixels is not None:  # other formats: decoded, but no further (a model, masks of its size)
-        check_pixels(pixels.shape[:2], max_pixels, where)
+    check_pixels(pixels.shape[:2], where)  # other formats: decoded, but no further (a model, masks of its size)
     if expected_size is not None and tuple(pixels.shape[:2]) != tuple(expected_size):
         raise BadRecord(errors.SIZE_MISMATCH, where, f"file is {pixels.shape[0]}x{pixels.shape[1]}, record says "
                         f"{expected_size[0]}x{expected_size[1]} (height x width)")

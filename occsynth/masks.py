@@ -16,7 +16,9 @@ from pycocotools import mask as mask_utils
 
 from .stopping import raise_if_stopping
 
-MAX_IMAGE_PIXELS = 1 << 27  # an image record claiming more pixels gets no full-size mask decoded (128 MiB each)
+# the one pixel limit of every reader (coco.check_pixels): an image record or file of more pixels is skipped as
+# "image too large", before its image (384 MiB at the limit) or a mask at its size (128 MiB each) is decoded
+MAX_IMAGE_PIXELS = 1 << 27
 
 
 class DegenerateMask(ValueError):
