@@ -243,7 +243,8 @@ def test_an_image_record_over_the_pixel_limit_is_skipped_by_reason(tmp_path, mon
     path = write(tmp_path, source())
     meta = build_bank(path, tmp_path / "bank", OPTS, progress=False)
     assert meta["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 2, errors.UNKNOWN_IMAGE: 5}
-    assert meta["first_skip"] == "image record 7: image too large (48x64 pixels (height x width), over the limit of 2,000)"
+    assert meta["first_skip"] == ("image record 7: image too large (48x64 pixels (height x width), over the limit "
+                                  "of 2,000)")
     bank = Bank.load(tmp_path / "bank")
     assert [bank.image_record(i)["id"] for i in range(bank.num_images_total)] == [3]
     with pytest.raises(OccsynthError) as exc:
