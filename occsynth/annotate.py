@@ -52,8 +52,8 @@ from tqdm.auto import tqdm
 from . import masks as mask_ops
 from .atomic import locked_spool, open_atomic, remove_orphaned_temporaries
 from .boxes import is_box
-from .coco import (brief, check_array_start, check_out_file, check_segmentation, check_top_level, check_unique_keys,
-                   is_int, iter_array, open_json, reading_json)
+from .coco import (brief, check_array_start, check_out_file, check_pixels, check_segmentation, check_top_level,
+                   check_unique_keys, is_int, iter_array, open_json, reading_json)
 from . import errors
 from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
@@ -91,8 +91,8 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
 
     Returns counts: ``no_box`` (annotations without a usable box or integer id: no occluders, occlude
     nobody), ``with_occluders``, ``no_image_size`` (with ``bcnet_compat``: annotations with occluders
-    whose image has no usable height/width, or one too large to draw masks at (more pixels than
-    :data:`occsynth.masks.MAX_IMAGE_PIXELS`), so their ``bg_object_segmentation`` stays empty),
+    whose image has no usable height/width, or one over the pixel limit (:func:`occsynth.coco.check_pixels`), so
+    their ``bg_object_segmentation`` stays empty),
     ``kept_occluder_ids``, ``dropped_occluder_ids`` (ids dropped from kept lists).
     """
     counts = {"no_box": 0, "with_occluders": 0, "no_image_size": 0, "kept_occluder_ids": 0,
@@ -295,9 +295,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
                                 ann["bg_object_segmentation"] = []
                     else:
                         duplicates = {i for i, (_, duplicate) in enumerate(grouped[k]) if duplicate}
-                        h, w = _image_size(images[k])
-                        if h is not None and h * w > mask_ops.MAX_IMAGE_PIXELS:  # pycocotools crashed the process
-                            h = w = None  # no mask is drawn at that size (counted as no_image_size)
+                        h, w = _drawable_size(images[k])
                         c = annotate_image(anns, h, w, threshold, bcnet_compat, keep_existing, duplicates)
                         for name in ("no_box", "with_occluders", "no_image_size", "kept_occluder_ids",
                                      "dropped_occluder_ids"):
@@ -326,6 +324,20 @@ def _image_size(image: Any) -> tuple[int | None, int | None]:
     if is_int(h) and is_int(w) and h > 0 and w > 0:
         return h, w
     return None, None
+
+
+def _drawable_size(image: Any) -> tuple[int | None, int | None]:
+    """:func:`_image_size`, or (None, None) for a record over the pixel limit (:func:`occsynth.coco.check_pixels`):
+    no mask is drawn at that size (pycocotools crashed the process rasterising one at 10^6 x 10^6), so its
+    annotations keep their occluder ids and get no ``bg_object_segmentation`` (counted as ``no_image_size``)."""
+    h, w = _image_size(image)
+    if h is None:
+        return h, w
+    try:
+        check_pixels((h, w), "")
+    except BadRecord:
+        return None, None
+    return h, w
 
 
 def _is_key(value: Any) -> bool:

@@ -242,15 +242,12 @@ def _flag(value: Any) -> bool | None:
 
 def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
     """Image records by id, how many were left out (also in ``log``), and the ids those had: masks are
-    decoded at their height and width, so a size too large to decode is a bad record (as in preview).
+    decoded at their height and width, so a size over the pixel limit is a bad record (:func:`check_image_record`).
     Their annotations are then counted as of a bad image, not as of an unknown one."""
     images, bad, bad_ids = {}, 0, set()
     for record in records:
         try:
             image = check_image_record(record)
-            if image["height"] * image["width"] > mask_ops.MAX_IMAGE_PIXELS:
-                raise BadRecord(errors.MALFORMED_RECORD, f"image record {brief(image['id'])}",
-                                f"{image['height']}x{image['width']} is too large to decode its masks")
         except BadRecord as exc:
             bad += 1
             log.skip(exc)

@@ -21,8 +21,8 @@ import numpy as np
 
 from . import errors, masks
 from .boxes import is_box, pairwise_overlap
-from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, duplicate_detail, is_int, \
-    iter_array, one_line, read_image, record_name, resolve_image_path
+from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, check_pixels, duplicate_detail, \
+    is_int, iter_array, one_line, read_image, record_name, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, plural
 from .masks import finite_number
 from .schedule import check_seed
@@ -85,7 +85,8 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
                    boxes: bool | None = None, pair_iou: float = PAIR_IOU,
                    log: SkipLog | None = None) -> tuple[np.ndarray, list[dict]]:
     """(sheet, problems): as :func:`preview`, plus one ``{"image_id", "file_name", "reason", "detail"}``
-    per image drawn as a red-cross placeholder (missing, unreadable, outside the image root, ...).
+    per image drawn as a red-cross placeholder (missing, unreadable, outside the image root, a record over the pixel
+    limit: :func:`occsynth.coco.check_pixels`, ...).
 
     Bad image records and annotations are left off the sheet and counted in ``log`` by reason. When
     not one image file is found under the image root, the root is wrong: that raises instead of
@@ -113,15 +114,13 @@ def preview_report(source: str | os.PathLike, images: str | os.PathLike | None =
         h, w = image["height"], image["width"]
         image_anns = anns.get(image["id"], [])
         try:
-            if h * w > masks.MAX_IMAGE_PIXELS:
-                raise BadRecord(errors.MALFORMED_RECORD, f"image record {image['id']}",
-                                f"{h}x{w} is too large to preview")
+            check_pixels((h, w), record_name("image", image))  # select_images left it for a stand-in tile
             rgb = read_image(resolve_image_path(image_root, image["file_name"]), (h, w))
         except BadRecord as exc:
             detail = f"not under {image_root}" if exc.reason == errors.MISSING_FILE else exc.detail
             problems.append({"image_id": image["id"], "file_name": image["file_name"], "reason": exc.reason,
                              "detail": detail})
-            if h * w > masks.MAX_IMAGE_PIXELS:  # a stand-in at tile size, no masks decoded
+            if exc.reason == errors.IMAGE_TOO_LARGE:  # a stand-in at tile size, no masks decoded
                 _, _, _, h, w = tile_geometry(h, w, tile)
                 image_anns = []
             rgb = missing_image(h, w)
@@ -223,7 +222,7 @@ def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None 
     seen: set[int] = set()
     for image in iter_array(ann_path, "images"):
         try:
-            image = check_image_record(image)
+            image = check_image_record(image, pixel_limit=False)  # one too large is drawn as a stand-in tile
             if image["id"] in seen:
                 raise BadRecord(errors.DUPLICATE_ID, record_name("image", image), duplicate_detail(log or SkipLog()))
             seen.add(image["id"])
