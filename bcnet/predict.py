@@ -25,6 +25,7 @@ from occsynth.atomic import locked_spool, make_folder, remove_orphaned_temporari
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.coco import read_image, write_picture
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
+from occsynth.writer import move_file
 from occsynth.masks import finite_number
 
 from .checkpoint import category_names as saved_category_names
@@ -231,14 +232,14 @@ def _publish(out_dir: Path, staging: Path, results: list, images: list[dict], pi
     first, the staged pictures moved into ``pictures/`` (any other picture predict wrote there removed: those of an
     earlier run, or of one killed here), then results.json and, last, images.json written. Renames and removals
     only, no model work: a kill in between leaves a folder without images.json, which the next run replaces whole."""
-    for name in (IMAGES_FILE, RESULTS_FILE):
-        (out_dir / name).unlink(missing_ok=True)
     folder = out_dir / PICTURES
     written = {picture_name(im) for im in images} if pictures else set()
     if written:
-        make_folder(folder)
+        make_folder(folder)  # before anything is removed: a folder that cannot be made leaves the earlier run whole
+    for name in (IMAGES_FILE, RESULTS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
     for name in sorted(written):
-        os.replace(staging / name, folder / name)
+        move_file(staging / name, folder / name)  # pictures/ may be a link to another disk: copied there
     if folder.is_dir():
         for old in folder.iterdir():
             if PICTURE_PATTERN.fullmatch(old.name) and old.name not in written:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -823,3 +824,24 @@ def test_a_run_folder_or_its_last_checkpoint_marker_stands_for_the_checkpoint_it
     result = _evaluate(run / ckpt.LAST, root / "annotations.json", root / "images", tmp_path / "e4")
     _clean(result, 2)
     assert f"Error: {run / ckpt.LAST} names 'checkpoint_\ufffd.pt', which is not a checkpoint in {run}" in result.output
+
+
+def test_predict_publishes_into_a_pictures_folder_on_another_disk(tiny, tmp_path):
+    """pictures/ a link to another file system: the staged pictures cannot be renamed there, they are copied
+    (a rename failing there used to lose the earlier run's results and the new pictures)."""
+    import os
+
+    from bcnet import predict as P
+
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's folder")
+    root, checkpoint = tiny
+    out = tmp_path / "pred"
+    out.mkdir()
+    with tempfile.TemporaryDirectory(dir=other) as elsewhere:
+        (out / "pictures").symlink_to(elsewhere)
+        report = P.predict(checkpoint, [root / "images" / "000000000001.png"], out, device="cpu", progress=False)
+        assert report["images"] == 1 and (out / "results.json").is_file() and (out / "images.json").is_file()
+        assert sorted(os.listdir(elsewhere)) == ["000001-000000000001.png"]
+        assert not [p for p in out.iterdir() if p.name.startswith(P.STAGING_PREFIX)]
