@@ -306,6 +306,11 @@ def check_run_settings(out_dir: Path, settings: dict,
                 raise _other_images_refused(Path(out_dir), previous, settings, image_root)
             if previous.get("renderer") != settings.get("renderer"):  # no argument can make the same images
                 hint = "finish it with the occsynth version that began it, or use another --out"
+            elif _images_of(previous) is None and _images_left_out(previous) == _images_left_out(settings):
+                raise OccsynthError(f"{out_dir} holds a run begun by an occsynth that did not record which source images "
+                                    f"it read (occsynth {previous.get('version', '?')}), so this one cannot tell whether "
+                                    "the chunks left would be rendered from the same pixels; finish it with the occsynth "
+                                    "version that began it, or use another --out")
             raise OccsynthError(f"{out_dir} holds a run made with other settings ({changed_settings(previous, settings)}); "
                                 f"{hint}")
     else:
@@ -358,7 +363,9 @@ SAMPLED = "source images sampled there differ in size or bytes, or are missing"
 
 
 def _images_left_out(run: dict) -> dict:
-    return {**run, "source": {k: v for k, v in run["source"].items() if k != "images"}}
+    """``run`` without its source images' fingerprint, to compare the rest."""
+    source = run.get("source")
+    return {**run, "source": {k: v for k, v in source.items() if k != "images"}} if isinstance(source, dict) else run
 
 
 def read_run(path: Path) -> dict:

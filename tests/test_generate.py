@@ -274,6 +274,26 @@ def test_a_resume_with_other_images_is_refused_and_one_from_the_same_images_move
     assert not (tmp_path / "m").exists()
 
 
+def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(generated, demo_source, tmp_path):
+    """A run.json written before source images were recorded: "use the same arguments" would never do."""
+    out, _, cache = generated
+    ann, root = demo_source
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    for name in ("annotations.json", "manifest.json", "parts/chunk-000001.json"):  # what a kill leaves
+        (older / name).unlink()
+    run = json.loads((older / "parts" / "run.json").read_text())
+    del run["source"]["images"]
+    (older / "parts" / "run.json").write_text(json.dumps(run, indent=2))
+    before = tree_bytes(older)
+    with pytest.raises(errors.OccsynthError) as refused:
+        generate(older, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert str(refused.value) == (f"{older} holds a run begun by an occsynth that did not record which source images "
+                                  f"it read (occsynth {run['version']}), so this one cannot tell whether the chunks "
+                                  "left would be rendered from the same pixels; finish it with the occsynth version "
+                                  "that began it, or use another --out")
+    assert tree_bytes(older) == before
+
 def test_a_failing_merge_stops_the_workers(demo_source, tmp_path, monkeypatch):
     ann, root = demo_source
     out = tmp_path / "o"
