@@ -373,12 +373,12 @@ def _rows_by_category(saved: torch.Tensor, built: torch.Tensor, rows: int, saved
 
 # --------------------------------------------------------------------------- loop
 
-def _writes_files() -> bool:
+def writes_files() -> bool:
     """Whether this process is the one that writes the run's files: rank 0, or the only process."""
     return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
 
 
-@holds_out_dir(only_if=_writes_files)
+@holds_out_dir(only_if=writes_files)
 def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
           schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,

@@ -1,7 +1,6 @@
 """`bcnet train` and `bcnet evaluate`: thin wrappers over bcnet.train.train and bcnet.evaluate."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -87,7 +86,7 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
                   **overrides):
     """Train BCNet; run under `torchrun --nproc_per_node N` for several GPUs."""
     from bcnet.checkpoint import LAST
-    from bcnet.train import train
+    from bcnet.train import train, writes_files
 
     try:
         result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
@@ -95,7 +94,7 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
                        report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"),
                        overrides_from=option_names(click.get_current_context()))
     except BaseException as exc:
-        if stopping.is_stop(exc) and (Path(out_dir) / LAST).is_file() and os.environ.get("RANK", "0") == "0":
+        if stopping.is_stop(exc) and (Path(out_dir) / LAST).is_file() and writes_files():
             click.echo(f"\ninterrupted: {out_dir} keeps its checkpoints; run the same command with --resume to "
                        "continue from the last one", err=True)
         raise
@@ -104,7 +103,7 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "
                    f"checkpoint {result['checkpoint']}")
         echo_skips(result["skipped"], "skipped bad input")
-    elif result.get("resumed_from") is not None and not result["history"] and os.environ.get("RANK", "0") == "0":
+    elif result.get("resumed_from") is not None and not result["history"] and writes_files():
         click.echo(f"nothing to train: the run is already at iteration {result['start']} of {result['iteration']} "
                    f"({result['resumed_from']}); pass --iterations N (N > {result['start']}) to continue it")
 
