@@ -403,6 +403,8 @@ def test_a_build_leaves_alone_what_builds_still_running_write(demo_source, tmp_p
     kept = [running.name, unknown.name, foreign.name]
     with open(running / LOCK_FILE, "w") as lock:
         assert hold_lock(lock)
+        lock.write(f"pid 4243 on {socket.gethostname()}")  # as a build names itself there
+        lock.flush()
         store = ensure_cutout_pixels(bank_dir, root, cache_dir, progress=False)
         assert sorted(p.name for p in stores.iterdir()) == sorted([store.name, *kept])
         assert (running / "pixel_blob.bin").read_bytes() == b"y" and (running / LOCK_FILE).is_file()
