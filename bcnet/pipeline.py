@@ -61,8 +61,10 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     """Run (or resume) every stage; returns ``{"results": ..., "table": markdown, "stages": {...}}``.
 
     ``out_dir`` is held for the whole run (:func:`bcnet.runlock.hold_out_dir`): a second pipeline started on it
-    stops at once. Each stage holds its own folder too, so a `bcnet train` or `occsynth generate` into one of
-    them is refused while the stage runs, and the stage is not refused by this run's hold of ``out_dir``."""
+    stops at once. While a stage runs it also holds the lock that a command writing its folder would take, so that
+    such a command is refused meanwhile: pretrain/.lock, finetune/.lock and evaluation/.lock (`bcnet train`,
+    `evaluate`), synthetic/parts/.lock (`occsynth generate`); the COCO-OCC stage holds none. No stage is refused by
+    this run's hold of ``out_dir``: each lock is its own file."""
     from occsynth.cocoocc import build_cocoocc
     from occsynth.generate import generate
 

@@ -78,7 +78,7 @@ def bank_command(ann, cache_dir, min_area, border_margin, touch_margin, images, 
 @click.command("cache")
 @cache_dir_option
 @click.option("--remove", "names", multiple=True, metavar="NAME", help="Remove this entry (a name from the list); repeatable.")
-@click.option("--remove-stale", is_flag=True, help="Remove the entries marked stale: a pixel store whose image root is gone, an entry no run can use (unreadable, damaged, or of another occsynth version), an unfinished build or removal untouched for an hour.")
+@click.option("--remove-stale", is_flag=True, help="Remove the entries marked stale: a pixel store whose image root is gone, an entry no run can use (unreadable, damaged, or of another occsynth version), an unfinished build or removal left by a stopped run (a build whose lock no process holds: at once when it ran on this host, else once unchanged for an hour).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the paths removed and the entries left.")
 def cache_command(cache_dir, names, remove_stale, as_json):
     """List what the cache holds (cutout banks, cutout pixel stores, the demo source) with sizes, or remove entries.

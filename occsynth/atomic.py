@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +41,7 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         create = functools.partial(_new_temporary, path, mode)
-        f, held = _new_locked_file(create) if locked else (create(), False)
+        f, held = _open_locked(create, hold_lock) if locked else (create(), False)
         tmp = Path(f.name)
         with f:
             try:
@@ -168,24 +169,6 @@ def require_room(folder: str | os.PathLike, needed: int, what: str, advice: str,
                      f"{format_size(free)} free: {advice}")
 
 
-@contextlib.contextmanager
-def output_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """:func:`make_folder`, and a file made and dropped there, before the work: an --out that cannot be made
-    or written (a read-only folder or mount) fails before a long computation, not after it. A folder made
-    here is removed again if the block fails while it is still empty."""
-    path = Path(path)
-    made = not path.exists()
-    make_folder(path)
-    try:
-        check_writable(path)
-        yield path
-    except BaseException:
-        if made:
-            with contextlib.suppress(OSError):  # only if empty
-                path.rmdir()
-        raise
-
-
 def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path], Any],
                    damage: Callable[[Path], str | None] | None = None, entries: re.Pattern | None = None) -> Path:
     """A folder ``build`` fills, made in a temporary sibling and renamed into place; reused when
@@ -195,8 +178,9 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
 
     It first removes what killed builds and removals left beside the entries whose names ``entries`` matches
     (default: ``target``'s alone; :func:`remove_orphaned_builds`): a killed build may have left gigabytes, which
-    ``build``'s check of the disk's room then counts as free. The temporary sibling's ``LOCK_FILE`` is held while
-    ``build`` runs, so that the clean-up of a build starting meanwhile (another shard's) leaves it alone."""
+    ``build``'s check of the disk's room then counts as free. The temporary sibling's ``LOCK_FILE`` is held (and
+    names this process and host) while ``build`` runs, so that the clean-up of a build starting meanwhile (another
+    shard's, on this host or another) leaves it alone (:func:`left_behind`)."""
     target = Path(target)
     remove_orphaned_builds(target.parent, entries or re.compile(re.escape(target.name)))
     if (target / marker).is_file():
@@ -207,7 +191,7 @@ def build_dir_once(target: str | os.PathLike, marker: str, build: Callable[[Path
     with locked_spool(target.parent, f".{target.name}.tmp-") as tmp:
         build(tmp)
         # no part of the entry; its lock stays held until the rename, and a clean-up finding no lock file leaves
-        # the folder alone
+        # the folder alone for an hour. Where no lock is held (Windows) the file is closed: removable there too
         (tmp / LOCK_FILE).unlink()
         try:
             os.rename(tmp, target)
@@ -267,13 +251,21 @@ def hold_lock(f: IO) -> bool:
 @contextlib.contextmanager
 def locked_spool(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
     """A new temporary folder in ``parent`` named ``prefix`` + random, whose ``LOCK_FILE`` this process holds
-    (:func:`hold_lock`) until the block ends, so that :func:`remove_orphaned_temporaries` of another run
-    leaves it alone; it is removed at the end. A folder a clean-up removed before the lock was taken is made
-    again. OSError where it cannot be made."""
-    lock, _ = _new_locked_file(lambda: open(Path(tempfile.mkdtemp(prefix=prefix, dir=parent)) / LOCK_FILE, "w"))
+    (:func:`hold_lock`) and names itself in (:func:`name_lock_holder`: "pid N on HOST") until the block ends, so
+    that :func:`remove_orphaned_temporaries` of another run leaves it alone, and :func:`left_behind` can tell a
+    folder of a build killed on this host; it is removed at the end. A folder a clean-up removed before the lock
+    was taken is made again. Where there are no locks (Windows) the lock file is closed at once: nothing holds it,
+    and an open file cannot be removed there. OSError where it cannot be made."""
+    lock, held = _open_locked(lambda: open(Path(tempfile.mkdtemp(prefix=prefix, dir=parent)) / LOCK_FILE, "w"),
+                              hold_lock)
     folder = Path(lock.name).parent
     try:
-        with lock:
+        with contextlib.ExitStack() as stack:
+            if held:
+                stack.enter_context(lock)
+                name_lock_holder(lock, stack)
+            else:
+                lock.close()
             yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -301,28 +293,42 @@ def run_lock_file(path: str | os.PathLike, refuse: Callable[[str], Exception]) -
         return
     with contextlib.ExitStack() as held:
         try:
-            f = _lock_now(path, fcntl, held)
+            f = held.enter_context(lock_file_now(path, fcntl.LOCK_EX))
         except BlockingIOError:
             raise refuse(lock_holder(path)) from None
         except OSError as exc:
             lock_failed(exc, path.parent)
-            held.close()
             f = None
         if f is not None:
             name_lock_holder(f, held)
         yield f is not None
 
 
-def _lock_now(path: Path, fcntl, held: contextlib.ExitStack) -> IO:
-    """``path`` opened (made if missing) and locked exclusively without waiting, kept open by ``held``;
-    BlockingIOError where another process holds it."""
-    for _ in range(8):
-        f = held.enter_context(open(path, "a+"))
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(f.fileno()).st_nlink > 0:
-            return f
-        held.close()  # its holder removed it (a folder it made, left empty) before letting go: open the new one
-    raise OSError(errno.EBUSY, "each lock file opened was removed by its holder", str(path))
+def lock_file_now(path: str | os.PathLike, mode: int) -> IO:
+    """The file ``path`` opened (made if missing) and locked with ``mode`` (``fcntl.LOCK_EX`` or ``LOCK_SH``) without
+    waiting; BlockingIOError where another process holds a lock in the way. One its holder removed (and the folder
+    with it) while this process opened it, the holder letting go of a folder it made for nothing
+    (:func:`locked_output_folder`), is made again."""
+    return _open_locked(functools.partial(_open_lock_file, Path(path)), functools.partial(_flock_now, mode=mode))[0]
+
+
+def _open_lock_file(path: Path) -> IO:
+    """``path`` opened for :func:`lock_file_now`; a folder removed meanwhile by the command letting go of it is
+    made again."""
+    try:
+        return open(path, "a+")
+    except FileNotFoundError:
+        if os.path.lexists(path.parent):
+            raise  # e.g. a link to a missing path in the file's place: :func:`lock_failed` names it
+        make_folder(path.parent)
+        return open(path, "a+")
+
+
+def _flock_now(f: IO, mode: int) -> bool:
+    """A lock for :func:`_open_locked` that does not wait: BlockingIOError where another process holds one."""
+    import fcntl
+    fcntl.flock(f, mode | fcntl.LOCK_NB)
+    return True
 
 
 def lock_holder(path: str | os.PathLike) -> str:
@@ -334,12 +340,22 @@ def lock_holder(path: str | os.PathLike) -> str:
 
 
 def name_lock_holder(f: IO, held: contextlib.ExitStack) -> None:
-    """Write this process into a lock file it holds exclusively, for whoever finds the lock taken; emptied
-    again before the lock is let go (``held`` closes the file after the callback runs)."""
+    """Write this process into a lock file it holds exclusively ("pid N on HOST", see ``HOLDER``), for whoever
+    finds the lock taken; emptied again before the lock is let go (``held`` closes the file after the callback
+    runs). A process killed -9 leaves its name there until the next holder replaces it."""
     f.truncate(0)
     f.write(f"pid {os.getpid()} on {socket.gethostname()}")
     f.flush()
     held.callback(f.truncate, 0)
+
+
+HOLDER = re.compile(r"pid \d+ on (?P<host>.+)")  # what :func:`name_lock_holder` writes
+
+
+def _names_this_host(lock_path: str | os.PathLike) -> bool:
+    """Whether the lock file ``lock_path`` names a process of this host (:func:`name_lock_holder`)."""
+    holder = HOLDER.fullmatch(lock_holder(lock_path))
+    return holder is not None and holder["host"] == socket.gethostname()
 
 
 def lock_failed(exc: OSError, folder: str | os.PathLike) -> None:
@@ -355,33 +371,62 @@ def lock_failed(exc: OSError, folder: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def locked_output_folder(path: str | os.PathLike, refuse: Callable[[str], Exception]) -> Iterator[Path]:
-    """:func:`output_folder`, held by this process (:func:`run_lock_file` on its ``LOCK_FILE``) for the block:
-    a second command writing the same folder meanwhile gets ``refuse(holder)`` before it touches anything. A
-    folder made here that holds nothing but the lock file at the end is removed again."""
+    """The folder ``path`` (made if missing: :func:`make_folder`) held by this process (:func:`run_lock_file` on its
+    ``LOCK_FILE``) for the block: a second command writing the same folder meanwhile gets ``refuse(holder)`` before
+    it touches anything. Then a file is made and dropped there (:func:`check_writable`): an --out that cannot be
+    written (a read-only folder or mount) fails before a long computation, not after it.
+
+    A folder made here that holds nothing but the lock file at the end (the block failed, or wrote nothing) is
+    removed again: the lock file first, while held, then the folder if still empty. A command starting meanwhile
+    opens a new lock file (and makes the folder again) where it finds the one it opened removed
+    (:func:`lock_file_now`), and checks the folder only once it holds it, when no one removes it any more."""
     path = Path(path)
     made = not os.path.lexists(path)
-    with output_folder(path), run_lock_file(path / LOCK_FILE, refuse):
-        try:
-            yield path
-        finally:
-            with contextlib.suppress(OSError):
-                if made and os.listdir(path) == [LOCK_FILE]:
-                    (path / LOCK_FILE).unlink()  # while held: a run that opened it before makes it again
-                    path.rmdir()
+    try:
+        with run_lock_file(make_folder(path) / LOCK_FILE, refuse):
+            try:
+                check_writable(path)
+                yield path
+            finally:
+                if made:
+                    _remove_if_only_lock(path)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # only if empty: the lock could not be taken
+                path.rmdir()
+        raise
 
 
-def _new_locked_file(create: Callable[[], IO]) -> tuple[IO, bool]:
-    """(a file ``create`` makes and opens, whether it is locked: :func:`hold_lock`). A clean-up that probed it
-    before the lock was taken removes it while it holds its probe's lock, and the lock then waits for that:
-    a file found unlinked once locked is made again."""
+def _remove_if_only_lock(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but its ``LOCK_FILE`` (held by this process, where there are locks)."""
+    with contextlib.suppress(OSError):
+        if set(os.listdir(folder)) <= {LOCK_FILE}:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()
+
+
+def _open_locked(open_file: Callable[[], IO], lock: Callable[[IO], bool]) -> tuple[IO, bool]:
+    """(a file ``open_file`` opens, whether ``lock(f)`` locked it: False where there are no locks). A file found
+    unlinked once locked, or when its lock was refused, is opened again (``open_file`` makes a new one): its holder
+    removed it before letting go (:func:`locked_output_folder`), or a clean-up that probed it before the lock was
+    taken removed it while it held its probe's lock, which the lock waited for (:func:`_remove_if_unlocked`)."""
     for _ in range(8):
-        f = create()
-        if not hold_lock(f):
-            return f, False
-        if os.fstat(f.fileno()).st_nlink > 0:
-            return f, True
-        f.close()  # removed by a clean-up between its creation and the lock
-    raise OSError(errno.EAGAIN, "each file made was removed by another run's clean-up before it could be locked")
+        f = open_file()
+        try:
+            locked = lock(f)
+        except BlockingIOError:
+            gone = os.fstat(f.fileno()).st_nlink == 0
+            f.close()
+            if gone:
+                continue
+            raise
+        except BaseException:
+            f.close()
+            raise
+        if not locked or os.fstat(f.fileno()).st_nlink > 0:
+            return f, locked
+        f.close()
+    raise OSError(errno.EBUSY, "each file opened was removed by another process before it could be locked")
 
 
 def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | None = None) -> int:
@@ -407,15 +452,64 @@ def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | Non
 # what is left beside an entry NAME (build_dir_once's) while it is built (tmp: a locked spool), discarded when
 # damaged (damaged) or removed by `occsynth cache` (removing); a killed run leaves it for good
 UNFINISHED = re.compile(r"\.(?P<entry>[^.]+)\.(?P<state>tmp|removing|damaged)-.*")
+STOPPED_AFTER_S = 3600  # an unfinished build or removal unchanged this long was stopped, whichever host ran it
+
+
+def left_behind(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (named as ``UNFINISHED`` says) was left by a stopped run: what removes it loses nothing
+    a running one needs. Both the sweep before a build (:func:`remove_orphaned_builds`) and `occsynth cache`
+    (stale) judge by it; see :func:`_judge_left_behind`."""
+    with _judge_left_behind(path) as left:
+        return left
+
+
+@contextlib.contextmanager
+def _judge_left_behind(path: str | os.PathLike) -> Iterator[bool]:
+    """:func:`left_behind` for the block, during which a build folder judged so stays unlocked (this probe holds
+    its lock: a build taking it meanwhile waits, then finds its folder gone and makes another).
+
+    A folder moved aside to be removed (removing, damaged) always is: nothing reads one, and its remover tolerates
+    the race. A build's temporary folder (tmp) never while a process holds its ``LOCK_FILE``; once no process
+    does, if that file names this host (a build killed here: a probe here sees every lock of this host), else once
+    nothing in it changed for ``STOPPED_AFTER_S`` (:func:`stopped`). Where locks do not reach other hosts (NFS
+    mounted nolock or local_lock) another host's running build looks unlocked here; so does any build where there
+    are no locks (Windows); and a folder without a lock file (an older occsynth's) or without a name in it (a build
+    that has not written it yet) says nothing about its build."""
+    match = UNFINISHED.fullmatch(os.path.basename(path))
+    if match is None or match["state"] != "tmp":
+        yield match is not None
+        return
+    lock = os.path.join(path, LOCK_FILE)
+    with _probe_lock(lock) as free:
+        yield free is not False and bool((free and _names_this_host(lock)) or stopped(path))
+
+
+def stopped(path: str | os.PathLike) -> bool:
+    """Whether nothing in ``path`` (nor the folder itself) changed for ``STOPPED_AFTER_S``."""
+    try:
+        last = os.lstat(path).st_mtime
+    except OSError:
+        return False
+    return time.time() - max([last, *(st.st_mtime for st in file_stats(path))]) > STOPPED_AFTER_S
+
+
+def file_stats(path: str | os.PathLike) -> list[os.stat_result]:
+    """os.lstat of every file under ``path``, skipping those removed while walking."""
+    stats = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                stats.append(os.lstat(os.path.join(root, name)))
+            except OSError:
+                pass
+    return stats
 
 
 def remove_orphaned_builds(folder: str | os.PathLike, entries: re.Pattern) -> int:
     """Delete what killed runs left in ``folder`` beside the entries whose names ``entries`` matches in full
-    (see ``UNFINISHED``): a build's temporary folder when no process holds its ``LOCK_FILE`` (a build running
-    now, e.g. another shard's, keeps its own; one without a lock file is left be: whether its build still runs
-    cannot be known), and a folder moved aside to be removed, always: nothing reads one, and its remover
-    tolerates the race. Returns how many were removed. Other names are left be: ``folder`` may be the user's
-    own (a --cache-dir given by mistake)."""
+    (see ``UNFINISHED``), what :func:`left_behind` says a stopped run left: a build running now (another shard's,
+    on this host or another) keeps its folder. Returns how many were removed. Other names are left be: ``folder``
+    may be the user's own (a --cache-dir given by mistake)."""
     try:
         found = list(os.scandir(folder))
     except OSError:
@@ -425,14 +519,13 @@ def remove_orphaned_builds(folder: str | os.PathLike, entries: re.Pattern) -> in
         match = UNFINISHED.fullmatch(entry.name)
         if match is None or not entries.fullmatch(match["entry"]):
             continue
-        if match["state"] == "tmp":
-            n += entry.is_dir(follow_symlinks=False) and _remove_spool_if_unlocked(entry.path)
-        else:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                _remove_quietly(Path(entry.path))
-            n += 1
+        with _judge_left_behind(entry.path) as left:
+            if left:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    _remove_quietly(Path(entry.path))
+                n += 1
     return n
 
 
@@ -443,7 +536,19 @@ def _remove_spool_if_unlocked(folder: str) -> bool:
 
 def _remove_if_unlocked(lock_path: str, remove: Callable[[], None]) -> bool:
     """Run ``remove`` if no process holds a lock on the file at ``lock_path``, while this probe holds one,
-    so that a writer taking its lock meanwhile waits, then finds its file gone (see :func:`_new_locked_file`).
+    so that a writer taking its lock meanwhile waits, then finds its file gone (see :func:`_open_locked`). Where
+    whether one does cannot be told (no locks, no such file) nothing is removed."""
+    with _probe_lock(lock_path) as free:
+        if free:
+            remove()
+        return bool(free)
+
+
+@contextlib.contextmanager
+def _probe_lock(lock_path: str) -> Iterator[bool | None]:
+    """Whether no process holds a lock on the file at ``lock_path``: True (this probe then holds one until the
+    block ends), False where one does, None where it cannot be told (no such file; no locks: Windows, a file
+    system without them).
 
     A shared lock, not blocking: it conflicts with a writer's exclusive one, and unlike an exclusive one it
     can be taken on a file opened read-only over NFS (which emulates flock with whole-file POSIX locks)."""
@@ -451,14 +556,17 @@ def _remove_if_unlocked(lock_path: str, remove: Callable[[], None]) -> bool:
         import fcntl
         fd = os.open(lock_path, os.O_RDONLY)
     except (ImportError, OSError):
-        return False
+        yield None
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            free = False
         except OSError:
-            return False
-        remove()
-        return True
+            free = None
+        yield free
     finally:
         os.close(fd)  # and with it the lock just taken
 

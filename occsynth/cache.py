@@ -11,10 +11,9 @@ import json
 import os
 import secrets
 import shutil
-import time
 from pathlib import Path
 
-from .atomic import UNFINISHED
+from .atomic import UNFINISHED, file_stats, left_behind
 from .bank import BANK_NAME, STORE_NAME, Bank, CutoutPixels, DamagedEntry, current_format
 from .demo import DEMO_VERSION, demo_damage
 from .errors import OccsynthError
@@ -23,7 +22,6 @@ KINDS = {"banks": "bank", "cutout-pixels": "pixel store"}
 # what occsynth names them (bank.bank_key, bank.pixels_key; atomic.build_dir_once's temporaries, removals here):
 # anything else under banks/ or cutout-pixels/ is not listed, so a --cache-dir given by mistake loses nothing
 NAMES = {"bank": BANK_NAME, "pixel store": STORE_NAME}
-STOPPED_AFTER_S = 3600  # an unfinished build or removal unchanged this long was stopped
 
 
 def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
@@ -31,8 +29,8 @@ def cache_entries(cache_dir: str | os.PathLike) -> list[dict]:
     unfinished builds or removals; only names occsynth gives, see ``NAMES``): 'kind', 'name' (what :func:`remove_cache_entries` takes), 'path',
     'bytes', 'built' (the folder's modification time, ISO), 'source' (the annotations file a bank was built
     from, a store's image root) and 'notes': why it is stale (its image root is gone, it is unreadable, damaged or
-    of another format, so no run uses it; an unfinished build or removal untouched for an hour). An entry
-    without notes may still be used."""
+    of another format, so no run uses it; an unfinished build or removal left by a stopped run: see
+    :func:`occsynth.atomic.left_behind`). An entry without notes may still be used."""
     cache_dir = Path(cache_dir)
     entries = []
     for folder, kind in KINDS.items():
@@ -139,12 +137,12 @@ def _damage(kind: str, path: Path) -> str | None:
 
 
 def _unfinished(path: Path) -> dict | None:
-    """A ".<name>.tmp-*" folder of a build or ".<name>.removing-*" of a removal; a running build keeps
-    writing into it, so only one untouched for an hour is called stale."""
-    return _entry("unfinished", path, None, [], stale_if_idle="left by a stopped run")
+    """A ".<name>.tmp-*" folder of a build or ".<name>.removing-*" of a removal; stale when a stopped run left it,
+    as the sweep before a build judges it (a running build, on this host or another, keeps writing into it)."""
+    return _entry("unfinished", path, None, ["left by a stopped run"] if left_behind(path) else [])
 
 
-def _entry(kind: str, path: Path, source: str | None, notes: list[str], stale_if_idle: str | None = None) -> dict | None:
+def _entry(kind: str, path: Path, source: str | None, notes: list[str]) -> dict | None:
     """The entry's dict; None when it went away while listed (renamed into place, removed)."""
     try:
         mtime = path.stat().st_mtime
@@ -153,10 +151,7 @@ def _entry(kind: str, path: Path, source: str | None, notes: list[str], stale_if
             mtime = path.lstat().st_mtime  # a link to a missing path: listed, so that it can be removed
         except FileNotFoundError:
             return None
-    files = _file_stats(path)  # one walk gives the size and, for an unfinished one, its last change
-    if stale_if_idle and time.time() - max([mtime, *(st.st_mtime for st in files)]) > STOPPED_AFTER_S:
-        notes = [*notes, stale_if_idle]
-    return {"kind": kind, "name": path.name, "path": str(path), "bytes": sum(st.st_size for st in files),
+    return {"kind": kind, "name": path.name, "path": str(path), "bytes": sum(st.st_size for st in file_stats(path)),
             "built": datetime.datetime.fromtimestamp(mtime).isoformat(timespec="seconds"), "source": source,
             "notes": notes}
 
@@ -167,15 +162,3 @@ def _meta(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
-
-
-def _file_stats(path: Path) -> list[os.stat_result]:
-    """os.lstat of every file under ``path``, skipping those removed while walking."""
-    stats = []
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                stats.append(os.lstat(os.path.join(root, name)))
-            except OSError:
-                pass
-    return stats

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from .atomic import (LOCK_FILE, lock_failed, lock_holder, make_folder, name_lock_holder, open_atomic,
+from .atomic import (LOCK_FILE, lock_failed, lock_file_now, lock_holder, make_folder, name_lock_holder, open_atomic,
                      remove_stale_temporaries, run_lock_file, write_json)
 from .coco import is_int, read_json
 from .errors import OccsynthError, SkipLog, plural
@@ -163,9 +163,7 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
     shard_file = parts / f"{LOCK_FILE}-shard-{index}-of-{count}"
 
     def take(path: Path, mode: int):
-        f = held.enter_context(open(path, "a+"))
-        fcntl.flock(f, mode | fcntl.LOCK_NB)
-        return f
+        return held.enter_context(lock_file_now(path, mode))
 
     with contextlib.ExitStack() as held:
         try:

@@ -1,8 +1,11 @@
 """`occsynth cache`: what a cache folder holds, what is stale, and removing entries without half-deleted leftovers."""
+import errno
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -275,31 +278,108 @@ def kill_9_mid_store_build(bank_dir, root, cache_dir):
         proc.wait()
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
+    return proc.pid
 
 
 def test_the_next_build_removes_what_a_killed_pixel_store_build_left(demo_source, tmp_path):
     ann, root = demo_source
     cache_dir = tmp_path / "cache"
     bank_dir = ensure_bank(ann, cache_dir, BankOptions(), progress=False)
-    kill_9_mid_store_build(bank_dir, root, cache_dir)
+    pid = kill_9_mid_store_build(bank_dir, root, cache_dir)
     stores = cache_dir / "cutout-pixels"
     [left] = list(stores.iterdir())                  # the killed build's folder, with its blob's temporary in it
-    assert left.name.startswith(".") and ".tmp-" in left.name and (left / LOCK_FILE).is_file()
+    assert left.name.startswith(".") and ".tmp-" in left.name
+    assert (left / LOCK_FILE).read_text() == f"pid {pid} on {socket.gethostname()}"  # the build named itself there
     assert [p.name for p in left.iterdir() if p.name.startswith(".pixel_blob.bin.tmp-")]
     [entry] = [e for e in cache_entries(cache_dir) if e["kind"] == "unfinished"]
-    assert entry["name"] == left.name and entry["notes"] == []   # listed; stale only after an hour
+    # its lock let go, and it ran on this host, where a lock probe sees every holder: stale at once
+    assert entry["name"] == left.name and entry["notes"] == ["left by a stopped run"]
     store = ensure_cutout_pixels(bank_dir, root, cache_dir, progress=False)
     assert [p.name for p in stores.iterdir()] == [store.name]
 
 
-def left_by_a_killed_build(folder, name, size=100):
+def left_by_a_killed_build(folder, name, size=100, host=None):
     """What a build of entry ``name`` killed -9 leaves in ``folder``, as in the test above: its temporary folder,
-    with the lock file that the kernel let go of, and what it had written."""
+    with the lock file that the kernel let go of, naming the build's process and host (default: this one), and what
+    it had written."""
     tmp = folder / f".{name}.tmp-k1ll3d{size}"
     tmp.mkdir(parents=True)
-    (tmp / LOCK_FILE).touch()
+    (tmp / LOCK_FILE).write_text(f"pid 4242 on {host or socket.gethostname()}")
     (tmp / ".pixel_blob.bin.tmp-4242-0badf00d").write_bytes(b"x" * size)
     return tmp
+
+
+def unchanged_for_hours(folder, hours=2):
+    """Date ``folder`` and everything in it ``hours`` back, as if nothing had written there since."""
+    old = time.time() - hours * 3600
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, (old, old))
+
+
+def test_a_build_on_another_host_is_left_alone_until_it_has_stopped_changing(tmp_path):
+    """Shards on several hosts may share one --cache-dir. Where locks do not reach other hosts (NFS mounted nolock
+    or local_lock), another host's running build looks unlocked here, and was removed mid-build: only a build that
+    named this host is known to have stopped once unlocked; another is stale once unchanged for an hour."""
+    stores = tmp_path / "cutout-pixels"
+    here = left_by_a_killed_build(stores, "a")
+    elsewhere = left_by_a_killed_build(stores, "b", host="node-17")
+    unnamed = left_by_a_killed_build(stores, "c")
+    (unnamed / LOCK_FILE).write_text("")  # a build that has not named itself yet (or an older occsynth's)
+
+    def notes():
+        return {e["name"]: e["notes"] for e in cache_entries(tmp_path)}
+    assert notes() == {here.name: ["left by a stopped run"], elsewhere.name: [], unnamed.name: []}
+    assert atomic.remove_orphaned_builds(stores, re.compile("[abc]")) == 1
+    assert sorted(p.name for p in stores.iterdir()) == sorted([elsewhere.name, unnamed.name])
+    for folder in (elsewhere, unnamed):
+        unchanged_for_hours(folder)
+    assert notes() == {elsewhere.name: ["left by a stopped run"], unnamed.name: ["left by a stopped run"]}
+    assert atomic.remove_orphaned_builds(stores, re.compile("[abc]")) == 2 and not any(stores.iterdir())
+
+
+def test_a_running_build_is_never_stale_however_long_it_has_not_changed(tmp_path):
+    """`occsynth cache --remove-stale` removed a build untouched for an hour even while its process held it."""
+    running = left_by_a_killed_build(tmp_path / "banks", "a", host="node-17")
+    unchanged_for_hours(running)                    # a long step that writes nothing
+    with open(running / LOCK_FILE) as lock:         # held, as its build holds it
+        assert hold_lock(lock)
+        assert [e["notes"] for e in cache_entries(tmp_path)] == [[]]
+        res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(tmp_path), "--remove-stale"])
+        assert res.exit_code == 0 and "stale" not in res.output, res.output
+        assert (running / ".pixel_blob.bin.tmp-4242-0badf00d").is_file()
+
+
+def open_paths():
+    """The files this process has open (Linux: /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    found = set()
+    for fd in os.listdir(fds):
+        try:
+            found.add(os.readlink(fds / fd))
+        except OSError:
+            pass
+    return found
+
+
+def test_builds_run_without_fcntl_where_an_open_file_cannot_be_removed(demo_source, tmp_path, monkeypatch):
+    """Windows has no fcntl (hold_lock returns False) and refuses to remove a file still open: a build removed its
+    temporary folder's lock file while it kept it open, so every cache build failed there."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to see which files are open")
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl: ImportError, as on Windows
+    real = os.unlink
+
+    def unlink_as_windows(path, *, dir_fd=None):  # a path relative to dir_fd (shutil.rmtree's) is not checked
+        if dir_fd is None and os.path.realpath(path) in open_paths():
+            raise PermissionError(errno.EACCES, "The process cannot access the file because it is being used by "
+                                                "another process", str(path))
+        return real(path, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "unlink", unlink_as_windows)
+    monkeypatch.setattr(os, "remove", unlink_as_windows)
+    ann, _ = demo_source
+    bank_dir = ensure_bank(ann, tmp_path / "cache", BankOptions(), progress=False)
+    assert (bank_dir / "meta.json").is_file() and not (bank_dir / LOCK_FILE).exists()
+    assert [p.name for p in (tmp_path / "cache" / "banks").iterdir()] == [bank_dir.name]
 
 
 def test_a_build_leaves_alone_what_builds_still_running_write(demo_source, tmp_path):
@@ -323,6 +403,8 @@ def test_a_build_leaves_alone_what_builds_still_running_write(demo_source, tmp_p
     kept = [running.name, unknown.name, foreign.name]
     with open(running / LOCK_FILE, "w") as lock:
         assert hold_lock(lock)
+        lock.write(f"pid 4243 on {socket.gethostname()}")  # as a build names itself there
+        lock.flush()
         store = ensure_cutout_pixels(bank_dir, root, cache_dir, progress=False)
         assert sorted(p.name for p in stores.iterdir()) == sorted([store.name, *kept])
         assert (running / "pixel_blob.bin").read_bytes() == b"y" and (running / LOCK_FILE).is_file()

@@ -206,6 +206,47 @@ def test_a_locked_output_folder_refuses_a_second_holder_and_removes_a_folder_it_
     assert (out / atomic.LOCK_FILE).read_text() == "" and (out / "result.txt").read_text() == "done"
 
 
+@pytest.mark.parametrize("moment", ["before its lock", "as it locks", "as the last one lets go"])
+def test_a_command_starting_while_the_last_one_removes_the_out_it_made_for_nothing_runs(tmp_path, monkeypatch, moment):
+    """A command that made --out and wrote nothing there removes its lock file, then the folder; one starting at that
+    moment failed with "cannot write into OUT: No such file or directory" or "cannot lock OUT/.lock", or was refused
+    as held by the process that was letting go."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+
+    def refuse(holder):
+        return OccsynthError(f"{out} is held by {holder}")
+
+    last, first = atomic.locked_output_folder(out, refuse), [True]
+    last.__enter__()
+    if moment == "before its lock":  # the folder goes between the next command's mkdir -p and its lock
+        real = atomic.make_folder
+
+        def make_folder(path):
+            made = real(path)
+            if first and first.pop():
+                last.__exit__(None, None, None)
+            return made
+        monkeypatch.setattr(atomic, "make_folder", make_folder)
+    else:  # the next command has opened the last one's lock file, which is removed before it locks it
+        real = fcntl.flock
+
+        def flock(*args):
+            if first and first.pop():
+                if moment == "as it locks":
+                    last.__exit__(None, None, None)  # lock file and folder removed, lock let go
+                else:
+                    (out / atomic.LOCK_FILE).unlink()  # the file removed, its lock not let go yet
+            return real(*args)
+        monkeypatch.setattr(fcntl, "flock", flock)
+    with atomic.locked_output_folder(out, refuse):
+        (out / "result.txt").write_text("done")
+    if moment == "as the last one lets go":
+        last.__exit__(None, None, None)
+    assert sorted(p.name for p in out.iterdir()) == [atomic.LOCK_FILE, "result.txt"]
+    assert (out / atomic.LOCK_FILE).read_text() == ""
+
+
 class _FillingDisk:
     """Image writes through ``atomic`` fail with ENOSPC once ``capacity`` bytes were written (write mode), or
     every fsync after the first ``capacity`` ones fails (fsync mode: the disk fills during write-back)."""

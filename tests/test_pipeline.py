@@ -597,7 +597,7 @@ def test_an_out_folder_that_exists_but_cannot_be_written_is_refused_before_the_w
     (tmp_path / "exists").mkdir()
     for out, kept in ((tmp_path / "exists", True), (tmp_path / "new", False)):
         with pytest.raises(OccsynthError, match=f"cannot write into {out}: Read-only file system"):
-            with atomic.output_folder(out):
+            with atomic.locked_output_folder(out, OccsynthError):
                 raise AssertionError("the work ran")
         assert out.exists() == kept  # a folder made for nothing is removed again
 
