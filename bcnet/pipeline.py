@@ -19,7 +19,8 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, file_hash, none_found_under, read_array, read_json
+from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, none_found_under, read_array,
+                           read_dataset, read_json)
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError, did_you_mean, plural
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
@@ -66,7 +67,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     from occsynth.cocoocc import build_cocoocc
     from occsynth.generate import generate
 
-    from .evaluate import evaluate_checkpoint, markdown_table, require_scorable_file
+    from .evaluate import evaluate_checkpoint, markdown_table
     from .train import train
 
     from .device import resolve_device
@@ -106,9 +107,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         if not stage_done(out_dir / "evaluation", "evaluation"):
             check_cocoocc_images(inputs.cocoocc, inputs.coco_val[1])
     if not stage_done(out_dir / "evaluation", "evaluation"):  # else found only after all the training
-        for option, ann in (("--coco-val-ann", inputs.coco_val[0]), ("--cocoocc", inputs.cocoocc)):
-            if ann is not None:
-                require_scorable_file(ann, f"{option} {ann}")
+        check_evaluation_sets(inputs)
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
@@ -244,6 +243,23 @@ def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
             raise OccsynthError(f"{out_dir} holds a pipeline run made from other input data: {option} was "
                                 f"{said(old, key)}, now {said(new, key)}; rerun it with the same inputs to resume it, or "
                                 "choose another --out")
+
+
+def check_evaluation_sets(inputs: PipelineInputs) -> None:
+    """Refuse a set the evaluation scores (--coco-val-ann, --cocoocc) that lists none of the categories of
+    --coco-train-ann, which the fine-tuned model predicts, or has no object of them to score: found only by the
+    evaluation, it stopped the run after all the training. Reads the training set's categories alone."""
+    from .data import require_shared_categories
+    from .evaluate import require_scorable_file
+
+    train = inputs.coco_train[0]
+    model = sorted(categories_by_id(read_array(train, "categories")))
+    for option, ann in (("--coco-val-ann", inputs.coco_val[0]), ("--cocoocc", inputs.cocoocc)):
+        if ann is not None:
+            data = read_dataset(ann)
+            require_shared_categories(categories_by_id(data["categories"]), model, f"{option} {ann}",
+                                      f"the model is fine-tuned on --coco-train-ann {train}, which lists")
+            require_scorable_file(ann, f"{option} {ann}", model, data=data)
 
 
 def check_cocoocc_images(ann: Path, val_images: Path, sample: int = 50) -> None:

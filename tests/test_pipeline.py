@@ -186,6 +186,49 @@ def test_an_evaluation_file_with_nothing_to_score_is_refused_before_any_stage(de
                      log=lambda line: None)
     assert not (tmp_path / "run" / "synthetic").exists()
 
+def _other_categories(ann: Path, out: Path, annotated_only: bool = False) -> Path:
+    """``ann`` whose annotations are of categories ``ann`` does not list (ids moved by 1000); ``annotated_only``:
+    the set lists ``ann``'s categories too, but none of its annotations is of them."""
+    data = json.loads(ann.read_text())
+    moved = [{**c, "id": c["id"] + 1000} for c in data["categories"]]
+    out.write_text(json.dumps({**data, "categories": moved + (data["categories"] if annotated_only else []),
+                               "annotations": [{**a, "category_id": a["category_id"] + 1000}
+                                               for a in data["annotations"]]}))
+    return out
+
+
+@pytest.mark.parametrize("option", ["--coco-val-ann", "--cocoocc"])
+def test_an_evaluation_set_sharing_no_category_with_the_training_set_is_refused_before_any_stage(demo_source, tmp_path,
+                                                                                                 option):
+    """The fine-tuned model predicts --coco-train-ann's categories: a val (or COCO-OCC) set of other ones was found
+    only at its evaluation, after all the training."""
+    ann, root = demo_source
+    for annotated_only, words in ((False, rf"shares no category with the model \(it lists category ids \[1001, 1002, "
+                                          rf".*; the model is fine-tuned on --coco-train-ann {ann}, which lists \[1, 2, "),
+                                  (True, r"nothing to score: none of its 100 annotations is of a category the model "
+                                         r"predicts \(they are of cat, clock, cup, ")):
+        other = _other_categories(ann, tmp_path / "other.json", annotated_only)
+        inputs = PipelineInputs(coco_train=(ann, root), coco_val=(other if option == "--coco-val-ann" else ann, root),
+                                cocoocc=other if option == "--cocoocc" else None)
+        with pytest.raises(OccsynthError, match=rf"^{option} {other}: {words}"):
+            run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                         log=lambda line: None)
+        assert not (tmp_path / "run").exists()
+
+
+def test_an_evaluation_set_of_other_categories_is_refused_by_the_command_before_any_stage(demo_source, tmp_path):
+    ann, root = demo_source
+    other = _other_categories(ann, tmp_path / "other.json")
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
+                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+                                             "--coco-val-ann", str(other), "--coco-val-images", str(root),
+                                             "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"Error: --coco-val-ann {other}: shares no category with the model"), result.output
+    assert "[1/5]" not in result.output and not (tmp_path / "run").exists()
+
+
 def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
     """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
     skips it: the sampled check raised the OSError and stopped the whole run."""
