@@ -22,7 +22,7 @@ from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, none_found_under, read_array,
                            read_dataset, read_json)
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError, did_you_mean, plural
+from occsynth.errors import OccsynthError, SkipLog, did_you_mean, plural
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 from .runlock import holds_out_dir
@@ -107,7 +107,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         if not stage_done(out_dir / "evaluation", "evaluation"):
             check_cocoocc_images(inputs.cocoocc, inputs.coco_val[1])
     if not stage_done(out_dir / "evaluation", "evaluation"):  # else found only after all the training
-        check_evaluation_sets(inputs)
+        builds = inputs.cocoocc is None and not stage_done(out_dir / "cocoocc", "cocoocc")
+        check_evaluation_sets(inputs, recipe, plan.get("cocoocc", {}) if builds else None)
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
@@ -245,21 +246,42 @@ def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
                                 "choose another --out")
 
 
-def check_evaluation_sets(inputs: PipelineInputs) -> None:
+def check_evaluation_sets(inputs: PipelineInputs, recipe: str, cocoocc: dict | None) -> None:
     """Refuse a set the evaluation scores (--coco-val-ann, --cocoocc) that lists none of the categories of
     --coco-train-ann, which the fine-tuned model predicts, or has no object of them to score: found only by the
-    evaluation, it stopped the run after all the training. Reads the training set's categories alone."""
+    evaluation, it stopped the run after all the training. Reads the training set's categories alone.
+
+    ``cocoocc``: the [cocoocc] options of the COCO-OCC this run will build from --coco-val-ann (None: given, or
+    built already), whose selection is checked the same way; it needs only boxes, so it is made here, cheaply,
+    and again by the stage (the options and --coco-val-ann are bound to the run folder)."""
+    from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, max_overlap_per_image, reaches, usable_records
+
     from .data import require_shared_categories
     from .evaluate import require_scorable_file
 
-    train = inputs.coco_train[0]
+    train, val = inputs.coco_train[0], inputs.coco_val[0]
     model = sorted(categories_by_id(read_array(train, "categories")))
-    for option, ann in (("--coco-val-ann", inputs.coco_val[0]), ("--cocoocc", inputs.cocoocc)):
+    for option, ann in (("--coco-val-ann", val), ("--cocoocc", inputs.cocoocc)):
         if ann is not None:
             data = read_dataset(ann)
             require_shared_categories(categories_by_id(data["categories"]), model, f"{option} {ann}",
                                       f"the model is fine-tuned on --coco-train-ann {train}, which lists")
             require_scorable_file(ann, f"{option} {ann}", model, data=data)
+    if cocoocc is None:
+        return
+    overlap, threshold = cocoocc.get("overlap", DEFAULT_OVERLAP), cocoocc.get("threshold", DEFAULT_THRESHOLD)
+    data = usable_records(read_dataset(val, finite=True), val, SkipLog())  # as build_cocoocc reads it
+    best = max_overlap_per_image(data, overlap, cocoocc.get("count_crowd", False))
+    keep = {image_id for image_id, value in best.items() if reaches(value, threshold)}
+    where = f"pipeline recipe {recipe!r} [cocoocc]"
+    if not keep:
+        raise OccsynthError(f"{where}: selects none of the {plural(len(best), 'image')} of --coco-val-ann {val}: no two "
+                            f"boxes of an image overlap by {overlap} >= {threshold:g} (the largest overlap is "
+                            f"{max(best.values(), default=0.0):.3g}); COCO-OCC would list no images to evaluate: lower "
+                            "the threshold, or give a COCO-OCC file with --cocoocc")
+    selection = {**data, "images": [im for im in data["images"] if im["id"] in keep],
+                 "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    require_scorable_file(val, f"{where}: the COCO-OCC selection of --coco-val-ann {val}", model, data=selection)
 
 
 def check_cocoocc_images(ann: Path, val_images: Path, sample: int = 50) -> None:

@@ -229,6 +229,46 @@ def test_an_evaluation_set_of_other_categories_is_refused_by_the_command_before_
     assert "[1/5]" not in result.output and not (tmp_path / "run").exists()
 
 
+def test_a_cocoocc_selection_of_no_image_is_refused_before_any_stage(demo_source, tmp_path):
+    """A [cocoocc] threshold that no two boxes of an image of --coco-val-ann reach: COCO-OCC was built empty after
+    all the training, and its evaluation found no images to evaluate."""
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace("threshold = 0.2", "threshold = 1"))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[cocoocc\]: selects none of the 24 images "
+                                            rf"of --coco-val-ann {ann}: no two boxes of an image overlap by iou >= 1 "
+                                            r"\(the largest overlap is 0\.\d+\); COCO-OCC would list no images to "
+                                            r"evaluate: lower the threshold, or give a COCO-OCC file with --cocoocc$"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cocoocc_selection_with_nothing_to_score_is_refused_before_any_stage(demo_source, tmp_path):
+    """The images [cocoocc] selects hold objects of none of the training set's categories (which do occur on the
+    other images of val): COCO-OCC's evaluation had nothing to score, after all the training."""
+    from occsynth.cocoocc import select_images
+
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    selected = set(select_images(data, "iou", 0.3))
+    elsewhere = ({a["category_id"] for a in data["annotations"]}
+                 - {a["category_id"] for a in data["annotations"] if a["image_id"] in selected})
+    assert selected and elsewhere
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps({**data, "categories": [c for c in data["categories"] if c["id"] in elsewhere]}))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace("threshold = 0.2", "threshold = 0.3"))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[cocoocc\]: the COCO-OCC selection of "
+                                            rf"--coco-val-ann {ann}: nothing to score: none of its \d+ annotations is "
+                                            r"of a category the model predicts"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(train, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
     """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
     skips it: the sampled check raised the OSError and stopped the whole run."""
