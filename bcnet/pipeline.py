@@ -104,9 +104,13 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         check_cocoocc_table(plan, recipe)
     else:
         check_coco_layout(inputs.cocoocc)
-        if not stage_done(out_dir / "evaluation", "evaluation"):
-            check_cocoocc_images(inputs.cocoocc, inputs.coco_val[1])
+    if not (out_dir / "finetune" / FINAL).exists():  # read by the generation, else first by the fine-tuning
+        check_images_under(*inputs.coco_train, "--coco-train-ann", "--coco-train-images")
     if not stage_done(out_dir / "evaluation", "evaluation"):  # else found only after all the training
+        check_images_under(*inputs.coco_val, "--coco-val-ann", "--coco-val-images")
+        if inputs.cocoocc is not None:
+            check_images_under(inputs.cocoocc, inputs.coco_val[1], "--cocoocc", "--coco-val-images",
+                               "COCO-OCC is a subset of val2017, evaluated on its images")
         builds = inputs.cocoocc is None and not stage_done(out_dir / "cocoocc", "cocoocc")
         check_evaluation_sets(inputs, recipe, plan.get("cocoocc", {}) if builds else None)
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
@@ -284,14 +288,17 @@ def check_evaluation_sets(inputs: PipelineInputs, recipe: str, cocoocc: dict | N
     require_scorable_file(val, f"{where}: the COCO-OCC selection of --coco-val-ann {val}", model, data=selection)
 
 
-def check_cocoocc_images(ann: Path, val_images: Path, sample: int = 50) -> None:
-    """Refuse a --cocoocc file none of whose images (up to ``sample``, spread over it) is under the val image
-    folder, where its evaluation reads them: found only then, it stopped the run after all the training."""
-    images = [im for im in read_array(ann, "images") if isinstance(im, dict)]
-    paths = none_found_under(val_images, images[::max(1, len(images) // sample)][:sample])
+def check_images_under(ann: Path, images: Path, option: str, images_option: str, hint: str = "",
+                       sample: int = 50) -> None:
+    """Refuse an annotations file none of whose images (up to ``sample``, spread over it) is under the image folder
+    its stage reads them from: found only then, it stopped the run after the stages before (after all the training,
+    for the evaluation's). ``option`` and ``images_option`` name the two; ``hint`` says why the images are there."""
+    records = [im for im in read_array(ann, "images") if isinstance(im, dict)]
+    paths = none_found_under(images, records[::max(1, len(records) // sample)][:sample])
     if paths:
-        raise OccsynthError(f"--cocoocc {ann}: none of {len(paths)} sampled images is under --coco-val-images "
-                            f"{val_images} (e.g. {paths[0]}); COCO-OCC is a subset of val2017, evaluated on its images")
+        raise OccsynthError(f"{option} {ann}: none of {len(paths)} sampled images is under {images_option} {images} "
+                            f"(e.g. {paths[0]}); "
+                            + (hint or f"is {images_option} the folder that the file_name entries are relative to?"))
 
 
 def synthetic_settings(plan: dict, recipe: str):

@@ -269,20 +269,37 @@ def test_a_cocoocc_selection_with_nothing_to_score_is_refused_before_any_stage(d
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("option", ["--coco-train-images", "--coco-val-images"])
+def test_an_image_folder_that_does_not_hold_its_set_is_refused_before_any_stage(demo_source, tmp_path, option):
+    """A wrong --coco-val-images was found at the evaluation, after all the training; a wrong --coco-train-images
+    at the fine-tuning, after the pretraining on a --synthetic set (or at the generation, after its bank)."""
+    ann, root = demo_source
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    train, val = (elsewhere, root) if option == "--coco-train-images" else (root, elsewhere)
+    inputs = PipelineInputs(coco_train=(ann, train), coco_val=(ann, val), synthetic=(ann, root))
+    with pytest.raises(OccsynthError, match=rf"^{option[:-7]}-ann {ann}: none of \d+ sampled images is under {option} "
+                                            rf"{elsewhere} \(e\.g\. {elsewhere}/set-a/000001\.jpg\); is {option} the "
+                                            r"folder that the file_name entries are relative to\?$"):
+        run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
     """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
     skips it: the sampled check raised the OSError and stopped the whole run."""
-    from bcnet.pipeline import check_cocoocc_images
+    from bcnet.pipeline import check_images_under
     ann, root = demo_source
     data = json.loads(ann.read_text())
     long_first = tmp_path / "occ.json"
     long_first.write_text(json.dumps({**data, "images": [{**data["images"][0], "file_name": "x" * 300 + ".jpg"},
                                                          *data["images"][1:]]}))
-    check_cocoocc_images(long_first, root)  # the other sampled images are there
+    check_images_under(long_first, root, "--cocoocc", "--coco-val-images")  # the other sampled images are there
     only_long = tmp_path / "long.json"
     only_long.write_text(json.dumps({**data, "images": [{**data["images"][0], "file_name": "x" * 300 + ".jpg"}]}))
     with pytest.raises(OccsynthError, match="none of 1 sampled images is under --coco-val-images"):
-        check_cocoocc_images(only_long, root)
+        check_images_under(only_long, root, "--cocoocc", "--coco-val-images")
 
 
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
