@@ -98,8 +98,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     settings = synthetic_settings(plan, recipe) if inputs.synthetic is None else None
     if inputs.synthetic is not None and not (out_dir / "pretrain" / FINAL).exists():  # else it is never read again
         check_synthetic_set(*inputs.synthetic)
-    for table in ("pretrain", "finetune"):
-        check_training_table(plan, recipe, table)
+    check_training_stage(plan, recipe, "pretrain", out_dir / "pretrain", backbone_weights=inputs.backbone_weights)
+    check_training_stage(plan, recipe, "finetune", out_dir / "finetune", amodal_masks_of=inputs.coco_train[0])
     if inputs.cocoocc is None:
         check_cocoocc_table(plan, recipe)
     else:
@@ -347,19 +347,54 @@ def check_synthetic_set(ann: Path, images: Path) -> None:
                             "give the folder that occsynth generate wrote")
 
 
-def check_training_table(plan: dict, recipe: str, table: str) -> None:
-    """[pretrain] / [finetune]: its schedule exists and, with the table's settings on top, is valid."""
+def check_training_table(plan: dict, recipe: str, table: str) -> dict:
+    """[pretrain] / [finetune]: its schedule exists and, with the table's settings on top, is valid; returns it."""
     from .train import load_schedule
 
     where = f"pipeline recipe {recipe!r} [{table}]"
     try:
-        load_schedule(str(plan[table]["schedule"]), {k: v for k, v in plan[table].items() if k != "schedule"},
-                      overrides_from=where)
+        return load_schedule(str(plan[table]["schedule"]), {k: v for k, v in plan[table].items() if k != "schedule"},
+                             overrides_from=where)
     except OccsynthError as exc:
         if str(exc).startswith(where):  # a setting of the table itself: the error names it already
             raise
         # the schedule file: missing, malformed, or a bad value in it
         raise OccsynthError(f"{where} schedule: {exc}") from None
+
+
+def check_training_stage(plan: dict, recipe: str, table: str, stage_dir: Path, *,
+                         backbone_weights: Path | None = None, amodal_masks_of: Path | None = None) -> None:
+    """[pretrain] / [finetune] (:func:`check_training_table`), and what its trainer checks only when the stage starts,
+    hours into the run: ``backbone_weights`` (--backbone-weights, the pretraining's) fit its backbone, the weights
+    file exists (not once the training has begun: a resumed one does not read it again) and, for amodal training,
+    every annotation of ``amodal_masks_of`` (the fine-tuning's COCO train, streamed) has its amodal mask. Nothing
+    once the stage is done."""
+    from occsynth.coco import iter_array
+
+    from .checkpoint import latest_checkpoint
+    from .data import require_amodal_masks
+    from .train import load_schedule
+
+    schedule = check_training_table(plan, recipe, table)
+    if (stage_dir / FINAL).exists():
+        return
+    where = f"pipeline recipe {recipe!r} [{table}]"
+    if backbone_weights is not None:  # the table's own were checked with it
+        try:
+            schedule = load_schedule(schedule, {"backbone_weights": str(backbone_weights)},
+                                     overrides_from="--backbone-weights")
+        except OccsynthError as exc:
+            raise OccsynthError(f"{where} with --backbone-weights: {exc}") from None
+    weights = schedule.get("backbone_weights")
+    if weights and latest_checkpoint(stage_dir) is None and not os.path.isfile(weights):
+        raise OccsynthError(f"{where}: backbone weights {weights}: no such file (expected a torchvision "
+                            f"{schedule['backbone']} state dict)")
+    if schedule["mode"] == "amodal" and amodal_masks_of is not None:
+        try:
+            require_amodal_masks({"annotations": iter_array(amodal_masks_of, "annotations")}, amodal_masks_of,
+                                 "training")
+        except OccsynthError as exc:
+            raise OccsynthError(f"{where}: {exc}") from None
 
 
 COCOOCC_SETTINGS = tuple(inspect.signature(check_options).parameters)  # what [cocoocc] may set

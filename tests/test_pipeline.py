@@ -286,6 +286,77 @@ def test_an_image_folder_that_does_not_hold_its_set_is_refused_before_any_stage(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("table", ["pretrain", "finetune"])
+def test_a_missing_backbone_weights_file_of_a_training_table_is_refused_before_any_stage(demo_source, tmp_path, table):
+    """The trainer looks for the file when its stage starts: the fine-tuning's after the generation and the
+    pretraining."""
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    head = f'[{table}]\nschedule = "schedule-tiny"\n'
+    recipe.write_text(RECIPE.replace(head, f'{head}backbone = "resnet18"\nbackbone_weights = "{tmp_path}/no.pth"\n'))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[{table}\]: backbone weights "
+                                            rf"{tmp_path}/no\.pth: no such file \(expected a torchvision resnet18 "
+                                            r"state dict\)$"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_backbone_weights_for_a_tiny_backbone_are_refused_before_any_stage(demo_source, tmp_path):
+    """--backbone-weights go to the pretraining, whose trainer refused them for a 'tiny' backbone (pipeline-tiny's)
+    only once the synthetic set was generated."""
+    ann, root = demo_source
+    weights = tmp_path / "resnet50.pth"
+    weights.write_bytes(b"weights")
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), backbone_weights=weights)
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe 'pipeline-tiny' \[pretrain\] with --backbone-weights: "
+                                            rf"backbone weights {weights}: the 'tiny' backbone has no pretrained "
+                                            "weights; use backbone resnet18 or resnet50"):
+        run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_amodal_fine_tuning_on_a_training_set_without_amodal_masks_is_refused_before_any_stage(demo_source, tmp_path):
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace('[finetune]\nschedule = "schedule-tiny"\n',
+                                     '[finetune]\nschedule = "schedule-tiny"\nmode = "amodal"\n'))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[finetune\]: {ann}: annotation 1 \(image 1\) "
+                                            r"has no amodal_segmentation: amodal training needs one"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_inputs_no_stage_reads_again_are_not_checked(demo_source, tmp_path):
+    """A run whose stages are done reads neither COCO image folder, the backbone weights nor the val set again:
+    they may be gone, or unfit for a stage that will not run, and the run is not stopped for them."""
+    ann, root = demo_source
+    out = tmp_path / "run"
+    for done in ("synthetic/annotations.json", "synthetic/manifest.json", "pretrain/model_final.pt",
+                 "finetune/model_final.pt", "cocoocc/annotations.json", "cocoocc/manifest.json",
+                 "cocoocc/report.json", "evaluation/results.json", "evaluation/results.md"):
+        (out / done).parent.mkdir(parents=True, exist_ok=True)
+        (out / done).write_text("{}")
+    recipe = tmp_path / "recipe.toml"
+    text = RECIPE.replace("threshold = 0.2", "threshold = 1")
+    for table in ("pretrain", "finetune"):
+        head = f'[{table}]\nschedule = "schedule-tiny"\n'
+        text = text.replace(head, f'{head}backbone = "resnet18"\nbackbone_weights = "{tmp_path}/gone.pth"\n'
+                                  f'mode = "amodal"\n')
+    recipe.write_text(text)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    other = _other_categories(ann, tmp_path / "other.json")
+    logs = []
+    run_pipeline(out, PipelineInputs(coco_train=(ann, gone), coco_val=(other, gone)), recipe=str(recipe),
+                 device="cpu", progress=False, log=logs.append)
+    assert sum("done" in line for line in logs) == 5
+
+
 def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
     """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
     skips it: the sampled check raised the OSError and stopped the whole run."""
@@ -718,7 +789,8 @@ def test_backbone_weights_go_to_the_pretraining_only_and_bind_the_run_folder(dem
 
     monkeypatch.setattr(T, "train", fake_train)
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE)
+    # ImageNet weights are for a resnet (the trainer refuses them for the tiny backbone, as the pipeline does up front)
+    recipe.write_text(RECIPE.replace('schedule = "schedule-tiny"\n', 'schedule = "schedule-tiny"\nbackbone = "resnet18"\n'))
     cocoocc = tmp_path / "occ.json"
     cocoocc.write_text(ann.read_text())
     inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=cocoocc,
