@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -86,10 +86,8 @@ class CocoInstances(Dataset):
         self.category_ids: list[int] = (sorted(categories) if category_ids is None
                                         else [int(c) for c in category_ids])
         unknown = sorted(set(self.category_ids) - set(categories))
-        if unknown and not all_categories and len(unknown) == len(set(self.category_ids)):
-            raise OccsynthError(f"{self.ann_file}: shares no category with the model (it lists category ids "
-                                f"{brief(sorted(categories))}; the model was trained with "
-                                f"{brief(sorted(self.category_ids))})")
+        if category_ids is not None and not all_categories:
+            require_shared_categories(categories, self.category_ids, str(self.ann_file))
         if unknown and all_categories:
             raise OccsynthError(f"{self.ann_file}: has no categories with ids {unknown} "
                                 "(the model was trained with them)")
@@ -240,6 +238,16 @@ class CocoInstances(Dataset):
             image, _ = self.transforms(image, {"boxes": np.zeros((0, 4), np.float32)}, np.random.default_rng(0))
         tensor, _ = to_tensors(image, {})
         return tensor, {"image_id": int(record["id"]), "orig_size": (height, width)}
+
+
+def require_shared_categories(listed: Iterable[int], model: Sequence[int], where: str,
+                              model_has: str = "the model was trained with") -> None:
+    """Refuse a set to evaluate (``where``) that lists none of the categories the model predicts (``model``): no
+    object of it could be scored. ``model_has`` says where the model's categories come from."""
+    listed = sorted(set(listed))
+    if not set(listed) & set(model):
+        raise OccsynthError(f"{where}: shares no category with the model (it lists category ids {brief(listed)}; "
+                            f"{model_has} {brief(sorted(model))})")
 
 
 def require_amodal_masks(data: dict, where: str | os.PathLike = "", task: str = "evaluation") -> None:

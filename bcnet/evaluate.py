@@ -312,13 +312,17 @@ def require_scorable(data: dict, where: str, image_ids: Sequence[int], category_
                         "(pycocotools reports -1, no data, for every metric)")
 
 
-def require_scorable_file(path: str | os.PathLike, where: str) -> None:
-    """:func:`require_scorable` of an annotations file on all its images and categories, for a caller that evaluates
-    it only much later (the pipeline, after training); ``where`` names it (e.g. the option that gave it)."""
+def require_scorable_file(path: str | os.PathLike, where: str, category_ids: Sequence[int] | None = None, *,
+                          data: dict | None = None) -> None:
+    """:func:`require_scorable` of an annotations file on all its images, for a caller that evaluates it only much
+    later (the pipeline, after training); ``where`` names it (e.g. the option that gave it). ``category_ids``: the
+    categories the model will predict (the pipeline's training set's; default: all the file's). ``data``: the
+    file's records, when the caller has them already (read, or selected from it to be written)."""
     skips = SkipLog()
-    data = clean_ground_truth(coco_io.read_dataset(path), skips)
+    data = clean_ground_truth(coco_io.read_dataset(path) if data is None else data, skips)
     require_scorable(data, where, [image["id"] for image in data["images"]],
-                     [category["id"] for category in data["categories"]], skips)
+                     [category["id"] for category in data["categories"]] if category_ids is None else category_ids,
+                     skips)
 
 
 def _category_name(category: dict) -> str | int:

@@ -19,9 +19,10 @@ from typing import Callable
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import check_coco_layout, file_hash, none_found_under, read_array, read_json
+from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, none_found_under, read_array,
+                           read_dataset, read_json)
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError, did_you_mean, plural
+from occsynth.errors import OccsynthError, SkipLog, did_you_mean, plural
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 from .runlock import holds_out_dir
@@ -68,7 +69,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     from occsynth.cocoocc import build_cocoocc
     from occsynth.generate import generate
 
-    from .evaluate import evaluate_checkpoint, markdown_table, require_scorable_file
+    from .evaluate import evaluate_checkpoint, markdown_table
     from .train import train
 
     from .device import resolve_device
@@ -99,18 +100,21 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     settings = synthetic_settings(plan, recipe) if inputs.synthetic is None else None
     if inputs.synthetic is not None and not (out_dir / "pretrain" / FINAL).exists():  # else it is never read again
         check_synthetic_set(*inputs.synthetic)
-    for table in ("pretrain", "finetune"):
-        check_training_table(plan, recipe, table)
+    check_training_stage(plan, recipe, "pretrain", out_dir / "pretrain", backbone_weights=inputs.backbone_weights)
+    check_training_stage(plan, recipe, "finetune", out_dir / "finetune", amodal_masks_of=inputs.coco_train[0])
     if inputs.cocoocc is None:
         check_cocoocc_table(plan, recipe)
     else:
         check_coco_layout(inputs.cocoocc)
-        if not stage_done(out_dir / "evaluation", "evaluation"):
-            check_cocoocc_images(inputs.cocoocc, inputs.coco_val[1])
+    if not (out_dir / "finetune" / FINAL).exists():  # read by the generation, else first by the fine-tuning
+        check_images_under(*inputs.coco_train, "--coco-train-ann", "--coco-train-images")
     if not stage_done(out_dir / "evaluation", "evaluation"):  # else found only after all the training
-        for option, ann in (("--coco-val-ann", inputs.coco_val[0]), ("--cocoocc", inputs.cocoocc)):
-            if ann is not None:
-                require_scorable_file(ann, f"{option} {ann}")
+        check_images_under(*inputs.coco_val, "--coco-val-ann", "--coco-val-images")
+        if inputs.cocoocc is not None:
+            check_images_under(inputs.cocoocc, inputs.coco_val[1], "--cocoocc", "--coco-val-images",
+                               "COCO-OCC is a subset of val2017, evaluated on its images")
+        builds = inputs.cocoocc is None and not stage_done(out_dir / "cocoocc", "cocoocc")
+        check_evaluation_sets(inputs, recipe, plan.get("cocoocc", {}) if builds else None)
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
@@ -248,14 +252,55 @@ def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
                                 "choose another --out")
 
 
-def check_cocoocc_images(ann: Path, val_images: Path, sample: int = 50) -> None:
-    """Refuse a --cocoocc file none of whose images (up to ``sample``, spread over it) is under the val image
-    folder, where its evaluation reads them: found only then, it stopped the run after all the training."""
-    images = [im for im in read_array(ann, "images") if isinstance(im, dict)]
-    paths = none_found_under(val_images, images[::max(1, len(images) // sample)][:sample])
+def check_evaluation_sets(inputs: PipelineInputs, recipe: str, cocoocc: dict | None) -> None:
+    """Refuse a set the evaluation scores (--coco-val-ann, --cocoocc) that lists none of the categories of
+    --coco-train-ann, which the fine-tuned model predicts, or has no object of them to score: found only by the
+    evaluation, it stopped the run after all the training. Reads the training set's categories alone.
+
+    ``cocoocc``: the [cocoocc] options of the COCO-OCC this run will build from --coco-val-ann (None: given, or
+    built already), whose selection is checked the same way; it needs only boxes, so it is made here, cheaply,
+    and again by the stage (the options and --coco-val-ann are bound to the run folder)."""
+    from occsynth.cocoocc import DEFAULT_OVERLAP, DEFAULT_THRESHOLD, max_overlap_per_image, reaches, usable_records
+
+    from .data import require_shared_categories
+    from .evaluate import require_scorable_file
+
+    train, val = inputs.coco_train[0], inputs.coco_val[0]
+    model = sorted(categories_by_id(read_array(train, "categories")))
+    for option, ann in (("--coco-val-ann", val), ("--cocoocc", inputs.cocoocc)):
+        if ann is not None:
+            data = read_dataset(ann)
+            require_shared_categories(categories_by_id(data["categories"]), model, f"{option} {ann}",
+                                      f"the model is fine-tuned on --coco-train-ann {train}, which lists")
+            require_scorable_file(ann, f"{option} {ann}", model, data=data)
+    if cocoocc is None:
+        return
+    overlap, threshold = cocoocc.get("overlap", DEFAULT_OVERLAP), cocoocc.get("threshold", DEFAULT_THRESHOLD)
+    data = usable_records(read_dataset(val, finite=True), val, SkipLog())  # as build_cocoocc reads it
+    best = max_overlap_per_image(data, overlap, cocoocc.get("count_crowd", False))
+    keep = {image_id for image_id, value in best.items() if reaches(value, threshold)}
+    where = f"pipeline recipe {recipe!r} [cocoocc]"
+    if not keep:
+        raise OccsynthError(f"{where}: selects none of the {plural(len(best), 'image')} of --coco-val-ann {val}: no two "
+                            f"boxes of an image overlap by {overlap} >= {threshold:g} (the largest overlap is "
+                            f"{max(best.values(), default=0.0):.3g}); COCO-OCC would list no images to evaluate: lower "
+                            "the threshold, or give a COCO-OCC file with --cocoocc")
+    selection = {**data, "images": [im for im in data["images"] if im["id"] in keep],
+                 "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    require_scorable_file(val, f"{where}: the COCO-OCC selection of --coco-val-ann {val}", model, data=selection)
+
+
+def check_images_under(ann: Path, images: Path, option: str, images_option: str, hint: str = "",
+                       sample: int = 50) -> None:
+    """Refuse an annotations file none of whose images (up to ``sample``, spread over it) is under the image folder
+    its stage reads them from: found only then, it stopped the run after the stages before (after all the training,
+    for the evaluation's). ``option`` and ``images_option`` name the two; ``hint`` says why the images are there."""
+    records = [im for im in read_array(ann, "images") if isinstance(im, dict)]
+    paths = none_found_under(images, records[::max(1, len(records) // sample)][:sample])
     if paths:
-        raise OccsynthError(f"--cocoocc {ann}: none of {len(paths)} sampled images is under --coco-val-images "
-                            f"{val_images} (e.g. {paths[0]}); COCO-OCC is a subset of val2017, evaluated on its images")
+        raise OccsynthError(f"{option} {ann}: none of {len(paths)} sampled images is under {images_option} {images} "
+                            f"(e.g. {paths[0]}); "
+                            + (hint or f"is {images_option} the folder that the file_name entries are relative to?"))
 
 
 def synthetic_settings(plan: dict, recipe: str):
@@ -304,19 +349,54 @@ def check_synthetic_set(ann: Path, images: Path) -> None:
                             "give the folder that occsynth generate wrote")
 
 
-def check_training_table(plan: dict, recipe: str, table: str) -> None:
-    """[pretrain] / [finetune]: its schedule exists and, with the table's settings on top, is valid."""
+def check_training_table(plan: dict, recipe: str, table: str) -> dict:
+    """[pretrain] / [finetune]: its schedule exists and, with the table's settings on top, is valid; returns it."""
     from .train import load_schedule
 
     where = f"pipeline recipe {recipe!r} [{table}]"
     try:
-        load_schedule(str(plan[table]["schedule"]), {k: v for k, v in plan[table].items() if k != "schedule"},
-                      overrides_from=where)
+        return load_schedule(str(plan[table]["schedule"]), {k: v for k, v in plan[table].items() if k != "schedule"},
+                             overrides_from=where)
     except OccsynthError as exc:
         if str(exc).startswith(where):  # a setting of the table itself: the error names it already
             raise
         # the schedule file: missing, malformed, or a bad value in it
         raise OccsynthError(f"{where} schedule: {exc}") from None
+
+
+def check_training_stage(plan: dict, recipe: str, table: str, stage_dir: Path, *,
+                         backbone_weights: Path | None = None, amodal_masks_of: Path | None = None) -> None:
+    """[pretrain] / [finetune] (:func:`check_training_table`), and what its trainer checks only when the stage starts,
+    hours into the run: ``backbone_weights`` (--backbone-weights, the pretraining's) fit its backbone, the weights
+    file exists (not once the training has begun: a resumed one does not read it again) and, for amodal training,
+    every annotation of ``amodal_masks_of`` (the fine-tuning's COCO train, streamed) has its amodal mask. Nothing
+    once the stage is done."""
+    from occsynth.coco import iter_array
+
+    from .checkpoint import latest_checkpoint
+    from .data import require_amodal_masks
+    from .train import load_schedule
+
+    schedule = check_training_table(plan, recipe, table)
+    if (stage_dir / FINAL).exists():
+        return
+    where = f"pipeline recipe {recipe!r} [{table}]"
+    if backbone_weights is not None:  # the table's own were checked with it
+        try:
+            schedule = load_schedule(schedule, {"backbone_weights": str(backbone_weights)},
+                                     overrides_from="--backbone-weights")
+        except OccsynthError as exc:
+            raise OccsynthError(f"{where} with --backbone-weights: {exc}") from None
+    weights = schedule.get("backbone_weights")
+    if weights and latest_checkpoint(stage_dir) is None and not os.path.isfile(weights):
+        raise OccsynthError(f"{where}: backbone weights {weights}: no such file (expected a torchvision "
+                            f"{schedule['backbone']} state dict)")
+    if schedule["mode"] == "amodal" and amodal_masks_of is not None:
+        try:
+            require_amodal_masks({"annotations": iter_array(amodal_masks_of, "annotations")}, amodal_masks_of,
+                                 "training")
+        except OccsynthError as exc:
+            raise OccsynthError(f"{where}: {exc}") from None
 
 
 COCOOCC_SETTINGS = tuple(inspect.signature(check_options).parameters)  # what [cocoocc] may set

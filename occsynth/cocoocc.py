@@ -255,14 +255,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     data = read_dataset(ann_path, finite=True)  # copied fields: the output must stay JSON
     source_images, source_annotations = len(data["images"]), len(data["annotations"])
     skips = SkipLog(strict=strict)
-    try:
-        data = dict(data, images=_usable_images(data["images"], skips))
-        if source_images and not data["images"]:  # an empty COCO-OCC would look like a selection of none
-            raise OccsynthError(f"{ann_path}: no usable image records ({why_none_usable(skips)})")
-        data["annotations"] = _usable_annotations(
-            dict(data, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips)
-    except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
-        raise exc.in_file(ann_path) from None
+    data = usable_records(data, ann_path, skips)
     best = max_overlap_per_image(data, overlap, count_crowd)
     keep = {image_id for image_id, value in best.items() if reaches(value, threshold)}
     images = [im for im in data["images"] if im["id"] in keep]
@@ -316,6 +309,21 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     write_json(out_dir / "manifest.json", manifest, indent=2, locked=True)
     write_json(out_dir / "report.json", {k: v for k, v in report.items() if k != "out"}, indent=2, locked=True)
     return report
+
+
+def usable_records(data: dict, ann_path: str | os.PathLike, skips: SkipLog) -> dict:
+    """``data`` (``ann_path`` as read) with only the image and annotation records a build selects from and
+    evaluation can use; the others are counted in ``skips`` (a strict log stops at the first, naming the file).
+    Also for a caller that needs to know what a build would select before it builds (``bcnet train-synthetic``)."""
+    try:
+        usable = dict(data, images=_usable_images(data["images"], skips))
+        if data["images"] and not usable["images"]:  # an empty COCO-OCC would look like a selection of none
+            raise OccsynthError(f"{ann_path}: no usable image records ({why_none_usable(skips)})")
+        usable["annotations"] = _usable_annotations(
+            dict(usable, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips)
+    except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
+        raise exc.in_file(ann_path) from None
+    return usable
 
 
 def _placed_by_last_build(out_dir: Path) -> set[str]:

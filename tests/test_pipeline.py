@@ -186,20 +186,191 @@ def test_an_evaluation_file_with_nothing_to_score_is_refused_before_any_stage(de
                      log=lambda line: None)
     assert not (tmp_path / "run" / "synthetic").exists()
 
+def _other_categories(ann: Path, out: Path, annotated_only: bool = False) -> Path:
+    """``ann`` whose annotations are of categories ``ann`` does not list (ids moved by 1000); ``annotated_only``:
+    the set lists ``ann``'s categories too, but none of its annotations is of them."""
+    data = json.loads(ann.read_text())
+    moved = [{**c, "id": c["id"] + 1000} for c in data["categories"]]
+    out.write_text(json.dumps({**data, "categories": moved + (data["categories"] if annotated_only else []),
+                               "annotations": [{**a, "category_id": a["category_id"] + 1000}
+                                               for a in data["annotations"]]}))
+    return out
+
+
+@pytest.mark.parametrize("option", ["--coco-val-ann", "--cocoocc"])
+def test_an_evaluation_set_sharing_no_category_with_the_training_set_is_refused_before_any_stage(demo_source, tmp_path,
+                                                                                                 option):
+    """The fine-tuned model predicts --coco-train-ann's categories: a val (or COCO-OCC) set of other ones was found
+    only at its evaluation, after all the training."""
+    ann, root = demo_source
+    for annotated_only, words in ((False, rf"shares no category with the model \(it lists category ids \[1001, 1002, "
+                                          rf".*; the model is fine-tuned on --coco-train-ann {ann}, which lists \[1, 2, "),
+                                  (True, r"nothing to score: none of its 100 annotations is of a category the model "
+                                         r"predicts \(they are of cat, clock, cup, ")):
+        other = _other_categories(ann, tmp_path / "other.json", annotated_only)
+        inputs = PipelineInputs(coco_train=(ann, root), coco_val=(other if option == "--coco-val-ann" else ann, root),
+                                cocoocc=other if option == "--cocoocc" else None)
+        with pytest.raises(OccsynthError, match=rf"^{option} {other}: {words}"):
+            run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                         log=lambda line: None)
+        assert not (tmp_path / "run").exists()
+
+
+def test_an_evaluation_set_of_other_categories_is_refused_by_the_command_before_any_stage(demo_source, tmp_path):
+    ann, root = demo_source
+    other = _other_categories(ann, tmp_path / "other.json")
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(bcnet_main, ["train-synthetic", "--recipe", str(tmp_path / "recipe.toml"),
+                                             "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+                                             "--coco-val-ann", str(other), "--coco-val-images", str(root),
+                                             "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"Error: --coco-val-ann {other}: shares no category with the model"), result.output
+    assert "[1/5]" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_cocoocc_selection_of_no_image_is_refused_before_any_stage(demo_source, tmp_path):
+    """A [cocoocc] threshold that no two boxes of an image of --coco-val-ann reach: COCO-OCC was built empty after
+    all the training, and its evaluation found no images to evaluate."""
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace("threshold = 0.2", "threshold = 1"))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[cocoocc\]: selects none of the 24 images "
+                                            rf"of --coco-val-ann {ann}: no two boxes of an image overlap by iou >= 1 "
+                                            r"\(the largest overlap is 0\.\d+\); COCO-OCC would list no images to "
+                                            r"evaluate: lower the threshold, or give a COCO-OCC file with --cocoocc$"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cocoocc_selection_with_nothing_to_score_is_refused_before_any_stage(demo_source, tmp_path):
+    """The images [cocoocc] selects hold objects of none of the training set's categories (which do occur on the
+    other images of val): COCO-OCC's evaluation had nothing to score, after all the training."""
+    from occsynth.cocoocc import select_images
+
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    selected = set(select_images(data, "iou", 0.3))
+    elsewhere = ({a["category_id"] for a in data["annotations"]}
+                 - {a["category_id"] for a in data["annotations"] if a["image_id"] in selected})
+    assert selected and elsewhere
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps({**data, "categories": [c for c in data["categories"] if c["id"] in elsewhere]}))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace("threshold = 0.2", "threshold = 0.3"))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[cocoocc\]: the COCO-OCC selection of "
+                                            rf"--coco-val-ann {ann}: nothing to score: none of its \d+ annotations is "
+                                            r"of a category the model predicts"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(train, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", ["--coco-train-images", "--coco-val-images"])
+def test_an_image_folder_that_does_not_hold_its_set_is_refused_before_any_stage(demo_source, tmp_path, option):
+    """A wrong --coco-val-images was found at the evaluation, after all the training; a wrong --coco-train-images
+    at the fine-tuning, after the pretraining on a --synthetic set (or at the generation, after its bank)."""
+    ann, root = demo_source
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    train, val = (elsewhere, root) if option == "--coco-train-images" else (root, elsewhere)
+    inputs = PipelineInputs(coco_train=(ann, train), coco_val=(ann, val), synthetic=(ann, root))
+    with pytest.raises(OccsynthError, match=rf"^{option[:-7]}-ann {ann}: none of \d+ sampled images is under {option} "
+                                            rf"{elsewhere} \(e\.g\. {elsewhere}/set-a/000001\.jpg\); is {option} the "
+                                            r"folder that the file_name entries are relative to\?$"):
+        run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("table", ["pretrain", "finetune"])
+def test_a_missing_backbone_weights_file_of_a_training_table_is_refused_before_any_stage(demo_source, tmp_path, table):
+    """The trainer looks for the file when its stage starts: the fine-tuning's after the generation and the
+    pretraining."""
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    head = f'[{table}]\nschedule = "schedule-tiny"\n'
+    recipe.write_text(RECIPE.replace(head, f'{head}backbone = "resnet18"\nbackbone_weights = "{tmp_path}/no.pth"\n'))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[{table}\]: backbone weights "
+                                            rf"{tmp_path}/no\.pth: no such file \(expected a torchvision resnet18 "
+                                            r"state dict\)$"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_backbone_weights_for_a_tiny_backbone_are_refused_before_any_stage(demo_source, tmp_path):
+    """--backbone-weights go to the pretraining, whose trainer refused them for a 'tiny' backbone (pipeline-tiny's)
+    only once the synthetic set was generated."""
+    ann, root = demo_source
+    weights = tmp_path / "resnet50.pth"
+    weights.write_bytes(b"weights")
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), backbone_weights=weights)
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe 'pipeline-tiny' \[pretrain\] with --backbone-weights: "
+                                            rf"backbone weights {weights}: the 'tiny' backbone has no pretrained "
+                                            "weights; use backbone resnet18 or resnet50"):
+        run_pipeline(tmp_path / "run", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_amodal_fine_tuning_on_a_training_set_without_amodal_masks_is_refused_before_any_stage(demo_source, tmp_path):
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace('[finetune]\nschedule = "schedule-tiny"\n',
+                                     '[finetune]\nschedule = "schedule-tiny"\nmode = "amodal"\n'))
+    with pytest.raises(OccsynthError, match=rf"^pipeline recipe '{recipe}' \[finetune\]: {ann}: annotation 1 \(image 1\) "
+                                            r"has no amodal_segmentation: amodal training needs one"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_inputs_no_stage_reads_again_are_not_checked(demo_source, tmp_path):
+    """A run whose stages are done reads neither COCO image folder, the backbone weights nor the val set again:
+    they may be gone, or unfit for a stage that will not run, and the run is not stopped for them."""
+    ann, root = demo_source
+    out = tmp_path / "run"
+    for done in ("synthetic/annotations.json", "synthetic/manifest.json", "pretrain/model_final.pt",
+                 "finetune/model_final.pt", "cocoocc/annotations.json", "cocoocc/manifest.json",
+                 "cocoocc/report.json", "evaluation/results.json", "evaluation/results.md"):
+        (out / done).parent.mkdir(parents=True, exist_ok=True)
+        (out / done).write_text("{}")
+    recipe = tmp_path / "recipe.toml"
+    text = RECIPE.replace("threshold = 0.2", "threshold = 1")
+    for table in ("pretrain", "finetune"):
+        head = f'[{table}]\nschedule = "schedule-tiny"\n'
+        text = text.replace(head, f'{head}backbone = "resnet18"\nbackbone_weights = "{tmp_path}/gone.pth"\n'
+                                  f'mode = "amodal"\n')
+    recipe.write_text(text)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    other = _other_categories(ann, tmp_path / "other.json")
+    logs = []
+    run_pipeline(out, PipelineInputs(coco_train=(ann, gone), coco_val=(other, gone)), recipe=str(recipe),
+                 device="cpu", progress=False, log=logs.append)
+    assert sum("done" in line for line in logs) == 5
+
+
 def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_the_image_check(demo_source, tmp_path):
     """A file_name the file system cannot even look up (ENAMETOOLONG) is one missing image, as the evaluation
     skips it: the sampled check raised the OSError and stopped the whole run."""
-    from bcnet.pipeline import check_cocoocc_images
+    from bcnet.pipeline import check_images_under
     ann, root = demo_source
     data = json.loads(ann.read_text())
     long_first = tmp_path / "occ.json"
     long_first.write_text(json.dumps({**data, "images": [{**data["images"][0], "file_name": "x" * 300 + ".jpg"},
                                                          *data["images"][1:]]}))
-    check_cocoocc_images(long_first, root)  # the other sampled images are there
+    check_images_under(long_first, root, "--cocoocc", "--coco-val-images")  # the other sampled images are there
     only_long = tmp_path / "long.json"
     only_long.write_text(json.dumps({**data, "images": [{**data["images"][0], "file_name": "x" * 300 + ".jpg"}]}))
     with pytest.raises(OccsynthError, match="none of 1 sampled images is under --coco-val-images"):
-        check_cocoocc_images(only_long, root)
+        check_images_under(only_long, root, "--cocoocc", "--coco-val-images")
 
 
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
@@ -618,7 +789,8 @@ def test_backbone_weights_go_to_the_pretraining_only_and_bind_the_run_folder(dem
 
     monkeypatch.setattr(T, "train", fake_train)
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE)
+    # ImageNet weights are for a resnet (the trainer refuses them for the tiny backbone, as the pipeline does up front)
+    recipe.write_text(RECIPE.replace('schedule = "schedule-tiny"\n', 'schedule = "schedule-tiny"\nbackbone = "resnet18"\n'))
     cocoocc = tmp_path / "occ.json"
     cocoocc.write_text(ann.read_text())
     inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=cocoocc,
