@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,19 @@ def by_hand(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
         ev.accumulate()
         ev.summarize()
     return ev.stats
+
+
+def save_tiny_checkpoint(path: Path) -> Path:
+    """An untrained tiny model (seeded) at 48x64 px as a checkpoint of categories 1, 3, 5, 7, 9 (write_dataset's)."""
+    from bcnet import checkpoint as ckpt
+    from bcnet import train as T
+
+    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
+    config = T.model_config(schedule)
+    torch.manual_seed(0)
+    ckpt.save_checkpoint(path, model=T.build(6, config), iteration=0, schedule=schedule,
+                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    return path
 
 
 def test_matches_pycocotools_by_hand():
@@ -494,9 +508,7 @@ def test_cli_occsep_lists_with_a_tiny_checkpoint(tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    from bcnet import checkpoint as ckpt
     from bcnet import occsep
-    from bcnet import train as T
     from cli.bcnet_cli import main as bcnet_main
     from datasets import load_annotations
 
@@ -507,11 +519,7 @@ def test_cli_occsep_lists_with_a_tiny_checkpoint(tmp_path, monkeypatch):
     entries = [author_entry(a, images[a["image_id"]], names) for a in data["annotations"]]
     (tmp_path / "occ.pkl").write_bytes(pickle.dumps(entries[:5], protocol=4))
     (tmp_path / "sep.pkl").write_bytes(pickle.dumps(entries[5:], protocol=4))
-    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
-    config = T.model_config(schedule)
-    torch.manual_seed(0)
-    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
-                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    save_tiny_checkpoint(tmp_path / "tiny.pt")
     base = ["evaluate", "--checkpoint", str(tmp_path / "tiny.pt"), "--annotations", str(root / "annotations.json"),
             "--images", str(root / "images"), "--name", "hand", "--device", "cpu", "--no-progress"]
     runner = CliRunner()
@@ -553,9 +561,7 @@ def test_occsep_lists_are_checked_once_and_their_errors_name_where_they_came_fro
     import json
     import pickle
 
-    from bcnet import checkpoint as ckpt
     from bcnet import occsep
-    from bcnet import train as T
     from datasets import load_annotations
 
     root = write_dataset(tmp_path / "set")
@@ -570,10 +576,7 @@ def test_occsep_lists_are_checked_once_and_their_errors_name_where_they_came_fro
     check = occsep.check_objects
     monkeypatch.setattr(occsep, "check_objects", lambda objects, where: (checked.append(str(where)),
                                                                           check(objects, where)))
-    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
-    config = T.model_config(schedule)
-    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
-                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    save_tiny_checkpoint(tmp_path / "tiny.pt")
     monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: [])
     sets = {"a": (ann_file, root / "images"), "b": (ann_file, root / "images")}
     report = E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e", device="cpu", progress=False,
@@ -678,16 +681,11 @@ def test_a_failure_in_a_later_set_leaves_the_earlier_run_files_as_they_were(tmp_
     run's: the folder then held one run's detections beside another run's scores."""
     import json
 
-    from bcnet import checkpoint as ckpt
-    from bcnet import train as T
     from datasets import load_annotations
 
     root = write_dataset(tmp_path / "set")
     ann_file = root / "annotations.json"
-    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
-    config = T.model_config(schedule)
-    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
-                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    save_tiny_checkpoint(tmp_path / "tiny.pt")
     sets = {"a": (ann_file, root / "images"), "b": (ann_file, root / "images")}
     out = tmp_path / "e"
     monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: [])
@@ -723,19 +721,13 @@ def test_strict_evaluation_stops_at_a_bad_ground_truth_mask_before_predicting_na
     name the file."""
     import json
 
-    from bcnet import checkpoint as ckpt
-    from bcnet import train as T
-
     root = write_dataset(tmp_path / "set")
     ann_file = root / "annotations.json"
     data = json.loads(ann_file.read_text())
     bad = data["annotations"][2]
     bad["segmentation"] = [[1, 1, 5, 5]]  # 4 coordinates: no polygon
     ann_file.write_text(json.dumps(data))
-    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
-    config = T.model_config(schedule)
-    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
-                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    save_tiny_checkpoint(tmp_path / "tiny.pt")
     predicted = []
     monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: predicted.append(1) or [])
     with pytest.raises(OccsynthError) as raised:
@@ -787,16 +779,11 @@ def test_evaluation_skips_an_image_record_over_the_pixel_limit_without_reading_i
     """A record claiming 20000x20000 with a matching file was decoded in full, run through the model, and its
     predicted masks pasted at that size. It is skipped by reason (--strict: the run stops at it before predicting,
     naming the file and the record). The limit is lowered here: images 1 and 3 are 48x64, image 2 40x56."""
-    from bcnet import checkpoint as ckpt
-    from bcnet import train as T
     from occsynth import coco
 
     root = write_dataset(tmp_path / "set")
     ann_file = root / "annotations.json"
-    schedule = T.load_schedule("schedule-tiny", {"short": 48, "long_max": 64})
-    config = T.model_config(schedule)
-    ckpt.save_checkpoint(tmp_path / "tiny.pt", model=T.build(6, config), iteration=0, schedule=schedule,
-                         model_config={"num_classes": 6, **config}, category_ids=[1, 3, 5, 7, 9], rng=False)
+    save_tiny_checkpoint(tmp_path / "tiny.pt")
     monkeypatch.setattr(mask_ops, "MAX_IMAGE_PIXELS", 40 * 56)
     decoded = []
     real = coco.cv2.imdecode
