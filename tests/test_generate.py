@@ -208,15 +208,19 @@ def test_a_shard_leaves_the_temporaries_of_shards_running_beside_it_in_a_shared_
     assert tree_bytes(shared) == tree_bytes(out)
 
 
+def killed_copy(out: Path, to: Path) -> Path:
+    """A copy of the finished set ``out`` as a kill leaves it: a chunk without its part, no final files."""
+    shutil.copytree(out, to)
+    for name in ("annotations.json", "manifest.json", "parts/chunk-000001.json"):
+        (to / name).unlink()
+    return to
+
+
 def test_resume_after_interruption_gives_identical_output(generated, demo_source, tmp_path):
     out, _, cache = generated
     ann, root = demo_source
-    resumed = tmp_path / "resumed"
-    shutil.copytree(out, resumed)
-    # what a kill leaves: some chunks without parts, a half-written temporary, no final files
-    (resumed / "annotations.json").unlink()
-    (resumed / "manifest.json").unlink()
-    (resumed / "parts" / "chunk-000001.json").unlink()
+    resumed = killed_copy(out, tmp_path / "resumed")
+    # and some of a chunk's images without their part, and a half-written temporary
     (resumed / "images" / "000000000006.jpg").unlink()
     (resumed / "images" / ".000000000007.jpg.tmp-999").write_bytes(b"partial")
     generate(resumed, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
@@ -237,10 +241,7 @@ def test_a_resume_with_other_images_is_refused_and_one_from_the_same_images_move
     """The finished chunks and the resumed ones would come from different pixels: a mixed set, said nowhere."""
     out, _, cache = generated
     ann, root = demo_source
-    resumed = tmp_path / "resumed"
-    shutil.copytree(out, resumed)
-    for name in ("annotations.json", "manifest.json", "parts/chunk-000001.json"):  # what a kill leaves
-        (resumed / name).unlink()
+    resumed = killed_copy(out, tmp_path / "resumed")
     other = reencoded_copy(root, tmp_path / "other")
     before = tree_bytes(resumed)
     with pytest.raises(errors.OccsynthError) as refused:
@@ -278,10 +279,7 @@ def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(g
     """A run.json written before source images were recorded: "use the same arguments" would never do."""
     out, _, cache = generated
     ann, root = demo_source
-    older = tmp_path / "older"
-    shutil.copytree(out, older)
-    for name in ("annotations.json", "manifest.json", "parts/chunk-000001.json"):  # what a kill leaves
-        (older / name).unlink()
+    older = killed_copy(out, tmp_path / "older")
     run = json.loads((older / "parts" / "run.json").read_text())
     del run["source"]["images"]
     (older / "parts" / "run.json").write_text(json.dumps(run, indent=2))
