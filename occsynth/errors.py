@@ -22,6 +22,7 @@ TRUNCATED_IMAGE = "truncated image"
 SIZE_MISMATCH = "image size differs from its record"
 OUTSIDE_ROOT = "file_name points outside the image root"
 UNKNOWN_IMAGE = "annotation refers to an unknown image id"
+OF_SKIPPED_IMAGE = "annotation of a skipped image"  # its image record was skipped: the id is known, not usable
 UNKNOWN_CATEGORY = "annotation refers to an unknown category id"
 DEGENERATE_MASK = "degenerate or empty segmentation"
 MASK_SIZE_MISMATCH = "mask size differs from its image record"

@@ -223,9 +223,14 @@ BAD = [
 def test_bad_records_are_skipped_by_reason(tmp_path):
     data = source(BAD)
     data["images"].append({"id": 12, "file_name": "x.jpg", "height": 0, "width": 5})                 # malformed image
+    data["annotations"].append({"id": 1000010, "image_id": 12, "category_id": 3, "segmentation": poly(1, 1, 5, 5)})
     meta = build_bank(write(tmp_path, data), tmp_path / "bank", OPTS, progress=False)
     assert meta["skipped"]["counts"] == {errors.DEGENERATE_MASK: 7, errors.DUPLICATE_ID: 1, errors.MALFORMED_RECORD: 3,
-                                         errors.UNKNOWN_CATEGORY: 1, errors.UNKNOWN_IMAGE: 1}
+                                         errors.UNKNOWN_CATEGORY: 1, errors.UNKNOWN_IMAGE: 1,
+                                         errors.OF_SKIPPED_IMAGE: 1}
+    assert meta["skipped"]["examples"][errors.UNKNOWN_IMAGE].endswith("(image_id 424242)")
+    assert meta["skipped"]["examples"][errors.OF_SKIPPED_IMAGE] == (
+        "annotation 1000010: annotation of a skipped image (image record 12: malformed record)")
     assert meta["first_skip"].startswith("image record 12: malformed record")
     bank = Bank.load(tmp_path / "bank")
     # images 11 and 3 lost an annotation: not backgrounds, but still a source of cutouts
@@ -242,7 +247,9 @@ def test_an_image_record_over_the_pixel_limit_is_skipped_by_reason(tmp_path, mon
     monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 40 * 50)
     path = write(tmp_path, source())
     meta = build_bank(path, tmp_path / "bank", OPTS, progress=False)
-    assert meta["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 2, errors.UNKNOWN_IMAGE: 5}
+    assert meta["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 2, errors.OF_SKIPPED_IMAGE: 5}  # 7's four, 11's one
+    assert meta["skipped"]["examples"][errors.OF_SKIPPED_IMAGE] == (
+        "annotation 1: annotation of a skipped image (image record 7: image too large)")
     assert meta["first_skip"] == ("image record 7: image too large (48x64 pixels (height x width), over the limit "
                                   "of 2,000)")
     bank = Bank.load(tmp_path / "bank")

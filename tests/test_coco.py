@@ -171,11 +171,17 @@ def test_index_dataset_skips_bad_records_by_reason():
             "categories": [{"id": 1, "name": "person"}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": []},
                             {"id": 2, "image_id": 9, "category_id": 1, "segmentation": []},
-                            {"id": 3, "image_id": 1, "category_id": 77, "segmentation": []}]}
+                            {"id": 3, "image_id": 1, "category_id": 77, "segmentation": []},
+                            {"id": 4, "image_id": 2, "category_id": 1, "segmentation": []}]}
     log = SkipLog()
     images, categories, by_image = coco.index_dataset(data, log)
     assert list(images) == [1] and [a["id"] for a in by_image[1]] == [1]
-    assert log.counts == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 1, errors.UNKNOWN_CATEGORY: 1}
+    # image 2's record was skipped: its annotation is of a skipped image, not of an unknown one (as image 9's is)
+    assert log.counts == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 1, errors.UNKNOWN_CATEGORY: 1,
+                          errors.OF_SKIPPED_IMAGE: 1}
+    assert log.examples[errors.OF_SKIPPED_IMAGE] == (
+        "annotation 4: annotation of a skipped image (image record 2: malformed record)")
+    assert log.examples[errors.UNKNOWN_IMAGE] == "annotation 2: annotation refers to an unknown image id (image_id 9)"
     with pytest.raises(BadRecord, match="image record 2: malformed record"):
         coco.index_dataset(data, SkipLog(strict=True))
 

@@ -471,7 +471,10 @@ def test_an_image_record_evaluation_cannot_use_is_skipped_with_its_annotations(t
     assert out["images"] == [] and out["annotations"] == []
     assert report["skipped"]["examples"][errors.MALFORMED_RECORD] == (
         "image record 1: malformed record ('height' missing or not int)")
-    assert report["skipped"]["counts"] == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 2}
+    assert report["skipped"]["counts"] == {errors.MALFORMED_RECORD: 1, errors.OF_SKIPPED_IMAGE: 2}
+    first = next(a["id"] for a in data["annotations"] if a["image_id"] == 1)
+    assert report["skipped"]["examples"][errors.OF_SKIPPED_IMAGE] == (
+        f"annotation {first}: annotation of a skipped image (image record 1: malformed record)")
 
 
 def test_an_image_record_over_the_pixel_limit_is_skipped_with_its_annotations(tmp_path, monkeypatch):
@@ -486,7 +489,10 @@ def test_an_image_record_over_the_pixel_limit_is_skipped_with_its_annotations(tm
     report = build_cocoocc(ann, tmp_path / "o")
     out = json.loads((tmp_path / "o" / "annotations.json").read_text())
     assert out["images"] == [] and out["annotations"] == []
-    assert report["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 1, errors.UNKNOWN_IMAGE: 2}
+    assert report["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 1, errors.OF_SKIPPED_IMAGE: 2}
+    first = next(a["id"] for a in data["annotations"] if a["image_id"] == 1)
+    assert report["skipped"]["examples"][errors.OF_SKIPPED_IMAGE] == (
+        f"annotation {first}: annotation of a skipped image (image record 1: image too large)")
     assert report["skipped"]["examples"][errors.IMAGE_TOO_LARGE] == (
         "image record 1: image too large (40x41 pixels (height x width), over the limit of 1,600)")
     strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"), "--strict",

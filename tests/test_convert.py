@@ -196,9 +196,13 @@ def test_records_the_converters_cannot_use_are_counted_not_tracebacks(tmp_path):
     kins["annotations"].append({**kins["annotations"][0], "id": 16, "image_id": [3]})  # a list is no id
     (tmp_path / "k.json").write_text(json.dumps(kins))
     report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
-    # annotation 15's image record was skipped: counted apart from the two whose image_id names no record
-    assert report["counts"]["bad_images"] == 1 and report["counts"]["of_bad_image"] == 1
-    assert report["skipped"]["counts"]["annotation refers to an unknown image id"] == 2
+    # annotation 15's image record was skipped: counted apart from the two whose image_id names no record, under
+    # the reason every reader gives (not in a count of its own)
+    assert report["counts"]["bad_images"] == 1 and "of_bad_image" not in report["counts"]
+    assert report["skipped"]["counts"][errors.OF_SKIPPED_IMAGE] == 1
+    assert report["skipped"]["examples"][errors.OF_SKIPPED_IMAGE] == (
+        "annotation 15: annotation of a skipped image (image record 9: malformed record)")
+    assert report["skipped"]["counts"][errors.UNKNOWN_IMAGE] == 2
     assert report["counts"]["annotations"] == 3
     # the output names only usable records: a COCO reader would fail on image 9 (no size)
     assert [im["id"] for im in json.loads((tmp_path / "k-out.json").read_text())["images"]] == [3]
@@ -359,7 +363,10 @@ def test_huge_images_are_bad_records_never_decoded(tmp_path, monkeypatch, make, 
     report = convert(tmp_path / "in.json", tmp_path / "out.json", progress=False)
     assert [a["image_id"] for a in json.loads((tmp_path / "out.json").read_text())["annotations"]] == \
         [100] * report["counts"]["annotations"] and report["counts"]["bad_images"] == 1
-    assert report["counts"]["of_bad_image"] == of_bad_image  # the huge image's annotations, not 'unknown'
+    # the huge image's annotations, not 'unknown'
+    assert report["skipped"]["counts"][errors.OF_SKIPPED_IMAGE] == of_bad_image
+    assert report["skipped"]["examples"][errors.OF_SKIPPED_IMAGE].endswith(
+        f"annotation of a skipped image (image record {data['images'][0]['id']}: image too large)")
     assert example in report["skipped"]["examples"]["image too large"]  # the reason every reader gives
 
 

@@ -186,7 +186,10 @@ def test_an_image_record_over_the_pixel_limit_is_skipped_before_anything_is_deco
     ds = _dataset(root)
     assert ds.image_ids == [2]
     on_skipped = sum(a["image_id"] != 2 for a in load_annotations(root)["annotations"])
-    assert ds.skips.counts == {"image too large": 2, "annotation refers to an unknown image id": on_skipped}
+    assert ds.skips.counts == {"image too large": 2, "annotation of a skipped image": on_skipped}
+    first = next(a["id"] for a in load_annotations(root)["annotations"] if a["image_id"] != 2)
+    assert ds.skips.examples["annotation of a skipped image"] in (
+        f"annotation {first}: annotation of a skipped image (image record {i}: image too large)" for i in (1, 3))
     assert ds.skips.examples["image too large"] == ("image record 1: image too large (48x64 pixels (height x width), "
                                                     "over the limit of 2,240)")
     image, target = ds[0]

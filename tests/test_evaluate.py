@@ -17,6 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from bcnet import evaluate as E
 from bcnet.data import CocoInstances
 from datasets import write_dataset
+from occsynth import errors
 from occsynth import masks as mask_ops
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
@@ -270,6 +271,21 @@ def test_bad_inputs_are_reported():
     for box in (np.asarray(good["bbox"]), tuple(good["bbox"])):
         assert E.evaluate(gt, [{**good, "bbox": box}], iou_types="bbox")["bbox"] == as_list["bbox"]
     assert set(as_list) >= {"bbox"} and "segm" not in as_list
+
+
+def test_annotations_of_a_skipped_image_record_are_counted_as_such_not_as_of_an_unknown_image():
+    """Image 2's record has no height: dropped, and its annotations with it. Their image id is known (its record was
+    skipped), so they are counted under that reason, naming the record; an image_id no record has stays unknown."""
+    gt = gt_set()
+    del gt["images"][1]["height"]
+    gt["annotations"].append({**gt["annotations"][0], "id": 9, "image_id": 77})
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    assert [a["id"] for a in cleaned["annotations"]] == [1] and [im["id"] for im in cleaned["images"]] == [1]
+    assert skips.counts == {errors.MALFORMED_RECORD: 1, errors.OF_SKIPPED_IMAGE: 3, errors.UNKNOWN_IMAGE: 1}
+    assert skips.examples[errors.OF_SKIPPED_IMAGE] == (
+        "annotation 2: annotation of a skipped image (image record 2: malformed record)")
+    assert skips.examples[errors.UNKNOWN_IMAGE] == "annotation 9: annotation refers to an unknown image id (image_id 77)"
 
 
 def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
