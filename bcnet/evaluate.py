@@ -343,7 +343,8 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
       annotations that are not objects, lack an integer ``id`` or a ``segmentation``, repeat an
       id, or refer to an unknown image or category, are dropped (into ``record_skips``,
       default ``skips``; :func:`evaluate_checkpoint` passes a separate log because its dataset
-      already counted these records);
+      already counted these records); so are the annotations of a dropped image record, counted as of
+      a skipped image (:func:`occsynth.coco.check_image_id`), not as of an unknown one;
     - an annotation whose mask cannot be decoded (degenerate polygon with fewer than 3 points,
       RLE of another size, ...) or is empty becomes an *ignore region*: ``iscrowd = 1`` with its
       box as the mask, so a detection on it counts neither as a hit nor as a false positive
@@ -356,6 +357,7 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     record_skips = skips if record_skips is None else record_skips
     categories = set(coco_io.categories_by_id(data.get("categories", [])))
     images: dict[int, dict] = {}
+    skipped_images: dict[int, str] = {}
     for image in data.get("images", []):
         try:
             where = coco_io.record_name("image", image)
@@ -369,10 +371,11 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
             images[image["id"]] = image
         except BadRecord as exc:
             record_skips.skip(exc)
+            coco_io.note_skipped_image(skipped_images, image, exc)
     annotations, seen = [], set()
     for ann in data.get("annotations", []):
         try:
-            ann = coco_io.check_annotation_record(ann, images, categories)
+            ann = coco_io.check_annotation_record(ann, images, categories, skipped_images)
             if ann["id"] in seen:
                 raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}")
         except BadRecord as exc:

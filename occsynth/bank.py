@@ -47,8 +47,8 @@ from . import errors, masks
 from .atomic import build_dir_once, format_size, open_atomic, require_room, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
-                   is_int, iter_array, none_found_under, read_array, read_image, record_image_path,
-                   require_image_file, unique_by_id)
+                   is_int, iter_array, none_found_under, note_skipped_image, read_array, read_image,
+                   record_image_path, require_image_file, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -329,6 +329,7 @@ class _Images:
     file_names: list = dataclasses.field(default_factory=list)
     index_of: dict = dataclasses.field(default_factory=dict)
     tainted: bytearray = dataclasses.field(default_factory=bytearray)
+    skipped: dict = dataclasses.field(default_factory=dict)  # why a record was skipped, by id: note_skipped_image
 
 
 @dataclasses.dataclass
@@ -355,6 +356,7 @@ def _read_images(ann_path: Path, log: SkipLog) -> _Images:
                 raise BadRecord(errors.DUPLICATE_ID, f"image record {record['id']}")
         except BadRecord as exc:
             log.skip(exc)
+            note_skipped_image(images.skipped, record, exc)
             continue
         images.index_of[record["id"]] = len(images.ids)
         images.ids.append(record["id"])
@@ -376,7 +378,7 @@ def _read_annotations(ann_path: Path, images: _Images, category_ids: set, log: S
                     if key in record and not is_int(record[key]):
                         raise BadRecord(errors.MALFORMED_RECORD, where, f"'{key}' is not an integer")
                 image_index = images.index_of.get(record.get("image_id"))
-            check_annotation_record(record, images.index_of, category_ids)
+            check_annotation_record(record, images.index_of, category_ids, images.skipped)
             if record["id"] in seen:
                 raise BadRecord(errors.DUPLICATE_ID, where)
             crowd = check_iscrowd(record, where)

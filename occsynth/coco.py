@@ -18,7 +18,7 @@ from collections import Counter
 from itertools import filterfalse
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import ijson
@@ -425,14 +425,36 @@ def check_annotation_fields(ann: Any) -> str:
     return where
 
 
-def check_annotation_record(ann: Any, images: dict, categories: dict) -> dict:
-    """Validate an ``annotations`` entry against the image and category tables."""
+def check_annotation_record(ann: Any, images: Mapping, categories: Mapping,
+                            skipped_images: Mapping[int, str] | None = None) -> dict:
+    """Validate an ``annotations`` entry against the image and category tables (``skipped_images``: as for
+    :func:`check_image_id`)."""
     where = check_annotation_fields(ann)
-    if not is_int(ann.get("image_id")) or ann["image_id"] not in images:  # a list id is no key: no TypeError
-        raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(ann.get('image_id'))}")
+    check_image_id(ann, where, images, skipped_images)
     if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
         raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {brief(ann.get('category_id'))}")
     return ann
+
+
+def note_skipped_image(skipped_images: dict[int, str], record: Any, error: BadRecord) -> None:
+    """Keep, by its id, why an image record was skipped (``image record 3: image too large``): an annotation of
+    that id is then "of a skipped image" (:func:`check_image_id`), which the user fixes at the image record, not
+    "of an unknown image id". A record without an integer id is no annotation's image."""
+    if isinstance(record, dict) and is_int(record.get("id")):
+        skipped_images[record["id"]] = f"{error.where}: {error.reason}"
+
+
+def check_image_id(ann: dict, where: str, images: Mapping, skipped_images: Mapping[int, str] | None = None) -> int:
+    """The ``image_id`` of an annotation (named ``where``) when ``images`` has it, else BadRecord: "annotation of a
+    skipped image" naming that image record and why (``skipped_images``: :func:`note_skipped_image`), or "unknown
+    image id" when no record has it. The one test, for every reader of annotations: the two are told apart, and
+    one skipped image record is not also counted as many unknown ids."""
+    image_id = ann.get("image_id")
+    if is_int(image_id) and image_id in images:  # checked before the lookup: a list id is no key (TypeError)
+        return image_id
+    if is_int(image_id) and skipped_images and image_id in skipped_images:
+        raise BadRecord(errors.OF_SKIPPED_IMAGE, where, skipped_images[image_id])
+    raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(image_id)}")
 
 
 def check_segmentation(segmentation: Any, height: int, width: int, where: str, *, rle: bool = True) -> dict | None:
@@ -489,24 +511,27 @@ def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
     """Validated tables: ``images`` and ``categories`` by id, annotations grouped by image id.
 
     Bad records go to ``log`` (skipped, or raised in strict mode); of records sharing an id only the
-    first is kept (annotation ids name occluders). Annotation order within an image is kept, so results
-    do not depend on dict ordering.
+    first is kept (annotation ids name occluders); the annotations of a skipped image record are counted as
+    such (:func:`check_image_id`). Annotation order within an image is kept, so results do not depend on dict
+    ordering.
     """
     categories = categories_by_id(dataset["categories"])
     images: dict[int, dict] = {}
-    for image in dataset["images"]:
+    skipped_images: dict[int, str] = {}
+    for record in dataset["images"]:
         try:
-            image = check_image_record(image)
+            image = check_image_record(record)
             if image["id"] in images:
                 raise BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}")
             images[image["id"]] = image
         except BadRecord as exc:
             log.skip(exc)
+            note_skipped_image(skipped_images, record, exc)
     by_image: dict[int, list] = {i: [] for i in images}
     annotation_ids: set[int] = set()
     for ann in dataset["annotations"]:
         try:
-            ann = check_annotation_record(ann, images, categories)
+            ann = check_annotation_record(ann, images, categories, skipped_images)
             if ann["id"] in annotation_ids:
                 raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}", duplicate_detail(log))
             annotation_ids.add(ann["id"])

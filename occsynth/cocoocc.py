@@ -42,7 +42,8 @@ from . import errors
 from .atomic import make_folder, open_atomic, remove_orphaned_temporaries, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
 from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, check_segmentation, file_hash,
-                   read_dataset, record_image_path, require_image_file, resolve_image_path, unique_by_id)
+                   note_skipped_image, read_dataset, record_image_path, require_image_file, resolve_image_path,
+                   unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
 
 PAPER_COUNT = 1005
@@ -316,11 +317,12 @@ def usable_records(data: dict, ann_path: str | os.PathLike, skips: SkipLog) -> d
     evaluation can use; the others are counted in ``skips`` (a strict log stops at the first, naming the file).
     Also for a caller that needs to know what a build would select before it builds (``bcnet train-synthetic``)."""
     try:
-        usable = dict(data, images=_usable_images(data["images"], skips))
+        images, skipped_images = _usable_images(data["images"], skips)
+        usable = dict(data, images=images)
         if data["images"] and not usable["images"]:  # an empty COCO-OCC would look like a selection of none
             raise OccsynthError(f"{ann_path}: no usable image records ({why_none_usable(skips)})")
         usable["annotations"] = _usable_annotations(
-            dict(usable, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips)
+            dict(usable, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips, skipped_images)
     except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
         raise exc.in_file(ann_path) from None
     return usable
@@ -378,20 +380,24 @@ def _remove_stale_link(images_dir: Path, name: str) -> None:
         target.unlink()
 
 
-def _usable_images(images: list, skips: SkipLog) -> list[dict]:
-    """Image records evaluation can use (an integer id, file_name, height and width), the first of each id."""
-    usable = []
+def _usable_images(images: list, skips: SkipLog) -> tuple[list[dict], dict[int, str]]:
+    """Image records evaluation can use (an integer id, file_name, height and width), the first of each id; and
+    why the others with an id were skipped, by id (:func:`occsynth.coco.note_skipped_image`). A later record of an
+    id needs no note: the first keeps the id, or is noted itself."""
+    usable, skipped_images = [], {}
     for image in unique_by_id(images, "image", skips):
         try:
             usable.append(check_image_record(image))
         except BadRecord as exc:
             skips.skip(exc)
-    return usable
+            note_skipped_image(skipped_images, image, exc)
+    return usable, skipped_images
 
 
-def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:
+def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, str]) -> list[dict]:
     """Annotations of known images and categories with a segmentation to score: evaluation (and
-    pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output.
+    pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output. Those of
+    an image record skipped (``skipped_images``, by id) are counted as such, not as of an unknown image.
 
     The mask is checked as every reader of a source set checks it (:func:`occsynth.coco.check_segmentation`).
     A broken ``bbox`` is skipped, not made from the mask: the output keeps its records unchanged (only
@@ -401,7 +407,7 @@ def _usable_annotations(data: dict, skips: SkipLog) -> list[dict]:
     usable = []
     for ann in data["annotations"]:
         try:
-            check_annotation_record(ann, images, categories)
+            check_annotation_record(ann, images, categories, skipped_images)
             where = f"annotation {ann['id']}"
             if not ann["segmentation"] or not isinstance(ann["segmentation"], (list, dict)):
                 raise BadRecord(errors.DEGENERATE_MASK, where, "empty segmentation")
