@@ -48,9 +48,9 @@ from tqdm.auto import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
-from .coco import (brief, categories_by_id, check_image_record, check_iscrowd, check_out_file, duplicate_detail, is_int,
-                   read_dataset, read_json, unique_by_id)
-from .errors import BadRecord, OccsynthError, SkipLog, plural
+from .coco import (brief, categories_by_id, check_image_id, check_image_record, check_iscrowd, check_out_file,
+                   duplicate_detail, is_int, note_skipped_image, read_dataset, read_json, unique_by_id)
+from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
 
@@ -120,8 +120,8 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
                  progress: bool = True, strict: bool = False) -> dict:
     """KINS JSON -> COCO layout with amodal and visible masks and mask-derived occluder ids.
 
-    Bad records (images, annotations without a unique integer id, of an unknown image or category or with a
-    mask that cannot be decoded) are skipped and listed in the report's ``skipped`` by reason; the
+    Bad records (images, annotations without a unique integer id, of a skipped or unknown image, of an unknown
+    category or with a mask that cannot be decoded) are skipped and listed in the report's ``skipped`` by reason; the
     output's ``images`` are the usable image records. ``strict``: stop at the first, naming it and the file;
     nothing is written.
     """
@@ -134,15 +134,15 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     if not any(isinstance(a, dict) and ("a_segm" in a or "i_segm" in a) for a in data["annotations"]):
         raise OccsynthError(f"{in_path}: not a KINS file (no annotation has 'a_segm'/'i_segm')")
     log = SkipLog(strict=strict)
-    images, bad_images, bad_ids = _usable_images(data["images"], log)
+    images, bad_images, skipped_images = _usable_images(data["images"], log)
     # the usable records only, as for images: pycocotools fails on one that is no object, and keeps the last
     # record of a repeated id where the converter (every reader here) keeps the first
     categories = {c["id"]: c for c in unique_by_id(data["categories"], "category", log)}
     by_image: dict = {}
-    counts = {"images": len(images), "annotations": 0, "of_bad_image": 0, "bad_masks": 0,
+    counts = {"images": len(images), "annotations": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "bad_images": bad_images}
     for ann in unique_by_id(data["annotations"], "annotation", log):  # occluder_ids name annotations by id
-        if _image_of(ann, f"annotation {brief(ann['id'])}", images, bad_ids, counts, log) is None:
+        if _image_of(ann, f"annotation {brief(ann['id'])}", images, skipped_images, log) is None:
             continue
         if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
             log.skip(BadRecord(errors.UNKNOWN_CATEGORY, f"annotation {brief(ann['id'])}",
@@ -195,7 +195,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
             _mark_fully_hidden(record, counts)
             out_annotations.append(record)
     counts["annotations"] = len(out_annotations)
-    _check_converted(in_path, out_annotations, counts, log, "is this a KINS file?")
+    _check_converted(in_path, out_annotations, log, "is this a KINS file?")
     output = {k: v for k, v in data.items() if k != "annotations"}
     output["images"] = list(images.values())  # the records skipped as bad would break a COCO reader
     output["categories"] = list(categories.values())
@@ -204,18 +204,15 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
     return {"out": str(out_path), "format": "kins", "counts": counts, "skipped": log.to_dict()}
 
 
-def _check_converted(in_path: Path, converted: list, counts: dict, log: SkipLog, nothing_skipped: str) -> None:
+def _check_converted(in_path: Path, converted: list, log: SkipLog, nothing_skipped: str) -> None:
     """Refuse, before anything is written, a file of which not one annotation could be converted (every image
     record bad, or every annotation): an empty output would read as a converted set (as build-cocoocc refuses a
     file without usable image records), and would replace the output of an earlier run. ``nothing_skipped``: why,
     when no record was skipped."""
     if converted:
         return
-    of_bad = counts["of_bad_image"]
-    bad_images = f"{plural(of_bad, 'annotation')} of image records skipped as bad" if of_bad else ""
-    skipped = log.in_one_line() if log.total else "" if of_bad else nothing_skipped
     raise OccsynthError(f"{in_path}: no annotation could be converted, nothing written "
-                        f"({'; '.join(filter(None, (bad_images, skipped)))})")
+                        f"({log.in_one_line() if log.total else nothing_skipped})")
 
 
 def _whole_number(value: Any) -> int:
@@ -240,40 +237,35 @@ def _flag(value: Any) -> bool | None:
     return None
 
 
-def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, set]:
-    """Image records by id, how many were left out (also in ``log``), and the ids those had: masks are
-    decoded at their height and width, so a size over the pixel limit is a bad record (:func:`check_image_record`).
-    Their annotations are then counted as of a bad image, not as of an unknown one."""
-    images, bad, bad_ids = {}, 0, set()
+def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, dict[int, str]]:
+    """Image records by id, how many were left out (also in ``log``), and why those with an id were, by id
+    (:func:`occsynth.coco.note_skipped_image`: their annotations are then of a skipped image, not of an unknown
+    one). Masks are decoded at their height and width, so a size over the pixel limit is a bad record
+    (:func:`check_image_record`)."""
+    images, bad, skipped_images = {}, 0, {}
     for record in records:
         try:
             image = check_image_record(record)
+            if image["id"] in images:  # the first record of an id is used; the output names each id once
+                raise BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}", duplicate_detail(log))
         except BadRecord as exc:
             bad += 1
             log.skip(exc)
-            if isinstance(record, dict) and is_int(record.get("id")):
-                bad_ids.add(record["id"])
-            continue
-        if image["id"] in images:  # the first record of an id is used; the output names each id once
-            bad += 1
-            log.skip(BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}", duplicate_detail(log)))
+            note_skipped_image(skipped_images, record, exc)
             continue
         images[image["id"]] = image
-    return images, bad, bad_ids - images.keys()
+    return images, bad, skipped_images
 
 
-def _image_of(ann: dict, where: str, images: dict, bad_ids: set, counts: dict, log: SkipLog) -> dict | None:
-    """The usable image record of an annotation (named ``where`` in messages), or None: counted as
-    ``of_bad_image`` when its image record was skipped (reported as that record), else skipped in ``log`` as of
-    an unknown image, as every reader of the project skips one."""
-    image_id = ann.get("image_id")
-    if is_int(image_id) and image_id in images:
-        return images[image_id]
-    if is_int(image_id) and image_id in bad_ids:
-        counts["of_bad_image"] += 1
-    else:
-        log.skip(BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(image_id)}"))
-    return None
+def _image_of(ann: dict, where: str, images: dict, skipped_images: dict[int, str], log: SkipLog) -> dict | None:
+    """The usable image record of an annotation (named ``where`` in messages), or None: skipped in ``log`` as of a
+    skipped image record or of an unknown image id (:func:`occsynth.coco.check_image_id`), as every reader of the
+    project skips it."""
+    try:
+        return images[check_image_id(ann, where, images, skipped_images)]
+    except BadRecord as exc:
+        log.skip(exc)
+        return None
 
 
 def _normalise_name(name: Any) -> str:
@@ -297,8 +289,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                   strict: bool = False) -> dict:
     """COCOA JSON -> COCO layout; ``categories_from``: a COCO JSON path (or category list) to map names to.
 
-    Bad records (images, annotations of an unknown image, a ``regions`` that is not a list, regions whose masks
-    cannot be decoded) are skipped and listed in the report's ``skipped`` by reason. So are duplicates, which
+    Bad records (images, annotations of a skipped or unknown image, a ``regions`` that is not a list, regions whose
+    masks cannot be decoded) are skipped and listed in the report's ``skipped`` by reason. So are duplicates, which
     would put an object into the output twice: a record repeating an earlier one's id, a later record of an
     image (COCOA has one per image; another annotator's would be a second copy of each object), and a region
     whose amodal ``segmentation`` an earlier region of its record has. ``strict``: stop at the first, naming it
@@ -327,8 +319,8 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             raise OccsynthError(f"{categories_from}: has no 'categories' list")
     categories, by_name, thing_id, stuff_id = cocoa_categories(coco_categories)
     log = SkipLog(strict=strict)
-    images, bad_images, bad_ids = _usable_images(data["images"], log)
-    counts = {"images": len(images), "annotations": 0, "of_bad_image": 0, "bad_masks": 0,
+    images, bad_images, skipped_images = _usable_images(data["images"], log)
+    counts = {"images": len(images), "annotations": 0, "bad_masks": 0,
               "fully_hidden": 0, "with_occluders": 0, "matched_category": 0, "thing": 0, "stuff": 0,
               "bad_images": bad_images, "bad_order": 0, "bad_is_stuff": 0}
     out_annotations = []
@@ -345,7 +337,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 log.skip(BadRecord(errors.DUPLICATE_ID, where, duplicate_detail(log)))
                 continue
             record_ids.add(record["id"])
-        image = _image_of(record, where, images, bad_ids, counts, log)
+        image = _image_of(record, where, images, skipped_images, log)
         if image is None:
             continue
         h, w = image["height"], image["width"]
@@ -410,7 +402,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
             _mark_fully_hidden(ann, counts)
             out_annotations.append(ann)
     counts["annotations"] = len(out_annotations)
-    _check_converted(in_path, out_annotations, counts, log, "every record's 'regions' list is empty")
+    _check_converted(in_path, out_annotations, log, "every record's 'regions' list is empty")
     info = dict(data["info"]) if isinstance(data.get("info"), dict) else {}  # COCO's info is an object
     info.setdefault("description", f"COCOA converted from {in_path.name}")
     output = {"info": info, "licenses": data.get("licenses", []), "images": list(images.values()),
