@@ -304,11 +304,13 @@ def check_run_settings(out_dir: Path, settings: dict,
                 raise _other_images_refused(Path(out_dir), previous, settings, image_root)
             if previous.get("renderer") != settings.get("renderer"):  # no argument can make the same images
                 hint = "finish it with the occsynth version that began it, or use another --out"
-            elif _images_of(previous) is None and _images_left_out(previous) == _images_left_out(settings):
+            elif _images_of(previous) is None and _images_of(settings) is not None:
+                also = changed_settings(_images_left_out(previous), _images_left_out(settings))
                 raise OccsynthError(f"{out_dir} holds a run begun by an occsynth that did not record which source images "
                                     f"it read (occsynth {previous.get('version', '?')}), so this one cannot tell whether "
-                                    "the chunks left would be rendered from the same pixels; finish it with the occsynth "
-                                    "version that began it, or use another --out")
+                                    "the chunks left would be rendered from the same pixels"
+                                    + (f" (and other settings differ: {also})" if also else "")
+                                    + "; finish it with the occsynth version that began it, or use another --out")
             raise OccsynthError(f"{out_dir} holds a run made with other settings ({changed_settings(previous, settings)}); "
                                 f"{hint}")
     else:

@@ -1,5 +1,6 @@
 """End-to-end `occsynth generate` on the embedded demo source: invariants, COCO compatibility,
 determinism across workers / shards / resume, and bad-input handling."""
+import dataclasses
 import json
 import re
 import shutil
@@ -290,6 +291,10 @@ def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(g
                                   f"it read (occsynth {run['version']}), so this one cannot tell whether the chunks "
                                   "left would be rendered from the same pixels; finish it with the occsynth version "
                                   "that began it, or use another --out")
+    with pytest.raises(errors.OccsynthError, match=r"the same pixels \(and other settings differ: settings\.seed: 3 -> "
+                                                   r"4\); finish it with the occsynth version that began it"):
+        generate(older, dataclasses.replace(SETTINGS, seed=4), ann_path=ann, image_root=root, cache_dir=cache,
+                 progress=False)
     assert tree_bytes(older) == before
 
 def test_a_failing_merge_stops_the_workers(demo_source, tmp_path, monkeypatch):
