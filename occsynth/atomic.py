@@ -361,6 +361,8 @@ def _names_this_host(lock_path: str | os.PathLike) -> bool:
 def lock_failed(exc: OSError, folder: str | os.PathLike) -> None:
     """After a lock in ``folder`` failed with ``exc``: warn and return where its file system has no locks (the
     run goes on unguarded); else an :class:`OccsynthError` naming the lock file (or the folder) and why."""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # the lock file cannot be made: say it as check_writable
+        raise OccsynthError(f"cannot write into {folder}: {os_error_reason(exc)}") from None
     if exc.errno not in _NO_LOCKS:
         where = exc.filename or folder
         why = (exc.filename and dangling_link(exc.filename)) or os_error_reason(exc)
@@ -382,8 +384,10 @@ def locked_output_folder(path: str | os.PathLike, refuse: Callable[[str], Except
     (:func:`lock_file_now`), and checks the folder only once it holds it, when no one removes it any more."""
     path = Path(path)
     made = not os.path.lexists(path)
+    held = False
     try:
         with run_lock_file(make_folder(path) / LOCK_FILE, refuse):
+            held = True
             try:
                 check_writable(path)
                 yield path
@@ -391,8 +395,8 @@ def locked_output_folder(path: str | os.PathLike, refuse: Callable[[str], Except
                 if made:
                     _remove_if_only_lock(path)
     except BaseException:
-        if made:
-            with contextlib.suppress(OSError):  # only if empty: the lock could not be taken
+        if made and not held:  # the lock could not be taken: the folder made for it goes, if still empty (once held,
+            with contextlib.suppress(OSError):  # _remove_if_only_lock did it, and the next command may own it now)
                 path.rmdir()
         raise
 
