@@ -114,7 +114,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
             check_images_under(inputs.cocoocc, inputs.coco_val[1], "--cocoocc", "--coco-val-images",
                                "COCO-OCC is a subset of val2017, evaluated on its images")
         builds = inputs.cocoocc is None and not stage_done(out_dir / "cocoocc", "cocoocc")
-        check_evaluation_sets(inputs, recipe, plan.get("cocoocc", {}) if builds else None)
+        if not (out_dir / "finetune" / FINAL).exists():  # else the evaluation's own check comes before any training
+            check_evaluation_sets(inputs, recipe, plan.get("cocoocc", {}) if builds else None)
     check_run_recipe(out_dir, recipe, plan, input_identities(out_dir, inputs))
     stages = {}
 
@@ -368,9 +369,9 @@ def check_training_stage(plan: dict, recipe: str, table: str, stage_dir: Path, *
                          backbone_weights: Path | None = None, amodal_masks_of: Path | None = None) -> None:
     """[pretrain] / [finetune] (:func:`check_training_table`), and what its trainer checks only when the stage starts,
     hours into the run: ``backbone_weights`` (--backbone-weights, the pretraining's) fit its backbone, the weights
-    file exists (not once the training has begun: a resumed one does not read it again) and, for amodal training,
-    every annotation of ``amodal_masks_of`` (the fine-tuning's COCO train, streamed) has its amodal mask. Nothing
-    once the stage is done."""
+    file exists and, for amodal training, every annotation of ``amodal_masks_of`` (the fine-tuning's COCO train,
+    streamed) has its amodal mask: those two not once the training has begun (a resumed one does not read the
+    weights again, and its trainer checks the masks within seconds). Nothing once the stage is done."""
     from occsynth.coco import iter_array
 
     from .checkpoint import latest_checkpoint
@@ -391,7 +392,8 @@ def check_training_stage(plan: dict, recipe: str, table: str, stage_dir: Path, *
     if weights and latest_checkpoint(stage_dir) is None and not os.path.isfile(weights):
         raise OccsynthError(f"{where}: backbone weights {weights}: no such file (expected a torchvision "
                             f"{schedule['backbone']} state dict)")
-    if schedule["mode"] == "amodal" and amodal_masks_of is not None:
+    if schedule["mode"] == "amodal" and amodal_masks_of is not None and latest_checkpoint(stage_dir) is None:
+        # a resumed stage's trainer checks this itself within seconds: the whole file is not streamed twice
         try:
             require_amodal_masks({"annotations": iter_array(amodal_masks_of, "annotations")}, amodal_masks_of,
                                  "training")
