@@ -800,6 +800,21 @@ def test_the_run_counts_what_is_occluded_and_says_when_nothing_is(demo_source, t
         assert validate(out)["ok"]
 
 
+def test_the_run_summary_writes_every_count_one_way(capsys):
+    """A 5,000-image run said "wrote 5,000 images, 35,637 annotations (15025 pasted)" and "occluded: 10021 of 15025
+    pasted objects and 17444 of 35637": the same counts with and without thousands separators."""
+    from cli.generate_commands import _print_report
+    counts = {"images": 5000, "annotations": 35637, "pasted": 15025, "pasted_occluded": 10021, "occluded": 17444,
+              "pasted_per_category": {"1": 1669, "2": 1670}}
+    _print_report({"merged": True, "out": "g2", "counts": counts, "skipped": {}, "chunks_rendered": 141,
+                   "chunks_total": 1313})
+    assert capsys.readouterr().out.splitlines() == [
+        "resumed: rendered 141 of 1,313 chunks; the others were done before this run",
+        "wrote 5,000 images, 35,637 annotations (15,025 pasted) to g2",
+        "occluded: 10,021 of 15,025 pasted objects and 17,444 of 35,637 instances in all have an object on top",
+        "pasted per category: 2 categories, min 1,669, max 1,670"]
+
+
 @pytest.mark.parametrize("shard", [(0, 0), (2, 2), (-1, 2), (0.5, 2), "0/2", (True, 2)])
 def test_generate_refuses_a_shard_that_is_no_part_of_a_split_before_writing(tmp_path, shard):
     with pytest.raises(errors.OccsynthError, match="shard"):
