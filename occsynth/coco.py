@@ -25,7 +25,7 @@ import ijson
 import numpy as np
 
 from . import errors, masks
-from .atomic import write_bytes
+from .atomic import check_writable, write_bytes
 from .errors import BadRecord, OccsynthError, SkipLog, first_few, plural
 
 
@@ -800,6 +800,10 @@ def picture_path(path: str | os.PathLike, what: str = "picture") -> Path:
     if path.suffix.lower() not in PICTURE_SUFFIXES:
         raise OccsynthError(f"{path}: the {what} is written as .png or .jpg")
     check_out_path(path)
+    folder = path.parent  # the nearest folder that exists: a read-only one fails here, not after the work
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    check_writable(folder)
     return path
 
 
