@@ -715,6 +715,12 @@ def test_a_rerun_says_what_was_done_before_it(demo_source, tmp_path):
     assert resumed.exit_code == 0 and resumed.output.startswith("resumed: rendered 1 of 3 chunks")
     finished = CliRunner().invoke(occsynth_main, args)
     assert finished.exit_code == 0 and finished.output.startswith("nothing left to render: all 3 chunks were done")
+    shown = CliRunner().invoke(occsynth_main, [a for a in args if a != "--quiet"])  # with bars: none drawn for nothing
+    assert shown.exit_code == 0 and "nothing left to render" in shown.stdout and "generate" not in shown.stderr, \
+        shown.stderr
+    writer.part_path(tmp_path / "out", 1).unlink()
+    resumed_bar = CliRunner().invoke(occsynth_main, [a for a in args if a != "--quiet"])
+    assert "generate (resuming: 2 of 3 chunks done)" in resumed_bar.stderr, resumed_bar.stderr
     shard = CliRunner().invoke(occsynth_main, [str(tmp_path / "shared") if a == str(tmp_path / "out") else a
                                                for a in args] + ["--shard", "0/2"])
     assert shard.exit_code == 0 and "resumed" not in shard.output
