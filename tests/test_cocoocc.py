@@ -451,6 +451,17 @@ def test_an_images_folder_holding_none_of_the_selected_files_is_refused_not_an_e
     assert report["counts"]["images"] == 1 and [d["id"] for d in report["dropped_images"]] == [2, 7]
 
 
+def test_a_threshold_no_image_reaches_is_warned_of(tmp_path):
+    """--threshold 0.9 wrote a COCO-OCC of no image with the same "wrote ..." as any other: the first sign of it was
+    bcnet evaluate's refusal."""
+    ann = write_set(tmp_path / "val.json")
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o"), "--threshold", "0.9"])
+    assert r.exit_code == 0 and ("warning: no image reaches iou >= 0.9: the set is empty (bcnet evaluate refuses it); "
+                                 "lower --threshold (the counts above show what each would keep)\n") in r.output
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+
+
 def test_a_file_without_one_usable_image_record_is_an_error_not_an_empty_selection(tmp_path):
     data = make_dataset()
     for image in data["images"]:
