@@ -21,7 +21,7 @@ import torch
 
 from occsynth.atomic import open_atomic
 from occsynth.coco import brief
-from occsynth.errors import OccsynthError
+from occsynth.errors import OccsynthError, first_few
 
 FORMAT = "bcnet-checkpoint"
 VERSION = 1
@@ -94,11 +94,31 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
-            raise OccsynthError(f"{path}: no checkpoint in this folder (no {LAST}, {FINAL} or checkpoint_*.pt)")
+            raise OccsynthError(f"{path}: no checkpoint in this folder (no {LAST}, {FINAL} or checkpoint_*.pt)"
+                                + _runs_below(path))
         return found
     if path.name == LAST and path.is_file():
         return latest_checkpoint(path.parent)
     return path
+
+
+def _runs_below(folder: Path) -> str:
+    """For a folder without a checkpoint: its sub-folders that hold one, named (a ``bcnet train-synthetic`` run folder
+    keeps its models in ``pretrain/`` and ``finetune/``, the fine-tuned one first), or ""."""
+    runs = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                if entry.is_dir() and latest_checkpoint(entry.path) is not None:
+                    runs.append(Path(entry.path))
+            except (OSError, OccsynthError):  # unreadable, or a damaged marker: not offered
+                continue
+    if not runs:
+        return ""
+    runs.sort(key=lambda p: (p.name != "finetune", p.name))
+    if len(runs) == 1:
+        return f"; its sub-folder {runs[0].name} holds a run: give {runs[0]}"
+    return f"; its sub-folders {first_few([p.name for p in runs], 5)} hold runs: give one of them, e.g. {runs[0]}"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

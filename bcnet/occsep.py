@@ -81,7 +81,9 @@ def load_objects(path: str | os.PathLike) -> list:
         except OccsynthError as exc:
             raise OccsynthError(f"{path}: {exc}") from None
     if not isinstance(objects, (list, tuple)):
-        raise OccsynthError(f"{path}: expected a list of objects, found {type(objects).__name__}")
+        found = "a JSON object (a COCO annotations file?)" if isinstance(objects, dict) else type(objects).__name__
+        raise OccsynthError(f"{path}: not an Occluded/Separated COCO object list: expected a list of objects, found "
+                            f"{found}")
     check_objects(objects, path)
     return list(objects)
 

@@ -76,6 +76,9 @@ def format_report(report: dict) -> list[str]:
         lines.append(f"note: left in {report['out']}/images: {plural(len(stale), 'image file')} an earlier build placed "
                      f"there and this one does not select (copies are never deleted): {first_few(stale, 10)}; delete "
                      "them by hand if unwanted")
+    if not c["selected_images"] and c["source_images"]:  # written as asked, but nothing can be evaluated on it
+        lines.append(f"warning: no image reaches {o['overlap']} >= {o['threshold']:g}: the set is empty (bcnet "
+                     "evaluate refuses it); lower --threshold (the counts above show what each would keep)")
     lines += skip_lines(report["skipped"], "skipped bad input")
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
     return lines

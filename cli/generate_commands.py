@@ -121,7 +121,7 @@ def _print_resumed(report: dict, own_chunks: int) -> None:
         click.echo(f"nothing left to render: {'the' if own_chunks == 1 else 'all'} {plural(own_chunks, 'chunk')} "
                    f"{'was' if own_chunks == 1 else 'were'} done before this run")
     elif rendered < own_chunks:
-        click.echo(f"resumed: rendered {rendered} of {plural(own_chunks, 'chunk')}; the others were done before this run")
+        click.echo(f"resumed: rendered {rendered:,} of {plural(own_chunks, 'chunk')}; the others were done before this run")
 
 
 def _print_report(report: dict) -> None:
@@ -149,17 +149,17 @@ def _print_report(report: dict) -> None:
         _print_resumed(report, report["chunks_total"])
     counts = report["counts"]
     click.echo(f"wrote {plural(counts['images'], 'image')}, {plural(counts['annotations'], 'annotation')} "
-               f"({counts['pasted']} pasted) to {report['out']}")
+               f"({counts['pasted']:,} pasted) to {report['out']}")
     if counts.get("pasted"):  # merges of sets from before these were counted have none
-        click.echo(f"occluded: {counts['pasted_occluded']} of {counts['pasted']} pasted objects and "
-                   f"{counts['occluded']} of {counts['annotations']} instances in all have an object on top")
+        click.echo(f"occluded: {counts['pasted_occluded']:,} of {counts['pasted']:,} pasted objects and "
+                   f"{counts['occluded']:,} of {counts['annotations']:,} instances in all have an object on top")
         if counts["occluded"] == 0:
             click.echo("note: nothing is occluded: the options keep the objects apart (e.g. a --scale far "
                        "below 1 makes the pasted objects tiny)")
     per_cat = counts["pasted_per_category"]
     if per_cat:
         values = list(per_cat.values())
-        click.echo(f"pasted per category: {plural(len(per_cat), 'category', 'categories')}, min {min(values)}, max {max(values)}")
+        click.echo(f"pasted per category: {plural(len(per_cat), 'category', 'categories')}, min {min(values):,}, max {max(values):,}")
     echo_skips(report.get("bank", {}).get("skipped", {}), "source records skipped (bad input)")
     echo_skips(report["skipped"],
                "source images skipped while rendering (counted per use, another was drawn instead)")

@@ -74,6 +74,9 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
         raise
     click.echo(report["table"])
     click.echo(f"results: {Path(out) / 'results.md'}")
+    model = report.get("stages", {}).get("finetune")
+    if model:
+        click.echo(f"model: {model} (for bcnet evaluate and predict: --checkpoint {Path(out) / 'finetune'})")
 
 
 COMMANDS = [train_synthetic_command]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from occsynth.atomic import format_size
+from occsynth.atomic import check_writable, format_size, make_folder
 from occsynth.bank import (Bank, BankOptions, CutoutPixels, ensure_bank, ensure_cutout_pixels,
                            pixels_report, report)
 from cli.common import ReportedError, cache_dir_option, note_capped_workers, quiet_option
@@ -31,6 +31,7 @@ def make_demo_source_command(directory, seed, force):
     if not force and target.is_dir() and any(target.iterdir()):
         raise ReportedError(f"{directory}: not empty; its annotations.json would be replaced - choose an empty "
                             "folder or pass --force")
+    check_writable(make_folder(target))  # "cannot make folder DIR" / "cannot write into DIR", not a deep image path
     ann, root = make_demo_source(target, seed=seed)
     click.echo(f"wrote {ann} and {root}/")
 

@@ -140,9 +140,11 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
     from bcnet.evaluate import evaluate_checkpoint, markdown_table
 
     if len(ann_files) != len(image_roots):
-        raise OccsynthError("give one --images per --annotations")
+        raise OccsynthError(f"give one --images per --annotations, in the same order (given: "
+                            f"{len(ann_files)} --annotations, {len(image_roots)} --images)")
     if names and len(names) != len(ann_files):
-        raise OccsynthError("give one --name per --annotations (or none)")
+        raise OccsynthError(f"give one --name per --annotations, in the same order, or none (given: "
+                            f"{len(ann_files)} --annotations, {len(names)} --name)")
     names = names or tuple(f"set{i}" for i in range(len(ann_files)))
     if len(set(names)) != len(names):
         raise OccsynthError(f"set names must differ: {', '.join(names)}")

@@ -272,6 +272,7 @@ def locked_spool(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
 
 
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)  # a file system without flock
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)  # a folder in which no file can be made
 
 
 @contextlib.contextmanager
@@ -361,7 +362,8 @@ def _names_this_host(lock_path: str | os.PathLike) -> bool:
 def lock_failed(exc: OSError, folder: str | os.PathLike) -> None:
     """After a lock in ``folder`` failed with ``exc``: warn and return where its file system has no locks (the
     run goes on unguarded); else an :class:`OccsynthError` naming the lock file (or the folder) and why."""
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # the lock file cannot be made: say it as check_writable
+    if (exc.errno in _READ_ONLY and exc.filename and Path(exc.filename).parent == Path(folder)
+            and not os.path.lexists(exc.filename)):  # the lock file cannot be made: the folder is what to fix
         raise OccsynthError(f"cannot write into {folder}: {os_error_reason(exc)}") from None
     if exc.errno not in _NO_LOCKS:
         where = exc.filename or folder

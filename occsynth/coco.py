@@ -25,7 +25,7 @@ import ijson
 import numpy as np
 
 from . import errors, masks
-from .atomic import write_bytes
+from .atomic import check_writable, write_bytes
 from .errors import BadRecord, OccsynthError, SkipLog, first_few, plural
 
 
@@ -818,18 +818,25 @@ def encode_image(image: np.ndarray, ext: str = ".jpg", quality: int = 95, *, bgr
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def picture_path(path: str | os.PathLike, what: str = "picture") -> Path:
-    """``path`` if a picture can be written there (.png/.jpg, and :func:`check_out_path`); check it before the
-    work that makes it."""
+def picture_path(path: str | os.PathLike, what: str = "picture", folder_writable: bool = True) -> Path:
+    """``path`` if a picture can be written there (.png/.jpg, :func:`check_out_path`, and with ``folder_writable``
+    the nearest existing folder on its way can be written: :func:`check_writable`); check it before the work
+    that makes it."""
     path = Path(path)
     if path.suffix.lower() not in PICTURE_SUFFIXES:
         raise OccsynthError(f"{path}: the {what} is written as .png or .jpg")
     check_out_path(path)
+    if folder_writable:  # a read-only folder fails here, not after the work
+        folder = path.parent
+        while not os.path.lexists(folder) and folder != folder.parent:
+            folder = folder.parent
+        check_writable(folder)
     return path
 
 
 def write_picture(rgb: np.ndarray, path: str | os.PathLike, what: str = "picture", quality: int = 95) -> Path:
-    """Write an RGB picture atomically as PNG or JPEG (by the extension of ``path``)."""
-    path = picture_path(path, what)
+    """Write an RGB picture atomically as PNG or JPEG (by the extension of ``path``); a folder that cannot be written
+    is said by the write itself (no probe file per picture: predict writes thousands)."""
+    path = picture_path(path, what, folder_writable=False)
     write_bytes(path, encode_image(rgb, path.suffix.lower(), quality))
     return path

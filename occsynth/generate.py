@@ -218,7 +218,8 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         resumed = len(own_chunks) - len(chunks)
         desc = f"generate (resuming: {resumed} of {len(own_chunks)} chunks done)" if resumed else "generate"
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
-        with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, progress,
+        # no bar when nothing is left to render (it drew an empty "0img" bar under the "nothing left" message)
+        with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, progress and bool(chunks),
                                                  desc=desc)) as finished:
             if count > 1:
                 for _ in finished:

@@ -845,3 +845,17 @@ def test_predict_publishes_into_a_pictures_folder_on_another_disk(tiny, tmp_path
         assert report["images"] == 1 and (out / "results.json").is_file() and (out / "images.json").is_file()
         assert sorted(os.listdir(elsewhere)) == ["000001-000000000001.png"]
         assert not [p for p in out.iterdir() if p.name.startswith(P.STAGING_PREFIX)]
+
+
+def test_evaluate_says_how_many_sets_images_and_names_it_was_given(tmp_path):
+    """Two --ann with one --images said only "give one --images per --annotations": which was missing, in a long
+    command line of several sets, was left to count."""
+    base = ["evaluate", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "e"),
+            "--ann", "a.json", "--ann", "b.json", "--images", "ia"]
+    result = CliRunner().invoke(bcnet_main, base)
+    assert result.exit_code == 2 and result.output == ("Error: give one --images per --annotations, in the same order "
+                                                       "(given: 2 --annotations, 1 --images)\n"), result.output
+    result = CliRunner().invoke(bcnet_main, [*base, "--images", "ib", "--name", "val"])
+    assert result.exit_code == 2 and result.output == ("Error: give one --name per --annotations, in the same order, "
+                                                       "or none (given: 2 --annotations, 1 --name)\n"), result.output
+    assert not (tmp_path / "e").exists()

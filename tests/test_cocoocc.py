@@ -421,6 +421,47 @@ def test_an_annotations_only_build_given_images_reports_selected_images_without_
     assert build_cocoocc(ann, tmp_path / "o", image_root=root, threshold=0.1)["images_without_file"] == []
 
 
+def test_an_images_folder_holding_none_of_the_selected_files_is_refused_not_an_empty_set(tmp_path):
+    """--images one level off (the folder above the one the file names are relative to) dropped every selected
+    image: --link wrote a COCO-OCC of 0 images with exit status 0, and without --link a set none of whose files
+    exist; both only failed later, in evaluation. Now refused, naming an image and what to give instead, and
+    writing nothing (a rebuild keeps what the last build placed)."""
+    ann = write_set(tmp_path / "val.json")
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    for image_id in (1, 2, 3, 7):
+        (root / "sub" / f"{image_id:04d}.jpg").write_bytes(b"img")
+    for mode in ([], ["--link"], ["--copy"]):
+        out = tmp_path / f"o{len(mode) and mode[0]}"
+        r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--images", str(root),
+                                      "--threshold", "0.1", "--quiet", *mode])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert (f"Error: none of the 3 selected images has a usable file under --images {root} (e.g. image 1 "
+                f"(0001.jpg): missing image file); give the folder that the file_name entries of {ann} are "
+                "relative to") in r.output, r.output
+        assert not out.exists()
+    out = tmp_path / "built"
+    build_cocoocc(ann, out, image_root=root / "sub", image_mode="link", threshold=0.1)
+    before = sorted(os.listdir(out / "images")), (out / "annotations.json").read_bytes()
+    with pytest.raises(OccsynthError, match="the selected image has no usable file under --images"):
+        build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.3)  # one image selected
+    assert (sorted(os.listdir(out / "images")), (out / "annotations.json").read_bytes()) == before
+    (root / "0001.jpg").write_bytes(b"img")  # one file found of three: the others are dropped, as before
+    report = build_cocoocc(ann, tmp_path / "some", image_root=root, image_mode="link", threshold=0.1)
+    assert report["counts"]["images"] == 1 and [d["id"] for d in report["dropped_images"]] == [2, 7]
+
+
+def test_a_threshold_no_image_reaches_is_warned_of(tmp_path):
+    """--threshold 0.9 wrote a COCO-OCC of no image with the same "wrote ..." as any other: the first sign of it was
+    bcnet evaluate's refusal."""
+    ann = write_set(tmp_path / "val.json")
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o"), "--threshold", "0.9"])
+    assert r.exit_code == 0 and ("warning: no image reaches iou >= 0.9: the set is empty (bcnet evaluate refuses it); "
+                                 "lower --threshold (the counts above show what each would keep)\n") in r.output
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+
+
 def test_a_file_without_one_usable_image_record_is_an_error_not_an_empty_selection(tmp_path):
     data = make_dataset()
     for image in data["images"]:

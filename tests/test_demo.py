@@ -1,5 +1,7 @@
 """The embedded demo source: COCO categories, exact annotations, required input shapes, caching."""
+import errno
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from click.testing import CliRunner
 from pycocotools.coco import COCO
 
 from cli.occsynth_cli import main as occsynth_main
-from occsynth import coco, demo
+from occsynth import atomic, coco, demo
 from occsynth.bank import Bank, ensure_bank
 from occsynth.categories import COCO_CATEGORIES
 from occsynth.errors import OccsynthError
@@ -106,6 +108,23 @@ def test_make_demo_source_command(tmp_path):
     assert (mine / "annotations.json").read_text() == '{"my": "labels"}'
     forced = CliRunner().invoke(occsynth_main, ["make-demo-source", str(mine), "--force"])
     assert forced.exit_code == 0 and "images" in json.loads((mine / "annotations.json").read_text())
+
+
+def test_make_demo_source_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
+    """A DIRECTORY under a file, or on a read-only mount, was refused naming the first image's path deep inside it
+    ("cannot write DIR/images/set-a/000001.jpg: output location is not writable")."""
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(occsynth_main, ["make-demo-source", str(tmp_path / "afile" / "d")])
+    assert res.exit_code == 2 and res.output == (f"Error: cannot make folder {tmp_path / 'afile' / 'd'}: "
+                                                 f"{tmp_path / 'afile'} is a file, not a folder\n"), res.output
+
+    def read_only(*args, **kwargs):  # as on a read-only mount (root ignores a folder's modes)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(atomic.tempfile, "TemporaryFile", read_only)
+    res = CliRunner().invoke(occsynth_main, ["make-demo-source", str(tmp_path / "ro")])
+    assert res.exit_code == 2 and res.output == f"Error: cannot write into {tmp_path / 'ro'}: Read-only file system\n"
+    assert not list((tmp_path / "ro").iterdir())
 
 
 def test_make_demo_source_refuses_a_negative_seed(tmp_path):

@@ -206,6 +206,34 @@ def test_a_locked_output_folder_refuses_a_second_holder_and_removes_a_folder_it_
     assert (out / atomic.LOCK_FILE).read_text() == "" and (out / "result.txt").read_text() == "done"
 
 
+def test_an_out_in_which_no_lock_file_can_be_made_is_named_as_not_writable(tmp_path, monkeypatch):
+    """bcnet train/evaluate/predict --out on a read-only mount said "cannot lock OUT/.lock: Read-only file system",
+    naming a file the user never asked for; now the folder, as every other command says it. A lock file that exists
+    but cannot be opened is still named itself."""
+    pytest.importorskip("fcntl")
+    import builtins
+    out = tmp_path / "out"
+    out.mkdir()
+    failure = {"errno": errno.EROFS}
+
+    def fake_open(path, *args, **kwargs):
+        if Path(path).name == atomic.LOCK_FILE:
+            raise OSError(failure["errno"], os.strerror(failure["errno"]), str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+    for code in (errno.EROFS, errno.EACCES):
+        failure["errno"] = code
+        with pytest.raises(OccsynthError) as exc:
+            with atomic.locked_output_folder(out, lambda holder: AssertionError(holder)):
+                raise AssertionError("ran without its lock")
+        assert str(exc.value) == f"cannot write into {out}: {os.strerror(code)}"
+    (out / atomic.LOCK_FILE).write_text("")  # there, but not to be opened (another user's): named itself
+    with pytest.raises(OccsynthError, match=f"^cannot lock {out / atomic.LOCK_FILE}: Permission denied$"):
+        with atomic.locked_output_folder(out, lambda holder: AssertionError(holder)):
+            pass
+
+
 @pytest.mark.parametrize("moment", ["before its lock", "as it locks", "as the last one lets go"])
 def test_a_command_starting_while_the_last_one_removes_the_out_it_made_for_nothing_runs(tmp_path, monkeypatch, moment):
     """A command that made --out and wrote nothing there removes its lock file, then the folder; one starting at that

@@ -720,6 +720,12 @@ def test_a_rerun_says_what_was_done_before_it(demo_source, tmp_path):
     assert resumed.exit_code == 0 and resumed.output.startswith("resumed: rendered 1 of 3 chunks")
     finished = CliRunner().invoke(occsynth_main, args)
     assert finished.exit_code == 0 and finished.output.startswith("nothing left to render: all 3 chunks were done")
+    shown = CliRunner().invoke(occsynth_main, [a for a in args if a != "--quiet"])  # with bars: none drawn for nothing
+    assert shown.exit_code == 0 and "nothing left to render" in shown.stdout and "generate" not in shown.stderr, \
+        shown.stderr
+    writer.part_path(tmp_path / "out", 1).unlink()
+    resumed_bar = CliRunner().invoke(occsynth_main, [a for a in args if a != "--quiet"])
+    assert "generate (resuming: 2 of 3 chunks done)" in resumed_bar.stderr, resumed_bar.stderr
     shard = CliRunner().invoke(occsynth_main, [str(tmp_path / "shared") if a == str(tmp_path / "out") else a
                                                for a in args] + ["--shard", "0/2"])
     assert shard.exit_code == 0 and "resumed" not in shard.output
@@ -803,6 +809,21 @@ def test_the_run_counts_what_is_occluded_and_says_when_nothing_is(demo_source, t
                 f"of {len(data['annotations'])} instances") in result.output
         assert (counts["occluded"] == 0) == note and ("note: nothing is occluded" in result.output) == note
         assert validate(out)["ok"]
+
+
+def test_the_run_summary_writes_every_count_one_way(capsys):
+    """A 5,000-image run said "wrote 5,000 images, 35,637 annotations (15025 pasted)" and "occluded: 10021 of 15025
+    pasted objects and 17444 of 35637": the same counts with and without thousands separators."""
+    from cli.generate_commands import _print_report
+    counts = {"images": 5000, "annotations": 35637, "pasted": 15025, "pasted_occluded": 10021, "occluded": 17444,
+              "pasted_per_category": {"1": 1669, "2": 1670}}
+    _print_report({"merged": True, "out": "g2", "counts": counts, "skipped": {}, "chunks_rendered": 141,
+                   "chunks_total": 1313})
+    assert capsys.readouterr().out.splitlines() == [
+        "resumed: rendered 141 of 1,313 chunks; the others were done before this run",
+        "wrote 5,000 images, 35,637 annotations (15,025 pasted) to g2",
+        "occluded: 10,021 of 15,025 pasted objects and 17,444 of 35,637 instances in all have an object on top",
+        "pasted per category: 2 categories, min 1,669, max 1,670"]
 
 
 @pytest.mark.parametrize("shard", [(0, 0), (2, 2), (-1, 2), (0.5, 2), "0/2", (True, 2)])

@@ -97,6 +97,21 @@ def test_load_pickle_and_json_forms(tmp_path):
     assert safe_unpickle(pickle.dumps(objects(), protocol=3)) == objects()
 
 
+def test_a_file_that_is_no_object_list_says_so(tmp_path):
+    """A COCO annotations file given as --occluded-list said only "expected a list of objects, found dict"."""
+    coco = tmp_path / "instances_val2017.json"
+    coco.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(OccsynthError) as exc:
+        load_objects(coco)
+    assert str(exc.value) == (f"{coco}: not an Occluded/Separated COCO object list: expected a list of objects, "
+                              "found a JSON object (a COCO annotations file?)")
+    number = tmp_path / "n.pkl"
+    number.write_bytes(pickle.dumps(3))
+    with pytest.raises(OccsynthError, match=r"n\.pkl: not an Occluded/Separated COCO object list: expected a list "
+                                            r"of objects, found int$"):
+        load_objects(number)
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, (f"touch {EVIL_MARKER}",))

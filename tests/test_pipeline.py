@@ -92,6 +92,24 @@ def _mtimes(out):
     return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != atomic.LOCK_FILE}
 
 
+def test_the_run_names_its_model_and_its_folder_points_to_it(pipeline_run, tmp_path):
+    """After `train-synthetic --tiny --out runs/tiny` the README's next steps (evaluate, predict) need a checkpoint:
+    the run said only where results.md was, and `--checkpoint runs/tiny` answered "no checkpoint in this folder"."""
+    out, _, _, recipe, (ann, root) = pipeline_run
+    args = ["train-synthetic", "--recipe", str(recipe), "--coco-train-ann", str(ann), "--coco-train-images", str(root),
+            "--coco-val-ann", str(ann), "--coco-val-images", str(root), "--out", str(out), "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(bcnet_main, args)  # every stage done: nothing is trained again
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith(f"model: {out / 'finetune' / 'model_final.pt'} (for bcnet evaluate and predict: "
+                                  f"--checkpoint {out / 'finetune'})\n")
+    result = CliRunner().invoke(bcnet_main, ["predict", str(root), "--checkpoint", str(out), "--out",
+                                             str(tmp_path / "p"), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"Error: {out}: no checkpoint in this folder (no last_checkpoint, model_final.pt or checkpoint_*.pt); its "
+            f"sub-folders finetune, pretrain hold runs: give one of them, e.g. {out / 'finetune'}\n") == result.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_a_second_pipeline_on_the_same_run_folder_is_refused_at_once(pipeline_run):
     out, _, _, recipe, (ann, root) = pipeline_run
     # the run held its folder and each training stage held its own: no stage was refused by the run's hold

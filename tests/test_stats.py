@@ -1,8 +1,10 @@
 """occsynth stats: exact counts on the hand-made set, the streamed file path, the plot and the CLI."""
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 
 import cv2
 import numpy as np
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 
 from cli import inspect_commands
 from cli.common import Group
+from occsynth import atomic
 from occsynth.errors import plural
 from occsynth.stats import (AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, format_stats, plot_stats, ratio_bin,
                              stats_from_path)
@@ -189,6 +192,26 @@ def test_bad_plot_extension_is_refused_before_any_output(tmp_path):
     res = CliRunner().invoke(group(), ["stats", str(out), "--plot", str(tmp_path / "x.gif")])
     assert res.exit_code == 2 and res.output.startswith("Error:") and ".png or .jpg" in res.output
     assert "annotations" not in res.output and not (tmp_path / "x.gif").exists()
+
+
+def test_a_plot_or_sheet_that_cannot_be_written_is_refused_before_the_file_is_read(tmp_path, monkeypatch):
+    """stats --plot (and preview --out) into a read-only folder, or under a file, read the whole file (a minute for
+    COCO train) and only then failed to write; the folder is now checked first, as the extension is."""
+    out = write_dataset(tmp_path / "set")
+    (tmp_path / "afile").write_text("x")
+    for command, option, read in (("stats", "--plot", "stats_from_path"), ("preview", "--out", "preview_report")):
+        monkeypatch.setattr(inspect_commands, read, lambda *a, **k: pytest.fail(f"{command} read its input"))
+        res = CliRunner().invoke(group(), [command, str(out), option, str(tmp_path / "afile" / "sub" / "x.png")])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert res.output == f"Error: cannot write into {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder\n"
+        monkeypatch.setattr(atomic.tempfile, "TemporaryFile", _read_only)  # as on a read-only mount (root ignores modes)
+        res = CliRunner().invoke(group(), [command, str(out), option, str(tmp_path / "new" / "x.png")])
+        assert res.output == f"Error: cannot write into {tmp_path}: Read-only file system\n", res.output
+        monkeypatch.undo()
+
+
+def _read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
 
 def test_y_axis_labels_are_drawn_once_left_of_the_axis():
