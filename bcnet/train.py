@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, remove_stale_temporaries
-from occsynth.coco import brief, file_hash
+from occsynth.coco import brief, categories_by_id, file_hash, read_array
 from occsynth import errors
 from occsynth.errors import OccsynthError, plural
 from occsynth.masks import finite_number
@@ -450,6 +450,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > "
                                 f"{plural(int(schedule['iterations']), 'iteration')} asked for; nothing was trained "
                                 "(ask for more to continue it)")
+        check_resume_categories(ann_file, state["category_ids"], resume_path)  # before indexing the set: minutes on COCO
     else:
         schedule = load_schedule(schedule, overrides, overrides_from=overrides_from)
         if ckpt.latest_checkpoint(out_dir) is not None:
@@ -477,8 +478,6 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                                              float(schedule["flip"])),
                             mode=schedule["mode"], drop_empty=True, strict=strict,
                             category_ids=state["category_ids"] if state else None)
-    if state is not None:
-        check_resume_categories(dataset, resume_path)
     require_training_images(dataset)  # before the report: the error says what was skipped
     set_names = {c["id"]: c.get("name") for c in dataset.categories}  # saved with the ids; --init compares them
     if strict:  # every instance's masks and box now: a bad one must not stop the run when drawn, hours in
@@ -660,15 +659,17 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             "resumed_from": resume_path}
 
 
-def check_resume_categories(dataset: CocoInstances, resume_path: Path) -> None:
-    """Refuse to resume on a set listing categories the run's model was not built for (``dataset.category_ids``, the
-    checkpoint's): it has no output for them, so their annotations would be left out of training without a word."""
-    known = set(dataset.category_ids)
-    extra = [c for c in dataset.categories if c["id"] not in known]
+def check_resume_categories(ann_file: str | os.PathLike, known_ids: Iterable[int], resume_path: Path) -> None:
+    """Refuse to resume on a set listing categories the run's model was not built for (``known_ids``, the
+    checkpoint's): it has no output for them, so their annotations would be left out of training without a word.
+    Reads only the file's ``categories`` (as :class:`CocoInstances` counts them), so it is told before indexing."""
+    known = {int(c) for c in known_ids}
+    listed = categories_by_id(read_array(ann_file, "categories"))
+    extra = [listed[c] for c in sorted(listed) if c not in known]
     if not extra:
         return
     names = [c["name"] if isinstance(c.get("name"), str) else str(c["id"]) for c in extra]
-    raise OccsynthError(f"{dataset.ann_file}: lists {plural(len(extra), 'category', 'categories')} the run's model "
+    raise OccsynthError(f"{Path(ann_file)}: lists {plural(len(extra), 'category', 'categories')} the run's model "
                         f"does not know: {errors.first_few(names)} (ids {errors.first_few([c['id'] for c in extra])}); "
                         "resumed, it would train without them (their annotations left out). To learn them, train "
                         f"into a new --out, from this run's weights with --init {resume_path}")
