@@ -8,6 +8,7 @@ import select
 import signal
 import stat
 import sys
+from typing import Iterator
 
 import click
 
@@ -142,6 +143,19 @@ def echo_skips(skipped: dict, heading: str) -> None:
     """Print :func:`skip_lines`."""
     for line in skip_lines(skipped, heading):
         click.echo(line)
+
+
+@contextlib.contextmanager
+def hint_on_stop(hint: str) -> Iterator[None]:
+    """Print ``interrupted: hint`` when the block is stopped (Ctrl-C, SIGTERM, or an error that replaced one:
+    :func:`occsynth.stopping.is_stop`), before 'Stopped (...)': a stopped command says what its output holds and
+    what to do next."""
+    try:
+        yield
+    except BaseException as exc:
+        if stopping.is_stop(exc):
+            click.echo(f"\ninterrupted: {hint}", err=True)
+        raise
 
 
 def echo_occluder_report(report: dict) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import FiniteFloatRange, quiet_option
+from cli.common import FiniteFloatRange, hint_on_stop, quiet_option
 from occsynth.errors import key_values, plural
 
 
@@ -32,8 +32,11 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     One run at a time writes an --out: a second one started on it stops at once, naming the first.
     """
     from bcnet.predict import predict
-    report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,
-                     pictures=not no_pictures, progress=not quiet)
+    # _publish removes images.json first and writes it last: with it, OUT holds one whole run
+    with hint_on_stop(f"{out} holds one whole run's outputs only with its images.json (an earlier run's, unless "
+                      "the stop came as this one finished); run the same command again to redo it"):
+        report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,
+                         pictures=not no_pictures, progress=not quiet)
     drawn = "" if no_pictures else " (drawn in the pictures)"
     click.echo(f"{plural(report['images'], 'image')}, {plural(report['detections'], 'detection')}, "
                f"{report['above_threshold']} at score "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import FiniteFloatRange, echo_skips, option_names, quiet_option
+from cli.common import FiniteFloatRange, echo_skips, hint_on_stop, option_names, quiet_option
 from occsynth import stopping
 from occsynth.errors import OccsynthError
 
@@ -150,8 +150,11 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
         raise OccsynthError(f"set names must differ: {', '.join(names)}")
     sets = {n: (a, i) for n, a, i in zip(names, ann_files, image_roots)}
     lists = {k: v for k, v in (("occluded", occluded_list), ("separated", separated_list)) if v}
-    report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
-                                 mode=mode, occsep_lists=lists, strict=strict, progress=not quiet)
+    # _evaluate_prepared stages every set's detections and replaces OUT's files only once all are scored
+    with hint_on_stop(f"{out_dir} keeps what an earlier evaluation wrote there, unless the stop came as this one's "
+                      "results replaced it (its last step); run the same command again to redo it"):
+        report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
+                                     mode=mode, occsep_lists=lists, strict=strict, progress=not quiet)
     click.echo(markdown_table(report), nl=False)
     for name, entry in report.items():
         echo_skips(entry.get("skipped") or {}, f"{name}: skipped bad input")

@@ -859,3 +859,25 @@ def test_evaluate_says_how_many_sets_images_and_names_it_was_given(tmp_path):
     assert result.exit_code == 2 and result.output == ("Error: give one --name per --annotations, in the same order, "
                                                        "or none (given: 2 --annotations, 1 --name)\n"), result.output
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("command, target, hint", [
+    (["predict", "img.png", "--checkpoint", "."], "bcnet.predict.predict",
+     "holds one whole run's outputs only with its images.json (an earlier run's, unless the stop came as this one "
+     "finished); run the same command again to redo it"),
+    (["evaluate", "--checkpoint", "c.pt", "--annotations", "a.json", "--images", "."], "bcnet.evaluate.evaluate_checkpoint",
+     "keeps what an earlier evaluation wrote there, unless the stop came as this one's results replaced it (its last "
+     "step); run the same command again to redo it"),
+])
+def test_a_stopped_predict_or_evaluate_says_what_out_holds_and_what_to_do(tmp_path, monkeypatch, command, target, hint):
+    """They said only 'Stopped (SIGINT).', where train and generate say what to do next."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "img.png").write_bytes(b"")
+    out = tmp_path / "out"
+    stopped = CliRunner().invoke(bcnet_main, command + ["--out", str(out)])
+    assert stopped.exit_code == 130, stopped.output  # 128 + SIGINT
+    assert stopped.output.endswith(f"\ninterrupted: {out} {hint}\nStopped (SIGINT).\n")
