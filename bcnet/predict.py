@@ -183,6 +183,8 @@ def _predict_into(model, category_ids: list[int], names: dict[int, str], paths: 
                   score_threshold: float, device: torch.device, pictures: bool, progress: bool) -> dict:
     """Predict every image, its picture into a staging folder, then put the outputs in place (:func:`_publish`)."""
     remove_orphaned_temporaries(out_dir / RESULTS_FILE, STAGING_PREFIX)  # what a killed run left: its staged pictures
+    # and its pictures' copies into a pictures/ on another disk (move_file), killed midway: no rename removes them
+    remove_orphaned_temporaries(out_dir / PICTURES, names=PICTURE_PATTERN)
     remove_orphaned_temporaries(out_dir / IMAGES_FILE)
     with locked_spool(out_dir, STAGING_PREFIX) as staging:  # removed at the end, on a failure or Ctrl-C too
         results, images, skips, skipped = _predict_images(model, category_ids, names, paths,

@@ -435,24 +435,36 @@ def _open_locked(open_file: Callable[[], IO], lock: Callable[[IO], bool]) -> tup
     raise OSError(errno.EBUSY, "each file opened was removed by another process before it could be locked")
 
 
-def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | None = None) -> int:
+def remove_orphaned_temporaries(path: str | os.PathLike, spool_prefix: str | None = None, *,
+                                names: re.Pattern[str] | None = None) -> int:
     """Delete what killed runs left beside ``path``: its temporaries (``.NAME.tmp-*``) and, with
     ``spool_prefix``, folders whose name starts with it, each only when no process holds its lock (the
     writer's :func:`hold_lock` on the temporary, or on the folder's ``LOCK_FILE``); returns how many were
     removed. For commands that write one file (no run folder to sweep). Where locks cannot be taken
-    nothing is removed: whether its writer still runs cannot be known."""
+    nothing is removed: whether its writer still runs cannot be known.
+
+    ``names``: ``path`` is a folder, and the temporaries swept there are those of every file whose name matches
+    (a command writing a family of files into a folder others may write too: only its own are its to remove)."""
     path = Path(path)
+    folder = path if names is not None else path.parent
     n = 0
     try:
-        entries = list(os.scandir(path.parent))
+        entries = list(os.scandir(folder))
     except OSError:
         return 0
     for entry in entries:
-        if entry.name.startswith(f".{path.name}.tmp-"):
+        if _temporary_of(entry.name, names.fullmatch if names is not None else path.name.__eq__):
             n += _remove_if_unlocked(entry.path, lambda: _remove_quietly(Path(entry.path)))
         elif spool_prefix and entry.name.startswith(spool_prefix):
             n += _remove_spool_if_unlocked(entry.path)
     return n
+
+
+def _temporary_of(name: str, owned: Callable[[str], object]) -> bool:
+    """Whether ``name`` is a temporary (:func:`_new_temporary`'s ``.NAME.tmp-*``) of a file whose name ``owned``
+    accepts."""
+    at = name.rfind(".tmp-")
+    return name.startswith(".") and at > 0 and bool(owned(name[1:at]))
 
 
 # what is left beside an entry NAME (build_dir_once's) while it is built (tmp: a locked spool), discarded when

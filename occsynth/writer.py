@@ -666,11 +666,13 @@ def _dumps(obj) -> str:
 
 
 def move_file(src: Path, dst: Path) -> None:
-    """Move a finished file into the merged output (atomic copy when crossing file systems)."""
+    """Move a finished file into the merged output (atomic copy when crossing file systems). The copy's temporary
+    is locked while written, so that a sweep of orphaned temporaries (:func:`remove_orphaned_temporaries`) run
+    meanwhile into the same folder leaves it alone."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(src, dst)
     except OSError:
-        with open(src, "rb") as f, open_atomic(dst, "wb") as g:
+        with open(src, "rb") as f, open_atomic(dst, "wb", locked=True) as g:
             g.write(f.read())
         os.unlink(src)

@@ -881,3 +881,25 @@ def test_a_stopped_predict_or_evaluate_says_what_out_holds_and_what_to_do(tmp_pa
     stopped = CliRunner().invoke(bcnet_main, command + ["--out", str(out)])
     assert stopped.exit_code == 130, stopped.output  # 128 + SIGINT
     assert stopped.output.endswith(f"\ninterrupted: {out} {hint}\nStopped (SIGINT).\n")
+
+
+def test_predict_sweeps_the_orphaned_temporaries_of_its_own_pictures_only(tiny, tmp_path):
+    """Copies into a pictures/ on another disk (move_file) killed midway left .NAME.tmp-* files nothing removed.
+    The next run removes those of its pictures that no process writes; others' files and held ones stay."""
+    import fcntl
+
+    from bcnet import predict as P
+
+    root, checkpoint = tiny
+    pictures = tmp_path / "out" / P.PICTURES
+    pictures.mkdir(parents=True)
+    orphaned = pictures / ".000001-000000000001.png.tmp-123-abcd0123"
+    held = pictures / ".000002-000000000002.png.tmp-456-abcd0123"   # another process copies it now
+    others = pictures / ".notes.txt.tmp-789-abcd0123"                # not a picture predict writes
+    for path in (orphaned, held, others):
+        path.write_bytes(b"part")
+    with open(held, "rb") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        P.predict(checkpoint, [root / "images" / "000000000001.png"], tmp_path / "out", device="cpu", progress=False)
+    assert not orphaned.exists() and held.exists() and others.exists()
+    assert (pictures / "000001-000000000001.png").is_file()

@@ -2,6 +2,7 @@
 determinism across workers / shards / resume, and bad-input handling."""
 import dataclasses
 import json
+import os
 import re
 import shutil
 import time
@@ -863,3 +864,39 @@ def test_an_image_count_past_the_maximum_is_refused_before_out_is_made(tmp_path,
     assert result.exit_code == 2 and f"{count} is not in the range 1<=x<={generate_module.MAX_IMAGES}" in result.output
     assert not (tmp_path / "o").exists()
     assert RunSettings(num_images=generate_module.MAX_IMAGES, seed=0).num_images == generate_module.MAX_IMAGES
+
+
+def test_a_copy_across_disks_is_left_alone_by_a_sweep_of_orphaned_temporaries_meanwhile(tmp_path, monkeypatch):
+    """move_file copies when a rename cannot cross file systems; its temporary must be held while written, or a
+    sweep run meanwhile (predict's, of its pictures) takes it for a killed copy's and removes it."""
+    import errno
+    import types
+
+    from occsynth.atomic import remove_orphaned_temporaries
+
+    src, dst = tmp_path / "a" / "000001-x.png", tmp_path / "b" / "000001-x.png"
+    src.parent.mkdir()
+    src.write_bytes(b"picture")
+    swept = []
+
+    def no_rename(a, b):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    class SweepWhileRead:
+        def __init__(self, path, mode):
+            self.f = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self):
+            swept.append(remove_orphaned_temporaries(dst.parent, names=re.compile(r"\d{6,}-.*\.png")))
+            return self.f.read()
+
+    monkeypatch.setattr(writer, "os", types.SimpleNamespace(replace=no_rename, unlink=os.unlink))
+    monkeypatch.setattr(writer, "open", SweepWhileRead, raising=False)
+    writer.move_file(src, dst)
+    assert swept == [0] and dst.read_bytes() == b"picture" and not src.exists()
