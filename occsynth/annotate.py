@@ -217,7 +217,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     in_path, out_path = Path(in_path), Path(out_path)
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
         raise OccsynthError(f"threshold must be a box IoU in [0, 1], got {threshold!r}")  # NaN fails here too
-    check_out_file(in_path, out_path, "it would be overwritten while it is still read; give another --out")
+    check_out_file(in_path, out_path, "the input would be replaced by its annotated copy; give another --out")
     top, starts = read_top_level(in_path)
     for key in ("images", "annotations"):  # {} or null: refused before --out's folder is made
         check_array_start(in_path, key, starts.get(key))

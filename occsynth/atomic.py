@@ -362,8 +362,8 @@ def _names_this_host(lock_path: str | os.PathLike) -> bool:
 def lock_failed(exc: OSError, folder: str | os.PathLike) -> None:
     """After a lock in ``folder`` failed with ``exc``: warn and return where its file system has no locks (the
     run goes on unguarded); else an :class:`OccsynthError` naming the lock file (or the folder) and why."""
-    if (exc.errno in _READ_ONLY and exc.filename and Path(exc.filename).parent == Path(folder)
-            and not os.path.lexists(exc.filename)):  # the lock file cannot be made: the folder is what to fix
+    made_there = exc.filename and Path(exc.filename).parent == Path(folder) and not os.path.lexists(exc.filename)
+    if exc.errno == errno.EROFS or (exc.errno in _READ_ONLY and made_there):  # the folder (or its mount) is to fix
         raise OccsynthError(f"cannot write into {folder}: {os_error_reason(exc)}") from None
     if exc.errno not in _NO_LOCKS:
         where = exc.filename or folder

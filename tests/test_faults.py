@@ -232,6 +232,10 @@ def test_an_out_in_which_no_lock_file_can_be_made_is_named_as_not_writable(tmp_p
     with pytest.raises(OccsynthError, match=f"^cannot lock {out / atomic.LOCK_FILE}: Permission denied$"):
         with atomic.locked_output_folder(out, lambda holder: AssertionError(holder)):
             pass
+    failure["errno"] = errno.EROFS  # a rerun on a read-only mount finds the last run's lock file: still the folder
+    with pytest.raises(OccsynthError, match=f"^cannot write into {out}: Read-only file system$"):
+        with atomic.locked_output_folder(out, lambda holder: AssertionError(holder)):
+            pass
 
 
 @pytest.mark.parametrize("moment", ["before its lock", "as it locks", "as the last one lets go"])

@@ -787,17 +787,6 @@ def test_an_out_folder_that_exists_but_cannot_be_written_is_refused_before_the_w
         assert out.exists() == kept  # a folder made for nothing is removed again
 
 
-def test_an_out_where_the_lock_file_cannot_be_made_is_said_as_an_out_that_cannot_be_written(tmp_path, monkeypatch):
-    """On a read-only mount the lock file is the first file made there: it said 'cannot lock OUT/.lock'."""
-    def read_only(path):
-        raise PermissionError(errno.EROFS, "Read-only file system", str(path))
-    monkeypatch.setattr(atomic, "_open_lock_file", read_only)
-    (tmp_path / "exists").mkdir()
-    with pytest.raises(OccsynthError, match=f"^cannot write into {tmp_path / 'exists'}: Read-only file system$"):
-        with atomic.locked_output_folder(tmp_path / "exists", OccsynthError):
-            raise AssertionError("the work ran")
-
-
 def test_backbone_weights_go_to_the_pretraining_only_and_bind_the_run_folder(demo_source, tmp_path, monkeypatch):
     """The paper's pipeline trained its ResNet-50 from scratch: train-synthetic had no way to give ImageNet weights."""
     from bcnet import train as T
