@@ -241,7 +241,7 @@ def _publish(out_dir: Path, staging: Path, results: list, images: list[dict], pi
     for name in (IMAGES_FILE, RESULTS_FILE):
         (out_dir / name).unlink(missing_ok=True)
     for name in sorted(written):
-        move_file(staging / name, folder / name)  # pictures/ may be a link to another disk: copied there
+        move_file(staging / name, folder / name, locked=True)  # pictures/ may be a link to another disk
     if folder.is_dir():
         for old in folder.iterdir():
             if PICTURE_PATTERN.fullmatch(old.name) and old.name not in written:

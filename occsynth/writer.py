@@ -665,14 +665,14 @@ def _dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def move_file(src: Path, dst: Path) -> None:
-    """Move a finished file into the merged output (atomic copy when crossing file systems). The copy's temporary
-    is locked while written, so that a sweep of orphaned temporaries (:func:`remove_orphaned_temporaries`) run
-    meanwhile into the same folder leaves it alone."""
+def move_file(src: Path, dst: Path, *, locked: bool = False) -> None:
+    """Move a finished file into place (an atomic copy when crossing file systems). ``locked``: the copy's temporary
+    is locked while written, for a folder that a sweep of orphaned temporaries (:func:`remove_orphaned_temporaries`)
+    may visit meanwhile (predict's pictures/); a merge's folders are held by its run lock, and take no lock a file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(src, dst)
     except OSError:
-        with open(src, "rb") as f, open_atomic(dst, "wb", locked=True) as g:
+        with open(src, "rb") as f, open_atomic(dst, "wb", locked=locked) as g:
             g.write(f.read())
         os.unlink(src)
