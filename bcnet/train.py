@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 import manifests
 from occsynth.atomic import open_atomic, remove_stale_temporaries
-from occsynth.coco import brief, categories_by_id, file_hash, read_array
+from occsynth.coco import brief, categories_by_id, file_hash, read_dataset
 from occsynth import errors
 from occsynth.errors import OccsynthError, plural
 from occsynth.masks import finite_number
@@ -450,8 +450,10 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > "
                                 f"{plural(int(schedule['iterations']), 'iteration')} asked for; nothing was trained "
                                 "(ask for more to continue it)")
-        check_resume_categories(ann_file, state["category_ids"], resume_path)  # before indexing the set: minutes on COCO
+        data = read_dataset(ann_file)  # parsed once: the check below, then the dataset
+        check_resume_categories(ann_file, data["categories"], state["category_ids"], resume_path)  # before indexing
     else:
+        data = None
         schedule = load_schedule(schedule, overrides, overrides_from=overrides_from)
         if ckpt.latest_checkpoint(out_dir) is not None:
             raise OccsynthError(f"{out_dir} already holds a training run; pass --resume to continue it, "
@@ -477,7 +479,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                             build_transforms(True, int(schedule["short"]), int(schedule["long_max"]), jitter,
                                              float(schedule["flip"])),
                             mode=schedule["mode"], drop_empty=True, strict=strict,
-                            category_ids=state["category_ids"] if state else None)
+                            category_ids=state["category_ids"] if state else None, data=data)
     require_training_images(dataset)  # before the report: the error says what was skipped
     set_names = {c["id"]: c.get("name") for c in dataset.categories}  # saved with the ids; --init compares them
     if strict:  # every instance's masks and box now: a bad one must not stop the run when drawn, hours in
@@ -659,12 +661,13 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             "resumed_from": resume_path}
 
 
-def check_resume_categories(ann_file: str | os.PathLike, known_ids: Iterable[int], resume_path: Path) -> None:
-    """Refuse to resume on a set listing categories the run's model was not built for (``known_ids``, the
-    checkpoint's): it has no output for them, so their annotations would be left out of training without a word.
-    Reads only the file's ``categories`` (as :class:`CocoInstances` counts them), so it is told before indexing."""
+def check_resume_categories(ann_file: str | os.PathLike, categories: list, known_ids: Iterable[int],
+                            resume_path: Path) -> None:
+    """Refuse to resume on a set (``ann_file``, listing ``categories``) with categories the run's model was not built
+    for (``known_ids``, the checkpoint's): it has no output for them, so their annotations would be left out of
+    training without a word. Counts categories as :class:`CocoInstances` does, so it is told before indexing."""
     known = {int(c) for c in known_ids}
-    listed = categories_by_id(read_array(ann_file, "categories"))
+    listed = categories_by_id(categories)
     extra = [listed[c] for c in sorted(listed) if c not in known]
     if not extra:
         return
