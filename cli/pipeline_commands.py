@@ -5,8 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import cache_dir_option, note_capped_workers, quiet_option
-from occsynth import stopping
+from cli.common import cache_dir_option, hint_on_stop, note_capped_workers, quiet_option
 
 
 @click.command("train-synthetic")
@@ -63,15 +62,9 @@ def train_synthetic_command(out, tiny, recipe, coco_train_ann, coco_train_images
     if backbone_weights:
         inputs.backbone_weights = Path(backbone_weights)
     note_capped_workers(workers)
-    try:
+    with hint_on_stop("finished stages and checkpoints are kept; run the same command again to continue"):
         report = run_pipeline(out, inputs, recipe=recipe or ("pipeline-tiny" if tiny else "pipeline-paper"),
                               workers=workers, device=device, cache_dir=cache_dir, progress=not quiet, log=click.echo)
-    except BaseException as exc:
-        if not stopping.is_stop(exc):
-            raise
-        click.echo("\ninterrupted: finished stages and checkpoints are kept; run the same command again to continue",
-                   err=True)
-        raise
     click.echo(report["table"])
     click.echo(f"results: {Path(out) / 'results.md'}")
     model = report.get("stages", {}).get("finetune")

@@ -820,3 +820,15 @@ def test_backbone_weights_go_to_the_pretraining_only_and_bind_the_run_folder(dem
         with pytest.raises(OccsynthError, match=f"other input data: --backbone-weights was {weights} .*, {said}"):
             run_pipeline(tmp_path / "run", dataclasses.replace(inputs, backbone_weights=given), recipe=str(recipe),
                          device="cpu", progress=False, log=lambda line: None)
+
+
+def test_a_stopped_train_synthetic_says_what_is_kept_and_what_to_do(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bcnet.pipeline.run_pipeline", interrupted)  # the command imports it when it runs
+    stopped = CliRunner().invoke(bcnet_main, ["train-synthetic", "--tiny", "--out", str(tmp_path / "run"),
+                                              "--cache-dir", str(tmp_path / "cache")])
+    assert stopped.exit_code == 130, stopped.output  # 128 + SIGINT
+    assert stopped.output.endswith("\ninterrupted: finished stages and checkpoints are kept; run the same command "
+                                   "again to continue\nStopped (SIGINT).\n")
