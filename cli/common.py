@@ -53,8 +53,16 @@ class Group(click.Group):
         except KeyboardInterrupt as exc:
             signum = stopping.stop_requested() or signal.SIGINT
             replaced = f"; {str(exc).rstrip('. ')}" if str(exc).strip() else ""  # an error raised while it unwound
-            click.echo(f"Stopped ({signal.Signals(signum).name}){replaced}.", err=True)
+            if lead_process():  # under torchrun every rank is stopped: one 'Stopped' line, rank 0's
+                click.echo(f"Stopped ({signal.Signals(signum).name}){replaced}.", err=True)
             raise click.exceptions.Exit(128 + int(signum)) from None
+
+
+def lead_process() -> bool:
+    """Whether this process speaks for the command: the only one, or rank 0 of a torchrun launch (``RANK``). Under
+    torchrun a stop (Ctrl-C, or the launcher's SIGTERM to every rank when one fails) reaches every rank: the others
+    exit with the same status, silently, instead of one 'Stopped' line each."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _os_error_message(exc: OSError) -> str:

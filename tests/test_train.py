@@ -348,6 +348,21 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path, dataset_dir):
     assert len(log) == 1 and json.loads(log[0])["iteration"] == 2  # rank 0 alone logs
 
 
+def test_a_stop_under_torchrun_is_said_once_by_rank_0(tmp_path, dataset_dir, monkeypatch):
+    """torchrun stops every rank (Ctrl-C, or its SIGTERM when one fails): each said 'Stopped (SIGINT).', one line per
+    GPU, and a rank killed because another was refused looked stopped by the user."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "train", stopped)
+    args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
+            "--out", str(tmp_path / "run")]
+    for rank, lines in (("0", 1), ("1", 0)):
+        monkeypatch.setenv("RANK", rank)
+        result = CliRunner().invoke(bcnet_main, args)
+        assert result.exit_code == 130 and result.output.count("Stopped (SIGINT).") == lines, result.output
+
+
 HOLD_OUT = ("import sys, time; from bcnet.runlock import hold_out_dir; held = hold_out_dir(sys.argv[1]); "
             "held.__enter__(); print('held', flush=True); time.sleep(300)")
 
