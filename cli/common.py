@@ -8,7 +8,7 @@ import select
 import signal
 import stat
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import click
 
@@ -154,14 +154,15 @@ def echo_skips(skipped: dict, heading: str) -> None:
 
 
 @contextlib.contextmanager
-def hint_on_stop(hint: str) -> Iterator[None]:
+def hint_on_stop(hint: str, only_if: Callable[[], bool] = lambda: True) -> Iterator[None]:
     """Print ``interrupted: hint`` when the block is stopped (Ctrl-C, SIGTERM, or an error that replaced one:
     :func:`occsynth.stopping.is_stop`), before 'Stopped (...)': a stopped command says what its output holds and
-    what to do next."""
+    what to do next. ``only_if()``, asked at the stop, says whether the hint is about anything (e.g. whether the
+    output folder it describes exists: a stop before the command made it leaves nothing to describe)."""
     try:
         yield
     except BaseException as exc:
-        if stopping.is_stop(exc):
+        if stopping.is_stop(exc) and only_if():
             click.echo(f"\ninterrupted: {hint}", err=True)
         raise
 

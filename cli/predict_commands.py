@@ -1,6 +1,7 @@
 """`bcnet predict`."""
 from __future__ import annotations
 
+import os
 
 import click
 
@@ -34,7 +35,8 @@ def predict_command(inputs, checkpoint, out, score_threshold, device, no_picture
     from bcnet.predict import predict
     # _publish removes images.json first and writes it last: with it, OUT holds one whole run
     with hint_on_stop(f"{out} holds one whole run's outputs only with its images.json (an earlier run's, unless "
-                      "the stop came as this one finished); run the same command again to redo it"):
+                      "the stop came as this one finished); run the same command again to redo it",
+                      only_if=lambda: os.path.isdir(out)):  # a stop before OUT was made (the model loading): no hint
         report = predict(checkpoint, inputs, out, score_threshold=score_threshold, device=device,
                          pictures=not no_pictures, progress=not quiet)
     drawn = "" if no_pictures else " (drawn in the pictures)"

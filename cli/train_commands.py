@@ -152,7 +152,8 @@ def evaluate_command(checkpoint, ann_files, image_roots, names, out_dir, mask_th
     lists = {k: v for k, v in (("occluded", occluded_list), ("separated", separated_list)) if v}
     # _evaluate_prepared stages every set's detections and replaces OUT's files only once all are scored
     with hint_on_stop(f"{out_dir} keeps what an earlier evaluation wrote there, unless the stop came as this one's "
-                      "results replaced it (its last step); run the same command again to redo it"):
+                      "results replaced it (its last step); run the same command again to redo it",
+                      only_if=lambda: Path(out_dir).is_dir()):  # a stop before OUT was made: no hint
         report = evaluate_checkpoint(checkpoint, sets, out_dir, device=device, mask_threshold=mask_threshold,
                                      mode=mode, occsep_lists=lists, strict=strict, progress=not quiet)
     click.echo(markdown_table(report), nl=False)
