@@ -77,8 +77,15 @@ def format_report(report: dict) -> list[str]:
                      f"there and this one does not select (copies are never deleted): {first_few(stale, 10)}; delete "
                      "them by hand if unwanted")
     if not c["selected_images"] and c["source_images"]:  # written as asked, but nothing can be evaluated on it
-        lines.append(f"warning: no image reaches {o['overlap']} >= {o['threshold']:g}: the set is empty (bcnet "
-                     "evaluate refuses it); lower --threshold (the counts above show what each would keep)")
+        if not sum(hist["counts"]):  # no box pair overlaps (e.g. every annotation skipped): no threshold (> 0) helps
+            crowd = " (crowd boxes not counted)" if not o["count_crowd"] and c.get("source_has_crowd") else ""
+            skipped = (" (some records were skipped: see 'skipped bad input' below)"
+                       if any((report["skipped"].get("counts") or {}).values()) else "")
+            lines.append(f"warning: no image has two overlapping boxes{crowd}{skipped}: the set is empty whatever "
+                         "--threshold (bcnet evaluate refuses it)")
+        else:
+            lines.append(f"warning: no image reaches {o['overlap']} >= {o['threshold']:g}: the set is empty (bcnet "
+                         "evaluate refuses it); lower --threshold (the counts above show what each would keep)")
     lines += skip_lines(report["skipped"], "skipped bad input")
     lines.append(f"wrote {report['out']}/annotations.json, manifest.json, report.json")
     return lines

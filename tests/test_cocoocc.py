@@ -833,3 +833,22 @@ def test_boxes_too_large_for_float64_areas_overlap_by_zero_without_numpy_warning
         assert overlap[0, 1] == 0.0  # two of them: inf / inf under "min", NaN before
         assert overlap[0, 2] == (0.0 if measure == "iou" else 1.0)  # a sane box inside a huge one: finite, as ever
         assert overlap[2, 3] == pytest.approx(50 / 150 if measure == "iou" else 0.5)
+
+
+def test_an_empty_set_of_no_overlapping_boxes_does_not_advise_a_lower_threshold(tmp_path):
+    """Every annotation skipped as bad input (or no image with two overlapping boxes) left each image without an
+    overlapping pair: "lower --threshold" was advised, which keeps nothing either (a threshold is above 0)."""
+    data = make_dataset()
+    for a in data["annotations"]:
+        del a["bbox"]
+    ann = write_set(tmp_path / "val.json", data)
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0 and "lower --threshold" not in r.output, r.output
+    assert ("warning: no image has two overlapping boxes (some records were skipped: see 'skipped bad input' "
+            "below): the set is empty whatever --threshold (bcnet evaluate refuses it)\n") in r.output, r.output
+    data = make_dataset()
+    data["annotations"] = data["annotations"][:1]
+    ann = write_set(tmp_path / "one.json", data)
+    r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0 and ("warning: no image has two overlapping boxes: the set is empty whatever --threshold "
+                                 "(bcnet evaluate refuses it)\n") in r.output, r.output
