@@ -278,11 +278,15 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
     if selected_count and not found:  # a wrong --images, not a few missing files: an empty (or unplaceable)
         first = (dropped or unfound)[0]  # COCO-OCC written with exit status 0 would only fail later, in evaluation
         name = str(first["file_name"]).encode("utf-8", "backslashreplace").decode()
+        if all(d["reason"] in (errors.OUTSIDE_ROOT, errors.MALFORMED_RECORD) for d in dropped + unfound):  # no --images helps
+            advice = (f"their file_name entries in {ann_path} name no file under any folder (absolute, with '..', or "
+                      "not text): fix those records to name files relative to one images folder")
+        else:
+            advice = f"give the folder that the file_name entries of {ann_path} are relative to"
         raise OccsynthError(
             f"{'the selected image has no' if selected_count == 1 else f'none of the {selected_count:,} selected images has a'} "
             f"usable file under --images {image_root} "
-            f"(e.g. image {first['id']} ({name}): {first['reason']}); give the folder that the file_name entries "
-            f"of {ann_path} are relative to")
+            f"(e.g. image {first['id']} ({name}): {first['reason']}); {advice}")
     selected_names = {im["file_name"] for im in images}
     for name in placed_before - (selected_names if image_mode else set()):
         _remove_stale_link(out_dir / "images", name)

@@ -852,3 +852,22 @@ def test_an_empty_set_of_no_overlapping_boxes_does_not_advise_a_lower_threshold(
     r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "p")])
     assert r.exit_code == 0 and ("warning: no image has two overlapping boxes: the set is empty whatever --threshold "
                                  "(bcnet evaluate refuses it)\n") in r.output, r.output
+
+
+def test_selected_records_whose_file_names_no_folder_holds_are_refused_naming_the_records(tmp_path):
+    """Every selected image's file_name absolute (or with '..'): the refusal advised giving the folder the file_name
+    entries are relative to, which no --images satisfies; the records are what to fix."""
+    data = make_dataset()
+    for image in data["images"]:
+        image["file_name"] = f"/elsewhere/{image['file_name']}"
+    ann = write_set(tmp_path / "val.json", data)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for mode in ([], ["--link"]):
+        r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o"),
+                                      "--images", str(root), "--threshold", "0.1", "--quiet", *mode])
+        assert r.exit_code == 2 and "give the folder" not in r.output, r.output
+        assert (f"Error: none of the 3 selected images has a usable file under --images {root} (e.g. image 1 "
+                f"(/elsewhere/0001.jpg): file_name points outside the image root); their file_name entries in {ann} "
+                "name no file under any folder (absolute, with '..', or not text): fix those records to name files "
+                "relative to one images folder") in r.output, r.output
