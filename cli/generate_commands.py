@@ -141,7 +141,7 @@ def _print_report(report: dict) -> None:
             return
         _print_resumed(report, report["shard_chunks"])
         click.echo(f"shard {report['shard']}: its {plural(report['shard_chunks'], 'chunk')} {'is' if report['shard_chunks'] == 1 else 'are'} done; {out} holds "
-                   f"{report['chunks_done']} of the set's {total}. When every shard is done, join them: "
+                   f"{report['chunks_done']:,} of the set's {total:,}. When every shard is done, join them: "
                    f"`occsynth merge {out} --out {out}` if they all wrote to this folder, else "
                    f"`occsynth merge SHARD_FOLDER... --out MERGED`")
         return

@@ -29,7 +29,7 @@ from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_cr
 from .coco import encode_image, read_image, record_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
-from .errors import BadRecord, OccsynthError, SkipLog, did_you_mean
+from .errors import BadRecord, OccsynthError, SkipLog, did_you_mean, plural
 from .pool import ctrl_c_for_main_only, local_workers
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
@@ -216,7 +216,7 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
                                  pixels_dir=pixels_dir)
         resumed = len(own_chunks) - len(chunks)
-        desc = f"generate (resuming: {resumed} of {len(own_chunks)} chunks done)" if resumed else "generate"
+        desc = progress_label(resumed, len(own_chunks))
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
         # no bar when nothing is left to render (it drew an empty "0img" bar under the "nothing left" message)
         with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, progress and bool(chunks),
@@ -367,6 +367,12 @@ def _sources(image_root: str, bank_dir: str, pixels_dir: str | None) -> "SourceI
     bank = open_bank(bank_dir)
     pixels = CutoutPixels.load(pixels_dir, bank) if pixels_dir else None
     return SourceImages(Path(image_root), bank, pixels=pixels)
+
+
+def progress_label(resumed: int, own_chunks: int) -> str:
+    """The progress bar's label: how many of this run's ``own_chunks`` an earlier run did, where any
+    ("generate (resuming: 1,200 of 2,400 chunks done)"; numbers as the summary prints them)."""
+    return f"generate (resuming: {resumed:,} of {plural(own_chunks, 'chunk')} done)" if resumed else "generate"
 
 
 def render_chunk(bank_dir: str, image_root: str, out_dir: str, settings: RunSettings, strict: bool, chunk: int,

@@ -900,3 +900,17 @@ def test_a_copy_across_disks_is_left_alone_by_a_sweep_of_orphaned_temporaries_me
     monkeypatch.setattr(writer, "open", SweepWhileRead, raising=False)
     writer.move_file(src, dst, locked=True)  # as predict moves its pictures
     assert swept == [0] and dst.read_bytes() == b"picture" and not src.exists()
+
+
+def test_the_shard_line_and_the_resume_label_print_counts_with_thousands_separators(capsys):
+    """The summary printed '1,500 images' but the shard line '1500 of the set's 2400' and the bar
+    'resuming: 1200 of 2400 chunks done'."""
+    from cli.generate_commands import _print_report
+    from occsynth.generate import progress_label
+
+    _print_report({"out": "o", "shard": "0/2", "chunks_total": 2400, "shard_chunks": 1200, "chunks_done": 1500,
+                   "chunks_rendered": 1200})
+    assert "o holds 1,500 of the set's 2,400. When" in capsys.readouterr().out
+    assert progress_label(1200, 2400) == "generate (resuming: 1,200 of 2,400 chunks done)"
+    assert progress_label(1, 1) == "generate (resuming: 1 of 1 chunk done)"
+    assert progress_label(0, 3) == "generate"
