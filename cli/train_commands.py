@@ -6,7 +6,6 @@ from pathlib import Path
 import click
 
 from cli.common import FiniteFloatRange, echo_skips, hint_on_stop, option_names, quiet_option
-from occsynth import stopping
 from occsynth.errors import OccsynthError
 
 
@@ -88,16 +87,12 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
     from bcnet.checkpoint import LAST
     from bcnet.train import train, writes_files
 
-    try:
+    with hint_on_stop(f"{out_dir} keeps its checkpoints; run the same command with --resume to continue from the last "
+                      "one", only_if=lambda: (Path(out_dir) / LAST).is_file() and writes_files()):
         result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
                        init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
                        report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"),
                        overrides_from=option_names(click.get_current_context()))
-    except BaseException as exc:
-        if stopping.is_stop(exc) and (Path(out_dir) / LAST).is_file() and writes_files():
-            click.echo(f"\ninterrupted: {out_dir} keeps its checkpoints; run the same command with --resume to "
-                       "continue from the last one", err=True)
-        raise
     if result["checkpoint"] is not None:
         last = result["history"][-1] if result["history"] else {}
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "

@@ -363,6 +363,28 @@ def test_a_stop_under_torchrun_is_said_once_by_rank_0(tmp_path, dataset_dir, mon
         assert result.exit_code == 130 and result.output.count("Stopped (SIGINT).") == lines, result.output
 
 
+def test_a_stopped_train_says_to_resume_only_once_it_has_a_checkpoint(tmp_path, dataset_dir, monkeypatch):
+    from bcnet.checkpoint import LAST
+
+    out = tmp_path / "run"
+
+    def stopped(*args, checkpointed, **kwargs):
+        if checkpointed:
+            out.mkdir(exist_ok=True)
+            (out / LAST).write_text("checkpoint_0000002.pt")
+        raise KeyboardInterrupt
+
+    args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
+            "--out", str(out)]
+    hint = (f"\ninterrupted: {out} keeps its checkpoints; run the same command with --resume to continue from the "
+            "last one\n")
+    for checkpointed in (False, True):
+        monkeypatch.setattr(T, "train", lambda *a, **k: stopped(*a, checkpointed=checkpointed, **k))
+        result = CliRunner().invoke(bcnet_main, args)
+        assert result.exit_code == 130 and result.output.endswith("Stopped (SIGINT).\n"), result.output
+        assert (hint in result.output) == checkpointed, result.output
+
+
 HOLD_OUT = ("import sys, time; from bcnet.runlock import hold_out_dir; held = hold_out_dir(sys.argv[1]); "
             "held.__enter__(); print('held', flush=True); time.sleep(300)")
 
