@@ -870,37 +870,22 @@ def test_evaluate_says_how_many_sets_images_and_names_it_was_given(tmp_path):
      "step); run the same command again to redo it"),
 ])
 def test_a_stopped_predict_or_evaluate_says_what_out_holds_and_what_to_do(tmp_path, monkeypatch, command, target, hint):
-    """They said only 'Stopped (SIGINT).', where train and generate say what to do next."""
-    def interrupted(*args, **kwargs):
-        out.mkdir()  # the stop came once the command held --out
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(target, interrupted)
+    """They said only 'Stopped (SIGINT).', where train and generate say what to do next; a stop before --out was made
+    (while the model loads) says nothing of a folder this run never touched."""
+    out = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "img.png").write_bytes(b"")
-    out = tmp_path / "out"
-    stopped = CliRunner().invoke(bcnet_main, command + ["--out", str(out)])
-    assert stopped.exit_code == 130, stopped.output  # 128 + SIGINT
-    assert stopped.output.endswith(f"\ninterrupted: {out} {hint}\nStopped (SIGINT).\n")
+    for holds_out in (False, True):
+        def interrupted(*args, **kwargs):
+            if holds_out:
+                out.mkdir()  # the stop came once the command held --out
+            raise KeyboardInterrupt
 
-
-@pytest.mark.parametrize("command, target", [
-    (["predict", "img.png", "--checkpoint", "."], "bcnet.predict.predict"),
-    (["evaluate", "--checkpoint", "c.pt", "--annotations", "a.json", "--images", "."], "bcnet.evaluate.evaluate_checkpoint"),
-])
-def test_a_predict_or_evaluate_stopped_before_out_exists_gives_no_hint_about_out(tmp_path, monkeypatch, command, target):
-    """A stop while the model loaded (before --out was made) said what OUT holds, of a folder this run never
-    touched and that does not exist."""
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(target, interrupted)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "img.png").write_bytes(b"")
-    out = tmp_path / "out"
-    stopped = CliRunner().invoke(bcnet_main, command + ["--out", str(out)])
-    assert stopped.exit_code == 130, stopped.output
-    assert "interrupted:" not in stopped.output and stopped.output.endswith("Stopped (SIGINT).\n"), stopped.output
+        monkeypatch.setattr(target, interrupted)
+        stopped = CliRunner().invoke(bcnet_main, command + ["--out", str(out)])
+        assert stopped.exit_code == 130, stopped.output  # 128 + SIGINT
+        said = f"\ninterrupted: {out} {hint}\nStopped (SIGINT).\n" if holds_out else "Stopped (SIGINT).\n"
+        assert stopped.output.endswith(said) and ("interrupted:" in stopped.output) == holds_out, stopped.output
 
 
 def test_predict_sweeps_the_orphaned_temporaries_of_its_own_pictures_only(tiny, tmp_path):
