@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+import manifests
 from cli.common import FiniteFloatRange, echo_skips, hint_on_stop, option_names, quiet_option
 from occsynth.errors import OccsynthError
 
@@ -28,6 +29,16 @@ def _steps(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated iterations such as 60000,80000, got {value!r}") from None
 
 
+def _default(key: str) -> str:
+    """What schedule-1x (the default --schedule) sets ``key`` to, for an override's --help: " [schedule-1x: V]"."""
+    for table in manifests.load("schedule-1x", "schedule").values():
+        if isinstance(table, dict) and key in table:
+            value = table[key]
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            return f" [schedule-1x: {shown if shown != '' else 'none'}]"
+    return ""
+
+
 @click.command("train")
 @click.option("--ann", "--annotations", "ann_file", required=True, type=click.Path(dir_okay=False),
               help="COCO-format instances JSON (COCO, COCO-OCC, occsynth output).")
@@ -49,31 +60,43 @@ def _steps(ctx, param, value):
                    "id: categories it was not trained on start as built; other tensors whose shape differs too. "
                    "Its backbone keeps the frozen BatchNorms it had when pretrained from --backbone-weights. Not read "
                    "with --resume (said): the run continues from its own checkpoint.")
-@click.option("--iterations", type=int, help="Override: number of iterations.")
-@click.option("--batch-size", type=int, help="Override: global images per iteration (lr scales with it).")
-@click.option("--lr", "base_lr", type=float, help="Override: base lr at the schedule's base batch size.")
-@click.option("--momentum", type=float, help="Override: SGD momentum, in [0, 1).")
-@click.option("--weight-decay", type=float, help="Override: weight decay, >= 0.")
-@click.option("--steps", callback=_steps, help="Override: lr decay iterations, e.g. 60000,80000.")
-@click.option("--warmup", "warmup_iterations", type=int, help="Override: warm-up iterations.")
+@click.option("--iterations", type=int, help="Override: number of iterations." + _default("iterations"))
+@click.option("--batch-size", type=int,
+              help="Override: global images per iteration (lr scales with it)." + _default("batch_size"))
+@click.option("--lr", "base_lr", type=float,
+              help="Override: base lr at the schedule's base batch size." + _default("base_lr"))
+@click.option("--momentum", type=float, help="Override: SGD momentum, in [0, 1)." + _default("momentum"))
+@click.option("--weight-decay", type=float, help="Override: weight decay, >= 0." + _default("weight_decay"))
+@click.option("--steps", callback=_steps, help="Override: lr decay iterations." + _default("steps"))
+@click.option("--warmup", "warmup_iterations", type=int,
+              help="Override: warm-up iterations." + _default("warmup_iterations"))
 @click.option("--checkpoint-every", type=int,
-              help="Override: iterations between checkpoints (>= 1; a stopped run resumes from the last one).")
-@click.option("--mode", type=click.Choice(["visible", "amodal"]), help="Override: which masks to learn.")
-@click.option("--short", type=int, help="Override: training short side (px).")
-@click.option("--long-max", type=int, help="Override: training long side limit (px).")
-@click.option("--scale-jitter", callback=_jitter, help="Override: short side drawn from LO,HI per image.")
-@click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]), help="Override: detector.")
+              help="Override: iterations between checkpoints (>= 1; a stopped run resumes from the last one)."
+                   + _default("checkpoint_every"))
+@click.option("--mode", type=click.Choice(["visible", "amodal"]),
+              help="Override: which masks to learn." + _default("mode"))
+@click.option("--short", type=int, help="Override: training short side (px)." + _default("short"))
+@click.option("--long-max", type=int, help="Override: training long side limit (px)." + _default("long_max"))
+@click.option("--scale-jitter", callback=_jitter,
+              help="Override: short side drawn from LO,HI per image." + _default("scale_jitter"))
+@click.option("--detector", type=click.Choice(["faster-rcnn", "fcos"]),
+              help="Override: detector." + _default("detector"))
 @click.option("--mask-head", type=click.Choice(["bilayer-gcn", "bilayer-fcn", "gcn", "fcn"]),
-              help="Override: mask head.")
+              help="Override: mask head." + _default("mask_head"))
 @click.option("--head-preset", type=click.Choice(["paper", "original"]),
-              help="Override: mask head as in the paper (LayerNorm GCN) or as the released BCNet code.")
-@click.option("--backbone", type=click.Choice(["resnet50", "resnet18", "tiny"]), help="Override: backbone.")
+              help="Override: mask head as in the paper (LayerNorm GCN) or as the released BCNet code."
+                   + _default("head_preset"))
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet18", "tiny"]),
+              help="Override: backbone." + _default("backbone"))
 @click.option("--backbone-weights", type=click.Path(dir_okay=False),
               help="Override: local backbone weights file (default: from scratch).")
-@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), help="Override: mixed precision (CUDA only).")
-@click.option("--accumulate", type=int, help="Override: gradient accumulation steps per iteration.")
-@click.option("--workers", type=int, help="Override: data loader processes (at most one per CPU core is started).")
-@click.option("--seed", type=int, help="Override: seed.")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]),
+              help="Override: mixed precision (CUDA only)." + _default("amp"))
+@click.option("--accumulate", type=int,
+              help="Override: gradient accumulation steps per iteration." + _default("accumulate"))
+@click.option("--workers", type=int,
+              help="Override: data loader processes (at most one per CPU core is started)." + _default("workers"))
+@click.option("--seed", type=int, help="Override: seed." + _default("seed"))
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available). A CPU run of more than "
                                 "50,000 training images (iterations x batch size, e.g. schedule-1x's 90k x 16) is "
                                 "warned of: it takes very long there.")

@@ -791,6 +791,19 @@ def test_train_help_says_resume_does_not_read_schedule():
     assert "Not read with --resume: the run continues with the schedule saved in its checkpoint" in text
 
 
+def test_train_help_shows_what_the_default_schedule_sets_each_override_to():
+    """The overrides' help said only 'Override: number of iterations.', not what a run gets without them."""
+    from bcnet.train import load_schedule
+
+    schedule = load_schedule("schedule-1x")
+    text = " ".join(CliRunner().invoke(bcnet_main, ["train", "--help"], terminal_width=200).output.split())
+    assert f"Override: number of iterations. [schedule-1x: {schedule['iterations']}]" in text
+    assert "Override: lr decay iterations. [schedule-1x: " + ",".join(map(str, schedule["steps"])) + "]" in text
+    assert f"Override: which masks to learn. [schedule-1x: {schedule['mode']}]" in text
+    assert "Override: short side drawn from LO,HI per image. [schedule-1x: none]" in text  # [] in the TOML
+    assert text.count("[schedule-1x: ") == text.count("Override: ") - 1  # all but --backbone-weights ("")
+
+
 def test_a_run_folder_or_its_last_checkpoint_marker_stands_for_the_checkpoint_it_names(tiny, tmp_path):
     """--checkpoint runs/x/last_checkpoint (or runs/x) was refused or read as a torch file: 'not a readable
     checkpoint'. It now means the checkpoint the marker names, for predict, evaluate and train --init."""
