@@ -225,7 +225,7 @@ def remove_stale_temporaries(directory: str | os.PathLike, owned: Callable[[str]
     """
     n = 0
     for tmp in Path(directory).rglob(".*.tmp-*"):
-        if owned is None or owned(tmp.name[1:tmp.name.rindex(".tmp-")]):
+        if _temporary_of(tmp.name, owned or (lambda name: True)):
             _remove_quietly(tmp)
             n += 1
     return n
