@@ -1,6 +1,7 @@
 """`bcnet train` and `bcnet evaluate`: thin wrappers over bcnet.train.train and bcnet.evaluate."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -29,9 +30,15 @@ def _steps(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated iterations such as 60000,80000, got {value!r}") from None
 
 
+@functools.cache
+def _bundled_schedule() -> dict:
+    return manifests.load("schedule-1x", "schedule")
+
+
 def _default(key: str) -> str:
-    """What schedule-1x (the default --schedule) sets ``key`` to, for an override's --help: " [schedule-1x: V]"."""
-    for table in manifests.load("schedule-1x", "schedule").values():
+    """What schedule-1x (the default --schedule) sets ``key`` to, for an override's --help: " [schedule-1x: V]"
+    (the file is read once for all the options)."""
+    for table in _bundled_schedule().values():
         if isinstance(table, dict) and key in table:
             value = table[key]
             shown = ",".join(map(str, value)) if isinstance(value, list) else value
