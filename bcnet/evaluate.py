@@ -339,7 +339,8 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     in a TypeError / KeyError deep inside it. Rules (every change counted in a skip log, so
     ``strict`` logs stop at the first, naming the annotation):
 
-    - image records without an integer ``id`` and positive integer ``height``/``width``, and
+    - image records without an integer ``id`` and positive integer ``height``/``width``, or over the
+      pixel limit (:func:`occsynth.coco.check_pixels`: every mask of theirs would be decoded at that size), and
       annotations that are not objects, lack an integer ``id`` or a ``segmentation``, repeat an
       id, or refer to an unknown image or category, are dropped (into ``record_skips``,
       default ``skips``; :func:`evaluate_checkpoint` passes a separate log because its dataset
@@ -356,22 +357,7 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     """
     record_skips = skips if record_skips is None else record_skips
     categories = set(coco_io.categories_by_id(data.get("categories", [])))
-    images: dict[int, dict] = {}
-    skipped_images: dict[int, str] = {}
-    for image in data.get("images", []):
-        try:
-            where = coco_io.record_name("image", image)
-            if not isinstance(image, dict) or not coco_io.is_int(image.get("id")):
-                raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
-            if not (coco_io.is_int(image.get("height")) and coco_io.is_int(image.get("width"))
-                    and image["height"] > 0 and image["width"] > 0):
-                raise BadRecord(errors.MALFORMED_RECORD, where, "needs positive integer 'height' and 'width'")
-            if image["id"] in images:
-                raise BadRecord(errors.DUPLICATE_ID, where)
-            images[image["id"]] = image
-        except BadRecord as exc:
-            record_skips.skip(exc)
-            coco_io.note_skipped_image(skipped_images, image, exc)
+    images, skipped_images = _scored_images(data.get("images", []), record_skips)
     annotations, seen = [], set()
     for ann in data.get("annotations", []):
         try:
@@ -388,6 +374,29 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     # categories as pycocotools and the scoring read them: records with an integer id, the first of a repeated id
     return {**data, "images": list(images.values()), "annotations": annotations,
             "categories": list(coco_io.categories_by_id(data.get("categories", [])).values())}
+
+
+def _scored_images(records: list, log: SkipLog) -> tuple[dict[int, dict], dict[int, str]]:
+    """The image records :func:`clean_ground_truth` keeps, by id, and why each other one with an id was dropped
+    (:func:`occsynth.coco.note_skipped_image`); the dropped ones go to ``log``. pycocotools needs no file name."""
+    images: dict[int, dict] = {}
+    skipped_images: dict[int, str] = {}
+    for image in records:
+        try:
+            where = coco_io.record_name("image", image)
+            if not isinstance(image, dict) or not coco_io.is_int(image.get("id")):
+                raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
+            if not (coco_io.is_int(image.get("height")) and coco_io.is_int(image.get("width"))
+                    and image["height"] > 0 and image["width"] > 0):
+                raise BadRecord(errors.MALFORMED_RECORD, where, "needs positive integer 'height' and 'width'")
+            coco_io.check_pixels((image["height"], image["width"]), where)
+            if image["id"] in images:
+                raise BadRecord(errors.DUPLICATE_ID, where)
+            images[image["id"]] = image
+        except BadRecord as exc:
+            log.skip(exc)
+            coco_io.note_skipped_image(skipped_images, image, exc)
+    return images, skipped_images
 
 
 def _is_box(box) -> bool:
@@ -454,14 +463,14 @@ def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
     replaced by ``amodal_segmentation``, ``amodal_area``, ``amodal_bbox`` (the last two computed
     from the mask when absent). Raises :class:`OccsynthError` naming ``where`` (the file) and the first
     non-crowd annotation without ``amodal_segmentation`` (:func:`require_amodal_masks`); crowd ones
-    without it keep their visible mask."""
+    without it keep their visible mask. An annotation of an image record that :func:`clean_ground_truth` drops
+    (no usable size, over the pixel limit) is left as it is: no mask is decoded for it, and it is dropped there."""
     require_amodal_masks(data, where)
-    sizes = {image.get("id"): (image.get("height"), image.get("width"))
-             for image in data["images"] if isinstance(image, dict)}
+    images, _ = _scored_images(data["images"], SkipLog())  # counted by clean_ground_truth
     annotations = []
     for ann in data["annotations"]:
-        if not isinstance(ann, dict):  # a malformed record: clean_ground_truth counts it
-            annotations.append(ann)
+        if not isinstance(ann, dict) or not coco_io.is_int(ann.get("image_id")) or ann["image_id"] not in images:
+            annotations.append(ann)  # a malformed record, or of a dropped image: clean_ground_truth counts it
             continue
         segmentation = ann.get("amodal_segmentation")
         if not segmentation:
@@ -469,12 +478,10 @@ def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
             continue
         area, box = ann.get("amodal_area"), ann.get("amodal_bbox")
         if area is None or box is None:
-            height, width = sizes.get(ann.get("image_id"), (None, None))
+            image = images[ann["image_id"]]
             at = f"{where}: " if where else ""
-            if height is None or width is None:
-                raise OccsynthError(f"{at}annotation {ann.get('id')}: its image {ann.get('image_id')} has no size")
             try:
-                rle = mask_ops.to_rle(segmentation, int(height), int(width))
+                rle = mask_ops.to_rle(segmentation, image["height"], image["width"])
             except (mask_ops.DegenerateMask, TypeError, ValueError) as exc:
                 raise OccsynthError(f"{at}annotation {ann.get('id')}: unreadable amodal_segmentation ({exc})") from None
             area = mask_ops.rle_area(rle) if area is None else area

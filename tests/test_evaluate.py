@@ -288,6 +288,55 @@ def test_annotations_of_a_skipped_image_record_are_counted_as_such_not_as_of_an_
     assert skips.examples[errors.UNKNOWN_IMAGE] == "annotation 9: annotation refers to an unknown image id (image_id 77)"
 
 
+@pytest.mark.parametrize("mode", ["visible", "amodal"])
+def test_an_image_record_over_the_pixel_limit_is_dropped_before_any_mask_of_it_is_decoded(monkeypatch, mode):
+    """The ground truth handed to pycocotools had no pixel limit: a 20000x20000 record kept its masks, decoded at
+    that size. It is refused as every reader refuses it (occsynth.coco.check_pixels), its annotations counted as of
+    a skipped image, and none of its masks reaches the decoder (amodal: nor the amodal area and box)."""
+    gt = gt_set()
+    huge = [[100.0, 100.0, 19000.0, 100.0, 19000.0, 19000.0, 100.0, 19000.0]]
+    gt["images"].append({"id": 3, "file_name": "3.png", "height": 20000, "width": 20000})
+    gt["annotations"] += [{"id": 10 + k, "image_id": 3, "category_id": 10, "segmentation": huge,
+                           "bbox": [100.0, 100.0, 18900.0, 18900.0], "iscrowd": 0} for k in range(2)]
+    for ann in gt["annotations"]:
+        ann["amodal_segmentation"] = ann["segmentation"]  # amodal_area, amodal_bbox: computed from the mask
+    decoded = []
+    real = mask_ops.to_rle
+    monkeypatch.setattr(mask_ops, "to_rle", lambda seg, h, w, **k: decoded.append((h, w)) or real(seg, h, w, **k))
+    skips = SkipLog()
+    cleaned = E.scored_ground_truth(gt, mode, skips).data
+    assert [im["id"] for im in cleaned["images"]] == [1, 2] and [a["id"] for a in cleaned["annotations"]] == [1, 2, 3, 4]
+    assert skips.counts == {errors.IMAGE_TOO_LARGE: 1, errors.OF_SKIPPED_IMAGE: 2}
+    assert skips.examples[errors.IMAGE_TOO_LARGE] == ("image record 3: image too large (20000x20000 pixels (height x "
+                                                      f"width), over the limit of {mask_ops.MAX_IMAGE_PIXELS:,})")
+    assert skips.examples[errors.OF_SKIPPED_IMAGE] == (
+        "annotation 10: annotation of a skipped image (image record 3: image too large)")
+    assert decoded and set(decoded) == {(H, W)}
+    decoded.clear()
+    results = [det(a["image_id"], a["category_id"], mask_ops.decode(a["segmentation"], H, W), 0.9)
+               for a in gt_set()["annotations"]]
+    out = E.evaluate(gt, results, mode=mode)
+    assert out["images"] == 2 and out["skipped"]["counts"] == {errors.IMAGE_TOO_LARGE: 1, errors.OF_SKIPPED_IMAGE: 2}
+    assert (20000, 20000) not in decoded
+    with pytest.raises(OccsynthError, match=r"^image record 3: image too large \(20000x20000 pixels"):
+        E.clean_ground_truth(gt, SkipLog(strict=True))
+
+
+def test_amodal_ground_truth_leaves_annotations_of_dropped_image_records_to_be_counted():
+    """Computing the amodal area and box, an image_id given as a list raised a TypeError (a traceback), and an image
+    record with a height of "x" stopped the whole evaluation; visible mode skips and counts both."""
+    gt = gt_set()
+    gt["images"].append({"id": 3, "file_name": "3.png", "height": "x", "width": W})
+    gt["annotations"] += [{**gt["annotations"][0], "id": 10, "image_id": [1]},
+                          {**gt["annotations"][0], "id": 11, "image_id": 3}]
+    for ann in gt["annotations"]:
+        ann["amodal_segmentation"] = ann["segmentation"]
+    skips = SkipLog()
+    cleaned = E.scored_ground_truth(gt, "amodal", skips).data
+    assert [a["id"] for a in cleaned["annotations"]] == [1, 2, 3, 4]
+    assert skips.counts == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 1, errors.OF_SKIPPED_IMAGE: 1}
+
+
 def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     """A 4-number polygon (pycocotools: TypeError) is an ignore region over its box: a detection on it is
     neither a hit nor a false positive, so perfect detections of the rest still score AP 1. A broken RLE
