@@ -291,13 +291,13 @@ def check_evaluation_sets(inputs: PipelineInputs, recipe: str, cocoocc: dict | N
     require_scorable_file(val, f"{where}: the COCO-OCC selection of --coco-val-ann {val}", model, data=selection)
 
 
-def check_images_under(ann: Path, images: Path, option: str, images_option: str, hint: str = "",
-                       sample: int = 50) -> None:
-    """Refuse an annotations file none of whose images (up to ``sample``, spread over it) is under the image folder
-    its stage reads them from: found only then, it stopped the run after the stages before (after all the training,
-    for the evaluation's). ``option`` and ``images_option`` name the two; ``hint`` says why the images are there."""
+def check_images_under(ann: Path, images: Path, option: str, images_option: str, hint: str = "") -> None:
+    """Refuse an annotations file none of whose images (sampled from end to end as the bank's check samples them:
+    :func:`occsynth.coco.none_found_under`) is under the image folder its stage reads them from: found only then, it
+    stopped the run after the stages before (after all the training, for the evaluation's). ``option`` and
+    ``images_option`` name the two; ``hint`` says why the images are there."""
     records = [im for im in read_array(ann, "images") if isinstance(im, dict)]
-    paths = none_found_under(images, records[::max(1, len(records) // sample)][:sample])
+    paths = none_found_under(images, len(records), records.__getitem__)
     if paths:
         raise OccsynthError(f"{option} {ann}: none of {len(paths)} sampled images is under {images_option} {images} "
                             f"(e.g. {paths[0]}); "

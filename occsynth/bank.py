@@ -48,7 +48,7 @@ from .atomic import build_dir_once, format_size, open_atomic, require_room, writ
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
                    is_int, iter_array, none_found_under, note_skipped_image, read_array, read_image,
-                   record_image_path, require_image_file, unique_by_id)
+                   record_image_path, require_image_file, spread, unique_by_id)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -700,21 +700,17 @@ def ensure_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathL
                                                        workers=workers))
 
 
-def check_image_root(bank: Bank, image_root: str | os.PathLike, sample: int = 20) -> None:
+def check_image_root(bank: Bank, image_root: str | os.PathLike) -> None:
     """Fail early, with an example path, when ``image_root`` is not the folder the bank's file names are relative
-    to: none of up to ``sample`` images spread over the source exists there."""
+    to: none of the background images sampled from end to end (:func:`occsynth.coco.none_found_under`) exists
+    there."""
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise OccsynthError(f"{image_root}: image directory not found")
-    paths = none_found_under(image_root, (bank.image_record(i) for i in _spread(bank, sample)))
+    paths = none_found_under(image_root, bank.num_images, bank.image_record)
     if paths:
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
                             "is --images the folder that the file_name entries are relative to?")
-
-
-def _spread(bank: Bank, sample: int) -> list[int]:
-    """Up to ``sample`` background image indices spread evenly over the bank, the first and the last included."""
-    return [int(i) for i in np.linspace(0, bank.num_images - 1, min(sample, bank.num_images)).astype(int)]
 
 
 IMAGES_FINGERPRINT_SAMPLE = 8
@@ -729,7 +725,7 @@ def images_fingerprint(bank: Bank, image_root: str | os.PathLike, sample: int = 
     same names: a re-encoded or resized copy, another split) give another. Files outside the sample are not
     read: a root that differs from the first only there is not told apart."""
     digest = hashlib.sha256()
-    for i in _spread(bank, sample):
+    for i in spread(bank.num_images, sample):
         record = bank.image_record(i)
         try:
             path = require_image_file(record_image_path(image_root, record))

@@ -18,7 +18,7 @@ from collections import Counter
 from itertools import filterfalse
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import ijson
@@ -603,14 +603,24 @@ def image_file_exists(path: Path) -> bool:
     return True
 
 
-def none_found_under(image_root: str | os.PathLike, images: Iterable[dict]) -> list[Path] | None:
-    """For image records sampled from a set: their paths under ``image_root`` when not one of those files is there
-    (the root is then not the folder their file names are relative to), else None. Records whose name is refused
-    are left out: each is skipped, and counted, where it is read."""
+ROOT_SAMPLE = 20  # image records looked up to tell an image folder from a wrong one (none_found_under)
+
+
+def spread(count: int, sample: int) -> list[int]:
+    """Up to ``sample`` of the indices ``0 .. count - 1``, spread evenly, the first and the last included: a sample of
+    a set's records from end to end, so that a folder holding only a part of it is not taken for a wrong one."""
+    return [int(i) for i in np.linspace(0, count - 1, min(sample, count)).astype(int)]
+
+
+def none_found_under(image_root: str | os.PathLike, count: int, record: Callable[[int], Any]) -> list[Path] | None:
+    """For ``ROOT_SAMPLE`` image records spread over a set of ``count`` (:func:`spread`; ``record(i)``: the i-th):
+    their paths under ``image_root`` when not one of those files is there (the root is then not the folder their
+    file names are relative to), else None. The one rule of the bank's check and the pipeline's. Records whose name
+    is refused are left out: each is skipped, and counted, where it is read."""
     paths = []
-    for image in images:
+    for i in spread(count, ROOT_SAMPLE):
         with contextlib.suppress(BadRecord):
-            paths.append(record_image_path(image_root, image))
+            paths.append(record_image_path(image_root, record(i)))
     return paths if paths and not any(image_file_exists(p) for p in paths) else None
 
 

@@ -387,6 +387,29 @@ def test_a_cocoocc_record_whose_file_name_is_too_long_to_look_up_does_not_stop_t
         check_images_under(only_long, root, "--cocoocc", "--coco-val-images")
 
 
+def test_the_image_folder_checks_sample_records_from_end_to_end_as_the_bank_does(demo_source, tmp_path):
+    """train-synthetic sampled every (n // 50)th image record, the first 50 of them: the last records of a file were
+    never looked at, so a folder holding only the end of a set was taken for a wrong one. It samples as the bank's
+    check does now (occsynth.coco.none_found_under: first and last included, one sample size)."""
+    from bcnet.pipeline import check_images_under
+    from occsynth import coco
+
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    present = data["images"][-1]
+    missing = [{**data["images"][0], "id": 1000 + k, "file_name": f"gone/{k}.png"} for k in range(60)]
+    tail = tmp_path / "tail.json"
+    tail.write_text(json.dumps({**data, "images": [*missing, present]}))
+    check_images_under(tail, root, "--coco-val-ann", "--coco-val-images")  # the last record's file is there
+    sample = coco.spread(61, coco.ROOT_SAMPLE)
+    assert len(sample) == coco.ROOT_SAMPLE and sample[0] == 0 and sample[-1] == 60 and sample == sorted(set(sample))
+    assert coco.spread(3, coco.ROOT_SAMPLE) == [0, 1, 2] and coco.spread(0, coco.ROOT_SAMPLE) == []
+    wrong = tmp_path / "tail-wrong.json"
+    wrong.write_text(json.dumps({**data, "images": missing}))
+    with pytest.raises(OccsynthError, match=rf"none of {coco.ROOT_SAMPLE} sampled images is under --coco-val-images"):
+        check_images_under(wrong, root, "--coco-val-ann", "--coco-val-images")
+
+
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
     from bcnet.pipeline import check_run_recipe
     plan = {"made": datetime.date(2026, 12, 1), "pretrain": {"schedule": "schedule-tiny"}}
