@@ -121,9 +121,10 @@ def _runs_below(folder: Path) -> str:
     return f"; its sub-folders {first_few([p.name for p in runs], 5)} hold runs: give one of them, e.g. {runs[0]}"
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict:
     """Read a checkpoint with ``weights_only=True``; a file holding pickled objects is refused. ``path`` may be a run
-    folder or its marker (:func:`resolve_checkpoint`)."""
+    folder or its marker (:func:`resolve_checkpoint`). ``mmap``: the tensors are mapped from the file, not read,
+    for a caller that wants only the plain entries (``schedule``, ``model_config``)."""
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise OccsynthError(f"{path}: checkpoint not found")
@@ -134,7 +135,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise OccsynthError(f"{path}: damaged checkpoint ({damaged}); it changed after it was written "
                             "(a bad copy or disk): use another checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         why = next((line for line in lines if "global" in line.lower()), lines[0] if lines else type(exc).__name__)

@@ -22,7 +22,7 @@ from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, none_found_under, read_array,
                            read_dataset, read_json)
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError, SkipLog, did_you_mean, plural
+from occsynth.errors import OccsynthError, SkipLog, did_you_mean, key_values, plural
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 from .runlock import holds_out_dir
@@ -100,8 +100,11 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     settings = synthetic_settings(plan, recipe) if inputs.synthetic is None else None
     if inputs.synthetic is not None and not (out_dir / "pretrain" / FINAL).exists():  # else it is never read again
         check_synthetic_set(*inputs.synthetic)
-    check_training_stage(plan, recipe, "pretrain", out_dir / "pretrain", backbone_weights=inputs.backbone_weights)
-    check_training_stage(plan, recipe, "finetune", out_dir / "finetune", amodal_masks_of=inputs.coco_train[0])
+    pretrain_schedule = check_training_stage(plan, recipe, "pretrain", out_dir / "pretrain",
+                                             backbone_weights=inputs.backbone_weights)
+    finetune_schedule = check_training_stage(plan, recipe, "finetune", out_dir / "finetune",
+                                             amodal_masks_of=inputs.coco_train[0])
+    check_fine_tuning_start(out_dir, recipe, pretrain_schedule, finetune_schedule)
     if inputs.cocoocc is None:
         check_cocoocc_table(plan, recipe)
     else:
@@ -366,21 +369,22 @@ def check_training_table(plan: dict, recipe: str, table: str) -> dict:
 
 
 def check_training_stage(plan: dict, recipe: str, table: str, stage_dir: Path, *,
-                         backbone_weights: Path | None = None, amodal_masks_of: Path | None = None) -> None:
+                         backbone_weights: Path | None = None, amodal_masks_of: Path | None = None) -> dict:
     """[pretrain] / [finetune] (:func:`check_training_table`), and what its trainer checks only when the stage starts,
     hours into the run: ``backbone_weights`` (--backbone-weights, the pretraining's) fit its backbone, the weights
     file exists and, for amodal training, every annotation of ``amodal_masks_of`` (the fine-tuning's COCO train,
     streamed) has its amodal mask: those two not once the training has begun (a resumed one does not read the
-    weights again, and its trainer checks the masks within seconds). Nothing once the stage is done."""
+    weights again, and its trainer checks the masks within seconds). Nothing once the stage is done.
+    Returns the table's schedule (:func:`check_training_table`)."""
     from occsynth.coco import iter_array
 
     from .checkpoint import latest_checkpoint
     from .data import require_amodal_masks
     from .train import load_schedule
 
-    schedule = check_training_table(plan, recipe, table)
+    schedule = table_schedule = check_training_table(plan, recipe, table)
     if (stage_dir / FINAL).exists():
-        return
+        return table_schedule
     where = f"pipeline recipe {recipe!r} [{table}]"
     if backbone_weights is not None:  # the table's own were checked with it
         try:
@@ -399,6 +403,56 @@ def check_training_stage(plan: dict, recipe: str, table: str, stage_dir: Path, *
                                  "training")
         except OccsynthError as exc:
             raise OccsynthError(f"{where}: {exc}") from None
+    return table_schedule
+
+
+def check_fine_tuning_start(out_dir: Path, recipe: str, pretrain: dict, finetune: dict) -> None:
+    """The fine-tuning starts from the pretraining's weights and, as `bcnet train --init` does (rightly, for a model
+    the user chose), loads only the tensors that fit its model: a pretraining of another model was a whole training
+    run for nothing. So before any stage runs, refuse [pretrain] and [finetune] schedules (``pretrain``,
+    ``finetune``) that build different models, and a checkpoint in pretrain/ of a model other than [finetune]'s.
+    Nothing once the fine-tuning has begun: it continues from its own checkpoint, and refusing saves nothing."""
+    from .checkpoint import latest_checkpoint
+    from .train import MODEL_KEYS  # what builds another model; backbone_weights only initialises the pretraining
+
+    if (out_dir / "finetune" / FINAL).exists() or latest_checkpoint(out_dir / "finetune") is not None:
+        return
+    differ = [key for key in MODEL_KEYS if pretrain[key] != finetune[key]]
+    if differ:
+        raise OccsynthError(f"pipeline recipe {recipe!r}: [pretrain] and [finetune] build different models ([pretrain]: "
+                            f"{_model_keys(pretrain, differ)}; [finetune]: {_model_keys(finetune, differ)}): the "
+                            "fine-tuning starts from the pretrained weights and would load only the tensors that fit, "
+                            f"training the others from scratch; give both tables the same {', '.join(differ)}")
+    final = out_dir / "pretrain" / FINAL  # a finished stage's marker is not read again
+    checkpoint = final if final.exists() else latest_checkpoint(out_dir / "pretrain")
+    if checkpoint is not None:
+        check_pretrained_model(checkpoint, recipe, finetune)
+
+
+def check_pretrained_model(checkpoint: Path, recipe: str, finetune: dict) -> None:
+    """Refuse a pretraining checkpoint (finished, or to be resumed: a resume keeps its model) of a model other than
+    [finetune]'s: the folder was made otherwise (`bcnet train` into it, a version that kept no recipe record).
+    Only its plain entries are read (the tensors mapped, not loaded); one that cannot be read is left to the stage
+    that reads it, which says what is wrong with it."""
+    from .checkpoint import load_checkpoint
+    from .train import MODEL_KEYS
+
+    try:
+        saved = load_checkpoint(checkpoint, mmap=True)
+    except OccsynthError:
+        return
+    built = {**saved["schedule"], **saved.get("model_config", {})}  # model_config: saved since it was kept
+    differ = [key for key in MODEL_KEYS if key in built and built[key] != finetune[key]]
+    if differ:
+        raise OccsynthError(f"{checkpoint}: a model with {_model_keys(built, differ)}, but [finetune] of pipeline "
+                            f"recipe {recipe!r} builds {_model_keys(finetune, differ)}; the fine-tuning would start from "
+                            f"it and load only the tensors that fit: move {checkpoint.parent} away (it is not this "
+                            "recipe's pretraining), or choose another --out")
+
+
+def _model_keys(settings: dict, keys: list[str]) -> str:
+    """``mask_head='fcn', backbone='tiny'``: the model settings ``keys`` as a message names them."""
+    return key_values({key: repr(settings[key]) for key in keys})
 
 
 COCOOCC_SETTINGS = tuple(inspect.signature(check_options).parameters)  # what [cocoocc] may set

@@ -812,19 +812,10 @@ def test_an_out_folder_that_exists_but_cannot_be_written_is_refused_before_the_w
 
 def test_backbone_weights_go_to_the_pretraining_only_and_bind_the_run_folder(demo_source, tmp_path, monkeypatch):
     """The paper's pipeline trained its ResNet-50 from scratch: train-synthetic had no way to give ImageNet weights."""
-    from bcnet import train as T
-
     ann, root = demo_source
     weights = tmp_path / "resnet50.pth"
     weights.write_bytes(b"weights")
-    calls = []
-
-    def fake_train(ann_file, image_root, out_dir, schedule, overrides, resume, init_checkpoint, device, progress):
-        calls.append((Path(out_dir).name, dict(overrides or {}), init_checkpoint))
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "model_final.pt").write_bytes(b"final")
-
-    monkeypatch.setattr(T, "train", fake_train)
+    calls = _fake_training(monkeypatch)
     recipe = tmp_path / "recipe.toml"
     # ImageNet weights are for a resnet (the trainer refuses them for the tiny backbone, as the pipeline does up front)
     recipe.write_text(RECIPE.replace('schedule = "schedule-tiny"\n', 'schedule = "schedule-tiny"\nbackbone = "resnet18"\n'))
@@ -832,7 +823,6 @@ def test_backbone_weights_go_to_the_pretraining_only_and_bind_the_run_folder(dem
     cocoocc.write_text(ann.read_text())
     inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=cocoocc,
                             backbone_weights=weights)
-    monkeypatch.setattr("bcnet.evaluate.evaluate_checkpoint", lambda *a, **k: {})
     run_pipeline(tmp_path / "run", inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
     assert [(name, o.get("backbone_weights")) for name, o, _ in calls] == [("pretrain", str(weights)),
                                                                           ("finetune", None)]
@@ -855,3 +845,108 @@ def test_a_stopped_train_synthetic_says_what_is_kept_and_what_to_do(tmp_path, mo
     assert stopped.exit_code == 130, stopped.output  # 128 + SIGINT
     assert stopped.output.endswith("\ninterrupted: finished stages and checkpoints are kept; run the same command "
                                    "again to continue\nStopped (SIGINT).\n")
+
+
+@pytest.mark.parametrize("finetune, differ", [
+    ('mask_head = "fcn"\n', "mask_head='bilayer-gcn'; [finetune]: mask_head='fcn'"),
+    ('backbone = "resnet18"\nhead_preset = "original"\n',
+     "backbone='tiny', head_preset='paper'; [finetune]: backbone='resnet18', head_preset='original'"),
+])
+def test_a_recipe_whose_two_training_stages_build_different_models_is_refused_before_any_stage(demo_source, tmp_path,
+                                                                                              finetune, differ):
+    """The fine-tuning starts from the pretraining's weights: with another model it loaded only the tensors that fit
+    and trained the others from scratch, after a whole pretraining for nothing."""
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    head = '[finetune]\nschedule = "schedule-tiny"\n'
+    recipe.write_text(RECIPE.replace(head, head + finetune))
+    keys = "mask_head" if "mask_head" in finetune else "backbone, head_preset"
+    assert refused_before_any_stage(tmp_path, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                                    recipe) == (
+        f"pipeline recipe '{recipe}': [pretrain] and [finetune] build different models ([pretrain]: {differ}): the "
+        "fine-tuning starts from the pretrained weights and would load only the tensors that fit, training the others "
+        f"from scratch; give both tables the same {keys}")
+
+
+def _fake_training(monkeypatch) -> list:
+    """bcnet.train.train writing a fake model_final.pt, and no evaluation: (stage folder, overrides, --init) per call."""
+    from bcnet import train as T
+
+    calls = []
+
+    def fake_train(ann_file, image_root, out_dir, schedule, overrides, resume, init_checkpoint, device, progress):
+        calls.append((Path(out_dir).name, dict(overrides or {}), init_checkpoint))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "model_final.pt").write_bytes(b"final")
+
+    monkeypatch.setattr(T, "train", fake_train)
+    monkeypatch.setattr("bcnet.evaluate.evaluate_checkpoint", lambda *a, **k: {})
+    return calls
+
+
+def test_backbone_weights_of_the_pretraining_alone_do_not_make_another_model(demo_source, tmp_path, monkeypatch):
+    """They only initialise the pretraining's backbone; the fine-tuning builds its backbone as the checkpoint's."""
+    ann, root = demo_source
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"weights")
+    recipe = tmp_path / "recipe.toml"
+    text = RECIPE.replace('schedule = "schedule-tiny"\n', 'schedule = "schedule-tiny"\nbackbone = "resnet18"\n')
+    recipe.write_text(text.replace("[pretrain]\n", f"[pretrain]\nbackbone_weights = '{weights}'\n"))
+    calls = _fake_training(monkeypatch)
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=ann)
+    run_pipeline(tmp_path / "run", inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    assert [(name, o.get("backbone_weights")) for name, o, _ in calls] == [("pretrain", str(weights)),
+                                                                          ("finetune", None)]
+
+
+def test_a_pretrained_checkpoint_of_another_model_is_refused_before_the_fine_tuning_starts_from_it(demo_source,
+                                                                                                 tmp_path):
+    """pretrain/ made otherwise (a run folder of a version that kept no recipe record, `bcnet train` into it): it
+    counts as done, and the fine-tuning would keep only its tensors that fit."""
+    from bcnet import checkpoint as ckpt
+    from bcnet import train as T
+
+    ann, root = demo_source
+    schedule = T.load_schedule("schedule-tiny", {"mask_head": "fcn"})
+    config = T.model_config(schedule)
+    final = tmp_path / "run" / "pretrain" / "model_final.pt"
+    final.parent.mkdir(parents=True)
+    ckpt.save_checkpoint(final, model=T.build(3, config), iteration=3, schedule=schedule,
+                         model_config={"num_classes": 3, **config}, category_ids=[1, 2], rng=False)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    with pytest.raises(OccsynthError) as refused:
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert str(refused.value) == (
+        f"{final}: a model with mask_head='fcn', but [finetune] of pipeline recipe '{recipe}' builds "
+        f"mask_head='bilayer-gcn'; the fine-tuning would start from it and load only the tensors that fit: move "
+        f"{final.parent} away (it is not this recipe's pretraining), or choose another --out")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [atomic.LOCK_FILE, "pretrain"]  # no stage ran
+
+
+def test_a_pretrained_checkpoint_of_the_recipe_model_is_fine_tuned_from(pipeline_run, tmp_path):
+    out, _, _, recipe, (ann, root) = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "finetune")
+    logs = []
+    run_pipeline(copy, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe),
+                 device="cpu", progress=False, log=logs.append)
+    assert [line.split(":")[0] for line in logs if "done" not in line] == ["[3/5] fine-tune"]
+    assert (copy / "finetune" / "model_final.pt").is_file()
+
+
+def test_a_fine_tuning_begun_from_another_model_goes_on(demo_source, tmp_path, monkeypatch):
+    """It continues its own checkpoint, not the pretraining's: refusing it then would save nothing."""
+    ann, root = demo_source
+    recipe = tmp_path / "recipe.toml"
+    head = '[finetune]\nschedule = "schedule-tiny"\n'
+    recipe.write_text(RECIPE.replace(head, head + 'mask_head = "fcn"\n'))
+    (tmp_path / "run" / "finetune").mkdir(parents=True)
+    (tmp_path / "run" / "finetune" / "checkpoint_0000001.pt").write_bytes(b"begun")
+    calls = _fake_training(monkeypatch)
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=ann)
+    run_pipeline(tmp_path / "run", inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    assert [name for name, _, _ in calls] == ["pretrain", "finetune"]
