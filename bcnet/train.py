@@ -45,6 +45,7 @@ from occsynth.pool import local_workers
 from . import checkpoint as ckpt
 from .data import CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
 from .device import resolve_device
+from .ranks import lead_process
 from .runlock import holds_out_dir
 from .transforms import build_transforms
 
@@ -373,12 +374,7 @@ def _rows_by_category(saved: torch.Tensor, built: torch.Tensor, rows: int, saved
 
 # --------------------------------------------------------------------------- loop
 
-def writes_files() -> bool:
-    """Whether this process is the one that writes the run's files: rank 0, or the only process."""
-    return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
-
-
-@holds_out_dir(only_if=writes_files)
+@holds_out_dir(only_if=lead_process)  # the lead writes the run's files
 def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
           schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import click
 
+from bcnet.ranks import lead_process  # no torch: the lead is known before torch loads
 from occsynth import stopping
 from occsynth.errors import OccsynthError, key_values, os_error_reason, plural, reason_lines
 from occsynth.pool import local_workers
@@ -30,6 +31,9 @@ class Group(click.Group):
 
     A stopped command exits with 128 + the signal's number, as a process killed by it would report
     in a shell: 130 for Ctrl-C, 143 for SIGTERM (scripts can tell "stopped" from "failed", 1 or 2).
+    Under torchrun a stop reaches every rank: only the lead process (:func:`bcnet.ranks.lead_process`) prints the
+    'Stopped' line. A refused input is said by every rank: an error one rank alone meets (a file another node lacks)
+    must not go unsaid.
     """
 
     def invoke(self, ctx: click.Context):
@@ -53,16 +57,11 @@ class Group(click.Group):
         except KeyboardInterrupt as exc:
             signum = stopping.stop_requested() or signal.SIGINT
             replaced = f"; {str(exc).rstrip('. ')}" if str(exc).strip() else ""  # an error raised while it unwound
-            if lead_process():  # under torchrun every rank is stopped: one 'Stopped' line, rank 0's
+            # under torchrun a stop (Ctrl-C, or the launcher's SIGTERM to every rank when one fails) reaches every
+            # rank: one 'Stopped' line, the lead's
+            if lead_process():
                 click.echo(f"Stopped ({signal.Signals(signum).name}){replaced}.", err=True)
             raise click.exceptions.Exit(128 + int(signum)) from None
-
-
-def lead_process() -> bool:
-    """Whether this process speaks for the command: the only one, or rank 0 of a torchrun launch (``RANK``). Under
-    torchrun a stop (Ctrl-C, or the launcher's SIGTERM to every rank when one fails) reaches every rank: the others
-    exit with the same status, silently, instead of one 'Stopped' line each."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _os_error_message(exc: OSError) -> str:

@@ -115,10 +115,11 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
                   **overrides):
     """Train BCNet; run under `torchrun --nproc_per_node N` for several GPUs."""
     from bcnet.checkpoint import LAST
-    from bcnet.train import train, writes_files
+    from bcnet.ranks import lead_process
+    from bcnet.train import train
 
     with hint_on_stop(f"{out_dir} keeps its checkpoints; run the same command with --resume to continue from the last "
-                      "one", only_if=lambda: (Path(out_dir) / LAST).is_file() and writes_files()):
+                      "one", only_if=lambda: (Path(out_dir) / LAST).is_file() and lead_process()):
         result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
                        init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
                        report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"),
@@ -128,7 +129,7 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "
                    f"checkpoint {result['checkpoint']}")
         echo_skips(result["skipped"], "skipped bad input")
-    elif result.get("resumed_from") is not None and not result["history"] and writes_files():
+    elif result.get("resumed_from") is not None and not result["history"] and lead_process():
         click.echo(f"nothing to train: the run is already at iteration {result['start']} of {result['iteration']} "
                    f"({result['resumed_from']}); pass --iterations N (N > {result['start']}) to continue it")
 

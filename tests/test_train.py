@@ -363,6 +363,37 @@ def test_a_stop_under_torchrun_is_said_once_by_rank_0(tmp_path, dataset_dir, mon
         assert result.exit_code == 130 and result.output.count("Stopped (SIGINT).") == lines, result.output
 
 
+
+def test_a_refused_input_under_torchrun_is_said_by_every_rank(tmp_path, dataset_dir, monkeypatch):
+    """The 'Stopped' line is the lead's alone, but an error is said by each rank that meets it: one rank alone may
+    (a file another node lacks), and torchrun would report only its exit status."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    refused = CliRunner().invoke(bcnet_main, ["train", "--annotations", str(dataset_dir / "annotations.json"),
+                                              "--images", str(dataset_dir / "images"), "--out", str(out), "--resume"])
+    assert refused.exit_code == 2 and refused.output == (
+        f"Error: {out}: no checkpoint to resume from (a run stopped before its first checkpoint starts again without "
+        "--resume)\n"), refused.output
+
+
+def test_the_lead_process_is_rank_0_of_the_process_group_else_of_torchrun(monkeypatch):
+    """One test of it for the CLI's messages and the trainer's files; a group set up with ranks of its own wins."""
+    from bcnet.ranks import lead_process
+
+    for rank, lead in ((None, True), ("0", True), ("1", False)):
+        if rank is None:
+            monkeypatch.delenv("RANK", raising=False)
+        else:
+            monkeypatch.setenv("RANK", rank)
+        assert lead_process() == lead, rank
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        assert lead_process()  # RANK is still "1"
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_a_stopped_train_says_to_resume_only_once_it_has_a_checkpoint(tmp_path, dataset_dir, monkeypatch):
     from bcnet.checkpoint import LAST
 
