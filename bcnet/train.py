@@ -97,6 +97,29 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     return flat
 
 
+def schedule_differences(given: str | os.PathLike | dict, saved: dict, overrides: dict | None,
+                         checkpoint: Path) -> dict[str, tuple]:
+    """What a schedule given with a resume (``given``) sets otherwise than the run's (``saved``, overrides applied),
+    where no override sets it: ``{key: (saved value, given value)}``. A resume continues its saved schedule, so
+    these are said, not applied (an edited ``iterations`` would otherwise go unnoticed); a model setting among them
+    is refused, as an override's is: the weights are of the saved model. Not compared: ``backbone_weights``, which
+    only a new run reads, and keys ``given`` lacks."""
+    asked = load_schedule(given)
+    by_option = {key for key, value in (overrides or {}).items() if value is not None}
+    differ = {key: (saved.get(key), value) for key, value in asked.items()
+              if key not in by_option and key != "backbone_weights" and saved.get(key) != value}
+    for key in MODEL_KEYS:
+        if key in differ:
+            raise OccsynthError(f"{checkpoint}: this run was trained with {key} {differ[key][0]!r}; "
+                                f"{_schedule_name(given)} sets {differ[key][1]!r}, and --resume cannot change the "
+                                "model (to start from its weights, train into a new --out with --init)")
+    return differ
+
+
+def _schedule_name(schedule: str | os.PathLike | dict) -> str:
+    return "the schedule given" if isinstance(schedule, dict) else os.fspath(schedule)
+
+
 def check_setting_names(settings: Iterable[str], where: str) -> None:
     """Refuse a name that is no schedule setting (a typo), naming ``where`` it was written."""
     known = REQUIRED_SETTINGS + OPTIONAL_SETTINGS
@@ -376,17 +399,19 @@ def _rows_by_category(saved: torch.Tensor, built: torch.Tensor, rows: int, saved
 
 @holds_out_dir(only_if=lead_process)  # the lead writes the run's files
 def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
-          schedule: str | os.PathLike | dict = "schedule-1x", overrides: dict | None = None,
+          schedule: str | os.PathLike | dict | None = None, overrides: dict | None = None,
           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
           device: str | None = None, progress: bool = True, strict: bool = False,
           report: Callable[[dict], None] | None = None, overrides_from: str | Mapping[str, str] = "overrides") -> dict:
     """Train a BCNet model on a COCO-format set; checkpoints go to ``out_dir``.
 
-    ``schedule``: bundled name (``schedule-1x``, ``schedule-tiny``), TOML path or flat dict;
+    ``schedule``: bundled name (``schedule-1x``, the default, ``schedule-tiny``), TOML path or flat dict;
     ``overrides``: schedule keys to replace (``iterations``, ``batch_size``, ``backbone``, ...).
     ``resume``: True continues from ``out_dir``'s newest checkpoint (a path: that checkpoint);
     the checkpoint's schedule is used, with ``overrides`` on top (e.g. more ``iterations``, a lower
-    ``base_lr``: lr, momentum and weight decay asked for replace those the optimizer state holds). A set listing
+    ``base_lr``: lr, momentum and weight decay asked for replace those the optimizer state holds). A ``schedule``
+    given as well is only compared with the saved one (:func:`schedule_differences`): a model setting it changes is
+    refused, as an override's is, and the others it changes are named in a note, not applied. A set listing
     categories the checkpoint's model lacks is refused (:func:`check_resume_categories`): start another run with
     ``init_checkpoint`` to learn them.
     ``init_checkpoint``: start from another run's weights (fine-tuning); unless ``backbone_weights`` are given, the
@@ -415,6 +440,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     state = None
     resume_path: Path | None = None
     retired: list[str] = []
+    ignored: dict[str, tuple] = {}  # what a schedule given with a resume sets otherwise: the saved values stay
     if resume:
         resume_path = ckpt.resolve_checkpoint(resume) if not isinstance(resume, bool) else ckpt.latest_checkpoint(out_dir)
         if resume_path is None:
@@ -439,8 +465,11 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                 raise OccsynthError(f"{resume_path}: this run was trained with {key} {trained!r}; --resume cannot "
                                     f"change it to {asked!r} (to start from its weights, train into a new --out "
                                     "with --init)")
-        schedule = load_schedule(state["schedule"], overrides, where=f"{resume_path} (its saved schedule)",
-                                 overrides_from=overrides_from)
+        saved = load_schedule(state["schedule"], overrides, where=f"{resume_path} (its saved schedule)",
+                              overrides_from=overrides_from)
+        if schedule is not None:
+            ignored = schedule_differences(schedule, saved, overrides, resume_path)
+        schedule = saved
         done = int(state["iteration"])
         if int(schedule["iterations"]) < done:
             raise OccsynthError(f"{resume_path}: the run is already at iteration {done} > "
@@ -450,7 +479,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         check_resume_categories(ann_file, data["categories"], state["category_ids"], resume_path)  # before indexing
     else:
         data = None
-        schedule = load_schedule(schedule, overrides, overrides_from=overrides_from)
+        schedule = load_schedule("schedule-1x" if schedule is None else schedule, overrides,
+                                 overrides_from=overrides_from)
         if ckpt.latest_checkpoint(out_dir) is not None:
             raise OccsynthError(f"{out_dir} already holds a training run; pass --resume to continue it, "
                                 "or choose another output directory")
@@ -463,6 +493,10 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if retired and rank == 0:  # messages, not progress: printed under --quiet too
         tqdm.write(f"{resume_path}: ignoring unknown schedule setting(s) {', '.join(map(repr, retired))} "
                    "saved by an older version")
+    if ignored and rank == 0:
+        kept = errors.key_values({key: f"{was!r} (not {asked!r})" for key, (was, asked) in ignored.items()})
+        tqdm.write(f"note: a resumed run keeps its saved schedule: {kept}; give a setting as an option "
+                   "(bcnet train --help) to change it")
     use_amp = schedule["amp"] != "off" and device_.type == "cuda"
     if schedule["amp"] != "off" and not use_amp and rank == 0:
         tqdm.write(f"amp {schedule['amp']}: CUDA only; training in float32 on {device_}")

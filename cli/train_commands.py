@@ -5,6 +5,7 @@ import functools
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 import manifests
 from cli.common import FiniteFloatRange, echo_skips, hint_on_stop, option_names, quiet_option
@@ -55,8 +56,9 @@ def _default(key: str) -> str:
               help="Run directory: checkpoints, last_checkpoint, log.jsonl. One training at a time: a second one "
                    "started on the same --out stops at once, naming the running one (pid and host).")
 @click.option("--schedule", default="schedule-1x", show_default=True,
-              help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file. Not read with --resume: the run "
-                   "continues with the schedule saved in its checkpoint, the overrides given on top.")
+              help="Bundled schedule (schedule-1x, schedule-tiny) or a TOML file. With --resume the run continues with "
+                   "the schedule saved in its checkpoint, the overrides given on top: a --schedule given too is only "
+                   "compared with it (a setting it changes is named, not applied; another model is refused).")
 @click.option("--resume", is_flag=True,
               help="Continue exactly from the newest checkpoint in --out; overrides given with it (e.g. more "
                    "--iterations, a lower --lr) apply from there on (a run already at --iterations trains "
@@ -120,10 +122,12 @@ def train_command(ann_file, image_root, out_dir, schedule, resume, init_checkpoi
 
     with hint_on_stop(f"{out_dir} keeps its checkpoints; run the same command with --resume to continue from the last "
                       "one", only_if=lambda: (Path(out_dir) / LAST).is_file() and lead_process()):
-        result = train(ann_file, image_root, out_dir, schedule=schedule, overrides=overrides, resume=resume,
-                       init_checkpoint=init_checkpoint, device=device, progress=not quiet, strict=strict,
-                       report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"),
-                       overrides_from=option_names(click.get_current_context()))
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("schedule") is not ParameterSource.DEFAULT  # a resume compares it
+        result = train(ann_file, image_root, out_dir, schedule=schedule if given else None, overrides=overrides,
+                       resume=resume, init_checkpoint=init_checkpoint, device=device, progress=not quiet,
+                       strict=strict, report=lambda skipped: echo_skips(skipped, "indexing: skipped bad input"),
+                       overrides_from=option_names(ctx))
     if result["checkpoint"] is not None:
         last = result["history"][-1] if result["history"] else {}
         click.echo(f"trained to iteration {result['iteration']}; final loss {last.get('loss', float('nan')):.4f}; "

@@ -788,7 +788,9 @@ def test_predict_help_names_the_files_it_takes_from_folders():
 def test_train_help_says_resume_does_not_read_schedule():
     """`--resume --schedule other` continues with the checkpoint's saved schedule; the help said nothing of it."""
     text = " ".join(CliRunner().invoke(bcnet_main, ["train", "--help"], terminal_width=200).output.split())
-    assert "Not read with --resume: the run continues with the schedule saved in its checkpoint" in text
+    assert ("With --resume the run continues with the schedule saved in its checkpoint, the overrides given on top: a "
+            "--schedule given too is only compared with it (a setting it changes is named, not applied; another model "
+            "is refused).") in text
 
 
 def test_train_help_shows_what_the_default_schedule_sets_each_override_to():

@@ -583,6 +583,35 @@ def test_resume_past_or_at_the_end_trains_nothing_and_says_so(tmp_path, dataset_
                 overrides={"iterations": 1}, progress=False)
 
 
+def test_a_schedule_given_with_resume_is_compared_with_the_saved_one_not_read(tmp_path, dataset_dir):
+    """With --resume the run keeps its saved schedule, and a --schedule given too was not read: an edited file went
+    unnoticed. What it sets otherwise is named (the saved value stays), another model is refused as an override's
+    is, and the same file says nothing; the default schedule, not given, is not compared."""
+    text = T.manifests.path("schedule-tiny").read_text()
+    mine = tmp_path / "mine.toml"
+    mine.write_text(text)
+    run = tmp_path / "run"
+    args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
+            "--out", str(run), "--device", "cpu", "--no-progress", "--iterations", "2", "--batch-size", "1",
+            "--checkpoint-every", "2", "--short", "64", "--long-max", "96"]
+    assert CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine)]).exit_code == 0
+    final = run / "model_final.pt"
+    nothing = f"nothing to train: the run is already at iteration 2 of 2 ({final}); pass --iterations N (N > 2) to continue it\n"
+    for schedule in ([], ["--schedule", str(mine)]):  # the default, not given; the file it was started with
+        result = CliRunner().invoke(bcnet_main, [*args, *schedule, "--resume"])
+        assert result.exit_code == 0 and result.output == nothing, result.output
+    mine.write_text(text.replace("gamma = 0.1", "gamma = 0.5").replace("iterations = 300", "iterations = 400"))
+    result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
+    assert result.exit_code == 0 and result.output == (
+        "note: a resumed run keeps its saved schedule: gamma=0.1 (not 0.5); give a setting as an option (bcnet train "
+        "--help) to change it\n" + nothing), result.output  # iterations: set by --iterations, not compared
+    mine.write_text(text.replace('backbone = "tiny"', 'backbone = "resnet18"'))
+    result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
+    assert result.exit_code == 2 and result.output == (
+        f"Error: {final}: this run was trained with backbone 'tiny'; {mine} sets 'resnet18', and --resume cannot change "
+        "the model (to start from its weights, train into a new --out with --init)\n"), result.output
+
+
 def test_a_finished_run_extended_has_no_model_final_until_it_ends_again(tmp_path, dataset_dir, monkeypatch):
     """The old model_final.pt used to stay while the run went on: the pipeline (and a user) took it for the
     extended run's final weights. It becomes the checkpoint of its iteration, marker and all."""
