@@ -46,9 +46,9 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, format_size, open_atomic, require_room, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_image_record, check_iscrowd, check_segmentation, file_hash,
-                   is_int, iter_array, none_found_under, note_skipped_image, read_array, read_image,
-                   record_image_path, require_image_file, spread, unique_by_id)
+from .coco import (brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int, iter_array,
+                   none_found_under, read_array, read_image, record_image_path, require_image_file, spread,
+                   unique_by_id, usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -349,15 +349,8 @@ def _read_categories(ann_path: Path, log: SkipLog) -> list[dict]:
 
 def _read_images(ann_path: Path, log: SkipLog) -> _Images:
     images = _Images()
-    for record in read_array(ann_path, "images"):
-        try:
-            check_image_record(record)
-            if record["id"] in images.index_of:
-                raise BadRecord(errors.DUPLICATE_ID, f"image record {record['id']}")
-        except BadRecord as exc:
-            log.skip(exc)
-            note_skipped_image(images.skipped, record, exc)
-            continue
+    records, images.skipped = usable_image_records(read_array(ann_path, "images"), log)
+    for record in records.values():
         images.index_of[record["id"]] = len(images.ids)
         images.ids.append(record["id"])
         images.hw.extend((record["height"], record["width"]))

@@ -444,6 +444,26 @@ def note_skipped_image(skipped_images: dict[int, str], record: Any, error: BadRe
         skipped_images[record["id"]] = f"{error.where}: {error.reason}"
 
 
+def usable_image_records(records: Iterable[Any], log: SkipLog) -> tuple[dict[int, dict], dict[int, str]]:
+    """The image records a reader can use (:func:`check_image_record`) by id, and why each skipped record with an id
+    was skipped (:func:`note_skipped_image`); the others go to ``log``. A record is checked before its id counts as
+    taken, so an id keeps its first usable record: a bad record does not lose the id a later good one gives, and
+    only a usable record is a duplicate of another."""
+    images: dict[int, dict] = {}
+    skipped_images: dict[int, str] = {}
+    for record in records:
+        try:
+            image = check_image_record(record)
+            if image["id"] in images:
+                raise BadRecord(errors.DUPLICATE_ID, record_name("image", image), duplicate_detail(log))
+        except BadRecord as exc:
+            log.skip(exc)
+            note_skipped_image(skipped_images, record, exc)
+            continue
+        images[image["id"]] = image
+    return images, skipped_images
+
+
 def check_image_id(ann: dict, where: str, images: Mapping, skipped_images: Mapping[int, str] | None = None) -> int:
     """The ``image_id`` of an annotation (named ``where``) when ``images`` has it, else BadRecord: "annotation of a
     skipped image" naming that image record and why (``skipped_images``: :func:`note_skipped_image`), or "unknown
@@ -511,22 +531,12 @@ def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
     """Validated tables: ``images`` and ``categories`` by id, annotations grouped by image id.
 
     Bad records go to ``log`` (skipped, or raised in strict mode); of records sharing an id only the
-    first is kept (annotation ids name occluders); the annotations of a skipped image record are counted as
-    such (:func:`check_image_id`). Annotation order within an image is kept, so results do not depend on dict
-    ordering.
+    first usable one is kept (:func:`usable_image_records`; annotation ids name occluders); the annotations of a
+    skipped image record are counted as such (:func:`check_image_id`). Annotation order within an image is kept,
+    so results do not depend on dict ordering.
     """
     categories = categories_by_id(dataset["categories"])
-    images: dict[int, dict] = {}
-    skipped_images: dict[int, str] = {}
-    for record in dataset["images"]:
-        try:
-            image = check_image_record(record)
-            if image["id"] in images:
-                raise BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}")
-            images[image["id"]] = image
-        except BadRecord as exc:
-            log.skip(exc)
-            note_skipped_image(skipped_images, record, exc)
+    images, skipped_images = usable_image_records(dataset["images"], log)
     by_image: dict[int, list] = {i: [] for i in images}
     annotation_ids: set[int] = set()
     for ann in dataset["annotations"]:

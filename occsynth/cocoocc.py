@@ -41,9 +41,8 @@ from tqdm.auto import tqdm
 from . import errors
 from .atomic import make_folder, open_atomic, remove_orphaned_temporaries, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
-from .coco import (brief, categories_by_id, check_annotation_record, check_image_record, check_segmentation, file_hash,
-                   note_skipped_image, read_dataset, record_image_path, require_image_file, resolve_image_path,
-                   unique_by_id)
+from .coco import (brief, categories_by_id, check_annotation_record, check_segmentation, file_hash, read_dataset,
+                   record_image_path, require_image_file, resolve_image_path, unique_by_id, usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
 
 PAPER_COUNT = 1005
@@ -219,10 +218,11 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     ``image_mode``: None (annotations only), ``"link"`` (relative symlinks to the source files) or
     ``"copy"``; it needs ``image_root``, and OUT/images may not be, hold or lie in it (``force`` or not). Images whose file cannot be placed (missing, or ``file_name`` escaping
     the root) are dropped from the output together with their annotations, and listed in the
-    report's ``dropped_images`` (``strict`` stops instead). Duplicate image ids: the first record
-    is kept, later ones skipped and counted. ``force``: write into a non-empty directory that no
-    earlier build-cocoocc wrote (never into one holding the input). ``progress``: a bar over the
-    selected images while they are placed or checked (a copy of COCO's 1,005 takes a while on a slow disk).
+    report's ``dropped_images`` (``strict`` stops instead). Duplicate image ids: the first usable record
+    is kept, as every reader keeps it (:func:`occsynth.coco.usable_image_records`), the others skipped and
+    counted. ``force``: write into a non-empty directory that no earlier build-cocoocc wrote (never into one
+    holding the input). ``progress``: a bar over the selected images while they are placed or checked (a copy
+    of COCO's 1,005 takes a while on a slow disk).
 
     A rebuild into the same ``out_dir`` removes the links the last build placed and this one does not select;
     copies stay (their bytes may be the user's), listed in the report's ``stale_images``.
@@ -330,8 +330,8 @@ def usable_records(data: dict, ann_path: str | os.PathLike, skips: SkipLog) -> d
     evaluation can use; the others are counted in ``skips`` (a strict log stops at the first, naming the file).
     Also for a caller that needs to know what a build would select before it builds (``bcnet train-synthetic``)."""
     try:
-        images, skipped_images = _usable_images(data["images"], skips)
-        usable = dict(data, images=images)
+        images, skipped_images = usable_image_records(data["images"], skips)  # as every reader keeps them
+        usable = dict(data, images=list(images.values()))
         if data["images"] and not usable["images"]:  # an empty COCO-OCC would look like a selection of none
             raise OccsynthError(f"{ann_path}: no usable image records ({why_none_usable(skips)})")
         usable["annotations"] = _usable_annotations(
@@ -391,20 +391,6 @@ def _remove_stale_link(images_dir: Path, name: str) -> None:
         folder = folder / part
     if not folder.is_symlink() and folder.is_dir() and target.is_symlink():
         target.unlink()
-
-
-def _usable_images(images: list, skips: SkipLog) -> tuple[list[dict], dict[int, str]]:
-    """Image records evaluation can use (an integer id, file_name, height and width), the first of each id; and
-    why the others with an id were skipped, by id (:func:`occsynth.coco.note_skipped_image`). A later record of an
-    id needs no note: the first keeps the id, or is noted itself."""
-    usable, skipped_images = [], {}
-    for image in unique_by_id(images, "image", skips):
-        try:
-            usable.append(check_image_record(image))
-        except BadRecord as exc:
-            skips.skip(exc)
-            note_skipped_image(skipped_images, image, exc)
-    return usable, skipped_images
 
 
 def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, str]) -> list[dict]:

@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
-from .coco import (brief, categories_by_id, check_image_id, check_image_record, check_iscrowd, check_out_file,
-                   duplicate_detail, is_int, note_skipped_image, read_dataset, read_json, unique_by_id)
+from .coco import (brief, categories_by_id, check_image_id, check_iscrowd, check_out_file, duplicate_detail, is_int,
+                   read_dataset, read_json, unique_by_id, usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
@@ -241,20 +241,9 @@ def _usable_images(records: list, log: SkipLog) -> tuple[dict, int, dict[int, st
     """Image records by id, how many were left out (also in ``log``), and why those with an id were, by id
     (:func:`occsynth.coco.note_skipped_image`: their annotations are then of a skipped image, not of an unknown
     one). Masks are decoded at their height and width, so a size over the pixel limit is a bad record
-    (:func:`check_image_record`)."""
-    images, bad, skipped_images = {}, 0, {}
-    for record in records:
-        try:
-            image = check_image_record(record)
-            if image["id"] in images:  # the first record of an id is used; the output names each id once
-                raise BadRecord(errors.DUPLICATE_ID, f"image record {image['id']}", duplicate_detail(log))
-        except BadRecord as exc:
-            bad += 1
-            log.skip(exc)
-            note_skipped_image(skipped_images, record, exc)
-            continue
-        images[image["id"]] = image
-    return images, bad, skipped_images
+    (:func:`occsynth.coco.check_image_record`)."""
+    images, skipped_images = usable_image_records(records, log)  # an id's first usable record: the output names it once
+    return images, len(records) - len(images), skipped_images
 
 
 def _image_of(ann: dict, where: str, images: dict, skipped_images: dict[int, str], log: SkipLog) -> dict | None:

@@ -17,10 +17,10 @@ from pycocotools.cocoeval import COCOeval
 import manifests
 from cli import cocoocc_commands
 from cli.occsynth_cli import main
-from occsynth import atomic, cocoocc, errors
+from occsynth import atomic, coco, cocoocc, errors
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
 from occsynth.coco import read_image, resolve_image_path
-from occsynth.errors import OccsynthError, plural
+from occsynth.errors import OccsynthError, SkipLog, plural
 
 # image id -> boxes (x, y, w, h, iscrowd). Overlaps worked out by hand:
 #   1: inter 50, union 150 -> iou 1/3,   min 0.5
@@ -483,8 +483,47 @@ def test_duplicate_image_ids_are_skipped_and_counted(tmp_path):
     assert [(im["id"], im["file_name"]) for im in out["images"]] == [(1, "0001.jpg")]
     assert report["skipped"]["counts"] == {"duplicate id": 1}
     assert report["counts"]["source_images"] == 8      # the file's records, as source_annotations counts them
-    with pytest.raises(Exception, match="duplicate id"):
+    with pytest.raises(OccsynthError) as stop:
         build_cocoocc(ann, tmp_path / "s", strict=True)
+    assert str(stop.value) == f"{ann}: image record 1: duplicate id (an earlier record has the same id)"
+
+
+# a record of image 1 (the only image selected at IoU 0.2) that no reader can use: (record, reason, example)
+UNUSABLE_IMAGE_1 = {
+    "no-height": ({"id": 1, "file_name": "bad.jpg", "width": 40}, errors.MALFORMED_RECORD,
+                  "image record 1: malformed record ('height' missing or not int)"),
+    "too-large": ({"id": 1, "file_name": "bad.jpg", "height": 40, "width": 41}, errors.IMAGE_TOO_LARGE,
+                  "image record 1: image too large (40x41 pixels (height x width), over the limit of 1,600)"),
+}
+
+
+@pytest.mark.parametrize("bad", UNUSABLE_IMAGE_1)
+@pytest.mark.parametrize("bad_first", [True, False], ids=["bad-first", "good-first"])
+def test_of_the_records_of_one_image_id_the_first_usable_one_is_kept(tmp_path, monkeypatch, bad, bad_first):
+    """As every reader of a source set keeps it (coco.index_dataset, the bank): each record is checked before its id
+    counts as taken. build-cocoocc took the first record of an id before checking it, so a bad one lost the image
+    its good twin gave, and a bad later one was counted as a duplicate rather than as what it is."""
+    from occsynth import masks
+
+    monkeypatch.setattr(masks, "MAX_IMAGE_PIXELS", 40 * 40)
+    record, reason, example = UNUSABLE_IMAGE_1[bad]
+    data = make_dataset()
+    at = next(i for i, image in enumerate(data["images"]) if image["id"] == 1)
+    data["images"].insert(at if bad_first else at + 1, dict(record))
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert out["images"] == [{"id": 1, "file_name": "0001.jpg", "height": 40, "width": 40}]
+    assert out["annotations"] == [a for a in data["annotations"] if a["image_id"] == 1] and len(out["annotations"]) == 2
+    assert report["skipped"] == {"counts": {reason: 1}, "examples": {reason: example}}
+    assert {k: report["counts"][k] for k in ("source_images", "selected_images", "dropped_images", "images",
+                                             "annotations")} == {"source_images": 8, "selected_images": 1,
+                                                                 "dropped_images": 0, "images": 1, "annotations": 2}
+    assert coco.index_dataset(data, SkipLog())[0][1] == out["images"][0]  # the record the other readers keep
+    strict = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "s"), "--strict",
+                                       "--quiet"])
+    assert strict.exit_code == 2 and strict.output == f"Error: {ann}: {example}\n"
+    assert not (tmp_path / "s").exists()
 
 
 def test_an_annotation_repeating_an_id_is_skipped_and_counted_and_selects_nothing(tmp_path):
