@@ -1,7 +1,8 @@
 """`occsynth validate`: check a generated set against the invariants documented in docs/FORMAT.md.
 
 The set is read in bounded memory: the ``annotations`` array is streamed (ijson) and handed to the
-per-image checks in small batches, so a 100k-image set never has all its masks decoded at once.
+per-image checks in small batches, so a 100k-image set never has all its masks decoded at once. The categories and
+image records are read as lists, parsing the file only up to their end.
 Per-image checks (image files, masks, areas, boxes, occluders) run in joblib workers; whole-set
 checks (unique ids, known categories, manifest counts, class balance) run in the parent.
 
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import masks
 from .coco import (check_coco_layout, check_image_record, check_iscrowd, check_unique_keys, is_int, iter_array,
-                   read_image, reading_json, resolve_image_path, top_level_keys)
+                   read_array, read_image, reading_json, resolve_image_path, top_level_keys)
 from . import errors
 from .errors import BadRecord, OccsynthError, plural
 from .occluders import layer_occluders
@@ -111,10 +112,11 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
         check_unique_keys(ann_path, top_level_keys(ann_path))
     failures = _Failures(max_examples)
 
-    categories = _categories(iter_array(ann_path, "categories"), failures)
+    # read_array: parsed up to the array's end (the annotations, streamed below, come after them in a generated set)
+    categories = _categories(read_array(ann_path, "categories"), failures)
     images: dict[int, dict] = {}
     file_names: set[str] = set()
-    for image in iter_array(ann_path, "images"):
+    for image in read_array(ann_path, "images"):
         record = _image_record(image, failures)
         if record is None:
             continue

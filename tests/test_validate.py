@@ -412,6 +412,18 @@ def test_non_coco_or_malformed_annotations_are_one_error(dataset, content, messa
     assert len(lines) == 1 and lines[0].isprintable() and "\\x" not in lines[0]
 
 
+def test_only_the_annotations_are_streamed_through_the_whole_file(dataset, monkeypatch):
+    """iter_array parses the whole file, whatever its key; the categories and the images are read with read_array,
+    which parses up to their array's end (before the annotations, in a generated set) and only searches the bytes
+    after it (for a second key): the annotation stream is the one whole parse besides the check for repeated keys."""
+    import sys
+
+    module, streamed = sys.modules[validate.__module__], []
+    real = module.iter_array
+    monkeypatch.setattr(module, "iter_array", lambda path, key: streamed.append(key) or real(path, key))
+    assert validate(dataset, progress=False)["ok"] and streamed == ["annotations"]
+
+
 def plain_coco(data: dict) -> dict:
     """The set's annotations as plain COCO: occsynth's fields dropped."""
     keep = ("id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd")
