@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from . import errors
 from .atomic import make_folder, open_atomic, remove_orphaned_temporaries, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
-from .coco import (brief, categories_by_id, check_annotation_record, check_segmentation, file_hash, read_dataset,
-                   record_image_path, require_image_file, resolve_image_path, unique_by_id, usable_image_records)
+from .coco import (brief, categories_by_id, check_annotation_record, check_segmentation, duplicate_detail, file_hash,
+                   read_dataset, record_image_path, require_image_file, resolve_image_path, usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
 
 PAPER_COUNT = 1005
@@ -334,8 +334,7 @@ def usable_records(data: dict, ann_path: str | os.PathLike, skips: SkipLog) -> d
         usable = dict(data, images=list(images.values()))
         if data["images"] and not usable["images"]:  # an empty COCO-OCC would look like a selection of none
             raise OccsynthError(f"{ann_path}: no usable image records ({why_none_usable(skips)})")
-        usable["annotations"] = _usable_annotations(
-            dict(usable, annotations=unique_by_id(data["annotations"], "annotation", skips)), skips, skipped_images)
+        usable["annotations"] = _usable_annotations(usable, skips, skipped_images)
     except BadRecord as exc:  # --strict: the first bad record stops the build, named with its file
         raise exc.in_file(ann_path) from None
     return usable
@@ -396,14 +395,15 @@ def _remove_stale_link(images_dir: Path, name: str) -> None:
 def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, str]) -> list[dict]:
     """Annotations of known images and categories with a segmentation to score: evaluation (and
     pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output. Those of
-    an image record skipped (``skipped_images``, by id) are counted as such, not as of an unknown image.
+    an image record skipped (``skipped_images``, by id) are counted as such, not as of an unknown image. Of the
+    annotations of one id the first usable one is kept, as :func:`occsynth.coco.index_dataset` keeps it.
 
     The mask is checked as every reader of a source set checks it (:func:`occsynth.coco.check_segmentation`).
     A broken ``bbox`` is skipped, not made from the mask: the output keeps its records unchanged (only
     ``bcnet train`` and ``evaluate`` recompute a box, and say so)."""
     images = {im["id"]: im for im in data["images"]}
     categories = categories_by_id(data["categories"])
-    usable = []
+    usable, ids = [], set()
     for ann in data["annotations"]:
         try:
             check_annotation_record(ann, images, categories, skipped_images)
@@ -417,9 +417,12 @@ def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, st
                 raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(box)} is not 4 finite numbers")
             if box[2] < 0 or box[3] < 0:  # no box: it would overlap nothing, and stay in the output without a word
                 raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(box)} has a negative width or height")
+            if ann["id"] in ids:  # checked first: a bad record does not take the id of a later good one
+                raise BadRecord(errors.DUPLICATE_ID, where, duplicate_detail(skips))
         except BadRecord as exc:
             skips.skip(exc)
             continue
+        ids.add(ann["id"])
         usable.append(ann)
     return usable
 

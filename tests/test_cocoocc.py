@@ -535,10 +535,25 @@ def test_an_annotation_repeating_an_id_is_skipped_and_counted_and_selects_nothin
     report = build_cocoocc(ann, tmp_path / "o")
     out = json.loads((tmp_path / "o" / "annotations.json").read_text())
     assert [im["id"] for im in out["images"]] == [1]
-    assert report["skipped"]["counts"] == {"duplicate id": 1}
-    assert report["skipped"]["examples"]["duplicate id"].startswith(f"annotation record {lone['id']}:")
-    with pytest.raises(OccsynthError, match=f"annotation record {lone['id']}: duplicate id"):
+    assert report["skipped"] == {"counts": {"duplicate id": 1}, "examples": {
+        "duplicate id": f"annotation {lone['id']}: duplicate id (later records with this id skipped)"}}
+    with pytest.raises(OccsynthError) as stop:
         build_cocoocc(ann, tmp_path / "s", strict=True)
+    assert str(stop.value) == f"{ann}: annotation {lone['id']}: duplicate id (an earlier record has the same id)"
+
+
+def test_of_the_annotations_of_one_id_the_first_usable_one_is_kept(tmp_path):
+    """build-cocoocc took the first annotation of an id before checking it: a broken first record lost the object
+    its good twin gives (here image 1 lost one of its two overlapping boxes, and was no longer selected)."""
+    data = make_dataset()
+    first = next(a for a in data["annotations"] if a["image_id"] == 1)
+    data["annotations"].insert(data["annotations"].index(first), {**first, "segmentation": [[1.0, 2.0, 3.0, 4.0]]})
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1]
+    assert out["annotations"] == [a for a in make_dataset()["annotations"] if a["image_id"] == 1]
+    assert report["skipped"]["counts"] == {errors.DEGENERATE_MASK: 1}
 
 
 def test_an_image_record_evaluation_cannot_use_is_skipped_with_its_annotations(tmp_path):
