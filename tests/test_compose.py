@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from occsynth.compose import blend_alpha, compose, transform_cutout
+from occsynth.compose import blend_alpha, compose, compose_boxed, transform_cutout
 from occsynth.errors import OccsynthError
 from occsynth.schedule import CompositeOptions
 
@@ -359,3 +359,35 @@ def test_a_paste_is_aimed_at_an_object_it_can_bring_into_the_range_preferring_on
         y, x = canvas.place(paste, np.random.default_rng(seed), options)
         hidden = canvas._covered(paste, y, x)
         assert hidden[2] > 0 and 0.1 <= hidden[2] / 144 <= 0.7 and hidden[0] == hidden[1] == 0
+
+
+@pytest.mark.parametrize("blend", ["feather", "gaussian"])
+def test_the_halo_is_the_cutouts_context_blended_by_blend_alpha(blend):
+    """One paste: inside its mask the cutout's pixels, around it rint(alpha * cutout + (1 - alpha) * background)
+    with alpha from blend_alpha (float32, as compose computes it), and the background everywhere else; the same
+    into an ``out`` strided along its columns (OpenCV cannot copy into it: numpy does)."""
+    options = CompositeOptions(blend=blend, blend_px=2.0, max_size=1.0)
+    rng = np.random.default_rng(4)
+    background = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    mask = np.pad(random_shape(rng, 14, 18), options.margin)
+    cutout = {"rgb": rng.integers(0, 256, size=mask.shape + (3,), dtype=np.uint8), "mask": mask,
+              "category_id": 1, "scale": 1.0, "flip": True, "source": "one"}
+    for seed in range(4):
+        image, (inst,) = compose(background, [], [cutout], np.random.default_rng(seed), options)
+        rgb_patch, mask_patch = transform_cutout(cutout, (40, 48), options)
+        alpha_patch = blend_alpha(mask_patch, options)
+        m = options.margin
+        y, x = inst["paste"]["y"] - m, inst["paste"]["x"] - m
+        alpha = np.zeros((40 + 2 * m + 40, 48 + 2 * m + 48), np.float32)  # room for a patch past any edge
+        src = np.zeros(alpha.shape + (3,), np.uint8)
+        alpha[y + m:y + m + alpha_patch.shape[0], x + m:x + m + alpha_patch.shape[1]] = alpha_patch
+        src[y + m:y + m + rgb_patch.shape[0], x + m:x + m + rgb_patch.shape[1]] = rgb_patch
+        alpha, src = alpha[m:m + 40, m:m + 48, None], src[m:m + 40, m:m + 48]
+        expected = np.clip(np.rint(alpha * src.astype(np.float32) + (1.0 - alpha) * background.astype(np.float32)),
+                           0, 255).astype(np.uint8)
+        assert np.array_equal(image, expected)
+        strided = np.zeros((40, 96, 3), np.uint8)[:, ::2]  # an out that is no C-contiguous array: numpy's path
+        assert compose_boxed(background, [], [cutout], np.random.default_rng(seed), options, out=strided)[0] is strided
+        assert np.array_equal(strided, expected)
+        halo = (alpha[..., 0] > 0) & (alpha[..., 0] < 1)
+        assert halo.sum() > 50 and np.array_equal(alpha[..., 0] == 1, inst["amodal_mask"])
