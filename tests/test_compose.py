@@ -391,3 +391,63 @@ def test_the_halo_is_the_cutouts_context_blended_by_blend_alpha(blend):
         assert np.array_equal(strided, expected)
         halo = (alpha[..., 0] > 0) & (alpha[..., 0] < 1)
         assert halo.sum() > 50 and np.array_equal(alpha[..., 0] == 1, inst["amodal_mask"])
+
+
+def test_a_paste_hiding_exactly_max_occlusion_of_an_object_is_allowed():
+    """max_occlusion is the most an object may be hidden: a 1 x 4 row over a 4 x 4 block hides exactly 4/16."""
+    background = np.zeros((4, 4, 3), np.uint8)
+    block = {"rgb": np.full((4, 4, 3), 50, np.uint8), "mask": np.ones((4, 4), bool), "category_id": 1,
+             "scale": 1.0, "source": "block"}
+    row = {"rgb": np.full((1, 4, 3), 99, np.uint8), "mask": np.ones((1, 4), bool), "category_id": 2,
+           "scale": 1.0, "source": "row"}
+    options = CompositeOptions(max_size=1.0, blend="none", occlusion=(0.0, 0.25), max_occlusion=0.25)
+    for seed in range(3):
+        image, instances = compose(background, [], [block, row], np.random.default_rng(seed), options)
+        assert [i["source"] for i in instances] == ["block", "row"]
+        assert instances[1]["paste"]["shrink"] == 1.0 and instances[1]["paste"]["x"] == 0  # not shrunk to fit
+        y = instances[1]["paste"]["y"]
+        assert instances[0]["visible_mask"].sum() == 12 and not instances[0]["visible_mask"][y].any()
+        assert (image[y] == 99).all() and np.count_nonzero(image == 50) == 12 * 3
+
+
+def test_the_occlusion_of_a_pair_follows_the_aimed_ratio_over_the_whole_range(monkeypatch):
+    """Two squares: bisecting along a direction reaches the aimed ratio (drawn over the range) without the
+    exhaustive search, so the ratios spread over the whole range, its top third included."""
+    from occsynth.compose import _Canvas
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the exhaustive search was needed")
+
+    monkeypatch.setattr(_Canvas, "_search", no_search)
+    square = {"rgb": np.full((20, 20, 3), 50, np.uint8), "mask": np.ones((20, 20), bool), "category_id": 1,
+              "scale": 1.0}
+    options = CompositeOptions(blend="none", max_size=1.0, occlusion=(0.1, 0.7))
+    ratios = []
+    for seed in range(40):
+        _, instances = compose(np.zeros((100, 100, 3), np.uint8), [], [square, square],
+                               np.random.default_rng(seed), options)
+        ratios.append(1 - instances[0]["visible_mask"].sum() / 400)
+    counts, _ = np.histogram(ratios, bins=[0.1, 0.3, 0.5, 0.7 + 1e-9])
+    assert counts.sum() == 40 and counts.min() >= 6, counts
+
+
+def test_hidden_pixels_behind_more_than_eight_objects_are_counted_as_behind_a_few():
+    """Past 8 pasted objects the pixels a paste would hide are counted on the label map at once (bincount), not
+    per box: the same counts, and compose keeps every invariant with a dozen pastes (up to 64 are allowed)."""
+    from occsynth.compose import _Canvas, _Object
+    rng = np.random.default_rng(7)
+    canvas = _Canvas(48, 56)
+    for _ in range(12):
+        obj = _Object(rng.random((int(rng.integers(4, 16)), int(rng.integers(4, 16)))) < 0.7, 0)
+        canvas.add(obj, int(rng.integers(0, 48 - obj.h + 1)), int(rng.integers(0, 56 - obj.w + 1)))
+    assert canvas.visible.tolist() == [int(np.count_nonzero(canvas.top == j)) for j in range(12)]
+    for _ in range(100):
+        new = _Object(rng.random((int(rng.integers(3, 14)), int(rng.integers(3, 14)))) < 0.6, 0)
+        y, x = int(rng.integers(0, 48 - new.h + 1)), int(rng.integers(0, 56 - new.w + 1))
+        exact = [int(np.count_nonzero((canvas.top[y:y + new.h, x:x + new.w] == j) & new.mask)) for j in range(12)]
+        assert canvas._covered(new, y, x).tolist() == canvas._covered_few(new, y, x) == exact
+    options = CompositeOptions(pastes=(10, 14), max_size=0.5, scale=(0.5, 0.9))
+    for seed in range(6):
+        background, bg_instances, cutouts = make_case(seed, options)
+        image, instances = compose(background, bg_instances, cutouts, np.random.default_rng(seed), options)
+        check_invariants(background, bg_instances, cutouts, image, instances, options)
