@@ -353,6 +353,10 @@ def test_a_paste_is_aimed_at_an_object_it_can_bring_into_the_range_preferring_on
     # nothing it can bring into the range (a 1-px paste): any that can take more occlusion
     dot = _Object(np.ones((1, 1), bool), 0)
     assert canvas_of([3600, 144, 144])._targets(dot, options).tolist() == [0, 1, 2]
+    # one at the range's very top (36 of 144 px visible: 0.75) can take no more
+    top = CompositeOptions(occlusion=(0.1, 0.75), max_occlusion=0.8)
+    assert canvas_of([3600, 36, 94])._targets(paste, top).tolist() == [2]
+    assert canvas_of([3600, 36, 144])._targets(dot, top).tolist() == [0, 2]
     # and the paste is placed over object 2, hiding it within the range, whatever the draws
     for seed in range(8):
         canvas = canvas_of([3600, 94, 144])
