@@ -230,6 +230,9 @@ def test_transform_cutout_scales_flips_and_respects_max_size():
     assert m.shape == (20, 40) and r.shape == (20, 40, 3) and m.sum() == 4 * mask.sum()
     r, m = transform_cutout({**cut, "scale": 2.0}, (100, 100), CompositeOptions(blend="none", max_size=0.3))
     assert m.shape[1] <= 30 and m.shape[0] <= 30
+    # a wide object is limited by the image's width alone: by 30/40 exactly (10 rows x 0.75 = 7.5: rounded half to even, 8)
+    wide = {"rgb": np.zeros((10, 40, 3), np.uint8), "mask": np.ones((10, 40), bool), "scale": 2.0}
+    assert transform_cutout(wide, (100, 60), CompositeOptions(blend="none", max_size=0.5))[1].shape == (8, 30)
     # feathering needs context: the patch carries a margin (edge-replicated beyond the cutout's own)
     options = CompositeOptions(blend_px=2.0)
     r, m = transform_cutout({**cut, "scale": 0.5}, (100, 100), options)
