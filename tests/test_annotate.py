@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from cli.occsynth_cli import main
 from occsynth import atomic
-from occsynth.annotate import annotate_occluders
+from occsynth.annotate import annotate_image, annotate_occluders
 from occsynth.errors import OccsynthError
 from occsynth.masks import to_polygons
 
@@ -146,12 +146,38 @@ def test_bcnet_compat_leaves_an_occluded_region_of_20_pixels_or_fewer_empty(tmp_
     """The released tool writes bg_object_segmentation only where the occluders cover > 20 pixels of
     the box; the occluder ids stay as the box rule gives them."""
     a = rect(0, 0, 20, 20)
-    d = rect(12, 12, 30, 30) & ~rect(12, 12, 20, 20) | rect(17, 17, 20, 20)  # 9 pixels inside A's box
+    d = rect(12, 12, 30, 30) & ~rect(12, 12, 20, 20) | rect(16, 15, 20, 20)  # 20 pixels inside A's box
     out = _bcnet_compat_of_two(tmp_path, a, d)
     assert out[1]["occluder_ids"] == [2] and out[2]["occluder_ids"] == [1]
     assert out[1]["bg_object_segmentation"] == []
     drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(out[2]["bg_object_segmentation"], H, W)))
     assert np.array_equal(drawn.astype(bool), a & rect(12, 12, 30, 30))  # 64 pixels
+    d |= rect(15, 19, 16, 20)  # 21
+    drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(
+        _bcnet_compat_of_two(tmp_path, a, d)[1]["bg_object_segmentation"], H, W)))
+    assert np.array_equal(drawn.astype(bool), a & d) and drawn.sum() == 21
+
+
+def test_bcnet_compat_cuts_the_occluders_to_the_pixels_a_fractional_box_touches():
+    """The window is [floor(x), ceil(x + w)) x [floor(y), ceil(y + h)): box [2.6, 3.5, 10, 10] -> columns 2..12,
+    rows 3..13 of an occluder covering them all."""
+    anns = [{"id": 1, "bbox": [2.6, 3.5, 10, 10], "iscrowd": 0, "segmentation": rle(rect(3, 4, 12, 13))},
+            {"id": 2, "bbox": [0, 0, 30, 30], "iscrowd": 0, "segmentation": rle(rect(0, 0, 30, 30))}]
+    annotate_image(anns, H, W, bcnet_compat=True)
+    assert [a["occluder_ids"] for a in anns] == [[2], [1]]
+    drawn = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(anns[0]["bg_object_segmentation"], H, W)))
+    assert np.array_equal(drawn.astype(bool), rect(2, 3, 13, 14))
+
+
+def test_the_box_rule_takes_an_iou_above_the_threshold_not_at_it():
+    """Boxes [0, 0, 4, 4] and [3, 3, 5, 1] share 1 of 20 pixels: IoU exactly 0.05, no occluders of each other at
+    BCNet's 0.05, but at 0; [2, 3, 5, 1] shares 2 of 19 with the first. A box that only touches the others
+    ([4, 0, 3, 3]) has an IoU of 0: never an occluder, not even at threshold 0."""
+    boxes = [[0, 0, 4, 4], [3, 3, 5, 1], [2, 3, 5, 1], [4, 0, 3, 3]]
+    for threshold, expected in ((0.05, [[3], [3], [1, 2], []]), (0.0, [[2, 3], [1, 3], [1, 2], []])):
+        anns = [{"id": k + 1, "bbox": b, "iscrowd": 0} for k, b in enumerate(boxes)]
+        annotate_image(anns, None, None, threshold=threshold)
+        assert [a["occluder_ids"] for a in anns] == expected, threshold
 
 
 def test_bcnet_compat_fills_a_hole_in_the_occluders_union_as_coco_polygons_must(tmp_path):

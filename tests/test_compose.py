@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from occsynth.compose import blend_alpha, compose, transform_cutout
+from occsynth.compose import blend_alpha, compose, compose_boxed, transform_cutout
 from occsynth.errors import OccsynthError
 from occsynth.schedule import CompositeOptions
 
@@ -230,6 +230,9 @@ def test_transform_cutout_scales_flips_and_respects_max_size():
     assert m.shape == (20, 40) and r.shape == (20, 40, 3) and m.sum() == 4 * mask.sum()
     r, m = transform_cutout({**cut, "scale": 2.0}, (100, 100), CompositeOptions(blend="none", max_size=0.3))
     assert m.shape[1] <= 30 and m.shape[0] <= 30
+    # a wide object is limited by the image's width alone: by 30/40 exactly (10 rows x 0.75 = 7.5: rounded half to even, 8)
+    wide = {"rgb": np.zeros((10, 40, 3), np.uint8), "mask": np.ones((10, 40), bool), "scale": 2.0}
+    assert transform_cutout(wide, (100, 60), CompositeOptions(blend="none", max_size=0.5))[1].shape == (8, 30)
     # feathering needs context: the patch carries a margin (edge-replicated beyond the cutout's own)
     options = CompositeOptions(blend_px=2.0)
     r, m = transform_cutout({**cut, "scale": 0.5}, (100, 100), options)
@@ -353,9 +356,105 @@ def test_a_paste_is_aimed_at_an_object_it_can_bring_into_the_range_preferring_on
     # nothing it can bring into the range (a 1-px paste): any that can take more occlusion
     dot = _Object(np.ones((1, 1), bool), 0)
     assert canvas_of([3600, 144, 144])._targets(dot, options).tolist() == [0, 1, 2]
+    # one at the range's very top (36 of 144 px visible: 0.75) can take no more
+    top = CompositeOptions(occlusion=(0.1, 0.75), max_occlusion=0.8)
+    assert canvas_of([3600, 36, 94])._targets(paste, top).tolist() == [2]
+    assert canvas_of([3600, 36, 144])._targets(dot, top).tolist() == [0, 2]
     # and the paste is placed over object 2, hiding it within the range, whatever the draws
     for seed in range(8):
         canvas = canvas_of([3600, 94, 144])
         y, x = canvas.place(paste, np.random.default_rng(seed), options)
         hidden = canvas._covered(paste, y, x)
         assert hidden[2] > 0 and 0.1 <= hidden[2] / 144 <= 0.7 and hidden[0] == hidden[1] == 0
+
+
+@pytest.mark.parametrize("blend", ["feather", "gaussian"])
+def test_the_halo_is_the_cutouts_context_blended_by_blend_alpha(blend):
+    """One paste: inside its mask the cutout's pixels, around it rint(alpha * cutout + (1 - alpha) * background)
+    with alpha from blend_alpha (float32, as compose computes it), and the background everywhere else; the same
+    into an ``out`` strided along its columns (OpenCV cannot copy into it: numpy does)."""
+    options = CompositeOptions(blend=blend, blend_px=2.0, max_size=1.0)
+    rng = np.random.default_rng(4)
+    background = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    mask = np.pad(random_shape(rng, 14, 18), options.margin)
+    cutout = {"rgb": rng.integers(0, 256, size=mask.shape + (3,), dtype=np.uint8), "mask": mask,
+              "category_id": 1, "scale": 1.0, "flip": True, "source": "one"}
+    for seed in range(4):
+        image, (inst,) = compose(background, [], [cutout], np.random.default_rng(seed), options)
+        rgb_patch, mask_patch = transform_cutout(cutout, (40, 48), options)
+        alpha_patch = blend_alpha(mask_patch, options)
+        m = options.margin
+        y, x = inst["paste"]["y"] - m, inst["paste"]["x"] - m
+        alpha = np.zeros((40 + 2 * m + 40, 48 + 2 * m + 48), np.float32)  # room for a patch past any edge
+        src = np.zeros(alpha.shape + (3,), np.uint8)
+        alpha[y + m:y + m + alpha_patch.shape[0], x + m:x + m + alpha_patch.shape[1]] = alpha_patch
+        src[y + m:y + m + rgb_patch.shape[0], x + m:x + m + rgb_patch.shape[1]] = rgb_patch
+        alpha, src = alpha[m:m + 40, m:m + 48, None], src[m:m + 40, m:m + 48]
+        expected = np.clip(np.rint(alpha * src.astype(np.float32) + (1.0 - alpha) * background.astype(np.float32)),
+                           0, 255).astype(np.uint8)
+        assert np.array_equal(image, expected)
+        strided = np.zeros((40, 96, 3), np.uint8)[:, ::2]  # an out that is no C-contiguous array: numpy's path
+        assert compose_boxed(background, [], [cutout], np.random.default_rng(seed), options, out=strided)[0] is strided
+        assert np.array_equal(strided, expected)
+        halo = (alpha[..., 0] > 0) & (alpha[..., 0] < 1)
+        assert halo.sum() > 50 and np.array_equal(alpha[..., 0] == 1, inst["amodal_mask"])
+
+
+def test_a_paste_hiding_exactly_max_occlusion_of_an_object_is_allowed():
+    """max_occlusion is the most an object may be hidden: a 1 x 4 row over a 4 x 4 block hides exactly 4/16."""
+    background = np.zeros((4, 4, 3), np.uint8)
+    block = {"rgb": np.full((4, 4, 3), 50, np.uint8), "mask": np.ones((4, 4), bool), "category_id": 1,
+             "scale": 1.0, "source": "block"}
+    row = {"rgb": np.full((1, 4, 3), 99, np.uint8), "mask": np.ones((1, 4), bool), "category_id": 2,
+           "scale": 1.0, "source": "row"}
+    options = CompositeOptions(max_size=1.0, blend="none", occlusion=(0.0, 0.25), max_occlusion=0.25)
+    for seed in range(3):
+        image, instances = compose(background, [], [block, row], np.random.default_rng(seed), options)
+        assert [i["source"] for i in instances] == ["block", "row"]
+        assert instances[1]["paste"]["shrink"] == 1.0 and instances[1]["paste"]["x"] == 0  # not shrunk to fit
+        y = instances[1]["paste"]["y"]
+        assert instances[0]["visible_mask"].sum() == 12 and not instances[0]["visible_mask"][y].any()
+        assert (image[y] == 99).all() and np.count_nonzero(image == 50) == 12 * 3
+
+
+def test_the_occlusion_of_a_pair_follows_the_aimed_ratio_over_the_whole_range(monkeypatch):
+    """Two squares: bisecting along a direction reaches the aimed ratio (drawn over the range) without the
+    exhaustive search, so the ratios spread over the whole range, its top third included."""
+    from occsynth.compose import _Canvas
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the exhaustive search was needed")
+
+    monkeypatch.setattr(_Canvas, "_search", no_search)
+    square = {"rgb": np.full((20, 20, 3), 50, np.uint8), "mask": np.ones((20, 20), bool), "category_id": 1,
+              "scale": 1.0}
+    options = CompositeOptions(blend="none", max_size=1.0, occlusion=(0.1, 0.7))
+    ratios = []
+    for seed in range(40):
+        _, instances = compose(np.zeros((100, 100, 3), np.uint8), [], [square, square],
+                               np.random.default_rng(seed), options)
+        ratios.append(1 - instances[0]["visible_mask"].sum() / 400)
+    counts, _ = np.histogram(ratios, bins=[0.1, 0.3, 0.5, 0.7 + 1e-9])
+    assert counts.sum() == 40 and counts.min() >= 6, counts
+
+
+def test_hidden_pixels_behind_more_than_eight_objects_are_counted_as_behind_a_few():
+    """Past 8 pasted objects the pixels a paste would hide are counted on the label map at once (bincount), not
+    per box: the same counts, and compose keeps every invariant with a dozen pastes (up to 64 are allowed)."""
+    from occsynth.compose import _Canvas, _Object
+    rng = np.random.default_rng(7)
+    canvas = _Canvas(48, 56)
+    for _ in range(12):
+        obj = _Object(rng.random((int(rng.integers(4, 16)), int(rng.integers(4, 16)))) < 0.7, 0)
+        canvas.add(obj, int(rng.integers(0, 48 - obj.h + 1)), int(rng.integers(0, 56 - obj.w + 1)))
+    assert canvas.visible.tolist() == [int(np.count_nonzero(canvas.top == j)) for j in range(12)]
+    for _ in range(100):
+        new = _Object(rng.random((int(rng.integers(3, 14)), int(rng.integers(3, 14)))) < 0.6, 0)
+        y, x = int(rng.integers(0, 48 - new.h + 1)), int(rng.integers(0, 56 - new.w + 1))
+        exact = [int(np.count_nonzero((canvas.top[y:y + new.h, x:x + new.w] == j) & new.mask)) for j in range(12)]
+        assert canvas._covered(new, y, x).tolist() == canvas._covered_few(new, y, x) == exact
+    options = CompositeOptions(pastes=(10, 14), max_size=0.5, scale=(0.5, 0.9))
+    for seed in range(6):
+        background, bg_instances, cutouts = make_case(seed, options)
+        image, instances = compose(background, bg_instances, cutouts, np.random.default_rng(seed), options)
+        check_invariants(background, bg_instances, cutouts, image, instances, options)

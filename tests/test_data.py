@@ -118,6 +118,28 @@ def test_box_rule_gives_the_occluders_annotate_occluders_writes(tmp_path):
     assert differs_from_clipped, "the out-of-image box should change the rule's answer"
 
 
+def test_occluder_ids_decide_only_when_every_instance_of_the_image_has_them_and_never_name_itself(tmp_path,
+                                                                                                    dataset_dir):
+    """An instance of image 2 without occluder_ids: BCNet's box rule decides for the whole image, as for a set
+    with none; an instance whose occluder_ids name itself is not its own occluder."""
+    def occluder_masks_of_image_2(data):
+        save_annotations(tmp_path, data)
+        return bdata.CocoInstances(tmp_path / "annotations.json", dataset_dir / "images")[1][1]["occluder_masks"]
+
+    exact = _dataset(dataset_dir)[1][1]["occluder_masks"]
+    data = load_annotations(dataset_dir)
+    second = [a for a in data["annotations"] if a["image_id"] == 2]
+    for ann in second:
+        ann["occluder_ids"].append(ann["id"])
+    assert torch.equal(occluder_masks_of_image_2(data), exact)
+    by_rule = []
+    for drop in (second[:1], second):
+        for ann in drop:
+            ann.pop("occluder_ids", None)
+        by_rule.append(occluder_masks_of_image_2(data))
+    assert torch.equal(by_rule[0], by_rule[1]) and not torch.equal(by_rule[0], exact)
+
+
 def test_a_parsed_file_given_as_data_is_used_as_is_and_left_unchanged(dataset_dir):
     import copy
     data = load_annotations(dataset_dir)

@@ -403,6 +403,31 @@ def test_background_instances_are_decoded_only_where_a_paste_may_cover_them():
     assert untouched > 0 and touched > 0
 
 
+def test_a_background_instance_whose_box_only_touches_a_pasted_box_is_never_decoded():
+    """Boxes that touch share no pixel: of three instances beside a paste (touching its side, its top or bottom,
+    and on its last pixel), only the last is decoded."""
+    options = CompositeOptions(blend="none", max_size=1.0)
+    background = np.zeros((30, 30, 3), np.uint8)
+    cutout = {"rgb": np.full((10, 10, 3), 9, np.uint8), "mask": np.ones((10, 10), bool), "category_id": 2, "scale": 1.0}
+    for seed in range(4):
+        _, (pasted,) = compose_boxed(background, [], [cutout], np.random.default_rng(seed), options)
+        y0, x0, y1, x1 = pasted["box"]
+        beside = (y0, x0 - 1, y1, x0) if x0 else (y0, x1, y1, x1 + 1)
+        above_or_below = (y0 - 1, x0, y0, x1) if y0 else (y1, x0, y1 + 1, x1)
+        calls, lazy = [], []
+        for j, (by0, bx0, by1, bx1) in enumerate((beside, above_or_below, (y1 - 1, x1 - 1, y1, x1))):
+            mask = np.zeros((30, 30), bool)
+            mask[by0:by1, bx0:bx1] = True
+            rle = masks.encode(mask)
+            lazy.append({"box": (by0, bx0, by1, bx1), "amodal_rle": rle, "area": masks.area(mask),
+                         "bbox": masks.bbox(mask), "category_id": 1, "iscrowd": 0, "source": j,
+                         "decode_crop": lambda j=j, rle=rle: calls.append(j) or masks.decode_crop(rle, 30, 30)})
+        _, instances = compose_boxed(background, lazy, [cutout], np.random.default_rng(seed), options)
+        assert calls == [2]
+        assert [(i["source"], i["amodal_crop"]) for i in instances[:2]] == [(0, None), (1, None)]
+        assert [i["layer"] for i in instances] == [0, 0, 1]  # the one on the paste's pixel is hidden: dropped
+
+
 def test_pycocotools_polygon_encoding_is_already_canonical():
     """The bank stores polygons' RLE as pycocotools makes it, and generation copies that string to the
     output: it must be the one masks.encode writes for the decoded mask (random, overlapping, multi-part)."""

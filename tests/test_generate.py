@@ -198,9 +198,11 @@ def test_a_shard_leaves_the_temporaries_of_shards_running_beside_it_in_a_shared_
     shared = tmp_path / "shared"
     generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
     # in flight in shard 1 (chunk 1: images 5-8) and in any shard (run files), or left by a killed shard 0
-    theirs = [shared / "images" / ".000000000006.jpg.tmp-71", shared / "parts" / ".chunk-000001.json.tmp-71",
-              shared / "parts" / ".run.json.tmp-71"]
-    ours = [shared / "images" / ".000000000002.jpg.tmp-72", shared / "parts" / ".sizes-000002.json.tmp-72"]
+    # (chunks 0 and 2: images 1-4, 9-12); the first and last image of a chunk are its own
+    theirs = [shared / "images" / f".{n:012d}.jpg.tmp-71" for n in (5, 6, 8)] + [
+        shared / "parts" / ".chunk-000001.json.tmp-71", shared / "parts" / ".run.json.tmp-71"]
+    ours = [shared / "images" / f".{n:012d}.jpg.tmp-72" for n in (1, 2, 4, 9, 12)] + [
+        shared / "parts" / ".sizes-000002.json.tmp-72"]
     for path in theirs + ours:
         path.write_bytes(b"partial")
     generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
