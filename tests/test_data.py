@@ -306,6 +306,15 @@ def test_resize_and_flip_move_boxes_and_masks_together(dataset_dir):
     assert shorts <= set(range(50, 61)) and len(shorts) > 3
 
 
+def test_resize_scales_box_x_by_the_width_and_y_by_the_height_factor():
+    """Rounding makes the two factors differ (7 x 10 to a short side of 10 is 10 x 14: x1.4 across, x10/7 down): the
+    box of the whole image stays the whole resized image, as its mask does."""
+    target = {"boxes": np.array([[0, 0, 10, 7]], np.float32), "masks": np.ones((1, 7, 10), bool)}
+    image, out = T.ResizeShortSide(10, 100)(np.zeros((7, 10, 3), np.uint8), target, np.random.default_rng(0))
+    assert image.shape[:2] == out["masks"].shape[1:] == (10, 14) and out["masks"].all()
+    np.testing.assert_allclose(out["boxes"], [[0, 0, 14, 10]], rtol=1e-6)
+
+
 def test_sample_stream_is_a_function_of_seed_and_draw(dataset_dir):
     ds = _dataset(dataset_dir, transforms=T.build_transforms(True, 40, 80, (30, 50), 0.5))
     a, b = bdata.SampleStream(ds, 7), bdata.SampleStream(ds, 7)

@@ -233,6 +233,15 @@ def test_occlusion_splits():
     assert "AP in percent" in table and "are mask AP" in table
 
 
+def test_occlusion_splits_of_some_images_hold_only_their_ground_truths():
+    """Evaluating image 2 only, the isolated object of image 1 is in no bin (it was scored there, found: AP 1)."""
+    results = [det(1, 10, rect(2, 2, 12, 12), 0.9), det(2, 10, rect(5, 5, 25, 25), 0.8)]
+    split = E.evaluate(gt_set(), results, image_ids=[2])["segm_by_box_overlap"]
+    assert split["[0,0.1)"] == {"AP": -1.0, "AP50": -1.0, "AP75": -1.0, "instances": 0, "images": 0}
+    assert (split["[0.3,1]"]["instances"], split["[0.3,1]"]["images"]) == (2, 1)
+    assert split["[0.3,1]"]["AP"] == pytest.approx(0.5)
+
+
 def test_bad_inputs_are_reported():
     gt = gt_set()
     with pytest.raises(OccsynthError, match="not in the annotations"):

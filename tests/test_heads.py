@@ -1,6 +1,7 @@
 """Mask heads: the GCN block, the four ablation heads, both presets."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bcnet.heads import BILAYER_HEADS, MASK_HEADS, BilayerMaskHead, GCNBlock, build_mask_head
@@ -17,6 +18,20 @@ def test_gcn_block_shape_affinity_and_residual():
     # With W_g = 0 the graph term is sigma(0) = ReLU(LayerNorm(0)) = 0: Z is exactly X (the residual).
     nn.init.zeros_(block.g.weight)
     assert torch.equal(block(x), x)
+
+
+def test_gcn_block_computes_eq_1_2_node_by_node():
+    """Z_i = ReLU(LayerNorm(sum_j A_ij x_j W_g)) + x_i, A_ij = softmax over j of theta(x_i) . phi(x_j): row i is what
+    node i draws from every node (a transposed A, or no ReLU, passes the shape, row-sum and residual checks)."""
+    torch.manual_seed(0)
+    block = GCNBlock(4)
+    x = torch.randn(2, 4, 3, 5)
+    theta, phi, g = (torch.einsum("dc,bcn->bnd", conv.weight[:, :, 0, 0], x.flatten(2))
+                     for conv in (block.theta, block.phi, block.g))
+    a = torch.softmax(torch.einsum("bid,bjd->bij", theta, phi), dim=-1)
+    z = F.relu(F.layer_norm(a @ g, (4,), block.norm.weight, block.norm.bias))
+    torch.testing.assert_close(block.affinity(x), a)
+    torch.testing.assert_close(block(x), z.transpose(1, 2).reshape(x.shape) + x)
 
 
 def test_gcn_relates_distant_nodes_unlike_a_conv():

@@ -325,6 +325,16 @@ def test_a_predicted_mask_equal_to_its_training_target_is_pasted_back_onto_the_o
     assert torch.equal(extra[0, 0] > 0.5, pasted)
 
 
+def test_a_pasted_mask_keeps_its_rows_and_columns_in_a_box_wider_than_tall():
+    """Symmetric masks in square boxes would pass the test above pasted transposed: a mask's left half, pasted into
+    a 40 x 20 box, covers the box's left 20 columns and all of its rows."""
+    left = torch.zeros(1, 1, 28, 28)
+    left[..., :14] = 1
+    expected = torch.zeros(64, 64, dtype=torch.bool)
+    expected[20:40, 10:30] = True
+    assert torch.equal(paste_masks(left, torch.tensor([[10.0, 20.0, 50.0, 40.0]]), (64, 64))[0, 0] > 0.5, expected)
+
+
 def test_paste_masks_of_empty_and_off_image_boxes():
     ones = torch.ones(3, 1, 28, 28)
     boxes = torch.tensor([[5.0, 5.0, 5.0, 9.0], [-20.0, -20.0, -10.0, -10.0], [90.0, 2.0, 120.0, 10.75]])

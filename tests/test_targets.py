@@ -1,11 +1,15 @@
-"""Per-RoI bilayer targets on hand-made scenes, occluded-RoI balancing, loss weighting."""
+"""Per-RoI bilayer targets on hand-made scenes, occluded-RoI balancing, loss weighting; which head output the mask
+branch trains and predicts with."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import MultiScaleRoIAlign
 
 from bcnet.losses import (LOSS_PRESETS, bilayer_mask_loss, loss_weights, mask_bce, total_loss,
                           weight_losses)
+from bcnet.roi_heads import MaskBranch
 from bcnet.targets import (balance_occluded, bilayer_targets, mask_boundary, occluded_rois,
                            project_masks_on_boxes)
 from occsynth.masks import boundary as np_boundary
@@ -61,6 +65,17 @@ def test_larger_roi_is_downsampled_exactly_and_gt_index_is_followed():
     assert torch.equal(crops[0], expected)
     assert crops[1].sum() == 0
     assert project_masks_on_boxes(masks, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)).shape == (0, 28, 28)
+
+
+def test_a_bin_the_mask_covers_half_of_is_in_the_target():
+    """Crops are thresholded at >= 0.5, as detectron2's crop_and_resize: in a RoI downsampled 2x, bin 14 averages
+    columns 28 (in the mask) and 29 (not), exactly 0.5."""
+    masks = torch.zeros(1, 56, 56, dtype=torch.uint8)
+    masks[0, :, :29] = 1
+    crop = project_masks_on_boxes(masks, torch.tensor([[0.0, 0.0, 56.0, 56.0]]), torch.tensor([0]))[0]
+    expected = torch.zeros(28, 28)
+    expected[:, :15] = 1
+    assert torch.equal(crop, expected)
 
 
 def test_targets_concatenate_images_in_order():
@@ -138,6 +153,56 @@ def test_bilayer_mask_loss_values():
         outputs["boundary"][idx, labels], targets["boundary"]))
     torch.testing.assert_close(losses["loss_occluder_mask"], F.binary_cross_entropy_with_logits(
         outputs["occluder_mask"][keep, 0], targets["occluder_mask"][keep]))
+    torch.testing.assert_close(losses["loss_occluder_boundary"], F.binary_cross_entropy_with_logits(
+        outputs["occluder_boundary"][keep, 0], targets["occluder_boundary"][keep]))
     assert set(bilayer_mask_loss({"mask": outputs["mask"]}, targets, labels)) == {"loss_mask"}
     empty = mask_bce(outputs["occluder_mask"][:, 0], targets["occluder_mask"], torch.zeros(r, dtype=torch.bool))
     assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+class FixedLogits(nn.Module):
+    """A mask head whose logits are given (one row per RoI), whatever the RoI features."""
+
+    def __init__(self, logits: dict):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        assert all(len(v) == len(x) for v in self.logits.values())
+        return dict(self.logits)
+
+
+def bilayer_logits(rois: int, classes: int) -> dict:
+    torch.manual_seed(0)
+    return {name: torch.randn(rois, n, 28, 28) for name, n in (("mask", classes), ("boundary", classes),
+                                                               ("occluder_mask", 1), ("occluder_boundary", 1))}
+
+
+def test_the_mask_branch_balances_the_occluder_loss_by_the_occluder_target():
+    """With occluded_ratio 1 the occluder terms are over the RoIs with an occluder in their target only: GT 1 (the
+    occluder itself) has a mask of its own but nothing over it, so its RoI is not among them."""
+    scene = square_scene()
+    boxes = [torch.tensor([[10.0, 10.0, 38.0, 38.0], [30.0, 20.0, 50.0, 30.0]])]
+    matched, labels = [torch.tensor([0, 1])], [torch.tensor([2, 1])]
+    logits = bilayer_logits(2, 3)
+    branch = MaskBranch("bilayer-gcn", MultiScaleRoIAlign(["0"], 14, 2), FixedLogits(logits), occluded_ratio=1.0)
+    losses = branch.losses({"0": torch.zeros(1, 4, 32, 32)}, boxes, [(64, 64)], [scene], matched, labels)
+    goals = bilayer_targets(boxes, [scene], matched)
+    expected = bilayer_mask_loss(logits, goals, labels[0], torch.tensor([True, False]))
+    assert losses.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(losses[key], expected[key])
+
+
+def test_the_mask_branch_predicts_each_detections_class_channel_and_the_occluder_mask():
+    """Inference: ``masks`` is the occludee mask logit of each detection's class, ``occluder_masks`` the occluder mask
+    (not a boundary), as probabilities, split by image in order."""
+    logits = bilayer_logits(3, 4)
+    branch = MaskBranch("bilayer-gcn", MultiScaleRoIAlign(["0"], 14, 2), FixedLogits(logits))
+    boxes = [torch.tensor([[0.0, 0.0, 8.0, 8.0], [2.0, 2.0, 10.0, 12.0]]), torch.tensor([[4.0, 4.0, 16.0, 16.0]])]
+    out = branch.predict({"0": torch.zeros(2, 4, 16, 16)}, boxes, [torch.tensor([2, 3]), torch.tensor([1])],
+                         [(32, 32)] * 2)
+    assert [set(o) for o in out] == [{"masks", "occluder_masks"}] * 2
+    torch.testing.assert_close(out[0]["masks"], logits["mask"][[0, 1], [2, 3]][:, None].sigmoid())
+    torch.testing.assert_close(out[1]["masks"], logits["mask"][[2], [1]][:, None].sigmoid())
+    torch.testing.assert_close(torch.cat([o["occluder_masks"] for o in out]), logits["occluder_mask"].sigmoid())

@@ -90,6 +90,27 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset
                 progress=False)
 
 
+class UnitSlope(torch.nn.Module):
+    """A model whose one loss is its weight on any batch: the gradient of a batch's loss is 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, images, targets):
+        return {"loss_w": self.w * 1.0}
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_step_of_accumulated_micro_batches_moves_the_weights_as_one_batch(tmp_path, dataset_dir, monkeypatch,
+                                                                            accumulate):
+    """Each micro-batch's loss counts 1 / accumulate: one plain SGD step moves w by -lr x 1, however it was split."""
+    monkeypatch.setattr(T, "build", lambda *args, **kwargs: UnitSlope())
+    out = _run(dataset_dir, tmp_path / "run", iterations=1, accumulate=accumulate, base_lr=0.5, momentum=0.0,
+               weight_decay=0.0, warmup_iterations=0)
+    assert float(out["model"].w.detach()) == -0.5 and out["history"] == [{"loss": 0.0, "loss_w": 0.0}]
+
+
 def test_resume_uses_the_lr_momentum_and_weight_decay_asked_for_and_says_so(tmp_path, dataset_dir, capsys):
     """The optimizer state a resume loads holds the saved run's lr, momentum and weight decay; the overrides
     asked for must win, and the checkpoint must record what was used."""
