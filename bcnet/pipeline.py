@@ -408,10 +408,13 @@ def check_training_stage(plan: dict, recipe: str, table: str, stage_dir: Path, *
 
 def check_fine_tuning_start(out_dir: Path, recipe: str, pretrain: dict, finetune: dict) -> None:
     """The fine-tuning starts from the pretraining's weights and, as `bcnet train --init` does (rightly, for a model
-    the user chose), loads only the tensors that fit its model: a pretraining of another model was a whole training
-    run for nothing. So before any stage runs, refuse [pretrain] and [finetune] schedules (``pretrain``,
-    ``finetune``) that build different models, and a checkpoint in pretrain/ of a model other than [finetune]'s.
-    Nothing once the fine-tuning has begun: it continues from its own checkpoint, and refusing saves nothing."""
+    the user chose), loads only the tensors that fit its model: after a pretraining of another model the parts that
+    differ (the whole model for another backbone; the mask head, the occlusion-aware part the synthetic set is
+    for, for another head) start from scratch. So before any stage runs, refuse [pretrain] and [finetune] schedules
+    (``pretrain``, ``finetune``) that build different models (on purpose: `bcnet train --init`), and a checkpoint in
+    pretrain/ of a model other than [finetune]'s where the folder has no recipe record (else
+    :func:`check_run_recipe` says which recipe made it, and that recipe's tables passed this check). Nothing once
+    the fine-tuning has begun: it continues from its own checkpoint, and refusing saves nothing."""
     from .checkpoint import latest_checkpoint
     from .train import MODEL_KEYS  # what builds another model; backbone_weights only initialises the pretraining
 
@@ -422,7 +425,10 @@ def check_fine_tuning_start(out_dir: Path, recipe: str, pretrain: dict, finetune
         raise OccsynthError(f"pipeline recipe {recipe!r}: [pretrain] and [finetune] build different models ([pretrain]: "
                             f"{_model_keys(pretrain, differ)}; [finetune]: {_model_keys(finetune, differ)}): the "
                             "fine-tuning starts from the pretrained weights and would load only the tensors that fit, "
-                            f"training the others from scratch; give both tables the same {', '.join(differ)}")
+                            f"training the others from scratch; give both tables the same {', '.join(differ)} (to "
+                            "fine-tune another model from a pretraining on purpose: bcnet train --init)")
+    if (out_dir / RUN_FILE).is_file() or (out_dir / "pipeline.json").is_file():
+        return
     final = out_dir / "pretrain" / FINAL  # a finished stage's marker is not read again
     checkpoint = final if final.exists() else latest_checkpoint(out_dir / "pretrain")
     if checkpoint is not None:
@@ -484,8 +490,9 @@ def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: d
     from .checkpoint import latest_checkpoint
     resume = latest_checkpoint(stage_dir) is not None
     log(f"{name}: schedule {section['schedule']} on {data[0]}" + (" (resuming)" if resume else ""))
-    train(data[0], data[1], stage_dir, schedule=section["schedule"], overrides=overrides or None, resume=resume,
-          init_checkpoint=None if resume else init, device=device, progress=progress)
+    # a resumed stage keeps its saved schedule: its recipe is the run's (check_run_recipe), so nothing to compare
+    train(data[0], data[1], stage_dir, schedule=None if resume else section["schedule"], overrides=overrides or None,
+          resume=resume, init_checkpoint=None if resume else init, device=device, progress=progress)
     if not final.exists():
         raise OccsynthError(f"{stage_dir}: training ended without {FINAL}")
     return final

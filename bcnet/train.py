@@ -77,16 +77,8 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     dict schedule (``where``, used for dicts only) or ``overrides_from``: one name for all overrides, or
     each key's own (a command line's option: ``{"base_lr": "--lr"}``, so that the user reads what they typed).
     """
-    if isinstance(schedule, dict):
-        flat = dict(schedule)
-    else:
-        raw = manifests.load(str(schedule), "schedule")  # a missing or malformed file is an OccsynthError naming it
-        flat, where = {}, str(schedule)
-        for name, section in raw.items():
-            if not isinstance(section, dict):
-                raise OccsynthError(f"{where}: {name!r} stands outside a table; schedule settings belong in "
-                                    "[solver], [data], [model] or [run]")
-            flat.update(section)
+    flat = flat_schedule(schedule)
+    where = where if isinstance(schedule, dict) else os.fspath(schedule)
     check_setting_names(flat, where)
     given = [k for k, v in (overrides or {}).items() if v is not None]
     named = (lambda keys: overrides_from) if isinstance(overrides_from, str) else (
@@ -97,27 +89,70 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     return flat
 
 
-def schedule_differences(given: str | os.PathLike | dict, saved: dict, overrides: dict | None,
+def flat_schedule(schedule: str | os.PathLike | dict) -> dict:
+    """A schedule's settings as one dict, unchecked: a dict as it is, a TOML file's tables merged (a missing or
+    malformed file is an OccsynthError naming it)."""
+    if isinstance(schedule, dict):
+        return dict(schedule)
+    flat = {}
+    for name, section in manifests.load(str(schedule), "schedule").items():
+        if not isinstance(section, dict):
+            raise OccsynthError(f"{schedule}: {name!r} stands outside a table; schedule settings belong in "
+                                "[solver], [data], [model] or [run]")
+        flat.update(section)
+    return flat
+
+
+def schedule_differences(given: dict, name: str, saved: dict, overrides: dict | None,
                          checkpoint: Path) -> dict[str, tuple]:
-    """What a schedule given with a resume (``given``) sets otherwise than the run's (``saved``, overrides applied),
-    where no override sets it: ``{key: (saved value, given value)}``. A resume continues its saved schedule, so
-    these are said, not applied (an edited ``iterations`` would otherwise go unnoticed); a model setting among them
-    is refused, as an override's is: the weights are of the saved model. Not compared: ``backbone_weights``, which
-    only a new run reads, and keys ``given`` lacks."""
-    asked = load_schedule(given)
+    """What a schedule given with a resume (``given``, :func:`flat_schedule`; ``name``: how messages call it) sets
+    otherwise than the run's (``saved``, overrides applied), where no override sets it: ``{key: (saved value, given
+    value)}``. A resume continues its saved schedule, so these are said, not applied (an edited ``iterations``
+    would otherwise go unnoticed); a model setting among them is refused, as an override's is: the weights are of
+    the saved model. The settings are compared as written, unchecked (a file valid only with the command's options
+    still resumes). Not compared: keys it lacks or does not know, and ``backbone_weights``, which only a new run
+    reads."""
+    asked = given
     by_option = {key for key, value in (overrides or {}).items() if value is not None}
     differ = {key: (saved.get(key), value) for key, value in asked.items()
-              if key not in by_option and key != "backbone_weights" and saved.get(key) != value}
+              if key in REQUIRED_SETTINGS + OPTIONAL_SETTINGS and key not in by_option
+              and key != "backbone_weights" and saved.get(key) != value}
     for key in MODEL_KEYS:
         if key in differ:
-            raise OccsynthError(f"{checkpoint}: this run was trained with {key} {differ[key][0]!r}; "
-                                f"{_schedule_name(given)} sets {differ[key][1]!r}, and --resume cannot change the "
-                                "model (to start from its weights, train into a new --out with --init)")
+            raise OccsynthError(f"{checkpoint}: this run was trained with {key} {differ[key][0]!r}; {name} sets "
+                                f"{differ[key][1]!r}, and --resume cannot change the model (to start from its "
+                                "weights, train into a new --out with --init)")
     return differ
 
 
-def _schedule_name(schedule: str | os.PathLike | dict) -> str:
-    return "the schedule given" if isinstance(schedule, dict) else os.fspath(schedule)
+def resume_schedule_notes(schedule: str | os.PathLike | dict, saved: dict, overrides: dict | None,
+                          checkpoint: Path, overrides_from: str | Mapping[str, str]) -> list[str]:
+    """What a resume says of the schedule given with it (:func:`schedule_differences`; a model it changes is refused):
+    the settings kept otherwise than it sets them, or that it could not be read (moved since: a resume does not need
+    it)."""
+    try:
+        given = flat_schedule(schedule)
+    except OccsynthError as exc:
+        return [f"note: a resumed run keeps its saved schedule; the schedule given was not compared with it ({exc})"]
+    name = "the schedule given" if isinstance(schedule, dict) else os.fspath(schedule)
+    kept = schedule_differences(given, name, saved, overrides, checkpoint)
+    return [_kept_settings_note(kept, overrides_from)] if kept else []
+
+
+def _kept_settings_note(kept: dict[str, tuple], overrides_from: str | Mapping[str, str]) -> str:
+    """The note naming the settings a resume kept (:func:`schedule_differences`) and how each can change: by its
+    option (``overrides_from``: the command line's names), or not at all on resume where it has none."""
+    said = errors.key_values({key: f"{was!r} (not {asked!r})" for key, (was, asked) in kept.items()})
+    if isinstance(overrides_from, str):
+        how = f"give a setting in {overrides_from} to change it"
+    else:
+        options = [overrides_from[key] for key in kept if key in overrides_from]
+        fixed = [key for key in kept if key not in overrides_from]
+        how = "; ".join(([f"give {', '.join(options)} to change {'it' if len(options) == 1 else 'them'}"]
+                         if options else [])
+                        + ([f"{', '.join(fixed)} cannot change on resume (a new run from these weights: --init)"]
+                           if fixed else []))
+    return f"note: a resumed run keeps its saved schedule: {said}; {how}"
 
 
 def check_setting_names(settings: Iterable[str], where: str) -> None:
@@ -440,7 +475,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     state = None
     resume_path: Path | None = None
     retired: list[str] = []
-    ignored: dict[str, tuple] = {}  # what a schedule given with a resume sets otherwise: the saved values stay
+    notes: list[str] = []  # of a schedule given with a resume (resume_schedule_notes), said once ranks are known
     if resume:
         resume_path = ckpt.resolve_checkpoint(resume) if not isinstance(resume, bool) else ckpt.latest_checkpoint(out_dir)
         if resume_path is None:
@@ -468,7 +503,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         saved = load_schedule(state["schedule"], overrides, where=f"{resume_path} (its saved schedule)",
                               overrides_from=overrides_from)
         if schedule is not None:
-            ignored = schedule_differences(schedule, saved, overrides, resume_path)
+            notes = resume_schedule_notes(schedule, saved, overrides, resume_path, overrides_from)
         schedule = saved
         done = int(state["iteration"])
         if int(schedule["iterations"]) < done:
@@ -493,10 +528,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if retired and rank == 0:  # messages, not progress: printed under --quiet too
         tqdm.write(f"{resume_path}: ignoring unknown schedule setting(s) {', '.join(map(repr, retired))} "
                    "saved by an older version")
-    if ignored and rank == 0:
-        kept = errors.key_values({key: f"{was!r} (not {asked!r})" for key, (was, asked) in ignored.items()})
-        tqdm.write(f"note: a resumed run keeps its saved schedule: {kept}; give a setting as an option "
-                   "(bcnet train --help) to change it")
+    if rank == 0:
+        for note in notes:
+            tqdm.write(note)
     use_amp = schedule["amp"] != "off" and device_.type == "cuda"
     if schedule["amp"] != "off" and not use_amp and rank == 0:
         tqdm.write(f"amp {schedule['amp']}: CUDA only; training in float32 on {device_}")

@@ -396,7 +396,7 @@ def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, st
     """Annotations of known images and categories with a segmentation to score: evaluation (and
     pycocotools' mask AP) cannot use the others, so they neither select an image nor reach the output. Those of
     an image record skipped (``skipped_images``, by id) are counted as such, not as of an unknown image. Of the
-    annotations of one id the first usable one is kept, as :func:`occsynth.coco.index_dataset` keeps it.
+    annotations of one id the first usable one is kept: a broken record does not take the id of a later good one.
 
     The mask is checked as every reader of a source set checks it (:func:`occsynth.coco.check_segmentation`).
     A broken ``bbox`` is skipped, not made from the mask: the output keeps its records unchanged (only

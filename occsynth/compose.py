@@ -321,9 +321,10 @@ def _paint(image: np.ndarray, top: np.ndarray, rgb_patch: np.ndarray, mask_patch
     """Object pixels copied exactly; halo blended only where no pasted object lies yet."""
     m = options.margin
     window, src = image[y:y + obj.h, x:x + obj.w], rgb_patch[m:m + obj.h, m:m + obj.w]
-    # an exact copy, many times faster than np.copyto; OpenCV takes only pixels stored one after another in
-    # a row (an ``out`` strided along its columns, or Fortran-ordered, is refused by cv2 with an error)
-    written = cv2.copyTo(src, obj.mask.view(np.uint8), window) if window.strides[1:] == (3, 1) else None
+    # an exact copy, many times faster than np.copyto; OpenCV takes only rows stored top to bottom, each of pixels
+    # one after another (an ``out`` strided along its columns, Fortran-ordered or flipped is refused by cv2)
+    as_mat = window.strides[1:] == (3, 1) and window.strides[0] > 0
+    written = cv2.copyTo(src, obj.mask.view(np.uint8), window) if as_mat else None
     if written is None or not np.shares_memory(written, window):  # cv2 did not write the image: do it in numpy
         np.copyto(window, src, where=obj.mask[..., None])
     if options.blend == "none" or options.blend_px <= 0:

@@ -785,7 +785,7 @@ def test_predict_help_names_the_files_it_takes_from_folders():
     assert "searched recursively" in text and all(suffix in text for suffix in IMAGE_SUFFIXES)
 
 
-def test_train_help_says_resume_does_not_read_schedule():
+def test_train_help_says_resume_keeps_the_saved_schedule():
     """`--resume --schedule other` continues with the checkpoint's saved schedule; the help said nothing of it."""
     text = " ".join(CliRunner().invoke(bcnet_main, ["train", "--help"], terminal_width=200).output.split())
     assert ("With --resume the run continues with the schedule saved in its checkpoint, the overrides given on top: a "

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pycocotools.coco import COCO
 
 from bcnet.bench import bench_heads
-from bcnet.pipeline import PipelineInputs, run_pipeline
+from bcnet.pipeline import RUN_FILE, PipelineInputs, run_pipeline
 from bcnet.predict import list_images, render_prediction
 from bcnet.runlock import hold_out_dir
 from cli.bcnet_cli import main as bcnet_main
@@ -865,7 +865,8 @@ def test_a_recipe_whose_two_training_stages_build_different_models_is_refused_be
                                     recipe) == (
         f"pipeline recipe '{recipe}': [pretrain] and [finetune] build different models ([pretrain]: {differ}): the "
         "fine-tuning starts from the pretrained weights and would load only the tensors that fit, training the others "
-        f"from scratch; give both tables the same {keys}")
+        f"from scratch; give both tables the same {keys} (to fine-tune another model from a pretraining on purpose: "
+        "bcnet train --init)")
 
 
 def _fake_training(monkeypatch) -> list:
@@ -924,6 +925,12 @@ def test_a_pretrained_checkpoint_of_another_model_is_refused_before_the_fine_tun
         f"mask_head='bilayer-gcn'; the fine-tuning would start from it and load only the tensors that fit: move "
         f"{final.parent} away (it is not this recipe's pretraining), or choose another --out")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [atomic.LOCK_FILE, "pretrain"]  # no stage ran
+    # a folder that records the recipe it was made with is named by that (moving its pretrain/ away would not help)
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps({"recipe": "other.toml"}))
+    with pytest.raises(OccsynthError, match=r"run holds a pipeline run made with recipe 'other.toml', not '"):
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
 
 
 def test_a_pretrained_checkpoint_of_the_recipe_model_is_fine_tuned_from(pipeline_run, tmp_path):

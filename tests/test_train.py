@@ -621,11 +621,22 @@ def test_a_schedule_given_with_resume_is_compared_with_the_saved_one_not_read(tm
     for schedule in ([], ["--schedule", str(mine)]):  # the default, not given; the file it was started with
         result = CliRunner().invoke(bcnet_main, [*args, *schedule, "--resume"])
         assert result.exit_code == 0 and result.output == nothing, result.output
-    mine.write_text(text.replace("gamma = 0.1", "gamma = 0.5").replace("iterations = 300", "iterations = 400"))
+    mine.write_text(text.replace("gamma = 0.1", "gamma = 0.5").replace("iterations = 300", "iterations = 400")
+                    .replace("momentum = 0.9", "momentum = 0.8"))
     result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
     assert result.exit_code == 0 and result.output == (
-        "note: a resumed run keeps its saved schedule: gamma=0.1 (not 0.5); give a setting as an option (bcnet train "
-        "--help) to change it\n" + nothing), result.output  # iterations: set by --iterations, not compared
+        "note: a resumed run keeps its saved schedule: momentum=0.9 (not 0.8), gamma=0.1 (not 0.5); give --momentum to "
+        "change it; gamma cannot change on resume (a new run from these weights: --init)\n" + nothing), result.output
+    # iterations: set by --iterations, not compared. Compared as written: a file valid only with the command's
+    # options (no iterations; long_max under --short's default) still resumes; one moved since, too
+    mine.write_text(text.replace("iterations = 300\n", "").replace("long_max = 192", "long_max = 100"))
+    result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
+    assert result.exit_code == 0 and result.output == nothing, result.output
+    result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(tmp_path / "moved.toml"), "--resume"])
+    assert result.exit_code == 0 and result.output == (
+        "note: a resumed run keeps its saved schedule; the schedule given was not compared with it ("
+        f"schedule '{tmp_path / 'moved.toml'}': no such TOML file or bundled schedule (bundled: schedule-1x, "
+        "schedule-tiny))\n" + nothing), result.output
     mine.write_text(text.replace('backbone = "tiny"', 'backbone = "resnet18"'))
     result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
     assert result.exit_code == 2 and result.output == (
