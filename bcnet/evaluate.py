@@ -340,7 +340,8 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     ``strict`` logs stop at the first, naming the annotation):
 
     - image records without an integer ``id`` and positive integer ``height``/``width``, or over the
-      pixel limit (:func:`occsynth.coco.check_pixels`: every mask of theirs would be decoded at that size), and
+      pixel limit (:func:`occsynth.coco.check_pixels`: every mask of theirs would be decoded at that size), or after
+      the first usable record of their id (:func:`occsynth.coco.usable_image_records`, as every reader), and
       annotations that are not objects, lack an integer ``id`` or a ``segmentation``, repeat an
       id, or refer to an unknown image or category, are dropped (into ``record_skips``,
       default ``skips``; :func:`evaluate_checkpoint` passes a separate log because its dataset
@@ -357,7 +358,7 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     """
     record_skips = skips if record_skips is None else record_skips
     categories = set(coco_io.categories_by_id(data.get("categories", [])))
-    images, skipped_images = _scored_images(data.get("images", []), record_skips)
+    images, skipped_images = coco_io.usable_image_records(data.get("images", []), record_skips, file_name=False)
     annotations, seen = [], set()
     for ann in data.get("annotations", []):
         try:
@@ -374,29 +375,6 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | No
     # categories as pycocotools and the scoring read them: records with an integer id, the first of a repeated id
     return {**data, "images": list(images.values()), "annotations": annotations,
             "categories": list(coco_io.categories_by_id(data.get("categories", [])).values())}
-
-
-def _scored_images(records: list, log: SkipLog) -> tuple[dict[int, dict], dict[int, str]]:
-    """The image records :func:`clean_ground_truth` keeps, by id, and why each other one with an id was dropped
-    (:func:`occsynth.coco.note_skipped_image`); the dropped ones go to ``log``. pycocotools needs no file name."""
-    images: dict[int, dict] = {}
-    skipped_images: dict[int, str] = {}
-    for image in records:
-        try:
-            where = coco_io.record_name("image", image)
-            if not isinstance(image, dict) or not coco_io.is_int(image.get("id")):
-                raise BadRecord(errors.MALFORMED_RECORD, where, "needs an integer 'id'")
-            if not (coco_io.is_int(image.get("height")) and coco_io.is_int(image.get("width"))
-                    and image["height"] > 0 and image["width"] > 0):
-                raise BadRecord(errors.MALFORMED_RECORD, where, "needs positive integer 'height' and 'width'")
-            coco_io.check_pixels((image["height"], image["width"]), where)
-            if image["id"] in images:
-                raise BadRecord(errors.DUPLICATE_ID, where)
-            images[image["id"]] = image
-        except BadRecord as exc:
-            log.skip(exc)
-            coco_io.note_skipped_image(skipped_images, image, exc)
-    return images, skipped_images
 
 
 def _is_box(box) -> bool:
@@ -466,7 +444,7 @@ def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
     without it keep their visible mask. An annotation of an image record that :func:`clean_ground_truth` drops
     (no usable size, over the pixel limit) is left as it is: no mask is decoded for it, and it is dropped there."""
     require_amodal_masks(data, where)
-    images, _ = _scored_images(data["images"], SkipLog())  # counted by clean_ground_truth
+    images, _ = coco_io.usable_image_records(data["images"], SkipLog(), file_name=False)  # clean_ground_truth counts
     annotations = []
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or not coco_io.is_int(ann.get("image_id")) or ann["image_id"] not in images:

@@ -384,16 +384,19 @@ def record_name(kind: str, record: Any) -> str:
     return f"{kind} record {brief(record.get('id', '?') if isinstance(record, dict) else record)}"
 
 
-def check_image_record(image: Any, *, pixel_limit: bool = True) -> dict:
+def check_image_record(image: Any, *, pixel_limit: bool = True, file_name: bool = True) -> dict:
     """Validate an ``images`` entry; returns it or raises BadRecord.
 
     A record claiming more pixels than the limit (:func:`check_pixels`) is refused too: every reader decodes its
     file, or its masks, at that size. ``pixel_limit=False`` is for preview alone, which draws a stand-in tile in its
-    place (and checks the size itself when drawing)."""
+    place (and checks the size itself when drawing). ``file_name=False``: for a reader that opens no file (the
+    ground truth pycocotools scores)."""
     where = record_name("image", image)
     if not isinstance(image, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
     for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):
+        if key == "file_name" and not file_name:
+            continue
         if not isinstance(image.get(key), kind) or isinstance(image.get(key), bool):
             raise BadRecord(errors.MALFORMED_RECORD, where, f"'{key}' missing or not {kind.__name__}")
     if image["height"] <= 0 or image["width"] <= 0:
@@ -444,16 +447,17 @@ def note_skipped_image(skipped_images: dict[int, str], record: Any, error: BadRe
         skipped_images[record["id"]] = f"{error.where}: {error.reason}"
 
 
-def usable_image_records(records: Iterable[Any], log: SkipLog) -> tuple[dict[int, dict], dict[int, str]]:
-    """The image records a reader can use (:func:`check_image_record`) by id, and why each skipped record with an id
-    was skipped (:func:`note_skipped_image`); the others go to ``log``. A record is checked before its id counts as
-    taken, so an id keeps its first usable record: a bad record does not lose the id a later good one gives, and
-    only a usable record is a duplicate of another."""
+def usable_image_records(records: Iterable[Any], log: SkipLog, *,
+                         file_name: bool = True) -> tuple[dict[int, dict], dict[int, str]]:
+    """The image records a reader can use (:func:`check_image_record`; ``file_name``: as there) by id, and why each
+    skipped record with an id was skipped (:func:`note_skipped_image`); the others go to ``log``. A record is checked
+    before its id counts as taken, so an id keeps its first usable record: a bad record does not lose the id a later
+    good one gives, and only a usable record is a duplicate of another."""
     images: dict[int, dict] = {}
     skipped_images: dict[int, str] = {}
     for record in records:
         try:
-            image = check_image_record(record)
+            image = check_image_record(record, file_name=file_name)
             if image["id"] in images:
                 raise BadRecord(errors.DUPLICATE_ID, record_name("image", image), duplicate_detail(log))
         except BadRecord as exc:
