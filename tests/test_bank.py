@@ -88,6 +88,13 @@ def test_completeness_margins_are_exact():
     assert completeness([rect(10, 10, 20, 20), rect(22, 10, 30, 20)], [0, 0], H, W, opts) == [None, None]
     assert completeness([rect(10, 10, 20, 20), rect(21, 10, 30, 20)], [0, 0], H, W, opts) == ["overlapped"] * 2
     assert completeness([rect(10, 10, 20, 20), rect(21, 21, 30, 30)], [0, 0], H, W, opts) == ["overlapped"] * 2
+    # a margin of 1 px dilates too: masks side by side touch, a 1 px gap is apart
+    one = BankOptions(min_area=1, border_margin=2, touch_margin=1)
+    assert completeness([rect(10, 10, 20, 20), rect(20, 10, 30, 20)], [0, 0], H, W, one) == ["overlapped"] * 2
+    assert completeness([rect(10, 10, 20, 20), rect(21, 10, 30, 20)], [0, 0], H, W, one) == [None, None]
+    # min_area is the fewest pixels allowed: a 10 x 10 mask passes at 100, not at 101
+    assert completeness([rect(10, 10, 20, 20)], [0], H, W, BankOptions(min_area=100)) == [None]
+    assert completeness([rect(10, 10, 20, 20)], [0], H, W, BankOptions(min_area=101)) == ["too_small"]
     # touching a crowd region rejects; reasons are tested in REASONS order
     assert completeness([rect(10, 10, 20, 20), rect(20, 10, 30, 20)], [0, 1], H, W, opts) == ["overlapped", "crowd"]
     small = BankOptions(min_area=1000)
