@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from occsynth import coco, errors
-from occsynth.atomic import open_atomic, remove_stale_temporaries, write_json
+from occsynth.atomic import open_atomic, remove_orphaned_temporaries, remove_stale_temporaries, write_json
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 
@@ -344,6 +344,18 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
     (tmp_path / ".x.json.tmp-123").write_text("junk")
     assert remove_stale_temporaries(tmp_path) == 1
+
+
+def test_a_sweep_by_name_pattern_takes_the_temporaries_of_whole_matching_names_only(tmp_path):
+    """bcnet predict sweeps its pictures' temporaries in a folder others may write into too: a name that only
+    begins like one of its pictures is not its own."""
+    own = tmp_path / ".000001-a.png.tmp-1-ab"
+    longer = tmp_path / ".000001-a.png.bak.tmp-1-ab"
+    other = tmp_path / ".notes.txt.tmp-1-ab"
+    for path in (own, longer, other):
+        path.write_text("part")
+    assert remove_orphaned_temporaries(tmp_path, names=re.compile(r"\d{6,}-.*\.png")) == 1
+    assert not own.exists() and longer.exists() and other.exists()
 
 
 def test_two_writers_with_one_pid_do_not_share_a_temporary(tmp_path, monkeypatch):
