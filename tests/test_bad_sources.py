@@ -248,6 +248,24 @@ def _generate(ann, root, out, cache, *extra):
                                               "--cache-dir", str(cache), "--quiet", *extra])
 
 
+def test_the_background_drawn_for_an_unreadable_one_is_a_usable_background(tmp_path):
+    """An image that lost an annotation to a bad record is a source of cutouts only (as a background it would show
+    an unlabelled object): the draw that replaces an unreadable background is among the usable ones too."""
+    ann, root, data = _squares_source(tmp_path / "src", n=8)
+    for image in data["images"][2:]:  # images 3-8: each loses an annotation, so only images 1 and 2 are backgrounds
+        data["annotations"].append({"id": 1000 + image["id"], "image_id": image["id"], "category_id": 1,
+                                    "iscrowd": 0, "segmentation": [[1, 2, 3]]})
+    ann.write_text(json.dumps(data))
+    (root / "0.png").write_bytes(b"garbage")  # image 1
+    result = _generate(ann, root, tmp_path / "out", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    out = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["bank"]["skipped"]["counts"] == {errors.DEGENERATE_MASK: 6}
+    assert manifest["skipped"]["counts"][errors.CORRUPT_IMAGE] >= 1  # image 1 was drawn, and replaced
+    assert {im["background"]["image_id"] for im in out["images"]} == {2}
+
+
 @pytest.fixture
 def no_hang():
     """Turns a read that would block for ever (a named pipe) into a test failure after 20 s."""

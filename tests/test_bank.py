@@ -88,6 +88,13 @@ def test_completeness_margins_are_exact():
     assert completeness([rect(10, 10, 20, 20), rect(22, 10, 30, 20)], [0, 0], H, W, opts) == [None, None]
     assert completeness([rect(10, 10, 20, 20), rect(21, 10, 30, 20)], [0, 0], H, W, opts) == ["overlapped"] * 2
     assert completeness([rect(10, 10, 20, 20), rect(21, 21, 30, 30)], [0, 0], H, W, opts) == ["overlapped"] * 2
+    # a margin of 1 px dilates too: masks side by side touch, a 1 px gap is apart
+    one = BankOptions(min_area=1, border_margin=2, touch_margin=1)
+    assert completeness([rect(10, 10, 20, 20), rect(20, 10, 30, 20)], [0, 0], H, W, one) == ["overlapped"] * 2
+    assert completeness([rect(10, 10, 20, 20), rect(21, 10, 30, 20)], [0, 0], H, W, one) == [None, None]
+    # min_area is the fewest pixels allowed: a 10 x 10 mask passes at 100, not at 101
+    assert completeness([rect(10, 10, 20, 20)], [0], H, W, BankOptions(min_area=100)) == [None]
+    assert completeness([rect(10, 10, 20, 20)], [0], H, W, BankOptions(min_area=101)) == ["too_small"]
     # touching a crowd region rejects; reasons are tested in REASONS order
     assert completeness([rect(10, 10, 20, 20), rect(20, 10, 30, 20)], [0, 1], H, W, opts) == ["overlapped", "crowd"]
     small = BankOptions(min_area=1000)
@@ -364,6 +371,44 @@ def test_loading_refuses_pickles_and_damaged_banks(tmp_path):
         Bank.load(d)
     with pytest.raises(OccsynthError, match="not a readable cutout bank"):
         Bank.load(tmp_path / "nowhere")
+
+
+def _edit_array(bank_dir, name, edit):
+    value = np.load(bank_dir / f"{name}.npy")
+    np.save(bank_dir / f"{name}.npy", edit(value.copy()), allow_pickle=False)
+
+
+def _edit_meta(bank_dir, key, value):
+    meta = json.loads((bank_dir / "meta.json").read_text())
+    (bank_dir / "meta.json").write_text(json.dumps(dict(meta, **{key: value})))
+
+
+def _set_last(value, last):
+    value[-1] = last
+    return value
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda d: _edit_array(d, "cutout_index", lambda v: _set_last(v, 8)), "cutout index"),        # 8 annotations
+    (lambda d: _edit_array(d, "ann_image", lambda v: _set_last(v, -1)), "annotation image indices"),
+    (lambda d: _edit_array(d, "ann_image", lambda v: _set_last(v, 3)), "annotation image indices"),  # 3 images
+    (lambda d: _edit_array(d, "rle_blob", lambda v: v[:-1]), "RLE blob"),
+    (lambda d: _edit_array(d, "file_name_blob", lambda v: v[:-1]), "file name blob"),
+    (lambda d: _edit_array(d, "image_ann_offsets", lambda v: _set_last(v, 7)), "image annotation ranges"),
+    (lambda d: _edit_meta(d, "num_images", 4), "meta.json"),                                      # of 3 images
+    (lambda d: _edit_meta(d, "num_images", -1), "meta.json"),
+], ids=["cutout-past-the-end", "negative-image", "image-past-the-end", "short-rle-blob", "short-name-blob",
+        "annotation-ranges", "more-backgrounds-than-images", "negative-backgrounds"])
+def test_a_bank_whose_tables_disagree_is_refused_naming_what(tmp_path, damage, problem):
+    """Each cheap consistency check of Bank.load: a bank that fails one would fail (or read wrong masks) deep inside
+    a worker instead."""
+    bank_dir = tmp_path / "bank"
+    build_bank(write(tmp_path, source()), bank_dir, OPTS, progress=False)
+    Bank.load(bank_dir)
+    damage(bank_dir)
+    with pytest.raises(OccsynthError) as exc:
+        Bank.load(bank_dir)
+    assert str(exc.value) == f"{bank_dir}: damaged cutout bank ({problem}); delete it to rebuild"
 
 
 def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):

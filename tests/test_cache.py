@@ -337,6 +337,17 @@ def test_a_build_on_another_host_is_left_alone_until_it_has_stopped_changing(tmp
     assert atomic.remove_orphaned_builds(stores, re.compile("[abc]")) == 2 and not any(stores.iterdir())
 
 
+def test_another_hosts_build_whose_folder_is_old_but_whose_file_still_grows_is_not_stale(tmp_path):
+    """Writing into a file leaves its folder's time as it was: a build appending to its blob for hours is judged by
+    the times of its files too, not by its folder's alone."""
+    stores = tmp_path / "cutout-pixels"
+    running = left_by_a_killed_build(stores, "b", host="node-17")
+    unchanged_for_hours(running)
+    os.utime(running / ".pixel_blob.bin.tmp-4242-0badf00d")  # written just now
+    assert [e["notes"] for e in cache_entries(tmp_path)] == [[]]
+    assert atomic.remove_orphaned_builds(stores, re.compile("b")) == 0 and running.is_dir()
+
+
 def test_a_running_build_is_never_stale_however_long_it_has_not_changed(tmp_path):
     """`occsynth cache --remove-stale` removed a build untouched for an hour even while its process held it."""
     running = left_by_a_killed_build(tmp_path / "banks", "a", host="node-17")

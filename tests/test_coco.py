@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import re
@@ -6,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from occsynth import coco, errors
-from occsynth.atomic import open_atomic, remove_stale_temporaries, write_json
+from occsynth import atomic, coco, errors
+from occsynth.atomic import open_atomic, remove_orphaned_temporaries, remove_stale_temporaries, write_json
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 
@@ -346,6 +347,18 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
     assert remove_stale_temporaries(tmp_path) == 1
 
 
+def test_a_sweep_by_name_pattern_takes_the_temporaries_of_whole_matching_names_only(tmp_path):
+    """bcnet predict sweeps its pictures' temporaries in a folder others may write into too: a name that only
+    begins like one of its pictures is not its own."""
+    own = tmp_path / ".000001-a.png.tmp-1-ab"
+    longer = tmp_path / ".000001-a.png.bak.tmp-1-ab"
+    other = tmp_path / ".notes.txt.tmp-1-ab"
+    for path in (own, longer, other):
+        path.write_text("part")
+    assert remove_orphaned_temporaries(tmp_path, names=re.compile(r"\d{6,}-.*\.png")) == 1
+    assert not own.exists() and longer.exists() and other.exists()
+
+
 def test_two_writers_with_one_pid_do_not_share_a_temporary(tmp_path, monkeypatch):
     """Shards on two hosts (containers often give every task the same pid) writing one run file."""
     monkeypatch.setattr(os, "getpid", lambda: 1)
@@ -356,6 +369,23 @@ def test_two_writers_with_one_pid_do_not_share_a_temporary(tmp_path, monkeypatch
             second.write('{"from": "host b"}')
     assert json.loads(target.read_text()) == {"from": "host a"}  # whole, whichever came last
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("errno_name", ["EACCES", "EPERM", "EROFS"])
+def test_a_write_refused_by_permissions_says_the_output_location_is_not_writable(tmp_path, monkeypatch, errno_name):
+    """As a user in a folder that is not theirs (root, as tests often run, may write anywhere): the rename is
+    refused, the earlier file stays and no temporary is left."""
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    code = getattr(errno, errno_name)
+
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code), str(dst))
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(OccsynthError) as exc:
+        write_json(target, {"a": 2})
+    assert str(exc.value) == f"cannot write {target}: output location is not writable"
+    assert json.loads(target.read_text()) == {"a": 1} and not list(tmp_path.glob(".*tmp*"))
 
 
 def test_unwritable_directory_gives_clear_error(tmp_path):

@@ -81,6 +81,29 @@ def test_convert_kins(tmp_path):
         assert anns[12]["occluder_ids"] == expected
 
 
+def test_kins_amodal_mask_holds_the_visible_one_and_only_a_hidden_part_makes_an_occluder(tmp_path):
+    kins = json.loads(kins_file(tmp_path).read_text())
+    base = kins["annotations"][0]
+    kins["annotations"] += [
+        {**base, "id": 15, "a_segm": [[18, 10, 22, 10, 22, 14, 18, 14]],        # over 4 px of 12's visible part,
+         "i_segm": [[18, 10, 22, 10, 22, 14, 18, 14]]},                          # none of its hidden part
+        {**base, "id": 16, "a_segm": [[14, 14, 20, 14, 20, 18, 14, 18]],        # its visible polygon reaches past
+         "i_segm": [[14, 14, 22, 14, 22, 18, 14, 18]]}]                          # its amodal one (to x = 22)
+    kins["annotations"][2]["iscrowd"] = 1                                        # 13: the source's flag is kept
+    (tmp_path / "k.json").write_text(json.dumps(kins))
+    report = convert_kins(tmp_path / "k.json", tmp_path / "out.json", progress=False)
+    anns = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    assert {k: a["occluder_ids"] for k, a in anns.items()} == {11: [], 12: [11], 13: [], 15: [], 16: []}
+    assert report["counts"]["with_occluders"] == 1
+    union = anns[16]
+    assert union["segmentation"] == kins["annotations"][-1]["i_segm"]   # the visible polygon, as given
+    assert isinstance(union["amodal_segmentation"], dict)               # rebuilt (amodal | visible): RLE
+    assert np.array_equal(decode(union["amodal_segmentation"]), rect(14, 14, 22, 18))
+    assert (union["area"], union["amodal_area"], union["amodal_bbox"], union["occlusion_ratio"]) == (
+        32, 32, [14, 14, 8, 4], 0.0)
+    assert anns[13]["iscrowd"] == 1 and anns[12]["iscrowd"] == 0
+
+
 def cocoa_file(tmp_path):
     invisible = BACK_AMODAL & FRONT
     data = {"images": [{"id": 5, "file_name": "COCO_train2014_000000000005.jpg", "height": H, "width": W}],
@@ -111,6 +134,32 @@ def test_convert_cocoa_default_categories(tmp_path):
     assert anns[1]["area"] == 72 and anns[1]["amodal_area"] == 96 and anns[1]["occlusion_ratio"] == 0.25
     assert anns[1]["source"] == {"annotation_id": 900, "region_index": 1} and anns[1]["occlude_rate"] == 0.25
     assert report["counts"]["thing"] == 2 and report["counts"]["stuff"] == 1
+
+
+def test_cocoa_ids_run_on_over_images_and_layers_follow_the_largest_order(tmp_path):
+    """Annotation ids count on from one record to the next; layer = the image's largest order - order (not the
+    region count); the visible mask is cut to the amodal one; source.region_index is the region's place in the
+    source record, a skipped region included."""
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["images"].append({"id": 6, "file_name": "COCO_train2014_000000000006.jpg", "height": H, "width": W})
+    outside = rect(0, 15, 3, 18)  # no part of the amodal mask
+    cocoa["annotations"].append({"id": 901, "image_id": 6, "regions": [
+        {"segmentation": [], "order": 1, "name": "lost"},                                 # no mask: skipped
+        {"segmentation": [2, 2, 12, 2, 12, 10, 2, 10], "order": 1, "name": "Person", "isStuff": 0},
+        {"segmentation": [8, 4, 20, 4, 20, 12, 8, 12], "order": 5, "name": "grass", "isStuff": 1,
+         "visible_mask": rle(BACK_VISIBLE | outside)}]})
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "out.json", progress=False)
+    out = json.loads((tmp_path / "out.json").read_text())["annotations"]
+    assert [a["id"] for a in out] == [1, 2, 3, 4, 5] and [a["image_id"] for a in out] == [5, 5, 5, 6, 6]
+    front, back = out[3:]
+    assert [a["source"] for a in (front, back)] == [{"annotation_id": 901, "region_index": 1},
+                                                   {"annotation_id": 901, "region_index": 2}]
+    assert [(a["order"], a["layer"]) for a in (front, back)] == [(1, 4), (5, 0)]
+    assert front["occluder_ids"] == [] and back["occluder_ids"] == [4]
+    assert np.array_equal(decode(back["segmentation"]), BACK_VISIBLE)
+    assert back["area"] == 72 and back["occlusion_ratio"] == 0.25
+    assert report["counts"]["bad_masks"] == 1 and report["skipped"]["counts"] == {errors.DEGENERATE_MASK: 1}
 
 
 def test_stats_of_a_cocoa_conversion_count_its_depth_layers_as_no_pastes(tmp_path):

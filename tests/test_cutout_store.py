@@ -210,14 +210,22 @@ def test_a_blob_cut_short_while_open_is_named(edge_source, tmp_path):
     pixels.close()
 
 
-def test_a_changed_source_file_is_decoded_again(edge_source, tmp_path):
+@pytest.mark.parametrize("same_size", [False, True])
+def test_a_changed_source_file_is_decoded_again(edge_source, tmp_path, same_size):
+    """The store keeps each source file's size and modification time: a file rewritten to the same size (other
+    pixels in an uncompressed PNG of the same dimensions) is told by its time alone."""
     ann, root = edge_source
+    path = root / "a.png"
+    stored = [cv2.IMWRITE_PNG_COMPRESSION, 0] if same_size else []  # uncompressed: the size follows the dimensions
+    if same_size:
+        cv2.imwrite(str(path), np.full((H, W, 3), 10, np.uint8), stored)
     bank, pixels = open_sources(ann, root, tmp_path / "cache")
     k = cutouts_of_image(bank, 0)[0]
     before, _, _ = SourceImages(root, bank, pixels=pixels).cutout(k, 6)
-    path = root / "a.png"
-    cv2.imwrite(str(path), np.full((H, W, 3), 77, np.uint8))
+    size = path.stat().st_size
+    cv2.imwrite(str(path), np.full((H, W, 3), 77, np.uint8), stored)
     st = path.stat()
+    assert (st.st_size == size) == same_size
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
     after, _, _ = SourceImages(root, bank, pixels=pixels).cutout(k, 6)
     assert not np.array_equal(before, after) and np.all(after == 77)
@@ -227,6 +235,9 @@ def test_unreadable_images_are_skipped_by_reason_and_strict_names_the_image(edge
     ann, root = edge_source
     (root / "a.png").write_bytes(b"not an image")                       # 3 cutouts
     bank_dir = ensure_bank(ann, tmp_path / "cache", BankOptions(min_area=20), progress=False)
+    with pytest.raises(OccsynthError) as no_root:                       # no folder there at all: said so
+        ensure_cutout_pixels(bank_dir, tmp_path / "nowhere", tmp_path / "cache", progress=False)
+    assert str(no_root.value) == f"{tmp_path / 'nowhere'}: image directory not found"
     with pytest.raises(OccsynthError, match=r"^image file .*a\.png: " + errors.CORRUPT_IMAGE):
         ensure_cutout_pixels(bank_dir, root, tmp_path / "cache", strict=True, progress=False)
     assert not list((tmp_path / "cache" / "cutout-pixels").iterdir()), "a failed build left files behind"
@@ -288,6 +299,12 @@ def test_damaged_stores_are_refused(edge_source, tmp_path):
     d = damaged("short")
     with open(d / "pixel_blob.bin", "r+b") as f:
         f.truncate(100)
+    with pytest.raises(OccsynthError, match="damaged cutout pixel store"):
+        CutoutPixels.load(d)
+    d = damaged("decreasing")
+    offsets = np.load(d / "pixel_offsets.npy")
+    offsets[np.flatnonzero(np.diff(offsets))[0] + 1] += 10 ** 6   # the first crop ends past where the next begins
+    np.save(d / "pixel_offsets.npy", offsets)
     with pytest.raises(OccsynthError, match="damaged cutout pixel store"):
         CutoutPixels.load(d)
     d = damaged("shifted")

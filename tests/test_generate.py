@@ -92,6 +92,24 @@ def test_every_annotation_satisfies_the_invariants(generated):
         assert occluded_in_range, f"image {image['id']} has no pasted object occluded within the range"
 
 
+def test_every_annotation_names_its_source_instance(generated, demo_source):
+    """source.annotation_id is the instance's in the source file and source.image_id that instance's image: the
+    background's for a background instance, the cutout's own source image for a paste."""
+    out, _, _ = generated
+    source = {a["id"]: a for a in json.loads(Path(demo_source[0]).read_text())["annotations"]}
+    data = json.loads((out / "annotations.json").read_text())
+    background = {im["id"]: im["background"]["image_id"] for im in data["images"]}
+    pasted_from_elsewhere = 0
+    for a in data["annotations"]:
+        src = source[a["source"]["annotation_id"]]
+        assert (a["source"]["image_id"], a["category_id"]) == (src["image_id"], src["category_id"]), a["id"]
+        if a["layer"] == 0:
+            assert src["image_id"] == background[a["image_id"]], a["id"]
+        else:
+            pasted_from_elsewhere += src["image_id"] != background[a["image_id"]]
+    assert pasted_from_elsewhere  # the two images differ for some pastes: the test tells them apart
+
+
 def test_pycocotools_scores_ground_truth_against_itself_as_ap_1(generated):
     out, _, _ = generated
     gt = COCO(str(out / "annotations.json"))
@@ -196,7 +214,8 @@ def test_a_shard_leaves_the_temporaries_of_shards_running_beside_it_in_a_shared_
     out, _, cache = generated
     ann, root = demo_source
     shared = tmp_path / "shared"
-    generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
+    first = generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
+    assert (first["shard_chunks"], first["chunks_rendered"], first["chunks_done"], first["chunks_total"]) == (1, 1, 1, 3)
     # in flight in shard 1 (chunk 1: images 5-8) and in any shard (run files), or left by a killed shard 0
     # (chunks 0 and 2: images 1-4, 9-12); the first and last image of a chunk are its own
     theirs = [shared / "images" / f".{n:012d}.jpg.tmp-71" for n in (5, 6, 8)] + [
@@ -205,7 +224,9 @@ def test_a_shard_leaves_the_temporaries_of_shards_running_beside_it_in_a_shared_
         shared / "parts" / ".sizes-000002.json.tmp-72"]
     for path in theirs + ours:
         path.write_bytes(b"partial")
-    generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    second = generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    # chunks_done: of the whole set in the shared OUT, shard 1's chunk too
+    assert (second["shard_chunks"], second["chunks_rendered"], second["chunks_done"]) == (2, 2, 3)
     assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
     writer.merge_shards(shared, [shared], progress=False)  # every shard is done: all leftovers go
     assert not list(shared.rglob(".*.tmp-*"))

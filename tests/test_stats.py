@@ -45,6 +45,16 @@ def test_ratio_histogram_matches_the_masks():
     data, _ = build()
     assert dataset_stats(data)["occlusion_ratio"]["counts"] == expected.tolist()
     assert [ratio_bin(r) for r in (0.0, 0.1, 0.3, 0.999, 1.0)] == [0, 1, 3, 9, 9]
+    # a converter writes 1 - area / amodal_area unrounded: 1 - 9/10 is 0.09999999999999998, one tenth all the same
+    assert ratio_bin(1 - 9 / 10) == 1
+
+
+def test_without_an_image_table_the_images_are_those_annotated_and_the_depth_is_the_deepest_layer():
+    data, _ = build()
+    stats = dataset_stats(dict(data, images=[], annotations=data["annotations"][::-1]))  # deepest layer read first
+    assert stats["images"] == 0 and stats["annotations"] == 13
+    assert stats["instances_per_image"] == {"histogram": {5: 2, 3: 1}, "mean": 13 / 3, "min": 3, "max": 5}
+    assert stats["depth_per_image"] == {3: 3}
 
 
 def test_plain_coco_counts_every_instance_as_layer_0():

@@ -86,6 +86,22 @@ def test_parallel_workers_give_the_same_report(dataset):
     assert failing(parallel) == {"area"}
 
 
+def test_examples_stay_capped_when_several_batches_fail(dataset, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules[validate.__module__], "BATCH_IMAGES", 1)  # one image a batch: three batches
+
+    def edit(data):
+        for name in ("C", "F", "K"):  # one of each image
+            by_name(data, name)["area"] += 1
+    report = broken(dataset, edit)
+    assert report["checks"]["area"]["failures"] == 3
+    assert [e["annotation_id"] for e in report["checks"]["area"]["examples"]] == [IDS["C"], IDS["F"], IDS["K"]]
+    report = validate(dataset, progress=False, max_examples=2)
+    assert report["checks"]["area"]["failures"] == 3
+    assert [e["annotation_id"] for e in report["checks"]["area"]["examples"]] == [IDS["C"], IDS["F"]]
+
+
 def test_wrong_visible_mask(dataset):
     def edit(data):
         # Swap one visible pixel of A for one of its hidden pixels: same area and box, wrong mask.
@@ -177,6 +193,34 @@ def test_mask_checks_that_checked_no_mask_say_so(dataset):
     assert report["checks"]["area"].get("checked", True) and report["checks"]["fields"]["failures"] == 12
 
 
+def test_an_image_id_given_twice_fails(dataset):
+    # the second record of id 1 is not counted: the manifest's 3 images still hold
+    report = broken(dataset, lambda d: d["images"].append(dict(d["images"][0], file_name="extra.png")),
+                    refresh_manifest=False)
+    assert failing(report) == {"duplicate_id"}
+    assert report["checks"]["duplicate_id"]["examples"] == [{"reason": "image id 1 appears more than once",
+                                                             "image_id": 1}]
+
+
+def test_an_annotation_of_no_image_record_fails(dataset):
+    report = broken(dataset, lambda d: by_name(d, "B").update(image_id=99))
+    assert failing(report) == {"unknown_image"}
+    assert report["checks"]["unknown_image"]["examples"] == [{"reason": "image_id 99 has no image record",
+                                                              "annotation_id": IDS["B"]}]
+
+
+@pytest.mark.parametrize("name, image_id, change", [
+    ("B", 1, {"layer": -1}),                                    # under every layer: its masks would still agree
+    ("K", 3, {"occluder_ids": [float(IDS["L"]), IDS["M"]]}),   # the right ids, as floats: no integer ids
+])
+def test_a_negative_layer_or_an_occluder_id_that_is_no_integer_fails_fields(dataset, name, image_id, change):
+    report = broken(dataset, lambda d: by_name(d, name).update(change))
+    assert failing(report) == {"fields"}
+    assert report["checks"]["fields"]["examples"] == [{
+        "reason": "negative layer, non-integer occluder id, or a box without 4 numbers", "annotation_id": IDS[name],
+        "image_id": image_id}]
+
+
 def test_corrupt_image_file(dataset):
     (dataset / "images" / "000000000001.png").write_bytes(b"not an image")
     assert failing(validate(dataset, progress=False)) == {"image_file"}
@@ -265,6 +309,25 @@ def test_manifest_count_mismatch(dataset):
     report = validate(dataset, progress=False)
     assert failing(report) == {"manifest"}
     assert report["checks"]["manifest"]["failures"] == 2
+
+
+@pytest.mark.parametrize("key", ["images", "annotations", "pasted", "pasted_per_category", "occluded",
+                                 "pasted_occluded"])
+def test_each_manifest_count_is_compared(dataset, key):
+    anns = load_annotations(dataset)["annotations"]
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    counts = manifest["counts"]
+    counts["occluded"] = sum(bool(a["occluder_ids"]) for a in anns)  # counted by newer runs only: checked if given
+    counts["pasted_occluded"] = sum(bool(a["occluder_ids"]) for a in anns if a["layer"] > 0)
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    assert validate(dataset, progress=False)["ok"]
+    right = counts[key]
+    counts[key] = {"3": 3, "5": 3} if key == "pasted_per_category" else right + 1
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    report = validate(dataset, progress=False)
+    assert failing(report) == {"manifest"}
+    assert report["checks"]["manifest"]["examples"] == [
+        {"reason": f"counts.{key} is {json.dumps(counts[key])}, annotations.json has {json.dumps(right)}"}]
 
 
 def test_missing_manifest(dataset):
