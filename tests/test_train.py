@@ -558,6 +558,20 @@ def test_resolve_device_checks_names_and_hardware():
             resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
+def test_resolve_device_takes_the_gpus_this_machine_has_and_cpu_0(monkeypatch):
+    """cuda:N up to the last GPU (a machine with 2 is faked here: no GPU is needed to check the numbering), and cpu:0,
+    which torch reads as the CPU."""
+    from bcnet.device import resolve_device
+
+    assert resolve_device("cpu:0") == torch.device("cpu:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(OccsynthError) as caught:
+        resolve_device("cuda:2")
+    assert str(caught.value) == "--device cuda:2: this machine has 2 CUDA GPUs (cuda:0 .. cuda:1)"
+
+
 @pytest.mark.parametrize("override, words", [
     ({"base_lr": 0}, "base_lr must be > 0"), ({"momentum": -0.1}, "momentum must be in"),
     ({"weight_decay": float("inf")}, "finite number"), ({"gamma": 0}, "gamma must be > 0"),
