@@ -415,11 +415,12 @@ def test_check_model_input_refuses_sizes_the_resize_would_collapse():
 
 
 class FixedModel(torch.nn.Module):
-    """Predicts, for every image, one box + mask per given (label, xyxy) at score 0.9."""
+    """Predicts, for every image, one box + mask per given (label, xyxy) at score 0.9 (or at its ``scores``)."""
 
-    def __init__(self, dets):
+    def __init__(self, dets, scores=None):
         super().__init__()
         self.dets = dets
+        self.scores = [0.9] * len(dets) if scores is None else list(scores)
 
     def forward(self, images):
         outs = []
@@ -430,7 +431,7 @@ class FixedModel(torch.nn.Module):
                 masks[k, 0, y0:y1, x0:x1] = 0.8
             outs.append({"boxes": torch.tensor([b for _, b in self.dets], dtype=torch.float32),
                          "labels": torch.tensor([lab for lab, _ in self.dets]),
-                         "scores": torch.full((len(self.dets),), 0.9),
+                         "scores": torch.tensor(self.scores, dtype=torch.float32),
                          "masks": masks})
         return outs
 
