@@ -868,14 +868,17 @@ def test_a_recipe_whose_two_training_stages_build_different_models_is_refused_be
         f"from scratch; give both tables the same {keys}")
 
 
-def _fake_training(monkeypatch) -> list:
-    """bcnet.train.train writing a fake model_final.pt, and no evaluation: (stage folder, overrides, --init) per call."""
+def _fake_training(monkeypatch, reads: list | None = None) -> list:
+    """bcnet.train.train writing a fake model_final.pt, and no evaluation: (stage folder, overrides, --init) per call;
+    ``reads`` gets (stage folder, annotations, images) per call."""
     from bcnet import train as T
 
     calls = []
 
     def fake_train(ann_file, image_root, out_dir, schedule, overrides, resume, init_checkpoint, device, progress):
         calls.append((Path(out_dir).name, dict(overrides or {}), init_checkpoint))
+        if reads is not None:
+            reads.append((Path(out_dir).name, ann_file, image_root))
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "model_final.pt").write_bytes(b"final")
 
@@ -949,4 +952,35 @@ def test_a_fine_tuning_begun_from_another_model_goes_on(demo_source, tmp_path, m
     calls = _fake_training(monkeypatch)
     inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=ann)
     run_pipeline(tmp_path / "run", inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
-    assert [name for name, _, _ in calls] == ["pretrain", "finetune"]
+    assert [(name, init) for name, _, init in calls] == [("pretrain", None), ("finetune", None)]  # resumed: no --init
+
+
+def test_each_stage_reads_its_own_inputs_and_the_fine_tuned_model_is_evaluated_on_val(demo_source, tmp_path,
+                                                                                      monkeypatch):
+    """Three copies of the demo set as the synthetic set, COCO train and COCO val: the pretraining reads the synthetic
+    set, the fine-tuning COCO train from the pretrained model, COCO-OCC is built from val, and the fine-tuned model
+    is evaluated on val and on COCO-OCC with val's images (the other tests give train and val as one set)."""
+    import occsynth.cocoocc
+
+    ann, root = demo_source
+    synthetic, val = ((tmp_path / name / "annotations.json", tmp_path / name / "images")
+                      for name in ("synthetic", "val"))
+    for copy in (synthetic, val):
+        shutil.copytree(ann.parent, copy[0].parent)
+    reads, built, evaluated = [], [], []
+    calls = _fake_training(monkeypatch, reads)
+    monkeypatch.setattr(occsynth.cocoocc, "build_cocoocc", lambda ann_path, out_dir, **kwargs: built.append(
+        (ann_path, out_dir)) or {"counts": {"images": 1, "source_images": 2}})
+    monkeypatch.setattr("bcnet.evaluate.evaluate_checkpoint", lambda checkpoint, sets, out_dir, **kwargs:
+                        evaluated.append((checkpoint, sets, out_dir, kwargs)) or {})
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "run"
+    run_pipeline(out, PipelineInputs(coco_train=(ann, root), coco_val=val, synthetic=synthetic), recipe=str(recipe),
+                 device="cpu", progress=False, log=lambda line: None)
+    assert reads == [("pretrain", *synthetic), ("finetune", ann, root)]
+    assert [init for _, _, init in calls] == [None, out / "pretrain" / "model_final.pt"]
+    assert built == [(val[0], out / "cocoocc")]
+    assert evaluated == [(out / "finetune" / "model_final.pt",
+                          {"val": val, "cocoocc": (out / "cocoocc" / "annotations.json", val[1])}, out / "evaluation",
+                          {"device": "cpu", "mode": "visible", "progress": False})]
