@@ -422,6 +422,22 @@ def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stag
         check_run_recipe(tmp_path / "run", "mine", plan)
 
 
+def test_an_input_that_could_not_be_read_when_recorded_is_not_compared_once_readable_again(tmp_path):
+    """A run folder recorded while its --synthetic set was deleted (a folder of a version that kept no record, rerun
+    once pretraining was done) has no content to compare the set with when it is back: it is not refused."""
+    from bcnet.pipeline import check_run_recipe
+    out = tmp_path / "run"
+    (out / "pretrain").mkdir(parents=True)
+    plan = {"pretrain": {"schedule": "schedule-tiny"}}
+    recorded = {"coco_train": {"annotations": "train.json", "sha256": "aa"}, "coco_val": None,
+                "synthetic": {"annotations": "synthetic.json", "sha256": None}, "cocoocc": None, "backbone_weights": None}
+    check_run_recipe(out, "mine", plan, recorded)
+    check_run_recipe(out, "mine", plan, {**recorded, "synthetic": {"annotations": "synthetic.json", "sha256": "bb"}})
+    with pytest.raises(OccsynthError, match=r"other input data: --coco-train-ann was train\.json \(sha256 aa\), now "
+                                            r"train\.json \(sha256 cc\)"):
+        check_run_recipe(out, "mine", plan, {**recorded, "coco_train": {"annotations": "train.json", "sha256": "cc"}})
+
+
 def test_a_stage_killed_between_its_last_files_is_finished_by_the_rerun(pipeline_run, tmp_path):
     """Each stage writes several files at its end (annotations.json before manifest.json, results.json before
     results.md): a kill between them left a stage counted as done whose manifest or table was never written."""
