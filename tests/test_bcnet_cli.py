@@ -390,6 +390,44 @@ def test_predict_says_how_many_detections_reach_the_threshold(tiny, tmp_path):
     assert report["images"] == len(list((root / "images").iterdir()))
 
 
+def test_predict_writes_every_image_of_a_folder_in_name_order_with_its_detections_by_category_id(tmp_path,
+                                                                                                 monkeypatch):
+    """A model of categories [18, 3] ('dog', 'car') finding the same three objects at scores 0.75, 0.5 and 0.25 in
+    every image, at --score-threshold 0.5: images.json lists the folder's images sorted by name with their own
+    height and width; results.json holds every detection with its category id (not its label) and its box and mask
+    in its image; the pictures label the two that reach the threshold (0.5 too) with the category names."""
+    import bcnet.predict as P
+    from test_evaluate import FixedModel
+
+    folder = tmp_path / "in"
+    sizes = {"b.png": (40, 56), "a/c.png": (36, 50), "d.png": (48, 64)}  # rglob finds a/c.png after b and d
+    for name, (h, w) in sizes.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), np.full((h, w, 3), 90, np.uint8))
+    model = FixedModel([(1, (4, 6, 28, 30)), (2, (0, 0, 3, 3)), (2, (10, 10, 20, 20))], scores=[0.75, 0.5, 0.25])
+    monkeypatch.setattr(P, "load_model", lambda checkpoint, device: (
+        model, {"category_ids": [18, 3], "category_names": ["dog", "car"]}))
+    drawn = []
+    real = P.cv2.putText
+    monkeypatch.setattr(P.cv2, "putText", lambda image, text, *a, **k: drawn.append(text) or real(image, text, *a, **k))
+    report = P.predict("model.pt", folder, tmp_path / "p", score_threshold=0.5, progress=False)
+    assert (report["images"], report["detections"], report["above_threshold"]) == (3, 9, 6)
+    names = ["a/c.png", "b.png", "d.png"]
+    assert json.loads((tmp_path / "p" / "images.json").read_text()) == [
+        {"id": k, "file_name": str(folder / name), "height": sizes[name][0], "width": sizes[name][1]}
+        for k, name in enumerate(names, start=1)]
+    results = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert [(r["image_id"], r["category_id"], r["score"]) for r in results] == [
+        (k, category, score) for k in (1, 2, 3) for category, score in ((18, 0.75), (3, 0.5), (3, 0.25))]
+    for k, name in enumerate(names):
+        first = results[3 * k]
+        expected = np.zeros(sizes[name], bool)
+        expected[6:30, 4:28] = True
+        assert first["bbox"] == [4.0, 6.0, 24.0, 24.0]
+        assert np.array_equal(mask_ops.decode(first["segmentation"], *sizes[name]), expected)
+    assert [text for text in drawn if text not in P.PANEL_TITLES] == ["dog 0.75", "car 0.50"] * 3
+
+
 def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
     root, checkpoint = tiny
     copy = _copy_set(root, tmp_path / "set")

@@ -140,6 +140,44 @@ def test_occluder_ids_decide_only_when_every_instance_of_the_image_has_them_and_
     assert torch.equal(by_rule[0], by_rule[1]) and not torch.equal(by_rule[0], exact)
 
 
+def test_labels_follow_the_category_ids_in_id_order_whatever_order_the_file_lists_them(tmp_path):
+    """Labels 1..K are the categories in id order (the module's rule): a file listing its categories backwards
+    gave category 9 label 1 and category 1 label 5."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    data["categories"] = data["categories"][::-1]
+    save_annotations(root, data)
+    ds = _dataset(root)
+    assert ds.category_ids == [1, 3, 5, 7, 9] and [c["id"] for c in ds.categories] == [1, 3, 5, 7, 9]
+    _, target = ds[0]
+    by_id = {a["id"]: a["category_id"] for a in data["annotations"]}
+    assert target["labels"].tolist() == [_label(by_id[int(i)]) for i in target["annotation_ids"]]
+
+
+def test_drop_empty_leaves_out_images_with_no_annotation_of_the_categories_learnt(dataset_dir):
+    """Category 9 is listed but no annotation has it: with the categories [9], no image has an instance to learn."""
+    ds = _dataset(dataset_dir, category_ids=[9], drop_empty=True)
+    assert len(ds) == 0 and ds.without_instances == 3
+    assert _dataset(dataset_dir, category_ids=[5], drop_empty=True).image_ids == [1, 2, 3]
+
+
+def test_a_box_past_the_image_border_is_cut_at_it_and_one_only_touching_it_is_no_box(tmp_path):
+    """Image 1 is 64 wide and 48 high. A bbox running past every side is the whole image; a bbox that starts at the
+    right border (x = 64) covers no pixel of it: not a usable box, so the box is made from the mask (and counted)."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    first = [a for a in data["annotations"] if a["image_id"] == 1]
+    first[0]["bbox"] = [-5.0, -7.0, 80.0, 60.0]
+    first[1]["bbox"] = [64.0, 10.0, 5.0, 5.0]
+    save_annotations(root, data)
+    ds = _dataset(root)
+    _, target = ds[0]
+    assert target["boxes"][0].tolist() == [0.0, 0.0, 64.0, 48.0]
+    x, y, w, h = mask_ops.bbox(mask_ops.decode(first[1]["segmentation"], 48, 64))
+    assert target["boxes"][1].tolist() == [x, y, x + w, y + h]
+    assert ds.skips.counts == {errors.MALFORMED_RECORD: 1}
+
+
 def test_a_parsed_file_given_as_data_is_used_as_is_and_left_unchanged(dataset_dir):
     import copy
     data = load_annotations(dataset_dir)
@@ -327,6 +365,20 @@ def test_sample_stream_is_a_function_of_seed_and_draw(dataset_dir):
     assert T.build_transforms(False) is None
 
 
+def test_each_epoch_draws_the_images_in_a_new_order_and_each_draw_augments_anew(dataset_dir):
+    """Draw k reads permutation(seed, epoch)[k % n] and augments with a generator of (seed, k): the order changes from
+    epoch to epoch (it was the same every epoch with the epoch left out of the seed), and an image drawn again gets
+    another scale and flip (it got the same ones every time with k left out)."""
+    ds = _dataset(dataset_dir, transforms=T.build_transforms(True, 40, 80, (30, 50), 0.5))
+    stream = bdata.SampleStream(ds, 7)
+    orders = [tuple(stream.index(k) for k in range(3 * epoch, 3 * epoch + 3)) for epoch in range(6)]
+    assert all(sorted(order) == [0, 1, 2] for order in orders) and len(set(orders)) > 1
+    draws = [k for k in range(18) if stream.index(k) == 0]  # image 1, once an epoch
+    assert len(draws) == 6
+    pictures = {stream[k][0].numpy().tobytes() for k in draws}
+    assert len(pictures) > 1
+
+
 def test_rank_draws_shard_the_same_stream():
     single = bdata.rank_draws(2, 5, 8)
     assert single == list(range(16, 40))
@@ -351,6 +403,7 @@ def test_train_loader_draws_lazily_so_a_long_run_starts_at_once(dataset_dir):
     assert first == [20, 21, 22, 23] and len(loader.sampler) == 2 * (10 ** 6 - 10)
     assert peak < 1_000_000, peak  # the list took 80 MB here
     assert list(bdata.RankDraws(2, 5, 8, rank=1, world_size=2, accumulate=2)) == bdata.rank_draws(2, 5, 8, 1, 2, 2)
+    assert len(bdata.RankDraws(2, 5, 8, rank=1, world_size=2, accumulate=2)) == len(bdata.rank_draws(2, 5, 8, 1, 2, 2))
 
 
 def test_train_loader_batches(dataset_dir):

@@ -351,11 +351,11 @@ def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     neither a hit nor a false positive, so perfect detections of the rest still score AP 1. A broken RLE
     without a usable box is dropped; a bad bbox next to a good mask is recomputed; all counted."""
     gt = gt_set()
-    gt["annotations"][0]["segmentation"] = [[10, 10, 20, 20]]                       # box (2, 2, 10, 10) stays
+    gt["annotations"][0].update(segmentation=[[10, 10, 20, 20]], area=7.0)  # box (2, 2, 10, 10) stays, as its area
     extra = {"id": 9, "image_id": 2, "category_id": 20, "segmentation": {"size": [5, 5], "counts": "xx"},
              "bbox": [0, 0, 0, 0], "iscrowd": 0}
     gt["annotations"].append(extra)
-    gt["annotations"][1]["bbox"] = ["5", 5, 20, 20]
+    gt["annotations"][1].update(bbox=["5", 5, 20, 20], area=-5.0)  # a negative area is the mask's pixel count
     del gt["annotations"][2]["area"]
     skips = SkipLog()
     cleaned = E.clean_ground_truth(gt, skips)
@@ -363,6 +363,7 @@ def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     assert set(by_id) == {1, 2, 3, 4}
     assert by_id[1]["iscrowd"] == 1 and by_id[1]["segmentation"] == [[2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]]
     assert by_id[1]["area"] == 100.0 and by_id[2]["bbox"] == [5.0, 5.0, 20.0, 20.0] and by_id[3]["area"] == 400.0
+    assert by_id[2]["area"] == 400.0
     assert skips.counts == {"degenerate or empty segmentation": 2, "malformed record": 1}
     assert gt["annotations"][0]["segmentation"] == [[10, 10, 20, 20]]  # the input is not changed
 
@@ -373,6 +374,17 @@ def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     assert out["skipped"]["counts"] == {"degenerate or empty segmentation": 2, "malformed record": 1}
     with pytest.raises(OccsynthError, match=r"annotation 1 \(image 1\): degenerate or empty segmentation \([^;]*\)$"):
         E.evaluate(gt, results, skips=SkipLog(strict=True))  # it stops: no "kept as an ignore region"
+
+
+def test_a_repeated_image_record_is_counted_and_the_first_one_kept():
+    """Image 2 listed again at 20 x 20: its annotations are scored on the first record's 40 x 40 (the second made
+    every mask of it another size than its image, so each became an ignore region)."""
+    gt = gt_set()
+    gt["images"].append({"id": 2, "file_name": "again.png", "height": 20, "width": 20})
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    assert cleaned["images"] == gt_set()["images"] and skips.counts == {errors.DUPLICATE_ID: 1}
+    assert cleaned["annotations"] == gt_set()["annotations"]
 
 
 def test_predict_dataset_skips_unreadable_files(tmp_path):
@@ -403,11 +415,12 @@ def test_check_model_input_refuses_sizes_the_resize_would_collapse():
 
 
 class FixedModel(torch.nn.Module):
-    """Predicts, for every image, one box + mask per given (label, xyxy) at score 0.9."""
+    """Predicts, for every image, one box + mask per given (label, xyxy) at score 0.9 (or at its ``scores``)."""
 
-    def __init__(self, dets):
+    def __init__(self, dets, scores=None):
         super().__init__()
         self.dets = dets
+        self.scores = [0.9] * len(dets) if scores is None else list(scores)
 
     def forward(self, images):
         outs = []
@@ -418,7 +431,7 @@ class FixedModel(torch.nn.Module):
                 masks[k, 0, y0:y1, x0:x1] = 0.8
             outs.append({"boxes": torch.tensor([b for _, b in self.dets], dtype=torch.float32),
                          "labels": torch.tensor([lab for lab, _ in self.dets]),
-                         "scores": torch.full((len(self.dets),), 0.9),
+                         "scores": torch.tensor(self.scores, dtype=torch.float32),
                          "masks": masks})
         return outs
 
@@ -767,8 +780,8 @@ def test_a_failure_in_a_later_set_leaves_the_earlier_run_files_as_they_were(tmp_
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(before) == [".lock", "detections_a.json", "detections_b.json", "results.json", "results.md"]
     ann = load_annotations(root)["annotations"][0]
-    found = [{"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 0.9, "bbox": ann["bbox"],
-              "segmentation": ann["segmentation"]}]
+    found = [{"image_id": ann["image_id"], "category_id": ann["category_id"], "score": score, "bbox": ann["bbox"],
+              "segmentation": ann["segmentation"]} for score in (0.9, 0.01)]  # a low score is a detection too
     calls = []
 
     def predict_then_fail(*args, **kwargs):
@@ -785,8 +798,8 @@ def test_a_failure_in_a_later_set_leaves_the_earlier_run_files_as_they_were(tmp_
     calls.clear()
     monkeypatch.setattr(E, "predict_dataset", lambda *args, **kwargs: found)
     report = E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, out, device="cpu", progress=False)
-    assert json.loads((out / "detections_a.json").read_text()) == json.loads((out / "detections_b.json").read_text())
-    assert len(json.loads((out / "detections_b.json").read_text())) == 1 and report["b"]["detections"] == 1
+    for name in ("a", "b"):  # every detection of the set, as predicted
+        assert json.loads((out / f"detections_{name}.json").read_text()) == found and report[name]["detections"] == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
 
 

@@ -103,6 +103,12 @@ def test_eval_outputs(detector, head):
         for key in keys - {"boxes", "labels", "scores"}:
             assert out[key].shape == (n, 1, *image.shape[-2:])
             assert 0.0 <= float(out[key].min()) and float(out[key].max()) <= 1.0
+    model.return_occluder_masks = False  # evaluation's setting: the occluder masks are neither pasted nor returned
+    with torch.no_grad():
+        bare = model(images)
+    for out, without in zip(outputs, bare):
+        assert set(without) == {"boxes", "labels", "scores", "masks"}
+        assert torch.equal(without["masks"], out["masks"]) and torch.equal(without["boxes"], out["boxes"])
 
 
 def test_detector_alone_and_bad_names():
@@ -286,6 +292,23 @@ def test_fcos_training_rois_give_every_ground_truth_its_own_box_even_a_duplicate
     boxes, matched = training_rois([torch.tensor([[0.0, 0, 10, 11], [20.0, 20, 30, 31]])], [gt])
     assert torch.equal(boxes[0][2:], gt)
     assert matched[0][2:].tolist() == [0, 1, 2] and matched[0][1].item() == 2
+
+
+def test_fcos_training_rois_keep_a_detection_of_iou_exactly_0_5():
+    from bcnet.fcos import training_rois
+
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    half = torch.tensor([[0.0, 0, 10, 20]])  # IoU 100 / 200
+    boxes, matched = training_rois([torch.cat([half, torch.tensor([[0.0, 0, 10, 21]])])], [gt])
+    assert torch.equal(boxes[0], torch.cat([half, gt])) and matched[0].tolist() == [0, 0]
+
+
+def test_fcos_refuses_a_target_box_of_no_width():
+    model = build_model(3, detector="fcos", backbone="tiny", min_size=64, max_size=96).train()
+    images, targets = batch()
+    targets[1]["boxes"][0, 2] = targets[1]["boxes"][0, 0]
+    with pytest.raises(ValueError, match=r"^target 1 has a box with no width or height$"):
+        model(images, targets)
 
 
 def _target_and_truth(shape: str, size: int, canvas: int = 96, at: tuple[int, int] = (20, 30)):

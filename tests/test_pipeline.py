@@ -422,6 +422,22 @@ def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stag
         check_run_recipe(tmp_path / "run", "mine", plan)
 
 
+def test_an_input_that_could_not_be_read_when_recorded_is_not_compared_once_readable_again(tmp_path):
+    """A run folder recorded while its --synthetic set was deleted (a folder of a version that kept no record, rerun
+    once pretraining was done) has no content to compare the set with when it is back: it is not refused."""
+    from bcnet.pipeline import check_run_recipe
+    out = tmp_path / "run"
+    (out / "pretrain").mkdir(parents=True)
+    plan = {"pretrain": {"schedule": "schedule-tiny"}}
+    recorded = {"coco_train": {"annotations": "train.json", "sha256": "aa"}, "coco_val": None,
+                "synthetic": {"annotations": "synthetic.json", "sha256": None}, "cocoocc": None, "backbone_weights": None}
+    check_run_recipe(out, "mine", plan, recorded)
+    check_run_recipe(out, "mine", plan, {**recorded, "synthetic": {"annotations": "synthetic.json", "sha256": "bb"}})
+    with pytest.raises(OccsynthError, match=r"other input data: --coco-train-ann was train\.json \(sha256 aa\), now "
+                                            r"train\.json \(sha256 cc\)"):
+        check_run_recipe(out, "mine", plan, {**recorded, "coco_train": {"annotations": "train.json", "sha256": "cc"}})
+
+
 def test_a_stage_killed_between_its_last_files_is_finished_by_the_rerun(pipeline_run, tmp_path):
     """Each stage writes several files at its end (annotations.json before manifest.json, results.json before
     results.md): a kill between them left a stage counted as done whose manifest or table was never written."""
@@ -869,14 +885,17 @@ def test_a_recipe_whose_two_training_stages_build_different_models_is_refused_be
         "bcnet train --init)")
 
 
-def _fake_training(monkeypatch) -> list:
-    """bcnet.train.train writing a fake model_final.pt, and no evaluation: (stage folder, overrides, --init) per call."""
+def _fake_training(monkeypatch, reads: list | None = None) -> list:
+    """bcnet.train.train writing a fake model_final.pt, and no evaluation: (stage folder, overrides, --init) per call;
+    ``reads`` gets (stage folder, annotations, images) per call."""
     from bcnet import train as T
 
     calls = []
 
     def fake_train(ann_file, image_root, out_dir, schedule, overrides, resume, init_checkpoint, device, progress):
         calls.append((Path(out_dir).name, dict(overrides or {}), init_checkpoint))
+        if reads is not None:
+            reads.append((Path(out_dir).name, ann_file, image_root))
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "model_final.pt").write_bytes(b"final")
 
@@ -956,4 +975,35 @@ def test_a_fine_tuning_begun_from_another_model_goes_on(demo_source, tmp_path, m
     calls = _fake_training(monkeypatch)
     inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=ann)
     run_pipeline(tmp_path / "run", inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
-    assert [name for name, _, _ in calls] == ["pretrain", "finetune"]
+    assert [(name, init) for name, _, init in calls] == [("pretrain", None), ("finetune", None)]  # resumed: no --init
+
+
+def test_each_stage_reads_its_own_inputs_and_the_fine_tuned_model_is_evaluated_on_val(demo_source, tmp_path,
+                                                                                      monkeypatch):
+    """Three copies of the demo set as the synthetic set, COCO train and COCO val: the pretraining reads the synthetic
+    set, the fine-tuning COCO train from the pretrained model, COCO-OCC is built from val, and the fine-tuned model
+    is evaluated on val and on COCO-OCC with val's images (the other tests give train and val as one set)."""
+    import occsynth.cocoocc
+
+    ann, root = demo_source
+    synthetic, val = ((tmp_path / name / "annotations.json", tmp_path / name / "images")
+                      for name in ("synthetic", "val"))
+    for copy in (synthetic, val):
+        shutil.copytree(ann.parent, copy[0].parent)
+    reads, built, evaluated = [], [], []
+    calls = _fake_training(monkeypatch, reads)
+    monkeypatch.setattr(occsynth.cocoocc, "build_cocoocc", lambda ann_path, out_dir, **kwargs: built.append(
+        (ann_path, out_dir)) or {"counts": {"images": 1, "source_images": 2}})
+    monkeypatch.setattr("bcnet.evaluate.evaluate_checkpoint", lambda checkpoint, sets, out_dir, **kwargs:
+                        evaluated.append((checkpoint, sets, out_dir, kwargs)) or {})
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "run"
+    run_pipeline(out, PipelineInputs(coco_train=(ann, root), coco_val=val, synthetic=synthetic), recipe=str(recipe),
+                 device="cpu", progress=False, log=lambda line: None)
+    assert reads == [("pretrain", *synthetic), ("finetune", ann, root)]
+    assert [init for _, _, init in calls] == [None, out / "pretrain" / "model_final.pt"]
+    assert built == [(val[0], out / "cocoocc")]
+    assert evaluated == [(out / "finetune" / "model_final.pt",
+                          {"val": val, "cocoocc": (out / "cocoocc" / "annotations.json", val[1])}, out / "evaluation",
+                          {"device": "cpu", "mode": "visible", "progress": False})]

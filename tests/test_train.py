@@ -275,6 +275,9 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path):
     ("category_ids", "abc", "'category_ids' is not a list of whole numbers: 'abc'"),
     ("category_ids", [1, True], "'category_ids' is not a list of whole numbers: [1, True]"),
     ("category_ids", [1, 1], "'category_ids' names a category twice: [1, 1]"),
+    ("scheduler", [1], "'scheduler' is not a state dict: [1]"),
+    ("scaler", 2.0, "'scaler' is not a state dict: 2.0"),
+    ("rng", "x", "'rng' is not a state dict: 'x'"),
     ("schedule", None, "no 'schedule' entry"),
     ("iteration", None, "no 'iteration' entry"),
 ])
@@ -319,6 +322,26 @@ def test_a_run_saves_the_names_of_its_categories(tmp_path, dataset_dir, capsys):
     said = capsys.readouterr()
     assert (f"init: {tmp_path / 'run' / 'model_final.pt'} names categories otherwise (their weights are taken by id all the same): "
             f"{init['named_otherwise'][0]}") in said.out + said.err
+
+
+def test_a_checkpoint_of_a_newer_format_version_is_refused_an_older_one_read(tmp_path):
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=torch.nn.Linear(3, 2), iteration=7, category_ids=[4, 2], rng=False)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    for version in (ckpt.VERSION + 1, ckpt.VERSION + 2):
+        torch.save({**state, "version": version}, tmp_path / "newer.pt")
+        with pytest.raises(OccsynthError) as caught:
+            ckpt.load_checkpoint(tmp_path / "newer.pt")
+        assert str(caught.value) == (f"{tmp_path / 'newer.pt'}: checkpoint version {version} is newer than this "
+                                     f"bcnet understands ({ckpt.VERSION})")
+    torch.save({**state, "version": 0}, tmp_path / "older.pt")
+    assert ckpt.load_checkpoint(tmp_path / "older.pt")["iteration"] == 7
+
+
+def test_weights_holding_an_infinite_value_are_refused_like_nan_ones():
+    with pytest.raises(OccsynthError, match=r"^w\.pt: holds NaN or infinite values \(tensor b\)"):
+        ckpt.check_weights({"a": torch.ones(2), "b": torch.tensor([1.0, float("-inf")])}, "w.pt")
+    whole = {"a": torch.ones(2), "n": torch.tensor([2 ** 62], dtype=torch.int64)}
+    assert ckpt.check_weights(whole, "w.pt") is whole
 
 
 def test_checkpoint_round_trip_with_rng_states(tmp_path):
@@ -533,6 +556,20 @@ def test_resolve_device_checks_names_and_hardware():
     else:
         with pytest.raises(OccsynthError, match="CUDA GPU"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_resolve_device_takes_the_gpus_this_machine_has_and_cpu_0(monkeypatch):
+    """cuda:N up to the last GPU (a machine with 2 is faked here: no GPU is needed to check the numbering), and cpu:0,
+    which torch reads as the CPU."""
+    from bcnet.device import resolve_device
+
+    assert resolve_device("cpu:0") == torch.device("cpu:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(OccsynthError) as caught:
+        resolve_device("cuda:2")
+    assert str(caught.value) == "--device cuda:2: this machine has 2 CUDA GPUs (cuda:0 .. cuda:1)"
 
 
 @pytest.mark.parametrize("override, words", [
@@ -950,6 +987,33 @@ def test_resume_without_the_marker_takes_the_newest_checkpoint(tmp_path):
     assert ckpt.latest_checkpoint(out) == out / "model_final.pt"
 
 
+def test_checkpoints_past_iteration_9999999_are_newer_than_those_before_it(tmp_path):
+    """Periodic checkpoints are named with at least 7 digits: from 10,000,000 iterations on the name is longer, and in
+    name order checkpoint_10000000.pt came before checkpoint_9999999.pt (a resume took the older one, pruning
+    removed the newer one)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for iteration in (9_999_999, 10_000_000, 10_000_001):
+        (out / f"checkpoint_{iteration:07d}.pt").write_bytes(b"x")
+    assert [p.name for p in ckpt.periodic_checkpoints(out)] == ["checkpoint_9999999.pt", "checkpoint_10000000.pt",
+                                                               "checkpoint_10000001.pt"]
+    assert ckpt.latest_checkpoint(out) == out / "checkpoint_10000001.pt"
+    T._prune(out, 2)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_10000000.pt", "checkpoint_10000001.pt"]
+
+
+def test_a_marker_naming_a_file_outside_its_run_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    (out / "sub").mkdir(parents=True)
+    for elsewhere in (tmp_path / "c.pt", out / "sub" / "c.pt"):
+        ckpt.save_checkpoint(elsewhere, model=torch.nn.Linear(2, 2), iteration=1, rng=False)
+    for name in ("../c.pt", "sub/c.pt"):
+        (out / ckpt.LAST).write_text(name + "\n")
+        with pytest.raises(OccsynthError) as caught:
+            ckpt.latest_checkpoint(out)
+        assert str(caught.value) == f"{out / ckpt.LAST} names {name!r}, which is not a checkpoint in {out}"
+
+
 def test_keep_checkpoints_prunes_only_the_runs_own_periodic_checkpoints_oldest_first(tmp_path):
     """Pruning took every checkpoint_*.pt in name order: a user's copy in the run folder (checkpoint_0000004-good.pt,
     checkpoint_0000002.pt.pt) was deleted as an old checkpoint, and a name such as checkpoint_².pt (a digit to
@@ -1013,6 +1077,12 @@ def test_init_from_other_categories_takes_the_per_class_weights_by_category_id(t
                            saved[k][2 * T._class_rows(k):3 * T._class_rows(k)]) for k in per_class)
     same = T.load_model_weights(build_model(4, backbone="tiny", detector=detector), tmp_path / "c.pt", [1, 2, 3])
     assert same["by_category"] is None and not same["left_as_built"]
+    reordered = build_model(4, backbone="tiny", detector=detector)  # the same categories in another order: by id too
+    assert T.load_model_weights(reordered, tmp_path / "c.pt", [3, 2, 1])["by_category"] == 3
+    for name in per_class:
+        rows = T._class_rows(name)
+        blocks = [saved[name][label * rows:(label + 1) * rows] for label in (3, 2, 1)]  # categories 3, 2, 1
+        assert torch.equal(reordered.state_dict()[name][rows:], torch.cat(blocks))
 
 
 def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume(tmp_path, dataset_dir, capsys):
