@@ -3,6 +3,7 @@ determinism across workers / shards / resume, and bad-input handling."""
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -20,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 from cli.occsynth_cli import main as occsynth_main
 from occsynth import errors, masks, writer
 from occsynth import generate as generate_module
+from occsynth.bank import DamagedEntry
 from occsynth.generate import RunSettings, generate
 from occsynth.schedule import CompositeOptions
 from occsynth.validate import validate
@@ -520,6 +522,28 @@ def test_strict_mode_stops_with_a_message_naming_the_record(broken_source, tmp_p
                                                 "--quiet"])
     assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "annotation 1000000" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_error_raised_in_a_worker_process_reaches_the_main_process_as_it_was(demo_source, tmp_path):
+    """Errors cross to the main process pickled (loky, dask): a BadRecord (three arguments) could not be rebuilt
+    there, so --strict --workers 2 ended in loky's BrokenProcessPool traceback, and a DamagedEntry said "delete
+    it to rebuild" twice."""
+    for exc in (errors.BadRecord(errors.CORRUPT_IMAGE, "image file a.jpg", "truncated"),
+                DamagedEntry("b: not a readable cutout bank", "b"), writer.DamagedPart(Path("p.json"), "why")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc) and back.__dict__ == exc.__dict__
+    ann, root = demo_source
+    src = tmp_path / "src"
+    shutil.copytree(root, src / "images")
+    first = json.loads(Path(ann).read_text())["images"][0]["file_name"]
+    (src / "images" / first).write_bytes(b"garbage")  # found when rendering: no pixel store reads it before
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(src / "images"),
+                                                "--out", str(tmp_path / "o"), "--num-images", "96", "--workers", "2",
+                                                "--strict", "--no-cutout-pixels", "--cache-dir", str(tmp_path / "c"),
+                                                "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: image file {src / 'images' / first}: "), result.output
     assert "Traceback" not in result.output
 
 
