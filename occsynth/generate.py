@@ -213,8 +213,10 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         if cutout_pixels and chunks:
             pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
                                                   workers=workers if backend in ("loky", "threading") else 1))
-        task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
-                                 pixels_dir=pixels_dir)
+        # absolute paths: a cluster's workers (dask, ray) run in a folder of their own
+        task = functools.partial(render_chunk, os.path.abspath(bank_dir), os.path.abspath(image_root),
+                                 os.path.abspath(out_dir), settings, strict,
+                                 pixels_dir=pixels_dir and os.path.abspath(pixels_dir))
         resumed = len(own_chunks) - len(chunks)
         desc = progress_label(resumed, len(own_chunks))
         # closing: if the merge fails, the workers stop too instead of rendering on unseen

@@ -547,6 +547,33 @@ def test_an_error_raised_in_a_worker_process_reaches_the_main_process_as_it_was(
     assert "Traceback" not in result.output
 
 
+def test_a_worker_running_in_another_folder_writes_where_relative_paths_were_meant(generated, demo_source, tmp_path,
+                                                                                   monkeypatch):
+    """A cluster's workers (--backend dask/ray) run in a folder of their own: given a relative --out, --cache-dir or
+    --images, they wrote the images under that folder (and the run stopped calling a missing part damaged)."""
+    out, _, _ = generated
+    ann, root = demo_source
+    monkeypatch.chdir(tmp_path)
+    worker_folder = tmp_path / "worker"
+    worker_folder.mkdir()
+    real = generate_module._finished_chunks
+
+    def elsewhere(task, *args, **kwargs):  # every chunk rendered from another current folder, as on a worker
+        def in_worker_folder(chunk):
+            here = os.getcwd()
+            os.chdir(worker_folder)
+            try:
+                return task(chunk)
+            finally:
+                os.chdir(here)
+        return real(in_worker_folder, *args, **kwargs)
+    monkeypatch.setattr(generate_module, "_finished_chunks", elsewhere)
+    generate("rel", SETTINGS, ann_path=os.path.relpath(ann), image_root=os.path.relpath(root), cache_dir="cache",
+             progress=False)
+    assert list(worker_folder.iterdir()) == []
+    assert tree_bytes(tmp_path / "rel") == tree_bytes(out)
+
+
 def test_png_output_and_blend_none(demo_source, tmp_path):
     ann, root = demo_source
     settings = RunSettings(num_images=2, seed=1, image_format="png", composite=CompositeOptions(blend="none"))
