@@ -342,6 +342,7 @@ def _backend_session(backend: str, address: str | None):
             raise OccsynthError(f"--scheduler {address!r}: cannot connect to a dask scheduler "
                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         with client:
+            _check_cluster(client, address)
             yield client
     elif backend == "ray":
         try:
@@ -355,6 +356,26 @@ def _backend_session(backend: str, address: str | None):
         yield None
     else:
         yield None
+
+
+def _check_cluster(client, address: str | None) -> None:
+    """Run one task on a dask cluster before any chunk: one without occsynth in its environment fails it at once
+    (joblib waited for its chunks forever), and workers of another renderer would mix other images into the set."""
+    where = f"--scheduler {address}" if address else "the local dask cluster"
+    try:
+        renderer = client.submit(_worker_renderer, pure=False).result()
+    except Exception as exc:  # raised by the cluster: the task's error, or the scheduler's on reading it
+        reason = " ".join(str(exc).split()).split(". ")[0]  # dask's own: several lines, a link at the end
+        raise OccsynthError(f"{where}: the cluster cannot run occsynth's tasks ({type(exc).__name__}: {reason}); its "
+                            "scheduler and workers need this occsynth installed (the environment of this command)") from None
+    if renderer != RENDERER:
+        raise OccsynthError(f"{where}: a worker runs another occsynth (renderer {renderer}, this one {RENDERER}), "
+                            "whose images differ for the same arguments; install this occsynth on the cluster")
+
+
+def _worker_renderer() -> int:
+    """On a cluster's worker: the renderer revision of the occsynth it imports (:func:`_check_cluster`)."""
+    return RENDERER
 
 
 @functools.lru_cache(maxsize=2)

@@ -453,6 +453,26 @@ def test_dask_backend_on_a_local_cluster_gives_identical_set(reference, demo_sou
     assert tree_bytes(tmp_path / "dask") == tree_bytes(ref)
 
 
+def test_a_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(demo_source, tmp_path, monkeypatch):
+    """A dask cluster started without occsynth in its environment failed every task on the scheduler, and joblib
+    waited for them forever, silently; one whose workers run another renderer would mix other images into the set."""
+    distributed = pytest.importorskip("dask.distributed")
+    from occsynth import generate as generate_module
+    ann, root = demo_source
+
+    def not_installed():
+        raise ModuleNotFoundError("No module named 'occsynth'")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        for probe, words in ((not_installed, "cannot run occsynth's tasks (ModuleNotFoundError: No module named "
+                                             "'occsynth'); its scheduler and workers need this occsynth installed"),
+                             (lambda: generate_module.RENDERER + 1, "a worker runs another occsynth")):
+            monkeypatch.setattr(generate_module, "_worker_renderer", probe)
+            result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c")
+                                        + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
+            assert result.exit_code == 2 and words in result.output, result.output
+            assert not (tmp_path / "o").exists()
+
+
 def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
     ann, root = demo_source
     for extra, words in ((["--scheduler", "tcp://h:1"], "--scheduler is for --backend dask or ray"),
