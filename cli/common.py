@@ -124,8 +124,9 @@ def note_capped_workers(workers: int) -> None:
 
 
 def parse_shard(value: str | None) -> tuple[int, int]:
-    """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
-    if not value:
+    """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1). An empty value (an unset variable in a job script) is refused:
+    every task would render the whole set."""
+    if value is None:
         return 0, 1
     try:
         i, n = (int(v) for v in value.split("/"))
@@ -134,7 +135,10 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     try:
         return check_shard((i, n))
     except OccsynthError:
-        raise click.BadParameter(f"shard index must satisfy 0 <= i < n, got {value!r}", param_hint="'--shard'") from None
+        # an array job numbered from 1 (Slurm's --array=1-N) gives N/N, and no task renders shard 0
+        why = (f"shards are numbered from 0: i runs from 0 to {n - 1} for n = {n} (an array job's task ids 0-{n - 1})"
+               if n >= 1 else "n must be at least 1")
+        raise click.BadParameter(f"{why}, got {value!r}", param_hint="'--shard'") from None
 
 
 def skip_lines(skipped: dict, heading: str) -> list[str]:

@@ -23,7 +23,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--num-images", type=click.IntRange(1, MAX_IMAGES), help=f"Images to generate, at most {MAX_IMAGES:,} [default: 100, or the recipe's].")
 @click.option("--seed", type=int, help="Seed; the same seed gives byte-identical output [default: 0, or the recipe's].")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes; at most one per CPU core is started. With --backend dask/ray: chunks rendered at once on the cluster (1: as many as it has workers).")
-@click.option("--shard", help="Render only shard i of n (e.g. 0/8); join shards with `occsynth merge`.")
+@click.option("--shard", help="Render only shard i of n, numbered from 0 (0/8 ... 7/8); join shards with `occsynth merge`.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
 @click.option("--pastes", nargs=2, type=click.IntRange(1, MAX_PASTES), help=f"Min and max pasted objects per image [default: {_D.pastes[0]} {_D.pastes[1]}, or the recipe's].")
 @click.option("--occlusion", nargs=2, type=FiniteFloatRange(0, 1, max_open=True), help=f"Occlusion ratio aimed at for the earlier object a paste is placed over, when it is placed (later pastes may hide that object more, up to --max-occlusion) [default: {_D.occlusion[0]} {_D.occlusion[1]}, or the recipe's].")

@@ -460,8 +460,11 @@ class DamagedEntry(OccsynthError):
     cache`` lists it); the message adds what to do."""
 
     def __init__(self, reason: str, folder: str | os.PathLike = "it"):
-        self.reason = reason
+        self.reason, self.folder = reason, folder
         super().__init__(f"{reason}; delete {folder} to rebuild")
+
+    def __reduce__(self):  # pickled from a worker process: rebuilt from its arguments (its text said it twice)
+        return type(self), (self.reason, self.folder)
 
 
 def _read_meta(folder: Path, kind: str = "bank") -> dict:

@@ -79,6 +79,9 @@ class BadRecord(OccsynthError):
         self.reason, self.where, self.detail = reason, where, detail
         super().__init__(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
 
+    def __reduce__(self):  # pickled from a worker process (loky, dask): rebuilt from its arguments, not its text
+        return type(self), (self.reason, self.where, self.detail)
+
     def in_file(self, path) -> "BadRecord":
         """The same error, placed in the file the record came from (``FILE: image record 12: ...``)."""
         return BadRecord(self.reason, f"{path}: {self.where}", self.detail)

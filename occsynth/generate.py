@@ -15,6 +15,7 @@ import math
 import os
 import threading
 import warnings
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -213,8 +214,10 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         if cutout_pixels and chunks:
             pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
                                                   workers=workers if backend in ("loky", "threading") else 1))
-        task = functools.partial(render_chunk, str(bank_dir), str(image_root), str(out_dir), settings, strict,
-                                 pixels_dir=pixels_dir)
+        # absolute paths: a cluster's workers (dask, ray) run in a folder of their own
+        task = functools.partial(render_chunk, os.path.abspath(bank_dir), os.path.abspath(image_root),
+                                 os.path.abspath(out_dir), settings, strict,
+                                 pixels_dir=pixels_dir and os.path.abspath(pixels_dir))
         resumed = len(own_chunks) - len(chunks)
         desc = progress_label(resumed, len(own_chunks))
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
@@ -331,7 +334,7 @@ def _backend_session(backend: str, address: str | None):
     """Connect to the cluster a user already runs (dask.distributed scheduler or ray head)."""
     if backend == "dask":
         try:
-            from dask.distributed import Client
+            from dask.distributed import Client, KilledWorker
         except ImportError:
             raise _missing_extra(backend) from None
         try:
@@ -339,8 +342,14 @@ def _backend_session(backend: str, address: str | None):
         except (ValueError, OSError, TimeoutError) as exc:
             raise OccsynthError(f"--scheduler {address!r}: cannot connect to a dask scheduler "
                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        where = f"--scheduler {address}" if address else "the local dask cluster"
         with client:
-            yield client
+            _check_cluster(client, where)
+            try:
+                yield client
+            except (CancelledError, KilledWorker) as exc:  # the scheduler went away, or workers died on a chunk
+                raise OccsynthError(f"{where}: the cluster stopped running this run's chunks ({_cluster_said(exc)}); "
+                                    "the chunks it finished are kept: run the same command again to continue") from None
     elif backend == "ray":
         try:
             import ray
@@ -353,6 +362,29 @@ def _backend_session(backend: str, address: str | None):
         yield None
     else:
         yield None
+
+
+def _check_cluster(client, where: str) -> None:
+    """Run one task on a dask cluster before any chunk: one without occsynth in its environment fails it at once
+    (joblib waited for its chunks forever), and workers of another renderer would mix other images into the set."""
+    try:
+        renderer = client.submit(_worker_renderer, pure=False).result()
+    except Exception as exc:  # raised by the cluster: the task's error, or the scheduler's on reading it
+        raise OccsynthError(f"{where}: the cluster cannot run occsynth's tasks ({_cluster_said(exc)}); its scheduler "
+                            "and workers need this occsynth installed (the environment of this command)") from None
+    if renderer != RENDERER:
+        raise OccsynthError(f"{where}: a worker runs another occsynth (renderer {renderer}, this one {RENDERER}), "
+                            "whose images differ for the same arguments; install this occsynth on the cluster")
+
+
+def _cluster_said(exc: Exception) -> str:
+    """'Type: first sentence' of an error a cluster raised (dask's own run over lines and end with a link)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split()).split('. ')[0].rstrip('.')}"
+
+
+def _worker_renderer() -> int:
+    """On a cluster's worker: the renderer revision of the occsynth it imports (:func:`_check_cluster`)."""
+    return RENDERER
 
 
 @functools.lru_cache(maxsize=2)

@@ -258,7 +258,10 @@ class DamagedPart(OccsynthError):
 
     def __init__(self, path: Path, why: str, redo: str = "run the same command again to redo that chunk"):
         super().__init__(f"{path}: damaged part file ({why}); delete it and {redo}")
-        self.path, self.why = Path(path), why
+        self.path, self.why, self.redo = Path(path), why, redo
+
+    def __reduce__(self):  # pickled from a worker process: rebuilt from its arguments, not its text
+        return type(self), (self.path, self.why, self.redo)
 
 
 def read_part(path: Path) -> dict:

@@ -453,6 +453,59 @@ def test_dask_backend_on_a_local_cluster_gives_identical_set(reference, demo_sou
     assert tree_bytes(tmp_path / "dask") == tree_bytes(ref)
 
 
+def test_a_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(demo_source, tmp_path, monkeypatch):
+    """A dask cluster started without occsynth in its environment failed every task on the scheduler, and joblib
+    waited for them forever, silently; one whose workers run another renderer would mix other images into the set."""
+    distributed = pytest.importorskip("dask.distributed")
+    from occsynth import generate as generate_module
+    ann, root = demo_source
+
+    def not_installed():
+        raise ModuleNotFoundError("No module named 'occsynth'")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        for probe, words in ((not_installed, "cannot run occsynth's tasks (ModuleNotFoundError: No module named "
+                                             "'occsynth'); its scheduler and workers need this occsynth installed"),
+                             (lambda: generate_module.RENDERER + 1, "a worker runs another occsynth")):
+            monkeypatch.setattr(generate_module, "_worker_renderer", probe)
+            result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c")
+                                        + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
+            assert result.exit_code == 2 and words in result.output, result.output
+            assert not (tmp_path / "o").exists()
+
+
+def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(reference, demo_source, tmp_path,
+                                                                           monkeypatch):
+    """The dask scheduler stopped (killed, its job's time up) while chunks rendered: joblib's FutureCancelledError
+    ended the run in a traceback with exit 1."""
+    distributed = pytest.importorskip("dask.distributed")
+    from distributed.client import FutureCancelledError
+
+    from occsynth import generate as generate_module
+    ref, cache, recipe = reference
+    ann, root = demo_source
+    real = generate_module._finished_chunks
+
+    def lost_after_one(*args, **kwargs):
+        finished = real(*args, **kwargs)
+        yield next(finished)
+        finished.close()
+        raise FutureCancelledError("batch_of__chunk_and_count_1_calls-1", "scheduler-connection-lost")
+    args = cli_args(ann, root, tmp_path / "o", cache, recipe=recipe)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with monkeypatch.context() as patch:
+            patch.setattr(generate_module, "_finished_chunks", lost_after_one)
+            result = CliRunner().invoke(occsynth_main, args + ["--backend", "dask", "--scheduler",
+                                                               cluster.scheduler_address])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output == (f"Error: --scheduler {cluster.scheduler_address}: the cluster stopped running this "
+                                 "run's chunks (FutureCancelledError: batch_of__chunk_and_count_1_calls-1 cancelled for "
+                                 "reason: scheduler-connection-lost); the chunks it finished are kept: run the same "
+                                 "command again to continue\n")
+        again = CliRunner().invoke(occsynth_main, args + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
+    assert again.exit_code == 0 and "resumed: rendered" in again.output, again.output
+    assert tree_bytes(tmp_path / "o") == tree_bytes(ref)
+
+
 def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
     ann, root = demo_source
     for extra, words in ((["--scheduler", "tcp://h:1"], "--scheduler is for --backend dask or ray"),

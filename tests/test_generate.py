@@ -3,6 +3,7 @@ determinism across workers / shards / resume, and bad-input handling."""
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -20,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 from cli.occsynth_cli import main as occsynth_main
 from occsynth import errors, masks, writer
 from occsynth import generate as generate_module
+from occsynth.bank import DamagedEntry
 from occsynth.generate import RunSettings, generate
 from occsynth.schedule import CompositeOptions
 from occsynth.validate import validate
@@ -544,6 +546,55 @@ def test_strict_mode_stops_with_a_message_naming_the_record(broken_source, tmp_p
     assert "Traceback" not in result.output
 
 
+def test_an_error_raised_in_a_worker_process_reaches_the_main_process_as_it_was(demo_source, tmp_path):
+    """Errors cross to the main process pickled (loky, dask): a BadRecord (three arguments) could not be rebuilt
+    there, so --strict --workers 2 ended in loky's BrokenProcessPool traceback, and a DamagedEntry said "delete
+    it to rebuild" twice."""
+    for exc in (errors.BadRecord(errors.CORRUPT_IMAGE, "image file a.jpg", "truncated"),
+                DamagedEntry("b: not a readable cutout bank", "b"), writer.DamagedPart(Path("p.json"), "why")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc) and back.__dict__ == exc.__dict__
+    ann, root = demo_source
+    src = tmp_path / "src"
+    shutil.copytree(root, src / "images")
+    first = json.loads(Path(ann).read_text())["images"][0]["file_name"]
+    (src / "images" / first).write_bytes(b"garbage")  # found when rendering: no pixel store reads it before
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(src / "images"),
+                                                "--out", str(tmp_path / "o"), "--num-images", "96", "--workers", "2",
+                                                "--strict", "--no-cutout-pixels", "--cache-dir", str(tmp_path / "c"),
+                                                "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: image file {src / 'images' / first}: "), result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_worker_running_in_another_folder_writes_where_relative_paths_were_meant(generated, demo_source, tmp_path,
+                                                                                   monkeypatch):
+    """A cluster's workers (--backend dask/ray) run in a folder of their own: given a relative --out, --cache-dir or
+    --images, they wrote the images under that folder (and the run stopped calling a missing part damaged)."""
+    out, _, _ = generated
+    ann, root = demo_source
+    monkeypatch.chdir(tmp_path)
+    worker_folder = tmp_path / "worker"
+    worker_folder.mkdir()
+    real = generate_module._finished_chunks
+
+    def elsewhere(task, *args, **kwargs):  # every chunk rendered from another current folder, as on a worker
+        def in_worker_folder(chunk):
+            here = os.getcwd()
+            os.chdir(worker_folder)
+            try:
+                return task(chunk)
+            finally:
+                os.chdir(here)
+        return real(in_worker_folder, *args, **kwargs)
+    monkeypatch.setattr(generate_module, "_finished_chunks", elsewhere)
+    generate("rel", SETTINGS, ann_path=os.path.relpath(ann), image_root=os.path.relpath(root), cache_dir="cache",
+             progress=False)
+    assert list(worker_folder.iterdir()) == []
+    assert tree_bytes(tmp_path / "rel") == tree_bytes(out)
+
+
 def test_png_output_and_blend_none(demo_source, tmp_path):
     ann, root = demo_source
     settings = RunSettings(num_images=2, seed=1, image_format="png", composite=CompositeOptions(blend="none"))
@@ -643,6 +694,19 @@ def test_merge_names_the_setting_that_differs_and_the_chunks_it_left_in_a_shard_
     assert left.exit_code == 0, left.output
     assert f"note: {tmp_path / 'a'} still holds 2 chunks" in left.output
     assert len(list((tmp_path / "a" / "images").iterdir())) == 8
+
+
+@pytest.mark.parametrize("value, words", [
+    ("3/3", "shards are numbered from 0: i runs from 0 to 2 for n = 3 (an array job's task ids 0-2), got '3/3'"),
+    ("1/0", "n must be at least 1, got '1/0'"),
+    ("", "expected i/n such as 0/4, got ''")])
+def test_a_shard_out_of_range_says_how_shards_are_numbered(tmp_path, value, words):
+    """An array job numbered 1..n (Slurm's --array=1-3) ran shard n/n: 'must satisfy 0 <= i < n' left unsaid that
+    shard 0 is the one missing; an empty --shard (an unset variable) ran the whole set in every task."""
+    result = CliRunner().invoke(occsynth_main, ["generate", "--out", str(tmp_path / "o"), "--shard", value,
+                                                "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2 and f"Invalid value for '--shard': {words}" in result.output, result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
 
 
 def test_cli_messages_for_shards_interrupts_recipes_and_unreadable_sources(demo_source, tmp_path, monkeypatch):
