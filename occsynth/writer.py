@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .atomic import (LOCK_FILE, lock_failed, lock_file_now, lock_holder, make_folder, name_lock_holder, open_atomic,
                      remove_stale_temporaries, run_lock_file, write_json)
 from .coco import is_int, read_json
-from .errors import OccsynthError, SkipLog, plural
+from .errors import OccsynthError, SkipLog, first_few, plural
 
 PARTS = "parts"
 IMAGES = "images"
@@ -133,10 +133,11 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
     set may write OUT together: each holds ``parts/.lock`` and ``parts/.lock-of-N`` shared and its
     own ``parts/.lock-shard-I-of-N`` exclusively (it names the holder); shards of another split
     (another N) are refused, as their chunks overlap. An unsharded run or a merge holds
-    ``parts/.lock`` exclusively (:func:`occsynth.atomic.run_lock_file`) and removes the shard lock files: no
-    shard can be running. Advisory ``flock`` locks: the kernel drops them when the process dies (kill -9
-    too). Where ``fcntl`` is missing (Windows) or the file system has no locks, a run goes on without them
-    (with a warning).
+    ``parts/.lock`` exclusively (:func:`occsynth.atomic.run_lock_file`) and, once it has finished, removes the
+    shard lock files: no shard can be running. One that fails leaves them, as they name the shards' split
+    (:func:`shard_counts`) for the next merge's message. Advisory ``flock`` locks: the kernel drops them when
+    the process dies (kill -9 too). Where ``fcntl`` is missing (Windows) or the file system has no locks, a run
+    goes on without them (with a warning).
     """
     parts = Path(out_dir) / PARTS
     make_folder(parts)
@@ -150,10 +151,10 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
         # the exclusive holder (an unsharded run or a merge) names itself there; shards leave it empty
         with run_lock_file(parts / LOCK_FILE, lambda holder: refuse(f"an unsharded run or a merge ({holder})"
                                                                     if holder else "a shard of this set")) as held:
+            yield
             if held:
                 for stale in [*parts.glob(f"{LOCK_FILE}-shard-*"), *parts.glob(f"{LOCK_FILE}-of-*")]:
                     stale.unlink()  # no shard runs now: their lock files name processes that are gone
-            yield
         return
     try:
         import fcntl
@@ -192,6 +193,13 @@ def run_lock(out_dir: Path, shard: tuple[int, int] = (0, 1), action: str = "occs
             lock_failed(exc, parts)  # a lock file that cannot be opened is named; no locks here: a warning
             held.close()
         yield
+
+
+def shard_counts(folder: Path) -> set[int]:
+    """The n of the ``--shard i/n`` runs that wrote ``folder``, from their lock files (``.lock-of-N``), so that a
+    merge missing chunks can name their shards; a run's settings hold no split, as every split makes the same set."""
+    counts = (p.name.rpartition("-")[2] for p in (Path(folder) / PARTS).glob(f"{LOCK_FILE}-of-*"))
+    return {int(n) for n in counts if n.isdigit() and int(n) > 0}
 
 
 def _free(path: Path, fcntl) -> bool:
@@ -448,7 +456,7 @@ def part_files(dirs: Iterable[Path], num_chunks: int) -> list[Path]:
         else:
             missing.append(chunk)
     if missing:
-        raise _missing_chunks(missing)
+        raise MissingChunks(missing)
     return found
 
 
@@ -467,13 +475,39 @@ def parts_in_chunk_order(out_dir: Path, num_chunks: int, done: Iterable[int],
             yield part_path(out_dir, next_chunk)
             next_chunk += 1
     if next_chunk < num_chunks:
-        raise _missing_chunks([c for c in range(next_chunk, num_chunks) if c not in ready])
+        raise MissingChunks([c for c in range(next_chunk, num_chunks) if c not in ready])
 
 
-def _missing_chunks(missing: list[int]) -> OccsynthError:
-    head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-    return OccsynthError(f"{plural(len(missing), 'chunk')} not generated yet ({head}); run the missing shards first "
+class MissingChunks(OccsynthError):
+    """Chunks no folder searched holds; a merge says whose they are (:func:`_missing_in_merge`)."""
+
+    def __init__(self, missing: list[int]):
+        head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        super().__init__(f"{plural(len(missing), 'chunk')} not generated yet ({head}); run the missing shards first "
                          "(shard i/n renders chunks i, i + n, i + 2n, ...)")
+        self.missing = missing
+
+
+def _missing_in_merge(missing: list[int], shard_dirs: list[Path], dirs: list[Path]) -> str:
+    """Why a merge lacks chunks: their shards (i/n, where the folders' lock files name one n) have not run or
+    finished, or their folders were not given; the folders given are named, as a forgotten one is the likelier
+    cause (the message said to run the shards, by chunk number)."""
+    counts = set().union(*(shard_counts(d) for d in dirs))
+    rule = "shard i/n renders chunks i, i + n, i + 2n, ..."
+    text = (f"{plural(len(missing), 'chunk')} {'is' if len(missing) == 1 else 'are'} in none of the folders given "
+            f"({first_few(missing)})")
+    if len(counts) == 1:  # one split: the shards are known
+        n = counts.pop()
+        shards = [f"{i}/{n}" for i in sorted({chunk % n for chunk in missing})]
+        one = len(shards) == 1
+        text += f", of {'shard' if one else 'shards'} {first_few(shards)} ({rule}): " \
+                + ("that shard has" if one else "those shards have")
+    else:  # no split recorded (folders copied without their dot files), or several
+        one = len(missing) == 1
+        text += f": {'the shard that renders it' if one else 'the shards that render them'} ({rule}) " \
+                + ("has" if one else "have")
+    return (f"{text} not run (or not finished), or {'its folder was' if one else 'their folders were'} not given to "
+            f"merge (given: {first_few([str(d) for d in shard_dirs])})")
 
 
 def merge_parts(parts: Iterable[Path], out_dir: Path, categories: list[dict], info: dict) -> dict:
@@ -587,12 +621,12 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
                 locked.add(identity)
         try:
             parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
-        except OccsynthError as exc:
+        except MissingChunks as exc:
             merged_into = {m for d in shard_dirs if (m := merged_into_of(d)) is not None}
             if merged_into:  # an earlier merge moved chunks out of these folders: that is where the set is
                 raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
                                     f"{', '.join(sorted(merged_into))}, the merged set: the set is there ({exc})") from None
-            raise
+            raise OccsynthError(_missing_in_merge(exc.missing, shard_dirs, dirs)) from None
         make_folder(out_dir)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:
             refuse_foreign_files(out_dir)  # before the lock puts parts/ there

@@ -150,7 +150,10 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
         assert not report["merged"]
         assert not (d / "annotations.json").exists()
     partial = CliRunner().invoke(occsynth_main, ["merge", str(shard_dirs[0]), "--out", str(tmp_path / "p"), "--quiet"])
-    assert partial.exit_code == 2 and "not generated yet" in partial.output and "earlier" not in partial.output
+    assert partial.exit_code == 2 and " ".join(partial.output.split()) == (
+        "Error: 2 chunks are in none of the folders given (1, 2), of shards 1/3, 2/3 (shard i/n renders chunks i, "
+        "i + n, i + 2n, ...): those shards have not run (or not finished), or their folders were not given to merge "
+        f"(given: {shard_dirs[0]})")
     shard = CliRunner().invoke(occsynth_main, ["validate", str(shard_dirs[0])])  # a shard is no set: say what it is
     assert shard.exit_code == 2 and "one --shard of a set" in shard.output and "occsynth merge" in shard.output
     result = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "merged"), "--quiet"])
@@ -164,6 +167,32 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
     assert not (tmp_path / "m2").exists()
     merged = CliRunner().invoke(occsynth_main, ["stats", str(shard_dirs[1])])
     assert merged.exit_code == 2 and f"merged into {(tmp_path / 'merged').resolve()}" in merged.output.replace("\n", " ")
+
+
+def test_a_merge_missing_chunks_names_their_shards_and_the_folders_given(generated, demo_source, tmp_path):
+    """A user who left one shard folder out of the list was told to run the missing shards (by chunk number): the
+    shards are named (n from their lock files, which a failed merge leaves), and so are the folders given."""
+    _, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(3)]
+    for i, d in enumerate(shard_dirs):
+        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 3), progress=False)
+    given = [str(shard_dirs[0]), str(shard_dirs[2])]
+    expected = ("Error: 1 chunk is in none of the folders given (1), of shard 1/3 (shard i/n renders chunks i, "
+                "i + n, i + 2n, ...): that shard has not run (or not finished), or its folder was not given to merge "
+                f"(given: {given[0]}, {given[1]})")
+    for _ in range(2):  # the same again: the first left the shards' lock files, which name their split
+        result = CliRunner().invoke(occsynth_main, ["merge", *given, "--out", str(tmp_path / "m"), "--quiet"])
+        assert result.exit_code == 2 and " ".join(result.output.split()) == expected
+    for d in shard_dirs:  # folders whose split is not known (copied without their dot files): the rule instead
+        (d / "parts" / ".lock-of-3").unlink()
+    with pytest.raises(errors.OccsynthError) as unknown:
+        writer.merge_shards(tmp_path / "m", [shard_dirs[0], shard_dirs[2]], progress=False)
+    assert str(unknown.value) == (
+        "1 chunk is in none of the folders given (1): the shard that renders it (shard i/n renders chunks i, "
+        "i + n, i + 2n, ...) has not run (or not finished), or its folder was not given to merge "
+        f"(given: {given[0]}, {given[1]})")
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("damage", ["[1, 2]", "{}", '{"images": [], "annotations": [["x"]], "skips": {}}',
