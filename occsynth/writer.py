@@ -624,8 +624,11 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         except MissingChunks as exc:
             merged_into = {m for d in shard_dirs if (m := merged_into_of(d)) is not None}
             if merged_into:  # an earlier merge moved chunks out of these folders: that is where the set is
+                # (no advice to run shards: that merge found every chunk)
                 raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
-                                    f"{', '.join(sorted(merged_into))}, the merged set: the set is there ({exc})") from None
+                                    f"{', '.join(sorted(merged_into))}, the merged set: the set is there (the folders "
+                                    f"given lack {len(exc.missing):,} of its chunks: {first_few(exc.missing)})"
+                                    ) from None
             raise OccsynthError(_missing_in_merge(exc.missing, shard_dirs, dirs)) from None
         make_folder(out_dir)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:
