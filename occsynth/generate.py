@@ -166,7 +166,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
 def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int, shard: tuple[int, int],
               strict: bool, cache_dir, backend: str, progress: bool, cutout_pixels: bool) -> dict:
     """:func:`generate` once its arguments are checked and its cluster (if any) is connected."""
-    if ann_path is None:
+    demo = ann_path is None  # the default source: a refusal names it so, not as an --images given
+    if demo:
         ann_path, image_root = demo_source(cache_dir)
     ann_path, image_root, out_dir = Path(ann_path), Path(image_root), Path(out_dir)
     if not image_root.is_dir():
@@ -205,7 +206,7 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
                 "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
                 "merged_set": str(merged), "shard_chunks": len(own_chunks)}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
-        writer.check_run_settings(out_dir, run, image_root=image_root)
+        writer.check_run_settings(out_dir, run, image_root=image_root, demo=demo)
         remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
         writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
 

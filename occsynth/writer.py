@@ -302,17 +302,18 @@ def merged_run(out_dir: Path) -> dict | None:
 
 def check_run_settings(out_dir: Path, settings: dict,
                        hint: str = "use the same arguments to resume, or another --out",
-                       image_root: str | os.PathLike | None = None) -> None:
+                       image_root: str | os.PathLike | None = None, demo: bool = False) -> None:
     """Record the run's settings (and ``image_root``, the folder its source images are read from: only for
     messages), or refuse to continue a run made with different ones; with ``image_root``, other source images
-    (``source.images``, :func:`occsynth.bank.images_fingerprint`) are refused in their own words."""
+    (``source.images``, :func:`occsynth.bank.images_fingerprint`) are refused in their own words. ``demo``:
+    ``image_root`` is the embedded demo source's, read as no --ann and --images were given."""
     path = Path(out_dir) / PARTS / RUN_FILE
     settings = as_stored(settings)
     if path.exists():
         previous = read_run(path)
         if previous != settings:
             if image_root is not None and _other_images(previous, settings):
-                raise _other_images_refused(Path(out_dir), previous, settings, image_root)
+                raise _other_images_refused(Path(out_dir), previous, settings, image_root, demo)
             if previous.get("renderer") != settings.get("renderer"):  # no argument can make the same images
                 hint = "finish it with the occsynth version that began it, or use another --out"
             elif _images_of(previous) is None and _images_of(settings) is not None:
@@ -354,8 +355,10 @@ def image_root_of(folder: Path) -> str | None:
     return root if isinstance(root, str) else None
 
 
-def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_root) -> OccsynthError:
-    """The refusal of a rerun whose --images holds other files than the run began with (see check_run_settings)."""
+def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_root, demo: bool) -> OccsynthError:
+    """The refusal of a rerun whose --images holds other files than the run began with (see check_run_settings).
+    Read by default (``demo``), the demo source is named as such, not as an --images the user never gave, and
+    the resume needs --ann too (--images alone is refused)."""
     old_root, new_root = image_root_of(out_dir), str(Path(image_root).resolve())
     also = changed_settings(_images_left_out(previous), _images_left_out(settings))
     also = f" (other settings differ too: {also})" if also else ""
@@ -365,7 +368,14 @@ def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_r
                              "they were, or use another --out")
     begun = f"the source images under {old_root}" if old_root else "other source images"
     resume = f"--images {old_root}" if old_root else "the --images it was begun with"
-    return OccsynthError(f"{out_dir} was begun with {begun}, and --images {new_root} holds other files ({SAMPLED}): "
+    now = f"--images {new_root}"
+    if demo:
+        now = f"the embedded demo source (the default without --ann and --images, its images under {new_root})"
+        source = previous.get("source")
+        ann = source.get("annotations") if isinstance(source, dict) else None
+        ann = f"the --ann it was begun with ({ann})" if isinstance(ann, str) else "the --ann it was begun with"
+        resume = f"{ann} and --images {old_root}" if old_root else "the --ann and --images it was begun with"
+    return OccsynthError(f"{out_dir} was begun with {begun}, and {now} holds other files ({SAMPLED}): "
                          f"the chunks rendered now would mix other pixels into the set{also}; resume with {resume} "
                          "(or the same files moved or copied), or use another --out")
 
@@ -604,7 +614,8 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
                                 f"read under {image_root_of(d) or 'a folder not recorded'}, those of {shard_dirs[0]} "
                                 f"under {image_root_of(shard_dirs[0]) or 'a folder not recorded'}: {SAMPLED}); "
                                 "shards of one set read the same images (the same files may lie in other folders): "
-                                "render this shard again from those")
+                                f"render this shard again from those into a new --out (one into {d} is refused, as its "
+                                f"run was begun from other images) and merge that folder in place of {d}")
         if other != runs[0]:
             raise OccsynthError(f"{d} was generated with other settings than {shard_dirs[0]} "
                                 f"({changed_settings(runs[0], other)}); shards of one set share every setting")

@@ -326,10 +326,36 @@ def test_a_resume_with_other_images_is_refused_and_one_from_the_same_images_move
     mixed = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "a"), str(tmp_path / "b"),
                                                "--out", str(tmp_path / "m"), "--quiet"])
     assert mixed.exit_code == 2 and "Traceback" not in mixed.output, mixed.output
-    assert (f"{tmp_path / 'b'} was generated from other source images than {tmp_path / 'a'} (its images were read "
-            f"under {other.resolve()}, those of {tmp_path / 'a'} under {Path(root).resolve()}:") \
-        in " ".join(mixed.output.split())
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert " ".join(mixed.output.split()) == (
+        f"Error: {b} was generated from other source images than {a} (its images were read under {other.resolve()}, "
+        f"those of {a} under {Path(root).resolve()}: {writer.SAMPLED}); shards of one set read the same images (the "
+        "same files may lie in other folders): render this shard again from those into a new --out (one into "
+        f"{b} is refused, as its run was begun from other images) and merge that folder in place of {b}")
     assert not (tmp_path / "m").exists()
+    with pytest.raises(errors.OccsynthError, match="was begun with the source images under"):  # as it says
+        generate(b, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
+    generate(tmp_path / "b2", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
+    writer.merge_shards(tmp_path / "m", [a, tmp_path / "b2"], progress=False)
+    assert tree_bytes(tmp_path / "m") == tree_bytes(out)
+
+
+def test_a_resume_that_reads_the_demo_source_by_default_says_so(generated, demo_source, tmp_path):
+    """Without --ann and --images a run reads the embedded demo source: a run begun from other images was refused
+    naming "--images <cache>/demo-v1/images", an option never given, and advised --images alone (which needs --ann)."""
+    _, _, cache = generated
+    ann, root = demo_source
+    other = reencoded_copy(root, tmp_path / "other")
+    begun = tmp_path / "begun"
+    generate(begun, SETTINGS, ann_path=ann, image_root=other, cache_dir=cache, shard=(0, 3), progress=False)
+    with pytest.raises(errors.OccsynthError) as refused:
+        generate(begun, SETTINGS, cache_dir=cache, shard=(0, 3), progress=False)
+    assert str(refused.value) == (
+        f"{begun} was begun with the source images under {other.resolve()}, and the embedded demo source (the default "
+        f"without --ann and --images, its images under {(Path(cache) / 'demo-v1' / 'images').resolve()}) holds other "
+        f"files ({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; resume with the "
+        f"--ann it was begun with (annotations.json) and --images {other.resolve()} (or the same files moved or "
+        "copied), or use another --out")
 
 
 def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(generated, demo_source, tmp_path):
