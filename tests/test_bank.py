@@ -423,6 +423,18 @@ def test_bank_command_prints_kept_rejected_and_skipped(tmp_path):
     assert f"bank: {tmp_path / 'c' / 'banks'}" in out
 
 
+def test_bank_command_options_reach_the_bank_it_builds(tmp_path):
+    """--border-margin and --touch-margin are both whole pixel counts: swapped, the command would build (and cache)
+    the bank of other options without a word."""
+    path = write(tmp_path, source())
+    result = CliRunner().invoke(occsynth_main, ["bank", "--ann", str(path), "--cache-dir", str(tmp_path / "c"),
+                                                "--min-area", "50", "--border-margin", "3", "--touch-margin", "4",
+                                                "--quiet"])
+    assert result.exit_code == 0, result.output
+    bank_dir = result.output.splitlines()[-1].removeprefix("bank: ")
+    assert Bank.load(bank_dir).meta["options"] == {"min_area": 50, "border_margin": 3, "touch_margin": 4}
+
+
 def test_bank_command_refuses_an_image_root_without_the_source_images_and_caches_no_store(tmp_path, demo_source):
     """As generate does: a wrong --images would otherwise be cached as a store of no pixels (exit 0)."""
     ann, root = demo_source

@@ -128,6 +128,8 @@ def test_cache_command_lists_and_removes_the_stale_entries(cache):
     assert sorted(e["name"] for e in report["entries"]) == sorted(p.name for k, p in made.items() if k != "gone")
     plain = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove", made["other"].name])
     assert plain.output.splitlines()[0] == f"removed {made['other']}" and "3 entries" not in plain.output
+    last = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove", made["store"].name])
+    assert last.exit_code == 0 and last.output.splitlines()[1].startswith(f"cache {cache_dir}: 1 entry, "), last.output
     bad = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(cache_dir), "--remove", "nope"])
     assert bad.exit_code == 2 and "no cache entry named nope" in bad.output and "Traceback" not in bad.output
 
@@ -239,7 +241,8 @@ def test_a_link_to_a_missing_bank_is_listed_stale_and_can_be_removed(cache, tmp_
 
 def test_a_folder_that_is_no_cache_loses_nothing_to_remove_stale(tmp_path):
     folder = tmp_path / "work"                           # --cache-dir given a folder of the user's by mistake
-    for sub in ("banks/2023-statements", "cutout-pixels/holiday", "banks/.git"):
+    # the last: a bank's name and more (a copy made by hand): only names occsynth gives are its entries
+    for sub in ("banks/2023-statements", "cutout-pixels/holiday", "banks/.git", "banks/0123456789abcdef-0123456789-old"):
         (folder / sub).mkdir(parents=True)
         (folder / sub / "keep.txt").write_text("mine")
     old = time.time() - 2 * 3600
@@ -247,7 +250,8 @@ def test_a_folder_that_is_no_cache_loses_nothing_to_remove_stale(tmp_path):
     res = CliRunner().invoke(occsynth_main, ["cache", "--cache-dir", str(folder), "--remove-stale"])
     assert res.exit_code == 0 and "0 entries" in res.output, res.output
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("keep.txt")) == [
-        "banks/.git/keep.txt", "banks/2023-statements/keep.txt", "cutout-pixels/holiday/keep.txt"]
+        "banks/.git/keep.txt", "banks/0123456789abcdef-0123456789-old/keep.txt", "banks/2023-statements/keep.txt",
+        "cutout-pixels/holiday/keep.txt"]
 
 
 # ---------------------------------------------------------------- what killed builds leave, and the next build

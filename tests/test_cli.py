@@ -33,15 +33,22 @@ def test_progress_bars_are_switched_off_by_the_same_flags_everywhere():
 
 def test_every_ranged_number_option_refuses_nan():
     """click's FloatRange lets 'nan' through (it compares false with both bounds): every ranged float option of
-    both tools uses FiniteFloatRange, which refuses it as click refuses any other value out of range."""
-    ranged = 0
+    both tools uses FiniteFloatRange, which refuses it as click refuses any other value out of range. Without an
+    upper bound click lets infinity through too ('inf', or '1e400', which overflows to it): refused as well."""
+    ranged = unbounded = 0
     for group, name in COMMANDS:
         for param in group.commands[name].params:
             if isinstance(param.type, click.FloatRange):
                 ranged += 1
                 with pytest.raises(click.BadParameter, match="is not a number in the range"):
                     param.type.convert("nan", param, None)
+                if param.type.max is None:
+                    unbounded += 1
+                    for value in ("inf", "1e400"):
+                        with pytest.raises(click.BadParameter, match=f"'{value}' is not a number in the range"):
+                            param.type.convert(value, param, None)
     assert ranged >= 11  # generate (5), build-cocoocc, annotate-occluders, validate, preview, evaluate, predict
+    assert unbounded >= 1  # validate --balance-tolerance
 
 
 def test_console_scripts_run_the_groups_and_a_ctrl_c_while_importing_stops_quietly(monkeypatch, capsys):
@@ -85,6 +92,29 @@ def test_a_file_where_a_folder_is_needed_is_named(tmp_path, demo_source):
     assert cache.exit_code == 2 and cache.output.strip() == f"Error: cannot make folder {banks}: {banks} is a file, not a folder"
     out = runner.invoke(occsynth_main, ["generate", "--out", str(tmp_path / "afile" / "o"), "--num-images", "2", "--quiet"])
     assert out.exit_code == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in out.output
+
+
+def test_an_os_error_names_its_file_once(tmp_path):
+    """An OSError outside the library's own checks is 'Error: FILE: reason'; where the reason already starts with
+    the file (a file where a folder is needed), the file is not said twice."""
+    import os
+
+    from cli.common import Group
+
+    (tmp_path / "afile").write_text("x")
+
+    @click.command("list")
+    @click.argument("path")
+    def list_command(path):
+        os.listdir(path)
+
+    group = Group(commands={"list": list_command})
+    file_as_folder = CliRunner().invoke(group, ["list", str(tmp_path / "afile")])
+    assert file_as_folder.exit_code == 2
+    assert file_as_folder.output == f"Error: {tmp_path / 'afile'} is a file, not a folder\n"
+    missing = CliRunner().invoke(group, ["list", str(tmp_path / "gone")])
+    assert missing.exit_code == 2
+    assert missing.output == f"Error: {tmp_path / 'gone'}: No such file or directory\n"
 
 
 def test_a_reader_that_goes_away_stops_a_command_quietly(demo_source):

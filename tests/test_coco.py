@@ -418,6 +418,25 @@ def test_skiplog_summary_and_merge():
     assert other.in_one_line() == "skipped 1 bad record: unreadable or corrupt image=1; e.g. image file c.jpg"
 
 
+def test_merged_skip_logs_read_as_one_log_and_an_empty_one_says_so():
+    """Logs merged from workers or chunks read as one log over the same records in the same order: a reason keeps
+    its first example. Of reasons as frequent, the first in sorted order gives the one-line summary's example."""
+    one, first, second = SkipLog(), SkipLog(), SkipLog()
+    for log, name in ((first, "a.jpg"), (second, "b.jpg")):
+        one.skip(BadRecord(errors.MISSING_FILE, f"image file {name}"))
+        log.skip(BadRecord(errors.MISSING_FILE, f"image file {name}"))
+    first.merge(second)
+    assert first.to_dict() == one.to_dict() == {
+        "counts": {errors.MISSING_FILE: 2}, "examples": {errors.MISSING_FILE: "image file a.jpg: missing image file"}}
+    for name in ("c.jpg", "d.jpg"):  # as many as the missing files: a tie
+        one.skip(BadRecord(errors.CORRUPT_IMAGE, f"image file {name}"))
+    assert one.in_one_line() == ("skipped 4 bad records: missing image file=2, unreadable or corrupt image=2; "
+                                 "e.g. image file a.jpg: missing image file")
+    empty = SkipLog()
+    assert empty.in_one_line() == "nothing skipped"
+    assert empty.summary() == "no bad input" and empty.summary("x.json") == "x.json: no bad input"
+
+
 def test_an_empty_image_file_is_a_corrupt_record_not_a_crash(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(BadRecord) as exc:

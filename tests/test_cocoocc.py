@@ -179,6 +179,11 @@ def test_build_writes_loadable_subset(tmp_path):
     saved = json.loads((tmp_path / "occ" / "report.json").read_text())
     # Images 4, 5, 6 have no overlapping pair: counted apart, in no bin; min overlaps 0.2, 0.3, 0.5, 1.0.
     assert saved["histogram"]["no_overlap"] == 3 and saved["histogram"]["counts"] == [0, 0, 1, 1, 0, 1, 0, 0, 0, 1]
+    # as the command prints it: the last bin holds 1.0 (a box inside another), so it is closed
+    assert cocoocc_commands.format_report(report)[1] == (
+        "largest overlap per image: 3 images without any overlapping box pair; the others per bin [0,0.1): 0, "
+        "[0.1,0.2): 0, [0.2,0.3): 1, [0.3,0.4): 1, [0.4,0.5): 0, [0.5,0.6): 1, [0.6,0.7): 0, [0.7,0.8): 0, "
+        "[0.8,0.9): 0, [0.9,1]: 1")
     assert report["counts"]["paper_images"] == 1005
     # pycocotools loads it and evaluates as usual: GT boxes as detections give AP 1.
     with contextlib.redirect_stdout(io.StringIO()):

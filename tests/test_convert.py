@@ -190,6 +190,10 @@ def test_cli_kins_and_bad_input(tmp_path):
     res = CliRunner().invoke(main, ["convert-kins", "--ann", str(kins_file(tmp_path)), "--out",
                                     str(tmp_path / "k.json"), "--quiet"])
     assert res.exit_code == 0 and "3 annotations in 1 image, 1 with occluders" in res.output
+    # FRONT covers 24 px of BACK's hidden part: fewer than --min-overlap 25, so no occluder
+    res = CliRunner().invoke(main, ["convert-kins", "--ann", str(kins_file(tmp_path)), "--out",
+                                    str(tmp_path / "k25.json"), "--min-overlap", "25", "--quiet"])
+    assert res.exit_code == 0 and "3 annotations in 1 image, 0 with occluders" in res.output, res.output
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(bad), "--out", str(tmp_path / "x.json")])

@@ -94,6 +94,31 @@ def test_demo_source_is_cached_under_xdg_cache_home(tmp_path, monkeypatch):
     assert [p.name for p in ann.parent.parent.iterdir()] == [demo.DEMO_VERSION]      # no temporaries left
 
 
+def test_an_empty_cache_setting_is_an_unset_one(tmp_path, monkeypatch):
+    """XDG_CACHE_HOME= (set but empty, as XDG says to read it) and --cache-dir "" (an unset variable in a script) mean
+    the default cache, not a cache in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    default = tmp_path / "home" / ".cache" / "occsynth"
+    assert demo.default_cache_dir() == default
+    assert demo.cache_dir_or_default("") == demo.cache_dir_or_default(None) == default
+    assert demo.cache_dir_or_default(str(tmp_path / "c")) == tmp_path / "c"
+
+
+def test_uncompressed_rle_decodes_to_its_mask_also_when_it_starts_with_a_set_pixel():
+    """COCO's counts start with a run of zeros: a mask whose first pixel (column-major) is set starts with 0."""
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((5, 4), bool)
+    mask[0, 0] = mask[1:3, 1] = mask[4, 3] = True
+    for m in (mask, ~mask, np.ones((3, 2), bool), np.zeros((3, 2), bool)):
+        rle = demo.uncompressed_rle(m)
+        assert rle["size"] == list(m.shape)
+        decoded = mask_utils.decode(mask_utils.frPyObjects(rle, *m.shape)).astype(bool)
+        assert np.array_equal(decoded, m)
+    assert demo.uncompressed_rle(mask)["counts"][:3] == [0, 1, 5]
+
+
 def test_make_demo_source_command(tmp_path):
     result = CliRunner().invoke(occsynth_main, ["make-demo-source", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output

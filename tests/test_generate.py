@@ -854,6 +854,37 @@ def test_a_bad_setting_names_the_option_or_the_recipe_it_came_from(tmp_path):
     assert not out.exists()
 
 
+def test_each_generate_option_reaches_the_setting_it_names(tmp_path, monkeypatch):
+    """The command hands every option to the library by name: two of one type swapped (--flip-prob and
+    --same-class-prob, --border-margin and --touch-margin) would make another set without a word."""
+    import cli.generate_commands as commands
+    from occsynth.bank import BankOptions
+
+    calls = []
+
+    def captured(out, settings, **kwargs):
+        calls.append((out, settings, kwargs))
+        raise errors.OccsynthError("captured")
+
+    monkeypatch.setattr(commands, "generate", captured)
+    result = CliRunner().invoke(occsynth_main, [
+        "generate", "--out", str(tmp_path / "o"), "--num-images", "7", "--seed", "5", "--pastes", "1", "3",
+        "--occlusion", "0.15", "0.5", "--max-occlusion", "0.6", "--same-class-prob", "0.3", "--scale", "0.7", "1.2",
+        "--flip-prob", "0.1", "--blend", "gaussian", "--min-area", "900", "--border-margin", "3", "--touch-margin", "4",
+        "--image-format", "png", "--shard", "1/2", "--strict", "--cache-dir", str(tmp_path / "c"),
+        "--backend", "threading", "--no-cutout-pixels", "--quiet"])
+    assert result.exit_code == 2 and result.output == "Error: captured\n", result.output
+    [(out, settings, kwargs)] = calls
+    composite = CompositeOptions(pastes=(1, 3), occlusion=(0.15, 0.5), max_occlusion=0.6, same_class_prob=0.3,
+                                 scale=(0.7, 1.2), flip_prob=0.1, blend="gaussian")
+    assert out == str(tmp_path / "o") and settings == RunSettings(
+        num_images=7, seed=5, image_format="png", composite=composite,
+        bank=BankOptions(min_area=900, border_margin=3, touch_margin=4))
+    assert kwargs == {"ann_path": None, "image_root": None, "workers": 1, "shard": (1, 2), "strict": True,
+                      "cache_dir": str(tmp_path / "c"), "backend": "threading", "backend_address": None,
+                      "cutout_pixels": False, "progress": False}
+
+
 def test_a_rerun_says_what_was_done_before_it(demo_source, tmp_path):
     ann, root = demo_source
     args = ["generate", "--ann", str(ann), "--images", str(root), "--out", str(tmp_path / "out"), "--num-images", "40",

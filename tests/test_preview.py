@@ -202,6 +202,19 @@ def test_unreadable_images_are_reported(dataset, tmp_path):
     assert cv2.imread(str(tmp_path / "s.png")).shape == (32, 4 * 32, 3)
 
 
+def test_the_problem_list_shows_the_first_few_and_counts_the_rest():
+    from occsynth.preview import format_problems
+
+    problems = [{"image_id": i, "file_name": f"{i}.png", "reason": "unreadable or corrupt image", "detail": ""}
+                for i in range(12)]
+    assert format_problems(problems[:2], limit=2).splitlines() == [
+        "2 images drawn as a red-cross placeholder:",
+        "  image 0 (0.png): unreadable or corrupt image",
+        "  image 1 (1.png): unreadable or corrupt image"]  # as many as the limit: no '... 0 more'
+    assert format_problems(problems).splitlines()[-2:] == ["  image 9 (9.png): unreadable or corrupt image",
+                                                           "  ... 2 more"]
+
+
 def test_no_drawable_image_at_all_is_an_error_saying_why(dataset, tmp_path):
     data, _ = build()
     (tmp_path / "broken.png").write_bytes(b"not an image")

@@ -24,6 +24,11 @@ def test_options_round_trip_through_asdict_and_json():
     assert CompositeOptions().margin == 6 and CompositeOptions(blend="none").margin == 0
 
 
+def test_the_bounds_themselves_are_allowed():
+    edge = CompositeOptions(blend_px=0, max_tries=10_000, scale=(100, 100))  # no blend width, most tries, largest scale
+    assert edge.margin == 0 and edge.max_tries == 10_000 and edge.scale == (100.0, 100.0)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"pastes": (0, 2)}, "pastes"), ({"pastes": (3, 2)}, "pastes"), ({"pastes": (2.5, 3)}, "whole"),
     ({"pastes": [2]}, "pair"), ({"pastes": "24"}, "pair"),
@@ -33,6 +38,9 @@ def test_options_round_trip_through_asdict_and_json():
     ({"max_size": 0.0}, "max_size"), ({"max_size": 1.5}, "max_size"), ({"flip_prob": -0.1}, "flip_prob"),
     ({"blend": "poisson"}, "blend"), ({"blend_px": -1}, "blend_px"), ({"blend_px": float("nan")}, "finite"),
     ({"max_tries": 0}, "max_tries"), ({"max_occlusion": True}, "number"), ({"flip_prob": "0.5"}, "number"),
+    ({"max_tries": 10_001}, r"max_tries must be in \[1, 10000\]"), ({"scale": (1.0, 101.0)}, r"\(<= 100\)"),
+    # TOML has inf: a whole-number setting of inf was int(inf)'s OverflowError, not a message
+    ({"max_tries": float("inf")}, "max_tries must be finite"), ({"scale": (1.0, float("inf"))}, "scale must be finite"),
 ])
 def test_bad_options_are_refused_with_a_clear_message(kwargs, words):
     with pytest.raises(OccsynthError, match=words):

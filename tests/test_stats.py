@@ -126,9 +126,14 @@ def test_cli_text_json_and_plot(tmp_path):
     assert lines[header].split() == ["bin", "all", "pasted"]  # a header line of its own, its columns over the counts
     assert len(lines[header]) == len(lines[header + 1]) and lines[header + 1].startswith("  [0.0, 0.1)")
     assert cv2.imread(str(tmp_path / "stats.png")).shape == (2 * PANEL[0], 2 * PANEL[1], 3)
+    assert text.output.endswith(f"\n\nwrote {tmp_path / 'stats.png'}\n")
     as_json = runner.invoke(group, ["stats", str(out), "--json"])
     assert as_json.exit_code == 0
     assert json.loads(as_json.output)["layers"] == {"0": 4, "1": 3, "2": 3, "3": 3}
+    # with --plot too, the output stays one JSON document: the 'wrote PLOT' line is left out
+    both = runner.invoke(group, ["stats", str(out), "--json", "--plot", str(tmp_path / "both.png")])
+    assert both.exit_code == 0 and json.loads(both.output) == json.loads(as_json.output), both.output
+    assert cv2.imread(str(tmp_path / "both.png")).shape == (2 * PANEL[0], 2 * PANEL[1], 3)
     missing = runner.invoke(group, ["stats", str(tmp_path)])
     assert missing.exit_code == 2 and "annotations.json" in missing.output
     bmp = runner.invoke(group, ["stats", str(out), "--plot", str(tmp_path / "stats.bmp")])

@@ -114,3 +114,41 @@ def test_a_signal_the_process_ignores_stays_ignored_in_the_block():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_the_last_stop_asked_for_is_the_one_the_command_exits_with():
+    """Ctrl-C, then the scheduler's SIGTERM while the command unwinds: it exits as terminated (143), not 130."""
+    with pytest.raises(KeyboardInterrupt), stopping.stop_on_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+    assert stopping.stop_requested() == signal.SIGTERM
+
+
+def test_off_the_main_thread_the_blocks_run_with_the_handlers_they_have():
+    """Only the main thread can set signal handlers; a command run from another thread (a notebook's, a server's)
+    runs its blocks with the handlers there are, instead of failing (or retrying a restore for ever)."""
+    import threading
+
+    from occsynth import pool
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    outcome = []
+
+    def body():
+        try:
+            with stopping.stop_on_signals(), pool.ctrl_c_for_main_only():
+                outcome.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+        except BaseException as exc:  # reported below, in the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and outcome == [before]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
