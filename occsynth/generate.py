@@ -215,10 +215,11 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         if cutout_pixels and chunks:
             pixels_dir = str(ensure_cutout_pixels(bank_dir, image_root, cache_dir, strict=strict, progress=progress,
                                                   workers=workers if backend in ("loky", "threading") else 1))
-        # absolute paths: a cluster's workers (dask, ray) run in a folder of their own
-        task = functools.partial(render_chunk, os.path.abspath(bank_dir), os.path.abspath(image_root),
-                                 os.path.abspath(out_dir), settings, strict,
-                                 pixels_dir=pixels_dir and os.path.abspath(pixels_dir))
+        # absolute paths: a cluster's workers (dask, ray) run in a folder of their own. Path.absolute keeps '..'
+        # (os.path.abspath drops it as text: through a link, 'link/../o' is another folder than the one checked)
+        task = functools.partial(render_chunk, str(Path(bank_dir).absolute()), str(Path(image_root).absolute()),
+                                 str(Path(out_dir).absolute()), settings, strict,
+                                 pixels_dir=pixels_dir and str(Path(pixels_dir).absolute()))
         resumed = len(own_chunks) - len(chunks)
         desc = progress_label(resumed, len(own_chunks))
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
@@ -348,9 +349,13 @@ def _backend_session(backend: str, address: str | None):
             _check_cluster(client, where)
             try:
                 yield client
-            except (CancelledError, KilledWorker) as exc:  # the scheduler went away, or workers died on a chunk
+            except CancelledError as exc:  # the scheduler went away
                 raise OccsynthError(f"{where}: the cluster stopped running this run's chunks ({_cluster_said(exc)}); "
                                     "the chunks it finished are kept: run the same command again to continue") from None
+            except KilledWorker as exc:  # a chunk the scheduler gave up on: its workers died on it, each time
+                raise OccsynthError(f"{where}: workers died on a chunk each time it ran ({_cluster_said(exc)}); the "
+                                    "chunks finished are kept: see the workers' logs (out of memory?), and --strict "
+                                    "names a bad record, before the same command continues the run") from None
     elif backend == "ray":
         try:
             import ray
@@ -365,11 +370,21 @@ def _backend_session(backend: str, address: str | None):
         yield None
 
 
+CLUSTER_TRIAL_S = 120  # how long the trial task may wait for a worker (a cluster's workers may start slowly)
+
+
 def _check_cluster(client, where: str) -> None:
-    """Run one task on a dask cluster before any chunk: one without occsynth in its environment fails it at once
-    (joblib waited for its chunks forever), and workers of another renderer would mix other images into the set."""
+    """Run one task on a dask cluster before any chunk: a scheduler without occsynth in its environment fails it at
+    once (joblib waited for its chunks forever), the worker that runs it must be of this renderer (another one's
+    images differ), and a cluster where no worker runs it within :data:`CLUSTER_TRIAL_S` (none started, or each that took it
+    could not import occsynth and left: dask then waits for ever) is refused in words, not left hanging."""
+    timeout = CLUSTER_TRIAL_S
     try:
-        renderer = client.submit(_worker_renderer, pure=False).result()
+        renderer = client.submit(_worker_renderer, pure=False).result(timeout=timeout)
+    except TimeoutError:
+        raise OccsynthError(f"{where}: no worker of the cluster ran a first task in {timeout:g} s: none has started, "
+                            "or those that took it could not import occsynth (its workers need this occsynth "
+                            "installed; their logs say why they left)") from None
     except Exception as exc:  # raised by the cluster: the task's error, or the scheduler's on reading it
         raise OccsynthError(f"{where}: the cluster cannot run occsynth's tasks ({_cluster_said(exc)}); its scheduler "
                             "and workers need this occsynth installed (the environment of this command)") from None
@@ -380,7 +395,8 @@ def _check_cluster(client, where: str) -> None:
 
 def _cluster_said(exc: Exception) -> str:
     """'Type: first sentence' of an error a cluster raised (dask's own run over lines and end with a link)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split()).split('. ')[0].rstrip('.')}"
+    text = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _worker_renderer() -> int:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -473,6 +474,23 @@ def test_a_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(demo_s
             assert not (tmp_path / "o").exists()
 
 
+def test_a_cluster_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_source, tmp_path, monkeypatch):
+    """No worker started, or each that took the trial task could not import occsynth and left: the trial waited for
+    ever, silently (joblib had said 'no worker after 10 seconds')."""
+    distributed = pytest.importorskip("dask.distributed")
+    from occsynth import generate as generate_module
+    ann, root = demo_source
+    monkeypatch.setattr(generate_module, "CLUSTER_TRIAL_S", 0.5)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c")
+                                    + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
+    assert result.exit_code == 2 and result.output.endswith(
+        f"Error: --scheduler {cluster.scheduler_address}: no worker of the cluster ran a first task in 0.5 s: none has "
+        "started, or those that took it could not import occsynth (its workers need this occsynth installed; their "
+        "logs say why they left)\n"), result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(reference, demo_source, tmp_path,
                                                                            monkeypatch):
     """The dask scheduler stopped (killed, its job's time up) while chunks rendered: joblib's FutureCancelledError
@@ -502,8 +520,24 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
                                  "reason: scheduler-connection-lost); the chunks it finished are kept: run the same "
                                  "command again to continue\n")
         again = CliRunner().invoke(occsynth_main, args + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
-    assert again.exit_code == 0 and "resumed: rendered" in again.output, again.output
-    assert tree_bytes(tmp_path / "o") == tree_bytes(ref)
+        assert again.exit_code == 0 and "resumed: rendered" in again.output, again.output
+        assert tree_bytes(tmp_path / "o") == tree_bytes(ref)
+
+        # a chunk the scheduler gave up on (its workers died on it each time): not a plain "run it again"
+        def killed_after_one(*args, **kwargs):
+            finished = real(*args, **kwargs)
+            yield next(finished)
+            finished.close()
+            raise distributed.KilledWorker("chunk-5", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+        with monkeypatch.context() as patch:
+            patch.setattr(generate_module, "_finished_chunks", killed_after_one)
+            killed = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "k", cache, recipe=recipe)
+                                        + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
+        assert killed.exit_code == 2 and killed.output == (
+            f"Error: --scheduler {cluster.scheduler_address}: workers died on a chunk each time it ran (KilledWorker: "
+            "Attempted to run task 'chunk-5' on 4 different workers, but all those workers died while running it); "
+            "the chunks finished are kept: see the workers' logs (out of memory?), and --strict names a bad record, "
+            "before the same command continues the run\n"), killed.output
 
 
 def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):

@@ -650,6 +650,12 @@ def test_a_worker_running_in_another_folder_writes_where_relative_paths_were_mea
              progress=False)
     assert list(worker_folder.iterdir()) == []
     assert tree_bytes(tmp_path / "rel") == tree_bytes(out)
+    # through a link, 'link/../o' is the folder beside the link's target: the workers write where it was checked
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere" / "deep")
+    generate("link/../o", SETTINGS, ann_path=os.path.relpath(ann), image_root=os.path.relpath(root), cache_dir="cache",
+             progress=False)
+    assert not (tmp_path / "o").exists() and tree_bytes(tmp_path / "elsewhere" / "o") == tree_bytes(out)
 
 
 def test_png_output_and_blend_none(demo_source, tmp_path):
