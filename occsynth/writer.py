@@ -504,8 +504,8 @@ def _missing_in_merge(missing: list[int], shard_dirs: list[Path], dirs: list[Pat
     cause (the message said to run the shards, by chunk number)."""
     counts = set().union(*(shard_counts(d) for d in dirs))
     rule = "shard i/n renders chunks i, i + n, i + 2n, ..."
-    text = (f"{plural(len(missing), 'chunk')} {'is' if len(missing) == 1 else 'are'} in none of the folders given "
-            f"({first_few(missing)})")
+    text = (f"{'chunk' if len(missing) == 1 else 'chunks'} {first_few(missing)} {'is' if len(missing) == 1 else 'are'} "
+            "in none of the folders given")  # the numbers beside "folders given" read as a count of folders
     if len(counts) == 1:  # one split: the shards are known
         n = counts.pop()
         shards = [f"{i}/{n}" for i in sorted({chunk % n for chunk in missing})]

@@ -151,7 +151,7 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
         assert not (d / "annotations.json").exists()
     partial = CliRunner().invoke(occsynth_main, ["merge", str(shard_dirs[0]), "--out", str(tmp_path / "p"), "--quiet"])
     assert partial.exit_code == 2 and " ".join(partial.output.split()) == (
-        "Error: 2 chunks are in none of the folders given (1, 2), of shards 1/3, 2/3 (shard i/n renders chunks i, "
+        "Error: chunks 1, 2 are in none of the folders given, of shards 1/3, 2/3 (shard i/n renders chunks i, "
         "i + n, i + 2n, ...): those shards have not run (or not finished), or their folders were not given to merge "
         f"(given: {shard_dirs[0]})")
     shard = CliRunner().invoke(occsynth_main, ["validate", str(shard_dirs[0])])  # a shard is no set: say what it is
@@ -179,7 +179,7 @@ def test_a_merge_missing_chunks_names_their_shards_and_the_folders_given(generat
     for i, d in enumerate(shard_dirs):
         generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 3), progress=False)
     given = [str(shard_dirs[0]), str(shard_dirs[2])]
-    expected = ("Error: 1 chunk is in none of the folders given (1), of shard 1/3 (shard i/n renders chunks i, "
+    expected = ("Error: chunk 1 is in none of the folders given, of shard 1/3 (shard i/n renders chunks i, "
                 "i + n, i + 2n, ...): that shard has not run (or not finished), or its folder was not given to merge "
                 f"(given: {given[0]}, {given[1]})")
     for _ in range(2):  # the same again: the first left the shards' lock files, which name their split
@@ -190,7 +190,7 @@ def test_a_merge_missing_chunks_names_their_shards_and_the_folders_given(generat
     with pytest.raises(errors.OccsynthError) as unknown:
         writer.merge_shards(tmp_path / "m", [shard_dirs[0], shard_dirs[2]], progress=False)
     assert str(unknown.value) == (
-        "1 chunk is in none of the folders given (1): the shard that renders it (shard i/n renders chunks i, "
+        "chunk 1 is in none of the folders given: the shard that renders it (shard i/n renders chunks i, "
         "i + n, i + 2n, ...) has not run (or not finished), or its folder was not given to merge "
         f"(given: {given[0]}, {given[1]})")
     assert not (tmp_path / "m").exists()
