@@ -373,7 +373,8 @@ def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_r
         now = f"the embedded demo source (the default without --ann and --images, its images under {new_root})"
         source = previous.get("source")
         ann = source.get("annotations") if isinstance(source, dict) else None
-        ann = f"the --ann it was begun with ({ann})" if isinstance(ann, str) else "the --ann it was begun with"
+        # a run records the file's name alone: "(annotations.json)" read as a path relative to the current folder
+        ann = "the --ann it was begun with" + (f" (a file named {ann})" if isinstance(ann, str) else "")
         resume = f"{ann} and --images {old_root}" if old_root else "the --ann and --images it was begun with"
     return OccsynthError(f"{out_dir} was begun with {begun}, and {now} holds other files ({SAMPLED}): "
                          f"the chunks rendered now would mix other pixels into the set{also}; resume with {resume} "

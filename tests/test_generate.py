@@ -354,7 +354,7 @@ def test_a_resume_that_reads_the_demo_source_by_default_says_so(generated, demo_
         f"{begun} was begun with the source images under {other.resolve()}, and the embedded demo source (the default "
         f"without --ann and --images, its images under {(Path(cache) / 'demo-v1' / 'images').resolve()}) holds other "
         f"files ({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; resume with the "
-        f"--ann it was begun with (annotations.json) and --images {other.resolve()} (or the same files moved or "
+        f"--ann it was begun with (a file named annotations.json) and --images {other.resolve()} (or the same files moved or "
         "copied), or use another --out")
 
 
