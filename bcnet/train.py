@@ -128,15 +128,20 @@ def schedule_differences(given: dict, name: str, saved: dict, overrides: dict | 
 def resume_schedule_notes(schedule: str | os.PathLike | dict, saved: dict, overrides: dict | None,
                           checkpoint: Path, overrides_from: str | Mapping[str, str]) -> list[str]:
     """What a resume says of the schedule given with it (:func:`schedule_differences`; a model it changes is refused):
-    the settings kept otherwise than it sets them, or that it could not be read (moved since: a resume does not need
-    it)."""
+    the settings kept otherwise than it sets them, a name in it that is no setting (a new run refuses it: a typo
+    must not go unseen here either), or that it could not be read (moved since: a resume does not need it)."""
     try:
         given = flat_schedule(schedule)
     except OccsynthError as exc:
         return [f"note: a resumed run keeps its saved schedule; the schedule given was not compared with it ({exc})"]
     name = "the schedule given" if isinstance(schedule, dict) else os.fspath(schedule)
+    notes = []
+    try:
+        check_setting_names(given, name)
+    except OccsynthError as exc:
+        notes.append(f"note: {exc}; not compared")
     kept = schedule_differences(given, name, saved, overrides, checkpoint)
-    return [_kept_settings_note(kept, overrides_from)] if kept else []
+    return notes + ([_kept_settings_note(kept, overrides_from)] if kept else [])
 
 
 def _kept_settings_note(kept: dict[str, tuple], overrides_from: str | Mapping[str, str]) -> str:

@@ -669,6 +669,11 @@ def test_a_schedule_given_with_resume_is_compared_with_the_saved_one_not_read(tm
     mine.write_text(text.replace("iterations = 300\n", "").replace("long_max = 192", "long_max = 100"))
     result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
     assert result.exit_code == 0 and result.output == nothing, result.output
+    mine.write_text(text.replace("momentum = 0.9", "momentun = 0.9"))  # a typo, which a new run refuses
+    result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
+    assert result.exit_code == 0 and result.output.startswith(
+        f"note: {mine}: unknown schedule setting 'momentun' (did you mean 'momentum'?) (known: "), result.output
+    assert result.output.endswith("; not compared\n" + nothing), result.output
     result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(tmp_path / "moved.toml"), "--resume"])
     assert result.exit_code == 0 and result.output == (
         "note: a resumed run keeps its saved schedule; the schedule given was not compared with it ("
