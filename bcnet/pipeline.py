@@ -412,7 +412,7 @@ def check_fine_tuning_start(out_dir: Path, recipe: str, pretrain: dict, finetune
     differ (the whole model for another backbone; the mask head, the occlusion-aware part the synthetic set is
     for, for another head) start from scratch. So before any stage runs, refuse [pretrain] and [finetune] schedules
     (``pretrain``, ``finetune``) that build different models (on purpose: `bcnet train --init`), and a checkpoint in
-    pretrain/ of a model other than [finetune]'s where the folder has no recipe record (else
+    pretrain/ of a model other than [finetune]'s where the folder records no recipe plan (else
     :func:`check_run_recipe` says which recipe made it, and that recipe's tables passed this check). Nothing once
     the fine-tuning has begun: it continues from its own checkpoint, and refusing saves nothing."""
     from .checkpoint import latest_checkpoint
@@ -427,7 +427,7 @@ def check_fine_tuning_start(out_dir: Path, recipe: str, pretrain: dict, finetune
                             "fine-tuning starts from the pretrained weights and would load only the tensors that fit, "
                             f"training the others from scratch; give both tables the same {', '.join(differ)} (to "
                             "fine-tune another model from a pretraining on purpose: bcnet train --init)")
-    if (out_dir / RUN_FILE).is_file() or (out_dir / "pipeline.json").is_file():
+    if (out_dir / RUN_FILE).is_file():  # its plan is compared whole (check_run_recipe)
         return
     final = out_dir / "pretrain" / FINAL  # a finished stage's marker is not read again
     checkpoint = final if final.exists() else latest_checkpoint(out_dir / "pretrain")

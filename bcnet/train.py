@@ -112,17 +112,21 @@ def schedule_differences(given: dict, name: str, saved: dict, overrides: dict | 
     the saved model. The settings are compared as written, unchecked (a file valid only with the command's options
     still resumes). Not compared: keys it lacks or does not know, and ``backbone_weights``, which only a new run
     reads."""
-    asked = given
     by_option = {key for key, value in (overrides or {}).items() if value is not None}
-    differ = {key: (saved.get(key), value) for key, value in asked.items()
+    differ = {key: (saved.get(key), value) for key, value in given.items()
               if key in REQUIRED_SETTINGS + OPTIONAL_SETTINGS and key not in by_option
               and key != "backbone_weights" and saved.get(key) != value}
     for key in MODEL_KEYS:
         if key in differ:
-            raise OccsynthError(f"{checkpoint}: this run was trained with {key} {differ[key][0]!r}; {name} sets "
-                                f"{differ[key][1]!r}, and --resume cannot change the model (to start from its "
-                                "weights, train into a new --out with --init)")
+            raise _other_model_refused(checkpoint, key, *differ[key], f" ({name} sets it)")
     return differ
+
+
+def _other_model_refused(checkpoint: Path, key: str, trained: Any, asked: Any, source: str = "") -> OccsynthError:
+    """The refusal of a resume asked to change a model setting (``source``: where it was asked, when not an
+    override): the weights are of the saved model."""
+    return OccsynthError(f"{checkpoint}: this run was trained with {key} {trained!r}; --resume cannot change it to "
+                         f"{asked!r}{source} (to start from its weights, train into a new --out with --init)")
 
 
 def resume_schedule_notes(schedule: str | os.PathLike | dict, saved: dict, overrides: dict | None,
@@ -502,9 +506,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         for key in MODEL_KEYS:  # the weights are of this model: another one cannot continue them
             asked, trained = (overrides or {}).get(key), state["schedule"].get(key)
             if asked is not None and asked != trained:
-                raise OccsynthError(f"{resume_path}: this run was trained with {key} {trained!r}; --resume cannot "
-                                    f"change it to {asked!r} (to start from its weights, train into a new --out "
-                                    "with --init)")
+                raise _other_model_refused(resume_path, key, trained, asked)
         saved = load_schedule(state["schedule"], overrides, where=f"{resume_path} (its saved schedule)",
                               overrides_from=overrides_from)
         if schedule is not None:

@@ -376,8 +376,9 @@ CLUSTER_TRIAL_S = 120  # how long the trial task may wait for a worker (a cluste
 def _check_cluster(client, where: str) -> None:
     """Run one task on a dask cluster before any chunk: a scheduler without occsynth in its environment fails it at
     once (joblib waited for its chunks forever), the worker that runs it must be of this renderer (another one's
-    images differ), and a cluster where no worker runs it within :data:`CLUSTER_TRIAL_S` (none started, or each that took it
-    could not import occsynth and left: dask then waits for ever) is refused in words, not left hanging."""
+    images differ), and a cluster where no worker runs it within :data:`CLUSTER_TRIAL_S` (none started, or each
+    that took it could not import occsynth and left: dask then waits for ever) is refused in words, not left
+    hanging."""
     timeout = CLUSTER_TRIAL_S
     try:
         renderer = client.submit(_worker_renderer, pure=False).result(timeout=timeout)

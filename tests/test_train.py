@@ -682,8 +682,8 @@ def test_a_schedule_given_with_resume_is_compared_with_the_saved_one_not_read(tm
     mine.write_text(text.replace('backbone = "tiny"', 'backbone = "resnet18"'))
     result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
     assert result.exit_code == 2 and result.output == (
-        f"Error: {final}: this run was trained with backbone 'tiny'; {mine} sets 'resnet18', and --resume cannot change "
-        "the model (to start from its weights, train into a new --out with --init)\n"), result.output
+        f"Error: {final}: this run was trained with backbone 'tiny'; --resume cannot change it to 'resnet18' ({mine} "
+        "sets it) (to start from its weights, train into a new --out with --init)\n"), result.output
 
 
 def test_a_finished_run_extended_has_no_model_final_until_it_ends_again(tmp_path, dataset_dir, monkeypatch):
