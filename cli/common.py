@@ -131,7 +131,9 @@ def parse_shard(value: str | None) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
-        raise click.BadParameter(f"expected i/n such as 0/4, got {value!r}", param_hint="'--shard'") from None
+        # '/64' or '3/': a job script's variable (e.g. $SLURM_ARRAY_TASK_ID) that is not set in this job
+        unset = "; i or n is empty: is the variable that gives it set?" if "" in value.split("/") else ""
+        raise click.BadParameter(f"expected i/n such as 0/4, got {value!r}{unset}", param_hint="'--shard'") from None
     try:
         return check_shard((i, n))
     except OccsynthError:

@@ -762,10 +762,13 @@ def test_merge_names_the_setting_that_differs_and_the_chunks_it_left_in_a_shard_
 @pytest.mark.parametrize("value, words", [
     ("3/3", "shards are numbered from 0: i runs from 0 to 2 for n = 3 (an array job's task ids 0-2), got '3/3'"),
     ("1/0", "n must be at least 1, got '1/0'"),
-    ("", "expected i/n such as 0/4, got ''")])
+    ("", "expected i/n such as 0/4, got ''; i or n is empty: is the variable that gives it set?"),
+    ("/64", "expected i/n such as 0/4, got '/64'; i or n is empty: is the variable that gives it set?"),
+    ("a/b", "expected i/n such as 0/4, got 'a/b'\n")])
 def test_a_shard_out_of_range_says_how_shards_are_numbered(tmp_path, value, words):
     """An array job numbered 1..n (Slurm's --array=1-3) ran shard n/n: 'must satisfy 0 <= i < n' left unsaid that
-    shard 0 is the one missing; an empty --shard (an unset variable) ran the whole set in every task."""
+    shard 0 is the one missing; an empty --shard (an unset variable) ran the whole set in every task, and the
+    README's $SLURM_ARRAY_TASK_ID/64 unset gives '/64'."""
     result = CliRunner().invoke(occsynth_main, ["generate", "--out", str(tmp_path / "o"), "--shard", value,
                                                 "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 2 and f"Invalid value for '--shard': {words}" in result.output, result.output
