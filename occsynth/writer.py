@@ -493,9 +493,8 @@ class MissingChunks(OccsynthError):
     """Chunks no folder searched holds; a merge says whose they are (:func:`_missing_in_merge`)."""
 
     def __init__(self, missing: list[int]):
-        head = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        super().__init__(f"{plural(len(missing), 'chunk')} not generated yet ({head}); run the missing shards first "
-                         "(shard i/n renders chunks i, i + n, i + 2n, ...)")
+        super().__init__(f"{plural(len(missing), 'chunk')} not generated yet ({first_few(missing, 10)}); run the "
+                         "missing shards first (shard i/n renders chunks i, i + n, i + 2n, ...)")
         self.missing = missing
 
 
