@@ -56,6 +56,16 @@ def test_boundary_matches_occsynth_masks_boundary():
             assert np.array_equal(g, np_boundary(m, width))
 
 
+def test_boundary_width_reaches_both_boundary_targets():
+    """bilayer_targets' boundary_width is the band's width of the occludee's and the occluder's boundary maps."""
+    scene = square_scene()
+    box = torch.tensor([[10.0, 10.0, 38.0, 38.0]])
+    t = bilayer_targets([box], [scene], [torch.tensor([0])], boundary_width=2)
+    assert torch.equal(t["boundary"], mask_boundary(t["mask"], 2))
+    assert torch.equal(t["occluder_boundary"], mask_boundary(t["occluder_mask"], 2))
+    assert not torch.equal(t["boundary"], mask_boundary(t["mask"], 1))
+
+
 def test_larger_roi_is_downsampled_exactly_and_gt_index_is_followed():
     masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
     masks[1, 0:56, 0:28] = 1  # left half of the RoI [0, 56)^2
