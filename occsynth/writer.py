@@ -329,7 +329,8 @@ def check_run_settings(out_dir: Path, settings: dict,
         refuse_foreign_files(out_dir)
         write_json(path, settings, indent=2)
         if image_root is not None:  # after run.json: before it, parts/ holds nothing a rerun would call foreign
-            write_json(Path(out_dir) / PARTS / IMAGE_ROOT_FILE, {"image_root": str(Path(image_root).resolve())},
+            write_json(Path(out_dir) / PARTS / IMAGE_ROOT_FILE,
+                       {"image_root": str(Path(image_root).resolve()), **({"demo": True} if demo else {})},
                        durable=False)
 
 
@@ -348,17 +349,29 @@ def _other_images(run: dict, other: dict) -> bool:
 def image_root_of(folder: Path) -> str | None:
     """The folder a run in ``folder`` read its source images from (its ``parts/image-root.json``), or None: none
     is recorded there, or the file is unreadable (it only ever informs a message)."""
-    try:
-        root = read_json(Path(folder) / PARTS / IMAGE_ROOT_FILE)["image_root"]
-    except (OSError, OccsynthError, TypeError, KeyError, IndexError):
-        return None
+    root = _image_root_record(folder).get("image_root")
     return root if isinstance(root, str) else None
+
+
+def _begun_from_demo(folder: Path) -> bool:
+    """Whether the run in ``folder`` read the embedded demo source by default (no --ann and --images given)."""
+    return _image_root_record(folder).get("demo") is True
+
+
+def _image_root_record(folder: Path) -> dict:
+    """``parts/image-root.json`` of ``folder``; {} where it is missing or unreadable (it only informs messages)."""
+    try:
+        record = read_json(Path(folder) / PARTS / IMAGE_ROOT_FILE)
+    except (OSError, OccsynthError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_root, demo: bool) -> OccsynthError:
     """The refusal of a rerun whose --images holds other files than the run began with (see check_run_settings).
-    Read by default (``demo``), the demo source is named as such, not as an --images the user never gave, and
-    the resume needs --ann too (--images alone is refused)."""
+    The demo source, read by default (``demo`` now; ``"demo"`` in image-root.json for the run begun), is named as
+    such, not as an --images the user never gave; a resume away from it needs --ann too (--images alone is
+    refused), and one back to it neither."""
     old_root, new_root = image_root_of(out_dir), str(Path(image_root).resolve())
     also = changed_settings(_images_left_out(previous), _images_left_out(settings))
     also = f" (other settings differ too: {also})" if also else ""
@@ -367,18 +380,29 @@ def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_r
                              f"chunks rendered now would mix other pixels into the set{also}; put the files back as "
                              "they were, or use another --out")
     begun = f"the source images under {old_root}" if old_root else "other source images"
-    resume = f"--images {old_root}" if old_root else "the --images it was begun with"
+    moved = "(or the same files moved or copied)"
+    resume = f"with --images {old_root} {moved}" if old_root else f"with the --images it was begun with {moved}"
     now = f"--images {new_root}"
     if demo:
-        now = f"the embedded demo source (the default without --ann and --images, its images under {new_root})"
+        now = _demo_source(new_root)
         source = previous.get("source")
         ann = source.get("annotations") if isinstance(source, dict) else None
         # a run records the file's name alone: "(annotations.json)" read as a path relative to the current folder
         ann = "the --ann it was begun with" + (f" (a file named {ann})" if isinstance(ann, str) else "")
-        resume = f"{ann} and --images {old_root}" if old_root else "the --ann and --images it was begun with"
+        resume = (f"with {ann} and --images {old_root}" if old_root else "with the --ann and --images it was begun "
+                  "with") + f" {moved}"
+    if _begun_from_demo(out_dir):  # not "--images <cache>/demo-v1/images", a folder the user never named
+        begun = _demo_source(old_root)
+        resume = "without --ann and --images (the embedded demo source)"
     return OccsynthError(f"{out_dir} was begun with {begun}, and {now} holds other files ({SAMPLED}): "
-                         f"the chunks rendered now would mix other pixels into the set{also}; resume with {resume} "
-                         "(or the same files moved or copied), or use another --out")
+                         f"the chunks rendered now would mix other pixels into the set{also}; resume {resume}, or "
+                         "use another --out")
+
+
+def _demo_source(image_root: str | None) -> str:
+    """A message's words for the embedded demo source, read by default (the user named no folder of it)."""
+    where = f", its images under {image_root}" if image_root else ""
+    return f"the embedded demo source (the default without --ann and --images{where})"
 
 
 SAMPLED = "source images sampled there differ in size or bytes, or are missing"

@@ -358,6 +358,24 @@ def test_a_resume_that_reads_the_demo_source_by_default_says_so(generated, demo_
         "copied), or use another --out")
 
 
+def test_a_run_begun_from_the_demo_source_resumed_from_other_images_says_to_resume_without_them(
+        generated, demo_source, tmp_path):
+    """The other way round: the run read the demo source by default, the resume gives --ann and --images. It was
+    told to resume with "--images <cache>/demo-v1/images", a folder of the cache it never named."""
+    _, _, cache = generated
+    ann, root = demo_source
+    other = reencoded_copy(root, tmp_path / "other")
+    begun = tmp_path / "begun"
+    generate(begun, SETTINGS, cache_dir=cache, shard=(0, 3), progress=False)
+    with pytest.raises(errors.OccsynthError) as refused:
+        generate(begun, SETTINGS, ann_path=ann, image_root=other, cache_dir=cache, shard=(0, 3), progress=False)
+    assert str(refused.value) == (
+        f"{begun} was begun with the embedded demo source (the default without --ann and --images, its images under "
+        f"{(Path(cache) / 'demo-v1' / 'images').resolve()}), and --images {other.resolve()} holds other files "
+        f"({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; resume without --ann and "
+        "--images (the embedded demo source), or use another --out")
+
+
 def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(generated, demo_source, tmp_path):
     """A run.json written before source images were recorded: "use the same arguments" would never do."""
     out, _, cache = generated
