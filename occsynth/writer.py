@@ -4,7 +4,8 @@ Layout (see docs/FORMAT.md)::
 
     OUT/images/000000000001.jpg   written atomically by the worker that rendered it
     OUT/parts/run.json            the run's settings; a rerun with other settings (or source images) is refused
-    OUT/parts/image-root.json     the folder the run's source images were read from, for that refusal's message
+    OUT/parts/image-root.json     the folder the run's source images were read from (and whether it was the demo
+                                  source's), for that refusal's message
     OUT/parts/chunk-000000.json   one chunk's image records + annotations (local indices), atomic
     OUT/parts/sizes-000000.json   the byte size of each of its images, a check for resume
     OUT/annotations.json          merged from the parts by streaming, atomic
