@@ -376,6 +376,47 @@ def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
         E.evaluate(gt, results, skips=SkipLog(strict=True))  # it stops: no "kept as an ignore region"
 
 
+def test_a_broken_record_of_an_annotation_id_gives_way_to_a_later_usable_one():
+    """Object 1 was listed first with a 4-number polygon, then again with its mask: the broken record became an
+    ignore region and the good one was dropped as a duplicate, so a detection of object 1 scored nothing. As every
+    reader keeps the first usable record of an id, the broken one is skipped, counted by its reason."""
+    gt = gt_set()
+    gt["annotations"].insert(0, {**gt["annotations"][0], "segmentation": [[10, 10, 20, 20]]})
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    assert cleaned["annotations"] == gt_set()["annotations"]
+    assert skips.counts == {errors.DEGENERATE_MASK: 1}
+    assert skips.examples[errors.DEGENERATE_MASK] == (
+        "annotation 1 (image 1): degenerate or empty segmentation (polygon with 4 coordinates (need an even number "
+        ">= 6); skipped: another record of this id has a usable mask)")
+    results = [det(1, 10, rect(2, 2, 11, 12), 0.9), det(1, 10, rect(20, 20, 30, 30), 0.95),
+               det(2, 10, rect(6, 5, 25, 24), 0.8), det(2, 20, rect(8, 8, 20, 20), 0.6)]
+    out = E.evaluate(gt, results)
+    for iou_type in ("bbox", "segm"):
+        assert [out[iou_type][k] for k in E.STAT_NAMES] == [float(v) for v in by_hand(gt_set(), results, iou_type)[:6]]
+    assert out["skipped"]["counts"] == {errors.DEGENERATE_MASK: 1}
+    with pytest.raises(OccsynthError, match=r"^annotation 1 \(image 1\): degenerate or empty segmentation \([^;]*\)$"):
+        E.clean_ground_truth(gt, SkipLog(strict=True))  # it stops at the first bad record: nothing is scored
+
+
+def test_of_the_records_of_an_annotation_id_the_first_usable_one_is_kept_even_as_an_ignore_region():
+    """A broken record after a good one is skipped by its reason (only a usable record is a duplicate); of broken
+    records alone, the first with a usable box is the ignore region, one without a box taking no id."""
+    gt = gt_set()
+    first, second = gt["annotations"][:2]
+    no_box = {**second, "segmentation": [[1, 1, 2, 2]], "bbox": [0, 0, 0, 0]}
+    ignored = {**second, "segmentation": [[1, 1, 2, 2]]}
+    gt["annotations"] = [first, {**first, "segmentation": {"size": [H, W], "counts": "0:"}}, no_box, ignored,
+                         {**ignored, "bbox": [1, 1, 3, 3]}] + gt["annotations"][2:]
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    assert [a["id"] for a in cleaned["annotations"]] == [1, 2, 3, 4] and cleaned["annotations"][0] == first
+    x, y, w, h = second["bbox"]
+    assert cleaned["annotations"][1] == {**second, "iscrowd": 1, "area": w * h,
+                                         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+    assert skips.counts == {errors.DEGENERATE_MASK: 3, errors.DUPLICATE_ID: 1}
+
+
 def test_a_repeated_image_record_is_counted_and_the_first_one_kept():
     """Image 2 listed again at 20 x 20: its annotations are scored on the first record's 40 x 40 (the second made
     every mask of it another size than its image, so each became an ignore region)."""
