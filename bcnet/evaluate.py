@@ -332,7 +332,10 @@ def _category_name(category: dict) -> str | int:
     return name if isinstance(name, str) else category["id"]
 
 
-def clean_ground_truth(data: dict, skips: SkipLog, *, image_skips: SkipLog | None = None) -> dict:
+ImageRecords = tuple[dict[int, dict], dict[int, str]]  # occsynth.coco.usable_image_records: usable, why others skipped
+
+
+def clean_ground_truth(data: dict, skips: SkipLog, *, image_records: ImageRecords | None = None) -> dict:
     """A copy of ``data`` that pycocotools can evaluate, whatever the annotations file holds.
 
     pycocotools trusts its input: a 4-number polygon, a broken RLE or a missing ``area`` ends
@@ -341,9 +344,9 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, image_skips: SkipLog | Non
 
     - image records without an integer ``id`` and positive integer ``height``/``width``, or over the
       pixel limit (:func:`occsynth.coco.check_pixels`: every mask of theirs would be decoded at that size), or after
-      the first usable record of their id (:func:`occsynth.coco.usable_image_records`, as every reader), are dropped
-      (counted in ``image_skips``, default ``skips``: :func:`evaluate_checkpoint` passes a separate log because its
-      dataset, which reads the images, counted them already). So are
+      the first usable record of their id (:func:`occsynth.coco.usable_image_records`, as every reader), are dropped;
+      ``image_records``: that function's result when the caller has it (:func:`scored_ground_truth`: counted
+      already). So are
       annotations that are not objects, lack an integer ``id`` or a ``segmentation``, or refer to an unknown image or
       category; those of a dropped image record are counted as of a skipped image
       (:func:`occsynth.coco.check_image_id`), not as of an unknown one;
@@ -358,8 +361,9 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, image_skips: SkipLog | Non
       missing ``iscrowd`` is 0 (not counted: COCO files often omit derived fields).
     """
     categories = coco_io.categories_by_id(data.get("categories", []))
-    images, skipped_images = coco_io.usable_image_records(data.get("images", []),
-                                                          skips if image_skips is None else image_skips, file_name=False)
+    if image_records is None:
+        image_records = coco_io.usable_image_records(data.get("images", []), skips, file_name=False)
+    images, skipped_images = image_records
     checked = [_checked_annotation(ann, images, categories, skipped_images) for ann in data.get("annotations", [])]
     # categories as pycocotools and the scoring read them: records with an integer id, the first of a repeated id
     return {**data, "images": list(images.values()), "annotations": _first_usable_annotations(checked, skips),
@@ -480,21 +484,26 @@ def scored_ground_truth(data: dict, mode: str, skips: SkipLog, *, image_skips: S
     """``data`` with the masks of ``mode`` in place (:func:`amodal_ground_truth`, naming ``where``), cleaned
     (:func:`clean_ground_truth`, counting in ``skips`` and ``image_skips``: a strict log raises at the first
     problem). :func:`evaluate_checkpoint` makes it before predicting, so that a strict run stops before any
-    prediction, and the masks are checked once."""
+    prediction, and the masks are checked once; so are the image records, for both steps."""
+    image_records = coco_io.usable_image_records(data.get("images", []), skips if image_skips is None else image_skips,
+                                                 file_name=False)
     if mode == "amodal":
-        data = amodal_ground_truth(data, where)
-    return ScoredGroundTruth(clean_ground_truth(data, skips, image_skips=image_skips), mode, str(where))
+        data = amodal_ground_truth(data, where, images=image_records[0])
+    return ScoredGroundTruth(clean_ground_truth(data, skips, image_records=image_records), mode, str(where))
 
 
-def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
+def amodal_ground_truth(data: dict, where: str | os.PathLike = "", *, images: Mapping[int, dict] | None = None) -> dict:
     """A copy of ``data`` whose annotations score amodal masks: ``segmentation``, ``area``, ``bbox``
     replaced by ``amodal_segmentation``, ``amodal_area``, ``amodal_bbox`` (the last two computed
     from the mask when absent). Raises :class:`OccsynthError` naming ``where`` (the file) and the first
     non-crowd annotation without ``amodal_segmentation`` (:func:`require_amodal_masks`); crowd ones
     without it keep their visible mask. An annotation of an image record that :func:`clean_ground_truth` drops
-    (no usable size, over the pixel limit) is left as it is: no mask is decoded for it, and it is dropped there."""
+    (no usable size, over the pixel limit) is left as it is: no mask is decoded for it, and it is dropped there.
+    ``images``: the usable image records by id (:func:`occsynth.coco.usable_image_records`) when the caller has
+    them; else they are found here, uncounted (:func:`clean_ground_truth` counts them)."""
     require_amodal_masks(data, where)
-    images, _ = coco_io.usable_image_records(data["images"], SkipLog(), file_name=False)  # clean_ground_truth counts
+    if images is None:
+        images, _ = coco_io.usable_image_records(data["images"], SkipLog(), file_name=False)
     annotations = []
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or not coco_io.is_int(ann.get("image_id")) or ann["image_id"] not in images:

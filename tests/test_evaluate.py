@@ -346,6 +346,24 @@ def test_amodal_ground_truth_leaves_annotations_of_dropped_image_records_to_be_c
     assert skips.counts == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 1, errors.OF_SKIPPED_IMAGE: 1}
 
 
+@pytest.mark.parametrize("mode", ["visible", "amodal"])
+def test_the_image_records_are_checked_once_per_scored_ground_truth(monkeypatch, mode):
+    """In amodal mode the amodal masks and the cleaning each checked every image record again."""
+    from occsynth import coco
+
+    gt = gt_set()
+    gt["images"].append({"id": 3, "file_name": "3.png", "height": 0, "width": W})
+    for ann in gt["annotations"]:
+        ann["amodal_segmentation"] = ann["segmentation"]
+    calls = []
+    real = coco.usable_image_records
+    monkeypatch.setattr(coco, "usable_image_records", lambda *a, **k: calls.append(1) or real(*a, **k))
+    skips = SkipLog()
+    cleaned = E.scored_ground_truth(gt, mode, skips).data
+    assert calls == [1] and [im["id"] for im in cleaned["images"]] == [1, 2]
+    assert skips.counts == {errors.MALFORMED_RECORD: 1} and [a["id"] for a in cleaned["annotations"]] == [1, 2, 3, 4]
+
+
 def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     """A 4-number polygon (pycocotools: TypeError) is an ignore region over its box: a detection on it is
     neither a hit nor a false positive, so perfect detections of the rest still score AP 1. A broken RLE
