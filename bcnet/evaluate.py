@@ -176,7 +176,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
              image_ids: Sequence[int] | None = None, occlusion_splits: bool = True,
              overlap_edges: Sequence[float] = OVERLAP_EDGES, ratio_edges: Sequence[float] = RATIO_EDGES,
              mode: str = "visible", occsep_lists: dict | None = None, skips: SkipLog | None = None,
-             record_skips: SkipLog | None = None, category_ids: Sequence[int] | None = None,
+             image_skips: SkipLog | None = None, category_ids: Sequence[int] | None = None,
              category_names: Mapping[int, str] | None = None) -> dict:
     """pycocotools AP of ``results`` against the annotations ``gt`` (path or loaded COCO dict).
 
@@ -191,8 +191,8 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     adds ``<key>_recall`` and ``occsep`` (see :func:`occsep_metrics`).
 
     Ground truth pycocotools cannot read is cleaned first (:func:`clean_ground_truth`); what was
-    dropped or turned into an ignore region is counted in ``skips`` (record-level problems in
-    ``record_skips``; both default to one fresh log) and reported as ``out["skipped"]``. A
+    dropped or turned into an ignore region is counted in ``skips`` (image records in ``image_skips``;
+    both default to one fresh log) and reported as ``out["skipped"]``. A
     :class:`ScoredGroundTruth` (``gt`` prepared already, its counts in the caller's logs) is scored as it is.
 
     ``category_ids``: the categories the model knows (a checkpoint's). AP is averaged over those of ``gt``'s
@@ -220,7 +220,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     else:
         data = coco_io.read_dataset(gt) if not isinstance(gt, dict) else gt
         where = "" if isinstance(gt, dict) else str(gt)
-        data = scored_ground_truth(data, mode, skips, record_skips=record_skips, where=where).data
+        data = scored_ground_truth(data, mode, skips, image_skips=image_skips, where=where).data
     known = {image["id"] for image in data["images"]}
     image_ids = sorted(known if image_ids is None else set(image_ids))
     if set(image_ids) - known:
@@ -332,85 +332,139 @@ def _category_name(category: dict) -> str | int:
     return name if isinstance(name, str) else category["id"]
 
 
-def clean_ground_truth(data: dict, skips: SkipLog, *, record_skips: SkipLog | None = None) -> dict:
+ImageRecords = tuple[dict[int, dict], dict[int, str]]  # occsynth.coco.usable_image_records: usable, why others skipped
+
+
+def clean_ground_truth(data: dict, skips: SkipLog, *, image_records: ImageRecords | None = None) -> dict:
     """A copy of ``data`` that pycocotools can evaluate, whatever the annotations file holds.
 
     pycocotools trusts its input: a 4-number polygon, a broken RLE or a missing ``area`` ends
-    in a TypeError / KeyError deep inside it. Rules (every change counted in a skip log, so
-    ``strict`` logs stop at the first, naming the annotation):
+    in a TypeError / KeyError deep inside it. Rules (every change counted in ``skips``, so
+    ``strict`` logs stop at the first, naming the record):
 
     - image records without an integer ``id`` and positive integer ``height``/``width``, or over the
       pixel limit (:func:`occsynth.coco.check_pixels`: every mask of theirs would be decoded at that size), or after
-      the first usable record of their id (:func:`occsynth.coco.usable_image_records`, as every reader), and
-      annotations that are not objects, lack an integer ``id`` or a ``segmentation``, repeat an
-      id, or refer to an unknown image or category, are dropped (into ``record_skips``,
-      default ``skips``; :func:`evaluate_checkpoint` passes a separate log because its dataset
-      already counted these records); so are the annotations of a dropped image record, counted as of
-      a skipped image (:func:`occsynth.coco.check_image_id`), not as of an unknown one;
+      the first usable record of their id (:func:`occsynth.coco.usable_image_records`, as every reader), are dropped;
+      ``image_records``: that function's result when the caller has it (:func:`scored_ground_truth`: counted
+      already). So are
+      annotations that are not objects, lack an integer ``id`` or a ``segmentation``, or refer to an unknown image or
+      category; those of a dropped image record are counted as of a skipped image
+      (:func:`occsynth.coco.check_image_id`), not as of an unknown one;
+    - of the records of one annotation id the first usable one is kept (:func:`_first_usable_annotations`);
     - an annotation whose mask cannot be decoded (degenerate polygon with fewer than 3 points,
       RLE of another size, ...) or is empty becomes an *ignore region*: ``iscrowd = 1`` with its
       box as the mask, so a detection on it counts neither as a hit nor as a false positive
-      (the object is there; only its outline is unusable). Without a usable box (w, h > 0) it is
-      dropped. Both go to ``skips`` as "degenerate or empty segmentation";
+      (the object is there; only its outline is unusable). Without a usable box (w, h > 0), or beside a
+      record of its id whose mask is usable, it is dropped. All are counted as "degenerate or empty segmentation";
     - a malformed ``bbox`` next to a good mask is recomputed from the mask (counted as a
       malformed record); a missing or non-numeric ``area`` is the mask's pixel count and a
       missing ``iscrowd`` is 0 (not counted: COCO files often omit derived fields).
     """
-    record_skips = skips if record_skips is None else record_skips
-    categories = set(coco_io.categories_by_id(data.get("categories", [])))
-    images, skipped_images = coco_io.usable_image_records(data.get("images", []), record_skips, file_name=False)
-    annotations, seen = [], set()
-    for ann in data.get("annotations", []):
-        try:
-            ann = coco_io.check_annotation_record(ann, images, categories, skipped_images)
-            if ann["id"] in seen:
-                raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}")
-        except BadRecord as exc:
-            record_skips.skip(exc)
-            continue
-        seen.add(ann["id"])
-        cleaned = _clean_annotation(ann, images[ann["image_id"]], skips)
-        if cleaned is not None:
-            annotations.append(cleaned)
+    categories = coco_io.categories_by_id(data.get("categories", []))
+    if image_records is None:
+        image_records = coco_io.usable_image_records(data.get("images", []), skips, file_name=False)
+    images, skipped_images = image_records
+    checked = [_checked_annotation(ann, images, categories, skipped_images) for ann in data.get("annotations", [])]
     # categories as pycocotools and the scoring read them: records with an integer id, the first of a repeated id
-    return {**data, "images": list(images.values()), "annotations": annotations,
-            "categories": list(coco_io.categories_by_id(data.get("categories", [])).values())}
+    return {**data, "images": list(images.values()), "annotations": _first_usable_annotations(checked, skips),
+            "categories": list(categories.values())}
+
+
+@dataclasses.dataclass(frozen=True)
+class _CheckedAnnotation:
+    """An annotation of a usable image record and a known category, with what its mask is worth: ``problem`` says
+    why it cannot be scored as an object ("" when it can), ``pixels`` is the mask's pixel count."""
+
+    ann: dict
+    image: dict
+    problem: str
+    pixels: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"annotation {self.ann['id']} (image {self.ann['image_id']})"
+
+
+def _checked_annotation(ann, images: Mapping[int, dict], categories: Mapping[int, dict],
+                        skipped_images: Mapping[int, str]) -> _CheckedAnnotation | BadRecord:
+    """``ann`` checked against the tables, its mask decoded; a record that is no annotation of them is its
+    BadRecord, returned: the caller counts every record in file order (a strict log stops at the first bad one)."""
+    try:
+        ann = coco_io.check_annotation_record(ann, images, categories, skipped_images)
+    except BadRecord as exc:
+        return exc
+    image = images[ann["image_id"]]
+    try:
+        pixels = int(mask_ops.rle_area(mask_ops.to_rle(ann["segmentation"], image["height"], image["width"])))
+    except Exception as exc:  # DegenerateMask, or pycocotools' bare errors on broken counts (to_rle checks the runs)
+        return _CheckedAnnotation(ann, image, str(exc) or type(exc).__name__)
+    return _CheckedAnnotation(ann, image, "" if pixels else "empty mask", pixels)
+
+
+def _first_usable_annotations(checked: list[_CheckedAnnotation | BadRecord], skips: SkipLog) -> list[dict]:
+    """The annotations pycocotools scores, in file order: of the records of one id the first usable one, as every
+    reader keeps an id's first usable record (:func:`occsynth.coco.usable_image_records`, ``build-cocoocc``): a
+    broken record does not take the id of a later good one, and only a usable record is a duplicate of another.
+
+    Usable here: a mask that can be scored, or, where no record of the id has one, a box to be an ignore region
+    over. Not ``build-cocoocc``'s loop (:func:`occsynth.cocoocc.usable_records`), whose notion differs: it keeps
+    records unchanged, so a broken mask or box always skips one there, and it decides record by record; here a bad
+    box is made from the mask and a broken mask still marks its object unless a record after it has the mask."""
+    with_mask = {c.ann["id"] for c in checked if isinstance(c, _CheckedAnnotation) and not c.problem}
+    kept, taken = [], set()
+    for c in checked:
+        try:
+            if isinstance(c, BadRecord):
+                raise c
+            if c.problem:
+                _require_ignore_region(c, c.ann["id"] in with_mask, skips.strict)
+            if c.ann["id"] in taken:
+                raise BadRecord(errors.DUPLICATE_ID, f"annotation {c.ann['id']}", coco_io.duplicate_detail(skips))
+        except BadRecord as exc:
+            skips.skip(exc)
+            continue
+        taken.add(c.ann["id"])
+        kept.append(_scored_annotation(c, skips))
+    return kept
+
+
+def _require_ignore_region(checked: _CheckedAnnotation, twin_has_mask: bool, strict: bool) -> None:
+    """Raise the BadRecord that skips ``checked``, an annotation whose mask cannot be scored, unless it is to be an
+    ignore region: no record of its id has a usable mask (``twin_has_mask``) and its box is one. Strict, the record
+    itself stops the run: nothing is kept or skipped."""
+    where, problem = checked.where, checked.problem
+    if strict:
+        raise BadRecord(errors.DEGENERATE_MASK, where, problem)
+    if twin_has_mask:
+        raise BadRecord(errors.DEGENERATE_MASK, where, f"{problem}; skipped: another record of this id has a usable mask")
+    box = checked.ann.get("bbox")
+    if not (_is_box(box) and box[2] > 0 and box[3] > 0):
+        raise BadRecord(errors.DEGENERATE_MASK, where, f"{problem}; no usable bbox either: dropped")
 
 
 def _is_box(box) -> bool:
     return is_box(box) and box[2] >= 0 and box[3] >= 0
 
 
-def _clean_annotation(ann: dict, image: dict, skips: SkipLog) -> dict | None:
-    where = f"annotation {ann['id']} (image {ann['image_id']})"
-    height, width = image["height"], image["width"]
-    out = dict(ann)
-    out["iscrowd"] = 1 if ann.get("iscrowd") else 0
-    try:
-        rle = mask_ops.to_rle(ann["segmentation"], height, width)  # checks an RLE string's runs
-        pixels = int(mask_ops.rle_area(rle))
-        problem = "empty mask" if pixels == 0 else ""
-    except Exception as exc:  # DegenerateMask, or pycocotools' bare errors on broken counts
-        rle, pixels, problem = None, 0, str(exc) or type(exc).__name__
-    if problem:
-        if skips.strict:  # stops here: nothing is kept or dropped
-            skips.skip(BadRecord(errors.DEGENERATE_MASK, where, problem))
-        box = ann.get("bbox")
-        if not (_is_box(box) and box[2] > 0 and box[3] > 0):
-            skips.skip(BadRecord(errors.DEGENERATE_MASK, where, f"{problem}; no usable bbox either: dropped"))
-            return None
-        skips.skip(BadRecord(errors.DEGENERATE_MASK, where, f"{problem}; kept as an ignore region (iscrowd=1) "
+def _scored_annotation(checked: _CheckedAnnotation, skips: SkipLog) -> dict:
+    """A copy of the kept annotation ``checked`` as pycocotools reads it: an ignore region over its box when its mask
+    cannot be scored, else its box and area made from the mask where they are unusable; the changes counted."""
+    ann, where = checked.ann, checked.where
+    out = {**ann, "iscrowd": 1 if ann.get("iscrowd") else 0}
+    if checked.problem:
+        skips.skip(BadRecord(errors.DEGENERATE_MASK, where, f"{checked.problem}; kept as an ignore region (iscrowd=1) "
                                                             "over its bbox"))
-        x, y, w, h = (float(v) for v in box)
-        out.update(iscrowd=1, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], area=w * h,
-                   bbox=[x, y, w, h])
-        return out
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        return {**out, "iscrowd": 1, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]], "area": w * h,
+                "bbox": [x, y, w, h]}
     if not _is_box(ann.get("bbox")):
         skips.skip(unusable_box(where, ann.get("bbox"), skips.strict))
-        out["bbox"] = [float(v) for v in mask_ops.rle_bbox(rle)]
+        image = checked.image
+        out["bbox"] = [float(v) for v in mask_ops.rle_bbox(mask_ops.to_rle(ann["segmentation"], image["height"],
+                                                                           image["width"]))]
     area = ann.get("area")
     if isinstance(area, bool) or not isinstance(area, (int, float)) or not np.isfinite(area) or area < 0:
-        out["area"] = float(pixels)
+        out["area"] = float(checked.pixels)
     return out
 
 
@@ -425,26 +479,31 @@ class ScoredGroundTruth:
     where: str = ""
 
 
-def scored_ground_truth(data: dict, mode: str, skips: SkipLog, *, record_skips: SkipLog | None = None,
+def scored_ground_truth(data: dict, mode: str, skips: SkipLog, *, image_skips: SkipLog | None = None,
                         where: str | os.PathLike = "") -> ScoredGroundTruth:
     """``data`` with the masks of ``mode`` in place (:func:`amodal_ground_truth`, naming ``where``), cleaned
-    (:func:`clean_ground_truth`, counting in ``skips`` and ``record_skips``: a strict log raises at the first
+    (:func:`clean_ground_truth`, counting in ``skips`` and ``image_skips``: a strict log raises at the first
     problem). :func:`evaluate_checkpoint` makes it before predicting, so that a strict run stops before any
-    prediction, and the masks are checked once."""
+    prediction, and the masks are checked once; so are the image records, for both steps."""
+    image_records = coco_io.usable_image_records(data.get("images", []), skips if image_skips is None else image_skips,
+                                                 file_name=False)
     if mode == "amodal":
-        data = amodal_ground_truth(data, where)
-    return ScoredGroundTruth(clean_ground_truth(data, skips, record_skips=record_skips), mode, str(where))
+        data = amodal_ground_truth(data, where, images=image_records[0])
+    return ScoredGroundTruth(clean_ground_truth(data, skips, image_records=image_records), mode, str(where))
 
 
-def amodal_ground_truth(data: dict, where: str | os.PathLike = "") -> dict:
+def amodal_ground_truth(data: dict, where: str | os.PathLike = "", *, images: Mapping[int, dict] | None = None) -> dict:
     """A copy of ``data`` whose annotations score amodal masks: ``segmentation``, ``area``, ``bbox``
     replaced by ``amodal_segmentation``, ``amodal_area``, ``amodal_bbox`` (the last two computed
     from the mask when absent). Raises :class:`OccsynthError` naming ``where`` (the file) and the first
     non-crowd annotation without ``amodal_segmentation`` (:func:`require_amodal_masks`); crowd ones
     without it keep their visible mask. An annotation of an image record that :func:`clean_ground_truth` drops
-    (no usable size, over the pixel limit) is left as it is: no mask is decoded for it, and it is dropped there."""
+    (no usable size, over the pixel limit) is left as it is: no mask is decoded for it, and it is dropped there.
+    ``images``: the usable image records by id (:func:`occsynth.coco.usable_image_records`) when the caller has
+    them; else they are found here, uncounted (:func:`clean_ground_truth` counts them)."""
     require_amodal_masks(data, where)
-    images, _ = coco_io.usable_image_records(data["images"], SkipLog(), file_name=False)  # clean_ground_truth counts
+    if images is None:
+        images, _ = coco_io.usable_image_records(data["images"], SkipLog(), file_name=False)
     annotations = []
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or not coco_io.is_int(ann.get("image_id")) or ann["image_id"] not in images:
@@ -857,19 +916,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
         data = coco_io.read_dataset(ann_file)  # parsed once: the dataset and the evaluation share it
         if mode == "amodal":  # checked before the dataset, which would refuse it in training's words
             require_amodal_masks(data, ann_file)
-        dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict,
-                                category_ids=state["category_ids"], data=data, all_categories=False)
+        # the dataset reads the images, the scoring the annotations: each record is counted once, by the rule of
+        # the reader that keeps it (of an annotation id, the first record whose mask can be scored)
+        dataset = CocoInstances(ann_file, image_root, mode=mode, strict=strict, category_ids=state["category_ids"],
+                                data={**data, "annotations": []}, all_categories=False)
         _require_images(name, dataset, image_root)
-        if data["annotations"] and not any(dataset.annotations):  # a table of '-' with exit 0 would hide it
-            n = len(data["annotations"])
-            what = f"the only annotation of {ann_file} cannot" if n == 1 else f"none of the {n} annotations of {ann_file} can"
-            raise OccsynthError(f"set {name!r}: {what} be evaluated ({dataset.skips.in_one_line()})")
         check_occsep_entries(data, lists, ann_file)
         try:  # the masks scored, checked once, now: strict, a bad one stops the run before any prediction
-            # (the dataset's log already counts bad image/annotation records; GT masks are new to it)
-            gt = scored_ground_truth(data, mode, dataset.skips, record_skips=SkipLog(strict=strict), where=ann_file)
+            # (the dataset's log already counts the image records)
+            gt = scored_ground_truth(data, mode, dataset.skips, image_skips=SkipLog(strict=strict), where=ann_file)
         except BadRecord as exc:
             raise exc.in_file(ann_file) from None
+        _require_annotations(name, ann_file, data, gt, dataset.skips)
         require_scorable(gt.data, f"set {name!r}: {ann_file}", dataset.image_ids, state["category_ids"],
                          dataset.skips)  # before predicting, as after (evaluate): the images read may have none
         prepared.append((name, image_root, gt, dataset))
@@ -913,6 +971,16 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
     write_json(out_dir / "results.json", report, indent=2)
     write_bytes(out_dir / "results.md", markdown_table(report).encode("utf-8"))
     return report
+
+
+def _require_annotations(name: str, ann_file, data: dict, gt: ScoredGroundTruth, skips: SkipLog) -> None:
+    """Refuse a set of which no annotation can be scored (each skipped, ``skips`` says why): a table of '-' with
+    exit status 0 would hide it."""
+    if gt.data["annotations"] or not data["annotations"]:  # a file without any: require_scorable says so
+        return
+    n = len(data["annotations"])
+    what = f"the only annotation of {ann_file} cannot" if n == 1 else f"none of the {n} annotations of {ann_file} can"
+    raise OccsynthError(f"set {name!r}: {what} be evaluated ({skips.in_one_line()})")
 
 
 def _previous_set_names(out_dir: Path) -> set[str]:

@@ -100,7 +100,9 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     OccsynthError rather than reported as failing every check.
 
     ``balance_tolerance``/``balance_slack``: each pasted category's count must lie within
-    ``max(balance_tolerance * mean, balance_slack)`` of the mean over the categories that were pasted.
+    ``max(balance_tolerance * mean, balance_slack)`` of the mean over the set's categories that were pasted.
+    ``report["counts"]`` says what the file holds, as the writer's manifest counts it: every paste (layer > 0) by its
+    category id, one of a category that 'categories' lacks too (the record fails 'unknown_category').
     """
     where = str(out_dir)
     for name, value in (("balance_tolerance", balance_tolerance), ("balance_slack", balance_slack)):
@@ -154,9 +156,10 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
 
     totals["pasted_per_category"] = {str(k): v for k, v in sorted(pasted.items())}
     _check_manifest(out_dir / MANIFEST_FILE, totals, failures)
-    balance = class_balance(pasted, balance_tolerance, balance_slack)
+    # over the set's categories: a paste of another one fails 'unknown_category' already
+    balance = class_balance({k: n for k, n in pasted.items() if k in categories}, balance_tolerance, balance_slack)
     for category_id in balance["outside"]:
-        name = categories.get(category_id, {}).get("name", "?")
+        name = categories[category_id].get("name", "?")
         failures.add("class_balance", f"category {category_id} ({name}): {pasted[category_id]} pasted, "
                                       f"allowed {balance['low']:.1f}..{balance['high']:.1f}")
 
@@ -313,15 +316,13 @@ def _image_groups(anns: Iterator[dict], images: dict, categories: dict, failures
             if ann_id in seen_ids:
                 failures.add("duplicate_id", f"annotation id {ann_id} appears more than once", ann_id)
             seen_ids.add(ann_id)
-        if ann.get("category_id") not in categories:
-            failures.add("unknown_category", f"category_id {ann.get('category_id')!r} is not in 'categories'", ann_id)
-        elif is_int(ann.get("layer")) and ann["layer"] > 0:
-            totals["pasted"] += 1
-            totals["pasted_occluded"] += bool(ann.get("occluder_ids"))
-            pasted[ann["category_id"]] += 1
+        category_id = ann.get("category_id")
+        if not is_int(category_id) or category_id not in categories:  # checked first: a list is no key
+            failures.add("unknown_category", f"category_id {category_id!r} is not in 'categories'", ann_id)
+        _count_paste(ann, totals, pasted)
         totals["occluded"] += bool(ann.get("occluder_ids"))
         image_id = ann.get("image_id")
-        if image_id not in images:
+        if not is_int(image_id) or image_id not in images:
             failures.add("unknown_image", f"image_id {image_id!r} has no image record", ann_id)
             continue
         if image_id != current:
@@ -338,6 +339,17 @@ def _image_groups(anns: Iterator[dict], images: dict, categories: dict, failures
     for image_id, image in images.items():
         if image_id not in done_images:
             yield image, []
+
+
+def _count_paste(ann: dict, totals: dict, pasted: Counter) -> None:
+    """Count ``ann`` if it is a paste (layer > 0) as the writer counts it, by its category id even where 'categories'
+    lacks it: the counts say what the file holds (and match the manifest's), the category fails its own check."""
+    if not (is_int(ann.get("layer")) and ann["layer"] > 0):
+        return
+    totals["pasted"] += 1
+    totals["pasted_occluded"] += bool(ann.get("occluder_ids"))
+    if is_int(ann.get("category_id")):  # else it fails 'fields' and 'unknown_category': no category to count under
+        pasted[ann["category_id"]] += 1
 
 
 def _group(image: dict, anns: list[dict], fragment: bool) -> tuple[dict, list[dict]]:

@@ -682,6 +682,21 @@ def test_evaluate_counts_a_repeated_annotation_id_once(tiny, tmp_path):
     assert report["skipped"]["counts"] == {"duplicate id": 1}, report["skipped"]
 
 
+def test_evaluate_scores_the_usable_twin_of_a_broken_annotation_record_and_counts_the_broken_one_once(tiny, tmp_path):
+    """The set read for its images counted the good twin as a duplicate while the scoring skipped the broken record
+    before it: one record counted twice, under a reason that named the wrong one."""
+    root, checkpoint = tiny
+    data = load_annotations(root)
+    data["annotations"].insert(0, {**data["annotations"][0], "segmentation": [[10, 10, 20, 20]]})
+    (tmp_path / "twin.json").write_text(json.dumps(data))
+    for name, ann in (("twin", tmp_path / "twin.json"), ("plain", root / "annotations.json")):
+        _clean(_evaluate(checkpoint, ann, root / "images", tmp_path / name, "--quiet"), 0)
+    twin, plain = (json.loads((tmp_path / name / "results.json").read_text())["hand"] for name in ("twin", "plain"))
+    assert twin["skipped"]["counts"] == {"degenerate or empty segmentation": 1}, twin["skipped"]
+    assert "another record of this id has a usable mask" in twin["skipped"]["examples"]["degenerate or empty segmentation"]
+    assert (twin["bbox"], twin["segm"]) == (plain["bbox"], plain["segm"])
+
+
 def test_evaluate_on_a_set_listing_fewer_categories_than_the_model_scores_those_it_lists(tiny, tmp_path):
     """A person-only val set for a COCO model: scored over the categories the set lists (pycocotools' mean over
     categories with ground truth), the same AP as with the model's whole list; a set sharing none is refused."""

@@ -346,6 +346,24 @@ def test_amodal_ground_truth_leaves_annotations_of_dropped_image_records_to_be_c
     assert skips.counts == {errors.MALFORMED_RECORD: 1, errors.UNKNOWN_IMAGE: 1, errors.OF_SKIPPED_IMAGE: 1}
 
 
+@pytest.mark.parametrize("mode", ["visible", "amodal"])
+def test_the_image_records_are_checked_once_per_scored_ground_truth(monkeypatch, mode):
+    """In amodal mode the amodal masks and the cleaning each checked every image record again."""
+    from occsynth import coco
+
+    gt = gt_set()
+    gt["images"].append({"id": 3, "file_name": "3.png", "height": 0, "width": W})
+    for ann in gt["annotations"]:
+        ann["amodal_segmentation"] = ann["segmentation"]
+    calls = []
+    real = coco.usable_image_records
+    monkeypatch.setattr(coco, "usable_image_records", lambda *a, **k: calls.append(1) or real(*a, **k))
+    skips = SkipLog()
+    cleaned = E.scored_ground_truth(gt, mode, skips).data
+    assert calls == [1] and [im["id"] for im in cleaned["images"]] == [1, 2]
+    assert skips.counts == {errors.MALFORMED_RECORD: 1} and [a["id"] for a in cleaned["annotations"]] == [1, 2, 3, 4]
+
+
 def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     """A 4-number polygon (pycocotools: TypeError) is an ignore region over its box: a detection on it is
     neither a hit nor a false positive, so perfect detections of the rest still score AP 1. A broken RLE
@@ -374,6 +392,47 @@ def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
     assert out["skipped"]["counts"] == {"degenerate or empty segmentation": 2, "malformed record": 1}
     with pytest.raises(OccsynthError, match=r"annotation 1 \(image 1\): degenerate or empty segmentation \([^;]*\)$"):
         E.evaluate(gt, results, skips=SkipLog(strict=True))  # it stops: no "kept as an ignore region"
+
+
+def test_a_broken_record_of_an_annotation_id_gives_way_to_a_later_usable_one():
+    """Object 1 was listed first with a 4-number polygon, then again with its mask: the broken record became an
+    ignore region and the good one was dropped as a duplicate, so a detection of object 1 scored nothing. As every
+    reader keeps the first usable record of an id, the broken one is skipped, counted by its reason."""
+    gt = gt_set()
+    gt["annotations"].insert(0, {**gt["annotations"][0], "segmentation": [[10, 10, 20, 20]]})
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    assert cleaned["annotations"] == gt_set()["annotations"]
+    assert skips.counts == {errors.DEGENERATE_MASK: 1}
+    assert skips.examples[errors.DEGENERATE_MASK] == (
+        "annotation 1 (image 1): degenerate or empty segmentation (polygon with 4 coordinates (need an even number "
+        ">= 6); skipped: another record of this id has a usable mask)")
+    results = [det(1, 10, rect(2, 2, 11, 12), 0.9), det(1, 10, rect(20, 20, 30, 30), 0.95),
+               det(2, 10, rect(6, 5, 25, 24), 0.8), det(2, 20, rect(8, 8, 20, 20), 0.6)]
+    out = E.evaluate(gt, results)
+    for iou_type in ("bbox", "segm"):
+        assert [out[iou_type][k] for k in E.STAT_NAMES] == [float(v) for v in by_hand(gt_set(), results, iou_type)[:6]]
+    assert out["skipped"]["counts"] == {errors.DEGENERATE_MASK: 1}
+    with pytest.raises(OccsynthError, match=r"^annotation 1 \(image 1\): degenerate or empty segmentation \([^;]*\)$"):
+        E.clean_ground_truth(gt, SkipLog(strict=True))  # it stops at the first bad record: nothing is scored
+
+
+def test_of_the_records_of_an_annotation_id_the_first_usable_one_is_kept_even_as_an_ignore_region():
+    """A broken record after a good one is skipped by its reason (only a usable record is a duplicate); of broken
+    records alone, the first with a usable box is the ignore region, one without a box taking no id."""
+    gt = gt_set()
+    first, second = gt["annotations"][:2]
+    no_box = {**second, "segmentation": [[1, 1, 2, 2]], "bbox": [0, 0, 0, 0]}
+    ignored = {**second, "segmentation": [[1, 1, 2, 2]]}
+    gt["annotations"] = [first, {**first, "segmentation": {"size": [H, W], "counts": "0:"}}, no_box, ignored,
+                         {**ignored, "bbox": [1, 1, 3, 3]}] + gt["annotations"][2:]
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    assert [a["id"] for a in cleaned["annotations"]] == [1, 2, 3, 4] and cleaned["annotations"][0] == first
+    x, y, w, h = second["bbox"]
+    assert cleaned["annotations"][1] == {**second, "iscrowd": 1, "area": w * h,
+                                         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+    assert skips.counts == {errors.DEGENERATE_MASK: 3, errors.DUPLICATE_ID: 1}
 
 
 def test_a_repeated_image_record_is_counted_and_the_first_one_kept():

@@ -283,6 +283,37 @@ def test_unknown_category(dataset):
     assert report["checks"]["unknown_category"]["examples"][0]["annotation_id"] == IDS["B"]
 
 
+def test_pastes_of_a_category_dropped_from_the_list_fail_that_check_alone_and_are_still_counted(dataset):
+    """Category 7 ("box") removed from 'categories': its 3 pastes were left out of 'pasted' and 'pasted_per_category',
+    so the report said the set had 6 pastes and failed 'manifest' twice, claiming annotations.json held 6 where the
+    writer's manifest (every paste by its category id) said 9. Each record fails 'unknown_category', named; no more."""
+    report = broken(dataset, lambda d: d.update(categories=[c for c in d["categories"] if c["id"] != 7]),
+                    refresh_manifest=False)
+    assert failing(report) == {"unknown_category"} and report["checks"]["unknown_category"]["failures"] == 3
+    assert report["checks"]["unknown_category"]["examples"][0] == {
+        "reason": "category_id 7 is not in 'categories'", "annotation_id": IDS["D"]}
+    assert report["counts"]["pasted"] == 9 and report["counts"]["pasted_per_category"] == {"3": 3, "5": 3, "7": 3}
+    assert ", 9 pasted\n" in format_report(report)
+
+
+def test_a_paste_of_an_unknown_category_is_no_second_failure_of_the_class_balance(dataset):
+    """The balance is over the set's categories: category 42's single paste, beside 2, 3 and 3, is outside the mean
+    of all four +-50% (1.1..3.4), and it fails 'unknown_category' already."""
+    paste = next(a for a in load_annotations(dataset)["annotations"] if a["layer"] > 0 and a["category_id"] == 3)
+    broken(dataset, lambda d: by_name(d, paste["name"]).update(category_id=42))
+    report = validate(dataset, progress=False, balance_tolerance=0.5, balance_slack=0)
+    assert failing(report) == {"unknown_category"} and report["balance"]["outside"] == []
+    assert report["counts"]["pasted_per_category"] == {"3": 2, "5": 3, "7": 3, "42": 1}
+
+
+@pytest.mark.parametrize("key", ["image_id", "category_id"])
+def test_an_annotation_whose_image_or_category_id_is_a_list_fails_its_check(dataset, key):
+    """A list is no key: validate stopped with a TypeError traceback."""
+    report = broken(dataset, lambda d: by_name(d, "C").update({key: [1]}), refresh_manifest=False)
+    check = "unknown_image" if key == "image_id" else "unknown_category"
+    assert check in failing(report) and report["checks"][check]["examples"][0]["annotation_id"] == IDS["C"]
+
+
 def test_class_imbalance(dataset):
     def edit(data):
         for name in ("D", "H", "E", "J"):  # box and coin pastes relabelled as ball: 7 / 1 / 1
