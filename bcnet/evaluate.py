@@ -85,12 +85,27 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.devi
     :class:`BadRecord` naming the file instead), so one bad file does not stop an evaluation.
     Their image ids are appended to ``skipped_ids`` when given: score only the other images.
     """
+    check_mask_threshold(mask_threshold)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OccsynthError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     category_ids = list(dataset.category_ids if category_ids is None else category_ids)
     was_training = model.training
-    model.eval()
     returned_occluders = getattr(model, "return_occluder_masks", None)
-    if returned_occluders is not None:
-        model.return_occluder_masks = False  # scoring needs the instance masks only; pasting is costly
+    try:  # the model is given back as it came, also when a strict dataset or a Ctrl-C stops the loop
+        model.eval()
+        if returned_occluders is not None:
+            model.return_occluder_masks = False  # scoring needs the instance masks only; pasting is costly
+        return _predict_batches(model, dataset, device, category_ids, mask_threshold, batch_size, progress,
+                                skipped_ids)
+    finally:
+        model.train(was_training)
+        if returned_occluders is not None:
+            model.return_occluder_masks = returned_occluders
+
+
+def _predict_batches(model: torch.nn.Module, dataset, device, category_ids: list[int], mask_threshold: float,
+                     batch_size: int, progress: bool, skipped_ids: list | None) -> list[dict]:
+    """:func:`predict_dataset`'s loop, the model set up for inference."""
     results: list[dict] = []
     indices = range(len(dataset))
     with tqdm(total=len(dataset), desc="inference", unit="img", disable=not progress) as bar:
@@ -111,10 +126,14 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.devi
                 for (image, info), output in zip(batch, outputs):
                     results.extend(to_coco_results(output, info, image.shape[-2:], category_ids, mask_threshold))
             bar.update(len(indices[start:start + batch_size]))
-    model.train(was_training)
-    if returned_occluders is not None:
-        model.return_occluder_masks = returned_occluders
     return results
+
+
+def check_mask_threshold(mask_threshold: float) -> None:
+    """Refuse a mask threshold that is no number strictly between 0 and 1 (a string, NaN, 0 or 1), before any
+    image is run: the comparison with the mask probabilities would fail only at the first detection."""
+    if not (mask_ops.finite_number(mask_threshold) and 0 < mask_threshold < 1):
+        raise OccsynthError(f"mask_threshold must be a number between 0 and 1 (exclusive), got {mask_threshold!r}")
 
 
 UNPROCESSABLE_IMAGE = "image the model cannot process"
@@ -207,6 +226,9 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
     if isinstance(iou_types, str):  # "bbox": one type, not the letters b, b, o, x
         iou_types = (iou_types,)
+    for iou_type in iou_types:  # before any scoring: a misspelt second type must not cost the first one's
+        if iou_type not in ("bbox", "segm"):
+            raise OccsynthError(f"iou_types: each must be 'bbox' or 'segm', got {iou_type!r}")
     if not isinstance(results, (list, tuple)):
         raise OccsynthError(f"results must be a list of detections (COCO results), got {type(results).__name__}")
     check_edges(overlap_edges, "overlap_edges")
@@ -253,8 +275,6 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     coco_gt = _coco(data)
     loaded = {}
     for iou_type in iou_types:
-        if iou_type not in ("bbox", "segm"):
-            raise ValueError(f"iou type must be 'bbox' or 'segm', got {iou_type!r}")
         loaded[iou_type] = _load_results(coco_gt, results, iou_type)
         stats = _run_cocoeval(coco_gt, loaded[iou_type], iou_type, image_ids)
         out[iou_type] = dict(zip(STAT_NAMES, (float(v) for v in stats[:6])))
@@ -897,8 +917,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     check_edges(ratio_edges, "ratio_edges")
     if mode is not None and mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
-    if not 0 < float(mask_threshold) < 1:
-        raise OccsynthError(f"mask threshold must be between 0 and 1 (exclusive), got {mask_threshold}")
+    check_mask_threshold(mask_threshold)
     lists = load_occsep_lists(occsep_lists)
     device = resolve_device(device)
     model, state = load_model(checkpoint, device)

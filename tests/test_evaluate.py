@@ -460,6 +460,41 @@ def test_predict_dataset_skips_unreadable_files(tmp_path):
         E.predict_dataset(model, strict, progress=False)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mask_threshold": "0.5"}, "mask_threshold must be a number between 0 and 1 (exclusive), got '0.5'"),
+    ({"mask_threshold": float("nan")}, "mask_threshold must be a number between 0 and 1 (exclusive), got nan"),
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+    ({"batch_size": 2.0}, "batch_size must be a whole number >= 1, got 2.0"),
+])
+def test_predict_dataset_refuses_arguments_that_mean_nothing_before_any_image(tmp_path, kwargs, message):
+    root = write_dataset(tmp_path / "set")
+    ds = CocoInstances(root / "annotations.json", root / "images")
+    with pytest.raises(OccsynthError, match=re.escape(message)):
+        E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False, **kwargs)
+
+
+def test_predict_dataset_gives_the_model_back_as_it_found_it_when_it_stops(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    (root / "images" / "000000000002.png").write_bytes(b"broken")
+    strict = CocoInstances(root / "annotations.json", root / "images", strict=True)
+    model = FixedModel([(2, (4, 6, 28, 30))])
+    model.return_occluder_masks = True
+    model.train()
+    with pytest.raises(OccsynthError, match="unreadable"):
+        E.predict_dataset(model, strict, progress=False)
+    assert model.training and model.return_occluder_masks is True
+
+
+def test_evaluate_refuses_an_unknown_iou_type_before_scoring_any(tmp_path, monkeypatch):
+    gt = gt_set()
+    results = [det(1, 10, rect(2, 2, 10, 10), 0.9)]
+    scored = []
+    monkeypatch.setattr(E, "_run_cocoeval", lambda *a: scored.append(a) or np.zeros(12))
+    with pytest.raises(OccsynthError, match=re.escape("iou_types: each must be 'bbox' or 'segm', got 'mask'")):
+        E.evaluate(gt, results, iou_types=("bbox", "mask"))
+    assert not scored
+
+
 def test_check_model_input_refuses_sizes_the_resize_would_collapse():
     class Transform:
         min_size, max_size = (48,), 64
@@ -542,13 +577,15 @@ def test_result_masks_are_encoded_exactly_from_their_pixels():
     ({"overlap_edges": (0.5, 0.1)}, "overlap_edges must rise strictly between 0 and 1"),
     ({"ratio_edges": (0.1, 1.0)}, "ratio_edges must rise strictly between 0 and 1"),
     ({"overlap_edges": ("a",)}, "overlap_edges must be a list of numbers"),
+    ({"mask_threshold": "0.5"}, "mask_threshold must be a number between 0 and 1 (exclusive), got '0.5'"),
+    ({"mask_threshold": 1}, "mask_threshold must be a number between 0 and 1 (exclusive), got 1"),
 ])
 def test_evaluate_checkpoint_refuses_arguments_that_mean_nothing_before_any_work(tmp_path, kwargs, message):
     args = {"sets": {"a": (tmp_path / "a.json", tmp_path)}, **kwargs}
     with pytest.raises(OccsynthError, match=re.escape(message)):
         E.evaluate_checkpoint(tmp_path / "missing.pt", args.pop("sets"), tmp_path / "out", progress=False, **args)
     assert not (tmp_path / "out").exists()
-    if "sets" not in kwargs:  # evaluate() itself refuses such edges too
+    if "sets" not in kwargs and "mask_threshold" not in kwargs:  # evaluate() itself refuses such edges too
         with pytest.raises(OccsynthError, match=re.escape(message)):
             E.evaluate({"images": [], "annotations": [], "categories": []}, [], **kwargs)
 
