@@ -8,13 +8,14 @@ Nothing is ever downloaded: backbone weights come from a local file or not at al
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 import zipfile
 from functools import partial
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from occsynth.errors import OccsynthError, did_you_mean, plural
+from occsynth.masks import finite_number
 
 from .checkpoint import damaged_member
 from .heads import MASK_HEADS, PRESETS
@@ -313,13 +315,22 @@ def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: s
     """
     check_model_names(detector, mask_head, backbone, head_preset)
     check_model_settings(detector, detector_kwargs)
-    if num_classes < 2:
-        raise ModelConfigError(f"num_classes counts background and must be >= 2, got {num_classes}")
-    if isinstance(loss_weights, str):
-        weights = make_loss_weights(loss_weights)
-    else:
-        weights = make_loss_weights(head_preset if head_preset in LOSS_PRESETS else "paper", loss_weights)
-    body = build_backbone(backbone, detector, backbone_weights, frozen_batchnorm, trainable_backbone_layers)
+    if not _whole(num_classes, 2):
+        raise ModelConfigError(f"num_classes counts background and must be a whole number >= 2, got {num_classes!r}")
+    sizes = min_size if isinstance(min_size, (list, tuple)) else [min_size]  # torchvision: one drawn per image
+    if not sizes or not all(_whole(size, 1) for size in sizes):
+        raise ModelConfigError(f"min_size must be a whole number of pixels >= 1 (or a list of them), got {min_size!r}")
+    if not _whole(max_size, 1):
+        raise ModelConfigError(f"max_size must be a whole number of pixels >= 1, got {max_size!r}")
+    if occluded_ratio is not None and not (finite_number(occluded_ratio) and 0 < occluded_ratio <= 1):
+        raise ModelConfigError(f"occluded_ratio must be None or a number in (0, 1], got {occluded_ratio!r}")
+    with _naming("loss_weights"):
+        if isinstance(loss_weights, str):
+            weights = make_loss_weights(loss_weights)
+        else:
+            weights = make_loss_weights(head_preset if head_preset in LOSS_PRESETS else "paper", loss_weights)
+    with _naming("trainable_backbone_layers"):
+        body = build_backbone(backbone, detector, backbone_weights, frozen_batchnorm, trainable_backbone_layers)
     tiny = backbone == "tiny"
     if detector == "faster-rcnn":
         featmaps = ["0", "1", "2"] if tiny else ["0", "1", "2", "3"]
@@ -327,8 +338,9 @@ def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: s
         featmaps = ["0", "1", "2"]  # P3-P5, where FCOS' boxes of all sizes map (as Mask R-CNN's P2-P5)
     branch = None
     if mask_head is not None:
-        branch = build_mask_branch(mask_head, body.out_channels, num_classes, featmaps, head_preset,
-                                   dict(head_options or {}), occluded_ratio)
+        with _naming("head_options"):
+            branch = build_mask_branch(mask_head, body.out_channels, num_classes, featmaps, head_preset,
+                                       dict(head_options or {}), occluded_ratio)
     if detector == "faster-rcnn":
         kwargs = _tiny_faster_rcnn_kwargs(num_classes) if tiny else {}
         kwargs.update(detector_kwargs)
@@ -346,6 +358,22 @@ def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: s
     kwargs.update(detector_kwargs)
     return BCNetFCOS(body, num_classes, mask_branch=branch, loss_weights=weights,
                      min_size=min_size, max_size=max_size, **kwargs)
+
+
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+@contextlib.contextmanager
+def _naming(argument: str) -> Iterator[None]:
+    """A ValueError of the heads, the losses or torchvision's backbone as a :class:`ModelConfigError` naming the
+    ``build_model`` argument it came from (a ModelConfigError, already one message, passes unchanged)."""
+    try:
+        yield
+    except ModelConfigError:
+        raise
+    except ValueError as exc:
+        raise ModelConfigError(f"{argument}: {exc}") from None
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

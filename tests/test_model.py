@@ -1,5 +1,6 @@
 """build_model on the tiny backbone (train losses, backward, eval outputs) and ResNet-50 parameter counts."""
 import math
+import re
 
 import pytest
 import torch
@@ -124,6 +125,32 @@ def test_detector_alone_and_bad_names():
             build_model(3, **{"backbone": "tiny", **bad})
         assert isinstance(info.value, OccsynthError) and isinstance(info.value, ValueError)
 
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"num_classes": "6"}, "num_classes counts background and must be a whole number >= 2, got '6'"),
+    ({"num_classes": 6.0}, "num_classes counts background and must be a whole number >= 2, got 6.0"),
+    ({"num_classes": 1}, "num_classes counts background and must be a whole number >= 2, got 1"),
+    ({"min_size": "64"}, "min_size must be a whole number of pixels >= 1 (or a list of them), got '64'"),
+    ({"min_size": [64, 0]}, "min_size must be a whole number of pixels >= 1 (or a list of them), got [64, 0]"),
+    ({"max_size": 0}, "max_size must be a whole number of pixels >= 1, got 0"),
+    ({"occluded_ratio": 2}, "occluded_ratio must be None or a number in (0, 1], got 2"),
+    ({"occluded_ratio": "0.5"}, "occluded_ratio must be None or a number in (0, 1], got '0.5'"),
+    ({"loss_weights": {"mask": 1.0}}, "loss_weights: unknown loss weight(s) ['mask']"),
+    ({"head_options": {"convz": 1}}, "head_options: unknown mask head option(s) ['convz']"),
+    ({"backbone": "resnet18", "trainable_backbone_layers": 9}, "trainable_backbone_layers: "),
+])
+def test_build_model_refuses_a_setting_it_cannot_use_naming_it_before_building(bad, words):
+    # a notebook's typo: one ModelConfigError (an OccsynthError and a ValueError) naming the argument, not a
+    # TypeError from torch, nor a failure at the first training step (occluded_ratio)
+    args = {"num_classes": 6, "backbone": "tiny", **bad}
+    with pytest.raises(ModelConfigError, match=re.escape(words)):
+        build_model(args.pop("num_classes"), **args)
+
+
+def test_build_model_takes_min_size_as_a_list_as_torchvision_does():
+    model = build_model(3, mask_head=None, backbone="tiny", min_size=[48, 64], max_size=96)
+    assert tuple(model.transform.min_size) == (48, 64)
 
 
 @pytest.mark.parametrize("detector, passed_on", [("faster-rcnn", "box_detections_per_img"),
