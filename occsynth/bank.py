@@ -89,6 +89,18 @@ class BankOptions:
                 raise OccsynthError(f"bank option {name} must be a non-negative integer, got {value!r}")
 
 
+def bank_options(options: BankOptions | dict) -> BankOptions:
+    """``options`` as BankOptions: a notebook's ``{"min_area": 256}`` too, as :class:`RunSettings` takes it."""
+    if isinstance(options, BankOptions):
+        return options
+    if not isinstance(options, dict):
+        raise OccsynthError(f"options must be a BankOptions or a dict of its fields, got {options!r}")
+    try:
+        return BankOptions(**options)
+    except TypeError as exc:
+        raise OccsynthError(f"options: {exc}") from None
+
+
 # ---------------------------------------------------------------- completeness (pure)
 
 
@@ -171,7 +183,7 @@ BANK_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}")
 STORE_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{10}-px[0-9a-f]{12}")
 
 
-def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, options: BankOptions = BankOptions(),
+def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, options: BankOptions | dict = BankOptions(),
                 strict: bool = False, progress: bool = True) -> Path:
     """The bank directory of this source and options, built on first use and reused afterwards.
 
@@ -179,6 +191,7 @@ def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, optio
     that looks finished. In strict mode a cached bank that skipped bad records is refused with
     the message of the first one, as a fresh strict build would.
     """
+    options = bank_options(options)
     ann_path = Path(ann_path)
     if not ann_path.is_file():
         raise OccsynthError(f"{ann_path}: file not found")
@@ -206,7 +219,7 @@ def _build_once(target: Path, entries: re.Pattern, read_meta: Callable[[Path], d
     return build_dir_once(target, "meta.json", build, entries=entries)
 
 
-def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options: BankOptions = BankOptions(),
+def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options: BankOptions | dict = BankOptions(),
                strict: bool = False, progress: bool = True, *, source_sha256: str | None = None) -> dict:
     """Read a COCO instances file (streaming) and write its bank to ``bank_dir``; returns meta.
 
@@ -214,6 +227,7 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     that lost an annotation that way is not used as a background (it would show an unlabelled
     object), but its complete instances are still cutouts.
     """
+    options = bank_options(options)
     ann_path, bank_dir = Path(ann_path), Path(bank_dir)
     log = _FirstSkipLog(strict=strict)
     sha = source_sha256 or file_hash(ann_path)

@@ -1,5 +1,6 @@
 """Cutout bank: completeness rule, counts on a hand-made source, bad records, caching, safe loading."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -341,6 +342,22 @@ def test_bank_is_deterministic_cached_and_keyed(tmp_path):
     other = ensure_bank(path, tmp_path / "cache", BankOptions(min_area=10), progress=False)
     assert other != bank_dir and Bank.load(other).meta["rejected"]["too_small"] == 0
     assert sorted(p.name for p in (tmp_path / "cache" / "banks").iterdir()) == sorted([bank_dir.name, other.name])
+
+
+def test_bank_options_may_be_a_dict_of_their_fields_as_run_settings_take_them(tmp_path):
+    path = write(tmp_path, source(BAD))
+    as_dict = ensure_bank(path, tmp_path / "cache", {"min_area": 10}, progress=False)
+    assert as_dict == ensure_bank(path, tmp_path / "cache", BankOptions(min_area=10), progress=False)
+    assert build_bank(path, tmp_path / "one", {"min_area": 10}, progress=False) == Bank.load(as_dict).meta
+    for bad, words in (({"min_aera": 10}, "options: BankOptions.__init__() got an unexpected keyword argument "
+                                          "'min_aera'"),
+                       ({"min_area": -1}, "bank option min_area must be a non-negative integer, got -1"),
+                       ([10, 2, 2], "options must be a BankOptions or a dict of its fields, got [10, 2, 2]")):
+        for call in (lambda: ensure_bank(path, tmp_path / "cache", bad, progress=False),
+                     lambda: build_bank(path, tmp_path / "two", bad, progress=False)):
+            with pytest.raises(OccsynthError, match=re.escape(words)):
+                call()
+    assert not (tmp_path / "two").exists()
 
 
 def test_loading_refuses_pickles_and_damaged_banks(tmp_path):
