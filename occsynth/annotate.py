@@ -202,7 +202,9 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     """Write a copy of a COCO JSON with occluder annotations (see the module docstring); returns
     ``{"out", "threshold", "bcnet_compat", "counts", "skipped"}`` (``counts``: annotations, images,
     with_occluders and what was replaced or kept, by reason). ``threshold``: box IoU above which an instance
-    may occlude, in [0, 1].
+    may occlude, in [0, 1]. ``images_per_bucket``: images whose annotations are spooled to one temporary file and
+    held in memory together (see the module docstring); raised where the images would need over
+    :data:`MAX_BUCKETS` files. The output does not depend on it.
 
     ``keep_existing``: annotations that already have ``occluder_ids`` keep them (see :func:`annotate_image`);
     otherwise they are replaced, and counted as ``replaced_occluder_ids``.
@@ -217,6 +219,8 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     in_path, out_path = Path(in_path), Path(out_path)
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
         raise OccsynthError(f"threshold must be a box IoU in [0, 1], got {threshold!r}")  # NaN fails here too
+    if not is_int(images_per_bucket) or images_per_bucket < 1:
+        raise OccsynthError(f"images_per_bucket must be a whole number >= 1, got {images_per_bucket!r}")
     check_out_file(in_path, out_path, "the input would be replaced by its annotated copy; give another --out")
     top, starts = read_top_level(in_path)
     for key in ("images", "annotations"):  # {} or null: refused before --out's folder is made
@@ -226,7 +230,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     for k, image in enumerate(images):
         if isinstance(image, dict) and _is_key(image.get("id")):
             index_of.setdefault(image["id"], k)
-    per_bucket = max(int(images_per_bucket), -(-len(images) // MAX_BUCKETS), 1)
+    per_bucket = max(images_per_bucket, -(-len(images) // MAX_BUCKETS))
     num_buckets = -(-len(images) // per_bucket)
     counts = {"images": len(images), "annotations": 0, "with_occluders": 0, "no_box": 0,
               "unknown_image": 0, "duplicate_ids": 0, "replaced_occluder_ids": 0, "kept_occluder_ids": 0,

@@ -1,5 +1,6 @@
 """annotate-occluders: exact occluder ids and occluder polygons on hand-made overlapping scenes."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -477,6 +478,16 @@ def test_a_threshold_that_is_no_iou_is_refused(tmp_path, threshold):
     src.write_text(json.dumps(make_dataset()))
     with pytest.raises(OccsynthError, match="threshold must be a box IoU in"):
         annotate_occluders(src, tmp_path / "o.json", threshold=threshold, progress=False)
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("per_bucket", [0, -5, "x", 2.5, True])
+def test_images_per_bucket_that_is_no_whole_number_above_0_is_refused(tmp_path, per_bucket):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(make_dataset()))
+    words = f"images_per_bucket must be a whole number >= 1, got {per_bucket!r}"
+    with pytest.raises(OccsynthError, match=re.escape(words)):
+        annotate_occluders(src, tmp_path / "o.json", images_per_bucket=per_bucket, progress=False)
     assert not (tmp_path / "o.json").exists()
 
 
