@@ -97,7 +97,9 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
 
     ``out_dir``: the set's folder, or its annotations JSON (images and manifest.json beside it).
     A COCO file without occsynth's fields (plain COCO, COCO-OCC) is refused with one
-    OccsynthError rather than reported as failing every check.
+    OccsynthError rather than reported as failing every check. ``workers``: processes for the per-image checks (at
+    most one per usable core; the report does not depend on it). ``max_examples``: failures quoted per check (all
+    are counted). ``progress``: a bar over the images on stderr.
 
     ``balance_tolerance``/``balance_slack``: each pasted category's count must lie within
     ``max(balance_tolerance * mean, balance_slack)`` of the mean over the set's categories that were pasted.
@@ -108,6 +110,9 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
     for name, value in (("balance_tolerance", balance_tolerance), ("balance_slack", balance_slack)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise OccsynthError(f"{name} must be a number >= 0, got {value!r}")
+    for name, value, low in (("workers", workers, 1), ("max_examples", max_examples, 0)):
+        if not is_int(value) or value < low:
+            raise OccsynthError(f"{name} must be a whole number >= {low}, got {value!r}")
     ann_path, out_dir = set_paths(out_dir)
     check_generated_set(ann_path, out_dir / MANIFEST_FILE, where)
     with reading_json(ann_path):  # any key twice (the streams below refuse their own): read_dataset refuses the set

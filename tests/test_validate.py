@@ -565,6 +565,17 @@ def test_balance_options_that_allow_nothing_are_refused(dataset, option):
         validate(dataset, progress=False, **option)
 
 
+@pytest.mark.parametrize("option, words", [
+    ({"workers": 0}, "workers must be a whole number >= 1, got 0"),   # ran serially, unsaid (generate refuses it)
+    ({"workers": "2"}, "workers must be a whole number >= 1, got '2'"),
+    ({"max_examples": "3"}, "max_examples must be a whole number >= 0, got '3'"),  # a TypeError at the first failure
+    ({"max_examples": -1}, "max_examples must be a whole number >= 0, got -1"),
+])
+def test_workers_and_max_examples_that_mean_nothing_are_refused_naming_them(dataset, option, words):
+    with pytest.raises(OccsynthError, match=re.escape(words)):
+        validate(dataset, progress=False, **option)
+
+
 @pytest.mark.parametrize("value", ["inf", "1e400", "nan"])
 def test_cli_names_the_option_of_a_balance_tolerance_that_is_no_finite_number(dataset, value):
     # the library refused inf naming its parameter ('balance_tolerance must be ...'), not the option typed
