@@ -17,7 +17,7 @@ import threading
 import warnings
 from concurrent.futures import CancelledError
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -261,8 +261,19 @@ def _of_shard(settings: dict, shard: tuple[int, int], file_name: str) -> bool:
     return chunk is not None and _in_shard(chunk, shard)
 
 
-def merge(out_dir: str | os.PathLike, shard_dirs: list[str | os.PathLike], *, progress: bool = True) -> dict:
-    """Join shard outputs (same settings) into one set identical to an unsharded run."""
+def merge(out_dir: str | os.PathLike, shard_dirs: str | os.PathLike | Sequence[str | os.PathLike], *,
+          progress: bool = True) -> dict:
+    """Join shard outputs (same settings) into one set identical to an unsharded run; returns its report (as
+    :func:`generate` returns a finished set's).
+
+    ``shard_dirs``: the folders the shards wrote (one path, or a list); ``out_dir`` may be one of them (shards that
+    all wrote one shared folder: ``merge(folder, folder)``). The shards' images and parts are moved into ``out_dir``,
+    so a merge stopped half-way is simply run again.
+    """
+    if isinstance(shard_dirs, (str, os.PathLike)):  # one folder, not a sequence of one-letter folders
+        shard_dirs = [shard_dirs]
+    if not shard_dirs:
+        raise OccsynthError("shard_dirs: give at least one shard folder to merge")
     return writer.merge_shards(Path(out_dir), [Path(d) for d in shard_dirs], progress=progress)
 
 

@@ -170,6 +170,20 @@ def test_shards_then_merge_equal_unsharded_run(generated, demo_source, tmp_path)
     assert merged.exit_code == 2 and f"merged into {(tmp_path / 'merged').resolve()}" in merged.output.replace("\n", " ")
 
 
+def test_merge_takes_one_folder_given_as_a_path_and_refuses_none(generated, demo_source, tmp_path):
+    # a notebook's merge(out, "shared"): one folder, not the folders "s", "h", "a", ... (the first named "/parts")
+    out, _, cache = generated
+    ann, root = demo_source
+    with pytest.raises(errors.OccsynthError, match=re.escape("shard_dirs: give at least one shard folder")):
+        generate_module.merge(tmp_path / "m", [])
+    assert not (tmp_path / "m").exists()
+    shared = tmp_path / "shared"
+    for i in range(2):
+        generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
+    report = generate_module.merge(shared, str(shared), progress=False)
+    assert report["merged"] and tree_bytes(shared) == tree_bytes(out)
+
+
 def test_a_merge_missing_chunks_names_their_shards_and_the_folders_given(generated, demo_source, tmp_path):
     """A user who left one shard folder out of the list was told to run the missing shards (by chunk number): the
     shards are named (n from their lock files, which a failed merge leaves), and so are the folders given."""
