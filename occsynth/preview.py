@@ -58,13 +58,13 @@ MAX_SHEET_PIXELS = 64 << 20    # 64 Mpx (192 MiB RGB): larger sheets are refused
 
 
 def check_sheet_options(n: int, columns: int, tile: int) -> None:
-    """Refuse sizes that cannot make a useful sheet (or would allocate gigabytes)."""
-    if not 1 <= n <= MAX_IMAGES:
-        raise OccsynthError(f"preview: -n must be in 1..{MAX_IMAGES}, got {n}")
-    if columns < 1:
-        raise OccsynthError(f"preview: --columns must be >= 1, got {columns}")
-    if not TILE_RANGE[0] <= tile <= TILE_RANGE[1]:
-        raise OccsynthError(f"preview: --tile must be in {TILE_RANGE[0]}..{TILE_RANGE[1]} pixels, got {tile}")
+    """Refuse sizes that are no whole numbers or cannot make a useful sheet (or would allocate gigabytes)."""
+    if not (is_int(n) and 1 <= n <= MAX_IMAGES):
+        raise OccsynthError(f"preview: -n must be in 1..{MAX_IMAGES}, got {n!r}")
+    if not (is_int(columns) and columns >= 1):
+        raise OccsynthError(f"preview: --columns must be >= 1, got {columns!r}")
+    if not (is_int(tile) and TILE_RANGE[0] <= tile <= TILE_RANGE[1]):
+        raise OccsynthError(f"preview: --tile must be in {TILE_RANGE[0]}..{TILE_RANGE[1]} pixels, got {tile!r}")
 
 
 def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16, columns: int = 4,

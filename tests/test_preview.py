@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -299,6 +300,17 @@ def test_sheet_size_limits(dataset, tmp_path, args, message):
     assert not (tmp_path / "s.png").exists()
     with pytest.raises(Exception, match="--tile must be in 32..2048"):
         preview(path, tile=100000)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"n": "4"}, "preview: -n must be in 1..256, got '4'"),          # a TypeError from the comparison
+    ({"n": 2.0}, "preview: -n must be in 1..256, got 2.0"),
+    ({"columns": "2"}, "preview: --columns must be >= 1, got '2'"),
+    ({"tile": 64.5}, "preview: --tile must be in 32..2048 pixels, got 64.5"),
+])
+def test_sheet_sizes_that_are_no_whole_numbers_are_refused(dataset, kwargs, words):
+    with pytest.raises(OccsynthError, match=re.escape(words)):
+        preview(dataset, **kwargs)
 
 
 def test_a_missing_bbox_is_taken_from_the_mask_in_the_image_frame():
