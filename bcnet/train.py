@@ -77,6 +77,7 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     dict schedule (``where``, used for dicts only) or ``overrides_from``: one name for all overrides, or
     each key's own (a command line's option: ``{"base_lr": "--lr"}``, so that the user reads what they typed).
     """
+    check_overrides(overrides)
     flat = flat_schedule(schedule)
     where = where if isinstance(schedule, dict) else os.fspath(schedule)
     check_setting_names(flat, where)
@@ -87,6 +88,13 @@ def load_schedule(schedule: str | os.PathLike | dict = "schedule-1x", overrides:
     flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
     _check_schedule(flat, lambda *keys: named([k for k in keys if k in given]) if set(keys) & set(given) else where)
     return flat
+
+
+def check_overrides(overrides: Mapping | None) -> None:
+    """Refuse overrides that are no mapping of setting names (a list of pairs, a string) naming the argument."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise OccsynthError("overrides must be a dict of schedule settings ({'iterations': 300, ...}), "
+                            f"got {overrides!r:.80}")
 
 
 def flat_schedule(schedule: str | os.PathLike | dict) -> dict:
@@ -480,6 +488,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``out_dir`` is held for the whole run (:func:`bcnet.runlock.hold_out_dir`, by rank 0): a second training
     started on it meanwhile stops at once, before it reads or writes anything there, naming this one.
     """
+    check_overrides(overrides)  # read below before the schedule is (a resume checks the model settings first)
     out_dir = Path(out_dir)
     state = None
     resume_path: Path | None = None

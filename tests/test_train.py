@@ -57,6 +57,17 @@ def test_schedule_lr_and_overrides():
     assert T.load_schedule("schedule-tiny")["backbone"] == "tiny"
 
 
+def test_overrides_that_are_no_dict_are_refused_naming_them_before_anything_is_read(tmp_path):
+    words = "overrides must be a dict of schedule settings ({'iterations': 300, ...}), got [('iterations', 3)]"
+    with pytest.raises(OccsynthError, match=re.escape(words)):
+        T.load_schedule("schedule-tiny", [("iterations", 3)])
+    for resume in (False, True):  # an AttributeError from deep inside before; resuming read it first of all
+        with pytest.raises(OccsynthError, match=re.escape(words)):
+            T.train(tmp_path / "none.json", tmp_path, tmp_path / "out", schedule="schedule-tiny",
+                    overrides=[("iterations", 3)], resume=resume, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset_dir):
     whole = _run(dataset_dir, tmp_path / "whole", iterations=6)
     assert whole["iteration"] == 6 and len(whole["history"]) == 6
