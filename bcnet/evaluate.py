@@ -57,7 +57,7 @@ from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
 from . import occsep
 from .checkpoint import category_names as checkpoint_category_names, named_otherwise
-from .data import require_amodal_masks, unusable_box
+from .data import CocoInstances, require_amodal_masks, unusable_box
 from .device import resolve_device
 from .runlock import hold_out_dir
 
@@ -69,7 +69,7 @@ RATIO_EDGES = (0.1, 0.3)
 
 
 @torch.inference_mode()
-def predict_dataset(model: torch.nn.Module, dataset, *, device: str | torch.device = "cpu",
+def predict_dataset(model: torch.nn.Module, dataset: CocoInstances, *, device: str | torch.device = "cpu",
                     category_ids: Sequence[int] | None = None, mask_threshold: float = 0.5,
                     batch_size: int = 1, progress: bool = True, skipped_ids: list | None = None) -> list[dict]:
     """Run ``model`` over every image of ``dataset`` (a :class:`bcnet.data.CocoInstances`) -> COCO results.
@@ -157,10 +157,12 @@ def check_model_input(model: torch.nn.Module, size: Sequence[int], where: str) -
                         f"{min_sizes[-1]}, long side at most {max_size}) leaves {new_h}x{new_w}; aspect ratio too extreme")
 
 
-def to_coco_results(output: dict, info: dict, input_size, category_ids: Sequence[int],
+def to_coco_results(output: dict, info: dict, input_size: Sequence[int], category_ids: Sequence[int],
                     mask_threshold: float) -> list[dict]:
     """One image's model output -> COCO results in the original image's frame (``info``: ``image_id``,
-    ``orig_size``); labels map back to ``category_ids``, masks (> ``mask_threshold``) to compressed RLE."""
+    ``orig_size``); labels map back to ``category_ids``, masks (> ``mask_threshold``) to compressed RLE.
+    ``input_size``: (height, width) of the image tensor given to the model, the frame of ``output``'s boxes and
+    masks; they are scaled from it to ``orig_size``."""
     height, width = info["orig_size"]
     boxes = output["boxes"].detach().float().cpu()
     scores = output["scores"].detach().float().cpu()
@@ -906,8 +908,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     checkpoint's, masks as compressed RLE), ``out_dir/results.json`` (``{name: evaluate() output}``)
     and ``out_dir/results.md`` (:func:`markdown_table`); returns the results dict.
     """
-    from .data import CocoInstances
-
     if not isinstance(sets, dict) or not sets:
         raise OccsynthError(f"sets must be a non-empty dict {{name: (annotations JSON, image root)}}, got {sets!r:.80}")
     for name, paths in sets.items():

@@ -155,8 +155,15 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
     """Run a trained model on images; write ``results.json`` (COCO results), ``images.json`` (which
     file each ``image_id`` is) and, with ``pictures``, one PNG per image under ``out_dir/pictures``.
 
+    ``inputs``: an image file or folder, or a list of them. ``checkpoint``: a checkpoint file, or a run folder
+    (or its last_checkpoint) standing for the checkpoint it names. ``score_threshold``: detections at or above it
+    are drawn and counted in ``above_threshold`` (all go to ``results.json``). ``device``: ``'cpu'`` unless given
+    (None: CUDA when present, as the CLI's ``--device`` default).
     ``category_names`` (``{id: name}``) labels the pictures; by default the names the checkpoint was trained
     with (COCO's for a checkpoint saved before they were kept).
+
+    Returns ``{"images", "detections", "above_threshold", "skipped", "skip_counts", "out"}`` (counts, the skipped
+    files' lines, and ``out_dir`` as a string).
 
     Files that cannot be decoded or hold more than :data:`occsynth.masks.MAX_IMAGE_PIXELS` pixels ("image too
     large", as every reader of images and image records says: :func:`occsynth.coco.check_pixels`), and images the
