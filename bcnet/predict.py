@@ -150,15 +150,16 @@ def _title(panel: np.ndarray, text: str) -> None:
 
 
 def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-            score_threshold: float = 0.5, device: str | torch.device | None = "cpu", pictures: bool = True,
+            score_threshold: float = 0.5, device: str | torch.device | None = None, pictures: bool = True,
             category_names: dict[int, str] | None = None, progress: bool = True) -> dict:
     """Run a trained model on images; write ``results.json`` (COCO results), ``images.json`` (which
     file each ``image_id`` is) and, with ``pictures``, one PNG per image under ``out_dir/pictures``.
 
     ``inputs``: an image file or folder, or a list of them. ``checkpoint``: a checkpoint file, or a run folder
     (or its last_checkpoint) standing for the checkpoint it names. ``score_threshold``: detections at or above it
-    are drawn and counted in ``above_threshold`` (all go to ``results.json``). ``device``: ``'cpu'`` unless given
-    (None: CUDA when present, as the CLI's ``--device`` default).
+    are drawn and counted in ``above_threshold`` (all go to ``results.json``). ``device``: None (the default)
+    is CUDA when present, as for :func:`bcnet.evaluate.evaluate_checkpoint`, :func:`bcnet.train.train` and the
+    CLI's ``--device``.
     ``category_names`` (``{id: name}``) labels the pictures; by default the names the checkpoint was trained
     with (COCO's for a checkpoint saved before they were kept).
 

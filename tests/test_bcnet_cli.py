@@ -976,3 +976,19 @@ def test_predict_sweeps_the_orphaned_temporaries_of_its_own_pictures_only(tiny, 
         P.predict(checkpoint, [root / "images" / "000000000001.png"], tmp_path / "out", device="cpu", progress=False)
     assert not orphaned.exists() and held.exists() and others.exists()
     assert (pictures / "000001-000000000001.png").is_file()
+
+
+def test_the_library_picks_the_device_as_the_cli_does(monkeypatch, tmp_path):
+    """predict(), evaluate_checkpoint() and train() without a device use CUDA when present, as every command's
+    --device default: predict() alone ran on the CPU of a GPU machine when called from a notebook."""
+    import inspect
+
+    from bcnet import evaluate as E, predict as P
+    for function in (P.predict, E.evaluate_checkpoint, T.train):
+        assert inspect.signature(function).parameters["device"].default is None, function.__name__
+    asked = []
+    monkeypatch.setattr(P, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(P, "load_model", lambda *a: (_ for _ in ()).throw(OccsynthError("stop here")))
+    with pytest.raises(OccsynthError, match="stop here"):
+        P.predict(tmp_path / "model.pt", [tmp_path], tmp_path / "out", progress=False)
+    assert asked == [None]
