@@ -218,6 +218,50 @@ def test_messages_quote_a_huge_record_briefly(check, record):
     assert len(str(caught.value)) < 200 and "..." in str(caught.value)
 
 
+def test_read_dataset_names_what_its_top_level_and_each_list_are(tmp_path):
+    p = tmp_path / "x.json"
+    for content, words in (([{"images": []}], "the top level is an array, expected a JSON object"),
+                           (3, "the top level is a number, expected a JSON object"),
+                           ({"images": [], "annotations": []}, "missing the 'categories' list of a COCO instances file"),
+                           ({"images": True, "annotations": [], "categories": []}, "'images' is a boolean, expected a list"),
+                           ({"images": [], "annotations": [], "categories": "x"}, "'categories' is a string, expected a list")):
+        p.write_text(json.dumps(content))
+        with pytest.raises(OccsynthError) as exc:
+            coco.read_dataset(p)
+        assert str(exc.value) == f"{p}: not a COCO file: {words}"
+
+
+def test_an_image_record_needs_whole_positive_sizes_and_a_file_name_only_where_a_file_is_read():
+    record = {"id": 3, "file_name": "a.jpg", "height": 4, "width": 5}
+    for key, value, why in (("id", True, "'id' missing or not int"), ("height", True, "'height' missing or not int"),
+                            ("width", False, "'width' missing or not int"), ("width", 0, "non-positive height/width"),
+                            ("height", -1, "non-positive height/width"), ("file_name", None, "'file_name' missing")):
+        with pytest.raises(BadRecord) as exc:
+            coco.check_image_record({**record, key: value})
+        assert exc.value.reason == errors.MALFORMED_RECORD and why in str(exc.value), str(exc.value)
+    nameless = {"id": 3, "height": 4, "width": 5}
+    assert coco.check_image_record(nameless, file_name=False) == nameless  # the ground truth pycocotools scores
+    log = SkipLog()
+    assert coco.usable_image_records([nameless, dict(nameless, id=4, width=0)], log, file_name=False) == (
+        {3: nameless}, {4: "image record 4: malformed record"})
+    log = SkipLog()
+    later = dict(record, file_name="b.jpg")  # the id's first usable record is kept; a later one is a duplicate
+    assert coco.usable_image_records([nameless, record, later], log) == (
+        {3: record}, {3: "image record 3: duplicate id"})
+    assert log.counts == {errors.MALFORMED_RECORD: 1, errors.DUPLICATE_ID: 1}
+
+
+def test_none_found_under_samples_only_names_it_can_look_up(tmp_path):
+    """Records whose names are all refused are skipped where they are read: they do not make the folder a wrong one."""
+    (tmp_path / "b.jpg").write_bytes(b"x")
+    refused = [{"id": i, "file_name": f"../{i}.jpg"} for i in range(3)]
+    assert coco.none_found_under(tmp_path, 3, refused.__getitem__) is None
+    missing = refused + [{"id": 3, "file_name": "a.jpg"}]
+    assert coco.none_found_under(tmp_path, 4, missing.__getitem__) == [(tmp_path / "a.jpg").absolute()]
+    found = missing + [{"id": 4, "file_name": "b.jpg"}]
+    assert coco.none_found_under(tmp_path, 5, found.__getitem__) is None
+
+
 def test_resolve_image_path_refuses_escapes(tmp_path):
     root = tmp_path / "imgs"
     (root / "sub").mkdir(parents=True)
@@ -226,7 +270,7 @@ def test_resolve_image_path_refuses_escapes(tmp_path):
     assert coco.resolve_image_path(root, "sub/a.jpg") == (root / "sub" / "a.jpg").absolute()
     # links laid out inside the root (clusters link image folders) are followed; the name is what is checked
     assert coco.resolve_image_path(root, "link.jpg") == (root / "link.jpg").absolute()
-    for bad in ["../secret.jpg", "/etc/passwd", "sub/../../secret.jpg", "", "a\x00.jpg"]:
+    for bad in ["../secret.jpg", "/etc/passwd", "sub/../../secret.jpg", "", "  \t", "a\x00.jpg"]:
         with pytest.raises(BadRecord) as exc:
             coco.resolve_image_path(root, bad)
         assert exc.value.reason == errors.OUTSIDE_ROOT

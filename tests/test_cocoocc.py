@@ -894,6 +894,16 @@ def test_boxes_too_large_for_float64_areas_overlap_by_zero_without_numpy_warning
         assert overlap[2, 3] == pytest.approx(50 / 150 if measure == "iou" else 0.5)
 
 
+def test_a_box_is_four_finite_numbers_and_an_overlap_measure_is_one_of_two():
+    from occsynth.boxes import is_box, pairwise_overlap
+    assert is_box([0, 0, 1, 1]) and is_box((0.5, 1, 2, 3.5)) and is_box([-1, -1, 0, 0])
+    for bad in ([0, 0, 1], [0, 0, 1, 1, 1], [True, 0, 1, 1], [0, 0, float("nan"), 1], [0, 0, float("inf"), 1],
+                ["0", 0, 1, 1], "0011", {"x": 0}, None):
+        assert not is_box(bad), bad
+    with pytest.raises(ValueError, match=r"overlap measure must be one of \('iou', 'min'\), got 'IoU'"):
+        pairwise_overlap(np.array([[0, 0, 1, 1], [0, 0, 1, 1]]), "IoU")
+
+
 def test_an_empty_set_of_no_overlapping_boxes_does_not_advise_a_lower_threshold(tmp_path):
     """Every annotation skipped as bad input (or no image with two overlapping boxes) left each image without an
     overlapping pair: "lower --threshold" was advised, which keeps nothing either (a threshold is above 0)."""

@@ -27,6 +27,20 @@ def test_coco_categories_have_the_real_gapped_ids():
     assert by_id[37]["name"] == "sports ball" and by_id[85]["name"] == "clock" and by_id[90]["name"] == "toothbrush"
 
 
+def test_coco_categories_have_cocos_supercategories_and_are_found_by_name():
+    from collections import Counter
+
+    from occsynth.categories import COCO_IDS_BY_NAME
+    assert Counter(c["supercategory"] for c in COCO_CATEGORIES) == {
+        "person": 1, "vehicle": 8, "outdoor": 5, "animal": 10, "accessory": 5, "sports": 10, "kitchen": 7, "food": 10,
+        "furniture": 6, "electronic": 6, "appliance": 5, "indoor": 7}
+    by_name = {c["name"]: c for c in COCO_CATEGORIES}
+    assert [by_name[n]["supercategory"] for n in ("wine glass", "vase", "potted plant", "hot dog")] == [
+        "kitchen", "indoor", "furniture", "food"]
+    assert COCO_IDS_BY_NAME == {c["name"]: c["id"] for c in COCO_CATEGORIES}
+    assert (COCO_IDS_BY_NAME["person"], COCO_IDS_BY_NAME["stop sign"], COCO_IDS_BY_NAME["toothbrush"]) == (1, 13, 90)
+
+
 def test_annotations_are_exactly_the_painted_regions(demo_source):
     ann_path, root = demo_source
     gt = COCO(str(ann_path))

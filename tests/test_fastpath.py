@@ -610,3 +610,242 @@ def test_bench_refuses_a_work_dir_without_room_for_the_sets_it_keeps(tmp_path, m
     assert list(tmp_path.iterdir()) == []
     from occsynth.bench import check_generation_bench_room
     check_generation_bench_room(100, 12, tmp_path)  # fits: nothing raised
+
+
+class _Clock:
+    """A perf_counter that moves only when told: the bench's images/s then follow from the durations given."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_bench_with_two_workers_reports_the_best_runs_their_ratios_scaling_and_machine_scaling(tmp_path, monkeypatch):
+    """The bench's arithmetic with --workers 2, its measurements replaced by known figures (no worker pool starts)."""
+    from types import SimpleNamespace
+
+    from occsynth import bench
+
+    clock = _Clock()
+    floors = {(1, False): [50.0, 60.0], (1, True): [30.0, 35.0], (2, False): [100.0, 90.0], (2, True): [70.0, 80.0]}
+    seconds = {1: [4.0, 2.0], 2: [1.0, 1.6]}                      # 40 images: 10 and 20 img/s; 40 and 25 img/s
+    output_bytes = {1: [500, 700], 2: [1000, 3000]}
+    seen = {"paths": [], "warm": [], "generate": []}
+
+    def floor(paths, n, quality, chunk_size, write_to=None):
+        assert write_to is None or Path(write_to).is_dir()
+        seen["paths"].append(list(paths))
+        seen.setdefault("sizes", [os.path.getsize(p) for p in paths])  # the bench's files, removed at its end
+        return floors[n, write_to is not None].pop(0)
+
+    def generate(out, settings, *, workers, **kwargs):
+        seen["generate"].append(workers)
+        clock.now += seconds[workers].pop(0)
+        (out / "images").mkdir(parents=True)
+        for i, size in enumerate(output_bytes[workers]):
+            (out / "images" / f"{i}.jpg").write_bytes(bytes(size))
+
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(bench, "floor_images_per_second", floor)
+    monkeypatch.setattr(bench, "generate", generate)
+    monkeypatch.setattr(bench, "warm_pool", lambda n: seen["warm"].append(n))
+    machine = [1.5, 1.9]
+    monkeypatch.setattr(bench, "machine_scaling", lambda n: machine.pop(0))
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    report = bench.bench_generation(num_images=40, workers=2, long_side=160, copies=1, work_dir=tmp_path, repeat=2)
+    assert seen["generate"] == [1, 2, 1, 2] and seen["warm"] == [2, 2]   # the worker counts take turns
+    assert report["workers_1"] == {
+        "floor_images_per_s": 60.0, "generate_images_per_s": 20.0, "ratio_to_floor": 0.333,
+        "floor_with_writes_images_per_s": 35.0, "ratio_to_floor_with_writes": 0.571,
+        "runs": {"floor": [50.0, 60.0], "floor_with_writes": [30.0, 35.0], "generate": [10.0, 20.0]}}
+    assert report["workers_2"] == {
+        "floor_images_per_s": 100.0, "generate_images_per_s": 40.0, "ratio_to_floor": 0.4,
+        "floor_with_writes_images_per_s": 80.0, "ratio_to_floor_with_writes": 0.5,
+        "runs": {"floor": [100.0, 90.0], "floor_with_writes": [70.0, 80.0], "generate": [40.0, 25.0]}}
+    assert report["scaling"] == 2.0 and report["machine_scaling"] == 1.9 and report["repeat"] == 2
+    assert report["mean_output_jpeg_bytes"] == 2000                     # the last run's images (2 workers)
+    # 24 source images for 40 generated: some backgrounds repeat, and the report counts the distinct ones
+    paths = seen["paths"][0]
+    assert all(p == paths for p in seen["paths"]) and len(paths) == 40 and report["source_images"] == 24
+    assert report["distinct_backgrounds"] == len(set(paths)) < 40
+    assert report["mean_background_jpeg_bytes"] == int(np.mean(seen["sizes"]))
+    # the bar counts source, bank, cutout pixels and 2 x (3 measurements x 2 worker counts + machine scaling)
+    done = re.findall(r"\| (\d+)/(\d+)", err.getvalue())
+    assert done[-1] == ("17", "17"), err.getvalue()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_machine_scaling_is_one_pinned_worker_time_over_the_workers_time(monkeypatch):
+    from types import SimpleNamespace
+
+    from occsynth import bench
+
+    clock, pinned = _Clock(), []
+
+    def run_all(task, chunks, settings, workers, backend):
+        if hasattr(os, "sched_getaffinity"):
+            pinned.append(len(os.sched_getaffinity(0)) == 1)
+        clock.now += {1: 6.0, 3: 2.5}[workers]
+
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(bench, "_run_all", run_all)
+    assert bench.machine_scaling(3) == pytest.approx(2.4)
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        assert pinned == [True, False]
+
+
+def test_synthetic_coco_file_holds_the_asked_records_as_valid_json(tmp_path):
+    from occsynth.bench import synthetic_coco_file
+    from occsynth.categories import COCO_CATEGORIES
+
+    path = synthetic_coco_file(tmp_path / "s.json", num_images=5, num_annotations=30, num_categories=3)
+    data = json.loads(path.read_text())
+    assert [im["id"] for im in data["images"]] == [1, 2, 3, 4, 5]
+    assert data["images"][0] == {"id": 1, "file_name": "000000000001.jpg", "height": 480, "width": 640}
+    assert data["categories"] == COCO_CATEGORIES[:3]
+    assert [a["id"] for a in data["annotations"]] == list(range(1, 31))
+    for ann in data["annotations"]:
+        assert 1 <= ann["image_id"] <= 5 and ann["category_id"] in (1, 2, 3) and ann["iscrowd"] == 0
+        xs, ys = ann["segmentation"][0][0::2], ann["segmentation"][0][1::2]
+        assert 12 <= len(xs) <= 40 and 0 <= min(xs) and max(xs) < 640 and 0 <= min(ys) and max(ys) < 480
+        assert ann["bbox"] == pytest.approx([min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], abs=0.02)
+    assert list(tmp_path.iterdir()) == [path]                           # written atomically: no leftovers
+
+
+def test_bench_bank_reports_its_two_childrens_figures_and_their_ratio_and_removes_its_files(tmp_path, monkeypatch):
+    from occsynth import bench
+
+    real, calls = bench._run_child, []
+
+    def child(mode, ann, out):
+        calls.append((mode, ann.stat().st_size))
+        measured = real(mode, ann, out)   # the real child, on the real file
+        if mode == "parse":
+            assert measured["records"] == 4 + 10
+            return {"seconds": 2.0, "peak_rss_mib": 100.0, "records": measured["records"]}
+        assert measured["kept"] + sum(measured["rejected"].values()) == 10
+        return {"seconds": 5.0, "peak_rss_mib": 5000.0, "kept": measured["kept"]}
+
+    monkeypatch.setattr(bench, "_run_child", child)
+    report = bench.bench_bank(4, 10, work_dir=tmp_path, progress=False)
+    assert [mode for mode, _ in calls] == ["parse", "bank"]
+    assert report["images"] == 4 and report["annotations"] == 10
+    assert report["json_mib"] == round(calls[0][1] / 2 ** 20, 1)
+    assert report["time_ratio_to_parse"] == 2.5 and report["peak_rss_within_4gib"] is False
+    assert report["stream_parse"]["peak_rss_mib"] == 100.0 and report["bank"]["peak_rss_mib"] == 5000.0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_bank_room_counts_annotations_and_images_at_their_own_sizes(tmp_path, monkeypatch):
+    """1,000 images and 10 annotations need about 138 kB (10 x 1000 + 1,000 x 128), not the other way round."""
+    import shutil
+
+    from occsynth.bench import check_bank_bench
+    from occsynth.errors import NoRoom, OccsynthError
+
+    free = [500_000]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2 ** 40, 2 ** 40 - free[0], free[0]))
+    check_bank_bench(1000, 10, tmp_path)  # fits
+    free[0] = 100_000
+    with pytest.raises(NoRoom, match=r"1,000 images and 10 annotations and its bank need about 138,000 bytes in "):
+        check_bank_bench(1000, 10, tmp_path)
+    for name, args in (("num_images", (True, 10)), ("num_annotations", (10, True)), ("num_images", (0, 10))):
+        with pytest.raises(OccsynthError, match=f"bench --bank: {name} must be a whole number in 1.."):
+            check_bank_bench(*args, tmp_path)
+
+
+def _bench_report(**changes):
+    runs = {"floor": [50.0, 60.0], "floor_with_writes": [30.0, 35.0], "generate": [10.0, 20.0]}
+    one = {"floor_images_per_s": 60.0, "generate_images_per_s": 20.0, "ratio_to_floor": 0.333,
+           "floor_with_writes_images_per_s": 35.0, "ratio_to_floor_with_writes": 0.571, "runs": runs}
+    three = {"floor_images_per_s": 150.0, "generate_images_per_s": 52.5, "ratio_to_floor": 0.35,
+             "floor_with_writes_images_per_s": 100.0, "ratio_to_floor_with_writes": 0.525,
+             "runs": {"floor": [150.0], "floor_with_writes": [100.0], "generate": [52.5, 40.0]}}
+    return {"num_images": 40, "workers": 3, "cpu_count": 4, "work_dir": "/w", "work_dir_filesystem": "tmpfs",
+            "work_dir_ext4_without_journal": False, "image_size": [480, 640], "source_images": 24,
+            "distinct_backgrounds": 21, "mean_background_jpeg_bytes": 151_400, "mean_output_jpeg_bytes": 160_600,
+            "cutout_pixels": {"cutouts": 7, "mib": 1.5, "build_seconds": 0.25}, "workers_1": one, "workers_3": three,
+            "one_worker_pinned": True, "machine_scaling": 2.9, "repeat": 2, "scaling": 2.625, **changes}
+
+
+def test_bench_command_prints_the_report_it_gets_and_passes_its_options_on(monkeypatch):
+    from click.testing import CliRunner
+
+    import cli.occsynth_bench_commands as commands
+    from cli.occsynth_cli import main as occsynth_main
+
+    calls = []
+    report = _bench_report()
+    monkeypatch.setattr(commands, "bench_generation", lambda *a, **k: calls.append((a, k)) or report)
+    result = CliRunner().invoke(occsynth_main, ["bench", "--workers", "3", "--long-side", "0", "--copies", "2",
+                                                "--no-cutout-pixels", "--repeat", "2", "--num-images", "40", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert calls == [((None, None), {"num_images": 40, "workers": 3, "long_side": None, "copies": 2,
+                                     "cutout_pixels": False, "work_dir": None, "repeat": 2, "progress": False})]
+    assert result.output.splitlines() == [
+        "outputs written under /w (tmpfs)",
+        "40 images of about 640x480 px, 4 CPUs; 24 source images, 21 distinct backgrounds",
+        "mean JPEG bytes: background 151 kB, output 161 kB (quality 95)",
+        "cutout pixel store: 7 cutouts, 1.5 MiB, built in 0.25 s",
+        "workers=1 (pinned to one CPU): floor 60.0 img/s, generate 20.0 img/s, generate/floor 0.33 (best of 2; "
+        "generate runs 10, 20)",
+        "    floor that also writes its images 35.0 img/s, generate/that 0.57 (the gap between the floors: writing "
+        "the images on this disk)",
+        "workers=3: floor 150.0 img/s, generate 52.5 img/s, generate/floor 0.35 (best of 2; generate runs 52, 40)",
+        "    floor that also writes its images 100.0 img/s, generate/that 0.53 (the gap between the floors: writing "
+        "the images on this disk)",
+        "scaling 3 workers / 1 worker: 2.62x (a pure-CPU busy loop scales 2.90x on this machine now)"]
+    # one run of each, no pin, no store, no machine figure: each is left out of the text rather than made up
+    report = _bench_report(repeat=1, one_worker_pinned=False, cutout_pixels=None, work_dir_filesystem=None)
+    del report["machine_scaling"]
+    result = CliRunner().invoke(occsynth_main, ["bench", "--workers", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "outputs written under /w" and lines[-1] == "scaling 3 workers / 1 worker: 2.62x"
+    assert "cutout pixel store: off (each cutout's source image is decoded)" in lines
+    assert [line for line in lines if line.startswith("workers=")] == [
+        "workers=1: floor 60.0 img/s, generate 20.0 img/s, generate/floor 0.33",
+        "workers=3: floor 150.0 img/s, generate 52.5 img/s, generate/floor 0.35"]
+    assert calls[-1][1]["long_side"] == 640 and calls[-1][1]["cutout_pixels"] is True
+
+
+def test_bench_bank_command_prints_the_report_it_gets(monkeypatch):
+    from click.testing import CliRunner
+
+    import cli.occsynth_bench_commands as commands
+    from cli.occsynth_cli import main as occsynth_main
+
+    calls = []
+    report = {"images": 1000, "annotations": 7000, "json_mib": 3.9,
+              "stream_parse": {"seconds": 0.52, "peak_rss_mib": 61.4, "records": 8000},
+              "bank": {"seconds": 3.04, "peak_rss_mib": 4100.6, "kept": 1234, "rejected": {}},
+              "time_ratio_to_parse": 5.85, "peak_rss_within_4gib": False}
+    monkeypatch.setattr(commands, "bench_bank", lambda *a, **k: calls.append((a, k)) or report)
+    result = CliRunner().invoke(occsynth_main, ["bench", "--bank", "--bank-images", "1000", "--bank-annotations",
+                                                "7000", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert calls == [((1000, 7000), {"work_dir": None, "progress": False})]
+    assert result.output.splitlines() == [
+        "synthetic source: 1,000 images, 7,000 annotations, 3.9 MiB JSON",
+        "stream parse : 0.5 s, peak RSS 61 MiB",
+        "bank build   : 3.0 s, peak RSS 4101 MiB (kept 1234); time ratio to parse 5.85",
+        "peak RSS within 4 GiB: NO"]
+    report["peak_rss_within_4gib"] = True
+    result = CliRunner().invoke(occsynth_main, ["bench", "--bank", "--quiet"])
+    assert result.output.splitlines()[-1] == "peak RSS within 4 GiB: yes"
+    result = CliRunner().invoke(occsynth_main, ["bench", "--bank", "--quiet", "--json"])
+    assert json.loads(result.output) == report
+
+
+def test_bench_command_takes_ann_and_images_together_or_neither(demo_source, tmp_path):
+    from click.testing import CliRunner
+    from cli.occsynth_cli import main as occsynth_main
+
+    ann, root = demo_source
+    for given in (["--ann", str(ann)], ["--images", str(root)]):
+        result = CliRunner().invoke(occsynth_main, ["bench", *given, "--work-dir", str(tmp_path), "--quiet"])
+        assert result.exit_code == 2 and "give both --ann and --images, or neither" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []

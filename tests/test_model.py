@@ -232,6 +232,46 @@ def test_backbone_weights_with_one_tensor_of_another_shape_say_so_in_the_singula
         "[64, 3, 7, 7])" in str(info.value), str(info.value)
 
 
+def test_backbone_weights_in_a_state_dict_wrapper_or_with_another_classifier_load_and_freeze_the_first_stages(tmp_path):
+    import torchvision
+
+    state = torchvision.models.resnet18().state_dict()
+    torch.save({"state_dict": {**state, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}},
+               tmp_path / "wrapped.pt")  # a 10-class classifier: its fc is left out, whatever its size
+    body = build_backbone("resnet18", "faster-rcnn", tmp_path / "wrapped.pt").body
+    assert torch.equal(body.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+    trainable = {name.split(".")[0] for name, p in body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}  # torchvision's default from weights: 3 stages train
+    frozen = sum(p.numel() for p in body.parameters() if not p.requires_grad)
+    assert frozen > 0 and count_parameters(body) == sum(p.numel() for p in body.parameters())
+    assert count_parameters(body, trainable_only=True) == count_parameters(body) - frozen
+    scratch = build_backbone("resnet18", "faster-rcnn").body  # from scratch every stage trains
+    assert all(p.requires_grad for p in scratch.parameters())
+    one = build_backbone("resnet18", "faster-rcnn", trainable_layers=1).body
+    assert {name.split(".")[0] for name, p in one.named_parameters() if p.requires_grad} == {"layer4"}
+    for changed, words in (
+            ({"conv1.weight": torch.zeros(64, 3, 3, 3), "bn1.weight": torch.zeros(3)},
+             "2 tensors have shapes that do not fit a resnet18 (e.g. conv1.weight"),
+            ({"extra.weight": torch.zeros(1)}, "not a resnet18 state dict (0 missing keys e.g. [], 1 unexpected e.g. "
+                                              "['extra.weight'])")):
+        torch.save({**state, **changed}, tmp_path / "changed.pt")
+        with pytest.raises(ModelConfigError) as info:
+            build_backbone("resnet18", "faster-rcnn", tmp_path / "changed.pt")
+        assert words in str(info.value), str(info.value)
+
+
+def test_a_model_needs_a_class_besides_background():
+    with pytest.raises(ModelConfigError, match=r"^num_classes counts background and must be >= 2, got 1$"):
+        build_model(1, backbone="tiny")
+
+
+def test_a_box_reaching_past_the_bottom_of_an_image_taller_than_wide_is_pasted_down_to_the_last_row():
+    pasted = paste_masks(torch.ones(1, 1, 28, 28), torch.tensor([[2.0, 10.0, 12.0, 50.0]]), (40, 16))[0, 0] > 0.5
+    expected = torch.zeros(40, 16, dtype=torch.bool)
+    expected[10:, 2:12] = True
+    assert torch.equal(pasted, expected)
+
+
 def test_transform_resizes_occluder_masks_with_the_image():
     t = BilayerTransform(128, 200, [0.0] * 3, [1.0] * 3).train()
     _, target = scene()
@@ -266,6 +306,7 @@ def test_resnet50_parameter_counts():
     rows = {(r["detector"], r["mask_head"]): r for r in parameter_report(91)}
     # torchvision's published counts for fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn / fcos_resnet50_fpn
     assert rows["faster-rcnn", "none"]["params"] == 41_755_286
+    assert rows["faster-rcnn", "none"]["params_millions"] == 41.76 and rows["fcos", "fcn"]["params_millions"] == 34.92
     assert rows["faster-rcnn", "fcn"]["params"] == 44_401_393
     assert rows["fcos", "none"]["params"] == 32_269_600
     conv3, conv1 = 256 * 256 * 9 + 256, 256 * 256

@@ -167,3 +167,50 @@ def test_bad_entries_are_refused_when_the_list_is_read_naming_the_file_and_each_
     with pytest.raises(OccsynthError, match=r"entry 0: unreadable RLE \(uncompressed RLE counts must be non-negative"):
         check_objects([good[:4] + [{"size": [H, W], "counts": [-1, H * W + 1]}]], "occluded object list")
     check_objects(objects(), "fine")  # the published layouts, RLE with bytes counts and polygons, pass
+
+
+def test_more_bad_entries_are_refused_when_the_list_is_read(tmp_path):
+    good = ["a.jpg", "person", 0, [0, 0, 4, 4], rle(G1)]
+    bad = [good[:4] + [[[0, 0, 5, 0, 5, float("nan")]]],            # entry 1: a coordinate that is no number
+           good[:4] + [[[0, 0, 5, 0, 5, "5"]]],                     # entry 2
+           good[:4] + [[[0, 0, 5, 0, 5, 5, 0]]],                    # entry 3: an odd count of coordinates
+           ["a.jpg", True, 0, [0, 0, 4, 4], rle(G1)],               # entry 4: a bool is no category id
+           good[:4] + [{"size": [0, W], "counts": ""}]]             # entry 5: no pixels
+    path = tmp_path / "occluded.json"
+    path.write_text(json.dumps([good, *bad, [*good, "extra"]]))     # entry 6: six items
+    with pytest.raises(OccsynthError) as caught:
+        load_objects(path)
+    assert str(caught.value).startswith(f"{path}: 6 bad object entries: entry 1: mask must be an RLE dict or polygons")
+    assert "entry 2: mask must" in str(caught.value) and "entry 3: mask must" in str(caught.value)
+    assert "entry 4: class must be a class name or a category id, got True" in str(caught.value)
+    assert "entry 5: RLE size must be [height, width] (positive integers), got [0, 20]" in str(caught.value)
+    assert str(caught.value).endswith(" (and 1 more)")
+    # five bad entries are all named: there is no "(and 0 more)"
+    path.write_text(json.dumps([good, *bad]))
+    with pytest.raises(OccsynthError) as caught:
+        load_objects(path)
+    assert str(caught.value).startswith(f"{path}: 5 bad object entries: ") and str(caught.value).endswith("got [0, 20]")
+    with pytest.raises(OccsynthError, match=r"entry 0: object entry must be \[file_name, class, \(_,\) bbox, mask\]"):
+        check_objects([[*good, "extra"]], "list")
+
+
+def test_a_json_list_is_read_by_its_name_whatever_its_first_byte(tmp_path):
+    as_json = [[e[0], e[1], e[2], e[3], {"size": e[4]["size"], "counts": e[4]["counts"].decode()}
+                if isinstance(e[4], dict) else e[4]] for e in objects()]
+    path = tmp_path / "separated_coco.json"
+    path.write_text("\n  " + json.dumps(as_json))
+    assert load_objects(path) == as_json
+    path.write_text("\n[1, 2,")
+    with pytest.raises(OccsynthError, match=r"separated_coco\.json: malformed JSON"):
+        load_objects(path)
+
+
+def test_categories_by_string_id_a_result_without_a_score_and_the_percent_recall():
+    """A {id: name} table read from JSON has string keys; a result without a score is under every threshold."""
+    as_strings = {str(c["id"]): c["name"] for c in CATEGORIES}
+    assert occsep_recall(results(), GT_IMAGES, objects(), categories=as_strings)["hits"] == [True, True, False, None,
+                                                                                            True]
+    unscored = [{k: v for k, v in r.items() if k != "score"} for r in results()]
+    assert occsep_recall(unscored, GT_IMAGES, objects(), categories=CATEGORIES)["found"] == 0
+    report = occsep_report(results(), GT_IMAGES, objects()[1:3] + objects()[4:], [], categories=CATEGORIES)
+    assert report["occluded_recall"] == pytest.approx(200 / 3) and report["occluded"]["found"] == 2

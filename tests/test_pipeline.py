@@ -603,6 +603,86 @@ def test_bench_says_when_it_timed_bf16_autocast(monkeypatch):
     assert json.loads(result.stdout)["amp"] == "bf16"
 
 
+def test_bench_reports_the_median_times_and_their_ratios_of_two_models_sharing_one_detector(monkeypatch):
+    """The bench's arithmetic on known times (one per timed call), and what makes its ratio fair: the same detector
+    weights in both models, the instance masks alone returned, the detections of its last inference batch."""
+    import bcnet.bench as B
+
+    built, real_build = {}, B.build_model
+
+    def build(num_classes, **kwargs):
+        model = real_build(num_classes, **kwargs)
+        model.roi_heads.score_thresh = 0.0  # an untrained detector then keeps detections: the mask heads run
+        built[kwargs["mask_head"]] = model
+        return model
+
+    # per iteration: the Mask R-CNN head's train step and inference, then BCNet's
+    scripted = iter([1.0, 0.5, 3.0, 0.6, 5.0, 0.1, 2.2, 0.4, 2.0, 0.3, 9.0, 0.9])
+
+    def timed(fn, device):
+        if fn.__name__ == "inference":  # the train steps are not run: the weights stay as the bench set them
+            fn()
+        return next(scripted)
+
+    monkeypatch.setattr(B, "build_model", build)
+    monkeypatch.setattr(B, "_timed", timed)
+    report = bench_heads(backbone="tiny", batch=1, size=64, iters=3, warmup=0, device="cpu", progress=False)
+    fcn, bilayer = built["fcn"], built["bilayer-gcn"]
+    assert report["fcn"] == {"parameters": B.count_parameters(fcn), "train_step_s": 2.0, "inference_s": 0.3}
+    assert report["bilayer-gcn"] == {"parameters": B.count_parameters(bilayer), "train_step_s": 3.0,
+                                     "inference_s": 0.6}
+    assert report["train_step_ratio"] == 1.5 and report["inference_ratio"] == 2.0
+    assert report["extra_parameters_m"] == round((B.count_parameters(bilayer) - B.count_parameters(fcn)) / 1e6, 2)
+    theirs = bilayer.state_dict()
+    shared = [k for k, v in fcn.state_dict().items() if "mask" not in k and k in theirs and theirs[k].shape == v.shape]
+    assert any(k.startswith("backbone.") for k in shared) and any(k.startswith("roi_heads.box") for k in shared)
+    assert all(torch.equal(fcn.state_dict()[k], theirs[k]) for k in shared)
+    assert fcn.return_occluder_masks is False and bilayer.return_occluder_masks is False
+    images, _ = B._synthetic_batch(1, 64, 81, torch.device("cpu"))
+    with torch.no_grad():
+        found = [len(out["boxes"]) for out in bilayer.eval()(images)]
+    assert report["detections_per_image"] == found and found[0] > 0
+
+
+def test_the_bench_batch_masks_fill_their_boxes_and_each_is_occluded_by_the_one_before():
+    from bcnet.bench import _synthetic_batch
+
+    images, targets = _synthetic_batch(2, 64, 5, torch.device("cpu"))
+    assert [tuple(image.shape) for image in images] == [(3, 64, 64)] * 2
+    for target in targets:
+        for (x0, y0, x1, y1), mask in zip(target["boxes"].round().long().tolist(), target["masks"]):
+            expected = torch.zeros(64, 64, dtype=torch.uint8)
+            expected[y0:y1, x0:x1] = 1
+            assert torch.equal(mask, expected) and mask.any()
+        assert not target["occluder_masks"][0].any()
+        assert torch.equal(target["occluder_masks"][1:], target["masks"][:-1])
+        assert ((target["labels"] >= 1) & (target["labels"] < 5)).all()
+
+
+def test_bench_command_prints_the_report_it_gets(monkeypatch):
+    calls = []
+    report = {"device": "cpu", "detector": "fcos", "backbone": "resnet18", "batch": 3, "size": 128, "iters": 4,
+              "amp": "off", "fcn": {"parameters": 21_500_000, "train_step_s": 0.2, "inference_s": 0.05},
+              "bilayer-gcn": {"parameters": 25_550_000, "train_step_s": 0.23, "inference_s": 0.06},
+              "train_step_ratio": 1.15, "inference_ratio": 1.2, "extra_parameters_m": 4.05,
+              "detections_per_image": [0, 3, 0]}
+    monkeypatch.setattr("bcnet.bench.bench_heads", lambda **kwargs: calls.append(kwargs) or report)
+    args = ["bench", "--detector", "fcos", "--backbone", "resnet18", "--batch", "3", "--size", "128", "--iters", "4",
+            "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(bcnet_main, args)
+    assert result.exit_code == 0, result.output
+    assert calls == [{"detector": "fcos", "backbone": "resnet18", "batch": 3, "size": 128, "iters": 4, "device": "cpu",
+                      "amp": False, "progress": False}]
+    assert result.output.splitlines() == [
+        "cpu, fcos resnet18, batch 3 of 128x128, float32, 4 iterations",
+        "with Mask R-CNN head:  21.50M params (whole model), train step    200.0 ms, inference     50.0 ms",
+        "with BCNet head     :  25.55M params (whole model), train step    230.0 ms, inference     60.0 ms",
+        "BCNet / Mask R-CNN: train step 1.15x, inference 1.20x, +4.05M parameters"]  # detections: no note
+    report["detections_per_image"] = [0, 0, 0]
+    result = CliRunner().invoke(bcnet_main, args)
+    assert result.output.splitlines()[-1].startswith("note: the detector found nothing in the inference batch")
+
+
 def test_a_typo_in_a_recipe_training_table_fails_before_any_stage_runs(demo_source, tmp_path):
     ann, root = demo_source
     recipe = tmp_path / "typo.toml"

@@ -508,6 +508,42 @@ def test_a_second_training_on_the_same_out_is_refused_at_once_naming_the_running
                                                      "model_final.pt"]
 
 
+def test_holds_out_dir_holds_the_out_dir_given_by_position_or_name_where_only_if_says_so(tmp_path):
+    import fcntl
+
+    from bcnet.runlock import hold_out_dir, holds_out_dir
+
+    def refused(out):
+        try:
+            with hold_out_dir(out):
+                return False
+        except OccsynthError:
+            return True
+
+    @holds_out_dir()
+    def write(data, out_dir, extra=0):
+        """Writes into out_dir."""
+        return refused(out_dir), data + extra
+
+    @holds_out_dir(only_if=lambda: False)  # a rank that writes no files
+    def follow(out_dir):
+        return refused(out_dir)
+
+    assert write.__name__ == "write" and write.__doc__ == "Writes into out_dir."
+    assert write(1, tmp_path / "a") == (True, 1) and write(2, out_dir=tmp_path / "b", extra=3) == (True, 5)
+    assert not refused(tmp_path / "a")  # let go on return
+    assert follow(tmp_path / "c") is False
+    # a holder that has not written its pid yet (it locked the file an instant ago) is said to be one
+    (tmp_path / "d").mkdir()
+    with open(tmp_path / "d" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OccsynthError) as info:
+            write(0, tmp_path / "d")
+    assert str(info.value) == (f"{tmp_path / 'd'} is being written by another process (which has not written its pid "
+                               "yet): wait for it to finish or stop it, then run the command again, or choose another "
+                               "--out")
+
+
 def test_cli_train_then_evaluate(tmp_path, dataset_dir):
     runner = CliRunner()
     args = ["train", "--annotations", str(dataset_dir / "annotations.json"), "--images", str(dataset_dir / "images"),
