@@ -261,7 +261,7 @@ def test_backbone_weights_in_a_state_dict_wrapper_or_with_another_classifier_loa
 
 
 def test_a_model_needs_a_class_besides_background():
-    with pytest.raises(ModelConfigError, match=r"^num_classes counts background and must be >= 2, got 1$"):
+    with pytest.raises(ModelConfigError, match=r"^num_classes counts background and must be a whole number >= 2, got 1$"):
         build_model(1, backbone="tiny")
 
 
