@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import itertools
+import logging
 import math
 import os
 import threading
@@ -158,7 +160,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     if (ann_path is None) != (image_root is None):
         raise OccsynthError("give both --ann and --images, or neither (to use the embedded demo source)")
     # the cluster is reached before OUT is made too: a scheduler that cannot be reached leaves no run behind
-    with _backend_session(backend, backend_address):
+    with _backend_session(backend, backend_address, workers):
         return _generate(out_dir, settings, ann_path, image_root, workers, shard, strict, cache_dir, backend,
                          progress, cutout_pixels)
 
@@ -283,31 +285,62 @@ def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: Ru
     total = sum(min(settings.chunk_size, settings.num_images - c * settings.chunk_size) for c in chunks)
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1)
     try:
-        cluster = backend in ("dask", "ray")
-        if not cluster and (workers <= 1 or len(chunks) <= 1):
+        if backend in ("loky", "threading") and (workers <= 1 or len(chunks) <= 1):
             for c in chunks:
                 bar.update(task(c))
                 yield c
             return
-        from joblib import Parallel, delayed, parallel_config
-        with parallel_config(backend=backend, n_jobs=-1 if cluster and workers <= 1 else workers):
-            if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
-                task = functools.partial(_one_cv2_thread, task)
-            with ctrl_c_for_main_only():  # joblib starts the pool's processes and dispatches here
-                results = Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
-                    delayed(_chunk_and_count)(task, c) for c in chunks)
-            try:
-                for c, n in results:
-                    bar.update(n)
-                    yield c
-            finally:
-                with warnings.catch_warnings():
-                    # a run stopped by an error says so in that error, not in joblib's count of dropped tasks
-                    warnings.filterwarnings("ignore", message=r".*tasks .*(cancelled|not used)",
-                                            category=UserWarning)
-                    results.close()
+        if backend != "threading":  # threads share one process-wide OpenCV setting: leave it alone
+            task = functools.partial(_one_cv2_thread, task)
+        results = (_ray_results(task, chunks, workers) if backend == "ray"
+                   else _joblib_results(task, chunks, workers, backend))
+        try:
+            for c, n in results:
+                bar.update(n)
+                yield c
+        finally:
+            results.close()
     finally:
         bar.close()
+
+
+def _joblib_results(task: Callable[[int], int], chunks: list[int], workers: int, backend: str
+                    ) -> Iterator[tuple[int, int]]:
+    """(chunk, images) of each chunk as joblib's workers (loky, threading, dask) finish it."""
+    from joblib import Parallel, delayed, parallel_config
+    with parallel_config(backend=backend, n_jobs=-1 if backend == "dask" and workers <= 1 else workers):
+        with ctrl_c_for_main_only():  # joblib starts the pool's processes and dispatches here
+            results = Parallel(return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
+                delayed(_chunk_and_count)(task, c) for c in chunks)
+        try:
+            for result in results:  # not `yield from`: it would close joblib's generator outside the filter below
+                yield result
+        finally:
+            with warnings.catch_warnings():
+                # a run stopped by an error says so in that error, not in joblib's count of dropped tasks
+                warnings.filterwarnings("ignore", message=r".*tasks .*(cancelled|not used)", category=UserWarning)
+                results.close()
+
+
+def _ray_results(task: Callable[[int], int], chunks: list[int], workers: int) -> Iterator[tuple[int, int]]:
+    """(chunk, images) of each chunk as the ray cluster finishes it, ``workers`` chunks at a time (1: as many as
+    the cluster has CPUs, and as many queued). Ray's own tasks: joblib's ray backend returns results only as one
+    list at the end (no merge while rendering, no progress). Chunks not finished when this is closed are
+    cancelled, so that the cluster does not render on unseen."""
+    import ray
+    render, shared = ray.remote(_chunk_and_count), ray.put(task)
+    at_once = workers if workers > 1 else 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    waiting, running = iter(chunks), []
+    try:
+        while True:
+            running += [render.remote(shared, c) for c in itertools.islice(waiting, at_once - len(running))]
+            if not running:
+                return
+            done, running = ray.wait(running, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in running:
+            ray.cancel(ref)
 
 
 def _chunk_and_count(task: Callable[[int], int], chunk: int) -> tuple[int, int]:
@@ -332,8 +365,8 @@ def _missing_extra(backend: str) -> OccsynthError:
 
 
 @contextlib.contextmanager
-def _backend_session(backend: str, address: str | None):
-    """Connect to the cluster a user already runs (dask.distributed scheduler or ray head)."""
+def _backend_session(backend: str, address: str | None, workers: int):
+    """Connect to the cluster a user already runs (dask.distributed scheduler or ray head), or start a local one."""
     if backend == "dask":
         try:
             from dask.distributed import Client, KilledWorker
@@ -357,17 +390,32 @@ def _backend_session(backend: str, address: str | None):
                                     "chunks finished are kept: see the workers' logs (out of memory?), and --strict "
                                     "names a bad record, before the same command continues the run") from None
     elif backend == "ray":
-        try:
-            import ray
-            from ray.util.joblib import register_ray
-        except ImportError:
-            raise _missing_extra(backend) from None
-        register_ray()
-        if not ray.is_initialized():
-            ray.init(address=address)
-        yield None
+        with _ray_session(address, workers):
+            yield None
     else:
         yield None
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None, workers: int) -> Iterator[None]:
+    """Connect to the ray head at ``address``, or start a local ray of ``workers`` CPUs (capped to the usable
+    cores); either is left at the end. A ray this process already runs (a notebook's ``ray.init``) is used as is."""
+    try:
+        import ray
+    except ImportError:
+        raise _missing_extra("ray") from None
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:  # "local": a new ray, even where `ray start` runs one on this machine (the help's "a local cluster")
+        ray.init(address="local", num_cpus=local_workers(workers), include_dashboard=False,
+                 logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 CLUSTER_TRIAL_S = 120  # how long the trial task may wait for a worker (a cluster's workers may start slowly)

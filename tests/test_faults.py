@@ -1,4 +1,4 @@
-"""Faults survived by `occsynth generate`: kill -9, full disk, unwritable output, a dask cluster.
+"""Faults survived by `occsynth generate`: kill -9, full disk, unwritable output, a dask or ray cluster.
 
 Each test compares the finished set byte for byte with an uninterrupted run.
 """
@@ -538,6 +538,56 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
             "Attempted to run task 'chunk-5' on 4 different workers, but all those workers died while running it); "
             "the chunks finished are kept: see the workers' logs (out of memory?), and --strict names a bad record, "
             "before the same command continues the run\n"), killed.output
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """The address of a ray head on this machine (2 CPUs), whose workers import this checkout's occsynth; stopped
+    (with every process it started) after the module's tests. Skipped where ray is not installed."""
+    pytest.importorskip("ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+           "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "wb") as out:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                                 "--disable-usage-stats"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()  # `ray start --block` stops what it started
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def test_ray_backend_gives_identical_set_on_a_local_cluster_and_on_a_running_head(reference, demo_source, tmp_path,
+                                                                                    ray_head):
+    """joblib's ray backend cannot return results as they finish, so `--backend ray` stopped with a ValueError."""
+    ref, cache, recipe = reference
+    ann, root = demo_source
+    generate(tmp_path / "local", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2, backend="ray",
+             progress=False)
+    assert tree_bytes(tmp_path / "local") == tree_bytes(ref)
+    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "head", cache, workers=2, recipe=recipe)
+                                + ["--backend", "ray", "--scheduler", ray_head])
+    assert result.exit_code == 0, result.output
+    assert tree_bytes(tmp_path / "head") == tree_bytes(ref)
 
 
 def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
