@@ -226,7 +226,7 @@ def warm_pool(workers: int, backend: str = "loky") -> None:
 
 
 def _run_all(task, chunks: int, settings: RunSettings, workers: int, backend: str) -> None:
-    with _backend_session(backend, None):
+    with _backend_session(backend, None, workers):
         for _ in _finished_chunks(task, list(range(chunks)), settings, workers, backend, False):
             pass
 

@@ -1,4 +1,4 @@
-"""Faults survived by `occsynth generate`: kill -9, full disk, unwritable output, a dask cluster.
+"""Faults survived by `occsynth generate`: kill -9, full disk, unwritable output, a dask or ray cluster.
 
 Each test compares the finished set byte for byte with an uninterrupted run.
 """
@@ -27,6 +27,20 @@ SETTINGS = RunSettings(num_images=N_IMAGES, seed=11, chunk_size=4)
 
 def tree_bytes(out):
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def error_after_one_chunk(error: BaseException):
+    """A stand-in for generate's _finished_chunks that yields the first chunk finished, then raises ``error``: what
+    a cluster lost midway raises."""
+    from occsynth import generate as generate_module
+    real = generate_module._finished_chunks
+
+    def one_then_error(*args, **kwargs):
+        finished = real(*args, **kwargs)
+        yield next(finished)
+        finished.close()
+        raise error
+    return one_then_error
 
 
 @pytest.fixture(scope="module")
@@ -501,17 +515,11 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
     from occsynth import generate as generate_module
     ref, cache, recipe = reference
     ann, root = demo_source
-    real = generate_module._finished_chunks
-
-    def lost_after_one(*args, **kwargs):
-        finished = real(*args, **kwargs)
-        yield next(finished)
-        finished.close()
-        raise FutureCancelledError("batch_of__chunk_and_count_1_calls-1", "scheduler-connection-lost")
+    lost = FutureCancelledError("batch_of__chunk_and_count_1_calls-1", "scheduler-connection-lost")
     args = cli_args(ann, root, tmp_path / "o", cache, recipe=recipe)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         with monkeypatch.context() as patch:
-            patch.setattr(generate_module, "_finished_chunks", lost_after_one)
+            patch.setattr(generate_module, "_finished_chunks", error_after_one_chunk(lost))
             result = CliRunner().invoke(occsynth_main, args + ["--backend", "dask", "--scheduler",
                                                                cluster.scheduler_address])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
@@ -524,13 +532,9 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
         assert tree_bytes(tmp_path / "o") == tree_bytes(ref)
 
         # a chunk the scheduler gave up on (its workers died on it each time): not a plain "run it again"
-        def killed_after_one(*args, **kwargs):
-            finished = real(*args, **kwargs)
-            yield next(finished)
-            finished.close()
-            raise distributed.KilledWorker("chunk-5", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+        gave_up = distributed.KilledWorker("chunk-5", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
         with monkeypatch.context() as patch:
-            patch.setattr(generate_module, "_finished_chunks", killed_after_one)
+            patch.setattr(generate_module, "_finished_chunks", error_after_one_chunk(gave_up))
             killed = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "k", cache, recipe=recipe)
                                         + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
         assert killed.exit_code == 2 and killed.output == (
@@ -538,6 +542,195 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
             "Attempted to run task 'chunk-5' on 4 different workers, but all those workers died while running it); "
             "the chunks finished are kept: see the workers' logs (out of memory?), and --strict names a bad record, "
             "before the same command continues the run\n"), killed.output
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """The address of a ray head on this machine (2 CPUs), whose workers import this checkout's occsynth; stopped
+    (with every process it started) after the module's tests. Skipped where ray is not installed."""
+    pytest.importorskip("ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+           "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with open(log, "wb") as out:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                                 "--disable-usage-stats"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()  # `ray start --block` stops what it started
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def test_ray_backend_gives_identical_set_on_a_local_cluster_and_on_a_running_head(reference, demo_source, tmp_path,
+                                                                                    ray_head):
+    """joblib's ray backend cannot return results as they finish, so `--backend ray` stopped with a ValueError."""
+    ref, cache, recipe = reference
+    ann, root = demo_source
+    generate(tmp_path / "local", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2, backend="ray",
+             progress=False)
+    assert tree_bytes(tmp_path / "local") == tree_bytes(ref)
+    result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "head", cache, workers=2, recipe=recipe)
+                                + ["--backend", "ray", "--scheduler", ray_head])
+    assert result.exit_code == 0, result.output
+    assert tree_bytes(tmp_path / "head") == tree_bytes(ref)
+
+
+def ray_args(ann, root, out, cache, address, **kwargs):
+    return cli_args(ann, root, out, cache, **kwargs) + ["--backend", "ray", "--scheduler", address]
+
+
+def test_a_ray_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(demo_source, tmp_path, monkeypatch,
+                                                                             ray_head):
+    """Ray got no trial task: a cluster whose nodes cannot import occsynth, or import another renderer, was found
+    out (or not) only by the chunks, after --out was made."""
+    import importlib
+
+    from occsynth import generate as generate_module
+    ann, root = demo_source
+    (tmp_path / "probe_not_on_the_cluster.py").write_text("def renderer():\n    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # here only: the head's workers cannot import it, as occsynth
+    not_installed = importlib.import_module("probe_not_on_the_cluster").renderer
+    for probe in (not_installed, lambda: generate_module.RENDERER + 1):
+        monkeypatch.setattr(generate_module, "_worker_renderer", probe)
+        result = CliRunner().invoke(occsynth_main, ray_args(ann, root, tmp_path / "o", tmp_path / "c", ray_head))
+        assert result.exit_code == 2 and not (tmp_path / "o").exists(), result.output
+        if probe is not_installed:  # the part in the middle is ray's own words
+            assert result.output.startswith(f"Error: --scheduler {ray_head}: the cluster cannot run occsynth's tasks "
+                                            "(RuntimeError: The remote function failed to import on the worker"), \
+                result.output
+            assert result.output.endswith("); its nodes need this occsynth installed (the environment of this "
+                                          "command)\n"), result.output
+        else:
+            assert result.output == (f"Error: --scheduler {ray_head}: a worker runs another occsynth (renderer "
+                                     f"{generate_module.RENDERER + 1}, this one {generate_module.RENDERER}), whose "
+                                     "images differ for the same arguments; install this occsynth on the cluster\n")
+
+
+def test_a_ray_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_source, tmp_path, monkeypatch):
+    """A head started with no CPUs of its own, its worker nodes not up yet (ray's usual layout): every task waits."""
+    ray = pytest.importorskip("ray")
+    from occsynth import generate as generate_module
+    ann, root = demo_source
+    monkeypatch.setattr(generate_module, "CLUSTER_TRIAL_S", 0.5)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    ray.init(address="local", num_cpus=0, include_dashboard=False)  # a notebook's ray: used as it is, and left
+    try:
+        with pytest.raises(OccsynthError) as refused:
+            generate(tmp_path / "o", SETTINGS, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", backend="ray",
+                     progress=False)
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGINT, handlers[0])  # ray.init's own SIGTERM handler exits at once
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert str(refused.value) == (
+        "the ray of this process (ray.init): no worker of the cluster ran a first task in 0.5 s: none has started, "
+        "or those that took it could not import occsynth (its workers need this occsynth installed; their logs say "
+        "why they left)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_ray_head_that_cannot_be_reached_is_refused_at_once(demo_source, tmp_path):
+    """ray.init retried an address where nothing answers for minutes, its log lines filling the screen."""
+    pytest.importorskip("ray")
+    ann, root = demo_source
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"  # closed again when the block ends
+    for address, said in ((closed, "ConnectionRefusedError: [Errno 111] Connection refused"),
+                          ("garbage", "ValueError: Invalid address format: garbage")):
+        start = time.monotonic()
+        result = CliRunner().invoke(occsynth_main, ray_args(ann, root, tmp_path / "o", tmp_path / "c", address))
+        assert time.monotonic() - start < 10
+        assert result.exit_code == 2 and result.output == \
+            f"Error: --scheduler {address!r}: cannot connect to a ray head ({said})\n", result.output
+        assert not (tmp_path / "o").exists()
+
+
+def test_ray_keeps_the_commands_stop_handlers(ray_head):
+    """ray.init sets a SIGTERM handler that exits at once (sys.exit): a batch scheduler's stop skipped the command's
+    own (the message saying what is kept, exit status 143)."""
+    from occsynth import generate as generate_module
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    before = signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
+    try:
+        with generate_module._backend_session("ray", ray_head, 1):
+            assert signal.getsignal(signal.SIGTERM) is handler and signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
+
+
+def test_a_chunks_own_error_on_ray_reaches_the_command_as_it_was_raised(demo_source, tmp_path, ray_head):
+    """ray raises a task's error wrapped, its text the worker's traceback: --strict on a bad image printed that."""
+    import json
+    import shutil
+    ann, root = demo_source
+    shutil.copytree(root, tmp_path / "images")
+    first = json.loads(Path(ann).read_text())["images"][0]["file_name"]
+    (tmp_path / "images" / first).write_bytes(b"garbage")
+    result = CliRunner().invoke(occsynth_main, ray_args(ann, tmp_path / "images", tmp_path / "o", tmp_path / "c",
+                                                        ray_head, workers=2) + ["--strict", "--no-cutout-pixels"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: image file {tmp_path / 'images' / first}: "), result.output
+    assert "Traceback" not in result.output and "ray::" not in result.output
+
+
+def test_a_ray_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(reference, demo_source, tmp_path,
+                                                                               monkeypatch, ray_head):
+    """The ray head stopped while chunks rendered (LocalRayletDiedError), and a chunk whose worker died each time
+    it ran (ray retried it 3 times): tracebacks, exit 1."""
+    ray = pytest.importorskip("ray")
+    from occsynth import generate as generate_module
+    ref, cache, recipe = reference
+    ann, root = demo_source
+    real = generate_module._finished_chunks
+    args = ray_args(ann, root, tmp_path / "o", cache, ray_head, recipe=recipe)
+    with monkeypatch.context() as patch:
+        lost = ray.exceptions.LocalRayletDiedError()
+        patch.setattr(generate_module, "_finished_chunks", error_after_one_chunk(lost))
+        result = CliRunner().invoke(occsynth_main, args)
+    assert result.exit_code == 2 and result.output == (
+        f"Error: --scheduler {ray_head}: the cluster stopped running this run's chunks (LocalRayletDiedError: The "
+        "task's local raylet died); the chunks it finished are kept: run the same command again to continue\n"), \
+        result.output
+    again = CliRunner().invoke(occsynth_main, args)
+    assert again.exit_code == 0 and "resumed: rendered" in again.output, again.output
+    assert tree_bytes(tmp_path / "o") == tree_bytes(ref)
+
+    def crashing_on_chunk_5(task, *args, **kwargs):  # the worker process itself dies (out of memory, a crash)
+        def task_or_crash(chunk):
+            if chunk == 5:
+                os._exit(1)
+            return task(chunk)
+        return real(task_or_crash, *args, **kwargs)
+    monkeypatch.setattr(generate_module, "_finished_chunks", crashing_on_chunk_5)
+    crashed = CliRunner().invoke(occsynth_main, ray_args(ann, root, tmp_path / "k", cache, ray_head, recipe=recipe))
+    assert crashed.exit_code == 2 and crashed.output.startswith(  # then ray's own log lines of the retries
+        f"Error: --scheduler {ray_head}: workers died on a chunk each time it ran (WorkerCrashedError: The worker "
+        "died unexpectedly while executing this task); the chunks finished are kept: see the workers' logs (out of "
+        "memory?), and --strict names a bad record, before the same command continues the run\n"), crashed.output
 
 
 def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
