@@ -7,6 +7,7 @@ import click
 
 import manifests
 from cli.common import FiniteFloatRange, cache_dir_option, echo_skips, note_capped_workers, parse_shard, quiet_option
+from occsynth.backends import BACKENDS
 from occsynth.bank import BankOptions
 from occsynth.errors import NoRoom, OccsynthError, plural
 from occsynth.generate import MAX_IMAGES, generate, merge, run_settings
@@ -38,7 +39,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--image-format", type=click.Choice(["jpg", "png"]), help="Output image format [default: jpg, or the recipe's].")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), help="JPEG quality [default: 95, or the recipe's].")
 @cache_dir_option
-@click.option("--backend", default="loky", show_default=True, type=click.Choice(["loky", "threading", "dask", "ray"]), help="loky (local processes), threading (one process), or dask / ray (extras) to use a cluster.")
+@click.option("--backend", default="loky", show_default=True, type=click.Choice(BACKENDS), help="loky (local processes), threading (one process), or dask / ray (extras) to use a cluster.")
 @click.option("--scheduler", help="dask scheduler address (tcp://host:8786) or ray head address for --backend dask/ray; a local cluster when omitted.")
 @click.option("--no-cutout-pixels", is_flag=True, help="Do not cache cutout pixels (saves disk; generation decodes each cutout's source image).")
 @quiet_option

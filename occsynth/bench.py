@@ -49,10 +49,11 @@ from tqdm.auto import tqdm
 
 from . import masks
 from .atomic import BackgroundWriter, open_atomic, require_room, write_json
+from .backends import backend_session
 from .bank import Bank, CutoutPixels, ensure_bank, ensure_cutout_pixels
 from .coco import encode_image, index_dataset, read_dataset, read_image, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, plural, why_none_usable
-from .generate import MAX_IMAGES, RunSettings, _backend_session, _finished_chunks, generate
+from .generate import MAX_IMAGES, RunSettings, _finished_chunks, generate
 from .schedule import class_schedule, plan_image
 
 TEXTURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -226,7 +227,7 @@ def warm_pool(workers: int, backend: str = "loky") -> None:
 
 
 def _run_all(task, chunks: int, settings: RunSettings, workers: int, backend: str) -> None:
-    with _backend_session(backend, None, workers):
+    with backend_session(backend, None, workers):
         for _ in _finished_chunks(task, list(range(chunks)), settings, workers, backend, False):
             pass
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from cli.occsynth_cli import main as occsynth_main
 from conftest import remove_loky_leftovers
-from occsynth import atomic, writer
+from occsynth import atomic, backends, writer
 from occsynth.errors import OccsynthError
 from occsynth.generate import RunSettings, generate
 
@@ -481,7 +481,7 @@ def test_a_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(demo_s
         for probe, words in ((not_installed, "cannot run occsynth's tasks (ModuleNotFoundError: No module named "
                                              "'occsynth'); its scheduler and workers need this occsynth installed"),
                              (lambda: generate_module.RENDERER + 1, "a worker runs another occsynth")):
-            monkeypatch.setattr(generate_module, "_worker_renderer", probe)
+            monkeypatch.setattr(backends, "_worker_renderer", probe)
             result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c")
                                         + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
             assert result.exit_code == 2 and words in result.output, result.output
@@ -492,9 +492,8 @@ def test_a_cluster_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_
     """No worker started, or each that took the trial task could not import occsynth and left: the trial waited for
     ever, silently (joblib had said 'no worker after 10 seconds')."""
     distributed = pytest.importorskip("dask.distributed")
-    from occsynth import generate as generate_module
     ann, root = demo_source
-    monkeypatch.setattr(generate_module, "CLUSTER_TRIAL_S", 0.5)
+    monkeypatch.setattr(backends, "CLUSTER_TRIAL_S", 0.5)
     with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c")
                                     + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
@@ -610,7 +609,7 @@ def test_a_ray_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(de
     monkeypatch.syspath_prepend(str(tmp_path))  # here only: the head's workers cannot import it, as occsynth
     not_installed = importlib.import_module("probe_not_on_the_cluster").renderer
     for probe in (not_installed, lambda: generate_module.RENDERER + 1):
-        monkeypatch.setattr(generate_module, "_worker_renderer", probe)
+        monkeypatch.setattr(backends, "_worker_renderer", probe)
         result = CliRunner().invoke(occsynth_main, ray_args(ann, root, tmp_path / "o", tmp_path / "c", ray_head))
         assert result.exit_code == 2 and not (tmp_path / "o").exists(), result.output
         if probe is not_installed:  # the part in the middle is ray's own words
@@ -628,9 +627,8 @@ def test_a_ray_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(de
 def test_a_ray_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_source, tmp_path, monkeypatch):
     """A head started with no CPUs of its own, its worker nodes not up yet (ray's usual layout): every task waits."""
     ray = pytest.importorskip("ray")
-    from occsynth import generate as generate_module
     ann, root = demo_source
-    monkeypatch.setattr(generate_module, "CLUSTER_TRIAL_S", 0.5)
+    monkeypatch.setattr(backends, "CLUSTER_TRIAL_S", 0.5)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     ray.init(address="local", num_cpus=0, include_dashboard=False)  # a notebook's ray: used as it is, and left
     try:
@@ -669,13 +667,12 @@ def test_a_ray_head_that_cannot_be_reached_is_refused_at_once(demo_source, tmp_p
 def test_ray_keeps_the_commands_stop_handlers(ray_head):
     """ray.init sets a SIGTERM handler that exits at once (sys.exit): a batch scheduler's stop skipped the command's
     own (the message saying what is kept, exit status 143)."""
-    from occsynth import generate as generate_module
 
     def handler(signum, frame):
         raise KeyboardInterrupt
     before = signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
     try:
-        with generate_module._backend_session("ray", ray_head, 1):
+        with backends.backend_session("ray", ray_head, 1):
             assert signal.getsignal(signal.SIGTERM) is handler and signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGTERM, before[0])
@@ -751,8 +748,7 @@ def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
     assert result.exit_code == 2 and "cannot connect to a dask scheduler" in result.output, result.output
     assert not (tmp_path / "o").exists()
     # a backend whose extra is not installed leaves no --out behind
-    from occsynth import generate as generate_module
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(generate_module.EXTRA_MODULES, "ray", "occsynth_no_such_module")
+        patch.setitem(backends.EXTRA_MODULES, "ray", "occsynth_no_such_module")
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "r", tmp_path / "c") + ["--backend", "ray"])
     assert result.exit_code == 2 and "needs the ray extra" in result.output and not (tmp_path / "r").exists()
