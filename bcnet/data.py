@@ -40,6 +40,7 @@ from occsynth.errors import BadRecord, OccsynthError, SkipLog, plural
 from occsynth.occluders import box_overlap_occluders, occluder_masks
 
 MODES = ("visible", "amodal")
+MASK_KEYS = {"visible": ("segmentation",), "amodal": ("segmentation", "amodal_segmentation")}  # loaded per mode
 
 
 class CocoInstances(Dataset):
@@ -50,7 +51,8 @@ class CocoInstances(Dataset):
     ``annotation_ids`` Int64[N], ``image_id`` int, ``orig_size`` (height, width) of the file.
 
     Bad image/annotation records are skipped and counted in ``self.skips`` (``strict=True``
-    stops at the first); a record met again (next epoch) is not counted again. Image files are
+    stops at the first); a record met again (next epoch) is not counted again. Of the records of one id the first
+    usable one is kept (:func:`occsynth.coco.index_dataset`, judging the masks of the mode). Image files are
     checked to exist up front; a file that exists but cannot be decoded raises
     :class:`BadRecord` when read (:class:`SampleStream` skips it, counting it with :meth:`skip`). ``drop_empty`` leaves out images
     with no usable instance (training wants them out, evaluation wants every image in).
@@ -79,7 +81,7 @@ class CocoInstances(Dataset):
         if mode == "amodal":
             require_amodal_masks(data, self.ann_file, "training")
         try:
-            images, categories, by_image = coco.index_dataset(data, self.skips)
+            images, categories, by_image = coco.index_dataset(data, self.skips, mask_keys=MASK_KEYS[mode])
         except BadRecord as exc:  # strict: say which file the record is in (evaluation reads several)
             raise self._in_file(exc) from None
         self.categories = [categories[c] for c in sorted(categories)]
@@ -134,7 +136,7 @@ class CocoInstances(Dataset):
         the image), a mask that covers no pixel, and the box. A strict run calls it so that a bad record stops the
         run now, not when the image is drawn hours in. Each bad record goes to :meth:`skip` (strict: raises,
         naming the file)."""
-        keys = ("segmentation", "amodal_segmentation") if self.mode == "amodal" else ("segmentation",)
+        keys = MASK_KEYS[self.mode]
         for image, anns in zip(self.images, self.annotations):
             height, width = image["height"], image["width"]
             for ann in anns:

@@ -531,28 +531,66 @@ def categories_by_id(categories: Iterable) -> dict[int, dict]:
     return out
 
 
-def index_dataset(dataset: dict, log: SkipLog) -> tuple[dict, dict, dict]:
+def index_dataset(dataset: dict, log: SkipLog, *,
+                  mask_keys: Sequence[str] = ("segmentation",)) -> tuple[dict, dict, dict]:
     """Validated tables: ``images`` and ``categories`` by id, annotations grouped by image id.
 
-    Bad records go to ``log`` (skipped, or raised in strict mode); of records sharing an id only the
-    first usable one is kept (:func:`usable_image_records`; annotation ids name occluders); the annotations of a
-    skipped image record are counted as such (:func:`check_image_id`). Annotation order within an image is kept,
-    so results do not depend on dict ordering.
+    Bad records go to ``log`` (skipped, or raised in strict mode); the annotations of a skipped image record are
+    counted as such (:func:`check_image_id`). Of records sharing an id the first usable one is kept, as every reader
+    keeps it (:func:`usable_image_records`; annotation ids name occluders). Masks are not decoded here (COCO train
+    has 860k annotations; the reader checks each where it loads it), but for ids that repeat: usable there means
+    that each of ``mask_keys`` the record has passes :func:`check_segmentation` (``mask_keys``: the masks the
+    reader loads, such as ``amodal_segmentation`` too for amodal training). A repeat replaces the kept record when
+    the kept one's masks fail and its own pass: the kept one is counted by its own reason, and the id goes to the
+    repeat in its own image's list, at its own place, as if the broken record were not in the file; any other
+    repeat is a duplicate. Strict, a repeat stops the run at the kept record when that one is broken (naming it),
+    else at the repeat. Annotation order within an image is kept, so results do not depend on dict ordering.
     """
     categories = categories_by_id(dataset["categories"])
     images, skipped_images = usable_image_records(dataset["images"], log)
     by_image: dict[int, list] = {i: [] for i in images}
-    annotation_ids: set[int] = set()
+    kept: dict[int, dict] = {}  # annotation id -> its kept record
     for ann in dataset["annotations"]:
         try:
             ann = check_annotation_record(ann, images, categories, skipped_images)
-            if ann["id"] in annotation_ids:
-                raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}", duplicate_detail(log))
-            annotation_ids.add(ann["id"])
+            first = kept.get(ann["id"])
+            if first is not None:
+                if not _replaces(first, ann, images, mask_keys, log):
+                    raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}", duplicate_detail(log))
+                anns = by_image[first["image_id"]]
+                del anns[next(i for i, a in enumerate(anns) if a is first)]
+            kept[ann["id"]] = ann
             by_image[ann["image_id"]].append(ann)
         except BadRecord as exc:
             log.skip(exc)
     return images, categories, by_image
+
+
+def _replaces(kept: dict, repeat: dict, images: Mapping, mask_keys: Sequence[str], log: SkipLog) -> bool:
+    """Whether ``repeat``, a record of the id of ``kept``, takes the id from it (:func:`index_dataset`): the kept
+    record's masks fail and the repeat's pass. The kept one is then counted in ``log``; strict, it is raised."""
+    problem = _mask_problem(kept, images[kept["image_id"]], mask_keys)
+    if problem is None:
+        return False
+    if log.strict:
+        raise problem
+    if _mask_problem(repeat, images[repeat["image_id"]], mask_keys) is not None:
+        return False
+    log.skip(problem)
+    return True
+
+
+def _mask_problem(ann: dict, image: dict, mask_keys: Sequence[str]) -> BadRecord | None:
+    """Why one of ``mask_keys`` that ``ann`` has cannot be decoded (:func:`check_segmentation`), named as bcnet's
+    loader names it (``annotation 5 'segmentation'``); None when all can."""
+    for key in mask_keys:
+        if key in ann:
+            try:
+                check_segmentation(ann[key], image["height"], image["width"], f"annotation {ann['id']} '{key}'",
+                                   rle=False)
+            except BadRecord as exc:
+                return exc
+    return None
 
 
 def resolve_image_path(image_root: str | os.PathLike, file_name: str) -> Path:

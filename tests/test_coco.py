@@ -191,7 +191,7 @@ def test_a_duplicate_id_says_later_records_are_skipped_only_when_they_are():
     """Strict mode stops at the repeated id: its message may not claim that later records were skipped."""
     data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
             "categories": [{"id": 1, "name": "person"}],
-            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "segmentation": []},
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 2, 0, 2, 2]]},
                             {"id": 5, "image_id": 1, "category_id": 1, "segmentation": []}]}
     log = SkipLog()
     coco.index_dataset(data, log)
@@ -203,6 +203,85 @@ def test_a_duplicate_id_says_later_records_are_skipped_only_when_they_are():
     with pytest.raises(BadRecord) as caught:
         coco.unique_by_id(data["annotations"], "annotation", SkipLog(strict=True))
     assert str(caught.value) == "annotation record 5: duplicate id (an earlier record has the same id)"
+
+
+SQUARE = [[0, 0, 2, 0, 2, 2, 0, 2]]  # a mask every reader decodes
+BROKEN = [[0, 0, 2, 0]]  # two points: no polygon (check_segmentation refuses it)
+
+
+def _twins_data(*annotations):
+    """Images 1 and 2 (4x4), one category, the given annotations (id, image_id, segmentation[, amodal])."""
+    anns = []
+    for ann_id, image_id, segmentation, *amodal in annotations:
+        anns.append({"id": ann_id, "image_id": image_id, "category_id": 1, "segmentation": segmentation,
+                     **({"amodal_segmentation": amodal[0]} if amodal else {})})
+    return {"images": [{"id": i, "file_name": f"{i}.jpg", "height": 4, "width": 4} for i in (1, 2)],
+            "categories": [{"id": 1, "name": "person"}], "annotations": anns}
+
+
+def test_of_the_annotations_of_one_id_the_first_usable_one_is_kept():
+    """A broken first record no longer displaces its good twin: the twin takes the id where the file puts it (as if
+    the broken one were not there), the broken one is counted by its own reason, later repeats as duplicates."""
+    data = _twins_data((5, 1, BROKEN), (6, 1, SQUARE), (5, 1, SQUARE), (5, 1, SQUARE), (7, 1, BROKEN))
+    log = SkipLog()
+    _, _, by_image = coco.index_dataset(data, log)
+    anns = data["annotations"]
+    assert [id(a) for a in by_image[1]] == [id(anns[1]), id(anns[2]), id(anns[4])] and by_image[2] == []
+    assert log.counts == {errors.DEGENERATE_MASK: 1, errors.DUPLICATE_ID: 1}
+    assert log.examples[errors.DEGENERATE_MASK] == (
+        "annotation 5 'segmentation': degenerate or empty segmentation (polygon with 4 coordinates (need an even number >= 6))")
+    # strict: the run stops at the broken first record, named, not at its twin as a duplicate
+    with pytest.raises(BadRecord) as caught:
+        coco.index_dataset(data, SkipLog(strict=True))
+    assert str(caught.value) == log.examples[errors.DEGENERATE_MASK]
+
+
+def test_a_good_twin_on_another_image_takes_the_id_there():
+    """The kept record is the twin, and its image_id says where it belongs (its mask is sized by that image)."""
+    data = _twins_data((5, 1, BROKEN), (6, 1, SQUARE), (5, 2, SQUARE))
+    log = SkipLog()
+    _, _, by_image = coco.index_dataset(data, log)
+    assert by_image == {1: [data["annotations"][1]], 2: [data["annotations"][2]]}
+    assert by_image[2][0] is data["annotations"][2] and log.counts == {errors.DEGENERATE_MASK: 1}
+
+
+def test_a_repeated_id_is_a_duplicate_unless_the_kept_record_is_broken_and_the_repeat_is_not():
+    for annotations, kept in [(((5, 1, SQUARE), (5, 1, BROKEN)), 0),  # the kept one good: the repeat is not checked
+                              (((5, 1, BROKEN), (5, 1, BROKEN)), 0),  # both broken: the first stays (loading skips it)
+                              (((5, 1, SQUARE), (5, 1, SQUARE)), 0)]:
+        data = _twins_data(*annotations)
+        log = SkipLog()
+        _, _, by_image = coco.index_dataset(data, log)
+        assert by_image[1] == [data["annotations"][kept]] and by_image[1][0] is data["annotations"][kept]
+        assert log.examples == {errors.DUPLICATE_ID: "annotation 5: duplicate id (later records with this id skipped)"}
+
+
+def test_only_the_masks_a_reader_names_decide_which_record_of_an_id_is_usable():
+    """``mask_keys``: bcnet's amodal training loads ``amodal_segmentation`` too, so a record whose amodal mask is
+    broken gives way to a twin with both; a reader of ``segmentation`` alone keeps the first. A record without a
+    named key is judged by the keys it has (a crowd region may lack an amodal mask)."""
+    data = _twins_data((5, 1, SQUARE, BROKEN), (5, 1, SQUARE, SQUARE), (6, 1, SQUARE), (6, 1, SQUARE, SQUARE))
+    anns = data["annotations"]
+    log = SkipLog()
+    assert coco.index_dataset(data, log)[2][1] == [anns[0], anns[2]] and log.counts == {errors.DUPLICATE_ID: 2}
+    log = SkipLog()
+    by_image = coco.index_dataset(data, log, mask_keys=("segmentation", "amodal_segmentation"))[2]
+    assert [id(a) for a in by_image[1]] == [id(anns[1]), id(anns[2])]
+    assert log.counts == {errors.DEGENERATE_MASK: 1, errors.DUPLICATE_ID: 1}
+    assert log.examples[errors.DEGENERATE_MASK].startswith("annotation 5 'amodal_segmentation': ")
+
+
+def test_index_dataset_checks_masks_only_of_ids_that_repeat(monkeypatch):
+    """COCO train has 860k annotations: their masks are checked where they are loaded, not when indexing."""
+    calls = []
+    real = coco.check_segmentation
+    monkeypatch.setattr(coco, "check_segmentation", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    data = _twins_data((5, 1, BROKEN), (6, 1, SQUARE), (7, 2, BROKEN))
+    log = SkipLog()
+    assert [len(v) for v in coco.index_dataset(data, log)[2].values()] == [2, 1] and calls == [] and not log.counts
+    data["annotations"].append({**data["annotations"][1]})  # id 6 again: its kept record is checked, and is good
+    coco.index_dataset(data, log)
+    assert calls == ["annotation 6 'segmentation'"] and log.counts == {errors.DUPLICATE_ID: 1}
 
 
 @pytest.mark.parametrize("check, record", [

@@ -273,6 +273,28 @@ def test_a_repeated_annotation_id_keeps_the_first_record_and_is_counted(tmp_path
         _dataset(root, strict=True)
 
 
+@pytest.mark.parametrize("mode", bdata.MODES)
+def test_a_broken_first_record_of_an_id_gives_way_to_its_good_twin(tmp_path, mode):
+    """Training keeps an id's first usable record, as every reader does: the object is learned from the twin, not
+    lost when the broken first record's mask fails at load. Amodal training judges the amodal mask too."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    at, good = next((i, a) for i, a in enumerate(data["annotations"]) if a["image_id"] == 1)
+    key = "amodal_segmentation" if mode == "amodal" else "segmentation"
+    data["annotations"].insert(at, {**good, key: [[0, 0, 1, 1]]})
+    save_annotations(root, data)
+    ds = _dataset(root, mode=mode)
+    assert ds.annotations[0][0] == good and ds.annotations[0].count(good) == 1
+    where = f"annotation {good['id']} '{key}'"
+    assert ds.skips.examples == {"degenerate or empty segmentation": f"{where}: degenerate or empty segmentation "
+                                                                      "(polygon with 4 coordinates (need an even number >= 6))"}
+    _, target = ds.load(0)
+    assert target["annotation_ids"].tolist().count(good["id"]) == 1 and ds.skips.counts == {
+        "degenerate or empty segmentation": 1}
+    with pytest.raises(BadRecord, match=rf"annotations.json: {where}: degenerate"):
+        _dataset(root, mode=mode, strict=True)
+
+
 def test_amodal_mode_learns_the_complete_masks(dataset_dir):
     ds = _dataset(dataset_dir, mode="amodal")
     _, target = ds[0]
