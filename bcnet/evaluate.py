@@ -425,7 +425,8 @@ def _checked_annotation(ann, images: Mapping[int, dict], categories: Mapping[int
 
 def _first_usable_annotations(checked: list[_CheckedAnnotation | BadRecord], skips: SkipLog) -> list[dict]:
     """The annotations pycocotools scores, in file order: of the records of one id the first usable one, as every
-    reader keeps an id's first usable record (:func:`occsynth.coco.usable_image_records`, ``build-cocoocc``): a
+    reader keeps an id's first usable record (:func:`occsynth.coco.usable_image_records`,
+    :func:`occsynth.coco.index_dataset`, ``build-cocoocc``): a
     broken record does not take the id of a later good one, and only a usable record is a duplicate of another.
 
     Usable here: a mask that can be scored, or, where no record of the id has one, a box to be an ignore region
