@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from occsynth.atomic import open_atomic
-from occsynth.coco import brief
+from occsynth.coco import brief, is_int
 from occsynth.errors import OccsynthError, first_few
 
 FORMAT = "bcnet-checkpoint"
@@ -151,7 +151,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if "model" not in state:
         raise OccsynthError(f"{path}: not a bcnet checkpoint (no 'model' entry)")
     version = state.get("version", 0)
-    if not _whole(version):
+    if not is_int(version):
         raise OccsynthError(f"{path}: not a bcnet checkpoint (version {brief(version)} is not a whole number)")
     if version > VERSION:
         raise OccsynthError(f"{path}: checkpoint version {state['version']} is newer than this bcnet "
@@ -162,10 +162,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _bad_field(state: dict) -> str | None:
     """Why a checkpoint's plain-data entries are not what :func:`save_checkpoint` writes (None when they are):
     a hand-edited or foreign file would fail later, deep in training or evaluation, with a traceback."""
@@ -173,7 +169,7 @@ def _bad_field(state: dict) -> str | None:
     if missing:
         return f"no {', '.join(repr(k) for k in missing)} entr{'y' if len(missing) == 1 else 'ies'}"
     iteration = state["iteration"]
-    if not (_whole(iteration) and iteration >= 0):
+    if not (is_int(iteration) and iteration >= 0):
         return f"'iteration' {brief(iteration)} is not a whole number >= 0"
     for key in ("schedule", "model_config", "data"):
         if not isinstance(state.get(key, {}), dict):
@@ -182,7 +178,7 @@ def _bad_field(state: dict) -> str | None:
         if not isinstance(state.get(key), (dict, type(None))):
             return f"'{key}' is not a state dict: {brief(state[key])}"
     ids = state["category_ids"]
-    if not (isinstance(ids, list) and all(_whole(c) for c in ids)):
+    if not (isinstance(ids, list) and all(is_int(c) for c in ids)):
         return f"'category_ids' is not a list of whole numbers: {brief(ids)}"
     if len(set(ids)) != len(ids):
         return f"'category_ids' names a category twice: {brief(ids)}"

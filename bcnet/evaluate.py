@@ -38,6 +38,7 @@ import dataclasses
 import io
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -53,7 +54,7 @@ from occsynth import masks as mask_ops
 from occsynth.atomic import write_bytes, write_json
 from occsynth.boxes import is_box, pairwise_overlap
 from occsynth import errors
-from occsynth.errors import BadRecord, OccsynthError, SkipLog
+from occsynth.errors import BadRecord, OccsynthError, SkipLog, whole_number
 
 from . import occsep
 from .checkpoint import category_names as checkpoint_category_names, named_otherwise
@@ -86,7 +87,7 @@ def predict_dataset(model: torch.nn.Module, dataset: CocoInstances, *, device: s
     Their image ids are appended to ``skipped_ids`` when given: score only the other images.
     """
     check_mask_threshold(mask_threshold)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not whole_number(batch_size, 1):
         raise OccsynthError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     category_ids = list(dataset.category_ids if category_ids is None else category_ids)
     was_training = model.training
@@ -132,7 +133,7 @@ def _predict_batches(model: torch.nn.Module, dataset, device, category_ids: list
 def check_mask_threshold(mask_threshold: float) -> None:
     """Refuse a mask threshold that is no number strictly between 0 and 1 (a string, NaN, 0 or 1), before any
     image is run: the comparison with the mask probabilities would fail only at the first detection."""
-    if not (mask_ops.finite_number(mask_threshold) and 0 < mask_threshold < 1):
+    if isinstance(mask_threshold, bool) or not (isinstance(mask_threshold, numbers.Real) and 0 < mask_threshold < 1):
         raise OccsynthError(f"mask_threshold must be a number between 0 and 1 (exclusive), got {mask_threshold!r}")
 
 

@@ -29,7 +29,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from occsynth.errors import OccsynthError, did_you_mean, plural
+from occsynth.errors import OccsynthError, did_you_mean, plural, whole_number
 from occsynth.masks import finite_number
 
 from .checkpoint import damaged_member
@@ -315,12 +315,12 @@ def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: s
     """
     check_model_names(detector, mask_head, backbone, head_preset)
     check_model_settings(detector, detector_kwargs)
-    if not _whole(num_classes, 2):
+    if not whole_number(num_classes, 2):
         raise ModelConfigError(f"num_classes counts background and must be a whole number >= 2, got {num_classes!r}")
     sizes = min_size if isinstance(min_size, (list, tuple)) else [min_size]  # torchvision: one drawn per image
-    if not sizes or not all(_whole(size, 1) for size in sizes):
+    if not sizes or not all(whole_number(size, 1) for size in sizes):
         raise ModelConfigError(f"min_size must be a whole number of pixels >= 1 (or a list of them), got {min_size!r}")
-    if not _whole(max_size, 1):
+    if not whole_number(max_size, 1):
         raise ModelConfigError(f"max_size must be a whole number of pixels >= 1, got {max_size!r}")
     if occluded_ratio is not None and not (finite_number(occluded_ratio) and 0 < occluded_ratio <= 1):
         raise ModelConfigError(f"occluded_ratio must be None or a number in (0, 1], got {occluded_ratio!r}")
@@ -358,10 +358,6 @@ def build_model(num_classes: int, *, detector: str = "faster-rcnn", mask_head: s
     kwargs.update(detector_kwargs)
     return BCNetFCOS(body, num_classes, mask_branch=branch, loss_weights=weights,
                      min_size=min_size, max_size=max_size, **kwargs)
-
-
-def _whole(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ from .boxes import is_box
 from .coco import (brief, check_array_start, check_out_file, check_pixels, check_segmentation, check_top_level,
                    check_unique_keys, is_int, iter_array, open_json, reading_json)
 from . import errors
-from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason
+from .errors import BadRecord, OccsynthError, SkipLog, os_error_reason, whole_number
 from .occluders import BCNET_IOU_THRESHOLD, box_overlap_occluders
 
 IMAGES_PER_BUCKET = 1000
@@ -219,7 +219,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
     in_path, out_path = Path(in_path), Path(out_path)
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
         raise OccsynthError(f"threshold must be a box IoU in [0, 1], got {threshold!r}")  # NaN fails here too
-    if not is_int(images_per_bucket) or images_per_bucket < 1:
+    if not whole_number(images_per_bucket, 1):
         raise OccsynthError(f"images_per_bucket must be a whole number >= 1, got {images_per_bucket!r}")
     check_out_file(in_path, out_path, "the input would be replaced by its annotated copy; give another --out")
     top, starts = read_top_level(in_path)

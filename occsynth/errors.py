@@ -153,6 +153,12 @@ def key_values(counts: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in counts.items())
 
 
+def whole_number(value: object, low: int) -> bool:
+    """Whether an argument is an integer >= ``low``: Python's or numpy's (a notebook's ``np.int64``), not a bool, a
+    float or a string. Records read from JSON are tested with :func:`occsynth.coco.is_int` (no numpy there)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
 def plural(n: int, word: str, words: str | None = None) -> str:
     """``n`` and the word in the number it takes ("1 image", "3 images"; ``words``: the plural where an added
     "s" is wrong, "categories"), so that no message says "1 images" or hides the number in "image(s)". A whole

@@ -27,7 +27,7 @@ from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_cr
 from .coco import encode_image, read_image, record_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
-from .errors import BadRecord, OccsynthError, SkipLog, did_you_mean, plural
+from .errors import BadRecord, OccsynthError, SkipLog, did_you_mean, plural, whole_number
 from .pool import local_workers
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
@@ -143,7 +143,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     if not isinstance(settings, RunSettings):
         raise OccsynthError(f"settings must be a RunSettings (e.g. run_settings(num_images=...)), got {settings!r}")
     shard = writer.check_shard(shard)  # plain ints from here on (a numpy uint8 would overflow in chunk % n)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not whole_number(workers, 1):
         raise OccsynthError(f"workers must be a whole number >= 1, got {workers!r}")
     backends.check_backend(backend, backend_address)  # before OUT is made: a run that cannot start leaves nothing
     if backend in ("loky", "threading"):

@@ -23,7 +23,7 @@ from . import errors, masks
 from .boxes import is_box, pairwise_overlap
 from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, check_pixels, duplicate_detail, \
     is_int, iter_array, one_line, read_image, record_name, resolve_image_path
-from .errors import BadRecord, OccsynthError, SkipLog, plural
+from .errors import BadRecord, OccsynthError, SkipLog, plural, whole_number
 from .masks import finite_number
 from .schedule import check_seed
 from .writer import IMAGES, set_paths
@@ -59,12 +59,13 @@ MAX_SHEET_PIXELS = 64 << 20    # 64 Mpx (192 MiB RGB): larger sheets are refused
 
 def check_sheet_options(n: int, columns: int, tile: int) -> None:
     """Refuse sizes that are no whole numbers or cannot make a useful sheet (or would allocate gigabytes)."""
-    if not (is_int(n) and 1 <= n <= MAX_IMAGES):
-        raise OccsynthError(f"preview: -n must be in 1..{MAX_IMAGES}, got {n!r}")
-    if not (is_int(columns) and columns >= 1):
-        raise OccsynthError(f"preview: --columns must be >= 1, got {columns!r}")
-    if not (is_int(tile) and TILE_RANGE[0] <= tile <= TILE_RANGE[1]):
-        raise OccsynthError(f"preview: --tile must be in {TILE_RANGE[0]}..{TILE_RANGE[1]} pixels, got {tile!r}")
+    if not (whole_number(n, 1) and n <= MAX_IMAGES):
+        raise OccsynthError(f"preview: -n must be a whole number in 1..{MAX_IMAGES}, got {n!r}")
+    if not whole_number(columns, 1):
+        raise OccsynthError(f"preview: --columns must be a whole number >= 1, got {columns!r}")
+    if not (whole_number(tile, TILE_RANGE[0]) and tile <= TILE_RANGE[1]):
+        raise OccsynthError(f"preview: --tile must be a whole number of pixels in {TILE_RANGE[0]}..{TILE_RANGE[1]}, "
+                            f"got {tile!r}")
 
 
 def preview(source: str | os.PathLike, images: str | os.PathLike | None = None, n: int = 16, columns: int = 4,

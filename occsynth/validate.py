@@ -25,7 +25,7 @@ from . import masks
 from .coco import (check_coco_layout, check_image_record, check_iscrowd, check_unique_keys, is_int, iter_array,
                    read_array, read_image, reading_json, resolve_image_path, top_level_keys)
 from . import errors
-from .errors import BadRecord, OccsynthError, plural
+from .errors import BadRecord, OccsynthError, plural, whole_number
 from .occluders import layer_occluders
 from .pool import ctrl_c_for_main_only, local_workers
 from .writer import IMAGES, MANIFEST_FILE, set_paths
@@ -111,7 +111,7 @@ def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise OccsynthError(f"{name} must be a number >= 0, got {value!r}")
     for name, value, low in (("workers", workers, 1), ("max_examples", max_examples, 0)):
-        if not is_int(value) or value < low:
+        if not whole_number(value, low):
             raise OccsynthError(f"{name} must be a whole number >= {low}, got {value!r}")
     ann_path, out_dir = set_paths(out_dir)
     check_generated_set(ann_path, out_dir / MANIFEST_FILE, where)

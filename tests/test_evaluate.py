@@ -473,6 +473,14 @@ def test_predict_dataset_refuses_arguments_that_mean_nothing_before_any_image(tm
         E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False, **kwargs)
 
 
+def test_predict_dataset_takes_numpy_numbers(tmp_path):
+    root = write_dataset(tmp_path / "set")
+    ds = CocoInstances(root / "annotations.json", root / "images")
+    plain = E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False)
+    assert plain and plain == E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False,
+                                                batch_size=np.int64(2), mask_threshold=np.float32(0.5))
+
+
 def test_predict_dataset_gives_the_model_back_as_it_found_it_when_it_stops(tmp_path):
     root = write_dataset(tmp_path / "set")
     (root / "images" / "000000000002.png").write_bytes(b"broken")

@@ -1063,8 +1063,8 @@ def test_run_settings_take_their_option_tables_as_dicts_too(tmp_path):
         RunSettings(num_images=4, seed=0, bank=3)
     with pytest.raises(errors.OccsynthError, match="settings must be a RunSettings"):
         generate(tmp_path / "o", {"num_images": 4, "seed": 0}, progress=False)
-    for workers in (0, 1.5, True):  # the CLI's range, from Python too
-        with pytest.raises(errors.OccsynthError, match=f"workers must be a whole number >= 1, got {workers!r}"):
+    for workers in (0, 1.5, True, np.int64(0)):  # the CLI's range, from Python too
+        with pytest.raises(errors.OccsynthError, match=re.escape(f"workers must be a whole number >= 1, got {workers!r}")):
             generate(tmp_path / "o", as_dict, workers=workers, progress=False)
     assert not (tmp_path / "o").exists()
 

@@ -2,6 +2,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,13 @@ def test_build_model_refuses_a_setting_it_cannot_use_naming_it_before_building(b
     args = {"num_classes": 6, "backbone": "tiny", **bad}
     with pytest.raises(ModelConfigError, match=re.escape(words)):
         build_model(args.pop("num_classes"), **args)
+
+
+def test_build_model_takes_numpy_integers_as_a_notebook_has_them():
+    """The argument checks refused np.int64 (a class count from np.unique, a size from an array's shape)."""
+    model = build_model(np.int64(3), mask_head=None, backbone="tiny", min_size=np.int64(48), max_size=np.int32(64))
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    assert tuple(model.transform.min_size) == (48,) and model.transform.max_size == 64
 
 
 def test_build_model_takes_min_size_as_a_list_as_torchvision_does():

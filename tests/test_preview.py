@@ -298,15 +298,16 @@ def test_sheet_size_limits(dataset, tmp_path, args, message):
                                         "--out", str(tmp_path / "s.png")] + args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "s.png").exists()
-    with pytest.raises(Exception, match="--tile must be in 32..2048"):
+    with pytest.raises(Exception, match="--tile must be a whole number of pixels in 32..2048"):
         preview(path, tile=100000)
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"n": "4"}, "preview: -n must be in 1..256, got '4'"),          # a TypeError from the comparison
-    ({"n": 2.0}, "preview: -n must be in 1..256, got 2.0"),
-    ({"columns": "2"}, "preview: --columns must be >= 1, got '2'"),
-    ({"tile": 64.5}, "preview: --tile must be in 32..2048 pixels, got 64.5"),
+    ({"n": "4"}, "preview: -n must be a whole number in 1..256, got '4'"),          # a TypeError from the comparison
+    ({"n": 2.0}, "preview: -n must be a whole number in 1..256, got 2.0"),
+    ({"columns": "2"}, "preview: --columns must be a whole number >= 1, got '2'"),
+    ({"tile": 64.5}, "preview: --tile must be a whole number of pixels in 32..2048, got 64.5"),
+    ({"n": np.int64(0)}, "preview: -n must be a whole number in 1..256, got np.int64(0)"),
 ])
 def test_sheet_sizes_that_are_no_whole_numbers_are_refused(dataset, kwargs, words):
     with pytest.raises(OccsynthError, match=re.escape(words)):
