@@ -49,7 +49,7 @@ from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int, iter_array,
                    none_found_under, read_array, read_image, record_image_path, require_image_file, spread,
                    unique_by_id, usable_image_records)
-from .errors import BadRecord, OccsynthError, SkipLog, key_values, plural, why_none_usable
+from .errors import BadRecord, OccsynthError, SkipLog, key_values, options_argument, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
 BANK_FORMAT = 3  # 2: RLE strings stored in canonical form (masks.encode's); 3: image records over the pixel limit skipped
@@ -87,18 +87,6 @@ class BankOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise OccsynthError(f"bank option {name} must be a non-negative integer, got {value!r}")
-
-
-def bank_options(options: BankOptions | dict) -> BankOptions:
-    """``options`` as BankOptions: a notebook's ``{"min_area": 256}`` too, as :class:`RunSettings` takes it."""
-    if isinstance(options, BankOptions):
-        return options
-    if not isinstance(options, dict):
-        raise OccsynthError(f"options must be a BankOptions or a dict of its fields, got {options!r}")
-    try:
-        return BankOptions(**options)
-    except TypeError as exc:
-        raise OccsynthError(f"options: {exc}") from None
 
 
 # ---------------------------------------------------------------- completeness (pure)
@@ -191,7 +179,7 @@ def ensure_bank(ann_path: str | os.PathLike, cache_dir: str | os.PathLike, optio
     that looks finished. In strict mode a cached bank that skipped bad records is refused with
     the message of the first one, as a fresh strict build would.
     """
-    options = bank_options(options)
+    options = options_argument(BankOptions, options, "options")  # a notebook's {"min_area": 256} too
     ann_path = Path(ann_path)
     if not ann_path.is_file():
         raise OccsynthError(f"{ann_path}: file not found")
@@ -227,7 +215,7 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     that lost an annotation that way is not used as a background (it would show an unlabelled
     object), but its complete instances are still cutouts.
     """
-    options = bank_options(options)
+    options = options_argument(BankOptions, options, "options")
     ann_path, bank_dir = Path(ann_path), Path(bank_dir)
     log = _FirstSkipLog(strict=strict)
     sha = source_sha256 or file_hash(ann_path)

@@ -159,6 +159,19 @@ def whole_number(value: object, low: int) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
+def options_argument(kind: type, value: object, name: str):
+    """An options dataclass argument: ``value`` itself, or a notebook's dict of its fields made into one (as a recipe's
+    table is); anything else, or an unknown field, is an OccsynthError naming ``name``."""
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, dict):
+        raise OccsynthError(f"{name} must be a {kind.__name__} or a dict of its fields, got {value!r}")
+    try:
+        return kind(**value)
+    except TypeError as exc:
+        raise OccsynthError(f"{name}: {exc}") from None
+
+
 def plural(n: int, word: str, words: str | None = None) -> str:
     """``n`` and the word in the number it takes ("1 image", "3 images"; ``words``: the plural where an added
     "s" is wrong, "categories"), so that no message says "1 images" or hides the number in "image(s)". A whole

@@ -27,7 +27,7 @@ from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_cr
 from .coco import encode_image, read_image, record_image_path
 from .compose import compose_boxed
 from .demo import cache_dir_or_default, demo_source
-from .errors import BadRecord, OccsynthError, SkipLog, did_you_mean, plural, whole_number
+from .errors import BadRecord, OccsynthError, SkipLog, did_you_mean, options_argument, plural, whole_number
 from .pool import local_workers
 from .schedule import CompositeOptions, Schedule, class_schedule, image_rng, plan_image
 
@@ -70,15 +70,8 @@ class RunSettings:
         whole("jpeg_quality", 1, 100)
         whole("chunk_size", 1, 100_000)
         for name, kind in (("composite", CompositeOptions), ("bank", BankOptions)):
-            value = getattr(self, name)
-            if isinstance(value, dict):  # a notebook's {"pastes": [1, 2]}: as run_settings() takes a table
-                try:
-                    value = kind(**value)
-                except TypeError as exc:
-                    raise OccsynthError(f"{name}: {exc}") from None
-                object.__setattr__(self, name, value)  # frozen: set once, here
-            elif not isinstance(value, kind):
-                raise OccsynthError(f"{name} must be a {kind.__name__} or a dict of its fields, got {value!r}")
+            # a notebook's {"pastes": [1, 2]}, as run_settings() takes a table; frozen: set once, here
+            object.__setattr__(self, name, options_argument(kind, getattr(self, name), name))
         if self.image_format not in IMAGE_FORMATS:
             raise OccsynthError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
 
