@@ -395,6 +395,8 @@ def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_r
     if _begun_from_demo(out_dir):  # not "--images <cache>/demo-v1/images", a folder the user never named
         begun = _demo_source(old_root)
         resume = "without --ann and --images (the embedded demo source)"
+        if demo:  # both read it by default: from other cache folders, whose demo sources differ
+            resume += " and with the --cache-dir it was begun with (the one holding the images above)"
     return OccsynthError(f"{out_dir} was begun with {begun}, and {now} holds other files ({SAMPLED}): "
                          f"the chunks rendered now would mix other pixels into the set{also}; resume {resume}, or "
                          "use another --out")

@@ -390,6 +390,25 @@ def test_a_run_begun_from_the_demo_source_resumed_from_other_images_says_to_resu
         "--images (the embedded demo source), or use another --out")
 
 
+def test_a_run_begun_from_the_demo_source_resumed_from_another_caches_says_which_cache(generated, tmp_path):
+    """Both read the demo source by default, from two cache folders whose demo images differ: "resume without
+    --ann and --images" was what the refused command did."""
+    _, _, cache = generated
+    begun, other_cache = tmp_path / "begun", tmp_path / "other-cache"
+    generate(begun, SETTINGS, cache_dir=cache, shard=(0, 3), progress=False)
+    shutil.copytree(Path(cache) / "demo-v1", other_cache / "demo-v1")
+    reencoded_copy(Path(cache) / "demo-v1" / "images", other_cache / "demo-v1" / "images")
+    with pytest.raises(errors.OccsynthError) as refused:
+        generate(begun, SETTINGS, cache_dir=other_cache, shard=(0, 3), progress=False)
+    message = str(refused.value)
+    assert message.startswith(f"{begun} was begun with the embedded demo source (the default without --ann and "
+                              f"--images, its images under {(Path(cache) / 'demo-v1' / 'images').resolve()}), and the "
+                              "embedded demo source (the default without --ann and --images, its images under "
+                              f"{(other_cache / 'demo-v1' / 'images').resolve()}) holds other files")
+    assert message.endswith("; resume without --ann and --images (the embedded demo source) and with the --cache-dir "
+                            "it was begun with (the one holding the images above), or use another --out")
+
+
 def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(generated, demo_source, tmp_path):
     """A run.json written before source images were recorded: "use the same arguments" would never do."""
     out, _, cache = generated
