@@ -23,7 +23,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 @click.option("--recipe", help="Recipe name in manifests/ (e.g. synthetic-100k) or a TOML path; options below override it.")
 @click.option("--num-images", type=click.IntRange(1, MAX_IMAGES), help=f"Images to generate, at most {MAX_IMAGES:,} [default: 100, or the recipe's].")
 @click.option("--seed", type=int, help="Seed; the same seed gives byte-identical output [default: 0, or the recipe's].")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes; at most one per CPU core is started. With --backend dask/ray: chunks rendered at once on the cluster (1: as many as it has workers).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel worker processes; at most one per CPU core is started. With --backend dask/ray: chunks rendered at once on the cluster (1: as many as it runs at once; ray queues twice its CPUs); a local ray (no --scheduler) gets this many CPUs, at most one per core.")
 @click.option("--shard", help="Render only shard i of n, numbered from 0 (0/8 ... 7/8); join shards with `occsynth merge`.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping it.")
 @click.option("--pastes", nargs=2, type=click.IntRange(1, MAX_PASTES), help=f"Min and max pasted objects per image [default: {_D.pastes[0]} {_D.pastes[1]}, or the recipe's].")

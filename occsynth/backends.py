@@ -146,7 +146,7 @@ def _dask_session(address: str | None) -> Iterator[object]:
 def _ray_session(address: str | None, workers: int) -> Iterator[None]:
     """Connect to the ray head at ``address``, or start a local ray of ``workers`` CPUs (capped to the usable
     cores), and run :func:`_check_cluster` on it; either is left at the end. A ray this process already runs (a
-    notebook's ``ray.init``) is used as is, and kept. The cluster's errors while chunks render are said in words."""
+    notebook's ``ray.init``) is used as is, and kept (an ``address`` beside it is refused). The cluster's errors while chunks render are said in words."""
     try:
         import ray
     except ImportError:
@@ -154,6 +154,9 @@ def _ray_session(address: str | None, workers: int) -> Iterator[None]:
     started = not ray.is_initialized()
     if started:
         _ray_init(address, workers)
+    elif address:  # it would be ignored: ray.init connects a process once
+        raise OccsynthError(f"--scheduler {address}: this process already runs ray (ray.init), which is used as it "
+                            "is: give no scheduler address to render on it, or call ray.shutdown() first")
     where = (f"--scheduler {address}" if address else "the local ray" if started
              else "the ray of this process (ray.init)")
     try:

@@ -636,6 +636,13 @@ def test_a_ray_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_sour
             generate(tmp_path / "o", SETTINGS, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", backend="ray",
                      progress=False)
         assert ray.is_initialized()
+        with pytest.raises(OccsynthError) as elsewhere:  # an address beside it was silently not used
+            generate(tmp_path / "o", SETTINGS, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", backend="ray",
+                     backend_address="127.0.0.1:1", progress=False)
+        assert str(elsewhere.value) == ("--scheduler 127.0.0.1:1: this process already runs ray (ray.init), which is "
+                                        "used as it is: give no scheduler address to render on it, or call "
+                                        "ray.shutdown() first")
+        assert ray.is_initialized()
     finally:
         ray.shutdown()
         signal.signal(signal.SIGINT, handlers[0])  # ray.init's own SIGTERM handler exits at once
