@@ -19,6 +19,7 @@ from itertools import filterfalse
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import cv2
 import ijson
@@ -390,10 +391,14 @@ def check_image_record(image: Any, *, pixel_limit: bool = True, file_name: bool 
     A record claiming more pixels than the limit (:func:`check_pixels`) is refused too: every reader decodes its
     file, or its masks, at that size. ``pixel_limit=False`` is for preview alone, which draws a stand-in tile in its
     place (and checks the size itself when drawing). ``file_name=False``: for a reader that opens no file (the
-    ground truth pycocotools scores)."""
+    ground truth pycocotools scores). A record without a ``file_name`` key but with a ``coco_url`` (LVIS v1) is
+    returned as a copy with the ``file_name`` that URL gives (:func:`record_file_name`), for the readers that keep
+    a record's name."""
     where = record_name("image", image)
     if not isinstance(image, dict):
         raise BadRecord(errors.MALFORMED_RECORD, where, "not an object")
+    if file_name and "file_name" not in image and "coco_url" in image:
+        image = {**image, "file_name": record_file_name(image)}
     for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):
         if key == "file_name" and not file_name:
             continue
@@ -404,6 +409,25 @@ def check_image_record(image: Any, *, pixel_limit: bool = True, file_name: bool 
     if pixel_limit:
         check_pixels((image["height"], image["width"]), where)
     return image
+
+
+def record_file_name(image: dict) -> Any:
+    """The file an image record names: its ``file_name`` (as it is: checked where it is read,
+    :func:`resolve_image_path`), or, where it has no such key but a ``coco_url`` (LVIS v1), that URL path's last two
+    parts, split folder and file name (``http://images.cocodataset.org/val2017/000000391895.jpg``:
+    ``val2017/000000391895.jpg``, so ``--images`` is the folder holding train2017/ and val2017/), as detectron2's
+    LVIS reader takes it (LVIS val draws from both COCO splits); a ``coco_url`` naming no such parts is BadRecord."""
+    if "file_name" in image or "coco_url" not in image:
+        return image.get("file_name")
+    url = image["coco_url"]
+    try:
+        parts = urlsplit(url).path.split("/")[-2:] if isinstance(url, str) else []
+    except ValueError:  # not a URL ("http://[host/...": an unclosed IPv6 address)
+        parts = []
+    if len(parts) < 2 or not all(parts):
+        raise BadRecord(errors.MALFORMED_RECORD, record_name("image", image),
+                        f"'file_name' missing, and 'coco_url' {brief(url)} names no split folder and file in it")
+    return "/".join(parts)
 
 
 def check_pixels(size: Sequence[int], where: str) -> None:
@@ -622,10 +646,12 @@ def _is_text(name: str) -> bool:
 
 
 def record_image_path(image_root: str | os.PathLike, image: dict) -> Path:
-    """:func:`resolve_image_path` of an image record's ``file_name``; a refused name names the record too
-    (``image record 12 (file_name '/etc/passwd')``), so that ``--strict`` says which record to fix."""
+    """:func:`resolve_image_path` of the file an image record names (:func:`record_file_name`: its ``file_name``, or
+    LVIS's ``coco_url``); a refused name names the record too (``image record 12 (file_name '/etc/passwd')``), so
+    that ``--strict`` says which record to fix."""
+    name = record_file_name(image)
     try:
-        return resolve_image_path(image_root, image.get("file_name"))
+        return resolve_image_path(image_root, name)
     except BadRecord as exc:
         raise BadRecord(exc.reason, f"{record_name('image', image)} ({exc.where})", exc.detail) from None
 

@@ -22,7 +22,7 @@ import numpy as np
 from . import errors, masks
 from .boxes import is_box, pairwise_overlap
 from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, check_pixels, duplicate_detail, \
-    is_int, iter_array, one_line, read_image, record_name, resolve_image_path
+    is_int, iter_array, one_line, read_image, record_file_name, record_name, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, plural, whole_number
 from .masks import finite_number
 from .schedule import check_seed
@@ -204,10 +204,10 @@ def check_outside_images(path: str | os.PathLike, source: str | os.PathLike, wha
     except (OccsynthError, OSError):  # no image folder, or nothing at --out yet: no image to replace
         return
     for image in iter_array(ann_path, "images"):
-        name = image.get("file_name") if isinstance(image, dict) else None
         try:
+            name = record_file_name(image) if isinstance(image, dict) else None  # its file_name, or LVIS's coco_url
             found = os.stat(os.path.join(root, name)) if isinstance(name, str) else None
-        except (OSError, ValueError):  # a missing image, or a name no path can hold
+        except (OSError, ValueError, BadRecord):  # a missing image, or a name no path can hold
             continue
         if found is not None and (found.st_dev, found.st_ino) == (written.st_dev, written.st_ino):
             raise OccsynthError(f"{path}: is the image {name} of {ann_path}: the {what} would replace it - write it "

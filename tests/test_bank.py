@@ -176,6 +176,19 @@ def test_bank_counts_tables_and_masks(tmp_path):
         bank.image_record(3)
 
 
+def test_an_lvis_source_names_its_files_by_coco_url(tmp_path):
+    """LVIS v1 image records have no file_name: each was skipped as malformed, and a bank of LVIS refused ("no valid
+    image records"). Their file is the coco_url's split folder and file name, as detectron2 reads it."""
+    data = source()
+    for image in data["images"]:
+        image["coco_url"] = f"http://images.cocodataset.org/val2017/{image.pop('file_name').replace('/', '-')}"
+        image["not_exhaustive_category_ids"], image["neg_category_ids"] = [3], [90]
+    meta = build_bank(write(tmp_path, data), tmp_path / "bank", OPTS, progress=False)
+    assert meta["kept_per_category"] == {"3": 2, "18": 2, "90": 0} and meta["skipped"]["counts"] == {}
+    assert [Bank.load(tmp_path / "bank").image_record(i)["file_name"] for i in range(3)] == [
+        "val2017/a-one.jpg", "val2017/two.png", "val2017/three.jpg"]
+
+
 def compressed_counts(runs: list[int]) -> str:
     """pycocotools' compressed RLE string of ``runs``, written here for runs it would never make."""
     chars = []

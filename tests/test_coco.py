@@ -330,6 +330,33 @@ def test_an_image_record_needs_whole_positive_sizes_and_a_file_name_only_where_a
     assert log.counts == {errors.MALFORMED_RECORD: 1, errors.DUPLICATE_ID: 1}
 
 
+def test_an_lvis_image_record_without_a_file_name_takes_it_from_its_coco_url(tmp_path):
+    """LVIS v1 records name their file only by ``coco_url``: as detectron2 reads them, the file is the URL's last two
+    parts (split folder and file name) under the image root; a record's own ``file_name`` always wins."""
+    lvis = {"id": 7, "height": 4, "width": 5, "coco_url": "http://images.cocodataset.org/val2017/000000391895.jpg",
+            "not_exhaustive_category_ids": [3], "neg_category_ids": [1203]}
+    named = dict(lvis, file_name="val2017/000000391895.jpg")
+    assert coco.check_image_record(lvis) == named
+    assert "file_name" not in lvis  # the input record is not changed
+    assert coco.check_image_record(dict(lvis, file_name="mine.jpg"))["file_name"] == "mine.jpg"
+    assert coco.check_image_record(lvis, file_name=False) == lvis  # no file is read there
+    assert coco.usable_image_records([lvis], SkipLog()) == ({7: named}, {})
+    assert coco.record_image_path(tmp_path, coco.check_image_record(lvis)) == (
+        tmp_path / "val2017" / "000000391895.jpg").absolute() == coco.record_image_path(tmp_path, lvis)
+    for url in ("http://images.cocodataset.org/000000391895.jpg", "", 5, "http://images.cocodataset.org/val2017/",
+                "http://[images.cocodataset.org/val2017/000000391895.jpg"):  # urlsplit raises ValueError
+        with pytest.raises(BadRecord) as exc:
+            coco.check_image_record(dict(lvis, coco_url=url))
+        assert exc.value.reason == errors.MALFORMED_RECORD
+        assert str(exc.value) == (f"image record 7: malformed record ('file_name' missing, and 'coco_url' "
+                                  f"{coco.brief(url)} names no split folder and file in it)")
+    escaping = coco.check_image_record(dict(lvis, coco_url="http://x/../a.jpg?download=1"))
+    assert escaping["file_name"] == "../a.jpg"  # checked where it is read, as any file_name
+    with pytest.raises(BadRecord) as exc:
+        coco.record_image_path(tmp_path, escaping)
+    assert exc.value.reason == errors.OUTSIDE_ROOT
+
+
 def test_none_found_under_samples_only_names_it_can_look_up(tmp_path):
     """Records whose names are all refused are skipped where they are read: they do not make the folder a wrong one."""
     (tmp_path / "b.jpg").write_bytes(b"x")

@@ -410,6 +410,25 @@ def test_the_image_folder_checks_sample_records_from_end_to_end_as_the_bank_does
         check_images_under(wrong, root, "--coco-val-ann", "--coco-val-images")
 
 
+def test_the_image_folder_check_finds_lvis_records_by_their_coco_url(tmp_path):
+    """LVIS records name their file by ``coco_url`` alone (split folder and file name, as every reader takes them):
+    the check found no name to look up and passed any folder, so a wrong one stopped the run only at its stage."""
+    from bcnet.pipeline import check_images_under
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    (root / "val2017" / "000000000001.jpg").write_bytes(b"x")
+    ann = tmp_path / "lvis_v1_val.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "height": 4, "width": 4,
+                                           "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg"}],
+                               "annotations": [], "categories": []}))
+    check_images_under(ann, root, "--coco-val-ann", "--coco-val-images")
+    with pytest.raises(OccsynthError) as exc:
+        check_images_under(ann, root / "val2017", "--coco-val-ann", "--coco-val-images")
+    assert str(exc.value) == (f"--coco-val-ann {ann}: none of 1 sampled images is under --coco-val-images "
+                              f"{root / 'val2017'} (e.g. {root / 'val2017' / 'val2017' / '000000000001.jpg'}); is "
+                              "--coco-val-images the folder that the file_name entries are relative to?")
+
+
 def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stage_ran(tmp_path):
     from bcnet.pipeline import check_run_recipe
     plan = {"made": datetime.date(2026, 12, 1), "pretrain": {"schedule": "schedule-tiny"}}

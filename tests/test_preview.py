@@ -428,6 +428,28 @@ def test_a_sheet_into_the_sets_image_folder_is_refused(tmp_path):
     assert ok.exit_code == 0, ok.output  # beside the set is fine
 
 
+def test_a_sheet_over_an_image_an_lvis_record_names_by_its_coco_url_is_refused(tmp_path):
+    """LVIS records name their file by ``coco_url`` alone (split folder and file name, as every reader takes them):
+    a sheet written over such an image beside the annotations file was not recognised as one of the set's images."""
+    dataset = write_dataset(tmp_path / "set")
+    flat = dataset / "images"
+    data = json.loads((dataset / "annotations.json").read_text())
+    (flat / "val2017").mkdir()
+    for image in data["images"]:
+        (flat / image["file_name"]).rename(flat / "val2017" / image["file_name"])
+        image["coco_url"] = f"http://images.cocodataset.org/val2017/{image.pop('file_name')}"
+    (flat / "lvis.json").write_text(json.dumps(data))
+    victim = sorted((flat / "val2017").glob("*.png"))[0]
+    before = victim.read_bytes()
+    group = Group(commands={c.name: c for c in inspect_commands.COMMANDS})
+    res = CliRunner().invoke(group, ["preview", str(flat / "lvis.json"), "--out", str(victim)])
+    assert res.output == (f"Error: {victim}: is the image val2017/{victim.name} of {flat / 'lvis.json'}: the sheet "
+                          "would replace it - write it elsewhere\n") and res.exit_code == 2
+    assert victim.read_bytes() == before
+    ok = CliRunner().invoke(group, ["preview", str(flat / "lvis.json"), "--out", str(flat / "sheet.png")])
+    assert ok.exit_code == 0, ok.output  # and the images are found, by their coco_url
+
+
 def test_a_sheet_over_an_image_of_a_flat_coco_folder_is_refused(tmp_path):
     """A COCO file beside its images: the image root is the file's folder, which holds other files too, so an
     --out there is fine unless it is one of the set's images (under any spelling)."""
