@@ -4,6 +4,7 @@ Each test compares the finished set byte for byte with an uninterrupted run.
 """
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -759,3 +760,23 @@ def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
         patch.setitem(backends.EXTRA_MODULES, "ray", "occsynth_no_such_module")
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "r", tmp_path / "c") + ["--backend", "ray"])
     assert result.exit_code == 2 and "needs the ray extra" in result.output and not (tmp_path / "r").exists()
+
+
+def test_a_ray_head_port_past_65535_is_refused_not_wrapped_onto_another_port():
+    """getaddrinfo takes a port modulo 65536: 'host:<P + 65536>' reached whatever listened on P, so the address
+    passed the check, on to ray.init (which retries an address for minutes). The other forms of a head address are checked too."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        for address in (f"127.0.0.1:{port + 65536}", "127.0.0.1:65536", f"127.0.0.1:{10 ** 20}"):
+            with pytest.raises(OccsynthError) as refused:
+                backends._check_reachable(address)
+            assert str(refused.value) == (f"--scheduler {address!r}: cannot connect to a ray head (port "
+                                          f"{address.rsplit(':', 1)[1]} is past 65535)")
+        for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", f"[127.0.0.1]:{port}/", "auto"):
+            assert backends._check_reachable(address) is None
+    for address in ("ray://127.0.0.1:1", "[127.0.0.1]:1/"):
+        with pytest.raises(OccsynthError, match=re.escape(f"--scheduler {address!r}: cannot connect to a ray head "
+                                                          "(ConnectionRefusedError: ")):
+            backends._check_reachable(address)
