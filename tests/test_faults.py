@@ -696,11 +696,14 @@ def test_ray_queues_twice_its_cpus_for_one_worker_and_cancels_the_chunks_unseen_
     real_wait, real_cancel, waited, cancelled = ray.wait, ray.cancel, [], []
     monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: waited.append(len(refs)) or real_wait(refs, **kwargs))
     monkeypatch.setattr(ray, "cancel", lambda ref, **kwargs: cancelled.append(ref) or real_cancel(ref, **kwargs))
+    # chunk 0 comes back at once, the others run or wait: none finishes while it is cancelled, where ray 2.60 can
+    # abort the driver (a known race of its cancel with a task's reply: "Tried to complete task that was not pending")
     with backends.backend_session("ray", ray_head, 1):
-        results = backends.chunk_results(lambda c: 10 * c, list(range(10)), 1, "ray")
-        chunk, images = next(results)
+        results = backends.chunk_results(lambda c: c + 1 if c == 0 else time.sleep(5) or c + 1, list(range(10)), 1,
+                                         "ray")
+        assert next(results) == (0, 1)
         results.close()
-    assert images == 10 * chunk and waited == [4] and len(cancelled) == 3
+    assert waited == [4] and len(cancelled) == 3
 
 def test_a_chunks_own_error_on_ray_reaches_the_command_as_it_was_raised(demo_source, tmp_path, ray_head):
     """ray raises a task's error wrapped, its text the worker's traceback: --strict on a bad image printed that."""
