@@ -211,9 +211,11 @@ def _check_reachable(address: str, timeout: float = 5) -> None:
     match = re.fullmatch(r"(?:[a-z]+://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address)
     if match is None:
         return
+    if int(match[2]) > 65535:  # getaddrinfo would take it modulo 65536: another port's listener would answer
+        raise OccsynthError(f"--scheduler {address!r}: cannot connect to a ray head (port {match[2]} is past 65535)")
     try:
         socket.create_connection((match[1], int(match[2])), timeout=timeout).close()
-    except (OSError, OverflowError) as exc:  # OverflowError: a port past 65535
+    except OSError as exc:
         raise _unreachable(address, exc) from None
 
 

@@ -256,6 +256,24 @@ def test_a_repeated_id_is_a_duplicate_unless_the_kept_record_is_broken_and_the_r
         assert log.examples == {errors.DUPLICATE_ID: "annotation 5: duplicate id (later records with this id skipped)"}
 
 
+def test_strict_a_broken_kept_record_stops_the_run_naming_it_also_when_its_repeat_is_broken_too():
+    """Strict, a repeat of a broken record stops at the broken record (its own reason), not at the repeat as a
+    duplicate: what a non-strict run would skip first."""
+    data = _twins_data((5, 1, BROKEN), (5, 1, BROKEN))
+    with pytest.raises(BadRecord) as caught:
+        coco.index_dataset(data, SkipLog(strict=True))
+    assert str(caught.value) == ("annotation 5 'segmentation': degenerate or empty segmentation (polygon with 4 "
+                                 "coordinates (need an even number >= 6))")
+
+
+def test_a_repeat_on_an_image_of_another_size_is_judged_against_its_own_image():
+    """The repeat's RLE is sized by its own image record (8x8), not by the kept record's (4x4): it is usable."""
+    data = _twins_data((5, 1, BROKEN), (5, 2, {"size": [8, 8], "counts": [0, 64]}))
+    data["images"][1].update(height=8, width=8)
+    log = SkipLog()
+    _, _, by_image = coco.index_dataset(data, log)
+    assert by_image == {1: [], 2: [data["annotations"][1]]} and log.counts == {errors.DEGENERATE_MASK: 1}
+
 def test_only_the_masks_a_reader_names_decide_which_record_of_an_id_is_usable():
     """``mask_keys``: bcnet's amodal training loads ``amodal_segmentation`` too, so a record whose amodal mask is
     broken gives way to a twin with both; a reader of ``segmentation`` alone keeps the first. A record without a

@@ -433,7 +433,54 @@ def test_of_the_records_of_an_annotation_id_the_first_usable_one_is_kept_even_as
     assert cleaned["annotations"][1] == {**second, "iscrowd": 1, "area": w * h,
                                          "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
     assert skips.counts == {errors.DEGENERATE_MASK: 3, errors.DUPLICATE_ID: 1}
+    assert skips.examples[errors.DUPLICATE_ID] == "annotation 2: duplicate id (later records with this id skipped)"
 
+
+def test_an_empty_mask_a_flat_box_a_missing_iscrowd_and_a_non_finite_area_are_cleaned_as_documented():
+    """An empty mask is an ignore region over its box; a broken mask whose box has no height is dropped (no region to
+    ignore); a missing ``iscrowd`` is 0 and a NaN or infinite ``area`` the mask's pixel count (pycocotools reads both)."""
+    gt = gt_set()
+    first, second, third, crowd = gt["annotations"]
+    gt["annotations"] = [{**first, "segmentation": {"size": [H, W], "counts": [H * W]}},  # valid RLE, no pixel set
+                         {**second, "segmentation": [[1, 1, 2, 2]], "bbox": [5, 5, 20, 0]},
+                         {**{k: v for k, v in third.items() if k != "iscrowd"}, "area": float("nan")},
+                         {**crowd, "area": float("inf")}]
+    skips = SkipLog()
+    cleaned = E.clean_ground_truth(gt, skips)
+    x, y, w, h = first["bbox"]
+    assert cleaned["annotations"] == [
+        {**first, "iscrowd": 1, "area": float(w * h), "bbox": [float(v) for v in first["bbox"]],
+         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]},
+        {**third, "iscrowd": 0}, crowd]
+    assert "iscrowd" in cleaned["annotations"][1] and cleaned["annotations"][1]["area"] == third["area"] == 400.0
+    assert skips.counts == {errors.DEGENERATE_MASK: 2}
+    assert skips.examples[errors.DEGENERATE_MASK] == (
+        "annotation 1 (image 1): degenerate or empty segmentation (empty mask; kept as an ignore region (iscrowd=1) "
+        "over its bbox)")
+    skips = SkipLog()
+    E.clean_ground_truth({**gt, "annotations": gt["annotations"][1:2]}, skips)
+    assert skips.examples[errors.DEGENERATE_MASK] == (
+        "annotation 2 (image 2): degenerate or empty segmentation (polygon with 4 coordinates (need an even number "
+        ">= 6); no usable bbox either: dropped)")
+
+
+def test_a_set_none_of_whose_annotations_can_be_scored_is_refused_saying_how_many():
+    """bcnet evaluate's check before predicting: every annotation skipped (here: an unknown category) is an error
+    naming the set and the count, not a table of '-'; a file without annotations is left to require_scorable."""
+    gt = gt_set()
+    for anns, words in ((gt["annotations"][:1], "the only annotation of a.json cannot"),
+                        (gt["annotations"], "none of the 4 annotations of a.json can")):
+        data = {**gt, "annotations": [{**a, "category_id": 99} for a in anns]}
+        skips = SkipLog()
+        scored = E.scored_ground_truth(data, "visible", skips)
+        with pytest.raises(OccsynthError) as refused:
+            E._require_annotations("val", "a.json", data, scored, skips)
+        assert str(refused.value) == (f"set 'val': {words} be evaluated (skipped {len(anns)} bad record"
+                                      f"{'s' * (len(anns) > 1)}: annotation refers to an unknown category "
+                                      f"id={len(anns)}; e.g. annotation 1 (category_id 99))")
+    for data in ({**gt, "annotations": []}, gt):
+        assert E._require_annotations("val", "a.json", data, E.scored_ground_truth(data, "visible", SkipLog()),
+                                      SkipLog()) is None
 
 def test_a_repeated_image_record_is_counted_and_the_first_one_kept():
     """Image 2 listed again at 20 x 20: its annotations are scored on the first record's 40 x 40 (the second made
@@ -463,6 +510,7 @@ def test_predict_dataset_skips_unreadable_files(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"mask_threshold": "0.5"}, "mask_threshold must be a number between 0 and 1 (exclusive), got '0.5'"),
     ({"mask_threshold": float("nan")}, "mask_threshold must be a number between 0 and 1 (exclusive), got nan"),
+    ({"mask_threshold": 0}, "mask_threshold must be a number between 0 and 1 (exclusive), got 0"),
     ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
     ({"batch_size": 2.0}, "batch_size must be a whole number >= 1, got 2.0"),
 ])

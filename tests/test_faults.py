@@ -4,6 +4,7 @@ Each test compares the finished set byte for byte with an uninterrupted run.
 """
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -631,11 +632,13 @@ def test_a_ray_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_sour
     monkeypatch.setattr(backends, "CLUSTER_TRIAL_S", 0.5)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     ray.init(address="local", num_cpus=0, include_dashboard=False)  # a notebook's ray: used as it is, and left
+    real_cancel, cancelled = ray.cancel, []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kwargs: cancelled.append(ref) or real_cancel(ref, **kwargs))
     try:
         with pytest.raises(OccsynthError) as refused:
             generate(tmp_path / "o", SETTINGS, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", backend="ray",
                      progress=False)
-        assert ray.is_initialized()
+        assert ray.is_initialized() and len(cancelled) == 1  # the trial task waits for a CPU no more
         with pytest.raises(OccsynthError) as elsewhere:  # an address beside it was silently not used
             generate(tmp_path / "o", SETTINGS, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", backend="ray",
                      backend_address="127.0.0.1:1", progress=False)
@@ -685,6 +688,22 @@ def test_ray_keeps_the_commands_stop_handlers(ray_head):
         signal.signal(signal.SIGTERM, before[0])
         signal.signal(signal.SIGINT, before[1])
 
+
+def test_ray_queues_twice_its_cpus_for_one_worker_and_cancels_the_chunks_unseen_when_closed(ray_head, monkeypatch):
+    """--workers 1: twice the cluster's CPUs (the head has 2) are queued, not one chunk at a time; a run that stops
+    (an error, Ctrl-C) closes the results, and the chunks queued then are cancelled: the cluster renders no more."""
+    import ray
+    real_wait, real_cancel, waited, cancelled = ray.wait, ray.cancel, [], []
+    monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: waited.append(len(refs)) or real_wait(refs, **kwargs))
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kwargs: cancelled.append(ref) or real_cancel(ref, **kwargs))
+    # chunk 0 comes back at once, the others run or wait: none finishes while it is cancelled, where ray 2.60 can
+    # abort the driver (a known race of its cancel with a task's reply: "Tried to complete task that was not pending")
+    with backends.backend_session("ray", ray_head, 1):
+        results = backends.chunk_results(lambda c: c + 1 if c == 0 else time.sleep(5) or c + 1, list(range(10)), 1,
+                                         "ray")
+        assert next(results) == (0, 1)
+        results.close()
+    assert waited == [4] and len(cancelled) == 3
 
 def test_a_chunks_own_error_on_ray_reaches_the_command_as_it_was_raised(demo_source, tmp_path, ray_head):
     """ray raises a task's error wrapped, its text the worker's traceback: --strict on a bad image printed that."""
@@ -759,3 +778,78 @@ def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
         patch.setitem(backends.EXTRA_MODULES, "ray", "occsynth_no_such_module")
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "r", tmp_path / "c") + ["--backend", "ray"])
     assert result.exit_code == 2 and "needs the ray extra" in result.output and not (tmp_path / "r").exists()
+
+
+def test_check_backend_refuses_an_unknown_backend_an_address_for_a_local_one_and_a_missing_extra(monkeypatch):
+    """Each before --out is made; the last also where the module would fail only on import (ray is imported
+    inside the session, dask's joblib backend at the first chunk)."""
+    with pytest.raises(OccsynthError) as refused:
+        backends.check_backend("spark", None)
+    assert str(refused.value) == "--backend must be one of loky, threading, dask, ray, got 'spark'"
+    with pytest.raises(OccsynthError) as refused:
+        backends.check_backend("threading", "tcp://h:1")
+    assert str(refused.value) == "--scheduler is for --backend dask or ray, not threading"
+    monkeypatch.setitem(backends.EXTRA_MODULES, "dask", "occsynth_no_such_module")
+    with pytest.raises(OccsynthError) as refused:
+        backends.check_backend("dask", "tcp://h:1")
+    assert str(refused.value) == "--backend dask needs the dask extra: pip install 'occsynth-bcnet[dask]'"
+    assert backends.check_backend("loky", None) is None
+
+
+def test_a_dask_run_of_one_worker_renders_on_every_worker_of_the_cluster(monkeypatch):
+    """--workers 1 with dask: joblib's n_jobs=-1 (all the cluster's workers), not one chunk at a time; N: N. Its
+    chunks run OpenCV single-threaded; threading's leave the process-wide setting alone."""
+    import cv2
+    import joblib
+    real, asked = joblib.parallel_config, []
+
+    def threads_instead(**kwargs):  # what chunk_results asks of joblib, run on threads here
+        asked.append(kwargs)
+        return real(backend="threading", n_jobs=2)
+    monkeypatch.setattr(joblib, "parallel_config", threads_instead)
+    threads = cv2.getNumThreads()
+    try:
+        assert sorted(backends.chunk_results(lambda c: 10 * c, [1, 2, 3], 1, "dask")) == [(1, 10), (2, 20), (3, 30)]
+        cv2.setNumThreads(3)
+        assert list(backends.chunk_results(lambda c: cv2.getNumThreads(), [4], 2, "threading")) == [(4, 3)]
+        assert list(backends.chunk_results(lambda c: cv2.getNumThreads(), [4], 3, "dask")) == [(4, 1)]
+    finally:
+        cv2.setNumThreads(threads)
+    assert asked == [{"backend": "dask", "n_jobs": -1}, {"backend": "threading", "n_jobs": 2},
+                     {"backend": "dask", "n_jobs": 3}]
+
+
+def test_a_ray_head_refusal_names_the_token_the_head_asks_for_wherever_ray_said_it():
+    """ray's AuthToken error comes wrapped (raised while handling it): the advice is found in the chain."""
+    try:
+        try:
+            raise RuntimeError("AuthTokenError: this cluster requires a token")
+        except RuntimeError:
+            raise ConnectionError("Could not connect to the head. Retried 20 times")
+    except ConnectionError as exc:
+        wrapped = exc
+    assert str(backends._unreachable("h:6379", wrapped)) == (
+        "--scheduler 'h:6379': cannot connect to a ray head (ConnectionError: Could not connect to the head); the "
+        "head asks for its token: run with RAY_AUTH_MODE=token, its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN")
+    assert str(backends._unreachable("h:6379", ConnectionError("refused"))) == \
+        "--scheduler 'h:6379': cannot connect to a ray head (ConnectionError: refused)"
+
+
+def test_a_ray_head_port_past_65535_is_refused_not_wrapped_onto_another_port():
+    """getaddrinfo takes a port modulo 65536: 'host:<P + 65536>' reached whatever listened on P, so the address
+    passed the check, on to ray.init (which retries an address for minutes). The other forms of a head address are checked too."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        for address in (f"127.0.0.1:{port + 65536}", "127.0.0.1:65536", f"127.0.0.1:{10 ** 20}"):
+            with pytest.raises(OccsynthError) as refused:
+                backends._check_reachable(address)
+            assert str(refused.value) == (f"--scheduler {address!r}: cannot connect to a ray head (port "
+                                          f"{address.rsplit(':', 1)[1]} is past 65535)")
+        for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", f"[127.0.0.1]:{port}/", "auto"):
+            assert backends._check_reachable(address) is None
+    for address in ("ray://127.0.0.1:1", "[127.0.0.1]:1/"):
+        with pytest.raises(OccsynthError, match=re.escape(f"--scheduler {address!r}: cannot connect to a ray head "
+                                                          "(ConnectionRefusedError: ")):
+            backends._check_reachable(address)

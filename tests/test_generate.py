@@ -409,6 +409,25 @@ def test_a_run_begun_from_the_demo_source_resumed_from_another_caches_says_which
                             "it was begun with (the one holding the images above), or use another --out")
 
 
+def test_a_damaged_or_missing_image_root_record_only_leaves_its_words_out(tmp_path):
+    """parts/image-root.json only informs messages: missing, malformed, no object, or with fields of other types, it
+    is as if nothing were recorded (not a traceback in place of the refusal it words)."""
+    folder = tmp_path / "run"
+    (folder / "parts").mkdir(parents=True)
+    record = folder / "parts" / "image-root.json"
+    for text, root, demo in ((None, None, False), ("{not json", None, False), ("[]", None, False),
+                             ('{"image_root": 5, "demo": "yes"}', None, False),
+                             ('{"image_root": "/data/images", "demo": true}', "/data/images", True)):
+        if text is not None:
+            record.write_text(text)
+        assert (writer.image_root_of(folder), writer._begun_from_demo(folder)) == (root, demo), text
+    record.write_text('{"demo": true}')  # begun from the demo source, its folder not recorded
+    other = (tmp_path / "other").resolve()
+    assert str(writer._other_images_refused(folder, {}, {}, other, demo=False)) == (
+        f"{folder} was begun with the embedded demo source (the default without --ann and --images), and --images "
+        f"{other} holds other files ({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; "
+        "resume without --ann and --images (the embedded demo source), or use another --out")
+
 def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(generated, demo_source, tmp_path):
     """A run.json written before source images were recorded: "use the same arguments" would never do."""
     out, _, cache = generated

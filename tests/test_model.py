@@ -135,7 +135,9 @@ def test_detector_alone_and_bad_names():
     ({"min_size": "64"}, "min_size must be a whole number of pixels >= 1 (or a list of them), got '64'"),
     ({"min_size": [64, 0]}, "min_size must be a whole number of pixels >= 1 (or a list of them), got [64, 0]"),
     ({"max_size": 0}, "max_size must be a whole number of pixels >= 1, got 0"),
+    ({"min_size": []}, "min_size must be a whole number of pixels >= 1 (or a list of them), got []"),
     ({"occluded_ratio": 2}, "occluded_ratio must be None or a number in (0, 1], got 2"),
+    ({"occluded_ratio": 0}, "occluded_ratio must be None or a number in (0, 1], got 0"),
     ({"occluded_ratio": "0.5"}, "occluded_ratio must be None or a number in (0, 1], got '0.5'"),
     ({"loss_weights": {"mask": 1.0}}, "loss_weights: unknown loss weight(s) ['mask']"),
     ({"head_options": {"convz": 1}}, "head_options: unknown mask head option(s) ['convz']"),
@@ -159,6 +161,13 @@ def test_build_model_takes_numpy_integers_as_a_notebook_has_them():
 def test_build_model_takes_min_size_as_a_list_as_torchvision_does():
     model = build_model(3, mask_head=None, backbone="tiny", min_size=[48, 64], max_size=96)
     assert tuple(model.transform.min_size) == (48, 64)
+    model = build_model(3, mask_head=None, backbone="tiny", min_size=(48, 64), max_size=96)  # or a tuple
+    assert tuple(model.transform.min_size) == (48, 64)
+
+
+def test_build_model_takes_an_occluded_ratio_of_1_the_top_of_its_range():
+    model = build_model(3, backbone="tiny", min_size=48, max_size=64, occluded_ratio=1)  # only occluded RoIs
+    assert model.roi_heads.mask_branch.occluded_ratio == 1
 
 
 @pytest.mark.parametrize("detector, passed_on", [("faster-rcnn", "box_detections_per_img"),
