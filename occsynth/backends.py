@@ -69,8 +69,10 @@ def _joblib_results(task: Callable[[int], int], chunks: list[int], workers: int,
 def _ray_results(task: Callable[[int], int], chunks: list[int], workers: int) -> Iterator[tuple[int, int]]:
     """(chunk, images) of each chunk as the ray cluster finishes it, ``workers`` chunks at a time (1: as many as
     the cluster has CPUs, and as many queued). Ray's own tasks: joblib's ray backend returns results only as one
-    list at the end (no merge while rendering, no progress). Chunks not finished when this is closed are
-    cancelled, so that the cluster does not render on unseen."""
+    list at the end (no merge while rendering, no progress). Closed early (an error, Ctrl-C), it starts no more
+    chunks and waits up to :data:`RAY_DRAIN_S` for those running, so that the cluster does not render on unseen.
+    They are not cancelled: ray 2.60 can abort this process, without a word, when a cancel meets the reply of a task
+    that is finishing (a known race of its core worker: "Tried to complete task that was not pending")."""
     import ray
     # the task goes with each chunk (a few hundred bytes), not through ray.put: a command holding an object in the
     # store was ended by ray itself (exit 1, no message) when the head it connects through stopped
@@ -85,8 +87,14 @@ def _ray_results(task: Callable[[int], int], chunks: list[int], workers: int) ->
             done, running = ray.wait(running, num_returns=1)
             yield _ray_result(done[0])
     finally:
-        for ref in running:
-            ray.cancel(ref)
+        if running:
+            try:
+                ray.wait(running, num_returns=len(running), timeout=RAY_DRAIN_S)
+            except ray.exceptions.RayError:  # the cluster is gone: nothing renders on
+                pass
+
+
+RAY_DRAIN_S = 60  # how long a run closed early waits for the chunks ray is rendering (a chunk takes seconds)
 
 
 def _chunk_and_count(task: Callable[[int], int], chunk: int) -> tuple[int, int]:
