@@ -86,6 +86,9 @@ def _ray_results(task: Callable[[int], int], chunks: list[int], workers: int) ->
                 return
             done, running = ray.wait(running, num_returns=1)
             yield _ray_result(done[0])
+    except ray.exceptions.RayError:  # the cluster failed (a head lost): waiting on it, ray ends this process itself
+        running = []  # ("Failed to connect to GCS within 60 seconds"), before the message saying what is kept
+        raise
     finally:
         if running:
             try:
@@ -94,7 +97,8 @@ def _ray_results(task: Callable[[int], int], chunks: list[int], workers: int) ->
                 pass
 
 
-RAY_DRAIN_S = 60  # how long a run closed early waits for the chunks ray is rendering (a chunk takes seconds)
+RAY_DRAIN_S = 30  # how long a run closed early waits for the chunks ray is rendering (a chunk takes seconds; under
+#                   the 60 s after which ray ends a driver that lost its head)
 
 
 def _chunk_and_count(task: Callable[[int], int], chunk: int) -> tuple[int, int]:

@@ -713,6 +713,23 @@ def test_ray_queues_twice_its_cpus_for_one_worker_and_drains_the_chunks_running_
     assert waited == [4, 3] and not cancelled
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0", "done-1", "done-2", "done-3"]  # 3 drained
 
+def test_ray_waits_for_no_chunk_once_the_cluster_failed(ray_head, monkeypatch):
+    """A head lost (`ray stop` on it) raises a RayError from a chunk's result: the chunks still listed as running
+    are not waited for, as ray ends a driver that waits on a lost head itself, before our message."""
+    import ray
+    real_wait, waited = ray.wait, []
+    monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: waited.append(len(refs)) or real_wait(refs, **kwargs))
+
+    def head_lost(ref, timeout=None):
+        raise ray.exceptions.LocalRayletDiedError()
+    with backends.backend_session("ray", ray_head, 1):
+        monkeypatch.setattr(backends, "_ray_result", head_lost)  # after the trial task, which reads its result too
+        results = backends.chunk_results(lambda c: c + 1, list(range(10)), 1, "ray")
+        with pytest.raises(ray.exceptions.LocalRayletDiedError):
+            next(results)
+    assert waited == [4]  # the first result's; no drain of the 3 left
+
+
 def test_a_chunks_own_error_on_ray_reaches_the_command_as_it_was_raised(demo_source, tmp_path, ray_head):
     """ray raises a task's error wrapped, its text the worker's traceback: --strict on a bad image printed that."""
     import json
