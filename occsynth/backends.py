@@ -69,36 +69,24 @@ def _joblib_results(task: Callable[[int], int], chunks: list[int], workers: int,
 def _ray_results(task: Callable[[int], int], chunks: list[int], workers: int) -> Iterator[tuple[int, int]]:
     """(chunk, images) of each chunk as the ray cluster finishes it, ``workers`` chunks at a time (1: as many as
     the cluster has CPUs, and as many queued). Ray's own tasks: joblib's ray backend returns results only as one
-    list at the end (no merge while rendering, no progress). Closed early (an error, Ctrl-C), it starts no more
-    chunks and waits up to :data:`RAY_DRAIN_S` for those running, so that the cluster does not render on unseen.
-    They are not cancelled: ray 2.60 can abort this process, without a word, when a cancel meets the reply of a task
-    that is finishing (a known race of its core worker: "Tried to complete task that was not pending")."""
+    list at the end (no merge while rendering, no progress). Closed early (an error, Ctrl-C), it submits no more
+    chunks and returns at once; those submitted are neither cancelled nor waited for: ray 2.60 can abort this
+    process, without a word, when a cancel meets the reply of a task that is finishing (a known race of its core
+    worker: "Tried to complete task that was not pending"), and a wait kept a chunk's error or a Ctrl-C unsaid for
+    as long as the others ran. A local ray stops them as it shuts down; on a running cluster they finish there,
+    writing the bytes a rerun would write (atomically: a rerun renders again what they have not finished)."""
     import ray
     # the task goes with each chunk (a few hundred bytes), not through ray.put: a command holding an object in the
     # store was ended by ray itself (exit 1, no message) when the head it connects through stopped
     render = ray.remote(_chunk_and_count)
     at_once = workers if workers > 1 else 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     waiting, running = iter(chunks), []
-    try:
-        while True:
-            running += [render.remote(task, c) for c in itertools.islice(waiting, at_once - len(running))]
-            if not running:
-                return
-            done, running = ray.wait(running, num_returns=1)
-            yield _ray_result(done[0])
-    except ray.exceptions.RayError:  # the cluster failed (a head lost): waiting on it, ray ends this process itself
-        running = []  # ("Failed to connect to GCS within 60 seconds"), before the message saying what is kept
-        raise
-    finally:
-        if running:
-            try:
-                ray.wait(running, num_returns=len(running), timeout=RAY_DRAIN_S)
-            except ray.exceptions.RayError:  # the cluster is gone: nothing renders on
-                pass
-
-
-RAY_DRAIN_S = 30  # how long a run closed early waits for the chunks ray is rendering (a chunk takes seconds; under
-#                   the 60 s after which ray ends a driver that lost its head)
+    while True:
+        running += [render.remote(task, c) for c in itertools.islice(waiting, at_once - len(running))]
+        if not running:
+            return
+        done, running = ray.wait(running, num_returns=1)
+        yield _ray_result(done[0])
 
 
 def _chunk_and_count(task: Callable[[int], int], chunk: int) -> tuple[int, int]:

@@ -689,33 +689,39 @@ def test_ray_keeps_the_commands_stop_handlers(ray_head):
         signal.signal(signal.SIGINT, before[1])
 
 
-def test_ray_queues_twice_its_cpus_for_one_worker_and_drains_the_chunks_running_when_closed(ray_head, monkeypatch,
+def test_ray_queues_twice_its_cpus_for_one_worker_and_neither_cancels_nor_waits_when_closed(ray_head, monkeypatch,
                                                                                               tmp_path):
-    """--workers 1: twice the cluster's CPUs (the head has 2) are queued, not one chunk at a time; a run that stops
-    (an error, Ctrl-C) closes the results: no chunk is started after it, and those running are waited for, not
-    cancelled (ray 2.60 aborted the driver, exit 1 and no message, when a cancel met a finishing task's reply)."""
+    """--workers 1: twice the cluster's CPUs (the head has 2) are queued, not one chunk at a time. A run that stops
+    (an error, Ctrl-C) closes the results: no chunk is submitted after it, none is cancelled (ray 2.60 aborted the
+    driver, exit 1 and no message, when a cancel met a finishing task's reply) and none is waited for (a wait kept a
+    chunk's error or a Ctrl-C unsaid while the others ran): the chunks submitted finish on the cluster."""
     import ray
     real_wait, waited, cancelled = ray.wait, [], []
     monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: waited.append(len(refs)) or real_wait(refs, **kwargs))
     monkeypatch.setattr(ray, "cancel", lambda ref, **kwargs: cancelled.append(ref))
     folder = str(tmp_path)
 
-    def slow_marked_chunk(chunk: int) -> int:  # a closure: ray's workers cannot import this test module
-        """Chunk 0 at once, the others after a second; each leaves a file when done."""
+    def marked_chunk(chunk: int) -> int:  # a closure: ray's workers cannot import this test module
+        """Chunk 0 at once, the others after 3 s; each leaves a file when done."""
         if chunk:
-            time.sleep(1)
+            time.sleep(3)
         Path(folder, f"done-{chunk}").touch()
         return chunk + 1
     with backends.backend_session("ray", ray_head, 1):
-        results = backends.chunk_results(slow_marked_chunk, list(range(10)), 1, "ray")
+        results = backends.chunk_results(marked_chunk, list(range(10)), 1, "ray")
         assert next(results) == (0, 1)
         results.close()
-    assert waited == [4, 3] and not cancelled
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0", "done-1", "done-2", "done-3"]  # 3 drained
+        assert waited == [4] and not cancelled and sorted(p.name for p in tmp_path.iterdir()) == ["done-0"]
+        deadline = time.monotonic() + 60  # the 3 submitted finish on the cluster; the 6 never submitted do not run
+        while len(list(tmp_path.iterdir())) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0", "done-1", "done-2", "done-3"]
+
 
 def test_ray_waits_for_no_chunk_once_the_cluster_failed(ray_head, monkeypatch):
-    """A head lost (`ray stop` on it) raises a RayError from a chunk's result: the chunks still listed as running
-    are not waited for, as ray ends a driver that waits on a lost head itself, before our message."""
+    """A head lost (`ray stop` on it) raises a RayError from a chunk's result: it reaches the caller at once, the
+    chunks still running not waited for (ray ends a driver that waits on a lost head itself, before our message)."""
     import ray
     real_wait, waited = ray.wait, []
     monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: waited.append(len(refs)) or real_wait(refs, **kwargs))
@@ -727,7 +733,7 @@ def test_ray_waits_for_no_chunk_once_the_cluster_failed(ray_head, monkeypatch):
         results = backends.chunk_results(lambda c: c + 1, list(range(10)), 1, "ray")
         with pytest.raises(ray.exceptions.LocalRayletDiedError):
             next(results)
-    assert waited == [4]  # the first result's; no drain of the 3 left
+    assert waited == [4]  # the first result's; no wait for the 3 left
 
 
 def test_a_chunks_own_error_on_ray_reaches_the_command_as_it_was_raised(demo_source, tmp_path, ray_head):
