@@ -638,7 +638,16 @@ def occsep_metrics(data: dict, results: list[dict], lists: dict[str, ObjectList]
 
 
 def _file_name_index(images: list[dict]) -> dict[str, int]:
-    index = {str(image["file_name"]): image["id"] for image in images if "file_name" in image}
+    """Image ids by the file each record names (:func:`occsynth.coco.record_file_name`: its ``file_name``, or LVIS's
+    ``coco_url``), and by that name's last part where only one record has it."""
+    index = {}
+    for image in images:
+        try:
+            name = coco_io.record_file_name(image)
+        except BadRecord:  # a coco_url naming no file: no listed object can be on it
+            continue
+        if name is not None:
+            index[str(name)] = image["id"]
     by_base: dict[str, list[int]] = {}
     for name, image_id in index.items():
         by_base.setdefault(name.replace("\\", "/").rsplit("/", 1)[-1], []).append(image_id)

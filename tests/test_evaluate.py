@@ -521,6 +521,26 @@ def test_predict_dataset_refuses_arguments_that_mean_nothing_before_any_image(tm
         E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False, **kwargs)
 
 
+def test_the_occsep_recall_finds_the_images_of_lvis_records_by_their_coco_url():
+    """LVIS v1 records name their file by coco_url alone: the recall found none of their images (recall None, every
+    listed object 'outside the set'), as every reader did before record_file_name."""
+    gt = gt_set()
+    listed = E.ObjectList([["000000000001.jpg", "a", 0, [2, 2, 10, 10], mask_ops.encode(rect(2, 2, 12, 12))]],
+                                 "occluded.json")
+    results = [det(1, 10, rect(2, 2, 12, 12), 0.9)]
+    for name in ("val2017/000000000001.jpg", None):
+        data = copy.deepcopy(gt)
+        data["images"][0].pop("file_name")
+        data["images"][0]["coco_url"] = "http://images.cocodataset.org/val2017/000000000001.jpg"
+        if name:  # a record's own file_name wins over its coco_url
+            data["images"][0]["file_name"] = name
+        report = E.occsep_metrics(data, results, {"occluded": listed})["occsep"]["occluded"]
+        assert (report["found"], report["total"], report["outside_set"]) == (1, 1, 0)
+    data["images"][0]["coco_url"] = "no-url"  # names no file: the object is outside the set, not an error
+    report = E.occsep_metrics(data, results, {"occluded": listed})["occsep"]["occluded"]
+    assert (report["total"], report["outside_set"]) == (0, 1)
+
+
 def test_predict_dataset_takes_numpy_numbers(tmp_path):
     root = write_dataset(tmp_path / "set")
     ds = CocoInstances(root / "annotations.json", root / "images")
