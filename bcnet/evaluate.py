@@ -86,7 +86,7 @@ def predict_dataset(model: torch.nn.Module, dataset: CocoInstances, *, device: s
     :class:`BadRecord` naming the file instead), so one bad file does not stop an evaluation.
     Their image ids are appended to ``skipped_ids`` when given: score only the other images.
     """
-    check_mask_threshold(mask_threshold)
+    mask_threshold = check_mask_threshold(mask_threshold)
     if not whole_number(batch_size, 1):
         raise OccsynthError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     category_ids = list(dataset.category_ids if category_ids is None else category_ids)
@@ -130,11 +130,13 @@ def _predict_batches(model: torch.nn.Module, dataset, device, category_ids: list
     return results
 
 
-def check_mask_threshold(mask_threshold: float) -> None:
-    """Refuse a mask threshold that is no number strictly between 0 and 1 (a string, NaN, 0 or 1), before any
-    image is run: the comparison with the mask probabilities would fail only at the first detection."""
+def check_mask_threshold(mask_threshold: float) -> float:
+    """``mask_threshold`` as a float, refused where it is no number strictly between 0 and 1 (a string, NaN, 0 or 1)
+    before any image is run: the comparison with the mask probabilities would fail only at the first detection
+    (a Fraction compares with numbers but not with a tensor: hence the float)."""
     if isinstance(mask_threshold, bool) or not (isinstance(mask_threshold, numbers.Real) and 0 < mask_threshold < 1):
         raise OccsynthError(f"mask_threshold must be a number between 0 and 1 (exclusive), got {mask_threshold!r}")
+    return float(mask_threshold)
 
 
 UNPROCESSABLE_IMAGE = "image the model cannot process"
@@ -928,7 +930,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     check_edges(ratio_edges, "ratio_edges")
     if mode is not None and mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
-    check_mask_threshold(mask_threshold)
+    mask_threshold = check_mask_threshold(mask_threshold)
     lists = load_occsep_lists(occsep_lists)
     device = resolve_device(device)
     model, state = load_model(checkpoint, device)

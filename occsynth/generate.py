@@ -61,9 +61,10 @@ class RunSettings:
     def __post_init__(self):
         def whole(name: str, low: int, high: int | None = None) -> None:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+            if not whole_number(value, low) or (high and value > high):
                 bound = f"between {low} and {high}" if high else f">= {low}"
                 raise OccsynthError(f"{name} must be a whole number {bound}, got {value!r}")
+            object.__setattr__(self, name, int(value))  # a notebook's np.int64 too; run.json holds plain ints
 
         whole("num_images", 1, MAX_IMAGES)
         whole("seed", 0, 2 ** 63 - 1)

@@ -547,6 +547,9 @@ def test_predict_dataset_takes_numpy_numbers(tmp_path):
     plain = E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False)
     assert plain and plain == E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False,
                                                 batch_size=np.int64(2), mask_threshold=np.float32(0.5))
+    from fractions import Fraction  # a real number a tensor does not compare with: taken as its float
+    assert plain == E.predict_dataset(FixedModel([(2, (4, 6, 28, 30))]), ds, progress=False,
+                                      mask_threshold=Fraction(1, 2))
 
 
 def test_predict_dataset_gives_the_model_back_as_it_found_it_when_it_stops(tmp_path):

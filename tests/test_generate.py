@@ -1101,6 +1101,10 @@ def test_run_settings_take_their_option_tables_as_dicts_too(tmp_path):
         RunSettings(num_images=4, seed=0, bank=3)
     with pytest.raises(errors.OccsynthError, match="settings must be a RunSettings"):
         generate(tmp_path / "o", {"num_images": 4, "seed": 0}, progress=False)
+    numpy = RunSettings(num_images=np.int64(4), seed=np.uint8(3), chunk_size=np.int32(2))  # a notebook's numbers
+    assert numpy == RunSettings(num_images=4, seed=3, chunk_size=2) and type(numpy.num_images) is int
+    with pytest.raises(errors.OccsynthError, match=re.escape("seed must be a whole number between 0 and")):
+        RunSettings(num_images=4, seed=np.int64(-1))
     for workers in (0, 1.5, True, np.int64(0)):  # the CLI's range, from Python too
         with pytest.raises(errors.OccsynthError, match=re.escape(f"workers must be a whole number >= 1, got {workers!r}")):
             generate(tmp_path / "o", as_dict, workers=workers, progress=False)
