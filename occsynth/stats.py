@@ -27,8 +27,6 @@ RATIO_BINS = 10
 _LIGHT = ("id", "image_id", "category_id", "layer", "occlusion_ratio", "amodal_complete")  # id: to name a skipped one
 
 
-
-
 def dataset_stats(annotations: dict) -> dict:
     """Statistics of a COCO-layout dict (``images``, ``annotations``, ``categories``)."""
     if not isinstance(annotations, dict) or not all(isinstance(annotations.get(k), list) for k in COCO_LISTS):

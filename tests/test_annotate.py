@@ -231,7 +231,6 @@ def test_cli_and_errors(tmp_path):
     assert not list(tmp_path.glob(".annotate-*")) and not list(tmp_path.glob(".*.tmp-*"))
 
 
-
 @pytest.mark.parametrize("annotations, found", [({}, "an object"), (None, "a null")])
 def test_annotations_that_are_not_a_list_are_refused_and_an_empty_list_is_fine(tmp_path, annotations, found):
     for value, ok in ((annotations, False), ([], True)):

@@ -181,7 +181,6 @@ def test_predict_skips_images_the_model_cannot_process(tiny, tmp_path):
     assert not (tmp_path / "q" / "results.json").exists()
 
 
-
 def test_predict_skips_an_image_of_more_pixels_than_the_limit_without_decoding_it(tiny, tmp_path, monkeypatch):
     """A 20000x20000 PNG (a few kilobytes) was decoded to 1.2 GB and run. Here the limit is lowered instead: a PNG
     over it is refused from its header, a BMP (no header read) once decoded, before the model sees either."""
@@ -206,6 +205,7 @@ def test_predict_skips_an_image_of_more_pixels_than_the_limit_without_decoding_i
     assert "skipped bad input: image too large=2\n" in result.output
     listed = json.loads((tmp_path / "p" / "images.json").read_text())
     assert [im["file_name"] for im in listed] == [str(good)]
+
 
 def test_predict_names_a_folder_without_images_or_that_does_not_exist(tiny, tmp_path):
     _, checkpoint = tiny
@@ -439,7 +439,6 @@ def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
     assert "lists no images to evaluate" in result.output and "check --images" not in result.output
 
 
-
 @pytest.mark.parametrize("change, why", [
     (lambda d: d.update(annotations=[]), "it has no annotations"),
     (lambda d: d.update(annotations=[dict(a, iscrowd=1) for a in d["annotations"]]), "are all crowd regions"),
@@ -483,6 +482,7 @@ def test_evaluate_whose_readable_images_hold_no_ground_truth_says_so_after_predi
     assert (f"Error: set 'hand': {copy / 'annotations.json'}: nothing to score: none of its {n} annotations is on the "
             "1 image evaluated (skipped 3 bad records: unreadable or corrupt image=3; e.g. image file ") in result.output
     assert not (tmp_path / "e" / "results.json").exists()
+
 
 @pytest.mark.parametrize("text, message", [
     ("{}", "not a COCO file: missing the 'images' list of a COCO instances file"),

@@ -175,7 +175,6 @@ def test_a_demo_source_missing_an_image_is_stale_and_the_next_run_rebuilds_it(tm
     assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".")] == []
 
 
-
 @pytest.mark.parametrize("entry, key, value", [
     ("bank", "source", "instances.json"), ("bank", "num_images", "abc"), ("bank", "num_images", None),
     ("bank", "options", {"min_area": "big"}), ("bank", "source", {"path": "instances.json"}),

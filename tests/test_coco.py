@@ -274,6 +274,7 @@ def test_a_repeat_on_an_image_of_another_size_is_judged_against_its_own_image():
     _, _, by_image = coco.index_dataset(data, log)
     assert by_image == {1: [], 2: [data["annotations"][1]]} and log.counts == {errors.DEGENERATE_MASK: 1}
 
+
 def test_only_the_masks_a_reader_names_decide_which_record_of_an_id_is_usable():
     """``mask_keys``: bcnet's amodal training loads ``amodal_segmentation`` too, so a record whose amodal mask is
     broken gives way to a twin with both; a reader of ``segmentation`` alone keeps the first. A record without a

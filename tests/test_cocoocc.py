@@ -213,7 +213,6 @@ def test_build_links_and_copies_images(tmp_path):
         build_cocoocc(ann, tmp_path / "s", image_root=root, image_mode="copy", threshold=0.1, strict=True)
 
 
-
 def test_placing_images_shows_a_progress_bar_that_quiet_turns_off(tmp_path):
     ann = tmp_path / "val.json"
     ann.write_text(json.dumps(make_dataset()))

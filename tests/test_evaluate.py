@@ -184,7 +184,6 @@ def test_a_model_of_fewer_categories_is_scored_on_the_categories_it_knows():
         E.evaluate(gt, results, category_ids=[30, 40])
 
 
-
 def test_ground_truth_with_nothing_to_score_is_refused_naming_the_file_and_why(tmp_path):
     """pycocotools reports -1 ("no data") for every metric when no ground-truth object can be scored: the table was
     all '-' and the command exited 0, as if the model had been evaluated."""
@@ -210,6 +209,7 @@ def test_ground_truth_with_nothing_to_score_is_refused_naming_the_file_and_why(t
     # one scorable object is enough: the other images and categories are scored as before
     assert E.evaluate(gt, results, category_ids=[10])["segm"]["AP"] > 0.5  # finds 1 of its 2 objects of a
     assert E.evaluate(lone, results, image_ids=[1, 3])["segm"]["AP"] == pytest.approx(1.0)
+
 
 def test_occlusion_splits():
     gt = gt_set()
@@ -481,6 +481,7 @@ def test_a_set_none_of_whose_annotations_can_be_scored_is_refused_saying_how_man
     for data in ({**gt, "annotations": []}, gt):
         assert E._require_annotations("val", "a.json", data, E.scored_ground_truth(data, "visible", SkipLog()),
                                       SkipLog()) is None
+
 
 def test_a_repeated_image_record_is_counted_and_the_first_one_kept():
     """Image 2 listed again at 20 x 20: its annotations are scored on the first record's 40 x 40 (the second made

@@ -233,6 +233,7 @@ def test_a_damaged_part_stops_the_merge_with_its_name_and_a_generate_in_out_mend
     generate(merged, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
     assert tree_bytes(merged) == tree_bytes(out)
 
+
 def test_merge_moves_the_images_its_settings_name_and_parses_each_part_once(generated, demo_source, tmp_path,
                                                                            monkeypatch):
     out, _, cache = generated
@@ -428,6 +429,7 @@ def test_a_damaged_or_missing_image_root_record_only_leaves_its_words_out(tmp_pa
         f"{other} holds other files ({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; "
         "resume without --ann and --images (the embedded demo source), or use another --out")
 
+
 def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(generated, demo_source, tmp_path):
     """A run.json written before source images were recorded: "use the same arguments" would never do."""
     out, _, cache = generated
@@ -448,6 +450,7 @@ def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(g
         generate(older, dataclasses.replace(SETTINGS, seed=4), ann_path=ann, image_root=root, cache_dir=cache,
                  progress=False)
     assert tree_bytes(older) == before
+
 
 def test_a_failing_merge_stops_the_workers(demo_source, tmp_path, monkeypatch):
     ann, root = demo_source

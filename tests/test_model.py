@@ -47,7 +47,6 @@ def test_train_losses_finite_and_backward_reaches_both_layers(detector):
     assert next(model.backbone.parameters()).grad is not None
 
 
-
 def no_objects(height=64, width=80):
     empty = torch.zeros(0, height, width, dtype=torch.uint8)
     return torch.rand(3, height, width), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
@@ -66,6 +65,7 @@ def test_every_trainable_parameter_gets_a_gradient_with_and_without_objects(dete
         sum(model(images, targets).values()).backward()
         unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert unused == [], f"{len(targets[0]['boxes'])} objects: {unused[:5]}"
+
 
 def test_losses_are_weighted_by_the_preset():
     model = build_model(3, backbone="tiny", min_size=64, max_size=96).train()
@@ -127,7 +127,6 @@ def test_detector_alone_and_bad_names():
         assert isinstance(info.value, OccsynthError) and isinstance(info.value, ValueError)
 
 
-
 @pytest.mark.parametrize("bad, words", [
     ({"num_classes": "6"}, "num_classes counts background and must be a whole number >= 2, got '6'"),
     ({"num_classes": 6.0}, "num_classes counts background and must be a whole number >= 2, got 6.0"),
@@ -187,6 +186,7 @@ def test_a_model_setting_nothing_reads_is_refused_and_torchvisions_own_are_passe
     model = build_model(3, detector=detector, mask_head=None, backbone="tiny", size_divisible=16, **{passed_on: 1})
     assert model.transform.size_divisible == 16
     assert (model.roi_heads.detections_per_img if detector == "faster-rcnn" else model.detections_per_img) == 1
+
 
 class Boom:
     """Executing this on load would create a file: weights_only=True must refuse it instead."""
@@ -295,7 +295,6 @@ def test_transform_resizes_occluder_masks_with_the_image():
     images, (resized,) = t([torch.rand(3, 64, 80)], [target])
     assert resized["masks"].shape == resized["occluder_masks"].shape == (2, 128, 160)
     assert torch.equal(resized["occluder_masks"][0], resized["masks"][1])
-
 
 
 @pytest.mark.parametrize("min_size", [13, 26, 33, 42])

@@ -189,7 +189,6 @@ def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_sta
     assert not (tmp_path / "run" / "synthetic").exists()
 
 
-
 @pytest.mark.parametrize("option", ["--coco-val-ann", "--cocoocc"])
 def test_an_evaluation_file_with_nothing_to_score_is_refused_before_any_stage(demo_source, tmp_path, option):
     """Its evaluation ended, after all the training, in pycocotools' -1 for every metric."""

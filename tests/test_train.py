@@ -418,7 +418,6 @@ def test_a_stop_under_torchrun_is_said_once_by_rank_0(tmp_path, dataset_dir, mon
         assert result.exit_code == 130 and result.output.count("Stopped (SIGINT).") == lines, result.output
 
 
-
 def test_a_refused_input_under_torchrun_is_said_by_every_rank(tmp_path, dataset_dir, monkeypatch):
     """The 'Stopped' line is the lead's alone, but an error is said by each rank that meets it: one rank alone may
     (a file another node lacks), and torchrun would report only its exit status."""
@@ -1006,7 +1005,6 @@ def test_training_on_unreadable_images_only_stops_with_a_message_with_or_without
     assert not out.exists()
 
 
-
 def test_a_checkpoint_damaged_after_it_was_written_is_refused_not_loaded_with_wrong_weights(tmp_path):
     model = torch.nn.Linear(64, 64)
     ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=3, category_ids=[1], rng=False)
@@ -1160,7 +1158,6 @@ def test_resume_on_another_annotations_file_says_it_is_no_longer_an_exact_resume
         in said.out  # the full path: a file of the same name in another folder is told apart
 
 
-
 def test_resume_on_a_set_with_categories_the_model_does_not_know_is_refused_naming_them(tmp_path, dataset_dir,
                                                                                         monkeypatch):
     """The resumed model has one output per category it was built with: the set's other categories were left out
@@ -1187,6 +1184,7 @@ def test_resume_on_a_set_with_categories_the_model_does_not_know_is_refused_nami
         f"(ids 7, 9); resumed, it would train without them (their annotations left out). To learn them, train into a "
         f"new --out, from this run's weights with --init {final}")
     assert final.read_bytes() == before and sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == [final.name]
+
 
 @pytest.mark.parametrize("segmentation, reason", [
     ({"size": [48, 64], "counts": "0:"}, "compressed RLE covers"),      # runs that do not add up to 48*64
