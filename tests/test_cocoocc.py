@@ -1,5 +1,6 @@
 """COCO-OCC selection: exact image sets for hand-made boxes under every measure / threshold / crowd choice."""
 import contextlib
+import copy
 import io
 import json
 import os
@@ -211,6 +212,32 @@ def test_build_links_and_copies_images(tmp_path):
     assert not os.path.islink(copied) and copied.read_bytes() == b"img1"
     with pytest.raises(Exception, match="missing image file"):
         build_cocoocc(ann, tmp_path / "s", image_root=root, image_mode="copy", threshold=0.1, strict=True)
+
+
+def test_lvis_records_are_placed_by_coco_url_and_written_with_the_file_name_it_gives(tmp_path):
+    """LVIS v1 records have no file_name: the file is coco_url's split folder and name (as every reader takes it),
+    and the records written name it, so that the set's other readers (bcnet's dataset) find the placed files.
+    The images selected are those of the same set with file names."""
+    coco = make_dataset()
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    lvis = copy.deepcopy(coco)
+    for image in lvis["images"]:
+        image["coco_url"] = f"http://images.cocodataset.org/val2017/{image.pop('file_name')}"
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis))
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    for image_id in range(1, 8):
+        (root / "val2017" / f"{image_id:04d}.jpg").write_bytes(b"img%d" % image_id)
+    report = build_cocoocc(tmp_path / "lvis.json", tmp_path / "l", image_root=root, image_mode="link", threshold=0.1)
+    out = json.loads((tmp_path / "l" / "annotations.json").read_text())
+    assert out["images"] and all(i["file_name"] == f"val2017/{i['id']:04d}.jpg" for i in out["images"])
+    for image in out["images"]:
+        placed = tmp_path / "l" / "images" / image["file_name"]
+        assert os.path.islink(placed) and placed.read_bytes() == b"img%d" % image["id"]
+    assert report["skipped"]["counts"] == {}
+    build_cocoocc(tmp_path / "coco.json", tmp_path / "c", threshold=0.1)
+    plain = json.loads((tmp_path / "c" / "annotations.json").read_text())
+    assert [i["id"] for i in out["images"]] == [i["id"] for i in plain["images"]]
 
 
 def test_placing_images_shows_a_progress_bar_that_quiet_turns_off(tmp_path):
