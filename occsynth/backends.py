@@ -73,8 +73,8 @@ def _ray_results(task: Callable[[int], int], chunks: list[int], workers: int) ->
     chunks and returns at once; those submitted are neither cancelled nor waited for: ray 2.60 can abort this
     process, without a word, when a cancel meets the reply of a task that is finishing (a known race of its core
     worker: "Tried to complete task that was not pending"), and a wait kept a chunk's error or a Ctrl-C unsaid for
-    as long as the others ran. A local ray stops them as it shuts down; on a running cluster they finish there,
-    writing the bytes a rerun would write (atomically: a rerun renders again what they have not finished)."""
+    as long as the others ran. Ray stops them when the command leaves it (a local ray as it shuts down, a running
+    cluster as the driver disconnects); the next run removes what they left half-written and renders them again."""
     import ray
     # the task goes with each chunk (a few hundred bytes), not through ray.put: a command holding an object in the
     # store was ended by ray itself (exit 1, no message) when the head it connects through stopped

@@ -694,7 +694,8 @@ def test_ray_queues_twice_its_cpus_for_one_worker_and_neither_cancels_nor_waits_
     """--workers 1: twice the cluster's CPUs (the head has 2) are queued, not one chunk at a time. A run that stops
     (an error, Ctrl-C) closes the results: no chunk is submitted after it, none is cancelled (ray 2.60 aborted the
     driver, exit 1 and no message, when a cancel met a finishing task's reply) and none is waited for (a wait kept a
-    chunk's error or a Ctrl-C unsaid while the others ran): the chunks submitted finish on the cluster."""
+    chunk's error or a Ctrl-C unsaid while the others ran): the chunks submitted run on while the command is
+    connected (ray stops them when it leaves), and the others never start."""
     import ray
     real_wait, waited, cancelled = ray.wait, [], []
     monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: waited.append(len(refs)) or real_wait(refs, **kwargs))
