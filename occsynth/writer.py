@@ -380,23 +380,22 @@ def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_r
         return OccsynthError(f"the source images under {new_root} changed since {out_dir} was begun ({SAMPLED}): the "
                              f"chunks rendered now would mix other pixels into the set{also}; put the files back as "
                              "they were, or use another --out")
-    begun = f"the source images under {old_root}" if old_root else "other source images"
-    moved = "(or the same files moved or copied)"
-    resume = f"with --images {old_root} {moved}" if old_root else f"with the --images it was begun with {moved}"
-    now = f"--images {new_root}"
-    if demo:
-        now = _demo_source(new_root)
-        source = previous.get("source")
-        ann = source.get("annotations") if isinstance(source, dict) else None
-        # a run records the file's name alone: "(annotations.json)" read as a path relative to the current folder
-        ann = "the --ann it was begun with" + (f" (a file named {ann})" if isinstance(ann, str) else "")
-        resume = (f"with {ann} and --images {old_root}" if old_root else "with the --ann and --images it was begun "
-                  "with") + f" {moved}"
+    now = _demo_source(new_root) if demo else f"--images {new_root}"
     if _begun_from_demo(out_dir):  # not "--images <cache>/demo-v1/images", a folder the user never named
         begun = _demo_source(old_root)
         resume = "without --ann and --images (the embedded demo source)"
         if demo:  # both read it by default: from other cache folders, whose demo sources differ
             resume += " and with the --cache-dir it was begun with (the one holding the images above)"
+    else:
+        begun = f"the source images under {old_root}" if old_root else "other source images"
+        images = f"--images {old_root}" if old_root else "the --images it was begun with"
+        if demo:  # this rerun gave neither: resuming needs --ann as well as --images (--images alone is refused)
+            source = previous.get("source")
+            ann = source.get("annotations") if isinstance(source, dict) else None
+            # a run records the file's name alone: "(annotations.json)" read as a path relative to the current folder
+            ann = "the --ann it was begun with" + (f" (a file named {ann})" if isinstance(ann, str) else "")
+            images = f"{ann} and --images {old_root}" if old_root else "the --ann and --images it was begun with"
+        resume = f"with {images} (or the same files moved or copied)"
     return OccsynthError(f"{out_dir} was begun with {begun}, and {now} holds other files ({SAMPLED}): "
                          f"the chunks rendered now would mix other pixels into the set{also}; resume {resume}, or "
                          "use another --out")
