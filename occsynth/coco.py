@@ -505,20 +505,22 @@ def check_image_id(ann: dict, where: str, images: Mapping, skipped_images: Mappi
     raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(image_id)}")
 
 
-def check_segmentation(segmentation: Any, height: int, width: int, where: str, *, rle: bool = True) -> dict | None:
+def check_segmentation(segmentation: Any, height: int, width: int, where: str, *, rle: bool = True) -> Any:
     """A segmentation as compressed RLE (:func:`occsynth.masks.to_rle`, which checks an RLE string's runs), or
     BadRecord naming ``where``: the one check of whether a mask can be decoded, for every reader that skips
-    (or, strict, stops at) an annotation whose mask cannot be. ``rle=False``: the check alone (None), without
-    rasterising polygons (tens of microseconds each: a minute over COCO train's 860k)."""
+    (or, strict, stops at) an annotation whose mask cannot be. ``rle=False``: the check without rasterising
+    polygons (tens of microseconds each: a minute over COCO train's 860k), returning the segmentation as an output
+    file should carry it: polygons with only the parts that are rasterised (:func:`occsynth.masks.check_polygons`:
+    the list itself when all are; a stray part that pycocotools would misread is left out), an RLE as given."""
     size = segmentation.get("size") if isinstance(segmentation, dict) else None
     if isinstance(size, list) and len(size) == 2 and size != [height, width]:  # a wrong record, or a wrong mask
         raise BadRecord(errors.MASK_SIZE_MISMATCH, where, f"RLE size {brief(size)}, the image record says "
                         f"{height}x{width} (height x width)")
     try:
         if not rle and isinstance(segmentation, list):
-            masks.check_polygons(segmentation, height, width)
-            return None
-        return masks.to_rle(segmentation, height, width)
+            return masks.check_polygons(segmentation, height, width)
+        encoded = masks.to_rle(segmentation, height, width)
+        return encoded if rle else segmentation
     except masks.DegenerateMask as exc:
         raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
     except (TypeError, ValueError, OverflowError, KeyError) as exc:

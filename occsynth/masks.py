@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .errors import first_few
 from .stopping import raise_if_stopping
 
 # the one pixel limit of every reader (coco.check_pixels): an image record or file of more pixels is skipped as
@@ -72,22 +73,46 @@ def to_rle(segmentation: Any, height: int, width: int, *, check: bool = True) ->
 
 
 def check_polygons(segmentation: list, height: int, width: int) -> list:
-    """A polygon segmentation's polygons, or DegenerateMask: what :func:`to_rle` checks before pycocotools
-    rasterises them (it then always succeeds), so that a reader that only asks whether the mask can be
-    decoded need not rasterise it."""
-    polygons = [p for p in segmentation if isinstance(p, (list, tuple))]
+    """The parts of a polygon segmentation that are rasterised, or DegenerateMask: what :func:`to_rle` checks before
+    pycocotools rasterises them (it then always succeeds), so that a reader that only asks whether the mask can be
+    decoded need not rasterise it. The result is the list itself when every part is kept.
+
+    detectron2's rule (``load_coco_json``): a part of an even count >= 6 of coordinates (3 points or more) is kept,
+    any other part is dropped, and only a segmentation with no part left is refused. A short or odd part is a
+    stray click of the annotation tool (COCO train2017 has a few 2-point parts beside a good outline): it encloses
+    no pixel, and refusing the whole object for it lost a good instance. It must never reach pycocotools either,
+    whose ``frPyObjects`` reads every part as a box when the first has 4 numbers.
+
+    Coordinates that are no finite numbers, or vertices far outside the image, refuse the whole object, in any part,
+    the dropped ones included: that is damaged data (a writer's bug, a NaN), not a stray part, and the rest of an
+    outline written by the same damaged record cannot be trusted (and far-away vertices in a kept part would cost
+    pycocotools memory without bound)."""
+    kept = polygon_parts(segmentation)
+    for poly in segmentation:
+        xs, ys = poly[0::2], poly[1::2]
+        # pycocotools rasterises the whole outline: far-away vertices cost memory without bound
+        if (xs and (min(xs) < -width or max(xs) > 2 * width)) or (ys and (min(ys) < -height or max(ys) > 2 * height)):
+            raise DegenerateMask(f"polygon vertices far outside the {width}x{height} image")
+    return kept
+
+
+def polygon_parts(segmentation: Any) -> list:
+    """:func:`check_polygons` without the image: the parts kept (the list itself when all are), or DegenerateMask for
+    a segmentation that is no list of lists, has a coordinate that is no finite number, or no usable part. For a
+    reader that checks polygons before it knows their image's size (an object list of ``bcnet.occsep``)."""
+    polygons = [p for p in segmentation if isinstance(p, (list, tuple))] if isinstance(segmentation, list) else []
     if not polygons or len(polygons) != len(segmentation):
         raise DegenerateMask("polygon segmentation is empty or not a list of lists")
     for poly in polygons:
-        if len(poly) < 6 or len(poly) % 2:
-            raise DegenerateMask(f"polygon with {len(poly)} coordinates (need an even number >= 6)")
         if not all(map(finite_number, poly)):
             raise DegenerateMask("polygon has non-numeric or non-finite coordinates")
-        xs, ys = poly[0::2], poly[1::2]
-        # pycocotools rasterises the whole outline: far-away vertices cost memory without bound
-        if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
-            raise DegenerateMask(f"polygon vertices far outside the {width}x{height} image")
-    return polygons
+    kept = [p for p in polygons if len(p) >= 6 and len(p) % 2 == 0]  # detectron2's rule
+    if not kept:
+        lengths = [len(p) for p in polygons]
+        parts = (f"its one part has {lengths[0]}" if len(lengths) == 1
+                 else f"its {len(lengths):,} parts have {first_few(lengths)}")
+        raise DegenerateMask(f"polygon has no usable part: {parts} coordinates (a part needs an even number >= 6)")
+    return segmentation if len(kept) == len(segmentation) else kept
 
 
 def decode(segmentation: Any, height: int, width: int) -> np.ndarray:

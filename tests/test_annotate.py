@@ -211,8 +211,9 @@ def test_cli_and_errors(tmp_path):
                                     "--bcnet-compat", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "8 annotations in 2 images, 3 with occluders" in res.output
-    assert ("bad records skipped: 1\n        1  degenerate or empty segmentation, e.g. annotation 502 (polygon with 2 "
-            "coordinates (need an even number >= 6))\n") in res.output, res.output  # the reason said once
+    assert ("bad records skipped: 1\n        1  degenerate or empty segmentation, e.g. annotation 502 (polygon has no "
+            "usable part: its one part has 2 coordinates (a part needs an even number >= 6))\n"
+            ) in res.output, res.output  # the reason said once
     assert "bg_object_segmentation" in (tmp_path / "o.json").read_text()
     boxless = make_dataset()
     del boxless["annotations"][1]["bbox"]  # 101 (the first, 502, has a broken mask)
@@ -401,7 +402,7 @@ def test_an_annotation_repeating_an_id_gets_no_occluders_and_occludes_nobody(tmp
 
 @pytest.mark.parametrize("segmentation, reason, detail", [
     ({"size": [16, 16], "counts": "0P1"}, "degenerate or empty segmentation", "compressed RLE covers"),  # short runs
-    ([[1, 1, 9, 1, 9, 9, 1]], "degenerate or empty segmentation", "polygon with 7 coordinates"),  # odd coordinates
+    ([[1, 1, 9, 1, 9, 9, 1]], "degenerate or empty segmentation", "its one part has 7 coordinates"),  # odd coordinates
     ({"size": [8, 8], "counts": "08"}, "mask size differs from its image record", "RLE size [8, 8]"),  # image is 16x16
 ])
 def test_an_annotation_whose_mask_cannot_be_decoded_is_skipped_by_reason_and_strict_stops(tmp_path, segmentation,

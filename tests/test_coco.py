@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from occsynth import atomic, coco, errors
+from occsynth import atomic, coco, errors, masks
 from occsynth.atomic import open_atomic, remove_orphaned_temporaries, remove_stale_temporaries, write_json
 from occsynth.errors import BadRecord, OccsynthError, SkipLog
 
@@ -26,11 +26,14 @@ def test_read_dataset_reports_malformed_json(tmp_path):
 
 @pytest.mark.parametrize("segmentation", [
     [[1, 1, 9, 1, 9, 9]], [[1, 1, 9, 1, 9, 9], [0, 0, 3, 0, 0, 3]], [[-5, -5, 15, 0, 0, 12]],   # decodable
+    [[1, 1, 9, 1], [1, 1, 9, 1, 9, 9]], [[1, 1, 9, 1, 9, 9], [3, 3], [1, 2, 3, 4, 5]],  # decodable: stray parts dropped
     [], [[1, 1, 9, 1]], [[1, 1, 9, 1, 9]], [[1, 1, 9, "x", 9, 9]], [[1, 1, 9, float("nan"), 9, 9]],
     [[1, 1, 9, 1, 900, 9]], [[1, 1, 9, 1, 9, 9], 7], [7],
     {"size": [10, 12], "counts": [120]}, {"size": [10, 12], "counts": "0"}, {"size": [10, 13], "counts": [130]}])
 def test_checking_a_mask_without_its_rle_refuses_exactly_what_checking_with_it_does(segmentation):
-    """rle=False skips rasterising polygons; what it accepts and refuses, and why, must not change."""
+    """rle=False skips rasterising polygons; what it accepts and refuses, and why, must not change. It returns the
+    segmentation as an output carries it: the polygon parts that are rasterised (all: the list itself), an RLE as
+    given."""
     def outcome(rle):
         try:
             return "ok", coco.check_segmentation(segmentation, 10, 12, "annotation 5", rle=rle)
@@ -38,8 +41,12 @@ def test_checking_a_mask_without_its_rle_refuses_exactly_what_checking_with_it_d
             return "refused", str(exc)
     with_rle, without = outcome(True), outcome(False)
     assert with_rle[0] == without[0] and (with_rle[0] == "ok" or with_rle[1] == without[1])
-    if without[0] == "ok":
-        assert without[1] is None if isinstance(segmentation, list) else without[1] == with_rle[1]
+    if without[0] == "ok" and isinstance(segmentation, list):
+        assert without[1] == [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        assert (without[1] is segmentation) == (without[1] == segmentation)
+        assert masks.to_rle(without[1], 10, 12) == with_rle[1]
+    elif without[0] == "ok":
+        assert without[1] is segmentation
 
 
 @pytest.mark.parametrize("content", [b"", b"  \n\t\n", b"\xef\xbb\xbf\n"])
@@ -206,7 +213,7 @@ def test_a_duplicate_id_says_later_records_are_skipped_only_when_they_are():
 
 
 SQUARE = [[0, 0, 2, 0, 2, 2, 0, 2]]  # a mask every reader decodes
-BROKEN = [[0, 0, 2, 0]]  # two points: no polygon (check_segmentation refuses it)
+BROKEN = [[0, 0, 2, 0]]  # two points, its only part: no polygon (check_segmentation refuses it)
 
 
 def _twins_data(*annotations):
@@ -229,7 +236,8 @@ def test_of_the_annotations_of_one_id_the_first_usable_one_is_kept():
     assert [id(a) for a in by_image[1]] == [id(anns[1]), id(anns[2]), id(anns[4])] and by_image[2] == []
     assert log.counts == {errors.DEGENERATE_MASK: 1, errors.DUPLICATE_ID: 1}
     assert log.examples[errors.DEGENERATE_MASK] == (
-        "annotation 5 'segmentation': degenerate or empty segmentation (polygon with 4 coordinates (need an even number >= 6))")
+        "annotation 5 'segmentation': degenerate or empty segmentation (polygon has no usable part: its one part has "
+        "4 coordinates (a part needs an even number >= 6))")
     # strict: the run stops at the broken first record, named, not at its twin as a duplicate
     with pytest.raises(BadRecord) as caught:
         coco.index_dataset(data, SkipLog(strict=True))
@@ -262,8 +270,8 @@ def test_strict_a_broken_kept_record_stops_the_run_naming_it_also_when_its_repea
     data = _twins_data((5, 1, BROKEN), (5, 1, BROKEN))
     with pytest.raises(BadRecord) as caught:
         coco.index_dataset(data, SkipLog(strict=True))
-    assert str(caught.value) == ("annotation 5 'segmentation': degenerate or empty segmentation (polygon with 4 "
-                                 "coordinates (need an even number >= 6))")
+    assert str(caught.value) == ("annotation 5 'segmentation': degenerate or empty segmentation (polygon has no usable "
+                                 "part: its one part has 4 coordinates (a part needs an even number >= 6))")
 
 
 def test_a_repeat_on_an_image_of_another_size_is_judged_against_its_own_image():

@@ -762,7 +762,7 @@ def test_annotations_that_cannot_be_scored_are_skipped_and_counted(tmp_path):
 
 @pytest.mark.parametrize("segmentation, reason, detail", [
     ({"size": [40, 40], "counts": "0P1"}, errors.DEGENERATE_MASK, "compressed RLE covers"),  # runs short of the image
-    ([[5, 3, 9, 3, 9, 7, 9]], errors.DEGENERATE_MASK, "polygon with 7 coordinates"),        # odd coordinate count
+    ([[5, 3, 9, 3, 9, 7, 9]], errors.DEGENERATE_MASK, "its one part has 7 coordinates"),   # odd coordinate count
     ({"size": [20, 20], "counts": [0, 400]}, errors.MASK_SIZE_MISMATCH, "RLE size [20, 20]"),  # another image's mask
 ])
 def test_an_annotation_whose_mask_cannot_be_decoded_is_skipped_and_selects_nothing(tmp_path, segmentation, reason,

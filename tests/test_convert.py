@@ -606,7 +606,7 @@ def test_strict_stops_at_the_first_bad_record_naming_it_and_the_file_and_writes_
     for command, src, record, why in (
             ("convert-kins", kins, "annotation 14", f"{errors.UNKNOWN_IMAGE} (image_id 77)"),
             ("convert-cocoa", tmp_path / "cocoa.json", "COCOA annotation 900 region 2 segmentation",
-             f"{errors.DEGENERATE_MASK} (polygon with 2 coordinates")):
+             f"{errors.DEGENERATE_MASK} (polygon has no usable part: its one part has 2 coordinates")):
         out = tmp_path / f"{command}.json"
         lenient = CliRunner().invoke(main, [command, "--ann", str(src), "--out", str(out), "--quiet"])
         assert lenient.exit_code == 0 and "bad records skipped: 1" in lenient.output, lenient.output

@@ -287,7 +287,8 @@ def test_a_broken_first_record_of_an_id_gives_way_to_its_good_twin(tmp_path, mod
     assert ds.annotations[0][0] == good and ds.annotations[0].count(good) == 1
     where = f"annotation {good['id']} '{key}'"
     assert ds.skips.examples == {"degenerate or empty segmentation": f"{where}: degenerate or empty segmentation "
-                                                                      "(polygon with 4 coordinates (need an even number >= 6))"}
+                                                                      "(polygon has no usable part: its one part has 4 "
+                                                                      "coordinates (a part needs an even number >= 6))"}
     _, target = ds.load(0)
     assert target["annotation_ids"].tolist().count(good["id"]) == 1 and ds.skips.counts == {
         "degenerate or empty segmentation": 1}

@@ -405,8 +405,8 @@ def test_a_broken_record_of_an_annotation_id_gives_way_to_a_later_usable_one():
     assert cleaned["annotations"] == gt_set()["annotations"]
     assert skips.counts == {errors.DEGENERATE_MASK: 1}
     assert skips.examples[errors.DEGENERATE_MASK] == (
-        "annotation 1 (image 1): degenerate or empty segmentation (polygon with 4 coordinates (need an even number "
-        ">= 6); skipped: another record of this id has a usable mask)")
+        "annotation 1 (image 1): degenerate or empty segmentation (polygon has no usable part: its one part has 4 "
+        "coordinates (a part needs an even number >= 6); skipped: another record of this id has a usable mask)")
     results = [det(1, 10, rect(2, 2, 11, 12), 0.9), det(1, 10, rect(20, 20, 30, 30), 0.95),
                det(2, 10, rect(6, 5, 25, 24), 0.8), det(2, 20, rect(8, 8, 20, 20), 0.6)]
     out = E.evaluate(gt, results)
@@ -460,8 +460,8 @@ def test_an_empty_mask_a_flat_box_a_missing_iscrowd_and_a_non_finite_area_are_cl
     skips = SkipLog()
     E.clean_ground_truth({**gt, "annotations": gt["annotations"][1:2]}, skips)
     assert skips.examples[errors.DEGENERATE_MASK] == (
-        "annotation 2 (image 2): degenerate or empty segmentation (polygon with 4 coordinates (need an even number "
-        ">= 6); no usable bbox either: dropped)")
+        "annotation 2 (image 2): degenerate or empty segmentation (polygon has no usable part: its one part has 4 "
+        "coordinates (a part needs an even number >= 6); no usable bbox either: dropped)")
 
 
 def test_a_set_none_of_whose_annotations_can_be_scored_is_refused_saying_how_many():

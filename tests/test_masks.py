@@ -107,6 +107,51 @@ def test_polygons_far_outside_the_image_are_degenerate_not_a_crash():
     assert slightly_out.all()
 
 
+SQUARE = [2, 3, 8, 3, 8, 7, 2, 7]   # x in [2, 8), y in [3, 7)
+
+
+@pytest.mark.parametrize("stray", [[4, 4, 6, 6], [5, 5], [], [1, 1, 9, 1, 9, 9, 1], [3.5, 4.5, 7.0]])
+@pytest.mark.parametrize("first", [True, False])
+def test_a_polygon_part_of_too_few_or_an_odd_count_of_coordinates_is_dropped_not_the_object(stray, first):
+    # detectron2's rule (load_coco_json): parts of an even count >= 6 are kept, others dropped. First, a 4-number
+    # part is what pycocotools' frPyObjects would read as a box for every part
+    seg = [stray, SQUARE] if first else [SQUARE, stray]
+    square = rect(10, 12, 2, 3, 8, 7)
+    assert masks.check_polygons(seg, 10, 12) == [SQUARE]
+    assert np.array_equal(masks.decode(seg, 10, 12), square)
+    box, crop = masks.decode_crop(seg, 10, 12)
+    assert box == (3, 2, 7, 8) and crop.all() and crop.shape == (4, 6)
+    assert masks.to_rle(seg, 10, 12)["counts"] == masks.encode(square)["counts"].encode()
+
+
+def test_a_polygon_with_every_part_unusable_is_refused_saying_so():
+    with pytest.raises(masks.DegenerateMask) as caught:
+        masks.decode([[4, 4, 6, 6], [1, 1, 9, 1, 9, 9, 1]], 10, 12)
+    assert str(caught.value) == ("polygon has no usable part: its 2 parts have 4, 7 coordinates "
+                                 "(a part needs an even number >= 6)")
+    with pytest.raises(masks.DegenerateMask) as caught:
+        masks.check_polygons([[4, 4, 6, 6]], 10, 12)
+    assert str(caught.value) == ("polygon has no usable part: its one part has 4 coordinates "
+                                 "(a part needs an even number >= 6)")
+
+
+@pytest.mark.parametrize("bad", [[0, 0, float("nan"), 2], [1, "2"], [True, 1], [1, 10 ** 400], [float("inf")],
+                                 [0, 0, 1e9, 0], [0, -1e9]])
+def test_corrupt_coordinates_refuse_the_whole_object_even_in_a_part_that_would_be_dropped(bad):
+    # non-numbers, non-finite numbers and vertices far off are damaged data, not a stray part of the outline
+    for seg in ([SQUARE, bad], [bad, SQUARE]):
+        with pytest.raises(masks.DegenerateMask, match="non-numeric or non-finite|far outside"):
+            masks.to_rle(seg, 10, 12)
+    with pytest.raises(masks.DegenerateMask, match="far outside"):
+        masks.check_polygons([SQUARE, [0, 0, 1e9, 0, 1e9, 1e9]], 10, 12)
+
+
+def test_a_polygon_given_as_other_than_a_list_of_lists_is_still_refused():
+    for seg in ([SQUARE[0], SQUARE[1:]], [SQUARE, 5], [[]] * 0):
+        with pytest.raises(masks.DegenerateMask, match="empty or not a list of lists"):
+            masks.check_polygons(seg, 10, 12)
+
+
 def test_encode_area_and_bbox_agree_on_any_nonzero_mask_and_refuse_other_shapes():
     """A float or wide-integer mask: nonzero is foreground for all three (a uint8 cast dropped 0.5, wrapped 256)."""
     for value in (0.5, 256, -1, True):

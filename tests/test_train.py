@@ -1188,7 +1188,7 @@ def test_resume_on_a_set_with_categories_the_model_does_not_know_is_refused_nami
 
 @pytest.mark.parametrize("segmentation, reason", [
     ({"size": [48, 64], "counts": "0:"}, "compressed RLE covers"),      # runs that do not add up to 48*64
-    ([[1.0, 1.0, 5.0, 5.0]], "polygon with 4 coordinates"),
+    ([[1.0, 1.0, 5.0, 5.0]], "polygon has no usable part: its one part has 4 coordinates"),
     ({"size": [48, 64], "counts": [48 * 64]}, "empty mask"),             # uncompressed, all background
 ])
 def test_strict_training_checks_every_annotation_mask_before_the_first_iteration(tmp_path, monkeypatch,
