@@ -376,7 +376,9 @@ def clean_ground_truth(data: dict, skips: SkipLog, *, image_records: ImageRecord
       category; those of a dropped image record are counted as of a skipped image
       (:func:`occsynth.coco.check_image_id`), not as of an unknown one;
     - of the records of one annotation id the first usable one is kept (:func:`_first_usable_annotations`);
-    - an annotation whose mask cannot be decoded (degenerate polygon with fewer than 3 points,
+    - a polygon's parts that are no polygon (fewer than 3 points, an odd count of coordinates) are left out, as every
+      reader leaves them out (:func:`occsynth.masks.check_polygons`);
+    - an annotation whose mask cannot be decoded (a polygon with no part of 3 points or more,
       RLE of another size, ...) or is empty becomes an *ignore region*: ``iscrowd = 1`` with its
       box as the mask, so a detection on it counts neither as a hit nor as a false positive
       (the object is there; only its outline is unusable). Without a usable box (w, h > 0), or beside a
@@ -475,8 +477,12 @@ def _is_box(box) -> bool:
 def _scored_annotation(checked: _CheckedAnnotation, skips: SkipLog) -> dict:
     """A copy of the kept annotation ``checked`` as pycocotools reads it: an ignore region over its box when its mask
     cannot be scored, else its box and area made from the mask where they are unusable; the changes counted."""
-    ann, where = checked.ann, checked.where
+    ann, where, image = checked.ann, checked.where, checked.image
     out = {**ann, "iscrowd": 1 if ann.get("iscrowd") else 0}
+    if not checked.problem and isinstance(ann["segmentation"], list):
+        # the polygon parts that are rasterised: a stray short part is left out (pycocotools reads every part as a
+        # box when the first has 4 numbers)
+        out["segmentation"] = mask_ops.check_polygons(ann["segmentation"], image["height"], image["width"])
     if checked.problem:
         skips.skip(BadRecord(errors.DEGENERATE_MASK, where, f"{checked.problem}; kept as an ignore region (iscrowd=1) "
                                                             "over its bbox"))
@@ -485,7 +491,6 @@ def _scored_annotation(checked: _CheckedAnnotation, skips: SkipLog) -> dict:
                 "bbox": [x, y, w, h]}
     if not _is_box(ann.get("bbox")):
         skips.skip(unusable_box(where, ann.get("bbox"), skips.strict))
-        image = checked.image
         out["bbox"] = [float(v) for v in mask_ops.rle_bbox(mask_ops.to_rle(ann["segmentation"], image["height"],
                                                                            image["width"]))]
     area = ann.get("area")

@@ -394,6 +394,34 @@ def test_degenerate_ground_truth_masks_become_ignore_regions_or_are_dropped():
         E.evaluate(gt, results, skips=SkipLog(strict=True))  # it stops: no "kept as an ignore region"
 
 
+
+@pytest.mark.parametrize("mode", ["visible", "amodal"])
+def test_a_stray_short_polygon_part_is_dropped_and_its_object_scored_by_the_rest_of_its_outline(mode):
+    """detectron2's rule: a part of fewer than 6 coordinates (or an odd count) is left out, not the object. pycocotools
+    is given the parts kept: it reads every part as a box when the first has 4 numbers (here a 2x2 box)."""
+    gt = gt_set()
+    square = [2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]  # object 1's mask, rect(2, 2, 12, 12)
+    gt["annotations"][0]["segmentation"] = [[5, 5, 7, 7], square, [3, 3]]
+    clean = gt_set()
+    clean["annotations"][0]["segmentation"] = [square]
+    if mode == "amodal":
+        for data in (gt, clean):
+            for a in data["annotations"]:
+                a["amodal_segmentation"] = a["segmentation"]
+    skips = SkipLog()
+    scored = E.scored_ground_truth(gt, mode, skips).data
+    assert scored["annotations"][0]["segmentation"] == [square] and scored["annotations"][0]["iscrowd"] == 0
+    assert skips.counts == {} and gt["annotations"][0]["segmentation"][0] == [5, 5, 7, 7]  # the input is not changed
+    def scored_fields(data):  # amodal: the mask is in 'segmentation' now, where pycocotools reads it
+        return [{k: v for k, v in a.items() if k != "amodal_segmentation"} for a in data["annotations"]]
+    assert scored_fields(scored) == scored_fields(E.scored_ground_truth(clean, mode, SkipLog()).data)
+    results = [det(1, 10, rect(2, 2, 12, 12), 0.5), det(1, 10, rect(20, 20, 30, 30), 0.95),
+               det(2, 10, rect(6, 5, 25, 24), 0.8), det(2, 20, rect(8, 8, 20, 20), 0.6)]
+    out = E.evaluate(gt, results, mode=mode)
+    for iou_type in ("bbox", "segm"):
+        assert [out[iou_type][k] for k in E.STAT_NAMES] == [float(v) for v in by_hand(clean, results, iou_type)[:6]]
+    assert out["skipped"]["counts"] == {} and 0 < out["segm"]["AP"] < 1
+
 def test_a_broken_record_of_an_annotation_id_gives_way_to_a_later_usable_one():
     """Object 1 was listed first with a 4-number polygon, then again with its mask: the broken record became an
     ignore region and the good one was dropped as a duplicate, so a detection of object 1 scored nothing. As every
