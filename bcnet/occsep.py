@@ -111,7 +111,8 @@ def check_objects(objects: Sequence, where: str | os.PathLike) -> None:
 
 def entry_problem(cls: Any, segmentation: Any) -> str:
     """What is wrong with an entry's class and mask ('' when nothing): an RLE must decode at its own
-    size; polygons are checked for shape only (their image's size is known at scoring time)."""
+    size; polygons are checked for shape only (their image's size is known at scoring time): at least one part of
+    >= 3 points, as every reader keeps (:func:`occsynth.masks.polygon_parts`)."""
     if isinstance(cls, bool) or not isinstance(cls, (str, int)):
         return f"class must be a class name or a category id, got {brief(cls)}"
     if isinstance(segmentation, dict):
@@ -124,10 +125,10 @@ def entry_problem(cls: Any, segmentation: Any) -> str:
         except (mask_ops.DegenerateMask, TypeError, ValueError) as exc:
             return f"unreadable RLE ({exc})"
         return ""
-    polygons = segmentation if isinstance(segmentation, list) else []
-    if not polygons or not all(isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0
-                               and all(mask_ops.finite_number(v) for v in p) for p in polygons):
-        return f"mask must be an RLE dict or polygons (lists of >= 3 x, y points), got {brief(segmentation)}"
+    try:  # the parts a reader keeps (detectron2's rule): a stray short part beside a good one is dropped
+        mask_ops.polygon_parts(segmentation)
+    except mask_ops.DegenerateMask as exc:
+        return f"mask must be an RLE dict or polygons (lists of >= 3 x, y points; {exc}), got {brief(segmentation)}"
     return ""
 
 

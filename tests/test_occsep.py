@@ -194,6 +194,24 @@ def test_more_bad_entries_are_refused_when_the_list_is_read(tmp_path):
         check_objects([[*good, "extra"]], "list")
 
 
+
+def test_a_polygon_part_too_short_to_be_one_is_dropped_not_the_object_as_every_reader_does():
+    """detectron2's rule (:func:`occsynth.masks.check_polygons`): a 4-number part beside a good outline is left out,
+    first or not (pycocotools would read a first 4-number part as a box); an entry with no usable part is refused."""
+    polygon = [[0, 10, 10, 10, 10, 20, 0, 20]]
+    for stray in ([[3, 3, 9, 9]] + polygon, polygon + [[3, 3, 9, 9], [1, 2, 3]]):
+        listed = objects()
+        listed[4] = listed[4][:4] + [stray]
+        check_objects(listed, "fine")
+        res = occsep_recall(results(), GT_IMAGES, listed, categories=CATEGORIES)
+        assert res["hits"] == [True, True, False, None, True]
+        # the part is dropped, not read: a detection of the good part alone still matches at IoU 0.9, not below
+        res = occsep_recall(results(), GT_IMAGES, listed, categories=CATEGORIES, iou_threshold=0.9)
+        assert res["hits"][4] is True
+    with pytest.raises(OccsynthError, match=r"entry 0: mask must be an RLE dict or polygons .*polygon has no usable "
+                                            r"part: its 2 parts have 4, 5 coordinates"):
+        check_objects([objects()[4][:4] + [[[3, 3, 9, 9], [1, 2, 3, 4, 5]]]], "list")
+
 def test_a_json_list_is_read_by_its_name_whatever_its_first_byte(tmp_path):
     as_json = [[e[0], e[1], e[2], e[3], {"size": e[4]["size"], "counts": e[4]["counts"].decode()}
                 if isinstance(e[4], dict) else e[4]] for e in objects()]
