@@ -400,7 +400,9 @@ def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, st
 
     The mask is checked as every reader of a source set checks it (:func:`occsynth.coco.check_segmentation`).
     A broken ``bbox`` is skipped, not made from the mask: the output keeps its records unchanged (only
-    ``bcnet train`` and ``evaluate`` recompute a box, and say so)."""
+    ``bcnet train`` and ``evaluate`` recompute a box, and say so), but for a polygon's stray parts (fewer than 3
+    points, an odd count of coordinates): every reader leaves them out (:func:`occsynth.masks.check_polygons`), and
+    so does the output, where pycocotools would read every part as a box when the first has 4 numbers."""
     images = {im["id"]: im for im in data["images"]}
     categories = categories_by_id(data["categories"])
     usable, ids = [], set()
@@ -411,7 +413,7 @@ def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, st
             if not ann["segmentation"] or not isinstance(ann["segmentation"], (list, dict)):
                 raise BadRecord(errors.DEGENERATE_MASK, where, "empty segmentation")
             image = images[ann["image_id"]]
-            check_segmentation(ann["segmentation"], image["height"], image["width"], where, rle=False)
+            segmentation = check_segmentation(ann["segmentation"], image["height"], image["width"], where, rle=False)
             box = ann.get("bbox")
             if not is_box(box):  # e.g. a number no float holds (NaN was refused with the file)
                 raise BadRecord(errors.MALFORMED_RECORD, where, f"bbox {brief(box)} is not 4 finite numbers")
@@ -423,7 +425,7 @@ def _usable_annotations(data: dict, skips: SkipLog, skipped_images: dict[int, st
             skips.skip(exc)
             continue
         ids.add(ann["id"])
-        usable.append(ann)
+        usable.append(ann if segmentation is ann["segmentation"] else {**ann, "segmentation": segmentation})
     return usable
 
 

@@ -784,6 +784,29 @@ def test_an_annotation_whose_mask_cannot_be_decoded_is_skipped_and_selects_nothi
     assert detail in strict.output and not (tmp_path / "s").exists()
 
 
+
+def test_a_stray_short_polygon_part_is_dropped_from_the_output_not_the_annotation(tmp_path):
+    """detectron2's rule (masks.check_polygons): a 4-number part beside a good outline is no reason to lose the object;
+    the output carries the parts kept, since pycocotools reads every part as a box when the first has 4 numbers."""
+    data = make_dataset()
+    square = [3, 3, 7, 3, 7, 7, 3, 7]
+    data["annotations"].append({"id": 950, "image_id": 5, "category_id": 1, "bbox": [3, 3, 4, 4], "area": 16.0,
+                                "iscrowd": 0, "segmentation": [[4, 4, 6, 6], square, [1, 2, 3]], "extra": "kept"})
+    ann = write_set(tmp_path / "val.json", data)
+    report = build_cocoocc(ann, tmp_path / "o")
+    out = json.loads((tmp_path / "o" / "annotations.json").read_text())
+    assert [im["id"] for im in out["images"]] == [1, 5] and report["skipped"]["counts"] == {}
+    written = next(a for a in out["annotations"] if a["id"] == 950)
+    assert written == {**data["annotations"][-1], "segmentation": [square]}
+    # the other records are copied unchanged
+    assert [a for a in out["annotations"] if a["id"] != 950] == [
+        a for a in data["annotations"] if a["image_id"] in (1, 5) and a["id"] != 950]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / "o" / "annotations.json"))
+    expected = np.zeros((40, 40), np.uint8)
+    expected[3:7, 3:7] = 1
+    assert np.array_equal(gt.annToMask(gt.anns[950]), expected)
+
 def test_an_annotation_whose_bbox_has_a_negative_size_is_skipped_and_counted(tmp_path):
     data = make_dataset()
     data["annotations"].append({"id": 960, "image_id": 1, "category_id": 1, "bbox": [10, 0, -5, 10], "area": 50.0,
