@@ -25,7 +25,8 @@ is written).
 
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
-against the untouched file). Output annotations are grouped by image, in images-table order,
+against the untouched file), but for a polygon's stray parts (fewer than 3 points, an odd count of coordinates),
+which every reader leaves out and so does the output (:func:`mask_decodes`). Output annotations are grouped by image, in images-table order,
 keeping their input order within an image; annotations of unknown images come last, unchanged
 apart from empty occluder fields.
 
@@ -150,14 +151,19 @@ def annotate_image(annotations: list[dict], height: int | None, width: int | Non
 def mask_decodes(ann: dict, height: int | None, width: int | None, log: SkipLog) -> bool:
     """Whether an annotation's mask can be decoded (:func:`occsynth.coco.check_segmentation`, the check every
     reader uses); one that cannot goes to ``log`` (strict: raises BadRecord). True without an image size, which
-    the check needs."""
+    the check needs. A polygon's stray parts (fewer than 3 points, an odd count of coordinates), which every reader
+    leaves out (:func:`occsynth.masks.check_polygons`), are removed from ``ann``: the output carries the parts
+    kept, where pycocotools would read every part as a box when the first has 4 numbers."""
     if height is None:
         return True
     try:
-        check_segmentation(ann.get("segmentation"), height, width, f"annotation {brief(ann.get('id'))}", rle=False)
+        segmentation = check_segmentation(ann.get("segmentation"), height, width, f"annotation {brief(ann.get('id'))}",
+                                          rle=False)
     except BadRecord as exc:
         log.skip(exc)
         return False
+    if segmentation is not ann.get("segmentation"):
+        ann["segmentation"] = segmentation
     return True
 
 

@@ -99,6 +99,24 @@ def test_occluder_ids_and_unchanged_fields(tmp_path, bucket):
     assert report["skipped"]["examples"]["degenerate or empty segmentation"].startswith("annotation 502: ")
 
 
+
+@pytest.mark.parametrize("bcnet_compat", [False, True])
+def test_a_stray_short_polygon_part_is_dropped_from_the_output_not_the_annotation(tmp_path, bcnet_compat):
+    """detectron2's rule (masks.check_polygons): A's outline with a 4-number part first (pycocotools would read every
+    part as a box) and a 3-number part last is A: annotated, and written, as A's good outline alone."""
+    data = make_dataset()
+    a = next(a for a in data["annotations"] if a["id"] == 101)
+    a["segmentation"] = [[4, 4, 20, 20], *a["segmentation"], [0, 0, 5]]
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    (tmp_path / "clean.json").write_text(json.dumps(make_dataset()))
+    got = annotate_occluders(tmp_path / "in.json", tmp_path / "out.json", bcnet_compat=bcnet_compat, progress=False)
+    want = annotate_occluders(tmp_path / "clean.json", tmp_path / "want.json", bcnet_compat=bcnet_compat,
+                              progress=False)
+    assert (tmp_path / "out.json").read_bytes() == (tmp_path / "want.json").read_bytes()
+    assert {k: v for k, v in got.items() if k != "out"} == {k: v for k, v in want.items() if k != "out"}
+    written = next(a for a in json.loads((tmp_path / "out.json").read_text())["annotations"] if a["id"] == 101)
+    assert written["segmentation"] == polygon(MASKS[101]) and written["occluder_ids"] == [205, 44]
+
 def test_threshold_option(tmp_path):
     src = tmp_path / "in.json"
     src.write_text(json.dumps(make_dataset()))
