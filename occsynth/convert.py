@@ -10,7 +10,7 @@ drop it from training anyway (zero-area box). So pycocotools, detectron2 and mmd
 users find it by ``iscrowd`` 1 with ``area`` 0. bcnet trains on neither (it trains on non-crowd instances; it
 skipped the empty visible mask before), and ``bcnet evaluate --mode amodal`` ignores a detection over its
 amodal mask. It is not a generated set: masks stay as the source gives them (KINS
-polygons stay polygons; a mask that had to be rebuilt is RLE), and there is no ``amodal_complete`` or
+polygons stay polygons, less the stray parts every reader leaves out; a mask that had to be rebuilt is RLE), and there is no ``amodal_complete`` or
 ``source`` (nor ``layer`` for KINS), so ``occsynth validate`` refuses these files.
 
 KINS (``update_train_2020.json``, Qi et al. 2019) is already COCO-like: per annotation ``a_segm``
@@ -67,11 +67,14 @@ def _mask(segmentation: Any, height: int, width: int, where: str) -> np.ndarray 
         raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
 
 
-def _polygons(segmentation: Any) -> Any:
-    """COCOA writes one flat polygon; COCO wants a list of polygons."""
+def _polygons(segmentation: Any, height: int, width: int) -> Any:
+    """A decoded polygon mask as written: a list of polygons (COCOA writes one flat polygon), of its parts those
+    rasterised (:func:`occsynth.masks.check_polygons`): a stray part of fewer than 3 points or an odd count of
+    coordinates is left out, as every reader leaves it out (pycocotools would read every part as a box when the
+    first has 4 numbers)."""
     if isinstance(segmentation, list) and segmentation and not isinstance(segmentation[0], (list, tuple)):
-        return [segmentation]
-    return segmentation
+        segmentation = [segmentation]
+    return mask_ops.check_polygons(segmentation, height, width) if isinstance(segmentation, list) else segmentation
 
 
 def _measures(visible: np.ndarray, amodal: np.ndarray) -> dict:
@@ -186,9 +189,9 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
         for ann, v, a, occ, (v_given, a_given) in zip(anns, visible, amodal, occluders, as_given):
             record = {k: val for k, val in ann.items() if k not in ("a_segm", "i_segm", "a_bbox", "i_bbox")}
             record.update(_measures(v, a))
-            # Polygons are kept as given; a mask that had to be rebuilt is written as RLE.
-            record["segmentation"] = _polygons(ann["i_segm"]) if v_given else mask_ops.encode(v)
-            record["amodal_segmentation"] = _polygons(ann["a_segm"]) if a_given else mask_ops.encode(a)
+            # Polygons are kept as given (but for stray parts: _polygons); a mask that had to be rebuilt is RLE.
+            record["segmentation"] = _polygons(ann["i_segm"], h, w) if v_given else mask_ops.encode(v)
+            record["amodal_segmentation"] = _polygons(ann["a_segm"], h, w) if a_given else mask_ops.encode(a)
             record.setdefault("iscrowd", 0)
             record["occluder_ids"] = [anns[j]["id"] for j in occ]
             counts["with_occluders"] += bool(occ)
@@ -380,7 +383,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 category = stuff_id if is_stuff else thing_id
                 counts["stuff" if category == stuff_id else "thing"] += 1
             ann = {"id": ids[k], "image_id": record["image_id"], "category_id": category, "iscrowd": 0,
-                   "segmentation": mask_ops.encode(v), "amodal_segmentation": _polygons(region["segmentation"]),
+                   "segmentation": mask_ops.encode(v), "amodal_segmentation": _polygons(region["segmentation"], h, w),
                    **_measures(v, a), "order": orders[k], "layer": layers[k],
                    "occluder_ids": [ids[j] for j in occ], "name": region.get("name"),
                    "is_stuff": is_stuff,

@@ -104,6 +104,23 @@ def test_kins_amodal_mask_holds_the_visible_one_and_only_a_hidden_part_makes_an_
     assert anns[13]["iscrowd"] == 1 and anns[12]["iscrowd"] == 0
 
 
+
+def test_a_stray_short_polygon_part_is_dropped_from_the_output_not_the_object(tmp_path):
+    """detectron2's rule (masks.check_polygons): a 4-number part (first: pycocotools would read every part as a box)
+    or an odd one beside a good outline is left out, and the polygon written without it: the output is what the file
+    without the stray parts gives."""
+    clean = convert_kins(kins_file(tmp_path), tmp_path / "clean.json", progress=False)
+    data = json.loads(kins_file(tmp_path).read_text())
+    back = data["annotations"][1]
+    back["i_segm"] = [[8, 4, 20, 4], *back["i_segm"]]
+    back["a_segm"] = [*back["a_segm"], [1, 1, 2]]
+    (tmp_path / "stray.json").write_text(json.dumps(data))
+    stray = convert_kins(tmp_path / "stray.json", tmp_path / "out.json", progress=False)
+    assert (tmp_path / "out.json").read_bytes() == (tmp_path / "clean.json").read_bytes()
+    assert {k: v for k, v in stray.items() if k != "out"} == {k: v for k, v in clean.items() if k != "out"}
+    anns = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    assert anns[12]["segmentation"] == [L_POLY] and anns[12]["amodal_segmentation"] == [[8, 4, 20, 4, 20, 12, 8, 12]]
+
 def cocoa_file(tmp_path):
     invisible = BACK_AMODAL & FRONT
     data = {"images": [{"id": 5, "file_name": "COCO_train2014_000000000005.jpg", "height": H, "width": W}],
