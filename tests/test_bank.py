@@ -176,6 +176,24 @@ def test_bank_counts_tables_and_masks(tmp_path):
         bank.image_record(3)
 
 
+
+def test_a_stray_short_polygon_part_does_not_lose_the_instance(tmp_path):
+    """detectron2's rule (masks.check_polygons): instance 8's outline with a 4-number part first (pycocotools would
+    read every part as a box) and a 2-number part last is instance 8, a cutout, its mask the outline alone."""
+    clean = build_bank(write(tmp_path, source(), "clean.json"), tmp_path / "clean", OPTS, progress=False)
+    data = source()
+    eight = data["annotations"][7]
+    eight["segmentation"] = [[12, 12, 20, 20], *eight["segmentation"], [5, 5]]
+    meta = build_bank(write(tmp_path, data), tmp_path / "bank", OPTS, progress=False)
+    assert meta["skipped"]["counts"] == {} and meta["kept_per_category"] == {"3": 2, "18": 2, "90": 0}
+    assert {k: meta[k] for k in ("rejected", "num_images")} == {k: clean[k] for k in ("rejected", "num_images")}
+    bank = Bank.load(tmp_path / "bank")
+    k = int(bank.cutouts(3)[1])
+    assert bank.annotation(k)["id"] == 8 and bank.rejection(k) is None
+    assert np.array_equal(masks.decode(bank.annotation(k)["segmentation"], H, W), rect(10, 10, 30, 30))
+    assert bank.annotation(k)["bbox"] == [10.0, 10.0, 20.0, 20.0] and bank.annotation(k)["area"] == 400
+    assert bank.num_images == Bank.load(tmp_path / "clean").num_images  # image 11 is a background still
+
 def test_an_lvis_source_names_its_files_by_coco_url(tmp_path):
     """LVIS v1 image records have no file_name: each was skipped as malformed, and a bank of LVIS refused ("no valid
     image records"). Their file is the coco_url's split folder and file name, as detectron2 reads it."""

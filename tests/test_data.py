@@ -273,6 +273,33 @@ def test_a_repeated_annotation_id_keeps_the_first_record_and_is_counted(tmp_path
         _dataset(root, strict=True)
 
 
+
+@pytest.mark.parametrize("mode", bdata.MODES)
+def test_a_stray_short_polygon_part_does_not_lose_the_instance(tmp_path, mode):
+    """detectron2's rule (masks.check_polygons): an outline with a 4-number part first (pycocotools would read every
+    part as a box) and a 3-number part last is learned as the outline alone, up front (strict) and when loaded."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    key = "amodal_segmentation" if mode == "amodal" else "segmentation"
+    image = next(im for im in data["images"] if im["id"] == 1)
+    ann = next(a for a in data["annotations"] if a["image_id"] == 1 and not a.get("iscrowd"))
+    outline = mask_ops.to_polygons(mask_ops.decode(ann[key], image["height"], image["width"]))
+    ann[key] = outline
+    save_annotations(root, data)
+    clean = _dataset(root, mode=mode)
+    _, want = clean.load(0)
+    ann[key] = [[2, 2, 9, 9], *outline, [1, 2, 3]]
+    save_annotations(root, data)
+    ds = _dataset(root, mode=mode, strict=True)
+    ds.check_annotations()
+    _, got = ds.load(0)
+    assert ds.skips.counts == {} and clean.skips.counts == {}
+    assert got.keys() == want.keys() and ann["id"] in got["annotation_ids"].tolist()
+    for name in want:
+        assert np.array_equal(np.asarray(got[name]), np.asarray(want[name])), name
+    k = got["annotation_ids"].tolist().index(ann["id"])
+    assert np.array_equal(got["masks"][k], mask_ops.decode(outline, image["height"], image["width"]))
+
 @pytest.mark.parametrize("mode", bdata.MODES)
 def test_a_broken_first_record_of_an_id_gives_way_to_its_good_twin(tmp_path, mode):
     """Training keeps an id's first usable record, as every reader does: the object is learned from the twin, not
