@@ -23,7 +23,7 @@ MAX_IMAGE_PIXELS = 1 << 27
 
 
 class DegenerateMask(ValueError):
-    """A segmentation that cannot be turned into a mask (too few points, wrong size, empty)."""
+    """A segmentation that cannot be turned into a mask (no polygon part of 3 points, wrong size, empty)."""
 
 
 def finite_number(value: Any) -> bool:
