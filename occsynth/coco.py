@@ -565,12 +565,13 @@ def index_dataset(dataset: dict, log: SkipLog, *,
     counted as such (:func:`check_image_id`). Of records sharing an id the first usable one is kept, as every reader
     keeps it (:func:`usable_image_records`; annotation ids name occluders). Masks are not decoded here (COCO train
     has 860k annotations; the reader checks each where it loads it), but for ids that repeat: usable there means
-    that each of ``mask_keys`` the record has passes :func:`check_segmentation` (``mask_keys``: the masks the
-    reader loads, such as ``amodal_segmentation`` too for amodal training). A repeat replaces the kept record when
-    the kept one's masks fail and its own pass: the kept one is counted by its own reason, and the id goes to the
-    repeat in its own image's list, at its own place, as if the broken record were not in the file; any other
-    repeat is a duplicate. Strict, a repeat stops the run at the kept record when that one is broken (naming it),
-    else at the repeat. Annotation order within an image is kept, so results do not depend on dict ordering.
+    that each of ``mask_keys`` the record has passes :func:`check_segmentation` and covers a pixel, as the reader
+    skips an empty mask (``mask_keys``: the masks the reader loads, such as ``amodal_segmentation`` too for amodal
+    training). A repeat replaces the kept record when the kept one is not usable and the repeat is: the kept one is
+    counted by its own reason (an empty mask as the reader counts it), and the id goes to the repeat in its own
+    image's list, at its own place, as if the unusable record were not in the file; any other repeat is a
+    duplicate. Strict, a repeat stops the run at the kept record when that one is not usable (naming it), else at
+    the repeat. Annotation order within an image is kept, so results do not depend on dict ordering.
     """
     categories = categories_by_id(dataset["categories"])
     images, skipped_images = usable_image_records(dataset["images"], log)
@@ -594,7 +595,8 @@ def index_dataset(dataset: dict, log: SkipLog, *,
 
 def _replaces(kept: dict, repeat: dict, images: Mapping, mask_keys: Sequence[str], log: SkipLog) -> bool:
     """Whether ``repeat``, a record of the id of ``kept``, takes the id from it (:func:`index_dataset`): the kept
-    record's masks fail and the repeat's pass. The kept one is then counted in ``log``; strict, it is raised."""
+    record's masks fail or one is empty, and the repeat's are usable (:func:`_mask_problem`). The kept one is then
+    counted in ``log``; strict, it is raised."""
     problem = _mask_problem(kept, images[kept["image_id"]], mask_keys)
     if problem is None:
         return False
@@ -607,15 +609,18 @@ def _replaces(kept: dict, repeat: dict, images: Mapping, mask_keys: Sequence[str
 
 
 def _mask_problem(ann: dict, image: dict, mask_keys: Sequence[str]) -> BadRecord | None:
-    """Why one of ``mask_keys`` that ``ann`` has cannot be decoded (:func:`check_segmentation`), named as bcnet's
-    loader names it (``annotation 5 'segmentation'``); None when all can."""
+    """Why one of ``mask_keys`` that ``ann`` has is no usable mask, named and worded as bcnet's loader skips it
+    (``annotation 5 'segmentation'``): it cannot be decoded (:func:`check_segmentation`), or it covers no pixel
+    (an empty mask: its area read from the RLE, not decoded to full size); None when all are usable."""
     for key in mask_keys:
         if key in ann:
+            where = f"annotation {ann['id']} '{key}'"
             try:
-                check_segmentation(ann[key], image["height"], image["width"], f"annotation {ann['id']} '{key}'",
-                                   rle=False)
+                rle = check_segmentation(ann[key], image["height"], image["width"], where)
             except BadRecord as exc:
                 return exc
+            if masks.rle_area(rle) == 0:
+                return BadRecord(errors.DEGENERATE_MASK, where, "empty mask")
     return None
 
 

@@ -213,6 +213,7 @@ def test_a_duplicate_id_says_later_records_are_skipped_only_when_they_are():
 
 
 SQUARE = [[0, 0, 2, 0, 2, 2, 0, 2]]  # a mask every reader decodes
+EMPTY = [[1, 1, 1, 1, 1, 1]]  # a polygon that decodes to no pixel: bcnet's loader skips it as an empty mask
 BROKEN = [[0, 0, 2, 0]]  # two points, its only part: no polygon (check_segmentation refuses it)
 
 
@@ -243,6 +244,37 @@ def test_of_the_annotations_of_one_id_the_first_usable_one_is_kept():
         coco.index_dataset(data, SkipLog(strict=True))
     assert str(caught.value) == log.examples[errors.DEGENERATE_MASK]
 
+
+
+def test_a_first_record_whose_mask_is_empty_gives_way_to_a_repeat_with_pixels():
+    """A kept record whose mask decodes to no pixel won the id, its twin was dropped as a duplicate, and bcnet's
+    loader then skipped it as an empty mask: the object was lost. Of an id that repeats, an empty mask is no usable
+    one: the twin takes the id, the empty record counted as the loader counts it. Both empty: the first stays."""
+    empty_rle = {"size": [4, 4], "counts": [16]}
+    for empty in (EMPTY, empty_rle):
+        data = _twins_data((5, 1, empty), (6, 1, SQUARE), (5, 1, empty), (5, 1, SQUARE), (5, 1, SQUARE))
+        anns = data["annotations"]
+        log = SkipLog()
+        _, _, by_image = coco.index_dataset(data, log)
+        assert [id(a) for a in by_image[1]] == [id(anns[1]), id(anns[3])] and by_image[2] == []
+        assert log.counts == {errors.DEGENERATE_MASK: 1, errors.DUPLICATE_ID: 2}
+        assert log.examples[errors.DEGENERATE_MASK] == (
+            "annotation 5 'segmentation': degenerate or empty segmentation (empty mask)")
+        with pytest.raises(BadRecord) as caught:  # strict: the run stops at the empty record, named, as loading does
+            coco.index_dataset(data, SkipLog(strict=True))
+        assert str(caught.value) == log.examples[errors.DEGENERATE_MASK]
+        data = _twins_data((5, 1, empty), (5, 2, empty))  # no usable twin: the first stays (loading skips it)
+        log = SkipLog()
+        _, _, by_image = coco.index_dataset(data, log)
+        assert by_image == {1: [data["annotations"][0]], 2: []} and log.counts == {errors.DUPLICATE_ID: 1}
+    # amodal training: an empty amodal mask is no usable one either; the visible-only reader keeps the first
+    data = _twins_data((5, 1, SQUARE, EMPTY), (5, 1, SQUARE, SQUARE))
+    log = SkipLog()
+    by_image = coco.index_dataset(data, log, mask_keys=("segmentation", "amodal_segmentation"))[2]
+    assert by_image[1] == [data["annotations"][1]] and log.counts == {errors.DEGENERATE_MASK: 1}
+    assert log.examples[errors.DEGENERATE_MASK] == (
+        "annotation 5 'amodal_segmentation': degenerate or empty segmentation (empty mask)")
+    assert coco.index_dataset(data, SkipLog())[2][1] == [data["annotations"][0]]
 
 def test_a_good_twin_on_another_image_takes_the_id_there():
     """The kept record is the twin, and its image_id says where it belongs (its mask is sized by that image)."""
@@ -303,9 +335,9 @@ def test_index_dataset_checks_masks_only_of_ids_that_repeat(monkeypatch):
     calls = []
     real = coco.check_segmentation
     monkeypatch.setattr(coco, "check_segmentation", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
-    data = _twins_data((5, 1, BROKEN), (6, 1, SQUARE), (7, 2, BROKEN))
+    data = _twins_data((5, 1, BROKEN), (6, 1, SQUARE), (7, 2, BROKEN), (8, 2, EMPTY))
     log = SkipLog()
-    assert [len(v) for v in coco.index_dataset(data, log)[2].values()] == [2, 1] and calls == [] and not log.counts
+    assert [len(v) for v in coco.index_dataset(data, log)[2].values()] == [2, 2] and calls == [] and not log.counts
     data["annotations"].append({**data["annotations"][1]})  # id 6 again: its kept record is checked, and is good
     coco.index_dataset(data, log)
     assert calls == ["annotation 6 'segmentation'"] and log.counts == {errors.DUPLICATE_ID: 1}

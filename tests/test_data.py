@@ -300,6 +300,7 @@ def test_a_stray_short_polygon_part_does_not_lose_the_instance(tmp_path, mode):
     k = got["annotation_ids"].tolist().index(ann["id"])
     assert np.array_equal(got["masks"][k], mask_ops.decode(outline, image["height"], image["width"]))
 
+
 @pytest.mark.parametrize("mode", bdata.MODES)
 def test_a_broken_first_record_of_an_id_gives_way_to_its_good_twin(tmp_path, mode):
     """Training keeps an id's first usable record, as every reader does: the object is learned from the twin, not
@@ -322,6 +323,34 @@ def test_a_broken_first_record_of_an_id_gives_way_to_its_good_twin(tmp_path, mod
     with pytest.raises(BadRecord, match=rf"annotations.json: {where}: degenerate"):
         _dataset(root, mode=mode, strict=True)
 
+
+
+@pytest.mark.parametrize("mode", bdata.MODES)
+def test_a_first_record_of_an_id_whose_mask_is_empty_gives_way_to_its_twin(tmp_path, mode):
+    """An empty first record won the id, its twin was dropped as a duplicate, and loading skipped the empty one: the
+    object was lost. Of an id that repeats, an empty mask is no usable one: the twin is learned, and the empty record
+    counted once, as loading counts an empty mask. Amodal training judges the amodal mask too."""
+    root = write_dataset(tmp_path / "set")
+    data = load_annotations(root)
+    at, good = next((i, a) for i, a in enumerate(data["annotations"]) if a["image_id"] == 1)
+    image = next(im for im in data["images"] if im["id"] == 1)
+    key = "amodal_segmentation" if mode == "amodal" else "segmentation"
+    empty = {"size": [image["height"], image["width"]], "counts": [image["height"] * image["width"]]}
+    data["annotations"].insert(at, {**good, key: empty})
+    save_annotations(root, data)
+    ds = _dataset(root, mode=mode)
+    assert ds.annotations[0][0] == good and ds.annotations[0].count(good) == 1
+    where = f"annotation {good['id']} '{key}'"
+    assert ds.skips.examples == {errors.DEGENERATE_MASK: f"{where}: {errors.DEGENERATE_MASK} (empty mask)"}
+    ds.check_annotations()
+    _, target = ds.load(0)
+    assert target["annotation_ids"].tolist().count(good["id"]) == 1 and ds.skips.counts == {errors.DEGENERATE_MASK: 1}
+    _, want = _dataset(write_dataset(tmp_path / "clean"), mode=mode).load(0)  # as if the empty record were not there
+    for name in want:
+        assert np.array_equal(np.asarray(target[name]), np.asarray(want[name])), name
+    with pytest.raises(BadRecord, match=rf"annotations.json: {re.escape(where)}: degenerate or empty segmentation "
+                                        r"\(empty mask\)$"):
+        _dataset(root, mode=mode, strict=True)
 
 def test_amodal_mode_learns_the_complete_masks(dataset_dir):
     ds = _dataset(dataset_dir, mode="amodal")
