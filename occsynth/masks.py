@@ -79,7 +79,7 @@ def check_polygons(segmentation: list, height: int, width: int) -> list:
 
     detectron2's rule (``load_coco_json``): a part of an even count >= 6 of coordinates (3 points or more) is kept,
     any other part is dropped, and only a segmentation with no part left is refused. A short or odd part is a
-    stray click of the annotation tool (COCO train2017 has a few 2-point parts beside a good outline): it encloses
+    stray click of the annotation tool (a 1- or 2-point part beside a good outline): it encloses
     no pixel, and refusing the whole object for it lost a good instance. It must never reach pycocotools either,
     whose ``frPyObjects`` reads every part as a box when the first has 4 numbers.
 
