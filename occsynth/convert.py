@@ -86,8 +86,8 @@ def _measures(visible: np.ndarray, amodal: np.ndarray) -> dict:
 
 def _mark_fully_hidden(record: dict, counts: dict) -> None:
     """A record with nothing visible becomes an ignore region (``iscrowd`` 1), counted as ``fully_hidden``
-    (see the module docstring)."""
-    if record["area"] == 0:
+    (see the module docstring); one the source already marks as a crowd region is none of these instances."""
+    if record["area"] == 0 and record.get("iscrowd") != 1:
         record["iscrowd"] = 1
         counts["fully_hidden"] += 1
 

@@ -532,6 +532,20 @@ def test_a_fully_hidden_instance_keeps_its_amodal_mask_as_an_ignore_region(tmp_p
     assert _perfect_visible_ap(tmp_path / "out.json") == 1.0
 
 
+def test_a_kins_crowd_record_with_nothing_visible_is_not_counted_as_a_fully_hidden_instance(tmp_path):
+    """``fully_hidden`` counts the instances the converter turns into ignore regions: a record the source already
+    marks iscrowd 1 with nothing visible stays as it is, and is not one of them."""
+    hidden = [8, 4, 11, 4, 11, 8, 8, 8]
+    data = json.loads(kins_file(tmp_path).read_text())
+    data["annotations"].insert(1, {**data["annotations"][0], "id": 15, "a_segm": [hidden], "i_segm": []})
+    data["annotations"].insert(2, {**data["annotations"][0], "id": 16, "a_segm": [hidden], "i_segm": [], "iscrowd": 1})
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    report = convert_kins(tmp_path / "in.json", tmp_path / "out.json", progress=False)
+    anns = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
+    assert anns[15]["iscrowd"] == 1 and anns[16]["iscrowd"] == 1 and anns[16]["area"] == 0
+    assert report["counts"]["fully_hidden"] == 1
+
+
 def test_a_mask_that_covers_no_pixel_of_the_image_is_a_bad_record_not_a_fully_hidden_instance(tmp_path):
     """A polygon beside the image or without area decoded to an empty mask: the instance was written with
     amodal_area 0 and counted as fully hidden, a record with nothing to label."""
