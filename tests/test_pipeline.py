@@ -590,7 +590,9 @@ def test_render_prediction_puts_the_occluder_heat_map_beside_the_mask():
 
 
 def test_bench_reports_both_heads_and_ratios():
+    before = torch.get_rng_state()
     report = bench_heads(backbone="tiny", batch=1, size=64, iters=1, warmup=0, device="cpu", progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # it seeds; the caller's generator is given back
     assert report["fcn"]["parameters"] < report["bilayer-gcn"]["parameters"]
     assert report["train_step_ratio"] > 0 and report["inference_ratio"] > 0
     assert report["extra_parameters_m"] == pytest.approx(

@@ -101,6 +101,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset
                 progress=False)
 
 
+def test_train_gives_the_callers_random_generators_back_as_it_found_them(tmp_path, dataset_dir):
+    torch.manual_seed(1234)
+    torch.rand(5)  # a caller's generator in some state of its own, not just seeded
+    before = torch.get_rng_state()
+    expected = torch.rand(4)
+    torch.set_rng_state(before)
+    first = _run(dataset_dir, tmp_path / "a", iterations=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(torch.rand(4), expected)  # not the numbers of the seed train drew from
+    torch.manual_seed(99)  # another caller state: the run does not depend on it
+    second = _run(dataset_dir, tmp_path / "b", iterations=2)
+    a, b = first["model"].state_dict(), second["model"].state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    before = torch.get_rng_state()
+    with pytest.raises(OccsynthError, match="lower the learning rate"):  # stopped mid-run: given back all the same
+        _run(dataset_dir, tmp_path / "c", iterations=6, base_lr=1e8, warmup_iterations=0)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 class UnitSlope(torch.nn.Module):
     """A model whose one loss is its weight on any batch: the gradient of a batch's loss is 1."""
 
