@@ -135,7 +135,8 @@ def _other_model_refused(checkpoint: Path, key: str, trained: Any, asked: Any, s
     """The refusal of a resume asked to change a model setting (``source``: where it was asked, when not an
     override): the weights are of the saved model."""
     return OccsynthError(f"{checkpoint}: this run was trained with {key} {trained!r}; --resume cannot change it to "
-                         f"{asked!r}{source} (to start from its weights, train into a new --out with --init)")
+                         f"{asked!r}{source} (to start from its weights, train into a new out_dir/--out with "
+                         "init_checkpoint/--init)")
 
 
 def resume_schedule_notes(schedule: str | os.PathLike | dict, saved: dict, overrides: dict | None,
@@ -168,8 +169,8 @@ def _kept_settings_note(kept: dict[str, tuple], overrides_from: str | Mapping[st
         fixed = [key for key in kept if key not in overrides_from]
         how = "; ".join(([f"give {', '.join(options)} to change {'it' if len(options) == 1 else 'them'}"]
                          if options else [])
-                        + ([f"{', '.join(fixed)} cannot change on resume (a new run from these weights: --init)"]
-                           if fixed else []))
+                        + ([f"{', '.join(fixed)} cannot change on resume (a new run from these weights: "
+                            "init_checkpoint/--init)"] if fixed else []))
     return f"note: a resumed run keeps its saved schedule: {said}; {how}"
 
 
@@ -624,7 +625,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         if state is not None:
             if state.get("optimizer") is None or state.get("scheduler") is None:
                 raise OccsynthError(f"{resume_path}: holds no optimizer state to resume from (saved without it); start "
-                                    "a new run from its weights with --init")
+                                    "a new run from its weights with init_checkpoint/--init")
             try:
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
@@ -644,8 +645,8 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
             tqdm.write(f"resuming from {resume_path} at iteration {start}"
                        + (f"; now {', '.join(changed)}" if changed else ""))
             if init_checkpoint:  # the same command again with --resume: its weights come from the run's own checkpoint
-                tqdm.write(f"note: --init {init_checkpoint} is not read when resuming: the run continues from its "
-                           "checkpoint")
+                tqdm.write(f"note: init_checkpoint/--init {init_checkpoint} is not read when resuming: the run "
+                           "continues from its checkpoint")
             before = state.get("data") or {}
             if before.get("sha256") and before["sha256"] != data["sha256"]:  # may be meant (more data): said, not refused
                 tqdm.write(f"note: {ann_file} is not the annotations file this run trained on so far "
@@ -759,7 +760,7 @@ def check_resume_categories(ann_file: str | os.PathLike, categories: list, known
     raise OccsynthError(f"{Path(ann_file)}: lists {plural(len(extra), 'category', 'categories')} the run's model "
                         f"does not know: {errors.first_few(names)} (ids {errors.first_few([c['id'] for c in extra])}); "
                         "resumed, it would train without them (their annotations left out). To learn them, train "
-                        f"into a new --out, from this run's weights with --init {resume_path}")
+                        f"into a new out_dir/--out, from this run's weights with init_checkpoint/--init {resume_path}")
 
 
 def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int, bool]:
