@@ -11,7 +11,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .device import resolve_device
+from .device import own_generators, resolve_device, seed_generators
 from .model import build_model, count_parameters
 
 HEADS = ("fcn", "bilayer-gcn")
@@ -67,57 +67,58 @@ def bench_heads(*, detector: str = "faster-rcnn", backbone: str = "resnet50", ba
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "detector": detector, "backbone": backbone, "batch": batch, "size": size, "iters": iters,
               "amp": "bf16" if amp else "off"}
-    models, steps, infers, detections = {}, {}, {}, {}
-    for head in HEADS:
-        torch.manual_seed(0)
-        models[head] = build_model(num_classes, detector=detector, mask_head=head, backbone=backbone,
-                                   min_size=size, max_size=size).to(device)
-        models[head].return_occluder_masks = False  # time the instance masks, as Mask R-CNN returns
-    shared = models[HEADS[0]].state_dict()
-    own = models[HEADS[1]].state_dict()
-    models[HEADS[1]].load_state_dict({k: v for k, v in shared.items()
-                                      if k in own and own[k].shape == v.shape and "mask" not in k}, strict=False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
-    for head, model in models.items():
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    with own_generators(device):  # seeded below; the caller's as they were again on return
+        models, steps, infers, detections = {}, {}, {}, {}
+        for head in HEADS:
+            seed_generators(0, device)
+            models[head] = build_model(num_classes, detector=detector, mask_head=head, backbone=backbone,
+                                       min_size=size, max_size=size).to(device)
+            models[head].return_occluder_masks = False  # time the instance masks, as Mask R-CNN returns
+        shared = models[HEADS[0]].state_dict()
+        own = models[HEADS[1]].state_dict()
+        models[HEADS[1]].load_state_dict({k: v for k, v in shared.items()
+                                          if k in own and own[k].shape == v.shape and "mask" not in k}, strict=False)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+        for head, model in models.items():
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-        def train_step(model=model, optimizer=optimizer):
-            torch.manual_seed(1)  # same RPN/RoI sampling for both models
-            model.train()
-            with autocast:
-                loss = sum(model(images, targets).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            def train_step(model=model, optimizer=optimizer):
+                seed_generators(1, device)  # same RPN/RoI sampling for both models
+                model.train()
+                with autocast:
+                    loss = sum(model(images, targets).values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
-        @torch.no_grad()
-        def inference(model=model, head=head):
-            model.eval()
-            with autocast:
-                outputs = model(images)
-            detections[head] = [len(o["boxes"]) for o in outputs]
+            @torch.no_grad()
+            def inference(model=model, head=head):
+                model.eval()
+                with autocast:
+                    outputs = model(images)
+                detections[head] = [len(o["boxes"]) for o in outputs]
 
-        steps[head], infers[head] = train_step, inference
-    times = {head: {"train": [], "inference": []} for head in HEADS}
-    with tqdm(total=(warmup + iters) * len(HEADS), desc="bench", unit="step", disable=not progress) as bar:
-        for _ in range(warmup):
-            for head in HEADS:
-                steps[head]()
-                infers[head]()
-                bar.update()
-        for _ in range(iters):
-            for head in HEADS:
-                times[head]["train"].append(_timed(steps[head], device))
-                times[head]["inference"].append(_timed(infers[head], device))
-                bar.update()
-    for head in HEADS:
-        median = {k: statistics.median(v) for k, v in times[head].items()}
-        report[head] = {"parameters": count_parameters(models[head]), "train_step_s": round(median["train"], 4),
-                        "inference_s": round(median["inference"], 4)}
-    base, ours = report["fcn"], report["bilayer-gcn"]
-    report["train_step_ratio"] = round(ours["train_step_s"] / base["train_step_s"], 3)
-    report["inference_ratio"] = round(ours["inference_s"] / base["inference_s"], 3)
-    report["extra_parameters_m"] = round((ours["parameters"] - base["parameters"]) / 1e6, 2)
-    # the mask heads run on detections only: with none (an untrained tiny backbone), inference times the detector
-    report["detections_per_image"] = detections[HEADS[1]]
-    return report
+            steps[head], infers[head] = train_step, inference
+        times = {head: {"train": [], "inference": []} for head in HEADS}
+        with tqdm(total=(warmup + iters) * len(HEADS), desc="bench", unit="step", disable=not progress) as bar:
+            for _ in range(warmup):
+                for head in HEADS:
+                    steps[head]()
+                    infers[head]()
+                    bar.update()
+            for _ in range(iters):
+                for head in HEADS:
+                    times[head]["train"].append(_timed(steps[head], device))
+                    times[head]["inference"].append(_timed(infers[head], device))
+                    bar.update()
+        for head in HEADS:
+            median = {k: statistics.median(v) for k, v in times[head].items()}
+            report[head] = {"parameters": count_parameters(models[head]), "train_step_s": round(median["train"], 4),
+                            "inference_s": round(median["inference"], 4)}
+        base, ours = report["fcn"], report["bilayer-gcn"]
+        report["train_step_ratio"] = round(ours["train_step_s"] / base["train_step_s"], 3)
+        report["inference_ratio"] = round(ours["inference_s"] / base["inference_s"], 3)
+        report["extra_parameters_m"] = round((ours["parameters"] - base["parameters"]) / 1e6, 2)
+        # the mask heads run on detections only: with none (an untrained tiny backbone), inference times the detector
+        report["detections_per_image"] = detections[HEADS[1]]
+        return report

@@ -302,7 +302,7 @@ def require_training_images(dataset: CocoInstances) -> None:
     with an example): a wrong image root reads as ``missing image file``."""
     if len(dataset) == 0:
         skips = getattr(dataset, "skips", None)
-        hint = ("; is --images the folder that the file_name entries are relative to?"
+        hint = ("; is image_root/--images the folder that the file_name entries are relative to?"
                 if skips is not None and skips.counts.get(errors.MISSING_FILE) else "")  # as generate asks
         raise OccsynthError(f"{getattr(dataset, 'ann_file', 'dataset')}: no usable training images{_why(dataset)}"
                             + hint)

@@ -1,10 +1,14 @@
-"""One place that turns a ``--device`` value into a usable :class:`torch.device`.
+"""One place that turns a ``--device`` value into a usable :class:`torch.device`, and the global random generators
+a computation on it draws from (:func:`own_generators`, :func:`seed_generators`).
 
 torch accepts many device strings and fails late (a RuntimeError deep inside ``model.to``) when
 the hardware is missing; train, evaluate and predict all check here first so the user gets one
 clear message instead of a traceback.
 """
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -41,3 +45,31 @@ def resolve_device(name: str | torch.device | None, option: str = "--device") ->
     if device.type == "cpu" and device.index not in (None, 0):
         raise OccsynthError(f"{where}: the CPU device has no index (use cpu)")
     return device
+
+
+def _generator_index(device: torch.device) -> int:
+    if device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    return 0  # MPS has one generator
+
+
+@contextlib.contextmanager
+def own_generators(device: torch.device) -> Iterator[None]:
+    """Within: seed torch's global generators for ``device`` at will (:func:`seed_generators`); on leaving, by an error
+    too, they are as the caller had them (:func:`torch.random.fork_rng`), so a notebook's ``torch.rand()`` after
+    ``train()`` does not repeat the run's seed. Only the CPU's and ``device``'s are kept: no other GPU is touched,
+    and fork_rng does not warn of every GPU it would otherwise read."""
+    devices = [] if device.type == "cpu" else [_generator_index(device)]
+    with torch.random.fork_rng(devices=devices, device_type=None if device.type == "cpu" else device.type):
+        yield
+
+
+def seed_generators(seed: int, device: torch.device) -> None:
+    """:func:`torch.manual_seed` for what a computation on ``device`` draws from: the CPU's generator and
+    ``device``'s (torch.manual_seed seeds every GPU's, one not yet started too). Called in :func:`own_generators`."""
+    torch.random.default_generator.manual_seed(int(seed))
+    if device.type == "cuda":
+        torch.cuda.init()
+        torch.cuda.default_generators[_generator_index(device)].manual_seed(int(seed))
+    elif device.type == "mps":
+        torch.mps.manual_seed(int(seed))

@@ -110,8 +110,8 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "iteration" in state:
-        raise ModelConfigError(f"{where}: this is a bcnet training checkpoint, not backbone weights (use --init to "
-                               f"start from it); expected {expected}")
+        raise ModelConfigError(f"{where}: this is a bcnet training checkpoint, not backbone weights (use "
+                               f"init_checkpoint/--init to start from it); expected {expected}")
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise ModelConfigError(f"{where}: does not hold a state dict (names -> tensors); expected {expected}")
     own = body.state_dict()

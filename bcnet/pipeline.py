@@ -227,7 +227,8 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
         if not same:
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}"
                                 + (" (other settings)" if previous.get("recipe") == recipe else "")
-                                + f", not {recipe!r}; rerun it with that recipe to resume it, or choose another --out")
+                                + f", not {recipe!r}; rerun it with that recipe to resume it, or choose another "
+                                  "out_dir/--out")
         if inputs is not None and isinstance(previous.get("inputs"), dict):
             _check_same_inputs(out_dir, previous["inputs"], inputs)
         if path.is_file():
@@ -253,7 +254,7 @@ def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
         if (old is None) != (new is None) or (old is not None and old.get("sha256") != new["sha256"]):
             raise OccsynthError(f"{out_dir} holds a pipeline run made from other input data: {option} was "
                                 f"{said(old, key)}, now {said(new, key)}; rerun it with the same inputs to resume it, or "
-                                "choose another --out")
+                                "choose another out_dir/--out")
 
 
 def check_evaluation_sets(inputs: PipelineInputs, recipe: str, cocoocc: dict | None) -> None:
@@ -453,7 +454,7 @@ def check_pretrained_model(checkpoint: Path, recipe: str, finetune: dict) -> Non
         raise OccsynthError(f"{checkpoint}: a model with {_model_keys(built, differ)}, but [finetune] of pipeline "
                             f"recipe {recipe!r} builds {_model_keys(finetune, differ)}; the fine-tuning would start from "
                             f"it and load only the tensors that fit: move {checkpoint.parent} away (it is not this "
-                            "recipe's pretraining), or choose another --out")
+                            "recipe's pretraining), or choose another out_dir/--out")
 
 
 def _model_keys(settings: dict, keys: list[str]) -> str:

@@ -21,7 +21,7 @@ def hold_out_dir(out_dir: str | os.PathLike) -> ContextManager[Path]:
     def refuse(holder: str) -> OccsynthError:
         return OccsynthError(f"{out_dir} is being written by another process "
                              f"({holder or 'which has not written its pid yet'}): wait for it to finish or stop it, "
-                             "then run the command again, or choose another --out")
+                             "then run the command again, or choose another out_dir/--out")
 
     return locked_output_folder(out_dir, refuse)
 

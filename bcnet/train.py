@@ -3,9 +3,10 @@ DistributedDataParallel (torchrun), AMP and gradient accumulation.
 
 Exact resume. Everything random in iteration i is a pure function of (seed, rank, i): the
 images and their augmentation come from :class:`bcnet.data.SampleStream` (draw k of the run),
-and the global torch generator (the RPN / RoI samplers draw from it) is re-seeded from
-(seed, rank, i) before the iteration. A checkpoint holds the model, optimizer (momentum), LR
-scheduler, AMP scaler and iteration; resuming at iteration i therefore replays iterations
+and the global torch generators (the RPN / RoI samplers draw from them: the CPU's and the run's
+device's) are re-seeded from (seed, rank, i) before the iteration, and given back to the caller as
+they were when train() ends (:func:`bcnet.device.own_generators`). A checkpoint holds the model,
+optimizer (momentum), LR scheduler, AMP scaler and iteration; resuming at iteration i therefore replays iterations
 i + 1 .. N exactly as an uninterrupted run would (bit-for-bit on CPU). The RNG states at save
 time are stored too, for tools that want them.
 
@@ -44,7 +45,7 @@ from occsynth.pool import local_workers
 
 from . import checkpoint as ckpt
 from .data import CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
-from .device import resolve_device
+from .device import own_generators, resolve_device, seed_generators
 from .ranks import lead_process
 from .runlock import holds_out_dir
 from .transforms import build_transforms
@@ -134,7 +135,8 @@ def _other_model_refused(checkpoint: Path, key: str, trained: Any, asked: Any, s
     """The refusal of a resume asked to change a model setting (``source``: where it was asked, when not an
     override): the weights are of the saved model."""
     return OccsynthError(f"{checkpoint}: this run was trained with {key} {trained!r}; --resume cannot change it to "
-                         f"{asked!r}{source} (to start from its weights, train into a new --out with --init)")
+                         f"{asked!r}{source} (to start from its weights, train into a new out_dir/--out with "
+                         "init_checkpoint/--init)")
 
 
 def resume_schedule_notes(schedule: str | os.PathLike | dict, saved: dict, overrides: dict | None,
@@ -167,8 +169,8 @@ def _kept_settings_note(kept: dict[str, tuple], overrides_from: str | Mapping[st
         fixed = [key for key in kept if key not in overrides_from]
         how = "; ".join(([f"give {', '.join(options)} to change {'it' if len(options) == 1 else 'them'}"]
                          if options else [])
-                        + ([f"{', '.join(fixed)} cannot change on resume (a new run from these weights: --init)"]
-                           if fixed else []))
+                        + ([f"{', '.join(fixed)} cannot change on resume (a new run from these weights: "
+                            "init_checkpoint/--init)"] if fixed else []))
     return f"note: a resumed run keeps its saved schedule: {said}; {how}"
 
 
@@ -578,167 +580,170 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         if weights is None and isinstance(init_config, dict) and init_config.get("backbone") == config["backbone"]:
             # fine-tuning a model pretrained from ImageNet weights keeps its frozen BatchNorms and stages
             config.update(saved_backbone_build(init_state))
-    seed = int(schedule["seed"])
-    torch.manual_seed(seed)
-    model = build(dataset.num_classes, config, weights)
-    if state is not None:
-        ckpt.load_weights(model, state["model"], resume_path)
-    elif init_checkpoint:
-        init = load_model_weights(model, init_checkpoint, dataset.category_ids, saved=init_state,
-                                  category_names=set_names)
-        init_state = None  # its optimizer state is not needed: not held through the run
-        if init["by_category"] is not None and rank == 0:
-            tqdm.write(f"init: {init_checkpoint} was trained on other categories; per-class weights taken by "
-                       f"category id for the {init['by_category']} of {len(dataset.category_ids)} it shares")
-        if init["named_otherwise"] and rank == 0:
-            tqdm.write(f"init: {init_checkpoint} names categories otherwise (their weights are taken by id all the "
-                       f"same): {errors.first_few(init['named_otherwise'])}")
-        if init["left_as_built"] and rank == 0:
-            names = init["left_as_built"]
-            tqdm.write(f"init: {plural(init['loaded'], 'tensor')} loaded from {init_checkpoint}; {len(names)} left as built "
-                       f"(names or shapes differ, e.g. another number of classes): {', '.join(names[:3])}"
-                       + (" ..." if len(names) > 3 else ""))
-    if hasattr(model, "transform"):
-        # The data pipeline already resized images and all masks (with scale jitter); the model's
-        # transform would resize them again to its own size. It still resizes at inference time.
-        model.transform._skip_resize = True
-    model.to(device_).train()
-    net = model
-    if world > 1:
-        # Every trainable parameter gets a gradient in every step, for every detector and mask head, batches
-        # without objects too (tests/test_model.py checks it), so DDP need not search for unused ones. Gradients
-        # as views of DDP's buckets: no second copy of them, and no stride mismatch on 1x1 convolutions'
-        # gradients (torch warned of it at every run).
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device_.index] if device_.type == "cuda" else None, find_unused_parameters=False,
-            gradient_as_bucket_view=True)
+    with own_generators(device_):  # seeded below; the caller's as they were again when train() ends
+        seed = int(schedule["seed"])
+        seed_generators(seed, device_)
+        model = build(dataset.num_classes, config, weights)
+        if state is not None:
+            ckpt.load_weights(model, state["model"], resume_path)
+        elif init_checkpoint:
+            init = load_model_weights(model, init_checkpoint, dataset.category_ids, saved=init_state,
+                                      category_names=set_names)
+            init_state = None  # its optimizer state is not needed: not held through the run
+            if init["by_category"] is not None and rank == 0:
+                tqdm.write(f"init: {init_checkpoint} was trained on other categories; per-class weights taken by "
+                           f"category id for the {init['by_category']} of {len(dataset.category_ids)} it shares")
+            if init["named_otherwise"] and rank == 0:
+                tqdm.write(f"init: {init_checkpoint} names categories otherwise (their weights are taken by id all the "
+                           f"same): {errors.first_few(init['named_otherwise'])}")
+            if init["left_as_built"] and rank == 0:
+                names = init["left_as_built"]
+                tqdm.write(f"init: {plural(init['loaded'], 'tensor')} loaded from {init_checkpoint}; "
+                           f"{len(names)} left as built (names or shapes differ, e.g. another number of classes): "
+                           f"{', '.join(names[:3])}" + (" ..." if len(names) > 3 else ""))
+        if hasattr(model, "transform"):
+            # The data pipeline already resized images and all masks (with scale jitter); the model's
+            # transform would resize them again to its own size. It still resizes at inference time.
+            model.transform._skip_resize = True
+        model.to(device_).train()
+        net = model
+        if world > 1:
+            # Every trainable parameter gets a gradient in every step, for every detector and mask head, batches
+            # without objects too (tests/test_model.py checks it), so DDP need not search for unused ones. Gradients
+            # as views of DDP's buckets: no second copy of them, and no stride mismatch on 1x1 convolutions'
+            # gradients (torch warned of it at every run).
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device_.index] if device_.type == "cuda" else None, find_unused_parameters=False,
+                gradient_as_bucket_view=True)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=learning_rate(schedule), momentum=float(schedule["momentum"]),
-                                weight_decay=float(schedule["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, schedule))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    start = 0
-    if state is not None:
-        if state.get("optimizer") is None or state.get("scheduler") is None:
-            raise OccsynthError(f"{resume_path}: holds no optimizer state to resume from (saved without it); start "
-                                "a new run from its weights with --init")
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=learning_rate(schedule), momentum=float(schedule["momentum"]),
+                                    weight_decay=float(schedule["weight_decay"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, schedule))
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        start = 0
+        if state is not None:
+            if state.get("optimizer") is None or state.get("scheduler") is None:
+                raise OccsynthError(f"{resume_path}: holds no optimizer state to resume from (saved without it); start "
+                                    "a new run from its weights with init_checkpoint/--init")
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                if state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
+                unfit = _unfit_state(optimizer, scheduler)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # torch's words for a state of another model
+                unfit = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if unfit:
+                raise OccsynthError(f"{resume_path}: its optimizer state does not fit the model it saved ({unfit}); "
+                                    "resume from another checkpoint")
+            start = int(state["iteration"])
+            changed = _use_schedule_settings(optimizer, scheduler, schedule)
+        iterations = int(schedule["iterations"])
+        data = {"annotations": str(Path(ann_file).resolve()), "sha256": file_hash(ann_file)}  # said in a resume's note
+        if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
+            tqdm.write(f"resuming from {resume_path} at iteration {start}"
+                       + (f"; now {', '.join(changed)}" if changed else ""))
+            if init_checkpoint:  # the same command again with --resume: its weights come from the run's own checkpoint
+                tqdm.write(f"note: init_checkpoint/--init {init_checkpoint} is not read when resuming: the run "
+                           "continues from its checkpoint")
+            before = state.get("data") or {}
+            if before.get("sha256") and before["sha256"] != data["sha256"]:  # may be meant (more data): said, not refused
+                tqdm.write(f"note: {ann_file} is not the annotations file this run trained on so far "
+                           f"({before.get('annotations')}, other content): it continues on the new data, so it is no "
+                           "longer an exact resume")
+
+        slow = cpu_warning(device_, iterations - start, int(schedule["batch_size"]))
+        if slow and rank == 0:  # a message, not progress: printed under --quiet too
+            tqdm.write(slow, file=sys.stderr)
+        asked_workers = int(schedule.get("workers", 0))
+        workers = local_workers(asked_workers)  # torch warned without naming the setting
+        if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too
+            tqdm.write(f"workers {asked_workers}: this process may use {plural(workers, 'CPU core')}; loading with "
+                       f"{plural(workers, 'loader process', 'loader processes')}")
+        loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
+                              workers=workers, rank=rank, world_size=world,
+                              accumulate=accumulate, pin_memory=device_.type == "cuda")
+        save = rank == 0
+        if save:  # out_dir was made (and checked writable) when train() took its lock
+            remove_stale_temporaries(out_dir)
+            _trim_log(out_dir, start)
+            if state is not None and start < iterations:
+                _retire_final(out_dir, resume_path, start)
+            elif state is not None and start == int(state["schedule"]["iterations"]):
+                _restore_final(out_dir, resume_path)  # an extension stopped before it saved: finished again
+        every = int(schedule["checkpoint_every"])
+        log_every = max(int(schedule.get("log_every", 20)), 1)
+        history: list[dict] = []
+        saved = None
+
+        names = [str(set_names.get(c) or c) for c in dataset.category_ids]  # a category without a name: its id
+
+        def save_at(iteration: int) -> Path:
+            path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else ckpt.FINAL)
+            ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
+                                 scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
+                                 model_config={"num_classes": dataset.num_classes, **config},
+                                 category_ids=dataset.category_ids, category_names=names, data=data)
+            _mark(out_dir, path)
+            _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
+            return path
+
+        batches = iter(loader)
+        bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
+                   disable=not (progress and save))
+        finished = False
         try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            unfit = _unfit_state(optimizer, scheduler)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # torch's words for a state of another model
-            unfit = f"{type(exc).__name__}: {str(exc)[:200]}"
-        if unfit:
-            raise OccsynthError(f"{resume_path}: its optimizer state does not fit the model it saved ({unfit}); resume "
-                                "from another checkpoint")
-        start = int(state["iteration"])
-        changed = _use_schedule_settings(optimizer, scheduler, schedule)
-    iterations = int(schedule["iterations"])
-    data = {"annotations": str(Path(ann_file).resolve()), "sha256": file_hash(ann_file)}  # said in a resume's note
-    if state is not None and start < iterations and rank == 0:  # a message, not progress: printed under --quiet too
-        tqdm.write(f"resuming from {resume_path} at iteration {start}" + (f"; now {', '.join(changed)}" if changed else ""))
-        if init_checkpoint:  # the same command again with --resume: its weights come from the run's own checkpoint
-            tqdm.write(f"note: --init {init_checkpoint} is not read when resuming: the run continues from its checkpoint")
-        before = state.get("data") or {}
-        if before.get("sha256") and before["sha256"] != data["sha256"]:  # may be meant (more data): said, not refused
-            tqdm.write(f"note: {ann_file} is not the annotations file this run trained on so far "
-                       f"({before.get('annotations')}, other content): it continues on the new data, so it is no "
-                       "longer an exact resume")
-
-    slow = cpu_warning(device_, iterations - start, int(schedule["batch_size"]))
-    if slow and rank == 0:  # a message, not progress: printed under --quiet too
-        tqdm.write(slow, file=sys.stderr)
-    asked_workers = int(schedule.get("workers", 0))
-    workers = local_workers(asked_workers)  # torch warned without naming the setting
-    if workers < asked_workers and rank == 0:  # a message, not progress: printed under --quiet too
-        tqdm.write(f"workers {asked_workers}: this process may use {plural(workers, 'CPU core')}; loading with "
-                   f"{plural(workers, 'loader process', 'loader processes')}")
-    loader = train_loader(dataset, int(schedule["batch_size"]), seed, start, iterations,
-                          workers=workers, rank=rank, world_size=world,
-                          accumulate=accumulate, pin_memory=device_.type == "cuda")
-    save = rank == 0
-    if save:  # out_dir was made (and checked writable) when train() took its lock
-        remove_stale_temporaries(out_dir)
-        _trim_log(out_dir, start)
-        if state is not None and start < iterations:
-            _retire_final(out_dir, resume_path, start)
-        elif state is not None and start == int(state["schedule"]["iterations"]):
-            _restore_final(out_dir, resume_path)  # an extension stopped before it saved: finished again
-    every = int(schedule["checkpoint_every"])
-    log_every = max(int(schedule.get("log_every", 20)), 1)
-    history: list[dict] = []
-    saved = None
-
-    names = [str(set_names.get(c) or c) for c in dataset.category_ids]  # a category without a name: its id
-
-    def save_at(iteration: int) -> Path:
-        path = out_dir / (f"checkpoint_{iteration:07d}.pt" if iteration < iterations else ckpt.FINAL)
-        ckpt.save_checkpoint(path, model=model, iteration=iteration, optimizer=optimizer, scheduler=scheduler,
-                             scaler=scaler if scaler.is_enabled() else None, schedule=schedule,
-                             model_config={"num_classes": dataset.num_classes, **config},
-                             category_ids=dataset.category_ids, category_names=names, data=data)
-        _mark(out_dir, path)
-        _prune(out_dir, int(schedule.get("keep_checkpoints", 0)))
-        return path
-
-    batches = iter(loader)
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
-               disable=not (progress and save))
-    finished = False
-    try:
-        for iteration in bar:
-            torch.manual_seed(iteration_seed(seed, rank, iteration))
-            totals: dict[str, float] = {}
-            for step in range(accumulate):
-                images, targets = next(batches)
-                count_skipped(dataset, targets)
-                images = [im.to(device_, non_blocking=True) for im in images]
-                targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
-                            for k, v in t.items()} for t in targets]
-                sync = world == 1 or step == accumulate - 1
-                with (contextlib.nullcontext() if sync else net.no_sync()):
-                    with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
-                        losses = net(images, targets)
-                    loss = sum(losses.values()) / accumulate
-                    # every term read back at once: one wait for the GPU per micro-batch, not one per term
-                    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-                    if not math.isfinite(sum(values.values())):
-                        raise OccsynthError(f"iteration {iteration + 1}: loss is {sum(values.values()) / accumulate} "
-                                            f"({_fmt(values)}); lower the learning rate")
-                    scaler.scale(loss).backward()
-                for k, v in values.items():
-                    totals[k] = totals.get(k, 0.0) + v / accumulate
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            done = iteration + 1
-            totals = {"loss": sum(totals.values()), **totals}
-            history.append(totals)
-            bar.set_postfix_str(_fmt(totals, short=True), refresh=False)
-            if save and (done % log_every == 0 or done == iterations):
-                _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
-            if save and (done % every == 0 or done == iterations):
-                saved = save_at(done)
-        finished = True
-    finally:
-        bar.close()
-        try:
-            _shut_down_loader(batches)
-        finally:  # a second stop while the workers shut down still leaves the process group
-            if own_group:
-                if finished:  # after an error the other ranks may never arrive
-                    dist.barrier()
-                dist.destroy_process_group()
-    model.eval()
-    if hasattr(model, "transform"):
-        model.transform._skip_resize = False
-    return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
-            "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
-            "resumed_from": resume_path}
+            for iteration in bar:
+                seed_generators(iteration_seed(seed, rank, iteration), device_)
+                totals: dict[str, float] = {}
+                for step in range(accumulate):
+                    images, targets = next(batches)
+                    count_skipped(dataset, targets)
+                    images = [im.to(device_, non_blocking=True) for im in images]
+                    targets = [{k: (v.to(device_, non_blocking=True) if torch.is_tensor(v) else v)
+                                for k, v in t.items()} for t in targets]
+                    sync = world == 1 or step == accumulate - 1
+                    with (contextlib.nullcontext() if sync else net.no_sync()):
+                        with torch.autocast(device_.type, dtype=amp_dtype, enabled=use_amp):
+                            losses = net(images, targets)
+                        loss = sum(losses.values()) / accumulate
+                        # every term read back at once: one wait for the GPU per micro-batch, not one per term
+                        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+                        if not math.isfinite(sum(values.values())):
+                            raise OccsynthError(f"iteration {iteration + 1}: loss is {sum(values.values()) / accumulate} "
+                                                f"({_fmt(values)}); lower the learning rate")
+                        scaler.scale(loss).backward()
+                    for k, v in values.items():
+                        totals[k] = totals.get(k, 0.0) + v / accumulate
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                done = iteration + 1
+                totals = {"loss": sum(totals.values()), **totals}
+                history.append(totals)
+                bar.set_postfix_str(_fmt(totals, short=True), refresh=False)
+                if save and (done % log_every == 0 or done == iterations):
+                    _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
+                if save and (done % every == 0 or done == iterations):
+                    saved = save_at(done)
+            finished = True
+        finally:
+            bar.close()
+            try:
+                _shut_down_loader(batches)
+            finally:  # a second stop while the workers shut down still leaves the process group
+                if own_group:
+                    if finished:  # after an error the other ranks may never arrive
+                        dist.barrier()
+                    dist.destroy_process_group()
+        model.eval()
+        if hasattr(model, "transform"):
+            model.transform._skip_resize = False
+        return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
+                "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
+                "resumed_from": resume_path}
 
 
 def check_resume_categories(ann_file: str | os.PathLike, categories: list, known_ids: Iterable[int],
@@ -755,7 +760,7 @@ def check_resume_categories(ann_file: str | os.PathLike, categories: list, known
     raise OccsynthError(f"{Path(ann_file)}: lists {plural(len(extra), 'category', 'categories')} the run's model "
                         f"does not know: {errors.first_few(names)} (ids {errors.first_few([c['id'] for c in extra])}); "
                         "resumed, it would train without them (their annotations left out). To learn them, train "
-                        f"into a new --out, from this run's weights with --init {resume_path}")
+                        f"into a new out_dir/--out, from this run's weights with init_checkpoint/--init {resume_path}")
 
 
 def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int, bool]:

@@ -227,7 +227,7 @@ def annotate_occluders(in_path: str | os.PathLike, out_path: str | os.PathLike,
         raise OccsynthError(f"threshold must be a box IoU in [0, 1], got {threshold!r}")  # NaN fails here too
     if not whole_number(images_per_bucket, 1):
         raise OccsynthError(f"images_per_bucket must be a whole number >= 1, got {images_per_bucket!r}")
-    check_out_file(in_path, out_path, "the input would be replaced by its annotated copy; give another --out")
+    check_out_file(in_path, out_path, "the input would be replaced by its annotated copy")
     top, starts = read_top_level(in_path)
     for key in ("images", "annotations"):  # {} or null: refused before --out's folder is made
         check_array_start(in_path, key, starts.get(key))

@@ -25,6 +25,7 @@ from .pool import ctrl_c_for_main_only, local_workers
 
 BACKENDS = ("loky", "threading", "dask", "ray")
 EXTRA_MODULES = {"dask": "distributed", "ray": "ray"}  # what each optional backend imports
+SCHEDULER = "backend_address/--scheduler"  # a cluster's address as messages name it: generate's keyword, the CLI's flag
 
 
 def check_backend(backend: str, address: str | None) -> None:
@@ -32,7 +33,7 @@ def check_backend(backend: str, address: str | None) -> None:
     if backend not in BACKENDS:
         raise OccsynthError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if address and backend not in ("dask", "ray"):
-        raise OccsynthError(f"--scheduler is for --backend dask or ray, not {backend}")
+        raise OccsynthError(f"{SCHEDULER} is for --backend dask or ray, not {backend}")
     if backend in EXTRA_MODULES and importlib.util.find_spec(EXTRA_MODULES[backend]) is None:
         raise _missing_extra(backend)
 
@@ -128,9 +129,9 @@ def _dask_session(address: str | None) -> Iterator[object]:
     try:
         client = Client(address) if address else Client(processes=True, n_workers=1, threads_per_worker=1)
     except (ValueError, OSError, TimeoutError) as exc:
-        raise OccsynthError(f"--scheduler {address!r}: cannot connect to a dask scheduler "
+        raise OccsynthError(f"{SCHEDULER} {address!r}: cannot connect to a dask scheduler "
                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    where = f"--scheduler {address}" if address else "the local dask cluster"
+    where = f"{SCHEDULER} {address}" if address else "the local dask cluster"
     with client:
         _check_cluster(lambda timeout: client.submit(_worker_renderer, pure=False).result(timeout=timeout), where,
                        "its scheduler and workers")
@@ -155,9 +156,9 @@ def _ray_session(address: str | None, workers: int) -> Iterator[None]:
     if started:
         _ray_init(address, workers)
     elif address:  # it would be ignored: ray.init connects a process once
-        raise OccsynthError(f"--scheduler {address}: this process already runs ray (ray.init), which is used as it "
+        raise OccsynthError(f"{SCHEDULER} {address}: this process already runs ray (ray.init), which is used as it "
                             "is: give no scheduler address to render on it, or call ray.shutdown() first")
-    where = (f"--scheduler {address}" if address else "the local ray" if started
+    where = (f"{SCHEDULER} {address}" if address else "the local ray" if started
              else "the ray of this process (ray.init)")
     try:
         _check_cluster(_ray_trial, where, "its nodes")
@@ -212,7 +213,7 @@ def _check_reachable(address: str, timeout: float = 5) -> None:
     if match is None:
         return
     if int(match[2]) > 65535:  # getaddrinfo would take it modulo 65536: another port's listener would answer
-        raise OccsynthError(f"--scheduler {address!r}: cannot connect to a ray head (port {match[2]} is past 65535)")
+        raise OccsynthError(f"{SCHEDULER} {address!r}: cannot connect to a ray head (port {match[2]} is past 65535)")
     try:
         socket.create_connection((match[1], int(match[2])), timeout=timeout).close()
     except OSError as exc:
@@ -222,7 +223,7 @@ def _check_reachable(address: str, timeout: float = 5) -> None:
 def _unreachable(address: str, exc: Exception) -> OccsynthError:
     """The refusal of a ray head address, and what to do where the head asks for a token (ray's token auth)."""
     token = any("AuthToken" in str(cause) for cause in _causes(exc))
-    return OccsynthError(f"--scheduler {address!r}: cannot connect to a ray head ({_cluster_said(exc)})" + (
+    return OccsynthError(f"{SCHEDULER} {address!r}: cannot connect to a ray head ({_cluster_said(exc)})" + (
         "; the head asks for its token: run with RAY_AUTH_MODE=token, its token in ~/.ray/auth_token or "
         "$RAY_AUTH_TOKEN" if token else ""))
 

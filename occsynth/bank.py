@@ -708,7 +708,7 @@ def check_image_root(bank: Bank, image_root: str | os.PathLike) -> None:
     paths = none_found_under(image_root, bank.num_images, bank.image_record)
     if paths:
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
-                            "is --images the folder that the file_name entries are relative to?")
+                            "is image_root/--images the folder that the file_name entries are relative to?")
 
 
 IMAGES_FINGERPRINT_SAMPLE = 8

@@ -316,12 +316,12 @@ def check_array_start(path: str | os.PathLike, key: str, event: str | None) -> N
         raise OccsynthError(f"{path}: not a COCO file: '{key}' is {found}, expected a list")
 
 
-def check_out_file(in_path: Path, out_path: Path, why: str, option: str = "--ann") -> None:
+def check_out_file(in_path: Path, out_path: Path, why: str, option: str = "in_path/--ann") -> None:
     """Refuse an --out file of a tool that rewrites --ann: --ann under any spelling or link (``why``: what writing
     it would do), and what :func:`check_out_path` refuses. ``option`` names the input ``in_path`` was given as
     (another input file of the tool: --categories-from)."""
     if in_path.resolve() == out_path.resolve() or (out_path.exists() and os.path.samefile(in_path, out_path)):
-        raise OccsynthError(f"--out must differ from {option} ({why})")
+        raise OccsynthError(f"out_path/--out must differ from {option} ({why})")
     check_out_path(out_path)
 
 

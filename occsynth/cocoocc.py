@@ -175,10 +175,10 @@ def check_out_dir(ann_path: str | os.PathLike, out_dir: str | os.PathLike, force
     """
     ann, out = Path(ann_path).resolve(), Path(out_dir).resolve()
     if out == ann or out in ann.parents:
-        raise OccsynthError(f"--out {out_dir} contains the input {ann_path}; choose an --out that does not "
-                            "contain it (a build writes and cleans up inside --out)")
+        raise OccsynthError(f"out_dir/--out {out_dir} contains the input {ann_path}; choose one that does not "
+                            "contain it (a build writes and cleans up inside it)")
     if out.exists() and not out.is_dir():
-        raise OccsynthError(f"--out {out_dir}: exists and is not a directory")
+        raise OccsynthError(f"out_dir/--out {out_dir}: exists and is not a directory")
     if force or not out.is_dir() or not any(out.iterdir()):
         return
     try:
@@ -186,7 +186,7 @@ def check_out_dir(ann_path: str | os.PathLike, out_dir: str | os.PathLike, force
     except (OSError, ValueError):
         manifest = None
     if not (isinstance(manifest, dict) and manifest.get("kind") == MANIFEST_KIND):
-        raise OccsynthError(f"--out {out_dir}: directory is not empty and was not written by build-cocoocc "
+        raise OccsynthError(f"out_dir/--out {out_dir}: directory is not empty and was not written by build-cocoocc "
                             "(no manifest.json of kind 'coco-occ'); choose an empty directory or pass --force")
 
 
@@ -200,8 +200,9 @@ def check_image_dirs(image_root: str | os.PathLike, out_dir: str | os.PathLike) 
     root, dest = Path(image_root).resolve(), (Path(out_dir) / "images").resolve()
     if dest == root or root in dest.parents or dest in root.parents:
         relation = ("is" if dest == root else "lies inside" if root in dest.parents else "contains")
-        raise OccsynthError(f"--out {out_dir}: its images folder {dest} {relation} the source images --images "
-                            f"{image_root}; placing images there would write into or over them - choose another output directory")
+        raise OccsynthError(f"out_dir/--out {out_dir}: its images folder {dest} {relation} the source images "
+                            f"image_root/--images {image_root}; placing images there would write into or over them - "
+                            "choose another output directory")
 
 
 def has_crowd(data: dict) -> bool:
@@ -230,7 +231,7 @@ def build_cocoocc(ann_path: str | os.PathLike, out_dir: str | os.PathLike, *, im
     if image_mode not in (None, "link", "copy"):
         raise OccsynthError(f"image mode must be 'link' or 'copy', got {image_mode!r}")
     if image_mode and image_root is None:
-        raise OccsynthError("--link/--copy need --images (the source image directory)")
+        raise OccsynthError(f"image_mode/--{image_mode} needs image_root/--images (the source image directory)")
     check_options(overlap, threshold, count_crowd)
     check_out_dir(ann_path, out_dir, force)
     if image_mode:
@@ -285,7 +286,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
             advice = f"give the folder that the file_name entries of {ann_path} are relative to"
         raise OccsynthError(
             f"{'the selected image has no' if selected_count == 1 else f'none of the {selected_count:,} selected images has a'} "
-            f"usable file under --images {image_root} "
+            f"usable file under image_root/--images {image_root} "
             f"(e.g. image {first['id']} ({name}): {first['reason']}); {advice}")
     selected_names = {im["file_name"] for im in images}
     for name in placed_before - (selected_names if image_mode else set()):
@@ -471,7 +472,7 @@ def _unfound_images(images: list[dict], root: Path, strict: bool, progress: bool
             _source_file(image, root)
         except BadRecord as exc:
             if strict:
-                raise OccsynthError(f"{exc} (the selected images must exist under --images)") from None
+                raise OccsynthError(f"{exc} (the selected images must exist under image_root/--images)") from None
             unfound.append({"id": image["id"], "file_name": image.get("file_name"), "reason": exc.reason})
     return unfound
 

@@ -143,7 +143,7 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     if backend in ("loky", "threading"):
         workers = local_workers(workers)
     if (ann_path is None) != (image_root is None):
-        raise OccsynthError("give both --ann and --images, or neither (to use the embedded demo source)")
+        raise OccsynthError("give both ann_path/--ann and image_root/--images, or neither (to use the embedded demo source)")
     # the cluster is reached before OUT is made too: a scheduler that cannot be reached leaves no run behind
     with backends.backend_session(backend, backend_address, workers):
         return _generate(out_dir, settings, ann_path, image_root, workers, shard, strict, cache_dir, backend,

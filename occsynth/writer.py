@@ -302,7 +302,7 @@ def merged_run(out_dir: Path) -> dict | None:
 
 
 def check_run_settings(out_dir: Path, settings: dict,
-                       hint: str = "use the same arguments to resume, or another --out",
+                       hint: str = "use the same arguments to resume, or another out_dir/--out",
                        image_root: str | os.PathLike | None = None, demo: bool = False) -> None:
     """Record the run's settings (and ``image_root``, the folder its source images are read from: only for
     messages), or refuse to continue a run made with different ones; with ``image_root``, other source images
@@ -316,14 +316,15 @@ def check_run_settings(out_dir: Path, settings: dict,
             if image_root is not None and _other_images(previous, settings):
                 raise _other_images_refused(Path(out_dir), previous, settings, image_root, demo)
             if previous.get("renderer") != settings.get("renderer"):  # no argument can make the same images
-                hint = "finish it with the occsynth version that began it, or use another --out"
+                hint = "finish it with the occsynth version that began it, or use another out_dir/--out"
             elif _images_of(previous) is None and _images_of(settings) is not None:
                 also = changed_settings(_images_left_out(previous), _images_left_out(settings))
                 raise OccsynthError(f"{out_dir} holds a run begun by an occsynth that did not record which source images "
                                     f"it read (occsynth {previous.get('version', '?')}), so this one cannot tell whether "
                                     "the chunks left would be rendered from the same pixels"
                                     + (f" (and other settings differ: {also})" if also else "")
-                                    + "; finish it with the occsynth version that began it, or use another --out")
+                                    + "; finish it with the occsynth version that began it, or use another "
+                                      "out_dir/--out")
             raise OccsynthError(f"{out_dir} holds a run made with other settings ({changed_settings(previous, settings)}); "
                                 f"{hint}")
     else:
@@ -379,32 +380,33 @@ def _other_images_refused(out_dir: Path, previous: dict, settings: dict, image_r
     if old_root == new_root:
         return OccsynthError(f"the source images under {new_root} changed since {out_dir} was begun ({SAMPLED}): the "
                              f"chunks rendered now would mix other pixels into the set{also}; put the files back as "
-                             "they were, or use another --out")
-    now = _demo_source(new_root) if demo else f"--images {new_root}"
+                             "they were, or use another out_dir/--out")
+    now = _demo_source(new_root) if demo else f"image_root/--images {new_root}"
     if _begun_from_demo(out_dir):  # not "--images <cache>/demo-v1/images", a folder the user never named
         begun = _demo_source(old_root)
-        resume = "without --ann and --images (the embedded demo source)"
+        resume = "without ann_path/--ann and image_root/--images (the embedded demo source)"
         if demo:  # both read it by default: from other cache folders, whose demo sources differ
             resume += " and with the --cache-dir it was begun with (the one holding the images above)"
     else:
         begun = f"the source images under {old_root}" if old_root else "other source images"
-        images = f"--images {old_root}" if old_root else "the --images it was begun with"
+        images = f"image_root/--images {old_root}" if old_root else "the image_root/--images it was begun with"
         if demo:  # this rerun gave neither: resuming needs --ann as well as --images (--images alone is refused)
             source = previous.get("source")
             ann = source.get("annotations") if isinstance(source, dict) else None
             # a run records the file's name alone: "(annotations.json)" read as a path relative to the current folder
-            ann = "the --ann it was begun with" + (f" (a file named {ann})" if isinstance(ann, str) else "")
-            images = f"{ann} and --images {old_root}" if old_root else "the --ann and --images it was begun with"
+            ann = "the ann_path/--ann it was begun with" + (f" (a file named {ann})" if isinstance(ann, str) else "")
+            images = (f"{ann} and image_root/--images {old_root}" if old_root
+                      else "the ann_path/--ann and image_root/--images it was begun with")
         resume = f"with {images} (or the same files moved or copied)"
     return OccsynthError(f"{out_dir} was begun with {begun}, and {now} holds other files ({SAMPLED}): "
                          f"the chunks rendered now would mix other pixels into the set{also}; resume {resume}, or "
-                         "use another --out")
+                         "use another out_dir/--out")
 
 
 def _demo_source(image_root: str | None) -> str:
     """A message's words for the embedded demo source, read by default (the user named no folder of it)."""
     where = f", its images under {image_root}" if image_root else ""
-    return f"the embedded demo source (the default without --ann and --images{where})"
+    return f"the embedded demo source (the default without ann_path/--ann and image_root/--images{where})"
 
 
 SAMPLED = "source images sampled there differ in size or bytes, or are missing"
@@ -425,7 +427,7 @@ def read_run(path: Path) -> dict:
             and isinstance(settings.get("image_format"), str)):
         raise OccsynthError(f"{path}: damaged run settings file (not an object whose 'settings' hold num_images, "
                             "chunk_size and image_format): the chunks beside it cannot be matched to their settings; "
-                            "render them again with the same command and another --out")
+                            "render them again with the same arguments and another out_dir/--out")
     return run
 
 
@@ -449,7 +451,7 @@ def refuse_foreign_files(out_dir: Path, most: int = 5) -> None:
             foreign.append(sub)
     if foreign:
         raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:most])}); "
-                            "choose a new or empty --out (nothing was changed)")
+                            "choose a new or empty out_dir/--out (nothing was changed)")
 
 
 def _visible(folder: Path, exclude: tuple[str, ...] = ()) -> Iterator[str]:
@@ -640,8 +642,9 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
                                 f"read under {image_root_of(d) or 'a folder not recorded'}, those of {shard_dirs[0]} "
                                 f"under {image_root_of(shard_dirs[0]) or 'a folder not recorded'}: {SAMPLED}); "
                                 "shards of one set read the same images (the same files may lie in other folders): "
-                                f"render this shard again from those into a new --out (one into {d} is refused, as its "
-                                f"run was begun from other images) and merge that folder in place of {d}")
+                                "render this shard again from those into a new out_dir/--out (one into "
+                                f"{d} is refused, as its run was begun from other images) and merge that folder in "
+                                f"place of {d}")
         if other != runs[0]:
             raise OccsynthError(f"{d} was generated with other settings than {shard_dirs[0]} "
                                 f"({changed_settings(runs[0], other)}); shards of one set share every setting")
@@ -686,7 +689,7 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
     """:func:`merge_shards` once OUT and the shard folders are held: move the shards' files in, then finalize."""
     settings = run["settings"]
     num_chunks = len(parts)
-    check_run_settings(out_dir, run, hint="merge these shards into another --out")
+    check_run_settings(out_dir, run, hint="merge these shards into another out_dir/--out")
     remove_stale_temporaries(out_dir)  # every shard has finished: what is left is stale
     for name in (SOURCE_FILE, IMAGE_ROOT_FILE):
         if not (out_dir / PARTS / name).exists():
@@ -701,8 +704,8 @@ def _merge_held(out_dir: Path, shard_dirs: list[Path], run: dict, parts: list[Pa
             for name in chunk_image_names(settings, chunk):
                 if not (out_dir / IMAGES / name).exists():
                     raise OccsynthError(f"{out_dir / IMAGES / name}: image of {part} is missing; run the shard that "
-                                        f"renders chunk {chunk} again with --out {out_dir} (shard i/n renders chunks "
-                                        "i, i + n, i + 2n, ...), then merge again")
+                                        f"renders chunk {chunk} again with out_dir/--out {out_dir} (shard i/n renders "
+                                        "chunks i, i + n, i + 2n, ...), then merge again")
             continue
         for name in chunk_image_names(settings, chunk):  # fixed by the settings: no file needs parsing
             dst, src = out_dir / IMAGES / name, src_dir / IMAGES / name

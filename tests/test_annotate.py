@@ -241,8 +241,8 @@ def test_cli_and_errors(tmp_path):
                                     "--quiet"])
     assert res.exit_code == 0 and "other counts: no_box=1, unknown_image=1\n" in res.output, res.output
     same = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(src), "--out", str(src)])
-    assert same.exit_code == 2 and same.output == ("Error: --out must differ from --ann (the input would be replaced by "
-                                                   "its annotated copy; give another --out)\n")  # was: "the input is read twice"
+    assert same.exit_code == 2 and same.output == ("Error: out_path/--out must differ from in_path/--ann (the input would be "
+                                                   "replaced by its annotated copy)\n")  # was: "the input is read twice"
     broken = tmp_path / "broken.json"
     broken.write_text('{"images": [], "annotations": [')
     res = CliRunner().invoke(main, ["annotate-occluders", "--ann", str(broken), "--out", str(tmp_path / "b.json")])

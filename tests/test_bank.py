@@ -495,7 +495,7 @@ def test_bank_command_refuses_an_image_root_without_the_source_images_and_caches
     first = Bank.load(next((cache / "banks").iterdir())).image_record(0)["file_name"]
     assert result.output.splitlines()[-1] == (
         f"Error: none of 20 sampled source images exists under {wrong} (e.g. {wrong / first}); "
-        "is --images the folder that the file_name entries are relative to?")
+        "is image_root/--images the folder that the file_name entries are relative to?")
     assert not (cache / "cutout-pixels").exists()
 
 

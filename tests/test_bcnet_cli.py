@@ -285,7 +285,7 @@ def test_bad_backbone_weights_are_one_clear_error(tiny, tmp_path):
              (["--backbone", "resnet18", "--backbone-weights", str(tmp_path / "afile")],
               f"not a file torch.load(weights_only=True) can read; {expected}"),
              (["--backbone", "resnet18", "--backbone-weights", str(checkpoint)],
-              f"a bcnet training checkpoint, not backbone weights (use --init to start from it); {expected}"),
+              f"a bcnet training checkpoint, not backbone weights (use init_checkpoint/--init to start from it); {expected}"),
              (["--backbone", "resnet18", "--backbone-weights", str(tmp_path / "none.pt")], "no such file")]
     for i, (extra, words) in enumerate(cases):
         result = CliRunner().invoke(bcnet_main, _train_args(root, tmp_path / f"run{i}", *extra))

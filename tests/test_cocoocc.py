@@ -346,7 +346,7 @@ def test_cli_and_recipe(tmp_path):
     assert "the paper reports" not in result.output and "for reference" in result.output and "1,005" in result.output
     assert "iou/crowd" in result.output  # the input has a crowd box
     bad = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "p"), "--link"])
-    assert bad.exit_code == 2 and "need --images" in bad.output
+    assert bad.exit_code == 2 and "image_mode/--link needs image_root/--images" in bad.output
     recipe = manifests.load("cocoocc")
     assert recipe["selection"] == {"overlap": cocoocc.DEFAULT_OVERLAP, "threshold": cocoocc.DEFAULT_THRESHOLD,
                                    "count_crowd": False}
@@ -467,14 +467,14 @@ def test_an_images_folder_holding_none_of_the_selected_files_is_refused_not_an_e
         r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(out), "--images", str(root),
                                       "--threshold", "0.1", "--quiet", *mode])
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
-        assert (f"Error: none of the 3 selected images has a usable file under --images {root} (e.g. image 1 "
+        assert (f"Error: none of the 3 selected images has a usable file under image_root/--images {root} (e.g. image 1 "
                 f"(0001.jpg): missing image file); give the folder that the file_name entries of {ann} are "
                 "relative to") in r.output, r.output
         assert not out.exists()
     out = tmp_path / "built"
     build_cocoocc(ann, out, image_root=root / "sub", image_mode="link", threshold=0.1)
     before = sorted(os.listdir(out / "images")), (out / "annotations.json").read_bytes()
-    with pytest.raises(OccsynthError, match="the selected image has no usable file under --images"):
+    with pytest.raises(OccsynthError, match="the selected image has no usable file under image_root/--images"):
         build_cocoocc(ann, out, image_root=root, image_mode="link", threshold=0.3)  # one image selected
     assert (sorted(os.listdir(out / "images")), (out / "annotations.json").read_bytes()) == before
     (root / "0001.jpg").write_bytes(b"img")  # one file found of three: the others are dropped, as before
@@ -985,7 +985,7 @@ def test_selected_records_whose_file_names_no_folder_holds_are_refused_naming_th
         r = CliRunner().invoke(main, ["build-cocoocc", "--ann", str(ann), "--out", str(tmp_path / "o"),
                                       "--images", str(root), "--threshold", "0.1", "--quiet", *mode])
         assert r.exit_code == 2 and "give the folder" not in r.output, r.output
-        assert (f"Error: none of the 3 selected images has a usable file under --images {root} (e.g. image 1 "
+        assert (f"Error: none of the 3 selected images has a usable file under image_root/--images {root} (e.g. image 1 "
                 f"(/elsewhere/0001.jpg): file_name points outside the image root); their file_name entries in {ann} "
                 "name no file under any folder (absolute, with '..', or not text): fix those records to name files "
                 "relative to one images folder") in r.output, r.output

@@ -459,18 +459,18 @@ def test_out_equal_to_ann_is_refused_before_writing(tmp_path):
     (tmp_path / "link.json").symlink_to(ann)
     for out in (ann, tmp_path / "." / "kins.json", tmp_path / "link.json"):
         res = CliRunner().invoke(main, ["convert-kins", "--ann", str(ann), "--out", str(out), "--quiet"])
-        assert res.exit_code == 2 and "--out must differ from --ann" in res.output, res.output
+        assert res.exit_code == 2 and "out_path/--out must differ from in_path/--ann" in res.output, res.output
         assert ann.read_text() == before
     cocoa = cocoa_file(tmp_path)
     res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(cocoa), "--out", str(cocoa), "--quiet"])
-    assert res.exit_code == 2 and "--out must differ from --ann" in res.output
+    assert res.exit_code == 2 and "out_path/--out must differ from in_path/--ann" in res.output
     # --categories-from is an input too: often instances_train2017.json itself, which was overwritten
     coco = tmp_path / "instances.json"
     coco.write_text(json.dumps({"categories": [{"id": 1, "name": "person"}]}))
     before = coco.read_text()
     res = CliRunner().invoke(main, ["convert-cocoa", "--ann", str(cocoa), "--out", str(tmp_path / "." / coco.name),
                                     "--categories-from", str(coco), "--quiet"])
-    assert res.exit_code == 2 and "--out must differ from --categories-from" in res.output, res.output
+    assert res.exit_code == 2 and "out_path/--out must differ from --categories-from" in res.output, res.output
     assert coco.read_text() == before
 
 

@@ -505,7 +505,7 @@ def test_a_set_with_nothing_to_learn_says_why(tmp_path):
                               "to learn: no annotation, or only crowd ones or ones of unknown categories)")
     wrong_root = bdata.CocoInstances(root / "annotations.json", tmp_path, drop_empty=True)  # the set's folder
     with pytest.raises(OccsynthError, match=r"no usable training images \(skipped 3 bad records: missing image file=3; e\.g\. .*\); "
-                                            r"is --images the folder that the file_name entries are relative to\?$"):
+                                            r"is image_root/--images the folder that the file_name entries are relative to\?$"):
         bdata.require_training_images(wrong_root)
 
 

@@ -499,7 +499,8 @@ def test_a_cluster_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c")
                                     + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
     assert result.exit_code == 2 and result.output.endswith(
-        f"Error: --scheduler {cluster.scheduler_address}: no worker of the cluster ran a first task in 0.5 s: none has "
+        f"Error: backend_address/--scheduler {cluster.scheduler_address}: "
+        "no worker of the cluster ran a first task in 0.5 s: none has "
         "started, or those that took it could not import occsynth (its workers need this occsynth installed; their "
         "logs say why they left)\n"), result.output
     assert not (tmp_path / "o").exists()
@@ -523,7 +524,8 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
             result = CliRunner().invoke(occsynth_main, args + ["--backend", "dask", "--scheduler",
                                                                cluster.scheduler_address])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-        assert result.output == (f"Error: --scheduler {cluster.scheduler_address}: the cluster stopped running this "
+        assert result.output == (f"Error: backend_address/--scheduler {cluster.scheduler_address}: "
+                                 "the cluster stopped running this "
                                  "run's chunks (FutureCancelledError: batch_of__chunk_and_count_1_calls-1 cancelled for "
                                  "reason: scheduler-connection-lost); the chunks it finished are kept: run the same "
                                  "command again to continue\n")
@@ -538,7 +540,8 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
             killed = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "k", cache, recipe=recipe)
                                         + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
         assert killed.exit_code == 2 and killed.output == (
-            f"Error: --scheduler {cluster.scheduler_address}: workers died on a chunk each time it ran (KilledWorker: "
+            f"Error: backend_address/--scheduler {cluster.scheduler_address}: "
+            "workers died on a chunk each time it ran (KilledWorker: "
             "Attempted to run task 'chunk-5' on 4 different workers, but all those workers died while running it); "
             "the chunks finished are kept: see the workers' logs (out of memory?), and --strict names a bad record, "
             "before the same command continues the run\n"), killed.output
@@ -614,13 +617,15 @@ def test_a_ray_cluster_that_cannot_run_occsynth_is_refused_before_out_is_made(de
         result = CliRunner().invoke(occsynth_main, ray_args(ann, root, tmp_path / "o", tmp_path / "c", ray_head))
         assert result.exit_code == 2 and not (tmp_path / "o").exists(), result.output
         if probe is not_installed:  # the part in the middle is ray's own words
-            assert result.output.startswith(f"Error: --scheduler {ray_head}: the cluster cannot run occsynth's tasks "
+            assert result.output.startswith(f"Error: backend_address/--scheduler {ray_head}: "
+                                            "the cluster cannot run occsynth's tasks "
                                             "(RuntimeError: The remote function failed to import on the worker"), \
                 result.output
             assert result.output.endswith("); its nodes need this occsynth installed (the environment of this "
                                           "command)\n"), result.output
         else:
-            assert result.output == (f"Error: --scheduler {ray_head}: a worker runs another occsynth (renderer "
+            assert result.output == (f"Error: backend_address/--scheduler {ray_head}: "
+                                     "a worker runs another occsynth (renderer "
                                      f"{generate_module.RENDERER + 1}, this one {generate_module.RENDERER}), whose "
                                      "images differ for the same arguments; install this occsynth on the cluster\n")
 
@@ -642,9 +647,9 @@ def test_a_ray_where_no_worker_runs_the_trial_task_is_refused_in_words(demo_sour
         with pytest.raises(OccsynthError) as elsewhere:  # an address beside it was silently not used
             generate(tmp_path / "o", SETTINGS, ann_path=ann, image_root=root, cache_dir=tmp_path / "c", backend="ray",
                      backend_address="127.0.0.1:1", progress=False)
-        assert str(elsewhere.value) == ("--scheduler 127.0.0.1:1: this process already runs ray (ray.init), which is "
-                                        "used as it is: give no scheduler address to render on it, or call "
-                                        "ray.shutdown() first")
+        assert str(elsewhere.value) == ("backend_address/--scheduler 127.0.0.1:1: this process already runs ray "
+                                        "(ray.init), which is used as it is: give no scheduler address to render on "
+                                        "it, or call ray.shutdown() first")
         assert ray.is_initialized()
     finally:
         ray.shutdown()
@@ -670,7 +675,7 @@ def test_a_ray_head_that_cannot_be_reached_is_refused_at_once(demo_source, tmp_p
         result = CliRunner().invoke(occsynth_main, ray_args(ann, root, tmp_path / "o", tmp_path / "c", address))
         assert time.monotonic() - start < 10
         assert result.exit_code == 2 and result.output == \
-            f"Error: --scheduler {address!r}: cannot connect to a ray head ({said})\n", result.output
+            f"Error: backend_address/--scheduler {address!r}: cannot connect to a ray head ({said})\n", result.output
         assert not (tmp_path / "o").exists()
 
 
@@ -767,7 +772,8 @@ def test_a_ray_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(r
         patch.setattr(generate_module, "_finished_chunks", error_after_one_chunk(lost))
         result = CliRunner().invoke(occsynth_main, args)
     assert result.exit_code == 2 and result.output == (
-        f"Error: --scheduler {ray_head}: the cluster stopped running this run's chunks (LocalRayletDiedError: The "
+        f"Error: backend_address/--scheduler {ray_head}: "
+        "the cluster stopped running this run's chunks (LocalRayletDiedError: The "
         "task's local raylet died); the chunks it finished are kept: run the same command again to continue\n"), \
         result.output
     again = CliRunner().invoke(occsynth_main, args)
@@ -783,14 +789,15 @@ def test_a_ray_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(r
     monkeypatch.setattr(generate_module, "_finished_chunks", crashing_on_chunk_5)
     crashed = CliRunner().invoke(occsynth_main, ray_args(ann, root, tmp_path / "k", cache, ray_head, recipe=recipe))
     assert crashed.exit_code == 2 and crashed.output.startswith(  # then ray's own log lines of the retries
-        f"Error: --scheduler {ray_head}: workers died on a chunk each time it ran (WorkerCrashedError: The worker "
+        f"Error: backend_address/--scheduler {ray_head}: "
+        "workers died on a chunk each time it ran (WorkerCrashedError: The worker "
         "died unexpectedly while executing this task); the chunks finished are kept: see the workers' logs (out of "
         "memory?), and --strict names a bad record, before the same command continues the run\n"), crashed.output
 
 
 def test_bad_cluster_options_are_one_clear_error(demo_source, tmp_path):
     ann, root = demo_source
-    for extra, words in ((["--scheduler", "tcp://h:1"], "--scheduler is for --backend dask or ray"),
+    for extra, words in ((["--scheduler", "tcp://h:1"], "backend_address/--scheduler is for --backend dask or ray"),
                          (["--backend", "dask", "--scheduler", "garbage"], "cannot connect to a dask scheduler")):
         result = CliRunner().invoke(occsynth_main, cli_args(ann, root, tmp_path / "o", tmp_path / "c") + extra)
         assert result.exit_code == 2, result.output
@@ -820,7 +827,7 @@ def test_check_backend_refuses_an_unknown_backend_an_address_for_a_local_one_and
     assert str(refused.value) == "--backend must be one of loky, threading, dask, ray, got 'spark'"
     with pytest.raises(OccsynthError) as refused:
         backends.check_backend("threading", "tcp://h:1")
-    assert str(refused.value) == "--scheduler is for --backend dask or ray, not threading"
+    assert str(refused.value) == "backend_address/--scheduler is for --backend dask or ray, not threading"
     monkeypatch.setitem(backends.EXTRA_MODULES, "dask", "occsynth_no_such_module")
     with pytest.raises(OccsynthError) as refused:
         backends.check_backend("dask", "tcp://h:1")
@@ -861,10 +868,11 @@ def test_a_ray_head_refusal_names_the_token_the_head_asks_for_wherever_ray_said_
     except ConnectionError as exc:
         wrapped = exc
     assert str(backends._unreachable("h:6379", wrapped)) == (
-        "--scheduler 'h:6379': cannot connect to a ray head (ConnectionError: Could not connect to the head); the "
-        "head asks for its token: run with RAY_AUTH_MODE=token, its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN")
+        "backend_address/--scheduler 'h:6379': cannot connect to a ray head (ConnectionError: Could not connect to "
+        "the head); the head asks for its token: run with RAY_AUTH_MODE=token, its token in ~/.ray/auth_token or "
+        "$RAY_AUTH_TOKEN")
     assert str(backends._unreachable("h:6379", ConnectionError("refused"))) == \
-        "--scheduler 'h:6379': cannot connect to a ray head (ConnectionError: refused)"
+        "backend_address/--scheduler 'h:6379': cannot connect to a ray head (ConnectionError: refused)"
 
 
 def test_a_ray_head_port_past_65535_is_refused_not_wrapped_onto_another_port():
@@ -877,11 +885,11 @@ def test_a_ray_head_port_past_65535_is_refused_not_wrapped_onto_another_port():
         for address in (f"127.0.0.1:{port + 65536}", "127.0.0.1:65536", f"127.0.0.1:{10 ** 20}"):
             with pytest.raises(OccsynthError) as refused:
                 backends._check_reachable(address)
-            assert str(refused.value) == (f"--scheduler {address!r}: cannot connect to a ray head (port "
-                                          f"{address.rsplit(':', 1)[1]} is past 65535)")
+            assert str(refused.value) == (f"backend_address/--scheduler {address!r}: cannot connect to a ray head "
+                                          f"(port {address.rsplit(':', 1)[1]} is past 65535)")
         for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", f"[127.0.0.1]:{port}/", "auto"):
             assert backends._check_reachable(address) is None
     for address in ("ray://127.0.0.1:1", "[127.0.0.1]:1/"):
-        with pytest.raises(OccsynthError, match=re.escape(f"--scheduler {address!r}: cannot connect to a ray head "
-                                                          "(ConnectionRefusedError: ")):
+        with pytest.raises(OccsynthError, match=re.escape(f"backend_address/--scheduler {address!r}: cannot connect to "
+                                                          "a ray head (ConnectionRefusedError: ")):
             backends._check_reachable(address)

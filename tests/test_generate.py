@@ -22,6 +22,7 @@ from cli.occsynth_cli import main as occsynth_main
 from occsynth import errors, masks, writer
 from occsynth import generate as generate_module
 from occsynth.bank import DamagedEntry
+from occsynth.errors import OccsynthError
 from occsynth.generate import RunSettings, generate
 from occsynth.schedule import CompositeOptions
 from occsynth.validate import validate
@@ -42,6 +43,15 @@ def generated(demo_source, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     report = generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
     return out, report, cache
+
+
+def test_a_library_error_names_the_keyword_arguments_a_python_caller_gave_with_the_flags(demo_source, tmp_path):
+    ann, _ = demo_source
+    with pytest.raises(OccsynthError, match=re.escape("give both ann_path/--ann and image_root/--images, or neither")):
+        generate(tmp_path / "out", SETTINGS, ann_path=ann, progress=False)
+    with pytest.raises(OccsynthError, match=re.escape("backend_address/--scheduler is for --backend dask or ray")):
+        generate(tmp_path / "out", SETTINGS, backend="loky", backend_address="h:1", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_layout_and_manifest(generated):
@@ -320,8 +330,8 @@ def test_a_resume_with_other_images_is_refused_and_one_from_the_same_images_move
         generate(resumed, SETTINGS, ann_path=ann, image_root=other, cache_dir=cache, progress=False)
     message = str(refused.value)
     assert f"{resumed} was begun with the source images under {Path(root).resolve()}" in message
-    assert f"--images {other.resolve()} holds other files" in message
-    assert f"resume with --images {Path(root).resolve()} (or the same files moved or copied)" in message
+    assert f"image_root/--images {other.resolve()} holds other files" in message
+    assert f"resume with image_root/--images {Path(root).resolve()} (or the same files moved or copied)" in message
     assert tree_bytes(resumed) == before
     moved = tmp_path / "moved"
     shutil.copytree(root, moved)  # the same files elsewhere: the run goes on, and ends as an uninterrupted one
@@ -345,7 +355,7 @@ def test_a_resume_with_other_images_is_refused_and_one_from_the_same_images_move
     assert " ".join(mixed.output.split()) == (
         f"Error: {b} was generated from other source images than {a} (its images were read under {other.resolve()}, "
         f"those of {a} under {Path(root).resolve()}: {writer.SAMPLED}); shards of one set read the same images (the "
-        "same files may lie in other folders): render this shard again from those into a new --out (one into "
+        "same files may lie in other folders): render this shard again from those into a new out_dir/--out (one into "
         f"{b} is refused, as its run was begun from other images) and merge that folder in place of {b}")
     assert not (tmp_path / "m").exists()
     with pytest.raises(errors.OccsynthError, match="was begun with the source images under"):  # as it says
@@ -367,10 +377,11 @@ def test_a_resume_that_reads_the_demo_source_by_default_says_so(generated, demo_
         generate(begun, SETTINGS, cache_dir=cache, shard=(0, 3), progress=False)
     assert str(refused.value) == (
         f"{begun} was begun with the source images under {other.resolve()}, and the embedded demo source (the default "
-        f"without --ann and --images, its images under {(Path(cache) / 'demo-v1' / 'images').resolve()}) holds other "
-        f"files ({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; resume with the "
-        f"--ann it was begun with (a file named annotations.json) and --images {other.resolve()} (or the same files moved or "
-        "copied), or use another --out")
+        f"without ann_path/--ann and image_root/--images, its images under "
+        f"{(Path(cache) / 'demo-v1' / 'images').resolve()}) holds other files ({writer.SAMPLED}): the chunks rendered "
+        "now would mix other pixels into the set; resume with the ann_path/--ann it was begun with (a file named "
+        f"annotations.json) and image_root/--images {other.resolve()} (or the same files moved or copied), or use "
+        "another out_dir/--out")
 
 
 def test_a_run_begun_from_the_demo_source_resumed_from_other_images_says_to_resume_without_them(
@@ -385,10 +396,11 @@ def test_a_run_begun_from_the_demo_source_resumed_from_other_images_says_to_resu
     with pytest.raises(errors.OccsynthError) as refused:
         generate(begun, SETTINGS, ann_path=ann, image_root=other, cache_dir=cache, shard=(0, 3), progress=False)
     assert str(refused.value) == (
-        f"{begun} was begun with the embedded demo source (the default without --ann and --images, its images under "
-        f"{(Path(cache) / 'demo-v1' / 'images').resolve()}), and --images {other.resolve()} holds other files "
-        f"({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; resume without --ann and "
-        "--images (the embedded demo source), or use another --out")
+        f"{begun} was begun with the embedded demo source (the default without ann_path/--ann and image_root/--images, "
+        f"its images under {(Path(cache) / 'demo-v1' / 'images').resolve()}), and image_root/--images "
+        f"{other.resolve()} holds other files ({writer.SAMPLED}): the chunks rendered now would mix other pixels into "
+        "the set; resume without ann_path/--ann and image_root/--images (the embedded demo source), or use another "
+        "out_dir/--out")
 
 
 def test_a_run_begun_from_the_demo_source_resumed_from_another_caches_says_which_cache(generated, tmp_path):
@@ -402,12 +414,14 @@ def test_a_run_begun_from_the_demo_source_resumed_from_another_caches_says_which
     with pytest.raises(errors.OccsynthError) as refused:
         generate(begun, SETTINGS, cache_dir=other_cache, shard=(0, 3), progress=False)
     message = str(refused.value)
-    assert message.startswith(f"{begun} was begun with the embedded demo source (the default without --ann and "
-                              f"--images, its images under {(Path(cache) / 'demo-v1' / 'images').resolve()}), and the "
-                              "embedded demo source (the default without --ann and --images, its images under "
+    assert message.startswith(f"{begun} was begun with the embedded demo source (the default without ann_path/--ann "
+                              "and image_root/--images, its images under "
+                              f"{(Path(cache) / 'demo-v1' / 'images').resolve()}), and the embedded demo source (the "
+                              "default without ann_path/--ann and image_root/--images, its images under "
                               f"{(other_cache / 'demo-v1' / 'images').resolve()}) holds other files")
-    assert message.endswith("; resume without --ann and --images (the embedded demo source) and with the --cache-dir "
-                            "it was begun with (the one holding the images above), or use another --out")
+    assert message.endswith("; resume without ann_path/--ann and image_root/--images (the embedded demo source) and "
+                            "with the --cache-dir it was begun with (the one holding the images above), or use "
+                            "another out_dir/--out")
 
 
 def test_a_damaged_or_missing_image_root_record_only_leaves_its_words_out(tmp_path):
@@ -425,9 +439,10 @@ def test_a_damaged_or_missing_image_root_record_only_leaves_its_words_out(tmp_pa
     record.write_text('{"demo": true}')  # begun from the demo source, its folder not recorded
     other = (tmp_path / "other").resolve()
     assert str(writer._other_images_refused(folder, {}, {}, other, demo=False)) == (
-        f"{folder} was begun with the embedded demo source (the default without --ann and --images), and --images "
-        f"{other} holds other files ({writer.SAMPLED}): the chunks rendered now would mix other pixels into the set; "
-        "resume without --ann and --images (the embedded demo source), or use another --out")
+        f"{folder} was begun with the embedded demo source (the default without ann_path/--ann and "
+        f"image_root/--images), and image_root/--images {other} holds other files ({writer.SAMPLED}): the chunks "
+        "rendered now would mix other pixels into the set; resume without ann_path/--ann and image_root/--images (the "
+        "embedded demo source), or use another out_dir/--out")
 
 
 def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(generated, demo_source, tmp_path):
@@ -444,7 +459,7 @@ def test_a_run_begun_without_an_images_fingerprint_is_not_resumed_and_says_why(g
     assert str(refused.value) == (f"{older} holds a run begun by an occsynth that did not record which source images "
                                   f"it read (occsynth {run['version']}), so this one cannot tell whether the chunks "
                                   "left would be rendered from the same pixels; finish it with the occsynth version "
-                                  "that began it, or use another --out")
+                                  "that began it, or use another out_dir/--out")
     with pytest.raises(errors.OccsynthError, match=r"the same pixels \(and other settings differ: settings\.seed: 3 -> "
                                                    r"4\); finish it with the occsynth version that began it"):
         generate(older, dataclasses.replace(SETTINGS, seed=4), ann_path=ann, image_root=root, cache_dir=cache,
@@ -550,7 +565,8 @@ def test_a_run_or_shard_of_another_renderer_is_refused_not_mixed(demo_source, tm
                  progress=False)
     assert "made by another occsynth renderer" in str(resumed.value)
     assert f"renderer: 1 -> {generate_module.RENDERER}" in str(resumed.value)
-    assert str(resumed.value).endswith("finish it with the occsynth version that began it, or use another --out")
+    assert str(resumed.value).endswith("finish it with the occsynth version that began it, or use another "
+                                       "out_dir/--out")
     generate(tmp_path / "new", SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 2), progress=False)
     mixed = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "old"), str(tmp_path / "new"),
                                                "--out", str(tmp_path / "m"), "--quiet"])
@@ -575,7 +591,7 @@ def test_a_damaged_run_settings_file_is_named_by_merge_and_generate_not_a_traceb
     for order in (shard_dirs, shard_dirs[::-1], shard_dirs[1:]):  # first, last or alone
         merged = CliRunner().invoke(occsynth_main, ["merge", *map(str, order), "--out", str(tmp_path / "m"), "--quiet"])
         assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
-        assert " ".join(merged.output.split()).startswith(expected) and "another --out" in merged.output
+        assert " ".join(merged.output.split()).startswith(expected) and "another out_dir/--out" in merged.output
         assert not (tmp_path / "m").exists()
     rerun = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(root), "--out",
                                                str(shard_dirs[1]), "--num-images", str(N_IMAGES), "--seed", "3",
@@ -600,7 +616,7 @@ def test_merge_in_a_shared_out_refuses_a_chunk_whose_image_is_gone_and_a_shard_r
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert " ".join(result.output.split()) == (
         f"Error: {lost}: image of {writer.part_path(shared, 1)} is missing; run the shard that renders chunk 1 again "
-        f"with --out {shared} (shard i/n renders chunks i, i + n, i + 2n, ...), then merge again")
+        f"with out_dir/--out {shared} (shard i/n renders chunks i, i + n, i + 2n, ...), then merge again")
     assert not (shared / "annotations.json").exists() and not (shared / "manifest.json").exists()
     generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(1, 3), progress=False)
     writer.merge_shards(shared, [shared], progress=False)
@@ -795,7 +811,7 @@ def test_a_wrong_image_root_fails_early_with_an_example_path(demo_source, tmp_pa
                                                 "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
                                                 "--quiet"])
     assert result.exit_code == 2
-    assert "is --images the folder" in result.output and str(Path(root).parent) in result.output
+    assert "is image_root/--images the folder" in result.output and str(Path(root).parent) in result.output
     assert not (tmp_path / "o" / "parts").exists()
 
 
@@ -822,7 +838,7 @@ def test_merge_names_the_setting_that_differs_and_the_chunks_it_left_in_a_shard_
     assert "seed: 3 -> 4" in mixed.output
     into_other = CliRunner().invoke(occsynth_main, ["merge", str(tmp_path / "b"), "--out", str(tmp_path / "a"),
                                                     "--quiet"])
-    assert into_other.exit_code == 2 and "merge these shards into another --out" in into_other.output
+    assert into_other.exit_code == 2 and "merge these shards into another out_dir/--out" in into_other.output
     # a finished --out already has every chunk: the shard folder's are left where they are, and said so
     finished = tmp_path / "finished"
     shutil.copytree(out, finished)

@@ -80,7 +80,9 @@ def test_fp16_run_resumed_on_the_gpu_continues_like_an_uninterrupted_one(tmp_pat
         return T.train(root / "annotations.json", root / "images", out, schedule="schedule-tiny",
                        overrides=settings, device=DEVICE, progress=False)
 
+    before = torch.get_rng_state(), torch.cuda.get_rng_state()
     whole = run(tmp_path / "whole")
+    assert all(map(torch.equal, before, (torch.get_rng_state(), torch.cuda.get_rng_state())))  # the caller's again
     run(tmp_path / "split")
     (tmp_path / "split" / "model_final.pt").unlink()  # as if killed after the checkpoint at iteration 3
     (tmp_path / "split" / "last_checkpoint").write_text("checkpoint_0000003.pt\n")

@@ -122,7 +122,7 @@ def test_a_second_pipeline_on_the_same_run_folder_is_refused_at_once(pipeline_ru
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert result.output == (f"Error: {out} is being written by another process (pid {os.getpid()} on "
                              f"{socket.gethostname()}): wait for it to finish or stop it, then run the command again, "
-                             "or choose another --out\n")
+                             "or choose another out_dir/--out\n")
     assert _mtimes(out) == before
 
 
@@ -142,7 +142,7 @@ def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipel
         run_pipeline(tmp_path / "copy", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
                      log=lambda line: None)
     (tmp_path / "copy" / "pipeline-run.json").unlink()  # a finished run of a version that kept no record
-    with pytest.raises(OccsynthError, match="rerun it with that recipe to resume it, or choose another --out"):
+    with pytest.raises(OccsynthError, match="rerun it with that recipe to resume it, or choose another out_dir/--out"):
         run_pipeline(tmp_path / "copy", inputs, recipe="pipeline-tiny", device="cpu", progress=False,
                      log=lambda line: None)
     assert _mtimes(out) == before
@@ -590,7 +590,9 @@ def test_render_prediction_puts_the_occluder_heat_map_beside_the_mask():
 
 
 def test_bench_reports_both_heads_and_ratios():
+    before = torch.get_rng_state()
     report = bench_heads(backbone="tiny", batch=1, size=64, iters=1, warmup=0, device="cpu", progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # it seeds; the caller's generator is given back
     assert report["fcn"]["parameters"] < report["bilayer-gcn"]["parameters"]
     assert report["train_step_ratio"] > 0 and report["inference_ratio"] > 0
     assert report["extra_parameters_m"] == pytest.approx(
@@ -877,7 +879,7 @@ def _train_synthetic_on(synthetic, demo_source, tmp_path):
 
 @pytest.mark.parametrize("fault, reason, example, words, hint", [
     ("missing", "missing image file", "000000000001.png", "no usable training images",
-     "; is --images the folder that the file_name entries are relative to?"),
+     "; is image_root/--images the folder that the file_name entries are relative to?"),
     ("corrupt", "unreadable or corrupt image", "000000000003.png", "none of the 3 training images could be read", ""),
 ])
 def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path, fault, reason, example, words, hint):
@@ -1040,7 +1042,7 @@ def test_a_pretrained_checkpoint_of_another_model_is_refused_before_the_fine_tun
     assert str(refused.value) == (
         f"{final}: a model with mask_head='fcn', but [finetune] of pipeline recipe '{recipe}' builds "
         f"mask_head='bilayer-gcn'; the fine-tuning would start from it and load only the tensors that fit: move "
-        f"{final.parent} away (it is not this recipe's pretraining), or choose another --out")
+        f"{final.parent} away (it is not this recipe's pretraining), or choose another out_dir/--out")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [atomic.LOCK_FILE, "pretrain"]  # no stage ran
     # a folder that records the recipe it was made with is named by that (moving its pretrain/ away would not help)
     (tmp_path / "run" / RUN_FILE).write_text(json.dumps({"recipe": "other.toml"}))

@@ -101,6 +101,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, dataset
                 progress=False)
 
 
+def test_train_gives_the_callers_random_generators_back_as_it_found_them(tmp_path, dataset_dir):
+    torch.manual_seed(1234)
+    torch.rand(5)  # a caller's generator in some state of its own, not just seeded
+    before = torch.get_rng_state()
+    expected = torch.rand(4)
+    torch.set_rng_state(before)
+    first = _run(dataset_dir, tmp_path / "a", iterations=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(torch.rand(4), expected)  # not the numbers of the seed train drew from
+    torch.manual_seed(99)  # another caller state: the run does not depend on it
+    second = _run(dataset_dir, tmp_path / "b", iterations=2)
+    a, b = first["model"].state_dict(), second["model"].state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    before = torch.get_rng_state()
+    with pytest.raises(OccsynthError, match="lower the learning rate"):  # stopped mid-run: given back all the same
+        _run(dataset_dir, tmp_path / "c", iterations=6, base_lr=1e8, warmup_iterations=0)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 class UnitSlope(torch.nn.Module):
     """A model whose one loss is its weight on any batch: the gradient of a batch's loss is 1."""
 
@@ -145,7 +164,8 @@ def test_resume_uses_the_lr_momentum_and_weight_decay_asked_for_and_says_so(tmp_
     again = T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
                     init_checkpoint=tmp_path / "elsewhere.pt", overrides={"iterations": 6}, progress=False)
     assert again["start"] == 5  # the same command with --resume added: --init is said to be left unread
-    assert f"note: --init {tmp_path / 'elsewhere.pt'} is not read when resuming" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"note: init_checkpoint/--init {tmp_path / 'elsewhere.pt'} is not read when resuming" in said
 
 
 def test_a_run_saved_with_checkpoint_every_0_resumes_as_it_meant_every_iteration(tmp_path, dataset_dir):
@@ -489,7 +509,7 @@ def test_a_second_training_on_the_same_out_is_refused_at_once_naming_the_running
             again = CliRunner().invoke(bcnet_main, args + extra)
             assert again.exit_code == 2 and "Traceback" not in again.output, again.output
             assert (f"Error: {out} is being written by another process (pid {holder.pid} on {socket.gethostname()}): "
-                    "wait for it to finish or stop it, then run the command again, or choose another --out") \
+                    "wait for it to finish or stop it, then run the command again, or choose another out_dir/--out") \
                 in again.output
             assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing read or written there
     finally:
@@ -540,7 +560,7 @@ def test_holds_out_dir_holds_the_out_dir_given_by_position_or_name_where_only_if
             write(0, tmp_path / "d")
     assert str(info.value) == (f"{tmp_path / 'd'} is being written by another process (which has not written its pid "
                                "yet): wait for it to finish or stop it, then run the command again, or choose another "
-                               "--out")
+                               "out_dir/--out")
 
 
 def test_cli_train_then_evaluate(tmp_path, dataset_dir):
@@ -709,7 +729,8 @@ def test_a_schedule_given_with_resume_is_compared_with_the_saved_one_not_read(tm
     result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
     assert result.exit_code == 0 and result.output == (
         "note: a resumed run keeps its saved schedule: momentum=0.9 (not 0.8), gamma=0.1 (not 0.5); give --momentum to "
-        "change it; gamma cannot change on resume (a new run from these weights: --init)\n" + nothing), result.output
+        "change it; gamma cannot change on resume (a new run from these weights: init_checkpoint/--init)\n"
+        + nothing), result.output
     # iterations: set by --iterations, not compared. Compared as written: a file valid only with the command's
     # options (no iterations; long_max under --short's default) still resumes; one moved since, too
     mine.write_text(text.replace("iterations = 300\n", "").replace("long_max = 192", "long_max = 100"))
@@ -729,7 +750,8 @@ def test_a_schedule_given_with_resume_is_compared_with_the_saved_one_not_read(tm
     result = CliRunner().invoke(bcnet_main, [*args, "--schedule", str(mine), "--resume"])
     assert result.exit_code == 2 and result.output == (
         f"Error: {final}: this run was trained with backbone 'tiny'; --resume cannot change it to 'resnet18' ({mine} "
-        "sets it) (to start from its weights, train into a new --out with --init)\n"), result.output
+        "sets it) (to start from its weights, train into a new out_dir/--out with init_checkpoint/--init)\n"), \
+        result.output
 
 
 def test_a_finished_run_extended_has_no_model_final_until_it_ends_again(tmp_path, dataset_dir, monkeypatch):
@@ -946,7 +968,8 @@ def test_resume_from_a_checkpoint_whose_optimizer_state_fits_another_model_is_on
         refused_resume(state, words)
     state["optimizer"] = None
     torch.save(state, final)
-    with pytest.raises(OccsynthError, match=r"model_final.pt: holds no optimizer state to resume from .* with --init$"):
+    with pytest.raises(OccsynthError, match=r"model_final.pt: holds no optimizer state to resume from .* with "
+                                            r"init_checkpoint/--init$"):
         T.train(dataset_dir / "annotations.json", dataset_dir / "images", tmp_path / "run", resume=True,
                 overrides={"iterations": 3}, progress=False)
 
@@ -1182,7 +1205,7 @@ def test_resume_on_a_set_with_categories_the_model_does_not_know_is_refused_nami
     assert str(raised.value) == (
         f"{dataset_dir / 'annotations.json'}: lists 2 categories the run's model does not know: box, never-pasted "
         f"(ids 7, 9); resumed, it would train without them (their annotations left out). To learn them, train into a "
-        f"new --out, from this run's weights with --init {final}")
+        f"new out_dir/--out, from this run's weights with init_checkpoint/--init {final}")
     assert final.read_bytes() == before and sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == [final.name]
 
 
