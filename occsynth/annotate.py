@@ -25,9 +25,10 @@ is written).
 
 Everything else is left as it was: ids, ``area``, boxes, extra fields and top-level keys (the
 original tool overwrote ``area`` with the box area and renumbered ids; that breaks evaluation
-against the untouched file), but for a polygon's stray parts (fewer than 3 points, an odd count of coordinates),
-which every reader leaves out and so does the output (:func:`mask_decodes`). Output annotations are grouped by image, in images-table order,
-keeping their input order within an image; annotations of unknown images come last, unchanged
+against the untouched file), but for the stray parts (fewer than 3 points, an odd count of coordinates) of a
+``segmentation`` polygon whose image record has a size, which every reader leaves out and so does the output
+(:func:`mask_decodes`; ``amodal_segmentation`` is not read, so copied as it is). Output annotations are grouped by
+image, in images-table order, keeping their input order within an image; annotations of unknown images come last, unchanged
 apart from empty occluder fields.
 
 Memory stays bounded on the 860k-instance train file: one streaming pass reads everything but

@@ -52,7 +52,9 @@ from .coco import (brief, check_annotation_record, check_iscrowd, check_segmenta
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, options_argument, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
-BANK_FORMAT = 3  # 2: RLE strings stored in canonical form (masks.encode's); 3: image records over the pixel limit skipped
+# 2: RLE strings stored in canonical form (masks.encode's); 3: image records over the pixel limit skipped; 4: a polygon's
+# stray short parts dropped, not the instance (masks.check_polygons)
+BANK_FORMAT = 4
 CROWD, TRUNCATED, OVERLAPPED, TOO_SMALL = "crowd", "truncated", "overlapped", "too_small"
 REASONS = (CROWD, TRUNCATED, OVERLAPPED, TOO_SMALL)
 """Rejection reasons, in the order they are tested: the first that applies is reported."""

@@ -577,13 +577,19 @@ def index_dataset(dataset: dict, log: SkipLog, *,
     images, skipped_images = usable_image_records(dataset["images"], log)
     by_image: dict[int, list] = {i: [] for i in images}
     kept: dict[int, dict] = {}  # annotation id -> its kept record
+    # annotation id -> why its kept record is no usable one (None: it is), judged once: an exporter that numbers
+    # annotations per image repeats ids on every image, and each judgement may rasterise a polygon
+    problems: dict[int, BadRecord | None] = {}
     for ann in dataset["annotations"]:
         try:
             ann = check_annotation_record(ann, images, categories, skipped_images)
             first = kept.get(ann["id"])
             if first is not None:
-                if not _replaces(first, ann, images, mask_keys, log):
+                if ann["id"] not in problems:
+                    problems[ann["id"]] = _mask_problem(first, images[first["image_id"]], mask_keys)
+                if not _replaces(problems[ann["id"]], ann, images, mask_keys, log):
                     raise BadRecord(errors.DUPLICATE_ID, f"annotation {ann['id']}", duplicate_detail(log))
+                problems[ann["id"]] = None  # the repeat that takes the id was found usable
                 anns = by_image[first["image_id"]]
                 del anns[next(i for i, a in enumerate(anns) if a is first)]
             kept[ann["id"]] = ann
@@ -593,11 +599,11 @@ def index_dataset(dataset: dict, log: SkipLog, *,
     return images, categories, by_image
 
 
-def _replaces(kept: dict, repeat: dict, images: Mapping, mask_keys: Sequence[str], log: SkipLog) -> bool:
-    """Whether ``repeat``, a record of the id of ``kept``, takes the id from it (:func:`index_dataset`): the kept
-    record's masks fail or one is empty, and the repeat's are usable (:func:`_mask_problem`). The kept one is then
-    counted in ``log``; strict, it is raised."""
-    problem = _mask_problem(kept, images[kept["image_id"]], mask_keys)
+def _replaces(problem: BadRecord | None, repeat: dict, images: Mapping, mask_keys: Sequence[str],
+              log: SkipLog) -> bool:
+    """Whether ``repeat``, a record of the id of a kept record, takes the id from it (:func:`index_dataset`): the
+    kept record's masks fail or one is empty (``problem``, its :func:`_mask_problem`), and the repeat's are usable.
+    The kept one is then counted in ``log``; strict, it is raised."""
     if problem is None:
         return False
     if log.strict:

@@ -30,7 +30,8 @@ higher is nearer, as in FORMAT.md. COCOA names are free text: with a COCO catego
 by (case-insensitive) name; the rest, or everything without a list, go to a ``thing`` or ``stuff``
 category by ``isStuff`` (0/1, true/false, or those as text; anything else counts as a thing and is
 counted as ``bad_is_stuff``). Of records of one image, or regions of one record with the same amodal
-``segmentation``, the first is converted and the others are skipped as duplicates.
+``segmentation`` as written (a flat polygon or a list of it, less stray parts), the first is converted and the
+others are skipped as duplicates.
 
 Both readers load the whole file (the published files are a few hundred MB at most).
 """
@@ -285,7 +286,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
     masks cannot be decoded) are skipped and listed in the report's ``skipped`` by reason. So are duplicates, which
     would put an object into the output twice: a record repeating an earlier one's id, a later record of an
     image (COCOA has one per image; another annotator's would be a second copy of each object), and a region
-    whose amodal ``segmentation`` an earlier region of its record has. ``strict``: stop at the first, naming it
+    whose amodal ``segmentation``, as written (:func:`_polygons`), an earlier region of its record has. ``strict``: stop at the first, naming it
     and the file; nothing is written.
     """
     in_path, out_path = Path(in_path), Path(out_path)
@@ -352,18 +353,19 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 counts["bad_masks"] += 1
                 log.skip(exc)
                 continue
-            seen = region_of.setdefault(json.dumps(region["segmentation"], sort_keys=True), index)
+            written = _polygons(region["segmentation"], h, w)  # as the output writes it: the same instance
+            seen = region_of.setdefault(json.dumps(written, sort_keys=True), index)  # however the file spells it
             if seen != index:
                 log.skip(BadRecord(errors.DUPLICATE_RECORD, f"{where} region {index}",
                                    f"the same segmentation as region {seen}: one instance, listed again"))
                 continue
-            regions.append((index, region))
+            regions.append((index, region, written))
             visible.append(v & a)
             amodal.append(a)
         if not regions:
             continue
         try:
-            orders = [_whole_number(r.get("order", k + 1)) for k, (_, r) in enumerate(regions)]
+            orders = [_whole_number(r.get("order", k + 1)) for k, (_, r, _) in enumerate(regions)]
         except (TypeError, ValueError, OverflowError):  # null, text, 2.5, NaN: the listing order stands in, counted
             counts["bad_order"] += 1
             orders = list(range(1, len(regions) + 1))
@@ -371,7 +373,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
         occluders = layer_occluders(amodal, layers)
         ids = list(range(next_id, next_id + len(regions)))
         next_id += len(regions)
-        for k, ((index, region), v, a, occ) in enumerate(zip(regions, visible, amodal, occluders)):
+        for k, ((index, region, written), v, a, occ) in enumerate(zip(regions, visible, amodal, occluders)):
             is_stuff = _flag(region.get("isStuff", 0))
             if is_stuff is None:  # "yes", 2, a list: a thing, counted (as a bad order is)
                 counts["bad_is_stuff"] += 1
@@ -383,7 +385,7 @@ def convert_cocoa(in_path: str | os.PathLike, out_path: str | os.PathLike,
                 category = stuff_id if is_stuff else thing_id
                 counts["stuff" if category == stuff_id else "thing"] += 1
             ann = {"id": ids[k], "image_id": record["image_id"], "category_id": category, "iscrowd": 0,
-                   "segmentation": mask_ops.encode(v), "amodal_segmentation": _polygons(region["segmentation"], h, w),
+                   "segmentation": mask_ops.encode(v), "amodal_segmentation": written,
                    **_measures(v, a), "order": orders[k], "layer": layers[k],
                    "occluder_ids": [ids[j] for j in occ], "name": region.get("name"),
                    "is_stuff": is_stuff,

@@ -194,6 +194,29 @@ def test_a_stray_short_polygon_part_does_not_lose_the_instance(tmp_path):
     assert bank.annotation(k)["bbox"] == [10.0, 10.0, 20.0, 20.0] and bank.annotation(k)["area"] == 400
     assert bank.num_images == Bank.load(tmp_path / "clean").num_images  # image 11 is a background still
 
+def test_a_bank_cached_when_a_stray_polygon_part_refused_the_instance_is_built_again(tmp_path, monkeypatch):
+    """Format 3 banks were read by the old rule, which skipped an instance for one stray short part: such a bank,
+    cached, lacks instances a build now keeps, so it is not reused (BANK_FORMAT 4; the pixel store's key follows)."""
+    import occsynth.bank as bank_module
+    data = source()
+    data["annotations"][7]["segmentation"] = [*data["annotations"][7]["segmentation"], [5, 5]]
+    path = write(tmp_path, data)
+    real = masks.check_polygons
+
+    def old_rule(segmentation, height, width):  # before a965f64: every part of 3 points or more, or no object
+        if any(len(p) < 6 or len(p) % 2 for p in segmentation if isinstance(p, (list, tuple))):
+            raise masks.DegenerateMask("polygon with a stray part")
+        return real(segmentation, height, width)
+
+    with monkeypatch.context() as old:
+        old.setattr(bank_module, "BANK_FORMAT", 3)
+        old.setattr(masks, "check_polygons", old_rule)
+        stale = ensure_bank(path, tmp_path / "cache", OPTS, progress=False)
+        assert 8 not in [Bank.load(stale).annotation(k)["id"] for k in Bank.load(stale).cutouts(3)]
+    fresh = ensure_bank(path, tmp_path / "cache", OPTS, progress=False)
+    assert fresh != stale and 8 in [Bank.load(fresh).annotation(k)["id"] for k in Bank.load(fresh).cutouts(3)]
+
+
 def test_an_lvis_source_names_its_files_by_coco_url(tmp_path):
     """LVIS v1 image records have no file_name: each was skipped as malformed, and a bank of LVIS refused ("no valid
     image records"). Their file is the coco_url's split folder and file name, as detectron2 reads it."""

@@ -343,6 +343,26 @@ def test_index_dataset_checks_masks_only_of_ids_that_repeat(monkeypatch):
     assert calls == ["annotation 6 'segmentation'"] and log.counts == {errors.DUPLICATE_ID: 1}
 
 
+def test_a_kept_record_is_judged_once_however_often_its_id_repeats(monkeypatch):
+    """An exporter that numbers annotations per image repeats ids 1..k on every image: each repeat was judged by
+    decoding the kept record's mask again (rasterised, to find an empty one), a decode per annotation of the file
+    (minutes over COCO train's 860k). Each record is judged once at most: a repeat that takes the id was judged
+    usable when it did."""
+    calls = []
+    real = coco.check_segmentation
+    monkeypatch.setattr(coco, "check_segmentation", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    data = _twins_data((5, 1, SQUARE), *[(5, 1 + k % 2, SQUARE) for k in range(6)])
+    log = SkipLog()
+    assert coco.index_dataset(data, log)[2] == {1: [data["annotations"][0]], 2: []}
+    assert calls == ["annotation 5 'segmentation'"] and log.counts == {errors.DUPLICATE_ID: 6}
+    calls.clear()  # a broken kept record: the first good repeat takes the id; the repeats after it are duplicates
+    data = _twins_data((5, 1, BROKEN), (5, 1, EMPTY), (5, 2, SQUARE), (5, 1, SQUARE), (5, 1, BROKEN))
+    log = SkipLog()
+    assert coco.index_dataset(data, log)[2] == {1: [], 2: [data["annotations"][2]]}
+    assert calls == ["annotation 5 'segmentation'"] * 3 and log.counts == {errors.DEGENERATE_MASK: 1,
+                                                                            errors.DUPLICATE_ID: 3}
+
+
 @pytest.mark.parametrize("check, record", [
     (lambda r: coco.check_image_record(r), {"id": "x" * 10_000, "file_name": "a.jpg", "height": 1, "width": 1}),
     (lambda r: coco.check_image_record(r), list(range(5_000))),

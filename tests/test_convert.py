@@ -362,6 +362,28 @@ def test_cocoa_regions_that_are_no_list_are_counted_even_when_empty_or_absent(tm
         f"        1  malformed record, e.g. COCOA annotation 901 ({detail})"]
 
 
+def test_a_cocoa_region_repeating_another_but_for_its_spelling_or_a_stray_part_is_a_duplicate(tmp_path):
+    """Regions are the same instance when their amodal polygons are written the same (convert._polygons): one
+    spelled as a list of one polygon, or with a stray short part beside it (dropped, detectron2's rule), repeats the
+    flat one. Since stray parts are dropped rather than refusing the region, such a repeat was converted: the
+    instance came out twice."""
+    clean = convert_cocoa(cocoa_file(tmp_path), tmp_path / "clean.json", progress=False)
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    regions = cocoa["annotations"][0]["regions"]
+    blob = regions[2]["segmentation"]
+    regions += [dict(regions[2], order=4, segmentation=[blob, [3, 3]]),   # a stray 1-point part
+                dict(regions[2], order=5, segmentation=[blob])]           # a list of one polygon
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "out.json", progress=False)
+    assert report["skipped"]["counts"] == {"duplicate record": 2}
+    assert report["skipped"]["examples"]["duplicate record"] == (
+        "COCOA annotation 900 region 3: duplicate record (the same segmentation as region 2: one instance, listed "
+        "again)")
+    assert report["counts"] == clean["counts"]
+    out, expected = (json.loads((tmp_path / name).read_text()) for name in ("out.json", "clean.json"))
+    assert out["annotations"] == expected["annotations"]
+
+
 def test_cocoa_records_repeating_an_id_an_image_or_a_region_are_skipped_by_reason_and_strict_stops(tmp_path):
     """They were converted without a word: the image's instances came out twice, each copy occluding nobody of
     the other's."""
