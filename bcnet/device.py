@@ -59,8 +59,11 @@ def own_generators(device: torch.device) -> Iterator[None]:
     too, they are as the caller had them (:func:`torch.random.fork_rng`), so a notebook's ``torch.rand()`` after
     ``train()`` does not repeat the run's seed. Only the CPU's and ``device``'s are kept: no other GPU is touched,
     and fork_rng does not warn of every GPU it would otherwise read."""
-    devices = [] if device.type == "cpu" else [_generator_index(device)]
-    with torch.random.fork_rng(devices=devices, device_type=None if device.type == "cpu" else device.type):
+    if device.type == "cpu":  # the CPU's generator is always kept; "cuda" with no devices reads no GPU (torch 2.2
+        devices, device_type = [], "cuda"  # refuses device_type=None: it takes torch.device() of it)
+    else:
+        devices, device_type = [_generator_index(device)], device.type
+    with torch.random.fork_rng(devices=devices, device_type=device_type):
         yield
 
 
