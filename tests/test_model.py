@@ -223,7 +223,7 @@ def test_backbone_weights_load_or_fail_with_one_clear_error(tmp_path):
              ("resnet18", "missing.pt", "no such file"),
              ("resnet18", "afile", "not a file torch.load(weights_only=True) can read"),
              ("resnet18", "evil.pt", "not a file torch.load(weights_only=True) can read"),
-             ("resnet18", "model_final.pt", "a bcnet training checkpoint, not backbone weights (use --init"),
+             ("resnet18", "model_final.pt", "a bcnet training checkpoint, not backbone weights (use init_checkpoint/--init"),
              ("resnet18", "list.pt", "does not hold a state dict"),
              ("resnet18", "damaged.pt", "damaged file (r18/data/"),
              ("resnet18", "other.pt", "not a resnet18 state dict (100 missing keys e.g. ['conv1.weight'"),
