@@ -47,24 +47,34 @@ def resolve_device(name: str | torch.device | None, option: str = "--device") ->
     return device
 
 
-def _generator_index(device: torch.device) -> int:
-    if device.type == "cuda":
-        return device.index if device.index is not None else torch.cuda.current_device()
-    return 0  # MPS has one generator
+def _gpu_index(device: torch.device) -> int:
+    """The GPU a CUDA ``device`` names: its index, or without one the current GPU (where torch puts its tensors)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @contextlib.contextmanager
 def own_generators(device: torch.device) -> Iterator[None]:
     """Within: seed torch's global generators for ``device`` at will (:func:`seed_generators`); on leaving, by an error
-    too, they are as the caller had them (:func:`torch.random.fork_rng`), so a notebook's ``torch.rand()`` after
-    ``train()`` does not repeat the run's seed. Only the CPU's and ``device``'s are kept: no other GPU is touched,
-    and fork_rng does not warn of every GPU it would otherwise read."""
-    if device.type == "cpu":  # the CPU's generator is always kept; "cuda" with no devices reads no GPU (torch 2.2
-        devices, device_type = [], "cuda"  # refuses device_type=None: it takes torch.device() of it)
-    else:
-        devices, device_type = [_generator_index(device)], device.type
-    with torch.random.fork_rng(devices=devices, device_type=device_type):
+    too, they are as the caller had them, so a notebook's ``torch.rand()`` after ``train()`` does not repeat the run's
+    seed. Only the CPU's and ``device``'s are kept: no other GPU is touched, and a CPU run starts no CUDA.
+
+    What :func:`torch.random.fork_rng` does, by hand: its signature changed (torch 2.2, which setup.cfg allows, takes
+    ``torch.device(device_type)`` and has no ``device_type=None``), and it asks the device module for the state of
+    device 0, which torch 2.2's ``torch.mps.get_rng_state()`` does not take (a TypeError on every MPS run)."""
+    cpu_state = torch.get_rng_state()
+    if device.type == "cuda":
+        index = _gpu_index(device)
+        device_state = torch.cuda.get_rng_state(index)
+    elif device.type == "mps":
+        device_state = torch.mps.get_rng_state()  # its one generator; torch 2.2's takes no device
+    try:
         yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(device_state, index)
+        elif device.type == "mps":
+            torch.mps.set_rng_state(device_state)
 
 
 def seed_generators(seed: int, device: torch.device) -> None:
@@ -73,6 +83,6 @@ def seed_generators(seed: int, device: torch.device) -> None:
     torch.random.default_generator.manual_seed(int(seed))
     if device.type == "cuda":
         torch.cuda.init()
-        torch.cuda.default_generators[_generator_index(device)].manual_seed(int(seed))
+        torch.cuda.default_generators[_gpu_index(device)].manual_seed(int(seed))
     elif device.type == "mps":
         torch.mps.manual_seed(int(seed))
