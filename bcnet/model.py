@@ -49,6 +49,20 @@ class ModelConfigError(OccsynthError, ValueError):
     line, exit 2) that is also a ``ValueError`` for library callers that catch that."""
 
 
+class CheckpointAsBackboneWeights(ModelConfigError):
+    """Backbone weights that are a bcnet training checkpoint. The message says how to start from one as
+    :func:`bcnet.train.train` does (``init_checkpoint/--init``); a caller offering another way (the pipeline, which
+    has none) says its own with :meth:`said_as`."""
+
+    def __init__(self, where: str, expected: str, start_from: str = "use init_checkpoint/--init to start from it"):
+        super().__init__(f"{where}: this is a bcnet training checkpoint, not backbone weights ({start_from}); "
+                         f"expected {expected}")
+        self.where, self.expected = where, expected
+
+    def said_as(self, start_from: str) -> "CheckpointAsBackboneWeights":
+        return CheckpointAsBackboneWeights(self.where, self.expected, start_from)
+
+
 def model_choices() -> dict[str, tuple]:
     """Allowed values of each named model setting (``mask_head`` may also be None: detector only)."""
     return {"detector": DETECTORS, "mask_head": (*MASK_HEADS, None), "backbone": BACKBONES,
@@ -110,8 +124,7 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "iteration" in state:
-        raise ModelConfigError(f"{where}: this is a bcnet training checkpoint, not backbone weights (use "
-                               f"init_checkpoint/--init to start from it); expected {expected}")
+        raise CheckpointAsBackboneWeights(where, expected)
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise ModelConfigError(f"{where}: does not hold a state dict (names -> tensors); expected {expected}")
     own = body.state_dict()

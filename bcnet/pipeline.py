@@ -492,8 +492,14 @@ def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: d
     resume = latest_checkpoint(stage_dir) is not None
     log(f"{name}: schedule {section['schedule']} on {data[0]}" + (" (resuming)" if resume else ""))
     # a resumed stage keeps its saved schedule: its recipe is the run's (check_run_recipe), so nothing to compare
-    train(data[0], data[1], stage_dir, schedule=None if resume else section["schedule"], overrides=overrides or None,
-          resume=resume, init_checkpoint=None if resume else init, device=device, progress=progress)
+    from .model import CheckpointAsBackboneWeights
+    try:
+        train(data[0], data[1], stage_dir, schedule=None if resume else section["schedule"],
+              overrides=overrides or None, resume=resume, init_checkpoint=None if resume else init, device=device,
+              progress=progress)
+    except CheckpointAsBackboneWeights as exc:  # the trainer's words name its init_checkpoint/--init: not ours
+        raise exc.said_as("give ImageNet weights, or none; `bcnet train --init` starts a run from a checkpoint"
+                          ) from None
     if not final.exists():
         raise OccsynthError(f"{stage_dir}: training ended without {FINAL}")
     return final

@@ -333,6 +333,24 @@ def test_backbone_weights_for_a_tiny_backbone_are_refused_before_any_stage(demo_
                     refused_before_any_stage(tmp_path, inputs))
 
 
+def test_a_bcnet_checkpoint_given_as_backbone_weights_is_refused_in_the_pipelines_words(demo_source, tmp_path):
+    """The trainer's refusal named its own way to start from a checkpoint, init_checkpoint/--init: neither is an
+    argument of run_pipeline or an option of train-synthetic."""
+    ann, root = demo_source
+    weights = tmp_path / "model_final.pt"
+    torch.save({"model": {"x": torch.zeros(1)}, "iteration": 80}, weights)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace('schedule = "schedule-tiny"\n', 'schedule = "schedule-tiny"\nbackbone = "resnet18"\n'))
+    inputs = PipelineInputs(coco_train=(ann, root), coco_val=(ann, root), synthetic=(ann, root), cocoocc=ann,
+                            backbone_weights=weights)
+    with pytest.raises(OccsynthError) as refused:
+        run_pipeline(tmp_path / "run", inputs, recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    assert str(refused.value) == (
+        f"backbone weights {weights}: this is a bcnet training checkpoint, not backbone weights (give ImageNet "
+        "weights, or none; `bcnet train --init` starts a run from a checkpoint); expected a torchvision resnet18 state dict (e.g. from torchvision.models.resnet18(weights=...)"
+        ".state_dict(), saved with torch.save)")
+
+
 def test_amodal_fine_tuning_on_a_training_set_without_amodal_masks_is_refused_before_any_stage(demo_source, tmp_path):
     ann, root = demo_source
     recipe = tmp_path / "recipe.toml"
