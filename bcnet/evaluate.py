@@ -1045,4 +1045,5 @@ def _require_images(name: str, dataset, image_root, done: Sequence[int] | None =
         other = f" ({errors.plural(dataset.skips.total, 'record')} skipped, e.g. {next(iter(examples.values()))})" if examples else ""
         raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate{other}")
     raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
-                        f"check --images (now {image_root}): file names in {dataset.ann_file} are relative to it")
+                        f"check its image root, sets[{name!r}][1]/--images (now {image_root}): file names in "
+                        f"{dataset.ann_file} are relative to it")

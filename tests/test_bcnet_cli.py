@@ -57,7 +57,10 @@ def test_evaluate_with_a_wrong_image_root_is_an_error_naming_the_set_and_file(ti
     result = _evaluate(checkpoint, root / "annotations.json", tmp_path, tmp_path / "e")
     _clean(result, 2)
     assert "set 'hand': none of its images could be read" in result.output
-    assert f"{tmp_path / '000000000001.png'}" in result.output and "check --images" in result.output
+    assert f"{tmp_path / '000000000001.png'}" in result.output
+    # named as evaluate_checkpoint takes it and as the command line gives it (README: keyword/--flag)
+    assert (f"; check its image root, sets['hand'][1]/--images (now {tmp_path}): file names in "
+            f"{root / 'annotations.json'} are relative to it") in " ".join(result.output.split()), result.output
     assert not (tmp_path / "e" / "results.json").exists()
 
 
@@ -436,7 +439,7 @@ def test_evaluate_of_a_file_without_images_says_so(tiny, tmp_path):
     save_annotations(copy, data)
     result = _evaluate(checkpoint, copy / "annotations.json", copy / "images", tmp_path / "e")
     _clean(result, 2)
-    assert "lists no images to evaluate" in result.output and "check --images" not in result.output
+    assert "lists no images to evaluate" in result.output and "check its image root" not in result.output
 
 
 @pytest.mark.parametrize("change, why", [
