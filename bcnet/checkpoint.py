@@ -261,7 +261,8 @@ def capture_rng_state() -> dict:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
                    "gauss_next": gauss_next},
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # only generators a run started: reading them starts CUDA, and a --device cpu run on a GPU machine has none
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
     return state
 

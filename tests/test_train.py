@@ -376,6 +376,21 @@ def test_weights_holding_an_infinite_value_are_refused_like_nan_ones():
     assert ckpt.check_weights(whole, "w.pt") is whole
 
 
+def test_a_checkpoint_of_a_run_that_never_started_cuda_does_not_start_it(tmp_path, monkeypatch):
+    """On a GPU machine a --device cpu run saved CUDA's generator states at every checkpoint, and reading them
+    starts CUDA (a context on the GPU, seconds); generators never started hold nothing to save."""
+    def started(*args):
+        raise AssertionError("CUDA started")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", started)
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=torch.nn.Linear(3, 2), iteration=1)
+    assert ckpt.load_checkpoint(tmp_path / "c.pt")["rng"]["cuda"] == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(AssertionError, match="CUDA started"):  # a run on the GPU saves them
+        ckpt.save_checkpoint(tmp_path / "d.pt", model=torch.nn.Linear(3, 2), iteration=1)
+
+
 def test_checkpoint_round_trip_with_rng_states(tmp_path):
     model = torch.nn.Linear(3, 2)
     ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=7, category_ids=[4, 2])
