@@ -914,6 +914,23 @@ def test_occsep_sizes_leave_an_image_record_without_a_size_to_the_record_checks(
         E.check_occsep_entries(data, lists, "gt.json")
 
 
+
+def test_a_listed_polygon_far_outside_its_image_is_refused_before_predicting():
+    """A list is checked for shape alone when read (its images' sizes are unknown there). A polygon with vertices far
+    outside its image (damaged data, masks.check_polygons) passed, and the recall stopped at it with a DegenerateMask
+    traceback after the whole prediction; it is refused up front, as an RLE of another size is. Vertices just
+    outside are clipped, as every reader clips them; an object on another image is not checked."""
+    data = {"images": [{"id": 1, "file_name": "a.png", "height": 4, "width": 6}],
+            "categories": [{"id": 1, "name": "person"}]}
+    near, far = [[0, 0, 10, 0, 10, 7]], [[0, 0, 400, 0, 400, 400]]  # near: x up to 10 on a 6-wide image
+    fine = [["a.png", 1, [0, 0, 4, 4], near], ["elsewhere.png", 1, [0, 0, 4, 4], far]]
+    E.check_occsep_entries(data, E.load_occsep_lists({"occluded": fine}), "gt.json")
+    lists = E.load_occsep_lists({"occluded": [["a.png", 1, [0, 0, 4, 4], near], ["a.png", 1, [0, 0, 4, 4], far]]})
+    with pytest.raises(OccsynthError) as raised:
+        E.check_occsep_entries(data, lists, "gt.json")
+    assert str(raised.value) == ("occluded object list: entry 1: its polygon cannot be read on image 'a.png' in "
+                                 "gt.json: polygon vertices far outside the 6x4 image")
+
 def test_a_listed_object_of_no_category_of_the_set_is_refused_naming_the_list_and_entry():
     """Scored, it could only ever be a miss: the recall would be wrong without a word."""
     one = {"size": [4, 4], "counts": [0, 16]}
