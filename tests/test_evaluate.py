@@ -422,6 +422,21 @@ def test_a_stray_short_polygon_part_is_dropped_and_its_object_scored_by_the_rest
         assert [out[iou_type][k] for k in E.STAT_NAMES] == [float(v) for v in by_hand(clean, results, iou_type)[:6]]
     assert out["skipped"]["counts"] == {} and 0 < out["segm"]["AP"] < 1
 
+def test_a_polygon_on_a_wide_image_right_of_twice_its_height_is_scored():
+    """The far-outside limit of a polygon's vertices is per axis (x by the width): an ordinary object on the right of
+    a wide image is scored, its stray part left out, not refused as damaged data."""
+    outline = [22, 2, 28, 2, 28, 8, 22, 8]
+    gt = {"images": [{"id": 1, "file_name": "wide.png", "height": 10, "width": 30}],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [22, 2, 6, 6], "area": 36,
+                           "segmentation": [outline, [3, 3]]}]}
+    skips = SkipLog()
+    assert E.scored_ground_truth(gt, "visible", skips).data["annotations"][0]["segmentation"] == [outline]
+    assert skips.counts == {}
+    out = E.evaluate(gt, [det(1, 1, rect_hw(10, 30, 22, 2, 28, 8), 0.9)])
+    assert out["segm"]["AP"] == pytest.approx(1.0, abs=1e-12) and out["skipped"]["counts"] == {}
+
+
 def test_a_broken_record_of_an_annotation_id_gives_way_to_a_later_usable_one():
     """Object 1 was listed first with a 4-number polygon, then again with its mask: the broken record became an
     ignore region and the good one was dropped as a duplicate, so a detection of object 1 scored nothing. As every
