@@ -594,7 +594,9 @@ def load_occsep_lists(lists: dict | None) -> dict[str, ObjectList]:
 def check_occsep_entries(data: dict, lists: dict[str, ObjectList], where: str | os.PathLike) -> None:
     """Refuse, before predicting, a listed object on one of ``data``'s images that the recall would score
     wrongly: its class is no category of ``where`` (by name, or by id), so no prediction could match it and it
-    would count as a miss; or its RLE mask's size is not its image's (the recall compares them pixel by pixel).
+    would count as a miss; or its RLE mask's size is not its image's (the recall compares them pixel by pixel); or
+    its polygon has vertices far outside its image (:func:`occsynth.masks.check_polygons`: the recall would stop at
+    it after the whole prediction).
     Objects on other images are not scored, so not checked. An image record without a usable size is left to
     the record checks (it is skipped and counted there)."""
     images = [image for image in data["images"] if isinstance(image, dict) and coco_io.is_int(image.get("id"))]
@@ -617,6 +619,12 @@ def check_occsep_entries(data: dict, lists: dict[str, ObjectList], where: str | 
             if size and isinstance(segmentation, dict) and list(segmentation["size"]) != size:
                 raise OccsynthError(f"{listed.where}: entry {i}: its RLE size {list(segmentation['size'])} "
                                     f"differs from the size {size} of image {file_name!r} in {where}")
+            if size and isinstance(segmentation, list):  # its shape was checked when the list was read
+                try:
+                    mask_ops.check_polygons(segmentation, *size)
+                except mask_ops.DegenerateMask as exc:
+                    raise OccsynthError(f"{listed.where}: entry {i}: its polygon cannot be read on image "
+                                        f"{file_name!r} in {where}: {exc}") from None
 
 
 def occsep_metrics(data: dict, results: list[dict], lists: dict[str, ObjectList],

@@ -215,6 +215,8 @@ def test_a_bank_cached_when_a_stray_polygon_part_refused_the_instance_is_built_a
         assert 8 not in [Bank.load(stale).annotation(k)["id"] for k in Bank.load(stale).cutouts(3)]
     fresh = ensure_bank(path, tmp_path / "cache", OPTS, progress=False)
     assert fresh != stale and 8 in [Bank.load(fresh).annotation(k)["id"] for k in Bank.load(fresh).cutouts(3)]
+    with pytest.raises(OccsynthError, match="cutout bank of another format"):  # opened by its folder: refused too
+        Bank.load(stale)
 
 
 def test_an_lvis_source_names_its_files_by_coco_url(tmp_path):

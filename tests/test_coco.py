@@ -328,6 +328,12 @@ def test_only_the_masks_a_reader_names_decide_which_record_of_an_id_is_usable():
     assert [id(a) for a in by_image[1]] == [id(anns[1]), id(anns[2])]
     assert log.counts == {errors.DEGENERATE_MASK: 1, errors.DUPLICATE_ID: 1}
     assert log.examples[errors.DEGENERATE_MASK].startswith("annotation 5 'amodal_segmentation': ")
+    # the repeat is judged by the same masks: one whose amodal mask is broken or empty too takes nothing
+    for amodal in (BROKEN, EMPTY):
+        data = _twins_data((5, 1, SQUARE, BROKEN), (5, 2, SQUARE, amodal))
+        log = SkipLog()
+        by_image = coco.index_dataset(data, log, mask_keys=("segmentation", "amodal_segmentation"))[2]
+        assert by_image == {1: [data["annotations"][0]], 2: []} and log.counts == {errors.DUPLICATE_ID: 1}
 
 
 def test_index_dataset_checks_masks_only_of_ids_that_repeat(monkeypatch):

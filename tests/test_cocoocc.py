@@ -806,18 +806,24 @@ def test_a_stray_short_polygon_part_is_dropped_from_the_output_not_the_annotatio
     expected = np.zeros((40, 40), np.uint8)
     expected[3:7, 3:7] = 1
     assert np.array_equal(gt.annToMask(gt.anns[950]), expected)
+    # usable_records (also bcnet train-synthetic's) gives the cleaned record as a copy: the caller's stays as it was
+    given = copy.deepcopy(data)
+    usable = cocoocc.usable_records(given, ann, SkipLog())
+    assert given == data and next(a for a in usable["annotations"] if a["id"] == 950) == written
 
-def test_an_annotation_whose_bbox_has_a_negative_size_is_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("box", [[10, 0, -5, 10], [5, 10, 5, -10]])
+def test_an_annotation_whose_bbox_has_a_negative_size_is_skipped_and_counted(tmp_path, box):
     data = make_dataset()
-    data["annotations"].append({"id": 960, "image_id": 1, "category_id": 1, "bbox": [10, 0, -5, 10], "area": 50.0,
+    data["annotations"].append({"id": 960, "image_id": 1, "category_id": 1, "bbox": box, "area": 50.0,
                                 "iscrowd": 0, "segmentation": [[5, 0, 10, 0, 10, 10, 5, 10]]})
     ann = write_set(tmp_path / "val.json", data)
     report = build_cocoocc(ann, tmp_path / "o")
     out = json.loads((tmp_path / "o" / "annotations.json").read_text())
     assert [im["id"] for im in out["images"]] == [1] and 960 not in {a["id"] for a in out["annotations"]}
     assert report["skipped"] == {"counts": {errors.MALFORMED_RECORD: 1}, "examples": {
-        errors.MALFORMED_RECORD: "annotation 960: malformed record (bbox [10, 0, -5, 10] has a negative width or height)"}}
-    with pytest.raises(OccsynthError, match=r"annotation 960: malformed record \(bbox \[10, 0, -5, 10\] has a negative"):
+        errors.MALFORMED_RECORD: f"annotation 960: malformed record (bbox {box} has a negative width or height)"}}
+    with pytest.raises(OccsynthError, match=rf"annotation 960: malformed record \(bbox {re.escape(str(box))} has a "
+                                            "negative"):
         build_cocoocc(ann, tmp_path / "s", strict=True)
 
 

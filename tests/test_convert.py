@@ -121,6 +121,28 @@ def test_a_stray_short_polygon_part_is_dropped_from_the_output_not_the_object(tm
     anns = {a["id"]: a for a in json.loads((tmp_path / "out.json").read_text())["annotations"]}
     assert anns[12]["segmentation"] == [L_POLY] and anns[12]["amodal_segmentation"] == [[8, 4, 20, 4, 20, 12, 8, 12]]
 
+
+def test_polygons_reaching_past_the_right_edge_of_a_wide_image_are_copied_as_given(tmp_path):
+    """Vertices outside the image but within the limit every reader allows (masks.check_polygons: x by the width,
+    y by the height) are no damage: KINS and COCOA polygons are written as given and read clipped to the image."""
+    data = json.loads(kins_file(tmp_path).read_text())
+    edge = [[25, 15, 45, 15, 45, 19, 25, 19]]  # x to 45: past twice the height (40), within twice the width (60)
+    data["annotations"][2]["a_segm"] = data["annotations"][2]["i_segm"] = edge
+    del data["annotations"][3]  # 14, of an unknown image: nothing is skipped
+    (tmp_path / "k.json").write_text(json.dumps(data))
+    report = convert_kins(tmp_path / "k.json", tmp_path / "k-out.json", progress=False)
+    anns = {a["id"]: a for a in json.loads((tmp_path / "k-out.json").read_text())["annotations"]}
+    assert anns[13]["segmentation"] == anns[13]["amodal_segmentation"] == edge and report["skipped"]["counts"] == {}
+    assert (anns[13]["bbox"], anns[13]["area"]) == ([25, 15, 5, 4], 20)
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    cocoa["annotations"][0]["regions"][2]["segmentation"] = edge[0]
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "c-out.json", progress=False)
+    blob = json.loads((tmp_path / "c-out.json").read_text())["annotations"][2]
+    assert blob["amodal_segmentation"] == edge and report["skipped"]["counts"] == {}
+    assert np.array_equal(decode(blob["segmentation"]), rect(25, 15, 30, 19))
+
+
 def cocoa_file(tmp_path):
     invisible = BACK_AMODAL & FRONT
     data = {"images": [{"id": 5, "file_name": "COCO_train2014_000000000005.jpg", "height": H, "width": W}],
@@ -383,6 +405,20 @@ def test_a_cocoa_region_repeating_another_but_for_its_spelling_or_a_stray_part_i
     out, expected = (json.loads((tmp_path / name).read_text()) for name in ("out.json", "clean.json"))
     assert out["annotations"] == expected["annotations"]
 
+
+
+def test_a_cocoa_region_repeating_an_rle_region_with_its_keys_in_another_order_is_a_duplicate(tmp_path):
+    cocoa = json.loads(cocoa_file(tmp_path).read_text())
+    regions = cocoa["annotations"][0]["regions"]
+    mask = rle(FAR)
+    regions[2]["segmentation"] = mask
+    regions.append(dict(regions[2], order=4, segmentation={"counts": mask["counts"], "size": mask["size"]}))
+    (tmp_path / "c.json").write_text(json.dumps(cocoa))
+    report = convert_cocoa(tmp_path / "c.json", tmp_path / "out.json", progress=False)
+    assert report["skipped"]["examples"] == {"duplicate record": "COCOA annotation 900 region 3: duplicate record (the "
+                                             "same segmentation as region 2: one instance, listed again)"}
+    out = json.loads((tmp_path / "out.json").read_text())["annotations"]
+    assert [a["source"]["region_index"] for a in out] == [0, 1, 2] and out[2]["amodal_segmentation"] == mask
 
 def test_cocoa_records_repeating_an_id_an_image_or_a_region_are_skipped_by_reason_and_strict_stops(tmp_path):
     """They were converted without a word: the image's instances came out twice, each copy occluding nobody of

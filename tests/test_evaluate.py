@@ -422,6 +422,21 @@ def test_a_stray_short_polygon_part_is_dropped_and_its_object_scored_by_the_rest
         assert [out[iou_type][k] for k in E.STAT_NAMES] == [float(v) for v in by_hand(clean, results, iou_type)[:6]]
     assert out["skipped"]["counts"] == {} and 0 < out["segm"]["AP"] < 1
 
+def test_a_polygon_on_a_wide_image_right_of_twice_its_height_is_scored():
+    """The far-outside limit of a polygon's vertices is per axis (x by the width): an ordinary object on the right of
+    a wide image is scored, its stray part left out, not refused as damaged data."""
+    outline = [22, 2, 28, 2, 28, 8, 22, 8]
+    gt = {"images": [{"id": 1, "file_name": "wide.png", "height": 10, "width": 30}],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [22, 2, 6, 6], "area": 36,
+                           "segmentation": [outline, [3, 3]]}]}
+    skips = SkipLog()
+    assert E.scored_ground_truth(gt, "visible", skips).data["annotations"][0]["segmentation"] == [outline]
+    assert skips.counts == {}
+    out = E.evaluate(gt, [det(1, 1, rect_hw(10, 30, 22, 2, 28, 8), 0.9)])
+    assert out["segm"]["AP"] == pytest.approx(1.0, abs=1e-12) and out["skipped"]["counts"] == {}
+
+
 def test_a_broken_record_of_an_annotation_id_gives_way_to_a_later_usable_one():
     """Object 1 was listed first with a 4-number polygon, then again with its mask: the broken record became an
     ignore region and the good one was dropped as a duplicate, so a detection of object 1 scored nothing. As every
@@ -913,6 +928,23 @@ def test_occsep_sizes_leave_an_image_record_without_a_size_to_the_record_checks(
                                             r"size \[4, 5\] of image 'b.png' in gt.json"):
         E.check_occsep_entries(data, lists, "gt.json")
 
+
+
+def test_a_listed_polygon_far_outside_its_image_is_refused_before_predicting():
+    """A list is checked for shape alone when read (its images' sizes are unknown there). A polygon with vertices far
+    outside its image (damaged data, masks.check_polygons) passed, and the recall stopped at it with a DegenerateMask
+    traceback after the whole prediction; it is refused up front, as an RLE of another size is. Vertices just
+    outside are clipped, as every reader clips them; an object on another image is not checked."""
+    data = {"images": [{"id": 1, "file_name": "a.png", "height": 4, "width": 6}],
+            "categories": [{"id": 1, "name": "person"}]}
+    near, far = [[0, 0, 10, 0, 10, 7]], [[0, 0, 400, 0, 400, 400]]  # near: x up to 10 on a 6-wide image
+    fine = [["a.png", 1, [0, 0, 4, 4], near], ["elsewhere.png", 1, [0, 0, 4, 4], far]]
+    E.check_occsep_entries(data, E.load_occsep_lists({"occluded": fine}), "gt.json")
+    lists = E.load_occsep_lists({"occluded": [["a.png", 1, [0, 0, 4, 4], near], ["a.png", 1, [0, 0, 4, 4], far]]})
+    with pytest.raises(OccsynthError) as raised:
+        E.check_occsep_entries(data, lists, "gt.json")
+    assert str(raised.value) == ("occluded object list: entry 1: its polygon cannot be read on image 'a.png' in "
+                                 "gt.json: polygon vertices far outside the 6x4 image")
 
 def test_a_listed_object_of_no_category_of_the_set_is_refused_naming_the_list_and_entry():
     """Scored, it could only ever be a miss: the recall would be wrong without a word."""

@@ -107,6 +107,20 @@ def test_polygons_far_outside_the_image_are_degenerate_not_a_crash():
     assert slightly_out.all()
 
 
+
+def test_the_far_outside_limit_is_per_axis_and_includes_its_edge():
+    """Vertices are refused beyond one image size before the image or two after it, x by the width and y by the
+    height: on a wide image an ordinary object on its right side (x past twice the height) is kept."""
+    h, w = 10, 30
+    right = [20, 2, 28, 2, 28, 8, 20, 8]
+    assert masks.check_polygons([right], h, w) == [right]
+    assert np.array_equal(masks.decode([right], h, w), rect(h, w, 20, 2, 28, 8))
+    edge = [-w, -h, 2 * w, -h, 2 * w, 2 * h, -w, 2 * h]  # exactly at the limits: kept, clipped to the image
+    assert masks.check_polygons([edge], h, w) == [edge] and masks.decode([edge], h, w).all()
+    for x, y in ((-w - 1, 5), (2 * w + 1, 5), (5, -h - 1), (5, 2 * h + 1)):
+        with pytest.raises(masks.DegenerateMask, match="far outside the 30x10 image"):
+            masks.check_polygons([[x, y, 5, 5, 6, 6]], h, w)
+
 SQUARE = [2, 3, 8, 3, 8, 7, 2, 7]   # x in [2, 8), y in [3, 7)
 
 
@@ -145,6 +159,13 @@ def test_corrupt_coordinates_refuse_the_whole_object_even_in_a_part_that_would_b
     with pytest.raises(masks.DegenerateMask, match="far outside"):
         masks.check_polygons([SQUARE, [0, 0, 1e9, 0, 1e9, 1e9]], 10, 12)
 
+
+
+def test_polygon_parts_given_as_tuples_are_read_as_lists():
+    """A Python caller's parts may be tuples: kept, dropped and rasterised by the same rule as lists."""
+    seg = [tuple(SQUARE), (5, 5)]
+    assert masks.check_polygons(seg, 10, 12) == [tuple(SQUARE)]
+    assert np.array_equal(masks.decode(seg, 10, 12), rect(10, 12, 2, 3, 8, 7))
 
 def test_a_polygon_given_as_other_than_a_list_of_lists_is_still_refused():
     for seg in ([SQUARE[0], SQUARE[1:]], [SQUARE, 5], [[]] * 0):

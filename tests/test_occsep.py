@@ -212,6 +212,16 @@ def test_a_polygon_part_too_short_to_be_one_is_dropped_not_the_object_as_every_r
                                             r"part: its 2 parts have 4, 5 coordinates"):
         check_objects([objects()[4][:4] + [[[3, 3, 9, 9], [1, 2, 3, 4, 5]]]], "list")
 
+
+def test_a_mask_that_is_neither_an_rle_nor_polygons_is_refused_and_polygons_are_checked_for_shape_only():
+    good = ["a.jpg", "person", 0, [0, 0, 4, 4], rle(G1)]
+    for mask in (None, 5, "0 0 4 0 4 4", [[0, 0, 4, 0, 4, 4], 5]):
+        with pytest.raises(OccsynthError, match=r"^list: 1 bad object entry: entry 0: mask must be an RLE dict or "
+                                                r"polygons .*empty or not a list of lists"):
+            check_objects([good[:4] + [mask]], "list")
+    # the entry's image size is not known here: vertices far outside a 20x20 image are for scoring to judge
+    check_objects([good[:4] + [[[0, 0, 400, 0, 400, 400]]]], "list")
+
 def test_a_json_list_is_read_by_its_name_whatever_its_first_byte(tmp_path):
     as_json = [[e[0], e[1], e[2], e[3], {"size": e[4]["size"], "counts": e[4]["counts"].decode()}
                 if isinstance(e[4], dict) else e[4]] for e in objects()]
