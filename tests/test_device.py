@@ -1,6 +1,6 @@
 """bcnet.device's random generators, on the CPU: own_generators gives the caller's back, seed_generators seeds what
 a run on the device draws from. A GPU's generators are stood in for (CI has no GPU): which are seeded and kept."""
-import contextlib
+import types
 
 import pytest
 import torch
@@ -26,44 +26,61 @@ def test_a_seed_draws_as_torch_manual_seed_and_the_callers_generator_is_given_ba
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_on_the_cpu_no_gpu_generator_is_kept_in_the_way_torch_2_2_reads_it(monkeypatch):
-    """torch 2.2 (setup.cfg allows it) takes torch.device() of fork_rng's device_type: None failed there; no devices,
-    not all of them (None), so that no GPU is read."""
-    calls, real = [], torch.random.fork_rng
+class FakeGenerators:
+    """A device module's random generators as torch 2.2 has them (setup.cfg's lowest torch): torch.mps takes no
+    device argument (torch.mps.get_rng_state(0) is a TypeError there), torch.cuda one per GPU. Each generator's state
+    is its seed, so what was seeded and what was given back can be read."""
 
-    def fork_rng_2_2(devices=None, enabled=True, _caller="fork_rng", _devices_kw="devices", device_type="cuda"):
-        calls.append((devices, torch.device(device_type).type))  # as torch 2.2 does first
-        return real(devices=devices, enabled=enabled, device_type=device_type)
+    def __init__(self, count: int = 1):
+        self.seeds = [7] * count
+        self.touched: set[int] = set()
 
-    monkeypatch.setattr(torch.random, "fork_rng", fork_rng_2_2)
+    def get(self, index: int = 0) -> torch.Tensor:
+        self.touched.add(index)
+        return torch.tensor([self.seeds[index]])
+
+    def put(self, state: torch.Tensor, index: int = 0) -> None:
+        self.touched.add(index)
+        self.seeds[index] = int(state[0])
+
+
+def test_own_generators_gives_the_device_generator_back_on_torch_2_2s_mps(monkeypatch):
+    mps = FakeGenerators()
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: mps.get())  # torch 2.2's signatures: no device
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda new_state: mps.put(new_state))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: mps.put(torch.tensor([seed])))
     before = torch.get_rng_state()
-    with D.own_generators(CPU):
-        D.seed_generators(3, CPU)
-    assert calls == [([], "cuda")] and torch.equal(torch.get_rng_state(), before)
+    with D.own_generators(torch.device("mps")):
+        D.seed_generators(3, torch.device("mps"))
+        assert mps.seeds == [3] and not torch.equal(torch.get_rng_state(), before)
+    assert mps.seeds == [7] and torch.equal(torch.get_rng_state(), before)
 
 
-class StandIn:
-    """A GPU's generator: the seeds it was given."""
-
-    def __init__(self):
-        self.seeds = []
-
-    def manual_seed(self, seed):
-        self.seeds.append(seed)
-
-
-def test_on_a_gpu_its_generator_alone_is_kept_and_seeded(monkeypatch):
-    gpus, mps, kept = [StandIn(), StandIn()], StandIn(), []
-    keep_cpu_generator = torch.random.fork_rng(devices=[], device_type="cuda")  # fork_rng is stood in for below
+def test_own_generators_keeps_the_runs_gpu_only_and_a_cpu_run_reads_none(monkeypatch):
+    """cuda:1 seeds and gives back GPU 1's generator only; cuda without an index the current GPU's (where torch puts
+    the model); a CPU run starts no CUDA (no GPU is needed: torch.cuda is faked with two)."""
+    cuda = FakeGenerators(2)
+    generators = [types.SimpleNamespace(manual_seed=lambda seed, i=i: cuda.put(torch.tensor([seed]), i))
+                  for i in range(2)]
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": cuda.get(device))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new_state, device="cuda": cuda.put(new_state, device))
+    monkeypatch.setattr(torch.cuda, "default_generators", generators, raising=False)
     monkeypatch.setattr(torch.cuda, "init", lambda: None)
-    monkeypatch.setattr(torch.cuda, "default_generators", gpus)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # the device "cuda" (no index) names
-    monkeypatch.setattr(torch.mps, "manual_seed", mps.manual_seed)
-    monkeypatch.setattr(torch.random, "fork_rng", lambda **kw: kept.append(kw) or contextlib.nullcontext())
-    with keep_cpu_generator:
-        for device in ("cuda:0", "cuda", "mps"):
-            with D.own_generators(torch.device(device)):
-                D.seed_generators({"cuda:0": 7, "cuda": 8, "mps": 9}[device], torch.device(device))
-    assert kept == [{"devices": [0], "device_type": "cuda"}, {"devices": [1], "device_type": "cuda"},
-                    {"devices": [0], "device_type": "mps"}]
-    assert [g.seeds for g in gpus] == [[7], [8]] and mps.seeds == [9]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for device in (torch.device("cuda", 1), torch.device("cuda")):
+        cuda.touched.clear()
+        with D.own_generators(device):
+            D.seed_generators(3, device)
+            assert cuda.seeds == [7, 3]
+        assert cuda.seeds == [7, 7] and cuda.touched == {1}
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("a CPU run touched CUDA")
+
+    for name in ("init", "get_rng_state", "set_rng_state", "current_device", "manual_seed", "manual_seed_all"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    before = torch.get_rng_state()
+    with D.own_generators(torch.device("cpu")):
+        D.seed_generators(3, torch.device("cpu"))
+        assert torch.equal(torch.rand(2), torch.rand(2, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(torch.get_rng_state(), before)
