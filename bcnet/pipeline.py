@@ -22,7 +22,7 @@ from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, none_found_under, read_array,
                            read_dataset, read_json)
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError, SkipLog, did_you_mean, key_values, plural
+from occsynth.errors import OccsynthError, SkipLog, did_you_mean, key_values, plural, skip_lines
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 from .runlock import holds_out_dir
@@ -129,8 +129,15 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
             log(f"[1/5] synthetic set: done ({synth_dir})")
         else:
             log(f"[1/5] synthetic set: generating with recipe {plan['synthetic']['recipe']} into {synth_dir}")
-            generate(synth_dir, settings, ann_path=inputs.coco_train[0], image_root=inputs.coco_train[1],
-                     workers=workers, cache_dir=cache_dir, progress=progress)
+            report = generate(synth_dir, settings, ann_path=inputs.coco_train[0], image_root=inputs.coco_train[1],
+                              workers=workers, cache_dir=cache_dir, progress=progress)
+            bank = report.get("bank", {})  # as `occsynth generate` says them: the user's own data may have bad records
+            _log_skips(log, bank.get("skipped"), "[1/5] synthetic set: source records skipped (bad input)")
+            _log_skips(log, report.get("skipped"), "[1/5] synthetic set: source images skipped while rendering "
+                                                   "(counted per use, another was drawn instead)")
+            if bank.get("categories_without_cutouts"):
+                log(f"[1/5] synthetic set: categories with no complete cutout (skipped): "
+                    f"{len(bank['categories_without_cutouts'])}")
         inputs = dataclasses.replace(inputs, synthetic=(synth_dir / "annotations.json", synth_dir / "images"))
     stages["synthetic"] = str(inputs.synthetic[0])
 
@@ -156,6 +163,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
             report = build_cocoocc(inputs.coco_val[0], occ_dir, progress=progress, **plan.get("cocoocc", {}))
             log(f"[4/5] COCO-OCC: {report['counts']['images']} of {plural(report['counts']['source_images'], 'image')} "
                 f"-> {occ_dir}")
+            _log_skips(log, report.get("skipped"), "[4/5] COCO-OCC: skipped bad input")
         inputs = dataclasses.replace(inputs, cocoocc=occ_dir / "annotations.json")
     stages["cocoocc"] = str(inputs.cocoocc)
 
@@ -168,6 +176,9 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         log("[5/5] evaluation on val and COCO-OCC")
         results = evaluate_checkpoint(finetuned, {"val": inputs.coco_val, "cocoocc": (inputs.cocoocc, inputs.coco_val[1])},
                                       eval_dir, device=device, mode="visible", progress=progress)
+        for name, entry in results.items():
+            _log_skips(log, entry.get("skipped") if isinstance(entry, dict) else None,
+                       f"[5/5] evaluation: {name}: skipped bad input")
     table = markdown_table(results)
     if inputs.coco_train == inputs.coco_val:
         table = ("Train and val are the same data here (e.g. --tiny on the demo set): these numbers show that every "
@@ -176,6 +187,12 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     summary = {"recipe": recipe, "stages": stages, "results": results}
     write_json(out_dir / "pipeline.json", summary, indent=2)
     return {**summary, "table": table}
+
+
+def _log_skips(log: Callable[[str], None], skipped: dict | None, heading: str) -> None:
+    """The bad records a stage skipped, as the stage's own command lists them (:func:`occsynth.errors.skip_lines`)."""
+    for line in skip_lines(skipped or {}, heading):
+        log(line)
 
 
 def stage_done(folder: Path, stage: str) -> bool:
@@ -493,13 +510,22 @@ def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: d
     log(f"{name}: schedule {section['schedule']} on {data[0]}" + (" (resuming)" if resume else ""))
     # a resumed stage keeps its saved schedule: its recipe is the run's (check_run_recipe), so nothing to compare
     from .model import CheckpointAsBackboneWeights
+
+    said: list[dict] = []  # what the trainer skipped indexing its set, said before the training (as `bcnet train` does)
+
+    def report(skipped: dict) -> None:
+        said.append(skipped)
+        _log_skips(log, skipped, f"{name}: indexing: skipped bad input")
+
     try:
-        train(data[0], data[1], stage_dir, schedule=None if resume else section["schedule"],
-              overrides=overrides or None, resume=resume, init_checkpoint=None if resume else init, device=device,
-              progress=progress)
+        result = train(data[0], data[1], stage_dir, schedule=None if resume else section["schedule"],
+                       overrides=overrides or None, resume=resume, init_checkpoint=None if resume else init,
+                       device=device, progress=progress, report=report)
     except CheckpointAsBackboneWeights as exc:  # the trainer's words name its init_checkpoint/--init: not ours
         raise exc.said_as("give ImageNet weights, or none; `bcnet train --init` starts a run from a checkpoint"
                           ) from None
     if not final.exists():
         raise OccsynthError(f"{stage_dir}: training ended without {FINAL}")
+    if result.get("skipped") not in said[-1:]:  # more found while training (a file that could not be read)
+        _log_skips(log, result.get("skipped"), f"{name}: skipped bad input")
     return final

@@ -14,7 +14,7 @@ import click
 
 from bcnet.ranks import lead_process  # no torch: the lead is known before torch loads
 from occsynth import stopping
-from occsynth.errors import OccsynthError, key_values, os_error_reason, plural, reason_lines
+from occsynth.errors import OccsynthError, key_values, os_error_reason, plural, skip_lines
 from occsynth.pool import local_workers
 from occsynth.writer import check_shard
 
@@ -141,15 +141,6 @@ def parse_shard(value: str | None) -> tuple[int, int]:
         why = (f"shards are numbered from 0: i runs from 0 to {n - 1} for n = {n} (an array job's task ids 0-{n - 1})"
                if n >= 1 else "n must be at least 1")
         raise click.BadParameter(f"{why}, got {value!r}", param_hint="'--shard'") from None
-
-
-def skip_lines(skipped: dict, heading: str) -> list[str]:
-    """Bad records a command skipped (a ``SkipLog.to_dict()``): ``heading: TOTAL``, then a line per reason
-    with its count and an example (:func:`occsynth.errors.reason_lines`); no line when nothing was skipped."""
-    counts = (skipped or {}).get("counts") or {}
-    if not counts:
-        return []
-    return [f"{heading}: {sum(counts.values())}"] + reason_lines(skipped)
 
 
 def echo_skips(skipped: dict, heading: str) -> None:

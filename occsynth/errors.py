@@ -142,6 +142,15 @@ def reason_lines(skipped: dict) -> list[str]:
             for reason, n in sorted((skipped.get("counts") or {}).items())]
 
 
+def skip_lines(skipped: dict, heading: str) -> list[str]:
+    """Bad records a command skipped (a ``SkipLog.to_dict()``): ``heading: TOTAL``, then a line per reason
+    with its count and an example (:func:`reason_lines`); no line when nothing was skipped."""
+    counts = (skipped or {}).get("counts") or {}
+    if not counts:
+        return []
+    return [f"{heading}: {sum(counts.values())}"] + reason_lines(skipped)
+
+
 def without_reason(example: str, reason: str) -> str:
     """A skip example (a :class:`BadRecord`'s text, ``WHERE: REASON (DETAIL)``) as ``WHERE (DETAIL)``, for a line
     that names the reason already."""

@@ -174,6 +174,35 @@ def test_a_run_folder_made_from_other_input_data_is_refused_before_any_stage(pip
     assert sum("done" in line for line in logs) == 4 and again["results"] == report["results"]
 
 
+def test_the_records_a_stage_skipped_are_said(demo_source, tmp_path):
+    """A user's own COCO train with bad records (an unknown category id, an image record whose file is missing): each
+    stage skipped them, but the pipeline said nothing of it, where `occsynth generate` and `bcnet train` list them."""
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    image = {"id": 999, "file_name": "missing.jpg", "height": 64, "width": 64}
+    box = {"segmentation": [[4, 4, 40, 4, 40, 40, 4, 40]], "area": 1296, "bbox": [4, 4, 36, 36], "iscrowd": 0}
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps({**data, "images": data["images"] + [image], "annotations": data["annotations"] + [
+        {**box, "id": 9001, "image_id": data["images"][0]["id"], "category_id": 999},
+        {**box, "id": 9002, "image_id": 999, "category_id": data["categories"][0]["id"]}]}))
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    logs = []
+    run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(bad, root), coco_val=(ann, root)),
+                 recipe=str(tmp_path / "recipe.toml"), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                 log=logs.append)
+    text = "\n".join(logs)
+    assert "[1/5] synthetic set: source records skipped (bad input): 1\n" in text
+    assert "annotation refers to an unknown category id, e.g. annotation 9001 (category_id 999)" in text
+    assert re.search(r"\[3/5\] fine-tune: indexing: skipped bad input: 2\n.*\n.*missing image file, e.g. image "
+                     r"file " + re.escape(str(root / "missing.jpg")), text), text
+    assert "[3/5] fine-tune: skipped bad input" not in text  # the same records again at its end: said once
+    assert not any("pretrain" in line and "skipped" in line for line in logs)  # its synthetic set has no bad record
+    logs.clear()  # a rerun finds every stage done and says nothing more
+    run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(bad, root), coco_val=(ann, root)),
+                 recipe=str(tmp_path / "recipe.toml"), device="cpu", progress=False, log=logs.append)
+    assert sum("done" in line for line in logs) == 5 and not any("skipped" in line for line in logs)
+
+
 def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_stage(demo_source, tmp_path):
     """--cocoocc made for another image folder: its evaluation found no image, after all the training."""
     ann, root = demo_source
@@ -1010,12 +1039,14 @@ def _fake_training(monkeypatch, reads: list | None = None) -> list:
 
     calls = []
 
-    def fake_train(ann_file, image_root, out_dir, schedule, overrides, resume, init_checkpoint, device, progress):
+    def fake_train(ann_file, image_root, out_dir, schedule, overrides, resume, init_checkpoint, device, progress,
+                   report):
         calls.append((Path(out_dir).name, dict(overrides or {}), init_checkpoint))
         if reads is not None:
             reads.append((Path(out_dir).name, ann_file, image_root))
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "model_final.pt").write_bytes(b"final")
+        return {"skipped": {"counts": {}, "examples": {}}}
 
     monkeypatch.setattr(T, "train", fake_train)
     monkeypatch.setattr("bcnet.evaluate.evaluate_checkpoint", lambda *a, **k: {})
