@@ -22,7 +22,7 @@ from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, none_found_under, read_array,
                            read_dataset, read_json)
 from occsynth.cocoocc import check_options
-from occsynth.errors import OccsynthError, SkipLog, did_you_mean, key_values, plural, skip_lines
+from occsynth.errors import OccsynthError, SkipLog, did_you_mean, first_few, key_values, plural, skip_lines
 from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
 
 from .runlock import holds_out_dir
@@ -75,6 +75,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     from .device import resolve_device
 
     out_dir = Path(out_dir)
+    check_run_folder(out_dir)
     device = str(resolve_device(device))  # a bad --device fails now, not after generating a set
     plan = manifests.load(recipe, "pipeline")
     for name in sorted(set(plan) - set(PIPELINE_TABLES)):  # a misspelt [coco-occ] would run its stage with defaults
@@ -187,6 +188,24 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     summary = {"recipe": recipe, "stages": stages, "results": results}
     write_json(out_dir / "pipeline.json", summary, indent=2)
     return {**summary, "table": table}
+
+
+RUN_FOLDER_FILES = (*STAGE_FOLDERS, RUN_FILE, "pipeline.json", "results.md")  # what a run writes at its top level
+
+
+def check_run_folder(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is no pipeline run's (no pipeline-run.json or pipeline.json) and holds what no run
+    writes: another command's output (`bcnet evaluate`'s, whose results.md the run's table would replace; an occsynth
+    set, a `bcnet train` run). Hidden names (the lock, a killed write's temporaries, .DS_Store) are not counted; a
+    run's own folder may hold what its user put there."""
+    if (out_dir / RUN_FILE).is_file() or (out_dir / "pipeline.json").is_file():
+        return
+    foreign = sorted(name for name in os.listdir(out_dir) if not name.startswith(".") and name not in RUN_FOLDER_FILES)
+    if foreign:
+        raise OccsynthError(f"{out_dir} holds files that no train-synthetic run writes ({first_few(foreign)}): the "
+                            "output of another command? Choose a new or empty out_dir/--out (a run folder holds only its "
+                            f"stage folders, {', '.join(RUN_FOLDER_FILES[len(STAGE_FOLDERS):-1])} and "
+                            f"{RUN_FOLDER_FILES[-1]})")
 
 
 def _log_skips(log: Callable[[str], None], skipped: dict | None, heading: str) -> None:

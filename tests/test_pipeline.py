@@ -203,6 +203,34 @@ def test_the_records_a_stage_skipped_are_said(demo_source, tmp_path):
     assert sum("done" in line for line in logs) == 5 and not any("skipped" in line for line in logs)
 
 
+def test_the_output_folder_of_another_command_is_refused_before_any_stage(demo_source, tmp_path):
+    """`--out` given the folder of a `bcnet evaluate` run: the pipeline filled it with its stages and at its end
+    replaced that evaluation's results.md by its own table, beside the evaluation's results.json."""
+    ann, root = demo_source
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    (out / "results.md").write_text("the evaluation's table")
+    (out / "detections_val.json").write_text("[]")
+    before = _mtimes(out)
+    with pytest.raises(OccsynthError) as refused:
+        run_pipeline(out, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe="pipeline-tiny",
+                     device="cpu", progress=False, log=lambda line: None)
+    assert str(refused.value) == (
+        f"{out} holds files that no train-synthetic run writes (detections_val.json, results.json): the output of "
+        "another command? Choose a new or empty out_dir/--out (a run folder holds only its stage folders, "
+        "pipeline-run.json, pipeline.json and results.md)")
+    assert _mtimes(out) == before and sorted(p.name for p in out.iterdir()) == [
+        ".lock", "detections_val.json", "results.json", "results.md"]
+    # an empty folder made beforehand, or one holding only hidden files (.DS_Store), is a new run's
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_text("")
+    with pytest.raises(OccsynthError, match="shares no category"):  # the next check: the folder was accepted
+        run_pipeline(tmp_path / "empty", PipelineInputs(coco_train=(ann, root), coco_val=(
+            _other_categories(ann, tmp_path / "other.json"), root)), recipe="pipeline-tiny", device="cpu",
+            progress=False, log=lambda line: None)
+
+
 def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_stage(demo_source, tmp_path):
     """--cocoocc made for another image folder: its evaluation found no image, after all the training."""
     ann, root = demo_source
