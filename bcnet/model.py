@@ -52,15 +52,11 @@ class ModelConfigError(OccsynthError, ValueError):
 class CheckpointAsBackboneWeights(ModelConfigError):
     """Backbone weights that are a bcnet training checkpoint. The message says how to start from one as
     :func:`bcnet.train.train` does (``init_checkpoint/--init``); a caller offering another way (the pipeline, which
-    has none) says its own with :meth:`said_as`."""
+    has none) says its own in place of that clause (:func:`bcnet.pipeline.said_as_given`)."""
 
     def __init__(self, where: str, expected: str, start_from: str = "use init_checkpoint/--init to start from it"):
         super().__init__(f"{where}: this is a bcnet training checkpoint, not backbone weights ({start_from}); "
                          f"expected {expected}")
-        self.where, self.expected = where, expected
-
-    def said_as(self, start_from: str) -> "CheckpointAsBackboneWeights":
-        return CheckpointAsBackboneWeights(self.where, self.expected, start_from)
 
 
 def model_choices() -> dict[str, tuple]:

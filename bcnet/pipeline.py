@@ -10,12 +10,13 @@ and resumes an interrupted training from its newest checkpoint. A recipe in ``ma
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
@@ -130,8 +131,9 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
             log(f"[1/5] synthetic set: done ({synth_dir})")
         else:
             log(f"[1/5] synthetic set: generating with recipe {plan['synthetic']['recipe']} into {synth_dir}")
-            report = generate(synth_dir, settings, ann_path=inputs.coco_train[0], image_root=inputs.coco_train[1],
-                              workers=workers, cache_dir=cache_dir, progress=progress)
+            with said_as_given({"ann_path/--ann": "--coco-train-ann", "image_root/--images": "--coco-train-images"}):
+                report = generate(synth_dir, settings, ann_path=inputs.coco_train[0], image_root=inputs.coco_train[1],
+                                  workers=workers, cache_dir=cache_dir, progress=progress)
             bank = report.get("bank", {})  # as `occsynth generate` says them: the user's own data may have bad records
             _log_skips(log, bank.get("skipped"), "[1/5] synthetic set: source records skipped (bad input)")
             _log_skips(log, report.get("skipped"), "[1/5] synthetic set: source images skipped while rendering "
@@ -147,12 +149,12 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     if inputs.backbone_weights is not None:
         pretrain = {**pretrain, "backbone_weights": str(inputs.backbone_weights)}
     pretrained = _train_stage("[2/5] pretrain", out_dir / "pretrain", inputs.synthetic, pretrain, None,
-                              train, device, progress, log)
+                              train, device, progress, log, {})  # its set is an occsynth set: no image folder to give
     stages["pretrain"] = str(pretrained)
 
     # 3. fine-tune on COCO train
     finetuned = _train_stage("[3/5] fine-tune", out_dir / "finetune", inputs.coco_train, plan["finetune"],
-                             pretrained, train, device, progress, log)
+                             pretrained, train, device, progress, log, {"image_root/--images": "--coco-train-images"})
     stages["finetune"] = str(finetuned)
 
     # 4. COCO-OCC
@@ -161,7 +163,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         if stage_done(occ_dir, "cocoocc"):
             log(f"[4/5] COCO-OCC: done ({occ_dir})")
         else:
-            report = build_cocoocc(inputs.coco_val[0], occ_dir, progress=progress, **plan.get("cocoocc", {}))
+            with said_as_given({"ann_path/--ann": "--coco-val-ann"}):
+                report = build_cocoocc(inputs.coco_val[0], occ_dir, progress=progress, **plan.get("cocoocc", {}))
             log(f"[4/5] COCO-OCC: {report['counts']['images']} of {plural(report['counts']['source_images'], 'image')} "
                 f"-> {occ_dir}")
             _log_skips(log, report.get("skipped"), "[4/5] COCO-OCC: skipped bad input")
@@ -175,8 +178,9 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
         results = read_json(eval_dir / "results.json")
     else:
         log("[5/5] evaluation on val and COCO-OCC")
-        results = evaluate_checkpoint(finetuned, {"val": inputs.coco_val, "cocoocc": (inputs.cocoocc, inputs.coco_val[1])},
-                                      eval_dir, device=device, mode="visible", progress=progress)
+        sets = {"val": inputs.coco_val, "cocoocc": (inputs.cocoocc, inputs.coco_val[1])}
+        with said_as_given({f"sets[{name!r}][1]/--images": "--coco-val-images" for name in sets}):
+            results = evaluate_checkpoint(finetuned, sets, eval_dir, device=device, mode="visible", progress=progress)
         for name, entry in results.items():
             _log_skips(log, entry.get("skipped") if isinstance(entry, dict) else None,
                        f"[5/5] evaluation: {name}: skipped bad input")
@@ -206,6 +210,23 @@ def check_run_folder(out_dir: Path) -> None:
                             "output of another command? Choose a new or empty out_dir/--out (a run folder holds only its "
                             f"stage folders, {', '.join(RUN_FOLDER_FILES[len(STAGE_FOLDERS):-1])} and "
                             f"{RUN_FOLDER_FILES[-1]})")
+
+
+@contextlib.contextmanager
+def said_as_given(options: dict[str, str]) -> Iterator[None]:
+    """A stage's library call (`occsynth generate`, `bcnet train`, ...) whose error names an argument of its own
+    (``options``' keys: ``image_root/--images``, the notebook's keyword and that command's flag) names the
+    train-synthetic option the user gave instead (the value: ``--coco-train-images``): its message is changed in
+    place, the error and its type kept."""
+    try:
+        yield
+    except OccsynthError as exc:
+        said = text = str(exc)
+        for own, given in options.items():
+            text = text.replace(own, given)
+        if text != said:
+            exc.args = (text,)
+        raise
 
 
 def _log_skips(log: Callable[[str], None], skipped: dict | None, heading: str) -> None:
@@ -518,7 +539,10 @@ def check_cocoocc_table(plan: dict, recipe: str) -> None:
 
 
 def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: dict, init: Path | None,
-                 train: Callable, device: str | None, progress: bool, log: Callable[[str], None]) -> Path:
+                 train: Callable, device: str | None, progress: bool, log: Callable[[str], None],
+                 options: dict[str, str]) -> Path:
+    """Train (or resume) one stage into ``stage_dir``; ``options``: its errors' argument names as the user gave them
+    (:func:`said_as_given`)."""
     final = stage_dir / FINAL
     if final.exists():
         log(f"{name}: done ({final})")
@@ -528,21 +552,20 @@ def _train_stage(name: str, stage_dir: Path, data: tuple[Path, Path], section: d
     resume = latest_checkpoint(stage_dir) is not None
     log(f"{name}: schedule {section['schedule']} on {data[0]}" + (" (resuming)" if resume else ""))
     # a resumed stage keeps its saved schedule: its recipe is the run's (check_run_recipe), so nothing to compare
-    from .model import CheckpointAsBackboneWeights
-
+    # backbone weights that are a checkpoint (bcnet.model.CheckpointAsBackboneWeights): the trainer's way to start from
+    # one is its init_checkpoint/--init, which the pipeline has not
+    options = {**options, "use init_checkpoint/--init to start from it":
+               "give ImageNet weights, or none; `bcnet train --init` starts a run from a checkpoint"}
     said: list[dict] = []  # what the trainer skipped indexing its set, said before the training (as `bcnet train` does)
 
     def report(skipped: dict) -> None:
         said.append(skipped)
         _log_skips(log, skipped, f"{name}: indexing: skipped bad input")
 
-    try:
+    with said_as_given(options):
         result = train(data[0], data[1], stage_dir, schedule=None if resume else section["schedule"],
                        overrides=overrides or None, resume=resume, init_checkpoint=None if resume else init,
                        device=device, progress=progress, report=report)
-    except CheckpointAsBackboneWeights as exc:  # the trainer's words name its init_checkpoint/--init: not ours
-        raise exc.said_as("give ImageNet weights, or none; `bcnet train --init` starts a run from a checkpoint"
-                          ) from None
     if not final.exists():
         raise OccsynthError(f"{stage_dir}: training ended without {FINAL}")
     if result.get("skipped") not in said[-1:]:  # more found while training (a file that could not be read)

@@ -231,6 +231,25 @@ def test_the_output_folder_of_another_command_is_refused_before_any_stage(demo_s
             progress=False, log=lambda line: None)
 
 
+def test_a_stage_refusing_an_input_names_the_option_the_user_gave(demo_source, tmp_path):
+    """The evaluation found --coco-val-images' files unreadable (they exist: the check before any stage passes) and
+    named its own argument, ``sets['val'][1]/--images``: train-synthetic has no --images. Each stage's library
+    call says its inputs in the pipeline's options (also `occsynth generate`'s ann_path/--ann and image_root/--images,
+    build-cocoocc's ann_path/--ann, the fine-tuning's image_root/--images)."""
+    ann, root = demo_source
+    garbage = tmp_path / "val-images"
+    for path in root.rglob("*.jpg"):
+        (garbage / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        (garbage / path.relative_to(root)).write_bytes(b"not an image")
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    with pytest.raises(OccsynthError) as refused:
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, garbage)),
+                     recipe=str(tmp_path / "recipe.toml"), device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                     log=lambda line: None)
+    assert re.match(rf"set 'val': none of its images could be read .*; check its image root, --coco-val-images "
+                    rf"\(now {garbage}\): file names in {ann} are relative to it$", str(refused.value)), refused.value
+
+
 def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_stage(demo_source, tmp_path):
     """--cocoocc made for another image folder: its evaluation found no image, after all the training."""
     ann, root = demo_source
