@@ -142,6 +142,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
                 log(f"[1/5] synthetic set: categories with no complete cutout (skipped): "
                     f"{len(bank['categories_without_cutouts'])}")
         inputs = dataclasses.replace(inputs, synthetic=(synth_dir / "annotations.json", synth_dir / "images"))
+    else:
+        log(f"[1/5] synthetic set: given ({inputs.synthetic[0]})")
     stages["synthetic"] = str(inputs.synthetic[0])
 
     # 2. pretrain on the synthetic set (from ImageNet weights when given: the paper's backbone was pretrained)
@@ -169,6 +171,8 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
                 f"-> {occ_dir}")
             _log_skips(log, report.get("skipped"), "[4/5] COCO-OCC: skipped bad input")
         inputs = dataclasses.replace(inputs, cocoocc=occ_dir / "annotations.json")
+    else:
+        log(f"[4/5] COCO-OCC: given ({inputs.cocoocc})")
     stages["cocoocc"] = str(inputs.cocoocc)
 
     # 5. evaluate

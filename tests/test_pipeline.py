@@ -1203,3 +1203,21 @@ def test_each_stage_reads_its_own_inputs_and_the_fine_tuned_model_is_evaluated_o
     assert evaluated == [(out / "finetune" / "model_final.pt",
                           {"val": val, "cocoocc": (out / "cocoocc" / "annotations.json", val[1])}, out / "evaluation",
                           {"device": "cpu", "mode": "visible", "progress": False})]
+
+
+def test_a_stage_whose_output_is_given_says_so(demo_source, tmp_path, monkeypatch):
+    """With --synthetic and --cocoocc the run said nothing of stages 1 and 4: [2/5], [3/5], [5/5] alone, as if
+    COCO-OCC had been forgotten."""
+    ann, root = demo_source
+    _fake_training(monkeypatch)
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    synthetic = tmp_path / "synthetic"
+    shutil.copytree(ann.parent, synthetic)
+    logs = []
+    run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root),
+                                                  synthetic=(synthetic / "annotations.json", synthetic / "images"),
+                                                  cocoocc=ann), recipe=str(tmp_path / "recipe.toml"), device="cpu",
+                 progress=False, log=logs.append)
+    assert [line[:5] for line in logs] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+    assert logs[0] == f"[1/5] synthetic set: given ({synthetic / 'annotations.json'})"
+    assert logs[3] == f"[4/5] COCO-OCC: given ({ann})"
