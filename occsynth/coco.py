@@ -715,6 +715,28 @@ def none_found_under(image_root: str | os.PathLike, count: int, record: Callable
     return paths if paths and not any(image_file_exists(p) for p in paths) else None
 
 
+def names_no_file(count: int, record: Callable[[int], Any]) -> BadRecord | None:
+    """For the image records :func:`none_found_under` samples (``record(i)``: the i-th of ``count``): the first one's
+    refusal when every one of them is refused (:func:`record_image_path`: an absolute name, one with '..', no text, no
+    file_name), else None. Such names are skipped where each record is read, so no image folder is wrong for them, and
+    none is right either: a set (a labelling tool's export) whose every file name is absolute reads no image at all."""
+    first = None
+    for i in spread(count, ROOT_SAMPLE):
+        try:
+            record_image_path(".", record(i))
+        except BadRecord as exc:
+            first = first or exc
+        else:
+            return None
+    return first
+
+
+def named_nowhere(ann: str | os.PathLike) -> str:
+    """What to do about image records whose names no image folder holds (:func:`names_no_file`), in one wording."""
+    return (f"their file_name entries in {ann} name no file under any folder (absolute, with '..', or not text): fix "
+            "those records to name files relative to one images folder")
+
+
 def read_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None, *,
                bgr: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3); with ``bgr``, to OpenCV's BGR order, unconverted.

@@ -42,7 +42,8 @@ from . import errors
 from .atomic import make_folder, open_atomic, remove_orphaned_temporaries, write_json
 from .boxes import OVERLAP_MEASURES, is_box, pairwise_overlap
 from .coco import (brief, categories_by_id, check_annotation_record, check_segmentation, duplicate_detail, file_hash,
-                   read_dataset, record_image_path, require_image_file, resolve_image_path, usable_image_records)
+                   named_nowhere, read_dataset, record_image_path, require_image_file, resolve_image_path,
+                   usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, why_none_usable
 
 PAPER_COUNT = 1005
@@ -280,8 +281,7 @@ def _build(ann_path, out_dir: Path, image_root, image_mode, overlap: str, thresh
         first = (dropped or unfound)[0]  # COCO-OCC written with exit status 0 would only fail later, in evaluation
         name = str(first["file_name"]).encode("utf-8", "backslashreplace").decode()
         if all(d["reason"] in (errors.OUTSIDE_ROOT, errors.MALFORMED_RECORD) for d in dropped + unfound):  # no --images helps
-            advice = (f"their file_name entries in {ann_path} name no file under any folder (absolute, with '..', or "
-                      "not text): fix those records to name files relative to one images folder")
+            advice = named_nowhere(ann_path)
         else:
             advice = f"give the folder that the file_name entries of {ann_path} are relative to"
         raise OccsynthError(

@@ -815,6 +815,27 @@ def test_a_wrong_image_root_fails_early_with_an_example_path(demo_source, tmp_pa
     assert not (tmp_path / "o" / "parts").exists()
 
 
+def test_a_source_whose_file_names_are_all_absolute_fails_early_saying_so(demo_source, tmp_path):
+    """A labelling tool's export naming its files by absolute paths: every record is refused (a name that leaves the
+    image root), the folder check sampled none of them, and the run failed rendering its first image ("20 background
+    images in a row were unreadable"), leaving OUT/parts behind."""
+    ann, root = demo_source
+    data = json.loads(Path(ann).read_text())
+    absolute = tmp_path / "abs.json"
+    absolute.write_text(json.dumps({**data, "images": [{**im, "file_name": str(Path(root).absolute() / im["file_name"])}
+                                                       for im in data["images"]]}))
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(absolute), "--images", str(root),
+                                                "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
+                                                "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert re.search(r"none of the \d+ sampled source image records names a file under a folder \(e\.g\. image record "
+                     rf"\d+ \(file_name '{re.escape(str(Path(root).absolute()))}/[^']+'\): file_name points outside "
+                     rf"the image root\); their file_name entries in {re.escape(str(absolute))} name no file under any folder "
+                     r"\(absolute, with '\.\.', or not text\): fix those records to name files relative to one "
+                     r"images folder", result.output), result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_merge_refuses_to_take_images_out_of_a_finished_set(generated, tmp_path):
     out, _, _ = generated
     finished = tmp_path / "finished"

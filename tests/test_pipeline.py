@@ -250,6 +250,24 @@ def test_a_stage_refusing_an_input_names_the_option_the_user_gave(demo_source, t
                     rf"\(now {garbage}\): file names in {ann} are relative to it$", str(refused.value)), refused.value
 
 
+@pytest.mark.parametrize("option", ["--coco-train-ann", "--coco-val-ann"])
+def test_a_set_whose_file_names_are_all_absolute_is_refused_before_any_stage(demo_source, tmp_path, option):
+    """Absolute file_name entries (a labelling tool's export) are refused where each record is read, so the image
+    folder check, which samples only names it can look up, passed: the evaluation then read no val image, after all
+    the training."""
+    ann, root = demo_source
+    data = json.loads(ann.read_text())
+    absolute = tmp_path / "abs.json"
+    absolute.write_text(json.dumps({**data, "images": [{**im, "file_name": str(root.absolute() / im["file_name"])}
+                                                       for im in data["images"]]}))
+    inputs = PipelineInputs(coco_train=(absolute if option == "--coco-train-ann" else ann, root),
+                            coco_val=(absolute if option == "--coco-val-ann" else ann, root))
+    assert re.match(rf"{option} {absolute}: none of the \d+ sampled image records names a file under a folder \(e\.g\. "
+                    rf"image record \d+ \(file_name '{root.absolute()}/[^']+'\): file_name points outside the image "
+                    rf"root\); their file_name entries in {absolute} name no file under any folder",
+                    refused_before_any_stage(tmp_path, inputs))
+
+
 def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_stage(demo_source, tmp_path):
     """--cocoocc made for another image folder: its evaluation found no image, after all the training."""
     ann, root = demo_source
