@@ -1052,6 +1052,9 @@ def _require_images(name: str, dataset, image_root, done: Sequence[int] | None =
     if first is None:  # no image failed to load: the file itself has none to offer
         other = f" ({errors.plural(dataset.skips.total, 'record')} skipped, e.g. {next(iter(examples.values()))})" if examples else ""
         raise OccsynthError(f"set {name!r}: {dataset.ann_file} lists no images to evaluate{other}")
+    if set(dataset.skips.counts) & set(IMAGE_REASONS) == {errors.OUTSIDE_ROOT}:  # absolute names: no image root helps
+        raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
+                            f"{coco_io.named_nowhere(dataset.ann_file)}")
     raise OccsynthError(f"set {name!r}: none of its images could be read (first skipped: {first}); "
                         f"check its image root, sets[{name!r}][1]/--images (now {image_root}): file names in "
                         f"{dataset.ann_file} are relative to it")

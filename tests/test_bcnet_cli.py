@@ -64,6 +64,21 @@ def test_evaluate_with_a_wrong_image_root_is_an_error_naming_the_set_and_file(ti
     assert not (tmp_path / "e" / "results.json").exists()
 
 
+def test_evaluate_of_a_set_whose_file_names_are_all_absolute_says_no_image_root_helps(tiny, tmp_path):
+    """A labelling tool's absolute file names: the message said to check --images, which cannot help."""
+    root, checkpoint = tiny
+    data = load_annotations(root)
+    for image in data["images"]:
+        image["file_name"] = str((root / "images" / image["file_name"]).absolute())
+    (tmp_path / "abs.json").write_text(json.dumps(data))
+    result = _evaluate(checkpoint, tmp_path / "abs.json", root / "images", tmp_path / "e")
+    _clean(result, 2)
+    assert ("): file_name points outside the image root); their file_name entries in "
+            f"{tmp_path / 'abs.json'} name no file under any folder (absolute, with '..', or not text): fix those "
+            "records to name files relative to one images folder") in " ".join(result.output.split()), result.output
+    assert "check its image root" not in result.output
+
+
 def test_evaluate_degenerate_gt_polygon_becomes_an_ignore_region(tiny, tmp_path):
     root, checkpoint = tiny
     data = load_annotations(root)
