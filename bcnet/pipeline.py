@@ -24,7 +24,7 @@ from occsynth.coco import (ROOT_SAMPLE, categories_by_id, check_coco_layout, fil
                            none_found_under, read_array, read_dataset, read_json)
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError, SkipLog, did_you_mean, first_few, key_values, plural, skip_lines
-from occsynth.writer import ANNOTATIONS_FILE, what_folder_holds
+from occsynth.writer import ANNOTATIONS_FILE, changed_settings, what_folder_holds
 
 from .runlock import holds_out_dir
 
@@ -285,11 +285,14 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
         previous = None
     if previous is not None and any((out_dir / stage).exists() for stage in STAGE_FOLDERS):
         same = previous.get("plan") == plan if "plan" in previous else previous.get("recipe") == recipe
+        if not same and previous.get("recipe") == recipe and isinstance(previous.get("plan"), dict):
+            # the same recipe, edited since (more iterations): say what changed
+            raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {recipe!r} with other settings "
+                                f"({changed_settings(previous['plan'], plan)}); rerun it with those settings to resume "
+                                "it, or choose another out_dir/--out")
         if not same:
-            raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}"
-                                + (" (other settings)" if previous.get("recipe") == recipe else "")
-                                + f", not {recipe!r}; rerun it with that recipe to resume it, or choose another "
-                                  "out_dir/--out")
+            raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}, not "
+                                f"{recipe!r}; rerun it with that recipe to resume it, or choose another out_dir/--out")
         if inputs is not None and isinstance(previous.get("inputs"), dict):
             _check_same_inputs(out_dir, previous["inputs"], inputs)
         if path.is_file():

@@ -135,7 +135,11 @@ def test_a_run_folder_made_with_another_recipe_is_refused_before_any_stage(pipel
     other.write_text(recipe.read_text().replace("iterations = 3", "iterations = 4"))
     with pytest.raises(OccsynthError, match=f"made with recipe '{recipe}', not '{other}'"):
         run_pipeline(out, inputs, recipe=str(other), device="cpu", progress=False, log=lambda line: None)
-    with pytest.raises(OccsynthError, match=r"made with recipe 'pipeline-tiny' \(other settings\)"):
+    # the same recipe name with other settings (a recipe file edited since): which ones, and what to do
+    with pytest.raises(OccsynthError, match=r"made with recipe 'pipeline-tiny' with other settings \(cocoocc\.count_crowd: "
+                                            r"- -> False; finetune\.batch_size: 2 -> -; finetune\.checkpoint_every: 1 -> 40; "
+                                            r".*\); rerun it with those settings to resume it, or choose another "
+                                            r"out_dir/--out$"):
         shutil.copytree(out, tmp_path / "copy")
         record = json.loads((tmp_path / "copy" / "pipeline-run.json").read_text())
         (tmp_path / "copy" / "pipeline-run.json").write_text(json.dumps({**record, "recipe": "pipeline-tiny"}))
