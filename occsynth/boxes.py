@@ -5,14 +5,14 @@ from typing import Any
 
 import numpy as np
 
-from .masks import finite_number
+from .masks import finite_numbers
 
 OVERLAP_MEASURES = ("iou", "min")
 
 
 def is_box(box: Any) -> bool:
     """A COCO box: 4 finite numbers (not bools); overlap measures and occluder rules skip anything else."""
-    return isinstance(box, (list, tuple)) and len(box) == 4 and all(map(finite_number, box))
+    return isinstance(box, (list, tuple)) and len(box) == 4 and finite_numbers(box)
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
