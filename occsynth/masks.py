@@ -218,7 +218,7 @@ def to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list
     """
     if not mask.any():
         return []
-    up = np.pad(np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8)), 1)
+    up = np.pad(np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1), 1)  # np.kron: 6x the time
     contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:
