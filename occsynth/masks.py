@@ -37,6 +37,24 @@ def finite_number(value: Any) -> bool:
         return False
 
 
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def finite_numbers(values: Sequence) -> bool:
+    """Whether every item of ``values`` (a list or tuple) is a :func:`finite_number`, judged without a Python call
+    per item where the answer is yes: the items' types are plain ints and floats (no bool, no subclass) and their
+    ``math.fsum`` is finite (fsum converts each item to a float, so an int too large for one raises, and any NaN or
+    infinity makes the sum one, or raises). Only otherwise is each item asked. COCO train's polygons hold 45 million
+    coordinates, and a call for each was the largest part of checking them."""
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        try:
+            if math.isfinite(math.fsum(values)):
+                return True
+        except (OverflowError, ValueError):  # an int too large for a float, inf - inf, an intermediate overflow
+            pass
+    return all(map(finite_number, values))
+
+
 def to_rle(segmentation: Any, height: int, width: int, *, check: bool = True) -> dict:
     """Any COCO segmentation -> one compressed RLE dict (``counts`` as bytes).
 
@@ -104,7 +122,7 @@ def polygon_parts(segmentation: Any) -> list:
     if not polygons or len(polygons) != len(segmentation):
         raise DegenerateMask("polygon segmentation is empty or not a list of lists")
     for poly in polygons:
-        if not all(map(finite_number, poly)):
+        if not finite_numbers(poly):
             raise DegenerateMask("polygon has non-numeric or non-finite coordinates")
     kept = [p for p in polygons if len(p) >= 6 and len(p) % 2 == 0]  # detectron2's rule
     if not kept:
@@ -200,7 +218,7 @@ def to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list
     """
     if not mask.any():
         return []
-    up = np.pad(np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8)), 1)
+    up = np.pad(np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1), 1)  # np.kron: 6x the time
     contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:

@@ -22,7 +22,7 @@ import numpy as np
 from . import errors, masks
 from .boxes import is_box, pairwise_overlap
 from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, check_pixels, duplicate_detail, \
-    is_int, iter_array, one_line, read_image, record_file_name, record_name, resolve_image_path
+    is_int, iter_array, one_line, read_array, read_image, record_file_name, record_name, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, plural, whole_number
 from .masks import finite_number
 from .schedule import check_seed
@@ -203,7 +203,7 @@ def check_outside_images(path: str | os.PathLike, source: str | os.PathLike, wha
         written = os.stat(out)  # the file the picture would replace, whatever the path that leads to it
     except (OccsynthError, OSError):  # no image folder, or nothing at --out yet: no image to replace
         return
-    for image in iter_array(ann_path, "images"):
+    for image in read_array(ann_path, "images"):  # parsed up to the array's end, not the file's
         try:
             name = record_file_name(image) if isinstance(image, dict) else None  # its file_name, or LVIS's coco_url
             found = os.stat(os.path.join(root, name)) if isinstance(name, str) else None
@@ -221,7 +221,7 @@ def select_images(ann_path: Path, n: int, seed: int | None, log: SkipLog | None 
     image is shown once). Raises, saying why, when the file has none (or is no COCO file)."""
     records, rejected, first_rejected = [], 0, None
     seen: set[int] = set()
-    for image in iter_array(ann_path, "images"):
+    for image in read_array(ann_path, "images"):  # parsed up to the array's end: streamed, the rest of the file was too
         try:
             image = check_image_record(image, pixel_limit=False)  # one too large is drawn as a stand-in tile
             if image["id"] in seen:

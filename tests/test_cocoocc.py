@@ -20,6 +20,7 @@ from cli import cocoocc_commands
 from cli.occsynth_cli import main
 from occsynth import atomic, coco, cocoocc, errors
 from occsynth.cocoocc import alternative_counts, build_cocoocc, max_overlap_per_image, select_images
+from occsynth.boxes import pairwise_overlap
 from occsynth.coco import read_image, resolve_image_path
 from occsynth.errors import OccsynthError, SkipLog, plural
 
@@ -162,6 +163,34 @@ def test_alternative_counts_table():
     assert set(table) == {"iou/no-crowd", "iou/crowd", "min/no-crowd", "min/crowd"}
     assert table["iou/no-crowd"]["0.1"] == 3 and table["iou/no-crowd"]["0.2"] == 1
     assert table["iou/crowd"]["0.2"] == 2 and table["min/crowd"]["0.2"] == 5 and table["min/no-crowd"]["0.5"] == 2
+
+
+def test_a_build_reads_each_box_once_for_the_selection_and_every_table_of_the_report(tmp_path, monkeypatch):
+    """The selection and the report's four tables (iou/min x crowd or not) grouped the boxes five times and measured
+    each image five times (20 s of build-cocoocc's 58 on a COCO-train-size file): now once, for all images at once."""
+    calls = []
+    real = cocoocc.is_box
+    monkeypatch.setattr(cocoocc, "is_box", lambda box: calls.append(box) or real(box))
+    data = make_dataset()
+    report = build_cocoocc(write_set(tmp_path / "val.json", data), tmp_path / "occ")
+    assert len(calls) == 2 * len(data["annotations"])  # the record check, then the overlaps
+    assert report["alternatives"]["iou/no-crowd"]["0.2"] == 1 and report["alternatives"]["min/crowd"]["0.2"] == 5
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 1 << 20])
+def test_the_overlap_table_gives_each_image_its_own_pairs_largest_overlap_whatever_the_step(monkeypatch, step):
+    rng = np.random.default_rng(0)
+    images = [{"id": k, "file_name": f"{k}.jpg", "height": 100, "width": 100} for k in range(40)]
+    annotations = [{"id": n, "image_id": int(rng.integers(45)), "bbox": [float(v) for v in rng.uniform(0, 50, 4)],
+                    "iscrowd": int(rng.random() < 0.2), "category_id": 1} for n in range(150)]
+    data = {"images": images, "annotations": annotations}
+    monkeypatch.setattr(cocoocc, "PAIRS_PER_STEP", step)
+    table = cocoocc.overlap_table(data)
+    for (overlap, crowd), best in table.items():
+        for image in images:
+            boxes = [a["bbox"] for a in annotations if a["image_id"] == image["id"] and (crowd or not a["iscrowd"])]
+            expected = float(pairwise_overlap(np.array(boxes), overlap).max()) if len(boxes) > 1 else 0.0
+            assert best[image["id"]] == expected  # to the last bit: the same formula
 
 
 def test_build_writes_loadable_subset(tmp_path):

@@ -81,6 +81,20 @@ def test_streamed_file_equals_in_memory(tmp_path):
     assert stats_from_path(out / "annotations.json") == dataset_stats(data)
 
 
+def test_only_the_annotations_are_streamed_the_image_and_category_lists_are_read_up_to_their_end(tmp_path,
+                                                                                                  monkeypatch):
+    """The parser that streams an array's items reads on to the end of the file: streaming the images as well cost
+    a whole parse of a COCO-train-size file (7 s of stats' 23) for 118k small records, and the categories another."""
+    from occsynth import stats as stats_module
+    streamed = []
+    real = stats_module.iter_array
+    monkeypatch.setattr(stats_module, "iter_array", lambda path, key: streamed.append(key) or real(path, key))
+    out = write_dataset(tmp_path / "set")
+    data, _ = build()
+    assert stats_from_path(out) == dataset_stats(data)
+    assert streamed == ["annotations"]
+
+
 def test_plot_bars_are_proportional():
     data, _ = build()
     plot = plot_stats(dataset_stats(data))
