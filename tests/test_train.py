@@ -851,7 +851,7 @@ def test_an_extension_stopped_before_its_first_checkpoint_leaves_a_run_that_can_
     assert (run / "model_final.pt").read_bytes() == old_final and ckpt.latest_checkpoint(run) == run / "model_final.pt"
     section = {"schedule": "schedule-tiny", **TINY, "iterations": 2, "batch_size": 1, "checkpoint_every": 5}
     assert _train_stage("stage", run, (dataset_dir / "annotations.json", dataset_dir / "images"), section, None,
-                        T.train, "cpu", False, lambda line: None) == run / "model_final.pt"
+                        T.train, "cpu", False, lambda line: None, {}) == run / "model_final.pt"
     # a periodic checkpoint of a longer run is no finished run's final: resumed at its iteration, nothing is named so
     longer = tmp_path / "longer"
     _run(dataset_dir, longer, iterations=4, batch_size=1, checkpoint_every=2)
