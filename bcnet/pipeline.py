@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import (ROOT_SAMPLE, categories_by_id, check_coco_layout, file_hash, named_nowhere, names_no_file,
+from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, named_nowhere, names_no_file,
                            none_found_under, read_array, read_dataset, read_json)
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError, SkipLog, did_you_mean, first_few, key_values, plural, skip_lines
@@ -367,8 +367,8 @@ def check_images_under(ann: Path, images: Path, option: str, images_option: str,
     records = [im for im in read_array(ann, "images") if isinstance(im, dict)]
     refused = names_no_file(len(records), records.__getitem__)
     if refused is not None:  # skipped where each record is read: the stage would read no image of the set
-        raise OccsynthError(f"{option} {ann}: none of the {min(len(records), ROOT_SAMPLE)} sampled image records names a "
-                            f"file under a folder (e.g. {refused}); {named_nowhere(ann)}")
+        raise OccsynthError(f"{option} {ann}: none of its {plural(len(records), 'image record')} names a file under a "
+                            f"folder (e.g. {refused}); {named_nowhere(ann)}")
     paths = none_found_under(images, len(records), records.__getitem__)
     if paths:
         raise OccsynthError(f"{option} {ann}: none of {len(paths)} sampled images is under {images_option} {images} "

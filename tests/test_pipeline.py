@@ -266,7 +266,7 @@ def test_a_set_whose_file_names_are_all_absolute_is_refused_before_any_stage(dem
                                                        for im in data["images"]]}))
     inputs = PipelineInputs(coco_train=(absolute if option == "--coco-train-ann" else ann, root),
                             coco_val=(absolute if option == "--coco-val-ann" else ann, root))
-    assert re.match(rf"{option} {absolute}: none of the \d+ sampled image records names a file under a folder \(e\.g\. "
+    assert re.match(rf"{option} {absolute}: none of its \d+ image records names a file under a folder \(e\.g\. "
                     rf"image record \d+ \(file_name '{root.absolute()}/[^']+'\): file_name points outside the image "
                     rf"root\); their file_name entries in {absolute} name no file under any folder",
                     refused_before_any_stage(tmp_path, inputs))
