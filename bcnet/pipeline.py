@@ -288,7 +288,7 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
         if not same and previous.get("recipe") == recipe and isinstance(previous.get("plan"), dict):
             # the same recipe, edited since (more iterations): say what changed
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {recipe!r} with other settings "
-                                f"({changed_settings(previous['plan'], plan)}); rerun it with those settings to resume "
+                                f"({_changed_plan(previous['plan'], plan)}); rerun it with those settings to resume "
                                 "it, or choose another out_dir/--out")
         if not same:
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}, not "
@@ -301,6 +301,14 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
     if inputs is not None:
         record["inputs"] = inputs
     write_json(path, record, indent=2)
+
+
+def _changed_plan(old: dict, new: dict) -> str:
+    """What differs between two plans of a recipe (:func:`occsynth.writer.changed_settings`), or, where no setting
+    does, the tables that differ, said whole (one empty in one plan and absent from the other: a `[cocoocc]` with
+    nothing under it, taken out)."""
+    return changed_settings(old, new) or "; ".join(f"{t}: {old.get(t, '-')} -> {new.get(t, '-')}"
+                                                   for t in sorted(set(old) | set(new)) if old.get(t) != new.get(t))
 
 
 def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:

@@ -556,6 +556,18 @@ def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stag
         check_run_recipe(tmp_path / "run", "mine", plan)
 
 
+def test_a_recipe_edited_only_by_an_empty_table_says_which_table_changed(tmp_path):
+    """An empty [cocoocc] table taken out of the recipe (the stage's defaults either way): the plans differ, and no
+    setting in them does; the refusal said 'with other settings ()'."""
+    from bcnet.pipeline import check_run_recipe
+    out = tmp_path / "run"
+    (out / "pretrain").mkdir(parents=True)
+    check_run_recipe(out, "mine", {"pretrain": {"schedule": "schedule-tiny"}, "cocoocc": {}})
+    with pytest.raises(OccsynthError, match=r"made with recipe 'mine' with other settings \(cocoocc: \{\} -> -\); "
+                                            r"rerun it"):
+        check_run_recipe(out, "mine", {"pretrain": {"schedule": "schedule-tiny"}})
+
+
 def test_an_input_that_could_not_be_read_when_recorded_is_not_compared_once_readable_again(tmp_path):
     """A run folder recorded while its --synthetic set was deleted (a folder of a version that kept no record, rerun
     once pretraining was done) has no content to compare the set with when it is back: it is not refused."""
