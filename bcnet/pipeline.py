@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import manifests
 from occsynth.atomic import write_bytes, write_json
-from occsynth.coco import (ROOT_SAMPLE, categories_by_id, check_coco_layout, file_hash, named_nowhere, names_no_file,
+from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, named_nowhere, names_no_file,
                            none_found_under, read_array, read_dataset, read_json)
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError, SkipLog, did_you_mean, first_few, key_values, plural, skip_lines
@@ -288,7 +288,7 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
         if not same and previous.get("recipe") == recipe and isinstance(previous.get("plan"), dict):
             # the same recipe, edited since (more iterations): say what changed
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {recipe!r} with other settings "
-                                f"({changed_settings(previous['plan'], plan)}); rerun it with those settings to resume "
+                                f"({_changed_plan(previous['plan'], plan)}); rerun it with those settings to resume "
                                 "it, or choose another out_dir/--out")
         if not same:
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}, not "
@@ -301,6 +301,14 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
     if inputs is not None:
         record["inputs"] = inputs
     write_json(path, record, indent=2)
+
+
+def _changed_plan(old: dict, new: dict) -> str:
+    """What differs between two plans of a recipe (:func:`occsynth.writer.changed_settings`), or, where no setting
+    does, the tables that differ, said whole (one empty in one plan and absent from the other: a `[cocoocc]` with
+    nothing under it, taken out)."""
+    return changed_settings(old, new) or "; ".join(f"{t}: {old.get(t, '-')} -> {new.get(t, '-')}"
+                                                   for t in sorted(set(old) | set(new)) if old.get(t) != new.get(t))
 
 
 def _check_same_inputs(out_dir: Path, before: dict, now: dict) -> None:
@@ -367,8 +375,8 @@ def check_images_under(ann: Path, images: Path, option: str, images_option: str,
     records = [im for im in read_array(ann, "images") if isinstance(im, dict)]
     refused = names_no_file(len(records), records.__getitem__)
     if refused is not None:  # skipped where each record is read: the stage would read no image of the set
-        raise OccsynthError(f"{option} {ann}: none of the {min(len(records), ROOT_SAMPLE)} sampled image records names a "
-                            f"file under a folder (e.g. {refused}); {named_nowhere(ann)}")
+        raise OccsynthError(f"{option} {ann}: none of its {plural(len(records), 'image record')} names a file under a "
+                            f"folder (e.g. {refused}); {named_nowhere(ann)}")
     paths = none_found_under(images, len(records), records.__getitem__)
     if paths:
         raise OccsynthError(f"{option} {ann}: none of {len(paths)} sampled images is under {images_option} {images} "

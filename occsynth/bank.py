@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, format_size, open_atomic, require_room, write_json
 from .compose import crop_replicate
-from .coco import (ROOT_SAMPLE, brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int,
+from .coco import (brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int,
                    iter_array, named_nowhere, names_no_file, none_found_under, read_array, read_image, record_image_path,
                    require_image_file, spread, unique_by_id, usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, options_argument, plural, why_none_usable
@@ -703,16 +703,16 @@ def ensure_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathL
 def check_image_root(bank: Bank, image_root: str | os.PathLike) -> None:
     """Fail early, with an example path, when ``image_root`` is not the folder the bank's file names are relative
     to: none of the background images sampled from end to end (:func:`occsynth.coco.none_found_under`) exists
-    there; or, before that, when none of those records names a file under any folder (:func:`occsynth.coco.names_no_file`:
-    absolute names), which every reader would skip."""
+    there; or, before that, when none of the background images' records names a file under any folder
+    (:func:`occsynth.coco.names_no_file`: absolute names), which every reader would skip."""
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise OccsynthError(f"{image_root}: image directory not found")
     refused = names_no_file(bank.num_images, bank.image_record)
     if refused is not None:
         source = (bank.meta.get("source") or {}).get("path", "the source annotations")
-        raise OccsynthError(f"none of the {min(bank.num_images, ROOT_SAMPLE)} sampled source image records names a file "
-                            f"under a folder (e.g. {refused}); {named_nowhere(source)}")
+        raise OccsynthError(f"none of the {plural(bank.num_images, 'source image record')} names a file under a folder "
+                            f"(e.g. {refused}); {named_nowhere(source)}")
     paths = none_found_under(image_root, bank.num_images, bank.image_record)
     if paths:
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 from collections import Counter
-from itertools import filterfalse
+from itertools import chain, filterfalse
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
@@ -716,12 +716,16 @@ def none_found_under(image_root: str | os.PathLike, count: int, record: Callable
 
 
 def names_no_file(count: int, record: Callable[[int], Any]) -> BadRecord | None:
-    """For the image records :func:`none_found_under` samples (``record(i)``: the i-th of ``count``): the first one's
-    refusal when every one of them is refused (:func:`record_image_path`: an absolute name, one with '..', no text, no
-    file_name), else None. Such names are skipped where each record is read, so no image folder is wrong for them, and
-    none is right either: a set (a labelling tool's export) whose every file name is absolute reads no image at all."""
+    """The first image record's refusal (:func:`record_image_path`: an absolute name, one with '..', no text, no
+    file_name) when every one of the ``count`` records (``record(i)``: the i-th) is refused, else None. Such names are
+    skipped where each record is read, so no image folder is wrong for them, and none is right either: a set (a
+    labelling tool's export) whose every file name is absolute reads no image at all. The records that
+    :func:`none_found_under` samples are judged first; only when all of those are refused are the others (a name is
+    judged without a disk access): a set with any usable name reads that image, skipping the others."""
+    sampled = spread(count, ROOT_SAMPLE)
+    judged = frozenset(sampled)
     first = None
-    for i in spread(count, ROOT_SAMPLE):
+    for i in chain(sampled, (i for i in range(count) if i not in judged)):
         try:
             record_image_path(".", record(i))
         except BadRecord as exc:

@@ -453,6 +453,21 @@ def test_none_found_under_samples_only_names_it_can_look_up(tmp_path):
     assert coco.none_found_under(tmp_path, 5, found.__getitem__) is None
 
 
+def test_names_no_file_refuses_a_set_only_when_none_of_its_records_names_a_file():
+    """The sample of records tells a wrong folder (looking a file up costs a disk access), but a name is judged
+    without one: a set whose sampled records are all absolute, with a usable one between them, was refused up front,
+    where its readers would read that image (and skip the others, counting them)."""
+    records = [{"id": k, "file_name": f"/data/{k}.jpg", "height": 5, "width": 5} for k in range(100)]
+    records[1]["file_name"] = "1.jpg"
+    assert 1 not in coco.spread(len(records), coco.ROOT_SAMPLE)
+    assert coco.names_no_file(len(records), records.__getitem__) is None
+    records[1]["file_name"] = "../1.jpg"
+    refused = coco.names_no_file(len(records), records.__getitem__)
+    assert isinstance(refused, BadRecord) and "image record 0 (file_name '/data/0.jpg')" in str(refused)
+    lvis = [{"id": 1, "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg", "height": 5, "width": 5}]
+    assert coco.names_no_file(1, lvis.__getitem__) is None and coco.names_no_file(0, [].__getitem__) is None
+
+
 def test_resolve_image_path_refuses_escapes(tmp_path):
     root = tmp_path / "imgs"
     (root / "sub").mkdir(parents=True)

@@ -266,7 +266,7 @@ def test_a_set_whose_file_names_are_all_absolute_is_refused_before_any_stage(dem
                                                        for im in data["images"]]}))
     inputs = PipelineInputs(coco_train=(absolute if option == "--coco-train-ann" else ann, root),
                             coco_val=(absolute if option == "--coco-val-ann" else ann, root))
-    assert re.match(rf"{option} {absolute}: none of the \d+ sampled image records names a file under a folder \(e\.g\. "
+    assert re.match(rf"{option} {absolute}: none of its \d+ image records names a file under a folder \(e\.g\. "
                     rf"image record \d+ \(file_name '{root.absolute()}/[^']+'\): file_name points outside the image "
                     rf"root\); their file_name entries in {absolute} name no file under any folder",
                     refused_before_any_stage(tmp_path, inputs))
@@ -554,6 +554,18 @@ def test_the_recipe_record_takes_toml_dates_and_binds_only_a_folder_where_a_stag
     (tmp_path / "run" / "synthetic").mkdir()
     with pytest.raises(OccsynthError, match="made with recipe 'other', not 'mine'"):
         check_run_recipe(tmp_path / "run", "mine", plan)
+
+
+def test_a_recipe_edited_only_by_an_empty_table_says_which_table_changed(tmp_path):
+    """An empty [cocoocc] table taken out of the recipe (the stage's defaults either way): the plans differ, and no
+    setting in them does; the refusal said 'with other settings ()'."""
+    from bcnet.pipeline import check_run_recipe
+    out = tmp_path / "run"
+    (out / "pretrain").mkdir(parents=True)
+    check_run_recipe(out, "mine", {"pretrain": {"schedule": "schedule-tiny"}, "cocoocc": {}})
+    with pytest.raises(OccsynthError, match=r"made with recipe 'mine' with other settings \(cocoocc: \{\} -> -\); "
+                                            r"rerun it"):
+        check_run_recipe(out, "mine", {"pretrain": {"schedule": "schedule-tiny"}})
 
 
 def test_an_input_that_could_not_be_read_when_recorded_is_not_compared_once_readable_again(tmp_path):
