@@ -87,7 +87,11 @@ def what_folder_holds(path: Path) -> str | None:
     if (path / PARTS / RUN_FILE).is_file():
         return ("it holds an unfinished `occsynth generate` run or one --shard of a set: finish it with the same "
                 "command, or join the shards with `occsynth merge`")
-    return None
+    try:  # a folder of sets: a train-synthetic run (synthetic/, cocoocc/), or the user's own
+        sets = sorted(f"{p.name}/" for p in path.iterdir() if (p / ANNOTATIONS_FILE).is_file())
+    except OSError:
+        return None
+    return f"it holds sets in its folders {first_few(sets)}: give one of them" if sets else None
 
 
 def merged_into_of(folder: Path) -> str | None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cli import inspect_commands
 from cli.common import Group
 from occsynth import atomic
-from occsynth.errors import plural
+from occsynth.errors import OccsynthError, plural
 from occsynth.stats import (AXIS_LEFT, BAR_PASTED, PANEL, bar_panel, dataset_stats, format_stats, plot_stats, ratio_bin,
                              stats_from_path)
 from datasets import SCENES, build, scene_instances, write_dataset
@@ -335,3 +335,19 @@ def test_reading_a_large_file_shows_progress_unless_quiet(tmp_path, monkeypatch)
         assert ("stats annotations.json" in err.getvalue() and "16 records" in err.getvalue()) == progress, err.getvalue()
     res = CliRunner().invoke(group(), ["stats", str(path), "--quiet"])
     assert res.exit_code == 0 and res.output.startswith("3 images, 13 annotations"), res.output
+
+
+def test_a_folder_whose_sets_are_in_its_sub_folders_names_them(tmp_path):
+    """A pipeline run (synthetic/, cocoocc/, each a set) or any folder of sets, given where one set is expected:
+    the message names the sets it holds, not only that annotations.json is missing."""
+    run = tmp_path / "run"
+    for name in ("synthetic", "cocoocc"):
+        (run / name).mkdir(parents=True)
+        (run / name / "annotations.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    (run / "finetune").mkdir()
+    with pytest.raises(OccsynthError) as caught:
+        stats_from_path(run)
+    assert str(caught.value) == (f"{run / 'annotations.json'}: not found - it holds sets in its folders cocoocc/, "
+                                 "synthetic/: give one of them")
+    with pytest.raises(OccsynthError, match="give a set folder holding annotations.json"):
+        stats_from_path(run / "finetune")
