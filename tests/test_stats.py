@@ -335,3 +335,16 @@ def test_reading_a_large_file_shows_progress_unless_quiet(tmp_path, monkeypatch)
         assert ("stats annotations.json" in err.getvalue() and "16 records" in err.getvalue()) == progress, err.getvalue()
     res = CliRunner().invoke(group(), ["stats", str(path), "--quiet"])
     assert res.exit_code == 0 and res.output.startswith("3 images, 13 annotations"), res.output
+
+
+def test_the_first_missing_list_in_coco_order_is_the_one_named(tmp_path):
+    """The image records are read whole and the annotations streamed: the categories, read last, are not looked for
+    before the annotations are, so a file missing both names its annotations."""
+    from occsynth.errors import OccsynthError
+    from occsynth.stats import stats_from_path
+    path = tmp_path / "a.json"
+    for data, missing in (({"images": []}, "annotations"), ({"images": [], "annotations": []}, "categories"),
+                          ({"annotations": []}, "images")):
+        path.write_text(json.dumps(data))
+        with pytest.raises(OccsynthError, match=f"missing the '{missing}' list of a COCO instances file"):
+            stats_from_path(path, progress=False)
