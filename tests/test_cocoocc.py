@@ -193,6 +193,21 @@ def test_the_overlap_table_gives_each_image_its_own_pairs_largest_overlap_whatev
             assert best[image["id"]] == expected  # to the last bit: the same formula
 
 
+def test_each_step_of_the_overlap_table_measures_as_many_pairs_as_the_step_allows(monkeypatch):
+    """Boxes are taken in order with all their pairs while those stay within PAIRS_PER_STEP (a box with more is
+    measured alone): one image of 5 boxes has 4, 3, 2, 1 and 0 pairs after each box."""
+    sizes = []
+    real = cocoocc.overlap_of
+    monkeypatch.setattr(cocoocc, "overlap_of",
+                        lambda a, b, measure: sizes.append((len(a), measure)) or real(a, b, measure))
+    data = {"images": [{"id": 1}], "annotations": [{"image_id": 1, "bbox": [k, 0, 2, 2]} for k in range(5)]}
+    for step, pairs in ((3, [4, 3, 3]), (7, [7, 3]), (10, [10]), (1, [4, 3, 2, 1])):
+        sizes.clear()
+        monkeypatch.setattr(cocoocc, "PAIRS_PER_STEP", step)
+        assert cocoocc.overlap_table(data)["min", False] == {1: 0.5}
+        assert sizes == [(n, measure) for n in pairs for measure in ("iou", "min")], step
+
+
 def test_build_writes_loadable_subset(tmp_path):
     ann = tmp_path / "val.json"
     ann.write_text(json.dumps(make_dataset()))
@@ -982,7 +997,7 @@ def test_a_box_is_four_finite_numbers_and_an_overlap_measure_is_one_of_two():
     from occsynth.boxes import is_box, pairwise_overlap
     assert is_box([0, 0, 1, 1]) and is_box((0.5, 1, 2, 3.5)) and is_box([-1, -1, 0, 0])
     for bad in ([0, 0, 1], [0, 0, 1, 1, 1], [True, 0, 1, 1], [0, 0, float("nan"), 1], [0, 0, float("inf"), 1],
-                ["0", 0, 1, 1], "0011", {"x": 0}, None):
+                ["0", 0, 1, 1], "0011", {"x": 0}, None, [0, 0, 1, float("nan")], [0, 0, 1, True], (0, 0, 1, "1")):
         assert not is_box(bad), bad
     with pytest.raises(ValueError, match=r"overlap measure must be one of \('iou', 'min'\), got 'IoU'"):
         pairwise_overlap(np.array([[0, 0, 1, 1], [0, 0, 1, 1]]), "IoU")

@@ -689,3 +689,16 @@ def test_a_malformed_segmentation_is_skipped_when_loaded_as_the_strict_check_ref
     assert ds.skips.counts == {reason: 1}
     with pytest.raises(BadRecord, match=re.escape(f"annotation {first[0]['id']} 'segmentation': {reason}")):
         _dataset(root, strict=True).check_annotations()
+
+
+def test_packed_lists_index_as_a_list_does_and_refuse_what_is_no_index():
+    packed = bdata.PackedLists([[{"id": 1}], [], [{"id": 2}, {"id": 3}]])
+    assert [packed[k] for k in (0, 1, 2)] == [[{"id": 1}], [], [{"id": 2}, {"id": 3}]]
+    assert [packed[k] for k in (-1, -2, -3)] == [[{"id": 2}, {"id": 3}], [], [{"id": 1}]]
+    assert packed[np.int64(2)] == packed[2]
+    for past in (3, -4):
+        with pytest.raises(IndexError):
+            packed[past]
+    with pytest.raises(TypeError, match="PackedLists indices must be integers, not slice"):
+        packed[0:2]
+    assert len(bdata.PackedLists()) == 0

@@ -1120,3 +1120,26 @@ def test_evaluation_skips_an_image_record_over_the_pixel_limit_without_reading_i
     report = E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e", device="cpu", progress=False)
     assert report["a"]["images"] == 1 and report["a"]["skipped"]["counts"]["image too large"] == 2
     assert decoded == [(40, 56)]
+
+
+@pytest.mark.parametrize("others, hint", [
+    ((), "name no file under any folder"), ((errors.MALFORMED_RECORD,), "name no file under any folder"),
+    ((errors.MISSING_FILE,), "check its image root, sets['val'][1]/--images (now /imgs)")])
+def test_a_set_with_no_readable_image_is_told_that_no_image_root_helps_only_when_every_image_was_named_outside_it(
+        others, hint):
+    """Absolute names (outside any root) alone, or beside records skipped for other than their image: no --images
+    can help; beside images missing under the root, another root may find those."""
+    skips = SkipLog()
+    skips.skip(BadRecord(errors.OUTSIDE_ROOT, "image record 1 (file_name '/abs/1.jpg')"))
+    for reason in others:
+        skips.skip(BadRecord(reason, "image record 2"))
+
+    class Empty:
+        ann_file = Path("val.json")
+
+        def __len__(self):
+            return 0
+
+    Empty.skips = skips
+    with pytest.raises(OccsynthError, match=re.escape(hint)):
+        E._require_images("val", Empty(), "/imgs")

@@ -240,3 +240,7 @@ def test_clean_coordinates_are_judged_without_a_call_per_number(monkeypatch):
 def test_finite_numbers_agrees_with_finite_number_item_by_item(values, expected):
     assert all(map(masks.finite_number, values)) is expected
     assert masks.finite_numbers(values) is expected
+
+
+def test_an_empty_mask_has_no_polygon():
+    assert masks.to_polygons(np.zeros((4, 5), bool)) == [] and masks.to_polygons(np.zeros((0, 0), bool)) == []

@@ -266,7 +266,8 @@ def test_a_set_whose_file_names_are_all_absolute_is_refused_before_any_stage(dem
                                                        for im in data["images"]]}))
     inputs = PipelineInputs(coco_train=(absolute if option == "--coco-train-ann" else ann, root),
                             coco_val=(absolute if option == "--coco-val-ann" else ann, root))
-    assert re.match(rf"{option} {absolute}: none of its \d+ image records names a file under a folder \(e\.g\. "
+    assert re.match(rf"{option} {absolute}: none of its {len(data['images'])} image records names a file under a "
+                    r"folder \(e\.g\. "
                     rf"image record \d+ \(file_name '{root.absolute()}/[^']+'\): file_name points outside the image "
                     rf"root\); their file_name entries in {absolute} name no file under any folder",
                     refused_before_any_stage(tmp_path, inputs))
@@ -1255,3 +1256,128 @@ def test_a_stage_whose_output_is_given_says_so(demo_source, tmp_path, monkeypatc
     assert [line[:5] for line in logs] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
     assert logs[0] == f"[1/5] synthetic set: given ({synthetic / 'annotations.json'})"
     assert logs[3] == f"[4/5] COCO-OCC: given ({ann})"
+
+
+def _skipped(**counts):
+    return {"counts": counts, "examples": {reason: f"record {n}: {reason}" for n, reason in enumerate(counts)}}
+
+
+def test_each_stage_says_what_its_library_call_skipped_in_its_own_words(demo_source, tmp_path, monkeypatch):
+    """The records skipped by generate (indexing the source, and rendering), build-cocoocc and the evaluation of each
+    set are said under the stage's number, totalled over their reasons; a stage that skipped nothing says nothing."""
+    import bcnet.evaluate
+    import bcnet.pipeline
+    import occsynth.cocoocc
+    import occsynth.generate
+    ann, root = demo_source
+    monkeypatch.setattr(occsynth.generate, "generate", lambda *args, **kwargs: {
+        "bank": {"skipped": _skipped(**{"unknown category": 2, "degenerate mask": 1}),
+                 "categories_without_cutouts": [4, 7]}, "skipped": _skipped(**{"unreadable image": 5})})
+    monkeypatch.setattr(bcnet.pipeline, "_train_stage", lambda name, stage_dir, *args: stage_dir / "model_final.pt")
+    monkeypatch.setattr(occsynth.cocoocc, "build_cocoocc", lambda *args, **kwargs: {
+        "counts": {"images": 3, "source_images": 24}, "skipped": _skipped(**{"unknown category": 4})})
+    monkeypatch.setattr(bcnet.evaluate, "evaluate_checkpoint", lambda *args, **kwargs: {
+        "val": {"skipped": _skipped(**{"missing image file": 3, "unknown category": 3})}, "cocoocc": {"skipped": {}}})
+    monkeypatch.setattr(bcnet.evaluate, "markdown_table", lambda results: "table")
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    logs = []
+    run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)),
+                 recipe=str(tmp_path / "recipe.toml"), device="cpu", progress=False, log=logs.append)
+    assert [line for line in logs if not line.startswith(" ")] == [
+        f"[1/5] synthetic set: generating with recipe synthetic-demo into {tmp_path / 'run' / 'synthetic'}",
+        "[1/5] synthetic set: source records skipped (bad input): 3",
+        "[1/5] synthetic set: source images skipped while rendering (counted per use, another was drawn instead): 5",
+        "[1/5] synthetic set: categories with no complete cutout (skipped): 2",
+        f"[4/5] COCO-OCC: 3 of 24 images -> {tmp_path / 'run' / 'cocoocc'}",
+        "[4/5] COCO-OCC: skipped bad input: 4",
+        "[5/5] evaluation on val and COCO-OCC",
+        "[5/5] evaluation: val: skipped bad input: 6"]
+    assert "        1  degenerate mask, e.g. record 1" in logs
+    assert "        3  missing image file, e.g. record 0" in logs
+
+
+def test_a_training_stage_says_the_records_skipped_after_its_indexing_and_those_of_the_indexing_once(tmp_path):
+    from bcnet.pipeline import FINAL, _train_stage
+    indexed = _skipped(**{"missing image file": 2})
+
+    def train(ann, images, stage_dir, *, report, **kwargs):
+        report(indexed)
+        stage_dir.mkdir()
+        (stage_dir / FINAL).write_bytes(b"")
+        return {"skipped": later}
+
+    section = {"schedule": "schedule-tiny"}
+    more = _skipped(**{"missing image file": 2, "corrupt image": 1})  # found while training
+    for later, said in ((indexed, []), (more, ["stage: skipped bad input: 3"])):
+        logs = []
+        stage_dir = tmp_path / str(len(said))
+        assert _train_stage("stage", stage_dir, (tmp_path / "a.json", tmp_path), section, None, train, "cpu", False,
+                            logs.append, {}) == stage_dir / FINAL
+        headings = [line for line in logs if not line.startswith(" ")]
+        assert headings == [f"stage: schedule schedule-tiny on {tmp_path / 'a.json'}",
+                            "stage: indexing: skipped bad input: 2", *said]
+
+
+def test_a_run_folder_may_hold_what_its_user_put_there(tmp_path):
+    """Only a folder that is no run's (no pipeline-run.json, nor an older version's pipeline.json) is refused for
+    holding what no run writes."""
+    from bcnet.pipeline import check_run_folder
+    for record in (RUN_FILE, "pipeline.json", None):
+        folder = tmp_path / str(record)
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+        if record is None:
+            with pytest.raises(OccsynthError, match=r"holds files that no train-synthetic run writes \(notes\.txt\)"):
+                check_run_folder(folder)
+        else:
+            (folder / record).write_text("{}")
+            check_run_folder(folder)
+
+
+def test_a_run_record_whose_plan_is_no_table_is_refused_as_another_recipes_run(tmp_path):
+    """A hand-edited pipeline-run.json ("plan": null): refused with the words for another recipe, not a crash."""
+    from bcnet.pipeline import check_run_recipe
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / RUN_FILE).write_text(json.dumps({"recipe": "pipeline-tiny", "plan": None}))
+    with pytest.raises(OccsynthError, match="rerun it with that recipe to resume it"):
+        check_run_recipe(tmp_path, "pipeline-tiny", {"synthetic": {"recipe": "synthetic-demo"}})
+
+
+def test_the_synthetic_stage_resumed_with_other_images_names_the_option_the_user_gave(pipeline_run, tmp_path):
+    """`occsynth generate` refusing to resume its set from other source images names its image_root/--images."""
+    out, _, _, recipe, (ann, root) = pipeline_run
+    shutil.copytree(out / "synthetic", tmp_path / "run" / "synthetic")
+    (tmp_path / "run" / "synthetic" / "manifest.json").unlink()  # as a run stopped while generating
+    other = tmp_path / "other"
+    for path in root.rglob("*.jpg"):
+        (other / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        (other / path.relative_to(root)).write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(OccsynthError) as refused:
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(ann, other), coco_val=(ann, root)),
+                     recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    assert f"and --coco-train-images {other} holds other files" in str(refused.value)
+    assert f"resume with --coco-train-images {root.resolve()} (or the same files moved" in str(refused.value)
+    assert "image_root" not in str(refused.value)
+
+
+def test_the_fine_tuning_finding_no_image_names_the_option_the_user_gave(pipeline_run, tmp_path):
+    """Only an image without annotations is under --coco-train-images (the folder check finds it): the fine-tuning
+    has nothing to train on and asks about its image_root/--images."""
+    out, _, _, recipe, (ann, root) = pipeline_run
+    data = json.loads(ann.read_text())
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copyfile(root / data["images"][0]["file_name"], only / "extra.jpg")
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps({**data, "images": data["images"] + [{**data["images"][0], "id": 999,
+                                                                        "file_name": "extra.jpg"}]}))
+    synthetic = (out / "synthetic" / "annotations.json", out / "synthetic" / "images")
+    with pytest.raises(OccsynthError) as refused:
+        run_pipeline(tmp_path / "run", PipelineInputs(coco_train=(train, only), coco_val=(ann, root),
+                                                      synthetic=synthetic),
+                     recipe=str(recipe), device="cpu", progress=False, log=lambda line: None)
+    n = len(data["images"])
+    assert str(refused.value).startswith(f"{train}: no usable training images (skipped {n} bad records: missing image "
+                                         f"file={n}; ")
+    assert str(refused.value).endswith("; is --coco-train-images the folder that the file_name entries are relative "
+                                       "to?")

@@ -536,3 +536,20 @@ def test_a_sheet_or_plot_over_a_pipe_or_a_link_is_refused_not_replaced(dataset, 
             "link, not that file - give the file's own path\n"), res.output
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert link.is_symlink() and kept.read_bytes() == b"the user's file"
+
+
+def test_a_picture_over_an_image_of_the_set_is_refused_reading_the_image_records_up_to_their_array_end(tmp_path,
+                                                                                                        monkeypatch):
+    """The guard of --out reads the set's image records as the sheet does, without streaming the whole file."""
+    from occsynth import preview as preview_module
+    dataset = write_dataset(tmp_path / "set")
+    flat = dataset / "images"
+    (flat / "coco.json").write_text((dataset / "annotations.json").read_text())  # a COCO file beside its images
+    victim = sorted(flat.glob("*.png"))[0]
+    streamed = []
+    real = preview_module.iter_array
+    monkeypatch.setattr(preview_module, "iter_array", lambda path, key: streamed.append(key) or real(path, key))
+    with pytest.raises(OccsynthError, match=f"is the image {victim.name} of {flat / 'coco.json'}: the sheet would"):
+        preview_module.check_outside_images(victim, flat / "coco.json", "sheet")
+    preview_module.check_outside_images(flat / "sheet.png", flat / "coco.json", "sheet")  # nothing there to replace
+    assert streamed == []

@@ -351,3 +351,14 @@ def test_a_folder_whose_sets_are_in_its_sub_folders_names_them(tmp_path):
                                  "synthetic/: give one of them")
     with pytest.raises(OccsynthError, match="give a set folder holding annotations.json"):
         stats_from_path(run / "finetune")
+
+
+def test_the_first_missing_list_in_coco_order_is_the_one_named(tmp_path):
+    """The image records are read whole and the annotations streamed: the categories, read last, are not looked for
+    before the annotations are, so a file missing both names its annotations."""
+    path = tmp_path / "a.json"
+    for data, missing in (({"images": []}, "annotations"), ({"images": [], "annotations": []}, "categories"),
+                          ({"annotations": []}, "images")):
+        path.write_text(json.dumps(data))
+        with pytest.raises(OccsynthError, match=f"missing the '{missing}' list of a COCO instances file"):
+            stats_from_path(path, progress=False)
