@@ -290,6 +290,10 @@ def check_run_recipe(out_dir: Path, recipe: str, plan: dict, inputs: dict | None
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {recipe!r} with other settings "
                                 f"({_changed_plan(previous['plan'], plan)}); rerun it with those settings to resume "
                                 "it, or choose another out_dir/--out")
+        if not same and previous.get("recipe") == recipe:  # a hand-edited record: nothing to say what changed
+            raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {recipe!r}, but its {RUN_FILE} holds "
+                                f"no table of the settings ('plan': {previous.get('plan')!r}) to compare with; choose "
+                                "another out_dir/--out")
         if not same:
             raise OccsynthError(f"{out_dir} holds a pipeline run made with recipe {previous.get('recipe')!r}, not "
                                 f"{recipe!r}; rerun it with that recipe to resume it, or choose another out_dir/--out")

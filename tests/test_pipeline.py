@@ -1334,12 +1334,19 @@ def test_a_run_folder_may_hold_what_its_user_put_there(tmp_path):
             check_run_folder(folder)
 
 
-def test_a_run_record_whose_plan_is_no_table_is_refused_as_another_recipes_run(tmp_path):
-    """A hand-edited pipeline-run.json ("plan": null): refused with the words for another recipe, not a crash."""
+def test_a_run_record_whose_plan_is_no_table_is_refused_saying_so(tmp_path):
+    """A hand-edited pipeline-run.json ("plan": null): refused, not a crash, and not as a run of recipe
+    'pipeline-tiny', not 'pipeline-tiny'."""
     from bcnet.pipeline import check_run_recipe
     (tmp_path / "pretrain").mkdir()
     (tmp_path / RUN_FILE).write_text(json.dumps({"recipe": "pipeline-tiny", "plan": None}))
-    with pytest.raises(OccsynthError, match="rerun it with that recipe to resume it"):
+    with pytest.raises(OccsynthError) as refused:
+        check_run_recipe(tmp_path, "pipeline-tiny", {"synthetic": {"recipe": "synthetic-demo"}})
+    assert str(refused.value) == (f"{tmp_path} holds a pipeline run made with recipe 'pipeline-tiny', but its "
+                                  f"{RUN_FILE} holds no table of the settings ('plan': None) to compare with; choose "
+                                  "another out_dir/--out")
+    (tmp_path / RUN_FILE).write_text(json.dumps({"recipe": "pipeline-paper", "plan": None}))
+    with pytest.raises(OccsynthError, match="made with recipe 'pipeline-paper', not 'pipeline-tiny'; rerun it with"):
         check_run_recipe(tmp_path, "pipeline-tiny", {"synthetic": {"recipe": "synthetic-demo"}})
 
 
