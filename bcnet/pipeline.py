@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import manifests
 from occsynth.atomic import write_bytes, write_json
 from occsynth.coco import (categories_by_id, check_coco_layout, file_hash, named_nowhere, names_no_file,
-                           none_found_under, read_array, read_dataset, read_json)
+                           none_found_under, none_readable_under, read_array, read_dataset, read_json)
 from occsynth.cocoocc import check_options
 from occsynth.errors import OccsynthError, SkipLog, did_you_mean, first_few, key_values, plural, skip_lines
 from occsynth.writer import ANNOTATIONS_FILE, changed_settings, what_folder_holds
@@ -386,6 +386,10 @@ def check_images_under(ann: Path, images: Path, option: str, images_option: str,
         raise OccsynthError(f"{option} {ann}: none of {len(paths)} sampled images is under {images_option} {images} "
                             f"(e.g. {paths[0]}); "
                             + (hint or f"is {images_option} the folder that the file_name entries are relative to?"))
+    unreadable = none_readable_under(images, len(records), records.__getitem__)
+    if unreadable:
+        raise OccsynthError(f"{option} {ann}: none of the {len(unreadable)} sampled images under {images_option} {images} "
+                            f"can be read (e.g. {unreadable[0]}); are these the images of this set?")
 
 
 def synthetic_settings(plan: dict, recipe: str):

@@ -47,8 +47,8 @@ from . import errors, masks
 from .atomic import build_dir_once, format_size, open_atomic, require_room, write_json
 from .compose import crop_replicate
 from .coco import (brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int,
-                   iter_array, named_nowhere, names_no_file, none_found_under, read_array, read_image, record_image_path,
-                   require_image_file, spread, unique_by_id, usable_image_records)
+                   iter_array, named_nowhere, names_no_file, none_found_under, none_readable_under, read_array,
+                   read_image, record_image_path, require_image_file, spread, unique_by_id, usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, options_argument, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -717,6 +717,10 @@ def check_image_root(bank: Bank, image_root: str | os.PathLike) -> None:
     if paths:
         raise OccsynthError(f"none of {len(paths)} sampled source images exists under {image_root} (e.g. {paths[0]}); "
                             "is image_root/--images the folder that the file_name entries are relative to?")
+    unreadable = none_readable_under(image_root, bank.num_images, bank.image_record)
+    if unreadable:
+        raise OccsynthError(f"none of the {len(unreadable)} sampled source images under {image_root} can be read "
+                            f"(e.g. {unreadable[0]}); are these the images of this set?")
 
 
 IMAGES_FINGERPRINT_SAMPLE = 8

@@ -694,7 +694,8 @@ def image_file_exists(path: Path) -> bool:
     return True
 
 
-ROOT_SAMPLE = 20  # image records looked up to tell an image folder from a wrong one (none_found_under)
+ROOT_SAMPLE = 20  # image records looked up to tell an image folder from a wrong one (none_found_under,
+#                   none_readable_under)
 
 
 def spread(count: int, sample: int) -> list[int]:
@@ -713,6 +714,33 @@ def none_found_under(image_root: str | os.PathLike, count: int, record: Callable
         with contextlib.suppress(BadRecord):
             paths.append(record_image_path(image_root, record(i)))
     return paths if paths and not any(image_file_exists(p) for p in paths) else None
+
+
+def none_readable_under(image_root: str | os.PathLike, count: int,
+                        record: Callable[[int], Any]) -> list[BadRecord] | None:
+    """For the image records :func:`none_found_under` samples whose files are under ``image_root``: why each could not
+    be read as the image its record describes (:func:`read_image`, at the record's size) when not one of them could,
+    else None (also when no sampled file is there: :func:`none_found_under` says that). Files of the right names that
+    are no images of the set (a broken or truncated copy, copies at another size) are skipped where each is read, so
+    a set read through them read no image, found only after the work before it (a whole pretraining). Reading stops
+    at the first image that can be read: the usual cost is one decode."""
+    refused = []
+    for i in spread(count, ROOT_SAMPLE):
+        image = record(i)
+        try:
+            path = record_image_path(image_root, image)
+        except BadRecord:
+            continue
+        if not image_file_exists(path):
+            continue
+        size = (image.get("height"), image.get("width"))
+        try:
+            read_image(path, size if all(is_int(v) and v > 0 for v in size) else None)
+        except BadRecord as exc:
+            refused.append(exc)
+            continue
+        return None
+    return refused or None
 
 
 def names_no_file(count: int, record: Callable[[int], Any]) -> BadRecord | None:

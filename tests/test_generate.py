@@ -837,6 +837,24 @@ def test_a_source_whose_file_names_are_all_absolute_fails_early_saying_so(demo_s
     assert not (tmp_path / "o").exists()
 
 
+def test_a_source_whose_sampled_images_are_all_unreadable_fails_before_anything_is_written(demo_source, tmp_path):
+    """Files of the right names that are no images (a broken copy): generation failed rendering its first image
+    ("20 background images in a row were unreadable"), leaving OUT/parts behind."""
+    ann, root = demo_source
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    for path in sorted(broken.rglob("*.jpg")):
+        path.write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(occsynth_main, ["generate", "--ann", str(ann), "--images", str(broken),
+                                                "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
+                                                "--no-cutout-pixels", "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert re.search(rf"none of the \d+ sampled source images under {re.escape(str(broken))} can be read \(e\.g\. "
+                     rf"image file {re.escape(str(broken))}/[^:]+: unreadable or corrupt image\); are these the images "
+                     r"of this set\?", result.output), result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_merge_refuses_to_take_images_out_of_a_finished_set(generated, tmp_path):
     out, _, _ = generated
     finished = tmp_path / "finished"

@@ -10,6 +10,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -235,11 +236,13 @@ def test_the_output_folder_of_another_command_is_refused_before_any_stage(demo_s
             progress=False, log=lambda line: None)
 
 
-def test_a_stage_refusing_an_input_names_the_option_the_user_gave(demo_source, tmp_path):
-    """The evaluation found --coco-val-images' files unreadable (they exist: the check before any stage passes) and
-    named its own argument, ``sets['val'][1]/--images``: train-synthetic has no --images. Each stage's library
-    call says its inputs in the pipeline's options (also `occsynth generate`'s ann_path/--ann and image_root/--images,
-    build-cocoocc's ann_path/--ann, the fine-tuning's image_root/--images)."""
+def test_a_stage_refusing_an_input_names_the_option_the_user_gave(demo_source, tmp_path, monkeypatch):
+    """The evaluation found --coco-val-images' files unreadable and named its own argument,
+    ``sets['val'][1]/--images``: train-synthetic has no --images. Each stage's library call says its inputs in the
+    pipeline's options (also `occsynth generate`'s ann_path/--ann and image_root/--images, build-cocoocc's
+    ann_path/--ann, the fine-tuning's image_root/--images). The check before any stage, which reads a sample of the
+    files, is taken out here, as if the files broke after it (a network mount)."""
+    monkeypatch.setattr("bcnet.pipeline.none_readable_under", lambda *args: None)
     ann, root = demo_source
     garbage = tmp_path / "val-images"
     for path in root.rglob("*.jpg"):
@@ -271,6 +274,25 @@ def test_a_set_whose_file_names_are_all_absolute_is_refused_before_any_stage(dem
                     rf"image record \d+ \(file_name '{root.absolute()}/[^']+'\): file_name points outside the image "
                     rf"root\); their file_name entries in {absolute} name no file under any folder",
                     refused_before_any_stage(tmp_path, inputs))
+
+
+@pytest.mark.parametrize("option", ["--coco-train-images", "--coco-val-images"])
+def test_an_image_folder_whose_sampled_files_are_all_unreadable_is_refused_before_any_stage(demo_source, tmp_path,
+                                                                                             option):
+    """Files of the right names that are no images of the set (garbage, or copies at another size): the existence
+    check passed, and the fine-tuning (after the pretraining) or the evaluation (after all the training) read none."""
+    ann, root = demo_source
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    for path in sorted(broken.rglob("*.jpg")):
+        path.write_bytes(b"not a jpeg")
+    inputs = PipelineInputs(coco_train=(ann, broken if option == "--coco-train-images" else root),
+                            coco_val=(ann, broken if option == "--coco-val-images" else root))
+    said = refused_before_any_stage(tmp_path, inputs)
+    ann_option = option.replace("-images", "-ann")
+    assert re.match(rf"{ann_option} {ann}: none of the \d+ sampled images under {option} {broken} can be read \(e\.g\. "
+                    rf"image file {broken}/[^:]+: unreadable or corrupt image\); are these the images of this "
+                    r"set\?$", said), said
 
 
 def test_a_cocoocc_file_whose_images_are_not_under_val_is_refused_before_any_stage(demo_source, tmp_path):
@@ -532,7 +554,8 @@ def test_the_image_folder_check_finds_lvis_records_by_their_coco_url(tmp_path):
     from bcnet.pipeline import check_images_under
     root = tmp_path / "coco"
     (root / "val2017").mkdir(parents=True)
-    (root / "val2017" / "000000000001.jpg").write_bytes(b"x")
+    jpeg = cv2.imencode(".jpg", np.zeros((4, 4, 3), np.uint8))[1].tobytes()  # read by the check's sample
+    (root / "val2017" / "000000000001.jpg").write_bytes(jpeg)
     ann = tmp_path / "lvis_v1_val.json"
     ann.write_text(json.dumps({"images": [{"id": 1, "height": 4, "width": 4,
                                            "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg"}],
