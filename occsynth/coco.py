@@ -709,11 +709,22 @@ def none_found_under(image_root: str | os.PathLike, count: int, record: Callable
     their paths under ``image_root`` when not one of those files is there (the root is then not the folder their
     file names are relative to), else None. The one rule of the bank's check and the pipeline's. Records whose name
     is refused are left out: each is skipped, and counted, where it is read."""
-    paths = []
-    for i in spread(count, ROOT_SAMPLE):
-        with contextlib.suppress(BadRecord):
-            paths.append(record_image_path(image_root, record(i)))
+    paths = [path for _, path in _sampled_images(image_root, count, record)]
     return paths if paths and not any(image_file_exists(p) for p in paths) else None
+
+
+def _sampled_images(image_root: str | os.PathLike, count: int,
+                    record: Callable[[int], Any]) -> Iterator[tuple[Any, Path]]:
+    """The ``ROOT_SAMPLE`` image records spread over a set of ``count`` (:func:`spread`; ``record(i)``: the i-th)
+    whose names can be looked up, with their paths under ``image_root``: the one sample of the image-folder checks.
+    Records whose name is refused are left out: each is skipped, and counted, where it is read."""
+    for i in spread(count, ROOT_SAMPLE):
+        image = record(i)
+        try:
+            path = record_image_path(image_root, image)
+        except BadRecord:
+            continue
+        yield image, path
 
 
 def none_readable_under(image_root: str | os.PathLike, count: int,
@@ -725,12 +736,7 @@ def none_readable_under(image_root: str | os.PathLike, count: int,
     a set read through them read no image, found only after the work before it (a whole pretraining). Reading stops
     at the first image that can be read: the usual cost is one decode."""
     refused = []
-    for i in spread(count, ROOT_SAMPLE):
-        image = record(i)
-        try:
-            path = record_image_path(image_root, image)
-        except BadRecord:
-            continue
+    for image, path in _sampled_images(image_root, count, record):
         if not image_file_exists(path):
             continue
         size = (image.get("height"), image.get("width"))
