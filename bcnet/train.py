@@ -501,6 +501,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``report``: called (rank 0 only) with the skip log (``{"counts", "examples"}``) right after the
     dataset is indexed, when bad records were skipped there, so the user knows before a long run.
     ``overrides_from``: how errors name a bad override (see :func:`load_schedule`; the CLI gives its options).
+    ``progress``: the bar over the iterations (rank 0's). Notes on what the call does (resumed from where, settings
+    kept or ignored, a CPU run of hours, fewer loader workers, --init's weights mapped) are messages, not progress:
+    printed with ``progress=False`` too, as every command prints its messages under ``--quiet``.
 
     Resuming a run already at its ``iterations`` trains nothing (``checkpoint`` is None, ``history``
     empty); asking for fewer iterations than the checkpoint's is refused (:class:`OccsynthError`),
