@@ -502,8 +502,9 @@ def _scored_annotation(checked: _CheckedAnnotation, skips: SkipLog) -> dict:
 @dataclasses.dataclass(frozen=True)
 class ScoredGroundTruth:
     """Ground truth as :func:`evaluate` scores it (:func:`scored_ground_truth`): the masks of ``mode`` in place and
-    cleaned. :func:`evaluate` takes it as it is, instead of checking every annotation again. ``where``: the file it
-    was read from, which errors about it name ("" for ground truth given in memory)."""
+    cleaned. :func:`evaluate` takes it as it is, instead of checking every annotation again. ``where``: how errors
+    about it name it: the file it was read from ("" for ground truth given in memory; :func:`evaluate_checkpoint`
+    adds the set's name)."""
 
     data: dict
     mode: str
@@ -972,8 +973,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
             gt = scored_ground_truth(data, mode, dataset.skips, image_skips=SkipLog(strict=strict), where=ann_file)
         except BadRecord as exc:
             raise exc.in_file(ann_file) from None
+        gt = dataclasses.replace(gt, where=f"set {name!r}: {ann_file}")  # as its errors name it, here and in evaluate
         _require_annotations(name, ann_file, data, gt, dataset.skips)
-        require_scorable(gt.data, f"set {name!r}: {ann_file}", dataset.image_ids, state["category_ids"],
+        require_scorable(gt.data, gt.where, dataset.image_ids, state["category_ids"],
                          dataset.skips)  # before predicting, as after (evaluate): the images read may have none
         prepared.append((name, image_root, gt, dataset))
     # an unwritable --out fails now, not after the whole inference; so does one another bcnet command writes
@@ -999,8 +1001,7 @@ def _evaluate_prepared(model, state: dict, prepared: list, out_dir: Path, device
                                       mask_threshold=mask_threshold, progress=progress, skipped_ids=unreadable)
             bad = set(unreadable)
             done = [i for i in dataset.image_ids if i not in bad]
-            _require_images(name, dataset, image_root, done)
-            require_scorable(gt.data, f"set {name!r}: {gt.where}", done, state["category_ids"], dataset.skips)
+            _require_images(name, dataset, image_root, done)  # evaluate() checks that they hold something to score
             write_json(staged[name], results)
             report[name] = evaluate(gt, results, image_ids=done, overlap_edges=overlap_edges,
                                     ratio_edges=ratio_edges, mode=mode, occsep_lists=lists, skips=dataset.skips,

@@ -22,6 +22,7 @@ first ``warmup_iterations``, then ``lr``, times ``gamma`` after each of ``steps`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -451,7 +452,29 @@ def _rows_by_category(saved: torch.Tensor, built: torch.Tensor, rows: int, saved
 
 # --------------------------------------------------------------------------- loop
 
+def ends_own_process_group(fn: Callable) -> Callable:
+    """Decorator: a process group set up during the call (train's own, under torchrun) is destroyed when it ends, by
+    a return, an error or a stop: a set refused after the set-up left it behind, and under NCCL torch's warning of it
+    followed the message. The ranks meet first after a return only (after an error the others may never arrive).
+    A group the caller set up stays theirs."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        had_group = dist.is_initialized()
+        finished = False
+        try:
+            result = fn(*args, **kwargs)
+            finished = True
+            return result
+        finally:
+            if not had_group and dist.is_initialized():
+                if finished:
+                    dist.barrier()
+                dist.destroy_process_group()
+    return run
+
+
 @holds_out_dir(only_if=lead_process)  # the lead writes the run's files
+@ends_own_process_group
 def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike, *,
           schedule: str | os.PathLike | dict | None = None, overrides: dict | None = None,
           resume: bool | str | os.PathLike = False, init_checkpoint: str | os.PathLike | None = None,
@@ -470,14 +493,17 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     ``init_checkpoint`` to learn them.
     ``init_checkpoint``: start from another run's weights (fine-tuning); unless ``backbone_weights`` are given, the
     backbone is built as the checkpoint's was (frozen BatchNorms if it started from ImageNet weights). Under torchrun
-    (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU), the
-    model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
+    (``WORLD_SIZE`` > 1) the process group is set up here (NCCL on CUDA, gloo on CPU; destroyed when train() ends,
+    however it ends, unless the caller set it up), the model wrapped in DistributedDataParallel, and only rank 0 writes checkpoints and logs.
 
     ``strict``: stop at the first bad record instead of skipping it; every training instance's masks and box are
     checked before the first iteration (:meth:`CocoInstances.check_annotations`), so a bad one stops the run then.
     ``report``: called (rank 0 only) with the skip log (``{"counts", "examples"}``) right after the
     dataset is indexed, when bad records were skipped there, so the user knows before a long run.
     ``overrides_from``: how errors name a bad override (see :func:`load_schedule`; the CLI gives its options).
+    ``progress``: the bar over the iterations (rank 0's). Notes on what the call does (resumed from where, settings
+    kept or ignored, a CPU run of hours, fewer loader workers, --init's weights mapped) are messages, not progress:
+    printed with ``progress=False`` too, as every command prints its messages under ``--quiet``.
 
     Resuming a run already at its ``iterations`` trains nothing (``checkpoint`` is None, ``history``
     empty); asking for fewer iterations than the checkpoint's is refused (:class:`OccsynthError`),
@@ -542,7 +568,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
     if weights is not None and not os.path.isfile(weights):  # before indexing a large set for nothing
         raise OccsynthError(f"backbone weights {os.fspath(weights)}: no such file (expected a torchvision "
                             f"{schedule['backbone']} state dict)")
-    device_, rank, world, own_group = _setup_distributed(device)
+    device_, rank, world = _setup_distributed(device)  # the group it sets up ends with the call (ends_own_process_group)
     if retired and rank == 0:  # messages, not progress: printed under --quiet too
         tqdm.write(f"{resume_path}: ignoring unknown schedule setting(s) {', '.join(map(repr, retired))} "
                    "saved by an older version")
@@ -692,7 +718,6 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         batches = iter(loader)
         bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", unit="it",
                    disable=not (progress and save))
-        finished = False
         try:
             for iteration in bar:
                 seed_generators(iteration_seed(seed, rank, iteration), device_)
@@ -728,16 +753,9 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
                     _log(out_dir, {"iteration": done, "lr": optimizer.param_groups[0]["lr"], **totals})
                 if save and (done % every == 0 or done == iterations):
                     saved = save_at(done)
-            finished = True
         finally:
             bar.close()
-            try:
-                _shut_down_loader(batches)
-            finally:  # a second stop while the workers shut down still leaves the process group
-                if own_group:
-                    if finished:  # after an error the other ranks may never arrive
-                        dist.barrier()
-                    dist.destroy_process_group()
+            _shut_down_loader(batches)
         model.eval()
         if hasattr(model, "transform"):
             model.transform._skip_resize = False
@@ -763,21 +781,19 @@ def check_resume_categories(ann_file: str | os.PathLike, categories: list, known
                         f"into a new out_dir/--out, from this run's weights with init_checkpoint/--init {resume_path}")
 
 
-def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int, bool]:
-    """(device, rank, world size, whether this call created the process group)."""
+def _setup_distributed(device: str | torch.device | None) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); under torchrun the process group is set up here, unless the caller did."""
     dev = resolve_device(device)  # before the process group: a bad --device is one clear error
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    own = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        own = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    return dev, rank, world, own
+    return dev, rank, world
 
 
 def _shut_down_loader(batches) -> None:

@@ -1098,6 +1098,30 @@ def test_evaluation_checks_the_scored_ground_truth_once_before_predicting(tmp_pa
     assert predicted == [] and not (tmp_path / "e2").exists()
 
 
+def test_each_set_is_checked_for_something_to_score_before_any_prediction_and_once_on_the_images_read(
+        tmp_path, monkeypatch):
+    """After predicting a set, its ground truth on the images read was checked twice over: by evaluate_checkpoint,
+    then again by evaluate() on the same images. Every set is still checked up front (a second set with nothing to
+    score must not cost the first one's predictions), and its refusal after predicting still names the set."""
+    root = write_dataset(tmp_path / "set")
+    ann_file = root / "annotations.json"
+    save_tiny_checkpoint(tmp_path / "tiny.pt")
+    events = []
+    real = E.require_scorable
+
+    def counted(data, where, image_ids, *args, **kwargs):
+        events.append(("scorable", where, sorted(image_ids)))
+        return real(data, where, image_ids, *args, **kwargs)
+
+    monkeypatch.setattr(E, "require_scorable", counted)
+    monkeypatch.setattr(E, "predict_dataset", lambda model, dataset, **kwargs: events.append(("predict",)) or [])
+    sets = {"a": (ann_file, root / "images"), "b": (ann_file, root / "images")}
+    E.evaluate_checkpoint(tmp_path / "tiny.pt", sets, tmp_path / "e", device="cpu", progress=False)
+    images = sorted(CocoInstances(ann_file, root / "images").image_ids)
+    a, b = ("scorable", f"set 'a': {ann_file}", images), ("scorable", f"set 'b': {ann_file}", images)
+    assert events == [a, b, ("predict",), a, ("predict",), b], events
+
+
 def test_evaluation_skips_an_image_record_over_the_pixel_limit_without_reading_it(tmp_path, monkeypatch):
     """A record claiming 20000x20000 with a matching file was decoded in full, run through the model, and its
     predicted masks pasted at that size. It is skipped by reason (--strict: the run stops at it before predicting,

@@ -1031,11 +1031,12 @@ def _train_synthetic_on(synthetic, demo_source, tmp_path):
 
 @pytest.mark.parametrize("fault, reason, example, words, hint", [
     ("missing", "missing image file", "000000000001.png", "no usable training images",
-     "; is image_root/--images the folder that the file_name entries are relative to?"),
+     "; is --synthetic's image folder ({images}) the folder that the file_name entries are relative to?"),
     ("corrupt", "unreadable or corrupt image", "000000000003.png", "none of the 3 training images could be read", ""),
 ])
 def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path, fault, reason, example, words, hint):
-    """Not just "no usable training images": the skips by reason, with an example file."""
+    """Not just "no usable training images": the skips by reason, with an example file. The pretraining's question
+    about its image folder named image_root/--images, which train-synthetic has not: the user gave --synthetic."""
     synthetic = write_dataset(tmp_path / "synthetic")
     for image in sorted((synthetic / "images").iterdir()):
         image.unlink() if fault == "missing" else image.write_bytes(b"not an image")
@@ -1044,7 +1045,7 @@ def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path,
     path = synthetic / "images" / example
     assert result.output.splitlines()[-1] == (
         f'Error: {synthetic / "annotations.json"}: {words} (skipped 3 bad records: {reason}=3; e.g. image file '
-        f"{path}){hint}")
+        f"{path}){hint.format(images=synthetic / 'images')}")
 
 
 def test_a_synthetic_folder_is_not_asked_for_once_pretraining_is_done(demo_source, tmp_path):

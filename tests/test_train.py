@@ -406,10 +406,15 @@ def test_checkpoint_round_trip_with_rng_states(tmp_path):
     assert torch.equal(state["model"]["weight"], model.weight.detach())
 
 
-def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+def _torchrun_env(rank: int, world: int, port: int) -> None:
+    """This process as torchrun starts rank ``rank`` of ``world`` (one thread: the ranks share the test's cores)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    _torchrun_env(rank, world, port)
     result = T.train(Path(root) / "annotations.json", Path(root) / "images", out, schedule="schedule-tiny",
                      overrides={**TINY, "iterations": 2, "checkpoint_every": 2, "batch_size": 4},
                      device="cpu", progress=False)
@@ -436,6 +441,49 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path, dataset_dir):
     assert any(not torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)  # it did train
     log = (out / "log.jsonl").read_text().splitlines()
     assert len(log) == 1 and json.loads(log[0])["iteration"] == 2  # rank 0 alone logs
+
+
+def _refused_ddp_worker(rank: int, world: int, port: int, ann: str, root: str, out: str) -> None:
+    """Train on a set refused once the process group is up; writes what it said and whether a group is left."""
+    _torchrun_env(rank, world, port)
+    try:
+        T.train(ann, Path(root) / "images", out, schedule="schedule-tiny", overrides={**TINY, "batch_size": 4},
+                device="cpu", progress=False)
+    except OccsynthError as exc:
+        said = str(exc)
+    (Path(out).parent / f"rank{rank}.json").write_text(
+        json.dumps({"said": said, "group left": torch.distributed.is_initialized()}))
+
+
+def test_a_set_refused_under_torchrun_leaves_no_process_group(tmp_path, dataset_dir):
+    """A set found unusable after train() set up the process group (here: no annotation to learn) left the group
+    behind: under NCCL, torch's warning of an undestroyed group followed the message."""
+    data = load_annotations(dataset_dir)
+    ann = tmp_path / "unannotated.json"
+    ann.write_text(json.dumps({**data, "annotations": []}))
+    mp.spawn(_refused_ddp_worker, args=(2, _free_port(), str(ann), str(dataset_dir), str(tmp_path / "run")), nprocs=2,
+             join=True)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result == {"said": result["said"], "group left": False}, rank
+        assert result["said"].startswith(f"{ann}: no usable training images"), result
+
+
+def test_a_caller_s_process_group_outlives_train_refused_or_finished(tmp_path, dataset_dir):
+    """train() destroys only a group it set up itself: one the caller made is still theirs afterwards."""
+    data = load_annotations(dataset_dir)
+    ann = tmp_path / "unannotated.json"
+    ann.write_text(json.dumps({**data, "annotations": []}))
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        with pytest.raises(OccsynthError, match="no usable training images"):
+            T.train(ann, dataset_dir / "images", tmp_path / "refused", schedule="schedule-tiny", overrides=TINY,
+                    device="cpu", progress=False)
+        assert torch.distributed.is_initialized()
+        assert _run(dataset_dir, tmp_path / "run", iterations=1)["iteration"] == 1
+        assert torch.distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_a_stop_under_torchrun_is_said_once_by_rank_0(tmp_path, dataset_dir, monkeypatch):
