@@ -125,7 +125,6 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     stages = {}
 
     # 1. synthetic set
-    synthetic_options = {}  # how the pretraining's errors name its image folder: the one the user gave, if any
     if inputs.synthetic is None:
         synth_dir = out_dir / "synthetic"
         if stage_done(synth_dir, "synthetic"):
@@ -143,9 +142,10 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
                 log(f"[1/5] synthetic set: categories with no complete cutout (skipped): "
                     f"{len(bank['categories_without_cutouts'])}")
         inputs = dataclasses.replace(inputs, synthetic=(synth_dir / "annotations.json", synth_dir / "images"))
+        images_said = f"the synthetic set's image folder ({inputs.synthetic[1]})"
     else:
         log(f"[1/5] synthetic set: given ({inputs.synthetic[0]})")
-        synthetic_options = {"image_root/--images": f"--synthetic's image folder ({inputs.synthetic[1]})"}
+        images_said = f"--synthetic's image folder ({inputs.synthetic[1]})"
     stages["synthetic"] = str(inputs.synthetic[0])
 
     # 2. pretrain on the synthetic set (from ImageNet weights when given: the paper's backbone was pretrained)
@@ -153,7 +153,7 @@ def run_pipeline(out_dir: str | os.PathLike, inputs: PipelineInputs, *, recipe: 
     if inputs.backbone_weights is not None:
         pretrain = {**pretrain, "backbone_weights": str(inputs.backbone_weights)}
     pretrained = _train_stage("[2/5] pretrain", out_dir / "pretrain", inputs.synthetic, pretrain, None,
-                              train, device, progress, log, synthetic_options)
+                              train, device, progress, log, {"image_root/--images": images_said})
     stages["pretrain"] = str(pretrained)
 
     # 3. fine-tune on COCO train

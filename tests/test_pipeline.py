@@ -1048,6 +1048,24 @@ def test_a_synthetic_set_without_readable_images_says_why(demo_source, tmp_path,
         f"{path}){hint.format(images=synthetic / 'images')}")
 
 
+def test_the_pipeline_s_own_synthetic_set_without_images_names_its_image_folder(pipeline_run, tmp_path):
+    """The run's own synthetic set (done) whose images were deleted: the pretraining asked about image_root/--images,
+    an option train-synthetic has not; it names the set's image folder."""
+    out, _, _, recipe, (ann, root) = pipeline_run
+    run = tmp_path / "run"
+    shutil.copytree(out / "synthetic", run / "synthetic")
+    shutil.copyfile(out / RUN_FILE, run / RUN_FILE)
+    images = run / "synthetic" / "images"
+    shutil.rmtree(images)
+    images.mkdir()
+    with pytest.raises(OccsynthError) as refused:
+        run_pipeline(run, PipelineInputs(coco_train=(ann, root), coco_val=(ann, root)), recipe=str(recipe),
+                     device="cpu", progress=False, log=lambda line: None)
+    assert str(refused.value).endswith(f"; is the synthetic set's image folder ({images}) the folder that the "
+                                       "file_name entries are relative to?"), refused.value
+    assert "image_root" not in str(refused.value)
+
+
 def test_a_synthetic_folder_is_not_asked_for_once_pretraining_is_done(demo_source, tmp_path):
     """A resumed run whose pretraining finished never reads the synthetic set again: its files may be gone."""
     ann, root = demo_source
