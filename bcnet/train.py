@@ -354,7 +354,8 @@ def saved_backbone_build(saved: Mapping) -> dict:
 
 
 def iteration_seed(seed: int, rank: int, iteration: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0] >> 1)
+    """A 63-bit seed of (seed, rank, iteration); shifted as a Python int: numpy 1.x cannot shift a uint64 by an int."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def cpu_warning(device: torch.device, iterations: int, batch_size: int) -> str | None:
