@@ -135,7 +135,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise OccsynthError(f"{path}: damaged checkpoint ({damaged}); it changed after it was written "
                             "(a bad copy or disk): use another checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        # a str: torch 2.2 maps (mmap) only a file named by a str, and refuses a Path
+        state = torch.load(os.fspath(path), map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         why = next((line for line in lines if "global" in line.lower()), lines[0] if lines else type(exc).__name__)

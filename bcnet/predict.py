@@ -141,7 +141,7 @@ TITLE_MIN_SIZE = (48, 96)  # (height, width): smaller panels get no title, it wo
 
 
 def _title(panel: np.ndarray, text: str) -> None:
-    """Small white-on-black-outline caption in the panel's top-left corner (rows 0..~11), in place."""
+    """Small white-on-black-outline caption in the panel's top-left corner (rows 0..~11; ~14 in OpenCV 4), in place."""
     h, w = panel.shape[:2]
     if h < TITLE_MIN_SIZE[0] or w < TITLE_MIN_SIZE[1]:
         return

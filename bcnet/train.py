@@ -355,7 +355,8 @@ def saved_backbone_build(saved: Mapping) -> dict:
 
 
 def iteration_seed(seed: int, rank: int, iteration: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0] >> 1)
+    """A 63-bit seed of (seed, rank, iteration); shifted as a Python int: numpy 1.x cannot shift a uint64 by an int."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def cpu_warning(device: torch.device, iterations: int, batch_size: int) -> str | None:
@@ -646,7 +647,7 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         optimizer = torch.optim.SGD(params, lr=learning_rate(schedule), momentum=float(schedule["momentum"]),
                                     weight_decay=float(schedule["weight_decay"]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, schedule))
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        scaler = _grad_scaler(enabled=use_amp and amp_dtype == torch.float16)
         start = 0
         if state is not None:
             if state.get("optimizer") is None or state.get("scheduler") is None:
@@ -762,6 +763,13 @@ def train(ann_file: str | os.PathLike, image_root: str | os.PathLike, out_dir: s
         return {"model": model, "iteration": iterations, "checkpoint": saved, "history": history,
                 "category_ids": dataset.category_ids, "skipped": dataset.skips.to_dict(), "start": start,
                 "resumed_from": resume_path}
+
+
+def _grad_scaler(enabled: bool) -> Any:
+    """A CUDA AMP scaler: torch.amp's (torch >= 2.3), else torch.cuda.amp's (torch 2.2; deprecated since)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
 def check_resume_categories(ann_file: str | os.PathLike, categories: list, known_ids: Iterable[int],

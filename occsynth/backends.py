@@ -5,6 +5,7 @@ errors (a lost scheduler, workers that die on a chunk, a head that cannot be rea
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib.util
@@ -270,7 +271,7 @@ def _check_cluster(trial: Callable[[float], int], where: str, nodes: str) -> Non
     timeout = CLUSTER_TRIAL_S
     try:
         renderer = trial(timeout)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # dask raises asyncio's: not TimeoutError before Python 3.11
         raise OccsynthError(f"{where}: no worker of the cluster ran a first task in {timeout:g} s: none has started, "
                             "or those that took it could not import occsynth (its workers need this occsynth "
                             "installed; their logs say why they left)") from None

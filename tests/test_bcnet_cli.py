@@ -273,11 +273,12 @@ def test_pictures_have_small_panel_titles_at_the_top(monkeypatch):
     monkeypatch.setattr(P, "TITLE_MIN_SIZE", (10 ** 6, 10 ** 6))
     plain = P.render_prediction(image, output, {}, [1]).astype(int)
     changed = np.argwhere(np.any(titled != plain, axis=2))
-    assert changed[:, 0].max() <= 12  # only the top rows
+    # only the top rows: to row 11 with OpenCV 5's glyphs, row 14 with OpenCV 4's (its descenders reach lower)
+    assert changed[:, 0].max() <= 14
     for k, title in enumerate(P.PANEL_TITLES):  # each panel has its caption, white text inside
         inside = changed[(changed[:, 1] >= 128 * k) & (changed[:, 1] < 128 * (k + 1))]
         assert len(inside) > 10 * len(title) // 3
-        assert titled[:13, 128 * k:128 * (k + 1)].max() >= 250
+        assert titled[:15, 128 * k:128 * (k + 1)].max() >= 240  # anti-aliased 1 px strokes: 249 at best in OpenCV 4
     # a panel smaller than TITLE_MIN_SIZE gets no title
     small = np.full((20, 30, 3), 90, np.uint8)
     out_small = {**output, "masks": torch.zeros(0, 1, 20, 30), "occluder_masks": torch.zeros(0, 1, 20, 30)}

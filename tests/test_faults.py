@@ -511,12 +511,10 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
     """The dask scheduler stopped (killed, its job's time up) while chunks rendered: joblib's FutureCancelledError
     ended the run in a traceback with exit 1."""
     distributed = pytest.importorskip("dask.distributed")
-    from distributed.client import FutureCancelledError
-
     from occsynth import generate as generate_module
     ref, cache, recipe = reference
     ann, root = demo_source
-    lost = FutureCancelledError("batch_of__chunk_and_count_1_calls-1", "scheduler-connection-lost")
+    lost, said = scheduler_lost("batch_of__chunk_and_count_1_calls-1")
     args = cli_args(ann, root, tmp_path / "o", cache, recipe=recipe)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         with monkeypatch.context() as patch:
@@ -525,10 +523,8 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
                                                                cluster.scheduler_address])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert result.output == (f"Error: backend_address/--scheduler {cluster.scheduler_address}: "
-                                 "the cluster stopped running this "
-                                 "run's chunks (FutureCancelledError: batch_of__chunk_and_count_1_calls-1 cancelled for "
-                                 "reason: scheduler-connection-lost); the chunks it finished are kept: run the same "
-                                 "command again to continue\n")
+                                 f"the cluster stopped running this run's chunks ({said}); the chunks it finished "
+                                 "are kept: run the same command again to continue\n")
         again = CliRunner().invoke(occsynth_main, args + ["--backend", "dask", "--scheduler", cluster.scheduler_address])
         assert again.exit_code == 0 and "resumed: rendered" in again.output, again.output
         assert tree_bytes(tmp_path / "o") == tree_bytes(ref)
@@ -545,6 +541,19 @@ def test_a_cluster_lost_midway_is_a_message_and_the_finished_chunks_resume(refer
             "Attempted to run task 'chunk-5' on 4 different workers, but all those workers died while running it); "
             "the chunks finished are kept: see the workers' logs (out of memory?), and --strict names a bad record, "
             "before the same command continues the run\n"), killed.output
+
+
+def scheduler_lost(key: str) -> tuple[Exception, str]:
+    """The error dask gives a chunk whose scheduler went away, and what the message says of it: a
+    FutureCancelledError with its reason (dask/distributed#8705, mid 2024), concurrent.futures' CancelledError of
+    the key before it (distributed 2024.1)."""
+    try:
+        from distributed.client import FutureCancelledError
+    except ImportError:
+        from concurrent.futures import CancelledError
+        return CancelledError(key), f"CancelledError: {key}"
+    return (FutureCancelledError(key, "scheduler-connection-lost"),
+            f"FutureCancelledError: {key} cancelled for reason: scheduler-connection-lost")
 
 
 @pytest.fixture(scope="module")
