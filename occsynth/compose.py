@@ -266,10 +266,10 @@ def _encoded_instances(background_instances: list[dict], boxed_background: list,
     Visible = amodal minus the amodal masks of the pasted objects above it: an intersection with their
     complements, taken only of those whose box meets the instance's box (a pasted object none of whose later
     ones is left unchanged, as the label map's visible counts tell, needs none). Occluders: the pasted
-    objects above whose amodal mask meets the instance's.
+    objects above whose amodal mask meets the instance's; none when it is unoccluded (any pixel they share
+    would be hidden), the one whose box meets it when it is occluded by one, else measured pair by pair.
     """
-    counts = [masks.crop_counts(obj.mask, y, x, height, width) for _, obj, y, x, _ in pasted]
-    pasted_rles = [masks.compress_counts(c, height, width) for c in counts]
+    pasted_rles = [masks.encode_crop(obj.mask, y, x, height, width) for _, obj, y, x, _ in pasted]
     pasted_boxes = [(y, x, y + obj.h, x + obj.w) for _, obj, y, x, _ in pasted]
     complements: dict[int, dict] = {}
 
@@ -279,7 +279,7 @@ def _encoded_instances(background_instances: list[dict], boxed_background: list,
 
     def complement(j: int) -> dict:
         if j not in complements:
-            complements[j] = masks.complement_rle(counts[j], height, width)
+            complements[j] = masks.complement_rle(pasted_rles[j])
         return complements[j]
 
     instances, near = [], []  # near: pasted objects above each instance whose boxes meet it
@@ -310,12 +310,14 @@ def _encoded_instances(background_instances: list[dict], boxed_background: list,
                           "amodal_complete": True, "source": cutout.get("source"),
                           "paste": {"x": x, "y": y, "shrink": shrink}, **fields})
         near.append(over)
-    rows = [i for i, over in enumerate(near) if over]
-    meets = masks.rle_meets([instances[i]["amodal_rle"] for i in rows], pasted_rles)
-    for inst in instances:
-        inst["occluders"] = []
-    for row, i in enumerate(rows):
-        instances[i]["occluders"] = [first_pasted + j for j in near[i] if meets[row, j]]
+    for inst, over in zip(instances, near):
+        if inst["area"] == inst["amodal_area"]:
+            inst["occluders"] = []
+        elif len(over) == 1:
+            inst["occluders"] = [first_pasted + over[0]]
+        else:
+            inst["occluders"] = [first_pasted + j for j in over
+                                 if masks.rle_intersection_area(inst["amodal_rle"], pasted_rles[j])]
     return instances
 
 
