@@ -388,7 +388,7 @@ def render_image(bank: Bank, sources: "SourceImages", schedule: Schedule, settin
                                                           "annotation_id": ann["id"]}})
 
     image, instances = compose_boxed(background, bg_instances, cutouts, image_rng(settings.seed, index, "compose"),
-                                     options, out=sources.scratch(background.shape))
+                                     options, out=sources.scratch(background.shape), encoded=True)
     ext = settings.image_format
     record = {"id": index + 1, "file_name": writer.image_file_name(index, ext), "height": height, "width": width,
               "background": {"image_id": bg_record["id"], "file_name": bg_record["file_name"]}}
@@ -414,12 +414,13 @@ def instance_annotation(inst: dict, image_id: int, image_size: tuple[int, int] |
 
     ``inst`` is a :func:`compose` instance (full masks) or, with ``image_size`` (height, width), a
     :func:`compose_boxed` one (box + crops; measured and encoded from the crops, same result; an
-    'amodal_rle' it carries is taken as the amodal mask's encoding; one with crops None, a background
-    instance nothing covered, is its 'amodal_rle', 'area' and 'bbox' as they are).
+    'amodal_rle' it carries is taken as the amodal mask's encoding; one with crops None, an encoded
+    instance, is its 'visible_rle', 'area', 'bbox', 'amodal_rle', 'amodal_area' and 'amodal_bbox' as they are).
     """
-    if "box" in inst and inst["amodal_crop"] is None:  # nothing covers it: its source mask, not decoded
-        area, box, segmentation = int(inst["area"]), list(inst["bbox"]), dict(inst["amodal_rle"])
-        amodal_area, amodal_box, amodal_segmentation = area, list(box), dict(segmentation)
+    if "box" in inst and inst["amodal_crop"] is None:  # encoded (compose_boxed's encoded=True, or nothing covers it)
+        area, box, segmentation = int(inst["area"]), list(inst["bbox"]), dict(inst["visible_rle"])
+        amodal_area, amodal_box = int(inst["amodal_area"]), list(inst["amodal_bbox"])
+        amodal_segmentation = dict(inst["amodal_rle"])
     elif "box" in inst:
         height, width = image_size
         y0, x0 = int(inst["box"][0]), int(inst["box"][1])
@@ -582,8 +583,9 @@ class SourceImages:
 
 
 class _MaskCrop:
-    """A source mask's (box, crop) from :func:`masks.decode_crop`, decoded on the first call only: about
-    half of the background instances are never under a pasted object's box, and then it is never called."""
+    """A source mask's (box, crop) from :func:`masks.decode_crop`, decoded on the first call only. Generation
+    never calls it (:func:`compose_boxed`'s encoded mode works on the source's encoding); a caller of
+    ``compose_boxed`` that wants crops does, for the instances a pasted object's box meets."""
 
     def __init__(self, segmentation: dict, height: int, width: int):
         self._args, self._value = (segmentation, height, width), None

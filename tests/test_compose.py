@@ -459,3 +459,21 @@ def test_hidden_pixels_behind_more_than_eight_objects_are_counted_as_behind_a_fe
         background, bg_instances, cutouts = make_case(seed, options)
         image, instances = compose(background, bg_instances, cutouts, np.random.default_rng(seed), options)
         check_invariants(background, bg_instances, cutouts, image, instances, options)
+
+
+def test_the_reused_label_map_starts_every_canvas_empty():
+    """A thread's canvases share one label map: the boxes the last one wrote are reset (also those of a canvas
+    left half-way, as by a failed compose), and a compose after others gives what it gives first."""
+    from occsynth.compose import _Canvas, _Object
+    options = CompositeOptions()
+    background, bg_instances, cutouts = make_case(3, options)
+    first = compose(background, bg_instances, cutouts, np.random.default_rng(3), options)
+    canvas = _Canvas(*background.shape[:2])
+    canvas.add(_Object(np.ones((9, 7), bool), 0), 2, 3)
+    canvas.add(_Object(np.ones((5, 5), bool), 0), 20, 20)
+    assert (_Canvas(*background.shape[:2]).top == -1).all()
+    compose(background[:-4], [], cutouts, np.random.default_rng(0), options)  # another size: a map of its own
+    again = compose(background, bg_instances, cutouts, np.random.default_rng(3), options)
+    assert np.array_equal(first[0], again[0])
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(first[1], again[1]) for k in ("amodal_mask", "visible_mask"))
+    assert [a["occluders"] for a in first[1]] == [b["occluders"] for b in again[1]]

@@ -356,6 +356,26 @@ def test_generated_set_is_byte_identical_with_and_without_the_store(demo_source,
         assert set(seen) >= backgrounds                                     # margin too large: source images as before
 
 
+def test_generation_with_the_store_decodes_no_mask(demo_source, tmp_path, monkeypatch):
+    """Cutouts come from the store, and background instances stay encoded (compose_boxed's encoded mode): no RLE
+    is decoded while rendering, and the set is the one rendered from decoded masks."""
+    ann, root = demo_source
+    settings = RunSettings(num_images=12, seed=3, chunk_size=4)
+    cache = tmp_path / "cache"
+    generate(tmp_path / "plain", settings, ann_path=ann, image_root=root, cache_dir=cache, progress=False,
+             cutout_pixels=False)
+    generate(tmp_path / "first", settings, ann_path=ann, image_root=root, cache_dir=cache, progress=False)  # builds it
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a mask was decoded")
+
+    for name in ("decode", "decode_box", "decode_crop", "decode_crop_encoded"):
+        monkeypatch.setattr(masks, name, refuse)
+    generate_module._sources.cache_clear()  # a worker's sources keep what they decoded
+    generate(tmp_path / "store", settings, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert tree_bytes(tmp_path / "store") == tree_bytes(tmp_path / "plain")
+
+
 def test_store_with_workers_shards_resume_and_bad_images(demo_source, tmp_path):
     ann, root = demo_source
     src = tmp_path / "src"

@@ -403,6 +403,65 @@ def test_background_instances_are_decoded_only_where_a_paste_may_cover_them():
     assert untouched > 0 and touched > 0
 
 
+def crowded_case(seed):
+    """A background with instances all over (crops, undecoded, with and without their encoding) and 3-6
+    cutouts, so that pasted objects occlude each other and the background's instances in every way."""
+    background, bg, cutouts = case(seed)
+    rng = np.random.default_rng(100 + seed)
+    h, w = background.shape[:2]
+    for j in range(5):
+        m = np.zeros((h, w), bool)
+        y, x = int(rng.integers(0, h - 5)), int(rng.integers(0, w - 5))
+        m[y:y + int(rng.integers(3, 40)), x:x + int(rng.integers(3, 50))] = True
+        m &= rng.random(m.shape) < [1.0, 0.7][j % 2]
+        bg.append({"mask": m, "category_id": 1, "iscrowd": j == 4, "source": {"image_id": 1, "annotation_id": 5 + j}})
+    for j in range(int(rng.integers(0, 4))):
+        cutouts.append({**cutouts[j % 3], "scale": float(rng.uniform(0.5, 1.5)), "flip": bool(j % 2)})
+    return background, bg, cutouts
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_encoded_instances_annotate_as_the_crops_do_and_decode_nothing(seed):
+    """compose_boxed(encoded=True), as generation calls it: the same image and the same annotations (masks,
+    areas, boxes, occluders) as the crops give, with every background instance left undecoded."""
+    options = CompositeOptions(max_occlusion=0.9)
+    background, bg, cutouts = crowded_case(seed)
+    h, w = background.shape[:2]
+    decoded, lazy, given, calls = [], [], [], []
+    for j, inst in enumerate(bg):
+        rle = masks.encode(inst["mask"])
+        box, crop = masks.decode_crop(rle, h, w)
+        base = {k: v for k, v in inst.items() if k != "mask"}
+        decoded.append({**base, "box": box, "crop": crop})
+        given.append({**base, "box": box, "crop": crop, "amodal_rle": rle} if j % 2 else decoded[-1])
+        lazy.append({**base, "box": box, "decode_crop": lambda j=j: calls.append(j), "amodal_rle": rle,
+                     "area": masks.area(inst["mask"]), "bbox": masks.bbox(inst["mask"])})
+    image, a = compose_boxed(background, decoded, cutouts, np.random.default_rng(seed), options)
+    expected = [instance_annotation(i, 3, (h, w)) for i in a]
+    for background_instances in (lazy, given, decoded):
+        image2, b = compose_boxed(background, background_instances, cutouts, np.random.default_rng(seed), options,
+                                  encoded=True)
+        assert np.array_equal(image, image2)
+        assert all(i["amodal_crop"] is None and i["visible_crop"] is None for i in b)
+        assert [instance_annotation(i, 3, (h, w)) for i in b] == expected
+    assert calls == []
+    assert any(i["occluders"] for i in a if i["layer"] == 0) and any(i["occluders"] for i in a if i["layer"] > 0)
+
+
+def test_complement_and_intersection_equal_the_full_mask_operations():
+    rng = np.random.default_rng(5)
+    for full, _, _, _ in random_cases(4, 1000):
+        other = rng.random(full.shape) < 0.5
+        rle = masks.encode(full)
+        complement = masks.complement_rle(rle)
+        assert complement["counts"].decode() == masks.encode(~full)["counts"]
+        both = masks.rle_intersection([masks.encode(other), complement])
+        assert both["counts"].decode() == masks.encode(other & ~full)["counts"]
+        assert masks.rle_area(both) == masks.area(other & ~full) and masks.rle_bbox(both) == masks.bbox(other & ~full)
+    for full in (np.ones((3, 4), bool), np.zeros((3, 4), bool), np.eye(4, dtype=bool)):  # on the first pixel or not
+        assert masks.complement_rle(masks.encode(full))["counts"].decode() == masks.encode(~full)["counts"]
+
+
 def test_a_background_instance_whose_box_only_touches_a_pasted_box_is_never_decoded():
     """Boxes that touch share no pixel: of three instances beside a paste (touching its side, its top or bottom,
     and on its last pixel), only the last is decoded."""
