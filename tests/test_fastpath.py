@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from occsynth import masks
 from occsynth.bench import textured_source
@@ -448,6 +449,71 @@ def test_encoded_instances_annotate_as_the_crops_do_and_decode_nothing(seed):
     assert any(i["occluders"] for i in a if i["layer"] == 0) and any(i["occluders"] for i in a if i["layer"] > 0)
 
 
+def edge_scene(seed):
+    """A small background (some one row or one column high) with instances from single pixels to the whole
+    image (crowd or not) and 1-14 random cutouts that may cover the image: pastes at the borders, shrunk ones,
+    more than 8 of them, background instances hidden entirely, boxes that meet where the masks do not."""
+    rng = np.random.default_rng(seed)
+    h, w = [(int(rng.integers(8, 60)), int(rng.integers(8, 60))), (int(rng.integers(4, 12)), int(rng.integers(20, 90))),
+            (1, int(rng.integers(1, 90))), (int(rng.integers(1, 90)), 1)][seed % 4]
+    bg = []
+    for j in range(int(rng.integers(0, 7))):
+        m = np.zeros((h, w), bool)
+        y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        m[y:y + int(rng.integers(1, h + 1)), x:x + int(rng.integers(1, w + 1))] = True
+        m &= rng.random(m.shape) < [1.0, 0.5, 0.2][j % 3]
+        m[y, x] |= j % 4 == 3 or not m.any()
+        m |= j % 7 == 6                                # one covering the whole image
+        bg.append({"mask": m, "category_id": 1, "iscrowd": j % 2, "source": {"image_id": 1, "annotation_id": j}})
+    cutouts = []
+    for j in range(int(rng.integers(1, 15))):
+        shape = tuple(int(v) for v in rng.integers(1, 25, size=2))
+        mask = rng.random(shape) < rng.uniform(0.2, 1.0)
+        mask[shape[0] // 2, shape[1] // 2] = True
+        cutouts.append({"rgb": rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8), "mask": mask,
+                        "category_id": 2 + j, "scale": float(rng.uniform(0.3, 3.0)), "flip": bool(j % 2)})
+    options = CompositeOptions(max_occlusion=float(rng.choice([0.5, 0.8, 0.99])), occlusion=(0.05, 0.45),
+                               max_size=float(rng.uniform(0.3, 1.0)), blend=str(rng.choice(["none", "feather"])),
+                               max_tries=int(rng.integers(1, 30)))
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8), bg, cutouts, options
+
+
+def test_encoded_instances_in_edge_scenes_annotate_as_the_full_masks_do():
+    """compose_boxed(encoded=True) with background instances as full masks, as loose boxes with crops (either
+    memory order), with their encoding, and undecoded: the annotations compose() gives from full masks, in scenes
+    that reach every case (checked at the end)."""
+    seen = {"hidden background": 0, "shrunk": 0, "more than 8": 0, "occluded crowd": 0}
+    for seed in range(40):
+        background, bg, cutouts, options = edge_scene(seed)
+        h, w = background.shape[:2]
+        rng = np.random.default_rng(seed)
+        loose, given, lazy = [], [], []
+        for inst in bg:
+            rle = masks.encode(inst["mask"])
+            (y0, x0, y1, x1), crop = masks.decode_crop(rle, h, w)
+            base = {k: v for k, v in inst.items() if k != "mask"}
+            lazy.append({**base, "box": (y0, x0, y1, x1), "amodal_rle": rle, "area": masks.area(inst["mask"]),
+                         "bbox": masks.bbox(inst["mask"]), "decode_crop": lambda: pytest.fail("decoded")})
+            box = (int(rng.integers(0, y0 + 1)), int(rng.integers(0, x0 + 1)), int(rng.integers(y1, h + 1)),
+                   int(rng.integers(x1, w + 1)))
+            wide = np.zeros((box[2] - box[0], box[3] - box[1]), np.uint8, order="CF"[seed % 2])
+            wide[y0 - box[0]:y1 - box[0], x0 - box[1]:x1 - box[1]] = crop
+            loose.append({**base, "box": box, "crop": wide})
+            given.append({**loose[-1], "amodal_rle": rle})
+        image, full = compose(background, bg, cutouts, np.random.default_rng(seed), options)
+        expected = [instance_annotation(i, 3) for i in full]
+        for background_instances in (bg, loose, given, lazy):
+            image2, b = compose_boxed(background, background_instances, cutouts, np.random.default_rng(seed),
+                                      options, encoded=True)
+            assert np.array_equal(image, image2) and [instance_annotation(i, 3, (h, w)) for i in b] == expected
+        pasted = [a for a in expected if a["layer"] > 0]
+        seen["hidden background"] += len(bg) + len(pasted) - len(expected)
+        seen["shrunk"] += any(i["paste"]["shrink"] < 1 for i in full if i["layer"] > 0)
+        seen["more than 8"] += len(pasted) > 8
+        seen["occluded crowd"] += any(a["iscrowd"] and a["occluders"] for a in expected)
+    assert min(seen.values()) > 0, seen
+
+
 def test_complement_and_intersection_equal_the_full_mask_operations():
     rng = np.random.default_rng(5)
     for full, _, _, _ in random_cases(4, 1000):
@@ -460,6 +526,40 @@ def test_complement_and_intersection_equal_the_full_mask_operations():
         assert masks.rle_area(both) == masks.area(other & ~full) and masks.rle_bbox(both) == masks.bbox(other & ~full)
     for full in (np.ones((3, 4), bool), np.zeros((3, 4), bool), np.eye(4, dtype=bool)):  # on the first pixel or not
         assert masks.complement_rle(masks.encode(full))["counts"].decode() == masks.encode(~full)["counts"]
+
+
+def test_complement_of_edge_shapes_runs_and_long_runs():
+    """complement_rle rewrites only the first values of the string: masks of 1 to 5 runs (first run empty or not),
+    empty and full ones, 1x1, one-row and one-column images, counts as str or bytes, and runs long enough for
+    values of several characters and large negative differences (compared as strings; below 2**24, values of
+    at most 5 characters: pycocotools' encoder writes one byte past its buffer when all take 6)."""
+    rng = np.random.default_rng(21)
+    shapes = [(1, 1), (1, 2), (2, 1), (1, 37), (37, 1), (2, 3), (9, 7)]
+    for trial in range(3000):
+        height, width = shapes[trial % len(shapes)] if trial % 2 else (int(v) for v in rng.integers(1, 40, size=2))
+        total = height * width
+        cuts = np.sort(rng.choice(total + 1, size=min(int(rng.integers(0, 6)), total + 1), replace=False))
+        flat = np.zeros(total, bool)
+        for start, end in zip(cuts[0::2], [*cuts[1::2], total][:len(cuts[0::2])]):
+            flat[start:end] = True                     # 0-5 runs between random cuts, first pixel on or off
+        full = flat.reshape(width, height).T           # column-major, as RLE runs
+        rle = masks.encode(full)
+        for given in (rle, {"size": rle["size"], "counts": rle["counts"].encode()}):
+            complement = masks.complement_rle(given)
+            assert masks.decode(complement, height, width).tolist() == (~full).tolist()
+            assert complement["counts"].decode() == masks.encode(~full)["counts"]
+    for trial in range(2000):
+        longest = [2 ** 5, 2 ** 12, 2 ** 20, 2 ** 24 - 1][trial % 4]
+        runs = rng.integers(1, longest, size=int(rng.integers(1, 9)), endpoint=True).tolist()
+        runs[0] *= trial % 3 > 0 or len(runs) == 1     # an empty first run or not (not the only one)
+        if len(runs) > 3:
+            runs[1], runs[3] = longest, 1              # a large negative difference two places on
+        size = [1, sum(runs)]
+        encoded = mask_utils.frPyObjects({"size": size, "counts": runs}, *size)["counts"]
+        flipped = runs[1:] if runs[0] == 0 else [0, *runs]
+        complement = masks.complement_rle({"size": size, "counts": encoded})["counts"]
+        assert complement == mask_utils.frPyObjects({"size": size, "counts": flipped}, *size)["counts"]
+        assert masks.rle_counts(complement).tolist() == flipped
 
 
 def test_a_background_instance_whose_box_only_touches_a_pasted_box_is_never_decoded():
