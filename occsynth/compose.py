@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from dataclasses import dataclass
 
 import cv2
@@ -469,10 +470,16 @@ def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _LABEL_MAPS = threading.local()
 
 
-def _label_map(height: int, width: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+def _label_map(user: object, height: int, width: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """A (height, width) int16 label map of -1 reused by this thread, and the list of boxes (y, x, h, w) its user
     writes labels into: they are set back to -1 on the next call (a fresh map costs more in page faults, ~50 µs
-    at 640x480, than the few boxes' reset). The map is valid until this thread's next call."""
+    at 640x480, than the few boxes' reset). The map is ``user``'s while that object lives: a canvas made while
+    the last one is still in use (a compose run by a 'decode_crop' function that compose_boxed calls half-way)
+    gets a fresh map of its own."""
+    last = getattr(_LABEL_MAPS, "user", None)
+    if last is not None and last() is not None:
+        return np.full((height, width), -1, np.int16), []
+    _LABEL_MAPS.user = weakref.ref(user)
     held = getattr(_LABEL_MAPS, "held", None)
     if held is None or held[0].shape != (height, width):
         held = _LABEL_MAPS.held = (np.full((height, width), -1, np.int16), [])
@@ -485,11 +492,11 @@ def _label_map(height: int, width: int) -> tuple[np.ndarray, list[tuple[int, int
 
 class _Canvas:
     """Pasted objects so far: label map of the nearest one, boxes, amodal and visible areas (the label map is
-    this thread's :func:`_label_map`: a canvas is used up before the thread's next one is made)."""
+    this thread's :func:`_label_map`, or a fresh one while another canvas of this thread is in use)."""
 
     def __init__(self, height: int, width: int):
         self.height, self.width = height, width
-        self.top, self._written = _label_map(height, width)
+        self.top, self._written = _label_map(self, height, width)
         self.boxes: list[tuple[int, int, int, int]] = []  # (y, x, h, w) of each object's box
         self.amodal = np.zeros(0, np.int64)
         self.visible = np.zeros(0, np.int64)

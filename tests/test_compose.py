@@ -469,11 +469,49 @@ def test_the_reused_label_map_starts_every_canvas_empty():
     background, bg_instances, cutouts = make_case(3, options)
     first = compose(background, bg_instances, cutouts, np.random.default_rng(3), options)
     canvas = _Canvas(*background.shape[:2])
+    top = canvas.top
     canvas.add(_Object(np.ones((9, 7), bool), 0), 2, 3)
     canvas.add(_Object(np.ones((5, 5), bool), 0), 20, 20)
-    assert (_Canvas(*background.shape[:2]).top == -1).all()
+    del canvas  # left half-way, as by a failed compose
+    fresh = _Canvas(*background.shape[:2])
+    assert fresh.top is top and (fresh.top == -1).all()
+    del fresh
     compose(background[:-4], [], cutouts, np.random.default_rng(0), options)  # another size: a map of its own
     again = compose(background, bg_instances, cutouts, np.random.default_rng(3), options)
     assert np.array_equal(first[0], again[0])
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(first[1], again[1]) for k in ("amodal_mask", "visible_mask"))
     assert [a["occluders"] for a in first[1]] == [b["occluders"] for b in again[1]]
+
+
+def test_a_compose_inside_a_decode_crop_function_leaves_the_outer_compose_alone():
+    """compose_boxed calls a background instance's 'decode_crop' after pasting, while its canvas's label map is in
+    use: a compose run by that function (same thread) must not reset or write into that map."""
+    from occsynth import masks
+    options = CompositeOptions(pastes=(3, 5))
+    decoded = 0
+    for seed in range(6):
+        background, bg_instances, cutouts = make_case(seed, options)
+        h, w = background.shape[:2]
+        results = []
+        for nested in (False, True):
+            lazy = []
+            for inst in bg_instances:
+                rle = masks.encode(inst["mask"])
+
+                def decode(rle=rle, nested=nested):
+                    if nested:
+                        compose_boxed(background, [], cutouts[::-1], np.random.default_rng(1), options)
+                    return masks.decode_crop(rle, h, w)
+
+                box, _ = masks.decode_crop(rle, h, w)
+                lazy.append({**{k: v for k, v in inst.items() if k != "mask"}, "box": box, "decode_crop": decode,
+                             "amodal_rle": rle, "area": masks.area(inst["mask"]), "bbox": masks.bbox(inst["mask"])})
+            results.append(compose_boxed(background, lazy, cutouts, np.random.default_rng(seed), options))
+        (image, plain), (image2, nested) = results
+        decoded += sum(i["visible_crop"] is not None for i in plain if i["layer"] == 0)
+        assert np.array_equal(image, image2) and len(plain) == len(nested)
+        for a, b in zip(plain, nested):
+            assert a["occluders"] == b["occluders"] and a["box"] == b["box"]
+            for key in ("amodal_crop", "visible_crop"):
+                assert (a[key] is None and b[key] is None) or np.array_equal(a[key], b[key])
+    assert decoded > 0
