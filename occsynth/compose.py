@@ -473,21 +473,23 @@ _LABEL_MAPS = threading.local()
 def _label_map(user: object, height: int, width: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """A (height, width) int16 label map of -1 reused by this thread, and the list of boxes (y, x, h, w) its user
     writes labels into: they are set back to -1 on the next call (a fresh map costs more in page faults, ~50 µs
-    at 640x480, than the few boxes' reset). The map is ``user``'s while that object lives: a canvas made while
-    the last one is still in use (a compose run by a 'decode_crop' function that compose_boxed calls half-way)
-    gets a fresh map of its own."""
+    at 640x480, than the few boxes' reset). The map is the top-left corner of one held at the largest height and
+    width asked so far, so that sets of many image sizes (COCO's) reuse it too. It is ``user``'s while that object
+    lives: a canvas made while the last one is still in use (a compose run by a 'decode_crop' function that
+    compose_boxed calls half-way) gets a fresh map of its own."""
     last = getattr(_LABEL_MAPS, "user", None)
     if last is not None and last() is not None:
         return np.full((height, width), -1, np.int16), []
     _LABEL_MAPS.user = weakref.ref(user)
     held = getattr(_LABEL_MAPS, "held", None)
-    if held is None or held[0].shape != (height, width):
-        held = _LABEL_MAPS.held = (np.full((height, width), -1, np.int16), [])
+    if held is None or held[0].shape[0] < height or held[0].shape[1] < width:
+        size = (height, width) if held is None else (max(height, held[0].shape[0]), max(width, held[0].shape[1]))
+        held = _LABEL_MAPS.held = (np.full(size, -1, np.int16), [])
     top, written = held
     for y, x, h, w in written:
         top[y:y + h, x:x + w] = -1
     written.clear()
-    return top, written
+    return top[:height, :width], written
 
 
 class _Canvas:

@@ -474,13 +474,26 @@ def test_the_reused_label_map_starts_every_canvas_empty():
     canvas.add(_Object(np.ones((5, 5), bool), 0), 20, 20)
     del canvas  # left half-way, as by a failed compose
     fresh = _Canvas(*background.shape[:2])
-    assert fresh.top is top and (fresh.top == -1).all()
+    assert np.shares_memory(fresh.top, top) and (fresh.top == -1).all()
     del fresh
-    compose(background[:-4], [], cutouts, np.random.default_rng(0), options)  # another size: a map of its own
+    compose(background[:-4], [], cutouts, np.random.default_rng(0), options)  # a smaller size: the map's corner
+    smaller = _Canvas(background.shape[0] - 4, background.shape[1])
+    assert np.shares_memory(smaller.top, top) and smaller.top.shape == (background.shape[0] - 4, background.shape[1])
+    assert (smaller.top == -1).all()
+    del smaller
     again = compose(background, bg_instances, cutouts, np.random.default_rng(3), options)
     assert np.array_equal(first[0], again[0])
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(first[1], again[1]) for k in ("amodal_mask", "visible_mask"))
     assert [a["occluders"] for a in first[1]] == [b["occluders"] for b in again[1]]
+    h, w = background.shape[:2]
+    taller = _Canvas(h + 5, w - 3)  # taller, narrower: the held map grows to hold it (unless it already does)
+    assert taller.top.shape == (h + 5, w - 3) and (taller.top == -1).all()
+    taller.add(_Object(np.ones((h + 5, w - 3), bool), 0), 0, 0)
+    del taller
+    wide = compose(background, bg_instances, cutouts, np.random.default_rng(3), options)
+    assert np.array_equal(first[0], wide[0])
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(first[1], wide[1]) for k in ("amodal_mask", "visible_mask"))
+    assert [a["occluders"] for a in first[1]] == [b["occluders"] for b in wide[1]]
 
 
 def test_a_compose_inside_a_decode_crop_function_leaves_the_outer_compose_alone():
