@@ -496,6 +496,33 @@ def test_the_reused_label_map_starts_every_canvas_empty():
     assert [a["occluders"] for a in first[1]] == [b["occluders"] for b in wide[1]]
 
 
+def test_the_held_label_map_keeps_the_largest_height_and_width_and_resets_each_box_once(monkeypatch):
+    """Canvases of alternating sizes (a tall one, a wide one) share one held map at the largest height and width
+    asked so far, not one remade at each new size; the boxes written are reset by the next canvas and then
+    forgotten, not reset again by every later one."""
+    import threading
+
+    from occsynth import compose as compose_module
+    from occsynth.compose import _Canvas, _Object
+    monkeypatch.setattr(compose_module, "_LABEL_MAPS", threading.local())  # nothing held yet: sizes of its own
+    tall = _Canvas(30, 10)
+    tall.add(_Object(np.ones((4, 3), bool), 0), 1, 2)
+    del tall
+    wide = _Canvas(10, 30)  # wider: the held map grows to 30 x 30
+    assert wide._written == [] and (wide.top == -1).all()
+    wide.add(_Object(np.ones((2, 5), bool), 0), 6, 20)
+    held = wide.top.base
+    assert held is not None and held.shape == (30, 30)
+    del wide
+    for height, width in ((30, 10), (10, 30), (30, 30), (7, 9)):
+        canvas = _Canvas(height, width)
+        assert canvas.top.base is held and canvas.top.shape == (height, width), (height, width)
+        assert canvas._written == [] and (held == -1).all(), (height, width)
+        canvas.add(_Object(np.ones((1, 1), bool), 0), height - 1, width - 1)
+        assert canvas._written == [(height - 1, width - 1, 1, 1)]
+        del canvas
+
+
 def test_a_compose_inside_a_decode_crop_function_leaves_the_outer_compose_alone():
     """compose_boxed calls a background instance's 'decode_crop' after pasting, while its canvas's label map is in
     use: a compose run by that function (same thread) must not reset or write into that map."""

@@ -43,6 +43,19 @@ def test_encode_crop_equals_encode_of_the_full_mask():
         masks.encode_crop(np.ones((3, 3), bool), 3, 0, 5, 5)
 
 
+def test_encode_crop_of_runs_past_16_bits_equals_encode_of_the_full_mask():
+    """Runs and run starts beyond 2**15 and 2**16 (a 300x250 image: 75000 pixels), as COCO-sized images have: the
+    crop's runs go to pycocotools as an array, so they must keep their values there (the small random cases never
+    reach 2**15)."""
+    height, width = 300, 250
+    for y0, x0, h, w in ((10, 200, 290, 40), (0, 0, 300, 250), (299, 249, 1, 1), (5, 120, 7, 3)):
+        for fill in (1.0, 0.5):
+            crop = np.random.default_rng(h * w).random((h, w)) < fill
+            full = np.zeros((height, width), bool)
+            full[y0:y0 + h, x0:x0 + w] = crop
+            assert masks.encode_crop(crop, y0, x0, height, width) == masks.encode(full)
+
+
 def test_tight_box_and_crop_bbox_equal_the_numpy_versions():
     """cv2.boundingRect path: C-ordered, Fortran-ordered, transposed and strided views, empty masks."""
     for full, crop, y0, x0 in random_cases(3, 1500):

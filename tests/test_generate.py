@@ -519,6 +519,21 @@ def test_merge_runs_while_later_chunks_render(generated, demo_source, tmp_path, 
     assert tree_bytes(other) == tree_bytes(out)
 
 
+def test_generation_decodes_no_background_mask_and_writes_the_same_set(generated, demo_source, tmp_path,
+                                                                      monkeypatch):
+    """Generation composes in compose_boxed's encoded mode: every annotation comes from the source masks' encodings
+    and the pasted objects' masks, so no background instance's mask is decoded (and the set is the usual one)."""
+    out, _, cache = generated
+    ann, root = demo_source
+    decoded = []
+    decode = generate_module._MaskCrop.__call__
+    monkeypatch.setattr(generate_module._MaskCrop, "__call__", lambda self: decoded.append(self._args) or decode(self))
+    other = tmp_path / "encoded"
+    generate(other, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, progress=False)
+    assert decoded == []
+    assert tree_bytes(other) == tree_bytes(out)
+
+
 def test_a_run_failing_mid_way_leaves_no_merged_file_and_the_rerun_completes(generated, demo_source, tmp_path,
                                                                             monkeypatch):
     out, _, cache = generated

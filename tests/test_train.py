@@ -486,6 +486,68 @@ def test_a_caller_s_process_group_outlives_train_refused_or_finished(tmp_path, d
         torch.distributed.destroy_process_group()
 
 
+def test_an_own_process_group_ends_with_a_return_an_error_or_a_stop_and_the_ranks_meet_after_a_return_only(
+        monkeypatch):
+    """ends_own_process_group (train's): a group set up during the call is destroyed however the call ends; the
+    ranks meet (barrier) before that after a return only: after an error or a stop the others may never arrive."""
+    met = []
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *args, **kwargs: met.append("barrier"))
+
+    @T.ends_own_process_group
+    def run(stop):
+        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+                                             world_size=1)
+        if stop is not None:
+            raise stop
+        return "done"
+
+    assert run(None) == "done"
+    assert met == ["barrier"] and not torch.distributed.is_initialized()
+    for stop in (OccsynthError("refused"), KeyboardInterrupt()):
+        met.clear()
+        with pytest.raises(type(stop)):
+            run(stop)
+        assert met == [] and not torch.distributed.is_initialized(), stop
+
+
+def test_iteration_seeds_differ_by_seed_rank_and_iteration_and_stay_fixed():
+    """Each iteration of each rank draws from a seed of its own, a non-negative 63-bit int; the same values in every
+    version (a run resumed after an upgrade goes on drawing as it would have)."""
+    seeds = {(s, r, i): T.iteration_seed(s, r, i) for s in (0, 7) for r in (0, 1, 2) for i in range(40)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(0 <= v < 2 ** 63 for v in seeds.values())
+    assert (T.iteration_seed(0, 0, 0), T.iteration_seed(7, 1, 3)) == (7896617691693857887, 7964965305340474863)
+
+
+def test_the_grad_scaler_is_torch_amp_s_without_a_warning_and_torch_cuda_amp_s_on_torch_2_2(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.cuda.amp.GradScaler warns that it is deprecated (torch >= 2.4)
+        scaler = T._grad_scaler(enabled=False)
+    assert type(scaler) is torch.amp.GradScaler and not scaler.is_enabled()
+    monkeypatch.delattr(torch.amp, "GradScaler")  # as torch 2.2, which has only torch.cuda.amp's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scaler = T._grad_scaler(enabled=False)
+    assert type(scaler) is torch.cuda.amp.GradScaler and not scaler.is_enabled()
+
+
+def test_a_checkpoint_named_by_a_path_is_mapped_by_torch_2_2_s_load_too(tmp_path, monkeypatch):
+    """torch 2.2 maps a file (mmap=True, as the pipeline loads a stage's checkpoint) only when a str names it:
+    load_checkpoint gives it one for a Path too."""
+    model = torch.nn.Linear(2, 1)
+    ckpt.save_checkpoint(tmp_path / "c.pt", model=model, iteration=3)
+    load = torch.load
+
+    def torch_2_2_load(f, *args, mmap=None, **kwargs):
+        if mmap and not isinstance(f, str):
+            raise ValueError("f must be a string filename in order to use mmap argument")
+        return load(f, *args, mmap=mmap, **kwargs)
+
+    monkeypatch.setattr(torch, "load", torch_2_2_load)
+    state = ckpt.load_checkpoint(tmp_path / "c.pt", mmap=True)
+    assert state["iteration"] == 3 and torch.equal(state["model"]["weight"], model.weight.detach())
+
+
 def test_a_stop_under_torchrun_is_said_once_by_rank_0(tmp_path, dataset_dir, monkeypatch):
     """torchrun stops every rank (Ctrl-C, or its SIGTERM when one fails): each said 'Stopped (SIGINT).', one line per
     GPU, and a rank killed because another was refused looked stopped by the user."""
