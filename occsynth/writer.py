@@ -624,9 +624,28 @@ def finalize(out_dir: Path, run: dict, parts: Iterable[Path]) -> dict:
     info = {"description": "occsynth synthetic occlusion set", "version": run["version"],
             "seed": settings["seed"], "source": run["source"]}
     merged = merge_parts(parts, out_dir, source["categories"], info)
-    manifest = {**run, "counts": merged["counts"], "skipped": merged["skipped"], "bank": source["bank"]}
+    manifest = {**run, "counts": merged["counts"], "skipped": merged["skipped"], "bank": source["bank"],
+                "libraries": library_versions()}
     write_json(out_dir / MANIFEST_FILE, manifest, indent=2)
     return {"out": str(out_dir), "merged": True, **manifest}
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of Python and of the libraries whose arithmetic the images and masks depend on, as the process
+    that writes the manifest has them: the same arguments give the same bytes only with the same ones (OpenCV 4 and
+    5 break exact ties of a mask's nearest-neighbour resize differently). Not compared on resume or merge."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import cv2
+    import numpy
+
+    try:
+        pycocotools = version("pycocotools")
+    except PackageNotFoundError:  # a build from source without metadata
+        pycocotools = "unknown"
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "opencv": cv2.__version__,
+            "pycocotools": pycocotools}
 
 
 def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -> dict:

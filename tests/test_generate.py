@@ -65,6 +65,11 @@ def test_output_layout_and_manifest(generated):
     assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
     assert manifest["counts"]["annotations"] == len(data["annotations"])
     assert len(data["categories"]) == 80 and data["categories"][0]["id"] == 1
+    import platform
+    from importlib.metadata import version
+    import cv2
+    assert manifest["libraries"] == {"python": platform.python_version(), "numpy": np.__version__,
+                                     "opencv": cv2.__version__, "pycocotools": version("pycocotools")}
 
 
 def test_every_annotation_satisfies_the_invariants(generated):
