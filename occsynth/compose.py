@@ -227,11 +227,9 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
             continue
         if amodal is None:  # not decoded yet: only needed where a pasted object may cover it
             if not any(_boxes_meet(box, other) for other in pasted_boxes):
-                instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0), "box": box,
-                                  "amodal_crop": None, "visible_crop": None, "layer": 0, "amodal_complete": False,
-                                  "source": inst.get("source"),
-                                  **_visible_encoded(inst["amodal_rle"], int(inst["area"]),
-                                                     [float(v) for v in inst["bbox"]], [])})
+                instances.append(_background_instance(inst, box, amodal_crop=None, visible_crop=None,
+                                                      **_visible_encoded(inst["amodal_rle"], int(inst["area"]),
+                                                                         [float(v) for v in inst["bbox"]], [])))
                 continue
             box, amodal = inst["decode_crop"]()
             if box is None:
@@ -240,17 +238,12 @@ def compose_boxed(background: np.ndarray, background_instances: list[dict], cuto
         visible = amodal & (canvas.top[y0:y1, x0:x1] < 0)
         if not visible.any():
             continue
-        instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0), "box": box,
-                          "amodal_crop": amodal, "visible_crop": visible, "layer": 0,
-                          "amodal_complete": False, "source": inst.get("source")})
+        instances.append(_background_instance(inst, box, amodal_crop=amodal, visible_crop=visible))
         if "amodal_rle" in inst:
             instances[-1]["amodal_rle"] = inst["amodal_rle"]
     for k, (cutout, obj, y, x, shrink) in enumerate(pasted):
         visible = obj.mask & (canvas.top[y:y + obj.h, x:x + obj.w] == k)
-        instances.append({"category_id": cutout["category_id"], "iscrowd": 0, "box": (y, x, y + obj.h, x + obj.w),
-                          "amodal_crop": obj.mask, "visible_crop": visible, "layer": k + 1,
-                          "amodal_complete": True, "source": cutout.get("source"),
-                          "paste": {"x": x, "y": y, "shrink": shrink}})
+        instances.append(_pasted_instance(cutout, k, obj, y, x, shrink, amodal_crop=obj.mask, visible_crop=visible))
     occluders = layer_occluders_boxed([i["box"] for i in instances], [i["amodal_crop"] for i in instances],
                                       [i["layer"] for i in instances])
     for inst, occ in zip(instances, occluders):
@@ -298,19 +291,14 @@ def _encoded_instances(background_instances: list[dict], boxed_background: list,
         fields = _visible_encoded(rle, area, bbox, [complement(j) for j in over])
         if fields is None:
             continue
-        instances.append({"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0), "box": box,
-                          "amodal_crop": None, "visible_crop": None, "layer": 0, "amodal_complete": False,
-                          "source": inst.get("source"), **fields})
+        instances.append(_background_instance(inst, box, amodal_crop=None, visible_crop=None, **fields))
         near.append(over)
     first_pasted = len(instances)
     for k, (cutout, obj, y, x, shrink) in enumerate(pasted):
         over = above(pasted_boxes[k], k + 1)
         hidden = [complement(j) for j in over] if canvas.visible_list[k] < obj.area else []
         fields = _visible_encoded(pasted_rles[k], obj.area, [float(x), float(y), float(obj.w), float(obj.h)], hidden)
-        instances.append({"category_id": cutout["category_id"], "iscrowd": 0, "box": pasted_boxes[k],
-                          "amodal_crop": None, "visible_crop": None, "layer": k + 1,
-                          "amodal_complete": True, "source": cutout.get("source"),
-                          "paste": {"x": x, "y": y, "shrink": shrink}, **fields})
+        instances.append(_pasted_instance(cutout, k, obj, y, x, shrink, amodal_crop=None, visible_crop=None, **fields))
         near.append(over)
     for inst, over in zip(instances, near):
         if inst["area"] == inst["amodal_area"]:
@@ -321,6 +309,21 @@ def _encoded_instances(background_instances: list[dict], boxed_background: list,
             inst["occluders"] = [first_pasted + j for j in over
                                  if masks.rle_intersection_area(inst["amodal_rle"], pasted_rles[j])]
     return instances
+
+
+def _background_instance(inst: dict, box: tuple[int, int, int, int], **masks_fields) -> dict:
+    """A background instance as :func:`compose_boxed` returns it (layer 0), with its mask fields (crops or
+    encodings)."""
+    return {"category_id": inst["category_id"], "iscrowd": inst.get("iscrowd", 0), "box": box, "layer": 0,
+            "amodal_complete": False, "source": inst.get("source"), **masks_fields}
+
+
+def _pasted_instance(cutout: dict, k: int, obj: "_Object", y: int, x: int, shrink: float, **masks_fields) -> dict:
+    """The ``k``-th pasted object (layer k + 1, its box at (y, x)) as :func:`compose_boxed` returns it, with its
+    mask fields (crops or encodings)."""
+    return {"category_id": cutout["category_id"], "iscrowd": 0, "box": (y, x, y + obj.h, x + obj.w),
+            "layer": k + 1, "amodal_complete": True, "source": cutout.get("source"),
+            "paste": {"x": x, "y": y, "shrink": shrink}, **masks_fields}
 
 
 def _visible_encoded(rle: dict, area: int, bbox: list[float], hidden: list[dict]) -> dict | None:
