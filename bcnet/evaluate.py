@@ -58,11 +58,10 @@ from occsynth.errors import BadRecord, OccsynthError, SkipLog, whole_number
 
 from . import occsep
 from .checkpoint import category_names as checkpoint_category_names, named_otherwise
-from .data import CocoInstances, require_amodal_masks, unusable_box
+from .data import MODES, CocoInstances, check_mode, require_amodal_masks, unusable_box
 from .device import resolve_device
 from .runlock import hold_out_dir
 
-MODES = ("visible", "amodal")
 OCCSEP_LISTS = ("occluded", "separated")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 OVERLAP_EDGES = (0.1, 0.3)
@@ -227,8 +226,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     names otherwise is listed in ``out["categories"]["named_otherwise"]`` (``"id (model: a, set: b)"``): the same id
     may stand for another class in another set, and it is scored as the same one.
     """
-    if mode not in MODES:
-        raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     if isinstance(iou_types, str):  # "bbox": one type, not the letters b, b, o, x
         iou_types = (iou_types,)
     for iou_type in iou_types:  # before any scoring: a misspelt second type must not cost the first one's
@@ -942,8 +940,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
             raise OccsynthError(f"set {name!r}: expected (annotations JSON, image root), got {paths!r:.80}")
     check_edges(overlap_edges, "overlap_edges")
     check_edges(ratio_edges, "ratio_edges")
-    if mode is not None and mode not in MODES:
-        raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    if mode is not None:
+        check_mode(mode)
     mask_threshold = check_mask_threshold(mask_threshold)
     lists = load_occsep_lists(occsep_lists)
     device = resolve_device(device)
