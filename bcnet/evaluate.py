@@ -955,7 +955,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     # first one's work, nor leave its detections rewritten
     prepared = []
     for name, (ann_file, image_root) in sets.items():
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        if not _names_a_file(name):
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
         data = coco_io.read_dataset(ann_file)  # parsed once: the dataset and the evaluation share it
         if mode == "amodal":  # checked before the dataset, which would refuse it in training's words
@@ -1033,8 +1033,15 @@ def _previous_set_names(out_dir: Path) -> set[str]:
         previous = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    return {name for name in previous if isinstance(name, str) and name and "/" not in name and "\\" not in name
-            and not name.startswith(".")} if isinstance(previous, dict) else set()
+    if not isinstance(previous, dict):
+        return set()
+    return {name for name in previous if isinstance(name, str) and _names_a_file(name)}
+
+
+def _names_a_file(set_name: str) -> bool:
+    """Whether a set's name can stand in its output file's name (``detections_<name>.json``): not empty, no folder
+    separator, no leading dot. One test for the sets asked for and for those whose detections a rerun removes."""
+    return bool(set_name) and "/" not in set_name and "\\" not in set_name and not set_name.startswith(".")
 
 
 IMAGE_REASONS = (errors.MISSING_FILE, errors.CORRUPT_IMAGE, errors.TRUNCATED_IMAGE, errors.SIZE_MISMATCH,
