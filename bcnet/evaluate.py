@@ -758,13 +758,9 @@ def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
     sizes = {image_id: (image["height"], image["width"]) for image_id, image in coco_gt.imgs.items()}
     anns = [{k: v for k, v in _checked_result(i, r, iou_type, sizes).items() if k != drop}
             for i, r in enumerate(results)]
-    if not anns:
-        empty = COCO()
-        empty.dataset = {"images": list(coco_gt.dataset["images"]),
-                         "categories": list(coco_gt.dataset["categories"]), "annotations": []}
-        with contextlib.redirect_stdout(io.StringIO()):
-            empty.createIndex()
-        return empty
+    if not anns:  # pycocotools' loadRes fails on an empty list
+        return _coco({"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
+                      "annotations": []})
     with contextlib.redirect_stdout(io.StringIO()):
         return coco_gt.loadRes(anns)
 
