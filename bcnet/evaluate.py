@@ -469,6 +469,7 @@ def _require_ignore_region(checked: _CheckedAnnotation, twin_has_mask: bool, str
 
 
 def _is_box(box) -> bool:
+    """A COCO [x, y, w, h] pycocotools can score: 4 finite numbers, w and h >= 0 (a ground truth's, a result's)."""
     return is_box(box) and box[2] >= 0 and box[3] >= 0
 
 
@@ -788,7 +789,7 @@ def _checked_result(i: int, result: dict, iou_type: str, sizes: dict[int, tuple[
                 box = [float(v) for v in box]
             except (TypeError, ValueError):
                 pass  # refused below, in words
-        if not (is_box(box) and box[2] >= 0 and box[3] >= 0):
+        if not _is_box(box):
             raise OccsynthError(f"result {i}: bbox must be [x, y, w, h], 4 finite numbers with w, h >= 0, got {box!r}")
         return {**result, "bbox": box}
     segmentation = result.get("segmentation")
