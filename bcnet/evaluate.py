@@ -717,20 +717,22 @@ def bin_of(value: float, edges: Sequence[float]) -> int:
 
 
 def _split_eval(data: dict, coco_dt: COCO, level: dict, edges: Sequence[float], image_ids: Sequence[int]) -> dict:
+    """Mask AP of each bin of ``level`` (ground-truth id -> value) cut by ``edges``, as the module docstring says:
+    every other ground truth an ignore region, scored on the evaluated images holding one of the bin."""
     evaluated = set(image_ids)
     out = {}
     for b, name in enumerate(bin_names(edges)):
         member = {ann_id for ann_id, v in level.items() if bin_of(v, edges) == b}
         anns = []
         split_images = set()
+        instances = 0
         for ann in data["annotations"]:
-            ann = dict(ann)
             if ann["id"] in member and ann["image_id"] in evaluated:
                 split_images.add(ann["image_id"])
+                instances += 1
             elif not ann.get("iscrowd", 0):
-                ann["iscrowd"] = 1
+                ann = {**ann, "iscrowd": 1}  # a copy: data is the caller's (_coco copies the others)
             anns.append(ann)
-        instances = sum(1 for a in data["annotations"] if a["id"] in member and a["image_id"] in evaluated)
         entry = {"AP": -1.0, "AP50": -1.0, "AP75": -1.0, "instances": instances, "images": len(split_images)}
         if split_images:
             split_gt = _coco({**data, "annotations": anns})
