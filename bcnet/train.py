@@ -893,8 +893,7 @@ def _log(out_dir: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _fmt(losses: dict, short: bool = False) -> str:
-    def value(v) -> float:
-        return float(v.detach()) if torch.is_tensor(v) else float(v)
-    items = [(k.replace("loss_", "") if short else k, value(v)) for k, v in losses.items()]
+def _fmt(losses: dict[str, float], short: bool = False) -> str:
+    """Losses as ``name=value`` pairs for a message; ``short``: without the ``loss_`` prefixes (the progress bar)."""
+    items = [(k.replace("loss_", "") if short else k, float(v)) for k, v in losses.items()]
     return " ".join(f"{k}={v:.3f}" if math.isfinite(v) else f"{k}={v}" for k, v in items)
