@@ -46,9 +46,10 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, format_size, open_atomic, require_room, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int,
+from .coco import (MASK_ERRORS, brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int,
                    iter_array, named_nowhere, names_no_file, none_found_under, none_readable_under, read_array,
-                   read_image, record_image_path, require_image_file, spread, unique_by_id, usable_image_records)
+                   read_image, record_image_path, require_image_file, spread, unique_by_id, unreadable_mask,
+                   usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, options_argument, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -414,10 +415,8 @@ def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> d
             rle = masks.decode_crop_encoded(rle, height, width)[2]
         counts = rle["counts"]
         return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else bytes(counts)}
-    except masks.DegenerateMask as exc:
-        raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
-    except (TypeError, ValueError, OverflowError, KeyError) as exc:
-        raise BadRecord(errors.MALFORMED_RECORD, where, f"unreadable segmentation: {exc}") from None
+    except MASK_ERRORS as exc:
+        raise unreadable_mask(exc, where) from None
 
 
 def _judge(image_ann_offsets: np.ndarray, hw: np.ndarray, columns: dict, rle_blob: np.ndarray,
