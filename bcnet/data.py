@@ -42,7 +42,15 @@ from occsynth.errors import BadRecord, OccsynthError, SkipLog, plural
 from occsynth.occluders import box_overlap_occluders, occluder_masks
 
 MODES = ("visible", "amodal")
+
 MASK_KEYS = {"visible": ("segmentation",), "amodal": ("segmentation", "amodal_segmentation")}  # loaded per mode
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it names ground-truth masks (one of :data:`MODES`), else the one error every reader gives."""
+    if mode not in MODES:
+        raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    return mode
 
 
 class PackedLists(SequenceABC):
@@ -101,9 +109,7 @@ class CocoInstances(Dataset):
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.transforms = transforms
-        if mode not in MODES:
-            raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_mode(mode)
         self.skips = SkipLog(strict=strict)
         self._counted: set[str] = set()
         self._new_skips: list[BadRecord] = []

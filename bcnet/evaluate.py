@@ -58,11 +58,10 @@ from occsynth.errors import BadRecord, OccsynthError, SkipLog, whole_number
 
 from . import occsep
 from .checkpoint import category_names as checkpoint_category_names, named_otherwise
-from .data import CocoInstances, require_amodal_masks, unusable_box
+from .data import MODES, CocoInstances, check_mode, require_amodal_masks, unusable_box
 from .device import resolve_device
 from .runlock import hold_out_dir
 
-MODES = ("visible", "amodal")
 OCCSEP_LISTS = ("occluded", "separated")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 OVERLAP_EDGES = (0.1, 0.3)
@@ -227,8 +226,7 @@ def evaluate(gt: str | os.PathLike | dict, results: list[dict], *, iou_types: Se
     names otherwise is listed in ``out["categories"]["named_otherwise"]`` (``"id (model: a, set: b)"``): the same id
     may stand for another class in another set, and it is scored as the same one.
     """
-    if mode not in MODES:
-        raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     if isinstance(iou_types, str):  # "bbox": one type, not the letters b, b, o, x
         iou_types = (iou_types,)
     for iou_type in iou_types:  # before any scoring: a misspelt second type must not cost the first one's
@@ -471,6 +469,7 @@ def _require_ignore_region(checked: _CheckedAnnotation, twin_has_mask: bool, str
 
 
 def _is_box(box) -> bool:
+    """A COCO [x, y, w, h] pycocotools can score: 4 finite numbers, w and h >= 0 (a ground truth's, a result's)."""
     return is_box(box) and box[2] >= 0 and box[3] >= 0
 
 
@@ -718,20 +717,22 @@ def bin_of(value: float, edges: Sequence[float]) -> int:
 
 
 def _split_eval(data: dict, coco_dt: COCO, level: dict, edges: Sequence[float], image_ids: Sequence[int]) -> dict:
+    """Mask AP of each bin of ``level`` (ground-truth id -> value) cut by ``edges``, as the module docstring says:
+    every other ground truth an ignore region, scored on the evaluated images holding one of the bin."""
     evaluated = set(image_ids)
     out = {}
     for b, name in enumerate(bin_names(edges)):
         member = {ann_id for ann_id, v in level.items() if bin_of(v, edges) == b}
         anns = []
         split_images = set()
+        instances = 0
         for ann in data["annotations"]:
-            ann = dict(ann)
             if ann["id"] in member and ann["image_id"] in evaluated:
                 split_images.add(ann["image_id"])
+                instances += 1
             elif not ann.get("iscrowd", 0):
-                ann["iscrowd"] = 1
+                ann = {**ann, "iscrowd": 1}  # a copy: data is the caller's (_coco copies the others)
             anns.append(ann)
-        instances = sum(1 for a in data["annotations"] if a["id"] in member and a["image_id"] in evaluated)
         entry = {"AP": -1.0, "AP50": -1.0, "AP75": -1.0, "instances": instances, "images": len(split_images)}
         if split_images:
             split_gt = _coco({**data, "annotations": anns})
@@ -760,13 +761,9 @@ def _load_results(coco_gt: COCO, results: list[dict], iou_type: str) -> COCO:
     sizes = {image_id: (image["height"], image["width"]) for image_id, image in coco_gt.imgs.items()}
     anns = [{k: v for k, v in _checked_result(i, r, iou_type, sizes).items() if k != drop}
             for i, r in enumerate(results)]
-    if not anns:
-        empty = COCO()
-        empty.dataset = {"images": list(coco_gt.dataset["images"]),
-                         "categories": list(coco_gt.dataset["categories"]), "annotations": []}
-        with contextlib.redirect_stdout(io.StringIO()):
-            empty.createIndex()
-        return empty
+    if not anns:  # pycocotools' loadRes fails on an empty list
+        return _coco({"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
+                      "annotations": []})
     with contextlib.redirect_stdout(io.StringIO()):
         return coco_gt.loadRes(anns)
 
@@ -794,7 +791,7 @@ def _checked_result(i: int, result: dict, iou_type: str, sizes: dict[int, tuple[
                 box = [float(v) for v in box]
             except (TypeError, ValueError):
                 pass  # refused below, in words
-        if not (is_box(box) and box[2] >= 0 and box[3] >= 0):
+        if not _is_box(box):
             raise OccsynthError(f"result {i}: bbox must be [x, y, w, h], 4 finite numbers with w, h >= 0, got {box!r}")
         return {**result, "bbox": box}
     segmentation = result.get("segmentation")
@@ -942,8 +939,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
             raise OccsynthError(f"set {name!r}: expected (annotations JSON, image root), got {paths!r:.80}")
     check_edges(overlap_edges, "overlap_edges")
     check_edges(ratio_edges, "ratio_edges")
-    if mode is not None and mode not in MODES:
-        raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
+    if mode is not None:
+        check_mode(mode)
     mask_threshold = check_mask_threshold(mask_threshold)
     lists = load_occsep_lists(occsep_lists)
     device = resolve_device(device)
@@ -957,7 +954,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     # first one's work, nor leave its detections rewritten
     prepared = []
     for name, (ann_file, image_root) in sets.items():
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        if not _names_a_file(name):
             raise OccsynthError(f"set name {name!r} cannot be used in a file name")
         data = coco_io.read_dataset(ann_file)  # parsed once: the dataset and the evaluation share it
         if mode == "amodal":  # checked before the dataset, which would refuse it in training's words
@@ -1035,8 +1032,15 @@ def _previous_set_names(out_dir: Path) -> set[str]:
         previous = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    return {name for name in previous if isinstance(name, str) and name and "/" not in name and "\\" not in name
-            and not name.startswith(".")} if isinstance(previous, dict) else set()
+    if not isinstance(previous, dict):
+        return set()
+    return {name for name in previous if isinstance(name, str) and _names_a_file(name)}
+
+
+def _names_a_file(set_name: str) -> bool:
+    """Whether a set's name can stand in its output file's name (``detections_<name>.json``): not empty, no folder
+    separator, no leading dot. One test for the sets asked for and for those whose detections a rerun removes."""
+    return bool(set_name) and "/" not in set_name and "\\" not in set_name and not set_name.startswith(".")
 
 
 IMAGE_REASONS = (errors.MISSING_FILE, errors.CORRUPT_IMAGE, errors.TRUNCATED_IMAGE, errors.SIZE_MISMATCH,

@@ -45,7 +45,7 @@ from occsynth.masks import finite_number
 from occsynth.pool import local_workers
 
 from . import checkpoint as ckpt
-from .data import CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
+from .data import MODES, CocoInstances, count_skipped, micro_batch_size, require_training_images, train_loader
 from .device import own_generators, resolve_device, seed_generators
 from .ranks import lead_process
 from .runlock import holds_out_dir
@@ -243,7 +243,7 @@ def _check_schedule(s: dict, source: Callable[..., str]) -> None:
                    f"schedule setting long_max ({s['long_max']}) must be >= short ({s['short']})")
     if s["amp"] not in AMP_MODES:
         raise fail("amp", f"amp must be one of {AMP_MODES}, got {s['amp']!r}")
-    if s["mode"] not in ("visible", "amodal"):
+    if s["mode"] not in MODES:
         raise fail("mode", f"schedule setting mode must be 'visible' or 'amodal', got {s['mode']!r}")
     _check_model_settings(s, source)
     jitter = s["scale_jitter"]
@@ -893,8 +893,7 @@ def _log(out_dir: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _fmt(losses: dict, short: bool = False) -> str:
-    def value(v) -> float:
-        return float(v.detach()) if torch.is_tensor(v) else float(v)
-    items = [(k.replace("loss_", "") if short else k, value(v)) for k, v in losses.items()]
+def _fmt(losses: dict[str, float], short: bool = False) -> str:
+    """Losses as ``name=value`` pairs for a message; ``short``: without the ``loss_`` prefixes (the progress bar)."""
+    items = [(k.replace("loss_", "") if short else k, float(v)) for k, v in losses.items()]
     return " ".join(f"{k}={v:.3f}" if math.isfinite(v) else f"{k}={v}" for k, v in items)

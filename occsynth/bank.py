@@ -46,9 +46,10 @@ from tqdm.auto import tqdm
 from . import errors, masks
 from .atomic import build_dir_once, format_size, open_atomic, require_room, write_json
 from .compose import crop_replicate
-from .coco import (brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int,
+from .coco import (MASK_ERRORS, brief, check_annotation_record, check_iscrowd, check_segmentation, file_hash, is_int,
                    iter_array, named_nowhere, names_no_file, none_found_under, none_readable_under, read_array,
-                   read_image, record_image_path, require_image_file, spread, unique_by_id, usable_image_records)
+                   read_image, record_image_path, require_image_file, spread, unique_by_id, unreadable_mask,
+                   usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog, key_values, options_argument, plural, why_none_usable
 from .pool import ctrl_c_for_main_only, local_workers
 
@@ -248,12 +249,9 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     ann_image = new_index[ann_image_old] if ann_image_old.size else ann_image_old
     ann_order = np.argsort(ann_image, kind="stable")
     ann_image = ann_image[ann_order]
-    image_ann_offsets = np.zeros(n_images + 1, np.int64)
-    np.cumsum(np.bincount(ann_image, minlength=n_images), out=image_ann_offsets[1:])
+    image_ann_offsets = _offsets(np.bincount(ann_image, minlength=n_images))
 
-    rle_lengths = np.asarray([len(anns.rles[k]) for k in ann_order], np.int64)
-    rle_offsets = np.zeros(len(ann_order) + 1, np.int64)
-    np.cumsum(rle_lengths, out=rle_offsets[1:])
+    rle_offsets = _offsets(np.asarray([len(anns.rles[k]) for k in ann_order], np.int64))
     rle_blob = np.frombuffer(b"".join(anns.rles[k] for k in ann_order), np.uint8)
     anns.rles = []
 
@@ -272,12 +270,10 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     order = np.lexsort((cutouts, cut_cats))
     cutout_index, cut_cats = cutouts[order].astype(np.int64), cut_cats[order]
     cutout_category, counts = np.unique(cut_cats, return_counts=True)
-    cutout_offsets = np.zeros(len(cutout_category) + 1, np.int64)
-    np.cumsum(counts, out=cutout_offsets[1:])
+    cutout_offsets = _offsets(counts)
 
     names = [images.file_names[k].encode("utf-8") for k in new_order]
-    name_offsets = np.zeros(n_images + 1, np.int64)
-    np.cumsum([len(n) for n in names], out=name_offsets[1:])
+    name_offsets = _offsets([len(n) for n in names])
     arrays = {
         "image_id": np.asarray(images.ids, np.int64)[new_order], "image_hw": hw,
         "file_name_blob": np.frombuffer(b"".join(names), np.uint8), "file_name_offsets": name_offsets,
@@ -313,6 +309,14 @@ def build_bank(ann_path: str | os.PathLike, bank_dir: str | os.PathLike, options
     }
     write_json(bank_dir / "meta.json", meta, indent=1)
     return meta
+
+
+def _offsets(lengths: Sequence[int]) -> np.ndarray:
+    """Where each of the items of ``lengths``, laid end to end, starts, and their total last ((n + 1,) int64): how
+    every table of the bank and the pixel store slices its blob or its rows."""
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
 
 
 class _FirstSkipLog(SkipLog):
@@ -411,10 +415,8 @@ def _compressed_rle(segmentation: Any, height: int, width: int, where: str) -> d
             rle = masks.decode_crop_encoded(rle, height, width)[2]
         counts = rle["counts"]
         return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else bytes(counts)}
-    except masks.DegenerateMask as exc:
-        raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
-    except (TypeError, ValueError, OverflowError, KeyError) as exc:
-        raise BadRecord(errors.MALFORMED_RECORD, where, f"unreadable segmentation: {exc}") from None
+    except MASK_ERRORS as exc:
+        raise unreadable_mask(exc, where) from None
 
 
 def _judge(image_ann_offsets: np.ndarray, hw: np.ndarray, columns: dict, rle_blob: np.ndarray,
@@ -802,8 +804,7 @@ def build_cutout_pixels(bank_dir: str | os.PathLike, image_root: str | os.PathLi
                     blob.write(data)
     finally:
         bar.close()
-    offsets = np.zeros(n_ann + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = _offsets(lengths)
     for name, value in (("pixel_offsets", offsets), ("image_stat", image_stat)):
         with open_atomic(out_dir / f"{name}.npy", "wb") as f:
             np.save(f, value, allow_pickle=False)

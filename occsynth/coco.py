@@ -505,6 +505,18 @@ def check_image_id(ann: dict, where: str, images: Mapping, skipped_images: Mappi
     raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(image_id)}")
 
 
+MASK_ERRORS = (masks.DegenerateMask, TypeError, ValueError, OverflowError, KeyError)
+"""What decoding a segmentation read from a file may raise: DegenerateMask (no mask), or the others (malformed)."""
+
+
+def unreadable_mask(exc: Exception, where: str) -> BadRecord:
+    """The BadRecord of a segmentation (named ``where``) whose decoding raised ``exc``, one of :data:`MASK_ERRORS`:
+    "degenerate or empty segmentation" for a DegenerateMask, else a malformed record."""
+    if isinstance(exc, masks.DegenerateMask):
+        return BadRecord(errors.DEGENERATE_MASK, where, str(exc))
+    return BadRecord(errors.MALFORMED_RECORD, where, f"unreadable segmentation: {exc}")
+
+
 def check_segmentation(segmentation: Any, height: int, width: int, where: str, *, rle: bool = True) -> Any:
     """A segmentation as compressed RLE (:func:`occsynth.masks.to_rle`, which checks an RLE string's runs), or
     BadRecord naming ``where``: the one check of whether a mask can be decoded, for every reader that skips
@@ -521,10 +533,8 @@ def check_segmentation(segmentation: Any, height: int, width: int, where: str, *
             return masks.check_polygons(segmentation, height, width)
         encoded = masks.to_rle(segmentation, height, width)
         return encoded if rle else segmentation
-    except masks.DegenerateMask as exc:
-        raise BadRecord(errors.DEGENERATE_MASK, where, str(exc)) from None
-    except (TypeError, ValueError, OverflowError, KeyError) as exc:
-        raise BadRecord(errors.MALFORMED_RECORD, where, f"unreadable segmentation: {exc}") from None
+    except MASK_ERRORS as exc:
+        raise unreadable_mask(exc, where) from None
 
 
 def duplicate_detail(log: SkipLog) -> str:
