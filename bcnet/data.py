@@ -42,7 +42,6 @@ from occsynth.errors import BadRecord, OccsynthError, SkipLog, plural
 from occsynth.occluders import box_overlap_occluders, occluder_masks
 
 MODES = ("visible", "amodal")
-
 MASK_KEYS = {"visible": ("segmentation",), "amodal": ("segmentation", "amodal_segmentation")}  # loaded per mode
 
 
