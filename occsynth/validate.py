@@ -93,7 +93,8 @@ class _Failures:
 
 def validate(out_dir: str | os.PathLike, workers: int = 1, progress: bool = True,
              balance_tolerance: float = 0.05, balance_slack: int = 2, max_examples: int = 5) -> dict:
-    """Check every documented invariant of a generated set; returns the report (``report["ok"]``).
+    """Check the documented invariants of a generated set (docs/FORMAT.md: all but the pasted pixels', which need
+    the source images); returns the report (``report["ok"]``).
 
     ``out_dir``: the set's folder, or its annotations JSON (images and manifest.json beside it).
     A COCO file without occsynth's fields (plain COCO, COCO-OCC) is refused with one
