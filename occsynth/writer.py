@@ -82,7 +82,7 @@ def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def what_folder_holds(path: Path) -> str | None:
     """For a folder without annotations.json: what it is, if occsynth wrote it, and where its set is (else None)."""
     merged_into = merged_into_of(path)
-    if merged_into is not None:
+    if merged_into is not None and Path(merged_into).is_dir():  # a set deleted since: the folder is what it holds
         return f"its chunks were merged into {merged_into}, the set to use"
     if (path / PARTS / RUN_FILE).is_file():
         return ("it holds an unfinished `occsynth generate` run or one --shard of a set: finish it with the same "
@@ -686,12 +686,20 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
             parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
         except MissingChunks as exc:
             merged_into = {m for d in shard_dirs if (m := merged_into_of(d)) is not None}
-            if merged_into:  # an earlier merge moved chunks out of these folders: that is where the set is
+            there = sorted(m for m in merged_into if Path(m).is_dir())
+            if there:  # an earlier merge moved chunks out of these folders: that is where the set is
                 # (no advice to run shards: that merge found every chunk)
                 raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
-                                    f"{', '.join(sorted(merged_into))}, the merged set: the set is there (the folders "
+                                    f"{', '.join(there)}, the merged set: the set is there (the folders "
                                     f"given lack {len(exc.missing):,} of its chunks: {first_few(exc.missing)})"
                                     ) from None
+            if merged_into:  # that set was deleted or moved since: its chunks are gone from here
+                raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
+                                    f"{', '.join(sorted(merged_into))}, which no longer exists (deleted or moved): "
+                                    f"the folders given lack {len(exc.missing):,} of the set's chunks "
+                                    f"({first_few(exc.missing)}); use the set where it was moved to, or render the "
+                                    "shards again into these folders (each renders the chunks it lacks) and merge "
+                                    "them") from None
             raise OccsynthError(_missing_in_merge(exc.missing, shard_dirs, dirs)) from None
         make_folder(out_dir)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:

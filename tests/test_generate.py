@@ -664,6 +664,27 @@ def test_an_unreadable_merged_into_note_leaves_the_missing_chunks_message(genera
     assert stats.exit_code == 2 and "one --shard of a set" in stats.output
 
 
+def test_a_merged_set_deleted_since_is_not_named_as_where_the_set_is(generated, demo_source, tmp_path):
+    """A user who deleted (or moved) the merged set and merges the emptied shard folders again was told "the set
+    is there"; a shard run again in its emptied folder renders its chunks anew, after which `validate` of it still
+    sent the user to the deleted set."""
+    _, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shard_dirs):
+        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
+    writer.merge_shards(tmp_path / "merged", shard_dirs, progress=False)
+    shutil.rmtree(tmp_path / "merged")
+    again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "the set is there" not in text, text
+    assert f"{(tmp_path / 'merged').resolve()}, which no longer exists" in text and "render" in text
+    assert not (tmp_path / "m2").exists()
+    generate(shard_dirs[0], SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    shard = CliRunner().invoke(occsynth_main, ["validate", str(shard_dirs[0])])
+    assert shard.exit_code == 2 and "merged into" not in shard.output and "one --shard of a set" in shard.output
+
+
 @pytest.fixture
 def broken_source(demo_source, tmp_path):
     """A copy of the demo source with one of each kind of bad input."""
