@@ -60,7 +60,7 @@ from . import occsep
 from .checkpoint import category_names as checkpoint_category_names, named_otherwise
 from .data import CocoInstances, require_amodal_masks, unusable_box
 from .device import resolve_device
-from .runlock import hold_out_dir
+from .runlock import hold_out_dir, refuse_other_output
 
 MODES = ("visible", "amodal")
 OCCSEP_LISTS = ("occluded", "separated")
@@ -945,6 +945,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     if mode is not None and mode not in MODES:
         raise OccsynthError(f"mask mode must be one of {MODES}, got {mode!r}")
     mask_threshold = check_mask_threshold(mask_threshold)
+    refuse_other_output(out_dir, "bcnet evaluate")
     lists = load_occsep_lists(occsep_lists)
     device = resolve_device(device)
     model, state = load_model(checkpoint, device)
