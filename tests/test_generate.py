@@ -295,6 +295,31 @@ def test_a_shard_leaves_the_temporaries_of_shards_running_beside_it_in_a_shared_
     assert tree_bytes(shared) == tree_bytes(out)
 
 
+@pytest.mark.parametrize("shard", [(0, 1), (0, 2)])
+def test_a_run_stopped_with_workers_removes_the_temporaries_its_killed_workers_left(generated, demo_source, tmp_path,
+                                                                                   monkeypatch, shard):
+    """Ctrl-C or SIGTERM with --workers 2 left a hidden .NNN.jpg.tmp-* or two in OUT/images every time (the pool's
+    workers are killed mid-write; one worker, writing in the main process, left none): the run removes its own."""
+    _, _, cache = generated
+    ann, root = demo_source
+    out = tmp_path / "out"
+    ours = out / "images" / ".000000000002.jpg.tmp-4242-0a0b0c0d"  # chunk 0: shard 0's
+    theirs = out / "images" / ".000000000006.jpg.tmp-4343-0a0b0c0d"  # chunk 1: shard 1's, running beside it
+
+    def stopped_midway(*args, **kwargs):
+        ours.parent.mkdir(exist_ok=True)
+        for path in (ours, theirs):
+            path.write_bytes(b"half")  # as the workers left them when the stop killed them
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(generate_module, "_finished_chunks", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2, shard=shard,
+                 progress=False)
+    assert not ours.exists() and theirs.exists() == (shard[1] == 2)
+
+
 def killed_copy(out: Path, to: Path) -> Path:
     """A copy of the finished set ``out`` as a kill leaves it: a chunk without its part, no final files."""
     shutil.copytree(out, to)
