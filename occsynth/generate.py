@@ -193,7 +193,7 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
                 "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
                 "merged_set": str(merged), "shard_chunks": len(own_chunks)}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
-        writer.check_run_settings(out_dir, run, image_root=image_root, demo=demo)
+        writer.check_run_settings(out_dir, run, image_root=image_root, demo=demo, replace_unrendered=count == 1)
         owned = None if count == 1 else functools.partial(_of_shard, run["settings"], shard)
         remove_stale_temporaries(out_dir, owned)
         writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))

@@ -758,6 +758,32 @@ def test_strict_mode_stops_with_a_message_naming_the_record(broken_source, tmp_p
     assert "Traceback" not in result.output
 
 
+def test_a_strict_run_stopped_before_its_first_chunk_can_be_run_again_once_the_record_is_fixed(demo_source,
+                                                                                                tmp_path):
+    """--strict stops at a bad record so that the user fixes it: a bad image found while rendering left OUT with
+    the run's records and nothing rendered, and the same command after the fix was refused ("holds a run made with
+    other settings (source.sha256: ...)") until the user deleted OUT by hand."""
+    ann, root = demo_source
+    src = tmp_path / "src"
+    shutil.copytree(root, src / "images")
+    data = json.loads(Path(ann).read_text())
+    first = data["images"][0]["file_name"]
+    shutil.copy(src / "images" / first, src / "images" / "fixed.jpg")
+    (src / "images" / first).write_bytes(b"garbage")  # found when rendering: no pixel store reads it before
+    (src / "annotations.json").write_text(json.dumps(data))
+    args = ["generate", "--ann", str(src / "annotations.json"), "--images", str(src / "images"), "--num-images", "8",
+            "--strict", "--no-cutout-pixels", "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    result = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.startswith(f"Error: image file {src / 'images' / first}: ")
+    data["images"][0]["file_name"] = "fixed.jpg"
+    (src / "annotations.json").write_text(json.dumps(data))
+    again = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
+    assert again.exit_code == 0, again.output
+    fresh = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "fresh")])
+    assert fresh.exit_code == 0, fresh.output
+    assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh")
+
+
 def test_an_error_raised_in_a_worker_process_reaches_the_main_process_as_it_was(demo_source, tmp_path):
     """Errors cross to the main process pickled (loky, dask): a BadRecord (three arguments) could not be rebuilt
     there, so --strict --workers 2 ended in loky's BrokenProcessPool traceback, and a DamagedEntry said "delete
