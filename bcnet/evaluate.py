@@ -60,7 +60,7 @@ from . import occsep
 from .checkpoint import category_names as checkpoint_category_names, named_otherwise
 from .data import MODES, CocoInstances, check_mode, require_amodal_masks, unusable_box
 from .device import resolve_device
-from .runlock import hold_out_dir
+from .runlock import hold_out_dir, refuse_other_output
 
 OCCSEP_LISTS = ("occluded", "separated")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -942,6 +942,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, sets: dict[str, tuple[str
     if mode is not None:
         check_mode(mode)
     mask_threshold = check_mask_threshold(mask_threshold)
+    refuse_other_output(out_dir, "bcnet evaluate")
     lists = load_occsep_lists(occsep_lists)
     device = resolve_device(device)
     model, state = load_model(checkpoint, device)

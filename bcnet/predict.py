@@ -31,7 +31,7 @@ from occsynth.masks import finite_number
 from .checkpoint import category_names as saved_category_names
 from .device import resolve_device
 from .evaluate import UNPROCESSABLE_IMAGE, check_model_input, load_model, to_coco_results
-from .runlock import hold_out_dir
+from .runlock import hold_out_dir, refuse_other_output
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -176,6 +176,7 @@ def predict(checkpoint: str | os.PathLike, inputs: str | os.PathLike | Sequence[
         raise OccsynthError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
     if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of one-letter paths
         inputs = [inputs]
+    refuse_other_output(out_dir, "bcnet predict")
     device = resolve_device(device)
     model, state = load_model(checkpoint, device)
     category_ids = list(state["category_ids"])

@@ -39,3 +39,18 @@ def holds_out_dir(only_if: Callable[[], bool] = lambda: True) -> Callable[[Calla
                 return fn(*args, **kwargs)
         return held
     return decorate
+
+
+# what only each of the two writes into its --out; both write a results.json (AP there, detections here)
+OUTPUT_MARKS = {"bcnet evaluate": "detections_*.json", "bcnet predict": "images.json"}
+
+
+def refuse_other_output(out_dir: str | os.PathLike, command: str) -> None:
+    """Refuse an ``out_dir`` holding the output of the other of `bcnet evaluate` and `bcnet predict` (``command``
+    is the one running): its results.json would be replaced by this one's, leaving a folder of both commands'
+    files."""
+    for other, mark in OUTPUT_MARKS.items():
+        found = sorted(p.name for p in Path(out_dir).glob(mark)) if other != command else []
+        if found:
+            raise OccsynthError(f"{out_dir} holds `{other}`'s output ({found[0]}, results.json): `{command}` would "
+                                "replace its results.json; choose another out_dir/--out")

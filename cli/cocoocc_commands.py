@@ -11,7 +11,7 @@ from occsynth.occluders import BCNET_IOU_THRESHOLD
 
 
 @click.command("build-cocoocc")
-@click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="instances_val2017.json (any COCO instances JSON works).")
+@click.option("--ann", "--annotations", "ann", required=True, type=click.Path(exists=True, dir_okay=False), help="instances_val2017.json (any COCO instances JSON works).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory: annotations.json, manifest.json, report.json [, images/].")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="Source image directory: needed for --link/--copy (OUT/images may not be, hold or lie in it); without them, the selected images' files are checked and those missing reported.")
 @click.option("--link", is_flag=True, help="Symlink the selected images into OUT/images (relative links: moving the folder holding both keeps them working).")
@@ -99,7 +99,7 @@ def _images_why(images: list[dict]) -> str:
 
 
 @click.command("annotate-occluders")
-@click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="Input COCO instances JSON.")
+@click.option("--ann", "--annotations", "ann", required=True, type=click.Path(exists=True, dir_okay=False), help="Input COCO instances JSON.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON (written atomically).")
 @click.option("--threshold", type=FiniteFloatRange(0, 1), default=BCNET_IOU_THRESHOLD, show_default=True, help="Box IoU above which another instance counts as an occluder.")
 @click.option("--bcnet-compat", is_flag=True, help="Also write 'bg_object_segmentation' (occluders' masks cut to the box, polygons; empty where they cover 20 pixels or fewer of it, as BCNet's tool), as BCNet's loader reads.")

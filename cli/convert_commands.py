@@ -8,7 +8,7 @@ from occsynth.convert import convert_cocoa, convert_kins
 
 
 @click.command("convert-kins")
-@click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="KINS JSON (update_train_2020.json / update_test_2020.json).")
+@click.option("--ann", "--annotations", "ann", required=True, type=click.Path(exists=True, dir_okay=False), help="KINS JSON (update_train_2020.json / update_test_2020.json).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output COCO JSON.")
 @click.option("--min-overlap", type=click.IntRange(min=1), default=1, show_default=True, help="Pixels of an instance's hidden part another's visible mask must cover to count as its occluder.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (naming it and the file; nothing is written) instead of skipping it.")
@@ -25,7 +25,7 @@ def convert_kins_command(ann, out, min_overlap, strict, quiet):
 
 
 @click.command("convert-cocoa")
-@click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False), help="COCOA JSON (COCO_amodal_train2014.json / _val2014).")
+@click.option("--ann", "--annotations", "ann", required=True, type=click.Path(exists=True, dir_okay=False), help="COCOA JSON (COCO_amodal_train2014.json / _val2014).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output COCO JSON.")
 @click.option("--categories-from", type=click.Path(exists=True, dir_okay=False), help="A COCO instances JSON whose categories COCOA region names are matched to (otherwise: 'thing' / 'stuff').")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record (naming it and the file; nothing is written) instead of skipping it.")

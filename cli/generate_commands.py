@@ -17,7 +17,7 @@ _D, _B = CompositeOptions(), BankOptions()  # the defaults, shown in --help
 
 
 @click.command("generate")
-@click.option("--ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO instances JSON (e.g. instances_train2017.json). Omit both --ann and --images to use the embedded demo source.")
+@click.option("--ann", "--annotations", "ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO instances JSON (e.g. instances_train2017.json). Omit both --ann and --images to use the embedded demo source.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="Image root the source's file_name entries are relative to (LVIS records, with a coco_url and no file_name: the folder holding its split folders, train2017/ and val2017/). A rerun that resumes --out (or a shard merged with others) must read the same files, which may have moved: the sizes and bytes of 8 source images sampled over the set are compared.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (created; rerun to resume).")
 @click.option("--recipe", help="Recipe name in manifests/ (e.g. synthetic-100k) or a TOML path; options below override it.")

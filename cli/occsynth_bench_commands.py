@@ -12,7 +12,7 @@ from occsynth.generate import MAX_IMAGES
 
 
 @click.command("bench")
-@click.option("--ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO JSON [default: embedded demo, made COCO-like].")
+@click.option("--ann", "--annotations", "ann", type=click.Path(exists=True, dir_okay=False), help="Source COCO JSON [default: embedded demo, made COCO-like].")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="Image root of --ann.")
 @click.option("--num-images", default=1200, show_default=True, type=click.IntRange(8, MAX_IMAGES), help="Images generated per measurement (enough that per-worker start-up and the last chunk do not dominate).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Workers for the parallel measurement.")

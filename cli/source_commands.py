@@ -37,7 +37,7 @@ def make_demo_source_command(directory, seed, force):
 
 
 @click.command("bank")
-@click.option("--ann", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--ann", "--annotations", "ann", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Source COCO instances JSON (streamed: instances_train2017.json is fine).")
 @cache_dir_option
 @click.option("--min-area", default=BankOptions.min_area, show_default=True, type=click.IntRange(min=0),

@@ -459,8 +459,14 @@ def check_annotation_record(ann: Any, images: Mapping, categories: Mapping,
     where = check_annotation_fields(ann)
     check_image_id(ann, where, images, skipped_images)
     if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
-        raise BadRecord(errors.UNKNOWN_CATEGORY, where, f"category_id {brief(ann.get('category_id'))}")
+        raise BadRecord(errors.UNKNOWN_CATEGORY, where, id_detail("category_id", ann.get("category_id")))
     return ann
+
+
+def id_detail(key: str, value: Any) -> str:
+    """How an unknown id is quoted: one given as text ("139010", as some exporters write ids) is said to be no
+    integer, or the user looks for a record of that id, which may well exist."""
+    return f"{key} {brief(value)}" + ("" if value is None or is_int(value) else " is not an integer")
 
 
 def note_skipped_image(skipped_images: dict[int, str], record: Any, error: BadRecord) -> None:
@@ -502,7 +508,7 @@ def check_image_id(ann: dict, where: str, images: Mapping, skipped_images: Mappi
         return image_id
     if is_int(image_id) and skipped_images and image_id in skipped_images:
         raise BadRecord(errors.OF_SKIPPED_IMAGE, where, skipped_images[image_id])
-    raise BadRecord(errors.UNKNOWN_IMAGE, where, f"image_id {brief(image_id)}")
+    raise BadRecord(errors.UNKNOWN_IMAGE, where, id_detail("image_id", image_id))
 
 
 MASK_ERRORS = (masks.DegenerateMask, TypeError, ValueError, OverflowError, KeyError)

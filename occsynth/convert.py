@@ -49,8 +49,8 @@ from tqdm.auto import tqdm
 from . import errors
 from . import masks as mask_ops
 from .atomic import remove_orphaned_temporaries, write_json
-from .coco import (brief, categories_by_id, check_image_id, check_iscrowd, check_out_file, duplicate_detail, is_int,
-                   read_dataset, read_json, unique_by_id, usable_image_records)
+from .coco import (brief, categories_by_id, check_image_id, check_iscrowd, check_out_file, duplicate_detail, id_detail,
+                   is_int, read_dataset, read_json, unique_by_id, usable_image_records)
 from .errors import BadRecord, OccsynthError, SkipLog
 from .occluders import layer_occluders
 
@@ -150,7 +150,7 @@ def convert_kins(in_path: str | os.PathLike, out_path: str | os.PathLike, min_ov
             continue
         if not is_int(ann.get("category_id")) or ann["category_id"] not in categories:
             log.skip(BadRecord(errors.UNKNOWN_CATEGORY, f"annotation {brief(ann['id'])}",
-                               f"category_id {brief(ann.get('category_id'))}"))
+                               id_detail("category_id", ann.get("category_id"))))
             continue
         try:
             check_iscrowd(ann, f"annotation {brief(ann['id'])}")  # pycocotools' COCOeval fails on 'yes'

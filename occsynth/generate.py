@@ -193,8 +193,9 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
                 "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
                 "merged_set": str(merged), "shard_chunks": len(own_chunks)}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
-        writer.check_run_settings(out_dir, run, image_root=image_root, demo=demo)
-        remove_stale_temporaries(out_dir, None if count == 1 else functools.partial(_of_shard, run["settings"], shard))
+        writer.check_run_settings(out_dir, run, image_root=image_root, demo=demo, replace_unrendered=count == 1)
+        owned = None if count == 1 else functools.partial(_of_shard, run["settings"], shard)
+        remove_stale_temporaries(out_dir, owned)
         writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
 
         chunks = [c for c in own_chunks if not writer.chunk_done(out_dir, c)]
@@ -211,20 +212,25 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         desc = progress_label(resumed, len(own_chunks))
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
         # no bar when nothing is left to render (it drew an empty "0img" bar under the "nothing left" message)
-        with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend, progress and bool(chunks),
-                                                 desc=desc)) as finished:
-            if count > 1:
-                for _ in finished:
-                    pass
-                done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
-                return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
-                        "chunks_total": settings.num_chunks, "merged": False, "shard_chunks": len(own_chunks),
-                        "chunks_rendered": len(chunks)}
-            # the merge runs while the workers render: no serial merge after the last chunk
-            done_before = set(range(settings.num_chunks)).difference(chunks)
-            parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
-            return {**writer.finalize(out_dir, run, parts), "chunks_rendered": len(chunks),
-                    "chunks_total": settings.num_chunks}
+        try:
+            with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend,
+                                                     progress and bool(chunks), desc=desc)) as finished:
+                if count > 1:
+                    for _ in finished:
+                        pass
+                    done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
+                    return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
+                            "chunks_total": settings.num_chunks, "merged": False, "shard_chunks": len(own_chunks),
+                            "chunks_rendered": len(chunks)}
+                # the merge runs while the workers render: no serial merge after the last chunk
+                done_before = set(range(settings.num_chunks)).difference(chunks)
+                parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
+                return {**writer.finalize(out_dir, run, parts), "chunks_rendered": len(chunks),
+                        "chunks_total": settings.num_chunks}
+        except BaseException:
+            if backend == "loky":  # a stop kills the pool's workers mid-write: their temporaries are this run's own
+                remove_stale_temporaries(out_dir, owned)
+            raise
 
 
 def _merged_set_holding(out_dir: Path, run: dict, chunks: list[int]) -> Path | None:

@@ -22,7 +22,7 @@ import numpy as np
 from . import errors, masks
 from .boxes import is_box, pairwise_overlap
 from .coco import brief, check_annotation_fields, check_image_record, check_iscrowd, check_pixels, duplicate_detail, \
-    is_int, iter_array, one_line, read_array, read_image, record_file_name, record_name, resolve_image_path
+    id_detail, is_int, iter_array, one_line, read_array, read_image, record_file_name, record_name, resolve_image_path
 from .errors import BadRecord, OccsynthError, SkipLog, plural, whole_number
 from .masks import finite_number
 from .schedule import check_seed
@@ -257,7 +257,7 @@ def annotations_of(ann_path: Path, image_ids: set, log: SkipLog | None = None) -
             log.skip(BadRecord(errors.MALFORMED_RECORD, f"annotation {brief(ann)}", "not an object"))
         elif not is_int(ann.get("image_id")):  # a list id is no key: checked before the lookup
             log.skip(BadRecord(errors.UNKNOWN_IMAGE, f"annotation {brief(ann.get('id', '?'))}",
-                               f"image_id {brief(ann.get('image_id'))}"))
+                               id_detail("image_id", ann.get("image_id"))))
         elif ann["image_id"] in image_ids:
             out.setdefault(ann["image_id"], []).append(ann)
     return out

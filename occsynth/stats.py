@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import errors
-from .coco import COCO_LISTS, brief, duplicate_detail, iter_array, read_array, record_name
+from .coco import COCO_LISTS, brief, duplicate_detail, id_detail, iter_array, read_array, record_name
 from .errors import BadRecord, OccsynthError, SkipLog, plural, reason_lines
 from .masks import finite_number
 from .writer import set_paths
@@ -103,7 +103,7 @@ def accumulate(images: Iterable[dict], anns: Iterable[dict], categories: Iterabl
         image_id = ann.get("image_id")
         if check_image and (isinstance(image_id, (dict, list)) or image_id not in listed):
             skips.skip(BadRecord(errors.UNKNOWN_IMAGE, f"annotation {str(ann.get('id', '?'))[:40]}",
-                                 f"image_id {str(image_id)[:40]}"))
+                                 id_detail("image_id", image_id)))
             continue
         ratio = ann.get("occlusion_ratio")
         if "occlusion_ratio" in ann and not finite_number(ratio):  # else the histogram would leave it out unseen

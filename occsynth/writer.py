@@ -82,7 +82,7 @@ def set_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def what_folder_holds(path: Path) -> str | None:
     """For a folder without annotations.json: what it is, if occsynth wrote it, and where its set is (else None)."""
     merged_into = merged_into_of(path)
-    if merged_into is not None:
+    if merged_into is not None and Path(merged_into).is_dir():  # a set deleted since: the folder is what it holds
         return f"its chunks were merged into {merged_into}, the set to use"
     if (path / PARTS / RUN_FILE).is_file():
         return ("it holds an unfinished `occsynth generate` run or one --shard of a set: finish it with the same "
@@ -307,15 +307,22 @@ def merged_run(out_dir: Path) -> dict | None:
 
 def check_run_settings(out_dir: Path, settings: dict,
                        hint: str = "use the same arguments to resume, or another out_dir/--out",
-                       image_root: str | os.PathLike | None = None, demo: bool = False) -> None:
+                       image_root: str | os.PathLike | None = None, demo: bool = False,
+                       replace_unrendered: bool = False) -> None:
     """Record the run's settings (and ``image_root``, the folder its source images are read from: only for
     messages), or refuse to continue a run made with different ones; with ``image_root``, other source images
     (``source.images``, :func:`occsynth.bank.images_fingerprint`) are refused in their own words. ``demo``:
-    ``image_root`` is the embedded demo source's, read as no --ann and --images were given."""
+    ``image_root`` is the embedded demo source's, read as no --ann and --images were given.
+    ``replace_unrendered`` (a caller holding OUT alone: an unsharded run): a run that finished no chunk there (one
+    that --strict stopped at a bad record, to be fixed in the source) is replaced, not refused: the images of its
+    unfinished chunk are removed."""
     path = Path(out_dir) / PARTS / RUN_FILE
     settings = as_stored(settings)
-    if path.exists():
-        previous = read_run(path)
+    previous = read_run(path) if path.exists() else None
+    if previous is not None and previous != settings and replace_unrendered and no_chunk_finished(out_dir):
+        _remove_unfinished_images(out_dir, previous)  # this run takes its place
+        previous = None
+    if previous is not None:
         if previous != settings:
             if image_root is not None and _other_images(previous, settings):
                 raise _other_images_refused(Path(out_dir), previous, settings, image_root, demo)
@@ -338,6 +345,24 @@ def check_run_settings(out_dir: Path, settings: dict,
             write_json(Path(out_dir) / PARTS / IMAGE_ROOT_FILE,
                        {"image_root": str(Path(image_root).resolve()), **({"demo": True} if demo else {})},
                        durable=False)
+
+
+def no_chunk_finished(out_dir: Path) -> bool:
+    """Whether OUT holds no chunk's part or sizes file: a run stopped before it finished one, whose records another
+    run may replace losing nothing (a shard folder a merge emptied did finish its chunks)."""
+    parts = Path(out_dir) / PARTS
+    return not (any(parts.glob("chunk-*.json")) or any(parts.glob("sizes-*.json"))
+                or (parts / MERGED_INTO_FILE).exists())
+
+
+def _remove_unfinished_images(out_dir: Path, run: dict) -> None:
+    """Remove the images ``run`` wrote of chunks it did not finish, before another run replaces it: left, they would
+    be foreign to that run, or mixed into its set. Only names of ``run``'s images are touched."""
+    images = Path(out_dir) / IMAGES
+    if images.is_dir():
+        for name in list(_visible(images)):
+            if chunk_of_file(name, run["settings"]) is not None:
+                (images / name).unlink(missing_ok=True)
 
 
 def _images_of(run: dict):
@@ -686,12 +711,20 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
             parts = part_files([d for d in dirs if (d / PARTS).is_dir()], num_chunks)
         except MissingChunks as exc:
             merged_into = {m for d in shard_dirs if (m := merged_into_of(d)) is not None}
-            if merged_into:  # an earlier merge moved chunks out of these folders: that is where the set is
+            there = sorted(m for m in merged_into if Path(m).is_dir())
+            if there:  # an earlier merge moved chunks out of these folders: that is where the set is
                 # (no advice to run shards: that merge found every chunk)
                 raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
-                                    f"{', '.join(sorted(merged_into))}, the merged set: the set is there (the folders "
+                                    f"{', '.join(there)}, the merged set: the set is there (the folders "
                                     f"given lack {len(exc.missing):,} of its chunks: {first_few(exc.missing)})"
                                     ) from None
+            if merged_into:  # that set was deleted or moved since: its chunks are gone from here
+                raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
+                                    f"{', '.join(sorted(merged_into))}, which no longer exists (deleted or moved): "
+                                    f"the folders given lack {len(exc.missing):,} of the set's chunks "
+                                    f"({first_few(exc.missing)}); use the set where it was moved to, or render the "
+                                    "shards again into these folders (each renders the chunks it lacks) and merge "
+                                    "them") from None
             raise OccsynthError(_missing_in_merge(exc.missing, shard_dirs, dirs)) from None
         make_folder(out_dir)  # a new OUT is made only once every chunk is found
         if _identity(Path(out_dir) / PARTS) not in locked:

@@ -848,6 +848,28 @@ def test_an_out_another_bcnet_command_writes_is_refused_at_once(tiny, tmp_path, 
     assert (out / "results.json").is_file() and (out / ".lock").read_text() == ""
 
 
+@pytest.mark.parametrize("first, second", [("predict", "evaluate"), ("evaluate", "predict")])
+def test_an_out_holding_the_other_commands_output_is_refused_before_any_work(tiny, tmp_path, first, second):
+    """Both write results.json (detections there, AP here): an evaluation into a predict --out replaced its COCO
+    results with AP and left its images.json and pictures beside them (and the other way round)."""
+    root, checkpoint = tiny
+    out = tmp_path / "o"
+    inputs = {"predict": [str(root / "images" / "000000000001.png")],
+              "evaluate": ["--annotations", str(root / "annotations.json"), "--images", str(root / "images")]}
+
+    def run(command):
+        return CliRunner().invoke(bcnet_main, [command, *inputs[command], "--checkpoint", str(checkpoint), "--out",
+                                               str(out), "--device", "cpu", "--no-progress"])
+
+    _clean(run(first), 0)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = run(second)
+    _clean(result, 2)
+    said = " ".join(result.output.split())
+    assert f"Error: {out} holds `bcnet {first}`'s output" in said and "choose another out_dir/--out" in said
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_predict_help_names_the_files_it_takes_from_folders():
     from bcnet.predict import IMAGE_SUFFIXES
 

@@ -31,6 +31,15 @@ def test_progress_bars_are_switched_off_by_the_same_flags_everywhere():
     assert with_bars >= 12  # generate, merge, bank, build-cocoocc, validate, train, evaluate, ...
 
 
+def test_an_annotations_file_is_given_with_the_same_flags_everywhere():
+    """bcnet's commands take --ann or --annotations; occsynth's took only --ann, so `occsynth build-cocoocc
+    --annotations X` after `bcnet train --annotations X` was "No such option"."""
+    for group, name in COMMANDS:
+        for param in group.commands[name].params:
+            if isinstance(param, click.Option) and "--ann" in param.opts:
+                assert param.opts[:2] == ["--ann", "--annotations"], f"{group.name} {name}"
+
+
 def test_every_ranged_number_option_refuses_nan():
     """click's FloatRange lets 'nan' through (it compares false with both bounds): every ranged float option of
     both tools uses FiniteFloatRange, which refuses it as click refuses any other value out of range. Without an

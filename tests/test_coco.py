@@ -194,6 +194,26 @@ def test_index_dataset_skips_bad_records_by_reason():
         coco.index_dataset(data, SkipLog(strict=True))
 
 
+def test_an_id_given_as_text_is_said_to_be_no_integer_not_only_unknown():
+    """An exporter's "image_id": "139010" was "an unknown image id (image_id '139010')" in build-cocoocc, bcnet
+    train and evaluate while image 139010 exists (generate's bank said "'image_id' is not an integer"): a user
+    looked for a missing image. The reason (and its count) stays; the detail says what is wrong with the id."""
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
+            "categories": [{"id": 1, "name": "person"}],
+            "annotations": [{"id": 1, "image_id": "1", "category_id": 1, "segmentation": []},
+                            {"id": 2, "image_id": 1, "category_id": "1", "segmentation": []}]}
+    log = SkipLog()
+    coco.index_dataset(data, log)
+    assert log.counts == {errors.UNKNOWN_IMAGE: 1, errors.UNKNOWN_CATEGORY: 1}
+    assert log.examples[errors.UNKNOWN_IMAGE] == (
+        "annotation 1: annotation refers to an unknown image id (image_id '1' is not an integer)")
+    assert log.examples[errors.UNKNOWN_CATEGORY] == (
+        "annotation 2: annotation refers to an unknown category id (category_id '1' is not an integer)")
+    from occsynth.stats import dataset_stats
+    said = dataset_stats(data)["skipped"]["examples"][errors.UNKNOWN_IMAGE]  # stats printed it bare: image_id 1
+    assert said.endswith("(image_id '1' is not an integer)"), said
+
+
 def test_a_duplicate_id_says_later_records_are_skipped_only_when_they_are():
     """Strict mode stops at the repeated id: its message may not claim that later records were skipped."""
     data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],

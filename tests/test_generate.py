@@ -295,6 +295,31 @@ def test_a_shard_leaves_the_temporaries_of_shards_running_beside_it_in_a_shared_
     assert tree_bytes(shared) == tree_bytes(out)
 
 
+@pytest.mark.parametrize("shard", [(0, 1), (0, 2)])
+def test_a_run_stopped_with_workers_removes_the_temporaries_its_killed_workers_left(generated, demo_source, tmp_path,
+                                                                                   monkeypatch, shard):
+    """Ctrl-C or SIGTERM with --workers 2 left a hidden .NNN.jpg.tmp-* or two in OUT/images every time (the pool's
+    workers are killed mid-write; one worker, writing in the main process, left none): the run removes its own."""
+    _, _, cache = generated
+    ann, root = demo_source
+    out = tmp_path / "out"
+    ours = out / "images" / ".000000000002.jpg.tmp-4242-0a0b0c0d"  # chunk 0: shard 0's
+    theirs = out / "images" / ".000000000006.jpg.tmp-4343-0a0b0c0d"  # chunk 1: shard 1's, running beside it
+
+    def stopped_midway(*args, **kwargs):
+        ours.parent.mkdir(exist_ok=True)
+        for path in (ours, theirs):
+            path.write_bytes(b"half")  # as the workers left them when the stop killed them
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(generate_module, "_finished_chunks", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2, shard=shard,
+                 progress=False)
+    assert not ours.exists() and theirs.exists() == (shard[1] == 2)
+
+
 def killed_copy(out: Path, to: Path) -> Path:
     """A copy of the finished set ``out`` as a kill leaves it: a chunk without its part, no final files."""
     shutil.copytree(out, to)
@@ -664,6 +689,27 @@ def test_an_unreadable_merged_into_note_leaves_the_missing_chunks_message(genera
     assert stats.exit_code == 2 and "one --shard of a set" in stats.output
 
 
+def test_a_merged_set_deleted_since_is_not_named_as_where_the_set_is(generated, demo_source, tmp_path):
+    """A user who deleted (or moved) the merged set and merges the emptied shard folders again was told "the set
+    is there"; a shard run again in its emptied folder renders its chunks anew, after which `validate` of it still
+    sent the user to the deleted set."""
+    _, _, cache = generated
+    ann, root = demo_source
+    shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shard_dirs):
+        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
+    writer.merge_shards(tmp_path / "merged", shard_dirs, progress=False)
+    shutil.rmtree(tmp_path / "merged")
+    again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "the set is there" not in text, text
+    assert f"{(tmp_path / 'merged').resolve()}, which no longer exists" in text and "render" in text
+    assert not (tmp_path / "m2").exists()
+    generate(shard_dirs[0], SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    shard = CliRunner().invoke(occsynth_main, ["validate", str(shard_dirs[0])])
+    assert shard.exit_code == 2 and "merged into" not in shard.output and "one --shard of a set" in shard.output
+
+
 @pytest.fixture
 def broken_source(demo_source, tmp_path):
     """A copy of the demo source with one of each kind of bad input."""
@@ -710,6 +756,32 @@ def test_strict_mode_stops_with_a_message_naming_the_record(broken_source, tmp_p
     assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "annotation 1000000" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_strict_run_stopped_before_its_first_chunk_can_be_run_again_once_the_record_is_fixed(demo_source,
+                                                                                                tmp_path):
+    """--strict stops at a bad record so that the user fixes it: a bad image found while rendering left OUT with
+    the run's records and nothing rendered, and the same command after the fix was refused ("holds a run made with
+    other settings (source.sha256: ...)") until the user deleted OUT by hand."""
+    ann, root = demo_source
+    src = tmp_path / "src"
+    shutil.copytree(root, src / "images")
+    data = json.loads(Path(ann).read_text())
+    first = data["images"][0]["file_name"]
+    shutil.copy(src / "images" / first, src / "images" / "fixed.jpg")
+    (src / "images" / first).write_bytes(b"garbage")  # found when rendering: no pixel store reads it before
+    (src / "annotations.json").write_text(json.dumps(data))
+    args = ["generate", "--ann", str(src / "annotations.json"), "--images", str(src / "images"), "--num-images", "8",
+            "--strict", "--no-cutout-pixels", "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    result = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.startswith(f"Error: image file {src / 'images' / first}: ")
+    data["images"][0]["file_name"] = "fixed.jpg"
+    (src / "annotations.json").write_text(json.dumps(data))
+    again = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
+    assert again.exit_code == 0, again.output
+    fresh = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "fresh")])
+    assert fresh.exit_code == 0, fresh.output
+    assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh")
 
 
 def test_an_error_raised_in_a_worker_process_reaches_the_main_process_as_it_was(demo_source, tmp_path):
