@@ -81,6 +81,9 @@ def generate_command(ann, images, out, recipe, num_images, seed, workers, shard,
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished chunks are kept; run the same command again to continue", err=True)
         raise
+    if report.get("replaced_run"):
+        click.echo(f"note: {out} held a run of other settings ({report['replaced_run']}) that had finished no chunk: "
+                   "this run took its place", err=True)
     _print_report(report)
 
 

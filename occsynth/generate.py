@@ -130,7 +130,8 @@ def generate(out_dir: str | os.PathLike, settings: RunSettings, *, ann_path: str
     decode only the backgrounds; False decodes every cutout's source image. The output is the same.
 
     The report of a finished set is its manifest (docs/FORMAT.md) plus ``out``, ``merged`` (True),
-    ``chunks_rendered`` (by this call; 0 when it found the set finished) and ``chunks_total``. A
+    ``chunks_rendered`` (by this call; 0 when it found the set finished) and ``chunks_total``, and ``replaced_run``
+    (the settings that differed) when ``out_dir`` held a run of other settings that had finished no chunk. A
     shard's: ``out``, ``shard`` ("i/n"), ``merged`` (False), ``shard_chunks`` (its own),
     ``chunks_rendered``, ``chunks_done`` and ``chunks_total`` (of the whole set in ``out_dir``).
     """
@@ -193,7 +194,8 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
                 "chunks_total": settings.num_chunks, "merged": False, "already_merged": True,
                 "merged_set": str(merged), "shard_chunks": len(own_chunks)}
     with writer.run_lock(out_dir, shard):  # a second run of the same work fails here, before OUT is touched
-        writer.check_run_settings(out_dir, run, image_root=image_root, demo=demo, replace_unrendered=count == 1)
+        replaced = writer.check_run_settings(out_dir, run, image_root=image_root, demo=demo,
+                                             replace_unrendered=count == 1)
         owned = None if count == 1 else functools.partial(_of_shard, run["settings"], shard)
         remove_stale_temporaries(out_dir, owned)
         writer.write_source_summary(out_dir, bank.categories, _bank_summary(bank.meta))
@@ -226,7 +228,7 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
                 done_before = set(range(settings.num_chunks)).difference(chunks)
                 parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
                 return {**writer.finalize(out_dir, run, parts), "chunks_rendered": len(chunks),
-                        "chunks_total": settings.num_chunks}
+                        "chunks_total": settings.num_chunks, **({"replaced_run": replaced} if replaced else {})}
         except BaseException:
             if backend == "loky":  # a stop kills the pool's workers mid-write: their temporaries are this run's own
                 remove_stale_temporaries(out_dir, owned)

@@ -308,20 +308,22 @@ def merged_run(out_dir: Path) -> dict | None:
 def check_run_settings(out_dir: Path, settings: dict,
                        hint: str = "use the same arguments to resume, or another out_dir/--out",
                        image_root: str | os.PathLike | None = None, demo: bool = False,
-                       replace_unrendered: bool = False) -> None:
+                       replace_unrendered: bool = False) -> str | None:
     """Record the run's settings (and ``image_root``, the folder its source images are read from: only for
     messages), or refuse to continue a run made with different ones; with ``image_root``, other source images
     (``source.images``, :func:`occsynth.bank.images_fingerprint`) are refused in their own words. ``demo``:
     ``image_root`` is the embedded demo source's, read as no --ann and --images were given.
     ``replace_unrendered`` (a caller holding OUT alone: an unsharded run): a run that finished no chunk there (one
     that --strict stopped at a bad record, to be fixed in the source) is replaced, not refused: the images of its
-    unfinished chunk are removed."""
+    unfinished chunk are removed, and the settings that differed are returned (``changed_settings``; else None), so
+    that the user hears of it."""
     path = Path(out_dir) / PARTS / RUN_FILE
     settings = as_stored(settings)
     previous = read_run(path) if path.exists() else None
+    replaced = None
     if previous is not None and previous != settings and replace_unrendered and no_chunk_finished(out_dir):
         _remove_unfinished_images(out_dir, previous)  # this run takes its place
-        previous = None
+        replaced, previous = changed_settings(previous, settings), None
     if previous is not None:
         if previous != settings:
             if image_root is not None and _other_images(previous, settings):
@@ -345,6 +347,7 @@ def check_run_settings(out_dir: Path, settings: dict,
             write_json(Path(out_dir) / PARTS / IMAGE_ROOT_FILE,
                        {"image_root": str(Path(image_root).resolve()), **({"demo": True} if demo else {})},
                        durable=False)
+    return replaced
 
 
 def no_chunk_finished(out_dir: Path) -> bool:

@@ -779,8 +779,12 @@ def test_a_strict_run_stopped_before_its_first_chunk_can_be_run_again_once_the_r
     (src / "annotations.json").write_text(json.dumps(data))
     again = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
     assert again.exit_code == 0, again.output
+    # the user hears that the stopped run was replaced, and by which settings it differed
+    assert re.search(rf"note: {re.escape(str(tmp_path / 'o'))} held a run of other settings \(source\.images: \w+ -> "
+                     r"\w+; source\.sha256: \w+ -> \w+\) that had finished no chunk: this run took its place", again.stderr), again.stderr
     fresh = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "fresh")])
     assert fresh.exit_code == 0, fresh.output
+    assert "took its place" not in fresh.stderr
     assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh")
 
 
