@@ -323,6 +323,8 @@ def check_run_settings(out_dir: Path, settings: dict,
     replaced = None
     if previous is not None and previous != settings and replace_unrendered and no_chunk_finished(out_dir):
         _remove_unfinished_images(out_dir, previous)  # this run takes its place
+        # and its source's categories and bank counts, which a run writes only where there are none
+        (Path(out_dir) / PARTS / SOURCE_FILE).unlink(missing_ok=True)
         replaced, previous = changed_settings(previous, settings), None
     if previous is not None:
         if previous != settings:

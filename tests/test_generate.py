@@ -788,6 +788,34 @@ def test_a_strict_run_stopped_before_its_first_chunk_can_be_run_again_once_the_r
     assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh")
 
 
+def test_a_run_that_replaces_one_stopped_before_its_first_chunk_takes_its_own_source_categories(demo_source,
+                                                                                                tmp_path):
+    """The stopped run had written parts/source.json (the categories and bank counts finalize takes), which a run
+    writes only where there is none: the run that took its place made a set with the stopped run's categories."""
+    ann, root = demo_source
+    src = tmp_path / "src"
+    shutil.copytree(root, src / "images")
+    data = json.loads(Path(ann).read_text())
+    first = data["images"][0]["file_name"]
+    shutil.copy(src / "images" / first, src / "images" / "fixed.jpg")
+    (src / "images" / first).write_bytes(b"garbage")
+    (src / "annotations.json").write_text(json.dumps(data))
+    args = ["generate", "--ann", str(src / "annotations.json"), "--images", str(src / "images"), "--num-images", "8",
+            "--strict", "--no-cutout-pixels", "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    result = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and (tmp_path / "o" / "parts" / "source.json").is_file()
+    data["images"][0]["file_name"] = "fixed.jpg"
+    data["categories"][0]["name"] = "renamed"  # the fixed source differs in more than the bad record
+    (src / "annotations.json").write_text(json.dumps(data))
+    again = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
+    assert again.exit_code == 0 and "took its place" in again.stderr, again.output
+    fresh = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "fresh")])
+    assert fresh.exit_code == 0, fresh.output
+    names = json.loads((tmp_path / "o" / "annotations.json").read_text())["categories"]
+    assert "renamed" in {c["name"] for c in names}, names
+    assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh")
+
+
 def test_an_error_raised_in_a_worker_process_reaches_the_main_process_as_it_was(demo_source, tmp_path):
     """Errors cross to the main process pickled (loky, dask): a BadRecord (three arguments) could not be rebuilt
     there, so --strict --workers 2 ended in loky's BrokenProcessPool traceback, and a DamagedEntry said "delete
