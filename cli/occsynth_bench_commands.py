@@ -23,7 +23,7 @@ from occsynth.generate import MAX_IMAGES
 @click.option("--bank-images", default=118_287, show_default=True, type=click.IntRange(1, MAX_BANK_IMAGES), help="With --bank: images in the synthetic source file.")
 @click.option("--bank-annotations", default=860_001, show_default=True, type=click.IntRange(1, MAX_BANK_ANNOTATIONS), help="With --bank: annotations in the synthetic source file (it takes about 1 KB of --work-dir per annotation, bank included).")
 @click.option("--work-dir", type=click.Path(exists=True, file_okay=False), help="Where the source copies and outputs are written [default: $TMPDIR]; e.g. /dev/shm to take the disk out of the measurement.")
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down, and each generation run's ratio to the floor run just before it. Every run's images stay in --work-dir until the end (4 x repeat sets of --num-images; 2 x repeat with --workers 1), so that no deletion slows the next measurement: about 200 kB of --work-dir per image and set, checked before the start.")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each generation measurement (worker counts taking turns); the best is reported, as other work on a shared machine only slows runs down, and each generation run's ratio to the floor measured in the same round (floor, floor with writes, generation). Every run's images stay in --work-dir until the end (4 x repeat sets of --num-images; 2 x repeat with --workers 1), so that no deletion slows the next measurement: about 200 kB of --work-dir per image and set, checked before the start.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
 @quiet_option
 def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_cutout_pixels, bank_images,
@@ -89,7 +89,7 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
             # each run over the floor measured just before it: a floor run that caught the machine in a fast spell
             # lowers the best-of ratio above, and shows here as the one low value
             paired = [g / f for f, g in zip(r["runs"]["floor"], r["runs"]["generate"])]
-            click.echo(f"    generate/floor run by run (each run over the floor just before it): "
+            click.echo(f"    generate/floor run by run (each run over the floor of its round): "
                        f"{', '.join(f'{v:.2f}' for v in paired)}")
     if workers == 1:
         return

@@ -966,11 +966,11 @@ def test_bench_command_prints_the_report_it_gets_and_passes_its_options_on(monke
         "generate runs 10, 20)",
         "    floor that also writes its images 35.0 img/s, generate/that 0.57 (the gap between the floors: writing "
         "the images on this disk)",
-        "    generate/floor run by run (each run over the floor just before it): 0.20, 0.33",
+        "    generate/floor run by run (each run over the floor of its round): 0.20, 0.33",
         "workers=3: floor 150.0 img/s, generate 52.5 img/s, generate/floor 0.35 (best of 2; generate runs 52, 40)",
         "    floor that also writes its images 100.0 img/s, generate/that 0.53 (the gap between the floors: writing "
         "the images on this disk)",
-        "    generate/floor run by run (each run over the floor just before it): 0.35, 0.33",
+        "    generate/floor run by run (each run over the floor of its round): 0.35, 0.33",
         "scaling 3 workers / 1 worker: 2.62x (a pure-CPU busy loop scales 2.90x on this machine now)"]
     # one run of each, no pin, no store, no machine figure: each is left out of the text rather than made up
     report = _bench_report(repeat=1, one_worker_pinned=False, cutout_pixels=None, work_dir_filesystem=None)
