@@ -86,7 +86,7 @@ def bench_command(ann, images, num_images, workers, long_side, copies, bank, no_
                    f"generate/that {r['ratio_to_floor_with_writes']:.2f} (the gap between the floors: writing "
                    f"the images on this disk)")
         if report["repeat"] > 1:
-            # each run over the floor measured just before it: a floor run that caught the machine in a fast spell
+            # each run over the floor measured in its round: a floor run that caught the machine in a fast spell
             # lowers the best-of ratio above, and shows here as the one low value
             paired = [g / f for f, g in zip(r["runs"]["floor"], r["runs"]["generate"])]
             click.echo(f"    generate/floor run by run (each run over the floor of its round): "
