@@ -955,6 +955,27 @@ def test_files_of_the_users_inside_images_or_parts_are_refused_untouched(demo_so
     assert tree_bytes(out) == before
 
 
+def test_a_shard_is_not_refused_for_the_run_file_another_shard_writes_as_it_looks(generated, demo_source, tmp_path,
+                                                                                  monkeypatch):
+    """Shards started at once into one new OUT (an array job's tasks): one found parts/run.json, which the other wrote
+    between its look for that file and its scan of parts/, and refused OUT as holding a file no occsynth run wrote."""
+    out, _, cache = generated
+    ann, root = demo_source
+    shared = tmp_path / "shared"
+    visible = writer._visible
+
+    def other_shard_records_the_run_meanwhile(folder, exclude=()):
+        run_file = shared / "parts" / "run.json"
+        if not run_file.exists():
+            run_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "parts" / "run.json", run_file)  # the same settings: shard 1's
+        return visible(folder, exclude)
+
+    monkeypatch.setattr(writer, "_visible", other_shard_records_the_run_meanwhile)
+    report = generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    assert report["shard_chunks"] == report["chunks_rendered"] == 2
+
+
 def test_refusal_names_the_setting_that_changed(generated, demo_source):
     out, _, cache = generated
     ann, root = demo_source
