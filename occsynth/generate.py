@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, backends, masks, writer
+from . import __version__, backends, masks, stopping, writer
 from .atomic import BackgroundWriter, check_writable, make_folder, remove_stale_temporaries
 from .bank import (Bank, BankOptions, CutoutPixels, check_image_root, context_crop, ensure_bank, ensure_cutout_pixels,
                    images_fingerprint, no_cutouts_reason, open_bank)
@@ -214,25 +214,28 @@ def _generate(out_dir, settings: RunSettings, ann_path, image_root, workers: int
         desc = progress_label(resumed, len(own_chunks))
         # closing: if the merge fails, the workers stop too instead of rendering on unseen
         # no bar when nothing is left to render (it drew an empty "0img" bar under the "nothing left" message)
-        try:
-            with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend,
-                                                     progress and bool(chunks), desc=desc)) as finished:
-                if count > 1:
-                    for _ in finished:
-                        pass
-                    done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
-                    return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
-                            "chunks_total": settings.num_chunks, "merged": False, "shard_chunks": len(own_chunks),
-                            "chunks_rendered": len(chunks)}
-                # the merge runs while the workers render: no serial merge after the last chunk
-                done_before = set(range(settings.num_chunks)).difference(chunks)
-                parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
-                return {**writer.finalize(out_dir, run, parts), "chunks_rendered": len(chunks),
-                        "chunks_total": settings.num_chunks, **({"replaced_run": replaced} if replaced else {})}
-        except BaseException:
-            if backend == "loky":  # a stop kills the pool's workers mid-write: their temporaries are this run's own
-                remove_stale_temporaries(out_dir, owned)
-            raise
+        # one stop raises: a second (Ctrl-C right after the scheduler's SIGTERM) raised in the pool's shut-down or in
+        # the sweep below, which left the workers' temporaries, or a pool lock held that hung the command at exit
+        with stopping.one_stop():
+            try:
+                with contextlib.closing(_finished_chunks(task, chunks, settings, workers, backend,
+                                                         progress and bool(chunks), desc=desc)) as finished:
+                    if count > 1:
+                        for _ in finished:
+                            pass
+                        done = sum(writer.chunk_done(out_dir, c) for c in range(settings.num_chunks))
+                        return {"out": str(out_dir), "shard": f"{index}/{count}", "chunks_done": done,
+                                "chunks_total": settings.num_chunks, "merged": False, "shard_chunks": len(own_chunks),
+                                "chunks_rendered": len(chunks)}
+                    # the merge runs while the workers render: no serial merge after the last chunk
+                    done_before = set(range(settings.num_chunks)).difference(chunks)
+                    parts = writer.parts_in_chunk_order(out_dir, settings.num_chunks, done_before, finished)
+                    return {**writer.finalize(out_dir, run, parts), "chunks_rendered": len(chunks),
+                            "chunks_total": settings.num_chunks, **({"replaced_run": replaced} if replaced else {})}
+            except BaseException:
+                if backend == "loky":  # a stop kills the pool's workers mid-write: their temporaries are this run's own
+                    remove_stale_temporaries(out_dir, owned)
+                raise
 
 
 def _merged_set_holding(out_dir: Path, run: dict, chunks: list[int]) -> Path | None:
@@ -292,12 +295,14 @@ def _finished_chunks(task: Callable[[int], int], chunks: list[int], settings: Ru
         if backend in ("loky", "threading") and (workers <= 1 or len(chunks) <= 1):
             for c in chunks:
                 bar.update(task(c))
+                stopping.raise_if_stopping()  # a stop some library swallowed (the caller's one_stop holds the next)
                 yield c
             return
         results = backends.chunk_results(task, chunks, workers, backend)
         try:
             for c, n in results:
                 bar.update(n)
+                stopping.raise_if_stopping()
                 yield c
         finally:
             results.close()

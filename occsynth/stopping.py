@@ -19,11 +19,15 @@ from .pool import restore_signal_handler
 
 _requested: list[int] = []
 _active = [0]  # stop_on_signals blocks open now: outside them a noted stop is history, not a request
+_one_stop = [0]  # one_stop blocks open now: a stop after the first is noted there, not raised
 
 
 def request_stop(signum: int, frame) -> None:
-    """Signal handler: note the stop, then unwind as Ctrl-C does (temporaries removed, workers shut down)."""
+    """Signal handler: note the stop, then unwind as Ctrl-C does (temporaries removed, workers shut down); in a
+    :func:`one_stop` block, only the first stop."""
     _requested.append(signum)
+    if _one_stop[0] and len(_requested) > 1:
+        return
     raise KeyboardInterrupt
 
 
@@ -44,6 +48,24 @@ def raise_if_stopping() -> None:
     command stopped earlier in the same process (a notebook) must not turn later bad masks into stops."""
     if _active[0] and _requested:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def one_stop() -> Iterator[None]:
+    """Inside the block (and a :func:`stop_on_signals` one) only the first stop raises KeyboardInterrupt; a later one
+    is noted (:func:`stop_requested`: the exit status) but not raised, so that the first one's clean-up runs to its end.
+    A scheduler's SIGTERM to every process of the job a few ms after the user's Ctrl-C (or Ctrl-C twice) raised in a
+    worker pool's shut-down: the pool's lock was left held (the command hung at exit, after its 'Stopped' line), or
+    the workers were not killed before their temporaries were removed, or the removal was cut short.
+
+    The block's work calls :func:`raise_if_stopping` where it may go on (between chunks): a first stop that some
+    library swallowed stops it there. One noted but not raised when the block ends without an error is raised then."""
+    _one_stop[0] += 1
+    try:
+        yield
+    finally:
+        _one_stop[0] -= 1
+    raise_if_stopping()
 
 
 @contextlib.contextmanager

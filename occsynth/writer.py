@@ -483,7 +483,9 @@ def refuse_foreign_files(out_dir: Path, most: int = 5) -> None:
             foreign += sorted(f"{sub}/{name}" for name in itertools.islice(_visible(folder), most))
         elif folder.exists() or folder.is_symlink():
             foreign.append(sub)
-    if foreign:
+    # a run's first file is run.json: one there now was written meanwhile by a run beside this one (another shard
+    # of the set, started at the same moment), whose files these may be
+    if foreign and not (out_dir / PARTS / RUN_FILE).exists():
         raise OccsynthError(f"{out_dir} already holds files that no occsynth run wrote ({', '.join(foreign[:most])}); "
                             "choose a new or empty out_dir/--out (nothing was changed)")
 

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import time
 import warnings
 from collections import Counter
@@ -19,7 +20,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cli.occsynth_cli import main as occsynth_main
-from occsynth import errors, masks, writer
+from occsynth import atomic, errors, masks, stopping, writer
 from occsynth import generate as generate_module
 from occsynth.bank import DamagedEntry
 from occsynth.errors import OccsynthError
@@ -318,6 +319,67 @@ def test_a_run_stopped_with_workers_removes_the_temporaries_its_killed_workers_l
         generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2, shard=shard,
                  progress=False)
     assert not ours.exists() and theirs.exists() == (shard[1] == 2)
+
+
+def signal_now(signum: int) -> None:
+    """Send ``signum`` to this process and let its handler run (at the next bytecode, inside this loop)."""
+    os.kill(os.getpid(), signum)
+    for _ in range(1000):
+        pass
+
+
+def test_a_second_stop_while_a_stopped_run_cleans_up_is_noted_not_raised(generated, demo_source, tmp_path,
+                                                                         monkeypatch):
+    """SIGTERM to every process of the job, then Ctrl-C a few ms later (or Ctrl-C twice): the second stop raised in the
+    sweep of the killed workers' temporaries, which left them in OUT/images, or in the pool's shut-down, which left its
+    workers running past the sweep or a lock held that hung the command at exit, after its 'Stopped' line."""
+    _, _, cache = generated
+    ann, root = demo_source
+    out = tmp_path / "out"
+    left = [out / "images" / f".{n:012d}.jpg.tmp-4242-0a0b0c0d" for n in (2, 6)]
+
+    def stopped_midway(*args, **kwargs):
+        left[0].parent.mkdir(exist_ok=True)
+        for path in left:
+            path.write_bytes(b"half")  # as the workers left them when the stop killed them
+        signal_now(signal.SIGTERM)
+        yield
+
+    remove, second = atomic._remove_quietly, []
+
+    def second_stop_in_the_sweep(path):
+        if not second and path in left:  # the sweep's (the merge's own temporary goes first, as the stop unwinds)
+            second.append(path)
+            signal_now(signal.SIGINT)
+        remove(path)
+
+    monkeypatch.setattr(generate_module, "_finished_chunks", stopped_midway)
+    monkeypatch.setattr(atomic, "_remove_quietly", second_stop_in_the_sweep)
+    with pytest.raises(KeyboardInterrupt), stopping.stop_on_signals():
+        generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=2, progress=False)
+    assert second and not [p for p in left if p.exists()]
+    assert stopping.stop_requested() == signal.SIGINT  # the last stop is still the one the command exits with
+
+
+def test_a_stop_a_chunk_swallowed_stops_the_run_at_the_chunks_end(generated, demo_source, tmp_path, monkeypatch):
+    """A run takes a second stop as noted only: a first one that some library swallowed must still stop it."""
+    _, _, cache = generated
+    ann, root = demo_source
+    out = tmp_path / "out"
+    render, rendered = generate_module.render_chunk, []
+
+    def swallowing_render(*args, **kwargs):
+        rendered.append(args[-1])
+        try:
+            signal_now(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "render_chunk", swallowing_render)
+    with pytest.raises(KeyboardInterrupt), stopping.stop_on_signals():
+        generate(out, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, workers=1, progress=False)
+    assert rendered == [0] and writer.chunk_done(out, 0) and not (out / "annotations.json").exists()
 
 
 def killed_copy(out: Path, to: Path) -> Path:
@@ -919,6 +981,27 @@ def test_files_of_the_users_inside_images_or_parts_are_refused_untouched(demo_so
     assert result.exit_code == 2, result.output
     assert "no occsynth run wrote" in result.output and f"({planted})" in result.output
     assert tree_bytes(out) == before
+
+
+def test_a_shard_is_not_refused_for_the_run_file_another_shard_writes_as_it_looks(generated, demo_source, tmp_path,
+                                                                                  monkeypatch):
+    """Shards started at once into one new OUT (an array job's tasks): one found parts/run.json, which the other wrote
+    between its look for that file and its scan of parts/, and refused OUT as holding a file no occsynth run wrote."""
+    out, _, cache = generated
+    ann, root = demo_source
+    shared = tmp_path / "shared"
+    visible = writer._visible
+
+    def other_shard_records_the_run_meanwhile(folder, exclude=()):
+        run_file = shared / "parts" / "run.json"
+        if not run_file.exists():
+            run_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "parts" / "run.json", run_file)  # the same settings: shard 1's
+        return visible(folder, exclude)
+
+    monkeypatch.setattr(writer, "_visible", other_shard_records_the_run_meanwhile)
+    report = generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    assert report["shard_chunks"] == report["chunks_rendered"] == 2
 
 
 def test_refusal_names_the_setting_that_changed(generated, demo_source):

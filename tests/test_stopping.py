@@ -130,6 +130,22 @@ def test_the_last_stop_asked_for_is_the_one_the_command_exits_with():
     assert stopping.stop_requested() == signal.SIGTERM
 
 
+def test_in_a_one_stop_block_a_later_stop_is_noted_not_raised_and_raised_at_its_end_if_the_first_was_swallowed():
+    """A run's clean-up after a stop (a pool shut down, temporaries removed) is not cut short by the next stop."""
+    with pytest.raises(KeyboardInterrupt), stopping.stop_on_signals():
+        with stopping.one_stop():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+            except KeyboardInterrupt:  # swallowed, as some library might
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+            inside = True  # the second stop did not raise
+    assert inside and stopping.stop_requested() == signal.SIGINT
+
+
 def test_off_the_main_thread_the_blocks_run_with_the_handlers_they_have():
     """Only the main thread can set signal handlers; a command run from another thread (a notebook's, a server's)
     runs its blocks with the handlers there are, instead of failing (or retrying a restore for ever)."""
