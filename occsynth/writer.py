@@ -326,6 +326,10 @@ def check_run_settings(out_dir: Path, settings: dict,
         # and its source's categories and bank counts, which a run writes only where there are none
         (Path(out_dir) / PARTS / SOURCE_FILE).unlink(missing_ok=True)
         replaced, previous = changed_settings(previous, settings), None
+    elif previous is None:
+        refuse_foreign_files(out_dir)
+        if path.exists():  # recorded meanwhile by a run beside this one (a shard of a set, started at the same moment)
+            previous = read_run(path)
     if previous is not None:
         if previous != settings:
             if image_root is not None and _other_images(previous, settings):
@@ -343,7 +347,6 @@ def check_run_settings(out_dir: Path, settings: dict,
             raise OccsynthError(f"{out_dir} holds a run made with other settings ({changed_settings(previous, settings)}); "
                                 f"{hint}")
     else:
-        refuse_foreign_files(out_dir)
         write_json(path, settings, indent=2)
         if image_root is not None:  # after run.json: before it, parts/ holds nothing a rerun would call foreign
             write_json(Path(out_dir) / PARTS / IMAGE_ROOT_FILE,

@@ -1002,6 +1002,25 @@ def test_a_shard_is_not_refused_for_the_run_file_another_shard_writes_as_it_look
     monkeypatch.setattr(writer, "_visible", other_shard_records_the_run_meanwhile)
     report = generate(shared, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
     assert report["shard_chunks"] == report["chunks_rendered"] == 2
+    # a run of other settings recorded meanwhile is compared with, not overwritten: this one is refused
+    other = tmp_path / "other"
+    recorded = json.loads((out / "parts" / "run.json").read_text())
+    recorded["settings"]["seed"] += 1
+
+    looks = []
+
+    def other_run_records_itself_meanwhile(out_dir, *args):
+        refuse(out_dir, *args)
+        looks.append(out_dir)
+        if len(looks) == 2:  # right after the look check_run_settings takes under the lock (generate's first is before)
+            (other / "parts" / "run.json").write_text(json.dumps(recorded))
+
+    monkeypatch.setattr(writer, "_visible", visible)
+    refuse = writer.refuse_foreign_files
+    monkeypatch.setattr(writer, "refuse_foreign_files", other_run_records_itself_meanwhile)
+    with pytest.raises(OccsynthError, match=r"holds a run made with other settings \(settings\.seed: 4 -> 3\)"):
+        generate(other, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
+    assert len(looks) == 2 and json.loads((other / "parts" / "run.json").read_text()) == recorded
 
 
 def test_refusal_names_the_setting_that_changed(generated, demo_source):
