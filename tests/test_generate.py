@@ -730,16 +730,22 @@ def test_merge_in_a_shared_out_refuses_a_chunk_whose_image_is_gone_and_a_shard_r
     assert tree_bytes(shared) == tree_bytes(out)
 
 
-@pytest.mark.parametrize("damage", ["", "[]", '{"out": 5}'])
-def test_an_unreadable_merged_into_note_leaves_the_missing_chunks_message(generated, demo_source, tmp_path, damage):
-    """merged-into.json is written without fsync (a power cut may empty it) and only informs a message: read
-    damaged, it raised TypeError or replaced the merge's message with its own JSON error."""
+def _merged_shards(generated, demo_source, tmp_path) -> list:
+    """Shard folders s0, s1 of SETTINGS under ``tmp_path``, merged into ``tmp_path / 'merged'`` (their chunks moved)."""
     _, _, cache = generated
     ann, root = demo_source
     shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
     for i, d in enumerate(shard_dirs):
         generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
     writer.merge_shards(tmp_path / "merged", shard_dirs, progress=False)
+    return shard_dirs
+
+
+@pytest.mark.parametrize("damage", ["", "[]", '{"out": 5}'])
+def test_an_unreadable_merged_into_note_leaves_the_missing_chunks_message(generated, demo_source, tmp_path, damage):
+    """merged-into.json is written without fsync (a power cut may empty it) and only informs a message: read
+    damaged, it raised TypeError or replaced the merge's message with its own JSON error."""
+    shard_dirs = _merged_shards(generated, demo_source, tmp_path)
     (shard_dirs[0] / "parts" / "merged-into.json").write_text(damage)
     again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
     text = " ".join(again.output.split())
@@ -755,18 +761,14 @@ def test_a_merged_set_deleted_since_is_not_named_as_where_the_set_is(generated, 
     """A user who deleted (or moved) the merged set and merges the emptied shard folders again was told "the set
     is there"; a shard run again in its emptied folder renders its chunks anew, after which `validate` of it still
     sent the user to the deleted set."""
-    _, _, cache = generated
-    ann, root = demo_source
-    shard_dirs = [tmp_path / f"s{i}" for i in range(2)]
-    for i, d in enumerate(shard_dirs):
-        generate(d, SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(i, 2), progress=False)
-    writer.merge_shards(tmp_path / "merged", shard_dirs, progress=False)
+    shard_dirs = _merged_shards(generated, demo_source, tmp_path)
     shutil.rmtree(tmp_path / "merged")
     again = CliRunner().invoke(occsynth_main, ["merge", *map(str, shard_dirs), "--out", str(tmp_path / "m2"), "--quiet"])
     text = " ".join(again.output.split())
     assert again.exit_code == 2 and "the set is there" not in text, text
     assert f"{(tmp_path / 'merged').resolve()}, which no longer exists" in text and "render" in text
     assert not (tmp_path / "m2").exists()
+    (ann, root), cache = demo_source, generated[2]
     generate(shard_dirs[0], SETTINGS, ann_path=ann, image_root=root, cache_dir=cache, shard=(0, 2), progress=False)
     shard = CliRunner().invoke(occsynth_main, ["validate", str(shard_dirs[0])])
     assert shard.exit_code == 2 and "merged into" not in shard.output and "one --shard of a set" in shard.output
@@ -824,7 +826,9 @@ def test_a_strict_run_stopped_before_its_first_chunk_can_be_run_again_once_the_r
                                                                                                 tmp_path):
     """--strict stops at a bad record so that the user fixes it: a bad image found while rendering left OUT with
     the run's records and nothing rendered, and the same command after the fix was refused ("holds a run made with
-    other settings (source.sha256: ...)") until the user deleted OUT by hand."""
+    other settings (source.sha256: ...)") until the user deleted OUT by hand. The stopped run had written
+    parts/source.json (the categories and bank counts finalize takes, written only where there are none): the run
+    that took its place must write its own, as the fixed source may differ in more than the bad record."""
     ann, root = demo_source
     src = tmp_path / "src"
     shutil.copytree(root, src / "images")
@@ -837,7 +841,9 @@ def test_a_strict_run_stopped_before_its_first_chunk_can_be_run_again_once_the_r
             "--strict", "--no-cutout-pixels", "--cache-dir", str(tmp_path / "c"), "--quiet"]
     result = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and result.output.startswith(f"Error: image file {src / 'images' / first}: ")
+    assert (tmp_path / "o" / "parts" / "source.json").is_file()
     data["images"][0]["file_name"] = "fixed.jpg"
+    data["categories"][0]["name"] = "renamed"
     (src / "annotations.json").write_text(json.dumps(data))
     again = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
     assert again.exit_code == 0, again.output
@@ -847,32 +853,6 @@ def test_a_strict_run_stopped_before_its_first_chunk_can_be_run_again_once_the_r
     fresh = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "fresh")])
     assert fresh.exit_code == 0, fresh.output
     assert "took its place" not in fresh.stderr
-    assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh")
-
-
-def test_a_run_that_replaces_one_stopped_before_its_first_chunk_takes_its_own_source_categories(demo_source,
-                                                                                                tmp_path):
-    """The stopped run had written parts/source.json (the categories and bank counts finalize takes), which a run
-    writes only where there is none: the run that took its place made a set with the stopped run's categories."""
-    ann, root = demo_source
-    src = tmp_path / "src"
-    shutil.copytree(root, src / "images")
-    data = json.loads(Path(ann).read_text())
-    first = data["images"][0]["file_name"]
-    shutil.copy(src / "images" / first, src / "images" / "fixed.jpg")
-    (src / "images" / first).write_bytes(b"garbage")
-    (src / "annotations.json").write_text(json.dumps(data))
-    args = ["generate", "--ann", str(src / "annotations.json"), "--images", str(src / "images"), "--num-images", "8",
-            "--strict", "--no-cutout-pixels", "--cache-dir", str(tmp_path / "c"), "--quiet"]
-    result = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and (tmp_path / "o" / "parts" / "source.json").is_file()
-    data["images"][0]["file_name"] = "fixed.jpg"
-    data["categories"][0]["name"] = "renamed"  # the fixed source differs in more than the bad record
-    (src / "annotations.json").write_text(json.dumps(data))
-    again = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "o")])
-    assert again.exit_code == 0 and "took its place" in again.stderr, again.output
-    fresh = CliRunner().invoke(occsynth_main, args + ["--out", str(tmp_path / "fresh")])
-    assert fresh.exit_code == 0, fresh.output
     names = json.loads((tmp_path / "o" / "annotations.json").read_text())["categories"]
     assert "renamed" in {c["name"] for c in names}, names
     assert tree_bytes(tmp_path / "o") == tree_bytes(tmp_path / "fresh")
