@@ -722,16 +722,15 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path], progress: bool = True) -
         except MissingChunks as exc:
             merged_into = {m for d in shard_dirs if (m := merged_into_of(d)) is not None}
             there = sorted(m for m in merged_into if Path(m).is_dir())
+            moved = "an earlier `occsynth merge` moved chunks of these shard folders into "
             if there:  # an earlier merge moved chunks out of these folders: that is where the set is
                 # (no advice to run shards: that merge found every chunk)
-                raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
-                                    f"{', '.join(there)}, the merged set: the set is there (the folders "
+                raise OccsynthError(f"{moved}{', '.join(there)}, the merged set: the set is there (the folders "
                                     f"given lack {len(exc.missing):,} of its chunks: {first_few(exc.missing)})"
                                     ) from None
             if merged_into:  # that set was deleted or moved since: its chunks are gone from here
-                raise OccsynthError(f"an earlier `occsynth merge` moved chunks of these shard folders into "
-                                    f"{', '.join(sorted(merged_into))}, which no longer exists (deleted or moved): "
-                                    f"the folders given lack {len(exc.missing):,} of the set's chunks "
+                raise OccsynthError(f"{moved}{', '.join(sorted(merged_into))}, which no longer exists (deleted or "
+                                    f"moved): the folders given lack {len(exc.missing):,} of the set's chunks "
                                     f"({first_few(exc.missing)}); use the set where it was moved to, or render the "
                                     "shards again into these folders (each renders the chunks it lacks) and merge "
                                     "them") from None
